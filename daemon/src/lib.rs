@@ -1,0 +1,12 @@
+//! Palisade's daemon and command-line tool.
+//!
+//! Layout follows DESIGN.md: `features` probes the kernel, `loader` owns
+//! every kernel object Palisade creates, `stats` reads counters back, and
+//! `paths` names every file the daemon touches. The policy model, compiler,
+//! syncer, sources, metrics and lab arrive in their own modules.
+
+pub mod features;
+pub mod loader;
+pub mod paths;
+pub mod stats;
+pub mod status;

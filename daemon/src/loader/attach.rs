@@ -1,0 +1,273 @@
+//! Attaches programs to interfaces and hooks, pinning each link.
+//!
+//! A pinned link keeps its program attached after the daemon exits. When a
+//! pin already exists (a previous daemon made it), the new program replaces
+//! the old one inside that same link, atomically: there is no moment with no
+//! program attached.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    Lsm, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    links::{FdLink, LinkError, PinnedLink},
+    tc::SchedClassifierLink,
+    xdp::XdpLink,
+};
+use ebpf_common::maps::programs;
+
+use super::{LoadedObject, objects};
+use crate::paths::PinDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("program {0} is not in the loaded object")]
+    MissingProgram(&'static str),
+    #[error("attaching {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("adopting pinned link {path}: {source}")]
+    Adopt {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("link of {program} cannot be pinned: {source}")]
+    NotPinnable {
+        program: &'static str,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinning link at {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Which side of a pod's host veth a TC program guards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcHook {
+    /// The veth's receive side: packets the pod sends (its egress policy).
+    FromPod,
+    /// The veth's transmit side: packets sent to the pod (its ingress policy).
+    ToPod,
+}
+
+impl TcHook {
+    fn program(self) -> &'static str {
+        match self {
+            Self::FromPod => programs::TC_FROM_POD,
+            Self::ToPod => programs::TC_TO_POD,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Self::FromPod => TcAttachType::Ingress,
+            Self::ToPod => TcAttachType::Egress,
+        }
+    }
+
+    fn pin_name(self, ifindex: u32) -> String {
+        match self {
+            Self::FromPod => format!("tc-from-pod-{ifindex}"),
+            Self::ToPod => format!("tc-to-pod-{ifindex}"),
+        }
+    }
+}
+
+/// Where an attachment lives now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Pinned at `path`; `replaced` when an existing link was taken over.
+    Pinned { path: PathBuf, replaced: bool },
+    /// Held by this process only (clsact on kernels without TCX): it goes
+    /// away with the process.
+    Held { reason: &'static str },
+}
+
+fn attach_error(program: &'static str) -> impl FnOnce(ProgramError) -> AttachError {
+    move |e| AttachError::Program {
+        program,
+        source: Box::new(e),
+    }
+}
+
+fn pin(link: FdLink, path: &Path, replaced: bool) -> Result<LinkState, AttachError> {
+    link.pin(path).map_err(|e| AttachError::Pin {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    Ok(LinkState::Pinned {
+        path: path.to_path_buf(),
+        replaced,
+    })
+}
+
+/// Takes a pinned link over: the pin file goes, the link stays alive through
+/// the returned fd until it is pinned again.
+fn adopt(path: &Path) -> Result<Option<FdLink>, AttachError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let adopt_error = |source| AttachError::Adopt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let pinned = PinnedLink::from_pin(path).map_err(adopt_error)?;
+    let link = pinned.unpin().map_err(|source| AttachError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Some(link))
+}
+
+/// Attaches the XDP prefilter to `ifindex` (in the calling thread's network
+/// namespace) and pins the link as `links/xdp-<ifindex>`.
+pub fn attach_xdp(
+    object: &mut LoadedObject,
+    pins: &PinDir,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<LinkState, AttachError> {
+    let name = objects::XDP.programs[0];
+    let prog: &mut Xdp = program(object, name)?;
+    let path = pins.link(&format!("xdp-{ifindex}"));
+    let (id, replaced) = match adopt(&path)? {
+        Some(link) => {
+            let link = XdpLink::try_from(link).map_err(|source| AttachError::Adopt {
+                path: path.clone(),
+                source,
+            })?;
+            (prog.attach_to_link(link).map_err(attach_error(name))?, true)
+        }
+        None => (prog.attach(ifindex, mode).map_err(attach_error(name))?, false),
+    };
+    let link = prog.take_link(id).map_err(attach_error(name))?;
+    let link = FdLink::try_from(link).map_err(|source| AttachError::NotPinnable {
+        program: name,
+        source,
+    })?;
+    pin(link, &path, replaced)
+}
+
+/// Attaches a TC program to `ifindex`. With TCX the link is pinned as
+/// `links/tc-{from,to}-pod-<ifindex>`; without it the clsact filter is held
+/// by this process.
+pub fn attach_tc(
+    object: &mut LoadedObject,
+    pins: &PinDir,
+    ifindex: u32,
+    hook: TcHook,
+    tcx: bool,
+) -> Result<LinkState, AttachError> {
+    let name = hook.program();
+    let prog: &mut SchedClassifier = program(object, name)?;
+    if !tcx {
+        // cls_bpf needs the clsact qdisc; EEXIST means it is there already.
+        match aya::programs::tc::qdisc_add_clsact(ifindex) {
+            Ok(()) => {}
+            Err(aya::programs::tc::TcError::NetlinkError(e))
+                if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(AttachError::Program {
+                    program: name,
+                    source: Box::new(ProgramError::from(e)),
+                });
+            }
+        }
+        prog.attach(ifindex, hook.attach_type())
+            .map_err(attach_error(name))?;
+        return Ok(LinkState::Held {
+            reason: "clsact filters cannot be pinned; TCX (Linux 6.6+) can",
+        });
+    }
+    let path = pins.link(&hook.pin_name(ifindex));
+    let (id, replaced) = match adopt(&path)? {
+        Some(link) => {
+            let link =
+                SchedClassifierLink::try_from(link).map_err(|source| AttachError::Adopt {
+                    path: path.clone(),
+                    source,
+                })?;
+            (prog.attach_to_link(link).map_err(attach_error(name))?, true)
+        }
+        None => (
+            prog.attach(ifindex, hook.attach_type())
+                .map_err(attach_error(name))?,
+            false,
+        ),
+    };
+    let link = prog.take_link(id).map_err(attach_error(name))?;
+    let link = FdLink::try_from(link).map_err(|source| AttachError::NotPinnable {
+        program: name,
+        source,
+    })?;
+    pin(link, &path, replaced)
+}
+
+/// Attaches every LSM program and pins its link as `links/lsm-<program>`.
+/// An LSM link cannot be updated in place, so an existing pin is replaced by
+/// attaching the new program first and dropping the old link after: for a
+/// moment both run, never neither.
+pub fn attach_lsm(object: &mut LoadedObject, pins: &PinDir) -> Result<Vec<LinkState>, AttachError> {
+    let mut states = Vec::new();
+    for &(name, _hook) in objects::LSM_HOOKS {
+        let path = pins.link(&format!("lsm-{name}"));
+        let old = adopt(&path)?;
+        let prog: &mut Lsm = program(object, name)?;
+        let id = prog.attach().map_err(attach_error(name))?;
+        let link = prog.take_link(id).map_err(attach_error(name))?;
+        states.push(pin(link.into(), &path, old.is_some())?);
+        drop(old);
+    }
+    Ok(states)
+}
+
+/// Removes every pinned link, which detaches its program once no process
+/// holds it. Maps stay pinned: counters and state survive a detach.
+pub fn unpin_links(pins: &PinDir) -> Result<usize, AttachError> {
+    let dir = pins.links();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(AttachError::Io { path: dir, source }),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry
+            .map_err(|source| AttachError::Io {
+                path: dir.clone(),
+                source,
+            })?
+            .path();
+        fs::remove_file(&path).map_err(|source| AttachError::Io { path, source })?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+fn program<'a, T>(object: &'a mut LoadedObject, name: &'static str) -> Result<&'a mut T, AttachError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    object
+        .ebpf
+        .program_mut(name)
+        .ok_or(AttachError::MissingProgram(name))?
+        .try_into()
+        .map_err(attach_error(name))
+}

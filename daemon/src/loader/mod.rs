@@ -1,0 +1,190 @@
+//! Loads the embedded eBPF objects, adopting or creating their pinned maps.
+//!
+//! The loader is the only code that creates kernel objects. Everything it
+//! pins lives under [`PinDir`], so a restarted or upgraded daemon finds the
+//! same maps (and the counters and policy state in them) and enforcement
+//! continues while no daemon runs.
+
+pub mod attach;
+pub mod layout;
+pub mod objects;
+
+use std::{fs, io, path::PathBuf};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{Lsm, ProgramError, SchedClassifier, Xdp},
+};
+
+use crate::{features::Features, paths::PinDir};
+use layout::{LayoutError, Pinned};
+use objects::Object;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs { path: PathBuf },
+    #[error("creating pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("loading object {object}: {source}")]
+    Object {
+        object: &'static str,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("object {object} has map {map} that the daemon does not pin or check")]
+    UnexpectedMap { object: &'static str, map: String },
+    #[error("object {object} has no program {program}")]
+    MissingProgram {
+        object: &'static str,
+        program: &'static str,
+    },
+    #[error("verifying program {program} of {object}: {source}")]
+    Program {
+        object: &'static str,
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("reading kernel BTF: {0}")]
+    Btf(#[from] aya::BtfError),
+}
+
+/// How each map of an object was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapOutcome {
+    pub name: &'static str,
+    pub pinned: Pinned,
+}
+
+/// An object whose programs passed the verifier and whose maps are pinned.
+pub struct LoadedObject {
+    pub ebpf: Ebpf,
+    pub maps: Vec<MapOutcome>,
+}
+
+/// The LSM object only loads where BPF LSM can enforce; elsewhere the reason
+/// is kept so status and metrics can say enforcement is missing.
+pub enum LsmObject {
+    Loaded(LoadedObject),
+    Skipped { reason: String },
+}
+
+pub struct Loaded {
+    pub xdp: LoadedObject,
+    pub tc: LoadedObject,
+    pub lsm: LsmObject,
+}
+
+/// Loads all objects. Fails before creating anything if a pinned map has the
+/// wrong layout, so a refused start leaves the old state untouched.
+pub fn load_all(pins: &PinDir, features: &Features) -> Result<Loaded, LoadError> {
+    prepare(pins)?;
+    // Check every pin of every object first: a mismatch in the last object
+    // must not leave the first ones half-adopted.
+    for object in [&objects::XDP, &objects::TC, &objects::LSM] {
+        for map in object.maps {
+            layout::check_pinned(&pins.map(map), layout::spec(map)?)?;
+        }
+    }
+    let mut xdp = load_object(pins, &objects::XDP)?;
+    for &program in objects::XDP.programs {
+        let p: &mut Xdp = program_mut(&mut xdp.ebpf, &objects::XDP, program)?;
+        p.load().map_err(|e| verify_error(&objects::XDP, program, e))?;
+    }
+    let mut tc = load_object(pins, &objects::TC)?;
+    for &program in objects::TC.programs {
+        let p: &mut SchedClassifier = program_mut(&mut tc.ebpf, &objects::TC, program)?;
+        p.load().map_err(|e| verify_error(&objects::TC, program, e))?;
+    }
+    let lsm = match &features.bpf_lsm {
+        crate::features::BpfLsm::Inactive { reason } => LsmObject::Skipped {
+            reason: reason.clone(),
+        },
+        crate::features::BpfLsm::Active => {
+            let mut lsm = load_object(pins, &objects::LSM)?;
+            let btf = Btf::from_sys_fs()?;
+            for &(program, hook) in objects::LSM_HOOKS {
+                let p: &mut Lsm = program_mut(&mut lsm.ebpf, &objects::LSM, program)?;
+                p.load(hook, &btf)
+                    .map_err(|e| verify_error(&objects::LSM, program, e))?;
+            }
+            LsmObject::Loaded(lsm)
+        }
+    };
+    Ok(Loaded { xdp, tc, lsm })
+}
+
+fn prepare(pins: &PinDir) -> Result<(), LoadError> {
+    let parent = pins.base().parent().unwrap_or(pins.base());
+    if !crate::features::is_bpffs(parent) && !crate::features::is_bpffs(pins.base()) {
+        return Err(LoadError::NotBpffs {
+            path: parent.to_path_buf(),
+        });
+    }
+    for dir in [pins.maps(), pins.links()] {
+        fs::create_dir_all(&dir).map_err(|source| LoadError::PinDir { path: dir, source })?;
+    }
+    Ok(())
+}
+
+fn load_object(pins: &PinDir, object: &'static Object) -> Result<LoadedObject, LoadError> {
+    let mut outcomes = Vec::with_capacity(object.maps.len());
+    let mut loader = EbpfLoader::new();
+    for &map in object.maps {
+        // Checked again right before the load narrows the window in which
+        // another process could swap the pin.
+        let pinned = layout::check_pinned(&pins.map(map), layout::spec(map)?)?;
+        outcomes.push(MapOutcome { name: map, pinned });
+        loader.map_pin_path(map, pins.map(map));
+    }
+    let ebpf = loader.load(object.bytes).map_err(|source| LoadError::Object {
+        object: object.name,
+        source: Box::new(source),
+    })?;
+    if let Some((name, _)) = ebpf.maps().find(|(name, _)| !object.maps.contains(name)) {
+        return Err(LoadError::UnexpectedMap {
+            object: object.name,
+            map: name.to_owned(),
+        });
+    }
+    for (name, outcome) in object.maps.iter().zip(&outcomes) {
+        tracing::debug!(object = object.name, map = name, ?outcome.pinned, "map ready");
+    }
+    Ok(LoadedObject {
+        ebpf,
+        maps: outcomes,
+    })
+}
+
+fn program_mut<'a, T>(
+    ebpf: &'a mut Ebpf,
+    object: &'static Object,
+    program: &'static str,
+) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(program)
+        .ok_or(LoadError::MissingProgram {
+            object: object.name,
+            program,
+        })?;
+    p.try_into()
+        .map_err(|e| verify_error(object, program, e))
+}
+
+fn verify_error(object: &'static Object, program: &'static str, e: ProgramError) -> LoadError {
+    LoadError::Program {
+        object: object.name,
+        program,
+        source: Box::new(e),
+    }
+}

@@ -1,0 +1,37 @@
+//! The eBPF objects built by build.rs, embedded in the binary.
+
+use ebpf_common::maps::{self, programs};
+
+/// One compiled eBPF object and the maps it must contain.
+pub struct Object {
+    /// The binary name aya-build gave it (`palisade-xdp`, ...).
+    pub name: &'static str,
+    pub bytes: &'static [u8],
+    /// Every map in the object; each is pinned and layout-checked.
+    pub maps: &'static [&'static str],
+    pub programs: &'static [&'static str],
+}
+
+pub static XDP: Object = Object {
+    name: "palisade-xdp",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-xdp")),
+    maps: &[maps::XDP_STATS],
+    programs: &[programs::XDP_PREFILTER],
+};
+
+pub static TC: Object = Object {
+    name: "palisade-tc",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-tc")),
+    maps: &[maps::TC_STATS],
+    programs: &[programs::TC_FROM_POD, programs::TC_TO_POD],
+};
+
+pub static LSM: Object = Object {
+    name: "palisade-lsm",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-lsm")),
+    maps: &[maps::LSM_STATS],
+    programs: &[programs::LSM_EXEC],
+};
+
+/// The kernel hook each LSM program attaches to.
+pub const LSM_HOOKS: &[(&str, &str)] = &[(programs::LSM_EXEC, "bprm_check_security")];

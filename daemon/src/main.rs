@@ -1,0 +1,173 @@
+//! The `palisade` command.
+
+use std::{ffi::CString, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::programs::XdpMode;
+use clap::{Parser, Subcommand, ValueEnum};
+use palisade::{
+    features::Features,
+    loader::{
+        self, LsmObject,
+        attach::{self, LinkState, TcHook},
+    },
+    paths::{self, PinDir},
+    status::Status,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "eBPF policy enforcement for Kubernetes nodes")]
+struct Cli {
+    /// Base directory for pins on bpffs; the ABI version directory goes beneath it.
+    #[arg(long, global = true, default_value = paths::DEFAULT_PIN_BASE)]
+    pin_base: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Probe kernel features and show what is pinned, with counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load all programs (LSM only where BPF LSM is active), pin their maps,
+    /// attach to the given interfaces and pin the links. Enforcement stays
+    /// in place after this command exits.
+    Load {
+        /// Interface for the XDP prefilter (repeatable).
+        #[arg(long = "xdp", value_name = "IFACE")]
+        xdp: Vec<String>,
+        /// Pod host-side veth for both TC programs (repeatable).
+        #[arg(long = "tc", value_name = "IFACE")]
+        tc: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        xdp_mode: Mode,
+    },
+    /// Unpin all links (detaching the programs); with --maps also remove the
+    /// pinned maps, losing their counters and state.
+    Unload {
+        #[arg(long)]
+        maps: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<Mode> for XdpMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Auto => XdpMode::Default,
+            Mode::Native => XdpMode::Driver,
+            Mode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = CString::new(name).with_context(|| format!("bad interface name {name:?}"))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+fn describe(what: &str, iface: &str, state: &LinkState) {
+    match state {
+        LinkState::Pinned { path, replaced } => println!(
+            "{what} on {iface}: {} link pinned at {}",
+            if *replaced { "replaced program in existing" } else { "new" },
+            path.display()
+        ),
+        LinkState::Held { reason } => {
+            println!("{what} on {iface}: attached for the life of this process ({reason})");
+        }
+    }
+}
+
+fn load(pins: &PinDir, xdp: &[String], tc: &[String], mode: Mode) -> anyhow::Result<()> {
+    let features = Features::probe();
+    for line in features.lines() {
+        tracing::info!("{line}");
+    }
+    let mut loaded = loader::load_all(pins, &features)?;
+    for (name, m) in [("xdp", &loaded.xdp.maps), ("tc", &loaded.tc.maps)] {
+        for outcome in m {
+            println!("{name}: map {} {:?}", outcome.name, outcome.pinned);
+        }
+    }
+    match &mut loaded.lsm {
+        LsmObject::Loaded(lsm) => {
+            for state in attach::attach_lsm(lsm, pins)? {
+                describe("lsm", "-", &state);
+            }
+        }
+        LsmObject::Skipped { reason } => {
+            println!("lsm: not loaded, no process or file enforcement: {reason}");
+        }
+    }
+    for iface in xdp {
+        let state = attach::attach_xdp(&mut loaded.xdp, pins, ifindex(iface)?, mode.into())?;
+        describe("xdp", iface, &state);
+    }
+    for iface in tc {
+        for hook in [TcHook::FromPod, TcHook::ToPod] {
+            let state = attach::attach_tc(&mut loaded.tc, pins, ifindex(iface)?, hook, features.tcx)?;
+            describe(&format!("tc {hook:?}"), iface, &state);
+        }
+    }
+    Ok(())
+}
+
+fn unload(pins: &PinDir, maps: bool) -> anyhow::Result<()> {
+    let removed = attach::unpin_links(pins)?;
+    println!("unpinned {removed} links");
+    if maps {
+        match std::fs::remove_dir_all(pins.root()) {
+            Ok(()) => println!("removed {}", pins.root().display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow!("removing {}: {e}", pins.root().display())),
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let pins = PinDir::new(&cli.pin_base);
+    match cli.command {
+        Command::Status { json } => {
+            let status = Status::gather(&pins, Features::probe());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Load { xdp, tc, xdp_mode } => load(&pins, &xdp, &tc, xdp_mode),
+        Command::Unload { maps } => unload(&pins, maps),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

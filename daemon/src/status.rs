@@ -1,0 +1,93 @@
+//! `palisade status`: what the kernel offers and what Palisade holds in it.
+
+use std::{fs, path::PathBuf};
+
+use ebpf_common::{ABI_VERSION, maps::SPECS};
+use serde::Serialize;
+
+use crate::{
+    features::Features,
+    loader::layout::{self, Pinned},
+    paths::PinDir,
+    stats::{self, CounterRow},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub abi: u32,
+    pub pin_dir: PathBuf,
+    pub features: Features,
+    pub maps: Vec<MapStatus>,
+    pub links: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapStatus {
+    pub name: &'static str,
+    /// `absent`, `ok`, or the layout error.
+    pub state: String,
+    pub counters: Vec<CounterRow>,
+}
+
+impl Status {
+    pub fn gather(pins: &PinDir, features: Features) -> Self {
+        let maps = SPECS
+            .iter()
+            .map(|spec| {
+                let path = pins.map(spec.name);
+                let (state, counters) = match layout::check_pinned(&path, spec) {
+                    Ok(Pinned::Absent) => ("absent".to_owned(), Vec::new()),
+                    Ok(Pinned::Matches { id }) => match stats::read_pinned(&path) {
+                        Ok(rows) => (format!("ok (id {id})"), rows),
+                        Err(e) => (format!("unreadable: {e}"), Vec::new()),
+                    },
+                    Err(e) => (e.to_string(), Vec::new()),
+                };
+                MapStatus {
+                    name: spec.name,
+                    state,
+                    counters,
+                }
+            })
+            .collect();
+        let mut links: Vec<String> = fs::read_dir(pins.links())
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        links.sort();
+        Self {
+            abi: ABI_VERSION,
+            pin_dir: pins.root().to_path_buf(),
+            features,
+            maps,
+            links,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("kernel features\n");
+        for line in self.features.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+        out.push_str(&format!("pinned state (ABI v{}, {})\n", self.abi, self.pin_dir.display()));
+        for m in &self.maps {
+            out.push_str(&format!("  map {:<15} {}\n", m.name, m.state));
+            for c in &m.counters {
+                out.push_str(&format!(
+                    "    {:<8} {:<16} {} events, {} bytes\n",
+                    c.direction, c.reason, c.events, c.bytes
+                ));
+            }
+        }
+        if self.links.is_empty() {
+            out.push_str("  no pinned links\n");
+        }
+        for l in &self.links {
+            out.push_str(&format!("  link {l}\n"));
+        }
+        out
+    }
+}

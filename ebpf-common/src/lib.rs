@@ -1,0 +1,19 @@
+//! The contract between Palisade's eBPF programs and its daemon.
+//!
+//! Everything both sides must agree on lives here and only here: the ABI
+//! version that names the pin directory, map names and layouts, and reason
+//! codes. Types are `#[repr(C)]` with explicit padding and compile-time size
+//! checks, so a layout change cannot slip through unnoticed.
+#![no_std]
+
+pub mod maps;
+pub mod reason;
+pub mod stats;
+
+/// Bumped whenever a pinned map's layout or meaning changes. The daemon pins
+/// under `/sys/fs/bpf/palisade/v<ABI_VERSION>/`, so a new layout never reuses
+/// an old map by accident.
+pub const ABI_VERSION: u32 = 1;
+
+#[cfg(feature = "kernel")]
+pub mod kernel;
