@@ -20,7 +20,10 @@ fn main() -> anyhow::Result<()> {
     let versions_path = root.join("scripts/versions.env");
     println!("cargo::rerun-if-changed={}", versions_path.display());
     // aya-build watches each eBPF crate; the shared ABI crate needs its own line.
-    println!("cargo::rerun-if-changed={}", root.join("ebpf-common").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        root.join("ebpf-common").display()
+    );
     let versions = fs::read_to_string(&versions_path)
         .with_context(|| format!("reading {}", versions_path.display()))?;
     let toolchain = pinned(&versions, "EBPF_TOOLCHAIN")?;

@@ -69,11 +69,20 @@ fn main() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&base).with_context(|| format!("removing {base}"))?;
 
     println!("load_all (verifier + pins), median of {LOADS}:");
-    println!("  fresh pins:   {:>8.1} ms", median(cold).as_secs_f64() * 1e3);
-    println!("  adopt pins:   {:>8.1} ms", median(warm).as_secs_f64() * 1e3);
+    println!(
+        "  fresh pins:   {:>8.1} ms",
+        median(cold).as_secs_f64() * 1e3
+    );
+    println!(
+        "  adopt pins:   {:>8.1} ms",
+        median(warm).as_secs_f64() * 1e3
+    );
     println!("BPF_PROG_TEST_RUN, 64-byte frame, repeat {REPEAT}:");
     println!("  xdp prefilter (counter only): {xdp_ns:>4} ns/packet");
     println!("  tc from-pod (counter only):   {tc_ns:>4} ns/packet");
-    println!("  ratio tc/xdp:                 {:.2}", tc_ns as f64 / xdp_ns.max(1) as f64);
+    println!(
+        "  ratio tc/xdp:                 {:.2}",
+        tc_ns as f64 / xdp_ns.max(1) as f64
+    );
     Ok(())
 }

@@ -69,7 +69,11 @@ impl Features {
             format!("btf:     {}", yes(self.btf)),
             format!(
                 "tcx:     {}",
-                if self.tcx { "yes" } else { "no (TC falls back to clsact)" }
+                if self.tcx {
+                    "yes"
+                } else {
+                    "no (TC falls back to clsact)"
+                }
             ),
             format!("bpffs:   {}", yes(self.bpffs)),
             format!("bpf_lsm: {lsm}"),
@@ -130,7 +134,10 @@ fn mount_securityfs() -> io::Result<()> {
         )
     };
     if rc == 0 {
-        tracing::info!(path = paths::SECURITYFS, "mounted securityfs to read the LSM list");
+        tracing::info!(
+            path = paths::SECURITYFS,
+            "mounted securityfs to read the LSM list"
+        );
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -163,9 +170,24 @@ fn probe_bpf_lsm() -> BpfLsm {
             reason: "the kernel does not support BPF-LSM programs".to_owned(),
         },
         Err(e) => BpfLsm::Inactive {
-            reason: format!("bpf is an active LSM but the kernel refuses LSM programs: {e}"),
+            reason: format!(
+                "bpf is an active LSM but the kernel refuses LSM programs: {}",
+                error_chain(&e)
+            ),
         },
     }
+}
+
+/// An error and its sources on one line: aya puts the errno in the source.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -17,7 +17,11 @@ use palisade::{
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "eBPF policy enforcement for Kubernetes nodes")]
+#[command(
+    name = "palisade",
+    version,
+    about = "eBPF policy enforcement for Kubernetes nodes"
+)]
 struct Cli {
     /// Base directory for pins on bpffs; the ABI version directory goes beneath it.
     #[arg(long, global = true, default_value = paths::DEFAULT_PIN_BASE)]
@@ -85,7 +89,11 @@ fn describe(what: &str, iface: &str, state: &LinkState) {
     match state {
         LinkState::Pinned { path, replaced } => println!(
             "{what} on {iface}: {} link pinned at {}",
-            if *replaced { "replaced program in existing" } else { "new" },
+            if *replaced {
+                "replaced program in existing"
+            } else {
+                "new"
+            },
             path.display()
         ),
         LinkState::Held { reason } => {
@@ -121,7 +129,8 @@ fn load(pins: &PinDir, xdp: &[String], tc: &[String], mode: Mode) -> anyhow::Res
     }
     for iface in tc {
         for hook in [TcHook::FromPod, TcHook::ToPod] {
-            let state = attach::attach_tc(&mut loaded.tc, pins, ifindex(iface)?, hook, features.tcx)?;
+            let state =
+                attach::attach_tc(&mut loaded.tc, pins, ifindex(iface)?, hook, features.tcx)?;
             describe(&format!("tc {hook:?}"), iface, &state);
         }
     }
@@ -160,7 +169,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {

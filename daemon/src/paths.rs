@@ -72,7 +72,9 @@ mod tests {
         let pins = PinDir::new("/sys/fs/bpf/palisade");
         assert_eq!(
             pins.map("PAL_TC_STATS"),
-            Path::new(&format!("/sys/fs/bpf/palisade/v{ABI_VERSION}/maps/PAL_TC_STATS"))
+            Path::new(&format!(
+                "/sys/fs/bpf/palisade/v{ABI_VERSION}/maps/PAL_TC_STATS"
+            ))
         );
         assert_eq!(
             pins.link("xdp-7"),

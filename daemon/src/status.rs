@@ -72,7 +72,11 @@ impl Status {
         for line in self.features.lines() {
             out.push_str(&format!("  {line}\n"));
         }
-        out.push_str(&format!("pinned state (ABI v{}, {})\n", self.abi, self.pin_dir.display()));
+        out.push_str(&format!(
+            "pinned state (ABI v{}, {})\n",
+            self.abi,
+            self.pin_dir.display()
+        ));
         for m in &self.maps {
             out.push_str(&format!("  map {:<15} {}\n", m.name, m.state));
             for c in &m.counters {

@@ -24,13 +24,23 @@ static PAL_TC_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_
 
 #[classifier]
 pub fn pal_tc_from_pod(ctx: TcContext) -> i32 {
-    count(&PAL_TC_STATS, direction::EGRESS, reason::PASS_UNENFORCED, u64::from(ctx.len()));
+    count(
+        &PAL_TC_STATS,
+        direction::EGRESS,
+        reason::PASS_UNENFORCED,
+        u64::from(ctx.len()),
+    );
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn pal_tc_to_pod(ctx: TcContext) -> i32 {
-    count(&PAL_TC_STATS, direction::INGRESS, reason::PASS_UNENFORCED, u64::from(ctx.len()));
+    count(
+        &PAL_TC_STATS,
+        direction::INGRESS,
+        reason::PASS_UNENFORCED,
+        u64::from(ctx.len()),
+    );
     TC_ACT_UNSPEC
 }
 

@@ -24,7 +24,12 @@ static PAL_XDP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS
 #[xdp]
 pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
     let len = ctx.data_end().saturating_sub(ctx.data()) as u64;
-    count(&PAL_XDP_STATS, direction::INGRESS, reason::PASS_UNENFORCED, len);
+    count(
+        &PAL_XDP_STATS,
+        direction::INGRESS,
+        reason::PASS_UNENFORCED,
+        len,
+    );
     xdp_action::XDP_PASS
 }
 

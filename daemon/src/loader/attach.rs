@@ -154,7 +154,10 @@ pub fn attach_xdp(
             })?;
             (prog.attach_to_link(link).map_err(attach_error(name))?, true)
         }
-        None => (prog.attach(ifindex, mode).map_err(attach_error(name))?, false),
+        None => (
+            prog.attach(ifindex, mode).map_err(attach_error(name))?,
+            false,
+        ),
     };
     let link = prog.take_link(id).map_err(attach_error(name))?;
     let link = FdLink::try_from(link).map_err(|source| AttachError::NotPinnable {
@@ -260,7 +263,10 @@ pub fn unpin_links(pins: &PinDir) -> Result<usize, AttachError> {
     Ok(removed)
 }
 
-fn program<'a, T>(object: &'a mut LoadedObject, name: &'static str) -> Result<&'a mut T, AttachError>
+fn program<'a, T>(
+    object: &'a mut LoadedObject,
+    name: &'static str,
+) -> Result<&'a mut T, AttachError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {

@@ -42,7 +42,11 @@ pub struct FieldMismatch {
 
 impl fmt::Display for FieldMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} is {}, expected {}", self.field, self.found, self.expected)
+        write!(
+            f,
+            "{} is {}, expected {}",
+            self.field, self.found, self.expected
+        )
     }
 }
 
@@ -53,7 +57,10 @@ pub enum LayoutError {
          remove the pin or run the daemon version that created it",
         .mismatches.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
     )]
-    Mismatch { path: String, mismatches: Vec<FieldMismatch> },
+    Mismatch {
+        path: String,
+        mismatches: Vec<FieldMismatch>,
+    },
     #[error("cannot inspect pinned map {path}: {source}")]
     Inspect {
         path: String,
@@ -193,7 +200,11 @@ mod tests {
 
     #[test]
     fn every_object_map_has_a_spec() {
-        for object in [&super::super::objects::XDP, &super::super::objects::TC, &super::super::objects::LSM] {
+        for object in [
+            &super::super::objects::XDP,
+            &super::super::objects::TC,
+            &super::super::objects::LSM,
+        ] {
             for map in object.maps {
                 assert!(spec(map).is_ok(), "{map} of {} has no spec", object.name);
             }

@@ -96,12 +96,14 @@ pub fn load_all(pins: &PinDir, features: &Features) -> Result<Loaded, LoadError>
     let mut xdp = load_object(pins, &objects::XDP)?;
     for &program in objects::XDP.programs {
         let p: &mut Xdp = program_mut(&mut xdp.ebpf, &objects::XDP, program)?;
-        p.load().map_err(|e| verify_error(&objects::XDP, program, e))?;
+        p.load()
+            .map_err(|e| verify_error(&objects::XDP, program, e))?;
     }
     let mut tc = load_object(pins, &objects::TC)?;
     for &program in objects::TC.programs {
         let p: &mut SchedClassifier = program_mut(&mut tc.ebpf, &objects::TC, program)?;
-        p.load().map_err(|e| verify_error(&objects::TC, program, e))?;
+        p.load()
+            .map_err(|e| verify_error(&objects::TC, program, e))?;
     }
     let lsm = match &features.bpf_lsm {
         crate::features::BpfLsm::Inactive { reason } => LsmObject::Skipped {
@@ -144,10 +146,12 @@ fn load_object(pins: &PinDir, object: &'static Object) -> Result<LoadedObject, L
         outcomes.push(MapOutcome { name: map, pinned });
         loader.map_pin_path(map, pins.map(map));
     }
-    let ebpf = loader.load(object.bytes).map_err(|source| LoadError::Object {
-        object: object.name,
-        source: Box::new(source),
-    })?;
+    let ebpf = loader
+        .load(object.bytes)
+        .map_err(|source| LoadError::Object {
+            object: object.name,
+            source: Box::new(source),
+        })?;
     if let Some((name, _)) = ebpf.maps().find(|(name, _)| !object.maps.contains(name)) {
         return Err(LoadError::UnexpectedMap {
             object: object.name,
@@ -171,14 +175,11 @@ fn program_mut<'a, T>(
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let p = ebpf
-        .program_mut(program)
-        .ok_or(LoadError::MissingProgram {
-            object: object.name,
-            program,
-        })?;
-    p.try_into()
-        .map_err(|e| verify_error(object, program, e))
+    let p = ebpf.program_mut(program).ok_or(LoadError::MissingProgram {
+        object: object.name,
+        program,
+    })?;
+    p.try_into().map_err(|e| verify_error(object, program, e))
 }
 
 fn verify_error(object: &'static Object, program: &'static str, e: ProgramError) -> LoadError {

@@ -1,0 +1,225 @@
+//! Programs attached to a real veth in namespaces of the test's own, with
+//! real traffic: links are pinned, survive the loader, are taken over by the
+//! next loader, and detach when unpinned.
+
+use std::{
+    ffi::CString,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::programs::{
+    XdpMode,
+    links::{FdLink, PinnedLink},
+    loaded_programs,
+};
+use ebpf_common::maps;
+use palisade::{
+    features::Features,
+    loader::{
+        self, Loaded,
+        attach::{self, LinkState, TcHook},
+    },
+    paths::PinDir,
+    stats::read_pinned,
+};
+use palisade_tests::{TempPins, VethPair};
+
+fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = CString::new(name)?;
+    // SAFETY: valid NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        bail!("no interface {name}");
+    }
+    Ok(i)
+}
+
+/// Events counted so far in `map` for `direction`.
+fn events(pins: &PinDir, map: &str, direction: &str) -> anyhow::Result<u64> {
+    Ok(read_pinned(&pins.map(map))?
+        .iter()
+        .filter(|r| r.direction == direction)
+        .map(|r| r.events)
+        .sum())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    xdp: u64,
+    from_pod: u64,
+    to_pod: u64,
+}
+
+fn counts(pins: &PinDir) -> anyhow::Result<Counts> {
+    Ok(Counts {
+        xdp: events(pins, maps::XDP_STATS, "ingress")?,
+        from_pod: events(pins, maps::TC_STATS, "egress")?,
+        to_pod: events(pins, maps::TC_STATS, "ingress")?,
+    })
+}
+
+fn attach_all(
+    loaded: &mut Loaded,
+    pins: &PinDir,
+    veth: &VethPair,
+    tcx: bool,
+) -> anyhow::Result<Vec<LinkState>> {
+    veth.in_node(|| -> anyhow::Result<Vec<LinkState>> {
+        let index = ifindex(&veth.host_if)?;
+        let mut states = vec![attach::attach_xdp(
+            &mut loaded.xdp,
+            pins,
+            index,
+            XdpMode::Default,
+        )?];
+        for hook in [TcHook::FromPod, TcHook::ToPod] {
+            states.push(attach::attach_tc(&mut loaded.tc, pins, index, hook, tcx)?);
+        }
+        Ok(states)
+    })?
+}
+
+const N: u32 = 5;
+
+fn pinned_link_programs(pins: &PinDir) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(pins.links())? {
+        let link = FdLink::from(PinnedLink::from_pin(entry?.path())?);
+        ids.push(link.info()?.program_id());
+    }
+    Ok(ids)
+}
+
+fn wait_until_freed(programs: &[u32]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live: Vec<u32> = loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| programs.contains(id))
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("programs {live:?} still loaded 10 s after their links were unpinned");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+#[test]
+fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let veth = VethPair::new()?;
+    let features = Features::probe();
+
+    let mut loaded = loader::load_all(&t.pins, &features)?;
+    let states = attach_all(&mut loaded, &t.pins, &veth, features.tcx)?;
+    assert!(
+        matches!(
+            states[0],
+            LinkState::Pinned {
+                replaced: false,
+                ..
+            }
+        ),
+        "{states:?}"
+    );
+    for tc in &states[1..] {
+        if features.tcx {
+            assert!(
+                matches!(
+                    tc,
+                    LinkState::Pinned {
+                        replaced: false,
+                        ..
+                    }
+                ),
+                "{tc:?}"
+            );
+        } else {
+            assert!(matches!(tc, LinkState::Held { .. }), "{tc:?}");
+        }
+    }
+
+    assert_eq!(
+        veth.udp_echo(N)?,
+        N,
+        "traffic must pass: nothing denies yet"
+    );
+    let c1 = counts(&t.pins)?;
+    // At least the datagrams; ARP adds frames of its own.
+    assert!(c1.xdp >= u64::from(N), "{c1:?}");
+    assert!(c1.from_pod >= u64::from(N), "{c1:?}");
+    assert!(c1.to_pod >= u64::from(N), "{c1:?}");
+
+    // The "daemon" exits: pinned links keep the programs attached.
+    drop(loaded);
+    assert_eq!(veth.udp_echo(N)?, N);
+    let c2 = counts(&t.pins)?;
+    assert!(
+        c2.xdp >= c1.xdp + u64::from(N),
+        "XDP stopped with the loader: {c1:?} -> {c2:?}"
+    );
+    if features.tcx {
+        assert!(
+            c2.from_pod >= c1.from_pod + u64::from(N),
+            "{c1:?} -> {c2:?}"
+        );
+        assert!(c2.to_pod >= c1.to_pod + u64::from(N), "{c1:?} -> {c2:?}");
+    } else {
+        println!("no TCX: the clsact TC filters ended with their loader, as reported");
+    }
+
+    // The next loader adopts the maps and swaps its programs into the links.
+    let mut next = loader::load_all(&t.pins, &features)?;
+    let states = attach_all(&mut next, &t.pins, &veth, features.tcx)?;
+    assert!(
+        matches!(states[0], LinkState::Pinned { replaced: true, .. }),
+        "{states:?}"
+    );
+    if features.tcx {
+        for tc in &states[1..] {
+            assert!(
+                matches!(tc, LinkState::Pinned { replaced: true, .. }),
+                "{tc:?}"
+            );
+        }
+    }
+    assert_eq!(veth.udp_echo(N)?, N);
+    let c3 = counts(&t.pins)?;
+    assert!(c3.xdp >= c2.xdp + u64::from(N), "{c2:?} -> {c3:?}");
+    assert!(
+        c3.from_pod >= c2.from_pod + u64::from(N),
+        "{c2:?} -> {c3:?}"
+    );
+
+    // Unpinning detaches once no process holds the links. The kernel frees
+    // a link from a workqueue and drops its program only after detaching it,
+    // so waiting for the programs to go is waiting for the detach.
+    drop(next);
+    let programs = pinned_link_programs(&t.pins)?;
+    let removed = attach::unpin_links(&t.pins)?;
+    wait_until_freed(&programs)?;
+    assert_eq!(removed, if features.tcx { 3 } else { 1 });
+    assert_eq!(veth.udp_echo(N)?, N);
+    let c4 = counts(&t.pins)?;
+    assert_eq!(
+        c4, c3,
+        "programs still attached after their links were unpinned"
+    );
+    Ok(())
+}
+
+#[test]
+fn attaching_to_a_missing_interface_is_a_clear_error() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let mut loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let err = attach::attach_xdp(&mut loaded.xdp, &t.pins, u32::MAX - 1, XdpMode::Default)
+        .err()
+        .context("attach to a nonexistent ifindex succeeded")?;
+    assert!(err.to_string().contains("pal_xdp_pre"), "{err}");
+    assert!(!t.pins.link(&format!("xdp-{}", u32::MAX - 1)).exists());
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The loader against the real kernel: objects pass the verifier, maps are
+//! pinned and adopted, and a pinned map with the wrong layout is refused.
+
+use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+use ebpf_common::{
+    maps::{self, kind},
+    reason,
+    stats::{Counter, direction, stat_index},
+};
+use palisade::{
+    features::{BpfLsm, Features},
+    loader::{
+        self, LoadError, LsmObject,
+        layout::{LayoutError, Pinned},
+    },
+};
+use palisade_tests::{TempPins, in_guest};
+
+#[test]
+fn loads_every_object_and_pins_its_maps() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let features = Features::probe();
+    let loaded = loader::load_all(&t.pins, &features)?;
+    for name in [maps::XDP_STATS, maps::TC_STATS] {
+        assert!(t.pins.map(name).exists(), "{name} not pinned");
+    }
+    assert!(loaded.xdp.maps.iter().all(|m| m.pinned == Pinned::Absent));
+    match (&features.bpf_lsm, &loaded.lsm) {
+        (BpfLsm::Active, LsmObject::Loaded(lsm)) => {
+            assert!(t.pins.map(maps::LSM_STATS).exists());
+            assert_eq!(lsm.maps.len(), 1);
+        }
+        (BpfLsm::Inactive { reason }, LsmObject::Skipped { reason: skipped }) => {
+            assert_eq!(reason, skipped);
+            assert!(!t.pins.map(maps::LSM_STATS).exists());
+            // The guest boots a stock kernel with bpf in lsm=: there it must load.
+            assert!(!in_guest(), "BPF LSM must be active in the guest: {reason}");
+            println!("LSM object not loaded, as the probe says: {reason}");
+        }
+        (probe, _) => bail!("probe says {probe:?} but the loader disagreed"),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_second_load_adopts_the_pinned_maps_and_their_contents() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let features = Features::probe();
+    let first = loader::load_all(&t.pins, &features)?;
+    let path = t.pins.map(maps::TC_STATS);
+    let cell = stat_index(direction::EGRESS, reason::PASS_UNENFORCED);
+    {
+        let mut array: PerCpuArray<MapData, Counter> =
+            PerCpuArray::try_from(Map::from_map_data(MapData::from_pin(&path)?)?)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize;
+        let values = vec![
+            Counter {
+                events: 7,
+                bytes: 700
+            };
+            cpus
+        ];
+        array.set(cell, PerCpuValues::try_from(values)?, 0)?;
+    }
+    drop(first);
+
+    let second = loader::load_all(&t.pins, &features)?;
+    let tc = second
+        .tc
+        .maps
+        .iter()
+        .find(|m| m.name == maps::TC_STATS)
+        .context("tc stats outcome")?;
+    assert!(
+        matches!(tc.pinned, Pinned::Matches { .. }),
+        "{:?}",
+        tc.pinned
+    );
+    let rows = palisade::stats::read_pinned(&path)?;
+    let cpus = u64::from(aya::util::nr_cpus().map_err(|(_, e)| e)?.get());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].events, 7 * cpus);
+    assert_eq!(rows[0].bytes, 700 * cpus);
+    Ok(())
+}
+
+/// Creates and pins a map with an arbitrary layout through the raw syscall,
+/// standing in for a map left behind by a daemon of another layout.
+fn pin_raw_map(path: &Path, map_type: u32, key: u32, value: u32, max: u32) -> anyhow::Result<()> {
+    let mut create = [0u32; 16];
+    create[..4].copy_from_slice(&[map_type, key, value, max]);
+    // SAFETY: BPF_MAP_CREATE reads `create`, which is zero-padded past the
+    // fields set; the kernel accepts a zero tail.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    if fd < 0 {
+        bail!("BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    }
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut pin = [0u64; 3];
+    pin[0] = c.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: BPF_OBJ_PIN reads the path pointer and fd from `pin`, both live.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), std::mem::size_of_val(&pin)) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd came from BPF_MAP_CREATE above; the pin keeps the map alive.
+    unsafe { libc::close(fd as i32) };
+    if rc != 0 {
+        bail!("BPF_OBJ_PIN {}: {err}", path.display());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_pinned_map_with_the_wrong_layout_is_refused_not_reused() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    std::fs::create_dir_all(t.pins.maps())?;
+    // What an older daemon with 8-byte counters and a smaller table would leave.
+    let path = t.pins.map(maps::TC_STATS);
+    pin_raw_map(&path, kind::PERCPU_ARRAY, 4, 8, 2)?;
+    let before = aya::maps::MapInfo::from_pin(&path)?.id();
+
+    let err = match loader::load_all(&t.pins, &Features::probe()) {
+        Ok(_) => bail!("a mismatched pinned map was accepted"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    match &err {
+        LoadError::Layout(LayoutError::Mismatch { mismatches, .. }) => {
+            let fields: Vec<_> = mismatches.iter().map(|m| m.field).collect();
+            assert_eq!(fields, ["value size", "max entries"], "{text}");
+        }
+        other => bail!("expected a layout mismatch, got: {other}"),
+    }
+    assert!(text.contains("PAL_TC_STATS"), "{text}");
+    assert!(text.contains("value size is 8, expected 16"), "{text}");
+    assert!(text.contains("refusing to reuse"), "{text}");
+
+    // Refused before anything was created or replaced.
+    assert_eq!(aya::maps::MapInfo::from_pin(&path)?.id(), before);
+    assert!(
+        !t.pins.map(maps::XDP_STATS).exists(),
+        "XDP map created despite the refusal"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_pinned_map_of_another_type_is_refused() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    std::fs::create_dir_all(t.pins.maps())?;
+    let path = t.pins.map(maps::XDP_STATS);
+    pin_raw_map(&path, kind::HASH, 4, 16, 3)?;
+    let Err(err) = loader::load_all(&t.pins, &Features::probe()) else {
+        bail!("a hash map was adopted as a per-CPU array");
+    };
+    assert!(
+        err.to_string().contains("map type is 1, expected 6"),
+        "{err}"
+    );
+    Ok(())
+}
