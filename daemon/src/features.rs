@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::paths;
 
 /// Magic number of bpffs in `statfs(2)`.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Features {
@@ -102,7 +102,10 @@ pub fn is_bpffs(path: &Path) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the duration of the call.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc == 0 && i64::from(st.f_type) == BPF_FS_MAGIC
+    // f_type is signed on glibc and unsigned on musl; the magic fits either.
+    #[allow(clippy::unnecessary_cast)]
+    let f_type = st.f_type as u64;
+    rc == 0 && f_type == BPF_FS_MAGIC
 }
 
 /// Whether `bpf` appears in the comma-separated active LSM list.

@@ -55,6 +55,10 @@ enum Command {
     Unload {
         #[arg(long)]
         maps: bool,
+        /// Also remove Palisade's clsact filters from these interfaces
+        /// (kernels without TCX, where TC attachments are not pinned).
+        #[arg(long = "tc", value_name = "IFACE")]
+        tc: Vec<String>,
     },
 }
 
@@ -96,9 +100,16 @@ fn describe(what: &str, iface: &str, state: &LinkState) {
             },
             path.display()
         ),
-        LinkState::Held { reason } => {
-            println!("{what} on {iface}: attached for the life of this process ({reason})");
-        }
+        LinkState::Filter { replaced } => println!(
+            "{what} on {iface}: {} clsact filter (prio {}, handle {:#x}); kept by the qdisc",
+            if *replaced {
+                "replaced program in existing"
+            } else {
+                "new"
+            },
+            attach::CLSACT_PRIORITY,
+            attach::CLSACT_HANDLE
+        ),
     }
 }
 
@@ -137,9 +148,13 @@ fn load(pins: &PinDir, xdp: &[String], tc: &[String], mode: Mode) -> anyhow::Res
     Ok(())
 }
 
-fn unload(pins: &PinDir, maps: bool) -> anyhow::Result<()> {
+fn unload(pins: &PinDir, maps: bool, tc: &[String]) -> anyhow::Result<()> {
     let removed = attach::unpin_links(pins)?;
     println!("unpinned {removed} links");
+    for iface in tc {
+        let filters = attach::detach_clsact(ifindex(iface)?)?;
+        println!("removed {filters} clsact filters from {iface}");
+    }
     if maps {
         match std::fs::remove_dir_all(pins.root()) {
             Ok(()) => println!("removed {}", pins.root().display()),
@@ -163,7 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Load { xdp, tc, xdp_mode } => load(&pins, &xdp, &tc, xdp_mode),
-        Command::Unload { maps } => unload(&pins, maps),
+        Command::Unload { maps, tc } => unload(&pins, maps, &tc),
     }
 }
 

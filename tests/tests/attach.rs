@@ -8,11 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::programs::{
-    XdpMode,
-    links::{FdLink, PinnedLink},
-    loaded_programs,
-};
+use aya::programs::{XdpMode, loaded_programs};
 use ebpf_common::maps;
 use palisade::{
     features::Features,
@@ -82,11 +78,12 @@ fn attach_all(
 
 const N: u32 = 5;
 
-fn pinned_link_programs(pins: &PinDir) -> anyhow::Result<Vec<u32>> {
+fn program_ids(loaded: &Loaded) -> anyhow::Result<Vec<u32>> {
     let mut ids = Vec::new();
-    for entry in std::fs::read_dir(pins.links())? {
-        let link = FdLink::from(PinnedLink::from_pin(entry?.path())?);
-        ids.push(link.info()?.program_id());
+    for object in [&loaded.xdp, &loaded.tc] {
+        for (_, p) in object.ebpf.programs() {
+            ids.push(p.info()?.id());
+        }
     }
     Ok(ids)
 }
@@ -108,6 +105,7 @@ fn wait_until_freed(programs: &[u32]) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
 #[test]
 fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::Result<()> {
     let t = TempPins::new()?;
@@ -139,7 +137,7 @@ fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::R
                 "{tc:?}"
             );
         } else {
-            assert!(matches!(tc, LinkState::Held { .. }), "{tc:?}");
+            assert_eq!(tc, &LinkState::Filter { replaced: false });
         }
     }
 
@@ -154,23 +152,18 @@ fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::R
     assert!(c1.from_pod >= u64::from(N), "{c1:?}");
     assert!(c1.to_pod >= u64::from(N), "{c1:?}");
 
-    // The "daemon" exits: pinned links keep the programs attached.
+    // The "daemon" exits, in another namespace than the one it attached in:
+    // pinned links and clsact filters keep the programs attached.
     drop(loaded);
     assert_eq!(veth.udp_echo(N)?, N);
     let c2 = counts(&t.pins)?;
+    let n = u64::from(N);
     assert!(
-        c2.xdp >= c1.xdp + u64::from(N),
-        "XDP stopped with the loader: {c1:?} -> {c2:?}"
+        c2.xdp >= c1.xdp + n,
+        "XDP ended with the loader: {c1:?} -> {c2:?}"
     );
-    if features.tcx {
-        assert!(
-            c2.from_pod >= c1.from_pod + u64::from(N),
-            "{c1:?} -> {c2:?}"
-        );
-        assert!(c2.to_pod >= c1.to_pod + u64::from(N), "{c1:?} -> {c2:?}");
-    } else {
-        println!("no TCX: the clsact TC filters ended with their loader, as reported");
-    }
+    assert!(c2.from_pod >= c1.from_pod + n, "{c1:?} -> {c2:?}");
+    assert!(c2.to_pod >= c1.to_pod + n, "{c1:?} -> {c2:?}");
 
     // The next loader adopts the maps and swaps its programs into the links.
     let mut next = loader::load_all(&t.pins, &features)?;
@@ -179,30 +172,39 @@ fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::R
         matches!(states[0], LinkState::Pinned { replaced: true, .. }),
         "{states:?}"
     );
-    if features.tcx {
-        for tc in &states[1..] {
+    for tc in &states[1..] {
+        if features.tcx {
             assert!(
                 matches!(tc, LinkState::Pinned { replaced: true, .. }),
                 "{tc:?}"
             );
+        } else {
+            assert_eq!(tc, &LinkState::Filter { replaced: true });
         }
     }
+    // Replaced, not added beside: each packet is counted once per hook.
     assert_eq!(veth.udp_echo(N)?, N);
     let c3 = counts(&t.pins)?;
-    assert!(c3.xdp >= c2.xdp + u64::from(N), "{c2:?} -> {c3:?}");
-    assert!(
-        c3.from_pod >= c2.from_pod + u64::from(N),
-        "{c2:?} -> {c3:?}"
-    );
+    let once = |before: u64, after: u64| after >= before + n && after < before + 2 * n;
+    assert!(once(c2.xdp, c3.xdp), "{c2:?} -> {c3:?}");
+    assert!(once(c2.from_pod, c3.from_pod), "{c2:?} -> {c3:?}");
+    assert!(once(c2.to_pod, c3.to_pod), "{c2:?} -> {c3:?}");
 
     // Unpinning detaches once no process holds the links. The kernel frees
     // a link from a workqueue and drops its program only after detaching it,
     // so waiting for the programs to go is waiting for the detach.
+    let programs = program_ids(&next)?;
     drop(next);
-    let programs = pinned_link_programs(&t.pins)?;
     let removed = attach::unpin_links(&t.pins)?;
+    let filters = veth.in_node(|| -> anyhow::Result<usize> {
+        Ok(attach::detach_clsact(ifindex(&veth.host_if)?)?)
+    })??;
+    if features.tcx {
+        assert_eq!((removed, filters), (3, 0));
+    } else {
+        assert_eq!((removed, filters), (1, 2));
+    }
     wait_until_freed(&programs)?;
-    assert_eq!(removed, if features.tcx { 3 } else { 1 });
     assert_eq!(veth.udp_echo(N)?, N);
     let c4 = counts(&t.pins)?;
     assert_eq!(

@@ -11,9 +11,9 @@ use std::{
 };
 
 use aya::programs::{
-    Lsm, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-    links::{FdLink, LinkError, PinnedLink},
-    tc::SchedClassifierLink,
+    Link as _, Lsm, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    links::{FdLink, LinkError, LinkOrder, PinnedLink},
+    tc::{NlOptions, SchedClassifierLink, TcAttach, TcError, TcHandle, qdisc_add_clsact},
     xdp::XdpLink,
 };
 use ebpf_common::maps::programs;
@@ -94,9 +94,9 @@ impl TcHook {
 pub enum LinkState {
     /// Pinned at `path`; `replaced` when an existing link was taken over.
     Pinned { path: PathBuf, replaced: bool },
-    /// Held by this process only (clsact on kernels without TCX): it goes
-    /// away with the process.
-    Held { reason: &'static str },
+    /// A clsact filter (kernels without TCX): not pinnable, but kept by the
+    /// qdisc after this process exits; `replaced` as for a pinned link.
+    Filter { replaced: bool },
 }
 
 fn attach_error(program: &'static str) -> impl FnOnce(ProgramError) -> AttachError {
@@ -167,9 +167,11 @@ pub fn attach_xdp(
     pin(link, &path, replaced)
 }
 
-/// Attaches a TC program to `ifindex`. With TCX the link is pinned as
-/// `links/tc-{from,to}-pod-<ifindex>`; without it the clsact filter is held
-/// by this process.
+/// Attaches a TC program to `ifindex` (in the calling thread's network
+/// namespace). With TCX the link is pinned as `links/tc-{from,to}-pod-<ifindex>`.
+/// Without TCX the program goes into a clsact filter at Palisade's own
+/// priority and handle, which the qdisc keeps after this process exits and
+/// which the next loader replaces in place.
 pub fn attach_tc(
     object: &mut LoadedObject,
     pins: &PinDir,
@@ -180,23 +182,7 @@ pub fn attach_tc(
     let name = hook.program();
     let prog: &mut SchedClassifier = program(object, name)?;
     if !tcx {
-        // cls_bpf needs the clsact qdisc; EEXIST means it is there already.
-        match aya::programs::tc::qdisc_add_clsact(ifindex) {
-            Ok(()) => {}
-            Err(aya::programs::tc::TcError::NetlinkError(e))
-                if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => {
-                return Err(AttachError::Program {
-                    program: name,
-                    source: Box::new(ProgramError::from(e)),
-                });
-            }
-        }
-        prog.attach(ifindex, hook.attach_type())
-            .map_err(attach_error(name))?;
-        return Ok(LinkState::Held {
-            reason: "clsact filters cannot be pinned; TCX (Linux 6.6+) can",
-        });
+        return attach_clsact(prog, name, ifindex, hook);
     }
     let path = pins.link(&hook.pin_name(ifindex));
     let (id, replaced) = match adopt(&path)? {
@@ -209,8 +195,14 @@ pub fn attach_tc(
             (prog.attach_to_link(link).map_err(attach_error(name))?, true)
         }
         None => (
-            prog.attach(ifindex, hook.attach_type())
-                .map_err(attach_error(name))?,
+            prog.attach(
+                ifindex,
+                TcAttach::Tcx {
+                    attach_type: hook.attach_type(),
+                    order: LinkOrder::default(),
+                },
+            )
+            .map_err(attach_error(name))?,
             false,
         ),
     };
@@ -220,6 +212,101 @@ pub fn attach_tc(
         source,
     })?;
     pin(link, &path, replaced)
+}
+
+/// Palisade's clsact filters sit at priority 1 (before any other filter) with
+/// a handle of their own, so they are found again without a registry and
+/// never confused with another tool's filter at the same priority.
+pub const CLSACT_PRIORITY: u16 = 1;
+pub const CLSACT_HANDLE: u32 = 0x5041;
+
+fn clsact_options() -> NlOptions {
+    NlOptions {
+        priority: CLSACT_PRIORITY,
+        handle: TcHandle::from(CLSACT_HANDLE),
+        classid: None,
+    }
+}
+
+/// aya reports a netlink failure as `TcError::NetlinkError` when attaching
+/// and as `ProgramError::NetlinkError` when detaching.
+fn is_errno(e: &ProgramError, errno: i32) -> bool {
+    match e {
+        ProgramError::TcError(TcError::NetlinkError(n)) | ProgramError::NetlinkError(n) => {
+            n.raw_os_error() == Some(errno)
+        }
+        _ => false,
+    }
+}
+
+fn attach_clsact(
+    prog: &mut SchedClassifier,
+    name: &'static str,
+    ifindex: u32,
+    hook: TcHook,
+) -> Result<LinkState, AttachError> {
+    // cls_bpf needs the clsact qdisc; EEXIST means it is there already.
+    match qdisc_add_clsact(ifindex) {
+        Ok(()) => {}
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(attach_error(name)(e.into())),
+    }
+    let parent = TcHandle::from(hook.attach_type());
+    let created = prog.attach(
+        ifindex,
+        TcAttach::Netlink {
+            parent,
+            options: clsact_options(),
+        },
+    );
+    let (id, replaced) = match created {
+        Ok(id) => (id, false),
+        // Our filter is there from an earlier loader: swap the program in it.
+        Err(e) if is_errno(&e, libc::EEXIST) => {
+            let existing = SchedClassifierLink::attached(
+                ifindex,
+                parent,
+                CLSACT_PRIORITY,
+                TcHandle::from(CLSACT_HANDLE),
+                None,
+            )
+            .map_err(|e| attach_error(name)(e.into()))?;
+            (
+                prog.attach_to_link(existing).map_err(attach_error(name))?,
+                true,
+            )
+        }
+        Err(e) => return Err(attach_error(name)(e)),
+    };
+    let link = prog.take_link(id).map_err(attach_error(name))?;
+    // Dropping the link would delete the filter. It holds no file descriptor,
+    // only (ifindex, parent, priority, handle), so forgetting it leaks nothing
+    // and leaves the filter, like a pinned link, to outlive this process.
+    std::mem::forget(link);
+    Ok(LinkState::Filter { replaced })
+}
+
+/// Removes Palisade's clsact filters from `ifindex`, in the calling thread's
+/// network namespace. Returns how many there were.
+pub fn detach_clsact(ifindex: u32) -> Result<usize, AttachError> {
+    let mut removed = 0;
+    for hook in [TcHook::FromPod, TcHook::ToPod] {
+        let link = SchedClassifierLink::attached(
+            ifindex,
+            TcHandle::from(hook.attach_type()),
+            CLSACT_PRIORITY,
+            TcHandle::from(CLSACT_HANDLE),
+            None,
+        )
+        .map_err(|e| attach_error(hook.program())(e.into()))?;
+        match link.detach() {
+            Ok(()) => removed += 1,
+            // ENOENT: no such filter; EINVAL: no clsact qdisc at all.
+            Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::EINVAL) => {}
+            Err(e) => return Err(attach_error(hook.program())(e)),
+        }
+    }
+    Ok(removed)
 }
 
 /// Attaches every LSM program and pins its link as `links/lsm-<program>`.

@@ -1,0 +1,74 @@
+//! The BPF-LSM exec hook, where the kernel lets it enforce (the QEMU guest).
+//!
+//! An LSM program attaches without error where BPF LSM is not active and
+//! then never runs, so the test counts real execs through the program's own
+//! counter instead of trusting the attach.
+
+use std::process::Command;
+
+use anyhow::bail;
+use ebpf_common::maps;
+use palisade::{
+    features::{BpfLsm, Features},
+    loader::{self, LsmObject, attach},
+    stats::read_pinned,
+};
+use palisade_tests::{TempPins, in_guest};
+
+fn exec_events(t: &TempPins) -> anyhow::Result<u64> {
+    Ok(read_pinned(&t.pins.map(maps::LSM_STATS))?
+        .iter()
+        .filter(|r| r.direction == "local")
+        .map(|r| r.events)
+        .sum())
+}
+
+fn exec_true(times: u32) -> anyhow::Result<()> {
+    for _ in 0..times {
+        let status = Command::new("true").status()?;
+        if !status.success() {
+            bail!("true failed: {status}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_exec_hook_sees_every_exec_and_outlives_its_loader() -> anyhow::Result<()> {
+    let features = Features::probe();
+    if let BpfLsm::Inactive { reason } = &features.bpf_lsm {
+        assert!(
+            !in_guest(),
+            "the guest boots with bpf in lsm=, yet: {reason}"
+        );
+        println!("skipped: BPF LSM cannot run here ({reason}); tests/vm runs this in a guest");
+        return Ok(());
+    }
+    let t = TempPins::new()?;
+    let mut loaded = loader::load_all(&t.pins, &features)?;
+    let LsmObject::Loaded(lsm) = &mut loaded.lsm else {
+        bail!("BPF LSM is active but the loader skipped the LSM object");
+    };
+    let states = attach::attach_lsm(lsm, &t.pins)?;
+    assert_eq!(states.len(), 1);
+
+    let before = exec_events(&t)?;
+    exec_true(3)?;
+    let after = exec_events(&t)?;
+    assert!(
+        after >= before + 3,
+        "exec hook did not run: {before} -> {after}"
+    );
+
+    // The pinned link keeps the hook after its loader is gone.
+    drop(loaded);
+    exec_true(2)?;
+    let later = exec_events(&t)?;
+    assert!(
+        later >= after + 2,
+        "hook ended with its loader: {after} -> {later}"
+    );
+
+    attach::unpin_links(&t.pins)?;
+    Ok(())
+}

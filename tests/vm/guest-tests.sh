@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the privileged test binaries (loader, attach, lsm) inside the QEMU
+# guest: a second kernel (Debian 6.1: clsact instead of TCX) on which BPF LSM
+# is active. Exits with the guest's status.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/versions.env
+
+# Static binaries need nothing from the guest's (absent) libc.
+bins=$(cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --message-format=json \
+         --test loader --test attach --test lsm 2>/dev/null |
+       python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])
+')
+[ -n "$bins" ] || { echo "guest-tests: building the test binaries failed" >&2; \
+  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm; exit 1; }
+
+adds=()
+for b in $bins; do adds+=(--add "$b"); done
+exec tests/vm/run-guest.sh "${adds[@]}" -- sh -c '
+  failed=0
+  for t in ./*; do
+    echo "== $t"
+    "$t" --test-threads=1 || failed=1
+  done
+  exit $failed'
