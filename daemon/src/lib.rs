@@ -7,6 +7,7 @@
 
 pub mod features;
 pub mod loader;
+pub mod netns;
 pub mod paths;
 pub mod stats;
 pub mod status;

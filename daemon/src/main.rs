@@ -1,6 +1,10 @@
 //! The `palisade` command.
 
-use std::{ffi::CString, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::programs::XdpMode;
@@ -49,6 +53,10 @@ enum Command {
         tc: Vec<String>,
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         xdp_mode: Mode,
+        /// Network namespace the interfaces live in (e.g. /run/netns/node);
+        /// pins stay on this process's bpffs.
+        #[arg(long, value_name = "PATH")]
+        netns: Option<PathBuf>,
     },
     /// Unpin all links (detaching the programs); with --maps also remove the
     /// pinned maps, losing their counters and state.
@@ -59,6 +67,9 @@ enum Command {
         /// (kernels without TCX, where TC attachments are not pinned).
         #[arg(long = "tc", value_name = "IFACE")]
         tc: Vec<String>,
+        /// Network namespace of the --tc interfaces.
+        #[arg(long, value_name = "PATH")]
+        netns: Option<PathBuf>,
     },
 }
 
@@ -113,7 +124,24 @@ fn describe(what: &str, iface: &str, state: &LinkState) {
     }
 }
 
-fn load(pins: &PinDir, xdp: &[String], tc: &[String], mode: Mode) -> anyhow::Result<()> {
+/// Runs `f` in `netns` when one is given, here otherwise.
+fn maybe_in_netns<T: Send>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    match netns {
+        Some(path) => palisade::netns::in_netns(path, f)?,
+        None => f(),
+    }
+}
+
+fn load(
+    pins: &PinDir,
+    xdp: &[String],
+    tc: &[String],
+    mode: Mode,
+    netns: Option<&Path>,
+) -> anyhow::Result<()> {
     let features = Features::probe();
     for line in features.lines() {
         tracing::info!("{line}");
@@ -134,27 +162,33 @@ fn load(pins: &PinDir, xdp: &[String], tc: &[String], mode: Mode) -> anyhow::Res
             println!("lsm: not loaded, no process or file enforcement: {reason}");
         }
     }
-    for iface in xdp {
-        let state = attach::attach_xdp(&mut loaded.xdp, pins, ifindex(iface)?, mode.into())?;
-        describe("xdp", iface, &state);
-    }
-    for iface in tc {
-        for hook in [TcHook::FromPod, TcHook::ToPod] {
-            let state =
-                attach::attach_tc(&mut loaded.tc, pins, ifindex(iface)?, hook, features.tcx)?;
-            describe(&format!("tc {hook:?}"), iface, &state);
+    let (xdp_object, tc_object) = (&mut loaded.xdp, &mut loaded.tc);
+    maybe_in_netns(netns, || {
+        for iface in xdp {
+            let state = attach::attach_xdp(xdp_object, pins, ifindex(iface)?, mode.into())?;
+            describe("xdp", iface, &state);
         }
-    }
-    Ok(())
+        for iface in tc {
+            for hook in [TcHook::FromPod, TcHook::ToPod] {
+                let state =
+                    attach::attach_tc(tc_object, pins, ifindex(iface)?, hook, features.tcx)?;
+                describe(&format!("tc {hook:?}"), iface, &state);
+            }
+        }
+        Ok(())
+    })
 }
 
-fn unload(pins: &PinDir, maps: bool, tc: &[String]) -> anyhow::Result<()> {
+fn unload(pins: &PinDir, maps: bool, tc: &[String], netns: Option<&Path>) -> anyhow::Result<()> {
     let removed = attach::unpin_links(pins)?;
     println!("unpinned {removed} links");
-    for iface in tc {
-        let filters = attach::detach_clsact(ifindex(iface)?)?;
-        println!("removed {filters} clsact filters from {iface}");
-    }
+    maybe_in_netns(netns, || {
+        for iface in tc {
+            let filters = attach::detach_clsact(ifindex(iface)?)?;
+            println!("removed {filters} clsact filters from {iface}");
+        }
+        Ok(())
+    })?;
     if maps {
         match std::fs::remove_dir_all(pins.root()) {
             Ok(()) => println!("removed {}", pins.root().display()),
@@ -177,8 +211,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Load { xdp, tc, xdp_mode } => load(&pins, &xdp, &tc, xdp_mode),
-        Command::Unload { maps, tc } => unload(&pins, maps, &tc),
+        Command::Load {
+            xdp,
+            tc,
+            xdp_mode,
+            netns,
+        } => load(&pins, &xdp, &tc, xdp_mode, netns.as_deref()),
+        Command::Unload { maps, tc, netns } => unload(&pins, maps, &tc, netns.as_deref()),
     }
 }
 

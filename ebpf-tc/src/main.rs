@@ -6,6 +6,9 @@
 //! return "no verdict", so that another TC program (a CNI's) still runs.
 #![no_std]
 #![no_main]
+// #[classifier] expands to a `pub extern "C" fn` taking the kernel's raw
+// `__sk_buff` pointer; the kernel, not a Rust caller, guarantees it.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,

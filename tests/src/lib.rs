@@ -7,7 +7,6 @@
 use std::{
     fs,
     net::UdpSocket,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -151,24 +150,10 @@ impl Drop for VethPair {
 }
 
 pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    let path = Path::new("/run/netns").join(name);
-    let ns = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on a valid namespace fd affects only this thread,
-            // which exits when the closure returns.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!(
-                    "setns {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-    })
+    Ok(palisade::netns::in_netns(
+        &Path::new("/run/netns").join(name),
+        f,
+    )?)
 }
 
 /// True when running inside the QEMU guest started by tests/vm/run-guest.sh,

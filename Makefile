@@ -1,0 +1,46 @@
+# The two commands a user needs are `make demo` and `make test`; both set up
+# everything first (scripts/setup.sh is idempotent and cached).
+SHELL := /bin/bash
+include scripts/versions.env
+
+CACHE ?= $(or $(PALISADE_CACHE),$(HOME)/.cache/palisade)
+export PALISADE_CACHE := $(CACHE)
+export PATH := $(CACHE)/bpf-linker-$(BPF_LINKER_VERSION)-$(EBPF_TOOLCHAIN)/bin:$(HOME)/.cargo/bin:$(PATH)
+CARGO := cargo +$(USER_TOOLCHAIN)
+EBPF_CARGO := cargo +$(EBPF_TOOLCHAIN)
+EBPF_CRATES := -p ebpf-xdp -p ebpf-tc -p ebpf-lsm
+
+.PHONY: setup build demo test lint unit privileged guest bench clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release -p palisade
+
+demo: build
+	scripts/demo.sh target/release/palisade
+
+# Everything: lint, unit, privileged (root, netns, bpffs), QEMU guest.
+test: setup lint unit privileged guest
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --exclude ebpf-xdp --exclude ebpf-tc --exclude ebpf-lsm --all-targets -- -D warnings
+	$(EBPF_CARGO) clippy $(EBPF_CRATES) --release --target bpfel-unknown-none -Z build-std=core -- -D warnings
+
+unit:
+	$(CARGO) test
+
+privileged:
+	$(CARGO) test -p palisade-tests -- --test-threads=1
+
+# The loader, attach and LSM tests again on Debian's 6.1 kernel in QEMU.
+guest:
+	tests/vm/guest-tests.sh
+
+bench: build
+	$(CARGO) run --release -p palisade-bench
+
+clean:
+	$(CARGO) clean

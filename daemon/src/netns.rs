@@ -1,0 +1,51 @@
+//! Running code inside another network namespace.
+//!
+//! Only the network namespace is switched, and only on a thread made for the
+//! purpose that ends with the closure: `ip netns exec` also remounts /sys,
+//! which would hide bpffs, and a switched thread must never be reused (or
+//! held across an `.await`).
+
+use std::{fs::File, io, os::fd::AsRawFd as _, path::Path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("opening network namespace {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("entering network namespace {path}: {source}")]
+    Enter {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the thread running in network namespace {0} panicked")]
+    Panicked(String),
+}
+
+/// Runs `f` on a new thread inside the network namespace at `path` (such as
+/// `/run/netns/NAME` or `/proc/PID/ns/net`) and returns its result.
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let shown = path.display().to_string();
+    let ns = File::open(path).map_err(|source| NetnsError::Open {
+        path: shown.clone(),
+        source,
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns with a namespace fd changes only this thread,
+            // which ends when `f` returns.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(NetnsError::Enter {
+                    path: shown.clone(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| NetnsError::Panicked(shown.clone()))?
+    })
+}
