@@ -176,7 +176,14 @@ fn load(
             }
         }
         Ok(())
-    })
+    })?;
+    for dir in attach::retire_other_abis(pins)? {
+        println!(
+            "retired {}: every link of that ABI was taken over",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn unload(pins: &PinDir, maps: bool, tc: &[String], netns: Option<&Path>) -> anyhow::Result<()> {

@@ -33,12 +33,6 @@ pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -4,6 +4,7 @@
 
 use std::{
     ffi::CString,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -223,5 +224,73 @@ fn attaching_to_a_missing_interface_is_a_clear_error() -> anyhow::Result<()> {
         .context("attach to a nonexistent ifindex succeeded")?;
     assert!(err.to_string().contains("pal_xdp_pre"), "{err}");
     assert!(!t.pins.link(&format!("xdp-{}", u32::MAX - 1)).exists());
+    Ok(())
+}
+
+#[test]
+fn a_link_pinned_by_an_older_abi_is_taken_over_and_that_abi_retired() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let old = PinDir::with_abi(t.pins.base(), ebpf_common::ABI_VERSION - 1);
+    let veth = VethPair::new()?;
+    let features = Features::probe();
+    let xdp_pin = |pins: &PinDir| -> anyhow::Result<PathBuf> {
+        Ok(pins.link(&format!(
+            "xdp-{}",
+            veth.in_node(|| ifindex(&veth.host_if))??
+        )))
+    };
+
+    // What the previous daemon version left: its own maps and an XDP link.
+    let mut previous = loader::load_all(&old, &features)?;
+    veth.in_node(|| -> anyhow::Result<LinkState> {
+        let index = ifindex(&veth.host_if)?;
+        Ok(attach::attach_xdp(
+            &mut previous.xdp,
+            &old,
+            index,
+            XdpMode::Default,
+        )?)
+    })??;
+    drop(previous);
+    assert!(xdp_pin(&old)?.exists());
+
+    let mut current = loader::load_all(&t.pins, &features)?;
+    let state = veth.in_node(|| -> anyhow::Result<LinkState> {
+        let index = ifindex(&veth.host_if)?;
+        Ok(attach::attach_xdp(
+            &mut current.xdp,
+            &t.pins,
+            index,
+            XdpMode::Default,
+        )?)
+    })??;
+    assert_eq!(
+        state,
+        LinkState::Pinned {
+            path: xdp_pin(&t.pins)?,
+            replaced: true
+        }
+    );
+    assert!(
+        !xdp_pin(&old)?.exists(),
+        "the old pin must move, not be copied"
+    );
+
+    // One program on the link, and it counts into the new maps.
+    let old_before = events(&old, maps::XDP_STATS, "ingress")?;
+    let new_before = events(&t.pins, maps::XDP_STATS, "ingress")?;
+    assert_eq!(veth.udp_echo(N)?, N);
+    assert_eq!(events(&old, maps::XDP_STATS, "ingress")?, old_before);
+    let new_after = events(&t.pins, maps::XDP_STATS, "ingress")?;
+    assert!(
+        new_after >= new_before + u64::from(N),
+        "{new_before} -> {new_after}"
+    );
+
+    let retired = attach::retire_other_abis(&t.pins)?;
+    assert_eq!(retired, [old.root().to_path_buf()]);
+    assert!(!old.root().exists());
+    drop(current);
+    attach::unpin_links(&t.pins)?;
     Ok(())
 }

@@ -118,21 +118,106 @@ fn pin(link: FdLink, path: &Path, replaced: bool) -> Result<LinkState, AttachErr
 }
 
 /// Takes a pinned link over: the pin file goes, the link stays alive through
-/// the returned fd until it is pinned again.
-fn adopt(path: &Path) -> Result<Option<FdLink>, AttachError> {
-    if !path.exists() {
+/// the returned fd until it is pinned again. A link pinned by a daemon of an
+/// older ABI is taken over too: links carry no map layout, and adopting them
+/// is what moves an attachment to the new programs without a gap.
+fn adopt(pins: &PinDir, name: &str) -> Result<Option<FdLink>, AttachError> {
+    let Some(path) = std::iter::once(pins.link(name))
+        .chain(pins.other_abis().iter().map(|p| p.link(name)))
+        .find(|p| p.exists())
+    else {
         return Ok(None);
-    }
-    let adopt_error = |source| AttachError::Adopt {
-        path: path.to_path_buf(),
-        source,
     };
-    let pinned = PinnedLink::from_pin(path).map_err(adopt_error)?;
-    let link = pinned.unpin().map_err(|source| AttachError::Io {
-        path: path.to_path_buf(),
+    let pinned = PinnedLink::from_pin(&path).map_err(|source| AttachError::Adopt {
+        path: path.clone(),
         source,
     })?;
+    let link = pinned
+        .unpin()
+        .map_err(|source| AttachError::Io { path, source })?;
     Ok(Some(link))
+}
+
+/// Removes the pin directories of other ABI versions whose links have all
+/// been adopted; their maps are then referenced by nothing Palisade runs.
+/// A directory that still holds links is left alone.
+pub fn retire_other_abis(pins: &PinDir) -> Result<Vec<PathBuf>, AttachError> {
+    let mut retired = Vec::new();
+    for old in pins.other_abis() {
+        let links_left = fs::read_dir(old.links()).map(|d| d.count()).unwrap_or(0);
+        if links_left > 0 {
+            tracing::info!(dir = %old.root().display(), links_left, "older ABI still has links");
+            continue;
+        }
+        fs::remove_dir_all(old.root()).map_err(|source| AttachError::Io {
+            path: old.root().to_path_buf(),
+            source,
+        })?;
+        retired.push(old.root().to_path_buf());
+    }
+    Ok(retired)
+}
+
+/// What attaching through a pinned, updatable link needs of a program type.
+trait LinkedProgram {
+    type Link: TryFrom<FdLink, Error = LinkError>;
+    type Id;
+    /// Swaps this program into an existing link (`bpf_link_update`).
+    fn replace_in(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError>;
+    fn take(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError>;
+}
+
+impl LinkedProgram for Xdp {
+    type Link = XdpLink;
+    type Id = aya::programs::xdp::XdpLinkId;
+    fn replace_in(&mut self, link: XdpLink) -> Result<Self::Id, ProgramError> {
+        self.attach_to_link(link)
+    }
+    fn take(&mut self, id: Self::Id) -> Result<XdpLink, ProgramError> {
+        self.take_link(id)
+    }
+}
+
+impl LinkedProgram for SchedClassifier {
+    type Link = SchedClassifierLink;
+    type Id = aya::programs::tc::SchedClassifierLinkId;
+    fn replace_in(&mut self, link: SchedClassifierLink) -> Result<Self::Id, ProgramError> {
+        self.attach_to_link(link)
+    }
+    fn take(&mut self, id: Self::Id) -> Result<SchedClassifierLink, ProgramError> {
+        self.take_link(id)
+    }
+}
+
+/// Adopts the link pinned as `pin_name` (from this or an older ABI) and swaps
+/// `prog` into it, or attaches afresh with `attach`; then pins the link.
+fn attach_pinned<P: LinkedProgram>(
+    prog: &mut P,
+    name: &'static str,
+    pins: &PinDir,
+    pin_name: &str,
+    attach: impl FnOnce(&mut P) -> Result<P::Id, ProgramError>,
+) -> Result<LinkState, AttachError>
+where
+    FdLink: TryFrom<P::Link, Error = LinkError>,
+{
+    let path = pins.link(pin_name);
+    let (id, replaced) = match adopt(pins, pin_name)? {
+        Some(link) => {
+            let link = P::Link::try_from(link).map_err(|source| AttachError::Adopt {
+                path: path.clone(),
+                source,
+            })?;
+            (prog.replace_in(link).map_err(attach_error(name))?, true)
+        }
+        None => (attach(prog).map_err(attach_error(name))?, false),
+    };
+    let link = prog.take(id).map_err(attach_error(name))?;
+    let link = FdLink::try_from(link).map_err(|source| AttachError::NotPinnable {
+        program: name,
+        source,
+    })?;
+    pin(link, &path, replaced)
 }
 
 /// Attaches the XDP prefilter to `ifindex` (in the calling thread's network
@@ -145,26 +230,9 @@ pub fn attach_xdp(
 ) -> Result<LinkState, AttachError> {
     let name = objects::XDP.programs[0];
     let prog: &mut Xdp = program(object, name)?;
-    let path = pins.link(&format!("xdp-{ifindex}"));
-    let (id, replaced) = match adopt(&path)? {
-        Some(link) => {
-            let link = XdpLink::try_from(link).map_err(|source| AttachError::Adopt {
-                path: path.clone(),
-                source,
-            })?;
-            (prog.attach_to_link(link).map_err(attach_error(name))?, true)
-        }
-        None => (
-            prog.attach(ifindex, mode).map_err(attach_error(name))?,
-            false,
-        ),
-    };
-    let link = prog.take_link(id).map_err(attach_error(name))?;
-    let link = FdLink::try_from(link).map_err(|source| AttachError::NotPinnable {
-        program: name,
-        source,
-    })?;
-    pin(link, &path, replaced)
+    attach_pinned(prog, name, pins, &format!("xdp-{ifindex}"), |p| {
+        p.attach(ifindex, mode)
+    })
 }
 
 /// Attaches a TC program to `ifindex` (in the calling thread's network
@@ -184,34 +252,15 @@ pub fn attach_tc(
     if !tcx {
         return attach_clsact(prog, name, ifindex, hook);
     }
-    let path = pins.link(&hook.pin_name(ifindex));
-    let (id, replaced) = match adopt(&path)? {
-        Some(link) => {
-            let link =
-                SchedClassifierLink::try_from(link).map_err(|source| AttachError::Adopt {
-                    path: path.clone(),
-                    source,
-                })?;
-            (prog.attach_to_link(link).map_err(attach_error(name))?, true)
-        }
-        None => (
-            prog.attach(
-                ifindex,
-                TcAttach::Tcx {
-                    attach_type: hook.attach_type(),
-                    order: LinkOrder::default(),
-                },
-            )
-            .map_err(attach_error(name))?,
-            false,
-        ),
-    };
-    let link = prog.take_link(id).map_err(attach_error(name))?;
-    let link = FdLink::try_from(link).map_err(|source| AttachError::NotPinnable {
-        program: name,
-        source,
-    })?;
-    pin(link, &path, replaced)
+    attach_pinned(prog, name, pins, &hook.pin_name(ifindex), |p| {
+        p.attach(
+            ifindex,
+            TcAttach::Tcx {
+                attach_type: hook.attach_type(),
+                order: LinkOrder::default(),
+            },
+        )
+    })
 }
 
 /// Palisade's clsact filters sit at priority 1 (before any other filter) with
@@ -316,8 +365,9 @@ pub fn detach_clsact(ifindex: u32) -> Result<usize, AttachError> {
 pub fn attach_lsm(object: &mut LoadedObject, pins: &PinDir) -> Result<Vec<LinkState>, AttachError> {
     let mut states = Vec::new();
     for &(name, _hook) in objects::LSM_HOOKS {
-        let path = pins.link(&format!("lsm-{name}"));
-        let old = adopt(&path)?;
+        let pin_name = format!("lsm-{name}");
+        let path = pins.link(&pin_name);
+        let old = adopt(pins, &pin_name)?;
         let prog: &mut Lsm = program(object, name)?;
         let id = prog.attach().map_err(attach_error(name))?;
         let link = prog.take_link(id).map_err(attach_error(name))?;
