@@ -6,6 +6,7 @@
 //! checks, so a layout change cannot slip through unnoticed.
 #![no_std]
 
+pub mod datapath;
 pub mod maps;
 pub mod reason;
 pub mod stats;
@@ -13,7 +14,7 @@ pub mod stats;
 /// Bumped whenever a pinned map's layout or meaning changes. The daemon pins
 /// under `/sys/fs/bpf/palisade/v<ABI_VERSION>/`, so a new layout never reuses
 /// an old map by accident.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 #[cfg(feature = "kernel")]
 pub mod kernel;

@@ -2,18 +2,47 @@
 //!
 //! Names fit in 15 bytes (the kernel truncates longer ones). The daemon
 //! checks every pinned map against [`SPECS`] before reusing it, because aya
-//! reuses a pinned map without looking at its layout.
+//! reuses a pinned map without looking at its layout. `max_entries` here is
+//! the default; the daemon may configure another size per map, and then
+//! checks against that.
 
-use crate::stats::{Counter, STATS_ENTRIES};
+use core::mem::size_of;
+
+use crate::{
+    datapath::{
+        ADDR_LEN, CounterKey, CtKey, CtValue, EndpointValue, FragKey, FragValue, IdentityValue,
+        PolicyKey, PolicyValue,
+    },
+    stats::{Counter, STATS_ENTRIES},
+};
 
 pub const XDP_STATS: &str = "PAL_XDP_STATS";
 pub const TC_STATS: &str = "PAL_TC_STATS";
 pub const LSM_STATS: &str = "PAL_LSM_STATS";
+pub const IDENTITY: &str = "PAL_IDENTITY";
+pub const ENDPOINTS: &str = "PAL_ENDPOINTS";
+pub const POLICY: &str = "PAL_POLICY";
+pub const CT: &str = "PAL_CT";
+pub const FRAGS: &str = "PAL_FRAGS";
+pub const COUNTERS: &str = "PAL_COUNTERS";
+pub const XDP_DENY: &str = "PAL_XDP_DENY";
+
+/// Default sizes. The programs are compiled with these; the loader resizes.
+pub mod size {
+    pub const IDENTITY: u32 = 65_536;
+    pub const ENDPOINTS: u32 = 1_024;
+    pub const POLICY: u32 = 131_072;
+    pub const CT: u32 = 65_536;
+    pub const FRAGS: u32 = 8_192;
+    pub const COUNTERS: u32 = 16_384;
+    pub const XDP_DENY: u32 = 16_384;
+}
 
 /// Kernel map type numbers (`enum bpf_map_type`), the subset we use.
 pub mod kind {
     pub const HASH: u32 = 1;
     pub const ARRAY: u32 = 2;
+    pub const PERCPU_HASH: u32 = 5;
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LRU_HASH: u32 = 9;
     pub const LPM_TRIE: u32 = 11;
@@ -30,18 +59,44 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
-const fn stats(name: &'static str) -> MapSpec {
+const fn spec<K, V>(name: &'static str, map_type: u32, max_entries: u32) -> MapSpec {
     MapSpec {
         name,
-        map_type: kind::PERCPU_ARRAY,
-        key_size: core::mem::size_of::<u32>() as u32,
-        value_size: core::mem::size_of::<Counter>() as u32,
-        max_entries: STATS_ENTRIES,
+        map_type,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        max_entries,
     }
 }
 
+/// An LPM trie key: a 4-byte prefix length, then the data.
+const fn lpm<D>(name: &'static str, value_size: u32, max_entries: u32) -> MapSpec {
+    MapSpec {
+        name,
+        map_type: kind::LPM_TRIE,
+        key_size: 4 + size_of::<D>() as u32,
+        value_size,
+        max_entries,
+    }
+}
+
+const fn stats(name: &'static str) -> MapSpec {
+    spec::<u32, Counter>(name, kind::PERCPU_ARRAY, STATS_ENTRIES)
+}
+
 /// Every map the daemon pins, with its expected layout.
-pub const SPECS: &[MapSpec] = &[stats(XDP_STATS), stats(TC_STATS), stats(LSM_STATS)];
+pub const SPECS: &[MapSpec] = &[
+    stats(XDP_STATS),
+    stats(TC_STATS),
+    stats(LSM_STATS),
+    lpm::<[u8; ADDR_LEN]>(IDENTITY, size_of::<IdentityValue>() as u32, size::IDENTITY),
+    spec::<u32, EndpointValue>(ENDPOINTS, kind::HASH, size::ENDPOINTS),
+    lpm::<PolicyKey>(POLICY, size_of::<PolicyValue>() as u32, size::POLICY),
+    spec::<CtKey, CtValue>(CT, kind::LRU_HASH, size::CT),
+    spec::<FragKey, FragValue>(FRAGS, kind::LRU_HASH, size::FRAGS),
+    spec::<CounterKey, Counter>(COUNTERS, kind::PERCPU_HASH, size::COUNTERS),
+    lpm::<[u8; ADDR_LEN]>(XDP_DENY, size_of::<u32>() as u32, size::XDP_DENY),
+];
 
 const fn fits_in_kernel_name(name: &str) -> bool {
     name.len() <= 15

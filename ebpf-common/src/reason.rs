@@ -3,16 +3,109 @@
 //! Append-only: a code is never renumbered or reused, because pinned counter
 //! maps and dashboards outlive any one daemon version.
 
-/// The packet or operation passed because no policy governs this hook yet.
+/// The packet or operation passed because no policy governs this hook.
 pub const PASS_UNENFORCED: u32 = 0;
+/// A policy entry allowed a new flow.
+pub const ALLOW_POLICY: u32 = 1;
+/// A reply of a flow allowed in the other direction (conntrack, no lookup).
+pub const ALLOW_REPLY: u32 = 2;
+/// A later packet of a flow allowed under the endpoint's current revision.
+pub const ALLOW_ESTABLISHED: u32 = 3;
+/// An explicit deny entry matched.
+pub const DROP_POLICY_DENY: u32 = 4;
+/// The endpoint is isolated in this direction and no entry allowed the flow.
+pub const DROP_DEFAULT_DENY: u32 = 5;
+/// An audit-mode entry would have dropped the packet; it passed.
+pub const AUDIT_WOULD_DROP: u32 = 6;
+/// Not IPv4 or IPv6 (ARP and other ethertypes): always passes.
+pub const PASS_NON_IP: u32 = 7;
+/// IPv6 neighbour discovery and router messages: always pass.
+pub const PASS_NEIGHBOUR_DISCOVERY: u32 = 8;
+/// Too short for the headers it announces.
+pub const DROP_TRUNCATED: u32 = 9;
+/// Headers that contradict themselves (IPv4 IHL < 5, bad IPv6 version...).
+pub const DROP_MALFORMED: u32 = 10;
+/// A non-first fragment whose first fragment was not seen or not allowed.
+pub const DROP_FRAGMENT_UNKNOWN: u32 = 11;
+/// A non-first fragment of a flow whose first fragment was allowed.
+pub const ALLOW_FRAGMENT: u32 = 12;
+/// More IPv6 extension headers than the parser walks.
+pub const DROP_IPV6_EXT_LIMIT: u32 = 13;
+/// The interface is not a Palisade endpoint; nothing to enforce.
+pub const PASS_NO_ENDPOINT: u32 = 14;
+/// A tracked flow re-checked after a policy change and now denied.
+pub const DROP_REVALIDATED: u32 = 15;
+/// The XDP prefilter's node-level CIDR deny list matched.
+pub const DROP_CIDR_DENY: u32 = 16;
+/// The flow passed but could not be recorded: the conntrack map refused it.
+pub const CT_MAP_FULL: u32 = 17;
+/// A detailed counter could not be created: the counter map is full.
+pub const COUNTER_MAP_FULL: u32 = 18;
+/// More VLAN tags than the parser walks.
+pub const DROP_VLAN_LIMIT: u32 = 19;
+/// An ICMP error about a tracked flow, passed as part of that flow.
+pub const ALLOW_RELATED: u32 = 20;
 
 /// One past the highest code in use; counter arrays are sized from it.
-pub const COUNT: u32 = 1;
+pub const COUNT: u32 = 21;
 
 /// A stable name for each code, as exported in metrics and `palisade status`.
 pub const fn name(code: u32) -> &'static str {
     match code {
         PASS_UNENFORCED => "pass_unenforced",
+        ALLOW_POLICY => "allow_policy",
+        ALLOW_REPLY => "allow_reply",
+        ALLOW_ESTABLISHED => "allow_established",
+        DROP_POLICY_DENY => "drop_policy_deny",
+        DROP_DEFAULT_DENY => "drop_default_deny",
+        AUDIT_WOULD_DROP => "audit_would_drop",
+        PASS_NON_IP => "pass_non_ip",
+        PASS_NEIGHBOUR_DISCOVERY => "pass_neighbour_discovery",
+        DROP_TRUNCATED => "drop_truncated",
+        DROP_MALFORMED => "drop_malformed",
+        DROP_FRAGMENT_UNKNOWN => "drop_fragment_unknown",
+        ALLOW_FRAGMENT => "allow_fragment",
+        DROP_IPV6_EXT_LIMIT => "drop_ipv6_ext_limit",
+        PASS_NO_ENDPOINT => "pass_no_endpoint",
+        DROP_REVALIDATED => "drop_revalidated",
+        DROP_CIDR_DENY => "drop_cidr_deny",
+        CT_MAP_FULL => "ct_map_full",
+        COUNTER_MAP_FULL => "counter_map_full",
+        DROP_VLAN_LIMIT => "drop_vlan_limit",
+        ALLOW_RELATED => "allow_related",
         _ => "unknown",
+    }
+}
+
+/// Whether a code means the packet was dropped.
+pub const fn is_drop(code: u32) -> bool {
+    matches!(
+        code,
+        DROP_POLICY_DENY
+            | DROP_DEFAULT_DENY
+            | DROP_TRUNCATED
+            | DROP_MALFORMED
+            | DROP_FRAGMENT_UNKNOWN
+            | DROP_IPV6_EXT_LIMIT
+            | DROP_REVALIDATED
+            | DROP_CIDR_DENY
+            | DROP_VLAN_LIMIT
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_below_count_has_a_distinct_name() {
+        let mut seen = [""; COUNT as usize];
+        for code in 0..COUNT {
+            let n = name(code);
+            assert_ne!(n, "unknown", "code {code} has no name");
+            assert!(!seen.contains(&n), "name {n} used twice");
+            seen[code as usize] = n;
+        }
+        assert_eq!(name(COUNT), "unknown");
     }
 }

@@ -1,19 +1,25 @@
 //! XDP prefilter for the node's uplinks.
 //!
-//! Runs before an skb exists. The CIDR deny lists and stateless pod ingress
-//! denies arrive with the datapath; until then every frame passes and is
-//! counted as unenforced, so an operator can see the hook is live.
+//! Runs before an skb exists and drops what policy denies outright: sources
+//! in the node-level CIDR deny list (`PAL_XDP_DENY`, address prefix ->
+//! policy id). Everything else passes on to the stack and the pod's TC
+//! programs; the prefilter has no opinion on packets it cannot parse.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::PerCpuArray,
+    maps::{LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::XdpContext,
 };
 use ebpf_common::{
-    kernel::count,
+    datapath::{ADDR_LEN, CounterKey},
+    kernel::{
+        count, count_detail,
+        parse::{Packet, Parsed, parse},
+    },
+    maps::size,
     reason,
     stats::{Counter, STATS_ENTRIES, direction},
 };
@@ -21,15 +27,39 @@ use ebpf_common::{
 #[map(name = "PAL_XDP_STATS")]
 static PAL_XDP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
 
+#[map(name = "PAL_COUNTERS")]
+static PAL_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
+    PerCpuHashMap::with_max_entries(size::COUNTERS, 0);
+
+#[map(name = "PAL_XDP_DENY")]
+static PAL_XDP_DENY: LpmTrie<[u8; ADDR_LEN], u32> = LpmTrie::with_max_entries(size::XDP_DENY, 0);
+
 #[xdp]
 pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
-    let len = ctx.data_end().saturating_sub(ctx.data()) as u64;
-    count(
-        &PAL_XDP_STATS,
-        direction::INGRESS,
-        reason::PASS_UNENFORCED,
-        len,
-    );
+    let bytes = ctx.data_end().saturating_sub(ctx.data()) as u64;
+    // Fits on the stack here: the prefilter builds no conntrack keys.
+    let mut p = Packet::default();
+    let (why, policy) = match parse(ctx.data(), ctx.data_end(), &mut p) {
+        Parsed::Ip => match PAL_XDP_DENY.get(&Key::new(128, p.src)) {
+            Some(policy) => (reason::DROP_CIDR_DENY, *policy),
+            None => (reason::PASS_UNENFORCED, 0),
+        },
+        Parsed::Pass(why) => (why, 0),
+        // Not ours to judge on an uplink: the stack and the pod's TC decide.
+        Parsed::Drop(_) => (reason::PASS_UNENFORCED, 0),
+    };
+    count(&PAL_XDP_STATS, direction::INGRESS, why, bytes);
+    if why == reason::DROP_CIDR_DENY {
+        let key = CounterKey {
+            endpoint: 0,
+            policy,
+            reason: why as u16,
+            direction: direction::INGRESS as u8,
+            _pad: 0,
+        };
+        count_detail(&PAL_COUNTERS, &PAL_XDP_STATS, &key, bytes);
+        return xdp_action::XDP_DROP;
+    }
     xdp_action::XDP_PASS
 }
 

@@ -133,20 +133,11 @@ pub fn check_pinned(path: &Path, spec: &MapSpec) -> Result<Pinned, LayoutError> 
     }
 }
 
+/// aya's `MapType` discriminants are the kernel's `bpf_map_type` numbers.
 fn raw_map_type(info: &MapInfo) -> u32 {
-    use aya::maps::MapType as T;
-    use ebpf_common::maps::kind;
-    match info.map_type() {
-        Ok(T::Hash) => kind::HASH,
-        Ok(T::Array) => kind::ARRAY,
-        Ok(T::PerCpuArray) => kind::PERCPU_ARRAY,
-        Ok(T::LruHash) => kind::LRU_HASH,
-        Ok(T::LpmTrie) => kind::LPM_TRIE,
-        Ok(T::RingBuf) => kind::RINGBUF,
-        // Any other type is a mismatch for every spec we have; u32::MAX makes
-        // the error say so without pretending to know the number.
-        _ => u32::MAX,
-    }
+    // A type aya does not know is a mismatch for every spec we have;
+    // u32::MAX makes the error say so without inventing a number.
+    info.map_type().map_or(u32::MAX, |t| t as u32)
 }
 
 #[cfg(test)]

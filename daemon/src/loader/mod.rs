@@ -152,7 +152,10 @@ fn load_object(pins: &PinDir, object: &'static Object) -> Result<LoadedObject, L
             object: object.name,
             source: Box::new(source),
         })?;
-    if let Some((name, _)) = ebpf.maps().find(|(name, _)| !object.maps.contains(name)) {
+    if let Some((name, _)) = ebpf
+        .maps()
+        .find(|(name, _)| !object.maps.contains(name) && !object.scratch.contains(name))
+    {
         return Err(LoadError::UnexpectedMap {
             object: object.name,
             map: name.to_owned(),

@@ -9,20 +9,33 @@ pub struct Object {
     pub bytes: &'static [u8],
     /// Every map in the object; each is pinned and layout-checked.
     pub maps: &'static [&'static str],
+    /// Per-CPU working memory private to one run of a program: not pinned,
+    /// holds nothing worth keeping across loads.
+    pub scratch: &'static [&'static str],
     pub programs: &'static [&'static str],
 }
 
 pub static XDP: Object = Object {
     name: "palisade-xdp",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-xdp")),
-    maps: &[maps::XDP_STATS],
+    maps: &[maps::XDP_STATS, maps::COUNTERS, maps::XDP_DENY],
+    scratch: &[],
     programs: &[programs::XDP_PREFILTER],
 };
 
 pub static TC: Object = Object {
     name: "palisade-tc",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-tc")),
-    maps: &[maps::TC_STATS],
+    maps: &[
+        maps::TC_STATS,
+        maps::COUNTERS,
+        maps::ENDPOINTS,
+        maps::IDENTITY,
+        maps::POLICY,
+        maps::CT,
+        maps::FRAGS,
+    ],
+    scratch: &["PAL_TC_SCRATCH"],
     programs: &[programs::TC_FROM_POD, programs::TC_TO_POD],
 };
 
@@ -30,6 +43,7 @@ pub static LSM: Object = Object {
     name: "palisade-lsm",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-lsm")),
     maps: &[maps::LSM_STATS],
+    scratch: &[],
     programs: &[programs::LSM_EXEC],
 };
 

@@ -1,0 +1,241 @@
+//! Keys and values of the network datapath maps.
+//!
+//! Addresses are 16 bytes everywhere: IPv6 as is, IPv4 as an IPv4-mapped
+//! IPv6 address (`::ffff:a.b.c.d`), so one trie and one conntrack table serve
+//! both families. Multi-byte fields the kernel compares as a prefix (LPM trie
+//! keys) are big-endian byte arrays; everything else is host order.
+
+/// Reserved identities. Identities from labels and CIDRs start at
+/// [`identity::FIRST_ALLOCATED`].
+pub mod identity {
+    /// The wildcard peer of a policy entry; never assigned to an address.
+    pub const ANY: u32 = 0;
+    /// The node itself (its addresses, kubelet probes).
+    pub const HOST: u32 = 1;
+    /// An address no identity entry covers: outside the cluster.
+    pub const WORLD: u32 = 2;
+    pub const FIRST_ALLOCATED: u32 = 256;
+}
+
+/// Policy direction from the endpoint's point of view.
+pub mod direction {
+    pub use crate::stats::direction::{EGRESS, INGRESS};
+
+    pub const fn opposite(d: u32) -> u32 {
+        if d == INGRESS { EGRESS } else { INGRESS }
+    }
+}
+
+pub const ADDR_LEN: usize = 16;
+
+/// `::ffff:a.b.c.d`, the 16-byte form of an IPv4 address.
+pub const fn ipv4_mapped(v4: [u8; 4]) -> [u8; ADDR_LEN] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Prefix length in the 16-byte form of an IPv4 prefix of `len` bits.
+pub const fn ipv4_prefix_len(len: u32) -> u32 {
+    96 + len
+}
+
+/// Value of the identity trie (`PAL_IDENTITY`): address prefix -> identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityValue {
+    pub identity: u32,
+}
+
+/// Value of the endpoint map (`PAL_ENDPOINTS`), keyed by the host-side veth's
+/// ifindex (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointValue {
+    pub endpoint: u32,
+    /// Bumped by every policy change of this endpoint. Its low bit is the
+    /// live policy generation: the syncer writes the other generation's
+    /// entries, then flips this value in one update, so a packet sees the
+    /// old policy or the new, never a mix. Conntrack entries record it too.
+    pub revision: u32,
+    /// [`endpoint_flags`].
+    pub flags: u32,
+}
+
+impl EndpointValue {
+    pub const fn generation(&self) -> u8 {
+        (self.revision & 1) as u8
+    }
+}
+
+pub mod endpoint_flags {
+    /// Some policy selects the endpoint for ingress: no entry means drop.
+    pub const ISOLATED_INGRESS: u32 = 1 << 0;
+    /// Some policy selects the endpoint for egress: no entry means drop.
+    pub const ISOLATED_EGRESS: u32 = 1 << 1;
+}
+
+/// The data part of a policy trie key (`PAL_POLICY`).
+///
+/// Fields are ordered so that wildcards are prefixes: the fixed part
+/// (endpoint, peer, direction, generation) is always matched, then the
+/// protocol (a prefix that stops before it matches any protocol), then the
+/// destination port bit by bit (a prefix that stops inside it matches a
+/// power-of-two aligned port range; any range is a few such prefixes).
+/// Wildcard peers use [`identity::ANY`] and a second lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    pub endpoint: u32,
+    pub peer: u32,
+    pub direction: u8,
+    pub generation: u8,
+    pub _pad0: u8,
+    pub protocol: u8,
+    /// Destination port, big-endian so its high bits come first.
+    pub port: [u8; 2],
+    pub _pad1: [u8; 2],
+}
+
+/// Bits of [`PolicyKey`] that are always matched.
+pub const POLICY_PREFIX_FIXED: u32 = 8 * 11;
+/// A prefix that also matches the protocol, with any port.
+pub const POLICY_PREFIX_PROTO: u32 = 8 * 12;
+/// A prefix that matches protocol and the whole port.
+pub const POLICY_PREFIX_FULL: u32 = 8 * 14;
+
+/// Value of a policy entry: the final verdict for everything the prefix
+/// covers. The compiler resolves precedence and overlaps before writing, so
+/// the datapath takes the longest match as is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// [`action`].
+    pub action: u8,
+    /// [`policy_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Which policy decided: labels counters and events. 0 = default deny.
+    pub policy: u32,
+}
+
+pub mod action {
+    pub const ALLOW: u8 = 1;
+    pub const DENY: u8 = 2;
+}
+
+pub mod policy_flags {
+    /// An audit-mode deny: count and report, then pass.
+    pub const AUDIT: u8 = 1 << 0;
+}
+
+/// Conntrack key (`PAL_CT`), in the orientation of the packet that opened
+/// the flow, at the endpoint and direction where it was allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub endpoint: u32,
+    pub src: [u8; ADDR_LEN],
+    pub dst: [u8; ADDR_LEN],
+    /// Host order. ICMP echo: the identifier in `sport` for a request and
+    /// in `dport` for a reply, so a reply is the reversed request.
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub last_seen_ns: u64,
+    /// The endpoint revision the flow was last allowed under.
+    pub revision: u32,
+    pub policy: u32,
+    /// [`ct_state`] bits.
+    pub state: u8,
+    pub _pad: [u8; 7],
+}
+
+pub mod ct_state {
+    pub const SYN_SEEN: u8 = 1 << 0;
+    pub const REPLY_SEEN: u8 = 1 << 1;
+    pub const FIN_ORIGINAL: u8 = 1 << 2;
+    pub const FIN_REPLY: u8 = 1 << 3;
+    pub const RST: u8 = 1 << 4;
+}
+
+/// Idle timeouts, in nanoseconds, after which an entry counts as gone.
+pub mod ct_timeout {
+    const S: u64 = 1_000_000_000;
+    pub const TCP_SYN: u64 = 60 * S;
+    pub const TCP_ESTABLISHED: u64 = 6 * 3600 * S;
+    pub const TCP_CLOSING: u64 = 10 * S;
+    pub const UDP: u64 = 60 * S;
+    pub const SCTP: u64 = 300 * S;
+    pub const ICMP: u64 = 30 * S;
+    pub const OTHER: u64 = 60 * S;
+}
+
+/// Fragment tracking key (`PAL_FRAGS`): a fragmented datagram whose first
+/// fragment was allowed. Non-first fragments carry no ports; they take the
+/// ports recorded here and then follow their flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; ADDR_LEN],
+    pub dst: [u8; ADDR_LEN],
+    /// IPv4's 16-bit or IPv6's 32-bit identification.
+    pub id: u32,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Detailed per-CPU counter key (`PAL_COUNTERS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    pub endpoint: u32,
+    pub policy: u32,
+    pub reason: u16,
+    pub direction: u8,
+    pub _pad: u8,
+}
+
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<IdentityValue>() == 4);
+    assert!(size_of::<EndpointValue>() == 12);
+    assert!(size_of::<PolicyKey>() == 16);
+    assert!(size_of::<PolicyValue>() == 8);
+    assert!(size_of::<CtKey>() == 44);
+    assert!(size_of::<CtValue>() == 24);
+    assert!(size_of::<FragKey>() == 40);
+    assert!(size_of::<FragValue>() == 4);
+    assert!(size_of::<CounterKey>() == 12);
+    assert!(POLICY_PREFIX_FULL as usize <= 8 * size_of::<PolicyKey>());
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], integer-only, with explicit
+    // padding fields, so every byte pattern is a valid value.
+    unsafe impl aya::Pod for IdentityValue {}
+    unsafe impl aya::Pod for EndpointValue {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for CounterKey {}
+}

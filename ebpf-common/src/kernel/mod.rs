@@ -1,0 +1,67 @@
+//! Helpers for the eBPF programs; compiled only with the `kernel` feature.
+
+pub mod parse;
+
+use aya_ebpf::maps::PerCpuArray;
+
+use crate::stats::{Counter, stat_index};
+
+/// Adds one event of `bytes` to the (direction, reason) cell. Per-CPU cells
+/// need no atomics: only this CPU writes this copy.
+#[inline(always)]
+pub fn count(map: &PerCpuArray<Counter>, direction: u32, reason: u32, bytes: u64) {
+    if let Some(cell) = map.get_ptr_mut(stat_index(direction, reason)) {
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU
+        // array, valid for this program run and written only by this CPU.
+        unsafe {
+            (*cell).events += 1;
+            (*cell).bytes += bytes;
+        }
+    }
+}
+
+/// `no_std` needs a panic handler. A reachable panic would be this endless
+/// loop, which the verifier refuses, so no loaded program can get here.
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Adds one event to the detailed (endpoint, policy, reason, direction)
+/// counter. When the counter map is full the event is still counted in the
+/// per-direction `stats` array, under [`reason::COUNTER_MAP_FULL`] as well,
+/// so a full map shows up instead of hiding events.
+#[inline(always)]
+pub fn count_detail(
+    counters: &aya_ebpf::maps::PerCpuHashMap<crate::datapath::CounterKey, Counter>,
+    stats: &PerCpuArray<Counter>,
+    key: &crate::datapath::CounterKey,
+    bytes: u64,
+) {
+    let first = Counter { events: 1, bytes };
+    let cell = match counters.get_ptr_mut(key) {
+        Some(cell) => cell,
+        None => match counters.insert(key, &first, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
+            Ok(()) => return,
+            // Another CPU may have created it in between (EEXIST): use theirs.
+            Err(_) => match counters.get_ptr_mut(key) {
+                Some(cell) => cell,
+                None => {
+                    count(
+                        stats,
+                        u32::from(key.direction),
+                        crate::reason::COUNTER_MAP_FULL,
+                        bytes,
+                    );
+                    return;
+                }
+            },
+        },
+    };
+    // SAFETY: a per-CPU hash value, valid for this run, written only by this CPU.
+    unsafe {
+        (*cell).events += 1;
+        (*cell).bytes += bytes;
+    }
+}

@@ -1,0 +1,273 @@
+//! Packet parsing for the XDP and TC programs.
+//!
+//! Every packet byte is read through [`load`], the one bounds-checked access.
+//! Loops (VLAN tags, IPv6 extension headers) are bounded by constants. Each
+//! way a packet can fail to parse has its own reason code.
+
+use core::mem::size_of;
+
+use crate::{
+    datapath::{ADDR_LEN, ipv4_mapped},
+    reason,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// Q-in-Q is the most a pod veth should ever carry.
+const MAX_VLAN_TAGS: usize = 2;
+/// Extension headers walked before giving up with a counted drop.
+pub const MAX_IPV6_EXT: usize = 6;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_SCTP: u8 = 132;
+
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+pub mod frag {
+    pub const NONE: u8 = 0;
+    /// Offset 0 with more fragments: carries the ports.
+    pub const FIRST: u8 = 1;
+    /// Offset > 0: no transport header.
+    pub const LATER: u8 = 2;
+}
+
+/// The flow an ICMP error is about, as the packet that caused it was sent
+/// (by the receiver of the error).
+#[derive(Clone, Copy, Default)]
+pub struct Inner {
+    pub src: [u8; ADDR_LEN],
+    pub dst: [u8; ADDR_LEN],
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct Packet {
+    pub src: [u8; ADDR_LEN],
+    pub dst: [u8; ADDR_LEN],
+    pub protocol: u8,
+    /// Host order; see `CtKey` for ICMP echo.
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    pub frag: u8,
+    pub frag_id: u32,
+    /// Set for ICMP/ICMPv6 errors whose quoted packet could be read.
+    pub is_related: bool,
+    pub inner: Inner,
+}
+
+/// What parsing found. The packet's fields are written into the caller's
+/// [`Packet`] (a per-CPU scratch slot: the eBPF stack is only 512 bytes).
+pub enum Parsed {
+    Ip,
+    /// Passes without policy (ARP, neighbour discovery), with its reason.
+    Pass(u32),
+    /// Dropped before policy (truncated, malformed), with its reason.
+    Drop(u32),
+}
+
+/// The single bounds-checked read of packet memory.
+#[inline(always)]
+pub fn load<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
+    let start = data + offset;
+    if start + size_of::<T>() > data_end {
+        return None;
+    }
+    // SAFETY: [start, start + size_of::<T>()) lies within the packet, as
+    // checked above (and by the verifier); T is plain bytes.
+    Some(unsafe { core::ptr::read_unaligned(start as *const T) })
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize, p: &mut Packet) -> Parsed {
+    let Some(mut ethertype) = load::<[u8; 2]>(data, data_end, 12).map(be16) else {
+        return Parsed::Drop(reason::DROP_TRUNCATED);
+    };
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(inner) = load::<[u8; 2]>(data, data_end, off + 2).map(be16) else {
+            return Parsed::Drop(reason::DROP_TRUNCATED);
+        };
+        ethertype = inner;
+        off += 4;
+    }
+    match ethertype {
+        ETH_P_IP => ipv4(data, data_end, off, p),
+        ETH_P_IPV6 => ipv6(data, data_end, off, p),
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::Drop(reason::DROP_VLAN_LIMIT),
+        _ => Parsed::Pass(reason::PASS_NON_IP),
+    }
+}
+
+#[inline(always)]
+fn ipv4(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
+    let Some(h) = load::<[u8; 20]>(data, data_end, off) else {
+        return Parsed::Drop(reason::DROP_TRUNCATED);
+    };
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Parsed::Drop(reason::DROP_MALFORMED);
+    }
+    *p = Packet {
+        src: ipv4_mapped([h[12], h[13], h[14], h[15]]),
+        dst: ipv4_mapped([h[16], h[17], h[18], h[19]]),
+        protocol: h[9],
+        frag_id: u32::from(be16([h[4], h[5]])),
+        ..Packet::default()
+    };
+    let frag_field = be16([h[6], h[7]]);
+    if frag_field & 0x1fff != 0 {
+        p.frag = frag::LATER;
+        return Parsed::Ip;
+    }
+    if frag_field & 0x2000 != 0 {
+        p.frag = frag::FIRST;
+    }
+    transport(data, data_end, off + ihl, p)
+}
+
+#[inline(always)]
+fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
+    let Some(h) = load::<[u8; 40]>(data, data_end, off) else {
+        return Parsed::Drop(reason::DROP_TRUNCATED);
+    };
+    if h[0] >> 4 != 6 {
+        return Parsed::Drop(reason::DROP_MALFORMED);
+    }
+    *p = Packet::default();
+    p.src.copy_from_slice(&h[8..24]);
+    p.dst.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut off = off + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-byte units, minus one.
+            0 | 43 | 60 => {
+                let Some(e) = load::<[u8; 2]>(data, data_end, off) else {
+                    return Parsed::Drop(reason::DROP_TRUNCATED);
+                };
+                next = e[0];
+                off += (e[1] as usize + 1) * 8;
+            }
+            // Authentication header: length in 4-byte units, minus two.
+            51 => {
+                let Some(e) = load::<[u8; 2]>(data, data_end, off) else {
+                    return Parsed::Drop(reason::DROP_TRUNCATED);
+                };
+                next = e[0];
+                off += (e[1] as usize + 2) * 4;
+            }
+            44 => {
+                let Some(f) = load::<[u8; 8]>(data, data_end, off) else {
+                    return Parsed::Drop(reason::DROP_TRUNCATED);
+                };
+                next = f[0];
+                let offset_field = be16([f[2], f[3]]);
+                p.frag_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+                off += 8;
+                if offset_field >> 3 != 0 {
+                    p.protocol = next;
+                    p.frag = frag::LATER;
+                    return Parsed::Ip;
+                }
+                if offset_field & 1 != 0 {
+                    p.frag = frag::FIRST;
+                }
+            }
+            _ => break,
+        }
+    }
+    if matches!(next, 0 | 43 | 44 | 51 | 60) {
+        return Parsed::Drop(reason::DROP_IPV6_EXT_LIMIT);
+    }
+    p.protocol = next;
+    transport(data, data_end, off, p)
+}
+
+#[inline(always)]
+fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
+    match p.protocol {
+        IPPROTO_TCP => {
+            let Some(t) = load::<[u8; 14]>(data, data_end, off) else {
+                return Parsed::Drop(reason::DROP_TRUNCATED);
+            };
+            p.sport = be16([t[0], t[1]]);
+            p.dport = be16([t[2], t[3]]);
+            p.tcp_flags = t[13];
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let Some(t) = load::<[u8; 4]>(data, data_end, off) else {
+                return Parsed::Drop(reason::DROP_TRUNCATED);
+            };
+            p.sport = be16([t[0], t[1]]);
+            p.dport = be16([t[2], t[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let Some(t) = load::<[u8; 8]>(data, data_end, off) else {
+                return Parsed::Drop(reason::DROP_TRUNCATED);
+            };
+            let v6 = p.protocol == IPPROTO_ICMPV6;
+            let id = be16([t[4], t[5]]);
+            match (v6, t[0]) {
+                (false, 8) | (true, 128) => p.sport = id,
+                (false, 0) | (true, 129) => p.dport = id,
+                // Router and neighbour discovery, multicast listeners:
+                // the link does not work without them.
+                (true, 130..=137 | 143) => {
+                    return Parsed::Pass(reason::PASS_NEIGHBOUR_DISCOVERY);
+                }
+                // Destination unreachable, time exceeded, parameter problem
+                // (and IPv6's packet too big) quote the packet they are about.
+                (false, 3 | 11 | 12) | (true, 1..=4) => {
+                    p.is_related = quoted(data, data_end, off + 8, v6, &mut p.inner).is_some();
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Parsed::Ip
+}
+
+/// The addresses and ports of the packet quoted in an ICMP error.
+#[inline(always)]
+fn quoted(data: usize, data_end: usize, off: usize, v6: bool, inner: &mut Inner) -> Option<()> {
+    let l4 = if v6 {
+        let h = load::<[u8; 40]>(data, data_end, off)?;
+        inner.src.copy_from_slice(&h[8..24]);
+        inner.dst.copy_from_slice(&h[24..40]);
+        inner.protocol = h[6];
+        off + 40
+    } else {
+        let h = load::<[u8; 20]>(data, data_end, off)?;
+        inner.src = ipv4_mapped([h[12], h[13], h[14], h[15]]);
+        inner.dst = ipv4_mapped([h[16], h[17], h[18], h[19]]);
+        inner.protocol = h[9];
+        off + ((h[0] & 0x0f) as usize) * 4
+    };
+    let ports = load::<[u8; 4]>(data, data_end, l4)?;
+    inner.sport = be16([ports[0], ports[1]]);
+    inner.dport = be16([ports[2], ports[3]]);
+    Some(())
+}

@@ -1,0 +1,40 @@
+//! The maps of the TC object. Names and sizes come from ebpf-common; the
+//! loader pins them (sharing PAL_COUNTERS with the XDP object) and may
+//! resize them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use ebpf_common::{
+    datapath::{
+        ADDR_LEN, CounterKey, CtKey, CtValue, EndpointValue, FragKey, FragValue, IdentityValue,
+        PolicyKey, PolicyValue,
+    },
+    maps::size,
+    stats::{Counter, STATS_ENTRIES},
+};
+
+#[map(name = "PAL_TC_STATS")]
+pub static PAL_TC_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+#[map(name = "PAL_COUNTERS")]
+pub static PAL_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
+    PerCpuHashMap::with_max_entries(size::COUNTERS, 0);
+
+#[map(name = "PAL_ENDPOINTS")]
+pub static PAL_ENDPOINTS: HashMap<u32, EndpointValue> =
+    HashMap::with_max_entries(size::ENDPOINTS, 0);
+
+#[map(name = "PAL_IDENTITY")]
+pub static PAL_IDENTITY: LpmTrie<[u8; ADDR_LEN], IdentityValue> =
+    LpmTrie::with_max_entries(size::IDENTITY, 0);
+
+#[map(name = "PAL_POLICY")]
+pub static PAL_POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(size::POLICY, 0);
+
+#[map(name = "PAL_CT")]
+pub static PAL_CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(size::CT, 0);
+
+#[map(name = "PAL_FRAGS")]
+pub static PAL_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(size::FRAGS, 0);

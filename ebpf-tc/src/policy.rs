@@ -1,0 +1,95 @@
+//! Policy lookup: peer identity, then the policy trie.
+//!
+//! Precedence (documented in README): the entry for the peer's own identity
+//! wins over the any-peer entry; within one, the longest prefix (most
+//! specific protocol and port range) wins. The compiler writes final
+//! verdicts into every prefix, so no further merging happens here. No entry:
+//! drop if the endpoint is isolated in that direction, pass otherwise.
+
+use ebpf_common::{
+    datapath::{
+        ADDR_LEN, EndpointValue, POLICY_PREFIX_FULL, action, direction, endpoint_flags, identity,
+        policy_flags,
+    },
+    reason,
+};
+
+use crate::{
+    maps::{PAL_IDENTITY, PAL_POLICY},
+    scratch::Lookup,
+};
+
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub pass: bool,
+    pub reason: u32,
+    pub policy: u32,
+}
+
+impl Verdict {
+    pub const fn pass(reason: u32, policy: u32) -> Self {
+        Self {
+            pass: true,
+            reason,
+            policy,
+        }
+    }
+
+    pub const fn drop(reason: u32, policy: u32) -> Self {
+        Self {
+            pass: false,
+            reason,
+            policy,
+        }
+    }
+}
+
+/// The verdict of `ep`'s policy for a new flow in `dir` with `peer`.
+#[inline(always)]
+pub fn evaluate(
+    ep: &EndpointValue,
+    dir: u32,
+    peer: &[u8; ADDR_LEN],
+    protocol: u8,
+    port: u16,
+    l: &mut Lookup,
+) -> Verdict {
+    l.addr.prefix_len = 128;
+    l.addr.data = *peer;
+    let peer_identity = PAL_IDENTITY
+        .get(&l.addr)
+        .map_or(identity::WORLD, |v| v.identity);
+    l.policy.prefix_len = POLICY_PREFIX_FULL;
+    l.policy.data.endpoint = ep.endpoint;
+    l.policy.data.peer = peer_identity;
+    l.policy.data.direction = dir as u8;
+    l.policy.data.generation = ep.generation();
+    l.policy.data._pad0 = 0;
+    l.policy.data.protocol = protocol;
+    l.policy.data.port = port.to_be_bytes();
+    l.policy.data._pad1 = [0; 2];
+    let mut entry = PAL_POLICY.get(&l.policy).copied();
+    if entry.is_none() {
+        l.policy.data.peer = identity::ANY;
+        entry = PAL_POLICY.get(&l.policy).copied();
+    }
+    match entry {
+        Some(v) if v.action == action::ALLOW => Verdict::pass(reason::ALLOW_POLICY, v.policy),
+        Some(v) if v.flags & policy_flags::AUDIT != 0 => {
+            Verdict::pass(reason::AUDIT_WOULD_DROP, v.policy)
+        }
+        Some(v) => Verdict::drop(reason::DROP_POLICY_DENY, v.policy),
+        None => {
+            let isolated = if dir == direction::INGRESS {
+                endpoint_flags::ISOLATED_INGRESS
+            } else {
+                endpoint_flags::ISOLATED_EGRESS
+            };
+            if ep.flags & isolated != 0 {
+                Verdict::drop(reason::DROP_DEFAULT_DENY, 0)
+            } else {
+                Verdict::pass(reason::PASS_UNENFORCED, 0)
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Per-CPU working memory. The eBPF stack is 512 bytes; a parsed packet and
+//! the keys built from it do not fit beside the call frames, so they live
+//! in a one-slot per-CPU array instead (not pinned: it holds nothing
+//! between runs).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, lpm_trie::Key},
+};
+use ebpf_common::{
+    datapath::{ADDR_LEN, CtKey, FragKey, PolicyKey},
+    kernel::parse::Packet,
+};
+
+#[repr(C)]
+pub struct Lookup {
+    pub addr: Key<[u8; ADDR_LEN]>,
+    pub policy: Key<PolicyKey>,
+}
+
+#[repr(C)]
+pub struct Scratch {
+    pub pkt: Packet,
+    pub key: CtKey,
+    pub back: CtKey,
+    pub frag: FragKey,
+    pub lookup: Lookup,
+}
+
+#[map(name = "PAL_TC_SCRATCH")]
+pub static PAL_TC_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn get() -> Option<&'static mut Scratch> {
+    // SAFETY: slot 0 of a per-CPU array, used by one program run at a time
+    // on this CPU (programs are not preempted mid-run on the same CPU).
+    PAL_TC_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
