@@ -5,6 +5,7 @@
 //! `paths` names every file the daemon touches. The policy model, compiler,
 //! syncer, sources, metrics and lab arrive in their own modules.
 
+pub mod datapath;
 pub mod features;
 pub mod loader;
 pub mod netns;

@@ -4,6 +4,8 @@
 //! them on drop, so a failing test leaves nothing behind. The tests run one
 //! at a time (`--test-threads=1`): they share the kernel.
 
+pub mod packet;
+
 use std::{
     fs,
     net::UdpSocket,

@@ -1,0 +1,252 @@
+//! Typed handles on the pinned datapath maps.
+
+use std::net::IpAddr;
+
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use ebpf_common::{
+    datapath::{
+        ADDR_LEN, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED, POLICY_PREFIX_PROTO,
+        PolicyKey, PolicyValue, ipv4_mapped, ipv4_prefix_len,
+    },
+    maps,
+};
+
+use super::ports::{self, PortPrefix};
+use crate::paths::PinDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("opening pinned map {name}: {source}")]
+    Open {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("writing {what} into {name}: {source} (is the map full? its size is configurable)")]
+    Write {
+        name: &'static str,
+        what: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("reading {name}: {source}")]
+    Read {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("invalid prefix /{len} for {addr}")]
+    Prefix { addr: IpAddr, len: u8 },
+}
+
+/// One policy entry before it is placed in a generation: which peer (or
+/// `identity::ANY`), protocol (`None` = any protocol, and then any port) and
+/// destination port range, and the final verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyEntry {
+    pub direction: u32,
+    pub peer: u32,
+    pub protocol: Option<u8>,
+    pub ports: (u16, u16),
+    pub value: PolicyValue,
+}
+
+/// The 16-byte form of an address and the matching prefix length.
+pub fn addr_key(addr: IpAddr, len: u8) -> Result<Key<[u8; ADDR_LEN]>, DatapathError> {
+    match addr {
+        IpAddr::V4(v4) if len <= 32 => Ok(Key::new(
+            ipv4_prefix_len(u32::from(len)),
+            ipv4_mapped(v4.octets()),
+        )),
+        IpAddr::V6(v6) if len <= 128 => Ok(Key::new(u32::from(len), v6.octets())),
+        _ => Err(DatapathError::Prefix { addr, len }),
+    }
+}
+
+/// The trie keys an entry occupies in `generation` for `endpoint`.
+pub fn policy_keys(endpoint: u32, generation: u8, e: &PolicyEntry) -> Vec<Key<PolicyKey>> {
+    let base = PolicyKey {
+        endpoint,
+        peer: e.peer,
+        direction: e.direction as u8,
+        generation,
+        ..PolicyKey::default()
+    };
+    let Some(protocol) = e.protocol else {
+        return vec![Key::new(POLICY_PREFIX_FIXED, base)];
+    };
+    ports::prefixes(e.ports.0, e.ports.1)
+        .into_iter()
+        .map(|PortPrefix { base: port, bits }| {
+            Key::new(
+                POLICY_PREFIX_PROTO + u32::from(bits),
+                PolicyKey {
+                    protocol,
+                    port: port.to_be_bytes(),
+                    ..base
+                },
+            )
+        })
+        .collect()
+}
+
+pub struct DatapathMaps {
+    pub identity: LpmTrie<MapData, [u8; ADDR_LEN], IdentityValue>,
+    pub endpoints: HashMap<MapData, u32, EndpointValue>,
+    pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+}
+
+fn open(pins: &PinDir, name: &'static str) -> Result<Map, DatapathError> {
+    MapData::from_pin(pins.map(name))
+        .and_then(Map::from_map_data)
+        .map_err(|source| DatapathError::Open { name, source })
+}
+
+impl DatapathMaps {
+    /// Opens the maps a loader pinned under `pins`.
+    pub fn open(pins: &PinDir) -> Result<Self, DatapathError> {
+        let conv = |name: &'static str| move |source| DatapathError::Open { name, source };
+        Ok(Self {
+            identity: LpmTrie::try_from(open(pins, maps::IDENTITY)?)
+                .map_err(conv(maps::IDENTITY))?,
+            endpoints: HashMap::try_from(open(pins, maps::ENDPOINTS)?)
+                .map_err(conv(maps::ENDPOINTS))?,
+            policy: LpmTrie::try_from(open(pins, maps::POLICY)?).map_err(conv(maps::POLICY))?,
+        })
+    }
+
+    pub fn set_identity(
+        &mut self,
+        addr: IpAddr,
+        len: u8,
+        identity: u32,
+    ) -> Result<(), DatapathError> {
+        let key = addr_key(addr, len)?;
+        self.identity
+            .insert(&key, &IdentityValue { identity }, 0)
+            .map_err(|source| DatapathError::Write {
+                name: maps::IDENTITY,
+                what: format!("{addr}/{len} -> {identity}"),
+                source,
+            })
+    }
+
+    pub fn remove_identity(&mut self, addr: IpAddr, len: u8) -> Result<(), DatapathError> {
+        let key = addr_key(addr, len)?;
+        match self.identity.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Write {
+                name: maps::IDENTITY,
+                what: format!("removal of {addr}/{len}"),
+                source,
+            }),
+        }
+    }
+
+    pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointValue>, DatapathError> {
+        match self.endpoints.get(&ifindex, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Read {
+                name: maps::ENDPOINTS,
+                source,
+            }),
+        }
+    }
+
+    pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        match self.endpoints.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Write {
+                name: maps::ENDPOINTS,
+                what: format!("removal of endpoint on ifindex {ifindex}"),
+                source,
+            }),
+        }
+    }
+
+    /// Replaces the whole policy of the endpoint on `ifindex`, atomically
+    /// for packets (see the module docs), and returns the new revision.
+    /// On a write failure the live generation is untouched: the endpoint
+    /// keeps its last good policy and the half-written generation is
+    /// removed again.
+    pub fn replace_policy(
+        &mut self,
+        ifindex: u32,
+        endpoint: u32,
+        flags: u32,
+        entries: &[PolicyEntry],
+    ) -> Result<u32, DatapathError> {
+        let current = self.endpoint(ifindex)?;
+        let revision = current.map_or(0, |c| c.revision.wrapping_add(1));
+        let next = EndpointValue {
+            endpoint,
+            revision,
+            flags,
+        };
+        let generation = next.generation();
+        // Leftovers of an interrupted earlier swap would mix into this one.
+        self.remove_generation(endpoint, generation)?;
+        for entry in entries {
+            for key in policy_keys(endpoint, generation, entry) {
+                if let Err(source) = self.policy.insert(&key, &entry.value, 0) {
+                    self.remove_generation(endpoint, generation)?;
+                    return Err(DatapathError::Write {
+                        name: maps::POLICY,
+                        what: format!("{entry:?} of endpoint {endpoint}"),
+                        source,
+                    });
+                }
+            }
+        }
+        self.endpoints
+            .insert(&ifindex, &next, 0)
+            .map_err(|source| DatapathError::Write {
+                name: maps::ENDPOINTS,
+                what: format!("endpoint {endpoint} on ifindex {ifindex}"),
+                source,
+            })?;
+        // Packets now read the new generation; the old one can go. (With a
+        // reused ifindex this is the previous endpoint's live generation.)
+        if let Some(old) = current {
+            self.remove_generation(old.endpoint, old.generation())?;
+        }
+        Ok(revision)
+    }
+
+    /// The entries of one endpoint's generation, as trie keys.
+    pub fn policy_keys_of(
+        &self,
+        endpoint: u32,
+        generation: u8,
+    ) -> Result<Vec<Key<PolicyKey>>, DatapathError> {
+        let mut keys = Vec::new();
+        for key in self.policy.keys() {
+            let key = key.map_err(|source| DatapathError::Read {
+                name: maps::POLICY,
+                source,
+            })?;
+            let data = key.data();
+            if data.endpoint == endpoint && data.generation == generation {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
+    fn remove_generation(&mut self, endpoint: u32, generation: u8) -> Result<(), DatapathError> {
+        for key in self.policy_keys_of(endpoint, generation)? {
+            match self.policy.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(DatapathError::Write {
+                        name: maps::POLICY,
+                        what: format!("removal of generation {generation} of endpoint {endpoint}"),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

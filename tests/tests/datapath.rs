@@ -1,0 +1,304 @@
+//! Verdict tables for the TC programs, run with BPF_PROG_TEST_RUN on
+//! crafted frames against policy written through the syncer's map API.
+//!
+//! BPF_PROG_TEST_RUN gives a TC program the loopback device of the calling
+//! namespace, so the endpoint under test is registered on ifindex 1.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{Context as _, bail};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use ebpf_common::{
+    datapath::{PolicyValue, action, direction, endpoint_flags, identity, policy_flags},
+    maps,
+};
+use palisade::{
+    datapath::{DatapathMaps, PolicyEntry},
+    features::Features,
+    loader::{self, Loaded, objects},
+    stats::read_pinned,
+};
+use palisade_tests::{
+    TempPins,
+    packet::{ACK, ICMP, ICMPV6, SYN, TCP, UDP, eth, icmp, ipv4, ipv6, tcp, udp, vlan},
+};
+
+const LO: u32 = 1;
+const EP: u32 = 7;
+const A: [u8; 4] = [10, 0, 0, 1];
+const B: [u8; 4] = [10, 0, 0, 2];
+const NET_HOST: [u8; 4] = [10, 0, 1, 5];
+const OUTSIDE: [u8; 4] = [8, 8, 8, 8];
+const A6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const B6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const ID_B: u32 = identity::FIRST_ALLOCATED + 1;
+const ID_NET: u32 = identity::FIRST_ALLOCATED + 2;
+const TC_SHOT: u32 = 2;
+const TC_UNSPEC: u32 = u32::MAX;
+
+const IN: u32 = direction::INGRESS;
+const OUT: u32 = direction::EGRESS;
+
+fn allow(policy: u32) -> PolicyValue {
+    PolicyValue {
+        action: action::ALLOW,
+        policy,
+        ..PolicyValue::default()
+    }
+}
+
+fn deny(policy: u32, flags: u8) -> PolicyValue {
+    PolicyValue {
+        action: action::DENY,
+        flags,
+        policy,
+        ..PolicyValue::default()
+    }
+}
+
+fn entry(
+    direction: u32,
+    peer: u32,
+    protocol: u8,
+    ports: (u16, u16),
+    value: PolicyValue,
+) -> PolicyEntry {
+    PolicyEntry {
+        direction,
+        peer,
+        protocol: Some(protocol),
+        ports,
+        value,
+    }
+}
+
+fn policy_v1() -> Vec<PolicyEntry> {
+    vec![
+        entry(IN, ID_B, TCP, (80, 80), allow(11)),
+        entry(IN, ID_B, TCP, (22, 22), deny(12, 0)),
+        entry(IN, identity::ANY, UDP, (53, 53), allow(13)),
+        entry(IN, ID_NET, TCP, (8000, 8099), allow(14)),
+        entry(IN, ID_NET, TCP, (9000, 9000), deny(15, policy_flags::AUDIT)),
+        entry(OUT, identity::ANY, UDP, (53, 53), allow(16)),
+    ]
+}
+
+const ISOLATED: u32 = endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS;
+
+struct Harness {
+    t: TempPins,
+    loaded: Loaded,
+    maps: DatapathMaps,
+}
+
+impl Harness {
+    fn new() -> anyhow::Result<Self> {
+        let t = TempPins::new()?;
+        let loaded = loader::load_all(&t.pins, &Features::probe())?;
+        let mut maps = DatapathMaps::open(&t.pins)?;
+        maps.set_identity(IpAddr::V4(Ipv4Addr::from(B)), 32, ID_B)?;
+        maps.set_identity(IpAddr::V6(Ipv6Addr::from(B6)), 128, ID_B)?;
+        maps.set_identity(IpAddr::V4(Ipv4Addr::from(NET_HOST)), 24, ID_NET)?;
+        maps.replace_policy(LO, EP, ISOLATED, &policy_v1())?;
+        Ok(Self { t, loaded, maps })
+    }
+
+    /// Runs `frame` through the program for `dir` and returns whether it
+    /// passed and the one reason counted for it.
+    fn run(&mut self, dir: u32, frame: &[u8]) -> anyhow::Result<(bool, &'static str)> {
+        let before = read_pinned(&self.t.pins.map(maps::TC_STATS))?;
+        let name = if dir == IN {
+            objects::TC.programs[1]
+        } else {
+            objects::TC.programs[0]
+        };
+        let prog: &mut SchedClassifier = self
+            .loaded
+            .tc
+            .ebpf
+            .program_mut(name)
+            .context("tc program")?
+            .try_into()?;
+        let ret = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::new()
+            })?
+            .return_value;
+        let after = read_pinned(&self.t.pins.map(maps::TC_STATS))?;
+        let changed: Vec<&'static str> = after
+            .iter()
+            .filter(|a| {
+                let old = before
+                    .iter()
+                    .find(|b| b.direction == a.direction && b.reason == a.reason)
+                    .map_or(0, |b| b.events);
+                a.events != old
+            })
+            .map(|a| a.reason)
+            .collect();
+        let [reason] = changed[..] else {
+            bail!("expected one counted reason, got {changed:?}");
+        };
+        let pass = match ret {
+            TC_UNSPEC => true,
+            TC_SHOT => false,
+            other => bail!("unexpected TC verdict {other}"),
+        };
+        Ok((pass, reason))
+    }
+
+    fn expect(
+        &mut self,
+        dir: u32,
+        frame: &[u8],
+        pass: bool,
+        reason: &str,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let got = self.run(dir, frame).with_context(|| what.to_owned())?;
+        if got != (pass, reason) {
+            bail!("{what}: expected ({pass}, {reason}), got {got:?}");
+        }
+        Ok(())
+    }
+}
+
+fn v4_tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    eth(
+        0x0800,
+        &ipv4(src, dst, TCP, (0, 0, false), &tcp(sport, dport, flags)),
+    )
+}
+
+fn v4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    eth(
+        0x0800,
+        &ipv4(src, dst, UDP, (0, 0, false), &udp(sport, dport)),
+    )
+}
+
+// The verdict tables stay one case per line.
+#[rustfmt::skip]
+#[test]
+fn policy_lookup_precedence_and_wildcards() -> anyhow::Result<()> {
+    let mut h = Harness::new()?;
+    h.expect(IN, &v4_tcp(B, A, 40000, 80, SYN), true, "allow_policy", "B -> A:80 allowed by peer rule")?;
+    h.expect(IN, &v4_tcp(B, A, 40001, 81, SYN), false, "drop_default_deny", "B -> A:81 no rule, isolated")?;
+    h.expect(IN, &v4_tcp(B, A, 40002, 22, SYN), false, "drop_policy_deny", "B -> A:22 explicit deny")?;
+    h.expect(IN, &v4_udp(OUTSIDE, A, 5353, 53), true, "allow_policy", "world -> A:53/udp any-peer rule")?;
+    h.expect(IN, &v4_tcp(OUTSIDE, A, 5353, 80, SYN), false, "drop_default_deny", "world -> A:80 not B")?;
+    h.expect(IN, &v4_tcp(NET_HOST, A, 1000, 8050, SYN), true, "allow_policy", "CIDR peer inside port range")?;
+    h.expect(IN, &v4_tcp(NET_HOST, A, 1001, 8099, SYN), true, "allow_policy", "range end is inclusive")?;
+    h.expect(IN, &v4_tcp(NET_HOST, A, 1002, 8100, SYN), false, "drop_default_deny", "just past the range")?;
+    h.expect(IN, &v4_tcp(NET_HOST, A, 1003, 9000, SYN), true, "audit_would_drop", "audit deny passes")?;
+    h.expect(IN, &v4_udp(B, A, 5000, 54), false, "drop_default_deny", "udp port without rule")?;
+    Ok(())
+}
+
+#[rustfmt::skip]
+#[test]
+fn unparseable_and_special_frames_have_their_own_verdicts() -> anyhow::Result<()> {
+    let mut h = Harness::new()?;
+    h.expect(IN, &eth(0x0806, &[0u8; 28]), true, "pass_non_ip", "ARP always passes")?;
+    // BPF_PROG_TEST_RUN refuses frames shorter than Ethernet or whose IPv4
+    // header is cut short, so truncation is shown past those points.
+    let mut long_ihl = ipv4(B, A, TCP, (0, 0, false), &tcp(1, 80, SYN));
+    long_ihl[0] = 0x4f;
+    h.expect(IN, &eth(0x0800, &long_ihl), false, "drop_truncated", "IPv4 options past the end")?;
+    let mut bad_ihl = ipv4(B, A, TCP, (0, 0, false), &tcp(1, 80, SYN));
+    bad_ihl[0] = 0x44;
+    h.expect(IN, &eth(0x0800, &bad_ihl), false, "drop_malformed", "IHL below 5")?;
+    let short_tcp = ipv4(B, A, TCP, (0, 0, false), &[0u8; 8]);
+    h.expect(IN, &eth(0x0800, &short_tcp), false, "drop_truncated", "TCP header cut short")?;
+    let v6_short = ipv6(B6, A6, &[], TCP, &[0u8; 4]);
+    h.expect(IN, &eth(0x86dd, &v6_short), false, "drop_truncated", "IPv6 TCP header cut short")?;
+
+    let tagged = vlan(1, 0x0800, &ipv4(B, A, TCP, (0, 0, false), &tcp(40010, 80, SYN)));
+    h.expect(IN, &tagged, true, "allow_policy", "one VLAN tag is parsed through")?;
+    let deep = vlan(3, 0x0800, &ipv4(B, A, TCP, (0, 0, false), &tcp(40011, 80, SYN)));
+    h.expect(IN, &deep, false, "drop_vlan_limit", "three VLAN tags")?;
+
+    let ns = ipv6(B6, A6, &[], ICMPV6, &icmp(135, [0; 4], &[0; 16]));
+    h.expect(IN, &eth(0x86dd, &ns), true, "pass_neighbour_discovery", "neighbour solicitation")?;
+    let v6 = ipv6(B6, A6, &[], TCP, &tcp(40020, 80, SYN));
+    h.expect(IN, &eth(0x86dd, &v6), true, "allow_policy", "IPv6 peer rule")?;
+    let v6_opts = ipv6(B6, A6, &[60], TCP, &tcp(40021, 80, SYN));
+    h.expect(IN, &eth(0x86dd, &v6_opts), true, "allow_policy", "IPv6 behind a destination-options header")?;
+    let v6_deep = ipv6(B6, A6, &[0, 60, 60, 60, 60, 60, 60], TCP, &tcp(40022, 80, SYN));
+    h.expect(IN, &eth(0x86dd, &v6_deep), false, "drop_ipv6_ext_limit", "seven extension headers")?;
+    let v6_other = ipv6(B6, A6, &[], TCP, &tcp(40023, 81, SYN));
+    h.expect(IN, &eth(0x86dd, &v6_other), false, "drop_default_deny", "IPv6 port without rule")?;
+    Ok(())
+}
+
+#[rustfmt::skip]
+#[test]
+fn fragments_follow_their_first_fragment() -> anyhow::Result<()> {
+    let mut h = Harness::new()?;
+    let orphan = ipv4(OUTSIDE, A, UDP, (77, 185, false), &[0u8; 32]);
+    h.expect(IN, &eth(0x0800, &orphan), false, "drop_fragment_unknown", "no first fragment seen")?;
+    let first = ipv4(OUTSIDE, A, UDP, (78, 0, true), &udp(5353, 53));
+    h.expect(IN, &eth(0x0800, &first), true, "allow_policy", "first fragment, allowed")?;
+    let later = ipv4(OUTSIDE, A, UDP, (78, 185, false), &[0u8; 32]);
+    h.expect(IN, &eth(0x0800, &later), true, "allow_fragment", "later fragment of an allowed first")?;
+    let denied_first = ipv4(OUTSIDE, A, UDP, (79, 0, true), &udp(5353, 54));
+    h.expect(IN, &eth(0x0800, &denied_first), false, "drop_default_deny", "first fragment denied")?;
+    let denied_later = ipv4(OUTSIDE, A, UDP, (79, 185, false), &[0u8; 32]);
+    h.expect(IN, &eth(0x0800, &denied_later), false, "drop_fragment_unknown", "its later fragment")?;
+    Ok(())
+}
+
+#[rustfmt::skip]
+#[test]
+fn conntrack_replies_related_errors_and_revalidation() -> anyhow::Result<()> {
+    let mut h = Harness::new()?;
+    h.expect(IN, &v4_tcp(B, A, 40000, 80, SYN), true, "allow_policy", "SYN opens the flow")?;
+    h.expect(OUT, &v4_tcp(A, B, 80, 40000, SYN | ACK), true, "allow_reply", "SYN-ACK passes as a reply")?;
+    h.expect(IN, &v4_tcp(B, A, 40000, 80, ACK), true, "allow_established", "ACK of a tracked flow")?;
+    h.expect(OUT, &v4_tcp(A, B, 5555, 5555, SYN), false, "drop_default_deny", "new egress flow, isolated")?;
+
+    // ICMP port unreachable about an allowed egress UDP flow.
+    h.expect(OUT, &v4_udp(A, B, 4000, 53), true, "allow_policy", "egress DNS allowed")?;
+    let quoted = ipv4(A, B, UDP, (0, 0, false), &udp(4000, 53));
+    let unreachable = eth(0x0800, &ipv4(B, A, ICMP, (0, 0, false), &icmp(3, [0; 4], &quoted)));
+    h.expect(IN, &unreachable, true, "allow_related", "ICMP error about the tracked flow")?;
+    let unrelated_quote = ipv4(A, B, UDP, (0, 0, false), &udp(4001, 53));
+    let stray = eth(0x0800, &ipv4(B, A, ICMP, (0, 0, false), &icmp(3, [0; 4], &unrelated_quote)));
+    h.expect(IN, &stray, false, "drop_default_deny", "ICMP error about no flow")?;
+
+    // A policy change without the port-80 rule cuts the established flow at its next packet.
+    let v2: Vec<_> = policy_v1().into_iter().filter(|e| e.ports != (80, 80)).collect();
+    let revision = h.maps.replace_policy(LO, EP, ISOLATED, &v2)?;
+    assert_eq!(revision, 1);
+    h.expect(IN, &v4_tcp(B, A, 40000, 80, ACK), false, "drop_revalidated", "flow cut after the change")?;
+    h.expect(OUT, &v4_tcp(A, B, 80, 40000, ACK), false, "drop_default_deny", "its entry is gone")?;
+    // Flows the new policy still allows survive the change.
+    h.expect(OUT, &v4_udp(A, B, 4000, 53), true, "allow_established", "still allowed after re-check")?;
+    Ok(())
+}
+
+#[rustfmt::skip]
+#[test]
+fn a_policy_swap_replaces_the_old_generation_entirely() -> anyhow::Result<()> {
+    let mut h = Harness::new()?;
+    let ep = h.maps.endpoint(LO)?.context("endpoint registered")?;
+    assert_eq!(ep.revision, 0);
+    let v1_keys = h.maps.policy_keys_of(EP, ep.generation())?;
+    // 8000-8099 is 3 prefixes: 8000-8063, 8064-8095, 8096-8099.
+    assert_eq!(v1_keys.len(), 8, "{} keys", v1_keys.len());
+
+    let v2 = vec![entry(IN, ID_B, TCP, (443, 443), allow(21))];
+    h.maps.replace_policy(LO, EP, endpoint_flags::ISOLATED_INGRESS, &v2)?;
+    let now = h.maps.endpoint(LO)?.context("endpoint registered")?;
+    assert_eq!((now.revision, now.flags), (1, endpoint_flags::ISOLATED_INGRESS));
+    assert!(h.maps.policy_keys_of(EP, ep.generation())?.is_empty(), "old generation left behind");
+    assert_eq!(h.maps.policy_keys_of(EP, now.generation())?.len(), 1);
+    h.expect(IN, &v4_tcp(B, A, 1, 443, SYN), true, "allow_policy", "new rule live")?;
+    h.expect(IN, &v4_tcp(B, A, 2, 80, SYN), false, "drop_default_deny", "old rule gone")?;
+    h.expect(OUT, &v4_tcp(A, B, 3, 5555, SYN), true, "pass_unenforced", "egress no longer isolated")?;
+
+    h.maps.remove_endpoint(LO)?;
+    h.expect(IN, &v4_tcp(B, A, 4, 80, SYN), true, "pass_no_endpoint", "not an endpoint")?;
+    Ok(())
+}
