@@ -66,12 +66,15 @@ ensure_debs() {
 # never installed into /boot. The current ABI number is resolved from the
 # archive because superseded builds leave the mirror.
 ensure_guest_kernel() {
-  local dir="$cache/guest-kernel"
-  if [ -s "$dir/vmlinux" ] && [ -d "$dir/modules" ]; then
+  local dir="$cache/guest-kernel" ko complete=1
+  for ko in $GUEST_MODULES; do
+    [ -s "$dir/modules/$ko.ko" ] || complete=0
+  done
+  if [ -s "$dir/vmlinux" ] && [ "$complete" = 1 ]; then
     return
   fi
   log "fetching the guest kernel"
-  local pkg work deb ko
+  local pkg work deb
   apt-get update -qq
   pkg=$(apt-cache depends "$GUEST_KERNEL_META" | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1)
   [ -n "$pkg" ] || { log "cannot resolve $GUEST_KERNEL_META"; exit 1; }
@@ -82,7 +85,8 @@ ensure_guest_kernel() {
   mkdir -p "$dir.tmp/modules"
   cp "$work"/root/boot/vmlinuz-* "$dir.tmp/bzImage"
   for ko in $GUEST_MODULES; do
-    find "$work/root/lib/modules" -name "$ko.ko*" -exec cp {} "$dir.tmp/modules/" \;
+    find "$work/root/lib/modules" -name "$ko.ko" -exec cp {} "$dir.tmp/modules/" \;
+    [ -s "$dir.tmp/modules/$ko.ko" ] || { log "module $ko not in $pkg"; exit 1; }
   done
   python3 "$here/tests/vm/extract_vmlinux.py" "$dir.tmp/bzImage" "$dir.tmp/vmlinux"
   echo "$pkg" > "$dir.tmp/package"

@@ -14,6 +14,7 @@ use palisade::{
     loader::{
         self, LsmObject,
         attach::{self, LinkState, TcHook},
+        sizes::MapSizes,
     },
     paths::{self, PinDir},
     status::Status,
@@ -30,6 +31,10 @@ struct Cli {
     /// Base directory for pins on bpffs; the ABI version directory goes beneath it.
     #[arg(long, global = true, default_value = paths::DEFAULT_PIN_BASE)]
     pin_base: PathBuf,
+    /// Size of a map, e.g. PAL_CT=262144 (repeatable). A pinned map of
+    /// another size is refused: `unload --maps` first to resize.
+    #[arg(long = "map-size", global = true, value_name = "NAME=ENTRIES")]
+    map_size: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -137,6 +142,7 @@ fn maybe_in_netns<T: Send>(
 
 fn load(
     pins: &PinDir,
+    sizes: &MapSizes,
     xdp: &[String],
     tc: &[String],
     mode: Mode,
@@ -146,7 +152,7 @@ fn load(
     for line in features.lines() {
         tracing::info!("{line}");
     }
-    let mut loaded = loader::load_all(pins, &features)?;
+    let mut loaded = loader::load_with(pins, &features, sizes)?;
     for (name, m) in [("xdp", &loaded.xdp.maps), ("tc", &loaded.tc.maps)] {
         for outcome in m {
             println!("{name}: map {} {:?}", outcome.name, outcome.pinned);
@@ -208,9 +214,13 @@ fn unload(pins: &PinDir, maps: bool, tc: &[String], netns: Option<&Path>) -> any
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let pins = PinDir::new(&cli.pin_base);
+    let mut sizes = MapSizes::default();
+    for arg in &cli.map_size {
+        sizes.set(arg)?;
+    }
     match cli.command {
         Command::Status { json } => {
-            let status = Status::gather(&pins, Features::probe());
+            let status = Status::gather(&pins, Features::probe(), &sizes);
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -223,7 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tc,
             xdp_mode,
             netns,
-        } => load(&pins, &xdp, &tc, xdp_mode, netns.as_deref()),
+        } => load(&pins, &sizes, &xdp, &tc, xdp_mode, netns.as_deref()),
         Command::Unload { maps, tc, netns } => unload(&pins, maps, &tc, netns.as_deref()),
     }
 }

@@ -7,7 +7,10 @@ use serde::Serialize;
 
 use crate::{
     features::Features,
-    loader::layout::{self, Pinned},
+    loader::{
+        layout::{self, Pinned},
+        sizes::MapSizes,
+    },
     paths::PinDir,
     stats::{self, CounterRow},
 };
@@ -30,17 +33,22 @@ pub struct MapStatus {
 }
 
 impl Status {
-    pub fn gather(pins: &PinDir, features: Features) -> Self {
+    pub fn gather(pins: &PinDir, features: Features, sizes: &MapSizes) -> Self {
         let maps = SPECS
             .iter()
             .map(|spec| {
                 let path = pins.map(spec.name);
-                let (state, counters) = match layout::check_pinned(&path, spec) {
+                let is_stats = spec.map_type == ebpf_common::maps::kind::PERCPU_ARRAY;
+                let (state, counters) = match layout::check_pinned(&path, &sizes.apply(spec)) {
                     Ok(Pinned::Absent) => ("absent".to_owned(), Vec::new()),
-                    Ok(Pinned::Matches { id }) => match stats::read_pinned(&path) {
+                    Ok(Pinned::Matches { id }) if is_stats => match stats::read_pinned(&path) {
                         Ok(rows) => (format!("ok (id {id})"), rows),
                         Err(e) => (format!("unreadable: {e}"), Vec::new()),
                     },
+                    Ok(Pinned::Matches { id }) => (
+                        format!("ok (id {id}, {} entries max)", sizes.entries(spec)),
+                        Vec::new(),
+                    ),
                     Err(e) => (e.to_string(), Vec::new()),
                 };
                 MapStatus {

@@ -163,3 +163,76 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> anyhow::Re
 pub fn in_guest() -> bool {
     std::env::var_os("PALISADE_IN_GUEST").is_some()
 }
+
+/// A node namespace with a bridge (the "existing CNI") and pods, each a
+/// namespace with a veth to the bridge: `eth0` in the pod, a bridge port on
+/// the node. Pod `i` has address 10.199.1.(i+1)/24.
+pub struct BridgeLab {
+    pub node: String,
+    pub pods: Vec<LabPod>,
+}
+
+pub struct LabPod {
+    pub netns: String,
+    pub host_if: String,
+    pub ip: std::net::Ipv4Addr,
+}
+
+impl BridgeLab {
+    pub fn new(pods: usize) -> anyhow::Result<Self> {
+        let node = unique("bn");
+        let mut lab = Self {
+            node: node.clone(),
+            pods: Vec::new(),
+        };
+        run("ip", &["netns", "add", &node])?;
+        run("ip", &["-n", &node, "link", "add", "br0", "type", "bridge"])?;
+        run("ip", &["-n", &node, "link", "set", "br0", "up"])?;
+        for i in 0..pods {
+            let netns = unique("bp");
+            let host_if = unique("bh");
+            let ip = std::net::Ipv4Addr::new(10, 199, 1, (i + 1) as u8);
+            run("ip", &["netns", "add", &netns])?;
+            lab.pods.push(LabPod {
+                netns: netns.clone(),
+                host_if: host_if.clone(),
+                ip,
+            });
+            run(
+                "ip",
+                &[
+                    "-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
+                    "netns", &netns,
+                ],
+            )?;
+            run(
+                "ip",
+                &["-n", &node, "link", "set", &host_if, "master", "br0", "up"],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &netns,
+                    "addr",
+                    "add",
+                    &format!("{ip}/24"),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            run("ip", &["-n", &netns, "link", "set", "eth0", "up"])?;
+            run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
+        }
+        Ok(lab)
+    }
+}
+
+impl Drop for BridgeLab {
+    fn drop(&mut self) {
+        for pod in &self.pods {
+            let _ = run("ip", &["netns", "del", &pod.netns]);
+        }
+        let _ = run("ip", &["netns", "del", &self.node]);
+    }
+}

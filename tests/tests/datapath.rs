@@ -15,7 +15,7 @@ use ebpf_common::{
 use palisade::{
     datapath::{DatapathMaps, PolicyEntry},
     features::Features,
-    loader::{self, Loaded, objects},
+    loader::{self, Loaded, objects, sizes::MapSizes},
     stats::read_pinned,
 };
 use palisade_tests::{
@@ -93,8 +93,16 @@ struct Harness {
 
 impl Harness {
     fn new() -> anyhow::Result<Self> {
+        Self::sized(&[])
+    }
+
+    fn sized(sizes: &[&str]) -> anyhow::Result<Self> {
+        let mut map_sizes = MapSizes::default();
+        for s in sizes {
+            map_sizes.set(s)?;
+        }
         let t = TempPins::new()?;
-        let loaded = loader::load_all(&t.pins, &Features::probe())?;
+        let loaded = loader::load_with(&t.pins, &Features::probe(), &map_sizes)?;
         let mut maps = DatapathMaps::open(&t.pins)?;
         maps.set_identity(IpAddr::V4(Ipv4Addr::from(B)), 32, ID_B)?;
         maps.set_identity(IpAddr::V6(Ipv6Addr::from(B6)), 128, ID_B)?;
@@ -136,6 +144,8 @@ impl Harness {
                 a.events != old
             })
             .map(|a| a.reason)
+            // Side counts that accompany a verdict rather than being one.
+            .filter(|r| !matches!(*r, "counter_map_full" | "ct_map_full"))
             .collect();
         let [reason] = changed[..] else {
             bail!("expected one counted reason, got {changed:?}");
@@ -300,5 +310,85 @@ fn a_policy_swap_replaces_the_old_generation_entirely() -> anyhow::Result<()> {
 
     h.maps.remove_endpoint(LO)?;
     h.expect(IN, &v4_tcp(B, A, 4, 80, SYN), true, "pass_no_endpoint", "not an endpoint")?;
+    Ok(())
+}
+
+#[test]
+fn a_full_policy_map_is_an_error_and_the_last_good_policy_stays() -> anyhow::Result<()> {
+    // policy_v1 needs 8 trie entries; room for 10 holds it but not a second generation of 8.
+    let mut h = Harness::sized(&["PAL_POLICY=10"])?;
+    let before = h.maps.endpoint(LO)?.context("endpoint registered")?;
+    let err = h
+        .maps
+        .replace_policy(LO, EP, ISOLATED, &policy_v1())
+        .err()
+        .context("a policy that does not fit was accepted")?;
+    assert!(err.to_string().contains("PAL_POLICY"), "{err}");
+    assert!(err.to_string().contains("full"), "{err}");
+    let after = h.maps.endpoint(LO)?.context("endpoint registered")?;
+    assert_eq!(after, before, "the endpoint moved to a half-written policy");
+    assert!(
+        h.maps
+            .policy_keys_of(EP, before.generation() ^ 1)?
+            .is_empty(),
+        "half-written generation left"
+    );
+    h.expect(
+        IN,
+        &v4_tcp(B, A, 40000, 80, SYN),
+        true,
+        "allow_policy",
+        "old policy still in force",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn a_full_counter_map_is_counted_not_hidden() -> anyhow::Result<()> {
+    let mut h = Harness::sized(&["PAL_COUNTERS=2"])?;
+    h.expect(
+        IN,
+        &v4_tcp(B, A, 1, 80, SYN),
+        true,
+        "allow_policy",
+        "first counter key",
+    )?;
+    h.expect(
+        IN,
+        &v4_tcp(B, A, 2, 81, SYN),
+        false,
+        "drop_default_deny",
+        "second counter key",
+    )?;
+    // A third distinct (policy, reason) key finds the counter map full.
+    h.expect(
+        IN,
+        &v4_tcp(B, A, 3, 22, SYN),
+        false,
+        "drop_policy_deny",
+        "third counter key",
+    )?;
+    let full: u64 = read_pinned(&h.t.pins.map(maps::TC_STATS))?
+        .iter()
+        .filter(|r| r.reason == "counter_map_full")
+        .map(|r| r.events)
+        .sum();
+    assert_eq!(full, 1);
+    Ok(())
+}
+
+#[test]
+fn configured_sizes_apply_and_a_resize_needs_an_unload() -> anyhow::Result<()> {
+    let h = Harness::sized(&["PAL_CT=4096"])?;
+    let info = aya::maps::MapInfo::from_pin(h.t.pins.map(maps::CT))?;
+    assert_eq!(info.max_entries(), 4096);
+    let Err(err) = loader::load_all(&h.t.pins, &Features::probe()) else {
+        bail!("a pinned map of another size was reused");
+    };
+    assert!(
+        err.to_string()
+            .contains("max entries is 4096, expected 65536"),
+        "{err}"
+    );
     Ok(())
 }

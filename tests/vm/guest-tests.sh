@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the privileged test binaries (loader, attach, lsm, datapath) in the QEMU
-# guest: a second kernel (Debian 6.1: clsact instead of TCX) on which BPF LSM
+# Runs the privileged tests (loader, attach, lsm, datapath, enforce) in the
+# QEMU guest: a second kernel (Debian 6.1: clsact instead of TCX) on which BPF LSM
 # is active. Exits with the guest's status.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 
 # Static binaries need nothing from the guest's (absent) libc.
 bins=$(cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --message-format=json \
-         --test loader --test attach --test lsm --test datapath 2>/dev/null |
+         --test loader --test attach --test lsm --test datapath --test enforce 2>/dev/null |
        python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -17,7 +17,7 @@ for line in sys.stdin:
         print(m["executable"])
 ')
 [ -n "$bins" ] || { echo "guest-tests: building the test binaries failed" >&2; \
-  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm --test datapath; exit 1; }
+  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm --test datapath --test enforce; exit 1; }
 
 adds=()
 for b in $bins; do adds+=(--add "$b"); done

@@ -15,6 +15,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../../scripts/versions.env
+. "$here/../../scripts/versions.env"
 cache=${PALISADE_CACHE:-$HOME/.cache/palisade}
 kernel_dir=$cache/guest-kernel
 timeout=300
@@ -35,7 +37,10 @@ trap 'rm -rf "$work"' EXIT
 root=$work/root
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,var,work,root,lib/modules/palisade}
 cp /bin/busybox "$root/bin/busybox"
-cp "$kernel_dir"/modules/*.ko "$root/lib/modules/palisade/"
+for ko in $GUEST_MODULES; do
+  cp "$kernel_dir/modules/$ko.ko" "$root/lib/modules/palisade/"
+  echo "$ko" >> "$root/lib/modules/palisade/order"
+done
 
 # iproute2's ip (busybox's cannot name a veth peer or manage netns), with
 # the libraries it links.
@@ -71,8 +76,8 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 ln -s /run /var/run
-for m in /lib/modules/palisade/*.ko; do
-  insmod "$m" || echo "palisade-guest: insmod $m failed"
+for m in $(cat /lib/modules/palisade/order); do
+  insmod "/lib/modules/palisade/$m.ko" || echo "palisade-guest: insmod $m failed"
 done
 ip link set lo up
 echo "palisade-guest: kernel $(uname -r), lsm=$(cat /sys/kernel/security/lsm)"

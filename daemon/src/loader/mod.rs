@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod layout;
 pub mod objects;
+pub mod sizes;
 
 use std::{fs, io, path::PathBuf};
 
@@ -19,6 +20,7 @@ use aya::{
 use crate::{features::Features, paths::PinDir};
 use layout::{LayoutError, Pinned};
 use objects::Object;
+use sizes::MapSizes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -82,24 +84,34 @@ pub struct Loaded {
     pub lsm: LsmObject,
 }
 
-/// Loads all objects. Fails before creating anything if a pinned map has the
-/// wrong layout, so a refused start leaves the old state untouched.
+/// Loads all objects with the default map sizes.
 pub fn load_all(pins: &PinDir, features: &Features) -> Result<Loaded, LoadError> {
+    load_with(pins, features, &MapSizes::default())
+}
+
+/// Loads all objects. Fails before creating anything if a pinned map has the
+/// wrong layout (or another size than configured), so a refused start
+/// leaves the old state untouched.
+pub fn load_with(
+    pins: &PinDir,
+    features: &Features,
+    sizes: &MapSizes,
+) -> Result<Loaded, LoadError> {
     prepare(pins)?;
     // Check every pin of every object first: a mismatch in the last object
     // must not leave the first ones half-adopted.
     for object in [&objects::XDP, &objects::TC, &objects::LSM] {
         for map in object.maps {
-            layout::check_pinned(&pins.map(map), layout::spec(map)?)?;
+            layout::check_pinned(&pins.map(map), &sizes.apply(layout::spec(map)?))?;
         }
     }
-    let mut xdp = load_object(pins, &objects::XDP)?;
+    let mut xdp = load_object(pins, &objects::XDP, sizes)?;
     for &program in objects::XDP.programs {
         let p: &mut Xdp = program_mut(&mut xdp.ebpf, &objects::XDP, program)?;
         p.load()
             .map_err(|e| verify_error(&objects::XDP, program, e))?;
     }
-    let mut tc = load_object(pins, &objects::TC)?;
+    let mut tc = load_object(pins, &objects::TC, sizes)?;
     for &program in objects::TC.programs {
         let p: &mut SchedClassifier = program_mut(&mut tc.ebpf, &objects::TC, program)?;
         p.load()
@@ -110,7 +122,7 @@ pub fn load_all(pins: &PinDir, features: &Features) -> Result<Loaded, LoadError>
             reason: reason.clone(),
         },
         crate::features::BpfLsm::Active => {
-            let mut lsm = load_object(pins, &objects::LSM)?;
+            let mut lsm = load_object(pins, &objects::LSM, sizes)?;
             let btf = Btf::from_sys_fs()?;
             for &(program, hook) in objects::LSM_HOOKS {
                 let p: &mut Lsm = program_mut(&mut lsm.ebpf, &objects::LSM, program)?;
@@ -136,15 +148,21 @@ fn prepare(pins: &PinDir) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn load_object(pins: &PinDir, object: &'static Object) -> Result<LoadedObject, LoadError> {
+fn load_object(
+    pins: &PinDir,
+    object: &'static Object,
+    sizes: &MapSizes,
+) -> Result<LoadedObject, LoadError> {
     let mut outcomes = Vec::with_capacity(object.maps.len());
     let mut loader = EbpfLoader::new();
     for &map in object.maps {
         // Checked again right before the load narrows the window in which
         // another process could swap the pin.
-        let pinned = layout::check_pinned(&pins.map(map), layout::spec(map)?)?;
+        let spec = sizes.apply(layout::spec(map)?);
+        let pinned = layout::check_pinned(&pins.map(map), &spec)?;
         outcomes.push(MapOutcome { name: map, pinned });
         loader.map_pin_path(map, pins.map(map));
+        loader.map_max_entries(map, spec.max_entries);
     }
     let ebpf = loader
         .load(object.bytes)
