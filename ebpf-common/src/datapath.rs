@@ -210,8 +210,34 @@ pub struct CounterKey {
     pub _pad: u8,
 }
 
+/// A drop or audit event in the ring buffer (`PAL_EVENTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub timestamp_ns: u64,
+    pub endpoint: u32,
+    pub policy: u32,
+    pub reason: u16,
+    pub direction: u8,
+    pub protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// Zero when the packet was dropped before its addresses were parsed.
+    pub src: [u8; ADDR_LEN],
+    pub dst: [u8; ADDR_LEN],
+}
+
+/// The kernel's event rate limit, per CPU: a token bucket.
+pub mod event_rate {
+    pub const PER_SECOND: u64 = 1_000;
+    pub const BURST: u64 = 1_000;
+    /// Nanoseconds of credit one event costs.
+    pub const COST_NS: u64 = 1_000_000_000 / PER_SECOND;
+}
+
 const _: () = {
     use core::mem::size_of;
+    assert!(size_of::<DropEvent>() == 56);
     assert!(size_of::<IdentityValue>() == 4);
     assert!(size_of::<EndpointValue>() == 12);
     assert!(size_of::<PolicyKey>() == 16);
@@ -238,4 +264,5 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for DropEvent {}
 }

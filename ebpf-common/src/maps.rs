@@ -26,6 +26,7 @@ pub const CT: &str = "PAL_CT";
 pub const FRAGS: &str = "PAL_FRAGS";
 pub const COUNTERS: &str = "PAL_COUNTERS";
 pub const XDP_DENY: &str = "PAL_XDP_DENY";
+pub const EVENTS: &str = "PAL_EVENTS";
 
 /// Default sizes. The programs are compiled with these; the loader resizes.
 pub mod size {
@@ -36,6 +37,8 @@ pub mod size {
     pub const FRAGS: u32 = 8_192;
     pub const COUNTERS: u32 = 16_384;
     pub const XDP_DENY: u32 = 16_384;
+    /// Bytes, a power of two multiple of the page size: ~4600 events.
+    pub const EVENTS: u32 = 256 * 1024;
 }
 
 /// Kernel map type numbers (`enum bpf_map_type`), the subset we use.
@@ -96,6 +99,13 @@ pub const SPECS: &[MapSpec] = &[
     spec::<FragKey, FragValue>(FRAGS, kind::LRU_HASH, size::FRAGS),
     spec::<CounterKey, Counter>(COUNTERS, kind::PERCPU_HASH, size::COUNTERS),
     lpm::<[u8; ADDR_LEN]>(XDP_DENY, size_of::<u32>() as u32, size::XDP_DENY),
+    MapSpec {
+        name: EVENTS,
+        map_type: kind::RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        max_entries: size::EVENTS,
+    },
 ];
 
 const fn fits_in_kernel_name(name: &str) -> bool {

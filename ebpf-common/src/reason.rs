@@ -46,8 +46,13 @@ pub const DROP_VLAN_LIMIT: u32 = 19;
 /// An ICMP error about a tracked flow, passed as part of that flow.
 pub const ALLOW_RELATED: u32 = 20;
 
+/// A drop or audit event was not sent: the per-CPU event rate was exceeded.
+pub const EVENT_RATE_LIMITED: u32 = 21;
+/// A drop or audit event was not sent: the ring buffer was full.
+pub const EVENT_LOST: u32 = 22;
+
 /// One past the highest code in use; counter arrays are sized from it.
-pub const COUNT: u32 = 21;
+pub const COUNT: u32 = 23;
 
 /// A stable name for each code, as exported in metrics and `palisade status`.
 pub const fn name(code: u32) -> &'static str {
@@ -73,6 +78,8 @@ pub const fn name(code: u32) -> &'static str {
         COUNTER_MAP_FULL => "counter_map_full",
         DROP_VLAN_LIMIT => "drop_vlan_limit",
         ALLOW_RELATED => "allow_related",
+        EVENT_RATE_LIMITED => "event_rate_limited",
+        EVENT_LOST => "event_lost",
         _ => "unknown",
     }
 }

@@ -12,6 +12,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 mod conntrack;
+mod events;
 mod flow;
 mod maps;
 mod policy;
@@ -61,11 +62,16 @@ fn enforce(ctx: &TcContext, dir: u32) -> i32 {
         count(&PAL_TC_STATS, dir, reason::PASS_NO_ENDPOINT, bytes);
         return TC_ACT_UNSPEC;
     };
-    let verdict = match parse(ctx.data(), ctx.data_end(), &mut s.pkt) {
+    let parsed = parse(ctx.data(), ctx.data_end(), &mut s.pkt);
+    let parsed_ip = matches!(parsed, Parsed::Ip);
+    let verdict = match parsed {
         Parsed::Ip => flow::decide(&ep, dir, s),
         Parsed::Pass(why) => Verdict::pass(why, 0),
         Parsed::Drop(why) => Verdict::drop(why, 0),
     };
+    if !verdict.pass || verdict.reason == reason::AUDIT_WOULD_DROP {
+        events::report(s, ep.endpoint, dir, &verdict, parsed_ip);
+    }
     count(&PAL_TC_STATS, dir, verdict.reason, bytes);
     let key = CounterKey {
         endpoint: ep.endpoint,

@@ -1,7 +1,7 @@
 //! Per-CPU working memory. The eBPF stack is 512 bytes; a parsed packet and
 //! the keys built from it do not fit beside the call frames, so they live
-//! in a one-slot per-CPU array instead (not pinned: it holds nothing
-//! between runs).
+//! in a one-slot per-CPU array instead. Not pinned: apart from the event
+//! rate limiter, it holds nothing between runs.
 
 use aya_ebpf::{
     macros::map,
@@ -20,6 +20,8 @@ pub struct Lookup {
 
 #[repr(C)]
 pub struct Scratch {
+    /// The one field that does persist between runs: the event rate limit.
+    pub limiter: crate::events::TokenBucket,
     pub pkt: Packet,
     pub key: CtKey,
     pub back: CtKey,

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use ebpf_common::{
-    datapath::{PolicyValue, action, direction, endpoint_flags, identity, policy_flags},
+    datapath::{DropEvent, PolicyValue, action, direction, endpoint_flags, identity, policy_flags},
     maps,
 };
 use palisade::{
@@ -390,5 +390,105 @@ fn configured_sizes_apply_and_a_resize_needs_an_unload() -> anyhow::Result<()> {
             .contains("max entries is 4096, expected 65536"),
         "{err}"
     );
+    Ok(())
+}
+
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<DropEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<DropEvent>());
+        // SAFETY: the kernel wrote a DropEvent of exactly this size.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
+    }
+    out
+}
+
+fn stat(h: &Harness, reason: &str) -> anyhow::Result<u64> {
+    Ok(read_pinned(&h.t.pins.map(maps::TC_STATS))?
+        .iter()
+        .filter(|r| r.reason == reason)
+        .map(|r| r.events)
+        .sum())
+}
+
+#[test]
+fn drops_and_audits_are_reported_within_the_rate_limit() -> anyhow::Result<()> {
+    let mut h = Harness::new()?;
+    let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::from_map_data(
+        aya::maps::MapData::from_pin(h.t.pins.map(maps::EVENTS))?,
+    )?)?;
+    h.expect(
+        IN,
+        &v4_tcp(B, A, 40001, 81, SYN),
+        false,
+        "drop_default_deny",
+        "a drop",
+    )?;
+    h.expect(
+        IN,
+        &v4_tcp(NET_HOST, A, 1003, 9000, SYN),
+        true,
+        "audit_would_drop",
+        "an audit",
+    )?;
+    h.expect(
+        IN,
+        &v4_tcp(B, A, 40000, 80, SYN),
+        true,
+        "allow_policy",
+        "an allow: no event",
+    )?;
+    let events = drain(&mut ring);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let drop = events[0];
+    assert_eq!(
+        (
+            drop.endpoint,
+            drop.policy,
+            drop.reason,
+            u32::from(drop.direction)
+        ),
+        (EP, 0, ebpf_common::reason::DROP_DEFAULT_DENY as u16, IN)
+    );
+    assert_eq!((drop.protocol, drop.sport, drop.dport), (TCP, 40001, 81));
+    assert_eq!(drop.src, ebpf_common::datapath::ipv4_mapped(B));
+    assert_eq!(drop.dst, ebpf_common::datapath::ipv4_mapped(A));
+    assert_eq!(
+        (events[1].policy, events[1].reason),
+        (15, ebpf_common::reason::AUDIT_WOULD_DROP as u16)
+    );
+
+    // A flood: every denied packet is either reported or counted as limited.
+    const FLOOD: u32 = 3000;
+    let limited_before = stat(&h, "event_rate_limited")?;
+    let lost_before = stat(&h, "event_lost")?;
+    let frame = v4_tcp(B, A, 40002, 22, SYN);
+    let prog: &mut SchedClassifier = h
+        .loaded
+        .tc
+        .ebpf
+        .program_mut(objects::TC.programs[1])
+        .context("tc program")?
+        .try_into()?;
+    prog.test_run(TestRunOptions {
+        data_in: Some(&frame),
+        repeat: FLOOD,
+        ..TestRunOptions::new()
+    })?;
+    let sent = drain(&mut ring).len() as u64;
+    let limited = stat(&h, "event_rate_limited")? - limited_before;
+    let lost = stat(&h, "event_lost")? - lost_before;
+    assert_eq!(
+        sent + limited + lost,
+        u64::from(FLOOD),
+        "sent {sent}, limited {limited}, lost {lost}"
+    );
+    // At most one burst per CPU the test ran on (it may have moved once).
+    let burst = ebpf_common::datapath::event_rate::BURST;
+    assert!(
+        sent <= 2 * burst,
+        "the rate limit let {sent} events through"
+    );
+    assert!(limited >= u64::from(FLOOD) - 2 * burst, "limited {limited}");
     Ok(())
 }

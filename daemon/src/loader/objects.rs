@@ -34,6 +34,7 @@ pub static TC: Object = Object {
         maps::POLICY,
         maps::CT,
         maps::FRAGS,
+        maps::EVENTS,
     ],
     scratch: &["PAL_TC_SCRATCH"],
     programs: &[programs::TC_FROM_POD, programs::TC_TO_POD],

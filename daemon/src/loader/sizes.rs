@@ -43,6 +43,13 @@ impl MapSizes {
                 fixed: spec.max_entries,
             });
         }
+        if spec.map_type == ebpf_common::maps::kind::RINGBUF
+            && (!entries.is_power_of_two() || entries < 4096)
+        {
+            return Err(SizeError::Syntax(format!(
+                "{arg} (a ring buffer size is a power of two of at least 4096 bytes)"
+            )));
+        }
         self.0.insert(spec.name, entries);
         Ok(())
     }

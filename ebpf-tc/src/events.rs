@@ -1,0 +1,73 @@
+//! Drop and audit events to the ring buffer, rate-limited per CPU.
+//!
+//! A token bucket (`event_rate`) caps what one CPU can push, so a flood of
+//! denied packets cannot flood user space; every event not sent is counted
+//! (`event_rate_limited`, `event_lost`), so the loss is visible.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::RingBuf};
+use ebpf_common::{
+    datapath::{DropEvent, event_rate},
+    kernel::count,
+    maps::size,
+    reason,
+};
+
+use crate::{maps::PAL_TC_STATS, policy::Verdict, scratch::Scratch};
+
+#[map(name = "PAL_EVENTS")]
+pub static PAL_EVENTS: RingBuf = RingBuf::with_byte_size(size::EVENTS, 0);
+
+/// Credit in nanoseconds, refilled by elapsed time up to the burst.
+#[repr(C)]
+pub struct TokenBucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
+#[inline(always)]
+fn take_token(b: &mut TokenBucket, now: u64) -> bool {
+    let elapsed = now.saturating_sub(b.last_ns);
+    b.last_ns = now;
+    let cap = event_rate::BURST * event_rate::COST_NS;
+    b.credit_ns = if elapsed >= cap {
+        cap
+    } else {
+        (b.credit_ns + elapsed).min(cap)
+    };
+    if b.credit_ns < event_rate::COST_NS {
+        return false;
+    }
+    b.credit_ns -= event_rate::COST_NS;
+    true
+}
+
+#[inline(always)]
+pub fn report(s: &mut Scratch, endpoint: u32, dir: u32, v: &Verdict, parsed_ip: bool) {
+    // SAFETY: a helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !take_token(&mut s.limiter, now) {
+        count(&PAL_TC_STATS, dir, reason::EVENT_RATE_LIMITED, 0);
+        return;
+    }
+    let Some(mut entry) = PAL_EVENTS.reserve::<DropEvent>(0) else {
+        count(&PAL_TC_STATS, dir, reason::EVENT_LOST, 0);
+        return;
+    };
+    let mut e = DropEvent {
+        timestamp_ns: now,
+        endpoint,
+        policy: v.policy,
+        reason: v.reason as u16,
+        direction: dir as u8,
+        ..DropEvent::default()
+    };
+    if parsed_ip {
+        e.protocol = s.pkt.protocol;
+        e.sport = s.pkt.sport;
+        e.dport = s.pkt.dport;
+        e.src = s.pkt.src;
+        e.dst = s.pkt.dst;
+    }
+    entry.write(e);
+    entry.submit(0);
+}
