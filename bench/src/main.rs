@@ -1,42 +1,246 @@
-//! Start-up and per-packet cost of what the loader loads today.
+//! Benchmarks of the loader and the datapath. Prints figures and ratios;
+//! asserts nothing. Needs root and bpffs. `make bench` runs it.
 //!
-//! Prints figures and ratios only; nothing here asserts on time. Needs root
-//! and bpffs. Per-packet figures come from BPF_PROG_TEST_RUN on a 64-byte
-//! frame; `empty` is the harness floor the datapath goal is stated against.
+//! Per-packet cost comes from BPF_PROG_TEST_RUN on 64-byte frames, against
+//! an empty program of the same type (the harness floor), at 10, 1k, 10k
+//! and 100k identities and policy entries. Map memory is the kernel's own
+//! account (`memlock` in the map's fdinfo).
 
-use std::time::{Duration, Instant};
+mod raw;
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use aya::{
+    maps::{MapData, lpm_trie::LpmTrie},
+    programs::{SchedClassifier, Xdp},
+};
+use ebpf_common::{
+    datapath::{PolicyValue, action, direction, endpoint_flags, identity},
+    maps,
+};
 use palisade::{
+    datapath::{DatapathMaps, PolicyEntry},
     features::Features,
-    loader::{self, objects},
+    loader::{self, Loaded, objects, sizes::MapSizes},
     paths::PinDir,
 };
 
-const REPEAT: u32 = 1_000_000;
-const LOADS: usize = 5;
+const REPEAT: u32 = 200_000;
+const NEW_FLOWS: u16 = 2_000;
+const SIZES: [u32; 4] = [10, 1_000, 10_000, 100_000];
+const LO: u32 = 1;
+const EP: u32 = 7;
+const POD: [u8; 4] = [10, 0, 0, 1];
+
+fn peer(i: u32) -> [u8; 4] {
+    let n = 0x0a80_0000 + i; // 10.128.0.0/9 and up
+    n.to_be_bytes()
+}
+
+fn frame(ethertype: u16, l3: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(l3);
+    f.resize(64, 0);
+    f
+}
+
+fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut p = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0];
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    frame(0x0800, &p)
+}
+
+/// The kernel's account of a map's memory (`memlock` in its fdinfo), per
+/// configured entry: hash maps preallocate every entry.
+fn bytes_per_entry(pins: &PinDir, name: &str) -> anyhow::Result<f64> {
+    let map = MapData::from_pin(pins.map(name))?;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    let field = |key: &str| -> anyhow::Result<f64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("no {key} in fdinfo"))
+    };
+    Ok(field("memlock:")? / field("max_entries:")?)
+}
+
+fn tc<'a>(loaded: &'a mut Loaded, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    Ok(loaded
+        .tc
+        .ebpf
+        .program_mut(name)
+        .context("tc program")?
+        .try_into()?)
+}
+
+/// Median of five runs of `repeat` each: the machine's noise is ±15 %.
+fn run_fd(fd: std::os::fd::BorrowedFd<'_>, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let mut v = Vec::with_capacity(5);
+    for _ in 0..5 {
+        v.push(raw::test_run(fd, frame, repeat)?);
+    }
+    v.sort_unstable();
+    Ok(f64::from(v[2]))
+}
+
+fn run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    if repeat == 1 {
+        return Ok(f64::from(raw::test_run(prog.fd()?.as_fd(), frame, 1)?));
+    }
+    run_fd(prog.fd()?.as_fd(), frame, repeat)
+}
+
+struct Row {
+    n: u32,
+    allowed_new: f64,
+    established: f64,
+    reply: f64,
+    denied: f64,
+    non_ip: f64,
+    xdp_pass: f64,
+    xdp_deny: f64,
+    policy_bytes: f64,
+    identity_bytes: f64,
+}
+
+fn measure(n: u32, features: &Features) -> anyhow::Result<Row> {
+    let dir = PinBase::new(format!(
+        "/sys/fs/bpf/palisade-bench-{}-{n}",
+        std::process::id()
+    ));
+    let pins = PinDir::new(&dir.0);
+    let mut sizes = MapSizes::default();
+    for map in ["PAL_POLICY_PORT", "PAL_IDENT_HOST", "PAL_XDP_DENY"] {
+        sizes.set(&format!("{map}={}", n.max(1024) + 64))?;
+    }
+    let mut loaded = loader::load_with(&pins, features, &sizes)?;
+    let mut dp = DatapathMaps::open(&pins)?;
+    let mut entries = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        dp.set_identity(
+            IpAddr::V4(Ipv4Addr::from(peer(i))),
+            32,
+            identity::FIRST_ALLOCATED + i,
+        )?;
+        entries.push(PolicyEntry {
+            direction: direction::INGRESS,
+            peer: identity::FIRST_ALLOCATED + i,
+            protocol: Some(6),
+            ports: (80, 80),
+            value: PolicyValue {
+                action: action::ALLOW,
+                policy: 1 + i,
+                ..PolicyValue::default()
+            },
+        });
+    }
+    dp.replace_policy(LO, EP, endpoint_flags::ISOLATED_INGRESS, &entries)?;
+    let mut deny: LpmTrie<MapData, [u8; 16], u32> = LpmTrie::try_from(
+        aya::maps::Map::from_map_data(MapData::from_pin(pins.map(maps::XDP_DENY))?)?,
+    )?;
+    for i in 0..n {
+        let key = palisade::datapath::maps::addr_key(IpAddr::V4(Ipv4Addr::from(peer(i))), 32)?;
+        deny.insert(&key, &(1 + i), 0)?;
+    }
+
+    let last = peer(n - 1);
+    let to_pod = objects::TC.programs[1];
+    let from_pod = objects::TC.programs[0];
+    // New flows: every frame its own source port, one run each.
+    let mut total = 0.0;
+    for sport in 0..NEW_FLOWS {
+        total += run(
+            tc(&mut loaded, to_pod)?,
+            &tcp(last, POD, 10_000 + sport, 80, 0x02),
+            1,
+        )?;
+    }
+    let allowed_new = total / f64::from(NEW_FLOWS);
+    let established = run(
+        tc(&mut loaded, to_pod)?,
+        &tcp(last, POD, 10_000, 80, 0x10),
+        REPEAT,
+    )?;
+    let reply = run(
+        tc(&mut loaded, from_pod)?,
+        &tcp(POD, last, 80, 10_000, 0x10),
+        REPEAT,
+    )?;
+    let denied = run(
+        tc(&mut loaded, to_pod)?,
+        &tcp(last, POD, 10_000, 81, 0x02),
+        REPEAT,
+    )?;
+    let non_ip = run(tc(&mut loaded, to_pod)?, &frame(0x0806, &[0; 28]), REPEAT)?;
+    let xdp: &mut Xdp = loaded
+        .xdp
+        .ebpf
+        .program_mut(objects::XDP.programs[0])
+        .context("xdp")?
+        .try_into()?;
+    let xdp_fd = xdp.fd()?.as_fd();
+    let xdp_pass = f64::from(raw::test_run(
+        xdp_fd,
+        &tcp([192, 0, 2, 1], POD, 1, 80, 0x02),
+        REPEAT,
+    )?);
+    let xdp_deny = f64::from(raw::test_run(xdp_fd, &tcp(last, POD, 1, 80, 0x02), REPEAT)?);
+    let row = Row {
+        n,
+        allowed_new,
+        established,
+        reply,
+        denied,
+        non_ip,
+        xdp_pass,
+        xdp_deny,
+        policy_bytes: bytes_per_entry(&pins, maps::POLICY_PORT)?,
+        identity_bytes: bytes_per_entry(&pins, maps::IDENTITY_HOST)?,
+    };
+    Ok(row)
+}
+
+/// A pin directory removed when the benchmark is done with it, also on error.
+struct PinBase(String);
+
+impl PinBase {
+    fn new(path: String) -> Self {
+        Self(path)
+    }
+}
+
+impl Drop for PinBase {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
-fn frame() -> [u8; 64] {
-    let mut f = [0u8; 64];
-    f[12] = 0x08; // EtherType IPv4: the common case, even if unparsed today
-    f
-}
-
 fn main() -> anyhow::Result<()> {
     let features = Features::probe();
-    let base = format!("/sys/fs/bpf/palisade-bench-{}", std::process::id());
-    let pins = PinDir::new(&base);
 
-    let mut cold = Vec::new();
-    let mut warm = Vec::new();
-    for _ in 0..LOADS {
-        let _ = std::fs::remove_dir_all(&base);
+    let base = PinBase::new(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()));
+    let pins = PinDir::new(&base.0);
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let _ = fs::remove_dir_all(&base.0);
         let t = Instant::now();
         drop(loader::load_all(&pins, &features)?);
         cold.push(t.elapsed());
@@ -44,45 +248,74 @@ fn main() -> anyhow::Result<()> {
         drop(loader::load_all(&pins, &features)?);
         warm.push(t.elapsed());
     }
-    let mut loaded = loader::load_all(&pins, &features)?;
-    let data = frame();
-    let opts = || TestRunOptions {
-        data_in: Some(&data),
-        repeat: REPEAT,
-        ..TestRunOptions::new()
-    };
-    let xdp: &mut Xdp = loaded
-        .xdp
-        .ebpf
-        .program_mut(objects::XDP.programs[0])
-        .context("xdp program")?
-        .try_into()?;
-    let xdp_ns = xdp.test_run(opts())?.duration.as_nanos();
-    let tc: &mut SchedClassifier = loaded
-        .tc
-        .ebpf
-        .program_mut(objects::TC.programs[0])
-        .context("tc program")?
-        .try_into()?;
-    let tc_ns = tc.test_run(opts())?.duration.as_nanos();
-    drop(loaded);
-    std::fs::remove_dir_all(&base).with_context(|| format!("removing {base}"))?;
-
-    println!("load_all (verifier + pins), median of {LOADS}:");
+    drop(base);
     println!(
-        "  fresh pins:   {:>8.1} ms",
-        median(cold).as_secs_f64() * 1e3
-    );
-    println!(
-        "  adopt pins:   {:>8.1} ms",
+        "load_all (verifier + pins), median of 5: fresh {:.1} ms, adopting pins {:.1} ms",
+        median(cold).as_secs_f64() * 1e3,
         median(warm).as_secs_f64() * 1e3
     );
-    println!("BPF_PROG_TEST_RUN, 64-byte frame, repeat {REPEAT}:");
-    println!("  xdp prefilter (counter only): {xdp_ns:>4} ns/packet");
-    println!("  tc from-pod (counter only):   {tc_ns:>4} ns/packet");
+
+    let frame64 = frame(0x0800, &[0; 20]);
+    let empty_tc = raw::empty_program(raw::SCHED_CLS, -1)?;
+    let empty_xdp = raw::empty_program(raw::XDP, 2)?;
+    let tc_floor = run_fd(empty_tc.as_fd(), &frame64, REPEAT)?;
+    let xdp_floor = run_fd(empty_xdp.as_fd(), &frame64, REPEAT)?;
+    let mut single = 0.0;
+    for _ in 0..NEW_FLOWS {
+        single += f64::from(raw::test_run(empty_tc.as_fd(), &frame64, 1)?);
+    }
+    let tc_floor_single = single / f64::from(NEW_FLOWS);
     println!(
-        "  ratio tc/xdp:                 {:.2}",
-        tc_ns as f64 / xdp_ns.max(1) as f64
+        "empty program (harness floor): TC {tc_floor:.0} ns, XDP {xdp_floor:.0} ns; TC single run {tc_floor_single:.0} ns"
     );
+    println!();
+    println!(
+        "ns/packet, BPF_PROG_TEST_RUN, 64-byte frames (ratio to the empty program in brackets)"
+    );
+    println!(
+        "{:>7} | {:>14} {:>14} {:>14} {:>14} {:>14} | {:>14} {:>14} | {:>10} {:>10}",
+        "entries",
+        "TC new allow",
+        "TC establ.",
+        "TC reply",
+        "TC denied",
+        "TC non-IP",
+        "XDP pass",
+        "XDP deny",
+        "policy B/e",
+        "ident. B/e"
+    );
+    let mut rows = Vec::new();
+    for n in SIZES {
+        let r = measure(n, &features)?;
+        let cell = |ns: f64, floor: f64| format!("{ns:>5.0} ({:>4.1}x)", ns / floor);
+        println!(
+            "{:>7} | {:>14} {:>14} {:>14} {:>14} {:>14} | {:>14} {:>14} | {:>10.0} {:>10.0}",
+            r.n,
+            cell(r.allowed_new, tc_floor_single),
+            cell(r.established, tc_floor),
+            cell(r.reply, tc_floor),
+            cell(r.denied, tc_floor),
+            cell(r.non_ip, tc_floor),
+            cell(r.xdp_pass, xdp_floor),
+            cell(r.xdp_deny, xdp_floor),
+            r.policy_bytes,
+            r.identity_bytes
+        );
+        rows.push(r);
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        println!();
+        println!(
+            "flatness, {} entries / {} entries: new allow {:.2}, established {:.2}, reply {:.2}, denied {:.2}, XDP deny {:.2}",
+            last.n,
+            first.n,
+            last.allowed_new / first.allowed_new,
+            last.established / first.established,
+            last.reply / first.reply,
+            last.denied / first.denied,
+            last.xdp_deny / first.xdp_deny
+        );
+    }
     Ok(())
 }

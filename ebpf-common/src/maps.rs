@@ -20,8 +20,13 @@ pub const XDP_STATS: &str = "PAL_XDP_STATS";
 pub const TC_STATS: &str = "PAL_TC_STATS";
 pub const LSM_STATS: &str = "PAL_LSM_STATS";
 pub const IDENTITY: &str = "PAL_IDENTITY";
+/// Single addresses (pods, nodes): exact match, looked up before the trie.
+pub const IDENTITY_HOST: &str = "PAL_IDENT_HOST";
 pub const ENDPOINTS: &str = "PAL_ENDPOINTS";
 pub const POLICY: &str = "PAL_POLICY";
+/// Entries for one protocol and one port: exact match, looked up before the
+/// trie, which then only holds ranges and wildcards.
+pub const POLICY_PORT: &str = "PAL_POLICY_PORT";
 pub const CT: &str = "PAL_CT";
 pub const FRAGS: &str = "PAL_FRAGS";
 pub const COUNTERS: &str = "PAL_COUNTERS";
@@ -30,9 +35,11 @@ pub const EVENTS: &str = "PAL_EVENTS";
 
 /// Default sizes. The programs are compiled with these; the loader resizes.
 pub mod size {
-    pub const IDENTITY: u32 = 65_536;
+    pub const IDENTITY: u32 = 16_384;
+    pub const IDENTITY_HOST: u32 = 65_536;
     pub const ENDPOINTS: u32 = 1_024;
-    pub const POLICY: u32 = 131_072;
+    pub const POLICY: u32 = 65_536;
+    pub const POLICY_PORT: u32 = 131_072;
     pub const CT: u32 = 65_536;
     pub const FRAGS: u32 = 8_192;
     pub const COUNTERS: u32 = 16_384;
@@ -93,8 +100,10 @@ pub const SPECS: &[MapSpec] = &[
     stats(TC_STATS),
     stats(LSM_STATS),
     lpm::<[u8; ADDR_LEN]>(IDENTITY, size_of::<IdentityValue>() as u32, size::IDENTITY),
+    spec::<[u8; ADDR_LEN], IdentityValue>(IDENTITY_HOST, kind::HASH, size::IDENTITY_HOST),
     spec::<u32, EndpointValue>(ENDPOINTS, kind::HASH, size::ENDPOINTS),
     lpm::<PolicyKey>(POLICY, size_of::<PolicyValue>() as u32, size::POLICY),
+    spec::<PolicyKey, PolicyValue>(POLICY_PORT, kind::HASH, size::POLICY_PORT),
     spec::<CtKey, CtValue>(CT, kind::LRU_HASH, size::CT),
     spec::<FragKey, FragValue>(FRAGS, kind::LRU_HASH, size::FRAGS),
     spec::<CounterKey, Counter>(COUNTERS, kind::PERCPU_HASH, size::COUNTERS),

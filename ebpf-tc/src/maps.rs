@@ -30,6 +30,14 @@ pub static PAL_ENDPOINTS: HashMap<u32, EndpointValue> =
 pub static PAL_IDENTITY: LpmTrie<[u8; ADDR_LEN], IdentityValue> =
     LpmTrie::with_max_entries(size::IDENTITY, 0);
 
+#[map(name = "PAL_IDENT_HOST")]
+pub static PAL_IDENT_HOST: HashMap<[u8; ADDR_LEN], IdentityValue> =
+    HashMap::with_max_entries(size::IDENTITY_HOST, 0);
+
+#[map(name = "PAL_POLICY_PORT")]
+pub static PAL_POLICY_PORT: HashMap<PolicyKey, PolicyValue> =
+    HashMap::with_max_entries(size::POLICY_PORT, 0);
+
 #[map(name = "PAL_POLICY")]
 pub static PAL_POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(size::POLICY, 0);
 

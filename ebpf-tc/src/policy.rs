@@ -1,21 +1,22 @@
 //! Policy lookup: peer identity, then the policy trie.
 //!
 //! Precedence (documented in README): the entry for the peer's own identity
-//! wins over the any-peer entry; within one, the longest prefix (most
-//! specific protocol and port range) wins. The compiler writes final
+//! wins over the any-peer entry; within one, the most specific entry wins:
+//! one port, then the longest port-range prefix, then any port of the
+//! protocol, then any protocol. The compiler writes final
 //! verdicts into every prefix, so no further merging happens here. No entry:
 //! drop if the endpoint is isolated in that direction, pass otherwise.
 
 use ebpf_common::{
     datapath::{
-        ADDR_LEN, EndpointValue, POLICY_PREFIX_FULL, action, direction, endpoint_flags, identity,
-        policy_flags,
+        ADDR_LEN, EndpointValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, action, direction,
+        endpoint_flags, identity, policy_flags,
     },
     reason,
 };
 
 use crate::{
-    maps::{PAL_IDENTITY, PAL_POLICY},
+    maps::{PAL_IDENT_HOST, PAL_IDENTITY, PAL_POLICY, PAL_POLICY_PORT},
     scratch::Lookup,
 };
 
@@ -44,6 +45,20 @@ impl Verdict {
     }
 }
 
+/// The longest match for the key in `l`: an exact (protocol, port) entry is
+/// the longest possible, so the hash answers first and the trie (ranges,
+/// wildcards) only on a miss.
+#[inline(always)]
+fn lookup(l: &mut Lookup) -> Option<PolicyValue> {
+    // SAFETY: copied out at once.
+    if let Some(v) = unsafe { PAL_POLICY_PORT.get(&l.exact) } {
+        return Some(*v);
+    }
+    l.policy.prefix_len = POLICY_PREFIX_FULL;
+    l.policy.data = l.exact;
+    PAL_POLICY.get(&l.policy).copied()
+}
+
 /// The verdict of `ep`'s policy for a new flow in `dir` with `peer`.
 #[inline(always)]
 pub fn evaluate(
@@ -56,22 +71,27 @@ pub fn evaluate(
 ) -> Verdict {
     l.addr.prefix_len = 128;
     l.addr.data = *peer;
-    let peer_identity = PAL_IDENTITY
-        .get(&l.addr)
-        .map_or(identity::WORLD, |v| v.identity);
-    l.policy.prefix_len = POLICY_PREFIX_FULL;
-    l.policy.data.endpoint = ep.endpoint;
-    l.policy.data.peer = peer_identity;
-    l.policy.data.direction = dir as u8;
-    l.policy.data.generation = ep.generation();
-    l.policy.data._pad0 = 0;
-    l.policy.data.protocol = protocol;
-    l.policy.data.port = port.to_be_bytes();
-    l.policy.data._pad1 = [0; 2];
-    let mut entry = PAL_POLICY.get(&l.policy).copied();
+    // SAFETY: copied out at once.
+    let peer_identity = match unsafe { PAL_IDENT_HOST.get(&l.addr.data) } {
+        Some(v) => v.identity,
+        None => PAL_IDENTITY
+            .get(&l.addr)
+            .map_or(identity::WORLD, |v| v.identity),
+    };
+    l.exact = PolicyKey {
+        endpoint: ep.endpoint,
+        peer: peer_identity,
+        direction: dir as u8,
+        generation: ep.generation(),
+        _pad0: 0,
+        protocol,
+        port: port.to_be_bytes(),
+        _pad1: [0; 2],
+    };
+    let mut entry = lookup(l);
     if entry.is_none() {
-        l.policy.data.peer = identity::ANY;
-        entry = PAL_POLICY.get(&l.policy).copied();
+        l.exact.peer = identity::ANY;
+        entry = lookup(l);
     }
     match entry {
         Some(v) if v.action == action::ALLOW => Verdict::pass(reason::ALLOW_POLICY, v.policy),

@@ -15,6 +15,8 @@ use ebpf_common::{
 #[repr(C)]
 pub struct Lookup {
     pub addr: Key<[u8; ADDR_LEN]>,
+    /// The key for the exact-match map (aligned: the trie key is packed).
+    pub exact: PolicyKey,
     pub policy: Key<PolicyKey>,
 }
 

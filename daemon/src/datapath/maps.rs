@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ebpf_common::{
     datapath::{
-        ADDR_LEN, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED, POLICY_PREFIX_PROTO,
-        PolicyKey, PolicyValue, ipv4_mapped, ipv4_prefix_len,
+        ADDR_LEN, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED, POLICY_PREFIX_FULL,
+        POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, ipv4_mapped, ipv4_prefix_len,
     },
     maps,
 };
@@ -90,10 +90,14 @@ pub fn policy_keys(endpoint: u32, generation: u8, e: &PolicyEntry) -> Vec<Key<Po
         .collect()
 }
 
+/// Full-length prefixes go to the exact-match hash maps, the rest to the
+/// tries; the programs look in the hash first (see ebpf-tc's policy.rs).
 pub struct DatapathMaps {
     pub identity: LpmTrie<MapData, [u8; ADDR_LEN], IdentityValue>,
+    pub identity_host: HashMap<MapData, [u8; ADDR_LEN], IdentityValue>,
     pub endpoints: HashMap<MapData, u32, EndpointValue>,
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    pub policy_port: HashMap<MapData, PolicyKey, PolicyValue>,
 }
 
 fn open(pins: &PinDir, name: &'static str) -> Result<Map, DatapathError> {
@@ -109,9 +113,13 @@ impl DatapathMaps {
         Ok(Self {
             identity: LpmTrie::try_from(open(pins, maps::IDENTITY)?)
                 .map_err(conv(maps::IDENTITY))?,
+            identity_host: HashMap::try_from(open(pins, maps::IDENTITY_HOST)?)
+                .map_err(conv(maps::IDENTITY_HOST))?,
             endpoints: HashMap::try_from(open(pins, maps::ENDPOINTS)?)
                 .map_err(conv(maps::ENDPOINTS))?,
             policy: LpmTrie::try_from(open(pins, maps::POLICY)?).map_err(conv(maps::POLICY))?,
+            policy_port: HashMap::try_from(open(pins, maps::POLICY_PORT)?)
+                .map_err(conv(maps::POLICY_PORT))?,
         })
     }
 
@@ -122,21 +130,33 @@ impl DatapathMaps {
         identity: u32,
     ) -> Result<(), DatapathError> {
         let key = addr_key(addr, len)?;
-        self.identity
-            .insert(&key, &IdentityValue { identity }, 0)
-            .map_err(|source| DatapathError::Write {
-                name: maps::IDENTITY,
-                what: format!("{addr}/{len} -> {identity}"),
-                source,
-            })
+        let value = IdentityValue { identity };
+        let (name, result) = if key.prefix_len() == 128 {
+            (
+                maps::IDENTITY_HOST,
+                self.identity_host.insert(&key.data(), &value, 0),
+            )
+        } else {
+            (maps::IDENTITY, self.identity.insert(&key, &value, 0))
+        };
+        result.map_err(|source| DatapathError::Write {
+            name,
+            what: format!("{addr}/{len} -> {identity}"),
+            source,
+        })
     }
 
     pub fn remove_identity(&mut self, addr: IpAddr, len: u8) -> Result<(), DatapathError> {
         let key = addr_key(addr, len)?;
-        match self.identity.remove(&key) {
+        let (name, result) = if key.prefix_len() == 128 {
+            (maps::IDENTITY_HOST, self.identity_host.remove(&key.data()))
+        } else {
+            (maps::IDENTITY, self.identity.remove(&key))
+        };
+        match result {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DatapathError::Write {
-                name: maps::IDENTITY,
+                name,
                 what: format!("removal of {addr}/{len}"),
                 source,
             }),
@@ -189,10 +209,18 @@ impl DatapathMaps {
         self.remove_generation(endpoint, generation)?;
         for entry in entries {
             for key in policy_keys(endpoint, generation, entry) {
-                if let Err(source) = self.policy.insert(&key, &entry.value, 0) {
+                let (name, result) = if key.prefix_len() == POLICY_PREFIX_FULL {
+                    (
+                        maps::POLICY_PORT,
+                        self.policy_port.insert(&key.data(), &entry.value, 0),
+                    )
+                } else {
+                    (maps::POLICY, self.policy.insert(&key, &entry.value, 0))
+                };
+                if let Err(source) = result {
                     self.remove_generation(endpoint, generation)?;
                     return Err(DatapathError::Write {
-                        name: maps::POLICY,
+                        name,
                         what: format!("{entry:?} of endpoint {endpoint}"),
                         source,
                     });
@@ -236,7 +264,12 @@ impl DatapathMaps {
 
     fn remove_generation(&mut self, endpoint: u32, generation: u8) -> Result<(), DatapathError> {
         for key in self.policy_keys_of(endpoint, generation)? {
-            match self.policy.remove(&key) {
+            let result = if key.prefix_len() == POLICY_PREFIX_FULL {
+                self.policy_port.remove(&key.data())
+            } else {
+                self.policy.remove(&key)
+            };
+            match result {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(source) => {
                     return Err(DatapathError::Write {

@@ -1,0 +1,50 @@
+//! The harness floor: an empty program of each type, loaded and run through
+//! raw bpf(2) calls, so the figures for Palisade's programs have something
+//! to be divided by.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+};
+
+const BPF_PROG_LOAD: i64 = 5;
+const BPF_PROG_TEST_RUN: i64 = 10;
+pub const SCHED_CLS: u32 = 3;
+pub const XDP: u32 = 6;
+
+fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<i64> {
+    // SAFETY: `attr` is a zero-padded, 128-byte bpf_attr the kernel reads
+    // (and for TEST_RUN writes back into) for the duration of the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Loads `r0 = ret; exit` as a program of `prog_type`.
+pub fn empty_program(prog_type: u32, ret: i32) -> io::Result<OwnedFd> {
+    // BPF_ALU64|BPF_MOV|BPF_K r0, imm ; BPF_JMP|BPF_EXIT
+    let insns: [u64; 2] = [0xb7 | (u64::from(ret as u32) << 32), 0x95];
+    let license = c"GPL";
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(prog_type) | (2u64 << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: BPF_PROG_LOAD returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Runs `prog` `repeat` times on `frame`; the kernel's average ns per run.
+pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<u32> {
+    let mut attr = [0u64; 16];
+    // prog_fd, retval | data_size_in, data_size_out | data_in | data_out | repeat, duration
+    attr[0] = prog.as_raw_fd() as u64;
+    attr[1] = frame.len() as u64;
+    attr[2] = frame.as_ptr() as u64;
+    attr[4] = u64::from(repeat);
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok((attr[4] >> 32) as u32)
+}
