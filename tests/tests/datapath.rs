@@ -315,15 +315,15 @@ fn a_policy_swap_replaces_the_old_generation_entirely() -> anyhow::Result<()> {
 
 #[test]
 fn a_full_policy_map_is_an_error_and_the_last_good_policy_stays() -> anyhow::Result<()> {
-    // policy_v1 needs 8 trie entries; room for 10 holds it but not a second generation of 8.
-    let mut h = Harness::sized(&["PAL_POLICY=10"])?;
+    // policy_v1 has 5 single-port entries: room for 6 holds one generation, not two.
+    let mut h = Harness::sized(&["PAL_POLICY_PORT=6"])?;
     let before = h.maps.endpoint(LO)?.context("endpoint registered")?;
     let err = h
         .maps
         .replace_policy(LO, EP, ISOLATED, &policy_v1())
         .err()
         .context("a policy that does not fit was accepted")?;
-    assert!(err.to_string().contains("PAL_POLICY"), "{err}");
+    assert!(err.to_string().contains("PAL_POLICY_PORT"), "{err}");
     assert!(err.to_string().contains("full"), "{err}");
     let after = h.maps.endpoint(LO)?.context("endpoint registered")?;
     assert_eq!(after, before, "the endpoint moved to a half-written policy");

@@ -243,20 +243,31 @@ impl DatapathMaps {
     }
 
     /// The entries of one endpoint's generation, as trie keys.
+    /// The entries of one endpoint's generation, as trie keys (the exact
+    /// ones, from the hash map, with the full prefix length).
     pub fn policy_keys_of(
         &self,
         endpoint: u32,
         generation: u8,
     ) -> Result<Vec<Key<PolicyKey>>, DatapathError> {
+        let ours = |d: &PolicyKey| d.endpoint == endpoint && d.generation == generation;
         let mut keys = Vec::new();
         for key in self.policy.keys() {
             let key = key.map_err(|source| DatapathError::Read {
                 name: maps::POLICY,
                 source,
             })?;
-            let data = key.data();
-            if data.endpoint == endpoint && data.generation == generation {
+            if ours(&key.data()) {
                 keys.push(key);
+            }
+        }
+        for data in self.policy_port.keys() {
+            let data = data.map_err(|source| DatapathError::Read {
+                name: maps::POLICY_PORT,
+                source,
+            })?;
+            if ours(&data) {
+                keys.push(Key::new(POLICY_PREFIX_FULL, data));
             }
         }
         Ok(keys)
