@@ -7,6 +7,7 @@
 //! account (`memlock` in the map's fdinfo).
 
 mod raw;
+mod veth;
 
 use std::{
     fs,
@@ -285,6 +286,9 @@ fn main() -> anyhow::Result<()> {
         "policy B/e",
         "ident. B/e"
     );
+    // The first measurement of a run is slower or faster by more than the
+    // noise (caches, frequency); a discarded warm-up keeps the rows comparable.
+    measure(SIZES[0], &features)?;
     let mut rows = Vec::new();
     for n in SIZES {
         let r = measure(n, &features)?;
@@ -317,5 +321,6 @@ fn main() -> anyhow::Result<()> {
             last.xdp_deny / first.xdp_deny
         );
     }
+    veth::report(&features)?;
     Ok(())
 }
