@@ -1,13 +1,13 @@
-//! TCP throughput across a veth pair with nothing, Palisade's TC programs,
+//! TCP throughput and UDP packet rate across a veth pair with nothing, Palisade's TC programs,
 //! or its XDP program (native and generic) attached to the host-side end:
 //! the measurement behind the per-pod hook default (see README).
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
     path::Path,
     process::Command,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::bail;
@@ -117,13 +117,46 @@ impl Pair {
             .map_err(|_| anyhow::anyhow!("receiver panicked"))?
     }
 
-    fn median_throughput(&self) -> anyhow::Result<f64> {
-        let mut v = Vec::new();
-        for _ in 0..3 {
-            v.push(self.throughput()?);
+    /// Packets per second received by the node from a one-second flood of
+    /// 64-byte UDP datagrams sent by the pod (one sender, one receiver).
+    fn packets_per_second(&self) -> anyhow::Result<f64> {
+        let server = in_netns(&self.ns(&self.node), || UdpSocket::bind((NODE, 0)))??;
+        server.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let target = server.local_addr()?;
+        let receiver = std::thread::spawn(move || {
+            let mut buf = [0u8; 128];
+            let mut got = 0u64;
+            while server.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+            got
+        });
+        let client = in_netns(&self.ns(&self.pod), || UdpSocket::bind((POD, 0)))??;
+        let payload = [0u8; 64];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(1) {
+            for _ in 0..256 {
+                // ENOBUFS under load is part of what is measured.
+                let _ = client.send_to(&payload, target);
+            }
         }
-        v.sort_by(f64::total_cmp);
-        Ok(v[1])
+        let elapsed = start.elapsed().as_secs_f64();
+        let got = receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+        Ok(got as f64 / elapsed)
+    }
+
+    /// Median of three (Gbit/s, packets/s).
+    fn measure(&self) -> anyhow::Result<(f64, f64)> {
+        let (mut gbps, mut pps) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            gbps.push(self.throughput()?);
+            pps.push(self.packets_per_second()?);
+        }
+        gbps.sort_by(f64::total_cmp);
+        pps.sort_by(f64::total_cmp);
+        Ok((gbps[1], pps[1]))
     }
 }
 
@@ -136,11 +169,11 @@ impl Drop for Pair {
 
 pub fn report(features: &Features) -> anyhow::Result<()> {
     let pair = Pair::new()?;
-    let none = pair.median_throughput()?;
+    let none = pair.measure()?;
 
     let base = format!("/sys/fs/bpf/palisade-bench-veth-{}", std::process::id());
     let pins = PinDir::new(&base);
-    let result = (|| -> anyhow::Result<[f64; 3]> {
+    let result = (|| -> anyhow::Result<[(f64, f64); 3]> {
         let node = pair.ns(&pair.node);
         let host0 = in_netns(&node, || nix_ifindex("host0"))??;
         let mut loaded = loader::load_all(&pins, features)?;
@@ -152,42 +185,43 @@ pub fn report(features: &Features) -> anyhow::Result<()> {
             }
             Ok(())
         })??;
-        let tc = pair.median_throughput()?;
+        let tc = pair.measure()?;
         in_netns(&node, || attach::detach_clsact(host0))??;
         attach::unpin_links(&pins)?;
         drop(loaded);
 
-        let mut xdp = [0.0; 2];
+        let mut xdp = [(0.0, 0.0); 2];
         for (slot, mode) in [(0, XdpMode::Driver), (1, XdpMode::Skb)] {
             let mut loaded = loader::load_all(&pins, features)?;
             in_netns(&node, || {
                 attach::attach_xdp(&mut loaded.xdp, &pins, host0, mode)
             })??;
             drop(loaded);
-            xdp[slot] = pair.median_throughput()?;
+            xdp[slot] = pair.measure()?;
             attach::unpin_links(&pins)?;
             // Wait for the link to go: the next attach must not find it.
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(200));
         }
         Ok([tc, xdp[0], xdp[1]])
     })();
     let _ = std::fs::remove_dir_all(&base);
     let [tc, native, generic] = result?;
     println!();
-    println!("TCP throughput pod -> node over a veth, one stream, 1 GiB, median of 3 (Gbit/s):");
-    println!("  nothing attached        {none:6.2}");
     println!(
-        "  Palisade TC (both hooks) {tc:6.2}  ({:.2} of bare)",
-        tc / none
+        "pod -> node over a veth, median of 3: TCP one stream 1 GiB; UDP 64-byte flood 1 s (packets/s received)"
     );
-    println!(
-        "  Palisade XDP native      {native:6.2}  ({:.2} of bare)",
-        native / none
-    );
-    println!(
-        "  Palisade XDP generic     {generic:6.2}  ({:.2} of bare)",
-        generic / none
-    );
+    for (name, (gbps, pps)) in [
+        ("nothing attached", none),
+        ("Palisade TC (both hooks)", tc),
+        ("Palisade XDP native", native),
+        ("Palisade XDP generic", generic),
+    ] {
+        println!(
+            "  {name:<26} {gbps:6.2} Gbit/s ({:.2} of bare)  {pps:>9.0} pps ({:.2} of bare)",
+            gbps / none.0,
+            pps / none.1
+        );
+    }
     Ok(())
 }
 

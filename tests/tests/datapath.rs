@@ -80,6 +80,7 @@ fn policy_v1() -> Vec<PolicyEntry> {
         entry(IN, ID_NET, TCP, (8000, 8099), allow(14)),
         entry(IN, ID_NET, TCP, (9000, 9000), deny(15, policy_flags::AUDIT)),
         entry(OUT, identity::ANY, UDP, (53, 53), allow(16)),
+        entry(OUT, ID_B, ICMP, (0, 65535), allow(17)),
     ]
 }
 
@@ -268,6 +269,17 @@ fn conntrack_replies_related_errors_and_revalidation() -> anyhow::Result<()> {
     h.expect(IN, &v4_tcp(B, A, 40000, 80, ACK), true, "allow_established", "ACK of a tracked flow")?;
     h.expect(OUT, &v4_tcp(A, B, 5555, 5555, SYN), false, "drop_default_deny", "new egress flow, isolated")?;
 
+    // ICMP echo: the identifier pairs a reply with its request.
+    let echo = |src, dst, kind: u8, id: u16| {
+        let mut rest = [0u8; 4];
+        rest[..2].copy_from_slice(&id.to_be_bytes());
+        eth(0x0800, &ipv4(src, dst, ICMP, (0, 0, false), &icmp(kind, rest, &[0; 8])))
+    };
+    h.expect(OUT, &echo(A, B, 8, 99), true, "allow_policy", "echo request to B allowed")?;
+    h.expect(IN, &echo(B, A, 0, 99), true, "allow_reply", "its echo reply")?;
+    h.expect(IN, &echo(B, A, 0, 98), false, "drop_default_deny", "a reply nobody asked for")?;
+    h.expect(IN, &echo(B, A, 8, 97), false, "drop_default_deny", "echo request to A, isolated")?;
+
     // ICMP port unreachable about an allowed egress UDP flow.
     h.expect(OUT, &v4_udp(A, B, 4000, 53), true, "allow_policy", "egress DNS allowed")?;
     let quoted = ipv4(A, B, UDP, (0, 0, false), &udp(4000, 53));
@@ -295,8 +307,8 @@ fn a_policy_swap_replaces_the_old_generation_entirely() -> anyhow::Result<()> {
     let ep = h.maps.endpoint(LO)?.context("endpoint registered")?;
     assert_eq!(ep.revision, 0);
     let v1_keys = h.maps.policy_keys_of(EP, ep.generation())?;
-    // 8000-8099 is 3 prefixes: 8000-8063, 8064-8095, 8096-8099.
-    assert_eq!(v1_keys.len(), 8, "{} keys", v1_keys.len());
+    // 8000-8099 is 3 prefixes: 8000-8063, 8064-8095, 8096-8099; ICMP any port is 1.
+    assert_eq!(v1_keys.len(), 9, "{} keys", v1_keys.len());
 
     let v2 = vec![entry(IN, ID_B, TCP, (443, 443), allow(21))];
     h.maps.replace_policy(LO, EP, endpoint_flags::ISOLATED_INGRESS, &v2)?;
