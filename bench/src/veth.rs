@@ -1,5 +1,5 @@
 //! TCP throughput and UDP packet rate across a veth pair with nothing, Palisade's TC programs,
-//! or its XDP program (native and generic) attached to the host-side end:
+//! or its XDP pod-egress program (native and generic) attached to the host-side end:
 //! the measurement behind the per-pod hook default (see README).
 
 use std::{
@@ -194,7 +194,7 @@ pub fn report(features: &Features) -> anyhow::Result<()> {
         for (slot, mode) in [(0, XdpMode::Driver), (1, XdpMode::Skb)] {
             let mut loaded = loader::load_all(&pins, features)?;
             in_netns(&node, || {
-                attach::attach_xdp(&mut loaded.xdp, &pins, host0, mode)
+                attach::attach_xdp_from_pod(&mut loaded.xdp, &pins, host0, mode)
             })??;
             drop(loaded);
             xdp[slot] = pair.measure()?;
@@ -213,8 +213,8 @@ pub fn report(features: &Features) -> anyhow::Result<()> {
     for (name, (gbps, pps)) in [
         ("nothing attached", none),
         ("Palisade TC (both hooks)", tc),
-        ("Palisade XDP native", native),
-        ("Palisade XDP generic", generic),
+        ("Palisade XDP native (egress)", native),
+        ("Palisade XDP generic (egress)", generic),
     ] {
         println!(
             "  {name:<26} {gbps:6.2} Gbit/s ({:.2} of bare)  {pps:>9.0} pps ({:.2} of bare)",

@@ -56,6 +56,10 @@ enum Command {
         /// Pod host-side veth for both TC programs (repeatable).
         #[arg(long = "tc", value_name = "IFACE")]
         tc: Vec<String>,
+        /// Pod host-side veth for the optional XDP egress hook plus the TC
+        /// ingress hook (repeatable). TC is the default: see README.
+        #[arg(long = "xdp-pod", value_name = "IFACE")]
+        xdp_pod: Vec<String>,
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         xdp_mode: Mode,
         /// Network namespace the interfaces live in (e.g. /run/netns/node);
@@ -140,12 +144,18 @@ fn maybe_in_netns<T: Send>(
     }
 }
 
+/// Where `load` attaches.
+struct Targets {
+    xdp: Vec<String>,
+    tc: Vec<String>,
+    xdp_pod: Vec<String>,
+    mode: Mode,
+}
+
 fn load(
     pins: &PinDir,
     sizes: &MapSizes,
-    xdp: &[String],
-    tc: &[String],
-    mode: Mode,
+    targets: &Targets,
     netns: Option<&Path>,
 ) -> anyhow::Result<()> {
     let features = Features::probe();
@@ -170,11 +180,18 @@ fn load(
     }
     let (xdp_object, tc_object) = (&mut loaded.xdp, &mut loaded.tc);
     maybe_in_netns(netns, || {
-        for iface in xdp {
-            let state = attach::attach_xdp(xdp_object, pins, ifindex(iface)?, mode.into())?;
+        for iface in &targets.xdp {
+            let state = attach::attach_xdp(xdp_object, pins, ifindex(iface)?, targets.mode.into())?;
             describe("xdp", iface, &state);
         }
-        for iface in tc {
+        for iface in &targets.xdp_pod {
+            let index = ifindex(iface)?;
+            let state = attach::attach_xdp_from_pod(xdp_object, pins, index, targets.mode.into())?;
+            describe("xdp FromPod", iface, &state);
+            let state = attach::attach_tc(tc_object, pins, index, TcHook::ToPod, features.tcx)?;
+            describe("tc ToPod", iface, &state);
+        }
+        for iface in &targets.tc {
             for hook in [TcHook::FromPod, TcHook::ToPod] {
                 let state =
                     attach::attach_tc(tc_object, pins, ifindex(iface)?, hook, features.tcx)?;
@@ -231,9 +248,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load {
             xdp,
             tc,
+            xdp_pod,
             xdp_mode,
             netns,
-        } => load(&pins, &sizes, &xdp, &tc, xdp_mode, netns.as_deref()),
+        } => {
+            let targets = Targets {
+                xdp,
+                tc,
+                xdp_pod,
+                mode: xdp_mode,
+            };
+            load(&pins, &sizes, &targets, netns.as_deref())
+        }
         Command::Unload { maps, tc, netns } => unload(&pins, maps, &tc, netns.as_deref()),
     }
 }

@@ -132,6 +132,7 @@ const _: () = {
 /// Program names, also 15 bytes at most: they name the pinned programs.
 pub mod programs {
     pub const XDP_PREFILTER: &str = "pal_xdp_pre";
+    pub const XDP_FROM_POD: &str = "pal_xdp_from_pod";
     pub const TC_FROM_POD: &str = "pal_tc_from_pod";
     pub const TC_TO_POD: &str = "pal_tc_to_pod";
     pub const LSM_EXEC: &str = "pal_lsm_exec";

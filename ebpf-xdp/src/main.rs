@@ -1,16 +1,21 @@
-//! XDP prefilter for the node's uplinks.
+//! XDP programs.
 //!
-//! Runs before an skb exists and drops what policy denies outright: sources
-//! in the node-level CIDR deny list (`PAL_XDP_DENY`, address prefix ->
-//! policy id). Everything else passes on to the stack and the pod's TC
-//! programs; the prefilter has no opinion on packets it cannot parse.
+//! `pal_xdp_pre`, on the node's uplinks, runs before an skb exists and drops
+//! what policy denies outright: sources in the node-level CIDR deny list
+//! (`PAL_XDP_DENY`, address prefix -> policy id). Everything else passes on
+//! to the stack and the pods' programs; it has no opinion on packets it
+//! cannot parse.
+//!
+//! `pal_xdp_from_pod` is the optional XDP hook for a pod's egress on its
+//! host-side veth: the same datapath as `pal_tc_from_pod`. TC is the
+//! default (see README: native XDP on a veth costs GRO/GSO).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use ebpf_common::{
@@ -18,6 +23,7 @@ use ebpf_common::{
     kernel::{
         count, count_detail,
         parse::{Packet, Parsed, parse},
+        pod::{self, maps::PAL_COUNTERS},
     },
     maps::size,
     reason,
@@ -26,10 +32,6 @@ use ebpf_common::{
 
 #[map(name = "PAL_XDP_STATS")]
 static PAL_XDP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
-
-#[map(name = "PAL_COUNTERS")]
-static PAL_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
-    PerCpuHashMap::with_max_entries(size::COUNTERS, 0);
 
 #[map(name = "PAL_XDP_DENY")]
 static PAL_XDP_DENY: LpmTrie<[u8; ADDR_LEN], u32> = LpmTrie::with_max_entries(size::XDP_DENY, 0);
@@ -61,6 +63,23 @@ pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn pal_xdp_from_pod(ctx: XdpContext) -> u32 {
+    let bytes = ctx.data_end().saturating_sub(ctx.data()) as u64;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    if pod::enforce(
+        ctx.data(),
+        ctx.data_end(),
+        ifindex,
+        bytes,
+        direction::EGRESS,
+    ) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
 }
 
 #[unsafe(link_section = "license")]

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, bail};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use ebpf_common::{
     datapath::{DropEvent, PolicyValue, action, direction, endpoint_flags, identity, policy_flags},
     maps,
@@ -86,6 +86,17 @@ fn policy_v1() -> Vec<PolicyEntry> {
 
 const ISOLATED: u32 = endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS;
 
+/// Which program a frame is run through: the pod's ingress or egress.
+#[derive(Clone, Copy)]
+enum Hook {
+    TcIngress,
+    TcEgress,
+    XdpEgress,
+}
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
 struct Harness {
     t: TempPins,
     loaded: Loaded,
@@ -112,28 +123,57 @@ impl Harness {
         Ok(Self { t, loaded, maps })
     }
 
-    /// Runs `frame` through the program for `dir` and returns whether it
+    /// Runs `frame` through the TC program for `dir` and returns whether it
     /// passed and the one reason counted for it.
     fn run(&mut self, dir: u32, frame: &[u8]) -> anyhow::Result<(bool, &'static str)> {
+        self.run_hook(
+            if dir == IN {
+                Hook::TcIngress
+            } else {
+                Hook::TcEgress
+            },
+            frame,
+        )
+    }
+
+    fn run_hook(&mut self, hook: Hook, frame: &[u8]) -> anyhow::Result<(bool, &'static str)> {
         let before = read_pinned(&self.t.pins.map(maps::TC_STATS))?;
-        let name = if dir == IN {
-            objects::TC.programs[1]
-        } else {
-            objects::TC.programs[0]
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
         };
-        let prog: &mut SchedClassifier = self
-            .loaded
-            .tc
-            .ebpf
-            .program_mut(name)
-            .context("tc program")?
-            .try_into()?;
-        let ret = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..TestRunOptions::new()
-            })?
-            .return_value;
+        let pass = if let Hook::XdpEgress = hook {
+            let prog: &mut Xdp = self
+                .loaded
+                .xdp
+                .ebpf
+                .program_mut(ebpf_common::maps::programs::XDP_FROM_POD)
+                .context("xdp program")?
+                .try_into()?;
+            match prog.test_run(opts)?.return_value {
+                XDP_PASS => true,
+                XDP_DROP => false,
+                other => bail!("unexpected XDP verdict {other}"),
+            }
+        } else {
+            let name = if let Hook::TcIngress = hook {
+                objects::TC.programs[1]
+            } else {
+                objects::TC.programs[0]
+            };
+            let prog: &mut SchedClassifier = self
+                .loaded
+                .tc
+                .ebpf
+                .program_mut(name)
+                .context("tc program")?
+                .try_into()?;
+            match prog.test_run(opts)?.return_value {
+                TC_UNSPEC => true,
+                TC_SHOT => false,
+                other => bail!("unexpected TC verdict {other}"),
+            }
+        };
         let after = read_pinned(&self.t.pins.map(maps::TC_STATS))?;
         let changed: Vec<&'static str> = after
             .iter()
@@ -150,11 +190,6 @@ impl Harness {
             .collect();
         let [reason] = changed[..] else {
             bail!("expected one counted reason, got {changed:?}");
-        };
-        let pass = match ret {
-            TC_UNSPEC => true,
-            TC_SHOT => false,
-            other => bail!("unexpected TC verdict {other}"),
         };
         Ok((pass, reason))
     }
@@ -502,5 +537,24 @@ fn drops_and_audits_are_reported_within_the_rate_limit() -> anyhow::Result<()> {
         "the rate limit let {sent} events through"
     );
     assert!(limited >= u64::from(FLOOD) - 2 * burst, "limited {limited}");
+    Ok(())
+}
+
+#[rustfmt::skip]
+#[test]
+fn the_optional_xdp_egress_hook_shares_the_datapath() -> anyhow::Result<()> {
+    let mut h = Harness::new()?;
+    let xdp = |h: &mut Harness, frame: &[u8], pass: bool, reason: &str, what: &str| -> anyhow::Result<()> {
+        let got = h.run_hook(Hook::XdpEgress, frame)?;
+        anyhow::ensure!(got == (pass, reason), "{what}: expected ({pass}, {reason}), got {got:?}");
+        Ok(())
+    };
+    xdp(&mut h, &v4_tcp(A, B, 5555, 5555, SYN), false, "drop_default_deny", "new egress flow, isolated")?;
+    xdp(&mut h, &v4_udp(A, B, 4000, 53), true, "allow_policy", "egress DNS allowed")?;
+    xdp(&mut h, &v4_udp(A, B, 4000, 53), true, "allow_established", "and tracked")?;
+    // Conntrack is shared with the TC hooks: a reply to a TC-allowed flow passes.
+    h.expect(IN, &v4_tcp(B, A, 41000, 80, SYN), true, "allow_policy", "ingress SYN via TC")?;
+    xdp(&mut h, &v4_tcp(A, B, 80, 41000, SYN | ACK), true, "allow_reply", "its reply via XDP")?;
+    xdp(&mut h, &eth(0x0806, &[0u8; 28]), true, "pass_non_ip", "ARP")?;
     Ok(())
 }

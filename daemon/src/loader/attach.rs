@@ -19,6 +19,7 @@ use aya::programs::{
 use ebpf_common::maps::programs;
 
 use super::{LoadedObject, objects};
+
 use crate::paths::PinDir;
 
 #[derive(Debug, thiserror::Error)]
@@ -228,11 +229,45 @@ pub fn attach_xdp(
     ifindex: u32,
     mode: XdpMode,
 ) -> Result<LinkState, AttachError> {
-    let name = objects::XDP.programs[0];
+    attach_xdp_program(
+        object,
+        pins,
+        programs::XDP_PREFILTER,
+        &format!("xdp-{ifindex}"),
+        ifindex,
+        mode,
+    )
+}
+
+/// Attaches the optional XDP pod-egress program to a pod's host-side veth
+/// (instead of `pal_tc_from_pod`), pinned as `links/xdp-from-pod-<ifindex>`.
+pub fn attach_xdp_from_pod(
+    object: &mut LoadedObject,
+    pins: &PinDir,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<LinkState, AttachError> {
+    let pin_name = format!("xdp-from-pod-{ifindex}");
+    attach_xdp_program(
+        object,
+        pins,
+        programs::XDP_FROM_POD,
+        &pin_name,
+        ifindex,
+        mode,
+    )
+}
+
+fn attach_xdp_program(
+    object: &mut LoadedObject,
+    pins: &PinDir,
+    name: &'static str,
+    pin_name: &str,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<LinkState, AttachError> {
     let prog: &mut Xdp = program(object, name)?;
-    attach_pinned(prog, name, pins, &format!("xdp-{ifindex}"), |p| {
-        p.attach(ifindex, mode)
-    })
+    attach_pinned(prog, name, pins, pin_name, |p| p.attach(ifindex, mode))
 }
 
 /// Attaches a TC program to `ifindex` (in the calling thread's network

@@ -18,9 +18,22 @@ pub struct Object {
 pub static XDP: Object = Object {
     name: "palisade-xdp",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-xdp")),
-    maps: &[maps::XDP_STATS, maps::COUNTERS, maps::XDP_DENY],
-    scratch: &[],
-    programs: &[programs::XDP_PREFILTER],
+    maps: &[
+        maps::XDP_STATS,
+        maps::XDP_DENY,
+        maps::TC_STATS,
+        maps::COUNTERS,
+        maps::ENDPOINTS,
+        maps::IDENTITY,
+        maps::IDENTITY_HOST,
+        maps::POLICY,
+        maps::POLICY_PORT,
+        maps::CT,
+        maps::FRAGS,
+        maps::EVENTS,
+    ],
+    scratch: &["PAL_TC_SCRATCH"],
+    programs: &[programs::XDP_PREFILTER, programs::XDP_FROM_POD],
 };
 
 pub static TC: Object = Object {

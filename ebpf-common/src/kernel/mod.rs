@@ -1,6 +1,8 @@
 //! Helpers for the eBPF programs; compiled only with the `kernel` feature.
 
 pub mod parse;
+#[cfg(feature = "pod-datapath")]
+pub mod pod;
 
 use aya_ebpf::maps::PerCpuArray;
 

@@ -3,13 +3,13 @@
 //! in a one-slot per-CPU array instead. Not pinned: apart from the event
 //! rate limiter, it holds nothing between runs.
 
+use crate::{
+    datapath::{ADDR_LEN, CtKey, FragKey, PolicyKey},
+    kernel::parse::Packet,
+};
 use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, lpm_trie::Key},
-};
-use ebpf_common::{
-    datapath::{ADDR_LEN, CtKey, FragKey, PolicyKey},
-    kernel::parse::Packet,
 };
 
 #[repr(C)]
@@ -23,7 +23,7 @@ pub struct Lookup {
 #[repr(C)]
 pub struct Scratch {
     /// The one field that does persist between runs: the event rate limit.
-    pub limiter: crate::events::TokenBucket,
+    pub limiter: super::events::TokenBucket,
     pub pkt: Packet,
     pub key: CtKey,
     pub back: CtKey,

@@ -1,6 +1,6 @@
 //! Connection tracking: state per flow, idle timeouts, policy revision.
 
-use ebpf_common::{
+use crate::{
     datapath::{CtKey, CtValue, ct_state, ct_timeout},
     kernel::parse::{
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, tcp_flags,

@@ -7,7 +7,7 @@
 //! verdicts into every prefix, so no further merging happens here. No entry:
 //! drop if the endpoint is isolated in that direction, pass otherwise.
 
-use ebpf_common::{
+use crate::{
     datapath::{
         ADDR_LEN, EndpointValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, action, direction,
         endpoint_flags, identity, policy_flags,
@@ -15,7 +15,7 @@ use ebpf_common::{
     reason,
 };
 
-use crate::{
+use super::{
     maps::{PAL_IDENT_HOST, PAL_IDENTITY, PAL_POLICY, PAL_POLICY_PORT},
     scratch::Lookup,
 };

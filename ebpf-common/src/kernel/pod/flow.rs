@@ -7,14 +7,14 @@
 //! checked again and cut if now denied; anything else is a new flow and is
 //! looked up, and recorded if allowed.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use ebpf_common::{
+use crate::{
     datapath::{CtKey, CtValue, EndpointValue, FragValue, direction},
     kernel::parse::frag,
     reason,
 };
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 
-use crate::{
+use super::{
     conntrack::{advance, expired},
     maps::{PAL_CT, PAL_FRAGS, PAL_TC_STATS},
     policy::{Verdict, evaluate},
@@ -150,7 +150,7 @@ pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch) -> Verdict {
         };
         advance(&mut value, s.pkt.protocol, s.pkt.tcp_flags, false, now);
         if PAL_CT.insert(&s.key, &value, 0).is_err() {
-            ebpf_common::kernel::count(&PAL_TC_STATS, dir, reason::CT_MAP_FULL, 0);
+            crate::kernel::count(&PAL_TC_STATS, dir, reason::CT_MAP_FULL, 0);
         }
         if s.pkt.frag == frag::FIRST {
             record_fragment(s);

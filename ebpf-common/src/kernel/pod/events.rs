@@ -4,15 +4,15 @@
 //! denied packets cannot flood user space; every event not sent is counted
 //! (`event_rate_limited`, `event_lost`), so the loss is visible.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::RingBuf};
-use ebpf_common::{
+use crate::{
     datapath::{DropEvent, event_rate},
     kernel::count,
     maps::size,
     reason,
 };
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::RingBuf};
 
-use crate::{maps::PAL_TC_STATS, policy::Verdict, scratch::Scratch};
+use super::{maps::PAL_TC_STATS, policy::Verdict, scratch::Scratch};
 
 #[map(name = "PAL_EVENTS")]
 pub static PAL_EVENTS: RingBuf = RingBuf::with_byte_size(size::EVENTS, 0);

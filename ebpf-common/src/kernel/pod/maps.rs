@@ -2,17 +2,17 @@
 //! loader pins them (sharing PAL_COUNTERS with the XDP object) and may
 //! resize them.
 
-use aya_ebpf::{
-    macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
-};
-use ebpf_common::{
+use crate::{
     datapath::{
         ADDR_LEN, CounterKey, CtKey, CtValue, EndpointValue, FragKey, FragValue, IdentityValue,
         PolicyKey, PolicyValue,
     },
     maps::size,
     stats::{Counter, STATS_ENTRIES},
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 
 #[map(name = "PAL_TC_STATS")]
