@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
-    maps::{MapData, lpm_trie::LpmTrie},
+    maps::MapData,
     programs::{SchedClassifier, Xdp},
 };
 use ebpf_common::{
@@ -149,12 +149,8 @@ fn measure(n: u32, features: &Features) -> anyhow::Result<Row> {
         });
     }
     dp.replace_policy(LO, EP, endpoint_flags::ISOLATED_INGRESS, &entries)?;
-    let mut deny: LpmTrie<MapData, [u8; 16], u32> = LpmTrie::try_from(
-        aya::maps::Map::from_map_data(MapData::from_pin(pins.map(maps::XDP_DENY))?)?,
-    )?;
     for i in 0..n {
-        let key = palisade::datapath::maps::addr_key(IpAddr::V4(Ipv4Addr::from(peer(i))), 32)?;
-        deny.insert(&key, &(1 + i), 0)?;
+        dp.set_cidr_deny(IpAddr::V4(Ipv4Addr::from(peer(i))), 32, 1 + i)?;
     }
 
     let last = peer(n - 1);
@@ -193,12 +189,8 @@ fn measure(n: u32, features: &Features) -> anyhow::Result<Row> {
         .context("xdp")?
         .try_into()?;
     let xdp_fd = xdp.fd()?.as_fd();
-    let xdp_pass = f64::from(raw::test_run(
-        xdp_fd,
-        &tcp([192, 0, 2, 1], POD, 1, 80, 0x02),
-        REPEAT,
-    )?);
-    let xdp_deny = f64::from(raw::test_run(xdp_fd, &tcp(last, POD, 1, 80, 0x02), REPEAT)?);
+    let xdp_pass = run_fd(xdp_fd, &tcp([192, 0, 2, 1], POD, 1, 80, 0x02), REPEAT)?;
+    let xdp_deny = run_fd(xdp_fd, &tcp(last, POD, 1, 80, 0x02), REPEAT)?;
     let row = Row {
         n,
         allowed_new,

@@ -210,6 +210,21 @@ pub struct CounterKey {
     pub _pad: u8,
 }
 
+/// Key of the XDP prefilter's stateless pod denies (`PAL_XDP_PODDENY`):
+/// connection attempts (TCP SYN without ACK) from `peer` (or
+/// [`identity::ANY`]) to the local pod address `dst` on `port` (or 0 for any
+/// port). Only explicit, enforcing denies go here: they refuse new
+/// connections whatever the state, so the prefilter needs none. Replies and
+/// other protocols are left to the pod's TC programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct XdpPodDenyKey {
+    pub dst: [u8; ADDR_LEN],
+    pub peer: u32,
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
 /// A drop or audit event in the ring buffer (`PAL_EVENTS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -238,6 +253,7 @@ pub mod event_rate {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<DropEvent>() == 56);
+    assert!(size_of::<XdpPodDenyKey>() == 24);
     assert!(size_of::<IdentityValue>() == 4);
     assert!(size_of::<EndpointValue>() == 12);
     assert!(size_of::<PolicyKey>() == 16);
@@ -265,4 +281,5 @@ mod pod {
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for XdpPodDenyKey {}
 }

@@ -11,7 +11,7 @@ use core::mem::size_of;
 use crate::{
     datapath::{
         ADDR_LEN, CounterKey, CtKey, CtValue, EndpointValue, FragKey, FragValue, IdentityValue,
-        PolicyKey, PolicyValue,
+        PolicyKey, PolicyValue, XdpPodDenyKey,
     },
     stats::{Counter, STATS_ENTRIES},
 };
@@ -32,6 +32,7 @@ pub const FRAGS: &str = "PAL_FRAGS";
 pub const COUNTERS: &str = "PAL_COUNTERS";
 pub const XDP_DENY: &str = "PAL_XDP_DENY";
 pub const EVENTS: &str = "PAL_EVENTS";
+pub const XDP_POD_DENY: &str = "PAL_XDP_PODDENY";
 
 /// Default sizes. The programs are compiled with these; the loader resizes.
 pub mod size {
@@ -44,6 +45,7 @@ pub mod size {
     pub const FRAGS: u32 = 8_192;
     pub const COUNTERS: u32 = 16_384;
     pub const XDP_DENY: u32 = 16_384;
+    pub const XDP_POD_DENY: u32 = 16_384;
     /// Bytes, a power of two multiple of the page size: ~4600 events.
     pub const EVENTS: u32 = 256 * 1024;
 }
@@ -108,6 +110,7 @@ pub const SPECS: &[MapSpec] = &[
     spec::<FragKey, FragValue>(FRAGS, kind::LRU_HASH, size::FRAGS),
     spec::<CounterKey, Counter>(COUNTERS, kind::PERCPU_HASH, size::COUNTERS),
     lpm::<[u8; ADDR_LEN]>(XDP_DENY, size_of::<u32>() as u32, size::XDP_DENY),
+    spec::<XdpPodDenyKey, u32>(XDP_POD_DENY, kind::HASH, size::XDP_POD_DENY),
     MapSpec {
         name: EVENTS,
         map_type: kind::RINGBUF,

@@ -51,8 +51,12 @@ pub const EVENT_RATE_LIMITED: u32 = 21;
 /// A drop or audit event was not sent: the ring buffer was full.
 pub const EVENT_LOST: u32 = 22;
 
+/// The XDP prefilter dropped a connection attempt (TCP SYN) to a local pod
+/// that an explicit deny forbids: no connection state is needed to know.
+pub const DROP_XDP_POD_DENY: u32 = 23;
+
 /// One past the highest code in use; counter arrays are sized from it.
-pub const COUNT: u32 = 23;
+pub const COUNT: u32 = 24;
 
 /// A stable name for each code, as exported in metrics and `palisade status`.
 pub const fn name(code: u32) -> &'static str {
@@ -80,6 +84,7 @@ pub const fn name(code: u32) -> &'static str {
         ALLOW_RELATED => "allow_related",
         EVENT_RATE_LIMITED => "event_rate_limited",
         EVENT_LOST => "event_lost",
+        DROP_XDP_POD_DENY => "drop_xdp_pod_deny",
         _ => "unknown",
     }
 }
@@ -97,6 +102,7 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_REVALIDATED
             | DROP_CIDR_DENY
             | DROP_VLAN_LIMIT
+            | DROP_XDP_POD_DENY
     )
 }
 

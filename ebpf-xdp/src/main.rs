@@ -2,9 +2,10 @@
 //!
 //! `pal_xdp_pre`, on the node's uplinks, runs before an skb exists and drops
 //! what policy denies outright: sources in the node-level CIDR deny list
-//! (`PAL_XDP_DENY`, address prefix -> policy id). Everything else passes on
-//! to the stack and the pods' programs; it has no opinion on packets it
-//! cannot parse.
+//! (`PAL_XDP_DENY`, address prefix -> policy id), and connection attempts
+//! (TCP SYN) to local pods that an explicit deny forbids (`PAL_XDP_PODDENY`).
+//! Everything else passes on to the stack and the pods' programs; it has no
+//! opinion on packets it cannot parse.
 //!
 //! `pal_xdp_from_pod` is the optional XDP hook for a pod's egress on its
 //! host-side veth: the same datapath as `pal_tc_from_pod`. TC is the
@@ -15,15 +16,15 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use ebpf_common::{
-    datapath::{ADDR_LEN, CounterKey},
+    datapath::{ADDR_LEN, CounterKey, XdpPodDenyKey, identity},
     kernel::{
         count, count_detail,
-        parse::{Packet, Parsed, parse},
-        pod::{self, maps::PAL_COUNTERS},
+        parse::{IPPROTO_TCP, Packet, Parsed, parse, tcp_flags},
+        pod::{self, maps::PAL_COUNTERS, policy::identity_of},
     },
     maps::size,
     reason,
@@ -36,22 +37,64 @@ static PAL_XDP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS
 #[map(name = "PAL_XDP_DENY")]
 static PAL_XDP_DENY: LpmTrie<[u8; ADDR_LEN], u32> = LpmTrie::with_max_entries(size::XDP_DENY, 0);
 
+#[map(name = "PAL_XDP_PODDENY")]
+static PAL_XDP_PODDENY: HashMap<XdpPodDenyKey, u32> =
+    HashMap::with_max_entries(size::XDP_POD_DENY, 0);
+
+/// The deny for a connection attempt from `peer` to `dst`:`port`, most
+/// specific first.
+#[inline(always)]
+fn pod_deny(dst: &[u8; ADDR_LEN], peer: u32, port: u16) -> Option<u32> {
+    for (peer, port) in [
+        (peer, port),
+        (peer, 0),
+        (identity::ANY, port),
+        (identity::ANY, 0),
+    ] {
+        let key = XdpPodDenyKey {
+            dst: *dst,
+            peer,
+            port,
+            _pad: [0; 2],
+        };
+        // SAFETY: copied out at once.
+        if let Some(policy) = unsafe { PAL_XDP_PODDENY.get(&key) } {
+            return Some(*policy);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn prefilter(p: &Packet) -> (u32, u32) {
+    if let Some(policy) = PAL_XDP_DENY.get(&Key::new(128, p.src)) {
+        return (reason::DROP_CIDR_DENY, *policy);
+    }
+    if p.protocol == IPPROTO_TCP
+        && p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+    {
+        let mut key = Key::new(128, p.src);
+        let peer = identity_of(&p.src, &mut key);
+        if let Some(policy) = pod_deny(&p.dst, peer, p.dport) {
+            return (reason::DROP_XDP_POD_DENY, policy);
+        }
+    }
+    (reason::PASS_UNENFORCED, 0)
+}
+
 #[xdp]
 pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
     let bytes = ctx.data_end().saturating_sub(ctx.data()) as u64;
     // Fits on the stack here: the prefilter builds no conntrack keys.
     let mut p = Packet::default();
     let (why, policy) = match parse(ctx.data(), ctx.data_end(), &mut p) {
-        Parsed::Ip => match PAL_XDP_DENY.get(&Key::new(128, p.src)) {
-            Some(policy) => (reason::DROP_CIDR_DENY, *policy),
-            None => (reason::PASS_UNENFORCED, 0),
-        },
+        Parsed::Ip => prefilter(&p),
         Parsed::Pass(why) => (why, 0),
         // Not ours to judge on an uplink: the stack and the pod's TC decide.
         Parsed::Drop(_) => (reason::PASS_UNENFORCED, 0),
     };
     count(&PAL_XDP_STATS, direction::INGRESS, why, bytes);
-    if why == reason::DROP_CIDR_DENY {
+    if reason::is_drop(why) {
         let key = CounterKey {
             endpoint: 0,
             policy,

@@ -558,3 +558,67 @@ fn the_optional_xdp_egress_hook_shares_the_datapath() -> anyhow::Result<()> {
     xdp(&mut h, &eth(0x0806, &[0u8; 28]), true, "pass_non_ip", "ARP")?;
     Ok(())
 }
+
+impl Harness {
+    /// Runs `frame` through the XDP prefilter: whether it passed, and the
+    /// reason counted in PAL_XDP_STATS.
+    fn prefilter(&mut self, frame: &[u8]) -> anyhow::Result<(bool, &'static str)> {
+        let before = read_pinned(&self.t.pins.map(maps::XDP_STATS))?;
+        let prog: &mut Xdp = self
+            .loaded
+            .xdp
+            .ebpf
+            .program_mut(ebpf_common::maps::programs::XDP_PREFILTER)
+            .context("xdp prefilter")?
+            .try_into()?;
+        let ret = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::new()
+            })?
+            .return_value;
+        let after = read_pinned(&self.t.pins.map(maps::XDP_STATS))?;
+        let changed: Vec<&'static str> = after
+            .iter()
+            .filter(|a| {
+                before
+                    .iter()
+                    .find(|b| b.reason == a.reason)
+                    .is_none_or(|b| b.events != a.events)
+            })
+            .map(|a| a.reason)
+            .collect();
+        let [reason] = changed[..] else {
+            bail!("expected one counted reason, got {changed:?}");
+        };
+        Ok((ret == XDP_PASS, reason))
+    }
+}
+
+#[rustfmt::skip]
+#[test]
+fn the_prefilter_drops_denied_cidrs_and_denied_connection_attempts() -> anyhow::Result<()> {
+    let mut h = Harness::new()?;
+    h.maps.set_cidr_deny(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 0)), 24, 31)?;
+    h.maps.set_pod_deny(IpAddr::V4(Ipv4Addr::from(A)), ID_B, Some(22), 32)?;
+    h.maps.set_pod_deny(IpAddr::V4(Ipv4Addr::from(A)), identity::ANY, Some(23), 33)?;
+    let cases: &[(Vec<u8>, bool, &str, &str)] = &[
+        (v4_tcp([203, 0, 113, 9], A, 1, 80, ACK), false, "drop_cidr_deny", "source in a denied CIDR"),
+        (v4_tcp([203, 0, 114, 9], A, 1, 80, SYN), true, "pass_unenforced", "just outside it"),
+        (v4_tcp(B, A, 1, 22, SYN), false, "drop_xdp_pod_deny", "SYN from B to A:22, denied"),
+        (v4_tcp(B, A, 1, 22, SYN | ACK), true, "pass_unenforced", "not a connection attempt"),
+        (v4_tcp(B, A, 1, 22, ACK), true, "pass_unenforced", "not a connection attempt either"),
+        (v4_udp(B, A, 1, 22), true, "pass_unenforced", "UDP has no attempt to recognise"),
+        (v4_tcp(OUTSIDE, A, 1, 22, SYN), true, "pass_unenforced", "deny names B, not the world"),
+        (v4_tcp(OUTSIDE, A, 1, 23, SYN), false, "drop_xdp_pod_deny", "any-peer deny on :23"),
+        (v4_tcp(B, [10, 0, 0, 3], 1, 22, SYN), true, "pass_unenforced", "another pod"),
+        (eth(0x0806, &[0u8; 28]), true, "pass_non_ip", "ARP"),
+    ];
+    for (frame, pass, reason, what) in cases {
+        let got = h.prefilter(frame)?;
+        anyhow::ensure!(got == (*pass, *reason), "{what}: expected ({pass}, {reason}), got {got:?}");
+    }
+    h.maps.remove_pod_deny(IpAddr::V4(Ipv4Addr::from(A)), ID_B, Some(22))?;
+    anyhow::ensure!(h.prefilter(&v4_tcp(B, A, 1, 22, SYN))?.0, "deny removed, SYN passes");
+    Ok(())
+}

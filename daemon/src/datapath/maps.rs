@@ -6,7 +6,7 @@ use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ebpf_common::{
     datapath::{
         ADDR_LEN, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED, POLICY_PREFIX_FULL,
-        POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, ipv4_mapped, ipv4_prefix_len,
+        POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, XdpPodDenyKey, ipv4_mapped, ipv4_prefix_len,
     },
     maps,
 };
@@ -63,6 +63,16 @@ pub fn addr_key(addr: IpAddr, len: u8) -> Result<Key<[u8; ADDR_LEN]>, DatapathEr
     }
 }
 
+fn pod_deny_key(dst: IpAddr, peer: u32, port: Option<u16>) -> Result<XdpPodDenyKey, DatapathError> {
+    let full = if dst.is_ipv4() { 32 } else { 128 };
+    Ok(XdpPodDenyKey {
+        dst: addr_key(dst, full)?.data(),
+        peer,
+        port: port.unwrap_or(0),
+        _pad: [0; 2],
+    })
+}
+
 /// The trie keys an entry occupies in `generation` for `endpoint`.
 pub fn policy_keys(endpoint: u32, generation: u8, e: &PolicyEntry) -> Vec<Key<PolicyKey>> {
     let base = PolicyKey {
@@ -98,6 +108,8 @@ pub struct DatapathMaps {
     pub endpoints: HashMap<MapData, u32, EndpointValue>,
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     pub policy_port: HashMap<MapData, PolicyKey, PolicyValue>,
+    pub xdp_cidr_deny: LpmTrie<MapData, [u8; ADDR_LEN], u32>,
+    pub xdp_pod_deny: HashMap<MapData, XdpPodDenyKey, u32>,
 }
 
 fn open(pins: &PinDir, name: &'static str) -> Result<Map, DatapathError> {
@@ -120,6 +132,10 @@ impl DatapathMaps {
             policy: LpmTrie::try_from(open(pins, maps::POLICY)?).map_err(conv(maps::POLICY))?,
             policy_port: HashMap::try_from(open(pins, maps::POLICY_PORT)?)
                 .map_err(conv(maps::POLICY_PORT))?,
+            xdp_cidr_deny: LpmTrie::try_from(open(pins, maps::XDP_DENY)?)
+                .map_err(conv(maps::XDP_DENY))?,
+            xdp_pod_deny: HashMap::try_from(open(pins, maps::XDP_POD_DENY)?)
+                .map_err(conv(maps::XDP_POD_DENY))?,
         })
     }
 
@@ -158,6 +174,59 @@ impl DatapathMaps {
             Err(source) => Err(DatapathError::Write {
                 name,
                 what: format!("removal of {addr}/{len}"),
+                source,
+            }),
+        }
+    }
+
+    /// Drops every packet from `addr/len` at the XDP prefilter.
+    pub fn set_cidr_deny(
+        &mut self,
+        addr: IpAddr,
+        len: u8,
+        policy: u32,
+    ) -> Result<(), DatapathError> {
+        let key = addr_key(addr, len)?;
+        self.xdp_cidr_deny
+            .insert(&key, &policy, 0)
+            .map_err(|source| DatapathError::Write {
+                name: maps::XDP_DENY,
+                what: format!("deny of {addr}/{len}"),
+                source,
+            })
+    }
+
+    /// Drops connection attempts (TCP SYN) from `peer` (an identity, or
+    /// `identity::ANY`) to the local pod address `dst` on `port` (`None`:
+    /// any port) at the XDP prefilter. Only for explicit, enforcing denies.
+    pub fn set_pod_deny(
+        &mut self,
+        dst: IpAddr,
+        peer: u32,
+        port: Option<u16>,
+        policy: u32,
+    ) -> Result<(), DatapathError> {
+        let key = pod_deny_key(dst, peer, port)?;
+        self.xdp_pod_deny
+            .insert(&key, &policy, 0)
+            .map_err(|source| DatapathError::Write {
+                name: maps::XDP_POD_DENY,
+                what: format!("deny of {peer} -> {dst}:{port:?}"),
+                source,
+            })
+    }
+
+    pub fn remove_pod_deny(
+        &mut self,
+        dst: IpAddr,
+        peer: u32,
+        port: Option<u16>,
+    ) -> Result<(), DatapathError> {
+        match self.xdp_pod_deny.remove(&pod_deny_key(dst, peer, port)?) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Write {
+                name: maps::XDP_POD_DENY,
+                what: format!("removal of deny {peer} -> {dst}:{port:?}"),
                 source,
             }),
         }

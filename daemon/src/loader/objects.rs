@@ -21,6 +21,7 @@ pub static XDP: Object = Object {
     maps: &[
         maps::XDP_STATS,
         maps::XDP_DENY,
+        maps::XDP_POD_DENY,
         maps::TC_STATS,
         maps::COUNTERS,
         maps::ENDPOINTS,

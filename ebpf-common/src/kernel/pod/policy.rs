@@ -7,6 +7,8 @@
 //! verdicts into every prefix, so no further merging happens here. No entry:
 //! drop if the endpoint is isolated in that direction, pass otherwise.
 
+use aya_ebpf::maps::lpm_trie::Key;
+
 use crate::{
     datapath::{
         ADDR_LEN, EndpointValue, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, action, direction,
@@ -45,6 +47,21 @@ impl Verdict {
     }
 }
 
+/// The identity of `addr`: its own entry (a pod, a node) if it has one, else
+/// the longest CIDR containing it, else WORLD. `key` is working memory.
+#[inline(always)]
+pub fn identity_of(addr: &[u8; ADDR_LEN], key: &mut Key<[u8; ADDR_LEN]>) -> u32 {
+    // SAFETY: copied out at once.
+    if let Some(v) = unsafe { PAL_IDENT_HOST.get(addr) } {
+        return v.identity;
+    }
+    key.prefix_len = 128;
+    key.data = *addr;
+    PAL_IDENTITY
+        .get(key)
+        .map_or(identity::WORLD, |v| v.identity)
+}
+
 /// The longest match for the key in `l`: an exact (protocol, port) entry is
 /// the longest possible, so the hash answers first and the trie (ranges,
 /// wildcards) only on a miss.
@@ -69,15 +86,7 @@ pub fn evaluate(
     port: u16,
     l: &mut Lookup,
 ) -> Verdict {
-    l.addr.prefix_len = 128;
-    l.addr.data = *peer;
-    // SAFETY: copied out at once.
-    let peer_identity = match unsafe { PAL_IDENT_HOST.get(&l.addr.data) } {
-        Some(v) => v.identity,
-        None => PAL_IDENTITY
-            .get(&l.addr)
-            .map_or(identity::WORLD, |v| v.identity),
-    };
+    let peer_identity = identity_of(peer, &mut l.addr);
     l.exact = PolicyKey {
         endpoint: ep.endpoint,
         peer: peer_identity,
