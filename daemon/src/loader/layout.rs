@@ -196,7 +196,7 @@ mod tests {
             &super::super::objects::TC,
             &super::super::objects::LSM,
         ] {
-            for map in object.maps {
+            for map in object.maps() {
                 assert!(spec(map).is_ok(), "{map} of {} has no spec", object.name);
             }
         }

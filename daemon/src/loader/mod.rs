@@ -101,7 +101,7 @@ pub fn load_with(
     // Check every pin of every object first: a mismatch in the last object
     // must not leave the first ones half-adopted.
     for object in [&objects::XDP, &objects::TC, &objects::LSM] {
-        for map in object.maps {
+        for map in object.maps() {
             layout::check_pinned(&pins.map(map), &sizes.apply(layout::spec(map)?))?;
         }
     }
@@ -153,9 +153,9 @@ fn load_object(
     object: &'static Object,
     sizes: &MapSizes,
 ) -> Result<LoadedObject, LoadError> {
-    let mut outcomes = Vec::with_capacity(object.maps.len());
+    let mut outcomes = Vec::new();
     let mut loader = EbpfLoader::new();
-    for &map in object.maps {
+    for map in object.maps() {
         // Checked again right before the load narrows the window in which
         // another process could swap the pin.
         let spec = sizes.apply(layout::spec(map)?);
@@ -172,15 +172,15 @@ fn load_object(
         })?;
     if let Some((name, _)) = ebpf
         .maps()
-        .find(|(name, _)| !object.maps.contains(name) && !object.scratch.contains(name))
+        .find(|(name, _)| !object.has_map(name) && !object.scratch.contains(name))
     {
         return Err(LoadError::UnexpectedMap {
             object: object.name,
             map: name.to_owned(),
         });
     }
-    for (name, outcome) in object.maps.iter().zip(&outcomes) {
-        tracing::debug!(object = object.name, map = name, ?outcome.pinned, "map ready");
+    for outcome in &outcomes {
+        tracing::debug!(object = object.name, map = outcome.name, ?outcome.pinned, "map ready");
     }
     Ok(LoadedObject {
         ebpf,

@@ -7,59 +7,65 @@ pub struct Object {
     /// The binary name aya-build gave it (`palisade-xdp`, ...).
     pub name: &'static str,
     pub bytes: &'static [u8],
-    /// Every map in the object; each is pinned and layout-checked.
-    pub maps: &'static [&'static str],
+    /// Every map in the object, in groups; each is pinned and layout-checked.
+    pub map_groups: &'static [&'static [&'static str]],
     /// Per-CPU working memory private to one run of a program: not pinned,
     /// holds nothing worth keeping across loads.
     pub scratch: &'static [&'static str],
     pub programs: &'static [&'static str],
 }
 
+impl Object {
+    pub fn maps(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.map_groups
+            .iter()
+            .flat_map(|group| group.iter().copied())
+    }
+
+    pub fn has_map(&self, name: &str) -> bool {
+        self.maps().any(|m| m == name)
+    }
+}
+
+/// The per-pod datapath (`ebpf_common::kernel::pod`), compiled into both the
+/// TC and the XDP object; the pins make each map one map shared by both.
+const POD_DATAPATH: &[&str] = &[
+    maps::TC_STATS,
+    maps::COUNTERS,
+    maps::ENDPOINTS,
+    maps::IDENTITY,
+    maps::IDENTITY_HOST,
+    maps::POLICY,
+    maps::POLICY_PORT,
+    maps::CT,
+    maps::FRAGS,
+    maps::EVENTS,
+];
+const POD_SCRATCH: &[&str] = &["PAL_TC_SCRATCH"];
+
 pub static XDP: Object = Object {
     name: "palisade-xdp",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-xdp")),
-    maps: &[
-        maps::XDP_STATS,
-        maps::XDP_DENY,
-        maps::XDP_POD_DENY,
-        maps::TC_STATS,
-        maps::COUNTERS,
-        maps::ENDPOINTS,
-        maps::IDENTITY,
-        maps::IDENTITY_HOST,
-        maps::POLICY,
-        maps::POLICY_PORT,
-        maps::CT,
-        maps::FRAGS,
-        maps::EVENTS,
+    map_groups: &[
+        &[maps::XDP_STATS, maps::XDP_DENY, maps::XDP_POD_DENY],
+        POD_DATAPATH,
     ],
-    scratch: &["PAL_TC_SCRATCH"],
+    scratch: POD_SCRATCH,
     programs: &[programs::XDP_PREFILTER, programs::XDP_FROM_POD],
 };
 
 pub static TC: Object = Object {
     name: "palisade-tc",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-tc")),
-    maps: &[
-        maps::TC_STATS,
-        maps::COUNTERS,
-        maps::ENDPOINTS,
-        maps::IDENTITY,
-        maps::IDENTITY_HOST,
-        maps::POLICY,
-        maps::POLICY_PORT,
-        maps::CT,
-        maps::FRAGS,
-        maps::EVENTS,
-    ],
-    scratch: &["PAL_TC_SCRATCH"],
+    map_groups: &[POD_DATAPATH],
+    scratch: POD_SCRATCH,
     programs: &[programs::TC_FROM_POD, programs::TC_TO_POD],
 };
 
 pub static LSM: Object = Object {
     name: "palisade-lsm",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-lsm")),
-    maps: &[maps::LSM_STATS],
+    map_groups: &[&[maps::LSM_STATS]],
     scratch: &[],
     programs: &[programs::LSM_EXEC],
 };
