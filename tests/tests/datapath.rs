@@ -33,6 +33,9 @@ const A6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const B6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const ID_B: u32 = identity::FIRST_ALLOCATED + 1;
 const ID_NET: u32 = identity::FIRST_ALLOCATED + 2;
+const ID_TUNNELS: u32 = identity::FIRST_ALLOCATED + 3;
+const TUNNEL_HOST: [u8; 4] = [10, 0, 2, 7];
+const GRE: u8 = 47;
 const TC_SHOT: u32 = 2;
 const TC_UNSPEC: u32 = u32::MAX;
 
@@ -81,6 +84,13 @@ fn policy_v1() -> Vec<PolicyEntry> {
         entry(IN, ID_NET, TCP, (9000, 9000), deny(15, policy_flags::AUDIT)),
         entry(OUT, identity::ANY, UDP, (53, 53), allow(16)),
         entry(OUT, ID_B, ICMP, (0, 65535), allow(17)),
+        PolicyEntry {
+            direction: IN,
+            peer: ID_TUNNELS,
+            protocol: None,
+            ports: (0, 65535),
+            value: allow(18),
+        },
     ]
 }
 
@@ -119,6 +129,7 @@ impl Harness {
         maps.set_identity(IpAddr::V4(Ipv4Addr::from(B)), 32, ID_B)?;
         maps.set_identity(IpAddr::V6(Ipv6Addr::from(B6)), 128, ID_B)?;
         maps.set_identity(IpAddr::V4(Ipv4Addr::from(NET_HOST)), 24, ID_NET)?;
+        maps.set_identity(IpAddr::V4(Ipv4Addr::from(TUNNEL_HOST)), 24, ID_TUNNELS)?;
         maps.replace_policy(LO, EP, ISOLATED, &policy_v1())?;
         Ok(Self { t, loaded, maps })
     }
@@ -239,6 +250,10 @@ fn policy_lookup_precedence_and_wildcards() -> anyhow::Result<()> {
     h.expect(IN, &v4_tcp(NET_HOST, A, 1002, 8100, SYN), false, "drop_default_deny", "just past the range")?;
     h.expect(IN, &v4_tcp(NET_HOST, A, 1003, 9000, SYN), true, "audit_would_drop", "audit deny passes")?;
     h.expect(IN, &v4_udp(B, A, 5000, 54), false, "drop_default_deny", "udp port without rule")?;
+    let gre = |src| eth(0x0800, &ipv4(src, A, GRE, (0, 0, false), &[0u8; 8]));
+    h.expect(IN, &gre(TUNNEL_HOST), true, "allow_policy", "another IP protocol, any-protocol rule")?;
+    h.expect(IN, &gre(B), false, "drop_default_deny", "another IP protocol, no rule")?;
+    h.expect(IN, &v4_tcp(TUNNEL_HOST, A, 1, 4444, SYN), true, "allow_policy", "any protocol covers TCP")?;
     Ok(())
 }
 
@@ -342,8 +357,9 @@ fn a_policy_swap_replaces_the_old_generation_entirely() -> anyhow::Result<()> {
     let ep = h.maps.endpoint(LO)?.context("endpoint registered")?;
     assert_eq!(ep.revision, 0);
     let v1_keys = h.maps.policy_keys_of(EP, ep.generation())?;
-    // 8000-8099 is 3 prefixes: 8000-8063, 8064-8095, 8096-8099; ICMP any port is 1.
-    assert_eq!(v1_keys.len(), 9, "{} keys", v1_keys.len());
+    // 8000-8099 is 3 prefixes: 8000-8063, 8064-8095, 8096-8099; ICMP any
+    // port is 1, any protocol is 1.
+    assert_eq!(v1_keys.len(), 10, "{} keys", v1_keys.len());
 
     let v2 = vec![entry(IN, ID_B, TCP, (443, 443), allow(21))];
     h.maps.replace_policy(LO, EP, endpoint_flags::ISOLATED_INGRESS, &v2)?;

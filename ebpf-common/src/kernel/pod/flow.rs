@@ -12,7 +12,7 @@ use crate::{
     kernel::parse::frag,
     reason,
 };
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 
 use super::{
     conntrack::{advance, expired},
@@ -57,8 +57,10 @@ fn fill(key: &mut CtKey, endpoint: u32, dir: u32) {
 
 #[inline(always)]
 pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch) -> Verdict {
+    // Timeouts are seconds long: the coarse clock (jiffy resolution) is
+    // enough and, unlike a clocksource read, cheap in a VM.
     // SAFETY: a helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let later_fragment = s.pkt.frag == frag::LATER;
     if s.pkt.frag != frag::NONE {
         s.frag.src = s.pkt.src;
