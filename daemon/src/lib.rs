@@ -8,6 +8,7 @@
 pub mod datapath;
 pub mod features;
 pub mod loader;
+pub mod model;
 pub mod netns;
 pub mod paths;
 pub mod stats;

@@ -1,0 +1,59 @@
+//! The policy model: plain Rust types for namespaces, pods and policies,
+//! parsed and validated, with no I/O beyond the text they are given.
+
+pub mod networkpolicy;
+pub mod parse;
+pub mod selector;
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+pub use networkpolicy::{NetworkPolicy, Protocol};
+pub use selector::{LabelSelector, Labels};
+
+/// The label every namespace carries implicitly.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+impl Namespace {
+    /// Labels with the implicit `kubernetes.io/metadata.name`.
+    pub fn effective_labels(&self) -> Labels {
+        let mut labels = self.labels.clone();
+        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), self.name.clone());
+        labels
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<NamedPort>,
+}
+
+impl Pod {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything the compiler needs, from any source.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: Vec<Pod>,
+    pub policies: Vec<NetworkPolicy>,
+}

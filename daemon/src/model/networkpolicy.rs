@@ -1,0 +1,177 @@
+//! `networking.k8s.io/v1 NetworkPolicy`, as the API server stores it.
+//!
+//! Unknown fields are errors (serde `deny_unknown_fields`), except in the
+//! server-managed parts of `metadata` and in `status`, which are accepted
+//! and ignored.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::selector::LabelSelector;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicy {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: NetworkPolicySpec,
+    #[serde(default)]
+    pub status: Option<serde_yaml::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    // Server-managed fields: accepted, not used.
+    #[serde(default)]
+    pub generate_name: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub self_link: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub uid: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub resource_version: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub generation: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub creation_timestamp: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub deletion_timestamp: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub deletion_grace_period_seconds: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub owner_references: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub finalizers: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub managed_fields: Option<serde_yaml::Value>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkPolicySpec {
+    pub pod_selector: LabelSelector,
+    #[serde(default)]
+    pub policy_types: Option<Vec<PolicyType>>,
+    #[serde(default)]
+    pub ingress: Vec<IngressRule>,
+    #[serde(default)]
+    pub egress: Vec<EgressRule>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum PolicyType {
+    Ingress,
+    Egress,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressRule {
+    #[serde(default)]
+    pub from: Vec<Peer>,
+    #[serde(default)]
+    pub ports: Vec<PolicyPort>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressRule {
+    #[serde(default)]
+    pub to: Vec<Peer>,
+    #[serde(default)]
+    pub ports: Vec<PolicyPort>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Peer {
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub ip_block: Option<IpBlock>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpBlock {
+    pub cidr: String,
+    #[serde(default)]
+    pub except: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyPort {
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    #[serde(default)]
+    pub port: Option<PortRef>,
+    #[serde(default)]
+    pub end_port: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+        }
+    }
+}
+
+/// A port number or the name of a container port (IANA service name).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(i64),
+    Name(String),
+}
+
+impl NetworkPolicy {
+    /// `policyTypes` as the API server defaults it: as listed, else Ingress,
+    /// plus Egress when the policy has egress rules.
+    pub fn policy_types(&self) -> (bool, bool) {
+        match &self.spec.policy_types {
+            Some(types) => (
+                types.contains(&PolicyType::Ingress),
+                types.contains(&PolicyType::Egress),
+            ),
+            None => (true, !self.spec.egress.is_empty()),
+        }
+    }
+}
+
+/// An IANA service name: 1-15 lowercase alphanumerics or `-`, at least one
+/// letter, no leading, trailing or doubled `-`.
+pub fn valid_port_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().any(|c| c.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
