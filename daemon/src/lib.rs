@@ -5,8 +5,10 @@
 //! `paths` names every file the daemon touches. The policy model, compiler,
 //! syncer, sources, metrics and lab arrive in their own modules.
 
+pub mod compile;
 pub mod datapath;
 pub mod features;
+pub mod identity;
 pub mod loader;
 pub mod model;
 pub mod netns;

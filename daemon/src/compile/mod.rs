@@ -1,0 +1,374 @@
+//! The compiler: a snapshot of namespaces, pods and policies in, the desired
+//! contents of the datapath maps out. A pure function: no I/O, no aya, the
+//! same output for the same input.
+//!
+//! NetworkPolicy v1 semantics: a pod is isolated for a direction only by
+//! policies that select it for that direction; what those policies allow is
+//! the union of their rules; a connection needs the source's egress and the
+//! destination's ingress to allow it (each endpoint enforces its own side).
+
+pub mod evaluate;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use ebpf_common::datapath::{PolicyValue, action, direction, endpoint_flags, identity};
+use ipnet::IpNet;
+
+use crate::{
+    datapath::PolicyEntry,
+    identity::{IdentityKey, allocate},
+    model::{
+        NetworkPolicy, Pod, Protocol, Snapshot,
+        networkpolicy::{IpBlock, Peer, PolicyPort, PortRef},
+    },
+};
+
+/// The policy of one endpoint (one pod).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    pub flags: u32,
+    /// Sorted and without duplicates.
+    pub entries: Vec<PolicyEntry>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub identities: BTreeMap<IdentityKey, u32>,
+    /// Address prefixes and their identity: each pod address as a host
+    /// prefix, each ipBlock prefix as itself.
+    pub addresses: BTreeMap<IpNet, u32>,
+    /// By `namespace/pod`.
+    pub endpoints: BTreeMap<String, EndpointPolicy>,
+    /// Policy ids (as counted by the datapath) by `namespace/name`.
+    pub policies: BTreeMap<String, u32>,
+}
+
+fn host(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+fn pod_key(snapshot: &Snapshot, pod: &Pod) -> IdentityKey {
+    let namespace = snapshot
+        .namespaces
+        .get(&pod.namespace)
+        .map(|n| n.effective_labels())
+        .unwrap_or_else(|| {
+            [(
+                crate::model::NAMESPACE_NAME_LABEL.to_owned(),
+                pod.namespace.clone(),
+            )]
+            .into()
+        });
+    IdentityKey::Labels {
+        namespace,
+        pod: pod.labels.clone(),
+    }
+}
+
+fn blocks(p: &NetworkPolicy) -> impl Iterator<Item = &IpBlock> {
+    p.spec
+        .ingress
+        .iter()
+        .flat_map(|r| &r.from)
+        .chain(p.spec.egress.iter().flat_map(|r| &r.to))
+        .filter_map(|peer| peer.ip_block.as_ref())
+}
+
+/// A stable, non-zero id for a policy (0 means the default deny).
+fn policy_id(namespace: &str, name: &str) -> u32 {
+    let h = format!("{namespace}/{name}")
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    h.max(1)
+}
+
+struct Context<'a> {
+    snapshot: &'a Snapshot,
+    identities: &'a BTreeMap<IdentityKey, u32>,
+    prefixes: &'a BTreeSet<IpNet>,
+}
+
+impl Context<'_> {
+    fn identity_of(&self, pod: &Pod) -> u32 {
+        self.identities
+            .get(&pod_key(self.snapshot, pod))
+            .copied()
+            .unwrap_or(identity::WORLD)
+    }
+
+    /// The pods a (selector) peer of a policy in `namespace` names.
+    fn peer_pods(&self, namespace: &str, peer: &Peer) -> Vec<&Pod> {
+        self.snapshot
+            .pods
+            .iter()
+            .filter(|pod| {
+                let ns_ok = match &peer.namespace_selector {
+                    Some(sel) => self
+                        .snapshot
+                        .namespaces
+                        .get(&pod.namespace)
+                        .is_some_and(|n| sel.matches(&n.effective_labels())),
+                    None => pod.namespace == namespace,
+                };
+                ns_ok
+                    && peer
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| sel.matches(&pod.labels))
+            })
+            .collect()
+    }
+
+    /// The identities of the ipBlock prefixes an address must fall on to be
+    /// in `cidr` but in none of the excepts: an address's identity is its
+    /// longest containing prefix, which lies in `cidr` and outside every
+    /// except exactly when the address does.
+    fn block_identities(&self, block: &IpBlock) -> Vec<u32> {
+        let Ok(cidr) = block.cidr.parse::<IpNet>() else {
+            return Vec::new();
+        };
+        let excepts: Vec<IpNet> = block.except.iter().filter_map(|e| e.parse().ok()).collect();
+        self.prefixes
+            .iter()
+            .filter(|p| cidr.contains(*p) && !excepts.iter().any(|e| e.contains(*p)))
+            .filter_map(|p| self.identities.get(&IdentityKey::Cidr(*p)).copied())
+            .collect()
+    }
+}
+
+/// (protocol, first port, last port); `None` protocol is every protocol.
+type PortSpan = (Option<u8>, u16, u16);
+
+/// A rule's ports for a destination pod (named ports resolve on it);
+/// `None` when the rule has no ports (everything).
+fn spans(ports: &[PolicyPort], dest: Option<&Pod>) -> Option<Vec<PortSpan>> {
+    if ports.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for p in ports {
+        let protocol = p.protocol.unwrap_or(Protocol::Tcp);
+        match &p.port {
+            None => out.push((Some(protocol.number()), 0, 65535)),
+            Some(PortRef::Number(n)) => {
+                let first = u16::try_from(*n).unwrap_or(0);
+                let last = p
+                    .end_port
+                    .and_then(|e| u16::try_from(e).ok())
+                    .unwrap_or(first);
+                out.push((Some(protocol.number()), first, last));
+            }
+            Some(PortRef::Name(name)) => {
+                if let Some(port) = dest.and_then(|d| {
+                    d.ports
+                        .iter()
+                        .find(|np| &np.name == name && np.protocol == protocol)
+                }) {
+                    out.push((Some(protocol.number()), port.port, port.port));
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+fn entry(dir: u32, peer: u32, span: PortSpan, policy: u32) -> PolicyEntry {
+    PolicyEntry {
+        direction: dir,
+        peer,
+        protocol: span.0,
+        ports: (span.1, span.2),
+        value: PolicyValue {
+            action: action::ALLOW,
+            policy,
+            ..PolicyValue::default()
+        },
+    }
+}
+
+const EVERYTHING: PortSpan = (None, 0, 65535);
+
+/// One rule of one policy, in one direction; `peers` empty means any peer.
+#[derive(Clone, Copy)]
+struct Rule<'a> {
+    dir: u32,
+    namespace: &'a str,
+    peers: &'a [Peer],
+    ports: &'a [PolicyPort],
+    policy: u32,
+}
+
+/// Entries one rule contributes for `pod`.
+fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<PolicyEntry>) {
+    let Rule {
+        dir,
+        namespace,
+        peers,
+        ports,
+        policy,
+    } = rule;
+    let named = ports
+        .iter()
+        .any(|p| matches!(p.port, Some(PortRef::Name(_))));
+    if dir == direction::EGRESS && named {
+        // Named ports resolve on each destination pod, which may number
+        // the same name differently.
+        let dests: Vec<&Pod> = if peers.is_empty() {
+            cx.snapshot.pods.iter().collect()
+        } else {
+            peers
+                .iter()
+                .filter(|p| p.ip_block.is_none())
+                .flat_map(|p| cx.peer_pods(namespace, p))
+                .collect()
+        };
+        for dest in dests {
+            for span in spans(ports, Some(dest)).unwrap_or_else(|| vec![EVERYTHING]) {
+                out.push(entry(dir, cx.identity_of(dest), span, policy));
+            }
+        }
+        // Numbered ports of the same rule still apply to every peer.
+        let numbered: Vec<PolicyPort> = ports
+            .iter()
+            .filter(|p| !matches!(p.port, Some(PortRef::Name(_))))
+            .cloned()
+            .collect();
+        if !numbered.is_empty() {
+            rule_entries(
+                cx,
+                pod,
+                Rule {
+                    ports: &numbered,
+                    ..rule
+                },
+                out,
+            );
+        }
+        return;
+    }
+    let spans = spans(ports, (dir == direction::INGRESS).then_some(pod))
+        .unwrap_or_else(|| vec![EVERYTHING]);
+    let identities: Vec<u32> = if peers.is_empty() {
+        vec![identity::ANY]
+    } else {
+        peers
+            .iter()
+            .flat_map(|peer| match &peer.ip_block {
+                Some(block) => cx.block_identities(block),
+                None => cx
+                    .peer_pods(namespace, peer)
+                    .into_iter()
+                    .map(|p| cx.identity_of(p))
+                    .collect(),
+            })
+            .collect()
+    };
+    for id in identities {
+        for &span in &spans {
+            out.push(entry(dir, id, span, policy));
+        }
+    }
+}
+
+pub fn compile(snapshot: &Snapshot) -> Compiled {
+    let mut keys: BTreeSet<IdentityKey> =
+        snapshot.pods.iter().map(|p| pod_key(snapshot, p)).collect();
+    let mut prefixes = BTreeSet::new();
+    for policy in &snapshot.policies {
+        for block in blocks(policy) {
+            for text in std::iter::once(&block.cidr).chain(&block.except) {
+                if let Ok(net) = text.parse::<IpNet>() {
+                    prefixes.insert(net.trunc());
+                }
+            }
+        }
+    }
+    keys.extend(prefixes.iter().map(|p| IdentityKey::Cidr(*p)));
+    let identities = allocate(&keys);
+    let cx = Context {
+        snapshot,
+        identities: &identities,
+        prefixes: &prefixes,
+    };
+
+    let mut addresses = BTreeMap::new();
+    for p in &prefixes {
+        if let Some(&id) = identities.get(&IdentityKey::Cidr(*p)) {
+            addresses.insert(*p, id);
+        }
+    }
+    for pod in &snapshot.pods {
+        for ip in &pod.ips {
+            addresses.insert(host(*ip), cx.identity_of(pod));
+        }
+    }
+
+    let mut policies = BTreeMap::new();
+    let mut endpoints = BTreeMap::new();
+    for pod in &snapshot.pods {
+        let mut ep = EndpointPolicy::default();
+        for policy in &snapshot.policies {
+            let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
+            if namespace != pod.namespace || !policy.spec.pod_selector.matches(&pod.labels) {
+                continue;
+            }
+            let id = policy_id(namespace, &policy.metadata.name);
+            policies.insert(format!("{namespace}/{}", policy.metadata.name), id);
+            let (ingress, egress) = policy.policy_types();
+            if ingress {
+                ep.flags |= endpoint_flags::ISOLATED_INGRESS;
+                for rule in &policy.spec.ingress {
+                    rule_entries(
+                        &cx,
+                        pod,
+                        Rule {
+                            dir: direction::INGRESS,
+                            namespace,
+                            peers: &rule.from,
+                            ports: &rule.ports,
+                            policy: id,
+                        },
+                        &mut ep.entries,
+                    );
+                }
+            }
+            if egress {
+                ep.flags |= endpoint_flags::ISOLATED_EGRESS;
+                for rule in &policy.spec.egress {
+                    rule_entries(
+                        &cx,
+                        pod,
+                        Rule {
+                            dir: direction::EGRESS,
+                            namespace,
+                            peers: &rule.to,
+                            ports: &rule.ports,
+                            policy: id,
+                        },
+                        &mut ep.entries,
+                    );
+                }
+            }
+        }
+        // One entry per (direction, peer, protocol, ports): the first policy
+        // (lowest id) is the one counters name.
+        ep.entries
+            .sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
+        ep.entries
+            .dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
+        endpoints.insert(pod.key(), ep);
+    }
+    Compiled {
+        identities,
+        addresses,
+        endpoints,
+        policies,
+    }
+}

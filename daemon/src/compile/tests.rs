@@ -1,0 +1,247 @@
+//! NetworkPolicy semantics on the upstream e2e suite's standard model
+//! (namespaces x, y, z; pods a, b, c; ports 80 and 81 on TCP, UDP and SCTP),
+//! cases written for Palisade after the suite's own.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::{
+    compile,
+    evaluate::{connection, to_address},
+};
+use crate::model::{
+    NamedPort, Namespace, Pod, Protocol, Snapshot,
+    parse::{Document, parse_documents},
+};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SCTP: u8 = 132;
+
+fn standard() -> Snapshot {
+    let mut s = Snapshot::default();
+    for (i, ns) in ["x", "y", "z"].iter().enumerate() {
+        s.namespaces.insert(
+            (*ns).to_owned(),
+            Namespace {
+                name: (*ns).to_owned(),
+                labels: [("ns".to_owned(), (*ns).to_owned())].into(),
+            },
+        );
+        for (j, pod) in ["a", "b", "c"].iter().enumerate() {
+            let mut ports = Vec::new();
+            for port in [80, 81] {
+                for (p, name) in [
+                    (Protocol::Tcp, "tcp"),
+                    (Protocol::Udp, "udp"),
+                    (Protocol::Sctp, "sctp"),
+                ] {
+                    ports.push(NamedPort {
+                        name: format!("serve-{port}-{name}"),
+                        port,
+                        protocol: p,
+                    });
+                }
+            }
+            s.pods.push(Pod {
+                namespace: (*ns).to_owned(),
+                name: (*pod).to_owned(),
+                labels: [("pod".to_owned(), (*pod).to_owned())].into(),
+                ips: vec![IpAddr::V4(Ipv4Addr::new(
+                    10,
+                    244,
+                    i as u8 + 1,
+                    j as u8 + 10,
+                ))],
+                ports,
+            });
+        }
+    }
+    s
+}
+
+fn with(yaml: &str) -> Snapshot {
+    let mut s = standard();
+    for doc in parse_documents(yaml, "test.yaml", "x") {
+        let Document::NetworkPolicy(p) = doc.unwrap();
+        s.policies.push(p);
+    }
+    s
+}
+
+fn pod<'a>(s: &'a Snapshot, key: &str) -> &'a Pod {
+    s.pods.iter().find(|p| p.key() == key).unwrap()
+}
+
+/// Asserts reachability from every pod to `to` on (protocol, port).
+fn check(s: &Snapshot, to: &str, protocol: u8, port: u16, reachable_from: &[&str]) {
+    let c = compile(s);
+    for from in &s.pods {
+        if from.key() == to {
+            continue;
+        }
+        let expected = reachable_from.contains(&from.key().as_str());
+        assert_eq!(
+            connection(&c, from, pod(s, to), protocol, port),
+            expected,
+            "{} -> {to} {protocol}/{port}",
+            from.key()
+        );
+    }
+}
+
+const EVERYONE_BUT_SELF: &[&str] = &[
+    "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
+];
+
+#[test]
+fn no_policy_means_everything_is_reachable() {
+    check(&standard(), "x/a", TCP, 80, EVERYONE_BUT_SELF);
+}
+
+#[test]
+fn deny_all_ingress_isolates_every_pod_of_the_namespace() {
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    check(&s, "x/a", TCP, 80, &[]);
+    check(&s, "y/a", TCP, 80, EVERYONE_BUT_SELF);
+    // Egress is not isolated: x/a still reaches y.
+    let c = compile(&s);
+    assert!(connection(&c, pod(&s, "x/a"), pod(&s, "y/b"), TCP, 80));
+}
+
+#[test]
+fn allow_from_same_namespace_only() {
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: same-ns}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {}}]}]\n",
+    );
+    check(&s, "x/a", TCP, 80, &["x/b", "x/c"]);
+    check(&s, "x/b", TCP, 80, EVERYONE_BUT_SELF);
+}
+
+#[test]
+fn namespace_selector_alone_and_combined_with_a_pod_selector() {
+    let alone = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-y}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]}]\n",
+    );
+    check(&alone, "x/a", TCP, 80, &["y/a", "y/b", "y/c"]);
+    let both = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-y-b}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}, podSelector: {matchLabels: {pod: b}}}]}]\n",
+    );
+    check(&both, "x/a", TCP, 80, &["y/b", "z/b"]);
+    let implicit = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: by-name}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}}]}]\n",
+    );
+    check(&implicit, "x/a", TCP, 80, &["z/a", "z/b", "z/c"]);
+}
+
+#[test]
+fn ports_protocols_and_ranges() {
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: ports}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: 80}, {protocol: UDP, port: 81}, {protocol: SCTP, port: 1000, endPort: 2000}]}]\n",
+    );
+    check(&s, "x/a", TCP, 80, EVERYONE_BUT_SELF);
+    check(&s, "x/a", TCP, 81, &[]);
+    check(&s, "x/a", UDP, 80, &[]);
+    check(&s, "x/a", UDP, 81, EVERYONE_BUT_SELF);
+    check(&s, "x/a", SCTP, 1500, EVERYONE_BUT_SELF);
+    check(&s, "x/a", SCTP, 2001, &[]);
+}
+
+#[test]
+fn named_ports_resolve_on_each_destination_pod() {
+    let mut s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: egress-named}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {}}], ports: [{port: web}]}]\n",
+    );
+    // Two pods give the name "web" different numbers.
+    for (key, port) in [("x/b", 8080), ("x/c", 9090)] {
+        let p = s.pods.iter_mut().find(|p| p.key() == key).unwrap();
+        p.ports.push(NamedPort {
+            name: "web".into(),
+            port,
+            protocol: Protocol::Tcp,
+        });
+    }
+    let c = compile(&s);
+    let a = pod(&s, "x/a");
+    assert!(connection(&c, a, pod(&s, "x/b"), TCP, 8080));
+    assert!(!connection(&c, a, pod(&s, "x/b"), TCP, 9090));
+    assert!(connection(&c, a, pod(&s, "x/c"), TCP, 9090));
+    assert!(!connection(&c, a, pod(&s, "x/c"), TCP, 8080));
+    assert!(
+        !connection(&c, a, pod(&s, "y/b"), TCP, 8080),
+        "y/b is not selected (other namespace)"
+    );
+}
+
+#[test]
+fn ip_blocks_with_except_resolve_by_longest_prefix() {
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: egress-cidr}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: other}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 192.0.2.192/26}}]\n",
+    );
+    let c = compile(&s);
+    let a = pod(&s, "x/a");
+    let b = pod(&s, "x/b");
+    let ip = |last| IpAddr::V4(Ipv4Addr::new(192, 0, 2, last));
+    assert!(to_address(&c, a, ip(10), TCP, 80));
+    assert!(!to_address(&c, a, ip(130), TCP, 80), "inside the except");
+    assert!(
+        !to_address(&c, a, ip(200), TCP, 80),
+        "inside the except, and inside b's block"
+    );
+    assert!(
+        to_address(&c, b, ip(200), TCP, 80),
+        "b's block is unaffected by a's except"
+    );
+    assert!(!to_address(&c, b, ip(10), TCP, 80));
+    assert!(!to_address(
+        &c,
+        a,
+        IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+        TCP,
+        80
+    ));
+}
+
+#[test]
+fn a_connection_needs_both_egress_and_ingress() {
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-egress-to-b}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {pod: b}}}]}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-deny}\nspec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress]}\n",
+    );
+    let c = compile(&s);
+    assert!(
+        !connection(&c, pod(&s, "x/a"), pod(&s, "x/b"), TCP, 80),
+        "b's ingress denies"
+    );
+    assert!(
+        !connection(&c, pod(&s, "x/a"), pod(&s, "x/c"), TCP, 80),
+        "a's egress denies"
+    );
+    assert!(
+        connection(&c, pod(&s, "x/c"), pod(&s, "x/a"), TCP, 80),
+        "a's ingress is open"
+    );
+}
+
+#[test]
+fn compiling_is_deterministic_and_one_pod_change_touches_only_its_entries() {
+    let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: same-ns}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n";
+    let s = with(yaml);
+    assert_eq!(compile(&s), compile(&s));
+    let mut relabeled = s.clone();
+    relabeled
+        .pods
+        .iter_mut()
+        .find(|p| p.key() == "y/c")
+        .unwrap()
+        .labels
+        .insert("role".into(), "web".into());
+    let (before, after) = (compile(&s), compile(&relabeled));
+    let changed: Vec<_> = before
+        .endpoints
+        .iter()
+        .filter(|(k, v)| after.endpoints.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(changed.is_empty(), "{changed:?}");
+}

@@ -1,0 +1,99 @@
+//! Numeric identities for label sets and CIDRs.
+//!
+//! An identity is derived from a hash of its canonical key, so an unchanged
+//! label set keeps its number across restarts without any stored state.
+//! Collisions are resolved by probing in the keys' sorted order, which is
+//! deterministic for a given set of keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ebpf_common::datapath::identity::FIRST_ALLOCATED;
+use ipnet::IpNet;
+
+use crate::model::Labels;
+
+/// Identities are kept below 2^24: room for a flag byte if ever needed.
+const SPACE: u64 = (1 << 24) - FIRST_ALLOCATED as u64;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IdentityKey {
+    /// A pod's namespace labels (with `kubernetes.io/metadata.name`) and labels.
+    Labels { namespace: Labels, pod: Labels },
+    /// An ipBlock prefix (a `cidr` or an `except`).
+    Cidr(IpNet),
+}
+
+impl IdentityKey {
+    fn canonical(&self) -> String {
+        let join = |l: &Labels| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            Self::Labels { namespace, pod } => format!("labels:{};{}", join(namespace), join(pod)),
+            Self::Cidr(net) => format!("cidr:{net}"),
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: stable across Rust versions, unlike `DefaultHasher`.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Assigns an identity to every key.
+pub fn allocate(keys: &BTreeSet<IdentityKey>) -> BTreeMap<IdentityKey, u32> {
+    let mut used = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let mut slot = fnv1a(&key.canonical()) % SPACE;
+        while !used.insert(slot) {
+            slot = (slot + 1) % SPACE;
+        }
+        out.insert(key.clone(), FIRST_ALLOCATED + slot as u32);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pod: &str) -> IdentityKey {
+        IdentityKey::Labels {
+            namespace: [("ns".to_owned(), "x".to_owned())].into(),
+            pod: [("pod".to_owned(), pod.to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn identities_are_stable_and_distinct() {
+        let a: BTreeSet<_> = [key("a"), key("b")].into();
+        let b: BTreeSet<_> = [
+            key("a"),
+            key("b"),
+            key("c"),
+            IdentityKey::Cidr("10.0.0.0/8".parse().unwrap()),
+        ]
+        .into();
+        let first = allocate(&a);
+        let second = allocate(&b);
+        assert_eq!(
+            first[&key("a")],
+            second[&key("a")],
+            "adding a set moved another"
+        );
+        assert_eq!(first[&key("b")], second[&key("b")]);
+        let distinct: BTreeSet<_> = second.values().collect();
+        assert_eq!(distinct.len(), second.len());
+        assert!(
+            second
+                .values()
+                .all(|id| (FIRST_ALLOCATED..1 << 24).contains(id))
+        );
+    }
+}
