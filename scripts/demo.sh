@@ -42,4 +42,8 @@ echo
 echo "== status: counters read from the pinned maps (the load command has exited)"
 "$bin" --pin-base "$pins" status
 echo
-echo "No policy is enforced yet: every packet passes and is counted as pass_unenforced."
+echo "No endpoint is registered, so every packet passes and is counted."
+echo
+echo "== explain: why x/b cannot reach x/a on TCP 80 under manifests/examples/x-a-from-y.yaml"
+"$bin" explain manifests/examples/x-a-from-y.yaml --from x/b --to x/a --port 80
+"$bin" explain manifests/examples/x-a-from-y.yaml --from y/b --to x/a --port serve-80-tcp

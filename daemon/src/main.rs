@@ -67,6 +67,23 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         netns: Option<PathBuf>,
     },
+    /// Explain why a flow would be allowed or denied, from a scenario file's
+    /// namespaces, pods and policies.
+    Explain {
+        /// A scenario file (shared/SCENARIOS.md format).
+        file: PathBuf,
+        /// Source: namespace/pod, or an address.
+        #[arg(long)]
+        from: String,
+        /// Destination: namespace/pod, or an address.
+        #[arg(long)]
+        to: String,
+        /// A port number, or a port name resolved on the destination pod.
+        #[arg(long)]
+        port: String,
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+    },
     /// Unpin all links (detaching the programs); with --maps also remove the
     /// pinned maps, losing their counters and state.
     Unload {
@@ -229,6 +246,57 @@ fn unload(pins: &PinDir, maps: bool, tc: &[String], netns: Option<&Path>) -> any
     Ok(())
 }
 
+fn explain(file: &Path, from: &str, to: &str, port: &str, protocol: &str) -> anyhow::Result<()> {
+    use palisade::{
+        explain::{Target, explain, render},
+        model::{Protocol, scenario::ScenarioFile},
+    };
+    let shown = file.display().to_string();
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {shown}"))?;
+    let snapshot = ScenarioFile::parse(&text, &shown)?.snapshot(&shown)?;
+    let target = |spec: &str| -> anyhow::Result<Target<'_>> {
+        if let Ok(ip) = spec.parse::<std::net::IpAddr>() {
+            return Ok(Target::Address(ip));
+        }
+        snapshot
+            .pods
+            .iter()
+            .find(|p| p.key() == spec)
+            .map(Target::Pod)
+            .ok_or_else(|| anyhow!("no pod {spec} in {shown} (use namespace/pod or an address)"))
+    };
+    let (from, to) = (target(from)?, target(to)?);
+    let protocol = match protocol.to_ascii_uppercase().as_str() {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        other => bail!("unknown protocol {other}: TCP, UDP or SCTP"),
+    };
+    let port = match port.parse::<u16>() {
+        Ok(n) => n,
+        Err(_) => match to {
+            Target::Pod(pod) => pod
+                .ports
+                .iter()
+                .find(|p| p.name == port && p.protocol == protocol)
+                .map(|p| p.port)
+                .ok_or_else(|| anyhow!("{} has no {protocol} port named {port}", pod.key()))?,
+            Target::Address(_) => bail!("a named port needs a pod as destination"),
+        },
+    };
+    print!(
+        "{}",
+        render(
+            &explain(&snapshot, from, to, protocol, port),
+            from,
+            to,
+            protocol,
+            port
+        )
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let pins = PinDir::new(&cli.pin_base);
     let mut sizes = MapSizes::default();
@@ -261,6 +329,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             load(&pins, &sizes, &targets, netns.as_deref())
         }
         Command::Unload { maps, tc, netns } => unload(&pins, maps, &tc, netns.as_deref()),
+        Command::Explain {
+            file,
+            from,
+            to,
+            port,
+            protocol,
+        } => explain(&file, &from, &to, &port, &protocol),
     }
 }
 

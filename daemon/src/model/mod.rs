@@ -3,6 +3,7 @@
 
 pub mod networkpolicy;
 pub mod parse;
+pub mod scenario;
 pub mod selector;
 
 use std::{collections::BTreeMap, net::IpAddr};
