@@ -19,7 +19,7 @@ use palisade::{
         self,
         attach::{self, TcHook},
     },
-    netns::in_netns,
+    netns::{ifindex, in_netns},
     paths::PinDir,
 };
 
@@ -175,7 +175,7 @@ pub fn report(features: &Features) -> anyhow::Result<()> {
     let pins = PinDir::new(&base);
     let result = (|| -> anyhow::Result<[(f64, f64); 3]> {
         let node = pair.ns(&pair.node);
-        let host0 = in_netns(&node, || nix_ifindex("host0"))??;
+        let host0 = in_netns(&node, || ifindex("host0"))??;
         let mut loaded = loader::load_all(&pins, features)?;
         let mut maps = DatapathMaps::open(&pins)?;
         maps.replace_policy(host0, 1, 0, &[])?;
@@ -223,14 +223,4 @@ pub fn report(features: &Features) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn nix_ifindex(name: &str) -> anyhow::Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: valid NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        bail!("no interface {name}");
-    }
-    Ok(index)
 }

@@ -1,7 +1,6 @@
 //! The `palisade` command.
 
 use std::{
-    ffi::CString,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -16,6 +15,7 @@ use palisade::{
         attach::{self, LinkState, TcHook},
         sizes::MapSizes,
     },
+    netns::ifindex,
     paths::{self, PinDir},
     status::Status,
 };
@@ -114,16 +114,6 @@ impl From<Mode> for XdpMode {
             Mode::Generic => XdpMode::Skb,
         }
     }
-}
-
-fn ifindex(name: &str) -> anyhow::Result<u32> {
-    let c = CString::new(name).with_context(|| format!("bad interface name {name:?}"))?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        bail!("no interface {name}: {}", std::io::Error::last_os_error());
-    }
-    Ok(index)
 }
 
 fn describe(what: &str, iface: &str, state: &LinkState) {

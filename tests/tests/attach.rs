@@ -3,7 +3,6 @@
 //! next loader, and detach when unpinned.
 
 use std::{
-    ffi::CString,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -17,20 +16,11 @@ use palisade::{
         self, Loaded,
         attach::{self, LinkState, TcHook},
     },
+    netns::ifindex,
     paths::PinDir,
     stats::read_pinned,
 };
 use palisade_tests::{TempPins, VethPair};
-
-fn ifindex(name: &str) -> anyhow::Result<u32> {
-    let c = CString::new(name)?;
-    // SAFETY: valid NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface {name}");
-    }
-    Ok(i)
-}
 
 /// Events counted so far in `map` for `direction`.
 fn events(pins: &PinDir, map: &str, direction: &str) -> anyhow::Result<u64> {

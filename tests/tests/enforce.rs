@@ -18,6 +18,7 @@ use palisade::{
         self,
         attach::{self, TcHook},
     },
+    netns::ifindex,
     stats::read_pinned,
 };
 use palisade_tests::{
@@ -43,14 +44,6 @@ fn allow_from(peer: u32, protocol: u8, port: u16) -> PolicyEntry {
     }
 }
 
-fn ifindex_in(netns: &str, name: &str) -> anyhow::Result<u32> {
-    let name = std::ffi::CString::new(name)?;
-    // SAFETY: valid NUL-terminated name.
-    let index = in_netns(netns, || unsafe { libc::if_nametoindex(name.as_ptr()) })?;
-    anyhow::ensure!(index != 0, "no interface {name:?} in {netns}");
-    Ok(index)
-}
-
 fn connect(netns: &str, to: SocketAddr) -> anyhow::Result<std::io::Result<TcpStream>> {
     in_netns(netns, || TcpStream::connect_timeout(&to, WAIT))
 }
@@ -72,8 +65,8 @@ fn two_pods_on_a_bridge() -> anyhow::Result<()> {
     let features = Features::probe();
     let mut loaded = loader::load_all(&t.pins, &features)?;
     let (pod1, pod2) = (&lab.pods[0], &lab.pods[1]);
-    let if1 = ifindex_in(&lab.node, &pod1.host_if)?;
-    let if2 = ifindex_in(&lab.node, &pod2.host_if)?;
+    let if1 = in_netns(&lab.node, || ifindex(&pod1.host_if))??;
+    let if2 = in_netns(&lab.node, || ifindex(&pod2.host_if))??;
 
     let mut maps = DatapathMaps::open(&t.pins)?;
     maps.set_identity(IpAddr::V4(pod1.ip), 32, ID_POD1)?;
