@@ -81,13 +81,18 @@ fn name(p: &NetworkPolicy) -> String {
 fn peers_match(s: &Snapshot, ns: &str, peers: &[Peer], other: Target<'_>) -> bool {
     peers.is_empty()
         || peers.iter().any(|peer| match (&peer.ip_block, other) {
-            // ipBlocks match addresses outside the pods (pod addresses are a
-            // known gap: see README).
-            (Some(block), Target::Address(addr)) => {
-                let inside = |c: &str| c.parse::<IpNet>().is_ok_and(|n| n.contains(&addr));
-                inside(&block.cidr) && !block.except.iter().any(|e| inside(e))
+            // ipBlocks match pod addresses as well as outside ones.
+            (Some(block), _) => {
+                let addrs: Vec<IpAddr> = match other {
+                    Target::Pod(p) => p.ips.clone(),
+                    Target::Address(a) => vec![a],
+                };
+                addrs.iter().any(|addr| {
+                    let inside = |c: &str| c.parse::<IpNet>().is_ok_and(|n| n.contains(addr));
+                    inside(&block.cidr) && !block.except.iter().any(|e| inside(e))
+                })
             }
-            (Some(_), Target::Pod(_)) | (None, Target::Address(_)) => false,
+            (None, Target::Address(_)) => false,
             (None, Target::Pod(pod)) => {
                 let ns_ok = match &peer.namespace_selector {
                     Some(sel) => s
@@ -250,6 +255,13 @@ policies:
     - to: [{podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [c]}]}}]
     - to: [{ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}]
       ports: [{port: 80, endPort: 81}]
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: c-by-address, namespace: x}
+  spec:
+    podSelector: {matchLabels: {pod: c}}
+    ingress:
+    - from: [{ipBlock: {cidr: 10.244.0.0/28, except: [10.244.0.4/30]}}]
 - apiVersion: networking.k8s.io/v1
   kind: NetworkPolicy
   metadata: {name: z-deny-all, namespace: z}

@@ -17,8 +17,16 @@ const SPACE: u64 = (1 << 24) - FIRST_ALLOCATED as u64;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IdentityKey {
-    /// A pod's namespace labels (with `kubernetes.io/metadata.name`) and labels.
-    Labels { namespace: Labels, pod: Labels },
+    /// A pod's namespace labels (with `kubernetes.io/metadata.name`) and
+    /// labels, and for each of its addresses the longest ipBlock prefix
+    /// containing it (empty when none does). The prefixes are part of the
+    /// key so that an ipBlock can match pod addresses exactly: two pods with
+    /// the same labels on either side of a CIDR boundary differ.
+    Labels {
+        namespace: Labels,
+        pod: Labels,
+        cidrs: Vec<IpNet>,
+    },
     /// An ipBlock prefix (a `cidr` or an `except`).
     Cidr(IpNet),
 }
@@ -32,7 +40,19 @@ impl IdentityKey {
                 .join(",")
         };
         match self {
-            Self::Labels { namespace, pod } => format!("labels:{};{}", join(namespace), join(pod)),
+            Self::Labels {
+                namespace,
+                pod,
+                cidrs,
+            } => {
+                let mut text = format!("labels:{};{}", join(namespace), join(pod));
+                // Without ipBlocks around, the key (and so the id) is the
+                // label sets' alone.
+                for c in cidrs {
+                    text.push_str(&format!(";{c}"));
+                }
+                text
+            }
             Self::Cidr(net) => format!("cidr:{net}"),
         }
     }
@@ -67,6 +87,7 @@ mod tests {
         IdentityKey::Labels {
             namespace: [("ns".to_owned(), "x".to_owned())].into(),
             pod: [("pod".to_owned(), pod.to_owned())].into(),
+            cidrs: Vec::new(),
         }
     }
 

@@ -52,7 +52,7 @@ fn host(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-fn pod_key(snapshot: &Snapshot, pod: &Pod) -> IdentityKey {
+fn pod_key(snapshot: &Snapshot, prefixes: &BTreeSet<IpNet>, pod: &Pod) -> IdentityKey {
     let namespace = snapshot
         .namespaces
         .get(&pod.namespace)
@@ -64,9 +64,21 @@ fn pod_key(snapshot: &Snapshot, pod: &Pod) -> IdentityKey {
             )]
             .into()
         });
+    let cidrs = pod
+        .ips
+        .iter()
+        .filter_map(|ip| {
+            prefixes
+                .iter()
+                .filter(|p| p.contains(ip))
+                .max_by_key(|p| p.prefix_len())
+                .copied()
+        })
+        .collect();
     IdentityKey::Labels {
         namespace,
         pod: pod.labels.clone(),
+        cidrs,
     }
 }
 
@@ -98,7 +110,7 @@ struct Context<'a> {
 impl Context<'_> {
     fn identity_of(&self, pod: &Pod) -> u32 {
         self.identities
-            .get(&pod_key(self.snapshot, pod))
+            .get(&pod_key(self.snapshot, self.prefixes, pod))
             .copied()
             .unwrap_or(identity::WORLD)
     }
@@ -126,20 +138,29 @@ impl Context<'_> {
             .collect()
     }
 
-    /// The identities of the ipBlock prefixes an address must fall on to be
-    /// in `cidr` but in none of the excepts: an address's identity is its
-    /// longest containing prefix, which lies in `cidr` and outside every
-    /// except exactly when the address does.
+    /// The identities an address must have to be in the block's `cidr` but
+    /// in none of its excepts. An address's identity is its longest
+    /// containing prefix, or its pod's identity, whose key carries that
+    /// prefix: either lies in `cidr` and outside every except exactly when
+    /// the address does. So ipBlocks match pod addresses too.
     fn block_identities(&self, block: &IpBlock) -> Vec<u32> {
         let Ok(cidr) = block.cidr.parse::<IpNet>() else {
             return Vec::new();
         };
         let excepts: Vec<IpNet> = block.except.iter().filter_map(|e| e.parse().ok()).collect();
-        self.prefixes
+        let inside = |p: &IpNet| cidr.contains(p) && !excepts.iter().any(|e| e.contains(p));
+        let mut ids: Vec<u32> = self
+            .identities
             .iter()
-            .filter(|p| cidr.contains(*p) && !excepts.iter().any(|e| e.contains(*p)))
-            .filter_map(|p| self.identities.get(&IdentityKey::Cidr(*p)).copied())
-            .collect()
+            .filter(|(key, _)| match key {
+                IdentityKey::Cidr(p) => inside(p),
+                IdentityKey::Labels { cidrs, .. } => cidrs.iter().any(inside),
+            })
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 }
 
@@ -278,8 +299,6 @@ fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<Polic
 }
 
 pub fn compile(snapshot: &Snapshot) -> Compiled {
-    let mut keys: BTreeSet<IdentityKey> =
-        snapshot.pods.iter().map(|p| pod_key(snapshot, p)).collect();
     let mut prefixes = BTreeSet::new();
     for policy in &snapshot.policies {
         for block in blocks(policy) {
@@ -290,6 +309,11 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
             }
         }
     }
+    let mut keys: BTreeSet<IdentityKey> = snapshot
+        .pods
+        .iter()
+        .map(|p| pod_key(snapshot, &prefixes, p))
+        .collect();
     keys.extend(prefixes.iter().map(|p| IdentityKey::Cidr(*p)));
     let identities = allocate(&keys);
     let cx = Context {

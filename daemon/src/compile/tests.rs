@@ -245,3 +245,36 @@ fn compiling_is_deterministic_and_one_pod_change_touches_only_its_entries() {
         .collect();
     assert!(changed.is_empty(), "{changed:?}");
 }
+
+#[test]
+fn ip_blocks_match_pod_addresses_too() {
+    // y's pods are 10.244.2.10-12; y/b (10.244.2.11) is excepted.
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: by-address}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: 10.244.2.0/24, except: [10.244.2.11/32]}}]}]\n",
+    );
+    check(&s, "x/a", TCP, 80, &["y/a", "y/c"]);
+    // A pod with y/a's labels but an address outside the block does not
+    // inherit y/a's access: the block is part of the identity.
+    let mut twin = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: by-address}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: 10.244.2.0/24, except: [10.244.2.11/32]}}]}]\n",
+    );
+    let mut outside = pod(&twin, "y/a").clone();
+    outside.name = "a-twin".into();
+    outside.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 9, 9))];
+    twin.pods.push(outside);
+    let c = compile(&twin);
+    assert!(connection(
+        &c,
+        pod(&twin, "y/a"),
+        pod(&twin, "x/a"),
+        TCP,
+        80
+    ));
+    assert!(!connection(
+        &c,
+        pod(&twin, "y/a-twin"),
+        pod(&twin, "x/a"),
+        TCP,
+        80
+    ));
+}
