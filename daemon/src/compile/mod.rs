@@ -9,6 +9,8 @@
 
 pub mod evaluate;
 #[cfg(test)]
+mod property;
+#[cfg(test)]
 mod tests;
 
 use std::{
@@ -138,6 +140,23 @@ impl Context<'_> {
             .collect()
     }
 
+    /// The pods with an address in the block's `cidr` and in none of its excepts.
+    fn block_pods(&self, block: &IpBlock) -> Vec<&Pod> {
+        let Ok(cidr) = block.cidr.parse::<IpNet>() else {
+            return Vec::new();
+        };
+        let excepts: Vec<IpNet> = block.except.iter().filter_map(|e| e.parse().ok()).collect();
+        self.snapshot
+            .pods
+            .iter()
+            .filter(|pod| {
+                pod.ips
+                    .iter()
+                    .any(|ip| cidr.contains(ip) && !excepts.iter().any(|e| e.contains(ip)))
+            })
+            .collect()
+    }
+
     /// The identities an address must have to be in the block's `cidr` but
     /// in none of its excepts. An address's identity is its longest
     /// containing prefix, or its pod's identity, whose key carries that
@@ -246,8 +265,11 @@ fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<Polic
         } else {
             peers
                 .iter()
-                .filter(|p| p.ip_block.is_none())
-                .flat_map(|p| cx.peer_pods(namespace, p))
+                .flat_map(|p| match &p.ip_block {
+                    // A block names the pods whose addresses fall in it.
+                    Some(block) => cx.block_pods(block),
+                    None => cx.peer_pods(namespace, p),
+                })
                 .collect()
         };
         for dest in dests {
