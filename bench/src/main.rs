@@ -6,6 +6,7 @@
 //! and 100k identities and policy entries. Map memory is the kernel's own
 //! account (`memlock` in the map's fdinfo).
 
+mod compile;
 mod raw;
 mod veth;
 
@@ -227,6 +228,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--compile-only") {
+        compile::report();
+        return Ok(());
+    }
     let features = Features::probe();
 
     let base = PinBase::new(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()));
@@ -314,5 +319,6 @@ fn main() -> anyhow::Result<()> {
         );
     }
     veth::report(&features)?;
+    compile::report();
     Ok(())
 }

@@ -14,7 +14,8 @@ mod property;
 mod tests;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -106,31 +107,40 @@ fn policy_id(namespace: &str, name: &str) -> u32 {
 struct Context<'a> {
     snapshot: &'a Snapshot,
     identities: &'a BTreeMap<IdentityKey, u32>,
-    prefixes: &'a BTreeSet<IpNet>,
+    /// Each namespace's labels with the implicit name label, computed once.
+    ns_labels: HashMap<String, crate::model::Labels>,
+    /// Each pod's identity, by `namespace/name`, computed once.
+    pod_identity: HashMap<String, u32>,
+    /// The peer identities of each (policy, direction, rule), computed once
+    /// for all the pods the policy selects.
+    peer_cache: RefCell<HashMap<(usize, u32, usize), Vec<u32>>>,
 }
 
 impl Context<'_> {
     fn identity_of(&self, pod: &Pod) -> u32 {
-        self.identities
-            .get(&pod_key(self.snapshot, self.prefixes, pod))
+        self.pod_identity
+            .get(&pod.key())
             .copied()
             .unwrap_or(identity::WORLD)
     }
 
     /// The pods a (selector) peer of a policy in `namespace` names.
     fn peer_pods(&self, namespace: &str, peer: &Peer) -> Vec<&Pod> {
+        // Selectors are matched once per namespace, not once per pod.
+        let namespaces: HashSet<&str> = match &peer.namespace_selector {
+            Some(sel) => self
+                .ns_labels
+                .iter()
+                .filter(|(_, labels)| sel.matches(labels))
+                .map(|(name, _)| name.as_str())
+                .collect(),
+            None => [namespace].into(),
+        };
         self.snapshot
             .pods
             .iter()
             .filter(|pod| {
-                let ns_ok = match &peer.namespace_selector {
-                    Some(sel) => self
-                        .snapshot
-                        .namespaces
-                        .get(&pod.namespace)
-                        .is_some_and(|n| sel.matches(&n.effective_labels())),
-                    None => pod.namespace == namespace,
-                };
+                let ns_ok = namespaces.contains(pod.namespace.as_str());
                 ns_ok
                     && peer
                         .pod_selector
@@ -238,6 +248,8 @@ const EVERYTHING: PortSpan = (None, 0, 65535);
 /// One rule of one policy, in one direction; `peers` empty means any peer.
 #[derive(Clone, Copy)]
 struct Rule<'a> {
+    /// (policy index, direction, rule index): the peer cache's key.
+    at: (usize, u32, usize),
     dir: u32,
     namespace: &'a str,
     peers: &'a [Peer],
@@ -248,6 +260,7 @@ struct Rule<'a> {
 /// Entries one rule contributes for `pod`.
 fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<PolicyEntry>) {
     let Rule {
+        at,
         dir,
         namespace,
         peers,
@@ -298,20 +311,30 @@ fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<Polic
     }
     let spans = spans(ports, (dir == direction::INGRESS).then_some(pod))
         .unwrap_or_else(|| vec![EVERYTHING]);
-    let identities: Vec<u32> = if peers.is_empty() {
-        vec![identity::ANY]
-    } else {
-        peers
-            .iter()
-            .flat_map(|peer| match &peer.ip_block {
-                Some(block) => cx.block_identities(block),
-                None => cx
-                    .peer_pods(namespace, peer)
-                    .into_iter()
-                    .map(|p| cx.identity_of(p))
-                    .collect(),
-            })
-            .collect()
+    let cached = cx.peer_cache.borrow().get(&at).cloned();
+    let identities = match cached {
+        Some(ids) => ids,
+        None => {
+            let mut ids: Vec<u32> = if peers.is_empty() {
+                vec![identity::ANY]
+            } else {
+                peers
+                    .iter()
+                    .flat_map(|peer| match &peer.ip_block {
+                        Some(block) => cx.block_identities(block),
+                        None => cx
+                            .peer_pods(namespace, peer)
+                            .into_iter()
+                            .map(|p| cx.identity_of(p))
+                            .collect(),
+                    })
+                    .collect()
+            };
+            ids.sort_unstable();
+            ids.dedup();
+            cx.peer_cache.borrow_mut().insert(at, ids.clone());
+            ids
+        }
     };
     for id in identities {
         for &span in &spans {
@@ -338,10 +361,28 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
         .collect();
     keys.extend(prefixes.iter().map(|p| IdentityKey::Cidr(*p)));
     let identities = allocate(&keys);
+    let pod_identity = snapshot
+        .pods
+        .iter()
+        .map(|p| {
+            let id = identities
+                .get(&pod_key(snapshot, &prefixes, p))
+                .copied()
+                .unwrap_or(identity::WORLD);
+            (p.key(), id)
+        })
+        .collect();
+    let ns_labels = snapshot
+        .namespaces
+        .iter()
+        .map(|(name, ns)| (name.clone(), ns.effective_labels()))
+        .collect();
     let cx = Context {
         snapshot,
+        ns_labels,
         identities: &identities,
-        prefixes: &prefixes,
+        pod_identity,
+        peer_cache: RefCell::new(HashMap::new()),
     };
 
     let mut addresses = BTreeMap::new();
@@ -356,13 +397,25 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
         }
     }
 
+    // A policy only selects pods of its own namespace.
+    let mut by_namespace: HashMap<&str, Vec<(usize, &NetworkPolicy)>> = HashMap::new();
+    for (index, policy) in snapshot.policies.iter().enumerate() {
+        let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
+        by_namespace
+            .entry(namespace)
+            .or_default()
+            .push((index, policy));
+    }
     let mut policies = BTreeMap::new();
     let mut endpoints = BTreeMap::new();
     for pod in &snapshot.pods {
         let mut ep = EndpointPolicy::default();
-        for policy in &snapshot.policies {
-            let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
-            if namespace != pod.namespace || !policy.spec.pod_selector.matches(&pod.labels) {
+        let candidates = by_namespace
+            .get(pod.namespace.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        for &(index, policy) in candidates {
+            let namespace = pod.namespace.as_str();
+            if !policy.spec.pod_selector.matches(&pod.labels) {
                 continue;
             }
             let id = policy_id(namespace, &policy.metadata.name);
@@ -370,11 +423,12 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
             let (ingress, egress) = policy.policy_types();
             if ingress {
                 ep.flags |= endpoint_flags::ISOLATED_INGRESS;
-                for rule in &policy.spec.ingress {
+                for (r, rule) in policy.spec.ingress.iter().enumerate() {
                     rule_entries(
                         &cx,
                         pod,
                         Rule {
+                            at: (index, direction::INGRESS, r),
                             dir: direction::INGRESS,
                             namespace,
                             peers: &rule.from,
@@ -387,11 +441,12 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
             }
             if egress {
                 ep.flags |= endpoint_flags::ISOLATED_EGRESS;
-                for rule in &policy.spec.egress {
+                for (r, rule) in policy.spec.egress.iter().enumerate() {
                     rule_entries(
                         &cx,
                         pod,
                         Rule {
+                            at: (index, direction::EGRESS, r),
                             dir: direction::EGRESS,
                             namespace,
                             peers: &rule.to,
