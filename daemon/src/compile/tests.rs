@@ -9,54 +9,21 @@ use super::{
     evaluate::{connection, to_address},
 };
 use crate::model::{
-    NamedPort, Namespace, Pod, Protocol, Snapshot,
+    NamedPort, Pod, Protocol, Snapshot,
     parse::{Document, parse_documents},
+    scenario::ScenarioFile,
 };
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const SCTP: u8 = 132;
 
+/// The standard model as scenario files get it: pod addresses 10.244.0.1-9
+/// in order x/a, x/b, x/c, y/a, ... z/c.
 fn standard() -> Snapshot {
-    let mut s = Snapshot::default();
-    for (i, ns) in ["x", "y", "z"].iter().enumerate() {
-        s.namespaces.insert(
-            (*ns).to_owned(),
-            Namespace {
-                name: (*ns).to_owned(),
-                labels: [("ns".to_owned(), (*ns).to_owned())].into(),
-            },
-        );
-        for (j, pod) in ["a", "b", "c"].iter().enumerate() {
-            let mut ports = Vec::new();
-            for port in [80, 81] {
-                for (p, name) in [
-                    (Protocol::Tcp, "tcp"),
-                    (Protocol::Udp, "udp"),
-                    (Protocol::Sctp, "sctp"),
-                ] {
-                    ports.push(NamedPort {
-                        name: format!("serve-{port}-{name}"),
-                        port,
-                        protocol: p,
-                    });
-                }
-            }
-            s.pods.push(Pod {
-                namespace: (*ns).to_owned(),
-                name: (*pod).to_owned(),
-                labels: [("pod".to_owned(), (*pod).to_owned())].into(),
-                ips: vec![IpAddr::V4(Ipv4Addr::new(
-                    10,
-                    244,
-                    i as u8 + 1,
-                    j as u8 + 10,
-                ))],
-                ports,
-            });
-        }
-    }
-    s
+    ScenarioFile::parse("name: standard\nmodel: standard\n", "standard.yaml")
+        .and_then(|f| f.snapshot("standard.yaml"))
+        .unwrap()
 }
 
 fn with(yaml: &str) -> Snapshot {
@@ -248,16 +215,13 @@ fn compiling_is_deterministic_and_one_pod_change_touches_only_its_entries() {
 
 #[test]
 fn ip_blocks_match_pod_addresses_too() {
-    // y's pods are 10.244.2.10-12; y/b (10.244.2.11) is excepted.
-    let s = with(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: by-address}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: 10.244.2.0/24, except: [10.244.2.11/32]}}]}]\n",
-    );
-    check(&s, "x/a", TCP, 80, &["y/a", "y/c"]);
+    // 10.244.0.4/30 holds y/a, y/b, y/c and z/a; y/b (10.244.0.5) is excepted.
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: by-address}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: 10.244.0.4/30, except: [10.244.0.5/32]}}]}]\n";
+    let s = with(policy);
+    check(&s, "x/a", TCP, 80, &["y/a", "y/c", "z/a"]);
     // A pod with y/a's labels but an address outside the block does not
     // inherit y/a's access: the block is part of the identity.
-    let mut twin = with(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: by-address}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: 10.244.2.0/24, except: [10.244.2.11/32]}}]}]\n",
-    );
+    let mut twin = s.clone();
     let mut outside = pod(&twin, "y/a").clone();
     outside.name = "a-twin".into();
     outside.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 9, 9))];
