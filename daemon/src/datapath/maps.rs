@@ -63,6 +63,22 @@ pub fn addr_key(addr: IpAddr, len: u8) -> Result<Key<[u8; ADDR_LEN]>, DatapathEr
     }
 }
 
+/// A removal that finds nothing to remove has done its job.
+fn removed(
+    result: Result<(), MapError>,
+    name: &'static str,
+    what: impl FnOnce() -> String,
+) -> Result<(), DatapathError> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(DatapathError::Write {
+            name,
+            what: what(),
+            source,
+        }),
+    }
+}
+
 fn pod_deny_key(dst: IpAddr, peer: u32, port: Option<u16>) -> Result<XdpPodDenyKey, DatapathError> {
     let full = if dst.is_ipv4() { 32 } else { 128 };
     Ok(XdpPodDenyKey {
@@ -169,14 +185,7 @@ impl DatapathMaps {
         } else {
             (maps::IDENTITY, self.identity.remove(&key))
         };
-        match result {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DatapathError::Write {
-                name,
-                what: format!("removal of {addr}/{len}"),
-                source,
-            }),
-        }
+        removed(result, name, || format!("removal of {addr}/{len}"))
     }
 
     /// Drops every packet from `addr/len` at the XDP prefilter.
@@ -222,14 +231,10 @@ impl DatapathMaps {
         peer: u32,
         port: Option<u16>,
     ) -> Result<(), DatapathError> {
-        match self.xdp_pod_deny.remove(&pod_deny_key(dst, peer, port)?) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DatapathError::Write {
-                name: maps::XDP_POD_DENY,
-                what: format!("removal of deny {peer} -> {dst}:{port:?}"),
-                source,
-            }),
-        }
+        let result = self.xdp_pod_deny.remove(&pod_deny_key(dst, peer, port)?);
+        removed(result, maps::XDP_POD_DENY, || {
+            format!("removal of deny {peer} -> {dst}:{port:?}")
+        })
     }
 
     pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointValue>, DatapathError> {
@@ -244,14 +249,9 @@ impl DatapathMaps {
     }
 
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        match self.endpoints.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DatapathError::Write {
-                name: maps::ENDPOINTS,
-                what: format!("removal of endpoint on ifindex {ifindex}"),
-                source,
-            }),
-        }
+        removed(self.endpoints.remove(&ifindex), maps::ENDPOINTS, || {
+            format!("removal of endpoint on ifindex {ifindex}")
+        })
     }
 
     /// Replaces the whole policy of the endpoint on `ifindex`, atomically
@@ -344,21 +344,14 @@ impl DatapathMaps {
 
     fn remove_generation(&mut self, endpoint: u32, generation: u8) -> Result<(), DatapathError> {
         for key in self.policy_keys_of(endpoint, generation)? {
-            let result = if key.prefix_len() == POLICY_PREFIX_FULL {
-                self.policy_port.remove(&key.data())
+            let (name, result) = if key.prefix_len() == POLICY_PREFIX_FULL {
+                (maps::POLICY_PORT, self.policy_port.remove(&key.data()))
             } else {
-                self.policy.remove(&key)
+                (maps::POLICY, self.policy.remove(&key))
             };
-            match result {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(DatapathError::Write {
-                        name: maps::POLICY,
-                        what: format!("removal of generation {generation} of endpoint {endpoint}"),
-                        source,
-                    });
-                }
-            }
+            removed(result, name, || {
+                format!("removal of generation {generation} of endpoint {endpoint}")
+            })?;
         }
         Ok(())
     }
