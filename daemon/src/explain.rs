@@ -152,20 +152,7 @@ fn side(
             continue;
         }
         selected_by.push(name(p));
-        let rules: Vec<(&[Peer], &[PolicyPort])> = if egress {
-            p.spec
-                .egress
-                .iter()
-                .map(|r| (r.to.as_slice(), r.ports.as_slice()))
-                .collect()
-        } else {
-            p.spec
-                .ingress
-                .iter()
-                .map(|r| (r.from.as_slice(), r.ports.as_slice()))
-                .collect()
-        };
-        for (i, (peers, ports)) in rules.into_iter().enumerate() {
+        for (i, (peers, ports)) in p.rules(egress).into_iter().enumerate() {
             if peers_match(s, ns, peers, other) && ports_match(ports, dest, protocol, port) {
                 return Side::Allowed {
                     policy: name(p),

@@ -16,7 +16,7 @@ use palisade::{
     datapath::{DatapathMaps, PolicyEntry},
     features::Features,
     loader::{self, Loaded, objects, sizes::MapSizes},
-    stats::read_pinned,
+    stats::{CounterRow, read_pinned},
 };
 use palisade_tests::{
     TempPins,
@@ -95,6 +95,26 @@ fn policy_v1() -> Vec<PolicyEntry> {
 }
 
 const ISOLATED: u32 = endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS;
+
+/// The one reason whose count moved between two readings of a stats map.
+/// Side counts that accompany a verdict rather than being one are left out.
+fn counted_reason(before: &[CounterRow], after: &[CounterRow]) -> anyhow::Result<&'static str> {
+    let changed: Vec<&'static str> = after
+        .iter()
+        .filter(|a| {
+            before
+                .iter()
+                .find(|b| b.direction == a.direction && b.reason == a.reason)
+                .is_none_or(|b| b.events != a.events)
+        })
+        .map(|a| a.reason)
+        .filter(|r| !matches!(*r, "counter_map_full" | "ct_map_full"))
+        .collect();
+    let [reason] = changed[..] else {
+        bail!("expected one counted reason, got {changed:?}");
+    };
+    Ok(reason)
+}
 
 /// Which program a frame is run through: the pod's ingress or egress.
 #[derive(Clone, Copy)]
@@ -186,22 +206,7 @@ impl Harness {
             }
         };
         let after = read_pinned(&self.t.pins.map(maps::TC_STATS))?;
-        let changed: Vec<&'static str> = after
-            .iter()
-            .filter(|a| {
-                let old = before
-                    .iter()
-                    .find(|b| b.direction == a.direction && b.reason == a.reason)
-                    .map_or(0, |b| b.events);
-                a.events != old
-            })
-            .map(|a| a.reason)
-            // Side counts that accompany a verdict rather than being one.
-            .filter(|r| !matches!(*r, "counter_map_full" | "ct_map_full"))
-            .collect();
-        let [reason] = changed[..] else {
-            bail!("expected one counted reason, got {changed:?}");
-        };
+        let reason = counted_reason(&before, &after)?;
         Ok((pass, reason))
     }
 
@@ -594,19 +599,7 @@ impl Harness {
             })?
             .return_value;
         let after = read_pinned(&self.t.pins.map(maps::XDP_STATS))?;
-        let changed: Vec<&'static str> = after
-            .iter()
-            .filter(|a| {
-                before
-                    .iter()
-                    .find(|b| b.reason == a.reason)
-                    .is_none_or(|b| b.events != a.events)
-            })
-            .map(|a| a.reason)
-            .collect();
-        let [reason] = changed[..] else {
-            bail!("expected one counted reason, got {changed:?}");
-        };
+        let reason = counted_reason(&before, &after)?;
         Ok((ret == XDP_PASS, reason))
     }
 }

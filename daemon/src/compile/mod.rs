@@ -86,11 +86,10 @@ fn pod_key(snapshot: &Snapshot, prefixes: &BTreeSet<IpNet>, pod: &Pod) -> Identi
 }
 
 fn blocks(p: &NetworkPolicy) -> impl Iterator<Item = &IpBlock> {
-    p.spec
-        .ingress
-        .iter()
-        .flat_map(|r| &r.from)
-        .chain(p.spec.egress.iter().flat_map(|r| &r.to))
+    p.rules(false)
+        .into_iter()
+        .chain(p.rules(true))
+        .flat_map(|(peers, _)| peers)
         .filter_map(|peer| peer.ip_block.as_ref())
 }
 
@@ -421,40 +420,32 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
             let id = policy_id(namespace, &policy.metadata.name);
             policies.insert(format!("{namespace}/{}", policy.metadata.name), id);
             let (ingress, egress) = policy.policy_types();
-            if ingress {
-                ep.flags |= endpoint_flags::ISOLATED_INGRESS;
-                for (r, rule) in policy.spec.ingress.iter().enumerate() {
-                    rule_entries(
-                        &cx,
-                        pod,
-                        Rule {
-                            at: (index, direction::INGRESS, r),
-                            dir: direction::INGRESS,
-                            namespace,
-                            peers: &rule.from,
-                            ports: &rule.ports,
-                            policy: id,
-                        },
-                        &mut ep.entries,
-                    );
+            for (applies, dir, isolated) in [
+                (
+                    ingress,
+                    direction::INGRESS,
+                    endpoint_flags::ISOLATED_INGRESS,
+                ),
+                (egress, direction::EGRESS, endpoint_flags::ISOLATED_EGRESS),
+            ] {
+                if !applies {
+                    continue;
                 }
-            }
-            if egress {
-                ep.flags |= endpoint_flags::ISOLATED_EGRESS;
-                for (r, rule) in policy.spec.egress.iter().enumerate() {
-                    rule_entries(
-                        &cx,
-                        pod,
-                        Rule {
-                            at: (index, direction::EGRESS, r),
-                            dir: direction::EGRESS,
-                            namespace,
-                            peers: &rule.to,
-                            ports: &rule.ports,
-                            policy: id,
-                        },
-                        &mut ep.entries,
-                    );
+                ep.flags |= isolated;
+                for (r, (peers, ports)) in policy
+                    .rules(dir == direction::EGRESS)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let rule = Rule {
+                        at: (index, dir, r),
+                        dir,
+                        namespace,
+                        peers,
+                        ports,
+                        policy: id,
+                    };
+                    rule_entries(&cx, pod, rule, &mut ep.entries);
                 }
             }
         }

@@ -159,6 +159,23 @@ pub enum PortRef {
 }
 
 impl NetworkPolicy {
+    /// The ingress (`from`) or egress (`to`) rules as (peers, ports).
+    pub fn rules(&self, egress: bool) -> Vec<(&[Peer], &[PolicyPort])> {
+        if egress {
+            self.spec
+                .egress
+                .iter()
+                .map(|r| (r.to.as_slice(), r.ports.as_slice()))
+                .collect()
+        } else {
+            self.spec
+                .ingress
+                .iter()
+                .map(|r| (r.from.as_slice(), r.ports.as_slice()))
+                .collect()
+        }
+    }
+
     /// `policyTypes` as the API server defaults it: as listed, else Ingress,
     /// plus Egress when the policy has egress rules.
     pub fn policy_types(&self) -> (bool, bool) {
