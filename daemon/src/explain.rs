@@ -8,8 +8,10 @@ use std::{fmt, net::IpAddr};
 use ipnet::IpNet;
 
 use crate::model::{
-    NetworkPolicy, Pod, Protocol, Snapshot,
+    Pod, Policy, Protocol, Snapshot,
     networkpolicy::{Peer, PolicyPort, PortRef},
+    palisade::Action,
+    policy::Tier,
 };
 
 /// One end of a flow.
@@ -43,17 +45,25 @@ impl fmt::Display for Target<'_> {
 pub enum Side {
     /// Not a pod: nothing of Palisade's enforces here.
     NotAPod,
-    /// No policy selects the pod for this direction: allowed.
+    /// No rule of any policy decides and nothing isolates the pod: allowed.
     NotSelected,
-    /// The first rule (of the policies selecting the pod, in order) that allows it.
+    /// The first rule in evaluation order that covers the flow allows it.
     Allowed { policy: String, rule: usize },
-    /// Policies select the pod for this direction, and none of their rules allows it.
+    /// The first rule in evaluation order that covers the flow denies it.
+    DeniedByRule { policy: String, rule: usize },
+    /// Policies isolate the pod for this direction, and none of their rules
+    /// (nor any admin rule) covers the flow.
     Denied { selected_by: Vec<String> },
+    /// Enforced policies let it through; audit-mode policies would not.
+    WouldDrop {
+        enforced: Box<Side>,
+        audited: Box<Side>,
+    },
 }
 
 impl Side {
     pub fn allows(&self) -> bool {
-        !matches!(self, Self::Denied { .. })
+        !matches!(self, Self::Denied { .. } | Self::DeniedByRule { .. })
     }
 }
 
@@ -69,16 +79,9 @@ impl Explanation {
     }
 }
 
-fn name(p: &NetworkPolicy) -> String {
-    format!(
-        "{}/{}",
-        p.metadata.namespace.as_deref().unwrap_or("default"),
-        p.metadata.name
-    )
-}
-
-/// Whether a rule's peer list (empty: anyone) names `other`, for a policy in `ns`.
-fn peers_match(s: &Snapshot, ns: &str, peers: &[Peer], other: Target<'_>) -> bool {
+/// Whether a rule's peer list (empty: anyone) names `other`, for a policy
+/// in `ns` (`None`: cluster-scoped, a bare podSelector means any namespace).
+fn peers_match(s: &Snapshot, ns: Option<&str>, peers: &[Peer], other: Target<'_>) -> bool {
     peers.is_empty()
         || peers.iter().any(|peer| match (&peer.ip_block, other) {
             // ipBlocks match pod addresses as well as outside ones.
@@ -99,7 +102,7 @@ fn peers_match(s: &Snapshot, ns: &str, peers: &[Peer], other: Target<'_>) -> boo
                         .namespaces
                         .get(&pod.namespace)
                         .is_some_and(|n| sel.matches(&n.effective_labels())),
-                    None => pod.namespace == ns,
+                    None => ns.is_none_or(|ns| pod.namespace == ns),
                 };
                 ns_ok
                     && peer
@@ -131,6 +134,15 @@ fn ports_match(ports: &[PolicyPort], dest: Target<'_>, protocol: Protocol, port:
         })
 }
 
+/// Deny before Pass before Allow at equal priority.
+fn action_rank(a: Action) -> u8 {
+    match a {
+        Action::Deny => 0,
+        Action::Pass => 1,
+        Action::Allow => 2,
+    }
+}
+
 fn side(
     s: &Snapshot,
     me: Target<'_>,
@@ -142,23 +154,76 @@ fn side(
     let Target::Pod(pod) = me else {
         return Side::NotAPod;
     };
-    let dest = if egress { other } else { me };
-    let mut selected_by = Vec::new();
-    for p in &s.policies {
-        let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-        let (ingress_type, egress_type) = p.policy_types();
-        let applies = if egress { egress_type } else { ingress_type };
-        if ns != pod.namespace || !applies || !p.spec.pod_selector.matches(&pod.labels) {
+    let enforced = side_with(s, pod, other, egress, protocol, port, false);
+    let audited = side_with(s, pod, other, egress, protocol, port, true);
+    if enforced.allows() && !audited.allows() {
+        Side::WouldDrop {
+            enforced: Box::new(enforced),
+            audited: Box::new(audited),
+        }
+    } else {
+        enforced
+    }
+}
+
+/// One direction's verdict, with or without the audit-mode policies.
+fn side_with(
+    s: &Snapshot,
+    pod: &Pod,
+    other: Target<'_>,
+    egress: bool,
+    protocol: Protocol,
+    port: u16,
+    audit: bool,
+) -> Side {
+    let dest = if egress { other } else { Target::Pod(pod) };
+    let ns_labels = s
+        .namespaces
+        .get(&pod.namespace)
+        .map(crate::model::Namespace::effective_labels)
+        .unwrap_or_default();
+    let applying: Vec<&Policy> = s
+        .policies
+        .iter()
+        .filter(|p| (audit || !p.audit) && p.rules(egress).is_some())
+        .filter(|p| p.selects(&pod.namespace, &ns_labels, &pod.labels))
+        .collect();
+    let mut selected_by: Vec<String> = applying
+        .iter()
+        .filter(|p| p.isolates(egress))
+        .map(|p| p.key())
+        .collect();
+    selected_by.sort();
+    // Every (policy, rule) in evaluation order.
+    let mut rules: Vec<(&Policy, usize, Action)> = applying
+        .iter()
+        .flat_map(|p| {
+            p.rules(egress)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(move |(i, r)| (*p, i, r.action))
+        })
+        .collect();
+    rules.sort_by_key(|(p, i, a)| (p.tier, p.priority, action_rank(*a), p.key(), *i));
+    let mut passed = false;
+    for (p, i, action) in rules {
+        let rule = &p.rules(egress).unwrap_or_default()[i];
+        if !(peers_match(s, p.namespace.as_deref(), &rule.peers, other)
+            && ports_match(&rule.ports, dest, protocol, port))
+        {
             continue;
         }
-        selected_by.push(name(p));
-        for (i, (peers, ports)) in p.rules(egress).into_iter().enumerate() {
-            if peers_match(s, ns, peers, other) && ports_match(ports, dest, protocol, port) {
-                return Side::Allowed {
-                    policy: name(p),
-                    rule: i,
-                };
-            }
+        match p.tier {
+            Tier::Admin if passed => continue,
+            Tier::Baseline if !selected_by.is_empty() => break,
+            _ => {}
+        }
+        let (policy, rule) = (p.key(), i);
+        match action {
+            Action::Pass => passed = true,
+            Action::Allow => return Side::Allowed { policy, rule },
+            Action::Deny => return Side::DeniedByRule { policy, rule },
         }
     }
     if selected_by.is_empty() {
@@ -181,6 +246,26 @@ pub fn explain(
     }
 }
 
+fn say(dir: &str, side: &Side) -> String {
+    match side {
+        Side::NotAPod => "not a pod, nothing enforced".to_owned(),
+        Side::NotSelected => {
+            format!("allowed, no policy isolates it for {dir} and no rule decides")
+        }
+        Side::Allowed { policy, rule } => format!("allowed by {policy}, {dir} rule {rule}"),
+        Side::DeniedByRule { policy, rule } => format!("denied by {policy}, {dir} rule {rule}"),
+        Side::Denied { selected_by } => format!(
+            "denied, isolated by {} and no rule allows it",
+            selected_by.join(", ")
+        ),
+        Side::WouldDrop { enforced, audited } => format!(
+            "{}; audit: would be {}",
+            say(dir, enforced),
+            say(dir, audited)
+        ),
+    }
+}
+
 /// Human-readable lines for the CLI.
 pub fn render(
     e: &Explanation,
@@ -189,17 +274,8 @@ pub fn render(
     protocol: Protocol,
     port: u16,
 ) -> String {
-    let side = |dir: &str, who: Target<'_>, side: &Side| match side {
-        Side::NotAPod => format!("{dir} of {who}: not a pod, nothing enforced"),
-        Side::NotSelected => format!("{dir} of {who}: allowed, no policy selects it for {dir}"),
-        Side::Allowed { policy, rule } => {
-            format!("{dir} of {who}: allowed by {policy}, {dir} rule {rule}")
-        }
-        Side::Denied { selected_by } => format!(
-            "{dir} of {who}: denied, selected by {} and no rule allows it",
-            selected_by.join(", ")
-        ),
-    };
+    let side =
+        |dir: &str, who: Target<'_>, side: &Side| format!("{dir} of {who}: {}", say(dir, side));
     let address = |t: Target<'_>| {
         t.address()
             .map_or_else(|| "no address".to_owned(), |a| a.to_string())

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use ebpf_common::datapath::{direction, endpoint_flags, identity};
+use ebpf_common::datapath::{action, direction, endpoint_flags, identity, policy_flags};
 
 use super::{Compiled, EndpointPolicy};
 use crate::{datapath::PolicyEntry, model::Pod};
@@ -43,14 +43,18 @@ pub fn matching(
     best(peer).or_else(|| best(identity::ANY))
 }
 
-/// Whether `ep` lets a new flow through in `dir` (all NetworkPolicy entries allow).
+/// Whether `ep` lets a new flow through in `dir`: an allow entry, an audit
+/// entry (which passes), or no entry and no isolation.
 pub fn allows(ep: &EndpointPolicy, dir: u32, peer: u32, protocol: u8, port: u16) -> bool {
     let isolated = if dir == direction::INGRESS {
         endpoint_flags::ISOLATED_INGRESS
     } else {
         endpoint_flags::ISOLATED_EGRESS
     };
-    ep.flags & isolated == 0 || matching(ep, dir, peer, protocol, port).is_some()
+    match matching(ep, dir, peer, protocol, port) {
+        Some(e) => e.value.action == action::ALLOW || e.value.flags & policy_flags::AUDIT != 0,
+        None => ep.flags & isolated == 0,
+    }
 }
 
 /// Whether a connection from pod `from` to pod `to` is allowed: the

@@ -6,12 +6,24 @@
 //! policies that select it for that direction; what those policies allow is
 //! the union of their rules; a connection needs the source's egress and the
 //! destination's ingress to allow it (each endpoint enforces its own side).
+//!
+//! Palisade's own kinds add tiers, priorities, Deny and Pass, and audit
+//! (`model::palisade`). The datapath only knows "most specific entry wins",
+//! so the compiler resolves the order itself (`resolve`): it writes, for
+//! every peer and port range that some rule names, the verdict of the first
+//! rule in evaluation order. Endpoints with only NetworkPolicy-style allows
+//! skip that step: a union of allows needs no ordering.
 
 pub mod evaluate;
 #[cfg(test)]
 mod property;
+mod resolve;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_common;
+#[cfg(test)]
+mod tiers;
 
 use std::{
     cell::RefCell,
@@ -21,13 +33,16 @@ use std::{
 
 use ebpf_common::datapath::{PolicyValue, action, direction, endpoint_flags, identity};
 use ipnet::IpNet;
+use resolve::Raw;
 
 use crate::{
     datapath::PolicyEntry,
     identity::{IdentityKey, allocate},
     model::{
-        NetworkPolicy, Pod, Protocol, Snapshot,
+        Pod, Policy, Protocol, Snapshot,
         networkpolicy::{IpBlock, Peer, PolicyPort, PortRef},
+        palisade::Action,
+        policy::Tier,
     },
 };
 
@@ -85,21 +100,20 @@ fn pod_key(snapshot: &Snapshot, prefixes: &BTreeSet<IpNet>, pod: &Pod) -> Identi
     }
 }
 
-fn blocks(p: &NetworkPolicy) -> impl Iterator<Item = &IpBlock> {
+fn blocks(p: &Policy) -> impl Iterator<Item = &IpBlock> {
     p.rules(false)
         .into_iter()
         .chain(p.rules(true))
-        .flat_map(|(peers, _)| peers)
+        .flatten()
+        .flat_map(|rule| &rule.peers)
         .filter_map(|peer| peer.ip_block.as_ref())
 }
 
-/// A stable, non-zero id for a policy (0 means the default deny).
-fn policy_id(namespace: &str, name: &str) -> u32 {
-    let h = format!("{namespace}/{name}")
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        });
+/// A stable, non-zero id for a policy, from its key (0 means the default deny).
+pub fn policy_id(key: &str) -> u32 {
+    let h = key.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     h.max(1)
 }
 
@@ -123,23 +137,28 @@ impl Context<'_> {
             .unwrap_or(identity::WORLD)
     }
 
-    /// The pods a (selector) peer of a policy in `namespace` names.
-    fn peer_pods(&self, namespace: &str, peer: &Peer) -> Vec<&Pod> {
+    /// The pods a (selector) peer of a policy in `namespace` names; a
+    /// cluster policy's (no namespace) podSelector looks in every namespace.
+    fn peer_pods(&self, namespace: Option<&str>, peer: &Peer) -> Vec<&Pod> {
         // Selectors are matched once per namespace, not once per pod.
-        let namespaces: HashSet<&str> = match &peer.namespace_selector {
-            Some(sel) => self
-                .ns_labels
-                .iter()
-                .filter(|(_, labels)| sel.matches(labels))
-                .map(|(name, _)| name.as_str())
-                .collect(),
-            None => [namespace].into(),
+        // `None`: any namespace.
+        let namespaces: Option<HashSet<&str>> = match &peer.namespace_selector {
+            Some(sel) => Some(
+                self.ns_labels
+                    .iter()
+                    .filter(|(_, labels)| sel.matches(labels))
+                    .map(|(name, _)| name.as_str())
+                    .collect(),
+            ),
+            None => namespace.map(|ns| [ns].into()),
         };
         self.snapshot
             .pods
             .iter()
             .filter(|pod| {
-                let ns_ok = namespaces.contains(pod.namespace.as_str());
+                let ns_ok = namespaces
+                    .as_ref()
+                    .is_none_or(|n| n.contains(pod.namespace.as_str()));
                 ns_ok
                     && peer
                         .pod_selector
@@ -250,7 +269,7 @@ struct Rule<'a> {
     /// (policy index, direction, rule index): the peer cache's key.
     at: (usize, u32, usize),
     dir: u32,
-    namespace: &'a str,
+    namespace: Option<&'a str>,
     peers: &'a [Peer],
     ports: &'a [PolicyPort],
     policy: u32,
@@ -396,61 +415,98 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
         }
     }
 
-    // A policy only selects pods of its own namespace.
-    let mut by_namespace: HashMap<&str, Vec<(usize, &NetworkPolicy)>> = HashMap::new();
+    // A namespaced policy only selects pods of its own namespace; cluster
+    // policies are candidates everywhere.
+    let mut by_namespace: HashMap<&str, Vec<(usize, &Policy)>> = HashMap::new();
+    let mut cluster: Vec<(usize, &Policy)> = Vec::new();
     for (index, policy) in snapshot.policies.iter().enumerate() {
-        let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
-        by_namespace
-            .entry(namespace)
-            .or_default()
-            .push((index, policy));
+        match policy.namespace.as_deref() {
+            Some(ns) => by_namespace.entry(ns).or_default().push((index, policy)),
+            None => cluster.push((index, policy)),
+        }
     }
+    let keys: Vec<(String, u32)> = snapshot
+        .policies
+        .iter()
+        .map(|p| {
+            let key = p.key();
+            let id = policy_id(&key);
+            (key, id)
+        })
+        .collect();
+    let no_labels = crate::model::Labels::new();
     let mut policies = BTreeMap::new();
     let mut endpoints = BTreeMap::new();
     for pod in &snapshot.pods {
-        let mut ep = EndpointPolicy::default();
+        let namespace = pod.namespace.as_str();
+        let ns_labels = cx.ns_labels.get(namespace).unwrap_or(&no_labels);
         let candidates = by_namespace
-            .get(pod.namespace.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        for &(index, policy) in candidates {
-            let namespace = pod.namespace.as_str();
-            if !policy.spec.pod_selector.matches(&pod.labels) {
-                continue;
-            }
-            let id = policy_id(namespace, &policy.metadata.name);
-            policies.insert(format!("{namespace}/{}", policy.metadata.name), id);
-            let (ingress, egress) = policy.policy_types();
-            for (applies, dir, isolated) in [
-                (
-                    ingress,
-                    direction::INGRESS,
-                    endpoint_flags::ISOLATED_INGRESS,
-                ),
-                (egress, direction::EGRESS, endpoint_flags::ISOLATED_EGRESS),
-            ] {
-                if !applies {
+            .get(namespace)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .chain(&cluster);
+        let mut ep = EndpointPolicy::default();
+        for dir in [direction::INGRESS, direction::EGRESS] {
+            let egress = dir == direction::EGRESS;
+            let mut raws = Vec::new();
+            let mut isolated = false;
+            let mut audit_isolators = Vec::new();
+            for &(index, policy) in candidates.clone() {
+                let Some(rules) = policy.rules(egress) else {
+                    continue;
+                };
+                if !policy.selects(namespace, ns_labels, &pod.labels) {
                     continue;
                 }
-                ep.flags |= isolated;
-                for (r, (peers, ports)) in policy
-                    .rules(dir == direction::EGRESS)
-                    .into_iter()
-                    .enumerate()
-                {
-                    let rule = Rule {
+                let (key, id) = &keys[index];
+                policies.insert(key.clone(), *id);
+                if policy.isolates(egress) {
+                    if policy.audit {
+                        audit_isolators.push((key.as_str(), *id));
+                    } else {
+                        isolated = true;
+                    }
+                }
+                for (r, rule) in rules.iter().enumerate() {
+                    let mut entries = Vec::new();
+                    let at = Rule {
                         at: (index, dir, r),
                         dir,
-                        namespace,
-                        peers,
-                        ports,
-                        policy: id,
+                        namespace: policy.namespace.as_deref(),
+                        peers: &rule.peers,
+                        ports: &rule.ports,
+                        policy: *id,
                     };
-                    rule_entries(&cx, pod, rule, &mut ep.entries);
+                    rule_entries(&cx, pod, at, &mut entries);
+                    raws.extend(
+                        entries
+                            .into_iter()
+                            .map(|e| Raw::new(policy, rule.action, e)),
+                    );
                 }
+            }
+            if isolated {
+                ep.flags |= if egress {
+                    endpoint_flags::ISOLATED_EGRESS
+                } else {
+                    endpoint_flags::ISOLATED_INGRESS
+                };
+            }
+            // The audit policy named for a would-be default deny: the first by key.
+            let audit_isolator = audit_isolators.iter().min().map(|(_, id)| *id);
+            let plain = audit_isolator.is_none()
+                && raws
+                    .iter()
+                    .all(|r| r.tier == Tier::Namespace && r.action == Action::Allow && !r.audit);
+            if plain {
+                ep.entries.extend(raws.into_iter().map(|r| r.entry));
+            } else {
+                resolve::resolve(dir, raws, isolated, audit_isolator, &mut ep.entries);
             }
         }
         // One entry per (direction, peer, protocol, ports): the first policy
-        // (lowest id) is the one counters name.
+        // (lowest id) is the one counters name. Resolved entries never
+        // repeat a key, so this only merges NetworkPolicy-style allows.
         ep.entries
             .sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
         ep.entries

@@ -1,18 +1,24 @@
-//! Property test: on random policies over the standard model, the compiled
-//! map state evaluated the way the datapath does (`evaluate`) and a direct
-//! reading of the policies (`explain`, written independently of the
-//! compiler) agree on every flow.
+//! Property test: on random policies of every kind over the standard model,
+//! the compiled map state evaluated the way the datapath does (`evaluate`)
+//! and a direct reading of the policies (`explain`, written independently of
+//! the compiler) agree on every flow, side by side, audit included.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{compile, evaluate};
+use ebpf_common::datapath::{action, direction, endpoint_flags, policy_flags};
+
+use super::{EndpointPolicy, compile, evaluate};
 use crate::{
-    explain::{Target, explain},
+    explain::{Side, Target, explain},
     model::{
-        LabelSelector, NetworkPolicy, Protocol, Snapshot,
+        LabelSelector, NetworkPolicy, Policy, Protocol, Snapshot,
         networkpolicy::{
             EgressRule, IngressRule, IpBlock, NetworkPolicySpec, ObjectMeta, Peer, PolicyPort,
             PolicyType, PortRef,
+        },
+        palisade::{
+            Action, ClusterTier, EgressRule as PEgress, IngressRule as PIngress, Mode,
+            PalisadeClusterNetworkPolicySpec, PalisadeNetworkPolicySpec, Subject,
         },
         scenario::ScenarioFile,
         selector::{Operator, Requirement},
@@ -169,6 +175,121 @@ fn policy(rng: &mut Rng, i: usize) -> NetworkPolicy {
     }
 }
 
+/// A Palisade policy of either kind, built around the same random rules.
+fn palisade_policy(rng: &mut Rng, i: usize) -> Policy {
+    let np = policy(rng, i);
+    let mode = rng.chance(25).then_some(Mode::Audit);
+    let priority = rng.chance(70).then(|| *rng.pick(&[500, 1000, 1500]));
+    if rng.chance(50) {
+        let action = |rng: &mut Rng| {
+            rng.chance(70)
+                .then(|| *rng.pick(&[Action::Allow, Action::Deny]))
+        };
+        let spec = PalisadeNetworkPolicySpec {
+            pod_selector: np.spec.pod_selector.clone(),
+            priority,
+            mode,
+            policy_types: np.spec.policy_types.clone(),
+            ingress: np
+                .spec
+                .ingress
+                .iter()
+                .map(|r| PIngress {
+                    action: action(rng),
+                    from: r.from.clone(),
+                    ports: r.ports.clone(),
+                })
+                .collect(),
+            egress: np
+                .spec
+                .egress
+                .iter()
+                .map(|r| PEgress {
+                    action: action(rng),
+                    to: r.to.clone(),
+                    ports: r.ports.clone(),
+                })
+                .collect(),
+            process: None,
+            file: None,
+        };
+        let ns = np.metadata.namespace.as_deref().unwrap_or("x");
+        Policy::from_namespaced(ns, &np.metadata.name, &spec)
+    } else {
+        let tier = *rng.pick(&[ClusterTier::Admin, ClusterTier::Baseline]);
+        let actions: &[Action] = if tier == ClusterTier::Admin {
+            &[Action::Allow, Action::Deny, Action::Pass]
+        } else {
+            &[Action::Allow, Action::Deny]
+        };
+        let spec = PalisadeClusterNetworkPolicySpec {
+            tier: Some(tier),
+            priority,
+            mode,
+            subject: Subject {
+                namespace_selector: rng
+                    .chance(50)
+                    .then(|| selector(rng, "ns", &["x", "y", "z"])),
+                pod_selector: rng.chance(50).then(|| np.spec.pod_selector.clone()),
+            },
+            ingress: np
+                .spec
+                .ingress
+                .iter()
+                .map(|r| PIngress {
+                    action: Some(*rng.pick(actions)),
+                    from: r.from.clone(),
+                    ports: r.ports.clone(),
+                })
+                .collect(),
+            egress: np
+                .spec
+                .egress
+                .iter()
+                .map(|r| PEgress {
+                    action: Some(*rng.pick(actions)),
+                    to: r.to.clone(),
+                    ports: r.ports.clone(),
+                })
+                .collect(),
+            process: None,
+            file: None,
+        };
+        Policy::from_cluster(&format!("c{i}"), &spec)
+    }
+}
+
+/// What one side does to a new flow.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Pass,
+    Audit,
+    Drop,
+}
+
+fn seen(side: &Side) -> Seen {
+    match side {
+        Side::WouldDrop { .. } => Seen::Audit,
+        s if s.allows() => Seen::Pass,
+        _ => Seen::Drop,
+    }
+}
+
+fn compiled_side(ep: &EndpointPolicy, dir: u32, peer: u32, protocol: u8, port: u16) -> Seen {
+    let isolated = if dir == direction::INGRESS {
+        endpoint_flags::ISOLATED_INGRESS
+    } else {
+        endpoint_flags::ISOLATED_EGRESS
+    };
+    match evaluate::matching(ep, dir, peer, protocol, port) {
+        Some(e) if e.value.action == action::ALLOW => Seen::Pass,
+        Some(e) if e.value.flags & policy_flags::AUDIT != 0 => Seen::Audit,
+        Some(_) => Seen::Drop,
+        None if ep.flags & isolated != 0 => Seen::Drop,
+        None => Seen::Pass,
+    }
+}
+
 fn standard() -> Snapshot {
     ScenarioFile::parse("name: property\nmodel: standard\n", "property")
         .and_then(|f| f.snapshot("property"))
@@ -183,12 +304,21 @@ fn compiled_state_and_policies_agree_on_random_snapshots() {
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5)),
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200)),
     ];
-    let (mut allowed, mut denied) = (0u32, 0u32);
-    for seed in 1..=200u64 {
+    let (mut allowed, mut denied, mut audited) = (0u32, 0u32, 0u32);
+    let none = EndpointPolicy::default();
+    for seed in 1..=400u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut s = base.clone();
+        // Half the seeds: NetworkPolicy only; the others mix in Palisade's kinds.
+        let mixed = seed % 2 == 0;
         s.policies = (0..1 + rng.below(4) as usize)
-            .map(|i| policy(&mut rng, i))
+            .map(|i| {
+                if mixed && rng.chance(60) {
+                    palisade_policy(&mut rng, i)
+                } else {
+                    Policy::from(&policy(&mut rng, i))
+                }
+            })
             .collect();
         let c = compile(&s);
         for from in &s.pods {
@@ -198,10 +328,32 @@ fn compiled_state_and_policies_agree_on_random_snapshots() {
                 }
                 for (protocol, number) in [(Protocol::Tcp, 6), (Protocol::Udp, 17)] {
                     for port in [79, 80, 81] {
-                        let direct =
-                            explain(&s, Target::Pod(from), Target::Pod(to), protocol, port)
-                                .allowed();
+                        let e = explain(&s, Target::Pod(from), Target::Pod(to), protocol, port);
+                        let direct = e.allowed();
                         let compiled = evaluate::connection(&c, from, to, number, port);
+                        let egress = compiled_side(
+                            c.endpoints.get(&from.key()).unwrap_or(&none),
+                            direction::EGRESS,
+                            evaluate::identity_of(&c, to.ips[0]),
+                            number,
+                            port,
+                        );
+                        let ingress = compiled_side(
+                            c.endpoints.get(&to.key()).unwrap_or(&none),
+                            direction::INGRESS,
+                            evaluate::identity_of(&c, from.ips[0]),
+                            number,
+                            port,
+                        );
+                        assert_eq!(
+                            (egress, ingress),
+                            (seen(&e.egress), seen(&e.ingress)),
+                            "seed {seed}: {} -> {} {protocol}/{port} sides\n{e:?}\npolicies: {:#?}",
+                            from.key(),
+                            to.key(),
+                            s.policies
+                        );
+                        audited += u32::from(matches!(e.egress, Side::WouldDrop { .. }));
                         assert_eq!(
                             compiled,
                             direct,
@@ -234,7 +386,7 @@ fn compiled_state_and_policies_agree_on_random_snapshots() {
     }
     // The generator exercises both outcomes in earnest.
     assert!(
-        allowed > 10_000 && denied > 10_000,
-        "allowed {allowed}, denied {denied}"
+        allowed > 10_000 && denied > 10_000 && audited > 100,
+        "allowed {allowed}, denied {denied}, audited {audited}"
     );
 }

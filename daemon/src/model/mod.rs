@@ -2,13 +2,17 @@
 //! parsed and validated, with no I/O beyond the text they are given.
 
 pub mod networkpolicy;
+pub mod palisade;
 pub mod parse;
+pub mod policy;
+pub mod process_file;
 pub mod scenario;
 pub mod selector;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 pub use networkpolicy::{NetworkPolicy, Protocol};
+pub use policy::Policy;
 pub use selector::{LabelSelector, Labels};
 
 /// The label every namespace carries implicitly.
@@ -56,5 +60,6 @@ impl Pod {
 pub struct Snapshot {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: Vec<Pod>,
-    pub policies: Vec<NetworkPolicy>,
+    /// Every kind, in one form.
+    pub policies: Vec<Policy>,
 }

@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::selector::LabelSelector;
 
@@ -68,7 +69,7 @@ pub struct NetworkPolicySpec {
     pub egress: Vec<EgressRule>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum PolicyType {
     Ingress,
     Egress,
@@ -92,7 +93,7 @@ pub struct EgressRule {
     pub ports: Vec<PolicyPort>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Peer {
     #[serde(default)]
@@ -103,7 +104,7 @@ pub struct Peer {
     pub ip_block: Option<IpBlock>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpBlock {
     pub cidr: String,
@@ -111,18 +112,21 @@ pub struct IpBlock {
     pub except: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyPort {
     #[serde(default)]
     pub protocol: Option<Protocol>,
     #[serde(default)]
+    #[schemars(schema_with = "int_or_string")]
     pub port: Option<PortRef>,
     #[serde(default)]
     pub end_port: Option<i64>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,
@@ -151,7 +155,7 @@ impl Protocol {
 }
 
 /// A port number or the name of a container port (IANA service name).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum PortRef {
     Number(i64),
@@ -187,6 +191,12 @@ impl NetworkPolicy {
             None => (true, !self.spec.egress.is_empty()),
         }
     }
+}
+
+/// Kubernetes' own schema for a port number or name: structural schemas
+/// allow no `anyOf` of types, only this marker.
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-int-or-string": true})
 }
 
 /// An IANA service name: 1-15 lowercase alphanumerics or `-`, at least one

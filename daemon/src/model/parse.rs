@@ -9,12 +9,58 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::networkpolicy::{NetworkPolicy, PortRef, valid_port_name};
+use super::{
+    networkpolicy::{NetworkPolicy, ObjectMeta, Peer, PolicyPort, PortRef, valid_port_name},
+    palisade::{
+        API_VERSION, Action, ClusterTier, MAX_PRIORITY, PalisadeClusterNetworkPolicySpec,
+        PalisadeNetworkPolicySpec,
+    },
+    policy::Policy,
+};
 
 /// A policy document of a kind Palisade knows.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Document {
     NetworkPolicy(NetworkPolicy),
+    PalisadeNetworkPolicy(Object<PalisadeNetworkPolicySpec>),
+    PalisadeClusterNetworkPolicy(Object<PalisadeClusterNetworkPolicySpec>),
+}
+
+impl Document {
+    /// The kind-independent form the compiler reads.
+    pub fn policy(&self) -> Policy {
+        match self {
+            Self::NetworkPolicy(p) => Policy::from(p),
+            Self::PalisadeNetworkPolicy(o) => Policy::from_namespaced(
+                o.metadata.namespace.as_deref().unwrap_or("default"),
+                &o.metadata.name,
+                &o.spec,
+            ),
+            Self::PalisadeClusterNetworkPolicy(o) => {
+                Policy::from_cluster(&o.metadata.name, &o.spec)
+            }
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Self::NetworkPolicy(p) => &p.metadata,
+            Self::PalisadeNetworkPolicy(o) => &o.metadata,
+            Self::PalisadeClusterNetworkPolicy(o) => &o.metadata,
+        }
+    }
+}
+
+/// A Palisade object as stored: the same envelope as any Kubernetes object.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Object<S> {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+    #[serde(default)]
+    pub status: Option<serde_yaml::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,16 +171,160 @@ fn parse_one(
             validate(&policy).map_err(|m| error(start, object.clone(), m))?;
             Ok(Document::NetworkPolicy(policy))
         }
+        (Some(API_VERSION), Some("PalisadeNetworkPolicy")) => {
+            let mut o: Object<PalisadeNetworkPolicySpec> = serde_yaml::from_str(doc)
+                .map_err(|e| error(at(&e), object.clone(), e.to_string()))?;
+            if o.metadata.namespace.is_none() {
+                o.metadata.namespace = Some(default_ns.to_owned());
+            }
+            validate_namespaced(&o.spec).map_err(|m| error(start, object.clone(), m))?;
+            Ok(Document::PalisadeNetworkPolicy(o))
+        }
+        (Some(API_VERSION), Some("PalisadeClusterNetworkPolicy")) => {
+            let object = head
+                .metadata
+                .as_ref()
+                .and_then(|m| m.name.clone())
+                .map(|n| format!("cluster:{n}"));
+            let o: Object<PalisadeClusterNetworkPolicySpec> = serde_yaml::from_str(doc)
+                .map_err(|e| error(at(&e), object.clone(), e.to_string()))?;
+            if o.metadata.namespace.is_some() {
+                return Err(error(
+                    start,
+                    object,
+                    "metadata.namespace: a PalisadeClusterNetworkPolicy is cluster-scoped".into(),
+                ));
+            }
+            validate_cluster(&o.spec).map_err(|m| error(start, object.clone(), m))?;
+            Ok(Document::PalisadeClusterNetworkPolicy(o))
+        }
         (api, kind) => Err(error(
             start,
             object,
             format!(
-                "unknown kind {} (apiVersion {}): expected networking.k8s.io/v1 NetworkPolicy",
+                "unknown kind {} (apiVersion {}): expected networking.k8s.io/v1 NetworkPolicy, \
+                 {API_VERSION} PalisadeNetworkPolicy or PalisadeClusterNetworkPolicy",
                 kind.unwrap_or("<none>"),
                 api.unwrap_or("<none>")
             ),
         )),
     }
+}
+
+fn validate_priority(priority: Option<u32>) -> Result<(), String> {
+    match priority {
+        Some(p) if p > MAX_PRIORITY => Err(format!(
+            "spec.priority: {p} is above the maximum {MAX_PRIORITY}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn validate_sections(
+    process: Option<&super::process_file::ProcessSection>,
+    file: Option<&super::process_file::FileSection>,
+) -> Result<(), String> {
+    if let Some(p) = process {
+        p.validate("spec.process")?;
+    }
+    if let Some(f) = file {
+        f.validate("spec.file")?;
+    }
+    Ok(())
+}
+
+/// The rules of a Palisade kind as (path, peers field, action, peers, ports).
+type Checked<'a> = (
+    String,
+    &'static str,
+    Option<Action>,
+    &'a [Peer],
+    &'a [PolicyPort],
+);
+
+fn palisade_rules<'a>(
+    ingress: &'a [super::palisade::IngressRule],
+    egress: &'a [super::palisade::EgressRule],
+) -> Vec<Checked<'a>> {
+    ingress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                format!("spec.ingress[{i}]"),
+                "from",
+                r.action,
+                r.from.as_slice(),
+                r.ports.as_slice(),
+            )
+        })
+        .chain(egress.iter().enumerate().map(|(i, r)| {
+            (
+                format!("spec.egress[{i}]"),
+                "to",
+                r.action,
+                r.to.as_slice(),
+                r.ports.as_slice(),
+            )
+        }))
+        .collect()
+}
+
+pub fn validate_namespaced(spec: &PalisadeNetworkPolicySpec) -> Result<(), String> {
+    spec.pod_selector
+        .validate()
+        .map_err(|e| format!("spec.podSelector: {e}"))?;
+    validate_priority(spec.priority)?;
+    let rules = palisade_rules(&spec.ingress, &spec.egress);
+    for (path, _, action, _, _) in &rules {
+        if *action == Some(Action::Pass) {
+            return Err(format!(
+                "{path}.action: Pass is only for PalisadeClusterNetworkPolicy in the Admin tier"
+            ));
+        }
+    }
+    validate_rules(
+        rules
+            .into_iter()
+            .map(|(p, f, _, peers, ports)| (p, f, peers, ports)),
+    )?;
+    validate_sections(spec.process.as_ref(), spec.file.as_ref())
+}
+
+pub fn validate_cluster(spec: &PalisadeClusterNetworkPolicySpec) -> Result<(), String> {
+    for (name, sel) in [
+        ("namespaceSelector", &spec.subject.namespace_selector),
+        ("podSelector", &spec.subject.pod_selector),
+    ] {
+        if let Some(sel) = sel {
+            sel.validate()
+                .map_err(|e| format!("spec.subject.{name}: {e}"))?;
+        }
+    }
+    validate_priority(spec.priority)?;
+    let baseline = spec.tier == Some(ClusterTier::Baseline);
+    let rules = palisade_rules(&spec.ingress, &spec.egress);
+    for (path, _, action, _, _) in &rules {
+        match action {
+            None => {
+                return Err(format!(
+                    "{path}.action: required in a cluster policy (Allow, Deny or Pass)"
+                ));
+            }
+            Some(Action::Pass) if baseline => {
+                return Err(format!(
+                    "{path}.action: Pass has nothing to pass to in the Baseline tier"
+                ));
+            }
+            _ => {}
+        }
+    }
+    validate_rules(
+        rules
+            .into_iter()
+            .map(|(p, f, _, peers, ports)| (p, f, peers, ports)),
+    )?;
+    validate_sections(spec.process.as_ref(), spec.file.as_ref())
 }
 
 /// What the API server's validation would refuse, named by field path.
@@ -148,14 +338,29 @@ pub fn validate(p: &NetworkPolicy) -> Result<(), String> {
         .ingress
         .iter()
         .enumerate()
-        .map(|(i, r)| (format!("spec.ingress[{i}]"), "from", &r.from, &r.ports))
-        .chain(
-            p.spec
-                .egress
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("spec.egress[{i}]"), "to", &r.to, &r.ports)),
-        );
+        .map(|(i, r)| {
+            (
+                format!("spec.ingress[{i}]"),
+                "from",
+                r.from.as_slice(),
+                r.ports.as_slice(),
+            )
+        })
+        .chain(p.spec.egress.iter().enumerate().map(|(i, r)| {
+            (
+                format!("spec.egress[{i}]"),
+                "to",
+                r.to.as_slice(),
+                r.ports.as_slice(),
+            )
+        }));
+    validate_rules(rules)
+}
+
+/// Peers and ports of rules given as (path, peers field, peers, ports).
+fn validate_rules<'a>(
+    rules: impl Iterator<Item = (String, &'static str, &'a [Peer], &'a [PolicyPort])>,
+) -> Result<(), String> {
     for (path, peers_field, peers, ports) in rules {
         for (j, peer) in peers.iter().enumerate() {
             let at = format!("{path}.{peers_field}[{j}]");
@@ -246,7 +451,9 @@ spec:
 
     #[test]
     fn a_policy_as_the_server_stores_it_parses() {
-        let Document::NetworkPolicy(p) = one(GOOD).unwrap();
+        let Document::NetworkPolicy(p) = one(GOOD).unwrap() else {
+            unreachable!()
+        };
         assert_eq!(p.metadata.name, "allow-a");
         assert_eq!(p.policy_types(), (true, false));
         assert_eq!(p.spec.ingress[0].ports.len(), 3);
@@ -326,10 +533,101 @@ spec:
             "  ingress:\n",
             "  egress:\n  - to: [{podSelector: {}}]\n  ingress:\n",
         );
-        let Document::NetworkPolicy(p) = one(&egress).unwrap();
+        let Document::NetworkPolicy(p) = one(&egress).unwrap() else {
+            unreachable!()
+        };
         assert_eq!(p.policy_types(), (true, true));
         let listed = GOOD.replace("  ingress:\n", "  policyTypes: [Egress]\n  ingress:\n");
-        let Document::NetworkPolicy(p) = one(&listed).unwrap();
+        let Document::NetworkPolicy(p) = one(&listed).unwrap() else {
+            unreachable!()
+        };
         assert_eq!(p.policy_types(), (false, true));
+    }
+
+    const PNP: &str = "
+apiVersion: palisade.dev/v1alpha1
+kind: PalisadeNetworkPolicy
+metadata: {name: no-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  priority: 500
+  mode: Audit
+  ingress:
+  - action: Deny
+    from: [{podSelector: {matchLabels: {pod: b}}}]
+  process:
+    posture: Allowlist
+    rules: [{action: Allow, dirs: [{path: /usr/bin/, recursive: true}]}]
+  file:
+    rules: [{action: Block, paths: [/etc/shadow]}]
+";
+
+    const CNP: &str = "
+apiVersion: palisade.dev/v1alpha1
+kind: PalisadeClusterNetworkPolicy
+metadata: {name: admin}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaceSelector: {matchLabels: {ns: x}}}
+  egress:
+  - action: Pass
+    to: [{ipBlock: {cidr: 192.0.2.0/24}}]
+";
+
+    #[test]
+    fn palisade_kinds_parse_into_the_common_policy_form() {
+        let p = one(PNP).unwrap().policy();
+        assert_eq!(p.key(), "palisade:x/no-b");
+        assert!(p.audit);
+        assert_eq!(p.priority, 500);
+        assert_eq!(
+            p.ingress.as_ref().unwrap()[0].action,
+            super::super::palisade::Action::Deny
+        );
+        assert!(p.egress.is_none(), "policyTypes default as NetworkPolicy's");
+        assert!(p.process.is_some() && p.file.is_some());
+        let c = one(CNP).unwrap().policy();
+        assert_eq!(c.key(), "cluster:admin");
+        assert_eq!(c.tier, super::super::policy::Tier::Admin);
+        assert!(c.ingress.is_none() && c.egress.is_some());
+        assert!(!c.isolates(true), "cluster policies never isolate");
+    }
+
+    #[test]
+    fn palisade_kinds_refuse_what_their_rules_forbid() {
+        let cases = [
+            (
+                PNP.replace("priority: 500", "priority: 20000"),
+                "spec.priority",
+            ),
+            (
+                PNP.replace("action: Deny", "action: Pass"),
+                "spec.ingress[0].action",
+            ),
+            (PNP.replace("mode: Audit", "mode: Loud"), "mode"),
+            (
+                PNP.replace("/etc/shadow", "etc/shadow"),
+                "spec.file.rules[0].paths[0]",
+            ),
+            (
+                PNP.replace("recursive: true", "recursive: true, depth: 2"),
+                "depth",
+            ),
+            (CNP.replace("action: Pass\n", ""), "spec.egress[0].action"),
+            (
+                CNP.replace("tier: Admin", "tier: Baseline"),
+                "Pass has nothing to pass to",
+            ),
+            (
+                CNP.replace("{name: admin}", "{name: admin, namespace: x}"),
+                "cluster-scoped",
+            ),
+            (CNP.replace("192.0.2.0/24", "192.0.2.0/33"), "ipBlock.cidr"),
+        ];
+        for (text, needle) in cases {
+            let err = one(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle} not in: {err}");
+        }
     }
 }

@@ -10,11 +10,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{
-    NamedPort, Namespace, Pod, Protocol, Snapshot,
-    parse::{Document, ParseError, validate},
-    selector::Labels,
-};
+use super::{NamedPort, Namespace, Pod, Protocol, Snapshot, parse::ParseError, selector::Labels};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -218,9 +214,7 @@ impl ScenarioFile {
             for doc in
                 super::parse::parse_documents(&text, &format!("{file}: policies[{i}]"), "default")
             {
-                let Document::NetworkPolicy(p) = doc?;
-                validate(&p).map_err(|m| error(file, m))?;
-                s.policies.push(p);
+                s.policies.push(doc?.policy());
             }
         }
         Ok(s)

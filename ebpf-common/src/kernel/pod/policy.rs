@@ -107,6 +107,9 @@ pub fn evaluate(
         Some(v) if v.flags & policy_flags::AUDIT != 0 => {
             Verdict::pass(reason::AUDIT_WOULD_DROP, v.policy)
         }
+        // The compiler writes an isolated endpoint's default deny as an
+        // entry with no policy where a rule ordering needs one.
+        Some(v) if v.policy == 0 => Verdict::drop(reason::DROP_DEFAULT_DENY, 0),
         Some(v) => Verdict::drop(reason::DROP_POLICY_DENY, v.policy),
         None => {
             let isolated = if dir == direction::INGRESS {

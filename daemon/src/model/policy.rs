@@ -1,0 +1,213 @@
+//! One shape for every policy kind, as the compiler and `explain` see it:
+//! who it applies to, in which tier and order, and its rules per direction
+//! with their actions. Each kind converts into it; nothing downstream looks
+//! at the kinds themselves.
+
+use super::{
+    Labels, NetworkPolicy,
+    networkpolicy::{Peer, PolicyPort},
+    palisade::{
+        Action, ClusterTier, DEFAULT_PRIORITY, EgressRule, IngressRule, Mode,
+        PalisadeClusterNetworkPolicySpec, PalisadeNetworkPolicySpec,
+    },
+    process_file::{FileSection, ProcessSection},
+    selector::LabelSelector,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    NetworkPolicy,
+    PalisadeNetworkPolicy,
+    PalisadeClusterNetworkPolicy,
+}
+
+impl Kind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NetworkPolicy => "NetworkPolicy",
+            Self::PalisadeNetworkPolicy => "PalisadeNetworkPolicy",
+            Self::PalisadeClusterNetworkPolicy => "PalisadeClusterNetworkPolicy",
+        }
+    }
+}
+
+/// Evaluation order of the tiers (see `palisade.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Admin,
+    Namespace,
+    Baseline,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    pub action: Action,
+    /// Empty: any peer.
+    pub peers: Vec<Peer>,
+    /// Empty: every port and protocol.
+    pub ports: Vec<PolicyPort>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub kind: Kind,
+    /// `None` for cluster-scoped kinds.
+    pub namespace: Option<String>,
+    pub name: String,
+    pub tier: Tier,
+    pub priority: u32,
+    pub audit: bool,
+    /// Cluster kinds: the namespaces of the subjects (`None`: all).
+    pub namespace_selector: Option<LabelSelector>,
+    pub pod_selector: LabelSelector,
+    /// `None`: the policy does not apply to that direction. In the
+    /// namespace tier, `Some` isolates the selected pods for it.
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+    pub process: Option<ProcessSection>,
+    pub file: Option<FileSection>,
+}
+
+impl Policy {
+    /// The policy's name in counters, metrics and `explain`: `ns/name` for
+    /// NetworkPolicy, with a kind prefix for Palisade's own kinds so that
+    /// objects of different kinds never share a name.
+    pub fn key(&self) -> String {
+        let ns = self.namespace.as_deref().unwrap_or("");
+        match self.kind {
+            Kind::NetworkPolicy => format!("{ns}/{}", self.name),
+            Kind::PalisadeNetworkPolicy => format!("palisade:{ns}/{}", self.name),
+            Kind::PalisadeClusterNetworkPolicy => format!("cluster:{}", self.name),
+        }
+    }
+
+    pub fn rules(&self, egress: bool) -> Option<&[Rule]> {
+        if egress {
+            self.egress.as_deref()
+        } else {
+            self.ingress.as_deref()
+        }
+    }
+
+    /// Whether the policy applies to a pod with these labels in a namespace
+    /// with these (effective) labels.
+    pub fn selects(&self, namespace: &str, ns_labels: &Labels, pod_labels: &Labels) -> bool {
+        let ns_ok = match (&self.namespace, &self.namespace_selector) {
+            (Some(own), _) => own == namespace,
+            (None, Some(sel)) => sel.matches(ns_labels),
+            (None, None) => true,
+        };
+        ns_ok && self.pod_selector.matches(pod_labels)
+    }
+
+    /// Whether the policy isolates the pods it selects for a direction.
+    pub fn isolates(&self, egress: bool) -> bool {
+        self.tier == Tier::Namespace && self.rules(egress).is_some()
+    }
+}
+
+fn directions(
+    types: Option<&[super::networkpolicy::PolicyType]>,
+    has_egress: bool,
+) -> (bool, bool) {
+    use super::networkpolicy::PolicyType;
+    match types {
+        Some(t) => (
+            t.contains(&PolicyType::Ingress),
+            t.contains(&PolicyType::Egress),
+        ),
+        None => (true, has_egress),
+    }
+}
+
+impl From<&NetworkPolicy> for Policy {
+    fn from(p: &NetworkPolicy) -> Self {
+        let (ingress, egress) = p.policy_types();
+        let rules = |egress: bool| {
+            p.rules(egress)
+                .into_iter()
+                .map(|(peers, ports)| Rule {
+                    action: Action::Allow,
+                    peers: peers.to_vec(),
+                    ports: ports.to_vec(),
+                })
+                .collect()
+        };
+        Self {
+            kind: Kind::NetworkPolicy,
+            namespace: p.metadata.namespace.clone(),
+            name: p.metadata.name.clone(),
+            tier: Tier::Namespace,
+            priority: DEFAULT_PRIORITY,
+            audit: false,
+            namespace_selector: None,
+            pod_selector: p.spec.pod_selector.clone(),
+            ingress: ingress.then(|| rules(false)),
+            egress: egress.then(|| rules(true)),
+            process: None,
+            file: None,
+        }
+    }
+}
+
+fn ingress_rules(rules: &[IngressRule]) -> Vec<Rule> {
+    rules
+        .iter()
+        .map(|r| Rule {
+            action: r.action.unwrap_or_default(),
+            peers: r.from.clone(),
+            ports: r.ports.clone(),
+        })
+        .collect()
+}
+
+fn egress_rules(rules: &[EgressRule]) -> Vec<Rule> {
+    rules
+        .iter()
+        .map(|r| Rule {
+            action: r.action.unwrap_or_default(),
+            peers: r.to.clone(),
+            ports: r.ports.clone(),
+        })
+        .collect()
+}
+
+impl Policy {
+    pub fn from_namespaced(namespace: &str, name: &str, spec: &PalisadeNetworkPolicySpec) -> Self {
+        let (ingress, egress) = directions(spec.policy_types.as_deref(), !spec.egress.is_empty());
+        Self {
+            kind: Kind::PalisadeNetworkPolicy,
+            namespace: Some(namespace.to_owned()),
+            name: name.to_owned(),
+            tier: Tier::Namespace,
+            priority: spec.priority.unwrap_or(DEFAULT_PRIORITY),
+            audit: spec.mode == Some(Mode::Audit),
+            namespace_selector: None,
+            pod_selector: spec.pod_selector.clone(),
+            ingress: ingress.then(|| ingress_rules(&spec.ingress)),
+            egress: egress.then(|| egress_rules(&spec.egress)),
+            process: spec.process.clone(),
+            file: spec.file.clone(),
+        }
+    }
+
+    pub fn from_cluster(name: &str, spec: &PalisadeClusterNetworkPolicySpec) -> Self {
+        Self {
+            kind: Kind::PalisadeClusterNetworkPolicy,
+            namespace: None,
+            name: name.to_owned(),
+            tier: match spec.tier.unwrap_or_default() {
+                ClusterTier::Admin => Tier::Admin,
+                ClusterTier::Baseline => Tier::Baseline,
+            },
+            priority: spec.priority.unwrap_or(DEFAULT_PRIORITY),
+            audit: spec.mode == Some(Mode::Audit),
+            namespace_selector: spec.subject.namespace_selector.clone(),
+            pod_selector: spec.subject.pod_selector.clone().unwrap_or_default(),
+            ingress: (!spec.ingress.is_empty()).then(|| ingress_rules(&spec.ingress)),
+            egress: (!spec.egress.is_empty()).then(|| egress_rules(&spec.egress)),
+            process: spec.process.clone(),
+            file: spec.file.clone(),
+        }
+    }
+}
