@@ -84,6 +84,12 @@ enum Command {
         #[arg(long, default_value = "TCP")]
         protocol: String,
     },
+    /// Write the CustomResourceDefinitions of Palisade's own kinds,
+    /// generated from their Rust types, into a directory.
+    Crds {
+        #[arg(default_value = "manifests/crds")]
+        dir: PathBuf,
+    },
     /// Unpin all links (detaching the programs); with --maps also remove the
     /// pinned maps, losing their counters and state.
     Unload {
@@ -326,6 +332,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             protocol,
         } => explain(&file, &from, &to, &port, &protocol),
+        Command::Crds { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            for (name, text) in palisade::model::crd::crds()? {
+                let path = dir.join(name);
+                std::fs::write(&path, text)?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The policy model: plain Rust types for namespaces, pods and policies,
 //! parsed and validated, with no I/O beyond the text they are given.
 
+pub mod crd;
 pub mod networkpolicy;
 pub mod palisade;
 pub mod parse;
