@@ -16,3 +16,4 @@ pub mod netns;
 pub mod paths;
 pub mod stats;
 pub mod status;
+pub mod sync;

@@ -311,7 +311,6 @@ impl DatapathMaps {
         Ok(revision)
     }
 
-    /// The entries of one endpoint's generation, as trie keys.
     /// The entries of one endpoint's generation, as trie keys (the exact
     /// ones, from the hash map, with the full prefix length).
     pub fn policy_keys_of(
@@ -342,7 +341,11 @@ impl DatapathMaps {
         Ok(keys)
     }
 
-    fn remove_generation(&mut self, endpoint: u32, generation: u8) -> Result<(), DatapathError> {
+    pub fn remove_generation(
+        &mut self,
+        endpoint: u32,
+        generation: u8,
+    ) -> Result<(), DatapathError> {
         for key in self.policy_keys_of(endpoint, generation)? {
             let (name, result) = if key.prefix_len() == POLICY_PREFIX_FULL {
                 (maps::POLICY_PORT, self.policy_port.remove(&key.data()))

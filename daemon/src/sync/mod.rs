@@ -1,0 +1,266 @@
+//! The syncer: the only writer of kernel state. It reads what the pinned
+//! maps hold, compares it with the compiler's desired state, and writes only
+//! the differences: identities one by one, endpoints by a whole-policy swap
+//! (atomic per endpoint, see `datapath`). Run on every change and
+//! periodically, the same comparison repairs drift (an entry deleted or
+//! changed behind the daemon's back).
+//!
+//! A failed write is reported and leaves that endpoint on its last good
+//! policy; the other endpoints are still applied.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use aya::maps::lpm_trie::Key;
+use ebpf_common::datapath::{ADDR_LEN, EndpointValue, PolicyKey, PolicyValue};
+use ipnet::IpNet;
+
+use crate::{
+    compile::Compiled,
+    datapath::{DatapathError, DatapathMaps, maps::policy_keys},
+};
+
+/// A stable, non-zero endpoint id for a pod (`namespace/name`), so counters
+/// keep naming the same pod across daemon restarts. Collisions among the
+/// current pods are resolved by probing in name order.
+pub fn endpoint_ids<'a>(pods: impl Iterator<Item = &'a str>) -> BTreeMap<String, u32> {
+    let mut names: Vec<&str> = pods.collect();
+    names.sort_unstable();
+    let mut used = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for name in names {
+        let mut id = name
+            .bytes()
+            .fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            })
+            .max(1);
+        while !used.insert(id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        out.insert(name.to_owned(), id);
+    }
+    out
+}
+
+/// What one pass changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub identities_written: usize,
+    pub identities_removed: usize,
+    /// Pods whose policy was (re)written.
+    pub endpoints_written: Vec<String>,
+    /// ifindexes no pod holds any more.
+    pub endpoints_removed: Vec<u32>,
+    /// Writes that failed; the objects they concern keep their last state.
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    pub fn changed(&self) -> bool {
+        self.identities_written + self.identities_removed > 0
+            || !self.endpoints_written.is_empty()
+            || !self.endpoints_removed.is_empty()
+    }
+}
+
+/// A policy map entry in comparable form: (prefix length, key, value bytes).
+type Held = BTreeSet<(u32, [u8; 16], [u8; 8])>;
+
+fn bytes_of_key(k: &PolicyKey) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&k.endpoint.to_ne_bytes());
+    out[4..8].copy_from_slice(&k.peer.to_ne_bytes());
+    out[8] = k.direction;
+    out[9] = k.generation;
+    out[11] = k.protocol;
+    out[12..14].copy_from_slice(&k.port);
+    out
+}
+
+fn bytes_of_value(v: &PolicyValue) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[0] = v.action;
+    out[1] = v.flags;
+    out[4..].copy_from_slice(&v.policy.to_ne_bytes());
+    out
+}
+
+fn read_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Read { name, source }
+}
+
+/// Every policy entry the maps hold, by (endpoint, generation).
+fn held_policies(maps: &DatapathMaps) -> Result<HashMap<(u32, u8), Held>, DatapathError> {
+    use ebpf_common::{datapath::POLICY_PREFIX_FULL, maps as names};
+    let mut out: HashMap<(u32, u8), Held> = HashMap::new();
+    for item in maps.policy.iter() {
+        let (key, value) = item.map_err(read_err(names::POLICY))?;
+        let k = key.data();
+        out.entry((k.endpoint, k.generation)).or_default().insert((
+            key.prefix_len(),
+            bytes_of_key(&k),
+            bytes_of_value(&value),
+        ));
+    }
+    for item in maps.policy_port.iter() {
+        let (k, value) = item.map_err(read_err(names::POLICY_PORT))?;
+        out.entry((k.endpoint, k.generation)).or_default().insert((
+            POLICY_PREFIX_FULL,
+            bytes_of_key(&k),
+            bytes_of_value(&value),
+        ));
+    }
+    Ok(out)
+}
+
+/// The identity entries the maps hold, as prefixes.
+fn held_identities(maps: &DatapathMaps) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
+    use ebpf_common::maps as names;
+    let mut out = BTreeMap::new();
+    for item in maps.identity_host.iter() {
+        let (addr, v) = item.map_err(read_err(names::IDENTITY_HOST))?;
+        if let Some(net) = net_of(&Key::new(128, addr)) {
+            out.insert(net, v.identity);
+        }
+    }
+    for item in maps.identity.iter() {
+        let (key, v) = item.map_err(read_err(names::IDENTITY))?;
+        if let Some(net) = net_of(&key) {
+            out.insert(net, v.identity);
+        }
+    }
+    Ok(out)
+}
+
+/// The prefix a 16-byte identity key stands for (IPv4 as `::ffff:a.b.c.d`).
+fn net_of(key: &Key<[u8; ADDR_LEN]>) -> Option<IpNet> {
+    let data = key.data();
+    let len = key.prefix_len();
+    let v6 = std::net::Ipv6Addr::from(data);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if len >= 96 => IpNet::new(IpAddr::V4(v4), (len - 96) as u8).ok(),
+        _ => IpNet::new(IpAddr::V6(v6), len as u8).ok(),
+    }
+}
+
+/// Brings the maps to `compiled`, for the pods placed on `placed`
+/// (`namespace/name` -> host-side veth ifindex). Pods not placed are not
+/// enforced on this node; ifindexes in the endpoint map that no placed pod
+/// holds are removed.
+pub fn apply(
+    maps: &mut DatapathMaps,
+    compiled: &Compiled,
+    placed: &BTreeMap<String, u32>,
+) -> Result<Report, DatapathError> {
+    let mut report = Report::default();
+
+    // Identities first: new endpoints' entries name them.
+    let held = held_identities(maps)?;
+    for (net, id) in &compiled.addresses {
+        if held.get(net) != Some(id) {
+            match maps.set_identity(net.addr(), net.prefix_len(), *id) {
+                Ok(()) => report.identities_written += 1,
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+    }
+
+    let ids = endpoint_ids(placed.keys().map(String::as_str));
+    let policies = held_policies(maps)?;
+    let mut live: BTreeMap<u32, EndpointValue> = BTreeMap::new();
+    for item in maps.endpoints.iter() {
+        let (ifindex, value) = item.map_err(read_err(ebpf_common::maps::ENDPOINTS))?;
+        live.insert(ifindex, value);
+    }
+    let none = crate::compile::EndpointPolicy::default();
+    for (pod, &ifindex) in placed {
+        let Some(&endpoint) = ids.get(pod) else {
+            continue;
+        };
+        let want = compiled.endpoints.get(pod).unwrap_or(&none);
+        let current = live.get(&ifindex);
+        let up_to_date = current.is_some_and(|cur| {
+            let generation = cur.generation();
+            let desired: Held = want
+                .entries
+                .iter()
+                .flat_map(|e| {
+                    policy_keys(endpoint, generation, e).into_iter().map(|k| {
+                        (
+                            k.prefix_len(),
+                            bytes_of_key(&k.data()),
+                            bytes_of_value(&e.value),
+                        )
+                    })
+                })
+                .collect();
+            cur.endpoint == endpoint
+                && cur.flags == want.flags
+                && policies
+                    .get(&(endpoint, generation))
+                    .unwrap_or(&Held::new())
+                    == &desired
+        });
+        if up_to_date {
+            continue;
+        }
+        match maps.replace_policy(ifindex, endpoint, want.flags, &want.entries) {
+            Ok(_) => report.endpoints_written.push(pod.clone()),
+            Err(e) => report.errors.push(format!("{pod}: {e}")),
+        }
+    }
+    let placed_ifindexes: BTreeSet<u32> = placed.values().copied().collect();
+    for (&ifindex, value) in &live {
+        if placed_ifindexes.contains(&ifindex) {
+            continue;
+        }
+        match maps.remove_endpoint(ifindex) {
+            Ok(()) => report.endpoints_removed.push(ifindex),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+        for generation in [0, 1] {
+            if let Err(e) = maps.remove_generation(value.endpoint, generation) {
+                report.errors.push(e.to_string());
+            }
+        }
+    }
+
+    // Identities last out: nothing refers to them any more.
+    for net in held.keys() {
+        if !compiled.addresses.contains_key(net) {
+            match maps.remove_identity(net.addr(), net.prefix_len()) {
+                Ok(()) => report.identities_removed += 1,
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_ids_are_stable_distinct_and_nonzero() {
+        let a = endpoint_ids(["x/a", "x/b", "y/a"].into_iter());
+        let b = endpoint_ids(["y/a", "x/b", "x/a", "z/c"].into_iter());
+        assert_eq!(a["x/a"], b["x/a"]);
+        assert_eq!(a["y/a"], b["y/a"]);
+        let distinct: BTreeSet<u32> = b.values().copied().collect();
+        assert_eq!(distinct.len(), 4);
+        assert!(!distinct.contains(&0));
+    }
+
+    #[test]
+    fn identity_keys_round_trip_to_prefixes() {
+        for net in ["10.244.0.5/32", "192.0.2.0/24", "fd00::/64", "fd00::1/128"] {
+            let net: IpNet = net.parse().unwrap();
+            let key = crate::datapath::maps::addr_key(net.addr(), net.prefix_len()).unwrap();
+            assert_eq!(net_of(&key), Some(net));
+        }
+    }
+}
