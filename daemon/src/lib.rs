@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod datapath;
+pub mod discover;
 pub mod explain;
 pub mod features;
 pub mod identity;

@@ -1,0 +1,75 @@
+//! Endpoint discovery through rtnetlink, in both CNI shapes: a routed one
+//! (the route to the pod leaves through its veth) and a bridged one (route
+//! to the bridge, then neighbour -> MAC -> bridge FDB port).
+
+use std::{net::IpAddr, time::Duration};
+
+use palisade::discover::{Placement, Unplaced, connect, locate, nudge};
+use palisade_tests::{BridgeLab, POD_IP, VethPair, in_netns, run};
+
+/// Runs `f` with a netlink handle opened inside namespace `ns`.
+fn in_node<T: Send>(
+    ns: &str,
+    f: impl AsyncFnOnce(&rtnetlink::Handle) -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    in_netns(ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let handle = connect()?;
+            f(&handle).await
+        })
+    })?
+}
+
+#[test]
+fn a_routed_pod_is_found_behind_its_veth() -> anyhow::Result<()> {
+    let pair = VethPair::new()?;
+    let veth = in_netns(&pair.node, || palisade::netns::ifindex(&pair.host_if))??;
+    let ip: IpAddr = POD_IP.parse()?;
+    let found = in_node(&pair.node, async |h| Ok(locate(h, ip).await?))?;
+    assert_eq!(found, Ok(Placement::Routed { veth }));
+    let nowhere = in_node(&pair.node, async |h| {
+        Ok(locate(h, "192.0.2.1".parse()?).await?)
+    })?;
+    assert_eq!(nowhere, Err(Unplaced::NoRoute));
+    Ok(())
+}
+
+#[test]
+fn a_bridged_pod_is_found_through_neighbour_and_fdb() -> anyhow::Result<()> {
+    let lab = BridgeLab::new(2)?;
+    run(
+        "ip",
+        &[
+            "-n",
+            &lab.node,
+            "addr",
+            "add",
+            "10.199.1.254/24",
+            "dev",
+            "br0",
+        ],
+    )?;
+    let bridge = in_netns(&lab.node, || palisade::netns::ifindex("br0"))??;
+    for pod in &lab.pods {
+        let veth = in_netns(&lab.node, || palisade::netns::ifindex(&pod.host_if))??;
+        let ip = IpAddr::V4(pod.ip);
+        let found = in_node(&lab.node, async |h| {
+            // Nothing has spoken yet: unresolved until the node asks.
+            let mut found = locate(h, ip).await?;
+            for _ in 0..50 {
+                if found.is_ok() {
+                    break;
+                }
+                nudge(ip);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                found = locate(h, ip).await?;
+            }
+            Ok(found)
+        })?;
+        assert_eq!(found, Ok(Placement::Bridged { bridge, veth }), "{}", pod.ip);
+    }
+    Ok(())
+}
