@@ -122,10 +122,11 @@ async fn mac_of(
 ) -> Result<Option<Vec<u8>>, DiscoverError> {
     let mut neighbours = handle.neighbours().get().execute();
     while let Some(n) = neighbours.try_next().await? {
-        if n.header.ifindex == bridge && neighbour_ip(&n) == Some(ip) {
-            if let Some(mac) = lladdr(&n) {
-                return Ok(Some(mac.to_vec()));
-            }
+        if n.header.ifindex == bridge
+            && neighbour_ip(&n) == Some(ip)
+            && let Some(mac) = lladdr(&n)
+        {
+            return Ok(Some(mac.to_vec()));
         }
     }
     Ok(None)
