@@ -12,7 +12,7 @@ use std::{
 use palisade::{
     compile::compile,
     model::{
-        LabelSelector, Namespace, NetworkPolicy, Pod, Snapshot,
+        LabelSelector, Namespace, NetworkPolicy, Pod, Policy, Snapshot,
         networkpolicy::{IngressRule, NetworkPolicySpec, ObjectMeta, Peer, PolicyPort, PortRef},
     },
 };
@@ -56,7 +56,7 @@ fn snapshot(pods: usize, policies: usize) -> Snapshot {
             match_labels: labels(&[(key, value)]),
             ..LabelSelector::default()
         };
-        s.policies.push(NetworkPolicy {
+        s.policies.push(Policy::from(&NetworkPolicy {
             api_version: "networking.k8s.io/v1".into(),
             kind: "NetworkPolicy".into(),
             metadata: ObjectMeta {
@@ -82,7 +82,7 @@ fn snapshot(pods: usize, policies: usize) -> Snapshot {
                 egress: Vec::new(),
             },
             status: None,
-        });
+        }));
     }
     s
 }
