@@ -15,6 +15,7 @@ pub mod loader;
 pub mod model;
 pub mod netns;
 pub mod paths;
+pub mod source;
 pub mod stats;
 pub mod status;
 pub mod sync;

@@ -435,6 +435,22 @@ pub fn unpin_links(pins: &PinDir) -> Result<usize, AttachError> {
     Ok(removed)
 }
 
+/// Detaches the TC programs of the endpoint on `ifindex` by removing their
+/// pinned links (TCX); returns how many there were. An interface that went
+/// away took its attachments with it; this clears the pins it left.
+pub fn detach_tc(pins: &PinDir, ifindex: u32) -> Result<usize, AttachError> {
+    let mut removed = 0;
+    for hook in [TcHook::FromPod, TcHook::ToPod] {
+        let path = pins.link(&hook.pin_name(ifindex));
+        match fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(AttachError::Io { path, source }),
+        }
+    }
+    Ok(removed)
+}
+
 fn program<'a, T>(
     object: &'a mut LoadedObject,
     name: &'static str,

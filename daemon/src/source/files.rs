@@ -1,0 +1,374 @@
+//! The file source: every `*.yaml`, `*.yml` and `*.json` file of a directory,
+//! each holding any number of documents: `v1 Namespace`, `v1 Pod`, and the
+//! policy kinds of `model::parse`. Pods and namespaces are read leniently
+//! (API objects carry many fields Palisade does not use); policies strictly.
+//!
+//! Last good state: an object whose new version fails keeps its previous
+//! version (matched by kind, namespace and name); a file that cannot be
+//! read or split at all keeps all of its previous objects.
+//!
+//! Revision: the contents of `<dir>/.revision` when present (the lab writes
+//! it after the files, so "revision N in force" covers them), else a hash of
+//! every file's name and contents.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use super::{Reading, Source};
+use crate::model::{
+    NamedPort, Namespace, Pod, Protocol,
+    parse::{Document, parse_documents},
+};
+
+pub const REVISION_FILE: &str = ".revision";
+
+/// One object of a file, in the form the snapshot takes.
+#[derive(Clone, Debug)]
+enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    Policy(Box<Document>),
+}
+
+pub struct FileSource {
+    dir: PathBuf,
+    /// By file, then by `kind/namespace/name`: the last good objects.
+    last_good: BTreeMap<PathBuf, BTreeMap<String, Object>>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct NamespaceDoc {
+    metadata: Meta,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ContainerPort {
+    #[serde(default)]
+    name: Option<String>,
+    container_port: u16,
+    #[serde(default)]
+    protocol: Option<Protocol>,
+}
+
+#[derive(Deserialize, Default)]
+struct Container {
+    #[serde(default)]
+    ports: Vec<ContainerPort>,
+}
+
+#[derive(Deserialize, Default)]
+struct PodSpec {
+    #[serde(default)]
+    containers: Vec<Container>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodIp {
+    ip: IpAddr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodStatus {
+    #[serde(default, rename = "podIP")]
+    pod_ip: Option<IpAddr>,
+    #[serde(default, rename = "podIPs")]
+    pod_ips: Vec<PodIp>,
+}
+
+#[derive(Deserialize)]
+struct PodDoc {
+    metadata: Meta,
+    #[serde(default)]
+    spec: PodSpec,
+    #[serde(default)]
+    status: PodStatus,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+fn pod_of(doc: PodDoc) -> Pod {
+    let mut ips: Vec<IpAddr> = doc.status.pod_ips.iter().map(|p| p.ip).collect();
+    if let Some(ip) = doc.status.pod_ip
+        && !ips.contains(&ip)
+    {
+        ips.insert(0, ip);
+    }
+    Pod {
+        namespace: doc.metadata.namespace.unwrap_or_else(|| "default".into()),
+        name: doc.metadata.name,
+        labels: doc.metadata.labels,
+        ips,
+        ports: doc
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone()?,
+                    port: p.container_port,
+                    protocol: p.protocol.unwrap_or(Protocol::Tcp),
+                })
+            })
+            .collect(),
+    }
+}
+
+fn key_of(o: &Object) -> String {
+    match o {
+        Object::Namespace(n) => format!("Namespace//{}", n.name),
+        Object::Pod(p) => format!("Pod/{}/{}", p.namespace, p.name),
+        Object::Policy(d) => format!("Policy/{}", d.policy().key()),
+    }
+}
+
+/// The documents of one file: objects read, and errors with the key of the
+/// object they concern when it could be told.
+fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, String)>) {
+    let shown = path.display().to_string();
+    let (mut objects, mut errors) = (Vec::new(), Vec::new());
+    let mut policies = String::new();
+    // Namespaces and pods are picked out first; the rest goes to the
+    // policy parser, which reports unknown kinds.
+    for doc in text.split("\n---") {
+        let Ok(head) = serde_yaml::from_str::<Head>(doc) else {
+            policies.push_str(doc);
+            policies.push_str("\n---");
+            continue;
+        };
+        match (head.api_version.as_deref(), head.kind.as_deref()) {
+            (Some("v1"), Some("Namespace")) => match serde_yaml::from_str::<NamespaceDoc>(doc) {
+                Ok(n) => objects.push(Object::Namespace(Namespace {
+                    name: n.metadata.name,
+                    labels: n.metadata.labels,
+                })),
+                Err(e) => errors.push((None, format!("{shown}: Namespace: {e}"))),
+            },
+            (Some("v1"), Some("Pod")) => match serde_yaml::from_str::<PodDoc>(doc) {
+                Ok(p) => objects.push(Object::Pod(pod_of(p))),
+                Err(e) => errors.push((None, format!("{shown}: Pod: {e}"))),
+            },
+            _ => {
+                // Blank lines keep the policy parser's line numbers right.
+                let skipped = text[..text.find(doc).unwrap_or(0)]
+                    .matches('\n')
+                    .count()
+                    .saturating_sub(policies.matches('\n').count());
+                policies.push_str(&"\n".repeat(skipped));
+                policies.push_str(doc);
+                policies.push_str("\n---");
+            }
+        }
+    }
+    for result in parse_documents(&policies, &shown, "default") {
+        match result {
+            Ok(doc) => objects.push(Object::Policy(Box::new(doc))),
+            Err(e) => errors.push((e.object.clone(), e.to_string())),
+        }
+    }
+    (objects, errors)
+}
+
+impl FileSource {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            last_good: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>, std::io::Error> {
+        let mut files: Vec<PathBuf> = fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            })
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+}
+
+impl Source for FileSource {
+    fn read(&mut self) -> Reading {
+        let mut reading = Reading::default();
+        let files = match self.files() {
+            Ok(f) => f,
+            Err(e) => {
+                reading.errors.push(format!(
+                    "{}: {e}; keeping the last good state",
+                    self.dir.display()
+                ));
+                self.last_good.keys().cloned().collect()
+            }
+        };
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut next = BTreeMap::new();
+        for path in files {
+            let text = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    reading.errors.push(format!("{}: {e}", path.display()));
+                    if let Some(old) = self.last_good.get(&path) {
+                        next.insert(path.clone(), old.clone());
+                    }
+                    continue;
+                }
+            };
+            for b in path.to_string_lossy().bytes().chain(text.bytes()) {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            let (objects, errors) = read_file(&path, &text);
+            let mut good: BTreeMap<String, Object> =
+                objects.into_iter().map(|o| (key_of(&o), o)).collect();
+            let old = self.last_good.get(&path);
+            for (object, message) in errors {
+                // The bad object's last good version stays in force.
+                let kept = old.and_then(|old| {
+                    let suffix = object.as_deref()?;
+                    old.iter()
+                        .find(|(k, _)| k.ends_with(suffix))
+                        .map(|(k, o)| (k.clone(), o.clone()))
+                });
+                match kept {
+                    Some((k, o)) => {
+                        reading
+                            .errors
+                            .push(format!("{message} (its last good version stays in force)"));
+                        good.entry(k).or_insert(o);
+                    }
+                    None => reading.errors.push(message),
+                }
+            }
+            next.insert(path, good);
+        }
+        self.last_good = next;
+        for objects in self.last_good.values() {
+            for o in objects.values() {
+                match o {
+                    Object::Namespace(n) => {
+                        reading
+                            .snapshot
+                            .namespaces
+                            .insert(n.name.clone(), n.clone());
+                    }
+                    Object::Pod(p) => reading.snapshot.pods.push(p.clone()),
+                    Object::Policy(d) => reading.snapshot.policies.push(d.policy()),
+                }
+            }
+        }
+        reading.revision = fs::read_to_string(self.dir.join(REVISION_FILE))
+            .map(|r| r.trim().to_owned())
+            .unwrap_or_else(|_| format!("{hash:016x}"));
+        reading
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {ns: x}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}, uid: abc}
+spec:
+  containers: [{name: c, image: busybox, ports: [{name: web, containerPort: 8080}]}]
+status: {podIP: 10.244.0.1, podIPs: [{ip: 10.244.0.1}, {ip: 'fd00::1'}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+";
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "palisade-files-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn namespaces_pods_and_policies_are_read() {
+        let dir = temp_dir();
+        fs::write(dir.join("cluster.yaml"), GOOD).unwrap();
+        let mut source = FileSource::new(&dir);
+        let r = source.read();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.snapshot.namespaces["x"].labels["ns"], "x");
+        let pod = &r.snapshot.pods[0];
+        assert_eq!(pod.key(), "x/a");
+        assert_eq!(pod.ips.len(), 2);
+        assert_eq!(pod.ports[0].port, 8080);
+        assert_eq!(r.snapshot.policies[0].key(), "x/deny");
+        fs::write(dir.join(REVISION_FILE), "7\n").unwrap();
+        assert_eq!(source.read().revision, "7");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_broken_policy_keeps_its_last_good_version_and_others_apply() {
+        let dir = temp_dir();
+        fs::write(dir.join("cluster.yaml"), GOOD).unwrap();
+        let mut source = FileSource::new(&dir);
+        assert!(source.read().errors.is_empty());
+        let broken = GOOD.replace("policyTypes: [Ingress]", "policyTypes: [Ingress], bogus: 1")
+            + "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: new, namespace: x}\nspec: {podSelector: {}}\n";
+        fs::write(dir.join("cluster.yaml"), broken).unwrap();
+        let r = source.read();
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert!(
+            r.errors[0].contains("bogus") && r.errors[0].contains("last good"),
+            "{:?}",
+            r.errors
+        );
+        assert!(
+            r.errors[0].contains("cluster.yaml:"),
+            "line named: {:?}",
+            r.errors
+        );
+        let keys: Vec<String> = r.snapshot.policies.iter().map(|p| p.key()).collect();
+        assert_eq!(keys, vec!["x/deny".to_owned(), "x/new".to_owned()]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
