@@ -32,7 +32,9 @@ lint:
 unit:
 	$(CARGO) test
 
+# The daemon test runs the palisade binary as its own process.
 privileged:
+	$(CARGO) build -p palisade
 	$(CARGO) test -p palisade-tests -- --test-threads=1
 
 # The loader, attach and LSM tests again on Debian's 6.1 kernel in QEMU.

@@ -5,6 +5,7 @@
 //! `paths` names every file the daemon touches. The policy model, compiler,
 //! syncer, sources, metrics and lab arrive in their own modules.
 
+pub mod agent;
 pub mod compile;
 pub mod datapath;
 pub mod discover;

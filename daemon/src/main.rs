@@ -84,6 +84,20 @@ enum Command {
         #[arg(long, default_value = "TCP")]
         protocol: String,
     },
+    /// Run the node daemon: load (or adopt) the programs, then keep the maps
+    /// in step with the source, attaching to each local pod's veth. Run it in
+    /// the node's network namespace. Enforcement outlives it.
+    Daemon {
+        /// A directory of YAML files (Namespaces, Pods, policies), watched.
+        #[arg(long, value_name = "DIR")]
+        source: PathBuf,
+        /// Where to publish the status (applied revision, readiness), as JSON.
+        #[arg(long, value_name = "FILE")]
+        status_file: Option<PathBuf>,
+        /// Full resync period, for drift repair.
+        #[arg(long, default_value_t = 2000)]
+        resync_ms: u64,
+    },
     /// Write the CustomResourceDefinitions of Palisade's own kinds,
     /// generated from their Rust types, into a directory.
     Crds {
@@ -332,6 +346,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             protocol,
         } => explain(&file, &from, &to, &port, &protocol),
+        Command::Daemon {
+            source,
+            status_file,
+            resync_ms,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let options = palisade::agent::Options {
+                    status_file,
+                    resync: std::time::Duration::from_millis(resync_ms),
+                };
+                let files = palisade::source::files::FileSource::new(&source);
+                let agent = palisade::agent::Agent::start(files, pins.clone(), &sizes, options)?;
+                agent.run(&source).await
+            })
+        }
         Command::Crds { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (name, text) in palisade::model::crd::crds()? {

@@ -1,0 +1,265 @@
+//! `palisade daemon`: the reconcile loop of a node.
+//!
+//! One pass: read the source -> compile -> find each local pod's veth ->
+//! attach the TC programs to new veths -> sync the maps by difference ->
+//! detach from veths no pod holds -> publish the status. A pass runs on
+//! every change of the source (inotify), and on a timer that repairs drift
+//! and retries pods whose veth could not be resolved yet.
+//!
+//! Readiness: the status file (JSON, replaced atomically) names the source
+//! revision the last pass applied and whether it is fully in force (every
+//! local pod placed, no write failed). Callers wait for "revision N ready"
+//! instead of sleeping.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{
+    compile::compile,
+    datapath::DatapathMaps,
+    discover::{self, Unplaced},
+    features::Features,
+    loader::{
+        self, Loaded,
+        attach::{self, TcHook},
+        sizes::MapSizes,
+    },
+    paths::PinDir,
+    source::Source,
+    sync,
+};
+
+pub struct Options {
+    pub status_file: Option<PathBuf>,
+    /// Full resync period (drift repair).
+    pub resync: Duration,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// The source revision the last pass applied.
+    pub revision: String,
+    /// The revision is fully in force: every local pod enforced, no error.
+    pub ready: bool,
+    pub passes: u64,
+    pub pass_ms: f64,
+    /// `namespace/pod` -> host-side veth ifindex.
+    pub endpoints: BTreeMap<String, u32>,
+    /// Local pods whose veth is not resolved yet.
+    pub unplaced: Vec<String>,
+    pub policies: usize,
+    /// Source errors (bad objects keep their last good version) and failed
+    /// writes (the endpoint keeps its last good policy).
+    pub errors: Vec<String>,
+}
+
+pub struct Agent<S: Source> {
+    source: S,
+    pins: PinDir,
+    loaded: Loaded,
+    maps: DatapathMaps,
+    features: Features,
+    netlink: rtnetlink::Handle,
+    attached: BTreeSet<u32>,
+    status: Status,
+    options: Options,
+}
+
+impl<S: Source> Agent<S> {
+    /// Loads (or adopts) the programs and maps; must run inside a tokio
+    /// runtime, in the node's network namespace.
+    pub fn start(
+        source: S,
+        pins: PinDir,
+        sizes: &MapSizes,
+        options: Options,
+    ) -> anyhow::Result<Self> {
+        let features = Features::probe();
+        for line in features.lines() {
+            tracing::info!("{line}");
+        }
+        let loaded = loader::load_with(&pins, &features, sizes)?;
+        let maps = DatapathMaps::open(&pins)?;
+        let netlink = discover::connect()?;
+        Ok(Self {
+            source,
+            pins,
+            loaded,
+            maps,
+            features,
+            netlink,
+            attached: BTreeSet::new(),
+            status: Status::default(),
+            options,
+        })
+    }
+
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// One reconcile pass.
+    pub async fn reconcile(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let reading = self.source.read();
+        let compiled = compile(&reading.snapshot);
+        let mut errors = reading.errors.clone();
+
+        let mut placed = BTreeMap::new();
+        let mut unplaced = Vec::new();
+        for pod in &reading.snapshot.pods {
+            let Some(&ip) = pod.ips.first() else {
+                continue;
+            };
+            match discover::locate(&self.netlink, ip).await? {
+                Ok(p) => {
+                    placed.insert(pod.key(), p.veth());
+                }
+                Err(Unplaced::Unresolved { .. }) => {
+                    discover::nudge(ip);
+                    unplaced.push(pod.key());
+                }
+                // Not behind a local veth: another node's pod.
+                Err(Unplaced::NoRoute | Unplaced::NotLocal { .. }) => {}
+            }
+        }
+
+        // Programs first, then policy: a veth is never enforced with a
+        // half-written state, and an endpoint entry exists before traffic
+        // can be judged against it.
+        for &ifindex in placed.values() {
+            if self.attached.contains(&ifindex) {
+                continue;
+            }
+            let mut ok = true;
+            for hook in [TcHook::FromPod, TcHook::ToPod] {
+                if let Err(e) = attach::attach_tc(
+                    &mut self.loaded.tc,
+                    &self.pins,
+                    ifindex,
+                    hook,
+                    self.features.tcx,
+                ) {
+                    errors.push(format!("attaching to ifindex {ifindex}: {e}"));
+                    ok = false;
+                }
+            }
+            if ok {
+                self.attached.insert(ifindex);
+            }
+        }
+        let report = sync::apply(&mut self.maps, &compiled, &placed)?;
+        errors.extend(report.errors.iter().cloned());
+        let held: BTreeSet<u32> = placed.values().copied().collect();
+        for ifindex in self.attached.clone() {
+            if !held.contains(&ifindex) {
+                if let Err(e) = attach::detach_tc(&self.pins, ifindex) {
+                    errors.push(e.to_string());
+                }
+                self.attached.remove(&ifindex);
+            }
+        }
+        if report.changed() {
+            tracing::info!(
+                revision = %reading.revision,
+                endpoints = ?report.endpoints_written,
+                removed = ?report.endpoints_removed,
+                identities = report.identities_written,
+                "applied"
+            );
+        }
+        for e in &errors {
+            tracing::warn!("{e}");
+        }
+        self.status = Status {
+            revision: reading.revision,
+            ready: unplaced.is_empty() && report.errors.is_empty(),
+            passes: self.status.passes + 1,
+            pass_ms: started.elapsed().as_secs_f64() * 1e3,
+            endpoints: placed,
+            unplaced,
+            policies: reading.snapshot.policies.len(),
+            errors,
+        };
+        if let Some(path) = &self.options.status_file {
+            write_atomically(path, &serde_json::to_vec_pretty(&self.status)?)?;
+        }
+        Ok(())
+    }
+
+    /// Runs passes until Ctrl-C or SIGTERM: at once, on every change under
+    /// `watch`, and every resync period (sooner while pods are unplaced).
+    pub async fn run(mut self, watch: &Path) -> anyhow::Result<()> {
+        let (tx, mut changes) = tokio::sync::mpsc::channel::<()>(1);
+        let dir = watch.to_path_buf();
+        std::thread::Builder::new()
+            .name("palisade-watch".into())
+            .spawn(move || watch_dir(&dir, &tx))?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            if let Err(e) = self.reconcile().await {
+                tracing::error!("reconcile: {e:#}");
+            }
+            let wait = if self.status.unplaced.is_empty() {
+                self.options.resync
+            } else {
+                Duration::from_millis(50)
+            };
+            tokio::select! {
+                _ = changes.recv() => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+            }
+        }
+        // Enforcement stays: pinned links and maps outlive the daemon.
+        tracing::info!("stopping; programs and maps stay pinned and enforcing");
+        Ok(())
+    }
+}
+
+/// Forwards inotify events on `dir` as wake-ups; a burst of events is one.
+fn watch_dir(dir: &Path, tx: &tokio::sync::mpsc::Sender<()>) {
+    use inotify::{Inotify, WatchMask};
+    let Ok(mut inotify) = Inotify::init() else {
+        tracing::warn!("inotify unavailable: changes are picked up on resync only");
+        return;
+    };
+    let mask = WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::MOVED_FROM
+        | WatchMask::DELETE
+        | WatchMask::CREATE;
+    if let Err(e) = inotify.watches().add(dir, mask) {
+        tracing::warn!("watching {}: {e}", dir.display());
+        return;
+    }
+    let mut buffer = [0u8; 4096];
+    loop {
+        match inotify.read_events_blocking(&mut buffer) {
+            Ok(_) => {
+                // Full channel: a wake-up is already pending.
+                let _ = tx.try_send(());
+                if tx.is_closed() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("inotify: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

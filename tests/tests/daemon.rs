@@ -1,0 +1,203 @@
+//! The daemon as it runs on a node, as a separate process in the node's
+//! namespace with the file source: it finds the pods' veths on the bridge,
+//! attaches, enforces the policies of the directory, reports each revision
+//! when it is in force, repairs an entry deleted behind its back, and leaves
+//! enforcement in place when it stops.
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use palisade::{datapath::DatapathMaps, sync::endpoint_ids};
+use palisade_tests::{BridgeLab, TempPins, in_netns, run, unique};
+
+const WAIT: Duration = Duration::from_millis(700);
+const PORT: u16 = 8080;
+
+/// The `palisade` binary next to this test's build directory.
+fn palisade_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("palisade"))
+        .context("no build directory")?;
+    if !bin.exists() {
+        bail!(
+            "{} missing: `cargo build -p palisade` first (make privileged does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(node: &str, pins: &Path, source: &Path, status: &Path) -> anyhow::Result<Self> {
+        let ns = fs::File::open(Path::new("/run/netns").join(node))?;
+        let mut cmd = Command::new(palisade_bin()?);
+        cmd.arg("--pin-base")
+            .arg(pins)
+            .args(["daemon", "--resync-ms", "300", "--source"])
+            .arg(source)
+            .arg("--status-file")
+            .arg(status);
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; only the child's netns changes
+        // (not its mounts, so bpffs stays visible).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(Self(cmd.spawn()?))
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_ready(status: &Path, revision: &str) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(text) = fs::read_to_string(status) {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            if v["revision"] == revision && v["ready"] == true {
+                return Ok(v);
+            }
+            last = text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("revision {revision} not in force: {last}")
+}
+
+fn write_revision(dir: &Path, file: &str, text: &str, revision: &str) -> anyhow::Result<()> {
+    fs::write(dir.join(file), text)?;
+    fs::write(dir.join(".revision"), revision)?;
+    Ok(())
+}
+
+fn cluster(lab: &BridgeLab) -> String {
+    let mut text =
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n".to_owned();
+    for (i, pod) in lab.pods.iter().enumerate() {
+        let name = ["a", "b", "c"][i];
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{pod: {name}}}}}\nstatus: {{podIP: {}}}\n",
+            pod.ip
+        ));
+    }
+    text
+}
+
+const B_FROM_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-a, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{port: 8080}]}]\n";
+
+fn reaches(lab: &BridgeLab, from: usize, to: usize) -> anyhow::Result<bool> {
+    let target = SocketAddr::from((lab.pods[to].ip, PORT));
+    Ok(in_netns(&lab.pods[from].netns, || {
+        TcpStream::connect_timeout(&target, WAIT)
+    })?
+    .is_ok())
+}
+
+#[test]
+fn the_daemon_enforces_a_directory_of_policies_on_a_bridged_node() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(3)?;
+    run(
+        "ip",
+        &[
+            "-n",
+            &lab.node,
+            "addr",
+            "add",
+            "10.199.1.254/24",
+            "dev",
+            "br0",
+        ],
+    )?;
+    let dir = std::env::temp_dir().join(unique("palisade-daemon-"));
+    fs::create_dir_all(&dir)?;
+    let status = dir.join("status.json");
+    let source = dir.join("source");
+    fs::create_dir_all(&source)?;
+    write_revision(&source, "cluster.yaml", &cluster(&lab), "1")?;
+    // Listeners in every pod, kept for the whole test.
+    let _listeners: Vec<TcpListener> = lab
+        .pods
+        .iter()
+        .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
+        .collect::<Result<Result<_, _>, _>>()??;
+
+    let mut daemon = Daemon::start(&lab.node, t.pins.base(), &source, &status)?;
+    let s = wait_ready(&status, "1")?;
+    assert_eq!(s["endpoints"].as_object().map(|o| o.len()), Some(3), "{s}");
+    assert!(reaches(&lab, 2, 1)?, "no policy: c reaches b");
+
+    write_revision(&source, "policy.yaml", B_FROM_A, "2")?;
+    wait_ready(&status, "2")?;
+    assert!(reaches(&lab, 0, 1)?, "a -> b allowed");
+    assert!(!reaches(&lab, 2, 1)?, "c -> b denied");
+    assert!(reaches(&lab, 1, 2)?, "b -> c: c is not isolated");
+
+    // Drift: b's allow entry disappears behind the daemon's back.
+    let mut maps = DatapathMaps::open(&t.pins)?;
+    let ids = endpoint_ids(["x/a", "x/b", "x/c"].into_iter());
+    let key = maps
+        .policy_port
+        .keys()
+        .filter_map(Result::ok)
+        .find(|k| k.endpoint == ids["x/b"])
+        .context("b's entry")?;
+    maps.policy_port.remove(&key)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while maps.policy_port.get(&key, 0).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(reaches(&lab, 0, 1)?, "the resync restored a -> b");
+
+    // A bad edit: the broken policy keeps its last good version.
+    write_revision(
+        &source,
+        "policy.yaml",
+        &B_FROM_A.replace("ports:", "portz:"),
+        "3",
+    )?;
+    let s = wait_ready(&status, "3")?;
+    assert!(
+        s["errors"][0].as_str().is_some_and(|e| e.contains("portz")),
+        "{s}"
+    );
+    assert!(
+        !reaches(&lab, 2, 1)?,
+        "still denied under the last good version"
+    );
+
+    daemon.stop();
+    assert!(!reaches(&lab, 2, 1)?, "enforcement outlives the daemon");
+    assert!(reaches(&lab, 0, 1)?);
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
