@@ -228,6 +228,27 @@ impl BridgeLab {
     }
 }
 
+impl BridgeLab {
+    /// Gives the node an address on the bridge (10.199.1.254/24), as a
+    /// bridged CNI's gateway has: the node then routes to the pods through
+    /// the bridge and resolves their addresses there.
+    pub fn add_node_address(&self) -> anyhow::Result<()> {
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.node,
+                "addr",
+                "add",
+                "10.199.1.254/24",
+                "dev",
+                "br0",
+            ],
+        )?;
+        Ok(())
+    }
+}
+
 impl Drop for BridgeLab {
     fn drop(&mut self) {
         for pod in &self.pods {

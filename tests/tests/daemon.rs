@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use palisade::{datapath::DatapathMaps, sync::endpoint_ids};
-use palisade_tests::{BridgeLab, TempPins, in_netns, run, unique};
+use palisade_tests::{BridgeLab, TempPins, in_netns, unique};
 
 const WAIT: Duration = Duration::from_millis(700);
 const PORT: u16 = 8080;
@@ -126,18 +126,7 @@ fn reaches(lab: &BridgeLab, from: usize, to: usize) -> anyhow::Result<bool> {
 fn the_daemon_enforces_a_directory_of_policies_on_a_bridged_node() -> anyhow::Result<()> {
     let t = TempPins::new()?;
     let lab = BridgeLab::new(3)?;
-    run(
-        "ip",
-        &[
-            "-n",
-            &lab.node,
-            "addr",
-            "add",
-            "10.199.1.254/24",
-            "dev",
-            "br0",
-        ],
-    )?;
+    lab.add_node_address()?;
     let dir = std::env::temp_dir().join(unique("palisade-daemon-"));
     fs::create_dir_all(&dir)?;
     let status = dir.join("status.json");

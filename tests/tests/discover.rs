@@ -5,7 +5,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use palisade::discover::{Placement, Unplaced, connect, locate, nudge};
-use palisade_tests::{BridgeLab, POD_IP, VethPair, in_netns, run};
+use palisade_tests::{BridgeLab, POD_IP, VethPair, in_netns};
 
 /// Runs `f` with a netlink handle opened inside namespace `ns`.
 fn in_node<T: Send>(
@@ -40,18 +40,7 @@ fn a_routed_pod_is_found_behind_its_veth() -> anyhow::Result<()> {
 #[test]
 fn a_bridged_pod_is_found_through_neighbour_and_fdb() -> anyhow::Result<()> {
     let lab = BridgeLab::new(2)?;
-    run(
-        "ip",
-        &[
-            "-n",
-            &lab.node,
-            "addr",
-            "add",
-            "10.199.1.254/24",
-            "dev",
-            "br0",
-        ],
-    )?;
+    lab.add_node_address()?;
     let bridge = in_netns(&lab.node, || palisade::netns::ifindex("br0"))??;
     for pod in &lab.pods {
         let veth = in_netns(&lab.node, || palisade::netns::ifindex(&pod.host_if))??;
