@@ -11,7 +11,7 @@ use crate::model::{
     Pod, Policy, Protocol, Snapshot,
     networkpolicy::{Peer, PolicyPort, PortRef},
     palisade::Action,
-    policy::Tier,
+    policy::{Rule, Tier},
 };
 
 /// One end of a flow.
@@ -134,15 +134,6 @@ fn ports_match(ports: &[PolicyPort], dest: Target<'_>, protocol: Protocol, port:
         })
 }
 
-/// Deny before Pass before Allow at equal priority.
-fn action_rank(a: Action) -> u8 {
-    match a {
-        Action::Deny => 0,
-        Action::Pass => 1,
-        Action::Allow => 2,
-    }
-}
-
 fn side(
     s: &Snapshot,
     me: Target<'_>,
@@ -195,20 +186,19 @@ fn side_with(
         .collect();
     selected_by.sort();
     // Every (policy, rule) in evaluation order.
-    let mut rules: Vec<(&Policy, usize, Action)> = applying
+    let mut rules: Vec<(&Policy, usize, &Rule)> = applying
         .iter()
         .flat_map(|p| {
             p.rules(egress)
                 .unwrap_or_default()
                 .iter()
                 .enumerate()
-                .map(move |(i, r)| (*p, i, r.action))
+                .map(move |(i, r)| (*p, i, r))
         })
         .collect();
-    rules.sort_by_key(|(p, i, a)| (p.tier, p.priority, action_rank(*a), p.key(), *i));
+    rules.sort_by_key(|(p, i, r)| (p.tier, p.priority, r.action.rank(), p.key(), *i));
     let mut passed = false;
-    for (p, i, action) in rules {
-        let rule = &p.rules(egress).unwrap_or_default()[i];
+    for (p, i, rule) in rules {
         if !(peers_match(s, p.namespace.as_deref(), &rule.peers, other)
             && ports_match(&rule.ports, dest, protocol, port))
         {
@@ -219,11 +209,20 @@ fn side_with(
             Tier::Baseline if !selected_by.is_empty() => break,
             _ => {}
         }
-        let (policy, rule) = (p.key(), i);
-        match action {
+        match rule.action {
             Action::Pass => passed = true,
-            Action::Allow => return Side::Allowed { policy, rule },
-            Action::Deny => return Side::DeniedByRule { policy, rule },
+            Action::Allow => {
+                return Side::Allowed {
+                    policy: p.key(),
+                    rule: i,
+                };
+            }
+            Action::Deny => {
+                return Side::DeniedByRule {
+                    policy: p.key(),
+                    rule: i,
+                };
+            }
         }
     }
     if selected_by.is_empty() {

@@ -59,10 +59,20 @@ impl IdentityKey {
 }
 
 /// FNV-1a, 64 bit: stable across Rust versions, unlike `DefaultHasher`.
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// A stable, non-zero 32-bit number for a name (FNV-1a, 32 bit): policy
+/// and endpoint ids, which counters carry across daemon restarts.
+pub fn stable_id(name: &str) -> u32 {
+    name.bytes()
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+        .max(1)
 }
 
 /// Assigns an identity to every key.
@@ -70,7 +80,7 @@ pub fn allocate(keys: &BTreeSet<IdentityKey>) -> BTreeMap<IdentityKey, u32> {
     let mut used = BTreeSet::new();
     let mut out = BTreeMap::new();
     for key in keys {
-        let mut slot = fnv1a(&key.canonical()) % SPACE;
+        let mut slot = fnv1a(key.canonical().as_bytes()) % SPACE;
         while !used.insert(slot) {
             slot = (slot + 1) % SPACE;
         }

@@ -37,7 +37,7 @@ use resolve::Raw;
 
 use crate::{
     datapath::PolicyEntry,
-    identity::{IdentityKey, allocate},
+    identity::{IdentityKey, allocate, stable_id},
     model::{
         Pod, Policy, Protocol, Snapshot,
         networkpolicy::{IpBlock, Peer, PolicyPort, PortRef},
@@ -107,14 +107,6 @@ fn blocks(p: &Policy) -> impl Iterator<Item = &IpBlock> {
         .flatten()
         .flat_map(|rule| &rule.peers)
         .filter_map(|peer| peer.ip_block.as_ref())
-}
-
-/// A stable, non-zero id for a policy, from its key (0 means the default deny).
-pub fn policy_id(key: &str) -> u32 {
-    let h = key.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    h.max(1)
 }
 
 struct Context<'a> {
@@ -430,7 +422,8 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
         .iter()
         .map(|p| {
             let key = p.key();
-            let id = policy_id(&key);
+            // Non-zero: 0 means the default deny.
+            let id = stable_id(&key);
             (key, id)
         })
         .collect();

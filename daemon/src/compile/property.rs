@@ -11,7 +11,7 @@ use super::{EndpointPolicy, compile, evaluate};
 use crate::{
     explain::{Side, Target, explain},
     model::{
-        LabelSelector, NetworkPolicy, Policy, Protocol, Snapshot,
+        LabelSelector, NetworkPolicy, Pod, Policy, Protocol, Snapshot,
         networkpolicy::{
             EgressRule, IngressRule, IpBlock, NetworkPolicySpec, ObjectMeta, Peer, PolicyPort,
             PolicyType, PortRef,
@@ -175,41 +175,52 @@ fn policy(rng: &mut Rng, i: usize) -> NetworkPolicy {
     }
 }
 
+/// The NetworkPolicy's rules with an action each from `action`.
+fn with_actions(
+    np: &NetworkPolicy,
+    rng: &mut Rng,
+    action: impl Fn(&mut Rng) -> Option<Action>,
+) -> (Vec<PIngress>, Vec<PEgress>) {
+    let ingress = np
+        .spec
+        .ingress
+        .iter()
+        .map(|r| PIngress {
+            action: action(rng),
+            from: r.from.clone(),
+            ports: r.ports.clone(),
+        })
+        .collect();
+    let egress = np
+        .spec
+        .egress
+        .iter()
+        .map(|r| PEgress {
+            action: action(rng),
+            to: r.to.clone(),
+            ports: r.ports.clone(),
+        })
+        .collect();
+    (ingress, egress)
+}
+
 /// A Palisade policy of either kind, built around the same random rules.
 fn palisade_policy(rng: &mut Rng, i: usize) -> Policy {
     let np = policy(rng, i);
     let mode = rng.chance(25).then_some(Mode::Audit);
     let priority = rng.chance(70).then(|| *rng.pick(&[500, 1000, 1500]));
     if rng.chance(50) {
-        let action = |rng: &mut Rng| {
+        let (ingress, egress) = with_actions(&np, rng, |rng| {
             rng.chance(70)
                 .then(|| *rng.pick(&[Action::Allow, Action::Deny]))
-        };
+        });
         let spec = PalisadeNetworkPolicySpec {
             pod_selector: np.spec.pod_selector.clone(),
             priority,
             mode,
             policy_types: np.spec.policy_types.clone(),
-            ingress: np
-                .spec
-                .ingress
-                .iter()
-                .map(|r| PIngress {
-                    action: action(rng),
-                    from: r.from.clone(),
-                    ports: r.ports.clone(),
-                })
-                .collect(),
-            egress: np
-                .spec
-                .egress
-                .iter()
-                .map(|r| PEgress {
-                    action: action(rng),
-                    to: r.to.clone(),
-                    ports: r.ports.clone(),
-                })
-                .collect(),
+            ingress,
+            egress,
             process: None,
             file: None,
         };
@@ -222,36 +233,21 @@ fn palisade_policy(rng: &mut Rng, i: usize) -> Policy {
         } else {
             &[Action::Allow, Action::Deny]
         };
+        let namespace_selector = rng
+            .chance(50)
+            .then(|| selector(rng, "ns", &["x", "y", "z"]));
+        let pod_selector = rng.chance(50).then(|| np.spec.pod_selector.clone());
+        let (ingress, egress) = with_actions(&np, rng, |rng| Some(*rng.pick(actions)));
         let spec = PalisadeClusterNetworkPolicySpec {
             tier: Some(tier),
             priority,
             mode,
             subject: Subject {
-                namespace_selector: rng
-                    .chance(50)
-                    .then(|| selector(rng, "ns", &["x", "y", "z"])),
-                pod_selector: rng.chance(50).then(|| np.spec.pod_selector.clone()),
+                namespace_selector,
+                pod_selector,
             },
-            ingress: np
-                .spec
-                .ingress
-                .iter()
-                .map(|r| PIngress {
-                    action: Some(*rng.pick(actions)),
-                    from: r.from.clone(),
-                    ports: r.ports.clone(),
-                })
-                .collect(),
-            egress: np
-                .spec
-                .egress
-                .iter()
-                .map(|r| PEgress {
-                    action: Some(*rng.pick(actions)),
-                    to: r.to.clone(),
-                    ports: r.ports.clone(),
-                })
-                .collect(),
+            ingress,
+            egress,
             process: None,
             file: None,
         };
@@ -331,20 +327,17 @@ fn compiled_state_and_policies_agree_on_random_snapshots() {
                         let e = explain(&s, Target::Pod(from), Target::Pod(to), protocol, port);
                         let direct = e.allowed();
                         let compiled = evaluate::connection(&c, from, to, number, port);
-                        let egress = compiled_side(
-                            c.endpoints.get(&from.key()).unwrap_or(&none),
-                            direction::EGRESS,
-                            evaluate::identity_of(&c, to.ips[0]),
-                            number,
-                            port,
-                        );
-                        let ingress = compiled_side(
-                            c.endpoints.get(&to.key()).unwrap_or(&none),
-                            direction::INGRESS,
-                            evaluate::identity_of(&c, from.ips[0]),
-                            number,
-                            port,
-                        );
+                        let side = |pod: &Pod, dir: u32, peer: &Pod| {
+                            compiled_side(
+                                c.endpoints.get(&pod.key()).unwrap_or(&none),
+                                dir,
+                                evaluate::identity_of(&c, peer.ips[0]),
+                                number,
+                                port,
+                            )
+                        };
+                        let egress = side(from, direction::EGRESS, to);
+                        let ingress = side(to, direction::INGRESS, from);
                         assert_eq!(
                             (egress, ingress),
                             (seen(&e.egress), seen(&e.ingress)),

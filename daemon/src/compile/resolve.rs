@@ -41,12 +41,12 @@ impl Raw {
     /// Evaluation order: tier, then priority, then Deny before Pass before
     /// Allow; the policy id only makes ties deterministic.
     fn order(&self) -> (Tier, u32, u8, u32) {
-        let action = match self.action {
-            Action::Deny => 0,
-            Action::Pass => 1,
-            Action::Allow => 2,
-        };
-        (self.tier, self.priority, action, self.entry.value.policy)
+        (
+            self.tier,
+            self.priority,
+            self.action.rank(),
+            self.entry.value.policy,
+        )
     }
 
     /// Whether the rule covers `protocol` (`None`: a protocol without

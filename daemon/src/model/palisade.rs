@@ -51,6 +51,18 @@ pub enum Action {
     Pass,
 }
 
+impl Action {
+    /// Order among rules of equal tier and priority: Deny, then Pass, then
+    /// Allow (so that NetworkPolicy's allows stay a union under any deny).
+    pub const fn rank(self) -> u8 {
+        match self {
+            Self::Deny => 0,
+            Self::Pass => 1,
+            Self::Allow => 2,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum ClusterTier {
     /// Above NetworkPolicy: evaluated before it.

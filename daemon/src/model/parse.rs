@@ -85,13 +85,15 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// What every document starts with: enough to tell its kind and name
+/// before the strict parse of that kind.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Head {
+pub struct Head {
     #[serde(default)]
-    api_version: Option<String>,
+    pub api_version: Option<String>,
     #[serde(default)]
-    kind: Option<String>,
+    pub kind: Option<String>,
     #[serde(default)]
     metadata: Option<HeadMeta>,
 }
@@ -105,7 +107,7 @@ struct HeadMeta {
 }
 
 /// The documents of a YAML stream with the line each starts on.
-fn split_documents(text: &str) -> Vec<(usize, String)> {
+pub fn split_documents(text: &str) -> Vec<(usize, String)> {
     let mut docs = Vec::new();
     let mut current = String::new();
     let mut start = 1;
@@ -140,7 +142,8 @@ pub fn parse_documents(
         .collect()
 }
 
-fn parse_one(
+/// Parses one policy document that starts on line `start` of `file`.
+pub fn parse_one(
     doc: &str,
     start: usize,
     file: &str,

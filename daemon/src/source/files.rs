@@ -22,8 +22,8 @@ use serde::Deserialize;
 
 use super::{Reading, Source};
 use crate::model::{
-    NamedPort, Namespace, Pod, Protocol,
-    parse::{Document, parse_documents},
+    NamedPort, Namespace, Pod, Policy, Protocol,
+    parse::{Head, parse_one, split_documents},
 };
 
 pub const REVISION_FILE: &str = ".revision";
@@ -33,7 +33,7 @@ pub const REVISION_FILE: &str = ".revision";
 enum Object {
     Namespace(Namespace),
     Pod(Pod),
-    Policy(Box<Document>),
+    Policy(Policy),
 }
 
 pub struct FileSource {
@@ -102,15 +102,6 @@ struct PodDoc {
     status: PodStatus,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Head {
-    #[serde(default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-}
-
 fn pod_of(doc: PodDoc) -> Pod {
     let mut ips: Vec<IpAddr> = doc.status.pod_ips.iter().map(|p| p.ip).collect();
     if let Some(ip) = doc.status.pod_ip
@@ -143,52 +134,37 @@ fn key_of(o: &Object) -> String {
     match o {
         Object::Namespace(n) => format!("Namespace//{}", n.name),
         Object::Pod(p) => format!("Pod/{}/{}", p.namespace, p.name),
-        Object::Policy(d) => format!("Policy/{}", d.policy().key()),
+        Object::Policy(p) => format!("Policy/{}", p.key()),
     }
 }
 
-/// The documents of one file: objects read, and errors with the key of the
-/// object they concern when it could be told.
+/// The documents of one file: objects read, and errors with the
+/// `namespace/name` of the policy they concern when it could be told.
 fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, String)>) {
     let shown = path.display().to_string();
     let (mut objects, mut errors) = (Vec::new(), Vec::new());
-    let mut policies = String::new();
-    // Namespaces and pods are picked out first; the rest goes to the
-    // policy parser, which reports unknown kinds.
-    for doc in text.split("\n---") {
-        let Ok(head) = serde_yaml::from_str::<Head>(doc) else {
-            policies.push_str(doc);
-            policies.push_str("\n---");
-            continue;
-        };
-        match (head.api_version.as_deref(), head.kind.as_deref()) {
-            (Some("v1"), Some("Namespace")) => match serde_yaml::from_str::<NamespaceDoc>(doc) {
+    for (start, doc) in split_documents(text) {
+        let head = serde_yaml::from_str::<Head>(&doc).ok();
+        let kind = head
+            .as_ref()
+            .and_then(|h| Some((h.api_version.as_deref()?, h.kind.as_deref()?)));
+        match kind {
+            Some(("v1", "Namespace")) => match serde_yaml::from_str::<NamespaceDoc>(&doc) {
                 Ok(n) => objects.push(Object::Namespace(Namespace {
                     name: n.metadata.name,
                     labels: n.metadata.labels,
                 })),
-                Err(e) => errors.push((None, format!("{shown}: Namespace: {e}"))),
+                Err(e) => errors.push((None, format!("{shown}:{start}: Namespace: {e}"))),
             },
-            (Some("v1"), Some("Pod")) => match serde_yaml::from_str::<PodDoc>(doc) {
+            Some(("v1", "Pod")) => match serde_yaml::from_str::<PodDoc>(&doc) {
                 Ok(p) => objects.push(Object::Pod(pod_of(p))),
-                Err(e) => errors.push((None, format!("{shown}: Pod: {e}"))),
+                Err(e) => errors.push((None, format!("{shown}:{start}: Pod: {e}"))),
             },
-            _ => {
-                // Blank lines keep the policy parser's line numbers right.
-                let skipped = text[..text.find(doc).unwrap_or(0)]
-                    .matches('\n')
-                    .count()
-                    .saturating_sub(policies.matches('\n').count());
-                policies.push_str(&"\n".repeat(skipped));
-                policies.push_str(doc);
-                policies.push_str("\n---");
-            }
-        }
-    }
-    for result in parse_documents(&policies, &shown, "default") {
-        match result {
-            Ok(doc) => objects.push(Object::Policy(Box::new(doc))),
-            Err(e) => errors.push((e.object.clone(), e.to_string())),
+            // Policies, and anything else: the policy parser names unknown kinds.
+            _ => match parse_one(&doc, start, &shown, "default") {
+                Ok(d) => objects.push(Object::Policy(d.policy())),
+                Err(e) => errors.push((e.object.clone(), e.to_string())),
+            },
         }
     }
     (objects, errors)
@@ -234,7 +210,8 @@ impl Source for FileSource {
                 self.last_good.keys().cloned().collect()
             }
         };
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        // Every file's name and contents, for the fallback revision.
+        let mut seen = Vec::new();
         let mut next = BTreeMap::new();
         for path in files {
             let text = match fs::read_to_string(&path) {
@@ -247,20 +224,23 @@ impl Source for FileSource {
                     continue;
                 }
             };
-            for b in path.to_string_lossy().bytes().chain(text.bytes()) {
-                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
+            seen.extend_from_slice(path.to_string_lossy().as_bytes());
+            seen.extend_from_slice(text.as_bytes());
             let (objects, errors) = read_file(&path, &text);
             let mut good: BTreeMap<String, Object> =
                 objects.into_iter().map(|o| (key_of(&o), o)).collect();
             let old = self.last_good.get(&path);
             for (object, message) in errors {
                 // The bad object's last good version stays in force.
-                let kept = old.and_then(|old| {
-                    let suffix = object.as_deref()?;
-                    old.iter()
-                        .find(|(k, _)| k.ends_with(suffix))
-                        .map(|(k, o)| (k.clone(), o.clone()))
+                // Errors name policies as `namespace/name` (`cluster:name`);
+                // a namespaced Palisade policy's key adds its prefix.
+                let kept = old.zip(object).and_then(|(old, object)| {
+                    [
+                        format!("Policy/{object}"),
+                        format!("Policy/palisade:{object}"),
+                    ]
+                    .into_iter()
+                    .find_map(|k| old.get(&k).map(|o| (k, o.clone())))
                 });
                 match kept {
                     Some((k, o)) => {
@@ -285,13 +265,13 @@ impl Source for FileSource {
                             .insert(n.name.clone(), n.clone());
                     }
                     Object::Pod(p) => reading.snapshot.pods.push(p.clone()),
-                    Object::Policy(d) => reading.snapshot.policies.push(d.policy()),
+                    Object::Policy(p) => reading.snapshot.policies.push(p.clone()),
                 }
             }
         }
         reading.revision = fs::read_to_string(self.dir.join(REVISION_FILE))
             .map(|r| r.trim().to_owned())
-            .unwrap_or_else(|_| format!("{hash:016x}"));
+            .unwrap_or_else(|_| format!("{:016x}", crate::identity::fnv1a(&seen)));
         reading
     }
 }

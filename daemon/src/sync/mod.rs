@@ -31,12 +31,7 @@ pub fn endpoint_ids<'a>(pods: impl Iterator<Item = &'a str>) -> BTreeMap<String,
     let mut used = BTreeSet::new();
     let mut out = BTreeMap::new();
     for name in names {
-        let mut id = name
-            .bytes()
-            .fold(0x811c_9dc5u32, |h, b| {
-                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-            })
-            .max(1);
+        let mut id = crate::identity::stable_id(name);
         while !used.insert(id) {
             id = id.wrapping_add(1).max(1);
         }
