@@ -112,11 +112,12 @@ impl<S: Source> Agent<S> {
 
         let mut placed = BTreeMap::new();
         let mut unplaced = Vec::new();
+        let mut tables = discover::Tables::new(&self.netlink);
         for pod in &reading.snapshot.pods {
             let Some(&ip) = pod.ips.first() else {
                 continue;
             };
-            match discover::locate(&self.netlink, ip).await? {
+            match tables.locate(ip).await? {
                 Ok(p) => {
                     placed.insert(pod.key(), p.veth());
                 }

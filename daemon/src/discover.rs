@@ -10,7 +10,10 @@
 //!   Until the pod has spoken, neither exists: `nudge` makes the node ask
 //!   (ARP/ND pass Palisade's programs unconditionally).
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+};
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
@@ -61,7 +64,7 @@ pub enum Unplaced {
     },
 }
 
-async fn kind_of(handle: &Handle, ifindex: u32) -> Result<Option<InfoKind>, DiscoverError> {
+async fn dump_kind(handle: &Handle, ifindex: u32) -> Result<Option<InfoKind>, DiscoverError> {
     let mut links = handle.link().get().match_index(ifindex).execute();
     while let Some(link) = links.try_next().await? {
         for attr in link.attributes {
@@ -75,6 +78,17 @@ async fn kind_of(handle: &Handle, ifindex: u32) -> Result<Option<InfoKind>, Disc
         }
     }
     Ok(None)
+}
+
+async fn dump_neighbours(
+    handle: &Handle,
+    family: Option<AddressFamily>,
+) -> Result<Vec<NeighbourMessage>, DiscoverError> {
+    let mut request = handle.neighbours().get();
+    if let Some(family) = family {
+        request = request.set_address_family(family);
+    }
+    Ok(request.execute().try_collect().await?)
 }
 
 async fn route_oif(handle: &Handle, ip: IpAddr) -> Result<Option<u32>, DiscoverError> {
@@ -115,79 +129,106 @@ fn lladdr(m: &NeighbourMessage) -> Option<&[u8]> {
     })
 }
 
-async fn mac_of(
-    handle: &Handle,
-    bridge: u32,
-    ip: IpAddr,
-) -> Result<Option<Vec<u8>>, DiscoverError> {
-    let mut neighbours = handle.neighbours().get().execute();
-    while let Some(n) = neighbours.try_next().await? {
-        if n.header.ifindex == bridge
-            && neighbour_ip(&n) == Some(ip)
-            && let Some(mac) = lladdr(&n)
-        {
-            return Ok(Some(mac.to_vec()));
-        }
-    }
-    Ok(None)
+/// The node's tables as one pass sees them: the neighbour table, the
+/// bridge FDB and interface kinds are each read at most once, however many
+/// pods the pass locates; only the route lookup is per address.
+pub struct Tables<'a> {
+    handle: &'a Handle,
+    kinds: HashMap<u32, Option<InfoKind>>,
+    neighbours: Option<Vec<NeighbourMessage>>,
+    fdb: Option<Vec<NeighbourMessage>>,
 }
 
-async fn port_of(handle: &Handle, bridge: u32, mac: &[u8]) -> Result<Option<u32>, DiscoverError> {
-    let mut fdb = handle
-        .neighbours()
-        .get()
-        .set_address_family(AddressFamily::Bridge)
-        .execute();
-    while let Some(n) = fdb.try_next().await? {
-        let on_bridge = n
-            .attributes
-            .iter()
-            .any(|a| matches!(a, NeighbourAttribute::Controller(c) if *c == bridge));
-        if on_bridge && n.header.ifindex != bridge && lladdr(&n) == Some(mac) {
-            return Ok(Some(n.header.ifindex));
+impl<'a> Tables<'a> {
+    pub fn new(handle: &'a Handle) -> Self {
+        Self {
+            handle,
+            kinds: HashMap::new(),
+            neighbours: None,
+            fdb: None,
         }
     }
-    Ok(None)
+
+    async fn kind(&mut self, ifindex: u32) -> Result<Option<InfoKind>, DiscoverError> {
+        if let Some(kind) = self.kinds.get(&ifindex) {
+            return Ok(kind.clone());
+        }
+        let kind = dump_kind(self.handle, ifindex).await?;
+        self.kinds.insert(ifindex, kind.clone());
+        Ok(kind)
+    }
+
+    async fn mac_of(&mut self, bridge: u32, ip: IpAddr) -> Result<Option<Vec<u8>>, DiscoverError> {
+        if self.neighbours.is_none() {
+            self.neighbours = Some(dump_neighbours(self.handle, None).await?);
+        }
+        Ok(self.neighbours.iter().flatten().find_map(|n| {
+            (n.header.ifindex == bridge && neighbour_ip(n) == Some(ip))
+                .then(|| lladdr(n).map(<[u8]>::to_vec))
+                .flatten()
+        }))
+    }
+
+    async fn port_of(&mut self, bridge: u32, mac: &[u8]) -> Result<Option<u32>, DiscoverError> {
+        if self.fdb.is_none() {
+            self.fdb = Some(dump_neighbours(self.handle, Some(AddressFamily::Bridge)).await?);
+        }
+        Ok(self.fdb.iter().flatten().find_map(|n| {
+            let on_bridge = n
+                .attributes
+                .iter()
+                .any(|a| matches!(a, NeighbourAttribute::Controller(c) if *c == bridge));
+            (on_bridge && n.header.ifindex != bridge && lladdr(n) == Some(mac))
+                .then_some(n.header.ifindex)
+        }))
+    }
+
+    /// Where the pod with address `ip` is attached on this node, for the
+    /// network namespace the connection was opened in.
+    pub async fn locate(
+        &mut self,
+        ip: IpAddr,
+    ) -> Result<Result<Placement, Unplaced>, DiscoverError> {
+        let Some(oif) = route_oif(self.handle, ip).await? else {
+            return Ok(Err(Unplaced::NoRoute));
+        };
+        match self.kind(oif).await? {
+            Some(InfoKind::Veth) => Ok(Ok(Placement::Routed { veth: oif })),
+            Some(InfoKind::Bridge) => {
+                let Some(mac) = self.mac_of(oif, ip).await? else {
+                    return Ok(Err(Unplaced::Unresolved { bridge: oif }));
+                };
+                match self.port_of(oif, &mac).await? {
+                    Some(port) if self.kind(port).await? == Some(InfoKind::Veth) => {
+                        Ok(Ok(Placement::Bridged {
+                            bridge: oif,
+                            veth: port,
+                        }))
+                    }
+                    _ => Ok(Err(Unplaced::Unresolved { bridge: oif })),
+                }
+            }
+            _ => Ok(Err(Unplaced::NotLocal { ifindex: oif })),
+        }
+    }
 }
 
-/// Where the pod with address `ip` is attached on this node, for the
-/// network namespace the connection was opened in.
+/// One address, with fresh tables.
 pub async fn locate(
     handle: &Handle,
     ip: IpAddr,
 ) -> Result<Result<Placement, Unplaced>, DiscoverError> {
-    let Some(oif) = route_oif(handle, ip).await? else {
-        return Ok(Err(Unplaced::NoRoute));
-    };
-    match kind_of(handle, oif).await? {
-        Some(InfoKind::Veth) => Ok(Ok(Placement::Routed { veth: oif })),
-        Some(InfoKind::Bridge) => {
-            let Some(mac) = mac_of(handle, oif, ip).await? else {
-                return Ok(Err(Unplaced::Unresolved { bridge: oif }));
-            };
-            match port_of(handle, oif, &mac).await? {
-                Some(port) if kind_of(handle, port).await? == Some(InfoKind::Veth) => {
-                    Ok(Ok(Placement::Bridged {
-                        bridge: oif,
-                        veth: port,
-                    }))
-                }
-                _ => Ok(Err(Unplaced::Unresolved { bridge: oif })),
-            }
-        }
-        _ => Ok(Err(Unplaced::NotLocal { ifindex: oif })),
-    }
+    Tables::new(handle).locate(ip).await
 }
 
 /// Makes the node resolve `ip`'s link-layer address: one datagram to the
 /// discard port. The pod need not answer it; its ARP/ND reply is enough.
 pub fn nudge(ip: IpAddr) {
-    let bind: SocketAddr = if ip.is_ipv4() {
-        "0.0.0.0:0".parse()
+    let bind = if ip.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
     } else {
-        "[::]:0".parse()
-    }
-    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    };
     if let Ok(socket) = UdpSocket::bind(bind) {
         let _ = socket.send_to(&[], SocketAddr::new(ip, 9));
     }
