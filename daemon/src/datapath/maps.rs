@@ -116,6 +116,9 @@ pub fn policy_keys(endpoint: u32, generation: u8, e: &PolicyEntry) -> Vec<Key<Po
         .collect()
 }
 
+/// The policy maps' entries by (endpoint, generation), as read at one time.
+pub type HeldPolicy = std::collections::HashMap<(u32, u8), Vec<(Key<PolicyKey>, PolicyValue)>>;
+
 /// Full-length prefixes go to the exact-match hash maps, the rest to the
 /// tries; the programs look in the hash first (see ebpf-tc's policy.rs).
 pub struct DatapathMaps {
@@ -266,6 +269,21 @@ impl DatapathMaps {
         flags: u32,
         entries: &[PolicyEntry],
     ) -> Result<u32, DatapathError> {
+        self.replace_policy_held(ifindex, endpoint, flags, entries, None)
+    }
+
+    /// [`Self::replace_policy`], with the policy maps' contents as the
+    /// caller last read them ([`Self::held_policy`]): a syncer swapping
+    /// many endpoints reads the maps once instead of scanning them again
+    /// for every endpoint's old generations.
+    pub fn replace_policy_held(
+        &mut self,
+        ifindex: u32,
+        endpoint: u32,
+        flags: u32,
+        entries: &[PolicyEntry],
+        held: Option<&HeldPolicy>,
+    ) -> Result<u32, DatapathError> {
         let current = self.endpoint(ifindex)?;
         let revision = current.map_or(0, |c| c.revision.wrapping_add(1));
         let next = EndpointValue {
@@ -275,7 +293,9 @@ impl DatapathMaps {
         };
         let generation = next.generation();
         // Leftovers of an interrupted earlier swap would mix into this one.
-        self.remove_generation(endpoint, generation)?;
+        let leftovers = self.keys_held(held, endpoint, generation)?;
+        self.remove_keys(&leftovers, endpoint, generation)?;
+        let mut written = Vec::new();
         for entry in entries {
             for key in policy_keys(endpoint, generation, entry) {
                 let (name, result) = if key.prefix_len() == POLICY_PREFIX_FULL {
@@ -287,13 +307,14 @@ impl DatapathMaps {
                     (maps::POLICY, self.policy.insert(&key, &entry.value, 0))
                 };
                 if let Err(source) = result {
-                    self.remove_generation(endpoint, generation)?;
+                    self.remove_keys(&written, endpoint, generation)?;
                     return Err(DatapathError::Write {
                         name,
                         what: format!("{entry:?} of endpoint {endpoint}"),
                         source,
                     });
                 }
+                written.push(key);
             }
         }
         self.endpoints
@@ -306,9 +327,51 @@ impl DatapathMaps {
         // Packets now read the new generation; the old one can go. (With a
         // reused ifindex this is the previous endpoint's live generation.)
         if let Some(old) = current {
-            self.remove_generation(old.endpoint, old.generation())?;
+            let keys = self.keys_held(held, old.endpoint, old.generation())?;
+            self.remove_keys(&keys, old.endpoint, old.generation())?;
         }
         Ok(revision)
+    }
+
+    /// Every policy entry the maps hold, by (endpoint, generation), in one
+    /// pass over both maps.
+    pub fn held_policy(&self) -> Result<HeldPolicy, DatapathError> {
+        let mut out = HeldPolicy::new();
+        for item in self.policy.iter() {
+            let (key, value) = item.map_err(|source| DatapathError::Read {
+                name: maps::POLICY,
+                source,
+            })?;
+            let d = key.data();
+            out.entry((d.endpoint, d.generation))
+                .or_default()
+                .push((key, value));
+        }
+        for item in self.policy_port.iter() {
+            let (d, value) = item.map_err(|source| DatapathError::Read {
+                name: maps::POLICY_PORT,
+                source,
+            })?;
+            out.entry((d.endpoint, d.generation))
+                .or_default()
+                .push((Key::new(POLICY_PREFIX_FULL, d), value));
+        }
+        Ok(out)
+    }
+
+    fn keys_held(
+        &self,
+        held: Option<&HeldPolicy>,
+        endpoint: u32,
+        generation: u8,
+    ) -> Result<Vec<Key<PolicyKey>>, DatapathError> {
+        match held {
+            Some(held) => Ok(held
+                .get(&(endpoint, generation))
+                .map(|entries| entries.iter().map(|(k, _)| *k).collect())
+                .unwrap_or_default()),
+            None => self.policy_keys_of(endpoint, generation),
+        }
     }
 
     /// The entries of one endpoint's generation, as trie keys (the exact
@@ -341,16 +404,29 @@ impl DatapathMaps {
         Ok(keys)
     }
 
+    /// Removes one generation of an endpoint's entries; `held` as for
+    /// [`Self::replace_policy_held`].
     pub fn remove_generation(
         &mut self,
         endpoint: u32,
         generation: u8,
+        held: Option<&HeldPolicy>,
     ) -> Result<(), DatapathError> {
-        for key in self.policy_keys_of(endpoint, generation)? {
+        let keys = self.keys_held(held, endpoint, generation)?;
+        self.remove_keys(&keys, endpoint, generation)
+    }
+
+    fn remove_keys(
+        &mut self,
+        keys: &[Key<PolicyKey>],
+        endpoint: u32,
+        generation: u8,
+    ) -> Result<(), DatapathError> {
+        for key in keys {
             let (name, result) = if key.prefix_len() == POLICY_PREFIX_FULL {
                 (maps::POLICY_PORT, self.policy_port.remove(&key.data()))
             } else {
-                (maps::POLICY, self.policy.remove(&key))
+                (maps::POLICY, self.policy.remove(key))
             };
             removed(result, name, || {
                 format!("removal of generation {generation} of endpoint {endpoint}")

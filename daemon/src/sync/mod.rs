@@ -87,30 +87,6 @@ fn read_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError
     move |source| DatapathError::Read { name, source }
 }
 
-/// Every policy entry the maps hold, by (endpoint, generation).
-fn held_policies(maps: &DatapathMaps) -> Result<HashMap<(u32, u8), Held>, DatapathError> {
-    use ebpf_common::{datapath::POLICY_PREFIX_FULL, maps as names};
-    let mut out: HashMap<(u32, u8), Held> = HashMap::new();
-    for item in maps.policy.iter() {
-        let (key, value) = item.map_err(read_err(names::POLICY))?;
-        let k = key.data();
-        out.entry((k.endpoint, k.generation)).or_default().insert((
-            key.prefix_len(),
-            bytes_of_key(&k),
-            bytes_of_value(&value),
-        ));
-    }
-    for item in maps.policy_port.iter() {
-        let (k, value) = item.map_err(read_err(names::POLICY_PORT))?;
-        out.entry((k.endpoint, k.generation)).or_default().insert((
-            POLICY_PREFIX_FULL,
-            bytes_of_key(&k),
-            bytes_of_value(&value),
-        ));
-    }
-    Ok(out)
-}
-
 /// The identity entries the maps hold, as prefixes.
 fn held_identities(maps: &DatapathMaps) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
     use ebpf_common::maps as names;
@@ -164,7 +140,17 @@ pub fn apply(
     }
 
     let ids = endpoint_ids(placed.keys().map(String::as_str));
-    let policies = held_policies(maps)?;
+    let held_policy = maps.held_policy()?;
+    let policies: HashMap<(u32, u8), Held> = held_policy
+        .iter()
+        .map(|(at, entries)| {
+            let held = entries
+                .iter()
+                .map(|(k, v)| (k.prefix_len(), bytes_of_key(&k.data()), bytes_of_value(v)))
+                .collect();
+            (*at, held)
+        })
+        .collect();
     let mut live: BTreeMap<u32, EndpointValue> = BTreeMap::new();
     for item in maps.endpoints.iter() {
         let (ifindex, value) = item.map_err(read_err(ebpf_common::maps::ENDPOINTS))?;
@@ -202,7 +188,13 @@ pub fn apply(
         if up_to_date {
             continue;
         }
-        match maps.replace_policy(ifindex, endpoint, want.flags, &want.entries) {
+        match maps.replace_policy_held(
+            ifindex,
+            endpoint,
+            want.flags,
+            &want.entries,
+            Some(&held_policy),
+        ) {
             Ok(_) => report.endpoints_written.push(pod.clone()),
             Err(e) => report.errors.push(format!("{pod}: {e}")),
         }
@@ -217,7 +209,7 @@ pub fn apply(
             Err(e) => report.errors.push(e.to_string()),
         }
         for generation in [0, 1] {
-            if let Err(e) = maps.remove_generation(value.endpoint, generation) {
+            if let Err(e) = maps.remove_generation(value.endpoint, generation, Some(&held_policy)) {
                 report.errors.push(e.to_string());
             }
         }
