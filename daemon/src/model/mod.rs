@@ -2,6 +2,7 @@
 //! parsed and validated, with no I/O beyond the text they are given.
 
 pub mod crd;
+pub mod expect;
 pub mod networkpolicy;
 pub mod palisade;
 pub mod parse;

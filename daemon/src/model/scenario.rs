@@ -10,7 +10,10 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{NamedPort, Namespace, Pod, Protocol, Snapshot, parse::ParseError, selector::Labels};
+use super::{
+    NamedPort, Namespace, Pod, Protocol, Snapshot, expect::Expect, networkpolicy::PortRef,
+    parse::ParseError, selector::Labels,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -33,11 +36,109 @@ pub struct ScenarioFile {
     #[serde(default)]
     pub policies: Vec<serde_yaml::Value>,
     #[serde(default)]
-    pub steps: Vec<serde_yaml::Value>,
+    pub steps: Option<Vec<Step>>,
     #[serde(default)]
-    pub probes: Vec<serde_yaml::Value>,
+    pub probes: Vec<ProbeSpec>,
     #[serde(default)]
-    pub checks: Vec<serde_yaml::Value>,
+    pub checks: Vec<CheckSpec>,
+}
+
+/// One step of `steps:` (a one-key map).
+#[derive(Debug)]
+pub enum Step {
+    /// Objects of `policies:` by `name` or `namespace/name`.
+    Apply(Vec<String>),
+    Delete(Vec<String>),
+    /// Full objects replacing applied ones of the same kind, namespace, name.
+    Update(Vec<serde_yaml::Value>),
+    Relabel(Relabel),
+    Probe(Vec<ProbeSpec>),
+    Check(Vec<CheckSpec>),
+}
+
+const STEP_KINDS: &[&str] = &["apply", "delete", "update", "relabel", "probe", "check"];
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Step;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a map with one key of {}", STEP_KINDS.join(", "))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let step = match key.as_str() {
+                    "apply" => Step::Apply(map.next_value()?),
+                    "delete" => Step::Delete(map.next_value()?),
+                    "update" => Step::Update(map.next_value()?),
+                    "relabel" => Step::Relabel(map.next_value()?),
+                    "probe" => Step::Probe(map.next_value()?),
+                    "check" => Step::Check(map.next_value()?),
+                    other => return Err(de::Error::unknown_variant(other, STEP_KINDS)),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "a step has one key; {key} is followed by {extra}"
+                    )));
+                }
+                Ok(step)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The complete new label set of one pod (`ns/name`) or namespace.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relabel {
+    #[serde(default)]
+    pub pod: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    /// A number, or a port name resolved on each target.
+    pub port: PortRef,
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+    /// 4 or 6 (`podCIDR6` / `ip6` addresses).
+    #[serde(default = "four")]
+    pub family: u8,
+    pub expect: Expect,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+fn four() -> u8 {
+    4
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    pub pod: String,
+    pub run: Vec<String>,
+    pub expect: CheckExpect,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckExpect {
+    Allowed,
+    Denied,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,28 +321,155 @@ impl ScenarioFile {
         Ok(s)
     }
 
-    /// Pods without `ip` get addresses from the pod CIDR in file order.
-    fn assign_addresses(&self, pods: &mut [(Pod, bool)], file: &str) -> Result<(), ParseError> {
-        let cidr: IpNet = self
-            .pod_cidr
+    /// The pod networks: `podCIDR` (default 10.244.0.0/16) and `podCIDR6`.
+    pub fn pod_networks(&self, file: &str) -> Result<(IpNet, Option<IpNet>), ParseError> {
+        let parse = |text: &str, field: &str, v6: bool| {
+            text.parse::<IpNet>()
+                .ok()
+                .filter(|n| n.addr().is_ipv6() == v6 && n.prefix_len() < n.max_prefix_len() - 1)
+                .ok_or_else(|| {
+                    error(
+                        file,
+                        format!(
+                            "{field} {text:?} is not an IPv{} CIDR with room for pods",
+                            if v6 { 6 } else { 4 }
+                        ),
+                    )
+                })
+        };
+        let v4 = parse(
+            self.pod_cidr.as_deref().unwrap_or("10.244.0.0/16"),
+            "podCIDR",
+            false,
+        )?;
+        let v6 = self
+            .pod_cidr6
             .as_deref()
-            .unwrap_or("10.244.0.0/16")
-            .parse()
-            .map_err(|_| error(file, format!("podCIDR {:?} is not a CIDR", self.pod_cidr)))?;
+            .map(|t| parse(t, "podCIDR6", true))
+            .transpose()?;
+        Ok((v4, v6))
+    }
+
+    /// Pods without an address get one from the pod CIDR (and from
+    /// `podCIDR6` when set) in file order. The network's last host address
+    /// is the node's (the lab's bridge), never a pod's.
+    fn assign_addresses(&self, pods: &mut [(Pod, bool)], file: &str) -> Result<(), ParseError> {
+        let (v4, v6) = self.pod_networks(file)?;
         let taken: Vec<IpAddr> = pods.iter().flat_map(|(p, _)| p.ips.clone()).collect();
-        let mut free = cidr.hosts().filter(|ip| !taken.contains(ip));
-        for (pod, _) in pods
-            .iter_mut()
-            .filter(|(p, _)| !p.ips.iter().any(IpAddr::is_ipv4))
-        {
-            let ip = free.next().ok_or_else(|| {
-                error(
+        for net in [Some(v4), v6].into_iter().flatten() {
+            let gateway = node_address(net);
+            if let Some((pod, _)) = pods.iter().find(|(p, _)| p.ips.contains(&gateway)) {
+                return Err(error(
                     file,
-                    format!("podCIDR {cidr} has no address left for {}", pod.key()),
-                )
-            })?;
-            pod.ips.insert(0, ip);
+                    format!(
+                        "pod {} pins {gateway}, the node's address in {net}",
+                        pod.key()
+                    ),
+                ));
+            }
+            let v6 = net.addr().is_ipv6();
+            let mut free = net
+                .hosts()
+                .filter(|ip| *ip != gateway && *ip != net.network() && !taken.contains(ip));
+            for (pod, _) in pods
+                .iter_mut()
+                .filter(|(p, _)| !p.ips.iter().any(|ip| ip.is_ipv6() == v6))
+            {
+                let ip = free.next().ok_or_else(|| {
+                    error(
+                        file,
+                        format!("pod network {net} has no address left for {}", pod.key()),
+                    )
+                })?;
+                if v6 {
+                    pod.ips.push(ip);
+                } else {
+                    pod.ips.insert(0, ip);
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// The node's own address in a pod network: its last host address.
+pub fn node_address(net: IpNet) -> IpAddr {
+    match net {
+        IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.broadcast()) - 1)),
+        IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.broadcast()) - 1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_probes_and_checks_parse_and_unknown_keys_name_their_line() {
+        let text = "name: t
+model: standard
+steps:
+  - apply: [deny-all]
+  - relabel: {pod: x/a, labels: {pod: a, role: web}}
+  - probe:
+      - port: serve-80-tcp
+        expect: {all: \".\"}
+  - check:
+      - {pod: x/a, run: [/bin/true], expect: allowed}
+";
+        let s = ScenarioFile::parse(text, "t.yaml").unwrap();
+        let steps = s.steps.unwrap();
+        assert!(matches!(&steps[0], Step::Apply(n) if n == &["deny-all"]));
+        assert!(matches!(&steps[1], Step::Relabel(r) if r.pod.as_deref() == Some("x/a")));
+        assert!(
+            matches!(&steps[2], Step::Probe(p) if p[0].protocol == Protocol::Tcp && p[0].family == 4)
+        );
+        let bad = text.replace("  - check:", "  - chek:");
+        let e = ScenarioFile::parse(&bad, "t.yaml").unwrap_err();
+        assert!(e.message.contains("chek"), "{e}");
+        assert_eq!(e.line, 9, "{e}");
+        let bad = text.replace("port: serve", "prot: serve");
+        let e = ScenarioFile::parse(&bad, "t.yaml").unwrap_err();
+        assert!(e.message.contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn addresses_skip_the_node_address_and_ipv6_is_assigned_when_asked() {
+        let s = ScenarioFile::parse(
+            "name: t\npodCIDR: 10.9.0.0/30\npodCIDR6: fd00:9::/126\nnamespaces: {x: {}}\npods: [{namespace: x, name: a}]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let snap = s.snapshot("t.yaml").unwrap();
+        assert_eq!(
+            snap.pods[0].ips,
+            [
+                "10.9.0.1".parse::<IpAddr>().unwrap(),
+                "fd00:9::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            node_address("10.9.0.0/30".parse().unwrap()).to_string(),
+            "10.9.0.2"
+        );
+        let full = ScenarioFile::parse(
+            "name: t\npodCIDR: 10.9.0.0/30\nnamespaces: {x: {}}\npods: [{namespace: x, name: a}, {namespace: x, name: b}]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let e = full.snapshot("t.yaml").unwrap_err();
+        assert!(e.message.contains("no address left for x/b"), "{e}");
+        let pinned = ScenarioFile::parse(
+            "name: t\nnamespaces: {x: {}}\npods: [{namespace: x, name: a, ip: 10.244.255.254}]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert!(
+            pinned
+                .snapshot("t.yaml")
+                .unwrap_err()
+                .message
+                .contains("node's address")
+        );
     }
 }

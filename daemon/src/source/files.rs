@@ -200,6 +200,11 @@ impl FileSource {
 impl Source for FileSource {
     fn read(&mut self) -> Reading {
         let mut reading = Reading::default();
+        // Read before the files: a writer that writes the files and then the
+        // revision can then never have revision N reported with older files.
+        let written_revision = fs::read_to_string(self.dir.join(REVISION_FILE))
+            .ok()
+            .map(|r| r.trim().to_owned());
         let files = match self.files() {
             Ok(f) => f,
             Err(e) => {
@@ -269,9 +274,8 @@ impl Source for FileSource {
                 }
             }
         }
-        reading.revision = fs::read_to_string(self.dir.join(REVISION_FILE))
-            .map(|r| r.trim().to_owned())
-            .unwrap_or_else(|_| format!("{:016x}", crate::identity::fnv1a(&seen)));
+        reading.revision =
+            written_revision.unwrap_or_else(|| format!("{:016x}", crate::identity::fnv1a(&seen)));
         reading
     }
 }
