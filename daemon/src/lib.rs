@@ -12,6 +12,7 @@ pub mod discover;
 pub mod explain;
 pub mod features;
 pub mod identity;
+pub mod lab;
 pub mod loader;
 pub mod model;
 pub mod netns;

@@ -98,6 +98,12 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         resync_ms: u64,
     },
+    /// The lab: scenario files (shared/SCENARIOS.md) against the real
+    /// daemon on a simulated node (needs root).
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
     /// Write the CustomResourceDefinitions of Palisade's own kinds,
     /// generated from their Rust types, into a directory.
     Crds {
@@ -116,6 +122,22 @@ enum Command {
         /// Network namespace of the --tc interfaces.
         #[arg(long, value_name = "PATH")]
         netns: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Run scenario files. Exit status: 0 all matched, 1 a mismatch (or the
+    /// run failed), 2 invalid input, 3 something skipped.
+    Run {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// One JSON document with every report, instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Per probe attempt; a failing cell is tried twice.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
     },
 }
 
@@ -364,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 agent.run(&source).await
             })
         }
+        Command::Lab { .. } => unreachable!("main runs the lab"),
         Command::Crds { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (name, text) in palisade::model::crd::crds()? {
@@ -376,6 +399,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn lab(command: &LabCommand) -> ExitCode {
+    let LabCommand::Run {
+        files,
+        json,
+        timeout_ms,
+    } = command;
+    let bin = match std::env::current_exe() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("palisade: own path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = palisade::lab::Options {
+        bin,
+        timeout: std::time::Duration::from_millis(*timeout_ms),
+        in_force_limit: std::time::Duration::from_secs(30),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("palisade: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (reports, code) = runtime.block_on(palisade::lab::run_files(files, &options, !json));
+    if *json {
+        let doc = serde_json::json!({"exit": code, "scenarios": reports});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -383,7 +442,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::Lab { command } = &cli.command {
+        return lab(command);
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("palisade: {e:#}");

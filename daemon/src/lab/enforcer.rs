@@ -1,0 +1,146 @@
+//! The real daemon, as a separate process in the lab's node namespace with
+//! the file source: the same binary and code path as on a node. The lab
+//! writes the cluster into the source directory (files first, then the
+//! revision) and waits until the daemon reports that revision in force.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::netns::Netns;
+use crate::source::files::REVISION_FILE;
+
+pub struct Enforcer {
+    child: Child,
+    dir: PathBuf,
+    pins: PathBuf,
+    revision: u64,
+}
+
+impl Enforcer {
+    /// `dir` holds the source, the status file and the daemon's log.
+    pub fn start(bin: &Path, node: &Netns, dir: &Path, pins: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir.join("source"))?;
+        let log = fs::File::create(dir.join("daemon.log"))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--pin-base")
+            .arg(pins)
+            .args(["daemon", "--resync-ms", "1000", "--source"])
+            .arg(dir.join("source"))
+            .arg("--status-file")
+            .arg(dir.join("status.json"))
+            .env(
+                "PALISADE_LOG",
+                std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let fd = node.fd();
+        // SAFETY: setns and prctl are async-signal-safe; they change only
+        // the child (its network namespace, not its mounts, so bpffs stays
+        // visible), and the child dies with the runner.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self {
+            child,
+            dir: dir.to_owned(),
+            pins: pins.to_owned(),
+            revision: 0,
+        })
+    }
+
+    fn source(&self) -> PathBuf {
+        self.dir.join("source")
+    }
+
+    /// Replaces a source file atomically (the watcher never sees half).
+    pub fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let tmp = self.source().join(format!(".{name}.tmp"));
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.source().join(name))?;
+        Ok(())
+    }
+
+    pub fn remove(&self, name: &str) -> anyhow::Result<()> {
+        fs::remove_file(self.source().join(name)).with_context(|| format!("removing {name}"))
+    }
+
+    /// Publishes the files written so far as the next revision.
+    pub fn commit(&mut self) -> anyhow::Result<u64> {
+        self.revision += 1;
+        self.write(REVISION_FILE, &self.revision.to_string())?;
+        Ok(self.revision)
+    }
+
+    /// Waits until the daemon reports `revision` fully in force.
+    pub async fn wait(&mut self, revision: u64, limit: Duration) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let wanted = revision.to_string();
+        let mut last = String::new();
+        while start.elapsed() < limit {
+            if let Ok(text) = fs::read_to_string(self.dir.join("status.json")) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                    && v["revision"] == wanted.as_str()
+                    && v["ready"] == true
+                {
+                    return Ok(start.elapsed().as_secs_f64());
+                }
+                last = text;
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the daemon exited ({status}) before revision {revision} was in force:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        bail!(
+            "the daemon did not report revision {revision} in force within {limit:?}; last status: {last}\n{}",
+            self.log_tail()
+        )
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        format!(
+            "daemon log ({}):\n{tail}",
+            self.dir.join("daemon.log").display()
+        )
+    }
+}
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM lets it leave cleanly.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Pinned links and maps would keep programs alive: remove them all.
+        let _ = fs::remove_dir_all(&self.pins);
+    }
+}

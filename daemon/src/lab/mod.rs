@@ -1,0 +1,135 @@
+//! `palisade lab run FILE...`: scenario files (shared/SCENARIOS.md) played
+//! against the real daemon on a simulated node.
+//!
+//! `plan` checks a file through (invalid input never touches the kernel),
+//! `topology` builds the node, pods and externals through netlink, `serve`
+//! opens the listeners, `enforcer` runs the daemon as its own process with
+//! the file source, `probe` makes the connections, `report` prints.
+
+pub mod cluster;
+pub mod enforcer;
+pub mod netns;
+pub mod plan;
+pub mod probe;
+pub mod report;
+pub mod run;
+pub mod serve;
+pub mod topology;
+
+use std::{path::Path, time::Instant};
+
+use plan::Scenario;
+use report::{Outcome, ScenarioReport};
+use tokio::signal::unix::{SignalKind, signal};
+
+pub use run::Options;
+
+/// Removes what a killed runner left (pins and cgroups of dead processes).
+fn sweep_stale() {
+    let alive = |name: &str| {
+        name.strip_prefix("palisade-lab")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for base in ["/sys/fs/bpf", "/sys/fs/cgroup"] {
+        let Ok(entries) = std::fs::read_dir(base) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !alive(&name) {
+                if base.ends_with("bpf") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                } else if let Ok(pods) = std::fs::read_dir(e.path()) {
+                    for p in pods.filter_map(Result::ok).filter(|p| p.path().is_dir()) {
+                        let _ = std::fs::remove_dir(p.path());
+                    }
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Runs every file in order; returns the reports and the exit status
+/// (the worst outcome: mismatch 1 > invalid 2 > skipped 3 > passed 0).
+pub async fn run_files(
+    files: &[impl AsRef<Path>],
+    options: &Options,
+    print: bool,
+) -> (Vec<ScenarioReport>, u8) {
+    let mut reports = Vec::new();
+    let mut interrupted = false;
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if is_root {
+        sweep_stale();
+    }
+    for (n, path) in files.iter().enumerate() {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let start = Instant::now();
+        let scenario = std::fs::read_to_string(path)
+            .map_err(|e| format!("{shown}: {e}"))
+            .and_then(|text| Scenario::load(&text, &shown).map_err(|e| e.to_string()));
+        let mut report = match &scenario {
+            Ok(s) => ScenarioReport::new(&shown, &s.name),
+            Err(_) => ScenarioReport::new(&shown, &shown),
+        };
+        match scenario {
+            Err(e) => {
+                report.outcome = Outcome::Invalid;
+                report.error = Some(e);
+            }
+            Ok(_) if !is_root => {
+                report.outcome = Outcome::Failed;
+                report.error = Some("the lab needs root (network namespaces, BPF)".into());
+            }
+            Ok(scenario) => {
+                let mut int = signal(SignalKind::interrupt()).ok();
+                let mut term = signal(SignalKind::terminate()).ok();
+                let result = tokio::select! {
+                    r = run::run(&scenario, options, n, &mut report) => r,
+                    _ = async { match int.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
+                        interrupted = true;
+                        Err(anyhow::anyhow!("interrupted"))
+                    }
+                    _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
+                        interrupted = true;
+                        Err(anyhow::anyhow!("terminated"))
+                    }
+                };
+                if let Err(e) = result {
+                    report.outcome = Outcome::Failed;
+                    report.error = Some(format!("{e:#}"));
+                }
+                report.settle();
+            }
+        }
+        report.seconds = start.elapsed().as_secs_f64();
+        if print {
+            print!("{}", report.render());
+        }
+        reports.push(report);
+        if interrupted {
+            break;
+        }
+    }
+    let worst = reports
+        .iter()
+        .map(|r| r.outcome)
+        .max()
+        .unwrap_or(Outcome::Passed);
+    if print && reports.len() > 1 {
+        let count = |o: Outcome| reports.iter().filter(|r| r.outcome == o).count();
+        println!(
+            "{} scenarios: {} passed, {} failed, {} invalid, {} skipped something",
+            reports.len(),
+            count(Outcome::Passed),
+            count(Outcome::Failed),
+            count(Outcome::Invalid),
+            count(Outcome::Skipped)
+        );
+    }
+    (reports, worst.exit_code())
+}

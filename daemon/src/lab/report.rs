@@ -1,0 +1,268 @@
+//! What a scenario run found, for people (tables side by side, mismatches
+//! marked) and for machines (`--json`).
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use super::probe::Observed;
+use crate::model::{expect::Cell, scenario::CheckExpect};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Passed,
+    /// Nothing mismatched, but something was skipped.
+    Skipped,
+    Invalid,
+    /// A mismatch, or the run itself failed.
+    Failed,
+}
+
+impl Outcome {
+    /// shared/SCENARIOS.md: 0 matched, 1 mismatch, 2 invalid, 3 skipped.
+    pub const fn exit_code(self) -> u8 {
+        match self {
+            Self::Passed => 0,
+            Self::Failed => 1,
+            Self::Invalid => 2,
+            Self::Skipped => 3,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CellReport {
+    pub from: String,
+    pub to: String,
+    pub expected: char,
+    /// Absent for unchecked cells.
+    #[serde(flatten)]
+    pub observed: Option<Observed>,
+    pub attempts: u32,
+}
+
+impl CellReport {
+    pub fn mismatch(&self) -> bool {
+        match (&self.observed, self.expected) {
+            (Some(Observed::Reachable), 'X') | (Some(Observed::Blocked(_)), '.') => true,
+            _ => false,
+        }
+    }
+
+    fn symbol(&self) -> char {
+        match &self.observed {
+            None => '-',
+            Some(Observed::Reachable) => '.',
+            Some(Observed::Blocked(_)) => 'X',
+            Some(Observed::Skipped(_)) => 's',
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProbeReport {
+    /// The step it ran in (1-based), or 0 for the top-level `probes:`.
+    pub step: usize,
+    pub title: String,
+    pub rows: Vec<String>,
+    pub columns: Vec<String>,
+    pub cells: Vec<CellReport>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase", tag = "observed", content = "detail")]
+pub enum CheckObserved {
+    Allowed,
+    Denied,
+    /// Neither: the command failed for another reason.
+    Failed(String),
+    Skipped(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub step: usize,
+    pub pod: String,
+    pub run: Vec<String>,
+    pub expected: CheckExpect,
+    #[serde(flatten)]
+    pub observed: CheckObserved,
+}
+
+impl CheckReport {
+    pub fn mismatch(&self) -> bool {
+        match (&self.observed, self.expected) {
+            (CheckObserved::Allowed, CheckExpect::Allowed)
+            | (CheckObserved::Denied, CheckExpect::Denied)
+            | (CheckObserved::Skipped(_), _) => false,
+            _ => true,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepReport {
+    pub step: usize,
+    pub action: String,
+    /// From writing the change to the daemon reporting it in force.
+    pub in_force_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScenarioReport {
+    pub file: String,
+    pub name: String,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub seconds: f64,
+    pub steps: Vec<StepReport>,
+    pub probes: Vec<ProbeReport>,
+    pub checks: Vec<CheckReport>,
+}
+
+impl ScenarioReport {
+    pub fn new(file: &str, name: &str) -> Self {
+        Self {
+            file: file.to_owned(),
+            name: name.to_owned(),
+            outcome: Outcome::Passed,
+            error: None,
+            seconds: 0.0,
+            steps: Vec::new(),
+            probes: Vec::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// The outcome from what was observed (an error already set wins).
+    pub fn settle(&mut self) {
+        if self.error.is_some() {
+            return;
+        }
+        let cells = self.probes.iter().flat_map(|p| &p.cells);
+        let mismatch = cells.clone().any(CellReport::mismatch)
+            || self.checks.iter().any(CheckReport::mismatch);
+        let skipped = cells
+            .clone()
+            .any(|c| matches!(c.observed, Some(Observed::Skipped(_))))
+            || self
+                .checks
+                .iter()
+                .any(|c| matches!(c.observed, CheckObserved::Skipped(_)));
+        self.outcome = if mismatch {
+            Outcome::Failed
+        } else if skipped {
+            Outcome::Skipped
+        } else {
+            Outcome::Passed
+        };
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "=== {} ({})", self.name, self.file);
+        for p in &self.probes {
+            render_probe(&mut out, p);
+        }
+        for c in &self.checks {
+            let observed = match &c.observed {
+                CheckObserved::Allowed => "allowed".to_owned(),
+                CheckObserved::Denied => "denied".to_owned(),
+                CheckObserved::Failed(e) => format!("failed: {e}"),
+                CheckObserved::Skipped(r) => format!("skipped: {r}"),
+            };
+            let _ = writeln!(
+                out,
+                "check {} `{}`: expected {:?}, observed {observed}{}",
+                c.pod,
+                c.run.join(" "),
+                c.expected,
+                if c.mismatch() { "   <- MISMATCH" } else { "" }
+            );
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "error: {e}");
+        }
+        let in_force: Vec<String> = self
+            .steps
+            .iter()
+            .filter_map(|s| Some(format!("{:.0}", s.in_force_ms?)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{} {} in {:.1} s (changes in force after {} ms)\n",
+            match self.outcome {
+                Outcome::Passed => "PASS",
+                Outcome::Skipped => "SKIP",
+                Outcome::Invalid => "INVALID",
+                Outcome::Failed => "FAIL",
+            },
+            self.name,
+            self.seconds,
+            if in_force.is_empty() {
+                "-".to_owned()
+            } else {
+                in_force.join(", ")
+            }
+        );
+        out
+    }
+}
+
+fn render_probe(out: &mut String, p: &ProbeReport) {
+    let at = if p.step == 0 {
+        "probes".to_owned()
+    } else {
+        format!("step {}", p.step)
+    };
+    let _ = writeln!(out, "--- {} ({at}, {:.1} s)", p.title, p.seconds);
+    let width = p.rows.iter().map(String::len).max().unwrap_or(0);
+    let col = p.columns.iter().map(String::len).max().unwrap_or(1).max(2);
+    let cell = |from: &str, to: &str| p.cells.iter().find(|c| c.from == from && c.to == to);
+    let header: String = p.columns.iter().map(|c| format!(" {c:>col$} ")).collect();
+    let mut left = vec!["expected".to_owned(), format!("{:width$}{header}", "")];
+    let mut right = vec!["observed".to_owned(), format!("{:width$}{header}", "")];
+    for row in &p.rows {
+        let (mut expected, mut observed) = (format!("{row:<width$}"), format!("{row:<width$}"));
+        for column in &p.columns {
+            let c = cell(row, column);
+            let e = c.map_or(Cell::Unchecked.symbol(), |c| c.expected);
+            let (o, mark) = c.map_or(('-', ' '), |c| {
+                (c.symbol(), if c.mismatch() { '!' } else { ' ' })
+            });
+            let _ = write!(expected, " {e:>col$} ");
+            let _ = write!(observed, " {o:>col$}{mark}");
+        }
+        left.push(expected);
+        right.push(observed);
+    }
+    let half = left.iter().map(String::len).max().unwrap_or(0);
+    for (l, r) in left.iter().zip(&right) {
+        let _ = writeln!(out, "{l:<half$}   |   {}", r.trim_end());
+    }
+    for c in p.cells.iter().filter(|c| c.mismatch()) {
+        let detail = match &c.observed {
+            Some(Observed::Blocked(e)) => format!(" ({e})"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  ! {} -> {}: expected {}, observed {}{detail}",
+            c.from,
+            c.to,
+            c.expected,
+            c.symbol()
+        );
+    }
+    let mut skips: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &p.cells {
+        if let Some(Observed::Skipped(r)) = &c.observed {
+            *skips.entry(r).or_default() += 1;
+        }
+    }
+    for (reason, n) in skips {
+        let _ = writeln!(out, "  s {n} cells skipped: {reason}");
+    }
+}
