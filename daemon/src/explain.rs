@@ -86,12 +86,10 @@ fn peers_match(s: &Snapshot, ns: Option<&str>, peers: &[Peer], other: Target<'_>
         || peers.iter().any(|peer| match (&peer.ip_block, other) {
             // ipBlocks match pod addresses as well as outside ones.
             (Some(block), _) => {
-                let addrs: Vec<IpAddr> = match other {
-                    Target::Pod(p) => p.ips.clone(),
-                    Target::Address(a) => vec![a],
-                };
-                addrs.iter().any(|addr| {
-                    let inside = |c: &str| c.parse::<IpNet>().is_ok_and(|n| n.contains(addr));
+                // The flow's own address: a dual-stack pod's other
+                // address is another flow.
+                other.address().is_some_and(|addr| {
+                    let inside = |c: &str| c.parse::<IpNet>().is_ok_and(|n| n.contains(&addr));
                     inside(&block.cidr) && !block.except.iter().any(|e| inside(e))
                 })
             }

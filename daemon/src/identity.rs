@@ -17,15 +17,16 @@ const SPACE: u64 = (1 << 24) - FIRST_ALLOCATED as u64;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IdentityKey {
-    /// A pod's namespace labels (with `kubernetes.io/metadata.name`) and
-    /// labels, and for each of its addresses the longest ipBlock prefix
-    /// containing it (empty when none does). The prefixes are part of the
-    /// key so that an ipBlock can match pod addresses exactly: two pods with
-    /// the same labels on either side of a CIDR boundary differ.
+    /// A pod address's namespace labels (with `kubernetes.io/metadata.name`)
+    /// and pod labels, and the longest ipBlock prefix containing the address
+    /// (`None` when none does). The prefix is part of the key so that an
+    /// ipBlock matches pod addresses exactly: two pods with the same labels
+    /// on either side of a CIDR boundary differ, and so do a dual-stack
+    /// pod's two addresses when a block covers only one of them.
     Labels {
         namespace: Labels,
         pod: Labels,
-        cidrs: Vec<IpNet>,
+        cidr: Option<IpNet>,
     },
     /// An ipBlock prefix (a `cidr` or an `except`).
     Cidr(IpNet),
@@ -43,12 +44,12 @@ impl IdentityKey {
             Self::Labels {
                 namespace,
                 pod,
-                cidrs,
+                cidr,
             } => {
                 let mut text = format!("labels:{};{}", join(namespace), join(pod));
                 // Without ipBlocks around, the key (and so the id) is the
                 // label sets' alone.
-                for c in cidrs {
+                if let Some(c) = cidr {
                     text.push_str(&format!(";{c}"));
                 }
                 text
@@ -97,7 +98,7 @@ mod tests {
         IdentityKey::Labels {
             namespace: [("ns".to_owned(), "x".to_owned())].into(),
             pod: [("pod".to_owned(), pod.to_owned())].into(),
-            cidrs: Vec::new(),
+            cidr: None,
         }
     }
 

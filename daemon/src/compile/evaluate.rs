@@ -63,19 +63,30 @@ pub fn connection(c: &Compiled, from: &Pod, to: &Pod, protocol: u8, port: u16) -
     let (Some(src), Some(dst)) = (from.ips.first(), to.ips.first()) else {
         return false;
     };
+    connection_between(c, (from, *src), (to, *dst), protocol, port)
+}
+
+/// [`connection`] between given addresses of the two pods (dual stack).
+pub fn connection_between(
+    c: &Compiled,
+    (from, src): (&Pod, IpAddr),
+    (to, dst): (&Pod, IpAddr),
+    protocol: u8,
+    port: u16,
+) -> bool {
     let none = EndpointPolicy::default();
     let egress = c.endpoints.get(&from.key()).unwrap_or(&none);
     let ingress = c.endpoints.get(&to.key()).unwrap_or(&none);
     allows(
         egress,
         direction::EGRESS,
-        identity_of(c, *dst),
+        identity_of(c, dst),
         protocol,
         port,
     ) && allows(
         ingress,
         direction::INGRESS,
-        identity_of(c, *src),
+        identity_of(c, src),
         protocol,
         port,
     )

@@ -70,7 +70,12 @@ fn host(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-fn pod_key(snapshot: &Snapshot, prefixes: &BTreeSet<IpNet>, pod: &Pod) -> IdentityKey {
+fn address_key(
+    snapshot: &Snapshot,
+    prefixes: &BTreeSet<IpNet>,
+    pod: &Pod,
+    ip: IpAddr,
+) -> IdentityKey {
     let namespace = snapshot
         .namespaces
         .get(&pod.namespace)
@@ -82,22 +87,23 @@ fn pod_key(snapshot: &Snapshot, prefixes: &BTreeSet<IpNet>, pod: &Pod) -> Identi
             )]
             .into()
         });
-    let cidrs = pod
-        .ips
+    let cidr = prefixes
         .iter()
-        .filter_map(|ip| {
-            prefixes
-                .iter()
-                .filter(|p| p.contains(ip))
-                .max_by_key(|p| p.prefix_len())
-                .copied()
-        })
-        .collect();
+        .filter(|p| p.contains(&ip))
+        .max_by_key(|p| p.prefix_len())
+        .copied();
     IdentityKey::Labels {
         namespace,
         pod: pod.labels.clone(),
-        cidrs,
+        cidr,
     }
+}
+
+/// Whether an address is in the block's `cidr` and in none of its excepts.
+fn block_test(block: &IpBlock) -> impl Fn(&IpAddr) -> bool {
+    let cidr = block.cidr.parse::<IpNet>().ok();
+    let excepts: Vec<IpNet> = block.except.iter().filter_map(|e| e.parse().ok()).collect();
+    move |ip| cidr.is_some_and(|c| c.contains(ip)) && !excepts.iter().any(|e| e.contains(ip))
 }
 
 fn blocks(p: &Policy) -> impl Iterator<Item = &IpBlock> {
@@ -114,19 +120,39 @@ struct Context<'a> {
     identities: &'a BTreeMap<IdentityKey, u32>,
     /// Each namespace's labels with the implicit name label, computed once.
     ns_labels: HashMap<String, crate::model::Labels>,
-    /// Each pod's identity, by `namespace/name`, computed once.
-    pod_identity: HashMap<String, u32>,
+    /// Each pod's addresses with their identities, by `namespace/name`,
+    /// computed once. Without ipBlocks every address of a pod has the same.
+    pod_identity: HashMap<String, Vec<(IpAddr, u32)>>,
     /// The peer identities of each (policy, direction, rule), computed once
     /// for all the pods the policy selects.
     peer_cache: RefCell<HashMap<(usize, u32, usize), Vec<u32>>>,
 }
 
 impl Context<'_> {
-    fn identity_of(&self, pod: &Pod) -> u32 {
+    /// The identities of all of a pod's addresses.
+    fn identities_of(&self, pod: &Pod) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .pod_identity
+            .get(&pod.key())
+            .map(|a| a.iter().map(|(_, id)| *id).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The identities of a pod's addresses that lie in an ipBlock.
+    fn identities_in(&self, pod: &Pod, block: &IpBlock) -> Vec<u32> {
+        let inside = block_test(block);
         self.pod_identity
             .get(&pod.key())
-            .copied()
-            .unwrap_or(identity::WORLD)
+            .map(|a| {
+                a.iter()
+                    .filter(|(ip, _)| inside(ip))
+                    .map(|(_, id)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The pods a (selector) peer of a policy in `namespace` names; a
@@ -162,18 +188,11 @@ impl Context<'_> {
 
     /// The pods with an address in the block's `cidr` and in none of its excepts.
     fn block_pods(&self, block: &IpBlock) -> Vec<&Pod> {
-        let Ok(cidr) = block.cidr.parse::<IpNet>() else {
-            return Vec::new();
-        };
-        let excepts: Vec<IpNet> = block.except.iter().filter_map(|e| e.parse().ok()).collect();
+        let inside = block_test(block);
         self.snapshot
             .pods
             .iter()
-            .filter(|pod| {
-                pod.ips
-                    .iter()
-                    .any(|ip| cidr.contains(ip) && !excepts.iter().any(|e| e.contains(ip)))
-            })
+            .filter(|pod| pod.ips.iter().any(&inside))
             .collect()
     }
 
@@ -193,7 +212,7 @@ impl Context<'_> {
             .iter()
             .filter(|(key, _)| match key {
                 IdentityKey::Cidr(p) => inside(p),
-                IdentityKey::Labels { cidrs, .. } => cidrs.iter().any(inside),
+                IdentityKey::Labels { cidr, .. } => cidr.as_ref().is_some_and(inside),
             })
             .map(|(_, id)| *id)
             .collect();
@@ -283,21 +302,36 @@ fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<Polic
     if dir == direction::EGRESS && named {
         // Named ports resolve on each destination pod, which may number
         // the same name differently.
-        let dests: Vec<&Pod> = if peers.is_empty() {
-            cx.snapshot.pods.iter().collect()
+        let dests: Vec<(&Pod, Vec<u32>)> = if peers.is_empty() {
+            cx.snapshot
+                .pods
+                .iter()
+                .map(|d| (d, cx.identities_of(d)))
+                .collect()
         } else {
             peers
                 .iter()
                 .flat_map(|p| match &p.ip_block {
-                    // A block names the pods whose addresses fall in it.
-                    Some(block) => cx.block_pods(block),
-                    None => cx.peer_pods(namespace, p),
+                    // A block names the pods whose addresses fall in it,
+                    // by those addresses only.
+                    Some(block) => cx
+                        .block_pods(block)
+                        .into_iter()
+                        .map(|d| (d, cx.identities_in(d, block)))
+                        .collect::<Vec<_>>(),
+                    None => cx
+                        .peer_pods(namespace, p)
+                        .into_iter()
+                        .map(|d| (d, cx.identities_of(d)))
+                        .collect(),
                 })
                 .collect()
         };
-        for dest in dests {
+        for (dest, ids) in dests {
             for span in spans(ports, Some(dest)).unwrap_or_else(|| vec![EVERYTHING]) {
-                out.push(entry(dir, cx.identity_of(dest), span, policy));
+                for &id in &ids {
+                    out.push(entry(dir, id, span, policy));
+                }
             }
         }
         // Numbered ports of the same rule still apply to every peer.
@@ -335,7 +369,7 @@ fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<Polic
                         None => cx
                             .peer_pods(namespace, peer)
                             .into_iter()
-                            .map(|p| cx.identity_of(p))
+                            .flat_map(|p| cx.identities_of(p))
                             .collect(),
                     })
                     .collect()
@@ -364,22 +398,32 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
             }
         }
     }
-    let mut keys: BTreeSet<IdentityKey> = snapshot
-        .pods
-        .iter()
-        .map(|p| pod_key(snapshot, &prefixes, p))
-        .collect();
-    keys.extend(prefixes.iter().map(|p| IdentityKey::Cidr(*p)));
-    let identities = allocate(&keys);
-    let pod_identity = snapshot
+    let address_keys: Vec<(&Pod, Vec<(IpAddr, IdentityKey)>)> = snapshot
         .pods
         .iter()
         .map(|p| {
-            let id = identities
-                .get(&pod_key(snapshot, &prefixes, p))
-                .copied()
-                .unwrap_or(identity::WORLD);
-            (p.key(), id)
+            let keys = p
+                .ips
+                .iter()
+                .map(|ip| (*ip, address_key(snapshot, &prefixes, p, *ip)))
+                .collect();
+            (p, keys)
+        })
+        .collect();
+    let mut keys: BTreeSet<IdentityKey> = address_keys
+        .iter()
+        .flat_map(|(_, k)| k.iter().map(|(_, key)| key.clone()))
+        .collect();
+    keys.extend(prefixes.iter().map(|p| IdentityKey::Cidr(*p)));
+    let identities = allocate(&keys);
+    let pod_identity = address_keys
+        .into_iter()
+        .map(|(p, keys)| {
+            let ids = keys
+                .into_iter()
+                .map(|(ip, key)| (ip, identities.get(&key).copied().unwrap_or(identity::WORLD)))
+                .collect();
+            (p.key(), ids)
         })
         .collect();
     let ns_labels = snapshot
@@ -401,9 +445,9 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
             addresses.insert(*p, id);
         }
     }
-    for pod in &snapshot.pods {
-        for ip in &pod.ips {
-            addresses.insert(host(*ip), cx.identity_of(pod));
+    for addresses_of in cx.pod_identity.values() {
+        for (ip, id) in addresses_of {
+            addresses.insert(host(*ip), *id);
         }
     }
 

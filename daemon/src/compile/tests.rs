@@ -194,3 +194,35 @@ fn ip_blocks_match_pod_addresses_too() {
         80
     ));
 }
+
+#[test]
+fn an_ip_block_matches_only_the_address_of_a_dual_stack_pod_it_covers() {
+    let mut s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-v6, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{ipBlock: {cidr: 'fd00::/64'}}]}]\n",
+    );
+    for (i, p) in s.pods.iter_mut().enumerate() {
+        p.ips.push(format!("fd00::{}", i + 1).parse().unwrap());
+    }
+    let c = compile(&s);
+    let (from, to) = (pod(&s, "y/b"), pod(&s, "x/b"));
+    let v4 = (from, from.ips[0]);
+    let v6 = (from, from.ips[1]);
+    assert!(!super::evaluate::connection_between(
+        &c,
+        v4,
+        (to, to.ips[0]),
+        TCP,
+        80
+    ));
+    assert!(super::evaluate::connection_between(
+        &c,
+        v6,
+        (to, to.ips[1]),
+        TCP,
+        80
+    ));
+    assert_ne!(
+        super::evaluate::identity_of(&c, from.ips[0]),
+        super::evaluate::identity_of(&c, from.ips[1])
+    );
+}
