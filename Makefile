@@ -10,7 +10,7 @@ CARGO := cargo +$(USER_TOOLCHAIN)
 EBPF_CARGO := cargo +$(EBPF_TOOLCHAIN)
 EBPF_CRATES := -p ebpf-xdp -p ebpf-tc -p ebpf-lsm
 
-.PHONY: setup build demo test lint unit privileged guest bench clean
+.PHONY: setup build demo test lint unit privileged scenarios guest guest-scenarios bench clean
 
 setup:
 	@scripts/setup.sh
@@ -21,8 +21,10 @@ build: setup
 demo: build
 	scripts/demo.sh target/release/palisade
 
-# Everything: lint, unit, privileged (root, netns, bpffs), QEMU guest.
-test: setup lint unit privileged guest
+# Everything: lint, unit, privileged (root, netns, bpffs), the scenario
+# suite natively, the QEMU guest tests and the SCTP scenarios in the guest.
+test: setup lint unit privileged scenarios guest
+	$(MAKE) guest-scenarios FILES="$(wildcard tests/scenarios/sctp/*.yaml)"
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -36,6 +38,15 @@ unit:
 privileged:
 	$(CARGO) build -p palisade
 	$(CARGO) test -p palisade-tests -- --test-threads=1
+
+# The scenario suite (shared/SCENARIOS.md) against the real daemon; SCTP
+# scenarios live in tests/scenarios/sctp/ and run in the guest.
+scenarios: build
+	time target/release/palisade lab run tests/scenarios/*.yaml
+
+# Scenario files (anywhere) in the QEMU guest: make guest-scenarios FILES="a.yaml b.yaml"
+guest-scenarios: setup
+	tests/vm/guest-scenarios.sh $(FILES)
 
 # The loader, attach and LSM tests again on Debian's 6.1 kernel in QEMU.
 guest:

@@ -29,6 +29,23 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The `palisade` binary next to this test's build directory.
+pub fn palisade_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("palisade"))
+        .context("no build directory")?;
+    if !bin.exists() {
+        bail!(
+            "{} missing: `cargo build -p palisade` first (make privileged does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// A pin directory of the test's own on bpffs, removed on drop.
 pub struct TempPins {
     pub pins: PinDir,

@@ -8,34 +8,17 @@ use std::{
     fs,
     net::{SocketAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use palisade::{datapath::DatapathMaps, sync::endpoint_ids};
-use palisade_tests::{BridgeLab, TempPins, in_netns, unique};
+use palisade_tests::{BridgeLab, TempPins, in_netns, palisade_bin, unique};
 
 const WAIT: Duration = Duration::from_millis(700);
 const PORT: u16 = 8080;
-
-/// The `palisade` binary next to this test's build directory.
-fn palisade_bin() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("palisade"))
-        .context("no build directory")?;
-    if !bin.exists() {
-        bail!(
-            "{} missing: `cargo build -p palisade` first (make privileged does)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
 
 struct Daemon(Child);
 

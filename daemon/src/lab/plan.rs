@@ -108,6 +108,8 @@ pub struct Scenario {
     pub networks: Vec<IpNet>,
     pub externals: Vec<External>,
     pub actions: Vec<Action>,
+    /// Item lines of the file's top-level lists, for errors.
+    lines: BTreeMap<String, Vec<usize>>,
 }
 
 fn invalid(file: &str, message: String) -> ParseError {
@@ -122,14 +124,27 @@ fn invalid(file: &str, message: String) -> ParseError {
 fn parse_policy(
     value: &serde_yaml::Value,
     file: &str,
+    line: usize,
     what: &str,
 ) -> Result<PolicyDoc, ParseError> {
-    let yaml = serde_yaml::to_string(value).map_err(|e| invalid(file, e.to_string()))?;
-    let mut docs = parse_documents(&yaml, &format!("{file}: {what}"), "default");
+    let at = |message: String| ParseError {
+        file: file.to_owned(),
+        line,
+        object: None,
+        message: format!("{what}: {message}"),
+    };
+    let yaml = serde_yaml::to_string(value).map_err(|e| at(e.to_string()))?;
+    let mut docs = parse_documents(&yaml, file, "default");
     if docs.len() != 1 {
-        return Err(invalid(file, format!("{what}: one object expected")));
+        return Err(at("one object expected".into()));
     }
-    let policy = docs.remove(0)?.policy();
+    let policy = docs
+        .remove(0)
+        .map_err(|e| ParseError {
+            object: e.object.clone(),
+            ..at(e.message)
+        })?
+        .policy();
     Ok(PolicyDoc {
         key: policy.key(),
         policy,
@@ -200,7 +215,8 @@ impl Scenario {
 
         let mut policies: Vec<(String, PolicyDoc)> = Vec::new();
         for (i, value) in parsed.policies.iter().enumerate() {
-            let doc = parse_policy(value, file, &format!("policies[{i}]"))?;
+            let at = format!("policies[{i}]");
+            let doc = parse_policy(value, file, parsed.line_of(&at), &at)?;
             if policies.iter().any(|(_, d)| d.key == doc.key) {
                 return Err(invalid(
                     file,
@@ -218,6 +234,7 @@ impl Scenario {
             networks,
             externals,
             actions: Vec::new(),
+            lines: parsed.item_lines.clone(),
         };
         let mut applied = BTreeSet::new();
         // Without `steps:`, every policy is applied first, in file order.
@@ -253,7 +270,26 @@ impl Scenario {
     }
 
     fn err(&self, at: &str, message: String) -> ParseError {
-        invalid(&self.file, format!("{at}: {message}"))
+        ParseError {
+            line: self.line(at),
+            ..invalid(&self.file, format!("{at}: {message}"))
+        }
+    }
+
+    fn line(&self, at: &str) -> usize {
+        self.lines
+            .get(at.split('[').next().unwrap_or_default())
+            .and_then(|items| {
+                let i = at
+                    .split_once('[')?
+                    .1
+                    .split(']')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()?;
+                items.get(i).copied()
+            })
+            .unwrap_or(1)
     }
 
     fn resolve(
@@ -315,7 +351,8 @@ impl Scenario {
             Step::Update(values) => {
                 let mut docs = Vec::new();
                 for (i, v) in values.iter().enumerate() {
-                    let doc = parse_policy(v, &self.file, &format!("{at}.update[{i}]"))?;
+                    let doc =
+                        parse_policy(v, &self.file, self.line(at), &format!("{at}.update[{i}]"))?;
                     if !applied.contains(&doc.key) {
                         return Err(self.err(
                             at,

@@ -44,10 +44,10 @@ pub struct CellReport {
 
 impl CellReport {
     pub fn mismatch(&self) -> bool {
-        match (&self.observed, self.expected) {
-            (Some(Observed::Reachable), 'X') | (Some(Observed::Blocked(_)), '.') => true,
-            _ => false,
-        }
+        matches!(
+            (&self.observed, self.expected),
+            (Some(Observed::Reachable), 'X') | (Some(Observed::Blocked(_)), '.')
+        )
     }
 
     fn symbol(&self) -> char {
@@ -93,12 +93,12 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub fn mismatch(&self) -> bool {
-        match (&self.observed, self.expected) {
+        !matches!(
+            (&self.observed, self.expected),
             (CheckObserved::Allowed, CheckExpect::Allowed)
-            | (CheckObserved::Denied, CheckExpect::Denied)
-            | (CheckObserved::Skipped(_), _) => false,
-            _ => true,
-        }
+                | (CheckObserved::Denied, CheckExpect::Denied)
+                | (CheckObserved::Skipped(_), _)
+        )
     }
 }
 

@@ -41,6 +41,10 @@ pub struct ScenarioFile {
     pub probes: Vec<ProbeSpec>,
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// The file line of each item of the top-level lists (`policies`,
+    /// `steps`, `probes`, `checks`), for errors found after parsing.
+    #[serde(skip)]
+    pub item_lines: BTreeMap<String, Vec<usize>>,
 }
 
 /// One step of `steps:` (a one-key map).
@@ -211,12 +215,31 @@ fn error(file: &str, message: String) -> ParseError {
 
 impl ScenarioFile {
     pub fn parse(text: &str, file: &str) -> Result<Self, ParseError> {
-        serde_yaml::from_str(text).map_err(|e| ParseError {
+        let mut parsed: Self = serde_yaml::from_str(text).map_err(|e| ParseError {
             file: file.to_owned(),
             line: e.location().map_or(1, |l| l.line()),
             object: None,
             message: e.to_string(),
-        })
+        })?;
+        for key in ["policies", "steps", "probes", "checks"] {
+            parsed
+                .item_lines
+                .insert(key.to_owned(), item_lines(text, key));
+        }
+        Ok(parsed)
+    }
+
+    /// The file line of `at` (`policies[2]`, `steps[3][1]`...): where its
+    /// top-level item starts, or 1 when that cannot be told.
+    pub fn line_of(&self, at: &str) -> usize {
+        let Some((key, rest)) = at.split_once('[') else {
+            return 1;
+        };
+        rest.split(']')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| self.item_lines.get(key)?.get(i).copied())
+            .unwrap_or(1)
     }
 
     /// The cluster the file describes, with every policy parsed and validated.
@@ -312,10 +335,13 @@ impl ScenarioFile {
         s.pods = pods.into_iter().map(|(p, _)| p).collect();
         for (i, value) in self.policies.iter().enumerate() {
             let text = serde_yaml::to_string(value).map_err(|e| error(file, e.to_string()))?;
-            for doc in
-                super::parse::parse_documents(&text, &format!("{file}: policies[{i}]"), "default")
-            {
-                s.policies.push(doc?.policy());
+            for doc in super::parse::parse_documents(&text, file, "default") {
+                let doc = doc.map_err(|e| ParseError {
+                    line: self.line_of(&format!("policies[{i}]")),
+                    message: format!("policies[{i}]: {}", e.message),
+                    ..e
+                })?;
+                s.policies.push(doc.policy());
             }
         }
         Ok(s)
@@ -392,6 +418,45 @@ impl ScenarioFile {
     }
 }
 
+/// The 1-based line where each item of the top-level block list `key`
+/// starts (a flow list `key: [...]` gives its own line for every item).
+fn item_lines(text: &str, key: &str) -> Vec<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines.iter().position(|l| {
+        l.strip_prefix(key)
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    }) else {
+        return Vec::new();
+    };
+    let rest = lines[start].split_once(':').map_or("", |(_, r)| r).trim();
+    if rest.starts_with('[') {
+        return vec![start + 1; rest.matches("{").count().max(1)];
+    }
+    let mut items = Vec::new();
+    let mut indent = None;
+    for (n, line) in lines.iter().enumerate().skip(start + 1) {
+        let body = line.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let at = line.len() - body.len();
+        if at == 0 && !body.starts_with('-') {
+            break;
+        }
+        if body.starts_with("- ") || body == "-" {
+            match indent {
+                None => {
+                    indent = Some(at);
+                    items.push(n + 1);
+                }
+                Some(i) if i == at => items.push(n + 1),
+                _ => {}
+            }
+        }
+    }
+    items
+}
+
 /// The node's own address in a pod network: its last host address.
 pub fn node_address(net: IpNet) -> IpAddr {
     match net {
@@ -418,7 +483,7 @@ steps:
       - {pod: x/a, run: [/bin/true], expect: allowed}
 ";
         let s = ScenarioFile::parse(text, "t.yaml").unwrap();
-        let steps = s.steps.unwrap();
+        let steps = s.steps.as_ref().unwrap();
         assert!(matches!(&steps[0], Step::Apply(n) if n == &["deny-all"]));
         assert!(matches!(&steps[1], Step::Relabel(r) if r.pod.as_deref() == Some("x/a")));
         assert!(
@@ -428,6 +493,8 @@ steps:
         let e = ScenarioFile::parse(&bad, "t.yaml").unwrap_err();
         assert!(e.message.contains("chek"), "{e}");
         assert_eq!(e.line, 9, "{e}");
+        assert_eq!(s.line_of("steps[2][0]"), 6);
+        assert_eq!(s.line_of("steps[3]"), 9);
         let bad = text.replace("port: serve", "prot: serve");
         let e = ScenarioFile::parse(&bad, "t.yaml").unwrap_err();
         assert!(e.message.contains("prot"), "{e}");
