@@ -139,6 +139,16 @@ enum LabCommand {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// The standard model before and after a directory of policies, with
+    /// the compiler's prediction as the expected tables, and why one denied
+    /// flow is denied.
+    Demo {
+        #[arg(long, default_value = "manifests/examples/policies")]
+        policies: PathBuf,
+        /// Also write the generated scenario file here.
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -400,11 +410,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn lab(command: &LabCommand) -> ExitCode {
-    let LabCommand::Run {
-        files,
-        json,
-        timeout_ms,
-    } = command;
     let bin = match std::env::current_exe() {
         Ok(b) => b,
         Err(e) => {
@@ -412,9 +417,13 @@ fn lab(command: &LabCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let timeout_ms = match command {
+        LabCommand::Run { timeout_ms, .. } => *timeout_ms,
+        LabCommand::Demo { .. } => 1000,
+    };
     let options = palisade::lab::Options {
         bin,
-        timeout: std::time::Duration::from_millis(*timeout_ms),
+        timeout: std::time::Duration::from_millis(timeout_ms),
         in_force_limit: std::time::Duration::from_secs(30),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -427,12 +436,44 @@ fn lab(command: &LabCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (reports, code) = runtime.block_on(palisade::lab::run_files(files, &options, !json));
-    if *json {
-        let doc = serde_json::json!({"exit": code, "scenarios": reports});
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    match command {
+        LabCommand::Run { files, json, .. } => {
+            let (reports, code) =
+                runtime.block_on(palisade::lab::run_files(files, &options, !json));
+            if *json {
+                let doc = serde_json::json!({"exit": code, "scenarios": reports});
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
+            ExitCode::from(code)
+        }
+        LabCommand::Demo { policies, save } => {
+            let demo = match palisade::lab::demo::build(policies) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("palisade: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(path) = save
+                && let Err(e) = std::fs::write(path, &demo.scenario)
+            {
+                eprintln!("palisade: writing {}: {e}", path.display());
+            }
+            println!(
+                "The policies of {} on the standard model (x, y, z; pods a, b, c).\n\
+                 Step 1 probes with no policy; step 3 after applying them. The expected\n\
+                 tables are the compiler's prediction, the observed ones real TCP\n\
+                 connections through the kernel's programs.\n",
+                policies.display()
+            );
+            let inputs = vec![("demo".to_owned(), Ok(demo.scenario))];
+            let (_, code) = runtime.block_on(palisade::lab::run_texts(inputs, &options, true));
+            if let Some(text) = demo.explained {
+                println!("Why is one of those flows denied? palisade explain:\n{text}");
+            }
+            ExitCode::from(code)
+        }
     }
-    ExitCode::from(code)
 }
 
 fn main() -> ExitCode {

@@ -7,6 +7,7 @@
 //! the file source, `probe` makes the connections, `report` prints.
 
 pub mod cluster;
+pub mod demo;
 pub mod enforcer;
 pub mod netns;
 pub mod plan;
@@ -59,19 +60,34 @@ pub async fn run_files(
     options: &Options,
     print: bool,
 ) -> (Vec<ScenarioReport>, u8) {
+    let inputs = files
+        .iter()
+        .map(|path| {
+            let shown = path.as_ref().display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"));
+            (shown, text)
+        })
+        .collect();
+    run_texts(inputs, options, print).await
+}
+
+/// [`run_files`] on texts: `(name shown, text or the error reading it)`.
+pub async fn run_texts(
+    inputs: Vec<(String, Result<String, String>)>,
+    options: &Options,
+    print: bool,
+) -> (Vec<ScenarioReport>, u8) {
     let mut reports = Vec::new();
     let mut interrupted = false;
+    // SAFETY: geteuid has no failure mode.
     let is_root = unsafe { libc::geteuid() } == 0;
     if is_root {
         sweep_stale();
     }
-    for (n, path) in files.iter().enumerate() {
-        let path = path.as_ref();
-        let shown = path.display().to_string();
+    for (n, (shown, text)) in inputs.into_iter().enumerate() {
         let start = Instant::now();
-        let scenario = std::fs::read_to_string(path)
-            .map_err(|e| format!("{shown}: {e}"))
-            .and_then(|text| Scenario::load(&text, &shown).map_err(|e| e.to_string()));
+        let scenario =
+            text.and_then(|text| Scenario::load(&text, &shown).map_err(|e| e.to_string()));
         let mut report = match &scenario {
             Ok(s) => ScenarioReport::new(&shown, &s.name),
             Err(_) => ScenarioReport::new(&shown, &shown),
