@@ -100,7 +100,7 @@ pub fn build(policies: &Path) -> anyhow::Result<Demo> {
     // Prefer a flow an explicit rule denies: it shows the most.
     let explained_flow = denied
         .iter()
-        .map(|(from, to)| {
+        .filter_map(|(from, to)| {
             let pod = |k: &str| snapshot.pods.iter().find(|p| p.key() == k);
             let (from, to) = (pod(from), pod(to));
             let (from, to) = (Target::Pod(from?), Target::Pod(to?));
@@ -110,7 +110,6 @@ pub fn build(policies: &Path) -> anyhow::Result<Demo> {
                 .any(|s| matches!(s, Side::DeniedByRule { .. }));
             Some((by_rule, explain::render(&e, from, to, Protocol::Tcp, PORT)))
         })
-        .flatten()
         .fold(
             None,
             |best: Option<(bool, String)>, (by_rule, text)| match best {
