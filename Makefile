@@ -54,6 +54,7 @@ guest:
 
 bench: build
 	$(CARGO) run --release -p palisade-bench
+	$(CARGO) run --release -p palisade-bench -- --in-force target/release/palisade
 
 clean:
 	$(CARGO) clean

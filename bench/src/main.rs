@@ -7,6 +7,7 @@
 //! account (`memlock` in the map's fdinfo).
 
 mod compile;
+mod in_force;
 mod raw;
 mod veth;
 
@@ -231,6 +232,14 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--compile-only") {
         compile::report();
         return Ok(());
+    }
+    // `--in-force PALISADE_BINARY`: only the change-to-in-force figures.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--in-force") {
+        let bin = args
+            .get(i + 1)
+            .context("--in-force needs the palisade binary")?;
+        return in_force::report(std::path::Path::new(bin));
     }
     let features = Features::probe();
 

@@ -83,6 +83,7 @@ pub async fn run(
     let lsm = Features::probe().bpf_lsm.is_active();
     for (i, action) in scenario.actions.iter().enumerate() {
         let step = i + 1;
+        let step_start = Instant::now();
         let change = match action {
             Action::Apply(docs) | Action::Update(docs) => {
                 for d in docs {
@@ -145,11 +146,12 @@ pub async fn run(
         let mut in_force_ms = None;
         if change {
             let revision = enforcer.commit()?;
-            let seconds = enforcer
+            enforcer
                 .wait(revision, options.in_force_limit)
                 .await
                 .with_context(|| format!("step {step}: {}", action.describe()))?;
-            in_force_ms = Some(seconds * 1000.0);
+            // From the step's first write, as a watcher of the files sees it.
+            in_force_ms = Some(step_start.elapsed().as_secs_f64() * 1000.0);
         }
         report.steps.push(StepReport {
             step,

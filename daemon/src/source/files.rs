@@ -40,7 +40,12 @@ pub struct FileSource {
     dir: PathBuf,
     /// By file, then by `kind/namespace/name`: the last good objects.
     last_good: BTreeMap<PathBuf, BTreeMap<String, Object>>,
+    /// Each file's last text and what parsing it gave: reading is cheap,
+    /// parsing is not, and most passes change one file of many.
+    parsed: BTreeMap<PathBuf, (String, Parsed)>,
 }
+
+type Parsed = (Vec<Object>, Vec<(Option<String>, String)>);
 
 #[derive(Deserialize)]
 struct Meta {
@@ -175,6 +180,7 @@ impl FileSource {
         Self {
             dir: dir.into(),
             last_good: BTreeMap::new(),
+            parsed: BTreeMap::new(),
         }
     }
 
@@ -231,7 +237,15 @@ impl Source for FileSource {
             };
             seen.extend_from_slice(path.to_string_lossy().as_bytes());
             seen.extend_from_slice(text.as_bytes());
-            let (objects, errors) = read_file(&path, &text);
+            let (objects, errors) = match self.parsed.get(&path) {
+                Some((old, parsed)) if *old == text => parsed.clone(),
+                _ => {
+                    let parsed = read_file(&path, &text);
+                    self.parsed
+                        .insert(path.clone(), (text.clone(), parsed.clone()));
+                    parsed
+                }
+            };
             let mut good: BTreeMap<String, Object> =
                 objects.into_iter().map(|o| (key_of(&o), o)).collect();
             let old = self.last_good.get(&path);
@@ -259,6 +273,7 @@ impl Source for FileSource {
             }
             next.insert(path, good);
         }
+        self.parsed.retain(|p, _| next.contains_key(p));
         self.last_good = next;
         for objects in self.last_good.values() {
             for o in objects.values() {
