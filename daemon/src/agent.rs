@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ebpf_common::datapath::endpoint_flags;
 use serde::Serialize;
 
 use crate::{
@@ -38,7 +39,14 @@ pub struct Options {
     pub status_file: Option<PathBuf>,
     /// Full resync period (drift repair).
     pub resync: Duration,
+    /// Quarantine veths that look like pods' (bridge ports, or these name
+    /// prefixes) until their pod is known: such a veth drops everything
+    /// but ARP/ND, so a new pod passes no traffic before its policy is in.
+    pub quarantine: Option<Vec<String>>,
 }
+
+/// The pseudo-pod a quarantined veth is enforced as.
+pub const QUARANTINE: &str = ":quarantine";
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
@@ -52,6 +60,8 @@ pub struct Status {
     pub endpoints: BTreeMap<String, u32>,
     /// Local pods whose veth is not resolved yet.
     pub unplaced: Vec<String>,
+    /// Pod-like veths (ifindex) no known pod holds yet: they pass nothing.
+    pub quarantined: Vec<u32>,
     pub policies: usize,
     /// Source errors (bad objects keep their last good version) and failed
     /// writes (the endpoint keeps its last good policy).
@@ -107,7 +117,7 @@ impl<S: Source> Agent<S> {
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         let reading = self.source.read();
-        let compiled = compile(&reading.snapshot);
+        let mut compiled = compile(&reading.snapshot);
         let mut errors = reading.errors.clone();
 
         let mut placed = BTreeMap::new();
@@ -128,6 +138,28 @@ impl<S: Source> Agent<S> {
                 // Not behind a local veth: another node's pod.
                 Err(Unplaced::NoRoute | Unplaced::NotLocal { .. }) => {}
             }
+        }
+
+        let mut quarantined = Vec::new();
+        if let Some(prefixes) = &self.options.quarantine {
+            let known: BTreeSet<u32> = placed.values().copied().collect();
+            for ifindex in discover::pod_veths(&self.netlink, prefixes).await? {
+                if !known.contains(&ifindex) {
+                    quarantined.push(ifindex);
+                }
+            }
+        }
+        // A quarantined veth is an endpoint isolated both ways, no entries.
+        for &ifindex in &quarantined {
+            let key = format!("{QUARANTINE}/{ifindex}");
+            compiled.endpoints.insert(
+                key.clone(),
+                crate::compile::EndpointPolicy {
+                    flags: endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS,
+                    entries: Vec::new(),
+                },
+            );
+            placed.insert(key, ifindex);
         }
 
         // Programs first, then policy: a veth is never enforced with a
@@ -182,8 +214,12 @@ impl<S: Source> Agent<S> {
             ready: unplaced.is_empty() && report.errors.is_empty(),
             passes: self.status.passes + 1,
             pass_ms: started.elapsed().as_secs_f64() * 1e3,
-            endpoints: placed,
+            endpoints: placed
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with(QUARANTINE))
+                .collect(),
             unplaced,
+            quarantined,
             policies: reading.snapshot.policies.len(),
             errors,
         };
@@ -200,7 +236,15 @@ impl<S: Source> Agent<S> {
         let dir = watch.to_path_buf();
         std::thread::Builder::new()
             .name("palisade-watch".into())
-            .spawn(move || watch_dir(&dir, &tx))?;
+            .spawn({
+                let tx = tx.clone();
+                move || watch_dir(&dir, &tx)
+            })?;
+        if self.options.quarantine.is_some()
+            && let Err(e) = discover::watch_links(tx)
+        {
+            tracing::warn!("link events unavailable: new veths wait for the resync: {e}");
+        }
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {

@@ -80,6 +80,62 @@ async fn dump_kind(handle: &Handle, ifindex: u32) -> Result<Option<InfoKind>, Di
     Ok(None)
 }
 
+/// The veths that look like pods' host sides: ports of a bridge (bridged
+/// CNIs), or named with one of `prefixes` (routed CNIs: `cali`, `lxc`...).
+/// The daemon quarantines such a veth until it knows which pod it carries.
+pub async fn pod_veths(handle: &Handle, prefixes: &[String]) -> Result<Vec<u32>, DiscoverError> {
+    let links: Vec<_> = handle.link().get().execute().try_collect().await?;
+    let kind = |attrs: &[LinkAttribute]| {
+        attrs.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                LinkInfo::Kind(k) => Some(k.clone()),
+                _ => None,
+            }),
+            _ => None,
+        })
+    };
+    let bridges: Vec<u32> = links
+        .iter()
+        .filter(|l| kind(&l.attributes) == Some(InfoKind::Bridge))
+        .map(|l| l.header.index)
+        .collect();
+    Ok(links
+        .iter()
+        .filter(|l| kind(&l.attributes) == Some(InfoKind::Veth))
+        .filter(|l| {
+            l.attributes.iter().any(|a| match a {
+                LinkAttribute::Controller(c) => bridges.contains(c),
+                LinkAttribute::IfName(name) => {
+                    prefixes.iter().any(|p| name.starts_with(p.as_str()))
+                }
+                _ => false,
+            })
+        })
+        .map(|l| l.header.index)
+        .collect())
+}
+
+/// Sends a wake-up on `tx` whenever a link appears, changes or goes in this
+/// network namespace, so a new pod's veth is quarantined at once rather
+/// than at the next resync.
+pub fn watch_links(tx: tokio::sync::mpsc::Sender<()>) -> std::io::Result<()> {
+    use futures_util::StreamExt as _;
+    use rtnetlink::sys::{AsyncSocket as _, SocketAddr};
+    let (mut connection, _, mut messages) = rtnetlink::new_connection()?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))?;
+    tokio::spawn(connection);
+    tokio::spawn(async move {
+        while messages.next().await.is_some() {
+            // Full channel: a wake-up is already pending.
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(())
+}
+
 async fn dump_neighbours(
     handle: &Handle,
     family: Option<AddressFamily>,

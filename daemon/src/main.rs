@@ -97,6 +97,13 @@ enum Command {
         /// Full resync period, for drift repair.
         #[arg(long, default_value_t = 2000)]
         resync_ms: u64,
+        /// Also quarantine veths named with this prefix (routed CNIs, e.g.
+        /// `cali`, `lxc`); bridge-port veths always are (repeatable).
+        #[arg(long = "quarantine-prefix", value_name = "PREFIX")]
+        quarantine_prefix: Vec<String>,
+        /// Let veths of unknown pods pass traffic until their pod is known.
+        #[arg(long, conflicts_with = "quarantine_prefix")]
+        no_quarantine: bool,
     },
     /// The lab: scenario files (shared/SCENARIOS.md) against the real
     /// daemon on a simulated node (needs root).
@@ -382,6 +389,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             source,
             status_file,
             resync_ms,
+            quarantine_prefix,
+            no_quarantine,
         } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -390,6 +399,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let options = palisade::agent::Options {
                     status_file,
                     resync: std::time::Duration::from_millis(resync_ms),
+                    quarantine: (!no_quarantine).then_some(quarantine_prefix),
                 };
                 let files = palisade::source::files::FileSource::new(&source);
                 let agent = palisade::agent::Agent::start(files, pins.clone(), &sizes, options)?;

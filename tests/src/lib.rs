@@ -205,47 +205,55 @@ impl BridgeLab {
         run("ip", &["netns", "add", &node])?;
         run("ip", &["-n", &node, "link", "add", "br0", "type", "bridge"])?;
         run("ip", &["-n", &node, "link", "set", "br0", "up"])?;
-        for i in 0..pods {
-            let netns = unique("bp");
-            let host_if = unique("bh");
-            let ip = std::net::Ipv4Addr::new(10, 199, 1, (i + 1) as u8);
-            run("ip", &["netns", "add", &netns])?;
-            lab.pods.push(LabPod {
-                netns: netns.clone(),
-                host_if: host_if.clone(),
-                ip,
-            });
-            run(
-                "ip",
-                &[
-                    "-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
-                    "netns", &netns,
-                ],
-            )?;
-            run(
-                "ip",
-                &["-n", &node, "link", "set", &host_if, "master", "br0", "up"],
-            )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &netns,
-                    "addr",
-                    "add",
-                    &format!("{ip}/24"),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            run("ip", &["-n", &netns, "link", "set", "eth0", "up"])?;
-            run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
+        for _ in 0..pods {
+            lab.add_pod()?;
         }
         Ok(lab)
     }
 }
 
 impl BridgeLab {
+    /// Adds a pod: a namespace with `eth0` to a new bridge port, address
+    /// 10.199.1.(n+1)/24 for the n-th pod.
+    pub fn add_pod(&mut self) -> anyhow::Result<&LabPod> {
+        let node = self.node.clone();
+        let netns = unique("bp");
+        let host_if = unique("bh");
+        let ip = std::net::Ipv4Addr::new(10, 199, 1, (self.pods.len() + 1) as u8);
+        run("ip", &["netns", "add", &netns])?;
+        self.pods.push(LabPod {
+            netns: netns.clone(),
+            host_if: host_if.clone(),
+            ip,
+        });
+        run(
+            "ip",
+            &[
+                "-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
+                "netns", &netns,
+            ],
+        )?;
+        run(
+            "ip",
+            &["-n", &node, "link", "set", &host_if, "master", "br0", "up"],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        run("ip", &["-n", &netns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
+        Ok(&self.pods[self.pods.len() - 1])
+    }
+
     /// Gives the node an address on the bridge (10.199.1.254/24), as a
     /// bridged CNI's gateway has: the node then routes to the pods through
     /// the bridge and resolves their addresses there.

@@ -173,3 +173,52 @@ fn the_daemon_enforces_a_directory_of_policies_on_a_bridged_node() -> anyhow::Re
     let _ = fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let mut lab = BridgeLab::new(2)?;
+    lab.add_node_address()?;
+    let dir = std::env::temp_dir().join(unique("palisade-quarantine-"));
+    let source = dir.join("source");
+    fs::create_dir_all(&source)?;
+    let status = dir.join("status.json");
+    write_revision(&source, "cluster.yaml", &cluster(&lab), "1")?;
+    let target = &lab.pods[0];
+    let _listener = in_netns(&target.netns, || TcpListener::bind((target.ip, PORT)))??;
+    let mut daemon = Daemon::start(&lab.node, t.pins.base(), &source, &status)?;
+    let s = wait_ready(&status, "1")?;
+    assert_eq!(s["quarantined"].as_array().map(Vec::len), Some(0), "{s}");
+    let passes = s["passes"].as_u64().unwrap_or(0);
+
+    // A veth appears on the bridge before the source knows its pod.
+    lab.add_pod()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let quarantined = loop {
+        let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&status)?)?;
+        if v["quarantined"].as_array().is_some_and(|q| q.len() == 1) {
+            break v;
+        }
+        if Instant::now() > deadline {
+            bail!("the new veth was not quarantined: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        quarantined["passes"].as_u64().unwrap_or(0) <= passes + 3,
+        "a link event, not a resync loop, woke the daemon: {quarantined}"
+    );
+    assert!(
+        !reaches(&lab, 2, 0)?,
+        "quarantined: the new pod reaches nothing"
+    );
+
+    // Its pod arrives in the source: no policy selects it, so it is free.
+    write_revision(&source, "cluster.yaml", &cluster(&lab), "2")?;
+    let s = wait_ready(&status, "2")?;
+    assert_eq!(s["quarantined"].as_array().map(Vec::len), Some(0), "{s}");
+    assert!(reaches(&lab, 2, 0)?, "known and unselected: it reaches a");
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
