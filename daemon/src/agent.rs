@@ -14,11 +14,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use ebpf_common::datapath::endpoint_flags;
 use serde::Serialize;
+
+use anyhow::Context as _;
 
 use crate::{
     compile::compile,
@@ -30,6 +33,7 @@ use crate::{
         attach::{self, TcHook},
         sizes::MapSizes,
     },
+    metrics::Metrics,
     paths::PinDir,
     source::Source,
     sync,
@@ -43,6 +47,11 @@ pub struct Options {
     /// prefixes) until their pod is known: such a veth drops everything
     /// but ARP/ND, so a new pod passes no traffic before its policy is in.
     pub quarantine: Option<Vec<String>>,
+    /// Serve Prometheus metrics here (port 0: any free port; the status
+    /// file names the one bound).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Per-pod metric labels for at most this many pods.
+    pub metrics_pod_labels: Option<usize>,
 }
 
 /// The pseudo-pod a quarantined veth is enforced as.
@@ -66,6 +75,8 @@ pub struct Status {
     /// Source errors (bad objects keep their last good version) and failed
     /// writes (the endpoint keeps its last good policy).
     pub errors: Vec<String>,
+    /// Where the metrics endpoint listens, if it does.
+    pub metrics: Option<String>,
 }
 
 pub struct Agent<S: Source> {
@@ -78,6 +89,7 @@ pub struct Agent<S: Source> {
     attached: BTreeSet<u32>,
     status: Status,
     options: Options,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<S: Source> Agent<S> {
@@ -96,6 +108,24 @@ impl<S: Source> Agent<S> {
         let loaded = loader::load_with(&pins, &features, sizes)?;
         let maps = DatapathMaps::open(&pins)?;
         let netlink = discover::connect()?;
+        let mut status = Status::default();
+        let metrics = match options.metrics_addr {
+            Some(addr) => {
+                let m = Metrics::install(pins.clone(), &features, options.metrics_pod_labels)?;
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("metrics endpoint on {addr}"))?;
+                listener.set_nonblocking(true)?;
+                let bound = listener.local_addr()?;
+                tracing::info!("metrics on http://{bound}/metrics");
+                status.metrics = Some(bound.to_string());
+                tokio::spawn(crate::metrics::http::serve(
+                    tokio::net::TcpListener::from_std(listener)?,
+                    m.clone(),
+                ));
+                Some(m)
+            }
+            None => None,
+        };
         Ok(Self {
             source,
             pins,
@@ -104,8 +134,9 @@ impl<S: Source> Agent<S> {
             features,
             netlink,
             attached: BTreeSet::new(),
-            status: Status::default(),
+            status,
             options,
+            metrics,
         })
     }
 
@@ -119,6 +150,7 @@ impl<S: Source> Agent<S> {
         let reading = self.source.read();
         let mut compiled = compile(&reading.snapshot);
         let mut errors = reading.errors.clone();
+        let mut attach_errors = Vec::new();
 
         let mut placed = BTreeMap::new();
         let mut unplaced = Vec::new();
@@ -178,7 +210,7 @@ impl<S: Source> Agent<S> {
                     hook,
                     self.features.tcx,
                 ) {
-                    errors.push(format!("attaching to ifindex {ifindex}: {e}"));
+                    attach_errors.push(format!("attaching to ifindex {ifindex}: {e}"));
                     ok = false;
                 }
             }
@@ -192,7 +224,7 @@ impl<S: Source> Agent<S> {
         for ifindex in self.attached.clone() {
             if !held.contains(&ifindex) {
                 if let Err(e) = attach::detach_tc(&self.pins, ifindex) {
-                    errors.push(e.to_string());
+                    attach_errors.push(e.to_string());
                 }
                 self.attached.remove(&ifindex);
             }
@@ -206,12 +238,38 @@ impl<S: Source> Agent<S> {
                 "applied"
             );
         }
+        errors.extend(attach_errors.iter().cloned());
         for e in &errors {
             tracing::warn!("{e}");
         }
+        if let Some(m) = &self.metrics {
+            m.learn(
+                &compiled.policies,
+                &sync::endpoint_ids(placed.keys().map(String::as_str)),
+            );
+            let new = |list: &[String]| {
+                list.iter()
+                    .filter(|e| !self.status.errors.contains(e))
+                    .count() as u64
+            };
+            metrics::counter!("palisade_errors_total", "kind" => "source")
+                .increment(new(&reading.errors));
+            metrics::counter!("palisade_errors_total", "kind" => "attach")
+                .increment(new(&attach_errors));
+            metrics::counter!("palisade_errors_total", "kind" => "write")
+                .increment(new(&report.errors));
+            metrics::gauge!("palisade_source_errors").set(reading.errors.len() as f64);
+            metrics::gauge!("palisade_policies").set(reading.snapshot.policies.len() as f64);
+            metrics::gauge!("palisade_quarantined_veths").set(quarantined.len() as f64);
+            metrics::gauge!("palisade_endpoints").set((placed.len() - quarantined.len()) as f64);
+            metrics::histogram!("palisade_reconcile_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        let ready = unplaced.is_empty() && report.errors.is_empty();
+        metrics::gauge!("palisade_ready").set(if ready { 1.0 } else { 0.0 });
         self.status = Status {
             revision: reading.revision,
-            ready: unplaced.is_empty() && report.errors.is_empty(),
+            ready,
             passes: self.status.passes + 1,
             pass_ms: started.elapsed().as_secs_f64() * 1e3,
             endpoints: placed
@@ -222,6 +280,7 @@ impl<S: Source> Agent<S> {
             quarantined,
             policies: reading.snapshot.policies.len(),
             errors,
+            metrics: self.status.metrics.clone(),
         };
         if let Some(path) = &self.options.status_file {
             write_atomically(path, &serde_json::to_vec_pretty(&self.status)?)?;
@@ -236,20 +295,26 @@ impl<S: Source> Agent<S> {
         let dir = watch.to_path_buf();
         std::thread::Builder::new()
             .name("palisade-watch".into())
-            .spawn({
-                let tx = tx.clone();
-                move || watch_dir(&dir, &tx)
-            })?;
+            .spawn(move || watch_dir(&dir, &tx))?;
+        let (link_tx, mut links) = tokio::sync::mpsc::channel::<()>(1);
         if self.options.quarantine.is_some()
-            && let Err(e) = discover::watch_links(tx)
+            && let Err(e) = discover::watch_links(link_tx)
         {
             tracing::warn!("link events unavailable: new veths wait for the resync: {e}");
         }
+        // When the oldest source change not yet in force was noticed.
+        let mut pending: Option<Instant> = None;
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             if let Err(e) = self.reconcile().await {
                 tracing::error!("reconcile: {e:#}");
+            }
+            if self.status.ready
+                && let Some(since) = pending.take()
+            {
+                metrics::histogram!("palisade_change_to_in_force_seconds")
+                    .record(since.elapsed().as_secs_f64());
             }
             let wait = if self.status.unplaced.is_empty() {
                 self.options.resync
@@ -257,7 +322,10 @@ impl<S: Source> Agent<S> {
                 Duration::from_millis(50)
             };
             tokio::select! {
-                _ = changes.recv() => {}
+                _ = changes.recv() => {
+                    pending.get_or_insert_with(Instant::now);
+                }
+                _ = links.recv() => {}
                 () = tokio::time::sleep(wait) => {}
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,

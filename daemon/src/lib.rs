@@ -14,6 +14,7 @@ pub mod features;
 pub mod identity;
 pub mod lab;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod paths;

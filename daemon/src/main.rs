@@ -104,6 +104,14 @@ enum Command {
         /// Let veths of unknown pods pass traffic until their pod is known.
         #[arg(long, conflicts_with = "quarantine_prefix")]
         no_quarantine: bool,
+        /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9963;
+        /// port 0 picks one, named in the status file).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// Label drop and allow counters by pod for at most N pods (the
+        /// rest share pod="other"); off by default to bound the series.
+        #[arg(long, value_name = "N")]
+        metrics_pod_labels: Option<usize>,
     },
     /// The lab: scenario files (shared/SCENARIOS.md) against the real
     /// daemon on a simulated node (needs root).
@@ -145,6 +153,9 @@ enum LabCommand {
         /// Per probe attempt; a failing cell is tried twice.
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+        /// Print the daemon's drop and audit counters after each scenario.
+        #[arg(long)]
+        metrics: bool,
     },
     /// The standard model before and after a directory of policies, with
     /// the compiler's prediction as the expected tables, and why one denied
@@ -391,6 +402,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             resync_ms,
             quarantine_prefix,
             no_quarantine,
+            metrics_addr,
+            metrics_pod_labels,
         } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -400,6 +413,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     status_file,
                     resync: std::time::Duration::from_millis(resync_ms),
                     quarantine: (!no_quarantine).then_some(quarantine_prefix),
+                    metrics_addr,
+                    metrics_pod_labels,
                 };
                 let files = palisade::source::files::FileSource::new(&source);
                 let agent = palisade::agent::Agent::start(files, pins.clone(), &sizes, options)?;
@@ -427,14 +442,19 @@ fn lab(command: &LabCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let timeout_ms = match command {
-        LabCommand::Run { timeout_ms, .. } => *timeout_ms,
-        LabCommand::Demo { .. } => 1000,
+    let (timeout_ms, show_metrics) = match command {
+        LabCommand::Run {
+            timeout_ms,
+            metrics,
+            ..
+        } => (*timeout_ms, *metrics),
+        LabCommand::Demo { .. } => (1000, true),
     };
     let options = palisade::lab::Options {
         bin,
         timeout: std::time::Duration::from_millis(timeout_ms),
         in_force_limit: std::time::Duration::from_secs(30),
+        show_metrics,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -31,7 +31,14 @@ impl Enforcer {
         let mut cmd = Command::new(bin);
         cmd.arg("--pin-base")
             .arg(pins)
-            .args(["daemon", "--resync-ms", "1000", "--source"])
+            .args([
+                "daemon",
+                "--resync-ms",
+                "1000",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--source")
             .arg(dir.join("source"))
             .arg("--status-file")
             .arg(dir.join("status.json"))
@@ -118,6 +125,36 @@ impl Enforcer {
             "the daemon did not report revision {revision} in force within {limit:?}; last status: {last}\n{}",
             self.log_tail()
         )
+    }
+
+    /// The daemon's metrics endpoint, scraped from inside the node
+    /// namespace (it listens on the node's loopback).
+    pub fn scrape(&self, node: &Netns) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let status: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(self.dir.join("status.json"))?)?;
+        let addr: std::net::SocketAddr = status["metrics"]
+            .as_str()
+            .context("the daemon serves no metrics")?
+            .parse()?;
+        let response = node.run(move || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: palisade\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })??;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("no HTTP response")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!(
+                "metrics endpoint: {}",
+                head.lines().next().unwrap_or_default()
+            );
+        }
+        Ok(body.to_owned())
     }
 
     pub fn log_tail(&self) -> String {

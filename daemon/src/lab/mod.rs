@@ -124,7 +124,7 @@ pub async fn run_texts(
         }
         report.seconds = start.elapsed().as_secs_f64();
         if print {
-            print!("{}", report.render());
+            print!("{}", report.render(options.show_metrics));
         }
         reports.push(report);
         if interrupted {

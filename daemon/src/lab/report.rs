@@ -120,6 +120,8 @@ pub struct ScenarioReport {
     pub steps: Vec<StepReport>,
     pub probes: Vec<ProbeReport>,
     pub checks: Vec<CheckReport>,
+    /// The daemon's drop and audit counters at the end (Prometheus text).
+    pub metrics: Vec<String>,
 }
 
 impl ScenarioReport {
@@ -133,6 +135,7 @@ impl ScenarioReport {
             steps: Vec::new(),
             probes: Vec::new(),
             checks: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -160,7 +163,7 @@ impl ScenarioReport {
         };
     }
 
-    pub fn render(&self) -> String {
+    pub fn render(&self, show_metrics: bool) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "=== {} ({})", self.name, self.file);
         for p in &self.probes {
@@ -181,6 +184,12 @@ impl ScenarioReport {
                 c.expected,
                 if c.mismatch() { "   <- MISMATCH" } else { "" }
             );
+        }
+        if show_metrics && !self.metrics.is_empty() {
+            let _ = writeln!(out, "--- metrics (drop and audit counters, from /metrics)");
+            for line in &self.metrics {
+                let _ = writeln!(out, "{line}");
+            }
         }
         if let Some(e) = &self.error {
             let _ = writeln!(out, "error: {e}");

@@ -31,6 +31,8 @@ pub struct Options {
     pub timeout: Duration,
     /// How long a change may take to be in force.
     pub in_force_limit: Duration,
+    /// Print the daemon's drop and audit counters after each scenario.
+    pub show_metrics: bool,
 }
 
 /// Runs `scenario`, filling `report`; `n` tells apart scenarios of one run.
@@ -158,6 +160,20 @@ pub async fn run(
             action: action.describe(),
             in_force_ms,
         });
+    }
+    // The verdict counters as Prometheus would scrape them, before teardown.
+    match enforcer.scrape(&topology.node) {
+        Ok(text) => {
+            report.metrics = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("palisade_drops_total")
+                        || l.starts_with("palisade_audit_would_drop_total")
+                })
+                .map(str::to_owned)
+                .collect();
+        }
+        Err(e) => report.metrics = vec![format!("# metrics unavailable: {e:#}")],
     }
     drop(enforcer);
     drop(listeners);

@@ -1,0 +1,144 @@
+//! What the pinned maps hold, read for a scrape: the detailed per-CPU
+//! counters summed over CPUs, and each map's fill level.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
+use ebpf_common::{
+    datapath::CounterKey,
+    maps::{COUNTERS, SPECS, kind},
+    stats::Counter,
+};
+
+use crate::paths::PinDir;
+
+/// One (endpoint, policy, reason, direction) cell, summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detail {
+    pub endpoint: u32,
+    pub policy: u32,
+    pub reason: u32,
+    pub direction: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub fn details(pins: &PinDir) -> Result<Vec<Detail>, MapError> {
+    let map = Map::from_map_data(MapData::from_pin(pins.map(COUNTERS))?)?;
+    let counters: PerCpuHashMap<MapData, CounterKey, Counter> = PerCpuHashMap::try_from(map)?;
+    let mut out = Vec::new();
+    for item in counters.iter() {
+        // An entry removed between listing and reading is not an error.
+        let Ok((key, per_cpu)) = item else { continue };
+        let (packets, bytes) = per_cpu
+            .iter()
+            .fold((0, 0), |(p, b), c| (p + c.events, b + c.bytes));
+        out.push(Detail {
+            endpoint: key.endpoint,
+            policy: key.policy,
+            reason: u32::from(key.reason),
+            direction: u32::from(key.direction),
+            packets,
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Entries in use and capacity of a pinned map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pressure {
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// `bpf_attr` for BPF_MAP_GET_NEXT_KEY.
+#[repr(C)]
+struct NextKeyAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    next_key: u64,
+}
+
+/// Counts keys with BPF_MAP_GET_NEXT_KEY: the kernel keeps no count of a
+/// hash or trie map's entries that user space could read.
+fn count_keys(fd: i32, key_size: usize) -> u64 {
+    let mut key = vec![0u8; key_size.max(1)];
+    let mut next = vec![0u8; key_size.max(1)];
+    let mut first = true;
+    let mut n = 0u64;
+    loop {
+        let attr = NextKeyAttr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+        };
+        // SAFETY: the attr points at buffers of the map's key size, which
+        // outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &attr as *const NextKeyAttr,
+                std::mem::size_of::<NextKeyAttr>(),
+            )
+        };
+        if r != 0 {
+            return n;
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
+}
+
+/// Fill level of every pinned map Palisade owns (arrays are always full;
+/// the ring buffer's capacity is in bytes and has no entries to count).
+pub fn pressure(pins: &PinDir) -> Vec<Pressure> {
+    let mut out = Vec::new();
+    for spec in SPECS {
+        if spec.map_type == kind::RINGBUF {
+            continue;
+        }
+        let Ok(map) = MapData::from_pin(pins.map(spec.name)) else {
+            continue;
+        };
+        let Ok(info) = map.info() else { continue };
+        let capacity = u64::from(info.max_entries());
+        let entries = if spec.map_type == kind::PERCPU_ARRAY {
+            capacity
+        } else {
+            count_keys(map.fd().as_fd().as_raw_fd(), info.key_size() as usize)
+        };
+        out.push(Pressure {
+            name: spec.name,
+            entries,
+            capacity,
+        });
+    }
+    out
+}
+
+/// Summed (packets, bytes) by a key of the caller's choosing.
+pub fn sum_by<K: Ord>(
+    details: &[Detail],
+    key: impl Fn(&Detail) -> Option<K>,
+) -> BTreeMap<K, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for d in details {
+        if let Some(k) = key(d) {
+            let e: &mut (u64, u64) = out.entry(k).or_default();
+            e.0 += d.packets;
+            e.1 += d.bytes;
+        }
+    }
+    out
+}

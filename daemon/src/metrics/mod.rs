@@ -1,0 +1,277 @@
+//! The metrics endpoint: Prometheus text from `metrics-exporter-prometheus`.
+//!
+//! Kernel counters are not mirrored continuously: a scrape reads the pinned
+//! per-CPU maps, sums them and sets each counter to that absolute value, so
+//! they stay monotonic across daemon restarts that keep the pins. The
+//! daemon's own figures (reconcile time, change-to-in-force, errors) are
+//! recorded as they happen.
+//!
+//! Labels: `direction`, `reason` (the names in `ebpf_common::reason`),
+//! `policy` (`namespace/name`, `palisade:namespace/name`, `cluster:name`,
+//! `default-deny` for the default deny of an isolated pod, `none` where no
+//! policy decided, e.g. a reply). Per-pod labels only with
+//! `--metrics-pod-labels N`: the first N pods by name get their own `pod`
+//! label, the rest share `pod="other"`, so a node's series stay bounded.
+
+pub mod http;
+pub mod kernel;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use ebpf_common::{
+    maps::{CT, LSM_STATS, TC_STATS, XDP_STATS},
+    reason,
+};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    features::Features,
+    paths::PinDir,
+    stats::{self, direction_name},
+};
+
+/// Seconds: from a millisecond to half a minute.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Default)]
+struct Names {
+    /// Every policy id seen since start: counters outlive their policy.
+    policies: HashMap<u32, String>,
+    endpoints: HashMap<u32, String>,
+}
+
+pub struct Metrics {
+    handle: PrometheusHandle,
+    pins: PinDir,
+    names: Mutex<Names>,
+    pod_label_cap: Option<usize>,
+}
+
+/// Whether a verdict reason passes the packet (the rest drop it; audit
+/// and bookkeeping reasons are apart).
+fn verdict_kind(code: u32) -> Option<&'static str> {
+    match code {
+        reason::AUDIT_WOULD_DROP => Some("audit"),
+        reason::EVENT_LOST | reason::EVENT_RATE_LIMITED | reason::COUNTER_MAP_FULL => None,
+        c if reason::name(c).starts_with("drop_") => Some("drop"),
+        _ => Some("allow"),
+    }
+}
+
+fn describe() {
+    describe_counter!(
+        "palisade_drops_total",
+        "Packets dropped by the pod datapath, by direction, reason and policy."
+    );
+    describe_counter!(
+        "palisade_allows_total",
+        "Packets passed by the pod datapath, by direction, reason and policy."
+    );
+    describe_counter!(
+        "palisade_audit_would_drop_total",
+        "Packets an audit-mode policy would have dropped (they passed), by direction and policy."
+    );
+    describe_counter!(
+        "palisade_datapath_packets_total",
+        "Every verdict of each program family (tc, xdp), by direction and reason."
+    );
+    describe_counter!(
+        "palisade_lsm_decisions_total",
+        "BPF-LSM decisions, by reason."
+    );
+    describe_counter!(
+        "palisade_events_lost_total",
+        "Drop and audit events not sent: the per-CPU rate limit, or a full ring buffer."
+    );
+    describe_gauge!("palisade_map_entries", "Entries in use in a pinned map.");
+    describe_gauge!(
+        "palisade_map_capacity",
+        "Configured entries of a pinned map."
+    );
+    describe_gauge!(
+        "palisade_conntrack_entries",
+        "Tracked flows (the LRU map evicts the least recently used when full)."
+    );
+    describe_counter!(
+        "palisade_conntrack_insert_failures_total",
+        "Flows passed but not tracked: the conntrack map refused the entry."
+    );
+    describe_histogram!(
+        "palisade_reconcile_duration_seconds",
+        "One reconcile pass: read, compile, discover, attach, sync."
+    );
+    describe_histogram!(
+        "palisade_change_to_in_force_seconds",
+        "From a source change being noticed to the pass that put it in force."
+    );
+    describe_counter!(
+        "palisade_errors_total",
+        "Errors by kind: source (a bad object, its last good version kept), attach, write."
+    );
+    describe_gauge!(
+        "palisade_source_errors",
+        "Objects of the source currently refused."
+    );
+    describe_gauge!("palisade_policies", "Policies in the source.");
+    describe_gauge!("palisade_endpoints", "Local pods enforced.");
+    describe_gauge!(
+        "palisade_quarantined_veths",
+        "Pod-like veths whose pod is not known yet (they pass nothing)."
+    );
+    describe_gauge!(
+        "palisade_ready",
+        "1 when the last pass put the source fully in force."
+    );
+    describe_gauge!(
+        "palisade_kernel_feature",
+        "Kernel features Palisade relies on (1 present and used, 0 not)."
+    );
+}
+
+impl Metrics {
+    /// Installs the process-wide recorder (once per process).
+    pub fn install(
+        pins: PinDir,
+        features: &Features,
+        pod_label_cap: Option<usize>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)?
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder)
+            .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+        describe();
+        let feature = |name: &'static str, on: bool| {
+            gauge!("palisade_kernel_feature", "feature" => name).set(if on { 1.0 } else { 0.0 });
+        };
+        feature("bpf_lsm", features.bpf_lsm.is_active());
+        feature("tcx", features.tcx);
+        feature("btf", features.btf);
+        Ok(Arc::new(Self {
+            handle,
+            pins,
+            names: Mutex::new(Names::default()),
+            pod_label_cap,
+        }))
+    }
+
+    /// Names for the ids the kernel counts by, after each pass.
+    pub fn learn(&self, policies: &BTreeMap<String, u32>, endpoints: &BTreeMap<String, u32>) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, id) in policies {
+            names.policies.insert(*id, name.clone());
+        }
+        names.endpoints = endpoints.iter().map(|(n, id)| (*id, n.clone())).collect();
+    }
+
+    /// The exposition text, with the kernel's counters read just now.
+    pub fn render(&self) -> String {
+        if let Err(e) = self.refresh() {
+            tracing::warn!("metrics: reading kernel counters: {e}");
+        }
+        self.handle.render()
+    }
+
+    fn refresh(&self) -> anyhow::Result<()> {
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let policy = |d: &kernel::Detail| match (d.policy, d.reason) {
+            (0, reason::DROP_DEFAULT_DENY) => "default-deny".to_owned(),
+            (0, _) => "none".to_owned(),
+            (id, _) => names
+                .policies
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("id:{id}")),
+        };
+        let labelled: BTreeSet<&String> = match self.pod_label_cap {
+            Some(cap) => {
+                let mut pods: Vec<&String> = names.endpoints.values().collect();
+                pods.sort();
+                pods.into_iter().take(cap).collect()
+            }
+            None => BTreeSet::new(),
+        };
+        let pod = |d: &kernel::Detail| {
+            self.pod_label_cap
+                .map(|_| match names.endpoints.get(&d.endpoint) {
+                    Some(p) if labelled.contains(p) => p.clone(),
+                    _ => "other".to_owned(),
+                })
+        };
+        let details = kernel::details(&self.pins)?;
+        let sums = kernel::sum_by(&details, |d| {
+            Some((
+                verdict_kind(d.reason)?,
+                d.direction,
+                d.reason,
+                policy(d),
+                pod(d),
+            ))
+        });
+        for ((kind, direction, code, policy, pod), (packets, _)) in sums {
+            let mut labels = vec![
+                ("direction", direction_name(direction).to_owned()),
+                ("policy", policy),
+            ];
+            if kind != "audit" {
+                labels.push(("reason", reason::name(code).to_owned()));
+            }
+            if let Some(pod) = pod {
+                labels.push(("pod", pod));
+            }
+            let name = match kind {
+                "drop" => "palisade_drops_total",
+                "audit" => "palisade_audit_would_drop_total",
+                _ => "palisade_allows_total",
+            };
+            counter!(name, &labels).absolute(packets);
+        }
+
+        let mut lost = [0u64; 2];
+        let mut ct_failures = 0;
+        for (program, map) in [("tc", TC_STATS), ("xdp", XDP_STATS), ("lsm", LSM_STATS)] {
+            let Ok(rows) = stats::read_pinned(&self.pins.map(map)) else {
+                continue;
+            };
+            for row in rows {
+                match row.reason {
+                    "event_lost" => lost[0] += row.events,
+                    "event_rate_limited" => lost[1] += row.events,
+                    "ct_map_full" => ct_failures += row.events,
+                    _ => {}
+                }
+                if program == "lsm" {
+                    counter!("palisade_lsm_decisions_total", "reason" => row.reason)
+                        .absolute(row.events);
+                } else {
+                    counter!(
+                        "palisade_datapath_packets_total",
+                        "program" => program,
+                        "direction" => row.direction,
+                        "reason" => row.reason
+                    )
+                    .absolute(row.events);
+                }
+            }
+        }
+        counter!("palisade_events_lost_total", "cause" => "ring_full").absolute(lost[0]);
+        counter!("palisade_events_lost_total", "cause" => "rate_limited").absolute(lost[1]);
+        counter!("palisade_conntrack_insert_failures_total").absolute(ct_failures);
+
+        for p in kernel::pressure(&self.pins) {
+            gauge!("palisade_map_entries", "map" => p.name).set(p.entries as f64);
+            gauge!("palisade_map_capacity", "map" => p.name).set(p.capacity as f64);
+            if p.name == CT {
+                gauge!("palisade_conntrack_entries").set(p.entries as f64);
+            }
+        }
+        Ok(())
+    }
+}
