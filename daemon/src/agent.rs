@@ -27,6 +27,7 @@ use crate::{
     compile::compile,
     datapath::DatapathMaps,
     discover::{self, Unplaced},
+    events::Hub,
     features::Features,
     loader::{
         self, Loaded,
@@ -34,6 +35,7 @@ use crate::{
         sizes::MapSizes,
     },
     metrics::Metrics,
+    names::{Names, SharedNames},
     paths::PinDir,
     source::Source,
     sync,
@@ -90,6 +92,7 @@ pub struct Agent<S: Source> {
     status: Status,
     options: Options,
     metrics: Option<Arc<Metrics>>,
+    names: SharedNames,
 }
 
 impl<S: Source> Agent<S> {
@@ -109,18 +112,32 @@ impl<S: Source> Agent<S> {
         let maps = DatapathMaps::open(&pins)?;
         let netlink = discover::connect()?;
         let mut status = Status::default();
+        let names = Names::shared();
         let metrics = match options.metrics_addr {
             Some(addr) => {
-                let m = Metrics::install(pins.clone(), &features, options.metrics_pod_labels)?;
+                let m = Metrics::install(
+                    pins.clone(),
+                    &features,
+                    options.metrics_pod_labels,
+                    names.clone(),
+                )?;
+                let hub = match Hub::start(&pins, names.clone()) {
+                    Ok(hub) => Some(hub),
+                    Err(e) => {
+                        tracing::warn!("no event stream: {e:#}");
+                        None
+                    }
+                };
                 let listener = std::net::TcpListener::bind(addr)
                     .with_context(|| format!("metrics endpoint on {addr}"))?;
                 listener.set_nonblocking(true)?;
                 let bound = listener.local_addr()?;
-                tracing::info!("metrics on http://{bound}/metrics");
+                tracing::info!("metrics on http://{bound}/metrics, events on /events");
                 status.metrics = Some(bound.to_string());
-                tokio::spawn(crate::metrics::http::serve(
+                tokio::spawn(crate::http::serve(
                     tokio::net::TcpListener::from_std(listener)?,
                     m.clone(),
+                    hub,
                 ));
                 Some(m)
             }
@@ -137,6 +154,7 @@ impl<S: Source> Agent<S> {
             status,
             options,
             metrics,
+            names,
         })
     }
 
@@ -242,11 +260,11 @@ impl<S: Source> Agent<S> {
         for e in &errors {
             tracing::warn!("{e}");
         }
-        if let Some(m) = &self.metrics {
-            m.learn(
-                &compiled.policies,
-                &sync::endpoint_ids(placed.keys().map(String::as_str)),
-            );
+        crate::names::lock(&self.names).learn(
+            &compiled.policies,
+            &sync::endpoint_ids(placed.keys().map(String::as_str)),
+        );
+        if self.metrics.is_some() {
             let new = |list: &[String]| {
                 list.iter()
                     .filter(|e| !self.status.errors.contains(e))

@@ -119,6 +119,26 @@ enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Stream drop and audit events from a running daemon as JSON lines
+    /// (like `hubble observe`); lines of type "lost" carry the kernel's
+    /// counts of events the rate limit or a full ring kept back.
+    Events {
+        /// The daemon's --metrics-addr.
+        #[arg(long, default_value = "127.0.0.1:9963")]
+        addr: std::net::SocketAddr,
+        /// Connect from inside this network namespace (e.g. /proc/PID/ns/net
+        /// of the daemon).
+        #[arg(long, value_name = "PATH")]
+        netns: Option<PathBuf>,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// namespace/pod
+        #[arg(long)]
+        pod: Option<String>,
+        /// dropped or audit
+        #[arg(long)]
+        verdict: Option<String>,
+    },
     /// Write the CustomResourceDefinitions of Palisade's own kinds,
     /// generated from their Rust types, into a directory.
     Crds {
@@ -422,6 +442,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Lab { .. } => unreachable!("main runs the lab"),
+        Command::Events {
+            addr,
+            netns,
+            namespace,
+            pod,
+            verdict,
+        } => events(addr, netns.as_deref(), namespace, pod, verdict),
         Command::Crds { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (name, text) in palisade::model::crd::crds()? {
@@ -432,6 +459,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn events(
+    addr: std::net::SocketAddr,
+    netns: Option<&Path>,
+    namespace: Option<String>,
+    pod: Option<String>,
+    verdict: Option<String>,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let connect = move || std::net::TcpStream::connect(addr);
+    // The socket keeps the namespace it was made in.
+    let stream = match netns {
+        Some(path) => palisade::netns::in_netns(path, connect)??,
+        None => connect()?,
+    };
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let query: Vec<String> = [("namespace", namespace), ("pod", pod), ("verdict", verdict)]
+        .into_iter()
+        .filter_map(|(k, v)| Some(format!("{k}={}", encode(&v?))))
+        .collect();
+    let mut writer = stream.try_clone()?;
+    write!(
+        writer,
+        "GET /events?{} HTTP/1.1\r\nHost: palisade\r\nConnection: close\r\n\r\n",
+        query.join("&")
+    )?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    if !status.starts_with("HTTP/1.1 200") {
+        bail!("{addr}: {}", status.trim());
+    }
+    let mut in_body = false;
+    let stdout = std::io::stdout();
+    for line in reader.lines() {
+        let line = line?;
+        if in_body {
+            let mut out = stdout.lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        } else if line.is_empty() {
+            in_body = true;
+        }
+    }
+    Ok(())
 }
 
 fn lab(command: &LabCommand) -> ExitCode {

@@ -1,7 +1,9 @@
-//! The metrics endpoint against the real daemon on the lab's node: denied
-//! probes are counted exactly under their policy and reason, the output
-//! passes `promtool check metrics`, and a real Prometheus server scraping
-//! the daemon answers a PromQL query with the same count.
+//! Metrics and events against the real daemon on the lab's node: denied
+//! probes are counted exactly under their policy and reason, streamed as
+//! named events by `palisade events` (filtered by namespace), kept across a
+//! daemon restart; the output passes `promtool check metrics`, and a real
+//! Prometheus server scraping the daemon answers a PromQL query with the
+//! same count.
 
 use std::{
     io::{Read as _, Write as _},
@@ -64,6 +66,16 @@ fn value_of(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// A `palisade events` process and its lines.
+struct Events(std::process::Child, std::sync::mpsc::Receiver<String>);
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Prometheus in the node namespace, scraping the daemon every second.
 struct Prometheus(std::process::Child, std::path::PathBuf);
 
@@ -110,7 +122,7 @@ impl Drop for Prometheus {
 }
 
 #[test]
-fn denied_probes_are_counted_exactly_and_prometheus_sees_them() -> anyhow::Result<()> {
+fn denied_probes_are_counted_streamed_kept_and_scraped_by_prometheus() -> anyhow::Result<()> {
     if Command::new("promtool").arg("--version").output().is_err() {
         bail!("promtool missing: scripts/setup.sh installs Debian's prometheus package");
     }
@@ -142,6 +154,33 @@ fn denied_probes_are_counted_exactly_and_prometheus_sees_them() -> anyhow::Resul
         let r = enforcer.commit()?;
         enforcer.wait(r, Duration::from_secs(30)).await?;
 
+        // The event stream, through the real CLI, from the node namespace.
+        let status: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("status.json"))?)?;
+        let metrics_addr = status["metrics"].as_str().context("no metrics address")?.to_owned();
+        let stream = |namespace: &str| -> anyhow::Result<Events> {
+            let mut child = Command::new(palisade_bin()?)
+                .args(["events", "--addr", &metrics_addr, "--namespace", namespace])
+                .arg("--netns")
+                .arg(format!("/proc/{}/ns/net", enforcer.pid()))
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let out = child.stdout.take().context("events stdout")?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            Ok(Events(child, rx))
+        };
+        let x_events = stream("x")?;
+        let y_events = stream("y")?;
+        // Subscribed: the first line of a stream says what the kernel lost.
+        let first = x_events.1.recv_timeout(Duration::from_secs(5))?;
+        assert!(first.contains("\"type\":\"lost\""), "{first}");
+
         // Denied: y/b -> x/a UDP 81, each attempt one datagram, one drop.
         let target = SocketAddr::new(a.ips[0], 81);
         let mut sent = 0;
@@ -165,6 +204,38 @@ fn denied_probes_are_counted_exactly_and_prometheus_sees_them() -> anyhow::Resul
 
         let text = enforcer.scrape(&topology.node)?;
         assert_eq!(value_of(&text, SERIES), Some(f64::from(sent)), "{text}");
+
+        // One event per drop, named; none for namespace y's pods.
+        let mut events = Vec::new();
+        while events.len() < sent as usize {
+            let line = x_events.1.recv_timeout(Duration::from_secs(5))?;
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            if v["type"] == "event" {
+                events.push(v);
+            }
+        }
+        for e in &events {
+            assert_eq!(e["policy"], "palisade:x/no-udp-from-y-b", "{e}");
+            assert_eq!(e["reason"], "drop_policy_deny", "{e}");
+            assert_eq!(e["verdict"], "dropped", "{e}");
+            assert_eq!(e["pod"], "x/a", "{e}");
+            assert_eq!(e["protocol"], "UDP", "{e}");
+            assert_eq!(e["dst"], format!("{}:81", a.ips[0]), "{e}");
+        }
+        assert!(
+            y_events
+                .1
+                .try_iter()
+                .all(|l| !l.contains("\"type\":\"event\"")),
+            "namespace y saw events"
+        );
+        drop((x_events, y_events));
+
+        // Counters live in the pinned maps: a restarted daemon keeps them.
+        enforcer.restart(&palisade_bin()?, &topology.node)?;
+        enforcer.wait(enforcer.revision(), Duration::from_secs(30)).await?;
+        let text = enforcer.scrape(&topology.node)?;
+        assert_eq!(value_of(&text, SERIES), Some(f64::from(sent)), "after a restart:\n{text}");
         for name in [
             "palisade_map_entries{map=\"PAL_CT\"}",
             "palisade_kernel_feature{feature=\"tcx\"}",

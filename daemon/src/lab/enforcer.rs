@@ -23,55 +23,90 @@ pub struct Enforcer {
     revision: u64,
 }
 
+/// Starts `palisade daemon` in the node namespace; it dies with the runner.
+fn spawn(bin: &Path, node: &Netns, dir: &Path, pins: &Path) -> anyhow::Result<Child> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--pin-base")
+        .arg(pins)
+        .args([
+            "daemon",
+            "--resync-ms",
+            "1000",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--source")
+        .arg(dir.join("source"))
+        .arg("--status-file")
+        .arg(dir.join("status.json"))
+        .env(
+            "PALISADE_LOG",
+            std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let fd = node.fd();
+    // SAFETY: setns and prctl are async-signal-safe; they change only the
+    // child (its network namespace, not its mounts, so bpffs stays visible).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY: signalling our own child; SIGTERM lets it leave cleanly.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Enforcer {
     /// `dir` holds the source, the status file and the daemon's log.
     pub fn start(bin: &Path, node: &Netns, dir: &Path, pins: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(dir.join("source"))?;
-        let log = fs::File::create(dir.join("daemon.log"))?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--pin-base")
-            .arg(pins)
-            .args([
-                "daemon",
-                "--resync-ms",
-                "1000",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--source")
-            .arg(dir.join("source"))
-            .arg("--status-file")
-            .arg(dir.join("status.json"))
-            .env(
-                "PALISADE_LOG",
-                std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let fd = node.fd();
-        // SAFETY: setns and prctl are async-signal-safe; they change only
-        // the child (its network namespace, not its mounts, so bpffs stays
-        // visible), and the child dies with the runner.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let _ = fs::remove_file(dir.join("daemon.log"));
         Ok(Self {
-            child,
+            child: spawn(bin, node, dir, pins)?,
             dir: dir.to_owned(),
             pins: pins.to_owned(),
             revision: 0,
         })
+    }
+
+    /// Stops the daemon (enforcement stays pinned) and starts a new one on
+    /// the same pins and source, as an upgrade would; wait for the current
+    /// revision afterwards.
+    pub fn restart(&mut self, bin: &Path, node: &Netns) -> anyhow::Result<()> {
+        stop(&mut self.child);
+        let _ = fs::remove_file(self.dir.join("status.json"));
+        self.child = spawn(bin, node, &self.dir, &self.pins)?;
+        Ok(())
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn source(&self) -> PathBuf {
@@ -170,14 +205,7 @@ impl Enforcer {
 
 impl Drop for Enforcer {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGTERM lets it leave cleanly.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
         // Pinned links and maps would keep programs alive: remove them all.
         let _ = fs::remove_dir_all(&self.pins);
     }

@@ -13,13 +13,9 @@
 //! `--metrics-pod-labels N`: the first N pods by name get their own `pod`
 //! label, the rest share `pod="other"`, so a node's series stay bounded.
 
-pub mod http;
 pub mod kernel;
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeSet, sync::Arc};
 
 use ebpf_common::{
     maps::{CT, LSM_STATS, TC_STATS, XDP_STATS},
@@ -30,6 +26,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{
     features::Features,
+    names::{SharedNames, lock},
     paths::PinDir,
     stats::{self, direction_name},
 };
@@ -39,17 +36,10 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Default)]
-struct Names {
-    /// Every policy id seen since start: counters outlive their policy.
-    policies: HashMap<u32, String>,
-    endpoints: HashMap<u32, String>,
-}
-
 pub struct Metrics {
     handle: PrometheusHandle,
     pins: PinDir,
-    names: Mutex<Names>,
+    names: SharedNames,
     pod_label_cap: Option<usize>,
 }
 
@@ -140,6 +130,7 @@ impl Metrics {
         pins: PinDir,
         features: &Features,
         pod_label_cap: Option<usize>,
+        names: SharedNames,
     ) -> anyhow::Result<Arc<Self>> {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)?
@@ -157,18 +148,9 @@ impl Metrics {
         Ok(Arc::new(Self {
             handle,
             pins,
-            names: Mutex::new(Names::default()),
+            names,
             pod_label_cap,
         }))
-    }
-
-    /// Names for the ids the kernel counts by, after each pass.
-    pub fn learn(&self, policies: &BTreeMap<String, u32>, endpoints: &BTreeMap<String, u32>) {
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, id) in policies {
-            names.policies.insert(*id, name.clone());
-        }
-        names.endpoints = endpoints.iter().map(|(n, id)| (*id, n.clone())).collect();
     }
 
     /// The exposition text, with the kernel's counters read just now.
@@ -180,19 +162,11 @@ impl Metrics {
     }
 
     fn refresh(&self) -> anyhow::Result<()> {
-        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        let policy = |d: &kernel::Detail| match (d.policy, d.reason) {
-            (0, reason::DROP_DEFAULT_DENY) => "default-deny".to_owned(),
-            (0, _) => "none".to_owned(),
-            (id, _) => names
-                .policies
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| format!("id:{id}")),
-        };
+        let names = lock(&self.names);
+        let policy = |d: &kernel::Detail| names.policy(d.policy, d.reason);
         let labelled: BTreeSet<&String> = match self.pod_label_cap {
             Some(cap) => {
-                let mut pods: Vec<&String> = names.endpoints.values().collect();
+                let mut pods: Vec<&String> = names.endpoint_names().collect();
                 pods.sort();
                 pods.into_iter().take(cap).collect()
             }
@@ -200,7 +174,7 @@ impl Metrics {
         };
         let pod = |d: &kernel::Detail| {
             self.pod_label_cap
-                .map(|_| match names.endpoints.get(&d.endpoint) {
+                .map(|_| match names.endpoint(d.endpoint) {
                     Some(p) if labelled.contains(p) => p.clone(),
                     _ => "other".to_owned(),
                 })

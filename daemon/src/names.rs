@@ -1,0 +1,59 @@
+//! Names for the numbers the kernel counts and reports by: policy ids
+//! (`Policy::key`) and endpoint ids (`namespace/pod`). Shared by the
+//! metrics and the event stream, refreshed by every reconcile pass.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use ebpf_common::reason;
+
+#[derive(Default)]
+pub struct Names {
+    /// Every policy id seen since start: counters and events outlive it.
+    policies: HashMap<u32, String>,
+    endpoints: HashMap<u32, String>,
+}
+
+pub type SharedNames = Arc<Mutex<Names>>;
+
+impl Names {
+    pub fn shared() -> SharedNames {
+        Arc::new(Mutex::new(Self::default()))
+    }
+
+    pub fn learn(&mut self, policies: &BTreeMap<String, u32>, endpoints: &BTreeMap<String, u32>) {
+        for (name, id) in policies {
+            self.policies.insert(*id, name.clone());
+        }
+        self.endpoints = endpoints.iter().map(|(n, id)| (*id, n.clone())).collect();
+    }
+
+    /// `default-deny` for the default deny of an isolated pod, `none` where
+    /// no policy decided, `id:N` for a policy this daemon never saw.
+    pub fn policy(&self, id: u32, code: u32) -> String {
+        match (id, code) {
+            (0, reason::DROP_DEFAULT_DENY) => "default-deny".to_owned(),
+            (0, _) => "none".to_owned(),
+            (id, _) => self
+                .policies
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("id:{id}")),
+        }
+    }
+
+    pub fn endpoint(&self, id: u32) -> Option<&String> {
+        self.endpoints.get(&id)
+    }
+
+    pub fn endpoint_names(&self) -> impl Iterator<Item = &String> {
+        self.endpoints.values()
+    }
+}
+
+/// Locks, surviving a panicked holder (the names stay usable).
+pub fn lock(names: &SharedNames) -> std::sync::MutexGuard<'_, Names> {
+    names.lock().unwrap_or_else(|p| p.into_inner())
+}
