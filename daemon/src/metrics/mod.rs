@@ -249,3 +249,77 @@ impl Metrics {
         Ok(())
     }
 }
+
+/// Every metric the daemon exports (histograms add `_bucket`, `_sum`, `_count`).
+pub const EXPORTED: &[&str] = &[
+    "palisade_drops_total",
+    "palisade_allows_total",
+    "palisade_audit_would_drop_total",
+    "palisade_datapath_packets_total",
+    "palisade_lsm_decisions_total",
+    "palisade_events_lost_total",
+    "palisade_map_entries",
+    "palisade_map_capacity",
+    "palisade_conntrack_entries",
+    "palisade_conntrack_insert_failures_total",
+    "palisade_reconcile_duration_seconds",
+    "palisade_change_to_in_force_seconds",
+    "palisade_errors_total",
+    "palisade_source_errors",
+    "palisade_policies",
+    "palisade_endpoints",
+    "palisade_quarantined_veths",
+    "palisade_ready",
+    "palisade_kernel_feature",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_in(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("palisade_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            out.insert(name);
+        }
+        out
+    }
+
+    #[test]
+    fn every_exported_metric_is_recorded_and_the_dashboard_queries_only_those() {
+        let sources = [include_str!("mod.rs"), include_str!("../agent.rs")].concat();
+        for name in EXPORTED {
+            // Listed here, described, and recorded at least once.
+            assert!(
+                sources.matches(&format!("\"{name}\"")).count() >= 3,
+                "{name} is listed but not both described and recorded"
+            );
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../manifests/grafana/palisade.json"))
+                .expect("the dashboard is JSON");
+        let mut queried = BTreeSet::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                queried.extend(names_in(target["expr"].as_str().expect("expr")));
+            }
+        }
+        assert!(queried.len() > 10, "{queried:?}");
+        for name in &queried {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                EXPORTED.contains(&base),
+                "the dashboard queries {name}, which the daemon does not export"
+            );
+        }
+    }
+}
