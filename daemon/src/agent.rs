@@ -29,6 +29,7 @@ use crate::{
     discover::{self, Unplaced},
     events::Hub,
     features::Features,
+    http::SharedSnapshot,
     loader::{
         self, Loaded,
         attach::{self, TcHook},
@@ -93,6 +94,8 @@ pub struct Agent<S: Source> {
     options: Options,
     metrics: Option<Arc<Metrics>>,
     names: SharedNames,
+    /// What the last pass applied, for `/explain`.
+    snapshot: SharedSnapshot,
 }
 
 impl<S: Source> Agent<S> {
@@ -113,6 +116,7 @@ impl<S: Source> Agent<S> {
         let netlink = discover::connect()?;
         let mut status = Status::default();
         let names = Names::shared();
+        let snapshot: SharedSnapshot = Arc::default();
         let metrics = match options.metrics_addr {
             Some(addr) => {
                 let m = Metrics::install(
@@ -136,8 +140,11 @@ impl<S: Source> Agent<S> {
                 status.metrics = Some(bound.to_string());
                 tokio::spawn(crate::http::serve(
                     tokio::net::TcpListener::from_std(listener)?,
-                    m.clone(),
-                    hub,
+                    crate::http::State {
+                        metrics: m.clone(),
+                        hub,
+                        snapshot: snapshot.clone(),
+                    },
                 ));
                 Some(m)
             }
@@ -155,6 +162,7 @@ impl<S: Source> Agent<S> {
             options,
             metrics,
             names,
+            snapshot,
         })
     }
 
@@ -300,6 +308,7 @@ impl<S: Source> Agent<S> {
             errors,
             metrics: self.status.metrics.clone(),
         };
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(reading.snapshot);
         if let Some(path) = &self.options.status_file {
             write_atomically(path, &serde_json::to_vec_pretty(&self.status)?)?;
         }

@@ -287,6 +287,54 @@ pub fn render(
     )
 }
 
+/// `explain` from text arguments, as the CLI and the daemon's `/explain`
+/// take them: `from`/`to` are `namespace/pod` or an address, `port` a
+/// number or a port name on the destination pod.
+pub fn explain_text(
+    s: &Snapshot,
+    from: &str,
+    to: &str,
+    port: &str,
+    protocol: &str,
+) -> Result<String, String> {
+    let target = |spec: &str| -> Result<Target<'_>, String> {
+        if let Ok(ip) = spec.parse::<IpAddr>() {
+            return Ok(Target::Address(ip));
+        }
+        s.pods
+            .iter()
+            .find(|p| p.key() == spec)
+            .map(Target::Pod)
+            .ok_or_else(|| format!("no pod {spec} (use namespace/pod or an address)"))
+    };
+    let (from, to) = (target(from)?, target(to)?);
+    let protocol = match protocol.to_ascii_uppercase().as_str() {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        other => return Err(format!("unknown protocol {other}: TCP, UDP or SCTP")),
+    };
+    let port = match port.parse::<u16>() {
+        Ok(n) => n,
+        Err(_) => match to {
+            Target::Pod(pod) => pod
+                .ports
+                .iter()
+                .find(|p| p.name == port && p.protocol == protocol)
+                .map(|p| p.port)
+                .ok_or_else(|| format!("{} has no {protocol} port named {port}", pod.key()))?,
+            Target::Address(_) => return Err("a named port needs a pod as destination".into()),
+        },
+    };
+    Ok(render(
+        &explain(s, from, to, protocol, port),
+        from,
+        to,
+        protocol,
+        port,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
 //! The daemon's local HTTP endpoint, read-only and off the data path (the
 //! datapath never waits for it): `GET /metrics` (Prometheus text) and
 //! `GET /events?namespace=&pod=&verdict=` (JSON lines, streamed until the
-//! client goes; `palisade events` reads it).
+//! client goes; `palisade events` reads it) and
+//! `GET /explain?from=&to=&port=&protocol=` (`palisade explain` without a
+//! file: the verdict on the snapshot the daemon last applied).
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,7 +16,19 @@ use tokio::{
 use crate::{
     events::{Filter, Hub, Line},
     metrics::Metrics,
+    model::Snapshot,
 };
+
+/// The snapshot of the last reconcile pass, for `/explain`.
+pub type SharedSnapshot = Arc<std::sync::Mutex<Arc<Snapshot>>>;
+
+/// What the endpoint serves from.
+#[derive(Clone)]
+pub struct State {
+    pub metrics: Arc<Metrics>,
+    pub hub: Option<Hub>,
+    pub snapshot: SharedSnapshot,
+}
 
 const MAX_REQUEST: usize = 8 * 1024;
 
@@ -45,11 +59,37 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn params(path: &str) -> Vec<(&str, String)> {
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k, percent_decode(v)))
+        .collect()
+}
+
+fn explain(state: &State, path: &str) -> Result<String, String> {
+    let p = params(path);
+    let get = |key: &str| p.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+    let need = |key: &str| get(key).ok_or_else(|| format!("missing {key}="));
+    let snapshot = state
+        .snapshot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    crate::explain::explain_text(
+        &snapshot,
+        need("from")?,
+        need("to")?,
+        need("port")?,
+        get("protocol").unwrap_or("TCP"),
+    )
+}
+
 fn filter_of(path: &str) -> Filter {
     let mut filter = Filter::default();
-    let query = path.split_once('?').map_or("", |(_, q)| q);
-    for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
-        let v = Some(percent_decode(v));
+    for (k, v) in params(path) {
+        let v = Some(v);
         match k {
             "namespace" => filter.namespace = v,
             "pod" => filter.pod = v,
@@ -90,11 +130,7 @@ async fn stream_events(mut stream: TcpStream, hub: &Hub, path: &str) -> std::io:
     }
 }
 
-async fn respond(
-    mut stream: TcpStream,
-    metrics: Arc<Metrics>,
-    hub: Option<Hub>,
-) -> std::io::Result<()> {
+async fn respond(mut stream: TcpStream, state: State) -> std::io::Result<()> {
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -115,7 +151,7 @@ async fn respond(
     let route = path.split('?').next().unwrap_or("");
     if method == "GET"
         && route == "/events"
-        && let Some(hub) = &hub
+        && let Some(hub) = &state.hub
     {
         return stream_events(stream, hub, path).await;
     }
@@ -123,12 +159,20 @@ async fn respond(
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
+            state.metrics.render(),
         ),
+        ("GET", "/explain") => match explain(&state, path) {
+            Ok(text) => ("200 OK", "text/plain; charset=utf-8", text),
+            Err(e) => (
+                "400 Bad Request",
+                "text/plain; charset=utf-8",
+                format!("{e}\n"),
+            ),
+        },
         ("GET", "/") => (
             "200 OK",
             "text/plain; charset=utf-8",
-            "palisade: /metrics (Prometheus), /events (JSON lines)\n".to_owned(),
+            "palisade: /metrics (Prometheus), /events (JSON lines), /explain\n".to_owned(),
         ),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         _ => (
@@ -147,14 +191,14 @@ async fn respond(
 }
 
 /// Serves until the runtime stops.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, hub: Option<Hub>) {
+pub async fn serve(listener: TcpListener, state: State) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (metrics, hub) = (metrics.clone(), hub.clone());
+        let state = state.clone();
         tokio::spawn(async move {
-            let _ = respond(stream, metrics, hub).await;
+            let _ = respond(stream, state).await;
         });
     }
 }

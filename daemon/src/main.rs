@@ -70,8 +70,15 @@ enum Command {
     /// Explain why a flow would be allowed or denied, from a scenario file's
     /// namespaces, pods and policies.
     Explain {
-        /// A scenario file (shared/SCENARIOS.md format).
-        file: PathBuf,
+        /// A scenario file (shared/SCENARIOS.md format); without one, ask
+        /// the running daemon at --addr what it enforces now.
+        file: Option<PathBuf>,
+        /// The daemon's --metrics-addr (without FILE).
+        #[arg(long, default_value = "127.0.0.1:9963")]
+        addr: std::net::SocketAddr,
+        /// Reach the daemon from inside this network namespace.
+        #[arg(long, value_name = "PATH")]
+        netns: Option<PathBuf>,
         /// Source: namespace/pod, or an address.
         #[arg(long)]
         from: String,
@@ -327,54 +334,66 @@ fn unload(pins: &PinDir, maps: bool, tc: &[String], netns: Option<&Path>) -> any
 }
 
 fn explain(file: &Path, from: &str, to: &str, port: &str, protocol: &str) -> anyhow::Result<()> {
-    use palisade::{
-        explain::{Target, explain, render},
-        model::{Protocol, scenario::ScenarioFile},
-    };
+    use palisade::model::scenario::ScenarioFile;
     let shown = file.display().to_string();
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {shown}"))?;
     let snapshot = ScenarioFile::parse(&text, &shown)?.snapshot(&shown)?;
-    let target = |spec: &str| -> anyhow::Result<Target<'_>> {
-        if let Ok(ip) = spec.parse::<std::net::IpAddr>() {
-            return Ok(Target::Address(ip));
-        }
-        snapshot
-            .pods
-            .iter()
-            .find(|p| p.key() == spec)
-            .map(Target::Pod)
-            .ok_or_else(|| anyhow!("no pod {spec} in {shown} (use namespace/pod or an address)"))
-    };
-    let (from, to) = (target(from)?, target(to)?);
-    let protocol = match protocol.to_ascii_uppercase().as_str() {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        "SCTP" => Protocol::Sctp,
-        other => bail!("unknown protocol {other}: TCP, UDP or SCTP"),
-    };
-    let port = match port.parse::<u16>() {
-        Ok(n) => n,
-        Err(_) => match to {
-            Target::Pod(pod) => pod
-                .ports
-                .iter()
-                .find(|p| p.name == port && p.protocol == protocol)
-                .map(|p| p.port)
-                .ok_or_else(|| anyhow!("{} has no {protocol} port named {port}", pod.key()))?,
-            Target::Address(_) => bail!("a named port needs a pod as destination"),
-        },
-    };
-    print!(
-        "{}",
-        render(
-            &explain(&snapshot, from, to, protocol, port),
-            from,
-            to,
-            protocol,
-            port
-        )
-    );
+    let out = palisade::explain::explain_text(&snapshot, from, to, port, protocol)
+        .map_err(|e| anyhow!("{shown}: {e}"))?;
+    print!("{out}");
     Ok(())
+}
+
+/// A GET against the daemon's local endpoint; the stream after the head.
+fn daemon_get(
+    addr: std::net::SocketAddr,
+    netns: Option<&Path>,
+    path: &str,
+) -> anyhow::Result<std::io::BufReader<std::net::TcpStream>> {
+    use std::io::{BufRead as _, Write as _};
+    let connect = move || std::net::TcpStream::connect(addr);
+    // The socket keeps the namespace it was made in.
+    let stream = match netns {
+        Some(path) => palisade::netns::in_netns(path, connect)??,
+        None => connect().with_context(|| format!("connecting to the daemon at {addr}"))?,
+    };
+    write!(
+        &stream,
+        "GET {path} HTTP/1.1\r\nHost: palisade\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    let ok = status.starts_with("HTTP/1.1 200");
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+    }
+    if !ok {
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut body)?;
+        bail!("{addr}: {} {}", status.trim(), body.trim());
+    }
+    Ok(reader)
+}
+
+fn query_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| Some(format!("{k}={}", query_encode(v.as_ref()?))))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -410,12 +429,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Unload { maps, tc, netns } => unload(&pins, maps, &tc, netns.as_deref()),
         Command::Explain {
-            file,
+            file: Some(file),
             from,
             to,
             port,
             protocol,
+            ..
         } => explain(&file, &from, &to, &port, &protocol),
+        Command::Explain {
+            file: None,
+            addr,
+            netns,
+            from,
+            to,
+            port,
+            protocol,
+        } => {
+            let q = query(&[
+                ("from", Some(from.as_str())),
+                ("to", Some(to.as_str())),
+                ("port", Some(port.as_str())),
+                ("protocol", Some(protocol.as_str())),
+            ]);
+            let mut reader = daemon_get(addr, netns.as_deref(), &format!("/explain?{q}"))?;
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut reader, &mut text)?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Daemon {
             source,
             status_file,
@@ -469,49 +510,17 @@ fn events(
     verdict: Option<String>,
 ) -> anyhow::Result<()> {
     use std::io::{BufRead as _, Write as _};
-    let connect = move || std::net::TcpStream::connect(addr);
-    // The socket keeps the namespace it was made in.
-    let stream = match netns {
-        Some(path) => palisade::netns::in_netns(path, connect)??,
-        None => connect()?,
-    };
-    let encode = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    let query: Vec<String> = [("namespace", namespace), ("pod", pod), ("verdict", verdict)]
-        .into_iter()
-        .filter_map(|(k, v)| Some(format!("{k}={}", encode(&v?))))
-        .collect();
-    let mut writer = stream.try_clone()?;
-    write!(
-        writer,
-        "GET /events?{} HTTP/1.1\r\nHost: palisade\r\nConnection: close\r\n\r\n",
-        query.join("&")
-    )?;
-    let mut reader = std::io::BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    if !status.starts_with("HTTP/1.1 200") {
-        bail!("{addr}: {}", status.trim());
-    }
-    let mut in_body = false;
+    let q = query(&[
+        ("namespace", namespace.as_deref()),
+        ("pod", pod.as_deref()),
+        ("verdict", verdict.as_deref()),
+    ]);
+    let reader = daemon_get(addr, netns, &format!("/events?{q}"))?;
     let stdout = std::io::stdout();
     for line in reader.lines() {
-        let line = line?;
-        if in_body {
-            let mut out = stdout.lock();
-            writeln!(out, "{line}")?;
-            out.flush()?;
-        } else if line.is_empty() {
-            in_body = true;
-        }
+        let mut out = stdout.lock();
+        writeln!(out, "{}", line?)?;
+        out.flush()?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Metrics and events against the real daemon on the lab's node: denied
 //! probes are counted exactly under their policy and reason, streamed as
-//! named events by `palisade events` (filtered by namespace), kept across a
-//! daemon restart; the output passes `promtool check metrics`, and a real
+//! named events by `palisade events` (filtered by namespace), explained by
+//! `palisade explain` asking the daemon, kept across a daemon restart; the output passes `promtool check metrics`, and a real
 //! Prometheus server scraping the daemon answers a PromQL query with the
 //! same count.
 
@@ -230,6 +230,29 @@ fn denied_probes_are_counted_streamed_kept_and_scraped_by_prometheus() -> anyhow
             "namespace y saw events"
         );
         drop((x_events, y_events));
+
+        // `palisade explain` without a file asks the running daemon.
+        let explain = |from: &str| -> anyhow::Result<String> {
+            let out = Command::new(palisade_bin()?)
+                .args(["explain", "--addr", &metrics_addr, "--from", from, "--to", "x/a"])
+                .args(["--port", "81", "--protocol", "UDP", "--netns"])
+                .arg(format!("/proc/{}/ns/net", enforcer.pid()))
+                .output()?;
+            Ok(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        };
+        let denied = explain("y/b")?;
+        assert!(denied.contains("DENIED"), "{denied}");
+        assert!(
+            denied.contains("ingress of x/a: denied by palisade:x/no-udp-from-y-b"),
+            "{denied}"
+        );
+        let allowed = explain("y/c")?;
+        assert!(allowed.contains("ALLOWED"), "{allowed}");
+        assert!(explain("q/q")?.contains("no pod q/q"));
 
         // Counters live in the pinned maps: a restarted daemon keeps them.
         enforcer.restart(&palisade_bin()?, &topology.node)?;
