@@ -115,23 +115,37 @@ fn blocks(p: &Policy) -> impl Iterator<Item = &IpBlock> {
         .filter_map(|peer| peer.ip_block.as_ref())
 }
 
-struct Context<'a> {
-    snapshot: &'a Snapshot,
-    identities: &'a BTreeMap<IdentityKey, u32>,
-    /// Each namespace's labels with the implicit name label, computed once.
+/// What the compiler derives once per snapshot and reuses for every pod;
+/// `Incremental` keeps it between changes.
+struct Tables {
+    /// Every ipBlock `cidr` and `except`, truncated.
+    prefixes: BTreeSet<IpNet>,
+    identities: BTreeMap<IdentityKey, u32>,
+    /// Each namespace's labels with the implicit name label.
     ns_labels: HashMap<String, crate::model::Labels>,
-    /// Each pod's addresses with their identities, by `namespace/name`,
-    /// computed once. Without ipBlocks every address of a pod has the same.
+    /// Each pod's addresses with their identities, by `namespace/name`.
+    /// Without ipBlocks every address of a pod has the same.
     pod_identity: HashMap<String, Vec<(IpAddr, u32)>>,
     /// The peer identities of each (policy, direction, rule), computed once
     /// for all the pods the policy selects.
     peer_cache: RefCell<HashMap<(usize, u32, usize), Vec<u32>>>,
+    /// Each policy's key and datapath id, by index in the snapshot.
+    policy_keys: Vec<(String, u32)>,
+    /// Namespaced policies by namespace, cluster policies: indexes.
+    by_namespace: HashMap<String, Vec<usize>>,
+    cluster: Vec<usize>,
+}
+
+struct Context<'a> {
+    snapshot: &'a Snapshot,
+    t: &'a Tables,
 }
 
 impl Context<'_> {
     /// The identities of all of a pod's addresses.
     fn identities_of(&self, pod: &Pod) -> Vec<u32> {
         let mut ids: Vec<u32> = self
+            .t
             .pod_identity
             .get(&pod.key())
             .map(|a| a.iter().map(|(_, id)| *id).collect())
@@ -144,7 +158,8 @@ impl Context<'_> {
     /// The identities of a pod's addresses that lie in an ipBlock.
     fn identities_in(&self, pod: &Pod, block: &IpBlock) -> Vec<u32> {
         let inside = block_test(block);
-        self.pod_identity
+        self.t
+            .pod_identity
             .get(&pod.key())
             .map(|a| {
                 a.iter()
@@ -162,7 +177,8 @@ impl Context<'_> {
         // `None`: any namespace.
         let namespaces: Option<HashSet<&str>> = match &peer.namespace_selector {
             Some(sel) => Some(
-                self.ns_labels
+                self.t
+                    .ns_labels
                     .iter()
                     .filter(|(_, labels)| sel.matches(labels))
                     .map(|(name, _)| name.as_str())
@@ -208,6 +224,7 @@ impl Context<'_> {
         let excepts: Vec<IpNet> = block.except.iter().filter_map(|e| e.parse().ok()).collect();
         let inside = |p: &IpNet| cidr.contains(p) && !excepts.iter().any(|e| e.contains(p));
         let mut ids: Vec<u32> = self
+            .t
             .identities
             .iter()
             .filter(|(key, _)| match key {
@@ -355,7 +372,7 @@ fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<Polic
     }
     let spans = spans(ports, (dir == direction::INGRESS).then_some(pod))
         .unwrap_or_else(|| vec![EVERYTHING]);
-    let cached = cx.peer_cache.borrow().get(&at).cloned();
+    let cached = cx.t.peer_cache.borrow().get(&at).cloned();
     let identities = match cached {
         Some(ids) => ids,
         None => {
@@ -376,7 +393,7 @@ fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<Polic
             };
             ids.sort_unstable();
             ids.dedup();
-            cx.peer_cache.borrow_mut().insert(at, ids.clone());
+            cx.t.peer_cache.borrow_mut().insert(at, ids.clone());
             ids
         }
     };
@@ -387,116 +404,130 @@ fn rule_entries(cx: &Context<'_>, pod: &Pod, rule: Rule<'_>, out: &mut Vec<Polic
     }
 }
 
-pub fn compile(snapshot: &Snapshot) -> Compiled {
-    let mut prefixes = BTreeSet::new();
-    for policy in &snapshot.policies {
-        for block in blocks(policy) {
-            for text in std::iter::once(&block.cidr).chain(&block.except) {
-                if let Ok(net) = text.parse::<IpNet>() {
-                    prefixes.insert(net.trunc());
+impl Tables {
+    fn new(snapshot: &Snapshot) -> Self {
+        let mut prefixes = BTreeSet::new();
+        for policy in &snapshot.policies {
+            for block in blocks(policy) {
+                for text in std::iter::once(&block.cidr).chain(&block.except) {
+                    if let Ok(net) = text.parse::<IpNet>() {
+                        prefixes.insert(net.trunc());
+                    }
                 }
             }
         }
+        let address_keys: Vec<(&Pod, Vec<(IpAddr, IdentityKey)>)> = snapshot
+            .pods
+            .iter()
+            .map(|p| {
+                let keys = p
+                    .ips
+                    .iter()
+                    .map(|ip| (*ip, address_key(snapshot, &prefixes, p, *ip)))
+                    .collect();
+                (p, keys)
+            })
+            .collect();
+        let mut keys: BTreeSet<IdentityKey> = address_keys
+            .iter()
+            .flat_map(|(_, k)| k.iter().map(|(_, key)| key.clone()))
+            .collect();
+        keys.extend(prefixes.iter().map(|p| IdentityKey::Cidr(*p)));
+        let identities = allocate(&keys);
+        let pod_identity = address_keys
+            .into_iter()
+            .map(|(p, keys)| {
+                let ids = keys
+                    .into_iter()
+                    .map(|(ip, key)| (ip, identities.get(&key).copied().unwrap_or(identity::WORLD)))
+                    .collect();
+                (p.key(), ids)
+            })
+            .collect();
+        let ns_labels = snapshot
+            .namespaces
+            .iter()
+            .map(|(name, ns)| (name.clone(), ns.effective_labels()))
+            .collect();
+        // A namespaced policy only selects pods of its own namespace; cluster
+        // policies are candidates everywhere.
+        let mut by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut cluster = Vec::new();
+        for (index, policy) in snapshot.policies.iter().enumerate() {
+            match &policy.namespace {
+                Some(ns) => by_namespace.entry(ns.clone()).or_default().push(index),
+                None => cluster.push(index),
+            }
+        }
+        let policy_keys = snapshot
+            .policies
+            .iter()
+            .map(|p| {
+                let key = p.key();
+                // Non-zero: 0 means the default deny.
+                let id = stable_id(&key);
+                (key, id)
+            })
+            .collect();
+        Self {
+            prefixes,
+            identities,
+            ns_labels,
+            pod_identity,
+            peer_cache: RefCell::new(HashMap::new()),
+            policy_keys,
+            by_namespace,
+            cluster,
+        }
     }
-    let address_keys: Vec<(&Pod, Vec<(IpAddr, IdentityKey)>)> = snapshot
-        .pods
-        .iter()
-        .map(|p| {
-            let keys = p
-                .ips
-                .iter()
-                .map(|ip| (*ip, address_key(snapshot, &prefixes, p, *ip)))
-                .collect();
-            (p, keys)
-        })
-        .collect();
-    let mut keys: BTreeSet<IdentityKey> = address_keys
-        .iter()
-        .flat_map(|(_, k)| k.iter().map(|(_, key)| key.clone()))
-        .collect();
-    keys.extend(prefixes.iter().map(|p| IdentityKey::Cidr(*p)));
-    let identities = allocate(&keys);
-    let pod_identity = address_keys
-        .into_iter()
-        .map(|(p, keys)| {
-            let ids = keys
-                .into_iter()
-                .map(|(ip, key)| (ip, identities.get(&key).copied().unwrap_or(identity::WORLD)))
-                .collect();
-            (p.key(), ids)
-        })
-        .collect();
-    let ns_labels = snapshot
-        .namespaces
-        .iter()
-        .map(|(name, ns)| (name.clone(), ns.effective_labels()))
-        .collect();
-    let cx = Context {
-        snapshot,
-        ns_labels,
-        identities: &identities,
-        pod_identity,
-        peer_cache: RefCell::new(HashMap::new()),
-    };
 
-    let mut addresses = BTreeMap::new();
-    for p in &prefixes {
-        if let Some(&id) = identities.get(&IdentityKey::Cidr(*p)) {
-            addresses.insert(*p, id);
+    /// Every pod address and ipBlock prefix with its identity.
+    fn addresses(&self) -> BTreeMap<IpNet, u32> {
+        let mut addresses = BTreeMap::new();
+        for p in &self.prefixes {
+            if let Some(&id) = self.identities.get(&IdentityKey::Cidr(*p)) {
+                addresses.insert(*p, id);
+            }
         }
-    }
-    for addresses_of in cx.pod_identity.values() {
-        for (ip, id) in addresses_of {
-            addresses.insert(host(*ip), *id);
+        for addresses_of in self.pod_identity.values() {
+            for (ip, id) in addresses_of {
+                addresses.insert(host(*ip), *id);
+            }
         }
+        addresses
     }
+}
 
-    // A namespaced policy only selects pods of its own namespace; cluster
-    // policies are candidates everywhere.
-    let mut by_namespace: HashMap<&str, Vec<(usize, &Policy)>> = HashMap::new();
-    let mut cluster: Vec<(usize, &Policy)> = Vec::new();
-    for (index, policy) in snapshot.policies.iter().enumerate() {
-        match policy.namespace.as_deref() {
-            Some(ns) => by_namespace.entry(ns).or_default().push((index, policy)),
-            None => cluster.push((index, policy)),
-        }
-    }
-    let keys: Vec<(String, u32)> = snapshot
-        .policies
-        .iter()
-        .map(|p| {
-            let key = p.key();
-            // Non-zero: 0 means the default deny.
-            let id = stable_id(&key);
-            (key, id)
-        })
-        .collect();
-    let no_labels = crate::model::Labels::new();
-    let mut policies = BTreeMap::new();
-    let mut endpoints = BTreeMap::new();
-    for pod in &snapshot.pods {
+impl Context<'_> {
+    /// One pod's policy, and the indexes of the policies that select it.
+    fn endpoint(&self, pod: &Pod) -> (EndpointPolicy, Vec<usize>) {
+        let no_labels = crate::model::Labels::new();
         let namespace = pod.namespace.as_str();
-        let ns_labels = cx.ns_labels.get(namespace).unwrap_or(&no_labels);
-        let candidates = by_namespace
+        let ns_labels = self.t.ns_labels.get(namespace).unwrap_or(&no_labels);
+        let candidates = self
+            .t
+            .by_namespace
             .get(namespace)
             .map_or(&[][..], Vec::as_slice)
             .iter()
-            .chain(&cluster);
+            .chain(&self.t.cluster);
+        let mut selecting = Vec::new();
         let mut ep = EndpointPolicy::default();
         for dir in [direction::INGRESS, direction::EGRESS] {
             let egress = dir == direction::EGRESS;
             let mut raws = Vec::new();
             let mut isolated = false;
             let mut audit_isolators = Vec::new();
-            for &(index, policy) in candidates.clone() {
+            for &index in candidates.clone() {
+                let policy = &self.snapshot.policies[index];
                 let Some(rules) = policy.rules(egress) else {
                     continue;
                 };
                 if !policy.selects(namespace, ns_labels, &pod.labels) {
                     continue;
                 }
-                let (key, id) = &keys[index];
-                policies.insert(key.clone(), *id);
+                let (key, id) = &self.t.policy_keys[index];
+                selecting.push(index);
                 if policy.isolates(egress) {
                     if policy.audit {
                         audit_isolators.push((key.as_str(), *id));
@@ -514,7 +545,7 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
                         ports: &rule.ports,
                         policy: *id,
                     };
-                    rule_entries(&cx, pod, at, &mut entries);
+                    rule_entries(self, pod, at, &mut entries);
                     raws.extend(
                         entries
                             .into_iter()
@@ -548,10 +579,28 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
             .sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
         ep.entries
             .dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
+        selecting.sort_unstable();
+        selecting.dedup();
+        (ep, selecting)
+    }
+}
+
+pub fn compile(snapshot: &Snapshot) -> Compiled {
+    let t = Tables::new(snapshot);
+    let cx = Context { snapshot, t: &t };
+    let mut policies = BTreeMap::new();
+    let mut endpoints = BTreeMap::new();
+    for pod in &snapshot.pods {
+        let (ep, selecting) = cx.endpoint(pod);
+        for index in selecting {
+            let (key, id) = &t.policy_keys[index];
+            policies.insert(key.clone(), *id);
+        }
         endpoints.insert(pod.key(), ep);
     }
+    let addresses = t.addresses();
     Compiled {
-        identities,
+        identities: t.identities,
         addresses,
         endpoints,
         policies,
