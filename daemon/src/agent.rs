@@ -24,7 +24,7 @@ use serde::Serialize;
 use anyhow::Context as _;
 
 use crate::{
-    compile::compile,
+    compile::incremental::Incremental,
     datapath::DatapathMaps,
     discover::{self, Unplaced},
     events::Hub,
@@ -96,6 +96,7 @@ pub struct Agent<S: Source> {
     names: SharedNames,
     /// What the last pass applied, for `/explain`.
     snapshot: SharedSnapshot,
+    compiler: Option<Incremental>,
 }
 
 impl<S: Source> Agent<S> {
@@ -163,6 +164,7 @@ impl<S: Source> Agent<S> {
             metrics,
             names,
             snapshot,
+            compiler: None,
         })
     }
 
@@ -174,7 +176,17 @@ impl<S: Source> Agent<S> {
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         let reading = self.source.read();
-        let mut compiled = compile(&reading.snapshot);
+        // Label-only changes are recompiled incrementally.
+        let compiler = match &mut self.compiler {
+            Some(c) => {
+                c.update(&reading.snapshot);
+                c
+            }
+            None => self
+                .compiler
+                .insert(Incremental::new(reading.snapshot.clone())),
+        };
+        let mut compiled = compiler.compiled().clone();
         let mut errors = reading.errors.clone();
         let mut attach_errors = Vec::new();
 

@@ -76,16 +76,28 @@ pub fn stable_id(name: &str) -> u32 {
         .max(1)
 }
 
-/// Assigns an identity to every key.
+/// The identity a key gets when no other key took it first.
+pub fn natural(key: &IdentityKey) -> u32 {
+    FIRST_ALLOCATED + (fnv1a(key.canonical().as_bytes()) % SPACE) as u32
+}
+
+/// The next identity a key probes after `id` when `id` is taken.
+pub fn probe_next(id: u32) -> u32 {
+    FIRST_ALLOCATED + ((u64::from(id - FIRST_ALLOCATED) + 1) % SPACE) as u32
+}
+
+/// Assigns an identity to every key: its natural one, or, on a collision,
+/// the next free one, in the keys' sorted order (so the result depends on
+/// the set of keys only).
 pub fn allocate(keys: &BTreeSet<IdentityKey>) -> BTreeMap<IdentityKey, u32> {
     let mut used = BTreeSet::new();
     let mut out = BTreeMap::new();
     for key in keys {
-        let mut slot = fnv1a(key.canonical().as_bytes()) % SPACE;
-        while !used.insert(slot) {
-            slot = (slot + 1) % SPACE;
+        let mut id = natural(key);
+        while !used.insert(id) {
+            id = probe_next(id);
         }
-        out.insert(key.clone(), FIRST_ALLOCATED + slot as u32);
+        out.insert(key.clone(), id);
     }
     out
 }

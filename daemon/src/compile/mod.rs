@@ -15,8 +15,9 @@
 //! skip that step: a union of allows needs no ordering.
 
 pub mod evaluate;
+pub mod incremental;
 #[cfg(test)]
-mod property;
+pub(crate) mod property;
 mod resolve;
 #[cfg(test)]
 mod tests;
@@ -200,6 +201,23 @@ impl Context<'_> {
                         .is_none_or(|sel| sel.matches(&pod.labels))
             })
             .collect()
+    }
+
+    /// Whether a (selector) peer names `pod`: [`Self::peer_pods`] for one pod.
+    fn peer_admits(&self, namespace: Option<&str>, peer: &Peer, pod: &Pod) -> bool {
+        let ns_ok = match &peer.namespace_selector {
+            Some(sel) => self
+                .t
+                .ns_labels
+                .get(&pod.namespace)
+                .is_some_and(|labels| sel.matches(labels)),
+            None => namespace.is_none_or(|ns| ns == pod.namespace),
+        };
+        ns_ok
+            && peer
+                .pod_selector
+                .as_ref()
+                .is_none_or(|sel| sel.matches(&pod.labels))
     }
 
     /// The pods with an address in the block's `cidr` and in none of its excepts.
@@ -499,8 +517,11 @@ impl Tables {
 }
 
 impl Context<'_> {
-    /// One pod's policy, and the indexes of the policies that select it.
-    fn endpoint(&self, pod: &Pod) -> (EndpointPolicy, Vec<usize>) {
+    /// One pod's policy, the indexes of the policies that select it, and
+    /// per direction (ingress, egress) whether every rule that applies is a
+    /// NetworkPolicy-style allow, so its entries stay a plain union whatever
+    /// the peer sets hold (which `Incremental` then patches).
+    fn endpoint(&self, pod: &Pod) -> (EndpointPolicy, Vec<usize>, [bool; 2]) {
         let no_labels = crate::model::Labels::new();
         let namespace = pod.namespace.as_str();
         let ns_labels = self.t.ns_labels.get(namespace).unwrap_or(&no_labels);
@@ -512,6 +533,7 @@ impl Context<'_> {
             .iter()
             .chain(&self.t.cluster);
         let mut selecting = Vec::new();
+        let mut plain_dirs = [true; 2];
         let mut ep = EndpointPolicy::default();
         for dir in [direction::INGRESS, direction::EGRESS] {
             let egress = dir == direction::EGRESS;
@@ -528,6 +550,12 @@ impl Context<'_> {
                 }
                 let (key, id) = &self.t.policy_keys[index];
                 selecting.push(index);
+                if policy.tier != Tier::Namespace
+                    || policy.audit
+                    || rules.iter().any(|r| r.action != Action::Allow)
+                {
+                    plain_dirs[usize::from(egress)] = false;
+                }
                 if policy.isolates(egress) {
                     if policy.audit {
                         audit_isolators.push((key.as_str(), *id));
@@ -581,7 +609,7 @@ impl Context<'_> {
             .dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
         selecting.sort_unstable();
         selecting.dedup();
-        (ep, selecting)
+        (ep, selecting, plain_dirs)
     }
 }
 
@@ -591,7 +619,7 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
     let mut policies = BTreeMap::new();
     let mut endpoints = BTreeMap::new();
     for pod in &snapshot.pods {
-        let (ep, selecting) = cx.endpoint(pod);
+        let (ep, selecting, _) = cx.endpoint(pod);
         for index in selecting {
             let (key, id) = &t.policy_keys[index];
             policies.insert(key.clone(), *id);

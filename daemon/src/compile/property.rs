@@ -292,6 +292,24 @@ fn standard() -> Snapshot {
         .unwrap_or_default()
 }
 
+/// The standard model with 1-4 random policies (Palisade's kinds mixed in
+/// for even seeds), as the property test draws them.
+pub fn random_snapshot(seed: u64) -> Snapshot {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut s = standard();
+    let mixed = seed.is_multiple_of(2);
+    s.policies = (0..1 + rng.below(4) as usize)
+        .map(|i| {
+            if mixed && rng.chance(60) {
+                palisade_policy(&mut rng, i)
+            } else {
+                Policy::from(&policy(&mut rng, i))
+            }
+        })
+        .collect();
+    s
+}
+
 #[test]
 fn compiled_state_and_policies_agree_on_random_snapshots() {
     let base = standard();
@@ -303,19 +321,8 @@ fn compiled_state_and_policies_agree_on_random_snapshots() {
     let (mut allowed, mut denied, mut audited) = (0u32, 0u32, 0u32);
     let none = EndpointPolicy::default();
     for seed in 1..=400u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let mut s = base.clone();
         // Half the seeds: NetworkPolicy only; the others mix in Palisade's kinds.
-        let mixed = seed % 2 == 0;
-        s.policies = (0..1 + rng.below(4) as usize)
-            .map(|i| {
-                if mixed && rng.chance(60) {
-                    palisade_policy(&mut rng, i)
-                } else {
-                    Policy::from(&policy(&mut rng, i))
-                }
-            })
-            .collect();
+        let s = random_snapshot(seed);
         let c = compile(&s);
         for from in &s.pods {
             for to in &s.pods {
