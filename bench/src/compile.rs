@@ -100,16 +100,18 @@ pub fn report() {
         "policy compile (pure): full compile; one pod's label change by full recompile + diff, and incremental:"
     );
     println!(
-        "{:>6} {:>8} | {:>10} {:>12} | {:>10} {:>10} {:>8} | {:>12} {:>8}",
+        "{:>6} {:>8} | {:>10} {:>12} {:>14} | {:>10} {:>10} {:>8} | {:>12} {:>8} {:>9}",
         "pods",
         "policies",
         "compile",
         "entries",
+        "heap peak/kept",
         "relabel",
         "diff",
         "touched",
         "incremental",
-        "touched"
+        "touched",
+        "state"
     );
     for pods in [100, 1_000, 10_000] {
         for policies in [100, 1_000, 10_000] {
@@ -120,7 +122,7 @@ pub fn report() {
                 continue;
             }
             let mut s = snapshot(pods, policies);
-            let mut inc = Incremental::new(s.clone());
+            let (mut inc, _, state) = crate::heap::measure(|| Incremental::new(s.clone()));
             let moved: BTreeMap<String, String> = [
                 ("app".to_owned(), "app-moved".to_owned()),
                 ("tier".to_owned(), "tier0".to_owned()),
@@ -128,7 +130,8 @@ pub fn report() {
             .into();
             let key = s.pods[0].key();
             let (change, incremental_time) = timed(|| inc.relabel_pod(&key, moved.clone()));
-            let (before, compile_time) = timed(|| compile(&s));
+            let ((before, compile_time), peak, kept) =
+                crate::heap::measure(|| timed(|| compile(&s)));
             let entries: usize = before.endpoints.values().map(|e| e.entries.len()).sum();
             s.pods[0].labels.insert("app".into(), "app-moved".into());
             let (after, relabel_time) = timed(|| compile(&s));
@@ -144,13 +147,17 @@ pub fn report() {
                 inc.compiled() == &after,
                 "the incremental state differs from a full compile"
             );
+            let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
             println!(
-                "{pods:>6} {policies:>8} | {:>8.1} ms {entries:>12} | {:>7.1} ms {:>7.2} ms {touched:>8} | {:>9.2} ms {:>8}{}",
+                "{pods:>6} {policies:>8} | {:>8.1} ms {entries:>12} {:>6.1}/{:>5.1} MiB | {:>7.1} ms {:>7.2} ms {touched:>8} | {:>9.2} ms {:>8} {:>5.1} MiB{}",
                 compile_time.as_secs_f64() * 1e3,
+                mib(peak),
+                mib(kept),
                 relabel_time.as_secs_f64() * 1e3,
                 diff_time.as_secs_f64() * 1e3,
                 incremental_time.as_secs_f64() * 1e3,
                 change.endpoints.len(),
+                mib(state),
                 if change.full { " (full)" } else { "" }
             );
         }

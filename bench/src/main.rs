@@ -7,6 +7,7 @@
 //! account (`memlock` in the map's fdinfo).
 
 mod compile;
+mod heap;
 mod in_force;
 mod raw;
 mod veth;
@@ -33,6 +34,9 @@ use palisade::{
     loader::{self, Loaded, objects, sizes::MapSizes},
     paths::PinDir,
 };
+
+#[global_allocator]
+static HEAP: heap::Counting = heap::Counting;
 
 const REPEAT: u32 = 200_000;
 const NEW_FLOWS: u16 = 2_000;
