@@ -15,7 +15,7 @@ use crate::model::{
     expect::{Cell, Expect},
     networkpolicy::PortRef,
     parse::{ParseError, parse_documents},
-    scenario::{CheckExpect, CheckSpec, ProbeSpec, ScenarioFile, Step},
+    scenario::{CheckExpect, CheckSpec, HeldExpect, ProbeSpec, ScenarioFile, Step},
 };
 
 /// A policy object as the source gets it.
@@ -76,6 +76,18 @@ pub enum Action {
     RelabelNamespace(String, Labels),
     Probe(Vec<ProbePlan>),
     Check(Vec<CheckPlan>),
+    Connect(Vec<HoldPlan>),
+    Held(Vec<(String, HeldExpect)>),
+}
+
+/// A connection to open and hold (`connect` step).
+#[derive(Clone, Debug)]
+pub struct HoldPlan {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub target: SocketAddr,
+    pub protocol: Protocol,
 }
 
 impl Action {
@@ -94,6 +106,8 @@ impl Action {
             Self::RelabelNamespace(n, _) => format!("relabel namespace {n}"),
             Self::Probe(p) => format!("probe ({} tables)", p.len()),
             Self::Check(c) => format!("check ({} commands)", c.len()),
+            Self::Connect(c) => format!("connect ({} connections)", c.len()),
+            Self::Held(h) => format!("held ({} connections)", h.len()),
         }
     }
 }
@@ -237,6 +251,7 @@ impl Scenario {
             lines: parsed.item_lines.clone(),
         };
         let mut applied = BTreeSet::new();
+        let mut held = BTreeSet::new();
         // Without `steps:`, every policy is applied first, in file order.
         let implicit_apply;
         let mut steps: Vec<(String, &Step)> = Vec::new();
@@ -254,7 +269,7 @@ impl Scenario {
             }
         }
         for (at, step) in steps {
-            let action = scenario.plan_step(step, &at, &policies, &mut applied)?;
+            let action = scenario.plan_step(step, &at, &policies, &mut applied, &mut held)?;
             scenario.actions.push(action);
         }
         // Top-level probes and checks run after the steps, if any.
@@ -326,6 +341,7 @@ impl Scenario {
         at: &str,
         policies: &[(String, PolicyDoc)],
         applied: &mut BTreeSet<String>,
+        held: &mut BTreeSet<String>,
     ) -> Result<Action, ParseError> {
         Ok(match step {
             Step::Apply(names) => {
@@ -387,6 +403,42 @@ impl Scenario {
                 }
             },
             Step::Probe(p) => Action::Probe(self.plan_probes(p, at)?),
+            Step::Connect(specs) => {
+                let mut plans = Vec::new();
+                for spec in specs {
+                    if !held.insert(spec.name.clone()) {
+                        return Err(
+                            self.err(at, format!("connection {} is opened twice", spec.name))
+                        );
+                    }
+                    if !self.cluster.pods.iter().any(|p| p.key() == spec.from) {
+                        return Err(
+                            self.err(at, format!("connect {}: no pod {}", spec.name, spec.from))
+                        );
+                    }
+                    let target = self
+                        .target(&spec.to, &spec.port, spec.protocol, spec.family)
+                        .map_err(|m| self.err(at, format!("connect {}: {m}", spec.name)))?;
+                    plans.push(HoldPlan {
+                        name: spec.name.clone(),
+                        from: spec.from.clone(),
+                        to: spec.to.clone(),
+                        target,
+                        protocol: spec.protocol,
+                    });
+                }
+                Action::Connect(plans)
+            }
+            Step::Held(expect) => {
+                for name in expect.keys() {
+                    if !held.contains(name) {
+                        return Err(
+                            self.err(at, format!("held: no connection {name} was opened before"))
+                        );
+                    }
+                }
+                Action::Held(expect.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            }
             Step::Check(c) => Action::Check(self.plan_checks(c, at)?),
         })
     }
@@ -402,8 +454,14 @@ impl Scenario {
     }
 
     /// The address and port a probe reaches `target` at.
-    fn target(&self, target: &str, probe: &ProbeSpec) -> Result<SocketAddr, String> {
-        let v6 = probe.family == 6;
+    fn target(
+        &self,
+        target: &str,
+        port: &PortRef,
+        protocol: Protocol,
+        family: u8,
+    ) -> Result<SocketAddr, String> {
+        let v6 = family == 6;
         let (ips, named): (Vec<IpAddr>, Vec<NamedPort>) =
             match self.cluster.pods.iter().find(|p| p.key() == target) {
                 Some(p) => (p.ips.clone(), p.ports.clone()),
@@ -419,8 +477,8 @@ impl Scenario {
         let ip = ips
             .iter()
             .find(|ip| ip.is_ipv6() == v6)
-            .ok_or_else(|| format!("{target} has no IPv{} address", probe.family))?;
-        let port = match &probe.port {
+            .ok_or_else(|| format!("{target} has no IPv{} address", family))?;
+        let port = match port {
             PortRef::Number(n) => u16::try_from(*n)
                 .ok()
                 .filter(|p| *p > 0)
@@ -430,10 +488,10 @@ impl Scenario {
                     .iter()
                     .find(|p| p.name == *name)
                     .ok_or_else(|| format!("{target} serves no port named {name}"))?;
-                if p.protocol != probe.protocol {
+                if p.protocol != protocol {
                     return Err(format!(
                         "{target}'s port {name} is {}, the probe is {}",
-                        p.protocol, probe.protocol
+                        p.protocol, protocol
                     ));
                 }
                 p.port
@@ -482,7 +540,7 @@ impl Scenario {
                         ));
                     }
                     Some(
-                        self.target(&e.to, probe)
+                        self.target(&e.to, &probe.port, probe.protocol, probe.family)
                             .map_err(|m| self.err(&at, format!("{} -> {}: {m}", e.from, e.to)))?,
                     )
                 };

@@ -77,3 +77,49 @@ pub fn probe(to: SocketAddr, protocol: Protocol, timeout: Duration) -> (Observed
     }
     (Observed::Blocked(last), 2)
 }
+
+/// Opens a connection for a `connect` step (from inside the source pod's
+/// namespace) and checks one echo on it.
+pub fn hold(to: SocketAddr, protocol: Protocol, timeout: Duration) -> io::Result<socket2::Socket> {
+    let s = socket(&to, protocol)?;
+    match protocol {
+        Protocol::Tcp | Protocol::Sctp => s.connect_timeout(&SockAddr::from(to), timeout)?,
+        Protocol::Udp => s.connect(&SockAddr::from(to))?,
+    }
+    echo(&s, timeout)?;
+    Ok(s)
+}
+
+/// One request and its reply on a held connection.
+pub fn echo(s: &socket2::Socket, timeout: Duration) -> io::Result<()> {
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.send(PAYLOAD)?;
+    let mut buf = [std::mem::MaybeUninit::new(0u8); 64];
+    let mut got = 0;
+    while got < PAYLOAD.len() {
+        let n = s.recv(&mut buf[got..]).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                io::Error::new(io::ErrorKind::TimedOut, "no reply in time")
+            }
+            _ => e,
+        })?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed by the peer",
+            ));
+        }
+        got += n;
+    }
+    Ok(())
+}
+
+/// Whether a held connection still carries a request and its reply (two
+/// tries, as for probes).
+pub fn still_open(s: &socket2::Socket, timeout: Duration) -> Result<(), String> {
+    match echo(s, timeout) {
+        Ok(()) => Ok(()),
+        Err(_) => echo(s, timeout).map_err(|e| e.to_string()),
+    }
+}

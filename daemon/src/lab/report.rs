@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::Serialize;
 
 use super::probe::Observed;
-use crate::model::{expect::Cell, scenario::CheckExpect};
+use crate::model::{
+    expect::Cell,
+    scenario::{CheckExpect, HeldExpect},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,6 +105,29 @@ impl CheckReport {
     }
 }
 
+/// A held connection's state at a `connect` (expected open) or `held` step.
+#[derive(Debug, Serialize)]
+pub struct HeldReport {
+    pub step: usize,
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub expected: HeldExpect,
+    /// `open`, `cut` (with why) or `skipped` (with why).
+    pub observed: String,
+    pub detail: Option<String>,
+}
+
+impl HeldReport {
+    pub fn mismatch(&self) -> bool {
+        match self.observed.as_str() {
+            "open" => self.expected == HeldExpect::Cut,
+            "cut" => self.expected == HeldExpect::Open,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct StepReport {
     pub step: usize,
@@ -120,6 +146,7 @@ pub struct ScenarioReport {
     pub steps: Vec<StepReport>,
     pub probes: Vec<ProbeReport>,
     pub checks: Vec<CheckReport>,
+    pub held: Vec<HeldReport>,
     /// The daemon's drop and audit counters at the end (Prometheus text).
     pub metrics: Vec<String>,
 }
@@ -135,6 +162,7 @@ impl ScenarioReport {
             steps: Vec::new(),
             probes: Vec::new(),
             checks: Vec::new(),
+            held: Vec::new(),
             metrics: Vec::new(),
         }
     }
@@ -146,14 +174,16 @@ impl ScenarioReport {
         }
         let cells = self.probes.iter().flat_map(|p| &p.cells);
         let mismatch = cells.clone().any(CellReport::mismatch)
-            || self.checks.iter().any(CheckReport::mismatch);
+            || self.checks.iter().any(CheckReport::mismatch)
+            || self.held.iter().any(HeldReport::mismatch);
         let skipped = cells
             .clone()
             .any(|c| matches!(c.observed, Some(Observed::Skipped(_))))
             || self
                 .checks
                 .iter()
-                .any(|c| matches!(c.observed, CheckObserved::Skipped(_)));
+                .any(|c| matches!(c.observed, CheckObserved::Skipped(_)))
+            || self.held.iter().any(|h| h.observed == "skipped");
         self.outcome = if mismatch {
             Outcome::Failed
         } else if skipped {
@@ -183,6 +213,26 @@ impl ScenarioReport {
                 c.run.join(" "),
                 c.expected,
                 if c.mismatch() { "   <- MISMATCH" } else { "" }
+            );
+        }
+        for h in &self.held {
+            let _ = writeln!(
+                out,
+                "held {} ({} -> {}) at step {}: expected {}, observed {}{}{}",
+                h.name,
+                h.from,
+                h.to,
+                h.step,
+                match h.expected {
+                    HeldExpect::Open => "open",
+                    HeldExpect::Cut => "cut",
+                },
+                h.observed,
+                h.detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default(),
+                if h.mismatch() { "   <- MISMATCH" } else { "" }
             );
         }
         if show_metrics && !self.metrics.is_empty() {

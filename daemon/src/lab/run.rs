@@ -8,6 +8,7 @@ use std::{
     os::unix::process::CommandExt as _,
     path::PathBuf,
     process::Command,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,13 +17,18 @@ use anyhow::{Context as _, anyhow};
 use super::{
     cluster::cluster_yaml,
     enforcer::Enforcer,
-    plan::{Action, CheckPlan, PolicyDoc, ProbePlan, Scenario},
-    probe::probe,
-    report::{CellReport, CheckObserved, CheckReport, ProbeReport, ScenarioReport, StepReport},
-    serve::Listeners,
+    plan::{Action, CheckPlan, HoldPlan, PolicyDoc, ProbePlan, Scenario},
+    probe::{hold, probe, still_open},
+    report::{
+        CellReport, CheckObserved, CheckReport, HeldReport, ProbeReport, ScenarioReport, StepReport,
+    },
+    serve::{Listeners, no_sctp},
     topology::{Plan, PodNet, Topology},
 };
-use crate::{features::Features, model::expect::Cell};
+use crate::{
+    features::Features,
+    model::{Protocol, expect::Cell, scenario::HeldExpect},
+};
 
 pub struct Options {
     /// The `palisade` binary the daemon runs from.
@@ -83,6 +89,8 @@ pub async fn run(
         .context("the cluster without policies")?;
 
     let lsm = Features::probe().bpf_lsm.is_active();
+    // Connections opened by `connect` steps, by name.
+    let mut held: BTreeMap<String, (HoldPlan, Option<Arc<socket2::Socket>>)> = BTreeMap::new();
     for (i, action) in scenario.actions.iter().enumerate() {
         let step = i + 1;
         let step_start = Instant::now();
@@ -124,6 +132,66 @@ pub async fn run(
                 for p in plans {
                     let r = run_probe(p, &topology, options.timeout, step).await?;
                     report.probes.push(r);
+                }
+                false
+            }
+            Action::Connect(plans) => {
+                let mut tasks = Vec::new();
+                for p in plans {
+                    let path = topology.pods[&p.from].netns.path();
+                    let (to, protocol, timeout) = (p.target, p.protocol, options.timeout);
+                    tasks.push(tokio::task::spawn_blocking(move || {
+                        crate::netns::in_netns(&path, || hold(to, protocol, timeout))
+                    }));
+                }
+                for (p, task) in plans.iter().zip(tasks) {
+                    let (observed, detail, socket) = match task.await?? {
+                        Ok(s) => ("open", None, Some(Arc::new(s))),
+                        Err(e) if p.protocol == Protocol::Sctp && no_sctp(&e) => {
+                            ("skipped", Some(format!("kernel has no SCTP ({e})")), None)
+                        }
+                        Err(e) => ("cut", Some(e.to_string()), None),
+                    };
+                    report.held.push(HeldReport {
+                        step,
+                        name: p.name.clone(),
+                        from: p.from.clone(),
+                        to: p.to.clone(),
+                        expected: HeldExpect::Open,
+                        observed: observed.to_owned(),
+                        detail,
+                    });
+                    held.insert(p.name.clone(), (p.clone(), socket));
+                }
+                false
+            }
+            Action::Held(expects) => {
+                let mut tasks = Vec::new();
+                for (name, _) in expects {
+                    let socket = held.get(name).and_then(|(_, s)| s.clone());
+                    let timeout = options.timeout;
+                    tasks.push(tokio::task::spawn_blocking(move || {
+                        socket.map(|s| still_open(&s, timeout))
+                    }));
+                }
+                for ((name, expected), task) in expects.iter().zip(tasks) {
+                    let Some((plan, _)) = held.get(name) else {
+                        continue;
+                    };
+                    let (observed, detail) = match task.await? {
+                        Some(Ok(())) => ("open", None),
+                        Some(Err(e)) => ("cut", Some(e)),
+                        None => ("skipped", Some("it never opened".to_owned())),
+                    };
+                    report.held.push(HeldReport {
+                        step,
+                        name: name.clone(),
+                        from: plan.from.clone(),
+                        to: plan.to.clone(),
+                        expected: *expected,
+                        observed: observed.to_owned(),
+                        detail,
+                    });
                 }
                 false
             }
@@ -175,6 +243,7 @@ pub async fn run(
         }
         Err(e) => report.metrics = vec![format!("# metrics unavailable: {e:#}")],
     }
+    drop(held);
     drop(enforcer);
     drop(listeners);
     drop(topology);

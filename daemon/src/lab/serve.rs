@@ -1,5 +1,5 @@
-//! Real listeners in the pods and externals: TCP accepts, UDP echoes each
-//! request, SCTP accepts associations. Each socket is made inside its
+//! Real listeners in the pods and externals: TCP and SCTP accept and echo,
+//! UDP echoes each request. Each socket is made inside its
 //! namespace (a socket keeps the namespace it was made in) and then served
 //! by tasks on the runner's runtime; aborting the tasks closes them.
 
@@ -100,8 +100,13 @@ impl Listeners {
                 Protocol::Tcp | Protocol::Sctp => {
                     let l = tokio::net::TcpListener::from_std(socket.into())?;
                     tokio::spawn(async move {
-                        while let Ok((stream, _)) = l.accept().await {
-                            drop(stream);
+                        // Echo what each connection sends, until it closes:
+                        // held connections check they still carry data.
+                        while let Ok((mut stream, _)) = l.accept().await {
+                            tokio::spawn(async move {
+                                let (mut r, mut w) = stream.split();
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            });
                         }
                     })
                 }

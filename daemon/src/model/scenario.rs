@@ -58,9 +58,38 @@ pub enum Step {
     Relabel(Relabel),
     Probe(Vec<ProbeSpec>),
     Check(Vec<CheckSpec>),
+    /// Palisade's extension: open connections and keep them across steps.
+    Connect(Vec<HoldSpec>),
+    /// Palisade's extension: whether held connections still carry data.
+    Held(BTreeMap<String, HeldExpect>),
 }
 
-const STEP_KINDS: &[&str] = &["apply", "delete", "update", "relabel", "probe", "check"];
+const STEP_KINDS: &[&str] = &[
+    "apply", "delete", "update", "relabel", "probe", "check", "connect", "held",
+];
+
+/// A connection opened by a `connect` step and held by the runner.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldSpec {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub port: PortRef,
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+    #[serde(default = "four")]
+    pub family: u8,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HeldExpect {
+    /// A request on it still gets its reply.
+    Open,
+    /// It carries nothing any more (the enforcer cut it).
+    Cut,
+}
 
 impl<'de> Deserialize<'de> for Step {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -84,6 +113,8 @@ impl<'de> Deserialize<'de> for Step {
                     "relabel" => Step::Relabel(map.next_value()?),
                     "probe" => Step::Probe(map.next_value()?),
                     "check" => Step::Check(map.next_value()?),
+                    "connect" => Step::Connect(map.next_value()?),
+                    "held" => Step::Held(map.next_value()?),
                     other => return Err(de::Error::unknown_variant(other, STEP_KINDS)),
                 };
                 if let Some(extra) = map.next_key::<String>()? {
