@@ -11,7 +11,7 @@ use std::{
 use ipnet::IpNet;
 
 use crate::model::{
-    Labels, NamedPort, Policy, Protocol, Snapshot,
+    Labels, NamedPort, Pod, Policy, Protocol, Snapshot,
     expect::{Cell, Expect},
     networkpolicy::PortRef,
     parse::{ParseError, parse_documents},
@@ -78,6 +78,8 @@ pub enum Action {
     Check(Vec<CheckPlan>),
     Connect(Vec<HoldPlan>),
     Held(Vec<(String, HeldExpect)>),
+    /// New pods with the ports they serve.
+    Create(Vec<(Pod, Vec<(u16, Protocol)>)>),
 }
 
 /// A connection to open and hold (`connect` step).
@@ -107,6 +109,13 @@ impl Action {
             Self::Probe(p) => format!("probe ({} tables)", p.len()),
             Self::Check(c) => format!("check ({} commands)", c.len()),
             Self::Connect(c) => format!("connect ({} connections)", c.len()),
+            Self::Create(p) => format!(
+                "create {}",
+                p.iter()
+                    .map(|(p, _)| p.key())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Self::Held(h) => format!("held ({} connections)", h.len()),
         }
     }
@@ -268,6 +277,8 @@ impl Scenario {
                 steps.push(("policies".into(), &implicit_apply));
             }
         }
+        // Steps see the pods created before them; the run starts without.
+        let initial = scenario.cluster.clone();
         for (at, step) in steps {
             let action = scenario.plan_step(step, &at, &policies, &mut applied, &mut held)?;
             scenario.actions.push(action);
@@ -281,6 +292,7 @@ impl Scenario {
             let checks = scenario.plan_checks(&parsed.checks, "checks")?;
             scenario.actions.push(Action::Check(checks));
         }
+        scenario.cluster = initial;
         Ok(scenario)
     }
 
@@ -403,6 +415,66 @@ impl Scenario {
                 }
             },
             Step::Probe(p) => Action::Probe(self.plan_probes(p, at)?),
+            Step::Create(specs) => {
+                let mut pods = Vec::new();
+                for spec in specs {
+                    let key = format!("{}/{}", spec.namespace, spec.name);
+                    if !self.cluster.namespaces.contains_key(&spec.namespace) {
+                        return Err(
+                            self.err(at, format!("create {key}: no namespace {}", spec.namespace))
+                        );
+                    }
+                    if self.cluster.pods.iter().any(|p| p.key() == key) {
+                        return Err(self.err(at, format!("create {key}: the pod exists")));
+                    }
+                    let mut ips: Vec<IpAddr> = spec.ip.map(IpAddr::V4).into_iter().collect();
+                    ips.extend(spec.ip6.map(IpAddr::V6));
+                    let taken: BTreeSet<IpAddr> = self
+                        .cluster
+                        .pods
+                        .iter()
+                        .flat_map(|p| p.ips.clone())
+                        .collect();
+                    for net in &self.networks {
+                        if ips.iter().any(|ip| ip.is_ipv6() == net.addr().is_ipv6()) {
+                            continue;
+                        }
+                        let node = crate::model::scenario::node_address(*net);
+                        let free = net
+                            .hosts()
+                            .find(|ip| *ip != node && *ip != net.network() && !taken.contains(ip))
+                            .ok_or_else(|| self.err(at, format!("create {key}: {net} is full")))?;
+                        ips.push(free);
+                    }
+                    ips.sort_by_key(IpAddr::is_ipv6);
+                    if let Some(ip) = ips.iter().find(|ip| taken.contains(*ip)) {
+                        return Err(self.err(at, format!("create {key}: {ip} is taken")));
+                    }
+                    let pod = Pod {
+                        namespace: spec.namespace.clone(),
+                        name: spec.name.clone(),
+                        labels: spec.labels.clone().unwrap_or_default(),
+                        ips,
+                        ports: spec
+                            .serve
+                            .iter()
+                            .filter_map(|s| {
+                                Some(NamedPort {
+                                    name: s.name.clone()?,
+                                    port: s.port,
+                                    protocol: s.protocol,
+                                })
+                            })
+                            .collect(),
+                    };
+                    let serves: Vec<(u16, Protocol)> =
+                        spec.serve.iter().map(|s| (s.port, s.protocol)).collect();
+                    self.serves.insert(key, serves.clone());
+                    self.cluster.pods.push(pod.clone());
+                    pods.push((pod, serves));
+                }
+                Action::Create(pods)
+            }
             Step::Connect(specs) => {
                 let mut plans = Vec::new();
                 for spec in specs {

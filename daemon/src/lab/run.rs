@@ -60,7 +60,7 @@ pub async fn run(
             .collect(),
         externals: scenario.externals.iter().map(|e| e.ip).collect(),
     };
-    let topology = Topology::build(&plan).await.context("building the lab")?;
+    let mut topology = Topology::build(&plan).await.context("building the lab")?;
     let mut listeners = Listeners::default();
     for pod in &scenario.cluster.pods {
         let net = &topology.pods[&pod.key()];
@@ -134,6 +134,20 @@ pub async fn run(
                     report.probes.push(r);
                 }
                 false
+            }
+            Action::Create(pods) => {
+                // As a CNI and an API server would: the veth first, then the
+                // pod in the source; until then the daemon quarantines it.
+                for (pod, serves) in pods {
+                    topology.add_pod(&pod.key(), &pod.ips).await?;
+                    let net = &topology.pods[&pod.key()];
+                    for (port, protocol) in serves {
+                        listeners.serve(&net.netns, &pod.ips, true, *port, *protocol)?;
+                    }
+                    state.pods.push(pod.clone());
+                }
+                enforcer.write("cluster.yaml", &cluster_yaml(&state))?;
+                true
             }
             Action::Connect(plans) => {
                 let mut tasks = Vec::new();

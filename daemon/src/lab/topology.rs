@@ -43,6 +43,11 @@ pub struct Topology {
     pub pods: BTreeMap<String, PodNet>,
     pub outside: Option<Netns>,
     cgroup_root: Option<PathBuf>,
+    /// What adding a pod later needs.
+    netlink: Handle,
+    bridge: u32,
+    networks: Vec<IpNet>,
+    tag: String,
 }
 
 /// What the topology is built from.
@@ -129,18 +134,11 @@ async fn veth_into(
 impl Topology {
     pub async fn build(plan: &Plan<'_>) -> anyhow::Result<Self> {
         let node = Netns::new(&format!("{}-node", plan.tag))?;
-        let mut topology = Self {
-            node,
-            pods: BTreeMap::new(),
-            outside: None,
-            cgroup_root: None,
-        };
-        let n = &topology.node;
-        let h = n.netlink()?;
+        let h = node.netlink()?;
         set_up(&h, 1).await?;
-        n.sysctl("ipv4/ip_forward", "1")?;
-        n.sysctl("ipv6/conf/all/forwarding", "1")?;
-        n.sysctl("ipv6/conf/default/accept_dad", "0")?;
+        node.sysctl("ipv4/ip_forward", "1")?;
+        node.sysctl("ipv6/conf/all/forwarding", "1")?;
+        node.sysctl("ipv6/conf/default/accept_dad", "0")?;
         h.link()
             .add(LinkBridge::new(BRIDGE).up().build())
             .execute()
@@ -150,46 +148,19 @@ impl Topology {
         for net in &plan.networks {
             add_address(&h, bridge, node_address(*net), net.prefix_len()).await?;
         }
-
         let root = PathBuf::from("/sys/fs/cgroup").join(format!("palisade-{}", plan.tag));
-        topology.cgroup_root = fs::create_dir(&root).ok().map(|()| root.clone());
-
-        for (i, (key, ips)) in plan.pods.iter().enumerate() {
-            let netns = Netns::new(&format!("{}-{key}", plan.tag))?;
-            let host = format!("lab{i}");
-            let (host_ifindex, ph, eth0) = veth_into(&h, &host, &netns).await?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(host_ifindex)
-                        .controller(bridge)
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .with_context(|| format!("{host} into the bridge"))?;
-            for ip in ips {
-                let net = plan
-                    .networks
-                    .iter()
-                    .find(|n| n.contains(ip))
-                    .with_context(|| format!("{key}: {ip} is outside the pod networks"))?;
-                add_address(&ph, eth0, *ip, net.prefix_len()).await?;
-                default_route(&ph, node_address(*net)).await.ok();
-            }
-            let cgroup = topology.cgroup_root.as_ref().and_then(|root| {
-                let dir = root.join(key.replace('/', "."));
-                fs::create_dir(&dir).ok().map(|()| dir)
-            });
-            topology.pods.insert(
-                key.clone(),
-                PodNet {
-                    netns,
-                    cgroup,
-                    host_ifindex,
-                    ips: ips.clone(),
-                },
-            );
+        let mut topology = Self {
+            node,
+            pods: BTreeMap::new(),
+            outside: None,
+            cgroup_root: fs::create_dir(&root).ok().map(|()| root.clone()),
+            netlink: h.clone(),
+            bridge,
+            networks: plan.networks.clone(),
+            tag: plan.tag.to_owned(),
+        };
+        for (key, ips) in &plan.pods {
+            topology.add_pod(key, ips).await?;
         }
 
         if !plan.externals.is_empty() {
@@ -221,6 +192,50 @@ impl Topology {
             topology.outside = Some(outside);
         }
         Ok(topology)
+    }
+}
+
+impl Topology {
+    /// A pod's namespace, cgroup and veth to the bridge, as a bridge CNI
+    /// would make them (also for pods that arrive during a scenario).
+    pub async fn add_pod(&mut self, key: &str, ips: &[IpAddr]) -> anyhow::Result<()> {
+        let h = self.netlink.clone();
+        let netns = Netns::new(&format!("{}-{key}", self.tag))?;
+        let host = format!("lab{}", self.pods.len());
+        let (host_ifindex, ph, eth0) = veth_into(&h, &host, &netns).await?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(host_ifindex)
+                    .controller(self.bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("{host} into the bridge"))?;
+        for ip in ips {
+            let net = self
+                .networks
+                .iter()
+                .find(|n| n.contains(ip))
+                .with_context(|| format!("{key}: {ip} is outside the pod networks"))?;
+            add_address(&ph, eth0, *ip, net.prefix_len()).await?;
+            default_route(&ph, node_address(*net)).await.ok();
+        }
+        let cgroup = self.cgroup_root.as_ref().and_then(|root| {
+            let dir = root.join(key.replace('/', "."));
+            fs::create_dir(&dir).ok().map(|()| dir)
+        });
+        self.pods.insert(
+            key.to_owned(),
+            PodNet {
+                netns,
+                cgroup,
+                host_ifindex,
+                ips: ips.to_vec(),
+            },
+        );
+        Ok(())
     }
 }
 

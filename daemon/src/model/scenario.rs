@@ -58,6 +58,9 @@ pub enum Step {
     Relabel(Relabel),
     Probe(Vec<ProbeSpec>),
     Check(Vec<CheckSpec>),
+    /// Palisade's extension: pods that arrive during the scenario (the CNI
+    /// makes their veth, then the source learns of them).
+    Create(Vec<PodSpec>),
     /// Palisade's extension: open connections and keep them across steps.
     Connect(Vec<HoldSpec>),
     /// Palisade's extension: whether held connections still carry data.
@@ -65,7 +68,7 @@ pub enum Step {
 }
 
 const STEP_KINDS: &[&str] = &[
-    "apply", "delete", "update", "relabel", "probe", "check", "connect", "held",
+    "apply", "delete", "update", "relabel", "probe", "check", "create", "connect", "held",
 ];
 
 /// A connection opened by a `connect` step and held by the runner.
@@ -113,6 +116,7 @@ impl<'de> Deserialize<'de> for Step {
                     "relabel" => Step::Relabel(map.next_value()?),
                     "probe" => Step::Probe(map.next_value()?),
                     "check" => Step::Check(map.next_value()?),
+                    "create" => Step::Create(map.next_value()?),
                     "connect" => Step::Connect(map.next_value()?),
                     "held" => Step::Held(map.next_value()?),
                     other => return Err(de::Error::unknown_variant(other, STEP_KINDS)),
