@@ -34,7 +34,6 @@ pub struct PodNet {
     pub netns: Netns,
     /// The pod's cgroup (v2) directory, when cgroupfs is writable.
     pub cgroup: Option<PathBuf>,
-    pub host_ifindex: u32,
     pub ips: Vec<IpAddr>,
 }
 
@@ -231,7 +230,6 @@ impl Topology {
             PodNet {
                 netns,
                 cgroup,
-                host_ifindex,
                 ips: ips.to_vec(),
             },
         );
