@@ -252,7 +252,12 @@ impl Incremental {
             .ips
             .iter()
             .zip(&new_keys)
-            .map(|(ip, k)| (*ip, self.tables.identities[k]))
+            .map(|(ip, k)| {
+                (
+                    *ip,
+                    self.tables.identities.get(k).copied().unwrap_or_default(),
+                )
+            })
             .collect();
         for (ip, id) in &new_ids {
             self.compiled.addresses.insert(host(*ip), *id);
@@ -271,13 +276,12 @@ impl Incremental {
                 snapshot: &self.snapshot,
                 t: &self.tables,
             };
-            let old_cx_pod = &old_pod;
             // The old pod's identities (vanished ones are in gone_ids).
             let old_ids: Vec<(std::net::IpAddr, u32)> = old_pod
                 .ips
                 .iter()
                 .zip(&old_keys)
-                .map(|(ip, k)| (*ip, old_identity[k]))
+                .map(|(ip, k)| (*ip, old_identity.get(k).copied().unwrap_or_default()))
                 .collect();
             for (index, policy) in self.snapshot.policies.iter().enumerate() {
                 for dir in [direction::INGRESS, direction::EGRESS] {
@@ -308,7 +312,7 @@ impl Incremental {
                             }
                             out
                         };
-                        let before = admitted(old_cx_pod, &old_ids);
+                        let before = admitted(&old_pod, &old_ids);
                         let now = admitted(&new_pod, &new_ids);
                         let named = rule
                             .ports
