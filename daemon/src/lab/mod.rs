@@ -53,6 +53,21 @@ fn sweep_stale() {
     }
 }
 
+/// Resolves on Ctrl-C or SIGTERM, saying which; dropping the scenario's
+/// future then removes everything it made.
+async fn stop_signal() -> &'static str {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
 /// Runs every file in order; returns the reports and the exit status
 /// (the worst outcome: mismatch 1 > invalid 2 > skipped 3 > passed 0).
 pub async fn run_files(
@@ -102,17 +117,11 @@ pub async fn run_texts(
                 report.error = Some("the lab needs root (network namespaces, BPF)".into());
             }
             Ok(scenario) => {
-                let mut int = signal(SignalKind::interrupt()).ok();
-                let mut term = signal(SignalKind::terminate()).ok();
                 let result = tokio::select! {
                     r = run::run(&scenario, options, n, &mut report) => r,
-                    _ = async { match int.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
+                    why = stop_signal() => {
                         interrupted = true;
-                        Err(anyhow::anyhow!("interrupted"))
-                    }
-                    _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
-                        interrupted = true;
-                        Err(anyhow::anyhow!("terminated"))
+                        Err(anyhow::anyhow!(why))
                     }
                 };
                 if let Err(e) = result {
