@@ -110,20 +110,60 @@ fn run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> anyhow::Result<f64>
     run_fd(prog.fd()?.as_fd(), frame, repeat)
 }
 
+/// ns/packet and the ratio to the empty program measured right beside it.
+#[derive(Clone, Copy)]
+struct Sample {
+    ns: f64,
+    ratio: f64,
+}
+
+const ROUNDS: usize = 7;
+
+/// The machine's speed drifts over seconds by more than the effects looked
+/// for: each round runs the empty program and then the real one back to
+/// back, and the ratio is the median of the rounds' ratios.
+fn paired(
+    fd: std::os::fd::BorrowedFd<'_>,
+    empty: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+) -> anyhow::Result<Sample> {
+    let (mut ns, mut ratios) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let floor = f64::from(raw::test_run(empty, frame, REPEAT)?);
+        let real = f64::from(raw::test_run(fd, frame, REPEAT)?);
+        ns.push(real);
+        ratios.push(real / floor);
+    }
+    ns.sort_by(f64::total_cmp);
+    ratios.sort_by(f64::total_cmp);
+    Ok(Sample {
+        ns: ns[ROUNDS / 2],
+        ratio: ratios[ROUNDS / 2],
+    })
+}
+
 struct Row {
     n: u32,
-    allowed_new: f64,
-    established: f64,
-    reply: f64,
-    denied: f64,
-    non_ip: f64,
-    xdp_pass: f64,
-    xdp_deny: f64,
+    allowed_new: Sample,
+    established: Sample,
+    reply: Sample,
+    denied: Sample,
+    non_ip: Sample,
+    xdp_pass: Sample,
+    xdp_deny: Sample,
     policy_bytes: f64,
     identity_bytes: f64,
 }
 
-fn measure(n: u32, features: &Features) -> anyhow::Result<Row> {
+/// The empty programs each case is compared with.
+struct Floors {
+    tc: std::os::fd::OwnedFd,
+    xdp: std::os::fd::OwnedFd,
+    /// A single TC run (new flows run once each).
+    tc_single: f64,
+}
+
+fn measure(n: u32, features: &Features, floors: &Floors) -> anyhow::Result<Row> {
     let dir = PinBase::new(format!(
         "/sys/fs/bpf/palisade-bench-{}-{n}",
         std::process::id()
@@ -172,22 +212,31 @@ fn measure(n: u32, features: &Features) -> anyhow::Result<Row> {
         )?;
     }
     let allowed_new = total / f64::from(NEW_FLOWS);
-    let established = run(
-        tc(&mut loaded, to_pod)?,
+    let allowed_new = Sample {
+        ns: allowed_new,
+        ratio: allowed_new / floors.tc_single,
+    };
+    let empty = floors.tc.as_fd();
+    let established = paired(
+        tc(&mut loaded, to_pod)?.fd()?.as_fd(),
+        empty,
         &tcp(last, POD, 10_000, 80, 0x10),
-        REPEAT,
     )?;
-    let reply = run(
-        tc(&mut loaded, from_pod)?,
+    let reply = paired(
+        tc(&mut loaded, from_pod)?.fd()?.as_fd(),
+        empty,
         &tcp(POD, last, 80, 10_000, 0x10),
-        REPEAT,
     )?;
-    let denied = run(
-        tc(&mut loaded, to_pod)?,
+    let denied = paired(
+        tc(&mut loaded, to_pod)?.fd()?.as_fd(),
+        empty,
         &tcp(last, POD, 10_000, 81, 0x02),
-        REPEAT,
     )?;
-    let non_ip = run(tc(&mut loaded, to_pod)?, &frame(0x0806, &[0; 28]), REPEAT)?;
+    let non_ip = paired(
+        tc(&mut loaded, to_pod)?.fd()?.as_fd(),
+        empty,
+        &frame(0x0806, &[0; 28]),
+    )?;
     let xdp: &mut Xdp = loaded
         .xdp
         .ebpf
@@ -195,8 +244,9 @@ fn measure(n: u32, features: &Features) -> anyhow::Result<Row> {
         .context("xdp")?
         .try_into()?;
     let xdp_fd = xdp.fd()?.as_fd();
-    let xdp_pass = run_fd(xdp_fd, &tcp([192, 0, 2, 1], POD, 1, 80, 0x02), REPEAT)?;
-    let xdp_deny = run_fd(xdp_fd, &tcp(last, POD, 1, 80, 0x02), REPEAT)?;
+    let xdp_empty = floors.xdp.as_fd();
+    let xdp_pass = paired(xdp_fd, xdp_empty, &tcp([192, 0, 2, 1], POD, 1, 80, 0x02))?;
+    let xdp_deny = paired(xdp_fd, xdp_empty, &tcp(last, POD, 1, 80, 0x02))?;
     let row = Row {
         n,
         allowed_new,
@@ -281,7 +331,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "ns/packet, BPF_PROG_TEST_RUN, 64-byte frames (ratio to the empty program in brackets)"
+        "ns/packet, BPF_PROG_TEST_RUN, 64-byte frames, median of {ROUNDS} rounds (in brackets: the median ratio to the empty program run beside it)"
     );
     println!(
         "{:>7} | {:>14} {:>14} {:>14} {:>14} {:>14} | {:>14} {:>14} | {:>10} {:>10}",
@@ -298,21 +348,26 @@ fn main() -> anyhow::Result<()> {
     );
     // The first measurement of a run is slower or faster by more than the
     // noise (caches, frequency); a discarded warm-up keeps the rows comparable.
-    measure(SIZES[0], &features)?;
+    let floors = Floors {
+        tc: empty_tc,
+        xdp: empty_xdp,
+        tc_single: tc_floor_single,
+    };
+    measure(SIZES[0], &features, &floors)?;
     let mut rows = Vec::new();
     for n in SIZES {
-        let r = measure(n, &features)?;
-        let cell = |ns: f64, floor: f64| format!("{ns:>5.0} ({:>4.1}x)", ns / floor);
+        let r = measure(n, &features, &floors)?;
+        let cell = |s: Sample| format!("{:>5.0} ({:>4.1}x)", s.ns, s.ratio);
         println!(
             "{:>7} | {:>14} {:>14} {:>14} {:>14} {:>14} | {:>14} {:>14} | {:>10.0} {:>10.0}",
             r.n,
-            cell(r.allowed_new, tc_floor_single),
-            cell(r.established, tc_floor),
-            cell(r.reply, tc_floor),
-            cell(r.denied, tc_floor),
-            cell(r.non_ip, tc_floor),
-            cell(r.xdp_pass, xdp_floor),
-            cell(r.xdp_deny, xdp_floor),
+            cell(r.allowed_new),
+            cell(r.established),
+            cell(r.reply),
+            cell(r.denied),
+            cell(r.non_ip),
+            cell(r.xdp_pass),
+            cell(r.xdp_deny),
             r.policy_bytes,
             r.identity_bytes
         );
@@ -324,11 +379,11 @@ fn main() -> anyhow::Result<()> {
             "flatness, {} entries / {} entries: new allow {:.2}, established {:.2}, reply {:.2}, denied {:.2}, XDP deny {:.2}",
             last.n,
             first.n,
-            last.allowed_new / first.allowed_new,
-            last.established / first.established,
-            last.reply / first.reply,
-            last.denied / first.denied,
-            last.xdp_deny / first.xdp_deny
+            last.allowed_new.ratio / first.allowed_new.ratio,
+            last.established.ratio / first.established.ratio,
+            last.reply.ratio / first.reply.ratio,
+            last.denied.ratio / first.denied.ratio,
+            last.xdp_deny.ratio / first.xdp_deny.ratio
         );
     }
     veth::report(&features)?;
