@@ -386,6 +386,10 @@ fn main() -> anyhow::Result<()> {
             last.xdp_deny.ratio / first.xdp_deny.ratio
         );
     }
+    // `--datapath-only`: the per-packet figures alone, for quick comparisons.
+    if std::env::args().any(|a| a == "--datapath-only") {
+        return Ok(());
+    }
     veth::report(&features)?;
     compile::report();
     Ok(())
