@@ -6,7 +6,7 @@
 //! same count.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::SocketAddr,
     os::unix::process::CommandExt as _,
     path::Path,
@@ -41,25 +41,6 @@ spec:
 ";
 const SERIES: &str = "palisade_drops_total{direction=\"ingress\",policy=\"palisade:x/no-udp-from-y-b\",reason=\"drop_policy_deny\"}";
 const PROMETHEUS: &str = "127.0.0.1:9090";
-
-/// One HTTP GET from inside the node namespace; the body.
-fn get(node: &Netns, addr: &str, path: &str) -> anyhow::Result<String> {
-    let addr: SocketAddr = addr.parse()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n");
-    let text = node.run(move || -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(request.as_bytes())?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok(text)
-    })??;
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{path}: {}", head.lines().next().unwrap_or_default());
-    }
-    Ok(body.to_owned())
-}
 
 fn value_of(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -296,7 +277,7 @@ fn denied_probes_are_counted_streamed_kept_and_scraped_by_prometheus() -> anyhow
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = String::new();
         loop {
-            if let Ok(body) = get(&topology.node, PROMETHEUS, query) {
+            if let Ok(body) = topology.node.http_get(PROMETHEUS.parse()?, query) {
                 let v: serde_json::Value = serde_json::from_str(&body)?;
                 let value = v["data"]["result"][0]["value"][1]
                     .as_str()

@@ -165,31 +165,13 @@ impl Enforcer {
     /// The daemon's metrics endpoint, scraped from inside the node
     /// namespace (it listens on the node's loopback).
     pub fn scrape(&self, node: &Netns) -> anyhow::Result<String> {
-        use std::io::{Read as _, Write as _};
         let status: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(self.dir.join("status.json"))?)?;
         let addr: std::net::SocketAddr = status["metrics"]
             .as_str()
             .context("the daemon serves no metrics")?
             .parse()?;
-        let response = node.run(move || -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: palisade\r\nConnection: close\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        })??;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("no HTTP response")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!(
-                "metrics endpoint: {}",
-                head.lines().next().unwrap_or_default()
-            );
-        }
-        Ok(body.to_owned())
+        node.http_get(addr, "/metrics")
     }
 
     pub fn log_tail(&self) -> String {

@@ -77,6 +77,34 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// One HTTP/1.1 GET from inside this namespace (for endpoints that
+    /// listen on its loopback); the body of a 200 response.
+    pub fn http_get(&self, addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let request = format!("GET {path} HTTP/1.1\r\nHost: palisade\r\nConnection: close\r\n\r\n");
+        let response = self.run(move || -> io::Result<String> {
+            let timeout = std::time::Duration::from_secs(10);
+            let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.write_all(request.as_bytes())?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })??;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("no HTTP response")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            anyhow::bail!(
+                "GET {addr}{path}: {}",
+                head.lines().next().unwrap_or_default()
+            );
+        }
+        Ok(body.to_owned())
+    }
+}
+
 pub async fn index_of(handle: &Handle, name: &str) -> anyhow::Result<u32> {
     let mut links = handle.link().get().match_name(name.to_owned()).execute();
     let link = links

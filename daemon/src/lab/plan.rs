@@ -304,19 +304,7 @@ impl Scenario {
     }
 
     fn line(&self, at: &str) -> usize {
-        self.lines
-            .get(at.split('[').next().unwrap_or_default())
-            .and_then(|items| {
-                let i = at
-                    .split_once('[')?
-                    .1
-                    .split(']')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()?;
-                items.get(i).copied()
-            })
-            .unwrap_or(1)
+        crate::model::scenario::line_in(&self.lines, at)
     }
 
     fn resolve(

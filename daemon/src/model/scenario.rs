@@ -267,14 +267,7 @@ impl ScenarioFile {
     /// The file line of `at` (`policies[2]`, `steps[3][1]`...): where its
     /// top-level item starts, or 1 when that cannot be told.
     pub fn line_of(&self, at: &str) -> usize {
-        let Some((key, rest)) = at.split_once('[') else {
-            return 1;
-        };
-        rest.split(']')
-            .next()
-            .and_then(|i| i.parse::<usize>().ok())
-            .and_then(|i| self.item_lines.get(key)?.get(i).copied())
-            .unwrap_or(1)
+        line_in(&self.item_lines, at)
     }
 
     /// The cluster the file describes, with every policy parsed and validated.
@@ -451,6 +444,19 @@ impl ScenarioFile {
         }
         Ok(())
     }
+}
+
+/// The file line of `at` (`steps[3][1]`...) in `item_lines` (as
+/// `ScenarioFile::item_lines` holds them), or 1.
+pub fn line_in(item_lines: &BTreeMap<String, Vec<usize>>, at: &str) -> usize {
+    let Some((key, rest)) = at.split_once('[') else {
+        return 1;
+    };
+    rest.split(']')
+        .next()
+        .and_then(|i| i.parse::<usize>().ok())
+        .and_then(|i| item_lines.get(key)?.get(i).copied())
+        .unwrap_or(1)
 }
 
 /// The 1-based line where each item of the top-level block list `key`
