@@ -6,6 +6,7 @@
 //! syncer, sources, metrics and lab arrive in their own modules.
 
 pub mod agent;
+pub mod client;
 pub mod compile;
 pub mod datapath;
 pub mod discover;

@@ -5,7 +5,7 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use palisade::{
@@ -344,58 +344,6 @@ fn explain(file: &Path, from: &str, to: &str, port: &str, protocol: &str) -> any
     Ok(())
 }
 
-/// A GET against the daemon's local endpoint; the stream after the head.
-fn daemon_get(
-    addr: std::net::SocketAddr,
-    netns: Option<&Path>,
-    path: &str,
-) -> anyhow::Result<std::io::BufReader<std::net::TcpStream>> {
-    use std::io::{BufRead as _, Write as _};
-    let connect = move || std::net::TcpStream::connect(addr);
-    // The socket keeps the namespace it was made in.
-    let stream = match netns {
-        Some(path) => palisade::netns::in_netns(path, connect)??,
-        None => connect().with_context(|| format!("connecting to the daemon at {addr}"))?,
-    };
-    write!(
-        &stream,
-        "GET {path} HTTP/1.1\r\nHost: palisade\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut reader = std::io::BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    let ok = status.starts_with("HTTP/1.1 200");
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-    }
-    if !ok {
-        let mut body = String::new();
-        std::io::Read::read_to_string(&mut reader, &mut body)?;
-        bail!("{addr}: {} {}", status.trim(), body.trim());
-    }
-    Ok(reader)
-}
-
-fn query_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn query(pairs: &[(&str, Option<&str>)]) -> String {
-    pairs
-        .iter()
-        .filter_map(|(k, v)| Some(format!("{k}={}", query_encode(v.as_ref()?))))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let pins = PinDir::new(&cli.pin_base);
     let mut sizes = MapSizes::default();
@@ -445,13 +393,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             protocol,
         } => {
-            let q = query(&[
+            let q = palisade::client::query(&[
                 ("from", Some(from.as_str())),
                 ("to", Some(to.as_str())),
                 ("port", Some(port.as_str())),
                 ("protocol", Some(protocol.as_str())),
             ]);
-            let mut reader = daemon_get(addr, netns.as_deref(), &format!("/explain?{q}"))?;
+            let mut reader =
+                palisade::client::get(addr, netns.as_deref(), &format!("/explain?{q}"))?;
             let mut text = String::new();
             std::io::Read::read_to_string(&mut reader, &mut text)?;
             print!("{text}");
@@ -510,12 +459,12 @@ fn events(
     verdict: Option<String>,
 ) -> anyhow::Result<()> {
     use std::io::{BufRead as _, Write as _};
-    let q = query(&[
+    let q = palisade::client::query(&[
         ("namespace", namespace.as_deref()),
         ("pod", pod.as_deref()),
         ("verdict", verdict.as_deref()),
     ]);
-    let reader = daemon_get(addr, netns, &format!("/events?{q}"))?;
+    let reader = palisade::client::get(addr, netns, &format!("/events?{q}"))?;
     let stdout = std::io::stdout();
     for line in reader.lines() {
         let mut out = stdout.lock();
