@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ebpf_common::datapath::endpoint_flags;
 use serde::Serialize;
 
 use anyhow::Context as _;
@@ -56,9 +55,6 @@ pub struct Options {
     /// Per-pod metric labels for at most this many pods.
     pub metrics_pod_labels: Option<usize>,
 }
-
-/// The pseudo-pod a quarantined veth is enforced as.
-pub const QUARANTINE: &str = ":quarantine";
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
@@ -186,7 +182,7 @@ impl<S: Source> Agent<S> {
                 .compiler
                 .insert(Incremental::new(reading.snapshot.clone())),
         };
-        let mut compiled = compiler.compiled().clone();
+        let compiled = compiler.compiled();
         let mut errors = reading.errors.clone();
         let mut attach_errors = Vec::new();
 
@@ -219,23 +215,10 @@ impl<S: Source> Agent<S> {
                 }
             }
         }
-        // A quarantined veth is an endpoint isolated both ways, no entries.
-        for &ifindex in &quarantined {
-            let key = format!("{QUARANTINE}/{ifindex}");
-            compiled.endpoints.insert(
-                key.clone(),
-                crate::compile::EndpointPolicy {
-                    flags: endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS,
-                    entries: Vec::new(),
-                },
-            );
-            placed.insert(key, ifindex);
-        }
-
         // Programs first, then policy: a veth is never enforced with a
         // half-written state, and an endpoint entry exists before traffic
         // can be judged against it.
-        for &ifindex in placed.values() {
+        for &ifindex in placed.values().chain(&quarantined) {
             if self.attached.contains(&ifindex) {
                 continue;
             }
@@ -256,9 +239,9 @@ impl<S: Source> Agent<S> {
                 self.attached.insert(ifindex);
             }
         }
-        let report = sync::apply(&mut self.maps, &compiled, &placed)?;
+        let report = sync::apply(&mut self.maps, compiled, &placed, &quarantined)?;
         errors.extend(report.errors.iter().cloned());
-        let held: BTreeSet<u32> = placed.values().copied().collect();
+        let held: BTreeSet<u32> = placed.values().chain(&quarantined).copied().collect();
         for ifindex in self.attached.clone() {
             if !held.contains(&ifindex) {
                 if let Err(e) = attach::detach_tc(&self.pins, ifindex) {
@@ -280,10 +263,7 @@ impl<S: Source> Agent<S> {
         for e in &errors {
             tracing::warn!("{e}");
         }
-        crate::names::lock(&self.names).learn(
-            &compiled.policies,
-            &sync::endpoint_ids(placed.keys().map(String::as_str)),
-        );
+        crate::names::lock(&self.names).learn(&compiled.policies, &report.endpoint_ids);
         if self.metrics.is_some() {
             let new = |list: &[String]| {
                 list.iter()
@@ -299,7 +279,7 @@ impl<S: Source> Agent<S> {
             metrics::gauge!("palisade_source_errors").set(reading.errors.len() as f64);
             metrics::gauge!("palisade_policies").set(reading.snapshot.policies.len() as f64);
             metrics::gauge!("palisade_quarantined_veths").set(quarantined.len() as f64);
-            metrics::gauge!("palisade_endpoints").set((placed.len() - quarantined.len()) as f64);
+            metrics::gauge!("palisade_endpoints").set(placed.len() as f64);
             metrics::histogram!("palisade_reconcile_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
@@ -310,10 +290,7 @@ impl<S: Source> Agent<S> {
             ready,
             passes: self.status.passes + 1,
             pass_ms: started.elapsed().as_secs_f64() * 1e3,
-            endpoints: placed
-                .into_iter()
-                .filter(|(k, _)| !k.starts_with(QUARANTINE))
-                .collect(),
+            endpoints: placed,
             unplaced,
             quarantined,
             policies: reading.snapshot.policies.len(),
@@ -360,11 +337,14 @@ impl<S: Source> Agent<S> {
             } else {
                 Duration::from_millis(50)
             };
+            // A watcher that is not running (inotify or link events
+            // unavailable) has closed its channel: `None` disables the
+            // branch instead of waking the loop at once, again and again.
             tokio::select! {
-                _ = changes.recv() => {
+                Some(()) = changes.recv() => {
                     pending.get_or_insert_with(Instant::now);
                 }
-                _ = links.recv() => {}
+                Some(()) = links.recv() => {}
                 () = tokio::time::sleep(wait) => {}
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,

@@ -43,12 +43,12 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
 
     let s = standard(DENY_X)?;
     let on = placed(&s);
-    let first = apply(&mut maps, &compile(&s), &on)?;
+    let first = apply(&mut maps, &compile(&s), &on, &[])?;
     assert!(first.errors.is_empty(), "{:?}", first.errors);
     assert_eq!(first.endpoints_written.len(), 9);
     assert_eq!(first.identities_written, 9);
 
-    let again = apply(&mut maps, &compile(&s), &on)?;
+    let again = apply(&mut maps, &compile(&s), &on, &[])?;
     assert!(!again.changed(), "an unchanged state rewrote: {again:?}");
 
     // Behind the daemon's back: one of x/a's entries disappears.
@@ -60,16 +60,16 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
         .find(|k| k.endpoint == ids["x/a"])
         .context("x/a has an exact-port entry")?;
     maps.policy_port.remove(&victim)?;
-    let repaired = apply(&mut maps, &compile(&s), &on)?;
+    let repaired = apply(&mut maps, &compile(&s), &on, &[])?;
     assert_eq!(repaired.endpoints_written, vec!["x/a".to_owned()]);
-    assert!(!apply(&mut maps, &compile(&s), &on)?.changed());
+    assert!(!apply(&mut maps, &compile(&s), &on, &[])?.changed());
 
     // A relabel of y/b touches x/a (its peers) and y/b's own identity.
     let mut relabelled = s.clone();
     if let Some(p) = relabelled.pods.iter_mut().find(|p| p.key() == "y/b") {
         p.labels.insert("role".into(), "web".into());
     }
-    let r = apply(&mut maps, &compile(&relabelled), &on)?;
+    let r = apply(&mut maps, &compile(&relabelled), &on, &[])?;
     assert_eq!(r.endpoints_written, vec!["x/a".to_owned()], "{r:?}");
     assert_eq!(
         r.identities_written, 1,
@@ -79,7 +79,7 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
     // A pod gone from the node: its endpoint and generations go.
     let mut fewer = on.clone();
     let gone = fewer.remove("x/a").context("x/a placed")?;
-    let r = apply(&mut maps, &compile(&relabelled), &fewer)?;
+    let r = apply(&mut maps, &compile(&relabelled), &fewer, &[])?;
     assert_eq!(r.endpoints_removed, vec![gone]);
     assert!(maps.endpoint(gone)?.is_none());
     let stale = maps

@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::maps::lpm_trie::Key;
-use ebpf_common::datapath::{ADDR_LEN, EndpointValue, PolicyKey, PolicyValue};
+use ebpf_common::datapath::{ADDR_LEN, EndpointValue, PolicyKey, PolicyValue, endpoint_flags};
 use ipnet::IpNet;
 
 use crate::{
@@ -40,9 +40,15 @@ pub fn endpoint_ids<'a>(pods: impl Iterator<Item = &'a str>) -> BTreeMap<String,
     out
 }
 
+/// The name a quarantined veth is enforced under (`:quarantine/IFINDEX`;
+/// no namespace name can start with a colon).
+pub const QUARANTINE: &str = ":quarantine";
+
 /// What one pass changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
+    /// The endpoint id of every endpoint written or checked, by name.
+    pub endpoint_ids: BTreeMap<String, u32>,
     pub identities_written: usize,
     pub identities_removed: usize,
     /// Pods whose policy was (re)written.
@@ -118,13 +124,15 @@ fn net_of(key: &Key<[u8; ADDR_LEN]>) -> Option<IpNet> {
 }
 
 /// Brings the maps to `compiled`, for the pods placed on `placed`
-/// (`namespace/name` -> host-side veth ifindex). Pods not placed are not
-/// enforced on this node; ifindexes in the endpoint map that no placed pod
-/// holds are removed.
+/// (`namespace/name` -> host-side veth ifindex), and isolates the
+/// `quarantined` veths both ways with no entries (pod-like veths whose pod
+/// is not known yet). Pods not placed are not enforced on this node;
+/// ifindexes in the endpoint map that nothing holds are removed.
 pub fn apply(
     maps: &mut DatapathMaps,
     compiled: &Compiled,
     placed: &BTreeMap<String, u32>,
+    quarantined: &[u32],
 ) -> Result<Report, DatapathError> {
     let mut report = Report::default();
 
@@ -139,7 +147,24 @@ pub fn apply(
         }
     }
 
-    let ids = endpoint_ids(placed.keys().map(String::as_str));
+    let quarantine = crate::compile::EndpointPolicy {
+        flags: endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS,
+        entries: Vec::new(),
+    };
+    let none = crate::compile::EndpointPolicy::default();
+    let mut targets: BTreeMap<String, (u32, &crate::compile::EndpointPolicy)> = placed
+        .iter()
+        .map(|(pod, &ifindex)| {
+            (
+                pod.clone(),
+                (ifindex, compiled.endpoints.get(pod).unwrap_or(&none)),
+            )
+        })
+        .collect();
+    for &ifindex in quarantined {
+        targets.insert(format!("{QUARANTINE}/{ifindex}"), (ifindex, &quarantine));
+    }
+    let ids = endpoint_ids(targets.keys().map(String::as_str));
     let held_policy = maps.held_policy()?;
     let policies: HashMap<(u32, u8), Held> = held_policy
         .iter()
@@ -156,12 +181,10 @@ pub fn apply(
         let (ifindex, value) = item.map_err(read_err(ebpf_common::maps::ENDPOINTS))?;
         live.insert(ifindex, value);
     }
-    let none = crate::compile::EndpointPolicy::default();
-    for (pod, &ifindex) in placed {
+    for (pod, &(ifindex, want)) in &targets {
         let Some(&endpoint) = ids.get(pod) else {
             continue;
         };
-        let want = compiled.endpoints.get(pod).unwrap_or(&none);
         let current = live.get(&ifindex);
         let up_to_date = current.is_some_and(|cur| {
             let generation = cur.generation();
@@ -199,7 +222,7 @@ pub fn apply(
             Err(e) => report.errors.push(format!("{pod}: {e}")),
         }
     }
-    let placed_ifindexes: BTreeSet<u32> = placed.values().copied().collect();
+    let placed_ifindexes: BTreeSet<u32> = targets.values().map(|(i, _)| *i).collect();
     for (&ifindex, value) in &live {
         if placed_ifindexes.contains(&ifindex) {
             continue;
@@ -224,6 +247,7 @@ pub fn apply(
             }
         }
     }
+    report.endpoint_ids = ids;
     Ok(report)
 }
 
