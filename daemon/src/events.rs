@@ -107,26 +107,11 @@ fn wall_time(monotonic_ns: u64) -> String {
     rfc3339(at)
 }
 
+/// RFC 3339, UTC, nanoseconds (jiff comes with k8s-openapi).
 fn rfc3339(since_epoch: Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60,
-        since_epoch.subsec_nanos()
-    )
+    k8s_openapi::jiff::Timestamp::try_from(UNIX_EPOCH + since_epoch)
+        .map(|t| format!("{t:.9}"))
+        .unwrap_or_default()
 }
 
 pub fn decode(e: &DropEvent, names: &SharedNames) -> Event {
