@@ -209,7 +209,7 @@ impl<S: Source> Agent<S> {
         let mut quarantined = Vec::new();
         if let Some(prefixes) = &self.options.quarantine {
             let known: BTreeSet<u32> = placed.values().copied().collect();
-            for ifindex in discover::pod_veths(&self.netlink, prefixes).await? {
+            for ifindex in tables.pod_veths(prefixes).await? {
                 if !known.contains(&ifindex) {
                     quarantined.push(ifindex);
                 }

@@ -10,17 +10,14 @@
 //!   Until the pod has spoken, neither exists: `nudge` makes the node ask
 //!   (ARP/ND pass Palisade's programs unconditionally).
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
     Handle,
     packet_route::{
         AddressFamily,
-        link::{InfoKind, LinkAttribute, LinkInfo},
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage},
     },
@@ -64,55 +61,14 @@ pub enum Unplaced {
     },
 }
 
-async fn dump_kind(handle: &Handle, ifindex: u32) -> Result<Option<InfoKind>, DiscoverError> {
-    let mut links = handle.link().get().match_index(ifindex).execute();
-    while let Some(link) = links.try_next().await? {
-        for attr in link.attributes {
-            if let LinkAttribute::LinkInfo(infos) = attr {
-                for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        return Ok(Some(kind));
-                    }
-                }
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The veths that look like pods' host sides: ports of a bridge (bridged
-/// CNIs), or named with one of `prefixes` (routed CNIs: `cali`, `lxc`...).
-/// The daemon quarantines such a veth until it knows which pod it carries.
-pub async fn pod_veths(handle: &Handle, prefixes: &[String]) -> Result<Vec<u32>, DiscoverError> {
-    let links: Vec<_> = handle.link().get().execute().try_collect().await?;
-    let kind = |attrs: &[LinkAttribute]| {
-        attrs.iter().find_map(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
-                LinkInfo::Kind(k) => Some(k.clone()),
-                _ => None,
-            }),
+fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k.clone()),
             _ => None,
-        })
-    };
-    let bridges: Vec<u32> = links
-        .iter()
-        .filter(|l| kind(&l.attributes) == Some(InfoKind::Bridge))
-        .map(|l| l.header.index)
-        .collect();
-    Ok(links
-        .iter()
-        .filter(|l| kind(&l.attributes) == Some(InfoKind::Veth))
-        .filter(|l| {
-            l.attributes.iter().any(|a| match a {
-                LinkAttribute::Controller(c) => bridges.contains(c),
-                LinkAttribute::IfName(name) => {
-                    prefixes.iter().any(|p| name.starts_with(p.as_str()))
-                }
-                _ => false,
-            })
-        })
-        .map(|l| l.header.index)
-        .collect())
+        }),
+        _ => None,
+    })
 }
 
 /// Sends a wake-up on `tx` whenever a link appears, changes or goes in this
@@ -185,12 +141,12 @@ fn lladdr(m: &NeighbourMessage) -> Option<&[u8]> {
     })
 }
 
-/// The node's tables as one pass sees them: the neighbour table, the
-/// bridge FDB and interface kinds are each read at most once, however many
-/// pods the pass locates; only the route lookup is per address.
+/// The node's tables as one pass sees them: the links, the neighbour table
+/// and the bridge FDB are each read at most once, however many pods the
+/// pass locates; only the route lookup is per address.
 pub struct Tables<'a> {
     handle: &'a Handle,
-    kinds: HashMap<u32, Option<InfoKind>>,
+    links: Option<Vec<LinkMessage>>,
     neighbours: Option<Vec<NeighbourMessage>>,
     fdb: Option<Vec<NeighbourMessage>>,
 }
@@ -199,19 +155,53 @@ impl<'a> Tables<'a> {
     pub fn new(handle: &'a Handle) -> Self {
         Self {
             handle,
-            kinds: HashMap::new(),
+            links: None,
             neighbours: None,
             fdb: None,
         }
     }
 
-    async fn kind(&mut self, ifindex: u32) -> Result<Option<InfoKind>, DiscoverError> {
-        if let Some(kind) = self.kinds.get(&ifindex) {
-            return Ok(kind.clone());
+    async fn links(&mut self) -> Result<&[LinkMessage], DiscoverError> {
+        if self.links.is_none() {
+            self.links = Some(self.handle.link().get().execute().try_collect().await?);
         }
-        let kind = dump_kind(self.handle, ifindex).await?;
-        self.kinds.insert(ifindex, kind.clone());
-        Ok(kind)
+        Ok(self.links.as_deref().unwrap_or_default())
+    }
+
+    async fn kind(&mut self, ifindex: u32) -> Result<Option<InfoKind>, DiscoverError> {
+        Ok(self
+            .links()
+            .await?
+            .iter()
+            .find(|l| l.header.index == ifindex)
+            .and_then(link_kind))
+    }
+
+    /// The veths that look like pods' host sides: ports of a bridge
+    /// (bridged CNIs), or named with one of `prefixes` (routed CNIs: `cali`,
+    /// `lxc`...). The daemon quarantines such a veth until it knows which
+    /// pod it carries.
+    pub async fn pod_veths(&mut self, prefixes: &[String]) -> Result<Vec<u32>, DiscoverError> {
+        let links = self.links().await?;
+        let bridges: Vec<u32> = links
+            .iter()
+            .filter(|l| link_kind(l) == Some(InfoKind::Bridge))
+            .map(|l| l.header.index)
+            .collect();
+        Ok(links
+            .iter()
+            .filter(|l| link_kind(l) == Some(InfoKind::Veth))
+            .filter(|l| {
+                l.attributes.iter().any(|a| match a {
+                    LinkAttribute::Controller(c) => bridges.contains(c),
+                    LinkAttribute::IfName(name) => {
+                        prefixes.iter().any(|p| name.starts_with(p.as_str()))
+                    }
+                    _ => false,
+                })
+            })
+            .map(|l| l.header.index)
+            .collect())
     }
 
     async fn mac_of(&mut self, bridge: u32, ip: IpAddr) -> Result<Option<Vec<u8>>, DiscoverError> {
