@@ -9,6 +9,7 @@
 mod compile;
 mod heap;
 mod in_force;
+mod primitives;
 mod raw;
 mod veth;
 
@@ -329,6 +330,9 @@ fn main() -> anyhow::Result<()> {
     println!(
         "empty program (harness floor): TC {tc_floor:.0} ns, XDP {xdp_floor:.0} ns; TC single run {tc_floor_single:.0} ns"
     );
+    if std::env::args().any(|a| a == "--primitives") {
+        return primitives::report(&frame64, empty_tc.as_fd());
+    }
     println!();
     println!(
         "ns/packet, BPF_PROG_TEST_RUN, 64-byte frames, median of {ROUNDS} rounds (in brackets: the median ratio to the empty program run beside it)"

@@ -12,7 +12,7 @@ const BPF_PROG_TEST_RUN: i64 = 10;
 pub const SCHED_CLS: u32 = 3;
 pub const XDP: u32 = 6;
 
-fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<i64> {
+pub fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<i64> {
     // SAFETY: `attr` is a zero-padded, 128-byte bpf_attr the kernel reads
     // (and for TEST_RUN writes back into) for the duration of the call.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128) };
@@ -26,10 +26,14 @@ fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<i64> {
 /// Loads `r0 = ret; exit` as a program of `prog_type`.
 pub fn empty_program(prog_type: u32, ret: i32) -> io::Result<OwnedFd> {
     // BPF_ALU64|BPF_MOV|BPF_K r0, imm ; BPF_JMP|BPF_EXIT
-    let insns: [u64; 2] = [0xb7 | (u64::from(ret as u32) << 32), 0x95];
+    load_program(prog_type, &[0xb7 | (u64::from(ret as u32) << 32), 0x95])
+}
+
+/// Loads hand-assembled instructions as a program of `prog_type`.
+pub fn load_program(prog_type: u32, insns: &[u64]) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut attr = [0u64; 16];
-    attr[0] = u64::from(prog_type) | (2u64 << 32);
+    attr[0] = u64::from(prog_type) | ((insns.len() as u64) << 32);
     attr[1] = insns.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
     let fd = bpf(BPF_PROG_LOAD, &mut attr)?;

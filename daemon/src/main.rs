@@ -31,7 +31,7 @@ struct Cli {
     /// Base directory for pins on bpffs; the ABI version directory goes beneath it.
     #[arg(long, global = true, default_value = paths::DEFAULT_PIN_BASE)]
     pin_base: PathBuf,
-    /// Size of a map, e.g. PAL_CT=262144 (repeatable). A pinned map of
+    /// Size of a map, e.g. PAL_CT4=262144 (repeatable). A pinned map of
     /// another size is refused: `unload --maps` first to resize.
     #[arg(long = "map-size", global = true, value_name = "NAME=ENTRIES")]
     map_size: Vec<String>,

@@ -129,20 +129,42 @@ pub mod policy_flags {
     pub const AUDIT: u8 = 1 << 0;
 }
 
-/// Conntrack key (`PAL_CT`), in the orientation of the packet that opened
-/// the flow, at the endpoint and direction where it was allowed.
-#[repr(C)]
+/// Conntrack key for IPv4 (`PAL_CT4`); [`Ct6Key`] is the same for IPv6.
+///
+/// One entry per flow and local endpoint, whichever way a packet travels:
+/// the two (address, port) sides are stored in a canonical order, lower
+/// first, so a reply finds its flow in the same single lookup as the
+/// original direction. `side` says which of the two is the endpoint's own
+/// (0: `lo`, 1: `hi`), so the same pod-to-pod flow has distinct entries at
+/// its two local endpoints. The endpoint itself is in the value: the fast
+/// path finds a tracked flow before, and instead of, the endpoint lookup.
+/// Addresses are as on the wire.
+// Aligned so that keys are built in words, not bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey {
-    pub endpoint: u32,
-    pub src: [u8; ADDR_LEN],
-    pub dst: [u8; ADDR_LEN],
-    /// Host order. ICMP echo: the identifier in `sport` for a request and
-    /// in `dport` for a reply, so a reply is the reversed request.
-    pub sport: u16,
-    pub dport: u16,
+pub struct Ct4Key {
+    pub lo: [u8; 4],
+    pub hi: [u8; 4],
+    /// Host order. ICMP echo: the identifier is the requester's port and
+    /// the responder's is 0, so a reply is the reversed request.
+    pub lo_port: u16,
+    pub hi_port: u16,
     pub protocol: u8,
-    pub direction: u8,
+    pub side: u8,
+    pub _pad: [u8; 2],
+}
+
+/// [`Ct4Key`] for IPv6 (`PAL_CT6`).
+// Aligned so that keys are built in words, not bytes.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ct6Key {
+    pub lo: [u8; ADDR_LEN],
+    pub hi: [u8; ADDR_LEN],
+    pub lo_port: u16,
+    pub hi_port: u16,
+    pub protocol: u8,
+    pub side: u8,
     pub _pad: [u8; 2],
 }
 
@@ -150,12 +172,20 @@ pub struct CtKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
     pub last_seen_ns: u64,
-    /// The endpoint revision the flow was last allowed under.
-    pub revision: u32,
+    /// The endpoint that tracks the flow (and labels its counters).
+    pub endpoint: u32,
+    /// The policy that allowed it.
     pub policy: u32,
+    /// `PAL_EPOCH` when the flow was last judged: any later change of
+    /// policy or identities has it judged again at its next packet.
+    pub epoch: u32,
     /// [`ct_state`] bits.
     pub state: u8,
-    pub _pad: [u8; 7],
+    /// The direction, at the endpoint, of the packet that opened the flow.
+    pub direction: u8,
+    /// 1 if the opening packet's source is the key's `lo` side.
+    pub opener_lo: u8,
+    pub _pad: u8,
 }
 
 pub mod ct_state {
@@ -258,7 +288,8 @@ const _: () = {
     assert!(size_of::<EndpointValue>() == 12);
     assert!(size_of::<PolicyKey>() == 16);
     assert!(size_of::<PolicyValue>() == 8);
-    assert!(size_of::<CtKey>() == 44);
+    assert!(size_of::<Ct4Key>() == 16);
+    assert!(size_of::<Ct6Key>() == 40);
     assert!(size_of::<CtValue>() == 24);
     assert!(size_of::<FragKey>() == 40);
     assert!(size_of::<FragValue>() == 4);
@@ -275,7 +306,8 @@ mod pod {
     unsafe impl aya::Pod for EndpointValue {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
-    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for Ct4Key {}
+    unsafe impl aya::Pod for Ct6Key {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}

@@ -10,8 +10,8 @@ use core::mem::size_of;
 
 use crate::{
     datapath::{
-        ADDR_LEN, CounterKey, CtKey, CtValue, EndpointValue, FragKey, FragValue, IdentityValue,
-        PolicyKey, PolicyValue, XdpPodDenyKey,
+        ADDR_LEN, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FragKey, FragValue,
+        IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
     },
     stats::{Counter, STATS_ENTRIES},
 };
@@ -27,7 +27,13 @@ pub const POLICY: &str = "PAL_POLICY";
 /// Entries for one protocol and one port: exact match, looked up before the
 /// trie, which then only holds ranges and wildcards.
 pub const POLICY_PORT: &str = "PAL_POLICY_PORT";
-pub const CT: &str = "PAL_CT";
+pub const CT4: &str = "PAL_CT4";
+pub const CT6: &str = "PAL_CT6";
+/// Both conntrack maps.
+pub const CT: [&str; 2] = [CT4, CT6];
+/// One u32 the daemon bumps after every change of policy or identities;
+/// conntrack entries judged under an older epoch are judged again.
+pub const EPOCH: &str = "PAL_EPOCH";
 pub const FRAGS: &str = "PAL_FRAGS";
 pub const COUNTERS: &str = "PAL_COUNTERS";
 pub const XDP_DENY: &str = "PAL_XDP_DENY";
@@ -41,7 +47,8 @@ pub mod size {
     pub const ENDPOINTS: u32 = 1_024;
     pub const POLICY: u32 = 65_536;
     pub const POLICY_PORT: u32 = 131_072;
-    pub const CT: u32 = 65_536;
+    pub const CT4: u32 = 65_536;
+    pub const CT6: u32 = 32_768;
     pub const FRAGS: u32 = 8_192;
     pub const COUNTERS: u32 = 16_384;
     pub const XDP_DENY: u32 = 16_384;
@@ -106,7 +113,9 @@ pub const SPECS: &[MapSpec] = &[
     spec::<u32, EndpointValue>(ENDPOINTS, kind::HASH, size::ENDPOINTS),
     lpm::<PolicyKey>(POLICY, size_of::<PolicyValue>() as u32, size::POLICY),
     spec::<PolicyKey, PolicyValue>(POLICY_PORT, kind::HASH, size::POLICY_PORT),
-    spec::<CtKey, CtValue>(CT, kind::LRU_HASH, size::CT),
+    spec::<Ct4Key, CtValue>(CT4, kind::LRU_HASH, size::CT4),
+    spec::<Ct6Key, CtValue>(CT6, kind::LRU_HASH, size::CT6),
+    spec::<u32, u32>(EPOCH, kind::ARRAY, 1),
     spec::<FragKey, FragValue>(FRAGS, kind::LRU_HASH, size::FRAGS),
     spec::<CounterKey, Counter>(COUNTERS, kind::PERCPU_HASH, size::COUNTERS),
     lpm::<[u8; ADDR_LEN]>(XDP_DENY, size_of::<u32>() as u32, size::XDP_DENY),

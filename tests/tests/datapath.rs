@@ -357,6 +357,39 @@ fn conntrack_replies_related_errors_and_revalidation() -> anyhow::Result<()> {
 
 #[rustfmt::skip]
 #[test]
+fn conntrack_keys_both_families_both_sides_and_follows_identity_changes() -> anyhow::Result<()> {
+    let mut h = Harness::new()?;
+    // IPv6 flows have their own map and the same single-lookup replies.
+    let v6 = |src, dst, sport, dport, flags| eth(0x86dd, &ipv6(src, dst, &[], TCP, &tcp(sport, dport, flags)));
+    h.expect(IN, &v6(B6, A6, 40100, 80, SYN), true, "allow_policy", "IPv6 SYN opens the flow")?;
+    h.expect(OUT, &v6(A6, B6, 80, 40100, SYN | ACK), true, "allow_reply", "its reply")?;
+    h.expect(IN, &v6(B6, A6, 40100, 80, ACK), true, "allow_established", "and the rest of it")?;
+    h.expect(OUT, &v6(A6, B6, 80, 40101, ACK), false, "drop_default_deny", "a reply to no flow")?;
+
+    // The lower address on either side of the key: the flow is found
+    // whichever of its two ends sorts first.
+    h.expect(IN, &v4_tcp(NET_HOST, A, 8001, 8001, SYN), true, "allow_policy", "peer above the pod")?;
+    h.expect(OUT, &v4_tcp(A, NET_HOST, 8001, 8001, ACK), true, "allow_reply", "reply, equal ports")?;
+
+    // A pod reaching itself through the node: its egress and its ingress
+    // are two entries of one 5-tuple, each judged by its own direction.
+    h.expect(OUT, &v4_udp(A, A, 4000, 53), true, "allow_policy", "egress to itself, allowed")?;
+    h.expect(IN, &v4_udp(A, A, 4000, 53), true, "allow_policy", "the same packet arriving, judged as ingress")?;
+    h.expect(IN, &v4_tcp(A, A, 4001, 81, SYN), false, "drop_default_deny", "ingress not allowed")?;
+
+    // Identities are part of the verdict: B's address taking another
+    // identity (new labels) cuts B's flows at their next packet.
+    h.expect(IN, &v4_tcp(B, A, 40200, 80, SYN), true, "allow_policy", "B to port 80")?;
+    h.expect(IN, &v4_tcp(B, A, 40200, 80, ACK), true, "allow_established", "tracked")?;
+    h.maps.set_identity(IpAddr::V4(Ipv4Addr::from(B)), 32, identity::FIRST_ALLOCATED + 50)?;
+    h.expect(IN, &v4_tcp(B, A, 40200, 80, ACK), true, "allow_established", "before the new epoch")?;
+    h.maps.next_epoch()?;
+    h.expect(IN, &v4_tcp(B, A, 40200, 80, ACK), false, "drop_revalidated", "cut once B's identity changed")?;
+    Ok(())
+}
+
+#[rustfmt::skip]
+#[test]
 fn a_policy_swap_replaces_the_old_generation_entirely() -> anyhow::Result<()> {
     let mut h = Harness::new()?;
     let ep = h.maps.endpoint(LO)?.context("endpoint registered")?;
@@ -447,8 +480,8 @@ fn a_full_counter_map_is_counted_not_hidden() -> anyhow::Result<()> {
 
 #[test]
 fn configured_sizes_apply_and_a_resize_needs_an_unload() -> anyhow::Result<()> {
-    let h = Harness::sized(&["PAL_CT=4096"])?;
-    let info = aya::maps::MapInfo::from_pin(h.t.pins.map(maps::CT))?;
+    let h = Harness::sized(&["PAL_CT4=4096"])?;
+    let info = aya::maps::MapInfo::from_pin(h.t.pins.map(maps::CT4))?;
     assert_eq!(info.max_entries(), 4096);
     let Err(err) = loader::load_all(&h.t.pins, &Features::probe()) else {
         bail!("a pinned map of another size was reused");

@@ -241,7 +241,7 @@ fn denied_probes_are_counted_streamed_kept_and_scraped_by_prometheus() -> anyhow
         let text = enforcer.scrape(&topology.node)?;
         assert_eq!(value_of(&text, SERIES), Some(f64::from(sent)), "after a restart:\n{text}");
         for name in [
-            "palisade_map_entries{map=\"PAL_CT\"}",
+            "palisade_map_entries{map=\"PAL_CT4\"}",
             "palisade_kernel_feature{feature=\"tcx\"}",
             "palisade_reconcile_duration_seconds_count",
             "palisade_endpoints",

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ebpf_common::{
     datapath::{
         ADDR_LEN, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED, POLICY_PREFIX_FULL,
@@ -129,6 +129,9 @@ pub struct DatapathMaps {
     pub policy_port: HashMap<MapData, PolicyKey, PolicyValue>,
     pub xdp_cidr_deny: LpmTrie<MapData, [u8; ADDR_LEN], u32>,
     pub xdp_pod_deny: HashMap<MapData, XdpPodDenyKey, u32>,
+    /// Bumped after every change that can change the verdict for a tracked
+    /// flow (see `maps::EPOCH`).
+    pub epoch: Array<MapData, u32>,
 }
 
 fn open(pins: &PinDir, name: &'static str) -> Result<Map, DatapathError> {
@@ -155,7 +158,31 @@ impl DatapathMaps {
                 .map_err(conv(maps::XDP_DENY))?,
             xdp_pod_deny: HashMap::try_from(open(pins, maps::XDP_POD_DENY)?)
                 .map_err(conv(maps::XDP_POD_DENY))?,
+            epoch: Array::try_from(open(pins, maps::EPOCH)?).map_err(conv(maps::EPOCH))?,
         })
+    }
+
+    /// Starts a new epoch: every tracked flow is judged again by the policy
+    /// and identities in force at its next packet. [`Self::replace_policy`]
+    /// and [`Self::remove_endpoint`] do it themselves; a caller changing
+    /// identities does it once it is done.
+    pub fn next_epoch(&mut self) -> Result<u32, DatapathError> {
+        let current = self
+            .epoch
+            .get(&0, 0)
+            .map_err(|source| DatapathError::Read {
+                name: maps::EPOCH,
+                source,
+            })?;
+        let next = current.wrapping_add(1);
+        self.epoch
+            .set(0, &next, 0)
+            .map_err(|source| DatapathError::Write {
+                name: maps::EPOCH,
+                what: format!("epoch {next}"),
+                source,
+            })?;
+        Ok(next)
     }
 
     pub fn set_identity(
@@ -254,7 +281,8 @@ impl DatapathMaps {
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         removed(self.endpoints.remove(&ifindex), maps::ENDPOINTS, || {
             format!("removal of endpoint on ifindex {ifindex}")
-        })
+        })?;
+        self.next_epoch().map(|_| ())
     }
 
     /// Replaces the whole policy of the endpoint on `ifindex`, atomically
@@ -324,6 +352,9 @@ impl DatapathMaps {
                 what: format!("endpoint {endpoint} on ifindex {ifindex}"),
                 source,
             })?;
+        // Tracked flows are judged again: by the new generation, as the
+        // old one is about to go.
+        self.next_epoch()?;
         // Packets now read the new generation; the old one can go. (With a
         // reused ifindex this is the previous endpoint's live generation.)
         if let Some(old) = current {

@@ -6,8 +6,15 @@
 //! every entry of the next generation first (invisible to packets), then
 //! flips the endpoint's revision in one map update, then deletes the old
 //! generation's entries. A packet therefore sees the old policy or the new
-//! one, never a mix, and flows tracked under the old revision are checked
-//! again at their next packet.
+//! one, never a mix.
+//!
+//! Tracked flows: after the flip (and after identity changes, endpoint
+//! removals) the syncer bumps the node-wide epoch (`PAL_EPOCH`). A tracked
+//! flow passes on its conntrack entry alone only while the entry's epoch is
+//! the current one; otherwise its next packet is judged again by the policy
+//! in force, and the flow is cut if that now denies it. One array read per
+//! packet buys established flows the skipping of the endpoint and policy
+//! lookups.
 
 pub mod maps;
 pub mod ports;

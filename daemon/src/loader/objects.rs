@@ -37,7 +37,9 @@ const POD_DATAPATH: &[&str] = &[
     maps::IDENTITY_HOST,
     maps::POLICY,
     maps::POLICY_PORT,
-    maps::CT,
+    maps::CT4,
+    maps::CT6,
+    maps::EPOCH,
     maps::FRAGS,
     maps::EVENTS,
 ];

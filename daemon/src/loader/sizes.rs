@@ -23,7 +23,7 @@ pub enum SizeError {
 pub struct MapSizes(BTreeMap<&'static str, u32>);
 
 impl MapSizes {
-    /// Parses `NAME=ENTRIES`, e.g. `PAL_CT=262144`.
+    /// Parses `NAME=ENTRIES`, e.g. `PAL_CT4=262144`.
     pub fn set(&mut self, arg: &str) -> Result<(), SizeError> {
         let (name, entries) = arg
             .split_once('=')
@@ -79,8 +79,8 @@ mod tests {
     #[test]
     fn sizes_are_parsed_and_checked() {
         let mut s = MapSizes::default();
-        s.set("PAL_CT=262144").unwrap();
-        let ct = SPECS.iter().find(|x| x.name == "PAL_CT").unwrap();
+        s.set("PAL_CT4=262144").unwrap();
+        let ct = SPECS.iter().find(|x| x.name == "PAL_CT4").unwrap();
         assert_eq!(s.entries(ct), 262_144);
         assert_eq!(s.apply(ct).key_size, ct.key_size);
         let policy = SPECS.iter().find(|x| x.name == "PAL_POLICY").unwrap();
@@ -89,8 +89,8 @@ mod tests {
             s.set("PAL_NOPE=1"),
             Err(SizeError::UnknownMap(..))
         ));
-        assert!(matches!(s.set("PAL_CT=0"), Err(SizeError::Syntax(_))));
-        assert!(matches!(s.set("PAL_CT"), Err(SizeError::Syntax(_))));
+        assert!(matches!(s.set("PAL_CT4=0"), Err(SizeError::Syntax(_))));
+        assert!(matches!(s.set("PAL_CT4"), Err(SizeError::Syntax(_))));
         assert!(matches!(
             s.set("PAL_TC_STATS=9"),
             Err(SizeError::Fixed { .. })

@@ -239,13 +239,15 @@ impl Metrics {
         counter!("palisade_events_lost_total", "cause" => "rate_limited").absolute(lost[1]);
         counter!("palisade_conntrack_insert_failures_total").absolute(ct_failures);
 
+        let mut tracked = 0;
         for p in kernel::pressure(&self.pins) {
             gauge!("palisade_map_entries", "map" => p.name).set(p.entries as f64);
             gauge!("palisade_map_capacity", "map" => p.name).set(p.capacity as f64);
-            if p.name == CT {
-                gauge!("palisade_conntrack_entries").set(p.entries as f64);
+            if CT.contains(&p.name) {
+                tracked += p.entries;
             }
         }
+        gauge!("palisade_conntrack_entries").set(tracked as f64);
         Ok(())
     }
 }

@@ -247,6 +247,12 @@ pub fn apply(
             }
         }
     }
+    // Flows with a peer whose identity changed are judged again.
+    if report.identities_written + report.identities_removed > 0
+        && let Err(e) = maps.next_epoch()
+    {
+        report.errors.push(e.to_string());
+    }
     report.endpoint_ids = ids;
     Ok(report)
 }

@@ -44,6 +44,10 @@ pub mod frag {
 
 /// The flow an ICMP error is about, as the packet that caused it was sent
 /// (by the receiver of the error).
+///
+/// `repr(C)` with the addresses first: their offsets are then known to be
+/// 8-byte aligned, so the compiler writes them in words, not bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Default)]
 pub struct Inner {
     pub src: [u8; ADDR_LEN],
@@ -53,20 +57,41 @@ pub struct Inner {
     pub protocol: u8,
 }
 
+/// A parsed packet. Parsing writes every field a verdict reads and leaves
+/// `inner` alone unless `is_related`: zeroing the whole struct per packet
+/// costs more than the rest of the parse. Layout as for [`Inner`].
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Default)]
 pub struct Packet {
     pub src: [u8; ADDR_LEN],
     pub dst: [u8; ADDR_LEN],
-    pub protocol: u8,
-    /// Host order; see `CtKey` for ICMP echo.
+    pub inner: Inner,
+    pub frag_id: u32,
+    /// Host order; see `Ct4Key` for ICMP echo.
     pub sport: u16,
     pub dport: u16,
+    pub protocol: u8,
     pub tcp_flags: u8,
     pub frag: u8,
-    pub frag_id: u32,
+    /// IPv6 (addresses as they are) rather than IPv4 (IPv4-mapped).
+    pub v6: bool,
     /// Set for ICMP/ICMPv6 errors whose quoted packet could be read.
     pub is_related: bool,
-    pub inner: Inner,
+}
+
+impl Packet {
+    /// Everything but the addresses and `inner`, for a new packet.
+    #[inline(always)]
+    fn reset(&mut self, v6: bool, protocol: u8, frag_id: u32) {
+        self.frag_id = frag_id;
+        self.sport = 0;
+        self.dport = 0;
+        self.protocol = protocol;
+        self.tcp_flags = 0;
+        self.frag = frag::NONE;
+        self.v6 = v6;
+        self.is_related = false;
+    }
 }
 
 /// What parsing found. The packet's fields are written into the caller's
@@ -89,6 +114,24 @@ pub fn load<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
     // SAFETY: [start, start + size_of::<T>()) lies within the packet, as
     // checked above (and by the verifier); T is plain bytes.
     Some(unsafe { core::ptr::read_unaligned(start as *const T) })
+}
+
+/// `N` bytes of the packet in place, bounds-checked like [`load`]: for
+/// headers of which only some bytes are read, so that each is loaded where
+/// it is used instead of all copied out first.
+#[inline(always)]
+pub fn bytes<'a, const N: usize>(
+    data: usize,
+    data_end: usize,
+    offset: usize,
+) -> Option<&'a [u8; N]> {
+    let start = data + offset;
+    if start + N > data_end {
+        return None;
+    }
+    // SAFETY: [start, start + N) lies within the packet, which outlives
+    // the program run; a byte array has no alignment requirement.
+    Some(unsafe { &*(start as *const [u8; N]) })
 }
 
 #[inline(always)]
@@ -122,20 +165,16 @@ pub fn parse(data: usize, data_end: usize, p: &mut Packet) -> Parsed {
 
 #[inline(always)]
 fn ipv4(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
-    let Some(h) = load::<[u8; 20]>(data, data_end, off) else {
+    let Some(h) = bytes::<20>(data, data_end, off) else {
         return Parsed::Drop(reason::DROP_TRUNCATED);
     };
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     if h[0] >> 4 != 4 || ihl < 20 {
         return Parsed::Drop(reason::DROP_MALFORMED);
     }
-    *p = Packet {
-        src: ipv4_mapped([h[12], h[13], h[14], h[15]]),
-        dst: ipv4_mapped([h[16], h[17], h[18], h[19]]),
-        protocol: h[9],
-        frag_id: u32::from(be16([h[4], h[5]])),
-        ..Packet::default()
-    };
+    p.src = ipv4_mapped([h[12], h[13], h[14], h[15]]);
+    p.dst = ipv4_mapped([h[16], h[17], h[18], h[19]]);
+    p.reset(false, h[9], u32::from(be16([h[4], h[5]])));
     let frag_field = be16([h[6], h[7]]);
     if frag_field & 0x1fff != 0 {
         p.frag = frag::LATER;
@@ -149,13 +188,13 @@ fn ipv4(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
 
 #[inline(always)]
 fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
-    let Some(h) = load::<[u8; 40]>(data, data_end, off) else {
+    let Some(h) = bytes::<40>(data, data_end, off) else {
         return Parsed::Drop(reason::DROP_TRUNCATED);
     };
     if h[0] >> 4 != 6 {
         return Parsed::Drop(reason::DROP_MALFORMED);
     }
-    *p = Packet::default();
+    p.reset(true, 0, 0);
     p.src.copy_from_slice(&h[8..24]);
     p.dst.copy_from_slice(&h[24..40]);
     let mut next = h[6];
@@ -209,7 +248,7 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
 fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     match p.protocol {
         IPPROTO_TCP => {
-            let Some(t) = load::<[u8; 14]>(data, data_end, off) else {
+            let Some(t) = bytes::<14>(data, data_end, off) else {
                 return Parsed::Drop(reason::DROP_TRUNCATED);
             };
             p.sport = be16([t[0], t[1]]);

@@ -1,11 +1,115 @@
 //! Connection tracking: state per flow, idle timeouts, policy revision.
 
 use crate::{
-    datapath::{CtKey, CtValue, ct_state, ct_timeout},
+    datapath::{ADDR_LEN, Ct4Key, Ct6Key, CtValue, ct_state, ct_timeout, direction},
     kernel::parse::{
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, tcp_flags,
     },
 };
+
+use super::maps::{PAL_CT4, PAL_CT6};
+
+/// One packet's view of a flow, as the conntrack key needs it.
+pub struct Sides<'a> {
+    pub v6: bool,
+    pub src: &'a [u8; ADDR_LEN],
+    pub dst: &'a [u8; ADDR_LEN],
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    /// Where the packet travels, at the endpoint.
+    pub dir: u32,
+}
+
+#[inline(always)]
+fn be64(a: &[u8; ADDR_LEN], at: usize) -> u64 {
+    u64::from_be_bytes([
+        a[at],
+        a[at + 1],
+        a[at + 2],
+        a[at + 3],
+        a[at + 4],
+        a[at + 5],
+        a[at + 6],
+        a[at + 7],
+    ])
+}
+
+/// Writes the flow's key (into `k4` or `k6`, by family) and returns
+/// whether the packet's source is the key's `lo` side.
+#[inline(always)]
+pub fn build(p: &Sides, k4: &mut Ct4Key, k6: &mut Ct6Key) -> bool {
+    let src_is_lo = if p.v6 {
+        let (a, b) = (
+            (be64(p.src, 0), be64(p.src, 8)),
+            (be64(p.dst, 0), be64(p.dst, 8)),
+        );
+        a < b || (a == b && p.sport <= p.dport)
+    } else {
+        let a = u32::from_be_bytes([p.src[12], p.src[13], p.src[14], p.src[15]]);
+        let b = u32::from_be_bytes([p.dst[12], p.dst[13], p.dst[14], p.dst[15]]);
+        a < b || (a == b && p.sport <= p.dport)
+    };
+    let (lo, hi, lo_port, hi_port) = if src_is_lo {
+        (p.src, p.dst, p.sport, p.dport)
+    } else {
+        (p.dst, p.src, p.dport, p.sport)
+    };
+    // The endpoint's own side: the source of what it sends, the
+    // destination of what it receives.
+    let local_is_src = p.dir == direction::EGRESS;
+    let side = u8::from(local_is_src != src_is_lo);
+    if p.v6 {
+        *k6 = Ct6Key {
+            lo: *lo,
+            hi: *hi,
+            lo_port,
+            hi_port,
+            protocol: p.protocol,
+            side,
+            _pad: [0; 2],
+        };
+    } else {
+        *k4 = Ct4Key {
+            lo: [lo[12], lo[13], lo[14], lo[15]],
+            hi: [hi[12], hi[13], hi[14], hi[15]],
+            lo_port,
+            hi_port,
+            protocol: p.protocol,
+            side,
+            _pad: [0; 2],
+        };
+    }
+    src_is_lo
+}
+
+#[inline(always)]
+pub fn lookup(v6: bool, k4: &Ct4Key, k6: &Ct6Key) -> Option<*mut CtValue> {
+    if v6 {
+        PAL_CT6.get_ptr_mut(k6)
+    } else {
+        PAL_CT4.get_ptr_mut(k4)
+    }
+}
+
+/// False when the map refused the entry.
+#[inline(always)]
+pub fn insert(v6: bool, k4: &Ct4Key, k6: &Ct6Key, value: &CtValue) -> bool {
+    if v6 {
+        PAL_CT6.insert(k6, value, 0).is_ok()
+    } else {
+        PAL_CT4.insert(k4, value, 0).is_ok()
+    }
+}
+
+#[inline(always)]
+pub fn remove(v6: bool, k4: &Ct4Key, k6: &Ct6Key) {
+    let _ = if v6 {
+        PAL_CT6.remove(k6)
+    } else {
+        PAL_CT4.remove(k4)
+    };
+}
 
 /// How long an idle entry in this state stays valid.
 #[inline(always)]
@@ -31,8 +135,8 @@ fn timeout(protocol: u8, state: u8) -> u64 {
 }
 
 #[inline(always)]
-pub fn expired(key: &CtKey, value: &CtValue, now: u64) -> bool {
-    now.saturating_sub(value.last_seen_ns) > timeout(key.protocol, value.state)
+pub fn expired(protocol: u8, value: &CtValue, now: u64) -> bool {
+    now.saturating_sub(value.last_seen_ns) > timeout(protocol, value.state)
 }
 
 /// Folds a packet's TCP flags into the entry's state.

@@ -1,66 +1,107 @@
 //! The verdict for one parsed IP packet at one endpoint and direction.
 //!
-//! Order: non-first fragments borrow the ports their first fragment
-//! recorded; ICMP errors about a tracked flow pass as related; a packet of a
-//! tracked flow (either way round) passes without a policy lookup unless the
-//! endpoint's policy revision moved on since, in which case the flow is
-//! checked again and cut if now denied; anything else is a new flow and is
-//! looked up, and recorded if allowed.
+//! Fast path ([`established`]): a packet of a tracked flow, judged under the
+//! current epoch, passes on the strength of its conntrack entry alone: one
+//! lookup, either way round, and neither the endpoint nor the policy is
+//! looked up. Everything else takes the slow path ([`decide`]), in this
+//! order: non-first fragments borrow the ports their first fragment
+//! recorded; ICMP errors about a tracked flow pass as related; a tracked
+//! flow whose epoch is old (policy or identities changed since) is judged
+//! again, and cut if now denied; anything else is a new flow, looked up and
+//! tracked if allowed.
 
 use crate::{
-    datapath::{CtKey, CtValue, EndpointValue, FragValue, direction},
-    kernel::parse::frag,
+    datapath::{ADDR_LEN, CtValue, EndpointValue, FragValue, direction},
+    kernel::parse::{Packet, frag},
     reason,
 };
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 
 use super::{
-    conntrack::{advance, expired},
-    maps::{PAL_CT, PAL_FRAGS, PAL_TC_STATS},
+    conntrack::{self, Sides, advance, expired},
+    maps::{PAL_FRAGS, PAL_TC_STATS},
     policy::{Verdict, evaluate},
     scratch::{Lookup, Scratch},
 };
 
-/// Re-checks a tracked flow whose endpoint revision moved on.
 #[inline(always)]
-fn revalidate(
-    ep: &EndpointValue,
-    key: &CtKey,
-    value: &mut CtValue,
-    l: &mut Lookup,
-) -> Option<Verdict> {
-    if value.revision == ep.revision {
+fn sides_of(p: &Packet, dir: u32) -> Sides<'_> {
+    Sides {
+        v6: p.v6,
+        src: &p.src,
+        dst: &p.dst,
+        sport: p.sport,
+        dport: p.dport,
+        protocol: p.protocol,
+        dir,
+    }
+}
+
+/// The verdict for a packet of a flow tracked and judged under `epoch`,
+/// with the endpoint that tracks it; `None` sends the packet down the slow
+/// path.
+#[inline(always)]
+pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Option<(Verdict, u32)> {
+    if s.pkt.frag != frag::NONE || s.pkt.is_related {
         return None;
     }
-    let dir = u32::from(key.direction);
-    let peer = if dir == direction::EGRESS {
-        &key.dst
+    let sides = sides_of(&s.pkt, dir);
+    let src_is_lo = conntrack::build(&sides, &mut s.ct4, &mut s.ct6);
+    let value = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6)?;
+    // SAFETY: valid map value pointer for this run; a concurrent update of
+    // the same flow on another CPU only races on idempotent bits.
+    let value = unsafe { &mut *value };
+    if value.epoch != epoch || expired(s.pkt.protocol, value, now) {
+        return None;
+    }
+    let is_reply = src_is_lo != (value.opener_lo != 0);
+    advance(value, s.pkt.protocol, s.pkt.tcp_flags, is_reply, now);
+    let why = if is_reply {
+        reason::ALLOW_REPLY
     } else {
-        &key.src
+        reason::ALLOW_ESTABLISHED
     };
-    let v = evaluate(ep, dir, peer, key.protocol, key.dport, l);
-    if v.pass {
-        value.revision = ep.revision;
-        value.policy = v.policy;
-        None
+    Some((Verdict::pass(why, value.policy), value.endpoint))
+}
+
+/// A tracked flow, seen in `dir` (`is_reply` if against its opening
+/// direction), judged again if the epoch moved on since it last was: by the
+/// policy for its opening packet, whose peer is the remote side either way
+/// round and whose port is the destination port of the opener.
+#[inline(always)]
+fn rejudge(
+    ep: &EndpointValue,
+    value: &mut CtValue,
+    p: &Sides,
+    is_reply: bool,
+    epoch: u32,
+    l: &mut Lookup,
+) -> Result<(), Verdict> {
+    if value.epoch == epoch {
+        return Ok(());
+    }
+    let peer: &[u8; ADDR_LEN] = if p.dir == direction::EGRESS {
+        p.dst
     } else {
-        Some(Verdict::drop(reason::DROP_REVALIDATED, v.policy))
+        p.src
+    };
+    let (opener_dir, port) = if is_reply {
+        (direction::opposite(p.dir), p.sport)
+    } else {
+        (p.dir, p.dport)
+    };
+    let v = evaluate(ep, opener_dir, peer, p.protocol, port, l);
+    if v.pass {
+        value.epoch = epoch;
+        value.policy = v.policy;
+        Ok(())
+    } else {
+        Err(Verdict::drop(reason::DROP_REVALIDATED, v.policy))
     }
 }
 
+/// The slow path: every IP packet [`established`] did not answer.
 #[inline(always)]
-fn fill(key: &mut CtKey, endpoint: u32, dir: u32) {
-    key.endpoint = endpoint;
-    key.direction = dir as u8;
-    key._pad = [0; 2];
-}
-
-#[inline(always)]
-pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch) -> Verdict {
-    // Timeouts are seconds long: the coarse clock (jiffy resolution) is
-    // enough and, unlike a clocksource read, cheap in a VM.
-    // SAFETY: a helper without side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch, epoch: u32, now: u64) -> Verdict {
     let later_fragment = s.pkt.frag == frag::LATER;
     if s.pkt.frag != frag::NONE {
         s.frag.src = s.pkt.src;
@@ -81,46 +122,40 @@ pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch) -> Verdict {
     }
 
     if s.pkt.is_related {
-        s.key.src = s.pkt.inner.src;
-        s.key.dst = s.pkt.inner.dst;
-        s.key.sport = s.pkt.inner.sport;
-        s.key.dport = s.pkt.inner.dport;
-        s.key.protocol = s.pkt.inner.protocol;
-        fill(&mut s.key, ep.endpoint, direction::opposite(dir));
-        if let Some(v) = PAL_CT.get_ptr(&s.key) {
-            // SAFETY: valid map value pointer for this run; only read here.
-            let v = unsafe { &*v };
-            if !expired(&s.key, v, now) && v.revision == ep.revision {
-                return Verdict::pass(reason::ALLOW_RELATED, v.policy);
+        // The quoted packet travelled the other way at this endpoint.
+        let inner = Sides {
+            v6: s.pkt.v6,
+            src: &s.pkt.inner.src,
+            dst: &s.pkt.inner.dst,
+            sport: s.pkt.inner.sport,
+            dport: s.pkt.inner.dport,
+            protocol: s.pkt.inner.protocol,
+            dir: direction::opposite(dir),
+        };
+        let src_is_lo = conntrack::build(&inner, &mut s.ct4, &mut s.ct6);
+        if let Some(value) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) {
+            // SAFETY: as in `established`.
+            let value = unsafe { &mut *value };
+            if value.endpoint == ep.endpoint && !expired(inner.protocol, value, now) {
+                let is_reply = src_is_lo != (value.opener_lo != 0);
+                if rejudge(ep, value, &inner, is_reply, epoch, &mut s.lookup).is_ok() {
+                    return Verdict::pass(reason::ALLOW_RELATED, value.policy);
+                }
             }
         }
     }
 
-    s.key.src = s.pkt.src;
-    s.key.dst = s.pkt.dst;
-    s.key.sport = s.pkt.sport;
-    s.key.dport = s.pkt.dport;
-    s.key.protocol = s.pkt.protocol;
-    fill(&mut s.key, ep.endpoint, dir);
-    s.back.src = s.pkt.dst;
-    s.back.dst = s.pkt.src;
-    s.back.sport = s.pkt.dport;
-    s.back.dport = s.pkt.sport;
-    s.back.protocol = s.pkt.protocol;
-    fill(&mut s.back, ep.endpoint, direction::opposite(dir));
-
-    let (tracked, is_reply) = match PAL_CT.get_ptr_mut(&s.key) {
-        Some(v) => (Some(v), false),
-        None => (PAL_CT.get_ptr_mut(&s.back), true),
-    };
-    if let Some(value) = tracked {
-        // SAFETY: valid map value pointer for this run; a concurrent update
-        // of the same flow on another CPU only races on idempotent bits.
+    let sides = sides_of(&s.pkt, dir);
+    let src_is_lo = conntrack::build(&sides, &mut s.ct4, &mut s.ct6);
+    if let Some(value) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) {
+        // SAFETY: as in `established`.
         let value = unsafe { &mut *value };
-        let key = if is_reply { &s.back } else { &s.key };
-        if !expired(key, value, now) {
-            if let Some(cut) = revalidate(ep, key, value, &mut s.lookup) {
-                let _ = PAL_CT.remove(key);
+        // An entry of another endpoint (a reused address) or an expired
+        // one is replaced below, like no entry.
+        if value.endpoint == ep.endpoint && !expired(s.pkt.protocol, value, now) {
+            let is_reply = src_is_lo != (value.opener_lo != 0);
+            if let Err(cut) = rejudge(ep, value, &sides, is_reply, epoch, &mut s.lookup) {
+                conntrack::remove(s.pkt.v6, &s.ct4, &s.ct6);
                 return cut;
             }
             advance(value, s.pkt.protocol, s.pkt.tcp_flags, is_reply, now);
@@ -146,12 +181,15 @@ pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch) -> Verdict {
     let mut verdict = evaluate(ep, dir, peer, s.pkt.protocol, s.pkt.dport, &mut s.lookup);
     if verdict.pass {
         let mut value = CtValue {
-            revision: ep.revision,
+            endpoint: ep.endpoint,
             policy: verdict.policy,
+            epoch,
+            direction: dir as u8,
+            opener_lo: u8::from(src_is_lo),
             ..CtValue::default()
         };
         advance(&mut value, s.pkt.protocol, s.pkt.tcp_flags, false, now);
-        if PAL_CT.insert(&s.key, &value, 0).is_err() {
+        if !conntrack::insert(s.pkt.v6, &s.ct4, &s.ct6, &value) {
             crate::kernel::count(&PAL_TC_STATS, dir, reason::CT_MAP_FULL, 0);
         }
         if s.pkt.frag == frag::FIRST {

@@ -4,15 +4,15 @@
 
 use crate::{
     datapath::{
-        ADDR_LEN, CounterKey, CtKey, CtValue, EndpointValue, FragKey, FragValue, IdentityValue,
-        PolicyKey, PolicyValue,
+        ADDR_LEN, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FragKey, FragValue,
+        IdentityValue, PolicyKey, PolicyValue,
     },
     maps::size,
     stats::{Counter, STATS_ENTRIES},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 
 #[map(name = "PAL_TC_STATS")]
@@ -41,8 +41,20 @@ pub static PAL_POLICY_PORT: HashMap<PolicyKey, PolicyValue> =
 #[map(name = "PAL_POLICY")]
 pub static PAL_POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(size::POLICY, 0);
 
-#[map(name = "PAL_CT")]
-pub static PAL_CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(size::CT, 0);
+#[map(name = "PAL_CT4")]
+pub static PAL_CT4: LruHashMap<Ct4Key, CtValue> = LruHashMap::with_max_entries(size::CT4, 0);
+
+#[map(name = "PAL_CT6")]
+pub static PAL_CT6: LruHashMap<Ct6Key, CtValue> = LruHashMap::with_max_entries(size::CT6, 0);
+
+#[map(name = "PAL_EPOCH")]
+pub static PAL_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The current epoch (see `maps::EPOCH`): an inlined array read.
+#[inline(always)]
+pub fn epoch() -> u32 {
+    PAL_EPOCH.get(0).copied().unwrap_or(0)
+}
 
 #[map(name = "PAL_FRAGS")]
 pub static PAL_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(size::FRAGS, 0);

@@ -11,6 +11,7 @@ pub mod maps;
 pub mod policy;
 pub mod scratch;
 
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use maps::{PAL_COUNTERS, PAL_ENDPOINTS, PAL_TC_STATS};
 use policy::Verdict;
 
@@ -26,13 +27,12 @@ use crate::{
 /// Judges one frame at the endpoint on `ifindex`, in `dir` (the pod's
 /// ingress or egress), counts it, reports drops and audits, and returns
 /// whether it may pass. Interfaces that are not endpoints pass.
+///
+/// A packet of a flow already tracked and judged under the current epoch
+/// takes the fast path (`flow::established`): its conntrack entry names the
+/// endpoint and policy, so the endpoint map is only read for the rest.
 #[inline(always)]
 pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32) -> bool {
-    // SAFETY: copied out at once.
-    let Some(ep) = (unsafe { PAL_ENDPOINTS.get(&ifindex) }).copied() else {
-        count(&PAL_TC_STATS, dir, reason::PASS_NO_ENDPOINT, bytes);
-        return true;
-    };
     let Some(s) = scratch::get() else {
         // Cannot happen (a one-slot array always has slot 0); fail open
         // with a count rather than drop traffic Palisade cannot judge.
@@ -41,22 +41,43 @@ pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32)
     };
     let parsed = parse(data, data_end, &mut s.pkt);
     let parsed_ip = matches!(parsed, Parsed::Ip);
+    let epoch = maps::epoch();
+    // Timeouts are seconds long: the coarse clock (jiffy resolution) is
+    // enough and, unlike a clocksource read, cheap in a VM.
+    // SAFETY: a helper without side effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if parsed_ip && let Some((verdict, endpoint)) = flow::established(s, dir, epoch, now) {
+        account(endpoint, dir, &verdict, bytes);
+        return true;
+    }
+    // SAFETY: copied out at once.
+    let Some(ep) = (unsafe { PAL_ENDPOINTS.get(&ifindex) }).copied() else {
+        count(&PAL_TC_STATS, dir, reason::PASS_NO_ENDPOINT, bytes);
+        return true;
+    };
     let verdict = match parsed {
-        Parsed::Ip => flow::decide(&ep, dir, s),
+        Parsed::Ip => flow::decide(&ep, dir, s, epoch, now),
         Parsed::Pass(why) => Verdict::pass(why, 0),
         Parsed::Drop(why) => Verdict::drop(why, 0),
     };
     if !verdict.pass || verdict.reason == reason::AUDIT_WOULD_DROP {
         events::report(s, ep.endpoint, dir, &verdict, parsed_ip);
     }
+    account(ep.endpoint, dir, &verdict, bytes);
+    verdict.pass
+}
+
+/// Counts a verdict per (direction, reason) and per (endpoint, policy,
+/// reason, direction).
+#[inline(always)]
+fn account(endpoint: u32, dir: u32, verdict: &Verdict, bytes: u64) {
     count(&PAL_TC_STATS, dir, verdict.reason, bytes);
     let key = CounterKey {
-        endpoint: ep.endpoint,
+        endpoint,
         policy: verdict.policy,
         reason: verdict.reason as u16,
         direction: dir as u8,
         _pad: 0,
     };
     count_detail(&PAL_COUNTERS, &PAL_TC_STATS, &key, bytes);
-    verdict.pass
 }

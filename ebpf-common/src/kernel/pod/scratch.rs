@@ -4,7 +4,7 @@
 //! rate limiter, it holds nothing between runs.
 
 use crate::{
-    datapath::{ADDR_LEN, CtKey, FragKey, PolicyKey},
+    datapath::{ADDR_LEN, Ct4Key, Ct6Key, FragKey, PolicyKey},
     kernel::parse::Packet,
 };
 use aya_ebpf::{
@@ -25,8 +25,8 @@ pub struct Scratch {
     /// The one field that does persist between runs: the event rate limit.
     pub limiter: super::events::TokenBucket,
     pub pkt: Packet,
-    pub key: CtKey,
-    pub back: CtKey,
+    pub ct4: Ct4Key,
+    pub ct6: Ct6Key,
     pub frag: FragKey,
     pub lookup: Lookup,
 }
