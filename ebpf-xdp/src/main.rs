@@ -88,7 +88,10 @@ pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
     // Fits on the stack here: the prefilter builds no conntrack keys.
     let mut p = Packet::default();
     let (why, policy) = match parse(ctx.data(), ctx.data_end(), &mut p) {
-        Parsed::Ip => prefilter(&p),
+        Parsed::Ip => {
+            p.map_addresses();
+            prefilter(&p)
+        }
         Parsed::Pass(why) => (why, 0),
         // Not ours to judge on an uplink: the stack and the pod's TC decide.
         Parsed::Drop(_) => (reason::PASS_UNENFORCED, 0),

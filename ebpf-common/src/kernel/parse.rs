@@ -63,9 +63,14 @@ pub struct Inner {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Default)]
 pub struct Packet {
+    /// The 16-byte forms; for IPv4 only once [`Packet::map_addresses`] ran
+    /// (the fast path of a tracked flow needs only `src4` and `dst4`).
     pub src: [u8; ADDR_LEN],
     pub dst: [u8; ADDR_LEN],
     pub inner: Inner,
+    /// IPv4 addresses as on the wire.
+    pub src4: [u8; 4],
+    pub dst4: [u8; 4],
     pub frag_id: u32,
     /// Host order; see `Ct4Key` for ICMP echo.
     pub sport: u16,
@@ -91,6 +96,15 @@ impl Packet {
         self.frag = frag::NONE;
         self.v6 = v6;
         self.is_related = false;
+    }
+
+    /// Fills in the 16-byte forms of IPv4 addresses (IPv6 has them).
+    #[inline(always)]
+    pub fn map_addresses(&mut self) {
+        if !self.v6 {
+            self.src = ipv4_mapped(self.src4);
+            self.dst = ipv4_mapped(self.dst4);
+        }
     }
 }
 
@@ -172,8 +186,8 @@ fn ipv4(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     if h[0] >> 4 != 4 || ihl < 20 {
         return Parsed::Drop(reason::DROP_MALFORMED);
     }
-    p.src = ipv4_mapped([h[12], h[13], h[14], h[15]]);
-    p.dst = ipv4_mapped([h[16], h[17], h[18], h[19]]);
+    p.src4 = [h[12], h[13], h[14], h[15]];
+    p.dst4 = [h[16], h[17], h[18], h[19]];
     p.reset(false, h[9], u32::from(be16([h[4], h[5]])));
     let frag_field = be16([h[6], h[7]]);
     if frag_field & 0x1fff != 0 {

@@ -12,8 +12,12 @@ use super::maps::{PAL_CT4, PAL_CT6};
 /// One packet's view of a flow, as the conntrack key needs it.
 pub struct Sides<'a> {
     pub v6: bool,
+    /// IPv6: the addresses. IPv4: the mapped forms, where the slow path
+    /// needs them; the key reads `src4` and `dst4`.
     pub src: &'a [u8; ADDR_LEN],
     pub dst: &'a [u8; ADDR_LEN],
+    pub src4: [u8; 4],
+    pub dst4: [u8; 4],
     pub sport: u16,
     pub dport: u16,
     pub protocol: u8,
@@ -46,14 +50,14 @@ pub fn build(p: &Sides, k4: &mut Ct4Key, k6: &mut Ct6Key) -> bool {
         );
         a < b || (a == b && p.sport <= p.dport)
     } else {
-        let a = u32::from_be_bytes([p.src[12], p.src[13], p.src[14], p.src[15]]);
-        let b = u32::from_be_bytes([p.dst[12], p.dst[13], p.dst[14], p.dst[15]]);
+        // Any total order will do, as long as both directions use it.
+        let (a, b) = (u32::from_ne_bytes(p.src4), u32::from_ne_bytes(p.dst4));
         a < b || (a == b && p.sport <= p.dport)
     };
-    let (lo, hi, lo_port, hi_port) = if src_is_lo {
-        (p.src, p.dst, p.sport, p.dport)
+    let (lo, hi, lo4, hi4, lo_port, hi_port) = if src_is_lo {
+        (p.src, p.dst, p.src4, p.dst4, p.sport, p.dport)
     } else {
-        (p.dst, p.src, p.dport, p.sport)
+        (p.dst, p.src, p.dst4, p.src4, p.dport, p.sport)
     };
     // The endpoint's own side: the source of what it sends, the
     // destination of what it receives.
@@ -71,8 +75,8 @@ pub fn build(p: &Sides, k4: &mut Ct4Key, k6: &mut Ct6Key) -> bool {
         };
     } else {
         *k4 = Ct4Key {
-            lo: [lo[12], lo[13], lo[14], lo[15]],
-            hi: [hi[12], hi[13], hi[14], hi[15]],
+            lo: lo4,
+            hi: hi4,
             lo_port,
             hi_port,
             protocol: p.protocol,

@@ -10,7 +10,7 @@ use crate::{
     maps::size,
     reason,
 };
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::map, maps::RingBuf};
+use aya_ebpf::{macros::map, maps::RingBuf};
 
 use super::{maps::PAL_TC_STATS, policy::Verdict, scratch::Scratch};
 
@@ -41,10 +41,9 @@ fn take_token(b: &mut TokenBucket, now: u64) -> bool {
     true
 }
 
+/// Sends the event for `v`, stamped `now`, unless the rate limit is spent.
 #[inline(always)]
-pub fn report(s: &mut Scratch, endpoint: u32, dir: u32, v: &Verdict, parsed_ip: bool) {
-    // SAFETY: a helper without side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+pub fn report(s: &mut Scratch, endpoint: u32, dir: u32, v: &Verdict, parsed_ip: bool, now: u64) {
     if !take_token(&mut s.limiter, now) {
         count(&PAL_TC_STATS, dir, reason::EVENT_RATE_LIMITED, 0);
         return;

@@ -29,11 +29,19 @@ fn sides_of(p: &Packet, dir: u32) -> Sides<'_> {
         v6: p.v6,
         src: &p.src,
         dst: &p.dst,
+        src4: p.src4,
+        dst4: p.dst4,
         sport: p.sport,
         dport: p.dport,
         protocol: p.protocol,
         dir,
     }
+}
+
+/// The IPv4 address in an IPv4-mapped one.
+#[inline(always)]
+fn ipv4_of(a: &[u8; ADDR_LEN]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
 }
 
 /// The verdict for a packet of a flow tracked and judged under `epoch`,
@@ -102,6 +110,7 @@ fn rejudge(
 /// The slow path: every IP packet [`established`] did not answer.
 #[inline(always)]
 pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch, epoch: u32, now: u64) -> Verdict {
+    s.pkt.map_addresses();
     let later_fragment = s.pkt.frag == frag::LATER;
     if s.pkt.frag != frag::NONE {
         s.frag.src = s.pkt.src;
@@ -127,6 +136,8 @@ pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch, epoch: u32, now: u6
             v6: s.pkt.v6,
             src: &s.pkt.inner.src,
             dst: &s.pkt.inner.dst,
+            src4: ipv4_of(&s.pkt.inner.src),
+            dst4: ipv4_of(&s.pkt.inner.dst),
             sport: s.pkt.inner.sport,
             dport: s.pkt.inner.dport,
             protocol: s.pkt.inner.protocol,

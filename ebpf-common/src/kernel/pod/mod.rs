@@ -61,7 +61,7 @@ pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32)
         Parsed::Drop(why) => Verdict::drop(why, 0),
     };
     if !verdict.pass || verdict.reason == reason::AUDIT_WOULD_DROP {
-        events::report(s, ep.endpoint, dir, &verdict, parsed_ip);
+        events::report(s, ep.endpoint, dir, &verdict, parsed_ip, now);
     }
     account(ep.endpoint, dir, &verdict, bytes);
     verdict.pass
