@@ -10,7 +10,7 @@ use core::mem::size_of;
 
 use crate::{
     datapath::{
-        ADDR_LEN, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FragKey, FragValue,
+        ADDR_LEN, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FlowCell, FragKey, FragValue,
         IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
     },
     stats::{Counter, STATS_ENTRIES},
@@ -36,6 +36,7 @@ pub const CT: [&str; 2] = [CT4, CT6];
 pub const EPOCH: &str = "PAL_EPOCH";
 pub const FRAGS: &str = "PAL_FRAGS";
 pub const COUNTERS: &str = "PAL_COUNTERS";
+pub const FLOW_CELLS: &str = "PAL_FLOW_CELLS";
 pub const XDP_DENY: &str = "PAL_XDP_DENY";
 pub const EVENTS: &str = "PAL_EVENTS";
 pub const XDP_POD_DENY: &str = "PAL_XDP_PODDENY";
@@ -118,6 +119,7 @@ pub const SPECS: &[MapSpec] = &[
     spec::<u32, u32>(EPOCH, kind::ARRAY, 1),
     spec::<FragKey, FragValue>(FRAGS, kind::LRU_HASH, size::FRAGS),
     spec::<CounterKey, Counter>(COUNTERS, kind::PERCPU_HASH, size::COUNTERS),
+    spec::<u32, FlowCell>(FLOW_CELLS, kind::PERCPU_ARRAY, crate::datapath::FLOW_CELLS),
     lpm::<[u8; ADDR_LEN]>(XDP_DENY, size_of::<u32>() as u32, size::XDP_DENY),
     spec::<XdpPodDenyKey, u32>(XDP_POD_DENY, kind::HASH, size::XDP_POD_DENY),
     MapSpec {

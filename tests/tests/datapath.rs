@@ -444,6 +444,53 @@ fn a_full_policy_map_is_an_error_and_the_last_good_policy_stays() -> anyhow::Res
     Ok(())
 }
 
+/// Packets and bytes counted for (policy, reason, direction), from the
+/// counter map and the flow cells together, as metrics read them.
+fn counted(h: &Harness, policy: u32, reason: u32, dir: u32) -> anyhow::Result<(u64, u64)> {
+    let details = palisade::metrics::kernel::details(&h.t.pins)?;
+    Ok(details
+        .iter()
+        .filter(|d| {
+            d.endpoint == EP && d.policy == policy && d.reason == reason && d.direction == dir
+        })
+        .fold((0, 0), |(p, b), d| (p + d.packets, b + d.bytes)))
+}
+
+#[rustfmt::skip]
+#[test]
+fn tracked_packets_are_counted_per_policy_through_the_flow_cells() -> anyhow::Result<()> {
+    use ebpf_common::{datapath::flow_cell, reason};
+    let mut h = Harness::new()?;
+    h.expect(IN, &v4_tcp(B, A, 41000, 80, SYN), true, "allow_policy", "opens the flow")?;
+    for _ in 0..5 {
+        h.expect(IN, &v4_tcp(B, A, 41000, 80, ACK), true, "allow_established", "established")?;
+    }
+    for _ in 0..3 {
+        h.expect(OUT, &v4_tcp(A, B, 80, 41000, ACK), true, "allow_reply", "reply")?;
+    }
+    let frame = v4_tcp(B, A, 41000, 80, ACK).len() as u64;
+    assert_eq!(counted(&h, 11, reason::ALLOW_POLICY, IN)?, (1, frame));
+    assert_eq!(counted(&h, 11, reason::ALLOW_ESTABLISHED, IN)?, (5, 5 * frame));
+    assert_eq!(counted(&h, 11, reason::ALLOW_REPLY, OUT)?, (3, 3 * frame));
+
+    // Another (endpoint, policy, direction) whose cell is taken: a policy id
+    // chosen to hash to the same cell as policy 11's flows.
+    let cell = flow_cell(EP, 11, IN);
+    let twin = (1000..u32::MAX).find(|p| flow_cell(EP, *p, IN) == cell).context("no twin")?;
+    let mut v2 = policy_v1();
+    v2.push(entry(IN, ID_B, TCP, (8080, 8080), allow(twin)));
+    h.maps.replace_policy(LO, EP, ISOLATED, &v2)?;
+    h.expect(IN, &v4_tcp(B, A, 41001, 8080, SYN), true, "allow_policy", "twin flow opens")?;
+    for _ in 0..4 {
+        h.expect(IN, &v4_tcp(B, A, 41001, 8080, ACK), true, "allow_established", "twin, established")?;
+    }
+    h.expect(IN, &v4_tcp(B, A, 41000, 80, ACK), true, "allow_established", "first flow, re-judged")?;
+    h.expect(IN, &v4_tcp(B, A, 41000, 80, ACK), true, "allow_established", "first flow, fast again")?;
+    assert_eq!(counted(&h, twin, reason::ALLOW_ESTABLISHED, IN)?.0, 4, "the twin's packets, in a cell or the counter map");
+    assert_eq!(counted(&h, 11, reason::ALLOW_ESTABLISHED, IN)?.0, 7, "policy 11's, still its own");
+    Ok(())
+}
+
 #[test]
 fn a_full_counter_map_is_counted_not_hidden() -> anyhow::Result<()> {
     let mut h = Harness::sized(&["PAL_COUNTERS=2"])?;

@@ -32,6 +32,7 @@ impl Object {
 const POD_DATAPATH: &[&str] = &[
     maps::TC_STATS,
     maps::COUNTERS,
+    maps::FLOW_CELLS,
     maps::ENDPOINTS,
     maps::IDENTITY,
     maps::IDENTITY_HOST,

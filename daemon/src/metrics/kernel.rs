@@ -6,10 +6,11 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
+use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use ebpf_common::{
-    datapath::CounterKey,
-    maps::{COUNTERS, SPECS, kind},
+    datapath::{CounterKey, FlowCell, direction},
+    maps::{COUNTERS, FLOW_CELLS, SPECS, kind},
+    reason,
     stats::Counter,
 };
 
@@ -26,24 +27,85 @@ pub struct Detail {
     pub bytes: u64,
 }
 
+/// Every (endpoint, policy, reason, direction) counted, from the counter
+/// map and the flow cells together.
 pub fn details(pins: &PinDir) -> Result<Vec<Detail>, MapError> {
+    let mut sums: BTreeMap<(u32, u32, u32, u32), (u64, u64)> = BTreeMap::new();
+    let mut add = |endpoint, policy, reason, direction, c: &Counter| {
+        let e = sums
+            .entry((endpoint, policy, reason, direction))
+            .or_default();
+        e.0 += c.events;
+        e.1 += c.bytes;
+    };
+    for (key, per_cpu) in counter_entries(pins)? {
+        for c in &per_cpu {
+            add(
+                key.endpoint,
+                key.policy,
+                u32::from(key.reason),
+                u32::from(key.direction),
+                c,
+            );
+        }
+    }
+    for cell in flow_cells(pins)? {
+        let opener = u32::from(cell.direction);
+        add(
+            cell.endpoint,
+            cell.policy,
+            reason::ALLOW_ESTABLISHED,
+            opener,
+            &cell.established,
+        );
+        add(
+            cell.endpoint,
+            cell.policy,
+            reason::ALLOW_REPLY,
+            direction::opposite(opener),
+            &cell.reply,
+        );
+    }
+    Ok(sums
+        .into_iter()
+        .filter(|(_, (packets, _))| *packets > 0)
+        .map(
+            |((endpoint, policy, reason, direction), (packets, bytes))| Detail {
+                endpoint,
+                policy,
+                reason,
+                direction,
+                packets,
+                bytes,
+            },
+        )
+        .collect())
+}
+
+/// The claimed flow cells of every CPU.
+fn flow_cells(pins: &PinDir) -> Result<Vec<FlowCell>, MapError> {
+    let map = Map::from_map_data(MapData::from_pin(pins.map(FLOW_CELLS))?)?;
+    let cells: PerCpuArray<MapData, FlowCell> = PerCpuArray::try_from(map)?;
+    let mut out = Vec::new();
+    for index in 0..cells.len() {
+        for cell in cells.get(&index, 0)?.iter() {
+            if cell.claimed != 0 {
+                out.push(*cell);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The counter map's entries with their per-CPU values.
+fn counter_entries(pins: &PinDir) -> Result<Vec<(CounterKey, Vec<Counter>)>, MapError> {
     let map = Map::from_map_data(MapData::from_pin(pins.map(COUNTERS))?)?;
     let counters: PerCpuHashMap<MapData, CounterKey, Counter> = PerCpuHashMap::try_from(map)?;
     let mut out = Vec::new();
     for item in counters.iter() {
         // An entry removed between listing and reading is not an error.
         let Ok((key, per_cpu)) = item else { continue };
-        let (packets, bytes) = per_cpu
-            .iter()
-            .fold((0, 0), |(p, b), c| (p + c.events, b + c.bytes));
-        out.push(Detail {
-            endpoint: key.endpoint,
-            policy: key.policy,
-            reason: u32::from(key.reason),
-            direction: u32::from(key.direction),
-            packets,
-            bytes,
-        });
+        out.push((key, per_cpu.iter().copied().collect()));
     }
     Ok(out)
 }

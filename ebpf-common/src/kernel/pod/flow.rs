@@ -11,7 +11,7 @@
 //! tracked if allowed.
 
 use crate::{
-    datapath::{ADDR_LEN, CtValue, EndpointValue, FragValue, direction},
+    datapath::{ADDR_LEN, CtValue, EndpointValue, FragValue, direction, flow_cell},
     kernel::parse::{Packet, frag},
     reason,
 };
@@ -44,11 +44,10 @@ fn ipv4_of(a: &[u8; ADDR_LEN]) -> [u8; 4] {
     [a[12], a[13], a[14], a[15]]
 }
 
-/// The verdict for a packet of a flow tracked and judged under `epoch`,
-/// with the endpoint that tracks it; `None` sends the packet down the slow
-/// path.
+/// A packet of a flow tracked and judged under `epoch` passes, as
+/// [`Tracked`]; `None` sends it down the slow path.
 #[inline(always)]
-pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Option<(Verdict, u32)> {
+pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Option<Tracked> {
     if s.pkt.frag != frag::NONE || s.pkt.is_related {
         return None;
     }
@@ -63,12 +62,23 @@ pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Option<(V
     }
     let is_reply = src_is_lo != (value.opener_lo != 0);
     advance(value, s.pkt.protocol, s.pkt.tcp_flags, is_reply, now);
-    let why = if is_reply {
-        reason::ALLOW_REPLY
-    } else {
-        reason::ALLOW_ESTABLISHED
-    };
-    Some((Verdict::pass(why, value.policy), value.endpoint))
+    Some(Tracked {
+        endpoint: value.endpoint,
+        policy: value.policy,
+        opener_dir: u32::from(value.direction),
+        cell: value.cell,
+        is_reply,
+    })
+}
+
+/// A packet of a tracked flow that the fast path passed: what its counters
+/// need.
+pub struct Tracked {
+    pub endpoint: u32,
+    pub policy: u32,
+    pub opener_dir: u32,
+    pub cell: u32,
+    pub is_reply: bool,
 }
 
 /// A tracked flow, seen in `dir` (`is_reply` if against its opening
@@ -101,6 +111,7 @@ fn rejudge(
     if v.pass {
         value.epoch = epoch;
         value.policy = v.policy;
+        value.cell = flow_cell(value.endpoint, v.policy, u32::from(value.direction));
         Ok(())
     } else {
         Err(Verdict::drop(reason::DROP_REVALIDATED, v.policy))
@@ -197,6 +208,7 @@ pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch, epoch: u32, now: u6
             epoch,
             direction: dir as u8,
             opener_lo: u8::from(src_is_lo),
+            cell: flow_cell(ep.endpoint, verdict.policy, dir),
             ..CtValue::default()
         };
         advance(&mut value, s.pkt.protocol, s.pkt.tcp_flags, false, now);

@@ -4,8 +4,8 @@
 
 use crate::{
     datapath::{
-        ADDR_LEN, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FragKey, FragValue,
-        IdentityValue, PolicyKey, PolicyValue,
+        ADDR_LEN, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FLOW_CELLS, FlowCell,
+        FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue,
     },
     maps::size,
     stats::{Counter, STATS_ENTRIES},
@@ -21,6 +21,9 @@ pub static PAL_TC_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(ST
 #[map(name = "PAL_COUNTERS")]
 pub static PAL_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
     PerCpuHashMap::with_max_entries(size::COUNTERS, 0);
+
+#[map(name = "PAL_FLOW_CELLS")]
+pub static PAL_FLOW_CELLS: PerCpuArray<FlowCell> = PerCpuArray::with_max_entries(FLOW_CELLS, 0);
 
 #[map(name = "PAL_ENDPOINTS")]
 pub static PAL_ENDPOINTS: HashMap<u32, EndpointValue> =

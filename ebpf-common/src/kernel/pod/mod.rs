@@ -12,7 +12,9 @@ pub mod policy;
 pub mod scratch;
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use maps::{PAL_COUNTERS, PAL_ENDPOINTS, PAL_TC_STATS};
+use core::ptr::write_volatile;
+
+use maps::{PAL_COUNTERS, PAL_ENDPOINTS, PAL_FLOW_CELLS, PAL_TC_STATS};
 use policy::Verdict;
 
 use crate::{
@@ -46,8 +48,8 @@ pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32)
     // enough and, unlike a clocksource read, cheap in a VM.
     // SAFETY: a helper without side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if parsed_ip && let Some((verdict, endpoint)) = flow::established(s, dir, epoch, now) {
-        account(endpoint, dir, &verdict, bytes);
+    if parsed_ip && let Some(flow) = flow::established(s, dir, epoch, now) {
+        account_tracked(&flow, dir, bytes);
         return true;
     }
     // SAFETY: copied out at once.
@@ -65,6 +67,56 @@ pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32)
     }
     account(ep.endpoint, dir, &verdict, bytes);
     verdict.pass
+}
+
+/// Counts a fast-path packet: in its flow's cell if the cell is its own
+/// (or free) on this CPU, else like any other verdict.
+#[inline(always)]
+fn account_tracked(flow: &flow::Tracked, dir: u32, bytes: u64) {
+    let why = if flow.is_reply {
+        reason::ALLOW_REPLY
+    } else {
+        reason::ALLOW_ESTABLISHED
+    };
+    count(&PAL_TC_STATS, dir, why, bytes);
+    if let Some(cell) = PAL_FLOW_CELLS.get_ptr_mut(flow.cell) {
+        // SAFETY: a per-CPU array value, valid for this run and written
+        // only by this CPU.
+        let cell = unsafe { &mut *cell };
+        if cell.claimed == 0 {
+            // Readers skip unclaimed cells, so the key goes in first:
+            // volatile writes keep their order (the BPF backend has no
+            // fences; x86 keeps stores in order).
+            // SAFETY: pointers to fields of the cell above.
+            unsafe {
+                write_volatile(&mut cell.endpoint, flow.endpoint);
+                write_volatile(&mut cell.policy, flow.policy);
+                write_volatile(&mut cell.direction, flow.opener_dir as u8);
+                write_volatile(&mut cell.claimed, 1);
+            }
+        }
+        if cell.endpoint == flow.endpoint
+            && cell.policy == flow.policy
+            && u32::from(cell.direction) == flow.opener_dir
+        {
+            let c = if flow.is_reply {
+                &mut cell.reply
+            } else {
+                &mut cell.established
+            };
+            c.events += 1;
+            c.bytes += bytes;
+            return;
+        }
+    }
+    let key = CounterKey {
+        endpoint: flow.endpoint,
+        policy: flow.policy,
+        reason: why as u16,
+        direction: dir as u8,
+        _pad: 0,
+    };
+    count_detail(&PAL_COUNTERS, &PAL_TC_STATS, &key, bytes);
 }
 
 /// Counts a verdict per (direction, reason) and per (endpoint, policy,
