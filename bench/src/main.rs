@@ -171,7 +171,12 @@ fn measure(n: u32, features: &Features, floors: &Floors) -> anyhow::Result<Row> 
     ));
     let pins = PinDir::new(&dir.0);
     let mut sizes = MapSizes::default();
-    for map in ["PAL_POLICY_PORT", "PAL_IDENT_HOST", "PAL_XDP_DENY"] {
+    for map in [
+        "PAL_POLICY_PORT",
+        "PAL_IDENT_HOST",
+        "PAL_XDP_DENY",
+        "PAL_XDP_DENYHST",
+    ] {
         sizes.set(&format!("{map}={}", n.max(1024) + 64))?;
     }
     let mut loaded = loader::load_with(&pins, features, &sizes)?;

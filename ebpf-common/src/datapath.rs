@@ -284,12 +284,22 @@ pub struct CounterKey {
 /// connections whatever the state, so the prefilter needs none. Replies and
 /// other protocols are left to the pod's TC programs.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct XdpPodDenyKey {
     pub dst: [u8; ADDR_LEN],
     pub peer: u32,
     pub port: u16,
     pub _pad: [u8; 2],
+}
+
+/// Which kinds of entries `PAL_XDP_PODDENY` holds for a pod address: the
+/// value of `PAL_XDP_PODDST`, which the prefilter reads first, so that a
+/// connection attempt to a pod without denies costs one lookup.
+pub mod xdp_pod_gate {
+    /// Entries naming a peer identity: the source's identity is looked up.
+    pub const PEERS: u32 = 1 << 0;
+    /// Entries for any peer.
+    pub const ANY: u32 = 1 << 1;
 }
 
 /// A drop or audit event in the ring buffer (`PAL_EVENTS`).

@@ -40,6 +40,11 @@ pub const FLOW_CELLS: &str = "PAL_FLOW_CELLS";
 pub const XDP_DENY: &str = "PAL_XDP_DENY";
 pub const EVENTS: &str = "PAL_EVENTS";
 pub const XDP_POD_DENY: &str = "PAL_XDP_PODDENY";
+/// Single addresses of the node-level deny list: exact match, looked up
+/// before the trie (`PAL_XDP_DENY`), which then only holds prefixes.
+pub const XDP_DENY_HOST: &str = "PAL_XDP_DENYHST";
+/// Pod address -> [`crate::datapath::xdp_pod_gate`] bits.
+pub const XDP_POD_DST: &str = "PAL_XDP_PODDST";
 
 /// Default sizes. The programs are compiled with these; the loader resizes.
 pub mod size {
@@ -54,6 +59,8 @@ pub mod size {
     pub const COUNTERS: u32 = 16_384;
     pub const XDP_DENY: u32 = 16_384;
     pub const XDP_POD_DENY: u32 = 16_384;
+    pub const XDP_DENY_HOST: u32 = 65_536;
+    pub const XDP_POD_DST: u32 = 4_096;
     /// Bytes, a power of two multiple of the page size: ~4600 events.
     pub const EVENTS: u32 = 256 * 1024;
 }
@@ -122,6 +129,8 @@ pub const SPECS: &[MapSpec] = &[
     spec::<u32, FlowCell>(FLOW_CELLS, kind::PERCPU_ARRAY, crate::datapath::FLOW_CELLS),
     lpm::<[u8; ADDR_LEN]>(XDP_DENY, size_of::<u32>() as u32, size::XDP_DENY),
     spec::<XdpPodDenyKey, u32>(XDP_POD_DENY, kind::HASH, size::XDP_POD_DENY),
+    spec::<[u8; ADDR_LEN], u32>(XDP_DENY_HOST, kind::HASH, size::XDP_DENY_HOST),
+    spec::<[u8; ADDR_LEN], u32>(XDP_POD_DST, kind::HASH, size::XDP_POD_DST),
     MapSpec {
         name: EVENTS,
         map_type: kind::RINGBUF,

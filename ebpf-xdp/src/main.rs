@@ -2,10 +2,12 @@
 //!
 //! `pal_xdp_pre`, on the node's uplinks, runs before an skb exists and drops
 //! what policy denies outright: sources in the node-level CIDR deny list
-//! (`PAL_XDP_DENY`, address prefix -> policy id), and connection attempts
-//! (TCP SYN) to local pods that an explicit deny forbids (`PAL_XDP_PODDENY`).
-//! Everything else passes on to the stack and the pods' programs; it has no
-//! opinion on packets it cannot parse.
+//! (`PAL_XDP_DENYHST` for single addresses, then `PAL_XDP_DENY` for
+//! prefixes; address -> policy id), and connection attempts (TCP SYN) to
+//! local pods that an explicit deny forbids (`PAL_XDP_PODDENY`, consulted
+//! only for pod addresses `PAL_XDP_PODDST` lists). Everything else passes on
+//! to the stack and the pods' programs; it has no opinion on packets it
+//! cannot parse.
 //!
 //! `pal_xdp_from_pod` is the optional XDP hook for a pod's egress on its
 //! host-side veth: the same datapath as `pal_tc_from_pod`. TC is the
@@ -20,11 +22,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ebpf_common::{
-    datapath::{ADDR_LEN, CounterKey, XdpPodDenyKey, identity},
+    datapath::{ADDR_LEN, CounterKey, XdpPodDenyKey, identity, xdp_pod_gate},
     kernel::{
         count, count_detail,
         parse::{IPPROTO_TCP, Packet, Parsed, parse, tcp_flags},
-        pod::{self, maps::PAL_COUNTERS, policy::identity_of},
+        pod::{self, maps::PAL_COUNTERS, policy::identity_of, scratch},
     },
     maps::size,
     reason,
@@ -37,20 +39,23 @@ static PAL_XDP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS
 #[map(name = "PAL_XDP_DENY")]
 static PAL_XDP_DENY: LpmTrie<[u8; ADDR_LEN], u32> = LpmTrie::with_max_entries(size::XDP_DENY, 0);
 
+#[map(name = "PAL_XDP_DENYHST")]
+static PAL_XDP_DENYHST: HashMap<[u8; ADDR_LEN], u32> =
+    HashMap::with_max_entries(size::XDP_DENY_HOST, 0);
+
 #[map(name = "PAL_XDP_PODDENY")]
 static PAL_XDP_PODDENY: HashMap<XdpPodDenyKey, u32> =
     HashMap::with_max_entries(size::XDP_POD_DENY, 0);
 
-/// The deny for a connection attempt from `peer` to `dst`:`port`, most
-/// specific first.
+#[map(name = "PAL_XDP_PODDST")]
+static PAL_XDP_PODDST: HashMap<[u8; ADDR_LEN], u32> =
+    HashMap::with_max_entries(size::XDP_POD_DST, 0);
+
+/// The deny of `peer` (an identity or ANY) to `dst`:`port`, the one-port
+/// entry before the any-port one.
 #[inline(always)]
 fn pod_deny(dst: &[u8; ADDR_LEN], peer: u32, port: u16) -> Option<u32> {
-    for (peer, port) in [
-        (peer, port),
-        (peer, 0),
-        (identity::ANY, port),
-        (identity::ANY, 0),
-    ] {
+    for port in [port, 0] {
         let key = XdpPodDenyKey {
             dst: *dst,
             peer,
@@ -67,17 +72,34 @@ fn pod_deny(dst: &[u8; ADDR_LEN], peer: u32, port: u16) -> Option<u32> {
 
 #[inline(always)]
 fn prefilter(p: &Packet) -> (u32, u32) {
+    // SAFETY: copied out at once.
+    if let Some(policy) = unsafe { PAL_XDP_DENYHST.get(&p.src) } {
+        return (reason::DROP_CIDR_DENY, *policy);
+    }
     if let Some(policy) = PAL_XDP_DENY.get(&Key::new(128, p.src)) {
         return (reason::DROP_CIDR_DENY, *policy);
     }
-    if p.protocol == IPPROTO_TCP
-        && p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+    if p.protocol != IPPROTO_TCP
+        || p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN
     {
+        return (reason::PASS_UNENFORCED, 0);
+    }
+    // SAFETY: copied out at once.
+    let Some(gate) = (unsafe { PAL_XDP_PODDST.get(&p.dst) }).copied() else {
+        return (reason::PASS_UNENFORCED, 0);
+    };
+    // The peer's own entries come before the any-peer ones.
+    if gate & xdp_pod_gate::PEERS != 0 {
         let mut key = Key::new(128, p.src);
         let peer = identity_of(&p.src, &mut key);
         if let Some(policy) = pod_deny(&p.dst, peer, p.dport) {
             return (reason::DROP_XDP_POD_DENY, policy);
         }
+    }
+    if gate & xdp_pod_gate::ANY != 0
+        && let Some(policy) = pod_deny(&p.dst, identity::ANY, p.dport)
+    {
+        return (reason::DROP_XDP_POD_DENY, policy);
     }
     (reason::PASS_UNENFORCED, 0)
 }
@@ -85,12 +107,22 @@ fn prefilter(p: &Packet) -> (u32, u32) {
 #[xdp]
 pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
     let bytes = ctx.data_end().saturating_sub(ctx.data()) as u64;
-    // Fits on the stack here: the prefilter builds no conntrack keys.
-    let mut p = Packet::default();
-    let (why, policy) = match parse(ctx.data(), ctx.data_end(), &mut p) {
+    // Per-CPU working memory shared with the pod datapath (one program runs
+    // at a time on a CPU): a stack Packet would be zeroed on every run.
+    let Some(s) = scratch::get() else {
+        count(
+            &PAL_XDP_STATS,
+            direction::INGRESS,
+            reason::PASS_UNENFORCED,
+            bytes,
+        );
+        return xdp_action::XDP_PASS;
+    };
+    let p = &mut s.pkt;
+    let (why, policy) = match parse(ctx.data(), ctx.data_end(), p) {
         Parsed::Ip => {
             p.map_addresses();
-            prefilter(&p)
+            prefilter(p)
         }
         Parsed::Pass(why) => (why, 0),
         // Not ours to judge on an uplink: the stack and the pod's TC decide.

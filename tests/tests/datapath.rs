@@ -689,11 +689,14 @@ impl Harness {
 fn the_prefilter_drops_denied_cidrs_and_denied_connection_attempts() -> anyhow::Result<()> {
     let mut h = Harness::new()?;
     h.maps.set_cidr_deny(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 0)), 24, 31)?;
+    h.maps.set_cidr_deny(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 32, 30)?;
     h.maps.set_pod_deny(IpAddr::V4(Ipv4Addr::from(A)), ID_B, Some(22), 32)?;
     h.maps.set_pod_deny(IpAddr::V4(Ipv4Addr::from(A)), identity::ANY, Some(23), 33)?;
     let cases: &[(Vec<u8>, bool, &str, &str)] = &[
         (v4_tcp([203, 0, 113, 9], A, 1, 80, ACK), false, "drop_cidr_deny", "source in a denied CIDR"),
         (v4_tcp([203, 0, 114, 9], A, 1, 80, SYN), true, "pass_unenforced", "just outside it"),
+        (v4_udp([198, 51, 100, 7], A, 1, 53), false, "drop_cidr_deny", "a denied single address"),
+        (v4_udp([198, 51, 100, 8], A, 1, 53), true, "pass_unenforced", "its neighbour"),
         (v4_tcp(B, A, 1, 22, SYN), false, "drop_xdp_pod_deny", "SYN from B to A:22, denied"),
         (v4_tcp(B, A, 1, 22, SYN | ACK), true, "pass_unenforced", "not a connection attempt"),
         (v4_tcp(B, A, 1, 22, ACK), true, "pass_unenforced", "not a connection attempt either"),
@@ -709,5 +712,10 @@ fn the_prefilter_drops_denied_cidrs_and_denied_connection_attempts() -> anyhow::
     }
     h.maps.remove_pod_deny(IpAddr::V4(Ipv4Addr::from(A)), ID_B, Some(22))?;
     anyhow::ensure!(h.prefilter(&v4_tcp(B, A, 1, 22, SYN))?.0, "deny removed, SYN passes");
+    anyhow::ensure!(!h.prefilter(&v4_tcp(B, A, 1, 23, SYN))?.0, "the any-peer deny stays");
+    h.maps.remove_pod_deny(IpAddr::V4(Ipv4Addr::from(A)), identity::ANY, Some(23))?;
+    anyhow::ensure!(h.maps.xdp_pod_dst.keys().count() == 0, "the pod's gate outlived its denies");
+    h.maps.remove_cidr_deny(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 32)?;
+    anyhow::ensure!(h.prefilter(&v4_udp([198, 51, 100, 7], A, 1, 53))?.0, "address deny removed");
     Ok(())
 }

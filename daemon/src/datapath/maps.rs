@@ -64,7 +64,7 @@ pub fn addr_key(addr: IpAddr, len: u8) -> Result<Key<[u8; ADDR_LEN]>, DatapathEr
 }
 
 /// A removal that finds nothing to remove has done its job.
-fn removed(
+pub(super) fn removed(
     result: Result<(), MapError>,
     name: &'static str,
     what: impl FnOnce() -> String,
@@ -77,16 +77,6 @@ fn removed(
             source,
         }),
     }
-}
-
-fn pod_deny_key(dst: IpAddr, peer: u32, port: Option<u16>) -> Result<XdpPodDenyKey, DatapathError> {
-    let full = if dst.is_ipv4() { 32 } else { 128 };
-    Ok(XdpPodDenyKey {
-        dst: addr_key(dst, full)?.data(),
-        peer,
-        port: port.unwrap_or(0),
-        _pad: [0; 2],
-    })
 }
 
 /// The trie keys an entry occupies in `generation` for `endpoint`.
@@ -128,7 +118,9 @@ pub struct DatapathMaps {
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     pub policy_port: HashMap<MapData, PolicyKey, PolicyValue>,
     pub xdp_cidr_deny: LpmTrie<MapData, [u8; ADDR_LEN], u32>,
+    pub xdp_deny_host: HashMap<MapData, [u8; ADDR_LEN], u32>,
     pub xdp_pod_deny: HashMap<MapData, XdpPodDenyKey, u32>,
+    pub xdp_pod_dst: HashMap<MapData, [u8; ADDR_LEN], u32>,
     /// Bumped after every change that can change the verdict for a tracked
     /// flow (see `maps::EPOCH`).
     pub epoch: Array<MapData, u32>,
@@ -156,8 +148,12 @@ impl DatapathMaps {
                 .map_err(conv(maps::POLICY_PORT))?,
             xdp_cidr_deny: LpmTrie::try_from(open(pins, maps::XDP_DENY)?)
                 .map_err(conv(maps::XDP_DENY))?,
+            xdp_deny_host: HashMap::try_from(open(pins, maps::XDP_DENY_HOST)?)
+                .map_err(conv(maps::XDP_DENY_HOST))?,
             xdp_pod_deny: HashMap::try_from(open(pins, maps::XDP_POD_DENY)?)
                 .map_err(conv(maps::XDP_POD_DENY))?,
+            xdp_pod_dst: HashMap::try_from(open(pins, maps::XDP_POD_DST)?)
+                .map_err(conv(maps::XDP_POD_DST))?,
             epoch: Array::try_from(open(pins, maps::EPOCH)?).map_err(conv(maps::EPOCH))?,
         })
     }
@@ -216,55 +212,6 @@ impl DatapathMaps {
             (maps::IDENTITY, self.identity.remove(&key))
         };
         removed(result, name, || format!("removal of {addr}/{len}"))
-    }
-
-    /// Drops every packet from `addr/len` at the XDP prefilter.
-    pub fn set_cidr_deny(
-        &mut self,
-        addr: IpAddr,
-        len: u8,
-        policy: u32,
-    ) -> Result<(), DatapathError> {
-        let key = addr_key(addr, len)?;
-        self.xdp_cidr_deny
-            .insert(&key, &policy, 0)
-            .map_err(|source| DatapathError::Write {
-                name: maps::XDP_DENY,
-                what: format!("deny of {addr}/{len}"),
-                source,
-            })
-    }
-
-    /// Drops connection attempts (TCP SYN) from `peer` (an identity, or
-    /// `identity::ANY`) to the local pod address `dst` on `port` (`None`:
-    /// any port) at the XDP prefilter. Only for explicit, enforcing denies.
-    pub fn set_pod_deny(
-        &mut self,
-        dst: IpAddr,
-        peer: u32,
-        port: Option<u16>,
-        policy: u32,
-    ) -> Result<(), DatapathError> {
-        let key = pod_deny_key(dst, peer, port)?;
-        self.xdp_pod_deny
-            .insert(&key, &policy, 0)
-            .map_err(|source| DatapathError::Write {
-                name: maps::XDP_POD_DENY,
-                what: format!("deny of {peer} -> {dst}:{port:?}"),
-                source,
-            })
-    }
-
-    pub fn remove_pod_deny(
-        &mut self,
-        dst: IpAddr,
-        peer: u32,
-        port: Option<u16>,
-    ) -> Result<(), DatapathError> {
-        let result = self.xdp_pod_deny.remove(&pod_deny_key(dst, peer, port)?);
-        removed(result, maps::XDP_POD_DENY, || {
-            format!("removal of deny {peer} -> {dst}:{port:?}")
-        })
     }
 
     pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointValue>, DatapathError> {

@@ -18,5 +18,6 @@
 
 pub mod maps;
 pub mod ports;
+pub mod prefilter;
 
 pub use maps::{DatapathError, DatapathMaps, PolicyEntry};

@@ -50,7 +50,13 @@ pub static XDP: Object = Object {
     name: "palisade-xdp",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-xdp")),
     map_groups: &[
-        &[maps::XDP_STATS, maps::XDP_DENY, maps::XDP_POD_DENY],
+        &[
+            maps::XDP_STATS,
+            maps::XDP_DENY,
+            maps::XDP_DENY_HOST,
+            maps::XDP_POD_DENY,
+            maps::XDP_POD_DST,
+        ],
         POD_DATAPATH,
     ],
     scratch: POD_SCRATCH,

@@ -1,0 +1,177 @@
+//! The XDP prefilter's maps: the node-level CIDR deny list, and the
+//! stateless denies of connection attempts to local pods with the
+//! per-address gate the program reads first (`xdp_pod_gate`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use ebpf_common::{
+    datapath::{ADDR_LEN, XdpPodDenyKey, identity, xdp_pod_gate},
+    maps,
+};
+
+use super::maps::{DatapathError, DatapathMaps, addr_key, removed};
+
+/// A stateless deny of TCP connection attempts from `peer` (an identity, or
+/// `identity::ANY`) to the local pod address `dst` on `port` (`None`: any).
+pub fn pod_deny_key(
+    dst: IpAddr,
+    peer: u32,
+    port: Option<u16>,
+) -> Result<XdpPodDenyKey, DatapathError> {
+    let full = if dst.is_ipv4() { 32 } else { 128 };
+    Ok(XdpPodDenyKey {
+        dst: addr_key(dst, full)?.data(),
+        peer,
+        port: port.unwrap_or(0),
+        _pad: [0; 2],
+    })
+}
+
+/// The gate bits of every pod address among `keys`.
+fn gates<'a>(keys: impl Iterator<Item = &'a XdpPodDenyKey>) -> BTreeMap<[u8; ADDR_LEN], u32> {
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let bit = if k.peer == identity::ANY {
+            xdp_pod_gate::ANY
+        } else {
+            xdp_pod_gate::PEERS
+        };
+        *out.entry(k.dst).or_insert(0) |= bit;
+    }
+    out
+}
+
+fn write_err(
+    name: &'static str,
+    what: String,
+) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Write { name, what, source }
+}
+
+impl DatapathMaps {
+    /// Drops every packet from `addr/len` at the XDP prefilter. Single
+    /// addresses go to the exact-match map, prefixes to the trie.
+    pub fn set_cidr_deny(
+        &mut self,
+        addr: IpAddr,
+        len: u8,
+        policy: u32,
+    ) -> Result<(), DatapathError> {
+        let key = addr_key(addr, len)?;
+        let what = format!("deny of {addr}/{len}");
+        if key.prefix_len() == 128 {
+            self.xdp_deny_host
+                .insert(&key.data(), &policy, 0)
+                .map_err(write_err(maps::XDP_DENY_HOST, what))
+        } else {
+            self.xdp_cidr_deny
+                .insert(&key, &policy, 0)
+                .map_err(write_err(maps::XDP_DENY, what))
+        }
+    }
+
+    pub fn remove_cidr_deny(&mut self, addr: IpAddr, len: u8) -> Result<(), DatapathError> {
+        let key = addr_key(addr, len)?;
+        let (name, result) = if key.prefix_len() == 128 {
+            (maps::XDP_DENY_HOST, self.xdp_deny_host.remove(&key.data()))
+        } else {
+            (maps::XDP_DENY, self.xdp_cidr_deny.remove(&key))
+        };
+        removed(result, name, || format!("removal of deny {addr}/{len}"))
+    }
+
+    /// Adds one stateless pod deny (see [`pod_deny_key`]). Only for
+    /// explicit, enforcing denies that no other entry can override.
+    pub fn set_pod_deny(
+        &mut self,
+        dst: IpAddr,
+        peer: u32,
+        port: Option<u16>,
+        policy: u32,
+    ) -> Result<(), DatapathError> {
+        let key = pod_deny_key(dst, peer, port)?;
+        let mut want = self.pod_denies()?;
+        want.insert(key, policy);
+        self.apply_pod_denies(&want)
+    }
+
+    pub fn remove_pod_deny(
+        &mut self,
+        dst: IpAddr,
+        peer: u32,
+        port: Option<u16>,
+    ) -> Result<(), DatapathError> {
+        let key = pod_deny_key(dst, peer, port)?;
+        let mut want = self.pod_denies()?;
+        want.remove(&key);
+        self.apply_pod_denies(&want)
+    }
+
+    /// The stateless pod denies in force.
+    pub fn pod_denies(&self) -> Result<BTreeMap<XdpPodDenyKey, u32>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for item in self.xdp_pod_deny.iter() {
+            let (k, v) = item.map_err(|source| DatapathError::Read {
+                name: maps::XDP_POD_DENY,
+                source,
+            })?;
+            out.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    /// Makes the stateless pod denies exactly `want`, writing differences
+    /// only: stale entries out first, then the gates, then new entries in.
+    /// A gate without entries or entries without a gate only cost lookups
+    /// or skip a drop the pod's TC program makes anyway, so no order of
+    /// these writes drops what the policy allows.
+    pub fn apply_pod_denies(
+        &mut self,
+        want: &BTreeMap<XdpPodDenyKey, u32>,
+    ) -> Result<(), DatapathError> {
+        let held = self.pod_denies()?;
+        for key in held.keys().filter(|k| !want.contains_key(k)) {
+            removed(self.xdp_pod_deny.remove(key), maps::XDP_POD_DENY, || {
+                format!("removal of a pod deny for peer {}", key.peer)
+            })?;
+        }
+        let want_gates = gates(want.keys());
+        let mut held_gates = BTreeMap::new();
+        for item in self.xdp_pod_dst.iter() {
+            let (dst, bits) = item.map_err(|source| DatapathError::Read {
+                name: maps::XDP_POD_DST,
+                source,
+            })?;
+            held_gates.insert(dst, bits);
+        }
+        let stale: BTreeSet<_> = held_gates
+            .keys()
+            .filter(|d| !want_gates.contains_key(*d))
+            .copied()
+            .collect();
+        for dst in &stale {
+            removed(self.xdp_pod_dst.remove(dst), maps::XDP_POD_DST, || {
+                "removal of a pod deny gate".to_owned()
+            })?;
+        }
+        for (dst, bits) in &want_gates {
+            if held_gates.get(dst) != Some(bits) {
+                self.xdp_pod_dst
+                    .insert(dst, bits, 0)
+                    .map_err(write_err(maps::XDP_POD_DST, "a pod deny gate".to_owned()))?;
+            }
+        }
+        for (key, policy) in want {
+            if held.get(key) != Some(policy) {
+                self.xdp_pod_deny.insert(key, policy, 0).map_err(write_err(
+                    maps::XDP_POD_DENY,
+                    format!("a pod deny for peer {} port {}", key.peer, key.port),
+                ))?;
+            }
+        }
+        Ok(())
+    }
+}
