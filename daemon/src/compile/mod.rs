@@ -16,6 +16,7 @@
 
 pub mod evaluate;
 pub mod incremental;
+pub mod prefilter;
 #[cfg(test)]
 pub(crate) mod property;
 mod resolve;
