@@ -54,6 +54,11 @@ pub struct Options {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Per-pod metric labels for at most this many pods.
     pub metrics_pod_labels: Option<usize>,
+    /// Interfaces for the XDP prefilter: it drops the `deny_cidrs` sources
+    /// and connection attempts to this node's pods that an explicit deny
+    /// refuses outright. Empty: no prefilter.
+    pub uplinks: Vec<String>,
+    pub deny_cidrs: Vec<ipnet::IpNet>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -108,8 +113,21 @@ impl<S: Source> Agent<S> {
         for line in features.lines() {
             tracing::info!("{line}");
         }
-        let loaded = loader::load_with(&pins, &features, sizes)?;
-        let maps = DatapathMaps::open(&pins)?;
+        let mut loaded = loader::load_with(&pins, &features, sizes)?;
+        let mut maps = DatapathMaps::open(&pins)?;
+        sync::prefilter::set_deny_list(&mut maps, &options.deny_cidrs)?;
+        for uplink in &options.uplinks {
+            let ifindex =
+                crate::netns::ifindex(uplink).with_context(|| format!("uplink {uplink}"))?;
+            let state = attach::attach_xdp(
+                &mut loaded.xdp,
+                &pins,
+                ifindex,
+                aya::programs::XdpMode::default(),
+            )
+            .with_context(|| format!("XDP prefilter on {uplink}"))?;
+            tracing::info!("XDP prefilter on {uplink}: {state:?}");
+        }
         let netlink = discover::connect()?;
         let mut status = Status::default();
         let names = Names::shared();
@@ -239,7 +257,21 @@ impl<S: Source> Agent<S> {
                 self.attached.insert(ifindex);
             }
         }
+        let pod_denies = if self.options.uplinks.is_empty() {
+            None
+        } else {
+            let want = sync::prefilter::pod_denies(compiled, &reading.snapshot, &placed)?;
+            if let Err(e) = sync::prefilter::retire_pod_denies(&mut self.maps, &want) {
+                errors.push(format!("XDP prefilter: {e}"));
+            }
+            Some(want)
+        };
         let report = sync::apply(&mut self.maps, compiled, &placed, &quarantined)?;
+        if let Some(want) = &pod_denies
+            && let Err(e) = self.maps.apply_pod_denies(want)
+        {
+            errors.push(format!("XDP prefilter: {e}"));
+        }
         errors.extend(report.errors.iter().cloned());
         let held: BTreeSet<u32> = placed.values().chain(&quarantined).copied().collect();
         for ifindex in self.attached.clone() {

@@ -119,6 +119,16 @@ enum Command {
         /// rest share pod="other"); off by default to bound the series.
         #[arg(long, value_name = "N")]
         metrics_pod_labels: Option<usize>,
+        /// Attach the XDP prefilter to this uplink (repeatable): it drops
+        /// the --deny-cidr sources and connection attempts to this node's
+        /// pods that an explicit deny refuses whatever else applies.
+        #[arg(long = "uplink", value_name = "IFACE")]
+        uplinks: Vec<String>,
+        /// Node-level deny list for the prefilter (repeatable): every packet
+        /// from these sources is dropped on the uplinks, the node's own
+        /// traffic included.
+        #[arg(long = "deny-cidr", value_name = "CIDR", requires = "uplinks")]
+        deny_cidrs: Vec<ipnet::IpNet>,
     },
     /// The lab: scenario files (shared/SCENARIOS.md) against the real
     /// daemon on a simulated node (needs root).
@@ -414,6 +424,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_quarantine,
             metrics_addr,
             metrics_pod_labels,
+            uplinks,
+            deny_cidrs,
         } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -425,6 +437,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     quarantine: (!no_quarantine).then_some(quarantine_prefix),
                     metrics_addr,
                     metrics_pod_labels,
+                    uplinks,
+                    deny_cidrs,
                 };
                 let files = palisade::source::files::FileSource::new(&source);
                 let agent = palisade::agent::Agent::start(files, pins.clone(), &sizes, options)?;

@@ -35,6 +35,7 @@ impl Names {
     pub fn policy(&self, id: u32, code: u32) -> String {
         match (id, code) {
             (0, reason::DROP_DEFAULT_DENY) => "default-deny".to_owned(),
+            (ebpf_common::datapath::NODE_DENY_POLICY, _) => "node-deny-list".to_owned(),
             (0, _) => "none".to_owned(),
             (id, _) => self
                 .policies

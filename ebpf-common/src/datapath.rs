@@ -292,6 +292,9 @@ pub struct XdpPodDenyKey {
     pub _pad: [u8; 2],
 }
 
+/// The policy id the node-level deny list's drops are counted under.
+pub const NODE_DENY_POLICY: u32 = u32::MAX;
+
 /// Which kinds of entries `PAL_XDP_PODDENY` holds for a pod address: the
 /// value of `PAL_XDP_PODDST`, which the prefilter reads first, so that a
 /// connection attempt to a pod without denies costs one lookup.

@@ -29,6 +29,7 @@ impl Daemon {
         source: &Path,
         status: &Path,
         resync_ms: u32,
+        extra: &[&str],
     ) -> anyhow::Result<Self> {
         let ns = fs::File::open(Path::new("/run/netns").join(node))?;
         let mut cmd = Command::new(palisade_bin()?);
@@ -37,7 +38,8 @@ impl Daemon {
             .args(["daemon", "--resync-ms", &resync_ms.to_string(), "--source"])
             .arg(source)
             .arg("--status-file")
-            .arg(status);
+            .arg(status)
+            .args(extra);
         let fd = ns.as_raw_fd();
         // SAFETY: setns is async-signal-safe; only the child's netns changes
         // (not its mounts, so bpffs stays visible).
@@ -129,7 +131,7 @@ fn the_daemon_enforces_a_directory_of_policies_on_a_bridged_node() -> anyhow::Re
         .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
         .collect::<Result<Result<_, _>, _>>()??;
 
-    let mut daemon = Daemon::start(&lab.node, t.pins.base(), &source, &status, 300)?;
+    let mut daemon = Daemon::start(&lab.node, t.pins.base(), &source, &status, 300, &[])?;
     let s = wait_ready(&status, "1")?;
     assert_eq!(s["endpoints"].as_object().map(|o| o.len()), Some(3), "{s}");
     assert!(reaches(&lab, 2, 1)?, "no policy: c reaches b");
@@ -194,7 +196,7 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
     let _listener = in_netns(&target.netns, || TcpListener::bind((target.ip, PORT)))??;
     // A resync period far beyond the test: only a link event can make the
     // daemon see the new veth within the deadline below.
-    let mut daemon = Daemon::start(&lab.node, t.pins.base(), &source, &status, 600_000)?;
+    let mut daemon = Daemon::start(&lab.node, t.pins.base(), &source, &status, 600_000, &[])?;
     let s = wait_ready(&status, "1")?;
     assert_eq!(s["quarantined"].as_array().map(Vec::len), Some(0), "{s}");
 
@@ -224,4 +226,148 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Connects from `src` (an address of the calling namespace) to `to`.
+fn connect_from(src: std::net::Ipv4Addr, to: SocketAddr) -> bool {
+    let attempt = || -> std::io::Result<()> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::from((src, 0)).into())?;
+        s.connect_timeout(&to.into(), WAIT)
+    };
+    attempt().is_ok()
+}
+
+const DENY_EXT1: &str = "apiVersion: palisade.dev/v1alpha1\nkind: PalisadeClusterNetworkPolicy\nmetadata: {name: no-ext1-on-8080}\nspec:\n  tier: Admin\n  subject: {podSelector: {matchLabels: {pod: a}}}\n  ingress: [{action: Deny, from: [{ipBlock: {cidr: 192.0.2.2/32}}], ports: [{port: 8080}]}]\n";
+
+#[test]
+fn the_prefilter_on_an_uplink_drops_denied_sources_and_refused_connection_attempts()
+-> anyhow::Result<()> {
+    use ebpf_common::maps::{TC_STATS, XDP_STATS};
+    use palisade::stats::read_pinned;
+    use palisade_tests::run;
+
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(1)?;
+    lab.add_node_address()?;
+    let pod = &lab.pods[0];
+    // Outside the node: a host with two addresses behind the uplink.
+    let outside = unique("bo");
+    let uplink = unique("bu");
+    run("ip", &["netns", "add", &outside])?;
+    let _outside = scopeguard(&outside);
+    let node = lab.node.as_str();
+    run(
+        "ip",
+        &[
+            "-n", node, "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns",
+            &outside,
+        ],
+    )?;
+    run(
+        "ip",
+        &["-n", node, "addr", "add", "192.0.2.1/24", "dev", &uplink],
+    )?;
+    run("ip", &["-n", node, "link", "set", &uplink, "up"])?;
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            node,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    )?;
+    for addr in ["192.0.2.2/24", "192.0.2.3/24"] {
+        run("ip", &["-n", &outside, "addr", "add", addr, "dev", "eth0"])?;
+    }
+    run("ip", &["-n", &outside, "link", "set", "eth0", "up"])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            &outside,
+            "route",
+            "add",
+            "10.199.1.0/24",
+            "via",
+            "192.0.2.1",
+        ],
+    )?;
+    run(
+        "ip",
+        &[
+            "-n",
+            &pod.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.199.1.254",
+        ],
+    )?;
+    let listeners: Vec<TcpListener> = [PORT, PORT + 1]
+        .iter()
+        .map(|&port| in_netns(&pod.netns, || TcpListener::bind((pod.ip, port))))
+        .collect::<Result<Result<_, _>, _>>()??;
+
+    let dir = std::env::temp_dir().join(unique("palisade-prefilter-"));
+    let source = dir.join("source");
+    fs::create_dir_all(&source)?;
+    let status = dir.join("status.json");
+    write_revision(&source, "cluster.yaml", &cluster(&lab), "1")?;
+    write_revision(&source, "policy.yaml", DENY_EXT1, "1")?;
+    let extra = ["--uplink", uplink.as_str(), "--deny-cidr", "192.0.2.3/32"];
+    let _daemon = Daemon::start(node, t.pins.base(), &source, &status, 300, &extra)?;
+    wait_ready(&status, "1")?;
+
+    let ext1 = std::net::Ipv4Addr::new(192, 0, 2, 2);
+    let ext2 = std::net::Ipv4Addr::new(192, 0, 2, 3);
+    let to = |port| SocketAddr::from((pod.ip, port));
+    let xdp = |reason: &str| -> anyhow::Result<u64> {
+        Ok(read_pinned(&t.pins.map(XDP_STATS))?
+            .iter()
+            .filter(|r| r.reason == reason)
+            .map(|r| r.events)
+            .sum())
+    };
+    let tc_denied = || -> anyhow::Result<u64> {
+        Ok(read_pinned(&t.pins.map(TC_STATS))?
+            .iter()
+            .filter(|r| r.reason == "drop_policy_deny")
+            .map(|r| r.events)
+            .sum())
+    };
+    let reach = |src, port| in_netns(&outside, || connect_from(src, to(port)));
+    assert!(reach(ext1, PORT + 1)?, "ext1 -> :8081, not denied");
+    assert!(!reach(ext1, PORT)?, "ext1 -> :8080, denied");
+    assert!(
+        xdp("drop_xdp_pod_deny")? >= 1,
+        "the SYN was dropped on the uplink"
+    );
+    assert_eq!(tc_denied()?, 0, "none reached the pod's own program");
+    assert!(!reach(ext2, PORT + 1)?, "ext2 is on the node's deny list");
+    assert!(xdp("drop_cidr_deny")? >= 1, "dropped by the deny list");
+
+    // The deny goes: so does the prefilter's copy of it.
+    fs::remove_file(source.join("policy.yaml"))?;
+    fs::write(source.join(".revision"), "2")?;
+    wait_ready(&status, "2")?;
+    assert!(reach(ext1, PORT)?, "ext1 -> :8080 once the deny is gone");
+    drop(listeners);
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Deletes the namespace `name` when dropped.
+fn scopeguard(name: &str) -> impl Drop + '_ {
+    struct Del<'a>(&'a str);
+    impl Drop for Del<'_> {
+        fn drop(&mut self) {
+            let _ = palisade_tests::run("ip", &["netns", "del", self.0]);
+        }
+    }
+    Del(name)
 }

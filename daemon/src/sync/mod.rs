@@ -8,6 +8,8 @@
 //! A failed write is reported and leaves that endpoint on its last good
 //! policy; the other endpoints are still applied.
 
+pub mod prefilter;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
@@ -113,7 +115,7 @@ fn held_identities(maps: &DatapathMaps) -> Result<BTreeMap<IpNet, u32>, Datapath
 }
 
 /// The prefix a 16-byte identity key stands for (IPv4 as `::ffff:a.b.c.d`).
-fn net_of(key: &Key<[u8; ADDR_LEN]>) -> Option<IpNet> {
+pub fn net_of(key: &Key<[u8; ADDR_LEN]>) -> Option<IpNet> {
     let data = key.data();
     let len = key.prefix_len();
     let v6 = std::net::Ipv6Addr::from(data);
