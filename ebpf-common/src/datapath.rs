@@ -73,6 +73,15 @@ pub mod endpoint_flags {
     pub const ISOLATED_INGRESS: u32 = 1 << 0;
     /// Some policy selects the endpoint for egress: no entry means drop.
     pub const ISOLATED_EGRESS: u32 = 1 << 1;
+    /// Some ingress entry is not for one port (a range, any port, any
+    /// protocol): lookups go on to the trie after a miss in the hash.
+    /// Without it an ingress lookup is the hash alone.
+    pub const TRIE_INGRESS: u32 = 1 << 2;
+    pub const TRIE_EGRESS: u32 = 1 << 3;
+    /// Some ingress entry is for any peer: the any-peer lookups run after
+    /// the peer's own found nothing.
+    pub const ANY_PEER_INGRESS: u32 = 1 << 4;
+    pub const ANY_PEER_EGRESS: u32 = 1 << 5;
 }
 
 /// The data part of a policy trie key (`PAL_POLICY`).

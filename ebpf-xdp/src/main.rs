@@ -25,7 +25,7 @@ use ebpf_common::{
     datapath::{ADDR_LEN, CounterKey, XdpPodDenyKey, identity, xdp_pod_gate},
     kernel::{
         count, count_detail,
-        parse::{IPPROTO_TCP, Packet, Parsed, parse, tcp_flags},
+        parse::{IPPROTO_TCP, Kind, Packet, parse, tcp_flags},
         pod::{self, maps::PAL_COUNTERS, policy::identity_of, scratch},
     },
     maps::size,
@@ -119,14 +119,15 @@ pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let p = &mut s.pkt;
-    let (why, policy) = match parse(ctx.data(), ctx.data_end(), p) {
-        Parsed::Ip => {
+    let parsed = parse(ctx.data(), ctx.data_end(), p);
+    let (why, policy) = match parsed.kind {
+        Kind::Ip => {
             p.map_addresses();
             prefilter(p)
         }
-        Parsed::Pass(why) => (why, 0),
+        Kind::Pass => (parsed.reason, 0),
         // Not ours to judge on an uplink: the stack and the pod's TC decide.
-        Parsed::Drop(_) => (reason::PASS_UNENFORCED, 0),
+        Kind::Drop => (reason::PASS_UNENFORCED, 0),
     };
     count(&PAL_XDP_STATS, direction::INGRESS, why, bytes);
     if reason::is_drop(why) {

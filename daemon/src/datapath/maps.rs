@@ -6,7 +6,8 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ebpf_common::{
     datapath::{
         ADDR_LEN, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED, POLICY_PREFIX_FULL,
-        POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, XdpPodDenyKey, ipv4_mapped, ipv4_prefix_len,
+        POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, XdpPodDenyKey, direction, endpoint_flags,
+        identity, ipv4_mapped, ipv4_prefix_len,
     },
     maps,
 };
@@ -104,6 +105,34 @@ pub fn policy_keys(endpoint: u32, generation: u8, e: &PolicyEntry) -> Vec<Key<Po
             )
         })
         .collect()
+}
+
+/// The endpoint flags that tell the datapath which lookups can find any of
+/// `entries` (`endpoint_flags::TRIE_*`, `ANY_PEER_*`); the syncer adds them
+/// to the isolation flags.
+pub fn lookup_flags(entries: &[PolicyEntry]) -> u32 {
+    let mut flags = 0;
+    for e in entries {
+        let ingress = e.direction == direction::INGRESS;
+        if policy_keys(0, 0, e)
+            .iter()
+            .any(|k| k.prefix_len() != POLICY_PREFIX_FULL)
+        {
+            flags |= if ingress {
+                endpoint_flags::TRIE_INGRESS
+            } else {
+                endpoint_flags::TRIE_EGRESS
+            };
+        }
+        if e.peer == identity::ANY {
+            flags |= if ingress {
+                endpoint_flags::ANY_PEER_INGRESS
+            } else {
+                endpoint_flags::ANY_PEER_EGRESS
+            };
+        }
+    }
+    flags
 }
 
 /// The policy maps' entries by (endpoint, generation), as read at one time.
@@ -264,7 +293,7 @@ impl DatapathMaps {
         let next = EndpointValue {
             endpoint,
             revision,
-            flags,
+            flags: flags | lookup_flags(entries),
         };
         let generation = next.generation();
         // Leftovers of an interrupted earlier swap would mix into this one.

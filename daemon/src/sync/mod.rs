@@ -21,7 +21,10 @@ use ipnet::IpNet;
 
 use crate::{
     compile::Compiled,
-    datapath::{DatapathError, DatapathMaps, maps::policy_keys},
+    datapath::{
+        DatapathError, DatapathMaps,
+        maps::{lookup_flags, policy_keys},
+    },
 };
 
 /// A stable, non-zero endpoint id for a pod (`namespace/name`), so counters
@@ -204,7 +207,7 @@ pub fn apply(
                 })
                 .collect();
             cur.endpoint == endpoint
-                && cur.flags == want.flags
+                && cur.flags == want.flags | lookup_flags(&want.entries)
                 && policies
                     .get(&(endpoint, generation))
                     .unwrap_or(&Held::new())

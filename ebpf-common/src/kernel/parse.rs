@@ -110,12 +110,47 @@ impl Packet {
 
 /// What parsing found. The packet's fields are written into the caller's
 /// [`Packet`] (a per-CPU scratch slot: the eBPF stack is only 512 bytes).
-pub enum Parsed {
+///
+/// A struct, not an enum with payloads: a payload-less variant leaves its
+/// payload undefined, and the BPF backend may then copy an uninitialised
+/// register, which the verifier refuses.
+#[derive(Clone, Copy)]
+pub struct Parsed {
+    pub kind: Kind,
+    /// The reason of a `Pass` or `Drop`; 0 for `Ip`.
+    pub reason: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// An IP packet for policy.
     Ip,
-    /// Passes without policy (ARP, neighbour discovery), with its reason.
-    Pass(u32),
-    /// Dropped before policy (truncated, malformed), with its reason.
-    Drop(u32),
+    /// Passes without policy (ARP, neighbour discovery).
+    Pass,
+    /// Dropped before policy (truncated, malformed).
+    Drop,
+}
+
+impl Parsed {
+    pub const IP: Self = Self {
+        kind: Kind::Ip,
+        reason: 0,
+    };
+
+    pub const fn pass(reason: u32) -> Self {
+        Self {
+            kind: Kind::Pass,
+            reason,
+        }
+    }
+
+    pub const fn drop(reason: u32) -> Self {
+        Self {
+            kind: Kind::Drop,
+            reason,
+        }
+    }
 }
 
 /// The single bounds-checked read of packet memory.
@@ -156,7 +191,7 @@ fn be16(b: [u8; 2]) -> u16 {
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize, p: &mut Packet) -> Parsed {
     let Some(mut ethertype) = load::<[u8; 2]>(data, data_end, 12).map(be16) else {
-        return Parsed::Drop(reason::DROP_TRUNCATED);
+        return Parsed::drop(reason::DROP_TRUNCATED);
     };
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -164,7 +199,7 @@ pub fn parse(data: usize, data_end: usize, p: &mut Packet) -> Parsed {
             break;
         }
         let Some(inner) = load::<[u8; 2]>(data, data_end, off + 2).map(be16) else {
-            return Parsed::Drop(reason::DROP_TRUNCATED);
+            return Parsed::drop(reason::DROP_TRUNCATED);
         };
         ethertype = inner;
         off += 4;
@@ -172,19 +207,19 @@ pub fn parse(data: usize, data_end: usize, p: &mut Packet) -> Parsed {
     match ethertype {
         ETH_P_IP => ipv4(data, data_end, off, p),
         ETH_P_IPV6 => ipv6(data, data_end, off, p),
-        ETH_P_8021Q | ETH_P_8021AD => Parsed::Drop(reason::DROP_VLAN_LIMIT),
-        _ => Parsed::Pass(reason::PASS_NON_IP),
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::drop(reason::DROP_VLAN_LIMIT),
+        _ => Parsed::pass(reason::PASS_NON_IP),
     }
 }
 
 #[inline(always)]
 fn ipv4(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     let Some(h) = bytes::<20>(data, data_end, off) else {
-        return Parsed::Drop(reason::DROP_TRUNCATED);
+        return Parsed::drop(reason::DROP_TRUNCATED);
     };
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     if h[0] >> 4 != 4 || ihl < 20 {
-        return Parsed::Drop(reason::DROP_MALFORMED);
+        return Parsed::drop(reason::DROP_MALFORMED);
     }
     p.src4 = [h[12], h[13], h[14], h[15]];
     p.dst4 = [h[16], h[17], h[18], h[19]];
@@ -192,7 +227,7 @@ fn ipv4(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     let frag_field = be16([h[6], h[7]]);
     if frag_field & 0x1fff != 0 {
         p.frag = frag::LATER;
-        return Parsed::Ip;
+        return Parsed::IP;
     }
     if frag_field & 0x2000 != 0 {
         p.frag = frag::FIRST;
@@ -203,10 +238,10 @@ fn ipv4(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
 #[inline(always)]
 fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     let Some(h) = bytes::<40>(data, data_end, off) else {
-        return Parsed::Drop(reason::DROP_TRUNCATED);
+        return Parsed::drop(reason::DROP_TRUNCATED);
     };
     if h[0] >> 4 != 6 {
-        return Parsed::Drop(reason::DROP_MALFORMED);
+        return Parsed::drop(reason::DROP_MALFORMED);
     }
     p.reset(true, 0, 0);
     p.src.copy_from_slice(&h[8..24]);
@@ -218,7 +253,7 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
             // Hop-by-hop, routing, destination options: length in 8-byte units, minus one.
             0 | 43 | 60 => {
                 let Some(e) = load::<[u8; 2]>(data, data_end, off) else {
-                    return Parsed::Drop(reason::DROP_TRUNCATED);
+                    return Parsed::drop(reason::DROP_TRUNCATED);
                 };
                 next = e[0];
                 off += (e[1] as usize + 1) * 8;
@@ -226,14 +261,14 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
             // Authentication header: length in 4-byte units, minus two.
             51 => {
                 let Some(e) = load::<[u8; 2]>(data, data_end, off) else {
-                    return Parsed::Drop(reason::DROP_TRUNCATED);
+                    return Parsed::drop(reason::DROP_TRUNCATED);
                 };
                 next = e[0];
                 off += (e[1] as usize + 2) * 4;
             }
             44 => {
                 let Some(f) = load::<[u8; 8]>(data, data_end, off) else {
-                    return Parsed::Drop(reason::DROP_TRUNCATED);
+                    return Parsed::drop(reason::DROP_TRUNCATED);
                 };
                 next = f[0];
                 let offset_field = be16([f[2], f[3]]);
@@ -242,7 +277,7 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
                 if offset_field >> 3 != 0 {
                     p.protocol = next;
                     p.frag = frag::LATER;
-                    return Parsed::Ip;
+                    return Parsed::IP;
                 }
                 if offset_field & 1 != 0 {
                     p.frag = frag::FIRST;
@@ -252,7 +287,7 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
         }
     }
     if matches!(next, 0 | 43 | 44 | 51 | 60) {
-        return Parsed::Drop(reason::DROP_IPV6_EXT_LIMIT);
+        return Parsed::drop(reason::DROP_IPV6_EXT_LIMIT);
     }
     p.protocol = next;
     transport(data, data_end, off, p)
@@ -263,7 +298,7 @@ fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed
     match p.protocol {
         IPPROTO_TCP => {
             let Some(t) = bytes::<14>(data, data_end, off) else {
-                return Parsed::Drop(reason::DROP_TRUNCATED);
+                return Parsed::drop(reason::DROP_TRUNCATED);
             };
             p.sport = be16([t[0], t[1]]);
             p.dport = be16([t[2], t[3]]);
@@ -271,14 +306,14 @@ fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed
         }
         IPPROTO_UDP | IPPROTO_SCTP => {
             let Some(t) = load::<[u8; 4]>(data, data_end, off) else {
-                return Parsed::Drop(reason::DROP_TRUNCATED);
+                return Parsed::drop(reason::DROP_TRUNCATED);
             };
             p.sport = be16([t[0], t[1]]);
             p.dport = be16([t[2], t[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let Some(t) = load::<[u8; 8]>(data, data_end, off) else {
-                return Parsed::Drop(reason::DROP_TRUNCATED);
+                return Parsed::drop(reason::DROP_TRUNCATED);
             };
             let v6 = p.protocol == IPPROTO_ICMPV6;
             let id = be16([t[4], t[5]]);
@@ -288,7 +323,7 @@ fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed
                 // Router and neighbour discovery, multicast listeners:
                 // the link does not work without them.
                 (true, 130..=137 | 143) => {
-                    return Parsed::Pass(reason::PASS_NEIGHBOUR_DISCOVERY);
+                    return Parsed::pass(reason::PASS_NEIGHBOUR_DISCOVERY);
                 }
                 // Destination unreachable, time exceeded, parameter problem
                 // (and IPv6's packet too big) quote the packet they are about.
@@ -300,7 +335,7 @@ fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed
         }
         _ => {}
     }
-    Parsed::Ip
+    Parsed::IP
 }
 
 /// The addresses and ports of the packet quoted in an ICMP error.

@@ -45,30 +45,41 @@ fn ipv4_of(a: &[u8; ADDR_LEN]) -> [u8; 4] {
 }
 
 /// A packet of a flow tracked and judged under `epoch` passes, as
-/// [`Tracked`]; `None` sends it down the slow path.
+/// [`Tracked`]; anything else goes down the slow path.
 #[inline(always)]
-pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Option<Tracked> {
+pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Fast {
     if s.pkt.frag != frag::NONE || s.pkt.is_related {
-        return None;
+        return Fast::Slow;
     }
     let sides = sides_of(&s.pkt, dir);
     let src_is_lo = conntrack::build(&sides, &mut s.ct4, &mut s.ct6);
-    let value = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6)?;
+    let Some(value) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) else {
+        return Fast::Untracked;
+    };
     // SAFETY: valid map value pointer for this run; a concurrent update of
     // the same flow on another CPU only races on idempotent bits.
     let value = unsafe { &mut *value };
     if value.epoch != epoch || expired(s.pkt.protocol, value, now) {
-        return None;
+        return Fast::Slow;
     }
     let is_reply = src_is_lo != (value.opener_lo != 0);
     advance(value, s.pkt.protocol, s.pkt.tcp_flags, is_reply, now);
-    Some(Tracked {
+    Fast::Pass(Tracked {
         endpoint: value.endpoint,
         policy: value.policy,
         opener_dir: u32::from(value.direction),
         cell: value.cell,
         is_reply,
     })
+}
+
+/// What the fast path made of a packet.
+pub enum Fast {
+    Pass(Tracked),
+    /// No conntrack entry: a new flow (its key is built).
+    Untracked,
+    /// For the slow path to look at from the start.
+    Slow,
 }
 
 /// A packet of a tracked flow that the fast path passed: what its counters
@@ -120,7 +131,16 @@ fn rejudge(
 
 /// The slow path: every IP packet [`established`] did not answer.
 #[inline(always)]
-pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch, epoch: u32, now: u64) -> Verdict {
+/// `untracked`: the fast path already found no entry for this packet, so
+/// it is not looked up again.
+pub fn decide(
+    ep: &EndpointValue,
+    dir: u32,
+    s: &mut Scratch,
+    epoch: u32,
+    now: u64,
+    untracked: bool,
+) -> Verdict {
     s.pkt.map_addresses();
     let later_fragment = s.pkt.frag == frag::LATER;
     if s.pkt.frag != frag::NONE {
@@ -169,7 +189,12 @@ pub fn decide(ep: &EndpointValue, dir: u32, s: &mut Scratch, epoch: u32, now: u6
 
     let sides = sides_of(&s.pkt, dir);
     let src_is_lo = conntrack::build(&sides, &mut s.ct4, &mut s.ct6);
-    if let Some(value) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) {
+    let tracked = if untracked {
+        None
+    } else {
+        conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6)
+    };
+    if let Some(value) = tracked {
         // SAFETY: as in `established`.
         let value = unsafe { &mut *value };
         // An entry of another endpoint (a reused address) or an expired

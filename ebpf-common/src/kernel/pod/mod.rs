@@ -21,7 +21,7 @@ use crate::{
     datapath::CounterKey,
     kernel::{
         count, count_detail,
-        parse::{Parsed, parse},
+        parse::{Kind, parse},
     },
     reason,
 };
@@ -42,25 +42,32 @@ pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32)
         return true;
     };
     let parsed = parse(data, data_end, &mut s.pkt);
-    let parsed_ip = matches!(parsed, Parsed::Ip);
+    let parsed_ip = parsed.kind == Kind::Ip;
     let epoch = maps::epoch();
     // Timeouts are seconds long: the coarse clock (jiffy resolution) is
     // enough and, unlike a clocksource read, cheap in a VM.
     // SAFETY: a helper without side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if parsed_ip && let Some(flow) = flow::established(s, dir, epoch, now) {
-        account_tracked(&flow, dir, bytes);
-        return true;
+    let mut untracked = false;
+    if parsed_ip {
+        match flow::established(s, dir, epoch, now) {
+            flow::Fast::Pass(flow) => {
+                account_tracked(&flow, dir, bytes);
+                return true;
+            }
+            flow::Fast::Untracked => untracked = true,
+            flow::Fast::Slow => {}
+        }
     }
     // SAFETY: copied out at once.
     let Some(ep) = (unsafe { PAL_ENDPOINTS.get(&ifindex) }).copied() else {
         count(&PAL_TC_STATS, dir, reason::PASS_NO_ENDPOINT, bytes);
         return true;
     };
-    let verdict = match parsed {
-        Parsed::Ip => flow::decide(&ep, dir, s, epoch, now),
-        Parsed::Pass(why) => Verdict::pass(why, 0),
-        Parsed::Drop(why) => Verdict::drop(why, 0),
+    let verdict = match parsed.kind {
+        Kind::Ip => flow::decide(&ep, dir, s, epoch, now, untracked),
+        Kind::Pass => Verdict::pass(parsed.reason, 0),
+        Kind::Drop => Verdict::drop(parsed.reason, 0),
     };
     if !verdict.pass || verdict.reason == reason::AUDIT_WOULD_DROP {
         events::report(s, ep.endpoint, dir, &verdict, parsed_ip, now);

@@ -66,10 +66,13 @@ pub fn identity_of(addr: &[u8; ADDR_LEN], key: &mut Key<[u8; ADDR_LEN]>) -> u32 
 /// the longest possible, so the hash answers first and the trie (ranges,
 /// wildcards) only on a miss.
 #[inline(always)]
-fn lookup(l: &mut Lookup) -> Option<PolicyValue> {
+fn lookup(l: &mut Lookup, trie: bool) -> Option<PolicyValue> {
     // SAFETY: copied out at once.
     if let Some(v) = unsafe { PAL_POLICY_PORT.get(&l.exact) } {
         return Some(*v);
+    }
+    if !trie {
+        return None;
     }
     l.policy.prefix_len = POLICY_PREFIX_FULL;
     l.policy.data = l.exact;
@@ -97,10 +100,20 @@ pub fn evaluate(
         port: port.to_be_bytes(),
         _pad1: [0; 2],
     };
-    let mut entry = lookup(l);
-    if entry.is_none() {
+    // The endpoint's flags say which lookups can find anything at all.
+    let (trie, any_peer) = if dir == direction::INGRESS {
+        (
+            endpoint_flags::TRIE_INGRESS,
+            endpoint_flags::ANY_PEER_INGRESS,
+        )
+    } else {
+        (endpoint_flags::TRIE_EGRESS, endpoint_flags::ANY_PEER_EGRESS)
+    };
+    let trie = ep.flags & trie != 0;
+    let mut entry = lookup(l, trie);
+    if entry.is_none() && ep.flags & any_peer != 0 {
         l.exact.peer = identity::ANY;
-        entry = lookup(l);
+        entry = lookup(l, trie);
     }
     match entry {
         Some(v) if v.action == action::ALLOW => Verdict::pass(reason::ALLOW_POLICY, v.policy),
