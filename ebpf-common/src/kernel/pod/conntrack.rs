@@ -143,27 +143,44 @@ pub fn expired(protocol: u8, value: &CtValue, now: u64) -> bool {
     now.saturating_sub(value.last_seen_ns) > timeout(protocol, value.state)
 }
 
-/// Folds a packet's TCP flags into the entry's state.
+/// How stale `last_seen_ns` may get: far below the shortest timeout (10 s).
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// Folds a packet into the entry: its time, and its TCP flags into the
+/// state. Writes only what changed: a busy flow's entry, read by every CPU
+/// its packets pass through, then stays in their caches instead of moving
+/// between them on every packet.
 #[inline(always)]
 pub fn advance(value: &mut CtValue, protocol: u8, flags: u8, is_reply: bool, now: u64) {
-    value.last_seen_ns = now;
+    if now.saturating_sub(value.last_seen_ns) >= REFRESH_NS {
+        value.last_seen_ns = now;
+    }
+    let state = next_state(value.state, protocol, flags, is_reply);
+    if state != value.state {
+        value.state = state;
+    }
+}
+
+#[inline(always)]
+fn next_state(mut state: u8, protocol: u8, flags: u8, is_reply: bool) -> u8 {
     if is_reply {
-        value.state |= ct_state::REPLY_SEEN;
+        state |= ct_state::REPLY_SEEN;
     }
     if protocol != IPPROTO_TCP {
-        return;
+        return state;
     }
     if flags & tcp_flags::SYN != 0 && !is_reply {
-        value.state |= ct_state::SYN_SEEN;
+        state |= ct_state::SYN_SEEN;
     }
     if flags & tcp_flags::FIN != 0 {
-        value.state |= if is_reply {
+        state |= if is_reply {
             ct_state::FIN_REPLY
         } else {
             ct_state::FIN_ORIGINAL
         };
     }
     if flags & tcp_flags::RST != 0 {
-        value.state |= ct_state::RST;
+        state |= ct_state::RST;
     }
+    state
 }
