@@ -15,7 +15,9 @@ pub enum SizeError {
     UnknownMap(String, String),
     #[error("{0}: expected NAME=ENTRIES with ENTRIES a positive number")]
     Syntax(String),
-    #[error("{name} has a fixed size of {fixed}: it is indexed by reason code")]
+    #[error(
+        "{name} has a fixed size of {fixed}: the programs index it (reason codes, flow cells, the epoch)"
+    )]
     Fixed { name: String, fixed: u32 },
 }
 
@@ -37,7 +39,10 @@ impl MapSizes {
             let known: Vec<_> = SPECS.iter().map(|s| s.name).collect();
             SizeError::UnknownMap(name.to_owned(), known.join(", "))
         })?;
-        if spec.map_type == ebpf_common::maps::kind::PERCPU_ARRAY {
+        if matches!(
+            spec.map_type,
+            ebpf_common::maps::kind::PERCPU_ARRAY | ebpf_common::maps::kind::ARRAY
+        ) {
             return Err(SizeError::Fixed {
                 name: name.to_owned(),
                 fixed: spec.max_entries,
@@ -91,9 +96,11 @@ mod tests {
         ));
         assert!(matches!(s.set("PAL_CT4=0"), Err(SizeError::Syntax(_))));
         assert!(matches!(s.set("PAL_CT4"), Err(SizeError::Syntax(_))));
-        assert!(matches!(
-            s.set("PAL_TC_STATS=9"),
-            Err(SizeError::Fixed { .. })
-        ));
+        for fixed in ["PAL_TC_STATS=9", "PAL_FLOW_CELLS=8192", "PAL_EPOCH=2"] {
+            assert!(
+                matches!(s.set(fixed), Err(SizeError::Fixed { .. })),
+                "{fixed} accepted"
+            );
+        }
     }
 }
