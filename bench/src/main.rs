@@ -119,6 +119,8 @@ struct Sample {
 }
 
 const ROUNDS: usize = 7;
+/// The per-packet goal: at most this many times the empty program.
+const GOAL: f64 = 3.5;
 
 /// The machine's speed drifts over seconds by more than the effects looked
 /// for: each round runs the empty program and then the real one back to
@@ -393,6 +395,27 @@ fn main() -> anyhow::Result<()> {
             last.reply.ratio / first.reply.ratio,
             last.denied.ratio / first.denied.ratio,
             last.xdp_deny.ratio / first.xdp_deny.ratio
+        );
+        let cases: [(&str, fn(&Row) -> Sample); 7] = [
+            ("established", |r| r.established),
+            ("reply", |r| r.reply),
+            ("non-IP", |r| r.non_ip),
+            ("denied", |r| r.denied),
+            ("new allow", |r| r.allowed_new),
+            ("XDP pass", |r| r.xdp_pass),
+            ("XDP deny", |r| r.xdp_deny),
+        ];
+        let verdicts: Vec<String> = cases
+            .iter()
+            .map(|(name, of)| {
+                let worst = rows.iter().map(|r| of(r).ratio).fold(0.0, f64::max);
+                let met = if worst <= GOAL { "met" } else { "not met" };
+                format!("{name} {worst:.1}x ({met})")
+            })
+            .collect();
+        println!(
+            "goal {GOAL}x, the worst ratio over the sizes: {}",
+            verdicts.join(", ")
         );
     }
     // `--datapath-only`: the per-packet figures alone, for quick comparisons.
