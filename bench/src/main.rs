@@ -119,6 +119,9 @@ struct Sample {
 }
 
 const ROUNDS: usize = 7;
+/// One column of the table, by name.
+type Case = fn(&Row) -> Sample;
+
 /// The per-packet goal: at most this many times the empty program.
 const GOAL: f64 = 3.5;
 
@@ -396,7 +399,7 @@ fn main() -> anyhow::Result<()> {
             last.denied.ratio / first.denied.ratio,
             last.xdp_deny.ratio / first.xdp_deny.ratio
         );
-        let cases: [(&str, fn(&Row) -> Sample); 7] = [
+        let cases: [(&str, Case); 7] = [
             ("established", |r| r.established),
             ("reply", |r| r.reply),
             ("non-IP", |r| r.non_ip),
