@@ -286,6 +286,31 @@ pub struct CounterKey {
     pub _pad: u8,
 }
 
+/// A per-CPU counter cell (`PAL_CNT_CELLS`) for one [`CounterKey`]: the
+/// programs count in the cell [`counter_cell`] names (an inlined array
+/// lookup) and use `PAL_COUNTERS` (a hash lookup) only when another key
+/// took that cell first on that CPU. Readers add both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterCell {
+    pub key: CounterKey,
+    /// Written last when a cell is taken: readers skip cells without it.
+    pub claimed: u32,
+    pub counter: crate::stats::Counter,
+}
+
+/// Cells in `PAL_CNT_CELLS`: a power of two, fixed.
+pub const COUNTER_CELLS: u32 = 4096;
+
+/// The cell of a counter key: a multiplicative hash.
+pub const fn counter_cell(k: &CounterKey) -> u32 {
+    let h = k.endpoint.wrapping_mul(0x9e37_79b1)
+        ^ k.policy.wrapping_mul(0x85eb_ca77)
+        ^ (k.reason as u32).wrapping_mul(0xc2b2_ae3d)
+        ^ (k.direction as u32).wrapping_mul(0x27d4_eb2f);
+    (h ^ (h >> 16)) & (COUNTER_CELLS - 1)
+}
+
 /// Key of the XDP prefilter's stateless pod denies (`PAL_XDP_PODDENY`):
 /// connection attempts (TCP SYN without ACK) from `peer` (or
 /// [`identity::ANY`]) to the local pod address `dst` on `port` (or 0 for any
@@ -351,6 +376,8 @@ const _: () = {
     assert!(size_of::<Ct6Key>() == 40);
     assert!(size_of::<CtValue>() == 32);
     assert!(size_of::<FlowCell>() == 48);
+    assert!(size_of::<CounterCell>() == 32);
+    assert!(COUNTER_CELLS.is_power_of_two());
     assert!(FLOW_CELLS.is_power_of_two());
     assert!(size_of::<FragKey>() == 40);
     assert!(size_of::<FragValue>() == 4);
@@ -371,6 +398,7 @@ mod pod {
     unsafe impl aya::Pod for Ct6Key {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for FlowCell {}
+    unsafe impl aya::Pod for CounterCell {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for CounterKey {}

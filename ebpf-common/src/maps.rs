@@ -10,8 +10,8 @@ use core::mem::size_of;
 
 use crate::{
     datapath::{
-        ADDR_LEN, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FlowCell, FragKey, FragValue,
-        IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
+        ADDR_LEN, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FlowCell,
+        FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
     },
     stats::{Counter, STATS_ENTRIES},
 };
@@ -37,6 +37,7 @@ pub const EPOCH: &str = "PAL_EPOCH";
 pub const FRAGS: &str = "PAL_FRAGS";
 pub const COUNTERS: &str = "PAL_COUNTERS";
 pub const FLOW_CELLS: &str = "PAL_FLOW_CELLS";
+pub const COUNTER_CELLS: &str = "PAL_CNT_CELLS";
 pub const XDP_DENY: &str = "PAL_XDP_DENY";
 pub const EVENTS: &str = "PAL_EVENTS";
 pub const XDP_POD_DENY: &str = "PAL_XDP_PODDENY";
@@ -127,6 +128,11 @@ pub const SPECS: &[MapSpec] = &[
     spec::<FragKey, FragValue>(FRAGS, kind::LRU_HASH, size::FRAGS),
     spec::<CounterKey, Counter>(COUNTERS, kind::PERCPU_HASH, size::COUNTERS),
     spec::<u32, FlowCell>(FLOW_CELLS, kind::PERCPU_ARRAY, crate::datapath::FLOW_CELLS),
+    spec::<u32, CounterCell>(
+        COUNTER_CELLS,
+        kind::PERCPU_ARRAY,
+        crate::datapath::COUNTER_CELLS,
+    ),
     lpm::<[u8; ADDR_LEN]>(XDP_DENY, size_of::<u32>() as u32, size::XDP_DENY),
     spec::<XdpPodDenyKey, u32>(XDP_POD_DENY, kind::HASH, size::XDP_POD_DENY),
     spec::<[u8; ADDR_LEN], u32>(XDP_DENY_HOST, kind::HASH, size::XDP_DENY_HOST),

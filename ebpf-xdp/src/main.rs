@@ -26,7 +26,12 @@ use ebpf_common::{
     kernel::{
         count, count_detail,
         parse::{IPPROTO_TCP, Kind, Packet, parse, tcp_flags},
-        pod::{self, maps::PAL_COUNTERS, policy::identity_of, scratch},
+        pod::{
+            self,
+            maps::{PAL_CNT_CELLS, PAL_COUNTERS},
+            policy::identity_of,
+            scratch,
+        },
     },
     maps::size,
     reason,
@@ -138,7 +143,7 @@ pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
             direction: direction::INGRESS as u8,
             _pad: 0,
         };
-        count_detail(&PAL_COUNTERS, &PAL_XDP_STATS, &key, bytes);
+        count_detail(&PAL_CNT_CELLS, &PAL_COUNTERS, &PAL_XDP_STATS, &key, bytes);
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_PASS

@@ -491,37 +491,63 @@ fn tracked_packets_are_counted_per_policy_through_the_flow_cells() -> anyhow::Re
     Ok(())
 }
 
+/// Keeps the calling thread on one CPU: per-CPU cells are taken per CPU.
+fn pin_to_one_cpu() -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; the set and the call concern
+    // only the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .context("no CPU")?;
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[rustfmt::skip]
 #[test]
 fn a_full_counter_map_is_counted_not_hidden() -> anyhow::Result<()> {
-    let mut h = Harness::sized(&["PAL_COUNTERS=2"])?;
-    h.expect(
-        IN,
-        &v4_tcp(B, A, 1, 80, SYN),
-        true,
-        "allow_policy",
-        "first counter key",
-    )?;
-    h.expect(
-        IN,
-        &v4_tcp(B, A, 2, 81, SYN),
-        false,
-        "drop_default_deny",
-        "second counter key",
-    )?;
-    // A third distinct (policy, reason) key finds the counter map full.
-    h.expect(
-        IN,
-        &v4_tcp(B, A, 3, 22, SYN),
-        false,
-        "drop_policy_deny",
-        "third counter key",
-    )?;
+    use ebpf_common::{datapath::{CounterKey, counter_cell}, reason};
+    // Counters go to a per-CPU cell first and to PAL_COUNTERS when another
+    // key holds the cell: three policies whose keys share one cell, on one
+    // CPU, with room for one key in the map.
+    pin_to_one_cpu()?;
+    let mut h = Harness::sized(&["PAL_COUNTERS=1"])?;
+    let key = |policy| CounterKey {
+        endpoint: EP,
+        policy,
+        reason: reason::ALLOW_POLICY as u16,
+        direction: IN as u8,
+        _pad: 0,
+    };
+    let cell = counter_cell(&key(1000));
+    let ids: Vec<u32> = (1000..u32::MAX).filter(|p| counter_cell(&key(*p)) == cell).take(3).collect();
+    let entries: Vec<PolicyEntry> = ids
+        .iter()
+        .zip([80, 81, 82])
+        .map(|(&id, port)| entry(IN, ID_B, TCP, (port, port), allow(id)))
+        .collect();
+    h.maps.replace_policy(LO, EP, ISOLATED, &entries)?;
+    h.expect(IN, &v4_tcp(B, A, 1, 80, SYN), true, "allow_policy", "first key: the cell")?;
+    h.expect(IN, &v4_tcp(B, A, 2, 81, SYN), true, "allow_policy", "second key: the map")?;
+    // The third key finds both taken.
+    h.expect(IN, &v4_tcp(B, A, 3, 82, SYN), true, "allow_policy", "third key")?;
     let full: u64 = read_pinned(&h.t.pins.map(maps::TC_STATS))?
         .iter()
         .filter(|r| r.reason == "counter_map_full")
         .map(|r| r.events)
         .sum();
     assert_eq!(full, 1);
+    assert_eq!(counted(&h, ids[0], reason::ALLOW_POLICY, IN)?.0, 1, "in the cell");
+    assert_eq!(counted(&h, ids[1], reason::ALLOW_POLICY, IN)?.0, 1, "in the map");
     Ok(())
 }
 

@@ -32,6 +32,7 @@ impl Object {
 const POD_DATAPATH: &[&str] = &[
     maps::TC_STATS,
     maps::COUNTERS,
+    maps::COUNTER_CELLS,
     maps::FLOW_CELLS,
     maps::ENDPOINTS,
     maps::IDENTITY,

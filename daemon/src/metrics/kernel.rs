@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use ebpf_common::{
-    datapath::{CounterKey, FlowCell, direction},
-    maps::{COUNTERS, FLOW_CELLS, SPECS, kind},
+    datapath::{CounterCell, CounterKey, FlowCell, direction},
+    maps::{COUNTER_CELLS, COUNTERS, FLOW_CELLS, SPECS, kind},
     reason,
     stats::Counter,
 };
@@ -49,7 +49,17 @@ pub fn details(pins: &PinDir) -> Result<Vec<Detail>, MapError> {
             );
         }
     }
-    for cell in flow_cells(pins)? {
+    for cell in claimed::<CounterCell>(pins, COUNTER_CELLS, |c| c.claimed != 0)? {
+        let k = cell.key;
+        add(
+            k.endpoint,
+            k.policy,
+            u32::from(k.reason),
+            u32::from(k.direction),
+            &cell.counter,
+        );
+    }
+    for cell in claimed::<FlowCell>(pins, FLOW_CELLS, |c| c.claimed != 0)? {
         let opener = u32::from(cell.direction);
         add(
             cell.endpoint,
@@ -82,17 +92,23 @@ pub fn details(pins: &PinDir) -> Result<Vec<Detail>, MapError> {
         .collect())
 }
 
-/// The claimed flow cells of every CPU.
-fn flow_cells(pins: &PinDir) -> Result<Vec<FlowCell>, MapError> {
-    let map = Map::from_map_data(MapData::from_pin(pins.map(FLOW_CELLS))?)?;
-    let cells: PerCpuArray<MapData, FlowCell> = PerCpuArray::try_from(map)?;
+/// The claimed cells of every CPU in the per-CPU array `name`.
+fn claimed<T: aya::Pod>(
+    pins: &PinDir,
+    name: &str,
+    is_claimed: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, MapError> {
+    let map = Map::from_map_data(MapData::from_pin(pins.map(name))?)?;
+    let cells: PerCpuArray<MapData, T> = PerCpuArray::try_from(map)?;
     let mut out = Vec::new();
     for index in 0..cells.len() {
-        for cell in cells.get(&index, 0)?.iter() {
-            if cell.claimed != 0 {
-                out.push(*cell);
-            }
-        }
+        out.extend(
+            cells
+                .get(&index, 0)?
+                .iter()
+                .filter(|c| is_claimed(c))
+                .copied(),
+        );
     }
     Ok(out)
 }

@@ -6,7 +6,12 @@ pub mod pod;
 
 use aya_ebpf::maps::PerCpuArray;
 
-use crate::stats::{Counter, stat_index};
+use core::ptr::write_volatile;
+
+use crate::{
+    datapath::{CounterCell, CounterKey, counter_cell},
+    stats::{Counter, stat_index},
+};
 
 /// Adds one event of `bytes` to the (direction, reason) cell. Per-CPU cells
 /// need no atomics: only this CPU writes this copy.
@@ -31,16 +36,37 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 }
 
 /// Adds one event to the detailed (endpoint, policy, reason, direction)
-/// counter. When the counter map is full the event is still counted in the
-/// per-direction `stats` array, under [`reason::COUNTER_MAP_FULL`] as well,
-/// so a full map shows up instead of hiding events.
+/// counter: in its cell if the cell is its own (or free) on this CPU, else
+/// in the counter map. When that is full too, the event is still counted in
+/// the per-direction `stats` array, under [`reason::COUNTER_MAP_FULL`] as
+/// well, so a full map shows up instead of hiding events.
 #[inline(always)]
 pub fn count_detail(
-    counters: &aya_ebpf::maps::PerCpuHashMap<crate::datapath::CounterKey, Counter>,
+    cells: &PerCpuArray<CounterCell>,
+    counters: &aya_ebpf::maps::PerCpuHashMap<CounterKey, Counter>,
     stats: &PerCpuArray<Counter>,
-    key: &crate::datapath::CounterKey,
+    key: &CounterKey,
     bytes: u64,
 ) {
+    if let Some(cell) = cells.get_ptr_mut(counter_cell(key)) {
+        // SAFETY: a per-CPU array value, valid for this run and written
+        // only by this CPU.
+        let cell = unsafe { &mut *cell };
+        if cell.claimed == 0 {
+            // Readers skip unclaimed cells, so the key goes in first:
+            // volatile writes keep their order.
+            // SAFETY: pointers to fields of the cell above.
+            unsafe {
+                write_volatile(&mut cell.key, *key);
+                write_volatile(&mut cell.claimed, 1);
+            }
+        }
+        if cell.key == *key {
+            cell.counter.events += 1;
+            cell.counter.bytes += bytes;
+            return;
+        }
+    }
     let first = Counter { events: 1, bytes };
     let cell = match counters.get_ptr_mut(key) {
         Some(cell) => cell,

@@ -4,8 +4,8 @@
 
 use crate::{
     datapath::{
-        ADDR_LEN, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FLOW_CELLS, FlowCell,
-        FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue,
+        ADDR_LEN, COUNTER_CELLS, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue,
+        FLOW_CELLS, FlowCell, FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue,
     },
     maps::size,
     stats::{Counter, STATS_ENTRIES},
@@ -21,6 +21,10 @@ pub static PAL_TC_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(ST
 #[map(name = "PAL_COUNTERS")]
 pub static PAL_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
     PerCpuHashMap::with_max_entries(size::COUNTERS, 0);
+
+#[map(name = "PAL_CNT_CELLS")]
+pub static PAL_CNT_CELLS: PerCpuArray<CounterCell> =
+    PerCpuArray::with_max_entries(COUNTER_CELLS, 0);
 
 #[map(name = "PAL_FLOW_CELLS")]
 pub static PAL_FLOW_CELLS: PerCpuArray<FlowCell> = PerCpuArray::with_max_entries(FLOW_CELLS, 0);

@@ -14,7 +14,7 @@ pub mod scratch;
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use core::ptr::write_volatile;
 
-use maps::{PAL_COUNTERS, PAL_ENDPOINTS, PAL_FLOW_CELLS, PAL_TC_STATS};
+use maps::{PAL_CNT_CELLS, PAL_COUNTERS, PAL_ENDPOINTS, PAL_FLOW_CELLS, PAL_TC_STATS};
 use policy::Verdict;
 
 use crate::{
@@ -123,7 +123,7 @@ fn account_tracked(flow: &flow::Tracked, dir: u32, bytes: u64) {
         direction: dir as u8,
         _pad: 0,
     };
-    count_detail(&PAL_COUNTERS, &PAL_TC_STATS, &key, bytes);
+    count_detail(&PAL_CNT_CELLS, &PAL_COUNTERS, &PAL_TC_STATS, &key, bytes);
 }
 
 /// Counts a verdict per (direction, reason) and per (endpoint, policy,
@@ -138,5 +138,5 @@ fn account(endpoint: u32, dir: u32, verdict: &Verdict, bytes: u64) {
         direction: dir as u8,
         _pad: 0,
     };
-    count_detail(&PAL_COUNTERS, &PAL_TC_STATS, &key, bytes);
+    count_detail(&PAL_CNT_CELLS, &PAL_COUNTERS, &PAL_TC_STATS, &key, bytes);
 }
