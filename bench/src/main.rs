@@ -118,7 +118,7 @@ struct Sample {
     ratio: f64,
 }
 
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 11;
 /// One column of the table, by name.
 type Case = fn(&Row) -> Sample;
 

@@ -195,43 +195,37 @@ pub struct CtValue {
     /// 1 if the opening packet's source is the key's `lo` side.
     pub opener_lo: u8,
     pub _pad: [u8; 5],
-    /// The flow's counter cell in `PAL_FLOW_CELLS`: [`flow_cell`] of
-    /// (endpoint, policy, direction).
-    pub cell: u32,
+    /// The counter cells of its packets ([`flow_cells`]), so that the fast
+    /// path does not hash their keys per packet.
+    pub cells: u32,
 }
 
-/// Counters of tracked flows' packets (`PAL_FLOW_CELLS`, per CPU): the
-/// fast path counts an established packet in one array cell, an inlined
-/// lookup, instead of a hash lookup in `PAL_COUNTERS`. A cell belongs to
-/// the first (endpoint, policy, direction) counted in it on that CPU, for
-/// good; another that hashes to the same cell is counted in `PAL_COUNTERS`.
-/// Readers add both.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCell {
-    pub endpoint: u32,
-    pub policy: u32,
-    /// The flows' opening direction.
-    pub direction: u8,
-    /// Written last when a cell is taken: readers skip cells without it.
-    pub claimed: u8,
-    pub _pad: [u8; 6],
-    /// Packets in the opening direction (`ALLOW_ESTABLISHED`).
-    pub established: crate::stats::Counter,
-    /// Replies, counted in the other direction (`ALLOW_REPLY`).
-    pub reply: crate::stats::Counter,
-}
-
-/// Cells in `PAL_FLOW_CELLS`: a power of two, fixed (the programs mask
-/// with it).
-pub const FLOW_CELLS: u32 = 4096;
-
-/// The cell of (endpoint, policy, direction): a multiplicative hash.
-pub const fn flow_cell(endpoint: u32, policy: u32, direction: u32) -> u32 {
-    let h = endpoint.wrapping_mul(0x9e37_79b1)
-        ^ policy.wrapping_mul(0x85eb_ca77)
-        ^ direction.wrapping_mul(0xc2b2_ae3d);
-    (h ^ (h >> 16)) & (FLOW_CELLS - 1)
+/// The counter cells of a flow's packets: (endpoint, policy,
+/// `ALLOW_ESTABLISHED`, its opening direction) in the low half, (endpoint,
+/// policy, `ALLOW_REPLY`, the other direction) in the high half.
+pub const fn flow_cells(endpoint: u32, policy: u32, opener_dir: u32) -> u32 {
+    const fn cell(endpoint: u32, policy: u32, reason: u32, dir: u32) -> u32 {
+        counter_cell(&CounterKey {
+            endpoint,
+            policy,
+            reason: reason as u16,
+            direction: dir as u8,
+            _pad: 0,
+        })
+    }
+    let established = cell(
+        endpoint,
+        policy,
+        crate::reason::ALLOW_ESTABLISHED,
+        opener_dir,
+    );
+    let reply = cell(
+        endpoint,
+        policy,
+        crate::reason::ALLOW_REPLY,
+        direction::opposite(opener_dir),
+    );
+    established | (reply << 16)
 }
 
 pub mod ct_state {
@@ -375,10 +369,8 @@ const _: () = {
     assert!(size_of::<Ct4Key>() == 16);
     assert!(size_of::<Ct6Key>() == 40);
     assert!(size_of::<CtValue>() == 32);
-    assert!(size_of::<FlowCell>() == 48);
     assert!(size_of::<CounterCell>() == 32);
-    assert!(COUNTER_CELLS.is_power_of_two());
-    assert!(FLOW_CELLS.is_power_of_two());
+    assert!(COUNTER_CELLS.is_power_of_two() && COUNTER_CELLS <= 1 << 16);
     assert!(size_of::<FragKey>() == 40);
     assert!(size_of::<FragValue>() == 4);
     assert!(size_of::<CounterKey>() == 12);
@@ -397,7 +389,6 @@ mod pod {
     unsafe impl aya::Pod for Ct4Key {}
     unsafe impl aya::Pod for Ct6Key {}
     unsafe impl aya::Pod for CtValue {}
-    unsafe impl aya::Pod for FlowCell {}
     unsafe impl aya::Pod for CounterCell {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}

@@ -10,8 +10,8 @@ use core::mem::size_of;
 
 use crate::{
     datapath::{
-        ADDR_LEN, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FlowCell,
-        FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
+        ADDR_LEN, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FragKey,
+        FragValue, IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
     },
     stats::{Counter, STATS_ENTRIES},
 };
@@ -36,7 +36,6 @@ pub const CT: [&str; 2] = [CT4, CT6];
 pub const EPOCH: &str = "PAL_EPOCH";
 pub const FRAGS: &str = "PAL_FRAGS";
 pub const COUNTERS: &str = "PAL_COUNTERS";
-pub const FLOW_CELLS: &str = "PAL_FLOW_CELLS";
 pub const COUNTER_CELLS: &str = "PAL_CNT_CELLS";
 pub const XDP_DENY: &str = "PAL_XDP_DENY";
 pub const EVENTS: &str = "PAL_EVENTS";
@@ -127,7 +126,6 @@ pub const SPECS: &[MapSpec] = &[
     spec::<u32, u32>(EPOCH, kind::ARRAY, 1),
     spec::<FragKey, FragValue>(FRAGS, kind::LRU_HASH, size::FRAGS),
     spec::<CounterKey, Counter>(COUNTERS, kind::PERCPU_HASH, size::COUNTERS),
-    spec::<u32, FlowCell>(FLOW_CELLS, kind::PERCPU_ARRAY, crate::datapath::FLOW_CELLS),
     spec::<u32, CounterCell>(
         COUNTER_CELLS,
         kind::PERCPU_ARRAY,

@@ -458,8 +458,9 @@ fn counted(h: &Harness, policy: u32, reason: u32, dir: u32) -> anyhow::Result<(u
 
 #[rustfmt::skip]
 #[test]
-fn tracked_packets_are_counted_per_policy_through_the_flow_cells() -> anyhow::Result<()> {
-    use ebpf_common::{datapath::flow_cell, reason};
+fn tracked_packets_are_counted_per_policy_through_the_counter_cells() -> anyhow::Result<()> {
+    use ebpf_common::{datapath::{CounterKey, counter_cell}, reason};
+    pin_to_one_cpu()?;
     let mut h = Harness::new()?;
     h.expect(IN, &v4_tcp(B, A, 41000, 80, SYN), true, "allow_policy", "opens the flow")?;
     for _ in 0..5 {
@@ -473,10 +474,17 @@ fn tracked_packets_are_counted_per_policy_through_the_flow_cells() -> anyhow::Re
     assert_eq!(counted(&h, 11, reason::ALLOW_ESTABLISHED, IN)?, (5, 5 * frame));
     assert_eq!(counted(&h, 11, reason::ALLOW_REPLY, OUT)?, (3, 3 * frame));
 
-    // Another (endpoint, policy, direction) whose cell is taken: a policy id
-    // chosen to hash to the same cell as policy 11's flows.
-    let cell = flow_cell(EP, 11, IN);
-    let twin = (1000..u32::MAX).find(|p| flow_cell(EP, *p, IN) == cell).context("no twin")?;
+    // Another policy's established packets, whose cell policy 11's hold on
+    // this CPU: a policy id chosen to hash to the same cell.
+    let key = |policy| CounterKey {
+        endpoint: EP,
+        policy,
+        reason: reason::ALLOW_ESTABLISHED as u16,
+        direction: IN as u8,
+        _pad: 0,
+    };
+    let cell = counter_cell(&key(11));
+    let twin = (1000..u32::MAX).find(|p| counter_cell(&key(*p)) == cell).context("no twin")?;
     let mut v2 = policy_v1();
     v2.push(entry(IN, ID_B, TCP, (8080, 8080), allow(twin)));
     h.maps.replace_policy(LO, EP, ISOLATED, &v2)?;
@@ -486,7 +494,12 @@ fn tracked_packets_are_counted_per_policy_through_the_flow_cells() -> anyhow::Re
     }
     h.expect(IN, &v4_tcp(B, A, 41000, 80, ACK), true, "allow_established", "first flow, re-judged")?;
     h.expect(IN, &v4_tcp(B, A, 41000, 80, ACK), true, "allow_established", "first flow, fast again")?;
-    assert_eq!(counted(&h, twin, reason::ALLOW_ESTABLISHED, IN)?.0, 4, "the twin's packets, in a cell or the counter map");
+    assert_eq!(counted(&h, twin, reason::ALLOW_ESTABLISHED, IN)?.0, 4, "the twin's packets");
+    let map = aya::maps::MapData::from_pin(h.t.pins.map(maps::COUNTERS))?;
+    let counters: aya::maps::PerCpuHashMap<_, CounterKey, ebpf_common::stats::Counter> =
+        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::from_map_data(map)?)?;
+    let in_map: u64 = counters.get(&key(twin), 0)?.iter().map(|c| c.events).sum();
+    assert_eq!(in_map, 4, "the twin's packets went to the counter map: its cell was taken");
     assert_eq!(counted(&h, 11, reason::ALLOW_ESTABLISHED, IN)?.0, 7, "policy 11's, still its own");
     Ok(())
 }

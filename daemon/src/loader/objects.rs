@@ -33,7 +33,6 @@ const POD_DATAPATH: &[&str] = &[
     maps::TC_STATS,
     maps::COUNTERS,
     maps::COUNTER_CELLS,
-    maps::FLOW_CELLS,
     maps::ENDPOINTS,
     maps::IDENTITY,
     maps::IDENTITY_HOST,

@@ -16,7 +16,7 @@ pub enum SizeError {
     #[error("{0}: expected NAME=ENTRIES with ENTRIES a positive number")]
     Syntax(String),
     #[error(
-        "{name} has a fixed size of {fixed}: the programs index it (reason codes, flow cells, the epoch)"
+        "{name} has a fixed size of {fixed}: the programs index it (reason codes, counter cells, the epoch)"
     )]
     Fixed { name: String, fixed: u32 },
 }
@@ -96,7 +96,7 @@ mod tests {
         ));
         assert!(matches!(s.set("PAL_CT4=0"), Err(SizeError::Syntax(_))));
         assert!(matches!(s.set("PAL_CT4"), Err(SizeError::Syntax(_))));
-        for fixed in ["PAL_TC_STATS=9", "PAL_FLOW_CELLS=8192", "PAL_EPOCH=2"] {
+        for fixed in ["PAL_TC_STATS=9", "PAL_CNT_CELLS=8192", "PAL_EPOCH=2"] {
             assert!(
                 matches!(s.set(fixed), Err(SizeError::Fixed { .. })),
                 "{fixed} accepted"

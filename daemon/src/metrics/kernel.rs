@@ -8,9 +8,8 @@ use std::{
 
 use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use ebpf_common::{
-    datapath::{CounterCell, CounterKey, FlowCell, direction},
-    maps::{COUNTER_CELLS, COUNTERS, FLOW_CELLS, SPECS, kind},
-    reason,
+    datapath::{CounterCell, CounterKey},
+    maps::{COUNTER_CELLS, COUNTERS, SPECS, kind},
     stats::Counter,
 };
 
@@ -57,23 +56,6 @@ pub fn details(pins: &PinDir) -> Result<Vec<Detail>, MapError> {
             u32::from(k.reason),
             u32::from(k.direction),
             &cell.counter,
-        );
-    }
-    for cell in claimed::<FlowCell>(pins, FLOW_CELLS, |c| c.claimed != 0)? {
-        let opener = u32::from(cell.direction);
-        add(
-            cell.endpoint,
-            cell.policy,
-            reason::ALLOW_ESTABLISHED,
-            opener,
-            &cell.established,
-        );
-        add(
-            cell.endpoint,
-            cell.policy,
-            reason::ALLOW_REPLY,
-            direction::opposite(opener),
-            &cell.reply,
         );
     }
     Ok(sums

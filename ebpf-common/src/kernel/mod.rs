@@ -48,7 +48,20 @@ pub fn count_detail(
     key: &CounterKey,
     bytes: u64,
 ) {
-    if let Some(cell) = cells.get_ptr_mut(counter_cell(key)) {
+    count_detail_at(cells, counters, stats, key, counter_cell(key), bytes);
+}
+
+/// [`count_detail`] with the key's cell already known.
+#[inline(always)]
+pub fn count_detail_at(
+    cells: &PerCpuArray<CounterCell>,
+    counters: &aya_ebpf::maps::PerCpuHashMap<CounterKey, Counter>,
+    stats: &PerCpuArray<Counter>,
+    key: &CounterKey,
+    cell: u32,
+    bytes: u64,
+) {
+    if let Some(cell) = cells.get_ptr_mut(cell) {
         // SAFETY: a per-CPU array value, valid for this run and written
         // only by this CPU.
         let cell = unsafe { &mut *cell };

@@ -11,7 +11,7 @@
 //! tracked if allowed.
 
 use crate::{
-    datapath::{ADDR_LEN, CtValue, EndpointValue, FragValue, direction, flow_cell},
+    datapath::{ADDR_LEN, CtValue, EndpointValue, FragValue, direction, flow_cells},
     kernel::parse::{Packet, frag},
     reason,
 };
@@ -44,8 +44,8 @@ fn ipv4_of(a: &[u8; ADDR_LEN]) -> [u8; 4] {
     [a[12], a[13], a[14], a[15]]
 }
 
-/// A packet of a flow tracked and judged under `epoch` passes, as
-/// [`Tracked`]; anything else goes down the slow path.
+/// A packet of a flow tracked and judged under `epoch` passes on its
+/// entry alone; anything else goes down the slow path.
 #[inline(always)]
 pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Fast {
     if s.pkt.frag != frag::NONE || s.pkt.is_related {
@@ -64,32 +64,22 @@ pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Fast {
     }
     let is_reply = src_is_lo != (value.opener_lo != 0);
     advance(value, s.pkt.protocol, s.pkt.tcp_flags, is_reply, now);
-    Fast::Pass(Tracked {
-        endpoint: value.endpoint,
-        policy: value.policy,
-        opener_dir: u32::from(value.direction),
-        cell: value.cell,
-        is_reply,
-    })
+    let (why, cell) = if is_reply {
+        (reason::ALLOW_REPLY, value.cells >> 16)
+    } else {
+        (reason::ALLOW_ESTABLISHED, value.cells & 0xffff)
+    };
+    Fast::Pass(Verdict::pass(why, value.policy), value.endpoint, cell)
 }
 
 /// What the fast path made of a packet.
 pub enum Fast {
-    Pass(Tracked),
+    /// Passes, with the endpoint that tracks the flow and the counter cell.
+    Pass(Verdict, u32, u32),
     /// No conntrack entry: a new flow (its key is built).
     Untracked,
     /// For the slow path to look at from the start.
     Slow,
-}
-
-/// A packet of a tracked flow that the fast path passed: what its counters
-/// need.
-pub struct Tracked {
-    pub endpoint: u32,
-    pub policy: u32,
-    pub opener_dir: u32,
-    pub cell: u32,
-    pub is_reply: bool,
 }
 
 /// A tracked flow, seen in `dir` (`is_reply` if against its opening
@@ -122,7 +112,7 @@ fn rejudge(
     if v.pass {
         value.epoch = epoch;
         value.policy = v.policy;
-        value.cell = flow_cell(value.endpoint, v.policy, u32::from(value.direction));
+        value.cells = flow_cells(value.endpoint, v.policy, u32::from(value.direction));
         Ok(())
     } else {
         Err(Verdict::drop(reason::DROP_REVALIDATED, v.policy))
@@ -233,7 +223,7 @@ pub fn decide(
             epoch,
             direction: dir as u8,
             opener_lo: u8::from(src_is_lo),
-            cell: flow_cell(ep.endpoint, verdict.policy, dir),
+            cells: flow_cells(ep.endpoint, verdict.policy, dir),
             ..CtValue::default()
         };
         advance(&mut value, s.pkt.protocol, s.pkt.tcp_flags, false, now);

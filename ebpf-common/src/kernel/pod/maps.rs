@@ -5,7 +5,7 @@
 use crate::{
     datapath::{
         ADDR_LEN, COUNTER_CELLS, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue,
-        FLOW_CELLS, FlowCell, FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue,
+        FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue,
     },
     maps::size,
     stats::{Counter, STATS_ENTRIES},
@@ -25,9 +25,6 @@ pub static PAL_COUNTERS: PerCpuHashMap<CounterKey, Counter> =
 #[map(name = "PAL_CNT_CELLS")]
 pub static PAL_CNT_CELLS: PerCpuArray<CounterCell> =
     PerCpuArray::with_max_entries(COUNTER_CELLS, 0);
-
-#[map(name = "PAL_FLOW_CELLS")]
-pub static PAL_FLOW_CELLS: PerCpuArray<FlowCell> = PerCpuArray::with_max_entries(FLOW_CELLS, 0);
 
 #[map(name = "PAL_ENDPOINTS")]
 pub static PAL_ENDPOINTS: HashMap<u32, EndpointValue> =

@@ -12,15 +12,13 @@ pub mod policy;
 pub mod scratch;
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use core::ptr::write_volatile;
-
-use maps::{PAL_CNT_CELLS, PAL_COUNTERS, PAL_ENDPOINTS, PAL_FLOW_CELLS, PAL_TC_STATS};
+use maps::{PAL_CNT_CELLS, PAL_COUNTERS, PAL_ENDPOINTS, PAL_TC_STATS};
 use policy::Verdict;
 
 use crate::{
     datapath::CounterKey,
     kernel::{
-        count, count_detail,
+        count, count_detail, count_detail_at,
         parse::{Kind, parse},
     },
     reason,
@@ -51,8 +49,17 @@ pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32)
     let mut untracked = false;
     if parsed_ip {
         match flow::established(s, dir, epoch, now) {
-            flow::Fast::Pass(flow) => {
-                account_tracked(&flow, dir, bytes);
+            flow::Fast::Pass(verdict, endpoint, cell) => {
+                count(&PAL_TC_STATS, dir, verdict.reason, bytes);
+                let key = counter_key(endpoint, dir, &verdict);
+                count_detail_at(
+                    &PAL_CNT_CELLS,
+                    &PAL_COUNTERS,
+                    &PAL_TC_STATS,
+                    &key,
+                    cell,
+                    bytes,
+                );
                 return true;
             }
             flow::Fast::Untracked => untracked = true,
@@ -76,67 +83,22 @@ pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32)
     verdict.pass
 }
 
-/// Counts a fast-path packet: in its flow's cell if the cell is its own
-/// (or free) on this CPU, else like any other verdict.
-#[inline(always)]
-fn account_tracked(flow: &flow::Tracked, dir: u32, bytes: u64) {
-    let why = if flow.is_reply {
-        reason::ALLOW_REPLY
-    } else {
-        reason::ALLOW_ESTABLISHED
-    };
-    count(&PAL_TC_STATS, dir, why, bytes);
-    if let Some(cell) = PAL_FLOW_CELLS.get_ptr_mut(flow.cell) {
-        // SAFETY: a per-CPU array value, valid for this run and written
-        // only by this CPU.
-        let cell = unsafe { &mut *cell };
-        if cell.claimed == 0 {
-            // Readers skip unclaimed cells, so the key goes in first:
-            // volatile writes keep their order (the BPF backend has no
-            // fences; x86 keeps stores in order).
-            // SAFETY: pointers to fields of the cell above.
-            unsafe {
-                write_volatile(&mut cell.endpoint, flow.endpoint);
-                write_volatile(&mut cell.policy, flow.policy);
-                write_volatile(&mut cell.direction, flow.opener_dir as u8);
-                write_volatile(&mut cell.claimed, 1);
-            }
-        }
-        if cell.endpoint == flow.endpoint
-            && cell.policy == flow.policy
-            && u32::from(cell.direction) == flow.opener_dir
-        {
-            let c = if flow.is_reply {
-                &mut cell.reply
-            } else {
-                &mut cell.established
-            };
-            c.events += 1;
-            c.bytes += bytes;
-            return;
-        }
-    }
-    let key = CounterKey {
-        endpoint: flow.endpoint,
-        policy: flow.policy,
-        reason: why as u16,
-        direction: dir as u8,
-        _pad: 0,
-    };
-    count_detail(&PAL_CNT_CELLS, &PAL_COUNTERS, &PAL_TC_STATS, &key, bytes);
-}
-
 /// Counts a verdict per (direction, reason) and per (endpoint, policy,
 /// reason, direction).
 #[inline(always)]
 fn account(endpoint: u32, dir: u32, verdict: &Verdict, bytes: u64) {
     count(&PAL_TC_STATS, dir, verdict.reason, bytes);
-    let key = CounterKey {
+    let key = counter_key(endpoint, dir, verdict);
+    count_detail(&PAL_CNT_CELLS, &PAL_COUNTERS, &PAL_TC_STATS, &key, bytes);
+}
+
+#[inline(always)]
+fn counter_key(endpoint: u32, dir: u32, verdict: &Verdict) -> CounterKey {
+    CounterKey {
         endpoint,
         policy: verdict.policy,
         reason: verdict.reason as u16,
         direction: dir as u8,
         _pad: 0,
-    };
-    count_detail(&PAL_CNT_CELLS, &PAL_COUNTERS, &PAL_TC_STATS, &key, bytes);
+    }
 }
