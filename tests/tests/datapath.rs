@@ -459,7 +459,7 @@ fn counted(h: &Harness, policy: u32, reason: u32, dir: u32) -> anyhow::Result<(u
 #[rustfmt::skip]
 #[test]
 fn tracked_packets_are_counted_per_policy_through_the_counter_cells() -> anyhow::Result<()> {
-    use ebpf_common::{datapath::{CounterKey, counter_cell}, reason};
+    use ebpf_common::reason;
     pin_to_one_cpu()?;
     let mut h = Harness::new()?;
     h.expect(IN, &v4_tcp(B, A, 41000, 80, SYN), true, "allow_policy", "opens the flow")?;
@@ -476,15 +476,8 @@ fn tracked_packets_are_counted_per_policy_through_the_counter_cells() -> anyhow:
 
     // Another policy's established packets, whose cell policy 11's hold on
     // this CPU: a policy id chosen to hash to the same cell.
-    let key = |policy| CounterKey {
-        endpoint: EP,
-        policy,
-        reason: reason::ALLOW_ESTABLISHED as u16,
-        direction: IN as u8,
-        _pad: 0,
-    };
-    let cell = counter_cell(&key(11));
-    let twin = (1000..u32::MAX).find(|p| counter_cell(&key(*p)) == cell).context("no twin")?;
+    let key = |policy| ingress_key(policy, reason::ALLOW_ESTABLISHED);
+    let twin = sharing_a_cell(&key(11)).next().context("no twin")?;
     let mut v2 = policy_v1();
     v2.push(entry(IN, ID_B, TCP, (8080, 8080), allow(twin)));
     h.maps.replace_policy(LO, EP, ISOLATED, &v2)?;
@@ -496,12 +489,33 @@ fn tracked_packets_are_counted_per_policy_through_the_counter_cells() -> anyhow:
     h.expect(IN, &v4_tcp(B, A, 41000, 80, ACK), true, "allow_established", "first flow, fast again")?;
     assert_eq!(counted(&h, twin, reason::ALLOW_ESTABLISHED, IN)?.0, 4, "the twin's packets");
     let map = aya::maps::MapData::from_pin(h.t.pins.map(maps::COUNTERS))?;
-    let counters: aya::maps::PerCpuHashMap<_, CounterKey, ebpf_common::stats::Counter> =
+    let counters: aya::maps::PerCpuHashMap<_, ebpf_common::datapath::CounterKey, ebpf_common::stats::Counter> =
         aya::maps::PerCpuHashMap::try_from(aya::maps::Map::from_map_data(map)?)?;
     let in_map: u64 = counters.get(&key(twin), 0)?.iter().map(|c| c.events).sum();
     assert_eq!(in_map, 4, "the twin's packets went to the counter map: its cell was taken");
     assert_eq!(counted(&h, 11, reason::ALLOW_ESTABLISHED, IN)?.0, 7, "policy 11's, still its own");
     Ok(())
+}
+
+/// The endpoint's ingress counter key for `policy` and `reason`.
+fn ingress_key(policy: u32, reason: u32) -> ebpf_common::datapath::CounterKey {
+    ebpf_common::datapath::CounterKey {
+        endpoint: EP,
+        policy,
+        reason: reason as u16,
+        direction: IN as u8,
+        _pad: 0,
+    }
+}
+
+/// Policy ids above 999 whose key (as `key`, with that policy) has the
+/// same counter cell as `key`.
+fn sharing_a_cell(key: &ebpf_common::datapath::CounterKey) -> impl Iterator<Item = u32> + use<> {
+    use ebpf_common::datapath::counter_cell;
+    let (key, cell) = (*key, counter_cell(key));
+    (1000..u32::MAX).filter(move |&policy| {
+        counter_cell(&ebpf_common::datapath::CounterKey { policy, ..key }) == cell
+    })
 }
 
 /// Keeps the calling thread on one CPU: per-CPU cells are taken per CPU.
@@ -528,21 +542,13 @@ fn pin_to_one_cpu() -> anyhow::Result<()> {
 #[rustfmt::skip]
 #[test]
 fn a_full_counter_map_is_counted_not_hidden() -> anyhow::Result<()> {
-    use ebpf_common::{datapath::{CounterKey, counter_cell}, reason};
+    use ebpf_common::reason;
     // Counters go to a per-CPU cell first and to PAL_COUNTERS when another
     // key holds the cell: three policies whose keys share one cell, on one
     // CPU, with room for one key in the map.
     pin_to_one_cpu()?;
     let mut h = Harness::sized(&["PAL_COUNTERS=1"])?;
-    let key = |policy| CounterKey {
-        endpoint: EP,
-        policy,
-        reason: reason::ALLOW_POLICY as u16,
-        direction: IN as u8,
-        _pad: 0,
-    };
-    let cell = counter_cell(&key(1000));
-    let ids: Vec<u32> = (1000..u32::MAX).filter(|p| counter_cell(&key(*p)) == cell).take(3).collect();
+    let ids: Vec<u32> = sharing_a_cell(&ingress_key(999, reason::ALLOW_POLICY)).take(3).collect();
     let entries: Vec<PolicyEntry> = ids
         .iter()
         .zip([80, 81, 82])
