@@ -9,7 +9,7 @@ pub const PASS_UNENFORCED: u32 = 0;
 pub const ALLOW_POLICY: u32 = 1;
 /// A reply of a flow allowed in the other direction (conntrack, no lookup).
 pub const ALLOW_REPLY: u32 = 2;
-/// A later packet of a flow allowed under the endpoint's current revision.
+/// A later packet of a tracked flow, judged under the current epoch.
 pub const ALLOW_ESTABLISHED: u32 = 3;
 /// An explicit deny entry matched.
 pub const DROP_POLICY_DENY: u32 = 4;
@@ -33,7 +33,8 @@ pub const ALLOW_FRAGMENT: u32 = 12;
 pub const DROP_IPV6_EXT_LIMIT: u32 = 13;
 /// The interface is not a Palisade endpoint; nothing to enforce.
 pub const PASS_NO_ENDPOINT: u32 = 14;
-/// A tracked flow re-checked after a policy change and now denied.
+/// A tracked flow judged again after a policy or identity change and now
+/// denied.
 pub const DROP_REVALIDATED: u32 = 15;
 /// The XDP prefilter's node-level CIDR deny list matched.
 pub const DROP_CIDR_DENY: u32 = 16;

@@ -445,7 +445,7 @@ fn a_full_policy_map_is_an_error_and_the_last_good_policy_stays() -> anyhow::Res
 }
 
 /// Packets and bytes counted for (policy, reason, direction), from the
-/// counter map and the flow cells together, as metrics read them.
+/// counter map and the counter cells together, as metrics read them.
 fn counted(h: &Harness, policy: u32, reason: u32, dir: u32) -> anyhow::Result<(u64, u64)> {
     let details = palisade::metrics::kernel::details(&h.t.pins)?;
     Ok(details

@@ -27,7 +27,7 @@ pub struct Detail {
 }
 
 /// Every (endpoint, policy, reason, direction) counted, from the counter
-/// map and the flow cells together.
+/// map and the counter cells together.
 pub fn details(pins: &PinDir) -> Result<Vec<Detail>, MapError> {
     let mut sums: BTreeMap<(u32, u32, u32, u32), (u64, u64)> = BTreeMap::new();
     let mut add = |endpoint, policy, reason, direction, c: &Counter| {

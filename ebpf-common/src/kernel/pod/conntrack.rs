@@ -1,4 +1,4 @@
-//! Connection tracking: state per flow, idle timeouts, policy revision.
+//! Connection tracking: the key of a flow, its state, idle timeouts.
 
 use crate::{
     datapath::{ADDR_LEN, Ct4Key, Ct6Key, CtValue, ct_state, ct_timeout, direction},
