@@ -19,7 +19,7 @@ use rtnetlink::{
         AddressFamily,
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
-        route::{RouteAddress, RouteAttribute, RouteMessage},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
     },
 };
 
@@ -278,6 +278,37 @@ pub fn nudge(ip: IpAddr) {
     if let Ok(socket) = UdpSocket::bind(bind) {
         let _ = socket.send_to(&[], SocketAddr::new(ip, 9));
     }
+}
+
+/// The interfaces the node's default routes (main table, IPv4 and IPv6,
+/// every next hop of a multipath route) leave through: what `--uplink
+/// auto` attaches the prefilter to.
+pub async fn default_route_links(handle: &Handle) -> Result<Vec<u32>, DiscoverError> {
+    const RT_TABLE_MAIN: u8 = 254;
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut query = RouteMessage::default();
+        query.header.address_family = family;
+        let routes: Vec<RouteMessage> = handle.route().get(query).execute().try_collect().await?;
+        for route in routes.iter().filter(|r| {
+            r.header.destination_prefix_length == 0
+                && r.header.kind == RouteType::Unicast
+                && r.header.table == RT_TABLE_MAIN
+        }) {
+            for a in &route.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => out.push(*i),
+                    RouteAttribute::MultiPath(hops) => {
+                        out.extend(hops.iter().map(|h| h.interface_index));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 /// A netlink connection in the calling thread's network namespace, driven

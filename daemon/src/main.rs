@@ -119,9 +119,10 @@ enum Command {
         /// rest share pod="other"); off by default to bound the series.
         #[arg(long, value_name = "N")]
         metrics_pod_labels: Option<usize>,
-        /// Attach the XDP prefilter to this uplink (repeatable): it drops
-        /// the --deny-cidr sources and connection attempts to this node's
-        /// pods that an explicit deny refuses whatever else applies.
+        /// Attach the XDP prefilter to this uplink (repeatable; `auto`: the
+        /// interfaces of the node's default routes): it drops the
+        /// --deny-cidr sources and connection attempts to this node's pods
+        /// that an explicit deny refuses whatever else applies.
         #[arg(long = "uplink", value_name = "IFACE")]
         uplinks: Vec<String>,
         /// Node-level deny list for the prefilter (repeatable): every packet
@@ -431,6 +432,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
+                let uplinks = resolve_uplinks(uplinks).await?;
                 let options = palisade::agent::Options {
                     status_file,
                     resync: std::time::Duration::from_millis(resync_ms),
@@ -578,4 +580,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--uplink` names, with `auto` replaced by the default routes' interfaces.
+async fn resolve_uplinks(named: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for name in named {
+        if name != "auto" {
+            out.push(name);
+            continue;
+        }
+        let handle = palisade::discover::connect()?;
+        let found = palisade::discover::default_route_links(&handle).await?;
+        anyhow::ensure!(
+            !found.is_empty(),
+            "--uplink auto: the node has no default route"
+        );
+        for index in found {
+            let name = palisade::netns::ifname(index)?;
+            tracing::info!("--uplink auto: {name}");
+            out.push(name);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }

@@ -308,6 +308,11 @@ fn the_prefilter_on_an_uplink_drops_denied_sources_and_refused_connection_attemp
             "10.199.1.254",
         ],
     )?;
+    // The node's default route leaves through the uplink: `--uplink auto`.
+    run(
+        "ip",
+        &["-n", node, "route", "add", "default", "via", "192.0.2.2"],
+    )?;
     let listeners: Vec<TcpListener> = [PORT, PORT + 1]
         .iter()
         .map(|&port| in_netns(&pod.netns, || TcpListener::bind((pod.ip, port))))
@@ -319,7 +324,7 @@ fn the_prefilter_on_an_uplink_drops_denied_sources_and_refused_connection_attemp
     let status = dir.join("status.json");
     write_revision(&source, "cluster.yaml", &cluster(&lab), "1")?;
     write_revision(&source, "policy.yaml", DENY_EXT1, "1")?;
-    let extra = ["--uplink", uplink.as_str(), "--deny-cidr", "192.0.2.3/32"];
+    let extra = ["--uplink", "auto", "--deny-cidr", "192.0.2.3/32"];
     let _daemon = Daemon::start(node, t.pins.base(), &source, &status, 300, &extra)?;
     wait_ready(&status, "1")?;
 
