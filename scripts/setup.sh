@@ -17,14 +17,14 @@ ensure_toolchains() {
      ! rustup run "$USER_TOOLCHAIN" cargo clippy --version >/dev/null 2>&1 ||
      ! rustup target list --installed --toolchain "$USER_TOOLCHAIN" | grep -qx "$GUEST_TARGET"; then
     log "installing user-space toolchain $USER_TOOLCHAIN"
-    rustup toolchain install "$USER_TOOLCHAIN" --profile minimal --component rustfmt,clippy
+    rustup toolchain install "$USER_TOOLCHAIN" --no-self-update --profile minimal --component rustfmt,clippy
     rustup target add "$GUEST_TARGET" --toolchain "$USER_TOOLCHAIN"
   fi
   if ! rustup run "$EBPF_TOOLCHAIN" rustc --version >/dev/null 2>&1 ||
      ! rustup component list --installed --toolchain "$EBPF_TOOLCHAIN" | grep -q '^rust-src' ||
      ! rustup run "$EBPF_TOOLCHAIN" cargo clippy --version >/dev/null 2>&1; then
     log "installing eBPF toolchain $EBPF_TOOLCHAIN"
-    rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src,clippy,rustfmt
+    rustup toolchain install "$EBPF_TOOLCHAIN" --no-self-update --profile minimal --component rust-src,clippy,rustfmt
   fi
 }
 
