@@ -261,7 +261,7 @@ impl<S: Source> Agent<S> {
             None
         } else {
             let want = sync::prefilter::pod_denies(compiled, &reading.snapshot, &placed)?;
-            if let Err(e) = sync::prefilter::retire_pod_denies(&mut self.maps, &want) {
+            if let Err(e) = self.maps.retire_pod_denies(&want) {
                 errors.push(format!("XDP prefilter: {e}"));
             }
             Some(want)

@@ -114,10 +114,9 @@ pub fn lookup_flags(entries: &[PolicyEntry]) -> u32 {
     let mut flags = 0;
     for e in entries {
         let ingress = e.direction == direction::INGRESS;
-        if policy_keys(0, 0, e)
-            .iter()
-            .any(|k| k.prefix_len() != POLICY_PREFIX_FULL)
-        {
+        // One protocol and one port is the one entry kind the exact map
+        // holds (see `policy_keys`); everything else is in the trie.
+        if e.protocol.is_none() || e.ports.0 != e.ports.1 {
             flags |= if ingress {
                 endpoint_flags::TRIE_INGRESS
             } else {

@@ -2,10 +2,7 @@
 //! stateless denies of connection attempts to local pods with the
 //! per-address gate the program reads first (`xdp_pod_gate`).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ebpf_common::{
     datapath::{ADDR_LEN, XdpPodDenyKey, identity, xdp_pod_gate},
@@ -42,6 +39,16 @@ fn gates<'a>(keys: impl Iterator<Item = &'a XdpPodDenyKey>) -> BTreeMap<[u8; ADD
         *out.entry(k.dst).or_insert(0) |= bit;
     }
     out
+}
+
+/// Every entry of a hash map.
+fn read_all<K: aya::Pod + Ord, V: aya::Pod>(
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
+    name: &'static str,
+) -> Result<BTreeMap<K, V>, DatapathError> {
+    map.iter()
+        .map(|item| item.map_err(|source| DatapathError::Read { name, source }))
+        .collect()
 }
 
 fn write_err(
@@ -93,9 +100,10 @@ impl DatapathMaps {
         policy: u32,
     ) -> Result<(), DatapathError> {
         let key = pod_deny_key(dst, peer, port)?;
-        let mut want = self.pod_denies()?;
+        let held = self.pod_denies()?;
+        let mut want = held.clone();
         want.insert(key, policy);
-        self.apply_pod_denies(&want)
+        self.write_pod_denies(&held, &want)
     }
 
     pub fn remove_pod_deny(
@@ -105,54 +113,60 @@ impl DatapathMaps {
         port: Option<u16>,
     ) -> Result<(), DatapathError> {
         let key = pod_deny_key(dst, peer, port)?;
-        let mut want = self.pod_denies()?;
+        let held = self.pod_denies()?;
+        let mut want = held.clone();
         want.remove(&key);
-        self.apply_pod_denies(&want)
+        self.write_pod_denies(&held, &want)
     }
 
     /// The stateless pod denies in force.
     pub fn pod_denies(&self) -> Result<BTreeMap<XdpPodDenyKey, u32>, DatapathError> {
-        let mut out = BTreeMap::new();
-        for item in self.xdp_pod_deny.iter() {
-            let (k, v) = item.map_err(|source| DatapathError::Read {
-                name: maps::XDP_POD_DENY,
-                source,
-            })?;
-            out.insert(k, v);
-        }
-        Ok(out)
+        read_all(&self.xdp_pod_deny, maps::XDP_POD_DENY)
     }
 
     /// Makes the stateless pod denies exactly `want`, writing differences
-    /// only: stale entries out first, then the gates, then new entries in.
-    /// A gate without entries or entries without a gate only cost lookups
-    /// or skip a drop the pod's TC program makes anyway, so no order of
-    /// these writes drops what the policy allows.
+    /// only.
     pub fn apply_pod_denies(
         &mut self,
         want: &BTreeMap<XdpPodDenyKey, u32>,
     ) -> Result<(), DatapathError> {
         let held = self.pod_denies()?;
+        self.write_pod_denies(&held, want)
+    }
+
+    /// Takes out the pod denies that `want` does not have, adding none:
+    /// the step before the pods' policies change.
+    pub fn retire_pod_denies(
+        &mut self,
+        want: &BTreeMap<XdpPodDenyKey, u32>,
+    ) -> Result<(), DatapathError> {
+        let held = self.pod_denies()?;
+        let keep: BTreeMap<XdpPodDenyKey, u32> = held
+            .iter()
+            .filter(|(k, v)| want.get(k) == Some(v))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        self.write_pod_denies(&held, &keep)
+    }
+
+    /// From `held` (what the map holds) to `want`: stale entries out
+    /// first, then the gates, then new entries in. A gate without entries
+    /// or entries without a gate only cost lookups or skip a drop the pod's
+    /// TC program makes anyway, so no order of these writes drops what the
+    /// policy allows.
+    fn write_pod_denies(
+        &mut self,
+        held: &BTreeMap<XdpPodDenyKey, u32>,
+        want: &BTreeMap<XdpPodDenyKey, u32>,
+    ) -> Result<(), DatapathError> {
         for key in held.keys().filter(|k| !want.contains_key(k)) {
             removed(self.xdp_pod_deny.remove(key), maps::XDP_POD_DENY, || {
                 format!("removal of a pod deny for peer {}", key.peer)
             })?;
         }
         let want_gates = gates(want.keys());
-        let mut held_gates = BTreeMap::new();
-        for item in self.xdp_pod_dst.iter() {
-            let (dst, bits) = item.map_err(|source| DatapathError::Read {
-                name: maps::XDP_POD_DST,
-                source,
-            })?;
-            held_gates.insert(dst, bits);
-        }
-        let stale: BTreeSet<_> = held_gates
-            .keys()
-            .filter(|d| !want_gates.contains_key(*d))
-            .copied()
-            .collect();
-        for dst in &stale {
+        let held_gates = read_all(&self.xdp_pod_dst, maps::XDP_POD_DST)?;
+        for dst in held_gates.keys().filter(|d| !want_gates.contains_key(*d)) {
             removed(self.xdp_pod_dst.remove(dst), maps::XDP_POD_DST, || {
                 "removal of a pod deny gate".to_owned()
             })?;

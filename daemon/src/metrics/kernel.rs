@@ -48,7 +48,7 @@ pub fn details(pins: &PinDir) -> Result<Vec<Detail>, MapError> {
             );
         }
     }
-    for cell in claimed::<CounterCell>(pins, COUNTER_CELLS, |c| c.claimed != 0)? {
+    for cell in counter_cells(pins)? {
         let k = cell.key;
         add(
             k.endpoint,
@@ -74,23 +74,13 @@ pub fn details(pins: &PinDir) -> Result<Vec<Detail>, MapError> {
         .collect())
 }
 
-/// The claimed cells of every CPU in the per-CPU array `name`.
-fn claimed<T: aya::Pod>(
-    pins: &PinDir,
-    name: &str,
-    is_claimed: impl Fn(&T) -> bool,
-) -> Result<Vec<T>, MapError> {
-    let map = Map::from_map_data(MapData::from_pin(pins.map(name))?)?;
-    let cells: PerCpuArray<MapData, T> = PerCpuArray::try_from(map)?;
+/// The claimed counter cells of every CPU.
+fn counter_cells(pins: &PinDir) -> Result<Vec<CounterCell>, MapError> {
+    let map = Map::from_map_data(MapData::from_pin(pins.map(COUNTER_CELLS))?)?;
+    let cells: PerCpuArray<MapData, CounterCell> = PerCpuArray::try_from(map)?;
     let mut out = Vec::new();
     for index in 0..cells.len() {
-        out.extend(
-            cells
-                .get(&index, 0)?
-                .iter()
-                .filter(|c| is_claimed(c))
-                .copied(),
-        );
+        out.extend(cells.get(&index, 0)?.iter().filter(|c| c.claimed != 0));
     }
     Ok(out)
 }

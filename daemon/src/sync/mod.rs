@@ -15,7 +15,7 @@ use std::{
     net::IpAddr,
 };
 
-use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap as ExactMap, LpmTrie, MapData, lpm_trie::Key};
 use ebpf_common::datapath::{ADDR_LEN, EndpointValue, PolicyKey, PolicyValue, endpoint_flags};
 use ipnet::IpNet;
 
@@ -100,25 +100,35 @@ fn read_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError
 
 /// The identity entries the maps hold, as prefixes.
 fn held_identities(maps: &DatapathMaps) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
-    use ebpf_common::maps as names;
+    use ebpf_common::maps::{IDENTITY, IDENTITY_HOST};
+    let held = held_prefixes(
+        (&maps.identity_host, IDENTITY_HOST),
+        (&maps.identity, IDENTITY),
+    )?;
+    Ok(held.into_iter().map(|(net, v)| (net, v.identity)).collect())
+}
+
+/// The prefixes an address map pair holds (single addresses in the exact
+/// map, the rest in the trie: every address map is split so), with their
+/// values.
+fn held_prefixes<V: aya::Pod>(
+    (host, host_name): (&ExactMap<MapData, [u8; ADDR_LEN], V>, &'static str),
+    (trie, trie_name): (&LpmTrie<MapData, [u8; ADDR_LEN], V>, &'static str),
+) -> Result<BTreeMap<IpNet, V>, DatapathError> {
     let mut out = BTreeMap::new();
-    for item in maps.identity_host.iter() {
-        let (addr, v) = item.map_err(read_err(names::IDENTITY_HOST))?;
-        if let Some(net) = net_of(&Key::new(128, addr)) {
-            out.insert(net, v.identity);
-        }
+    for item in host.iter() {
+        let (addr, v) = item.map_err(read_err(host_name))?;
+        out.extend(net_of(&Key::new(128, addr)).map(|net| (net, v)));
     }
-    for item in maps.identity.iter() {
-        let (key, v) = item.map_err(read_err(names::IDENTITY))?;
-        if let Some(net) = net_of(&key) {
-            out.insert(net, v.identity);
-        }
+    for item in trie.iter() {
+        let (key, v) = item.map_err(read_err(trie_name))?;
+        out.extend(net_of(&key).map(|net| (net, v)));
     }
     Ok(out)
 }
 
 /// The prefix a 16-byte identity key stands for (IPv4 as `::ffff:a.b.c.d`).
-pub fn net_of(key: &Key<[u8; ADDR_LEN]>) -> Option<IpNet> {
+fn net_of(key: &Key<[u8; ADDR_LEN]>) -> Option<IpNet> {
     let data = key.data();
     let len = key.prefix_len();
     let v6 = std::net::Ipv6Addr::from(data);

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use ebpf_common::datapath::{NODE_DENY_POLICY, XdpPodDenyKey};
 use ipnet::IpNet;
 
-use super::net_of;
+use super::held_prefixes;
 use crate::{
     compile::{Compiled, prefilter},
     datapath::{DatapathError, DatapathMaps, prefilter::pod_deny_key},
@@ -39,43 +39,21 @@ pub fn pod_denies(
     Ok(out)
 }
 
-/// Takes out the pod denies that `want` does not have (before the pods'
-/// policies change).
-pub fn retire_pod_denies(
-    maps: &mut DatapathMaps,
-    want: &BTreeMap<XdpPodDenyKey, u32>,
-) -> Result<(), DatapathError> {
-    let keep: BTreeMap<XdpPodDenyKey, u32> = maps
-        .pod_denies()?
-        .into_iter()
-        .filter(|(k, v)| want.get(k) == Some(v))
-        .collect();
-    maps.apply_pod_denies(&keep)
-}
-
 /// Makes the node-level deny list exactly `cidrs`, counted under
-/// [`NODE_DENY_POLICY`].
+/// [`NODE_DENY_POLICY`], writing differences only.
 pub fn set_deny_list(maps: &mut DatapathMaps, cidrs: &[IpNet]) -> Result<(), DatapathError> {
-    let mut held = Vec::new();
-    for key in maps.xdp_cidr_deny.keys() {
-        let key = key.map_err(|source| DatapathError::Read {
-            name: ebpf_common::maps::XDP_DENY,
-            source,
-        })?;
-        held.extend(net_of(&key));
-    }
-    for addr in maps.xdp_deny_host.keys() {
-        let addr = addr.map_err(|source| DatapathError::Read {
-            name: ebpf_common::maps::XDP_DENY_HOST,
-            source,
-        })?;
-        held.extend(net_of(&aya::maps::lpm_trie::Key::new(128, addr)));
-    }
-    for net in held.iter().filter(|n| !cidrs.contains(n)) {
+    use ebpf_common::maps::{XDP_DENY, XDP_DENY_HOST};
+    let held = held_prefixes(
+        (&maps.xdp_deny_host, XDP_DENY_HOST),
+        (&maps.xdp_cidr_deny, XDP_DENY),
+    )?;
+    for net in held.keys().filter(|n| !cidrs.contains(n)) {
         maps.remove_cidr_deny(net.addr(), net.prefix_len())?;
     }
     for net in cidrs {
-        maps.set_cidr_deny(net.addr(), net.prefix_len(), NODE_DENY_POLICY)?;
+        if held.get(net) != Some(&NODE_DENY_POLICY) {
+            maps.set_cidr_deny(net.addr(), net.prefix_len(), NODE_DENY_POLICY)?;
+        }
     }
     Ok(())
 }

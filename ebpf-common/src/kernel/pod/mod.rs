@@ -41,11 +41,12 @@ pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32)
     };
     let parsed = parse(data, data_end, &mut s.pkt);
     let parsed_ip = parsed.kind == Kind::Ip;
-    let epoch = maps::epoch();
-    // Timeouts are seconds long: the coarse clock (jiffy resolution) is
-    // enough and, unlike a clocksource read, cheap in a VM.
-    // SAFETY: a helper without side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Only IP packets meet conntrack: ARP and the like read neither.
+    let (epoch, now) = if parsed_ip {
+        (maps::epoch(), clock())
+    } else {
+        (0, 0)
+    };
     let mut untracked = false;
     if parsed_ip {
         match flow::established(s, dir, epoch, now) {
@@ -77,10 +78,19 @@ pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32)
         Kind::Drop => Verdict::drop(parsed.reason, 0),
     };
     if !verdict.pass || verdict.reason == reason::AUDIT_WOULD_DROP {
+        let now = if parsed_ip { now } else { clock() };
         events::report(s, ep.endpoint, dir, &verdict, parsed_ip, now);
     }
     account(ep.endpoint, dir, &verdict, bytes);
     verdict.pass
+}
+
+/// Timeouts are seconds long: the coarse clock (jiffy resolution) is
+/// enough and, unlike a clocksource read, cheap in a VM.
+#[inline(always)]
+fn clock() -> u64 {
+    // SAFETY: a helper without side effects.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Counts a verdict per (direction, reason) and per (endpoint, policy,
