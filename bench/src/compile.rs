@@ -79,6 +79,7 @@ fn snapshot(pods: usize, policies: usize) -> Snapshot {
                         port: Some(PortRef::Number(8000 + (j % 100) as i64)),
                         end_port: None,
                     }],
+                    ..IngressRule::default()
                 }],
                 egress: Vec::new(),
             },

@@ -7,14 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade::{
-    lab::{
-        cluster::cluster_yaml,
-        enforcer::Enforcer,
-        topology::{Plan, Topology},
-    },
-    model::scenario::ScenarioFile,
-};
+use palisade::model::standard;
+use palisade_lab::fixtures::node_with_daemon;
 
 const CHANGES: usize = 15;
 const LIMIT: Duration = Duration::from_secs(120);
@@ -35,24 +29,16 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn one_size(bin: &Path, n: usize) -> anyhow::Result<()> {
-    let snapshot =
-        ScenarioFile::parse("name: bench\nmodel: standard\n", "bench")?.snapshot("bench")?;
+    let snapshot = standard::snapshot();
     let tag = format!("lab{}-bench{n}", std::process::id());
-    let plan = Plan {
-        tag: &tag,
-        networks: vec!["10.244.0.0/16".parse()?],
-        pods: snapshot
-            .pods
-            .iter()
-            .map(|p| (p.key(), p.ips.clone()))
-            .collect(),
-        externals: Vec::new(),
-    };
-    let topology = Topology::build(&plan).await?;
-    let dir = std::env::temp_dir().join(format!("palisade-{tag}"));
-    let pins = Path::new("/sys/fs/bpf").join(format!("palisade-{tag}"));
-    let mut enforcer = Enforcer::start(bin, &topology.node, &dir, &pins)?;
-    enforcer.write("cluster.yaml", &cluster_yaml(&snapshot))?;
+    let (topology, mut enforcer, dir) = node_with_daemon(
+        bin,
+        &tag,
+        vec!["10.244.0.0/16".parse()?],
+        &snapshot,
+        Vec::new(),
+    )
+    .await?;
     let r = enforcer.commit()?;
     enforcer.wait(r, LIMIT).await?;
 

@@ -30,8 +30,9 @@ use ebpf_common::{
     maps,
 };
 use palisade::{
-    datapath::{DatapathMaps, PolicyEntry},
-    features::Features,
+    compile::PolicyEntry,
+    datapath::DatapathMaps,
+    loader::features::Features,
     loader::{self, Loaded, objects, sizes::MapSizes},
     paths::PinDir,
 };

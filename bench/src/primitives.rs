@@ -8,17 +8,13 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
+use ebpf_common::maps::{self, MapSpec, kind};
+
 use crate::raw;
 
+// The kernel's own numbers (uapi/linux/bpf.h), which no crate here exports.
 const BPF_MAP_CREATE: i64 = 0;
 const BPF_MAP_UPDATE_ELEM: i64 = 2;
-
-const HASH: u32 = 1;
-const ARRAY: u32 = 2;
-const PERCPU_HASH: u32 = 5;
-const PERCPU_ARRAY: u32 = 6;
-const LRU_HASH: u32 = 9;
-const LPM_TRIE: u32 = 11;
 const NO_PREALLOC: u32 = 1;
 
 const HELPER_MAP_LOOKUP: i32 = 1;
@@ -78,102 +74,78 @@ fn helper_program(helper: i32) -> io::Result<OwnedFd> {
     raw::load_program(raw::SCHED_CLS, &p)
 }
 
-struct Case {
-    name: &'static str,
-    kind: u32,
-    key: usize,
-    value: u32,
-    flags: u32,
+/// The maps a packet looks up, measured with the layout and size the
+/// datapath declares for them.
+const MAPS: &[&str] = &[
+    maps::EPOCH,
+    maps::TC_STATS,
+    maps::ENDPOINTS,
+    maps::POLICY_PORT,
+    maps::COUNTERS,
+    maps::CT4,
+    maps::CT6,
+    maps::IDENTITY,
+];
+
+fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        kind::ARRAY => "array",
+        kind::PERCPU_ARRAY => "per-CPU array",
+        kind::HASH => "hash",
+        kind::PERCPU_HASH => "per-CPU hash",
+        kind::LRU_HASH => "LRU hash",
+        kind::LPM_TRIE => "LPM trie",
+        _ => "map",
+    }
 }
 
 /// Prints ns per operation (the program's time less the empty program's).
 pub fn report(frame: &[u8], empty: BorrowedFd<'_>) -> anyhow::Result<()> {
-    const ENTRIES: u32 = 100_000;
-    let cases = [
-        Case {
-            name: "array",
-            kind: ARRAY,
-            key: 4,
-            value: 16,
-            flags: 0,
-        },
-        Case {
-            name: "per-CPU array",
-            kind: PERCPU_ARRAY,
-            key: 4,
-            value: 16,
-            flags: 0,
-        },
-        Case {
-            name: "hash, 4-byte key",
-            kind: HASH,
-            key: 4,
-            value: 12,
-            flags: 0,
-        },
-        Case {
-            name: "hash, 16-byte key",
-            kind: HASH,
-            key: 16,
-            value: 8,
-            flags: 0,
-        },
-        Case {
-            name: "per-CPU hash, 12-byte key",
-            kind: PERCPU_HASH,
-            key: 12,
-            value: 16,
-            flags: 0,
-        },
-        Case {
-            name: "LRU hash, 16-byte key",
-            kind: LRU_HASH,
-            key: 16,
-            value: 24,
-            flags: 0,
-        },
-        Case {
-            name: "LRU hash, 44-byte key",
-            kind: LRU_HASH,
-            key: 44,
-            value: 24,
-            flags: 0,
-        },
-        Case {
-            name: "LPM trie, 20-byte key",
-            kind: LPM_TRIE,
-            key: 20,
-            value: 4,
-            flags: NO_PREALLOC,
-        },
-    ];
+    let specs: Vec<&MapSpec> = MAPS
+        .iter()
+        .filter_map(|name| maps::SPECS.iter().find(|s| s.name == *name))
+        .collect();
     println!();
     println!(
         "one map lookup (a hit), ns over the empty program, median of {} rounds:",
         crate::ROUNDS
     );
-    for c in cases {
-        let entries = if c.kind == ARRAY || c.kind == PERCPU_ARRAY {
-            1024
+    for spec in specs {
+        let flags = if spec.map_type == kind::LPM_TRIE {
+            NO_PREALLOC
         } else {
-            ENTRIES
+            0
         };
-        let map = map_create(c.kind, c.key as u32, c.value, entries, c.flags)?;
-        let mut key = vec![0u8; c.key];
-        if c.kind == LPM_TRIE {
-            key[0] = (8 * (c.key - 4)) as u8;
+        let map = map_create(
+            spec.map_type,
+            spec.key_size,
+            spec.value_size,
+            spec.max_entries,
+            flags,
+        )?;
+        let key_len = spec.key_size as usize;
+        let mut key = vec![0u8; key_len];
+        if spec.map_type == kind::LPM_TRIE {
+            // The full prefix: a hit on the one entry.
+            key[0] = (8 * (key_len - 4)) as u8;
         }
-        let value = vec![0u8; c.value as usize];
+        let value = vec![0u8; spec.value_size as usize];
         map_update(map.as_fd(), &key, &value)?;
-        let one = lookup_program(map.as_fd(), c.key, 1)?;
+        let one = lookup_program(map.as_fd(), key_len, 1)?;
         let s = crate::paired(one.as_fd(), empty, frame)?;
         let floor = s.ns / s.ratio;
-        println!("  {:<28} {:>5.1} ns", c.name, s.ns - floor);
+        let name = format!(
+            "{}, {}-byte key ({})",
+            kind_name(spec.map_type),
+            spec.key_size,
+            spec.name
+        );
+        println!("  {name:<44} {:>5.1} ns", s.ns - floor);
     }
     let coarse = helper_program(HELPER_KTIME_COARSE)?;
     let s = crate::paired(coarse.as_fd(), empty, frame)?;
     println!(
-        "  {:<28} {:>5.1} ns",
+        "  {:<44} {:>5.1} ns",
         "bpf_ktime_get_coarse_ns",
         s.ns - s.ns / s.ratio
     );

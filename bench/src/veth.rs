@@ -4,91 +4,33 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
-    path::Path,
-    process::Command,
+    net::{TcpListener, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
 use aya::programs::XdpMode;
 use palisade::{
     datapath::DatapathMaps,
-    features::Features,
+    loader::features::Features,
     loader::{
         self,
         attach::{self, TcHook},
     },
-    netns::{ifindex, in_netns},
+    netns::ifindex,
     paths::PinDir,
 };
+use palisade_lab::fixtures::{NODE_IP, POD_IP, VethPair};
 
 const BYTES: usize = 1 << 30;
 const CHUNK: usize = 256 * 1024;
-const POD: Ipv4Addr = Ipv4Addr::new(10, 198, 0, 2);
-const NODE: Ipv4Addr = Ipv4Addr::new(10, 198, 0, 1);
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Two namespaces joined by a veth; removed on drop.
-struct Pair {
-    pod: String,
-    node: String,
-}
+/// The bench's measurements on the lab's veth pair.
+struct Pair(VethPair);
 
 impl Pair {
-    fn new() -> anyhow::Result<Self> {
-        let id = std::process::id();
-        let pair = Self {
-            pod: format!("palbench-pod-{id}"),
-            node: format!("palbench-node-{id}"),
-        };
-        ip(&["netns", "add", &pair.pod])?;
-        ip(&["netns", "add", &pair.node])?;
-        ip(&[
-            "-n", &pair.node, "link", "add", "host0", "type", "veth", "peer", "name", "eth0",
-            "netns", &pair.pod,
-        ])?;
-        ip(&[
-            "-n",
-            &pair.node,
-            "addr",
-            "add",
-            &format!("{NODE}/24"),
-            "dev",
-            "host0",
-        ])?;
-        ip(&[
-            "-n",
-            &pair.pod,
-            "addr",
-            "add",
-            &format!("{POD}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &pair.node, "link", "set", "host0", "up"])?;
-        ip(&["-n", &pair.pod, "link", "set", "eth0", "up"])?;
-        Ok(pair)
-    }
-
-    fn ns(&self, name: &str) -> std::path::PathBuf {
-        Path::new("/run/netns").join(name)
-    }
-
     /// Gbit/s from the pod to the node, one TCP stream.
     fn throughput(&self) -> anyhow::Result<f64> {
-        let listener = in_netns(&self.ns(&self.node), || TcpListener::bind((NODE, 0)))??;
+        let listener = self.0.node.run(|| TcpListener::bind((NODE_IP, 0)))??;
         let addr = listener.local_addr()?;
         let receiver = std::thread::spawn(move || -> anyhow::Result<f64> {
             let (mut s, _) = listener.accept()?;
@@ -104,7 +46,7 @@ impl Pair {
             }
             Ok(got as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9)
         });
-        let mut client = in_netns(&self.ns(&self.pod), || TcpStream::connect(addr))??;
+        let mut client = self.0.pod.run(|| TcpStream::connect(addr))??;
         let buf = vec![7u8; CHUNK];
         let mut sent = 0;
         while sent < BYTES {
@@ -120,7 +62,7 @@ impl Pair {
     /// Packets per second received by the node from a one-second flood of
     /// 64-byte UDP datagrams sent by the pod (one sender, one receiver).
     fn packets_per_second(&self) -> anyhow::Result<f64> {
-        let server = in_netns(&self.ns(&self.node), || UdpSocket::bind((NODE, 0)))??;
+        let server = self.0.node.run(|| UdpSocket::bind((NODE_IP, 0)))??;
         server.set_read_timeout(Some(Duration::from_millis(200)))?;
         let target = server.local_addr()?;
         let receiver = std::thread::spawn(move || {
@@ -131,7 +73,7 @@ impl Pair {
             }
             got
         });
-        let client = in_netns(&self.ns(&self.pod), || UdpSocket::bind((POD, 0)))??;
+        let client = self.0.pod.run(|| UdpSocket::bind((POD_IP, 0)))??;
         let payload = [0u8; 64];
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(1) {
@@ -160,42 +102,33 @@ impl Pair {
     }
 }
 
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.pod]);
-        let _ = ip(&["netns", "del", &self.node]);
-    }
-}
-
 pub fn report(features: &Features) -> anyhow::Result<()> {
-    let pair = Pair::new()?;
+    let pair = Pair(VethPair::new()?);
     let none = pair.measure()?;
 
     let base = format!("/sys/fs/bpf/palisade-bench-veth-{}", std::process::id());
     let pins = PinDir::new(&base);
     let result = (|| -> anyhow::Result<[(f64, f64); 3]> {
-        let node = pair.ns(&pair.node);
-        let host0 = in_netns(&node, || ifindex("host0"))??;
+        let node = &pair.0.node;
+        let host0 = node.run(|| ifindex(&pair.0.host_if))??;
         let mut loaded = loader::load_all(&pins, features)?;
         let mut maps = DatapathMaps::open(&pins)?;
         maps.replace_policy(host0, 1, 0, &[])?;
-        in_netns(&node, || -> anyhow::Result<()> {
+        node.run(|| -> anyhow::Result<()> {
             for hook in [TcHook::FromPod, TcHook::ToPod] {
                 attach::attach_tc(&mut loaded.tc, &pins, host0, hook, features.tcx)?;
             }
             Ok(())
         })??;
         let tc = pair.measure()?;
-        in_netns(&node, || attach::detach_clsact(host0))??;
+        node.run(|| attach::detach_clsact(host0))??;
         attach::unpin_links(&pins)?;
         drop(loaded);
 
         let mut xdp = [(0.0, 0.0); 2];
         for (slot, mode) in [(0, XdpMode::Driver), (1, XdpMode::Skb)] {
             let mut loaded = loader::load_all(&pins, features)?;
-            in_netns(&node, || {
-                attach::attach_xdp_from_pod(&mut loaded.xdp, &pins, host0, mode)
-            })??;
+            node.run(|| attach::attach_xdp_from_pod(&mut loaded.xdp, &pins, host0, mode))??;
             drop(loaded);
             xdp[slot] = pair.measure()?;
             attach::unpin_links(&pins)?;

@@ -1,28 +1,22 @@
-//! Palisade's daemon and command-line tool.
+//! Palisade's node agent, as a library: the `palisade` binary (the `cli`
+//! crate) and the lab (the `lab` crate) are built on it.
 //!
-//! Layout follows DESIGN.md: `features` probes the kernel, `loader` owns
-//! every kernel object Palisade creates, `stats` reads counters back, and
-//! `paths` names every file the daemon touches. The policy model, compiler,
-//! syncer, sources, metrics and lab arrive in their own modules.
+//! Layout follows docs/DESIGN.md: `model` parses policies, `identity`
+//! numbers label sets, `compile` turns a snapshot into the desired state,
+//! `sync` alone writes it to the kernel, `datapath` encodes it in the maps'
+//! keys, `loader` owns every kernel object Palisade creates, `source` feeds
+//! snapshots, `node` runs the daemon on the node, `observe` reports what it
+//! holds and does, `netns` enters network namespaces, and `paths` names
+//! every file the daemon touches.
 
-pub mod agent;
-pub mod client;
 pub mod compile;
 pub mod datapath;
-pub mod discover;
-pub mod events;
-pub mod explain;
-pub mod features;
-pub mod http;
 pub mod identity;
-pub mod lab;
 pub mod loader;
-pub mod metrics;
 pub mod model;
-pub mod names;
 pub mod netns;
+pub mod node;
+pub mod observe;
 pub mod paths;
 pub mod source;
-pub mod stats;
-pub mod status;
 pub mod sync;

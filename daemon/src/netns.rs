@@ -1,11 +1,18 @@
-//! Running code inside another network namespace.
+//! Network namespaces: entering one, on a thread made for the purpose or in
+//! a child between fork and exec. (Making one is the lab's: `palisade-lab`'s
+//! `netns`.)
 //!
 //! Only the network namespace is switched, and only on a thread made for the
 //! purpose that ends with the closure: `ip netns exec` also remounts /sys,
 //! which would hide bpffs, and a switched thread must never be reused (or
 //! held across an `.await`).
 
-use std::{fs::File, io, os::fd::AsRawFd as _, path::Path};
+use std::{fs::File, io, os::fd::AsFd, path::Path};
+
+use nix::{
+    net::if_::{if_indextoname, if_nametoindex},
+    sched::{CloneFlags, setns},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -23,6 +30,26 @@ pub enum NetnsError {
     },
     #[error("the thread running in network namespace {0} panicked")]
     Panicked(String),
+    #[error("creating network namespace {name}: {source}")]
+    Create {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} in network namespace {name}: {source}")]
+    Io {
+        name: String,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Moves the calling thread into the network namespace `ns` (a namespace
+/// file descriptor). Also what a child does between fork and exec to start
+/// in a namespace: setns is async-signal-safe.
+pub fn enter(ns: impl AsFd) -> io::Result<()> {
+    setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
 /// Runs `f` on a new thread inside the network namespace at `path` (such as
@@ -33,50 +60,42 @@ pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T,
         path: shown.clone(),
         source,
     })?;
+    run_in(&ns, &shown, f)
+}
+
+/// Runs `f` on a new thread inside `ns` (a namespace file), named `shown`
+/// in errors.
+pub fn run_in<T: Send>(
+    ns: &File,
+    shown: &str,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, NetnsError> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns with a namespace fd changes only this thread,
-            // which ends when `f` returns.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(NetnsError::Enter {
-                    path: shown.clone(),
-                    source: io::Error::last_os_error(),
-                });
-            }
+            // This thread ends when `f` returns: the switch never leaks.
+            enter(ns).map_err(|source| NetnsError::Enter {
+                path: shown.to_owned(),
+                source,
+            })?;
             Ok(f())
         })
         .join()
-        .map_err(|_| NetnsError::Panicked(shown.clone()))?
+        .map_err(|_| NetnsError::Panicked(shown.to_owned()))?
     })
 }
 
 /// The index of interface `name` in the calling thread's network namespace.
 pub fn ifindex(name: &str) -> io::Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(|_| {
+    if_nametoindex(name).map_err(|e| {
         io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad interface name {name:?}"),
-        )
-    })?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(io::Error::new(
             io::ErrorKind::NotFound,
-            format!("no interface {name}: {}", io::Error::last_os_error()),
-        )),
-        index => Ok(index),
-    }
+            format!("no interface {name}: {}", io::Error::from(e)),
+        )
+    })
 }
 
 /// The name of interface `index` in the calling thread's namespace.
 pub fn ifname(index: u32) -> io::Result<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: on success the kernel wrote a NUL-terminated name into `buf`.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    let name = if_indextoname(index).map_err(io::Error::from)?;
     Ok(name.to_string_lossy().into_owned())
 }

@@ -117,7 +117,7 @@ pub const POLICY_PREFIX_FULL: u32 = 8 * 14;
 /// covers. The compiler resolves precedence and overlaps before writing, so
 /// the datapath takes the longest match as is.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyValue {
     /// [`action`].
     pub action: u8,

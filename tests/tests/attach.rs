@@ -11,14 +11,14 @@ use anyhow::{Context as _, bail};
 use aya::programs::{XdpMode, loaded_programs};
 use ebpf_common::maps;
 use palisade::{
-    features::Features,
+    loader::features::Features,
     loader::{
         self, Loaded,
         attach::{self, LinkState, TcHook},
     },
     netns::ifindex,
+    observe::stats::read_pinned,
     paths::PinDir,
-    stats::read_pinned,
 };
 use palisade_tests::{TempPins, VethPair};
 

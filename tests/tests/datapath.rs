@@ -13,10 +13,11 @@ use ebpf_common::{
     maps,
 };
 use palisade::{
-    datapath::{DatapathMaps, PolicyEntry},
-    features::Features,
+    compile::PolicyEntry,
+    datapath::DatapathMaps,
+    loader::features::Features,
     loader::{self, Loaded, objects, sizes::MapSizes},
-    stats::{CounterRow, read_pinned},
+    observe::stats::{CounterRow, read_pinned},
 };
 use palisade_tests::{
     TempPins,
@@ -447,7 +448,7 @@ fn a_full_policy_map_is_an_error_and_the_last_good_policy_stays() -> anyhow::Res
 /// Packets and bytes counted for (policy, reason, direction), from the
 /// counter map and the counter cells together, as metrics read them.
 fn counted(h: &Harness, policy: u32, reason: u32, dir: u32) -> anyhow::Result<(u64, u64)> {
-    let details = palisade::metrics::kernel::details(&h.t.pins)?;
+    let details = palisade::observe::metrics::kernel::details(&h.t.pins)?;
     Ok(details
         .iter()
         .filter(|d| {
@@ -520,22 +521,18 @@ fn sharing_a_cell(key: &ebpf_common::datapath::CounterKey) -> impl Iterator<Item
 
 /// Keeps the calling thread on one CPU: per-CPU cells are taken per CPU.
 fn pin_to_one_cpu() -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; the set and the call concern
-    // only the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
-        }
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .find(|&c| libc::CPU_ISSET(c, &set))
-            .context("no CPU")?;
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
-        }
-    }
+    use nix::{
+        sched::{CpuSet, sched_getaffinity, sched_setaffinity},
+        unistd::Pid,
+    };
+    // Pid 0: the calling thread.
+    let set = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    let cpu = (0..CpuSet::count())
+        .find(|&c| set.is_set(c).unwrap_or(false))
+        .context("no CPU")?;
+    let mut one = CpuSet::new();
+    one.set(cpu)?;
+    sched_setaffinity(Pid::from_raw(0), &one).context("sched_setaffinity")?;
     Ok(())
 }
 
@@ -759,7 +756,7 @@ fn the_prefilter_drops_denied_cidrs_and_denied_connection_attempts() -> anyhow::
     anyhow::ensure!(h.prefilter(&v4_tcp(B, A, 1, 22, SYN))?.0, "deny removed, SYN passes");
     anyhow::ensure!(!h.prefilter(&v4_tcp(B, A, 1, 23, SYN))?.0, "the any-peer deny stays");
     h.maps.remove_pod_deny(IpAddr::V4(Ipv4Addr::from(A)), identity::ANY, Some(23))?;
-    anyhow::ensure!(h.maps.xdp_pod_dst.keys().count() == 0, "the pod's gate outlived its denies");
+    anyhow::ensure!(h.maps.pod_deny_gates()?.is_empty(), "the pod's gate outlived its denies");
     h.maps.remove_cidr_deny(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 32)?;
     anyhow::ensure!(h.prefilter(&v4_udp([198, 51, 100, 7], A, 1, 53))?.0, "address deny removed");
     Ok(())

@@ -4,12 +4,13 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use palisade::discover::{Placement, Unplaced, connect, locate, nudge};
+use palisade::node::discover::{Placement, Unplaced, connect, locate, nudge};
+use palisade_lab::netns::Netns;
 use palisade_tests::{BridgeLab, POD_IP, VethPair, in_netns};
 
 /// Runs `f` with a netlink handle opened inside namespace `ns`.
 fn in_node<T: Send>(
-    ns: &str,
+    ns: &Netns,
     f: impl AsyncFnOnce(&rtnetlink::Handle) -> anyhow::Result<T> + Send,
 ) -> anyhow::Result<T> {
     in_netns(ns, || {
@@ -27,7 +28,7 @@ fn in_node<T: Send>(
 fn a_routed_pod_is_found_behind_its_veth() -> anyhow::Result<()> {
     let pair = VethPair::new()?;
     let veth = in_netns(&pair.node, || palisade::netns::ifindex(&pair.host_if))??;
-    let ip: IpAddr = POD_IP.parse()?;
+    let ip = IpAddr::V4(POD_IP);
     let found = in_node(&pair.node, async |h| Ok(locate(h, ip).await?))?;
     assert_eq!(found, Ok(Placement::Routed { veth }));
     let nowhere = in_node(&pair.node, async |h| {
@@ -40,7 +41,6 @@ fn a_routed_pod_is_found_behind_its_veth() -> anyhow::Result<()> {
 #[test]
 fn a_bridged_pod_is_found_through_neighbour_and_fdb() -> anyhow::Result<()> {
     let lab = BridgeLab::new(2)?;
-    lab.add_node_address()?;
     let bridge = in_netns(&lab.node, || palisade::netns::ifindex("br0"))??;
     for pod in &lab.pods {
         let veth = in_netns(&lab.node, || palisade::netns::ifindex(&pod.host_if))??;

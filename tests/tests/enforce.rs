@@ -12,17 +12,19 @@ use std::{
 use anyhow::Context as _;
 use ebpf_common::datapath::{PolicyValue, action, direction, endpoint_flags, identity};
 use palisade::{
-    datapath::{DatapathMaps, PolicyEntry},
-    features::Features,
+    compile::PolicyEntry,
+    datapath::DatapathMaps,
+    loader::features::Features,
     loader::{
         self,
         attach::{self, TcHook},
     },
     netns::ifindex,
-    stats::read_pinned,
+    observe::stats::read_pinned,
 };
+use palisade_lab::netns::Netns;
 use palisade_tests::{
-    BridgeLab, TempPins, in_netns,
+    BridgeLab, TempPins, answered, in_netns,
     packet::{TCP, UDP},
 };
 
@@ -44,18 +46,22 @@ fn allow_from(peer: u32, protocol: u8, port: u16) -> PolicyEntry {
     }
 }
 
-fn connect(netns: &str, to: SocketAddr) -> anyhow::Result<std::io::Result<TcpStream>> {
+fn connect(netns: &Netns, to: SocketAddr) -> anyhow::Result<std::io::Result<TcpStream>> {
     in_netns(netns, || TcpStream::connect_timeout(&to, WAIT))
 }
 
+/// Whether a datagram and its reply cross; `false` only when one of them
+/// is never answered (see [`answered`]).
 fn udp_round_trip(client: &UdpSocket, server: &UdpSocket) -> anyhow::Result<bool> {
-    client.send_to(b"ping", server.local_addr()?)?;
+    let to = server.local_addr()?;
+    client.send_to(b"ping", to)?;
     let mut buf = [0u8; 16];
-    let Ok((n, from)) = server.recv_from(&mut buf) else {
-        return Ok(false);
+    let request = server.recv_from(&mut buf);
+    let Ok((n, from)) = request else {
+        return answered(request, &format!("udp -> {to}"));
     };
     server.send_to(&buf[..n], from)?;
-    Ok(client.recv_from(&mut buf).is_ok())
+    answered(client.recv_from(&mut buf), &format!("udp reply from {to}"))
 }
 
 #[test]
@@ -113,13 +119,14 @@ fn two_pods_on_a_bridge() -> anyhow::Result<()> {
     assert_eq!(&buf, b"world");
 
     // Denied TCP: a listener exists, yet the SYN never arrives.
+    let denied = SocketAddr::from((pod2.ip, 9090));
     assert!(
-        connect(&pod1.netns, SocketAddr::from((pod2.ip, 9090)))?.is_err(),
+        !answered(connect(&pod1.netns, denied)?, "pod1 -> pod2:9090")?,
         "pod1 -> pod2:9090 must be blocked"
     );
     closed_port.set_nonblocking(true)?;
     assert!(
-        closed_port.accept().is_err(),
+        !answered(closed_port.accept(), "accepting on pod2:9090")?,
         "a denied SYN reached the listener"
     );
 
@@ -135,7 +142,11 @@ fn two_pods_on_a_bridge() -> anyhow::Result<()> {
 
     // pod2 cannot open connections to pod1 (pod1 is isolated for ingress).
     let pod1_listener = in_netns(&pod1.netns, || TcpListener::bind((pod1.ip, 7000)))??;
-    assert!(connect(&pod2.netns, SocketAddr::from((pod1.ip, 7000)))?.is_err());
+    let isolated = SocketAddr::from((pod1.ip, 7000));
+    assert!(
+        !answered(connect(&pod2.netns, isolated)?, "pod2 -> pod1:7000")?,
+        "pod2 -> pod1:7000 must be blocked"
+    );
     drop(pod1_listener);
 
     // A deny under the established connection cuts it at its next packet.
@@ -143,7 +154,7 @@ fn two_pods_on_a_bridge() -> anyhow::Result<()> {
     client.write_all(b"after")?;
     let mut after = [0u8; 5];
     assert!(
-        server.read_exact(&mut after).is_err(),
+        !answered(server.read_exact(&mut after), "data after the deny")?,
         "data crossed a connection the new policy denies"
     );
     let cut: u64 = read_pinned(&t.pins.map(ebpf_common::maps::TC_STATS))?

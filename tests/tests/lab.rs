@@ -1,6 +1,7 @@
 //! The lab runner itself: exit statuses (0 matched, 1 mismatch, 2 invalid,
-//! 3 skipped), errors naming the file line, `--json`, and that a run leaves
-//! no pins or cgroups behind, also when interrupted.
+//! 3 skipped), errors naming the file line, `--json`, a refusal that is
+//! never taken for a block, and that a run leaves no pins or cgroups behind,
+//! also when interrupted.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,6 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 use palisade_tests::palisade_bin;
 
 fn scenarios() -> PathBuf {
@@ -54,19 +59,20 @@ fn leftovers(pid: u32) -> Vec<String> {
 }
 
 fn kernel_has_sctp() -> bool {
-    // SAFETY: plain socket(2); the descriptor is closed at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 132) };
-    if fd >= 0 {
-        unsafe { libc::close(fd) };
-    }
-    fd >= 0
+    use socket2::{Domain, Protocol, Socket, Type};
+    Socket::new(
+        Domain::IPV4,
+        Type::STREAM,
+        Some(Protocol::from(libc::IPPROTO_SCTP)),
+    )
+    .is_ok()
 }
 
 #[test]
 fn invalid_files_exit_2_naming_the_line_and_touch_nothing() -> anyhow::Result<()> {
     let dir = scenarios().join("invalid");
     for (file, wanted) in [
-        ("unknown-key.yaml", ":6: probes[0]: unknown field `prot`"),
+        ("unknown-key.yaml", ":6:5: probes[0]: unknown field `prot`"),
         (
             "unknown-kind.yaml",
             ":5: x/typo: policies[0]: unknown kind NetworkPolicee",
@@ -113,6 +119,85 @@ fn a_mismatch_exits_1_marks_the_cell_and_reports_it_in_json() -> anyhow::Result<
 }
 
 #[test]
+fn a_refused_probe_is_not_a_block() -> anyhow::Result<()> {
+    let file = scenarios().join("selftest").join("unserved-port.yaml");
+    let (out, left) = lab(&["--json"], &[file])?;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let cells = v["scenarios"][0]["probes"][0]["cells"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let cell = |to: &str| {
+        cells
+            .iter()
+            .find(|c| c["from"] == "y/a" && c["to"] == to)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // Expected X, refused: the mismatch, for the right reason.
+    let x_a = cell("x/a");
+    assert_eq!(x_a["expected"], "X", "{x_a}");
+    assert_eq!(x_a["observed"], "refused", "{x_a}");
+    assert!(
+        x_a["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("refused")),
+        "{x_a}"
+    );
+    assert!(x_a.get("confirmation").is_none(), "{x_a}");
+    // Expected R: a match.
+    let x_b = cell("x/b");
+    assert_eq!(
+        (&x_b["expected"], &x_b["observed"]),
+        (&"R".into(), &"refused".into()),
+        "{x_b}"
+    );
+
+    let (out, _) = lab(
+        &[],
+        &[scenarios().join("selftest").join("unserved-port.yaml")],
+    )?;
+    let t = text(&out);
+    assert!(t.contains("! y/a -> x/a: expected X, observed R ("), "{t}");
+    assert!(!t.contains("! y/a -> x/b"), "{t}");
+    Ok(())
+}
+
+#[test]
+fn blocked_cells_are_confirmed_by_palisade_drop_events() -> anyhow::Result<()> {
+    let (out, left) = lab(&["--json"], &[scenarios().join("unserved-ports.yaml")])?;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let probes = v["scenarios"][0]["probes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut blocked = 0;
+    for cell in probes
+        .iter()
+        .flat_map(|p| p["cells"].as_array().cloned().unwrap_or_default())
+    {
+        if cell["observed"] == "blocked" {
+            blocked += 1;
+            assert_eq!(cell["confirmation"]["by"], "event", "{cell}");
+            // x/a is isolated and port 82 is allowed by nothing.
+            assert_eq!(cell["confirmation"]["policy"], "default-deny", "{cell}");
+            assert_eq!(
+                cell["confirmation"]["reason"], "drop_default_deny",
+                "{cell}"
+            );
+        } else {
+            assert!(cell.get("confirmation").is_none(), "{cell}");
+        }
+    }
+    assert_eq!(blocked, 2, "{v}");
+    Ok(())
+}
+
+#[test]
 fn sctp_cells_are_skipped_not_passed_where_the_kernel_lacks_sctp() -> anyhow::Result<()> {
     let (out, _) = lab(&[], &[scenarios().join("sctp").join("sctp.yaml")])?;
     let t = text(&out);
@@ -135,25 +220,21 @@ fn an_interrupted_run_cleans_up() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    // Interrupt once the run has built its node (its cgroup exists).
+    // Interrupt once there is something of each kind to clean up: the
+    // node's cgroups and the daemon's pins.
     let deadline = Instant::now() + Duration::from_secs(20);
     let child_pid = child.id();
-    let prefix = format!("palisade-lab{child_pid}-");
     let started = || {
-        std::fs::read_dir("/sys/fs/cgroup")
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            })
-            .unwrap_or(false)
+        let left = leftovers(child_pid);
+        ["/sys/fs/bpf/", "/sys/fs/cgroup/"]
+            .iter()
+            .all(|base| left.iter().any(|l| l.starts_with(base)))
     };
     while !started() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(started(), "the lab never built its node");
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child_pid as i32, libc::SIGINT) };
+    kill(Pid::from_raw(i32::try_from(child_pid)?), Signal::SIGINT)?;
     let out = child.wait_with_output()?;
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");

@@ -2,18 +2,22 @@
 //!
 //! An LSM program attaches without error where BPF LSM is not active and
 //! then never runs, so the test counts real execs through the program's own
-//! counter instead of trusting the attach.
+//! counter instead of trusting the attach. Where BPF LSM is not active the
+//! test is reported as ignored, with the reason (`palisade_tests::harness`).
 
 use std::process::Command;
 
 use anyhow::bail;
 use ebpf_common::maps;
 use palisade::{
-    features::{BpfLsm, Features},
+    loader::features::{BpfLsm, Features},
     loader::{self, LsmObject, attach},
-    stats::read_pinned,
+    observe::stats::read_pinned,
 };
-use palisade_tests::{TempPins, in_guest};
+use palisade_tests::{
+    TempPins,
+    harness::{self, Needs},
+};
 
 fn exec_events(t: &TempPins) -> anyhow::Result<u64> {
     Ok(read_pinned(&t.pins.map(maps::LSM_STATS))?
@@ -33,16 +37,19 @@ fn exec_true(times: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
+fn main() {
+    harness::main(&[(
+        "the_exec_hook_sees_every_exec_and_outlives_its_loader",
+        Needs::BpfLsm,
+        the_exec_hook_sees_every_exec_and_outlives_its_loader,
+    )])
+}
+
 fn the_exec_hook_sees_every_exec_and_outlives_its_loader() -> anyhow::Result<()> {
     let features = Features::probe();
+    // The harness ran this only where BPF LSM is active or must be (the guest).
     if let BpfLsm::Inactive { reason } = &features.bpf_lsm {
-        assert!(
-            !in_guest(),
-            "the guest boots with bpf in lsm=, yet: {reason}"
-        );
-        println!("skipped: BPF LSM cannot run here ({reason}); tests/vm runs this in a guest");
-        return Ok(());
+        bail!("the guest boots with bpf in lsm=, yet: {reason}");
     }
     let t = TempPins::new()?;
     let mut loaded = loader::load_all(&t.pins, &features)?;

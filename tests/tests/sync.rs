@@ -1,25 +1,34 @@
 //! The syncer against real pinned maps: it writes the compiler's state,
 //! writes nothing when nothing changed, rewrites only the endpoints a change
-//! touches, repairs an entry deleted behind its back, and removes what no
-//! pod holds any more.
+//! touches, repairs an entry deleted behind its back, removes what no pod
+//! holds any more, and swaps no policy past prefilter denies it could not
+//! take out.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use palisade::{
-    compile::compile,
-    datapath::DatapathMaps,
-    features::Features,
-    loader,
-    model::{Snapshot, parse::parse_documents, scenario::ScenarioFile},
-    sync::{apply, endpoint_ids},
+use aya::maps::{HashMap, LpmTrie, MapData};
+use ebpf_common::{
+    datapath::{PolicyKey, PolicyValue},
+    maps,
 };
-use palisade_tests::TempPins;
+use palisade::{
+    compile::{
+        compile,
+        desired::{Desired, endpoint_ids},
+    },
+    datapath::DatapathMaps,
+    loader,
+    loader::features::Features,
+    model::{Snapshot, parse::parse_documents},
+    sync::{Report, apply_maps},
+};
+use palisade_tests::{TempPins, pinned};
 
 const DENY_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}], ports: [{port: 80}]}]\n";
 
 fn standard(policies: &str) -> anyhow::Result<Snapshot> {
-    let mut s = ScenarioFile::parse("name: s\nmodel: standard\n", "s.yaml")?.snapshot("s.yaml")?;
+    let mut s = palisade::model::standard::snapshot();
     for doc in parse_documents(policies, "p.yaml", "default") {
         s.policies.push(doc?.policy());
     }
@@ -35,6 +44,16 @@ fn placed(s: &Snapshot) -> BTreeMap<String, u32> {
         .collect()
 }
 
+/// One pass of the syncer's map writes for `s`, placed on `on`.
+fn apply(
+    maps: &mut DatapathMaps,
+    s: &Snapshot,
+    on: &BTreeMap<String, u32>,
+) -> anyhow::Result<Report> {
+    let compiled = compile(s);
+    Ok(apply_maps(maps, &Desired::on_node(&compiled, on, &[]))?)
+}
+
 #[test]
 fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> {
     let t = TempPins::new()?;
@@ -43,33 +62,34 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
 
     let s = standard(DENY_X)?;
     let on = placed(&s);
-    let first = apply(&mut maps, &compile(&s), &on, &[])?;
+    let first = apply(&mut maps, &s, &on)?;
     assert!(first.errors.is_empty(), "{:?}", first.errors);
     assert_eq!(first.endpoints_written.len(), 9);
     assert_eq!(first.identities_written, 9);
 
-    let again = apply(&mut maps, &compile(&s), &on, &[])?;
+    let again = apply(&mut maps, &s, &on)?;
     assert!(!again.changed(), "an unchanged state rewrote: {again:?}");
 
     // Behind the daemon's back: one of x/a's entries disappears.
     let ids = endpoint_ids(on.keys().map(String::as_str));
-    let victim = maps
-        .policy_port
+    let mut exact: HashMap<MapData, PolicyKey, PolicyValue> = pinned(&t.pins, maps::POLICY_PORT)?;
+    let trie: LpmTrie<MapData, PolicyKey, PolicyValue> = pinned(&t.pins, maps::POLICY)?;
+    let victim = exact
         .keys()
         .filter_map(Result::ok)
         .find(|k| k.endpoint == ids["x/a"])
         .context("x/a has an exact-port entry")?;
-    maps.policy_port.remove(&victim)?;
-    let repaired = apply(&mut maps, &compile(&s), &on, &[])?;
+    exact.remove(&victim)?;
+    let repaired = apply(&mut maps, &s, &on)?;
     assert_eq!(repaired.endpoints_written, vec!["x/a".to_owned()]);
-    assert!(!apply(&mut maps, &compile(&s), &on, &[])?.changed());
+    assert!(!apply(&mut maps, &s, &on)?.changed());
 
     // A relabel of y/b touches x/a (its peers) and y/b's own identity.
     let mut relabelled = s.clone();
     if let Some(p) = relabelled.pods.iter_mut().find(|p| p.key() == "y/b") {
         p.labels.insert("role".into(), "web".into());
     }
-    let r = apply(&mut maps, &compile(&relabelled), &on, &[])?;
+    let r = apply(&mut maps, &relabelled, &on)?;
     assert_eq!(r.endpoints_written, vec!["x/a".to_owned()], "{r:?}");
     assert_eq!(
         r.identities_written, 1,
@@ -79,21 +99,99 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
     // A pod gone from the node: its endpoint and generations go.
     let mut fewer = on.clone();
     let gone = fewer.remove("x/a").context("x/a placed")?;
-    let r = apply(&mut maps, &compile(&relabelled), &fewer, &[])?;
+    let r = apply(&mut maps, &relabelled, &fewer)?;
     assert_eq!(r.endpoints_removed, vec![gone]);
     assert!(maps.endpoint(gone)?.is_none());
-    let stale = maps
-        .policy
+    let stale = trie
         .keys()
         .filter_map(Result::ok)
         .filter(|k| k.data().endpoint == ids["x/a"])
         .count()
-        + maps
-            .policy_port
+        + exact
             .keys()
             .filter_map(Result::ok)
             .filter(|k| k.endpoint == ids["x/a"])
             .count();
     assert_eq!(stale, 0, "x/a's entries are gone");
+    Ok(())
+}
+
+const DENY_EXT: &str = "apiVersion: palisade.dev/v1alpha1\nkind: PalisadeClusterNetworkPolicy\nmetadata: {name: no-ext-on-80}\nspec:\n  tier: Admin\n  subject: {podSelector: {matchLabels: {pod: a}}}\n  ingress: [{action: Deny, from: [{ipBlock: {cidr: 192.0.2.2/32}}], ports: [{port: 80}]}]\n";
+
+/// Makes a pinned map read-only to every process from now on
+/// (`BPF_MAP_FREEZE`; programs still write it): the syncer's next write to
+/// it fails, as a write to a broken map would.
+fn freeze(t: &TempPins, name: &str) -> anyhow::Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const BPF_MAP_FREEZE: libc::c_long = 22;
+    /// The leading field of `union bpf_attr` for map commands, the rest zero.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        rest: [u8; 124],
+    }
+    let map = aya::maps::MapData::from_pin(t.pins.map(name))?;
+    let attr = Attr {
+        map_fd: u32::try_from(map.fd().as_fd().as_raw_fd())?,
+        rest: [0; 124],
+    };
+    // SAFETY: `attr` outlives the call and is as large as the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_FREEZE,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    anyhow::ensure!(
+        rc == 0,
+        "freezing {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failed_retire_of_prefilter_denies_swaps_no_policy() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let mut maps = DatapathMaps::open(&t.pins)?;
+
+    let denied = standard(DENY_EXT)?;
+    let on = placed(&denied);
+    let compiled = compile(&denied);
+    let desired = Desired::on_node(&compiled, &on, &[]).with_pod_denies(&denied);
+    let first = apply_maps(&mut maps, &desired)?;
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let denies = maps.pod_denies()?;
+    assert!(
+        !denies.is_empty(),
+        "the admin deny gave the prefilter nothing"
+    );
+    let before = maps.endpoint(on["x/a"])?.context("x/a's endpoint")?;
+
+    // The deny goes, but its prefilter entries cannot be taken out.
+    freeze(&t, maps::XDP_POD_DENY)?;
+    let open = standard("")?;
+    let compiled = compile(&open);
+    let desired = Desired::on_node(&compiled, &on, &[]).with_pod_denies(&open);
+    let r = apply_maps(&mut maps, &desired)?;
+    assert!(
+        r.errors.iter().any(|e| e.contains("no policy swapped")),
+        "{:?}",
+        r.errors
+    );
+    assert!(!r.in_force());
+    assert!(
+        r.endpoints_written.is_empty(),
+        "swapped past stale denies: {r:?}"
+    );
+    assert_eq!(
+        maps.endpoint(on["x/a"])?,
+        Some(before),
+        "x/a left the policy its prefilter denies repeat"
+    );
+    assert_eq!(maps.pod_denies()?, denies);
     Ok(())
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs scenario files (shared/SCENARIOS.md) with `palisade lab run` inside the
+# Runs scenario files (docs/SCENARIOS.md) with `palisade lab run` inside the
 # QEMU guest (Debian 6.1: clsact instead of TCX, BPF LSM active, SCTP), with
 # the same output and exit status as natively. Files may live anywhere.
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 . scripts/versions.env
 
 # A static binary needs nothing from the guest's (absent) libc.
-cargo build -q -p palisade --target "$GUEST_TARGET"
+cargo build -q -p palisade-cli --target "$GUEST_TARGET"
 bin=target/$GUEST_TARGET/debug/palisade
 
 adds=(--add "$bin")

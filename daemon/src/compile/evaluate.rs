@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use ebpf_common::datapath::{action, direction, endpoint_flags, identity, policy_flags};
 
-use super::{Compiled, EndpointPolicy};
-use crate::{datapath::PolicyEntry, model::Pod};
+use super::{Compiled, EndpointPolicy, PolicyEntry};
+use crate::model::Pod;
 
 /// The identity the datapath would find for `ip`.
 pub fn identity_of(c: &Compiled, ip: IpAddr) -> u32 {

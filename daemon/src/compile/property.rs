@@ -2,14 +2,27 @@
 //! the compiled map state evaluated the way the datapath does (`evaluate`)
 //! and a direct reading of the policies (`explain`, written independently of
 //! the compiler) agree on every flow, side by side, audit included.
+//!
+//! proptest draws the policies and, on a failure, shrinks them to a minimal
+//! failing set: the generator reads its choices from a list of numbers that
+//! proptest generates and shrinks (shorter lists and smaller numbers mean
+//! fewer policies, rules, peers and ports), and the runner is seeded, so a
+//! run replays.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    cell::Cell,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use proptest::{
+    prelude::*,
+    test_runner::{Config, TestCaseError, TestError, TestRng, TestRunner},
+};
 
 use ebpf_common::datapath::{action, direction, endpoint_flags, policy_flags};
 
 use super::{EndpointPolicy, compile, evaluate};
 use crate::{
-    explain::{Side, Target, explain},
     model::{
         LabelSelector, NetworkPolicy, Pod, Policy, Protocol, Snapshot,
         networkpolicy::{
@@ -17,36 +30,38 @@ use crate::{
             PolicyType, PortRef,
         },
         palisade::{
-            Action, ClusterTier, EgressRule as PEgress, IngressRule as PIngress, Mode,
-            PalisadeClusterNetworkPolicySpec, PalisadeNetworkPolicySpec, Subject,
+            Action, ClusterTier, Mode, PalisadeClusterNetworkPolicySpec, PalisadeNetworkPolicySpec,
+            Subject,
         },
-        scenario::ScenarioFile,
         selector::{Operator, Requirement},
+        standard,
     },
+    observe::explain::{Side, Target, explain},
 };
 
-/// xorshift64*: deterministic, so a failure names its seed and replays.
-struct Rng(u64);
+/// Choices read from proptest's numbers; past their end every choice is 0,
+/// the simplest (no optional part, the first item, the fewest repeats).
+struct Rng<'a> {
+    choices: &'a [u32],
+    next: usize,
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
+impl Rng<'_> {
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        let choice = self.choices.get(self.next).copied().unwrap_or(0);
+        self.next += 1;
+        u64::from(choice) % n
     }
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
+    /// True with `percent` % probability; false for choice 0.
     fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
+        self.below(100) >= 100 - percent
     }
 }
 
-fn selector(rng: &mut Rng, key: &str, values: &[&str]) -> LabelSelector {
+fn selector(rng: &mut Rng<'_>, key: &str, values: &[&str]) -> LabelSelector {
     let mut s = LabelSelector::default();
     match rng.below(4) {
         0 => {}
@@ -68,7 +83,7 @@ fn selector(rng: &mut Rng, key: &str, values: &[&str]) -> LabelSelector {
     s
 }
 
-fn peer(rng: &mut Rng) -> Peer {
+fn peer(rng: &mut Rng<'_>) -> Peer {
     match rng.below(4) {
         0 => Peer {
             pod_selector: Some(selector(rng, "pod", &["a", "b", "c"])),
@@ -102,7 +117,7 @@ fn peer(rng: &mut Rng) -> Peer {
     }
 }
 
-fn ports(rng: &mut Rng) -> Vec<PolicyPort> {
+fn ports(rng: &mut Rng<'_>) -> Vec<PolicyPort> {
     (0..rng.below(3))
         .map(|_| {
             let protocol = rng
@@ -136,19 +151,21 @@ fn ports(rng: &mut Rng) -> Vec<PolicyPort> {
         .collect()
 }
 
-fn policy(rng: &mut Rng, i: usize) -> NetworkPolicy {
+fn policy(rng: &mut Rng<'_>, i: usize) -> NetworkPolicy {
     let ns = *rng.pick(&["x", "y", "z"]);
-    let rules = |rng: &mut Rng| rng.below(3) as usize;
+    let rules = |rng: &mut Rng<'_>| rng.below(3) as usize;
     let ingress = (0..rules(rng))
         .map(|_| IngressRule {
             from: (0..rng.below(3)).map(|_| peer(rng)).collect(),
             ports: ports(rng),
+            action: None,
         })
         .collect();
     let egress = (0..rules(rng))
         .map(|_| EgressRule {
             to: (0..rng.below(3)).map(|_| peer(rng)).collect(),
             ports: ports(rng),
+            action: None,
         })
         .collect();
     let policy_types = match rng.below(4) {
@@ -178,34 +195,21 @@ fn policy(rng: &mut Rng, i: usize) -> NetworkPolicy {
 /// The NetworkPolicy's rules with an action each from `action`.
 fn with_actions(
     np: &NetworkPolicy,
-    rng: &mut Rng,
-    action: impl Fn(&mut Rng) -> Option<Action>,
-) -> (Vec<PIngress>, Vec<PEgress>) {
-    let ingress = np
-        .spec
-        .ingress
-        .iter()
-        .map(|r| PIngress {
-            action: action(rng),
-            from: r.from.clone(),
-            ports: r.ports.clone(),
-        })
-        .collect();
-    let egress = np
-        .spec
-        .egress
-        .iter()
-        .map(|r| PEgress {
-            action: action(rng),
-            to: r.to.clone(),
-            ports: r.ports.clone(),
-        })
-        .collect();
+    rng: &mut Rng<'_>,
+    action: impl Fn(&mut Rng<'_>) -> Option<Action>,
+) -> (Vec<IngressRule>, Vec<EgressRule>) {
+    let (mut ingress, mut egress) = (np.spec.ingress.clone(), np.spec.egress.clone());
+    for r in &mut ingress {
+        r.action = action(rng);
+    }
+    for r in &mut egress {
+        r.action = action(rng);
+    }
     (ingress, egress)
 }
 
 /// A Palisade policy of either kind, built around the same random rules.
-fn palisade_policy(rng: &mut Rng, i: usize) -> Policy {
+fn palisade_policy(rng: &mut Rng<'_>, i: usize) -> Policy {
     let np = policy(rng, i);
     let mode = rng.chance(25).then_some(Mode::Audit);
     let priority = rng.chance(70).then(|| *rng.pick(&[500, 1000, 1500]));
@@ -286,43 +290,101 @@ fn compiled_side(ep: &EndpointPolicy, dir: u32, peer: u32, protocol: u8, port: u
     }
 }
 
-fn standard() -> Snapshot {
-    ScenarioFile::parse("name: property\nmodel: standard\n", "property")
-        .and_then(|f| f.snapshot("property"))
-        .unwrap_or_default()
-}
-
-/// The standard model with 1-4 random policies (Palisade's kinds mixed in
-/// for even seeds), as the property test draws them.
-pub fn random_snapshot(seed: u64) -> Snapshot {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut s = standard();
-    let mixed = seed.is_multiple_of(2);
-    s.policies = (0..1 + rng.below(4) as usize)
-        .map(|i| {
+/// One policy per list of choices: NetworkPolicy only, or with `mixed`
+/// Palisade's kinds too.
+fn random_policies(mixed: bool, choices: &[Vec<u32>]) -> Vec<Policy> {
+    choices
+        .iter()
+        .enumerate()
+        .map(|(i, choices)| {
+            let mut rng = Rng { choices, next: 0 };
             if mixed && rng.chance(60) {
                 palisade_policy(&mut rng, i)
             } else {
                 Policy::from(&policy(&mut rng, i))
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Sets of 1-4 random policies, as the property tests draw them. Each
+/// policy reads its own choices, so that shrinking can drop a policy and
+/// leave the others as they were.
+pub fn policy_sets() -> impl Strategy<Value = Vec<Policy>> {
+    use proptest::collection::vec;
+    // Enough choices for the largest policy.
+    let policy = vec(any::<u32>(), 0..=120);
+    (any::<bool>(), vec(policy, 1..=4)).prop_map(|(mixed, c)| random_policies(mixed, &c))
+}
+
+/// The standard model with `policies`.
+pub fn snapshot_with(policies: Vec<Policy>) -> Snapshot {
+    let mut s = standard::snapshot();
+    s.policies = policies;
     s
+}
+
+/// A property that failed: why, and the smallest input proptest found
+/// that still fails (none when proptest gave up).
+pub struct Failure<V> {
+    pub why: String,
+    pub input: Option<V>,
+}
+
+impl<V: std::fmt::Debug> std::fmt::Debug for Failure<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\nminimal failing input: {:#?}", self.why, self.input)
+    }
+}
+
+/// Runs `test` on `cases` values of `strategy`, from a fixed seed so that a
+/// run replays; a failure comes back shrunk.
+pub fn check<S: Strategy>(
+    cases: u32,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) -> Result<(), Failure<S::Value>> {
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let rng = TestRng::deterministic_rng(config.rng_algorithm);
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    runner.run(&strategy, test).map_err(|e| match e {
+        TestError::Fail(why, input) => Failure {
+            why: why.to_string(),
+            input: Some(input),
+        },
+        TestError::Abort(why) => Failure {
+            why: format!("aborted: {why}"),
+            input: None,
+        },
+    })
+}
+
+/// [`check`] on random policy sets over the standard model.
+pub fn check_policy_sets(
+    cases: u32,
+    test: impl Fn(Snapshot) -> Result<(), TestCaseError>,
+) -> Result<(), Failure<Vec<Policy>>> {
+    check(cases, policy_sets(), |policies| {
+        test(snapshot_with(policies))
+    })
 }
 
 #[test]
 fn compiled_state_and_policies_agree_on_random_snapshots() {
-    let base = standard();
+    let base = standard::snapshot();
     assert_eq!(base.pods.len(), 9);
     let outside = [
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5)),
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200)),
     ];
-    let (mut allowed, mut denied, mut audited) = (0u32, 0u32, 0u32);
+    let (allowed, denied, audited) = (Cell::new(0u32), Cell::new(0u32), Cell::new(0u32));
+    let count = |c: &Cell<u32>| c.set(c.get() + 1);
     let none = EndpointPolicy::default();
-    for seed in 1..=400u64 {
-        // Half the seeds: NetworkPolicy only; the others mix in Palisade's kinds.
-        let s = random_snapshot(seed);
+    let agree = |s: Snapshot| {
         let c = compile(&s);
         for from in &s.pods {
             for to in &s.pods {
@@ -345,24 +407,29 @@ fn compiled_state_and_policies_agree_on_random_snapshots() {
                         };
                         let egress = side(from, direction::EGRESS, to);
                         let ingress = side(to, direction::INGRESS, from);
-                        assert_eq!(
+                        prop_assert_eq!(
                             (egress, ingress),
                             (seen(&e.egress), seen(&e.ingress)),
-                            "seed {seed}: {} -> {} {protocol}/{port} sides\n{e:?}\npolicies: {:#?}",
+                            "{} -> {} {}/{} sides\n{:?}",
                             from.key(),
                             to.key(),
-                            s.policies
+                            protocol,
+                            port,
+                            e
                         );
-                        audited += u32::from(matches!(e.egress, Side::WouldDrop { .. }));
-                        assert_eq!(
+                        if matches!(e.egress, Side::WouldDrop { .. }) {
+                            count(&audited);
+                        }
+                        prop_assert_eq!(
                             compiled,
                             direct,
-                            "seed {seed}: {} -> {} {protocol}/{port}\npolicies: {:#?}",
+                            "{} -> {} {}/{}",
                             from.key(),
                             to.key(),
-                            s.policies
+                            protocol,
+                            port
                         );
-                        if direct { allowed += 1 } else { denied += 1 }
+                        count(if direct { &allowed } else { &denied });
                     }
                 }
             }
@@ -375,18 +442,44 @@ fn compiled_state_and_policies_agree_on_random_snapshots() {
                     80,
                 )
                 .allowed();
-                assert_eq!(
+                prop_assert_eq!(
                     evaluate::to_address(&c, from, ip, 6, 80),
                     direct,
-                    "seed {seed}: {} -> {ip}",
-                    from.key()
+                    "{} -> {}",
+                    from.key(),
+                    ip
                 );
             }
         }
-    }
+        Ok(())
+    };
+    check_policy_sets(400, agree).unwrap();
     // The generator exercises both outcomes in earnest.
+    let (allowed, denied, audited) = (allowed.get(), denied.get(), audited.get());
     assert!(
         allowed > 10_000 && denied > 10_000 && audited > 100,
         "allowed {allowed}, denied {denied}, audited {audited}"
     );
+}
+
+/// A deliberate mutation proves that the property can fail, and that its
+/// failure shrinks: a compiler that forgets the last policy disagrees with
+/// the policies, and the smallest set that shows it has one policy.
+#[test]
+fn a_compiler_that_forgets_a_policy_is_caught_with_one_policy() {
+    let failure = check_policy_sets(400, |s| {
+        let mut forgetful = s.clone();
+        forgetful.policies.pop();
+        let c = compile(&forgetful);
+        for from in &s.pods {
+            for to in s.pods.iter().filter(|to| to.key() != from.key()) {
+                let direct =
+                    explain(&s, Target::Pod(from), Target::Pod(to), Protocol::Tcp, 80).allowed();
+                prop_assert_eq!(evaluate::connection(&c, from, to, 6, 80), direct);
+            }
+        }
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(failure.input.as_ref().map(Vec::len), Some(1), "{failure:?}");
 }

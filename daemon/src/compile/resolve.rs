@@ -12,10 +12,8 @@
 
 use ebpf_common::datapath::{PolicyValue, action, identity, policy_flags};
 
-use crate::{
-    datapath::PolicyEntry,
-    model::{Policy, palisade::Action, policy::Tier},
-};
+use super::PolicyEntry;
+use crate::model::{Policy, palisade::Action, policy::Tier};
 
 /// One rule's entry with its place in the evaluation order.
 #[derive(Clone, Debug)]
@@ -128,7 +126,26 @@ pub fn resolve(
     out: &mut Vec<PolicyEntry>,
 ) {
     raws.sort_by_key(Raw::order);
-    let audited_isolation = isolated || audit_isolator.is_some();
+    for peer in peers(&raws, audit_isolator) {
+        let cells = PeerCells {
+            dir,
+            peer,
+            raws: &raws,
+            relevant: raws
+                .iter()
+                .filter(|r| r.entry.peer == peer || r.entry.peer == identity::ANY)
+                .collect(),
+            everything: peer == identity::ANY && audit_isolator.is_some(),
+            isolated,
+            audit_isolator,
+        };
+        cells.entries(out);
+    }
+}
+
+/// Every peer some rule names, and the any-peer wildcard where an audit
+/// policy would isolate.
+fn peers(raws: &[Raw], audit_isolator: Option<u32>) -> Vec<u32> {
     let mut peers: Vec<u32> = raws.iter().map(|r| r.entry.peer).collect();
     if audit_isolator.is_some() {
         // The would-be default deny covers every cell of the any-peer entry.
@@ -136,69 +153,107 @@ pub fn resolve(
     }
     peers.sort_unstable();
     peers.dedup();
-    for q in peers {
-        let relevant: Vec<&Raw> = raws
+    peers
+}
+
+/// The cells of one peer, in one direction, and the rules that decide them.
+struct PeerCells<'a> {
+    dir: u32,
+    peer: u32,
+    /// Every rule, in evaluation order.
+    raws: &'a [Raw],
+    /// The peer's own rules and the any-peer ones, in evaluation order.
+    relevant: Vec<&'a Raw>,
+    /// The peer has every cell (the any-peer wildcard under an audit isolator).
+    everything: bool,
+    isolated: bool,
+    audit_isolator: Option<u32>,
+}
+
+impl PeerCells<'_> {
+    /// The peer's entries: protocols without ports first, then each
+    /// protocol's port ranges.
+    fn entries(&self, out: &mut Vec<PolicyEntry>) {
+        // Protocols without ports: only any-protocol rules reach them.
+        let other = self.own(None, 0).then(|| self.decide(None, 0));
+        if let Some(v) = other {
+            out.push(self.entry(None, (0, 65535), v));
+        }
+        for protocol in PROTOCOLS {
+            self.protocol_entries(protocol, other, out);
+        }
+    }
+
+    /// One protocol's port ranges, cut at every rule boundary; `other` is
+    /// what the peer's any-protocol entry already says.
+    fn protocol_entries(
+        &self,
+        protocol: u8,
+        other: Option<PolicyValue>,
+        out: &mut Vec<PolicyEntry>,
+    ) {
+        let mut cuts = vec![0u32, 65536];
+        for r in self
+            .relevant
             .iter()
-            .filter(|r| r.entry.peer == q || r.entry.peer == identity::ANY)
-            .collect();
-        let everything = q == identity::ANY && audit_isolator.is_some();
-        let own = |protocol: Option<u8>, port: u16| {
-            everything
-                || raws
-                    .iter()
-                    .any(|r| r.entry.peer == q && r.covers(protocol, port))
-        };
-        let decide = |protocol: Option<u8>, port: u16| {
-            value(
-                outcome(&relevant, protocol, port, isolated, false),
-                outcome(&relevant, protocol, port, audited_isolation, true),
-                audit_isolator.unwrap_or(0),
-            )
-        };
-        let entry = |protocol: Option<u8>, ports: (u16, u16), value: PolicyValue| PolicyEntry {
-            direction: dir,
-            peer: q,
+            .filter(|r| r.entry.protocol == Some(protocol))
+        {
+            cuts.push(u32::from(r.entry.ports.0));
+            cuts.push(u32::from(r.entry.ports.1) + 1);
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        // Adjacent cells with the same verdict merge into one range.
+        let mut run: Option<(u16, u16, PolicyValue)> = None;
+        for w in cuts.windows(2) {
+            let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
+            let cell = self
+                .own(Some(protocol), lo)
+                .then(|| self.decide(Some(protocol), lo))
+                // The any-protocol entry of this peer already says it.
+                .filter(|v| Some(*v) != other);
+            match (run, cell) {
+                (Some((first, _, rv)), Some(v)) if rv == v => run = Some((first, hi, v)),
+                (_, cell) => {
+                    if let Some((first, last, rv)) = run {
+                        out.push(self.entry(Some(protocol), (first, last), rv));
+                    }
+                    run = cell.map(|v| (lo, hi, v));
+                }
+            }
+        }
+        if let Some((first, last, rv)) = run {
+            out.push(self.entry(Some(protocol), (first, last), rv));
+        }
+    }
+
+    /// Whether one of the peer's own rules covers the cell: only those
+    /// cells get an entry, the rest fall through to the any-peer entries.
+    fn own(&self, protocol: Option<u8>, port: u16) -> bool {
+        self.everything
+            || self
+                .raws
+                .iter()
+                .any(|r| r.entry.peer == self.peer && r.covers(protocol, port))
+    }
+
+    /// The cell's value, enforced and with audit policies enforced too.
+    fn decide(&self, protocol: Option<u8>, port: u16) -> PolicyValue {
+        let audited_isolation = self.isolated || self.audit_isolator.is_some();
+        value(
+            outcome(&self.relevant, protocol, port, self.isolated, false),
+            outcome(&self.relevant, protocol, port, audited_isolation, true),
+            self.audit_isolator.unwrap_or(0),
+        )
+    }
+
+    fn entry(&self, protocol: Option<u8>, ports: (u16, u16), value: PolicyValue) -> PolicyEntry {
+        PolicyEntry {
+            direction: self.dir,
+            peer: self.peer,
             protocol,
             ports,
             value,
-        };
-        // Protocols without ports: only any-protocol rules reach them.
-        let other = own(None, 0).then(|| decide(None, 0));
-        if let Some(v) = other {
-            out.push(entry(None, (0, 65535), v));
-        }
-        for protocol in PROTOCOLS {
-            let mut cuts = vec![0u32, 65536];
-            for r in relevant
-                .iter()
-                .filter(|r| r.entry.protocol == Some(protocol))
-            {
-                cuts.push(u32::from(r.entry.ports.0));
-                cuts.push(u32::from(r.entry.ports.1) + 1);
-            }
-            cuts.sort_unstable();
-            cuts.dedup();
-            // Adjacent cells with the same verdict merge into one range.
-            let mut run: Option<(u16, u16, PolicyValue)> = None;
-            for w in cuts.windows(2) {
-                let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
-                let cell = own(Some(protocol), lo)
-                    .then(|| decide(Some(protocol), lo))
-                    // The any-protocol entry of this peer already says it.
-                    .filter(|v| Some(*v) != other);
-                match (run, cell) {
-                    (Some((first, _, rv)), Some(v)) if rv == v => run = Some((first, hi, v)),
-                    (_, cell) => {
-                        if let Some((first, last, rv)) = run {
-                            out.push(entry(Some(protocol), (first, last), rv));
-                        }
-                        run = cell.map(|v| (lo, hi, v));
-                    }
-                }
-            }
-            if let Some((first, last, rv)) = run {
-                out.push(entry(Some(protocol), (first, last), rv));
-            }
         }
     }
 }

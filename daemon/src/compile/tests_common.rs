@@ -1,7 +1,7 @@
 //! Helpers shared by the compiler's tests.
 
 use super::{compile, evaluate::connection};
-use crate::model::{Pod, Snapshot, parse::parse_documents, scenario::ScenarioFile};
+use crate::model::{Pod, Snapshot, parse::parse_documents, standard};
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -10,9 +10,7 @@ pub const SCTP: u8 = 132;
 /// The standard model as scenario files get it: pod addresses 10.244.0.1-9
 /// in order x/a, x/b, x/c, y/a, ... z/c.
 pub fn standard() -> Snapshot {
-    ScenarioFile::parse("name: standard\nmodel: standard\n", "standard.yaml")
-        .and_then(|f| f.snapshot("standard.yaml"))
-        .unwrap()
+    standard::snapshot()
 }
 
 pub fn with(yaml: &str) -> Snapshot {

@@ -1,19 +1,23 @@
 //! Typed handles on the pinned datapath maps.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ebpf_common::{
     datapath::{
         ADDR_LEN, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED, POLICY_PREFIX_FULL,
         POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, XdpPodDenyKey, direction, endpoint_flags,
-        identity, ipv4_mapped, ipv4_prefix_len,
+        identity,
     },
     maps,
 };
+use ipnet::IpNet;
 
-use super::ports::{self, PortPrefix};
-use crate::paths::PinDir;
+use super::{
+    address_map::AddressMap,
+    ports::{self, PortPrefix},
+};
+use crate::{compile::PolicyEntry, paths::PinDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -30,6 +34,13 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("{what} from {name}: {source}")]
+    Remove {
+        name: &'static str,
+        what: String,
+        #[source]
+        source: MapError,
+    },
     #[error("reading {name}: {source}")]
     Read {
         name: &'static str,
@@ -40,30 +51,6 @@ pub enum DatapathError {
     Prefix { addr: IpAddr, len: u8 },
 }
 
-/// One policy entry before it is placed in a generation: which peer (or
-/// `identity::ANY`), protocol (`None` = any protocol, and then any port) and
-/// destination port range, and the final verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PolicyEntry {
-    pub direction: u32,
-    pub peer: u32,
-    pub protocol: Option<u8>,
-    pub ports: (u16, u16),
-    pub value: PolicyValue,
-}
-
-/// The 16-byte form of an address and the matching prefix length.
-pub fn addr_key(addr: IpAddr, len: u8) -> Result<Key<[u8; ADDR_LEN]>, DatapathError> {
-    match addr {
-        IpAddr::V4(v4) if len <= 32 => Ok(Key::new(
-            ipv4_prefix_len(u32::from(len)),
-            ipv4_mapped(v4.octets()),
-        )),
-        IpAddr::V6(v6) if len <= 128 => Ok(Key::new(u32::from(len), v6.octets())),
-        _ => Err(DatapathError::Prefix { addr, len }),
-    }
-}
-
 /// A removal that finds nothing to remove has done its job.
 pub(super) fn removed(
     result: Result<(), MapError>,
@@ -72,7 +59,7 @@ pub(super) fn removed(
 ) -> Result<(), DatapathError> {
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(source) => Err(DatapathError::Write {
+        Err(source) => Err(DatapathError::Remove {
             name,
             what: what(),
             source,
@@ -137,24 +124,27 @@ pub fn lookup_flags(entries: &[PolicyEntry]) -> u32 {
 /// The policy maps' entries by (endpoint, generation), as read at one time.
 pub type HeldPolicy = std::collections::HashMap<(u32, u8), Vec<(Key<PolicyKey>, PolicyValue)>>;
 
+/// Typed handles on the pinned datapath maps. Only the syncer writes
+/// through them (tests and benchmarks aside): the fields are private so
+/// that every write goes through a method that keeps the maps' invariants
+/// (generations, gates, epochs).
+///
 /// Full-length prefixes go to the exact-match hash maps, the rest to the
-/// tries; the programs look in the hash first (see ebpf-tc's policy.rs).
+/// tries; the programs look in the hash first (see ebpf-common/src/kernel/pod/policy.rs).
 pub struct DatapathMaps {
-    pub identity: LpmTrie<MapData, [u8; ADDR_LEN], IdentityValue>,
-    pub identity_host: HashMap<MapData, [u8; ADDR_LEN], IdentityValue>,
-    pub endpoints: HashMap<MapData, u32, EndpointValue>,
-    pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
-    pub policy_port: HashMap<MapData, PolicyKey, PolicyValue>,
-    pub xdp_cidr_deny: LpmTrie<MapData, [u8; ADDR_LEN], u32>,
-    pub xdp_deny_host: HashMap<MapData, [u8; ADDR_LEN], u32>,
-    pub xdp_pod_deny: HashMap<MapData, XdpPodDenyKey, u32>,
-    pub xdp_pod_dst: HashMap<MapData, [u8; ADDR_LEN], u32>,
+    identities: AddressMap<IdentityValue>,
+    endpoints: HashMap<MapData, u32, EndpointValue>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    policy_port: HashMap<MapData, PolicyKey, PolicyValue>,
+    pub(super) node_denies: AddressMap<u32>,
+    pub(super) xdp_pod_deny: HashMap<MapData, XdpPodDenyKey, u32>,
+    pub(super) xdp_pod_dst: HashMap<MapData, [u8; ADDR_LEN], u32>,
     /// Bumped after every change that can change the verdict for a tracked
     /// flow (see `maps::EPOCH`).
-    pub epoch: Array<MapData, u32>,
+    epoch: Array<MapData, u32>,
 }
 
-fn open(pins: &PinDir, name: &'static str) -> Result<Map, DatapathError> {
+pub(super) fn open_map(pins: &PinDir, name: &'static str) -> Result<Map, DatapathError> {
     MapData::from_pin(pins.map(name))
         .and_then(Map::from_map_data)
         .map_err(|source| DatapathError::Open { name, source })
@@ -165,24 +155,18 @@ impl DatapathMaps {
     pub fn open(pins: &PinDir) -> Result<Self, DatapathError> {
         let conv = |name: &'static str| move |source| DatapathError::Open { name, source };
         Ok(Self {
-            identity: LpmTrie::try_from(open(pins, maps::IDENTITY)?)
-                .map_err(conv(maps::IDENTITY))?,
-            identity_host: HashMap::try_from(open(pins, maps::IDENTITY_HOST)?)
-                .map_err(conv(maps::IDENTITY_HOST))?,
-            endpoints: HashMap::try_from(open(pins, maps::ENDPOINTS)?)
+            identities: AddressMap::open(pins, maps::IDENTITY_HOST, maps::IDENTITY)?,
+            endpoints: HashMap::try_from(open_map(pins, maps::ENDPOINTS)?)
                 .map_err(conv(maps::ENDPOINTS))?,
-            policy: LpmTrie::try_from(open(pins, maps::POLICY)?).map_err(conv(maps::POLICY))?,
-            policy_port: HashMap::try_from(open(pins, maps::POLICY_PORT)?)
+            policy: LpmTrie::try_from(open_map(pins, maps::POLICY)?).map_err(conv(maps::POLICY))?,
+            policy_port: HashMap::try_from(open_map(pins, maps::POLICY_PORT)?)
                 .map_err(conv(maps::POLICY_PORT))?,
-            xdp_cidr_deny: LpmTrie::try_from(open(pins, maps::XDP_DENY)?)
-                .map_err(conv(maps::XDP_DENY))?,
-            xdp_deny_host: HashMap::try_from(open(pins, maps::XDP_DENY_HOST)?)
-                .map_err(conv(maps::XDP_DENY_HOST))?,
-            xdp_pod_deny: HashMap::try_from(open(pins, maps::XDP_POD_DENY)?)
+            node_denies: AddressMap::open(pins, maps::XDP_DENY_HOST, maps::XDP_DENY)?,
+            xdp_pod_deny: HashMap::try_from(open_map(pins, maps::XDP_POD_DENY)?)
                 .map_err(conv(maps::XDP_POD_DENY))?,
-            xdp_pod_dst: HashMap::try_from(open(pins, maps::XDP_POD_DST)?)
+            xdp_pod_dst: HashMap::try_from(open_map(pins, maps::XDP_POD_DST)?)
                 .map_err(conv(maps::XDP_POD_DST))?,
-            epoch: Array::try_from(open(pins, maps::EPOCH)?).map_err(conv(maps::EPOCH))?,
+            epoch: Array::try_from(open_map(pins, maps::EPOCH)?).map_err(conv(maps::EPOCH))?,
         })
     }
 
@@ -215,31 +199,30 @@ impl DatapathMaps {
         len: u8,
         identity: u32,
     ) -> Result<(), DatapathError> {
-        let key = addr_key(addr, len)?;
-        let value = IdentityValue { identity };
-        let (name, result) = if key.prefix_len() == 128 {
-            (
-                maps::IDENTITY_HOST,
-                self.identity_host.insert(&key.data(), &value, 0),
-            )
-        } else {
-            (maps::IDENTITY, self.identity.insert(&key, &value, 0))
-        };
-        result.map_err(|source| DatapathError::Write {
-            name,
-            what: format!("{addr}/{len} -> {identity}"),
-            source,
-        })
+        self.identities.set(addr, len, IdentityValue { identity })
     }
 
     pub fn remove_identity(&mut self, addr: IpAddr, len: u8) -> Result<(), DatapathError> {
-        let key = addr_key(addr, len)?;
-        let (name, result) = if key.prefix_len() == 128 {
-            (maps::IDENTITY_HOST, self.identity_host.remove(&key.data()))
-        } else {
-            (maps::IDENTITY, self.identity.remove(&key))
-        };
-        removed(result, name, || format!("removal of {addr}/{len}"))
+        self.identities.remove(addr, len)
+    }
+
+    /// The identity of every prefix the identity maps hold.
+    pub fn identities(&self) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
+        let held = self.identities.held()?;
+        Ok(held.into_iter().map(|(net, v)| (net, v.identity)).collect())
+    }
+
+    /// Every endpoint, by host-side veth ifindex.
+    pub fn endpoints(&self) -> Result<BTreeMap<u32, EndpointValue>, DatapathError> {
+        self.endpoints
+            .iter()
+            .map(|item| {
+                item.map_err(|source| DatapathError::Read {
+                    name: maps::ENDPOINTS,
+                    source,
+                })
+            })
+            .collect()
     }
 
     pub fn endpoint(&self, ifindex: u32) -> Result<Option<EndpointValue>, DatapathError> {

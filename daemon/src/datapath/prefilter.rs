@@ -2,14 +2,22 @@
 //! stateless denies of connection attempts to local pods with the
 //! per-address gate the program reads first (`xdp_pod_gate`).
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use ebpf_common::{
     datapath::{ADDR_LEN, XdpPodDenyKey, identity, xdp_pod_gate},
     maps,
 };
+use ipnet::IpNet;
 
-use super::maps::{DatapathError, DatapathMaps, addr_key, removed};
+use super::{
+    address_map::addr_key,
+    maps::{DatapathError, DatapathMaps, removed},
+};
+use crate::compile::desired::PodDeny;
 
 /// A stateless deny of TCP connection attempts from `peer` (an identity, or
 /// `identity::ANY`) to the local pod address `dst` on `port` (`None`: any).
@@ -25,6 +33,16 @@ pub fn pod_deny_key(
         port: port.unwrap_or(0),
         _pad: [0; 2],
     })
+}
+
+/// The map entries of the compiler's pod denies: key -> policy.
+pub fn pod_deny_entries(
+    denies: &BTreeSet<PodDeny>,
+) -> Result<BTreeMap<XdpPodDenyKey, u32>, DatapathError> {
+    denies
+        .iter()
+        .map(|d| Ok((pod_deny_key(d.dst, d.peer, d.port)?, d.policy)))
+        .collect()
 }
 
 /// The gate bits of every pod address among `keys`.
@@ -59,35 +77,25 @@ fn write_err(
 }
 
 impl DatapathMaps {
-    /// Drops every packet from `addr/len` at the XDP prefilter. Single
-    /// addresses go to the exact-match map, prefixes to the trie.
+    /// Drops every packet from `addr/len` at the XDP prefilter, counted
+    /// under `policy`.
     pub fn set_cidr_deny(
         &mut self,
         addr: IpAddr,
         len: u8,
         policy: u32,
     ) -> Result<(), DatapathError> {
-        let key = addr_key(addr, len)?;
-        let what = format!("deny of {addr}/{len}");
-        if key.prefix_len() == 128 {
-            self.xdp_deny_host
-                .insert(&key.data(), &policy, 0)
-                .map_err(write_err(maps::XDP_DENY_HOST, what))
-        } else {
-            self.xdp_cidr_deny
-                .insert(&key, &policy, 0)
-                .map_err(write_err(maps::XDP_DENY, what))
-        }
+        self.node_denies.set(addr, len, policy)
     }
 
     pub fn remove_cidr_deny(&mut self, addr: IpAddr, len: u8) -> Result<(), DatapathError> {
-        let key = addr_key(addr, len)?;
-        let (name, result) = if key.prefix_len() == 128 {
-            (maps::XDP_DENY_HOST, self.xdp_deny_host.remove(&key.data()))
-        } else {
-            (maps::XDP_DENY, self.xdp_cidr_deny.remove(&key))
-        };
-        removed(result, name, || format!("removal of deny {addr}/{len}"))
+        self.node_denies.remove(addr, len)
+    }
+
+    /// The node-level deny list in force, with the policy each is counted
+    /// under.
+    pub fn cidr_denies(&self) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
+        self.node_denies.held()
     }
 
     /// Adds one stateless pod deny (see [`pod_deny_key`]). Only for
@@ -124,29 +132,38 @@ impl DatapathMaps {
         read_all(&self.xdp_pod_deny, maps::XDP_POD_DENY)
     }
 
-    /// Makes the stateless pod denies exactly `want`, writing differences
-    /// only.
-    pub fn apply_pod_denies(
-        &mut self,
-        want: &BTreeMap<XdpPodDenyKey, u32>,
-    ) -> Result<(), DatapathError> {
-        let held = self.pod_denies()?;
-        self.write_pod_denies(&held, want)
+    /// The pod addresses with a gate open, and its bits.
+    pub fn pod_deny_gates(&self) -> Result<BTreeMap<[u8; ADDR_LEN], u32>, DatapathError> {
+        read_all(&self.xdp_pod_dst, maps::XDP_POD_DST)
     }
 
+    /// Makes the stateless pod denies exactly `want`, writing differences
+    /// only.
     /// Takes out the pod denies that `want` does not have, adding none:
-    /// the step before the pods' policies change.
+    /// the step before the pods' policies change. Returns what the map
+    /// holds then, for [`Self::add_pod_denies`].
     pub fn retire_pod_denies(
         &mut self,
         want: &BTreeMap<XdpPodDenyKey, u32>,
-    ) -> Result<(), DatapathError> {
+    ) -> Result<BTreeMap<XdpPodDenyKey, u32>, DatapathError> {
         let held = self.pod_denies()?;
         let keep: BTreeMap<XdpPodDenyKey, u32> = held
             .iter()
             .filter(|(k, v)| want.get(k) == Some(v))
             .map(|(k, v)| (*k, *v))
             .collect();
-        self.write_pod_denies(&held, &keep)
+        self.write_pod_denies(&held, &keep)?;
+        Ok(keep)
+    }
+
+    /// Makes the stateless pod denies exactly `want`, from `held`, what
+    /// [`Self::retire_pod_denies`] left (the map is not read again).
+    pub fn add_pod_denies(
+        &mut self,
+        held: &BTreeMap<XdpPodDenyKey, u32>,
+        want: &BTreeMap<XdpPodDenyKey, u32>,
+    ) -> Result<(), DatapathError> {
+        self.write_pod_denies(held, want)
     }
 
     /// From `held` (what the map holds) to `want`: stale entries out
@@ -165,7 +182,7 @@ impl DatapathMaps {
             })?;
         }
         let want_gates = gates(want.keys());
-        let held_gates = read_all(&self.xdp_pod_dst, maps::XDP_POD_DST)?;
+        let held_gates = self.pod_deny_gates()?;
         for dst in held_gates.keys().filter(|d| !want_gates.contains_key(*d)) {
             removed(self.xdp_pod_dst.remove(dst), maps::XDP_POD_DST, || {
                 "removal of a pod deny gate".to_owned()

@@ -50,6 +50,14 @@ pub enum AttachError {
         #[source]
         source: Box<aya::pin::PinError>,
     },
+    #[error(transparent)]
+    Interface(io::Error),
+    #[error("on {iface}: {source}")]
+    On {
+        iface: String,
+        #[source]
+        source: Box<AttachError>,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -6,6 +6,7 @@
 //! continues while no daemon runs.
 
 pub mod attach;
+pub mod features;
 pub mod layout;
 pub mod objects;
 pub mod sizes;
@@ -17,7 +18,7 @@ use aya::{
     programs::{Lsm, ProgramError, SchedClassifier, Xdp},
 };
 
-use crate::{features::Features, paths::PinDir};
+use crate::{loader::features::Features, paths::PinDir};
 use layout::{LayoutError, Pinned};
 use objects::Object;
 use sizes::MapSizes;
@@ -84,6 +85,40 @@ pub struct Loaded {
     pub lsm: LsmObject,
 }
 
+/// Probes the kernel's features (logging each) and loads (or adopts) every
+/// object: the first step of `palisade load` and of the daemon's start.
+pub fn load_probed(pins: &PinDir, sizes: &MapSizes) -> Result<(Features, Loaded), LoadError> {
+    let features = Features::probe();
+    for line in features.lines() {
+        tracing::info!("{line}");
+    }
+    let loaded = load_with(pins, &features, sizes)?;
+    Ok((features, loaded))
+}
+
+/// Attaches the XDP prefilter of `xdp` to each of `ifaces` (named in the
+/// calling thread's network namespace): the uplinks of `palisade load
+/// --xdp` and of the daemon's `--uplink`.
+pub fn attach_prefilter(
+    xdp: &mut LoadedObject,
+    pins: &PinDir,
+    ifaces: &[String],
+    mode: aya::programs::XdpMode,
+) -> Result<Vec<(String, attach::LinkState)>, attach::AttachError> {
+    let mut out = Vec::new();
+    for iface in ifaces {
+        let on = |source| attach::AttachError::On {
+            iface: iface.clone(),
+            source: Box::new(source),
+        };
+        let ifindex = crate::netns::ifindex(iface)
+            .map_err(|source| on(attach::AttachError::Interface(source)))?;
+        let state = attach::attach_xdp(xdp, pins, ifindex, mode).map_err(on)?;
+        out.push((iface.clone(), state));
+    }
+    Ok(out)
+}
+
 /// Loads all objects with the default map sizes.
 pub fn load_all(pins: &PinDir, features: &Features) -> Result<Loaded, LoadError> {
     load_with(pins, features, &MapSizes::default())
@@ -118,10 +153,10 @@ pub fn load_with(
             .map_err(|e| verify_error(&objects::TC, program, e))?;
     }
     let lsm = match &features.bpf_lsm {
-        crate::features::BpfLsm::Inactive { reason } => LsmObject::Skipped {
+        crate::loader::features::BpfLsm::Inactive { reason } => LsmObject::Skipped {
             reason: reason.clone(),
         },
-        crate::features::BpfLsm::Active => {
+        crate::loader::features::BpfLsm::Active => {
             let mut lsm = load_object(pins, &objects::LSM, sizes)?;
             let btf = Btf::from_sys_fs()?;
             for &(program, hook) in objects::LSM_HOOKS {
@@ -137,7 +172,8 @@ pub fn load_with(
 
 fn prepare(pins: &PinDir) -> Result<(), LoadError> {
     let parent = pins.base().parent().unwrap_or(pins.base());
-    if !crate::features::is_bpffs(parent) && !crate::features::is_bpffs(pins.base()) {
+    if !crate::loader::features::is_bpffs(parent) && !crate::loader::features::is_bpffs(pins.base())
+    {
         return Err(LoadError::NotBpffs {
             path: parent.to_path_buf(),
         });

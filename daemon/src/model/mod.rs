@@ -2,14 +2,17 @@
 //! parsed and validated, with no I/O beyond the text they are given.
 
 pub mod crd;
-pub mod expect;
 pub mod networkpolicy;
 pub mod palisade;
 pub mod parse;
 pub mod policy;
 pub mod process_file;
-pub mod scenario;
 pub mod selector;
+// The lab's standard model: for the lab, the tests and the bench, not the
+// node agent.
+#[cfg(any(test, feature = "standard-model"))]
+pub mod standard;
+pub mod yaml;
 
 use std::{collections::BTreeMap, net::IpAddr};
 

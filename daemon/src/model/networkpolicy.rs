@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::selector::LabelSelector;
+use super::{palisade::Action, selector::LabelSelector};
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -19,7 +19,7 @@ pub struct NetworkPolicy {
     pub metadata: ObjectMeta,
     pub spec: NetworkPolicySpec,
     #[serde(default)]
-    pub status: Option<serde_yaml::Value>,
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -34,27 +34,27 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
     // Server-managed fields: accepted, not used.
     #[serde(default)]
-    pub generate_name: Option<serde_yaml::Value>,
+    pub generate_name: Option<serde_json::Value>,
     #[serde(default)]
-    pub self_link: Option<serde_yaml::Value>,
+    pub self_link: Option<serde_json::Value>,
     #[serde(default)]
-    pub uid: Option<serde_yaml::Value>,
+    pub uid: Option<serde_json::Value>,
     #[serde(default)]
-    pub resource_version: Option<serde_yaml::Value>,
+    pub resource_version: Option<serde_json::Value>,
     #[serde(default)]
-    pub generation: Option<serde_yaml::Value>,
+    pub generation: Option<serde_json::Value>,
     #[serde(default)]
-    pub creation_timestamp: Option<serde_yaml::Value>,
+    pub creation_timestamp: Option<serde_json::Value>,
     #[serde(default)]
-    pub deletion_timestamp: Option<serde_yaml::Value>,
+    pub deletion_timestamp: Option<serde_json::Value>,
     #[serde(default)]
-    pub deletion_grace_period_seconds: Option<serde_yaml::Value>,
+    pub deletion_grace_period_seconds: Option<serde_json::Value>,
     #[serde(default)]
-    pub owner_references: Option<serde_yaml::Value>,
+    pub owner_references: Option<serde_json::Value>,
     #[serde(default)]
-    pub finalizers: Option<serde_yaml::Value>,
+    pub finalizers: Option<serde_json::Value>,
     #[serde(default)]
-    pub managed_fields: Option<serde_yaml::Value>,
+    pub managed_fields: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -75,22 +75,77 @@ pub enum PolicyType {
     Egress,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+// The rules of every kind: NetworkPolicy's, and Palisade's, which add an
+// action (a NetworkPolicy that names one is refused by validation). Not a
+// doc comment: it would become the CRD's description of a Palisade rule.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IngressRule {
-    #[serde(default)]
+    /// Allow (the default in a PalisadeNetworkPolicy) or Deny; a cluster
+    /// policy's rules must name one, and may also Pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<Peer>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PolicyPort>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressRule {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<Peer>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PolicyPort>,
+}
+
+/// A rule of either direction, read the same way whatever its peers field
+/// is called.
+#[derive(Clone, Copy, Debug)]
+pub struct RuleRef<'a> {
+    pub action: Option<Action>,
+    pub peers: &'a [Peer],
+    pub ports: &'a [PolicyPort],
+}
+
+/// Both directions' rules with their field paths and peers field names
+/// (`spec.ingress[0]`, `from`), ingress first.
+pub fn rules<'a>(
+    ingress: &'a [IngressRule],
+    egress: &'a [EgressRule],
+) -> impl Iterator<Item = (String, &'static str, RuleRef<'a>)> {
+    let ingress = ingress.iter().enumerate().map(|(i, r)| {
+        let rule = RuleRef {
+            action: r.action,
+            peers: &r.from,
+            ports: &r.ports,
+        };
+        (format!("spec.ingress[{i}]"), "from", rule)
+    });
+    let egress = egress.iter().enumerate().map(|(i, r)| {
+        let rule = RuleRef {
+            action: r.action,
+            peers: &r.to,
+            ports: &r.ports,
+        };
+        (format!("spec.egress[{i}]"), "to", rule)
+    });
+    ingress.chain(egress)
+}
+
+/// `policyTypes` as the API server defaults it: as listed, else Ingress,
+/// plus Egress when the policy has egress rules.
+pub fn directions(types: Option<&[PolicyType]>, has_egress: bool) -> (bool, bool) {
+    match types {
+        Some(t) => (
+            t.contains(&PolicyType::Ingress),
+            t.contains(&PolicyType::Egress),
+        ),
+        None => (true, has_egress),
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -163,33 +218,12 @@ pub enum PortRef {
 }
 
 impl NetworkPolicy {
-    /// The ingress (`from`) or egress (`to`) rules as (peers, ports).
-    pub fn rules(&self, egress: bool) -> Vec<(&[Peer], &[PolicyPort])> {
-        if egress {
-            self.spec
-                .egress
-                .iter()
-                .map(|r| (r.to.as_slice(), r.ports.as_slice()))
-                .collect()
-        } else {
-            self.spec
-                .ingress
-                .iter()
-                .map(|r| (r.from.as_slice(), r.ports.as_slice()))
-                .collect()
-        }
-    }
-
-    /// `policyTypes` as the API server defaults it: as listed, else Ingress,
-    /// plus Egress when the policy has egress rules.
+    /// `policyTypes` as the API server defaults it (see [`directions`]).
     pub fn policy_types(&self) -> (bool, bool) {
-        match &self.spec.policy_types {
-            Some(types) => (
-                types.contains(&PolicyType::Ingress),
-                types.contains(&PolicyType::Egress),
-            ),
-            None => (true, !self.spec.egress.is_empty()),
-        }
+        directions(
+            self.spec.policy_types.as_deref(),
+            !self.spec.egress.is_empty(),
+        )
     }
 }
 

@@ -18,8 +18,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use super::networkpolicy::{EgressRule, IngressRule};
 use super::{
-    networkpolicy::{Peer, PolicyPort, PolicyType},
+    networkpolicy::PolicyType,
     process_file::{FileSection, ProcessSection},
     selector::LabelSelector,
 };
@@ -104,30 +105,6 @@ pub struct PalisadeNetworkPolicySpec {
     pub process: Option<ProcessSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSection>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct IngressRule {
-    /// Allow (the default in a PalisadeNetworkPolicy) or Deny; a cluster
-    /// policy's rules must name one, and may also Pass.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<Action>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub from: Vec<Peer>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<PolicyPort>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EgressRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<Action>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub to: Vec<Peer>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<PolicyPort>,
 }
 
 /// A cluster-wide policy in the admin tier (above NetworkPolicy) or the

@@ -1,8 +1,9 @@
 //! Policy documents from YAML (or JSON, which is YAML) text.
 //!
 //! Each document is parsed on its own: a bad one is reported with its file,
-//! line and object and the field at fault, and the others still parse, so
-//! the caller can keep the last good version of just the bad object.
+//! line and column, its object and the field at fault, and the others still
+//! parse, so the caller can keep the last good version of just the bad
+//! object.
 
 use std::fmt;
 
@@ -10,12 +11,16 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    networkpolicy::{NetworkPolicy, ObjectMeta, Peer, PolicyPort, PortRef, valid_port_name},
+    networkpolicy::{
+        NetworkPolicy, ObjectMeta, Peer, PolicyPort, PortRef, RuleRef, rules, valid_port_name,
+    },
     palisade::{
         API_VERSION, Action, ClusterTier, MAX_PRIORITY, PalisadeClusterNetworkPolicySpec,
         PalisadeNetworkPolicySpec,
     },
     policy::Policy,
+    process_file::{FileSection, ProcessSection},
+    yaml::{self, At, Positions},
 };
 
 /// A policy document of a kind Palisade knows.
@@ -60,22 +65,59 @@ pub struct Object<S> {
     pub metadata: ObjectMeta,
     pub spec: S,
     #[serde(default)]
-    pub status: Option<serde_yaml::Value>,
+    pub status: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseError {
     pub file: String,
-    /// 1-based line of the document (or of the fault, when known).
+    /// 1-based line of the fault (of the document when the fault has none).
     pub line: usize,
+    /// 1-based column of the fault; 0 when unknown.
+    pub column: usize,
     /// `namespace/name` when the document got that far.
     pub object: Option<String>,
     pub message: String,
 }
 
+impl ParseError {
+    /// An error of `file` at `line` with no column or object.
+    pub fn at_line(file: &str, line: usize, message: String) -> Self {
+        Self {
+            file: file.to_owned(),
+            line,
+            column: 0,
+            object: None,
+            message,
+        }
+    }
+
+    /// A fault at `at` of a document whose first line is line `start` of
+    /// `file`; at the document's start when `at` is unknown.
+    pub fn in_document(
+        file: &str,
+        start: usize,
+        at: Option<At>,
+        object: Option<String>,
+        message: String,
+    ) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: start + at.map_or(0, |a| a.line.saturating_sub(1)),
+            column: at.map_or(0, |a| a.column),
+            object,
+            message,
+        }
+    }
+}
+
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.line)?;
+        write!(f, "{}:{}:", self.file, self.line)?;
+        if self.column > 0 {
+            write!(f, "{}:", self.column)?;
+        }
+        f.write_str(" ")?;
         if let Some(object) = &self.object {
             write!(f, "{object}: ")?;
         }
@@ -84,6 +126,29 @@ impl fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
+
+/// A value that parsed but is not valid, named by its field path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// `spec.ingress[0].from[1].ipBlock.cidr`
+    pub path: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
 
 /// What every document starts with: enough to tell its kind and name
 /// before the strict parse of that kind.
@@ -142,6 +207,36 @@ pub fn parse_documents(
         .collect()
 }
 
+/// The text of the block-list item that starts at `at` in `text` (a policy
+/// inside a scenario file), from its first line on, indented as in the
+/// file so that its columns are the file's. `None` when the node is not a
+/// block-list item (`- ` then the node).
+pub fn item_text(text: &str, at: At) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.get(at.line.checked_sub(1)?)?;
+    let byte = first.char_indices().nth(at.column.checked_sub(1)?)?.0;
+    let (before, node) = first.split_at(byte);
+    let dash = before.trim_end().strip_suffix('-')?;
+    if !dash.trim().is_empty() {
+        return None;
+    }
+    // The item ends where a line is indented no deeper than its dash.
+    let dash_column = dash.chars().count();
+    let mut out = " ".repeat(before.chars().count());
+    out.push_str(node);
+    out.push('\n');
+    for line in &lines[at.line..] {
+        let body = line.trim_start();
+        let indent = line.chars().count() - body.chars().count();
+        if !body.is_empty() && !body.starts_with('#') && indent <= dash_column {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    Some(out)
+}
+
 /// Parses one policy document that starts on line `start` of `file`.
 pub fn parse_one(
     doc: &str,
@@ -149,14 +244,21 @@ pub fn parse_one(
     file: &str,
     default_ns: &str,
 ) -> Result<Document, ParseError> {
-    let error = |line: usize, object: Option<String>, message: String| ParseError {
-        file: file.to_owned(),
-        line,
-        object,
-        message,
+    let error = |at: Option<At>, object: Option<String>, message: String| {
+        ParseError::in_document(file, start, at, object, message)
     };
-    let at = |e: &serde_yaml::Error| start + e.location().map_or(0, |l| l.line().saturating_sub(1));
-    let head: Head = serde_yaml::from_str(doc).map_err(|e| error(at(&e), None, e.to_string()))?;
+    let refused = |object: Option<String>| {
+        move |e: yaml::Error| {
+            let e = e.with_field(doc);
+            error(e.at, object, e.message)
+        }
+    };
+    // Validation runs on parsed values; their positions are looked up only
+    // for the error.
+    let invalid = |object: Option<String>| {
+        move |e: Invalid| error(Positions::of(doc).locate(&e.path), object, e.to_string())
+    };
+    let head: Head = yaml::from_str(doc).map_err(refused(None))?;
     let object = head.metadata.as_ref().and_then(|m| {
         let name = m.name.as_deref()?;
         Some(format!(
@@ -166,21 +268,20 @@ pub fn parse_one(
     });
     match (head.api_version.as_deref(), head.kind.as_deref()) {
         (Some("networking.k8s.io/v1"), Some("NetworkPolicy")) => {
-            let mut policy: NetworkPolicy = serde_yaml::from_str(doc)
-                .map_err(|e| error(at(&e), object.clone(), e.to_string()))?;
+            let mut policy: NetworkPolicy = yaml::from_str(doc).map_err(refused(object.clone()))?;
             if policy.metadata.namespace.is_none() {
                 policy.metadata.namespace = Some(default_ns.to_owned());
             }
-            validate(&policy).map_err(|m| error(start, object.clone(), m))?;
+            validate(&policy).map_err(invalid(object.clone()))?;
             Ok(Document::NetworkPolicy(policy))
         }
         (Some(API_VERSION), Some("PalisadeNetworkPolicy")) => {
-            let mut o: Object<PalisadeNetworkPolicySpec> = serde_yaml::from_str(doc)
-                .map_err(|e| error(at(&e), object.clone(), e.to_string()))?;
+            let mut o: Object<PalisadeNetworkPolicySpec> =
+                yaml::from_str(doc).map_err(refused(object.clone()))?;
             if o.metadata.namespace.is_none() {
                 o.metadata.namespace = Some(default_ns.to_owned());
             }
-            validate_namespaced(&o.spec).map_err(|m| error(start, object.clone(), m))?;
+            validate_namespaced(&o.spec).map_err(invalid(object.clone()))?;
             Ok(Document::PalisadeNetworkPolicy(o))
         }
         (Some(API_VERSION), Some("PalisadeClusterNetworkPolicy")) => {
@@ -189,20 +290,19 @@ pub fn parse_one(
                 .as_ref()
                 .and_then(|m| m.name.clone())
                 .map(|n| format!("cluster:{n}"));
-            let o: Object<PalisadeClusterNetworkPolicySpec> = serde_yaml::from_str(doc)
-                .map_err(|e| error(at(&e), object.clone(), e.to_string()))?;
+            let o: Object<PalisadeClusterNetworkPolicySpec> =
+                yaml::from_str(doc).map_err(refused(object.clone()))?;
             if o.metadata.namespace.is_some() {
-                return Err(error(
-                    start,
-                    object,
-                    "metadata.namespace: a PalisadeClusterNetworkPolicy is cluster-scoped".into(),
-                ));
+                return Err(invalid(object)(Invalid::new(
+                    "metadata.namespace",
+                    "a PalisadeClusterNetworkPolicy is cluster-scoped",
+                )));
             }
-            validate_cluster(&o.spec).map_err(|m| error(start, object.clone(), m))?;
+            validate_cluster(&o.spec).map_err(invalid(object.clone()))?;
             Ok(Document::PalisadeClusterNetworkPolicy(o))
         }
         (api, kind) => Err(error(
-            start,
+            None,
             object,
             format!(
                 "unknown kind {} (apiVersion {}): expected networking.k8s.io/v1 NetworkPolicy, \
@@ -214,19 +314,20 @@ pub fn parse_one(
     }
 }
 
-fn validate_priority(priority: Option<u32>) -> Result<(), String> {
+fn validate_priority(priority: Option<u32>) -> Result<(), Invalid> {
     match priority {
-        Some(p) if p > MAX_PRIORITY => Err(format!(
-            "spec.priority: {p} is above the maximum {MAX_PRIORITY}"
+        Some(p) if p > MAX_PRIORITY => Err(Invalid::new(
+            "spec.priority",
+            format!("{p} is above the maximum {MAX_PRIORITY}"),
         )),
         _ => Ok(()),
     }
 }
 
 fn validate_sections(
-    process: Option<&super::process_file::ProcessSection>,
-    file: Option<&super::process_file::FileSection>,
-) -> Result<(), String> {
+    process: Option<&ProcessSection>,
+    file: Option<&FileSection>,
+) -> Result<(), Invalid> {
     if let Some(p) = process {
         p.validate("spec.process")?;
     }
@@ -236,199 +337,152 @@ fn validate_sections(
     Ok(())
 }
 
-/// The rules of a Palisade kind as (path, peers field, action, peers, ports).
-type Checked<'a> = (
-    String,
-    &'static str,
-    Option<Action>,
-    &'a [Peer],
-    &'a [PolicyPort],
-);
-
-fn palisade_rules<'a>(
-    ingress: &'a [super::palisade::IngressRule],
-    egress: &'a [super::palisade::EgressRule],
-) -> Vec<Checked<'a>> {
-    ingress
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                format!("spec.ingress[{i}]"),
-                "from",
-                r.action,
-                r.from.as_slice(),
-                r.ports.as_slice(),
-            )
-        })
-        .chain(egress.iter().enumerate().map(|(i, r)| {
-            (
-                format!("spec.egress[{i}]"),
-                "to",
-                r.action,
-                r.to.as_slice(),
-                r.ports.as_slice(),
-            )
-        }))
-        .collect()
-}
-
-pub fn validate_namespaced(spec: &PalisadeNetworkPolicySpec) -> Result<(), String> {
+pub fn validate_namespaced(spec: &PalisadeNetworkPolicySpec) -> Result<(), Invalid> {
     spec.pod_selector
         .validate()
-        .map_err(|e| format!("spec.podSelector: {e}"))?;
+        .map_err(|e| Invalid::new("spec.podSelector", e.to_string()))?;
     validate_priority(spec.priority)?;
-    let rules = palisade_rules(&spec.ingress, &spec.egress);
-    for (path, _, action, _, _) in &rules {
-        if *action == Some(Action::Pass) {
-            return Err(format!(
-                "{path}.action: Pass is only for PalisadeClusterNetworkPolicy in the Admin tier"
+    for (path, _, rule) in rules(&spec.ingress, &spec.egress) {
+        if rule.action == Some(Action::Pass) {
+            return Err(Invalid::new(
+                format!("{path}.action"),
+                "Pass is only for PalisadeClusterNetworkPolicy in the Admin tier",
             ));
         }
     }
-    validate_rules(
-        rules
-            .into_iter()
-            .map(|(p, f, _, peers, ports)| (p, f, peers, ports)),
-    )?;
+    validate_rules(rules(&spec.ingress, &spec.egress))?;
     validate_sections(spec.process.as_ref(), spec.file.as_ref())
 }
 
-pub fn validate_cluster(spec: &PalisadeClusterNetworkPolicySpec) -> Result<(), String> {
+pub fn validate_cluster(spec: &PalisadeClusterNetworkPolicySpec) -> Result<(), Invalid> {
     for (name, sel) in [
         ("namespaceSelector", &spec.subject.namespace_selector),
         ("podSelector", &spec.subject.pod_selector),
     ] {
         if let Some(sel) = sel {
             sel.validate()
-                .map_err(|e| format!("spec.subject.{name}: {e}"))?;
+                .map_err(|e| Invalid::new(format!("spec.subject.{name}"), e.to_string()))?;
         }
     }
     validate_priority(spec.priority)?;
     let baseline = spec.tier == Some(ClusterTier::Baseline);
-    let rules = palisade_rules(&spec.ingress, &spec.egress);
-    for (path, _, action, _, _) in &rules {
-        match action {
-            None => {
-                return Err(format!(
-                    "{path}.action: required in a cluster policy (Allow, Deny or Pass)"
-                ));
-            }
-            Some(Action::Pass) if baseline => {
-                return Err(format!(
-                    "{path}.action: Pass has nothing to pass to in the Baseline tier"
-                ));
-            }
-            _ => {}
-        }
+    for (path, _, rule) in rules(&spec.ingress, &spec.egress) {
+        let fault = match rule.action {
+            None => "required in a cluster policy (Allow, Deny or Pass)",
+            Some(Action::Pass) if baseline => "Pass has nothing to pass to in the Baseline tier",
+            _ => continue,
+        };
+        return Err(Invalid::new(format!("{path}.action"), fault));
     }
-    validate_rules(
-        rules
-            .into_iter()
-            .map(|(p, f, _, peers, ports)| (p, f, peers, ports)),
-    )?;
+    validate_rules(rules(&spec.ingress, &spec.egress))?;
     validate_sections(spec.process.as_ref(), spec.file.as_ref())
 }
 
 /// What the API server's validation would refuse, named by field path.
-pub fn validate(p: &NetworkPolicy) -> Result<(), String> {
+pub fn validate(p: &NetworkPolicy) -> Result<(), Invalid> {
     p.spec
         .pod_selector
         .validate()
-        .map_err(|e| format!("spec.podSelector: {e}"))?;
-    let rules = p
-        .spec
-        .ingress
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                format!("spec.ingress[{i}]"),
-                "from",
-                r.from.as_slice(),
-                r.ports.as_slice(),
-            )
-        })
-        .chain(p.spec.egress.iter().enumerate().map(|(i, r)| {
-            (
-                format!("spec.egress[{i}]"),
-                "to",
-                r.to.as_slice(),
-                r.ports.as_slice(),
-            )
-        }));
-    validate_rules(rules)
+        .map_err(|e| Invalid::new("spec.podSelector", e.to_string()))?;
+    for (path, _, rule) in rules(&p.spec.ingress, &p.spec.egress) {
+        if rule.action.is_some() {
+            return Err(Invalid::new(
+                format!("{path}.action"),
+                "a NetworkPolicy rule has no action (PalisadeNetworkPolicy has)",
+            ));
+        }
+    }
+    validate_rules(rules(&p.spec.ingress, &p.spec.egress))
 }
 
-/// Peers and ports of rules given as (path, peers field, peers, ports).
+/// Peers and ports of rules given as (path, peers field, rule).
 fn validate_rules<'a>(
-    rules: impl Iterator<Item = (String, &'static str, &'a [Peer], &'a [PolicyPort])>,
-) -> Result<(), String> {
-    for (path, peers_field, peers, ports) in rules {
-        for (j, peer) in peers.iter().enumerate() {
-            let at = format!("{path}.{peers_field}[{j}]");
-            if let Some(block) = &peer.ip_block {
-                if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
-                    return Err(format!("{at}: ipBlock cannot be combined with a selector"));
-                }
-                let cidr: IpNet = block
-                    .cidr
-                    .parse()
-                    .map_err(|_| format!("{at}.ipBlock.cidr: {:?} is not a CIDR", block.cidr))?;
-                for (k, except) in block.except.iter().enumerate() {
-                    let e: IpNet = except.parse().map_err(|_| {
-                        format!("{at}.ipBlock.except[{k}]: {except:?} is not a CIDR")
-                    })?;
-                    if !cidr.contains(&e) || e.prefix_len() <= cidr.prefix_len() {
-                        return Err(format!(
-                            "{at}.ipBlock.except[{k}]: {except} is not strictly inside {}",
-                            block.cidr
-                        ));
-                    }
-                }
-            } else if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
-                return Err(format!(
-                    "{at}: a peer needs podSelector, namespaceSelector or ipBlock"
+    rules: impl Iterator<Item = (String, &'static str, RuleRef<'a>)>,
+) -> Result<(), Invalid> {
+    for (path, peers_field, rule) in rules {
+        for (j, peer) in rule.peers.iter().enumerate() {
+            validate_peer(&format!("{path}.{peers_field}[{j}]"), peer)?;
+        }
+        for (j, port) in rule.ports.iter().enumerate() {
+            validate_port(&format!("{path}.ports[{j}]"), port)?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_peer(at: &str, peer: &Peer) -> Result<(), Invalid> {
+    if let Some(block) = &peer.ip_block {
+        if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+            return Err(Invalid::new(
+                at,
+                "ipBlock cannot be combined with a selector",
+            ));
+        }
+        let cidr: IpNet = block.cidr.parse().map_err(|_| {
+            Invalid::new(
+                format!("{at}.ipBlock.cidr"),
+                format!("{:?} is not a CIDR", block.cidr),
+            )
+        })?;
+        for (k, except) in block.except.iter().enumerate() {
+            let here = format!("{at}.ipBlock.except[{k}]");
+            let e: IpNet = except
+                .parse()
+                .map_err(|_| Invalid::new(&here, format!("{except:?} is not a CIDR")))?;
+            if !cidr.contains(&e) || e.prefix_len() <= cidr.prefix_len() {
+                return Err(Invalid::new(
+                    here,
+                    format!("{except} is not strictly inside {}", block.cidr),
                 ));
             }
-            for (name, sel) in [
-                ("podSelector", &peer.pod_selector),
-                ("namespaceSelector", &peer.namespace_selector),
-            ] {
-                if let Some(sel) = sel {
-                    sel.validate().map_err(|e| format!("{at}.{name}: {e}"))?;
-                }
+        }
+    } else if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+        return Err(Invalid::new(
+            at,
+            "a peer needs podSelector, namespaceSelector or ipBlock",
+        ));
+    }
+    for (name, sel) in [
+        ("podSelector", &peer.pod_selector),
+        ("namespaceSelector", &peer.namespace_selector),
+    ] {
+        if let Some(sel) = sel {
+            sel.validate()
+                .map_err(|e| Invalid::new(format!("{at}.{name}"), e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_port(at: &str, port: &PolicyPort) -> Result<(), Invalid> {
+    let field = |name: &str, message: String| Invalid::new(format!("{at}.{name}"), message);
+    match (&port.port, port.end_port) {
+        (Some(PortRef::Number(n)), end) => {
+            if !(1..=65535).contains(n) {
+                return Err(field("port", format!("{n} is not between 1 and 65535")));
+            }
+            if let Some(end) = end
+                && (end < *n || end > 65535)
+            {
+                return Err(field(
+                    "endPort",
+                    format!("{end} must be between port ({n}) and 65535"),
+                ));
             }
         }
-        for (j, port) in ports.iter().enumerate() {
-            let at = format!("{path}.ports[{j}]");
-            match (&port.port, port.end_port) {
-                (Some(PortRef::Number(n)), end) => {
-                    if !(1..=65535).contains(n) {
-                        return Err(format!("{at}.port: {n} is not between 1 and 65535"));
-                    }
-                    if let Some(end) = end
-                        && (end < *n || end > 65535)
-                    {
-                        return Err(format!(
-                            "{at}.endPort: {end} must be between port ({n}) and 65535"
-                        ));
-                    }
-                }
-                (Some(PortRef::Name(name)), end) => {
-                    if !valid_port_name(name) {
-                        return Err(format!(
-                            "{at}.port: {name:?} is not a valid port name (IANA service name)"
-                        ));
-                    }
-                    if end.is_some() {
-                        return Err(format!("{at}.endPort: not allowed with a named port"));
-                    }
-                }
-                (None, Some(_)) => return Err(format!("{at}.endPort: needs port")),
-                (None, None) => {}
+        (Some(PortRef::Name(name)), end) => {
+            if !valid_port_name(name) {
+                return Err(field(
+                    "port",
+                    format!("{name:?} is not a valid port name (IANA service name)"),
+                ));
+            }
+            if end.is_some() {
+                return Err(field("endPort", "not allowed with a named port".into()));
             }
         }
+        (None, Some(_)) => return Err(field("endPort", "needs port".into())),
+        (None, None) => {}
     }
     Ok(())
 }
@@ -481,6 +535,36 @@ spec:
         );
         assert_eq!(err.object.as_deref(), Some("x/typo"));
         assert!(shown.contains("podSelektor"), "{shown}");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_column_of_a_nested_field() {
+        let at = |text: &str| {
+            let e = one(text).unwrap_err();
+            (e.line, e.column, e.to_string())
+        };
+        let (line, column, shown) =
+            at(&GOOD.replace("{podSelector: {}}", "{ipBlock: {cidr: 10.0.0.0/33}}"));
+        assert_eq!((line, column), (8, 29), "{shown}");
+        assert!(
+            shown.starts_with("f.yaml:8:29: x/allow-a: spec.ingress[0].from[0].ipBlock.cidr:"),
+            "{shown}"
+        );
+        let (line, column, shown) = at(&PNP.replace("    from:", "    form:"));
+        assert_eq!((line, column), (11, 5), "{shown}");
+        assert!(shown.contains("unknown field `form`"), "{shown}");
+        let (line, column, shown) = at(&PNP.replace("action: Deny", "action: Pass"));
+        assert_eq!((line, column), (10, 13), "{shown}");
+        assert!(shown.contains("spec.ingress[0].action"), "{shown}");
+        let two = format!("{GOOD}---\n{}", GOOD.replace("port: 80}", "port: 0}"));
+        let e = parse_documents(&two, "f.yaml", "default")
+            .remove(1)
+            .unwrap_err();
+        assert_eq!(
+            (e.line, e.column),
+            (19, 20),
+            "the second document's own line: {e}"
+        );
     }
 
     #[test]

@@ -5,10 +5,12 @@
 
 use super::{
     Labels, NetworkPolicy,
-    networkpolicy::{Peer, PolicyPort},
+    networkpolicy::{
+        EgressRule, IngressRule, Peer, PolicyPort, PolicyType, RuleRef, directions, rules,
+    },
     palisade::{
-        Action, ClusterTier, DEFAULT_PRIORITY, EgressRule, IngressRule, Mode,
-        PalisadeClusterNetworkPolicySpec, PalisadeNetworkPolicySpec,
+        Action, ClusterTier, DEFAULT_PRIORITY, Mode, PalisadeClusterNetworkPolicySpec,
+        PalisadeNetworkPolicySpec,
     },
     process_file::{FileSection, ProcessSection},
     selector::LabelSelector,
@@ -106,33 +108,37 @@ impl Policy {
     }
 }
 
-fn directions(
-    types: Option<&[super::networkpolicy::PolicyType]>,
-    has_egress: bool,
-) -> (bool, bool) {
-    use super::networkpolicy::PolicyType;
-    match types {
-        Some(t) => (
-            t.contains(&PolicyType::Ingress),
-            t.contains(&PolicyType::Egress),
-        ),
-        None => (true, has_egress),
-    }
+/// The rules of one direction, with `Allow` where a rule names no action.
+fn owned<'a>(rules: impl Iterator<Item = (String, &'static str, RuleRef<'a>)>) -> Vec<Rule> {
+    rules
+        .map(|(_, _, r)| Rule {
+            action: r.action.unwrap_or_default(),
+            peers: r.peers.to_vec(),
+            ports: r.ports.to_vec(),
+        })
+        .collect()
+}
+
+/// What a namespaced policy of either kind says about its two directions.
+fn namespaced_rules(
+    types: Option<&[PolicyType]>,
+    ingress: &[IngressRule],
+    egress: &[EgressRule],
+) -> (Option<Vec<Rule>>, Option<Vec<Rule>>) {
+    let (has_ingress, has_egress) = directions(types, !egress.is_empty());
+    (
+        has_ingress.then(|| owned(rules(ingress, &[]))),
+        has_egress.then(|| owned(rules(&[], egress))),
+    )
 }
 
 impl From<&NetworkPolicy> for Policy {
     fn from(p: &NetworkPolicy) -> Self {
-        let (ingress, egress) = p.policy_types();
-        let rules = |egress: bool| {
-            p.rules(egress)
-                .into_iter()
-                .map(|(peers, ports)| Rule {
-                    action: Action::Allow,
-                    peers: peers.to_vec(),
-                    ports: ports.to_vec(),
-                })
-                .collect()
-        };
+        let (ingress, egress) = namespaced_rules(
+            p.spec.policy_types.as_deref(),
+            &p.spec.ingress,
+            &p.spec.egress,
+        );
         Self {
             kind: Kind::NetworkPolicy,
             namespace: p.metadata.namespace.clone(),
@@ -142,39 +148,18 @@ impl From<&NetworkPolicy> for Policy {
             audit: false,
             namespace_selector: None,
             pod_selector: p.spec.pod_selector.clone(),
-            ingress: ingress.then(|| rules(false)),
-            egress: egress.then(|| rules(true)),
+            ingress,
+            egress,
             process: None,
             file: None,
         }
     }
 }
 
-fn ingress_rules(rules: &[IngressRule]) -> Vec<Rule> {
-    rules
-        .iter()
-        .map(|r| Rule {
-            action: r.action.unwrap_or_default(),
-            peers: r.from.clone(),
-            ports: r.ports.clone(),
-        })
-        .collect()
-}
-
-fn egress_rules(rules: &[EgressRule]) -> Vec<Rule> {
-    rules
-        .iter()
-        .map(|r| Rule {
-            action: r.action.unwrap_or_default(),
-            peers: r.to.clone(),
-            ports: r.ports.clone(),
-        })
-        .collect()
-}
-
 impl Policy {
     pub fn from_namespaced(namespace: &str, name: &str, spec: &PalisadeNetworkPolicySpec) -> Self {
-        let (ingress, egress) = directions(spec.policy_types.as_deref(), !spec.egress.is_empty());
+        let (ingress, egress) =
+            namespaced_rules(spec.policy_types.as_deref(), &spec.ingress, &spec.egress);
         Self {
             kind: Kind::PalisadeNetworkPolicy,
             namespace: Some(namespace.to_owned()),
@@ -184,8 +169,8 @@ impl Policy {
             audit: spec.mode == Some(Mode::Audit),
             namespace_selector: None,
             pod_selector: spec.pod_selector.clone(),
-            ingress: ingress.then(|| ingress_rules(&spec.ingress)),
-            egress: egress.then(|| egress_rules(&spec.egress)),
+            ingress,
+            egress,
             process: spec.process.clone(),
             file: spec.file.clone(),
         }
@@ -204,8 +189,8 @@ impl Policy {
             audit: spec.mode == Some(Mode::Audit),
             namespace_selector: spec.subject.namespace_selector.clone(),
             pod_selector: spec.subject.pod_selector.clone().unwrap_or_default(),
-            ingress: (!spec.ingress.is_empty()).then(|| ingress_rules(&spec.ingress)),
-            egress: (!spec.egress.is_empty()).then(|| egress_rules(&spec.egress)),
+            ingress: (!spec.ingress.is_empty()).then(|| owned(rules(&spec.ingress, &[]))),
+            egress: (!spec.egress.is_empty()).then(|| owned(rules(&[], &spec.egress))),
             process: spec.process.clone(),
             file: spec.file.clone(),
         }

@@ -10,6 +10,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::parse::Invalid;
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum Posture {
     #[default]
@@ -106,21 +108,21 @@ fn check_path(path: &str, dir: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn check_rule(at: &str, paths: &[String], dirs: &[DirMatch]) -> Result<(), String> {
+fn check_rule(at: &str, paths: &[String], dirs: &[DirMatch]) -> Result<(), Invalid> {
     if paths.is_empty() && dirs.is_empty() {
-        return Err(format!("{at}: a rule needs paths or dirs"));
+        return Err(Invalid::new(at, "a rule needs paths or dirs"));
     }
     for (i, p) in paths.iter().enumerate() {
-        check_path(p, false).map_err(|e| format!("{at}.paths[{i}]: {e}"))?;
+        check_path(p, false).map_err(|e| Invalid::new(format!("{at}.paths[{i}]"), e))?;
     }
     for (i, d) in dirs.iter().enumerate() {
-        check_path(&d.path, true).map_err(|e| format!("{at}.dirs[{i}].path: {e}"))?;
+        check_path(&d.path, true).map_err(|e| Invalid::new(format!("{at}.dirs[{i}].path"), e))?;
     }
     Ok(())
 }
 
 impl ProcessSection {
-    pub fn validate(&self, at: &str) -> Result<(), String> {
+    pub fn validate(&self, at: &str) -> Result<(), Invalid> {
         for (i, r) in self.rules.iter().enumerate() {
             check_rule(&format!("{at}.rules[{i}]"), &r.paths, &r.dirs)?;
         }
@@ -129,13 +131,14 @@ impl ProcessSection {
 }
 
 impl FileSection {
-    pub fn validate(&self, at: &str) -> Result<(), String> {
+    pub fn validate(&self, at: &str) -> Result<(), Invalid> {
         for (i, r) in self.rules.iter().enumerate() {
             let here = format!("{at}.rules[{i}]");
             check_rule(&here, &r.paths, &r.dirs)?;
             if r.read_only && r.action == LsmAction::Allow {
-                return Err(format!(
-                    "{here}.readOnly: only Block and Audit rules can be limited to writes"
+                return Err(Invalid::new(
+                    format!("{here}.readOnly"),
+                    "only Block and Audit rules can be limited to writes",
                 ));
             }
         }
@@ -166,22 +169,32 @@ mod tests {
 
     #[test]
     fn sections_validate_with_the_field_named() {
-        let p: ProcessSection = serde_yaml::from_str(
+        let p: ProcessSection = crate::model::yaml::from_str(
             "{posture: Allowlist, rules: [{action: Allow, paths: [/bin/sh], dirs: [{path: /usr/bin/, recursive: true}]}]}",
         )
         .unwrap();
         assert!(p.validate("spec.process").is_ok());
         let bad: ProcessSection =
-            serde_yaml::from_str("{rules: [{action: Block, paths: [sh]}]}").unwrap();
+            crate::model::yaml::from_str("{rules: [{action: Block, paths: [sh]}]}").unwrap();
         let err = bad.validate("spec.process").unwrap_err();
-        assert!(err.contains("spec.process.rules[0].paths[0]"), "{err}");
-        let empty: FileSection = serde_yaml::from_str("{rules: [{action: Block}]}").unwrap();
+        assert!(
+            err.to_string().contains("spec.process.rules[0].paths[0]"),
+            "{err}"
+        );
+        let empty: FileSection =
+            crate::model::yaml::from_str("{rules: [{action: Block}]}").unwrap();
         assert!(empty.validate("spec.file").is_err());
-        let ro: FileSection =
-            serde_yaml::from_str("{rules: [{action: Allow, paths: [/etc/x], readOnly: true}]}")
-                .unwrap();
-        assert!(ro.validate("spec.file").unwrap_err().contains("readOnly"));
-        assert!(serde_yaml::from_str::<FileSection>("{rules: [{action: Kill}]}").is_err());
-        assert!(serde_yaml::from_str::<FileSection>("{rulez: []}").is_err());
+        let ro: FileSection = crate::model::yaml::from_str(
+            "{rules: [{action: Allow, paths: [/etc/x], readOnly: true}]}",
+        )
+        .unwrap();
+        assert!(
+            ro.validate("spec.file")
+                .unwrap_err()
+                .to_string()
+                .contains("readOnly")
+        );
+        assert!(crate::model::yaml::from_str::<FileSection>("{rules: [{action: Kill}]}").is_err());
+        assert!(crate::model::yaml::from_str::<FileSection>("{rulez: []}").is_err());
     }
 }

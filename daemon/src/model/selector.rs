@@ -137,7 +137,7 @@ mod tests {
     }
 
     fn sel(yaml: &str) -> LabelSelector {
-        serde_yaml::from_str(yaml).unwrap()
+        crate::model::yaml::from_str(yaml).unwrap()
     }
 
     #[test]
@@ -185,10 +185,12 @@ mod tests {
                 .validate()
                 .is_ok()
         );
-        assert!(serde_yaml::from_str::<LabelSelector>("matchLabel: {a: b}").is_err());
+        assert!(crate::model::yaml::from_str::<LabelSelector>("matchLabel: {a: b}").is_err());
         assert!(
-            serde_yaml::from_str::<LabelSelector>("matchExpressions: [{key: a, operator: Maybe}]")
-                .is_err()
+            crate::model::yaml::from_str::<LabelSelector>(
+                "matchExpressions: [{key: a, operator: Maybe}]"
+            )
+            .is_err()
         );
     }
 }

@@ -22,8 +22,9 @@ use serde::Deserialize;
 
 use super::{Reading, Source};
 use crate::model::{
-    NamedPort, Namespace, Pod, Policy, Protocol,
-    parse::{Head, parse_one, split_documents},
+    NamedPort, Namespace, Pod, Policy, Protocol, Snapshot,
+    parse::{Head, ParseError, parse_one, split_documents},
+    yaml,
 };
 
 pub const REVISION_FILE: &str = ".revision";
@@ -149,21 +150,27 @@ fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, Stri
     let shown = path.display().to_string();
     let (mut objects, mut errors) = (Vec::new(), Vec::new());
     for (start, doc) in split_documents(text) {
-        let head = serde_yaml::from_str::<Head>(&doc).ok();
+        let head = yaml::from_str::<Head>(&doc).ok();
+        let refused = |kind: &str, e: yaml::Error| {
+            let e = e.with_field(&doc);
+            let message = format!("{kind}: {}", e.message);
+            let e = ParseError::in_document(&shown, start, e.at, None, message);
+            (None, e.to_string())
+        };
         let kind = head
             .as_ref()
             .and_then(|h| Some((h.api_version.as_deref()?, h.kind.as_deref()?)));
         match kind {
-            Some(("v1", "Namespace")) => match serde_yaml::from_str::<NamespaceDoc>(&doc) {
+            Some(("v1", "Namespace")) => match yaml::from_str::<NamespaceDoc>(&doc) {
                 Ok(n) => objects.push(Object::Namespace(Namespace {
                     name: n.metadata.name,
                     labels: n.metadata.labels,
                 })),
-                Err(e) => errors.push((None, format!("{shown}:{start}: Namespace: {e}"))),
+                Err(e) => errors.push(refused("Namespace", e)),
             },
-            Some(("v1", "Pod")) => match serde_yaml::from_str::<PodDoc>(&doc) {
+            Some(("v1", "Pod")) => match yaml::from_str::<PodDoc>(&doc) {
                 Ok(p) => objects.push(Object::Pod(pod_of(p))),
-                Err(e) => errors.push((None, format!("{shown}:{start}: Pod: {e}"))),
+                Err(e) => errors.push(refused("Pod", e)),
             },
             // Policies, and anything else: the policy parser names unknown kinds.
             _ => match parse_one(&doc, start, &shown, "default") {
@@ -203,9 +210,76 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// What parsing one file gives, parsed again only when its text changed.
+    fn parse(&mut self, path: &Path, text: &str) -> Parsed {
+        match self.parsed.get(path) {
+            Some((old, parsed)) if *old == text => parsed.clone(),
+            _ => {
+                let parsed = read_file(path, text);
+                self.parsed
+                    .insert(path.to_owned(), (text.to_owned(), parsed.clone()));
+                parsed
+            }
+        }
+    }
+
+    /// One file's objects by key: the ones that parse, and for each that
+    /// does not, its last good version if there is one.
+    fn good_objects(
+        &mut self,
+        path: &Path,
+        text: &str,
+        errors: &mut Vec<String>,
+    ) -> BTreeMap<String, Object> {
+        let (objects, bad) = self.parse(path, text);
+        let mut good: BTreeMap<String, Object> =
+            objects.into_iter().map(|o| (key_of(&o), o)).collect();
+        let old = self.last_good.get(path);
+        for (object, message) in bad {
+            // The bad object's last good version stays in force.
+            // Errors name policies as `namespace/name` (`cluster:name`);
+            // a namespaced Palisade policy's key adds its prefix.
+            let kept = old.zip(object).and_then(|(old, object)| {
+                [
+                    format!("Policy/{object}"),
+                    format!("Policy/palisade:{object}"),
+                ]
+                .into_iter()
+                .find_map(|k| old.get(&k).map(|o| (k, o.clone())))
+            });
+            match kept {
+                Some((k, o)) => {
+                    errors.push(format!("{message} (its last good version stays in force)"));
+                    good.entry(k).or_insert(o);
+                }
+                None => errors.push(message),
+            }
+        }
+        good
+    }
+
+    /// Every last good object of every file.
+    fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for objects in self.last_good.values() {
+            for o in objects.values() {
+                match o {
+                    Object::Namespace(n) => {
+                        snapshot.namespaces.insert(n.name.clone(), n.clone());
+                    }
+                    Object::Pod(p) => snapshot.pods.push(p.clone()),
+                    Object::Policy(p) => snapshot.policies.push(p.clone()),
+                }
+            }
+        }
+        snapshot
+    }
+}
+
 impl Source for FileSource {
     fn read(&mut self) -> Reading {
-        let mut reading = Reading::default();
+        let mut errors = Vec::new();
         // Read before the files: a writer that writes the files and then the
         // revision can then never have revision N reported with older files.
         let written_revision = fs::read_to_string(self.dir.join(REVISION_FILE))
@@ -214,7 +288,7 @@ impl Source for FileSource {
         let files = match self.files() {
             Ok(f) => f,
             Err(e) => {
-                reading.errors.push(format!(
+                errors.push(format!(
                     "{}: {e}; keeping the last good state",
                     self.dir.display()
                 ));
@@ -228,7 +302,7 @@ impl Source for FileSource {
             let text = match fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) => {
-                    reading.errors.push(format!("{}: {e}", path.display()));
+                    errors.push(format!("{}: {e}", path.display()));
                     if let Some(old) = self.last_good.get(&path) {
                         next.insert(path.clone(), old.clone());
                     }
@@ -237,61 +311,17 @@ impl Source for FileSource {
             };
             seen.extend_from_slice(path.to_string_lossy().as_bytes());
             seen.extend_from_slice(text.as_bytes());
-            let (objects, errors) = match self.parsed.get(&path) {
-                Some((old, parsed)) if *old == text => parsed.clone(),
-                _ => {
-                    let parsed = read_file(&path, &text);
-                    self.parsed
-                        .insert(path.clone(), (text.clone(), parsed.clone()));
-                    parsed
-                }
-            };
-            let mut good: BTreeMap<String, Object> =
-                objects.into_iter().map(|o| (key_of(&o), o)).collect();
-            let old = self.last_good.get(&path);
-            for (object, message) in errors {
-                // The bad object's last good version stays in force.
-                // Errors name policies as `namespace/name` (`cluster:name`);
-                // a namespaced Palisade policy's key adds its prefix.
-                let kept = old.zip(object).and_then(|(old, object)| {
-                    [
-                        format!("Policy/{object}"),
-                        format!("Policy/palisade:{object}"),
-                    ]
-                    .into_iter()
-                    .find_map(|k| old.get(&k).map(|o| (k, o.clone())))
-                });
-                match kept {
-                    Some((k, o)) => {
-                        reading
-                            .errors
-                            .push(format!("{message} (its last good version stays in force)"));
-                        good.entry(k).or_insert(o);
-                    }
-                    None => reading.errors.push(message),
-                }
-            }
+            let good = self.good_objects(&path, &text, &mut errors);
             next.insert(path, good);
         }
         self.parsed.retain(|p, _| next.contains_key(p));
         self.last_good = next;
-        for objects in self.last_good.values() {
-            for o in objects.values() {
-                match o {
-                    Object::Namespace(n) => {
-                        reading
-                            .snapshot
-                            .namespaces
-                            .insert(n.name.clone(), n.clone());
-                    }
-                    Object::Pod(p) => reading.snapshot.pods.push(p.clone()),
-                    Object::Policy(p) => reading.snapshot.policies.push(p.clone()),
-                }
-            }
+        Reading {
+            snapshot: self.snapshot(),
+            revision: written_revision
+                .unwrap_or_else(|| format!("{:016x}", crate::identity::fnv1a(&seen))),
+            errors,
         }
-        reading.revision =
-            written_revision.unwrap_or_else(|| format!("{:016x}", crate::identity::fnv1a(&seen)));
-        reading
     }
 }
 
@@ -362,8 +392,8 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
             r.errors
         );
         assert!(
-            r.errors[0].contains("cluster.yaml:"),
-            "line named: {:?}",
+            r.errors[0].contains("cluster.yaml:15:49: "),
+            "the line and column of `bogus` named: {:?}",
             r.errors
         );
         let keys: Vec<String> = r.snapshot.policies.iter().map(|p| p.key()).collect();

@@ -1,55 +1,44 @@
-//! The syncer: the only writer of kernel state. It reads what the pinned
-//! maps hold, compares it with the compiler's desired state, and writes only
-//! the differences: identities one by one, endpoints by a whole-policy swap
+//! The syncer: the only writer of kernel state. It owns the loaded
+//! programs, their attachments and the pinned maps, and brings them to the
+//! compiler's desired state ([`Desired`]) in one [`Syncer::apply`] per pass.
+//! It reads what the kernel holds, compares, and writes only the
+//! differences: identities one by one, endpoints by a whole-policy swap
 //! (atomic per endpoint, see `datapath`). Run on every change and
 //! periodically, the same comparison repairs drift (an entry deleted or
 //! changed behind the daemon's back).
 //!
-//! A failed write is reported and leaves that endpoint on its last good
-//! policy; the other endpoints are still applied.
+//! The order of one pass:
+//! 1. TC programs onto veths that lack them (`links`): programs first, then
+//!    policy, so a veth is never enforced with a half-written state.
+//! 2. The node deny list (`prefilter`), independent of everything else.
+//! 3. Stale prefilter pod denies out, then identities in (before the
+//!    entries that name them), the endpoints' policies swapped, endpoints
+//!    nothing holds removed, identities nothing names any more out, then
+//!    the new pod denies in (`prefilter::in_order`, `endpoints`): the
+//!    prefilter never drops what the policy in force allows.
+//! 4. TC programs off veths nothing holds (`links`).
+//!
+//! A failed write is reported and leaves what it concerns on its last good
+//! state; the rest is still applied, except after a failed retire of pod
+//! denies, which stops every swap (see `prefilter`).
 
+mod endpoints;
+mod links;
 pub mod prefilter;
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{HashMap as ExactMap, LpmTrie, MapData, lpm_trie::Key};
-use ebpf_common::datapath::{ADDR_LEN, EndpointValue, PolicyKey, PolicyValue, endpoint_flags};
 use ipnet::IpNet;
 
 use crate::{
-    compile::Compiled,
-    datapath::{
-        DatapathError, DatapathMaps,
-        maps::{lookup_flags, policy_keys},
-    },
+    compile::desired::Desired,
+    datapath::{DatapathError, DatapathMaps},
+    loader::features::Features,
+    loader::{self, LoadError, Loaded, attach::AttachError, sizes::MapSizes},
+    paths::PinDir,
 };
 
-/// A stable, non-zero endpoint id for a pod (`namespace/name`), so counters
-/// keep naming the same pod across daemon restarts. Collisions among the
-/// current pods are resolved by probing in name order.
-pub fn endpoint_ids<'a>(pods: impl Iterator<Item = &'a str>) -> BTreeMap<String, u32> {
-    let mut names: Vec<&str> = pods.collect();
-    names.sort_unstable();
-    let mut used = BTreeSet::new();
-    let mut out = BTreeMap::new();
-    for name in names {
-        let mut id = crate::identity::stable_id(name);
-        while !used.insert(id) {
-            id = id.wrapping_add(1).max(1);
-        }
-        out.insert(name.to_owned(), id);
-    }
-    out
-}
-
-/// The name a quarantined veth is enforced under (`:quarantine/IFINDEX`;
-/// no namespace name can start with a colon).
-pub const QUARANTINE: &str = ":quarantine";
-
-/// What one pass changed.
+/// What one pass changed, and what it could not do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     /// The endpoint id of every endpoint written or checked, by name.
@@ -60,7 +49,13 @@ pub struct Report {
     pub endpoints_written: Vec<String>,
     /// ifindexes no pod holds any more.
     pub endpoints_removed: Vec<u32>,
-    /// Writes that failed; the objects they concern keep their last state.
+    /// Endpoints whose veth lacks a program (its attach failed), with the
+    /// reason: their policy is in the maps, but nothing enforces it.
+    pub not_enforced: BTreeMap<String, String>,
+    /// Failed attaches and detaches (an attach failure also names its
+    /// endpoint in `not_enforced`).
+    pub attach_errors: Vec<String>,
+    /// Map writes that failed; what they concern keeps its last state.
     pub errors: Vec<String>,
 }
 
@@ -70,206 +65,95 @@ impl Report {
             || !self.endpoints_written.is_empty()
             || !self.endpoints_removed.is_empty()
     }
-}
 
-/// A policy map entry in comparable form: (prefix length, key, value bytes).
-type Held = BTreeSet<(u32, [u8; 16], [u8; 8])>;
-
-fn bytes_of_key(k: &PolicyKey) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..4].copy_from_slice(&k.endpoint.to_ne_bytes());
-    out[4..8].copy_from_slice(&k.peer.to_ne_bytes());
-    out[8] = k.direction;
-    out[9] = k.generation;
-    out[11] = k.protocol;
-    out[12..14].copy_from_slice(&k.port);
-    out
-}
-
-fn bytes_of_value(v: &PolicyValue) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    out[0] = v.action;
-    out[1] = v.flags;
-    out[4..].copy_from_slice(&v.policy.to_ne_bytes());
-    out
-}
-
-fn read_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Read { name, source }
-}
-
-/// The identity entries the maps hold, as prefixes.
-fn held_identities(maps: &DatapathMaps) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
-    use ebpf_common::maps::{IDENTITY, IDENTITY_HOST};
-    let held = held_prefixes(
-        (&maps.identity_host, IDENTITY_HOST),
-        (&maps.identity, IDENTITY),
-    )?;
-    Ok(held.into_iter().map(|(net, v)| (net, v.identity)).collect())
-}
-
-/// The prefixes an address map pair holds (single addresses in the exact
-/// map, the rest in the trie: every address map is split so), with their
-/// values.
-fn held_prefixes<V: aya::Pod>(
-    (host, host_name): (&ExactMap<MapData, [u8; ADDR_LEN], V>, &'static str),
-    (trie, trie_name): (&LpmTrie<MapData, [u8; ADDR_LEN], V>, &'static str),
-) -> Result<BTreeMap<IpNet, V>, DatapathError> {
-    let mut out = BTreeMap::new();
-    for item in host.iter() {
-        let (addr, v) = item.map_err(read_err(host_name))?;
-        out.extend(net_of(&Key::new(128, addr)).map(|net| (net, v)));
-    }
-    for item in trie.iter() {
-        let (key, v) = item.map_err(read_err(trie_name))?;
-        out.extend(net_of(&key).map(|net| (net, v)));
-    }
-    Ok(out)
-}
-
-/// The prefix a 16-byte identity key stands for (IPv4 as `::ffff:a.b.c.d`).
-fn net_of(key: &Key<[u8; ADDR_LEN]>) -> Option<IpNet> {
-    let data = key.data();
-    let len = key.prefix_len();
-    let v6 = std::net::Ipv6Addr::from(data);
-    match v6.to_ipv4_mapped() {
-        Some(v4) if len >= 96 => IpNet::new(IpAddr::V4(v4), (len - 96) as u8).ok(),
-        _ => IpNet::new(IpAddr::V6(v6), len as u8).ok(),
+    /// Everything desired is in force: every endpoint enforced, no map
+    /// write failed. (A failed detach concerns no desired endpoint.)
+    pub fn in_force(&self) -> bool {
+        self.not_enforced.is_empty() && self.errors.is_empty()
     }
 }
 
-/// Brings the maps to `compiled`, for the pods placed on `placed`
-/// (`namespace/name` -> host-side veth ifindex), and isolates the
-/// `quarantined` veths both ways with no entries (pod-like veths whose pod
-/// is not known yet). Pods not placed are not enforced on this node;
-/// ifindexes in the endpoint map that nothing holds are removed.
-pub fn apply(
-    maps: &mut DatapathMaps,
-    compiled: &Compiled,
-    placed: &BTreeMap<String, u32>,
-    quarantined: &[u32],
-) -> Result<Report, DatapathError> {
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Maps(Box<DatapathError>),
+    #[error("XDP prefilter {0}")]
+    Prefilter(#[from] AttachError),
+}
+
+impl From<DatapathError> for StartError {
+    fn from(e: DatapathError) -> Self {
+        Self::Maps(Box::new(e))
+    }
+}
+
+/// The loaded programs, what they are attached to, and the maps they read.
+pub struct Syncer {
+    pins: PinDir,
+    features: Features,
+    loaded: Loaded,
+    maps: DatapathMaps,
+    /// Veths (ifindex) with both TC programs attached by this daemon.
+    attached: BTreeSet<u32>,
+}
+
+impl Syncer {
+    /// Loads (or adopts) the programs and maps and puts the XDP prefilter
+    /// on `uplinks` with `node_denies` in force. Runs in the node's network
+    /// namespace.
+    pub fn start(
+        pins: PinDir,
+        sizes: &MapSizes,
+        uplinks: &[String],
+        node_denies: &[IpNet],
+    ) -> Result<Self, StartError> {
+        let (features, mut loaded) = loader::load_probed(&pins, sizes)?;
+        let mut maps = DatapathMaps::open(&pins)?;
+        prefilter::install(&mut maps, &mut loaded.xdp, &pins, uplinks, node_denies)?;
+        Ok(Self {
+            pins,
+            features,
+            loaded,
+            maps,
+            attached: BTreeSet::new(),
+        })
+    }
+
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// Brings the kernel to `desired` (see the module docs for the order).
+    /// `Err` only when the maps cannot be read: the attachments may have
+    /// been made by then, but no map entry was written after the failed
+    /// read.
+    pub fn apply(&mut self, desired: &Desired<'_>) -> Result<Report, DatapathError> {
+        let mut report = Report::default();
+        links::attach_new(self, desired, &mut report);
+        write_maps(&mut self.maps, desired, &mut report)?;
+        links::detach_unheld(self, desired, &mut report);
+        Ok(report)
+    }
+}
+
+/// The maps' share of [`Syncer::apply`], without attaching anything: the
+/// privileged sync test drives it on ifindexes no interface has.
+pub fn apply_maps(maps: &mut DatapathMaps, desired: &Desired<'_>) -> Result<Report, DatapathError> {
     let mut report = Report::default();
-
-    // Identities first: new endpoints' entries name them.
-    let held = held_identities(maps)?;
-    for (net, id) in &compiled.addresses {
-        if held.get(net) != Some(id) {
-            match maps.set_identity(net.addr(), net.prefix_len(), *id) {
-                Ok(()) => report.identities_written += 1,
-                Err(e) => report.errors.push(e.to_string()),
-            }
-        }
-    }
-
-    let quarantine = crate::compile::EndpointPolicy {
-        flags: endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS,
-        entries: Vec::new(),
-    };
-    let none = crate::compile::EndpointPolicy::default();
-    let mut targets: BTreeMap<String, (u32, &crate::compile::EndpointPolicy)> = placed
-        .iter()
-        .map(|(pod, &ifindex)| {
-            (
-                pod.clone(),
-                (ifindex, compiled.endpoints.get(pod).unwrap_or(&none)),
-            )
-        })
-        .collect();
-    for &ifindex in quarantined {
-        targets.insert(format!("{QUARANTINE}/{ifindex}"), (ifindex, &quarantine));
-    }
-    let ids = endpoint_ids(targets.keys().map(String::as_str));
-    let held_policy = maps.held_policy()?;
-    let policies: HashMap<(u32, u8), Held> = held_policy
-        .iter()
-        .map(|(at, entries)| {
-            let held = entries
-                .iter()
-                .map(|(k, v)| (k.prefix_len(), bytes_of_key(&k.data()), bytes_of_value(v)))
-                .collect();
-            (*at, held)
-        })
-        .collect();
-    let mut live: BTreeMap<u32, EndpointValue> = BTreeMap::new();
-    for item in maps.endpoints.iter() {
-        let (ifindex, value) = item.map_err(read_err(ebpf_common::maps::ENDPOINTS))?;
-        live.insert(ifindex, value);
-    }
-    for (pod, &(ifindex, want)) in &targets {
-        let Some(&endpoint) = ids.get(pod) else {
-            continue;
-        };
-        let current = live.get(&ifindex);
-        let up_to_date = current.is_some_and(|cur| {
-            let generation = cur.generation();
-            let desired: Held = want
-                .entries
-                .iter()
-                .flat_map(|e| {
-                    policy_keys(endpoint, generation, e).into_iter().map(|k| {
-                        (
-                            k.prefix_len(),
-                            bytes_of_key(&k.data()),
-                            bytes_of_value(&e.value),
-                        )
-                    })
-                })
-                .collect();
-            cur.endpoint == endpoint
-                && cur.flags == want.flags | lookup_flags(&want.entries)
-                && policies
-                    .get(&(endpoint, generation))
-                    .unwrap_or(&Held::new())
-                    == &desired
-        });
-        if up_to_date {
-            continue;
-        }
-        match maps.replace_policy_held(
-            ifindex,
-            endpoint,
-            want.flags,
-            &want.entries,
-            Some(&held_policy),
-        ) {
-            Ok(_) => report.endpoints_written.push(pod.clone()),
-            Err(e) => report.errors.push(format!("{pod}: {e}")),
-        }
-    }
-    let placed_ifindexes: BTreeSet<u32> = targets.values().map(|(i, _)| *i).collect();
-    for (&ifindex, value) in &live {
-        if placed_ifindexes.contains(&ifindex) {
-            continue;
-        }
-        match maps.remove_endpoint(ifindex) {
-            Ok(()) => report.endpoints_removed.push(ifindex),
-            Err(e) => report.errors.push(e.to_string()),
-        }
-        for generation in [0, 1] {
-            if let Err(e) = maps.remove_generation(value.endpoint, generation, Some(&held_policy)) {
-                report.errors.push(e.to_string());
-            }
-        }
-    }
-
-    // Identities last out: nothing refers to them any more.
-    for net in held.keys() {
-        if !compiled.addresses.contains_key(net) {
-            match maps.remove_identity(net.addr(), net.prefix_len()) {
-                Ok(()) => report.identities_removed += 1,
-                Err(e) => report.errors.push(e.to_string()),
-            }
-        }
-    }
-    // Flows with a peer whose identity changed are judged again.
-    if report.identities_written + report.identities_removed > 0
-        && let Err(e) = maps.next_epoch()
-    {
-        report.errors.push(e.to_string());
-    }
-    report.endpoint_ids = ids;
+    write_maps(maps, desired, &mut report)?;
     Ok(report)
+}
+
+fn write_maps(
+    maps: &mut DatapathMaps,
+    desired: &Desired<'_>,
+    report: &mut Report,
+) -> Result<(), DatapathError> {
+    prefilter::keep_node_denies(maps, desired.node_denies, report);
+    let mut pass = endpoints::Pass::read(maps, desired, report)?;
+    prefilter::in_order(&mut pass)
 }
 
 #[cfg(test)]
@@ -277,22 +161,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoint_ids_are_stable_distinct_and_nonzero() {
-        let a = endpoint_ids(["x/a", "x/b", "y/a"].into_iter());
-        let b = endpoint_ids(["y/a", "x/b", "x/a", "z/c"].into_iter());
-        assert_eq!(a["x/a"], b["x/a"]);
-        assert_eq!(a["y/a"], b["y/a"]);
-        let distinct: BTreeSet<u32> = b.values().copied().collect();
-        assert_eq!(distinct.len(), 4);
-        assert!(!distinct.contains(&0));
-    }
-
-    #[test]
-    fn identity_keys_round_trip_to_prefixes() {
-        for net in ["10.244.0.5/32", "192.0.2.0/24", "fd00::/64", "fd00::1/128"] {
-            let net: IpNet = net.parse().unwrap();
-            let key = crate::datapath::maps::addr_key(net.addr(), net.prefix_len()).unwrap();
-            assert_eq!(net_of(&key), Some(net));
-        }
+    fn an_endpoint_without_its_programs_is_not_in_force() {
+        let mut report = Report::default();
+        assert!(report.in_force());
+        report
+            .not_enforced
+            .insert("x/a".into(), "attaching to ifindex 7: refused".into());
+        assert!(!report.in_force(), "a pod nothing enforces was ready");
+        let failed_detach = Report {
+            attach_errors: vec!["removing a pin: busy".into()],
+            ..Report::default()
+        };
+        assert!(
+            failed_detach.in_force(),
+            "a detach concerns no desired endpoint"
+        );
     }
 }

@@ -1,0 +1,96 @@
+//! `palisade daemon`: the node agent.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use palisade::{
+    loader::sizes::MapSizes,
+    netns,
+    node::{agent, discover},
+    paths::PinDir,
+    source::files::FileSource,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A directory of YAML files (Namespaces, Pods, policies), watched.
+    #[arg(long, value_name = "DIR")]
+    source: PathBuf,
+    /// Where to publish the status (applied revision, readiness), as JSON.
+    #[arg(long, value_name = "FILE")]
+    status_file: Option<PathBuf>,
+    /// Full resync period, for drift repair.
+    #[arg(long, default_value_t = 2000)]
+    resync_ms: u64,
+    /// Also quarantine veths named with this prefix (routed CNIs, e.g.
+    /// `cali`, `lxc`); bridge-port veths always are (repeatable).
+    #[arg(long = "quarantine-prefix", value_name = "PREFIX")]
+    quarantine_prefix: Vec<String>,
+    /// Let veths of unknown pods pass traffic until their pod is known.
+    #[arg(long, conflicts_with = "quarantine_prefix")]
+    no_quarantine: bool,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9963;
+    /// port 0 picks one, named in the status file).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Label drop and allow counters by pod for at most N pods (the
+    /// rest share pod="other"); off by default to bound the series.
+    #[arg(long, value_name = "N")]
+    metrics_pod_labels: Option<usize>,
+    /// Attach the XDP prefilter to this uplink (repeatable; `auto`: the
+    /// interfaces of the node's default routes): it drops the
+    /// --deny-cidr sources and connection attempts to this node's pods
+    /// that an explicit deny refuses whatever else applies.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    uplinks: Vec<String>,
+    /// Node-level deny list for the prefilter (repeatable): every packet
+    /// from these sources is dropped on the uplinks, the node's own
+    /// traffic included.
+    #[arg(long = "deny-cidr", value_name = "CIDR", requires = "uplinks")]
+    deny_cidrs: Vec<ipnet::IpNet>,
+}
+
+pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let uplinks = resolve_uplinks(args.uplinks).await?;
+        let options = agent::Options {
+            status_file: args.status_file,
+            resync: Duration::from_millis(args.resync_ms),
+            quarantine: (!args.no_quarantine).then_some(args.quarantine_prefix),
+            metrics_addr: args.metrics_addr,
+            metrics_pod_labels: args.metrics_pod_labels,
+            uplinks,
+            deny_cidrs: args.deny_cidrs,
+        };
+        let files = FileSource::new(&args.source);
+        let agent = agent::Agent::start(files, pins.clone(), sizes, options)?;
+        agent.run(&args.source).await
+    })
+}
+
+/// `--uplink` names, with `auto` replaced by the default routes' interfaces.
+async fn resolve_uplinks(named: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for name in named {
+        if name != "auto" {
+            out.push(name);
+            continue;
+        }
+        let handle = discover::connect()?;
+        let found = discover::default_route_links(&handle).await?;
+        anyhow::ensure!(
+            !found.is_empty(),
+            "--uplink auto: the node has no default route"
+        );
+        for index in found {
+            let name = netns::ifname(index)?;
+            tracing::info!("--uplink auto: {name}");
+            out.push(name);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

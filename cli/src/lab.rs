@@ -1,0 +1,148 @@
+//! `palisade lab`: scenario files against the real daemon (the
+//! `palisade-lab` crate). Without the `lab` feature the command stays, hidden,
+//! to say that this binary has no lab.
+
+#[cfg(feature = "lab")]
+pub use with_lab::{Args, run};
+#[cfg(not(feature = "lab"))]
+pub use without_lab::{Args, run};
+
+#[cfg(feature = "lab")]
+mod with_lab {
+    use std::{
+        path::{Path, PathBuf},
+        process::ExitCode,
+        time::Duration,
+    };
+
+    #[derive(clap::Args)]
+    pub struct Args {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Command {
+        /// Run scenario files. Exit status: 0 all matched, 1 a mismatch (or the
+        /// run failed), 2 invalid input, 3 something skipped.
+        Run {
+            #[arg(required = true)]
+            files: Vec<PathBuf>,
+            /// One JSON document with every report, instead of tables.
+            #[arg(long)]
+            json: bool,
+            /// Per probe attempt; a failing cell is tried twice.
+            #[arg(long, default_value_t = 1000)]
+            timeout_ms: u64,
+            /// Print the daemon's drop and audit counters after each scenario.
+            #[arg(long)]
+            metrics: bool,
+        },
+        /// The standard model before and after a directory of policies, with
+        /// the compiler's prediction as the expected tables, and why one denied
+        /// flow is denied.
+        Demo {
+            #[arg(long, default_value = "manifests/examples/policies")]
+            policies: PathBuf,
+            /// Also write the generated scenario file here.
+            #[arg(long)]
+            save: Option<PathBuf>,
+        },
+    }
+
+    pub fn run(args: &Args) -> ExitCode {
+        let command = &args.command;
+        let bin = match std::env::current_exe() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("palisade: own path: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (timeout_ms, show_metrics) = match command {
+            Command::Run {
+                timeout_ms,
+                metrics,
+                ..
+            } => (*timeout_ms, *metrics),
+            Command::Demo { .. } => (1000, true),
+        };
+        let options = palisade_lab::Options {
+            bin,
+            timeout: Duration::from_millis(timeout_ms),
+            in_force_limit: Duration::from_secs(30),
+            show_metrics,
+        };
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("palisade: runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match command {
+            Command::Run { files, json, .. } => {
+                let (reports, code) =
+                    runtime.block_on(palisade_lab::run_files(files, &options, !json));
+                if *json {
+                    let doc = serde_json::json!({"exit": code, "scenarios": reports});
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                }
+                ExitCode::from(code)
+            }
+            Command::Demo { policies, save } => demo(&runtime, &options, policies, save.as_deref()),
+        }
+    }
+
+    fn demo(
+        runtime: &tokio::runtime::Runtime,
+        options: &palisade_lab::Options,
+        policies: &Path,
+        save: Option<&Path>,
+    ) -> ExitCode {
+        let demo = match palisade_lab::demo::build(policies) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("palisade: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Some(path) = save
+            && let Err(e) = std::fs::write(path, &demo.scenario)
+        {
+            eprintln!("palisade: writing {}: {e}", path.display());
+        }
+        println!(
+            "The policies of {} on the standard model (x, y, z; pods a, b, c).\n\
+             Step 1 probes with no policy; step 3 after applying them. The expected\n\
+             tables are the compiler's prediction, the observed ones real TCP\n\
+             connections through the kernel's programs.\n",
+            policies.display()
+        );
+        let inputs = vec![("demo".to_owned(), Ok(demo.scenario))];
+        let (_, code) = runtime.block_on(palisade_lab::run_texts(inputs, options, true));
+        if let Some(text) = demo.explained {
+            println!("Why is one of those flows denied? palisade explain:\n{text}");
+        }
+        ExitCode::from(code)
+    }
+}
+
+#[cfg(not(feature = "lab"))]
+mod without_lab {
+    use std::process::ExitCode;
+
+    #[derive(clap::Args)]
+    pub struct Args {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<String>,
+    }
+
+    pub fn run(_: &Args) -> ExitCode {
+        eprintln!("palisade: built without the lab (cargo feature `lab`)");
+        ExitCode::from(2)
+    }
+}

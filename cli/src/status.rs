@@ -1,0 +1,122 @@
+//! `palisade status`: what the kernel offers and what Palisade holds in it.
+//! (The daemon's own status file is `node::agent::Status`.)
+
+use std::{fs, path::PathBuf};
+
+use ebpf_common::{ABI_VERSION, maps::SPECS};
+use palisade::{
+    loader::features::Features,
+    loader::{
+        layout::{self, Pinned},
+        sizes::MapSizes,
+    },
+    observe::stats::{self, CounterRow},
+    paths::PinDir,
+};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
+    let report = Report::gather(pins, Features::probe(), sizes);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
+/// What `palisade status` shows.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub abi: u32,
+    pub pin_dir: PathBuf,
+    pub features: Features,
+    pub maps: Vec<MapReport>,
+    pub links: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapReport {
+    pub name: &'static str,
+    /// `absent`, `ok`, or the layout error.
+    pub state: String,
+    pub counters: Vec<CounterRow>,
+}
+
+impl Report {
+    pub fn gather(pins: &PinDir, features: Features, sizes: &MapSizes) -> Self {
+        let maps = SPECS
+            .iter()
+            .map(|spec| {
+                let path = pins.map(spec.name);
+                let is_stats = spec.map_type == ebpf_common::maps::kind::PERCPU_ARRAY;
+                let (state, counters) = match layout::check_pinned(&path, &sizes.apply(spec)) {
+                    Ok(Pinned::Absent) => ("absent".to_owned(), Vec::new()),
+                    Ok(Pinned::Matches { id }) if is_stats => match stats::read_pinned(&path) {
+                        Ok(rows) => (format!("ok (id {id})"), rows),
+                        Err(e) => (format!("unreadable: {e}"), Vec::new()),
+                    },
+                    Ok(Pinned::Matches { id }) => (
+                        format!("ok (id {id}, {} entries max)", sizes.entries(spec)),
+                        Vec::new(),
+                    ),
+                    Err(e) => (e.to_string(), Vec::new()),
+                };
+                MapReport {
+                    name: spec.name,
+                    state,
+                    counters,
+                }
+            })
+            .collect();
+        let mut links: Vec<String> = fs::read_dir(pins.links())
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        links.sort();
+        Self {
+            abi: ABI_VERSION,
+            pin_dir: pins.root().to_path_buf(),
+            features,
+            maps,
+            links,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("kernel features\n");
+        for line in self.features.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+        out.push_str(&format!(
+            "pinned state (ABI v{}, {})\n",
+            self.abi,
+            self.pin_dir.display()
+        ));
+        for m in &self.maps {
+            out.push_str(&format!("  map {:<15} {}\n", m.name, m.state));
+            for c in &m.counters {
+                out.push_str(&format!(
+                    "    {:<8} {:<16} {} events, {} bytes\n",
+                    c.direction, c.reason, c.events, c.bytes
+                ));
+            }
+        }
+        if self.links.is_empty() {
+            out.push_str("  no pinned links\n");
+        }
+        for l in &self.links {
+            out.push_str(&format!("  link {l}\n"));
+        }
+        out
+    }
+}

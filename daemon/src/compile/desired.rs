@@ -1,0 +1,222 @@
+//! The desired state: what the compiler wants the kernel to hold, as plain
+//! data. [`Compiled`] is the cluster's (every pod, every address); a
+//! [`Desired`] is one node's share of it (the pods placed on this node's
+//! veths, the quarantined veths, the prefilter's denies), which the syncer
+//! brings the kernel to. How any of it is encoded in map keys is the
+//! datapath's business, not this module's.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use ebpf_common::datapath::{PolicyValue, endpoint_flags};
+use ipnet::IpNet;
+
+use crate::{identity::IdentityKey, model::Snapshot};
+
+/// One policy entry before it is placed in a generation: which peer (or
+/// `identity::ANY`), protocol (`None` = any protocol, and then any port) and
+/// destination port range, and the final verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyEntry {
+    pub direction: u32,
+    pub peer: u32,
+    pub protocol: Option<u8>,
+    pub ports: (u16, u16),
+    pub value: PolicyValue,
+}
+
+/// The policy of one endpoint (one pod).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    pub flags: u32,
+    /// Sorted and without duplicates.
+    pub entries: Vec<PolicyEntry>,
+}
+
+/// The compiler's output for a whole snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub identities: BTreeMap<IdentityKey, u32>,
+    /// Address prefixes and their identity: each pod address as a host
+    /// prefix, each ipBlock prefix as itself.
+    pub addresses: BTreeMap<IpNet, u32>,
+    /// By `namespace/pod`.
+    pub endpoints: BTreeMap<String, EndpointPolicy>,
+    /// Policy ids (as counted by the datapath) by `namespace/name`.
+    pub policies: BTreeMap<String, u32>,
+}
+
+/// One stateless deny of the XDP prefilter: TCP SYNs from `peer` (or
+/// `identity::ANY`) to the local pod address `dst` on `port` (`None`: any
+/// port), counted under `policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodDeny {
+    pub dst: IpAddr,
+    pub peer: u32,
+    pub port: Option<u16>,
+    pub policy: u32,
+}
+
+/// The name a quarantined veth is enforced under (`:quarantine/IFINDEX`;
+/// no namespace name can start with a colon).
+pub const QUARANTINE: &str = ":quarantine";
+
+/// A pod-like veth whose pod is not known yet: isolated both ways, with no
+/// entries, so it passes nothing.
+static QUARANTINED: EndpointPolicy = EndpointPolicy {
+    flags: endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS,
+    entries: Vec::new(),
+};
+
+/// A placed pod the compiler has no policy for: not isolated.
+static UNSELECTED: EndpointPolicy = EndpointPolicy {
+    flags: 0,
+    entries: Vec::new(),
+};
+
+/// An endpoint to enforce: the host-side veth, the endpoint's id (what the
+/// datapath keys its policy and counters by) and the policy on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed<'a> {
+    pub ifindex: u32,
+    pub endpoint: u32,
+    pub policy: &'a EndpointPolicy,
+}
+
+/// A stable, non-zero endpoint id for a pod (`namespace/name`), so counters
+/// keep naming the same pod across daemon restarts. Collisions among the
+/// current pods are resolved by probing in name order.
+pub fn endpoint_ids<'a>(pods: impl Iterator<Item = &'a str>) -> BTreeMap<String, u32> {
+    let mut names: Vec<&str> = pods.collect();
+    names.sort_unstable();
+    let mut used = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for name in names {
+        let mut id = crate::identity::stable_id(name);
+        while !used.insert(id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        out.insert(name.to_owned(), id);
+    }
+    out
+}
+
+/// One node's desired kernel state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired<'a> {
+    /// Every address prefix with its identity (peers on other nodes too).
+    pub addresses: &'a BTreeMap<IpNet, u32>,
+    /// The endpoints to enforce, by name: `namespace/pod` for the pods on
+    /// this node's veths, [`QUARANTINE`]`/IFINDEX` for quarantined veths.
+    /// Every other endpoint the maps hold goes.
+    pub endpoints: BTreeMap<String, Placed<'a>>,
+    /// The prefilter's stateless pod denies; `None`: this node runs no
+    /// prefilter, and they are left as they are.
+    pub pod_denies: Option<BTreeSet<PodDeny>>,
+    /// The node-level deny list: every packet from these sources is dropped
+    /// on the uplinks.
+    pub node_denies: &'a [IpNet],
+}
+
+impl<'a> Desired<'a> {
+    /// `compiled` for the pods placed on this node (`namespace/pod` ->
+    /// host-side veth ifindex), and the `quarantined` veths. Pods not
+    /// placed are not enforced on this node.
+    pub fn on_node(
+        compiled: &'a Compiled,
+        placed: &BTreeMap<String, u32>,
+        quarantined: &[u32],
+    ) -> Self {
+        let mut policies: BTreeMap<String, (u32, &'a EndpointPolicy)> = placed
+            .iter()
+            .map(|(pod, &ifindex)| {
+                let policy = compiled.endpoints.get(pod).unwrap_or(&UNSELECTED);
+                (pod.clone(), (ifindex, policy))
+            })
+            .collect();
+        for &ifindex in quarantined {
+            policies.insert(format!("{QUARANTINE}/{ifindex}"), (ifindex, &QUARANTINED));
+        }
+        let ids = endpoint_ids(policies.keys().map(String::as_str));
+        let endpoints = policies
+            .into_iter()
+            .map(|(name, (ifindex, policy))| {
+                let endpoint = ids.get(&name).copied().unwrap_or_default();
+                (
+                    name,
+                    Placed {
+                        ifindex,
+                        endpoint,
+                        policy,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            addresses: &compiled.addresses,
+            endpoints,
+            pod_denies: None,
+            node_denies: &[],
+        }
+    }
+
+    /// With the prefilter's pod denies for the pods placed here, over all
+    /// their addresses in `snapshot` (the one `compiled` came from).
+    pub fn with_pod_denies(mut self, snapshot: &Snapshot) -> Self {
+        self.pod_denies = Some(super::prefilter::placed_pod_denies(
+            &self.endpoints,
+            snapshot,
+        ));
+        self
+    }
+
+    /// With no pod denies: a node without uplinks must not keep the denies
+    /// of an earlier run's prefilter, which would outlive the policy that
+    /// made them.
+    pub fn without_pod_denies(mut self) -> Self {
+        self.pod_denies = Some(BTreeSet::new());
+        self
+    }
+
+    /// With the node-level deny list.
+    pub fn with_node_denies(mut self, cidrs: &'a [IpNet]) -> Self {
+        self.node_denies = cidrs;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unplaced_pods_are_left_out_and_quarantined_veths_isolated() {
+        let mut compiled = Compiled::default();
+        compiled
+            .endpoints
+            .insert("x/a".into(), EndpointPolicy::default());
+        let placed = BTreeMap::from([("x/b".to_owned(), 7)]);
+        let d = Desired::on_node(&compiled, &placed, &[9]);
+        let names: Vec<&str> = d.endpoints.keys().map(String::as_str).collect();
+        assert_eq!(names, [":quarantine/9", "x/b"]);
+        assert_eq!(d.endpoints["x/b"].policy.flags, 0, "no policy selects b");
+        assert_eq!(
+            d.endpoints[":quarantine/9"].policy.flags,
+            endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS
+        );
+        assert!(d.pod_denies.is_none());
+    }
+
+    #[test]
+    fn endpoint_ids_are_stable_distinct_and_nonzero() {
+        let a = endpoint_ids(["x/a", "x/b", "y/a"].into_iter());
+        let b = endpoint_ids(["y/a", "x/b", "x/a", "z/c"].into_iter());
+        assert_eq!(a["x/a"], b["x/a"]);
+        assert_eq!(a["y/a"], b["y/a"]);
+        let distinct: BTreeSet<u32> = b.values().copied().collect();
+        assert_eq!(distinct.len(), 4);
+        assert!(!distinct.contains(&0));
+    }
+}

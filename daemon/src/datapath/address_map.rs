@@ -1,0 +1,116 @@
+//! A map from address prefixes to values, as the programs read it: single
+//! addresses (/32, /128) in an exact-match hash map, every other prefix in
+//! an LPM trie. The programs look in the hash first: a host entry costs a
+//! hash lookup instead of a trie walk. The identities and the node deny
+//! list are such pairs.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use ebpf_common::datapath::{ADDR_LEN, ipv4_mapped, ipv4_prefix_len};
+use ipnet::IpNet;
+
+use super::maps::{DatapathError, open_map, removed};
+use crate::paths::PinDir;
+
+/// The 16-byte form of an address and the matching prefix length (IPv4 as
+/// `::ffff:a.b.c.d`).
+pub fn addr_key(addr: IpAddr, len: u8) -> Result<Key<[u8; ADDR_LEN]>, DatapathError> {
+    match addr {
+        IpAddr::V4(v4) if len <= 32 => Ok(Key::new(
+            ipv4_prefix_len(u32::from(len)),
+            ipv4_mapped(v4.octets()),
+        )),
+        IpAddr::V6(v6) if len <= 128 => Ok(Key::new(u32::from(len), v6.octets())),
+        _ => Err(DatapathError::Prefix { addr, len }),
+    }
+}
+
+/// The prefix a 16-byte key stands for: the inverse of [`addr_key`].
+pub fn net_of(key: &Key<[u8; ADDR_LEN]>) -> Option<IpNet> {
+    let v6 = std::net::Ipv6Addr::from(key.data());
+    let len = key.prefix_len();
+    match v6.to_ipv4_mapped() {
+        Some(v4) if len >= 96 => IpNet::new(IpAddr::V4(v4), (len - 96) as u8).ok(),
+        _ => IpNet::new(IpAddr::V6(v6), len as u8).ok(),
+    }
+}
+
+/// One exact-map-plus-trie pair, by its two pinned maps' names.
+pub struct AddressMap<V> {
+    host: HashMap<MapData, [u8; ADDR_LEN], V>,
+    host_name: &'static str,
+    trie: LpmTrie<MapData, [u8; ADDR_LEN], V>,
+    trie_name: &'static str,
+}
+
+impl<V: aya::Pod + PartialEq + std::fmt::Debug> AddressMap<V> {
+    /// Opens the pinned pair `host_name` (exact) and `trie_name` (prefixes).
+    pub fn open(
+        pins: &PinDir,
+        host_name: &'static str,
+        trie_name: &'static str,
+    ) -> Result<Self, DatapathError> {
+        let conv = |name: &'static str| move |source| DatapathError::Open { name, source };
+        Ok(Self {
+            host: HashMap::try_from(open_map(pins, host_name)?).map_err(conv(host_name))?,
+            host_name,
+            trie: LpmTrie::try_from(open_map(pins, trie_name)?).map_err(conv(trie_name))?,
+            trie_name,
+        })
+    }
+
+    pub fn set(&mut self, addr: IpAddr, len: u8, value: V) -> Result<(), DatapathError> {
+        let key = addr_key(addr, len)?;
+        let (name, result) = if key.prefix_len() == 128 {
+            (self.host_name, self.host.insert(&key.data(), &value, 0))
+        } else {
+            (self.trie_name, self.trie.insert(&key, &value, 0))
+        };
+        result.map_err(|source| DatapathError::Write {
+            name,
+            what: format!("{addr}/{len} -> {value:?}"),
+            source,
+        })
+    }
+
+    /// Removes one prefix; one that is not there has been removed.
+    pub fn remove(&mut self, addr: IpAddr, len: u8) -> Result<(), DatapathError> {
+        let key = addr_key(addr, len)?;
+        let (name, result) = if key.prefix_len() == 128 {
+            (self.host_name, self.host.remove(&key.data()))
+        } else {
+            (self.trie_name, self.trie.remove(&key))
+        };
+        removed(result, name, || format!("removal of {addr}/{len}"))
+    }
+
+    /// Every prefix the pair holds, with its value.
+    pub fn held(&self) -> Result<BTreeMap<IpNet, V>, DatapathError> {
+        let read = |name| move |source: MapError| DatapathError::Read { name, source };
+        let mut out = BTreeMap::new();
+        for item in self.host.iter() {
+            let (addr, v) = item.map_err(read(self.host_name))?;
+            out.extend(net_of(&Key::new(128, addr)).map(|net| (net, v)));
+        }
+        for item in self.trie.iter() {
+            let (key, v) = item.map_err(read(self.trie_name))?;
+            out.extend(net_of(&key).map(|net| (net, v)));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_to_prefixes() {
+        for net in ["10.244.0.5/32", "192.0.2.0/24", "fd00::/64", "fd00::1/128"] {
+            let net: IpNet = net.parse().unwrap();
+            let key = addr_key(net.addr(), net.prefix_len()).unwrap();
+            assert_eq!(net_of(&key), Some(net));
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The node agent's reconcile loop (what `palisade daemon` runs).
+//!
+//! One pass: read the source -> compile -> find each local pod's veth and
+//! the veths to quarantine -> hand the desired state to the syncer, which
+//! writes it (attachments, maps, prefilter, in its own order) -> publish
+//! the status. The agent observes and reports; it writes no kernel state.
+//! A pass runs on every change of the source (inotify), and on a timer that
+//! repairs drift and retries pods whose veth could not be resolved yet.
+//!
+//! Readiness: the status file (JSON, replaced atomically) names the source
+//! revision the last pass applied and whether it is fully in force (every
+//! local pod placed and enforced, no write failed). Callers wait for
+//! "revision N ready" instead of sleeping.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use anyhow::Context as _;
+
+use crate::{
+    compile::{Compiled, desired::Desired, incremental::Incremental},
+    loader::sizes::MapSizes,
+    model::Snapshot,
+    node::discover::{self, Unplaced},
+    observe::{
+        events::Hub,
+        http::SharedSnapshot,
+        metrics::Metrics,
+        names::{Names, SharedNames},
+    },
+    paths::PinDir,
+    source::{Reading, Source},
+    sync::{Report, Syncer},
+};
+
+pub struct Options {
+    pub status_file: Option<PathBuf>,
+    /// Full resync period (drift repair).
+    pub resync: Duration,
+    /// Quarantine veths that look like pods' (bridge ports, or these name
+    /// prefixes) until their pod is known: such a veth drops everything
+    /// but ARP/ND, so a new pod passes no traffic before its policy is in.
+    pub quarantine: Option<Vec<String>>,
+    /// Serve Prometheus metrics here (port 0: any free port; the status
+    /// file names the one bound).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Per-pod metric labels for at most this many pods.
+    pub metrics_pod_labels: Option<usize>,
+    /// Interfaces for the XDP prefilter: it drops the `deny_cidrs` sources
+    /// and connection attempts to this node's pods that an explicit deny
+    /// refuses outright. Empty: no prefilter.
+    pub uplinks: Vec<String>,
+    pub deny_cidrs: Vec<ipnet::IpNet>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// The source revision the last pass applied.
+    pub revision: String,
+    /// The revision is fully in force: every local pod placed and enforced,
+    /// no attach or map write failed. (A source error is listed under
+    /// `errors` but leaves the object's last good version in force.)
+    pub ready: bool,
+    pub passes: u64,
+    pub pass_ms: f64,
+    /// `namespace/pod` -> host-side veth ifindex.
+    pub endpoints: BTreeMap<String, u32>,
+    /// Local pods whose veth is not resolved yet.
+    pub unplaced: Vec<String>,
+    /// Endpoints (local pods, quarantined veths) whose programs could not
+    /// be attached, with the reason: nothing enforces their policy.
+    pub not_enforced: BTreeMap<String, String>,
+    /// Pod-like veths (ifindex) no known pod holds yet: they pass nothing.
+    pub quarantined: Vec<u32>,
+    pub policies: usize,
+    /// Source errors (bad objects keep their last good version) and failed
+    /// writes (the endpoint keeps its last good policy).
+    pub errors: Vec<String>,
+    /// Where the metrics endpoint listens, if it does.
+    pub metrics: Option<String>,
+}
+
+pub struct Agent<S: Source> {
+    source: S,
+    syncer: Syncer,
+    netlink: rtnetlink::Handle,
+    status: Status,
+    options: Options,
+    metrics: Option<Arc<Metrics>>,
+    names: SharedNames,
+    /// What the last pass applied, for `/explain`.
+    snapshot: SharedSnapshot,
+    compiler: Option<Incremental>,
+}
+
+/// Where the pods of a snapshot are on this node.
+struct Placement {
+    /// `namespace/pod` -> host-side veth ifindex.
+    placed: BTreeMap<String, u32>,
+    /// Local pods whose veth is not resolved yet.
+    unplaced: Vec<String>,
+    /// Pod-like veths no known pod holds.
+    quarantined: Vec<u32>,
+}
+
+impl<S: Source> Agent<S> {
+    /// Starts the syncer (it loads or adopts the programs and maps) and the
+    /// metrics endpoint; must run inside a tokio runtime, in the node's
+    /// network namespace.
+    pub fn start(
+        source: S,
+        pins: PinDir,
+        sizes: &MapSizes,
+        options: Options,
+    ) -> anyhow::Result<Self> {
+        let syncer = Syncer::start(pins.clone(), sizes, &options.uplinks, &options.deny_cidrs)?;
+        let netlink = discover::connect()?;
+        let mut status = Status::default();
+        let names = Names::shared();
+        let snapshot: SharedSnapshot = Arc::default();
+        let metrics = match options.metrics_addr {
+            Some(addr) => {
+                let m = Metrics::install(
+                    pins.clone(),
+                    syncer.features(),
+                    options.metrics_pod_labels,
+                    names.clone(),
+                )?;
+                let hub = match Hub::start(&pins, names.clone()) {
+                    Ok(hub) => Some(hub),
+                    Err(e) => {
+                        tracing::warn!("no event stream: {e:#}");
+                        None
+                    }
+                };
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("metrics endpoint on {addr}"))?;
+                listener.set_nonblocking(true)?;
+                let bound = listener.local_addr()?;
+                tracing::info!("metrics on http://{bound}/metrics, events on /events");
+                status.metrics = Some(bound.to_string());
+                tokio::spawn(crate::observe::http::serve(
+                    tokio::net::TcpListener::from_std(listener)?,
+                    crate::observe::http::State {
+                        metrics: m.clone(),
+                        hub,
+                        snapshot: snapshot.clone(),
+                    },
+                ));
+                Some(m)
+            }
+            None => None,
+        };
+        Ok(Self {
+            source,
+            syncer,
+            netlink,
+            status,
+            options,
+            metrics,
+            names,
+            snapshot,
+            compiler: None,
+        })
+    }
+
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// One reconcile pass.
+    pub async fn reconcile(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let reading = self.source.read();
+        // Label-only changes are recompiled incrementally.
+        let compiler = match &mut self.compiler {
+            Some(c) => {
+                c.update(&reading.snapshot);
+                c
+            }
+            None => self
+                .compiler
+                .insert(Incremental::new(reading.snapshot.clone())),
+        };
+        let compiled = compiler.compiled();
+        let placement = locate(&self.netlink, &reading.snapshot, &self.options).await?;
+        let desired = desired(compiled, &reading.snapshot, &placement, &self.options);
+        let report = self.syncer.apply(&desired)?;
+        crate::observe::names::lock(&self.names).learn(&compiled.policies, &report.endpoint_ids);
+        self.publish(reading, placement, &report, started)
+    }
+
+    /// Logs the pass, counts it, and writes the status.
+    fn publish(
+        &mut self,
+        reading: Reading,
+        placement: Placement,
+        report: &Report,
+        started: Instant,
+    ) -> anyhow::Result<()> {
+        if report.changed() {
+            tracing::info!(
+                revision = %reading.revision,
+                endpoints = ?report.endpoints_written,
+                removed = ?report.endpoints_removed,
+                identities = report.identities_written,
+                "applied"
+            );
+        }
+        let errors: Vec<String> = [&reading.errors, &report.errors, &report.attach_errors]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for e in &errors {
+            tracing::warn!("{e}");
+        }
+        let ready = placement.unplaced.is_empty() && report.in_force();
+        if self.metrics.is_some() {
+            self.count(&reading, &placement, report, started);
+        }
+        metrics::gauge!("palisade_ready").set(if ready { 1.0 } else { 0.0 });
+        self.status = Status {
+            revision: reading.revision,
+            ready,
+            passes: self.status.passes + 1,
+            pass_ms: started.elapsed().as_secs_f64() * 1e3,
+            endpoints: placement.placed,
+            unplaced: placement.unplaced,
+            not_enforced: report.not_enforced.clone(),
+            quarantined: placement.quarantined,
+            policies: reading.snapshot.policies.len(),
+            errors,
+            metrics: self.status.metrics.clone(),
+        };
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(reading.snapshot);
+        if let Some(path) = &self.options.status_file {
+            write_atomically(path, &serde_json::to_vec_pretty(&self.status)?)?;
+        }
+        Ok(())
+    }
+
+    /// The pass's metrics; errors are counted once, in the pass that first
+    /// reports them.
+    fn count(&self, reading: &Reading, placement: &Placement, report: &Report, started: Instant) {
+        let new = |list: &[String]| {
+            list.iter()
+                .filter(|e| !self.status.errors.contains(e))
+                .count() as u64
+        };
+        metrics::counter!("palisade_errors_total", "kind" => "source")
+            .increment(new(&reading.errors));
+        metrics::counter!("palisade_errors_total", "kind" => "attach")
+            .increment(new(&report.attach_errors));
+        metrics::counter!("palisade_errors_total", "kind" => "write")
+            .increment(new(&report.errors));
+        metrics::gauge!("palisade_source_errors").set(reading.errors.len() as f64);
+        metrics::gauge!("palisade_policies").set(reading.snapshot.policies.len() as f64);
+        metrics::gauge!("palisade_quarantined_veths").set(placement.quarantined.len() as f64);
+        metrics::gauge!("palisade_endpoints").set(placement.placed.len() as f64);
+        metrics::histogram!("palisade_reconcile_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Runs passes until Ctrl-C or SIGTERM: at once, on every change under
+    /// `watch`, and every resync period (sooner while pods are unplaced).
+    pub async fn run(mut self, watch: &Path) -> anyhow::Result<()> {
+        let (tx, mut changes) = tokio::sync::mpsc::channel::<()>(1);
+        let dir = watch.to_path_buf();
+        std::thread::Builder::new()
+            .name("palisade-watch".into())
+            .spawn(move || watch_dir(&dir, &tx))?;
+        let (link_tx, mut links) = tokio::sync::mpsc::channel::<()>(1);
+        if self.options.quarantine.is_some()
+            && let Err(e) = discover::watch_links(link_tx)
+        {
+            tracing::warn!("link events unavailable: new veths wait for the resync: {e}");
+        }
+        // When the oldest source change not yet in force was noticed.
+        let mut pending: Option<Instant> = None;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            if let Err(e) = self.reconcile().await {
+                tracing::error!("reconcile: {e:#}");
+            }
+            if self.status.ready
+                && let Some(since) = pending.take()
+            {
+                metrics::histogram!("palisade_change_to_in_force_seconds")
+                    .record(since.elapsed().as_secs_f64());
+            }
+            let wait = if self.status.unplaced.is_empty() {
+                self.options.resync
+            } else {
+                Duration::from_millis(50)
+            };
+            // A watcher that is not running (inotify or link events
+            // unavailable) has closed its channel: `None` disables the
+            // branch instead of waking the loop at once, again and again.
+            tokio::select! {
+                Some(()) = changes.recv() => {
+                    pending.get_or_insert_with(Instant::now);
+                }
+                Some(()) = links.recv() => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+            }
+        }
+        // Enforcement stays: pinned links and maps outlive the daemon.
+        tracing::info!("stopping; programs and maps stay pinned and enforcing");
+        Ok(())
+    }
+}
+
+/// Finds each pod's veth on this node, and the pod-like veths no known pod
+/// holds (when quarantine is on).
+async fn locate(
+    netlink: &rtnetlink::Handle,
+    snapshot: &Snapshot,
+    options: &Options,
+) -> anyhow::Result<Placement> {
+    let mut placed = BTreeMap::new();
+    let mut unplaced = Vec::new();
+    let mut tables = discover::Tables::new(netlink);
+    for pod in &snapshot.pods {
+        let Some(&ip) = pod.ips.first() else {
+            continue;
+        };
+        match tables.locate(ip).await? {
+            Ok(p) => {
+                placed.insert(pod.key(), p.veth());
+            }
+            Err(Unplaced::Unresolved { .. }) => {
+                discover::nudge(ip);
+                unplaced.push(pod.key());
+            }
+            // Not behind a local veth: another node's pod.
+            Err(Unplaced::NoRoute | Unplaced::NotLocal { .. }) => {}
+        }
+    }
+    let mut quarantined = Vec::new();
+    if let Some(prefixes) = &options.quarantine {
+        let known: BTreeSet<u32> = placed.values().copied().collect();
+        for ifindex in tables.pod_veths(prefixes).await? {
+            if !known.contains(&ifindex) {
+                quarantined.push(ifindex);
+            }
+        }
+    }
+    Ok(Placement {
+        placed,
+        unplaced,
+        quarantined,
+    })
+}
+
+/// The compiler's state for this node: its pods, its quarantined veths, and
+/// the prefilter's share where it has uplinks (none where it has none).
+fn desired<'a>(
+    compiled: &'a Compiled,
+    snapshot: &Snapshot,
+    placement: &Placement,
+    options: &'a Options,
+) -> Desired<'a> {
+    let desired = Desired::on_node(compiled, &placement.placed, &placement.quarantined)
+        .with_node_denies(&options.deny_cidrs);
+    if options.uplinks.is_empty() {
+        desired.without_pod_denies()
+    } else {
+        desired.with_pod_denies(snapshot)
+    }
+}
+
+/// Forwards inotify events on `dir` as wake-ups; a burst of events is one.
+fn watch_dir(dir: &Path, tx: &tokio::sync::mpsc::Sender<()>) {
+    use inotify::{Inotify, WatchMask};
+    let Ok(mut inotify) = Inotify::init() else {
+        tracing::warn!("inotify unavailable: changes are picked up on resync only");
+        return;
+    };
+    let mask = WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::MOVED_FROM
+        | WatchMask::DELETE
+        | WatchMask::CREATE;
+    if let Err(e) = inotify.watches().add(dir, mask) {
+        tracing::warn!("watching {}: {e}", dir.display());
+        return;
+    }
+    let mut buffer = [0u8; 4096];
+    loop {
+        match inotify.read_events_blocking(&mut buffer) {
+            Ok(_) => {
+                // Full channel: a wake-up is already pending.
+                let _ = tx.try_send(());
+                if tx.is_closed() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("inotify: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

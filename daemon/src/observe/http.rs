@@ -1,0 +1,201 @@
+//! The daemon's local HTTP endpoint, read-only and off the data path (the
+//! datapath never waits for it): `GET /metrics` (Prometheus text) and
+//! `GET /events?namespace=&pod=&verdict=` (JSON lines, streamed until the
+//! client goes; `palisade events` reads it) and
+//! `GET /explain?from=&to=&port=&protocol=&family=` (`palisade explain` without a
+//! file: the verdict on the snapshot the daemon last applied).
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Frame,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::broadcast::error::RecvError};
+
+use crate::{
+    model::Snapshot,
+    observe::{
+        events::{Filter, Hub, Line},
+        metrics::Metrics,
+    },
+};
+
+/// The snapshot of the last reconcile pass, for `/explain`.
+pub type SharedSnapshot = Arc<std::sync::Mutex<Arc<Snapshot>>>;
+
+/// What the endpoint serves from.
+#[derive(Clone)]
+pub struct State {
+    pub metrics: Arc<Metrics>,
+    pub hub: Option<Hub>,
+    pub snapshot: SharedSnapshot,
+}
+
+/// A client that has not sent its request head by then is dropped.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The smallest read buffer hyper allows: requests are one short line.
+const MAX_REQUEST: usize = 8 * 1024;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn params(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn explain(state: &State, query: &str) -> Result<String, String> {
+    let p = params(query);
+    let get = |key: &str| p.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let need = |key: &str| get(key).ok_or_else(|| format!("missing {key}="));
+    let snapshot = state
+        .snapshot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    crate::observe::explain::explain_text(
+        &snapshot,
+        need("from")?,
+        need("to")?,
+        need("port")?,
+        get("protocol").unwrap_or("TCP"),
+        get("family"),
+    )
+}
+
+fn filter_of(query: &str) -> Filter {
+    let mut filter = Filter::default();
+    for (k, v) in params(query) {
+        let v = Some(v);
+        match k.as_str() {
+            "namespace" => filter.namespace = v,
+            "pod" => filter.pod = v,
+            "verdict" => filter.verdict = v,
+            _ => {}
+        }
+    }
+    filter
+}
+
+/// JSON lines of the events `filter` lets through, until the client goes.
+fn stream_events(hub: &Hub, filter: Filter) -> Body {
+    let lines =
+        futures_util::stream::unfold((hub.subscribe(), filter), |(mut rx, filter)| async move {
+            let text = loop {
+                match rx.recv().await {
+                    Ok(line) => {
+                        if let Line::Event(e) = line.as_ref()
+                            && !filter.matches(e)
+                        {
+                            continue;
+                        }
+                        let mut text = serde_json::to_string(line.as_ref()).unwrap_or_default();
+                        text.push('\n');
+                        break text;
+                    }
+                    // This client fell behind; say how much it missed.
+                    Err(RecvError::Lagged(n)) => {
+                        break format!("{{\"type\":\"skipped\",\"events\":{n}}}\n");
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            };
+            Some((Ok(Frame::data(Bytes::from(text))), (rx, filter)))
+        });
+    StreamBody::new(lines).boxed_unsync()
+}
+
+fn answer(status: StatusCode, kind: &'static str, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    response
+}
+
+fn text(status: StatusCode, kind: &'static str, text: String) -> Response<Body> {
+    answer(status, kind, Full::new(Bytes::from(text)).boxed_unsync())
+}
+
+fn respond<B>(state: &State, request: &Request<B>) -> Response<Body> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".to_owned(),
+        );
+    }
+    let query = request.uri().query().unwrap_or("");
+    match (request.uri().path(), &state.hub) {
+        ("/events", Some(hub)) => answer(
+            StatusCode::OK,
+            "application/x-ndjson",
+            stream_events(hub, filter_of(query)),
+        ),
+        ("/metrics", _) => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render(),
+        ),
+        ("/explain", _) => match explain(state, query) {
+            Ok(body) => text(StatusCode::OK, TEXT, body),
+            Err(e) => text(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+        },
+        ("/", _) => text(
+            StatusCode::OK,
+            TEXT,
+            "palisade: /metrics (Prometheus), /events (JSON lines), /explain\n".to_owned(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    }
+}
+
+/// Serves until the runtime stops.
+pub async fn serve(listener: TcpListener, state: State) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        let service = service_fn(move |request| {
+            let response = respond(&state, &request);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+                .max_buf_size(MAX_REQUEST)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_filters_come_from_the_query() {
+        let f = filter_of("namespace=x&pod=x%2Fa&verdict=dropped&other=1");
+        assert_eq!(f.namespace.as_deref(), Some("x"));
+        assert_eq!(f.pod.as_deref(), Some("x/a"));
+        assert_eq!(f.verdict.as_deref(), Some("dropped"));
+        assert!(filter_of("").namespace.is_none());
+        assert_eq!(filter_of("pod=a%2").pod.as_deref(), Some("a%2"));
+    }
+}

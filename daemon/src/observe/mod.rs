@@ -1,0 +1,11 @@
+//! What Palisade reports: Prometheus metrics, drop and audit events, the
+//! HTTP endpoint that serves both with `/explain`, the counters read back
+//! from pinned maps, and the names that label them.
+
+pub mod client;
+pub mod events;
+pub mod explain;
+pub mod http;
+pub mod metrics;
+pub mod names;
+pub mod stats;

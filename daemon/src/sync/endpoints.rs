@@ -1,0 +1,194 @@
+//! The policy maps' share of a pass: identities one by one, and each
+//! endpoint's policy by a whole-generation swap where its live generation
+//! differs from the desired entries.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use ebpf_common::datapath::{EndpointValue, PolicyKey, PolicyValue};
+use ipnet::IpNet;
+
+use super::{Report, prefilter};
+use crate::{
+    compile::{
+        EndpointPolicy,
+        desired::{Desired, Placed},
+    },
+    datapath::{
+        DatapathError, DatapathMaps,
+        maps::{HeldPolicy, lookup_flags, policy_keys},
+    },
+};
+
+/// One pass over the maps, with what it read of them before writing.
+pub(super) struct Pass<'p> {
+    maps: &'p mut DatapathMaps,
+    desired: &'p Desired<'p>,
+    report: &'p mut Report,
+    /// The identities the maps held when the pass began.
+    held_identities: BTreeMap<IpNet, u32>,
+    pod_denies: prefilter::PodDenies,
+}
+
+impl<'p> Pass<'p> {
+    pub(super) fn read(
+        maps: &'p mut DatapathMaps,
+        desired: &'p Desired<'p>,
+        report: &'p mut Report,
+    ) -> Result<Self, DatapathError> {
+        report.endpoint_ids = desired
+            .endpoints
+            .iter()
+            .map(|(name, placed)| (name.clone(), placed.endpoint))
+            .collect();
+        Ok(Self {
+            held_identities: maps.identities()?,
+            maps,
+            desired,
+            report,
+            pod_denies: prefilter::PodDenies::default(),
+        })
+    }
+
+    /// Identities first: new endpoints' entries name them.
+    fn identities_in(&mut self) {
+        for (net, id) in self.desired.addresses {
+            if self.held_identities.get(net) == Some(id) {
+                continue;
+            }
+            match self.maps.set_identity(net.addr(), net.prefix_len(), *id) {
+                Ok(()) => self.report.identities_written += 1,
+                Err(e) => self.report.errors.push(e.to_string()),
+            }
+        }
+    }
+
+    /// Swaps every endpoint whose live state differs from the desired one.
+    fn swap_endpoints(&mut self, live: &BTreeMap<u32, EndpointValue>, held: &HeldPolicy) {
+        for (
+            name,
+            &Placed {
+                ifindex,
+                endpoint,
+                policy,
+            },
+        ) in &self.desired.endpoints
+        {
+            if live
+                .get(&ifindex)
+                .is_some_and(|cur| up_to_date(cur, endpoint, policy, held))
+            {
+                continue;
+            }
+            match self.maps.replace_policy_held(
+                ifindex,
+                endpoint,
+                policy.flags,
+                &policy.entries,
+                Some(held),
+            ) {
+                Ok(_) => self.report.endpoints_written.push(name.clone()),
+                Err(e) => self.report.errors.push(format!("{name}: {e}")),
+            }
+        }
+    }
+
+    /// Removes the endpoints on ifindexes that nothing desired holds, with
+    /// both their generations.
+    fn remove_unheld(&mut self, live: &BTreeMap<u32, EndpointValue>, held: &HeldPolicy) {
+        let placed: BTreeSet<u32> = self.desired.endpoints.values().map(|p| p.ifindex).collect();
+        for (&ifindex, value) in live {
+            if placed.contains(&ifindex) {
+                continue;
+            }
+            match self.maps.remove_endpoint(ifindex) {
+                Ok(()) => self.report.endpoints_removed.push(ifindex),
+                Err(e) => self.report.errors.push(e.to_string()),
+            }
+            for generation in [0, 1] {
+                if let Err(e) = self
+                    .maps
+                    .remove_generation(value.endpoint, generation, Some(held))
+                {
+                    self.report.errors.push(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Identities last out: nothing refers to them any more.
+    fn identities_out(&mut self) {
+        for net in self.held_identities.keys() {
+            if self.desired.addresses.contains_key(net) {
+                continue;
+            }
+            match self.maps.remove_identity(net.addr(), net.prefix_len()) {
+                Ok(()) => self.report.identities_removed += 1,
+                Err(e) => self.report.errors.push(e.to_string()),
+            }
+        }
+    }
+}
+
+impl prefilter::Steps for Pass<'_> {
+    fn retire_stale_denies(&mut self) -> Result<(), DatapathError> {
+        self.pod_denies = prefilter::retire(self.maps, self.desired.pod_denies.as_ref())?;
+        Ok(())
+    }
+
+    fn swap_policies(&mut self) -> Result<(), DatapathError> {
+        self.identities_in();
+        let held = self.maps.held_policy()?;
+        let live = self.maps.endpoints()?;
+        self.swap_endpoints(&live, &held);
+        self.remove_unheld(&live, &held);
+        self.identities_out();
+        // Flows with a peer whose identity changed are judged again.
+        if self.report.identities_written + self.report.identities_removed > 0
+            && let Err(e) = self.maps.next_epoch()
+        {
+            self.report.errors.push(e.to_string());
+        }
+        Ok(())
+    }
+
+    fn add_new_denies(&mut self) -> Result<(), DatapathError> {
+        prefilter::add(self.maps, &self.pod_denies)
+    }
+
+    fn report(&mut self) -> &mut Report {
+        self.report
+    }
+}
+
+/// A policy map entry in comparable form: (prefix length, key, value).
+type Entry = (u32, PolicyKey, PolicyValue);
+
+/// Whether the endpoint's live generation holds exactly `want`'s entries
+/// under the flags `want` needs.
+fn up_to_date(
+    cur: &EndpointValue,
+    endpoint: u32,
+    want: &EndpointPolicy,
+    held: &HeldPolicy,
+) -> bool {
+    if cur.endpoint != endpoint || cur.flags != want.flags | lookup_flags(&want.entries) {
+        return false;
+    }
+    let generation = cur.generation();
+    let holds: HashSet<Entry> = held
+        .get(&(endpoint, generation))
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.prefix_len(), k.data(), *v))
+        .collect();
+    let wants: HashSet<Entry> = want
+        .entries
+        .iter()
+        .flat_map(|e| {
+            policy_keys(endpoint, generation, e)
+                .into_iter()
+                .map(|k| (k.prefix_len(), k.data(), e.value))
+        })
+        .collect();
+    holds == wants
+}

@@ -1,0 +1,234 @@
+//! The real daemon, as a separate process in the lab's node namespace with
+//! the file source: the same binary and code path as on a node. The lab
+//! writes the cluster into the source directory (files first, then the
+//! revision) and waits until the daemon reports that revision in force.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use palisade::source::files::REVISION_FILE;
+
+use crate::netns::Netns;
+
+pub struct Enforcer {
+    child: Child,
+    dir: PathBuf,
+    pins: PathBuf,
+    args: DaemonArgs,
+    revision: u64,
+}
+
+/// How the daemon runs besides its source, status file and pins.
+#[derive(Clone, Debug)]
+pub struct DaemonArgs {
+    /// `--resync-ms`: the drift repair period.
+    pub resync_ms: u64,
+    /// More `palisade daemon` arguments (`--uplink`, `--deny-cidr`...).
+    pub extra: Vec<String>,
+}
+
+impl Default for DaemonArgs {
+    fn default() -> Self {
+        Self {
+            resync_ms: 1000,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// Starts `palisade daemon` in the node namespace; it dies with the runner.
+fn spawn(
+    bin: &Path,
+    node: &Netns,
+    dir: &Path,
+    pins: &Path,
+    args: &DaemonArgs,
+) -> anyhow::Result<Child> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--pin-base")
+        .arg(pins)
+        .args(["daemon", "--metrics-addr", "127.0.0.1:0", "--resync-ms"])
+        .arg(args.resync_ms.to_string())
+        .arg("--source")
+        .arg(dir.join("source"))
+        .arg("--status-file")
+        .arg(dir.join("status.json"))
+        .args(&args.extra)
+        .env(
+            "PALISADE_LOG",
+            std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    node.spawn_inside(&mut cmd)?;
+    cmd.spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+fn stop(child: &mut Child) {
+    // SIGTERM lets it leave cleanly.
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Enforcer {
+    /// `dir` holds the source, the status file and the daemon's log.
+    pub fn start(bin: &Path, node: &Netns, dir: &Path, pins: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin, node, dir, pins, DaemonArgs::default())
+    }
+
+    /// [`Enforcer::start`] with other daemon arguments.
+    pub fn start_with(
+        bin: &Path,
+        node: &Netns,
+        dir: &Path,
+        pins: &Path,
+        args: DaemonArgs,
+    ) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir.join("source"))?;
+        let _ = fs::remove_file(dir.join("daemon.log"));
+        Ok(Self {
+            child: spawn(bin, node, dir, pins, &args)?,
+            dir: dir.to_owned(),
+            pins: pins.to_owned(),
+            args,
+            revision: 0,
+        })
+    }
+
+    /// Stops the daemon; what it enforced stays pinned.
+    pub fn stop(&mut self) {
+        stop(&mut self.child);
+    }
+
+    /// Stops the daemon (enforcement stays pinned) and starts a new one on
+    /// the same pins and source, as an upgrade would; wait for the current
+    /// revision afterwards.
+    pub fn restart(&mut self, bin: &Path, node: &Netns) -> anyhow::Result<()> {
+        stop(&mut self.child);
+        let _ = fs::remove_file(self.dir.join("status.json"));
+        self.child = spawn(bin, node, &self.dir, &self.pins, &self.args)?;
+        Ok(())
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn source(&self) -> PathBuf {
+        self.dir.join("source")
+    }
+
+    /// Replaces a source file atomically (the watcher never sees half).
+    pub fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let tmp = self.source().join(format!(".{name}.tmp"));
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.source().join(name))?;
+        Ok(())
+    }
+
+    pub fn remove(&self, name: &str) -> anyhow::Result<()> {
+        fs::remove_file(self.source().join(name)).with_context(|| format!("removing {name}"))
+    }
+
+    /// Publishes the files written so far as the next revision.
+    pub fn commit(&mut self) -> anyhow::Result<u64> {
+        self.revision += 1;
+        self.write(REVISION_FILE, &self.revision.to_string())?;
+        Ok(self.revision)
+    }
+
+    /// Waits until the daemon reports `revision` fully in force.
+    pub async fn wait(&mut self, revision: u64, limit: Duration) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let wanted = revision.to_string();
+        let mut last = String::new();
+        while start.elapsed() < limit {
+            if let Ok(text) = fs::read_to_string(self.dir.join("status.json")) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                    && v["revision"] == wanted.as_str()
+                    && v["ready"] == true
+                {
+                    return Ok(start.elapsed().as_secs_f64());
+                }
+                last = text;
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the daemon exited ({status}) before revision {revision} was in force:\n{}",
+                    self.log_tail()
+                );
+            }
+            // Fine enough for the change-to-in-force benchmark.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        bail!(
+            "the daemon did not report revision {revision} in force within {limit:?}; last status: {last}\n{}",
+            self.log_tail()
+        )
+    }
+
+    /// The daemon's status file as it stands.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let path = self.dir.join("status.json");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The daemon's metrics endpoint, scraped from inside the node
+    /// namespace (it listens on the node's loopback).
+    pub fn scrape(&self, node: &Netns) -> anyhow::Result<String> {
+        node.http_get(self.metrics_addr()?, "/metrics")
+    }
+
+    /// Where the daemon serves metrics and events, as its status says.
+    pub fn metrics_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        Ok(self.status()?["metrics"]
+            .as_str()
+            .context("the daemon serves no metrics")?
+            .parse()?)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        format!(
+            "daemon log ({}):\n{tail}",
+            self.dir.join("daemon.log").display()
+        )
+    }
+}
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+        // Pinned links and maps would keep programs alive: remove them all.
+        let _ = fs::remove_dir_all(&self.pins);
+    }
+}

@@ -1,0 +1,511 @@
+//! Runs one planned scenario: builds the node, starts listeners and the
+//! daemon, plays the actions (each change waited for until the daemon
+//! reports it in force, never a fixed sleep), probes, and tears it all down.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow};
+use nix::{
+    fcntl::{OFlag, open},
+    sys::stat::Mode,
+    unistd::write,
+};
+
+use palisade::{
+    loader::features::Features,
+    model::{Pod, Protocol, Snapshot},
+};
+
+use crate::{
+    cluster::cluster_yaml,
+    drops::{DropWatch, Silent},
+    enforcer::Enforcer,
+    expect::Cell,
+    fixtures::node_with_daemon,
+    plan::{Action, CheckPlan, HoldPlan, PolicyDoc, ProbePlan, Scenario},
+    probe::{Observed, held_state, hold, probe, still_open},
+    report::{
+        CellReport, CheckObserved, CheckReport, HeldReport, ProbeReport, ScenarioReport, StepReport,
+    },
+    scenario::HeldExpect,
+    serve::{Listeners, no_sctp},
+    topology::{PodNet, Topology},
+};
+
+/// How long a blocked cell's drop event may take to arrive after its probe
+/// ended; it was sent a whole attempt earlier, so this is slack.
+const EVENT_WAIT: Duration = Duration::from_secs(1);
+
+pub struct Options {
+    /// The `palisade` binary the daemon runs from.
+    pub bin: PathBuf,
+    /// Per attempt; a failing cell gets a second attempt.
+    pub timeout: Duration,
+    /// How long a change may take to be in force.
+    pub in_force_limit: Duration,
+    /// Print the daemon's drop and audit counters after each scenario.
+    pub show_metrics: bool,
+}
+
+/// Runs `scenario`, filling `report`; `n` tells apart scenarios of one run.
+pub async fn run(
+    scenario: &Scenario,
+    options: &Options,
+    n: usize,
+    report: &mut ScenarioReport,
+) -> anyhow::Result<()> {
+    let mut lab = Lab::start(scenario, options, n).await?;
+    for (i, action) in scenario.actions.iter().enumerate() {
+        let step = i + 1;
+        let step_start = Instant::now();
+        let change = lab.act(action, step, report).await?;
+        let mut in_force_ms = None;
+        if change {
+            lab.commit()
+                .await
+                .with_context(|| format!("step {step}: {}", action.describe()))?;
+            // From the step's first write, as a watcher of the files sees it.
+            in_force_ms = Some(step_start.elapsed().as_secs_f64() * 1000.0);
+        }
+        report.steps.push(StepReport {
+            step,
+            action: action.describe(),
+            in_force_ms,
+        });
+    }
+    report.metrics = lab.verdict_counters();
+    lab.finish();
+    Ok(())
+}
+
+/// One scenario's node while it runs. Fields drop in order: held
+/// connections, the event reader, the daemon, the listeners, then the
+/// namespaces.
+struct Lab<'a> {
+    options: &'a Options,
+    /// Connections opened by `connect` steps, by name.
+    held: BTreeMap<String, (HoldPlan, Option<Arc<socket2::Socket>>)>,
+    /// The daemon's drop events, which confirm blocked cells.
+    drops: DropWatch,
+    enforcer: Enforcer,
+    listeners: Listeners,
+    topology: Topology,
+    /// The cluster as the source holds it now.
+    state: Snapshot,
+    /// The policies applied so far, by key.
+    applied: BTreeMap<String, PolicyDoc>,
+    lsm: bool,
+    dir: PathBuf,
+}
+
+impl<'a> Lab<'a> {
+    /// The node, pods and externals with their listeners, and the daemon
+    /// with the cluster in force and no policy.
+    async fn start(scenario: &Scenario, options: &'a Options, n: usize) -> anyhow::Result<Self> {
+        let tag = format!("lab{}-{n}", std::process::id());
+        let (topology, mut enforcer, dir) = node_with_daemon(
+            &options.bin,
+            &tag,
+            scenario.networks.clone(),
+            &scenario.cluster,
+            scenario.externals.iter().map(|e| e.ip).collect(),
+        )
+        .await?;
+        let mut listeners = Listeners::default();
+        for pod in &scenario.cluster.pods {
+            let net = &topology.pods[&pod.key()];
+            for (port, protocol) in &scenario.serves[&pod.key()] {
+                listeners.serve(&net.netns, &pod.ips, true, *port, *protocol)?;
+            }
+        }
+        if let Some(outside) = &topology.outside {
+            for e in &scenario.externals {
+                for s in &e.serve {
+                    listeners.serve(outside, &[e.ip], false, s.port, s.protocol)?;
+                }
+            }
+        }
+
+        let revision = enforcer.commit()?;
+        enforcer
+            .wait(revision, options.in_force_limit)
+            .await
+            .context("the cluster without policies")?;
+        // Its endpoint is known once it reports.
+        let drops = DropWatch::start(enforcer.metrics_addr()?, &topology.node.path())
+            .context("subscribing to the daemon's drop events")?;
+        Ok(Self {
+            options,
+            held: BTreeMap::new(),
+            drops,
+            enforcer,
+            listeners,
+            topology,
+            state: scenario.cluster.clone(),
+            applied: BTreeMap::new(),
+            lsm: Features::probe().bpf_lsm.is_active(),
+            dir,
+        })
+    }
+
+    fn write_cluster(&self) -> anyhow::Result<()> {
+        self.enforcer
+            .write("cluster.yaml", &cluster_yaml(&self.state))
+    }
+
+    /// Publishes what the step wrote and waits until it is in force.
+    async fn commit(&mut self) -> anyhow::Result<()> {
+        let revision = self.enforcer.commit()?;
+        self.enforcer
+            .wait(revision, self.options.in_force_limit)
+            .await?;
+        Ok(())
+    }
+
+    /// Carries out one step; true when it changed the source (the caller
+    /// then waits for it to be in force).
+    async fn act(
+        &mut self,
+        action: &Action,
+        step: usize,
+        report: &mut ScenarioReport,
+    ) -> anyhow::Result<bool> {
+        match action {
+            Action::Apply(docs) | Action::Update(docs) => {
+                for d in docs {
+                    self.enforcer.write(&d.file_name(), &d.yaml)?;
+                    self.applied.insert(d.key.clone(), d.clone());
+                }
+            }
+            Action::Delete(docs) => {
+                for d in docs {
+                    self.enforcer.remove(&d.file_name())?;
+                    self.applied.remove(&d.key);
+                }
+            }
+            Action::RelabelPod(key, labels) => {
+                let pod = self
+                    .state
+                    .pods
+                    .iter_mut()
+                    .find(|p| p.key() == *key)
+                    .ok_or_else(|| anyhow!("no pod {key}"))?;
+                pod.labels = labels.clone();
+                self.write_cluster()?;
+            }
+            Action::RelabelNamespace(name, labels) => {
+                let ns = self
+                    .state
+                    .namespaces
+                    .get_mut(name)
+                    .ok_or_else(|| anyhow!("no namespace {name}"))?;
+                ns.labels = labels.clone();
+                self.write_cluster()?;
+            }
+            Action::Create(pods) => self.create(pods).await?,
+            Action::Probe(plans) => {
+                for p in plans {
+                    let r = self.probe(p, step).await?;
+                    report.probes.push(r);
+                }
+                return Ok(false);
+            }
+            Action::Connect(plans) => {
+                self.connect(plans, step, report).await?;
+                return Ok(false);
+            }
+            Action::Held(expects) => {
+                self.still_held(expects, step, report).await?;
+                return Ok(false);
+            }
+            Action::Check(checks) => {
+                self.check(checks, step, report);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// As a CNI and an API server would: the veth first, then the pod in
+    /// the source; until then the daemon quarantines it.
+    async fn create(&mut self, pods: &[(Pod, Vec<(u16, Protocol)>)]) -> anyhow::Result<()> {
+        for (pod, serves) in pods {
+            self.topology.add_pod(&pod.key(), &pod.ips).await?;
+            let net = &self.topology.pods[&pod.key()];
+            for (port, protocol) in serves {
+                self.listeners
+                    .serve(&net.netns, &pod.ips, true, *port, *protocol)?;
+            }
+            self.state.pods.push(pod.clone());
+        }
+        self.write_cluster()
+    }
+
+    /// Opens the connections of a `connect` step and holds them.
+    async fn connect(
+        &mut self,
+        plans: &[HoldPlan],
+        step: usize,
+        report: &mut ScenarioReport,
+    ) -> anyhow::Result<()> {
+        let mut tasks = Vec::new();
+        for p in plans {
+            let path = self.topology.pods[&p.from].netns.path();
+            let (to, protocol, timeout) = (p.target, p.protocol, self.options.timeout);
+            tasks.push(tokio::task::spawn_blocking(move || {
+                palisade::netns::in_netns(&path, || hold(to, protocol, timeout))
+            }));
+        }
+        for (p, task) in plans.iter().zip(tasks) {
+            let (observed, detail, socket) = match task.await?? {
+                Ok(s) => ("open", None, Some(Arc::new(s))),
+                Err(e) if p.protocol == Protocol::Sctp && no_sctp(&e) => {
+                    ("skipped", Some(format!("kernel has no SCTP ({e})")), None)
+                }
+                Err(e) => (held_state(&e), Some(e.to_string()), None),
+            };
+            report.held.push(HeldReport {
+                step,
+                name: p.name.clone(),
+                from: p.from.clone(),
+                to: p.to.clone(),
+                expected: HeldExpect::Open,
+                observed: observed.to_owned(),
+                detail,
+            });
+            self.held.insert(p.name.clone(), (p.clone(), socket));
+        }
+        Ok(())
+    }
+
+    /// Whether the held connections of a `held` step still carry data.
+    async fn still_held(
+        &self,
+        expects: &[(String, HeldExpect)],
+        step: usize,
+        report: &mut ScenarioReport,
+    ) -> anyhow::Result<()> {
+        let mut tasks = Vec::new();
+        for (name, _) in expects {
+            let socket = self.held.get(name).and_then(|(_, s)| s.clone());
+            let timeout = self.options.timeout;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                socket.map(|s| still_open(&s, timeout))
+            }));
+        }
+        for ((name, expected), task) in expects.iter().zip(tasks) {
+            let Some((plan, _)) = self.held.get(name) else {
+                continue;
+            };
+            let (observed, detail) = match task.await? {
+                Some(Ok(())) => ("open", None),
+                Some(Err(e)) => (held_state(&e), Some(e.to_string())),
+                None => ("skipped", Some("it never opened".to_owned())),
+            };
+            report.held.push(HeldReport {
+                step,
+                name: name.clone(),
+                from: plan.from.clone(),
+                to: plan.to.clone(),
+                expected: *expected,
+                observed: observed.to_owned(),
+                detail,
+            });
+        }
+        Ok(())
+    }
+
+    fn check(&self, checks: &[CheckPlan], step: usize, report: &mut ScenarioReport) {
+        let reason = check_skip(self.lsm, &self.applied);
+        for c in checks {
+            let observed = match &reason {
+                Some(r) => CheckObserved::Skipped(r.clone()),
+                None => run_check(&self.topology.pods[&c.pod], c),
+            };
+            report.checks.push(CheckReport {
+                step,
+                pod: c.pod.clone(),
+                run: c.run.clone(),
+                expected: c.expect,
+                observed,
+            });
+        }
+    }
+
+    /// Probes one table, then gives each blocked cell its drop event, or
+    /// why it has none.
+    async fn probe(&self, plan: &ProbePlan, step: usize) -> anyhow::Result<ProbeReport> {
+        let since = self.drops.mark();
+        let before = self
+            .drops
+            .losses(&self.enforcer.scrape(&self.topology.node)?);
+        let mut report = run_probe(plan, &self.topology, self.options.timeout, step).await?;
+        let mut blocked = Vec::new();
+        let mut silent = Vec::new();
+        for (i, (cell, planned)) in report.cells.iter().zip(&plan.cells).enumerate() {
+            if let (Some(Observed::Blocked(_)), Some(to)) = (&cell.observed, planned.target) {
+                blocked.push(i);
+                silent.push(Silent {
+                    from: &self.topology.pods[&planned.from].ips,
+                    to,
+                });
+            }
+        }
+        if silent.is_empty() {
+            return Ok(report);
+        }
+        let found = self
+            .drops
+            .account(since, before, plan.protocol, &silent, EVENT_WAIT, || {
+                self.enforcer.scrape(&self.topology.node)
+            })
+            .await?;
+        for (i, confirmation) in blocked.into_iter().zip(found) {
+            report.cells[i].confirmation = Some(confirmation);
+        }
+        Ok(report)
+    }
+
+    /// The verdict counters as Prometheus would scrape them, before
+    /// teardown.
+    fn verdict_counters(&self) -> Vec<String> {
+        match self.enforcer.scrape(&self.topology.node) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("palisade_drops_total")
+                        || l.starts_with("palisade_audit_would_drop_total")
+                })
+                .map(str::to_owned)
+                .collect(),
+            Err(e) => vec![format!("# metrics unavailable: {e:#}")],
+        }
+    }
+
+    /// Tears everything down, then removes the daemon's directory.
+    fn finish(self) {
+        let dir = self.dir.clone();
+        drop(self);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+async fn run_probe(
+    plan: &ProbePlan,
+    topology: &Topology,
+    timeout: Duration,
+    step: usize,
+) -> anyhow::Result<ProbeReport> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for cell in &plan.cells {
+        let task = match (cell.target, cell.expected) {
+            (Some(to), Cell::Reachable | Cell::Blocked | Cell::Refused) => {
+                let path = topology.pods[&cell.from].netns.path();
+                let protocol = plan.protocol;
+                Some(tokio::task::spawn_blocking(move || {
+                    palisade::netns::in_netns(&path, || probe(to, protocol, timeout))
+                }))
+            }
+            _ => None,
+        };
+        tasks.push(task);
+    }
+    let mut cells = Vec::new();
+    for (cell, task) in plan.cells.iter().zip(tasks) {
+        let (observed, attempts) = match task {
+            Some(t) => {
+                let (o, n) = t.await??;
+                (Some(o), n)
+            }
+            None => (None, 0),
+        };
+        cells.push(CellReport {
+            from: cell.from.clone(),
+            to: cell.to.clone(),
+            expected: cell.expected.symbol(),
+            observed,
+            attempts,
+            confirmation: None,
+        });
+    }
+    Ok(ProbeReport {
+        step,
+        title: plan.title.clone(),
+        rows: plan.rows.clone(),
+        columns: plan.columns.clone(),
+        cells,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Why checks cannot be judged here, if they cannot: a check passes only
+/// where Palisade could have enforced what it expects.
+fn check_skip(lsm: bool, applied: &BTreeMap<String, PolicyDoc>) -> Option<String> {
+    if !lsm {
+        return Some("BPF LSM is not active on this kernel".into());
+    }
+    applied
+        .values()
+        .find(|d| d.policy.process.is_some() || d.policy.file.is_some())
+        .map(|d| {
+            format!(
+                "{} has process/file rules, which this build does not enforce yet",
+                d.key
+            )
+        })
+}
+
+/// Runs the command in the pod's network namespace and cgroup.
+fn run_check(pod: &PodNet, check: &CheckPlan) -> CheckObserved {
+    let Some(cgroup) = &pod.cgroup else {
+        return CheckObserved::Skipped("no writable cgroup v2 hierarchy for the pod".into());
+    };
+    let Ok(procs) = CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    ) else {
+        return CheckObserved::Failed("bad cgroup path".into());
+    };
+    let mut cmd = Command::new(&check.run[0]);
+    cmd.args(&check.run[1..]);
+    if let Err(e) = pod.netns.spawn_inside(&mut cmd) {
+        return CheckObserved::Failed(format!("{}: {e}", pod.netns.name));
+    }
+    // SAFETY: only async-signal-safe calls (open, write, close) between
+    // fork and exec, on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let f = open(procs.as_c_str(), OFlag::O_WRONLY, Mode::empty())?;
+            if write(&f, b"0")? != 1 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            Ok(())
+        });
+    }
+    match cmd.output() {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            CheckObserved::Denied
+        }
+        Err(e) => CheckObserved::Failed(e.to_string()),
+        Ok(out) if out.status.success() => CheckObserved::Allowed,
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("Permission denied") || stderr.contains("Operation not permitted") {
+                CheckObserved::Denied
+            } else {
+                CheckObserved::Failed(format!("{}: {}", out.status, stderr.trim()))
+            }
+        }
+    }
+}
