@@ -37,6 +37,7 @@ fn snapshot(pods: usize, policies: usize) -> Snapshot {
             Namespace {
                 name,
                 labels: labels(&[("team", format!("t{}", n % 5))]),
+                annotations: Default::default(),
             },
         );
     }
@@ -50,6 +51,7 @@ fn snapshot(pods: usize, policies: usize) -> Snapshot {
             ]),
             ips: vec![IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + i as u32 + 1))],
             ports: Vec::new(),
+            cgroup: None,
         });
     }
     for j in 0..policies {

@@ -339,6 +339,7 @@ fn add_pod(
                 labels: spec.labels.clone().unwrap_or_default(),
                 ips,
                 ports: spec.named_ports(),
+                cgroup: None,
             },
             false,
         )),
@@ -383,6 +384,7 @@ impl ScenarioFile {
                 Namespace {
                     name: name.clone(),
                     labels: spec.labels.clone(),
+                    annotations: Default::default(),
                 },
             );
         }

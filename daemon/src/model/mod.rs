@@ -27,6 +27,9 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub struct Namespace {
     pub name: String,
     pub labels: Labels,
+    /// Only the posture annotations (`kubearmor-file-posture`,
+    /// `kubearmor-process-posture`) are read; the rest is kept as given.
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Namespace {
@@ -52,6 +55,10 @@ pub struct Pod {
     pub labels: Labels,
     pub ips: Vec<IpAddr>,
     pub ports: Vec<NamedPort>,
+    /// The pod's cgroup v2 directory on this node (absolute), where its
+    /// processes run: process and file rules are keyed by its id. `None`
+    /// for pods on other nodes and where the source does not know it.
+    pub cgroup: Option<String>,
 }
 
 impl Pod {

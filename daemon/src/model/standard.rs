@@ -15,6 +15,7 @@ pub fn namespaces() -> impl Iterator<Item = Namespace> {
     NAMESPACES.into_iter().map(|ns| Namespace {
         name: ns.to_owned(),
         labels: [("ns".to_owned(), ns.to_owned())].into(),
+        annotations: Default::default(),
     })
 }
 
@@ -27,6 +28,7 @@ pub fn pods() -> impl Iterator<Item = Pod> {
             labels: [("pod".to_owned(), pod.to_owned())].into(),
             ips: Vec::new(),
             ports: ports(),
+            cgroup: None,
         })
     })
 }

@@ -37,6 +37,10 @@ enum Object {
     Policy(Policy),
 }
 
+/// The pod's cgroup v2 directory on this node, for process and file rules
+/// (the lab writes it; the Kubernetes source derives it from the pod's uid).
+pub const CGROUP_ANNOTATION: &str = "palisade.dev/cgroup";
+
 pub struct FileSource {
     dir: PathBuf,
     /// By file, then by `kind/namespace/name`: the last good objects.
@@ -55,6 +59,8 @@ struct Meta {
     namespace: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +139,7 @@ fn pod_of(doc: PodDoc) -> Pod {
                 })
             })
             .collect(),
+        cgroup: doc.metadata.annotations.get(CGROUP_ANNOTATION).cloned(),
     }
 }
 
@@ -165,6 +172,7 @@ fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, Stri
                 Ok(n) => objects.push(Object::Namespace(Namespace {
                     name: n.metadata.name,
                     labels: n.metadata.labels,
+                    annotations: n.metadata.annotations,
                 })),
                 Err(e) => errors.push(refused("Namespace", e)),
             },

@@ -467,6 +467,7 @@ impl Scenario {
             labels: spec.labels.clone().unwrap_or_default(),
             ips,
             ports: spec.named_ports(),
+            cgroup: None,
         };
         let serves: Vec<(u16, Protocol)> =
             spec.serve.iter().map(|s| (s.port, s.protocol)).collect();
