@@ -13,12 +13,22 @@ use crate::{
         ADDR_LEN, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FragKey,
         FragValue, IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
     },
+    lsm::{DecisionKey, LsmConfig, PathRule, PodSets, RuleData},
     stats::{Counter, STATS_ENTRIES},
 };
 
 pub const XDP_STATS: &str = "PAL_XDP_STATS";
 pub const TC_STATS: &str = "PAL_TC_STATS";
 pub const LSM_STATS: &str = "PAL_LSM_STATS";
+/// Pod cgroup id -> [`crate::lsm::PodSets`].
+pub const LSM_PODS: &str = "PAL_LSM_PODS";
+/// (rule set, path) -> [`crate::lsm::PathRule`], longest prefix.
+pub const LSM_RULES: &str = "PAL_LSM_RULES";
+/// One [`crate::lsm::LsmConfig`].
+pub const LSM_CONFIG: &str = "PAL_LSM_CONFIG";
+/// Block and Audit decisions by (policy, hook, action).
+pub const LSM_DECIDE: &str = "PAL_LSM_DECIDE";
+pub const LSM_EVENTS: &str = "PAL_LSM_EVENTS";
 pub const IDENTITY: &str = "PAL_IDENTITY";
 /// Single addresses (pods, nodes): exact match, looked up before the trie.
 pub const IDENTITY_HOST: &str = "PAL_IDENT_HOST";
@@ -63,6 +73,11 @@ pub mod size {
     pub const XDP_POD_DST: u32 = 4_096;
     /// Bytes, a power of two multiple of the page size: ~4600 events.
     pub const EVENTS: u32 = 256 * 1024;
+    pub const LSM_PODS: u32 = 4_096;
+    pub const LSM_RULES: u32 = 65_536;
+    pub const LSM_DECIDE: u32 = 4_096;
+    /// Bytes: ~800 events.
+    pub const LSM_EVENTS: u32 = 256 * 1024;
 }
 
 /// Kernel map type numbers (`enum bpf_map_type`), the subset we use.
@@ -116,6 +131,17 @@ pub const SPECS: &[MapSpec] = &[
     stats(XDP_STATS),
     stats(TC_STATS),
     stats(LSM_STATS),
+    spec::<u64, PodSets>(LSM_PODS, kind::HASH, size::LSM_PODS),
+    lpm::<RuleData>(LSM_RULES, size_of::<PathRule>() as u32, size::LSM_RULES),
+    spec::<u32, LsmConfig>(LSM_CONFIG, kind::ARRAY, 1),
+    spec::<DecisionKey, u64>(LSM_DECIDE, kind::PERCPU_HASH, size::LSM_DECIDE),
+    MapSpec {
+        name: LSM_EVENTS,
+        map_type: kind::RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        max_entries: size::LSM_EVENTS,
+    },
     lpm::<[u8; ADDR_LEN]>(IDENTITY, size_of::<IdentityValue>() as u32, size::IDENTITY),
     spec::<[u8; ADDR_LEN], IdentityValue>(IDENTITY_HOST, kind::HASH, size::IDENTITY_HOST),
     spec::<u32, EndpointValue>(ENDPOINTS, kind::HASH, size::ENDPOINTS),
@@ -163,4 +189,5 @@ pub mod programs {
     pub const TC_FROM_POD: &str = "pal_tc_from_pod";
     pub const TC_TO_POD: &str = "pal_tc_to_pod";
     pub const LSM_EXEC: &str = "pal_lsm_exec";
+    pub const LSM_FILE_OPEN: &str = "pal_lsm_open";
 }

@@ -56,8 +56,20 @@ pub const EVENT_LOST: u32 = 22;
 /// that an explicit deny forbids: no connection state is needed to know.
 pub const DROP_XDP_POD_DENY: u32 = 23;
 
+/// A process or file operation a rule or the section's default allowed.
+pub const LSM_ALLOW: u32 = 24;
+/// A process or file operation an Audit rule or an audit default let
+/// through and reported.
+pub const LSM_AUDIT: u32 = 25;
+/// A process or file operation blocked (EPERM) by a rule or the default.
+pub const LSM_BLOCK: u32 = 26;
+/// A path the kernel could not resolve whole (longer than PATH_MAX), or one
+/// judged without knowing whether a non-recursive directory covered it:
+/// judged by the default or the stricter verdict, and reported.
+pub const LSM_UNRESOLVED: u32 = 27;
+
 /// One past the highest code in use; counter arrays are sized from it.
-pub const COUNT: u32 = 24;
+pub const COUNT: u32 = 28;
 
 /// A stable name for each code, as exported in metrics and `palisade status`.
 pub const fn name(code: u32) -> &'static str {
@@ -86,6 +98,10 @@ pub const fn name(code: u32) -> &'static str {
         EVENT_RATE_LIMITED => "event_rate_limited",
         EVENT_LOST => "event_lost",
         DROP_XDP_POD_DENY => "drop_xdp_pod_deny",
+        LSM_ALLOW => "lsm_allow",
+        LSM_AUDIT => "lsm_audit",
+        LSM_BLOCK => "lsm_block",
+        LSM_UNRESOLVED => "lsm_unresolved",
         _ => "unknown",
     }
 }
@@ -104,6 +120,7 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_CIDR_DENY
             | DROP_VLAN_LIMIT
             | DROP_XDP_POD_DENY
+            | LSM_BLOCK
     )
 }
 

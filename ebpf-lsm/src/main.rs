@@ -1,30 +1,404 @@
-//! BPF-LSM programs for process and file rules.
+//! BPF-LSM programs for process and file rules (`ebpf_common::lsm`).
 //!
-//! `pal_lsm_exec` runs on every exec (`bprm_check_security`). The per-pod
-//! rules keyed by cgroup id arrive with the LSM issue; until then it allows
-//! and counts, which is what lets a test prove the hook really fires (an LSM
-//! program attaches without error even where BPF LSM is not active).
+//! `pal_lsm_exec` judges every exec (`bprm_check_security`) and
+//! `pal_lsm_open` every open (`file_open`) of a process in a pod that has
+//! rule sets, by the path the kernel resolved (`bpf_d_path`: symlinks are
+//! judged as their targets). A Block fails the system call with EPERM; an
+//! Audit lets it through. Both are counted by policy and reported as events.
+//! Processes outside every selected pod cost one hash lookup per configured
+//! cgroup level, and are never judged.
 #![no_std]
 #![no_main]
 
+use core::ptr::{addr_of_mut, read_volatile};
+
 use aya_ebpf::{
+    bindings::{BPF_NOEXIST, path},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::{bpf_d_path, bpf_get_current_comm, bpf_probe_read_kernel},
+    },
     macros::{lsm, map},
-    maps::PerCpuArray,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::LsmContext,
 };
 use ebpf_common::{
+    datapath::event_rate,
     kernel::count,
+    lsm::{
+        CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, KEY_PATH_BYTES, LsmConfig, LsmEvent,
+        PATH_MAX, PathRule, PodSets, RuleData, Verdict, action, entry_kind, event_flags, event_op,
+        fmode, hook, op, verdict_flags,
+    },
+    maps::size,
     reason,
     stats::{Counter, STATS_ENTRIES, direction},
 };
 
 #[map(name = "PAL_LSM_STATS")]
 static PAL_LSM_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+#[map(name = "PAL_LSM_PODS")]
+static PAL_LSM_PODS: HashMap<u64, PodSets> = HashMap::with_max_entries(size::LSM_PODS, 0);
+#[map(name = "PAL_LSM_RULES")]
+static PAL_LSM_RULES: LpmTrie<RuleData, PathRule> = LpmTrie::with_max_entries(size::LSM_RULES, 0);
+#[map(name = "PAL_LSM_CONFIG")]
+static PAL_LSM_CONFIG: Array<LsmConfig> = Array::with_max_entries(1, 0);
+#[map(name = "PAL_LSM_DECIDE")]
+static PAL_LSM_DECIDE: PerCpuHashMap<DecisionKey, u64> =
+    PerCpuHashMap::with_max_entries(size::LSM_DECIDE, 0);
+#[map(name = "PAL_LSM_EVENTS")]
+static PAL_LSM_EVENTS: RingBuf = RingBuf::with_byte_size(size::LSM_EVENTS, 0);
+
+/// One run's working memory: the rule key, whose path is the first bytes
+/// of the whole resolved path, so `bpf_d_path` writes the key in place.
+#[repr(C)]
+pub struct Scratch {
+    prefixlen: u32,
+    set: u32,
+    path: [u8; PATH_MAX],
+    /// The one field that persists between runs: the event rate limit.
+    credit_ns: u64,
+    last_ns: u64,
+}
+
+#[map(name = "PAL_LSM_SCRATCH")]
+static PAL_LSM_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+// Offsets into kernel structures, from the running kernel's BTF (set by
+// the loader; `ebpf_common::lsm::globals`). Read volatile: the compiler
+// must not fold the zeros it sees here.
+#[unsafe(no_mangle)]
+static PAL_OFF_FILE_F_PATH: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_FILE_F_MODE: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_FILE_F_INODE: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_INODE_I_UID: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_BPRM_FILE: u32 = 0;
+
+const EPERM: i32 = 1;
+
+#[inline(always)]
+fn offset(global: &u32) -> usize {
+    // SAFETY: a read of our own read-only global.
+    unsafe { read_volatile(global) as usize }
+}
+
+/// A field of a kernel structure behind a BTF pointer: one load the
+/// verifier checks against the kernel's BTF.
+#[inline(always)]
+unsafe fn field<T: Copy>(base: *const u8, off: usize) -> T {
+    // SAFETY: the caller passes a BTF pointer and a BTF-derived offset.
+    unsafe { read_volatile(base.add(off) as *const T) }
+}
+
+/// The pod's cgroup id and rule sets, if the current process is in a pod
+/// with rules: its own cgroup, or an ancestor at a level pods live at.
+#[inline(always)]
+fn pod_sets() -> Option<(u64, PodSets)> {
+    // SAFETY: helpers without pointer arguments.
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: a hash lookup; the value is copied out at once.
+    if let Some(sets) = unsafe { PAL_LSM_PODS.get(&own) } {
+        return Some((own, *sets));
+    }
+    let config = PAL_LSM_CONFIG.get(0)?;
+    for i in 0..CGROUP_LEVELS {
+        let level = config.levels[i];
+        if level == 0 {
+            break;
+        }
+        // SAFETY: as above.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 || id == own {
+            continue;
+        }
+        // SAFETY: as above.
+        if let Some(sets) = unsafe { PAL_LSM_PODS.get(&id) } {
+            return Some((id, *sets));
+        }
+    }
+    None
+}
+
+/// The verdict of set `set` for the path `bpf_d_path` left in `s`
+/// (`resolved` is its return: the length with the NUL, or an error).
+#[inline(always)]
+fn judge(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdict, u8) {
+    s.set = set;
+    if resolved <= 0 {
+        // Unresolvable (deeper or longer than PATH_MAX): the default
+        // decides if it blocks; otherwise it is reported, never silent.
+        s.prefixlen = 32;
+        let key = addr_of_mut!(*s) as *const Key<RuleData>;
+        // SAFETY: `Scratch` starts with the layout of the key.
+        let default = unsafe { PAL_LSM_RULES.get(&*key) }
+            .map(|r| r.direct[which & 1])
+            .unwrap_or_default();
+        let v = if default.action == action::BLOCK {
+            default
+        } else {
+            Verdict {
+                action: action::AUDIT,
+                flags: verdict_flags::DEFAULT,
+                ..default
+            }
+        };
+        return (v, event_flags::UNRESOLVED);
+    }
+    let len = resolved as usize;
+    let visible = if len > KEY_PATH_BYTES {
+        KEY_PATH_BYTES
+    } else {
+        len
+    };
+    s.prefixlen = 32 + 8 * visible as u32;
+    let key = addr_of_mut!(*s) as *const Key<RuleData>;
+    // SAFETY: `Scratch` starts with the layout of the key.
+    let Some(rule) = (unsafe { PAL_LSM_RULES.get(&*key) }) else {
+        // A set without its root entry is being retired: nothing to judge.
+        return (Verdict::default(), 0);
+    };
+    let rule = *rule;
+    if rule.kind != entry_kind::DIR {
+        return (rule.direct[which & 1], 0);
+    }
+    // A non-recursive directory covers its children: a '/' after its own
+    // bytes means the path lies deeper.
+    let start = rule.len as usize;
+    let end = len - 1;
+    let mut deeper = false;
+    for i in 0..KEY_PATH_BYTES {
+        if i >= start && i < end && s.path[i] == b'/' {
+            deeper = true;
+        }
+    }
+    if deeper {
+        return (rule.deeper[which & 1], 0);
+    }
+    if end > KEY_PATH_BYTES {
+        // The rest of the path is past the key: take the stricter.
+        let (d, p) = (rule.direct[which & 1], rule.deeper[which & 1]);
+        let v = if p.action > d.action { p } else { d };
+        return (v, event_flags::AMBIGUOUS);
+    }
+    (rule.direct[which & 1], 0)
+}
+
+#[inline(always)]
+fn take_token(s: &mut Scratch, now: u64) -> bool {
+    let elapsed = now.saturating_sub(s.last_ns);
+    s.last_ns = now;
+    let cap = event_rate::BURST * event_rate::COST_NS;
+    s.credit_ns = if elapsed >= cap {
+        cap
+    } else {
+        (s.credit_ns + elapsed).min(cap)
+    };
+    if s.credit_ns < event_rate::COST_NS {
+        return false;
+    }
+    s.credit_ns -= event_rate::COST_NS;
+    true
+}
+
+#[inline(always)]
+fn count_decision(v: &Verdict, on: u8) {
+    let key = DecisionKey {
+        policy: v.policy,
+        hook: on,
+        action: v.action,
+        flags: v.flags & verdict_flags::DEFAULT,
+        _pad: 0,
+    };
+    if let Some(n) = PAL_LSM_DECIDE.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value, written only by this CPU during this run.
+        unsafe { *n += 1 };
+        return;
+    }
+    if PAL_LSM_DECIDE
+        .insert(&key, &1, u64::from(BPF_NOEXIST))
+        .is_err()
+        && let Some(n) = PAL_LSM_DECIDE.get_ptr_mut(&key)
+    {
+        // SAFETY: as above (another CPU created it in between).
+        unsafe { *n += 1 };
+    }
+}
+
+#[inline(always)]
+fn report(s: &mut Scratch, cgroup: u64, v: &Verdict, on: u8, what: u8, flags: u8, len: i64) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !take_token(s, now) {
+        count(
+            &PAL_LSM_STATS,
+            direction::LOCAL,
+            reason::EVENT_RATE_LIMITED,
+            0,
+        );
+        return;
+    }
+    let Some(mut entry) = PAL_LSM_EVENTS.reserve::<LsmEvent>(0) else {
+        count(&PAL_LSM_STATS, direction::LOCAL, reason::EVENT_LOST, 0);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    let cut = if len > EVENT_PATH_BYTES as i64 {
+        event_flags::PATH_CUT
+    } else {
+        0
+    };
+    // SAFETY: `e` is our reserved ring buffer record; every field is
+    // written before it is submitted.
+    unsafe {
+        (*e).timestamp_ns = now;
+        (*e).cgroup = cgroup;
+        (*e).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (*e).uid = bpf_get_current_uid_gid() as u32;
+        (*e).policy = v.policy;
+        (*e).hook = on;
+        (*e).op = what;
+        (*e).action = v.action;
+        (*e).flags = flags
+            | cut
+            | if v.flags & verdict_flags::DEFAULT != 0 {
+                event_flags::DEFAULT
+            } else {
+                0
+            };
+        bpf_get_current_comm(addr_of_mut!((*e).comm).cast(), 16);
+        if bpf_probe_read_kernel(
+            addr_of_mut!((*e).path).cast(),
+            EVENT_PATH_BYTES as u32,
+            s.path.as_ptr().cast(),
+        ) != 0
+        {
+            (*e).path = [0; EVENT_PATH_BYTES];
+        }
+    }
+    entry.submit(0);
+}
+
+/// Applies `v` to the operation: 0 lets it through, `-EPERM` fails it.
+#[inline(always)]
+fn enforce(
+    s: &mut Scratch,
+    cgroup: u64,
+    v: Verdict,
+    flags: u8,
+    on: u8,
+    what: u8,
+    file: *const u8,
+    len: i64,
+) -> i32 {
+    let mut v = v;
+    if v.flags & verdict_flags::OWNER_ONLY != 0 {
+        // SAFETY: `file` is the hook's `struct file *`; the offsets come
+        // from the kernel's BTF.
+        let owner: u32 = unsafe {
+            let inode: *const u8 = field(file, offset(&PAL_OFF_FILE_F_INODE));
+            field(inode, offset(&PAL_OFF_INODE_I_UID))
+        };
+        if owner == bpf_get_current_uid_gid() as u32 {
+            v.action = action::ALLOW;
+        }
+    }
+    match v.action {
+        action::ALLOW => {
+            count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_ALLOW, 0);
+            0
+        }
+        action::AUDIT => {
+            count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_AUDIT, 0);
+            count_decision(&v, on);
+            report(s, cgroup, &v, on, what, flags, len);
+            0
+        }
+        _ => {
+            count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_BLOCK, 0);
+            count_decision(&v, on);
+            report(s, cgroup, &v, on, what, flags, len);
+            -EPERM
+        }
+    }
+}
+
+/// Resolves `file`'s path into the scratch and judges it in `set`.
+#[inline(always)]
+fn check(file: *const u8, set: u32, which: usize, on: u8, what: u8, cgroup: u64) -> i32 {
+    let Some(s) = PAL_LSM_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU array value, used by this CPU for this run only.
+    let s = unsafe { &mut *s };
+    // SAFETY: `file + f_path` is the `struct path` inside the hook's file
+    // (the offset from the kernel's BTF); the buffer is the scratch's.
+    let resolved = unsafe {
+        let p = file.add(offset(&PAL_OFF_FILE_F_PATH)) as *mut path;
+        bpf_d_path(p, s.path.as_mut_ptr().cast(), PATH_MAX as u32)
+    };
+    let (v, flags) = judge(s, set, resolved, which);
+    if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
+        count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
+    }
+    enforce(s, cgroup, v, flags, on, what, file, resolved)
+}
 
 #[lsm(hook = "bprm_check_security")]
-pub fn pal_lsm_exec(_ctx: LsmContext) -> i32 {
+pub fn pal_lsm_exec(ctx: LsmContext) -> i32 {
+    let bprm: *const u8 = ctx.arg(0);
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
     count(&PAL_LSM_STATS, direction::LOCAL, reason::PASS_UNENFORCED, 0);
-    0
+    let Some((cgroup, sets)) = pod_sets() else {
+        return 0;
+    };
+    if sets.process == 0 {
+        return 0;
+    }
+    // SAFETY: `bprm` is the hook's `struct linux_binprm *`.
+    let file: *const u8 = unsafe { field(bprm, offset(&PAL_OFF_BPRM_FILE)) };
+    check(
+        file,
+        sets.process,
+        op::READ,
+        hook::EXEC,
+        event_op::EXEC,
+        cgroup,
+    )
+}
+
+#[lsm(hook = "file_open")]
+pub fn pal_lsm_open(ctx: LsmContext) -> i32 {
+    let file: *const u8 = ctx.arg(0);
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some((cgroup, sets)) = pod_sets() else {
+        return 0;
+    };
+    if sets.file == 0 {
+        return 0;
+    }
+    // SAFETY: `file` is the hook's `struct file *`.
+    let mode: u32 = unsafe { field(file, offset(&PAL_OFF_FILE_F_MODE)) };
+    if mode & fmode::EXEC != 0 {
+        // The open execve(2) makes of the program: for process rules.
+        return 0;
+    }
+    let (which, what) = if mode & fmode::WRITE != 0 {
+        (op::WRITE, event_op::WRITE)
+    } else {
+        (op::READ, event_op::READ)
+    };
+    check(file, sets.file, which, hook::FILE_OPEN, what, cgroup)
 }
 
 #[unsafe(link_section = "license")]

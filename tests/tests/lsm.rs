@@ -11,7 +11,7 @@ use anyhow::bail;
 use ebpf_common::maps;
 use palisade::{
     loader::features::{BpfLsm, Features},
-    loader::{self, LsmObject, attach},
+    loader::{self, LsmObject, attach, objects},
     observe::stats::read_pinned,
 };
 use palisade_tests::{
@@ -57,7 +57,7 @@ fn the_exec_hook_sees_every_exec_and_outlives_its_loader() -> anyhow::Result<()>
         bail!("BPF LSM is active but the loader skipped the LSM object");
     };
     let states = attach::attach_lsm(lsm, &t.pins)?;
-    assert_eq!(states.len(), 1);
+    assert_eq!(states.len(), objects::LSM_HOOKS.len());
 
     let before = exec_events(&t)?;
     exec_true(3)?;

@@ -118,6 +118,8 @@ pub struct Desired<'a> {
     /// The node-level deny list: every packet from these sources is dropped
     /// on the uplinks.
     pub node_denies: &'a [IpNet],
+    /// The local pods' process and file rule sets; `None`: left as they are.
+    pub lsm: Option<&'a super::lsm::LsmDesired>,
 }
 
 impl<'a> Desired<'a> {
@@ -159,7 +161,14 @@ impl<'a> Desired<'a> {
             endpoints,
             pod_denies: None,
             node_denies: &[],
+            lsm: None,
         }
+    }
+
+    /// With the local pods' process and file rule sets.
+    pub fn with_lsm(mut self, lsm: &'a super::lsm::LsmDesired) -> Self {
+        self.lsm = Some(lsm);
+        self
     }
 
     /// With the prefilter's pod denies for the pods placed here, over all

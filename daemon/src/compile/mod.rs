@@ -17,6 +17,7 @@
 pub mod desired;
 pub mod evaluate;
 pub mod incremental;
+pub mod lsm;
 pub mod prefilter;
 #[cfg(test)]
 pub(crate) mod property;

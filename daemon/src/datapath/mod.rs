@@ -21,6 +21,7 @@
 //! lookups.
 
 pub mod address_map;
+pub mod lsm;
 pub mod maps;
 pub mod ports;
 pub mod prefilter;

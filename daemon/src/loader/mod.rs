@@ -6,6 +6,7 @@
 //! continues while no daemon runs.
 
 pub mod attach;
+pub mod btf;
 pub mod features;
 pub mod layout;
 pub mod objects;
@@ -57,6 +58,8 @@ pub enum LoadError {
     },
     #[error("reading kernel BTF: {0}")]
     Btf(#[from] aya::BtfError),
+    #[error("kernel structure offsets for the LSM programs: {0}")]
+    Offsets(#[from] btf::BtfError),
 }
 
 /// How each map of an object was found.
@@ -140,13 +143,13 @@ pub fn load_with(
             layout::check_pinned(&pins.map(map), &sizes.apply(layout::spec(map)?))?;
         }
     }
-    let mut xdp = load_object(pins, &objects::XDP, sizes)?;
+    let mut xdp = load_object(pins, &objects::XDP, sizes, &[])?;
     for &program in objects::XDP.programs {
         let p: &mut Xdp = program_mut(&mut xdp.ebpf, &objects::XDP, program)?;
         p.load()
             .map_err(|e| verify_error(&objects::XDP, program, e))?;
     }
-    let mut tc = load_object(pins, &objects::TC, sizes)?;
+    let mut tc = load_object(pins, &objects::TC, sizes, &[])?;
     for &program in objects::TC.programs {
         let p: &mut SchedClassifier = program_mut(&mut tc.ebpf, &objects::TC, program)?;
         p.load()
@@ -157,7 +160,8 @@ pub fn load_with(
             reason: reason.clone(),
         },
         crate::loader::features::BpfLsm::Active => {
-            let mut lsm = load_object(pins, &objects::LSM, sizes)?;
+            let offsets = btf::lsm_offsets(&btf::Btf::from_sys_fs()?)?;
+            let mut lsm = load_object(pins, &objects::LSM, sizes, &offsets)?;
             let btf = Btf::from_sys_fs()?;
             for &(program, hook) in objects::LSM_HOOKS {
                 let p: &mut Lsm = program_mut(&mut lsm.ebpf, &objects::LSM, program)?;
@@ -188,9 +192,13 @@ fn load_object(
     pins: &PinDir,
     object: &'static Object,
     sizes: &MapSizes,
+    globals: &[(&'static str, u32)],
 ) -> Result<LoadedObject, LoadError> {
     let mut outcomes = Vec::new();
     let mut loader = EbpfLoader::new();
+    for (name, value) in globals {
+        loader.override_global(*name, value, true);
+    }
     for map in object.maps() {
         // Checked again right before the load narrows the window in which
         // another process could swap the pin.

@@ -74,10 +74,20 @@ pub static TC: Object = Object {
 pub static LSM: Object = Object {
     name: "palisade-lsm",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-lsm")),
-    map_groups: &[&[maps::LSM_STATS]],
-    scratch: &[],
-    programs: &[programs::LSM_EXEC],
+    map_groups: &[&[
+        maps::LSM_STATS,
+        maps::LSM_PODS,
+        maps::LSM_RULES,
+        maps::LSM_CONFIG,
+        maps::LSM_DECIDE,
+        maps::LSM_EVENTS,
+    ]],
+    scratch: &["PAL_LSM_SCRATCH"],
+    programs: &[programs::LSM_EXEC, programs::LSM_FILE_OPEN],
 };
 
 /// The kernel hook each LSM program attaches to.
-pub const LSM_HOOKS: &[(&str, &str)] = &[(programs::LSM_EXEC, "bprm_check_security")];
+pub const LSM_HOOKS: &[(&str, &str)] = &[
+    (programs::LSM_EXEC, "bprm_check_security"),
+    (programs::LSM_FILE_OPEN, "file_open"),
+];

@@ -54,6 +54,12 @@ pub struct ProcessRule {
     pub paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dirs: Vec<DirMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_source: Vec<String>,
+    #[serde(default)]
+    pub owner_only: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -73,10 +79,43 @@ pub struct FileRule {
     pub paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dirs: Vec<DirMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_source: Vec<String>,
+    #[serde(default)]
+    pub owner_only: bool,
     /// The rule covers writes only (open for writing, unlink, rename):
     /// a Block rule with it leaves reads allowed.
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// A namespace's default for what no Allow rule lists (placeholder until
+/// the model branch lands).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultPosture {
+    Block,
+    Audit,
+    Allow,
+}
+
+pub fn namespace_postures(
+    ns: &super::Namespace,
+) -> Result<(DefaultPosture, DefaultPosture), Invalid> {
+    let read = |key: &str| match ns.annotations.get(key).map(String::as_str) {
+        None => Ok(None),
+        Some("block") => Ok(Some(DefaultPosture::Block)),
+        Some("audit") => Ok(Some(DefaultPosture::Audit)),
+        Some("allow") => Ok(Some(DefaultPosture::Allow)),
+        Some(other) => Err(Invalid::new(
+            format!("metadata.annotations.{key}"),
+            format!("{other:?}: expected block, audit or allow"),
+        )),
+    };
+    let file = read("kubearmor-file-posture")?.unwrap_or(DefaultPosture::Audit);
+    let process = read("kubearmor-process-posture")?.unwrap_or(file);
+    Ok((file, process))
 }
 
 /// An absolute, normalised path: no empty, `.` or `..` components, at most

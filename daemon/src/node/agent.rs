@@ -24,7 +24,12 @@ use serde::Serialize;
 use anyhow::Context as _;
 
 use crate::{
-    compile::{Compiled, desired::Desired, incremental::Incremental},
+    compile::{
+        Compiled,
+        desired::Desired,
+        incremental::Incremental,
+        lsm::{LsmDesired, compile_lsm, lsm_inactive},
+    },
     loader::sizes::MapSizes,
     model::Snapshot,
     node::discover::{self, Unplaced},
@@ -78,6 +83,16 @@ pub struct Status {
     pub not_enforced: BTreeMap<String, String>,
     /// Pod-like veths (ifindex) no known pod holds yet: they pass nothing.
     pub quarantined: Vec<u32>,
+    /// Process and file rules: `enforcing`, or `inactive (why)`.
+    pub lsm: String,
+    /// Policies with process or file rules this node does not enforce (in
+    /// whole or in part), each with the reasons. `ready` speaks for what
+    /// the node can enforce; these it cannot, and says so here, in the
+    /// log and in `palisade_policy_not_enforced`.
+    pub policies_not_enforced: BTreeMap<String, Vec<String>>,
+    /// Local pods with process or file rules, by `namespace/pod`: `in
+    /// force`, or why not.
+    pub lsm_pods: BTreeMap<String, String>,
     pub policies: usize,
     /// Source errors (bad objects keep their last good version) and failed
     /// writes (the endpoint keeps its last good policy).
@@ -190,10 +205,67 @@ impl<S: Source> Agent<S> {
         };
         let compiled = compiler.compiled();
         let placement = locate(&self.netlink, &reading.snapshot, &self.options).await?;
-        let desired = desired(compiled, &reading.snapshot, &placement, &self.options);
+        let lsm = compile_lsm(&reading.snapshot);
+        let desired =
+            desired(compiled, &reading.snapshot, &placement, &self.options).with_lsm(&lsm);
         let report = self.syncer.apply(&desired)?;
-        crate::observe::names::lock(&self.names).learn(&compiled.policies, &report.endpoint_ids);
-        self.publish(reading, placement, &report, started)
+        {
+            let mut names = crate::observe::names::lock(&self.names);
+            names.learn(&compiled.policies, &report.endpoint_ids);
+            names.learn_lsm(&lsm);
+        }
+        let lsm_status = self.lsm_status(&lsm, &report, &placement);
+        self.publish(reading, placement, &report, lsm_status, started)
+    }
+
+    /// What of the process and file rules is in force, and what is not.
+    fn lsm_status(&self, lsm: &LsmDesired, report: &Report, placement: &Placement) -> LsmStatus {
+        let mut not_enforced: BTreeMap<String, BTreeSet<String>> = lsm.not_enforced.clone();
+        let mut pods = BTreeMap::new();
+        let state = match self.syncer.lsm_inactive() {
+            Some(why) => {
+                for policy in lsm.policies.keys() {
+                    not_enforced
+                        .entry(policy.clone())
+                        .or_default()
+                        .insert(lsm_inactive(why));
+                }
+                format!("inactive ({why})")
+            }
+            None => "enforcing".to_owned(),
+        };
+        let failed = report.lsm.as_ref().map(|l| &l.not_enforced);
+        for (pod, rules) in &lsm.pods {
+            let why = match (self.syncer.lsm_inactive(), failed.and_then(|f| f.get(pod))) {
+                (Some(why), _) => lsm_inactive(why),
+                (None, Some(why)) => why.clone(),
+                (None, None) => "in force".to_owned(),
+            };
+            debug_assert!(rules.process.is_some() || rules.file.is_some());
+            pods.insert(pod.clone(), why);
+        }
+        // Local pods the rules select whose cgroup the source did not give.
+        for (pod, policies) in &lsm.selected_without_cgroup {
+            if !placement.placed.contains_key(pod) {
+                continue;
+            }
+            let why = format!("pod {pod}: its cgroup is not known, so its rules are not enforced");
+            pods.insert(pod.clone(), why.clone());
+            for policy in policies {
+                not_enforced
+                    .entry(policy.clone())
+                    .or_default()
+                    .insert(why.clone());
+            }
+        }
+        LsmStatus {
+            state,
+            not_enforced: not_enforced
+                .into_iter()
+                .map(|(k, v)| (k, v.into_iter().collect()))
+                .collect(),
+            pods,
+        }
     }
 
     /// Logs the pass, counts it, and writes the status.
@@ -202,8 +274,16 @@ impl<S: Source> Agent<S> {
         reading: Reading,
         placement: Placement,
         report: &Report,
+        lsm: LsmStatus,
         started: Instant,
     ) -> anyhow::Result<()> {
+        for (policy, reasons) in &lsm.not_enforced {
+            if self.status.policies_not_enforced.get(policy) != Some(reasons) {
+                for why in reasons {
+                    tracing::warn!(policy, "not enforced: {why}");
+                }
+            }
+        }
         if report.changed() {
             tracing::info!(
                 revision = %reading.revision,
@@ -213,17 +293,28 @@ impl<S: Source> Agent<S> {
                 "applied"
             );
         }
-        let errors: Vec<String> = [&reading.errors, &report.errors, &report.attach_errors]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let lsm_errors = report
+            .lsm
+            .as_ref()
+            .map(|l| l.errors.clone())
+            .unwrap_or_default();
+        let errors: Vec<String> = [
+            &reading.errors,
+            &report.errors,
+            &report.attach_errors,
+            &lsm_errors,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
         for e in &errors {
             tracing::warn!("{e}");
         }
         let ready = placement.unplaced.is_empty() && report.in_force();
         if self.metrics.is_some() {
             self.count(&reading, &placement, report, started);
+            self.count_not_enforced(&lsm);
         }
         metrics::gauge!("palisade_ready").set(if ready { 1.0 } else { 0.0 });
         self.status = Status {
@@ -235,6 +326,9 @@ impl<S: Source> Agent<S> {
             unplaced: placement.unplaced,
             not_enforced: report.not_enforced.clone(),
             quarantined: placement.quarantined,
+            lsm: lsm.state,
+            policies_not_enforced: lsm.not_enforced,
+            lsm_pods: lsm.pods,
             policies: reading.snapshot.policies.len(),
             errors,
             metrics: self.status.metrics.clone(),
@@ -266,6 +360,24 @@ impl<S: Source> Agent<S> {
         metrics::gauge!("palisade_endpoints").set(placement.placed.len() as f64);
         metrics::histogram!("palisade_reconcile_duration_seconds")
             .record(started.elapsed().as_secs_f64());
+    }
+
+    /// One gauge per policy with rules this node does not enforce; a
+    /// policy that is enforced again drops to 0.
+    fn count_not_enforced(&self, lsm: &LsmStatus) {
+        for policy in self.status.policies_not_enforced.keys() {
+            if !lsm.not_enforced.contains_key(policy) {
+                metrics::gauge!("palisade_policy_not_enforced", "policy" => policy.clone())
+                    .set(0.0);
+            }
+        }
+        for policy in lsm.not_enforced.keys() {
+            metrics::gauge!("palisade_policy_not_enforced", "policy" => policy.clone()).set(1.0);
+        }
+        let in_force = lsm.pods.values().filter(|w| *w == "in force").count();
+        metrics::gauge!("palisade_lsm_pods", "state" => "in_force").set(in_force as f64);
+        metrics::gauge!("palisade_lsm_pods", "state" => "not_enforced")
+            .set((lsm.pods.len() - in_force) as f64);
     }
 
     /// Runs passes until Ctrl-C or SIGTERM: at once, on every change under
@@ -318,6 +430,13 @@ impl<S: Source> Agent<S> {
         tracing::info!("stopping; programs and maps stay pinned and enforcing");
         Ok(())
     }
+}
+
+/// What of the process and file rules is in force (see [`Status`]).
+struct LsmStatus {
+    state: String,
+    not_enforced: BTreeMap<String, Vec<String>>,
+    pods: BTreeMap<String, String>,
 }
 
 /// Finds each pod's veth on this node, and the pod-like veths no known pod

@@ -12,7 +12,8 @@ use std::{
 use aya::maps::{Map, MapData, RingBuf};
 use ebpf_common::{
     datapath::DropEvent,
-    maps::{EVENTS, TC_STATS},
+    lsm::{self, LsmEvent},
+    maps::{EVENTS, LSM_EVENTS, TC_STATS},
     reason,
 };
 use nix::time::{ClockId, clock_gettime};
@@ -53,6 +54,8 @@ pub struct Event {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Line {
     Event(Event),
+    /// A process or file decision (Block or Audit).
+    Lsm(LsmLine),
     Lost {
         rate_limited: u64,
         ring_full: u64,
@@ -61,11 +64,39 @@ pub enum Line {
     },
 }
 
+/// A process or file decision, as `palisade events` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LsmLine {
+    pub time: String,
+    /// `namespace/pod`, if the cgroup is a known pod's.
+    pub pod: Option<String>,
+    pub cgroup: u64,
+    pub pid: u32,
+    pub uid: u32,
+    /// The executable of the process (`/proc/PID/exe` when the event is
+    /// read; the kernel's command name if the process is gone).
+    pub exe: String,
+    pub path: String,
+    /// `bprm_check_security` or `file_open`.
+    pub hook: &'static str,
+    /// `exec`, `read` or `write`.
+    pub op: &'static str,
+    /// `block` or `audit`.
+    pub action: &'static str,
+    pub policy: String,
+    /// Whether the path was cut to fit the event, could not be resolved
+    /// whole by the kernel, or was judged by the stricter of two verdicts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<&'static str>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub verdict: Option<String>,
+    /// `event` (packets) or `lsm` (processes and files); both when unset.
+    pub kind: Option<String>,
 }
 
 impl Filter {
@@ -76,6 +107,67 @@ impl Filter {
             .is_none_or(|ns| pod.split('/').next() == Some(ns.as_str()))
             && self.pod.as_ref().is_none_or(|p| pod == p)
             && self.verdict.as_ref().is_none_or(|v| e.verdict == v)
+            && self.kind.as_ref().is_none_or(|k| k == "event")
+    }
+
+    /// For a process or file decision, `verdict` is its action.
+    pub fn matches_lsm(&self, e: &LsmLine) -> bool {
+        let pod = e.pod.as_deref().unwrap_or("");
+        self.namespace
+            .as_ref()
+            .is_none_or(|ns| pod.split('/').next() == Some(ns.as_str()))
+            && self.pod.as_ref().is_none_or(|p| pod == p)
+            && self.verdict.as_ref().is_none_or(|v| e.action == v)
+            && self.kind.as_ref().is_none_or(|k| k == "lsm")
+    }
+}
+
+/// Names a raw LSM event. The executable is read from `/proc` now, while
+/// the process most likely still runs.
+pub fn decode_lsm(e: &LsmEvent, names: &SharedNames) -> LsmLine {
+    let names = lock(names);
+    let text = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let exe = std::fs::read_link(format!("/proc/{}/exe", e.pid))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| format!("[{}]", text(&e.comm)));
+    let mut notes = Vec::new();
+    for (flag, note) in [
+        (lsm::event_flags::PATH_CUT, "path cut"),
+        (lsm::event_flags::UNRESOLVED, "path unresolved"),
+        (lsm::event_flags::AMBIGUOUS, "stricter verdict"),
+    ] {
+        if e.flags & flag != 0 {
+            notes.push(note);
+        }
+    }
+    LsmLine {
+        time: wall_time(e.timestamp_ns),
+        pod: names.pod_of_cgroup(e.cgroup).cloned(),
+        cgroup: e.cgroup,
+        pid: e.pid,
+        uid: e.uid,
+        exe,
+        path: text(&e.path),
+        hook: if e.hook == lsm::hook::EXEC {
+            "bprm_check_security"
+        } else {
+            "file_open"
+        },
+        op: match e.op {
+            lsm::event_op::EXEC => "exec",
+            lsm::event_op::WRITE => "write",
+            _ => "read",
+        },
+        action: if e.action == lsm::action::BLOCK {
+            "block"
+        } else {
+            "audit"
+        },
+        policy: names.lsm_policy(e.policy, e.flags & lsm::event_flags::DEFAULT != 0),
+        notes,
     }
 }
 
@@ -167,7 +259,9 @@ impl Hub {
                 .map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?;
         let hub = Self { tx };
         let events = hub.tx.clone();
+        let ring_names = names.clone();
         tokio::spawn(async move {
+            let names = ring_names;
             let mut ring = ring;
             loop {
                 let Ok(mut guard) = ring.readable_mut().await else {
@@ -186,6 +280,11 @@ impl Hub {
                 guard.clear_ready();
             }
         });
+        match Self::read_lsm(pins, &hub, names.clone()) {
+            Ok(()) => {}
+            // Where BPF LSM is inactive its ring was never pinned.
+            Err(e) => tracing::debug!("no process and file events: {e:#}"),
+        }
         let losses = hub.tx.clone();
         let stats_path = pins.map(TC_STATS);
         tokio::spawn(async move {
@@ -212,6 +311,36 @@ impl Hub {
             }
         });
         Ok(hub)
+    }
+
+    /// Forwards the LSM ring's decisions, named.
+    fn read_lsm(pins: &PinDir, hub: &Self, names: SharedNames) -> anyhow::Result<()> {
+        let map = Map::RingBuf(MapData::from_pin(pins.map(LSM_EVENTS))?);
+        // SAFETY: as for the packet ring above.
+        let ring =
+            unsafe { AsyncFd::register_with_interest(RingBuf::try_from(map)?, Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("watching the LSM event ring: {e}"))?;
+        let events = hub.tx.clone();
+        tokio::spawn(async move {
+            let mut ring = ring;
+            loop {
+                let Ok(mut guard) = ring.readable_mut().await else {
+                    return;
+                };
+                let inner = guard.get_inner_mut();
+                while let Some(item) = inner.next() {
+                    if item.len() < std::mem::size_of::<LsmEvent>() {
+                        continue;
+                    }
+                    // SAFETY: the kernel wrote a whole LsmEvent (checked
+                    // length); read unaligned from the ring's bytes.
+                    let e: LsmEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    let _ = events.send(Arc::new(Line::Lsm(decode_lsm(&e, &names))));
+                }
+                guard.clear_ready();
+            }
+        });
+        Ok(())
     }
 }
 
@@ -253,6 +382,7 @@ mod tests {
             namespace: Some(ns.to_owned()),
             pod: None,
             verdict: verdict.map(str::to_owned),
+            kind: None,
         };
         assert!(only("x", None).matches(&e));
         assert!(!only("y", None).matches(&e));

@@ -78,6 +78,7 @@ fn filter_of(query: &str) -> Filter {
             "namespace" => filter.namespace = v,
             "pod" => filter.pod = v,
             "verdict" => filter.verdict = v,
+            "type" => filter.kind = v,
             _ => {}
         }
     }
@@ -91,9 +92,12 @@ fn stream_events(hub: &Hub, filter: Filter) -> Body {
             let text = loop {
                 match rx.recv().await {
                     Ok(line) => {
-                        if let Line::Event(e) = line.as_ref()
-                            && !filter.matches(e)
-                        {
+                        let keep = match line.as_ref() {
+                            Line::Event(e) => filter.matches(e),
+                            Line::Lsm(e) => filter.matches_lsm(e),
+                            Line::Lost { .. } => true,
+                        };
+                        if !keep {
                             continue;
                         }
                         let mut text = serde_json::to_string(line.as_ref()).unwrap_or_default();

@@ -14,6 +14,8 @@ pub struct Names {
     /// Every policy id seen since start: counters and events outlive it.
     policies: HashMap<u32, String>,
     endpoints: HashMap<u32, String>,
+    /// Pod cgroup ids (what LSM events carry) -> `namespace/pod`.
+    cgroups: HashMap<u64, String>,
 }
 
 pub type SharedNames = Arc<Mutex<Names>>;
@@ -28,6 +30,36 @@ impl Names {
             self.policies.insert(*id, name.clone());
         }
         self.endpoints = endpoints.iter().map(|(n, id)| (*id, n.clone())).collect();
+    }
+
+    /// The policies and pod cgroups of the process and file rules.
+    pub fn learn_lsm(&mut self, lsm: &crate::compile::lsm::LsmDesired) {
+        for (name, id) in &lsm.policies {
+            self.policies.insert(*id, name.clone());
+        }
+        self.cgroups = lsm
+            .cgroups
+            .iter()
+            .filter_map(|(dir, pod)| {
+                let (id, _) = crate::sync::lsm::cgroup_id(dir).ok()?;
+                Some((id, pod.clone()))
+            })
+            .collect();
+    }
+
+    pub fn pod_of_cgroup(&self, id: u64) -> Option<&String> {
+        self.cgroups.get(&id)
+    }
+
+    /// The deciding policy of a process or file decision: the policy, or
+    /// for a section's default `posture` (`<policy> (posture)` when a
+    /// policy's allowlist set it).
+    pub fn lsm_policy(&self, id: u32, default: bool) -> String {
+        match (id, default) {
+            (0, _) => "posture".to_owned(),
+            (id, false) => self.policy(id, reason::LSM_BLOCK),
+            (id, true) => format!("{} (posture)", self.policy(id, reason::LSM_BLOCK)),
+        }
     }
 
     /// `default-deny` for the default deny of an isolated pod, `none` where

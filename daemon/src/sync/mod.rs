@@ -17,6 +17,9 @@
 //!    the new pod denies in (`prefilter::in_order`, `endpoints`): the
 //!    prefilter never drops what the policy in force allows.
 //! 4. TC programs off veths nothing holds (`links`).
+//! 5. The local pods' process and file rule sets (`lsm`), independent of
+//!    the datapath: new sets whole, then each pod's swap, then unused sets
+//!    out.
 //!
 //! A failed write is reported and leaves what it concerns on its last good
 //! state; the rest is still applied, except after a failed retire of pod
@@ -24,6 +27,7 @@
 
 mod endpoints;
 mod links;
+pub mod lsm;
 pub mod prefilter;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,9 +36,13 @@ use ipnet::IpNet;
 
 use crate::{
     compile::desired::Desired,
-    datapath::{DatapathError, DatapathMaps},
+    datapath::{DatapathError, DatapathMaps, lsm::LsmMaps},
     loader::features::Features,
-    loader::{self, LoadError, Loaded, attach::AttachError, sizes::MapSizes},
+    loader::{
+        self, LoadError, Loaded, LsmObject,
+        attach::{self, AttachError},
+        sizes::MapSizes,
+    },
     paths::PinDir,
 };
 
@@ -57,6 +65,9 @@ pub struct Report {
     pub attach_errors: Vec<String>,
     /// Map writes that failed; what they concern keeps its last state.
     pub errors: Vec<String>,
+    /// The process and file share; `None` where BPF LSM is inactive or the
+    /// desired state had none.
+    pub lsm: Option<lsm::LsmReport>,
 }
 
 impl Report {
@@ -64,12 +75,18 @@ impl Report {
         self.identities_written + self.identities_removed > 0
             || !self.endpoints_written.is_empty()
             || !self.endpoints_removed.is_empty()
+            || self
+                .lsm
+                .as_ref()
+                .is_some_and(|l| !l.pods_written.is_empty() || l.pods_removed > 0)
     }
 
     /// Everything desired is in force: every endpoint enforced, no map
     /// write failed. (A failed detach concerns no desired endpoint.)
     pub fn in_force(&self) -> bool {
-        self.not_enforced.is_empty() && self.errors.is_empty()
+        self.not_enforced.is_empty()
+            && self.errors.is_empty()
+            && self.lsm.as_ref().is_none_or(|l| l.errors.is_empty())
     }
 }
 
@@ -97,6 +114,8 @@ pub struct Syncer {
     maps: DatapathMaps,
     /// Veths (ifindex) with both TC programs attached by this daemon.
     attached: BTreeSet<u32>,
+    /// The process and file side, where BPF LSM is active; else why not.
+    lsm: Result<lsm::LsmState, String>,
 }
 
 impl Syncer {
@@ -112,13 +131,29 @@ impl Syncer {
         let (features, mut loaded) = loader::load_probed(&pins, sizes)?;
         let mut maps = DatapathMaps::open(&pins)?;
         prefilter::install(&mut maps, &mut loaded.xdp, &pins, uplinks, node_denies)?;
+        let lsm = match &mut loaded.lsm {
+            LsmObject::Loaded(object) => {
+                // Maps first: the programs judge nothing until a pod's sets
+                // are written, so attaching them before that is safe.
+                let state = lsm::LsmState::new(LsmMaps::open(&pins)?)?;
+                attach::attach_lsm(object, &pins)?;
+                Ok(state)
+            }
+            LsmObject::Skipped { reason } => Err(reason.clone()),
+        };
         Ok(Self {
             pins,
             features,
             loaded,
             maps,
             attached: BTreeSet::new(),
+            lsm,
         })
+    }
+
+    /// Why process and file rules are not enforced on this node, if not.
+    pub fn lsm_inactive(&self) -> Option<&str> {
+        self.lsm.as_ref().err().map(String::as_str)
     }
 
     pub fn features(&self) -> &Features {
@@ -134,6 +169,9 @@ impl Syncer {
         links::attach_new(self, desired, &mut report);
         write_maps(&mut self.maps, desired, &mut report)?;
         links::detach_unheld(self, desired, &mut report);
+        if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
+            report.lsm = Some(state.apply(lsm)?);
+        }
         Ok(report)
     }
 }

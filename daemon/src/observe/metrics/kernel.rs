@@ -9,7 +9,8 @@ use std::{
 use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use ebpf_common::{
     datapath::{CounterCell, CounterKey},
-    maps::{COUNTER_CELLS, COUNTERS, SPECS, kind},
+    lsm::DecisionKey,
+    maps::{COUNTER_CELLS, COUNTERS, LSM_DECIDE, SPECS, kind},
     stats::Counter,
 };
 
@@ -94,6 +95,18 @@ fn counter_entries(pins: &PinDir) -> Result<Vec<(CounterKey, Vec<Counter>)>, Map
         // An entry removed between listing and reading is not an error.
         let Ok((key, per_cpu)) = item else { continue };
         out.push((key, per_cpu.iter().copied().collect()));
+    }
+    Ok(out)
+}
+
+/// The LSM decision counters, summed over CPUs.
+pub fn lsm_decisions(pins: &PinDir) -> Result<Vec<(DecisionKey, u64)>, MapError> {
+    let map = Map::from_map_data(MapData::from_pin(pins.map(LSM_DECIDE))?)?;
+    let counts: PerCpuHashMap<MapData, DecisionKey, u64> = PerCpuHashMap::try_from(map)?;
+    let mut out = Vec::new();
+    for item in counts.iter() {
+        let Ok((key, per_cpu)) = item else { continue };
+        out.push((key, per_cpu.iter().sum()));
     }
     Ok(out)
 }

@@ -15,7 +15,10 @@
 
 pub mod kernel;
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use ebpf_common::{
     maps::{CT, LSM_STATS, TC_STATS, XDP_STATS},
@@ -74,8 +77,20 @@ fn describe() {
         "Every verdict of each program family (tc, xdp), by direction and reason."
     );
     describe_counter!(
+        "palisade_lsm_operations_total",
+        "Operations the BPF-LSM programs saw, by reason (pass_unenforced: outside every pod with rules)."
+    );
+    describe_counter!(
         "palisade_lsm_decisions_total",
-        "BPF-LSM decisions, by reason."
+        "Block and Audit decisions on processes and files, by hook, action and policy (posture: a section's default)."
+    );
+    describe_gauge!(
+        "palisade_policy_not_enforced",
+        "1 for a policy with process or file rules this node does not enforce, in whole or in part (palisade status says why)."
+    );
+    describe_gauge!(
+        "palisade_lsm_pods",
+        "Local pods with process or file rules, by state (in_force, not_enforced)."
     );
     describe_counter!(
         "palisade_events_lost_total",
@@ -166,6 +181,7 @@ impl Metrics {
     fn refresh(&self) -> anyhow::Result<()> {
         self.verdict_counters()?;
         self.datapath_counters();
+        self.lsm_decisions();
         self.map_gauges();
         Ok(())
     }
@@ -214,6 +230,36 @@ impl Metrics {
         Ok(())
     }
 
+    /// Block and Audit decisions by hook, action and deciding policy.
+    fn lsm_decisions(&self) {
+        let Ok(rows) = kernel::lsm_decisions(&self.pins) else {
+            // Where BPF LSM is inactive the map was never pinned.
+            return;
+        };
+        let names = lock(&self.names);
+        let mut sums: BTreeMap<(&str, &str, String), u64> = BTreeMap::new();
+        for (key, n) in rows {
+            let hook = if key.hook == ebpf_common::lsm::hook::EXEC {
+                "bprm_check_security"
+            } else {
+                "file_open"
+            };
+            let action = if key.action == ebpf_common::lsm::action::BLOCK {
+                "block"
+            } else {
+                "audit"
+            };
+            let default = key.flags & ebpf_common::lsm::verdict_flags::DEFAULT != 0;
+            *sums
+                .entry((hook, action, names.lsm_policy(key.policy, default)))
+                .or_default() += n;
+        }
+        for ((hook, action, policy), n) in sums {
+            counter!("palisade_lsm_decisions_total", "hook" => hook, "action" => action, "policy" => policy)
+                .absolute(n);
+        }
+    }
+
     /// The pods that get a `pod` label of their own (the first by name, up
     /// to the cap); the others count as `other`. None without a cap.
     fn labelled_pods<'a>(&self, names: &'a Names) -> BTreeSet<&'a String> {
@@ -245,7 +291,7 @@ impl Metrics {
                     _ => {}
                 }
                 if program == "lsm" {
-                    counter!("palisade_lsm_decisions_total", "reason" => row.reason)
+                    counter!("palisade_lsm_operations_total", "reason" => row.reason)
                         .absolute(row.events);
                 } else {
                     counter!(

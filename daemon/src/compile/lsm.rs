@@ -1,0 +1,622 @@
+//! Process and file rules: the per-pod rule sets the LSM programs read
+//! (`ebpf_common::lsm`), and what this node cannot enforce of them.
+//!
+//! For one operation on one path the most specific rule wins: a file's own
+//! rule, else the deepest directory that covers it (a non-recursive one
+//! only covers its direct children), else the section's default. Among
+//! rules at the same place, Block beats Audit beats Allow, whatever policy
+//! or kind they came from. `readOnly` limits a Block or Audit rule to
+//! writes and an Allow rule to reads; the operation a rule does not cover
+//! is decided as if the rule were not there. The kernel's trie finds the
+//! most specific entry; everything else is resolved here, so each entry
+//! carries its verdict for reads and writes, and a non-recursive directory
+//! also the verdict for what lies deeper than its children.
+//!
+//! The default applies only where the pod has an Allow rule in that
+//! section: Palisade's `posture: Allowlist` blocks what no rule lists,
+//! `posture: Denylist` allows it, and otherwise the namespace annotation
+//! decides (`kubearmor-file-posture`, `kubearmor-process-posture`; audit
+//! when absent, as in KubeArmor). Without Allow rules, what no rule lists
+//! is allowed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ebpf_common::lsm::{
+    MAX_RULE_PATH, PathRule, RuleData, Verdict, action, entry_kind, op, verdict_flags,
+};
+
+use crate::{
+    identity::stable_id,
+    model::{
+        Namespace, Policy, Snapshot,
+        process_file::{DefaultPosture, LsmAction, Posture, namespace_postures},
+    },
+};
+
+/// One section's rule set: every trie entry with its prefix length and
+/// path bytes (a file's with its NUL), sorted, the root entry first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleSet {
+    pub entries: Vec<(u32, Vec<u8>, PathRuleOrd)>,
+}
+
+/// A [`PathRule`] that sorts, so that equal sets can be shared by pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PathRuleOrd(pub PathRule);
+
+impl PartialOrd for PathRuleOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PathRuleOrd {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |r: &PathRule| {
+            let v = |v: &Verdict| (v.action, v.flags, v.policy);
+            (
+                r.len,
+                r.kind,
+                r.direct.map(|x| v(&x)),
+                r.deeper.map(|x| v(&x)),
+            )
+        };
+        key(&self.0).cmp(&key(&other.0))
+    }
+}
+
+impl RuleSet {
+    /// The kernel key of each entry under set id `set`.
+    pub fn keys(&self, set: u32) -> impl Iterator<Item = (u32, RuleData, PathRule)> + '_ {
+        self.entries.iter().filter_map(move |(_, path, rule)| {
+            let file = path.last() == Some(&0);
+            let bytes = if file {
+                &path[..path.len() - 1]
+            } else {
+                &path[..]
+            };
+            let (prefixlen, data) = if bytes.is_empty() && !file {
+                RuleData::root(set)
+            } else {
+                RuleData::entry(set, bytes, file)?
+            };
+            Some((prefixlen, data, rule.0))
+        })
+    }
+}
+
+/// A local pod's rule sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodRules {
+    /// The pod's cgroup v2 directory.
+    pub cgroup: String,
+    pub process: Option<RuleSet>,
+    pub file: Option<RuleSet>,
+}
+
+/// The process and file side of one node's desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LsmDesired {
+    /// By `namespace/pod`: the local pods some policy gives rules.
+    pub pods: BTreeMap<String, PodRules>,
+    /// What policies say that this node does not enforce, by policy key:
+    /// each reason once. A policy listed here is at best partly enforced.
+    pub not_enforced: BTreeMap<String, BTreeSet<String>>,
+    /// Policy ids (in verdicts, counters and events) by policy key.
+    pub policies: BTreeMap<String, u32>,
+    /// Pods selected by process or file rules whose cgroup the source did
+    /// not give (on other nodes, or not known here), with those policies.
+    pub selected_without_cgroup: BTreeMap<String, Vec<String>>,
+    /// cgroup directory -> `namespace/pod`, for naming events.
+    pub cgroups: BTreeMap<String, String>,
+}
+
+/// Why nothing of a process or file section is enforced on a node where
+/// BPF LSM cannot run.
+pub fn lsm_inactive(reason: &str) -> String {
+    format!("process and file rules are not enforced on this node: BPF LSM is inactive ({reason})")
+}
+
+const NO_PATTERNS: &str = "matchPatterns (patterns) are not enforced yet: those rules are left out";
+const NO_FROM_SOURCE: &str = "fromSource is not enforced yet: those rules are left out";
+const NO_PATH_HOOKS: &str = "file rules are checked at open(2) only: unlink, rename, link and \
+     truncate(2) by path are not checked yet";
+
+/// One rule as the resolver sees it.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    action: LsmAction,
+    /// Which operations it covers, by [`op`] index.
+    covers: [bool; 2],
+    owner_only: bool,
+    policy: u32,
+}
+
+/// The rules at one place of a section.
+#[derive(Default)]
+struct Place {
+    /// A file's own rules.
+    file: Vec<Candidate>,
+    /// A directory's rules for everything below it.
+    recursive: Vec<Candidate>,
+    /// A directory's rules for its direct children only.
+    children: Vec<Candidate>,
+}
+
+fn rank(a: LsmAction) -> u8 {
+    match a {
+        LsmAction::Allow => action::ALLOW,
+        LsmAction::Audit => action::AUDIT,
+        LsmAction::Block => action::BLOCK,
+    }
+}
+
+/// The winning verdict among `rules` for operation `which`, if any covers it.
+fn resolve<'a>(rules: impl Iterator<Item = &'a Candidate>, which: usize) -> Option<Verdict> {
+    let best = rules
+        .filter(|c| c.covers[which])
+        .max_by_key(|c| (rank(c.action), c.owner_only, std::cmp::Reverse(c.policy)))?;
+    // ownerOnly: the owner is allowed, anyone else gets the action, and an
+    // Allow limited to the owner blocks everyone else.
+    let act = match (best.action, best.owner_only) {
+        (LsmAction::Allow, true) => action::BLOCK,
+        (a, _) => rank(a),
+    };
+    Some(Verdict {
+        action: act,
+        flags: if best.owner_only {
+            verdict_flags::OWNER_ONLY
+        } else {
+            0
+        },
+        _pad: [0; 2],
+        policy: best.policy,
+    })
+}
+
+/// A section's rules (process or file) for one pod, as gathered.
+struct Section {
+    places: BTreeMap<String, Place>,
+    has_allow: bool,
+    /// `Some(policy)` if a selecting policy asks for an allowlist.
+    allowlist: Option<u32>,
+    denylist: bool,
+}
+
+impl Section {
+    fn new() -> Self {
+        Self {
+            places: BTreeMap::new(),
+            has_allow: false,
+            allowlist: None,
+            denylist: false,
+        }
+    }
+
+    fn add(&mut self, path: &str, dir: Option<bool>, c: Candidate) {
+        self.has_allow |= c.action == LsmAction::Allow;
+        let place = self.places.entry(path.to_owned()).or_default();
+        match dir {
+            None => place.file.push(c),
+            Some(true) => place.recursive.push(c),
+            Some(false) => place.children.push(c),
+        }
+    }
+
+    fn posture(&mut self, posture: Option<Posture>, policy: u32) {
+        match posture {
+            Some(Posture::Allowlist) => self.allowlist = Some(self.allowlist.unwrap_or(policy)),
+            Some(Posture::Denylist) => self.denylist = true,
+            None => {}
+        }
+    }
+
+    /// The default for what no rule lists.
+    fn default(&self, annotation: DefaultPosture) -> Verdict {
+        let (act, policy) = if !self.has_allow {
+            (action::ALLOW, 0)
+        } else if let Some(policy) = self.allowlist {
+            (action::BLOCK, policy)
+        } else if self.denylist {
+            (action::ALLOW, 0)
+        } else {
+            let act = match annotation {
+                DefaultPosture::Block => action::BLOCK,
+                DefaultPosture::Audit => action::AUDIT,
+                DefaultPosture::Allow => action::ALLOW,
+            };
+            (act, 0)
+        };
+        Verdict {
+            action: act,
+            flags: verdict_flags::DEFAULT,
+            _pad: [0; 2],
+            policy,
+        }
+    }
+
+    /// What covers `path` (a file, or the inside of a directory when `dir`)
+    /// from its ancestors, for operation `which`.
+    fn inherited(&self, path: &str, dir: bool, which: usize, default: Verdict) -> Verdict {
+        let trimmed = path.strip_suffix('/').unwrap_or(path);
+        let mut end = trimmed.len();
+        let mut direct_parent = !dir;
+        while let Some(slash) = trimmed[..end].rfind('/') {
+            let ancestor = &trimmed[..=slash];
+            if let Some(place) = self.places.get(ancestor) {
+                let children = place.children.iter().filter(|_| direct_parent);
+                if let Some(v) = resolve(place.recursive.iter().chain(children), which) {
+                    return v;
+                }
+            }
+            direct_parent = false;
+            end = slash;
+        }
+        default
+    }
+
+    fn build(&self, annotation: DefaultPosture) -> RuleSet {
+        let default = self.default(annotation);
+        let mut entries = vec![(
+            32,
+            Vec::new(),
+            PathRuleOrd(PathRule {
+                len: 0,
+                kind: entry_kind::ROOT,
+                _pad: 0,
+                direct: [default; 2],
+                deeper: [default; 2],
+            }),
+        )];
+        for (path, place) in &self.places {
+            let slot = |rules: &mut dyn Iterator<Item = &Candidate>, which, dir| {
+                let rules: Vec<&Candidate> = rules.collect();
+                resolve(rules.into_iter(), which)
+                    .unwrap_or_else(|| self.inherited(path, dir, which, default))
+            };
+            if !place.file.is_empty() {
+                let mut bytes = path.as_bytes().to_vec();
+                bytes.push(0);
+                let direct = [op::READ, op::WRITE].map(|w| slot(&mut place.file.iter(), w, false));
+                entries.push((
+                    32 + 8 * bytes.len() as u32,
+                    bytes.clone(),
+                    PathRuleOrd(PathRule {
+                        len: bytes.len() as u16,
+                        kind: entry_kind::FILE,
+                        _pad: 0,
+                        direct,
+                        deeper: direct,
+                    }),
+                ));
+            }
+            if !place.recursive.is_empty() || !place.children.is_empty() {
+                let direct = [op::READ, op::WRITE].map(|w| {
+                    slot(
+                        &mut place.recursive.iter().chain(place.children.iter()),
+                        w,
+                        true,
+                    )
+                });
+                let deeper =
+                    [op::READ, op::WRITE].map(|w| slot(&mut place.recursive.iter(), w, true));
+                let kind = if place.children.is_empty() {
+                    entry_kind::DIR_RECURSIVE
+                } else {
+                    entry_kind::DIR
+                };
+                let bytes = path.as_bytes().to_vec();
+                entries.push((
+                    32 + 8 * bytes.len() as u32,
+                    bytes.clone(),
+                    PathRuleOrd(PathRule {
+                        len: bytes.len() as u16,
+                        kind,
+                        _pad: 0,
+                        direct,
+                        deeper: if kind == entry_kind::DIR {
+                            deeper
+                        } else {
+                            direct
+                        },
+                    }),
+                ));
+            }
+        }
+        entries.sort();
+        RuleSet { entries }
+    }
+}
+
+/// The rule sets of the local pods (those whose cgroup is known) in
+/// `snapshot`, and what of the policies this node does not enforce.
+pub fn compile_lsm(snapshot: &Snapshot) -> LsmDesired {
+    let mut out = LsmDesired::default();
+    let no_namespace = Namespace {
+        name: String::new(),
+        labels: Default::default(),
+        annotations: Default::default(),
+    };
+    for pod in &snapshot.pods {
+        let ns = snapshot
+            .namespaces
+            .get(&pod.namespace)
+            .unwrap_or(&no_namespace);
+        let selecting: Vec<&Policy> = snapshot
+            .policies
+            .iter()
+            .filter(|p| p.process.is_some() || p.file.is_some())
+            .filter(|p| p.selects(&pod.namespace, &ns.effective_labels(), &pod.labels))
+            .collect();
+        if selecting.is_empty() {
+            continue;
+        }
+        for p in &selecting {
+            out.policies.insert(p.key(), stable_id(&p.key()));
+        }
+        let Some(cgroup) = &pod.cgroup else {
+            out.selected_without_cgroup
+                .insert(pod.key(), selecting.iter().map(|p| p.key()).collect());
+            continue;
+        };
+        out.cgroups.insert(cgroup.clone(), pod.key());
+        let rules = pod_rules(ns, &selecting, &mut out.not_enforced);
+        out.pods.insert(
+            pod.key(),
+            PodRules {
+                cgroup: cgroup.clone(),
+                ..rules
+            },
+        );
+    }
+    out
+}
+
+fn pod_rules(
+    ns: &Namespace,
+    selecting: &[&Policy],
+    not_enforced: &mut BTreeMap<String, BTreeSet<String>>,
+) -> PodRules {
+    let (mut process, mut file) = (Section::new(), Section::new());
+    let (mut any_process, mut any_file) = (false, false);
+    let mut gap = |policy: &Policy, why: &str| {
+        not_enforced
+            .entry(policy.key())
+            .or_default()
+            .insert(why.to_owned());
+    };
+    for p in selecting {
+        let id = stable_id(&p.key());
+        if let Some(s) = &p.process {
+            any_process = true;
+            process.posture(s.posture, id);
+            for r in &s.rules {
+                if !r.patterns.is_empty() {
+                    gap(p, NO_PATTERNS);
+                }
+                if !r.from_source.is_empty() {
+                    gap(p, NO_FROM_SOURCE);
+                    continue;
+                }
+                let c = Candidate {
+                    action: r.action,
+                    covers: [true, true],
+                    owner_only: r.owner_only,
+                    policy: id,
+                };
+                for path in r.paths.iter().filter(|p| p.len() <= MAX_RULE_PATH) {
+                    process.add(path, None, c);
+                }
+                for d in r.dirs.iter().filter(|d| d.path.len() <= MAX_RULE_PATH) {
+                    process.add(&d.path, Some(d.recursive), c);
+                }
+            }
+        }
+        if let Some(s) = &p.file {
+            any_file = true;
+            file.posture(s.posture, id);
+            for r in &s.rules {
+                if !r.patterns.is_empty() {
+                    gap(p, NO_PATTERNS);
+                }
+                if !r.from_source.is_empty() {
+                    gap(p, NO_FROM_SOURCE);
+                    continue;
+                }
+                let covers = match (r.read_only, r.action) {
+                    (false, _) => [true, true],
+                    (true, LsmAction::Allow) => [true, false],
+                    (true, _) => [false, true],
+                };
+                if r.action != LsmAction::Allow || s.posture == Some(Posture::Allowlist) {
+                    gap(p, NO_PATH_HOOKS);
+                }
+                let c = Candidate {
+                    action: r.action,
+                    covers,
+                    owner_only: r.owner_only,
+                    policy: id,
+                };
+                for path in r.paths.iter().filter(|p| p.len() <= MAX_RULE_PATH) {
+                    file.add(path, None, c);
+                }
+                for d in r.dirs.iter().filter(|d| d.path.len() <= MAX_RULE_PATH) {
+                    file.add(&d.path, Some(d.recursive), c);
+                }
+            }
+        }
+    }
+    // A bad annotation was refused by the source; here it reads as absent.
+    let (file_posture, process_posture) =
+        namespace_postures(ns).unwrap_or((DefaultPosture::Audit, DefaultPosture::Audit));
+    PodRules {
+        cgroup: String::new(),
+        process: any_process.then(|| process.build(process_posture)),
+        file: any_file.then(|| file.build(file_posture)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse::parse_documents;
+
+    fn snapshot(policy: &str, annotations: &[(&str, &str)]) -> Snapshot {
+        let mut s = crate::model::standard::snapshot();
+        for p in &mut s.pods {
+            p.cgroup = Some(format!("/sys/fs/cgroup/lab/{}", p.key()));
+        }
+        if let Some(ns) = s.namespaces.get_mut("x") {
+            ns.annotations = annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+        }
+        for d in parse_documents(policy, "test.yaml", "x") {
+            s.policies.push(d.unwrap().policy());
+        }
+        s
+    }
+
+    /// The verdict the kernel would reach for `path` in `set`, simulated:
+    /// the longest entry that is a prefix (files with their NUL).
+    fn verdict(set: &RuleSet, path: &str, which: usize) -> u8 {
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        let (_, key, rule) = set
+            .entries
+            .iter()
+            .filter(|(_, k, _)| bytes.starts_with(k))
+            .max_by_key(|(_, k, _)| k.len())
+            .unwrap();
+        let rule = rule.0;
+        let deeper = rule.kind == entry_kind::DIR && path[key.len()..].contains('/');
+        if deeper {
+            rule.deeper[which].action
+        } else {
+            rule.direct[which].action
+        }
+    }
+
+    const PNP: &str = "apiVersion: palisade.dev/v1alpha1
+kind: PalisadeNetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+";
+
+    #[test]
+    fn the_most_specific_rule_wins_and_prefixes_are_whole_components() {
+        let s = snapshot(
+            &format!(
+                "{PNP}  file:
+    rules:
+    - {{action: Block, dirs: [{{path: /etc/ssl/, recursive: true}}]}}
+    - {{action: Allow, paths: [/etc/ssl/certs/ok.pem]}}
+    - {{action: Block, paths: [/etc/shadow]}}
+    - {{action: Block, readOnly: true, dirs: [{{path: /srv/logs/}}]}}
+"
+            ),
+            &[],
+        );
+        let d = compile_lsm(&s);
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        assert_eq!(
+            verdict(set, "/etc/ssl/private/key", op::READ),
+            action::BLOCK
+        );
+        assert_eq!(
+            verdict(set, "/etc/ssl/certs/ok.pem", op::READ),
+            action::ALLOW
+        );
+        assert_eq!(verdict(set, "/etc/sslx", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/etc/shadow", op::READ), action::BLOCK);
+        assert_eq!(verdict(set, "/etc/shadowx", op::READ), action::ALLOW);
+        // readOnly: writes only; a non-recursive directory: children only.
+        assert_eq!(verdict(set, "/srv/logs/a", op::WRITE), action::BLOCK);
+        assert_eq!(verdict(set, "/srv/logs/a", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/srv/logs/a/b", op::WRITE), action::ALLOW);
+        assert!(!d.pods.contains_key("x/b"), "x/b is not selected");
+        assert!(d.not_enforced["palisade:x/p"].contains(NO_PATH_HOOKS));
+    }
+
+    #[test]
+    fn postures_apply_only_with_allow_rules() {
+        let allow = format!(
+            "{PNP}  process:
+    rules:
+    - {{action: Allow, dirs: [{{path: /usr/bin/, recursive: true}}]}}
+"
+        );
+        let audit = compile_lsm(&snapshot(&allow, &[]));
+        let set = audit.pods["x/a"].process.as_ref().unwrap();
+        assert_eq!(verdict(set, "/usr/bin/ls", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/bin/sh", op::READ), action::AUDIT);
+        let block = compile_lsm(&snapshot(&allow, &[("kubearmor-file-posture", "block")]));
+        let set = block.pods["x/a"].process.as_ref().unwrap();
+        assert_eq!(verdict(set, "/bin/sh", op::READ), action::BLOCK);
+        let apart = compile_lsm(&snapshot(
+            &allow,
+            &[
+                ("kubearmor-file-posture", "block"),
+                ("kubearmor-process-posture", "allow"),
+            ],
+        ));
+        let set = apart.pods["x/a"].process.as_ref().unwrap();
+        assert_eq!(verdict(set, "/bin/sh", op::READ), action::ALLOW);
+        let listed = allow.replace("    rules:", "    posture: Allowlist\n    rules:");
+        let set = compile_lsm(&snapshot(&listed, &[]));
+        let set = set.pods["x/a"].process.as_ref().unwrap();
+        assert_eq!(verdict(set, "/bin/sh", op::READ), action::BLOCK);
+        // Block rules alone leave the rest allowed, whatever the annotation.
+        let deny = format!(
+            "{PNP}  process:
+    rules:
+    - {{action: Block, paths: [/bin/sh]}}
+"
+        );
+        let set = compile_lsm(&snapshot(&deny, &[("kubearmor-file-posture", "block")]));
+        let set = set.pods["x/a"].process.as_ref().unwrap();
+        assert_eq!(verdict(set, "/bin/ls", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/bin/sh", op::READ), action::BLOCK);
+    }
+
+    #[test]
+    fn equal_places_block_beats_audit_beats_allow_and_sets_are_keyed() {
+        let s = snapshot(
+            &format!(
+                "{PNP}  file:
+    rules:
+    - {{action: Allow, paths: [/a/b]}}
+    - {{action: Audit, paths: [/a/b]}}
+    - {{action: Audit, paths: [/a/c]}}
+    - {{action: Allow, paths: [/a/c]}}
+    - {{action: Block, paths: [/a/c]}}
+"
+            ),
+            &[],
+        );
+        let d = compile_lsm(&s);
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        assert_eq!(verdict(set, "/a/b", op::READ), action::AUDIT);
+        assert_eq!(verdict(set, "/a/c", op::WRITE), action::BLOCK);
+        let keys: Vec<_> = set.keys(7).collect();
+        assert_eq!(keys.len(), set.entries.len());
+        assert_eq!(keys[0].0, 32, "the root entry comes first");
+        assert!(keys.iter().all(|(_, data, _)| data.set == 7));
+    }
+
+    #[test]
+    fn pods_without_a_known_cgroup_get_no_rules() {
+        let mut s = snapshot(
+            &format!("{PNP}  process:\n    rules:\n    - {{action: Block, paths: [/bin/sh]}}\n"),
+            &[],
+        );
+        for p in &mut s.pods {
+            p.cgroup = None;
+        }
+        let d = compile_lsm(&s);
+        assert!(d.pods.is_empty());
+        assert!(d.policies.contains_key("palisade:x/p"));
+    }
+}

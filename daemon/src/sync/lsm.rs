@@ -1,0 +1,226 @@
+//! The process and file share of a pass: rule sets and the pods that use
+//! them.
+//!
+//! Sets are shared by content: pods with the same rules use one set. A
+//! changed pod gets a set written whole under a fresh id before its
+//! `PodSets` entry is rewritten in one map update, and a set nothing uses
+//! any more is deleted after that: a process sees the old rules or the new
+//! ones, never a mix. Sets of an earlier daemon (whose contents this one
+//! does not know) are replaced the same way on its first pass.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
+
+use ebpf_common::lsm::{CGROUP_LEVELS, PodSets};
+
+use crate::{
+    compile::lsm::{LsmDesired, RuleSet},
+    datapath::{DatapathError, lsm::LsmMaps},
+};
+
+/// Where cgroup v2 is mounted; pod cgroups must lie below it.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// What the LSM share of one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LsmReport {
+    /// Pods whose sets were (re)written, and those that left.
+    pub pods_written: Vec<String>,
+    pub pods_removed: usize,
+    /// Pods whose rules are not in force, with the reason.
+    pub not_enforced: BTreeMap<String, String>,
+    pub errors: Vec<String>,
+}
+
+pub struct LsmState {
+    maps: LsmMaps,
+    /// Sets in the trie, by content.
+    sets: HashMap<RuleSet, u32>,
+    /// Sets an earlier daemon left, to go once nothing uses them.
+    inherited: BTreeSet<u32>,
+    next: u32,
+}
+
+/// A pod cgroup's id (the cgroup v2 directory's inode number) and its
+/// depth below [`CGROUP_ROOT`].
+pub fn cgroup_id(dir: &str) -> Result<(u64, u32), String> {
+    let path = Path::new(dir);
+    let below = path
+        .strip_prefix(CGROUP_ROOT)
+        .map_err(|_| format!("cgroup {dir} is not below {CGROUP_ROOT}"))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cgroup {dir}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("cgroup {dir} is not a directory"));
+    }
+    Ok((meta.ino(), below.components().count() as u32))
+}
+
+impl LsmState {
+    pub fn new(maps: LsmMaps) -> Result<Self, DatapathError> {
+        let inherited = maps.sets()?;
+        let next = inherited.iter().max().copied().unwrap_or(0);
+        Ok(Self {
+            maps,
+            sets: HashMap::new(),
+            inherited,
+            next,
+        })
+    }
+
+    fn fresh_id(&mut self) -> u32 {
+        loop {
+            self.next = self.next.wrapping_add(1).max(1);
+            let id = self.next;
+            if !self.inherited.contains(&id) && !self.sets.values().any(|&v| v == id) {
+                return id;
+            }
+        }
+    }
+
+    /// The id of `set` in the trie, writing it first if it is new.
+    fn ensure(&mut self, set: &RuleSet) -> Result<u32, DatapathError> {
+        if let Some(&id) = self.sets.get(set) {
+            return Ok(id);
+        }
+        let id = self.fresh_id();
+        for (prefixlen, data, rule) in set.keys(id) {
+            if let Err(e) = self.maps.write_rule(prefixlen, data, rule) {
+                // Half a set must not stay behind unnamed.
+                for (prefixlen, data, _) in set.keys(id) {
+                    let _ = self.maps.remove_rule(prefixlen, data);
+                }
+                return Err(e);
+            }
+        }
+        self.sets.insert(set.clone(), id);
+        Ok(id)
+    }
+
+    pub fn apply(&mut self, desired: &LsmDesired) -> Result<LsmReport, DatapathError> {
+        let mut report = LsmReport::default();
+        let before = self.maps.pods()?;
+        let mut wanted: BTreeMap<u64, PodSets> = BTreeMap::new();
+        let mut levels = BTreeSet::new();
+        for (pod, rules) in &desired.pods {
+            let (cgroup, level) = match cgroup_id(&rules.cgroup) {
+                Ok(found) => found,
+                Err(why) => {
+                    report.not_enforced.insert(pod.clone(), why);
+                    continue;
+                }
+            };
+            let mut sets = PodSets::default();
+            let mut failed = None;
+            for (set, slot) in [
+                (&rules.process, &mut sets.process),
+                (&rules.file, &mut sets.file),
+            ] {
+                if let Some(set) = set {
+                    match self.ensure(set) {
+                        Ok(id) => *slot = id,
+                        Err(e) => failed = Some(e.to_string()),
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                // The pod keeps the sets it had (its last good state).
+                report.errors.push(format!("{pod}: {e}"));
+                report.not_enforced.insert(pod.clone(), e);
+                if let Some(old) = before.get(&cgroup) {
+                    wanted.insert(cgroup, *old);
+                }
+                continue;
+            }
+            levels.insert(level);
+            if before.get(&cgroup) != Some(&sets) {
+                match self.maps.set_pod(cgroup, sets) {
+                    Ok(()) => report.pods_written.push(pod.clone()),
+                    Err(e) => {
+                        report.errors.push(e.to_string());
+                        report.not_enforced.insert(pod.clone(), e.to_string());
+                        if let Some(old) = before.get(&cgroup) {
+                            wanted.insert(cgroup, *old);
+                        }
+                        continue;
+                    }
+                }
+            }
+            wanted.insert(cgroup, sets);
+        }
+        // Deepest levels first: a container's cgroup below its pod's must
+        // find the pod before anything above it.
+        let levels: Vec<u32> = levels.into_iter().rev().take(CGROUP_LEVELS).collect();
+        if let Err(e) = self.maps.set_levels(&levels) {
+            report.errors.push(e.to_string());
+        }
+        for cgroup in before.keys().filter(|c| !wanted.contains_key(c)) {
+            match self.maps.remove_pod(*cgroup) {
+                Ok(()) => report.pods_removed += 1,
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+        self.retire(&wanted, &mut report);
+        Ok(report)
+    }
+
+    /// Deletes the sets no pod uses any more.
+    fn retire(&mut self, wanted: &BTreeMap<u64, PodSets>, report: &mut LsmReport) {
+        let used: BTreeSet<u32> = wanted
+            .values()
+            .flat_map(|s| [s.process, s.file])
+            .filter(|&id| id != 0)
+            .collect();
+        let unused: Vec<(RuleSet, u32)> = self
+            .sets
+            .iter()
+            .filter(|(_, id)| !used.contains(id))
+            .map(|(set, id)| (set.clone(), *id))
+            .collect();
+        for (set, id) in unused {
+            let mut ok = true;
+            for (prefixlen, data, _) in set.keys(id) {
+                if let Err(e) = self.maps.remove_rule(prefixlen, data) {
+                    report.errors.push(e.to_string());
+                    ok = false;
+                }
+            }
+            if ok {
+                self.sets.remove(&set);
+            }
+        }
+        let stale: BTreeSet<u32> = self
+            .inherited
+            .iter()
+            .filter(|id| !used.contains(id))
+            .copied()
+            .collect();
+        if !stale.is_empty() {
+            match self.maps.remove_sets(&stale) {
+                Ok(()) => self.inherited.retain(|id| used.contains(id)),
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroups_must_lie_below_the_mount() {
+        assert!(cgroup_id("/tmp").unwrap_err().contains("not below"));
+        assert!(
+            cgroup_id("/sys/fs/cgroup/palisade-no-such-cgroup")
+                .unwrap_err()
+                .contains("No such file")
+        );
+        if let Ok((id, level)) = cgroup_id(CGROUP_ROOT) {
+            assert_eq!(level, 0);
+            assert_ne!(id, 0);
+        }
+    }
+}
