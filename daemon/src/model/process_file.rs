@@ -38,8 +38,12 @@ use super::{glob, parse::Invalid};
 /// room for its terminator and a directory's trailing byte).
 pub const MAX_RULE_PATH: usize = 250;
 
-/// `Denylist` is what `Default` gives, for callers that need one; a
-/// section without a posture takes its namespace's (`posture.rs`).
+/// What a section does with operations none of its rules names, where the
+/// pod has an Allow rule in it: `Allowlist` blocks them, `Denylist` allows
+/// them. Without one, the namespace's `kubearmor-file-posture` or
+/// `kubearmor-process-posture` annotation decides (default audit).
+// `Default` (Denylist) is for callers that need a value; a section without
+// a posture takes its namespace's (`posture.rs`), not this.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum Posture {
     #[default]
