@@ -29,7 +29,8 @@ use crate::{
     identity::stable_id,
     model::{
         Namespace, Policy, Snapshot,
-        process_file::{DefaultPosture, LsmAction, Posture, namespace_postures},
+        posture::{DefaultPosture, namespace_postures},
+        process_file::{LsmAction, Posture},
     },
 };
 

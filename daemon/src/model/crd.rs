@@ -175,10 +175,10 @@ spec:
   - to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
   process:
     posture: Allowlist
-    rules: [{action: Allow, paths: [/bin/sh], dirs: [{path: /usr/bin/, recursive: true}]}]
+    rules: [{action: Allow, paths: [/bin/sh], dirs: [{path: /usr/bin/, recursive: true}], patterns: ['/opt/*/bin/**'], fromSource: [/bin/sh], ownerOnly: true}]
   file:
     posture: Denylist
-    rules: [{action: Block, paths: [/etc/shadow], readOnly: true}]
+    rules: [{action: Block, paths: [/etc/shadow], readOnly: true, patterns: ['/**/id_?sa'], fromSource: [/bin/cat], ownerOnly: true}]
 ---
 apiVersion: palisade.dev/v1alpha1
 kind: PalisadeClusterNetworkPolicy
@@ -222,7 +222,7 @@ spec:
                     "PalisadeClusterNetworkPolicy",
                     serde_json::to_value(&o.spec).unwrap(),
                 ),
-                Document::NetworkPolicy(_) => unreachable!(),
+                Document::NetworkPolicy(_) | Document::KubeArmorPolicy(_) => unreachable!(),
             };
             let mut faults = Vec::new();
             fits(&spec, &schema_of(kind), kind, &mut faults);

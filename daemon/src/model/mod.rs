@@ -2,10 +2,13 @@
 //! parsed and validated, with no I/O beyond the text they are given.
 
 pub mod crd;
+pub mod glob;
+pub mod kubearmor;
 pub mod networkpolicy;
 pub mod palisade;
 pub mod parse;
 pub mod policy;
+pub mod posture;
 pub mod process_file;
 pub mod selector;
 // The lab's standard model: for the lab, the tests and the bench, not the
@@ -28,7 +31,8 @@ pub struct Namespace {
     pub name: String,
     pub labels: Labels,
     /// Only the posture annotations (`kubearmor-file-posture`,
-    /// `kubearmor-process-posture`) are read; the rest is kept as given.
+    /// `kubearmor-process-posture`, see `posture.rs`) are read; the rest is
+    /// kept as given.
     pub annotations: BTreeMap<String, String>,
 }
 

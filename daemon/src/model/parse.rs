@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
+    kubearmor::{self, KUBEARMOR_API_VERSION, KubeArmorPolicy, KubeArmorPolicySpec},
     networkpolicy::{
         NetworkPolicy, ObjectMeta, Peer, PolicyPort, PortRef, RuleRef, rules, valid_port_name,
     },
@@ -18,7 +19,7 @@ use super::{
         API_VERSION, Action, ClusterTier, MAX_PRIORITY, PalisadeClusterNetworkPolicySpec,
         PalisadeNetworkPolicySpec,
     },
-    policy::Policy,
+    policy::{Kind, Policy},
     process_file::{FileSection, ProcessSection},
     yaml::{self, At, Positions},
 };
@@ -29,6 +30,8 @@ pub enum Document {
     NetworkPolicy(NetworkPolicy),
     PalisadeNetworkPolicy(Object<PalisadeNetworkPolicySpec>),
     PalisadeClusterNetworkPolicy(Object<PalisadeClusterNetworkPolicySpec>),
+    /// Boxed: the object and its converted form are large.
+    KubeArmorPolicy(Box<KubeArmorPolicy>),
 }
 
 impl Document {
@@ -44,6 +47,7 @@ impl Document {
             Self::PalisadeClusterNetworkPolicy(o) => {
                 Policy::from_cluster(&o.metadata.name, &o.spec)
             }
+            Self::KubeArmorPolicy(k) => k.policy.clone(),
         }
     }
 
@@ -52,6 +56,7 @@ impl Document {
             Self::NetworkPolicy(p) => &p.metadata,
             Self::PalisadeNetworkPolicy(o) => &o.metadata,
             Self::PalisadeClusterNetworkPolicy(o) => &o.metadata,
+            Self::KubeArmorPolicy(k) => &k.object.metadata,
         }
     }
 }
@@ -161,6 +166,18 @@ pub struct Head {
     pub kind: Option<String>,
     #[serde(default)]
     metadata: Option<HeadMeta>,
+}
+
+impl Head {
+    /// The [`Policy::key`] of the policy this document would be, when its
+    /// kind and name can be told (`default_ns` for a namespaced one without
+    /// a namespace): the key its last good version is kept under.
+    pub fn policy_key(&self, default_ns: &str) -> Option<String> {
+        let kind = Kind::of(self.api_version.as_deref()?, self.kind.as_deref()?)?;
+        let meta = self.metadata.as_ref()?;
+        let ns = meta.namespace.as_deref().unwrap_or(default_ns);
+        Some(kind.key(ns, meta.name.as_deref()?))
+    }
 }
 
 #[derive(Deserialize)]
@@ -301,12 +318,27 @@ pub fn parse_one(
             validate_cluster(&o.spec).map_err(invalid(object.clone()))?;
             Ok(Document::PalisadeClusterNetworkPolicy(o))
         }
+        (Some(KUBEARMOR_API_VERSION), Some("KubeArmorPolicy")) => {
+            let mut o: Object<KubeArmorPolicySpec> =
+                yaml::from_str(doc).map_err(refused(object.clone()))?;
+            let ns = o
+                .metadata
+                .namespace
+                .get_or_insert_with(|| default_ns.to_owned());
+            let policy =
+                kubearmor::to_policy(ns, &o.metadata.name, &o.spec).map_err(invalid(object))?;
+            Ok(Document::KubeArmorPolicy(Box::new(KubeArmorPolicy {
+                object: o,
+                policy,
+            })))
+        }
         (api, kind) => Err(error(
             None,
             object,
             format!(
                 "unknown kind {} (apiVersion {}): expected networking.k8s.io/v1 NetworkPolicy, \
-                 {API_VERSION} PalisadeNetworkPolicy or PalisadeClusterNetworkPolicy",
+                 {API_VERSION} PalisadeNetworkPolicy or PalisadeClusterNetworkPolicy, \
+                 or {KUBEARMOR_API_VERSION} KubeArmorPolicy",
                 kind.unwrap_or("<none>"),
                 api.unwrap_or("<none>")
             ),
@@ -612,6 +644,14 @@ spec:
     fn unknown_kinds_are_errors_not_ignored() {
         let err = one("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n").unwrap_err();
         assert!(err.message.contains("unknown kind ConfigMap"), "{err}");
+        assert!(err.message.contains("KubeArmorPolicy"), "{err}");
+        let host = "apiVersion: security.kubearmor.com/v1\nkind: KubeArmorHostPolicy\nmetadata: {name: h}\n";
+        assert!(
+            one(host)
+                .unwrap_err()
+                .message
+                .contains("unknown kind KubeArmorHostPolicy")
+        );
     }
 
     #[test]
@@ -679,6 +719,49 @@ spec:
         assert_eq!(c.tier, super::super::policy::Tier::Admin);
         assert!(c.ingress.is_none() && c.egress.is_some());
         assert!(!c.isolates(true), "cluster policies never isolate");
+    }
+
+    #[test]
+    fn palisade_kinds_carry_patterns_sources_and_owner_only() {
+        let text = PNP
+            .replace(
+                "rules: [{action: Allow, dirs: [{path: /usr/bin/, recursive: true}]}]",
+                "rules: [{action: Allow, dirs: [{path: /usr/bin/, recursive: true}], patterns: ['/opt/**/bin/*'], ownerOnly: true}]",
+            )
+            .replace(
+                "rules: [{action: Block, paths: [/etc/shadow]}]",
+                "rules: [{action: Block, paths: [/etc/shadow], fromSource: [/usr/bin/cat], readOnly: true}]",
+            );
+        let p = one(&text).unwrap().policy();
+        assert_eq!(p.lsm_meta, super::super::policy::LsmMeta::default());
+        let process = &p.process.unwrap().rules[0];
+        assert_eq!(process.patterns, ["/opt/**/bin/*"]);
+        assert!(process.owner_only && process.from_source.is_empty());
+        let file = &p.file.unwrap().rules[0];
+        assert_eq!(file.from_source, ["/usr/bin/cat"]);
+        assert!(file.read_only && !file.owner_only);
+        for (from, to, field) in [
+            (
+                "[/etc/shadow]}]",
+                "[/etc/shadow], patterns: ['/etc/{a,b}']}]",
+                "spec.file.rules[0].patterns[0]",
+            ),
+            (
+                "{action: Block, paths: [/etc/shadow]}",
+                "{action: Allow, paths: [/etc/shadow], readOnly: true}",
+                "spec.file.rules[0].readOnly",
+            ),
+        ] {
+            let e = one(&PNP.replace(from, to)).unwrap_err();
+            assert!(e.message.starts_with(field), "{field}: {e}");
+            assert!(e.line >= 15 && e.column > 0, "{e}");
+        }
+        let long = format!("/{}", "x".repeat(super::super::process_file::MAX_RULE_PATH));
+        let e = one(&PNP.replace("/etc/shadow", &long)).unwrap_err();
+        assert!(
+            e.message.starts_with("spec.file.rules[0].paths[0]") && e.message.contains("250"),
+            "{e}"
+        );
     }
 
     #[test]

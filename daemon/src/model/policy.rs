@@ -5,9 +5,11 @@
 
 use super::{
     Labels, NetworkPolicy,
+    kubearmor::KUBEARMOR_API_VERSION,
     networkpolicy::{
         EgressRule, IngressRule, Peer, PolicyPort, PolicyType, RuleRef, directions, rules,
     },
+    palisade::API_VERSION,
     palisade::{
         Action, ClusterTier, DEFAULT_PRIORITY, Mode, PalisadeClusterNetworkPolicySpec,
         PalisadeNetworkPolicySpec,
@@ -21,14 +23,52 @@ pub enum Kind {
     NetworkPolicy,
     PalisadeNetworkPolicy,
     PalisadeClusterNetworkPolicy,
+    /// KubeArmor's `security.kubearmor.com/v1` kind, its process and file
+    /// parts (`kubearmor.rs`).
+    KubeArmorPolicy,
 }
 
 impl Kind {
+    pub const ALL: [Self; 4] = [
+        Self::NetworkPolicy,
+        Self::PalisadeNetworkPolicy,
+        Self::PalisadeClusterNetworkPolicy,
+        Self::KubeArmorPolicy,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
             Self::NetworkPolicy => "NetworkPolicy",
             Self::PalisadeNetworkPolicy => "PalisadeNetworkPolicy",
             Self::PalisadeClusterNetworkPolicy => "PalisadeClusterNetworkPolicy",
+            Self::KubeArmorPolicy => "KubeArmorPolicy",
+        }
+    }
+
+    pub const fn api_version(self) -> &'static str {
+        match self {
+            Self::NetworkPolicy => "networking.k8s.io/v1",
+            Self::PalisadeNetworkPolicy | Self::PalisadeClusterNetworkPolicy => API_VERSION,
+            Self::KubeArmorPolicy => KUBEARMOR_API_VERSION,
+        }
+    }
+
+    /// The kind a document's `apiVersion` and `kind` name, if Palisade
+    /// knows it.
+    pub fn of(api_version: &str, kind: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.api_version() == api_version && k.name() == kind)
+    }
+
+    /// An object's name in counters, metrics and `explain` (see
+    /// [`Policy::key`]); `namespace` is ignored for cluster kinds.
+    pub fn key(self, namespace: &str, name: &str) -> String {
+        match self {
+            Self::NetworkPolicy => format!("{namespace}/{name}"),
+            Self::PalisadeNetworkPolicy => format!("palisade:{namespace}/{name}"),
+            Self::PalisadeClusterNetworkPolicy => format!("cluster:{name}"),
+            Self::KubeArmorPolicy => format!("kubearmor:{namespace}/{name}"),
         }
     }
 }
@@ -68,19 +108,27 @@ pub struct Policy {
     pub egress: Option<Vec<Rule>>,
     pub process: Option<ProcessSection>,
     pub file: Option<FileSection>,
+    /// What events of the process and file rules carry.
+    pub lsm_meta: LsmMeta,
+}
+
+/// KubeArmor's `severity`, `message` and `tags`, for the events of a
+/// policy's process and file rules; empty for Palisade's kinds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LsmMeta {
+    /// 1 to 10.
+    pub severity: Option<u8>,
+    pub message: Option<String>,
+    pub tags: Vec<String>,
 }
 
 impl Policy {
     /// The policy's name in counters, metrics and `explain`: `ns/name` for
-    /// NetworkPolicy, with a kind prefix for Palisade's own kinds so that
+    /// NetworkPolicy, with a kind prefix for the other kinds so that
     /// objects of different kinds never share a name.
     pub fn key(&self) -> String {
-        let ns = self.namespace.as_deref().unwrap_or("");
-        match self.kind {
-            Kind::NetworkPolicy => format!("{ns}/{}", self.name),
-            Kind::PalisadeNetworkPolicy => format!("palisade:{ns}/{}", self.name),
-            Kind::PalisadeClusterNetworkPolicy => format!("cluster:{}", self.name),
-        }
+        self.kind
+            .key(self.namespace.as_deref().unwrap_or(""), &self.name)
     }
 
     pub fn rules(&self, egress: bool) -> Option<&[Rule]> {
@@ -152,6 +200,7 @@ impl From<&NetworkPolicy> for Policy {
             egress,
             process: None,
             file: None,
+            lsm_meta: LsmMeta::default(),
         }
     }
 }
@@ -173,6 +222,7 @@ impl Policy {
             egress,
             process: spec.process.clone(),
             file: spec.file.clone(),
+            lsm_meta: LsmMeta::default(),
         }
     }
 
@@ -193,6 +243,7 @@ impl Policy {
             egress: (!spec.egress.is_empty()).then(|| owned(rules(&[], &spec.egress))),
             process: spec.process.clone(),
             file: spec.file.clone(),
+            lsm_meta: LsmMeta::default(),
         }
     }
 }

@@ -1,17 +1,49 @@
-//! The `process` and `file` sections of Palisade's policies: which programs
-//! a selected pod may execute and which files it may open. Parsed and
-//! validated here; the BPF-LSM programs that enforce them come with the LSM
-//! work, keyed by the pod's cgroup.
+//! The process and file rules, in the one form every kind converts into
+//! (Palisade's `process:`/`file:` sections, KubeArmorPolicy's `process` and
+//! `file`): which programs a selected pod may execute and which files it
+//! may open. Parsed and validated here; the BPF-LSM programs that enforce
+//! them are keyed by the pod's cgroup.
 //!
-//! A section has a posture: `Denylist` (the default) allows everything its
-//! Block rules do not name; `Allowlist` blocks everything its Allow rules do
-//! not name. `Audit` rules report matches and block nothing.
+//! What a rule means (README, "Process and file rules: precedence"):
+//!
+//! - it matches by `paths` (exact), `dirs` (the directory's entries, or with
+//!   `recursive` everything below it) and `patterns` (see `glob.rs`);
+//! - `fromSource` (absolute executables) limits it to operations by
+//!   processes running one of them; empty: any process;
+//! - `ownerOnly`: only the file's owner may do what the rule matches: for a
+//!   process whose user is not the file's owner, an Allow or Block rule
+//!   blocks and an Audit rule reports; for the owner an Allow rule allows
+//!   and a Block or Audit rule does not apply (KubeArmor's "allow owner
+//!   only; otherwise block");
+//! - `readOnly` (file rules): a Block or Audit rule covers writes only
+//!   (open for writing, unlink, rename) and leaves reads alone. An Allow
+//!   rule with it, which only KubeArmorPolicy may carry (KubeArmor's "allow
+//!   to read only"), allows reads; the writes it matches are not allowed by
+//!   it and fall to the section's default like anything unlisted. For
+//!   Palisade's own kinds `readOnly` on Allow stays an error: write the
+//!   Block rule that says it.
+//!
+//! A section's default (its posture) applies only where the pod has an
+//! Allow rule in that section: `Allowlist` blocks what no Allow rule names,
+//! `Denylist` allows it, and without a posture the namespace's annotations
+//! decide (`posture.rs`). `Audit` rules report matches and block nothing.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::parse::Invalid;
+use super::{glob, parse::Invalid};
 
+/// The longest path a rule may name, in bytes: the kernel side matches
+/// paths through a 252-byte LPM key (a 4-byte prefix length, the path and
+/// room for its terminator and a directory's trailing byte).
+pub const MAX_RULE_PATH: usize = 250;
+
+/// What a section does with operations none of its rules names, where the
+/// pod has an Allow rule in it: `Allowlist` blocks them, `Denylist` allows
+/// them. Without one, the namespace's `kubearmor-file-posture` or
+/// `kubearmor-process-posture` annotation decides (default audit).
+// `Default` (Denylist) is for callers that need a value; a section without
+// a posture takes its namespace's (`posture.rs`), not this.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum Posture {
     #[default]
@@ -19,7 +51,7 @@ pub enum Posture {
     Allowlist,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 pub enum LsmAction {
     Allow,
     Block,
@@ -54,11 +86,15 @@ pub struct ProcessRule {
     pub paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dirs: Vec<DirMatch>,
+    /// Absolute globs: `*`, `?` and `**` only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patterns: Vec<String>,
+    /// Only executions by processes running one of these executables
+    /// (absolute paths); any process when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from_source: Vec<String>,
-    #[serde(default)]
+    /// Only the executable's owner may run it.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub owner_only: bool,
 }
 
@@ -79,43 +115,25 @@ pub struct FileRule {
     pub paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dirs: Vec<DirMatch>,
+    /// Absolute globs: `*`, `?` and `**` only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patterns: Vec<String>,
+    /// Only opens by processes running one of these executables (absolute
+    /// paths); any process when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from_source: Vec<String>,
-    #[serde(default)]
-    pub owner_only: bool,
     /// The rule covers writes only (open for writing, unlink, rename):
     /// a Block rule with it leaves reads allowed.
     #[serde(default)]
     pub read_only: bool,
+    /// Only the file's owner may open it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub owner_only: bool,
 }
 
-/// A namespace's default for what no Allow rule lists (placeholder until
-/// the model branch lands).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DefaultPosture {
-    Block,
-    Audit,
-    Allow,
-}
-
-pub fn namespace_postures(
-    ns: &super::Namespace,
-) -> Result<(DefaultPosture, DefaultPosture), Invalid> {
-    let read = |key: &str| match ns.annotations.get(key).map(String::as_str) {
-        None => Ok(None),
-        Some("block") => Ok(Some(DefaultPosture::Block)),
-        Some("audit") => Ok(Some(DefaultPosture::Audit)),
-        Some("allow") => Ok(Some(DefaultPosture::Allow)),
-        Some(other) => Err(Invalid::new(
-            format!("metadata.annotations.{key}"),
-            format!("{other:?}: expected block, audit or allow"),
-        )),
-    };
-    let file = read("kubearmor-file-posture")?.unwrap_or(DefaultPosture::Audit);
-    let process = read("kubearmor-process-posture")?.unwrap_or(file);
-    Ok((file, process))
+// serde's `skip_serializing_if` takes a reference.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// An absolute, normalised path: no empty, `.` or `..` components, at most
@@ -147,15 +165,48 @@ fn check_path(path: &str, dir: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn check_rule(at: &str, paths: &[String], dirs: &[DirMatch]) -> Result<(), Invalid> {
-    if paths.is_empty() && dirs.is_empty() {
-        return Err(Invalid::new(at, "a rule needs paths or dirs"));
+/// A path a rule names (a file, a directory ending in `/`, or an
+/// executable in `fromSource`): [`check_path`] and [`MAX_RULE_PATH`].
+pub fn check_rule_path(path: &str, dir: bool) -> Result<(), String> {
+    check_path(path, dir)?;
+    if path.len() > MAX_RULE_PATH {
+        return Err(format!(
+            "{} bytes, above the limit of {MAX_RULE_PATH} for a rule's path",
+            path.len()
+        ));
     }
-    for (i, p) in paths.iter().enumerate() {
-        check_path(p, false).map_err(|e| Invalid::new(format!("{at}.paths[{i}]"), e))?;
+    Ok(())
+}
+
+/// A rule's pattern: see `glob.rs`.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    glob::check(pattern)
+}
+
+/// What both sections' rules share, named in Palisade's fields.
+struct Matches<'a> {
+    paths: &'a [String],
+    dirs: &'a [DirMatch],
+    patterns: &'a [String],
+    from_source: &'a [String],
+}
+
+fn check_rule(at: &str, m: &Matches<'_>) -> Result<(), Invalid> {
+    if m.paths.is_empty() && m.dirs.is_empty() && m.patterns.is_empty() {
+        return Err(Invalid::new(at, "a rule needs paths, dirs or patterns"));
     }
-    for (i, d) in dirs.iter().enumerate() {
-        check_path(&d.path, true).map_err(|e| Invalid::new(format!("{at}.dirs[{i}].path"), e))?;
+    let field = |name: String| move |e: String| Invalid::new(format!("{at}.{name}"), e);
+    for (i, p) in m.paths.iter().enumerate() {
+        check_rule_path(p, false).map_err(field(format!("paths[{i}]")))?;
+    }
+    for (i, d) in m.dirs.iter().enumerate() {
+        check_rule_path(&d.path, true).map_err(field(format!("dirs[{i}].path")))?;
+    }
+    for (i, p) in m.patterns.iter().enumerate() {
+        check_pattern(p).map_err(field(format!("patterns[{i}]")))?;
+    }
+    for (i, p) in m.from_source.iter().enumerate() {
+        check_rule_path(p, false).map_err(field(format!("fromSource[{i}]")))?;
     }
     Ok(())
 }
@@ -163,17 +214,31 @@ fn check_rule(at: &str, paths: &[String], dirs: &[DirMatch]) -> Result<(), Inval
 impl ProcessSection {
     pub fn validate(&self, at: &str) -> Result<(), Invalid> {
         for (i, r) in self.rules.iter().enumerate() {
-            check_rule(&format!("{at}.rules[{i}]"), &r.paths, &r.dirs)?;
+            let m = Matches {
+                paths: &r.paths,
+                dirs: &r.dirs,
+                patterns: &r.patterns,
+                from_source: &r.from_source,
+            };
+            check_rule(&format!("{at}.rules[{i}]"), &m)?;
         }
         Ok(())
     }
 }
 
 impl FileSection {
+    /// Palisade's own kinds: `readOnly` on an Allow rule is refused (see
+    /// the module's docs).
     pub fn validate(&self, at: &str) -> Result<(), Invalid> {
         for (i, r) in self.rules.iter().enumerate() {
             let here = format!("{at}.rules[{i}]");
-            check_rule(&here, &r.paths, &r.dirs)?;
+            let m = Matches {
+                paths: &r.paths,
+                dirs: &r.dirs,
+                patterns: &r.patterns,
+                from_source: &r.from_source,
+            };
+            check_rule(&here, &m)?;
             if r.read_only && r.action == LsmAction::Allow {
                 return Err(Invalid::new(
                     format!("{here}.readOnly"),
@@ -235,5 +300,76 @@ mod tests {
         );
         assert!(crate::model::yaml::from_str::<FileSection>("{rules: [{action: Kill}]}").is_err());
         assert!(crate::model::yaml::from_str::<FileSection>("{rulez: []}").is_err());
+    }
+
+    #[test]
+    fn patterns_sources_and_owner_only_are_read_and_checked() {
+        let f: FileSection = crate::model::yaml::from_str(
+            "{rules: [{action: Block, patterns: ['/**/id_*sa'], fromSource: [/bin/cat], ownerOnly: true, readOnly: true}]}",
+        )
+        .unwrap();
+        assert!(f.validate("spec.file").is_ok());
+        let r = &f.rules[0];
+        assert_eq!(r.patterns, ["/**/id_*sa"]);
+        assert_eq!(r.from_source, ["/bin/cat"]);
+        assert!(r.owner_only && r.read_only);
+        let p: ProcessSection = crate::model::yaml::from_str(
+            "{rules: [{action: Allow, patterns: ['/usr/*/python3*'], ownerOnly: true}]}",
+        )
+        .unwrap();
+        assert!(p.validate("spec.process").is_ok() && p.rules[0].owner_only);
+        for (text, field) in [
+            (
+                "{rules: [{action: Block, patterns: ['/etc/[ab]']}]}",
+                "spec.process.rules[0].patterns[0]",
+            ),
+            (
+                "{rules: [{action: Block, paths: [/bin/sh], fromSource: [bash]}]}",
+                "spec.process.rules[0].fromSource[0]",
+            ),
+            (
+                "{rules: [{action: Block, paths: [/bin/sh], fromSource: [/usr/bin/]}]}",
+                "spec.process.rules[0].fromSource[0]",
+            ),
+        ] {
+            let p: ProcessSection = crate::model::yaml::from_str(text).unwrap();
+            let e = p.validate("spec.process").unwrap_err().to_string();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+        assert!(
+            crate::model::yaml::from_str::<ProcessSection>(
+                "{rules: [{action: Allow, paths: [/bin/sh], readOnly: true}]}"
+            )
+            .is_err(),
+            "readOnly is for file rules"
+        );
+    }
+
+    #[test]
+    fn rule_paths_longer_than_the_lpm_key_are_refused_by_field() {
+        let at_limit = format!("/{}", "a".repeat(MAX_RULE_PATH - 1));
+        let over = format!("/{}", "a".repeat(MAX_RULE_PATH));
+        assert!(check_rule_path(&at_limit, false).is_ok());
+        let dir_at_limit = format!("/{}/", "d".repeat(MAX_RULE_PATH - 2));
+        assert!(check_rule_path(&dir_at_limit, true).is_ok());
+        let e = check_rule_path(&over, false).unwrap_err();
+        assert!(e.contains("limit of 250"), "{e}");
+        for (rule, field) in [
+            (format!("{{action: Block, paths: [{over}]}}"), "paths[0]"),
+            (
+                format!("{{action: Block, dirs: [{{path: {over}/}}]}}"),
+                "dirs[0].path",
+            ),
+            (
+                format!("{{action: Block, paths: [/x], fromSource: [{over}]}}"),
+                "fromSource[0]",
+            ),
+        ] {
+            let f: FileSection =
+                crate::model::yaml::from_str(&format!("{{rules: [{rule}]}}")).unwrap();
+            let e = f.validate("spec.file").unwrap_err();
+            assert_eq!(e.path, format!("spec.file.rules[0].{field}"), "{e}");
+            assert!(e.message.contains("250"), "{e}");
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! The file source: every `*.yaml`, `*.yml` and `*.json` file of a directory,
 //! each holding any number of documents: `v1 Namespace`, `v1 Pod`, and the
-//! policy kinds of `model::parse`. Pods and namespaces are read leniently
-//! (API objects carry many fields Palisade does not use); policies strictly.
+//! policy kinds of `model::parse` (KubeArmorPolicy among them). Pods and
+//! namespaces are read leniently (API objects carry many fields Palisade
+//! does not use), except a namespace's posture annotations; policies
+//! strictly.
 //!
 //! Last good state: an object whose new version fails keeps its previous
 //! version (matched by kind, namespace and name); a file that cannot be
@@ -24,7 +26,8 @@ use super::{Reading, Source};
 use crate::model::{
     NamedPort, Namespace, Pod, Policy, Protocol, Snapshot,
     parse::{Head, ParseError, parse_one, split_documents},
-    yaml,
+    posture::namespace_postures,
+    yaml::{self, Positions},
 };
 
 pub const REVISION_FILE: &str = ".revision";
@@ -151,8 +154,8 @@ fn key_of(o: &Object) -> String {
     }
 }
 
-/// The documents of one file: objects read, and errors with the
-/// `namespace/name` of the policy they concern when it could be told.
+/// The documents of one file: objects read, and errors with the key (as
+/// [`key_of`] gives it) of the object they concern when it could be told.
 fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, String)>) {
     let shown = path.display().to_string();
     let (mut objects, mut errors) = (Vec::new(), Vec::new());
@@ -169,11 +172,25 @@ fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, Stri
             .and_then(|h| Some((h.api_version.as_deref()?, h.kind.as_deref()?)));
         match kind {
             Some(("v1", "Namespace")) => match yaml::from_str::<NamespaceDoc>(&doc) {
-                Ok(n) => objects.push(Object::Namespace(Namespace {
-                    name: n.metadata.name,
-                    labels: n.metadata.labels,
-                    annotations: n.metadata.annotations,
-                })),
+                Ok(n) => {
+                    let ns = Namespace {
+                        name: n.metadata.name,
+                        labels: n.metadata.labels,
+                        annotations: n.metadata.annotations,
+                    };
+                    // A posture that cannot be read is a bad document: the
+                    // namespace's last good version stays.
+                    match namespace_postures(&ns) {
+                        Ok(_) => objects.push(Object::Namespace(ns)),
+                        Err(e) => {
+                            let at = Positions::of(&doc).locate(&e.path);
+                            let message = format!("Namespace {}: {e}", ns.name);
+                            let e = ParseError::in_document(&shown, start, at, None, message);
+                            let key = key_of(&Object::Namespace(ns));
+                            errors.push((Some(key), e.to_string()));
+                        }
+                    }
+                }
                 Err(e) => errors.push(refused("Namespace", e)),
             },
             Some(("v1", "Pod")) => match yaml::from_str::<PodDoc>(&doc) {
@@ -183,7 +200,10 @@ fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, Stri
             // Policies, and anything else: the policy parser names unknown kinds.
             _ => match parse_one(&doc, start, &shown, "default") {
                 Ok(d) => objects.push(Object::Policy(d.policy())),
-                Err(e) => errors.push((e.object.clone(), e.to_string())),
+                Err(e) => {
+                    let key = head.as_ref().and_then(|h| h.policy_key("default"));
+                    errors.push((key.map(|k| format!("Policy/{k}")), e.to_string()));
+                }
             },
         }
     }
@@ -244,18 +264,11 @@ impl FileSource {
         let mut good: BTreeMap<String, Object> =
             objects.into_iter().map(|o| (key_of(&o), o)).collect();
         let old = self.last_good.get(path);
-        for (object, message) in bad {
+        for (key, message) in bad {
             // The bad object's last good version stays in force.
-            // Errors name policies as `namespace/name` (`cluster:name`);
-            // a namespaced Palisade policy's key adds its prefix.
-            let kept = old.zip(object).and_then(|(old, object)| {
-                [
-                    format!("Policy/{object}"),
-                    format!("Policy/palisade:{object}"),
-                ]
-                .into_iter()
-                .find_map(|k| old.get(&k).map(|o| (k, o.clone())))
-            });
+            let kept = old
+                .zip(key)
+                .and_then(|(old, k)| old.get(&k).map(|o| (k, o.clone())));
             match kept {
                 Some((k, o)) => {
                     errors.push(format!("{message} (its last good version stays in force)"));
@@ -406,6 +419,82 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         );
         let keys: Vec<String> = r.snapshot.policies.iter().map(|p| p.key()).collect();
         assert_eq!(keys, vec!["x/deny".to_owned(), "x/new".to_owned()]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    const KSP: &str = "apiVersion: security.kubearmor.com/v1
+kind: KubeArmorPolicy
+metadata: {name: no-shell, namespace: x}
+spec:
+  selector: {matchLabels: {pod: a}}
+  process:
+    matchPaths: [{path: /bin/sh}]
+  action: Block
+";
+
+    #[test]
+    fn kubearmor_policies_are_read_and_keep_their_last_good_version() {
+        let dir = temp_dir();
+        fs::write(dir.join("cluster.yaml"), format!("{GOOD}---\n{KSP}")).unwrap();
+        let mut source = FileSource::new(&dir);
+        let r = source.read();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let ksp = r
+            .snapshot
+            .policies
+            .iter()
+            .find(|p| p.key() == "kubearmor:x/no-shell")
+            .unwrap();
+        assert_eq!(ksp.process.as_ref().unwrap().rules[0].paths, ["/bin/sh"]);
+        let broken = KSP.replace("  action: Block\n", "  action: Block\n  capabilities: {}\n");
+        fs::write(dir.join("cluster.yaml"), format!("{GOOD}---\n{broken}")).unwrap();
+        let r = source.read();
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert!(
+            r.errors[0].contains("spec.capabilities: Palisade does not enforce capabilities")
+                && r.errors[0].contains("last good"),
+            "{:?}",
+            r.errors
+        );
+        assert!(
+            r.snapshot
+                .policies
+                .iter()
+                .any(|p| p.key() == "kubearmor:x/no-shell")
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bad_posture_annotation_keeps_the_namespaces_last_good_version() {
+        let dir = temp_dir();
+        let annotated = |posture: &str| {
+            GOOD.replace(
+                "metadata: {name: x, labels: {ns: x}}",
+                &format!(
+                    "metadata: {{name: x, labels: {{ns: x}}, annotations: {{kubearmor-file-posture: {posture}}}}}"
+                ),
+            )
+        };
+        fs::write(dir.join("cluster.yaml"), annotated("block")).unwrap();
+        let mut source = FileSource::new(&dir);
+        let r = source.read();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        fs::write(dir.join("cluster.yaml"), annotated("enforce")).unwrap();
+        let r = source.read();
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        let e = &r.errors[0];
+        assert!(
+            e.contains("cluster.yaml:3:")
+                && e.contains("metadata.annotations.kubearmor-file-posture")
+                && e.contains("\"enforce\"")
+                && e.contains("last good"),
+            "{e}"
+        );
+        assert_eq!(
+            r.snapshot.namespaces["x"].annotations["kubearmor-file-posture"],
+            "block"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }
