@@ -349,3 +349,116 @@ mod tests {
         assert_eq!(judge(&[], Ok(3), "", &exec), Verdict::Allowed);
     }
 }
+
+/// Natively, as root: the operation really runs in the pod's cgroup,
+/// network namespace and uid, and its errno decides.
+#[cfg(test)]
+mod privileged {
+    use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf};
+
+    use super::*;
+    use crate::{netns::Netns, topology::cgroup2_root};
+
+    struct Cleanup(Vec<PathBuf>);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for p in self.0.iter().rev() {
+                let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_dir(p));
+            }
+        }
+    }
+
+    #[test]
+    fn operations_run_inside_the_pod_and_are_judged_on_errno() {
+        let (true, Some(root)) = (nix::unistd::geteuid().is_root(), cgroup2_root()) else {
+            eprintln!("skipped: needs root and a cgroup v2 hierarchy");
+            return;
+        };
+        let id = std::process::id();
+        let cgroup = root.join(format!("palisade-optest-{id}"));
+        let dir = std::env::temp_dir().join(format!("palisade-optest-{id}"));
+        let _cleanup = Cleanup(vec![dir.clone(), cgroup.clone()]);
+        fs::create_dir(&cgroup).unwrap();
+        fs::create_dir(&dir).unwrap();
+        // Sticky and world-writable, like /tmp: uid 1000 may not unlink
+        // root's files there (EPERM).
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        let netns = Netns::new("optest").unwrap();
+        let secret = dir.join("secret");
+        fs::write(&secret, "s\n").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let pod = |user| PodJoin {
+            cgroup: &cgroup,
+            netns: netns.fd(),
+            user,
+        };
+
+        // A from: program that says where it ran.
+        let out = dir.join("out");
+        let from = dir.join("from.sh");
+        fs::write(
+            &from,
+            format!(
+                "#!/bin/sh\n{{ cat /proc/self/cgroup; readlink /proc/self/ns/net; id -u; echo \"$@\"; }} > {}\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&from, fs::Permissions::from_mode(0o755)).unwrap();
+        let read = Operation::Read(secret.clone());
+        assert_eq!(
+            run_operation(&pod(Some(1000)), &read, Some(&from)),
+            Verdict::Allowed
+        );
+        let seen = fs::read_to_string(&out).unwrap();
+        let relative = cgroup.strip_prefix(&root).unwrap().display().to_string();
+        assert!(seen.contains(&format!("0::/{relative}\n")), "{seen}");
+        let ns = fs::read_link(netns.path()).unwrap();
+        assert!(seen.contains(&format!("{}\n", ns.display())), "{seen}");
+        assert!(seen.contains("\n1000\n"), "{seen}");
+        assert!(
+            seen.contains(&format!("__palisade-check read {}", secret.display())),
+            "{seen}"
+        );
+
+        // The child itself, by errno.
+        assert_eq!(run_operation(&pod(None), &read, None), Verdict::Allowed);
+        assert_eq!(
+            run_operation(&pod(Some(1000)), &read, None),
+            Verdict::Denied,
+            "EACCES"
+        );
+        let unlink = Operation::Unlink(secret.clone());
+        assert_eq!(
+            run_operation(&pod(Some(1000)), &unlink, None),
+            Verdict::Denied,
+            "EPERM"
+        );
+        assert_eq!(run_operation(&pod(None), &unlink, None), Verdict::Allowed);
+        assert!(
+            matches!(run_operation(&pod(None), &unlink, None), Verdict::Failed(m) if m.contains("ENOENT"))
+        );
+        let exec = Operation::Exec(from.clone());
+        assert_eq!(run_operation(&pod(None), &exec, None), Verdict::Allowed);
+        let missing = Operation::Exec(dir.join("missing"));
+        assert!(matches!(
+            run_operation(&pod(None), &missing, None),
+            Verdict::Failed(_)
+        ));
+        // A from: program that cannot start is no verdict on the operation.
+        fs::set_permissions(&from, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(
+            matches!(run_operation(&pod(Some(1000)), &read, Some(&from)), Verdict::Failed(m) if m.contains("itself denied"))
+        );
+        // A pod that cannot be joined is a failure, never a denial.
+        let gone = PodJoin {
+            cgroup: &dir,
+            netns: netns.fd(),
+            user: None,
+        };
+        assert!(
+            matches!(run_operation(&gone, &read, None), Verdict::Failed(m) if m.contains("cgroup"))
+        );
+    }
+}

@@ -366,3 +366,98 @@ mod tests {
         assert_eq!((run.path(), run.describe()), (None, "/bin/true x".into()));
     }
 }
+
+#[cfg(test)]
+mod planned {
+    use crate::plan::{Action, Operation, Scenario};
+
+    const HEAD: &str = "name: t
+namespaces:
+  x: {labels: {ns: x}, annotations: {kubearmor-file-posture: block}}
+pods: [{namespace: x, name: a}]
+files:
+  - {path: /srv/pal/h1/secret.txt, content: \"s\\n\", owner: 1000, mode: \"0640\"}
+  - {path: /srv/pal/h1/bin/cat, executable: true}
+  - {path: /srv/pal/h1/plain.txt}
+checks:
+";
+
+    fn load(checks: &str) -> Result<Scenario, palisade::model::parse::ParseError> {
+        Scenario::load(&format!("{HEAD}{checks}"), "t.yaml")
+    }
+
+    #[test]
+    fn checks_name_one_operation_and_an_executable_from() {
+        let s = load(
+            "  - {pod: x/a, read: /srv/pal/h1/secret.txt, from: /srv/pal/h1/bin/cat, user: 1000, event: block, expect: denied}\n  - {pod: x/a, exec: /bin/true, expect: allowed}\n",
+        )
+        .unwrap();
+        assert_eq!(s.fixtures.len(), 3);
+        assert_eq!(
+            s.cluster.namespaces["x"].annotations["kubearmor-file-posture"],
+            "block"
+        );
+        let Some(Action::Check(checks)) = s.actions.last() else {
+            unreachable!()
+        };
+        assert_eq!(
+            checks[0].operation,
+            Operation::Read("/srv/pal/h1/secret.txt".into())
+        );
+        assert_eq!(checks[0].user, Some(1000));
+        assert_eq!(checks[1].operation, Operation::Exec("/bin/true".into()));
+        // The first check is on line 10.
+        for (bad, says) in [
+            ("{pod: x/a, expect: allowed}", "has none"),
+            (
+                "{pod: x/a, read: /srv/pal/h1/secret.txt, unlink: /srv/pal/h1/secret.txt, expect: denied}",
+                "read, unlink",
+            ),
+            (
+                "{pod: x/a, read: /srv/pal/h1/secret.txt, from: /srv/pal/h1/plain.txt, expect: denied}",
+                "executable: true",
+            ),
+            (
+                "{pod: x/a, run: [/bin/true], from: /srv/pal/h1/bin/cat, expect: allowed}",
+                "not run",
+            ),
+            (
+                "{pod: x/a, run: [/bin/true], event: none, expect: allowed}",
+                "not run",
+            ),
+            (
+                "{pod: x/a, unlink: /etc/passwd, expect: denied}",
+                "not below /srv/pal/",
+            ),
+            ("{pod: x/a, read: relative, expect: denied}", "absolute"),
+            (
+                "{pod: x/b, read: /srv/pal/h1/secret.txt, expect: denied}",
+                "no pod x/b",
+            ),
+        ] {
+            let e = load(&format!("  - {bad}\n")).err().unwrap();
+            assert_eq!(e.line, 10, "{bad}: {e}");
+            assert!(e.message.contains(says), "{bad}: {e}");
+        }
+        let e =
+            load("  - {pod: x/a, read: /srv/pal/h1/secret.txt, event: blocked, expect: denied}\n")
+                .err()
+                .unwrap();
+        assert!(e.message.contains("blocked"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_fixture_is_invalid_input_naming_its_line() {
+        let head = format!("{HEAD}  - {{pod: x/a, exec: /bin/true, expect: allowed}}\n");
+        let text = head.replace("/srv/pal/h1/plain.txt", "/etc/plain.txt");
+        let e = Scenario::load(&text, "t.yaml").err().unwrap();
+        assert_eq!(e.line, 8, "{e}");
+        assert!(
+            e.message.contains("files[2]") && e.message.contains("/srv/pal/"),
+            "{e}"
+        );
+        let text = head.replace("mode: \"0640\"", "mode: \"0648\"");
+        let e = Scenario::load(&text, "t.yaml").err().unwrap();
+        assert_eq!(e.line, 6, "{e}");
+    }
+}
