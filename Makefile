@@ -22,9 +22,11 @@ demo: build
 	scripts/demo.sh target/release/palisade
 
 # Everything: lint, unit, privileged (root, netns, bpffs), the scenario
-# suite natively, the QEMU guest tests and the SCTP scenarios in the guest.
+# suite natively, the QEMU guest tests, and the SCTP and the process and
+# file (BPF-LSM) scenarios in the guest.
 test: setup lint unit privileged scenarios guest
 	$(MAKE) guest-scenarios FILES="$(wildcard tests/scenarios/sctp/*.yaml)"
+	$(MAKE) guest-scenarios FILES="$(wildcard tests/scenarios/lsm/*.yaml)"
 	@$(SKIPPED_SUMMARY)
 
 lint:
@@ -53,7 +55,8 @@ privileged:
 	$(SKIPPED_SUMMARY); exit $$status
 
 # The scenario suite (docs/SCENARIOS.md) against the real daemon; SCTP
-# scenarios live in tests/scenarios/sctp/ and run in the guest.
+# scenarios live in tests/scenarios/sctp/ and process and file ones in
+# tests/scenarios/lsm/, and run in the guest.
 scenarios: build
 	time target/release/palisade lab run tests/scenarios/*.yaml
 

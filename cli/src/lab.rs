@@ -3,9 +3,9 @@
 //! to say that this binary has no lab.
 
 #[cfg(feature = "lab")]
-pub use with_lab::{Args, run};
+pub use with_lab::{Args, check_helper, run};
 #[cfg(not(feature = "lab"))]
-pub use without_lab::{Args, run};
+pub use without_lab::{Args, check_helper, run};
 
 #[cfg(feature = "lab")]
 mod with_lab {
@@ -48,6 +48,14 @@ mod with_lab {
             #[arg(long)]
             save: Option<PathBuf>,
         },
+    }
+
+    /// The lab's check helper, when the binary was started as one
+    /// (`palisade __palisade-check OP PATH`, also under another name): its
+    /// exit status. It must run before anything else in `main`, which
+    /// would open files of its own.
+    pub fn check_helper() -> Option<ExitCode> {
+        palisade_lab::helper::main().map(ExitCode::from)
     }
 
     pub fn run(args: &Args) -> ExitCode {
@@ -139,6 +147,11 @@ mod without_lab {
     pub struct Args {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         _args: Vec<String>,
+    }
+
+    /// Without the lab there is no check helper.
+    pub fn check_helper() -> Option<ExitCode> {
+        None
     }
 
     pub fn run(_: &Args) -> ExitCode {

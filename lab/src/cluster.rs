@@ -1,9 +1,11 @@
 //! The lab's namespaces and pods as the Kubernetes objects the daemon's file
-//! source reads (`v1 Namespace`, `v1 Pod` with container ports and pod IPs).
+//! source reads (`v1 Namespace` with its annotations, `v1 Pod` with
+//! container ports, pod IPs and its cgroup as the `palisade.dev/cgroup`
+//! annotation).
 
 use serde_json::{Value, json};
 
-use palisade::model::Snapshot;
+use palisade::{model::Snapshot, source::files::CGROUP_ANNOTATION};
 
 /// One multi-document YAML text with every namespace and pod.
 pub fn cluster_yaml(snapshot: &Snapshot) -> String {
@@ -12,7 +14,7 @@ pub fn cluster_yaml(snapshot: &Snapshot) -> String {
         docs.push(json!({
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": ns.name, "labels": ns.labels},
+            "metadata": {"name": ns.name, "labels": ns.labels, "annotations": ns.annotations},
         }));
     }
     for pod in &snapshot.pods {
@@ -22,10 +24,21 @@ pub fn cluster_yaml(snapshot: &Snapshot) -> String {
             .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol}))
             .collect();
         let ips: Vec<Value> = pod.ips.iter().map(|ip| json!({"ip": ip})).collect();
+        // Where its processes run, for process and file rules.
+        let annotations: serde_json::Map<String, Value> = pod
+            .cgroup
+            .iter()
+            .map(|c| (CGROUP_ANNOTATION.to_owned(), json!(c)))
+            .collect();
         docs.push(json!({
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels},
+            "metadata": {
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "labels": pod.labels,
+                "annotations": annotations,
+            },
             "spec": {"containers": [{"name": "main", "ports": ports}]},
             "status": {"podIP": pod.ips.first(), "podIPs": ips},
         }));
@@ -46,12 +59,18 @@ mod tests {
     #[test]
     fn the_file_source_reads_back_the_same_cluster() {
         let snapshot = ScenarioFile::parse(
-            "name: t\nmodel: standard\npodCIDR6: fd00::/64\nnamespaces: {w: {labels: {team: blue}}}\npods: [{namespace: w, name: d, labels: {app: d}}]\n",
+            "name: t\nmodel: standard\npodCIDR6: fd00::/64\nnamespaces: {w: {labels: {team: blue}, annotations: {kubearmor-file-posture: block}}}\npods: [{namespace: w, name: d, labels: {app: d}}]\n",
             "t.yaml",
         )
         .unwrap()
         .snapshot("t.yaml")
         .unwrap();
+        let mut snapshot = snapshot;
+        snapshot.pods[0].cgroup = Some("/sys/fs/cgroup/palisade-lab1-0/x.a".into());
+        assert_eq!(
+            snapshot.namespaces["w"].annotations["kubearmor-file-posture"],
+            "block"
+        );
         let dir = std::env::temp_dir().join(format!("palisade-cluster-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cluster.yaml"), cluster_yaml(&snapshot)).unwrap();

@@ -77,7 +77,10 @@ pub async fn node_with_daemon(
     let dir = std::env::temp_dir().join(format!("palisade-{tag}"));
     let pins = Path::new(palisade::paths::BPFFS).join(format!("palisade-{tag}"));
     let enforcer = Enforcer::start(bin, &topology.node, &dir, &pins)?;
-    enforcer.write("cluster.yaml", &cluster_yaml(cluster))?;
+    enforcer.write(
+        "cluster.yaml",
+        &cluster_yaml(&topology.with_cgroups(cluster)),
+    )?;
     Ok((topology, enforcer, dir))
 }
 

@@ -8,7 +8,10 @@
 //! `serve` opens the listeners, `enforcer` runs the daemon as its own
 //! process with the file source (`cluster` writes its objects), `probe`
 //! makes the connections, `drops` matches blocked ones to the daemon's drop
-//! events, `report` prints. `demo` is `palisade lab demo`. `fixtures` lends
+//! events, `report` prints. For process and file checks, `fixture_files`
+//! makes the scenario's `files:`, `operation` runs each check's operation
+//! in its pod, `helper` is the check helper the binary becomes when started
+//! as one, and `lsm_events` matches operations to the daemon's decisions. `demo` is `palisade lab demo`. `fixtures` lends
 //! the topology and the daemon to the integration tests and the bench.
 
 pub mod cluster;
@@ -16,8 +19,12 @@ pub mod demo;
 pub mod drops;
 pub mod enforcer;
 pub mod expect;
+pub mod fixture_files;
 pub mod fixtures;
+pub mod helper;
+pub mod lsm_events;
 pub mod netns;
+pub mod operation;
 pub mod plan;
 pub mod probe;
 pub mod report;
@@ -42,7 +49,16 @@ fn sweep_stale() {
             .and_then(|pid| pid.parse::<u32>().ok())
             .is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists())
     };
-    for base in ["/sys/fs/bpf", "/sys/fs/cgroup"] {
+    let cgroups = topology::cgroup2_root();
+    // Older runners made their cgroups right under /sys/fs/cgroup.
+    let bases = [
+        Some(Path::new("/sys/fs/bpf")),
+        Some(Path::new("/sys/fs/cgroup")),
+        cgroups
+            .as_deref()
+            .filter(|c| *c != Path::new("/sys/fs/cgroup")),
+    ];
+    for base in bases.into_iter().flatten() {
         let Ok(entries) = std::fs::read_dir(base) else {
             continue;
         };

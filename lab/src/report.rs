@@ -9,7 +9,7 @@ use crate::{
     drops::Confirmation,
     expect::Cell,
     probe::Observed,
-    scenario::{CheckExpect, HeldExpect},
+    scenario::{CheckExpect, EventExpect, HeldExpect},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -116,20 +116,73 @@ pub enum CheckObserved {
 pub struct CheckReport {
     pub step: usize,
     pub pod: String,
+    /// The command line of a `run` check.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub run: Vec<String>,
+    /// `exec`, `read`, `write` or `unlink`, with its `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
     pub expected: CheckExpect,
     #[serde(flatten)]
     pub observed: CheckObserved,
+    /// For a check with `event:`, what the event stream said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventReport>,
+}
+
+/// The decision event a check expected, and the one that came (within
+/// the window after the operation), if any.
+#[derive(Debug, Serialize)]
+pub struct EventReport {
+    pub expected: EventExpect,
+    /// The event's `action` (`block` or `audit`), absent when none came.
+    pub observed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+impl EventReport {
+    pub fn mismatch(&self) -> bool {
+        let want = match self.expected {
+            EventExpect::None => None,
+            EventExpect::Audit => Some("audit"),
+            EventExpect::Block => Some("block"),
+        };
+        self.observed.as_deref() != want
+    }
 }
 
 impl CheckReport {
     pub fn mismatch(&self) -> bool {
-        !matches!(
-            (&self.observed, self.expected),
+        match (&self.observed, self.expected) {
+            (CheckObserved::Skipped(_), _) => false,
             (CheckObserved::Allowed, CheckExpect::Allowed)
-                | (CheckObserved::Denied, CheckExpect::Denied)
-                | (CheckObserved::Skipped(_), _)
-        )
+            | (CheckObserved::Denied, CheckExpect::Denied) => {
+                self.event.as_ref().is_some_and(EventReport::mismatch)
+            }
+            _ => true,
+        }
+    }
+
+    /// `x/a read /srv/pal/f from /srv/pal/cat as 1000`, or the command.
+    fn describe(&self) -> String {
+        let mut text = match (&self.operation, &self.path) {
+            (Some(op), Some(path)) => format!("{op} {path}"),
+            _ => self.run.join(" "),
+        };
+        if let Some(from) = &self.from {
+            let _ = write!(text, " from {from}");
+        }
+        if let Some(uid) = self.user {
+            let _ = write!(text, " as {uid}");
+        }
+        text
     }
 }
 
@@ -238,11 +291,21 @@ impl ScenarioReport {
                 CheckObserved::Failed(e) => format!("failed: {e}"),
                 CheckObserved::Skipped(r) => format!("skipped: {r}"),
             };
+            let event = c.event.as_ref().map_or(String::new(), |e| {
+                format!(
+                    "; event expected {:?}, observed {}{}",
+                    e.expected,
+                    e.observed.as_deref().unwrap_or("none"),
+                    e.policy
+                        .as_deref()
+                        .map_or(String::new(), |p| format!(" ({p})"))
+                )
+            });
             let _ = writeln!(
                 out,
-                "check {} `{}`: expected {:?}, observed {observed}{}",
+                "check {} `{}`: expected {:?}, observed {observed}{event}{}",
                 c.pod,
-                c.run.join(" "),
+                c.describe(),
                 c.expected,
                 if c.mismatch() { "   <- MISMATCH" } else { "" }
             );

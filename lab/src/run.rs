@@ -29,11 +29,16 @@ use crate::{
     drops::{DropWatch, Silent},
     enforcer::Enforcer,
     expect::Cell,
+    fixture_files::FixtureFiles,
     fixtures::node_with_daemon,
-    plan::{Action, CheckPlan, HoldPlan, PolicyDoc, ProbePlan, Scenario},
+    helper::Verdict,
+    lsm_events::{EVENT_WINDOW, LsmWatch},
+    operation::{PodJoin, run_operation},
+    plan::{Action, CheckPlan, HoldPlan, Operation, PolicyDoc, ProbePlan, Scenario},
     probe::{Observed, held_state, hold, probe, still_open},
     report::{
-        CellReport, CheckObserved, CheckReport, HeldReport, ProbeReport, ScenarioReport, StepReport,
+        CellReport, CheckObserved, CheckReport, EventReport, HeldReport, ProbeReport,
+        ScenarioReport, StepReport,
     },
     scenario::HeldExpect,
     serve::{Listeners, no_sctp},
@@ -87,14 +92,16 @@ pub async fn run(
 }
 
 /// One scenario's node while it runs. Fields drop in order: held
-/// connections, the event reader, the daemon, the listeners, then the
-/// namespaces.
+/// connections, the event readers, the daemon, the listeners, the
+/// namespaces, then the fixtures.
 struct Lab<'a> {
     options: &'a Options,
     /// Connections opened by `connect` steps, by name.
     held: BTreeMap<String, (HoldPlan, Option<Arc<socket2::Socket>>)>,
     /// The daemon's drop events, which confirm blocked cells.
     drops: DropWatch,
+    /// Its process and file decisions, when a check has `event:`.
+    decisions: Option<LsmWatch>,
     enforcer: Enforcer,
     listeners: Listeners,
     topology: Topology,
@@ -104,6 +111,8 @@ struct Lab<'a> {
     applied: BTreeMap<String, PolicyDoc>,
     lsm: bool,
     dir: PathBuf,
+    /// The scenario's `files:`, made before the first step.
+    files: FixtureFiles,
 }
 
 impl<'a> Lab<'a> {
@@ -111,6 +120,8 @@ impl<'a> Lab<'a> {
     /// with the cluster in force and no policy.
     async fn start(scenario: &Scenario, options: &'a Options, n: usize) -> anyhow::Result<Self> {
         let tag = format!("lab{}-{n}", std::process::id());
+        let files = FixtureFiles::make(&scenario.fixtures, &options.bin)
+            .context("making the fixtures of `files:`")?;
         let (topology, mut enforcer, dir) = node_with_daemon(
             &options.bin,
             &tag,
@@ -142,17 +153,30 @@ impl<'a> Lab<'a> {
         // Its endpoint is known once it reports.
         let drops = DropWatch::start(enforcer.metrics_addr()?, &topology.node.path())
             .context("subscribing to the daemon's drop events")?;
+        let wants_events = scenario.actions.iter().any(
+            |a| matches!(a, Action::Check(checks) if checks.iter().any(|c| c.event.is_some())),
+        );
+        let decisions = if wants_events {
+            Some(
+                LsmWatch::start(enforcer.metrics_addr()?, &topology.node.path())
+                    .context("subscribing to the daemon's process and file events")?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             options,
             held: BTreeMap::new(),
             drops,
+            decisions,
             enforcer,
             listeners,
+            state: topology.with_cgroups(&scenario.cluster),
             topology,
-            state: scenario.cluster.clone(),
             applied: BTreeMap::new(),
             lsm: Features::probe().bpf_lsm.is_active(),
             dir,
+            files,
         })
     }
 
@@ -227,7 +251,7 @@ impl<'a> Lab<'a> {
                 return Ok(false);
             }
             Action::Check(checks) => {
-                self.check(checks, step, report);
+                self.check(checks, step, report).await;
                 return Ok(false);
             }
         }
@@ -244,7 +268,9 @@ impl<'a> Lab<'a> {
                 self.listeners
                     .serve(&net.netns, &pod.ips, true, *port, *protocol)?;
             }
-            self.state.pods.push(pod.clone());
+            let mut pod = pod.clone();
+            pod.cgroup = net.cgroup.as_ref().map(|c| c.display().to_string());
+            self.state.pods.push(pod);
         }
         self.write_cluster()
     }
@@ -323,21 +349,94 @@ impl<'a> Lab<'a> {
         Ok(())
     }
 
-    fn check(&self, checks: &[CheckPlan], step: usize, report: &mut ScenarioReport) {
-        let reason = check_skip(self.lsm, &self.applied);
+    async fn check(&mut self, checks: &[CheckPlan], step: usize, report: &mut ScenarioReport) {
+        let reason = check_skip(self.lsm);
         for c in checks {
-            let observed = match &reason {
-                Some(r) => CheckObserved::Skipped(r.clone()),
-                None => run_check(&self.topology.pods[&c.pod], c),
+            let (observed, event) = match &reason {
+                Some(r) => (CheckObserved::Skipped(r.clone()), None),
+                None => self.check_one(c).await,
             };
+            let path = c.operation.path().map(|p| p.display().to_string());
             report.checks.push(CheckReport {
                 step,
                 pod: c.pod.clone(),
-                run: c.run.clone(),
+                run: match &c.operation {
+                    Operation::Run(argv) => argv.clone(),
+                    _ => Vec::new(),
+                },
+                operation: path.is_some().then(|| c.operation.name().to_owned()),
+                path,
+                from: c.from.as_ref().map(|p| p.display().to_string()),
+                user: c.user,
                 expected: c.expect,
                 observed,
+                event,
             });
         }
+    }
+
+    /// One check, from fixtures as declared; with `event:`, the event
+    /// stream's word on it.
+    async fn check_one(&mut self, c: &CheckPlan) -> (CheckObserved, Option<EventReport>) {
+        if let Err(e) = self.files.restore() {
+            return (
+                CheckObserved::Failed(format!("restoring the fixtures: {e:#}")),
+                None,
+            );
+        }
+        let pod = &self.topology.pods[&c.pod];
+        let Some(path) = c.operation.path() else {
+            return (run_check(pod, c), None);
+        };
+        let Some(cgroup) = &pod.cgroup else {
+            return (
+                CheckObserved::Skipped("no writable cgroup v2 hierarchy for the pod".into()),
+                None,
+            );
+        };
+        // The enforcer names the file it decided on: a link's target
+        // when the operation followed it.
+        let mut paths = vec![path.display().to_string()];
+        if let Ok(real) = std::fs::canonicalize(path) {
+            paths.push(real.display().to_string());
+        }
+        let since = self.decisions.as_ref().map(LsmWatch::mark);
+        let start = Instant::now();
+        let join = PodJoin {
+            cgroup,
+            netns: pod.netns.fd(),
+            user: c.user,
+        };
+        let observed = match run_operation(&join, &c.operation, c.from.as_deref()) {
+            Verdict::Allowed => CheckObserved::Allowed,
+            Verdict::Denied => CheckObserved::Denied,
+            Verdict::Failed(why) => CheckObserved::Failed(why),
+        };
+        let event = match (c.event, &self.decisions, since) {
+            (Some(expected), Some(watch), Some(since)) => {
+                let found = watch
+                    .wait(
+                        since,
+                        &c.pod,
+                        c.operation.name(),
+                        &paths,
+                        start + EVENT_WINDOW,
+                    )
+                    .await;
+                Some(EventReport {
+                    expected,
+                    observed: found.as_ref().map(|e| e.action.clone()),
+                    policy: found.map(|e| e.policy),
+                })
+            }
+            (Some(expected), ..) => Some(EventReport {
+                expected,
+                observed: Some("unknown: no event reader".into()),
+                policy: None,
+            }),
+            (None, ..) => None,
+        };
+        (observed, event)
     }
 
     /// Probes one table, then gives each blocked cell its drop event, or
@@ -449,23 +548,16 @@ async fn run_probe(
 
 /// Why checks cannot be judged here, if they cannot: a check passes only
 /// where Palisade could have enforced what it expects.
-fn check_skip(lsm: bool, applied: &BTreeMap<String, PolicyDoc>) -> Option<String> {
-    if !lsm {
-        return Some("BPF LSM is not active on this kernel".into());
-    }
-    applied
-        .values()
-        .find(|d| d.policy.process.is_some() || d.policy.file.is_some())
-        .map(|d| {
-            format!(
-                "{} has process/file rules, which this build does not enforce yet",
-                d.key
-            )
-        })
+fn check_skip(lsm: bool) -> Option<String> {
+    (!lsm).then(|| "BPF LSM is not active on this kernel".into())
 }
 
-/// Runs the command in the pod's network namespace and cgroup.
+/// Runs a `run:` command in the pod's network namespace and cgroup, as
+/// the check's user.
 fn run_check(pod: &PodNet, check: &CheckPlan) -> CheckObserved {
+    let Operation::Run(argv) = &check.operation else {
+        return CheckObserved::Failed("not a run: check".into());
+    };
     let Some(cgroup) = &pod.cgroup else {
         return CheckObserved::Skipped("no writable cgroup v2 hierarchy for the pod".into());
     };
@@ -477,8 +569,9 @@ fn run_check(pod: &PodNet, check: &CheckPlan) -> CheckObserved {
     ) else {
         return CheckObserved::Failed("bad cgroup path".into());
     };
-    let mut cmd = Command::new(&check.run[0]);
-    cmd.args(&check.run[1..]);
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+
     if let Err(e) = pod.netns.spawn_inside(&mut cmd) {
         return CheckObserved::Failed(format!("{}: {e}", pod.netns.name));
     }
@@ -492,6 +585,18 @@ fn run_check(pod: &PodNet, check: &CheckPlan) -> CheckObserved {
             }
             Ok(())
         });
+        // After joining, which the new uid could not do.
+        if let Some(id) = check.user {
+            cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(id) != 0
+                    || libc::setuid(id) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     match cmd.output() {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {

@@ -47,8 +47,11 @@ pub struct ScenarioFile {
     pub probes: Vec<ProbeSpec>,
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// Fixtures for process and file checks, under `/srv/pal/`.
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
     /// The file line of each item of the top-level lists (`policies`,
-    /// `steps`, `probes`, `checks`), for errors found after parsing.
+    /// `steps`, `probes`, `checks`, `files`), for errors found after parsing.
     #[serde(skip)]
     pub item_lines: BTreeMap<String, Vec<usize>>,
 }
@@ -214,12 +217,65 @@ fn four() -> u8 {
     4
 }
 
+/// One check: exactly one of `run`, `exec`, `read`, `write`, `unlink`
+/// (the planner says which is missing or doubled, with the line).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     pub pod: String,
-    pub run: Vec<String>,
+    #[serde(default)]
+    pub run: Option<Vec<String>>,
+    #[serde(default)]
+    pub exec: Option<String>,
+    #[serde(default)]
+    pub read: Option<String>,
+    #[serde(default)]
+    pub write: Option<String>,
+    #[serde(default)]
+    pub unlink: Option<String>,
+    /// An `executable: true` fixture that performs the operation.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// The uid (and gid) the operation runs as.
+    #[serde(default)]
+    pub user: Option<u32>,
+    /// The decision event the enforcer must (or must not) report.
+    #[serde(default)]
+    pub event: Option<EventExpect>,
     pub expect: CheckExpect,
+}
+
+/// What the enforcer's event stream must say about a check's operation.
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventExpect {
+    /// No decision event for it.
+    None,
+    Audit,
+    Block,
+}
+
+/// A fixture of `files:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Under `/srv/pal/`; a trailing `/` makes a directory.
+    pub path: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    /// uid, and gid the same.
+    #[serde(default)]
+    pub owner: Option<u32>,
+    /// Octal, as a string (`"0640"`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// A copy of the runner's own check helper.
+    #[serde(default)]
+    pub executable: bool,
+    /// Palisade's extension: a symbolic link to this path (under
+    /// `/srv/pal/` too).
+    #[serde(default)]
+    pub link: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -234,6 +290,9 @@ pub enum CheckExpect {
 pub struct NamespaceSpec {
     #[serde(default)]
     pub labels: Labels,
+    /// KubeArmor's posture annotations, for instance.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -354,7 +413,7 @@ impl ScenarioFile {
             ParseError::in_document(file, 1, e.at, None, e.message)
         })?;
         let positions = Positions::of(text);
-        for key in ["policies", "steps", "probes", "checks"] {
+        for key in ["policies", "steps", "probes", "checks", "files"] {
             let lines = positions.items(key).iter().map(|at| at.line).collect();
             parsed.item_lines.insert(key.to_owned(), lines);
         }
@@ -384,7 +443,7 @@ impl ScenarioFile {
                 Namespace {
                     name: name.clone(),
                     labels: spec.labels.clone(),
-                    annotations: Default::default(),
+                    annotations: spec.annotations.clone(),
                 },
             );
         }

@@ -153,6 +153,16 @@ pub async fn veth_into(
     Ok((host_index, h, index))
 }
 
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or on a
+/// hybrid host `/sys/fs/cgroup/unified`; `None` without one.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC))
+}
+
 impl Topology {
     pub async fn build(plan: &Plan<'_>) -> anyhow::Result<Self> {
         let node = Netns::new(&format!("{}-node", plan.tag))?;
@@ -170,12 +180,12 @@ impl Topology {
         for net in &plan.networks {
             add_address(&h, bridge, node_address(*net), net.prefix_len()).await?;
         }
-        let root = PathBuf::from("/sys/fs/cgroup").join(format!("palisade-{}", plan.tag));
+        let root = cgroup2_root().map(|r| r.join(format!("palisade-{}", plan.tag)));
         let mut topology = Self {
             node,
             pods: BTreeMap::new(),
             outside: None,
-            cgroup_root: fs::create_dir(&root).ok().map(|()| root.clone()),
+            cgroup_root: root.filter(|r| fs::create_dir(r).is_ok()),
             netlink: h.clone(),
             bridge,
             networks: plan.networks.clone(),
@@ -262,6 +272,18 @@ impl Topology {
 }
 
 impl Topology {
+    /// `cluster` with each local pod's cgroup, as the daemon must know it
+    /// (`palisade.dev/cgroup` on the Pod the source reads).
+    pub fn with_cgroups(&self, cluster: &palisade::model::Snapshot) -> palisade::model::Snapshot {
+        let mut cluster = cluster.clone();
+        for pod in &mut cluster.pods {
+            if let Some(net) = self.pods.get(&pod.key()) {
+                pod.cgroup = net.cgroup.as_ref().map(|c| c.display().to_string());
+            }
+        }
+        cluster
+    }
+
     /// Makes the uplink the node's IPv4 default route, as on a node whose
     /// traffic leaves through it (`--uplink auto` then finds it). Needs
     /// externals, which make the uplink.

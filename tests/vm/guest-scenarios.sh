@@ -14,7 +14,11 @@ cd "$(dirname "$0")/../.."
 
 # A static binary needs nothing from the guest's (absent) libc.
 cargo build -q -p palisade-cli --target "$GUEST_TARGET"
-bin=target/$GUEST_TARGET/debug/palisade
+# Without its debug information: the guest holds it in RAM, and so do the
+# copies that process and file checks make of it (executable fixtures).
+mkdir -p "target/$GUEST_TARGET/debug/guest"
+bin=target/$GUEST_TARGET/debug/guest/palisade
+strip -o "$bin" "target/$GUEST_TARGET/debug/palisade"
 
 adds=(--add "$bin")
 names=()

@@ -3,7 +3,10 @@
 //! every `update` replaces an applied object. Whatever is wrong here is
 //! invalid input (exit status 2) and nothing touches the kernel.
 
+mod checks;
 mod probes;
+
+pub use checks::{CheckPlan, FIXTURE_ROOT, Fixture, FixtureKind, Operation, parse_mode};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -17,8 +20,7 @@ use palisade::model::{Labels, NamedPort, Pod, Policy, Protocol, Snapshot, parse:
 use crate::{
     expect::Cell,
     scenario::{
-        self, CheckExpect, Embedded, HeldExpect, HoldSpec, PodSpec, Relabel, ScenarioFile, Step,
-        invalid,
+        self, Embedded, HeldExpect, HoldSpec, PodSpec, Relabel, ScenarioFile, Step, invalid,
     },
 };
 
@@ -65,13 +67,6 @@ pub struct ProbePlan {
 }
 
 #[derive(Clone, Debug)]
-pub struct CheckPlan {
-    pub pod: String,
-    pub run: Vec<String>,
-    pub expect: CheckExpect,
-}
-
-#[derive(Clone, Debug)]
 pub enum Action {
     Apply(Vec<PolicyDoc>),
     Delete(Vec<PolicyDoc>),
@@ -111,7 +106,7 @@ impl Action {
             Self::RelabelPod(p, _) => format!("relabel pod {p}"),
             Self::RelabelNamespace(n, _) => format!("relabel namespace {n}"),
             Self::Probe(p) => format!("probe ({} tables)", p.len()),
-            Self::Check(c) => format!("check ({} commands)", c.len()),
+            Self::Check(c) => format!("check ({} operations)", c.len()),
             Self::Connect(c) => format!("connect ({} connections)", c.len()),
             Self::Create(p) => format!(
                 "create {}",
@@ -135,6 +130,8 @@ pub struct Scenario {
     pub networks: Vec<IpNet>,
     pub externals: Vec<External>,
     pub actions: Vec<Action>,
+    /// The fixtures of `files:`, made before the first step.
+    pub fixtures: Vec<Fixture>,
     /// Item lines of the file's top-level lists, for errors.
     lines: BTreeMap<String, Vec<usize>>,
 }
@@ -255,8 +252,12 @@ impl Scenario {
             networks,
             externals,
             actions: Vec::new(),
+            fixtures: Vec::new(),
             lines: parsed.item_lines.clone(),
         };
+        scenario.fixtures = checks::plan_fixtures(&parsed.files, |i, m| {
+            scenario.err(&format!("files[{i}]"), m)
+        })?;
         scenario.plan_actions(&parsed, &policies)?;
         Ok(scenario)
     }

@@ -5,10 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use palisade::model::{NamedPort, Protocol, networkpolicy::PortRef, parse::ParseError};
 
-use super::{CheckPlan, PlannedCell, ProbePlan, Scenario};
+use super::{PlannedCell, ProbePlan, Scenario};
 use crate::{
     expect::{Cell, Expect, Expected},
-    scenario::{CheckSpec, ProbeSpec},
+    scenario::ProbeSpec,
 };
 
 impl Scenario {
@@ -158,29 +158,5 @@ impl Scenario {
             expected: if unnamed { Cell::Unchecked } else { e.cell },
             target,
         })
-    }
-
-    pub(super) fn plan_checks(
-        &self,
-        checks: &[CheckSpec],
-        at: &str,
-    ) -> Result<Vec<CheckPlan>, ParseError> {
-        checks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if !self.cluster.pods.iter().any(|p| p.key() == c.pod) {
-                    return Err(self.err(&format!("{at}[{i}]"), format!("no pod {}", c.pod)));
-                }
-                if c.run.is_empty() {
-                    return Err(self.err(&format!("{at}[{i}]"), "run is empty".into()));
-                }
-                Ok(CheckPlan {
-                    pod: c.pod.clone(),
-                    run: c.run.clone(),
-                    expect: c.expect,
-                })
-            })
-            .collect()
     }
 }
