@@ -57,6 +57,8 @@ pub struct Scratch {
     prefixlen: u32,
     set: u32,
     path: [u8; PATH_MAX],
+    /// The key's path after a non-recursive directory's own bytes.
+    tail: [u8; KEY_PATH_BYTES],
     /// The one field that persists between runs: the event rate limit.
     credit_ns: u64,
     last_ns: u64,
@@ -167,19 +169,46 @@ fn judge(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdict, u8
         return (rule.direct[which & 1], 0);
     }
     // A non-recursive directory covers its children: a '/' after its own
-    // bytes means the path lies deeper.
+    // bytes means the path lies deeper. The rest of the key's path is
+    // copied to a fixed place first, so that the scan reads at constant
+    // offsets, and the scan stops at the first answer: the verifier follows
+    // one path through it, not one per byte.
+    let end = if len - 1 > KEY_PATH_BYTES {
+        KEY_PATH_BYTES
+    } else {
+        len - 1
+    };
     let start = rule.len as usize;
-    let end = len - 1;
+    let rest = end.saturating_sub(start);
     let mut deeper = false;
-    for i in 0..KEY_PATH_BYTES {
-        if i >= start && i < end && s.path[i] == b'/' {
-            deeper = true;
+    // SAFETY: reads our own scratch (`start` is at most the key's length);
+    // a fault would leave `tail` zeroed, which reads as "no '/'".
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            s.tail.as_mut_ptr().cast(),
+            KEY_PATH_BYTES as u32,
+            s.path.as_ptr().wrapping_add(start).cast(),
+        )
+    };
+    if copied == 0 {
+        for j in 0..KEY_PATH_BYTES {
+            // Read afresh each time: a `rest` the compiler could reason
+            // about would let it replace the constant bound the verifier
+            // needs with one it cannot follow.
+            // SAFETY: a read of a local.
+            if j >= unsafe { read_volatile(&rest) } {
+                break;
+            }
+            if s.tail[j] == b'/' {
+                deeper = true;
+                break;
+            }
         }
     }
     if deeper {
         return (rule.deeper[which & 1], 0);
     }
-    if end > KEY_PATH_BYTES {
+    if len - 1 > KEY_PATH_BYTES {
         // The rest of the path is past the key: take the stricter.
         let (d, p) = (rule.direct[which & 1], rule.deeper[which & 1]);
         let v = if p.action > d.action { p } else { d };

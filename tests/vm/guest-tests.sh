@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 
 # Static binaries need nothing from the guest's (absent) libc.
 bins=$(cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --message-format=json \
-         --test loader --test attach --test lsm --test datapath --test enforce --test sync --test discover 2>/dev/null |
+         --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover 2>/dev/null |
        python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -17,7 +17,7 @@ for line in sys.stdin:
         print(m["executable"])
 ')
 [ -n "$bins" ] || { echo "guest-tests: building the test binaries failed" >&2; \
-  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm --test datapath --test enforce --test sync --test discover; exit 1; }
+  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover; exit 1; }
 
 adds=()
 for b in $bins; do adds+=(--add "$b"); done

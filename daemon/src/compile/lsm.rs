@@ -511,6 +511,7 @@ spec:
         let s = snapshot(
             &format!(
                 "{PNP}  file:
+    posture: Denylist
     rules:
     - {{action: Block, dirs: [{{path: /etc/ssl/, recursive: true}}]}}
     - {{action: Allow, paths: [/etc/ssl/certs/ok.pem]}}

@@ -216,7 +216,11 @@ fn load_object(
         })?;
     if let Some((name, _)) = ebpf
         .maps()
-        .find(|(name, _)| !object.has_map(name) && !object.scratch.contains(name))
+        // `.rodata*`: the object's constants and the globals the loader
+        // set (structure offsets), frozen read-only; nothing to pin.
+        .find(|(name, _)| {
+            !object.has_map(name) && !object.scratch.contains(name) && !name.starts_with(".rodata")
+        })
     {
         return Err(LoadError::UnexpectedMap {
             object: object.name,
