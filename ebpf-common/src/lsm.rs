@@ -121,6 +121,10 @@ pub struct PathRule {
     pub deeper: [Verdict; 2],
 }
 
+/// Set in a [`PodSets`] id: the set has `fromSource` sets, found in
+/// `PAL_LSM_SOURCES` by (set id, the process's executable with its NUL).
+pub const HAS_SOURCES: u32 = 1 << 31;
+
 /// A pod's rule sets; 0 means none (every operation allowed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -201,19 +205,27 @@ pub mod globals {
     pub const FILE_F_PATH: &str = "PAL_OFF_FILE_F_PATH";
     /// `struct file`: `f_mode`.
     pub const FILE_F_MODE: &str = "PAL_OFF_FILE_F_MODE";
+    /// `struct file`: `f_flags`.
+    pub const FILE_F_FLAGS: &str = "PAL_OFF_FILE_F_FLAGS";
     /// `struct file`: `f_inode`.
     pub const FILE_F_INODE: &str = "PAL_OFF_FILE_F_INODE";
     /// `struct inode`: `i_uid`.
     pub const INODE_I_UID: &str = "PAL_OFF_INODE_I_UID";
     /// `struct linux_binprm`: `file`.
     pub const BPRM_FILE: &str = "PAL_OFF_BPRM_FILE";
+    /// `struct task_struct`: `mm`.
+    pub const TASK_MM: &str = "PAL_OFF_TASK_MM";
+    /// `struct mm_struct`: `exe_file`.
+    pub const MM_EXE_FILE: &str = "PAL_OFF_MM_EXE_FILE";
 }
 
-/// `fmode_t` bits: part of the kernel's user-visible behaviour for decades.
+/// `fmode_t` and open flag bits: part of the kernel's behaviour for decades.
 pub mod fmode {
     pub const WRITE: u32 = 0x2;
-    /// The open execve(2) makes of the program: a process rule's business.
-    pub const EXEC: u32 = 0x20;
+    /// `__FMODE_EXEC` in `f_flags`: the open execve(2) makes of the
+    /// program, a process rule's business. (`f_mode`'s FMODE_EXEC is not
+    /// set on that open.)
+    pub const EXEC_FLAG: u32 = 0x20;
 }
 
 const _: () = {

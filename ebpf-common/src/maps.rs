@@ -24,6 +24,8 @@ pub const LSM_STATS: &str = "PAL_LSM_STATS";
 pub const LSM_PODS: &str = "PAL_LSM_PODS";
 /// (rule set, path) -> [`crate::lsm::PathRule`], longest prefix.
 pub const LSM_RULES: &str = "PAL_LSM_RULES";
+/// (rule set, executable) -> the set for processes running it.
+pub const LSM_SOURCES: &str = "PAL_LSM_SOURCES";
 /// One [`crate::lsm::LsmConfig`].
 pub const LSM_CONFIG: &str = "PAL_LSM_CONFIG";
 /// Block and Audit decisions by (policy, hook, action).
@@ -75,6 +77,7 @@ pub mod size {
     pub const EVENTS: u32 = 256 * 1024;
     pub const LSM_PODS: u32 = 4_096;
     pub const LSM_RULES: u32 = 65_536;
+    pub const LSM_SOURCES: u32 = 4_096;
     pub const LSM_DECIDE: u32 = 4_096;
     /// Bytes: ~800 events.
     pub const LSM_EVENTS: u32 = 256 * 1024;
@@ -133,6 +136,7 @@ pub const SPECS: &[MapSpec] = &[
     stats(LSM_STATS),
     spec::<u64, PodSets>(LSM_PODS, kind::HASH, size::LSM_PODS),
     lpm::<RuleData>(LSM_RULES, size_of::<PathRule>() as u32, size::LSM_RULES),
+    lpm::<RuleData>(LSM_SOURCES, size_of::<u32>() as u32, size::LSM_SOURCES),
     spec::<u32, LsmConfig>(LSM_CONFIG, kind::ARRAY, 1),
     spec::<DecisionKey, u64>(LSM_DECIDE, kind::PERCPU_HASH, size::LSM_DECIDE),
     MapSpec {

@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, path},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         generated::{bpf_d_path, bpf_get_current_comm, bpf_probe_read_kernel},
     },
     macros::{lsm, map},
@@ -27,9 +27,9 @@ use ebpf_common::{
     datapath::event_rate,
     kernel::count,
     lsm::{
-        CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, KEY_PATH_BYTES, LsmConfig, LsmEvent,
-        PATH_MAX, PathRule, PodSets, RuleData, Verdict, action, entry_kind, event_flags, event_op,
-        fmode, hook, op, verdict_flags,
+        CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, HAS_SOURCES, KEY_PATH_BYTES, LsmConfig,
+        LsmEvent, PATH_MAX, PathRule, PodSets, RuleData, Verdict, action, entry_kind, event_flags,
+        event_op, fmode, hook, op, verdict_flags,
     },
     maps::size,
     reason,
@@ -42,6 +42,8 @@ static PAL_LSM_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS
 static PAL_LSM_PODS: HashMap<u64, PodSets> = HashMap::with_max_entries(size::LSM_PODS, 0);
 #[map(name = "PAL_LSM_RULES")]
 static PAL_LSM_RULES: LpmTrie<RuleData, PathRule> = LpmTrie::with_max_entries(size::LSM_RULES, 0);
+#[map(name = "PAL_LSM_SOURCES")]
+static PAL_LSM_SOURCES: LpmTrie<RuleData, u32> = LpmTrie::with_max_entries(size::LSM_SOURCES, 0);
 #[map(name = "PAL_LSM_CONFIG")]
 static PAL_LSM_CONFIG: Array<LsmConfig> = Array::with_max_entries(1, 0);
 #[map(name = "PAL_LSM_DECIDE")]
@@ -75,11 +77,17 @@ static PAL_OFF_FILE_F_PATH: u32 = 0;
 #[unsafe(no_mangle)]
 static PAL_OFF_FILE_F_MODE: u32 = 0;
 #[unsafe(no_mangle)]
+static PAL_OFF_FILE_F_FLAGS: u32 = 0;
+#[unsafe(no_mangle)]
 static PAL_OFF_FILE_F_INODE: u32 = 0;
 #[unsafe(no_mangle)]
 static PAL_OFF_INODE_I_UID: u32 = 0;
 #[unsafe(no_mangle)]
 static PAL_OFF_BPRM_FILE: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_TASK_MM: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_MM_EXE_FILE: u32 = 0;
 
 const EPERM: i32 = 1;
 
@@ -356,6 +364,43 @@ fn enforce(
     }
 }
 
+/// The set for the current process's executable (`fromSource`), or `set`:
+/// the executable's path is resolved into the scratch and looked up
+/// whole. For an exec, the current process is still the caller.
+#[inline(always)]
+fn source_set(s: &mut Scratch, set: u32) -> u32 {
+    // SAFETY: the current task, and fields at offsets from the kernel's
+    // BTF; `mm` is NULL for kernel threads, `exe_file` may be NULL.
+    let exe: *const u8 = unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let mm: *const u8 = field(task, offset(&PAL_OFF_TASK_MM));
+        if mm.is_null() {
+            return set;
+        }
+        field(mm, offset(&PAL_OFF_MM_EXE_FILE))
+    };
+    if exe.is_null() {
+        return set;
+    }
+    // SAFETY: `exe + f_path` is the `struct path` inside that file.
+    let resolved = unsafe {
+        let p = exe.add(offset(&PAL_OFF_FILE_F_PATH)) as *mut path;
+        bpf_d_path(p, s.path.as_mut_ptr().cast(), PATH_MAX as u32)
+    };
+    // Source paths fit a key whole (rules are at most MAX_RULE_PATH).
+    if resolved <= 0 || resolved as usize > KEY_PATH_BYTES {
+        return set;
+    }
+    s.set = set;
+    s.prefixlen = 32 + 8 * resolved as u32;
+    let key = addr_of_mut!(*s) as *const Key<RuleData>;
+    // SAFETY: `Scratch` starts with the layout of the key.
+    match unsafe { PAL_LSM_SOURCES.get(&*key) } {
+        Some(&own) => own,
+        None => set,
+    }
+}
+
 /// Resolves `file`'s path into the scratch and judges it in `set`.
 #[inline(always)]
 fn check(file: *const u8, set: u32, which: usize, on: u8, what: u8, cgroup: u64) -> i32 {
@@ -364,6 +409,11 @@ fn check(file: *const u8, set: u32, which: usize, on: u8, what: u8, cgroup: u64)
     };
     // SAFETY: a per-CPU array value, used by this CPU for this run only.
     let s = unsafe { &mut *s };
+    let set = if set & HAS_SOURCES != 0 {
+        source_set(s, set & !HAS_SOURCES)
+    } else {
+        set
+    };
     // SAFETY: `file + f_path` is the `struct path` inside the hook's file
     // (the offset from the kernel's BTF); the buffer is the scratch's.
     let resolved = unsafe {
@@ -417,8 +467,13 @@ pub fn pal_lsm_open(ctx: LsmContext) -> i32 {
         return 0;
     }
     // SAFETY: `file` is the hook's `struct file *`.
-    let mode: u32 = unsafe { field(file, offset(&PAL_OFF_FILE_F_MODE)) };
-    if mode & fmode::EXEC != 0 {
+    let (mode, flags): (u32, u32) = unsafe {
+        (
+            field(file, offset(&PAL_OFF_FILE_F_MODE)),
+            field(file, offset(&PAL_OFF_FILE_F_FLAGS)),
+        )
+    };
+    if flags & fmode::EXEC_FLAG != 0 {
         // The open execve(2) makes of the program: for process rules.
         return 0;
     }

@@ -30,7 +30,7 @@ use crate::{
     model::{
         Namespace, Policy, Snapshot,
         posture::{DefaultPosture, namespace_postures},
-        process_file::{LsmAction, Posture},
+        process_file::{DirMatch, LsmAction, Posture},
     },
 };
 
@@ -39,6 +39,9 @@ use crate::{
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleSet {
     pub entries: Vec<(u32, Vec<u8>, PathRuleOrd)>,
+    /// `fromSource`: the set that applies instead to a process running
+    /// this executable (its path, without NUL), by path.
+    pub sources: Vec<(Vec<u8>, RuleSet)>,
 }
 
 /// A [`PathRule`] that sorts, so that equal sets can be shared by pods.
@@ -67,6 +70,14 @@ impl Ord for PathRuleOrd {
 }
 
 impl RuleSet {
+    /// The `fromSource` keys under set id `set`, with their sets.
+    pub fn source_keys(&self, set: u32) -> impl Iterator<Item = (u32, RuleData, &RuleSet)> + '_ {
+        self.sources.iter().filter_map(move |(exe, own)| {
+            let (prefixlen, data) = RuleData::entry(set, exe, true)?;
+            Some((prefixlen, data, own))
+        })
+    }
+
     /// The kernel key of each entry under set id `set`.
     pub fn keys(&self, set: u32) -> impl Iterator<Item = (u32, RuleData, PathRule)> + '_ {
         self.entries.iter().filter_map(move |(_, path, rule)| {
@@ -119,7 +130,6 @@ pub fn lsm_inactive(reason: &str) -> String {
 }
 
 const NO_PATTERNS: &str = "matchPatterns (patterns) are not enforced yet: those rules are left out";
-const NO_FROM_SOURCE: &str = "fromSource is not enforced yet: those rules are left out";
 const NO_PATH_HOOKS: &str = "file rules are checked at open(2) only: unlink, rename, link and \
      truncate(2) by path are not checked yet";
 
@@ -325,7 +335,10 @@ impl Section {
             }
         }
         entries.sort();
-        RuleSet { entries }
+        RuleSet {
+            entries,
+            sources: Vec::new(),
+        }
     }
 }
 
@@ -373,13 +386,86 @@ pub fn compile_lsm(snapshot: &Snapshot) -> LsmDesired {
     out
 }
 
+/// One section's rules for one pod: the rules for every process, and
+/// per `fromSource` executable the rules for processes running it.
+struct Sourced {
+    any: bool,
+    general: Section,
+    by_source: BTreeMap<String, Section>,
+}
+
+impl Sourced {
+    fn new() -> Self {
+        Self {
+            any: false,
+            general: Section::new(),
+            by_source: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, sources: &[String], paths: &[String], dirs: &[DirMatch], c: Candidate) {
+        let targets: Vec<&mut Section> = if sources.is_empty() {
+            vec![&mut self.general]
+        } else {
+            // Creating a source's section here keeps it; its general rules
+            // are added when the set is built.
+            for s in sources {
+                self.by_source.entry(s.clone()).or_insert_with(Section::new);
+            }
+            self.by_source
+                .iter_mut()
+                .filter(|(s, _)| sources.contains(s))
+                .map(|(_, section)| section)
+                .collect()
+        };
+        for section in targets {
+            for path in paths.iter().filter(|p| p.len() <= MAX_RULE_PATH) {
+                section.add(path, None, c);
+            }
+            for d in dirs.iter().filter(|d| d.path.len() <= MAX_RULE_PATH) {
+                section.add(&d.path, Some(d.recursive), c);
+            }
+        }
+    }
+
+    fn posture(&mut self, posture: Option<Posture>, policy: u32) {
+        self.general.posture(posture, policy);
+    }
+
+    /// The set for every process, with the sets of the `fromSource`
+    /// executables: each holds the general rules and its own, and whether
+    /// the section has Allow rules is decided over all of them.
+    fn build(mut self, annotation: DefaultPosture) -> Option<RuleSet> {
+        if !self.any {
+            return None;
+        }
+        let has_allow = self.general.has_allow || self.by_source.values().any(|s| s.has_allow);
+        let mut sources = Vec::new();
+        for (exe, mut own) in std::mem::take(&mut self.by_source) {
+            for (path, place) in &self.general.places {
+                let mine = own.places.entry(path.clone()).or_default();
+                mine.file.extend(place.file.iter().copied());
+                mine.recursive.extend(place.recursive.iter().copied());
+                mine.children.extend(place.children.iter().copied());
+            }
+            own.has_allow = has_allow;
+            own.allowlist = self.general.allowlist;
+            own.denylist = self.general.denylist;
+            sources.push((exe.into_bytes(), own.build(annotation)));
+        }
+        self.general.has_allow = has_allow;
+        let mut set = self.general.build(annotation);
+        set.sources = sources;
+        Some(set)
+    }
+}
+
 fn pod_rules(
     ns: &Namespace,
     selecting: &[&Policy],
     not_enforced: &mut BTreeMap<String, BTreeSet<String>>,
 ) -> PodRules {
-    let (mut process, mut file) = (Section::new(), Section::new());
-    let (mut any_process, mut any_file) = (false, false);
+    let (mut process, mut file) = (Sourced::new(), Sourced::new());
     let mut gap = |policy: &Policy, why: &str| {
         not_enforced
             .entry(policy.key())
@@ -389,15 +475,11 @@ fn pod_rules(
     for p in selecting {
         let id = stable_id(&p.key());
         if let Some(s) = &p.process {
-            any_process = true;
+            process.any = true;
             process.posture(s.posture, id);
             for r in &s.rules {
                 if !r.patterns.is_empty() {
                     gap(p, NO_PATTERNS);
-                }
-                if !r.from_source.is_empty() {
-                    gap(p, NO_FROM_SOURCE);
-                    continue;
                 }
                 let c = Candidate {
                     action: r.action,
@@ -405,24 +487,15 @@ fn pod_rules(
                     owner_only: r.owner_only,
                     policy: id,
                 };
-                for path in r.paths.iter().filter(|p| p.len() <= MAX_RULE_PATH) {
-                    process.add(path, None, c);
-                }
-                for d in r.dirs.iter().filter(|d| d.path.len() <= MAX_RULE_PATH) {
-                    process.add(&d.path, Some(d.recursive), c);
-                }
+                process.add(&r.from_source, &r.paths, &r.dirs, c);
             }
         }
         if let Some(s) = &p.file {
-            any_file = true;
+            file.any = true;
             file.posture(s.posture, id);
             for r in &s.rules {
                 if !r.patterns.is_empty() {
                     gap(p, NO_PATTERNS);
-                }
-                if !r.from_source.is_empty() {
-                    gap(p, NO_FROM_SOURCE);
-                    continue;
                 }
                 let covers = match (r.read_only, r.action) {
                     (false, _) => [true, true],
@@ -438,12 +511,7 @@ fn pod_rules(
                     owner_only: r.owner_only,
                     policy: id,
                 };
-                for path in r.paths.iter().filter(|p| p.len() <= MAX_RULE_PATH) {
-                    file.add(path, None, c);
-                }
-                for d in r.dirs.iter().filter(|d| d.path.len() <= MAX_RULE_PATH) {
-                    file.add(&d.path, Some(d.recursive), c);
-                }
+                file.add(&r.from_source, &r.paths, &r.dirs, c);
             }
         }
     }
@@ -452,8 +520,8 @@ fn pod_rules(
         namespace_postures(ns).unwrap_or((DefaultPosture::Audit, DefaultPosture::Audit));
     PodRules {
         cgroup: String::new(),
-        process: any_process.then(|| process.build(process_posture)),
-        file: any_file.then(|| file.build(file_posture)),
+        process: process.build(process_posture),
+        file: file.build(file_posture),
     }
 }
 
@@ -606,6 +674,32 @@ spec:
         assert_eq!(keys.len(), set.entries.len());
         assert_eq!(keys[0].0, 32, "the root entry comes first");
         assert!(keys.iter().all(|(_, data, _)| data.set == 7));
+    }
+
+    #[test]
+    fn from_source_rules_get_a_set_of_their_own_with_the_general_rules() {
+        let s = snapshot(
+            &format!(
+                "{PNP}  file:
+    posture: Denylist
+    rules:
+    - {{action: Block, paths: [/a/general]}}
+    - {{action: Block, paths: [/a/secret], fromSource: [/bin/cat]}}
+"
+            ),
+            &[],
+        );
+        let d = compile_lsm(&s);
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        assert_eq!(verdict(set, "/a/secret", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/a/general", op::READ), action::BLOCK);
+        assert_eq!(set.sources.len(), 1);
+        let (exe, cat) = &set.sources[0];
+        assert_eq!(exe, b"/bin/cat");
+        assert_eq!(verdict(cat, "/a/secret", op::READ), action::BLOCK);
+        assert_eq!(verdict(cat, "/a/general", op::READ), action::BLOCK);
+        assert_eq!(verdict(cat, "/a/other", op::READ), action::ALLOW);
+        assert_eq!(set.source_keys(9).count(), 1);
     }
 
     #[test]

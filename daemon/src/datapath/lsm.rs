@@ -15,6 +15,7 @@ use crate::paths::PinDir;
 pub struct LsmMaps {
     pods: HashMap<MapData, u64, PodSets>,
     rules: LpmTrie<MapData, RuleData, PathRule>,
+    sources: LpmTrie<MapData, RuleData, u32>,
     config: Array<MapData, LsmConfig>,
 }
 
@@ -26,6 +27,8 @@ impl LsmMaps {
                 .map_err(conv(maps::LSM_PODS))?,
             rules: LpmTrie::try_from(open_map(pins, maps::LSM_RULES)?)
                 .map_err(conv(maps::LSM_RULES))?,
+            sources: LpmTrie::try_from(open_map(pins, maps::LSM_SOURCES)?)
+                .map_err(conv(maps::LSM_SOURCES))?,
             config: Array::try_from(open_map(pins, maps::LSM_CONFIG)?)
                 .map_err(conv(maps::LSM_CONFIG))?,
         })
@@ -94,7 +97,45 @@ impl LsmMaps {
         for key in doomed {
             self.remove_rule(key.prefix_len(), key.data())?;
         }
+        let mut doomed = Vec::new();
+        for key in self.sources.keys() {
+            let key = key.map_err(|source| DatapathError::Read {
+                name: maps::LSM_SOURCES,
+                source,
+            })?;
+            if sets.contains(&key.data().set) {
+                doomed.push(key);
+            }
+        }
+        for key in doomed {
+            self.remove_source(key.prefix_len(), key.data())?;
+        }
         Ok(())
+    }
+
+    /// Processes running `exe` (the key) use set `own` instead of the
+    /// key's set.
+    pub fn write_source(
+        &mut self,
+        prefixlen: u32,
+        data: RuleData,
+        own: u32,
+    ) -> Result<(), DatapathError> {
+        self.sources
+            .insert(&Key::new(prefixlen, data), &own, 0)
+            .map_err(|source| DatapathError::Write {
+                name: maps::LSM_SOURCES,
+                what: format!("a fromSource entry of rule set {}", data.set),
+                source,
+            })
+    }
+
+    pub fn remove_source(&mut self, prefixlen: u32, data: RuleData) -> Result<(), DatapathError> {
+        removed(
+            self.sources.remove(&Key::new(prefixlen, data)),
+            maps::LSM_SOURCES,
+            || format!("removing a fromSource entry of rule set {}", data.set),
+        )
     }
 
     pub fn set_pod(&mut self, cgroup: u64, sets: PodSets) -> Result<(), DatapathError> {

@@ -190,11 +190,17 @@ pub fn lsm_offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>, BtfError> {
     Ok(vec![
         (globals::FILE_F_PATH, btf.field_offset("file", "f_path")?),
         (globals::FILE_F_MODE, btf.field_offset("file", "f_mode")?),
+        (globals::FILE_F_FLAGS, btf.field_offset("file", "f_flags")?),
         (globals::FILE_F_INODE, btf.field_offset("file", "f_inode")?),
         (globals::INODE_I_UID, btf.field_offset("inode", "i_uid")?),
         (
             globals::BPRM_FILE,
             btf.field_offset("linux_binprm", "file")?,
+        ),
+        (globals::TASK_MM, btf.field_offset("task_struct", "mm")?),
+        (
+            globals::MM_EXE_FILE,
+            btf.field_offset("mm_struct", "exe_file")?,
         ),
     ])
 }
@@ -210,7 +216,7 @@ mod tests {
             return;
         };
         let offsets = lsm_offsets(&btf).unwrap();
-        assert_eq!(offsets.len(), 5);
+        assert_eq!(offsets.len(), 8);
         // `f_path` and `f_inode` are pointers-and-more deep into `file`,
         // never at its start; `i_uid` follows `i_mode` and `i_opflags`.
         for (name, off) in &offsets {

@@ -14,7 +14,7 @@ use std::{
     path::Path,
 };
 
-use ebpf_common::lsm::{CGROUP_LEVELS, PodSets};
+use ebpf_common::lsm::{CGROUP_LEVELS, HAS_SOURCES, PodSets};
 
 use crate::{
     compile::lsm::{LsmDesired, RuleSet},
@@ -61,7 +61,7 @@ pub fn cgroup_id(dir: &str) -> Result<(u64, u32), String> {
 impl LsmState {
     pub fn new(maps: LsmMaps) -> Result<Self, DatapathError> {
         let inherited = maps.sets()?;
-        let next = inherited.iter().max().copied().unwrap_or(0);
+        let next = inherited.iter().max().copied().unwrap_or(0) % HAS_SOURCES;
         Ok(Self {
             maps,
             sets: HashMap::new(),
@@ -72,7 +72,9 @@ impl LsmState {
 
     fn fresh_id(&mut self) -> u32 {
         loop {
-            self.next = self.next.wrapping_add(1).max(1);
+            // Ids stay below the HAS_SOURCES bit.
+            self.next = (self.next + 1) % HAS_SOURCES;
+            self.next = self.next.max(1);
             let id = self.next;
             if !self.inherited.contains(&id) && !self.sets.values().any(|&v| v == id) {
                 return id;
@@ -80,23 +82,53 @@ impl LsmState {
         }
     }
 
-    /// The id of `set` in the trie, writing it first if it is new.
+    /// The id of `set` in the trie (with [`HAS_SOURCES`] where it has
+    /// `fromSource` sets), writing it first if it is new: its sources'
+    /// sets, then its entries, then the entries that lead to the sources.
     fn ensure(&mut self, set: &RuleSet) -> Result<u32, DatapathError> {
+        let flag = if set.sources.is_empty() {
+            0
+        } else {
+            HAS_SOURCES
+        };
         if let Some(&id) = self.sets.get(set) {
-            return Ok(id);
+            return Ok(id | flag);
+        }
+        let mut own = Vec::new();
+        for (_, exe_set) in &set.sources {
+            own.push(self.ensure(exe_set)?);
         }
         let id = self.fresh_id();
-        for (prefixlen, data, rule) in set.keys(id) {
-            if let Err(e) = self.maps.write_rule(prefixlen, data, rule) {
-                // Half a set must not stay behind unnamed.
-                for (prefixlen, data, _) in set.keys(id) {
-                    let _ = self.maps.remove_rule(prefixlen, data);
-                }
-                return Err(e);
-            }
+        let written = self.write_set(set, id, &own);
+        if let Err(e) = written {
+            // Half a set must not stay behind unnamed.
+            self.remove_set(set, id);
+            return Err(e);
         }
         self.sets.insert(set.clone(), id);
-        Ok(id)
+        Ok(id | flag)
+    }
+
+    fn write_set(&mut self, set: &RuleSet, id: u32, own: &[u32]) -> Result<(), DatapathError> {
+        for (prefixlen, data, rule) in set.keys(id) {
+            self.maps.write_rule(prefixlen, data, rule)?;
+        }
+        for ((prefixlen, data, _), own) in set.source_keys(id).zip(own) {
+            self.maps.write_source(prefixlen, data, *own)?;
+        }
+        Ok(())
+    }
+
+    /// Removes set `id`'s entries; `false` if some could not be removed.
+    fn remove_set(&mut self, set: &RuleSet, id: u32) -> bool {
+        let mut ok = true;
+        for (prefixlen, data, _) in set.source_keys(id) {
+            ok &= self.maps.remove_source(prefixlen, data).is_ok();
+        }
+        for (prefixlen, data, _) in set.keys(id) {
+            ok &= self.maps.remove_rule(prefixlen, data).is_ok();
+        }
+        ok
     }
 
     pub fn apply(&mut self, desired: &LsmDesired) -> Result<LsmReport, DatapathError> {
@@ -168,11 +200,22 @@ impl LsmState {
 
     /// Deletes the sets no pod uses any more.
     fn retire(&mut self, wanted: &BTreeMap<u64, PodSets>, report: &mut LsmReport) {
-        let used: BTreeSet<u32> = wanted
+        let mut used: BTreeSet<u32> = wanted
             .values()
             .flat_map(|s| [s.process, s.file])
             .filter(|&id| id != 0)
+            .map(|id| id & !HAS_SOURCES)
             .collect();
+        // A used set's fromSource sets are used too.
+        for (set, id) in &self.sets {
+            if used.contains(id) {
+                for (_, exe_set) in &set.sources {
+                    if let Some(&own) = self.sets.get(exe_set) {
+                        used.insert(own);
+                    }
+                }
+            }
+        }
         let unused: Vec<(RuleSet, u32)> = self
             .sets
             .iter()
@@ -180,15 +223,12 @@ impl LsmState {
             .map(|(set, id)| (set.clone(), *id))
             .collect();
         for (set, id) in unused {
-            let mut ok = true;
-            for (prefixlen, data, _) in set.keys(id) {
-                if let Err(e) = self.maps.remove_rule(prefixlen, data) {
-                    report.errors.push(e.to_string());
-                    ok = false;
-                }
-            }
-            if ok {
+            if self.remove_set(&set, id) {
                 self.sets.remove(&set);
+            } else {
+                report
+                    .errors
+                    .push(format!("removing rule set {id}: some entries stay"));
             }
         }
         let stale: BTreeSet<u32> = self
