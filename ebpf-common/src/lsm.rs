@@ -147,7 +147,27 @@ pub struct LsmConfig {
 pub mod hook {
     pub const EXEC: u8 = 0;
     pub const FILE_OPEN: u8 = 1;
+    pub const PATH_UNLINK: u8 = 2;
+    pub const PATH_RENAME: u8 = 3;
+    pub const PATH_LINK: u8 = 4;
+    pub const PATH_TRUNCATE: u8 = 5;
 }
+
+/// The kernel's name of a [`hook`].
+pub const fn hook_name(h: u8) -> &'static str {
+    match h {
+        hook::EXEC => "bprm_check_security",
+        hook::FILE_OPEN => "file_open",
+        hook::PATH_UNLINK => "path_unlink",
+        hook::PATH_RENAME => "path_rename",
+        hook::PATH_LINK => "path_link",
+        _ => "path_truncate",
+    }
+}
+
+/// How many directory levels the path hooks' walk climbs; a deeper path is
+/// unresolved (judged by the default, never allowed silently).
+pub const WALK_DEPTH: usize = 40;
 
 pub mod event_flags {
     /// The path did not fit the event; it was cut.
@@ -184,6 +204,10 @@ pub mod event_op {
     pub const READ: u8 = 0;
     pub const WRITE: u8 = 1;
     pub const EXEC: u8 = 2;
+    pub const UNLINK: u8 = 3;
+    pub const RENAME: u8 = 4;
+    pub const LINK: u8 = 5;
+    pub const TRUNCATE: u8 = 6;
 }
 
 /// Key of `PAL_LSM_DECIDE`: Block and Audit decisions by policy.
@@ -217,6 +241,30 @@ pub mod globals {
     pub const TASK_MM: &str = "PAL_OFF_TASK_MM";
     /// `struct mm_struct`: `exe_file`.
     pub const MM_EXE_FILE: &str = "PAL_OFF_MM_EXE_FILE";
+    /// `struct task_struct`: `fs`.
+    pub const TASK_FS: &str = "PAL_OFF_TASK_FS";
+    /// `struct fs_struct`: `root`.
+    pub const FS_ROOT: &str = "PAL_OFF_FS_ROOT";
+    /// `struct path`: `mnt`.
+    pub const PATH_MNT: &str = "PAL_OFF_PATH_MNT";
+    /// `struct path`: `dentry`.
+    pub const PATH_DENTRY: &str = "PAL_OFF_PATH_DENTRY";
+    /// `struct dentry`: `d_parent`.
+    pub const DENTRY_PARENT: &str = "PAL_OFF_D_PARENT";
+    /// `struct dentry`: `d_name` plus `struct qstr`'s `len`.
+    pub const DENTRY_NAME_LEN: &str = "PAL_OFF_D_NAME_LEN";
+    /// `struct dentry`: `d_name` plus `struct qstr`'s `name`.
+    pub const DENTRY_NAME: &str = "PAL_OFF_D_NAME";
+    /// `struct dentry`: `d_inode`.
+    pub const DENTRY_INODE: &str = "PAL_OFF_D_INODE";
+    /// `struct vfsmount`: `mnt_root`.
+    pub const VFSMOUNT_ROOT: &str = "PAL_OFF_MNT_ROOT";
+    /// `struct mount`: `mnt` (the vfsmount inside it).
+    pub const MOUNT_MNT: &str = "PAL_OFF_MOUNT_MNT";
+    /// `struct mount`: `mnt_parent`.
+    pub const MOUNT_PARENT: &str = "PAL_OFF_MOUNT_PARENT";
+    /// `struct mount`: `mnt_mountpoint`.
+    pub const MOUNT_MOUNTPOINT: &str = "PAL_OFF_MOUNTPOINT";
 }
 
 /// `fmode_t` and open flag bits: part of the kernel's behaviour for decades.

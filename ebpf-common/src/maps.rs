@@ -194,4 +194,9 @@ pub mod programs {
     pub const TC_TO_POD: &str = "pal_tc_to_pod";
     pub const LSM_EXEC: &str = "pal_lsm_exec";
     pub const LSM_FILE_OPEN: &str = "pal_lsm_open";
+    pub const LSM_UNLINK: &str = "pal_lsm_unlink";
+    pub const LSM_RENAME: &str = "pal_lsm_rename";
+    pub const LSM_RENAME_TO: &str = "pal_lsm_rename_to";
+    pub const LSM_LINK: &str = "pal_lsm_link";
+    pub const LSM_TRUNCATE: &str = "pal_lsm_trunc";
 }

@@ -10,14 +10,14 @@
 #![no_std]
 #![no_main]
 
-use core::ptr::{addr_of_mut, read_volatile};
+use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, path},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        generated::{bpf_d_path, bpf_get_current_comm, bpf_probe_read_kernel},
+        bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{self, bpf_d_path, bpf_get_current_comm},
     },
     macros::{lsm, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
@@ -28,8 +28,8 @@ use ebpf_common::{
     kernel::count,
     lsm::{
         CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, HAS_SOURCES, KEY_PATH_BYTES, LsmConfig,
-        LsmEvent, PATH_MAX, PathRule, PodSets, RuleData, Verdict, action, entry_kind, event_flags,
-        event_op, fmode, hook, op, verdict_flags,
+        LsmEvent, PATH_MAX, PathRule, PodSets, RuleData, Verdict, WALK_DEPTH, action, entry_kind,
+        event_flags, event_op, fmode, hook, op, verdict_flags,
     },
     maps::size,
     reason,
@@ -61,6 +61,14 @@ pub struct Scratch {
     path: [u8; PATH_MAX],
     /// The key's path after a non-recursive directory's own bytes.
     tail: [u8; KEY_PATH_BYTES],
+    /// The path hooks' walk writes the path here from the end backwards
+    /// (with room for one name past the end, for the verifier).
+    walk: [u8; PATH_MAX + 256],
+    /// Where the walk's path starts in `walk`. Kept in memory, where the
+    /// verifier does not follow it: a position in a register would give
+    /// every level's state a range of its own, and their number would
+    /// explode.
+    pos: u64,
     /// The one field that persists between runs: the event rate limit.
     credit_ns: u64,
     last_ns: u64,
@@ -88,6 +96,30 @@ static PAL_OFF_BPRM_FILE: u32 = 0;
 static PAL_OFF_TASK_MM: u32 = 0;
 #[unsafe(no_mangle)]
 static PAL_OFF_MM_EXE_FILE: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_TASK_FS: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_FS_ROOT: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_PATH_MNT: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_PATH_DENTRY: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_D_PARENT: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_D_NAME_LEN: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_D_NAME: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_D_INODE: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_MNT_ROOT: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_MOUNT_MNT: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_MOUNT_PARENT: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_MOUNTPOINT: u32 = 0;
 
 const EPERM: i32 = 1;
 
@@ -192,7 +224,7 @@ fn judge(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdict, u8
     // SAFETY: reads our own scratch (`start` is at most the key's length);
     // a fault would leave `tail` zeroed, which reads as "no '/'".
     let copied = unsafe {
-        bpf_probe_read_kernel(
+        generated::bpf_probe_read_kernel(
             s.tail.as_mut_ptr().cast(),
             KEY_PATH_BYTES as u32,
             s.path.as_ptr().wrapping_add(start).cast(),
@@ -308,7 +340,7 @@ fn report(s: &mut Scratch, cgroup: u64, v: &Verdict, on: u8, what: u8, flags: u8
                 0
             };
         bpf_get_current_comm(addr_of_mut!((*e).comm).cast(), 16);
-        if bpf_probe_read_kernel(
+        if generated::bpf_probe_read_kernel(
             addr_of_mut!((*e).path).cast(),
             EVENT_PATH_BYTES as u32,
             s.path.as_ptr().cast(),
@@ -329,18 +361,12 @@ fn enforce(
     flags: u8,
     on: u8,
     what: u8,
-    file: *const u8,
+    owner: impl FnOnce() -> u32,
     len: i64,
 ) -> i32 {
     let mut v = v;
     if v.flags & verdict_flags::OWNER_ONLY != 0 {
-        // SAFETY: `file` is the hook's `struct file *`; the offsets come
-        // from the kernel's BTF.
-        let owner: u32 = unsafe {
-            let inode: *const u8 = field(file, offset(&PAL_OFF_FILE_F_INODE));
-            field(inode, offset(&PAL_OFF_INODE_I_UID))
-        };
-        if owner == bpf_get_current_uid_gid() as u32 {
+        if owner() == bpf_get_current_uid_gid() as u32 {
             v.action = action::ALLOW;
         }
     }
@@ -387,6 +413,13 @@ fn source_set(s: &mut Scratch, set: u32) -> u32 {
         let p = exe.add(offset(&PAL_OFF_FILE_F_PATH)) as *mut path;
         bpf_d_path(p, s.path.as_mut_ptr().cast(), PATH_MAX as u32)
     };
+    source_lookup(s, set, resolved)
+}
+
+/// The source set of the executable whose path (`resolved` bytes with
+/// the NUL) is in the scratch, or `set`.
+#[inline(always)]
+fn source_lookup(s: &mut Scratch, set: u32, resolved: i64) -> u32 {
     // Source paths fit a key whole (rules are at most MAX_RULE_PATH).
     if resolved <= 0 || resolved as usize > KEY_PATH_BYTES {
         return set;
@@ -424,7 +457,238 @@ fn check(file: *const u8, set: u32, which: usize, on: u8, what: u8, cgroup: u64)
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
         count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
     }
-    enforce(s, cgroup, v, flags, on, what, file, resolved)
+    let owner = || {
+        // SAFETY: `file` is the hook's `struct file *`; the offsets come
+        // from the kernel's BTF.
+        unsafe {
+            let inode: *const u8 = field(file, offset(&PAL_OFF_FILE_F_INODE));
+            field(inode, offset(&PAL_OFF_INODE_I_UID))
+        }
+    };
+    enforce(s, cgroup, v, flags, on, what, owner, resolved)
+}
+
+/// The current task's address, only ever read through [`peek`].
+#[inline(always)]
+fn bpf_get_current_task_btf_u64() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_current_task_btf() as u64 }
+}
+
+/// A kernel word read without a BTF type: 0 if it cannot be read.
+#[inline(always)]
+fn peek<T: Copy + Default>(at: u64) -> T {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel(at as *const T) }.unwrap_or_default()
+}
+
+/// Builds the path of `dentry` under the mount `mnt` (a `struct vfsmount`)
+/// into the scratch, as `bpf_d_path` would: component by component up to
+/// the current process's root, crossing mount points. Returns the length
+/// with the NUL, or -1 where the path is deeper than [`WALK_DEPTH`] or
+/// longer than PATH_MAX.
+#[inline(always)]
+fn walk_path(s: &mut Scratch, dentry: u64, mnt: u64) -> i64 {
+    let task = bpf_get_current_task_btf_u64();
+    let fs: u64 = peek(task + offset(&PAL_OFF_TASK_FS) as u64);
+    let root = fs + offset(&PAL_OFF_FS_ROOT) as u64;
+    let root_mnt: u64 = peek(root + offset(&PAL_OFF_PATH_MNT) as u64);
+    let root_dentry: u64 = peek(root + offset(&PAL_OFF_PATH_DENTRY) as u64);
+    let mount_mnt = offset(&PAL_OFF_MOUNT_MNT) as u64;
+    let (mut d, mut m) = (dentry, mnt);
+    s.walk[PATH_MAX - 1] = 0;
+    let pos = addr_of_mut!(s.pos);
+    // SAFETY: `pos` points into this run's scratch.
+    unsafe { write_volatile(pos, (PATH_MAX - 1) as u64) };
+    let mut done = false;
+    for _ in 0..WALK_DEPTH {
+        if d == 0 || (d == root_dentry && m == root_mnt) {
+            done = true;
+            break;
+        }
+        // The top of a mount: continue from where it is mounted, in the
+        // same iteration as the step below, so that every iteration has
+        // one shape.
+        let mnt_root: u64 = peek(m + offset(&PAL_OFF_MNT_ROOT) as u64);
+        if d == mnt_root {
+            let mount = m - mount_mnt;
+            let parent: u64 = peek(mount + offset(&PAL_OFF_MOUNT_PARENT) as u64);
+            if parent == mount || parent == 0 {
+                done = true;
+                break;
+            }
+            d = peek(mount + offset(&PAL_OFF_MOUNTPOINT) as u64);
+            m = parent + mount_mnt;
+            if d == root_dentry && m == root_mnt {
+                done = true;
+                break;
+            }
+        }
+        let parent: u64 = peek(d + offset(&PAL_OFF_D_PARENT) as u64);
+        if parent == d {
+            done = true;
+            break;
+        }
+        let len: u32 = peek(d + offset(&PAL_OFF_D_NAME_LEN) as u64);
+        let name: u64 = peek(d + offset(&PAL_OFF_D_NAME) as u64);
+        // SAFETY: as above.
+        let at = unsafe { read_volatile(pos) };
+        if len == 0 || len > 255 || at < u64::from(len) + 1 {
+            return -1;
+        }
+        let at = at - u64::from(len);
+        // SAFETY: a read of a local (see `size` below).
+        let size = unsafe { read_volatile(&len) } & 0xff;
+        // SAFETY: the destination lies in the walk buffer (masked start,
+        // at most 255 bytes, with 256 bytes of room past PATH_MAX).
+        let read = unsafe {
+            generated::bpf_probe_read_kernel(
+                s.walk
+                    .as_mut_ptr()
+                    .wrapping_add((at & (PATH_MAX as u64 - 1)) as usize)
+                    .cast(),
+                size,
+                name as *const core::ffi::c_void,
+            )
+        };
+        if read != 0 {
+            return -1;
+        }
+        let at = at - 1;
+        s.walk[(at & (PATH_MAX as u64 - 1)) as usize] = b'/';
+        // SAFETY: as above.
+        unsafe { write_volatile(pos, at) };
+        d = parent;
+    }
+    if !done {
+        return -1;
+    }
+    // SAFETY: as above.
+    let mut at = unsafe { read_volatile(pos) } & (PATH_MAX as u64 - 1);
+    if at == (PATH_MAX - 1) as u64 {
+        // The root itself.
+        at -= 1;
+        s.walk[at as usize] = b'/';
+    }
+    let n = (PATH_MAX as u64 - at) & 0x1fff;
+    let pos = at as usize;
+    // SAFETY: both ranges lie in the scratch (n <= PATH_MAX; the source
+    // start is masked into the walk buffer).
+    let copied = unsafe {
+        generated::bpf_probe_read_kernel(
+            s.path.as_mut_ptr().cast(),
+            n as u32,
+            s.walk.as_ptr().wrapping_add(pos & (PATH_MAX - 1)).cast(),
+        )
+    };
+    if copied != 0 { -1 } else { n as i64 }
+}
+
+/// Judges a write that does not open the file (unlink, rename, link,
+/// truncate) of `dentry` under mount `mnt`, in the file set.
+#[inline(always)]
+fn check_path(dentry: u64, mnt: u64, on: u8, what: u8) -> i32 {
+    let Some((cgroup, sets)) = pod_sets() else {
+        return 0;
+    };
+    if sets.file == 0 {
+        return 0;
+    }
+    let Some(s) = PAL_LSM_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU array value, used by this CPU for this run only.
+    let s = unsafe { &mut *s };
+    // `fromSource` sets are not consulted here: finding the caller's
+    // executable would take a second walk, and the verifier's budget for
+    // one program (see `sync::lsm` and the status's not-enforced list).
+    let set = sets.file & !HAS_SOURCES;
+    let resolved = walk_path(s, dentry, mnt);
+    let (v, flags) = judge(s, set, resolved, op::WRITE);
+    if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
+        count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
+    }
+    let owner = || {
+        let inode: u64 = peek(dentry + offset(&PAL_OFF_D_INODE) as u64);
+        peek::<u32>(inode + offset(&PAL_OFF_INODE_I_UID) as u64)
+    };
+    enforce(s, cgroup, v, flags, on, what, owner, resolved)
+}
+
+/// The `mnt` and `dentry` of a `struct path *`.
+#[inline(always)]
+fn path_parts(path: u64) -> (u64, u64) {
+    (
+        peek(path + offset(&PAL_OFF_PATH_DENTRY) as u64),
+        peek(path + offset(&PAL_OFF_PATH_MNT) as u64),
+    )
+}
+
+#[lsm(hook = "path_unlink")]
+pub fn pal_lsm_unlink(ctx: LsmContext) -> i32 {
+    let dir: u64 = ctx.arg(0);
+    let dentry: u64 = ctx.arg(1);
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let (_, mnt) = path_parts(dir);
+    check_path(dentry, mnt, hook::PATH_UNLINK, event_op::UNLINK)
+}
+
+#[lsm(hook = "path_rename")]
+pub fn pal_lsm_rename(ctx: LsmContext) -> i32 {
+    let old_dir: u64 = ctx.arg(0);
+    let old_dentry: u64 = ctx.arg(1);
+    let new_dir: u64 = ctx.arg(2);
+    let new_dentry: u64 = ctx.arg(3);
+    let previous: i32 = ctx.arg(5);
+    if previous != 0 {
+        return previous;
+    }
+    // Both names are written: the old one goes here, the new one (which
+    // a rename replaces) in `pal_lsm_rename_to`, a program of its own so
+    // that each stays well inside the verifier's budget.
+    let _ = (new_dir, new_dentry);
+    let (_, old_mnt) = path_parts(old_dir);
+    check_path(old_dentry, old_mnt, hook::PATH_RENAME, event_op::RENAME)
+}
+
+#[lsm(hook = "path_rename")]
+pub fn pal_lsm_rename_to(ctx: LsmContext) -> i32 {
+    let new_dir: u64 = ctx.arg(2);
+    let new_dentry: u64 = ctx.arg(3);
+    let previous: i32 = ctx.arg(5);
+    if previous != 0 {
+        return previous;
+    }
+    let (_, new_mnt) = path_parts(new_dir);
+    check_path(new_dentry, new_mnt, hook::PATH_RENAME, event_op::RENAME)
+}
+
+#[lsm(hook = "path_link")]
+pub fn pal_lsm_link(ctx: LsmContext) -> i32 {
+    let old_dentry: u64 = ctx.arg(0);
+    let new_dir: u64 = ctx.arg(1);
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    // A new name for a file escapes the rules on its old one: linking is
+    // judged as a write of the file linked to.
+    let (_, mnt) = path_parts(new_dir);
+    check_path(old_dentry, mnt, hook::PATH_LINK, event_op::LINK)
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn pal_lsm_trunc(ctx: LsmContext) -> i32 {
+    let path: u64 = ctx.arg(0);
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let (dentry, mnt) = path_parts(path);
+    check_path(dentry, mnt, hook::PATH_TRUNCATE, event_op::TRUNCATE)
 }
 
 #[lsm(hook = "bprm_check_security")]

@@ -130,8 +130,8 @@ pub fn lsm_inactive(reason: &str) -> String {
 }
 
 const NO_PATTERNS: &str = "matchPatterns (patterns) are not enforced yet: those rules are left out";
-const NO_PATH_HOOKS: &str = "file rules are checked at open(2) only: unlink, rename, link and \
-     truncate(2) by path are not checked yet";
+const NO_SOURCE_ON_PATH_HOOKS: &str = "fromSource file rules apply to open(2) only: unlink, \
+     rename, link and truncate(2) by path are judged by the rules for every process";
 
 /// One rule as the resolver sees it.
 #[derive(Clone, Copy, Debug)]
@@ -502,8 +502,8 @@ fn pod_rules(
                     (true, LsmAction::Allow) => [true, false],
                     (true, _) => [false, true],
                 };
-                if r.action != LsmAction::Allow || s.posture == Some(Posture::Allowlist) {
-                    gap(p, NO_PATH_HOOKS);
+                if !r.from_source.is_empty() {
+                    gap(p, NO_SOURCE_ON_PATH_HOOKS);
                 }
                 let c = Candidate {
                     action: r.action,
@@ -607,7 +607,11 @@ spec:
         assert_eq!(verdict(set, "/srv/logs/a", op::READ), action::ALLOW);
         assert_eq!(verdict(set, "/srv/logs/a/b", op::WRITE), action::ALLOW);
         assert!(!d.pods.contains_key("x/b"), "x/b is not selected");
-        assert!(d.not_enforced["palisade:x/p"].contains(NO_PATH_HOOKS));
+        assert!(
+            !d.not_enforced.contains_key("palisade:x/p"),
+            "{:?}",
+            d.not_enforced
+        );
     }
 
     #[test]
@@ -700,6 +704,7 @@ spec:
         assert_eq!(verdict(cat, "/a/general", op::READ), action::BLOCK);
         assert_eq!(verdict(cat, "/a/other", op::READ), action::ALLOW);
         assert_eq!(set.source_keys(9).count(), 1);
+        assert!(d.not_enforced["palisade:x/p"].contains(NO_SOURCE_ON_PATH_HOOKS));
     }
 
     #[test]

@@ -202,6 +202,39 @@ pub fn lsm_offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>, BtfError> {
             globals::MM_EXE_FILE,
             btf.field_offset("mm_struct", "exe_file")?,
         ),
+        (globals::TASK_FS, btf.field_offset("task_struct", "fs")?),
+        (globals::FS_ROOT, btf.field_offset("fs_struct", "root")?),
+        (globals::PATH_MNT, btf.field_offset("path", "mnt")?),
+        (globals::PATH_DENTRY, btf.field_offset("path", "dentry")?),
+        (
+            globals::DENTRY_PARENT,
+            btf.field_offset("dentry", "d_parent")?,
+        ),
+        (
+            globals::DENTRY_NAME_LEN,
+            btf.field_offset("dentry", "d_name")? + btf.field_offset("qstr", "len")?,
+        ),
+        (
+            globals::DENTRY_NAME,
+            btf.field_offset("dentry", "d_name")? + btf.field_offset("qstr", "name")?,
+        ),
+        (
+            globals::DENTRY_INODE,
+            btf.field_offset("dentry", "d_inode")?,
+        ),
+        (
+            globals::VFSMOUNT_ROOT,
+            btf.field_offset("vfsmount", "mnt_root")?,
+        ),
+        (globals::MOUNT_MNT, btf.field_offset("mount", "mnt")?),
+        (
+            globals::MOUNT_PARENT,
+            btf.field_offset("mount", "mnt_parent")?,
+        ),
+        (
+            globals::MOUNT_MOUNTPOINT,
+            btf.field_offset("mount", "mnt_mountpoint")?,
+        ),
     ])
 }
 
@@ -216,11 +249,13 @@ mod tests {
             return;
         };
         let offsets = lsm_offsets(&btf).unwrap();
-        assert_eq!(offsets.len(), 8);
+        assert_eq!(offsets.len(), 20);
         // `f_path` and `f_inode` are pointers-and-more deep into `file`,
         // never at its start; `i_uid` follows `i_mode` and `i_opflags`.
+        // Offsets may be 0 (`path.mnt`, `qstr`'s union) but never past a
+        // page.
         for (name, off) in &offsets {
-            assert!(*off > 0 && *off < 4096, "{name} = {off}");
+            assert!(*off < 4096, "{name} = {off}");
         }
         assert!(btf.field_offset("file", "no_such_field").is_err());
         assert!(btf.field_offset("no_such_struct", "x").is_err());

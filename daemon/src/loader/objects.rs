@@ -84,11 +84,25 @@ pub static LSM: Object = Object {
         maps::LSM_EVENTS,
     ]],
     scratch: &["PAL_LSM_SCRATCH"],
-    programs: &[programs::LSM_EXEC, programs::LSM_FILE_OPEN],
+    programs: &[
+        programs::LSM_EXEC,
+        programs::LSM_FILE_OPEN,
+        programs::LSM_UNLINK,
+        programs::LSM_RENAME,
+        programs::LSM_RENAME_TO,
+        programs::LSM_LINK,
+        programs::LSM_TRUNCATE,
+    ],
 };
 
 /// The kernel hook each LSM program attaches to.
 pub const LSM_HOOKS: &[(&str, &str)] = &[
     (programs::LSM_EXEC, "bprm_check_security"),
     (programs::LSM_FILE_OPEN, "file_open"),
+    // Writes that do not open the file (CONFIG_SECURITY_PATH).
+    (programs::LSM_UNLINK, "path_unlink"),
+    (programs::LSM_RENAME, "path_rename"),
+    (programs::LSM_RENAME_TO, "path_rename"),
+    (programs::LSM_LINK, "path_link"),
+    (programs::LSM_TRUNCATE, "path_truncate"),
 ];

@@ -77,9 +77,10 @@ pub struct LsmLine {
     /// read; the kernel's command name if the process is gone).
     pub exe: String,
     pub path: String,
-    /// `bprm_check_security` or `file_open`.
+    /// The LSM hook: `bprm_check_security`, `file_open`, `path_unlink`,
+    /// `path_rename`, `path_link` or `path_truncate`.
     pub hook: &'static str,
-    /// `exec`, `read` or `write`.
+    /// `exec`, `read`, `write`, `unlink`, `rename`, `link` or `truncate`.
     pub op: &'static str,
     /// `block` or `audit`.
     pub action: &'static str,
@@ -151,14 +152,14 @@ pub fn decode_lsm(e: &LsmEvent, names: &SharedNames) -> LsmLine {
         uid: e.uid,
         exe,
         path: text(&e.path),
-        hook: if e.hook == lsm::hook::EXEC {
-            "bprm_check_security"
-        } else {
-            "file_open"
-        },
+        hook: lsm::hook_name(e.hook),
         op: match e.op {
             lsm::event_op::EXEC => "exec",
             lsm::event_op::WRITE => "write",
+            lsm::event_op::UNLINK => "unlink",
+            lsm::event_op::RENAME => "rename",
+            lsm::event_op::LINK => "link",
+            lsm::event_op::TRUNCATE => "truncate",
             _ => "read",
         },
         action: if e.action == lsm::action::BLOCK {

@@ -239,11 +239,7 @@ impl Metrics {
         let names = lock(&self.names);
         let mut sums: BTreeMap<(&str, &str, String), u64> = BTreeMap::new();
         for (key, n) in rows {
-            let hook = if key.hook == ebpf_common::lsm::hook::EXEC {
-                "bprm_check_security"
-            } else {
-                "file_open"
-            };
+            let hook = ebpf_common::lsm::hook_name(key.hook);
             let action = if key.action == ebpf_common::lsm::action::BLOCK {
                 "block"
             } else {
