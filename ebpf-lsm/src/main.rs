@@ -359,16 +359,13 @@ fn enforce(
     cgroup: u64,
     v: Verdict,
     flags: u8,
-    on: u8,
-    what: u8,
+    (on, what): (u8, u8),
     owner: impl FnOnce() -> u32,
     len: i64,
 ) -> i32 {
     let mut v = v;
-    if v.flags & verdict_flags::OWNER_ONLY != 0 {
-        if owner() == bpf_get_current_uid_gid() as u32 {
-            v.action = action::ALLOW;
-        }
+    if v.flags & verdict_flags::OWNER_ONLY != 0 && owner() == bpf_get_current_uid_gid() as u32 {
+        v.action = action::ALLOW;
     }
     match v.action {
         action::ALLOW => {
@@ -465,7 +462,7 @@ fn check(file: *const u8, set: u32, which: usize, on: u8, what: u8, cgroup: u64)
             field(inode, offset(&PAL_OFF_INODE_I_UID))
         }
     };
-    enforce(s, cgroup, v, flags, on, what, owner, resolved)
+    enforce(s, cgroup, v, flags, (on, what), owner, resolved)
 }
 
 /// The current task's address, only ever read through [`peek`].
@@ -612,7 +609,7 @@ fn check_path(dentry: u64, mnt: u64, on: u8, what: u8) -> i32 {
         let inode: u64 = peek(dentry + offset(&PAL_OFF_D_INODE) as u64);
         peek::<u32>(inode + offset(&PAL_OFF_INODE_I_UID) as u64)
     };
-    enforce(s, cgroup, v, flags, on, what, owner, resolved)
+    enforce(s, cgroup, v, flags, (on, what), owner, resolved)
 }
 
 /// The `mnt` and `dentry` of a `struct path *`.

@@ -258,3 +258,69 @@ fn the_prefilter_on_an_uplink_drops_denied_sources_and_refused_connection_attemp
     let _ = fs::remove_dir_all(&dir);
     Ok(())
 }
+
+const PROCESS_RULES: &str = "apiVersion: palisade.dev/v1alpha1\nkind: PalisadeNetworkPolicy\nmetadata: {name: no-shells, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: []\n  process:\n    posture: Allowlist\n    rules: [{action: Allow, paths: [/usr/bin/app]}]\n";
+
+/// An accepted `process:` section that this node does not enforce is said
+/// to be not enforced, with the reason, in the status, the log and the
+/// metrics: never silently accepted. Here BPF LSM cannot run (the kernel
+/// refuses LSM programs), and the lab's pods carry no cgroup either.
+#[test]
+fn process_rules_this_node_cannot_enforce_are_reported_not_enforced() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(1)?;
+    let dir = std::env::temp_dir().join(unique("palisade-daemon-"));
+    let mut daemon = start(&lab, &t, &dir, 300, &[])?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    daemon.write("policy.yaml", PROCESS_RULES)?;
+    let s = commit_and_wait(&mut daemon)?;
+    let reasons: Vec<&str> = s["policies_not_enforced"]["palisade:x/no-shells"]
+        .as_array()
+        .with_context(|| format!("the policy is not listed as not enforced: {s}"))?
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    let lsm = s["lsm"].as_str().context("no lsm state in the status")?;
+    if lsm.starts_with("inactive") {
+        assert!(
+            reasons.iter().any(|r| r.contains("BPF LSM is inactive")),
+            "{reasons:?}"
+        );
+    }
+    assert!(
+        reasons.iter().any(|r| r.contains("cgroup is not known")),
+        "{reasons:?}"
+    );
+    assert_ne!(s["lsm_pods"]["x/a"].as_str(), Some("in force"), "{s}");
+    let metrics = daemon.scrape(&lab.node)?;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("palisade_policy_not_enforced{policy=\"palisade:x/no-shells\"}")
+            && l.ends_with(" 1")),
+        "no gauge for the policy:\n{metrics}"
+    );
+    let log = fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("not enforced") && log.contains("no-shells"),
+        "{}",
+        daemon.log_tail()
+    );
+    // Removing the policy clears the report and the gauge.
+    daemon.write("policy.yaml", "")?;
+    let s = commit_and_wait(&mut daemon)?;
+    assert_eq!(
+        s["policies_not_enforced"].as_object().map(|o| o.len()),
+        Some(0),
+        "{s}"
+    );
+    let metrics = daemon.scrape(&lab.node)?;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("palisade_policy_not_enforced{policy=\"palisade:x/no-shells\"}")
+            && l.ends_with(" 0")),
+        "the gauge stayed up:\n{metrics}"
+    );
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -197,7 +197,7 @@ fn load_object(
     let mut outcomes = Vec::new();
     let mut loader = EbpfLoader::new();
     for (name, value) in globals {
-        loader.override_global(*name, value, true);
+        loader.override_global(name, value, true);
     }
     for map in object.maps() {
         // Checked again right before the load narrows the window in which
