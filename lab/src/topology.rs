@@ -153,15 +153,7 @@ pub async fn veth_into(
     Ok((host_index, h, index))
 }
 
-/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or on a
-/// hybrid host `/sys/fs/cgroup/unified`; `None` without one.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC))
-}
+pub use palisade::sync::lsm::cgroup2_root;
 
 impl Topology {
     pub async fn build(plan: &Plan<'_>) -> anyhow::Result<Self> {

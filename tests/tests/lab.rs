@@ -44,7 +44,9 @@ fn text(o: &Output) -> String {
 /// What the lab run of process `pid` left behind: its pins and cgroups.
 fn leftovers(pid: u32) -> Vec<String> {
     let mut found = Vec::new();
-    for base in ["/sys/fs/bpf", "/sys/fs/cgroup"] {
+    let cgroups = palisade::sync::lsm::cgroup2_root()
+        .map_or_else(|| "/sys/fs/cgroup".to_owned(), |p| p.display().to_string());
+    for base in ["/sys/fs/bpf", cgroups.as_str()] {
         if let Ok(entries) = std::fs::read_dir(base) {
             found.extend(
                 entries
@@ -226,9 +228,8 @@ fn an_interrupted_run_cleans_up() -> anyhow::Result<()> {
     let child_pid = child.id();
     let started = || {
         let left = leftovers(child_pid);
-        ["/sys/fs/bpf/", "/sys/fs/cgroup/"]
-            .iter()
-            .all(|base| left.iter().any(|l| l.starts_with(base)))
+        left.iter().any(|l| l.starts_with("/sys/fs/bpf/"))
+            && left.iter().any(|l| l.starts_with("/sys/fs/cgroup/"))
     };
     while !started() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -29,6 +29,7 @@ use crate::{
     identity::stable_id,
     model::{
         Namespace, Policy, Snapshot,
+        policy::LsmMeta,
         posture::{DefaultPosture, namespace_postures},
         process_file::{DirMatch, LsmAction, Posture},
     },
@@ -121,6 +122,9 @@ pub struct LsmDesired {
     pub selected_without_cgroup: BTreeMap<String, Vec<String>>,
     /// cgroup directory -> `namespace/pod`, for naming events.
     pub cgroups: BTreeMap<String, String>,
+    /// KubeArmor's `severity`, `message` and `tags`, by policy id, for the
+    /// events of its rules (policies that have any).
+    pub meta: BTreeMap<u32, LsmMeta>,
 }
 
 /// Why nothing of a process or file section is enforced on a node where
@@ -366,7 +370,11 @@ pub fn compile_lsm(snapshot: &Snapshot) -> LsmDesired {
             continue;
         }
         for p in &selecting {
-            out.policies.insert(p.key(), stable_id(&p.key()));
+            let id = stable_id(&p.key());
+            out.policies.insert(p.key(), id);
+            if p.lsm_meta != LsmMeta::default() {
+                out.meta.insert(id, p.lsm_meta.clone());
+            }
         }
         let Some(cgroup) = &pod.cgroup else {
             out.selected_without_cgroup

@@ -85,6 +85,14 @@ pub struct LsmLine {
     /// `block` or `audit`.
     pub action: &'static str,
     pub policy: String,
+    /// A KubeArmorPolicy's `severity`, `message` and `tags`, where it has
+    /// them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     /// Whether the path was cut to fit the event, could not be resolved
     /// whole by the kernel, or was judged by the stricter of two verdicts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -134,6 +142,7 @@ pub fn decode_lsm(e: &LsmEvent, names: &SharedNames) -> LsmLine {
     let exe = std::fs::read_link(format!("/proc/{}/exe", e.pid))
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| format!("[{}]", text(&e.comm)));
+    let meta = names.lsm_meta(e.policy);
     let mut notes = Vec::new();
     for (flag, note) in [
         (lsm::event_flags::PATH_CUT, "path cut"),
@@ -168,6 +177,9 @@ pub fn decode_lsm(e: &LsmEvent, names: &SharedNames) -> LsmLine {
             "audit"
         },
         policy: names.lsm_policy(e.policy, e.flags & lsm::event_flags::DEFAULT != 0),
+        severity: meta.and_then(|m| m.severity),
+        message: meta.and_then(|m| m.message.clone()),
+        tags: meta.map(|m| m.tags.clone()).unwrap_or_default(),
         notes,
     }
 }

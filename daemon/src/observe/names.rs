@@ -16,6 +16,8 @@ pub struct Names {
     endpoints: HashMap<u32, String>,
     /// Pod cgroup ids (what LSM events carry) -> `namespace/pod`.
     cgroups: HashMap<u64, String>,
+    /// KubeArmor's event fields, by policy id.
+    meta: HashMap<u32, crate::model::policy::LsmMeta>,
 }
 
 pub type SharedNames = Arc<Mutex<Names>>;
@@ -37,6 +39,7 @@ impl Names {
         for (name, id) in &lsm.policies {
             self.policies.insert(*id, name.clone());
         }
+        self.meta = lsm.meta.iter().map(|(id, m)| (*id, m.clone())).collect();
         self.cgroups = lsm
             .cgroups
             .iter()
@@ -45,6 +48,10 @@ impl Names {
                 Some((id, pod.clone()))
             })
             .collect();
+    }
+
+    pub fn lsm_meta(&self, policy: u32) -> Option<&crate::model::policy::LsmMeta> {
+        self.meta.get(&policy)
     }
 
     pub fn pod_of_cgroup(&self, id: u64) -> Option<&String> {

@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     os::unix::fs::MetadataExt as _,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use ebpf_common::lsm::{CGROUP_LEVELS, HAS_SOURCES, PodSets};
@@ -21,8 +21,17 @@ use crate::{
     datapath::{DatapathError, lsm::LsmMaps},
 };
 
-/// Where cgroup v2 is mounted; pod cgroups must lie below it.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or on a
+/// hybrid host `/sys/fs/cgroup/unified`; `None` without one. Pod cgroups
+/// lie below it, and their level (what the LSM programs look up) counts
+/// from it.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC))
+}
 
 /// What the LSM share of one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,12 +54,13 @@ pub struct LsmState {
 }
 
 /// A pod cgroup's id (the cgroup v2 directory's inode number) and its
-/// depth below [`CGROUP_ROOT`].
+/// depth below [`cgroup2_root`].
 pub fn cgroup_id(dir: &str) -> Result<(u64, u32), String> {
     let path = Path::new(dir);
+    let root = cgroup2_root().ok_or("this node has no cgroup v2 hierarchy")?;
     let below = path
-        .strip_prefix(CGROUP_ROOT)
-        .map_err(|_| format!("cgroup {dir} is not below {CGROUP_ROOT}"))?;
+        .strip_prefix(&root)
+        .map_err(|_| format!("cgroup {dir} is not below {}", root.display()))?;
     let meta = std::fs::metadata(path).map_err(|e| format!("cgroup {dir}: {e}"))?;
     if !meta.is_dir() {
         return Err(format!("cgroup {dir} is not a directory"));
@@ -253,14 +263,18 @@ mod tests {
     #[test]
     fn cgroups_must_lie_below_the_mount() {
         assert!(cgroup_id("/tmp").unwrap_err().contains("not below"));
+        let Some(root) = cgroup2_root() else {
+            eprintln!("skipped: no cgroup v2 hierarchy here");
+            return;
+        };
+        let missing = root.join("palisade-no-such-cgroup");
         assert!(
-            cgroup_id("/sys/fs/cgroup/palisade-no-such-cgroup")
+            cgroup_id(&missing.display().to_string())
                 .unwrap_err()
                 .contains("No such file")
         );
-        if let Ok((id, level)) = cgroup_id(CGROUP_ROOT) {
-            assert_eq!(level, 0);
-            assert_ne!(id, 0);
-        }
+        let (id, level) = cgroup_id(&root.display().to_string()).unwrap();
+        assert_eq!(level, 0);
+        assert_ne!(id, 0);
     }
 }
