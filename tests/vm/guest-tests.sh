@@ -21,7 +21,9 @@ for line in sys.stdin:
 
 adds=()
 for b in $bins; do adds+=(--add "$b"); done
-exec tests/vm/run-guest.sh "${adds[@]}" -- sh -c '
+# Every test loads the LSM object, whose seven programs take the verifier
+# about 10 s each time under TCG: the whole run takes several minutes.
+exec tests/vm/run-guest.sh --timeout 1500 "${adds[@]}" -- sh -c '
   failed=0
   for t in ./*; do
     echo "== $t"
