@@ -88,8 +88,11 @@ fn loads_the_lsm_object_and_pins_its_map() -> anyhow::Result<()> {
     let LsmObject::Loaded(lsm) = &loaded.lsm else {
         bail!("BPF LSM is active but the loader skipped the LSM object");
     };
-    assert!(t.pins.map(maps::LSM_STATS).exists());
-    assert_eq!(lsm.maps.len(), 1);
+    // Every map of the object is pinned and checked.
+    assert_eq!(lsm.maps.len(), loader::objects::LSM.maps().count());
+    for map in loader::objects::LSM.maps() {
+        assert!(t.pins.map(map).exists(), "{map} not pinned");
+    }
     Ok(())
 }
 
