@@ -120,8 +120,6 @@ pub struct LsmDesired {
     /// Pods selected by process or file rules whose cgroup the source did
     /// not give (on other nodes, or not known here), with those policies.
     pub selected_without_cgroup: BTreeMap<String, Vec<String>>,
-    /// cgroup directory -> `namespace/pod`, for naming events.
-    pub cgroups: BTreeMap<String, String>,
     /// KubeArmor's `severity`, `message` and `tags`, by policy id, for the
     /// events of its rules (policies that have any).
     pub meta: BTreeMap<u32, LsmMeta>,
@@ -381,7 +379,6 @@ pub fn compile_lsm(snapshot: &Snapshot) -> LsmDesired {
                 .insert(pod.key(), selecting.iter().map(|p| p.key()).collect());
             continue;
         };
-        out.cgroups.insert(cgroup.clone(), pod.key());
         let rules = pod_rules(ns, &selecting, &mut out.not_enforced);
         out.pods.insert(
             pod.key(),

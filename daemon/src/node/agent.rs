@@ -212,7 +212,7 @@ impl<S: Source> Agent<S> {
         {
             let mut names = crate::observe::names::lock(&self.names);
             names.learn(&compiled.policies, &report.endpoint_ids);
-            names.learn_lsm(&lsm);
+            names.learn_lsm(&lsm, report.lsm.as_ref().map(|l| &l.cgroups));
         }
         let lsm_status = self.lsm_status(&lsm, &report, &placement);
         self.publish(reading, placement, &report, lsm_status, started)

@@ -264,36 +264,13 @@ impl Hub {
     /// loss counters once a second.
     pub fn start(pins: &PinDir, names: SharedNames) -> anyhow::Result<Self> {
         let (tx, _) = broadcast::channel(4096);
-        let map = Map::RingBuf(MapData::from_pin(pins.map(EVENTS))?);
-        // SAFETY: the RingBuf owns its descriptor for as long as it lives
-        // and never swaps it, which is what registering requires.
-        let ring =
-            unsafe { AsyncFd::register_with_interest(RingBuf::try_from(map)?, Interest::READABLE) }
-                .map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?;
         let hub = Self { tx };
-        let events = hub.tx.clone();
-        let ring_names = names.clone();
-        tokio::spawn(async move {
-            let names = ring_names;
-            let mut ring = ring;
-            loop {
-                let Ok(mut guard) = ring.readable_mut().await else {
-                    return;
-                };
-                let inner = guard.get_inner_mut();
-                while let Some(item) = inner.next() {
-                    if item.len() < std::mem::size_of::<DropEvent>() {
-                        continue;
-                    }
-                    // SAFETY: the kernel wrote a whole DropEvent (checked
-                    // length); read unaligned from the ring's bytes.
-                    let e: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    let _ = events.send(Arc::new(Line::Event(decode(&e, &names))));
-                }
-                guard.clear_ready();
-            }
-        });
-        match Self::read_lsm(pins, &hub, names.clone()) {
+        let packet_names = names.clone();
+        hub.forward::<DropEvent>(pins, EVENTS, move |e| Line::Event(decode(e, &packet_names)))?;
+        let lsm_names = names.clone();
+        match hub.forward::<LsmEvent>(pins, LSM_EVENTS, move |e| {
+            Line::Lsm(decode_lsm(e, &lsm_names))
+        }) {
             Ok(()) => {}
             // Where BPF LSM is inactive its ring was never pinned.
             Err(e) => tracing::debug!("no process and file events: {e:#}"),
@@ -326,29 +303,37 @@ impl Hub {
         Ok(hub)
     }
 
-    /// Forwards the LSM ring's decisions, named.
-    fn read_lsm(pins: &PinDir, hub: &Self, names: SharedNames) -> anyhow::Result<()> {
-        let map = Map::RingBuf(MapData::from_pin(pins.map(LSM_EVENTS))?);
-        // SAFETY: as for the packet ring above.
-        let ring =
-            unsafe { AsyncFd::register_with_interest(RingBuf::try_from(map)?, Interest::READABLE) }
-                .map_err(|e| anyhow::anyhow!("watching the LSM event ring: {e}"))?;
-        let events = hub.tx.clone();
+    /// Reads the pinned ring buffer `map` until the runtime stops, sending
+    /// each record (a whole `T`) as the line `line` makes of it.
+    fn forward<T: Copy + Send + 'static>(
+        &self,
+        pins: &PinDir,
+        map: &str,
+        line: impl Fn(&T) -> Line + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let pinned = Map::RingBuf(MapData::from_pin(pins.map(map))?);
+        // SAFETY: the RingBuf owns its descriptor for as long as it lives
+        // and never swaps it, which is what registering requires.
+        let mut ring = unsafe {
+            AsyncFd::register_with_interest(RingBuf::try_from(pinned)?, Interest::READABLE)
+        }
+        .map_err(|e| anyhow::anyhow!("watching the ring {map}: {e}"))?;
+        let events = self.tx.clone();
         tokio::spawn(async move {
-            let mut ring = ring;
             loop {
                 let Ok(mut guard) = ring.readable_mut().await else {
                     return;
                 };
                 let inner = guard.get_inner_mut();
                 while let Some(item) = inner.next() {
-                    if item.len() < std::mem::size_of::<LsmEvent>() {
+                    if item.len() < std::mem::size_of::<T>() {
                         continue;
                     }
-                    // SAFETY: the kernel wrote a whole LsmEvent (checked
-                    // length); read unaligned from the ring's bytes.
-                    let e: LsmEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    let _ = events.send(Arc::new(Line::Lsm(decode_lsm(&e, &names))));
+                    // SAFETY: the kernel wrote a whole T (checked length;
+                    // both are plain integer records); read unaligned from
+                    // the ring's bytes.
+                    let e: T = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    let _ = events.send(Arc::new(line(&e)));
                 }
                 guard.clear_ready();
             }

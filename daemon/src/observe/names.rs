@@ -34,20 +34,20 @@ impl Names {
         self.endpoints = endpoints.iter().map(|(n, id)| (*id, n.clone())).collect();
     }
 
-    /// The policies and pod cgroups of the process and file rules.
-    pub fn learn_lsm(&mut self, lsm: &crate::compile::lsm::LsmDesired) {
+    /// The policies of the process and file rules, and the pod cgroups
+    /// the syncer found (`None` where BPF LSM is inactive: no events).
+    pub fn learn_lsm(
+        &mut self,
+        lsm: &crate::compile::lsm::LsmDesired,
+        cgroups: Option<&BTreeMap<u64, String>>,
+    ) {
         for (name, id) in &lsm.policies {
             self.policies.insert(*id, name.clone());
         }
         self.meta = lsm.meta.iter().map(|(id, m)| (*id, m.clone())).collect();
-        self.cgroups = lsm
-            .cgroups
-            .iter()
-            .filter_map(|(dir, pod)| {
-                let (id, _) = crate::sync::lsm::cgroup_id(dir).ok()?;
-                Some((id, pod.clone()))
-            })
-            .collect();
+        self.cgroups = cgroups
+            .map(|c| c.iter().map(|(id, pod)| (*id, pod.clone())).collect())
+            .unwrap_or_default();
     }
 
     pub fn lsm_meta(&self, policy: u32) -> Option<&crate::model::policy::LsmMeta> {

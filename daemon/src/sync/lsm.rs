@@ -25,12 +25,18 @@ use crate::{
 /// hybrid host `/sys/fs/cgroup/unified`; `None` without one. Pod cgroups
 /// lie below it, and their level (what the LSM programs look up) counts
 /// from it.
+/// Looked up once: the mount does not move under a running process, and
+/// every pod's cgroup is resolved against it on every pass.
 pub fn cgroup2_root() -> Option<PathBuf> {
     use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC))
+    static ROOT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC))
+    })
+    .clone()
 }
 
 /// What the LSM share of one pass did.
@@ -41,6 +47,8 @@ pub struct LsmReport {
     pub pods_removed: usize,
     /// Pods whose rules are not in force, with the reason.
     pub not_enforced: BTreeMap<String, String>,
+    /// The cgroup id of each pod found this pass, for naming events.
+    pub cgroups: BTreeMap<u64, String>,
     pub errors: Vec<String>,
 }
 
@@ -154,6 +162,7 @@ impl LsmState {
                     continue;
                 }
             };
+            report.cgroups.insert(cgroup, pod.clone());
             let mut sets = PodSets::default();
             let mut failed = None;
             for (set, slot) in [
