@@ -1,10 +1,17 @@
-//! `palisade explain`: why a flow is allowed or denied, from a scenario
-//! file or from what the running daemon enforces now.
+//! `palisade explain`: why a flow is allowed or denied, or a process or
+//! file operation allowed or blocked, from a scenario file or from what
+//! the running daemon enforces now.
 
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use palisade::{model::Snapshot, observe::client};
+use palisade::{
+    model::Snapshot,
+    observe::{
+        client,
+        explain_lsm::{Operation, explain_lsm},
+    },
+};
 
 use crate::endpoint::Endpoint;
 
@@ -16,15 +23,29 @@ pub struct Args {
     // The running daemon (without FILE).
     #[command(flatten)]
     daemon: Endpoint,
-    /// Source: namespace/pod, or an address.
+    /// A flow's source: namespace/pod, or an address. With --pod: the
+    /// executable of the process doing the operation (fromSource rules).
     #[arg(long)]
-    from: String,
-    /// Destination: namespace/pod, or an address.
-    #[arg(long)]
-    to: String,
+    from: Option<String>,
+    /// A flow's destination: namespace/pod, or an address.
+    #[arg(long, conflicts_with = "pod")]
+    to: Option<String>,
     /// A port number, or a port name resolved on the destination pod.
+    #[arg(long, conflicts_with = "pod")]
+    port: Option<String>,
+    /// A process or file operation in this pod (namespace/pod) instead of
+    /// a flow: give one of --exec, --read, --write.
     #[arg(long)]
-    port: String,
+    pod: Option<String>,
+    /// The program executed.
+    #[arg(long, requires = "pod", group = "operation")]
+    exec: Option<String>,
+    /// The file opened for reading.
+    #[arg(long, requires = "pod", group = "operation")]
+    read: Option<String>,
+    /// The file opened for writing (or unlinked, renamed, truncated).
+    #[arg(long, requires = "pod", group = "operation")]
+    write: Option<String>,
     #[arg(long, default_value = "TCP")]
     protocol: String,
     /// The flow's address family, 4 or 6 (default: that of an address
@@ -33,29 +54,77 @@ pub struct Args {
     family: Option<String>,
 }
 
+/// The process or file operation asked about, if any.
+fn operation(args: &Args) -> anyhow::Result<Option<(&str, Operation, &str)>> {
+    let Some(pod) = &args.pod else {
+        return Ok(None);
+    };
+    let (op, path) = match (&args.exec, &args.read, &args.write) {
+        (Some(p), None, None) => (Operation::Exec, p),
+        (None, Some(p), None) => (Operation::Read, p),
+        (None, None, Some(p)) => (Operation::Write, p),
+        _ => return Err(anyhow!("with --pod, give one of --exec, --read, --write")),
+    };
+    Ok(Some((pod, op, path)))
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    let asked = operation(args)?;
+    let flow = || -> anyhow::Result<(&str, &str, &str)> {
+        match (&args.from, &args.to, &args.port) {
+            (Some(f), Some(t), Some(p)) => Ok((f, t, p)),
+            _ => Err(anyhow!(
+                "give --from, --to and --port for a flow, or --pod with --exec, --read or --write"
+            )),
+        }
+    };
     let text = match &args.file {
         Some(file) => {
             let shown = file.display().to_string();
             let snapshot = scenario_snapshot(file)?;
-            palisade::observe::explain::explain_text(
-                &snapshot,
-                &args.from,
-                &args.to,
-                &args.port,
-                &args.protocol,
-                args.family.as_deref(),
-            )
+            match asked {
+                Some((pod, op, path)) => {
+                    explain_lsm(&snapshot, pod, op, path, args.from.as_deref()).map(|(_, t)| t)
+                }
+                None => {
+                    let (from, to, port) = flow()?;
+                    palisade::observe::explain::explain_text(
+                        &snapshot,
+                        from,
+                        to,
+                        port,
+                        &args.protocol,
+                        args.family.as_deref(),
+                    )
+                }
+            }
             .map_err(|e| anyhow!("{shown}: {e}"))?
         }
         None => {
-            let q = client::query(&[
-                ("from", Some(args.from.as_str())),
-                ("to", Some(args.to.as_str())),
-                ("port", Some(args.port.as_str())),
-                ("protocol", Some(args.protocol.as_str())),
-                ("family", args.family.as_deref()),
-            ]);
+            let q = match asked {
+                Some((pod, op, path)) => {
+                    let key = match op {
+                        Operation::Exec => "exec",
+                        Operation::Read => "read",
+                        Operation::Write => "write",
+                    };
+                    client::query(&[
+                        ("pod", Some(pod)),
+                        (key, Some(path)),
+                        ("from", args.from.as_deref()),
+                    ])
+                }
+                None => {
+                    let (from, to, port) = flow()?;
+                    client::query(&[
+                        ("from", Some(from)),
+                        ("to", Some(to)),
+                        ("port", Some(port)),
+                        ("protocol", Some(args.protocol.as_str())),
+                        ("family", args.family.as_deref()),
+                    ])
+                }
+            };
             let mut reader = args.daemon.get(&format!("/explain?{q}"))?;
             let mut text = String::new();
             std::io::Read::read_to_string(&mut reader, &mut text)?;

@@ -125,6 +125,12 @@ pub struct PathRule {
 /// `PAL_LSM_SOURCES` by (set id, the process's executable with its NUL).
 pub const HAS_SOURCES: u32 = 1 << 31;
 
+/// Set in a set id: the set has patterns (`matchPatterns`), found in
+/// `PAL_LSM_PATTERNS` by the set's id.
+pub const HAS_PATTERNS: u32 = 1 << 30;
+/// The bits of a set id that name the set (the rest are the flags above).
+pub const SET_ID_MASK: u32 = HAS_PATTERNS - 1;
+
 /// A pod's rule sets; 0 means none (every operation allowed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -276,6 +282,166 @@ pub mod fmode {
     pub const EXEC_FLAG: u32 = 0x20;
 }
 
+/// Patterns (`matchPatterns`) run as one automaton per rule set: every
+/// pattern of the set is a chain of states (one per token, one more for
+/// "matched") in a bit vector of [`PATTERN_WORDS`] words, and each byte of
+/// the path moves every live state at once (a bit-parallel NFA). The cost
+/// is a few instructions per byte and word whatever the wildcards, and
+/// nothing ever backtracks.
+///
+/// Tokens: a byte; `?` (one byte but `/`); `*` (stays on bytes but `/`,
+/// and may be left at any time); `**` (the same on any byte); `**/` as a
+/// whole component, which is two states: one that is either skipped
+/// whole or entered, and one inside that stays on any byte and leaves
+/// only on a `/`. Moves that read no byte ([`PatternSet::eps`] to the next
+/// state, [`PatternSet::skip`] over one) are closed over
+/// [`PatternSet::rounds`] times after each byte (the longest run of
+/// wildcards in a row).
+pub const PATTERN_WORDS: usize = 4;
+/// Patterns per rule set.
+pub const MAX_PATTERNS: usize = 16;
+/// The longest run of wildcard tokens in a row a pattern may have.
+pub const PATTERN_ROUNDS: u32 = 4;
+
+/// One pattern of a [`PatternSet`]: where its "matched" state is, and
+/// what it says when it matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PatternSlot {
+    pub word: u8,
+    pub bit: u8,
+    /// By operation: 0 when the pattern's rules do not cover it, else
+    /// 1 + 2 * action + ownerOnly. The highest rank among the patterns that
+    /// match decides (the first of equals).
+    pub rank: [u8; 2],
+    pub _pad: [u8; 4],
+    pub verdict: [Verdict; 2],
+}
+
+/// Value of `PAL_LSM_PATTERNS`: one set's patterns as an automaton.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatternSet {
+    /// Words of state in use (1..=[`PATTERN_WORDS`]): a byte costs a few
+    /// instructions per word.
+    pub words: u32,
+    /// Closure rounds after each byte (at most [`PATTERN_ROUNDS`]).
+    pub rounds: u32,
+    /// Slots in use.
+    pub count: u32,
+    pub _pad: u32,
+    /// The states live before the first byte (already closed).
+    pub start: [u64; PATTERN_WORDS],
+    /// States that move on to the next without reading a byte.
+    pub eps: [u64; PATTERN_WORDS],
+    /// States that move on to the one after the next without reading a
+    /// byte (skipping a `**/` whole).
+    pub skip: [u64; PATTERN_WORDS],
+    /// States that stay on a `/`, and on any other byte.
+    pub stay_slash: [u64; PATTERN_WORDS],
+    pub stay_other: [u64; PATTERN_WORDS],
+    pub slots: [PatternSlot; MAX_PATTERNS],
+    /// By byte: the states that move on to the next on reading it.
+    pub adv: [[u64; PATTERN_WORDS]; 256],
+}
+
+impl PatternSet {
+    pub const fn empty() -> Self {
+        Self {
+            words: 1,
+            rounds: 0,
+            count: 0,
+            _pad: 0,
+            start: [0; PATTERN_WORDS],
+            eps: [0; PATTERN_WORDS],
+            skip: [0; PATTERN_WORDS],
+            stay_slash: [0; PATTERN_WORDS],
+            stay_other: [0; PATTERN_WORDS],
+            slots: [PatternSlot {
+                word: 0,
+                bit: 0,
+                rank: [0; 2],
+                _pad: [0; 4],
+                verdict: [Verdict {
+                    action: 0,
+                    flags: 0,
+                    _pad: [0; 2],
+                    policy: 0,
+                }; 2],
+            }; MAX_PATTERNS],
+            adv: [[0; PATTERN_WORDS]; 256],
+        }
+    }
+
+    /// The live states after reading `byte` in states `d`. The kernel and
+    /// the daemon's model of it (`palisade explain`, the tests) share this.
+    #[inline(always)]
+    pub fn step(&self, d: &mut [u64; PATTERN_WORDS], byte: u8) {
+        let adv = &self.adv[byte as usize];
+        let stay = if byte == b'/' {
+            &self.stay_slash
+        } else {
+            &self.stay_other
+        };
+        let mut carry = 0;
+        for w in 0..PATTERN_WORDS {
+            if w as u32 >= self.words {
+                break;
+            }
+            let moved = d[w] & adv[w];
+            let next = (moved << 1) | carry | (d[w] & stay[w]);
+            carry = moved >> 63;
+            d[w] = next;
+        }
+        self.close(d);
+    }
+
+    /// Adds the states reachable without reading a byte.
+    #[inline(always)]
+    // Indexing with a constant bound is what the verifier follows best.
+    #[allow(clippy::needless_range_loop)]
+    pub fn close(&self, d: &mut [u64; PATTERN_WORDS]) {
+        for round in 0..PATTERN_ROUNDS {
+            if round >= self.rounds {
+                break;
+            }
+            let (mut carry, mut carry2) = (0, 0);
+            for w in 0..PATTERN_WORDS {
+                if w as u32 >= self.words {
+                    break;
+                }
+                let e = d[w] & self.eps[w];
+                let k = d[w] & self.skip[w];
+                let add = (e << 1) | carry | (k << 2) | carry2;
+                carry = e >> 63;
+                carry2 = k >> 62;
+                d[w] |= add;
+            }
+        }
+    }
+
+    /// The deciding slot's verdict for operation `which` once the path has
+    /// been read into states `d`: the highest rank that matched.
+    #[inline(always)]
+    pub fn verdict(&self, d: &[u64; PATTERN_WORDS], which: usize) -> Option<Verdict> {
+        let mut best: Option<Verdict> = None;
+        let mut best_rank = 0;
+        for k in 0..MAX_PATTERNS {
+            if k as u32 >= self.count {
+                break;
+            }
+            let slot = &self.slots[k];
+            let live = d[(slot.word as usize) & (PATTERN_WORDS - 1)] >> (slot.bit & 63) & 1;
+            let rank = slot.rank[which & 1];
+            if live != 0 && rank > best_rank {
+                best_rank = rank;
+                best = Some(slot.verdict[which & 1]);
+            }
+        }
+        best
+    }
+}
+
 const _: () = {
     assert!(size_of::<RuleData>() == 256);
     assert!(size_of::<Verdict>() == 8);
@@ -284,6 +450,12 @@ const _: () = {
     assert!(size_of::<LsmConfig>() == 16);
     assert!(size_of::<DecisionKey>() == 8);
     assert!(size_of::<LsmEvent>() == 304);
+    assert!(size_of::<PatternSlot>() == 24);
+    assert!(
+        size_of::<PatternSet>()
+            == 16 + 5 * 8 * PATTERN_WORDS + 24 * MAX_PATTERNS + 256 * 8 * PATTERN_WORDS
+    );
+    assert!(PATTERN_WORDS.is_power_of_two());
 };
 
 #[cfg(feature = "user")]
@@ -297,4 +469,5 @@ mod user {
     unsafe impl aya::Pod for LsmConfig {}
     unsafe impl aya::Pod for DecisionKey {}
     unsafe impl aya::Pod for LsmEvent {}
+    unsafe impl aya::Pod for PatternSet {}
 }

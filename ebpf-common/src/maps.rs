@@ -13,7 +13,7 @@ use crate::{
         ADDR_LEN, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FragKey,
         FragValue, IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
     },
-    lsm::{DecisionKey, LsmConfig, PathRule, PodSets, RuleData},
+    lsm::{DecisionKey, LsmConfig, PathRule, PatternSet, PodSets, RuleData},
     stats::{Counter, STATS_ENTRIES},
 };
 
@@ -26,6 +26,8 @@ pub const LSM_PODS: &str = "PAL_LSM_PODS";
 pub const LSM_RULES: &str = "PAL_LSM_RULES";
 /// (rule set, executable) -> the set for processes running it.
 pub const LSM_SOURCES: &str = "PAL_LSM_SOURCES";
+/// Rule set id -> its patterns, [`crate::lsm::PatternSet`].
+pub const LSM_PATTERNS: &str = "PAL_LSM_PATTERN";
 /// One [`crate::lsm::LsmConfig`].
 pub const LSM_CONFIG: &str = "PAL_LSM_CONFIG";
 /// Block and Audit decisions by (policy, hook, action).
@@ -78,6 +80,8 @@ pub mod size {
     pub const LSM_PODS: u32 = 4_096;
     pub const LSM_RULES: u32 = 65_536;
     pub const LSM_SOURCES: u32 = 4_096;
+    /// Rule sets with patterns (allocated as used: about 8.6 KiB each).
+    pub const LSM_PATTERNS: u32 = 1_024;
     pub const LSM_DECIDE: u32 = 4_096;
     /// Bytes: ~800 events.
     pub const LSM_EVENTS: u32 = 256 * 1024;
@@ -137,6 +141,7 @@ pub const SPECS: &[MapSpec] = &[
     spec::<u64, PodSets>(LSM_PODS, kind::HASH, size::LSM_PODS),
     lpm::<RuleData>(LSM_RULES, size_of::<PathRule>() as u32, size::LSM_RULES),
     lpm::<RuleData>(LSM_SOURCES, size_of::<u32>() as u32, size::LSM_SOURCES),
+    spec::<u32, PatternSet>(LSM_PATTERNS, kind::HASH, size::LSM_PATTERNS),
     spec::<u32, LsmConfig>(LSM_CONFIG, kind::ARRAY, 1),
     spec::<DecisionKey, u64>(LSM_DECIDE, kind::PERCPU_HASH, size::LSM_DECIDE),
     MapSpec {

@@ -13,7 +13,7 @@
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, path},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, path},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
         bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -27,9 +27,10 @@ use ebpf_common::{
     datapath::event_rate,
     kernel::count,
     lsm::{
-        CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, HAS_SOURCES, KEY_PATH_BYTES, LsmConfig,
-        LsmEvent, PATH_MAX, PathRule, PodSets, RuleData, Verdict, WALK_DEPTH, action, entry_kind,
-        event_flags, event_op, fmode, hook, op, verdict_flags,
+        CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, HAS_PATTERNS, HAS_SOURCES, KEY_PATH_BYTES,
+        LsmConfig, LsmEvent, PATH_MAX, PATTERN_WORDS, PathRule, PatternSet, PodSets, RuleData,
+        SET_ID_MASK, Verdict, WALK_DEPTH, action, entry_kind, event_flags, event_op, fmode, hook,
+        op, verdict_flags,
     },
     maps::size,
     reason,
@@ -44,6 +45,9 @@ static PAL_LSM_PODS: HashMap<u64, PodSets> = HashMap::with_max_entries(size::LSM
 static PAL_LSM_RULES: LpmTrie<RuleData, PathRule> = LpmTrie::with_max_entries(size::LSM_RULES, 0);
 #[map(name = "PAL_LSM_SOURCES")]
 static PAL_LSM_SOURCES: LpmTrie<RuleData, u32> = LpmTrie::with_max_entries(size::LSM_SOURCES, 0);
+#[map(name = "PAL_LSM_PATTERN")]
+static PAL_LSM_PATTERN: HashMap<u32, PatternSet> =
+    HashMap::with_max_entries(size::LSM_PATTERNS, BPF_F_NO_PREALLOC);
 #[map(name = "PAL_LSM_CONFIG")]
 static PAL_LSM_CONFIG: Array<LsmConfig> = Array::with_max_entries(1, 0);
 #[map(name = "PAL_LSM_DECIDE")]
@@ -166,10 +170,70 @@ fn pod_sets() -> Option<(u64, PodSets)> {
     None
 }
 
+/// What [`pattern_byte`] reads and where it keeps the automaton's states.
+#[repr(C)]
+struct PatternRun {
+    path: *const u8,
+    set: *const PatternSet,
+    states: [u64; PATTERN_WORDS],
+}
+
+/// One byte of the path through the set's patterns (a `bpf_loop`
+/// callback: the verifier checks it once, not once per byte).
+extern "C" fn pattern_byte(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `PatternRun`; `path` points to the
+    // scratch's path buffer, `set` to a map value, both live for the run.
+    unsafe {
+        let run = &mut *(ctx as *mut PatternRun);
+        let byte = *run.path.add((index as usize) & (PATH_MAX - 1));
+        (*run.set).step(&mut run.states, byte);
+        i64::from(run.states == [0; PATTERN_WORDS])
+    }
+}
+
+/// The deciding pattern's verdict for the path of `len` bytes (without
+/// its NUL) in the scratch, if a pattern of set `set` matches it.
+#[inline(always)]
+fn pattern_verdict(s: &Scratch, set: u32, len: usize, which: usize) -> Option<Verdict> {
+    // SAFETY: a hash lookup; the value stays valid for this run (RCU).
+    let patterns = unsafe { PAL_LSM_PATTERN.get(&set) }?;
+    let mut run = PatternRun {
+        path: s.path.as_ptr(),
+        set: patterns,
+        states: patterns.start,
+    };
+    // SAFETY: the callback and its context as `bpf_loop` expects them.
+    unsafe {
+        generated::bpf_loop(
+            (len & (PATH_MAX - 1)) as u32,
+            pattern_byte as *mut core::ffi::c_void,
+            addr_of_mut!(run).cast(),
+            0,
+        )
+    };
+    patterns.verdict(&run.states, which)
+}
+
 /// The verdict of set `set` for the path `bpf_d_path` left in `s`
 /// (`resolved` is its return: the length with the NUL, or an error).
+/// The most specific trie entry decides, unless it is not a file's own
+/// and one of the set's patterns matches: then the pattern does.
 #[inline(always)]
 fn judge(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdict, u8) {
+    let (v, flags, file) = judge_entry(s, set & SET_ID_MASK, resolved, which);
+    if set & HAS_PATTERNS == 0 || file || resolved <= 0 {
+        return (v, flags);
+    }
+    match pattern_verdict(s, set & SET_ID_MASK, resolved as usize - 1, which) {
+        Some(p) => (p, 0),
+        None => (v, flags),
+    }
+}
+
+/// The most specific trie entry's verdict, its event flags, and whether
+/// that entry is a file's own.
+#[inline(always)]
+fn judge_entry(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdict, u8, bool) {
     s.set = set;
     if resolved <= 0 {
         // Unresolvable (deeper or longer than PATH_MAX): the default
@@ -189,7 +253,7 @@ fn judge(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdict, u8
                 ..default
             }
         };
-        return (v, event_flags::UNRESOLVED);
+        return (v, event_flags::UNRESOLVED, false);
     }
     let len = resolved as usize;
     let visible = if len > KEY_PATH_BYTES {
@@ -202,11 +266,11 @@ fn judge(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdict, u8
     // SAFETY: `Scratch` starts with the layout of the key.
     let Some(rule) = (unsafe { PAL_LSM_RULES.get(&*key) }) else {
         // A set without its root entry is being retired: nothing to judge.
-        return (Verdict::default(), 0);
+        return (Verdict::default(), 0, false);
     };
     let rule = *rule;
     if rule.kind != entry_kind::DIR {
-        return (rule.direct[which & 1], 0);
+        return (rule.direct[which & 1], 0, rule.kind == entry_kind::FILE);
     }
     // A non-recursive directory covers its children: a '/' after its own
     // bytes means the path lies deeper. The rest of the key's path is
@@ -246,15 +310,15 @@ fn judge(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdict, u8
         }
     }
     if deeper {
-        return (rule.deeper[which & 1], 0);
+        return (rule.deeper[which & 1], 0, false);
     }
     if len - 1 > KEY_PATH_BYTES {
         // The rest of the path is past the key: take the stricter.
         let (d, p) = (rule.direct[which & 1], rule.deeper[which & 1]);
         let v = if p.action > d.action { p } else { d };
-        return (v, event_flags::AMBIGUOUS);
+        return (v, event_flags::AMBIGUOUS, false);
     }
-    (rule.direct[which & 1], 0)
+    (rule.direct[which & 1], 0, false)
 }
 
 #[inline(always)]
@@ -421,7 +485,7 @@ fn source_lookup(s: &mut Scratch, set: u32, resolved: i64) -> u32 {
     if resolved <= 0 || resolved as usize > KEY_PATH_BYTES {
         return set;
     }
-    s.set = set;
+    s.set = set & SET_ID_MASK;
     s.prefixlen = 32 + 8 * resolved as u32;
     let key = addr_of_mut!(*s) as *const Key<RuleData>;
     // SAFETY: `Scratch` starts with the layout of the key.

@@ -21,6 +21,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use super::patterns::PatternRule;
+use super::patterns::{refusal, states};
+
 use ebpf_common::lsm::{
     MAX_RULE_PATH, PathRule, RuleData, Verdict, action, entry_kind, op, verdict_flags,
 };
@@ -28,7 +31,7 @@ use ebpf_common::lsm::{
 use crate::{
     identity::stable_id,
     model::{
-        Namespace, Policy, Snapshot,
+        Namespace, Pod, Policy, Snapshot, glob,
         policy::LsmMeta,
         posture::{DefaultPosture, namespace_postures},
         process_file::{DirMatch, LsmAction, Posture},
@@ -43,6 +46,10 @@ pub struct RuleSet {
     /// `fromSource`: the set that applies instead to a process running
     /// this executable (its path, without NUL), by path.
     pub sources: Vec<(Vec<u8>, RuleSet)>,
+    /// Patterns, for paths whose most specific entry is not a file's own:
+    /// a pattern names files, so one that matches decides over any
+    /// directory rule and the default (see [`super::patterns`]).
+    pub patterns: Vec<PatternRule>,
 }
 
 /// A [`PathRule`] that sorts, so that equal sets can be shared by pods.
@@ -131,7 +138,6 @@ pub fn lsm_inactive(reason: &str) -> String {
     format!("process and file rules are not enforced on this node: BPF LSM is inactive ({reason})")
 }
 
-const NO_PATTERNS: &str = "matchPatterns (patterns) are not enforced yet: those rules are left out";
 const NO_SOURCE_ON_PATH_HOOKS: &str = "fromSource file rules apply to open(2) only: unlink, \
      rename, link and truncate(2) by path are judged by the rules for every process";
 
@@ -166,16 +172,26 @@ fn rank(a: LsmAction) -> u8 {
 
 /// The winning verdict among `rules` for operation `which`, if any covers it.
 fn resolve<'a>(rules: impl Iterator<Item = &'a Candidate>, which: usize) -> Option<Verdict> {
+    resolve_ranked(rules, which).map(|(v, _)| v)
+}
+
+/// [`resolve`], with the winner's rank among rules of other places that
+/// compete with it at run time (patterns): 1 + 2 * action + ownerOnly.
+fn resolve_ranked<'a>(
+    rules: impl Iterator<Item = &'a Candidate>,
+    which: usize,
+) -> Option<(Verdict, u8)> {
     let best = rules
         .filter(|c| c.covers[which])
         .max_by_key(|c| (rank(c.action), c.owner_only, std::cmp::Reverse(c.policy)))?;
+    let ranked = 1 + 2 * rank(best.action) + u8::from(best.owner_only);
     // ownerOnly: the owner is allowed, anyone else gets the action, and an
     // Allow limited to the owner blocks everyone else.
     let act = match (best.action, best.owner_only) {
         (LsmAction::Allow, true) => action::BLOCK,
         (a, _) => rank(a),
     };
-    Some(Verdict {
+    let v = Verdict {
         action: act,
         flags: if best.owner_only {
             verdict_flags::OWNER_ONLY
@@ -184,12 +200,15 @@ fn resolve<'a>(rules: impl Iterator<Item = &'a Candidate>, which: usize) -> Opti
         },
         _pad: [0; 2],
         policy: best.policy,
-    })
+    };
+    Some((v, ranked))
 }
 
 /// A section's rules (process or file) for one pod, as gathered.
 struct Section {
     places: BTreeMap<String, Place>,
+    /// Each pattern's rules.
+    patterns: BTreeMap<String, Vec<Candidate>>,
     has_allow: bool,
     /// `Some(policy)` if a selecting policy asks for an allowlist.
     allowlist: Option<u32>,
@@ -200,6 +219,7 @@ impl Section {
     fn new() -> Self {
         Self {
             places: BTreeMap::new(),
+            patterns: BTreeMap::new(),
             has_allow: false,
             allowlist: None,
             denylist: false,
@@ -214,6 +234,11 @@ impl Section {
             Some(true) => place.recursive.push(c),
             Some(false) => place.children.push(c),
         }
+    }
+
+    fn add_pattern(&mut self, pattern: &str, c: Candidate) {
+        self.has_allow |= c.action == LsmAction::Allow;
+        self.patterns.entry(pattern.to_owned()).or_default().push(c);
     }
 
     fn posture(&mut self, posture: Option<Posture>, policy: u32) {
@@ -268,7 +293,8 @@ impl Section {
         default
     }
 
-    fn build(&self, annotation: DefaultPosture) -> RuleSet {
+    /// The set, and the patterns left out (with their policies and why).
+    fn build(&self, annotation: DefaultPosture) -> (RuleSet, Vec<(Vec<u32>, String)>) {
         let default = self.default(annotation);
         let mut entries = vec![(
             32,
@@ -287,10 +313,24 @@ impl Section {
                 resolve(rules.into_iter(), which)
                     .unwrap_or_else(|| self.inherited(path, dir, which, default))
             };
+            // A pattern that matches a file with rules of its own is one more
+            // rule at that place (the kernel does not run patterns there).
+            let matching: Vec<&Candidate> = self
+                .patterns
+                .iter()
+                .filter(|(p, _)| glob::matches(p, path))
+                .flat_map(|(_, c)| c)
+                .collect();
             if !place.file.is_empty() {
                 let mut bytes = path.as_bytes().to_vec();
                 bytes.push(0);
-                let direct = [op::READ, op::WRITE].map(|w| slot(&mut place.file.iter(), w, false));
+                let direct = [op::READ, op::WRITE].map(|w| {
+                    slot(
+                        &mut place.file.iter().chain(matching.iter().copied()),
+                        w,
+                        false,
+                    )
+                });
                 entries.push((
                     32 + 8 * bytes.len() as u32,
                     bytes.clone(),
@@ -337,33 +377,78 @@ impl Section {
             }
         }
         entries.sort();
-        RuleSet {
+        let (mut patterns, mut left_out) = (Vec::new(), Vec::new());
+        let mut used = 0;
+        for (pattern, rules) in &self.patterns {
+            if let Some(why) = refusal(pattern, used, patterns.len()) {
+                left_out.push((rules.iter().map(|c| c.policy).collect(), why));
+                continue;
+            }
+            used += states(pattern);
+            let ranked = [op::READ, op::WRITE].map(|w| resolve_ranked(rules.iter(), w));
+            patterns.push(PatternRule {
+                pattern: pattern.clone(),
+                rank: ranked.map(|r| r.map_or(0, |(_, k)| k)),
+                verdict: ranked.map(|r| r.map(|(v, _)| v).unwrap_or_default()),
+            });
+        }
+        let set = RuleSet {
             entries,
             sources: Vec::new(),
-        }
+            patterns,
+        };
+        (set, left_out)
     }
+}
+
+const NO_NAMESPACE: &Namespace = &Namespace {
+    name: String::new(),
+    labels: BTreeMap::new(),
+    annotations: BTreeMap::new(),
+};
+
+/// The policies with process or file rules that select `pod`.
+fn selecting<'a>(snapshot: &'a Snapshot, pod: &Pod) -> (&'a Namespace, Vec<&'a Policy>) {
+    let ns = snapshot
+        .namespaces
+        .get(&pod.namespace)
+        .unwrap_or(NO_NAMESPACE);
+    let selecting = snapshot
+        .policies
+        .iter()
+        .filter(|p| p.process.is_some() || p.file.is_some())
+        .filter(|p| p.selects(&pod.namespace, &ns.effective_labels(), &pod.labels))
+        .collect();
+    (ns, selecting)
+}
+
+/// One pod's rule sets whether or not its cgroup is known (for `palisade
+/// explain`), with the policies that select it by id, and what of them
+/// is not enforced.
+pub fn pod_rules_of(
+    snapshot: &Snapshot,
+    pod: &Pod,
+) -> (
+    PodRules,
+    BTreeMap<u32, String>,
+    BTreeMap<String, BTreeSet<String>>,
+) {
+    let (ns, selecting) = selecting(snapshot, pod);
+    let mut not_enforced = BTreeMap::new();
+    let rules = pod_rules(ns, &selecting, &mut not_enforced);
+    let ids = selecting
+        .iter()
+        .map(|p| (stable_id(&p.key()), p.key()))
+        .collect();
+    (rules, ids, not_enforced)
 }
 
 /// The rule sets of the local pods (those whose cgroup is known) in
 /// `snapshot`, and what of the policies this node does not enforce.
 pub fn compile_lsm(snapshot: &Snapshot) -> LsmDesired {
     let mut out = LsmDesired::default();
-    let no_namespace = Namespace {
-        name: String::new(),
-        labels: Default::default(),
-        annotations: Default::default(),
-    };
     for pod in &snapshot.pods {
-        let ns = snapshot
-            .namespaces
-            .get(&pod.namespace)
-            .unwrap_or(&no_namespace);
-        let selecting: Vec<&Policy> = snapshot
-            .policies
-            .iter()
-            .filter(|p| p.process.is_some() || p.file.is_some())
-            .filter(|p| p.selects(&pod.namespace, &ns.effective_labels(), &pod.labels))
-            .collect();
+        let (ns, selecting) = selecting(snapshot, pod);
         if selecting.is_empty() {
             continue;
         }
@@ -408,7 +493,12 @@ impl Sourced {
         }
     }
 
-    fn add(&mut self, sources: &[String], paths: &[String], dirs: &[DirMatch], c: Candidate) {
+    fn add(
+        &mut self,
+        sources: &[String],
+        (paths, dirs, patterns): (&[String], &[DirMatch], &[String]),
+        c: Candidate,
+    ) {
         let targets: Vec<&mut Section> = if sources.is_empty() {
             vec![&mut self.general]
         } else {
@@ -430,6 +520,9 @@ impl Sourced {
             for d in dirs.iter().filter(|d| d.path.len() <= MAX_RULE_PATH) {
                 section.add(&d.path, Some(d.recursive), c);
             }
+            for p in patterns {
+                section.add_pattern(p, c);
+            }
         }
     }
 
@@ -440,7 +533,11 @@ impl Sourced {
     /// The set for every process, with the sets of the `fromSource`
     /// executables: each holds the general rules and its own, and whether
     /// the section has Allow rules is decided over all of them.
-    fn build(mut self, annotation: DefaultPosture) -> Option<RuleSet> {
+    fn build(
+        mut self,
+        annotation: DefaultPosture,
+        left_out: &mut Vec<(Vec<u32>, String)>,
+    ) -> Option<RuleSet> {
         if !self.any {
             return None;
         }
@@ -453,13 +550,20 @@ impl Sourced {
                 mine.recursive.extend(place.recursive.iter().copied());
                 mine.children.extend(place.children.iter().copied());
             }
+            for (pattern, rules) in &self.general.patterns {
+                let mine = own.patterns.entry(pattern.clone()).or_default();
+                mine.extend(rules.iter().copied());
+            }
             own.has_allow = has_allow;
             own.allowlist = self.general.allowlist;
             own.denylist = self.general.denylist;
-            sources.push((exe.into_bytes(), own.build(annotation)));
+            let (set, out) = own.build(annotation);
+            left_out.extend(out);
+            sources.push((exe.into_bytes(), set));
         }
         self.general.has_allow = has_allow;
-        let mut set = self.general.build(annotation);
+        let (mut set, out) = self.general.build(annotation);
+        left_out.extend(out);
         set.sources = sources;
         Some(set)
     }
@@ -483,25 +587,19 @@ fn pod_rules(
             process.any = true;
             process.posture(s.posture, id);
             for r in &s.rules {
-                if !r.patterns.is_empty() {
-                    gap(p, NO_PATTERNS);
-                }
                 let c = Candidate {
                     action: r.action,
                     covers: [true, true],
                     owner_only: r.owner_only,
                     policy: id,
                 };
-                process.add(&r.from_source, &r.paths, &r.dirs, c);
+                process.add(&r.from_source, (&r.paths, &r.dirs, &r.patterns), c);
             }
         }
         if let Some(s) = &p.file {
             file.any = true;
             file.posture(s.posture, id);
             for r in &s.rules {
-                if !r.patterns.is_empty() {
-                    gap(p, NO_PATTERNS);
-                }
                 let covers = match (r.read_only, r.action) {
                     (false, _) => [true, true],
                     (true, LsmAction::Allow) => [true, false],
@@ -516,24 +614,34 @@ fn pod_rules(
                     owner_only: r.owner_only,
                     policy: id,
                 };
-                file.add(&r.from_source, &r.paths, &r.dirs, c);
+                file.add(&r.from_source, (&r.paths, &r.dirs, &r.patterns), c);
             }
         }
     }
     // A bad annotation was refused by the source; here it reads as absent.
     let (file_posture, process_posture) =
         namespace_postures(ns).unwrap_or((DefaultPosture::Audit, DefaultPosture::Audit));
-    PodRules {
+    let mut left_out = Vec::new();
+    let rules = PodRules {
         cgroup: String::new(),
-        process: process.build(process_posture),
-        file: file.build(file_posture),
+        process: process.build(process_posture, &mut left_out),
+        file: file.build(file_posture, &mut left_out),
+    };
+    for (ids, why) in left_out {
+        for p in selecting
+            .iter()
+            .filter(|p| ids.contains(&stable_id(&p.key())))
+        {
+            gap(p, &why);
+        }
     }
+    rules
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse::parse_documents;
+    use crate::{compile::lsm_decide::DecidedBy, model::parse::parse_documents};
 
     fn snapshot(policy: &str, annotations: &[(&str, &str)]) -> Snapshot {
         let mut s = crate::model::standard::snapshot();
@@ -552,24 +660,9 @@ mod tests {
         s
     }
 
-    /// The verdict the kernel would reach for `path` in `set`, simulated:
-    /// the longest entry that is a prefix (files with their NUL).
+    /// The verdict the kernel reaches for `path` in `set` (its model).
     fn verdict(set: &RuleSet, path: &str, which: usize) -> u8 {
-        let mut bytes = path.as_bytes().to_vec();
-        bytes.push(0);
-        let (_, key, rule) = set
-            .entries
-            .iter()
-            .filter(|(_, k, _)| bytes.starts_with(k))
-            .max_by_key(|(_, k, _)| k.len())
-            .unwrap();
-        let rule = rule.0;
-        let deeper = rule.kind == entry_kind::DIR && path[key.len()..].contains('/');
-        if deeper {
-            rule.deeper[which].action
-        } else {
-            rule.direct[which].action
-        }
+        set.decide(path, which, None).verdict.action
     }
 
     const PNP: &str = "apiVersion: palisade.dev/v1alpha1
@@ -710,6 +803,61 @@ spec:
         assert_eq!(verdict(cat, "/a/other", op::READ), action::ALLOW);
         assert_eq!(set.source_keys(9).count(), 1);
         assert!(d.not_enforced["palisade:x/p"].contains(NO_SOURCE_ON_PATH_HOOKS));
+    }
+
+    #[test]
+    fn patterns_decide_over_directories_and_join_a_files_own_rules() {
+        let s = snapshot(
+            &format!(
+                "{PNP}  file:
+    posture: Denylist
+    rules:
+    - {{action: Block, dirs: [{{path: /v/, recursive: true}}]}}
+    - {{action: Allow, patterns: ['/v/pub*']}}
+    - {{action: Allow, paths: [/v/private]}}
+    - {{action: Block, patterns: ['/v/priv*', '/k/**/*.key']}}
+    - {{action: Audit, readOnly: true, patterns: ['/k/*.key']}}
+"
+            ),
+            &[],
+        );
+        let d = compile_lsm(&s);
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        assert_eq!(set.patterns.len(), 4);
+        assert_eq!(verdict(set, "/v/public", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/v/other", op::READ), action::BLOCK);
+        assert_eq!(verdict(set, "/v/private", op::READ), action::BLOCK);
+        assert_eq!(verdict(set, "/k/a/b.key", op::READ), action::BLOCK);
+        assert_eq!(verdict(set, "/k/b.key", op::WRITE), action::BLOCK);
+        assert_eq!(verdict(set, "/k.key", op::READ), action::ALLOW);
+        let by = set.decide("/v/public", op::READ, None).by;
+        assert_eq!(by, DecidedBy::Pattern("/v/pub*".into()));
+        assert_eq!(
+            set.decide("/v/private", op::READ, None).by,
+            DecidedBy::File("/v/private".into())
+        );
+        assert!(
+            !d.not_enforced.contains_key("palisade:x/p"),
+            "{:?}",
+            d.not_enforced
+        );
+    }
+
+    #[test]
+    fn patterns_beyond_the_automatons_room_are_reported_not_enforced() {
+        let many: Vec<String> = (0..20).map(|i| format!("'/p/{i}/*'")).collect();
+        let s = snapshot(
+            &format!(
+                "{PNP}  file:\n    rules:\n    - {{action: Block, patterns: [{}]}}\n",
+                many.join(", ")
+            ),
+            &[],
+        );
+        let d = compile_lsm(&s);
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        assert_eq!(set.patterns.len(), ebpf_common::lsm::MAX_PATTERNS);
+        let why = &d.not_enforced["palisade:x/p"];
+        assert!(why.iter().any(|w| w.contains("patterns apply")), "{why:?}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod desired;
 pub mod evaluate;
 pub mod incremental;
 pub mod lsm;
+pub mod lsm_decide;
+pub mod patterns;
 pub mod prefilter;
 #[cfg(test)]
 pub(crate) mod property;

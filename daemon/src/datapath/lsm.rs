@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use ebpf_common::{
-    lsm::{CGROUP_LEVELS, LsmConfig, PathRule, PodSets, RuleData},
+    lsm::{CGROUP_LEVELS, LsmConfig, PathRule, PatternSet, PodSets, RuleData},
     maps,
 };
 
@@ -16,6 +16,7 @@ pub struct LsmMaps {
     pods: HashMap<MapData, u64, PodSets>,
     rules: LpmTrie<MapData, RuleData, PathRule>,
     sources: LpmTrie<MapData, RuleData, u32>,
+    patterns: HashMap<MapData, u32, PatternSet>,
     config: Array<MapData, LsmConfig>,
 }
 
@@ -29,6 +30,8 @@ impl LsmMaps {
                 .map_err(conv(maps::LSM_RULES))?,
             sources: LpmTrie::try_from(open_map(pins, maps::LSM_SOURCES)?)
                 .map_err(conv(maps::LSM_SOURCES))?,
+            patterns: HashMap::try_from(open_map(pins, maps::LSM_PATTERNS)?)
+                .map_err(conv(maps::LSM_PATTERNS))?,
             config: Array::try_from(open_map(pins, maps::LSM_CONFIG)?)
                 .map_err(conv(maps::LSM_CONFIG))?,
         })
@@ -55,7 +58,30 @@ impl LsmMaps {
             })?;
             out.insert(key.data().set);
         }
+        for key in self.patterns.keys() {
+            out.insert(key.map_err(|source| DatapathError::Read {
+                name: maps::LSM_PATTERNS,
+                source,
+            })?);
+        }
         Ok(out)
+    }
+
+    /// Set `set`'s patterns (written before any pod names the set).
+    pub fn write_patterns(&mut self, set: u32, patterns: &PatternSet) -> Result<(), DatapathError> {
+        self.patterns
+            .insert(&set, patterns, 0)
+            .map_err(|source| DatapathError::Write {
+                name: maps::LSM_PATTERNS,
+                what: format!("the patterns of rule set {set}"),
+                source,
+            })
+    }
+
+    pub fn remove_patterns(&mut self, set: u32) -> Result<(), DatapathError> {
+        removed(self.patterns.remove(&set), maps::LSM_PATTERNS, || {
+            format!("removing the patterns of rule set {set}")
+        })
     }
 
     pub fn write_rule(
@@ -109,6 +135,15 @@ impl LsmMaps {
         }
         for key in doomed {
             self.remove_source(key.prefix_len(), key.data())?;
+        }
+        let doomed: Vec<u32> = self
+            .patterns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|set| sets.contains(set))
+            .collect();
+        for set in doomed {
+            self.remove_patterns(set)?;
         }
         Ok(())
     }

@@ -79,6 +79,7 @@ pub static LSM: Object = Object {
         maps::LSM_PODS,
         maps::LSM_RULES,
         maps::LSM_SOURCES,
+        maps::LSM_PATTERNS,
         maps::LSM_CONFIG,
         maps::LSM_DECIDE,
         maps::LSM_EVENTS,

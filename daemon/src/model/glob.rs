@@ -52,8 +52,8 @@ pub fn check(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Clone, Copy)]
-enum Token {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token {
     Byte(u8),
     One,
     Star,
@@ -62,7 +62,8 @@ enum Token {
     Dirs,
 }
 
-fn tokens(pattern: &str) -> Vec<Token> {
+/// A pattern [`check`] accepts, token by token.
+pub fn tokens(pattern: &str) -> Vec<Token> {
     let b = pattern.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -2,8 +2,10 @@
 //! datapath never waits for it): `GET /metrics` (Prometheus text) and
 //! `GET /events?namespace=&pod=&verdict=` (JSON lines, streamed until the
 //! client goes; `palisade events` reads it) and
-//! `GET /explain?from=&to=&port=&protocol=&family=` (`palisade explain` without a
-//! file: the verdict on the snapshot the daemon last applied).
+//! `GET /explain?from=&to=&port=&protocol=&family=`, or
+//! `?pod=&exec=|read=|write=&from=` for a process or file operation
+//! (`palisade explain` without a file: the verdict on the snapshot the
+//! daemon last applied).
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -60,6 +62,21 @@ fn explain(state: &State, query: &str) -> Result<String, String> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    if let Some(pod) = get("pod") {
+        use crate::observe::explain_lsm::{Operation, explain_lsm};
+        let asked: Vec<(Operation, &str)> = [
+            (Operation::Exec, "exec"),
+            (Operation::Read, "read"),
+            (Operation::Write, "write"),
+        ]
+        .into_iter()
+        .filter_map(|(o, k)| get(k).map(|p| (o, p)))
+        .collect();
+        let [(operation, path)] = asked[..] else {
+            return Err("with pod=, give exactly one of exec=, read=, write=".into());
+        };
+        return explain_lsm(&snapshot, pod, operation, path, get("from")).map(|(_, t)| t);
+    }
     crate::observe::explain::explain_text(
         &snapshot,
         need("from")?,

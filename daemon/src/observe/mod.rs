@@ -5,6 +5,7 @@
 pub mod client;
 pub mod events;
 pub mod explain;
+pub mod explain_lsm;
 pub mod http;
 pub mod metrics;
 pub mod names;

@@ -14,10 +14,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ebpf_common::lsm::{CGROUP_LEVELS, HAS_SOURCES, PodSets};
+use ebpf_common::lsm::{CGROUP_LEVELS, HAS_PATTERNS, HAS_SOURCES, PodSets, SET_ID_MASK};
 
 use crate::{
-    compile::lsm::{LsmDesired, RuleSet},
+    compile::{
+        lsm::{LsmDesired, RuleSet},
+        patterns::automaton,
+    },
     datapath::{DatapathError, lsm::LsmMaps},
 };
 
@@ -79,7 +82,7 @@ pub fn cgroup_id(dir: &str) -> Result<(u64, u32), String> {
 impl LsmState {
     pub fn new(maps: LsmMaps) -> Result<Self, DatapathError> {
         let inherited = maps.sets()?;
-        let next = inherited.iter().max().copied().unwrap_or(0) % HAS_SOURCES;
+        let next = inherited.iter().max().copied().unwrap_or(0) & SET_ID_MASK;
         Ok(Self {
             maps,
             sets: HashMap::new(),
@@ -90,8 +93,8 @@ impl LsmState {
 
     fn fresh_id(&mut self) -> u32 {
         loop {
-            // Ids stay below the HAS_SOURCES bit.
-            self.next = (self.next + 1) % HAS_SOURCES;
+            // Ids stay below the flag bits.
+            self.next = (self.next + 1) & SET_ID_MASK;
             self.next = self.next.max(1);
             let id = self.next;
             if !self.inherited.contains(&id) && !self.sets.values().any(|&v| v == id) {
@@ -101,14 +104,17 @@ impl LsmState {
     }
 
     /// The id of `set` in the trie (with [`HAS_SOURCES`] where it has
-    /// `fromSource` sets), writing it first if it is new: its sources'
-    /// sets, then its entries, then the entries that lead to the sources.
+    /// `fromSource` sets, [`HAS_PATTERNS`] where it has patterns), writing
+    /// it first if it is new: its sources' sets, its patterns, then its
+    /// entries, then the entries that lead to the sources.
     fn ensure(&mut self, set: &RuleSet) -> Result<u32, DatapathError> {
-        let flag = if set.sources.is_empty() {
-            0
-        } else {
-            HAS_SOURCES
-        };
+        let mut flag = 0;
+        if !set.sources.is_empty() {
+            flag |= HAS_SOURCES;
+        }
+        if !set.patterns.is_empty() {
+            flag |= HAS_PATTERNS;
+        }
         if let Some(&id) = self.sets.get(set) {
             return Ok(id | flag);
         }
@@ -128,6 +134,9 @@ impl LsmState {
     }
 
     fn write_set(&mut self, set: &RuleSet, id: u32, own: &[u32]) -> Result<(), DatapathError> {
+        if !set.patterns.is_empty() {
+            self.maps.write_patterns(id, &automaton(&set.patterns))?;
+        }
         for (prefixlen, data, rule) in set.keys(id) {
             self.maps.write_rule(prefixlen, data, rule)?;
         }
@@ -145,6 +154,9 @@ impl LsmState {
         }
         for (prefixlen, data, _) in set.keys(id) {
             ok &= self.maps.remove_rule(prefixlen, data).is_ok();
+        }
+        if !set.patterns.is_empty() {
+            ok &= self.maps.remove_patterns(id).is_ok();
         }
         ok
     }
@@ -223,7 +235,7 @@ impl LsmState {
             .values()
             .flat_map(|s| [s.process, s.file])
             .filter(|&id| id != 0)
-            .map(|id| id & !HAS_SOURCES)
+            .map(|id| id & SET_ID_MASK)
             .collect();
         // A used set's fromSource sets are used too.
         for (set, id) in &self.sets {

@@ -4,6 +4,8 @@
 //! invalid input (exit status 2) and nothing touches the kernel.
 
 mod checks;
+#[cfg(test)]
+mod lsm_model;
 mod probes;
 
 pub use checks::{CheckPlan, FIXTURE_ROOT, Fixture, FixtureKind, Operation, parse_mode};

@@ -1,0 +1,127 @@
+//! What the LSM programs decide for one operation on one path, step by
+//! step as `ebpf-lsm` does it, from the same compiled rule sets: the
+//! `fromSource` set, the longest trie entry, a non-recursive directory's
+//! children, then the patterns. `palisade explain` answers from here, and
+//! the tests hold it to the scenarios' expectations, so the two readings
+//! of the rules cannot drift apart.
+
+use ebpf_common::lsm::{KEY_PATH_BYTES, PathRule, Verdict, action, entry_kind, verdict_flags};
+
+use super::{
+    lsm::RuleSet,
+    patterns::{automaton, run},
+};
+
+/// What decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The section's default (no entry more specific than the root).
+    Default,
+    /// A file's own rules (and the patterns that match that file).
+    File(String),
+    /// A directory rule; `deeper` when the path lies below a
+    /// non-recursive directory's children.
+    Dir {
+        path: String,
+        recursive: bool,
+        deeper: bool,
+    },
+    /// A pattern.
+    Pattern(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub by: DecidedBy,
+    /// The `fromSource` executable whose set was used.
+    pub source: Option<String>,
+    /// The path was longer than a key and the stricter of a non-recursive
+    /// directory's two verdicts was taken.
+    pub ambiguous: bool,
+}
+
+impl Decision {
+    /// Whether the operation fails (EPERM), for a caller who owns the file
+    /// or not (`ownerOnly`). Audit blocks nothing.
+    pub fn blocks(&self, caller_owns: bool) -> bool {
+        self.verdict.action == action::BLOCK
+            && !(caller_owns && self.verdict.flags & verdict_flags::OWNER_ONLY != 0)
+    }
+}
+
+impl RuleSet {
+    /// The decision for operation `which` ([`ebpf_common::lsm::op`]) on
+    /// `path` by a process running `exe` (`None`: not known, or a hook
+    /// that does not look at it).
+    pub fn decide(&self, path: &str, which: usize, exe: Option<&str>) -> Decision {
+        if let Some(exe) = exe
+            && let Some((_, own)) = self.sources.iter().find(|(e, _)| e == exe.as_bytes())
+        {
+            return Decision {
+                source: Some(exe.to_owned()),
+                ..own.decide(path, which, None)
+            };
+        }
+        let mut key = path.as_bytes().to_vec();
+        key.push(0);
+        let len = key.len();
+        key.truncate(KEY_PATH_BYTES);
+        let (entry, rule) = self
+            .entries
+            .iter()
+            .filter(|(_, k, _)| key.starts_with(k))
+            .max_by_key(|(_, k, _)| k.len())
+            .map(|(_, k, r)| (k.clone(), r.0))
+            .unwrap_or_default();
+        let entry =
+            String::from_utf8_lossy(entry.strip_suffix(&[0]).unwrap_or(&entry)).into_owned();
+        let mut d = Decision {
+            verdict: rule.direct[which],
+            by: by_entry(&rule, entry, false),
+            source: None,
+            ambiguous: false,
+        };
+        if rule.kind == entry_kind::DIR {
+            let end = (len - 1).min(KEY_PATH_BYTES);
+            let rest = key.get(rule.len as usize..end).unwrap_or_default();
+            if rest.contains(&b'/') {
+                d.verdict = rule.deeper[which];
+                d.by = by_entry(&rule, entry_of(&d.by), true);
+            } else if len - 1 > KEY_PATH_BYTES {
+                let (a, b) = (rule.direct[which], rule.deeper[which]);
+                d.verdict = if b.action > a.action { b } else { a };
+                d.ambiguous = true;
+            }
+        }
+        if rule.kind != entry_kind::FILE && !self.patterns.is_empty() {
+            let a = automaton(&self.patterns);
+            if let Some((slot, v)) = run(&a, path.as_bytes(), which) {
+                d.verdict = v;
+                d.by = DecidedBy::Pattern(self.patterns[slot].pattern.clone());
+                d.ambiguous = false;
+            }
+        }
+        d
+    }
+}
+
+fn entry_of(by: &DecidedBy) -> String {
+    match by {
+        DecidedBy::File(p) | DecidedBy::Pattern(p) => p.clone(),
+        DecidedBy::Dir { path, .. } => path.clone(),
+        DecidedBy::Default => String::new(),
+    }
+}
+
+fn by_entry(rule: &PathRule, path: String, deeper: bool) -> DecidedBy {
+    match rule.kind {
+        entry_kind::FILE => DecidedBy::File(path),
+        entry_kind::DIR | entry_kind::DIR_RECURSIVE => DecidedBy::Dir {
+            path,
+            recursive: rule.kind == entry_kind::DIR_RECURSIVE,
+            deeper,
+        },
+        _ => DecidedBy::Default,
+    }
+}
