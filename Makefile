@@ -68,9 +68,11 @@ guest-scenarios: setup
 guest:
 	tests/vm/guest-tests.sh
 
+# The datapath and loader natively; the LSM programs in the QEMU guest.
 bench: build
 	$(CARGO) run --release -p palisade-bench
 	$(CARGO) run --release -p palisade-bench -- --in-force target/release/palisade
+	tests/vm/guest-bench.sh
 
 clean:
 	$(CARGO) clean

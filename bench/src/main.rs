@@ -1,5 +1,6 @@
-//! Benchmarks of the loader and the datapath. Prints figures and ratios;
-//! asserts nothing. Needs root and bpffs. `make bench` runs it.
+//! Benchmarks of the loader and the datapath (and, with `--lsm`, in the
+//! QEMU guest, of the LSM programs). Prints figures and ratios; asserts
+//! nothing. Needs root and bpffs. `make bench` runs it.
 //!
 //! Per-packet cost comes from BPF_PROG_TEST_RUN on 64-byte frames, against
 //! an empty program of the same type (the harness floor), at 10, 1k, 10k
@@ -9,6 +10,7 @@
 mod compile;
 mod heap;
 mod in_force;
+mod lsm;
 mod primitives;
 mod raw;
 mod veth;
@@ -301,6 +303,9 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--compile-only") {
         compile::report();
         return Ok(());
+    }
+    if std::env::args().any(|a| a == "--lsm") {
+        return lsm::report();
     }
     // `--in-force PALISADE_BINARY`: only the change-to-in-force figures.
     let args: Vec<String> = std::env::args().collect();
