@@ -10,7 +10,7 @@
 use std::{
     ffi::CString,
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -61,7 +61,7 @@ fn own_cgroup() -> anyhow::Result<PathBuf> {
     Ok(root.join(rel.trim_start_matches('/')))
 }
 
-fn join(cgroup: &PathBuf) -> anyhow::Result<()> {
+fn join(cgroup: &Path) -> anyhow::Result<()> {
     fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
         .with_context(|| format!("joining {}", cgroup.display()))
 }
