@@ -195,7 +195,7 @@ pub fn report() -> anyhow::Result<()> {
     }
     let dir = bench.dir.display().to_string();
     let data = bench.dir.join("data/app/config.txt");
-    fs::create_dir_all(data.parent().unwrap())?;
+    fs::create_dir_all(bench.dir.join("data/app"))?;
     fs::write(&data, "x\n")?;
     let data = CString::new(data.display().to_string())?;
     let home = own_cgroup()?;
