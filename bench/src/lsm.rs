@@ -159,8 +159,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// The configurations, in the order each round measures them.
-const CONFIGS: [&str; 4] = [
+const CONFIGS: [&str; 5] = [
     "no program",
+    "an empty LSM program on each of the two hooks (the floor)",
     "programs attached, process outside every selected pod",
     "process inside a pod with 10 rules per section",
     "process inside a pod with 1,000 rules per section",
@@ -207,6 +208,14 @@ pub fn report() -> anyhow::Result<()> {
         bail!("BPF LSM is active but the loader skipped the LSM object");
     };
     let mut state = LsmState::new(LsmMaps::open(&bench.pins)?)?;
+    let btf = palisade::loader::btf::Btf::from_sys_fs()?;
+    let hooks = ["bpf_lsm_file_open", "bpf_lsm_bprm_check_security"]
+        .into_iter()
+        .map(|f| {
+            btf.func_id(f)
+                .with_context(|| format!("no {f} in the kernel's BTF"))
+        })
+        .collect::<anyhow::Result<Vec<u32>>>()?;
     let both = [
         policy("a", &dir, 10, &["file", "process"]),
         policy("b", &dir, 1_000, &["file", "process"]),
@@ -226,9 +235,15 @@ pub fn report() -> anyhow::Result<()> {
     for _ in 0..ROUNDS {
         attach::unpin_links(&bench.pins)?;
         measure(0)?;
-        attach::attach_lsm(lsm, &bench.pins)?;
+        let floor = hooks
+            .iter()
+            .map(|&id| crate::raw::empty_lsm(id))
+            .collect::<Result<Vec<_>, _>>()?;
         measure(1)?;
-        for (k, cgroup) in [(2, &bench.cgroups[0]), (3, &bench.cgroups[1])] {
+        drop(floor);
+        attach::attach_lsm(lsm, &bench.pins)?;
+        measure(2)?;
+        for (k, cgroup) in [(3, &bench.cgroups[0]), (4, &bench.cgroups[1])] {
             join(cgroup)?;
             let measured = measure(k);
             join(&home)?;
@@ -278,16 +293,18 @@ pub fn report() -> anyhow::Result<()> {
         after.saturating_sub(before)
     );
     println!(
-        "lsm: open out={:.3} in@10={:.3} in@1000={:.3}; exec out={:.3} in@10={:.3} in@1000={:.3}; \
-         flat in@1000/in@10 open={:.3} exec={:.3}; bytes/rule={per_rule:.0}",
+        "lsm: open floor={:.3} out={:.3} in@10={:.3} in@1000={:.3}; exec floor={:.3} out={:.3} \
+         in@10={:.3} in@1000={:.3}; flat in@1000/in@10 open={:.3} exec={:.3}; bytes/rule={per_rule:.0}",
         ratio(&open, 1),
         ratio(&open, 2),
         ratio(&open, 3),
+        ratio(&open, 4),
         ratio(&exec, 1),
         ratio(&exec, 2),
         ratio(&exec, 3),
-        open[3].as_secs_f64() / open[2].as_secs_f64(),
-        exec[3].as_secs_f64() / exec[2].as_secs_f64()
+        ratio(&exec, 4),
+        open[4].as_secs_f64() / open[3].as_secs_f64(),
+        exec[4].as_secs_f64() / exec[3].as_secs_f64()
     );
     drop(loaded);
     Ok(())

@@ -9,8 +9,11 @@ use std::{
 
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_PROG_TEST_RUN: i64 = 10;
+const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
 pub const SCHED_CLS: u32 = 3;
 pub const XDP: u32 = 6;
+const LSM: u32 = 29;
+const BPF_LSM_MAC: u32 = 27;
 
 pub fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<i64> {
     // SAFETY: `attr` is a zero-padded, 128-byte bpf_attr the kernel reads
@@ -39,6 +42,31 @@ pub fn load_program(prog_type: u32, insns: &[u64]) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
     // SAFETY: BPF_PROG_LOAD returned a new file descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// An empty LSM program (`return 0`, allowing everything) attached to the
+/// hook whose `bpf_lsm_<hook>` function has BTF id `btf_id`: the floor of
+/// any LSM program there (the trampoline the kernel runs). Detached when
+/// the returned link is closed.
+pub fn empty_lsm(btf_id: u32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let license = c"GPL";
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(LSM) | ((insns.len() as u64) << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    // expected_attach_type (offset 68), attach_btf_id (offset 108).
+    attr[8] = u64::from(BPF_LSM_MAC) << 32;
+    attr[13] = u64::from(btf_id) << 32;
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: BPF_PROG_LOAD returned a new file descriptor we now own.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr = [0u64; 16];
+    // name (NULL: the program's own attach point), prog_fd.
+    attr[1] = prog.as_raw_fd() as u64;
+    let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)?;
+    // SAFETY: as above, a link's descriptor.
+    Ok((prog, unsafe { OwnedFd::from_raw_fd(link as i32) }))
 }
 
 /// Runs `prog` `repeat` times on `frame`; the kernel's average ns per run.

@@ -171,9 +171,11 @@ pub const fn hook_name(h: u8) -> &'static str {
     }
 }
 
-/// How many directory levels the path hooks' walk climbs; a deeper path is
-/// unresolved (judged by the default, never allowed silently).
-pub const WALK_DEPTH: usize = 40;
+/// How many directory levels the path hooks' walk climbs: as deep as a
+/// path of PATH_MAX bytes can be (each level is at least `/` and one
+/// byte), so the walk resolves every path `bpf_d_path` would. A path it
+/// cannot resolve is judged by the default, never allowed silently.
+pub const WALK_DEPTH: usize = PATH_MAX / 2;
 
 pub mod event_flags {
     /// The path did not fit the event; it was cut.

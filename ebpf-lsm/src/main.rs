@@ -10,7 +10,7 @@
 #![no_std]
 #![no_main]
 
-use core::ptr::{addr_of_mut, read_volatile, write_volatile};
+use core::ptr::{addr_of_mut, read_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, path},
@@ -68,11 +68,10 @@ pub struct Scratch {
     /// The path hooks' walk writes the path here from the end backwards
     /// (with room for one name past the end, for the verifier).
     walk: [u8; PATH_MAX + 256],
-    /// Where the walk's path starts in `walk`. Kept in memory, where the
-    /// verifier does not follow it: a position in a register would give
-    /// every level's state a range of its own, and their number would
-    /// explode.
-    pos: u64,
+    /// Where the walk's path starts in `walk`, and how it ended
+    /// ([`walk_state`]).
+    walk_at: u64,
+    walk_state: u64,
     /// The one field that persists between runs: the event rate limit.
     credit_ns: u64,
     last_ns: u64,
@@ -543,89 +542,130 @@ fn peek<T: Copy + Default>(at: u64) -> T {
     unsafe { bpf_probe_read_kernel(at as *const T) }.unwrap_or_default()
 }
 
+/// The state of one walk up the dentries, for [`walk_step`]. Where the
+/// path written so far starts, and how the walk ended, are kept in the
+/// scratch (map memory), not here: Linux 6.1's verifier follows a
+/// `bpf_loop` callback for one iteration only, so it would take values on
+/// the caller's stack for constants after the loop and prune the branches
+/// that read them.
+#[repr(C)]
+struct Walk {
+    s: *mut Scratch,
+    dentry: u64,
+    mnt: u64,
+    root_dentry: u64,
+    root_mnt: u64,
+}
+
+mod walk_state {
+    pub const RUNNING: u64 = 0;
+    pub const DONE: u64 = 1;
+    pub const FAILED: u64 = 2;
+}
+
+/// One level of the walk: the current dentry's name is written in front
+/// of the path so far, and the walk moves to its parent (across a mount
+/// point where it is the top of a mount). A `bpf_loop` callback: the
+/// verifier checks it once, whatever the depth.
+extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `Walk`, whose `s` points to this run's
+    // scratch.
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    // SAFETY: as above.
+    let s = unsafe { &mut *w.s };
+    let (mut d, mut m) = (w.dentry, w.mnt);
+    if d == 0 || (d == w.root_dentry && m == w.root_mnt) {
+        s.walk_state = walk_state::DONE;
+        return 1;
+    }
+    let mnt_root: u64 = peek(m + offset(&PAL_OFF_MNT_ROOT) as u64);
+    if d == mnt_root {
+        let mount = m - offset(&PAL_OFF_MOUNT_MNT) as u64;
+        let parent: u64 = peek(mount + offset(&PAL_OFF_MOUNT_PARENT) as u64);
+        if parent == mount || parent == 0 {
+            s.walk_state = walk_state::DONE;
+            return 1;
+        }
+        d = peek(mount + offset(&PAL_OFF_MOUNTPOINT) as u64);
+        m = parent + offset(&PAL_OFF_MOUNT_MNT) as u64;
+        if d == w.root_dentry && m == w.root_mnt {
+            s.walk_state = walk_state::DONE;
+            return 1;
+        }
+    }
+    let parent: u64 = peek(d + offset(&PAL_OFF_D_PARENT) as u64);
+    if parent == d {
+        s.walk_state = walk_state::DONE;
+        return 1;
+    }
+    let len: u32 = peek(d + offset(&PAL_OFF_D_NAME_LEN) as u64);
+    let name: u64 = peek(d + offset(&PAL_OFF_D_NAME) as u64);
+    if len == 0 || len > 255 || s.walk_at < u64::from(len) + 1 {
+        s.walk_state = walk_state::FAILED;
+        return 1;
+    }
+    let at = s.walk_at - u64::from(len);
+    // Read afresh and masked: the compiler knows `len` is at most 255 and
+    // would drop a mask of the value it holds, but the verifier needs one.
+    // SAFETY: a read of a local.
+    let size = unsafe { read_volatile(&len) } & 0xff;
+    // SAFETY: the destination lies in the walk buffer (a masked start, at
+    // most 255 bytes, with 256 bytes of room past PATH_MAX).
+    let read = unsafe {
+        generated::bpf_probe_read_kernel(
+            s.walk
+                .as_mut_ptr()
+                .wrapping_add((at & (PATH_MAX as u64 - 1)) as usize)
+                .cast(),
+            size,
+            name as *const core::ffi::c_void,
+        )
+    };
+    if read != 0 {
+        s.walk_state = walk_state::FAILED;
+        return 1;
+    }
+    let at = at - 1;
+    s.walk[(at & (PATH_MAX as u64 - 1)) as usize] = b'/';
+    s.walk_at = at;
+    w.dentry = parent;
+    w.mnt = m;
+    0
+}
+
 /// Builds the path of `dentry` under the mount `mnt` (a `struct vfsmount`)
 /// into the scratch, as `bpf_d_path` would: component by component up to
 /// the current process's root, crossing mount points. Returns the length
-/// with the NUL, or -1 where the path is deeper than [`WALK_DEPTH`] or
-/// longer than PATH_MAX.
+/// with the NUL, or -1 where the path is deeper than [`WALK_DEPTH`] levels
+/// or longer than PATH_MAX: the walk covers every path `bpf_d_path` could.
 #[inline(always)]
 fn walk_path(s: &mut Scratch, dentry: u64, mnt: u64) -> i64 {
     let task = bpf_get_current_task_btf_u64();
     let fs: u64 = peek(task + offset(&PAL_OFF_TASK_FS) as u64);
     let root = fs + offset(&PAL_OFF_FS_ROOT) as u64;
-    let root_mnt: u64 = peek(root + offset(&PAL_OFF_PATH_MNT) as u64);
-    let root_dentry: u64 = peek(root + offset(&PAL_OFF_PATH_DENTRY) as u64);
-    let mount_mnt = offset(&PAL_OFF_MOUNT_MNT) as u64;
-    let (mut d, mut m) = (dentry, mnt);
     s.walk[PATH_MAX - 1] = 0;
-    let pos = addr_of_mut!(s.pos);
-    // SAFETY: `pos` points into this run's scratch.
-    unsafe { write_volatile(pos, (PATH_MAX - 1) as u64) };
-    let mut done = false;
-    for _ in 0..WALK_DEPTH {
-        if d == 0 || (d == root_dentry && m == root_mnt) {
-            done = true;
-            break;
-        }
-        // The top of a mount: continue from where it is mounted, in the
-        // same iteration as the step below, so that every iteration has
-        // one shape.
-        let mnt_root: u64 = peek(m + offset(&PAL_OFF_MNT_ROOT) as u64);
-        if d == mnt_root {
-            let mount = m - mount_mnt;
-            let parent: u64 = peek(mount + offset(&PAL_OFF_MOUNT_PARENT) as u64);
-            if parent == mount || parent == 0 {
-                done = true;
-                break;
-            }
-            d = peek(mount + offset(&PAL_OFF_MOUNTPOINT) as u64);
-            m = parent + mount_mnt;
-            if d == root_dentry && m == root_mnt {
-                done = true;
-                break;
-            }
-        }
-        let parent: u64 = peek(d + offset(&PAL_OFF_D_PARENT) as u64);
-        if parent == d {
-            done = true;
-            break;
-        }
-        let len: u32 = peek(d + offset(&PAL_OFF_D_NAME_LEN) as u64);
-        let name: u64 = peek(d + offset(&PAL_OFF_D_NAME) as u64);
-        // SAFETY: as above.
-        let at = unsafe { read_volatile(pos) };
-        if len == 0 || len > 255 || at < u64::from(len) + 1 {
-            return -1;
-        }
-        let at = at - u64::from(len);
-        // SAFETY: a read of a local (see `size` below).
-        let size = unsafe { read_volatile(&len) } & 0xff;
-        // SAFETY: the destination lies in the walk buffer (masked start,
-        // at most 255 bytes, with 256 bytes of room past PATH_MAX).
-        let read = unsafe {
-            generated::bpf_probe_read_kernel(
-                s.walk
-                    .as_mut_ptr()
-                    .wrapping_add((at & (PATH_MAX as u64 - 1)) as usize)
-                    .cast(),
-                size,
-                name as *const core::ffi::c_void,
-            )
-        };
-        if read != 0 {
-            return -1;
-        }
-        let at = at - 1;
-        s.walk[(at & (PATH_MAX as u64 - 1)) as usize] = b'/';
-        // SAFETY: as above.
-        unsafe { write_volatile(pos, at) };
-        d = parent;
-    }
-    if !done {
+    s.walk_at = (PATH_MAX - 1) as u64;
+    s.walk_state = walk_state::RUNNING;
+    let mut w = Walk {
+        s: addr_of_mut!(*s),
+        dentry,
+        mnt,
+        root_dentry: peek(root + offset(&PAL_OFF_PATH_DENTRY) as u64),
+        root_mnt: peek(root + offset(&PAL_OFF_PATH_MNT) as u64),
+    };
+    // SAFETY: the callback and its context as `bpf_loop` expects them.
+    unsafe {
+        generated::bpf_loop(
+            WALK_DEPTH as u32,
+            walk_step as *mut core::ffi::c_void,
+            addr_of_mut!(w).cast(),
+            0,
+        )
+    };
+    if s.walk_state != walk_state::DONE {
         return -1;
     }
-    // SAFETY: as above.
-    let mut at = unsafe { read_volatile(pos) } & (PATH_MAX as u64 - 1);
+    let mut at = s.walk_at & (PATH_MAX as u64 - 1);
     if at == (PATH_MAX - 1) as u64 {
         // The root itself.
         at -= 1;
@@ -645,6 +685,25 @@ fn walk_path(s: &mut Scratch, dentry: u64, mnt: u64) -> i64 {
     if copied != 0 { -1 } else { n as i64 }
 }
 
+/// The `fromSource` set for the current process on a path hook, where
+/// `bpf_d_path` is not allowed: its executable's path comes from the same
+/// walk, then the same lookup as on open.
+#[inline(always)]
+fn source_set_walked(s: &mut Scratch, set: u32) -> u32 {
+    let task = bpf_get_current_task_btf_u64();
+    let mm: u64 = peek(task + offset(&PAL_OFF_TASK_MM) as u64);
+    if mm == 0 {
+        return set;
+    }
+    let exe: u64 = peek(mm + offset(&PAL_OFF_MM_EXE_FILE) as u64);
+    if exe == 0 {
+        return set;
+    }
+    let (dentry, mnt) = path_parts(exe + offset(&PAL_OFF_FILE_F_PATH) as u64);
+    let resolved = walk_path(s, dentry, mnt);
+    source_lookup(s, set, resolved)
+}
+
 /// Judges a write that does not open the file (unlink, rename, link,
 /// truncate) of `dentry` under mount `mnt`, in the file set.
 #[inline(always)]
@@ -660,10 +719,11 @@ fn check_path(dentry: u64, mnt: u64, on: u8, what: u8) -> i32 {
     };
     // SAFETY: a per-CPU array value, used by this CPU for this run only.
     let s = unsafe { &mut *s };
-    // `fromSource` sets are not consulted here: finding the caller's
-    // executable would take a second walk, and the verifier's budget for
-    // one program (see `sync::lsm` and the status's not-enforced list).
-    let set = sets.file & !HAS_SOURCES;
+    let set = if sets.file & HAS_SOURCES != 0 {
+        source_set_walked(s, sets.file & !HAS_SOURCES)
+    } else {
+        sets.file
+    };
     let resolved = walk_path(s, dentry, mnt);
     let (v, flags) = judge(s, set, resolved, op::WRITE);
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {

@@ -11,7 +11,10 @@
 use std::{
     fs,
     io::ErrorKind,
-    os::unix::fs::{PermissionsExt as _, symlink},
+    os::unix::{
+        fs::{PermissionsExt as _, symlink},
+        process::CommandExt as _,
+    },
     path::Path,
     process::Command,
 };
@@ -42,6 +45,11 @@ fn main() {
             "exec_rules_and_allowlists_block_what_they_do_not_list",
             Needs::BpfLsm,
             exec_rules_and_allowlists_block_what_they_do_not_list,
+        ),
+        (
+            "from_source_rules_hold_on_the_path_hooks_too",
+            Needs::BpfLsm,
+            from_source_rules_hold_on_the_path_hooks_too,
         ),
         (
             "kubearmor_policies_and_rule_updates_take_effect_without_restarts",
@@ -271,6 +279,49 @@ fn exec_rules_and_allowlists_block_what_they_do_not_list() -> anyhow::Result<()>
     ))?;
     let got = lab.in_pod(|| (exec_errno(&yes), exec_errno(&no)))?;
     ensure!(got == (0, EPERM), "allowlist: got {got:?}");
+    Ok(())
+}
+
+/// `busybox rm FILE` run as `bin` (a copy of busybox under another name)
+/// in the pod: its exit status.
+fn rm_as(lab: &Lab, bin: &str, file: &str) -> anyhow::Result<bool> {
+    // busybox picks its applet by argv[0]: called "busybox", by argv[1].
+    lab.in_pod(|| {
+        Command::new(bin)
+            .arg0("busybox")
+            .args(["rm", "-f", file])
+            .status()
+    })?
+    .map(|s| s.success())
+    .context("running busybox rm")
+}
+
+fn from_source_rules_hold_on_the_path_hooks_too() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    let busybox = fs::read("/bin/busybox").context("the guest's busybox")?;
+    fs::create_dir_all(lab.path("bin"))?;
+    let (cleaner, other) = (lab.path("bin/cleaner"), lab.path("bin/other"));
+    for bin in [&cleaner, &other] {
+        fs::write(bin, &busybox)?;
+        fs::set_permissions(bin, fs::Permissions::from_mode(0o755))?;
+    }
+    lab.apply(&format!(
+        "{POLICY}  file:
+    rules:
+    - {{action: Block, paths: [{{dir}}/victim], fromSource: [{{dir}}/bin/cleaner]}}
+"
+    ))?;
+    let victim = lab.file("victim")?;
+    let by_cleaner = rm_as(&lab, &cleaner, &victim)?;
+    ensure!(
+        !by_cleaner && Path::new(&victim).exists(),
+        "unlink by the named program was not blocked"
+    );
+    let by_other = rm_as(&lab, &other, &victim)?;
+    ensure!(
+        by_other && !Path::new(&victim).exists(),
+        "unlink by another program was blocked"
+    );
     Ok(())
 }
 

@@ -30,6 +30,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -158,6 +159,15 @@ impl Btf {
             })
     }
 
+    /// The id of the function `name` (an LSM program's attach point,
+    /// `bpf_lsm_<hook>`).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| t.kind == KIND_FUNC && self.name(t.name) == name.as_bytes())
+            .map(|id| id as u32)
+    }
+
     fn find(&self, id: usize, field: &[u8], depth: u32) -> Option<u32> {
         let t = self.types.get(id)?;
         for m in &t.members {
@@ -250,6 +260,8 @@ mod tests {
         };
         let offsets = lsm_offsets(&btf).unwrap();
         assert_eq!(offsets.len(), 20);
+        assert!(btf.func_id("bpf_lsm_file_open").is_some());
+        assert!(btf.func_id("no_such_function_here").is_none());
         // `f_path` and `f_inode` are pointers-and-more deep into `file`,
         // never at its start; `i_uid` follows `i_mode` and `i_opflags`.
         // Offsets may be 0 (`path.mnt`, `qstr`'s union) but never past a

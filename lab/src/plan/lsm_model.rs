@@ -86,10 +86,9 @@ fn judged(file: &Path) -> Vec<(String, bool, bool)> {
                     let (asked, from) = match &c.operation {
                         Operation::Exec(_) => (Asked::Exec, c.from.clone()),
                         Operation::Read(_) => (Asked::Read, c.from.clone()),
-                        Operation::Write(_) => (Asked::Write, c.from.clone()),
-                        // The path hooks judge with the rules for every
-                        // process (fromSource is not consulted there).
-                        Operation::Unlink(_) => (Asked::Write, None),
+                        Operation::Write(_) | Operation::Unlink(_) => {
+                            (Asked::Write, c.from.clone())
+                        }
                         Operation::Run(_) => continue,
                     };
                     let path = resolved(&s, c.operation.path().unwrap());
