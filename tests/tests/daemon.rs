@@ -299,6 +299,20 @@ fn process_rules_this_node_cannot_enforce_are_reported_not_enforced() -> anyhow:
             && l.ends_with(" 1")),
         "no gauge for the policy:\n{metrics}"
     );
+    // `palisade explain` says what the rules decide, and that this node
+    // does not enforce them.
+    let explained = lab
+        .node
+        .http_get(daemon.metrics_addr()?, "/explain?pod=x/a&exec=/bin/sh")?;
+    assert!(
+        explained.contains("BLOCKED")
+            && explained.contains("posture: Allowlist of palisade:x/no-shells"),
+        "{explained}"
+    );
+    if lsm.starts_with("inactive") {
+        assert!(explained.contains("BPF LSM is inactive"), "{explained}");
+    }
+    assert!(explained.contains("knows no cgroup of x/a"), "{explained}");
     let log = fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
     assert!(
         log.contains("not enforced") && log.contains("no-shells"),

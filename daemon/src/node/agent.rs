@@ -166,6 +166,7 @@ impl<S: Source> Agent<S> {
                         metrics: m.clone(),
                         hub,
                         snapshot: snapshot.clone(),
+                        lsm_inactive: syncer.lsm_inactive().map(str::to_owned),
                     },
                 ));
                 Some(m)

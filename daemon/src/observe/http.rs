@@ -38,6 +38,9 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub hub: Option<Hub>,
     pub snapshot: SharedSnapshot,
+    /// Why this node enforces no process or file rule (BPF LSM inactive),
+    /// for `/explain` to say so beside what the rules decide.
+    pub lsm_inactive: Option<String>,
 }
 
 /// A client that has not sent its request head by then is dropped.
@@ -75,7 +78,24 @@ fn explain(state: &State, query: &str) -> Result<String, String> {
         let [(operation, path)] = asked[..] else {
             return Err("with pod=, give exactly one of exec=, read=, write=".into());
         };
-        return explain_lsm(&snapshot, pod, operation, path, get("from")).map(|(_, t)| t);
+        let (_, mut text) = explain_lsm(&snapshot, pod, operation, path, get("from"))?;
+        if snapshot
+            .pods
+            .iter()
+            .any(|p| p.key() == pod && p.cgroup.is_none())
+        {
+            text.push_str(&format!(
+                "  note: this node knows no cgroup of {pod} (not a local pod, or not known yet): \
+                 nothing is enforced for it here\n"
+            ));
+        }
+        if let Some(why) = &state.lsm_inactive {
+            text.push_str(&format!(
+                "  note: {}\n",
+                crate::compile::lsm::lsm_inactive(why)
+            ));
+        }
+        return Ok(text);
     }
     crate::observe::explain::explain_text(
         &snapshot,
