@@ -133,9 +133,10 @@ pub struct LsmDesired {
 }
 
 /// Why nothing of a process or file section is enforced on a node where
-/// BPF LSM cannot run.
+/// the LSM programs cannot run (`reason`: BPF LSM inactive, or the
+/// programs refused by this kernel).
 pub fn lsm_inactive(reason: &str) -> String {
-    format!("process and file rules are not enforced on this node: BPF LSM is inactive ({reason})")
+    format!("process and file rules are not enforced on this node: {reason}")
 }
 
 /// One rule as the resolver sees it.

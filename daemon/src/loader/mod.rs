@@ -157,21 +157,36 @@ pub fn load_with(
     }
     let lsm = match &features.bpf_lsm {
         crate::loader::features::BpfLsm::Inactive { reason } => LsmObject::Skipped {
-            reason: reason.clone(),
+            reason: format!("BPF LSM is inactive: {reason}"),
         },
-        crate::loader::features::BpfLsm::Active => {
-            let offsets = btf::lsm_offsets(&btf::Btf::from_sys_fs()?)?;
-            let mut lsm = load_object(pins, &objects::LSM, sizes, &offsets)?;
-            let btf = Btf::from_sys_fs()?;
-            for &(program, hook) in objects::LSM_HOOKS {
-                let p: &mut Lsm = program_mut(&mut lsm.ebpf, &objects::LSM, program)?;
-                p.load(hook, &btf)
-                    .map_err(|e| verify_error(&objects::LSM, program, e))?;
+        // A kernel that runs BPF LSM but refuses these programs (one
+        // older than `bpf_loop`, 5.17, or a structure without a field they
+        // read) loses the process and file side only: the network side
+        // keeps enforcing, and every process and file rule is reported not
+        // enforced, with this reason.
+        crate::loader::features::BpfLsm::Active => match load_lsm(pins, sizes) {
+            Ok(lsm) => LsmObject::Loaded(lsm),
+            Err(e) => {
+                tracing::error!("the LSM programs did not load: {e}");
+                LsmObject::Skipped {
+                    reason: format!("the LSM programs did not load on this kernel: {e}"),
+                }
             }
-            LsmObject::Loaded(lsm)
-        }
+        },
     };
     Ok(Loaded { xdp, tc, lsm })
+}
+
+fn load_lsm(pins: &PinDir, sizes: &MapSizes) -> Result<LoadedObject, LoadError> {
+    let offsets = btf::lsm_offsets(&btf::Btf::from_sys_fs()?)?;
+    let mut lsm = load_object(pins, &objects::LSM, sizes, &offsets)?;
+    let btf = Btf::from_sys_fs()?;
+    for &(program, hook) in objects::LSM_HOOKS {
+        let p: &mut Lsm = program_mut(&mut lsm.ebpf, &objects::LSM, program)?;
+        p.load(hook, &btf)
+            .map_err(|e| verify_error(&objects::LSM, program, e))?;
+    }
+    Ok(lsm)
 }
 
 fn prepare(pins: &PinDir) -> Result<(), LoadError> {
