@@ -244,3 +244,43 @@ fn an_interrupted_run_cleans_up() -> anyhow::Result<()> {
     assert!(left.is_empty(), "{left:?}");
     Ok(())
 }
+
+/// `palisade explain` on a scenario file answers for process and file
+/// operations: the deciding rule (here a pattern over a blocked
+/// directory, and a file's own rules), the posture, a pod without rules,
+/// and a question it cannot answer.
+#[test]
+fn explain_names_the_rule_or_posture_that_decides_a_file_operation() -> anyhow::Result<()> {
+    let file = scenarios().join("lsm/patterns.yaml");
+    let explain = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(palisade_bin()?)
+            .arg("explain")
+            .arg(&file)
+            .args(args)
+            .output()?;
+        Ok(text(&out))
+    };
+    let public = explain(&["--pod", "x/a", "--read", "/srv/pal/pt/vault/public.txt"])?;
+    assert!(
+        public.contains("ALLOWED") && public.contains("the pattern /srv/pal/pt/vault/pub*"),
+        "{public}"
+    );
+    let private = explain(&["--pod", "x/a", "--read", "/srv/pal/pt/vault/private.txt"])?;
+    assert!(
+        private.contains("BLOCKED (EPERM)") && private.contains("palisade:x/vault"),
+        "{private}"
+    );
+    let job = explain(&["--pod", "x/a", "--exec", "/srv/pal/pt/tmp/a/job.sh"])?;
+    assert!(
+        job.contains("BLOCKED") && job.contains("kubearmor:x/keys-and-conf"),
+        "{job}"
+    );
+    let other = explain(&["--pod", "x/b", "--exec", "/bin/sh"])?;
+    assert!(
+        other.contains("no policy gives x/b process rules"),
+        "{other}"
+    );
+    let both = explain(&["--pod", "x/a", "--read", "/a", "--write", "/b"])?;
+    assert!(both.contains("cannot be used with"), "{both}");
+    Ok(())
+}
