@@ -573,25 +573,34 @@ extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let w = unsafe { &mut *(ctx as *mut Walk) };
     // SAFETY: as above.
     let s = unsafe { &mut *w.s };
-    let (mut d, mut m) = (w.dentry, w.mnt);
-    if d == 0 || (d == w.root_dentry && m == w.root_mnt) {
+    let (d, m) = (w.dentry, w.mnt);
+    if d == 0 || m == 0 {
+        // A pointer that could not be read: never taken for the root.
+        s.walk_state = walk_state::FAILED;
+        return 1;
+    }
+    if d == w.root_dentry && m == w.root_mnt {
         s.walk_state = walk_state::DONE;
         return 1;
     }
     let mnt_root: u64 = peek(m + offset(&PAL_OFF_MNT_ROOT) as u64);
     if d == mnt_root {
+        // The top of a mount: go on from where it is mounted, in the next
+        // iteration, which checks that place again (it may be the root,
+        // or the top of another mount stacked there).
         let mount = m - offset(&PAL_OFF_MOUNT_MNT) as u64;
         let parent: u64 = peek(mount + offset(&PAL_OFF_MOUNT_PARENT) as u64);
-        if parent == mount || parent == 0 {
+        if parent == mount {
             s.walk_state = walk_state::DONE;
             return 1;
         }
-        d = peek(mount + offset(&PAL_OFF_MOUNTPOINT) as u64);
-        m = parent + offset(&PAL_OFF_MOUNT_MNT) as u64;
-        if d == w.root_dentry && m == w.root_mnt {
-            s.walk_state = walk_state::DONE;
-            return 1;
-        }
+        w.dentry = peek(mount + offset(&PAL_OFF_MOUNTPOINT) as u64);
+        w.mnt = if parent == 0 {
+            0
+        } else {
+            parent + offset(&PAL_OFF_MOUNT_MNT) as u64
+        };
+        return 0;
     }
     let parent: u64 = peek(d + offset(&PAL_OFF_D_PARENT) as u64);
     if parent == d {
@@ -629,7 +638,6 @@ extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     s.walk[(at & (PATH_MAX as u64 - 1)) as usize] = b'/';
     s.walk_at = at;
     w.dentry = parent;
-    w.mnt = m;
     0
 }
 

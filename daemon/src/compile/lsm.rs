@@ -235,8 +235,36 @@ impl Section {
     }
 
     fn add_pattern(&mut self, pattern: &str, c: Candidate) {
-        self.has_allow |= c.action == LsmAction::Allow;
         self.patterns.entry(pattern.to_owned()).or_default().push(c);
+    }
+
+    /// The patterns the kernel's automaton has room for, in order, and
+    /// those left out (with their policies and why).
+    fn fitting_patterns(&self) -> (Vec<&String>, Vec<(Vec<u32>, String)>) {
+        let (mut fit, mut left_out) = (Vec::new(), Vec::new());
+        let mut used = 0;
+        for (pattern, rules) in &self.patterns {
+            match refusal(pattern, used, fit.len()) {
+                Some(why) => left_out.push((rules.iter().map(|c| c.policy).collect(), why)),
+                None => {
+                    used += states(pattern);
+                    fit.push(pattern);
+                }
+            }
+        }
+        (fit, left_out)
+    }
+
+    /// Whether the section has Allow rules, among the patterns only those
+    /// enforced: a pattern left out must not switch a posture on.
+    fn allows(&self) -> bool {
+        let (fit, _) = self.fitting_patterns();
+        self.has_allow
+            || fit.iter().any(|p| {
+                self.patterns[*p]
+                    .iter()
+                    .any(|c| c.action == LsmAction::Allow)
+            })
     }
 
     fn posture(&mut self, posture: Option<Posture>, policy: u32) {
@@ -294,6 +322,7 @@ impl Section {
     /// The set, and the patterns left out (with their policies and why).
     fn build(&self, annotation: DefaultPosture) -> (RuleSet, Vec<(Vec<u32>, String)>) {
         let default = self.default(annotation);
+        let (fit, left_out) = self.fitting_patterns();
         let mut entries = vec![(
             32,
             Vec::new(),
@@ -313,11 +342,10 @@ impl Section {
             };
             // A pattern that matches a file with rules of its own is one more
             // rule at that place (the kernel does not run patterns there).
-            let matching: Vec<&Candidate> = self
-                .patterns
+            let matching: Vec<&Candidate> = fit
                 .iter()
-                .filter(|(p, _)| glob::matches(p, path))
-                .flat_map(|(_, c)| c)
+                .filter(|p| glob::matches(p, path))
+                .flat_map(|p| &self.patterns[*p])
                 .collect();
             if !place.file.is_empty() {
                 let mut bytes = path.as_bytes().to_vec();
@@ -375,14 +403,9 @@ impl Section {
             }
         }
         entries.sort();
-        let (mut patterns, mut left_out) = (Vec::new(), Vec::new());
-        let mut used = 0;
-        for (pattern, rules) in &self.patterns {
-            if let Some(why) = refusal(pattern, used, patterns.len()) {
-                left_out.push((rules.iter().map(|c| c.policy).collect(), why));
-                continue;
-            }
-            used += states(pattern);
+        let mut patterns = Vec::new();
+        for pattern in fit {
+            let rules = &self.patterns[pattern];
             let ranked = [op::READ, op::WRITE].map(|w| resolve_ranked(rules.iter(), w));
             patterns.push(PatternRule {
                 pattern: pattern.clone(),
@@ -539,7 +562,7 @@ impl Sourced {
         if !self.any {
             return None;
         }
-        let has_allow = self.general.has_allow || self.by_source.values().any(|s| s.has_allow);
+        let has_allow = self.general.allows() || self.by_source.values().any(Section::allows);
         let mut sources = Vec::new();
         for (exe, mut own) in std::mem::take(&mut self.by_source) {
             for (path, place) in &self.general.places {
@@ -857,6 +880,33 @@ spec:
         assert_eq!(set.patterns.len(), ebpf_common::lsm::MAX_PATTERNS);
         let why = &d.not_enforced["palisade:x/p"];
         assert!(why.iter().any(|w| w.contains("patterns apply")), "{why:?}");
+    }
+
+    #[test]
+    fn a_pattern_left_out_counts_nowhere() {
+        // Sixteen Block patterns fill the automaton; the Allow pattern
+        // sorted after them is left out, so it neither switches the
+        // namespace's block posture on nor joins the file's own rule.
+        let blocks: Vec<String> = (0..16).map(|i| format!("'/a/{i:02}/*'")).collect();
+        let s = snapshot(
+            &format!(
+                "{PNP}  file:\n    rules:\n    - {{action: Block, patterns: [{}]}}\n    \
+                 - {{action: Allow, patterns: ['/z/*']}}\n    - {{action: Audit, paths: [/z/f]}}\n",
+                blocks.join(", ")
+            ),
+            &[("kubearmor-file-posture", "block")],
+        );
+        let d = compile_lsm(&s);
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        assert_eq!(set.patterns.len(), 16);
+        assert!(set.patterns.iter().all(|p| p.pattern != "/z/*"));
+        assert_eq!(verdict(set, "/q", op::READ), action::ALLOW, "no posture");
+        assert_eq!(verdict(set, "/z/f", op::READ), action::AUDIT);
+        assert!(
+            d.not_enforced["palisade:x/p"]
+                .iter()
+                .any(|w| w.contains("/z/*"))
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use ebpf_common::{
-    lsm::{CGROUP_LEVELS, LsmConfig, PathRule, PatternSet, PodSets, RuleData},
+    lsm::{CGROUP_LEVELS, LsmConfig, PathRule, PatternSet, PodSets, RuleData, SET_ID_MASK},
     maps,
 };
 
@@ -63,6 +63,22 @@ impl LsmMaps {
                 name: maps::LSM_PATTERNS,
                 source,
             })?);
+        }
+        Ok(out)
+    }
+
+    /// The `fromSource` sets that the sets in `parents` lead to (their
+    /// ids without flags): what an earlier daemon's sets still use.
+    pub fn source_children(&self, parents: &BTreeSet<u32>) -> Result<BTreeSet<u32>, DatapathError> {
+        let mut out = BTreeSet::new();
+        for entry in self.sources.iter() {
+            let (key, child) = entry.map_err(|source| DatapathError::Read {
+                name: maps::LSM_SOURCES,
+                source,
+            })?;
+            if parents.contains(&key.data().set) {
+                out.insert(child & SET_ID_MASK);
+            }
         }
         Ok(out)
     }

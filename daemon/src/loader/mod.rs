@@ -168,6 +168,16 @@ pub fn load_with(
             Ok(lsm) => LsmObject::Loaded(lsm),
             Err(e) => {
                 tracing::error!("the LSM programs did not load: {e}");
+                // An earlier daemon's programs must not go on judging with
+                // rules nobody updates while the status says not enforced.
+                for &(program, _) in objects::LSM_HOOKS {
+                    let link = pins.link(&format!("lsm-{program}"));
+                    if let Err(e) = std::fs::remove_file(&link)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::error!("detaching {}: {e}", link.display());
+                    }
+                }
                 LsmObject::Skipped {
                     reason: format!("the LSM programs did not load on this kernel: {e}"),
                 }

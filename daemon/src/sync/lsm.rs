@@ -247,6 +247,19 @@ impl LsmState {
                 }
             }
         }
+        // So are those of a set an earlier daemon left that a pod still
+        // names (its last good state, where this pass could not write one).
+        let inherited_used: BTreeSet<u32> = self.inherited.intersection(&used).copied().collect();
+        if !inherited_used.is_empty() {
+            match self.maps.source_children(&inherited_used) {
+                Ok(children) => used.extend(children),
+                Err(e) => {
+                    // Without knowing them, keep every inherited set.
+                    report.errors.push(e.to_string());
+                    used.extend(self.inherited.iter().copied());
+                }
+            }
+        }
         let unused: Vec<(RuleSet, u32)> = self
             .sets
             .iter()

@@ -91,7 +91,13 @@ fn judged(file: &Path) -> Vec<(String, bool, bool)> {
                         }
                         Operation::Run(_) => continue,
                     };
-                    let path = resolved(&s, c.operation.path().unwrap());
+                    // unlink(2) judges the name itself; the others what it
+                    // leads to.
+                    let named = c.operation.path().unwrap();
+                    let path = match c.operation {
+                        Operation::Unlink(_) => named.to_path_buf(),
+                        _ => resolved(&s, named),
+                    };
                     let from = from.map(|f| f.display().to_string());
                     let (decision, text) = explain_lsm(
                         &snap,
