@@ -102,18 +102,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         None => {
             let q = match asked {
-                Some((pod, op, path)) => {
-                    let key = match op {
-                        Operation::Exec => "exec",
-                        Operation::Read => "read",
-                        Operation::Write => "write",
-                    };
-                    client::query(&[
-                        ("pod", Some(pod)),
-                        (key, Some(path)),
-                        ("from", args.from.as_deref()),
-                    ])
-                }
+                Some((pod, op, path)) => client::query(&[
+                    ("pod", Some(pod)),
+                    (op.name(), Some(path)),
+                    ("from", args.from.as_deref()),
+                ]),
                 None => {
                     let (from, to, port) = flow()?;
                     client::query(&[

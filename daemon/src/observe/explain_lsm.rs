@@ -24,7 +24,10 @@ pub enum Operation {
 }
 
 impl Operation {
-    fn name(self) -> &'static str {
+    pub const ALL: [Self; 3] = [Self::Exec, Self::Read, Self::Write];
+
+    /// As the command line and the endpoint's query spell it.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Exec => "exec",
             Self::Read => "read",

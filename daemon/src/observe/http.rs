@@ -67,14 +67,10 @@ fn explain(state: &State, query: &str) -> Result<String, String> {
         .clone();
     if let Some(pod) = get("pod") {
         use crate::observe::explain_lsm::{Operation, explain_lsm};
-        let asked: Vec<(Operation, &str)> = [
-            (Operation::Exec, "exec"),
-            (Operation::Read, "read"),
-            (Operation::Write, "write"),
-        ]
-        .into_iter()
-        .filter_map(|(o, k)| get(k).map(|p| (o, p)))
-        .collect();
+        let asked: Vec<(Operation, &str)> = Operation::ALL
+            .into_iter()
+            .filter_map(|o| get(o.name()).map(|p| (o, p)))
+            .collect();
         let [(operation, path)] = asked[..] else {
             return Err("with pod=, give exactly one of exec=, read=, write=".into());
         };
