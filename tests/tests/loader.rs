@@ -68,7 +68,7 @@ fn loads_every_object_and_pins_its_maps() -> anyhow::Result<()> {
     match (&features.bpf_lsm, &loaded.lsm) {
         (BpfLsm::Active, LsmObject::Loaded(_)) => {}
         (BpfLsm::Inactive { reason }, LsmObject::Skipped { reason: skipped }) => {
-            assert_eq!(reason, skipped);
+            assert_eq!(skipped, &format!("BPF LSM is inactive: {reason}"));
             assert!(!t.pins.map(maps::LSM_STATS).exists());
         }
         (probe, _) => bail!("probe says {probe:?} but the loader disagreed"),
