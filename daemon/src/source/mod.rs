@@ -4,6 +4,7 @@
 //! and for standalone nodes; the Kubernetes API source plugs in beside it.
 
 pub mod files;
+pub mod kube;
 
 use crate::model::Snapshot;
 

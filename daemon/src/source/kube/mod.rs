@@ -1,0 +1,3 @@
+//! The Kubernetes API source (being built).
+
+pub mod access;
