@@ -15,7 +15,8 @@ pub struct Access {
     pub verbs: &'static [&'static str],
 }
 
-const READ: &[&str] = &["get", "list", "watch"];
+// Reflectors list and watch; nothing gets one object by name.
+const READ: &[&str] = &["list", "watch"];
 
 pub const NAMESPACES: Access = Access {
     group: "",
