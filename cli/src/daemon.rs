@@ -7,14 +7,44 @@ use palisade::{
     netns,
     node::{agent, discover},
     paths::PinDir,
-    source::files::FileSource,
+    source::{
+        files::FileSource,
+        kube::{self, cgroup},
+    },
 };
+
+use anyhow::Context as _;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// A directory of YAML files (Namespaces, Pods, policies), watched.
-    #[arg(long, value_name = "DIR")]
-    source: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    source: Option<PathBuf>,
+    /// Read namespaces, pods and policies from the Kubernetes API
+    /// (in-cluster service account, else `--kubeconfig`, `$KUBECONFIG`
+    /// or `~/.kube/config`).
+    #[arg(long)]
+    kube: bool,
+    /// With --kube: the kubeconfig to use instead.
+    #[arg(long, value_name = "FILE", requires = "kube")]
+    kubeconfig: Option<PathBuf>,
+    /// With --kube: this node's name, as its pods' `spec.nodeName` say
+    /// (the DaemonSet sets NODE_NAME from the downward API).
+    #[arg(long, env = "NODE_NAME", requires = "kube")]
+    node_name: Option<String>,
+    /// With --kube: where the cgroup v2 hierarchy is mounted; pods'
+    /// cgroups are found under it from their uid and QoS class.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// With --kube: the kubelet's cgroup driver: systemd, cgroupfs, or
+    /// auto (whichever holds the pod's directory).
+    #[arg(long, default_value = "auto")]
+    cgroup_driver: cgroup::Driver,
     /// Where to publish the status (applied revision, readiness), as JSON.
     #[arg(long, value_name = "FILE")]
     status_file: Option<PathBuf>,
@@ -64,9 +94,33 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
             uplinks,
             deny_cidrs: args.deny_cidrs,
         };
-        let files = FileSource::new(&args.source);
-        let agent = agent::Agent::start(files, pins.clone(), sizes, options)?;
-        agent.run(&args.source).await
+        match args.source {
+            Some(dir) => {
+                let files = FileSource::new(dir);
+                agent::Agent::start(files, pins.clone(), sizes, options)?
+                    .run()
+                    .await
+            }
+            None => {
+                let node = args
+                    .node_name
+                    .context("--kube needs the node's name: --node-name or NODE_NAME")?;
+                let client = kube::client(args.kubeconfig).await?;
+                let source = kube::KubeSource::start(
+                    client,
+                    kube::Options {
+                        node,
+                        cgroups: cgroup::Layout {
+                            root: args.cgroup_root,
+                            driver: args.cgroup_driver,
+                        },
+                    },
+                );
+                agent::Agent::start(source, pins.clone(), sizes, options)?
+                    .run()
+                    .await
+            }
+        }
     })
 }
 

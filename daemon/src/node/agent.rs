@@ -35,7 +35,7 @@ use crate::{
     node::discover::{self, Unplaced},
     observe::{
         events::Hub,
-        http::SharedSnapshot,
+        http::{SharedReadiness, SharedSnapshot},
         metrics::Metrics,
         names::{Names, SharedNames},
     },
@@ -99,6 +99,15 @@ pub struct Status {
     pub errors: Vec<String>,
     /// Where the metrics endpoint listens, if it does.
     pub metrics: Option<String>,
+    /// The source: `in sync`; `waiting for ... (the state pinned by the
+    /// last run keeps enforcing)` before it has seen everything once;
+    /// `stale: ...` while it cannot reach its origin (the last good state
+    /// stays in force).
+    pub source: String,
+    /// By resource: the newest resourceVersion the Kubernetes source has
+    /// seen (what a writer waits for). Empty for the file source.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub observed: BTreeMap<String, u64>,
 }
 
 pub struct Agent<S: Source> {
@@ -112,6 +121,8 @@ pub struct Agent<S: Source> {
     /// What the last pass applied, for `/explain`.
     snapshot: SharedSnapshot,
     compiler: Option<Incremental>,
+    /// For `/readyz`.
+    not_ready: SharedReadiness,
 }
 
 /// Where the pods of a snapshot are on this node.
@@ -139,6 +150,8 @@ impl<S: Source> Agent<S> {
         let mut status = Status::default();
         let names = Names::shared();
         let snapshot: SharedSnapshot = Arc::default();
+        let not_ready: SharedReadiness =
+            Arc::new(std::sync::Mutex::new(Some("no pass has run yet".into())));
         let metrics = match options.metrics_addr {
             Some(addr) => {
                 let m = Metrics::install(
@@ -167,6 +180,7 @@ impl<S: Source> Agent<S> {
                         hub,
                         snapshot: snapshot.clone(),
                         lsm_inactive: syncer.lsm_inactive().map(str::to_owned),
+                        not_ready: not_ready.clone(),
                     },
                 ));
                 Some(m)
@@ -183,6 +197,7 @@ impl<S: Source> Agent<S> {
             names,
             snapshot,
             compiler: None,
+            not_ready,
         })
     }
 
@@ -194,6 +209,21 @@ impl<S: Source> Agent<S> {
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         let reading = self.source.read();
+        metrics::gauge!("palisade_source_up").set(
+            if reading.waiting.is_none() && reading.stale.is_none() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        if let Some(why) = &reading.waiting {
+            // A partial snapshot would remove what it has not seen yet.
+            self.status.source =
+                format!("waiting for {why} (the state pinned by the last run keeps enforcing)");
+            self.status.ready = false;
+            self.status.observed = reading.observed;
+            return self.write_status();
+        }
         // Label-only changes are recompiled incrementally.
         let compiler = match &mut self.compiler {
             Some(c) => {
@@ -333,8 +363,30 @@ impl<S: Source> Agent<S> {
             policies: reading.snapshot.policies.len(),
             errors,
             metrics: self.status.metrics.clone(),
+            source: match &reading.stale {
+                Some(why) => format!("stale: {why} (the last good state stays in force)"),
+                None => "in sync".into(),
+            },
+            observed: reading.observed,
         };
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(reading.snapshot);
+        self.write_status()
+    }
+
+    fn write_status(&self) -> anyhow::Result<()> {
+        let why = (!self.status.ready).then(|| {
+            if self.status.source.starts_with("waiting") {
+                self.status.source.clone()
+            } else if !self.status.unplaced.is_empty() {
+                format!(
+                    "pods without a veth yet: {}",
+                    self.status.unplaced.join(", ")
+                )
+            } else {
+                "a write or an attachment failed (see the status errors)".into()
+            }
+        });
+        *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = why;
         if let Some(path) = &self.options.status_file {
             write_atomically(path, &serde_json::to_vec_pretty(&self.status)?)?;
         }
@@ -381,14 +433,10 @@ impl<S: Source> Agent<S> {
             .set((lsm.pods.len() - in_force) as f64);
     }
 
-    /// Runs passes until Ctrl-C or SIGTERM: at once, on every change under
-    /// `watch`, and every resync period (sooner while pods are unplaced).
-    pub async fn run(mut self, watch: &Path) -> anyhow::Result<()> {
-        let (tx, mut changes) = tokio::sync::mpsc::channel::<()>(1);
-        let dir = watch.to_path_buf();
-        std::thread::Builder::new()
-            .name("palisade-watch".into())
-            .spawn(move || watch_dir(&dir, &tx))?;
+    /// Runs passes until Ctrl-C or SIGTERM: at once, on every change the
+    /// source signals, and every resync period (sooner while pods are unplaced).
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut changes = self.source.changes();
         let (link_tx, mut links) = tokio::sync::mpsc::channel::<()>(1);
         if self.options.quarantine.is_some()
             && let Err(e) = discover::watch_links(link_tx)
@@ -496,40 +544,6 @@ fn desired<'a>(
         desired.without_pod_denies()
     } else {
         desired.with_pod_denies(snapshot)
-    }
-}
-
-/// Forwards inotify events on `dir` as wake-ups; a burst of events is one.
-fn watch_dir(dir: &Path, tx: &tokio::sync::mpsc::Sender<()>) {
-    use inotify::{Inotify, WatchMask};
-    let Ok(mut inotify) = Inotify::init() else {
-        tracing::warn!("inotify unavailable: changes are picked up on resync only");
-        return;
-    };
-    let mask = WatchMask::CLOSE_WRITE
-        | WatchMask::MOVED_TO
-        | WatchMask::MOVED_FROM
-        | WatchMask::DELETE
-        | WatchMask::CREATE;
-    if let Err(e) = inotify.watches().add(dir, mask) {
-        tracing::warn!("watching {}: {e}", dir.display());
-        return;
-    }
-    let mut buffer = [0u8; 4096];
-    loop {
-        match inotify.read_events_blocking(&mut buffer) {
-            Ok(_) => {
-                // Full channel: a wake-up is already pending.
-                let _ = tx.try_send(());
-                if tx.is_closed() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!("inotify: {e}");
-                return;
-            }
-        }
     }
 }
 

@@ -41,7 +41,14 @@ pub struct State {
     /// Why this node enforces no process or file rule (BPF LSM inactive),
     /// for `/explain` to say so beside what the rules decide.
     pub lsm_inactive: Option<String>,
+    /// Why the node is not ready (the source not synced yet, a pod not
+    /// placed, a write that failed), or `None` when the last pass is fully
+    /// in force: `/readyz`.
+    pub not_ready: SharedReadiness,
 }
+
+/// What `/readyz` answers, set by the agent after every pass.
+pub type SharedReadiness = Arc<std::sync::Mutex<Option<String>>>;
 
 /// A client that has not sent its request head by then is dropped.
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,10 +194,27 @@ fn respond<B>(state: &State, request: &Request<B>) -> Response<Body> {
             Ok(body) => text(StatusCode::OK, TEXT, body),
             Err(e) => text(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
         },
+        // Live while the process answers: enforcement itself is pinned
+        // and does not depend on it.
+        ("/healthz", _) => text(StatusCode::OK, TEXT, "ok\n".to_owned()),
+        ("/readyz", _) => match state
+            .not_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            None => text(StatusCode::OK, TEXT, "ready\n".to_owned()),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("not ready: {why}\n"),
+            ),
+        },
         ("/", _) => text(
             StatusCode::OK,
             TEXT,
-            "palisade: /metrics (Prometheus), /events (JSON lines), /explain\n".to_owned(),
+            "palisade: /metrics (Prometheus), /events (JSON lines), /explain, /healthz, /readyz\n"
+                .to_owned(),
         ),
         _ => text(
             StatusCode::NOT_FOUND,

@@ -16,15 +16,15 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use serde::Deserialize;
-
-use super::{Reading, Source};
+use super::{
+    Reading, Source,
+    objects::{self, ApiNamespace, ApiPod},
+};
 use crate::model::{
-    NamedPort, Namespace, Pod, Policy, Protocol, Snapshot,
+    Namespace, Pod, Policy, Snapshot,
     parse::{Head, ParseError, parse_one, split_documents},
     posture::namespace_postures,
     yaml::{self, Positions},
@@ -55,95 +55,10 @@ pub struct FileSource {
 
 type Parsed = (Vec<Object>, Vec<(Option<String>, String)>);
 
-#[derive(Deserialize)]
-struct Meta {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct NamespaceDoc {
-    metadata: Meta,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct ContainerPort {
-    #[serde(default)]
-    name: Option<String>,
-    container_port: u16,
-    #[serde(default)]
-    protocol: Option<Protocol>,
-}
-
-#[derive(Deserialize, Default)]
-struct Container {
-    #[serde(default)]
-    ports: Vec<ContainerPort>,
-}
-
-#[derive(Deserialize, Default)]
-struct PodSpec {
-    #[serde(default)]
-    containers: Vec<Container>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodIp {
-    ip: IpAddr,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct PodStatus {
-    #[serde(default, rename = "podIP")]
-    pod_ip: Option<IpAddr>,
-    #[serde(default, rename = "podIPs")]
-    pod_ips: Vec<PodIp>,
-}
-
-#[derive(Deserialize)]
-struct PodDoc {
-    metadata: Meta,
-    #[serde(default)]
-    spec: PodSpec,
-    #[serde(default)]
-    status: PodStatus,
-}
-
-fn pod_of(doc: PodDoc) -> Pod {
-    let mut ips: Vec<IpAddr> = doc.status.pod_ips.iter().map(|p| p.ip).collect();
-    if let Some(ip) = doc.status.pod_ip
-        && !ips.contains(&ip)
-    {
-        ips.insert(0, ip);
-    }
-    Pod {
-        namespace: doc.metadata.namespace.unwrap_or_else(|| "default".into()),
-        name: doc.metadata.name,
-        labels: doc.metadata.labels,
-        ips,
-        ports: doc
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .filter_map(|p| {
-                Some(NamedPort {
-                    name: p.name.clone()?,
-                    port: p.container_port,
-                    protocol: p.protocol.unwrap_or(Protocol::Tcp),
-                })
-            })
-            .collect(),
-        cgroup: doc.metadata.annotations.get(CGROUP_ANNOTATION).cloned(),
-    }
+/// A lab pod's cgroup (the annotation above), and no other pod's: the
+/// file source trusts its files.
+fn pod_of(p: &ApiPod) -> Pod {
+    objects::pod(p, objects::annotations(p).get(CGROUP_ANNOTATION).cloned())
 }
 
 fn key_of(o: &Object) -> String {
@@ -167,17 +82,22 @@ fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, Stri
             let e = ParseError::in_document(&shown, start, e.at, None, message);
             (None, e.to_string())
         };
+        let unnamed = |kind: &str| {
+            let at = Positions::of(&doc).locate("metadata");
+            let message = format!("{kind}: metadata.name is missing");
+            (
+                None,
+                ParseError::in_document(&shown, start, at, None, message).to_string(),
+            )
+        };
         let kind = head
             .as_ref()
             .and_then(|h| Some((h.api_version.as_deref()?, h.kind.as_deref()?)));
         match kind {
-            Some(("v1", "Namespace")) => match yaml::from_str::<NamespaceDoc>(&doc) {
+            Some(("v1", "Namespace")) => match yaml::from_str::<ApiNamespace>(&doc) {
+                Ok(n) if n.metadata.name.is_none() => errors.push(unnamed("Namespace")),
                 Ok(n) => {
-                    let ns = Namespace {
-                        name: n.metadata.name,
-                        labels: n.metadata.labels,
-                        annotations: n.metadata.annotations,
-                    };
+                    let ns = objects::namespace(&n);
                     // A posture that cannot be read is a bad document: the
                     // namespace's last good version stays.
                     match namespace_postures(&ns) {
@@ -193,8 +113,9 @@ fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, Stri
                 }
                 Err(e) => errors.push(refused("Namespace", e)),
             },
-            Some(("v1", "Pod")) => match yaml::from_str::<PodDoc>(&doc) {
-                Ok(p) => objects.push(Object::Pod(pod_of(p))),
+            Some(("v1", "Pod")) => match yaml::from_str::<ApiPod>(&doc) {
+                Ok(p) if p.metadata.name.is_none() => errors.push(unnamed("Pod")),
+                Ok(p) => objects.push(Object::Pod(pod_of(&p))),
                 Err(e) => errors.push(refused("Pod", e)),
             },
             // Policies, and anything else: the policy parser names unknown kinds.
@@ -342,6 +263,53 @@ impl Source for FileSource {
             revision: written_revision
                 .unwrap_or_else(|| format!("{:016x}", crate::identity::fnv1a(&seen))),
             errors,
+            ..Reading::default()
+        }
+    }
+
+    fn changes(&mut self) -> tokio::sync::mpsc::Receiver<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let dir = self.dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name("palisade-watch".into())
+            .spawn(move || watch_dir(&dir, &tx));
+        if let Err(e) = spawned {
+            tracing::warn!("no watcher thread ({e}): changes are picked up on resync only");
+        }
+        rx
+    }
+}
+
+/// Forwards inotify events on `dir` as wake-ups; a burst of events is one.
+fn watch_dir(dir: &Path, tx: &tokio::sync::mpsc::Sender<()>) {
+    use inotify::{Inotify, WatchMask};
+    let Ok(mut inotify) = Inotify::init() else {
+        tracing::warn!("inotify unavailable: changes are picked up on resync only");
+        return;
+    };
+    let mask = WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::MOVED_FROM
+        | WatchMask::DELETE
+        | WatchMask::CREATE;
+    if let Err(e) = inotify.watches().add(dir, mask) {
+        tracing::warn!("watching {}: {e}", dir.display());
+        return;
+    }
+    let mut buffer = [0u8; 4096];
+    loop {
+        match inotify.read_events_blocking(&mut buffer) {
+            Ok(_) => {
+                // Full channel: a wake-up is already pending.
+                let _ = tx.try_send(());
+                if tx.is_closed() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("inotify: {e}");
+                return;
+            }
         }
     }
 }

@@ -1,0 +1,233 @@
+//! Policies from the API server: each object, whatever its kind, is put
+//! back into the document form the policy parser reads (apiVersion, kind,
+//! name, namespace, labels, annotations, spec; the server's bookkeeping
+//! left out) and parsed and validated as strictly as a file's. A version
+//! that is refused keeps the object's last good version in force, and is
+//! reported once, naming the field (and as an Event on the object).
+//!
+//! Parsing is cached by resourceVersion: a pass re-parses only what
+//! changed.
+
+use std::collections::BTreeMap;
+
+use kube::core::DynamicObject;
+use serde_json::{Map, Value, json};
+
+use super::access::Access;
+use crate::model::{Policy, parse::parse_one};
+
+/// A refused version of a policy object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub access: Access,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub uid: Option<String>,
+    pub resource_version: String,
+    pub message: String,
+}
+
+#[derive(Default)]
+pub struct Policies {
+    /// By `resource/namespace/name`: the version last parsed and its outcome.
+    parsed: BTreeMap<String, (String, Result<Policy, Box<Refusal>>)>,
+    /// By the same key: the last version that parsed.
+    last_good: BTreeMap<String, Policy>,
+}
+
+/// The document the parser reads, as JSON (a subset of YAML).
+fn document(access: &Access, o: &DynamicObject) -> String {
+    let m = &o.metadata;
+    let mut meta = Map::new();
+    meta.insert("name".into(), json!(m.name));
+    if access.namespaced {
+        meta.insert("namespace".into(), json!(m.namespace));
+    }
+    if let Some(labels) = &m.labels {
+        meta.insert("labels".into(), json!(labels));
+    }
+    if let Some(annotations) = &m.annotations {
+        meta.insert("annotations".into(), json!(annotations));
+    }
+    let mut doc = Map::new();
+    doc.insert("apiVersion".into(), json!(access.api_version()));
+    doc.insert("kind".into(), json!(access.kind));
+    doc.insert("metadata".into(), Value::Object(meta));
+    if let Some(spec) = o.data.get("spec") {
+        doc.insert("spec".into(), spec.clone());
+    }
+    // Multi-line, so that an error's line points at the field's line.
+    serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default()
+}
+
+fn parse(access: &Access, o: &DynamicObject) -> Result<Policy, Box<Refusal>> {
+    let name = o.metadata.name.clone().unwrap_or_default();
+    let namespace = o.metadata.namespace.clone();
+    let rv = o.metadata.resource_version.clone().unwrap_or_default();
+    let shown = match &namespace {
+        Some(ns) if access.namespaced => format!("{} {ns}/{name}", access.kind),
+        _ => format!("{} {name}", access.kind),
+    };
+    let where_ = format!("{shown} (resourceVersion {rv})");
+    let default_ns = namespace.as_deref().unwrap_or("default");
+    parse_one(&document(access, o), 1, &where_, default_ns)
+        .map(|d| d.policy())
+        .map_err(|e| {
+            Box::new(Refusal {
+                access: *access,
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: o.metadata.uid.clone(),
+                resource_version: rv.clone(),
+                message: e.to_string(),
+            })
+        })
+}
+
+fn key(access: &Access, o: &DynamicObject) -> String {
+    format!(
+        "{}/{}/{}",
+        access.resource,
+        o.metadata.namespace.as_deref().unwrap_or(""),
+        o.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// One pass's policies: the objects' parsed or last good versions, the
+/// errors to report, and the refusals seen for the first time (to be
+/// turned into Events).
+pub struct PassPolicies {
+    pub policies: Vec<Policy>,
+    pub errors: Vec<String>,
+    pub new_refusals: Vec<Refusal>,
+}
+
+impl Policies {
+    pub fn read<'a>(
+        &mut self,
+        objects: impl IntoIterator<Item = (Access, &'a DynamicObject)>,
+    ) -> PassPolicies {
+        let mut out = PassPolicies {
+            policies: Vec::new(),
+            errors: Vec::new(),
+            new_refusals: Vec::new(),
+        };
+        let mut parsed = BTreeMap::new();
+        for (access, o) in objects {
+            let k = key(&access, o);
+            let rv = o.metadata.resource_version.clone().unwrap_or_default();
+            let outcome = match self.parsed.remove(&k) {
+                Some((old_rv, outcome)) if old_rv == rv => outcome,
+                _ => {
+                    let outcome = parse(&access, o);
+                    if let Err(r) = &outcome {
+                        out.new_refusals.push(Refusal::clone(r));
+                    }
+                    outcome
+                }
+            };
+            match &outcome {
+                Ok(p) => {
+                    self.last_good.insert(k.clone(), p.clone());
+                    out.policies.push(p.clone());
+                }
+                Err(r) => match self.last_good.get(&k) {
+                    Some(good) => {
+                        out.errors.push(format!(
+                            "{} (its last good version stays in force)",
+                            r.message
+                        ));
+                        out.policies.push(good.clone());
+                    }
+                    None => out.errors.push(r.message.clone()),
+                },
+            }
+            parsed.insert(k, (rv, outcome));
+        }
+        // A deleted object takes its last good version with it.
+        self.last_good.retain(|k, _| parsed.contains_key(k));
+        self.parsed = parsed;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::kube::access::{NETWORK_POLICIES, PALISADE_CLUSTER_POLICIES};
+
+    fn object(rv: &str, spec: Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": "deny", "namespace": "x", "resourceVersion": rv,
+                "uid": "0b7e0c6e-0000-4000-8000-000000000001",
+                "managedFields": [{"manager": "kubectl"}],
+                "creationTimestamp": "2026-12-02T00:00:00Z"
+            },
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_api_object_parses_as_its_file_form_would() {
+        let o = object("5", json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
+        let pass = Policies::default().read([(NETWORK_POLICIES, &o)]);
+        assert!(pass.errors.is_empty(), "{:?}", pass.errors);
+        assert_eq!(pass.policies[0].key(), "x/deny");
+    }
+
+    #[test]
+    fn a_refused_version_names_the_field_and_keeps_the_last_good_one() {
+        let mut policies = Policies::default();
+        let good = object("5", json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
+        assert!(policies.read([(NETWORK_POLICIES, &good)]).errors.is_empty());
+        let bad = object(
+            "6",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 70000}]}]}),
+        );
+        let pass = policies.read([(NETWORK_POLICIES, &bad)]);
+        assert_eq!(pass.policies.len(), 1, "the last good version stays");
+        assert_eq!(pass.errors.len(), 1);
+        let e = &pass.errors[0];
+        assert!(
+            e.contains("NetworkPolicy x/deny (resourceVersion 6)")
+                && e.contains("port")
+                && e.contains("last good"),
+            "{e}"
+        );
+        assert_eq!(pass.new_refusals.len(), 1);
+        // The same version again is not a new refusal (one Event per version).
+        let again = policies.read([(NETWORK_POLICIES, &bad)]);
+        assert!(again.new_refusals.is_empty());
+        assert_eq!(again.errors.len(), 1);
+        // Deleted: nothing stays.
+        assert!(policies.read([]).policies.is_empty());
+        assert!(policies.last_good.is_empty());
+    }
+
+    #[test]
+    fn a_refused_first_version_enforces_nothing_of_it() {
+        let bad = object("7", json!({"podSelector": {}, "bogus": 1}));
+        let pass = Policies::default().read([(NETWORK_POLICIES, &bad)]);
+        assert!(pass.policies.is_empty());
+        assert!(pass.errors[0].contains("bogus"), "{:?}", pass.errors);
+    }
+
+    #[test]
+    fn a_cluster_policy_has_no_namespace() {
+        let o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "palisade.dev/v1alpha1",
+            "kind": "PalisadeClusterNetworkPolicy",
+            "metadata": {"name": "base", "resourceVersion": "3"},
+            "spec": {"priority": 10, "subject": {"namespaceSelector": {"matchLabels": {"ns": "x"}}},
+                     "ingress": [{"action": "Deny", "from": [{"namespaceSelector": {}}]}]},
+        }))
+        .unwrap();
+        let pass = Policies::default().read([(PALISADE_CLUSTER_POLICIES, &o)]);
+        assert!(pass.errors.is_empty(), "{:?}", pass.errors);
+        assert_eq!(pass.policies[0].key(), "cluster:base");
+    }
+}

@@ -1,0 +1,99 @@
+//! Pods and namespaces as both sources read them: the API's own types
+//! (`k8s-openapi`), turned into the model's. Only what policy needs is
+//! kept; the rest of an API object is ignored, so a pod or namespace is
+//! read leniently whatever fields its version of Kubernetes adds.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use k8s_openapi::api::core::v1 as api;
+
+use crate::model::{NamedPort, Namespace, Pod, Protocol};
+
+pub type ApiPod = api::Pod;
+pub type ApiNamespace = api::Namespace;
+
+pub fn namespace(ns: &ApiNamespace) -> Namespace {
+    Namespace {
+        name: ns.metadata.name.clone().unwrap_or_default(),
+        labels: ns.metadata.labels.clone().unwrap_or_default(),
+        annotations: ns.metadata.annotations.clone().unwrap_or_default(),
+    }
+}
+
+/// The pod's addresses, `status.podIP` first; unparsable ones are left out
+/// (the API server validates them, a file may not).
+pub fn pod_ips(pod: &ApiPod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut ips: Vec<IpAddr> = status
+        .pod_ip
+        .iter()
+        .chain(status.pod_ips.iter().flatten().map(|p| &p.ip))
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let mut seen = Vec::new();
+    ips.retain(|ip| {
+        let new = !seen.contains(ip);
+        seen.push(*ip);
+        new
+    });
+    ips
+}
+
+fn protocol(name: Option<&str>) -> Option<Protocol> {
+    match name.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// Named container ports, which NetworkPolicy ports may refer to.
+pub fn named_ports(pod: &ApiPod) -> Vec<NamedPort> {
+    let Some(spec) = &pod.spec else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone()?,
+                port: u16::try_from(p.container_port).ok()?,
+                protocol: protocol(p.protocol.as_deref())?,
+            })
+        })
+        .collect()
+}
+
+/// The model's pod; `cgroup` is the source's to find (an annotation in the
+/// lab's files, the pod's uid and QoS class on a node).
+pub fn pod(p: &ApiPod, cgroup: Option<String>) -> Pod {
+    Pod {
+        namespace: p
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        ips: pod_ips(p),
+        ports: named_ports(p),
+        cgroup,
+    }
+}
+
+/// A pod that has finished (Succeeded, Failed) has released its address;
+/// the address may already be a new pod's.
+pub fn finished(p: &ApiPod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+pub fn annotations(p: &ApiPod) -> BTreeMap<String, String> {
+    p.metadata.annotations.clone().unwrap_or_default()
+}
