@@ -13,7 +13,10 @@
 //! in its pod, `helper` is the check helper the binary becomes when started
 //! as one, and `lsm_events` matches operations to the daemon's decisions. `demo` is `palisade lab demo`. `fixtures` lends
 //! the topology and the daemon to the integration tests and the bench.
+//! `apiserver` is a test double of the Kubernetes API server (list, watch
+//! and writes over plain HTTP) for the Kubernetes source.
 
+pub mod apiserver;
 pub mod cluster;
 pub mod demo;
 pub mod drops;
