@@ -37,6 +37,7 @@ async fn one_size(bin: &Path, n: usize) -> anyhow::Result<()> {
         vec!["10.244.0.0/16".parse()?],
         &snapshot,
         Vec::new(),
+        palisade_lab::enforcer::Feed::Files,
     )
     .await?;
     let r = enforcer.commit()?;

@@ -15,10 +15,27 @@ mod with_lab {
         time::Duration,
     };
 
+    use palisade_lab::enforcer::Feed;
+
     #[derive(clap::Args)]
     pub struct Args {
         #[command(subcommand)]
         command: Command,
+    }
+
+    #[derive(Clone, Copy, clap::ValueEnum)]
+    enum Via {
+        Files,
+        Kube,
+    }
+
+    impl Via {
+        fn feed(self) -> Feed {
+            match self {
+                Self::Files => Feed::Files,
+                Self::Kube => Feed::Kube,
+            }
+        }
     }
 
     #[derive(clap::Subcommand)]
@@ -37,6 +54,11 @@ mod with_lab {
             /// Print the daemon's drop and audit counters after each scenario.
             #[arg(long)]
             metrics: bool,
+            /// Where the daemon reads the cluster from: `files` (a directory
+            /// of YAML) or `kube` (the Kubernetes source, from the lab's test
+            /// API server: every change becomes an API write).
+            #[arg(long, value_enum, default_value = "files")]
+            via: Via,
         },
         /// The standard model before and after a directory of policies, with
         /// the compiler's prediction as the expected tables, and why one denied
@@ -67,19 +89,21 @@ mod with_lab {
                 return ExitCode::FAILURE;
             }
         };
-        let (timeout_ms, show_metrics) = match command {
+        let (timeout_ms, show_metrics, feed) = match command {
             Command::Run {
                 timeout_ms,
                 metrics,
+                via,
                 ..
-            } => (*timeout_ms, *metrics),
-            Command::Demo { .. } => (1000, true),
+            } => (*timeout_ms, *metrics, via.feed()),
+            Command::Demo { .. } => (1000, true, Feed::Files),
         };
         let options = palisade_lab::Options {
             bin,
             timeout: Duration::from_millis(timeout_ms),
             in_force_limit: Duration::from_secs(30),
             show_metrics,
+            feed,
         };
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,7 +1,9 @@
-//! The real daemon, as a separate process in the lab's node namespace with
-//! the file source: the same binary and code path as on a node. The lab
-//! writes the cluster into the source directory (files first, then the
-//! revision) and waits until the daemon reports that revision in force.
+//! The real daemon, as a separate process in the lab's node namespace: the
+//! same binary and code path as on a node. The lab writes the cluster into
+//! a source directory (files first, then the revision) and waits until the
+//! daemon reports that revision in force. With [`Feed::Kube`] the daemon
+//! reads the Kubernetes source instead, and each commit becomes writes to
+//! the test API server (`kube_feed`).
 
 use std::{
     fs,
@@ -18,7 +20,7 @@ use nix::{
 
 use palisade::source::files::REVISION_FILE;
 
-use crate::netns::Netns;
+use crate::{kube_feed::KubeFeed, netns::Netns};
 
 pub struct Enforcer {
     child: Child,
@@ -26,6 +28,18 @@ pub struct Enforcer {
     pins: PathBuf,
     args: DaemonArgs,
     revision: u64,
+    /// With [`Feed::Kube`]: the API server and what it was sent.
+    kube: Option<KubeFeed>,
+}
+
+/// Where the daemon reads the cluster from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Feed {
+    /// A directory of YAML files (the file source).
+    #[default]
+    Files,
+    /// The Kubernetes source, from the lab's test API server.
+    Kube,
 }
 
 /// How the daemon runs besides its source, status file and pins.
@@ -35,6 +49,7 @@ pub struct DaemonArgs {
     pub resync_ms: u64,
     /// More `palisade daemon` arguments (`--uplink`, `--deny-cidr`...).
     pub extra: Vec<String>,
+    pub feed: Feed,
 }
 
 impl Default for DaemonArgs {
@@ -42,6 +57,7 @@ impl Default for DaemonArgs {
         Self {
             resync_ms: 1000,
             extra: Vec::new(),
+            feed: Feed::Files,
         }
     }
 }
@@ -53,6 +69,7 @@ fn spawn(
     dir: &Path,
     pins: &Path,
     args: &DaemonArgs,
+    kube: Option<&KubeFeed>,
 ) -> anyhow::Result<Child> {
     let log = fs::OpenOptions::new()
         .create(true)
@@ -62,10 +79,12 @@ fn spawn(
     cmd.arg("--pin-base")
         .arg(pins)
         .args(["daemon", "--metrics-addr", "127.0.0.1:0", "--resync-ms"])
-        .arg(args.resync_ms.to_string())
-        .arg("--source")
-        .arg(dir.join("source"))
-        .arg("--status-file")
+        .arg(args.resync_ms.to_string());
+    match kube {
+        Some(feed) => cmd.args(feed.daemon_args()),
+        None => cmd.arg("--source").arg(dir.join("source")),
+    };
+    cmd.arg("--status-file")
         .arg(dir.join("status.json"))
         .args(&args.extra)
         .env(
@@ -107,12 +126,17 @@ impl Enforcer {
     ) -> anyhow::Result<Self> {
         fs::create_dir_all(dir.join("source"))?;
         let _ = fs::remove_file(dir.join("daemon.log"));
+        let kube = match args.feed {
+            Feed::Kube => Some(KubeFeed::start(node, dir)?),
+            Feed::Files => None,
+        };
         Ok(Self {
-            child: spawn(bin, node, dir, pins, &args)?,
+            child: spawn(bin, node, dir, pins, &args, kube.as_ref())?,
             dir: dir.to_owned(),
             pins: pins.to_owned(),
             args,
             revision: 0,
+            kube,
         })
     }
 
@@ -127,7 +151,14 @@ impl Enforcer {
     pub fn restart(&mut self, bin: &Path, node: &Netns) -> anyhow::Result<()> {
         stop(&mut self.child);
         let _ = fs::remove_file(self.dir.join("status.json"));
-        self.child = spawn(bin, node, &self.dir, &self.pins, &self.args)?;
+        self.child = spawn(
+            bin,
+            node,
+            &self.dir,
+            &self.pins,
+            &self.args,
+            self.kube.as_ref(),
+        )?;
         Ok(())
     }
 
@@ -155,11 +186,31 @@ impl Enforcer {
         fs::remove_file(self.source().join(name)).with_context(|| format!("removing {name}"))
     }
 
-    /// Publishes the files written so far as the next revision.
+    /// Publishes the files written so far as the next revision (with the
+    /// Kubernetes feed: writes them to the API server).
     pub fn commit(&mut self) -> anyhow::Result<u64> {
         self.revision += 1;
         self.write(REVISION_FILE, &self.revision.to_string())?;
+        let source = self.source();
+        if let Some(feed) = &mut self.kube {
+            feed.sync(&source)?;
+        }
         Ok(self.revision)
+    }
+
+    /// The test API server, with the Kubernetes feed.
+    pub fn kube(&self) -> Option<&KubeFeed> {
+        self.kube.as_ref()
+    }
+
+    /// The status says `revision` (or, with the Kubernetes feed, every
+    /// write of the last commit) fully in force.
+    fn in_force(&self, status: &serde_json::Value, revision: &str) -> bool {
+        let seen = match &self.kube {
+            Some(feed) => feed.seen(status),
+            None => status["revision"] == revision,
+        };
+        seen && status["ready"] == true
     }
 
     /// Waits until the daemon reports `revision` fully in force.
@@ -170,8 +221,7 @@ impl Enforcer {
         while start.elapsed() < limit {
             if let Ok(text) = fs::read_to_string(self.dir.join("status.json")) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                    && v["revision"] == wanted.as_str()
-                    && v["ready"] == true
+                    && self.in_force(&v, &wanted)
                 {
                     return Ok(start.elapsed().as_secs_f64());
                 }

@@ -21,7 +21,7 @@ use crate::netns::Netns;
 
 use crate::{
     cluster::cluster_yaml,
-    enforcer::Enforcer,
+    enforcer::{DaemonArgs, Enforcer, Feed},
     topology::{Plan, Topology, add_address, set_up, veth_into},
 };
 
@@ -62,6 +62,7 @@ pub async fn node_with_daemon(
     networks: Vec<IpNet>,
     cluster: &Snapshot,
     externals: Vec<IpAddr>,
+    feed: Feed,
 ) -> anyhow::Result<(Topology, Enforcer, PathBuf)> {
     let plan = Plan {
         tag,
@@ -76,7 +77,11 @@ pub async fn node_with_daemon(
     let topology = Topology::build(&plan).await.context("building the lab")?;
     let dir = std::env::temp_dir().join(format!("palisade-{tag}"));
     let pins = Path::new(palisade::paths::BPFFS).join(format!("palisade-{tag}"));
-    let enforcer = Enforcer::start(bin, &topology.node, &dir, &pins)?;
+    let args = DaemonArgs {
+        feed,
+        ..DaemonArgs::default()
+    };
+    let enforcer = Enforcer::start_with(bin, &topology.node, &dir, &pins, args)?;
     enforcer.write(
         "cluster.yaml",
         &cluster_yaml(&topology.with_cgroups(cluster)),

@@ -14,7 +14,8 @@
 //! as one, and `lsm_events` matches operations to the daemon's decisions. `demo` is `palisade lab demo`. `fixtures` lends
 //! the topology and the daemon to the integration tests and the bench.
 //! `apiserver` is a test double of the Kubernetes API server (list, watch
-//! and writes over plain HTTP) for the Kubernetes source.
+//! and writes over plain HTTP) for the Kubernetes source; `kube_feed`
+//! feeds the daemon through it (`--via kube`).
 
 pub mod apiserver;
 pub mod cluster;
@@ -25,6 +26,7 @@ pub mod expect;
 pub mod fixture_files;
 pub mod fixtures;
 pub mod helper;
+pub mod kube_feed;
 pub mod lsm_events;
 pub mod netns;
 pub mod operation;

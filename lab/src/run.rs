@@ -27,7 +27,7 @@ use palisade::{
 use crate::{
     cluster::cluster_yaml,
     drops::{DropWatch, Silent},
-    enforcer::Enforcer,
+    enforcer::{Enforcer, Feed},
     expect::Cell,
     fixture_files::FixtureFiles,
     fixtures::node_with_daemon,
@@ -58,6 +58,8 @@ pub struct Options {
     pub in_force_limit: Duration,
     /// Print the daemon's drop and audit counters after each scenario.
     pub show_metrics: bool,
+    /// Where the daemon reads the cluster from (`--via`).
+    pub feed: Feed,
 }
 
 /// Runs `scenario`, filling `report`; `n` tells apart scenarios of one run.
@@ -128,6 +130,7 @@ impl<'a> Lab<'a> {
             scenario.networks.clone(),
             &scenario.cluster,
             scenario.externals.iter().map(|e| e.ip).collect(),
+            options.feed,
         )
         .await?;
         let mut listeners = Listeners::default();

@@ -141,6 +141,7 @@ impl Fixture {
             vec!["10.244.0.0/16".parse()?],
             &snapshot,
             Vec::new(),
+            palisade_lab::enforcer::Feed::Files,
         )
         .await?;
         let mut listeners = Listeners::default();

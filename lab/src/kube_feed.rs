@@ -1,0 +1,220 @@
+//! `--via kube`: the daemon reads the lab's cluster through the Kubernetes
+//! source, from the test API server (`apiserver`), instead of a directory.
+//! The lab still writes its source files; at each commit this feed turns
+//! them into API writes: objects that appeared are created, changed ones
+//! replaced in place (same uid, new resourceVersion), vanished ones
+//! deleted. Pods are placed on the lab's node (`spec.nodeName`), Running,
+//! with the server's uid. The daemon reports, per resource, the newest
+//! resourceVersion its watches have seen; a commit is in force when every
+//! resource it wrote has been seen up to its last write, in a pass that is
+//! fully in force.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow};
+use palisade::{model::parse::split_documents, model::yaml, source::kube::access};
+use serde_json::{Value, json};
+
+use crate::{apiserver::ApiServer, netns::Netns};
+
+/// The lab node's name, as its pods' `spec.nodeName` say.
+pub const NODE_NAME: &str = "lab-node";
+
+/// apiVersion, kind, namespace, name.
+type Key = (String, String, Option<String>, String);
+
+pub struct KubeFeed {
+    server: ApiServer,
+    kubeconfig: PathBuf,
+    /// What was last sent, by key.
+    sent: BTreeMap<Key, Value>,
+    /// By resource (as the daemon's status names it): the resourceVersion
+    /// of the last write the daemon must have seen.
+    wanted: BTreeMap<String, u64>,
+}
+
+fn resource_of(api_version: &str, kind: &str) -> Option<access::Access> {
+    access::ALL
+        .into_iter()
+        .find(|a| a.api_version() == api_version && a.kind == kind)
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+fn key_of(object: &Value) -> anyhow::Result<Key> {
+    let api_version = text(object, "/apiVersion").context("an object without apiVersion")?;
+    let kind = text(object, "/kind").context("an object without kind")?;
+    let access = resource_of(api_version, kind)
+        .ok_or_else(|| anyhow!("{api_version} {kind} is not a kind the Kubernetes source reads"))?;
+    let name = text(object, "/metadata/name").context("an object without a name")?;
+    let namespace = access.namespaced.then(|| {
+        text(object, "/metadata/namespace")
+            .unwrap_or("default")
+            .to_owned()
+    });
+    Ok((api_version.into(), kind.into(), namespace, name.into()))
+}
+
+/// What the lab's node would show of a pod: it runs there.
+fn placed(mut pod: Value) -> Value {
+    pod["spec"]["nodeName"] = json!(NODE_NAME);
+    let status = &mut pod["status"];
+    if status.get("phase").is_none() {
+        status["phase"] = json!("Running");
+    }
+    if status.get("qosClass").is_none() {
+        status["qosClass"] = json!("BestEffort");
+    }
+    pod
+}
+
+fn rv_of(object: &Value) -> u64 {
+    text(object, "/metadata/resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl KubeFeed {
+    /// Starts the API server on the loopback of `node` (where the daemon
+    /// runs) and writes the daemon's kubeconfig into `dir`.
+    pub fn start(node: &Netns, dir: &Path) -> anyhow::Result<Self> {
+        let listener = node
+            .run(|| TcpListener::bind("127.0.0.1:0"))?
+            .context("the test API server's listener")?;
+        let server = ApiServer::start(listener)?;
+        let kubeconfig = dir.join("kubeconfig");
+        let config = format!(
+            "apiVersion: v1
+kind: Config
+clusters: [{{name: lab, cluster: {{server: '{}'}}}}]
+users: [{{name: lab, user: {{}}}}]
+contexts: [{{name: lab, context: {{cluster: lab, user: lab}}}}]
+current-context: lab
+",
+            server.url()
+        );
+        fs::write(&kubeconfig, config)?;
+        Ok(Self {
+            server,
+            kubeconfig,
+            sent: BTreeMap::new(),
+            wanted: BTreeMap::new(),
+        })
+    }
+
+    /// The daemon's arguments for its source.
+    pub fn daemon_args(&self) -> Vec<String> {
+        vec![
+            "--kube".into(),
+            "--kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--node-name".into(),
+            NODE_NAME.into(),
+        ]
+    }
+
+    pub fn server(&self) -> &ApiServer {
+        &self.server
+    }
+
+    /// Resources written and the resourceVersion each must be seen at.
+    pub fn wanted(&self) -> &BTreeMap<String, u64> {
+        &self.wanted
+    }
+
+    /// Every object of the source files in `dir`.
+    fn objects(dir: &Path) -> anyhow::Result<BTreeMap<Key, Value>> {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            })
+            .collect();
+        files.sort();
+        let mut out = BTreeMap::new();
+        for path in files {
+            let text = fs::read_to_string(&path)?;
+            for (_, doc) in split_documents(&text) {
+                let object: Value = yaml::from_str(&doc)
+                    .map_err(|e| anyhow!("{}: {}", path.display(), e.message))?;
+                if object.is_null() {
+                    continue;
+                }
+                let key = key_of(&object).with_context(|| path.display().to_string())?;
+                let object = if key.1 == "Pod" {
+                    placed(object)
+                } else {
+                    object
+                };
+                out.insert(key, object);
+            }
+        }
+        Ok(out)
+    }
+
+    fn wrote(&mut self, key: &Key, written: &Value) {
+        if let Some(access) = resource_of(&key.0, &key.1) {
+            let rv = rv_of(written);
+            let wanted = self.wanted.entry(access.resource.to_owned()).or_default();
+            *wanted = (*wanted).max(rv);
+        }
+    }
+
+    /// Makes the API server hold what the files in `dir` say: namespaces
+    /// first and last (created before what lives in them, deleted after).
+    pub fn sync(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let now = Self::objects(dir)?;
+        let order = |k: &Key| match k.1.as_str() {
+            "Namespace" => 0,
+            "Pod" => 1,
+            _ => 2,
+        };
+        let mut changed: Vec<(&Key, &Value)> = now
+            .iter()
+            .filter(|(k, v)| self.sent.get(*k) != Some(*v))
+            .collect();
+        changed.sort_by_key(|(k, _)| order(k));
+        for (key, object) in changed {
+            let stored = self
+                .server
+                .apply(object.clone())
+                .map_err(|e| anyhow!("writing {key:?}: {e}"))?;
+            self.wrote(key, &stored);
+        }
+        let mut gone: Vec<Key> = self
+            .sent
+            .keys()
+            .filter(|k| !now.contains_key(*k))
+            .cloned()
+            .collect();
+        gone.sort_by_key(|k| std::cmp::Reverse(order(k)));
+        for key in gone {
+            let deleted = self
+                .server
+                .delete(&key.0, &key.1, key.2.as_deref(), &key.3)
+                .map_err(|e| anyhow!("deleting {key:?}: {e}"))?;
+            self.wrote(&key, &deleted);
+        }
+        self.sent = now;
+        Ok(())
+    }
+
+    /// The daemon's status has seen every write of the last sync.
+    pub fn seen(&self, status: &Value) -> bool {
+        self.wanted.iter().all(|(resource, rv)| {
+            status["observed"][resource.as_str()]
+                .as_u64()
+                .is_some_and(|seen| seen >= *rv)
+        })
+    }
+}
