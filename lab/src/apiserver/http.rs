@@ -359,6 +359,13 @@ async fn route(
         } => {
             let ns = namespace.as_deref();
             let object = match method {
+                Method::GET if query.flag("watch")? => {
+                    return Err(ApiError::MethodNotAllowed(
+                        "a watch on one object's path is not served by the test API server: \
+                         watch the collection with fieldSelector=metadata.name=..."
+                            .to_owned(),
+                    ));
+                }
                 Method::GET => store.get(resource, ns, &name)?,
                 Method::PUT => {
                     let body = read_object(request).await?;

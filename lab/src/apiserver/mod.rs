@@ -81,7 +81,9 @@
 //!   resource, as `kube::Api` with a type or an `ApiResource` is.
 //! - No YAML or protobuf, no `Table` output, no `PartialObjectMetadata`
 //!   conversion (a metadata-only list or watch gets whole objects), no
-//!   gzip, no HTTP/2, no watch over the legacy `/watch/` paths.
+//!   gzip, no HTTP/2, no watch over the legacy `/watch/` paths nor on one
+//!   object's path (watch the collection with a `metadata.name` field
+//!   selector, as kube's `watch_object` does).
 //! - No waiting: a list or watch at a version the store has not reached
 //!   is answered at once (504), where the real one first waits a while.
 //! - GET of one object ignores `resourceVersion` (it reads the latest).

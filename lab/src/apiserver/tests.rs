@@ -655,6 +655,8 @@ async fn errors_are_statuses_and_faults_apply_to_every_request() {
     assert_eq!(status["message"], "pods \"nope\" not found");
     let unknown = Raw::get(server.addr(), "/apis/apps/v1/deployments").await;
     assert_eq!(unknown.status, 404);
+    let one = Raw::get(server.addr(), "/api/v1/namespaces/x/pods/nope?watch=true").await;
+    assert_eq!(one.status, 405);
     let version = Raw::get(server.addr(), "/version").await;
     assert_eq!(version.status, 200);
     assert_eq!(version.body().await["major"], "1");

@@ -197,7 +197,9 @@ impl Watch {
             if let Some(line) = self.lines.pop_front() {
                 return Some(line);
             }
-            if self.done {
+            // A dropped stream sends nothing written after the drop, so a
+            // test that drops and then writes knows the client missed it.
+            if self.done || self.drops.has_changed().unwrap_or(true) {
                 return None;
             }
             if self.seen.is_none() {
@@ -205,11 +207,12 @@ impl Watch {
                 continue;
             }
             tokio::select! {
+                biased;
+                _ = self.drops.changed() => self.done = true,
                 changed = self.revisions.changed() => match changed {
                     Ok(()) => self.catch_up(),
                     Err(_) => self.done = true,
                 },
-                _ = self.drops.changed() => self.done = true,
                 () = sleep_until(self.deadline) => self.done = true,
                 () = sleep_until(self.next_bookmark), if self.request.bookmarks => {
                     self.next_bookmark = Instant::now() + BOOKMARK_EVERY;
