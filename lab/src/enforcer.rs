@@ -203,6 +203,10 @@ impl Enforcer {
         self.kube.as_ref()
     }
 
+    pub fn kube_mut(&mut self) -> Option<&mut KubeFeed> {
+        self.kube.as_mut()
+    }
+
     /// The status says `revision` (or, with the Kubernetes feed, every
     /// write of the last commit) fully in force.
     fn in_force(&self, status: &serde_json::Value, revision: &str) -> bool {

@@ -29,7 +29,8 @@ pub const NODE_NAME: &str = "lab-node";
 type Key = (String, String, Option<String>, String);
 
 pub struct KubeFeed {
-    server: ApiServer,
+    /// `None` only for the moment of a restart.
+    server: Option<ApiServer>,
     kubeconfig: PathBuf,
     /// What was last sent, by key.
     sent: BTreeMap<Key, Value>,
@@ -102,7 +103,7 @@ current-context: lab
         );
         fs::write(&kubeconfig, config)?;
         Ok(Self {
-            server,
+            server: Some(server),
             kubeconfig,
             sent: BTreeMap::new(),
             wanted: BTreeMap::new(),
@@ -120,8 +121,29 @@ current-context: lab
         ]
     }
 
-    pub fn server(&self) -> &ApiServer {
-        &self.server
+    pub fn server(&self) -> anyhow::Result<&ApiServer> {
+        self.server
+            .as_ref()
+            .context("the test API server did not come back from a restart")
+    }
+
+    /// Stops the API server: open watches end, connections are refused.
+    pub fn stop_server(&mut self) {
+        if let Some(s) = &mut self.server {
+            s.stop();
+        }
+    }
+
+    /// Serves the same store again at the same address (inside `node`), as
+    /// an API server restarting over the same etcd.
+    pub fn restart_server(&mut self, node: &Netns) -> anyhow::Result<()> {
+        let server = self.server.take().context("no API server to restart")?;
+        let addr = server.addr();
+        let listener = node
+            .run(move || TcpListener::bind(addr))?
+            .with_context(|| format!("listening on {addr} again"))?;
+        self.server = Some(server.restart(listener)?);
+        Ok(())
     }
 
     /// Resources written and the resourceVersion each must be seen at.
@@ -186,7 +208,7 @@ current-context: lab
         changed.sort_by_key(|(k, _)| order(k));
         for (key, object) in changed {
             let stored = self
-                .server
+                .server()?
                 .apply(object.clone())
                 .map_err(|e| anyhow!("writing {key:?}: {e}"))?;
             self.wrote(key, &stored);
@@ -200,7 +222,7 @@ current-context: lab
         gone.sort_by_key(|k| std::cmp::Reverse(order(k)));
         for key in gone {
             let deleted = self
-                .server
+                .server()?
                 .delete(&key.0, &key.1, key.2.as_deref(), &key.3)
                 .map_err(|e| anyhow!("deleting {key:?}: {e}"))?;
             self.wrote(&key, &deleted);

@@ -37,6 +37,7 @@ fn start(
     let args = DaemonArgs {
         resync_ms,
         extra: extra.iter().map(|&a| a.to_owned()).collect(),
+        ..DaemonArgs::default()
     };
     Enforcer::start_with(&palisade_bin()?, &lab.node, dir, pins.pins.base(), args)
 }

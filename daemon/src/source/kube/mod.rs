@@ -338,8 +338,12 @@ impl Source for KubeSource {
             let failing: Vec<String> = states
                 .iter()
                 .filter_map(|(name, s)| {
-                    let (since, e) = s.failing.as_ref()?;
-                    Some(format!("{name}: {e} (for {}s)", since.elapsed().as_secs()))
+                    let f = s.failure()?;
+                    Some(format!(
+                        "{name}: {} (for {}s)",
+                        f.error,
+                        f.since.elapsed().as_secs()
+                    ))
                 })
                 .collect();
             let observed: BTreeMap<String, u64> = states

@@ -2,21 +2,28 @@
 //! store current (the reflector swaps a relisted store in whole, so a
 //! relist after 410 Gone never shows a half-listed state), and records
 //! what the source reports: synced yet, the newest resourceVersion seen,
-//! the current error. Errors back off (kube-runtime's default: exponential
-//! with jitter, capped) and the store keeps its last contents meanwhile.
+//! the current error. Errors back off (doubling, with jitter, capped at
+//! [`MAX_BACKOFF`]) and the store keeps its last contents meanwhile.
+//!
+//! Recovery yields nothing: a watch that starts again on a quiet resource
+//! sends no event (the reflector does not pass bookmarks on). But a failing
+//! watch retries at least every [`MAX_BACKOFF`] and each failed retry is
+//! reported at once, so a watch with no error for [`RECOVERED_AFTER`] has
+//! started again. (A request that hangs longer than that, on a very slow
+//! API server, reads as recovered until it fails.)
 
 use std::{
     collections::BTreeMap,
     fmt::Debug,
     hash::Hash,
     sync::{Arc, Mutex, MutexGuard},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt as _;
 use kube::{
     Api, Resource,
-    runtime::{WatchStreamExt as _, reflector, reflector::store::Writer, watcher},
+    runtime::{WatchStreamExt as _, reflector, reflector::store::Writer, utils::Backoff, watcher},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -29,10 +36,58 @@ pub struct StreamState {
     /// The API server does not serve this resource (its CRD is not
     /// installed): nothing of it exists, and the watch keeps retrying.
     pub absent: Option<String>,
-    /// The current failure and since when; cleared by the next event.
-    pub failing: Option<(Instant, String)>,
+    /// The current failure; cleared by the next event.
+    pub failing: Option<Failing>,
     /// The newest resourceVersion of any object seen.
     pub newest: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Failing {
+    pub since: Instant,
+    pub last: Instant,
+    pub error: String,
+}
+
+impl StreamState {
+    /// The failure, unless the watch has since started again.
+    pub fn failure(&self) -> Option<&Failing> {
+        self.failing
+            .as_ref()
+            .filter(|f| f.last.elapsed() < RECOVERED_AFTER)
+    }
+}
+
+pub const MAX_BACKOFF: Duration = Duration::from_secs(4);
+pub const RECOVERED_AFTER: Duration = Duration::from_secs(6);
+
+/// Doubling from 250 ms up to [`MAX_BACKOFF`], each delay shortened by up
+/// to a quarter at random, so that the nodes of a cluster do not retry
+/// in step after an API server outage.
+struct Retry {
+    next: Duration,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_millis(250);
+}
+
+impl Iterator for Retry {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (delay * 2).min(MAX_BACKOFF);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Some(delay - delay / 4 * (nanos % 1000) / 1000)
+    }
+}
+
+impl Backoff for Retry {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
 }
 
 /// Every watch's state, by resource name.
@@ -78,7 +133,8 @@ pub fn spawn<K>(
 {
     states.lock().entry(name).or_default();
     tokio::spawn(async move {
-        let stream = watcher(api, config).default_backoff().modify(trim);
+        let retry = Retry { next: Retry::FIRST };
+        let stream = watcher(api, config).backoff(retry).modify(trim);
         let mut stream = std::pin::pin!(reflector(writer, stream));
         while let Some(item) = stream.next().await {
             {
@@ -111,8 +167,14 @@ pub fn spawn<K>(
                         metrics::counter!("palisade_source_watch_errors_total", "resource" => name)
                             .increment(1);
                         tracing::warn!("{name}: {e}");
-                        let since = state.failing.as_ref().map_or_else(Instant::now, |f| f.0);
-                        state.failing = Some((since, e.to_string()));
+                        let now = Instant::now();
+                        // A failure that had ended starts a new count.
+                        let since = state.failure().map_or(now, |f| f.since);
+                        state.failing = Some(Failing {
+                            since,
+                            last: now,
+                            error: e.to_string(),
+                        });
                     }
                 }
             }
