@@ -54,11 +54,14 @@ privileged:
 	$(CARGO) test -p palisade-tests -- --test-threads=1 2>&1 | tee $(PRIVILEGED_LOG) || status=$$?; \
 	$(SKIPPED_SUMMARY); exit $$status
 
-# The scenario suite (docs/SCENARIOS.md) against the real daemon; SCTP
-# scenarios live in tests/scenarios/sctp/ and process and file ones in
-# tests/scenarios/lsm/, and run in the guest.
+# The scenario suite (docs/SCENARIOS.md) against the real daemon, twice:
+# with the file source, and with the Kubernetes source fed by the lab's
+# test API server (every change an API write). SCTP scenarios live in
+# tests/scenarios/sctp/ and process and file ones in tests/scenarios/lsm/,
+# and run in the guest.
 scenarios: build
 	time target/release/palisade lab run tests/scenarios/*.yaml
+	time target/release/palisade lab run --via kube tests/scenarios/*.yaml
 
 # Scenario files (anywhere) in the QEMU guest: make guest-scenarios FILES="a.yaml b.yaml"
 guest-scenarios: setup
