@@ -67,7 +67,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     metrics_pod_labels: Option<usize>,
     /// Attach the XDP prefilter to this uplink (repeatable; `auto`: the
-    /// interfaces of the node's default routes): it drops the
+    /// interfaces of the node's default routes, followed as they change):
+    /// it drops the
     /// --deny-cidr sources and connection attempts to this node's pods
     /// that an explicit deny refuses whatever else applies.
     #[arg(long = "uplink", value_name = "IFACE")]
@@ -84,6 +85,14 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // `auto` is followed: the prefilter moves with the default routes.
+        let follow_default_routes = args.uplinks.iter().any(|u| u == "auto").then(|| {
+            args.uplinks
+                .iter()
+                .filter(|u| *u != "auto")
+                .cloned()
+                .collect()
+        });
         let uplinks = resolve_uplinks(args.uplinks).await?;
         let options = agent::Options {
             status_file: args.status_file,
@@ -92,6 +101,7 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
             metrics_addr: args.metrics_addr,
             metrics_pod_labels: args.metrics_pod_labels,
             uplinks,
+            follow_default_routes,
             deny_cidrs: args.deny_cidrs,
         };
         match args.source {

@@ -260,6 +260,63 @@ fn the_prefilter_on_an_uplink_drops_denied_sources_and_refused_connection_attemp
     Ok(())
 }
 
+/// `--uplink auto` follows the default routes: when the node's default
+/// route moves to another interface, the prefilter moves with it, without
+/// a restart.
+#[test]
+fn the_prefilter_follows_the_default_route() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let lab = BridgeLab::with_externals(1, &[IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))])?;
+    lab.route_default_via_uplink()?;
+    let dir = std::env::temp_dir().join(unique("palisade-uplinks-"));
+    let extra = ["--uplink", "auto", "--deny-cidr", "192.0.2.3/32"];
+    let mut daemon = start(&lab, &t, &dir, 300, &extra)?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    commit_and_wait(&mut daemon)?;
+    let ifindex = |name: &'static str| in_netns(&lab.node, || palisade::netns::ifindex(name));
+    let first = ifindex("uplink0")??;
+    let on = |i: u32| t.pins.link(&format!("xdp-{i}")).exists();
+    assert!(
+        on(first),
+        "the prefilter is on the default route's interface"
+    );
+
+    // The namespace's descriptor is close-on-exec: name it through this
+    // process for `nsenter`.
+    let node = format!("/proc/{}/fd/{}", std::process::id(), lab.node.fd());
+    let ip = |args: &str| -> anyhow::Result<()> {
+        let status = std::process::Command::new("nsenter")
+            .arg(format!("--net={node}"))
+            .arg("ip")
+            .args(args.split(' '))
+            .status()?;
+        anyhow::ensure!(status.success(), "ip {args}: {status}");
+        Ok(())
+    };
+    ip("link add uplink1 type veth peer name uplink1p")?;
+    ip("link set uplink1p up")?;
+    ip("link set uplink1 up")?;
+    ip("route replace default dev uplink1")?;
+    let second = ifindex("uplink1")??;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(on(second) && !on(first)) {
+        if Instant::now() > deadline {
+            bail!(
+                "the prefilter did not move to uplink1 (on uplink0: {}, on uplink1: {}): {:?}",
+                on(first),
+                on(second),
+                daemon.status().ok()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = daemon.status()?;
+    assert!(s["errors"].as_array().is_some_and(Vec::is_empty), "{s}");
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 const PROCESS_RULES: &str = "apiVersion: palisade.dev/v1alpha1\nkind: PalisadeNetworkPolicy\nmetadata: {name: no-shells, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: []\n  process:\n    posture: Allowlist\n    rules: [{action: Allow, paths: [/usr/bin/app]}]\n";
 
 /// An accepted `process:` section that this node does not enforce is said

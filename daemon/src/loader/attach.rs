@@ -443,6 +443,17 @@ pub fn unpin_links(pins: &PinDir) -> Result<usize, AttachError> {
     Ok(removed)
 }
 
+/// Detaches the XDP prefilter from `ifindex` by removing its pinned link;
+/// whether there was one.
+pub fn detach_xdp(pins: &PinDir, ifindex: u32) -> Result<bool, AttachError> {
+    let path = pins.link(&format!("xdp-{ifindex}"));
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(AttachError::Io { path, source }),
+    }
+}
+
 /// Detaches the TC programs of the endpoint on `ifindex` by removing their
 /// pinned links (TCX); returns how many there were. An interface that went
 /// away took its attachments with it; this clears the pins it left.

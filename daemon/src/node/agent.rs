@@ -61,6 +61,9 @@ pub struct Options {
     /// and connection attempts to this node's pods that an explicit deny
     /// refuses outright. Empty: no prefilter.
     pub uplinks: Vec<String>,
+    /// `Some(fixed)`: keep the prefilter on the interfaces of the node's
+    /// default routes as they change (`--uplink auto`), and on `fixed`.
+    pub follow_default_routes: Option<Vec<String>>,
     pub deny_cidrs: Vec<ipnet::IpNet>,
 }
 
@@ -236,10 +239,31 @@ impl<S: Source> Agent<S> {
         };
         let compiled = compiler.compiled();
         let placement = locate(&self.netlink, &reading.snapshot, &self.options).await?;
+        let uplink_errors = match &self.options.follow_default_routes {
+            Some(fixed) => {
+                let mut uplinks = Vec::new();
+                for ifindex in discover::default_route_links(&self.netlink).await? {
+                    uplinks.push((ifindex, crate::netns::ifname(ifindex)?));
+                }
+                for name in fixed {
+                    uplinks.push((crate::netns::ifindex(name)?, name.clone()));
+                }
+                self.syncer.set_uplinks(&uplinks)
+            }
+            None => Vec::new(),
+        };
         let lsm = compile_lsm(&reading.snapshot);
-        let desired =
-            desired(compiled, &reading.snapshot, &placement, &self.options).with_lsm(&lsm);
-        let report = self.syncer.apply(&desired)?;
+        let has_uplinks = !self.syncer.uplinks().is_empty();
+        let desired = desired(
+            compiled,
+            &reading.snapshot,
+            &placement,
+            &self.options,
+            has_uplinks,
+        )
+        .with_lsm(&lsm);
+        let mut report = self.syncer.apply(&desired)?;
+        report.attach_errors.extend(uplink_errors);
         {
             let mut names = crate::observe::names::lock(&self.names);
             names.learn(&compiled.policies, &report.endpoint_ids);
@@ -537,10 +561,11 @@ fn desired<'a>(
     snapshot: &Snapshot,
     placement: &Placement,
     options: &'a Options,
+    has_uplinks: bool,
 ) -> Desired<'a> {
     let desired = Desired::on_node(compiled, &placement.placed, &placement.quarantined)
         .with_node_denies(&options.deny_cidrs);
-    if options.uplinks.is_empty() {
+    if !has_uplinks {
         desired.without_pod_denies()
     } else {
         desired.with_pod_denies(snapshot)

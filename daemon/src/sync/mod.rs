@@ -116,6 +116,8 @@ pub struct Syncer {
     attached: BTreeSet<u32>,
     /// The process and file side, where BPF LSM is active; else why not.
     lsm: Result<lsm::LsmState, String>,
+    /// The uplinks the prefilter is on, by ifindex.
+    uplinks: BTreeMap<u32, String>,
 }
 
 impl Syncer {
@@ -130,7 +132,7 @@ impl Syncer {
     ) -> Result<Self, StartError> {
         let (features, mut loaded) = loader::load_probed(&pins, sizes)?;
         let mut maps = DatapathMaps::open(&pins)?;
-        prefilter::install(&mut maps, &mut loaded.xdp, &pins, uplinks, node_denies)?;
+        let uplinks = prefilter::install(&mut maps, &mut loaded.xdp, &pins, uplinks, node_denies)?;
         let lsm = match &mut loaded.lsm {
             LsmObject::Loaded(object) => {
                 // Maps first: the programs judge nothing until a pod's sets
@@ -148,7 +150,49 @@ impl Syncer {
             maps,
             attached: BTreeSet::new(),
             lsm,
+            uplinks,
         })
+    }
+
+    /// Moves the prefilter to exactly `uplinks` (the interfaces of the
+    /// node's default routes, when they are followed): onto new ones first,
+    /// then off the ones left. Returns what failed; an uplink that could
+    /// not be attached is tried again at the next call.
+    pub fn set_uplinks(&mut self, uplinks: &[(u32, String)]) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mode = aya::programs::XdpMode::default();
+        for (ifindex, name) in uplinks {
+            if self.uplinks.contains_key(ifindex) {
+                continue;
+            }
+            match attach::attach_xdp(&mut self.loaded.xdp, &self.pins, *ifindex, mode) {
+                Ok(state) => {
+                    tracing::info!("XDP prefilter on {name} (a default route's now): {state:?}");
+                    self.uplinks.insert(*ifindex, name.clone());
+                }
+                Err(e) => errors.push(format!("XDP prefilter on {name}: {e}")),
+            }
+        }
+        let keep: BTreeSet<u32> = uplinks.iter().map(|(i, _)| *i).collect();
+        let gone: Vec<u32> = self
+            .uplinks
+            .keys()
+            .filter(|i| !keep.contains(i))
+            .copied()
+            .collect();
+        for ifindex in gone {
+            let name = self.uplinks.remove(&ifindex).unwrap_or_default();
+            match attach::detach_xdp(&self.pins, ifindex) {
+                Ok(_) => tracing::info!("XDP prefilter off {name}: no default route uses it"),
+                Err(e) => errors.push(format!("XDP prefilter off {name}: {e}")),
+            }
+        }
+        errors
+    }
+
+    /// The uplinks the prefilter is on.
+    pub fn uplinks(&self) -> Vec<String> {
+        self.uplinks.values().cloned().collect()
     }
 
     /// Why process and file rules are not enforced on this node, if not.

@@ -30,19 +30,24 @@ use crate::{
 
 /// Makes the node deny list exactly `cidrs`, then attaches the prefilter to
 /// `uplinks`: it never runs with a shorter deny list than asked for.
+/// Returns the uplinks by ifindex.
 pub(super) fn install(
     maps: &mut DatapathMaps,
     xdp: &mut LoadedObject,
     pins: &PinDir,
     uplinks: &[String],
     cidrs: &[IpNet],
-) -> Result<(), StartError> {
+) -> Result<BTreeMap<u32, String>, StartError> {
     set_node_denies(maps, cidrs)?;
     let mode = aya::programs::XdpMode::default();
+    let mut on = BTreeMap::new();
     for (uplink, state) in loader::attach_prefilter(xdp, pins, uplinks, mode)? {
         tracing::info!("XDP prefilter on {uplink}: {state:?}");
+        if let Ok(ifindex) = crate::netns::ifindex(&uplink) {
+            on.insert(ifindex, uplink);
+        }
     }
-    Ok(())
+    Ok(on)
 }
 
 /// [`set_node_denies`] in a pass: a failure is reported, and repaired by
