@@ -7,6 +7,7 @@
 //! at a time (`--test-threads=1`): they share the kernel.
 
 pub mod harness;
+pub mod install;
 pub mod packet;
 
 use std::{
