@@ -62,6 +62,17 @@ ensure_debs() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# kubectl, for `kubectl kustomize manifests/` in the install test. Debian's
+# package is installed only where no kubectl is on PATH: a kubectl from
+# Kubernetes' own packages serves as well, and the two would collide on
+# /usr/bin/kubectl.
+ensure_kubectl() {
+  command -v kubectl >/dev/null && return
+  log "installing kubectl ($KUBECTL_PACKAGE)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$KUBECTL_PACKAGE"
+}
+
 # The guest kernel is Debian's stock 6.1 image, unpacked into the cache and
 # never installed into /boot. The current ABI number is resolved from the
 # archive because superseded builds leave the mirror.
@@ -100,6 +111,7 @@ ensure_bpffs() {
 
 ensure_toolchains
 ensure_debs
+ensure_kubectl
 ensure_bpf_linker
 ensure_guest_kernel
 ensure_bpffs
