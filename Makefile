@@ -10,7 +10,7 @@ CARGO := cargo +$(USER_TOOLCHAIN)
 EBPF_CARGO := cargo +$(EBPF_TOOLCHAIN)
 EBPF_CRATES := -p ebpf-xdp -p ebpf-tc -p ebpf-lsm
 
-.PHONY: setup build demo test lint unit privileged scenarios guest guest-scenarios bench clean
+.PHONY: setup build demo test lint unit privileged scenarios guest guest-scenarios bench clean image
 
 setup:
 	@scripts/setup.sh
@@ -38,6 +38,8 @@ lint:
 
 unit:
 	$(CARGO) test
+	# The install (manifests/): rendered by kubectl, checked against the API types; no root.
+	$(CARGO) test -p palisade-tests --test install
 
 # The daemon test runs the palisade binary as its own process. A test that
 # cannot run here (a kernel feature missing) reports "ignored (reason)";
@@ -76,6 +78,11 @@ bench: build
 	$(CARGO) run --release -p palisade-bench
 	$(CARGO) run --release -p palisade-bench -- --in-force target/release/palisade
 	tests/vm/guest-bench.sh
+
+# The node image (static musl binary, FROM scratch) with podman, and
+# --version run from it.
+image: setup
+	scripts/image.sh
 
 clean:
 	$(CARGO) clean
