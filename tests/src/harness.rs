@@ -15,6 +15,9 @@ use crate::in_guest;
 pub enum Needs {
     Nothing,
     BpfLsm,
+    /// This machine's kernel, not the guest's (a test whose guest run would
+    /// add minutes and prove nothing more).
+    Native,
 }
 
 impl Needs {
@@ -23,6 +26,9 @@ impl Needs {
     fn missing(self) -> Option<String> {
         // Only a test that needs a feature probes for it (the probe may
         // mount securityfs).
+        if matches!(self, Self::Native) {
+            return in_guest().then(|| "runs natively, not in the guest".to_owned());
+        }
         if matches!(self, Self::Nothing) || in_guest() {
             return None;
         }

@@ -32,9 +32,17 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// The `palisade` binary next to this test's build directory.
+/// The `palisade` binary next to this test's build directory (in the QEMU
+/// guest: beside the test binary, where tests/vm/guest-tests.sh puts it).
 pub fn palisade_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
+    if in_guest() {
+        return exe
+            .parent()
+            .map(|d| d.join("palisade"))
+            .filter(|b| b.exists())
+            .context("no palisade binary beside the test binary in the guest");
+    }
     let bin = exe
         .parent()
         .and_then(Path::parent)

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 
 # Static binaries need nothing from the guest's (absent) libc.
 bins=$(cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --message-format=json \
-         --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover 2>/dev/null |
+         --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover --test capabilities 2>/dev/null |
        python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -17,15 +17,23 @@ for line in sys.stdin:
         print(m["executable"])
 ')
 [ -n "$bins" ] || { echo "guest-tests: building the test binaries failed" >&2; \
-  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover; exit 1; }
+  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover --test capabilities; exit 1; }
 
-adds=()
+# The daemon, for the tests that run it (capabilities), stripped: the guest
+# holds it in RAM.
+cargo build -q -p palisade-cli --target "$GUEST_TARGET"
+mkdir -p "target/$GUEST_TARGET/debug/guest"
+daemon=target/$GUEST_TARGET/debug/guest/palisade
+strip -o "$daemon" "target/$GUEST_TARGET/debug/palisade"
+
+adds=(--add "$daemon")
 for b in $bins; do adds+=(--add "$b"); done
 # Every test loads the LSM object, whose seven programs take the verifier
 # about 10 s each time under TCG: the whole run takes several minutes.
 exec tests/vm/run-guest.sh --timeout 1500 "${adds[@]}" -- sh -c '
   failed=0
   for t in ./*; do
+    [ "$t" != ./palisade ] || continue
     echo "== $t"
     "$t" --test-threads=1 || failed=1
   done
