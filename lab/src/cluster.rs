@@ -1,14 +1,17 @@
 //! The lab's namespaces and pods as the Kubernetes objects the daemon's file
 //! source reads (`v1 Namespace` with its annotations, `v1 Pod` with
-//! container ports, pod IPs and its cgroup as the `palisade.dev/cgroup`
-//! annotation).
+//! container ports, pod IPs, its node as `spec.nodeName` where the lab
+//! placed it, and its cgroup as the `palisade.dev/cgroup` annotation).
+
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
 use palisade::{model::Snapshot, source::files::CGROUP_ANNOTATION};
 
-/// One multi-document YAML text with every namespace and pod.
-pub fn cluster_yaml(snapshot: &Snapshot) -> String {
+/// One multi-document YAML text with every namespace and pod; `nodes`
+/// names the node of each pod it knows (by pod key).
+pub fn cluster_yaml(snapshot: &Snapshot, nodes: &BTreeMap<String, String>) -> String {
     let mut docs: Vec<Value> = Vec::new();
     for ns in snapshot.namespaces.values() {
         docs.push(json!({
@@ -24,6 +27,10 @@ pub fn cluster_yaml(snapshot: &Snapshot) -> String {
             .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol}))
             .collect();
         let ips: Vec<Value> = pod.ips.iter().map(|ip| json!({"ip": ip})).collect();
+        let mut spec = json!({"containers": [{"name": "main", "ports": ports}]});
+        if let Some(node) = nodes.get(&pod.key()) {
+            spec["nodeName"] = json!(node);
+        }
         // Where its processes run, for process and file rules.
         let annotations: serde_json::Map<String, Value> = pod
             .cgroup
@@ -39,7 +46,7 @@ pub fn cluster_yaml(snapshot: &Snapshot) -> String {
                 "labels": pod.labels,
                 "annotations": annotations,
             },
-            "spec": {"containers": [{"name": "main", "ports": ports}]},
+            "spec": spec,
             "status": {"podIP": pod.ips.first(), "podIPs": ips},
         }));
     }
@@ -73,7 +80,12 @@ mod tests {
         );
         let dir = std::env::temp_dir().join(format!("palisade-cluster-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cluster.yaml"), cluster_yaml(&snapshot)).unwrap();
+        let nodes = snapshot
+            .pods
+            .iter()
+            .map(|p| (p.key(), "n1".to_owned()))
+            .collect();
+        std::fs::write(dir.join("cluster.yaml"), cluster_yaml(&snapshot, &nodes)).unwrap();
         let reading = FileSource::new(&dir).read();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(reading.errors.is_empty(), "{:?}", reading.errors);

@@ -121,8 +121,17 @@ impl DropWatch {
     /// listens inside the network namespace at `netns`. Drops from the
     /// moment this returns are seen.
     pub fn start(metrics: SocketAddr, netns: &Path) -> anyhow::Result<Self> {
-        let collected = Arc::new(Mutex::new(Collected::default()));
-        let into = collected.clone();
+        let watch = Self {
+            collected: Arc::default(),
+        };
+        watch.subscribe(metrics, netns)?;
+        Ok(watch)
+    }
+
+    /// Also reads the drops of another daemon (another node's: a drop is
+    /// reported by the node that enforced it), into the same collection.
+    pub fn subscribe(&self, metrics: SocketAddr, netns: &Path) -> anyhow::Result<()> {
+        let into = self.collected.clone();
         let netns = netns.to_owned();
         let (subscribed, answer) = mpsc::channel();
         // The client blocks (and may run a runtime of its own): a thread,
@@ -145,7 +154,7 @@ impl DropWatch {
         answer
             .recv()
             .context("the event reader ended before it subscribed")??;
-        Ok(Self { collected })
+        Ok(())
     }
 
     fn collected(&self) -> std::sync::MutexGuard<'_, Collected> {
@@ -159,15 +168,16 @@ impl DropWatch {
         self.collected().drops.len()
     }
 
-    /// The losses so far, from the daemon's metrics (the kernel's loss
-    /// counters, summed at each scrape) and this reader's own.
+    /// The losses so far, from the daemons' metrics (the kernel's loss
+    /// counters, summed at each scrape; several daemons' texts one after
+    /// the other add up) and these readers' own.
     pub fn losses(&self, metrics: &str) -> Losses {
         let value = |cause: &str| {
             let series = format!("palisade_events_lost_total{{cause=\"{cause}\"}}");
             metrics
                 .lines()
-                .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
-                .unwrap_or(0.0) as u64
+                .filter_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
+                .sum::<f64>() as u64
         };
         Losses {
             rate_limited: value("rate_limited"),
@@ -299,6 +309,9 @@ mod tests {
             )
         };
         assert_eq!(account(4)?, [Confirmation::NoEvent]);
+        // Two daemons' texts one after the other: their losses add up.
+        let two = format!("{}{}", metrics(3), metrics(2));
+        assert_eq!(w.losses(&two), w.losses(&metrics(5)));
         assert_eq!(
             account(7)?,
             [Confirmation::Unconfirmed {

@@ -3,7 +3,9 @@
 //! a source directory (files first, then the revision) and waits until the
 //! daemon reports that revision in force. With [`Feed::Kube`] the daemon
 //! reads the Kubernetes source instead, and each commit becomes writes to
-//! the test API server (`kube_feed`).
+//! the test API server (`kube_feed`). A daemon may also read a source it
+//! shares with others ([`Enforcer::start_shared`]: each node's of a lab
+//! with several), which its caller feeds and judges.
 
 use std::{
     fs,
@@ -30,6 +32,8 @@ pub struct Enforcer {
     revision: u64,
     /// With [`Feed::Kube`]: the API server and what it was sent.
     kube: Option<KubeFeed>,
+    /// Its source arguments, as it was started with them.
+    source_args: Vec<String>,
 }
 
 /// Where the daemon reads the cluster from.
@@ -62,14 +66,15 @@ impl Default for DaemonArgs {
     }
 }
 
-/// Starts `palisade daemon` in the node namespace; it dies with the runner.
+/// Starts `palisade daemon` in the node namespace, on `source` (its source
+/// arguments); it dies with the runner.
 fn spawn(
     bin: &Path,
     node: &Netns,
     dir: &Path,
     pins: &Path,
     args: &DaemonArgs,
-    kube: Option<&KubeFeed>,
+    source: &[String],
 ) -> anyhow::Result<Child> {
     let log = fs::OpenOptions::new()
         .create(true)
@@ -79,12 +84,9 @@ fn spawn(
     cmd.arg("--pin-base")
         .arg(pins)
         .args(["daemon", "--metrics-addr", "127.0.0.1:0", "--resync-ms"])
-        .arg(args.resync_ms.to_string());
-    match kube {
-        Some(feed) => cmd.args(feed.daemon_args()),
-        None => cmd.arg("--source").arg(dir.join("source")),
-    };
-    cmd.arg("--status-file")
+        .arg(args.resync_ms.to_string())
+        .args(source)
+        .arg("--status-file")
         .arg(dir.join("status.json"))
         .args(&args.extra)
         .env(
@@ -97,6 +99,57 @@ fn spawn(
     node.spawn_inside(&mut cmd)?;
     cmd.spawn()
         .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// Replaces file `name` of directory `dir` atomically: a watcher of the
+/// directory never sees half of it.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
+
+/// Waits until the status file in `dir` satisfies `in_force`, or the
+/// daemon exits, or `limit` passes; `what` names the awaited state.
+async fn poll(
+    child: &mut Child,
+    dir: &Path,
+    limit: Duration,
+    what: &str,
+    in_force: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        if let Ok(text) = fs::read_to_string(dir.join("status.json")) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && in_force(&v)
+            {
+                return Ok(start.elapsed().as_secs_f64());
+            }
+            last = text;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the daemon exited ({status}) before {what} was in force:\n{}",
+                log_tail(dir)
+            );
+        }
+        // Fine enough for the change-to-in-force benchmark.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    bail!(
+        "the daemon did not report {what} in force within {limit:?}; last status: {last}\n{}",
+        log_tail(dir)
+    )
+}
+
+fn log_tail(dir: &Path) -> String {
+    let log = fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+    format!("daemon log ({}):\n{tail}", dir.join("daemon.log").display())
 }
 
 fn stop(child: &mut Child) {
@@ -125,18 +178,51 @@ impl Enforcer {
         args: DaemonArgs,
     ) -> anyhow::Result<Self> {
         fs::create_dir_all(dir.join("source"))?;
-        let _ = fs::remove_file(dir.join("daemon.log"));
         let kube = match args.feed {
             Feed::Kube => Some(KubeFeed::start(node, dir)?),
             Feed::Files => None,
         };
+        let source = match &kube {
+            Some(feed) => feed.daemon_args(),
+            None => vec!["--source".into(), dir.join("source").display().to_string()],
+        };
+        Self::launch(bin, node, dir, pins, args, source, kube)
+    }
+
+    /// A daemon on a source it shares with other daemons: `source` are its
+    /// source arguments (such as [`KubeFeed::daemon_args_for`]). Its caller
+    /// writes that source and waits with [`Enforcer::wait_until`]; `dir`
+    /// holds only the status file and the log.
+    pub fn start_shared(
+        bin: &Path,
+        node: &Netns,
+        dir: &Path,
+        pins: &Path,
+        args: DaemonArgs,
+        source: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        Self::launch(bin, node, dir, pins, args, source, None)
+    }
+
+    fn launch(
+        bin: &Path,
+        node: &Netns,
+        dir: &Path,
+        pins: &Path,
+        args: DaemonArgs,
+        source: Vec<String>,
+        kube: Option<KubeFeed>,
+    ) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let _ = fs::remove_file(dir.join("daemon.log"));
         Ok(Self {
-            child: spawn(bin, node, dir, pins, &args, kube.as_ref())?,
+            child: spawn(bin, node, dir, pins, &args, &source)?,
             dir: dir.to_owned(),
             pins: pins.to_owned(),
             args,
             revision: 0,
             kube,
+            source_args: source,
         })
     }
 
@@ -157,7 +243,7 @@ impl Enforcer {
             &self.dir,
             &self.pins,
             &self.args,
-            self.kube.as_ref(),
+            &self.source_args,
         )?;
         Ok(())
     }
@@ -176,10 +262,7 @@ impl Enforcer {
 
     /// Replaces a source file atomically (the watcher never sees half).
     pub fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
-        let tmp = self.source().join(format!(".{name}.tmp"));
-        fs::write(&tmp, text)?;
-        fs::rename(&tmp, self.source().join(name))?;
-        Ok(())
+        write_file(&self.source(), name, text)
     }
 
     pub fn remove(&self, name: &str) -> anyhow::Result<()> {
@@ -209,8 +292,8 @@ impl Enforcer {
 
     /// The status says `revision` (or, with the Kubernetes feed, every
     /// write of the last commit) fully in force.
-    fn in_force(&self, status: &serde_json::Value, revision: &str) -> bool {
-        let seen = match &self.kube {
+    fn in_force(kube: Option<&KubeFeed>, status: &serde_json::Value, revision: &str) -> bool {
+        let seen = match kube {
             Some(feed) => feed.seen(status),
             None => status["revision"] == revision,
         };
@@ -219,31 +302,28 @@ impl Enforcer {
 
     /// Waits until the daemon reports `revision` fully in force.
     pub async fn wait(&mut self, revision: u64, limit: Duration) -> anyhow::Result<f64> {
-        let start = Instant::now();
         let wanted = revision.to_string();
-        let mut last = String::new();
-        while start.elapsed() < limit {
-            if let Ok(text) = fs::read_to_string(self.dir.join("status.json")) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                    && self.in_force(&v, &wanted)
-                {
-                    return Ok(start.elapsed().as_secs_f64());
-                }
-                last = text;
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the daemon exited ({status}) before revision {revision} was in force:\n{}",
-                    self.log_tail()
-                );
-            }
-            // Fine enough for the change-to-in-force benchmark.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        bail!(
-            "the daemon did not report revision {revision} in force within {limit:?}; last status: {last}\n{}",
-            self.log_tail()
+        let kube = self.kube.as_ref();
+        poll(
+            &mut self.child,
+            &self.dir,
+            limit,
+            &format!("revision {revision}"),
+            |status| Self::in_force(kube, status, &wanted),
         )
+        .await
+    }
+
+    /// Waits until the daemon's status satisfies `in_force` (for a daemon
+    /// on a shared source, whose feeder knows what to look for); `what`
+    /// names that state in errors.
+    pub async fn wait_until(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        in_force: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<f64> {
+        poll(&mut self.child, &self.dir, limit, what, in_force).await
     }
 
     /// The daemon's status file as it stands.
@@ -269,13 +349,7 @@ impl Enforcer {
     }
 
     pub fn log_tail(&self) -> String {
-        let log = fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-        format!(
-            "daemon log ({}):\n{tail}",
-            self.dir.join("daemon.log").display()
-        )
+        log_tail(&self.dir)
     }
 }
 

@@ -84,7 +84,7 @@ pub async fn node_with_daemon(
     let enforcer = Enforcer::start_with(bin, &topology.node, &dir, &pins, args)?;
     enforcer.write(
         "cluster.yaml",
-        &cluster_yaml(&topology.with_cgroups(cluster)),
+        &cluster_yaml(&topology.with_cgroups(cluster), &Default::default()),
     )?;
     Ok((topology, enforcer, dir))
 }

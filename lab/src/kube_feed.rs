@@ -3,8 +3,10 @@
 //! The lab still writes its source files; at each commit this feed turns
 //! them into API writes: objects that appeared are created, changed ones
 //! replaced in place (same uid, new resourceVersion), vanished ones
-//! deleted. Pods are placed on the lab's node (`spec.nodeName`), Running,
-//! with the server's uid. The daemon reports, per resource, the newest
+//! deleted. Pods run on the node their `spec.nodeName` names (the lab's
+//! one node, [`NODE_NAME`], when the files name none), Running, with the
+//! server's uid. Several daemons may read one feed, each as its node
+//! ([`KubeFeed::daemon_args_for`]). The daemon reports, per resource, the newest
 //! resourceVersion its watches have seen; a commit is in force when every
 //! resource it wrote has been seen up to its last write, in a pass that is
 //! fully in force.
@@ -12,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::TcpListener,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
 };
 
@@ -22,8 +24,13 @@ use serde_json::{Value, json};
 
 use crate::{apiserver::ApiServer, netns::Netns};
 
-/// The lab node's name, as its pods' `spec.nodeName` say.
-pub const NODE_NAME: &str = "lab-node";
+/// The lab node's name, as its pods' `spec.nodeName` say where the lab
+/// has one node.
+pub const NODE_NAME: &str = crate::scenario::DEFAULT_NODE;
+
+/// The node settings' ConfigMap the lab's daemons read (as the install's
+/// DaemonSet does): a test writes it as a source file.
+pub const NODE_SETTINGS: &str = "palisade-system/palisade-node";
 
 /// apiVersion, kind, namespace, name.
 type Key = (String, String, Option<String>, String);
@@ -42,6 +49,7 @@ pub struct KubeFeed {
 fn resource_of(api_version: &str, kind: &str) -> Option<access::Access> {
     access::ALL
         .into_iter()
+        .chain(access::IN_OWN_NAMESPACE)
         .find(|a| a.api_version() == api_version && a.kind == kind)
 }
 
@@ -63,9 +71,12 @@ fn key_of(object: &Value) -> anyhow::Result<Key> {
     Ok((api_version.into(), kind.into(), namespace, name.into()))
 }
 
-/// What the lab's node would show of a pod: it runs there.
+/// What the API server would show of a pod running on its node (the
+/// lab's one node where the pod names none).
 fn placed(mut pod: Value) -> Value {
-    pod["spec"]["nodeName"] = json!(NODE_NAME);
+    if pod.pointer("/spec/nodeName").is_none() {
+        pod["spec"]["nodeName"] = json!(NODE_NAME);
+    }
     let status = &mut pod["status"];
     if status.get("phase").is_none() {
         status["phase"] = json!("Running");
@@ -86,8 +97,14 @@ impl KubeFeed {
     /// Starts the API server on the loopback of `node` (where the daemon
     /// runs) and writes the daemon's kubeconfig into `dir`.
     pub fn start(node: &Netns, dir: &Path) -> anyhow::Result<Self> {
-        let listener = node
-            .run(|| TcpListener::bind("127.0.0.1:0"))?
+        Self::start_at(node, Ipv4Addr::LOCALHOST.into(), dir)
+    }
+
+    /// [`KubeFeed::start`] on address `ip` of namespace `netns`: one that
+    /// daemons in other namespaces reach (the underlay of several nodes).
+    pub fn start_at(netns: &Netns, ip: IpAddr, dir: &Path) -> anyhow::Result<Self> {
+        let listener = netns
+            .run(move || TcpListener::bind(SocketAddr::new(ip, 0)))?
             .context("the test API server's listener")?;
         let server = ApiServer::start(listener)?;
         let kubeconfig = dir.join("kubeconfig");
@@ -112,12 +129,19 @@ current-context: lab
 
     /// The daemon's arguments for its source.
     pub fn daemon_args(&self) -> Vec<String> {
+        self.daemon_args_for(NODE_NAME)
+    }
+
+    /// The source arguments of the daemon of node `node`.
+    pub fn daemon_args_for(&self, node: &str) -> Vec<String> {
         vec![
             "--kube".into(),
             "--kubeconfig".into(),
             self.kubeconfig.display().to_string(),
             "--node-name".into(),
-            NODE_NAME.into(),
+            node.into(),
+            "--node-settings".into(),
+            NODE_SETTINGS.into(),
         ]
     }
 

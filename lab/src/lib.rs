@@ -3,12 +3,14 @@
 //! demo`. A crate of its own so that the node agent ships without it.
 //!
 //! `scenario` and `expect` parse a file, `plan` checks it through (invalid
-//! input never touches the kernel), `run` plays it: `topology` builds the
-//! node, pods and externals through netlink in namespaces of `netns`,
-//! `serve` opens the listeners, `enforcer` runs the daemon as its own
-//! process with the file source (`cluster` writes its objects), `probe`
-//! makes the connections, `drops` matches blocked ones to the daemon's drop
-//! events, `report` prints. For process and file checks, `fixture_files`
+//! input never touches the kernel), `run` plays it: `nodes` builds each
+//! node with `topology` (node, pods and externals through netlink in
+//! namespaces of `netns`) and, for a file with `nodes:`, the `underlay`
+//! that routes them to each other and holds the externals; `serve` opens
+//! the listeners, `daemons` runs a daemon per node through `enforcer`, each
+//! as its own process with the file source (`cluster` writes its objects),
+//! `probe` makes the connections, `drops` matches blocked ones to the
+//! daemons' drop events, `report` prints. For process and file checks, `fixture_files`
 //! makes the scenario's `files:`, `operation` runs each check's operation
 //! in its pod, `helper` is the check helper the binary becomes when started
 //! as one, and `lsm_events` matches operations to the daemon's decisions. `demo` is `palisade lab demo`. `fixtures` lends
@@ -19,6 +21,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod daemons;
 pub mod demo;
 pub mod drops;
 pub mod enforcer;
@@ -29,6 +32,7 @@ pub mod helper;
 pub mod kube_feed;
 pub mod lsm_events;
 pub mod netns;
+pub mod nodes;
 pub mod operation;
 pub mod plan;
 pub mod probe;
@@ -37,6 +41,7 @@ pub mod run;
 pub mod scenario;
 pub mod serve;
 pub mod topology;
+pub mod underlay;
 
 use std::{path::Path, time::Instant};
 

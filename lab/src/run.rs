@@ -1,6 +1,7 @@
-//! Runs one planned scenario: builds the node, starts listeners and the
-//! daemon, plays the actions (each change waited for until the daemon
-//! reports it in force, never a fixed sleep), probes, and tears it all down.
+//! Runs one planned scenario: builds the nodes, starts listeners and a
+//! daemon per node, plays the actions (each change waited for until every
+//! daemon reports it in force, never a fixed sleep), probes, and tears it
+//! all down.
 
 use std::{
     collections::BTreeMap,
@@ -21,20 +22,21 @@ use nix::{
 
 use palisade::{
     loader::features::Features,
-    model::{Pod, Protocol, Snapshot},
+    model::{Protocol, Snapshot},
 };
 
 use crate::{
     cluster::cluster_yaml,
+    daemons::Daemons,
     drops::{DropWatch, Silent},
-    enforcer::{Enforcer, Feed},
+    enforcer::Feed,
     expect::Cell,
     fixture_files::FixtureFiles,
-    fixtures::node_with_daemon,
     helper::Verdict,
     lsm_events::{EVENT_WINDOW, LsmWatch},
+    nodes::Nodes,
     operation::{PodJoin, run_operation},
-    plan::{Action, CheckPlan, HoldPlan, Operation, PolicyDoc, ProbePlan, Scenario},
+    plan::{Action, CheckPlan, HoldPlan, NewPod, Operation, PolicyDoc, ProbePlan, Scenario},
     probe::{Observed, held_state, hold, probe, still_open},
     report::{
         CellReport, CheckObserved, CheckReport, EventReport, HeldReport, ProbeReport,
@@ -42,7 +44,7 @@ use crate::{
     },
     scenario::HeldExpect,
     serve::{Listeners, no_sctp},
-    topology::{PodNet, Topology},
+    topology::PodNet,
 };
 
 /// How long a blocked cell's drop event may take to arrive after its probe
@@ -93,22 +95,25 @@ pub async fn run(
     Ok(())
 }
 
-/// One scenario's node while it runs. Fields drop in order: held
-/// connections, the event readers, the daemon, the listeners, the
+/// One scenario's nodes while it runs. Fields drop in order: held
+/// connections, the event readers, the daemons, the listeners, the
 /// namespaces, then the fixtures.
 struct Lab<'a> {
     options: &'a Options,
     /// Connections opened by `connect` steps, by name.
     held: BTreeMap<String, (HoldPlan, Option<Arc<socket2::Socket>>)>,
-    /// The daemon's drop events, which confirm blocked cells.
+    /// The daemons' drop events, which confirm blocked cells.
     drops: DropWatch,
-    /// Its process and file decisions, when a check has `event:`.
+    /// The first daemon's process and file decisions, when a check has
+    /// `event:` (checks run on one node only).
     decisions: Option<LsmWatch>,
-    enforcer: Enforcer,
+    daemons: Daemons,
     listeners: Listeners,
-    topology: Topology,
+    nodes: Nodes,
     /// The cluster as the source holds it now.
     state: Snapshot,
+    /// Pod key -> the name of the node it runs on (`spec.nodeName`).
+    node_names: BTreeMap<String, String>,
     /// The policies applied so far, by key.
     applied: BTreeMap<String, PolicyDoc>,
     lsm: bool,
@@ -118,29 +123,32 @@ struct Lab<'a> {
 }
 
 impl<'a> Lab<'a> {
-    /// The node, pods and externals with their listeners, and the daemon
+    /// The nodes, pods and externals with their listeners, and the daemons
     /// with the cluster in force and no policy.
     async fn start(scenario: &Scenario, options: &'a Options, n: usize) -> anyhow::Result<Self> {
         let tag = format!("lab{}-{n}", std::process::id());
         let files = FixtureFiles::make(&scenario.fixtures, &options.bin)
             .context("making the fixtures of `files:`")?;
-        let (topology, mut enforcer, dir) = node_with_daemon(
-            &options.bin,
-            &tag,
-            scenario.networks.clone(),
-            &scenario.cluster,
-            scenario.externals.iter().map(|e| e.ip).collect(),
-            options.feed,
-        )
-        .await?;
+        let nodes = Nodes::build(&tag, scenario)
+            .await
+            .context("building the lab")?;
+        let dir = std::env::temp_dir().join(format!("palisade-{tag}"));
+        let mut daemons = Daemons::start(&options.bin, &nodes, options.feed, &dir)?;
+        let node_names: BTreeMap<String, String> = scenario
+            .node_of
+            .iter()
+            .map(|(pod, i)| (pod.clone(), scenario.nodes[*i].name.clone()))
+            .collect();
+        let state = nodes.with_cgroups(&scenario.cluster);
+        daemons.write("cluster.yaml", &cluster_yaml(&state, &node_names))?;
         let mut listeners = Listeners::default();
         for pod in &scenario.cluster.pods {
-            let net = &topology.pods[&pod.key()];
+            let net = nodes.pod(&pod.key())?;
             for (port, protocol) in &scenario.serves[&pod.key()] {
                 listeners.serve(&net.netns, &pod.ips, true, *port, *protocol)?;
             }
         }
-        if let Some(outside) = &topology.outside {
+        if let Some(outside) = nodes.outside() {
             for e in &scenario.externals {
                 for s in &e.serve {
                     listeners.serve(outside, &[e.ip], false, s.port, s.protocol)?;
@@ -148,34 +156,34 @@ impl<'a> Lab<'a> {
             }
         }
 
-        let revision = enforcer.commit()?;
-        enforcer
-            .wait(revision, options.in_force_limit)
+        daemons
+            .commit(options.in_force_limit)
             .await
             .context("the cluster without policies")?;
-        // Its endpoint is known once it reports.
-        let drops = DropWatch::start(enforcer.metrics_addr()?, &topology.node.path())
-            .context("subscribing to the daemon's drop events")?;
+        // Their endpoints are known once they report.
+        let drops = daemons
+            .watch_drops()
+            .context("subscribing to the daemons' drop events")?;
         let wants_events = scenario.actions.iter().any(
             |a| matches!(a, Action::Check(checks) if checks.iter().any(|c| c.event.is_some())),
         );
-        let decisions = if wants_events {
-            Some(
-                LsmWatch::start(enforcer.metrics_addr()?, &topology.node.path())
+        let decisions = match daemons.daemons().first() {
+            Some(d) if wants_events => Some(
+                LsmWatch::start(d.enforcer.metrics_addr()?, &d.netns.path())
                     .context("subscribing to the daemon's process and file events")?,
-            )
-        } else {
-            None
+            ),
+            _ => None,
         };
         Ok(Self {
             options,
             held: BTreeMap::new(),
             drops,
             decisions,
-            enforcer,
+            daemons,
             listeners,
-            state: topology.with_cgroups(&scenario.cluster),
-            topology,
+            nodes,
+            state,
+            node_names,
             applied: BTreeMap::new(),
             lsm: Features::probe().bpf_lsm.is_active(),
             dir,
@@ -184,17 +192,13 @@ impl<'a> Lab<'a> {
     }
 
     fn write_cluster(&self) -> anyhow::Result<()> {
-        self.enforcer
-            .write("cluster.yaml", &cluster_yaml(&self.state))
+        self.daemons
+            .write("cluster.yaml", &cluster_yaml(&self.state, &self.node_names))
     }
 
     /// Publishes what the step wrote and waits until it is in force.
     async fn commit(&mut self) -> anyhow::Result<()> {
-        let revision = self.enforcer.commit()?;
-        self.enforcer
-            .wait(revision, self.options.in_force_limit)
-            .await?;
-        Ok(())
+        self.daemons.commit(self.options.in_force_limit).await
     }
 
     /// Carries out one step; true when it changed the source (the caller
@@ -208,13 +212,13 @@ impl<'a> Lab<'a> {
         match action {
             Action::Apply(docs) | Action::Update(docs) => {
                 for d in docs {
-                    self.enforcer.write(&d.file_name(), &d.yaml)?;
+                    self.daemons.write(&d.file_name(), &d.yaml)?;
                     self.applied.insert(d.key.clone(), d.clone());
                 }
             }
             Action::Delete(docs) => {
                 for d in docs {
-                    self.enforcer.remove(&d.file_name())?;
+                    self.daemons.remove(&d.file_name())?;
                     self.applied.remove(&d.key);
                 }
             }
@@ -263,17 +267,20 @@ impl<'a> Lab<'a> {
 
     /// As a CNI and an API server would: the veth first, then the pod in
     /// the source; until then the daemon quarantines it.
-    async fn create(&mut self, pods: &[(Pod, Vec<(u16, Protocol)>)]) -> anyhow::Result<()> {
-        for (pod, serves) in pods {
-            self.topology.add_pod(&pod.key(), &pod.ips).await?;
-            let net = &self.topology.pods[&pod.key()];
-            for (port, protocol) in serves {
+    async fn create(&mut self, pods: &[NewPod]) -> anyhow::Result<()> {
+        for new in pods {
+            let key = new.pod.key();
+            self.nodes.add_pod(new.node, &key, &new.pod.ips).await?;
+            let net = self.nodes.pod(&key)?;
+            for (port, protocol) in &new.serves {
                 self.listeners
-                    .serve(&net.netns, &pod.ips, true, *port, *protocol)?;
+                    .serve(&net.netns, &new.pod.ips, true, *port, *protocol)?;
             }
-            let mut pod = pod.clone();
+            let mut pod = new.pod.clone();
             pod.cgroup = net.cgroup.as_ref().map(|c| c.display().to_string());
             self.state.pods.push(pod);
+            self.node_names
+                .insert(key, self.nodes.nodes[new.node].name.clone());
         }
         self.write_cluster()
     }
@@ -287,7 +294,7 @@ impl<'a> Lab<'a> {
     ) -> anyhow::Result<()> {
         let mut tasks = Vec::new();
         for p in plans {
-            let path = self.topology.pods[&p.from].netns.path();
+            let path = self.nodes.pod(&p.from)?.netns.path();
             let (to, protocol, timeout) = (p.target, p.protocol, self.options.timeout);
             tasks.push(tokio::task::spawn_blocking(move || {
                 palisade::netns::in_netns(&path, || hold(to, protocol, timeout))
@@ -387,7 +394,10 @@ impl<'a> Lab<'a> {
                 None,
             );
         }
-        let pod = &self.topology.pods[&c.pod];
+        let pod = match self.nodes.pod(&c.pod) {
+            Ok(pod) => pod,
+            Err(e) => return (CheckObserved::Failed(format!("{e:#}")), None),
+        };
         let Some(path) = c.operation.path() else {
             return (run_check(pod, c), None);
         };
@@ -446,17 +456,15 @@ impl<'a> Lab<'a> {
     /// why it has none.
     async fn probe(&self, plan: &ProbePlan, step: usize) -> anyhow::Result<ProbeReport> {
         let since = self.drops.mark();
-        let before = self
-            .drops
-            .losses(&self.enforcer.scrape(&self.topology.node)?);
-        let mut report = run_probe(plan, &self.topology, self.options.timeout, step).await?;
+        let before = self.drops.losses(&self.daemons.scrape_all()?);
+        let mut report = run_probe(plan, &self.nodes, self.options.timeout, step).await?;
         let mut blocked = Vec::new();
         let mut silent = Vec::new();
         for (i, (cell, planned)) in report.cells.iter().zip(&plan.cells).enumerate() {
             if let (Some(Observed::Blocked(_)), Some(to)) = (&cell.observed, planned.target) {
                 blocked.push(i);
                 silent.push(Silent {
-                    from: &self.topology.pods[&planned.from].ips,
+                    from: &self.nodes.pod(&planned.from)?.ips,
                     to,
                 });
             }
@@ -467,7 +475,7 @@ impl<'a> Lab<'a> {
         let found = self
             .drops
             .account(since, before, plan.protocol, &silent, EVENT_WAIT, || {
-                self.enforcer.scrape(&self.topology.node)
+                self.daemons.scrape_all()
             })
             .await?;
         for (i, confirmation) in blocked.into_iter().zip(found) {
@@ -477,22 +485,34 @@ impl<'a> Lab<'a> {
     }
 
     /// The verdict counters as Prometheus would scrape them, before
-    /// teardown.
+    /// teardown; with `nodes:`, each series labelled with its node, as a
+    /// scrape of several targets would be.
     fn verdict_counters(&self) -> Vec<String> {
-        match self.enforcer.scrape(&self.topology.node) {
-            Ok(text) => text
-                .lines()
-                .filter(|l| {
-                    l.starts_with("palisade_drops_total")
-                        || l.starts_with("palisade_audit_would_drop_total")
-                })
-                .map(str::to_owned)
-                .collect(),
-            Err(e) => vec![format!("# metrics unavailable: {e:#}")],
-        }
+        let scraped = match self.daemons.scrape() {
+            Ok(s) => s,
+            Err(e) => return vec![format!("# metrics unavailable: {e:#}")],
+        };
+        let by_node = self.nodes.declared();
+        scraped
+            .iter()
+            .flat_map(|(node, text)| {
+                text.lines()
+                    .filter(|l| {
+                        l.starts_with("palisade_drops_total")
+                            || l.starts_with("palisade_audit_would_drop_total")
+                    })
+                    .map(move |l| {
+                        if by_node {
+                            with_node(l, node)
+                        } else {
+                            l.to_owned()
+                        }
+                    })
+            })
+            .collect()
     }
 
-    /// Tears everything down, then removes the daemon's directory.
+    /// Tears everything down, then removes the daemons' directory.
     fn finish(self) {
         let dir = self.dir.clone();
         drop(self);
@@ -500,9 +520,21 @@ impl<'a> Lab<'a> {
     }
 }
 
+/// A series line of the Prometheus text with a `node` label first.
+fn with_node(line: &str, node: &str) -> String {
+    match line.split_once('{') {
+        Some((name, rest)) if rest.starts_with('}') => format!("{name}{{node=\"{node}\"{rest}"),
+        Some((name, rest)) => format!("{name}{{node=\"{node}\",{rest}"),
+        None => match line.split_once(' ') {
+            Some((name, value)) => format!("{name}{{node=\"{node}\"}} {value}"),
+            None => line.to_owned(),
+        },
+    }
+}
+
 async fn run_probe(
     plan: &ProbePlan,
-    topology: &Topology,
+    nodes: &Nodes,
     timeout: Duration,
     step: usize,
 ) -> anyhow::Result<ProbeReport> {
@@ -511,7 +543,7 @@ async fn run_probe(
     for cell in &plan.cells {
         let task = match (cell.target, cell.expected) {
             (Some(to), Cell::Reachable | Cell::Blocked | Cell::Refused) => {
-                let path = topology.pods[&cell.from].netns.path();
+                let path = nodes.pod(&cell.from)?.netns.path();
                 let protocol = plan.protocol;
                 Some(tokio::task::spawn_blocking(move || {
                     palisade::netns::in_netns(&path, || probe(to, protocol, timeout))
@@ -615,5 +647,20 @@ fn run_check(pod: &PodNet, check: &CheckPlan) -> CheckObserved {
                 CheckObserved::Failed(format!("{}: {}", out.status, stderr.trim()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_node;
+
+    #[test]
+    fn a_series_gets_its_node_as_the_first_label() {
+        assert_eq!(
+            with_node(r#"palisade_drops_total{direction="ingress"} 3"#, "n1"),
+            r#"palisade_drops_total{node="n1",direction="ingress"} 3"#
+        );
+        assert_eq!(with_node("m{} 1", "n2"), r#"m{node="n2"} 1"#);
+        assert_eq!(with_node("m 1", "n2"), r#"m{node="n2"} 1"#);
     }
 }

@@ -33,6 +33,9 @@ pub struct ScenarioFile {
     pub pod_cidr: Option<String>,
     #[serde(default, rename = "podCIDR6")]
     pub pod_cidr6: Option<String>,
+    /// Palisade's extension: several nodes, each with its pod networks.
+    #[serde(default)]
+    pub nodes: Option<Vec<NodeSpec>>,
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceSpec>,
     #[serde(default)]
@@ -50,8 +53,9 @@ pub struct ScenarioFile {
     /// Fixtures for process and file checks, under `/srv/pal/`.
     #[serde(default)]
     pub files: Vec<FileSpec>,
-    /// The file line of each item of the top-level lists (`policies`,
-    /// `steps`, `probes`, `checks`, `files`), for errors found after parsing.
+    /// The file line of each item of the top-level lists (`nodes`, `pods`,
+    /// `policies`, `steps`, `probes`, `checks`, `files`), for errors found
+    /// after parsing.
     #[serde(skip)]
     pub item_lines: BTreeMap<String, Vec<usize>>,
 }
@@ -295,11 +299,43 @@ pub struct NamespaceSpec {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// A node of `nodes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    #[serde(default, rename = "podCIDR6")]
+    pub pod_cidr6: Option<String>,
+}
+
+/// A node as the lab builds it: its name (the daemon's `--node-name`,
+/// its pods' `spec.nodeName`) and its pod networks, IPv4 first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeNet {
+    pub name: String,
+    pub networks: Vec<IpNet>,
+}
+
+/// The one node of a file without `nodes:`, named as the lab's node has
+/// always been.
+pub const DEFAULT_NODE: &str = "lab-node";
+
+/// Where `nodes:` nodes talk to each other and to the externals (see
+/// `underlay`); pod networks and externals must stay clear of them.
+pub const UNDERLAY4: &str = "169.254.100.0/24";
+pub const UNDERLAY6: &str = "fd77:100::/64";
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PodSpec {
     pub namespace: String,
     pub name: String,
+    /// Palisade's extension: the node of `nodes:` the pod runs on (default:
+    /// the first).
+    #[serde(default)]
+    pub node: Option<String>,
     #[serde(default)]
     pub labels: Option<Labels>,
     #[serde(default)]
@@ -345,6 +381,18 @@ impl PodSpec {
         ips
     }
 
+    /// The pod this entry describes, at `ips`.
+    pub fn pod(&self, ips: Vec<IpAddr>) -> Pod {
+        Pod {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone().unwrap_or_default(),
+            ips,
+            ports: self.named_ports(),
+            cgroup: None,
+        }
+    }
+
     /// The served ports that have a name: the ones a policy can name.
     pub fn named_ports(&self) -> Vec<NamedPort> {
         self.serve
@@ -360,50 +408,59 @@ impl PodSpec {
     }
 }
 
-/// A pod of `pods:`: a new pod, or for a model pod of the same name the
-/// addresses (and labels) it pins.
-fn add_pod(
-    pods: &mut Vec<(Pod, bool)>,
-    spec: &PodSpec,
-    namespaces: &BTreeMap<String, Namespace>,
-    file: &str,
-) -> Result<(), ParseError> {
-    if !namespaces.contains_key(&spec.namespace) {
-        return Err(invalid(
-            file,
+/// A pod while the file's cluster is put together.
+struct Placing {
+    pod: Pod,
+    /// Index in the nodes.
+    node: usize,
+}
+
+/// The cluster a file describes, with the node of each pod.
+pub struct Placed {
+    pub snapshot: Snapshot,
+    pub nodes: Vec<NodeNet>,
+    /// Pod key -> index in `nodes`.
+    pub node_of: BTreeMap<String, usize>,
+}
+
+/// A pod network as a field gives it, with room for pods beside the
+/// node's own address.
+fn parse_network(text: &str, field: &str, v6: bool) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .ok()
+        .filter(|n| n.addr().is_ipv6() == v6 && n.prefix_len() < n.max_prefix_len() - 1)
+        .ok_or_else(|| {
             format!(
-                "pod {}: namespace {} is not defined",
-                spec.key(),
-                spec.namespace
-            ),
-        ));
+                "{field} {text:?} is not an IPv{} CIDR with room for pods",
+                if v6 { 6 } else { 4 }
+            )
+        })
+}
+
+/// The index of node `name`, for a pod that names it; `declared` says the
+/// file has `nodes:`.
+pub fn find_node(nodes: &[NodeNet], declared: bool, name: &str) -> Result<usize, String> {
+    if !declared {
+        return Err(format!("node {name}: the file declares no `nodes:`"));
     }
-    let ips = spec.pinned_ips();
-    match pods
-        .iter_mut()
-        .find(|(p, _)| p.namespace == spec.namespace && p.name == spec.name)
-    {
-        // A model pod with only addresses pins them.
-        Some((pod, pinned)) => {
-            pod.ips = ips;
-            *pinned = true;
-            if let Some(labels) = &spec.labels {
-                pod.labels = labels.clone();
-            }
-        }
-        None => pods.push((
-            Pod {
-                namespace: spec.namespace.clone(),
-                name: spec.name.clone(),
-                labels: spec.labels.clone().unwrap_or_default(),
-                ips,
-                ports: spec.named_ports(),
-                cgroup: None,
-            },
-            false,
-        )),
-    }
-    Ok(())
+    nodes
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or_else(|| format!("no node {name} in `nodes:`"))
+}
+
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// A name usable as a Kubernetes node's (a DNS subdomain, kept to one
+/// label's length: it also names the node's pins and cgroups).
+fn valid_node_name(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&name.len())
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
 }
 
 impl ScenarioFile {
@@ -413,7 +470,9 @@ impl ScenarioFile {
             ParseError::in_document(file, 1, e.at, None, e.message)
         })?;
         let positions = Positions::of(text);
-        for key in ["policies", "steps", "probes", "checks", "files"] {
+        for key in [
+            "nodes", "pods", "policies", "steps", "probes", "checks", "files",
+        ] {
             let lines = positions.items(key).iter().map(|at| at.line).collect();
             parsed.item_lines.insert(key.to_owned(), lines);
         }
@@ -433,8 +492,19 @@ impl ScenarioFile {
         line_in(&self.item_lines, at)
     }
 
+    /// An error at `at` (`pods[2]`...), naming its line.
+    fn err(&self, file: &str, at: &str, message: String) -> ParseError {
+        ParseError::at_line(file, self.line_of(at), format!("{at}: {message}"))
+    }
+
     /// The cluster the file describes, with every policy parsed and validated.
     pub fn snapshot(&self, file: &str) -> Result<Snapshot, ParseError> {
+        Ok(self.placed(file)?.snapshot)
+    }
+
+    /// [`ScenarioFile::snapshot`] with the nodes and where each pod runs.
+    pub fn placed(&self, file: &str) -> Result<Placed, ParseError> {
+        let nodes = self.nodes(file)?;
         let mut namespaces = BTreeMap::new();
         let mut pods = self.model(&mut namespaces, file)?;
         for (name, spec) in &self.namespaces {
@@ -447,24 +517,78 @@ impl ScenarioFile {
                 },
             );
         }
-        for spec in &self.pods {
-            add_pod(&mut pods, spec, &namespaces, file)?;
+        for (i, spec) in self.pods.iter().enumerate() {
+            self.add_pod(&mut pods, i, spec, &namespaces, &nodes, file)?;
         }
-        self.assign_addresses(&mut pods, file)?;
-        Ok(Snapshot {
-            namespaces,
-            pods: pods.into_iter().map(|(p, _)| p).collect(),
-            policies: self.policies(file)?,
+        self.assign_addresses(&mut pods, &nodes, file)?;
+        Ok(Placed {
+            node_of: pods.iter().map(|p| (p.pod.key(), p.node)).collect(),
+            snapshot: Snapshot {
+                namespaces,
+                pods: pods.into_iter().map(|p| p.pod).collect(),
+                policies: self.policies(file)?,
+            },
+            nodes,
         })
     }
 
-    /// The pods of `model:` (none without it), none of them pinned yet;
+    /// `pods[i]`: a new pod, or for a model pod of the same name the
+    /// addresses (and labels, and node) it pins.
+    fn add_pod(
+        &self,
+        pods: &mut Vec<Placing>,
+        i: usize,
+        spec: &PodSpec,
+        namespaces: &BTreeMap<String, Namespace>,
+        nodes: &[NodeNet],
+        file: &str,
+    ) -> Result<(), ParseError> {
+        if !namespaces.contains_key(&spec.namespace) {
+            return Err(invalid(
+                file,
+                format!(
+                    "pod {}: namespace {} is not defined",
+                    spec.key(),
+                    spec.namespace
+                ),
+            ));
+        }
+        let node = spec
+            .node
+            .as_deref()
+            .map(|name| find_node(nodes, self.nodes.is_some(), name))
+            .transpose()
+            .map_err(|m| self.err(file, &format!("pods[{i}]"), m))?;
+        let ips = spec.pinned_ips();
+        match pods
+            .iter_mut()
+            .find(|p| p.pod.namespace == spec.namespace && p.pod.name == spec.name)
+        {
+            // A model pod with only addresses pins them.
+            Some(placing) => {
+                placing.pod.ips = ips;
+                if let Some(labels) = &spec.labels {
+                    placing.pod.labels = labels.clone();
+                }
+                if let Some(node) = node {
+                    placing.node = node;
+                }
+            }
+            None => pods.push(Placing {
+                pod: spec.pod(ips),
+                node: node.unwrap_or(0),
+            }),
+        }
+        Ok(())
+    }
+
+    /// The pods of `model:` (none without it), on the first node;
     /// its namespaces go into `namespaces`.
     fn model(
         &self,
         namespaces: &mut BTreeMap<String, Namespace>,
         file: &str,
-    ) -> Result<Vec<(Pod, bool)>, ParseError> {
+    ) -> Result<Vec<Placing>, ParseError> {
         let Some(model) = &self.model else {
             return Ok(Vec::new());
         };
@@ -475,7 +599,9 @@ impl ScenarioFile {
             ));
         }
         namespaces.extend(standard::namespaces().map(|n| (n.name.clone(), n)));
-        Ok(standard::pods().map(|p| (p, false)).collect())
+        Ok(standard::pods()
+            .map(|pod| Placing { pod, node: 0 })
+            .collect())
     }
 
     /// Every object of `policies:`, parsed and validated.
@@ -496,18 +622,7 @@ impl ScenarioFile {
     /// The pod networks: `podCIDR` (default 10.244.0.0/16) and `podCIDR6`.
     pub fn pod_networks(&self, file: &str) -> Result<(IpNet, Option<IpNet>), ParseError> {
         let parse = |text: &str, field: &str, v6: bool| {
-            text.parse::<IpNet>()
-                .ok()
-                .filter(|n| n.addr().is_ipv6() == v6 && n.prefix_len() < n.max_prefix_len() - 1)
-                .ok_or_else(|| {
-                    invalid(
-                        file,
-                        format!(
-                            "{field} {text:?} is not an IPv{} CIDR with room for pods",
-                            if v6 { 6 } else { 4 }
-                        ),
-                    )
-                })
+            parse_network(text, field, v6).map_err(|m| invalid(file, m))
         };
         let v4 = parse(
             self.pod_cidr.as_deref().unwrap_or("10.244.0.0/16"),
@@ -522,41 +637,148 @@ impl ScenarioFile {
         Ok((v4, v6))
     }
 
-    /// Pods without an address get one from the pod CIDR (and from
-    /// `podCIDR6` when set) in file order. The network's last host address
-    /// is the node's (the lab's bridge), never a pod's.
-    fn assign_addresses(&self, pods: &mut [(Pod, bool)], file: &str) -> Result<(), ParseError> {
-        let (v4, v6) = self.pod_networks(file)?;
-        let taken: Vec<IpAddr> = pods.iter().flat_map(|(p, _)| p.ips.clone()).collect();
-        for net in [Some(v4), v6].into_iter().flatten() {
-            let gateway = node_address(net);
-            if let Some((pod, _)) = pods.iter().find(|(p, _)| p.ips.contains(&gateway)) {
+    /// The nodes: those of `nodes:`, each with pod networks of its own that
+    /// overlap no other's nor the underlay; without `nodes:`, the one node
+    /// with `podCIDR` and `podCIDR6`.
+    pub fn nodes(&self, file: &str) -> Result<Vec<NodeNet>, ParseError> {
+        let Some(specs) = &self.nodes else {
+            let (v4, v6) = self.pod_networks(file)?;
+            return Ok(vec![NodeNet {
+                name: DEFAULT_NODE.to_owned(),
+                networks: [Some(v4), v6].into_iter().flatten().collect(),
+            }]);
+        };
+        if self.pod_cidr.is_some() || self.pod_cidr6.is_some() {
+            return Err(self.err(
+                file,
+                "nodes[0]",
+                "with `nodes:`, each node gives its own podCIDR (and podCIDR6); \
+                 drop the top-level ones"
+                    .into(),
+            ));
+        }
+        if specs.is_empty() {
+            return Err(invalid(file, "`nodes:` lists no node".into()));
+        }
+        let underlay: [IpNet; 2] = [UNDERLAY4, UNDERLAY6].map(|n| n.parse().unwrap_or_default());
+        let mut nodes: Vec<NodeNet> = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let at = format!("nodes[{i}]");
+            if !valid_node_name(&spec.name) {
+                return Err(self.err(
+                    file,
+                    &at,
+                    format!(
+                        "node name {:?} is not 1-63 lowercase letters, digits, '-' or '.', \
+                         starting and ending with a letter or digit",
+                        spec.name
+                    ),
+                ));
+            }
+            if nodes.iter().any(|n| n.name == spec.name) {
+                return Err(self.err(file, &at, format!("node {} is declared twice", spec.name)));
+            }
+            let mut networks = vec![
+                parse_network(&spec.pod_cidr, "podCIDR", false)
+                    .map_err(|m| self.err(file, &at, m))?,
+            ];
+            if let Some(v6) = &spec.pod_cidr6 {
+                networks
+                    .push(parse_network(v6, "podCIDR6", true).map_err(|m| self.err(file, &at, m))?);
+            }
+            for net in &networks {
+                if let Some(u) = underlay.iter().find(|u| overlap(u, net)) {
+                    return Err(self.err(
+                        file,
+                        &at,
+                        format!(
+                            "{net} overlaps the underlay {u}, where nodes have their addresses"
+                        ),
+                    ));
+                }
+                for other in &nodes {
+                    if let Some(o) = other.networks.iter().find(|o| overlap(o, net)) {
+                        return Err(self.err(
+                            file,
+                            &at,
+                            format!("{net} overlaps node {}'s {o}", other.name),
+                        ));
+                    }
+                }
+            }
+            nodes.push(NodeNet {
+                name: spec.name.clone(),
+                networks,
+            });
+        }
+        Ok(nodes)
+    }
+
+    /// Pods without an address get one from their node's pod networks in
+    /// file order. A network's last host address is its node's (the lab's
+    /// bridge), never a pod's. With `nodes:`, an address a pod pins must
+    /// lie in its own node's networks.
+    fn assign_addresses(
+        &self,
+        pods: &mut [Placing],
+        nodes: &[NodeNet],
+        file: &str,
+    ) -> Result<(), ParseError> {
+        let taken: Vec<IpAddr> = pods.iter().flat_map(|p| p.pod.ips.clone()).collect();
+        for net in nodes.iter().flat_map(|n| &n.networks) {
+            let gateway = node_address(*net);
+            if let Some(p) = pods.iter().find(|p| p.pod.ips.contains(&gateway)) {
                 return Err(invalid(
                     file,
                     format!(
                         "pod {} pins {gateway}, the node's address in {net}",
-                        pod.key()
+                        p.pod.key()
                     ),
                 ));
             }
-            let v6 = net.addr().is_ipv6();
-            let mut free = net
-                .hosts()
-                .filter(|ip| *ip != gateway && *ip != net.network() && !taken.contains(ip));
-            for (pod, _) in pods
-                .iter_mut()
-                .filter(|(p, _)| !p.ips.iter().any(|ip| ip.is_ipv6() == v6))
-            {
-                let ip = free.next().ok_or_else(|| {
-                    invalid(
+        }
+        if self.nodes.is_some() {
+            for p in pods.iter() {
+                let node = &nodes[p.node];
+                if let Some(ip) = p
+                    .pod
+                    .ips
+                    .iter()
+                    .find(|ip| !node.networks.iter().any(|n| n.contains(*ip)))
+                {
+                    return Err(invalid(
                         file,
-                        format!("pod network {net} has no address left for {}", pod.key()),
-                    )
-                })?;
-                if v6 {
-                    pod.ips.push(ip);
-                } else {
-                    pod.ips.insert(0, ip);
+                        format!(
+                            "pod {} pins {ip}, outside the pod networks of its node {}",
+                            p.pod.key(),
+                            node.name
+                        ),
+                    ));
+                }
+            }
+        }
+        for (n, node) in nodes.iter().enumerate() {
+            for net in &node.networks {
+                let gateway = node_address(*net);
+                let v6 = net.addr().is_ipv6();
+                let mut free = net
+                    .hosts()
+                    .filter(|ip| *ip != gateway && *ip != net.network() && !taken.contains(ip));
+                let unplaced = pods
+                    .iter_mut()
+                    .filter(|p| p.node == n && !p.pod.ips.iter().any(|ip| ip.is_ipv6() == v6));
+                for p in unplaced {
+                    let ip = free.next().ok_or_else(|| {
+                        invalid(
+                            file,
+                            format!("pod network {net} has no address left for {}", p.pod.key()),
+                        )
+                    })?;
+                    if v6 {
+                        p.pod.ips.push(ip);
+                    } else {
+                        p.pod.ips.insert(0, ip);
+                    }
                 }
             }
         }
@@ -701,6 +923,141 @@ steps:
                 .unwrap_err()
                 .message
                 .contains("node's address")
+        );
+    }
+
+    #[test]
+    fn nodes_place_pods_and_give_each_its_own_addresses() {
+        let s = ScenarioFile::parse(
+            "name: t
+model: standard
+nodes:
+  - {name: n1, podCIDR: 10.9.1.0/24}
+  - {name: n2, podCIDR: 10.9.2.0/24, podCIDR6: \"fd00:9:2::/64\"}
+namespaces: {w: {}}
+pods:
+  - {namespace: z, name: a, node: n2}
+  - {namespace: w, name: d, node: n2, ip: 10.9.2.77}
+  - {namespace: w, name: e}
+",
+            "t.yaml",
+        )
+        .unwrap();
+        let placed = s.placed("t.yaml").unwrap();
+        assert_eq!(
+            placed
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>(),
+            ["n1", "n2"]
+        );
+        let ips = |key: &str| {
+            let pod = placed
+                .snapshot
+                .pods
+                .iter()
+                .find(|p| p.key() == key)
+                .unwrap();
+            pod.ips.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            placed.node_of["x/a"], 0,
+            "model pods default to the first node"
+        );
+        assert_eq!(placed.node_of["w/e"], 0);
+        assert_eq!(placed.node_of["z/a"], 1);
+        assert_eq!(ips("x/a"), ["10.9.1.1"]);
+        assert_eq!(
+            ips("w/e"),
+            ["10.9.1.9"],
+            "after the eight model pods left on n1"
+        );
+        assert_eq!(ips("z/a"), ["10.9.2.1", "fd00:9:2::1"]);
+        assert_eq!(ips("w/d"), ["10.9.2.77", "fd00:9:2::2"]);
+
+        let without = ScenarioFile::parse("name: t\nmodel: standard\n", "t.yaml").unwrap();
+        let one = without.placed("t.yaml").unwrap();
+        assert_eq!(one.nodes.len(), 1);
+        assert_eq!(one.nodes[0].name, DEFAULT_NODE);
+        assert!(one.node_of.values().all(|n| *n == 0));
+    }
+
+    #[test]
+    fn bad_nodes_and_placements_are_invalid_input_naming_the_line() {
+        let base = "name: t
+namespaces: {w: {}}
+nodes:
+  - {name: n1, podCIDR: 10.9.1.0/24}
+  - NODE
+pods:
+  - POD
+";
+        let error = |node: &str, pod: &str| {
+            let text = base.replace("NODE", node).replace("POD", pod);
+            ScenarioFile::parse(&text, "t.yaml")
+                .unwrap()
+                .placed("t.yaml")
+                .err()
+                .map(|e| (e.line, e.message))
+        };
+        let fine = "{name: n2, podCIDR: 10.9.2.0/24}";
+        assert_eq!(error(fine, "{namespace: w, name: a, node: n2}"), None);
+        let (line, m) = error(fine, "{namespace: w, name: a, node: n3}").unwrap();
+        assert_eq!(line, 7);
+        assert!(m.contains("pods[0]: no node n3 in `nodes:`"), "{m}");
+        let (line, m) = error(
+            "{name: n1, podCIDR: 10.9.2.0/24}",
+            "{namespace: w, name: a}",
+        )
+        .unwrap();
+        assert_eq!(line, 5);
+        assert!(m.contains("node n1 is declared twice"), "{m}");
+        let (_, m) = error(
+            "{name: n2, podCIDR: 10.9.0.0/16}",
+            "{namespace: w, name: a}",
+        )
+        .unwrap();
+        assert!(
+            m.contains("10.9.0.0/16 overlaps node n1's 10.9.1.0/24"),
+            "{m}"
+        );
+        let (_, m) = error(
+            "{name: N_2, podCIDR: 10.9.2.0/24}",
+            "{namespace: w, name: a}",
+        )
+        .unwrap();
+        assert!(m.contains("node name \"N_2\""), "{m}");
+        let (_, m) = error(
+            "{name: n2, podCIDR: 169.254.0.0/16}",
+            "{namespace: w, name: a}",
+        )
+        .unwrap();
+        assert!(m.contains("overlaps the underlay"), "{m}");
+        let (_, m) = error(fine, "{namespace: w, name: a, node: n2, ip: 10.9.1.5}").unwrap();
+        assert!(
+            m.contains("pod w/a pins 10.9.1.5, outside the pod networks of its node n2"),
+            "{m}"
+        );
+        let (_, m) = error(fine, "{namespace: w, name: a, node: n2, ip: 10.9.1.254}").unwrap();
+        assert!(m.contains("the node's address"), "{m}");
+
+        let top = "name: t\npodCIDR: 10.0.0.0/16\nnodes: [{name: n1, podCIDR: 10.9.1.0/24}]\n";
+        let e = ScenarioFile::parse(top, "t.yaml")
+            .unwrap()
+            .placed("t.yaml")
+            .err()
+            .unwrap();
+        assert!(e.message.contains("each node gives its own podCIDR"), "{e}");
+        let none = "name: t\nnamespaces: {w: {}}\npods: [{namespace: w, name: a, node: n1}]\n";
+        let e = ScenarioFile::parse(none, "t.yaml")
+            .unwrap()
+            .placed("t.yaml")
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("node n1: the file declares no `nodes:`"),
+            "{e}"
         );
     }
 }

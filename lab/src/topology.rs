@@ -81,11 +81,11 @@ pub async fn set_up(handle: &Handle, index: u32) -> anyhow::Result<()> {
         .with_context(|| format!("setting link {index} up"))
 }
 
-fn host_prefix(ip: IpAddr) -> u8 {
+pub fn host_prefix(ip: IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
 }
 
-async fn add_route(h: &Handle, to: IpNet, via: IpAddr) -> anyhow::Result<()> {
+pub async fn add_route(h: &Handle, to: IpNet, via: IpAddr) -> anyhow::Result<()> {
     let route = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(to.addr(), to.prefix_len())
         .and_then(|r| r.gateway(via))
@@ -129,28 +129,45 @@ pub async fn veth_into(
         .await
         .with_context(|| format!("veth {host}"))?;
     let host_index = index_of(node, host).await?;
-    let peer_index = index_of(node, &peer).await?;
-    node.link()
+    let (h, index) = move_link(node, &peer, peer_ns, "eth0").await?;
+    set_up(&h, 1).await?;
+    Ok((host_index, h, index))
+}
+
+/// Moves link `name` from the namespace of `from` into `into`, renamed
+/// `rename` there and up, with addresses usable at once. Returns a handle
+/// in `into` and the link's index there.
+pub async fn move_link(
+    from: &Handle,
+    name: &str,
+    into: &Netns,
+    rename: &str,
+) -> anyhow::Result<(Handle, u32)> {
+    let index = index_of(from, name).await?;
+    from.link()
         .set(
-            LinkUnspec::new_with_index(peer_index)
-                .setns_by_fd(peer_ns.fd())
+            LinkUnspec::new_with_index(index)
+                .setns_by_fd(into.fd())
                 .build(),
         )
         .execute()
         .await
-        .with_context(|| format!("moving {peer} into {}", peer_ns.name))?;
-    let h = peer_ns.netlink()?;
-    let index = index_of(&h, &peer).await?;
+        .with_context(|| format!("moving {name} into {}", into.name))?;
+    let h = into.netlink()?;
+    let index = index_of(&h, name).await?;
     h.link()
-        .set(LinkUnspec::new_with_index(index).name("eth0").build())
+        .set(
+            LinkUnspec::new_with_index(index)
+                .name(rename.to_owned())
+                .build(),
+        )
         .execute()
         .await
-        .context("renaming to eth0")?;
-    // Addresses must be usable at once, not after duplicate detection.
-    let _ = peer_ns.sysctl("ipv6/conf/eth0/accept_dad", "0");
+        .with_context(|| format!("renaming {name} to {rename}"))?;
+    // Not after duplicate address detection.
+    let _ = into.sysctl(&format!("ipv6/conf/{rename}/accept_dad"), "0");
     set_up(&h, index).await?;
-    set_up(&h, 1).await?;
-    Ok((host_index, h, index))
+    Ok((h, index))
 }
 
 pub use palisade::sync::lsm::cgroup2_root;

@@ -80,7 +80,7 @@ fn judged(file: &Path) -> Vec<(String, bool, bool)> {
                     ns.labels = labels.clone();
                 }
             }
-            Action::Create(pods) => snap.pods.extend(pods.iter().map(|(p, _)| p.clone())),
+            Action::Create(pods) => snap.pods.extend(pods.iter().map(|p| p.pod.clone())),
             Action::Check(checks) => {
                 for c in checks {
                     let (asked, from) = match &c.operation {

@@ -22,7 +22,8 @@ use palisade::model::{Labels, NamedPort, Pod, Policy, Protocol, Snapshot, parse:
 use crate::{
     expect::Cell,
     scenario::{
-        self, Embedded, HeldExpect, HoldSpec, PodSpec, Relabel, ScenarioFile, Step, invalid,
+        self, Embedded, HeldExpect, HoldSpec, NodeNet, PodSpec, Relabel, ScenarioFile, Step,
+        invalid,
     },
 };
 
@@ -79,8 +80,17 @@ pub enum Action {
     Check(Vec<CheckPlan>),
     Connect(Vec<HoldPlan>),
     Held(Vec<(String, HeldExpect)>),
-    /// New pods with the ports they serve.
-    Create(Vec<(Pod, Vec<(u16, Protocol)>)>),
+    Create(Vec<NewPod>),
+}
+
+/// A pod of a `create` step.
+#[derive(Clone, Debug)]
+pub struct NewPod {
+    pub pod: Pod,
+    /// Every port it serves, named or not.
+    pub serves: Vec<(u16, Protocol)>,
+    /// Index in [`Scenario::nodes`].
+    pub node: usize,
 }
 
 /// A connection to open and hold (`connect` step).
@@ -112,10 +122,7 @@ impl Action {
             Self::Connect(c) => format!("connect ({} connections)", c.len()),
             Self::Create(p) => format!(
                 "create {}",
-                p.iter()
-                    .map(|(p, _)| p.key())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                p.iter().map(|p| p.pod.key()).collect::<Vec<_>>().join(", ")
             ),
             Self::Held(h) => format!("held ({} connections)", h.len()),
         }
@@ -129,6 +136,14 @@ pub struct Scenario {
     pub cluster: Snapshot,
     /// Every port each pod serves, named or not.
     pub serves: BTreeMap<String, Vec<(u16, Protocol)>>,
+    /// The nodes; without `nodes:` the one node of the pod networks.
+    pub nodes: Vec<NodeNet>,
+    /// The file declares `nodes:` (Palisade's extension), so the nodes
+    /// are routed over an underlay that also holds the externals.
+    pub declares_nodes: bool,
+    /// Pod key -> index in `nodes`, for created pods too.
+    pub node_of: BTreeMap<String, usize>,
+    /// Every node's pod networks.
     pub networks: Vec<IpNet>,
     pub externals: Vec<External>,
     pub actions: Vec<Action>,
@@ -179,21 +194,22 @@ fn served_ports(cluster: &Snapshot, specs: &[PodSpec]) -> BTreeMap<String, Vec<(
     serves
 }
 
-/// The externals, each outside every pod network and with a name of its own.
+/// The externals, each outside every pod network (and the underlay, where
+/// there is one) and with a name of its own.
 fn externals(
     specs: &[scenario::External],
     networks: &[IpNet],
+    underlay: &[IpNet],
     file: &str,
 ) -> Result<Vec<External>, ParseError> {
     let mut externals: Vec<External> = Vec::new();
     for e in specs {
-        if let Some(net) = networks.iter().find(|n| n.contains(&e.ip)) {
+        let mut taken = (networks.iter().map(|n| ("the pod network", n)))
+            .chain(underlay.iter().map(|n| ("the underlay", n)));
+        if let Some((what, net)) = taken.find(|(_, n)| n.contains(&e.ip)) {
             return Err(invalid(
                 file,
-                format!(
-                    "external {}: {} lies inside the pod network {net}",
-                    e.name, e.ip
-                ),
+                format!("external {}: {} lies inside {what} {net}", e.name, e.ip),
             ));
         }
         if e.name.contains('/') || externals.iter().any(|x| x.name == e.name) {
@@ -239,18 +255,34 @@ fn named_policies(items: &[Embedded], file: &str) -> Result<Vec<(String, PolicyD
 impl Scenario {
     pub fn load(text: &str, file: &str) -> Result<Self, ParseError> {
         let parsed = ScenarioFile::parse(text, file)?;
-        let mut cluster = parsed.snapshot(file)?;
+        let placed = parsed.placed(file)?;
+        let mut cluster = placed.snapshot;
         cluster.policies.clear();
-        let (v4, v6) = parsed.pod_networks(file)?;
-        let networks: Vec<IpNet> = [Some(v4), v6].into_iter().flatten().collect();
+        let networks: Vec<IpNet> = placed
+            .nodes
+            .iter()
+            .flat_map(|n| n.networks.clone())
+            .collect();
+        let declares_nodes = parsed.nodes.is_some();
+        let underlay: Vec<IpNet> = if declares_nodes {
+            [scenario::UNDERLAY4, scenario::UNDERLAY6]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let serves = served_ports(&cluster, &parsed.pods);
-        let externals = externals(&parsed.externals, &networks, file)?;
+        let externals = externals(&parsed.externals, &networks, &underlay, file)?;
         let policies = named_policies(&parsed.policies, file)?;
         let mut scenario = Self {
             file: file.to_owned(),
             name: parsed.name.clone(),
             cluster,
             serves,
+            nodes: placed.nodes,
+            declares_nodes,
+            node_of: placed.node_of,
             networks,
             externals,
             actions: Vec::new(),
@@ -261,7 +293,31 @@ impl Scenario {
             scenario.err(&format!("files[{i}]"), m)
         })?;
         scenario.plan_actions(&parsed, &policies)?;
+        scenario.single_node_checks(&parsed)?;
         Ok(scenario)
+    }
+
+    /// Process and file checks run on one node only: the enforcer's BPF
+    /// LSM programs and its decision events are one daemon's.
+    fn single_node_checks(&self, parsed: &ScenarioFile) -> Result<(), ParseError> {
+        if !self.declares_nodes {
+            return Ok(());
+        }
+        let steps = parsed.steps.iter().flatten().enumerate();
+        let at = steps
+            .filter(|(_, s)| matches!(s, Step::Check(_)))
+            .map(|(i, _)| format!("steps[{i}]"))
+            .next()
+            .or_else(|| (!parsed.checks.is_empty()).then(|| "checks[0]".to_owned()));
+        match at {
+            Some(at) => Err(self.err(
+                &at,
+                "process and file checks run on a single node: \
+                 a file with `nodes:` cannot have `checks:` or `check:` steps"
+                    .into(),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The steps' actions, then those of the top-level probes and checks.
@@ -450,12 +506,8 @@ impl Scenario {
     }
 
     /// A pod of a `create` step, added to the cluster, with the ports it
-    /// serves.
-    fn plan_create(
-        &mut self,
-        spec: &PodSpec,
-        at: &str,
-    ) -> Result<(Pod, Vec<(u16, Protocol)>), ParseError> {
+    /// serves and its node.
+    fn plan_create(&mut self, spec: &PodSpec, at: &str) -> Result<NewPod, ParseError> {
         let key = spec.key();
         if !self.cluster.namespaces.contains_key(&spec.namespace) {
             return Err(self.err(at, format!("create {key}: no namespace {}", spec.namespace)));
@@ -463,45 +515,61 @@ impl Scenario {
         if self.cluster.pods.iter().any(|p| p.key() == key) {
             return Err(self.err(at, format!("create {key}: the pod exists")));
         }
-        let ips = self.new_pod_addresses(spec, &key, at)?;
-        let pod = Pod {
-            namespace: spec.namespace.clone(),
-            name: spec.name.clone(),
-            labels: spec.labels.clone().unwrap_or_default(),
-            ips,
-            ports: spec.named_ports(),
-            cgroup: None,
-        };
+        let node = spec
+            .node
+            .as_deref()
+            .map(|name| scenario::find_node(&self.nodes, self.declares_nodes, name))
+            .transpose()
+            .map_err(|m| self.err(at, format!("create {key}: {m}")))?
+            .unwrap_or(0);
+        let ips = self.new_pod_addresses(spec, &key, node, at)?;
+        let pod = spec.pod(ips);
         let serves: Vec<(u16, Protocol)> =
             spec.serve.iter().map(|s| (s.port, s.protocol)).collect();
-        self.serves.insert(key, serves.clone());
+        self.serves.insert(key.clone(), serves.clone());
+        self.node_of.insert(key, node);
         self.cluster.pods.push(pod.clone());
-        Ok((pod, serves))
+        Ok(NewPod { pod, serves, node })
     }
 
-    /// The addresses a created pod pins, and in each pod network where it
-    /// pins none the first free one (never the node's).
+    /// The addresses a created pod pins, and in each of its node's pod
+    /// networks where it pins none the first free one (never the node's).
     fn new_pod_addresses(
         &self,
         spec: &PodSpec,
         key: &str,
+        node: usize,
         at: &str,
     ) -> Result<Vec<IpAddr>, ParseError> {
         let mut ips = spec.pinned_ips();
+        let networks = &self.nodes[node].networks;
+        if self.declares_nodes
+            && let Some(ip) = ips
+                .iter()
+                .find(|ip| !networks.iter().any(|n| n.contains(*ip)))
+        {
+            return Err(self.err(
+                at,
+                format!(
+                    "create {key}: {ip} lies outside the pod networks of its node {}",
+                    self.nodes[node].name
+                ),
+            ));
+        }
         let taken: BTreeSet<IpAddr> = self
             .cluster
             .pods
             .iter()
             .flat_map(|p| p.ips.clone())
             .collect();
-        for net in &self.networks {
+        for net in networks {
             if ips.iter().any(|ip| ip.is_ipv6() == net.addr().is_ipv6()) {
                 continue;
             }
-            let node = crate::scenario::node_address(*net);
+            let gateway = crate::scenario::node_address(*net);
             let free = net
                 .hosts()
-                .find(|ip| *ip != node && *ip != net.network() && !taken.contains(ip))
+                .find(|ip| *ip != gateway && *ip != net.network() && !taken.contains(ip))
                 .ok_or_else(|| self.err(at, format!("create {key}: {net} is full")))?;
             ips.push(free);
         }
@@ -535,5 +603,77 @@ impl Scenario {
             target,
             protocol: spec.protocol,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_NODES: &str = "name: t
+model: standard
+nodes:
+  - {name: n1, podCIDR: 10.9.1.0/24}
+  - {name: n2, podCIDR: 10.9.2.0/24}
+";
+
+    #[test]
+    fn created_pods_take_their_node_s_addresses() {
+        let s = Scenario::load(
+            &format!(
+                "{TWO_NODES}steps:\n  - create: [{{namespace: x, name: d, node: n2}}, {{namespace: x, name: e}}]\n"
+            ),
+            "t.yaml",
+        )
+        .unwrap();
+        let Some(Action::Create(pods)) = s.actions.first() else {
+            unreachable!()
+        };
+        assert_eq!((pods[0].node, pods[1].node), (1, 0));
+        assert_eq!(pods[0].pod.ips, ["10.9.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(pods[1].pod.ips, ["10.9.1.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(s.node_of["x/d"], 1);
+        assert!(s.declares_nodes);
+
+        let bad = format!("{TWO_NODES}steps:\n  - create: [{{namespace: x, name: d, node: n3}}]\n");
+        let e = Scenario::load(&bad, "t.yaml").err().unwrap();
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("create x/d: no node n3"), "{e}");
+        let outside = format!(
+            "{TWO_NODES}steps:\n  - create: [{{namespace: x, name: d, node: n2, ip: 10.9.1.50}}]\n"
+        );
+        let e = Scenario::load(&outside, "t.yaml").err().unwrap();
+        assert!(
+            e.message
+                .contains("outside the pod networks of its node n2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn checks_and_externals_on_the_underlay_are_refused_with_nodes() {
+        let checks = format!(
+            "{TWO_NODES}steps:\n  - apply: []\n  - check: [{{pod: x/a, exec: /bin/true, expect: allowed}}]\n"
+        );
+        let e = Scenario::load(&checks, "t.yaml").err().unwrap();
+        assert_eq!(e.line, 8, "{e}");
+        assert!(
+            e.message
+                .contains("steps[1]: process and file checks run on a single node"),
+            "{e}"
+        );
+        let top = format!("{TWO_NODES}checks: [{{pod: x/a, exec: /bin/true, expect: allowed}}]\n");
+        let e = Scenario::load(&top, "t.yaml").err().unwrap();
+        assert!(
+            e.message.contains("checks[0]: process and file checks"),
+            "{e}"
+        );
+        let underlay = format!("{TWO_NODES}externals: [{{name: e, ip: 169.254.100.7}}]\n");
+        let e = Scenario::load(&underlay, "t.yaml").err().unwrap();
+        assert!(e.message.contains("inside the underlay"), "{e}");
+        // Without `nodes:`, checks run as ever.
+        let single =
+            "name: t\nmodel: standard\nchecks: [{pod: x/a, exec: /bin/true, expect: allowed}]\n";
+        assert!(Scenario::load(single, "t.yaml").is_ok());
     }
 }
