@@ -45,6 +45,11 @@ pub struct Args {
     /// auto (whichever holds the pod's directory).
     #[arg(long, default_value = "auto")]
     cgroup_driver: cgroup::Driver,
+    /// With --kube: the node settings' ConfigMap, NAMESPACE/NAME (key
+    /// `denyCIDRs`: the prefilter's node deny list, added to --deny-cidr),
+    /// watched and applied without a restart.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "kube")]
+    node_settings: Option<String>,
     /// Where to publish the status (applied revision, readiness), as JSON.
     #[arg(long, value_name = "FILE")]
     status_file: Option<PathBuf>,
@@ -76,7 +81,7 @@ pub struct Args {
     /// Node-level deny list for the prefilter (repeatable): every packet
     /// from these sources is dropped on the uplinks, the node's own
     /// traffic included.
-    #[arg(long = "deny-cidr", value_name = "CIDR", requires = "uplinks")]
+    #[arg(long = "deny-cidr", value_name = "CIDR")]
     deny_cidrs: Vec<ipnet::IpNet>,
 }
 
@@ -123,6 +128,14 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
                         cgroups: cgroup::Layout {
                             root: args.cgroup_root,
                             driver: args.cgroup_driver,
+                        },
+                        settings: match args.node_settings {
+                            Some(s) => Some(
+                                s.split_once('/')
+                                    .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+                                    .context("--node-settings: NAMESPACE/NAME")?,
+                            ),
+                            None => None,
                         },
                     },
                 );

@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use palisade_lab::enforcer::{DaemonArgs, Enforcer};
 use palisade_tests::{
-    BridgeLab, TempPins, answered, commit_and_wait,
+    BridgeLab, TempPins, answered,
     harness::{self, Needs},
     in_netns,
     install::{capabilities, capability_number},
@@ -136,6 +136,30 @@ fn start(
     started
 }
 
+/// Commits and waits for the revision in force; longer than the fixtures'
+/// limit, since under the guest's TCG the verifier takes over a minute on
+/// the LSM object.
+fn in_force(daemon: &mut Enforcer) -> anyhow::Result<serde_json::Value> {
+    let revision = daemon.commit()?.to_string();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Ok(s) = daemon.status()
+            && s["revision"] == revision.as_str()
+            && s["ready"] == true
+        {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "revision {revision} not in force within 240 s: {:?}\n{}",
+                daemon.status().ok(),
+                daemon.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A capability field of /proc/PID/status.
 fn cap_field(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -237,7 +261,7 @@ fn proof(lsm: bool) -> anyhow::Result<()> {
 
     let mut daemon = start(&lab, &t, &dir, &caps)?;
     daemon.write("cluster.yaml", &cluster(&lab, &cgroup.dir, &secret))?;
-    let s = commit_and_wait(&mut daemon)?;
+    let s = in_force(&mut daemon)?;
     let pid = daemon.pid();
     let (eff, prm, bnd) = (
         cap_field(pid, "CapEff")?,

@@ -15,8 +15,8 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{Namespace, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding},
+        core::v1::{ConfigMap, Namespace, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::util::intstr::IntOrString,
@@ -101,6 +101,9 @@ fn check_against_api_type(doc: &Value) -> anyhow::Result<Vec<String>> {
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             round_trip::<ClusterRoleBinding>(doc)
         }
+        ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<Role>(doc),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<RoleBinding>(doc),
+        ("v1", "ConfigMap") => round_trip::<ConfigMap>(doc),
         ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(doc),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             round_trip::<CustomResourceDefinition>(doc)
@@ -117,6 +120,9 @@ fn kustomize_renders_the_base() -> anyhow::Result<()> {
     let mut expected = vec![
         "ClusterRole/palisade",
         "ClusterRoleBinding/palisade",
+        "ConfigMap/palisade-node",
+        "Role/palisade",
+        "RoleBinding/palisade",
         "CustomResourceDefinition/palisadeclusternetworkpolicies.palisade.dev",
         "CustomResourceDefinition/palisadenetworkpolicies.palisade.dev",
         "DaemonSet/palisade",
@@ -133,7 +139,7 @@ fn kustomize_renders_the_base() -> anyhow::Result<()> {
     for doc in &docs {
         let namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str);
         match text(doc, "/kind") {
-            "ServiceAccount" | "DaemonSet" => {
+            "ServiceAccount" | "DaemonSet" | "ConfigMap" | "Role" | "RoleBinding" => {
                 assert_eq!(namespace, Some(NAMESPACE), "{}", label(doc))
             }
             _ => assert_eq!(namespace, None, "{} is cluster-scoped", label(doc)),
@@ -171,7 +177,7 @@ fn the_round_trip_catches_an_unknown_field() -> anyhow::Result<()> {
     let found = check_against_api_type(&ds)?;
     let typo = "unknown field .spec.template.spec.containers[0].securityContext.privilegd";
     assert!(found.iter().any(|f| f == typo), "{found:?}");
-    let unknown = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap"});
+    let unknown = serde_json::json!({"apiVersion": "v1", "kind": "Secret"});
     assert!(check_against_api_type(&unknown).is_err());
     Ok(())
 }
@@ -179,12 +185,9 @@ fn the_round_trip_catches_an_unknown_field() -> anyhow::Result<()> {
 /// (group, resource, verb) triples, one per permission.
 type Grant = (String, String, String);
 
-#[test]
-fn the_cluster_role_grants_exactly_the_access_table() -> anyhow::Result<()> {
-    let docs = rendered()?;
-    let role: ClusterRole = the(&docs, "ClusterRole")?;
+fn grants(rules: Vec<PolicyRule>) -> BTreeSet<Grant> {
     let mut granted = BTreeSet::<Grant>::new();
-    for rule in role.rules.unwrap_or_default() {
+    for rule in rules {
         assert!(
             rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
             "rules name resources only: {rule:?}"
@@ -197,20 +200,53 @@ fn the_cluster_role_grants_exactly_the_access_table() -> anyhow::Result<()> {
             }
         }
     }
-    let used: BTreeSet<Grant> = access::ALL
+    granted
+}
+
+fn uses(table: &[access::Access]) -> BTreeSet<Grant> {
+    table
         .iter()
         .flat_map(|a| {
             a.verbs
                 .iter()
                 .map(|v| (a.group.to_owned(), a.resource.to_owned(), (*v).to_owned()))
         })
-        .collect();
-    let missing: Vec<&Grant> = used.difference(&granted).collect();
-    let extra: Vec<&Grant> = granted.difference(&used).collect();
+        .collect()
+}
+
+fn assert_same(what: &str, granted: &BTreeSet<Grant>, used: &BTreeSet<Grant>) {
+    let missing: Vec<&Grant> = used.difference(granted).collect();
+    let extra: Vec<&Grant> = granted.difference(used).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "the ClusterRole differs from daemon/src/source/kube/access.rs ALL:\n  \
+        "{what} differs from daemon/src/source/kube/access.rs:\n  \
          used by the code, not granted: {missing:?}\n  granted, never used: {extra:?}"
+    );
+}
+
+#[test]
+fn the_roles_grant_exactly_the_access_tables() -> anyhow::Result<()> {
+    let docs = rendered()?;
+    let role: ClusterRole = the(&docs, "ClusterRole")?;
+    assert_same(
+        "the ClusterRole (access::ALL)",
+        &grants(role.rules.unwrap_or_default()),
+        &uses(&access::ALL),
+    );
+    let own: Role = the(&docs, "Role")?;
+    assert_eq!(own.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_same(
+        "the Role in the install's namespace (access::IN_OWN_NAMESPACE)",
+        &grants(own.rules.unwrap_or_default()),
+        &uses(&access::IN_OWN_NAMESPACE),
+    );
+    let own_binding: RoleBinding = the(&docs, "RoleBinding")?;
+    assert_eq!(
+        (
+            own_binding.role_ref.kind.as_str(),
+            own_binding.role_ref.name.as_str()
+        ),
+        ("Role", "palisade")
     );
 
     let binding: ClusterRoleBinding = the(&docs, "ClusterRoleBinding")?;

@@ -254,16 +254,25 @@ impl<S: Source> Agent<S> {
         };
         let lsm = compile_lsm(&reading.snapshot);
         let has_uplinks = !self.syncer.uplinks().is_empty();
+        let mut node_denies = self.options.deny_cidrs.clone();
+        node_denies.extend(reading.node_denies.iter().flatten().copied());
+        node_denies.sort();
+        node_denies.dedup();
+        let denies_unenforced = (!has_uplinks && !node_denies.is_empty()).then(|| {
+            "the node deny list is not enforced: the prefilter is on no uplink (--uplink)"
+                .to_owned()
+        });
         let desired = desired(
             compiled,
             &reading.snapshot,
             &placement,
-            &self.options,
             has_uplinks,
+            &node_denies,
         )
         .with_lsm(&lsm);
         let mut report = self.syncer.apply(&desired)?;
         report.attach_errors.extend(uplink_errors);
+        report.attach_errors.extend(denies_unenforced);
         {
             let mut names = crate::observe::names::lock(&self.names);
             names.learn(&compiled.policies, &report.endpoint_ids);
@@ -560,11 +569,11 @@ fn desired<'a>(
     compiled: &'a Compiled,
     snapshot: &Snapshot,
     placement: &Placement,
-    options: &'a Options,
     has_uplinks: bool,
+    node_denies: &'a [ipnet::IpNet],
 ) -> Desired<'a> {
     let desired = Desired::on_node(compiled, &placement.placed, &placement.quarantined)
-        .with_node_denies(&options.deny_cidrs);
+        .with_node_denies(node_denies);
     if !has_uplinks {
         desired.without_pod_denies()
     } else {

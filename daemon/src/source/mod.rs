@@ -35,6 +35,10 @@ pub struct Reading {
     /// seen in its watch, for a caller that wrote at that version and waits
     /// for the daemon to have seen it. Empty for the file source.
     pub observed: BTreeMap<String, u64>,
+    /// Node-level source denies for the prefilter, when the source carries
+    /// node settings (the Kubernetes source's ConfigMap); added to the
+    /// `--deny-cidr` flags.
+    pub node_denies: Option<Vec<ipnet::IpNet>>,
 }
 
 pub trait Source {

@@ -76,6 +76,20 @@ pub const EVENTS: Access = Access {
     verbs: &["create"],
 };
 
+/// The node settings (see `settings.rs`): one ConfigMap in the agent's own
+/// namespace, granted by a Role there, not cluster-wide.
+pub const NODE_SETTINGS: Access = Access {
+    group: "",
+    version: "v1",
+    resource: "configmaps",
+    kind: "ConfigMap",
+    namespaced: true,
+    verbs: READ,
+};
+
+/// What a Role in the agent's own namespace grants.
+pub const IN_OWN_NAMESPACE: [Access; 1] = [NODE_SETTINGS];
+
 /// The policy kinds, each watched cluster-wide.
 pub const POLICY_KINDS: [Access; 4] = [
     NETWORK_POLICIES,
@@ -84,7 +98,7 @@ pub const POLICY_KINDS: [Access; 4] = [
     KUBEARMOR_POLICIES,
 ];
 
-/// Everything, for the ClusterRole check.
+/// Everything the ClusterRole grants, for its check.
 pub const ALL: [Access; 7] = [
     NAMESPACES,
     PODS,

@@ -19,6 +19,7 @@ pub mod access;
 pub mod cgroup;
 pub mod events;
 pub mod policies;
+pub mod settings;
 pub mod watch;
 
 use std::{
@@ -29,7 +30,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerPort, PodSpec, PodStatus};
 use kube::{
     Api, Client,
     core::{ApiResource, DynamicObject},
@@ -52,6 +53,8 @@ pub struct Options {
     /// This node's name (`spec.nodeName` of its pods).
     pub node: String,
     pub cgroups: cgroup::Layout,
+    /// The node settings' ConfigMap (namespace, name), if any.
+    pub settings: Option<(String, String)>,
 }
 
 pub struct KubeSource {
@@ -65,6 +68,9 @@ pub struct KubeSource {
     policies: Policies,
     /// Each namespace's last version whose posture annotations read.
     namespaces_good: BTreeMap<String, Namespace>,
+    settings: Option<Store<ConfigMap>>,
+    /// The last deny list the settings gave that read.
+    denies_good: Vec<ipnet::IpNet>,
     wake: Option<mpsc::Receiver<()>>,
 }
 
@@ -209,10 +215,26 @@ impl KubeSource {
                 tx.clone(),
             );
         }
+        let settings = options.settings.as_ref().map(|(namespace, name)| {
+            let writer = Writer::<ConfigMap>::default();
+            let store = writer.as_reader();
+            watch::spawn(
+                access::NODE_SETTINGS.resource,
+                Api::namespaced(client.clone(), namespace),
+                config().fields(&format!("metadata.name={name}")),
+                writer,
+                |m: &mut ConfigMap| m.metadata.managed_fields = None,
+                states.clone(),
+                tx.clone(),
+            );
+            store
+        });
         Self {
             client,
             options,
             states,
+            settings,
+            denies_good: Vec::new(),
             namespaces,
             pods,
             local_pods,
@@ -326,6 +348,30 @@ fn owners(pods: &[Arc<ApiPod>]) -> BTreeMap<IpAddr, String> {
         .collect()
 }
 
+impl KubeSource {
+    /// The settings' deny list: the ConfigMap's, its last good one when it
+    /// does not read, none when there is no ConfigMap.
+    fn node_denies(&mut self, errors: &mut Vec<String>) -> Option<Vec<ipnet::IpNet>> {
+        let store = self.settings.as_ref()?;
+        let Some(map) = store.state().into_iter().next() else {
+            self.denies_good.clear();
+            return Some(Vec::new());
+        };
+        match settings::deny_cidrs(&map) {
+            Ok(cidrs) => self.denies_good = cidrs,
+            Err(faults) => {
+                let name = map.metadata.name.clone().unwrap_or_default();
+                for fault in faults {
+                    errors.push(format!(
+                        "ConfigMap {name} (node settings): {fault} (the last good settings stay in force)"
+                    ));
+                }
+            }
+        }
+        Some(self.denies_good.clone())
+    }
+}
+
 impl Source for KubeSource {
     fn read(&mut self) -> Reading {
         let (waiting, stale, observed) = {
@@ -382,6 +428,7 @@ impl Source for KubeSource {
             events::report(&self.client, refusal, &self.options.node);
         }
         errors.extend(pass.errors);
+        let node_denies = self.node_denies(&mut errors);
         let mut policies = pass.policies;
         policies.sort_by_key(|p| p.key());
         Reading {
@@ -395,6 +442,7 @@ impl Source for KubeSource {
             waiting: None,
             stale,
             observed,
+            node_denies,
         }
     }
 
