@@ -67,6 +67,12 @@ pub struct Args {
     /// port 0 picks one, named in the status file).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// With --metrics-addr: also serve everything, the event stream
+    /// (`/events`) and `/explain` included, on this loopback address. The
+    /// metrics endpoint serves those only when it is on loopback itself,
+    /// since with hostNetwork pods reach the node's addresses.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9964")]
+    api_addr: SocketAddr,
     /// Label drop and allow counters by pod for at most N pods (the
     /// rest share pod="other"); off by default to bound the series.
     #[arg(long, value_name = "N")]
@@ -104,6 +110,7 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
             resync: Duration::from_millis(args.resync_ms),
             quarantine: (!args.no_quarantine).then_some(args.quarantine_prefix),
             metrics_addr: args.metrics_addr,
+            api_addr: Some(args.api_addr),
             metrics_pod_labels: args.metrics_pod_labels,
             uplinks,
             follow_default_routes,

@@ -7,8 +7,9 @@ use palisade::observe::client;
 
 #[derive(clap::Args)]
 pub struct Endpoint {
-    /// The running daemon's --metrics-addr.
-    #[arg(long, default_value = "127.0.0.1:9963")]
+    /// The running daemon's loopback endpoint (its --api-addr; or its
+    /// --metrics-addr when that is on loopback).
+    #[arg(long, default_value = "127.0.0.1:9964")]
     addr: SocketAddr,
     /// Connect from inside this network namespace (e.g. /proc/PID/ns/net
     /// of the daemon).

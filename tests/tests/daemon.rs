@@ -317,6 +317,113 @@ fn the_prefilter_follows_the_default_route() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One HTTP GET from the calling namespace; the response's status code
+/// (`None`: no connection).
+fn status_of(to: SocketAddr, path: &str) -> anyhow::Result<Option<u16>> {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = TcpStream::connect_timeout(&to, WAIT) else {
+        return Ok(None);
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    let line = String::from_utf8_lossy(&head);
+    Ok(line.get(9..12).and_then(|c| c.parse().ok()))
+}
+
+/// With hostNetwork whatever the daemon listens on is reachable from every
+/// pod of the node: there the metrics endpoint serves metrics and health
+/// only, and the event stream and `explain` (other pods' traffic, the
+/// policies) are served on loopback, which no pod reaches.
+#[test]
+fn events_and_explain_are_not_served_where_pods_reach() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(1)?;
+    let dir = std::env::temp_dir().join(unique("palisade-endpoints-"));
+    fs::create_dir_all(dir.join("source"))?;
+    fs::write(dir.join("source/cluster.yaml"), cluster(&lab))?;
+    fs::write(dir.join("source/.revision"), "1")?;
+    let log = fs::File::create(dir.join("daemon.log"))?;
+    let mut cmd = std::process::Command::new(palisade_bin()?);
+    cmd.arg("--pin-base")
+        .arg(t.pins.base())
+        .args(["daemon", "--resync-ms", "300", "--source"])
+        .arg(dir.join("source"))
+        .arg("--status-file")
+        .arg(dir.join("status.json"))
+        .args(["--metrics-addr", "0.0.0.0:0", "--api-addr", "127.0.0.1:0"])
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    lab.node.spawn_inside(&mut cmd)?;
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Killed(cmd.spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(text) = fs::read_to_string(dir.join("status.json"))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && v["revision"] == "1"
+            && v["ready"] == true
+        {
+            break v;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon did not get ready: {}",
+                fs::read_to_string(dir.join("daemon.log"))?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let port = |field: &str| -> anyhow::Result<u16> {
+        let addr: SocketAddr = status[field].as_str().context("no address")?.parse()?;
+        Ok(addr.port())
+    };
+    // The node's address on the bridge, the pods' gateway.
+    let node_ip = Ipv4Addr::new(10, 199, 1, 254);
+    let metrics = SocketAddr::from((node_ip, port("metrics")?));
+    let api = SocketAddr::from((node_ip, port("api")?));
+    let pod = &lab.pods[0].netns;
+    let from_pod = |to, path: &'static str| in_netns(pod, move || status_of(to, path))?;
+    assert_eq!(
+        from_pod(metrics, "/metrics")?,
+        Some(200),
+        "metrics are scraped from outside"
+    );
+    assert_eq!(from_pod(metrics, "/readyz")?, Some(200));
+    assert_eq!(
+        from_pod(metrics, "/events")?,
+        Some(403),
+        "no event stream where pods reach"
+    );
+    assert_eq!(
+        from_pod(metrics, "/explain?from=x/a&to=x/a&port=80")?,
+        Some(403),
+        "no explain where pods reach"
+    );
+    assert_eq!(
+        from_pod(api, "/events")?,
+        None,
+        "the loopback endpoint is out of pods' reach"
+    );
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, port("api")?));
+    let on_node = in_netns(&lab.node, move || {
+        status_of(local, "/explain?from=x/a&to=x/a&port=80")
+    })??;
+    assert_eq!(on_node, Some(200), "on the node itself explain answers");
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 const PROCESS_RULES: &str = "apiVersion: palisade.dev/v1alpha1\nkind: PalisadeNetworkPolicy\nmetadata: {name: no-shells, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: []\n  process:\n    posture: Allowlist\n    rules: [{action: Allow, paths: [/usr/bin/app]}]\n";
 
 /// An accepted `process:` section that this node does not enforce is said

@@ -55,6 +55,10 @@ pub struct Options {
     /// Serve Prometheus metrics here (port 0: any free port; the status
     /// file names the one bound).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve everything, `/events` and `/explain` included, here (a
+    /// loopback address); the metrics endpoint serves those only when it
+    /// is on loopback itself.
+    pub api_addr: Option<std::net::SocketAddr>,
     /// Per-pod metric labels for at most this many pods.
     pub metrics_pod_labels: Option<usize>,
     /// Interfaces for the XDP prefilter: it drops the `deny_cidrs` sources
@@ -102,6 +106,9 @@ pub struct Status {
     pub errors: Vec<String>,
     /// Where the metrics endpoint listens, if it does.
     pub metrics: Option<String>,
+    /// Where the loopback endpoint (everything, `/events` and `/explain`
+    /// included) listens, if it does.
+    pub api: Option<String>,
     /// The source: `in sync`; `waiting for ... (the state pinned by the
     /// last run keeps enforcing)` before it has seen everything once;
     /// `stale: ...` while it cannot reach its origin (the last good state
@@ -170,22 +177,32 @@ impl<S: Source> Agent<S> {
                         None
                     }
                 };
-                let listener = std::net::TcpListener::bind(addr)
-                    .with_context(|| format!("metrics endpoint on {addr}"))?;
-                listener.set_nonblocking(true)?;
-                let bound = listener.local_addr()?;
-                tracing::info!("metrics on http://{bound}/metrics, events on /events");
+                let state = crate::observe::http::State {
+                    metrics: m.clone(),
+                    hub,
+                    snapshot: snapshot.clone(),
+                    lsm_inactive: syncer.lsm_inactive().map(str::to_owned),
+                    not_ready: not_ready.clone(),
+                    private: false,
+                };
+                let bound = serve(addr, &state, "metrics endpoint")?;
+                tracing::info!("metrics on http://{bound}/metrics");
                 status.metrics = Some(bound.to_string());
-                tokio::spawn(crate::observe::http::serve(
-                    tokio::net::TcpListener::from_std(listener)?,
-                    crate::observe::http::State {
-                        metrics: m.clone(),
-                        hub,
-                        snapshot: snapshot.clone(),
-                        lsm_inactive: syncer.lsm_inactive().map(str::to_owned),
-                        not_ready: not_ready.clone(),
-                    },
-                ));
+                if let Some(api) = options.api_addr {
+                    anyhow::ensure!(
+                        api.ip().is_loopback(),
+                        "--api-addr {api}: the endpoint that serves /events and /explain must be on loopback"
+                    );
+                    // Another daemon in this network namespace may hold the
+                    // port: the node's own endpoint then stays its.
+                    match serve(api, &state, "loopback endpoint") {
+                        Ok(bound) => {
+                            tracing::info!("events on http://{bound}/events, explain on /explain");
+                            status.api = Some(bound.to_string());
+                        }
+                        Err(e) => tracing::warn!("{e:#}"),
+                    }
+                }
                 Some(m)
             }
             None => None,
@@ -396,6 +413,7 @@ impl<S: Source> Agent<S> {
             policies: reading.snapshot.policies.len(),
             errors,
             metrics: self.status.metrics.clone(),
+            api: self.status.api.clone(),
             source: match &reading.stale {
                 Some(why) => format!("stale: {why} (the last good state stays in force)"),
                 None => "in sync".into(),
@@ -519,6 +537,27 @@ struct LsmStatus {
     state: String,
     not_enforced: BTreeMap<String, Vec<String>>,
     pods: BTreeMap<String, String>,
+}
+
+/// Serves `state` on `addr`, privately when `addr` is loopback.
+fn serve(
+    addr: std::net::SocketAddr,
+    state: &crate::observe::http::State,
+    what: &str,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("{what} on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let state = crate::observe::http::State {
+        private: bound.ip().is_loopback(),
+        ..state.clone()
+    };
+    tokio::spawn(crate::observe::http::serve(
+        tokio::net::TcpListener::from_std(listener)?,
+        state,
+    ));
+    Ok(bound)
 }
 
 /// Finds each pod's veth on this node, and the pod-like veths no known pod

@@ -45,6 +45,11 @@ pub struct State {
     /// placed, a write that failed), or `None` when the last pass is fully
     /// in force: `/readyz`.
     pub not_ready: SharedReadiness,
+    /// Whether this listener may serve what reveals other pods' traffic
+    /// and the policies (`/events`, `/explain`): only one that no pod can
+    /// reach, on loopback. With `hostNetwork` a listener on the node's
+    /// addresses is reachable from every pod of the node.
+    pub private: bool,
 }
 
 /// What `/readyz` answers, set by the agent after every pass.
@@ -179,7 +184,17 @@ fn respond<B>(state: &State, request: &Request<B>) -> Response<Body> {
         );
     }
     let query = request.uri().query().unwrap_or("");
-    match (request.uri().path(), &state.hub) {
+    let path = request.uri().path();
+    if !state.private && matches!(path, "/events" | "/explain") {
+        return text(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            format!(
+                "{path} is served on the daemon's loopback endpoint (--api-addr), not on an address pods can reach\n"
+            ),
+        );
+    }
+    match (path, &state.hub) {
         ("/events", Some(hub)) => answer(
             StatusCode::OK,
             "application/x-ndjson",
