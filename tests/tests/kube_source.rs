@@ -312,3 +312,82 @@ fn api_faults_cause_no_wrong_verdict_and_changes_still_land() -> anyhow::Result<
     let _ = fs::remove_dir_all(&dir);
     Ok(())
 }
+
+fn settings(deny: &str) -> String {
+    let (namespace, name) = palisade_lab::kube_feed::NODE_SETTINGS
+        .split_once('/')
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {namespace}}}\ndata: {{denyCIDRs: '{deny}'}}\n"
+    )
+}
+
+/// The node settings' ConfigMap: its deny list reaches the prefilter on
+/// the uplink without a restart, a value that does not read keeps the last
+/// good list, and deleting the ConfigMap lifts the deny.
+#[test]
+fn node_settings_from_a_config_map_apply_without_a_restart() -> anyhow::Result<()> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let (ext1, ext2) = (Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 3));
+    let t = TempPins::new()?;
+    let lab = BridgeLab::with_externals(1, &[IpAddr::V4(ext1), IpAddr::V4(ext2)])?;
+    lab.route_default_via_uplink()?;
+    let outside = lab.outside.as_ref().context("no outside namespace")?;
+    let pod = &lab.pods[0];
+    let listener = in_netns(&pod.netns, || TcpListener::bind((pod.ip, PORT)))??;
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            drop(connection);
+        }
+    });
+    let dir = std::env::temp_dir().join(unique("palisade-kube-settings-"));
+    let args = DaemonArgs {
+        resync_ms: 500,
+        feed: Feed::Kube,
+        extra: vec!["--uplink".into(), "auto".into()],
+    };
+    let mut daemon = Enforcer::start_with(&palisade_bin()?, &lab.node, &dir, t.pins.base(), args)?;
+    daemon.write(
+        "cluster.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: x}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x, labels: {{pod: a}}}}\nstatus: {{podIP: {}}}\n",
+            pod.ip
+        ),
+    )?;
+    commit_and_wait(&mut daemon)?;
+    let to = SocketAddr::from((pod.ip, PORT));
+    let reach = |src: Ipv4Addr| -> anyhow::Result<bool> {
+        in_netns(outside, || {
+            let attempt = || -> std::io::Result<()> {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                s.bind(&SocketAddr::from((src, 0)).into())?;
+                s.connect_timeout(&to.into(), WAIT)
+            };
+            answered(attempt(), &format!("{src} -> {to}"))
+        })?
+    };
+    assert!(reach(ext2)?, "no settings: ext2 reaches the pod");
+
+    daemon.write("settings.yaml", &settings("192.0.2.3/32"))?;
+    commit_and_wait(&mut daemon).context("the deny list from the ConfigMap")?;
+    assert!(!reach(ext2)?, "ext2 is on the ConfigMap's deny list");
+    assert!(reach(ext1)?, "ext1 is not");
+
+    daemon.write("settings.yaml", &settings("192.0.2.3/33"))?;
+    let s = commit_and_wait(&mut daemon)?;
+    let error = s["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        error.contains("data.denyCIDRs")
+            && error.contains("192.0.2.3/33")
+            && error.contains("last good"),
+        "{s}"
+    );
+    assert!(!reach(ext2)?, "the last good deny list stays in force");
+
+    daemon.remove("settings.yaml")?;
+    commit_and_wait(&mut daemon).context("the ConfigMap deleted")?;
+    assert!(reach(ext2)?, "no ConfigMap, no deny");
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
