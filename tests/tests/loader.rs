@@ -5,7 +5,7 @@
 
 use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
 use ebpf_common::{
     maps::{self, kind},
@@ -51,7 +51,45 @@ fn main() {
             Needs::Nothing,
             a_pinned_map_of_another_type_is_refused,
         ),
+        (
+            "only_root_reaches_the_pins",
+            Needs::Nothing,
+            only_root_reaches_the_pins,
+        ),
     ])
+}
+
+/// The pins (maps can be read and changed through them) are root's alone:
+/// directories 0700, pins without group or other bits, and an unprivileged
+/// process can neither list the directory nor open a pin.
+fn only_root_reaches_the_pins() -> anyhow::Result<()> {
+    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+    let t = TempPins::new()?;
+    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    for dir in [t.pins.root().to_path_buf(), t.pins.maps(), t.pins.links()] {
+        let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o700, "{} has mode {mode:o}", dir.display());
+    }
+    let pin = t.pins.map(maps::XDP_STATS);
+    let mode = std::fs::metadata(&pin)?.permissions().mode() & 0o777;
+    ensure!(mode & 0o077 == 0, "{} has mode {mode:o}", pin.display());
+    for (what, program, path) in [
+        ("open a pinned map", "cat", &pin),
+        ("list the maps", "ls", &t.pins.maps()),
+    ] {
+        let out = std::process::Command::new(program)
+            .arg(path)
+            .uid(65534)
+            .gid(65534)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains("Permission denied"),
+            "nobody could {what}: {} {err}",
+            out.status
+        );
+    }
+    Ok(())
 }
 
 /// Every object the kernel can run; the LSM object only where the feature

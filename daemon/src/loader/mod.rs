@@ -12,7 +12,7 @@ pub mod layout;
 pub mod objects;
 pub mod sizes;
 
-use std::{fs, io, path::PathBuf};
+use std::{fs, io, os::unix::fs::PermissionsExt as _, path::PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -207,8 +207,17 @@ fn prepare(pins: &PinDir) -> Result<(), LoadError> {
             path: parent.to_path_buf(),
         });
     }
-    for dir in [pins.maps(), pins.links()] {
-        fs::create_dir_all(&dir).map_err(|source| LoadError::PinDir { path: dir, source })?;
+    // Only root may reach the pins: a map opened from its pin can be read
+    // and changed (the kernel checks the pin's own mode, 0600, too).
+    for dir in [
+        pins.base().to_path_buf(),
+        pins.root().to_path_buf(),
+        pins.maps(),
+        pins.links(),
+    ] {
+        fs::create_dir_all(&dir)
+            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|source| LoadError::PinDir { path: dir, source })?;
     }
     Ok(())
 }
