@@ -150,17 +150,15 @@ impl Daemons {
         Ok(())
     }
 
-    /// Every daemon's drop events, as one collection.
+    /// Every daemon's drop events, as one collection; with `nodes:`, each
+    /// names its node.
     pub fn watch_drops(&self) -> anyhow::Result<DropWatch> {
-        let mut watch: Option<DropWatch> = None;
+        let watch = DropWatch::default();
         for d in &self.daemons {
-            let addr = d.enforcer.metrics_addr()?;
-            match &watch {
-                Some(w) => w.subscribe(addr, &d.netns.path())?,
-                None => watch = Some(DropWatch::start(addr, &d.netns.path())?),
-            }
+            let node = self.by_node.then(|| d.name.clone());
+            watch.subscribe(d.enforcer.metrics_addr()?, &d.netns.path(), node)?;
         }
-        watch.context("no daemon")
+        Ok(watch)
     }
 
     /// Each daemon's metrics, by node name.

@@ -29,6 +29,10 @@ pub enum Confirmation {
         direction: String,
         reason: String,
         policy: String,
+        /// The node whose daemon reported it, where the scenario has
+        /// several (`nodes:`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
     /// No event, but events were kept back meanwhile (by the cause named):
     /// the one for this probe may be among them.
@@ -76,8 +80,9 @@ impl Losses {
     }
 }
 
-/// What a thread reading the daemon's drop events has seen. The thread
-/// ends when the daemon closes the stream, as it does when it stops.
+/// What the threads reading daemons' drop events have seen. A thread ends
+/// when its daemon closes the stream, as it does when it stops.
+#[derive(Default)]
 pub struct DropWatch {
     collected: Arc<Mutex<Collected>>,
 }
@@ -88,7 +93,8 @@ pub struct Silent<'a> {
     pub to: SocketAddr,
 }
 
-fn parse(line: &str, collected: &Mutex<Collected>) {
+/// One line of a daemon's event stream; `node` names the daemon's node.
+fn parse(line: &str, collected: &Mutex<Collected>, node: Option<&str>) {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
         return;
     };
@@ -108,6 +114,7 @@ fn parse(line: &str, collected: &Mutex<Collected>) {
                     direction: text("direction"),
                     reason: text("reason"),
                     policy: text("policy"),
+                    node: node.map(str::to_owned),
                 },
             });
         }
@@ -124,13 +131,19 @@ impl DropWatch {
         let watch = Self {
             collected: Arc::default(),
         };
-        watch.subscribe(metrics, netns)?;
+        watch.subscribe(metrics, netns, None)?;
         Ok(watch)
     }
 
-    /// Also reads the drops of another daemon (another node's: a drop is
-    /// reported by the node that enforced it), into the same collection.
-    pub fn subscribe(&self, metrics: SocketAddr, netns: &Path) -> anyhow::Result<()> {
+    /// Also reads the drops of another daemon (another node's, `node`: a
+    /// drop is reported by the node that enforced it), into the same
+    /// collection.
+    pub fn subscribe(
+        &self,
+        metrics: SocketAddr,
+        netns: &Path,
+        node: Option<String>,
+    ) -> anyhow::Result<()> {
         let into = self.collected.clone();
         let netns = netns.to_owned();
         let (subscribed, answer) = mpsc::channel();
@@ -148,7 +161,7 @@ impl DropWatch {
             let _ = subscribed.send(Ok(()));
             for line in reader.lines() {
                 let Ok(line) = line else { return };
-                parse(&line, &into);
+                parse(&line, &into, node.as_deref());
             }
         });
         answer
@@ -256,8 +269,8 @@ mod tests {
     #[test]
     fn drops_match_by_protocol_source_and_destination_either_way() -> anyhow::Result<()> {
         let w = watch();
-        parse(EVENT, &w.collected);
-        parse(r#"{"type":"lost","rate_limited":0}"#, &w.collected);
+        parse(EVENT, &w.collected, None);
+        parse(r#"{"type":"lost","rate_limited":0}"#, &w.collected, None);
         let from = ["10.244.0.5".parse()?];
         let to: SocketAddr = "10.244.0.1:81".parse()?;
         let probe = Silent { from: &from, to };
@@ -318,7 +331,7 @@ mod tests {
                 cause: "3 events rate-limited".into()
             }]
         );
-        parse(EVENT, &w.collected);
+        parse(EVENT, &w.collected, None);
         assert!(matches!(account(7)?[..], [Confirmation::Event { .. }]));
         Ok(())
     }

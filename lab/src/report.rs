@@ -450,6 +450,7 @@ mod tests {
             direction: "ingress".into(),
             reason: "drop_default_deny".into(),
             policy: "default-deny".into(),
+            node: None,
         };
         let lost = Confirmation::Unconfirmed {
             cause: "3 events rate-limited".into(),
