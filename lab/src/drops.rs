@@ -124,20 +124,11 @@ fn parse(line: &str, collected: &Mutex<Collected>, node: Option<&str>) {
 }
 
 impl DropWatch {
-    /// Subscribes to the daemon at `metrics` (its local endpoint), which
-    /// listens inside the network namespace at `netns`. Drops from the
-    /// moment this returns are seen.
-    pub fn start(metrics: SocketAddr, netns: &Path) -> anyhow::Result<Self> {
-        let watch = Self {
-            collected: Arc::default(),
-        };
-        watch.subscribe(metrics, netns, None)?;
-        Ok(watch)
-    }
-
-    /// Also reads the drops of another daemon (another node's, `node`: a
-    /// drop is reported by the node that enforced it), into the same
-    /// collection.
+    /// Reads the drops of the daemon at `metrics` (its local endpoint),
+    /// which listens inside the network namespace at `netns`, from the
+    /// moment this returns, into the collection of every daemon's; `node`
+    /// names the daemon's node where there are several (a drop is reported
+    /// by the node that enforced it).
     pub fn subscribe(
         &self,
         metrics: SocketAddr,
@@ -261,9 +252,7 @@ mod tests {
     const EVENT: &str = r#"{"type":"event","time":"t","verdict":"dropped","direction":"ingress","reason":"drop_policy_deny","policy":"palisade:x/deny","pod":"x/a","protocol":"UDP","src":"10.244.0.5:40000","dst":"10.244.0.1:81"}"#;
 
     fn watch() -> DropWatch {
-        DropWatch {
-            collected: Arc::default(),
-        }
+        DropWatch::default()
     }
 
     #[test]

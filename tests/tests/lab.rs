@@ -80,6 +80,10 @@ fn invalid_files_exit_2_naming_the_line_and_touch_nothing() -> anyhow::Result<()
             ":5: x/typo: policies[0]: unknown kind NetworkPolicee",
         ),
         ("unknown-pod.yaml", ":5: probes[0]: q/q is not a pod"),
+        (
+            "nodes-with-checks.yaml",
+            ":9: checks[0]: process and file checks run on a single node",
+        ),
     ] {
         let (out, _) = lab(&[], &[dir.join(file)])?;
         let t = text(&out);
@@ -196,6 +200,71 @@ fn blocked_cells_are_confirmed_by_palisade_drop_events() -> anyhow::Result<()> {
         }
     }
     assert_eq!(blocked, 2, "{v}");
+    Ok(())
+}
+
+/// With `nodes:`, each node's daemon enforces its own pods: a blocked
+/// cell's drop event comes from the destination's node for an ingress
+/// policy and from the source's node for an egress one, and the counters
+/// say the same by node. Placing every pod on one node would fail it.
+#[test]
+fn drops_come_from_the_node_that_enforces_them() -> anyhow::Result<()> {
+    let files =
+        ["ingress", "egress", "relabel"].map(|f| scenarios().join(format!("multi-node-{f}.yaml")));
+    let (out, left) = lab(&["--json"], &files)?;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    // Which node's daemon drops a blocked cell's probe from `from`, in
+    // which direction, in each scenario.
+    let enforced_at = |scenario: &str, from: &str| match scenario {
+        "multi-node-ingress" => ("n1", "ingress"),
+        "multi-node-egress" => ("n1", "egress"),
+        // x/c (n1) reaches only servers; y/a (n2) admits only clients.
+        _ if from == "x/c" => ("n1", "egress"),
+        _ => ("n2", "ingress"),
+    };
+    let scenarios = v["scenarios"].as_array().cloned().unwrap_or_default();
+    assert_eq!(scenarios.len(), 3, "{v}");
+    for scenario in &scenarios {
+        let name = scenario["name"].as_str().unwrap_or_default();
+        let mut blocked = 0;
+        for cell in scenario["probes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| p["cells"].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["observed"] == "blocked")
+        {
+            blocked += 1;
+            let at = enforced_at(name, cell["from"].as_str().unwrap_or_default());
+            let confirmation = &cell["confirmation"];
+            assert_eq!(confirmation["by"], "event", "{cell}");
+            assert_eq!(
+                (&confirmation["node"], &confirmation["direction"]),
+                (&at.0.into(), &at.1.into()),
+                "{cell}"
+            );
+        }
+        assert!(blocked > 0, "{scenario}");
+        let metrics: Vec<&str> = scenario["metrics"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|l| l.as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            metrics.iter().all(|l| l.contains("{node=\"n")),
+            "{metrics:?}"
+        );
+        if name == "multi-node-relabel" {
+            for series in [
+                r#"{node="n1",direction="egress""#,
+                r#"{node="n2",direction="ingress""#,
+            ] {
+                assert!(metrics.iter().any(|l| l.contains(series)), "{metrics:?}");
+            }
+        }
+    }
     Ok(())
 }
 
