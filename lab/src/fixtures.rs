@@ -53,9 +53,10 @@ fn block_on<F: Future>(f: F) -> anyhow::Result<F::Output> {
 /// The lab's node with `cluster`'s pods on `networks` (and `externals` in
 /// the outside namespace), and the daemon (`bin`) started on it with the
 /// cluster written to its source but not committed, so that a caller's
-/// first revision can carry its policies too. Scenarios, the tests and the
-/// bench all start so. Returns the daemon's directory as well (its source
-/// and status file), which the caller removes.
+/// first revision can carry its policies too. The tests and the bench
+/// start so (a scenario's nodes, `nodes::Nodes`, start the same way, one
+/// such node each). Returns the daemon's directory as well (its source and
+/// status file), which the caller removes.
 pub async fn node_with_daemon(
     bin: &Path,
     tag: &str,
