@@ -62,3 +62,42 @@ fn a_bridged_pod_is_found_through_neighbour_and_fdb() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `ip ARGS` inside `ns` (a child forked from a thread in a namespace is
+/// in it too).
+fn ip_in(ns: &Netns, args: &str) -> anyhow::Result<()> {
+    let status = in_netns(ns, || {
+        std::process::Command::new("ip")
+            .args(args.split(' '))
+            .status()
+    })??;
+    anyhow::ensure!(status.success(), "ip {args}: {status}");
+    Ok(())
+}
+
+/// Another node's pods under host-gw routing are reached via a gateway:
+/// they are not local, even when the node's uplink is a veth (a node in a
+/// container) or a bridge, where the route alone would look like a routed
+/// or a bridged pod of this node.
+#[test]
+fn an_address_behind_a_gateway_is_not_local_whatever_the_link() -> anyhow::Result<()> {
+    let pair = VethPair::new()?;
+    let veth = in_netns(&pair.node, || palisade::netns::ifindex(&pair.host_if))??;
+    ip_in(&pair.node, &format!("route add 10.250.0.0/24 via {POD_IP}"))?;
+    let remote = in_node(&pair.node, async |h| {
+        Ok(locate(h, "10.250.0.7".parse()?).await?)
+    })?;
+    assert_eq!(remote, Err(Unplaced::NotLocal { ifindex: veth }));
+
+    let lab = BridgeLab::new(1)?;
+    let bridge = in_netns(&lab.node, || palisade::netns::ifindex("br0"))??;
+    ip_in(
+        &lab.node,
+        &format!("route add 10.251.0.0/24 via {}", lab.pods[0].ip),
+    )?;
+    let remote = in_node(&lab.node, async |h| {
+        Ok(locate(h, "10.251.0.7".parse()?).await?)
+    })?;
+    assert_eq!(remote, Err(Unplaced::NotLocal { ifindex: bridge }));
+    Ok(())
+}

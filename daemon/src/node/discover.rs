@@ -103,7 +103,10 @@ async fn dump_neighbours(
     Ok(request.execute().try_collect().await?)
 }
 
-async fn route_oif(handle: &Handle, ip: IpAddr) -> Result<Option<u32>, DiscoverError> {
+/// The interface the route to `ip` leaves through, and whether it goes via
+/// a gateway (the address is then behind another host: another node's pod
+/// under host-gw routing, even when the uplink is a veth or a bridge).
+async fn route_oif(handle: &Handle, ip: IpAddr) -> Result<Option<(u32, bool)>, DiscoverError> {
     let mut query = RouteMessage::default();
     query.header.address_family = match ip {
         IpAddr::V4(_) => AddressFamily::Inet,
@@ -115,10 +118,16 @@ async fn route_oif(handle: &Handle, ip: IpAddr) -> Result<Option<u32>, DiscoverE
         .push(RouteAttribute::Destination(RouteAddress::from(ip)));
     let mut routes = handle.route().get(query).execute();
     match routes.try_next().await {
-        Ok(Some(route)) => Ok(route.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Oif(i) => Some(*i),
-            _ => None,
-        })),
+        Ok(Some(route)) => {
+            let via = route
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_)));
+            Ok(route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some((*i, via)),
+                _ => None,
+            }))
+        }
         Ok(None) => Ok(None),
         // ENETUNREACH and friends: no route.
         Err(rtnetlink::Error::NetlinkError(_)) => Ok(None),
@@ -235,9 +244,13 @@ impl<'a> Tables<'a> {
         &mut self,
         ip: IpAddr,
     ) -> Result<Result<Placement, Unplaced>, DiscoverError> {
-        let Some(oif) = route_oif(self.handle, ip).await? else {
+        let Some((oif, via_gateway)) = route_oif(self.handle, ip).await? else {
             return Ok(Err(Unplaced::NoRoute));
         };
+        // Routed CNIs reach their pods on-link; a gateway means another host.
+        if via_gateway {
+            return Ok(Err(Unplaced::NotLocal { ifindex: oif }));
+        }
         match self.kind(oif).await? {
             Some(InfoKind::Veth) => Ok(Ok(Placement::Routed { veth: oif })),
             Some(InfoKind::Bridge) => {

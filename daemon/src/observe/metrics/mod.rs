@@ -136,6 +136,14 @@ fn describe() {
         "1 when the last pass put the source fully in force."
     );
     describe_gauge!(
+        "palisade_source_up",
+        "1 when the source has been read whole and every watch runs; 0 while it waits for its first lists or a watch fails (the last good state stays in force)."
+    );
+    describe_counter!(
+        "palisade_source_watch_errors_total",
+        "Failures of the Kubernetes source's watches, by resource (each retried with backoff)."
+    );
+    describe_gauge!(
         "palisade_kernel_feature",
         "Kernel features Palisade relies on (1 present and used, 0 not)."
     );
@@ -339,6 +347,7 @@ pub const EXPORTED: &[&str] = &[
     "palisade_endpoints",
     "palisade_quarantined_veths",
     "palisade_ready",
+    "palisade_source_up",
     "palisade_kernel_feature",
 ];
 
