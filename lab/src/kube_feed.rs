@@ -44,6 +44,12 @@ pub struct KubeFeed {
     /// By resource (as the daemon's status names it): the resourceVersion
     /// of the last write the daemon must have seen.
     wanted: BTreeMap<String, u64>,
+    /// Where the pods' cgroups are laid out as a kubelet with the systemd
+    /// driver lays them out (`--cgroup-root`): links named from each pod's
+    /// uid to the cgroup the lab made for it.
+    cgroups: PathBuf,
+    /// The uid each linked pod had.
+    linked: BTreeMap<Key, String>,
 }
 
 fn resource_of(api_version: &str, kind: &str) -> Option<access::Access> {
@@ -119,11 +125,15 @@ current-context: lab
             server.url()
         );
         fs::write(&kubeconfig, config)?;
+        let cgroups = dir.join("cgroups");
+        fs::create_dir_all(&cgroups)?;
         Ok(Self {
             server: Some(server),
             kubeconfig,
             sent: BTreeMap::new(),
             wanted: BTreeMap::new(),
+            cgroups,
+            linked: BTreeMap::new(),
         })
     }
 
@@ -142,6 +152,10 @@ current-context: lab
             node.into(),
             "--node-settings".into(),
             NODE_SETTINGS.into(),
+            "--cgroup-root".into(),
+            self.cgroups.display().to_string(),
+            "--cgroup-driver".into(),
+            "systemd".into(),
         ]
     }
 
@@ -236,6 +250,18 @@ current-context: lab
                 .apply(object.clone())
                 .map_err(|e| anyhow!("writing {key:?}: {e}"))?;
             self.wrote(key, &stored);
+            if key.1 == "Pod" && self.link_cgroup(key, &stored)? {
+                // Written again once its cgroup can be found, so that the
+                // write the lab waits for is seen after the link exists.
+                let mut touched = stored;
+                touched["metadata"]["annotations"]["lab.palisade.dev/cgroup-linked"] =
+                    json!("true");
+                let stored = self
+                    .server()?
+                    .replace(touched)
+                    .map_err(|e| anyhow!("writing {key:?}: {e}"))?;
+                self.wrote(key, &stored);
+            }
         }
         let mut gone: Vec<Key> = self
             .sent
@@ -253,6 +279,40 @@ current-context: lab
         }
         self.sent = now;
         Ok(())
+    }
+
+    /// Links the pod's kubelet-style cgroup path (from its uid, as the
+    /// daemon derives it) to the cgroup the lab made for it (its
+    /// `palisade.dev/cgroup` annotation); whether a new link was made.
+    fn link_cgroup(&mut self, key: &Key, stored: &Value) -> anyhow::Result<bool> {
+        let (Some(uid), Some(cgroup)) = (
+            text(stored, "/metadata/uid"),
+            stored
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(palisade::source::files::CGROUP_ANNOTATION))
+                .and_then(Value::as_str),
+        ) else {
+            return Ok(false);
+        };
+        if self.linked.get(key).map(String::as_str) == Some(uid) {
+            return Ok(false);
+        }
+        let qos = text(stored, "/status/qosClass").unwrap_or("BestEffort");
+        let relative = palisade::source::kube::cgroup::relative(
+            palisade::source::kube::cgroup::Driver::Systemd,
+            uid,
+            qos,
+        )
+        .map_err(|e| anyhow!("{key:?}: {e}"))?;
+        let link = self.cgroups.join(relative);
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(cgroup, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+        self.linked.insert(key.clone(), uid.to_owned());
+        Ok(true)
     }
 
     /// The daemon's status has seen every write of the last sync.

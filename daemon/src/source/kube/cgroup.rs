@@ -80,7 +80,8 @@ pub fn relative(driver: Driver, uid: &str, qos: &str) -> Result<PathBuf, String>
 impl Layout {
     /// The pod's cgroup directory on this node, if it exists (a pod whose
     /// sandbox is not up yet has none: its rules are reported not in
-    /// force until it does).
+    /// force until it does), with links resolved: a cgroup is keyed by the
+    /// real directory's inode and depth in the hierarchy.
     pub fn locate(&self, uid: &str, qos: &str) -> Result<Option<PathBuf>, String> {
         let drivers: &[Driver] = match self.driver {
             Driver::Auto => &[Driver::Systemd, Driver::Cgroupfs],
@@ -90,7 +91,7 @@ impl Layout {
         for &driver in drivers {
             let path = self.root.join(relative(driver, uid, qos)?);
             if is_dir(&path) {
-                return Ok(Some(path));
+                return Ok(Some(std::fs::canonicalize(&path).unwrap_or(path)));
             }
         }
         Ok(None)
@@ -152,12 +153,22 @@ mod tests {
             driver: Driver::Auto,
         };
         assert_eq!(layout.locate(UID, "BestEffort").unwrap(), None);
+        std::fs::create_dir_all(&root).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
         let cgroupfs = root.join(relative(Driver::Cgroupfs, UID, "BestEffort").unwrap());
         std::fs::create_dir_all(&cgroupfs).unwrap();
         assert_eq!(layout.locate(UID, "BestEffort").unwrap(), Some(cgroupfs));
         let systemd = root.join(relative(Driver::Systemd, UID, "Guaranteed").unwrap());
         std::fs::create_dir_all(&systemd).unwrap();
-        assert_eq!(layout.locate(UID, "Guaranteed").unwrap(), Some(systemd));
+        assert_eq!(
+            layout.locate(UID, "Guaranteed").unwrap(),
+            Some(systemd.clone())
+        );
+        // A link (as the lab lays cgroups out) resolves to the directory.
+        let other = "0c1d2e3f-0000-4000-8000-000000000002";
+        let link = root.join(relative(Driver::Systemd, other, "Guaranteed").unwrap());
+        std::os::unix::fs::symlink(&systemd, &link).unwrap();
+        assert_eq!(layout.locate(other, "Guaranteed").unwrap(), Some(systemd));
         let only_systemd = Layout {
             root: root.clone(),
             driver: Driver::Systemd,
