@@ -189,18 +189,10 @@ current-context: lab
         &self.wanted
     }
 
-    /// Every object of the source files in `dir`.
+    /// Every object of the source files in `dir` (the files the file
+    /// source would read).
     fn objects(dir: &Path) -> anyhow::Result<BTreeMap<Key, Value>> {
-        let mut files: Vec<PathBuf> = fs::read_dir(dir)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-            })
-            .collect();
-        files.sort();
+        let files = palisade::source::files::source_files(dir)?;
         let mut out = BTreeMap::new();
         for path in files {
             let text = fs::read_to_string(&path)?;

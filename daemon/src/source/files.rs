@@ -145,18 +145,24 @@ impl FileSource {
     }
 
     fn files(&self) -> Result<Vec<PathBuf>, std::io::Error> {
-        let mut files: Vec<PathBuf> = fs::read_dir(&self.dir)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-            })
-            .collect();
-        files.sort();
-        Ok(files)
+        source_files(&self.dir)
     }
+}
+
+/// The files of `dir` the file source reads (`*.yaml`, `*.yml`, `*.json`),
+/// in name order.
+pub fn source_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 impl FileSource {
