@@ -117,3 +117,43 @@ pub fn answered<T>(attempt: std::io::Result<T>, what: &str) -> anyhow::Result<bo
         },
     }
 }
+
+/// The pods of a [`BridgeLab`] as a source holds them: namespace `x` and
+/// pods `a`, `b`, `c` by position, each labelled `pod: <its name>` unless
+/// `relabel` gives it another value.
+pub fn lab_cluster(lab: &BridgeLab, relabel: &[(&str, &str)]) -> String {
+    let mut text =
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n".to_owned();
+    for (pod, name) in lab.pods.iter().zip(["a", "b", "c"]) {
+        let label = relabel
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(name, |(_, l)| l);
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{pod: {label}}}}}\nstatus: {{podIP: {}}}\n",
+            pod.ip
+        ));
+    }
+    text
+}
+
+/// Pod b admits only pods labelled `pod: a`, on 8080.
+pub const B_FROM_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-a, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{port: 8080}]}]\n";
+
+/// Whether a TCP connection from pod `from` to pod `to` (by position) on
+/// `port` gets an answer, read as [`answered`] reads it.
+pub fn reaches(
+    lab: &BridgeLab,
+    from: usize,
+    to: usize,
+    port: u16,
+    wait: std::time::Duration,
+) -> anyhow::Result<bool> {
+    let target = std::net::SocketAddr::from((lab.pods[to].ip, port));
+    answered(
+        in_netns(&lab.pods[from].netns, || {
+            std::net::TcpStream::connect_timeout(&target, wait)
+        })?,
+        &format!("pod {from} -> {target}"),
+    )
+}

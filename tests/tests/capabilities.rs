@@ -19,7 +19,7 @@ use std::{
     ffi::CString,
     fs,
     io::ErrorKind,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::TcpListener,
     path::Path,
     time::{Duration, Instant},
 };
@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use palisade_lab::enforcer::{DaemonArgs, Enforcer};
 use palisade_tests::{
-    BridgeLab, TempPins, answered,
+    BridgeLab, TempPins,
     harness::{self, Needs},
     in_netns,
     install::{capabilities, capability_number},
@@ -222,13 +222,7 @@ spec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: []\n  file:\n 
 }
 
 fn reaches(lab: &BridgeLab, from: usize, to: usize) -> anyhow::Result<bool> {
-    let target = SocketAddr::from((lab.pods[to].ip, PORT));
-    answered(
-        in_netns(&lab.pods[from].netns, || {
-            TcpStream::connect_timeout(&target, Duration::from_millis(700))
-        })?,
-        &format!("pod {from} -> {target}"),
-    )
+    palisade_tests::reaches(lab, from, to, PORT, Duration::from_millis(700))
 }
 
 fn the_daemonset_capabilities_load_attach_and_enforce_network_and_file_rules() -> anyhow::Result<()>

@@ -20,7 +20,8 @@ use ebpf_common::{
 use palisade::compile::desired::endpoint_ids;
 use palisade_lab::enforcer::{DaemonArgs, Enforcer};
 use palisade_tests::{
-    BridgeLab, TempPins, answered, commit_and_wait, in_netns, palisade_bin, pinned, unique,
+    B_FROM_A, BridgeLab, TempPins, answered, commit_and_wait, in_netns, lab_cluster, palisade_bin,
+    pinned, unique,
 };
 
 const WAIT: Duration = Duration::from_millis(700);
@@ -43,28 +44,11 @@ fn start(
 }
 
 fn cluster(lab: &BridgeLab) -> String {
-    let mut text =
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n".to_owned();
-    for (i, pod) in lab.pods.iter().enumerate() {
-        let name = ["a", "b", "c"][i];
-        text.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{pod: {name}}}}}\nstatus: {{podIP: {}}}\n",
-            pod.ip
-        ));
-    }
-    text
+    lab_cluster(lab, &[])
 }
 
-const B_FROM_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-a, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{port: 8080}]}]\n";
-
 fn reaches(lab: &BridgeLab, from: usize, to: usize) -> anyhow::Result<bool> {
-    let target = SocketAddr::from((lab.pods[to].ip, PORT));
-    answered(
-        in_netns(&lab.pods[from].netns, || {
-            TcpStream::connect_timeout(&target, WAIT)
-        })?,
-        &format!("pod {from} -> {target}"),
-    )
+    palisade_tests::reaches(lab, from, to, PORT, WAIT)
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::{
     fs,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::Path,
     time::{Duration, Instant},
 };
@@ -18,7 +18,8 @@ use palisade_lab::{
     enforcer::{DaemonArgs, Enforcer, Feed},
 };
 use palisade_tests::{
-    BridgeLab, TempPins, answered, commit_and_wait, in_netns, palisade_bin, unique,
+    B_FROM_A, BridgeLab, TempPins, answered, commit_and_wait, in_netns, lab_cluster, palisade_bin,
+    unique,
 };
 
 const WAIT: Duration = Duration::from_millis(500);
@@ -36,30 +37,12 @@ fn start(lab: &BridgeLab, pins: &TempPins, dir: &Path) -> anyhow::Result<Enforce
 
 /// The namespace and the three pods, with `c` labelled `c_label`.
 fn cluster(lab: &BridgeLab, c_label: &str) -> String {
-    let mut text =
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n".to_owned();
-    for (i, pod) in lab.pods.iter().enumerate() {
-        let name = NAMES[i];
-        let label = if name == "c" { c_label } else { name };
-        text.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{pod: {label}}}}}\nstatus: {{podIP: {}}}\n",
-            pod.ip
-        ));
-    }
-    text
+    lab_cluster(lab, &[("c", c_label)])
 }
 
-/// b admits only pods labelled `pod: a`, on 8080.
-const B_FROM_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-a, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{port: 8080}]}]\n";
-
 fn reaches(lab: &BridgeLab, from: usize, to: usize) -> anyhow::Result<bool> {
-    let target = SocketAddr::from((lab.pods[to].ip, PORT));
-    answered(
-        in_netns(&lab.pods[from].netns, || {
-            TcpStream::connect_timeout(&target, WAIT)
-        })?,
-        &format!("{} -> {}", NAMES[from], NAMES[to]),
-    )
+    palisade_tests::reaches(lab, from, to, PORT, WAIT)
+        .with_context(|| format!("{} -> {}", NAMES[from], NAMES[to]))
 }
 
 /// Probes and their wrong verdicts.
