@@ -60,6 +60,24 @@ mod with_lab {
             #[arg(long, value_enum, default_value = "files")]
             via: Via,
         },
+        /// The daemon under faults (killed, killed mid-change, upgraded across
+        /// an ABI, broken files, full maps, an event flood, API server faults)
+        /// while every cell of a scenario is probed and connections are held.
+        /// Ends with `chaos: <n> probes, <w> wrong verdicts, <b> held flows
+        /// broken, <f> faults injected`; exit status 1 if w or b is not 0.
+        Chaos {
+            /// The load: a scenario on the standard model (apply, connect,
+            /// probe and held steps). Default: tests/chaos/standard.yaml, built in.
+            file: Option<PathBuf>,
+            /// Only the faults that take seconds (what `make test` runs).
+            #[arg(long)]
+            short: bool,
+            /// Only these faults, in this order (e.g. `--fault kill --fault abi-upgrade`).
+            #[arg(long = "fault")]
+            faults: Vec<String>,
+            #[arg(long, value_enum, default_value = "files")]
+            via: Via,
+        },
         /// The standard model before and after a directory of policies, with
         /// the compiler's prediction as the expected tables, and why one denied
         /// flow is denied.
@@ -97,6 +115,12 @@ mod with_lab {
                 ..
             } => (*timeout_ms, *metrics, via.feed()),
             Command::Demo { .. } => (1000, true, Feed::Files),
+            Command::Chaos {
+                file,
+                short,
+                faults,
+                via,
+            } => return chaos(bin, file.as_deref(), *short, faults, via.feed()),
         };
         let options = palisade_lab::Options {
             bin,
@@ -126,6 +150,76 @@ mod with_lab {
                 ExitCode::from(code)
             }
             Command::Demo { policies, save } => demo(&runtime, &options, policies, save.as_deref()),
+            Command::Chaos { .. } => unreachable!("handled above"),
+        }
+    }
+
+    fn chaos(
+        bin: PathBuf,
+        file: Option<&Path>,
+        short: bool,
+        faults: &[String],
+        feed: Feed,
+    ) -> ExitCode {
+        use palisade_lab::chaos;
+        let (text, name) = match file {
+            Some(f) => match std::fs::read_to_string(f) {
+                Ok(t) => (t, f.display().to_string()),
+                Err(e) => {
+                    eprintln!("palisade: {}: {e}", f.display());
+                    return ExitCode::from(2);
+                }
+            },
+            None => (
+                chaos::STANDARD.to_owned(),
+                "tests/chaos/standard.yaml".into(),
+            ),
+        };
+        let mut options = if short {
+            chaos::Options::short(bin, feed)
+        } else {
+            chaos::Options::full(bin, feed)
+        };
+        if !faults.is_empty() {
+            let mut chosen = Vec::new();
+            for f in faults {
+                match chaos::Fault::parse(f) {
+                    Some(f) => chosen.push(f),
+                    None => {
+                        eprintln!(
+                            "palisade: no fault {f:?}; faults: {}",
+                            chaos::Fault::ALL.map(chaos::Fault::name).join(", ")
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            options.faults = chosen;
+        }
+        // Probers block in their own threads; the runtime only waits.
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("palisade: runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(chaos::run(&text, &name, &options)) {
+            Ok(summary) => {
+                println!("{}", summary.line());
+                if summary.wrong == 0 && summary.broken == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("palisade: chaos: {e:#}");
+                ExitCode::FAILURE
+            }
         }
     }
 

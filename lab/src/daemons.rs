@@ -92,6 +92,32 @@ impl Daemons {
         &self.daemons
     }
 
+    /// To stop, kill and restart them (`palisade lab chaos`).
+    pub fn daemons_mut(&mut self) -> &mut [Daemon] {
+        &mut self.daemons
+    }
+
+    pub fn feed(&self) -> Option<&KubeFeed> {
+        self.feed.as_ref()
+    }
+
+    /// With [`Feed::Kube`]: the API server's feed, for its faults.
+    pub fn feed_mut(&mut self) -> Option<&mut KubeFeed> {
+        self.feed.as_mut()
+    }
+
+    /// Publishes what was written without waiting for it to be in force
+    /// (a daemon is about to be killed under it).
+    pub fn publish(&mut self) -> anyhow::Result<()> {
+        match &mut self.feed {
+            Some(feed) => feed.sync(&self.staging),
+            None => self
+                .daemons
+                .iter_mut()
+                .try_for_each(|d| d.enforcer.commit().map(drop)),
+        }
+    }
+
     /// Writes a source file for every daemon; nothing is in force before
     /// [`Daemons::commit`].
     pub fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {

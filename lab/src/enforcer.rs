@@ -260,6 +260,17 @@ impl Enforcer {
         self.dir.join("source")
     }
 
+    /// The directory the file source reads (written in place by faults
+    /// that must not be atomic).
+    pub fn source_dir(&self) -> PathBuf {
+        self.source()
+    }
+
+    /// The base of its pins (the ABI directories are beneath).
+    pub fn pins(&self) -> &Path {
+        &self.pins
+    }
+
     /// Replaces a source file atomically (the watcher never sees half).
     pub fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
         write_file(&self.source(), name, text)

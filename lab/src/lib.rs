@@ -20,6 +20,7 @@
 //! feeds the daemon through it (`--via kube`).
 
 pub mod apiserver;
+pub mod chaos;
 pub mod cluster;
 pub mod daemons;
 pub mod demo;
