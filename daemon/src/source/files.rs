@@ -191,18 +191,42 @@ impl FileSource {
         let mut good: BTreeMap<String, Object> =
             objects.into_iter().map(|o| (key_of(&o), o)).collect();
         let old = self.last_good.get(path);
+        let mut unnamed = Vec::new();
         for (key, message) in bad {
+            let Some(key) = key else {
+                unnamed.push(message);
+                continue;
+            };
             // The bad object's last good version stays in force.
-            let kept = old
-                .zip(key)
-                .and_then(|(old, k)| old.get(&k).map(|o| (k, o.clone())));
-            match kept {
-                Some((k, o)) => {
+            match old.and_then(|old| old.get(&key)) {
+                Some(o) => {
                     errors.push(format!("{message} (its last good version stays in force)"));
-                    good.entry(k).or_insert(o);
+                    good.entry(key).or_insert_with(|| o.clone());
                 }
                 None => errors.push(message),
             }
+        }
+        // A document broken before it names its object (a file cut short
+        // while written in place) could be any of the file's objects: none
+        // of them is taken for removed.
+        let missing: Vec<(String, Object)> = old
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !good.contains_key(*k))
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        if !unnamed.is_empty() {
+            good.extend(missing.iter().cloned());
+        }
+        for message in unnamed {
+            errors.push(if missing.is_empty() {
+                message
+            } else {
+                format!(
+                    "{message} (which object it is cannot be told: the file's last good {} stays in force)",
+                    missing.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            });
         }
         good
     }
@@ -393,6 +417,37 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         );
         let keys: Vec<String> = r.snapshot.policies.iter().map(|p| p.key()).collect();
         assert_eq!(keys, vec!["x/deny".to_owned(), "x/new".to_owned()]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_cut_before_a_name_keeps_all_its_last_good_objects() {
+        let dir = temp_dir();
+        fs::write(dir.join("cluster.yaml"), GOOD).unwrap();
+        let mut source = FileSource::new(&dir);
+        assert!(source.read().errors.is_empty());
+        let before: Vec<String> = source
+            .read()
+            .snapshot
+            .policies
+            .iter()
+            .map(|p| p.key())
+            .collect();
+        assert!(!before.is_empty());
+        // Cut inside the policy's metadata, as a writer stopped half-way
+        // through an in-place write leaves it.
+        let cut = &GOOD[..GOOD.find("name: deny").expect("the policy's name") + 7];
+        fs::write(dir.join("cluster.yaml"), cut).unwrap();
+        let r = source.read();
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.contains("cannot be told") && e.contains("Policy/x/deny")),
+            "{:?}",
+            r.errors
+        );
+        let after: Vec<String> = r.snapshot.policies.iter().map(|p| p.key()).collect();
+        assert_eq!(after, before, "a policy vanished with a file cut short");
         let _ = fs::remove_dir_all(&dir);
     }
 
