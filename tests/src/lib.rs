@@ -6,6 +6,7 @@
 //! them on drop, so a failing test leaves nothing behind. The tests run one
 //! at a time (`--test-threads=1`): they share the kernel.
 
+pub mod datapath_harness;
 pub mod harness;
 pub mod install;
 pub mod packet;

@@ -7,24 +7,21 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, bail};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use ebpf_common::{
     datapath::{DropEvent, PolicyValue, action, direction, endpoint_flags, identity, policy_flags},
     maps,
 };
 use palisade::{
     compile::PolicyEntry,
-    datapath::DatapathMaps,
-    loader::features::Features,
-    loader::{self, Loaded, objects, sizes::MapSizes},
-    observe::stats::{CounterRow, read_pinned},
+    loader::{self, features::Features, objects},
+    observe::stats::read_pinned,
 };
 use palisade_tests::{
-    TempPins,
+    datapath_harness::{Harness, Hook, LO},
     packet::{ACK, ICMP, ICMPV6, SYN, TCP, UDP, eth, icmp, ipv4, ipv6, tcp, udp, vlan},
 };
 
-const LO: u32 = 1;
 const EP: u32 = 7;
 const A: [u8; 4] = [10, 0, 0, 1];
 const B: [u8; 4] = [10, 0, 0, 2];
@@ -37,8 +34,6 @@ const ID_NET: u32 = identity::FIRST_ALLOCATED + 2;
 const ID_TUNNELS: u32 = identity::FIRST_ALLOCATED + 3;
 const TUNNEL_HOST: [u8; 4] = [10, 0, 2, 7];
 const GRE: u8 = 47;
-const TC_SHOT: u32 = 2;
-const TC_UNSPEC: u32 = u32::MAX;
 
 const IN: u32 = direction::INGRESS;
 const OUT: u32 = direction::EGRESS;
@@ -97,134 +92,21 @@ fn policy_v1() -> Vec<PolicyEntry> {
 
 const ISOLATED: u32 = endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS;
 
-/// The one reason whose count moved between two readings of a stats map.
-/// Side counts that accompany a verdict rather than being one are left out.
-fn counted_reason(before: &[CounterRow], after: &[CounterRow]) -> anyhow::Result<&'static str> {
-    let changed: Vec<&'static str> = after
-        .iter()
-        .filter(|a| {
-            before
-                .iter()
-                .find(|b| b.direction == a.direction && b.reason == a.reason)
-                .is_none_or(|b| b.events != a.events)
-        })
-        .map(|a| a.reason)
-        .filter(|r| !matches!(*r, "counter_map_full" | "ct_map_full"))
-        .collect();
-    let [reason] = changed[..] else {
-        bail!("expected one counted reason, got {changed:?}");
-    };
-    Ok(reason)
+/// The datapath with the identities of this file's peers and `policy_v1`
+/// on the loopback device, with the default map sizes save `sizes`.
+fn harness_sized(sizes: &[&str]) -> anyhow::Result<Harness> {
+    let mut h = Harness::load(sizes)?;
+    let maps = &mut h.maps;
+    maps.set_identity(IpAddr::V4(Ipv4Addr::from(B)), 32, ID_B)?;
+    maps.set_identity(IpAddr::V6(Ipv6Addr::from(B6)), 128, ID_B)?;
+    maps.set_identity(IpAddr::V4(Ipv4Addr::from(NET_HOST)), 24, ID_NET)?;
+    maps.set_identity(IpAddr::V4(Ipv4Addr::from(TUNNEL_HOST)), 24, ID_TUNNELS)?;
+    maps.replace_policy(LO, EP, ISOLATED, &policy_v1())?;
+    Ok(h)
 }
 
-/// Which program a frame is run through: the pod's ingress or egress.
-#[derive(Clone, Copy)]
-enum Hook {
-    TcIngress,
-    TcEgress,
-    XdpEgress,
-}
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
-struct Harness {
-    t: TempPins,
-    loaded: Loaded,
-    maps: DatapathMaps,
-}
-
-impl Harness {
-    fn new() -> anyhow::Result<Self> {
-        Self::sized(&[])
-    }
-
-    fn sized(sizes: &[&str]) -> anyhow::Result<Self> {
-        let mut map_sizes = MapSizes::default();
-        for s in sizes {
-            map_sizes.set(s)?;
-        }
-        let t = TempPins::new()?;
-        let loaded = loader::load_with(&t.pins, &Features::probe(), &map_sizes)?;
-        let mut maps = DatapathMaps::open(&t.pins)?;
-        maps.set_identity(IpAddr::V4(Ipv4Addr::from(B)), 32, ID_B)?;
-        maps.set_identity(IpAddr::V6(Ipv6Addr::from(B6)), 128, ID_B)?;
-        maps.set_identity(IpAddr::V4(Ipv4Addr::from(NET_HOST)), 24, ID_NET)?;
-        maps.set_identity(IpAddr::V4(Ipv4Addr::from(TUNNEL_HOST)), 24, ID_TUNNELS)?;
-        maps.replace_policy(LO, EP, ISOLATED, &policy_v1())?;
-        Ok(Self { t, loaded, maps })
-    }
-
-    /// Runs `frame` through the TC program for `dir` and returns whether it
-    /// passed and the one reason counted for it.
-    fn run(&mut self, dir: u32, frame: &[u8]) -> anyhow::Result<(bool, &'static str)> {
-        self.run_hook(
-            if dir == IN {
-                Hook::TcIngress
-            } else {
-                Hook::TcEgress
-            },
-            frame,
-        )
-    }
-
-    fn run_hook(&mut self, hook: Hook, frame: &[u8]) -> anyhow::Result<(bool, &'static str)> {
-        let before = read_pinned(&self.t.pins.map(maps::TC_STATS))?;
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..TestRunOptions::new()
-        };
-        let pass = if let Hook::XdpEgress = hook {
-            let prog: &mut Xdp = self
-                .loaded
-                .xdp
-                .ebpf
-                .program_mut(ebpf_common::maps::programs::XDP_FROM_POD)
-                .context("xdp program")?
-                .try_into()?;
-            match prog.test_run(opts)?.return_value {
-                XDP_PASS => true,
-                XDP_DROP => false,
-                other => bail!("unexpected XDP verdict {other}"),
-            }
-        } else {
-            let name = if let Hook::TcIngress = hook {
-                objects::TC.programs[1]
-            } else {
-                objects::TC.programs[0]
-            };
-            let prog: &mut SchedClassifier = self
-                .loaded
-                .tc
-                .ebpf
-                .program_mut(name)
-                .context("tc program")?
-                .try_into()?;
-            match prog.test_run(opts)?.return_value {
-                TC_UNSPEC => true,
-                TC_SHOT => false,
-                other => bail!("unexpected TC verdict {other}"),
-            }
-        };
-        let after = read_pinned(&self.t.pins.map(maps::TC_STATS))?;
-        let reason = counted_reason(&before, &after)?;
-        Ok((pass, reason))
-    }
-
-    fn expect(
-        &mut self,
-        dir: u32,
-        frame: &[u8],
-        pass: bool,
-        reason: &str,
-        what: &str,
-    ) -> anyhow::Result<()> {
-        let got = self.run(dir, frame).with_context(|| what.to_owned())?;
-        if got != (pass, reason) {
-            bail!("{what}: expected ({pass}, {reason}), got {got:?}");
-        }
-        Ok(())
-    }
+fn harness() -> anyhow::Result<Harness> {
+    harness_sized(&[])
 }
 
 fn v4_tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -245,7 +127,7 @@ fn v4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 #[rustfmt::skip]
 #[test]
 fn policy_lookup_precedence_and_wildcards() -> anyhow::Result<()> {
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     h.expect(IN, &v4_tcp(B, A, 40000, 80, SYN), true, "allow_policy", "B -> A:80 allowed by peer rule")?;
     h.expect(IN, &v4_tcp(B, A, 40001, 81, SYN), false, "drop_default_deny", "B -> A:81 no rule, isolated")?;
     h.expect(IN, &v4_tcp(B, A, 40002, 22, SYN), false, "drop_policy_deny", "B -> A:22 explicit deny")?;
@@ -266,7 +148,7 @@ fn policy_lookup_precedence_and_wildcards() -> anyhow::Result<()> {
 #[rustfmt::skip]
 #[test]
 fn unparseable_and_special_frames_have_their_own_verdicts() -> anyhow::Result<()> {
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     h.expect(IN, &eth(0x0806, &[0u8; 28]), true, "pass_non_ip", "ARP always passes")?;
     // BPF_PROG_TEST_RUN refuses frames shorter than Ethernet or whose IPv4
     // header is cut short, so truncation is shown past those points.
@@ -302,7 +184,7 @@ fn unparseable_and_special_frames_have_their_own_verdicts() -> anyhow::Result<()
 #[rustfmt::skip]
 #[test]
 fn fragments_follow_their_first_fragment() -> anyhow::Result<()> {
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     let orphan = ipv4(OUTSIDE, A, UDP, (77, 185, false), &[0u8; 32]);
     h.expect(IN, &eth(0x0800, &orphan), false, "drop_fragment_unknown", "no first fragment seen")?;
     let first = ipv4(OUTSIDE, A, UDP, (78, 0, true), &udp(5353, 53));
@@ -319,7 +201,7 @@ fn fragments_follow_their_first_fragment() -> anyhow::Result<()> {
 #[rustfmt::skip]
 #[test]
 fn conntrack_replies_related_errors_and_revalidation() -> anyhow::Result<()> {
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     h.expect(IN, &v4_tcp(B, A, 40000, 80, SYN), true, "allow_policy", "SYN opens the flow")?;
     h.expect(OUT, &v4_tcp(A, B, 80, 40000, SYN | ACK), true, "allow_reply", "SYN-ACK passes as a reply")?;
     h.expect(IN, &v4_tcp(B, A, 40000, 80, ACK), true, "allow_established", "ACK of a tracked flow")?;
@@ -359,7 +241,7 @@ fn conntrack_replies_related_errors_and_revalidation() -> anyhow::Result<()> {
 #[rustfmt::skip]
 #[test]
 fn conntrack_keys_both_families_both_sides_and_follows_identity_changes() -> anyhow::Result<()> {
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     // IPv6 flows have their own map and the same single-lookup replies.
     let v6 = |src, dst, sport, dport, flags| eth(0x86dd, &ipv6(src, dst, &[], TCP, &tcp(sport, dport, flags)));
     h.expect(IN, &v6(B6, A6, 40100, 80, SYN), true, "allow_policy", "IPv6 SYN opens the flow")?;
@@ -392,7 +274,7 @@ fn conntrack_keys_both_families_both_sides_and_follows_identity_changes() -> any
 #[rustfmt::skip]
 #[test]
 fn a_policy_swap_replaces_the_old_generation_entirely() -> anyhow::Result<()> {
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     let ep = h.maps.endpoint(LO)?.context("endpoint registered")?;
     assert_eq!(ep.revision, 0);
     let v1_keys = h.maps.policy_keys_of(EP, ep.generation())?;
@@ -418,7 +300,7 @@ fn a_policy_swap_replaces_the_old_generation_entirely() -> anyhow::Result<()> {
 #[test]
 fn a_full_policy_map_is_an_error_and_the_last_good_policy_stays() -> anyhow::Result<()> {
     // policy_v1 has 5 single-port entries: room for 6 holds one generation, not two.
-    let mut h = Harness::sized(&["PAL_POLICY_PORT=6"])?;
+    let mut h = harness_sized(&["PAL_POLICY_PORT=6"])?;
     let before = h.maps.endpoint(LO)?.context("endpoint registered")?;
     let err = h
         .maps
@@ -462,7 +344,7 @@ fn counted(h: &Harness, policy: u32, reason: u32, dir: u32) -> anyhow::Result<(u
 fn tracked_packets_are_counted_per_policy_through_the_counter_cells() -> anyhow::Result<()> {
     use ebpf_common::reason;
     pin_to_one_cpu()?;
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     h.expect(IN, &v4_tcp(B, A, 41000, 80, SYN), true, "allow_policy", "opens the flow")?;
     for _ in 0..5 {
         h.expect(IN, &v4_tcp(B, A, 41000, 80, ACK), true, "allow_established", "established")?;
@@ -544,7 +426,7 @@ fn a_full_counter_map_is_counted_not_hidden() -> anyhow::Result<()> {
     // key holds the cell: three policies whose keys share one cell, on one
     // CPU, with room for one key in the map.
     pin_to_one_cpu()?;
-    let mut h = Harness::sized(&["PAL_COUNTERS=1"])?;
+    let mut h = harness_sized(&["PAL_COUNTERS=1"])?;
     let ids: Vec<u32> = sharing_a_cell(&ingress_key(999, reason::ALLOW_POLICY)).take(3).collect();
     let entries: Vec<PolicyEntry> = ids
         .iter()
@@ -569,7 +451,7 @@ fn a_full_counter_map_is_counted_not_hidden() -> anyhow::Result<()> {
 
 #[test]
 fn configured_sizes_apply_and_a_resize_needs_an_unload() -> anyhow::Result<()> {
-    let h = Harness::sized(&["PAL_CT4=4096"])?;
+    let h = harness_sized(&["PAL_CT4=4096"])?;
     let info = aya::maps::MapInfo::from_pin(h.t.pins.map(maps::CT4))?;
     assert_eq!(info.max_entries(), 4096);
     let Err(err) = loader::load_all(&h.t.pins, &Features::probe()) else {
@@ -603,7 +485,7 @@ fn stat(h: &Harness, reason: &str) -> anyhow::Result<u64> {
 
 #[test]
 fn drops_and_audits_are_reported_within_the_rate_limit() -> anyhow::Result<()> {
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::from_map_data(
         aya::maps::MapData::from_pin(h.t.pins.map(maps::EVENTS))?,
     )?)?;
@@ -686,7 +568,7 @@ fn drops_and_audits_are_reported_within_the_rate_limit() -> anyhow::Result<()> {
 #[rustfmt::skip]
 #[test]
 fn the_optional_xdp_egress_hook_shares_the_datapath() -> anyhow::Result<()> {
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     let xdp = |h: &mut Harness, frame: &[u8], pass: bool, reason: &str, what: &str| -> anyhow::Result<()> {
         let got = h.run_hook(Hook::XdpEgress, frame)?;
         anyhow::ensure!(got == (pass, reason), "{what}: expected ({pass}, {reason}), got {got:?}");
@@ -702,34 +584,10 @@ fn the_optional_xdp_egress_hook_shares_the_datapath() -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Harness {
-    /// Runs `frame` through the XDP prefilter: whether it passed, and the
-    /// reason counted in PAL_XDP_STATS.
-    fn prefilter(&mut self, frame: &[u8]) -> anyhow::Result<(bool, &'static str)> {
-        let before = read_pinned(&self.t.pins.map(maps::XDP_STATS))?;
-        let prog: &mut Xdp = self
-            .loaded
-            .xdp
-            .ebpf
-            .program_mut(ebpf_common::maps::programs::XDP_PREFILTER)
-            .context("xdp prefilter")?
-            .try_into()?;
-        let ret = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..TestRunOptions::new()
-            })?
-            .return_value;
-        let after = read_pinned(&self.t.pins.map(maps::XDP_STATS))?;
-        let reason = counted_reason(&before, &after)?;
-        Ok((ret == XDP_PASS, reason))
-    }
-}
-
 #[rustfmt::skip]
 #[test]
 fn the_prefilter_drops_denied_cidrs_and_denied_connection_attempts() -> anyhow::Result<()> {
-    let mut h = Harness::new()?;
+    let mut h = harness()?;
     h.maps.set_cidr_deny(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 0)), 24, 31)?;
     h.maps.set_cidr_deny(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 32, 30)?;
     h.maps.set_pod_deny(IpAddr::V4(Ipv4Addr::from(A)), ID_B, Some(22), 32)?;
