@@ -4,6 +4,7 @@
 pub mod crd;
 pub mod glob;
 pub mod kubearmor;
+pub mod limits;
 pub mod networkpolicy;
 pub mod palisade;
 pub mod parse;

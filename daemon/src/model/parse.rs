@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{
     kubearmor::{self, KUBEARMOR_API_VERSION, KubeArmorPolicy, KubeArmorPolicySpec},
+    limits,
     networkpolicy::{
         NetworkPolicy, ObjectMeta, Peer, PolicyPort, PortRef, RuleRef, rules, valid_port_name,
     },
@@ -212,12 +213,16 @@ pub fn split_documents(text: &str) -> Vec<(usize, String)> {
 }
 
 /// Parses every document of `text`; `file` names it in errors. `default_ns`
-/// applies to namespaced objects without a namespace.
+/// applies to namespaced objects without a namespace. A text of more than
+/// [`limits::MAX_DOCUMENTS_PER_FILE`] documents is one error.
 pub fn parse_documents(
     text: &str,
     file: &str,
     default_ns: &str,
 ) -> Vec<Result<Document, ParseError>> {
+    if let Err(e) = limits::check_documents(text) {
+        return vec![Err(ParseError::at_line(file, 1, e))];
+    }
     split_documents(text)
         .into_iter()
         .map(|(start, doc)| parse_one(&doc, start, file, default_ns))
@@ -275,6 +280,21 @@ pub fn parse_one(
     let invalid = |object: Option<String>| {
         move |e: Invalid| error(Positions::of(doc).locate(&e.path), object, e.to_string())
     };
+    // A policy over a limit is refused before it is validated, at the
+    // document's start: looking its field up would cost what the limit
+    // spares.
+    let limited = |object: Option<String>| move |e: Invalid| error(None, object, e.to_string());
+    if doc.len() as u64 > limits::MAX_FILE_BYTES {
+        return Err(error(
+            None,
+            None,
+            format!(
+                "a document of {} bytes, above the limit of {} bytes",
+                doc.len(),
+                limits::MAX_FILE_BYTES
+            ),
+        ));
+    }
     let head: Head = yaml::from_str(doc).map_err(refused(None))?;
     let object = head.metadata.as_ref().and_then(|m| {
         let name = m.name.as_deref()?;
@@ -289,6 +309,12 @@ pub fn parse_one(
             if policy.metadata.namespace.is_none() {
                 policy.metadata.namespace = Some(default_ns.to_owned());
             }
+            let spec = &policy.spec;
+            limits::check_network(
+                &[Some(&spec.pod_selector)],
+                rules(&spec.ingress, &spec.egress).map(|(_, _, r)| r),
+            )
+            .map_err(limited(object.clone()))?;
             validate(&policy).map_err(invalid(object.clone()))?;
             Ok(Document::NetworkPolicy(policy))
         }
@@ -298,6 +324,13 @@ pub fn parse_one(
             if o.metadata.namespace.is_none() {
                 o.metadata.namespace = Some(default_ns.to_owned());
             }
+            let spec = &o.spec;
+            limits::check_network(
+                &[Some(&spec.pod_selector)],
+                rules(&spec.ingress, &spec.egress).map(|(_, _, r)| r),
+            )
+            .and_then(|()| limits::check_sections(spec.process.as_ref(), spec.file.as_ref()))
+            .map_err(limited(object.clone()))?;
             validate_namespaced(&o.spec).map_err(invalid(object.clone()))?;
             Ok(Document::PalisadeNetworkPolicy(o))
         }
@@ -315,12 +348,23 @@ pub fn parse_one(
                     "a PalisadeClusterNetworkPolicy is cluster-scoped",
                 )));
             }
+            let spec = &o.spec;
+            limits::check_network(
+                &[
+                    spec.subject.namespace_selector.as_ref(),
+                    spec.subject.pod_selector.as_ref(),
+                ],
+                rules(&spec.ingress, &spec.egress).map(|(_, _, r)| r),
+            )
+            .and_then(|()| limits::check_sections(spec.process.as_ref(), spec.file.as_ref()))
+            .map_err(limited(object.clone()))?;
             validate_cluster(&o.spec).map_err(invalid(object.clone()))?;
             Ok(Document::PalisadeClusterNetworkPolicy(o))
         }
         (Some(KUBEARMOR_API_VERSION), Some("KubeArmorPolicy")) => {
             let mut o: Object<KubeArmorPolicySpec> =
                 yaml::from_str(doc).map_err(refused(object.clone()))?;
+            limits::check_kubearmor(&o.spec).map_err(limited(object.clone()))?;
             let ns = o
                 .metadata
                 .namespace

@@ -1,8 +1,9 @@
 //! YAML for every file Palisade reads (policies, objects, scenarios), with
 //! the position of each fault: serde-saphyr reports the line and column of
-//! what it refused, refuses duplicate keys and bounds alias expansion, and
-//! [`Positions`] finds the line and column of a field that parsed but failed
-//! validation afterwards.
+//! what it refused, refuses duplicate keys and enforces the document limits
+//! of `limits.rs` (depth, nodes, aliases and their expansion, scalar bytes;
+//! a breach is reported naming the limit), and [`Positions`] finds the line
+//! and column of a field that parsed but failed validation afterwards.
 
 use std::fmt;
 
@@ -12,7 +13,12 @@ use serde::{
 };
 /// A value with the position it was read from (see [`At::of`]).
 pub use serde_saphyr::Spanned;
-use serde_saphyr::{DefaultMessageFormatter, MessageFormatter as _};
+use serde_saphyr::{DefaultMessageFormatter, MessageFormatter as _, budget::BudgetBreach};
+
+use super::limits::{
+    MAX_ALIAS_EXPANSION, MAX_ALIASES, MAX_DEPTH, MAX_NODES, MAX_POSITIONED_NODES, MAX_SCALAR_BYTES,
+    yaml_options,
+};
 
 /// A 1-based line and column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,7 +78,8 @@ impl Error {
 impl From<serde_saphyr::Error> for Error {
     fn from(e: serde_saphyr::Error) -> Self {
         let e = e.without_snippet();
-        let message = DefaultMessageFormatter.format_message(e);
+        let message =
+            over_limit(e).unwrap_or_else(|| DefaultMessageFormatter.format_message(e).into_owned());
         Self {
             at: e.location().and_then(At::of),
             // The formatter leaves control characters to its caller; a
@@ -82,14 +89,64 @@ impl From<serde_saphyr::Error> for Error {
     }
 }
 
-/// Deserializes one YAML document.
-pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
-    Ok(serde_saphyr::from_str(text)?)
+/// The message for a document that breaks one of the limits of
+/// `limits.rs`, naming it (serde-saphyr's own says "budget breached:
+/// Depth { depth: 33 }").
+fn over_limit(mut e: &serde_saphyr::Error) -> Option<String> {
+    use serde_saphyr::Error as E;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = e {
+        e = error;
+    }
+    let bomb = "aliases (YAML anchors) expanded to more than";
+    Some(match e {
+        E::Budget { breach, .. } => match breach {
+            BudgetBreach::Depth { .. } => {
+                format!("nested deeper than {MAX_DEPTH} levels, the limit for a document")
+            }
+            BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => {
+                format!("more than {MAX_NODES} nodes, the limit for a document")
+            }
+            BudgetBreach::Aliases { .. } => {
+                format!("more than {MAX_ALIASES} aliases, the limit for a document")
+            }
+            BudgetBreach::AliasAnchorRatio { aliases, anchors } => format!(
+                "{aliases} aliases of {anchors} anchors: aliases used that much more often                  than anchors are defined are refused as an alias bomb"
+            ),
+            BudgetBreach::ScalarBytes { .. } | BudgetBreach::RecordedAnchorBytes { .. } => {
+                format!("scalars of more than {MAX_SCALAR_BYTES} bytes, the limit for a document")
+            }
+            BudgetBreach::RecordedAnchorEvents { .. } => {
+                format!("{bomb} {MAX_ALIAS_EXPANSION} nodes, the limit for a document")
+            }
+            other => format!("over a limit of the document: {other:?}"),
+        },
+        E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. } => {
+            format!("{bomb} {MAX_ALIAS_EXPANSION} nodes, the limit for a document")
+        }
+        E::AliasReplayStackDepthExceeded { .. } => {
+            format!("aliases nested deeper than {MAX_DEPTH} levels, the limit for a document")
+        }
+        _ => return None,
+    })
 }
 
-/// Every document of a YAML stream, empty ones left out.
+/// Deserializes one YAML document, within the limits of `limits.rs`.
+pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
+    Ok(serde_saphyr::from_str_with_options(
+        text,
+        yaml_options(MAX_NODES),
+    )?)
+}
+
+/// Every document of a YAML stream, empty ones left out, within the limits
+/// of `limits.rs` (each document's, and the number of documents).
 pub fn documents<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, Error> {
-    Ok(serde_saphyr::from_multiple(text)?)
+    Ok(serde_saphyr::from_multiple_with_options(
+        text,
+        yaml_options(MAX_NODES),
+    )?)
 }
 
 /// YAML text of a value (for generated files).
@@ -112,9 +169,10 @@ enum Node {
 }
 
 impl Positions {
-    /// The positions of `text`'s nodes; none when it does not parse.
+    /// The positions of `text`'s nodes; none when it does not parse or has
+    /// more than [`MAX_POSITIONED_NODES`] (each is kept with its span).
     pub fn of(text: &str) -> Self {
-        Self(serde_saphyr::from_str(text).ok())
+        Self(serde_saphyr::from_str_with_options(text, yaml_options(MAX_POSITIONED_NODES)).ok())
     }
 
     /// Where each item of the list at `path` starts; none when it is not a

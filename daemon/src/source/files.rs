@@ -7,7 +7,11 @@
 //!
 //! Last good state: an object whose new version fails keeps its previous
 //! version (matched by kind, namespace and name); a file that cannot be
-//! read or split at all keeps all of its previous objects.
+//! read or split at all keeps all of its previous objects. So does a file
+//! over a limit of `model::limits` (its size, checked from its metadata
+//! before it is read and bounded while it is read; all files' sizes
+//! together; UTF-8; its number of documents): refused whole, with an
+//! error naming the file and the limit.
 //!
 //! Revision: the contents of `<dir>/.revision` when present (the lab writes
 //! it after the files, so "revision N in force" covers them), else a hash of
@@ -16,6 +20,7 @@
 use std::{
     collections::BTreeMap,
     fs,
+    io::Read as _,
     path::{Path, PathBuf},
 };
 
@@ -25,6 +30,7 @@ use super::{
 };
 use crate::model::{
     Namespace, Pod, Policy, Snapshot,
+    limits::{self, MAX_FILE_BYTES, MAX_SOURCE_BYTES},
     parse::{Head, ParseError, parse_one, split_documents},
     posture::namespace_postures,
     yaml::{self, Positions},
@@ -268,21 +274,34 @@ impl Source for FileSource {
             }
         };
         // Every file's name and contents, for the fallback revision.
-        let mut seen = Vec::new();
+        let mut seen = crate::identity::fnv1a(&[]);
+        let mut total = 0u64;
         let mut next = BTreeMap::new();
         for path in files {
-            let text = match fs::read_to_string(&path) {
+            seen = fnv1a_more(seen, path.to_string_lossy().as_bytes());
+            let text = match read_limited(&path, &mut total) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(format!("{}: {e}", path.display()));
-                    if let Some(old) = self.last_good.get(&path) {
+                    // Refused files count in the revision by what was seen
+                    // of them, so that a change to one is a new revision.
+                    seen = fnv1a_more(seen, e.as_bytes());
+                    let kept = self.last_good.get(&path);
+                    errors.push(format!(
+                        "{}: {e}; the file is refused whole{}",
+                        path.display(),
+                        if kept.is_some() {
+                            " and its last good version stays in force"
+                        } else {
+                            ""
+                        }
+                    ));
+                    if let Some(old) = kept {
                         next.insert(path.clone(), old.clone());
                     }
                     continue;
                 }
             };
-            seen.extend_from_slice(path.to_string_lossy().as_bytes());
-            seen.extend_from_slice(text.as_bytes());
+            seen = fnv1a_more(seen, text.as_bytes());
             let good = self.good_objects(&path, &text, &mut errors);
             next.insert(path, good);
         }
@@ -290,8 +309,7 @@ impl Source for FileSource {
         self.last_good = next;
         Reading {
             snapshot: self.snapshot(),
-            revision: written_revision
-                .unwrap_or_else(|| format!("{:016x}", crate::identity::fnv1a(&seen))),
+            revision: written_revision.unwrap_or_else(|| format!("{seen:016x}")),
             errors,
             ..Reading::default()
         }
@@ -308,6 +326,40 @@ impl Source for FileSource {
         }
         rx
     }
+}
+
+/// FNV-1a (`identity::fnv1a`) of what `h` hashed, then `bytes`.
+fn fnv1a_more(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A file's text, within the limits of `model::limits`: its size from its
+/// metadata first (a file over [`MAX_FILE_BYTES`], or one that would take
+/// the files read so far, `total`, over [`MAX_SOURCE_BYTES`], is not read),
+/// the read bounded as well (it may grow meanwhile), then UTF-8 and the
+/// number of documents. The error names the limit, or what failed.
+fn read_limited(path: &Path, total: &mut u64) -> Result<String, String> {
+    let file = fs::File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(limits::too_large(size));
+    }
+    if *total + size > MAX_SOURCE_BYTES {
+        return Err(format!(
+            "{size} bytes would take the source's files over the limit of {MAX_SOURCE_BYTES} \
+             bytes ({} MiB) in all; not read",
+            MAX_SOURCE_BYTES >> 20
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    *total += bytes.len() as u64;
+    limits::check_file(&bytes)?;
+    String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
 /// Forwards inotify events on `dir` as wake-ups; a burst of events is one.
@@ -524,6 +576,63 @@ spec:
             r.snapshot.namespaces["x"].annotations["kubearmor-file-posture"],
             "block"
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_over_a_limit_is_refused_whole_and_keeps_its_last_good_version() {
+        let dir = temp_dir();
+        fs::write(dir.join("cluster.yaml"), GOOD).unwrap();
+        let mut source = FileSource::new(&dir);
+        assert!(source.read().errors.is_empty());
+        let keys = |r: &Reading| {
+            r.snapshot
+                .policies
+                .iter()
+                .map(Policy::key)
+                .collect::<Vec<_>>()
+        };
+        // 100 MB, sparse: refused from its metadata, never read.
+        let big = fs::File::create(dir.join("cluster.yaml")).unwrap();
+        big.set_len(100 << 20).unwrap();
+        // Not UTF-8, in a new file: nothing of it was ever in force.
+        fs::write(dir.join("new.yaml"), b"apiVersion: v1\nkind: \xc3\x28\n").unwrap();
+        let r = source.read();
+        assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+        let cluster = dir.join("cluster.yaml").display().to_string();
+        assert!(
+            r.errors[0].starts_with(&format!("{cluster}: 104857600 bytes, above the limit of 4194304 bytes (4 MiB) for a source file; not read; the file is refused whole and its last good version stays in force")),
+            "{:?}",
+            r.errors
+        );
+        assert!(
+            r.errors[1].contains("new.yaml: not UTF-8: invalid byte 0xc3 at line 2 column 7")
+                && r.errors[1].ends_with("the file is refused whole"),
+            "{:?}",
+            r.errors
+        );
+        assert_eq!(keys(&r), ["x/deny"], "the last good version stays");
+        assert_eq!(r.snapshot.pods.len(), 1);
+        // Too many documents, then fixed: the file applies again.
+        let many = format!("{GOOD}---\n{}", "kind: x\n---\n".repeat(1_000));
+        fs::write(dir.join("cluster.yaml"), many).unwrap();
+        fs::remove_file(dir.join("new.yaml")).unwrap();
+        let r = source.read();
+        assert!(
+            r.errors.len() == 1
+                && r.errors[0].contains("1003 documents, above the limit of 1000 per file"),
+            "{:?}",
+            r.errors
+        );
+        assert_eq!(keys(&r), ["x/deny"]);
+        fs::write(
+            dir.join("cluster.yaml"),
+            GOOD.replace("name: deny", "name: other"),
+        )
+        .unwrap();
+        let r = source.read();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(keys(&r), ["x/other"]);
         let _ = fs::remove_dir_all(&dir);
     }
 }
