@@ -10,7 +10,7 @@ CARGO := cargo +$(USER_TOOLCHAIN)
 EBPF_CARGO := cargo +$(EBPF_TOOLCHAIN)
 EBPF_CRATES := -p ebpf-xdp -p ebpf-tc -p ebpf-lsm
 
-.PHONY: setup build demo test lint unit privileged scenarios guest guest-scenarios bench clean image
+.PHONY: setup build demo test lint unit privileged scenarios chaos chaos-short guest guest-scenarios bench clean image
 
 setup:
 	@scripts/setup.sh
@@ -24,7 +24,7 @@ demo: build
 # Everything: lint, unit, privileged (root, netns, bpffs), the scenario
 # suite natively, the QEMU guest tests, and the SCTP and the process and
 # file (BPF-LSM) scenarios in the guest.
-test: setup lint unit privileged scenarios guest
+test: setup lint unit privileged scenarios chaos-short guest
 	$(MAKE) guest-scenarios FILES="$(wildcard tests/scenarios/sctp/*.yaml)"
 	$(MAKE) guest-scenarios FILES="$(wildcard tests/scenarios/lsm/*.yaml)"
 	$(MAKE) guest-scenarios FILES="$(wildcard tests/scenarios/sctp/*.yaml) $(wildcard tests/scenarios/lsm/*.yaml)" LAB_ARGS="--via kube"
@@ -71,6 +71,19 @@ scenarios: setup
 	time target/debug/palisade lab run tests/scenarios/*.yaml; files=$$?; \
 	wait $$kube; via_kube=$$?; echo "--- the same through the Kubernetes source (--via kube):"; \
 	cat target/scenarios-kube.log; exit $$(( files || via_kube ))
+
+# The daemon under faults (docs/CHAOS.md) with a probe load and held
+# connections, through both sources; each run ends with its `chaos:` line
+# and fails on a wrong verdict or a broken held flow.
+chaos: setup
+	$(CARGO) build -p palisade-cli
+	target/debug/palisade lab chaos
+	target/debug/palisade lab chaos --via kube
+
+# The faults that take seconds, for `make test`.
+chaos-short: setup
+	$(CARGO) build -p palisade-cli
+	target/debug/palisade lab chaos --short
 
 # Scenario files (anywhere) in the QEMU guest: make guest-scenarios FILES="a.yaml b.yaml"
 guest-scenarios: setup

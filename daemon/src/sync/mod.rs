@@ -30,7 +30,10 @@ mod links;
 pub mod lsm;
 pub mod prefilter;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+};
 
 use ipnet::IpNet;
 
@@ -118,6 +121,11 @@ pub struct Syncer {
     lsm: Result<lsm::LsmState, String>,
     /// The uplinks the prefilter is on, by ifindex.
     uplinks: BTreeMap<u32, String>,
+    /// A daemon of another ABI left links, which this one takes over: its
+    /// programs read new, empty maps, so the first pass fills them before
+    /// it attaches anything (an endpoint missing from the map passes every
+    /// packet, and an LSM program with no pod sets judges nothing).
+    inherited: bool,
 }
 
 impl Syncer {
@@ -133,12 +141,19 @@ impl Syncer {
         let (features, mut loaded) = loader::load_probed(&pins, sizes)?;
         let mut maps = DatapathMaps::open(&pins)?;
         let uplinks = prefilter::install(&mut maps, &mut loaded.xdp, &pins, uplinks, node_denies)?;
+        let inherited = pins
+            .other_abis()
+            .iter()
+            .any(|old| fs::read_dir(old.links()).is_ok_and(|mut links| links.next().is_some()));
         let lsm = match &mut loaded.lsm {
             LsmObject::Loaded(object) => {
                 // Maps first: the programs judge nothing until a pod's sets
-                // are written, so attaching them before that is safe.
+                // are written, so attaching them before that is safe, but
+                // for a daemon whose programs still enforce (another ABI's).
                 let state = lsm::LsmState::new(LsmMaps::open(&pins)?)?;
-                attach::attach_lsm(object, &pins)?;
+                if !inherited {
+                    attach::attach_lsm(object, &pins)?;
+                }
                 Ok(state)
             }
             LsmObject::Skipped { reason } => Err(reason.clone()),
@@ -151,6 +166,7 @@ impl Syncer {
             attached: BTreeSet::new(),
             lsm,
             uplinks,
+            inherited,
         })
     }
 
@@ -210,11 +226,46 @@ impl Syncer {
     /// read.
     pub fn apply(&mut self, desired: &Desired<'_>) -> Result<Report, DatapathError> {
         let mut report = Report::default();
+        if self.inherited {
+            return self.take_over(desired);
+        }
         links::attach_new(self, desired, &mut report);
         write_maps(&mut self.maps, desired, &mut report)?;
         links::detach_unheld(self, desired, &mut report);
         if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
             report.lsm = Some(state.apply(lsm)?);
+        }
+        Ok(report)
+    }
+
+    /// The first pass after another ABI's daemon: every map filled, then
+    /// its links taken over, so no packet or operation meets empty maps.
+    fn take_over(&mut self, desired: &Desired<'_>) -> Result<Report, DatapathError> {
+        let mut report = Report::default();
+        write_maps(&mut self.maps, desired, &mut report)?;
+        if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
+            report.lsm = Some(state.apply(lsm)?);
+        }
+        links::attach_new(self, desired, &mut report);
+        links::detach_unheld(self, desired, &mut report);
+        if let (Ok(_), LsmObject::Loaded(object)) = (&self.lsm, &mut self.loaded.lsm)
+            && let Err(e) = attach::attach_lsm(object, &self.pins)
+        {
+            report.attach_errors.push(format!("LSM programs: {e}"));
+        }
+        self.inherited = false;
+        match attach::retire_other_abis(&self.pins) {
+            Ok(retired) => {
+                for dir in retired {
+                    tracing::info!(
+                        "retired {}: every link of that ABI was taken over",
+                        dir.display()
+                    );
+                }
+            }
+            Err(e) => report
+                .attach_errors
+                .push(format!("retiring an older ABI's pins: {e}")),
         }
         Ok(report)
     }

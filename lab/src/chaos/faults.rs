@@ -68,10 +68,13 @@ impl Fault {
         }
     }
 
+    /// By its name or its variant's, in any case, spaces and dashes
+    /// ignored (`kill-mid-change`, `broken-files`, `"maps filled"`).
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| {
-            f.name() == name || format!("{f:?}").eq_ignore_ascii_case(&name.replace('-', ""))
-        })
+        let plain = |s: &str| s.replace([' ', '-'], "").to_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|f| plain(f.name()) == plain(name) || plain(&format!("{f:?}")) == plain(name))
     }
 
     /// Broken files concern the file source, the API server the
@@ -273,7 +276,12 @@ async fn broken_files(lab: &mut Lab) -> anyhow::Result<String> {
 /// an invalid CIDR, not UTF-8, an unknown kind.
 fn broken_text(i: usize, good: &str) -> Vec<u8> {
     match i % 6 {
-        0 => good.as_bytes()[..good.len() * (i % 5 + 1) / 7].to_vec(),
+        // Cut inside its name: never a valid policy (one cut later could
+        // be, and would rightly be enforced).
+        0 => {
+            let name = good.find("name: ").map_or(good.len() / 2, |at| at + 6 + i % 3);
+            good.as_bytes()[..name].to_vec()
+        }
         1 => b"apiVersion: [networking.k8s.io/v1\nkind: {{\n".to_vec(),
         2 => good.replacen("spec:", "spec:\n  unknownField: 1", 1).into_bytes(),
         3 => format!(
@@ -285,14 +293,16 @@ fn broken_text(i: usize, good: &str) -> Vec<u8> {
     }
 }
 
-const REMOTE: &str = "cluster-remote.yaml";
+const REMOTE: &str = "cluster-remote";
 const CROWD: &str = "chaos-crowd.yaml";
 
 async fn full_maps(lab: &mut Lab) -> anyhow::Result<String> {
     let mut notes = Vec::new();
     // Conntrack: new flows from x/a to two pods it may reach, past the
     // map's size; the held flows are in use all along and must stay.
-    let to = vec![(lab.ipv4_of("y/a")?, 81), (lab.ipv4_of("y/c")?, 81)];
+    // To a port nothing listens on: a flood into the probed listeners
+    // would fill their sockets and fail probes Palisade passed.
+    let to = vec![(lab.ipv4_of("y/a")?, 9), (lab.ipv4_of("y/c")?, 9)];
     let f = flood(lab.netns_of("x/a")?, lab.ipv4_of("x/a")?, to, 129_000).await?;
     notes.push(format!(
         "{} new UDP flows in {:.1} s (conntrack holds {})",
@@ -300,19 +310,25 @@ async fn full_maps(lab: &mut Lab) -> anyhow::Result<String> {
         f.seconds,
         ebpf_common::maps::size::CT4
     ));
-    // Identities: remote pods with a label set each, past the map's size.
+    // Identities: remote pods with a label set each, more than the
+    // identity map's entries (a file each thousand: the file source's
+    // document limit).
     let pods = ebpf_common::maps::size::IDENTITY as usize + 4_000;
-    lab.daemons.write(REMOTE, &remote_pods(pods))?;
-    let said = settle(lab, Duration::from_secs(20)).await;
-    notes.push(format!("{pods} remote pods: {said}"));
-    lab.daemons.remove(REMOTE)?;
-    lab.commit().await.context("without the remote pods")?;
-    // Policy: one policy with more entries than the policy map holds.
+    let files = remote_pods(pods);
+    for (i, text) in files.iter().enumerate() {
+        lab.daemons.write(&format!("{REMOTE}-{i:03}.yaml"), text)?;
+    }
+    let said = settle(lab, Duration::from_secs(30)).await;
+    notes.push(format!("{pods} remote pods with a label set each: {said}"));
+    // Policy: z/a admits each of them on four ports.
     lab.daemons.write(CROWD, &crowd())?;
-    let said = settle(lab, Duration::from_secs(20)).await;
-    notes.push(format!("a policy past the policy map's size: {said}"));
+    let said = settle(lab, Duration::from_secs(30)).await;
+    notes.push(format!("a policy admitting them all on 4 ports: {said}"));
     lab.daemons.remove(CROWD)?;
-    lab.commit().await.context("without the crowded policy")?;
+    for i in 0..files.len() {
+        lab.daemons.remove(&format!("{REMOTE}-{i:03}.yaml"))?;
+    }
+    lab.commit().await.context("without the remote pods")?;
     Ok(notes.join("; "))
 }
 
@@ -329,39 +345,29 @@ async fn settle(lab: &mut Lab, limit: Duration) -> String {
     }
 }
 
-fn remote_pods(n: usize) -> String {
-    let mut text = String::new();
-    for i in 0..n {
-        let _ = write!(
-            text,
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: r{i}, namespace: x, labels: {{crowd: r{i}}}}}\nspec: {{nodeName: elsewhere}}\nstatus: {{podIP: 10.250.{}.{}}}\n",
-            i / 250,
-            i % 250 + 1
-        );
-    }
-    text
+/// `n` pods on another node, a thousand a file.
+fn remote_pods(n: usize) -> Vec<String> {
+    (0..n)
+        .collect::<Vec<_>>()
+        .chunks(1000)
+        .map(|chunk| {
+            let mut text = String::new();
+            for i in chunk {
+                let _ = write!(
+                    text,
+                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: r{i}, namespace: x, labels: {{crowd: r{i}}}}}\nspec: {{nodeName: elsewhere}}\nstatus: {{podIP: 10.250.{}.{}}}\n",
+                    i / 250,
+                    i % 250 + 1
+                );
+            }
+            text
+        })
+        .collect()
 }
 
-/// z/a (isolated already) admits 300 ports from each of 300 unused
-/// addresses: 90,000 pairs, more than the policy map's entries.
+/// z/a (isolated already) admits every remote pod on four ports.
 fn crowd() -> String {
-    let peers: Vec<String> = (0..300)
-        .map(|i| {
-            format!(
-                "{{ipBlock: {{cidr: 172.17.{}.{}/32}}}}",
-                i / 250,
-                i % 250 + 1
-            )
-        })
-        .collect();
-    let ports: Vec<String> = (0..300)
-        .map(|p| format!("{{port: {}, protocol: TCP}}", 20_000 + p))
-        .collect();
-    format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: crowd, namespace: z}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{}], ports: [{}]}}]\n",
-        peers.join(", "),
-        ports.join(", ")
-    )
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: crowd, namespace: z}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchExpressions: [{key: crowd, operator: Exists}]}}], ports: [{port: 20000}, {port: 20001}, {port: 20002}, {port: 20003}]}]\n".into()
 }
 
 async fn api_server(lab: &mut Lab) -> anyhow::Result<String> {

@@ -131,21 +131,21 @@ impl Lab {
                 };
                 let read = match feed {
                     Some(f) => f.seen(&status),
-                    None => status["revision"] == d.enforcer.revision().to_string(),
+                    None => {
+                        status["revision"].as_str()
+                            == Some(d.enforcer.revision().to_string().as_str())
+                    }
                 };
                 all_read &= read;
-                if read && status["ready"] != true && refused.is_none() {
-                    refused = Some(
-                        status["errors"]
-                            .as_array()
-                            .and_then(|e| e.first())
-                            .map_or_else(|| status.to_string(), ToString::to_string),
-                    );
+                let first_error = status["errors"].as_array().and_then(|e| e.first());
+                if read && refused.is_none() && (status["ready"] != true || first_error.is_some()) {
+                    refused =
+                        Some(first_error.map_or_else(|| status.to_string(), ToString::to_string));
                 }
             }
             if all_read {
                 return Ok(match refused {
-                    Some(e) => format!("refused, the last good state kept ({e})"),
+                    Some(e) => format!("refused ({e})"),
                     None => "in force".into(),
                 });
             }
