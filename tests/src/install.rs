@@ -80,75 +80,7 @@ pub fn capabilities() -> anyhow::Result<Vec<String>> {
     capabilities_of(&ds)
 }
 
-/// Linux capability numbers (include/uapi/linux/capability.h), by the name
-/// Kubernetes uses (without `CAP_`).
-const CAPABILITIES: [(&str, u32); 41] = [
-    ("CHOWN", 0),
-    ("DAC_OVERRIDE", 1),
-    ("DAC_READ_SEARCH", 2),
-    ("FOWNER", 3),
-    ("FSETID", 4),
-    ("KILL", 5),
-    ("SETGID", 6),
-    ("SETUID", 7),
-    ("SETPCAP", 8),
-    ("LINUX_IMMUTABLE", 9),
-    ("NET_BIND_SERVICE", 10),
-    ("NET_BROADCAST", 11),
-    ("NET_ADMIN", 12),
-    ("NET_RAW", 13),
-    ("IPC_LOCK", 14),
-    ("IPC_OWNER", 15),
-    ("SYS_MODULE", 16),
-    ("SYS_RAWIO", 17),
-    ("SYS_CHROOT", 18),
-    ("SYS_PTRACE", 19),
-    ("SYS_PACCT", 20),
-    ("SYS_ADMIN", 21),
-    ("SYS_BOOT", 22),
-    ("SYS_NICE", 23),
-    ("SYS_RESOURCE", 24),
-    ("SYS_TIME", 25),
-    ("SYS_TTY_CONFIG", 26),
-    ("MKNOD", 27),
-    ("LEASE", 28),
-    ("AUDIT_WRITE", 29),
-    ("AUDIT_CONTROL", 30),
-    ("SETFCAP", 31),
-    ("MAC_OVERRIDE", 32),
-    ("MAC_ADMIN", 33),
-    ("SYSLOG", 34),
-    ("WAKE_ALARM", 35),
-    ("BLOCK_SUSPEND", 36),
-    ("AUDIT_READ", 37),
-    ("PERFMON", 38),
-    ("BPF", 39),
-    ("CHECKPOINT_RESTORE", 40),
-];
-
 /// The number of a capability named as Kubernetes names it (`NET_ADMIN`;
-/// a `CAP_` prefix is accepted too), or `None` for a name Linux lacks.
-pub fn capability_number(name: &str) -> Option<u32> {
-    let name = name.strip_prefix("CAP_").unwrap_or(name);
-    CAPABILITIES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|&(_, number)| number)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn capability_numbers_follow_the_kernel() {
-        assert_eq!(capability_number("NET_ADMIN"), Some(12));
-        assert_eq!(capability_number("CAP_SYS_ADMIN"), Some(21));
-        assert_eq!(capability_number("PERFMON"), Some(38));
-        assert_eq!(capability_number("BPF"), Some(39));
-        assert_eq!(capability_number("bpf"), None);
-        for (i, (_, number)) in CAPABILITIES.iter().enumerate() {
-            assert_eq!(*number as usize, i);
-        }
-    }
-}
+/// a `CAP_` prefix is accepted too), or `None` for a name Linux lacks: the
+/// daemon's own table, the one it reports its capabilities by.
+pub use palisade::node::capabilities::number as capability_number;

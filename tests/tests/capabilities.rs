@@ -6,6 +6,15 @@
 //! rule. The file rule needs BPF LSM, so that proof runs in the QEMU guest
 //! (natively it is reported as ignored with the reason).
 //!
+//! Once started, the daemon drops what the rest of its run does not need
+//! (`palisade::node::capabilities`): every thread's effective and permitted
+//! sets must then be exactly what this kernel still needs after loading
+//! (`CAP_BPF` before 5.19, `CAP_NET_ADMIN` without TCX, so nothing on 6.6
+//! and later, `NET_ADMIN` on the guest's 6.1), `PERFMON` gone, and with
+//! that alone the daemon attaches to a pod added after the drop, enforces
+//! its policy, puts a policy change in force and serves its metrics from
+//! the pinned maps.
+//!
 //! Then, natively, each capability of the set is taken away in turn, and
 //! the daemon must fail to put the network policy in force: the set has
 //! nothing to spare (each one is needed for the network programs already).
@@ -25,6 +34,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use palisade::node::capabilities::threads;
 use palisade_lab::enforcer::{DaemonArgs, Enforcer};
 use palisade_tests::{
     BridgeLab, TempPins,
@@ -160,14 +170,38 @@ fn in_force(daemon: &mut Enforcer) -> anyhow::Result<serde_json::Value> {
     }
 }
 
-/// A capability field of /proc/PID/status.
-fn cap_field(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
-    Ok(u64::from_str_radix(hex.trim(), 16)?)
+/// What the daemon needs once it has loaded, on this kernel: `BPF` where
+/// every bpf(2) command is gated (before 5.19), `NET_ADMIN` where TC
+/// attaches over rtnetlink (no TCX, before 6.6).
+fn needed_after_start() -> anyhow::Result<Vec<String>> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (
+        parts.next().context("kernel release")?,
+        parts.next().context("kernel release")?,
+    );
+    let mut needed = Vec::new();
+    if version < (5, 19) {
+        needed.push("BPF".to_owned());
+    }
+    if version < (6, 6) {
+        needed.push("NET_ADMIN".to_owned());
+    }
+    Ok(needed)
+}
+
+/// The names in a JSON list.
+fn listed(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Pod a's cgroup, and the file its rule blocks.
@@ -208,17 +242,33 @@ impl Drop for PodCgroup {
     }
 }
 
-fn cluster(lab: &BridgeLab, cgroup: &str, secret: &str) -> String {
-    format!(
+/// Pods a and b (and c, when the lab has a third): b admits nothing (with
+/// `b_admits_a`, pod a only), c admits pod a only, and pod a may not read
+/// `secret`.
+fn cluster(lab: &BridgeLab, cgroup: &str, secret: &str, b_admits_a: bool) -> String {
+    let from_a = format!(
+        "[{{from: [{{podSelector: {{matchLabels: {{pod: a}}}}}}], ports: [{{port: {PORT}}}]}}]"
+    );
+    let b_ingress = if b_admits_a { from_a.as_str() } else { "[]" };
+    let mut text = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: x, labels: {{ns: x}}}}\n\
 ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x, labels: {{pod: a}}, annotations: {{palisade.dev/cgroup: '{cgroup}'}}}}\nstatus: {{podIP: {}}}\n\
 ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: b, namespace: x, labels: {{pod: b}}}}\nstatus: {{podIP: {}}}\n\
 ---\napiVersion: palisade.dev/v1alpha1\nkind: PalisadeNetworkPolicy\nmetadata: {{name: b-isolated, namespace: x}}\n\
-spec:\n  podSelector: {{matchLabels: {{pod: b}}}}\n  policyTypes: [Ingress]\n  ingress: []\n\
+spec:\n  podSelector: {{matchLabels: {{pod: b}}}}\n  policyTypes: [Ingress]\n  ingress: {b_ingress}\n\
 ---\napiVersion: palisade.dev/v1alpha1\nkind: PalisadeNetworkPolicy\nmetadata: {{name: a-no-secret, namespace: x}}\n\
 spec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: []\n  file:\n    rules: [{{action: Block, paths: ['{secret}']}}]\n",
         lab.pods[0].ip, lab.pods[1].ip
-    )
+    );
+    if let Some(c) = lab.pods.get(2) {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: c, namespace: x, labels: {{pod: c}}}}\nstatus: {{podIP: {}}}\n\
+---\napiVersion: palisade.dev/v1alpha1\nkind: PalisadeNetworkPolicy\nmetadata: {{name: c-from-a, namespace: x}}\n\
+spec:\n  podSelector: {{matchLabels: {{pod: c}}}}\n  policyTypes: [Ingress]\n  ingress: {from_a}\n",
+            c.ip
+        ));
+    }
+    text
 }
 
 fn reaches(lab: &BridgeLab, from: usize, to: usize) -> anyhow::Result<bool> {
@@ -240,8 +290,8 @@ fn proof(lsm: bool) -> anyhow::Result<()> {
     let caps = capabilities()?;
     let wanted = mask(&caps)?;
     let t = TempPins::new()?;
-    let lab = BridgeLab::new(2)?;
-    let _listeners: Vec<TcpListener> = lab
+    let mut lab = BridgeLab::new(2)?;
+    let mut listeners: Vec<TcpListener> = lab
         .pods
         .iter()
         .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
@@ -254,21 +304,59 @@ fn proof(lsm: bool) -> anyhow::Result<()> {
     let secret = secret.display().to_string();
 
     let mut daemon = start(&lab, &t, &dir, &caps)?;
-    daemon.write("cluster.yaml", &cluster(&lab, &cgroup.dir, &secret))?;
+    daemon.write("cluster.yaml", &cluster(&lab, &cgroup.dir, &secret, false))?;
     let s = in_force(&mut daemon)?;
     let pid = daemon.pid();
-    let (eff, prm, bnd) = (
-        cap_field(pid, "CapEff")?,
-        cap_field(pid, "CapPrm")?,
-        cap_field(pid, "CapBnd")?,
-    );
+    let needed = needed_after_start()?;
+    let kept = mask(&needed)?;
+    let reported = &s["capabilities"];
     println!(
-        "daemon {pid}: CapEff {eff:#x} CapPrm {prm:#x} CapBnd {bnd:#x} (the DaemonSet's {caps:?} = {wanted:#x})"
+        "daemon {pid}, started with the DaemonSet's {caps:?} ({wanted:#x}); after start: {reported}"
     );
     ensure!(
-        eff == wanted && prm == wanted && bnd == wanted,
-        "the daemon ran with other capabilities than the DaemonSet's"
+        listed(&reported["kept"]) == needed,
+        "the daemon kept {} where this kernel needs {needed:?} after loading",
+        reported["kept"]
     );
+    ensure!(
+        reported.get("notes").is_none(),
+        "the drop went wrong: {reported}"
+    );
+    ensure!(
+        caps.iter()
+            .filter(|c| !needed.contains(c))
+            .all(|c| listed(&reported["dropped_after_start"]).contains(c)),
+        "the status does not name every capability dropped: {reported}"
+    );
+    let check_threads = |when: &str| -> anyhow::Result<()> {
+        let threads = threads(&pid.to_string())?;
+        ensure!(!threads.is_empty(), "process {pid} has no threads");
+        for (thread, c) in threads {
+            println!(
+                "{when}: {thread}: CapEff {:#x} CapPrm {:#x} CapInh {:#x} CapAmb {:#x} CapBnd {:#x} NoNewPrivs {}",
+                c.effective, c.permitted, c.inheritable, c.ambient, c.bounding, c.no_new_privs
+            );
+            ensure!(
+                c.effective == kept && c.permitted == kept,
+                "{thread} holds more or less than {needed:?} ({kept:#x})"
+            );
+            ensure!(
+                c.inheritable == 0 && c.ambient == 0,
+                "{thread}: inheritable or ambient left"
+            );
+            // The wrapper, as a runtime, grants no CAP_SETPCAP: the bounding
+            // set stays the DaemonSet's, and no_new_privs keeps an exec from
+            // regaining any of it.
+            ensure!(
+                c.bounding == wanted,
+                "{thread}: bounding set {:#x}",
+                c.bounding
+            );
+            ensure!(c.no_new_privs, "{thread}: no_new_privs is not set");
+        }
+        Ok(())
+    };
+    check_threads("after start")?;
     ensure!(s["ready"] == true, "{s}");
     ensure!(reaches(&lab, 1, 0)?, "b -> a: a is not isolated");
     ensure!(!reaches(&lab, 0, 1)?, "a -> b: b admits nothing");
@@ -281,6 +369,38 @@ fn proof(lsm: bool) -> anyhow::Result<()> {
         );
         ensure!(fs::read(&secret).is_ok(), "outside the pod the file reads");
     }
+
+    // With only what it kept: a pod whose veth appears now gets the
+    // programs and its policy...
+    let c = lab.add_pod()?;
+    listeners.push(in_netns(&c.netns, || TcpListener::bind((c.ip, PORT)))??);
+    daemon.write("cluster.yaml", &cluster(&lab, &cgroup.dir, &secret, false))?;
+    let s = in_force(&mut daemon)?;
+    ensure!(
+        s["endpoints"].get("x/c").is_some(),
+        "pod c is not placed: {s}"
+    );
+    ensure!(reaches(&lab, 0, 2)?, "a -> c: c admits a");
+    ensure!(!reaches(&lab, 1, 2)?, "b -> c: c admits only a");
+    // ...a policy change lands...
+    daemon.write("cluster.yaml", &cluster(&lab, &cgroup.dir, &secret, true))?;
+    in_force(&mut daemon)?;
+    ensure!(reaches(&lab, 0, 1)?, "a -> b: b admits a now");
+    ensure!(!reaches(&lab, 2, 1)?, "c -> b: b admits only a");
+    // ...and the metrics are read from the pinned maps.
+    let scraped = daemon.scrape(&lab.node)?;
+    for metric in [
+        "palisade_map_entries{",
+        "palisade_drops_total{",
+        "palisade_ready 1",
+    ] {
+        ensure!(
+            scraped.contains(metric),
+            "the metrics endpoint lacks {metric}:\n{scraped}"
+        );
+    }
+    println!("after start: pod c attached and enforced, b's new policy in force, metrics served");
+    check_threads("at the end")?;
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);
     Ok(())
@@ -298,7 +418,10 @@ fn without_any_one_of_them_the_daemon_fails() -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(unique("palisade-caps-"));
         fs::create_dir_all(&dir)?;
         let mut daemon = start(&lab, &t, &dir, &fewer)?;
-        daemon.write("cluster.yaml", &cluster(&lab, &cgroup.dir, "/nonexistent"))?;
+        daemon.write(
+            "cluster.yaml",
+            &cluster(&lab, &cgroup.dir, "/nonexistent", false),
+        )?;
         let revision = daemon.commit()?.to_string();
         let deadline = Instant::now() + Duration::from_secs(180);
         let outcome = loop {

@@ -32,7 +32,10 @@ use crate::{
     },
     loader::sizes::MapSizes,
     model::Snapshot,
-    node::discover::{self, Unplaced},
+    node::{
+        capabilities::{self, Capabilities},
+        discover::{self, Unplaced},
+    },
     observe::{
         events::Hub,
         http::{SharedReadiness, SharedSnapshot},
@@ -118,6 +121,9 @@ pub struct Status {
     /// seen (what a writer waits for). Empty for the file source.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub observed: BTreeMap<String, u64>,
+    /// What the daemon kept after start, and what it dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
 }
 
 pub struct Agent<S: Source> {
@@ -147,8 +153,10 @@ struct Placement {
 
 impl<S: Source> Agent<S> {
     /// Starts the syncer (it loads or adopts the programs and maps) and the
-    /// metrics endpoint; must run inside a tokio runtime, in the node's
-    /// network namespace.
+    /// metrics endpoint, then drops the capabilities the rest of the run
+    /// does not need (`node::capabilities`): for the daemon's own process
+    /// only. Must run inside a tokio runtime, in the node's network
+    /// namespace.
     pub fn start(
         source: S,
         pins: PinDir,
@@ -207,6 +215,8 @@ impl<S: Source> Agent<S> {
             }
             None => None,
         };
+        // Loaded, attached, bound: nothing after this needs more.
+        status.capabilities = Some(capabilities::drop_after_start(syncer.features().tcx));
         Ok(Self {
             source,
             syncer,
@@ -419,6 +429,7 @@ impl<S: Source> Agent<S> {
                 None => "in sync".into(),
             },
             observed: reading.observed,
+            capabilities: self.status.capabilities.clone(),
         };
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(reading.snapshot);
         self.write_status()
