@@ -10,7 +10,7 @@ CARGO := cargo +$(USER_TOOLCHAIN)
 EBPF_CARGO := cargo +$(EBPF_TOOLCHAIN)
 EBPF_CRATES := -p ebpf-xdp -p ebpf-tc -p ebpf-lsm
 
-.PHONY: setup build demo test lint unit privileged scenarios chaos chaos-short guest guest-scenarios bench clean image
+.PHONY: setup build demo test lint unit privileged scenarios chaos chaos-short soak guest guest-scenarios bench clean image
 
 setup:
 	@scripts/setup.sh
@@ -79,6 +79,12 @@ chaos: setup
 	$(CARGO) build -p palisade-cli
 	target/debug/palisade lab chaos
 	target/debug/palisade lab chaos --via kube
+
+# 30 minutes of the chaos load while pods, namespaces and policies change
+# without pause; bench/results/soak.{csv,svg}. Not part of `make test`.
+soak: setup
+	$(CARGO) build -p palisade-cli
+	target/debug/palisade lab soak --minutes $(or $(SOAK_MINUTES),30) --out bench/results
 
 # The faults that take seconds, for `make test`.
 chaos-short: setup

@@ -78,6 +78,24 @@ mod with_lab {
             #[arg(long, value_enum, default_value = "files")]
             via: Via,
         },
+        /// The chaos load for a long time while pods, namespaces and policies
+        /// change without pause; samples the daemon's memory, descriptors and
+        /// map entries, and writes them as CSV and an SVG plot. Exit status 1
+        /// on a wrong verdict, a broken held flow, or growth (last third of
+        /// the run over the first) above 25 % in memory or 10 % in fds.
+        Soak {
+            /// As for `chaos`.
+            file: Option<PathBuf>,
+            #[arg(long, default_value_t = 30.0)]
+            minutes: f64,
+            #[arg(long, default_value_t = 10)]
+            sample_seconds: u64,
+            /// Where soak.csv and soak.svg go.
+            #[arg(long, default_value = "bench/results")]
+            out: PathBuf,
+            #[arg(long, value_enum, default_value = "files")]
+            via: Via,
+        },
         /// The standard model before and after a directory of policies, with
         /// the compiler's prediction as the expected tables, and why one denied
         /// flow is denied.
@@ -121,6 +139,22 @@ mod with_lab {
                 faults,
                 via,
             } => return chaos(bin, file.as_deref(), *short, faults, via.feed()),
+            Command::Soak {
+                file,
+                minutes,
+                sample_seconds,
+                out,
+                via,
+            } => {
+                let options = palisade_lab::chaos::soak::Options {
+                    bin,
+                    feed: via.feed(),
+                    duration: Duration::from_secs_f64(minutes * 60.0),
+                    sample: Duration::from_secs(*sample_seconds),
+                    out: out.clone(),
+                };
+                return soak(file.as_deref(), &options);
+            }
         };
         let options = palisade_lab::Options {
             bin,
@@ -150,7 +184,82 @@ mod with_lab {
                 ExitCode::from(code)
             }
             Command::Demo { policies, save } => demo(&runtime, &options, policies, save.as_deref()),
-            Command::Chaos { .. } => unreachable!("handled above"),
+            Command::Chaos { .. } | Command::Soak { .. } => unreachable!("handled above"),
+        }
+    }
+
+    /// The scenario file given, or the built-in chaos load.
+    fn load_text(file: Option<&Path>) -> Result<(String, String), ExitCode> {
+        match file {
+            Some(f) => match std::fs::read_to_string(f) {
+                Ok(t) => Ok((t, f.display().to_string())),
+                Err(e) => {
+                    eprintln!("palisade: {}: {e}", f.display());
+                    Err(ExitCode::from(2))
+                }
+            },
+            None => Ok((
+                palisade_lab::chaos::STANDARD.to_owned(),
+                "tests/chaos/standard.yaml".into(),
+            )),
+        }
+    }
+
+    fn current_thread() -> Result<tokio::runtime::Runtime, ExitCode> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                eprintln!("palisade: runtime: {e}");
+                ExitCode::FAILURE
+            })
+    }
+
+    fn soak(file: Option<&Path>, options: &palisade_lab::chaos::soak::Options) -> ExitCode {
+        use palisade_lab::chaos::soak::{Sample, growth};
+        let (text, name) = match load_text(file) {
+            Ok(t) => t,
+            Err(code) => return code,
+        };
+        let runtime = match current_thread() {
+            Ok(r) => r,
+            Err(code) => return code,
+        };
+        let samples = match runtime.block_on(palisade_lab::chaos::soak::run(&text, &name, options))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("palisade: soak: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let Some(last) = samples.last() else {
+            return ExitCode::FAILURE;
+        };
+        let rss = growth(&samples, |s: &Sample| s.rss_kib as f64);
+        let fds = growth(&samples, |s: &Sample| s.fds as f64);
+        let entries: Vec<String> = ["PAL_IDENTITY", "PAL_POLICY", "PAL_CT4"]
+            .iter()
+            .map(|m| {
+                let g = growth(&samples, |s: &Sample| {
+                    s.entries.get(*m).copied().unwrap_or(0) as f64
+                });
+                format!("{m} {g:.3}")
+            })
+            .collect();
+        println!(
+            "soak: {:.0} min, {} probes, {} wrong verdicts, {} held flows broken, {} changes; growth (last third over first): RSS {rss:.3}, fds {fds:.3}, {}",
+            last.seconds / 60.0,
+            last.probes,
+            last.wrong,
+            last.broken,
+            last.changes,
+            entries.join(", ")
+        );
+        if last.wrong == 0 && last.broken == 0 && rss <= 1.25 && fds <= 1.10 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }
     }
 
@@ -162,18 +271,9 @@ mod with_lab {
         feed: Feed,
     ) -> ExitCode {
         use palisade_lab::chaos;
-        let (text, name) = match file {
-            Some(f) => match std::fs::read_to_string(f) {
-                Ok(t) => (t, f.display().to_string()),
-                Err(e) => {
-                    eprintln!("palisade: {}: {e}", f.display());
-                    return ExitCode::from(2);
-                }
-            },
-            None => (
-                chaos::STANDARD.to_owned(),
-                "tests/chaos/standard.yaml".into(),
-            ),
+        let (text, name) = match load_text(file) {
+            Ok(t) => t,
+            Err(code) => return code,
         };
         let mut options = if short {
             chaos::Options::short(bin, feed)
@@ -197,15 +297,9 @@ mod with_lab {
             options.faults = chosen;
         }
         // Probers block in their own threads; the runtime only waits.
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let runtime = match current_thread() {
             Ok(r) => r,
-            Err(e) => {
-                eprintln!("palisade: runtime: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
         match runtime.block_on(chaos::run(&text, &name, &options)) {
             Ok(summary) => {

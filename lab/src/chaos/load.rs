@@ -105,13 +105,13 @@ impl Tally {
         }
     }
 
-    fn record_broken(&self, flow: &Flow, why: String) {
+    fn record_broken(&self, flow: &Flow, why: String, at: f64) {
         let phase = self.phase();
         lock(&self.by_phase)
             .entry(phase.clone())
             .or_default()
             .broken += 1;
-        lock(&self.broken).push(format!("{phase}: held {}: {why}", flow.name));
+        lock(&self.broken).push(format!("{phase}: held {} at {at:.1} s: {why}", flow.name));
     }
 
     /// Adds `seconds` of wall time to `phase`.
@@ -221,12 +221,16 @@ fn exercise(
     timeout: Duration,
     every: Duration,
 ) {
+    let began = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let start = Instant::now();
         held.retain(|(flow, socket)| match still_open(socket, timeout) {
             Ok(()) => true,
+            // The run ended while it waited: nothing to judge.
+            Err(_) if stop.load(Ordering::Relaxed) => true,
             Err(e) => {
-                tally.record_broken(flow, format!("{} ({e})", held_state(&e)));
+                let at = began.elapsed().as_secs_f64();
+                tally.record_broken(flow, format!("{} ({e})", held_state(&e)), at);
                 false
             }
         });

@@ -10,6 +10,7 @@
 mod faults;
 mod flood;
 mod load;
+pub mod soak;
 
 use std::{
     collections::BTreeMap,
@@ -18,6 +19,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use palisade::model::Snapshot;
 
 use crate::{
     cluster::cluster_yaml,
@@ -101,12 +103,16 @@ pub struct Lab {
     pub daemons: Daemons,
     pub nodes: Nodes,
     /// The cluster's pods and namespaces as the source holds them.
-    pub cluster: String,
+    pub state: Snapshot,
     pub node_names: BTreeMap<String, String>,
     pub in_force_limit: Duration,
     /// The applied policies' source files, by name.
     pub policy_files: BTreeMap<String, String>,
     pub tally: std::sync::Arc<load::Tally>,
+    /// Where the daemons keep their source, status and log.
+    pub dir: PathBuf,
+    /// The pods' servers; dropped after the daemons.
+    _listeners: Listeners,
 }
 
 impl Lab {
@@ -172,44 +178,70 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The nodes, pods, listeners and daemons of `scenario`, with its
+    /// cluster in force and no policy; `what` names the run's directory.
+    pub async fn start(
+        scenario: &Scenario,
+        bin: &Path,
+        feed: Feed,
+        what: &str,
+    ) -> anyhow::Result<Self> {
+        let tag = format!("{what}{}", std::process::id());
+        let nodes = Nodes::build(&tag, scenario)
+            .await
+            .context("building the lab")?;
+        let dir = std::env::temp_dir().join(format!("palisade-{tag}"));
+        let daemons = Daemons::start(bin, &nodes, feed, &dir)?;
+        let node_names: BTreeMap<String, String> = scenario
+            .node_of
+            .iter()
+            .map(|(pod, i)| (pod.clone(), scenario.nodes[*i].name.clone()))
+            .collect();
+        let mut listeners = Listeners::default();
+        for pod in &scenario.cluster.pods {
+            let net = nodes.pod(&pod.key())?;
+            for (port, protocol) in &scenario.serves[&pod.key()] {
+                listeners.serve(&net.netns, &pod.ips, true, *port, *protocol)?;
+            }
+        }
+        let mut lab = Lab {
+            bin: bin.to_owned(),
+            daemons,
+            state: nodes.with_cgroups(&scenario.cluster),
+            nodes,
+            node_names,
+            in_force_limit: Duration::from_secs(60),
+            policy_files: BTreeMap::new(),
+            tally: Default::default(),
+            dir,
+            _listeners: listeners,
+        };
+        lab.write_cluster()?;
+        lab.commit().await.context("the cluster without policies")?;
+        Ok(lab)
+    }
+
+    /// Writes the cluster's pods and namespaces as [`Lab::state`] has them.
+    pub fn write_cluster(&self) -> anyhow::Result<()> {
+        self.daemons
+            .write("cluster.yaml", &cluster_yaml(&self.state, &self.node_names))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Plays `text` (a scenario on the standard model: its `apply` steps are
 /// the policies, its `probe` tables the cells, its `connect` steps the
 /// held flows) with `options.faults` injected, and prints a report ending
 /// in the chaos line.
 pub async fn run(text: &str, file: &str, options: &Options) -> anyhow::Result<Summary> {
     let scenario = Scenario::load(text, file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-    let tag = format!("chaos{}", std::process::id());
-    let nodes = Nodes::build(&tag, &scenario)
-        .await
-        .context("building the lab")?;
-    let dir = std::env::temp_dir().join(format!("palisade-{tag}"));
-    let daemons = Daemons::start(&options.bin, &nodes, options.feed, &dir)?;
-    let node_names: BTreeMap<String, String> = scenario
-        .node_of
-        .iter()
-        .map(|(pod, i)| (pod.clone(), scenario.nodes[*i].name.clone()))
-        .collect();
-    let cluster = cluster_yaml(&nodes.with_cgroups(&scenario.cluster), &node_names);
-    let mut listeners = Listeners::default();
-    for pod in &scenario.cluster.pods {
-        let net = nodes.pod(&pod.key())?;
-        for (port, protocol) in &scenario.serves[&pod.key()] {
-            listeners.serve(&net.netns, &pod.ips, true, *port, *protocol)?;
-        }
-    }
-    let mut lab = Lab {
-        bin: options.bin.clone(),
-        daemons,
-        nodes,
-        cluster,
-        node_names,
-        in_force_limit: Duration::from_secs(60),
-        policy_files: BTreeMap::new(),
-        tally: Default::default(),
-    };
-    lab.daemons.write("cluster.yaml", &lab.cluster)?;
-    lab.commit().await.context("the cluster without policies")?;
-
+    let mut lab = Lab::start(&scenario, &options.bin, options.feed, "chaos").await?;
     let (cells, flows) = plan_load(&scenario, &mut lab).await?;
     println!(
         "chaos on {} ({}): {} cells probed every {:?} each, {} held flows, faults: {}",
@@ -256,7 +288,9 @@ pub async fn run(text: &str, file: &str, options: &Options) -> anyhow::Result<Su
         lab.tally.spent(phase, t.elapsed().as_secs_f64());
         calm(&lab, options.calm).await;
     }
-    let tally = load.stop();
+    // Joining the threads blocks: the runtime must go on serving the pods
+    // until the last request is answered.
+    let tally = tokio::task::spawn_blocking(move || load.stop()).await?;
     let total = started.elapsed().as_secs_f64();
     print_phases(&tally, total);
     let summary = Summary {
@@ -272,8 +306,6 @@ pub async fn run(text: &str, file: &str, options: &Options) -> anyhow::Result<Su
         println!("  broken: {b}");
     }
     drop(lab);
-    drop(listeners);
-    let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(
         failures.is_empty(),
         "{}\n{} faults could not be injected: {}",
