@@ -7,7 +7,8 @@
 //! local pods that an explicit deny forbids (`PAL_XDP_PODDENY`, consulted
 //! only for pod addresses `PAL_XDP_PODDST` lists). Everything else passes on
 //! to the stack and the pods' programs; it has no opinion on packets it
-//! cannot parse.
+//! cannot parse, save that the deny list covers every packet whose source
+//! address it could read.
 //!
 //! `pal_xdp_from_pod` is the optional XDP hook for a pod's egress on its
 //! host-side veth: the same datapath as `pal_tc_from_pod`. TC is the
@@ -25,7 +26,7 @@ use ebpf_common::{
     datapath::{ADDR_LEN, CounterKey, XdpPodDenyKey, identity, xdp_pod_gate},
     kernel::{
         count, count_detail,
-        parse::{IPPROTO_TCP, Kind, Packet, parse, tcp_flags},
+        parse::{IPPROTO_TCP, Kind, Packet, frag, parse, tcp_flags},
         pod::{
             self,
             maps::{PAL_CNT_CELLS, PAL_COUNTERS},
@@ -75,14 +76,20 @@ fn pod_deny(dst: &[u8; ADDR_LEN], peer: u32, port: u16) -> Option<u32> {
     None
 }
 
+/// The node deny list's policy for a source, if it denies it.
+#[inline(always)]
+fn denied_source(src: &[u8; ADDR_LEN]) -> Option<u32> {
+    // SAFETY: copied out at once.
+    if let Some(policy) = unsafe { PAL_XDP_DENYHST.get(src) } {
+        return Some(*policy);
+    }
+    PAL_XDP_DENY.get(&Key::new(128, *src)).copied()
+}
+
 #[inline(always)]
 fn prefilter(p: &Packet) -> (u32, u32) {
-    // SAFETY: copied out at once.
-    if let Some(policy) = unsafe { PAL_XDP_DENYHST.get(&p.src) } {
-        return (reason::DROP_CIDR_DENY, *policy);
-    }
-    if let Some(policy) = PAL_XDP_DENY.get(&Key::new(128, p.src)) {
-        return (reason::DROP_CIDR_DENY, *policy);
+    if let Some(policy) = denied_source(&p.src) {
+        return (reason::DROP_CIDR_DENY, policy);
     }
     if p.protocol != IPPROTO_TCP
         || p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN
@@ -124,15 +131,28 @@ pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let p = &mut s.pkt;
+    p.frag = frag::UNREAD;
     let parsed = parse(ctx.data(), ctx.data_end(), p);
-    let (why, policy) = match parsed.kind {
-        Kind::Ip => {
-            p.map_addresses();
-            prefilter(p)
+    // What the pods' programs would drop unjudged (cut short, contradictory)
+    // is not ours to judge on an uplink: the stack and the pod's TC decide.
+    let unjudged = match parsed.kind {
+        Kind::Pass => parsed.reason,
+        _ => reason::PASS_UNENFORCED,
+    };
+    let (why, policy) = if parsed.kind == Kind::Ip {
+        p.map_addresses();
+        prefilter(p)
+    } else if p.frag != frag::UNREAD {
+        // The IP header was read before the rest failed (or passed, as
+        // neighbour discovery does): the node deny list covers every packet
+        // from its sources all the same.
+        p.map_addresses();
+        match denied_source(&p.src) {
+            Some(policy) => (reason::DROP_CIDR_DENY, policy),
+            None => (unjudged, 0),
         }
-        Kind::Pass => (parsed.reason, 0),
-        // Not ours to judge on an uplink: the stack and the pod's TC decide.
-        Kind::Drop => (reason::PASS_UNENFORCED, 0),
+    } else {
+        (unjudged, 0)
     };
     count(&PAL_XDP_STATS, direction::INGRESS, why, bytes);
     if reason::is_drop(why) {

@@ -2,7 +2,20 @@
 //!
 //! Every packet byte is read through [`load`], the one bounds-checked access.
 //! Loops (VLAN tags, IPv6 extension headers) are bounded by constants. Each
-//! way a packet can fail to parse has its own reason code.
+//! way a packet can fail to parse has its own reason code:
+//! - cut short (`drop_truncated`): a byte of a header's fixed part past the
+//!   end of the frame: IPv4's IHL*4, each IPv6 extension header's announced
+//!   length, TCP's 20 bytes, UDP's 8, SCTP's 12, ICMP's 8;
+//! - contradictory (`drop_malformed`): an IP version that is not the
+//!   ethertype's, an IPv4 IHL below 5, an IPv6 address that is IPv4-mapped
+//!   (no such address belongs on the wire, the kernel drops it as a source,
+//!   and it would take the identity of the IPv4 address it maps: the maps
+//!   key IPv4 addresses in that form).
+//!
+//! ICMP is protocol 1 in IPv4 and 58 in IPv6 only; the other number in the
+//! other family is just another protocol. The total length and payload
+//! length fields are not read: the stack drops a packet they contradict,
+//! and GSO packets carry 0 there.
 
 use core::mem::size_of;
 
@@ -40,6 +53,10 @@ pub mod frag {
     pub const FIRST: u8 = 1;
     /// Offset > 0: no transport header.
     pub const LATER: u8 = 2;
+    /// Set by a caller before [`super::parse`] that needs to know whether
+    /// the IP addresses were read (the prefilter's node deny list): parsing
+    /// replaces it as it reads them.
+    pub const UNREAD: u8 = 0xff;
 }
 
 /// The flow an ICMP error is about, as the packet that caused it was sent
@@ -224,6 +241,11 @@ fn ipv4(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     p.src4 = [h[12], h[13], h[14], h[15]];
     p.dst4 = [h[16], h[17], h[18], h[19]];
     p.reset(false, h[9], u32::from(be16([h[4], h[5]])));
+    // Options announced past the end (transport parsing would catch it for
+    // the protocols it reads, not for the others).
+    if data + off + ihl > data_end {
+        return Parsed::drop(reason::DROP_TRUNCATED);
+    }
     let frag_field = be16([h[6], h[7]]);
     if frag_field & 0x1fff != 0 {
         p.frag = frag::LATER;
@@ -240,7 +262,7 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     let Some(h) = bytes::<40>(data, data_end, off) else {
         return Parsed::drop(reason::DROP_TRUNCATED);
     };
-    if h[0] >> 4 != 6 {
+    if h[0] >> 4 != 6 || ipv4_mapped_at(h, 8) || ipv4_mapped_at(h, 24) {
         return Parsed::drop(reason::DROP_MALFORMED);
     }
     p.reset(true, 0, 0);
@@ -289,33 +311,53 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     if matches!(next, 0 | 43 | 44 | 51 | 60) {
         return Parsed::drop(reason::DROP_IPV6_EXT_LIMIT);
     }
+    // The last header walked announced more than the frame holds (for the
+    // protocols transport parsing does not read).
+    if data + off > data_end {
+        return Parsed::drop(reason::DROP_TRUNCATED);
+    }
     p.protocol = next;
     transport(data, data_end, off, p)
+}
+
+/// Whether the 16-byte address at `at` of an IPv6 header is IPv4-mapped
+/// (`::ffff:0:0/96`). Most addresses differ in the first 8 bytes, so that
+/// is one comparison.
+#[inline(always)]
+fn ipv4_mapped_at(h: &[u8; 40], at: usize) -> bool {
+    h[at..at + 8] == [0; 8] && h[at + 8..at + 12] == [0, 0, 0xff, 0xff]
 }
 
 #[inline(always)]
 fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     match p.protocol {
         IPPROTO_TCP => {
-            let Some(t) = bytes::<14>(data, data_end, off) else {
+            let Some(t) = bytes::<20>(data, data_end, off) else {
                 return Parsed::drop(reason::DROP_TRUNCATED);
             };
             p.sport = be16([t[0], t[1]]);
             p.dport = be16([t[2], t[3]]);
             p.tcp_flags = t[13];
         }
-        IPPROTO_UDP | IPPROTO_SCTP => {
-            let Some(t) = load::<[u8; 4]>(data, data_end, off) else {
+        IPPROTO_UDP => {
+            let Some(t) = bytes::<8>(data, data_end, off) else {
                 return Parsed::drop(reason::DROP_TRUNCATED);
             };
             p.sport = be16([t[0], t[1]]);
             p.dport = be16([t[2], t[3]]);
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+        IPPROTO_SCTP => {
+            let Some(t) = bytes::<12>(data, data_end, off) else {
+                return Parsed::drop(reason::DROP_TRUNCATED);
+            };
+            p.sport = be16([t[0], t[1]]);
+            p.dport = be16([t[2], t[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if (p.protocol == IPPROTO_ICMPV6) == p.v6 => {
             let Some(t) = load::<[u8; 8]>(data, data_end, off) else {
                 return Parsed::drop(reason::DROP_TRUNCATED);
             };
-            let v6 = p.protocol == IPPROTO_ICMPV6;
+            let v6 = p.v6;
             let id = be16([t[4], t[5]]);
             match (v6, t[0]) {
                 (false, 8) | (true, 128) => p.sport = id,
@@ -341,18 +383,26 @@ fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed
 /// The addresses and ports of the packet quoted in an ICMP error.
 #[inline(always)]
 fn quoted(data: usize, data_end: usize, off: usize, v6: bool, inner: &mut Inner) -> Option<()> {
+    // Only a header that is one quotes a flow.
     let l4 = if v6 {
         let h = load::<[u8; 40]>(data, data_end, off)?;
+        if h[0] >> 4 != 6 {
+            return None;
+        }
         inner.src.copy_from_slice(&h[8..24]);
         inner.dst.copy_from_slice(&h[24..40]);
         inner.protocol = h[6];
         off + 40
     } else {
         let h = load::<[u8; 20]>(data, data_end, off)?;
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        if h[0] >> 4 != 4 || ihl < 20 {
+            return None;
+        }
         inner.src = ipv4_mapped([h[12], h[13], h[14], h[15]]);
         inner.dst = ipv4_mapped([h[16], h[17], h[18], h[19]]);
         inner.protocol = h[9];
-        off + ((h[0] & 0x0f) as usize) * 4
+        off + ihl
     };
     let ports = load::<[u8; 4]>(data, data_end, l4)?;
     inner.sport = be16([ports[0], ports[1]]);
