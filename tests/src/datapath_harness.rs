@@ -10,9 +10,14 @@
 //! `__sk_buff` context's `ifindex`, the `xdp_md`'s `ingress_ifindex`), which
 //! must then exist in that namespace.
 
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
 use anyhow::{Context as _, bail};
 use aya::{
-    maps::{Map, MapData, PerCpuArray},
+    maps::MapData,
     programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use ebpf_common::{
@@ -130,7 +135,7 @@ pub fn counted_reason(before: &[CounterRow], after: &[CounterRow]) -> anyhow::Re
     Ok(reason)
 }
 
-/// Events per reason code in one direction of a stats map, summed over CPUs.
+/// Events per reason code, summed over CPUs.
 pub type Counts = [u64; reason::COUNT as usize];
 
 /// The datapath's objects in a pin directory of their own, with the map API
@@ -139,8 +144,9 @@ pub struct Harness {
     pub t: TempPins,
     pub loaded: Loaded,
     pub maps: DatapathMaps,
-    tc_stats: PerCpuArray<MapData, Counter>,
-    xdp_stats: PerCpuArray<MapData, Counter>,
+    tc_stats: MapData,
+    xdp_stats: MapData,
+    cpus: usize,
 }
 
 impl Harness {
@@ -154,13 +160,13 @@ impl Harness {
         let t = TempPins::new()?;
         let loaded = loader::load_with(&t.pins, &Features::probe(), &map_sizes)?;
         let maps = DatapathMaps::open(&t.pins)?;
-        let stats = |name| -> anyhow::Result<PerCpuArray<MapData, Counter>> {
-            let data = MapData::from_pin(t.pins.map(name))?;
-            Ok(PerCpuArray::try_from(Map::from_map_data(data)?)?)
-        };
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, e)| anyhow::anyhow!("reading {what}: {e}"))?
+            .get() as usize;
         Ok(Self {
-            tc_stats: stats(maps::TC_STATS)?,
-            xdp_stats: stats(maps::XDP_STATS)?,
+            tc_stats: MapData::from_pin(t.pins.map(maps::TC_STATS))?,
+            xdp_stats: MapData::from_pin(t.pins.map(maps::XDP_STATS))?,
+            cpus,
             t,
             loaded,
             maps,
@@ -252,23 +258,98 @@ impl Harness {
         Ok(())
     }
 
-    /// The events counted so far in `stats_map`'s `dir`, per reason.
-    pub fn counts(&self, stats_map: &str, dir: u32) -> anyhow::Result<Counts> {
-        let array = if stats_map == maps::XDP_STATS {
+    /// The events counted so far by `hook`'s programs in its direction,
+    /// per reason: one system call (BPF_MAP_LOOKUP_BATCH over the
+    /// direction's cells), so that a run of a million frames can read them
+    /// often.
+    pub fn counts(&self, hook: Hook) -> anyhow::Result<Counts> {
+        let map = if hook.stats_map() == maps::XDP_STATS {
             &self.xdp_stats
         } else {
             &self.tc_stats
         };
+        let first = stat_index(hook.direction(), 0);
+        let per_cpu = lookup_batch::<Counter>(map, first, reason::COUNT, self.cpus)
+            .with_context(|| format!("reading {}", hook.stats_map()))?;
         let mut out = [0; reason::COUNT as usize];
-        for (r, slot) in (0..reason::COUNT).zip(out.iter_mut()) {
-            *slot = array
-                .get(&stat_index(dir, r), 0)?
-                .iter()
-                .map(|c| c.events)
-                .sum();
+        for (slot, cells) in out.iter_mut().zip(per_cpu.chunks(self.cpus)) {
+            *slot = cells.iter().map(|c| c.events).sum();
         }
         Ok(out)
     }
+}
+
+/// `BPF_MAP_LOOKUP_BATCH`'s part of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// `entries` values of a per-CPU array from index `first` on (of `cpus`
+/// possible CPUs), in index order, each CPU's copy in turn. aya has no
+/// batch operations.
+fn lookup_batch<V: aya::Pod + Default>(
+    map: &MapData,
+    first: u32,
+    entries: u32,
+    cpus: usize,
+) -> io::Result<Vec<V>> {
+    // The kernel copies each CPU's value rounded up to 8 bytes: values of
+    // other sizes would need a stride.
+    const { assert!(std::mem::size_of::<V>().is_multiple_of(8)) };
+    let mut keys = vec![0u32; entries as usize];
+    let mut values = vec![V::default(); entries as usize * cpus];
+    // The batch starts after the key `in_batch` points to, or at the
+    // first key without one.
+    let before = first.wrapping_sub(1);
+    let mut next = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: if first == 0 {
+            0
+        } else {
+            std::ptr::from_ref(&before) as u64
+        },
+        out_batch: std::ptr::from_mut(&mut next) as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: entries,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: the attribute points at buffers of `count` keys and
+    // `count * cpus` values of the map's value size, which outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    // ENOENT: the end of the map was reached, with every entry read.
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+    }
+    if attr.count != entries {
+        return Err(io::Error::other(format!(
+            "read {} of {entries} entries",
+            attr.count
+        )));
+    }
+    Ok(values)
 }
 
 /// The context of a run on interface `ifindex`: an `__sk_buff` whose only

@@ -1,0 +1,755 @@
+//! A model of the datapath, written from its documentation (README
+//! "Datapath", docs/DESIGN.md, the reason codes) and independent of its
+//! code: a frame classifier that parses Ethernet, VLAN tags, IPv4/IPv6 and
+//! the transport header as documented, and the state a run builds
+//! (conntrack, fragments), with the compiler's own model of the policy
+//! lookup (`palisade::compile::evaluate`) for every verdict that needs one.
+//!
+//! What the documents leave open is read the way the kernel's own stack
+//! would judge the packet:
+//! - a header is cut short when any byte of its fixed part (TCP 20 bytes,
+//!   UDP 8, SCTP 12, ICMP 8, IPv4 IHL*4, each IPv6 extension header's
+//!   announced length) lies past the frame: `drop_truncated`;
+//! - ICMP is protocol 1 in IPv4 and 58 in IPv6; the other number in the
+//!   other family is just another IP protocol;
+//! - an ICMP error quotes a flow only when the quoted header is one
+//!   (version, IHL);
+//! - an IPv6 address that is IPv4-mapped is contradictory (the kernel drops
+//!   such a source; the compiler's model gives it no IPv4 identity);
+//! - the prefilter's node deny list drops every packet whose source it can
+//!   read, whatever else is wrong with the packet.
+//!
+//! One documented behaviour the datapath does not have is modelled as it
+//! is: a later fragment follows its first fragment only when the datagram's
+//! transport protocol is the next header of its fragment header. An IPv6
+//! datagram with headers after the fragment header (destination options)
+//! records its first fragment under the transport protocol, which its later
+//! fragments do not carry, so they are dropped (`drop_fragment_unknown`).
+//! Recording the protocol with the ports needs a wider `PAL_FRAGS` value, an
+//! ABI change.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ebpf_common::{
+    datapath::{action, direction, endpoint_flags, identity, policy_flags},
+    reason,
+};
+use ipnet::IpNet;
+use palisade::compile::{Compiled, EndpointPolicy, desired::PodDeny, evaluate};
+use palisade_tests::datapath_harness::Hook;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+pub const SCTP: u8 = 132;
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+
+/// VLAN tags parsed through; one more is `drop_vlan_limit`.
+const VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked; one more is `drop_ipv6_ext_limit`.
+const IPV6_EXT: usize = 6;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frag {
+    None,
+    /// Offset 0, more fragments: carries the transport header.
+    First,
+    /// Offset > 0: no transport header.
+    Later,
+}
+
+/// A flow's five-tuple as one packet carries it (an ICMP error's quoted
+/// packet, as it was sent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// An IP packet for policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pkt {
+    pub v6: bool,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: u8,
+    /// For ICMP echo the identifier stands in: as the source port of a
+    /// request, the destination port of a reply.
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    pub frag: Frag,
+    pub frag_id: u32,
+    /// The protocol fragments of this datagram are recorded under.
+    pub frag_protocol: u8,
+    pub quoted: Option<Flow>,
+}
+
+/// What the datapath makes of a frame before any state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Passes without policy (non-IP, neighbour discovery); the source
+    /// when an IP header was read.
+    Pass(u32, Option<IpAddr>),
+    /// Dropped before policy (cut short, contradictory, too many tags or
+    /// extension headers); the source when the IP header was read.
+    Drop(u32, Option<IpAddr>),
+    Ip(Pkt),
+}
+
+fn at<const N: usize>(f: &[u8], off: usize) -> Option<[u8; N]> {
+    f.get(off..off.checked_add(N)?)?.try_into().ok()
+}
+
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+fn v4(b: &[u8]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+}
+
+fn v6(b: &[u8]) -> IpAddr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[..16]);
+    IpAddr::V6(Ipv6Addr::from(a))
+}
+
+/// Whether BPF_PROG_TEST_RUN refuses to run `hook` on `f`: a frame shorter
+/// than Ethernet, and for TC (an skb) an IPv4 or IPv6 frame shorter than
+/// its fixed IP header, going by the outer ethertype.
+pub fn refused(hook: Hook, f: &[u8]) -> bool {
+    if f.len() < ETH_HLEN {
+        return true;
+    }
+    if matches!(hook, Hook::XdpEgress | Hook::Prefilter) {
+        return false;
+    }
+    match be16([f[12], f[13]]) {
+        ETH_P_IP => f.len() < ETH_HLEN + 20,
+        ETH_P_IPV6 => f.len() < ETH_HLEN + 40,
+        _ => false,
+    }
+}
+
+/// The frame as the datapath is documented to read it.
+pub fn classify(f: &[u8]) -> Class {
+    let Some(mut ethertype) = at::<2>(f, 12).map(be16) else {
+        return Class::Drop(reason::DROP_TRUNCATED, None);
+    };
+    let mut off = ETH_HLEN;
+    for _ in 0..VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(inner) = at::<2>(f, off + 2).map(be16) else {
+            return Class::Drop(reason::DROP_TRUNCATED, None);
+        };
+        ethertype = inner;
+        off += 4;
+    }
+    match ethertype {
+        ETH_P_IP => ipv4(f, off),
+        ETH_P_IPV6 => ipv6(f, off),
+        ETH_P_8021Q | ETH_P_8021AD => Class::Drop(reason::DROP_VLAN_LIMIT, None),
+        _ => Class::Pass(reason::PASS_NON_IP, None),
+    }
+}
+
+fn ipv4(f: &[u8], off: usize) -> Class {
+    let Some(h) = at::<20>(f, off) else {
+        return Class::Drop(reason::DROP_TRUNCATED, None);
+    };
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Class::Drop(reason::DROP_MALFORMED, None);
+    }
+    let (src, dst) = (v4(&h[12..16]), v4(&h[16..20]));
+    if off + ihl > f.len() {
+        return Class::Drop(reason::DROP_TRUNCATED, Some(src));
+    }
+    let protocol = h[9];
+    let field = be16([h[6], h[7]]);
+    let mut p = Pkt {
+        v6: false,
+        src,
+        dst,
+        protocol,
+        sport: 0,
+        dport: 0,
+        flags: 0,
+        frag: Frag::None,
+        frag_id: u32::from(be16([h[4], h[5]])),
+        frag_protocol: protocol,
+        quoted: None,
+    };
+    if field & 0x1fff != 0 {
+        p.frag = Frag::Later;
+        return Class::Ip(p);
+    }
+    if field & 0x2000 != 0 {
+        p.frag = Frag::First;
+    }
+    transport(f, off + ihl, p)
+}
+
+fn ipv6(f: &[u8], off: usize) -> Class {
+    let Some(h) = at::<40>(f, off) else {
+        return Class::Drop(reason::DROP_TRUNCATED, None);
+    };
+    let mapped = |a: &[u8]| a[..10] == [0; 10] && a[10..12] == [0xff, 0xff];
+    if h[0] >> 4 != 6 || mapped(&h[8..24]) || mapped(&h[24..40]) {
+        return Class::Drop(reason::DROP_MALFORMED, None);
+    }
+    let (src, dst) = (v6(&h[8..24]), v6(&h[24..40]));
+    let mut p = Pkt {
+        v6: true,
+        src,
+        dst,
+        protocol: 0,
+        sport: 0,
+        dport: 0,
+        flags: 0,
+        frag: Frag::None,
+        frag_id: 0,
+        frag_protocol: 0,
+        quoted: None,
+    };
+    let truncated = Class::Drop(reason::DROP_TRUNCATED, Some(src));
+    let mut next = h[6];
+    let mut off = off + 40;
+    for _ in 0..IPV6_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options: 8-byte units past the first 8.
+            0 | 43 | 60 => {
+                let Some(e) = at::<2>(f, off) else {
+                    return truncated;
+                };
+                next = e[0];
+                off += (usize::from(e[1]) + 1) * 8;
+            }
+            // Authentication header: 4-byte units, minus two.
+            51 => {
+                let Some(e) = at::<2>(f, off) else {
+                    return truncated;
+                };
+                next = e[0];
+                off += (usize::from(e[1]) + 2) * 4;
+            }
+            44 => {
+                let Some(e) = at::<8>(f, off) else {
+                    return truncated;
+                };
+                next = e[0];
+                p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                off += 8;
+                let field = be16([e[2], e[3]]);
+                if field >> 3 != 0 {
+                    p.protocol = next;
+                    p.frag = Frag::Later;
+                    p.frag_protocol = next;
+                    return Class::Ip(p);
+                }
+                if field & 1 != 0 {
+                    p.frag = Frag::First;
+                }
+            }
+            _ => break,
+        }
+    }
+    if matches!(next, 0 | 43 | 44 | 51 | 60) {
+        return Class::Drop(reason::DROP_IPV6_EXT_LIMIT, Some(src));
+    }
+    if off > f.len() {
+        return truncated;
+    }
+    p.protocol = next;
+    // A first fragment is recorded under its transport protocol (see the
+    // module's documentation).
+    p.frag_protocol = next;
+    transport(f, off, p)
+}
+
+fn transport(f: &[u8], off: usize, mut p: Pkt) -> Class {
+    let truncated = Class::Drop(reason::DROP_TRUNCATED, Some(p.src));
+    let icmp = if p.v6 { ICMPV6 } else { ICMP };
+    match p.protocol {
+        TCP => {
+            let Some(t) = at::<20>(f, off) else {
+                return truncated;
+            };
+            p.sport = be16([t[0], t[1]]);
+            p.dport = be16([t[2], t[3]]);
+            p.flags = t[13];
+        }
+        UDP | SCTP => {
+            let Some(t) = at::<4>(f, off) else {
+                return truncated;
+            };
+            let len = if p.protocol == UDP { 8 } else { 12 };
+            if at::<1>(f, off + len - 1).is_none() {
+                return truncated;
+            }
+            p.sport = be16([t[0], t[1]]);
+            p.dport = be16([t[2], t[3]]);
+        }
+        proto if proto == icmp => {
+            let Some(t) = at::<8>(f, off) else {
+                return truncated;
+            };
+            let id = be16([t[4], t[5]]);
+            match (p.v6, t[0]) {
+                (false, 8) | (true, 128) => p.sport = id,
+                (false, 0) | (true, 129) => p.dport = id,
+                (true, 130..=137 | 143) => {
+                    return Class::Pass(reason::PASS_NEIGHBOUR_DISCOVERY, Some(p.src));
+                }
+                (false, 3 | 11 | 12) | (true, 1..=4) => p.quoted = quoted(f, off + 8, p.v6),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Class::Ip(p)
+}
+
+fn quoted(f: &[u8], off: usize, v6_outer: bool) -> Option<Flow> {
+    let (src, dst, protocol, l4) = if v6_outer {
+        let h = at::<40>(f, off)?;
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        (v6(&h[8..24]), v6(&h[24..40]), h[6], off + 40)
+    } else {
+        let h = at::<20>(f, off)?;
+        let ihl = usize::from(h[0] & 0x0f) * 4;
+        if h[0] >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        (v4(&h[12..16]), v4(&h[16..20]), h[9], off + ihl)
+    };
+    let ports = at::<4>(f, l4)?;
+    Some(Flow {
+        src,
+        dst,
+        protocol,
+        sport: be16([ports[0], ports[1]]),
+        dport: be16([ports[2], ports[3]]),
+    })
+}
+
+/// A verdict: whether the frame passes, and the reason it is counted under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub pass: bool,
+    pub reason: u32,
+}
+
+impl Verdict {
+    fn pass(reason: u32) -> Self {
+        Self { pass: true, reason }
+    }
+    fn drop(reason: u32) -> Self {
+        Self {
+            pass: false,
+            reason,
+        }
+    }
+}
+
+/// A flow as conntrack knows it: its two (address, port) ends in a fixed
+/// order, the protocol, and which end the endpoint is (so the two ends of a
+/// pod-to-pod flow, each an endpoint, are two entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    lo: (IpAddr, u16),
+    hi: (IpAddr, u16),
+    protocol: u8,
+    local_is_lo: bool,
+}
+
+/// A flow seen at `dir` from `src` to `dst`: its key, and whether the
+/// packet's source is the key's first end.
+fn flow_key(
+    (src, sport): (IpAddr, u16),
+    (dst, dport): (IpAddr, u16),
+    protocol: u8,
+    dir: u32,
+) -> (FlowKey, bool) {
+    let src_is_lo = (src, sport) <= (dst, dport);
+    let (lo, hi) = if src_is_lo {
+        ((src, sport), (dst, dport))
+    } else {
+        ((dst, dport), (src, sport))
+    };
+    let local_is_src = dir == direction::EGRESS;
+    let key = FlowKey {
+        lo,
+        hi,
+        protocol,
+        local_is_lo: local_is_src == src_is_lo,
+    };
+    (key, src_is_lo)
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Tracked {
+    pub endpoint: u32,
+    epoch: u32,
+    /// Whether the first end of the key opened the flow.
+    opener_lo: bool,
+    /// Where the opening packet travelled, at the endpoint.
+    pub dir: u32,
+}
+
+/// An endpoint placed on this node: its interface, id and policy.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub ifindex: u32,
+    pub id: u32,
+    pub policy: EndpointPolicy,
+    /// The pod's addresses, for the generator.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// The policy in force, as the compiler produced it.
+pub struct Policy {
+    pub compiled: Compiled,
+    pub endpoints: Vec<Endpoint>,
+    pub pod_denies: BTreeSet<PodDeny>,
+    pub node_denies: Vec<IpNet>,
+}
+
+/// Everything the model holds: the policy in force, the epoch, and what a
+/// run of frames has left in conntrack and the fragment table.
+pub struct Model {
+    pub policy: Policy,
+    pub epoch: u32,
+    pub flows: HashMap<FlowKey, Tracked>,
+    /// Every key tracked since conntrack was last emptied, in the order
+    /// first seen (some since cut): a deterministic way to pick one.
+    log: Vec<FlowKey>,
+    pub frags: HashMap<(IpAddr, IpAddr, u32, u8), (u16, u16)>,
+    identities: HashMap<IpAddr, u32>,
+}
+
+/// How the compiler's model judges a new flow: allowed by an entry,
+/// audited, denied by an entry or by default, or not enforced.
+pub fn judge(ep: &EndpointPolicy, dir: u32, peer: u32, protocol: u8, port: u16) -> Verdict {
+    let isolated = if dir == direction::INGRESS {
+        endpoint_flags::ISOLATED_INGRESS
+    } else {
+        endpoint_flags::ISOLATED_EGRESS
+    };
+    let verdict = match evaluate::matching(ep, dir, peer, protocol, port) {
+        Some(e) if e.value.action == action::ALLOW => Verdict::pass(reason::ALLOW_POLICY),
+        Some(e) if e.value.flags & policy_flags::AUDIT != 0 => {
+            Verdict::pass(reason::AUDIT_WOULD_DROP)
+        }
+        Some(e) if e.value.policy == 0 => Verdict::drop(reason::DROP_DEFAULT_DENY),
+        Some(_) => Verdict::drop(reason::DROP_POLICY_DENY),
+        None if ep.flags & isolated != 0 => Verdict::drop(reason::DROP_DEFAULT_DENY),
+        None => Verdict::pass(reason::PASS_UNENFORCED),
+    };
+    debug_assert_eq!(
+        verdict.pass,
+        evaluate::allows(ep, dir, peer, protocol, port),
+        "the reasons read from the compiler's model contradict its own verdict"
+    );
+    verdict
+}
+
+pub fn opposite(dir: u32) -> u32 {
+    if dir == direction::INGRESS {
+        direction::EGRESS
+    } else {
+        direction::INGRESS
+    }
+}
+
+impl Model {
+    pub fn new(policy: Policy, epoch: u32) -> Self {
+        Self {
+            policy,
+            epoch,
+            flows: HashMap::new(),
+            log: Vec::new(),
+            frags: HashMap::new(),
+            identities: HashMap::new(),
+        }
+    }
+
+    /// A new policy in force from `epoch` on; tracked flows stay, to be
+    /// judged again.
+    pub fn replace_policy(&mut self, policy: Policy, epoch: u32) {
+        self.policy = policy;
+        self.epoch = epoch;
+        self.identities.clear();
+    }
+
+    /// Conntrack and the fragment table emptied.
+    pub fn forget_flows(&mut self) {
+        self.flows.clear();
+        self.log.clear();
+        self.frags.clear();
+    }
+
+    pub fn identity(&mut self, ip: IpAddr) -> u32 {
+        let compiled = &self.policy.compiled;
+        *self
+            .identities
+            .entry(ip)
+            .or_insert_with(|| evaluate::identity_of(compiled, ip))
+    }
+
+    fn endpoint(&self, ifindex: u32) -> Option<&Endpoint> {
+        self.policy.endpoints.iter().find(|e| e.ifindex == ifindex)
+    }
+
+    /// The interface of the endpoint with id `endpoint`.
+    pub fn ifindex_of(&self, endpoint: u32) -> Option<u32> {
+        self.policy
+            .endpoints
+            .iter()
+            .find(|e| e.id == endpoint)
+            .map(|e| e.ifindex)
+    }
+
+    /// The verdict of the prefilter on an uplink.
+    pub fn prefilter(&mut self, class: &Class) -> Verdict {
+        let source = match class {
+            Class::Pass(_, src) | Class::Drop(_, src) => *src,
+            Class::Ip(p) => Some(p.src),
+        };
+        if source.is_some_and(|s| self.policy.node_denies.iter().any(|n| n.contains(&s))) {
+            return Verdict::drop(reason::DROP_CIDR_DENY);
+        }
+        let p = match class {
+            Class::Pass(why, _) => return Verdict::pass(*why),
+            // Not the prefilter's to judge: the pods' programs and the stack do.
+            Class::Drop(..) => return Verdict::pass(reason::PASS_UNENFORCED),
+            Class::Ip(p) => *p,
+        };
+        if p.protocol != TCP || p.flags & (SYN | ACK) != SYN {
+            return Verdict::pass(reason::PASS_UNENFORCED);
+        }
+        let peer = self.identity(p.src);
+        let denied = |who: u32| {
+            self.policy.pod_denies.iter().any(|d| {
+                d.dst == p.dst && d.peer == who && d.port.is_none_or(|port| port == p.dport)
+            })
+        };
+        if denied(peer) || denied(identity::ANY) {
+            // The compiler takes only what the pod's own policy is sure to
+            // deny: hold it to that.
+            if let Some(ep) = self
+                .policy
+                .endpoints
+                .iter()
+                .find(|e| e.addresses.contains(&p.dst))
+            {
+                let own = judge(&ep.policy, direction::INGRESS, peer, TCP, p.dport);
+                assert!(
+                    !own.pass && own.reason == reason::DROP_POLICY_DENY,
+                    "the prefilter drops {p:?}, which the pod's own policy judges {own:?}"
+                );
+            }
+            return Verdict::drop(reason::DROP_XDP_POD_DENY);
+        }
+        Verdict::pass(reason::PASS_UNENFORCED)
+    }
+
+    /// The verdict of a pod's program at `ifindex` in `dir`, with the
+    /// conntrack and fragment state it leaves.
+    pub fn pod(&mut self, ifindex: u32, dir: u32, class: &Class) -> Verdict {
+        let mut untracked = false;
+        if let Class::Ip(p) = class
+            && p.frag == Frag::None
+            && p.quoted.is_none()
+        {
+            // A flow tracked under the current epoch passes on its entry
+            // alone, whichever endpoint it was judged at.
+            let (key, src_is_lo) = flow_key((p.src, p.sport), (p.dst, p.dport), p.protocol, dir);
+            match self.flows.get(&key) {
+                None => untracked = true,
+                Some(t) if t.epoch == self.epoch => {
+                    return Verdict::pass(if src_is_lo == t.opener_lo {
+                        reason::ALLOW_ESTABLISHED
+                    } else {
+                        reason::ALLOW_REPLY
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let Some(ep) = self.endpoint(ifindex).cloned() else {
+            return Verdict::pass(reason::PASS_NO_ENDPOINT);
+        };
+        match class {
+            Class::Pass(why, _) => Verdict::pass(*why),
+            Class::Drop(why, _) => Verdict::drop(*why),
+            Class::Ip(p) => self.decide(&ep, dir, *p, untracked),
+        }
+    }
+
+    /// A tracked flow judged again if the epoch moved on: by the policy for
+    /// its opening packet, whose peer is the remote end and whose port is
+    /// the opener's destination port.
+    fn rejudge(&mut self, ep: &Endpoint, key: FlowKey, p: &Flow, dir: u32, is_reply: bool) -> bool {
+        let Some(t) = self.flows.get(&key).copied() else {
+            return false;
+        };
+        if t.epoch == self.epoch {
+            return true;
+        }
+        let peer = if dir == direction::EGRESS {
+            p.dst
+        } else {
+            p.src
+        };
+        let (opener_dir, port) = if is_reply {
+            (opposite(dir), p.sport)
+        } else {
+            (dir, p.dport)
+        };
+        let peer = self.identity(peer);
+        if judge(&ep.policy, opener_dir, peer, p.protocol, port).pass {
+            if let Some(t) = self.flows.get_mut(&key) {
+                t.epoch = self.epoch;
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    fn decide(&mut self, ep: &Endpoint, dir: u32, mut p: Pkt, untracked: bool) -> Verdict {
+        let frag_key = (p.src, p.dst, p.frag_id, p.frag_protocol);
+        if p.frag == Frag::Later {
+            match self.frags.get(&frag_key) {
+                Some(&(sport, dport)) => (p.sport, p.dport) = (sport, dport),
+                None => return Verdict::drop(reason::DROP_FRAGMENT_UNKNOWN),
+            }
+        }
+        if let Some(q) = p.quoted {
+            // The quoted packet travelled the other way at this endpoint.
+            let inner_dir = opposite(dir);
+            let (key, src_is_lo) =
+                flow_key((q.src, q.sport), (q.dst, q.dport), q.protocol, inner_dir);
+            if let Some(t) = self.flows.get(&key).copied()
+                && t.endpoint == ep.id
+                && self.rejudge(ep, key, &q, inner_dir, src_is_lo != t.opener_lo)
+            {
+                return Verdict::pass(reason::ALLOW_RELATED);
+            }
+        }
+        let sides = Flow {
+            src: p.src,
+            dst: p.dst,
+            protocol: p.protocol,
+            sport: p.sport,
+            dport: p.dport,
+        };
+        let (key, src_is_lo) = flow_key((p.src, p.sport), (p.dst, p.dport), p.protocol, dir);
+        let tracked = if untracked {
+            None
+        } else {
+            self.flows.get(&key).copied()
+        };
+        if let Some(t) = tracked
+            && t.endpoint == ep.id
+        {
+            let is_reply = src_is_lo != t.opener_lo;
+            if !self.rejudge(ep, key, &sides, dir, is_reply) {
+                self.flows.remove(&key);
+                return Verdict::drop(reason::DROP_REVALIDATED);
+            }
+            if p.frag == Frag::First {
+                self.frags.insert(frag_key, (p.sport, p.dport));
+            }
+            return Verdict::pass(if p.frag == Frag::Later {
+                reason::ALLOW_FRAGMENT
+            } else if is_reply {
+                reason::ALLOW_REPLY
+            } else {
+                reason::ALLOW_ESTABLISHED
+            });
+        }
+        let peer = if dir == direction::EGRESS {
+            p.dst
+        } else {
+            p.src
+        };
+        let peer = self.identity(peer);
+        let mut verdict = judge(&ep.policy, dir, peer, p.protocol, p.dport);
+        if verdict.pass {
+            let fresh = Tracked {
+                endpoint: ep.id,
+                epoch: self.epoch,
+                opener_lo: src_is_lo,
+                dir,
+            };
+            if self.flows.insert(key, fresh).is_none() {
+                self.log.push(key);
+            }
+            if p.frag == Frag::First {
+                self.frags.insert(frag_key, (p.sport, p.dport));
+            }
+            if p.frag == Frag::Later && verdict.reason == reason::ALLOW_POLICY {
+                verdict.reason = reason::ALLOW_FRAGMENT;
+            }
+        }
+        verdict
+    }
+
+    /// The verdict of `hook` at `ifindex` on frame `f`; `None` when the
+    /// kernel refuses to run the program on it.
+    pub fn run(&mut self, hook: Hook, ifindex: u32, f: &[u8]) -> Option<(Class, Verdict)> {
+        if refused(hook, f) {
+            return None;
+        }
+        let class = classify(f);
+        let verdict = match hook {
+            Hook::Prefilter => self.prefilter(&class),
+            Hook::TcIngress => self.pod(ifindex, direction::INGRESS, &class),
+            Hook::TcEgress | Hook::XdpEgress => self.pod(ifindex, direction::EGRESS, &class),
+        };
+        Some((class, verdict))
+    }
+
+    /// A tracked flow, for frames that continue it: as its opening packet
+    /// carried it, with its entry. `n` picks one of those tracked since
+    /// conntrack was last emptied; `None` when that one was cut since.
+    pub fn tracked(&self, n: usize) -> Option<(Flow, Tracked)> {
+        let key = self.log.get(n.checked_rem(self.log.len())?)?;
+        let t = self.flows.get(key)?;
+        let (opener, other) = if t.opener_lo {
+            (key.lo, key.hi)
+        } else {
+            (key.hi, key.lo)
+        };
+        Some((
+            Flow {
+                src: opener.0,
+                dst: other.0,
+                protocol: key.protocol,
+                sport: opener.1,
+                dport: other.1,
+            },
+            *t,
+        ))
+    }
+}
