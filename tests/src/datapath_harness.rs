@@ -27,7 +27,11 @@ use ebpf_common::{
 };
 use palisade::{
     datapath::DatapathMaps,
-    loader::{self, Loaded, features::Features, sizes::MapSizes},
+    loader::{
+        self, Loaded,
+        features::{BpfLsm, Features},
+        sizes::MapSizes,
+    },
     observe::stats::{CounterRow, read_pinned},
 };
 
@@ -150,7 +154,7 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Loads every object with the default map sizes, save `sizes`
+    /// Loads the XDP and TC objects with the default map sizes, save `sizes`
     /// (`NAME=ENTRIES`, as `--map-size` takes them); the maps are empty.
     pub fn load(sizes: &[&str]) -> anyhow::Result<Self> {
         let mut map_sizes = MapSizes::default();
@@ -158,7 +162,15 @@ impl Harness {
             map_sizes.set(s)?;
         }
         let t = TempPins::new()?;
-        let loaded = loader::load_with(&t.pins, &Features::probe(), &map_sizes)?;
+        // The LSM object is not the datapath's, and under the guest's TCG
+        // its verification takes about a minute.
+        let features = Features {
+            bpf_lsm: BpfLsm::Inactive {
+                reason: "not loaded by the datapath harness".into(),
+            },
+            ..Features::probe()
+        };
+        let loaded = loader::load_with(&t.pins, &features, &map_sizes)?;
         let maps = DatapathMaps::open(&t.pins)?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| anyhow::anyhow!("reading {what}: {e}"))?

@@ -13,16 +13,19 @@
 //! prefilter's pod denies and a node deny list, compiled and written by the
 //! syncer's map writes. Now and then a second policy set (rules changed, a
 //! pod relabelled) replaces it while flows are tracked, so tracked flows are
-//! judged again; otherwise conntrack is emptied every few thousand frames,
-//! well within its shortest timeout (10 s).
+//! judged again; otherwise conntrack is emptied every few thousand frames
+//! (500 in the guest), so that no flow nears its shortest timeout
+//! (10 s), which the model does not follow.
 //!
 //! The frames come from a seeded generator (`frames/generate.rs`). The seed
 //! is printed; `PALISADE_FRAMES_SEED` replays a run, `PALISADE_FRAMES` sets
 //! the number of frames (default 1,000,000; 50,000 in the QEMU guest, where
-//! TCG runs programs about 20x slower), and `PALISADE_FRAMES_BATCH` reads the
-//! counters once per that many frames instead of after every frame (a
-//! mismatch then names the batch; the same seed with a batch of 1 names the
-//! frame).
+//! a frame takes about 60 times as long), `PALISADE_FRAMES_PHASE` the frames
+//! between emptyings of conntrack (a replay needs the same), and
+//! `PALISADE_FRAMES_BATCH` how many frames each program direction runs
+//! between two readings of its counters (default 4: a reading costs about as
+//! much as two test runs; a mismatch names the frames of the batch, and the
+//! same seed and phase with a batch of 1 name the frame).
 
 #[path = "frames/generate.rs"]
 mod generate;
@@ -33,6 +36,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::IpAddr,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -57,9 +61,22 @@ use palisade_tests::{
 };
 use rtnetlink::LinkVeth;
 
-/// Frames between two emptyings of conntrack (or policy changes): a few
-/// seconds at most even in the guest, far below the 10 s closing timeout.
-const PHASE: usize = 5_000;
+/// Frames between two emptyings of conntrack or policy changes (every
+/// fourth is a change, which keeps the flows a second phase): flows must
+/// stay far younger than conntrack's shortest timeout (10 s, a closing TCP
+/// flow), which the model does not follow. Natively a phase takes about
+/// 0.1 s; in the guest, where a frame takes about 2 ms, 500 frames.
+/// `PALISADE_FRAMES_PHASE` sets it.
+fn default_phase() -> usize {
+    if in_guest() { 500 } else { 5_000 }
+}
+
+/// Frames a program direction runs between two readings of its counters.
+const DEFAULT_BATCH: usize = 4;
+
+/// The longest conntrack may hold flows before the run cannot vouch for
+/// the model any more.
+const YOUNG: Duration = Duration::from_secs(8);
 
 /// The policies of the fixed state; `{v2}` marks what the second set
 /// changes.
@@ -209,16 +226,18 @@ fn apply(
     let endpoints = desired
         .endpoints
         .iter()
-        .map(|(name, p)| Endpoint {
-            ifindex: p.ifindex,
-            id: p.endpoint,
-            policy: p.policy.clone(),
-            addresses: s
-                .pods
-                .iter()
-                .find(|pod| pod.key() == *name)
-                .map(|pod| pod.ips.clone())
-                .unwrap_or_default(),
+        .map(|(name, p)| {
+            Rc::new(Endpoint {
+                ifindex: p.ifindex,
+                id: p.endpoint,
+                policy: p.policy.clone(),
+                addresses: s
+                    .pods
+                    .iter()
+                    .find(|pod| pod.key() == *name)
+                    .map(|pod| pod.ips.clone())
+                    .unwrap_or_default(),
+            })
         })
         .collect();
     let pod_denies = desired.pod_denies.clone().unwrap_or_default();
@@ -272,13 +291,15 @@ fn policy_ports(p: &Policy) -> Vec<u16> {
     ports.into_iter().collect()
 }
 
-/// What the run saw, for the summary.
+/// What the run saw, for the summary: by program (`Hook::ALL` order),
+/// verdict, reason and generator.
 #[derive(Default)]
 struct Tally {
     frames: usize,
-    refused: BTreeMap<Hook, usize>,
-    verdicts: BTreeMap<(Hook, bool), usize>,
-    reasons: BTreeMap<(Hook, u32), usize>,
+    refused: [usize; 4],
+    /// Drops, passes.
+    verdicts: [[usize; 2]; 4],
+    reasons: [[usize; reason::COUNT as usize]; 4],
     kinds: BTreeMap<Kind, usize>,
     disagreements: usize,
     reports: Vec<String>,
@@ -293,6 +314,10 @@ impl Tally {
             self.reports.push(what);
         }
     }
+}
+
+fn hook_index(hook: Hook) -> usize {
+    Hook::ALL.iter().position(|&h| h == hook).unwrap_or(0)
 }
 
 fn hex(f: &[u8]) -> String {
@@ -322,10 +347,11 @@ fn slice_of(hook: Hook) -> usize {
     }
 }
 
-/// The counters of each slice as last read, and the frames run since.
+/// The counters of each slice as last read, and the frames run through its
+/// programs since.
 struct Counters {
     last: [Counts; 3],
-    pending: Vec<Pending>,
+    pending: [Vec<Pending>; 3],
     batch: usize,
 }
 
@@ -337,39 +363,51 @@ impl Counters {
         }
         Ok(Self {
             last,
-            pending: Vec::new(),
+            pending: Default::default(),
             batch,
         })
     }
 
-    /// Checks what the pending frames counted against what the model
-    /// expects: one reason per frame, each the expected one (side counts,
-    /// which accompany a verdict, aside).
-    fn settle(&mut self, h: &Harness, tally: &mut Tally) -> anyhow::Result<()> {
-        let mut want = [[0u64; reason::COUNT as usize]; 3];
-        let mut touched = [false; 3];
-        for p in &self.pending {
-            let s = slice_of(p.case.hook);
-            want[s][p.expected.reason as usize] += 1;
-            touched[s] = true;
+    /// A frame run, checked once its slice has a batch of them.
+    fn push(&mut self, h: &Harness, p: Pending, tally: &mut Tally) -> anyhow::Result<()> {
+        let s = slice_of(p.case.hook);
+        self.pending[s].push(p);
+        if self.pending[s].len() >= self.batch {
+            self.settle(h, s, tally)?;
         }
-        for s in 0..3 {
-            if !touched[s] {
-                continue;
-            }
-            let now = h.counts(SLICES[s])?;
-            let mut got = [0u64; reason::COUNT as usize];
-            for (r, g) in got.iter_mut().enumerate() {
-                if !is_side_count(r as u32) {
-                    *g = now[r] - self.last[s][r];
-                }
-            }
-            self.last[s] = now;
-            if got != want[s] {
-                self.report(s, &want[s], &got, tally);
+        Ok(())
+    }
+
+    fn settle_all(&mut self, h: &Harness, tally: &mut Tally) -> anyhow::Result<()> {
+        for s in 0..SLICES.len() {
+            self.settle(h, s, tally)?;
+        }
+        Ok(())
+    }
+
+    /// Checks what slice `s`'s pending frames counted against what the
+    /// model expects: one reason per frame, each the expected one (side
+    /// counts, which accompany a verdict, aside).
+    fn settle(&mut self, h: &Harness, s: usize, tally: &mut Tally) -> anyhow::Result<()> {
+        if self.pending[s].is_empty() {
+            return Ok(());
+        }
+        let mut want = [0u64; reason::COUNT as usize];
+        for p in &self.pending[s] {
+            want[p.expected.reason as usize] += 1;
+        }
+        let now = h.counts(SLICES[s])?;
+        let mut got = [0u64; reason::COUNT as usize];
+        for (r, g) in got.iter_mut().enumerate() {
+            if !is_side_count(r as u32) {
+                *g = now[r] - self.last[s][r];
             }
         }
-        self.pending.clear();
+        self.last[s] = now;
+        if got != want {
+            self.report(s, &want, &got, tally);
+        }
+        self.pending[s].clear();
         Ok(())
     }
 
@@ -381,12 +419,8 @@ impl Counters {
                 .map(|(r, n)| format!("{}x{n}", reason::name(r as u32)))
                 .collect()
         };
-        let frames: Vec<&Pending> = self
-            .pending
-            .iter()
-            .filter(|p| slice_of(p.case.hook) == s)
-            .collect();
-        if let [p] = frames[..] {
+        let frames = &self.pending[s];
+        if let [p] = &frames[..] {
             tally.disagree(format!(
                 "frame {} ({:?}) through {} on ifindex {}: expected {} {}, counted {:?}\n  class {:?}\n  frame {}",
                 p.index,
@@ -400,10 +434,9 @@ impl Counters {
                 hex(&p.case.frame),
             ));
         } else {
-            let first = frames.first().map_or(0, |p| p.index);
-            let last = frames.last().map_or(0, |p| p.index);
+            let indexes: Vec<usize> = frames.iter().map(|p| p.index).collect();
             tally.disagree(format!(
-                "frames {first}..={last} counted in {} {}: expected {:?}, counted {:?} (PALISADE_FRAMES_BATCH=1 with the same seed names the frame)",
+                "frames {indexes:?} counted in {} {}: expected {:?}, counted {:?} (PALISADE_FRAMES_BATCH=1 with the same seed and phase names the frame)",
                 SLICES[s].stats_map(),
                 palisade::observe::stats::direction_name(SLICES[s].direction()),
                 names(want),
@@ -429,10 +462,14 @@ fn random_and_mutated_frames_agree_with_the_model() -> anyhow::Result<()> {
     };
     let batch: usize = match env("PALISADE_FRAMES_BATCH") {
         Some(n) => n.parse::<usize>().context("PALISADE_FRAMES_BATCH")?.max(1),
-        None => 1,
+        None => DEFAULT_BATCH,
+    };
+    let phase: usize = match env("PALISADE_FRAMES_PHASE") {
+        Some(n) => n.parse::<usize>().context("PALISADE_FRAMES_PHASE")?.max(1),
+        None => default_phase(),
     };
     println!(
-        "frames: seed {seed} (PALISADE_FRAMES_SEED={seed} replays it), {total} frames{}, counters read every {batch} frame(s)",
+        "frames: seed {seed} (PALISADE_FRAMES_SEED={seed} replays it), {total} frames{}, counters read every {batch} frames of a program direction, conntrack emptied or the policy changed every {phase}",
         if in_guest() && env("PALISADE_FRAMES").is_none() {
             " (the QEMU guest's default)"
         } else {
@@ -461,10 +498,28 @@ fn random_and_mutated_frames_agree_with_the_model() -> anyhow::Result<()> {
         }
         anyhow::Ok(out)
     })?;
-    ns.run(move || run(seed, total, batch, &ifindexes))?
+    let sizes = Sizes {
+        total,
+        batch,
+        phase,
+    };
+    ns.run(move || run(seed, sizes, &ifindexes))?
 }
 
-fn run(seed: u64, total: usize, batch: usize, ifindexes: &[u32]) -> anyhow::Result<()> {
+/// How many frames, how many between counter readings, how many in a phase.
+#[derive(Clone, Copy)]
+struct Sizes {
+    total: usize,
+    batch: usize,
+    phase: usize,
+}
+
+fn run(seed: u64, sizes: Sizes, ifindexes: &[u32]) -> anyhow::Result<()> {
+    let Sizes {
+        total,
+        batch,
+        phase,
+    } = sizes;
     let started = Instant::now();
     let mut h = Harness::load(&[])?;
     let placed: BTreeMap<String, u32> = PLACED
@@ -493,15 +548,17 @@ fn run(seed: u64, total: usize, batch: usize, ifindexes: &[u32]) -> anyhow::Resu
     let mut generator = Generator::new(seed, universe);
     let mut counters = Counters::new(&h, batch)?;
     let mut tally = Tally::default();
+    let mut kinds = [0usize; Kind::ALL.len()];
     let mut on_v2 = false;
-    let mut phase_started = Instant::now();
-    let mut slowest_phase = Duration::ZERO;
+    // Since conntrack was last emptied, and the longest that was.
+    let mut emptied = Instant::now();
+    let mut oldest = Duration::ZERO;
 
     for index in 0..total {
-        if index > 0 && index % PHASE == 0 {
-            counters.settle(&h, &mut tally)?;
-            slowest_phase = slowest_phase.max(phase_started.elapsed());
-            if (index / PHASE) % 4 == 2 {
+        if index > 0 && index % phase == 0 {
+            counters.settle_all(&h, &mut tally)?;
+            oldest = oldest.max(emptied.elapsed());
+            if (index / phase) % 4 == 2 {
                 // Another policy in force while flows are tracked: each is
                 // judged again at its next packet.
                 on_v2 = !on_v2;
@@ -522,25 +579,23 @@ fn run(seed: u64, total: usize, batch: usize, ifindexes: &[u32]) -> anyhow::Resu
                 }
                 model.forget_flows();
                 tally.conntrack_emptied += 1;
+                emptied = Instant::now();
             }
-            phase_started = Instant::now();
         }
         let case = generator.next(&model);
         let expected = model.run(case.hook, case.ifindex, &case.frame);
         let ran = h.test_run(case.hook, &case.frame, Some(case.ifindex))?;
         tally.frames += 1;
-        *tally.kinds.entry(case.kind).or_default() += 1;
+        kinds[case.kind as usize] += 1;
+        let at = hook_index(case.hook);
         let (class, expected) = match (expected, ran) {
             (None, Ran::Refused) => {
-                *tally.refused.entry(case.hook).or_default() += 1;
+                tally.refused[at] += 1;
                 continue;
             }
             (Some((class, expected)), Ran::Verdict(pass)) => {
-                *tally.verdicts.entry((case.hook, pass)).or_default() += 1;
-                *tally
-                    .reasons
-                    .entry((case.hook, expected.reason))
-                    .or_default() += 1;
+                tally.verdicts[at][usize::from(pass)] += 1;
+                tally.reasons[at][expected.reason as usize] += 1;
                 if pass != expected.pass {
                     tally.disagree(format!(
                         "frame {index} ({:?}) through {} on ifindex {}: expected {} ({}), the program said {}\n  class {class:?}\n  frame {}",
@@ -569,21 +624,20 @@ fn run(seed: u64, total: usize, batch: usize, ifindexes: &[u32]) -> anyhow::Resu
         if expected.pass == reason::is_drop(expected.reason) {
             bail!("the model {expected:?} contradicts itself on frame {index}");
         }
-        counters.pending.push(Pending {
+        let frame = Pending {
             index,
             case,
             class,
             expected,
-        });
-        if counters.pending.len() >= counters.batch {
-            counters.settle(&h, &mut tally)?;
-        }
+        };
+        counters.push(&h, frame, &mut tally)?;
     }
-    counters.settle(&h, &mut tally)?;
-    slowest_phase = slowest_phase.max(phase_started.elapsed());
+    counters.settle_all(&h, &mut tally)?;
+    oldest = oldest.max(emptied.elapsed());
     let wall = started.elapsed();
+    tally.kinds = Kind::ALL.into_iter().zip(kinds).collect();
 
-    print!("{}", summary(seed, &tally, wall, slowest_phase));
+    print!("{}", summary(seed, &tally, wall, oldest));
     for r in &tally.reports {
         println!("DISAGREEMENT {r}");
     }
@@ -593,36 +647,35 @@ fn run(seed: u64, total: usize, batch: usize, ifindexes: &[u32]) -> anyhow::Resu
             tally.disagreements
         );
     }
-    if slowest_phase > Duration::from_secs(9) {
+    if oldest > YOUNG {
         bail!(
-            "a phase of {PHASE} frames took {slowest_phase:?}: conntrack's 10 s closing timeout could have expired flows the model still holds"
+            "conntrack held flows for {oldest:?}: its 10 s closing timeout may have expired flows the model still holds (PALISADE_FRAMES_PHASE below {phase} keeps them younger)"
         );
     }
     Ok(())
 }
 
-fn summary(seed: u64, t: &Tally, wall: Duration, slowest_phase: Duration) -> String {
+fn summary(seed: u64, t: &Tally, wall: Duration, oldest: Duration) -> String {
     let mut s = String::new();
-    let refused: usize = t.refused.values().sum();
+    let refused: usize = t.refused.iter().sum();
     let _ = writeln!(
         s,
-        "frames: {} frames, seed {seed}, {:.1} s wall ({:.1} us/frame), slowest phase of {PHASE} {:.2} s; {} policy changes, conntrack emptied {} times",
+        "frames: {} frames, seed {seed}, {:.1} s wall ({:.1} us/frame); {} policy changes, conntrack emptied {} times, flows held {:.2} s at most",
         t.frames,
         wall.as_secs_f64(),
         wall.as_secs_f64() * 1e6 / t.frames.max(1) as f64,
-        slowest_phase.as_secs_f64(),
         t.policy_changes,
-        t.conntrack_emptied
+        t.conntrack_emptied,
+        oldest.as_secs_f64()
     );
     let _ = writeln!(
         s,
         "  {:<18} {:>9} {:>9} {:>9} {:>9}",
         "program", "frames", "pass", "drop", "refused"
     );
-    for hook in Hook::ALL {
-        let pass = t.verdicts.get(&(hook, true)).copied().unwrap_or(0);
-        let drop = t.verdicts.get(&(hook, false)).copied().unwrap_or(0);
-        let refused = t.refused.get(&hook).copied().unwrap_or(0);
+    for (i, hook) in Hook::ALL.into_iter().enumerate() {
+        let [drop, pass] = t.verdicts[i];
+        let refused = t.refused[i];
         let _ = writeln!(
             s,
             "  {:<18} {:>9} {:>9} {:>9} {:>9}",
@@ -638,18 +691,20 @@ fn summary(seed: u64, t: &Tally, wall: Duration, slowest_phase: Duration) -> Str
         "  {:<26} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "reason", "to_pod", "from_pod", "xdp_pod", "prefilter", "all"
     );
-    let reasons: BTreeSet<u32> = t.reasons.keys().map(|(_, r)| *r).collect();
-    for r in reasons {
-        let n = |hook| t.reasons.get(&(hook, r)).copied().unwrap_or(0);
-        let all: usize = Hook::ALL.iter().map(|&hk| n(hk)).sum();
+    for r in 0..reason::COUNT as usize {
+        let n: Vec<usize> = t.reasons.iter().map(|by| by[r]).collect();
+        let all: usize = n.iter().sum();
+        if all == 0 {
+            continue;
+        }
         let _ = writeln!(
             s,
             "  {:<26} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            reason::name(r),
-            n(Hook::TcIngress),
-            n(Hook::TcEgress),
-            n(Hook::XdpEgress),
-            n(Hook::Prefilter),
+            reason::name(r as u32),
+            n[0],
+            n[1],
+            n[2],
+            n[3],
             all
         );
     }

@@ -80,6 +80,20 @@ pub enum Kind {
     Special,
 }
 
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::Random,
+        Kind::RandomTyped,
+        Kind::Flow,
+        Kind::Entry,
+        Kind::Continued,
+        Kind::Mutated,
+        Kind::Fragment,
+        Kind::IcmpError,
+        Kind::Special,
+    ];
+}
+
 /// One frame for one program on one interface.
 #[derive(Clone, Debug)]
 pub struct Case {

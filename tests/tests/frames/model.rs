@@ -31,6 +31,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    rc::Rc,
 };
 
 use ebpf_common::{
@@ -428,7 +429,8 @@ pub struct Endpoint {
 /// The policy in force, as the compiler produced it.
 pub struct Policy {
     pub compiled: Compiled,
-    pub endpoints: Vec<Endpoint>,
+    /// Shared, so that judging a frame borrows no more than it needs.
+    pub endpoints: Vec<Rc<Endpoint>>,
     pub pod_denies: BTreeSet<PodDeny>,
     pub node_denies: Vec<IpNet>,
 }
@@ -515,7 +517,7 @@ impl Model {
             .or_insert_with(|| evaluate::identity_of(compiled, ip))
     }
 
-    fn endpoint(&self, ifindex: u32) -> Option<&Endpoint> {
+    fn endpoint(&self, ifindex: u32) -> Option<&Rc<Endpoint>> {
         self.policy.endpoints.iter().find(|e| e.ifindex == ifindex)
     }
 
@@ -595,7 +597,7 @@ impl Model {
                 Some(_) => {}
             }
         }
-        let Some(ep) = self.endpoint(ifindex).cloned() else {
+        let Some(ep) = self.endpoint(ifindex).map(Rc::clone) else {
             return Verdict::pass(reason::PASS_NO_ENDPOINT);
         };
         match class {
