@@ -205,8 +205,12 @@ mod with_lab {
         }
     }
 
-    fn current_thread() -> Result<tokio::runtime::Runtime, ExitCode> {
-        tokio::runtime::Builder::new_current_thread()
+    /// Two workers: a fault that blocks one (writing a thousand objects to
+    /// the test API server) must not stall the pods' listeners, or the
+    /// probes would fail for a reason that is not Palisade's.
+    fn two_workers() -> Result<tokio::runtime::Runtime, ExitCode> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| {
@@ -221,7 +225,7 @@ mod with_lab {
             Ok(t) => t,
             Err(code) => return code,
         };
-        let runtime = match current_thread() {
+        let runtime = match two_workers() {
             Ok(r) => r,
             Err(code) => return code,
         };
@@ -297,7 +301,7 @@ mod with_lab {
             options.faults = chosen;
         }
         // Probers block in their own threads; the runtime only waits.
-        let runtime = match current_thread() {
+        let runtime = match two_workers() {
             Ok(r) => r,
             Err(code) => return code,
         };

@@ -106,6 +106,14 @@ impl Daemons {
         self.feed.as_mut()
     }
 
+    /// After the daemons were restarted: see [`KubeFeed::mark_restart`].
+    pub fn restarted(&mut self) -> anyhow::Result<()> {
+        match &mut self.feed {
+            Some(feed) => feed.mark_restart(),
+            None => Ok(()),
+        }
+    }
+
     /// Publishes what was written without waiting for it to be in force
     /// (a daemon is about to be killed under it).
     pub fn publish(&mut self) -> anyhow::Result<()> {

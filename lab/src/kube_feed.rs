@@ -307,6 +307,54 @@ current-context: lab
         Ok(true)
     }
 
+    /// After a daemon restart: a new daemon lists, and learns of a deletion
+    /// before its list only by the object's absence; its `observed` (the
+    /// newest resourceVersion among the objects) cannot reach a deletion's
+    /// version. So for every resource whose last write was a deletion one
+    /// object is written again (an annotation bumped), which gives the
+    /// restarted daemon a version to report at least as new.
+    pub fn mark_restart(&mut self) -> anyhow::Result<()> {
+        let mut marks = Vec::new();
+        for (resource, &wanted) in &self.wanted {
+            let live: Vec<&Key> = self
+                .sent
+                .keys()
+                .filter(|k| resource_of(&k.0, &k.1).is_some_and(|a| a.resource == resource))
+                .collect();
+            let newest = live
+                .iter()
+                .filter_map(|k| {
+                    self.server()
+                        .ok()?
+                        .get(&k.0, &k.1, k.2.as_deref(), &k.3)
+                        .ok()
+                })
+                .map(|o| rv_of(&o))
+                .max()
+                .unwrap_or(0);
+            if newest < wanted
+                && let Some(key) = live.first()
+            {
+                marks.push((*key).clone());
+            }
+        }
+        for key in marks {
+            let mut object = self
+                .server()?
+                .get(&key.0, &key.1, key.2.as_deref(), &key.3)
+                .map_err(|e| anyhow!("reading {key:?}: {e}"))?;
+            let n = rv_of(&object);
+            object["metadata"]["annotations"]["lab.palisade.dev/restart-mark"] =
+                json!(n.to_string());
+            let stored = self
+                .server()?
+                .replace(object)
+                .map_err(|e| anyhow!("marking {key:?}: {e}"))?;
+            self.wrote(&key, &stored);
+        }
+        Ok(())
+    }
+
     /// The daemon's status has seen every write of the last sync.
     pub fn seen(&self, status: &Value) -> bool {
         self.wanted.iter().all(|(resource, rv)| {

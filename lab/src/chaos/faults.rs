@@ -128,7 +128,7 @@ fn restart_all(lab: &mut Lab) -> anyhow::Result<()> {
     for d in lab.daemons.daemons_mut() {
         d.enforcer.restart(&bin, &d.netns)?;
     }
-    Ok(())
+    lab.daemons.restarted()
 }
 
 /// Seconds from the restart until everything is in force.

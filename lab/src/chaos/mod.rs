@@ -231,7 +231,12 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // PALISADE_KEEP=1 keeps the daemons' logs and status for a look.
+        if std::env::var_os("PALISADE_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
