@@ -75,6 +75,33 @@ fn key_of(o: &Object) -> String {
     }
 }
 
+/// Keeps one definition of each object: the first file (in name order)
+/// that holds it. The API server holds one object per name; two files that
+/// both define it would otherwise both be enforced, which no cluster can
+/// express (a copy left behind, or a broken copy, would add its rules).
+fn drop_duplicates(
+    files: &mut BTreeMap<PathBuf, BTreeMap<String, Object>>,
+    errors: &mut Vec<String>,
+) {
+    let mut first: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (path, objects) in files.iter_mut() {
+        objects.retain(|key, _| match first.get(key) {
+            Some(holder) => {
+                errors.push(format!(
+                    "{}: {key} is also defined in {}: this definition is ignored (one object per name)",
+                    path.display(),
+                    holder.display()
+                ));
+                false
+            }
+            None => {
+                first.insert(key.clone(), path.clone());
+                true
+            }
+        });
+    }
+}
+
 /// The documents of one file: objects read, and errors with the key (as
 /// [`key_of`] gives it) of the object they concern when it could be told.
 fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, String)>) {
@@ -306,6 +333,7 @@ impl Source for FileSource {
             next.insert(path, good);
         }
         self.parsed.retain(|p, _| next.contains_key(p));
+        drop_duplicates(&mut next, &mut errors);
         self.last_good = next;
         Reading {
             snapshot: self.snapshot(),
@@ -500,6 +528,44 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         );
         let after: Vec<String> = r.snapshot.policies.iter().map(|p| p.key()).collect();
         assert_eq!(after, before, "a policy vanished with a file cut short");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_object_defined_in_two_files_is_taken_from_the_first_only() {
+        let dir = temp_dir();
+        fs::write(dir.join("a.yaml"), GOOD).unwrap();
+        let mut source = FileSource::new(&dir);
+        assert!(source.read().errors.is_empty());
+        // A copy of the policy that isolates more, in a later file.
+        let copy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n";
+        fs::write(dir.join("b.yaml"), copy).unwrap();
+        let r = source.read();
+        assert!(
+            r.errors.iter().any(|e| e.contains("b.yaml")
+                && e.contains("also defined in")
+                && e.contains("a.yaml")),
+            "{:?}",
+            r.errors
+        );
+        let deny: Vec<_> = r
+            .snapshot
+            .policies
+            .iter()
+            .filter(|p| p.key() == "x/deny")
+            .collect();
+        assert_eq!(deny.len(), 1, "one definition of x/deny");
+        assert!(!deny[0].isolates(true), "the first file's: ingress only");
+        // The first file's goes: the second's is the one left.
+        fs::remove_file(dir.join("a.yaml")).unwrap();
+        let r = source.read();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(
+            r.snapshot
+                .policies
+                .iter()
+                .any(|p| p.key() == "x/deny" && p.isolates(true))
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
