@@ -40,6 +40,8 @@ pub mod probe;
 pub mod report;
 pub mod run;
 pub mod scenario;
+#[cfg(test)]
+mod scenario_fuzz;
 pub mod serve;
 pub mod topology;
 pub mod underlay;

@@ -2,9 +2,15 @@
 //! parsed and validated, with no I/O beyond the text they are given.
 
 pub mod crd;
+#[cfg(test)]
+mod fuzz;
 pub mod glob;
 pub mod kubearmor;
 pub mod limits;
+// Hostile and broken input for the fuzz tests, here and in the lab: test
+// data, like the standard model.
+#[cfg(any(test, feature = "standard-model"))]
+pub mod mutate;
 pub mod networkpolicy;
 pub mod palisade;
 pub mod parse;

@@ -42,6 +42,11 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 /// What a watch without `timeoutSeconds` gets (the real one picks between
 /// 30 and 60 minutes).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The longest `timeoutSeconds` kept; more is taken as this. No client
+/// waits longer, and a deadline that far (up to 2^64 s) overflows the
+/// clock: the fuzzing found a watch with `timeoutSeconds` near `u64::MAX`
+/// dropping its connection with a panic instead of streaming.
+const MAX_WATCH_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// How long a stopping server waits for responses in flight to finish.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -561,7 +566,8 @@ fn watch(
         t => Duration::from_secs(
             t.parse()
                 .map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds {t:?}")))?,
-        ),
+        )
+        .min(MAX_WATCH_TIMEOUT),
     };
     let request = WatchRequest {
         resource,

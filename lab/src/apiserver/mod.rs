@@ -92,6 +92,8 @@
 //!   whether or not their CustomResourceDefinitions exist.
 
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod http;
 mod meta;
 mod patch;
