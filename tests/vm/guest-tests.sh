@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the privileged tests (loader, attach, lsm, datapath, enforce) in the
+# Runs the privileged tests (loader, attach, lsm, datapath, frames, enforce) in the
 # QEMU guest: a second kernel (Debian 6.1: clsact instead of TCX) on which BPF LSM
 # is active. Exits with the guest's status.
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 
 # Static binaries need nothing from the guest's (absent) libc.
 bins=$(cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --message-format=json \
-         --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover --test capabilities 2>/dev/null |
+         --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover --test capabilities --test frames 2>/dev/null |
        python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -17,7 +17,7 @@ for line in sys.stdin:
         print(m["executable"])
 ')
 [ -n "$bins" ] || { echo "guest-tests: building the test binaries failed" >&2; \
-  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover --test capabilities; exit 1; }
+  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover --test capabilities --test frames; exit 1; }
 
 # The daemon, for the tests that run it (capabilities), stripped: the guest
 # holds it in RAM.
