@@ -209,6 +209,43 @@ mod tests {
     }
 
     #[test]
+    fn a_version_over_a_limit_is_refused_naming_it_and_the_last_good_one_stays() {
+        let mut policies = Policies::default();
+        let good = object("5", json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
+        assert!(policies.read([(NETWORK_POLICIES, &good)]).errors.is_empty());
+        let ports: Vec<Value> = (1..=10_001).map(|p| json!({"port": p})).collect();
+        let wide = object(
+            "6",
+            json!({"podSelector": {}, "ingress": [{"ports": ports}]}),
+        );
+        let mut nested = json!("x");
+        for _ in 0..40 {
+            nested = json!({ "a": nested });
+        }
+        let deep = object("7", json!({"podSelector": {"matchLabels": nested}}));
+        for (bad, says) in [
+            (
+                &wide,
+                "10001 ports in its rules, above the limit of 10000 per policy",
+            ),
+            (
+                &deep,
+                "nested deeper than 32 levels, the limit for a document",
+            ),
+        ] {
+            let pass = policies.read([(NETWORK_POLICIES, bad)]);
+            assert_eq!(pass.policies.len(), 1, "the last good version stays");
+            let e = &pass.errors[0];
+            assert!(
+                e.contains("NetworkPolicy x/deny (resourceVersion")
+                    && e.contains(says)
+                    && e.contains("last good"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_refused_first_version_enforces_nothing_of_it() {
         let bad = object("7", json!({"podSelector": {}, "bogus": 1}));
         let pass = Policies::default().read([(NETWORK_POLICIES, &bad)]);
