@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -340,9 +340,4 @@ fn plot(samples: &[Sample]) -> String {
         height - 6.0
     );
     svg
-}
-
-/// Where `make soak` writes.
-pub fn default_out() -> &'static Path {
-    Path::new("bench/results")
 }
