@@ -10,7 +10,7 @@ CARGO := cargo +$(USER_TOOLCHAIN)
 EBPF_CARGO := cargo +$(EBPF_TOOLCHAIN)
 EBPF_CRATES := -p ebpf-xdp -p ebpf-tc -p ebpf-lsm
 
-.PHONY: setup build demo test lint unit privileged scenarios chaos chaos-short soak guest guest-scenarios bench clean image
+.PHONY: setup build demo test lint unit privileged scenarios chaos chaos-short soak guest guest-scenarios bench bench-peers clean image
 
 setup:
 	@scripts/setup.sh
@@ -104,6 +104,12 @@ bench: build
 	$(CARGO) run --release -p palisade-bench
 	$(CARGO) run --release -p palisade-bench -- --in-force target/release/palisade
 	tests/vm/guest-bench.sh
+
+# Whole-path packet rates against nftables and iptables, 10 to 10,000
+# rules (trafgen in a lab pod; at most 5 minutes): bench/results/peers.{md,svg}.
+bench-peers: build
+	$(CARGO) build --release -p palisade-bench
+	target/release/palisade-bench --peers target/release/palisade --out bench/results
 
 # The node image (static musl binary, FROM scratch) with podman, and
 # --version run from it.

@@ -1,6 +1,7 @@
 //! Benchmarks of the loader and the datapath (and, with `--lsm`, in the
 //! QEMU guest, of the LSM programs). Prints figures and ratios; asserts
-//! nothing. Needs root and bpffs. `make bench` runs it.
+//! nothing. Needs root and bpffs. `make bench` runs it; `make bench-peers`
+//! runs `--peers`, the whole-path packet rate against nftables and iptables.
 //!
 //! Per-packet cost comes from BPF_PROG_TEST_RUN on 64-byte frames, against
 //! an empty program of the same type (the harness floor), at 10, 1k, 10k
@@ -11,6 +12,7 @@ mod compile;
 mod heap;
 mod in_force;
 mod lsm;
+mod peers;
 mod primitives;
 mod raw;
 mod veth;
@@ -314,6 +316,20 @@ fn main() -> anyhow::Result<()> {
             .get(i + 1)
             .context("--in-force needs the palisade binary")?;
         return in_force::report(std::path::Path::new(bin));
+    }
+    // `--peers PALISADE_BINARY [--out DIR]`: the whole-path packet rate
+    // against nftables and iptables (`make bench-peers`).
+    if let Some(i) = args.iter().position(|a| a == "--peers") {
+        let bin = args
+            .get(i + 1)
+            .context("--peers needs the palisade binary")?;
+        let out = args
+            .iter()
+            .position(|a| a == "--out")
+            .and_then(|o| args.get(o + 1))
+            .map_or("bench/results", String::as_str);
+        let quick = args.iter().any(|a| a == "--quick");
+        return peers::report(std::path::Path::new(bin), std::path::Path::new(out), quick);
     }
     let features = Features::probe();
 

@@ -10,6 +10,10 @@ use std::{
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_PROG_TEST_RUN: i64 = 10;
 const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
+const BPF_LINK_CREATE: i64 = 28;
+const BPF_TCX_INGRESS: u64 = 46;
+/// `TC_ACT_SHOT`: what a TC program returns to drop the packet.
+pub const TC_ACT_SHOT: i32 = 2;
 pub const SCHED_CLS: u32 = 3;
 pub const XDP: u32 = 6;
 const LSM: u32 = 29;
@@ -30,6 +34,19 @@ pub fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<i64> {
 pub fn empty_program(prog_type: u32, ret: i32) -> io::Result<OwnedFd> {
     // BPF_ALU64|BPF_MOV|BPF_K r0, imm ; BPF_JMP|BPF_EXIT
     load_program(prog_type, &[0xb7 | (u64::from(ret as u32) << 32), 0x95])
+}
+
+/// Attaches a TC program to the ingress of `ifindex` (in the calling
+/// thread's network namespace) through TCX; detached when the returned
+/// link is closed.
+pub fn tcx_attach(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    // prog_fd | target_ifindex, attach_type | flags
+    attr[0] = prog.as_raw_fd() as u64 | (u64::from(ifindex) << 32);
+    attr[1] = BPF_TCX_INGRESS;
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Loads hand-assembled instructions as a program of `prog_type`.
