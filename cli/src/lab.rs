@@ -159,7 +159,8 @@ mod with_lab {
         let options = palisade_lab::Options {
             bin,
             timeout: Duration::from_millis(timeout_ms),
-            in_force_limit: Duration::from_secs(30),
+            // Under QEMU's TCG the first load alone verifies for about 30 s.
+            in_force_limit: Duration::from_secs(120),
             show_metrics,
             feed,
         };
