@@ -30,4 +30,4 @@ for f in "${files[@]}"; do
   names+=("$name")
   adds+=(--add "$f")
 done
-exec tests/vm/run-guest.sh --timeout 900 "${adds[@]}" -- ./palisade lab run "$@" "${names[@]}"
+exec tests/vm/run-guest.sh --timeout 1800 "${adds[@]}" -- ./palisade lab run "$@" "${names[@]}"
