@@ -16,7 +16,7 @@ use nix::{
 
 use palisade::paths::PinDir;
 
-use super::{Lab, flood::flood, pins_of, source_dir};
+use super::{Lab, first, flood::flood};
 use crate::enforcer::Feed;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +206,7 @@ async fn abi_upgrade(lab: &mut Lab) -> anyhow::Result<String> {
     for d in lab.daemons.daemons_mut() {
         d.enforcer.stop();
     }
-    let current = PinDir::new(pins_of(lab)?);
+    let current = PinDir::new(first(lab)?.pins());
     let older = PinDir::with_abi(current.base(), current.abi() - 1);
     fs::rename(current.root(), older.root()).with_context(|| {
         format!(
@@ -231,7 +231,7 @@ async fn abi_upgrade(lab: &mut Lab) -> anyhow::Result<String> {
 }
 
 async fn broken_files(lab: &mut Lab) -> anyhow::Result<String> {
-    let dir = source_dir(lab)?;
+    let dir = first(lab)?.source_dir();
     let (name, good) = lab
         .policy_files
         .iter()

@@ -403,23 +403,7 @@ fn print_phases(tally: &load::Tally, total: f64) {
     );
 }
 
-/// The source directory of the first daemon (the file source).
-fn source_dir(lab: &Lab) -> anyhow::Result<PathBuf> {
-    Ok(lab
-        .daemons
-        .daemons()
-        .first()
-        .context("no daemon")?
-        .enforcer
-        .source_dir())
-}
-
-fn pins_of(lab: &Lab) -> anyhow::Result<&Path> {
-    Ok(lab
-        .daemons
-        .daemons()
-        .first()
-        .context("no daemon")?
-        .enforcer
-        .pins())
+/// The first node's daemon: the one whose source and pins faults touch.
+fn first(lab: &Lab) -> anyhow::Result<&crate::enforcer::Enforcer> {
+    Ok(&lab.daemons.daemons().first().context("no daemon")?.enforcer)
 }
