@@ -7,17 +7,31 @@ cd "$(dirname "$0")/../.."
 . scripts/versions.env
 
 # Static binaries need nothing from the guest's (absent) libc.
-bins=$(cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --message-format=json \
-         --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover --test capabilities --test frames 2>/dev/null |
-       python3 -c '
+tests=(--test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce
+       --test sync --test discover --test capabilities --test frames)
+# cargo's own messages go to a log that is shown when the build fails: a
+# failed build must say why, never end the run with a bare status.
+build_log=$(mktemp)
+trap 'rm -f "$build_log"' EXIT
+if ! cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --message-format=json "${tests[@]}" \
+       2>"$build_log" >"$build_log.json"; then
+  echo "guest-tests: building the test binaries for $GUEST_TARGET failed:" >&2
+  tail -n 60 "$build_log" >&2
+  rm -f "$build_log.json"
+  exit 1
+fi
+bins=$(python3 -c '
 import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])
-')
-[ -n "$bins" ] || { echo "guest-tests: building the test binaries failed" >&2; \
-  cargo test -p palisade-tests --target "$GUEST_TARGET" --no-run --test loader --test attach --test lsm --test lsm_rules --test datapath --test enforce --test sync --test discover --test capabilities --test frames; exit 1; }
+' "$build_log.json")
+rm -f "$build_log.json"
+[ -n "$bins" ] || { echo "guest-tests: cargo built no test binaries" >&2; tail -n 60 "$build_log" >&2; exit 1; }
 
 # The daemon, for the tests that run it (capabilities), stripped: the guest
 # holds it in RAM.
@@ -30,6 +44,7 @@ adds=(--add "$daemon")
 for b in $bins; do adds+=(--add "$b"); done
 # Every test loads the LSM object, whose seven programs take the verifier
 # about 10 s each time under TCG: the whole run takes several minutes.
+rm -f "$build_log"
 exec tests/vm/run-guest.sh --timeout 1500 "${adds[@]}" -- sh -c '
   failed=0
   for t in ./*; do
