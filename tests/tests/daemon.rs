@@ -170,6 +170,89 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
     Ok(())
 }
 
+/// The kernel collects the node's stale neighbour entries once it holds
+/// more than `gc_thresh1` of them, and a bridged pod is found through its
+/// entry: a known pod must keep its veth (never have it quarantined) while
+/// its entry is missing or wrong, and only while that veth exists.
+#[test]
+fn a_known_pod_keeps_its_veth_while_the_node_cannot_resolve_it() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(2)?;
+    let dir = std::env::temp_dir().join(unique("palisade-sticky-"));
+    let target = &lab.pods[0];
+    let _listener = in_netns(&target.netns, || TcpListener::bind((target.ip, PORT)))??;
+    let mut daemon = start(&lab, &t, &dir, 200, &[])?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    let s = commit_and_wait(&mut daemon)?;
+    let veth = s["endpoints"]["x/a"].as_u64().context("a placed")?;
+
+    // A permanent entry with a MAC no bridge port has: no nudge resolves it.
+    ip_in(
+        &lab.node,
+        &format!(
+            "neigh replace {} dev br0 lladdr 02:00:00:00:99:99 nud permanent",
+            target.ip
+        ),
+    )?;
+    let passes = passes_after(&daemon, 5)?;
+    assert_eq!(
+        s["endpoints"]["x/a"].as_u64(),
+        passes["endpoints"]["x/a"].as_u64(),
+        "{passes}"
+    );
+    assert_eq!(
+        passes["quarantined"].as_array().map(Vec::len),
+        Some(0),
+        "{passes}"
+    );
+    assert!(
+        reaches(&lab, 1, 0)?,
+        "b still reaches a through a's kept veth {veth}"
+    );
+
+    // Its veth gone, a is no longer placed anywhere.
+    ip_in(&lab.node, &format!("link del {}", target.host_if))?;
+    let s = passes_after(&daemon, 3)?;
+    assert!(s["endpoints"].get("x/a").is_none(), "{s}");
+    assert!(
+        s["unplaced"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|p| p == "x/a")),
+        "{s}"
+    );
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The status once the daemon has made `n` more passes.
+fn passes_after(daemon: &Enforcer, n: u64) -> anyhow::Result<serde_json::Value> {
+    let count = |s: &serde_json::Value| s["passes"].as_u64().context("passes in the status");
+    let from = count(&daemon.status()?)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = daemon.status()?;
+        if count(&s)? >= from + n {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("no {n} passes within 20 s: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ip ARGS` inside `ns`.
+fn ip_in(ns: &palisade_lab::netns::Netns, args: &str) -> anyhow::Result<()> {
+    let status = in_netns(ns, || {
+        std::process::Command::new("ip")
+            .args(args.split(' '))
+            .status()
+    })??;
+    anyhow::ensure!(status.success(), "ip {args}: {status}");
+    Ok(())
+}
+
 /// Connects from `src` (an address of the calling namespace) to `to`;
 /// [`answered`] says what the outcome means.
 fn connect_from(src: Ipv4Addr, to: SocketAddr) -> anyhow::Result<bool> {

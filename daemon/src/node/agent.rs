@@ -14,6 +14,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -139,6 +140,8 @@ pub struct Agent<S: Source> {
     compiler: Option<Incremental>,
     /// For `/readyz`.
     not_ready: SharedReadiness,
+    /// The last pass's placements (pod -> its address and veth).
+    placed_before: BTreeMap<String, (IpAddr, u32)>,
 }
 
 /// Where the pods of a snapshot are on this node.
@@ -228,6 +231,7 @@ impl<S: Source> Agent<S> {
             snapshot,
             compiler: None,
             not_ready,
+            placed_before: BTreeMap::new(),
         })
     }
 
@@ -265,7 +269,14 @@ impl<S: Source> Agent<S> {
                 .insert(Incremental::new(reading.snapshot.clone())),
         };
         let compiled = compiler.compiled();
-        let placement = locate(&self.netlink, &reading.snapshot, &self.options).await?;
+        let placement = locate(
+            &self.netlink,
+            &reading.snapshot,
+            &self.options,
+            &self.placed_before,
+        )
+        .await?;
+        self.placed_before = placement.placed_with_addresses(&reading.snapshot);
         let uplink_errors = match &self.options.follow_default_routes {
             Some(fixed) => {
                 let mut uplinks = Vec::new();
@@ -573,13 +584,21 @@ fn serve(
 
 /// Finds each pod's veth on this node, and the pod-like veths no known pod
 /// holds (when quarantine is on).
+///
+/// A bridged pod is found through the node's neighbour entry for its
+/// address, which the kernel lets go stale and collects once the node has
+/// not spoken to the pod for a while (as soon as the node holds more than
+/// `gc_thresh1` neighbours in all). A pod placed before keeps its veth
+/// while that veth exists and nothing else claims it: a missing neighbour
+/// entry must not turn a known pod's veth into a quarantined one.
 async fn locate(
     netlink: &rtnetlink::Handle,
     snapshot: &Snapshot,
     options: &Options,
+    placed_before: &BTreeMap<String, (IpAddr, u32)>,
 ) -> anyhow::Result<Placement> {
     let mut placed = BTreeMap::new();
-    let mut unplaced = Vec::new();
+    let mut unresolved = Vec::new();
     let mut tables = discover::Tables::new(netlink);
     for pod in &snapshot.pods {
         let Some(&ip) = pod.ips.first() else {
@@ -591,10 +610,22 @@ async fn locate(
             }
             Err(Unplaced::Unresolved { .. }) => {
                 discover::nudge(ip);
-                unplaced.push(pod.key());
+                unresolved.push((pod.key(), ip));
             }
             // Not behind a local veth: another node's pod.
             Err(Unplaced::NoRoute | Unplaced::NotLocal { .. }) => {}
+        }
+    }
+    let mut unplaced = Vec::new();
+    for (key, ip) in unresolved {
+        let claimed = |veth: u32| placed.values().any(|v| *v == veth);
+        match placed_before.get(&key) {
+            Some(&(before, veth))
+                if before == ip && !claimed(veth) && tables.is_veth(veth).await? =>
+            {
+                placed.insert(key, veth);
+            }
+            _ => unplaced.push(key),
         }
     }
     let mut quarantined = Vec::new();
@@ -611,6 +642,20 @@ async fn locate(
         unplaced,
         quarantined,
     })
+}
+
+impl Placement {
+    /// What the next pass may keep of this one.
+    fn placed_with_addresses(&self, snapshot: &Snapshot) -> BTreeMap<String, (IpAddr, u32)> {
+        snapshot
+            .pods
+            .iter()
+            .filter_map(|pod| {
+                let veth = *self.placed.get(&pod.key())?;
+                Some((pod.key(), (*pod.ips.first()?, veth)))
+            })
+            .collect()
+    }
 }
 
 /// The compiler's state for this node: its pods, its quarantined veths, and

@@ -13,6 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use futures_util::TryStreamExt as _;
+use ipnet::IpNet;
 use rtnetlink::{
     Handle,
     packet_route::{
@@ -49,16 +50,13 @@ impl Placement {
 /// Why an address is not placed (yet).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Unplaced {
+    /// No route leads to it through a veth or a bridge of this node.
     NoRoute,
     /// The route goes out through something that is neither a veth nor a bridge.
-    NotLocal {
-        ifindex: u32,
-    },
+    NotLocal { ifindex: u32 },
     /// Bridged, but the node has not resolved the address or the bridge not
     /// learnt the MAC yet.
-    Unresolved {
-        bridge: u32,
-    },
+    Unresolved { bridge: u32 },
 }
 
 fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
@@ -150,12 +148,16 @@ fn lladdr(m: &NeighbourMessage) -> Option<&[u8]> {
     })
 }
 
-/// The node's tables as one pass sees them: the links, the neighbour table
-/// and the bridge FDB are each read at most once, however many pods the
-/// pass locates; only the route lookup is per address.
+/// The node's tables as one pass sees them: the links, the routes, the
+/// neighbour table and the bridge FDB are each read at most once, however
+/// many pods the pass locates. The kernel's own route lookup (which knows
+/// policy routing) is asked only for addresses that an on-link route
+/// through a veth or a bridge covers: a cluster's other pods, thousands of
+/// them, cost a prefix scan each rather than a netlink round trip.
 pub struct Tables<'a> {
     handle: &'a Handle,
     links: Option<Vec<LinkMessage>>,
+    on_link: Option<Vec<IpNet>>,
     neighbours: Option<Vec<NeighbourMessage>>,
     fdb: Option<Vec<NeighbourMessage>>,
 }
@@ -165,6 +167,7 @@ impl<'a> Tables<'a> {
         Self {
             handle,
             links: None,
+            on_link: None,
             neighbours: None,
             fdb: None,
         }
@@ -177,6 +180,76 @@ impl<'a> Tables<'a> {
         Ok(self.links.as_deref().unwrap_or_default())
     }
 
+    /// The destinations of every table's routes that leave through a veth
+    /// or a bridge without a gateway: the only ones that can lead to a pod
+    /// of this node.
+    async fn on_link(&mut self) -> Result<&[IpNet], DiscoverError> {
+        if self.on_link.is_none() {
+            let mut routes = Vec::new();
+            for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+                let mut query = RouteMessage::default();
+                query.header.address_family = family;
+                let dump: Vec<RouteMessage> = self
+                    .handle
+                    .route()
+                    .get(query)
+                    .execute()
+                    .try_collect()
+                    .await?;
+                routes.extend(dump);
+            }
+            let mut on_link = Vec::new();
+            for route in &routes {
+                if let Some(net) = self.on_link_destination(route).await? {
+                    on_link.push(net);
+                }
+            }
+            self.on_link = Some(on_link);
+        }
+        Ok(self.on_link.as_deref().unwrap_or_default())
+    }
+
+    async fn on_link_destination(
+        &mut self,
+        route: &RouteMessage,
+    ) -> Result<Option<IpNet>, DiscoverError> {
+        let mut oifs = Vec::new();
+        for a in &route.attributes {
+            match a {
+                RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => return Ok(None),
+                RouteAttribute::Oif(i) => oifs.push(*i),
+                RouteAttribute::MultiPath(hops) => {
+                    oifs.extend(hops.iter().map(|h| h.interface_index));
+                }
+                _ => {}
+            }
+        }
+        let mut through_pod_side = false;
+        for oif in oifs {
+            through_pod_side |= matches!(
+                self.kind(oif).await?,
+                Some(InfoKind::Veth | InfoKind::Bridge)
+            );
+        }
+        if !through_pod_side {
+            return Ok(None);
+        }
+        let prefix = route.header.destination_prefix_length;
+        let destination = route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        });
+        let destination = match (destination, route.header.address_family) {
+            (Some(d), _) => d,
+            // A default route has no destination attribute.
+            (None, AddressFamily::Inet) => Ipv4Addr::UNSPECIFIED.into(),
+            (None, AddressFamily::Inet6) => Ipv6Addr::UNSPECIFIED.into(),
+            (None, _) => return Ok(None),
+        };
+        Ok(IpNet::new(destination, prefix).ok())
+    }
+
     async fn kind(&mut self, ifindex: u32) -> Result<Option<InfoKind>, DiscoverError> {
         Ok(self
             .links()
@@ -184,6 +257,11 @@ impl<'a> Tables<'a> {
             .iter()
             .find(|l| l.header.index == ifindex)
             .and_then(link_kind))
+    }
+
+    /// Whether `ifindex` is (still) a veth.
+    pub async fn is_veth(&mut self, ifindex: u32) -> Result<bool, DiscoverError> {
+        Ok(self.kind(ifindex).await? == Some(InfoKind::Veth))
     }
 
     /// The veths that look like pods' host sides: ports of a bridge
@@ -244,6 +322,9 @@ impl<'a> Tables<'a> {
         &mut self,
         ip: IpAddr,
     ) -> Result<Result<Placement, Unplaced>, DiscoverError> {
+        if !self.on_link().await?.iter().any(|net| net.contains(&ip)) {
+            return Ok(Err(Unplaced::NoRoute));
+        }
         let Some((oif, via_gateway)) = route_oif(self.handle, ip).await? else {
             return Ok(Err(Unplaced::NoRoute));
         };
