@@ -99,6 +99,18 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> anyhow::Re
     Ok(ns.run(f)?)
 }
 
+/// `ip ARGS` inside `ns` (a child forked from a thread in a namespace is
+/// in it too).
+pub fn ip_in(ns: &Netns, args: &str) -> anyhow::Result<()> {
+    let status = in_netns(ns, || {
+        std::process::Command::new("ip")
+            .args(args.split(' '))
+            .status()
+    })??;
+    anyhow::ensure!(status.success(), "ip {args}: {status}");
+    Ok(())
+}
+
 /// True when running inside the QEMU guest started by tests/vm/run-guest.sh,
 /// where BPF LSM must be active.
 pub fn in_guest() -> bool {

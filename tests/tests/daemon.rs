@@ -20,8 +20,8 @@ use ebpf_common::{
 use palisade::compile::desired::endpoint_ids;
 use palisade_lab::enforcer::{DaemonArgs, Enforcer};
 use palisade_tests::{
-    B_FROM_A, BridgeLab, TempPins, answered, commit_and_wait, in_netns, lab_cluster, palisade_bin,
-    pinned, unique,
+    B_FROM_A, BridgeLab, TempPins, answered, commit_and_wait, in_netns, ip_in, lab_cluster,
+    palisade_bin, pinned, unique,
 };
 
 const WAIT: Duration = Duration::from_millis(700);
@@ -240,17 +240,6 @@ fn passes_after(daemon: &Enforcer, n: u64) -> anyhow::Result<serde_json::Value> 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// `ip ARGS` inside `ns`.
-fn ip_in(ns: &palisade_lab::netns::Netns, args: &str) -> anyhow::Result<()> {
-    let status = in_netns(ns, || {
-        std::process::Command::new("ip")
-            .args(args.split(' '))
-            .status()
-    })??;
-    anyhow::ensure!(status.success(), "ip {args}: {status}");
-    Ok(())
 }
 
 /// Connects from `src` (an address of the calling namespace) to `to`;

@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 
 use palisade::node::discover::{Placement, Unplaced, connect, locate, nudge};
 use palisade_lab::netns::Netns;
-use palisade_tests::{BridgeLab, POD_IP, VethPair, in_netns};
+use palisade_tests::{BridgeLab, POD_IP, VethPair, in_netns, ip_in};
 
 /// Runs `f` with a netlink handle opened inside namespace `ns`.
 fn in_node<T: Send>(
@@ -60,18 +60,6 @@ fn a_bridged_pod_is_found_through_neighbour_and_fdb() -> anyhow::Result<()> {
         })?;
         assert_eq!(found, Ok(Placement::Bridged { bridge, veth }), "{}", pod.ip);
     }
-    Ok(())
-}
-
-/// `ip ARGS` inside `ns` (a child forked from a thread in a namespace is
-/// in it too).
-fn ip_in(ns: &Netns, args: &str) -> anyhow::Result<()> {
-    let status = in_netns(ns, || {
-        std::process::Command::new("ip")
-            .args(args.split(' '))
-            .status()
-    })??;
-    anyhow::ensure!(status.success(), "ip {args}: {status}");
     Ok(())
 }
 
