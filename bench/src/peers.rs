@@ -598,8 +598,7 @@ impl Bench {
         // memory and IRQ affinities left alone, no CPU statistics. `-t 0`:
         // sendto(2), not the TX_RING, whose frames carry everything past
         // the Ethernet header in page fragments (zero copy); a pod's
-        // sockets build linear packets, as sendto does. (Palisade's TC
-        // programs drop TX_RING frames as drop_truncated: see README.)
+        // sockets build linear packets, as sendto does.
         cmd.arg("-i")
             .arg(config)
             .args([

@@ -18,7 +18,32 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use ebpf_common::{kernel::pod, stats::direction};
+use ebpf_common::{
+    kernel::pod::{self, Frame},
+    stats::direction,
+};
+
+/// The most a pull brings into direct reach: every header the parser walks
+/// (two VLAN tags, IPv6 with extension headers, the transport's fixed part)
+/// in all but pathological frames, without copying a GSO packet's payload.
+const PULL_MAX: u32 = 512;
+
+struct Skb<'a>(&'a TcContext);
+
+impl Frame for Skb<'_> {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
+    }
+
+    #[inline(always)]
+    fn pull(&self) -> bool {
+        let (data, data_end) = self.bounds();
+        let len = self.0.len();
+        let in_reach = u32::try_from(data_end.saturating_sub(data)).unwrap_or(u32::MAX);
+        in_reach < len.min(PULL_MAX) && self.0.pull_data(len.min(PULL_MAX)).is_ok()
+    }
+}
 
 #[classifier]
 pub fn pal_tc_from_pod(ctx: TcContext) -> i32 {
@@ -34,13 +59,7 @@ pub fn pal_tc_to_pod(ctx: TcContext) -> i32 {
 fn verdict(ctx: &TcContext, dir: u32) -> i32 {
     // SAFETY: the context pointer of a classifier is the kernel's __sk_buff.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    if pod::enforce(
-        ctx.data(),
-        ctx.data_end(),
-        ifindex,
-        u64::from(ctx.len()),
-        dir,
-    ) {
+    if pod::enforce(&Skb(ctx), ifindex, u64::from(ctx.len()), dir) {
         TC_ACT_UNSPEC
     } else {
         TC_ACT_SHOT

@@ -169,17 +169,26 @@ pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// XDP programs without the frags flag are given linear frames only.
+struct Linear<'a>(&'a XdpContext);
+
+impl pod::Frame for Linear<'_> {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        (self.0.data(), self.0.data_end())
+    }
+
+    #[inline(always)]
+    fn pull(&self) -> bool {
+        false
+    }
+}
+
 #[xdp]
 pub fn pal_xdp_from_pod(ctx: XdpContext) -> u32 {
     let bytes = ctx.data_end().saturating_sub(ctx.data()) as u64;
     let ifindex = ctx.ingress_ifindex() as u32;
-    if pod::enforce(
-        ctx.data(),
-        ctx.data_end(),
-        ifindex,
-        bytes,
-        direction::EGRESS,
-    ) {
+    if pod::enforce(&Linear(&ctx), ifindex, bytes, direction::EGRESS) {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP

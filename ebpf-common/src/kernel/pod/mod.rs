@@ -24,6 +24,17 @@ use crate::{
     reason,
 };
 
+/// A frame as a hook sees it.
+pub trait Frame {
+    /// The bytes in direct reach, `[data, data_end)`.
+    fn bounds(&self) -> (usize, usize);
+    /// Brings the headers of a frame whose bytes lie partly in page
+    /// fragments (an AF_PACKET sender, some drivers' receive path) into
+    /// direct reach; false where nothing more can be had. Asked only when
+    /// parsing what is in reach ran short, so linear frames never pay it.
+    fn pull(&self) -> bool;
+}
+
 /// Judges one frame at the endpoint on `ifindex`, in `dir` (the pod's
 /// ingress or egress), counts it, reports drops and audits, and returns
 /// whether it may pass. Interfaces that are not endpoints pass.
@@ -32,14 +43,20 @@ use crate::{
 /// takes the fast path (`flow::established`): its conntrack entry names the
 /// endpoint and policy, so the endpoint map is only read for the rest.
 #[inline(always)]
-pub fn enforce(data: usize, data_end: usize, ifindex: u32, bytes: u64, dir: u32) -> bool {
+pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     let Some(s) = scratch::get() else {
         // Cannot happen (a one-slot array always has slot 0); fail open
         // with a count rather than drop traffic Palisade cannot judge.
         count(&PAL_TC_STATS, dir, reason::PASS_NO_ENDPOINT, bytes);
         return true;
     };
-    let parsed = parse(data, data_end, &mut s.pkt);
+    let (data, data_end) = frame.bounds();
+    let mut parsed = parse(data, data_end, &mut s.pkt);
+    if parsed.kind == Kind::Drop && parsed.reason == reason::DROP_TRUNCATED && frame.pull() {
+        // The pull moved the packet: only bounds read after it are valid.
+        let (data, data_end) = frame.bounds();
+        parsed = parse(data, data_end, &mut s.pkt);
+    }
     let parsed_ip = parsed.kind == Kind::Ip;
     // Only IP packets meet conntrack: ARP and the like read neither.
     let (epoch, now) = if parsed_ip {
