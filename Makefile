@@ -10,7 +10,7 @@ CARGO := cargo +$(USER_TOOLCHAIN)
 EBPF_CARGO := cargo +$(EBPF_TOOLCHAIN)
 EBPF_CRATES := -p ebpf-xdp -p ebpf-tc -p ebpf-lsm
 
-.PHONY: setup build demo test lint unit privileged scenarios chaos chaos-short soak guest guest-scenarios bench bench-peers clean image
+.PHONY: setup build demo test lint unit privileged scenarios chaos chaos-short soak guest guest-scenarios bench bench-peers bench-churn clean image
 
 setup:
 	@scripts/setup.sh
@@ -110,6 +110,13 @@ bench: build
 bench-peers: build
 	$(CARGO) build --release -p palisade-bench
 	target/release/palisade-bench --peers target/release/palisade --out bench/results
+
+# Policy churn at cluster scale: change to in force for eight kinds of
+# change at 10,000 pods and 1,000 policies, beside the same deltas with
+# nft and iptables (at most about 10 minutes): bench/results/churn.{md,csv}.
+bench-churn: build
+	$(CARGO) build --release -p palisade-bench
+	target/release/palisade-bench --churn target/release/palisade --out bench/results
 
 # The node image (static musl binary, FROM scratch) with podman, and
 # --version run from it.

@@ -1,13 +1,16 @@
 //! Benchmarks of the loader and the datapath (and, with `--lsm`, in the
 //! QEMU guest, of the LSM programs). Prints figures and ratios; asserts
 //! nothing. Needs root and bpffs. `make bench` runs it; `make bench-peers`
-//! runs `--peers`, the whole-path packet rate against nftables and iptables.
+//! runs `--peers`, the whole-path packet rate against nftables and iptables;
+//! `make bench-churn` runs `--churn`, the time a change of a large cluster
+//! takes to be in force, against nftables and iptables.
 //!
 //! Per-packet cost comes from BPF_PROG_TEST_RUN on 64-byte frames, against
 //! an empty program of the same type (the harness floor), at 10, 1k, 10k
 //! and 100k identities and policy entries. Map memory is the kernel's own
 //! account (`memlock` in the map's fdinfo).
 
+mod churn;
 mod compile;
 mod heap;
 mod in_force;
@@ -301,6 +304,27 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// `--out DIR`, where a bench writes its results (default bench/results).
+fn out_dir(args: &[String]) -> &std::path::Path {
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|o| args.get(o + 1))
+        .map_or("bench/results", String::as_str);
+    std::path::Path::new(out)
+}
+
+/// The palisade binary named after `flag`, when `flag` is given.
+fn binary_after<'a>(args: &'a [String], flag: &str) -> anyhow::Result<Option<&'a std::path::Path>> {
+    let Some(i) = args.iter().position(|a| a == flag) else {
+        return Ok(None);
+    };
+    let bin = args
+        .get(i + 1)
+        .with_context(|| format!("{flag} needs the palisade binary"))?;
+    Ok(Some(std::path::Path::new(bin)))
+}
+
 fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--compile-only") {
         compile::report();
@@ -309,27 +333,21 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--lsm") {
         return lsm::report();
     }
-    // `--in-force PALISADE_BINARY`: only the change-to-in-force figures.
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--in-force") {
-        let bin = args
-            .get(i + 1)
-            .context("--in-force needs the palisade binary")?;
-        return in_force::report(std::path::Path::new(bin));
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--in-force PALISADE_BINARY`: only the change-to-in-force figures.
+    if let Some(bin) = binary_after(&args, "--in-force")? {
+        return in_force::report(bin);
     }
-    // `--peers PALISADE_BINARY [--out DIR]`: the whole-path packet rate
-    // against nftables and iptables (`make bench-peers`).
-    if let Some(i) = args.iter().position(|a| a == "--peers") {
-        let bin = args
-            .get(i + 1)
-            .context("--peers needs the palisade binary")?;
-        let out = args
-            .iter()
-            .position(|a| a == "--out")
-            .and_then(|o| args.get(o + 1))
-            .map_or("bench/results", String::as_str);
-        let quick = args.iter().any(|a| a == "--quick");
-        return peers::report(std::path::Path::new(bin), std::path::Path::new(out), quick);
+    // `--peers PALISADE_BINARY [--out DIR] [--quick]`: the whole-path
+    // packet rate against nftables and iptables (`make bench-peers`).
+    if let Some(bin) = binary_after(&args, "--peers")? {
+        return peers::report(bin, out_dir(&args), quick);
+    }
+    // `--churn PALISADE_BINARY [--out DIR] [--quick]`: change to in force
+    // at 10,000 pods and 1,000 policies (`make bench-churn`).
+    if let Some(bin) = binary_after(&args, "--churn")? {
+        return churn::report(bin, out_dir(&args), quick);
     }
     let features = Features::probe();
 

@@ -20,7 +20,7 @@
 //! iptables) keep to CPU 1, so that CPU 0 carries the sender and the whole
 //! path of its packets (the kernel processes them in the sender's context).
 
-mod report;
+pub mod report;
 mod rules;
 
 use std::{

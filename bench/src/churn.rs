@@ -1,0 +1,575 @@
+//! Policy churn at cluster scale (`palisade-bench --churn PALISADE_BINARY
+//! [--out DIR] [--quick]`, `make bench-churn`): how long a change of the
+//! cluster takes to be in force, for Palisade and for what users would
+//! pick instead.
+//!
+//! The lab's node with 100 pods on its bridge, in a cluster of 10,000
+//! pods (the rest other nodes': an address, no veth) and 1,000
+//! NetworkPolicies over 50 namespaces (`churn/model.rs`). The real daemon
+//! reads it from its file source. For each of eight kinds of change, 50
+//! changes, each timed from the change written to the daemon's status
+//! saying it is in force; the same change applied, as the delta an
+//! nftables-based or iptables-based enforcer would apply, to the same
+//! cluster's rule set with `nft -f` and with `ipset`/`iptables-restore
+//! --noflush`, each in a throwaway network namespace
+//! (`churn/firewall.rs`). Also the daemon's start, cold and warm, its
+//! peak RSS and its maps' memory, and where a pass's time goes. Written to
+//! `churn.md` and `churn.csv`; the last line is the `churn:` line.
+
+mod firewall;
+mod model;
+mod process;
+mod report;
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use palisade::{
+    compile::incremental::Incremental,
+    source::{
+        Source as _,
+        files::{FileSource, REVISION_FILE},
+    },
+};
+use palisade_lab::{
+    enforcer::{DaemonArgs, Enforcer},
+    fixtures::BridgeLab,
+    netns::Netns,
+};
+
+use firewall::{Delta, Fw, IptDelta};
+use model::{Cluster, FULL, KINDS, Kind, QUICK, Scale};
+use report::{Breakdown, Machine, Run, Sample};
+
+/// The daemon's own default drift-repair period (`palisade daemon`).
+const RESYNC_MS: u64 = 2000;
+/// How long one change may take to be in force, and a start.
+const CHANGE_LIMIT: Duration = Duration::from_secs(120);
+const START_LIMIT: Duration = Duration::from_secs(600);
+/// In-process replays of each kind, for where the time goes.
+const REPLAYS: usize = 3;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A directory of the run's own, removed when the run ends, also on error.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the bench reads of the daemon's status file.
+struct Status {
+    revision: String,
+    passes: u64,
+    pass_ms: f64,
+}
+
+fn status(d: &Enforcer) -> anyhow::Result<Status> {
+    let v = d.status()?;
+    Ok(Status {
+        revision: v["revision"].as_str().unwrap_or_default().to_owned(),
+        passes: v["passes"].as_u64().unwrap_or(0),
+        pass_ms: v["pass_ms"].as_f64().unwrap_or(f64::NAN),
+    })
+}
+
+/// The daemon, its source directory, and where changes are staged: the
+/// same file system, outside the watched directory, so that a change
+/// lands in the source by one rename.
+struct Daemon {
+    enforcer: Enforcer,
+    source: PathBuf,
+    staging: PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Daemon {
+    /// Waits until the status has `revision` (or, with `None`, any other
+    /// than `not`) in force with all `local` pods placed.
+    fn wait(
+        &mut self,
+        revision: Option<&str>,
+        not: &str,
+        local: usize,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let what = revision.map_or_else(
+            || format!("a revision after {not}"),
+            |r| format!("revision {r}"),
+        );
+        self.runtime
+            .block_on(self.enforcer.wait_until(limit, &what, |s| {
+                let rev = s["revision"].as_str().unwrap_or_default();
+                let wanted = match revision {
+                    Some(r) => rev == r,
+                    None => rev != not,
+                };
+                wanted
+                    && s["ready"] == true
+                    && s["endpoints"].as_object().map_or(0, |e| e.len()) == local
+            }))?;
+        Ok(())
+    }
+
+    fn set_revision(&self, revision: &str) -> anyhow::Result<()> {
+        fs::write(self.source.join(REVISION_FILE), revision)?;
+        Ok(())
+    }
+}
+
+/// Runs `program args` in `ns` with `stdin` from a file; returns how long
+/// it took from start to exit, and its output; fails with its stderr.
+fn run(
+    ns: &Netns,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&Path>,
+) -> anyhow::Result<(f64, String)> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(match stdin {
+            Some(path) => Stdio::from(fs::File::open(path)?),
+            None => Stdio::null(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    ns.spawn_inside(&mut cmd)?;
+    let start = Instant::now();
+    let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+    let out = child.wait_with_output()?;
+    let took = ms(start.elapsed());
+    if !out.status.success() {
+        let input = stdin.map(|p| p.display().to_string()).unwrap_or_default();
+        bail!(
+            "{program} {} {input}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+fn timed(ns: &Netns, program: &str, args: &[&str], stdin: Option<&Path>) -> anyhow::Result<f64> {
+    Ok(run(ns, program, args, stdin)?.0)
+}
+
+/// The nftables and the iptables enforcer: each its own throwaway lab
+/// node (a network namespace with a bridge, gone with the bench), where
+/// its rule set lives and where local pods added get their network.
+struct Firewalls {
+    nft: BridgeLab,
+    iptables: BridgeLab,
+    dir: PathBuf,
+}
+
+impl Firewalls {
+    fn nft(&self, text: &str) -> anyhow::Result<f64> {
+        let path = self.dir.join("delta.nft");
+        fs::write(&path, text)?;
+        timed(
+            &self.nft.node,
+            "nft",
+            &["-f", &path.display().to_string()],
+            None,
+        )
+    }
+
+    /// The steps of an iptables delta, in order; the time of all.
+    fn iptables(&self, delta: &IptDelta) -> anyhow::Result<f64> {
+        let steps = [
+            (&delta.sets, "ipset", &["restore"][..], "sets.ipset"),
+            (
+                &delta.rules,
+                "iptables-restore",
+                &["--noflush"][..],
+                "rules.iptables",
+            ),
+            (&delta.destroy, "ipset", &["restore"][..], "destroy.ipset"),
+        ];
+        let mut files = Vec::new();
+        for (text, program, args, name) in steps {
+            if let Some(text) = text {
+                let path = self.dir.join(name);
+                fs::write(&path, text)?;
+                files.push((program, args, path));
+            }
+        }
+        let mut took = 0.0;
+        for (program, args, path) in files {
+            took += timed(&self.iptables.node, program, args, Some(&path))?;
+        }
+        Ok(took)
+    }
+}
+
+impl Firewalls {
+    /// After every delta, the kernel holds as many chains, rules and sets
+    /// as the model: a delta that left a rule behind, or a flush that did
+    /// not flush, shows here.
+    fn check(&self, fw: &Fw) -> anyhow::Result<()> {
+        let (sets, rules, _) = fw.size();
+        let chains = fw.chains.len();
+        let (_, json) = run(
+            &self.nft.node,
+            "nft",
+            &["-j", "list", "table", "inet", firewall::NFT_TABLE],
+            None,
+        )?;
+        // The two base chains, with two rules each.
+        let held = (
+            json.matches("{\"chain\": ").count(),
+            json.matches("{\"rule\": ").count(),
+        );
+        anyhow::ensure!(
+            held == (chains + 2, rules + 4),
+            "nftables holds {held:?} chains and rules, the model {:?}",
+            (chains + 2, rules + 4)
+        );
+        let (_, save) = run(&self.iptables.node, "iptables-save", &[], None)?;
+        let held = (
+            save.lines()
+                .filter(|l| l.starts_with(':') && l.contains(" - ["))
+                .count(),
+            save.lines().filter(|l| l.starts_with("-A ")).count(),
+        );
+        // The two dispatch chains and their hooks, one rule per dispatch.
+        let model = (chains + 2, rules + fw.dispatch.len() + 4);
+        anyhow::ensure!(
+            held == model,
+            "iptables holds {held:?} chains and rules, the model {model:?}"
+        );
+        let (_, list) = run(&self.iptables.node, "ipset", &["list", "-n"], None)?;
+        anyhow::ensure!(
+            list.lines().count() == sets,
+            "ipset holds {} sets, the model {sets}",
+            list.lines().count()
+        );
+        Ok(())
+    }
+}
+
+/// The address the lab's bridge gives its next pod (`BridgeLab::add_pod`).
+fn next_bridge_ip(lab: &BridgeLab) -> anyhow::Result<Ipv4Addr> {
+    Ok(Ipv4Addr::new(10, 199, 1, u8::try_from(lab.pods.len() + 1)?))
+}
+
+/// Writes `files` into `dir` as they are, for a daemon not yet reading it.
+fn write_all(dir: &Path, files: &std::collections::BTreeMap<String, String>) -> anyhow::Result<()> {
+    fs::create_dir_all(dir)?;
+    for (name, text) in files {
+        fs::write(dir.join(name), text)?;
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The same changes replayed in this process with the daemon's file
+/// source and incremental compiler: what reading and compiling cost of a
+/// pass. Returns the breakdowns and the whole source's read and compile
+/// from nothing.
+fn replay(
+    cluster: &Cluster,
+    scale: Scale,
+    dir: &Path,
+) -> anyhow::Result<(Vec<Breakdown>, f64, f64)> {
+    let mut files = cluster.files();
+    write_all(dir, &files)?;
+    let mut source = FileSource::new(dir);
+    let start = Instant::now();
+    let reading = source.read();
+    let full_read = ms(start.elapsed());
+    anyhow::ensure!(
+        reading.errors.is_empty(),
+        "the source has errors: {:?}",
+        reading.errors
+    );
+    let start = Instant::now();
+    let mut compiler = Incremental::new(reading.snapshot);
+    let full_compile = ms(start.elapsed());
+    let mut cluster = cluster.clone();
+    let mut out = Vec::new();
+    for rep in 0..REPLAYS {
+        for kind in KINDS {
+            let i = scale.changes + rep;
+            model::apply(
+                &mut cluster,
+                kind,
+                i,
+                Ipv4Addr::new(10, 199, 2, rep as u8 + 1),
+            )?;
+            let after = cluster.files();
+            let change = model::file_change(&files, &after);
+            for (name, text) in &change.write {
+                fs::write(dir.join(name), text)?;
+            }
+            for name in &change.remove {
+                fs::remove_file(dir.join(name))?;
+            }
+            files = after;
+            let start = Instant::now();
+            let reading = source.read();
+            let read_ms = ms(start.elapsed());
+            let start = Instant::now();
+            let change = compiler.update(&reading.snapshot);
+            out.push(Breakdown {
+                kind,
+                read_ms,
+                compile_ms: ms(start.elapsed()),
+                full: change.full,
+            });
+        }
+    }
+    Ok((out, full_read, full_compile))
+}
+
+pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        nix_is_root(),
+        "the churn bench needs root (network namespaces, bpffs, nft)"
+    );
+    let started = Instant::now();
+    let scale = if quick { QUICK } else { FULL };
+    let machine = Machine::read();
+    println!(
+        "churn: {} pods ({} local), {} policies, {} namespaces, {} changes of each kind; {}",
+        scale.pods,
+        scale.local,
+        scale.policies,
+        scale.namespaces,
+        scale.changes,
+        machine.summary()
+    );
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("palisade-churn-{}", std::process::id())));
+    let _ = fs::remove_dir_all(&scratch.0);
+    fs::create_dir_all(&scratch.0)?;
+
+    let t = Instant::now();
+    let mut lab = BridgeLab::new(scale.local)?;
+    let local_ips: Vec<Ipv4Addr> = lab.pods.iter().map(|p| p.ip).collect();
+    let mut cluster = Cluster::generate(scale, &local_ips);
+    let mut files = cluster.files();
+    println!(
+        "  lab node with {} pods on its bridge in {:.1} s; the source: {} files, {:.1} MiB",
+        scale.local,
+        t.elapsed().as_secs_f64(),
+        files.len(),
+        mib(files.values().map(|t| t.len() as u64).sum())
+    );
+
+    // Cold start: the whole cluster in the source before the daemon runs,
+    // no pins.
+    let daemon_dir = scratch.0.join("daemon");
+    let source = daemon_dir.join("source");
+    write_all(&source, &files)?;
+    fs::write(source.join(REVISION_FILE), "cold")?;
+    let staging = scratch.0.join("staging");
+    fs::create_dir_all(&staging)?;
+    let pins =
+        Path::new(palisade::paths::BPFFS).join(format!("palisade-churn-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&pins);
+    let args = DaemonArgs {
+        resync_ms: RESYNC_MS,
+        ..DaemonArgs::default()
+    };
+    let local = scale.local;
+    let t = Instant::now();
+    let enforcer = Enforcer::start_with(bin, &lab.node, &daemon_dir, &pins, args)?;
+    let mut d = Daemon {
+        enforcer,
+        source,
+        staging,
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    };
+    d.wait(Some("cold"), "", local, START_LIMIT)?;
+    let cold = t.elapsed().as_secs_f64();
+    let cold_pass_ms = status(&d.enforcer)?.pass_ms;
+    let cold_rss = process::peak_rss(d.enforcer.pid())?;
+    println!(
+        "  cold start: ready with the whole cluster in {cold:.1} s (last pass {cold_pass_ms:.0} ms), peak RSS {:.1} MiB",
+        mib(cold_rss)
+    );
+
+    // Warm start: a new daemon on the pins the first one left.
+    d.enforcer.stop();
+    d.set_revision("warm")?;
+    let t = Instant::now();
+    d.enforcer.restart(bin, &lab.node)?;
+    d.wait(Some("warm"), "", local, START_LIMIT)?;
+    let warm = t.elapsed().as_secs_f64();
+    let warm_pass_ms = status(&d.enforcer)?.pass_ms;
+    println!("  warm start: ready in {warm:.1} s (last pass {warm_pass_ms:.0} ms)");
+
+    // From here on the revision is the hash of the files: one rename, one
+    // new revision.
+    fs::remove_file(d.source.join(REVISION_FILE))?;
+    d.wait(None, "warm", local, CHANGE_LIMIT)?;
+    // One resync pass with nothing changed: the floor of any pass.
+    let before = status(&d.enforcer)?.passes;
+    d.runtime.block_on(d.enforcer.wait_until(
+        Duration::from_millis(RESYNC_MS * 5),
+        "a resync pass",
+        |s| s["passes"].as_u64().is_some_and(|p| p > before),
+    ))?;
+    let idle_pass_ms = Some(status(&d.enforcer)?.pass_ms);
+
+    let fw_dir = scratch.0.join("fw");
+    fs::create_dir_all(&fw_dir)?;
+    let mut fws = Firewalls {
+        nft: BridgeLab::new(0)?,
+        iptables: BridgeLab::new(0)?,
+        dir: fw_dir,
+    };
+    let mut fw = Fw::compile(&cluster);
+    let nft_base_s = fws.nft(&Delta::nft_base(&fw))? / 1e3;
+    let iptables_base_s = fws.iptables(&Delta::iptables_base(&fw))? / 1e3;
+    let fw_size = fw.size();
+    println!(
+        "  rule sets of {} sets, {} rules, {} set elements loaded: nft {nft_base_s:.2} s, iptables {iptables_base_s:.2} s",
+        fw_size.0, fw_size.1, fw_size.2
+    );
+
+    let mut samples = Vec::new();
+    for kind in KINDS {
+        for i in 0..scale.changes {
+            let next_ip = next_bridge_ip(&lab)?;
+            model::apply(&mut cluster, kind, i, next_ip)?;
+            let after = cluster.files();
+            let change = model::file_change(&files, &after);
+            let after_fw = Fw::compile(&cluster);
+            let delta = Delta::between(&fw, &after_fw);
+            let (nft_text, ipt) = (delta.nft(), delta.iptables());
+            for (name, text) in &change.write {
+                fs::write(d.staging.join(name), text)?;
+            }
+            let local = cluster.local_pods().count();
+            let before = status(&d.enforcer)?;
+
+            let start = Instant::now();
+            let mut pod_net_ms = 0.0;
+            if kind == Kind::LocalPodAdded {
+                let ip = lab.add_pod()?.ip;
+                pod_net_ms = ms(start.elapsed());
+                anyhow::ensure!(ip == next_ip, "the bridge gave {ip}, not {next_ip}");
+            }
+            for (name, _) in &change.write {
+                fs::rename(d.staging.join(name), d.source.join(name))?;
+            }
+            for name in &change.remove {
+                fs::remove_file(d.source.join(name))?;
+            }
+            d.wait(None, &before.revision, local, CHANGE_LIMIT)
+                .with_context(|| format!("{} #{i}", kind.name()))?;
+            let palisade_ms = ms(start.elapsed());
+            let after_status = status(&d.enforcer)?;
+
+            let start = Instant::now();
+            if kind == Kind::LocalPodAdded {
+                fws.nft.add_pod()?;
+            }
+            let nft_ms = ms(start.elapsed()) + fws.nft(&nft_text)?;
+            let start = Instant::now();
+            if kind == Kind::LocalPodAdded {
+                fws.iptables.add_pod()?;
+            }
+            let iptables_ms = ms(start.elapsed()) + fws.iptables(&ipt)?;
+
+            samples.push(Sample {
+                kind,
+                index: i,
+                palisade_ms,
+                passes: after_status.passes.saturating_sub(before.passes),
+                pass_ms: after_status.pass_ms,
+                nft_ms,
+                iptables_ms,
+                pod_net_ms,
+            });
+            fw = after_fw;
+            files = after;
+        }
+        if let Some(r) = report::rows(&samples).iter().find(|r| r.kind == kind) {
+            println!(
+                "  {:<20} Palisade p50 {:>7.1} p99 {:>7.1} ms ({:.0} passes, last {:.0} ms) | nft {:>6.1} / {:>6.1} | iptables {:>6.1} / {:>6.1}",
+                kind.name(),
+                r.palisade.0,
+                r.palisade.1,
+                r.passes,
+                r.pass_ms,
+                r.nft.0,
+                r.nft.1,
+                r.iptables.0,
+                r.iptables.1
+            );
+        }
+    }
+
+    fws.check(&fw)?;
+    let peak = process::peak_rss(d.enforcer.pid())?.max(cold_rss);
+    let (maps, maps_bytes) = process::map_memory(d.enforcer.pid())?;
+    // The replay has the machine to itself: no daemon, no resync.
+    drop(d);
+    drop(fws);
+    drop(lab);
+    let (breakdown, full_read_ms, full_compile_ms) =
+        replay(&cluster, scale, &scratch.0.join("replay"))?;
+    let run = Run {
+        scale,
+        machine: machine.finish(started),
+        cold_s: cold,
+        warm_s: warm,
+        cold_pass_ms,
+        warm_pass_ms,
+        peak_rss_mib: mib(peak),
+        maps_mib: mib(maps_bytes),
+        maps,
+        nft_base_s,
+        iptables_base_s,
+        fw_size,
+        idle_pass_ms,
+        full_read_ms,
+        full_compile_ms,
+    };
+    let rows = report::rows(&samples);
+    println!();
+    print!("{}", report::table(&rows));
+    if !quick {
+        fs::create_dir_all(out)?;
+        fs::write(out.join("churn.csv"), report::csv(&samples))?;
+        fs::write(
+            out.join("churn.md"),
+            report::markdown(&rows, &breakdown, &run),
+        )?;
+        println!(
+            "written: {}, {} ({:.0} s)",
+            out.join("churn.md").display(),
+            out.join("churn.csv").display(),
+            run.machine.seconds
+        );
+    } else {
+        print!("{}", report::where_the_time_goes(&rows, &breakdown, &run));
+    }
+    println!("{}", report::last_line(&rows, &run));
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,371 @@
+//! The churn bench's figures: percentiles by kind and enforcer,
+//! `churn.csv`, `churn.md` and the last line.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use super::model::{KINDS, Kind, Scale};
+
+/// The p-th percentile of `values` by nearest rank (the smallest value
+/// with at least p % of the values at or below it): always a measured
+/// value, and the p99 of 50 samples is their maximum.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+/// One timed change.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub kind: Kind,
+    pub index: usize,
+    /// From the change written (for a local pod: from its network being
+    /// made) to the status reporting it in force.
+    pub palisade_ms: f64,
+    /// The daemon's passes in that time, and the last one's own duration.
+    pub passes: u64,
+    pub pass_ms: f64,
+    pub nft_ms: f64,
+    pub iptables_ms: f64,
+    /// For a local pod: making its namespace and veth, part of each figure.
+    pub pod_net_ms: f64,
+}
+
+/// Time from the source change to the compiler's state, measured in the
+/// bench's own process with the daemon's code on the same files.
+#[derive(Clone, Debug)]
+pub struct Breakdown {
+    pub kind: Kind,
+    pub read_ms: f64,
+    pub compile_ms: f64,
+    /// The incremental compiler fell back on a full compile.
+    pub full: bool,
+}
+
+pub use crate::peers::report::Machine;
+
+/// Everything the run measured besides the changes.
+pub struct Run {
+    pub scale: Scale,
+    pub machine: Machine,
+    pub cold_s: f64,
+    pub warm_s: f64,
+    /// The pass that put the whole cluster in force at each start.
+    pub cold_pass_ms: f64,
+    pub warm_pass_ms: f64,
+    pub peak_rss_mib: f64,
+    pub maps_mib: f64,
+    pub maps: usize,
+    /// Loading the whole rule set: nft, iptables (ipset and rules).
+    pub nft_base_s: f64,
+    pub iptables_base_s: f64,
+    /// Sets, rules and set elements of the nftables and iptables rule sets.
+    pub fw_size: (usize, usize, usize),
+    /// A pass with nothing changed (the resync), the daemon's own figure.
+    pub idle_pass_ms: Option<f64>,
+    /// The whole source read and compiled from nothing, in process.
+    pub full_read_ms: f64,
+    pub full_compile_ms: f64,
+}
+
+/// p50 and p99 of one enforcer's figures for one kind.
+fn p50_p99(samples: &[&Sample], of: fn(&Sample) -> f64) -> (f64, f64) {
+    let v: Vec<f64> = samples.iter().map(|s| of(s)).collect();
+    (
+        percentile(&v, 50.0).unwrap_or(f64::NAN),
+        percentile(&v, 99.0).unwrap_or(f64::NAN),
+    )
+}
+
+pub struct KindRow {
+    pub kind: Kind,
+    pub n: usize,
+    pub palisade: (f64, f64),
+    pub nft: (f64, f64),
+    pub iptables: (f64, f64),
+    pub pass_ms: f64,
+    pub passes: f64,
+    pub pod_net_ms: f64,
+}
+
+pub fn rows(samples: &[Sample]) -> Vec<KindRow> {
+    KINDS
+        .iter()
+        .filter_map(|&kind| {
+            let of: Vec<&Sample> = samples.iter().filter(|s| s.kind == kind).collect();
+            if of.is_empty() {
+                return None;
+            }
+            let median = |f: fn(&Sample) -> f64| p50_p99(&of, f).0;
+            Some(KindRow {
+                kind,
+                n: of.len(),
+                palisade: p50_p99(&of, |s| s.palisade_ms),
+                nft: p50_p99(&of, |s| s.nft_ms),
+                iptables: p50_p99(&of, |s| s.iptables_ms),
+                pass_ms: median(|s| s.pass_ms),
+                passes: median(|s| s.passes as f64),
+                pod_net_ms: median(|s| s.pod_net_ms),
+            })
+        })
+        .collect()
+}
+
+/// The goal the issue sets, for every kind: p50 and p99 in ms, peak RSS.
+pub const GOAL_P50_MS: f64 = 20.0;
+pub const GOAL_P99_MS: f64 = 100.0;
+pub const GOAL_RSS_MIB: f64 = 150.0;
+
+fn worst(rows: &[KindRow], of: fn(&KindRow) -> f64) -> f64 {
+    rows.iter().map(of).fold(f64::NAN, f64::max)
+}
+
+pub fn last_line(rows: &[KindRow], run: &Run) -> String {
+    format!(
+        "churn: p50 max {:.1} ms, p99 max {:.1} ms (goal {GOAL_P50_MS:.0}/{GOAL_P99_MS:.0}); startup cold {:.1} s warm {:.1} s; peak RSS {:.1} MiB; maps {:.1} MiB",
+        worst(rows, |r| r.palisade.0),
+        worst(rows, |r| r.palisade.1),
+        run.cold_s,
+        run.warm_s,
+        run.peak_rss_mib,
+        run.maps_mib
+    )
+}
+
+pub fn csv(samples: &[Sample]) -> String {
+    let mut t = String::from(
+        "kind,index,palisade_ms,palisade_passes,palisade_last_pass_ms,nft_ms,iptables_ms,pod_net_ms\n",
+    );
+    for s in samples {
+        let _ = writeln!(
+            t,
+            "{},{},{:.3},{},{:.3},{:.3},{:.3},{:.3}",
+            s.kind.id(),
+            s.index,
+            s.palisade_ms,
+            s.passes,
+            s.pass_ms,
+            s.nft_ms,
+            s.iptables_ms,
+            s.pod_net_ms
+        );
+    }
+    t
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "missed" }
+}
+
+/// The table a terminal shows (also the heart of `churn.md`).
+pub fn table(rows: &[KindRow]) -> String {
+    let mut t = String::from(
+        "| change | n | Palisade p50 / p99 ms | nft p50 / p99 ms | iptables p50 / p99 ms | Palisade: passes, last pass ms (medians) |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0}, {:.1} |",
+            r.kind.name(),
+            r.n,
+            r.palisade.0,
+            r.palisade.1,
+            r.nft.0,
+            r.nft.1,
+            r.iptables.0,
+            r.iptables.1,
+            r.passes,
+            r.pass_ms
+        );
+    }
+    t
+}
+
+pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String {
+    let s = run.scale;
+    let m = &run.machine;
+    let mut t = format!(
+        "# Policy churn at cluster scale\n\n`make bench-churn` (`palisade-bench --churn target/release/palisade`), {}, commit {}, {:.0} s in all.\n\nMachine: Linux {} (`uname -r`), {} CPUs (`nproc`), {}; load average {} at the start, {} at the end.\n\nCluster: {} pods ({} on this node, each a network namespace with a veth on the lab node's bridge; the rest other nodes' pods: `spec.nodeName: elsewhere`, an address, no veth), {} NetworkPolicies over {} namespaces, {} changes of each kind. Each figure is from the change written (one file renamed into, or removed from, the daemon's source directory; for a local pod, from the start of making its namespace and veth) to the status file reporting that content in force (see \"How it is measured\").\n\n",
+        m.date,
+        m.commit,
+        m.seconds,
+        m.kernel,
+        m.cpus,
+        m.cpu,
+        m.load_before,
+        m.load_after,
+        s.pods,
+        s.local,
+        s.policies,
+        s.namespaces,
+        s.changes
+    );
+    t.push_str(&table(rows));
+    if let Some(r) = rows.iter().find(|r| r.kind == Kind::LocalPodAdded) {
+        let _ = writeln!(
+            t,
+            "\nOf each local pod's figure, making its network (namespace, veth, bridge port) took a median {:.1} ms, in all three columns.",
+            r.pod_net_ms
+        );
+    }
+    let p50 = worst(rows, |r| r.palisade.0);
+    let p99 = worst(rows, |r| r.palisade.1);
+    let _ = write!(
+        t,
+        "\nGoal (the issue's): p50 <= {GOAL_P50_MS:.0} ms and p99 <= {GOAL_P99_MS:.0} ms for every kind, peak RSS <= {GOAL_RSS_MIB:.0} MiB. Palisade's worst p50 is {p50:.1} ms ({}), its worst p99 {p99:.1} ms ({}), its peak RSS {:.1} MiB ({}).\n\n",
+        met(p50 <= GOAL_P50_MS),
+        met(p99 <= GOAL_P99_MS),
+        run.peak_rss_mib,
+        met(run.peak_rss_mib <= GOAL_RSS_MIB)
+    );
+    let _ = write!(
+        t,
+        "## Startup and memory\n\n| | |\n|---|---:|\n| startup, cold (no pins): daemon start to `ready` with the whole cluster in force | {:.1} s (its last pass {:.0} ms) |\n| startup, warm (restart on the previous run's pins) | {:.1} s (its last pass {:.0} ms) |\n| peak RSS (`VmHWM`, the most of both runs) | {:.1} MiB |\n| BPF maps (sum of `memlock` in the fdinfo of the daemon's {} map fds) | {:.1} MiB |\n| nftables: loading the whole rule set (`nft -f`) | {:.2} s |\n| iptables: loading the whole rule set (`ipset restore`, `iptables-restore --noflush`) | {:.2} s |\n| nftables and iptables rule sets: sets, rules, set elements | {}, {}, {} |\n\n",
+        run.cold_s,
+        run.cold_pass_ms,
+        run.warm_s,
+        run.warm_pass_ms,
+        run.peak_rss_mib,
+        run.maps,
+        run.maps_mib,
+        run.nft_base_s,
+        run.iptables_base_s,
+        run.fw_size.0,
+        run.fw_size.1,
+        run.fw_size.2
+    );
+    t.push_str(&where_the_time_goes(rows, breakdown, run));
+    t.push_str(METHOD);
+    t
+}
+
+pub fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String {
+    let mut t = String::from("## Where the time goes\n\n");
+    let _ = write!(
+        t,
+        "The daemon's own figure is its status's `pass_ms`: one reconcile pass, from reading the source to the status written (compile, locating the pods' veths, the syncer's map writes in between). A pass with nothing changed (the resync) took {} here. The passes column counts the passes between the change and the status saying it is in force: a local pod takes more than one (its veth appears first and is quarantined; then its Pod arrives and its address must resolve, retried every 50 ms).\n\nThe same change replayed in the bench's own process with the daemon's code on a copy of the same source (median of the replays; the daemon was stopped meanwhile): the file source reading the directory (only the changed file is parsed again) and the incremental compiler brought to the new snapshot. The rest of a pass is locating every pod's veth or node, writing the maps, and the status. From nothing, reading the whole source took {:.0} ms and compiling it {:.0} ms.\n\n| change | source read ms | compile ms | compile | Palisade p50 ms | its last pass ms |\n|---|---:|---:|---|---:|---:|\n",
+        run.idle_pass_ms.map_or_else(
+            || "no figure (none ran)".to_owned(),
+            |ms| format!("{ms:.0} ms")
+        ),
+        run.full_read_ms,
+        run.full_compile_ms
+    );
+    let mut by: BTreeMap<Kind, Vec<&Breakdown>> = BTreeMap::new();
+    for b in breakdown {
+        by.entry(b.kind).or_default().push(b);
+    }
+    for r in rows {
+        let Some(list) = by.get(&r.kind) else {
+            continue;
+        };
+        let med = |f: fn(&Breakdown) -> f64| {
+            percentile(&list.iter().map(|b| f(b)).collect::<Vec<_>>(), 50.0).unwrap_or(f64::NAN)
+        };
+        let full = list.iter().filter(|b| b.full).count();
+        let how = match full {
+            0 => "incremental".to_owned(),
+            n if n == list.len() => "full recompile".to_owned(),
+            n => format!("full in {n} of {}", list.len()),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {:.1} | {:.1} | {how} | {:.1} | {:.1} |",
+            r.kind.name(),
+            med(|b| b.read_ms),
+            med(|b| b.compile_ms),
+            r.palisade.0,
+            r.pass_ms
+        );
+    }
+    t.push('\n');
+    t
+}
+
+const METHOD: &str = "## How it is measured
+
+**Palisade.** The real daemon (`target/release/palisade daemon`, its own process, the file source, `--resync-ms 2000` as its default) in the lab's node namespace. The cluster is written to the source before the daemon starts. Each change is written to a staging directory first and then renamed into the source directory (removed, for a delete): one atomic step, one inotify event. The clock starts just before that step and stops when the status file says the new content is in force: its `revision` differs from the one before the change and `ready` is true (every local pod placed and enforced, no write failed), with every local pod among `endpoints`. The daemon writes that status after the syncer has written the kernel maps, so the figure covers change -> maps written -> status. The status is polled every 2 ms.
+
+The lab's `Enforcer::commit` is not used for the changes: it writes a `.revision` file after the change, and `write_file` writes a `.NAME.tmp` inside the watched directory before renaming it. Each of those wakes the daemon on its own; a pass woken by the first may run before the rest is written and report the old revision, so a change could be counted as two passes, and a trailing pass would delay the next change. Without `.revision` the file source names the revision by a hash of every file's name and contents, so any new content is a new revision. The starts do use a `.revision` (`cold`, then `warm`): there the whole source is in place before the daemon starts.
+
+**The changes** (every one touches pods of this node, so that it is work for a node's enforcer, and lands in one source file): a policy edited (a port of a policy that selects a local pod; its namespace's file of policies rewritten); a policy added (selecting a local pod, a file of its own); a policy deleted (one of those added); a remote pod added (a file of its own) and removed (one of those); a local pod added (its namespace and veth on the bridge, then its Pod in a file of its own); a local pod relabelled (its `app` label, with `tier` following; the file of local pods rewritten); a namespace relabelled (its `team` label, which namespace selectors of other namespaces' policies name; the file of namespaces rewritten). The cluster's other objects sit in files of at most 1,000 documents (the file source's limit).
+
+**nftables and iptables.** The same cluster as an nftables-based or iptables-based enforcer on this node would hold it: a set per distinct peer selector with the addresses of every pod it names across the cluster (nft `set` of `ipv4_addr`; ipset `hash:ip`), ipBlocks inline in nft rules and as ipset `hash:net` with the excepts as `nomatch`; a chain per policy and direction (all of the cluster's policies), one accept rule per peer and protocol with the ports as a set; a chain per local pod and direction it is isolated in, jumping to each policy that selects it, then drop; dispatch by the pod's address (nft verdict maps from two base chains on the forward hook, egress at priority 0 and ingress at 10; iptables a dispatch chain in `mangle` FORWARD for egress and one in `filter` FORWARD for ingress), established traffic accepted first. Each change's delta is the difference of the two states: set element `add`/`delete` for pods added, removed or relabelled and for a namespace relabelled; `flush chain` and the chain's rules again for an edited policy; a new chain, and the selected pods' chains flushed and refilled, for an added policy; for a deleted policy the pods' chains refilled, its chain flushed and deleted, and sets no rule uses any more deleted; for a local pod, set elements, its chains and its dispatch entries. nftables applies it as one `nft -f` file (one transaction). iptables (`iptables` here is the nf_tables back end, 1.8) applies it as `ipset restore` (new sets, element adds and deletes), `iptables-restore --noflush` (a declared chain is flushed and refilled; `-A`/`-D` for dispatch; `-F`, `-X` for chains gone), then `ipset restore` to destroy sets no longer used, each run only when it has work; the figure is the sum. The figures include starting the tools (an enforcer that shells out pays that too). Both rule sets live in throwaway network namespaces of their own (a lab node with a bridge, where each local pod added gets its namespace and veth too, timed as part of the change), never in the machine's own. The delta files are written before the clock starts. The three enforcers take each change in turn (Palisade, nft, iptables), so that drift in the machine's speed touches all three alike.
+
+Percentiles are by nearest rank: always a measured value; with 50 samples, p99 is the largest. `churn.csv` has every sample.
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=50).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(25.0));
+        assert_eq!(percentile(&v, 99.0), Some(50.0));
+        assert_eq!(percentile(&v, 100.0), Some(50.0));
+        assert_eq!(percentile(&v, 0.0), Some(1.0));
+        let five = [5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(percentile(&five, 50.0), Some(3.0));
+        assert_eq!(percentile(&five, 99.0), Some(5.0));
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[f64::NAN, 7.0], 50.0), Some(7.0));
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&hundred, 99.0), Some(99.0));
+    }
+
+    fn sample(kind: Kind, ms: f64) -> Sample {
+        Sample {
+            kind,
+            index: 0,
+            palisade_ms: ms,
+            passes: 1,
+            pass_ms: ms - 1.0,
+            nft_ms: 2.0,
+            iptables_ms: 3.0,
+            pod_net_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_last_line_takes_the_worst_kind() {
+        let mut samples: Vec<Sample> = (1..=10)
+            .map(|i| sample(Kind::PolicyEdited, f64::from(i)))
+            .collect();
+        samples.extend((1..=10).map(|i| sample(Kind::PodRelabelled, f64::from(i) * 100.0)));
+        let rows = rows(&samples);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].palisade, (5.0, 10.0));
+        assert_eq!(rows[1].palisade, (500.0, 1000.0));
+        let run = Run {
+            scale: super::super::model::QUICK,
+            machine: Machine::read(),
+            cold_s: 1.26,
+            warm_s: 0.5,
+            cold_pass_ms: 0.0,
+            warm_pass_ms: 0.0,
+            peak_rss_mib: 99.94,
+            maps_mib: 12.0,
+            maps: 3,
+            nft_base_s: 0.0,
+            iptables_base_s: 0.0,
+            fw_size: (0, 0, 0),
+            idle_pass_ms: None,
+            full_read_ms: 0.0,
+            full_compile_ms: 0.0,
+        };
+        assert_eq!(
+            last_line(&rows, &run),
+            "churn: p50 max 500.0 ms, p99 max 1000.0 ms (goal 20/100); startup cold 1.3 s warm 0.5 s; peak RSS 99.9 MiB; maps 12.0 MiB"
+        );
+        assert_eq!(csv(&samples).lines().count(), 21);
+        let md = markdown(&rows, &[], &run);
+        assert!(md.contains("| policy edited | 10 | 5.0 / 10.0 |"), "{md}");
+        assert!(md.contains("(missed)"));
+    }
+}
