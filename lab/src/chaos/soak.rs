@@ -42,8 +42,17 @@ pub struct Sample {
     pub changes: u64,
 }
 
-/// The maps whose entries are plotted.
-const PLOTTED: [&str; 4] = ["PAL_CT4", "PAL_IDENTITY", "PAL_POLICY", "PAL_ENDPOINTS"];
+/// The maps whose entries are plotted: conntrack, the addresses' and the
+/// prefixes' identities (pods churn the first), both policy maps, the
+/// endpoints.
+const PLOTTED: [&str; 6] = [
+    "PAL_CT4",
+    "PAL_IDENT_HOST",
+    "PAL_IDENTITY",
+    "PAL_POLICY_PORT",
+    "PAL_POLICY",
+    "PAL_ENDPOINTS",
+];
 
 pub async fn run(text: &str, file: &str, options: &Options) -> anyhow::Result<Vec<Sample>> {
     let scenario = Scenario::load(text, file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
