@@ -396,3 +396,51 @@ mod pod {
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for XdpPodDenyKey {}
 }
+
+#[cfg(test)]
+mod conntrack_layout {
+    use core::mem::{offset_of, size_of};
+
+    use super::*;
+
+    /// A daemon of this ABI copies the conntrack entries of every ABI from
+    /// `CT_LAYOUT_SINCE` on (`daemon::sync::conntrack`). If this test fails,
+    /// the layout changed: set `CT_LAYOUT_SINCE` to `ABI_VERSION` (bumped)
+    /// and write the new layout here.
+    #[test]
+    fn the_conntrack_layout_is_the_one_ct_layout_since_names() {
+        assert_eq!(crate::CT_LAYOUT_SINCE, 4);
+        assert_eq!(size_of::<Ct4Key>(), 16);
+        assert_eq!(size_of::<Ct6Key>(), 40);
+        assert_eq!(
+            (
+                offset_of!(Ct4Key, lo_port),
+                offset_of!(Ct4Key, protocol),
+                offset_of!(Ct4Key, side)
+            ),
+            (8, 12, 13)
+        );
+        assert_eq!(
+            (
+                offset_of!(Ct6Key, lo_port),
+                offset_of!(Ct6Key, protocol),
+                offset_of!(Ct6Key, side)
+            ),
+            (32, 36, 37)
+        );
+        assert_eq!(size_of::<CtValue>(), 32);
+        assert_eq!(
+            [
+                offset_of!(CtValue, last_seen_ns),
+                offset_of!(CtValue, endpoint),
+                offset_of!(CtValue, policy),
+                offset_of!(CtValue, epoch),
+                offset_of!(CtValue, state),
+                offset_of!(CtValue, direction),
+                offset_of!(CtValue, opener_lo),
+                offset_of!(CtValue, cells),
+            ],
+            [0, 8, 12, 16, 20, 21, 22, 28]
+        );
+    }
+}

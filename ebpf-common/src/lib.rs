@@ -17,5 +17,13 @@ pub mod stats;
 /// an old map by accident.
 pub const ABI_VERSION: u32 = 5;
 
+/// The oldest ABI whose conntrack maps (`PAL_CT4`, `PAL_CT6`: their keys,
+/// their values and what each field means) are this one's. A daemon that
+/// takes over from such an ABI copies its tracked flows instead of starting
+/// empty. Set it to `ABI_VERSION` in the change that alters `Ct4Key`,
+/// `Ct6Key` or `CtValue`, or how the datapath reads them; a test in
+/// `datapath` pins their layout so that such a change cannot go unnoticed.
+pub const CT_LAYOUT_SINCE: u32 = 4;
+
 #[cfg(feature = "kernel")]
 pub mod kernel;

@@ -225,6 +225,54 @@ fn a_known_pod_keeps_its_veth_while_the_node_cannot_resolve_it() -> anyhow::Resu
     Ok(())
 }
 
+/// b may open nothing (egress isolated) and pushes on a connection a
+/// opened: its packets pass on conntrack alone. A daemon of a new ABI
+/// pins new maps; without the flows carried over, b's next push would be
+/// judged as b opening a flow, and dropped until a spoke again.
+#[test]
+fn a_server_push_survives_an_abi_upgrade() -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+
+    const B_OPENS_NOTHING: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-opens-nothing, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n";
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(2)?;
+    let dir = std::env::temp_dir().join(unique("palisade-ct-carry-"));
+    let (a, b) = (&lab.pods[0], &lab.pods[1]);
+    let listener = in_netns(&b.netns, || TcpListener::bind((b.ip, PORT)))??;
+    let mut daemon = start(&lab, &t, &dir, 300, &[])?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    daemon.write("policy.yaml", B_OPENS_NOTHING)?;
+    commit_and_wait(&mut daemon)?;
+    assert!(!reaches(&lab, 1, 0)?, "b opens nothing");
+
+    let mut client = in_netns(&a.netns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((b.ip, PORT)), WAIT)
+    })??;
+    client.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let (mut server, _) = listener.accept()?;
+    let mut byte = [0u8; 1];
+    server.write_all(b"1")?;
+    client.read_exact(&mut byte).context("b's first push")?;
+
+    // The upgrade: the running ABI's pins presented as the previous one's.
+    daemon.stop();
+    let older = palisade::paths::PinDir::with_abi(t.pins.base(), t.pins.abi() - 1);
+    fs::rename(t.pins.root(), older.root())?;
+    daemon.restart(&palisade_bin()?, &lab.node)?;
+    commit_and_wait(&mut daemon)?;
+    assert!(!older.root().exists(), "the older ABI's pins were retired");
+
+    server.write_all(b"2")?;
+    client
+        .read_exact(&mut byte)
+        .context("b's push after the upgrade never arrived")?;
+    assert_eq!(&byte, b"2");
+    assert!(!reaches(&lab, 1, 0)?, "b still opens nothing");
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// The status once the daemon has made `n` more passes.
 fn passes_after(daemon: &Enforcer, n: u64) -> anyhow::Result<serde_json::Value> {
     let count = |s: &serde_json::Value| s["passes"].as_u64().context("passes in the status");

@@ -170,6 +170,14 @@ impl DatapathMaps {
         })
     }
 
+    /// The epoch in force.
+    pub fn epoch(&self) -> Result<u32, DatapathError> {
+        self.epoch.get(&0, 0).map_err(|source| DatapathError::Read {
+            name: maps::EPOCH,
+            source,
+        })
+    }
+
     /// Starts a new epoch: every tracked flow is judged again by the policy
     /// and identities in force at its next packet. [`Self::replace_policy`]
     /// and [`Self::remove_endpoint`] do it themselves; a caller changing

@@ -25,6 +25,7 @@
 //! state; the rest is still applied, except after a failed retire of pod
 //! denies, which stops every swap (see `prefilter`).
 
+pub mod conntrack;
 mod endpoints;
 mod links;
 pub mod lsm;
@@ -238,13 +239,24 @@ impl Syncer {
         Ok(report)
     }
 
-    /// The first pass after another ABI's daemon: every map filled, then
-    /// its links taken over, so no packet or operation meets empty maps.
+    /// The first pass after another ABI's daemon: every map filled and its
+    /// tracked flows carried over (`conntrack`), then its links taken over,
+    /// so no packet or operation meets empty maps.
     fn take_over(&mut self, desired: &Desired<'_>) -> Result<Report, DatapathError> {
         let mut report = Report::default();
         write_maps(&mut self.maps, desired, &mut report)?;
         if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
             report.lsm = Some(state.apply(lsm)?);
+        }
+        // Before the links: the older programs keep tracking until then.
+        let stale = self.maps.epoch()?.wrapping_sub(1);
+        let carried = conntrack::carry_over(&self.pins, stale);
+        for (abi, flows) in &carried.flows {
+            tracing::info!("carried {flows} tracked flows over from ABI v{abi}");
+        }
+        // Not the desired state's: those flows are judged afresh instead.
+        for e in &carried.errors {
+            tracing::warn!("{e}");
         }
         links::attach_new(self, desired, &mut report);
         links::detach_unheld(self, desired, &mut report);

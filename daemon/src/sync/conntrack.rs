@@ -1,0 +1,88 @@
+//! Conntrack across an ABI change.
+//!
+//! A daemon of a new ABI pins new maps, so its conntrack starts empty, and
+//! every live flow would be judged afresh at its next packet as if that
+//! packet opened it. A flow whose next packet comes from the side that may
+//! not open it (a server pushing to a client, from a pod whose egress is
+//! isolated) would then be dropped until the other side spoke. So when an
+//! older ABI's conntrack shares this one's layout
+//! ([`ebpf_common::CT_LAYOUT_SINCE`]), the daemon taking over copies its
+//! entries before it takes the links over. Each copy carries an epoch that
+//! is not current: the flow is judged again at its next packet, from the
+//! side that opened it, by the policy and identities now in force.
+
+use std::path::Path;
+
+use aya::{
+    Pod,
+    maps::{HashMap, Map, MapData},
+};
+use ebpf_common::{
+    ABI_VERSION, CT_LAYOUT_SINCE,
+    datapath::{Ct4Key, Ct6Key, CtValue},
+    maps,
+};
+
+use crate::paths::PinDir;
+
+/// What was copied, and what could not be.
+#[derive(Debug, Default)]
+pub struct Carried {
+    /// Flows copied, by the ABI they came from.
+    pub flows: Vec<(u32, u64)>,
+    pub errors: Vec<String>,
+}
+
+/// Copies the tracked flows of every older ABI under `pins`' base whose
+/// conntrack layout is this one's, each stamped with `stale_epoch`.
+pub fn carry_over(pins: &PinDir, stale_epoch: u32) -> Carried {
+    let mut carried = Carried::default();
+    for old in pins.other_abis() {
+        let abi = old.abi();
+        if !(CT_LAYOUT_SINCE..ABI_VERSION).contains(&abi) {
+            tracing::info!(
+                "ABI v{abi}'s conntrack is not this one's (v{CT_LAYOUT_SINCE} to v{ABI_VERSION}): its flows are judged afresh"
+            );
+            continue;
+        }
+        let mut flows = 0;
+        for result in [
+            copy::<Ct4Key>(&old.map(maps::CT4), &pins.map(maps::CT4), stale_epoch),
+            copy::<Ct6Key>(&old.map(maps::CT6), &pins.map(maps::CT6), stale_epoch),
+        ] {
+            match result {
+                Ok(n) => flows += n,
+                Err(e) => carried
+                    .errors
+                    .push(format!("conntrack of ABI v{abi}: {e:#}")),
+            }
+        }
+        carried.flows.push((abi, flows));
+    }
+    carried
+}
+
+fn copy<K: Pod>(from: &Path, to: &Path, stale_epoch: u32) -> anyhow::Result<u64> {
+    let open = |path: &Path| -> anyhow::Result<HashMap<MapData, K, CtValue>> {
+        let map = Map::from_map_data(MapData::from_pin(path)?)?;
+        // The key and value sizes are checked here, against K and CtValue.
+        Ok(HashMap::try_from(map)?)
+    };
+    let old = match open(from) {
+        Ok(map) => map,
+        // That ABI had no such map (or it was removed): nothing to carry.
+        Err(_) if !from.exists() => return Ok(0),
+        Err(e) => return Err(e.context(from.display().to_string())),
+    };
+    let mut new = open(to)?;
+    let mut n = 0;
+    for entry in old.iter() {
+        // An entry the kernel evicted while we walked ends the walk early
+        // at worst: those flows are judged afresh, as without the copy.
+        let Ok((key, mut value)) = entry else { break };
+        value.epoch = stale_epoch;
+        new.insert(&key, &value, 0)?;
+        n += 1;
+    }
+    Ok(n)
+}
