@@ -505,6 +505,12 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
             files = after;
         }
         if let Some(r) = report::rows(&samples).iter().find(|r| r.kind == kind) {
+            if kind == Kind::LocalPodAdded {
+                println!(
+                    "  (a local pod's namespace and veth: median {:.1} ms, in each figure)",
+                    r.pod_net_ms
+                );
+            }
             println!(
                 "  {:<20} Palisade p50 {:>7.1} p99 {:>7.1} ms ({:.0} passes, last {:.0} ms) | nft {:>6.1} / {:>6.1} | iptables {:>6.1} / {:>6.1}",
                 kind.name(),

@@ -35,7 +35,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::model::{Cluster, Labels, Net, PolicyPeer, Port, Proto};
+use super::model::{ByNamespace, Cluster, Labels, Net, PolicyPeer, Port, Proto};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dir {
@@ -182,6 +182,7 @@ fn port_groups(ports: &[Port]) -> Vec<PortGroup> {
 impl Fw {
     pub fn compile(cluster: &Cluster) -> Self {
         let mut fw = Self::default();
+        let by_namespace = cluster.by_namespace();
         for policy in &cluster.policies {
             let key = policy.key();
             for (dir, rules) in [
@@ -193,7 +194,7 @@ impl Fw {
                 for rule in rules {
                     let mut peers = Vec::new();
                     for peer in &rule.peers {
-                        peers.push(fw.peer(cluster, &policy.namespace, peer));
+                        peers.push(fw.peer(cluster, &by_namespace, &policy.namespace, peer));
                     }
                     if peers.is_empty() {
                         peers.push(Peer::Any);
@@ -255,7 +256,13 @@ impl Fw {
     }
 
     /// The peer of a rule, its set made (once per distinct selector).
-    fn peer(&mut self, cluster: &Cluster, namespace: &str, peer: &PolicyPeer) -> Peer {
+    fn peer(
+        &mut self,
+        cluster: &Cluster,
+        by_namespace: &ByNamespace<'_>,
+        namespace: &str,
+        peer: &PolicyPeer,
+    ) -> Peer {
         match peer {
             PolicyPeer::Pods { namespaces, pods } => {
                 let scope = if namespaces.is_some() { "*" } else { namespace };
@@ -269,7 +276,7 @@ impl Fw {
                 );
                 if !self.sets.contains_key(&set) {
                     let addrs = cluster
-                        .peer_pods(namespace, namespaces.as_ref(), pods.as_ref())
+                        .peer_pods(by_namespace, namespace, namespaces.as_ref(), pods.as_ref())
                         .map(|p| p.ip)
                         .collect();
                     self.sets.insert(set.clone(), SetDef::Addrs(addrs));
@@ -933,6 +940,28 @@ mod tests {
         };
         assert_eq!(nft_rule(Dir::Ingress, &jump), " jump p1i");
         assert_eq!(ipt_rule("q", Dir::Ingress, &jump), "-A q -j p1i");
+    }
+
+    /// At the bench's scale: every policy has its chains, and what the
+    /// bench computes for each change stays small next to the change.
+    #[test]
+    fn the_full_scale_rule_set_holds_every_policy() {
+        use crate::churn::model::{FULL, tests::local_ips};
+        let mut c = Cluster::generate(FULL, &local_ips(FULL.local));
+        let start = std::time::Instant::now();
+        let fw = Fw::compile(&c);
+        let compile = start.elapsed();
+        let chains = fw.chains.keys().filter(|n| n.starts_with('p')).count();
+        assert!(chains >= FULL.policies, "{chains} policy chains");
+        let (sets, rules, elements) = fw.size();
+        apply(&mut c, Kind::NamespaceRelabelled, 0, Ipv4Addr::LOCALHOST).unwrap();
+        let start = std::time::Instant::now();
+        let d = Delta::between(&fw, &Fw::compile(&c));
+        let change = start.elapsed();
+        assert!(!d.added.is_empty() || !d.removed.is_empty());
+        println!(
+            "full scale: {sets} sets, {rules} rules, {elements} elements; compile {compile:?}, a change {change:?}"
+        );
     }
 
     #[test]

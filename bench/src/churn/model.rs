@@ -11,7 +11,7 @@
 use anyhow::Context as _;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fmt::{self, Write as _},
     net::Ipv4Addr,
 };
@@ -185,6 +185,9 @@ impl Policy {
         format!("{}/{}", self.namespace, self.name)
     }
 }
+
+/// A cluster's pods by namespace.
+pub type ByNamespace<'a> = BTreeMap<&'a str, Vec<&'a Pod>>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
@@ -387,15 +390,27 @@ impl Cluster {
         policy.namespace == pod.namespace && matches(&policy.subject, &pod.labels)
     }
 
-    /// The pods a peer of a policy in `namespace` names.
+    /// The pods by namespace, for [`Cluster::peer_pods`].
+    pub fn by_namespace(&self) -> ByNamespace<'_> {
+        let mut by: ByNamespace<'_> = BTreeMap::new();
+        for pod in &self.pods {
+            by.entry(pod.namespace.as_str()).or_default().push(pod);
+        }
+        by
+    }
+
+    /// The pods a peer of a policy in `namespace` names; only the
+    /// namespaces in scope are looked through, which keeps a compile of the
+    /// whole cluster's sets fast enough to run for every change.
     pub fn peer_pods<'a>(
         &'a self,
+        by_namespace: &'a ByNamespace<'a>,
         namespace: &'a str,
         ns_selector: Option<&'a Labels>,
         pod_selector: Option<&'a Labels>,
     ) -> impl Iterator<Item = &'a Pod> + 'a {
-        let in_scope: BTreeSet<&str> = match ns_selector {
-            None => [namespace].into(),
+        let in_scope: Vec<&str> = match ns_selector {
+            None => vec![namespace],
             Some(s) => self
                 .namespaces
                 .iter()
@@ -403,10 +418,12 @@ impl Cluster {
                 .map(|n| n.name.as_str())
                 .collect(),
         };
-        self.pods.iter().filter(move |p| {
-            in_scope.contains(p.namespace.as_str())
-                && pod_selector.is_none_or(|s| matches(s, &p.labels))
-        })
+        in_scope
+            .into_iter()
+            .filter_map(|ns| by_namespace.get(ns))
+            .flatten()
+            .copied()
+            .filter(move |p| pod_selector.is_none_or(|s| matches(s, &p.labels)))
     }
 
     /// The source files: every object in its file, each file at most
@@ -793,6 +810,8 @@ pub fn file_change(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     pub fn local_ips(n: usize) -> Vec<Ipv4Addr> {
