@@ -579,3 +579,49 @@ fn nix_is_root() -> bool {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At full scale, with every local pod the run adds: the compiled
+    /// state the daemon writes for this node, against the default map
+    /// sizes (`cargo test --release -p palisade-bench full_cluster --
+    /// --ignored --nocapture`; a debug build takes minutes).
+    #[test]
+    #[ignore = "a full compile at 10,000 pods: run it in release"]
+    fn the_full_cluster_fits_the_default_maps() {
+        let ips: Vec<Ipv4Addr> = (0..FULL.local)
+            .map(|i| Ipv4Addr::new(10, 199, 1, i as u8 + 1))
+            .collect();
+        let mut cluster = Cluster::generate(FULL, &ips);
+        for i in 0..FULL.changes {
+            let ip = Ipv4Addr::new(10, 199, 1, (FULL.local + i) as u8 + 1);
+            model::apply(&mut cluster, Kind::LocalPodAdded, i, ip).unwrap();
+        }
+        let dir = std::env::temp_dir().join(format!("palisade-churn-test-{}", std::process::id()));
+        let _scratch = Scratch(dir.clone());
+        write_all(&dir, &cluster.files()).unwrap();
+        let reading = FileSource::new(&dir).read();
+        assert!(reading.errors.is_empty(), "{:?}", reading.errors);
+        let compiler = Incremental::new(reading.snapshot);
+        let compiled = compiler.compiled();
+        let local: Vec<String> = cluster.local_pods().map(model::Pod::key).collect();
+        let entries: Vec<usize> = local
+            .iter()
+            .map(|k| compiled.endpoints.get(k).map_or(0, |e| e.entries.len()))
+            .collect();
+        let sum: usize = entries.iter().sum();
+        println!(
+            "{} local endpoints: {sum} entries (max {} per endpoint); {} identities, {} addresses",
+            local.len(),
+            entries.iter().max().unwrap_or(&0),
+            compiled.identities.len(),
+            compiled.addresses.len()
+        );
+        assert!(
+            sum < 131_072 / 2,
+            "{sum} entries: two generations overflow PAL_POLICY_PORT"
+        );
+    }
+}
