@@ -551,28 +551,76 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         idle_pass_ms,
         full_read_ms,
         full_compile_ms,
+        tools: tools(),
+        build: build(bin),
     };
     let rows = report::rows(&samples);
+    let markdown = report::markdown(&rows, &breakdown, &run);
     println!();
-    print!("{}", report::table(&rows));
-    if !quick {
+    if quick {
+        // Nothing written: the whole report on the terminal instead.
+        print!("{markdown}");
+    } else {
+        print!("{}", report::table(&rows));
         fs::create_dir_all(out)?;
         fs::write(out.join("churn.csv"), report::csv(&samples))?;
-        fs::write(
-            out.join("churn.md"),
-            report::markdown(&rows, &breakdown, &run),
-        )?;
+        fs::write(out.join("churn.md"), &markdown)?;
         println!(
             "written: {}, {} ({:.0} s)",
             out.join("churn.md").display(),
             out.join("churn.csv").display(),
             run.machine.seconds
         );
-    } else {
-        print!("{}", report::where_the_time_goes(&rows, &breakdown, &run));
     }
     println!("{}", report::last_line(&rows, &run));
     Ok(())
+}
+
+/// The versions of the tools the deltas ran with.
+fn tools() -> String {
+    ["nft", "iptables", "ipset"]
+        .map(|t| {
+            let v = report::command(t, &["--version"]);
+            v.lines().next().unwrap_or_default().to_owned()
+        })
+        .join(", ")
+}
+
+/// When `bin` was built, and whether the code it is built of had
+/// uncommitted changes then (another engineer's work in progress).
+fn build(bin: &Path) -> String {
+    let built = report::command(
+        "date",
+        &[
+            "-u",
+            "-r",
+            &bin.display().to_string(),
+            "+%Y-%m-%d %H:%M UTC",
+        ],
+    );
+    let dirty = report::command(
+        "git",
+        &[
+            "status",
+            "--porcelain",
+            "--",
+            "daemon",
+            "ebpf-common",
+            "ebpf-tc",
+            "ebpf-xdp",
+            "ebpf-lsm",
+            "cli",
+        ],
+    );
+    let changed = dirty.lines().filter(|l| !l.trim().is_empty()).count();
+    let tree = if dirty == "unknown" {
+        "whether its code had uncommitted changes is unknown (no git)".to_owned()
+    } else if changed == 0 {
+        "no uncommitted changes to its code at the time of the run".to_owned()
+    } else {
+        format!("{changed} files of its code had uncommitted changes at the time of the run")
+    };
+    format!("{} built {built}; {tree}", bin.display())
 }
 
 fn nix_is_root() -> bool {

@@ -46,7 +46,7 @@ pub struct Breakdown {
     pub full: bool,
 }
 
-pub use crate::peers::report::Machine;
+pub use crate::peers::report::{Machine, command};
 
 /// Everything the run measured besides the changes.
 pub struct Run {
@@ -70,6 +70,11 @@ pub struct Run {
     /// The whole source read and compiled from nothing, in process.
     pub full_read_ms: f64,
     pub full_compile_ms: f64,
+    /// `nft --version`, `iptables --version`: which back end `iptables` is.
+    pub tools: String,
+    /// What the daemon binary was built from: uncommitted changes to the
+    /// code it is built of, and when it was built.
+    pub build: String,
 }
 
 /// p50 and p99 of one enforcer's figures for one kind.
@@ -240,14 +245,19 @@ pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String 
     );
     t.push_str(&where_the_time_goes(rows, breakdown, run));
     t.push_str(METHOD);
+    let _ = write!(
+        t,
+        "\nTools: {}. The daemon binary: {}.\n",
+        run.tools, run.build
+    );
     t
 }
 
-pub fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String {
+fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String {
     let mut t = String::from("## Where the time goes\n\n");
     let _ = write!(
         t,
-        "The daemon's own figure is its status's `pass_ms`: one reconcile pass, from reading the source to the status written (compile, locating the pods' veths, the syncer's map writes in between). A pass with nothing changed (the resync) took {} here. The passes column counts the passes between the change and the status saying it is in force: a local pod takes more than one (its veth appears first and is quarantined; then its Pod arrives and its address must resolve, retried every 50 ms).\n\nThe same change replayed in the bench's own process with the daemon's code on a copy of the same source (median of the replays; the daemon was stopped meanwhile): the file source reading the directory (only the changed file is parsed again) and the incremental compiler brought to the new snapshot. The rest of a pass (its last pass's median less the two, so only roughly; NaN where the last pass is not the one that compiled) is locating every pod's veth or node, the desired state for this node, the syncer's map writes, and the status. From nothing, reading the whole source took {:.0} ms and compiling it {:.0} ms.\n\n| change | source read ms | compile ms | compile | rest of the pass ms | its last pass ms | Palisade p50 ms |\n|---|---:|---:|---|---:|---:|---:|\n",
+        "The daemon's own figure is its status's `pass_ms`: one reconcile pass, from reading the source to the status written (compile, locating the pods' veths, the syncer's map writes in between). A pass with nothing changed (the resync) took {} here. The passes column counts the passes between the change and the status saying it is in force: a local pod takes more than one (its veth appears first and is quarantined; then its Pod arrives and its address must resolve, retried every 50 ms).\n\nThe same change replayed in the bench's own process with the daemon's code on a copy of the same source (median of the replays; the daemon was stopped meanwhile): the file source reading the directory (only the changed file is parsed again) and the incremental compiler brought to the new snapshot. The rest of a pass (its last pass's median less the two, so only roughly; n/a where the last pass is not the one that compiled) is locating every pod's veth or node, the desired state for this node, the syncer's map writes, and the status. From nothing, reading the whole source took {:.0} ms and compiling it {:.0} ms.\n\n| change | source read ms | compile ms | compile | rest of the pass ms | its last pass ms | Palisade p50 ms |\n|---|---:|---:|---|---:|---:|---:|\n",
         run.idle_pass_ms.map_or_else(
             || "no figure (none ran)".to_owned(),
             |ms| format!("{ms:.0} ms")
@@ -272,18 +282,21 @@ pub fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run)
             n if n == list.len() => "full recompile".to_owned(),
             n => format!("full in {n} of {}", list.len()),
         };
+        let rest = if r.passes > 1.0 {
+            // Several passes: the last is not the one that compiled.
+            "n/a".to_owned()
+        } else {
+            format!(
+                "{:.1}",
+                r.pass_ms - med(|b| b.read_ms) - med(|b| b.compile_ms)
+            )
+        };
         let _ = writeln!(
             t,
-            "| {} | {:.1} | {:.1} | {how} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {how} | {rest} | {:.1} | {:.1} |",
             r.kind.name(),
             med(|b| b.read_ms),
             med(|b| b.compile_ms),
-            // Several passes: the last is not the one that compiled.
-            if r.passes > 1.0 {
-                f64::NAN
-            } else {
-                r.pass_ms - med(|b| b.read_ms) - med(|b| b.compile_ms)
-            },
             r.pass_ms,
             r.palisade.0
         );
@@ -300,7 +313,7 @@ The lab's `Enforcer::commit` is not used for the changes: it writes a `.revision
 
 **The changes** (every one touches pods of this node, so that it is work for a node's enforcer, and lands in one source file): a policy edited (a port of a policy that selects a local pod; its namespace's file of policies rewritten); a policy added (selecting a local pod, a file of its own); a policy deleted (one of those added); a remote pod added (a file of its own) and removed (one of those); a local pod added (its namespace and veth on the bridge, then its Pod in a file of its own); a local pod relabelled (its `app` label, with `tier` following; the file of local pods rewritten); a namespace relabelled (its `team` label, which namespace selectors of other namespaces' policies name; the file of namespaces rewritten). The cluster's other objects sit in files of at most 1,000 documents (the file source's limit).
 
-**nftables and iptables.** The same cluster as an nftables-based or iptables-based enforcer on this node would hold it: a set per distinct peer selector with the addresses of every pod it names across the cluster (nft `set` of `ipv4_addr`; ipset `hash:ip`), ipBlocks inline in nft rules and as ipset `hash:net` with the excepts as `nomatch`; a chain per policy and direction (all of the cluster's policies), one accept rule per peer and protocol with the ports as a set; a chain per local pod and direction it is isolated in, jumping to each policy that selects it, then drop; dispatch by the pod's address (nft verdict maps from two base chains on the forward hook, egress at priority 0 and ingress at 10; iptables a dispatch chain in `mangle` FORWARD for egress and one in `filter` FORWARD for ingress), established traffic accepted first. Each change's delta is the difference of the two states: set element `add`/`delete` for pods added, removed or relabelled and for a namespace relabelled; `flush chain` and the chain's rules again for an edited policy; a new chain, and the selected pods' chains flushed and refilled, for an added policy; for a deleted policy the pods' chains refilled, its chain flushed and deleted, and sets no rule uses any more deleted; for a local pod, set elements, its chains and its dispatch entries. nftables applies it as one `nft -f` file (one transaction). iptables (`iptables` here is the nf_tables back end, 1.8) applies it as `ipset restore` (new sets, element adds and deletes), `iptables-restore --noflush` (a declared chain is flushed and refilled; `-A`/`-D` for dispatch; `-F`, `-X` for chains gone), then `ipset restore` to destroy sets no longer used, each run only when it has work; the figure is the sum. The figures include starting the tools (an enforcer that shells out pays that too). Both rule sets live in throwaway network namespaces of their own (a lab node with a bridge, where each local pod added gets its namespace and veth too, timed as part of the change), never in the machine's own. The delta files are written before the clock starts. The three enforcers take each change in turn (Palisade, nft, iptables), so that drift in the machine's speed touches all three alike.
+**nftables and iptables.** The same cluster as an nftables-based or iptables-based enforcer on this node would hold it: a set per distinct peer selector with the addresses of every pod it names across the cluster (nft `set` of `ipv4_addr`; ipset `hash:ip`), ipBlocks inline in nft rules and as ipset `hash:net` with the excepts as `nomatch`; a chain per policy and direction (all of the cluster's policies), one accept rule per peer and protocol with the ports as a set; a chain per local pod and direction it is isolated in, jumping to each policy that selects it, then drop; dispatch by the pod's address (nft verdict maps from two base chains on the forward hook, egress at priority 0 and ingress at 10; iptables a dispatch chain in `mangle` FORWARD for egress and one in `filter` FORWARD for ingress), established traffic accepted first. Each change's delta is the difference of the two states: set element `add`/`delete` for pods added, removed or relabelled and for a namespace relabelled; `flush chain` and the chain's rules again for an edited policy; a new chain, and the selected pods' chains flushed and refilled, for an added policy; for a deleted policy the pods' chains refilled, its chain flushed and deleted, and sets no rule uses any more deleted; for a local pod, set elements, its chains and its dispatch entries. nftables applies it as one `nft -f` file (one transaction). iptables applies it as `ipset restore` (new sets, element adds and deletes), `iptables-restore --noflush` (a declared chain is flushed and refilled; `-A`/`-D` for dispatch; `-F`, `-X` for chains gone), then `ipset restore` to destroy sets no longer used, each run only when it has work; the figure is the sum. The figures include starting the tools (an enforcer that shells out pays that too). Both rule sets live in throwaway network namespaces of their own (a lab node with a bridge, where each local pod added gets its namespace and veth too, timed as part of the change), never in the machine's own. The delta files are written before the clock starts. The three enforcers take each change in turn (Palisade, nft, iptables), so that drift in the machine's speed touches all three alike.
 
 Percentiles are by nearest rank: always a measured value; with 50 samples, p99 is the largest. `churn.csv` has every sample.
 ";
@@ -364,6 +377,8 @@ mod tests {
             idle_pass_ms: None,
             full_read_ms: 0.0,
             full_compile_ms: 0.0,
+            tools: String::new(),
+            build: String::new(),
         };
         assert_eq!(
             last_line(&rows, &run),

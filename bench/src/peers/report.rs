@@ -19,7 +19,7 @@ pub struct Machine {
     pub seconds: f64,
 }
 
-fn command(program: &str, args: &[&str]) -> String {
+pub fn command(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
