@@ -94,26 +94,34 @@ struct Daemon {
     runtime: tokio::runtime::Runtime,
 }
 
+/// The revision a wait is for.
+#[derive(Clone, Copy)]
+enum Revision<'a> {
+    /// This one (the starts, which name theirs in `.revision`).
+    Is(&'a str),
+    /// Any but this one: the content hash of the files after a change.
+    Not(&'a str),
+}
+
 impl Daemon {
-    /// Waits until the status has `revision` (or, with `None`, any other
-    /// than `not`) in force with all `local` pods placed.
+    /// Waits until the status has `revision` in force with all `local`
+    /// pods placed.
     fn wait(
         &mut self,
-        revision: Option<&str>,
-        not: &str,
+        revision: Revision<'_>,
         local: usize,
         limit: Duration,
     ) -> anyhow::Result<()> {
-        let what = revision.map_or_else(
-            || format!("a revision after {not}"),
-            |r| format!("revision {r}"),
-        );
+        let what = match revision {
+            Revision::Is(r) => format!("revision {r}"),
+            Revision::Not(r) => format!("a revision after {r}"),
+        };
         self.runtime
             .block_on(self.enforcer.wait_until(limit, &what, |s| {
                 let rev = s["revision"].as_str().unwrap_or_default();
                 let wanted = match revision {
-                    Some(r) => rev == r,
-                    None => rev != not,
+                    Revision::Is(r) => rev == r,
+                    Revision::Not(r) => rev != r,
                 };
                 wanted
                     && s["ready"] == true
@@ -398,7 +406,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
             .enable_all()
             .build()?,
     };
-    d.wait(Some("cold"), "", local, START_LIMIT)?;
+    d.wait(Revision::Is("cold"), local, START_LIMIT)?;
     let cold = t.elapsed().as_secs_f64();
     let cold_pass_ms = status(&d.enforcer)?.pass_ms;
     let cold_rss = process::peak_rss(d.enforcer.pid())?;
@@ -412,7 +420,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     d.set_revision("warm")?;
     let t = Instant::now();
     d.enforcer.restart(bin, &lab.node)?;
-    d.wait(Some("warm"), "", local, START_LIMIT)?;
+    d.wait(Revision::Is("warm"), local, START_LIMIT)?;
     let warm = t.elapsed().as_secs_f64();
     let warm_pass_ms = status(&d.enforcer)?.pass_ms;
     println!("  warm start: ready in {warm:.1} s (last pass {warm_pass_ms:.0} ms)");
@@ -420,7 +428,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     // From here on the revision is the hash of the files: one rename, one
     // new revision.
     fs::remove_file(d.source.join(REVISION_FILE))?;
-    d.wait(None, "warm", local, CHANGE_LIMIT)?;
+    d.wait(Revision::Not("warm"), local, CHANGE_LIMIT)?;
     // One resync pass with nothing changed: the floor of any pass.
     let before = status(&d.enforcer)?.passes;
     d.runtime.block_on(d.enforcer.wait_until(
@@ -475,7 +483,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
             for name in &change.remove {
                 fs::remove_file(d.source.join(name))?;
             }
-            d.wait(None, &before.revision, local, CHANGE_LIMIT)
+            d.wait(Revision::Not(&before.revision), local, CHANGE_LIMIT)
                 .with_context(|| format!("{} #{i}", kind.name()))?;
             let palisade_ms = ms(start.elapsed());
             let after_status = status(&d.enforcer)?;
