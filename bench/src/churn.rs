@@ -268,6 +268,16 @@ impl Firewalls {
     }
 }
 
+/// The daemon's own account of change to in force so far: the sum (s)
+/// and count of `palisade_change_to_in_force_seconds`, which it measures
+/// from noticing a source change to the pass that put it in force.
+fn change_to_in_force(d: &Enforcer, node: &Netns) -> anyhow::Result<(f64, f64)> {
+    let text = d.scrape(node)?;
+    let series = "palisade_change_to_in_force_seconds";
+    let of = |suffix: &str| process::metric(&text, &format!("{series}{suffix}")).unwrap_or(0.0);
+    Ok((of("_sum"), of("_count")))
+}
+
 /// The address the lab's bridge gives its next pod (`BridgeLab::add_pod`).
 fn next_bridge_ip(lab: &BridgeLab) -> anyhow::Result<Ipv4Addr> {
     Ok(Ipv4Addr::new(10, 199, 1, u8::try_from(lab.pods.len() + 1)?))
@@ -455,7 +465,9 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     );
 
     let mut samples = Vec::new();
+    let mut daemon_own = std::collections::BTreeMap::new();
     for kind in KINDS {
+        let before_kind = change_to_in_force(&d.enforcer, &lab.node)?;
         for i in 0..scale.changes {
             let next_ip = next_bridge_ip(&lab)?;
             model::apply(&mut cluster, kind, i, next_ip)?;
@@ -512,6 +524,11 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
             fw = after_fw;
             files = after;
         }
+        let (sum, count) = change_to_in_force(&d.enforcer, &lab.node)?;
+        let changes = count - before_kind.1;
+        if changes > 0.0 {
+            daemon_own.insert(kind, (sum - before_kind.0) * 1e3 / changes);
+        }
         if let Some(r) = report::rows(&samples).iter().find(|r| r.kind == kind) {
             if kind == Kind::LocalPodAdded {
                 println!(
@@ -559,6 +576,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         idle_pass_ms,
         full_read_ms,
         full_compile_ms,
+        daemon_own,
         tools: tools(),
         build: build(bin),
     };

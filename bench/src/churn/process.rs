@@ -1,5 +1,6 @@
 //! What the kernel says a process holds: its peak resident set, and the
-//! memory of the BPF maps it has open.
+//! memory of the BPF maps it has open; and a series of the daemon's own
+//! metrics.
 
 use std::{collections::BTreeMap, fs, path::Path};
 
@@ -59,6 +60,15 @@ pub fn map_memory(pid: u32) -> anyhow::Result<(usize, u64)> {
     Ok((maps.len(), maps.values().sum()))
 }
 
+/// The value of series `name` (with its labels, if any, as written) in a
+/// Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == name).then(|| value.parse().ok())?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +85,15 @@ mod tests {
         let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t1\nkey_size:\t4\nvalue_size:\t8\nmax_entries:\t1024\nmap_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t90112\nmap_id:\t42\nfrozen:\t0\n";
         assert_eq!(parse_map_fdinfo(info), Some((42, 90_112)));
         assert_eq!(parse_map_fdinfo("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn a_series_is_found_by_its_whole_name() {
+        let text = "# HELP x_seconds y\n# TYPE x_seconds summary\nx_seconds{quantile=\"0.5\"} 0.25\nx_seconds_sum 1.5\nx_seconds_count 6\n";
+        assert_eq!(metric(text, "x_seconds_sum"), Some(1.5));
+        assert_eq!(metric(text, "x_seconds_count"), Some(6.0));
+        assert_eq!(metric(text, "x_seconds{quantile=\"0.5\"}"), Some(0.25));
+        assert_eq!(metric(text, "x_seconds"), None);
     }
 
     #[test]

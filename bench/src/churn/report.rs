@@ -70,6 +70,8 @@ pub struct Run {
     /// The whole source read and compiled from nothing, in process.
     pub full_read_ms: f64,
     pub full_compile_ms: f64,
+    /// By kind: the mean of the daemon's own change-to-in-force figure.
+    pub daemon_own: BTreeMap<Kind, f64>,
     /// `nft --version`, `iptables --version`: which back end `iptables` is.
     pub tools: String,
     /// What the daemon binary was built from: uncommitted changes to the
@@ -257,7 +259,7 @@ fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> 
     let mut t = String::from("## Where the time goes\n\n");
     let _ = write!(
         t,
-        "The daemon's own figure is its status's `pass_ms`: one reconcile pass, from reading the source to the status written (compile, locating the pods' veths, the syncer's map writes in between). A pass with nothing changed (the resync) took {} here. The passes column counts the passes between the change and the status saying it is in force: a local pod takes more than one (its veth appears first and is quarantined; then its Pod arrives and its address must resolve, retried every 50 ms).\n\nThe same change replayed in the bench's own process with the daemon's code on a copy of the same source (median of the replays; the daemon was stopped meanwhile): the file source reading the directory (only the changed file is parsed again) and the incremental compiler brought to the new snapshot. The rest of a pass (its last pass's median less the two, so only roughly; n/a where the last pass is not the one that compiled) is locating every pod's veth or node, the desired state for this node, the syncer's map writes, and the status. From nothing, reading the whole source took {:.0} ms and compiling it {:.0} ms.\n\n| change | source read ms | compile ms | compile | rest of the pass ms | its last pass ms | Palisade p50 ms |\n|---|---:|---:|---|---:|---:|---:|\n",
+        "The daemon's own figure is its status's `pass_ms`: one reconcile pass, from reading the source to the status written (compile, locating the pods' veths, the syncer's map writes in between). A pass with nothing changed (the resync) took {} here. The passes column counts the passes between the change and the status saying it is in force: a local pod takes more than one (its veth appears first and is quarantined; then its Pod arrives and its address must resolve, retried every 50 ms).\n\nThe same change replayed in the bench's own process with the daemon's code on a copy of the same source (median of the replays; the daemon was stopped meanwhile): the file source reading the directory (only the changed file is parsed again) and the incremental compiler brought to the new snapshot. The rest of a pass (its last pass's median less the two, so only roughly; n/a where the last pass is not the one that compiled) is locating every pod's veth or node, the desired state for this node, the syncer's map writes, and the status. From nothing, reading the whole source took {:.0} ms and compiling it {:.0} ms. The daemon's own figure is the mean of its `palisade_change_to_in_force_seconds` over the kind's changes: from its noticing the change to the pass that put it in force (for a local pod, from its Pod, not its veth), scraped from its metrics; the bench's figure adds the inotify wake-up, the status file and the 2 ms polling.\n\n| change | source read ms | compile ms | compile | rest of the pass ms | its last pass ms | the daemon's own, mean ms | Palisade p50 ms |\n|---|---:|---:|---|---:|---:|---:|---:|\n",
         run.idle_pass_ms.map_or_else(
             || "no figure (none ran)".to_owned(),
             |ms| format!("{ms:.0} ms")
@@ -293,11 +295,14 @@ fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> 
         };
         let _ = writeln!(
             t,
-            "| {} | {:.1} | {:.1} | {how} | {rest} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {how} | {rest} | {:.1} | {} | {:.1} |",
             r.kind.name(),
             med(|b| b.read_ms),
             med(|b| b.compile_ms),
             r.pass_ms,
+            run.daemon_own
+                .get(&r.kind)
+                .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.1}")),
             r.palisade.0
         );
     }
@@ -377,6 +382,7 @@ mod tests {
             idle_pass_ms: None,
             full_read_ms: 0.0,
             full_compile_ms: 0.0,
+            daemon_own: BTreeMap::new(),
             tools: String::new(),
             build: String::new(),
         };
