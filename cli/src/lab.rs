@@ -243,7 +243,7 @@ mod with_lab {
         };
         let rss = growth(&samples, |s: &Sample| s.rss_kib as f64);
         let fds = growth(&samples, |s: &Sample| s.fds as f64);
-        let entries: Vec<String> = ["PAL_IDENTITY", "PAL_POLICY", "PAL_CT4"]
+        let entries: Vec<String> = palisade_lab::chaos::soak::PLOTTED
             .iter()
             .map(|m| {
                 let g = growth(&samples, |s: &Sample| {

@@ -45,7 +45,7 @@ pub struct Sample {
 /// The maps whose entries are plotted: conntrack, the addresses' and the
 /// prefixes' identities (pods churn the first), both policy maps, the
 /// endpoints.
-const PLOTTED: [&str; 6] = [
+pub const PLOTTED: [&str; 6] = [
     "PAL_CT4",
     "PAL_IDENT_HOST",
     "PAL_IDENTITY",
