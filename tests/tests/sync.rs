@@ -195,3 +195,36 @@ fn a_failed_retire_of_prefilter_denies_swaps_no_policy() -> anyhow::Result<()> {
     assert_eq!(maps.pod_denies()?, denies);
     Ok(())
 }
+
+/// A full identity map fails every write after the first: the pass says so
+/// once, with a count, however many addresses did not fit.
+#[test]
+fn a_full_identity_map_is_one_error_and_a_count() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let mut sizes = palisade::loader::sizes::MapSizes::default();
+    sizes.set(&format!("{}=16", maps::IDENTITY_HOST))?;
+    let _loaded = loader::load_with(&t.pins, &Features::probe(), &sizes)?;
+    let mut m = DatapathMaps::open(&t.pins)?;
+    let mut s = standard("")?;
+    // Other nodes' pods: an address each, no veth.
+    let local = placed(&s);
+    for i in 0..40u8 {
+        s.pods.push(palisade::model::Pod {
+            namespace: "x".into(),
+            name: format!("r{i}"),
+            labels: [("remote".to_owned(), format!("r{i}"))].into(),
+            ips: vec![std::net::IpAddr::from([10, 250, 0, i + 1])],
+            ports: Vec::new(),
+            cgroup: None,
+        });
+    }
+    let report = apply(&mut m, &s, &local)?;
+    assert_eq!(report.errors.len(), 2, "{:#?}", report.errors);
+    assert!(
+        report.errors[0].contains(maps::IDENTITY_HOST) && report.errors[0].contains("full"),
+        "{}",
+        report.errors[0]
+    );
+    assert!(report.errors[1].contains("more addresses' identities not written"));
+    Ok(())
+}

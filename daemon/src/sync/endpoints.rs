@@ -49,16 +49,30 @@ impl<'p> Pass<'p> {
         })
     }
 
-    /// Identities first: new endpoints' entries name them.
+    /// Identities first: new endpoints' entries name them. A full map
+    /// fails every write after the first: one error and a count, not one
+    /// line per address in the log and the status.
     fn identities_in(&mut self) {
+        let mut failed = 0usize;
         for (net, id) in self.desired.addresses {
             if self.held_identities.get(net) == Some(id) {
                 continue;
             }
             match self.maps.set_identity(net.addr(), net.prefix_len(), *id) {
                 Ok(()) => self.report.identities_written += 1,
-                Err(e) => self.report.errors.push(e.to_string()),
+                Err(e) => {
+                    if failed == 0 {
+                        self.report.errors.push(e.to_string());
+                    }
+                    failed += 1;
+                }
             }
+        }
+        if failed > 1 {
+            self.report.errors.push(format!(
+                "{} more addresses' identities not written (the first failure is above)",
+                failed - 1
+            ));
         }
     }
 

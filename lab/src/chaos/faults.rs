@@ -313,16 +313,16 @@ async fn full_maps(lab: &mut Lab) -> anyhow::Result<String> {
     // Identities: remote pods with a label set each, more than the
     // identity map's entries (a file each thousand: the file source's
     // document limit).
-    let pods = ebpf_common::maps::size::IDENTITY as usize + 4_000;
+    let pods = ebpf_common::maps::size::IDENTITY_HOST as usize + 4_000;
     let files = remote_pods(pods);
     for (i, text) in files.iter().enumerate() {
         lab.daemons.write(&format!("{REMOTE}-{i:03}.yaml"), text)?;
     }
-    let said = settle(lab, Duration::from_secs(30)).await;
+    let said = settle(lab, Duration::from_secs(180)).await;
     notes.push(format!("{pods} remote pods with a label set each: {said}"));
     // Policy: z/a admits each of them on four ports.
     lab.daemons.write(CROWD, &crowd())?;
-    let said = settle(lab, Duration::from_secs(30)).await;
+    let said = settle(lab, Duration::from_secs(120)).await;
     notes.push(format!("a policy admitting them all on 4 ports: {said}"));
     lab.daemons.remove(CROWD)?;
     for i in 0..files.len() {
@@ -355,8 +355,10 @@ fn remote_pods(n: usize) -> Vec<String> {
             for i in chunk {
                 let _ = write!(
                     text,
-                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: r{i}, namespace: x, labels: {{crowd: r{i}}}}}\nspec: {{nodeName: elsewhere}}\nstatus: {{podIP: 10.250.{}.{}}}\n",
-                    i / 250,
+                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: r{i}, namespace: x, labels: {{crowd: r{i}}}}}\nspec: {{nodeName: elsewhere}}\nstatus: {{podIP: 10.{}.{}.{}}}\n",
+                    // 250 addresses a /24, 250 /24s a /16, from 10.250/16 on.
+                    250 + i / 62_500,
+                    i % 62_500 / 250,
                     i % 250 + 1
                 );
             }
