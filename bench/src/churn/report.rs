@@ -57,7 +57,13 @@ pub struct Run {
     /// The pass that put the whole cluster in force at each start.
     pub cold_pass_ms: f64,
     pub warm_pass_ms: f64,
+    /// `VmHWM` of the cold-started daemon once ready, and of the warm one
+    /// after every change; the peak is the larger.
+    pub cold_rss_mib: f64,
+    pub end_rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// In-process replays of each kind.
+    pub replays: usize,
     pub maps_mib: f64,
     pub maps: usize,
     /// Loading the whole rule set: nft, iptables (ipset and rules).
@@ -231,12 +237,13 @@ pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String 
     );
     let _ = write!(
         t,
-        "## Startup and memory\n\n| | |\n|---|---:|\n| startup, cold (no pins): daemon start to `ready` with the whole cluster in force | {:.1} s (its last pass {:.0} ms) |\n| startup, warm (restart on the previous run's pins) | {:.1} s (its last pass {:.0} ms) |\n| peak RSS (`VmHWM`, the most of both runs) | {:.1} MiB |\n| BPF maps (sum of `memlock` in the fdinfo of the daemon's {} map fds) | {:.1} MiB |\n| nftables: loading the whole rule set (`nft -f`) | {:.2} s |\n| iptables: loading the whole rule set (`ipset restore`, `iptables-restore --noflush`) | {:.2} s |\n| nftables and iptables rule sets: sets, rules, set elements | {}, {}, {} |\n\n",
+        "## Startup and memory\n\n| | |\n|---|---:|\n| startup, cold (no pins): daemon start to `ready` with the whole cluster in force | {:.1} s (its last pass {:.0} ms) |\n| startup, warm (restart on the previous run's pins) | {:.1} s (its last pass {:.0} ms) |\n| peak RSS (`VmHWM`): the cold-started daemon once ready; the warm-started one after all changes | {:.1} MiB; {:.1} MiB |\n| BPF maps (sum of `memlock` in the fdinfo of the daemon's {} map fds) | {:.1} MiB |\n| nftables: loading the whole rule set (`nft -f`) | {:.2} s |\n| iptables: loading the whole rule set (`ipset restore`, `iptables-restore --noflush`) | {:.2} s |\n| nftables and iptables rule sets: sets, rules, set elements | {}, {}, {} |\n\n",
         run.cold_s,
         run.cold_pass_ms,
         run.warm_s,
         run.warm_pass_ms,
-        run.peak_rss_mib,
+        run.cold_rss_mib,
+        run.end_rss_mib,
         run.maps,
         run.maps_mib,
         run.nft_base_s,
@@ -259,11 +266,16 @@ fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> 
     let mut t = String::from("## Where the time goes\n\n");
     let _ = write!(
         t,
-        "The daemon's own figure is its status's `pass_ms`: one reconcile pass, from reading the source to the status written (compile, locating the pods' veths, the syncer's map writes in between). A pass with nothing changed (the resync) took {} here. The passes column counts the passes between the change and the status saying it is in force: a local pod takes more than one (its veth appears first and is quarantined; then its Pod arrives and its address must resolve, retried every 50 ms).\n\nThe same change replayed in the bench's own process with the daemon's code on a copy of the same source (median of the replays; the daemon was stopped meanwhile): the file source reading the directory (only the changed file is parsed again) and the incremental compiler brought to the new snapshot. The rest of a pass (its last pass's median less the two, so only roughly; n/a where the last pass is not the one that compiled) is locating every pod's veth or node, the desired state for this node, the syncer's map writes, and the status. From nothing, reading the whole source took {:.0} ms and compiling it {:.0} ms. The daemon's own figure is the mean of its `palisade_change_to_in_force_seconds` over the kind's changes: from its noticing the change to the pass that put it in force (for a local pod, from its Pod, not its veth), scraped from its metrics; the bench's figure adds the inotify wake-up, the status file and the 2 ms polling.\n\n| change | source read ms | compile ms | compile | rest of the pass ms | its last pass ms | the daemon's own, mean ms | Palisade p50 ms |\n|---|---:|---:|---|---:|---:|---:|---:|\n",
+        "The daemon's own figure is its status's `pass_ms`: one reconcile pass, from reading the source to the status written (compile, locating the pods' veths, the syncer's map writes in between). A pass with nothing changed (the resync) took {} here. The passes column counts the passes between the change and the status saying it is in force: a local pod takes more than one (its veth appears first and is quarantined; then its Pod arrives and its address must resolve, retried every 50 ms).\n\nThe same change replayed in the bench's own process with the daemon's code on a copy of the same source ({}; the daemon was stopped meanwhile): the file source reading the directory (only the changed file is parsed again) and the incremental compiler brought to the new snapshot. The rest of a pass (its last pass's median less the two, so only roughly; n/a where the last pass is not the one that compiled) is locating every pod's veth or node, the desired state for this node, the syncer's map writes, and the status. From nothing, reading the whole source took {:.0} ms and compiling it {:.0} ms. The daemon's own figure is the mean of its `palisade_change_to_in_force_seconds` over the kind's changes: from its noticing the change to the pass that put it in force (for a local pod, from its Pod, not its veth), scraped from its metrics; the bench's figure adds the inotify wake-up, the status file and the 2 ms polling.\n\n| change | source read ms | compile ms | compile | rest of the pass ms | its last pass ms | the daemon's own, mean ms | Palisade p50 ms |\n|---|---:|---:|---|---:|---:|---:|---:|\n",
         run.idle_pass_ms.map_or_else(
             || "no figure (none ran)".to_owned(),
             |ms| format!("{ms:.0} ms")
         ),
+        if run.replays == 1 {
+            "one replay of each kind".to_owned()
+        } else {
+            format!("the median of {} replays of each kind", run.replays)
+        },
         run.full_read_ms,
         run.full_compile_ms
     );
@@ -373,7 +385,10 @@ mod tests {
             warm_s: 0.5,
             cold_pass_ms: 0.0,
             warm_pass_ms: 0.0,
+            cold_rss_mib: 50.0,
+            end_rss_mib: 99.94,
             peak_rss_mib: 99.94,
+            replays: 1,
             maps_mib: 12.0,
             maps: 3,
             nft_base_s: 0.0,
