@@ -141,17 +141,24 @@ fn median_f64(mut v: Vec<f64>) -> f64 {
 }
 
 /// Medians of per-round figures: each round's real run set against the
-/// empty one beside it, alone and with `extra` ns (a floor's operations).
-fn summarise(rounds: &[(f64, f64)], extra: f64) -> Sample {
-    let col = |f: &dyn Fn(f64, f64) -> f64| {
-        median_f64(rounds.iter().map(|&(empty, real)| f(empty, real)).collect())
-    };
+/// empty one beside it, and against its floor: `extra` ns (a floor's
+/// operations) over the round's base (the empty run, or a run of the
+/// operation priced beside it).
+fn summarise(rounds: &[Round], extra: f64) -> Sample {
+    let col = |f: &dyn Fn(&Round) -> f64| median_f64(rounds.iter().map(f).collect());
     Sample {
-        ns: col(&|_, real| real),
-        ratio: col(&|empty, real| real / empty.max(1.0)),
-        floor: col(&|empty, real| real / (empty + extra).max(1.0)),
-        over_empty: col(&|empty, real| real - empty),
+        ns: col(&|r| r.real),
+        ratio: col(&|r| r.real / r.empty.max(1.0)),
+        floor: col(&|r| r.real / (r.base + extra).max(1.0)),
+        over_empty: col(&|r| r.real - r.empty),
     }
+}
+
+/// One round: the empty program's ns, the real one's, and the floor's base.
+struct Round {
+    empty: f64,
+    real: f64,
+    base: f64,
 }
 
 /// The machine's speed drifts over seconds by more than the effects looked
@@ -165,28 +172,39 @@ fn paired(
 ) -> anyhow::Result<Sample> {
     let mut rounds = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
-        let floor = f64::from(raw::test_run(empty, frame, REPEAT)?);
+        let empty = f64::from(raw::test_run(empty, frame, REPEAT)?);
         let real = f64::from(raw::test_run(fd, frame, REPEAT)?);
-        rounds.push((floor, real));
+        rounds.push(Round {
+            empty,
+            real,
+            base: empty,
+        });
     }
     Ok(summarise(&rounds, extra))
 }
 
 /// Single runs, each of its own frame and each beside one run of the empty
-/// program; `before` runs ahead of each pair, outside the timed runs.
+/// program; `before` runs ahead of each pair, outside the timed runs. With
+/// `insert`, each round's floor is based on a run of the conntrack insert
+/// instead of the empty program's (`extra` then leaves the insert out).
 fn singles(
     fd: std::os::fd::BorrowedFd<'_>,
     empty: std::os::fd::BorrowedFd<'_>,
     frames: impl Iterator<Item = Vec<u8>>,
     extra: f64,
+    insert: Option<&primitives::Inserter>,
     mut before: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Sample> {
     let mut rounds = Vec::new();
     for frame in frames {
         before()?;
-        let floor = f64::from(raw::test_run(empty, &frame, 1)?);
+        let empty = f64::from(raw::test_run(empty, &frame, 1)?);
+        let base = match insert {
+            Some(insert) => insert.run()?,
+            None => empty,
+        };
         let real = f64::from(raw::test_run(fd, &frame, 1)?);
-        rounds.push((floor, real));
+        rounds.push(Round { empty, real, base });
     }
     Ok(summarise(&rounds, extra))
 }
@@ -393,10 +411,28 @@ fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> any
         empty,
         (0..NEW_FLOWS).map(|_| syn81.clone()),
         extra(4),
+        None,
         &mut bump,
     )?;
-    let allowed_new = singles(to_pod, empty, flows(10_001), extra(5), || Ok(()))?;
-    let allowed_first = singles(to_pod, empty, flows(20_001), extra(6), &mut bump)?;
+    // The insert is priced beside each run: its floor's base.
+    let insert = primitives::Inserter::new()?;
+    let but_insert = |i: usize| extra(i) - prices.of(Op::LruInsert);
+    let allowed_new = singles(
+        to_pod,
+        empty,
+        flows(10_001),
+        but_insert(5),
+        Some(&insert),
+        || Ok(()),
+    )?;
+    let allowed_first = singles(
+        to_pod,
+        empty,
+        flows(20_001),
+        but_insert(6),
+        Some(&insert),
+        &mut bump,
+    )?;
     let xdp: &mut Xdp = loaded
         .xdp
         .ebpf
@@ -534,8 +570,13 @@ fn main() -> anyhow::Result<()> {
     println!("the cases, and the floor of each (the empty program of its hook and these):");
     for (c, what) in CASES.iter().zip(WHAT) {
         println!("  {:<19} {what}", c.name);
+        let beside = if c.floor.iter().any(|&(_, op)| op == Op::LruInsert) {
+            " (the insert run beside each run of the case, this figure only its median)"
+        } else {
+            ""
+        };
         println!(
-            "  {:<19}   floor: {} = {:.1} ns",
+            "  {:<19}   floor: {} = {:.1} ns{beside}",
             "",
             floor_text(c),
             prices.sum(c.floor)

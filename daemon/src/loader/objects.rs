@@ -44,7 +44,7 @@ const POD_DATAPATH: &[&str] = &[
     maps::FRAGS,
     maps::EVENTS,
 ];
-const POD_SCRATCH: &[&str] = &["PAL_TC_SCRATCH"];
+const POD_SCRATCH: &[&str] = &["PAL_TC_SCRATCH", "PAL_VERDICTS"];
 
 pub static XDP: Object = Object {
     name: "palisade-xdp",

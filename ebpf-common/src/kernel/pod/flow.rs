@@ -54,7 +54,7 @@ pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Fast {
     let sides = sides_of(&s.pkt, dir);
     let src_is_lo = conntrack::build(&sides, &mut s.ct4, &mut s.ct6);
     let Some(value) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) else {
-        return Fast::Untracked;
+        return Fast::Untracked(src_is_lo);
     };
     // SAFETY: valid map value pointer for this run; a concurrent update of
     // the same flow on another CPU only races on idempotent bits.
@@ -76,8 +76,9 @@ pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Fast {
 pub enum Fast {
     /// Passes, with the endpoint that tracks the flow and the counter cell.
     Pass(Verdict, u32, u32),
-    /// No conntrack entry: a new flow (its key is built).
-    Untracked,
+    /// No conntrack entry: a new flow (its key is built), not a fragment
+    /// nor an ICMP error; whether its source is the key's `lo` side.
+    Untracked(bool),
     /// For the slow path to look at from the start.
     Slow,
 }
@@ -217,19 +218,7 @@ pub fn decide(
     };
     let mut verdict = evaluate(ep, dir, peer, s.pkt.protocol, s.pkt.dport, &mut s.lookup);
     if verdict.pass {
-        let mut value = CtValue {
-            endpoint: ep.endpoint,
-            policy: verdict.policy,
-            epoch,
-            direction: dir as u8,
-            opener_lo: u8::from(src_is_lo),
-            cells: flow_cells(ep.endpoint, verdict.policy, dir),
-            ..CtValue::default()
-        };
-        advance(&mut value, s.pkt.protocol, s.pkt.tcp_flags, false, now);
-        if !conntrack::insert(s.pkt.v6, &s.ct4, &s.ct6, &value) {
-            crate::kernel::count(&PAL_TC_STATS, dir, reason::CT_MAP_FULL, 0);
-        }
+        track(s, ep.endpoint, dir, &verdict, epoch, now, src_is_lo);
         if s.pkt.frag == frag::FIRST {
             record_fragment(s);
         }
@@ -238,6 +227,33 @@ pub fn decide(
         }
     }
     verdict
+}
+
+/// Tracks the new flow of the packet in `s` (its conntrack key built),
+/// allowed by `verdict` at `endpoint`.
+#[inline(always)]
+pub fn track(
+    s: &Scratch,
+    endpoint: u32,
+    dir: u32,
+    verdict: &Verdict,
+    epoch: u32,
+    now: u64,
+    src_is_lo: bool,
+) {
+    let mut value = CtValue {
+        endpoint,
+        policy: verdict.policy,
+        epoch,
+        direction: dir as u8,
+        opener_lo: u8::from(src_is_lo),
+        cells: flow_cells(endpoint, verdict.policy, dir),
+        ..CtValue::default()
+    };
+    advance(&mut value, s.pkt.protocol, s.pkt.tcp_flags, false, now);
+    if !conntrack::insert(s.pkt.v6, &s.ct4, &s.ct6, &value) {
+        crate::kernel::count(&PAL_TC_STATS, dir, reason::CT_MAP_FULL, 0);
+    }
 }
 
 /// Remembers the ports of an allowed first fragment for the ones after it.

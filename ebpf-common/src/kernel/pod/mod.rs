@@ -10,6 +10,7 @@ pub mod flow;
 pub mod maps;
 pub mod policy;
 pub mod scratch;
+pub mod verdicts;
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use maps::{PAL_CNT_CELLS, PAL_COUNTERS, PAL_ENDPOINTS, PAL_TC_STATS};
@@ -64,7 +65,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     } else {
         (0, 0)
     };
-    let mut untracked = false;
+    let mut untracked = None;
     if parsed_ip {
         match flow::established(s, dir, epoch, now) {
             flow::Fast::Pass(verdict, endpoint, cell) => {
@@ -80,8 +81,27 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
                 );
                 return true;
             }
-            flow::Fast::Untracked => untracked = true,
+            flow::Fast::Untracked(src_is_lo) => untracked = Some(src_is_lo),
             flow::Fast::Slow => {}
+        }
+    }
+    // A new flow whose verdict an earlier one left under this epoch needs
+    // neither the endpoint nor the policy.
+    let mut cache = None;
+    if let Some(src_is_lo) = untracked {
+        s.pkt.map_addresses();
+        let (key, slot) = verdicts::slot(s, ifindex, dir);
+        if let Some(slot) = slot {
+            // SAFETY: this CPU's slot of a per-CPU array, valid for this
+            // run and used by one run at a time.
+            let slot = unsafe { &mut *slot };
+            if let Some((verdict, endpoint)) = verdicts::cached(slot, &key, epoch) {
+                if verdict.pass {
+                    flow::track(s, endpoint, dir, &verdict, epoch, now, src_is_lo);
+                }
+                return conclude(s, endpoint, dir, &verdict, true, now, bytes);
+            }
+            cache = Some((slot, key));
         }
     }
     // SAFETY: copied out at once.
@@ -90,15 +110,34 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         return true;
     };
     let verdict = match parsed.kind {
-        Kind::Ip => flow::decide(&ep, dir, s, epoch, now, untracked),
+        Kind::Ip => flow::decide(&ep, dir, s, epoch, now, untracked.is_some()),
         Kind::Pass => Verdict::pass(parsed.reason, 0),
         Kind::Drop => Verdict::drop(parsed.reason, 0),
     };
+    // An untracked packet's verdict is its new flow's, by policy alone.
+    if let Some((slot, key)) = cache {
+        verdicts::store(slot, key, epoch, ep.endpoint, &verdict);
+    }
+    conclude(s, ep.endpoint, dir, &verdict, parsed_ip, now, bytes)
+}
+
+/// Reports a drop or audit verdict, counts the verdict, and returns
+/// whether the packet passes. `now` is read only for IP packets.
+#[inline(always)]
+fn conclude(
+    s: &mut scratch::Scratch,
+    endpoint: u32,
+    dir: u32,
+    verdict: &Verdict,
+    parsed_ip: bool,
+    now: u64,
+    bytes: u64,
+) -> bool {
     if !verdict.pass || verdict.reason == reason::AUDIT_WOULD_DROP {
         let now = if parsed_ip { now } else { clock() };
-        events::report(s, ep.endpoint, dir, &verdict, parsed_ip, now);
+        events::report(s, endpoint, dir, verdict, parsed_ip, now);
     }
-    account(ep.endpoint, dir, &verdict, bytes);
+    account(endpoint, dir, verdict, bytes);
     verdict.pass
 }
 
