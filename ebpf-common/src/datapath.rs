@@ -68,6 +68,47 @@ impl EndpointValue {
     }
 }
 
+/// Slots of the endpoint index (`PAL_EP_SLOTS`): a power of two, fixed.
+pub const ENDPOINT_SLOTS: u32 = 4096;
+
+/// The endpoint index's slot of an interface.
+pub const fn endpoint_slot(ifindex: u32) -> u32 {
+    ifindex & (ENDPOINT_SLOTS - 1)
+}
+
+/// One endpoint as the index holds it: the interface it is for (0: none)
+/// and its [`EndpointValue`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotEndpoint {
+    pub ifindex: u32,
+    pub value: EndpointValue,
+}
+
+/// A slot of the endpoint index (`PAL_EP_SLOTS`), an array the programs
+/// read by [`endpoint_slot`] instead of a hash lookup in `PAL_ENDPOINTS`.
+/// `PAL_ENDPOINTS` stays the whole truth: a slot holds at most one of the
+/// endpoints whose interfaces share it, and a program whose interface is
+/// not the live copy's looks in `PAL_ENDPOINTS`.
+///
+/// An array element is overwritten in place, so a program could read one
+/// half-written. The syncer therefore writes the copy that is not live
+/// and then flips `live`: every write leaves the bytes a program may be
+/// reading as they were, but for `live`, whose low byte alone changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSlot {
+    /// Which of `copies` is live: 0 or 1.
+    pub live: u32,
+    pub copies: [SlotEndpoint; 2],
+}
+
+impl EndpointSlot {
+    pub const fn current(&self) -> &SlotEndpoint {
+        &self.copies[(self.live & 1) as usize]
+    }
+}
+
 pub mod endpoint_flags {
     /// Some policy selects the endpoint for ingress: no entry means drop.
     pub const ISOLATED_INGRESS: u32 = 1 << 0;
@@ -364,6 +405,8 @@ const _: () = {
     assert!(size_of::<XdpPodDenyKey>() == 24);
     assert!(size_of::<IdentityValue>() == 4);
     assert!(size_of::<EndpointValue>() == 12);
+    assert!(size_of::<EndpointSlot>() == 36);
+    assert!(ENDPOINT_SLOTS.is_power_of_two());
     assert!(size_of::<PolicyKey>() == 16);
     assert!(size_of::<PolicyValue>() == 8);
     assert!(size_of::<Ct4Key>() == 16);
@@ -384,6 +427,7 @@ mod pod {
     // padding fields, so every byte pattern is a valid value.
     unsafe impl aya::Pod for IdentityValue {}
     unsafe impl aya::Pod for EndpointValue {}
+    unsafe impl aya::Pod for EndpointSlot {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for Ct4Key {}

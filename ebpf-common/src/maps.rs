@@ -10,8 +10,8 @@ use core::mem::size_of;
 
 use crate::{
     datapath::{
-        ADDR_LEN, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue, FragKey,
-        FragValue, IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
+        ADDR_LEN, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointSlot, EndpointValue,
+        FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
     },
     lsm::{DecisionKey, LsmConfig, PathRule, PatternSet, PodSets, RuleData},
     stats::{Counter, STATS_ENTRIES},
@@ -37,6 +37,9 @@ pub const IDENTITY: &str = "PAL_IDENTITY";
 /// Single addresses (pods, nodes): exact match, looked up before the trie.
 pub const IDENTITY_HOST: &str = "PAL_IDENT_HOST";
 pub const ENDPOINTS: &str = "PAL_ENDPOINTS";
+/// Endpoints by a slot of their interface's index, before `PAL_ENDPOINTS`
+/// ([`crate::datapath::EndpointSlot`]).
+pub const ENDPOINT_SLOTS: &str = "PAL_EP_SLOTS";
 pub const POLICY: &str = "PAL_POLICY";
 /// Entries for one protocol and one port: exact match, looked up before the
 /// trie, which then only holds ranges and wildcards.
@@ -154,6 +157,11 @@ pub const SPECS: &[MapSpec] = &[
     lpm::<[u8; ADDR_LEN]>(IDENTITY, size_of::<IdentityValue>() as u32, size::IDENTITY),
     spec::<[u8; ADDR_LEN], IdentityValue>(IDENTITY_HOST, kind::HASH, size::IDENTITY_HOST),
     spec::<u32, EndpointValue>(ENDPOINTS, kind::HASH, size::ENDPOINTS),
+    spec::<u32, EndpointSlot>(
+        crate::maps::ENDPOINT_SLOTS,
+        kind::ARRAY,
+        crate::datapath::ENDPOINT_SLOTS,
+    ),
     lpm::<PolicyKey>(POLICY, size_of::<PolicyValue>() as u32, size::POLICY),
     spec::<PolicyKey, PolicyValue>(POLICY_PORT, kind::HASH, size::POLICY_PORT),
     spec::<Ct4Key, CtValue>(CT4, kind::LRU_HASH, size::CT4),

@@ -690,3 +690,44 @@ fn the_prefilter_drops_denied_cidrs_and_denied_connection_attempts() -> anyhow::
     anyhow::ensure!(h.prefilter(&v4_udp([198, 51, 100, 7], A, 1, 53))?.0, "address deny removed");
     Ok(())
 }
+
+/// The programs find an endpoint by its interface's slot of `PAL_EP_SLOTS`
+/// and fall back to `PAL_ENDPOINTS` when another endpoint holds that slot:
+/// the slot's own interface number decides, never the slot alone.
+#[rustfmt::skip]
+#[test]
+fn an_interface_whose_slot_another_endpoint_holds_is_judged_by_its_own_policy() -> anyhow::Result<()> {
+    use aya::maps::{Array, Map, MapData};
+    use ebpf_common::datapath::{ENDPOINT_SLOTS, EndpointSlot};
+
+    let mut h = harness()?;
+    let slot_holder = |h: &Harness| -> anyhow::Result<u32> {
+        let map = Map::from_map_data(MapData::from_pin(h.t.pins.map(maps::ENDPOINT_SLOTS))?)?;
+        let slots: Array<MapData, EndpointSlot> = Array::try_from(map)?;
+        Ok(slots.get(&LO, 0)?.current().ifindex)
+    };
+    anyhow::ensure!(slot_holder(&h)? == LO, "the loopback's endpoint is not in its slot");
+    // Another endpoint takes the loopback's slot: it allows port 22, which
+    // the loopback's own policy denies.
+    let other = LO + ENDPOINT_SLOTS;
+    h.maps.remove_endpoint(LO)?;
+    anyhow::ensure!(slot_holder(&h)? == 0, "a removed endpoint kept its slot");
+    h.maps.replace_policy(other, EP + 1, ISOLATED, &[entry(IN, ID_B, TCP, (22, 22), allow(31))])?;
+    anyhow::ensure!(slot_holder(&h)? == other, "the free slot was not taken");
+    h.expect(IN, &v4_tcp(B, A, 1, 22, SYN), true, "pass_no_endpoint", "the loopback is no endpoint")?;
+    h.maps.replace_policy(LO, EP, ISOLATED, &policy_v1())?;
+    anyhow::ensure!(slot_holder(&h)? == other, "a held slot was taken over");
+    h.expect(IN, &v4_tcp(B, A, 2, 22, SYN), false, "drop_policy_deny", "its own policy, from PAL_ENDPOINTS")?;
+    h.expect(IN, &v4_tcp(B, A, 3, 80, SYN), true, "allow_policy", "its own allow")?;
+    // Freed, the slot goes to the next endpoint indexed there (the syncer
+    // indexes every endpoint on each pass), with its live generation.
+    h.maps.remove_endpoint(other)?;
+    let live = h.maps.endpoint(LO)?;
+    h.maps.index_endpoint(LO, live)?;
+    anyhow::ensure!(slot_holder(&h)? == LO, "the freed slot was not taken");
+    h.expect(IN, &v4_tcp(B, A, 4, 22, SYN), false, "drop_policy_deny", "still its own policy")?;
+    let v2 = vec![entry(IN, ID_B, TCP, (22, 22), allow(32))];
+    h.maps.replace_policy(LO, EP, ISOLATED, &v2)?;
+    h.expect(IN, &v4_tcp(B, A, 5, 22, SYN), true, "allow_policy", "a swap through the slot")?;
+    Ok(())
+}

@@ -5,9 +5,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ebpf_common::{
     datapath::{
-        ADDR_LEN, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED, POLICY_PREFIX_FULL,
-        POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, XdpPodDenyKey, direction, endpoint_flags,
-        identity,
+        ADDR_LEN, EndpointSlot, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED,
+        POLICY_PREFIX_FULL, POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, SlotEndpoint,
+        XdpPodDenyKey, direction, endpoint_flags, endpoint_slot, identity,
     },
     maps,
 };
@@ -134,6 +134,9 @@ pub type HeldPolicy = std::collections::HashMap<(u32, u8), Vec<(Key<PolicyKey>, 
 pub struct DatapathMaps {
     identities: AddressMap<IdentityValue>,
     endpoints: HashMap<MapData, u32, EndpointValue>,
+    /// The programs' index of `endpoints` by interface slot; see
+    /// [`Self::index_endpoint`].
+    slots: Array<MapData, EndpointSlot>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     policy_port: HashMap<MapData, PolicyKey, PolicyValue>,
     pub(super) node_denies: AddressMap<u32>,
@@ -158,6 +161,8 @@ impl DatapathMaps {
             identities: AddressMap::open(pins, maps::IDENTITY_HOST, maps::IDENTITY)?,
             endpoints: HashMap::try_from(open_map(pins, maps::ENDPOINTS)?)
                 .map_err(conv(maps::ENDPOINTS))?,
+            slots: Array::try_from(open_map(pins, maps::ENDPOINT_SLOTS)?)
+                .map_err(conv(maps::ENDPOINT_SLOTS))?,
             policy: LpmTrie::try_from(open_map(pins, maps::POLICY)?).map_err(conv(maps::POLICY))?,
             policy_port: HashMap::try_from(open_map(pins, maps::POLICY_PORT)?)
                 .map_err(conv(maps::POLICY_PORT))?,
@@ -244,7 +249,59 @@ impl DatapathMaps {
         }
     }
 
+    /// Makes the programs' index agree with `PAL_ENDPOINTS` for the
+    /// endpoint on `ifindex`, now `value` (`None`: gone): its slot gets it
+    /// unless another endpoint holds that slot (that one's interface then
+    /// serves from `PAL_ENDPOINTS`). Writes the copy that is not live, then
+    /// flips the live one (see `EndpointSlot`), and nothing when the slot
+    /// is already right. The syncer calls it for every endpoint each pass,
+    /// which repairs a slot an interrupted write left behind.
+    pub fn index_endpoint(
+        &mut self,
+        ifindex: u32,
+        value: Option<EndpointValue>,
+    ) -> Result<(), DatapathError> {
+        let index = endpoint_slot(ifindex);
+        let mut slot = self
+            .slots
+            .get(&index, 0)
+            .map_err(|source| DatapathError::Read {
+                name: maps::ENDPOINT_SLOTS,
+                source,
+            })?;
+        let live = *slot.current();
+        let want = match value {
+            Some(value) => {
+                let other = live.ifindex != 0 && live.ifindex != ifindex;
+                if other && self.endpoint(live.ifindex)?.is_some() {
+                    return Ok(());
+                }
+                SlotEndpoint { ifindex, value }
+            }
+            None if live.ifindex == ifindex => SlotEndpoint::default(),
+            None => return Ok(()),
+        };
+        if live == want {
+            return Ok(());
+        }
+        let next = (slot.live & 1) ^ 1;
+        slot.copies[next as usize] = want;
+        for step in [slot, EndpointSlot { live: next, ..slot }] {
+            self.slots
+                .set(index, &step, 0)
+                .map_err(|source| DatapathError::Write {
+                    name: maps::ENDPOINT_SLOTS,
+                    what: format!("slot {index} for the endpoint on ifindex {ifindex}"),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        // The slot first: one left behind would go on enforcing on an
+        // interface that `PAL_ENDPOINTS`, and so the syncer, no longer knows.
+        self.index_endpoint(ifindex, None)?;
         removed(self.endpoints.remove(&ifindex), maps::ENDPOINTS, || {
             format!("removal of endpoint on ifindex {ifindex}")
         })?;
@@ -279,6 +336,9 @@ impl DatapathMaps {
         held: Option<&HeldPolicy>,
     ) -> Result<u32, DatapathError> {
         let current = self.endpoint(ifindex)?;
+        // The programs must read what `PAL_ENDPOINTS` says before either
+        // generation is touched.
+        self.index_endpoint(ifindex, current)?;
         let revision = current.map_or(0, |c| c.revision.wrapping_add(1));
         let next = EndpointValue {
             endpoint,
@@ -318,6 +378,7 @@ impl DatapathMaps {
                 what: format!("endpoint {endpoint} on ifindex {ifindex}"),
                 source,
             })?;
+        self.index_endpoint(ifindex, Some(next))?;
         // Tracked flows are judged again: by the new generation, as the
         // old one is about to go.
         self.next_epoch()?;

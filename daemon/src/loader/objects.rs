@@ -34,6 +34,7 @@ const POD_DATAPATH: &[&str] = &[
     maps::COUNTERS,
     maps::COUNTER_CELLS,
     maps::ENDPOINTS,
+    maps::ENDPOINT_SLOTS,
     maps::IDENTITY,
     maps::IDENTITY_HOST,
     maps::POLICY,

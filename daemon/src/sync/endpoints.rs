@@ -87,10 +87,14 @@ impl<'p> Pass<'p> {
             },
         ) in &self.desired.endpoints
         {
-            if live
+            if let Some(cur) = live
                 .get(&ifindex)
-                .is_some_and(|cur| up_to_date(cur, endpoint, policy, held))
+                .filter(|cur| up_to_date(cur, endpoint, policy, held))
             {
+                // Its slot of the programs' index, repaired if need be.
+                if let Err(e) = self.maps.index_endpoint(ifindex, Some(*cur)) {
+                    self.report.errors.push(format!("{name}: {e}"));
+                }
                 continue;
             }
             match self.maps.replace_policy_held(

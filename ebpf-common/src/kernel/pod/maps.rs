@@ -4,8 +4,9 @@
 
 use crate::{
     datapath::{
-        ADDR_LEN, COUNTER_CELLS, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointValue,
-        FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue,
+        ADDR_LEN, COUNTER_CELLS, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, ENDPOINT_SLOTS,
+        EndpointSlot, EndpointValue, FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue,
+        endpoint_slot,
     },
     maps::size,
     stats::{Counter, STATS_ENTRIES},
@@ -29,6 +30,23 @@ pub static PAL_CNT_CELLS: PerCpuArray<CounterCell> =
 #[map(name = "PAL_ENDPOINTS")]
 pub static PAL_ENDPOINTS: HashMap<u32, EndpointValue> =
     HashMap::with_max_entries(size::ENDPOINTS, 0);
+
+#[map(name = "PAL_EP_SLOTS")]
+pub static PAL_EP_SLOTS: Array<EndpointSlot> = Array::with_max_entries(ENDPOINT_SLOTS, 0);
+
+/// The endpoint on `ifindex`: from its slot of the index when it holds
+/// that interface (an inlined array read), else from `PAL_ENDPOINTS`.
+#[inline(always)]
+pub fn endpoint(ifindex: u32) -> Option<EndpointValue> {
+    if let Some(slot) = PAL_EP_SLOTS.get(endpoint_slot(ifindex)) {
+        let live = slot.current();
+        if live.ifindex == ifindex {
+            return Some(live.value);
+        }
+    }
+    // SAFETY: copied out at once.
+    unsafe { PAL_ENDPOINTS.get(&ifindex) }.copied()
+}
 
 #[map(name = "PAL_IDENTITY")]
 pub static PAL_IDENTITY: LpmTrie<[u8; ADDR_LEN], IdentityValue> =

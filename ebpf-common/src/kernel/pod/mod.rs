@@ -13,7 +13,7 @@ pub mod scratch;
 pub mod verdicts;
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use maps::{PAL_CNT_CELLS, PAL_COUNTERS, PAL_ENDPOINTS, PAL_TC_STATS};
+use maps::{PAL_CNT_CELLS, PAL_COUNTERS, PAL_TC_STATS};
 use policy::Verdict;
 
 use crate::{
@@ -104,8 +104,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
             cache = Some((slot, key));
         }
     }
-    // SAFETY: copied out at once.
-    let Some(ep) = (unsafe { PAL_ENDPOINTS.get(&ifindex) }).copied() else {
+    let Some(ep) = maps::endpoint(ifindex) else {
         count(&PAL_TC_STATS, dir, reason::PASS_NO_ENDPOINT, bytes);
         return true;
     };
