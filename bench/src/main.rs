@@ -215,6 +215,8 @@ struct Case {
     /// The operations no design can spare this packet, beside the empty
     /// program of its hook: `(count, operation)`.
     floor: &'static [(u32, Op)],
+    /// Run in single runs (new flows), so priced cold.
+    single: bool,
 }
 
 /// A packet of a tracked flow, either way.
@@ -258,18 +260,22 @@ const CASES: [Case; 9] = [
     Case {
         name: "established",
         floor: TRACKED,
+        single: false,
     },
     Case {
         name: "reply",
         floor: TRACKED,
+        single: false,
     },
     Case {
         name: "non-IP",
         floor: &[(1, Op::Array), (1, Op::PerCpu)],
+        single: false,
     },
     Case {
         name: "denied",
         floor: &[(1, Op::LruMiss), (1, Op::Array), (2, Op::PerCpu)],
+        single: false,
     },
     Case {
         name: "denied, first",
@@ -279,6 +285,7 @@ const CASES: [Case; 9] = [
             (1, Op::Hash),
             (1, Op::PerCpu),
         ],
+        single: true,
     },
     Case {
         name: "new allowed",
@@ -289,6 +296,7 @@ const CASES: [Case; 9] = [
             (1, Op::LruInsert),
             (2, Op::PerCpu),
         ],
+        single: true,
     },
     Case {
         name: "new allowed, first",
@@ -300,14 +308,17 @@ const CASES: [Case; 9] = [
             (1, Op::LruInsert),
             (1, Op::PerCpu),
         ],
+        single: true,
     },
     Case {
         name: "XDP pass",
         floor: &[(2, Op::HashMiss), (1, Op::PerCpu)],
+        single: false,
     },
     Case {
         name: "XDP deny",
         floor: &[(1, Op::Hash), (1, Op::PerCpu)],
+        single: false,
     },
 ];
 
@@ -395,7 +406,7 @@ fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> any
         .try_clone()?;
     let (to_pod, from_pod) = (to_pod.as_fd(), from_pod.as_fd());
     let empty = floors.tc.as_fd();
-    let extra = |i: usize| prices.sum(CASES[i].floor);
+    let extra = |i: usize| prices.sum(CASES[i].floor, CASES[i].single);
     let flows =
         |from: u16| (from..from + NEW_FLOWS).map(move |sport| tcp(last, POD, sport, 80, 0x02));
     // The steady cases first: the new flows' entries are created last.
@@ -416,7 +427,7 @@ fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> any
     )?;
     // The insert is priced beside each run: its floor's base.
     let insert = primitives::Inserter::new()?;
-    let but_insert = |i: usize| extra(i) - prices.of(Op::LruInsert);
+    let but_insert = |i: usize| extra(i) - prices.of(Op::LruInsert, true);
     let allowed_new = singles(
         to_pod,
         empty,
@@ -579,7 +590,7 @@ fn main() -> anyhow::Result<()> {
             "  {:<19}   floor: {} = {:.1} ns{beside}",
             "",
             floor_text(c),
-            prices.sum(c.floor)
+            prices.sum(c.floor, c.single)
         );
     }
     println!();

@@ -221,17 +221,30 @@ impl Op {
     }
 }
 
-/// ns over the empty program of each [`Op`], measured in this run.
-pub struct Prices([f64; OPS.len()]);
+/// ns over the empty program of each [`Op`], measured in this run: warm
+/// (rounds of repeated runs, as the steady cases run) and cold (single
+/// runs each beside a single run of the empty program, as the cases of
+/// new flows run: each starts with what the system call before it left in
+/// the caches).
+pub struct Prices {
+    warm: [f64; OPS.len()],
+    cold: [f64; OPS.len()],
+}
 
 impl Prices {
-    pub fn of(&self, op: Op) -> f64 {
-        self.0[op.index()]
+    pub fn of(&self, op: Op, cold: bool) -> f64 {
+        if cold {
+            self.cold[op.index()]
+        } else {
+            self.warm[op.index()]
+        }
     }
 
     /// The sum of `ops`' prices, `(count, op)` each.
-    pub fn sum(&self, ops: &[(u32, Op)]) -> f64 {
-        ops.iter().map(|&(n, op)| f64::from(n) * self.of(op)).sum()
+    pub fn sum(&self, ops: &[(u32, Op)], cold: bool) -> f64 {
+        ops.iter()
+            .map(|&(n, op)| f64::from(n) * self.of(op, cold))
+            .sum()
     }
 }
 
@@ -280,29 +293,43 @@ fn lru_insert(empty: BorrowedFd<'_>, runs: u16) -> anyhow::Result<f64> {
     Ok(crate::median_f64(diffs))
 }
 
-/// Prices every [`Op`] beside the empty TC program.
-pub fn price(frame: &[u8], empty: BorrowedFd<'_>) -> anyhow::Result<Prices> {
-    let mut prices = [0.0; OPS.len()];
-    for op in OPS {
-        let lookup = |name, miss, increment| -> anyhow::Result<f64> {
-            let (_map, prog) = one_lookup(name, miss, increment)?;
-            Ok(crate::paired(prog.as_fd(), empty, frame, 0.0)?.over_empty)
-        };
-        prices[op.index()] = match op {
-            Op::Array => lookup(maps::EPOCH, false, false)?,
-            Op::PerCpu => lookup(maps::TC_STATS, false, true)?,
-            Op::Hash => lookup(maps::POLICY_PORT, false, false)?,
-            Op::HashMiss => lookup(maps::XDP_DENY_HOST, true, false)?,
-            Op::LruHit => lookup(maps::CT4, false, false)?,
-            Op::LruMiss => lookup(maps::CT4, true, false)?,
-            Op::LruInsert => lru_insert(empty, crate::NEW_FLOWS)?,
-            Op::Clock => {
-                let prog = helper_program(HELPER_KTIME_COARSE)?;
-                crate::paired(prog.as_fd(), empty, frame, 0.0)?.over_empty
-            }
-        };
+/// The median of (the program's ns - the empty program's) over single
+/// runs, each beside one of the empty program.
+fn cold(prog: BorrowedFd<'_>, empty: BorrowedFd<'_>, frame: &[u8]) -> anyhow::Result<f64> {
+    let mut diffs = Vec::with_capacity(usize::from(crate::NEW_FLOWS));
+    for _ in 0..crate::NEW_FLOWS {
+        let floor = f64::from(raw::test_run(empty, frame, 1)?);
+        diffs.push(f64::from(raw::test_run(prog, frame, 1)?) - floor);
     }
-    Ok(Prices(prices))
+    Ok(crate::median_f64(diffs))
+}
+
+/// Prices every [`Op`] beside the empty TC program, warm and cold.
+pub fn price(frame: &[u8], empty: BorrowedFd<'_>) -> anyhow::Result<Prices> {
+    let mut warm = [0.0; OPS.len()];
+    let mut cold_ = [0.0; OPS.len()];
+    for op in OPS {
+        let (_map, prog) = match op {
+            Op::Array => one_lookup(maps::EPOCH, false, false)?,
+            Op::PerCpu => one_lookup(maps::TC_STATS, false, true)?,
+            Op::Hash => one_lookup(maps::POLICY_PORT, false, false)?,
+            Op::HashMiss => one_lookup(maps::XDP_DENY_HOST, true, false)?,
+            Op::LruHit => one_lookup(maps::CT4, false, false)?,
+            Op::LruMiss => one_lookup(maps::CT4, true, false)?,
+            Op::LruInsert => {
+                let insert = lru_insert(empty, crate::NEW_FLOWS)?;
+                (warm[op.index()], cold_[op.index()]) = (insert, insert);
+                continue;
+            }
+            Op::Clock => (
+                helper_program(HELPER_KTIME_COARSE)?,
+                helper_program(HELPER_KTIME_COARSE)?,
+            ),
+        };
+        warm[op.index()] = crate::paired(prog.as_fd(), empty, frame, 0.0)?.over_empty;
+        cold_[op.index()] = cold(prog.as_fd(), empty, frame)?;
+    }
+    Ok(Prices { warm, cold: cold_ })
 }
 
 /// The maps a packet looks up, measured with the layout and size the
@@ -334,13 +361,20 @@ fn kind_name(kind: u32) -> &'static str {
 /// Prints the floors' operations, as priced in this run.
 pub fn report_prices(prices: &Prices) {
     println!(
-        "the floors' operations, ns over the empty TC program (medians of {} rounds; the insert: of {} single runs):",
+        "the floors' operations, ns over the empty TC program, warm (medians of {} rounds) / cold (of {} single runs; the insert is single runs only):",
         crate::ROUNDS,
         crate::NEW_FLOWS
     );
     let ops: Vec<String> = OPS
         .iter()
-        .map(|&op| format!("{} {:.1}", op.name(), prices.of(op)))
+        .map(|&op| {
+            format!(
+                "{} {:.1} / {:.1}",
+                op.name(),
+                prices.of(op, false),
+                prices.of(op, true)
+            )
+        })
         .collect();
     println!("  {}", ops.join(", "));
 }
