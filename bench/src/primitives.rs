@@ -68,12 +68,21 @@ fn zero_stack(p: &mut Vec<u64>, below: i16, len: i16) {
 
 const EXIT: [u64; 2] = [0xb7 | ((-1i32 as u32 as u64) << 32), 0x95];
 
-/// One lookup of an all-zero key of `key_len` bytes in `map`; with
-/// `increment`, adds one to the first word of what it finds, as a counter.
-fn lookup_program(map: BorrowedFd<'_>, key_len: usize, increment: bool) -> io::Result<OwnedFd> {
-    let frame = key_len.next_multiple_of(8) as i16;
+/// One lookup of `key` in `map`; with `increment`, adds one to the first
+/// word of what it finds, as a counter.
+fn lookup_program(map: BorrowedFd<'_>, key: &[u8], increment: bool) -> io::Result<OwnedFd> {
+    let frame = key.len().next_multiple_of(8) as i16;
     let mut p = Vec::new();
     zero_stack(&mut p, 0, frame);
+    for (i, word) in key.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..word.len()].copy_from_slice(word);
+        let imm = i32::from_ne_bytes(w);
+        if imm != 0 {
+            // *(u32 *)(r10 - frame + 4 * i) = imm
+            p.push(insn(0x62, 10, 0, -frame + 4 * i as i16, imm));
+        }
+    }
     p.extend(load_map(map));
     p.push(insn(0xbf, 2, 10, 0, 0)); // r2 = r10
     p.push(insn(0x07, 2, 0, 0, -i32::from(frame))); // r2 -= frame
@@ -147,22 +156,24 @@ fn datapath_map(name: &str) -> anyhow::Result<(OwnedFd, &'static MapSpec)> {
     Ok((map, spec))
 }
 
-/// A program that looks up (a hit, or with `miss` a miss) the all-zero key
-/// in a map laid out as `name`.
+/// A program that looks up (a hit, or with `miss` a miss) one key in a
+/// map laid out as `name`, which holds one entry.
 fn one_lookup(name: &str, miss: bool, increment: bool) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     let (map, spec) = datapath_map(name)?;
     let key_len = spec.key_size as usize;
-    let mut key = vec![if miss { 0xff } else { 0 }; key_len];
+    let mut key = vec![0u8; key_len];
     if spec.map_type == kind::LPM_TRIE {
-        // The full prefix: a hit on the one entry.
-        key[..4].fill(0);
-        key[0] = (8 * (key_len - 4)) as u8;
+        // The full prefix: a lookup of a whole address, a hit on the one entry.
+        key[..4].copy_from_slice(&(8 * (key_len as u32 - 4)).to_ne_bytes());
     }
     let value = vec![0u8; spec.value_size as usize];
-    if spec.map_type != kind::ARRAY && spec.map_type != kind::PERCPU_ARRAY || !miss {
-        map_update(map.as_fd(), &key, &value)?;
+    // A miss: the one entry is another key (arrays have every index).
+    let mut held = key.clone();
+    if miss {
+        held.iter_mut().skip(4).for_each(|b| *b = 0xff);
     }
-    let prog = lookup_program(map.as_fd(), key_len, increment)?;
+    map_update(map.as_fd(), &held, &value)?;
+    let prog = lookup_program(map.as_fd(), &key, increment)?;
     Ok((map, prog))
 }
 

@@ -45,7 +45,7 @@ const POD_DATAPATH: &[&str] = &[
     maps::FRAGS,
     maps::EVENTS,
 ];
-const POD_SCRATCH: &[&str] = &["PAL_TC_SCRATCH", "PAL_VERDICTS"];
+const POD_SCRATCH: &[&str] = &["PAL_TC_SCRATCH"];
 
 pub static XDP: Object = Object {
     name: "palisade-xdp",

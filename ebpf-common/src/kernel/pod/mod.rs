@@ -91,18 +91,15 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     if let Some(src_is_lo) = untracked {
         s.pkt.map_addresses();
         let (key, slot) = verdicts::slot(s, ifindex, dir);
-        if let Some(slot) = slot {
-            // SAFETY: this CPU's slot of a per-CPU array, valid for this
-            // run and used by one run at a time.
-            let slot = unsafe { &mut *slot };
-            if let Some((verdict, endpoint)) = verdicts::cached(slot, &key, epoch) {
-                if verdict.pass {
-                    flow::track(s, endpoint, dir, &verdict, epoch, now, src_is_lo);
-                }
-                return conclude(s, endpoint, dir, &verdict, true, now, bytes);
+        if let Some(slot_ref) = s.verdicts.get(slot)
+            && let Some((verdict, endpoint)) = verdicts::cached(slot_ref, &key, epoch)
+        {
+            if verdict.pass {
+                flow::track(s, endpoint, dir, &verdict, epoch, now, src_is_lo);
             }
-            cache = Some((slot, key));
+            return conclude(s, endpoint, dir, &verdict, true, now, bytes);
         }
+        cache = Some((slot, key));
     }
     let Some(ep) = maps::endpoint(ifindex) else {
         count(&PAL_TC_STATS, dir, reason::PASS_NO_ENDPOINT, bytes);
@@ -114,7 +111,9 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         Kind::Drop => Verdict::drop(parsed.reason, 0),
     };
     // An untracked packet's verdict is its new flow's, by policy alone.
-    if let Some((slot, key)) = cache {
+    if let Some((slot, key)) = cache
+        && let Some(slot) = s.verdicts.get_mut(slot)
+    {
         verdicts::store(slot, key, epoch, ep.endpoint, &verdict);
     }
     conclude(s, ep.endpoint, dir, &verdict, parsed_ip, now, bytes)

@@ -1,7 +1,8 @@
 //! Per-CPU working memory. The eBPF stack is 512 bytes; a parsed packet and
 //! the keys built from it do not fit beside the call frames, so they live
 //! in a one-slot per-CPU array instead. Not pinned: apart from the event
-//! rate limiter, it holds nothing between runs.
+//! rate limiter and the cache of new flows' verdicts, it holds nothing
+//! between runs.
 
 use crate::{
     datapath::{ADDR_LEN, Ct4Key, Ct6Key, FragKey, PolicyKey},
@@ -29,6 +30,8 @@ pub struct Scratch {
     pub ct6: Ct6Key,
     pub frag: FragKey,
     pub lookup: Lookup,
+    /// Persists too: new flows' verdicts (`super::verdicts`).
+    pub verdicts: [super::verdicts::VerdictSlot; super::verdicts::SLOTS as usize],
 }
 
 #[map(name = "PAL_TC_SCRATCH")]
@@ -40,3 +43,6 @@ pub fn get() -> Option<&'static mut Scratch> {
     // on this CPU (programs are not preempted mid-run on the same CPU).
     PAL_TC_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
+
+// The kernel refuses per-CPU values above 32 KiB (PCPU_MIN_UNIT_SIZE).
+const _: () = assert!(core::mem::size_of::<Scratch>() <= 32 * 1024);

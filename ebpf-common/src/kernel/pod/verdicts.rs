@@ -11,20 +11,19 @@
 //! denies may be a reply of a flow opened from the other side), and only a
 //! packet it does not know comes here.
 //!
-//! Direct-mapped, one slot per hash of the key, in a per-CPU array: an
-//! inlined lookup instead of a hash map's, no locks, and a slot another key
-//! takes is simply lost. It is separate from conntrack, so no denied flood
-//! can evict a tracked flow, and it is not pinned: a new program starts
-//! with an empty one.
-
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+//! Direct-mapped, one slot per hash of the key, in the per-CPU scratch
+//! (already at hand: no map lookup, no per-CPU pointer to follow), no
+//! locks, and a slot another key takes is simply lost. It is separate from
+//! conntrack, so no denied flood can evict a tracked flow, and, like the
+//! scratch, it is not pinned: a new program starts with an empty one.
 
 use crate::datapath::{ADDR_LEN, direction};
 
 use super::{policy::Verdict, scratch::Scratch};
 
-/// Slots per CPU, a power of two.
-pub const SLOTS: u32 = 1024;
+/// Slots per CPU, a power of two (the scratch is one per-CPU value, and
+/// the kernel caps those at 32 KiB).
+pub const SLOTS: u32 = 512;
 const SLOT_BITS: u32 = SLOTS.trailing_zeros();
 
 /// What a new flow's verdict depends on, as three words.
@@ -49,9 +48,6 @@ pub struct VerdictSlot {
 const _: () = assert!(core::mem::size_of::<VerdictSlot>() == 40);
 const _: () = assert!(SLOTS.is_power_of_two());
 
-#[map(name = "PAL_VERDICTS")]
-pub static PAL_VERDICTS: PerCpuArray<VerdictSlot> = PerCpuArray::with_max_entries(SLOTS, 0);
-
 /// Two words of a 16-byte address.
 #[inline(always)]
 fn words(a: &[u8; ADDR_LEN]) -> [u64; 2] {
@@ -62,9 +58,9 @@ fn words(a: &[u8; ADDR_LEN]) -> [u64; 2] {
 }
 
 /// The key of the packet in `s` (its addresses in their 16-byte forms)
-/// at `ifindex` in `dir`, and its slot on this CPU.
+/// at `ifindex` in `dir`, and its slot's index on this CPU.
 #[inline(always)]
-pub fn slot(s: &Scratch, ifindex: u32, dir: u32) -> (VerdictKey, Option<*mut VerdictSlot>) {
+pub fn slot(s: &Scratch, ifindex: u32, dir: u32) -> (VerdictKey, usize) {
     let peer = if dir == direction::EGRESS {
         &s.pkt.dst
     } else {
@@ -76,8 +72,8 @@ pub fn slot(s: &Scratch, ifindex: u32, dir: u32) -> (VerdictKey, Option<*mut Ver
         | u64::from(s.pkt.protocol) << 48
         | u64::from(dir as u8) << 56;
     let h = (a ^ b.rotate_left(23) ^ c.rotate_left(47)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let index = (h >> (64 - SLOT_BITS)) as u32;
-    (VerdictKey([a, b, c]), PAL_VERDICTS.get_ptr_mut(index))
+    let index = (h >> (64 - SLOT_BITS)) as usize;
+    (VerdictKey([a, b, c]), index)
 }
 
 /// The verdict the slot holds for `key` under `epoch`, and its endpoint.
