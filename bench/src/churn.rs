@@ -320,7 +320,9 @@ fn replay(
         reading.errors
     );
     let start = Instant::now();
-    let mut compiler = Incremental::new(reading.snapshot);
+    // As the daemon does: the endpoints of this node's pods only.
+    let local = |c: &Cluster| c.local_pods().map(model::Pod::key).collect();
+    let mut compiler = Incremental::scoped(std::sync::Arc::new(reading.snapshot), local(cluster));
     let full_compile = ms(start.elapsed());
     let mut cluster = cluster.clone();
     let mut out = Vec::new();
@@ -346,7 +348,8 @@ fn replay(
             let reading = source.read();
             let read_ms = ms(start.elapsed());
             let start = Instant::now();
-            let change = compiler.update(&reading.snapshot);
+            let mut change = compiler.update(std::sync::Arc::new(reading.snapshot));
+            change.full |= compiler.set_scope(local(&cluster)).full;
             out.push(Breakdown {
                 kind,
                 read_ms,
@@ -358,7 +361,37 @@ fn replay(
     Ok((out, full_read, full_compile))
 }
 
+/// `--replay-only`: the in-process replay alone (no daemon, no root), for
+/// working on the file source and the compiler: where a pass's time goes
+/// before the kernel is involved.
+fn replay_only(quick: bool) -> anyhow::Result<()> {
+    let scale = if quick { QUICK } else { FULL };
+    let local: Vec<Ipv4Addr> = (0..scale.local)
+        .map(|i| Ipv4Addr::new(10, 199, 1, u8::try_from(i + 2).unwrap_or(u8::MAX)))
+        .collect();
+    let cluster = Cluster::generate(scale, &local);
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("palisade-replay-{}", std::process::id())));
+    let _ = fs::remove_dir_all(&scratch.0);
+    let replays = if quick { QUICK_REPLAYS } else { REPLAYS };
+    let (breakdown, read, compile) = replay(&cluster, scale, replays, &scratch.0)?;
+    println!("from nothing: read {read:.1} ms, compile {compile:.1} ms");
+    for b in &breakdown {
+        println!(
+            "  {:<20} read {:>7.1} ms, compile {:>7.1} ms{}",
+            b.kind.name(),
+            b.read_ms,
+            b.compile_ms,
+            if b.full { " (full recompile)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
 pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--replay-only") {
+        return replay_only(quick);
+    }
     anyhow::ensure!(
         nix_is_root(),
         "the churn bench needs root (network namespaces, bpffs, nft)"

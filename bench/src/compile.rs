@@ -131,8 +131,10 @@ pub fn report() {
                 ("tier".to_owned(), "tier0".to_owned()),
             ]
             .into();
-            let key = s.pods[0].key();
-            let (change, incremental_time) = timed(|| inc.relabel_pod(&key, moved.clone()));
+            let mut relabelled = s.clone();
+            relabelled.pods[0].labels = moved.clone();
+            let relabelled = std::sync::Arc::new(relabelled);
+            let (change, incremental_time) = timed(|| inc.update(relabelled.clone()));
             let ((before, compile_time), peak, kept) =
                 crate::heap::measure(|| timed(|| compile(&s)));
             let entries: usize = before.endpoints.values().map(|e| e.entries.len()).sum();

@@ -1,72 +1,89 @@
-//! Recompiling after one pod's label change without recompiling the node.
+//! Bringing the compiled state to a new snapshot without compiling the
+//! cluster again, and only for the pods this node enforces.
 //!
-//! What a relabel can change: the pod's own endpoint (which policies select
-//! it); its identity (label sets are identities); and, only where that
-//! identity is new or the old one lost its last holder, the peer sets of
-//! the rules whose peers name the pod, hence the endpoints those rules'
-//! policies select. Endpoints whose entries are a plain union of allows
-//! are patched (entries for a vanished identity dropped, entries for a new
-//! one added); any other endpoint is recompiled alone. Identities keep the
-//! numbers a full compile would give: where a change would renumber another
-//! key (a hash collision), everything is recompiled. The result is always
-//! what `compile` gives for the new snapshot; the tests check exactly that.
+//! A node enforces its own pods' endpoints, but must know every address's
+//! identity. So the state keeps the identities of the whole cluster and
+//! the endpoints of a scope (the placed pods), and a change costs what it
+//! touches:
+//! - a pod added, removed or relabelled, or a namespace relabelled (its
+//!   pods' identity keys change): the holder counts of the identity keys
+//!   move; keys that lost their last holder retire, new ones take their
+//!   natural number; where that would renumber another key (a hash
+//!   collision), everything is compiled again, so that numbers are always
+//!   those a full compile gives;
+//! - the rules that name a changed pod (before or after), and those of a
+//!   changed policy, forget their peer sets;
+//! - the endpoints in scope whose policies hold such a rule, that a changed
+//!   policy selects (before or after), or that changed themselves, are
+//!   compiled again, alone.
+//!
+//! A change of the ipBlock prefixes reshapes every identity key: it is a
+//! full compile. The result is always `compile` of the new snapshot,
+//! restricted to the scope; the tests check exactly that.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ebpf_common::datapath::direction;
 
 use super::{
-    Compiled, EVERYTHING, entry, spans,
+    Compiled, EndpointPolicy,
     tables::{Context, Tables, address_key, block_test, host},
 };
 use crate::{
     identity::{IdentityKey, natural, probe_next},
-    model::{Labels, Pod, Snapshot, networkpolicy::PortRef},
+    model::{Pod, Policy, Snapshot, networkpolicy::PortRef},
 };
 
 pub struct Incremental {
-    snapshot: Snapshot,
+    snapshot: Arc<Snapshot>,
     tables: Tables,
     compiled: Compiled,
     /// How many pod addresses hold each label identity.
     holders: HashMap<IdentityKey, usize>,
-    /// Per pod: the policies (indexes) selecting it, and per direction
-    /// whether its entries are a plain union.
-    pods: HashMap<String, (Vec<usize>, [bool; 2])>,
-    /// Per policy: the pods it selects.
-    selected: Vec<BTreeSet<String>>,
-    /// Each pod's position in the snapshot.
-    position: HashMap<String, usize>,
-}
-
-/// A rule (policy index, direction, rule index) whose peer set changed,
-/// with the identities it gained.
-type RulePatch = (usize, u32, usize, Vec<u32>);
-
-/// What a relabel did to the identities.
-struct Renumbered {
-    /// Identities that lost their last holder.
-    gone: BTreeSet<u32>,
-    /// Identities that gained their first.
-    fresh: BTreeSet<u32>,
-    /// The relabelled pod's addresses with their identities now.
-    new_ids: Vec<(IpAddr, u32)>,
+    /// The pods whose endpoints are kept; `None`: every pod.
+    scope: Option<BTreeSet<String>>,
+    /// Per kept pod: the indexes of the policies that select it.
+    selecting: HashMap<String, Vec<usize>>,
 }
 
 /// What a change touched.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Change {
-    /// Endpoints whose policy differs now.
+    /// Endpoints whose policy differs now (or that are gone).
     pub endpoints: Vec<String>,
-    /// Everything was recompiled (an identity would have been renumbered).
+    /// Everything was compiled again.
     pub full: bool,
 }
 
+/// A pod before and after a change (`None`: absent).
+type PodChange<'a> = (Option<&'a Pod>, Option<&'a Pod>);
+
+/// What a change did to the identities.
+#[derive(Default)]
+struct Renumbered {
+    /// Identities that lost their last holder.
+    gone: BTreeSet<u32>,
+    /// Identities that gained their first, each with one holder: the
+    /// index of its change and the address.
+    fresh: BTreeMap<u32, (usize, IpAddr)>,
+}
+
 impl Incremental {
+    /// Every pod's endpoint.
     pub fn new(snapshot: Snapshot) -> Self {
+        Self::build(Arc::new(snapshot), None)
+    }
+
+    /// The endpoints of the pods in `scope` only.
+    pub fn scoped(snapshot: Arc<Snapshot>, scope: BTreeSet<String>) -> Self {
+        Self::build(snapshot, Some(scope))
+    }
+
+    fn build(snapshot: Arc<Snapshot>, scope: Option<BTreeSet<String>>) -> Self {
         let tables = Tables::new(&snapshot);
         let mut holders: HashMap<IdentityKey, usize> = HashMap::new();
         for pod in &snapshot.pods {
@@ -76,82 +93,124 @@ impl Incremental {
                     .or_default() += 1;
             }
         }
-        let mut pods = HashMap::new();
-        let mut selected = vec![BTreeSet::new(); snapshot.policies.len()];
-        let mut endpoints = BTreeMap::new();
-        let mut policies = BTreeMap::new();
-        {
-            let cx = Context {
-                snapshot: &snapshot,
-                t: &tables,
-            };
-            for pod in &snapshot.pods {
-                let (ep, selecting, plain) = cx.endpoint(pod);
-                for &index in &selecting {
-                    selected[index].insert(pod.key());
-                    let (key, id) = &tables.policy_keys[index];
-                    policies.insert(key.clone(), *id);
-                }
-                pods.insert(pod.key(), (selecting, plain));
-                endpoints.insert(pod.key(), ep);
-            }
-        }
         let compiled = Compiled {
             identities: tables.identities.clone(),
             addresses: tables.addresses(),
-            endpoints,
-            policies,
+            ..Compiled::default()
         };
-        let position = snapshot
-            .pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.key(), i))
-            .collect();
-        Self {
+        let mut me = Self {
             snapshot,
             tables,
             compiled,
             holders,
-            pods,
-            selected,
-            position,
-        }
+            scope,
+            selecting: HashMap::new(),
+        };
+        let all: BTreeSet<String> = me.in_scope().map(Pod::key).collect();
+        me.recompile(&all);
+        me
     }
 
     pub fn compiled(&self) -> &Compiled {
         &self.compiled
     }
 
-    pub fn snapshot(&self) -> &Snapshot {
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
     }
 
-    /// Brings the state to `snapshot`: by relabels when only pod labels
-    /// changed, else by a full compile.
-    pub fn update(&mut self, snapshot: &Snapshot) -> Change {
-        match relabels(&self.snapshot, snapshot) {
-            Some(changes) => {
-                let mut out = Change::default();
-                for (key, labels) in changes {
-                    let c = self.relabel_pod(&key, labels);
-                    out.full |= c.full;
-                    out.endpoints.extend(c.endpoints);
-                }
-                out.endpoints.sort();
-                out.endpoints.dedup();
-                out
-            }
-            None => {
-                self.snapshot = snapshot.clone();
-                self.full()
-            }
+    fn kept(&self, key: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.contains(key))
+    }
+
+    fn in_scope(&self) -> impl Iterator<Item = &Pod> {
+        self.snapshot.pods.iter().filter(|p| self.kept(&p.key()))
+    }
+
+    /// Keeps the endpoints of `scope` (and of no other pod) from now on.
+    pub fn set_scope(&mut self, scope: BTreeSet<String>) -> Change {
+        if self.scope.as_ref() == Some(&scope) {
+            return Change::default();
+        }
+        let before = self.scope.replace(scope);
+        let fresh: BTreeSet<String> = self
+            .in_scope()
+            .map(Pod::key)
+            .filter(|k| before.as_ref().is_some_and(|b| !b.contains(k)))
+            .collect();
+        let mut endpoints = self.drop_out_of_scope();
+        endpoints.extend(self.recompile(&fresh));
+        endpoints.sort();
+        endpoints.dedup();
+        Change {
+            endpoints,
+            full: false,
+        }
+    }
+
+    /// Drops the endpoints of pods no longer kept or no longer there.
+    fn drop_out_of_scope(&mut self) -> Vec<String> {
+        let present: HashSet<String> = self.in_scope().map(Pod::key).collect();
+        let gone: Vec<String> = self
+            .compiled
+            .endpoints
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.compiled.endpoints.remove(k);
+            self.selecting.remove(k);
+        }
+        if !gone.is_empty() {
+            self.refresh_policies();
+        }
+        gone
+    }
+
+    /// Brings the state to `snapshot`.
+    pub fn update(&mut self, snapshot: Arc<Snapshot>) -> Change {
+        if Arc::ptr_eq(&snapshot, &self.snapshot) {
+            return Change::default();
+        }
+        let old = std::mem::replace(&mut self.snapshot, snapshot);
+        let new = self.snapshot.clone();
+        if Tables::prefixes_of(&new) != self.tables.prefixes {
+            return self.full();
+        }
+        let Some(pods) = pod_changes(&old, &new) else {
+            return self.full();
+        };
+        let Some(policies) = policy_changes(&old.policies, &new.policies) else {
+            return self.full();
+        };
+        let namespaces_changed = old.namespaces != new.namespaces;
+        if pods.is_empty() && policies.is_empty() && !namespaces_changed {
+            return Change::default();
+        }
+        let Some(renumbered) = self.renumber(&old, &new, &pods) else {
+            return self.full();
+        };
+        if namespaces_changed {
+            self.tables.ns_labels = Tables::namespace_labels(&new);
+        }
+        if !policies.is_empty() {
+            self.reindex_policies(&old.policies, &new);
+        }
+        let dirty = self.dirty(&old, &pods, &policies, &renumbered);
+        let mut endpoints = self.drop_out_of_scope();
+        endpoints.extend(self.recompile(&dirty));
+        endpoints.sort();
+        endpoints.dedup();
+        Change {
+            endpoints,
+            full: false,
         }
     }
 
     fn full(&mut self) -> Change {
         let before = std::mem::take(&mut self.compiled.endpoints);
-        *self = Self::new(std::mem::take(&mut self.snapshot));
+        *self = Self::build(self.snapshot.clone(), self.scope.take());
         let endpoints = self
             .compiled
             .endpoints
@@ -169,6 +228,113 @@ impl Incremental {
             endpoints,
             full: true,
         }
+    }
+
+    /// Moves the changed pods' addresses between identity keys (keys of
+    /// the old snapshot's namespaces before, the new one's after); `None`
+    /// when that would renumber a key a full compile would keep, or the
+    /// counts are corrupt.
+    fn renumber(
+        &mut self,
+        old: &Snapshot,
+        new: &Snapshot,
+        pods: &[PodChange<'_>],
+    ) -> Option<Renumbered> {
+        let prefixes = &self.tables.prefixes;
+        let keys = |s: &Snapshot, pod: Option<&Pod>| -> Vec<(IpAddr, IdentityKey)> {
+            pod.map(|p| {
+                p.ips
+                    .iter()
+                    .map(|ip| (*ip, address_key(s, prefixes, p, *ip)))
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let moves: Vec<_> = pods
+            .iter()
+            .map(|&(before, after)| (before, keys(old, before), after, keys(new, after)))
+            .collect();
+        // Each touched key's count before the change.
+        let mut counted: HashMap<IdentityKey, usize> = HashMap::new();
+        for (_, before, _, after) in &moves {
+            for (_, k) in before.iter().chain(after) {
+                counted
+                    .entry(k.clone())
+                    .or_insert_with(|| self.holders.get(k).copied().unwrap_or(0));
+            }
+        }
+        for (_, before, _, after) in &moves {
+            for (_, k) in before {
+                match self.holders.get_mut(k) {
+                    Some(n) if *n > 0 => *n -= 1,
+                    _ => return None,
+                }
+            }
+            for (_, k) in after {
+                *self.holders.entry(k.clone()).or_default() += 1;
+            }
+        }
+        let mut vanished = Vec::new();
+        let mut appeared = Vec::new();
+        for (k, was) in counted {
+            let now = self.holders.get(&k).copied().unwrap_or(0);
+            if now == 0 {
+                self.holders.remove(&k);
+            }
+            match (was, now) {
+                (0, 0) => {}
+                (_, 0) => vanished.push(k),
+                (0, _) => appeared.push(k),
+                _ => {}
+            }
+        }
+        if !self.numbering_holds(&vanished, &appeared) {
+            return None;
+        }
+        let mut out = Renumbered::default();
+        for k in &vanished {
+            if let Some(id) = self.tables.identities.remove(k) {
+                out.gone.insert(id);
+            }
+            self.compiled.identities.remove(k);
+        }
+        for k in &appeared {
+            self.tables.identities.insert(k.clone(), natural(k));
+            self.compiled.identities.insert(k.clone(), natural(k));
+        }
+        for (before, keys, _, _) in &moves {
+            if let Some(p) = before {
+                self.tables.pod_identity.remove(&p.key());
+                for (ip, _) in keys {
+                    // An ipBlock prefix of exactly this address is still there.
+                    let net = host(*ip);
+                    match self.tables.identities.get(&IdentityKey::Cidr(net)) {
+                        Some(&id) if self.tables.prefixes.contains(&net) => {
+                            self.compiled.addresses.insert(net, id);
+                        }
+                        _ => {
+                            self.compiled.addresses.remove(&net);
+                        }
+                    }
+                }
+            }
+        }
+        for (i, (_, _, after, keys)) in moves.iter().enumerate() {
+            if let Some(p) = after {
+                let ids: Vec<(IpAddr, u32)> = keys
+                    .iter()
+                    .map(|(ip, k)| (*ip, self.tables.identities[k]))
+                    .collect();
+                for ((ip, id), (_, k)) in ids.iter().zip(keys) {
+                    self.compiled.addresses.insert(host(*ip), *id);
+                    if appeared.contains(k) {
+                        out.fresh.entry(*id).or_insert((i, *ip));
+                    }
+                }
+                self.tables.pod_identity.insert(p.key(), ids);
+            }
+        }
+        Some(out)
     }
 
     /// Whether removing `vanished` and adding `appeared` leaves every other
@@ -193,7 +359,7 @@ impl Incremental {
             }
             freed.insert(slot);
         }
-        let taken: BTreeSet<u32> = ids
+        let taken: HashSet<u32> = ids
             .values()
             .copied()
             .filter(|id| !freed.contains(id))
@@ -204,487 +370,288 @@ impl Incremental {
             .all(|k| !taken.contains(&natural(k)) && wanted.insert(natural(k)))
     }
 
-    /// Gives pod `key` the label set `labels`; the compiled state is then
-    /// what `compile` gives for the new snapshot.
-    pub fn relabel_pod(&mut self, key: &str, labels: Labels) -> Change {
-        let Some(&at) = self.position.get(key) else {
-            return Change::default();
-        };
-        if self.snapshot.pods[at].labels == labels {
-            return Change::default();
-        }
-        let old_pod = self.snapshot.pods[at].clone();
-        self.snapshot.pods[at].labels = labels;
-        let new_pod = self.snapshot.pods[at].clone();
-        let old_keys = self.keys_of(&old_pod);
-        let new_keys = self.keys_of(&new_pod);
-        let Some((vanished, appeared)) = self.count_holders(&old_keys, &new_keys) else {
-            return self.full();
-        };
-        if !self.numbering_holds(&vanished, &appeared) {
-            return self.full();
-        }
-        let old_ids = self.ids_of(&old_pod, &old_keys);
-        let renumbered = self.renumber(key, &new_pod, &new_keys, &vanished, &appeared);
-        let (patches, mut recompile) = self.rule_patches(&old_pod, &old_ids, &new_pod, &renumbered);
-        recompile.insert(key.to_owned());
-        self.patch_peer_cache(&patches, &renumbered.gone);
-        let mut changed = self.patch_plain_endpoints(&patches, &renumbered.gone, &mut recompile);
-        changed.extend(self.recompile_endpoints(key, &recompile));
-        changed.sort();
-        changed.dedup();
-        Change {
-            endpoints: changed,
-            full: false,
-        }
-    }
-
-    /// The identity key of each of `pod`'s addresses.
-    fn keys_of(&self, pod: &Pod) -> Vec<IdentityKey> {
-        pod.ips
+    /// The policies' index tables after policies changed; peer sets of
+    /// unchanged policies keep, by their new index.
+    fn reindex_policies(&mut self, old: &[Policy], new: &Snapshot) {
+        let by_key: HashMap<String, usize> = new
+            .policies
             .iter()
-            .map(|ip| address_key(&self.snapshot, &self.tables.prefixes, pod, *ip))
-            .collect()
-    }
-
-    /// Each of `pod`'s addresses with the identity its key holds now.
-    fn ids_of(&self, pod: &Pod, keys: &[IdentityKey]) -> Vec<(IpAddr, u32)> {
-        pod.ips
+            .enumerate()
+            .map(|(i, p)| (p.key(), i))
+            .collect();
+        let moved: Vec<Option<usize>> = old
             .iter()
-            .zip(keys)
-            .map(|(ip, k)| {
-                (
-                    *ip,
-                    self.tables.identities.get(k).copied().unwrap_or_default(),
-                )
+            .enumerate()
+            .map(|(i, p)| {
+                let key = &self.tables.policy_keys[i].0;
+                by_key.get(key).copied().filter(|&j| new.policies[j] == *p)
             })
-            .collect()
+            .collect();
+        self.tables.reindex_policies(new);
+        let cache = std::mem::take(self.tables.peer_cache.get_mut());
+        *self.tables.peer_cache.get_mut() = cache
+            .into_iter()
+            .filter_map(|((i, dir, r), ids)| Some(((moved[i]?, dir, r), ids)))
+            .collect();
+        for list in self.selecting.values_mut() {
+            *list = list.iter().filter_map(|&i| moved[i]).collect();
+        }
     }
 
-    /// Moves the pod's addresses from `old_keys` to `new_keys` in the
-    /// holder counts, and returns the keys that lost their last holder and
-    /// those that gained their first; `None` when the counts are corrupt
-    /// (every address's key is held), which a full compile repairs.
-    fn count_holders(
+    /// The endpoints in scope a change may have changed; brings the peer
+    /// sets it changed up to date.
+    ///
+    /// Whether a rule names an address depends on the address's identity
+    /// key only (namespace labels, pod labels, the longest ipBlock prefix
+    /// holding it), so a rule's peer set changes only where an identity
+    /// gains its first holder or loses its last: the set gains the fresh
+    /// identities the rule names and drops the gone ones.
+    fn dirty(
         &mut self,
-        old_keys: &[IdentityKey],
-        new_keys: &[IdentityKey],
-    ) -> Option<(Vec<IdentityKey>, Vec<IdentityKey>)> {
-        let mut vanished = Vec::new();
-        for k in old_keys {
-            let n = self.holders.get_mut(k)?;
-            *n -= 1;
-            if *n == 0 && !new_keys.contains(k) {
-                vanished.push(k.clone());
-            }
-        }
-        let mut appeared = Vec::new();
-        for k in new_keys {
-            let n = self.holders.entry(k.clone()).or_default();
-            if *n == 0 && !old_keys.contains(k) && !appeared.contains(k) {
-                appeared.push(k.clone());
-            }
-            *n += 1;
-        }
-        self.holders.retain(|_, n| *n > 0);
-        Some((vanished, appeared))
-    }
-
-    /// Retires the identities of `vanished` keys, numbers the `appeared`
-    /// ones (where a fresh allocation would: `numbering_holds` checked it),
-    /// and points the relabelled pod's addresses at their new identities.
-    fn renumber(
-        &mut self,
-        key: &str,
-        new_pod: &Pod,
-        new_keys: &[IdentityKey],
-        vanished: &[IdentityKey],
-        appeared: &[IdentityKey],
-    ) -> Renumbered {
-        let mut gone = BTreeSet::new();
-        for k in vanished {
-            if let Some(id) = self.tables.identities.remove(k) {
-                self.compiled.identities.remove(k);
-                gone.insert(id);
-            }
-        }
-        for k in appeared {
-            self.tables.identities.insert(k.clone(), natural(k));
-            self.compiled.identities.insert(k.clone(), natural(k));
-        }
-        let new_ids = self.ids_of(new_pod, new_keys);
-        for (ip, id) in &new_ids {
-            self.compiled.addresses.insert(host(*ip), *id);
-        }
-        self.tables
-            .pod_identity
-            .insert(key.to_owned(), new_ids.clone());
-        Renumbered {
-            gone,
-            fresh: appeared.iter().map(natural).collect(),
-            new_ids,
-        }
-    }
-
-    /// The rules whose peer sets change with the relabel, each with the
-    /// identities it gains, and the endpoints that need a recompile instead
-    /// of a patch (their rules resolve named ports per destination).
-    fn rule_patches(
-        &self,
-        old_pod: &Pod,
-        old_ids: &[(IpAddr, u32)],
-        new_pod: &Pod,
+        old: &Snapshot,
+        pods: &[PodChange<'_>],
+        policies: &BTreeSet<String>,
         renumbered: &Renumbered,
-    ) -> (Vec<RulePatch>, BTreeSet<String>) {
+    ) -> BTreeSet<String> {
+        let new = self.snapshot.clone();
+        let mut dirty: BTreeSet<String> = BTreeSet::new();
+        let namespaces = changed_namespaces(old, &new);
+        for (_, after) in pods {
+            if let Some(p) = after.filter(|p| self.kept(&p.key())) {
+                dirty.insert(p.key());
+            }
+        }
+        // Which policies select a pod may change with its namespace's labels.
+        for pod in self.in_scope() {
+            if namespaces.contains(pod.namespace.as_str()) {
+                dirty.insert(pod.key());
+            }
+        }
+        // Pods a changed policy selects, before or now.
+        let no_labels = crate::model::Labels::new();
+        let changed: Vec<&Policy> = new
+            .policies
+            .iter()
+            .chain(&old.policies)
+            .filter(|p| policies.contains(&p.key()))
+            .collect();
+        if !changed.is_empty() {
+            for pod in self.in_scope() {
+                let ns = self
+                    .tables
+                    .ns_labels
+                    .get(&pod.namespace)
+                    .unwrap_or(&no_labels);
+                if changed
+                    .iter()
+                    .any(|p| p.selects(&pod.namespace, ns, &pod.labels))
+                {
+                    dirty.insert(pod.key());
+                }
+            }
+        }
+        let touched = self.patch_peer_sets(pods, renumbered);
+        for (key, list) in &self.selecting {
+            if list.iter().any(|i| touched.contains(i)) {
+                dirty.insert(key.clone());
+            }
+        }
+        dirty
+    }
+
+    /// Brings the cached peer sets of the kept pods' policies up to date
+    /// (see [`Self::dirty`]); rules with named egress ports, which resolve
+    /// on each destination pod, are compiled afresh where they name a
+    /// changed pod. Returns the policies whose rules changed.
+    fn patch_peer_sets(
+        &mut self,
+        pods: &[PodChange<'_>],
+        renumbered: &Renumbered,
+    ) -> BTreeSet<usize> {
+        let snapshot = self.snapshot.clone();
         let cx = Context {
-            snapshot: &self.snapshot,
+            snapshot: &snapshot,
             t: &self.tables,
         };
-        let mut patches: Vec<RulePatch> = Vec::new();
-        let mut recompile: BTreeSet<String> = BTreeSet::new();
-        for (index, policy) in self.snapshot.policies.iter().enumerate() {
+        let used: BTreeSet<usize> = self.selecting.values().flatten().copied().collect();
+        let mut touched = BTreeSet::new();
+        let mut patches: Vec<((usize, u32, usize), Vec<u32>)> = Vec::new();
+        let mut forget = Vec::new();
+        for &index in &used {
+            let policy = &snapshot.policies[index];
+            let ns = policy.namespace.as_deref();
             for dir in [direction::INGRESS, direction::EGRESS] {
                 let egress = dir == direction::EGRESS;
-                let Some(rules) = policy.rules(egress) else {
-                    continue;
-                };
-                for (r, rule) in rules.iter().enumerate() {
-                    let ns = policy.namespace.as_deref();
-                    // Identities this rule admits of the pod, before and now.
-                    let admitted = |pod: &Pod, ids: &[(IpAddr, u32)]| {
-                        let mut out = Vec::new();
-                        for peer in &rule.peers {
-                            match &peer.ip_block {
+                for (r, rule) in policy.rules(egress).into_iter().flatten().enumerate() {
+                    let named = egress
+                        && rule
+                            .ports
+                            .iter()
+                            .any(|p| matches!(p.port, Some(PortRef::Name(_))));
+                    let names = |pod: &Pod, ip: Option<&IpAddr>| {
+                        rule.peers.is_empty()
+                            || rule.peers.iter().any(|peer| match &peer.ip_block {
                                 Some(block) => {
                                     let inside = block_test(block);
-                                    out.extend(
-                                        ids.iter().filter(|(ip, _)| inside(ip)).map(|(_, id)| *id),
-                                    );
+                                    match ip {
+                                        Some(ip) => inside(ip),
+                                        None => pod.ips.iter().any(inside),
+                                    }
                                 }
-                                None if cx.peer_admits(ns, peer, pod) => {
-                                    out.extend(ids.iter().map(|(_, id)| *id));
-                                }
-                                None => {}
-                            }
-                        }
-                        out
+                                None => cx.peer_admits(ns, peer, pod),
+                            })
                     };
-                    let before = admitted(old_pod, old_ids);
-                    let now = admitted(new_pod, &renumbered.new_ids);
-                    let named = rule
-                        .ports
-                        .iter()
-                        .any(|p| matches!(p.port, Some(PortRef::Name(_))));
-                    if rule.peers.is_empty() {
-                        // Any peer: no identity to add or drop, but
-                        // named ports resolve on every destination.
-                        if egress && named {
-                            recompile.extend(self.selected[index].iter().cloned());
-                        }
+                    if named
+                        && pods.iter().any(|(a, b)| {
+                            a.is_some_and(|p| names(p, None)) || b.is_some_and(|p| names(p, None))
+                        })
+                    {
+                        forget.push((index, dir, r));
+                        touched.insert(index);
                         continue;
                     }
-                    if egress && named && (!before.is_empty() || !now.is_empty()) {
-                        // Ports per destination: recompile its endpoints
-                        // (its numbered ports still use the peer cache).
-                        recompile.extend(self.selected[index].iter().cloned());
+                    if rule.peers.is_empty() {
+                        continue;
                     }
-                    let lost = before.iter().any(|id| renumbered.gone.contains(id));
-                    let gained: Vec<u32> = now
-                        .into_iter()
-                        .filter(|id| renumbered.fresh.contains(id))
+                    let gained: Vec<u32> = renumbered
+                        .fresh
+                        .iter()
+                        .filter(|(_, (i, ip))| pods[*i].1.is_some_and(|p| names(p, Some(ip))))
+                        .map(|(id, _)| *id)
                         .collect();
+                    let cached = cx.t.peer_cache.borrow();
+                    let lost = cached
+                        .get(&(index, dir, r))
+                        .is_some_and(|ids| ids.iter().any(|id| renumbered.gone.contains(id)));
                     if lost || !gained.is_empty() {
-                        patches.push((index, dir, r, gained));
+                        patches.push(((index, dir, r), gained));
+                        touched.insert(index);
                     }
                 }
             }
         }
-        (patches, recompile)
-    }
-
-    /// The peer cache follows the new peer sets.
-    fn patch_peer_cache(&self, patches: &[RulePatch], gone: &BTreeSet<u32>) {
-        let mut cache = self.tables.peer_cache.borrow_mut();
-        for (index, dir, r, gained) in patches {
-            if let Some(ids) = cache.get_mut(&(*index, *dir, *r)) {
-                ids.retain(|id| !gone.contains(id));
+        let cache = self.tables.peer_cache.get_mut();
+        for at in forget {
+            cache.remove(&at);
+        }
+        for (at, gained) in patches {
+            if let Some(ids) = cache.get_mut(&at) {
+                ids.retain(|id| !renumbered.gone.contains(id));
                 ids.extend(gained);
                 ids.sort_unstable();
                 ids.dedup();
             }
         }
+        touched
     }
 
-    /// Patches the endpoints the changed rules select where their entries
-    /// are a plain union of allows (drop the gone identities, add the
-    /// gained ones); others join `recompile`. Returns those that changed.
-    fn patch_plain_endpoints(
-        &mut self,
-        patches: &[RulePatch],
-        gone: &BTreeSet<u32>,
-        recompile: &mut BTreeSet<String>,
-    ) -> Vec<String> {
-        let mut touched: BTreeMap<String, Vec<&RulePatch>> = BTreeMap::new();
-        for patch in patches {
-            for pod in &self.selected[patch.0] {
-                touched.entry(pod.clone()).or_default().push(patch);
-            }
+    /// Compiles the endpoints of `keys` (those in scope and present) again;
+    /// returns those that changed.
+    fn recompile(&mut self, keys: &BTreeSet<String>) -> Vec<String> {
+        if keys.is_empty() {
+            return Vec::new();
         }
-        let mut changed = Vec::new();
-        for (pod_key, rule_patches) in touched {
-            if recompile.contains(&pod_key) {
-                continue;
-            }
-            let plain = self.pods.get(&pod_key).map_or([false; 2], |p| p.1);
-            if rule_patches
-                .iter()
-                .any(|(_, dir, ..)| !plain[*dir as usize])
-            {
-                recompile.insert(pod_key);
-                continue;
-            }
-            let Some(pod) = self.position.get(&pod_key).map(|&i| &self.snapshot.pods[i]) else {
-                continue;
-            };
-            let Some(ep) = self.compiled.endpoints.get_mut(&pod_key) else {
-                continue;
-            };
-            let before = ep.clone();
-            ep.entries.retain(|e| !gone.contains(&e.peer));
-            for &&(index, dir, r, ref gained) in &rule_patches {
-                let policy = &self.snapshot.policies[index];
-                let rule = &policy.rules(dir == direction::EGRESS).unwrap_or_default()[r];
-                let id = self.tables.policy_keys[index].1;
-                let own = (dir == direction::INGRESS).then_some(pod);
-                for span in spans(&rule.ports, own).unwrap_or_else(|| vec![EVERYTHING]) {
-                    for &peer in gained {
-                        ep.entries.push(entry(dir, peer, span, id));
-                    }
-                }
-            }
-            ep.entries
-                .sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
-            ep.entries
-                .dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
-            if *ep != before {
-                changed.push(pod_key);
-            }
-        }
-        changed
-    }
-
-    /// Compiles the endpoints in `recompile` afresh; for the relabelled pod
-    /// `key` itself, also which policies select it now. Returns those that
-    /// changed.
-    fn recompile_endpoints(&mut self, key: &str, recompile: &BTreeSet<String>) -> Vec<String> {
+        let snapshot = self.snapshot.clone();
         let cx = Context {
-            snapshot: &self.snapshot,
+            snapshot: &snapshot,
             t: &self.tables,
         };
         let mut changed = Vec::new();
-        for pod_key in recompile {
-            let Some(pod) = self.position.get(pod_key).map(|&i| &self.snapshot.pods[i]) else {
+        for pod in &snapshot.pods {
+            let key = pod.key();
+            if !keys.contains(&key) || !self.kept(&key) {
                 continue;
-            };
-            let (ep, selecting, plain) = cx.endpoint(pod);
-            if pod_key == key {
-                let (old_selecting, _) = self.pods.get(key).cloned().unwrap_or_default();
-                for index in &old_selecting {
-                    self.selected[*index].remove(key);
-                }
-                for index in &selecting {
-                    self.selected[*index].insert(key.to_owned());
-                }
-                for index in old_selecting.iter().chain(&selecting) {
-                    let (name, id) = &self.tables.policy_keys[*index];
-                    if self.selected[*index].is_empty() {
-                        self.compiled.policies.remove(name);
-                    } else {
-                        self.compiled.policies.insert(name.clone(), *id);
-                    }
-                }
             }
-            self.pods.insert(pod_key.clone(), (selecting, plain));
-            if self.compiled.endpoints.get(pod_key) != Some(&ep) {
-                self.compiled.endpoints.insert(pod_key.clone(), ep);
-                changed.push(pod_key.clone());
+            let (ep, selecting, _) = cx.endpoint(pod);
+            self.selecting.insert(key.clone(), selecting);
+            if self.compiled.endpoints.get(&key) != Some(&ep) {
+                self.compiled.endpoints.insert(key.clone(), ep);
+                changed.push(key);
             }
         }
+        self.refresh_policies();
         changed
+    }
+
+    /// The ids of the policies that select a kept pod.
+    fn refresh_policies(&mut self) {
+        let used: BTreeSet<usize> = self.selecting.values().flatten().copied().collect();
+        self.compiled.policies = used
+            .into_iter()
+            .map(|i| self.tables.policy_keys[i].clone())
+            .collect();
+    }
+
+    /// One endpoint, for tests and tools.
+    pub fn endpoint(&self, key: &str) -> Option<&EndpointPolicy> {
+        self.compiled.endpoints.get(key)
     }
 }
 
-/// The label changes that turn `old` into `new`, when nothing else differs
-/// (same namespaces, policies, pods, addresses and ports).
-fn relabels(old: &Snapshot, new: &Snapshot) -> Option<Vec<(String, Labels)>> {
-    if old.namespaces != new.namespaces
-        || old.policies != new.policies
-        || old.pods.len() != new.pods.len()
-    {
-        return None;
-    }
-    let mut out = Vec::new();
-    for (a, b) in old.pods.iter().zip(&new.pods) {
-        if a.namespace != b.namespace || a.name != b.name || a.ips != b.ips || a.ports != b.ports {
-            return None;
+/// The namespaces added, removed or relabelled.
+fn changed_namespaces<'a>(old: &'a Snapshot, new: &'a Snapshot) -> HashSet<&'a str> {
+    old.namespaces
+        .keys()
+        .chain(new.namespaces.keys())
+        .filter(|n| old.namespaces.get(*n) != new.namespaces.get(*n))
+        .map(String::as_str)
+        .collect()
+}
+
+/// The pods that differ between `old` and `new`, each before and after
+/// (a namespace whose labels changed changes all of its pods' identity
+/// keys); `None` when a key repeats, which a full compile sorts out.
+fn pod_changes<'a>(old: &'a Snapshot, new: &'a Snapshot) -> Option<Vec<PodChange<'a>>> {
+    let index = |s: &'a Snapshot| -> Option<HashMap<(&'a str, &'a str), &'a Pod>> {
+        let mut m = HashMap::with_capacity(s.pods.len());
+        for p in &s.pods {
+            if m.insert((p.namespace.as_str(), p.name.as_str()), p)
+                .is_some()
+            {
+                return None;
+            }
         }
-        if a.labels != b.labels {
-            out.push((b.key(), b.labels.clone()));
+        Some(m)
+    };
+    let relabelled = changed_namespaces(old, new);
+    let (before, after) = (index(old)?, index(new)?);
+    let mut out = Vec::new();
+    for (k, a) in &before {
+        match after.get(k) {
+            Some(b) if a == b && !relabelled.contains(k.0) => {}
+            b => out.push((Some(*a), b.copied())),
+        }
+    }
+    for (k, b) in &after {
+        if !before.contains_key(k) {
+            out.push((None, Some(*b)));
         }
     }
     Some(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::compile::{
-        compile,
-        tests_common::{standard, with},
-    };
-
-    fn relabel_agrees(mut inc: Incremental, pod: &str, labels: Labels) -> Change {
-        let before = inc.compiled().clone();
-        let change = inc.relabel_pod(pod, labels);
-        let want = compile(inc.snapshot());
-        assert_eq!(inc.compiled().identities, want.identities, "identities");
-        assert_eq!(inc.compiled().addresses, want.addresses, "addresses");
-        assert_eq!(inc.compiled().policies, want.policies, "policies");
-        for (k, v) in &want.endpoints {
-            assert_eq!(inc.compiled().endpoints.get(k), Some(v), "endpoint {k}");
-        }
-        assert_eq!(inc.compiled().endpoints.len(), want.endpoints.len());
-        let differ: Vec<String> = want
-            .endpoints
-            .iter()
-            .filter(|(k, v)| before.endpoints.get(*k) != Some(v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        assert_eq!(change.endpoints, differ, "reported as touched");
-        change
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn a_relabel_patches_exactly_what_a_full_compile_changes() {
-        let s = with(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {role: web}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}], ports: [{port: 80}]}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-in, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n",
-        );
-        // x/b becomes a web server: its own endpoint changes.
-        let change = relabel_agrees(
-            Incremental::new(s.clone()),
-            "x/b",
-            labels(&[("pod", "b"), ("role", "web")]),
-        );
-        assert!(!change.full);
-        // Its own endpoint, and x/a's, whose peer pod b has a new identity.
-        assert_eq!(change.endpoints, ["x/a", "x/b"]);
-        // y/c becomes a client (a new identity): the web pods gain a peer.
-        let mut s2 = s.clone();
-        s2.pods
-            .iter_mut()
-            .find(|p| p.key() == "x/c")
-            .unwrap()
-            .labels = labels(&[("pod", "c"), ("role", "web")]);
-        let change = relabel_agrees(
-            Incremental::new(s2.clone()),
-            "y/c",
-            labels(&[("pod", "c"), ("role", "client")]),
-        );
-        assert_eq!(change.endpoints, ["x/c"]);
-        // x/b stops being pod b (its identity vanishes): x/a loses the peer.
-        relabel_agrees(Incremental::new(s2), "x/b", labels(&[("pod", "q")]));
-        // No policy at all.
-        relabel_agrees(
-            Incremental::new(standard()),
-            "z/a",
-            labels(&[("pod", "zz")]),
-        );
-    }
-
-    #[test]
-    fn a_relabel_onto_a_taken_identity_recompiles_everything_and_still_agrees() {
-        // Two label sets of x whose identities collide (a birthday search).
-        let s = standard();
-        let ns = s.namespaces["x"].effective_labels();
-        let key = |v: &str| IdentityKey::Labels {
-            namespace: ns.clone(),
-            pod: labels(&[("pod", v)]),
-            cidr: None,
-        };
-        let mut seen = HashMap::new();
-        let (first, second) = (0..200_000)
-            .map(|i| format!("v{i}"))
-            .find_map(|v| {
-                let id = natural(&key(&v));
-                seen.insert(id, v.clone()).map(|other| (other, v))
-            })
-            .expect("a collision within 200k label sets");
-        let mut s = with(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: all, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]\n",
-        );
-        s.pods.iter_mut().find(|p| p.key() == "x/a").unwrap().labels = labels(&[("pod", &first)]);
-        let change = relabel_agrees(Incremental::new(s), "x/b", labels(&[("pod", &second)]));
-        assert!(change.full, "the collision forces a full compile");
-    }
-
-    #[test]
-    fn updates_take_relabels_incrementally_and_anything_else_in_full() {
-        let s = with(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-in, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n",
-        );
-        let mut inc = Incremental::new(s.clone());
-        let mut relabelled = s.clone();
-        relabelled.pods[1].labels = labels(&[("pod", "b"), ("new", "1")]);
-        let change = inc.update(&relabelled);
-        assert!(!change.full);
-        assert_eq!(inc.compiled(), &compile(&relabelled));
-        let mut fewer = relabelled.clone();
-        fewer.pods.pop();
-        assert!(inc.update(&fewer).full);
-        assert_eq!(inc.compiled(), &compile(&fewer));
-        assert_eq!(inc.update(&fewer), Change::default());
-    }
-
-    #[test]
-    fn random_relabels_under_random_policies_agree_with_a_full_compile() {
-        use proptest::{collection::vec, prelude::*};
-        // Four relabels, each of a pod (index into the standard model's
-        // nine) to one of four label sets.
-        let relabels = vec((0..9usize, 0..4u8), 4);
-        let cases = (crate::compile::property::policy_sets(), relabels);
-        crate::compile::property::check(120, cases, |(policies, relabels)| {
-            let s = crate::compile::property::snapshot_with(policies);
-            let mut inc = Incremental::new(s.clone());
-            for (pod, set) in relabels {
-                let pod = s.pods[pod].key();
-                let new = match set {
-                    0 => labels(&[("pod", "a")]),
-                    1 => labels(&[("pod", "b"), ("extra", "1")]),
-                    2 => labels(&[("pod", "fresh")]),
-                    _ => labels(&[]),
-                };
-                inc.relabel_pod(&pod, new);
-                let want = compile(inc.snapshot());
-                for (k, v) in &want.endpoints {
-                    prop_assert_eq!(
-                        inc.compiled().endpoints.get(k),
-                        Some(v),
-                        "relabel {}: endpoint {}",
-                        pod,
-                        k
-                    );
-                }
-                prop_assert!(inc.compiled() == &want, "relabel {}", pod);
+/// The keys of the policies that differ between `old` and `new` (added,
+/// removed or changed); `None` when a key repeats.
+fn policy_changes(old: &[Policy], new: &[Policy]) -> Option<BTreeSet<String>> {
+    let index = |list: &[Policy]| -> Option<BTreeMap<String, usize>> {
+        let mut m = BTreeMap::new();
+        for (i, p) in list.iter().enumerate() {
+            if m.insert(p.key(), i).is_some() {
+                return None;
             }
-            Ok(())
-        })
-        .unwrap();
+        }
+        Some(m)
+    };
+    let (before, after) = (index(old)?, index(new)?);
+    let mut out = BTreeSet::new();
+    for (k, &i) in &before {
+        if after.get(k).is_none_or(|&j| old[i] != new[j]) {
+            out.insert(k.clone());
+        }
     }
+    out.extend(after.keys().filter(|k| !before.contains_key(*k)).cloned());
+    Some(out)
 }
+
+#[cfg(test)]
+mod tests;

@@ -210,7 +210,8 @@ impl Context<'_> {
 }
 
 impl Tables {
-    pub(super) fn new(snapshot: &Snapshot) -> Self {
+    /// Every ipBlock `cidr` and `except` of the snapshot's policies, truncated.
+    pub(super) fn prefixes_of(snapshot: &Snapshot) -> BTreeSet<IpNet> {
         let mut prefixes = BTreeSet::new();
         for policy in &snapshot.policies {
             for block in blocks(policy) {
@@ -221,6 +222,19 @@ impl Tables {
                 }
             }
         }
+        prefixes
+    }
+
+    pub(super) fn namespace_labels(snapshot: &Snapshot) -> HashMap<String, crate::model::Labels> {
+        snapshot
+            .namespaces
+            .iter()
+            .map(|(name, ns)| (name.clone(), ns.effective_labels()))
+            .collect()
+    }
+
+    pub(super) fn new(snapshot: &Snapshot) -> Self {
+        let prefixes = Self::prefixes_of(snapshot);
         let address_keys: Vec<(&Pod, Vec<(IpAddr, IdentityKey)>)> = snapshot
             .pods
             .iter()
@@ -249,22 +263,33 @@ impl Tables {
                 (p.key(), ids)
             })
             .collect();
-        let ns_labels = snapshot
-            .namespaces
-            .iter()
-            .map(|(name, ns)| (name.clone(), ns.effective_labels()))
-            .collect();
+        let mut t = Self {
+            prefixes,
+            identities,
+            ns_labels: Self::namespace_labels(snapshot),
+            pod_identity,
+            peer_cache: RefCell::new(HashMap::new()),
+            policy_keys: Vec::new(),
+            by_namespace: HashMap::new(),
+            cluster: Vec::new(),
+        };
+        t.reindex_policies(snapshot);
+        t
+    }
+
+    /// The policies' keys, ids and candidates by namespace, by index.
+    pub(super) fn reindex_policies(&mut self, snapshot: &Snapshot) {
         // A namespaced policy only selects pods of its own namespace; cluster
         // policies are candidates everywhere.
-        let mut by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut cluster = Vec::new();
+        self.by_namespace.clear();
+        self.cluster.clear();
         for (index, policy) in snapshot.policies.iter().enumerate() {
             match &policy.namespace {
-                Some(ns) => by_namespace.entry(ns.clone()).or_default().push(index),
-                None => cluster.push(index),
+                Some(ns) => self.by_namespace.entry(ns.clone()).or_default().push(index),
+                None => self.cluster.push(index),
             }
         }
-        let policy_keys = snapshot
+        self.policy_keys = snapshot
             .policies
             .iter()
             .map(|p| {
@@ -274,16 +299,6 @@ impl Tables {
                 (key, id)
             })
             .collect();
-        Self {
-            prefixes,
-            identities,
-            ns_labels,
-            pod_identity,
-            peer_cache: RefCell::new(HashMap::new()),
-            policy_keys,
-            by_namespace,
-            cluster,
-        }
     }
 
     /// Every pod address and ipBlock prefix with its identity.

@@ -242,7 +242,7 @@ impl<S: Source> Agent<S> {
     /// One reconcile pass.
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let reading = self.source.read();
+        let mut reading = self.source.read();
         metrics::gauge!("palisade_source_up").set(
             if reading.waiting.is_none() && reading.stale.is_none() {
                 1.0
@@ -258,25 +258,24 @@ impl<S: Source> Agent<S> {
             self.status.observed = reading.observed;
             return self.write_status();
         }
-        // Label-only changes are recompiled incrementally.
+        let snapshot = Arc::new(std::mem::take(&mut reading.snapshot));
+        let placement =
+            locate(&self.netlink, &snapshot, &self.options, &self.placed_before).await?;
+        self.placed_before = placement.placed_with_addresses(&snapshot);
+        // Only the placed pods' endpoints are compiled, and only what the
+        // change touched.
+        let scope: BTreeSet<String> = placement.placed.keys().cloned().collect();
         let compiler = match &mut self.compiler {
             Some(c) => {
-                c.update(&reading.snapshot);
+                c.update(snapshot.clone());
+                c.set_scope(scope);
                 c
             }
             None => self
                 .compiler
-                .insert(Incremental::new(reading.snapshot.clone())),
+                .insert(Incremental::scoped(snapshot.clone(), scope)),
         };
         let compiled = compiler.compiled();
-        let placement = locate(
-            &self.netlink,
-            &reading.snapshot,
-            &self.options,
-            &self.placed_before,
-        )
-        .await?;
-        self.placed_before = placement.placed_with_addresses(&reading.snapshot);
         let uplink_errors = match &self.options.follow_default_routes {
             Some(fixed) => {
                 let mut uplinks = Vec::new();
@@ -290,7 +289,7 @@ impl<S: Source> Agent<S> {
             }
             None => Vec::new(),
         };
-        let lsm = compile_lsm(&reading.snapshot);
+        let lsm = compile_lsm(&snapshot);
         let has_uplinks = !self.syncer.uplinks().is_empty();
         let mut node_denies = self.options.deny_cidrs.clone();
         node_denies.extend(reading.node_denies.iter().flatten().copied());
@@ -300,14 +299,8 @@ impl<S: Source> Agent<S> {
             "the node deny list is not enforced: the prefilter is on no uplink (--uplink)"
                 .to_owned()
         });
-        let desired = desired(
-            compiled,
-            &reading.snapshot,
-            &placement,
-            has_uplinks,
-            &node_denies,
-        )
-        .with_lsm(&lsm);
+        let desired =
+            desired(compiled, &snapshot, &placement, has_uplinks, &node_denies).with_lsm(&lsm);
         let mut report = self.syncer.apply(&desired)?;
         report.attach_errors.extend(uplink_errors);
         report.attach_errors.extend(denies_unenforced);
@@ -317,7 +310,7 @@ impl<S: Source> Agent<S> {
             names.learn_lsm(&lsm, report.lsm.as_ref().map(|l| &l.cgroups));
         }
         let lsm_status = self.lsm_status(&lsm, &report, &placement);
-        self.publish(reading, placement, &report, lsm_status, started)
+        self.publish(reading, snapshot, placement, &report, lsm_status, started)
     }
 
     /// What of the process and file rules is in force, and what is not.
@@ -374,6 +367,7 @@ impl<S: Source> Agent<S> {
     fn publish(
         &mut self,
         reading: Reading,
+        snapshot: Arc<Snapshot>,
         placement: Placement,
         report: &Report,
         lsm: LsmStatus,
@@ -415,7 +409,7 @@ impl<S: Source> Agent<S> {
         }
         let ready = placement.unplaced.is_empty() && report.in_force();
         if self.metrics.is_some() {
-            self.count(&reading, &placement, report, started);
+            self.count(&reading, &snapshot, &placement, report, started);
             self.count_not_enforced(&lsm);
         }
         metrics::gauge!("palisade_ready").set(if ready { 1.0 } else { 0.0 });
@@ -431,7 +425,7 @@ impl<S: Source> Agent<S> {
             lsm: lsm.state,
             policies_not_enforced: lsm.not_enforced,
             lsm_pods: lsm.pods,
-            policies: reading.snapshot.policies.len(),
+            policies: snapshot.policies.len(),
             errors,
             metrics: self.status.metrics.clone(),
             api: self.status.api.clone(),
@@ -442,7 +436,7 @@ impl<S: Source> Agent<S> {
             observed: reading.observed,
             capabilities: self.status.capabilities.clone(),
         };
-        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(reading.snapshot);
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
         self.write_status()
     }
 
@@ -468,7 +462,14 @@ impl<S: Source> Agent<S> {
 
     /// The pass's metrics; errors are counted once, in the pass that first
     /// reports them.
-    fn count(&self, reading: &Reading, placement: &Placement, report: &Report, started: Instant) {
+    fn count(
+        &self,
+        reading: &Reading,
+        snapshot: &Snapshot,
+        placement: &Placement,
+        report: &Report,
+        started: Instant,
+    ) {
         let new = |list: &[String]| {
             list.iter()
                 .filter(|e| !self.status.errors.contains(e))
@@ -481,7 +482,7 @@ impl<S: Source> Agent<S> {
         metrics::counter!("palisade_errors_total", "kind" => "write")
             .increment(new(&report.errors));
         metrics::gauge!("palisade_source_errors").set(reading.errors.len() as f64);
-        metrics::gauge!("palisade_policies").set(reading.snapshot.policies.len() as f64);
+        metrics::gauge!("palisade_policies").set(snapshot.policies.len() as f64);
         metrics::gauge!("palisade_quarantined_veths").set(placement.quarantined.len() as f64);
         metrics::gauge!("palisade_endpoints").set(placement.placed.len() as f64);
         metrics::histogram!("palisade_reconcile_duration_seconds")

@@ -1,0 +1,297 @@
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
+
+use proptest::{collection::vec, prelude::*};
+
+use super::*;
+use crate::{
+    compile::{
+        compile,
+        tests_common::{standard, with},
+    },
+    model::{Labels, Snapshot},
+};
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// What `compile` gives for the compiler's snapshot, restricted to `scope`.
+fn expected(s: &Snapshot, scope: Option<&BTreeSet<String>>) -> Compiled {
+    let mut want = compile(s);
+    if let Some(scope) = scope {
+        want.endpoints.retain(|k, _| scope.contains(k));
+        let ns = |name: &str| {
+            s.namespaces
+                .get(name)
+                .map(crate::model::Namespace::effective_labels)
+                .unwrap_or_default()
+        };
+        let used: BTreeSet<String> = s
+            .policies
+            .iter()
+            .filter(|p| p.ingress.is_some() || p.egress.is_some())
+            .filter(|p| {
+                s.pods.iter().any(|pod| {
+                    scope.contains(&pod.key())
+                        && p.selects(&pod.namespace, &ns(&pod.namespace), &pod.labels)
+                })
+            })
+            .map(crate::model::Policy::key)
+            .collect();
+        want.policies.retain(|k, _| used.contains(k));
+    }
+    want
+}
+
+/// Brings `inc` to `next` and checks it against a full compile, and that
+/// the change names exactly the endpoints that differ.
+fn update_agrees(inc: &mut Incremental, next: Snapshot) -> Change {
+    let before = inc.compiled().clone();
+    let change = inc.update(Arc::new(next));
+    let want = expected(inc.snapshot(), inc.scope.as_ref());
+    assert_eq!(inc.compiled().identities, want.identities, "identities");
+    assert_eq!(inc.compiled().addresses, want.addresses, "addresses");
+    assert_eq!(inc.compiled().policies, want.policies, "policies");
+    assert_eq!(inc.compiled().endpoints, want.endpoints, "endpoints");
+    let mut differ: Vec<String> = want
+        .endpoints
+        .iter()
+        .filter(|(k, v)| before.endpoints.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .chain(
+            before
+                .endpoints
+                .keys()
+                .filter(|k| !want.endpoints.contains_key(*k))
+                .cloned(),
+        )
+        .collect();
+    differ.sort();
+    assert_eq!(change.endpoints, differ, "reported as touched");
+    change
+}
+
+fn relabelled(s: &Snapshot, pod: &str, to: Labels) -> Snapshot {
+    let mut s = s.clone();
+    s.pods.iter_mut().find(|p| p.key() == pod).unwrap().labels = to;
+    s
+}
+
+#[test]
+fn a_relabel_touches_exactly_what_a_full_compile_changes() {
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {role: web}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}], ports: [{port: 80}]}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-in, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n",
+    );
+    // x/b becomes a web server: its own endpoint changes, and x/a's, whose
+    // peer pod b has a new identity.
+    let mut inc = Incremental::new(s.clone());
+    let web = relabelled(&s, "x/b", labels(&[("pod", "b"), ("role", "web")]));
+    let change = update_agrees(&mut inc, web.clone());
+    assert!(!change.full);
+    assert_eq!(change.endpoints, ["x/a", "x/b"]);
+    // y/c becomes a client (a new identity): the web pods gain a peer.
+    let client = relabelled(&web, "y/c", labels(&[("pod", "c"), ("role", "client")]));
+    let change = update_agrees(&mut inc, client.clone());
+    assert!(!change.full);
+    assert_eq!(change.endpoints, ["x/b"]);
+    // x/b stops being pod b (its identity vanishes): x/a loses the peer.
+    update_agrees(
+        &mut inc,
+        relabelled(&client, "x/b", labels(&[("pod", "q")])),
+    );
+}
+
+#[test]
+fn a_relabel_onto_a_taken_identity_compiles_everything_and_still_agrees() {
+    // Two label sets of x whose identities collide (a birthday search).
+    let s = standard();
+    let ns = s.namespaces["x"].effective_labels();
+    let key = |v: &str| IdentityKey::Labels {
+        namespace: ns.clone(),
+        pod: labels(&[("pod", v)]),
+        cidr: None,
+    };
+    let mut seen = HashMap::new();
+    let (first, second) = (0..200_000)
+        .map(|i| format!("v{i}"))
+        .find_map(|v| {
+            let id = natural(&key(&v));
+            seen.insert(id, v.clone()).map(|other| (other, v))
+        })
+        .expect("a collision within 200k label sets");
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: all, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]\n",
+    );
+    let s = relabelled(&s, "x/a", labels(&[("pod", &first)]));
+    let mut inc = Incremental::new(s.clone());
+    let change = update_agrees(&mut inc, relabelled(&s, "x/b", labels(&[("pod", &second)])));
+    assert!(change.full, "the collision forces a full compile");
+}
+
+#[test]
+fn pods_and_policies_come_and_go_without_a_full_compile() {
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-in, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: b}}}]}]\n",
+    );
+    let scope: BTreeSet<String> = ["x/a".to_owned(), "x/c".to_owned()].into();
+    let mut inc = Incremental::scoped(Arc::new(s.clone()), scope);
+    assert_eq!(inc.compiled().endpoints.len(), 2, "only the pods in scope");
+    // Another node's pod b appears: x/a gains nothing (same identity as y/b).
+    let mut more = s.clone();
+    let mut pod = more.pods[4].clone();
+    pod.name = "b2".into();
+    pod.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 1, 1))];
+    more.pods.push(pod);
+    let change = update_agrees(&mut inc, more.clone());
+    assert!(!change.full);
+    assert!(change.endpoints.is_empty());
+    // With a label of its own: a new identity x/a admits.
+    let fresh = relabelled(&more, "y/b2", labels(&[("pod", "b"), ("new", "1")]));
+    let change = update_agrees(&mut inc, fresh.clone());
+    assert_eq!(
+        (change.full, change.endpoints),
+        (false, vec!["x/a".to_owned()])
+    );
+    // A policy added, selecting x/c; then edited; then deleted.
+    let mut added = fresh.clone();
+    let extra = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: c-in, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: c}}\n  ingress: [{ports: [{port: 80}]}]\n",
+    );
+    added.policies.push(extra.policies[0].clone());
+    let change = update_agrees(&mut inc, added.clone());
+    assert_eq!(
+        (change.full, change.endpoints),
+        (false, vec!["x/c".to_owned()])
+    );
+    let mut edited = added.clone();
+    edited.policies[1].ingress.as_mut().unwrap()[0].ports[0].port = Some(PortRef::Number(81));
+    let change = update_agrees(&mut inc, edited.clone());
+    assert_eq!(
+        (change.full, change.endpoints),
+        (false, vec!["x/c".to_owned()])
+    );
+    let change = update_agrees(&mut inc, fresh.clone());
+    assert_eq!(
+        (change.full, change.endpoints),
+        (false, vec!["x/c".to_owned()])
+    );
+    // The scope moves: x/a's endpoint goes, y/a's comes.
+    let change = inc.set_scope(["x/c".to_owned(), "y/a".to_owned()].into());
+    assert_eq!(change.endpoints, ["x/a", "y/a"]);
+    assert_eq!(inc.compiled(), &expected(&fresh, inc.scope.as_ref()));
+}
+
+/// One random change of the standard model.
+#[derive(Clone, Debug)]
+enum Op {
+    Relabel(usize, u8),
+    Remove(usize),
+    Add(u8, u8),
+    AddPolicy(usize),
+    RemovePolicy(usize),
+    EditPolicy(usize, usize),
+    RelabelNamespace(usize, u8),
+    Scope(u16),
+}
+
+fn label_set(n: u8) -> Labels {
+    match n % 4 {
+        0 => labels(&[("pod", "a")]),
+        1 => labels(&[("pod", "b"), ("extra", "1")]),
+        2 => labels(&[("pod", "fresh")]),
+        _ => labels(&[]),
+    }
+}
+
+fn apply(s: &mut Snapshot, op: &Op, spare: &[crate::model::Policy], step: usize) {
+    match *op {
+        Op::Relabel(i, l) if !s.pods.is_empty() => {
+            let n = s.pods.len();
+            s.pods[i % n].labels = label_set(l);
+        }
+        Op::Remove(i) if !s.pods.is_empty() => {
+            let n = s.pods.len();
+            s.pods.remove(i % n);
+        }
+        Op::Add(ns, l) => {
+            let mut pod = standard().pods[0].clone();
+            pod.namespace = ["x", "y", "z"][usize::from(ns % 3)].into();
+            pod.name = format!("new{step}");
+            pod.labels = label_set(l);
+            pod.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 1, step as u8))];
+            s.pods.push(pod);
+        }
+        Op::AddPolicy(j) if !spare.is_empty() => {
+            let mut p = spare[j % spare.len()].clone();
+            p.name = format!("{}-{step}", p.name);
+            s.policies.push(p);
+        }
+        Op::RemovePolicy(i) if !s.policies.is_empty() => {
+            let n = s.policies.len();
+            s.policies.remove(i % n);
+        }
+        Op::EditPolicy(i, j) if !s.policies.is_empty() && !spare.is_empty() => {
+            let n = s.policies.len();
+            let old = &s.policies[i % n];
+            let mut p = spare[j % spare.len()].clone();
+            (p.kind, p.namespace, p.name) = (old.kind, old.namespace.clone(), old.name.clone());
+            s.policies[i % n] = p;
+        }
+        Op::RelabelNamespace(ns, l) => {
+            let ns = ["x", "y", "z"][ns % 3];
+            let labels = &mut s.namespaces.get_mut(ns).unwrap().labels;
+            labels.insert("team".into(), format!("t{}", l % 2));
+        }
+        _ => {}
+    }
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..12usize, any::<u8>()).prop_map(|(i, l)| Op::Relabel(i, l)),
+        (0..12usize).prop_map(Op::Remove),
+        (any::<u8>(), any::<u8>()).prop_map(|(n, l)| Op::Add(n, l)),
+        (0..4usize).prop_map(Op::AddPolicy),
+        (0..4usize).prop_map(Op::RemovePolicy),
+        (0..4usize, 0..4usize).prop_map(|(i, j)| Op::EditPolicy(i, j)),
+        (0..3usize, any::<u8>()).prop_map(|(n, l)| Op::RelabelNamespace(n, l)),
+        any::<u16>().prop_map(Op::Scope),
+    ]
+}
+
+#[test]
+fn random_changes_under_random_policies_agree_with_a_full_compile() {
+    let policies = crate::compile::property::policy_sets;
+    let cases = (policies(), policies(), any::<u16>(), vec(op(), 1..6));
+    crate::compile::property::check(400, cases, |(policies, spare, mask, ops)| {
+        let mut s = crate::compile::property::snapshot_with(policies);
+        let scope = |mask: u16, s: &Snapshot| -> BTreeSet<String> {
+            s.pods
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << (i % 16)) != 0)
+                .map(|(_, p)| p.key())
+                .collect()
+        };
+        let mut inc = Incremental::scoped(Arc::new(s.clone()), scope(mask, &s));
+        for (step, op) in ops.iter().enumerate() {
+            if let Op::Scope(m) = op {
+                inc.set_scope(scope(*m, &s));
+            } else {
+                apply(&mut s, op, &spare, step + 1);
+                inc.update(Arc::new(s.clone()));
+            }
+            let want = expected(inc.snapshot(), inc.scope.as_ref());
+            prop_assert!(inc.compiled() == &want, "after {:?}", op);
+        }
+        Ok(())
+    })
+    .unwrap();
+}
