@@ -322,7 +322,7 @@ fn replay(
     let start = Instant::now();
     // As the daemon does: the endpoints of this node's pods only.
     let local = |c: &Cluster| c.local_pods().map(model::Pod::key).collect();
-    let mut compiler = Incremental::scoped(std::sync::Arc::new(reading.snapshot), local(cluster));
+    let mut compiler = Incremental::scoped(reading.snapshot, local(cluster));
     let full_compile = ms(start.elapsed());
     let mut cluster = cluster.clone();
     let mut out = Vec::new();
@@ -348,7 +348,7 @@ fn replay(
             let reading = source.read();
             let read_ms = ms(start.elapsed());
             let start = Instant::now();
-            let mut change = compiler.update(std::sync::Arc::new(reading.snapshot));
+            let mut change = compiler.update(reading.snapshot);
             change.full |= compiler.set_scope(local(&cluster)).full;
             out.push(Breakdown {
                 kind,

@@ -74,8 +74,8 @@ struct Renumbered {
 
 impl Incremental {
     /// Every pod's endpoint.
-    pub fn new(snapshot: Snapshot) -> Self {
-        Self::build(Arc::new(snapshot), None)
+    pub fn new(snapshot: impl Into<Arc<Snapshot>>) -> Self {
+        Self::build(snapshot.into(), None)
     }
 
     /// The endpoints of the pods in `scope` only.

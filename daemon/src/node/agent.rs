@@ -242,7 +242,7 @@ impl<S: Source> Agent<S> {
     /// One reconcile pass.
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let mut reading = self.source.read();
+        let reading = self.source.read();
         metrics::gauge!("palisade_source_up").set(
             if reading.waiting.is_none() && reading.stale.is_none() {
                 1.0
@@ -258,7 +258,7 @@ impl<S: Source> Agent<S> {
             self.status.observed = reading.observed;
             return self.write_status();
         }
-        let snapshot = Arc::new(std::mem::take(&mut reading.snapshot));
+        let snapshot = reading.snapshot.clone();
         let placement =
             locate(&self.netlink, &snapshot, &self.options, &self.placed_before).await?;
         self.placed_before = placement.placed_with_addresses(&snapshot);

@@ -18,10 +18,12 @@
 //! every file's name and contents.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::Read as _,
     path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use super::{
@@ -52,14 +54,72 @@ pub const CGROUP_ANNOTATION: &str = "palisade.dev/cgroup";
 
 pub struct FileSource {
     dir: PathBuf,
-    /// By file, then by `kind/namespace/name`: the last good objects.
+    /// By file, then by `kind/namespace/name`: the last good objects,
+    /// before duplicates across files are dropped.
     last_good: BTreeMap<PathBuf, BTreeMap<String, Object>>,
-    /// Each file's last text and what parsing it gave: reading is cheap,
+    /// Each file's last text and what reading it gave: reading is cheap,
     /// parsing is not, and most passes change one file of many.
-    parsed: BTreeMap<PathBuf, (String, Parsed)>,
+    read: BTreeMap<PathBuf, FileRead>,
+    /// The last snapshot and the errors duplicates gave, kept while no
+    /// file changes: a pass that changed nothing costs a `stat` per file.
+    last: Option<(Arc<Snapshot>, Vec<String>)>,
 }
 
-type Parsed = (Vec<Object>, Vec<(Option<String>, String)>);
+/// What reading one file gave.
+struct FileRead {
+    text: String,
+    /// When the text was read, and the file's metadata then.
+    read_at: SystemTime,
+    stamp: Option<Stamp>,
+    hash: u64,
+    /// What its objects' parse errors were (with the last good versions
+    /// kept in force named).
+    errors: Vec<String>,
+}
+
+/// The metadata that changes when a file is written or replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// How long before a read a file's last change must lie for the read to
+/// be trusted without reading it again: file times come from a coarse
+/// clock, so a write just after a read can carry the very same time; one
+/// that lies a second before the read cannot be repeated unseen.
+const SETTLED: Duration = Duration::from_secs(1);
+
+impl FileRead {
+    /// Whether the file is as it was read, by its metadata alone.
+    fn unchanged(&self, now: &fs::Metadata) -> bool {
+        let Some(stamp) = self.stamp else {
+            return false;
+        };
+        let changed_at = UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(stamp.mtime.0.max(stamp.ctime.0)).unwrap_or(u64::MAX),
+                0,
+            );
+        stamp == Stamp::of(now) && changed_at + SETTLED < self.read_at
+    }
+}
 
 /// A lab pod's cgroup (the annotation above), and no other pod's: the
 /// file source trusts its files.
@@ -79,27 +139,31 @@ fn key_of(o: &Object) -> String {
 /// that holds it. The API server holds one object per name; two files that
 /// both define it would otherwise both be enforced, which no cluster can
 /// express (a copy left behind, or a broken copy, would add its rules).
-fn drop_duplicates(
-    files: &mut BTreeMap<PathBuf, BTreeMap<String, Object>>,
-    errors: &mut Vec<String>,
-) {
-    let mut first: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for (path, objects) in files.iter_mut() {
-        objects.retain(|key, _| match first.get(key) {
-            Some(holder) => {
-                errors.push(format!(
-                    "{}: {key} is also defined in {}: this definition is ignored (one object per name)",
-                    path.display(),
-                    holder.display()
-                ));
-                false
+/// Returns the definitions to leave out, by file and key, with an error
+/// for each.
+fn duplicates(
+    files: &BTreeMap<PathBuf, BTreeMap<String, Object>>,
+) -> (BTreeSet<(&Path, &str)>, Vec<String>) {
+    let mut first: BTreeMap<&str, &Path> = BTreeMap::new();
+    let (mut out, mut errors) = (BTreeSet::new(), Vec::new());
+    for (path, objects) in files {
+        for key in objects.keys() {
+            match first.get(key.as_str()) {
+                Some(holder) => {
+                    errors.push(format!(
+                        "{}: {key} is also defined in {}: this definition is ignored (one object per name)",
+                        path.display(),
+                        holder.display()
+                    ));
+                    out.insert((path.as_path(), key.as_str()));
+                }
+                None => {
+                    first.insert(key, path);
+                }
             }
-            None => {
-                first.insert(key.clone(), path.clone());
-                true
-            }
-        });
+        }
     }
+    (out, errors)
 }
 
 /// The documents of one file: objects read, and errors with the key (as
@@ -169,7 +233,8 @@ impl FileSource {
         Self {
             dir: dir.into(),
             last_good: BTreeMap::new(),
-            parsed: BTreeMap::new(),
+            read: BTreeMap::new(),
+            last: None,
         }
     }
 
@@ -199,19 +264,6 @@ pub fn source_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
 }
 
 impl FileSource {
-    /// What parsing one file gives, parsed again only when its text changed.
-    fn parse(&mut self, path: &Path, text: &str) -> Parsed {
-        match self.parsed.get(path) {
-            Some((old, parsed)) if *old == text => parsed.clone(),
-            _ => {
-                let parsed = read_file(path, text);
-                self.parsed
-                    .insert(path.to_owned(), (text.to_owned(), parsed.clone()));
-                parsed
-            }
-        }
-    }
-
     /// One file's objects by key: the ones that parse, and for each that
     /// does not, its last good version if there is one.
     fn good_objects(
@@ -220,7 +272,7 @@ impl FileSource {
         text: &str,
         errors: &mut Vec<String>,
     ) -> BTreeMap<String, Object> {
-        let (objects, bad) = self.parse(path, text);
+        let (objects, bad) = read_file(path, text);
         let mut good: BTreeMap<String, Object> =
             objects.into_iter().map(|o| (key_of(&o), o)).collect();
         let old = self.last_good.get(path);
@@ -264,11 +316,14 @@ impl FileSource {
         good
     }
 
-    /// Every last good object of every file.
-    fn snapshot(&self) -> Snapshot {
+    /// Every last good object of every file, but duplicates.
+    fn snapshot(&self, left_out: &BTreeSet<(&Path, &str)>) -> Snapshot {
         let mut snapshot = Snapshot::default();
-        for objects in self.last_good.values() {
-            for o in objects.values() {
+        for (path, objects) in &self.last_good {
+            for (key, o) in objects {
+                if left_out.contains(&(path.as_path(), key.as_str())) {
+                    continue;
+                }
                 match o {
                     Object::Namespace(n) => {
                         snapshot.namespaces.insert(n.name.clone(), n.clone());
@@ -279,6 +334,53 @@ impl FileSource {
             }
         }
         snapshot
+    }
+
+    /// One file: from what was read before when its metadata says it is
+    /// unchanged, else read (and parsed when its text changed). Returns
+    /// whether its objects changed; `Err` for a file refused whole.
+    fn read_one(
+        &mut self,
+        path: &Path,
+        total: &mut u64,
+        errors: &mut Vec<String>,
+    ) -> Result<bool, String> {
+        let meta = fs::metadata(path).ok();
+        if let (Some(meta), Some(before)) = (&meta, self.read.get(path))
+            && before.unchanged(meta)
+            && *total + meta.len() <= MAX_SOURCE_BYTES
+        {
+            *total += meta.len();
+            errors.extend(before.errors.iter().cloned());
+            return Ok(false);
+        }
+        let read_at = SystemTime::now();
+        let text = read_limited(path, total)?;
+        let stamp = meta.as_ref().map(Stamp::of);
+        if let Some(before) = self.read.get_mut(path)
+            && before.text == text
+        {
+            before.read_at = read_at;
+            before.stamp = stamp;
+            errors.extend(before.errors.iter().cloned());
+            return Ok(false);
+        }
+        let mut file_errors = Vec::new();
+        let good = self.good_objects(path, &text, &mut file_errors);
+        errors.extend(file_errors.iter().cloned());
+        self.last_good.insert(path.to_owned(), good);
+        let hash = crate::identity::fnv1a(text.as_bytes());
+        self.read.insert(
+            path.to_owned(),
+            FileRead {
+                text,
+                read_at,
+                stamp,
+                hash,
+                errors: file_errors,
+            },
+        );
+        Ok(true)
     }
 }
 
@@ -303,40 +405,51 @@ impl Source for FileSource {
         // Every file's name and contents, for the fallback revision.
         let mut seen = crate::identity::fnv1a(&[]);
         let mut total = 0u64;
-        let mut next = BTreeMap::new();
-        for path in files {
+        let mut changed = self.last.is_none();
+        let listed: BTreeSet<&PathBuf> = files.iter().collect();
+        let before = self.last_good.len();
+        self.last_good.retain(|p, _| listed.contains(p));
+        self.read.retain(|p, _| listed.contains(p));
+        changed |= self.last_good.len() != before;
+        for path in &files {
             seen = fnv1a_more(seen, path.to_string_lossy().as_bytes());
-            let text = match read_limited(&path, &mut total) {
-                Ok(t) => t,
+            match self.read_one(path, &mut total, &mut errors) {
+                Ok(file_changed) => {
+                    changed |= file_changed;
+                    let hash = self.read.get(path).map_or(0, |r| r.hash);
+                    seen = fnv1a_more(seen, &hash.to_le_bytes());
+                }
                 Err(e) => {
                     // Refused files count in the revision by what was seen
                     // of them, so that a change to one is a new revision.
                     seen = fnv1a_more(seen, e.as_bytes());
-                    let kept = self.last_good.get(&path);
+                    // Read again next time, whatever its metadata says.
+                    self.read.remove(path);
+                    let kept = self.last_good.contains_key(path);
                     errors.push(format!(
                         "{}: {e}; the file is refused whole{}",
                         path.display(),
-                        if kept.is_some() {
+                        if kept {
                             " and its last good version stays in force"
                         } else {
                             ""
                         }
                     ));
-                    if let Some(old) = kept {
-                        next.insert(path.clone(), old.clone());
-                    }
-                    continue;
                 }
-            };
-            seen = fnv1a_more(seen, text.as_bytes());
-            let good = self.good_objects(&path, &text, &mut errors);
-            next.insert(path, good);
+            }
         }
-        self.parsed.retain(|p, _| next.contains_key(p));
-        drop_duplicates(&mut next, &mut errors);
-        self.last_good = next;
+        let (snapshot, duplicate_errors) = match &self.last {
+            Some((snapshot, dups)) if !changed => (snapshot.clone(), dups.clone()),
+            _ => {
+                let (left_out, dups) = duplicates(&self.last_good);
+                let snapshot = Arc::new(self.snapshot(&left_out));
+                self.last = Some((snapshot.clone(), dups.clone()));
+                (snapshot, dups)
+            }
+        };
+        errors.extend(duplicate_errors);
         Reading {
-            snapshot: self.snapshot(),
+            snapshot,
             revision: written_revision.unwrap_or_else(|| format!("{seen:016x}")),
             errors,
             ..Reading::default()
@@ -642,6 +755,41 @@ spec:
             r.snapshot.namespaces["x"].annotations["kubearmor-file-posture"],
             "block"
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_is_read_again_whenever_its_metadata_cannot_vouch_for_it() {
+        let dir = temp_dir();
+        let path = dir.join("cluster.yaml");
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let write = |text: &str| {
+            fs::write(&path, text).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        };
+        write(GOOD);
+        let mut source = FileSource::new(&dir);
+        let first = source.read();
+        // Nothing changed: the very same snapshot, and the same revision.
+        let again = source.read();
+        assert!(Arc::ptr_eq(&first.snapshot, &again.snapshot));
+        assert_eq!(first.revision, again.revision);
+        // Rewritten in place, same size, its time put back (a coarse clock
+        // would give the same): its change time still moved.
+        write(&GOOD.replace("name: deny", "name: dent"));
+        let r = source.read();
+        assert_eq!(r.snapshot.policies[0].name, "dent");
+        assert_ne!(r.revision, first.revision);
+        // Written again right after a read, twice: each is seen.
+        fs::write(&path, GOOD).unwrap();
+        assert_eq!(source.read().snapshot.policies[0].name, "deny");
+        fs::write(&path, GOOD.replace("name: deny", "name: dent")).unwrap();
+        assert_eq!(source.read().snapshot.policies[0].name, "dent");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -16,7 +16,7 @@ use crate::model::Snapshot;
 /// One reading of a source.
 #[derive(Clone, Debug, Default)]
 pub struct Reading {
-    pub snapshot: Snapshot,
+    pub snapshot: std::sync::Arc<Snapshot>,
     /// Identifies this version of the source's contents; the daemon reports
     /// the revision it has put in force.
     pub revision: String,

@@ -432,11 +432,11 @@ impl Source for KubeSource {
         let mut policies = pass.policies;
         policies.sort_by_key(|p| p.key());
         Reading {
-            snapshot: Snapshot {
+            snapshot: std::sync::Arc::new(Snapshot {
                 namespaces,
                 pods,
                 policies,
-            },
+            }),
             revision,
             errors,
             waiting: None,
