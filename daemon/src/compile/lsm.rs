@@ -428,17 +428,33 @@ const NO_NAMESPACE: &Namespace = &Namespace {
     annotations: BTreeMap::new(),
 };
 
-/// The policies with process or file rules that select `pod`.
-fn selecting<'a>(snapshot: &'a Snapshot, pod: &Pod) -> (&'a Namespace, Vec<&'a Policy>) {
+/// The policies with process or file rules.
+fn lsm_policies(snapshot: &Snapshot) -> Vec<&Policy> {
+    snapshot
+        .policies
+        .iter()
+        .filter(|p| p.process.is_some() || p.file.is_some())
+        .collect()
+}
+
+/// Those of `policies` that select `pod`.
+fn selecting<'a>(
+    snapshot: &'a Snapshot,
+    policies: &[&'a Policy],
+    pod: &Pod,
+) -> (&'a Namespace, Vec<&'a Policy>) {
     let ns = snapshot
         .namespaces
         .get(&pod.namespace)
         .unwrap_or(NO_NAMESPACE);
-    let selecting = snapshot
-        .policies
+    if policies.is_empty() {
+        return (ns, Vec::new());
+    }
+    let ns_labels = ns.effective_labels();
+    let selecting = policies
         .iter()
-        .filter(|p| p.process.is_some() || p.file.is_some())
-        .filter(|p| p.selects(&pod.namespace, &ns.effective_labels(), &pod.labels))
+        .copied()
+        .filter(|p| p.selects(&pod.namespace, &ns_labels, &pod.labels))
         .collect();
     (ns, selecting)
 }
@@ -454,7 +470,7 @@ pub fn pod_rules_of(
     BTreeMap<u32, String>,
     BTreeMap<String, BTreeSet<String>>,
 ) {
-    let (ns, selecting) = selecting(snapshot, pod);
+    let (ns, selecting) = selecting(snapshot, &lsm_policies(snapshot), pod);
     let mut not_enforced = BTreeMap::new();
     let rules = pod_rules(ns, &selecting, &mut not_enforced);
     let ids = selecting
@@ -468,8 +484,12 @@ pub fn pod_rules_of(
 /// `snapshot`, and what of the policies this node does not enforce.
 pub fn compile_lsm(snapshot: &Snapshot) -> LsmDesired {
     let mut out = LsmDesired::default();
+    let policies = lsm_policies(snapshot);
+    if policies.is_empty() {
+        return out;
+    }
     for pod in &snapshot.pods {
-        let (ns, selecting) = selecting(snapshot, pod);
+        let (ns, selecting) = selecting(snapshot, &policies, pod);
         if selecting.is_empty() {
             continue;
         }

@@ -85,6 +85,10 @@ pub struct Status {
     pub ready: bool,
     pub passes: u64,
     pub pass_ms: f64,
+    /// Where the last pass's time went, in ms: reading the source,
+    /// locating the pods' veths, compiling, the syncer's map writes, the
+    /// rest (process and file rules, metrics); the status write is not in.
+    pub pass_phases_ms: Phases,
     /// `namespace/pod` -> host-side veth ifindex.
     pub endpoints: BTreeMap<String, u32>,
     /// Local pods whose veth is not resolved yet.
@@ -125,6 +129,22 @@ pub struct Status {
     /// What the daemon kept after start, and what it dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Capabilities>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Phases {
+    pub read: f64,
+    pub locate: f64,
+    pub compile: f64,
+    pub sync: f64,
+    pub other: f64,
+}
+
+/// Milliseconds since `t`, and restarts it.
+fn lap(t: &mut Instant) -> f64 {
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    *t = Instant::now();
+    ms
 }
 
 pub struct Agent<S: Source> {
@@ -242,7 +262,10 @@ impl<S: Source> Agent<S> {
     /// One reconcile pass.
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
+        let mut phases = Phases::default();
+        let mut t = started;
         let reading = self.source.read();
+        phases.read = lap(&mut t);
         metrics::gauge!("palisade_source_up").set(
             if reading.waiting.is_none() && reading.stale.is_none() {
                 1.0
@@ -262,6 +285,7 @@ impl<S: Source> Agent<S> {
         let placement =
             locate(&self.netlink, &snapshot, &self.options, &self.placed_before).await?;
         self.placed_before = placement.placed_with_addresses(&snapshot);
+        phases.locate = lap(&mut t);
         // Only the placed pods' endpoints are compiled, and only what the
         // change touched.
         let scope: BTreeSet<String> = placement.placed.keys().cloned().collect();
@@ -276,6 +300,7 @@ impl<S: Source> Agent<S> {
                 .insert(Incremental::scoped(snapshot.clone(), scope)),
         };
         let compiled = compiler.compiled();
+        phases.compile = lap(&mut t);
         let uplink_errors = match &self.options.follow_default_routes {
             Some(fixed) => {
                 let mut uplinks = Vec::new();
@@ -301,7 +326,9 @@ impl<S: Source> Agent<S> {
         });
         let desired =
             desired(compiled, &snapshot, &placement, has_uplinks, &node_denies).with_lsm(&lsm);
+        phases.other = lap(&mut t);
         let mut report = self.syncer.apply(&desired)?;
+        phases.sync = lap(&mut t);
         report.attach_errors.extend(uplink_errors);
         report.attach_errors.extend(denies_unenforced);
         {
@@ -310,7 +337,8 @@ impl<S: Source> Agent<S> {
             names.learn_lsm(&lsm, report.lsm.as_ref().map(|l| &l.cgroups));
         }
         let lsm_status = self.lsm_status(&lsm, &report, &placement);
-        self.publish(reading, snapshot, placement, &report, lsm_status, started)
+        phases.other += lap(&mut t);
+        self.publish(reading, snapshot, placement, &report, lsm_status, (started, phases))
     }
 
     /// What of the process and file rules is in force, and what is not.
@@ -371,8 +399,9 @@ impl<S: Source> Agent<S> {
         placement: Placement,
         report: &Report,
         lsm: LsmStatus,
-        started: Instant,
+        (started, mut phases): (Instant, Phases),
     ) -> anyhow::Result<()> {
+        let mut t = Instant::now();
         for (policy, reasons) in &lsm.not_enforced {
             if self.status.policies_not_enforced.get(policy) != Some(reasons) {
                 for why in reasons {
@@ -413,7 +442,9 @@ impl<S: Source> Agent<S> {
             self.count_not_enforced(&lsm);
         }
         metrics::gauge!("palisade_ready").set(if ready { 1.0 } else { 0.0 });
+        phases.other += lap(&mut t);
         self.status = Status {
+            pass_phases_ms: phases,
             revision: reading.revision,
             ready,
             passes: self.status.passes + 1,
