@@ -614,6 +614,23 @@ fn pod_changes<'a>(old: &'a Snapshot, new: &'a Snapshot) -> Option<Vec<PodChange
         Some(m)
     };
     let relabelled = changed_namespaces(old, new);
+    // The usual case: the same pods in the same order, a few changed.
+    let same_order = old.pods.len() == new.pods.len()
+        && old
+            .pods
+            .iter()
+            .zip(&new.pods)
+            .all(|(a, b)| a.namespace == b.namespace && a.name == b.name);
+    if same_order && index(new).is_some() {
+        return Some(
+            old.pods
+                .iter()
+                .zip(&new.pods)
+                .filter(|(a, b)| a != b || relabelled.contains(a.namespace.as_str()))
+                .map(|(a, b)| (Some(a), Some(b)))
+                .collect(),
+        );
+    }
     let (before, after) = (index(old)?, index(new)?);
     let mut out = Vec::new();
     for (k, a) in &before {

@@ -13,7 +13,7 @@
 //! "revision N ready" instead of sleeping.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -162,6 +162,8 @@ pub struct Agent<S: Source> {
     not_ready: SharedReadiness,
     /// The last pass's placements (pod -> its address and veth).
     placed_before: BTreeMap<String, (IpAddr, u32)>,
+    /// The last pass's pod addresses behind no local veth.
+    remote_before: HashSet<IpAddr>,
 }
 
 /// Where the pods of a snapshot are on this node.
@@ -172,6 +174,8 @@ struct Placement {
     unplaced: Vec<String>,
     /// Pod-like veths no known pod holds.
     quarantined: Vec<u32>,
+    /// Pod addresses behind no local veth (other nodes' pods).
+    remote: HashSet<IpAddr>,
 }
 
 impl<S: Source> Agent<S> {
@@ -252,6 +256,7 @@ impl<S: Source> Agent<S> {
             compiler: None,
             not_ready,
             placed_before: BTreeMap::new(),
+            remote_before: HashSet::new(),
         })
     }
 
@@ -259,8 +264,23 @@ impl<S: Source> Agent<S> {
         &self.status
     }
 
-    /// One reconcile pass.
+    /// One reconcile pass that checks everything: every pod's veth, every
+    /// pod-like veth, every map entry.
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
+        self.pass(true).await
+    }
+
+    /// One pass for a change of the source alone (no link came or went
+    /// since the last pass): the pods placed before keep their veths
+    /// unless their address changed, and only new or moved pods are
+    /// looked up on the node. Every other pass (`reconcile`: the first,
+    /// link events, the resync, retries for unplaced pods) checks
+    /// everything, which also repairs drift.
+    pub async fn reconcile_change(&mut self) -> anyhow::Result<()> {
+        self.pass(false).await
+    }
+
+    async fn pass(&mut self, check_links: bool) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut phases = Phases::default();
         let mut t = started;
@@ -282,8 +302,13 @@ impl<S: Source> Agent<S> {
             return self.write_status();
         }
         let snapshot = reading.snapshot.clone();
-        let placement =
-            locate(&self.netlink, &snapshot, &self.options, &self.placed_before).await?;
+        let before = Before {
+            placed: &self.placed_before,
+            quarantined: (!check_links).then_some(self.status.quarantined.as_slice()),
+            remote: &self.remote_before,
+        };
+        let mut placement = locate(&self.netlink, &snapshot, &self.options, before).await?;
+        self.remote_before = std::mem::take(&mut placement.remote);
         self.placed_before = placement.placed_with_addresses(&snapshot);
         phases.locate = lap(&mut t);
         // Only the placed pods' endpoints are compiled, and only what the
@@ -338,7 +363,14 @@ impl<S: Source> Agent<S> {
         }
         let lsm_status = self.lsm_status(&lsm, &report, &placement);
         phases.other += lap(&mut t);
-        self.publish(reading, snapshot, placement, &report, lsm_status, (started, phases))
+        self.publish(
+            reading,
+            snapshot,
+            placement,
+            &report,
+            lsm_status,
+            (started, phases),
+        )
     }
 
     /// What of the process and file rules is in force, and what is not.
@@ -543,17 +575,29 @@ impl<S: Source> Agent<S> {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut changes = self.source.changes();
         let (link_tx, mut links) = tokio::sync::mpsc::channel::<()>(1);
-        if self.options.quarantine.is_some()
-            && let Err(e) = discover::watch_links(link_tx)
-        {
-            tracing::warn!("link events unavailable: new veths wait for the resync: {e}");
-        }
+        let watching_links = match self.options.quarantine {
+            None => false,
+            Some(_) => match discover::watch_links(link_tx) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("link events unavailable: new veths wait for the resync: {e}");
+                    false
+                }
+            },
+        };
         // When the oldest source change not yet in force was noticed.
         let mut pending: Option<Instant> = None;
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // Whether only the source changed since the last pass.
+        let mut source_only = false;
         loop {
-            if let Err(e) = self.reconcile().await {
+            let done = if source_only {
+                self.reconcile_change().await
+            } else {
+                self.reconcile().await
+            };
+            if let Err(e) = done {
                 tracing::error!("reconcile: {e:#}");
             }
             if self.status.ready
@@ -570,9 +614,15 @@ impl<S: Source> Agent<S> {
             // A watcher that is not running (inotify or link events
             // unavailable) has closed its channel: `None` disables the
             // branch instead of waking the loop at once, again and again.
+            // A pass that follows the previous one on a source change
+            // alone, with every pod placed and the links watched, may trust
+            // what the last pass found on the node.
+            source_only = false;
             tokio::select! {
                 Some(()) = changes.recv() => {
                     pending.get_or_insert_with(Instant::now);
+                    source_only =
+                        watching_links && self.status.unplaced.is_empty() && links.is_empty();
                 }
                 Some(()) = links.recv() => {}
                 () = tokio::time::sleep(wait) => {}
@@ -627,53 +677,87 @@ async fn locate(
     netlink: &rtnetlink::Handle,
     snapshot: &Snapshot,
     options: &Options,
-    placed_before: &BTreeMap<String, (IpAddr, u32)>,
+    before: Before<'_>,
 ) -> anyhow::Result<Placement> {
     let mut placed = BTreeMap::new();
+    let mut remote = HashSet::new();
     let mut unresolved = Vec::new();
     let mut tables = discover::Tables::new(netlink);
     for pod in &snapshot.pods {
         let Some(&ip) = pod.ips.first() else {
             continue;
         };
+        let key = pod.key();
+        if before.quarantined.is_some() {
+            // No link came or went since: where it was.
+            if let Some(&(was, veth)) = before.placed.get(&key)
+                && was == ip
+            {
+                placed.insert(key, veth);
+                continue;
+            }
+            if before.remote.contains(&ip) {
+                remote.insert(ip);
+                continue;
+            }
+        }
         match tables.locate(ip).await? {
             Ok(p) => {
-                placed.insert(pod.key(), p.veth());
+                placed.insert(key, p.veth());
             }
             Err(Unplaced::Unresolved { .. }) => {
                 discover::nudge(ip);
-                unresolved.push((pod.key(), ip));
+                unresolved.push((key, ip));
             }
             // Not behind a local veth: another node's pod.
-            Err(Unplaced::NoRoute | Unplaced::NotLocal { .. }) => {}
+            Err(Unplaced::NoRoute | Unplaced::NotLocal { .. }) => {
+                remote.insert(ip);
+            }
         }
     }
     let mut unplaced = Vec::new();
     for (key, ip) in unresolved {
         let claimed = |veth: u32| placed.values().any(|v| *v == veth);
-        match placed_before.get(&key) {
-            Some(&(before, veth))
-                if before == ip && !claimed(veth) && tables.is_veth(veth).await? =>
-            {
+        match before.placed.get(&key) {
+            Some(&(was, veth)) if was == ip && !claimed(veth) && tables.is_veth(veth).await? => {
                 placed.insert(key, veth);
             }
             _ => unplaced.push(key),
         }
     }
-    let mut quarantined = Vec::new();
-    if let Some(prefixes) = &options.quarantine {
-        let known: BTreeSet<u32> = placed.values().copied().collect();
-        for ifindex in tables.pod_veths(prefixes).await? {
-            if !known.contains(&ifindex) {
-                quarantined.push(ifindex);
-            }
-        }
-    }
+    let known: BTreeSet<u32> = placed.values().copied().collect();
+    let quarantined = match (before.quarantined, &options.quarantine) {
+        (_, None) => Vec::new(),
+        // The same veths, less those a pod holds now.
+        (Some(quarantined), Some(_)) => quarantined
+            .iter()
+            .copied()
+            .filter(|i| !known.contains(i))
+            .collect(),
+        (None, Some(prefixes)) => tables
+            .pod_veths(prefixes)
+            .await?
+            .into_iter()
+            .filter(|i| !known.contains(i))
+            .collect(),
+    };
     Ok(Placement {
         placed,
         unplaced,
         quarantined,
+        remote,
     })
+}
+
+/// What the last pass found on the node.
+struct Before<'a> {
+    /// Each placed pod's address and veth.
+    placed: &'a BTreeMap<String, (IpAddr, u32)>,
+    /// The quarantined veths, when no link came or went since (`None`:
+    /// look at the node again).
+    quarantined: Option<&'a [u32]>,
+    /// The addresses no local veth was behind.
+    remote: &'a HashSet<IpAddr>,
 }
 
 impl Placement {
