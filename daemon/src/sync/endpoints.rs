@@ -19,32 +19,77 @@ use crate::{
     },
 };
 
+/// What a pass that failed nothing left in the identity and policy maps,
+/// for the next pass to trust instead of reading the maps (see
+/// `Syncer::apply_trusting`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Written {
+    pub addresses: BTreeMap<IpNet, u32>,
+    /// By name: ifindex, endpoint id, policy.
+    pub endpoints: BTreeMap<String, (u32, u32, EndpointPolicy)>,
+}
+
+impl Written {
+    pub(super) fn of(desired: &Desired<'_>) -> Self {
+        Self {
+            addresses: desired.addresses.clone(),
+            endpoints: desired
+                .endpoints
+                .iter()
+                .map(|(name, p)| (name.clone(), (p.ifindex, p.endpoint, p.policy.clone())))
+                .collect(),
+        }
+    }
+
+    /// Whether `desired` has exactly these endpoints and policies.
+    fn same_endpoints(&self, desired: &Desired<'_>) -> bool {
+        self.endpoints.len() == desired.endpoints.len()
+            && desired.endpoints.iter().all(|(name, p)| {
+                self.endpoints
+                    .get(name)
+                    .is_some_and(|(ifindex, endpoint, policy)| {
+                        *ifindex == p.ifindex && *endpoint == p.endpoint && policy == p.policy
+                    })
+            })
+    }
+}
+
 /// One pass over the maps, with what it read of them before writing.
 pub(super) struct Pass<'p> {
     maps: &'p mut DatapathMaps,
     desired: &'p Desired<'p>,
     report: &'p mut Report,
     /// The identities the maps held when the pass began.
-    held_identities: BTreeMap<IpNet, u32>,
+    held_identities: std::borrow::Cow<'p, BTreeMap<IpNet, u32>>,
+    /// What the last pass wrote, where this pass trusts it.
+    trusted: Option<&'p Written>,
     pod_denies: prefilter::PodDenies,
 }
 
 impl<'p> Pass<'p> {
+    /// Reads the maps, or, with `trusted`, takes them to hold what the last
+    /// pass wrote.
     pub(super) fn read(
         maps: &'p mut DatapathMaps,
         desired: &'p Desired<'p>,
         report: &'p mut Report,
+        trusted: Option<&'p Written>,
     ) -> Result<Self, DatapathError> {
         report.endpoint_ids = desired
             .endpoints
             .iter()
             .map(|(name, placed)| (name.clone(), placed.endpoint))
             .collect();
+        let held_identities = match trusted {
+            Some(w) => std::borrow::Cow::Borrowed(&w.addresses),
+            None => std::borrow::Cow::Owned(maps.identities()?),
+        };
         Ok(Self {
-            held_identities: maps.identities()?,
+            held_identities,
             maps,
             desired,
             report,
+            trusted,
             pod_denies: prefilter::PodDenies::default(),
         })
     }
@@ -155,10 +200,14 @@ impl prefilter::Steps for Pass<'_> {
 
     fn swap_policies(&mut self) -> Result<(), DatapathError> {
         self.identities_in();
-        let held = self.maps.held_policy()?;
-        let live = self.maps.endpoints()?;
-        self.swap_endpoints(&live, &held);
-        self.remove_unheld(&live, &held);
+        // The policy maps are read (every entry of every endpoint) only
+        // where an endpoint may need a swap or a removal.
+        if !self.trusted.is_some_and(|w| w.same_endpoints(self.desired)) {
+            let held = self.maps.held_policy()?;
+            let live = self.maps.endpoints()?;
+            self.swap_endpoints(&live, &held);
+            self.remove_unheld(&live, &held);
+        }
         self.identities_out();
         // Flows with a peer whose identity changed are judged again.
         if self.report.identities_written + self.report.identities_removed > 0

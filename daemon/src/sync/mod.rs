@@ -127,6 +127,8 @@ pub struct Syncer {
     /// it attaches anything (an endpoint missing from the map passes every
     /// packet, and an LSM program with no pod sets judges nothing).
     inherited: bool,
+    /// What the last pass wrote, when it failed nothing.
+    written: Option<endpoints::Written>,
 }
 
 impl Syncer {
@@ -168,6 +170,7 @@ impl Syncer {
             lsm,
             uplinks,
             inherited,
+            written: None,
         })
     }
 
@@ -226,12 +229,30 @@ impl Syncer {
     /// been made by then, but no map entry was written after the failed
     /// read.
     pub fn apply(&mut self, desired: &Desired<'_>) -> Result<Report, DatapathError> {
+        self.apply_with(desired, false)
+    }
+
+    /// [`Self::apply`], taking the identity and policy maps to hold what
+    /// the last pass wrote when it failed nothing: only the differences
+    /// from it are written, and the maps are not read unless an endpoint
+    /// changed. For passes close behind another (a change of the source);
+    /// `apply` reads everything and so repairs drift.
+    pub fn apply_trusting(&mut self, desired: &Desired<'_>) -> Result<Report, DatapathError> {
+        self.apply_with(desired, true)
+    }
+
+    fn apply_with(&mut self, desired: &Desired<'_>, trust: bool) -> Result<Report, DatapathError> {
+        let written = std::mem::take(&mut self.written);
         let mut report = Report::default();
         if self.inherited {
             return self.take_over(desired);
         }
         links::attach_new(self, desired, &mut report);
-        write_maps(&mut self.maps, desired, &mut report)?;
+        let trusted = written.as_ref().filter(|_| trust);
+        write_maps(&mut self.maps, desired, &mut report, trusted)?;
+        if report.errors.is_empty() {
+            self.written = Some(endpoints::Written::of(desired));
+        }
         links::detach_unheld(self, desired, &mut report);
         if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
             report.lsm = Some(state.apply(lsm)?);
@@ -244,7 +265,7 @@ impl Syncer {
     /// so no packet or operation meets empty maps.
     fn take_over(&mut self, desired: &Desired<'_>) -> Result<Report, DatapathError> {
         let mut report = Report::default();
-        write_maps(&mut self.maps, desired, &mut report)?;
+        write_maps(&mut self.maps, desired, &mut report, None)?;
         if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
             report.lsm = Some(state.apply(lsm)?);
         }
@@ -287,7 +308,7 @@ impl Syncer {
 /// privileged sync test drives it on ifindexes no interface has.
 pub fn apply_maps(maps: &mut DatapathMaps, desired: &Desired<'_>) -> Result<Report, DatapathError> {
     let mut report = Report::default();
-    write_maps(maps, desired, &mut report)?;
+    write_maps(maps, desired, &mut report, None)?;
     Ok(report)
 }
 
@@ -295,9 +316,10 @@ fn write_maps(
     maps: &mut DatapathMaps,
     desired: &Desired<'_>,
     report: &mut Report,
+    trusted: Option<&endpoints::Written>,
 ) -> Result<(), DatapathError> {
     prefilter::keep_node_denies(maps, desired.node_denies, report);
-    let mut pass = endpoints::Pass::read(maps, desired, report)?;
+    let mut pass = endpoints::Pass::read(maps, desired, report, trusted)?;
     prefilter::in_order(&mut pass)
 }
 
