@@ -21,7 +21,7 @@ use palisade::{
     loader,
     loader::features::Features,
     model::{Snapshot, parse::parse_documents},
-    sync::{Report, apply_maps},
+    sync::{Report, Written, apply_maps, apply_maps_recorded},
 };
 use palisade_tests::{TempPins, pinned};
 
@@ -113,6 +113,88 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
             .filter(|k| k.endpoint == ids["x/a"])
             .count();
     assert_eq!(stale, 0, "x/a's entries are gone");
+    Ok(())
+}
+
+/// A pass that trusts the record of the last one, recorded as the daemon
+/// records it.
+fn apply_trusting(
+    maps: &mut DatapathMaps,
+    s: &Snapshot,
+    on: &BTreeMap<String, u32>,
+    written: &mut Option<Written>,
+) -> anyhow::Result<Report> {
+    let compiled = compile(s);
+    let desired = Desired::on_node(&compiled, on, &[]);
+    Ok(apply_maps_recorded(maps, &desired, written, true)?)
+}
+
+#[test]
+fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let mut maps = DatapathMaps::open(&t.pins)?;
+    let s = standard(DENY_X)?;
+    let on = placed(&s);
+    let mut written = None;
+    let first = apply_trusting(&mut maps, &s, &on, &mut written)?;
+    assert_eq!(first.endpoints_written.len(), 9, "nothing to trust yet");
+    // Changes of every kind, each checked by a full pass after it that
+    // must find nothing to write.
+    let mut relabelled = s.clone();
+    if let Some(p) = relabelled.pods.iter_mut().find(|p| p.key() == "y/b") {
+        p.labels.insert("role".into(), "web".into());
+    }
+    let mut more = relabelled.clone();
+    let mut remote = more.pods[4].clone();
+    remote.name = "elsewhere".into();
+    remote.ips = vec!["10.244.9.9".parse()?];
+    remote.labels.insert("new".into(), "1".into());
+    more.pods.push(remote);
+    let edited = standard(&DENY_X.replace("port: 80", "port: 81"))?;
+    let mut fewer = on.clone();
+    fewer.remove("x/a");
+    let steps: [(&str, &Snapshot, &BTreeMap<String, u32>); 5] = [
+        ("a relabel", &relabelled, &on),
+        ("another node's pod", &more, &on),
+        ("a policy edited", &edited, &on),
+        ("a pod gone from the node", &edited, &fewer),
+        ("nothing", &edited, &fewer),
+    ];
+    for (what, snapshot, on) in steps {
+        let r = apply_trusting(&mut maps, snapshot, on, &mut written)?;
+        assert!(r.errors.is_empty(), "{what}: {:?}", r.errors);
+        let check = apply(&mut maps, snapshot, on)?;
+        assert!(
+            !check.changed() && check.endpoints_removed.is_empty(),
+            "{what}: the full pass after it still wrote {check:?}"
+        );
+        // Nor did it leave entries of a generation no endpoint reads.
+        let live: std::collections::BTreeSet<(u32, u8)> = maps
+            .endpoints()?
+            .values()
+            .map(|v| (v.endpoint, v.generation()))
+            .collect();
+        for (at, entries) in maps.held_policy()? {
+            assert!(
+                live.contains(&at),
+                "{what}: {} entries left under {at:?}",
+                entries.len()
+            );
+        }
+    }
+    // What it trusts, it does not check: an identity deleted behind its
+    // back stays missing until a full pass.
+    let compiled = compile(&edited);
+    let (net, _) = compiled
+        .addresses
+        .iter()
+        .next()
+        .context("an address")?;
+    maps.remove_identity(net.addr(), net.prefix_len())?;
+    let trusted = apply_trusting(&mut maps, &edited, &fewer, &mut written)?;
+    assert_eq!(trusted.identities_written, 0);
+    assert_eq!(apply(&mut maps, &edited, &fewer)?.identities_written, 1);
     Ok(())
 }
 

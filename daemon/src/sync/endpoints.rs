@@ -2,7 +2,7 @@
 //! endpoint's policy by a whole-generation swap where its live generation
 //! differs from the desired entries.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ebpf_common::datapath::{EndpointValue, PolicyKey, PolicyValue};
 use ipnet::IpNet;
@@ -23,10 +23,10 @@ use crate::{
 /// for the next pass to trust instead of reading the maps (see
 /// `Syncer::apply_trusting`).
 #[derive(Clone, Debug, Default)]
-pub(super) struct Written {
-    pub addresses: BTreeMap<IpNet, u32>,
+pub struct Written {
+    addresses: BTreeMap<IpNet, u32>,
     /// By name: ifindex, endpoint id, policy.
-    pub endpoints: BTreeMap<String, (u32, u32, EndpointPolicy)>,
+    endpoints: BTreeMap<String, (u32, u32, EndpointPolicy)>,
 }
 
 impl Written {
@@ -39,6 +39,63 @@ impl Written {
                 .map(|(name, p)| (name.clone(), (p.ifindex, p.endpoint, p.policy.clone())))
                 .collect(),
         }
+    }
+
+    /// The live endpoint of every ifindex this record or `desired` names
+    /// (one lookup each).
+    fn live(
+        &self,
+        maps: &DatapathMaps,
+        desired: &Desired<'_>,
+    ) -> Result<BTreeMap<u32, EndpointValue>, DatapathError> {
+        let ifindexes: BTreeSet<u32> = self
+            .endpoints
+            .values()
+            .map(|(ifindex, ..)| *ifindex)
+            .chain(desired.endpoints.values().map(|p| p.ifindex))
+            .collect();
+        let mut live = BTreeMap::new();
+        for ifindex in ifindexes {
+            if let Some(value) = maps.endpoint(ifindex)? {
+                live.insert(ifindex, value);
+            }
+        }
+        Ok(live)
+    }
+
+    /// The policy entries the maps hold by this record: each endpoint's
+    /// policy under the generation `live` says is in force, the other
+    /// generation empty (a pass that failed nothing leaves it so). `None`
+    /// when `live` disagrees with the record about an endpoint.
+    fn held(&self, live: &BTreeMap<u32, EndpointValue>) -> Option<HeldPolicy> {
+        let mut held = HeldPolicy::new();
+        for (ifindex, endpoint, policy) in self.endpoints.values() {
+            let value = live.get(ifindex)?;
+            if value.endpoint != *endpoint
+                || value.flags != policy.flags | lookup_flags(&policy.entries)
+            {
+                return None;
+            }
+            let generation = value.generation();
+            // As the maps hold them: one value per key, the last written.
+            let mut at: HashMap<(u32, PolicyKey), usize> = HashMap::new();
+            let mut entries = Vec::new();
+            for e in &policy.entries {
+                for key in policy_keys(*endpoint, generation, e) {
+                    match at.entry((key.prefix_len(), key.data())) {
+                        std::collections::hash_map::Entry::Occupied(i) => {
+                            entries[*i.get()] = (key, e.value);
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(entries.len());
+                            entries.push((key, e.value));
+                        }
+                    }
+                }
+            }
+            held.insert((*endpoint, generation), entries);
+        }
+        Some(held)
     }
 
     /// Whether `desired` has exactly these endpoints and policies.
@@ -132,6 +189,14 @@ impl<'p> Pass<'p> {
             },
         ) in &self.desired.endpoints
         {
+            if self.trusted.is_some_and(|w| {
+                w.endpoints
+                    .get(name)
+                    .is_some_and(|(i, e, p)| *i == ifindex && *e == endpoint && p == policy)
+            }) {
+                // Written so by the last pass, which failed nothing.
+                continue;
+            }
             if let Some(cur) = live
                 .get(&ifindex)
                 .filter(|cur| up_to_date(cur, endpoint, policy, held))
@@ -202,9 +267,20 @@ impl prefilter::Steps for Pass<'_> {
         self.identities_in();
         // The policy maps are read (every entry of every endpoint) only
         // where an endpoint may need a swap or a removal.
-        if !self.trusted.is_some_and(|w| w.same_endpoints(self.desired)) {
-            let held = self.maps.held_policy()?;
-            let live = self.maps.endpoints()?;
+        let unchanged = self.trusted.is_some_and(|w| w.same_endpoints(self.desired));
+        let known = match self.trusted {
+            Some(w) if !unchanged => {
+                let live = w.live(self.maps, self.desired)?;
+                w.held(&live).map(|held| (live, held))
+            }
+            _ => None,
+        };
+        let read = match known {
+            Some(known) => Some(known),
+            None if unchanged => None,
+            None => Some((self.maps.endpoints()?, self.maps.held_policy()?)),
+        };
+        if let Some((live, held)) = read {
             self.swap_endpoints(&live, &held);
             self.remove_unheld(&live, &held);
         }

@@ -27,6 +27,8 @@
 
 pub mod conntrack;
 mod endpoints;
+
+pub use endpoints::Written;
 mod links;
 pub mod lsm;
 pub mod prefilter;
@@ -128,7 +130,7 @@ pub struct Syncer {
     /// packet, and an LSM program with no pod sets judges nothing).
     inherited: bool,
     /// What the last pass wrote, when it failed nothing.
-    written: Option<endpoints::Written>,
+    written: Option<Written>,
 }
 
 impl Syncer {
@@ -251,7 +253,7 @@ impl Syncer {
         let trusted = written.as_ref().filter(|_| trust);
         write_maps(&mut self.maps, desired, &mut report, trusted)?;
         if report.errors.is_empty() {
-            self.written = Some(endpoints::Written::of(desired));
+            self.written = Some(Written::of(desired));
         }
         links::detach_unheld(self, desired, &mut report);
         if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
@@ -312,11 +314,34 @@ pub fn apply_maps(maps: &mut DatapathMaps, desired: &Desired<'_>) -> Result<Repo
     Ok(report)
 }
 
+/// [`apply_maps`] as the daemon runs it: `written` is what the last call
+/// wrote (kept only when it failed nothing); with `trust`, the maps are
+/// taken to hold it (see [`Syncer::apply_trusting`]).
+pub fn apply_maps_recorded(
+    maps: &mut DatapathMaps,
+    desired: &Desired<'_>,
+    written: &mut Option<Written>,
+    trust: bool,
+) -> Result<Report, DatapathError> {
+    let before = std::mem::take(written);
+    let mut report = Report::default();
+    write_maps(
+        maps,
+        desired,
+        &mut report,
+        before.as_ref().filter(|_| trust),
+    )?;
+    if report.errors.is_empty() {
+        *written = Some(Written::of(desired));
+    }
+    Ok(report)
+}
+
 fn write_maps(
     maps: &mut DatapathMaps,
     desired: &Desired<'_>,
     report: &mut Report,
-    trusted: Option<&endpoints::Written>,
+    trusted: Option<&Written>,
 ) -> Result<(), DatapathError> {
     prefilter::keep_node_denies(maps, desired.node_denies, report);
     let mut pass = endpoints::Pass::read(maps, desired, report, trusted)?;
