@@ -270,12 +270,13 @@ impl<S: Source> Agent<S> {
         self.pass(true).await
     }
 
-    /// One pass for a change of the source alone (no link came or went
-    /// since the last pass): the pods placed before keep their veths
-    /// unless their address changed, and only new or moved pods are
-    /// looked up on the node. Every other pass (`reconcile`: the first,
-    /// link events, the resync, retries for unplaced pods) checks
-    /// everything, which also repairs drift.
+    /// One pass for a change of the source, or a retry for unplaced pods,
+    /// when no link came or went since the last pass: the pods placed
+    /// before keep their veths unless their address changed, only new,
+    /// moved or unplaced pods are looked up on the node, and the syncer
+    /// writes against what it last wrote. Every other pass (`reconcile`:
+    /// the first, link events, the resync, and one per resync period
+    /// whatever the churn) checks everything, which also repairs drift.
     pub async fn reconcile_change(&mut self) -> anyhow::Result<()> {
         self.pass(false).await
     }
@@ -593,12 +594,19 @@ impl<S: Source> Agent<S> {
         let mut pending: Option<Instant> = None;
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // Whether only the source changed since the last pass.
+        // Whether the next pass may trust what the last one found on the
+        // node and wrote (`reconcile_change`), and when a pass last looked
+        // at everything.
         let mut source_only = false;
+        let mut last_full = Instant::now();
+        // Retries for pods whose veth is not resolved yet, since the last
+        // pass that placed every pod: 5 ms apart at first, then up to 50.
+        let mut retries = 0u32;
         loop {
             let done = if source_only {
                 self.reconcile_change().await
             } else {
+                last_full = Instant::now();
                 self.reconcile().await
             };
             if let Err(e) = done {
@@ -611,25 +619,32 @@ impl<S: Source> Agent<S> {
                     .record(since.elapsed().as_secs_f64());
             }
             let wait = if self.status.unplaced.is_empty() {
+                retries = 0;
                 self.options.resync
             } else {
-                Duration::from_millis(50)
+                retries += 1;
+                Duration::from_millis((5u64 << retries.min(4)).min(50))
             };
-            // A watcher that is not running (inotify or link events
-            // unavailable) has closed its channel: `None` disables the
-            // branch instead of waking the loop at once, again and again.
-            // A pass that follows the previous one on a source change
-            // alone, with every pod placed and the links watched, may trust
-            // what the last pass found on the node.
+            // With the links watched, a pass woken by the source or by a
+            // retry may trust the last pass (no link came or went), but
+            // one pass per resync period looks at everything, whatever
+            // the churn, and repairs drift. A watcher that is not running
+            // (inotify or link events unavailable) has closed its channel:
+            // `None` disables the branch instead of waking the loop at
+            // once, again and again.
+            let trusted = |links: &tokio::sync::mpsc::Receiver<()>| {
+                watching_links && links.is_empty() && last_full.elapsed() < self.options.resync
+            };
             source_only = false;
             tokio::select! {
                 Some(()) = changes.recv() => {
                     pending.get_or_insert_with(Instant::now);
-                    source_only =
-                        watching_links && self.status.unplaced.is_empty() && links.is_empty();
+                    source_only = trusted(&links);
                 }
                 Some(()) = links.recv() => {}
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait) => {
+                    source_only = !self.status.unplaced.is_empty() && trusted(&links);
+                }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
             }
