@@ -267,21 +267,16 @@ impl<S: Source> Agent<S> {
     /// One reconcile pass that checks everything: every pod's veth, every
     /// pod-like veth, every map entry.
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
-        self.pass(true).await
+        self.pass(true, true).await
     }
 
-    /// One pass for a change of the source, or a retry for unplaced pods,
-    /// when no link came or went since the last pass: the pods placed
-    /// before keep their veths unless their address changed, only new,
-    /// moved or unplaced pods are looked up on the node, and the syncer
-    /// writes against what it last wrote. Every other pass (`reconcile`:
-    /// the first, link events, the resync, and one per resync period
-    /// whatever the churn) checks everything, which also repairs drift.
-    pub async fn reconcile_change(&mut self) -> anyhow::Result<()> {
-        self.pass(false).await
-    }
-
-    async fn pass(&mut self, check_links: bool) -> anyhow::Result<()> {
+    /// One pass; `check_links`: look at every pod's veth and every
+    /// pod-like veth, else trust the last pass's placements (no link came
+    /// or went since: only new, moved or unplaced pods are looked up);
+    /// `check_maps`: read every map entry, else write against the syncer's
+    /// record of what it last wrote. `run` trusts what it can and checks
+    /// everything once per resync period, which repairs drift.
+    async fn pass(&mut self, check_links: bool, check_maps: bool) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut phases = Phases::default();
         let mut t = started;
@@ -353,7 +348,7 @@ impl<S: Source> Agent<S> {
         let desired =
             desired(compiled, &snapshot, &placement, has_uplinks, &node_denies).with_lsm(&lsm);
         phases.other = lap(&mut t);
-        let mut report = if check_links {
+        let mut report = if check_maps {
             self.syncer.apply(&desired)?
         } else {
             self.syncer.apply_trusting(&desired)?
@@ -594,22 +589,18 @@ impl<S: Source> Agent<S> {
         let mut pending: Option<Instant> = None;
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // Whether the next pass may trust what the last one found on the
-        // node and wrote (`reconcile_change`), and when a pass last looked
-        // at everything.
-        let mut source_only = false;
+        // What the next pass checks (see `pass`), and when a pass last
+        // read every map.
+        let (mut check_links, mut check_maps) = (true, true);
         let mut last_full = Instant::now();
         // Retries for pods whose veth is not resolved yet, since the last
         // pass that placed every pod: 5 ms apart at first, then up to 50.
         let mut retries = 0u32;
         loop {
-            let done = if source_only {
-                self.reconcile_change().await
-            } else {
+            if check_maps {
                 last_full = Instant::now();
-                self.reconcile().await
-            };
-            if let Err(e) = done {
+            }
+            if let Err(e) = self.pass(check_links, check_maps).await {
                 tracing::error!("reconcile: {e:#}");
             }
             if self.status.ready
@@ -626,27 +617,36 @@ impl<S: Source> Agent<S> {
                 Duration::from_millis((5u64 << retries.min(4)).min(50))
             };
             // With the links watched, a pass woken by the source or by a
-            // retry may trust the last pass (no link came or went), but
-            // one pass per resync period looks at everything, whatever
+            // retry may trust the last pass's placements (no link came or
+            // went), and any pass the syncer's record of what it wrote;
+            // but one pass per resync period looks at everything, whatever
             // the churn, and repairs drift. A watcher that is not running
             // (inotify or link events unavailable) has closed its channel:
             // `None` disables the branch instead of waking the loop at
             // once, again and again.
-            let trusted = |links: &tokio::sync::mpsc::Receiver<()>| {
-                watching_links && links.is_empty() && last_full.elapsed() < self.options.resync
-            };
-            source_only = false;
+            let links_quiet =
+                |links: &tokio::sync::mpsc::Receiver<()>| watching_links && links.is_empty();
+            (check_links, check_maps) = (true, true);
             tokio::select! {
                 Some(()) = changes.recv() => {
                     pending.get_or_insert_with(Instant::now);
-                    source_only = trusted(&links);
+                    check_links = !links_quiet(&links);
+                    check_maps = false;
                 }
-                Some(()) = links.recv() => {}
+                Some(()) = links.recv() => {
+                    check_maps = false;
+                }
                 () = tokio::time::sleep(wait) => {
-                    source_only = !self.status.unplaced.is_empty() && trusted(&links);
+                    if !self.status.unplaced.is_empty() {
+                        check_links = !links_quiet(&links);
+                        check_maps = false;
+                    }
                 }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
+            }
+            if last_full.elapsed() >= self.options.resync {
+                (check_links, check_maps) = (true, true);
             }
         }
         // Enforcement stays: pinned links and maps outlive the daemon.
