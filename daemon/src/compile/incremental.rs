@@ -319,6 +319,7 @@ impl Incremental {
                 }
             }
         }
+        let fresh_keys: HashSet<&IdentityKey> = appeared.iter().collect();
         for (i, (_, _, after, keys)) in moves.iter().enumerate() {
             if let Some(p) = after {
                 let ids: Vec<(IpAddr, u32)> = keys
@@ -327,7 +328,7 @@ impl Incremental {
                     .collect();
                 for ((ip, id), (_, k)) in ids.iter().zip(keys) {
                     self.compiled.addresses.insert(host(*ip), *id);
-                    if appeared.contains(k) {
+                    if fresh_keys.contains(k) {
                         out.fresh.entry(*id).or_insert((i, *ip));
                     }
                 }
@@ -341,12 +342,21 @@ impl Incremental {
     /// key where a fresh allocation would put it.
     fn numbering_holds(&self, vanished: &[IdentityKey], appeared: &[IdentityKey]) -> bool {
         let ids = &self.tables.identities;
+        // The keys a collision pushed past their natural number: few.
+        let displaced: Vec<(&IdentityKey, u32)> = if vanished.is_empty() {
+            Vec::new()
+        } else {
+            ids.iter()
+                .filter(|(k, id)| **id != natural(k))
+                .map(|(k, id)| (k, *id))
+                .collect()
+        };
         let mut freed = BTreeSet::new();
         for v in vanished {
             let Some(&slot) = ids.get(v) else { continue };
             // A later key that probed past this slot would move into it.
-            let moved = ids.iter().any(|(k, &id)| {
-                k > v && id != natural(k) && {
+            let moved = displaced.iter().any(|&(k, id)| {
+                k > v && {
                     let mut at = natural(k);
                     while at != id && at != slot {
                         at = probe_next(at);
