@@ -186,11 +186,7 @@ fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result
     // What it trusts, it does not check: an identity deleted behind its
     // back stays missing until a full pass.
     let compiled = compile(&edited);
-    let (net, _) = compiled
-        .addresses
-        .iter()
-        .next()
-        .context("an address")?;
+    let (net, _) = compiled.addresses.iter().next().context("an address")?;
     maps.remove_identity(net.addr(), net.prefix_len())?;
     let trusted = apply_trusting(&mut maps, &edited, &fewer, &mut written)?;
     assert_eq!(trusted.identities_written, 0);
