@@ -30,7 +30,7 @@ use std::{
 use ebpf_common::datapath::direction;
 
 use super::{
-    Compiled, EndpointPolicy,
+    Compiled,
     tables::{Context, Tables, address_key, block_test, host},
 };
 use crate::{
@@ -590,11 +590,6 @@ impl Incremental {
             .into_iter()
             .map(|i| self.tables.policy_keys[i].clone())
             .collect();
-    }
-
-    /// One endpoint, for tests and tools.
-    pub fn endpoint(&self, key: &str) -> Option<&EndpointPolicy> {
-        self.compiled.endpoints.get(key)
     }
 }
 
