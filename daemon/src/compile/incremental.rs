@@ -138,8 +138,14 @@ impl Incremental {
             .map(Pod::key)
             .filter(|k| before.as_ref().is_some_and(|b| !b.contains(k)))
             .collect();
+        self.settle(&fresh)
+    }
+
+    /// Drops the endpoints no longer kept, compiles those of `keys` again,
+    /// and names every endpoint that changed.
+    fn settle(&mut self, keys: &BTreeSet<String>) -> Change {
         let mut endpoints = self.drop_out_of_scope();
-        endpoints.extend(self.recompile(&fresh));
+        endpoints.extend(self.recompile(keys));
         endpoints.sort();
         endpoints.dedup();
         Change {
@@ -198,14 +204,7 @@ impl Incremental {
             self.reindex_policies(&old.policies, &new);
         }
         let dirty = self.dirty(&old, &pods, &policies, &renumbered);
-        let mut endpoints = self.drop_out_of_scope();
-        endpoints.extend(self.recompile(&dirty));
-        endpoints.sort();
-        endpoints.dedup();
-        Change {
-            endpoints,
-            full: false,
-        }
+        self.settle(&dirty)
     }
 
     fn full(&mut self) -> Change {
