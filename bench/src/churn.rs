@@ -373,7 +373,17 @@ fn replay_only(quick: bool) -> anyhow::Result<()> {
     let scratch =
         Scratch(std::env::temp_dir().join(format!("palisade-replay-{}", std::process::id())));
     let _ = fs::remove_dir_all(&scratch.0);
-    let replays = if quick { QUICK_REPLAYS } else { REPLAYS };
+    // `--replays N`: more rounds, for a profiler to see the changes
+    // rather than the read from nothing.
+    let args: Vec<String> = std::env::args().collect();
+    let replays = match args.iter().position(|a| a == "--replays") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("--replays wants a number"))?,
+        None if quick => QUICK_REPLAYS,
+        None => REPLAYS,
+    };
     let (breakdown, read, compile) = replay(&cluster, scale, replays, &scratch.0)?;
     println!("from nothing: read {read:.1} ms, compile {compile:.1} ms");
     for b in &breakdown {

@@ -42,51 +42,57 @@ fn snapshot(pods: usize, policies: usize) -> Snapshot {
         );
     }
     for i in 0..pods {
-        s.pods.push(Pod {
-            namespace: format!("ns{}", i % NAMESPACES),
-            name: format!("pod{i}"),
-            labels: labels(&[
-                ("app", format!("app{}", i % APPS)),
-                ("tier", format!("tier{}", i % 3)),
-            ]),
-            ips: vec![IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + i as u32 + 1))],
-            ports: Vec::new(),
-            cgroup: None,
-        });
+        s.pods.push(
+            Pod {
+                namespace: format!("ns{}", i % NAMESPACES),
+                name: format!("pod{i}"),
+                labels: labels(&[
+                    ("app", format!("app{}", i % APPS)),
+                    ("tier", format!("tier{}", i % 3)),
+                ]),
+                ips: vec![IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + i as u32 + 1))],
+                ports: Vec::new(),
+                cgroup: None,
+            }
+            .into(),
+        );
     }
     for j in 0..policies {
         let selector = |key: &str, value: String| LabelSelector {
             match_labels: labels(&[(key, value)]),
             ..LabelSelector::default()
         };
-        s.policies.push(Policy::from(&NetworkPolicy {
-            api_version: "networking.k8s.io/v1".into(),
-            kind: "NetworkPolicy".into(),
-            metadata: ObjectMeta {
-                name: format!("p{j}"),
-                namespace: Some(format!("ns{}", j % NAMESPACES)),
-                ..ObjectMeta::default()
-            },
-            spec: NetworkPolicySpec {
-                pod_selector: selector("app", format!("app{}", j % APPS)),
-                policy_types: None,
-                ingress: vec![IngressRule {
-                    from: vec![Peer {
-                        namespace_selector: Some(selector("team", format!("t{}", j % 5))),
-                        pod_selector: Some(selector("tier", format!("tier{}", j % 3))),
-                        ip_block: None,
+        s.policies.push(
+            Policy::from(&NetworkPolicy {
+                api_version: "networking.k8s.io/v1".into(),
+                kind: "NetworkPolicy".into(),
+                metadata: ObjectMeta {
+                    name: format!("p{j}"),
+                    namespace: Some(format!("ns{}", j % NAMESPACES)),
+                    ..ObjectMeta::default()
+                },
+                spec: NetworkPolicySpec {
+                    pod_selector: selector("app", format!("app{}", j % APPS)),
+                    policy_types: None,
+                    ingress: vec![IngressRule {
+                        from: vec![Peer {
+                            namespace_selector: Some(selector("team", format!("t{}", j % 5))),
+                            pod_selector: Some(selector("tier", format!("tier{}", j % 3))),
+                            ip_block: None,
+                        }],
+                        ports: vec![PolicyPort {
+                            protocol: None,
+                            port: Some(PortRef::Number(8000 + (j % 100) as i64)),
+                            end_port: None,
+                        }],
+                        ..IngressRule::default()
                     }],
-                    ports: vec![PolicyPort {
-                        protocol: None,
-                        port: Some(PortRef::Number(8000 + (j % 100) as i64)),
-                        end_port: None,
-                    }],
-                    ..IngressRule::default()
-                }],
-                egress: Vec::new(),
-            },
-            status: None,
-        }));
+                    egress: Vec::new(),
+                },
+                status: None,
+            })
+            .into(),
+        );
     }
     s
 }
@@ -132,13 +138,15 @@ pub fn report() {
             ]
             .into();
             let mut relabelled = s.clone();
-            relabelled.pods[0].labels = moved.clone();
+            std::sync::Arc::make_mut(&mut relabelled.pods[0]).labels = moved.clone();
             let relabelled = std::sync::Arc::new(relabelled);
             let (change, incremental_time) = timed(|| inc.update(relabelled.clone()));
             let ((before, compile_time), peak, kept) =
                 crate::heap::measure(|| timed(|| compile(&s)));
             let entries: usize = before.endpoints.values().map(|e| e.entries.len()).sum();
-            s.pods[0].labels.insert("app".into(), "app-moved".into());
+            std::sync::Arc::make_mut(&mut s.pods[0])
+                .labels
+                .insert("app".into(), "app-moved".into());
             let (after, relabel_time) = timed(|| compile(&s));
             let (touched, diff_time) = timed(|| {
                 after

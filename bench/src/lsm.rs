@@ -105,6 +105,7 @@ spec:
 fn snapshot(cgroups: &[PathBuf], policies: &[String]) -> anyhow::Result<Snapshot> {
     let mut s = standard::snapshot();
     for p in &mut s.pods {
+        let p = std::sync::Arc::make_mut(p);
         p.cgroup = match p.key().as_str() {
             "x/a" => Some(cgroups[0].display().to_string()),
             "x/b" => Some(cgroups[1].display().to_string()),
@@ -114,7 +115,7 @@ fn snapshot(cgroups: &[PathBuf], policies: &[String]) -> anyhow::Result<Snapshot
     for text in policies {
         for d in parse_documents(text, "bench.yaml", "x") {
             s.policies
-                .push(d.map_err(|e| anyhow::anyhow!("{e}"))?.policy());
+                .push(d.map_err(|e| anyhow::anyhow!("{e}"))?.policy().into());
         }
     }
     Ok(s)

@@ -73,7 +73,8 @@ mod tests {
         .snapshot("t.yaml")
         .unwrap();
         let mut snapshot = snapshot;
-        snapshot.pods[0].cgroup = Some("/sys/fs/cgroup/palisade-lab1-0/x.a".into());
+        std::sync::Arc::make_mut(&mut snapshot.pods[0]).cgroup =
+            Some("/sys/fs/cgroup/palisade-lab1-0/x.a".into());
         assert_eq!(
             snapshot.namespaces["w"].annotations["kubearmor-file-posture"],
             "block"

@@ -229,7 +229,7 @@ impl<'a> Lab<'a> {
                     .iter_mut()
                     .find(|p| p.key() == *key)
                     .ok_or_else(|| anyhow!("no pod {key}"))?;
-                pod.labels = labels.clone();
+                std::sync::Arc::make_mut(pod).labels = labels.clone();
                 self.write_cluster()?;
             }
             Action::RelabelNamespace(name, labels) => {
@@ -278,7 +278,7 @@ impl<'a> Lab<'a> {
             }
             let mut pod = new.pod.clone();
             pod.cgroup = net.cgroup.as_ref().map(|c| c.display().to_string());
-            self.state.pods.push(pod);
+            self.state.pods.push(pod.into());
             self.node_names
                 .insert(key, self.nodes.nodes[new.node].name.clone());
         }

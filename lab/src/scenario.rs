@@ -525,8 +525,8 @@ impl ScenarioFile {
             node_of: pods.iter().map(|p| (p.pod.key(), p.node)).collect(),
             snapshot: Snapshot {
                 namespaces,
-                pods: pods.into_iter().map(|p| p.pod).collect(),
-                policies: self.policies(file)?,
+                pods: pods.into_iter().map(|p| p.pod.into()).collect(),
+                policies: self.policies(file)?.into_iter().map(Into::into).collect(),
             },
             nodes,
         })

@@ -287,7 +287,8 @@ impl Topology {
         let mut cluster = cluster.clone();
         for pod in &mut cluster.pods {
             if let Some(net) = self.pods.get(&pod.key()) {
-                pod.cgroup = net.cgroup.as_ref().map(|c| c.display().to_string());
+                std::sync::Arc::make_mut(pod).cgroup =
+                    net.cgroup.as_ref().map(|c| c.display().to_string());
             }
         }
         cluster

@@ -196,13 +196,14 @@ const PLACED: [&str; 3] = ["x/a", "x/b", "y/c"];
 fn snapshot(policies: &str, relabel: bool) -> anyhow::Result<Snapshot> {
     let mut s = palisade::model::standard::snapshot();
     for (n, pod) in s.pods.iter_mut().enumerate() {
+        let pod = std::sync::Arc::make_mut(pod);
         pod.ips.push(format!("fd00:10:244::{:x}", n + 1).parse()?);
         if relabel && pod.key() == "x/c" {
             pod.labels.insert("pod".into(), "b".into());
         }
     }
     for doc in parse_documents(policies, "frames.yaml", "default") {
-        s.policies.push(doc?.policy());
+        s.policies.push(doc?.policy().into());
     }
     Ok(s)
 }

@@ -111,12 +111,12 @@ impl Lab {
         let mut s: Snapshot = standard::snapshot();
         for p in &mut s.pods {
             if p.key() == "x/a" {
-                p.cgroup = Some(self.cgroup.clone());
+                std::sync::Arc::make_mut(p).cgroup = Some(self.cgroup.clone());
             }
         }
         for d in parse_documents(&policies.replace("{dir}", &self.dir), "test.yaml", "x") {
             s.policies
-                .push(d.map_err(|e| anyhow::anyhow!("{e}"))?.policy());
+                .push(d.map_err(|e| anyhow::anyhow!("{e}"))?.policy().into());
         }
         let desired = compile_lsm(&s);
         let report = self.state.apply(&desired)?;

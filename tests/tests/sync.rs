@@ -30,7 +30,7 @@ const DENY_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmet
 fn standard(policies: &str) -> anyhow::Result<Snapshot> {
     let mut s = palisade::model::standard::snapshot();
     for doc in parse_documents(policies, "p.yaml", "default") {
-        s.policies.push(doc?.policy());
+        s.policies.push(doc?.policy().into());
     }
     Ok(s)
 }
@@ -87,7 +87,9 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
     // A relabel of y/b touches x/a (its peers) and y/b's own identity.
     let mut relabelled = s.clone();
     if let Some(p) = relabelled.pods.iter_mut().find(|p| p.key() == "y/b") {
-        p.labels.insert("role".into(), "web".into());
+        std::sync::Arc::make_mut(p)
+            .labels
+            .insert("role".into(), "web".into());
     }
     let r = apply(&mut maps, &relabelled, &on)?;
     assert_eq!(r.endpoints_written, vec!["x/a".to_owned()], "{r:?}");
@@ -143,14 +145,16 @@ fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result
     // must find nothing to write.
     let mut relabelled = s.clone();
     if let Some(p) = relabelled.pods.iter_mut().find(|p| p.key() == "y/b") {
-        p.labels.insert("role".into(), "web".into());
+        std::sync::Arc::make_mut(p)
+            .labels
+            .insert("role".into(), "web".into());
     }
     let mut more = relabelled.clone();
-    let mut remote = more.pods[4].clone();
+    let mut remote = (*more.pods[4]).clone();
     remote.name = "elsewhere".into();
     remote.ips = vec!["10.244.9.9".parse()?];
     remote.labels.insert("new".into(), "1".into());
-    more.pods.push(remote);
+    more.pods.push(remote.into());
     let edited = standard(&DENY_X.replace("port: 80", "port: 81"))?;
     let mut fewer = on.clone();
     fewer.remove("x/a");
@@ -287,14 +291,17 @@ fn a_full_identity_map_is_one_error_and_a_count() -> anyhow::Result<()> {
     // Other nodes' pods: an address each, no veth.
     let local = placed(&s);
     for i in 0..40u8 {
-        s.pods.push(palisade::model::Pod {
-            namespace: "x".into(),
-            name: format!("r{i}"),
-            labels: [("remote".to_owned(), format!("r{i}"))].into(),
-            ips: vec![std::net::IpAddr::from([10, 250, 0, i + 1])],
-            ports: Vec::new(),
-            cgroup: None,
-        });
+        s.pods.push(
+            palisade::model::Pod {
+                namespace: "x".into(),
+                name: format!("r{i}"),
+                labels: [("remote".to_owned(), format!("r{i}"))].into(),
+                ips: vec![std::net::IpAddr::from([10, 250, 0, i + 1])],
+                ports: Vec::new(),
+                cgroup: None,
+            }
+            .into(),
+        );
     }
     let report = apply(&mut m, &s, &local)?;
     assert_eq!(report.errors.len(), 2, "{:#?}", report.errors);

@@ -46,6 +46,14 @@ pub struct Incremental {
     holders: HashMap<IdentityKey, usize>,
     /// The pods whose endpoints are kept; `None`: every pod.
     scope: Option<BTreeSet<String>>,
+    /// Where the kept pods sit in the snapshot's list: a change walks
+    /// these, not the cluster. Found again when the scope moves or pods
+    /// come or go.
+    kept: Vec<usize>,
+    /// Whether no two pods of the snapshot share a key (a full compile
+    /// sorts duplicates out): a change that keeps every pod where it was
+    /// keeps that.
+    unique: bool,
     /// Per kept pod: the indexes of the policies that select it.
     selecting: HashMap<String, Vec<usize>>,
 }
@@ -98,14 +106,18 @@ impl Incremental {
             addresses: tables.addresses(),
             ..Compiled::default()
         };
+        let unique = pod_index(&snapshot).is_some();
         let mut me = Self {
             snapshot,
             tables,
             compiled,
             holders,
             scope,
+            kept: Vec::new(),
+            unique,
             selecting: HashMap::new(),
         };
+        me.find_kept();
         let all: BTreeSet<String> = me.in_scope().map(Pod::key).collect();
         me.recompile(&all);
         me
@@ -123,8 +135,35 @@ impl Incremental {
         self.scope.as_ref().is_none_or(|s| s.contains(key))
     }
 
+    /// Finds the kept pods in the snapshot (one pass over the cluster,
+    /// without building a key per pod).
+    fn find_kept(&mut self) {
+        let Some(scope) = &self.scope else {
+            self.kept = (0..self.snapshot.pods.len()).collect();
+            return;
+        };
+        let mut by_namespace: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for key in scope {
+            if let Some((ns, name)) = key.split_once('/') {
+                by_namespace.entry(ns).or_default().insert(name);
+            }
+        }
+        self.kept = self
+            .snapshot
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                by_namespace
+                    .get(p.namespace.as_str())
+                    .is_some_and(|names| names.contains(p.name.as_str()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+    }
+
     fn in_scope(&self) -> impl Iterator<Item = &Pod> {
-        self.snapshot.pods.iter().filter(|p| self.kept(&p.key()))
+        self.kept.iter().map(|&i| &*self.snapshot.pods[i])
     }
 
     /// Keeps the endpoints of `scope` (and of no other pod) from now on.
@@ -133,6 +172,7 @@ impl Incremental {
             return Change::default();
         }
         let before = self.scope.replace(scope);
+        self.find_kept();
         let fresh: BTreeSet<String> = self
             .in_scope()
             .map(Pod::key)
@@ -181,15 +221,19 @@ impl Incremental {
         }
         let old = std::mem::replace(&mut self.snapshot, snapshot);
         let new = self.snapshot.clone();
-        if Tables::prefixes_of(&new) != self.tables.prefixes {
-            return self.full();
-        }
-        let Some(pods) = pod_changes(&old, &new) else {
-            return self.full();
-        };
         let Some(policies) = policy_changes(&old.policies, &new.policies) else {
             return self.full();
         };
+        if !policies.is_empty() && Tables::prefixes_of(&new) != self.tables.prefixes {
+            return self.full();
+        }
+        let Some((pods, same_places)) = pod_changes(&old, &new, self.unique) else {
+            return self.full();
+        };
+        self.unique = true;
+        if !same_places {
+            self.find_kept();
+        }
         let namespaces_changed = old.namespaces != new.namespaces;
         if pods.is_empty() && policies.is_empty() && !namespaces_changed {
             return Change::default();
@@ -381,7 +425,7 @@ impl Incremental {
 
     /// The policies' index tables after policies changed; peer sets of
     /// unchanged policies keep, by their new index.
-    fn reindex_policies(&mut self, old: &[Policy], new: &Snapshot) {
+    fn reindex_policies(&mut self, old: &[Arc<Policy>], new: &Snapshot) {
         let by_key: HashMap<String, usize> = new
             .policies
             .iter()
@@ -393,7 +437,10 @@ impl Incremental {
             .enumerate()
             .map(|(i, p)| {
                 let key = &self.tables.policy_keys[i].0;
-                by_key.get(key).copied().filter(|&j| new.policies[j] == *p)
+                by_key
+                    .get(key)
+                    .copied()
+                    .filter(|&j| same(&new.policies[j], p))
             })
             .collect();
         self.tables.reindex_policies(new);
@@ -443,6 +490,7 @@ impl Incremental {
             .iter()
             .chain(&old.policies)
             .filter(|p| policies.contains(&p.key()))
+            .map(|p| &**p)
             .collect();
         if !changed.is_empty() {
             for pod in self.in_scope() {
@@ -566,9 +614,10 @@ impl Incremental {
             t: &self.tables,
         };
         let mut changed = Vec::new();
-        for pod in &snapshot.pods {
+        for &i in &self.kept.clone() {
+            let pod = &snapshot.pods[i];
             let key = pod.key();
-            if !keys.contains(&key) || !self.kept(&key) {
+            if !keys.contains(&key) {
                 continue;
             }
             let (ep, selecting, _) = cx.endpoint(pod);
@@ -602,44 +651,58 @@ fn changed_namespaces<'a>(old: &'a Snapshot, new: &'a Snapshot) -> HashSet<&'a s
         .collect()
 }
 
+/// Whether two shared objects are equal, by pointer first: a source
+/// hands over the same object while it did not change.
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// The snapshot's pods by key; `None` when a key repeats.
+fn pod_index(s: &Snapshot) -> Option<HashMap<(&str, &str), &Pod>> {
+    let mut m = HashMap::with_capacity(s.pods.len());
+    for p in &s.pods {
+        if m.insert((p.namespace.as_str(), p.name.as_str()), &**p)
+            .is_some()
+        {
+            return None;
+        }
+    }
+    Some(m)
+}
+
 /// The pods that differ between `old` and `new`, each before and after
 /// (a namespace whose labels changed changes all of its pods' identity
-/// keys); `None` when a key repeats, which a full compile sorts out.
-fn pod_changes<'a>(old: &'a Snapshot, new: &'a Snapshot) -> Option<Vec<PodChange<'a>>> {
-    let index = |s: &'a Snapshot| -> Option<HashMap<(&'a str, &'a str), &'a Pod>> {
-        let mut m = HashMap::with_capacity(s.pods.len());
-        for p in &s.pods {
-            if m.insert((p.namespace.as_str(), p.name.as_str()), p)
-                .is_some()
-            {
-                return None;
-            }
-        }
-        Some(m)
-    };
+/// keys), and whether every pod kept its place in the list; `None` when a
+/// key repeats, which a full compile sorts out. `unique`: `old` has no
+/// repeated key.
+fn pod_changes<'a>(
+    old: &'a Snapshot,
+    new: &'a Snapshot,
+    unique: bool,
+) -> Option<(Vec<PodChange<'a>>, bool)> {
     let relabelled = changed_namespaces(old, new);
-    // The usual case: the same pods in the same order, a few changed.
-    let same_order = old.pods.len() == new.pods.len()
-        && old
+    // The usual case: the same pods in the same places, a few changed.
+    // Their keys are then as unique as the old ones.
+    let same_places =
+        old.pods.len() == new.pods.len()
+            && old.pods.iter().zip(&new.pods).all(|(a, b)| {
+                Arc::ptr_eq(a, b) || (a.namespace == b.namespace && a.name == b.name)
+            });
+    if same_places && (unique || pod_index(new).is_some()) {
+        let changes = old
             .pods
             .iter()
             .zip(&new.pods)
-            .all(|(a, b)| a.namespace == b.namespace && a.name == b.name);
-    if same_order && index(new).is_some() {
-        return Some(
-            old.pods
-                .iter()
-                .zip(&new.pods)
-                .filter(|(a, b)| a != b || relabelled.contains(a.namespace.as_str()))
-                .map(|(a, b)| (Some(a), Some(b)))
-                .collect(),
-        );
+            .filter(|(a, b)| !same(a, b) || relabelled.contains(a.namespace.as_str()))
+            .map(|(a, b)| (Some(&**a), Some(&**b)))
+            .collect();
+        return Some((changes, true));
     }
-    let (before, after) = (index(old)?, index(new)?);
+    let (before, after) = (pod_index(old)?, pod_index(new)?);
     let mut out = Vec::new();
     for (k, a) in &before {
         match after.get(k) {
-            Some(b) if a == b && !relabelled.contains(k.0) => {}
+            Some(b) if (std::ptr::eq(*a, *b) || a == b) && !relabelled.contains(k.0) => {}
             b => out.push((Some(*a), b.copied())),
         }
     }
@@ -648,13 +711,17 @@ fn pod_changes<'a>(old: &'a Snapshot, new: &'a Snapshot) -> Option<Vec<PodChange
             out.push((None, Some(*b)));
         }
     }
-    Some(out)
+    Some((out, false))
 }
 
 /// The keys of the policies that differ between `old` and `new` (added,
 /// removed or changed); `None` when a key repeats.
-fn policy_changes(old: &[Policy], new: &[Policy]) -> Option<BTreeSet<String>> {
-    let index = |list: &[Policy]| -> Option<BTreeMap<String, usize>> {
+fn policy_changes(old: &[Arc<Policy>], new: &[Arc<Policy>]) -> Option<BTreeSet<String>> {
+    // The usual case: a change of pods or namespaces only.
+    if old.len() == new.len() && old.iter().zip(new).all(|(a, b)| Arc::ptr_eq(a, b)) {
+        return Some(BTreeSet::new());
+    }
+    let index = |list: &[Arc<Policy>]| -> Option<BTreeMap<String, usize>> {
         let mut m = BTreeMap::new();
         for (i, p) in list.iter().enumerate() {
             if m.insert(p.key(), i).is_some() {
@@ -666,7 +733,7 @@ fn policy_changes(old: &[Policy], new: &[Policy]) -> Option<BTreeSet<String>> {
     let (before, after) = (index(old)?, index(new)?);
     let mut out = BTreeSet::new();
     for (k, &i) in &before {
-        if after.get(k).is_none_or(|&j| old[i] != new[j]) {
+        if after.get(k).is_none_or(|&j| !same(&old[i], &new[j])) {
             out.insert(k.clone());
         }
     }

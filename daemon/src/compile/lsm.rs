@@ -433,6 +433,7 @@ fn lsm_policies(snapshot: &Snapshot) -> Vec<&Policy> {
     snapshot
         .policies
         .iter()
+        .map(|p| &**p)
         .filter(|p| p.process.is_some() || p.file.is_some())
         .collect()
 }
@@ -678,12 +679,15 @@ fn pod_rules(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::{compile::lsm_decide::DecidedBy, model::parse::parse_documents};
 
     fn snapshot(policy: &str, annotations: &[(&str, &str)]) -> Snapshot {
         let mut s = crate::model::standard::snapshot();
         for p in &mut s.pods {
+            let p = Arc::make_mut(p);
             p.cgroup = Some(format!("/sys/fs/cgroup/lab/{}", p.key()));
         }
         if let Some(ns) = s.namespaces.get_mut("x") {
@@ -693,7 +697,7 @@ mod tests {
                 .collect();
         }
         for d in parse_documents(policy, "test.yaml", "x") {
-            s.policies.push(d.unwrap().policy());
+            s.policies.push(d.unwrap().policy().into());
         }
         s
     }
@@ -936,7 +940,7 @@ spec:
             &[],
         );
         for p in &mut s.pods {
-            p.cgroup = None;
+            Arc::make_mut(p).cgroup = None;
         }
         let d = compile_lsm(&s);
         assert!(d.pods.is_empty());

@@ -167,7 +167,7 @@ fn destinations<'a>(cx: &'a Context<'a>, rule: Rule<'_>) -> Vec<(&'a Pod, Vec<u3
             .snapshot
             .pods
             .iter()
-            .map(|d| (d, cx.identities_of(d)))
+            .map(|d| (&**d, cx.identities_of(d)))
             .collect();
     }
     rule.peers

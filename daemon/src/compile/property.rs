@@ -320,7 +320,7 @@ pub fn policy_sets() -> impl Strategy<Value = Vec<Policy>> {
 /// The standard model with `policies`.
 pub fn snapshot_with(policies: Vec<Policy>) -> Snapshot {
     let mut s = standard::snapshot();
-    s.policies = policies;
+    s.policies = policies.into_iter().map(std::sync::Arc::new).collect();
     s
 }
 

@@ -142,6 +142,7 @@ impl Context<'_> {
         self.snapshot
             .pods
             .iter()
+            .map(|p| &**p)
             .filter(|pod| {
                 let ns_ok = namespaces
                     .as_ref()
@@ -178,6 +179,7 @@ impl Context<'_> {
         self.snapshot
             .pods
             .iter()
+            .map(|p| &**p)
             .filter(|pod| pod.ips.iter().any(&inside))
             .collect()
     }
@@ -238,6 +240,7 @@ impl Tables {
         let address_keys: Vec<(&Pod, Vec<(IpAddr, IdentityKey)>)> = snapshot
             .pods
             .iter()
+            .map(|p| &**p)
             .map(|p| {
                 let keys = p
                     .ips

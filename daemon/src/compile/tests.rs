@@ -2,7 +2,10 @@
 //! (namespaces x, y, z; pods a, b, c; ports 80 and 81 on TCP, UDP and SCTP),
 //! cases written for Palisade after the suite's own.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use super::{
     compile,
@@ -74,7 +77,7 @@ fn named_ports_resolve_on_each_destination_pod() {
     );
     // Two pods give the name "web" different numbers.
     for (key, port) in [("x/b", 8080), ("x/c", 9090)] {
-        let p = s.pods.iter_mut().find(|p| p.key() == key).unwrap();
+        let p = Arc::make_mut(s.pods.iter_mut().find(|p| p.key() == key).unwrap());
         p.ports.push(NamedPort {
             name: "web".into(),
             port,
@@ -148,13 +151,15 @@ fn compiling_is_deterministic_and_one_pod_change_touches_only_its_entries() {
     let s = with(yaml);
     assert_eq!(compile(&s), compile(&s));
     let mut relabeled = s.clone();
-    relabeled
-        .pods
-        .iter_mut()
-        .find(|p| p.key() == "y/c")
-        .unwrap()
-        .labels
-        .insert("role".into(), "web".into());
+    Arc::make_mut(
+        relabeled
+            .pods
+            .iter_mut()
+            .find(|p| p.key() == "y/c")
+            .unwrap(),
+    )
+    .labels
+    .insert("role".into(), "web".into());
     let (before, after) = (compile(&s), compile(&relabeled));
     let changed: Vec<_> = before
         .endpoints
@@ -177,7 +182,7 @@ fn ip_blocks_match_pod_addresses_too() {
     let mut outside = pod(&twin, "y/a").clone();
     outside.name = "a-twin".into();
     outside.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 9, 9))];
-    twin.pods.push(outside);
+    twin.pods.push(outside.into());
     let c = compile(&twin);
     assert!(connection(
         &c,
@@ -201,7 +206,9 @@ fn an_ip_block_matches_only_the_address_of_a_dual_stack_pod_it_covers() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-v6, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{ipBlock: {cidr: 'fd00::/64'}}]}]\n",
     );
     for (i, p) in s.pods.iter_mut().enumerate() {
-        p.ips.push(format!("fd00::{}", i + 1).parse().unwrap());
+        Arc::make_mut(p)
+            .ips
+            .push(format!("fd00::{}", i + 1).parse().unwrap());
     }
     let c = compile(&s);
     let (from, to) = (pod(&s, "y/b"), pod(&s, "x/b"));

@@ -16,7 +16,7 @@ pub fn standard() -> Snapshot {
 pub fn with(yaml: &str) -> Snapshot {
     let mut s = standard();
     for doc in parse_documents(yaml, "test.yaml", "x") {
-        s.policies.push(doc.unwrap().policy());
+        s.policies.push(doc.unwrap().policy().into());
     }
     s
 }

@@ -152,7 +152,7 @@ spec:
 fn cluster() -> Snapshot {
     let mut s = standard::snapshot();
     for (i, pod) in s.pods.iter_mut().enumerate() {
-        pod.cgroup = Some(format!("/sys/fs/cgroup/pod{i}"));
+        std::sync::Arc::make_mut(pod).cgroup = Some(format!("/sys/fs/cgroup/pod{i}"));
     }
     s
 }
@@ -200,7 +200,7 @@ fn parses_cleanly_then(bytes: &[u8], deep: bool) -> Result<usize, TestCaseError>
     let count = accepted.len();
     if deep && count > 0 {
         let mut s = cluster();
-        s.policies = accepted;
+        s.policies = accepted.into_iter().map(std::sync::Arc::new).collect();
         compile(&s);
         compile_lsm(&s);
     }

@@ -24,7 +24,7 @@ pub mod selector;
 pub mod standard;
 pub mod yaml;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 pub use networkpolicy::{NetworkPolicy, Protocol};
 pub use policy::Policy;
@@ -79,10 +79,15 @@ impl Pod {
 }
 
 /// Everything the compiler needs, from any source.
+///
+/// Pods and policies are shared: a source builds each snapshot from the
+/// objects of the last where they did not change, so a change costs a
+/// copy of pointers, and telling what changed starts with a pointer
+/// comparison.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: Vec<Pod>,
+    pub pods: Vec<Arc<Pod>>,
     /// Every kind, in one form.
-    pub policies: Vec<Policy>,
+    pub policies: Vec<Arc<Policy>>,
 }

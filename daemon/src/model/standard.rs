@@ -59,9 +59,12 @@ pub fn snapshot() -> Snapshot {
         namespaces: namespaces().map(|n| (n.name.clone(), n)).collect(),
         pods: pods()
             .zip(1..)
-            .map(|(pod, host)| Pod {
-                ips: vec![IpAddr::V4(Ipv4Addr::new(10, 244, 0, host))],
-                ..pod
+            .map(|(pod, host)| {
+                Pod {
+                    ips: vec![IpAddr::V4(Ipv4Addr::new(10, 244, 0, host))],
+                    ..pod
+                }
+                .into()
             })
             .collect(),
         policies: Vec::new(),

@@ -220,6 +220,7 @@ fn side_with(
     let applying: Vec<&Policy> = s
         .policies
         .iter()
+        .map(|p| &**p)
         .filter(|p| (audit || !p.audit) && p.rules(egress).is_some())
         .filter(|p| p.selects(&pod.namespace, &ns_labels, &pod.labels))
         .collect();
@@ -397,7 +398,7 @@ pub fn explain_text(
         s.pods
             .iter()
             .find(|p| p.key() == spec)
-            .map(Target::Pod)
+            .map(|p| Target::Pod(p))
             .ok_or_else(|| format!("no pod {spec} (use namespace/pod or an address)"))
     };
     let (from, to) = (target(from)?, target(to)?);
@@ -442,7 +443,7 @@ mod tests {
     fn snapshot() -> Snapshot {
         let mut s = standard::snapshot();
         for doc in parse_documents(POLICIES, "t.yaml", "default") {
-            s.policies.push(doc.unwrap().policy());
+            s.policies.push(doc.unwrap().policy().into());
         }
         s
     }
@@ -608,10 +609,10 @@ spec:
             } else {
                 next.next().unwrap()
             };
-            pod.ips.push(ip);
+            std::sync::Arc::make_mut(pod).ips.push(ip);
         }
         for doc in parse_documents(V6_BLOCK, "t.yaml", "default") {
-            s.policies.push(doc.unwrap().policy());
+            s.policies.push(doc.unwrap().policy().into());
         }
         s
     }
@@ -656,7 +657,7 @@ spec:
     fn an_ipv6_only_pair_is_asked_in_ipv6() {
         let mut s = dual_stack();
         for pod in &mut s.pods {
-            pod.ips.retain(IpAddr::is_ipv6);
+            std::sync::Arc::make_mut(pod).ips.retain(IpAddr::is_ipv6);
         }
         let out = ask(&s, "y/b", "x/b", None).unwrap();
         assert!(out.contains("ALLOWED") && !out.contains("10.244."), "{out}");

@@ -44,8 +44,8 @@ pub const REVISION_FILE: &str = ".revision";
 #[derive(Clone, Debug)]
 enum Object {
     Namespace(Namespace),
-    Pod(Pod),
-    Policy(Policy),
+    Pod(Arc<Pod>),
+    Policy(Arc<Policy>),
 }
 
 /// The pod's cgroup v2 directory on this node, for process and file rules
@@ -212,12 +212,12 @@ fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, Stri
             },
             Some(("v1", "Pod")) => match yaml::from_str::<ApiPod>(&doc) {
                 Ok(p) if p.metadata.name.is_none() => errors.push(unnamed("Pod")),
-                Ok(p) => objects.push(Object::Pod(pod_of(&p))),
+                Ok(p) => objects.push(Object::Pod(Arc::new(pod_of(&p)))),
                 Err(e) => errors.push(refused("Pod", e)),
             },
             // Policies, and anything else: the policy parser names unknown kinds.
             _ => match parse_one(&doc, start, &shown, "default") {
-                Ok(d) => objects.push(Object::Policy(d.policy())),
+                Ok(d) => objects.push(Object::Policy(Arc::new(d.policy()))),
                 Err(e) => {
                     let key = head.as_ref().and_then(|h| h.policy_key("default"));
                     errors.push((key.map(|k| format!("Policy/{k}")), e.to_string()));
@@ -803,7 +803,7 @@ spec:
             r.snapshot
                 .policies
                 .iter()
-                .map(Policy::key)
+                .map(|p| p.key())
                 .collect::<Vec<_>>()
         };
         // 100 MB, sparse: refused from its metadata, never read.

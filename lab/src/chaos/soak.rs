@@ -196,7 +196,7 @@ impl Churn {
         match n % 5 {
             0 => {
                 let i = (n / 5) as usize % lab.state.pods.len();
-                lab.state.pods[i]
+                std::sync::Arc::make_mut(&mut lab.state.pods[i])
                     .labels
                     .insert("churn".into(), (n % 7).to_string());
                 lab.write_cluster()?;

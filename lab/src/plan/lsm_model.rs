@@ -63,7 +63,7 @@ fn judged(file: &Path) -> Vec<(String, bool, bool)> {
             Action::Apply(docs) | Action::Update(docs) => {
                 for d in docs {
                     snap.policies.retain(|p| p.key() != d.key);
-                    snap.policies.push(d.policy.clone());
+                    snap.policies.push(d.policy.clone().into());
                 }
             }
             Action::Delete(docs) => {
@@ -72,7 +72,7 @@ fn judged(file: &Path) -> Vec<(String, bool, bool)> {
             }
             Action::RelabelPod(key, labels) => {
                 if let Some(p) = snap.pods.iter_mut().find(|p| &p.key() == key) {
-                    p.labels = labels.clone();
+                    std::sync::Arc::make_mut(p).labels = labels.clone();
                 }
             }
             Action::RelabelNamespace(name, labels) => {
@@ -80,7 +80,7 @@ fn judged(file: &Path) -> Vec<(String, bool, bool)> {
                     ns.labels = labels.clone();
                 }
             }
-            Action::Create(pods) => snap.pods.extend(pods.iter().map(|p| p.pod.clone())),
+            Action::Create(pods) => snap.pods.extend(pods.iter().map(|p| p.pod.clone().into())),
             Action::Check(checks) => {
                 for c in checks {
                     let (asked, from) = match &c.operation {

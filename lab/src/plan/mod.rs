@@ -528,7 +528,7 @@ impl Scenario {
             spec.serve.iter().map(|s| (s.port, s.protocol)).collect();
         self.serves.insert(key.clone(), serves.clone());
         self.node_of.insert(key, node);
-        self.cluster.pods.push(pod.clone());
+        self.cluster.pods.push(pod.clone().into());
         Ok(NewPod { pod, serves, node })
     }
 

@@ -43,7 +43,7 @@ fn expected(s: &Snapshot, scope: Option<&BTreeSet<String>>) -> Compiled {
                         && p.selects(&pod.namespace, &ns(&pod.namespace), &pod.labels)
                 })
             })
-            .map(crate::model::Policy::key)
+            .map(|p| p.key())
             .collect();
         want.policies.retain(|k, _| used.contains(k));
     }
@@ -80,7 +80,7 @@ fn update_agrees(inc: &mut Incremental, next: Snapshot) -> Change {
 
 fn relabelled(s: &Snapshot, pod: &str, to: Labels) -> Snapshot {
     let mut s = s.clone();
-    s.pods.iter_mut().find(|p| p.key() == pod).unwrap().labels = to;
+    Arc::make_mut(s.pods.iter_mut().find(|p| p.key() == pod).unwrap()).labels = to;
     s
 }
 
@@ -145,10 +145,10 @@ fn pods_and_policies_come_and_go_without_a_full_compile() {
     assert_eq!(inc.compiled().endpoints.len(), 2, "only the pods in scope");
     // Another node's pod b appears: x/a gains nothing (same identity as y/b).
     let mut more = s.clone();
-    let mut pod = more.pods[4].clone();
+    let mut pod = (*more.pods[4]).clone();
     pod.name = "b2".into();
     pod.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 1, 1))];
-    more.pods.push(pod);
+    more.pods.push(pod.into());
     let change = update_agrees(&mut inc, more.clone());
     assert!(!change.full);
     assert!(change.endpoints.is_empty());
@@ -171,7 +171,12 @@ fn pods_and_policies_come_and_go_without_a_full_compile() {
         (false, vec!["x/c".to_owned()])
     );
     let mut edited = added.clone();
-    edited.policies[1].ingress.as_mut().unwrap()[0].ports[0].port = Some(PortRef::Number(81));
+    Arc::make_mut(&mut edited.policies[1])
+        .ingress
+        .as_mut()
+        .unwrap()[0]
+        .ports[0]
+        .port = Some(PortRef::Number(81));
     let change = update_agrees(&mut inc, edited.clone());
     assert_eq!(
         (change.full, change.endpoints),
@@ -214,24 +219,24 @@ fn apply(s: &mut Snapshot, op: &Op, spare: &[crate::model::Policy], step: usize)
     match *op {
         Op::Relabel(i, l) if !s.pods.is_empty() => {
             let n = s.pods.len();
-            s.pods[i % n].labels = label_set(l);
+            Arc::make_mut(&mut s.pods[i % n]).labels = label_set(l);
         }
         Op::Remove(i) if !s.pods.is_empty() => {
             let n = s.pods.len();
             s.pods.remove(i % n);
         }
         Op::Add(ns, l) => {
-            let mut pod = standard().pods[0].clone();
+            let mut pod = (*standard().pods[0]).clone();
             pod.namespace = ["x", "y", "z"][usize::from(ns % 3)].into();
             pod.name = format!("new{step}");
             pod.labels = label_set(l);
             pod.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 1, step as u8))];
-            s.pods.push(pod);
+            s.pods.push(pod.into());
         }
         Op::AddPolicy(j) if !spare.is_empty() => {
             let mut p = spare[j % spare.len()].clone();
             p.name = format!("{}-{step}", p.name);
-            s.policies.push(p);
+            s.policies.push(p.into());
         }
         Op::RemovePolicy(i) if !s.policies.is_empty() => {
             let n = s.policies.len();
@@ -242,7 +247,7 @@ fn apply(s: &mut Snapshot, op: &Op, spare: &[crate::model::Policy], step: usize)
             let old = &s.policies[i % n];
             let mut p = spare[j % spare.len()].clone();
             (p.kind, p.namespace, p.name) = (old.kind, old.namespace.clone(), old.name.clone());
-            s.policies[i % n] = p;
+            s.policies[i % n] = p.into();
         }
         Op::RelabelNamespace(ns, l) => {
             let ns = ["x", "y", "z"][ns % 3];

@@ -434,8 +434,8 @@ impl Source for KubeSource {
         Reading {
             snapshot: std::sync::Arc::new(Snapshot {
                 namespaces,
-                pods,
-                policies,
+                pods: pods.into_iter().map(Arc::new).collect(),
+                policies: policies.into_iter().map(Arc::new).collect(),
             }),
             revision,
             errors,
