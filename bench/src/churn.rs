@@ -349,12 +349,25 @@ fn replay(
             let read_ms = ms(start.elapsed());
             let start = Instant::now();
             let mut change = compiler.update(reading.snapshot);
-            change.full |= compiler.set_scope(local(&cluster)).full;
+            let moved = compiler.set_scope(local(&cluster));
+            let compile_ms = ms(start.elapsed());
+            change.full |= moved.full;
+            change.endpoints.extend(moved.endpoints);
+            change.endpoints.sort();
+            change.endpoints.dedup();
+            let endpoints = &compiler.compiled().endpoints;
             out.push(Breakdown {
                 kind,
                 read_ms,
-                compile_ms: ms(start.elapsed()),
+                compile_ms,
                 full: change.full,
+                endpoints: change.endpoints.len(),
+                entries: change
+                    .endpoints
+                    .iter()
+                    .filter_map(|k| endpoints.get(k))
+                    .map(|e| e.entries.len())
+                    .sum(),
             });
         }
     }
@@ -388,11 +401,13 @@ fn replay_only(quick: bool) -> anyhow::Result<()> {
     println!("from nothing: read {read:.1} ms, compile {compile:.1} ms");
     for b in &breakdown {
         println!(
-            "  {:<20} read {:>7.1} ms, compile {:>7.1} ms{}",
+            "  {:<20} read {:>7.1} ms, compile {:>7.1} ms{}; {} endpoints changed, {} entries now",
             b.kind.name(),
             b.read_ms,
             b.compile_ms,
-            if b.full { " (full recompile)" } else { "" }
+            if b.full { " (full recompile)" } else { "" },
+            b.endpoints,
+            b.entries,
         );
     }
     Ok(())

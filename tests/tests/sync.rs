@@ -85,12 +85,7 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
     assert!(!apply(&mut maps, &s, &on)?.changed());
 
     // A relabel of y/b touches x/a (its peers) and y/b's own identity.
-    let mut relabelled = s.clone();
-    if let Some(p) = relabelled.pods.iter_mut().find(|p| p.key() == "y/b") {
-        std::sync::Arc::make_mut(p)
-            .labels
-            .insert("role".into(), "web".into());
-    }
+    let relabelled = relabel_y_b(&s);
     let r = apply(&mut maps, &relabelled, &on)?;
     assert_eq!(r.endpoints_written, vec!["x/a".to_owned()], "{r:?}");
     assert_eq!(
@@ -118,6 +113,17 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `s` with y/b labelled `role: web`: a new identity for it.
+fn relabel_y_b(s: &Snapshot) -> Snapshot {
+    let mut relabelled = s.clone();
+    if let Some(p) = relabelled.pods.iter_mut().find(|p| p.key() == "y/b") {
+        std::sync::Arc::make_mut(p)
+            .labels
+            .insert("role".into(), "web".into());
+    }
+    relabelled
+}
+
 /// A pass that trusts the record of the last one, recorded as the daemon
 /// records it.
 fn apply_trusting(
@@ -143,12 +149,7 @@ fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result
     assert_eq!(first.endpoints_written.len(), 9, "nothing to trust yet");
     // Changes of every kind, each checked by a full pass after it that
     // must find nothing to write.
-    let mut relabelled = s.clone();
-    if let Some(p) = relabelled.pods.iter_mut().find(|p| p.key() == "y/b") {
-        std::sync::Arc::make_mut(p)
-            .labels
-            .insert("role".into(), "web".into());
-    }
+    let relabelled = relabel_y_b(&s);
     let mut more = relabelled.clone();
     let mut remote = (*more.pods[4]).clone();
     remote.name = "elsewhere".into();
@@ -195,6 +196,69 @@ fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result
     let trusted = apply_trusting(&mut maps, &edited, &fewer, &mut written)?;
     assert_eq!(trusted.identities_written, 0);
     assert_eq!(apply(&mut maps, &edited, &fewer)?.identities_written, 1);
+    Ok(())
+}
+
+/// A relabel gives a peer a new identity: the endpoints that only see
+/// that peer change keep their live generation and are patched in place
+/// (the peer's entries, not the whole policy written twice), and leave
+/// what a full pass would.
+#[test]
+fn a_relabelled_peer_is_patched_in_place() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let mut maps = DatapathMaps::open(&t.pins)?;
+    let s = standard(DENY_X)?;
+    let on = placed(&s);
+    let mut written = None;
+    apply_trusting(&mut maps, &s, &on, &mut written)?;
+    let x_a = on["x/a"];
+    let before = maps.endpoints()?[&x_a];
+    let peers = |maps: &DatapathMaps| -> anyhow::Result<Vec<u32>> {
+        let held = maps.held_policy()?;
+        let mut p: Vec<u32> = held
+            .get(&(before.endpoint, before.generation()))
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.data().peer)
+            .collect();
+        p.sort_unstable();
+        Ok(p)
+    };
+    let peers_before = peers(&maps)?;
+    let relabelled = relabel_y_b(&s);
+    let old_id = compile(&s)
+        .addresses
+        .iter()
+        .find(|(n, _)| n.addr().to_string() == "10.244.0.5")
+        .map(|(_, id)| *id);
+    let new_id = compile(&relabelled)
+        .addresses
+        .iter()
+        .find(|(n, _)| n.addr().to_string() == "10.244.0.5")
+        .map(|(_, id)| *id);
+    assert_ne!(old_id, new_id, "y/b's identity moves");
+    for trusting in [true, false] {
+        let mut maps_written = written.clone();
+        let r = if trusting {
+            apply_trusting(&mut maps, &relabelled, &on, &mut maps_written)?
+        } else {
+            apply(&mut maps, &relabelled, &on)?
+        };
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.endpoints_written.contains(&"x/a".to_owned()), "{r:?}");
+        let after = maps.endpoints()?[&x_a];
+        assert_eq!(after.revision, before.revision, "x/a is not swapped");
+        let peers_after = peers(&maps)?;
+        assert!(peers_after.contains(&new_id.context("new id")?));
+        assert!(!peers_after.contains(&old_id.context("old id")?));
+        assert_eq!(peers_after.len(), peers_before.len());
+        let check = apply(&mut maps, &relabelled, &on)?;
+        assert!(!check.changed(), "the full pass after it wrote {check:?}");
+        // Back, for the other way of reading the maps.
+        apply(&mut maps, &s, &on)?;
+        assert_eq!(peers(&maps)?, peers_before);
+    }
     Ok(())
 }
 

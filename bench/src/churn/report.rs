@@ -44,6 +44,10 @@ pub struct Breakdown {
     pub compile_ms: f64,
     /// The incremental compiler fell back on a full compile.
     pub full: bool,
+    /// The endpoints whose policy the change changed, and their entries
+    /// now: what the syncer swaps.
+    pub endpoints: usize,
+    pub entries: usize,
 }
 
 pub use crate::peers::report::{Machine, command};

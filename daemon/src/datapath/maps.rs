@@ -391,6 +391,40 @@ impl DatapathMaps {
         Ok(revision)
     }
 
+    /// Writes `add` and then removes `remove` in the endpoint's live
+    /// generation, in the order given, without a swap: for the syncer's
+    /// in-place patches (see `sync::endpoints`), whose order makes every
+    /// state in between safe. A failure stops there; the next pass reads
+    /// the maps and finishes the job.
+    pub fn patch_policy(
+        &mut self,
+        endpoint: u32,
+        generation: u8,
+        add: &[(Key<PolicyKey>, PolicyValue)],
+        remove: &[Key<PolicyKey>],
+    ) -> Result<(), DatapathError> {
+        for (key, value) in add {
+            let (name, result) = if key.prefix_len() == POLICY_PREFIX_FULL {
+                (
+                    maps::POLICY_PORT,
+                    self.policy_port.insert(&key.data(), value, 0),
+                )
+            } else {
+                (maps::POLICY, self.policy.insert(key, value, 0))
+            };
+            result.map_err(|source| DatapathError::Write {
+                name,
+                what: format!(
+                    "{:?}/{} of endpoint {endpoint}, in place",
+                    key.data(),
+                    key.prefix_len()
+                ),
+                source,
+            })?;
+        }
+        self.remove_keys(remove, endpoint, generation)
+    }
+
     /// Every policy entry the maps hold, by (endpoint, generation), in one
     /// pass over both maps.
     pub fn held_policy(&self) -> Result<HeldPolicy, DatapathError> {

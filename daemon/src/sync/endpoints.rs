@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use ebpf_common::datapath::{EndpointValue, PolicyKey, PolicyValue};
+use aya::maps::lpm_trie::Key;
+use ebpf_common::datapath::{EndpointValue, PolicyKey, PolicyValue, action, policy_flags};
 use ipnet::IpNet;
 
 use super::{Report, prefilter};
@@ -178,8 +179,18 @@ impl<'p> Pass<'p> {
         }
     }
 
-    /// Swaps every endpoint whose live state differs from the desired one.
+    /// The identities no address held when the pass began, and those no
+    /// address holds when it ends: the peers of in-place patches.
+    fn moved_identities(&self) -> HashSet<u32> {
+        let before: HashSet<u32> = self.held_identities.values().copied().collect();
+        let after: HashSet<u32> = self.desired.addresses.values().copied().collect();
+        before.symmetric_difference(&after).copied().collect()
+    }
+
+    /// Swaps every endpoint whose live state differs from the desired one,
+    /// or patches it in place where that is as safe (see [`in_place`]).
     fn swap_endpoints(&mut self, live: &BTreeMap<u32, EndpointValue>, held: &HeldPolicy) {
+        let moved = self.moved_identities();
         for (
             name,
             &Placed {
@@ -204,6 +215,20 @@ impl<'p> Pass<'p> {
                 // Its slot of the programs' index, repaired if need be.
                 if let Err(e) = self.maps.index_endpoint(ifindex, Some(*cur)) {
                     self.report.errors.push(format!("{name}: {e}"));
+                }
+                continue;
+            }
+            if let Some(cur) = live.get(&ifindex)
+                && let Some(patch) = in_place(cur, endpoint, policy, held, &moved)
+            {
+                // Tracked flows and cached verdicts are judged again by the
+                // epoch the identity change brings at the end of the pass.
+                match self
+                    .maps
+                    .patch_policy(endpoint, cur.generation(), &patch.add, &patch.remove)
+                {
+                    Ok(()) => self.report.endpoints_written.push(name.clone()),
+                    Err(e) => self.report.errors.push(format!("{name}: {e}")),
                 }
                 continue;
             }
@@ -306,6 +331,94 @@ impl prefilter::Steps for Pass<'_> {
 /// A policy map entry in comparable form: (prefix length, key, value).
 type Entry = (u32, PolicyKey, PolicyValue);
 
+/// What an in-place patch writes and removes, in that order.
+#[derive(Default)]
+struct Patch {
+    add: Vec<(Key<PolicyKey>, PolicyValue)>,
+    remove: Vec<Key<PolicyKey>>,
+}
+
+/// Whether the entry takes traffic away: written first, removed last.
+fn restrictive(v: &PolicyValue) -> bool {
+    v.action == action::DENY && v.flags & policy_flags::AUDIT == 0
+}
+
+/// The patch that brings the endpoint's live generation to `want` in
+/// place, where a swap (every entry written again under the other
+/// generation) is not needed: the endpoint and its flags are unchanged,
+/// and every entry that differs has a `moved` peer, one that no address
+/// held before the pass (a relabelled pod's new identity) or that none
+/// holds after it (its old one). A packet sees a peer's entries only, or
+/// after a miss the any-peer ones, so the endpoint's other peers never see
+/// the patch; a moved peer's packets see, while it is written, its entries
+/// in part. Denies come first when written and last when removed: so any
+/// part gives the peer the old verdict, the new one, the any-peer one
+/// where the new one allows, or a drop; never an allow the new entries
+/// deny. The entries the compiler gives are final for what they cover (the
+/// longest match wins), which is what makes a part safe to read.
+///
+/// A relabel changes the peer sets of most endpoints by one identity: a
+/// patch writes those few entries instead of every endpoint's whole
+/// policy twice.
+fn in_place(
+    cur: &EndpointValue,
+    endpoint: u32,
+    want: &EndpointPolicy,
+    held: &HeldPolicy,
+    moved: &HashSet<u32>,
+) -> Option<Patch> {
+    if moved.is_empty()
+        || cur.endpoint != endpoint
+        || cur.flags != want.flags | lookup_flags(&want.entries)
+    {
+        return None;
+    }
+    let generation = cur.generation();
+    let holds: HashMap<(u32, PolicyKey), (Key<PolicyKey>, PolicyValue)> = held
+        .get(&(endpoint, generation))
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| ((k.prefix_len(), k.data()), (*k, *v)))
+        .collect();
+    // As the maps would hold them: one value per key, the last written.
+    let mut wants: HashMap<(u32, PolicyKey), (Key<PolicyKey>, PolicyValue)> = HashMap::new();
+    for e in &want.entries {
+        for k in policy_keys(endpoint, generation, e) {
+            wants.insert((k.prefix_len(), k.data()), (k, e.value));
+        }
+    }
+    let mut patch = Patch::default();
+    for (at, (key, value)) in &wants {
+        if holds.get(at).is_none_or(|(_, v)| v != value) {
+            patch.add.push((*key, *value));
+        }
+    }
+    for (at, (key, _)) in &holds {
+        if !wants.contains_key(at) {
+            patch.remove.push(*key);
+        }
+    }
+    let peers_moved = patch
+        .add
+        .iter()
+        .map(|(k, _)| k)
+        .chain(&patch.remove)
+        .all(|k| moved.contains(&k.data().peer));
+    if !peers_moved {
+        return None;
+    }
+    patch
+        .add
+        .sort_by_key(|(k, v)| (!restrictive(v), k.prefix_len(), k.data().peer));
+    patch.remove.sort_by_key(|k| {
+        let restricts = holds
+            .get(&(k.prefix_len(), k.data()))
+            .is_some_and(|(_, v)| restrictive(v));
+        (restricts, k.prefix_len(), k.data().peer)
+    });
+    Some(patch)
+}
+
 /// Whether the endpoint's live generation holds exactly `want`'s entries
 /// under the flags `want` needs.
 fn up_to_date(
@@ -334,4 +447,139 @@ fn up_to_date(
         })
         .collect();
     holds == wants
+}
+
+#[cfg(test)]
+mod tests {
+    use ebpf_common::datapath::{direction, endpoint_flags};
+
+    use super::*;
+    use crate::compile::PolicyEntry;
+
+    const EP: u32 = 7;
+
+    fn entry(peer: u32, port: u16, act: u8) -> PolicyEntry {
+        PolicyEntry {
+            direction: direction::INGRESS,
+            peer,
+            protocol: Some(6),
+            ports: (port, port),
+            value: PolicyValue {
+                action: act,
+                policy: 1,
+                ..PolicyValue::default()
+            },
+        }
+    }
+
+    fn policy(entries: Vec<PolicyEntry>) -> EndpointPolicy {
+        EndpointPolicy {
+            flags: endpoint_flags::ISOLATED_INGRESS,
+            entries,
+        }
+    }
+
+    /// The live endpoint holding `p` under generation 1, as the maps would.
+    fn live(p: &EndpointPolicy) -> (EndpointValue, HeldPolicy) {
+        let cur = EndpointValue {
+            endpoint: EP,
+            revision: 3,
+            flags: p.flags | lookup_flags(&p.entries),
+        };
+        let entries = p
+            .entries
+            .iter()
+            .flat_map(|e| policy_keys(EP, 1, e).into_iter().map(|k| (k, e.value)))
+            .collect();
+        (cur, [((EP, 1), entries)].into())
+    }
+
+    fn peers(keys: impl IntoIterator<Item = Key<PolicyKey>>) -> Vec<u32> {
+        keys.into_iter().map(|k| k.data().peer).collect()
+    }
+
+    #[test]
+    fn a_relabel_patches_the_moved_peers_in_place_denies_first_and_last() {
+        let old = policy(vec![
+            entry(10, 80, action::ALLOW),
+            entry(20, 80, action::DENY),
+        ]);
+        let (cur, held) = live(&old);
+        // Peer 20 retired, 30 and 31 new: an allow and a deny for them.
+        let new = policy(vec![
+            entry(10, 80, action::ALLOW),
+            entry(30, 80, action::ALLOW),
+            entry(31, 81, action::DENY),
+        ]);
+        let moved: HashSet<u32> = [20, 30, 31].into();
+        let patch = in_place(&cur, EP, &new, &held, &moved).expect("in place");
+        assert_eq!(
+            patch
+                .add
+                .iter()
+                .map(|(k, _)| k.data().peer)
+                .collect::<Vec<_>>(),
+            vec![31, 30],
+            "the deny is written before the allow"
+        );
+        assert!(
+            patch.add.iter().all(|(k, _)| k.data().generation == 1),
+            "into the live generation"
+        );
+        assert_eq!(peers(patch.remove), vec![20]);
+    }
+
+    #[test]
+    fn removals_take_allows_away_before_denies() {
+        let old = policy(vec![
+            entry(10, 80, action::ALLOW),
+            entry(20, 80, action::DENY),
+            entry(20, 81, action::ALLOW),
+        ]);
+        let (cur, held) = live(&old);
+        let new = policy(vec![entry(10, 80, action::ALLOW)]);
+        let patch = in_place(&cur, EP, &new, &held, &[20].into()).expect("in place");
+        assert!(patch.add.is_empty());
+        let ports: Vec<u16> = patch
+            .remove
+            .iter()
+            .map(|k| u16::from_be_bytes(k.data().port))
+            .collect();
+        assert_eq!(ports, vec![81, 80], "the allow goes first, the deny last");
+    }
+
+    #[test]
+    fn a_change_for_a_peer_that_kept_its_addresses_is_a_swap() {
+        let old = policy(vec![
+            entry(10, 80, action::ALLOW),
+            entry(20, 80, action::DENY),
+        ]);
+        let (cur, held) = live(&old);
+        // Peer 10's verdict changes: its packets could see a mix.
+        let new = policy(vec![
+            entry(10, 81, action::ALLOW),
+            entry(30, 80, action::ALLOW),
+        ]);
+        assert!(in_place(&cur, EP, &new, &held, &[20, 30].into()).is_none());
+        // No identity moved at all: every change is a swap.
+        let new = policy(vec![entry(10, 80, action::ALLOW)]);
+        assert!(in_place(&cur, EP, &new, &held, &HashSet::new()).is_none());
+    }
+
+    #[test]
+    fn new_flags_or_another_endpoint_are_a_swap() {
+        let old = policy(vec![entry(10, 80, action::ALLOW)]);
+        let (cur, held) = live(&old);
+        // A range needs the trie flag the live endpoint lacks.
+        let mut ranged = entry(30, 80, action::ALLOW);
+        ranged.ports = (80, 90);
+        let new = policy(vec![entry(10, 80, action::ALLOW), ranged]);
+        assert!(in_place(&cur, EP, &new, &held, &[30].into()).is_none());
+        let same = policy(vec![
+            entry(10, 80, action::ALLOW),
+            entry(30, 80, action::ALLOW),
+        ]);
+        assert!(in_place(&cur, EP + 1, &same, &held, &[30].into()).is_none());
+        assert!(in_place(&cur, EP, &same, &held, &[30].into()).is_some());
+    }
 }
