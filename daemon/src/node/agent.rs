@@ -170,6 +170,8 @@ pub struct Agent<S: Source> {
 struct Placement {
     /// `namespace/pod` -> host-side veth ifindex.
     placed: BTreeMap<String, u32>,
+    /// The address each placed pod was placed by.
+    addresses: BTreeMap<String, IpAddr>,
     /// Local pods whose veth is not resolved yet.
     unplaced: Vec<String>,
     /// Pod-like veths no known pod holds.
@@ -305,7 +307,7 @@ impl<S: Source> Agent<S> {
         };
         let mut placement = locate(&self.netlink, &snapshot, &self.options, before).await?;
         self.remote_before = std::mem::take(&mut placement.remote);
-        self.placed_before = placement.placed_with_addresses(&snapshot);
+        self.placed_before = placement.placed_with_addresses();
         phases.locate = lap(&mut t);
         // Only the placed pods' endpoints are compiled, and only what the
         // change touched.
@@ -699,29 +701,37 @@ async fn locate(
     before: Before<'_>,
 ) -> anyhow::Result<Placement> {
     let mut placed = BTreeMap::new();
+    let mut addresses = BTreeMap::new();
     let mut remote = HashSet::new();
     let mut unresolved = Vec::new();
     let mut tables = discover::Tables::new(netlink);
+    // Most pods are other nodes': their keys are not even built.
+    let placed_at: HashSet<IpAddr> = before.placed.values().map(|(ip, _)| *ip).collect();
     for pod in &snapshot.pods {
         let Some(&ip) = pod.ips.first() else {
             continue;
         };
-        let key = pod.key();
         if before.quarantined.is_some() {
             // No link came or went since: where it was.
-            if let Some(&(was, veth)) = before.placed.get(&key)
-                && was == ip
-            {
-                placed.insert(key, veth);
-                continue;
+            if placed_at.contains(&ip) {
+                let key = pod.key();
+                if let Some(&(was, veth)) = before.placed.get(&key)
+                    && was == ip
+                {
+                    addresses.insert(key.clone(), ip);
+                    placed.insert(key, veth);
+                    continue;
+                }
             }
             if before.remote.contains(&ip) {
                 remote.insert(ip);
                 continue;
             }
         }
+        let key = pod.key();
         match tables.locate(ip).await? {
             Ok(p) => {
+                addresses.insert(key.clone(), ip);
                 placed.insert(key, p.veth());
             }
             Err(Unplaced::Unresolved { .. }) => {
@@ -739,6 +749,7 @@ async fn locate(
         let claimed = |veth: u32| placed.values().any(|v| *v == veth);
         match before.placed.get(&key) {
             Some(&(was, veth)) if was == ip && !claimed(veth) && tables.is_veth(veth).await? => {
+                addresses.insert(key.clone(), ip);
                 placed.insert(key, veth);
             }
             _ => unplaced.push(key),
@@ -762,6 +773,7 @@ async fn locate(
     };
     Ok(Placement {
         placed,
+        addresses,
         unplaced,
         quarantined,
         remote,
@@ -781,14 +793,10 @@ struct Before<'a> {
 
 impl Placement {
     /// What the next pass may keep of this one.
-    fn placed_with_addresses(&self, snapshot: &Snapshot) -> BTreeMap<String, (IpAddr, u32)> {
-        snapshot
-            .pods
+    fn placed_with_addresses(&self) -> BTreeMap<String, (IpAddr, u32)> {
+        self.placed
             .iter()
-            .filter_map(|pod| {
-                let veth = *self.placed.get(&pod.key())?;
-                Some((pod.key(), (*pod.ips.first()?, veth)))
-            })
+            .filter_map(|(key, veth)| Some((key.clone(), (*self.addresses.get(key)?, *veth))))
             .collect()
     }
 }

@@ -204,7 +204,10 @@ impl<'a> Tables<'a> {
                     on_link.push(net);
                 }
             }
-            self.on_link = Some(on_link);
+            // Every veth brings its own fe80::/64, multicast and local
+            // routes: hundreds of copies of a few prefixes, each asked for
+            // every pod of the cluster. Their union is what counts.
+            self.on_link = Some(IpNet::aggregate(&on_link));
         }
         Ok(self.on_link.as_deref().unwrap_or_default())
     }

@@ -18,7 +18,7 @@
 //! every file's name and contents.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     io::Read as _,
     path::{Path, PathBuf},
@@ -144,7 +144,8 @@ fn key_of(o: &Object) -> String {
 fn duplicates(
     files: &BTreeMap<PathBuf, BTreeMap<String, Object>>,
 ) -> (BTreeSet<(&Path, &str)>, Vec<String>) {
-    let mut first: BTreeMap<&str, &Path> = BTreeMap::new();
+    let mut first: HashMap<&str, &Path> =
+        HashMap::with_capacity(files.values().map(BTreeMap::len).sum());
     let (mut out, mut errors) = (BTreeSet::new(), Vec::new());
     for (path, objects) in files {
         for key in objects.keys() {

@@ -66,16 +66,28 @@ impl Written {
 
     /// The policy entries the maps hold by this record: each endpoint's
     /// policy under the generation `live` says is in force, the other
-    /// generation empty (a pass that failed nothing leaves it so). `None`
-    /// when `live` disagrees with the record about an endpoint.
-    fn held(&self, live: &BTreeMap<u32, EndpointValue>) -> Option<HeldPolicy> {
+    /// generation empty (a pass that failed nothing leaves it so); only for
+    /// the endpoints `desired` changes or drops, as the others are not
+    /// touched. `None` when `live` disagrees with the record about any
+    /// endpoint.
+    fn held(
+        &self,
+        live: &BTreeMap<u32, EndpointValue>,
+        desired: &Desired<'_>,
+    ) -> Option<HeldPolicy> {
         let mut held = HeldPolicy::new();
-        for (ifindex, endpoint, policy) in self.endpoints.values() {
+        for (name, (ifindex, endpoint, policy)) in &self.endpoints {
             let value = live.get(ifindex)?;
             if value.endpoint != *endpoint
                 || value.flags != policy.flags | lookup_flags(&policy.entries)
             {
                 return None;
+            }
+            let kept = desired.endpoints.get(name).is_some_and(|p| {
+                p.ifindex == *ifindex && p.endpoint == *endpoint && p.policy == policy
+            });
+            if kept {
+                continue;
             }
             let generation = value.generation();
             // As the maps hold them: one value per key, the last written.
@@ -296,7 +308,7 @@ impl prefilter::Steps for Pass<'_> {
         let known = match self.trusted {
             Some(w) if !unchanged => {
                 let live = w.live(self.maps, self.desired)?;
-                w.held(&live).map(|held| (live, held))
+                w.held(&live, self.desired).map(|held| (live, held))
             }
             _ => None,
         };
