@@ -220,29 +220,32 @@ impl<'p> Pass<'p> {
                 // Written so by the last pass, which failed nothing.
                 continue;
             }
-            if let Some(cur) = live
-                .get(&ifindex)
-                .filter(|cur| up_to_date(cur, endpoint, policy, held))
-            {
-                // Its slot of the programs' index, repaired if need be.
-                if let Err(e) = self.maps.index_endpoint(ifindex, Some(*cur)) {
-                    self.report.errors.push(format!("{name}: {e}"));
+            if let Some(cur) = live.get(&ifindex) {
+                match bring(cur, endpoint, policy, held, &moved) {
+                    Bring::UpToDate => {
+                        // Its slot of the programs' index, repaired if need be.
+                        if let Err(e) = self.maps.index_endpoint(ifindex, Some(*cur)) {
+                            self.report.errors.push(format!("{name}: {e}"));
+                        }
+                        continue;
+                    }
+                    Bring::Patch(patch) => {
+                        // Tracked flows and cached verdicts are judged again
+                        // by the epoch the identity change brings at the end
+                        // of the pass.
+                        match self.maps.patch_policy(
+                            endpoint,
+                            cur.generation(),
+                            &patch.add,
+                            &patch.remove,
+                        ) {
+                            Ok(()) => self.report.endpoints_written.push(name.clone()),
+                            Err(e) => self.report.errors.push(format!("{name}: {e}")),
+                        }
+                        continue;
+                    }
+                    Bring::Swap => {}
                 }
-                continue;
-            }
-            if let Some(cur) = live.get(&ifindex)
-                && let Some(patch) = in_place(cur, endpoint, policy, held, &moved)
-            {
-                // Tracked flows and cached verdicts are judged again by the
-                // epoch the identity change brings at the end of the pass.
-                match self
-                    .maps
-                    .patch_policy(endpoint, cur.generation(), &patch.add, &patch.remove)
-                {
-                    Ok(()) => self.report.endpoints_written.push(name.clone()),
-                    Err(e) => self.report.errors.push(format!("{name}: {e}")),
-                }
-                continue;
             }
             match self.maps.replace_policy_held(
                 ifindex,
@@ -340,9 +343,6 @@ impl prefilter::Steps for Pass<'_> {
     }
 }
 
-/// A policy map entry in comparable form: (prefix length, key, value).
-type Entry = (u32, PolicyKey, PolicyValue);
-
 /// What an in-place patch writes and removes, in that order.
 #[derive(Default)]
 struct Patch {
@@ -350,65 +350,104 @@ struct Patch {
     remove: Vec<Key<PolicyKey>>,
 }
 
+/// How a live endpoint comes to hold a desired policy.
+enum Bring {
+    UpToDate,
+    Patch(Patch),
+    /// Every entry written again under the other generation, then the
+    /// endpoint flipped to it: a packet sees the old policy or the new.
+    Swap,
+}
+
 /// Whether the entry takes traffic away: written first, removed last.
 fn restrictive(v: &PolicyValue) -> bool {
     v.action == action::DENY && v.flags & policy_flags::AUDIT == 0
 }
 
-/// The patch that brings the endpoint's live generation to `want` in
-/// place, where a swap (every entry written again under the other
-/// generation) is not needed: the endpoint and its flags are unchanged,
-/// and every entry that differs has a `moved` peer, one that no address
-/// held before the pass (a relabelled pod's new identity) or that none
-/// holds after it (its old one). A packet sees a peer's entries only, or
-/// after a miss the any-peer ones, so the endpoint's other peers never see
-/// the patch; a moved peer's packets see, while it is written, its entries
-/// in part. Denies come first when written and last when removed: so any
-/// part gives the peer the old verdict, the new one, the any-peer one
-/// where the new one allows, or a drop; never an allow the new entries
-/// deny. The entries the compiler gives are final for what they cover (the
-/// longest match wins), which is what makes a part safe to read.
+/// Where an entry sorts: by what the maps key it by (the endpoint and
+/// generation are the same for one endpoint's entries).
+fn slot(k: &Key<PolicyKey>) -> (u32, u32, u8, u8, [u8; 2]) {
+    let d = k.data();
+    (k.prefix_len(), d.peer, d.direction, d.protocol, d.port)
+}
+
+/// How the endpoint's live generation comes to hold `want`.
+///
+/// In place, where the endpoint and its flags are unchanged and every entry
+/// that differs has a `moved` peer, one that no address held before the
+/// pass (a relabelled pod's new identity) or that none holds after it (its
+/// old one). A packet sees its peer's entries only, or after a miss the
+/// any-peer ones, so the endpoint's other peers never see the patch; a
+/// moved peer's packets see, while it is written, its entries in part.
+/// Denies come first when written and last when removed: so any part
+/// gives the peer the old verdict, the new one, the any-peer one where the
+/// new one allows, or a drop; never an allow the new entries deny. The
+/// entries the compiler gives are final for what they cover (the longest
+/// match wins), which is what makes a part safe to read.
 ///
 /// A relabel changes the peer sets of most endpoints by one identity: a
 /// patch writes those few entries instead of every endpoint's whole
 /// policy twice.
-fn in_place(
+fn bring(
     cur: &EndpointValue,
     endpoint: u32,
     want: &EndpointPolicy,
     held: &HeldPolicy,
     moved: &HashSet<u32>,
-) -> Option<Patch> {
-    if moved.is_empty()
-        || cur.endpoint != endpoint
-        || cur.flags != want.flags | lookup_flags(&want.entries)
-    {
-        return None;
+) -> Bring {
+    if cur.endpoint != endpoint || cur.flags != want.flags | lookup_flags(&want.entries) {
+        return Bring::Swap;
     }
     let generation = cur.generation();
-    let holds: HashMap<(u32, PolicyKey), (Key<PolicyKey>, PolicyValue)> = held
+    let mut holds: Vec<(Key<PolicyKey>, PolicyValue)> = held
         .get(&(endpoint, generation))
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| ((k.prefix_len(), k.data()), (*k, *v)))
+        .cloned()
+        .unwrap_or_default();
+    holds.sort_by_key(|(k, _)| slot(k));
+    // As the maps would hold them: one value per key, the last written
+    // (reversed, so that a stable sort puts it first of its run).
+    let mut wants: Vec<(Key<PolicyKey>, PolicyValue)> = want
+        .entries
+        .iter()
+        .flat_map(|e| {
+            policy_keys(endpoint, generation, e)
+                .into_iter()
+                .map(move |k| (k, e.value))
+        })
         .collect();
-    // As the maps would hold them: one value per key, the last written.
-    let mut wants: HashMap<(u32, PolicyKey), (Key<PolicyKey>, PolicyValue)> = HashMap::new();
-    for e in &want.entries {
-        for k in policy_keys(endpoint, generation, e) {
-            wants.insert((k.prefix_len(), k.data()), (k, e.value));
-        }
-    }
+    wants.reverse();
+    wants.sort_by_key(|(k, _)| slot(k));
+    wants.dedup_by_key(|(k, _)| slot(k));
     let mut patch = Patch::default();
-    for (at, (key, value)) in &wants {
-        if holds.get(at).is_none_or(|(_, v)| v != value) {
-            patch.add.push((*key, *value));
+    let mut restricting = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < holds.len() || j < wants.len() {
+        let order = match (holds.get(i), wants.get(j)) {
+            (Some((h, _)), Some((w, _))) => slot(h).cmp(&slot(w)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                patch.remove.push(holds[i].0);
+                restricting.push(restrictive(&holds[i].1));
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                patch.add.push(wants[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if holds[i].1 != wants[j].1 {
+                    patch.add.push(wants[j]);
+                }
+                i += 1;
+                j += 1;
+            }
         }
     }
-    for (at, (key, _)) in &holds {
-        if !wants.contains_key(at) {
-            patch.remove.push(*key);
-        }
+    if patch.add.is_empty() && patch.remove.is_empty() {
+        return Bring::UpToDate;
     }
     let peers_moved = patch
         .add
@@ -417,48 +456,13 @@ fn in_place(
         .chain(&patch.remove)
         .all(|k| moved.contains(&k.data().peer));
     if !peers_moved {
-        return None;
+        return Bring::Swap;
     }
-    patch
-        .add
-        .sort_by_key(|(k, v)| (!restrictive(v), k.prefix_len(), k.data().peer));
-    patch.remove.sort_by_key(|k| {
-        let restricts = holds
-            .get(&(k.prefix_len(), k.data()))
-            .is_some_and(|(_, v)| restrictive(v));
-        (restricts, k.prefix_len(), k.data().peer)
-    });
-    Some(patch)
-}
-
-/// Whether the endpoint's live generation holds exactly `want`'s entries
-/// under the flags `want` needs.
-fn up_to_date(
-    cur: &EndpointValue,
-    endpoint: u32,
-    want: &EndpointPolicy,
-    held: &HeldPolicy,
-) -> bool {
-    if cur.endpoint != endpoint || cur.flags != want.flags | lookup_flags(&want.entries) {
-        return false;
-    }
-    let generation = cur.generation();
-    let holds: HashSet<Entry> = held
-        .get(&(endpoint, generation))
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.prefix_len(), k.data(), *v))
-        .collect();
-    let wants: HashSet<Entry> = want
-        .entries
-        .iter()
-        .flat_map(|e| {
-            policy_keys(endpoint, generation, e)
-                .into_iter()
-                .map(|k| (k.prefix_len(), k.data(), e.value))
-        })
-        .collect();
-    holds == wants
+    patch.add.sort_by_key(|(k, v)| (!restrictive(v), slot(k)));
+    let mut removals: Vec<_> = restricting.into_iter().zip(patch.remove).collect();
+    removals.sort_by_key(|(restricts, k)| (*restricts, slot(k)));
+    patch.remove = removals.into_iter().map(|(_, k)| k).collect();
+    Bring::Patch(patch)
 }
 
 #[cfg(test)]
@@ -504,6 +508,41 @@ mod tests {
             .flat_map(|e| policy_keys(EP, 1, e).into_iter().map(|k| (k, e.value)))
             .collect();
         (cur, [((EP, 1), entries)].into())
+    }
+
+    fn in_place(
+        cur: &EndpointValue,
+        endpoint: u32,
+        want: &EndpointPolicy,
+        held: &HeldPolicy,
+        moved: &HashSet<u32>,
+    ) -> Option<Patch> {
+        match bring(cur, endpoint, want, held, moved) {
+            Bring::Patch(p) => Some(p),
+            Bring::UpToDate | Bring::Swap => None,
+        }
+    }
+
+    #[test]
+    fn the_same_entries_are_up_to_date() {
+        let p = policy(vec![
+            entry(10, 80, action::ALLOW),
+            entry(20, 81, action::DENY),
+        ]);
+        let (cur, held) = live(&p);
+        assert!(matches!(
+            bring(&cur, EP, &p, &held, &[20].into()),
+            Bring::UpToDate
+        ));
+        // A value changed for a peer that did not move: a swap.
+        let q = policy(vec![
+            entry(10, 80, action::DENY),
+            entry(20, 81, action::DENY),
+        ]);
+        assert!(matches!(
+            bring(&cur, EP, &q, &held, &[20].into()),
+            Bring::Swap
+        ));
     }
 
     fn peers(keys: impl IntoIterator<Item = Key<PolicyKey>>) -> Vec<u32> {
