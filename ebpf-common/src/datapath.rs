@@ -53,10 +53,12 @@ pub struct IdentityValue {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointValue {
     pub endpoint: u32,
-    /// Bumped by every policy change of this endpoint. Its low bit is the
+    /// Bumped by every policy swap of this endpoint. Its low bit is the
     /// live policy generation: the syncer writes the other generation's
     /// entries, then flips this value in one update, so a packet sees the
-    /// old policy or the new, never a mix. Conntrack entries record it too.
+    /// old policy or the new, never a mix. (A patch of the entries of
+    /// identities that moved keeps it: the daemon's `sync::endpoints`.)
+    /// Conntrack entries record it too.
     pub revision: u32,
     /// [`endpoint_flags`].
     pub flags: u32,

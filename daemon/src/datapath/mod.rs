@@ -9,7 +9,8 @@
 //! every entry of the next generation first (invisible to packets), then
 //! flips the endpoint's revision in one map update, then deletes the old
 //! generation's entries. A packet therefore sees the old policy or the new
-//! one, never a mix.
+//! one, never a mix. (The syncer patches a generation in place only for
+//! identities that moved in its pass: `sync::endpoints`.)
 //!
 //! Tracked flows: the node-wide epoch (`PAL_EPOCH`) is bumped after every
 //! flip and endpoint removal (by the swap and the removal themselves) and

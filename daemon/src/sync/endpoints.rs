@@ -1,6 +1,7 @@
 //! The policy maps' share of a pass: identities one by one, and each
 //! endpoint's policy by a whole-generation swap where its live generation
-//! differs from the desired entries.
+//! differs from the desired entries, or by an in-place patch where only
+//! the entries of identities that moved differ (see [`bring`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
