@@ -68,7 +68,11 @@ pub(super) fn removed(
 }
 
 /// The trie keys an entry occupies in `generation` for `endpoint`.
-pub fn policy_keys(endpoint: u32, generation: u8, e: &PolicyEntry) -> Vec<Key<PolicyKey>> {
+pub fn policy_keys(
+    endpoint: u32,
+    generation: u8,
+    e: &PolicyEntry,
+) -> impl Iterator<Item = Key<PolicyKey>> + use<> {
     let base = PolicyKey {
         endpoint,
         peer: e.peer,
@@ -76,12 +80,19 @@ pub fn policy_keys(endpoint: u32, generation: u8, e: &PolicyEntry) -> Vec<Key<Po
         generation,
         ..PolicyKey::default()
     };
-    let Some(protocol) = e.protocol else {
-        return vec![Key::new(POLICY_PREFIX_FIXED, base)];
-    };
-    ports::prefixes(e.ports.0, e.ports.1)
+    // Any protocol: one key; else the port range's blocks.
+    let any = e
+        .protocol
+        .is_none()
+        .then(|| Key::new(POLICY_PREFIX_FIXED, base));
+    let protocol = e.protocol.unwrap_or_default();
+    let blocks = e
+        .protocol
+        .map(|_| ports::Prefixes::new(e.ports.0, e.ports.1))
         .into_iter()
-        .map(|PortPrefix { base: port, bits }| {
+        .flatten();
+    any.into_iter()
+        .chain(blocks.map(move |PortPrefix { base: port, bits }| {
             Key::new(
                 POLICY_PREFIX_PROTO + u32::from(bits),
                 PolicyKey {
@@ -90,8 +101,7 @@ pub fn policy_keys(endpoint: u32, generation: u8, e: &PolicyEntry) -> Vec<Key<Po
                     ..base
                 },
             )
-        })
-        .collect()
+        }))
 }
 
 /// The endpoint flags that tell the datapath which lookups can find any of

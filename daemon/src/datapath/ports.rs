@@ -25,9 +25,33 @@ impl PortPrefix {
 /// The aligned blocks covering exactly `first..=last`, in ascending order.
 /// An empty range (`first > last`) has none.
 pub fn prefixes(first: u16, last: u16) -> Vec<PortPrefix> {
-    let mut out = Vec::new();
-    let (mut lo, hi) = (u32::from(first), u32::from(last));
-    while lo <= hi {
+    Prefixes::new(first, last).collect()
+}
+
+/// [`prefixes`] one at a time: the syncer expands every entry of every
+/// endpoint it compares, and most are one port.
+pub struct Prefixes {
+    lo: u32,
+    hi: u32,
+}
+
+impl Prefixes {
+    pub fn new(first: u16, last: u16) -> Self {
+        Self {
+            lo: u32::from(first),
+            hi: u32::from(last),
+        }
+    }
+}
+
+impl Iterator for Prefixes {
+    type Item = PortPrefix;
+
+    fn next(&mut self) -> Option<PortPrefix> {
+        let (lo, hi) = (self.lo, self.hi);
+        if lo > hi {
+            return None;
+        }
         // The largest block that starts at `lo` (alignment) and ends <= `hi`.
         let mut size = if lo == 0 {
             1 << 16
@@ -37,13 +61,12 @@ pub fn prefixes(first: u16, last: u16) -> Vec<PortPrefix> {
         while lo + size - 1 > hi {
             size >>= 1;
         }
-        out.push(PortPrefix {
+        self.lo = lo + size;
+        Some(PortPrefix {
             base: lo as u16,
             bits: (16 - size.trailing_zeros()) as u8,
-        });
-        lo += size;
+        })
     }
-    out
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! differs from the desired entries, or by an in-place patch where only
 //! the entries of identities that moved differ (see [`bring`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use aya::maps::lpm_trie::Key;
 use ebpf_common::datapath::{EndpointValue, PolicyKey, PolicyValue, action, policy_flags};
@@ -91,23 +91,10 @@ impl Written {
                 continue;
             }
             let generation = value.generation();
-            // As the maps hold them: one value per key, the last written.
-            let mut at: HashMap<(u32, PolicyKey), usize> = HashMap::new();
-            let mut entries = Vec::new();
-            for e in &policy.entries {
-                for key in policy_keys(*endpoint, generation, e) {
-                    match at.entry((key.prefix_len(), key.data())) {
-                        std::collections::hash_map::Entry::Occupied(i) => {
-                            entries[*i.get()] = (key, e.value);
-                        }
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(entries.len());
-                            entries.push((key, e.value));
-                        }
-                    }
-                }
-            }
-            held.insert((*endpoint, generation), entries);
+            held.insert(
+                (*endpoint, generation),
+                expand(*endpoint, generation, policy),
+            );
         }
         Some(held)
     }
@@ -372,6 +359,25 @@ fn slot(k: &Key<PolicyKey>) -> (u32, u32, u8, u8, [u8; 2]) {
     (k.prefix_len(), d.peer, d.direction, d.protocol, d.port)
 }
 
+/// The endpoint's entries under `generation` as the maps hold them, in
+/// [`slot`] order: one value per key, the last written.
+fn expand(
+    endpoint: u32,
+    generation: u8,
+    policy: &EndpointPolicy,
+) -> Vec<(Key<PolicyKey>, PolicyValue)> {
+    let mut entries: Vec<(Key<PolicyKey>, PolicyValue)> = policy
+        .entries
+        .iter()
+        .flat_map(|e| policy_keys(endpoint, generation, e).map(move |k| (k, e.value)))
+        .collect();
+    // Reversed, so that a stable sort puts the last written first of its run.
+    entries.reverse();
+    entries.sort_by_key(|(k, _)| slot(k));
+    entries.dedup_by_key(|(k, _)| slot(k));
+    entries
+}
+
 /// How the endpoint's live generation comes to hold `want`.
 ///
 /// In place, where the endpoint and its flags are unchanged and every entry
@@ -405,20 +411,7 @@ fn bring(
         .cloned()
         .unwrap_or_default();
     holds.sort_by_key(|(k, _)| slot(k));
-    // As the maps would hold them: one value per key, the last written
-    // (reversed, so that a stable sort puts it first of its run).
-    let mut wants: Vec<(Key<PolicyKey>, PolicyValue)> = want
-        .entries
-        .iter()
-        .flat_map(|e| {
-            policy_keys(endpoint, generation, e)
-                .into_iter()
-                .map(move |k| (k, e.value))
-        })
-        .collect();
-    wants.reverse();
-    wants.sort_by_key(|(k, _)| slot(k));
-    wants.dedup_by_key(|(k, _)| slot(k));
+    let wants = expand(endpoint, generation, want);
     let mut patch = Patch::default();
     let mut restricting = Vec::new();
     let (mut i, mut j) = (0, 0);
@@ -506,7 +499,7 @@ mod tests {
         let entries = p
             .entries
             .iter()
-            .flat_map(|e| policy_keys(EP, 1, e).into_iter().map(|k| (k, e.value)))
+            .flat_map(|e| policy_keys(EP, 1, e).map(|k| (k, e.value)))
             .collect();
         (cur, [((EP, 1), entries)].into())
     }
