@@ -46,7 +46,7 @@ use super::{
     Reading, Source,
     objects::{self, ApiNamespace, ApiPod},
 };
-use crate::model::{Namespace, Snapshot, posture::namespace_postures};
+use crate::model::{Namespace, Pod, Snapshot, posture::namespace_postures};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -72,6 +72,8 @@ pub struct KubeSource {
     /// The last deny list the settings gave that read.
     denies_good: Vec<ipnet::IpNet>,
     wake: Option<mpsc::Receiver<()>>,
+    /// The last read's pods, handed out again where they did not change.
+    last_pods: Vec<Arc<Pod>>,
 }
 
 /// A client from `kubeconfig` when given, else as kubectl would find one
@@ -242,6 +244,7 @@ impl KubeSource {
             policies: Policies::default(),
             namespaces_good: BTreeMap::new(),
             wake: Some(rx),
+            last_pods: Vec::new(),
         }
     }
 
@@ -275,7 +278,7 @@ impl KubeSource {
 
     /// Every live pod; an address two pods claim goes to one of them only
     /// (see [`owners`]). Local pods get their cgroup.
-    fn pods(&self, errors: &mut Vec<String>) -> Vec<crate::model::Pod> {
+    fn pods(&self, errors: &mut Vec<String>) -> Vec<Pod> {
         let all: Vec<Arc<ApiPod>> = self
             .pods
             .state()
@@ -289,7 +292,7 @@ impl KubeSource {
             .into_iter()
             .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
             .collect();
-        let mut out: Vec<crate::model::Pod> = all
+        let mut out: Vec<Pod> = all
             .iter()
             .map(|p| {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
@@ -311,9 +314,41 @@ impl KubeSource {
                 pod
             })
             .collect();
-        out.sort_by_key(|p| p.key());
+        out.sort_by(by_key);
         out
     }
+}
+
+/// Orders pods as their keys (`namespace/name`) sort, without building
+/// them: a pass sorts the cluster's pods.
+fn by_key(a: &Pod, b: &Pod) -> std::cmp::Ordering {
+    fn key(p: &Pod) -> impl Iterator<Item = u8> + '_ {
+        p.namespace
+            .bytes()
+            .chain(std::iter::once(b'/'))
+            .chain(p.name.bytes())
+    }
+    key(a).cmp(key(b))
+}
+
+/// `pods` (in [`by_key`] order) as shared objects: `last`'s where a pod is
+/// unchanged, so that the compiler tells what changed by pointer.
+fn share(last: &[Arc<Pod>], pods: Vec<Pod>) -> Vec<Arc<Pod>> {
+    let mut i = 0;
+    pods.into_iter()
+        .map(|pod| {
+            while last
+                .get(i)
+                .is_some_and(|l| by_key(l, &pod) == std::cmp::Ordering::Less)
+            {
+                i += 1;
+            }
+            match last.get(i) {
+                Some(l) if **l == pod => l.clone(),
+                _ => Arc::new(pod),
+            }
+        })
+        .collect()
 }
 
 /// Which pod (by uid) holds each address. Two live pods can claim one
@@ -415,7 +450,8 @@ impl Source for KubeSource {
         }
         let mut errors = Vec::new();
         let namespaces = self.namespaces(&mut errors);
-        let pods = self.pods(&mut errors);
+        let pods = share(&self.last_pods, self.pods(&mut errors));
+        self.last_pods.clone_from(&pods);
         let objects: Vec<(Access, Arc<DynamicObject>)> = self
             .policy_stores
             .iter()
@@ -434,7 +470,7 @@ impl Source for KubeSource {
         Reading {
             snapshot: std::sync::Arc::new(Snapshot {
                 namespaces,
-                pods: pods.into_iter().map(Arc::new).collect(),
+                pods,
                 policies: policies.into_iter().map(Arc::new).collect(),
             }),
             revision,
@@ -479,6 +515,38 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn an_unchanged_pod_is_the_last_read_s_object() {
+        let model = |ns: &str, name: &str, label: &str| Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: [("app".to_owned(), label.to_owned())].into(),
+            ips: Vec::new(),
+            ports: Vec::new(),
+            cgroup: None,
+        };
+        let mut first = vec![
+            model("x", "b", "1"),
+            model("x", "a", "1"),
+            model("x-y", "a", "1"),
+        ];
+        first.sort_by(by_key);
+        let keys: Vec<String> = first.iter().map(Pod::key).collect();
+        assert_eq!(keys, ["x-y/a", "x/a", "x/b"], "as the keys sort");
+        let last = share(&[], first);
+        // x/a relabelled, x/b gone, x/c new.
+        let mut next = vec![
+            model("x-y", "a", "1"),
+            model("x", "a", "2"),
+            model("x", "c", "1"),
+        ];
+        next.sort_by(by_key);
+        let now = share(&last, next);
+        assert!(Arc::ptr_eq(&now[0], &last[0]), "x-y/a unchanged");
+        assert!(!Arc::ptr_eq(&now[1], &last[1]) && now[1].labels["app"] == "2");
+        assert_eq!(now[2].key(), "x/c");
     }
 
     #[test]
