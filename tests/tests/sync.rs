@@ -227,16 +227,15 @@ fn a_relabelled_peer_is_patched_in_place() -> anyhow::Result<()> {
     };
     let peers_before = peers(&maps)?;
     let relabelled = relabel_y_b(&s);
-    let old_id = compile(&s)
-        .addresses
-        .iter()
-        .find(|(n, _)| n.addr().to_string() == "10.244.0.5")
-        .map(|(_, id)| *id);
-    let new_id = compile(&relabelled)
-        .addresses
-        .iter()
-        .find(|(n, _)| n.addr().to_string() == "10.244.0.5")
-        .map(|(_, id)| *id);
+    // y/b is 10.244.0.5 in the standard model.
+    let y_b_id = |s: &Snapshot| {
+        compile(s)
+            .addresses
+            .iter()
+            .find(|(n, _)| n.addr().to_string() == "10.244.0.5")
+            .map(|(_, id)| *id)
+    };
+    let (old_id, new_id) = (y_b_id(&s), y_b_id(&relabelled));
     assert_ne!(old_id, new_id, "y/b's identity moves");
     for trusting in [true, false] {
         let mut maps_written = written.clone();
