@@ -301,8 +301,13 @@ impl<S: Source> Agent<S> {
         }
         let snapshot = reading.snapshot.clone();
         let before = Before {
+            links: match (check_links, check_maps) {
+                (false, _) => Links::Quiet,
+                (true, false) => Links::Changed,
+                (true, true) => Links::Everything,
+            },
             placed: &self.placed_before,
-            quarantined: (!check_links).then_some(self.status.quarantined.as_slice()),
+            quarantined: &self.status.quarantined,
             remote: &self.remote_before,
         };
         let mut placement = locate(&self.netlink, &snapshot, &self.options, before).await?;
@@ -477,6 +482,12 @@ impl<S: Source> Agent<S> {
         }
         metrics::gauge!("palisade_ready").set(if ready { 1.0 } else { 0.0 });
         phases.other += lap(&mut t);
+        tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            ?phases,
+            unplaced = placement.unplaced.len(),
+            "pass"
+        );
         self.status = Status {
             pass_phases_ms: phases,
             revision: reading.revision,
@@ -602,6 +613,7 @@ impl<S: Source> Agent<S> {
             if check_maps {
                 last_full = Instant::now();
             }
+            tracing::debug!(check_links, check_maps, "pass begins");
             if let Err(e) = self.pass(check_links, check_maps).await {
                 tracing::error!("reconcile: {e:#}");
             }
@@ -711,22 +723,20 @@ async fn locate(
         let Some(&ip) = pod.ips.first() else {
             continue;
         };
-        if before.quarantined.is_some() {
-            // No link came or went since: where it was.
-            if placed_at.contains(&ip) {
-                let key = pod.key();
-                if let Some(&(was, veth)) = before.placed.get(&key)
-                    && was == ip
-                {
-                    addresses.insert(key.clone(), ip);
-                    placed.insert(key, veth);
-                    continue;
-                }
-            }
-            if before.remote.contains(&ip) {
-                remote.insert(ip);
+        if placed_at.contains(&ip) && before.links != Links::Everything {
+            let key = pod.key();
+            if let Some(&(was, veth)) = before.placed.get(&key)
+                && was == ip
+                && (before.links == Links::Quiet || tables.is_veth(veth).await?)
+            {
+                addresses.insert(key.clone(), ip);
+                placed.insert(key, veth);
                 continue;
             }
+        }
+        if before.links == Links::Quiet && before.remote.contains(&ip) {
+            remote.insert(ip);
+            continue;
         }
         let key = pod.key();
         match tables.locate(ip).await? {
@@ -744,6 +754,28 @@ async fn locate(
             }
         }
     }
+    // A new pod's address is not resolved until something speaks to it:
+    // the nudges above make the node ask, and a pod on this node answers
+    // within a millisecond or so. Looked for again in this pass rather than
+    // in one more pass behind it.
+    for _ in 0..RESOLVE_TRIES {
+        if unresolved.is_empty() {
+            break;
+        }
+        tokio::time::sleep(RESOLVE_WAIT).await;
+        tables.forget_neighbours();
+        let mut still = Vec::new();
+        for (key, ip) in unresolved {
+            match tables.locate(ip).await? {
+                Ok(p) => {
+                    addresses.insert(key.clone(), ip);
+                    placed.insert(key, p.veth());
+                }
+                Err(_) => still.push((key, ip)),
+            }
+        }
+        unresolved = still;
+    }
     let mut unplaced = Vec::new();
     for (key, ip) in unresolved {
         let claimed = |veth: u32| placed.values().any(|v| *v == veth);
@@ -756,15 +788,16 @@ async fn locate(
         }
     }
     let known: BTreeSet<u32> = placed.values().copied().collect();
-    let quarantined = match (before.quarantined, &options.quarantine) {
+    let quarantined = match (before.links, &options.quarantine) {
         (_, None) => Vec::new(),
         // The same veths, less those a pod holds now.
-        (Some(quarantined), Some(_)) => quarantined
+        (Links::Quiet, Some(_)) => before
+            .quarantined
             .iter()
             .copied()
             .filter(|i| !known.contains(i))
             .collect(),
-        (None, Some(prefixes)) => tables
+        (_, Some(prefixes)) => tables
             .pod_veths(prefixes)
             .await?
             .into_iter()
@@ -780,13 +813,33 @@ async fn locate(
     })
 }
 
+/// How long a pass waits for the addresses it nudged, and how many times.
+const RESOLVE_WAIT: Duration = Duration::from_millis(1);
+const RESOLVE_TRIES: usize = 3;
+
+/// What a pass looks at again on the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Links {
+    /// No link came or went since the last pass: every pod is where it
+    /// was, and the quarantined veths are the same.
+    Quiet,
+    /// Links came or went: pods whose veth is gone, unplaced pods and other
+    /// nodes' addresses are located again, and the quarantine is read
+    /// afresh; a placed pod whose veth is still there keeps it.
+    Changed,
+    /// The periodic full pass: every pod located again, whatever it held,
+    /// which repairs a placement no link event told of (a pod's address
+    /// answered from another veth while its old one lingers).
+    Everything,
+}
+
 /// What the last pass found on the node.
 struct Before<'a> {
+    links: Links,
     /// Each placed pod's address and veth.
     placed: &'a BTreeMap<String, (IpAddr, u32)>,
-    /// The quarantined veths, when no link came or went since (`None`:
-    /// look at the node again).
-    quarantined: Option<&'a [u32]>,
+    /// The quarantined veths.
+    quarantined: &'a [u32],
     /// The addresses no local veth was behind.
     remote: &'a HashSet<IpAddr>,
 }

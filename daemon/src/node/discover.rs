@@ -294,6 +294,13 @@ impl<'a> Tables<'a> {
             .collect())
     }
 
+    /// Reads the neighbour table and the bridge FDB again when next asked:
+    /// after nudges, which add entries.
+    pub fn forget_neighbours(&mut self) {
+        self.neighbours = None;
+        self.fdb = None;
+    }
+
     async fn mac_of(&mut self, bridge: u32, ip: IpAddr) -> Result<Option<Vec<u8>>, DiscoverError> {
         if self.neighbours.is_none() {
             self.neighbours = Some(dump_neighbours(self.handle, None).await?);
