@@ -830,13 +830,13 @@ mod tests {
     fn each_change_translates_to_the_delta_of_its_kind() {
         let mut c = quick();
         let mut fw = Fw::compile(&c);
-        for kind in KINDS {
+        for (k, kind) in KINDS.into_iter().enumerate() {
             for i in 0..3 {
                 apply(
                     &mut c,
                     kind,
                     i,
-                    std::net::Ipv4Addr::new(10, 199, 1, 100 + i as u8),
+                    std::net::Ipv4Addr::new(10, 199, 1, 100 + (4 * k + i) as u8),
                 )
                 .unwrap();
                 let after = Fw::compile(&c);
@@ -884,7 +884,7 @@ mod tests {
                         assert!(only_elements && d.added.is_empty(), "{d:?}");
                         assert_eq!(d.iptables().rules, None, "sets only");
                     }
-                    Kind::LocalPodAdded => {
+                    Kind::LocalPodAdded | Kind::LocalPodAfterVeth => {
                         assert!(!d.added.is_empty() && !d.dispatch_add.is_empty(), "{d:?}");
                         assert!(d.new_chains.iter().all(|(n, _)| n.starts_with('q')));
                     }

@@ -574,17 +574,19 @@ pub enum Kind {
     RemotePodAdded,
     RemotePodRemoved,
     LocalPodAdded,
+    LocalPodAfterVeth,
     PodRelabelled,
     NamespaceRelabelled,
 }
 
-pub const KINDS: [Kind; 8] = [
+pub const KINDS: [Kind; 9] = [
     Kind::PolicyEdited,
     Kind::PolicyAdded,
     Kind::PolicyDeleted,
     Kind::RemotePodAdded,
     Kind::RemotePodRemoved,
     Kind::LocalPodAdded,
+    Kind::LocalPodAfterVeth,
     Kind::PodRelabelled,
     Kind::NamespaceRelabelled,
 ];
@@ -598,9 +600,15 @@ impl Kind {
             Self::RemotePodAdded => "remote pod added",
             Self::RemotePodRemoved => "remote pod removed",
             Self::LocalPodAdded => "local pod added",
+            Self::LocalPodAfterVeth => "local pod, veth first",
             Self::PodRelabelled => "pod relabelled",
             Self::NamespaceRelabelled => "namespace relabelled",
         }
+    }
+
+    /// A pod of this node: its namespace and veth are made with it.
+    pub fn is_local_pod(self) -> bool {
+        matches!(self, Self::LocalPodAdded | Self::LocalPodAfterVeth)
     }
 
     /// A name without spaces, for the CSV.
@@ -612,6 +620,7 @@ impl Kind {
             Self::RemotePodAdded => "remote_pod_added",
             Self::RemotePodRemoved => "remote_pod_removed",
             Self::LocalPodAdded => "local_pod_added",
+            Self::LocalPodAfterVeth => "local_pod_after_veth",
             Self::PodRelabelled => "pod_relabelled",
             Self::NamespaceRelabelled => "namespace_relabelled",
         }
@@ -703,12 +712,15 @@ pub fn apply(
             let name = format!("added-{i}");
             cluster.pods.retain(|p| p.local || p.name != name);
         }
-        Kind::LocalPodAdded => {
+        Kind::LocalPodAdded | Kind::LocalPodAfterVeth => {
             let n = cluster.namespaces.len();
-            let name = format!("local-added-{i}");
+            let (name, file) = match kind {
+                Kind::LocalPodAdded => (format!("local-added-{i}"), "60"),
+                _ => (format!("local-after-veth-{i}"), "61"),
+            };
             cluster.pods.push(Pod {
                 namespace: ns_name(i % n),
-                file: format!("60-{}-{name}.yaml", ns_name(i % n)),
+                file: format!("{file}-{}-{name}.yaml", ns_name(i % n)),
                 name,
                 labels: app_labels(APPS[(i + 1) % APPS.len()]),
                 ip: next_local_ip,
@@ -902,7 +914,7 @@ pub(crate) mod tests {
             for i in 0..QUICK.changes {
                 let before = c.files();
                 apply(&mut c, kind, i, Ipv4Addr::new(10, 199, 1, next)).unwrap();
-                if kind == Kind::LocalPodAdded {
+                if kind.is_local_pod() {
                     next += 1;
                 }
                 let change = file_change(&before, &c.files());
@@ -914,8 +926,8 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(c.policies.len(), base.policies.len());
-        assert_eq!(c.pods.len(), base.pods.len() + QUICK.changes);
-        assert_eq!(c.local_pods().count(), QUICK.local + QUICK.changes);
+        assert_eq!(c.pods.len(), base.pods.len() + 2 * QUICK.changes);
+        assert_eq!(c.local_pods().count(), QUICK.local + 2 * QUICK.changes);
     }
 
     #[test]

@@ -719,6 +719,20 @@ async fn locate(
     let mut tables = discover::Tables::new(netlink);
     // Most pods are other nodes': their keys are not even built.
     let placed_at: HashSet<IpAddr> = before.placed.values().map(|(ip, _)| *ip).collect();
+    // A new pod of this node is unknown to the node's neighbour table until
+    // something speaks to it: asked first, it has answered by the time the
+    // table is read below.
+    let mut nudged = HashSet::new();
+    for pod in &snapshot.pods {
+        if let Some(&ip) = pod.ips.first()
+            && !placed_at.contains(&ip)
+            && !before.remote.contains(&ip)
+            && tables.may_be_local(ip).await?
+        {
+            discover::nudge(ip);
+            nudged.insert(ip);
+        }
+    }
     for pod in &snapshot.pods {
         let Some(&ip) = pod.ips.first() else {
             continue;
@@ -745,7 +759,9 @@ async fn locate(
                 placed.insert(key, p.veth());
             }
             Err(Unplaced::Unresolved { .. }) => {
-                discover::nudge(ip);
+                if !nudged.contains(&ip) {
+                    discover::nudge(ip);
+                }
                 unresolved.push((key, ip));
             }
             // Not behind a local veth: another node's pod.

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use rtnetlink::{
     Handle,
     packet_route::{
-        AddressFamily,
+        AddressFamily, RouteNetlinkMessage,
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
@@ -69,12 +69,15 @@ fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
     })
 }
 
-/// Sends a wake-up on `tx` whenever a link appears, changes or goes in this
-/// network namespace, so a new pod's veth is quarantined at once rather
-/// than at the next resync.
+/// Sends a wake-up on `tx` whenever a link appears or goes in this network
+/// namespace, or changes what a pass reads of it (see [`LinkShapes`]), so
+/// a new pod's veth is quarantined at once rather than at the next resync.
 pub fn watch_links(tx: tokio::sync::mpsc::Sender<()>) -> std::io::Result<()> {
     use futures_util::StreamExt as _;
-    use rtnetlink::sys::{AsyncSocket as _, SocketAddr};
+    use rtnetlink::{
+        packet_core::NetlinkPayload,
+        sys::{AsyncSocket as _, SocketAddr},
+    };
     let (mut connection, _, mut messages) = rtnetlink::new_connection()?;
     connection
         .socket_mut()
@@ -82,12 +85,70 @@ pub fn watch_links(tx: tokio::sync::mpsc::Sender<()>) -> std::io::Result<()> {
         .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))?;
     tokio::spawn(connection);
     tokio::spawn(async move {
-        while messages.next().await.is_some() {
-            // Full channel: a wake-up is already pending.
-            let _ = tx.try_send(());
+        let mut shapes = LinkShapes::default();
+        while let Some((message, _)) = messages.next().await {
+            let wake = match &message.payload {
+                NetlinkPayload::InnerMessage(m) => shapes.note(m),
+                // A lost or garbled notification: look at the links.
+                _ => true,
+            };
+            if wake {
+                // Full channel: a wake-up is already pending.
+                let _ = tx.try_send(());
+            }
         }
     });
     Ok(())
+}
+
+/// What a pass reads of each link (its kind, its bridge, its name), as
+/// link notifications last told it. A veth's carrier, state, MTU or
+/// statistics change many times while a CNI sets it up, and none of that
+/// moves a pod or a quarantine: only a link new, gone, or changed in its
+/// shape wakes a pass.
+#[derive(Default)]
+pub struct LinkShapes(std::collections::HashMap<u32, LinkShape>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct LinkShape {
+    kind: Option<InfoKind>,
+    controller: Option<u32>,
+    name: Option<String>,
+}
+
+impl LinkShapes {
+    /// Records a notification; whether a pass must look at the links.
+    pub fn note(&mut self, message: &RouteNetlinkMessage) -> bool {
+        match message {
+            // The bridge's own notices of its ports (their STP state, as a
+            // port goes from learning to forwarding): the link's own notice
+            // tells of a port joining or leaving.
+            RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link)
+                if link.header.interface_family == AddressFamily::Bridge =>
+            {
+                false
+            }
+            RouteNetlinkMessage::NewLink(link) => {
+                let shape = LinkShape {
+                    kind: link_kind(link),
+                    controller: link.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::Controller(c) => Some(*c),
+                        _ => None,
+                    }),
+                    name: link.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    }),
+                };
+                self.0.insert(link.header.index, shape).as_ref() != self.0.get(&link.header.index)
+            }
+            RouteNetlinkMessage::DelLink(link) => {
+                self.0.remove(&link.header.index);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 async fn dump_neighbours(
@@ -212,6 +273,12 @@ impl<'a> Tables<'a> {
         Ok(self.on_link.as_deref().unwrap_or_default())
     }
 
+    /// Whether an on-link route through a veth or a bridge covers `ip`:
+    /// only such an address can be a pod of this node.
+    pub async fn may_be_local(&mut self, ip: IpAddr) -> Result<bool, DiscoverError> {
+        Ok(self.on_link().await?.iter().any(|net| net.contains(&ip)))
+    }
+
     async fn on_link_destination(
         &mut self,
         route: &RouteMessage,
@@ -332,7 +399,7 @@ impl<'a> Tables<'a> {
         &mut self,
         ip: IpAddr,
     ) -> Result<Result<Placement, Unplaced>, DiscoverError> {
-        if !self.on_link().await?.iter().any(|net| net.contains(&ip)) {
+        if !self.may_be_local(ip).await? {
             return Ok(Err(Unplaced::NoRoute));
         }
         let Some((oif, via_gateway)) = route_oif(self.handle, ip).await? else {
@@ -421,4 +488,52 @@ pub fn connect() -> std::io::Result<Handle> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use rtnetlink::packet_route::link::LinkHeader;
+
+    use super::*;
+
+    fn link(index: u32, family: AddressFamily, attributes: Vec<LinkAttribute>) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header = LinkHeader {
+            interface_family: family,
+            index,
+            ..LinkHeader::default()
+        };
+        m.attributes = attributes;
+        m
+    }
+
+    fn veth(index: u32, controller: Option<u32>, up: bool) -> RouteNetlinkMessage {
+        let mut attributes = vec![
+            LinkAttribute::IfName(format!("veth{index}")),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+            LinkAttribute::Mtu(if up { 1500 } else { 1400 }),
+        ];
+        attributes.extend(controller.map(LinkAttribute::Controller));
+        RouteNetlinkMessage::NewLink(link(index, AddressFamily::Unspec, attributes))
+    }
+
+    #[test]
+    fn only_a_link_new_gone_or_reshaped_wakes_a_pass() {
+        let mut shapes = LinkShapes::default();
+        assert!(shapes.note(&veth(7, None, false)), "new");
+        assert!(!shapes.note(&veth(7, None, true)), "its MTU changed only");
+        assert!(shapes.note(&veth(7, Some(3), true)), "it joined a bridge");
+        assert!(!shapes.note(&veth(7, Some(3), true)), "the same again");
+        let port = link(7, AddressFamily::Bridge, vec![LinkAttribute::Controller(3)]);
+        assert!(
+            !shapes.note(&RouteNetlinkMessage::NewLink(port.clone())),
+            "the bridge's notice of its port"
+        );
+        assert!(!shapes.note(&RouteNetlinkMessage::DelLink(port)));
+        assert!(!shapes.note(&veth(7, Some(3), true)), "still known");
+        assert!(shapes.note(&veth(7, None, true)), "it left the bridge");
+        let gone = link(7, AddressFamily::Unspec, Vec::new());
+        assert!(shapes.note(&RouteNetlinkMessage::DelLink(gone)), "gone");
+        assert!(shapes.note(&veth(7, None, true)), "new again");
+    }
 }
