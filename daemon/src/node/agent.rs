@@ -719,20 +719,8 @@ async fn locate(
     let mut tables = discover::Tables::new(netlink);
     // Most pods are other nodes': their keys are not even built.
     let placed_at: HashSet<IpAddr> = before.placed.values().map(|(ip, _)| *ip).collect();
-    // A new pod of this node is unknown to the node's neighbour table until
-    // something speaks to it: asked first, it has answered by the time the
-    // table is read below.
-    let mut nudged = HashSet::new();
-    for pod in &snapshot.pods {
-        if let Some(&ip) = pod.ips.first()
-            && !placed_at.contains(&ip)
-            && !before.remote.contains(&ip)
-            && tables.may_be_local(ip).await?
-        {
-            discover::nudge(ip);
-            nudged.insert(ip);
-        }
-    }
+    // The pods this pass keeps where they were, and the rest to locate.
+    let mut fresh = Vec::new();
     for pod in &snapshot.pods {
         let Some(&ip) = pod.ips.first() else {
             continue;
@@ -752,17 +740,32 @@ async fn locate(
             remote.insert(ip);
             continue;
         }
-        let key = pod.key();
+        fresh.push((pod, ip));
+    }
+    // A new pod of this node is unknown to the node's neighbour table until
+    // something speaks to it: asked first, it has answered by the time the
+    // table is read below.
+    let mut nudged = HashSet::new();
+    for &(_, ip) in &fresh {
+        if !placed_at.contains(&ip)
+            && !before.remote.contains(&ip)
+            && tables.may_be_local(ip).await?
+        {
+            discover::nudge(ip);
+            nudged.insert(ip);
+        }
+    }
+    for (pod, ip) in fresh {
         match tables.locate(ip).await? {
             Ok(p) => {
-                addresses.insert(key.clone(), ip);
-                placed.insert(key, p.veth());
+                addresses.insert(pod.key(), ip);
+                placed.insert(pod.key(), p.veth());
             }
             Err(Unplaced::Unresolved { .. }) => {
                 if !nudged.contains(&ip) {
                     discover::nudge(ip);
                 }
-                unresolved.push((key, ip));
+                unresolved.push((pod.key(), ip));
             }
             // Not behind a local veth: another node's pod.
             Err(Unplaced::NoRoute | Unplaced::NotLocal { .. }) => {
