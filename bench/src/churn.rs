@@ -548,6 +548,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
             }
             let local = cluster.local_pods().count();
             let before = status(&d.enforcer)?;
+            let mut passes_before = before.passes;
 
             let mut start = Instant::now();
             let (mut pod_net_ms, mut veth_ms) = (0.0, 0.0);
@@ -566,6 +567,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
                     |s| s["quarantined"].as_array().is_some_and(|q| !q.is_empty()),
                 ))?;
                 veth_ms = ms(start.elapsed());
+                passes_before = status(&d.enforcer)?.passes;
                 start = Instant::now();
             }
             for (name, _) in &change.write {
@@ -599,7 +601,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
                 kind,
                 index: i,
                 palisade_ms,
-                passes: after_status.passes.saturating_sub(before.passes),
+                passes: after_status.passes.saturating_sub(passes_before),
                 pass_ms: after_status.pass_ms,
                 nft_ms,
                 iptables_ms,

@@ -742,20 +742,24 @@ async fn locate(
         }
         fresh.push((pod, ip));
     }
-    // A new pod of this node is unknown to the node's neighbour table until
-    // something speaks to it: asked first, it has answered by the time the
-    // table is read below.
+    // Only an address an on-link route covers can be this node's: the rest
+    // are other nodes' at once. A new pod of this node is unknown to the
+    // node's neighbour table until something speaks to it: asked first, it
+    // has answered by the time the table is read below.
     let mut nudged = HashSet::new();
-    for &(_, ip) in &fresh {
-        if !placed_at.contains(&ip)
-            && !before.remote.contains(&ip)
-            && tables.may_be_local(ip).await?
-        {
+    let mut candidates = Vec::new();
+    for (pod, ip) in fresh {
+        if !tables.may_be_local(ip).await? {
+            remote.insert(ip);
+            continue;
+        }
+        if !placed_at.contains(&ip) && !before.remote.contains(&ip) {
             discover::nudge(ip);
             nudged.insert(ip);
         }
+        candidates.push((pod, ip));
     }
-    for (pod, ip) in fresh {
+    for (pod, ip) in candidates {
         match tables.locate(ip).await? {
             Ok(p) => {
                 addresses.insert(pod.key(), ip);
