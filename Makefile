@@ -111,7 +111,7 @@ bench-peers: build
 	$(CARGO) build --release -p palisade-bench
 	target/release/palisade-bench --peers target/release/palisade --out bench/results
 
-# Policy churn at cluster scale: change to in force for eight kinds of
+# Policy churn at cluster scale: change to in force for nine kinds of
 # change at 10,000 pods and 1,000 policies, beside the same deltas with
 # nft and iptables (at most about 10 minutes): bench/results/churn.{md,csv}.
 bench-churn: build

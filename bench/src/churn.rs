@@ -6,7 +6,7 @@
 //! The lab's node with 100 pods on its bridge, in a cluster of 10,000
 //! pods (the rest other nodes': an address, no veth) and 1,000
 //! NetworkPolicies over 50 namespaces (`churn/model.rs`). The real daemon
-//! reads it from its file source. For each of eight kinds of change, 50
+//! reads it from its file source. For each of nine kinds of change, 50
 //! changes, each timed from the change written to the daemon's status
 //! saying it is in force; the same change applied, as the delta an
 //! nftables-based or iptables-based enforcer would apply, to the same

@@ -1,6 +1,6 @@
 //! The cluster the churn bench runs, as plain data: namespaces, pods (this
 //! node's and other nodes'), NetworkPolicies with a realistic mix of
-//! selectors, ports and ipBlocks, and the eight kinds of change. From it
+//! selectors, ports and ipBlocks, and the nine kinds of change. From it
 //! come the daemon's source files (`files`) and the nftables and iptables
 //! rule sets (`firewall`), so all three enforcers see the same cluster.
 //!
