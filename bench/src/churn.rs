@@ -552,19 +552,29 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
 
             let mut start = Instant::now();
             let (mut pod_net_ms, mut veth_ms) = (0.0, 0.0);
+            let mut host_if = String::new();
             if kind.is_local_pod() {
-                let ip = lab.add_pod()?.ip;
-                pod_net_ms = ms(start.elapsed());
-                anyhow::ensure!(ip == next_ip, "the bridge gave {ip}, not {next_ip}");
+                let pod = lab.add_pod()?;
+                (host_if, pod_net_ms) = (pod.host_if.clone(), ms(start.elapsed()));
+                anyhow::ensure!(
+                    pod.ip == next_ip,
+                    "the bridge gave {}, not {next_ip}",
+                    pod.ip
+                );
             }
             if kind == Kind::LocalPodAfterVeth {
                 // As a cluster orders it: the sandbox (namespace, veth)
                 // first, the Pod's address in the API once it exists. The
                 // clock restarts at the Pod.
+                let veth = lab.node.run(|| palisade::netns::ifindex(&host_if))??;
                 d.runtime.block_on(d.enforcer.wait_until(
                     CHANGE_LIMIT,
                     "the new veth quarantined",
-                    |s| s["quarantined"].as_array().is_some_and(|q| !q.is_empty()),
+                    |s| {
+                        s["quarantined"]
+                            .as_array()
+                            .is_some_and(|q| q.iter().any(|i| i.as_u64() == Some(veth.into())))
+                    },
                 ))?;
                 veth_ms = ms(start.elapsed());
                 passes_before = status(&d.enforcer)?.passes;

@@ -269,16 +269,15 @@ impl<S: Source> Agent<S> {
     /// One reconcile pass that checks everything: every pod's veth, every
     /// pod-like veth, every map entry.
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
-        self.pass(true, true).await
+        self.pass(Links::Everything, true).await
     }
 
-    /// One pass; `check_links`: look at every pod's veth and every
-    /// pod-like veth, else trust the last pass's placements (no link came
-    /// or went since: only new, moved or unplaced pods are looked up);
-    /// `check_maps`: read every map entry, else write against the syncer's
-    /// record of what it last wrote. `run` trusts what it can and checks
-    /// everything once per resync period, which repairs drift.
-    async fn pass(&mut self, check_links: bool, check_maps: bool) -> anyhow::Result<()> {
+    /// One pass; `links`: what of the node's placements it looks at again
+    /// (see [`Links`]); `check_maps`: read every map entry, else write
+    /// against the syncer's record of what it last wrote. `run` trusts what
+    /// it can and checks everything once per resync period, which repairs
+    /// drift.
+    async fn pass(&mut self, links: Links, check_maps: bool) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut phases = Phases::default();
         let mut t = started;
@@ -301,11 +300,7 @@ impl<S: Source> Agent<S> {
         }
         let snapshot = reading.snapshot.clone();
         let before = Before {
-            links: match (check_links, check_maps) {
-                (false, _) => Links::Quiet,
-                (true, false) => Links::Changed,
-                (true, true) => Links::Everything,
-            },
+            links,
             placed: &self.placed_before,
             quarantined: &self.status.quarantined,
             remote: &self.remote_before,
@@ -604,7 +599,7 @@ impl<S: Source> Agent<S> {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         // What the next pass checks (see `pass`), and when a pass last
         // read every map.
-        let (mut check_links, mut check_maps) = (true, true);
+        let (mut check_links, mut check_maps) = (Links::Everything, true);
         let mut last_full = Instant::now();
         // Retries for pods whose veth is not resolved yet, since the last
         // pass that placed every pod: 5 ms apart at first, then up to 50.
@@ -613,10 +608,14 @@ impl<S: Source> Agent<S> {
             if check_maps {
                 last_full = Instant::now();
             }
-            tracing::debug!(check_links, check_maps, "pass begins");
-            if let Err(e) = self.pass(check_links, check_maps).await {
-                tracing::error!("reconcile: {e:#}");
-            }
+            tracing::debug!(?check_links, check_maps, "pass begins");
+            let failed = match self.pass(check_links, check_maps).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::error!("reconcile: {e:#}");
+                    true
+                }
+            };
             if self.status.ready
                 && let Some(since) = pending.take()
             {
@@ -632,35 +631,47 @@ impl<S: Source> Agent<S> {
             };
             // With the links watched, a pass woken by the source or by a
             // retry may trust the last pass's placements (no link came or
-            // went), and any pass the syncer's record of what it wrote;
-            // but one pass per resync period looks at everything, whatever
-            // the churn, and repairs drift. A watcher that is not running
-            // (inotify or link events unavailable) has closed its channel:
-            // `None` disables the branch instead of waking the loop at
-            // once, again and again.
-            let links_quiet =
-                |links: &tokio::sync::mpsc::Receiver<()>| watching_links && links.is_empty();
-            (check_links, check_maps) = (true, true);
+            // went), or after link events those whose veth is still there,
+            // and any pass the syncer's record of what it wrote; but one
+            // pass per resync period looks at everything, whatever the
+            // churn, and repairs drift. Unwatched, nothing says no link
+            // came or went: every pass locates every pod. A watcher that
+            // is not running (inotify or link events unavailable) has
+            // closed its channel: `None` disables the branch instead of
+            // waking the loop at once, again and again.
+            let since = |links: &tokio::sync::mpsc::Receiver<()>| match (
+                watching_links,
+                links.is_empty(),
+            ) {
+                (false, _) => Links::Everything,
+                (true, false) => Links::Changed,
+                (true, true) => Links::Quiet,
+            };
+            (check_links, check_maps) = (Links::Everything, true);
             tokio::select! {
                 Some(()) = changes.recv() => {
                     pending.get_or_insert_with(Instant::now);
-                    check_links = !links_quiet(&links);
+                    check_links = since(&links);
                     check_maps = false;
                 }
                 Some(()) = links.recv() => {
+                    check_links = Links::Changed;
                     check_maps = false;
                 }
                 () = tokio::time::sleep(wait) => {
                     if !self.status.unplaced.is_empty() {
-                        check_links = !links_quiet(&links);
+                        check_links = since(&links);
                         check_maps = false;
                     }
                 }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
             }
-            if last_full.elapsed() >= self.options.resync {
-                (check_links, check_maps) = (true, true);
+            // A failed pass may have taken link events off the channel and
+            // not written their quarantine: the next one looks at
+            // everything rather than trust it.
+            if failed || last_full.elapsed() >= self.options.resync {
+                (check_links, check_maps) = (Links::Everything, true);
             }
         }
         // Enforcement stays: pinned links and maps outlive the daemon.
@@ -843,8 +854,10 @@ const RESOLVE_TRIES: usize = 3;
 /// What a pass looks at again on the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Links {
-    /// No link came or went since the last pass: every pod is where it
-    /// was, and the quarantined veths are the same.
+    /// No link came or went since the last pass: every pod placed is
+    /// where it was, every address behind no local veth still is, and the
+    /// quarantined veths are the same; only new and unplaced pods are
+    /// located.
     Quiet,
     /// Links came or went: pods whose veth is gone, unplaced pods and other
     /// nodes' addresses are located again, and the quarantine is read

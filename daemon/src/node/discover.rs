@@ -89,8 +89,12 @@ pub fn watch_links(tx: tokio::sync::mpsc::Sender<()>) -> std::io::Result<()> {
         while let Some((message, _)) = messages.next().await {
             let wake = match &message.payload {
                 NetlinkPayload::InnerMessage(m) => shapes.note(m),
-                // A lost or garbled notification: look at the links.
-                _ => true,
+                // A lost or garbled notification: look at the links, and
+                // trust no shape recorded before it.
+                _ => {
+                    shapes = LinkShapes::default();
+                    true
+                }
             };
             if wake {
                 // Full channel: a wake-up is already pending.
@@ -140,7 +144,8 @@ impl LinkShapes {
                         _ => None,
                     }),
                 };
-                self.0.insert(link.header.index, shape).as_ref() != self.0.get(&link.header.index)
+                let before = self.0.insert(link.header.index, shape);
+                before.as_ref() != self.0.get(&link.header.index)
             }
             RouteNetlinkMessage::DelLink(link) => {
                 self.0.remove(&link.header.index);
@@ -507,33 +512,47 @@ mod tests {
         m
     }
 
-    fn veth(index: u32, controller: Option<u32>, up: bool) -> RouteNetlinkMessage {
+    fn new_link(
+        index: u32,
+        name: &str,
+        kind: InfoKind,
+        controller: Option<u32>,
+        mtu: u32,
+    ) -> RouteNetlinkMessage {
         let mut attributes = vec![
-            LinkAttribute::IfName(format!("veth{index}")),
-            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
-            LinkAttribute::Mtu(if up { 1500 } else { 1400 }),
+            LinkAttribute::IfName(name.to_owned()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind)]),
+            LinkAttribute::Mtu(mtu),
         ];
         attributes.extend(controller.map(LinkAttribute::Controller));
         RouteNetlinkMessage::NewLink(link(index, AddressFamily::Unspec, attributes))
     }
 
+    fn veth(index: u32, controller: Option<u32>, mtu: u32) -> RouteNetlinkMessage {
+        new_link(index, "veth7", InfoKind::Veth, controller, mtu)
+    }
+
     #[test]
     fn only_a_link_new_gone_or_reshaped_wakes_a_pass() {
         let mut shapes = LinkShapes::default();
-        assert!(shapes.note(&veth(7, None, false)), "new");
-        assert!(!shapes.note(&veth(7, None, true)), "its MTU changed only");
-        assert!(shapes.note(&veth(7, Some(3), true)), "it joined a bridge");
-        assert!(!shapes.note(&veth(7, Some(3), true)), "the same again");
+        assert!(shapes.note(&veth(7, None, 1400)), "new");
+        assert!(!shapes.note(&veth(7, None, 1500)), "its MTU changed only");
+        assert!(shapes.note(&veth(7, Some(3), 1500)), "it joined a bridge");
+        assert!(!shapes.note(&veth(7, Some(3), 1500)), "the same again");
         let port = link(7, AddressFamily::Bridge, vec![LinkAttribute::Controller(3)]);
         assert!(
             !shapes.note(&RouteNetlinkMessage::NewLink(port.clone())),
             "the bridge's notice of its port"
         );
         assert!(!shapes.note(&RouteNetlinkMessage::DelLink(port)));
-        assert!(!shapes.note(&veth(7, Some(3), true)), "still known");
-        assert!(shapes.note(&veth(7, None, true)), "it left the bridge");
+        assert!(!shapes.note(&veth(7, Some(3), 1500)), "still known");
+        assert!(shapes.note(&veth(7, None, 1500)), "it left the bridge");
+        let renamed = new_link(7, "cali7", InfoKind::Veth, None, 1500);
+        assert!(shapes.note(&renamed), "renamed (a routed CNI's prefix)");
+        let other_kind = new_link(7, "cali7", InfoKind::Dummy, None, 1500);
+        assert!(shapes.note(&other_kind), "another kind");
         let gone = link(7, AddressFamily::Unspec, Vec::new());
         assert!(shapes.note(&RouteNetlinkMessage::DelLink(gone)), "gone");
-        assert!(shapes.note(&veth(7, None, true)), "new again");
+        assert!(shapes.note(&veth(7, None, 1500)), "new again");
     }
 }
