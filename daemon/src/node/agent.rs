@@ -599,7 +599,7 @@ impl<S: Source> Agent<S> {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         // What the next pass checks (see `pass`), and when a pass last
         // read every map.
-        let (mut check_links, mut check_maps) = (Links::Everything, true);
+        let (mut recheck, mut check_maps) = (Links::Everything, true);
         let mut last_full = Instant::now();
         // Retries for pods whose veth is not resolved yet, since the last
         // pass that placed every pod: 5 ms apart at first, then up to 50.
@@ -608,8 +608,8 @@ impl<S: Source> Agent<S> {
             if check_maps {
                 last_full = Instant::now();
             }
-            tracing::debug!(?check_links, check_maps, "pass begins");
-            let failed = match self.pass(check_links, check_maps).await {
+            tracing::debug!(?recheck, check_maps, "pass begins");
+            let failed = match self.pass(recheck, check_maps).await {
                 Ok(()) => false,
                 Err(e) => {
                     tracing::error!("reconcile: {e:#}");
@@ -647,20 +647,20 @@ impl<S: Source> Agent<S> {
                 (true, false) => Links::Changed,
                 (true, true) => Links::Quiet,
             };
-            (check_links, check_maps) = (Links::Everything, true);
+            (recheck, check_maps) = (Links::Everything, true);
             tokio::select! {
                 Some(()) = changes.recv() => {
                     pending.get_or_insert_with(Instant::now);
-                    check_links = since(&links);
+                    recheck = since(&links);
                     check_maps = false;
                 }
                 Some(()) = links.recv() => {
-                    check_links = Links::Changed;
+                    recheck = Links::Changed;
                     check_maps = false;
                 }
                 () = tokio::time::sleep(wait) => {
                     if !self.status.unplaced.is_empty() {
-                        check_links = since(&links);
+                        recheck = since(&links);
                         check_maps = false;
                     }
                 }
@@ -671,7 +671,7 @@ impl<S: Source> Agent<S> {
             // not written their quarantine: the next one looks at
             // everything rather than trust it.
             if failed || last_full.elapsed() >= self.options.resync {
-                (check_links, check_maps) = (Links::Everything, true);
+                (recheck, check_maps) = (Links::Everything, true);
             }
         }
         // Enforcement stays: pinned links and maps outlive the daemon.
@@ -773,8 +773,9 @@ async fn locate(
     for (pod, ip) in candidates {
         match tables.locate(ip).await? {
             Ok(p) => {
-                addresses.insert(pod.key(), ip);
-                placed.insert(pod.key(), p.veth());
+                let key = pod.key();
+                addresses.insert(key.clone(), ip);
+                placed.insert(key, p.veth());
             }
             Err(Unplaced::Unresolved { .. }) => {
                 if !nudged.contains(&ip) {
