@@ -528,10 +528,22 @@ fn main() -> anyhow::Result<()> {
     if let Some(bin) = binary_after(&args, "--in-force")? {
         return in_force::report(bin);
     }
-    // `--peers PALISADE_BINARY [--out DIR] [--quick]`: the whole-path
-    // packet rate against nftables and iptables (`make bench-peers`).
+    // `--peers PALISADE_BINARY [--out DIR] [--quick [--only PEER,...]]`:
+    // the whole-path packet rate against nftables and iptables
+    // (`make bench-peers`); `--only` keeps a quick run to the named
+    // enforcers, for looking into one.
     if let Some(bin) = binary_after(&args, "--peers")? {
-        return peers::report(bin, out_dir(&args), quick);
+        let only = match args.iter().position(|a| a == "--only") {
+            Some(i) => Some(peers::parse_only(
+                args.get(i + 1).context("--only needs enforcer names")?,
+            )?),
+            None => None,
+        };
+        anyhow::ensure!(
+            only.is_none() || quick,
+            "--only is for quick runs: a published run measures every enforcer"
+        );
+        return peers::report(bin, out_dir(&args), quick, only.as_deref());
     }
     // `--churn PALISADE_BINARY [--out DIR] [--quick]`: change to in force
     // at 10,000 pods and 1,000 policies (`make bench-churn`).

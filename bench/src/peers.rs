@@ -28,7 +28,10 @@ use std::{
     fs,
     io::Write as _,
     net::Ipv4Addr,
-    os::fd::{AsFd as _, OwnedFd},
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -261,16 +264,25 @@ fn pin_to(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stops trafgen and the worker it forks. The worker is what sends; it is
+/// in the process group trafgen leads (`process_group(0)` in `flood`), so
+/// the signal goes to the group: one sent to trafgen alone left the worker
+/// flooding through every later measurement.
 fn interrupt(child: &mut Child) {
-    // SAFETY: kill(2) on our own child's pid, which `wait` has not reaped.
+    let group = -(child.id() as i32);
+    // SAFETY: kill(2) on the process group our own child leads; `wait` has
+    // not reaped the leader, so the group id is not reused.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(group, libc::SIGINT);
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = child.kill();
+    // SAFETY: as above; the leader, exited or not, is reaped only below.
+    unsafe {
+        libc::kill(group, libc::SIGKILL);
+    }
     let _ = child.wait();
 }
 
@@ -614,7 +626,8 @@ impl Bench {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log);
+            .stderr(log)
+            .process_group(0);
         self.lab.pods[0].netns.spawn_inside(&mut cmd)?;
         cmd.spawn()
             .context("starting trafgen (netsniff-ng; scripts/setup.sh installs it)")
@@ -663,9 +676,26 @@ fn kpps(x: f64) -> String {
     format!("{:.1}k", x / 1e3)
 }
 
+/// The enforcers named in `names` (comma-separated, as `Peer::name`).
+pub fn parse_only(names: &str) -> anyhow::Result<Vec<Peer>> {
+    names
+        .split(',')
+        .map(|n| {
+            PEERS
+                .iter()
+                .copied()
+                .find(|p| p.name() == n.trim())
+                .with_context(|| {
+                    let known: Vec<_> = PEERS.iter().map(|p| p.name()).collect();
+                    format!("no enforcer {n:?}; known: {}", known.join(", "))
+                })
+        })
+        .collect()
+}
+
 /// `quick`: one repetition at 10 and 1,000 rules, nothing written: for
-/// trying the set-up.
-pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
+/// trying the set-up; `only`, with it, keeps to those enforcers.
+pub fn report(bin: &Path, out: &Path, quick: bool, only: Option<&[Peer]>) -> anyhow::Result<()> {
     let started = Instant::now();
     let machine = report::Machine::read();
     anyhow::ensure!(
@@ -690,6 +720,9 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
             let first = (rep * 3 + size_at) % GROUPS.len();
             for group in GROUPS.iter().cycle().skip(first).take(GROUPS.len()) {
                 for &peer in group.iter() {
+                    if only.is_some_and(|o| !o.contains(&peer)) {
+                        continue;
+                    }
                     bench.apply(peer, n)?;
                     for &case in peer.cases() {
                         let s = bench.measure(peer, case)?;
@@ -704,6 +737,12 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
                         results.entry((peer, case, n)).or_default().push(s.pps);
                     }
                     bench.clear(peer)?;
+                    // The XDP run, which takes the daemon down, is left out.
+                    if peer == Peer::Palisade
+                        && only.is_some_and(|o| !o.contains(&Peer::PalisadeXdp))
+                    {
+                        bench.palisade_down()?;
+                    }
                 }
             }
         }

@@ -70,7 +70,11 @@ pub mod size {
     pub const ENDPOINTS: u32 = 1_024;
     pub const POLICY: u32 = 65_536;
     pub const POLICY_PORT: u32 = 131_072;
-    pub const CT4: u32 = 65_536;
+    /// Both local endpoints of a pod-to-pod flow track it, so 65,536 held
+    /// a flood of 64k flows between two pods only by evicting every flow
+    /// before its next packet; this is the size of Cilium's default table
+    /// for non-TCP flows (ABI 7).
+    pub const CT4: u32 = 262_144;
     pub const CT6: u32 = 32_768;
     pub const FRAGS: u32 = 8_192;
     pub const COUNTERS: u32 = 16_384;

@@ -298,12 +298,20 @@ const CROWD: &str = "chaos-crowd.yaml";
 
 async fn full_maps(lab: &mut Lab) -> anyhow::Result<String> {
     let mut notes = Vec::new();
-    // Conntrack: new flows from x/a to two pods it may reach, past the
-    // map's size; the held flows are in use all along and must stay.
-    // To a port nothing listens on: a flood into the probed listeners
-    // would fill their sockets and fail probes Palisade passed.
-    let to = vec![(lab.ipv4_of("y/a")?, 9), (lab.ipv4_of("y/c")?, 9)];
-    let f = flood(lab.netns_of("x/a")?, lab.ipv4_of("x/a")?, to, 129_000).await?;
+    // Conntrack: new flows from x/a to two pods it may reach, twice the
+    // map's size (x/a's egress tracks every one, whatever y's ingress
+    // says); the held flows are in use all along and must stay. To ports
+    // nothing listens on: a flood into the probed listeners would fill
+    // their sockets and fail probes Palisade passed. A target takes 64,512
+    // flows (one per source port), so eight targets for 2 x 262,144.
+    let mut to = Vec::new();
+    for pod in ["y/a", "y/c"] {
+        for port in [9, 13, 17, 19] {
+            to.push((lab.ipv4_of(pod)?, port));
+        }
+    }
+    let flows = 2 * u64::from(ebpf_common::maps::size::CT4);
+    let f = flood(lab.netns_of("x/a")?, lab.ipv4_of("x/a")?, to, flows).await?;
     notes.push(format!(
         "{} new UDP flows in {:.1} s (conntrack holds {})",
         f.packets,
