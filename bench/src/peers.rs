@@ -423,8 +423,11 @@ impl Bench {
         Ok(())
     }
 
-    /// Palisade's conntrack emptied, so that each allow run starts from the
-    /// same state (the previous run's flows are the same 64k).
+    /// Palisade's conntrack emptied, so that each run starts from the same
+    /// state: an allow run would otherwise find the previous one's flows
+    /// (the same 64k), and a deny run's lookups, which all miss, would walk
+    /// buckets that hold whatever the runs before it left, so its figure
+    /// would depend on the order the enforcers rotate through.
     fn palisade_forget_flows(&self) -> anyhow::Result<()> {
         let map = Map::from_map_data(MapData::from_pin(self.pins.map(maps::CT4))?)?;
         let mut ct: BpfHash<MapData, Ct4Key, CtValue> = BpfHash::try_from(map)?;
@@ -634,7 +637,7 @@ impl Bench {
     }
 
     fn measure(&self, peer: Peer, case: Case) -> anyhow::Result<Sample> {
-        if case == Case::Allow && matches!(peer, Peer::Palisade | Peer::PalisadeXdp) {
+        if matches!(peer, Peer::Palisade | Peer::PalisadeXdp) {
             self.palisade_forget_flows()?;
         }
         let mut trafgen = self.flood(case)?;
