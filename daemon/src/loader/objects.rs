@@ -35,7 +35,6 @@ const POD_DATAPATH: &[&str] = &[
     maps::COUNTER_CELLS,
     maps::ENDPOINTS,
     maps::ENDPOINT_SLOTS,
-    maps::OPENED,
     maps::IDENTITY,
     maps::IDENTITY_HOST,
     maps::POLICY,
