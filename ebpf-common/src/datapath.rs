@@ -70,6 +70,23 @@ impl EndpointValue {
     }
 }
 
+/// Slots of `PAL_EP_OPENED`, a power of two, fixed: an endpoint's id
+/// picks one, and each slot has an entry per direction.
+pub const OPENED_SLOTS: u32 = 4096;
+
+/// The entry of `PAL_EP_OPENED` that is non-zero once a flow opened in
+/// `dir` at `endpoint` has been tracked (by any CPU, since any daemon of
+/// this ABI, or carried over from an older one). Endpoints whose ids share
+/// a slot share their entries: that only ever sets more of them.
+///
+/// What it buys: at an endpoint that never tracked a flow opened in the
+/// other direction, no packet can be the reply of one, so a packet whose
+/// new flow's verdict is a cached drop is dropped without the conntrack
+/// lookup (`kernel::pod`, "a denied flood").
+pub const fn opened_index(endpoint: u32, dir: u32) -> u32 {
+    (endpoint & (OPENED_SLOTS - 1)) * 2 + (dir & 1)
+}
+
 /// Slots of the endpoint index (`PAL_EP_SLOTS`): a power of two, fixed.
 pub const ENDPOINT_SLOTS: u32 = 4096;
 
@@ -409,6 +426,7 @@ const _: () = {
     assert!(size_of::<EndpointValue>() == 12);
     assert!(size_of::<EndpointSlot>() == 36);
     assert!(ENDPOINT_SLOTS.is_power_of_two());
+    assert!(OPENED_SLOTS.is_power_of_two());
     assert!(size_of::<PolicyKey>() == 16);
     assert!(size_of::<PolicyValue>() == 8);
     assert!(size_of::<Ct4Key>() == 16);

@@ -40,6 +40,9 @@ pub const ENDPOINTS: &str = "PAL_ENDPOINTS";
 /// Endpoints by a slot of their interface's index, before `PAL_ENDPOINTS`
 /// ([`crate::datapath::EndpointSlot`]).
 pub const ENDPOINT_SLOTS: &str = "PAL_EP_SLOTS";
+/// Whether each endpoint ever tracked a flow opened in each direction
+/// ([`crate::datapath::opened_index`]).
+pub const OPENED: &str = "PAL_EP_OPENED";
 pub const POLICY: &str = "PAL_POLICY";
 /// Entries for one protocol and one port: exact match, looked up before the
 /// trie, which then only holds ranges and wildcards.
@@ -166,6 +169,7 @@ pub const SPECS: &[MapSpec] = &[
         kind::ARRAY,
         crate::datapath::ENDPOINT_SLOTS,
     ),
+    spec::<u32, u32>(OPENED, kind::ARRAY, crate::datapath::OPENED_SLOTS * 2),
     lpm::<PolicyKey>(POLICY, size_of::<PolicyValue>() as u32, size::POLICY),
     spec::<PolicyKey, PolicyValue>(POLICY_PORT, kind::HASH, size::POLICY_PORT),
     spec::<Ct4Key, CtValue>(CT4, kind::LRU_HASH, size::CT4),

@@ -261,6 +261,17 @@ fn a_server_push_survives_an_abi_upgrade() -> anyhow::Result<()> {
     daemon.restart(&palisade_bin()?, &lab.node)?;
     commit_and_wait(&mut daemon)?;
     assert!(!older.root().exists(), "the older ABI's pins were retired");
+    // b tracked a flow opened in ingress: the carried flow marks it so,
+    // or a drop cached for b's egress would keep its pushes from
+    // conntrack (`ebpf_common::datapath::opened_index`).
+    let b_id = endpoint_ids(["x/a", "x/b"].into_iter())["x/b"];
+    let marks: aya::maps::Array<MapData, u32> = pinned(&t.pins, maps::OPENED)?;
+    let ingress = ebpf_common::datapath::direction::INGRESS;
+    assert_eq!(
+        marks.get(&ebpf_common::datapath::opened_index(b_id, ingress), 0)?,
+        1,
+        "the carried flow did not mark b as having tracked an ingress flow"
+    );
 
     server.write_all(b"2")?;
     client

@@ -728,3 +728,34 @@ fn an_interface_whose_slot_another_endpoint_holds_is_judged_by_its_own_policy() 
     h.expect(IN, &v4_tcp(B, A, 5, 22, SYN), true, "allow_policy", "a swap through the slot")?;
     Ok(())
 }
+
+#[rustfmt::skip]
+#[test]
+fn a_cached_drop_never_hides_the_reply_of_a_flow_opened_the_other_way() -> anyhow::Result<()> {
+    use aya::maps::{Array, Map, MapData};
+    use ebpf_common::datapath::opened_index;
+
+    // The verdict cache and the denied-flood hint are per CPU.
+    pin_to_one_cpu()?;
+    let mut h = harness()?;
+    let opened = |h: &Harness, dir: u32| -> anyhow::Result<u32> {
+        let map = Map::from_map_data(MapData::from_pin(h.t.pins.map(maps::OPENED))?)?;
+        let marks: Array<MapData, u32> = Array::try_from(map)?;
+        Ok(marks.get(&opened_index(EP, dir), 0)?)
+    };
+    // A's egress to B on TCP is isolated: the second packet's drop comes
+    // from the verdict cache, the third's from the cache before conntrack.
+    for _ in 0..3 {
+        h.expect(OUT, &v4_tcp(A, B, 80, 40000, ACK), false, "drop_default_deny", "egress TCP to B")?;
+    }
+    anyhow::ensure!(opened(&h, IN)? == 0, "A is marked before it tracked any ingress flow");
+    h.expect(IN, &v4_tcp(B, A, 40000, 80, SYN), true, "allow_policy", "B opens a flow to A's port 80")?;
+    anyhow::ensure!(opened(&h, IN)? == 1, "the tracked ingress flow left no mark");
+    anyhow::ensure!(opened(&h, OUT)? == 0, "an ingress flow marked egress");
+    // Its replies have the cached drop's key, and pass.
+    h.expect(OUT, &v4_tcp(A, B, 80, 40000, SYN | ACK), true, "allow_reply", "the reply, past the cached drop")?;
+    h.expect(OUT, &v4_tcp(A, B, 80, 40000, ACK), true, "allow_reply", "and the next")?;
+    // A flow nobody opened the other way is still dropped.
+    h.expect(OUT, &v4_tcp(A, B, 81, 40000, SYN), false, "drop_default_deny", "another egress flow")?;
+    Ok(())
+}

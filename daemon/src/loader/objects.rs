@@ -35,6 +35,7 @@ const POD_DATAPATH: &[&str] = &[
     maps::COUNTER_CELLS,
     maps::ENDPOINTS,
     maps::ENDPOINT_SLOTS,
+    maps::OPENED,
     maps::IDENTITY,
     maps::IDENTITY_HOST,
     maps::POLICY,

@@ -9,17 +9,20 @@
 //! ([`ebpf_common::CT_LAYOUT_SINCE`]), the daemon taking over copies its
 //! entries before it takes the links over. Each copy carries an epoch that
 //! is not current: the flow is judged again at its next packet, from the
-//! side that opened it, by the policy and identities now in force.
+//! side that opened it, by the policy and identities now in force. Each
+//! copied flow also marks its endpoint as having tracked a flow opened in
+//! its direction (`PAL_EP_OPENED`), so that its replies are still looked
+//! up in conntrack (`ebpf_common::datapath::opened_index`).
 
 use std::path::Path;
 
 use aya::{
     Pod,
-    maps::{HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData},
 };
 use ebpf_common::{
     ABI_VERSION, CT_LAYOUT_SINCE,
-    datapath::{Ct4Key, Ct6Key, CtValue},
+    datapath::{Ct4Key, Ct6Key, CtValue, opened_index},
     maps,
 };
 
@@ -47,8 +50,8 @@ pub fn carry_over(pins: &PinDir, stale_epoch: u32) -> Carried {
         }
         let mut flows = 0;
         for result in [
-            copy::<Ct4Key>(&old.map(maps::CT4), &pins.map(maps::CT4), stale_epoch),
-            copy::<Ct6Key>(&old.map(maps::CT6), &pins.map(maps::CT6), stale_epoch),
+            copy::<Ct4Key>(pins, &old.map(maps::CT4), &pins.map(maps::CT4), stale_epoch),
+            copy::<Ct6Key>(pins, &old.map(maps::CT6), &pins.map(maps::CT6), stale_epoch),
         ] {
             match result {
                 Ok(n) => flows += n,
@@ -62,7 +65,7 @@ pub fn carry_over(pins: &PinDir, stale_epoch: u32) -> Carried {
     carried
 }
 
-fn copy<K: Pod>(from: &Path, to: &Path, stale_epoch: u32) -> anyhow::Result<u64> {
+fn copy<K: Pod>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyhow::Result<u64> {
     let open = |path: &Path| -> anyhow::Result<HashMap<MapData, K, CtValue>> {
         let map = Map::from_map_data(MapData::from_pin(path)?)?;
         // The key and value sizes are checked here, against K and CtValue.
@@ -75,12 +78,22 @@ fn copy<K: Pod>(from: &Path, to: &Path, stale_epoch: u32) -> anyhow::Result<u64>
         Err(e) => return Err(e.context(from.display().to_string())),
     };
     let mut new = open(to)?;
+    let mut opened: Array<MapData, u32> = Array::try_from(Map::from_map_data(MapData::from_pin(
+        pins.map(maps::OPENED),
+    )?)?)?;
     let mut n = 0;
     for entry in old.iter() {
         // An entry the kernel evicted while we walked ends the walk early
         // at worst: those flows are judged afresh, as without the copy.
         let Ok((key, mut value)) = entry else { break };
         value.epoch = stale_epoch;
+        // The mark first, as the datapath does: the entry is never there
+        // without it.
+        opened.set(
+            opened_index(value.endpoint, u32::from(value.direction)),
+            &1,
+            0,
+        )?;
         new.insert(&key, &value, 0)?;
         n += 1;
     }

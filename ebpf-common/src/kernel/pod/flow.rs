@@ -18,7 +18,7 @@ use crate::{
 
 use super::{
     conntrack::{self, Sides, advance, expired},
-    maps::{PAL_FRAGS, PAL_TC_STATS},
+    maps::{PAL_FRAGS, PAL_TC_STATS, set_opened},
     policy::{Verdict, evaluate},
     scratch::{Lookup, Scratch},
 };
@@ -251,6 +251,9 @@ pub fn track(
         ..CtValue::default()
     };
     advance(&mut value, s.pkt.protocol, s.pkt.tcp_flags, false, now);
+    // Before the entry: a reply can only follow an entry that exists, and
+    // must then find the mark set (`maps::opened`).
+    set_opened(endpoint, dir);
     if !conntrack::insert(s.pkt.v6, &s.ct4, &s.ct6, &value) {
         crate::kernel::count(&PAL_TC_STATS, dir, reason::CT_MAP_FULL, 0);
     }

@@ -5,8 +5,8 @@
 use crate::{
     datapath::{
         ADDR_LEN, COUNTER_CELLS, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, ENDPOINT_SLOTS,
-        EndpointSlot, EndpointValue, FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue,
-        endpoint_slot,
+        EndpointSlot, EndpointValue, FragKey, FragValue, IdentityValue, OPENED_SLOTS, PolicyKey,
+        PolicyValue, endpoint_slot, opened_index,
     },
     maps::size,
     stats::{Counter, STATS_ENTRIES},
@@ -33,6 +33,36 @@ pub static PAL_ENDPOINTS: HashMap<u32, EndpointValue> =
 
 #[map(name = "PAL_EP_SLOTS")]
 pub static PAL_EP_SLOTS: Array<EndpointSlot> = Array::with_max_entries(ENDPOINT_SLOTS, 0);
+
+#[map(name = "PAL_EP_OPENED")]
+pub static PAL_EP_OPENED: Array<u32> = Array::with_max_entries(OPENED_SLOTS * 2, 0);
+
+/// Whether `endpoint` may have tracked a flow opened in `dir`.
+#[inline(always)]
+pub fn opened(endpoint: u32, dir: u32) -> bool {
+    // An entry that cannot be read answers yes: the caller then asks
+    // conntrack, as without the shortcut.
+    PAL_EP_OPENED
+        .get(opened_index(endpoint, dir))
+        .is_none_or(|&v| v != 0)
+}
+
+/// Records that `endpoint` tracks a flow opened in `dir`. A plain store
+/// of one value, not a read-modify-write, so CPUs setting it at once lose
+/// nothing; written only when not yet set, so the line is not dirtied on
+/// every new flow.
+#[inline(always)]
+pub fn set_opened(endpoint: u32, dir: u32) {
+    if let Some(p) = PAL_EP_OPENED.get_ptr_mut(opened_index(endpoint, dir)) {
+        // SAFETY: a pointer into an array value, valid for this run; a
+        // racing store writes the same value.
+        unsafe {
+            if core::ptr::read_volatile(p) == 0 {
+                core::ptr::write_volatile(p, 1);
+            }
+        }
+    }
+}
 
 /// The endpoint on `ifindex`: from its slot of the index when it holds
 /// that interface (an inlined array read), else from `PAL_ENDPOINTS`.

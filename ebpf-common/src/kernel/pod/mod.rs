@@ -17,10 +17,10 @@ use maps::{PAL_CNT_CELLS, PAL_COUNTERS, PAL_TC_STATS};
 use policy::Verdict;
 
 use crate::{
-    datapath::CounterKey,
+    datapath::{CounterKey, direction},
     kernel::{
         count, count_detail, count_detail_at,
-        parse::{Kind, parse},
+        parse::{Kind, frag, parse},
     },
     reason,
 };
@@ -65,6 +65,17 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     } else {
         (0, 0)
     };
+    // A denied flood: right after a packet at this interface and in this
+    // direction was dropped by its new flow's cached verdict, the next one
+    // tries that cache before conntrack (`cached_drop`). A packet it does
+    // not settle clears the hint, so allowed traffic pays for the try at
+    // most once after each such drop.
+    if parsed_ip && s.deny_hint == hint(ifindex, dir) {
+        if let Some((verdict, endpoint)) = cached_drop(s, ifindex, dir, epoch) {
+            return conclude(s, endpoint, dir, &verdict, true, now, bytes);
+        }
+        s.deny_hint = 0;
+    }
     let mut untracked = None;
     if parsed_ip {
         match flow::established(s, dir, epoch, now) {
@@ -96,6 +107,8 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         {
             if verdict.pass {
                 flow::track(s, endpoint, dir, &verdict, epoch, now, src_is_lo);
+            } else {
+                s.deny_hint = hint(ifindex, dir);
             }
             return conclude(s, endpoint, dir, &verdict, true, now, bytes);
         }
@@ -117,6 +130,41 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         verdicts::store(slot, key, epoch, ep.endpoint, &verdict);
     }
     conclude(s, ep.endpoint, dir, &verdict, parsed_ip, now, bytes)
+}
+
+/// [`scratch::Scratch::deny_hint`]'s value for an interface and direction
+/// (never 0: the direction is stored plus one).
+#[inline(always)]
+fn hint(ifindex: u32, dir: u32) -> u64 {
+    u64::from(ifindex) << 32 | u64::from(dir + 1)
+}
+
+/// The cached drop for the packet's new flow, where the packet cannot be
+/// part of a tracked flow that conntrack would pass:
+/// - a flow opened in this direction was judged by the same policy under
+///   the same epoch, which the cache says drops it (under an older epoch
+///   its next packet would be judged again, and dropped);
+/// - a flow opened in the other direction needs this endpoint to have
+///   tracked one (`maps::opened`), which it never did.
+///
+/// Fragments and ICMP errors are left to the slow path, as ever.
+#[inline(always)]
+fn cached_drop(
+    s: &mut scratch::Scratch,
+    ifindex: u32,
+    dir: u32,
+    epoch: u32,
+) -> Option<(Verdict, u32)> {
+    if s.pkt.frag != frag::NONE || s.pkt.is_related {
+        return None;
+    }
+    s.pkt.map_addresses();
+    let (key, slot) = verdicts::slot(s, ifindex, dir);
+    let (verdict, endpoint) = verdicts::cached(s.verdicts.get(slot)?, &key, epoch)?;
+    if verdict.pass || maps::opened(endpoint, direction::opposite(dir)) {
+        return None;
+    }
+    Some((verdict, endpoint))
 }
 
 /// Reports a drop or audit verdict, counts the verdict, and returns

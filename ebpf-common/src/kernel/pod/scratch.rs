@@ -1,8 +1,8 @@
 //! Per-CPU working memory. The eBPF stack is 512 bytes; a parsed packet and
 //! the keys built from it do not fit beside the call frames, so they live
 //! in a one-slot per-CPU array instead. Not pinned: apart from the event
-//! rate limiter and the cache of new flows' verdicts, it holds nothing
-//! between runs.
+//! rate limiter, the cache of new flows' verdicts and the denied-flood
+//! hint, it holds nothing between runs.
 
 use crate::{
     datapath::{ADDR_LEN, Ct4Key, Ct6Key, FragKey, PolicyKey},
@@ -30,6 +30,9 @@ pub struct Scratch {
     pub ct6: Ct6Key,
     pub frag: FragKey,
     pub lookup: Lookup,
+    /// Persists too: the interface and direction (`super::hint`) whose
+    /// last packet on this CPU was dropped by a cached verdict; 0 for none.
+    pub deny_hint: u64,
     /// Persists too: new flows' verdicts (`super::verdicts`).
     pub verdicts: [super::verdicts::VerdictSlot; super::verdicts::SLOTS as usize],
 }
