@@ -242,9 +242,12 @@ const TRACKED: &[(u32, Op)] = &[
 /// detailed counter, and the event rate limit's clock (a budget the daemon
 /// refills would do without it).
 ///
-/// - conntrack is asked for every IP packet: a packet that policy would
-///   deny may be a reply of a flow opened from the other side, and that
-///   state is shared by every CPU, so no per-CPU cache can answer for it;
+/// - conntrack is asked for an IP packet that may be a reply: one that
+///   policy would deny may belong to a flow opened from the other side,
+///   and that state is shared by every CPU, so no per-CPU cache can answer
+///   for it; but where the endpoint never tracked a flow opened the other
+///   way, one shared array entry says so, and a repeated denied packet
+///   needs that instead (`PAL_EP_OPENED`);
 /// - a tracked flow needs the epoch (has policy changed since it was
 ///   judged?) and the clock (has it idled out?);
 /// - a packet whose verdict a per-CPU cache holds needs the epoch to trust
@@ -274,7 +277,7 @@ const CASES: [Case; 9] = [
     },
     Case {
         name: "denied",
-        floor: &[(1, Op::LruMiss), (1, Op::Array), (2, Op::PerCpu)],
+        floor: &[(2, Op::Array), (2, Op::PerCpu)],
         single: false,
     },
     Case {

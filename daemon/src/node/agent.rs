@@ -627,7 +627,7 @@ impl<S: Source> Agent<S> {
                 self.options.resync
             } else {
                 retries += 1;
-                Duration::from_millis((5u64 << retries.min(4)).min(50))
+                Duration::from_millis((5u64 << (retries - 1).min(4)).min(50))
             };
             // With the links watched, a pass woken by the source or by a
             // retry may trust the last pass's placements (no link came or
