@@ -16,6 +16,7 @@
 //! peak RSS and its maps' memory, and where a pass's time goes. Written to
 //! `churn.md` and `churn.csv`; the last line is the `churn:` line.
 
+mod attach;
 mod firewall;
 mod model;
 mod process;
@@ -49,6 +50,8 @@ use report::{Breakdown, Machine, Run, Sample};
 
 /// The daemon's own default drift-repair period (`palisade daemon`).
 const RESYNC_MS: u64 = 2000;
+/// Fresh veths whose TC attach is timed on its own (`attach`).
+const ATTACH_VETHS: usize = 20;
 /// How long one change may take to be in force, and a start.
 const CHANGE_LIMIT: Duration = Duration::from_secs(120);
 const START_LIMIT: Duration = Duration::from_secs(600);
@@ -664,6 +667,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     let replays = if quick { QUICK_REPLAYS } else { REPLAYS };
     let (breakdown, full_read_ms, full_compile_ms) =
         replay(&cluster, scale, replays, &scratch.0.join("replay"))?;
+    let tcx_attach = attach::measure(ATTACH_VETHS)?;
     let run = Run {
         scale,
         machine: machine.finish(started),
@@ -681,6 +685,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         iptables_base_s,
         fw_size,
         idle_pass_ms,
+        tcx_attach,
         full_read_ms,
         full_compile_ms,
         daemon_own,

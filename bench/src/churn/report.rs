@@ -82,6 +82,9 @@ pub struct Run {
     pub fw_size: (usize, usize, usize),
     /// A pass with nothing changed (the resync), the daemon's own figure.
     pub idle_pass_ms: Option<f64>,
+    /// Both TC programs attached to fresh veths after the run, the daemon
+    /// stopped (`None` without TCX).
+    pub tcx_attach: Option<super::attach::AttachTimes>,
     /// The whole source read and compiled from nothing, in process.
     pub full_read_ms: f64,
     pub full_compile_ms: f64,
@@ -338,6 +341,13 @@ fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> 
         );
     }
     t.push('\n');
+    if let Some(a) = &run.tcx_attach {
+        let _ = writeln!(
+            t,
+            "A local pod's veth gets Palisade's two TC programs before anything of its pod is enforced. Timed on their own after the run (the daemon stopped), on {} fresh bridge ports of a throwaway lab node: {:.1} ms a TCX link, {:.1} ms a veth (medians). The kernel creates each link under its routing lock and then waits for an RCU grace period before the new program list is used (`tcx_entry_sync`), so the two links of a veth cannot overlap: that wait is in every local pod added, in the pass that quarantines its veth or the one that places it.\n",
+            a.veths, a.link_ms, a.veth_ms
+        );
+    }
     t
 }
 
@@ -415,6 +425,7 @@ mod tests {
             iptables_base_s: 0.0,
             fw_size: (0, 0, 0),
             idle_pass_ms: None,
+            tcx_attach: None,
             full_read_ms: 0.0,
             full_compile_ms: 0.0,
             daemon_own: BTreeMap::new(),
