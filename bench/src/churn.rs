@@ -447,6 +447,8 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     let _ = fs::remove_dir_all(&scratch.0);
     fs::create_dir_all(&scratch.0)?;
 
+    // First, on a machine not yet tearing down the run's namespaces.
+    let tcx_attach = attach::measure(ATTACH_VETHS)?;
     let t = Instant::now();
     let mut lab = BridgeLab::new(scale.local)?;
     let local_ips: Vec<Ipv4Addr> = lab.pods.iter().map(|p| p.ip).collect();
@@ -667,7 +669,6 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     let replays = if quick { QUICK_REPLAYS } else { REPLAYS };
     let (breakdown, full_read_ms, full_compile_ms) =
         replay(&cluster, scale, replays, &scratch.0.join("replay"))?;
-    let tcx_attach = attach::measure(ATTACH_VETHS)?;
     let run = Run {
         scale,
         machine: machine.finish(started),

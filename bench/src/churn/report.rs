@@ -82,8 +82,8 @@ pub struct Run {
     pub fw_size: (usize, usize, usize),
     /// A pass with nothing changed (the resync), the daemon's own figure.
     pub idle_pass_ms: Option<f64>,
-    /// Both TC programs attached to fresh veths after the run, the daemon
-    /// stopped (`None` without TCX).
+    /// Both TC programs attached to fresh veths before the run, no daemon
+    /// running (`None` without TCX).
     pub tcx_attach: Option<super::attach::AttachTimes>,
     /// The whole source read and compiled from nothing, in process.
     pub full_read_ms: f64,
@@ -344,7 +344,7 @@ fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> 
     if let Some(a) = &run.tcx_attach {
         let _ = writeln!(
             t,
-            "A local pod's veth gets Palisade's two TC programs before anything of its pod is enforced. Timed on their own after the run (the daemon stopped), on {} fresh bridge ports of a throwaway lab node: {:.1} ms a TCX link, {:.1} ms a veth (medians). The kernel creates each link under its routing lock and then waits for an RCU grace period before the new program list is used (`tcx_entry_sync`), so the two links of a veth cannot overlap: that wait is in every local pod added, in the pass that quarantines its veth or the one that places it.\n",
+            "A local pod's veth gets Palisade's two TC programs before anything of its pod is enforced. Timed on their own before the run (no daemon, no lab yet), on {} fresh bridge ports of a throwaway lab node: {:.1} ms a TCX link, {:.1} ms a veth (medians). The kernel creates each link under its routing lock and then waits for an RCU grace period before the new program list is used (`tcx_entry_sync`), so the two links of a veth cannot overlap: that wait is in every local pod added, in the pass that quarantines its veth or the one that places it.\n",
             a.veths, a.link_ms, a.veth_ms
         );
     }
