@@ -448,7 +448,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     fs::create_dir_all(&scratch.0)?;
 
     // First, on a machine not yet tearing down the run's namespaces.
-    let tcx_attach = attach::measure(ATTACH_VETHS)?;
+    let tcx_attach = attach::measure(ATTACH_VETHS);
     let t = Instant::now();
     let mut lab = BridgeLab::new(scale.local)?;
     let local_ips: Vec<Ipv4Addr> = lab.pods.iter().map(|p| p.ip).collect();

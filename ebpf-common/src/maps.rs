@@ -76,7 +76,7 @@ pub mod size {
     /// Both local endpoints of a pod-to-pod flow track it, so 65,536 held
     /// a flood of 64k flows between two pods only by evicting every flow
     /// before its next packet; this is the size of Cilium's default table
-    /// for non-TCP flows (ABI 7).
+    /// for non-TCP flows (since ABI 7).
     pub const CT4: u32 = 262_144;
     pub const CT6: u32 = 32_768;
     pub const FRAGS: u32 = 8_192;

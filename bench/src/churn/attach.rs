@@ -24,21 +24,28 @@ pub struct AttachTimes {
 }
 
 /// Attaches both TC programs to each of `veths` fresh bridge ports of a
-/// throwaway lab node, timing each attach; `Ok(None)` where the kernel has
-/// no TCX (the clsact path the daemon takes there is another cost).
-pub fn measure(veths: usize) -> anyhow::Result<Option<AttachTimes>> {
+/// throwaway lab node, timing each attach. `None`, said on the terminal,
+/// where the kernel has no TCX (the clsact path the daemon takes there is
+/// another cost) or the measurement failed: it is a side figure, and the
+/// run goes on without it.
+pub fn measure(veths: usize) -> Option<AttachTimes> {
     let features = Features::probe();
     if !features.tcx {
         println!("  a new veth's TC links: not measured (no TCX on this kernel)");
-        return Ok(None);
+        return None;
     }
-    let base = std::path::Path::new(palisade::paths::BPFFS)
-        .join(format!("palisade-churn-attach-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let result = attach_all(&base, &features, veths);
-    // The links' pins go with the directory; the veths with the lab.
-    let _ = std::fs::remove_dir_all(&base);
-    let (mut links, mut per_veth) = result?;
+    let pins = Pins(
+        std::path::Path::new(palisade::paths::BPFFS)
+            .join(format!("palisade-churn-attach-{}", std::process::id())),
+    );
+    let _ = std::fs::remove_dir_all(&pins.0);
+    let (mut links, mut per_veth) = match attach_all(&pins.0, &features, veths) {
+        Ok(times) => times,
+        Err(e) => {
+            println!("  a new veth's TC links: not measured: {e:#}");
+            return None;
+        }
+    };
     let times = AttachTimes {
         link_ms: median(&mut links),
         veth_ms: median(&mut per_veth),
@@ -48,7 +55,21 @@ pub fn measure(veths: usize) -> anyhow::Result<Option<AttachTimes>> {
         "  a new veth's two TCX links, {veths} fresh veths: median {:.1} ms a link, {:.1} ms a veth",
         times.link_ms, times.veth_ms
     );
-    Ok(Some(times))
+    Some(times)
+}
+
+/// The measurement's pin directory, removed however the measurement ends
+/// (its links' pins with it; the veths go with the lab's namespaces).
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
 }
 
 fn attach_all(

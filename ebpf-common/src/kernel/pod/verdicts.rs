@@ -7,9 +7,11 @@
 //! for one flow holds for every later flow with the same five under the
 //! same epoch: a denied flood from one peer, or a client opening one
 //! connection after another, is then judged without the endpoint, identity
-//! and policy lookups. Conntrack is still asked first (a packet that policy
+//! and policy lookups. Conntrack is asked first (a packet that policy
 //! denies may be a reply of a flow opened from the other side), and only a
-//! packet it does not know comes here.
+//! packet it does not know comes here; except in a denied flood, where a
+//! cached drop is tried first at an endpoint that never tracked a flow
+//! opened the other way (`super::cached_drop`).
 //!
 //! Direct-mapped, one slot per hash of the key, in the per-CPU scratch
 //! (already at hand: no map lookup, no per-CPU pointer to follow), no
