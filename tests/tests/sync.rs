@@ -219,7 +219,7 @@ fn a_relabelled_peer_is_patched_in_place() -> anyhow::Result<()> {
         let mut p: Vec<u32> = held
             .get(&(before.endpoint, before.generation()))
             .into_iter()
-            .flatten()
+            .flat_map(|entries| entries.iter())
             .map(|(k, _)| k.data().peer)
             .collect();
         p.sort_unstable();

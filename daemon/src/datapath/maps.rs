@@ -132,7 +132,10 @@ pub fn lookup_flags(entries: &[PolicyEntry]) -> u32 {
 }
 
 /// The policy maps' entries by (endpoint, generation), as read at one time.
-pub type HeldPolicy = std::collections::HashMap<(u32, u8), Vec<(Key<PolicyKey>, PolicyValue)>>;
+/// Shared: a pass's record of what it wrote hands its entries on to the
+/// next pass without a copy.
+pub type HeldPolicy =
+    std::collections::HashMap<(u32, u8), std::sync::Arc<Vec<(Key<PolicyKey>, PolicyValue)>>>;
 
 /// Typed handles on the pinned datapath maps. Only the syncer writes
 /// through them (tests and benchmarks aside): the fields are private so
@@ -438,7 +441,8 @@ impl DatapathMaps {
     /// Every policy entry the maps hold, by (endpoint, generation), in one
     /// pass over both maps.
     pub fn held_policy(&self) -> Result<HeldPolicy, DatapathError> {
-        let mut out = HeldPolicy::new();
+        let mut out: std::collections::HashMap<(u32, u8), Vec<_>> =
+            std::collections::HashMap::new();
         for item in self.policy.iter() {
             let (key, value) = item.map_err(|source| DatapathError::Read {
                 name: maps::POLICY,
@@ -458,7 +462,10 @@ impl DatapathMaps {
                 .or_default()
                 .push((Key::new(POLICY_PREFIX_FULL, d), value));
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|(at, entries)| (at, std::sync::Arc::new(entries)))
+            .collect())
     }
 
     fn keys_held(

@@ -3,7 +3,10 @@
 //! differs from the desired entries, or by an in-place patch where only
 //! the entries of identities that moved differ (see [`bring`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use aya::maps::lpm_trie::Key;
 use ebpf_common::datapath::{EndpointValue, PolicyKey, PolicyValue, action, policy_flags};
@@ -24,22 +27,58 @@ use crate::{
 /// What a pass that failed nothing left in the identity and policy maps,
 /// for the next pass to trust instead of reading the maps (see
 /// `Syncer::apply_trusting`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Written {
     addresses: BTreeMap<IpNet, u32>,
     /// By name: ifindex, endpoint id, policy.
     endpoints: BTreeMap<String, (u32, u32, EndpointPolicy)>,
+    /// By name: an endpoint's policy as map entries ([`expand`]) under the
+    /// generation it was written to, where a pass had them at hand. The
+    /// next change to that endpoint starts from them instead of expanding
+    /// the old policy again: a relabel changes most endpoints, pass after
+    /// pass.
+    expanded: Expanded,
+}
+
+/// Endpoints' entries as [`expand`] gives them, by name, with their
+/// generation.
+pub(super) type Expanded = HashMap<String, (u8, Arc<Vec<(Key<PolicyKey>, PolicyValue)>>)>;
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Written")
+            .field("addresses", &self.addresses)
+            .field("endpoints", &self.endpoints)
+            .field("expanded", &self.expanded.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Written {
-    pub(super) fn of(desired: &Desired<'_>) -> Self {
+    /// What a pass that failed nothing wrote: `desired`, with the
+    /// expansions the pass made, and those of `before` for the endpoints
+    /// it left as they were.
+    pub(super) fn of(desired: &Desired<'_>, mut expanded: Expanded, before: Option<&Self>) -> Self {
+        let endpoints: BTreeMap<String, (u32, u32, EndpointPolicy)> = desired
+            .endpoints
+            .iter()
+            .map(|(name, p)| (name.clone(), (p.ifindex, p.endpoint, p.policy.clone())))
+            .collect();
+        if let Some(before) = before {
+            for (name, record) in &endpoints {
+                if expanded.contains_key(name) || before.endpoints.get(name) != Some(record) {
+                    continue;
+                }
+                if let Some(e) = before.expanded.get(name) {
+                    expanded.insert(name.clone(), e.clone());
+                }
+            }
+        }
+        expanded.retain(|name, _| endpoints.contains_key(name));
         Self {
             addresses: desired.addresses.clone(),
-            endpoints: desired
-                .endpoints
-                .iter()
-                .map(|(name, p)| (name.clone(), (p.ifindex, p.endpoint, p.policy.clone())))
-                .collect(),
+            endpoints,
+            expanded,
         }
     }
 
@@ -91,10 +130,11 @@ impl Written {
                 continue;
             }
             let generation = value.generation();
-            held.insert(
-                (*endpoint, generation),
-                expand(*endpoint, generation, policy),
-            );
+            let entries = match self.expanded.get(name) {
+                Some((g, entries)) if *g == generation => entries.clone(),
+                _ => Arc::new(expand(*endpoint, generation, policy)),
+            };
+            held.insert((*endpoint, generation), entries);
         }
         Some(held)
     }
@@ -180,6 +220,8 @@ pub(super) struct Pass<'p> {
     /// What the last pass wrote, where this pass trusts it.
     trusted: Option<&'p Written>,
     pod_denies: prefilter::PodDenies,
+    /// The endpoints this pass found up to date or patched, as entries.
+    expanded: Expanded,
 }
 
 impl<'p> Pass<'p> {
@@ -208,6 +250,7 @@ impl<'p> Pass<'p> {
             report,
             trusted,
             pod_denies: prefilter::PodDenies::default(),
+            expanded: Expanded::new(),
         })
     }
 
@@ -270,7 +313,12 @@ impl<'p> Pass<'p> {
                 continue;
             }
             if let Some(cur) = live.get(&ifindex) {
-                match bring(cur, endpoint, policy, held, &moved) {
+                let (bring, wants) = bring_expanded(cur, endpoint, policy, held, &moved);
+                if let (Some(wants), Bring::UpToDate | Bring::Patch(_)) = (wants, &bring) {
+                    self.expanded
+                        .insert(name.clone(), (cur.generation(), Arc::new(wants)));
+                }
+                match bring {
                     Bring::UpToDate => {
                         // Its slot of the programs' index, repaired if need be.
                         if let Err(e) = self.maps.index_endpoint(ifindex, Some(*cur)) {
@@ -340,6 +388,13 @@ impl<'p> Pass<'p> {
                 Err(e) => self.report.errors.push(e.to_string()),
             }
         }
+    }
+}
+
+impl Pass<'_> {
+    /// The endpoints' entries this pass expanded, for [`Written::of`].
+    pub(super) fn into_expanded(self) -> Expanded {
+        self.expanded
     }
 }
 
@@ -457,6 +512,7 @@ fn expand(
 /// A relabel changes the peer sets of most endpoints by one identity: a
 /// patch writes those few entries instead of every endpoint's whole
 /// policy twice.
+#[cfg(test)]
 fn bring(
     cur: &EndpointValue,
     endpoint: u32,
@@ -464,13 +520,26 @@ fn bring(
     held: &HeldPolicy,
     moved: &HashSet<u32>,
 ) -> Bring {
+    bring_expanded(cur, endpoint, want, held, moved).0
+}
+
+/// [`bring`], with `want` as the entries of the live generation where it
+/// expanded it.
+fn bring_expanded(
+    cur: &EndpointValue,
+    endpoint: u32,
+    want: &EndpointPolicy,
+    held: &HeldPolicy,
+    moved: &HashSet<u32>,
+) -> (Bring, Option<Vec<(Key<PolicyKey>, PolicyValue)>>) {
     if cur.endpoint != endpoint || cur.flags != want.flags | lookup_flags(&want.entries) {
-        return Bring::Swap;
+        return (Bring::Swap, None);
     }
     let generation = cur.generation();
     // A record's entries come sorted (`expand`), the maps' own do not.
-    let holds: &[(Key<PolicyKey>, PolicyValue)] =
-        held.get(&(endpoint, generation)).map_or(&[], Vec::as_slice);
+    let holds: &[(Key<PolicyKey>, PolicyValue)] = held
+        .get(&(endpoint, generation))
+        .map_or(&[], |entries| entries.as_slice());
     let sorted;
     let holds = if holds.is_sorted_by_key(|(k, _)| slot(k)) {
         holds
@@ -512,7 +581,7 @@ fn bring(
         }
     }
     if patch.add.is_empty() && patch.remove.is_empty() {
-        return Bring::UpToDate;
+        return (Bring::UpToDate, Some(wants));
     }
     let peers_moved = patch
         .add
@@ -521,13 +590,13 @@ fn bring(
         .chain(&patch.remove)
         .all(|k| moved.contains(&k.data().peer));
     if !peers_moved {
-        return Bring::Swap;
+        return (Bring::Swap, None);
     }
     patch.add.sort_by_key(|(k, v)| (!restrictive(v), slot(k)));
     let mut removals: Vec<_> = restricting.into_iter().zip(patch.remove).collect();
     removals.sort_by_key(|(restricts, k)| (*restricts, slot(k)));
     patch.remove = removals.into_iter().map(|(_, k)| k).collect();
-    Bring::Patch(patch)
+    (Bring::Patch(patch), Some(wants))
 }
 
 #[cfg(test)]
@@ -572,7 +641,7 @@ mod tests {
             .iter()
             .flat_map(|e| policy_keys(EP, 1, e).map(|k| (k, e.value)))
             .collect();
-        (cur, [((EP, 1), entries)].into())
+        (cur, [((EP, 1), Arc::new(entries))].into())
     }
 
     fn in_place(

@@ -251,9 +251,9 @@ impl Syncer {
         }
         links::attach_new(self, desired, &mut report);
         let trusted = written.as_ref().filter(|_| trust);
-        write_maps(&mut self.maps, desired, &mut report, trusted)?;
+        let expanded = write_maps(&mut self.maps, desired, &mut report, trusted)?;
         if report.errors.is_empty() {
-            self.written = Some(Written::of(desired));
+            self.written = Some(Written::of(desired, expanded, trusted));
         }
         links::detach_unheld(self, desired, &mut report);
         if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
@@ -325,14 +325,10 @@ pub fn apply_maps_recorded(
 ) -> Result<Report, DatapathError> {
     let before = std::mem::take(written);
     let mut report = Report::default();
-    write_maps(
-        maps,
-        desired,
-        &mut report,
-        before.as_ref().filter(|_| trust),
-    )?;
+    let trusted = before.as_ref().filter(|_| trust);
+    let expanded = write_maps(maps, desired, &mut report, trusted)?;
     if report.errors.is_empty() {
-        *written = Some(Written::of(desired));
+        *written = Some(Written::of(desired, expanded, trusted));
     }
     Ok(report)
 }
@@ -342,10 +338,11 @@ fn write_maps(
     desired: &Desired<'_>,
     report: &mut Report,
     trusted: Option<&Written>,
-) -> Result<(), DatapathError> {
+) -> Result<endpoints::Expanded, DatapathError> {
     prefilter::keep_node_denies(maps, desired.node_denies, report);
     let mut pass = endpoints::Pass::read(maps, desired, report, trusted)?;
-    prefilter::in_order(&mut pass)
+    prefilter::in_order(&mut pass)?;
+    Ok(pass.into_expanded())
 }
 
 #[cfg(test)]
