@@ -42,7 +42,10 @@ pub struct Written {
 
 /// Endpoints' entries as [`expand`] gives them, by name, with their
 /// generation.
-pub(super) type Expanded = HashMap<String, (u8, Arc<Vec<(Key<PolicyKey>, PolicyValue)>>)>;
+pub(super) type Expanded = HashMap<String, (u8, Arc<Entries>)>;
+
+/// An endpoint's policy as map entries, in [`slot`] order.
+type Entries = Vec<(Key<PolicyKey>, PolicyValue)>;
 
 impl std::fmt::Debug for Written {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -531,7 +534,7 @@ fn bring_expanded(
     want: &EndpointPolicy,
     held: &HeldPolicy,
     moved: &HashSet<u32>,
-) -> (Bring, Option<Vec<(Key<PolicyKey>, PolicyValue)>>) {
+) -> (Bring, Option<Entries>) {
     if cur.endpoint != endpoint || cur.flags != want.flags | lookup_flags(&want.entries) {
         return (Bring::Swap, None);
     }
