@@ -54,8 +54,28 @@ pub struct Incremental {
     /// sorts duplicates out): a change that keeps every pod where it was
     /// keeps that.
     unique: bool,
+    /// Every pod's key, where `unique`: a pod that comes is checked
+    /// against it instead of indexing the cluster's pods again.
+    keys: FastSet<String>,
     /// Per kept pod: the indexes of the policies that select it.
     selecting: HashMap<String, Vec<usize>>,
+}
+
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
+/// Where in `pods` the pods that `keep` holds sit.
+fn positions(pods: &[Arc<Pod>], keep: impl Fn(&Arc<Pod>) -> bool) -> Vec<usize> {
+    pods.iter()
+        .enumerate()
+        .filter(|(_, p)| keep(p))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// A pod object's address: what a source did not touch is the same object
+/// in the next snapshot.
+fn object(pod: &Arc<Pod>) -> usize {
+    Arc::as_ptr(pod) as usize
 }
 
 /// What a change touched.
@@ -69,6 +89,18 @@ pub struct Change {
 
 /// A pod before and after a change (`None`: absent).
 type PodChange<'a> = (Option<&'a Pod>, Option<&'a Pod>);
+
+/// What [`Incremental::by_object`] found.
+enum Objects<'a> {
+    /// The pods that differ, and every pod object of the new snapshot
+    /// that the old one did not have (changed or not).
+    Changed {
+        changes: Vec<PodChange<'a>>,
+        came: FastSet<usize>,
+    },
+    /// A key that came is held already: a full compile sorts it out.
+    Duplicate,
+}
 
 /// What a change did to the identities.
 #[derive(Default)]
@@ -106,7 +138,8 @@ impl Incremental {
             addresses: tables.addresses(),
             ..Compiled::default()
         };
-        let unique = pod_index(&snapshot).is_some();
+        let keys: FastSet<String> = snapshot.pods.iter().map(|p| p.key()).collect();
+        let unique = keys.len() == snapshot.pods.len();
         let mut me = Self {
             snapshot,
             tables,
@@ -115,6 +148,7 @@ impl Incremental {
             scope,
             kept: Vec::new(),
             unique,
+            keys: if unique { keys } else { FastSet::default() },
             selecting: HashMap::new(),
         };
         me.find_kept();
@@ -148,18 +182,81 @@ impl Incremental {
                 by_namespace.entry(ns).or_default().insert(name);
             }
         }
-        self.kept = self
-            .snapshot
+        self.kept = positions(&self.snapshot.pods, |p| {
+            by_namespace
+                .get(p.namespace.as_str())
+                .is_some_and(|names| names.contains(p.name.as_str()))
+        });
+    }
+
+    /// [`Self::find_kept`] after pods came or went, from where the kept
+    /// pods were in `old`: a pod that is the same object is kept as it
+    /// was, and only the new objects (`came`) are looked up in the scope,
+    /// so the cluster's pods are not read.
+    fn find_kept_by_object(&mut self, old: &Snapshot, came: &FastSet<usize>) {
+        let Some(scope) = &self.scope else {
+            self.kept = (0..self.snapshot.pods.len()).collect();
+            return;
+        };
+        let was_kept: FastSet<usize> = self.kept.iter().map(|&i| object(&old.pods[i])).collect();
+        self.kept = positions(&self.snapshot.pods, |p| {
+            was_kept.contains(&object(p)) || (came.contains(&object(p)) && scope.contains(&p.key()))
+        });
+    }
+
+    /// The pods that differ between `old` and `new` when pods came or went,
+    /// found by object: the pods of each that are not an object of the
+    /// other, paired by key. `None` where this cannot tell (a namespace
+    /// relabelled changes pods that are the same objects; an object listed
+    /// twice; keys not known unique).
+    fn by_object<'a>(&mut self, old: &'a Snapshot, new: &'a Snapshot) -> Option<Objects<'a>> {
+        if !self.unique || old.pods.len() == new.pods.len() || old.namespaces != new.namespaces {
+            return None;
+        }
+        let old_objects: FastSet<usize> = old.pods.iter().map(object).collect();
+        let new_objects: FastSet<usize> = new.pods.iter().map(object).collect();
+        if old_objects.len() != old.pods.len() || new_objects.len() != new.pods.len() {
+            return None;
+        }
+        let mut gone: HashMap<String, &Pod> = old
             .pods
             .iter()
-            .enumerate()
-            .filter(|(_, p)| {
-                by_namespace
-                    .get(p.namespace.as_str())
-                    .is_some_and(|names| names.contains(p.name.as_str()))
-            })
-            .map(|(i, _)| i)
+            .filter(|p| !new_objects.contains(&object(p)))
+            .map(|p| (p.key(), &**p))
             .collect();
+        let mut changes = Vec::new();
+        let mut added = Vec::new();
+        let mut came = FastSet::default();
+        for b in new
+            .pods
+            .iter()
+            .filter(|p| !old_objects.contains(&object(p)))
+        {
+            came.insert(object(b));
+            let key = b.key();
+            match gone.remove(&key) {
+                Some(a) => {
+                    if a != &**b {
+                        changes.push((Some(a), Some(&**b)));
+                    }
+                }
+                None => {
+                    changes.push((None, Some(&**b)));
+                    added.push(key);
+                }
+            }
+        }
+        for key in gone.keys() {
+            self.keys.remove(key);
+        }
+        changes.extend(gone.into_values().map(|a| (Some(a), None)));
+        for key in added {
+            // Held by a pod that stayed, or by another that came.
+            if !self.keys.insert(key) {
+                return Some(Objects::Duplicate);
+            }
+        }
+        Some(Objects::Changed { changes, came })
     }
 
     fn in_scope(&self) -> impl Iterator<Item = &Pod> {
@@ -227,12 +324,24 @@ impl Incremental {
         if !policies.is_empty() && Tables::prefixes_of(&new) != self.tables.prefixes {
             return self.full();
         }
-        let Some((pods, same_places)) = pod_changes(&old, &new, self.unique) else {
-            return self.full();
+        let (pods, same_places, came) = match self.by_object(&old, &new) {
+            Some(Objects::Changed { changes, came }) => (changes, false, Some(came)),
+            Some(Objects::Duplicate) => return self.full(),
+            None => {
+                let Some((pods, same_places)) = pod_changes(&old, &new, self.unique) else {
+                    return self.full();
+                };
+                if !same_places || !self.unique {
+                    self.keys = new.pods.iter().map(|p| p.key()).collect();
+                }
+                (pods, same_places, None)
+            }
         };
         self.unique = true;
-        if !same_places {
-            self.find_kept();
+        match came {
+            Some(came) => self.find_kept_by_object(&old, &came),
+            None if !same_places => self.find_kept(),
+            None => {}
         }
         let namespaces_changed = old.namespaces != new.namespaces;
         if pods.is_empty() && policies.is_empty() && !namespaces_changed {

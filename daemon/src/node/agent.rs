@@ -166,6 +166,9 @@ pub struct Agent<S: Source> {
     remote_before: FastSet<IpAddr>,
     /// The last pass's pods behind no local veth, by pod object.
     remote_pods: RemotePods,
+    /// The links as the last pass read them, if it did (see
+    /// [`discover::Tables::with_links`]).
+    links_before: Option<discover::Links>,
 }
 
 type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
@@ -205,6 +208,8 @@ struct Placement {
     remote: FastSet<IpAddr>,
     /// The pods behind no local veth, by object (see [`RemotePods`]).
     remote_pods: FastMap<usize, IpAddr>,
+    /// The links the pass read, for the next one.
+    links_read: Option<discover::Links>,
 }
 
 impl<S: Source> Agent<S> {
@@ -287,6 +292,7 @@ impl<S: Source> Agent<S> {
             placed_before: BTreeMap::new(),
             remote_before: FastSet::default(),
             remote_pods: RemotePods::default(),
+            links_before: None,
         })
     }
 
@@ -333,8 +339,16 @@ impl<S: Source> Agent<S> {
             quarantined: &self.status.quarantined,
             remote: &self.remote_before,
             remote_pods: &self.remote_pods,
+            // Only a pass that follows no link notification may reuse them.
+            links_read: if links == Links::Quiet {
+                self.links_before.take()
+            } else {
+                None
+            },
         };
+        self.links_before = None;
         let mut placement = locate(&self.netlink, &snapshot, &self.options, before).await?;
+        self.links_before = placement.links_read.take();
         self.remote_before = std::mem::take(&mut placement.remote);
         self.remote_pods = RemotePods {
             _holds_pods: Some(snapshot.clone()),
@@ -762,23 +776,20 @@ async fn locate(
     let mut remote_pods: FastMap<usize, IpAddr> =
         FastMap::with_capacity_and_hasher(before.remote_pods.ips.len(), Default::default());
     let mut unresolved = Vec::new();
-    let mut tables = discover::Tables::new(netlink);
+    let mut tables = discover::Tables::with_links(netlink, before.links_read);
     // Most pods are other nodes': their keys are not even built.
     let placed_at: FastSet<IpAddr> = before.placed.values().map(|(ip, _)| *ip).collect();
     // The pods this pass keeps where they were, and the rest to locate.
     let mut fresh = Vec::new();
     for pod in &snapshot.pods {
-        if before.links == Links::Quiet
-            && let Some(&ip) = before.remote_pods.ips.get(&object(pod))
-        {
-            remote.insert(ip);
-            remote_pods.insert(object(pod), ip);
-            continue;
-        }
-        let Some(&ip) = pod.ips.first() else {
+        // A pod the last pass found remote is the same object with the
+        // same address: its address is known without reading the pod, and
+        // it was placed nowhere.
+        let remembered = before.remote_pods.ips.get(&object(pod)).copied();
+        let Some(ip) = remembered.or_else(|| pod.ips.first().copied()) else {
             continue;
         };
-        if placed_at.contains(&ip) && before.links != Links::Everything {
+        if remembered.is_none() && placed_at.contains(&ip) && before.links != Links::Everything {
             let key = pod.key();
             if let Some(&(was, veth)) = before.placed.get(&key)
                 && was == ip
@@ -789,7 +800,7 @@ async fn locate(
                 continue;
             }
         }
-        if before.links == Links::Quiet && before.remote.contains(&ip) {
+        if before.links == Links::Quiet && (remembered.is_some() || before.remote.contains(&ip)) {
             remote.insert(ip);
             remote_pods.insert(object(pod), ip);
             continue;
@@ -891,6 +902,7 @@ async fn locate(
         quarantined,
         remote,
         remote_pods,
+        links_read: tables.links_read(),
     })
 }
 
@@ -927,6 +939,8 @@ struct Before<'a> {
     remote: &'a FastSet<IpAddr>,
     /// The pods no local veth was behind, by object.
     remote_pods: &'a RemotePods,
+    /// The links as the last pass read them, when none changed since.
+    links_read: Option<discover::Links>,
 }
 
 impl Placement {

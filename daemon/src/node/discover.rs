@@ -222,48 +222,74 @@ fn lladdr(m: &NeighbourMessage) -> Option<&[u8]> {
 /// them, cost a prefix scan each rather than a netlink round trip.
 pub struct Tables<'a> {
     handle: &'a Handle,
-    links: Option<Vec<LinkMessage>>,
-    on_link: Option<Vec<IpNet>>,
+    links: Option<Links>,
+    /// By family: IPv4, IPv6.
+    on_link: [Option<Vec<IpNet>>; 2],
     neighbours: Option<Vec<NeighbourMessage>>,
     fdb: Option<Vec<NeighbourMessage>>,
 }
+
+/// A dump of the links, shared with the next pass when no link came, went
+/// or changed shape in between (see [`Tables::with_links`]).
+pub type Links = std::sync::Arc<Vec<LinkMessage>>;
 
 impl<'a> Tables<'a> {
     pub fn new(handle: &'a Handle) -> Self {
         Self {
             handle,
             links: None,
-            on_link: None,
+            on_link: [None, None],
             neighbours: None,
             fdb: None,
         }
     }
 
-    async fn links(&mut self) -> Result<&[LinkMessage], DiscoverError> {
-        if self.links.is_none() {
-            self.links = Some(self.handle.link().get().execute().try_collect().await?);
+    /// Tables that take `links` for the node's links instead of dumping
+    /// them: for a pass that link notifications say follows no change to
+    /// any link's kind, bridge or name, which is all these tables read of
+    /// a link. A link dump is the dearest read here (each link's message
+    /// carries its statistics and per-family settings: a few hundred
+    /// links are hundreds of kilobytes to parse).
+    pub fn with_links(handle: &'a Handle, links: Option<Links>) -> Self {
+        Self {
+            links,
+            ..Self::new(handle)
         }
-        Ok(self.links.as_deref().unwrap_or_default())
     }
 
-    /// The destinations of every table's routes that leave through a veth
-    /// or a bridge without a gateway: the only ones that can lead to a pod
-    /// of this node.
-    async fn on_link(&mut self) -> Result<&[IpNet], DiscoverError> {
-        if self.on_link.is_none() {
-            let mut routes = Vec::new();
-            for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-                let mut query = RouteMessage::default();
-                query.header.address_family = family;
-                let dump: Vec<RouteMessage> = self
-                    .handle
-                    .route()
-                    .get(query)
-                    .execute()
-                    .try_collect()
-                    .await?;
-                routes.extend(dump);
-            }
+    /// The links these tables read, or were given.
+    pub fn links_read(&self) -> Option<Links> {
+        self.links.clone()
+    }
+
+    async fn links(&mut self) -> Result<&[LinkMessage], DiscoverError> {
+        if self.links.is_none() {
+            let dump: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
+            self.links = Some(std::sync::Arc::new(dump));
+        }
+        Ok(self.links.as_deref().map_or(&[], Vec::as_slice))
+    }
+
+    /// The destinations of every table's routes of `ip`'s family that
+    /// leave through a veth or a bridge without a gateway: the only ones
+    /// that can lead to a pod of this node. A family no pod address asks
+    /// for is not read (an IPv4 cluster's node has hundreds of IPv6
+    /// link-local and local routes, one set per veth).
+    async fn on_link(&mut self, ip: IpAddr) -> Result<&[IpNet], DiscoverError> {
+        let (slot, family) = match ip {
+            IpAddr::V4(_) => (0, AddressFamily::Inet),
+            IpAddr::V6(_) => (1, AddressFamily::Inet6),
+        };
+        if self.on_link[slot].is_none() {
+            let mut query = RouteMessage::default();
+            query.header.address_family = family;
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await?;
             let mut on_link = Vec::new();
             for route in &routes {
                 if let Some(net) = self.on_link_destination(route).await? {
@@ -273,15 +299,15 @@ impl<'a> Tables<'a> {
             // Every veth brings its own fe80::/64, multicast and local
             // routes: hundreds of copies of a few prefixes, each asked for
             // every pod of the cluster. Their union is what counts.
-            self.on_link = Some(IpNet::aggregate(&on_link));
+            self.on_link[slot] = Some(IpNet::aggregate(&on_link));
         }
-        Ok(self.on_link.as_deref().unwrap_or_default())
+        Ok(self.on_link[slot].as_deref().unwrap_or_default())
     }
 
     /// Whether an on-link route through a veth or a bridge covers `ip`:
     /// only such an address can be a pod of this node.
     pub async fn may_be_local(&mut self, ip: IpAddr) -> Result<bool, DiscoverError> {
-        Ok(self.on_link().await?.iter().any(|net| net.contains(&ip)))
+        Ok(self.on_link(ip).await?.iter().any(|net| net.contains(&ip)))
     }
 
     async fn on_link_destination(

@@ -193,6 +193,43 @@ fn pods_and_policies_come_and_go_without_a_full_compile() {
     assert_eq!(inc.compiled(), &expected(&fresh, inc.scope.as_ref()));
 }
 
+/// Pods found by object: a scoped pod that comes, one rebuilt with the
+/// same contents (a file read again), one that goes, and a key that comes
+/// twice, each agreeing with a full compile.
+#[test]
+fn pods_that_come_or_go_are_found_by_object() {
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-in, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: b}}}]}]\n",
+    );
+    let scope: BTreeSet<String> = ["x/a".to_owned(), "x/new".to_owned()].into();
+    let mut inc = Incremental::scoped(Arc::new(s.clone()), scope);
+    // x/new comes, in scope; x/a is rebuilt as an equal object.
+    let mut next = s.clone();
+    let mut pod = (*next.pods[0]).clone();
+    pod.name = "new".into();
+    pod.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 1, 1))];
+    next.pods.insert(1, pod.into());
+    let a = next.pods.iter().position(|p| p.key() == "x/a").unwrap();
+    next.pods[a] = Arc::new((*next.pods[a]).clone());
+    let change = update_agrees(&mut inc, next.clone());
+    assert!(!change.full);
+    assert_eq!(change.endpoints, ["x/new"]);
+    assert_eq!(inc.compiled().endpoints.len(), 2, "x/a is still kept");
+    // A pod goes.
+    let mut fewer = next.clone();
+    fewer.pods.retain(|p| p.key() != "y/b");
+    assert!(!update_agrees(&mut inc, fewer.clone()).full);
+    // A pod comes under a key another pod holds: a full compile.
+    let mut twice = fewer.clone();
+    let mut copy = (*twice.pods[a]).clone();
+    copy.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2))];
+    twice.pods.push(copy.into());
+    assert!(update_agrees(&mut inc, twice).full);
+    // And back: the duplicate goes, the keys are unique again.
+    update_agrees(&mut inc, fewer);
+    assert!(inc.unique);
+}
+
 /// One random change of the standard model.
 #[derive(Clone, Debug)]
 enum Op {
