@@ -751,7 +751,7 @@ impl Incremental {
 }
 
 /// The namespaces added, removed or relabelled.
-fn changed_namespaces<'a>(old: &'a Snapshot, new: &'a Snapshot) -> HashSet<&'a str> {
+fn changed_namespaces<'a>(old: &'a Snapshot, new: &'a Snapshot) -> FastSet<&'a str> {
     old.namespaces
         .keys()
         .chain(new.namespaces.keys())

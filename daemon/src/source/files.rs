@@ -144,8 +144,13 @@ fn key_of(o: &Object) -> String {
 fn duplicates(
     files: &BTreeMap<PathBuf, BTreeMap<String, Object>>,
 ) -> (BTreeSet<(&Path, &str)>, Vec<String>) {
-    let mut first: HashMap<&str, &Path> =
-        HashMap::with_capacity(files.values().map(BTreeMap::len).sum());
+    // Every object's key on every change: a fast hasher (the keys are the
+    // source's own file names and objects, seeded per process).
+    let mut first: HashMap<&str, &Path, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(
+            files.values().map(BTreeMap::len).sum(),
+            foldhash::fast::RandomState::default(),
+        );
     let (mut out, mut errors) = (BTreeSet::new(), Vec::new());
     for (path, objects) in files {
         for key in objects.keys() {
