@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     identity::{IdentityKey, natural, probe_next},
-    model::{Pod, Policy, Snapshot, networkpolicy::PortRef},
+    model::{FastSet, Pod, Policy, Snapshot, networkpolicy::PortRef, pod_object},
 };
 
 pub struct Incremental {
@@ -61,8 +61,6 @@ pub struct Incremental {
     selecting: HashMap<String, Vec<usize>>,
 }
 
-type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
-
 /// Where in `pods` the pods that `keep` holds sit.
 fn positions(pods: &[Arc<Pod>], keep: impl Fn(&Arc<Pod>) -> bool) -> Vec<usize> {
     pods.iter()
@@ -70,12 +68,6 @@ fn positions(pods: &[Arc<Pod>], keep: impl Fn(&Arc<Pod>) -> bool) -> Vec<usize> 
         .filter(|(_, p)| keep(p))
         .map(|(i, _)| i)
         .collect()
-}
-
-/// A pod object's address: what a source did not touch is the same object
-/// in the next snapshot.
-fn object(pod: &Arc<Pod>) -> usize {
-    Arc::as_ptr(pod) as usize
 }
 
 /// What a change touched.
@@ -198,9 +190,14 @@ impl Incremental {
             self.kept = (0..self.snapshot.pods.len()).collect();
             return;
         };
-        let was_kept: FastSet<usize> = self.kept.iter().map(|&i| object(&old.pods[i])).collect();
+        let was_kept: FastSet<usize> = self
+            .kept
+            .iter()
+            .map(|&i| pod_object(&old.pods[i]))
+            .collect();
         self.kept = positions(&self.snapshot.pods, |p| {
-            was_kept.contains(&object(p)) || (came.contains(&object(p)) && scope.contains(&p.key()))
+            was_kept.contains(&pod_object(p))
+                || (came.contains(&pod_object(p)) && scope.contains(&p.key()))
         });
     }
 
@@ -213,15 +210,15 @@ impl Incremental {
         if !self.unique || old.pods.len() == new.pods.len() || old.namespaces != new.namespaces {
             return None;
         }
-        let old_objects: FastSet<usize> = old.pods.iter().map(object).collect();
-        let new_objects: FastSet<usize> = new.pods.iter().map(object).collect();
+        let old_objects: FastSet<usize> = old.pods.iter().map(pod_object).collect();
+        let new_objects: FastSet<usize> = new.pods.iter().map(pod_object).collect();
         if old_objects.len() != old.pods.len() || new_objects.len() != new.pods.len() {
             return None;
         }
         let mut gone: HashMap<String, &Pod> = old
             .pods
             .iter()
-            .filter(|p| !new_objects.contains(&object(p)))
+            .filter(|p| !new_objects.contains(&pod_object(p)))
             .map(|p| (p.key(), &**p))
             .collect();
         let mut changes = Vec::new();
@@ -230,9 +227,9 @@ impl Incremental {
         for b in new
             .pods
             .iter()
-            .filter(|p| !old_objects.contains(&object(p)))
+            .filter(|p| !old_objects.contains(&pod_object(p)))
         {
-            came.insert(object(b));
+            came.insert(pod_object(b));
             let key = b.key();
             match gone.remove(&key) {
                 Some(a) => {

@@ -78,6 +78,21 @@ impl Pod {
     }
 }
 
+/// A pod object's address in memory: as a source hands out the same object
+/// for a pod it did not touch, it tells an unchanged pod without reading
+/// it. It names the object only while the object is alive: whoever keeps
+/// addresses keeps the objects (their snapshot) alive with them.
+pub fn pod_object(pod: &Arc<Pod>) -> usize {
+    Arc::as_ptr(pod) as usize
+}
+
+/// A set for the daemon's per-change walks of the cluster's pods and
+/// addresses: a fast hasher (seeded per process) where std's SipHash cost
+/// a measurable share of a pass.
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+/// A map, as [`FastSet`].
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Everything the compiler needs, from any source.
 ///
 /// Pods and policies are shared: a source builds each snapshot from the

@@ -13,7 +13,7 @@
 //! "revision N ready" instead of sleeping.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -32,7 +32,7 @@ use crate::{
         lsm::{LsmDesired, compile_lsm, lsm_inactive},
     },
     loader::sizes::MapSizes,
-    model::{Pod, Snapshot},
+    model::{FastMap, FastSet, Snapshot, pod_object},
     node::{
         capabilities::{self, Capabilities},
         discover::{self, Unplaced},
@@ -171,9 +171,6 @@ pub struct Agent<S: Source> {
     links_before: Option<discover::Links>,
 }
 
-type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 /// The pods a pass found behind no local veth (other nodes' pods), by pod
 /// object: the next pass, when no link came or went, keeps an unchanged one
 /// there without reading it. A cluster's pods are thousands of objects
@@ -188,10 +185,6 @@ struct RemotePods {
     _holds_pods: Option<Arc<Snapshot>>,
     /// Each such pod's object address, and its IP address.
     ips: FastMap<usize, IpAddr>,
-}
-
-fn object(pod: &Arc<Pod>) -> usize {
-    Arc::as_ptr(pod) as usize
 }
 
 /// Where the pods of a snapshot are on this node.
@@ -785,7 +778,7 @@ async fn locate(
         // A pod the last pass found remote is the same object with the
         // same address: its address is known without reading the pod, and
         // it was placed nowhere.
-        let remembered = before.remote_pods.ips.get(&object(pod)).copied();
+        let remembered = before.remote_pods.ips.get(&pod_object(pod)).copied();
         let Some(ip) = remembered.or_else(|| pod.ips.first().copied()) else {
             continue;
         };
@@ -802,7 +795,7 @@ async fn locate(
         }
         if before.links == Links::Quiet && (remembered.is_some() || before.remote.contains(&ip)) {
             remote.insert(ip);
-            remote_pods.insert(object(pod), ip);
+            remote_pods.insert(pod_object(pod), ip);
             continue;
         }
         fresh.push((pod, ip));
@@ -816,7 +809,7 @@ async fn locate(
     for (pod, ip) in fresh {
         if !tables.may_be_local(ip).await? {
             remote.insert(ip);
-            remote_pods.insert(object(pod), ip);
+            remote_pods.insert(pod_object(pod), ip);
             continue;
         }
         if !placed_at.contains(&ip) && !before.remote.contains(&ip) {
@@ -841,7 +834,7 @@ async fn locate(
             // Not behind a local veth: another node's pod.
             Err(Unplaced::NoRoute | Unplaced::NotLocal { .. }) => {
                 remote.insert(ip);
-                remote_pods.insert(object(pod), ip);
+                remote_pods.insert(pod_object(pod), ip);
             }
         }
     }
@@ -916,7 +909,8 @@ enum Links {
     /// No link came or went since the last pass: every pod placed is
     /// where it was, every address behind no local veth still is, and the
     /// quarantined veths are the same; only new and unplaced pods are
-    /// located.
+    /// located, with the last pass's link dump for each link's kind (see
+    /// [`discover::Tables::with_links`]).
     Quiet,
     /// Links came or went: pods whose veth is gone, unplaced pods and other
     /// nodes' addresses are located again, and the quarantine is read

@@ -223,6 +223,8 @@ fn lladdr(m: &NeighbourMessage) -> Option<&[u8]> {
 pub struct Tables<'a> {
     handle: &'a Handle,
     links: Option<Links>,
+    /// Whether `links` came from an earlier pass (see [`Self::with_links`]).
+    links_given: bool,
     /// By family: IPv4, IPv6.
     on_link: [Option<Vec<IpNet>>; 2],
     neighbours: Option<Vec<NeighbourMessage>>,
@@ -238,20 +240,26 @@ impl<'a> Tables<'a> {
         Self {
             handle,
             links: None,
+            links_given: false,
             on_link: [None, None],
             neighbours: None,
             fdb: None,
         }
     }
 
-    /// Tables that take `links` for the node's links instead of dumping
-    /// them: for a pass that link notifications say follows no change to
-    /// any link's kind, bridge or name, which is all these tables read of
-    /// a link. A link dump is the dearest read here (each link's message
-    /// carries its statistics and per-family settings: a few hundred
-    /// links are hundreds of kilobytes to parse).
+    /// Tables that take `links`, an earlier pass's dump, for the node's
+    /// links: for a pass that follows no link notification. A link dump is
+    /// the dearest read here (each link's message carries its statistics
+    /// and per-family settings: a few hundred links are hundreds of
+    /// kilobytes to parse). A notification can still be unread when a
+    /// pass begins, so the dump is trusted only for what cannot go stale:
+    /// a link's kind, which an interface keeps for life. An interface the
+    /// node's routes or FDB name and the dump lacks is newer than it, and
+    /// makes the tables dump again; bridges and names (the quarantine's
+    /// reading) are never taken from it.
     pub fn with_links(handle: &'a Handle, links: Option<Links>) -> Self {
         Self {
+            links_given: links.is_some(),
             links,
             ..Self::new(handle)
         }
@@ -352,6 +360,10 @@ impl<'a> Tables<'a> {
     }
 
     async fn kind(&mut self, ifindex: u32) -> Result<Option<InfoKind>, DiscoverError> {
+        let known = |links: &[LinkMessage]| links.iter().any(|l| l.header.index == ifindex);
+        if self.links_given && !known(self.links().await?) {
+            self.fresh_links();
+        }
         Ok(self
             .links()
             .await?
@@ -360,9 +372,19 @@ impl<'a> Tables<'a> {
             .and_then(link_kind))
     }
 
-    /// Whether `ifindex` is (still) a veth.
+    /// Whether `ifindex` is (still) a veth: asked of a fresh dump, as an
+    /// earlier one may hold a link gone since.
     pub async fn is_veth(&mut self, ifindex: u32) -> Result<bool, DiscoverError> {
+        self.fresh_links();
         Ok(self.kind(ifindex).await? == Some(InfoKind::Veth))
+    }
+
+    /// Drops a dump an earlier pass made, so that the next read dumps.
+    fn fresh_links(&mut self) {
+        if self.links_given {
+            self.links = None;
+            self.links_given = false;
+        }
     }
 
     /// The veths that look like pods' host sides: ports of a bridge
@@ -370,6 +392,7 @@ impl<'a> Tables<'a> {
     /// `lxc`...). The daemon quarantines such a veth until it knows which
     /// pod it carries.
     pub async fn pod_veths(&mut self, prefixes: &[String]) -> Result<Vec<u32>, DiscoverError> {
+        self.fresh_links();
         let links = self.links().await?;
         let bridges: Vec<u32> = links
             .iter()

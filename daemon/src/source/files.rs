@@ -18,7 +18,7 @@
 //! every file's name and contents.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::Read as _,
     path::{Path, PathBuf},
@@ -146,10 +146,10 @@ fn duplicates(
 ) -> (BTreeSet<(&Path, &str)>, Vec<String>) {
     // Every object's key on every change: a fast hasher (the keys are the
     // source's own file names and objects, seeded per process).
-    let mut first: HashMap<&str, &Path, foldhash::fast::RandomState> =
-        HashMap::with_capacity_and_hasher(
+    let mut first: crate::model::FastMap<&str, &Path> =
+        crate::model::FastMap::with_capacity_and_hasher(
             files.values().map(BTreeMap::len).sum(),
-            foldhash::fast::RandomState::default(),
+            Default::default(),
         );
     let (mut out, mut errors) = (BTreeSet::new(), Vec::new());
     for (path, objects) in files {

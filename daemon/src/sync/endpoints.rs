@@ -1,7 +1,7 @@
 //! The policy maps' share of a pass: identities one by one, and each
 //! endpoint's policy by a whole-generation swap where its live generation
 //! differs from the desired entries, or by an in-place patch where only
-//! the entries of identities that moved differ (see [`bring`]).
+//! the entries of identities that moved differ (see [`bring_expanded`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -59,28 +59,15 @@ impl std::fmt::Debug for Written {
 
 impl Written {
     /// What a pass that failed nothing wrote: `desired`, with the
-    /// expansions the pass made, and those of `before` for the endpoints
-    /// it left as they were.
-    pub(super) fn of(desired: &Desired<'_>, mut expanded: Expanded, before: Option<&Self>) -> Self {
-        let endpoints: BTreeMap<String, (u32, u32, EndpointPolicy)> = desired
-            .endpoints
-            .iter()
-            .map(|(name, p)| (name.clone(), (p.ifindex, p.endpoint, p.policy.clone())))
-            .collect();
-        if let Some(before) = before {
-            for (name, record) in &endpoints {
-                if expanded.contains_key(name) || before.endpoints.get(name) != Some(record) {
-                    continue;
-                }
-                if let Some(e) = before.expanded.get(name) {
-                    expanded.insert(name.clone(), e.clone());
-                }
-            }
-        }
-        expanded.retain(|name, _| endpoints.contains_key(name));
+    /// endpoints' entries the pass expanded or kept from its record.
+    pub(super) fn of(desired: &Desired<'_>, expanded: Expanded) -> Self {
         Self {
             addresses: desired.addresses.clone(),
-            endpoints,
+            endpoints: desired
+                .endpoints
+                .iter()
+                .map(|(name, p)| (name.clone(), (p.ifindex, p.endpoint, p.policy.clone())))
+                .collect(),
             expanded,
         }
     }
@@ -155,6 +142,40 @@ impl Written {
     }
 }
 
+/// One step of a walk of two sequences sorted alike.
+enum Merged<A, B> {
+    /// Only in the left one.
+    Left(A),
+    /// Only in the right one.
+    Right(B),
+    /// In both, by `order`.
+    Both(A, B),
+}
+
+/// Walks `left` and `right`, each sorted by what `order` compares, side by
+/// side: every item is visited once, in sequence, rather than searched
+/// for in the other.
+fn merged<A, B>(
+    left: impl IntoIterator<Item = A>,
+    right: impl IntoIterator<Item = B>,
+    order: impl Fn(&A, &B) -> std::cmp::Ordering,
+) -> impl Iterator<Item = Merged<A, B>> {
+    let (mut left, mut right) = (left.into_iter().peekable(), right.into_iter().peekable());
+    std::iter::from_fn(move || {
+        let order = match (left.peek(), right.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(a), Some(b)) => order(a, b),
+        };
+        Some(match order {
+            std::cmp::Ordering::Less => Merged::Left(left.next()?),
+            std::cmp::Ordering::Greater => Merged::Right(right.next()?),
+            std::cmp::Ordering::Equal => Merged::Both(left.next()?, right.next()?),
+        })
+    })
+}
+
 /// How the identity map must change: the entries to write (an address
 /// new to the map or with another identity), in address order, and the
 /// addresses to remove.
@@ -165,41 +186,17 @@ struct AddressDiff {
 }
 
 impl AddressDiff {
-    /// One walk of both maps side by side in their shared key order: every
-    /// address of the cluster is visited once, in sequence, rather than
-    /// searched for in the other map (a relabel's pass did 2 x 10,000
-    /// tree searches for a handful of changes).
+    /// One walk of both maps side by side in their shared key order (a
+    /// relabel's pass did 2 x 10,000 tree searches for a handful of
+    /// changes).
     fn of(held: &BTreeMap<IpNet, u32>, desired: &BTreeMap<IpNet, u32>) -> Self {
         let mut diff = Self::default();
-        let (mut held, mut desired) = (held.iter().peekable(), desired.iter().peekable());
-        loop {
-            match (held.peek(), desired.peek()) {
-                (None, None) => break,
-                (Some(&(h, _)), None) => {
-                    diff.remove.push(*h);
-                    held.next();
-                }
-                (None, Some(&(d, &id))) => {
-                    diff.write.push((*d, id));
-                    desired.next();
-                }
-                (Some(&(h, &was)), Some(&(d, &id))) => match h.cmp(d) {
-                    std::cmp::Ordering::Less => {
-                        diff.remove.push(*h);
-                        held.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        diff.write.push((*d, id));
-                        desired.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if was != id {
-                            diff.write.push((*d, id));
-                        }
-                        held.next();
-                        desired.next();
-                    }
-                },
+        for step in merged(held, desired, |(h, _), (d, _)| h.cmp(d)) {
+            match step {
+                Merged::Left((h, _)) => diff.remove.push(*h),
+                Merged::Right((d, &id)) => diff.write.push((*d, id)),
+                Merged::Both((_, was), (d, &id)) if *was != id => diff.write.push((*d, id)),
+                Merged::Both(..) => {}
             }
         }
         diff
@@ -223,7 +220,8 @@ pub(super) struct Pass<'p> {
     /// What the last pass wrote, where this pass trusts it.
     trusted: Option<&'p Written>,
     pod_denies: prefilter::PodDenies,
-    /// The endpoints this pass found up to date or patched, as entries.
+    /// The endpoints this pass found up to date or patched, as entries,
+    /// and those it left as the record has them with the record's.
     expanded: Expanded,
 }
 
@@ -295,7 +293,7 @@ impl<'p> Pass<'p> {
     }
 
     /// Swaps every endpoint whose live state differs from the desired one,
-    /// or patches it in place where that is as safe (see [`in_place`]).
+    /// or patches it in place where that is as safe (see [`bring_expanded`]).
     fn swap_endpoints(&mut self, live: &BTreeMap<u32, EndpointValue>, held: &HeldPolicy) {
         let moved = self.moved_identities();
         for (
@@ -307,12 +305,15 @@ impl<'p> Pass<'p> {
             },
         ) in &self.desired.endpoints
         {
-            if self.trusted.is_some_and(|w| {
+            if let Some(w) = self.trusted.filter(|w| {
                 w.endpoints
                     .get(name)
                     .is_some_and(|(i, e, p)| *i == ifindex && *e == endpoint && p == policy)
             }) {
                 // Written so by the last pass, which failed nothing.
+                if let Some(entries) = w.expanded.get(name) {
+                    self.expanded.insert(name.clone(), entries.clone());
+                }
                 continue;
             }
             if let Some(cur) = live.get(&ifindex) {
@@ -427,6 +428,9 @@ impl prefilter::Steps for Pass<'_> {
         if let Some((live, held)) = read {
             self.swap_endpoints(&live, &held);
             self.remove_unheld(&live, &held);
+        } else if let Some(w) = self.trusted {
+            // Every endpoint as the record has it.
+            self.expanded = w.expanded.clone();
         }
         self.identities_out();
         // Flows with a peer whose identity changed are judged again.
@@ -515,19 +519,9 @@ fn expand(
 /// A relabel changes the peer sets of most endpoints by one identity: a
 /// patch writes those few entries instead of every endpoint's whole
 /// policy twice.
-#[cfg(test)]
-fn bring(
-    cur: &EndpointValue,
-    endpoint: u32,
-    want: &EndpointPolicy,
-    held: &HeldPolicy,
-    moved: &HashSet<u32>,
-) -> Bring {
-    bring_expanded(cur, endpoint, want, held, moved).0
-}
-
-/// [`bring`], with `want` as the entries of the live generation where it
-/// expanded it.
+///
+/// Also returns `want` as the entries of the live generation, where it
+/// expanded it (the next pass starts from them, see [`Written`]).
 fn bring_expanded(
     cur: &EndpointValue,
     endpoint: u32,
@@ -557,30 +551,15 @@ fn bring_expanded(
     let wants = expand(endpoint, generation, want);
     let mut patch = Patch::default();
     let mut restricting = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < holds.len() || j < wants.len() {
-        let order = match (holds.get(i), wants.get(j)) {
-            (Some((h, _)), Some((w, _))) => slot(h).cmp(&slot(w)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                patch.remove.push(holds[i].0);
-                restricting.push(restrictive(&holds[i].1));
-                i += 1;
+    for step in merged(holds, &wants, |(h, _), (w, _)| slot(h).cmp(&slot(w))) {
+        match step {
+            Merged::Left((k, v)) => {
+                patch.remove.push(*k);
+                restricting.push(restrictive(v));
             }
-            std::cmp::Ordering::Greater => {
-                patch.add.push(wants[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                if holds[i].1 != wants[j].1 {
-                    patch.add.push(wants[j]);
-                }
-                i += 1;
-                j += 1;
-            }
+            Merged::Right(w) => patch.add.push(*w),
+            Merged::Both((_, held), w) if *held != w.1 => patch.add.push(*w),
+            Merged::Both(..) => {}
         }
     }
     if patch.add.is_empty() && patch.remove.is_empty() {
@@ -645,6 +624,16 @@ mod tests {
             .flat_map(|e| policy_keys(EP, 1, e).map(|k| (k, e.value)))
             .collect();
         (cur, [((EP, 1), Arc::new(entries))].into())
+    }
+
+    fn bring(
+        cur: &EndpointValue,
+        endpoint: u32,
+        want: &EndpointPolicy,
+        held: &HeldPolicy,
+        moved: &HashSet<u32>,
+    ) -> Bring {
+        bring_expanded(cur, endpoint, want, held, moved).0
     }
 
     fn in_place(

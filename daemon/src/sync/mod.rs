@@ -253,7 +253,7 @@ impl Syncer {
         let trusted = written.as_ref().filter(|_| trust);
         let expanded = write_maps(&mut self.maps, desired, &mut report, trusted)?;
         if report.errors.is_empty() {
-            self.written = Some(Written::of(desired, expanded, trusted));
+            self.written = Some(Written::of(desired, expanded));
         }
         links::detach_unheld(self, desired, &mut report);
         if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
@@ -328,7 +328,7 @@ pub fn apply_maps_recorded(
     let trusted = before.as_ref().filter(|_| trust);
     let expanded = write_maps(maps, desired, &mut report, trusted)?;
     if report.errors.is_empty() {
-        *written = Some(Written::of(desired, expanded, trusted));
+        *written = Some(Written::of(desired, expanded));
     }
     Ok(report)
 }
