@@ -166,8 +166,8 @@ pub struct Agent<S: Source> {
     remote_before: FastSet<IpAddr>,
     /// The last pass's pods behind no local veth, by pod object.
     remote_pods: RemotePods,
-    /// The links as the last pass read them, if it did (see
-    /// [`discover::Tables::with_links`]).
+    /// The last pass's link dump, if it made or had one, for the next
+    /// Quiet pass's links' kinds (see [`discover::Tables::with_links`]).
     links_before: Option<discover::Links>,
 }
 
@@ -933,7 +933,7 @@ struct Before<'a> {
     remote: &'a FastSet<IpAddr>,
     /// The pods no local veth was behind, by object.
     remote_pods: &'a RemotePods,
-    /// The links as the last pass read them, when none changed since.
+    /// The last pass's link dump, in a Quiet pass (for links' kinds).
     links_read: Option<discover::Links>,
 }
 

@@ -231,8 +231,8 @@ pub struct Tables<'a> {
     fdb: Option<Vec<NeighbourMessage>>,
 }
 
-/// A dump of the links, shared with the next pass when no link came, went
-/// or changed shape in between (see [`Tables::with_links`]).
+/// A dump of the links, shared with the next pass for its links' kinds (see
+/// [`Tables::with_links`]).
 pub type Links = std::sync::Arc<Vec<LinkMessage>>;
 
 impl<'a> Tables<'a> {
@@ -253,10 +253,12 @@ impl<'a> Tables<'a> {
     /// and per-family settings: a few hundred links are hundreds of
     /// kilobytes to parse). A notification can still be unread when a
     /// pass begins, so the dump is trusted only for what cannot go stale:
-    /// a link's kind, which an interface keeps for life. An interface the
-    /// node's routes or FDB name and the dump lacks is newer than it, and
-    /// makes the tables dump again; bridges and names (the quarantine's
-    /// reading) are never taken from it.
+    /// a link's kind, which an interface keeps for life (its index names
+    /// no other until the kernel's counter wraps, unless a tool asks for
+    /// that index). An interface the node's routes or FDB name and the
+    /// dump lacks is newer than it, and makes the tables dump again;
+    /// whether a link still exists, its bridge and its name (the
+    /// quarantine's reading) are never taken from it.
     pub fn with_links(handle: &'a Handle, links: Option<Links>) -> Self {
         Self {
             links_given: links.is_some(),
