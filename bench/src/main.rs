@@ -477,17 +477,23 @@ fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> any
 }
 
 /// A pin directory removed when the benchmark is done with it, also on error.
-struct PinBase(String);
+/// A bench's own pin directory, removed however the bench ends (the pins
+/// of its maps and links with it).
+pub(crate) struct PinBase(pub(crate) std::path::PathBuf);
 
 impl PinBase {
-    fn new(path: String) -> Self {
-        Self(path)
+    pub(crate) fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        Self(path.into())
     }
 }
 
 impl Drop for PinBase {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        if let Err(e) = fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
     }
 }
 

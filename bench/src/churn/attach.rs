@@ -34,7 +34,9 @@ pub fn measure(veths: usize) -> Option<AttachTimes> {
         println!("  a new veth's TC links: not measured (no TCX on this kernel)");
         return None;
     }
-    let pins = Pins(
+    // Its links' pins go with it however the measurement ends; the veths
+    // with the lab's namespaces.
+    let pins = crate::PinBase::new(
         std::path::Path::new(palisade::paths::BPFFS)
             .join(format!("palisade-churn-attach-{}", std::process::id())),
     );
@@ -56,20 +58,6 @@ pub fn measure(veths: usize) -> Option<AttachTimes> {
         times.link_ms, times.veth_ms
     );
     Some(times)
-}
-
-/// The measurement's pin directory, removed however the measurement ends
-/// (its links' pins with it; the veths go with the lab's namespaces).
-struct Pins(std::path::PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            eprintln!("could not remove {}: {e}", self.0.display());
-        }
-    }
 }
 
 fn attach_all(
