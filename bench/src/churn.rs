@@ -16,7 +16,7 @@
 //! peak RSS and its maps' memory, and where a pass's time goes. Written to
 //! `churn.md` and `churn.csv`; the last line is the `churn:` line.
 
-mod attach;
+pub mod attach;
 mod firewall;
 mod model;
 mod process;
@@ -473,8 +473,14 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     let pins =
         Path::new(palisade::paths::BPFFS).join(format!("palisade-churn-{}", std::process::id()));
     let _ = fs::remove_dir_all(&pins);
+    // `--tc-filters-first` is passed on to the daemon: new veths on clsact
+    // filters, moved to TCX links when idle.
+    let daemon_flags: Vec<String> = std::env::args()
+        .filter(|a| a == "--tc-filters-first")
+        .collect();
     let args = DaemonArgs {
         resync_ms: RESYNC_MS,
+        extra: daemon_flags.clone(),
         ..DaemonArgs::default()
     };
     let local = scale.local;
@@ -660,6 +666,12 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     }
 
     fws.check(&fw)?;
+    let on_filters = d.enforcer.status()?["tc_filters"]
+        .as_array()
+        .map_or(0, Vec::len);
+    if !daemon_flags.is_empty() {
+        println!("  veths still on clsact filters at the end: {on_filters}");
+    }
     let end_rss = process::peak_rss(d.enforcer.pid())?;
     let (maps, maps_bytes) = process::map_memory(d.enforcer.pid())?;
     // The replay has the machine to itself: no daemon, no resync.
@@ -692,6 +704,8 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         daemon_own,
         tools: tools(),
         build: build(bin),
+        daemon_flags,
+        on_filters,
     };
     let rows = report::rows(&samples);
     let markdown = report::markdown(&rows, &breakdown, &run);

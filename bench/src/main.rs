@@ -559,6 +559,16 @@ fn main() -> anyhow::Result<()> {
     if let Some(bin) = binary_after(&args, "--churn")? {
         return churn::report(bin, out_dir(&args), quick);
     }
+    // `--attach [VETHS]`: only the churn run's side figure, what attaching
+    // a new veth's TC programs costs each way.
+    if let Some(i) = args.iter().position(|a| a == "--attach") {
+        let veths = args.get(i + 1).map_or(Ok(20), |v| v.parse())?;
+        anyhow::ensure!(
+            churn::attach::measure(veths).is_some(),
+            "attach times not measured"
+        );
+        return Ok(());
+    }
     let features = Features::probe();
 
     let base = PinBase::new(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()));

@@ -89,6 +89,12 @@ pub struct Args {
     /// traffic included.
     #[arg(long = "deny-cidr", value_name = "CIDR")]
     deny_cidrs: Vec<ipnet::IpNet>,
+    /// Where the kernel has TCX: a new pod's veth gets clsact filters
+    /// first (0.1 ms a veth, against 24 ms for two TCX links, which each
+    /// wait for an RCU grace period), and moves to TCX links once the
+    /// daemon is idle. The daemon then keeps CAP_NET_ADMIN after start.
+    #[arg(long)]
+    tc_filters_first: bool,
 }
 
 pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
@@ -115,6 +121,7 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
             uplinks,
             follow_default_routes,
             deny_cidrs: args.deny_cidrs,
+            tc_filters_first: args.tc_filters_first,
         };
         match args.source {
             Some(dir) => {

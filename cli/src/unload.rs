@@ -13,7 +13,8 @@ pub struct Args {
     #[arg(long)]
     maps: bool,
     /// Also remove Palisade's clsact filters from these interfaces
-    /// (kernels without TCX, where TC attachments are not pinned).
+    /// (kernels without TCX, where TC attachments are not pinned, and
+    /// veths a `--tc-filters-first` daemon had not yet moved to links).
     #[arg(long = "tc", value_name = "IFACE")]
     tc: Vec<String>,
     /// Network namespace of the --tc interfaces.

@@ -170,6 +170,123 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
     Ok(())
 }
 
+/// With `--tc-filters-first` on a TCX kernel a new veth is enforced at once
+/// by clsact filters and, once the daemon is idle, by pinned TCX links
+/// instead, with no filter left and no moment unenforced.
+#[test]
+fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result<()> {
+    if !palisade::loader::features::Features::probe().tcx {
+        println!("skipped: no TCX on this kernel (every veth stays on clsact filters there)");
+        return Ok(());
+    }
+    let t = TempPins::new()?;
+    let mut lab = BridgeLab::new(2)?;
+    let dir = std::env::temp_dir().join(unique("palisade-filters-first-"));
+    let _listeners: Vec<TcpListener> = lab
+        .pods
+        .iter()
+        .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
+        .collect::<Result<Result<_, _>, _>>()??;
+    let mut daemon = start(&lab, &t, &dir, 600_000, &["--tc-filters-first"])?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    daemon.write("policy.yaml", B_FROM_A)?;
+    let s = commit_and_wait(&mut daemon)?;
+    assert!(
+        s["capabilities"]["kept"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|c| c == "NET_ADMIN")),
+        "filters need NET_ADMIN after start: {s}"
+    );
+
+    let on_filters = |s: &serde_json::Value| -> Vec<u64> {
+        s["tc_filters"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default()
+    };
+    let wait_moved = |daemon: &Enforcer| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = daemon.status()?;
+            if on_filters(&s).is_empty() && s["errors"].as_array().is_some_and(Vec::is_empty) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("veths still on filters after 10 s: {s}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Each veth on links, pinned, and no filter of Palisade's left.
+    let on_links = |lab: &BridgeLab, pod: usize| -> anyhow::Result<()> {
+        let name = &lab.pods[pod].host_if;
+        let ifindex = lab.node.run(|| palisade::netns::ifindex(name))??;
+        for pin in ["tc-from-pod", "tc-to-pod"] {
+            let path = t.pins.link(&format!("{pin}-{ifindex}"));
+            anyhow::ensure!(path.exists(), "{name}: no {}", path.display());
+        }
+        for side in ["ingress", "egress"] {
+            let shown = lab.node.run(|| {
+                std::process::Command::new("tc")
+                    .args(["filter", "show", "dev", name, side])
+                    .output()
+            })??;
+            let shown = String::from_utf8_lossy(&shown.stdout);
+            anyhow::ensure!(!shown.contains("pal_tc_"), "{name} {side}: {shown}");
+        }
+        Ok(())
+    };
+    wait_moved(&daemon)?;
+    for pod in 0..2 {
+        on_links(&lab, pod)?;
+    }
+    assert!(reaches(&lab, 0, 1)?, "a -> b allowed, on links");
+    assert!(reaches(&lab, 1, 0)?, "b -> a allowed, on links");
+
+    // A veth that arrives later: quarantined on filters by the pass that
+    // finds it, then moved.
+    lab.add_pod()?;
+    let name = lab.pods[2].host_if.clone();
+    let veth = lab.node.run(|| palisade::netns::ifindex(&name))??;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let s = daemon.status()?;
+        if s["quarantined"]
+            .as_array()
+            .is_some_and(|q| q.iter().any(|i| i.as_u64() == Some(veth.into())))
+        {
+            break s;
+        }
+        if Instant::now() > deadline {
+            bail!("the new veth was not quarantined: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        on_filters(&s).contains(&veth.into()),
+        "quarantined on filters: {s}"
+    );
+    assert!(
+        !reaches(&lab, 2, 0)?,
+        "quarantined: the new pod reaches nothing"
+    );
+    wait_moved(&daemon)?;
+    on_links(&lab, 2)?;
+    assert!(!reaches(&lab, 2, 0)?, "still quarantined, on links");
+    // Its pod known: what blocked it was the quarantine, now on links.
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    let s = commit_and_wait(&mut daemon)?;
+    assert!(
+        reaches(&lab, 2, 0)?,
+        "known and unselected: it reaches a: {s}"
+    );
+    assert!(!reaches(&lab, 2, 1)?, "c -> b denied, on links");
+    assert!(reaches(&lab, 0, 1)?, "a -> b still allowed");
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// The kernel collects the node's stale neighbour entries once it holds
 /// more than `gc_thresh1` of them, and a bridged pod is found through its
 /// entry: a known pod must keep its veth (never have it quarantined) while

@@ -60,6 +60,10 @@ pub use crate::peers::report::{Machine, command};
 /// Everything the run measured besides the changes.
 pub struct Run {
     pub scale: Scale,
+    /// `palisade daemon` flags beyond the source, status and resync.
+    pub daemon_flags: Vec<String>,
+    /// Veths whose TC programs were clsact filters when the changes ended.
+    pub on_filters: usize,
     pub machine: Machine,
     pub cold_s: f64,
     pub warm_s: f64,
@@ -217,10 +221,19 @@ pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String 
     let s = run.scale;
     let m = &run.machine;
     let mut t = format!(
-        "# Policy churn at cluster scale\n\n`make bench-churn` (`palisade-bench --churn target/release/palisade`), {}, commit {}, {:.0} s in all.\n\nMachine: Linux {} (`uname -r`), {} CPUs (`nproc`), {}; load average {} at the start, {} at the end.\n\nCluster: {} pods ({} on this node, each a network namespace with a veth on the lab node's bridge; the rest other nodes' pods: `spec.nodeName: elsewhere`, an address, no veth), {} NetworkPolicies over {} namespaces, {} changes of each kind. Each figure is from the change written (one file renamed into, or removed from, the daemon's source directory; for a local pod added, from the start of making its namespace and veth) to the status file reporting that content in force (see \"How it is measured\").\n\n",
+        "# Policy churn at cluster scale\n\n`make bench-churn` (`palisade-bench --churn target/release/palisade`), {}, commit {}, {:.0} s in all.{}\n\nMachine: Linux {} (`uname -r`), {} CPUs (`nproc`), {}; load average {} at the start, {} at the end.\n\nCluster: {} pods ({} on this node, each a network namespace with a veth on the lab node's bridge; the rest other nodes' pods: `spec.nodeName: elsewhere`, an address, no veth), {} NetworkPolicies over {} namespaces, {} changes of each kind. Each figure is from the change written (one file renamed into, or removed from, the daemon's source directory; for a local pod added, from the start of making its namespace and veth) to the status file reporting that content in force (see \"How it is measured\").\n\n",
         m.date,
         m.commit,
         m.seconds,
+        if run.daemon_flags.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " The daemon ran with `{}`; {} veths were still on clsact filters when the changes ended.",
+                run.daemon_flags.join(" "),
+                run.on_filters
+            )
+        },
         m.kernel,
         m.cpus,
         m.cpu,
@@ -344,8 +357,8 @@ fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> 
     if let Some(a) = &run.tcx_attach {
         let _ = writeln!(
             t,
-            "A local pod's veth gets Palisade's two TC programs before anything of its pod is enforced. Timed on their own before the run (no daemon, no lab yet), on {} fresh bridge ports of a throwaway lab node: {:.1} ms a TCX link, {:.1} ms a veth (medians). The kernel creates each link under its routing lock and then waits for an RCU grace period before the new program list is used (`tcx_entry_sync`), so the two links of a veth cannot overlap: that wait is in every local pod added, in the pass that quarantines its veth or the one that places it.\n",
-            a.veths, a.link_ms, a.veth_ms
+            "A local pod's veth gets Palisade's two TC programs before anything of its pod is enforced. Timed on their own before the run (no daemon, no lab yet), on {} fresh bridge ports of a throwaway lab node each way, taken in turn: {:.1} ms a TCX link, {:.1} ms a veth's two; {:.2} ms a veth's clsact qdisc and two filters (medians). The kernel creates each TCX link under its routing lock and then waits for an RCU grace period before the new program list is used (`tcx_entry_sync`), so the two links of a veth cannot overlap. With TCX links (the default) that wait is in every local pod added, in the pass that quarantines its veth or the one that places it; with `--tc-filters-first` the veth gets filters, and the wait comes later, when the daemon is idle and moves it to links.\n",
+            a.veths, a.link_ms, a.veth_ms, a.clsact_veth_ms
         );
     }
     t
@@ -426,6 +439,8 @@ mod tests {
             fw_size: (0, 0, 0),
             idle_pass_ms: None,
             tcx_attach: None,
+            daemon_flags: Vec::new(),
+            on_filters: 0,
             full_read_ms: 0.0,
             full_compile_ms: 0.0,
             daemon_own: BTreeMap::new(),

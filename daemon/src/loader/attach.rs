@@ -383,22 +383,44 @@ fn attach_clsact(
 pub fn detach_clsact(ifindex: u32) -> Result<usize, AttachError> {
     let mut removed = 0;
     for hook in [TcHook::FromPod, TcHook::ToPod] {
-        let link = SchedClassifierLink::attached(
-            ifindex,
-            TcHandle::from(hook.attach_type()),
-            CLSACT_PRIORITY,
-            TcHandle::from(CLSACT_HANDLE),
-            None,
-        )
-        .map_err(|e| attach_error(hook.program())(e.into()))?;
-        match link.detach() {
-            Ok(()) => removed += 1,
-            // ENOENT: no such filter; EINVAL: no clsact qdisc at all.
-            Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::EINVAL) => {}
-            Err(e) => return Err(attach_error(hook.program())(e)),
-        }
+        removed += usize::from(detach_clsact_hook(ifindex, hook)?);
     }
     Ok(removed)
+}
+
+/// Removes Palisade's clsact filter of `hook` from `ifindex`; whether there
+/// was one. No filter, no clsact qdisc and no interface all mean none.
+pub fn detach_clsact_hook(ifindex: u32, hook: TcHook) -> Result<bool, AttachError> {
+    let link = SchedClassifierLink::attached(
+        ifindex,
+        TcHandle::from(hook.attach_type()),
+        CLSACT_PRIORITY,
+        TcHandle::from(CLSACT_HANDLE),
+        None,
+    )
+    .map_err(|e| attach_error(hook.program())(e.into()))?;
+    match link.detach() {
+        Ok(()) => Ok(true),
+        // ENOENT: no such filter; EINVAL: no clsact qdisc; ENODEV: no
+        // interface.
+        Err(e)
+            if is_errno(&e, libc::ENOENT)
+                || is_errno(&e, libc::EINVAL)
+                || is_errno(&e, libc::ENODEV) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(attach_error(hook.program())(e)),
+    }
+}
+
+/// Whether `hook`'s TCX link on `ifindex` is pinned, by this ABI or an older
+/// one: [`attach_tc`] then updates that link instead of creating one.
+pub fn tc_link_pinned(pins: &PinDir, ifindex: u32, hook: TcHook) -> bool {
+    let name = hook.pin_name(ifindex);
+    std::iter::once(pins.link(&name))
+        .chain(pins.other_abis().iter().map(|p| p.link(&name)))
+        .any(|p| p.exists())
 }
 
 /// Attaches every LSM program and pins its link as `links/lsm-<program>`.

@@ -73,6 +73,11 @@ pub struct Options {
     /// default routes as they change (`--uplink auto`), and on `fixed`.
     pub follow_default_routes: Option<Vec<String>>,
     pub deny_cidrs: Vec<ipnet::IpNet>,
+    /// Where the kernel has TCX: give a new veth clsact filters, which
+    /// attach at once, and move it to TCX links when idle, instead of TCX
+    /// links at once (an RCU grace period each). Costs `CAP_NET_ADMIN`
+    /// kept after start (see `capabilities`).
+    pub tc_filters_first: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -98,6 +103,11 @@ pub struct Status {
     pub not_enforced: BTreeMap<String, String>,
     /// Pod-like veths (ifindex) no known pod holds yet: they pass nothing.
     pub quarantined: Vec<u32>,
+    /// Veths (ifindex) whose TC programs are clsact filters: all of them on
+    /// a kernel without TCX; on one with TCX, new veths, which get filters
+    /// because filters attach at once, until the idle daemon moves them to
+    /// pinned TCX links. Enforced either way.
+    pub tc_filters: Vec<u32>,
     /// Process and file rules: `enforcing`, or `inactive (why)`.
     pub lsm: String,
     /// Policies with process or file rules this node does not enforce (in
@@ -141,6 +151,13 @@ pub struct Phases {
 }
 
 /// Milliseconds since `t`, and restarts it.
+/// How long the daemon waits with nothing to do before it moves a veth
+/// from clsact filters to TCX links.
+const MOVE_WHEN_IDLE: Duration = Duration::from_millis(200);
+/// How long a veth stays on filters at most under a steady churn; also how
+/// long after a failed move it is tried again.
+const MOVE_AT_LATEST: Duration = Duration::from_secs(30);
+
 fn lap(t: &mut Instant) -> f64 {
     let ms = t.elapsed().as_secs_f64() * 1e3;
     *t = Instant::now();
@@ -218,7 +235,8 @@ impl<S: Source> Agent<S> {
         sizes: &MapSizes,
         options: Options,
     ) -> anyhow::Result<Self> {
-        let syncer = Syncer::start(pins.clone(), sizes, &options.uplinks, &options.deny_cidrs)?;
+        let mut syncer = Syncer::start(pins.clone(), sizes, &options.uplinks, &options.deny_cidrs)?;
+        syncer.set_filters_first(options.tc_filters_first);
         let netlink = discover::connect()?;
         let mut status = Status::default();
         let names = Names::shared();
@@ -271,7 +289,8 @@ impl<S: Source> Agent<S> {
             None => None,
         };
         // Loaded, attached, bound: nothing after this needs more.
-        status.capabilities = Some(capabilities::drop_after_start(syncer.features().tcx));
+        let links_only = syncer.features().tcx && !options.tc_filters_first;
+        status.capabilities = Some(capabilities::drop_after_start(links_only));
         Ok(Self {
             source,
             syncer,
@@ -534,6 +553,7 @@ impl<S: Source> Agent<S> {
             unplaced: placement.unplaced,
             not_enforced: report.not_enforced.clone(),
             quarantined: placement.quarantined,
+            tc_filters: self.syncer.on_filters(),
             lsm: lsm.state,
             policies_not_enforced: lsm.not_enforced,
             lsm_pods: lsm.pods,
@@ -619,6 +639,29 @@ impl<S: Source> Agent<S> {
             .set((lsm.pods.len() - in_force) as f64);
     }
 
+    /// Moves one veth from clsact filters to TCX links and publishes that
+    /// in the status. A failed move is logged and counted in the status's
+    /// errors; the veth stays enforced by its filters and is tried again
+    /// after `MOVE_AT_LATEST`.
+    fn move_to_links(&mut self, ifindex: u32) {
+        let t = Instant::now();
+        match self.syncer.move_to_links(ifindex) {
+            Ok(()) => tracing::debug!(
+                ifindex,
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                "moved to TCX links"
+            ),
+            Err(e) => {
+                tracing::warn!("{e}");
+                self.status.errors.push(e);
+            }
+        }
+        self.status.tc_filters = self.syncer.on_filters();
+        if let Err(e) = self.write_status() {
+            tracing::warn!("writing the status: {e:#}");
+        }
+    }
+
     /// Runs passes until Ctrl-C or SIGTERM: at once, on every change the
     /// source signals, and every resync period (sooner while pods are unplaced).
     pub async fn run(mut self) -> anyhow::Result<()> {
@@ -689,24 +732,49 @@ impl<S: Source> Agent<S> {
                 (true, true) => Links::Quiet,
             };
             (recheck, check_maps) = (Links::Everything, true);
-            tokio::select! {
-                Some(()) = changes.recv() => {
-                    pending.get_or_insert_with(Instant::now);
-                    recheck = since(&links);
-                    check_maps = false;
-                }
-                Some(()) = links.recv() => {
-                    recheck = Links::Changed;
-                    check_maps = false;
-                }
-                () = tokio::time::sleep(wait) => {
-                    if !self.status.unplaced.is_empty() {
+            let wake = tokio::time::Instant::now() + wait;
+            // Between passes, veths on clsact filters move to TCX links
+            // (see `sync::links`), one at a time: once nothing has happened
+            // for `MOVE_WHEN_IDLE`, or, for one that has waited
+            // `MOVE_AT_LATEST` under a steady churn, as soon as no event
+            // waits (the branches are tried in order). A move holds this
+            // loop (about 24 ms a veth): a change arriving meanwhile waits.
+            let stop = loop {
+                let next = self.syncer.next_move(MOVE_AT_LATEST);
+                let (to_move, after) = match (next.due, next.when_idle) {
+                    (Some(due), _) => (Some(due), Duration::ZERO),
+                    (None, idle) => (idle, MOVE_WHEN_IDLE),
+                };
+                tokio::select! {
+                    biased;
+                    Some(()) = changes.recv() => {
+                        pending.get_or_insert_with(Instant::now);
                         recheck = since(&links);
                         check_maps = false;
                     }
+                    Some(()) = links.recv() => {
+                        recheck = Links::Changed;
+                        check_maps = false;
+                    }
+                    () = tokio::time::sleep_until(wake) => {
+                        if !self.status.unplaced.is_empty() {
+                            recheck = since(&links);
+                            check_maps = false;
+                        }
+                    }
+                    _ = tokio::signal::ctrl_c() => break true,
+                    _ = terminate.recv() => break true,
+                    () = tokio::time::sleep(after), if to_move.is_some() => {
+                        if let Some(ifindex) = to_move {
+                            self.move_to_links(ifindex);
+                        }
+                        continue;
+                    }
                 }
-                _ = tokio::signal::ctrl_c() => break,
-                _ = terminate.recv() => break,
+                break false;
+            };
+            if stop {
+                break;
             }
             // A failed pass may have taken link events off the channel and
             // not written their quarantine: the next one looks at

@@ -17,13 +17,13 @@
 //!   kernel.unprivileged_bpf_disabled behaviour"); the rest is governed by
 //!   the file descriptors and the pins' file permissions, and the daemon
 //!   creates and loads nothing after start.
-//! - `CAP_NET_ADMIN` without TCX (before 6.6): TC programs go onto a new
-//!   pod's veth as a clsact qdisc and a cls_bpf filter over rtnetlink,
-//!   which refuses every request but a dump without it
-//!   (net/core/rtnetlink.c, `rtnetlink_rcv_msg`). With TCX, TC and XDP
-//!   attachments are bpf links: `link_create`, `tcx_link_attach` and
-//!   `bpf_xdp_link_attach` check no capability (the program type's was
-//!   checked at load).
+//! - `CAP_NET_ADMIN` without TCX (before 6.6), or with
+//!   `--tc-filters-first`: TC programs go onto a new pod's veth as a
+//!   clsact qdisc and a cls_bpf filter over rtnetlink, which refuses every
+//!   request but a dump without it (net/core/rtnetlink.c,
+//!   `rtnetlink_rcv_msg`). With TCX, TC and XDP attachments are bpf links:
+//!   `link_create`, `tcx_link_attach` and `bpf_xdp_link_attach` check no
+//!   capability (the program type's was checked at load).
 //!
 //! [`drop_after_start`] keeps exactly those: it clears the ambient and
 //! inheritable sets, lowers the permitted and effective sets, shrinks the
@@ -109,7 +109,7 @@ pub fn names(mask: u64) -> Vec<String> {
 /// What the daemon needs after start on a kernel of `version` (`None`:
 /// unknown, so the older kernel's needs) with or without TCX, each with
 /// the reason.
-pub fn runtime_needs(version: Option<KernelVersion>, tcx: bool) -> Vec<(u32, &'static str)> {
+pub fn runtime_needs(version: Option<KernelVersion>, links_only: bool) -> Vec<(u32, &'static str)> {
     let mut needs = Vec::new();
     if version.is_none_or(|v| v < KernelVersion::new(5, 19, 0)) {
         needs.push((
@@ -117,10 +117,10 @@ pub fn runtime_needs(version: Option<KernelVersion>, tcx: bool) -> Vec<(u32, &'s
             "before Linux 5.19 every bpf(2) command needs it while kernel.unprivileged_bpf_disabled is set: writing the maps, opening pins, pinning links",
         ));
     }
-    if !tcx {
+    if !links_only {
         needs.push((
             CAP_NET_ADMIN,
-            "without TCX the TC programs go onto new pods' veths as clsact qdiscs and filters over rtnetlink",
+            "the TC programs go onto new pods' veths as clsact qdiscs and filters over rtnetlink (a kernel without TCX, or --tc-filters-first)",
         ));
     }
     needs
@@ -289,14 +289,15 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
     Ok(())
 }
 
-/// Drops what the rest of the run does not need on this kernel (with TCX
-/// or not, as the syncer attaches), and reports what is left. Call it
+/// Drops what the rest of the run does not need on this kernel, and reports
+/// what is left. `links_only`: every TC attachment after start is a TCX
+/// link (TCX, and not `--tc-filters-first`). Call it
 /// once everything that needs more has run, from the thread that started
 /// the daemon: capabilities belong to threads, and threads started later
 /// inherit the reduced sets.
-pub fn drop_after_start(tcx: bool) -> Capabilities {
+pub fn drop_after_start(links_only: bool) -> Capabilities {
     let version = KernelVersion::current().ok();
-    let needs = runtime_needs(version, tcx);
+    let needs = runtime_needs(version, links_only);
     let report = drop_to(&needs);
     let shown = |list: &[String]| {
         if list.is_empty() {

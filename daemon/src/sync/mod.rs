@@ -30,6 +30,7 @@ mod endpoints;
 
 pub use endpoints::Written;
 mod links;
+pub use links::NextMove;
 pub mod lsm;
 pub mod prefilter;
 
@@ -118,8 +119,9 @@ pub struct Syncer {
     features: Features,
     loaded: Loaded,
     maps: DatapathMaps,
-    /// Veths (ifindex) with both TC programs attached by this daemon.
-    attached: BTreeSet<u32>,
+    /// Veths (ifindex) with both TC programs attached by this daemon, and
+    /// how.
+    attached: BTreeMap<u32, links::Via>,
     /// The process and file side, where BPF LSM is active; else why not.
     lsm: Result<lsm::LsmState, String>,
     /// The uplinks the prefilter is on, by ifindex.
@@ -131,6 +133,9 @@ pub struct Syncer {
     inherited: bool,
     /// What the last pass wrote, when it failed nothing.
     written: Option<Written>,
+    /// New veths get clsact filters first, on a TCX kernel too (see
+    /// `links`).
+    filters_first: bool,
 }
 
 impl Syncer {
@@ -168,11 +173,12 @@ impl Syncer {
             features,
             loaded,
             maps,
-            attached: BTreeSet::new(),
+            attached: BTreeMap::new(),
             lsm,
             uplinks,
             inherited,
             written: None,
+            filters_first: false,
         })
     }
 
@@ -224,6 +230,32 @@ impl Syncer {
 
     pub fn features(&self) -> &Features {
         &self.features
+    }
+
+    /// Gives new veths clsact filters first where the kernel has TCX, to
+    /// be moved to links later (see `links`); needs `CAP_NET_ADMIN`.
+    pub fn set_filters_first(&mut self, on: bool) {
+        self.filters_first = on;
+    }
+
+    /// Veths (ifindex) whose TC programs are clsact filters: on a kernel
+    /// with TCX, new veths not yet moved to links (see `links`).
+    pub fn on_filters(&self) -> Vec<u32> {
+        self.attached
+            .iter()
+            .filter(|(_, via)| matches!(via, links::Via::Filters { .. }))
+            .map(|(&ifindex, _)| ifindex)
+            .collect()
+    }
+
+    /// Which veth on filters moves to TCX links next (see `links`).
+    pub fn next_move(&self, at_latest: std::time::Duration) -> NextMove {
+        links::next_move(self, at_latest)
+    }
+
+    /// Moves `ifindex` from clsact filters to TCX links (see `links`).
+    pub fn move_to_links(&mut self, ifindex: u32) -> Result<(), String> {
+        links::move_to_links(self, ifindex)
     }
 
     /// Brings the kernel to `desired` (see the module docs for the order).
