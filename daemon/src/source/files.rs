@@ -68,6 +68,11 @@ pub struct FileSource {
 /// What reading one file gave.
 struct FileRead {
     text: String,
+    /// Each document of the text that gave an object without an error,
+    /// by its text: a rewritten file's unchanged documents are not parsed
+    /// again, and keep their objects (the same `Arc`s, which the compiler
+    /// tells unchanged by pointer).
+    parsed: Parsed,
     /// When the text was read, and the file's metadata then.
     read_at: SystemTime,
     stamp: Option<Stamp>,
@@ -172,66 +177,104 @@ fn duplicates(
     (out, errors)
 }
 
+/// A file's documents that gave an object, by their text (see
+/// [`FileRead::parsed`]). An object depends on its document's text alone:
+/// the file's name and the document's line go only into errors.
+type Parsed = crate::model::FastMap<String, Object>;
+
+/// A document's error, with the key of the object it concerns when it can
+/// be told (as [`key_of`] gives it).
+type DocumentError = (Option<String>, String);
+
 /// The documents of one file: objects read, and errors with the key (as
 /// [`key_of`] gives it) of the object they concern when it could be told.
-fn read_file(path: &Path, text: &str) -> (Vec<Object>, Vec<(Option<String>, String)>) {
+/// A document found in `before` (the file's last read) is not parsed
+/// again. Also returns the documents of this text that gave an object.
+fn read_file(
+    path: &Path,
+    text: &str,
+    before: &Parsed,
+) -> (Vec<Object>, Vec<DocumentError>, Parsed) {
     let shown = path.display().to_string();
     let (mut objects, mut errors) = (Vec::new(), Vec::new());
+    let mut parsed = Parsed::default();
     for (start, doc) in split_documents(text) {
-        let head = yaml::from_str::<Head>(&doc).ok();
-        let refused = |kind: &str, e: yaml::Error| {
-            let e = e.with_field(&doc);
-            let message = format!("{kind}: {}", e.message);
-            let e = ParseError::in_document(&shown, start, e.at, None, message);
-            (None, e.to_string())
-        };
-        let unnamed = |kind: &str| {
-            let at = Positions::of(&doc).locate("metadata");
-            let message = format!("{kind}: metadata.name is missing");
-            (
-                None,
-                ParseError::in_document(&shown, start, at, None, message).to_string(),
-            )
-        };
-        let kind = head
-            .as_ref()
-            .and_then(|h| Some((h.api_version.as_deref()?, h.kind.as_deref()?)));
-        match kind {
-            Some(("v1", "Namespace")) => match yaml::from_str::<ApiNamespace>(&doc) {
-                Ok(n) if n.metadata.name.is_none() => errors.push(unnamed("Namespace")),
-                Ok(n) => {
-                    let ns = objects::namespace(&n);
-                    // A posture that cannot be read is a bad document: the
-                    // namespace's last good version stays.
-                    match namespace_postures(&ns) {
-                        Ok(_) => objects.push(Object::Namespace(ns)),
-                        Err(e) => {
-                            let at = Positions::of(&doc).locate(&e.path);
-                            let message = format!("Namespace {}: {e}", ns.name);
-                            let e = ParseError::in_document(&shown, start, at, None, message);
-                            let key = key_of(&Object::Namespace(ns));
-                            errors.push((Some(key), e.to_string()));
-                        }
-                    }
-                }
-                Err(e) => errors.push(refused("Namespace", e)),
-            },
-            Some(("v1", "Pod")) => match yaml::from_str::<ApiPod>(&doc) {
-                Ok(p) if p.metadata.name.is_none() => errors.push(unnamed("Pod")),
-                Ok(p) => objects.push(Object::Pod(Arc::new(pod_of(&p)))),
-                Err(e) => errors.push(refused("Pod", e)),
-            },
-            // Policies, and anything else: the policy parser names unknown kinds.
-            _ => match parse_one(&doc, start, &shown, "default") {
-                Ok(d) => objects.push(Object::Policy(Arc::new(d.policy()))),
-                Err(e) => {
-                    let key = head.as_ref().and_then(|h| h.policy_key("default"));
-                    errors.push((key.map(|k| format!("Policy/{k}")), e.to_string()));
-                }
-            },
+        if let Some(o) = before.get(&doc) {
+            objects.push(o.clone());
+            parsed.insert(doc, o.clone());
+            continue;
+        }
+        let (objects_before, errors_before) = (objects.len(), errors.len());
+        read_document(&shown, start, &doc, &mut objects, &mut errors);
+        if errors.len() == errors_before
+            && let [o] = &objects[objects_before..]
+        {
+            parsed.insert(doc, o.clone());
         }
     }
-    (objects, errors)
+    (objects, errors, parsed)
+}
+
+/// One document's object, or its error, onto `objects` or `errors`.
+fn read_document(
+    shown: &str,
+    start: usize,
+    doc: &str,
+    objects: &mut Vec<Object>,
+    errors: &mut Vec<DocumentError>,
+) {
+    let head = yaml::from_str::<Head>(doc).ok();
+    let refused = |kind: &str, e: yaml::Error| {
+        let e = e.with_field(doc);
+        let message = format!("{kind}: {}", e.message);
+        let e = ParseError::in_document(shown, start, e.at, None, message);
+        (None, e.to_string())
+    };
+    let unnamed = |kind: &str| {
+        let at = Positions::of(doc).locate("metadata");
+        let message = format!("{kind}: metadata.name is missing");
+        (
+            None,
+            ParseError::in_document(shown, start, at, None, message).to_string(),
+        )
+    };
+    let kind = head
+        .as_ref()
+        .and_then(|h| Some((h.api_version.as_deref()?, h.kind.as_deref()?)));
+    match kind {
+        Some(("v1", "Namespace")) => match yaml::from_str::<ApiNamespace>(doc) {
+            Ok(n) if n.metadata.name.is_none() => errors.push(unnamed("Namespace")),
+            Ok(n) => {
+                let ns = objects::namespace(&n);
+                // A posture that cannot be read is a bad document: the
+                // namespace's last good version stays.
+                match namespace_postures(&ns) {
+                    Ok(_) => objects.push(Object::Namespace(ns)),
+                    Err(e) => {
+                        let at = Positions::of(doc).locate(&e.path);
+                        let message = format!("Namespace {}: {e}", ns.name);
+                        let e = ParseError::in_document(shown, start, at, None, message);
+                        let key = key_of(&Object::Namespace(ns));
+                        errors.push((Some(key), e.to_string()));
+                    }
+                }
+            }
+            Err(e) => errors.push(refused("Namespace", e)),
+        },
+        Some(("v1", "Pod")) => match yaml::from_str::<ApiPod>(doc) {
+            Ok(p) if p.metadata.name.is_none() => errors.push(unnamed("Pod")),
+            Ok(p) => objects.push(Object::Pod(Arc::new(pod_of(&p)))),
+            Err(e) => errors.push(refused("Pod", e)),
+        },
+        // Policies, and anything else: the policy parser names unknown kinds.
+        _ => match parse_one(doc, start, shown, "default") {
+            Ok(d) => objects.push(Object::Policy(Arc::new(d.policy()))),
+            Err(e) => {
+                let key = head.as_ref().and_then(|h| h.policy_key("default"));
+                errors.push((key.map(|k| format!("Policy/{k}")), e.to_string()));
+            }
+        },
+    }
 }
 
 impl FileSource {
@@ -276,9 +319,10 @@ impl FileSource {
         &mut self,
         path: &Path,
         text: &str,
+        before: &Parsed,
         errors: &mut Vec<String>,
-    ) -> BTreeMap<String, Object> {
-        let (objects, bad) = read_file(path, text);
+    ) -> (BTreeMap<String, Object>, Parsed) {
+        let (objects, bad, parsed) = read_file(path, text, before);
         let mut good: BTreeMap<String, Object> =
             objects.into_iter().map(|o| (key_of(&o), o)).collect();
         let old = self.last_good.get(path);
@@ -319,7 +363,7 @@ impl FileSource {
                 )
             });
         }
-        good
+        (good, parsed)
     }
 
     /// Every last good object of every file, but duplicates.
@@ -372,7 +416,12 @@ impl FileSource {
             return Ok(false);
         }
         let mut file_errors = Vec::new();
-        let good = self.good_objects(path, &text, &mut file_errors);
+        let before = self
+            .read
+            .get_mut(path)
+            .map(|r| std::mem::take(&mut r.parsed))
+            .unwrap_or_default();
+        let (good, parsed) = self.good_objects(path, &text, &before, &mut file_errors);
         errors.extend(file_errors.iter().cloned());
         self.last_good.insert(path.to_owned(), good);
         let hash = crate::identity::fnv1a(text.as_bytes());
@@ -380,6 +429,7 @@ impl FileSource {
             path.to_owned(),
             FileRead {
                 text,
+                parsed,
                 read_at,
                 stamp,
                 hash,
@@ -616,6 +666,54 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         );
         let keys: Vec<String> = r.snapshot.policies.iter().map(|p| p.key()).collect();
         assert_eq!(keys, vec!["x/deny".to_owned(), "x/new".to_owned()]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rewritten_file_keeps_the_objects_of_its_unchanged_documents() {
+        let dir = temp_dir();
+        let path = dir.join("cluster.yaml");
+        fs::write(&path, GOOD).unwrap();
+        let mut source = FileSource::new(&dir);
+        let first = source.read();
+        // The pod relabelled, a comment line before everything (every
+        // document moves down a line), the rest as it was.
+        let relabelled = format!("# rewritten\n{}", GOOD.replace("{pod: a}", "{pod: b}"));
+        fs::write(&path, &relabelled).unwrap();
+        let second = source.read();
+        assert!(second.errors.is_empty(), "{:?}", second.errors);
+        assert!(
+            Arc::ptr_eq(&first.snapshot.policies[0], &second.snapshot.policies[0]),
+            "an unchanged document keeps its object"
+        );
+        let (before, after) = (&first.snapshot.pods[0], &second.snapshot.pods[0]);
+        assert!(
+            !Arc::ptr_eq(before, after),
+            "a changed document is read again"
+        );
+        assert_eq!(
+            (&before.labels["pod"], &after.labels["pod"]),
+            (&"a".into(), &"b".into())
+        );
+        // A document broken, then restored: read again each time, its
+        // error at its line, and then its object back.
+        let broken =
+            relabelled.replace("policyTypes: [Ingress]", "policyTypes: [Ingress], bogus: 1");
+        fs::write(&path, &broken).unwrap();
+        let third = source.read();
+        assert!(
+            third.errors.len() == 1 && third.errors[0].contains("cluster.yaml:16:49: "),
+            "{:?}",
+            third.errors
+        );
+        fs::write(&path, &relabelled).unwrap();
+        let fourth = source.read();
+        assert!(fourth.errors.is_empty(), "{:?}", fourth.errors);
+        assert_eq!(fourth.snapshot.policies[0], second.snapshot.policies[0]);
+        assert!(Arc::ptr_eq(
+            &second.snapshot.pods[0],
+            &fourth.snapshot.pods[0]
+        ));
         let _ = fs::remove_dir_all(&dir);
     }
 
