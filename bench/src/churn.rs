@@ -14,7 +14,9 @@
 //! --noflush`, each in a throwaway network namespace
 //! (`churn/firewall.rs`). Also the daemon's start, cold and warm, its
 //! peak RSS and its maps' memory, and where a pass's time goes. Written to
-//! `churn.md` and `churn.csv`; the last line is the `churn:` line.
+//! `churn.md` and `churn.csv` (`churn-tc-filters-first.*` for a run with
+//! `--tc-filters-first`, passed on to the daemon); the last line is the
+//! `churn:` line.
 
 pub mod attach;
 mod firewall;
@@ -716,12 +718,21 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     } else {
         print!("{}", report::table(&rows));
         fs::create_dir_all(out)?;
-        fs::write(out.join("churn.csv"), report::csv(&samples))?;
-        fs::write(out.join("churn.md"), &markdown)?;
+        // A run with daemon flags is named after them, beside the default.
+        let stem = std::iter::once("churn")
+            .chain(run.daemon_flags.iter().map(|f| f.trim_start_matches('-')))
+            .collect::<Vec<_>>()
+            .join("-");
+        let (md, csv) = (
+            out.join(format!("{stem}.md")),
+            out.join(format!("{stem}.csv")),
+        );
+        fs::write(&csv, report::csv(&samples))?;
+        fs::write(&md, &markdown)?;
         println!(
             "written: {}, {} ({:.0} s)",
-            out.join("churn.md").display(),
-            out.join("churn.csv").display(),
+            md.display(),
+            csv.display(),
             run.machine.seconds
         );
     }

@@ -95,6 +95,10 @@ pub struct Args {
     /// daemon is idle. The daemon then keeps CAP_NET_ADMIN after start.
     #[arg(long)]
     tc_filters_first: bool,
+    /// With --tc-filters-first: how long the daemon waits with nothing to
+    /// do before it moves a veth to TCX links (tests lengthen it).
+    #[arg(long, default_value_t = 200, hide = true)]
+    tc_move_when_idle_ms: u64,
 }
 
 pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
@@ -122,11 +126,13 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
             follow_default_routes,
             deny_cidrs: args.deny_cidrs,
             tc_filters_first: args.tc_filters_first,
+            tc_move_when_idle: Duration::from_millis(args.tc_move_when_idle_ms),
         };
         match args.source {
             Some(dir) => {
                 let files = FileSource::new(dir);
-                agent::Agent::start(files, pins.clone(), sizes, options)?
+                agent::Agent::start(files, pins.clone(), sizes, options)
+                    .await?
                     .run()
                     .await
             }
@@ -153,7 +159,8 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
                         },
                     },
                 );
-                agent::Agent::start(source, pins.clone(), sizes, options)?
+                agent::Agent::start(source, pins.clone(), sizes, options)
+                    .await?
                     .run()
                     .await
             }

@@ -252,6 +252,17 @@ impl Enforcer {
         Ok(())
     }
 
+    /// [`Self::restart`] with other extra arguments from now on.
+    pub fn restart_with(
+        &mut self,
+        bin: &Path,
+        node: &Netns,
+        extra: Vec<String>,
+    ) -> anyhow::Result<()> {
+        self.args.extra = extra;
+        self.restart(bin, node)
+    }
+
     pub fn revision(&self) -> u64 {
         self.revision
     }

@@ -170,13 +170,56 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
     Ok(())
 }
 
-/// With `--tc-filters-first` on a TCX kernel a new veth is enforced at once
-/// by clsact filters and, once the daemon is idle, by pinned TCX links
-/// instead, with no filter left and no moment unenforced.
+/// Veths (ifindex) the status lists on clsact filters.
+fn on_filters(s: &serde_json::Value) -> Vec<u64> {
+    s["tc_filters"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// Pod `pod`'s veth on pinned TCX links, with no filter of Palisade's
+/// left (as `tc` shows them).
+fn on_links(lab: &BridgeLab, t: &TempPins, pod: usize) -> anyhow::Result<()> {
+    let name = &lab.pods[pod].host_if;
+    let ifindex = lab.node.run(|| palisade::netns::ifindex(name))??;
+    for pin in ["tc-from-pod", "tc-to-pod"] {
+        let path = t.pins.link(&format!("{pin}-{ifindex}"));
+        anyhow::ensure!(path.exists(), "{name}: no {}", path.display());
+    }
+    for side in ["ingress", "egress"] {
+        let shown = lab.node.run(|| {
+            std::process::Command::new("tc")
+                .args(["filter", "show", "dev", name, side])
+                .output()
+        })??;
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        anyhow::ensure!(!shown.contains("pal_tc_"), "{name} {side}: {shown}");
+    }
+    Ok(())
+}
+
+fn keeps_net_admin(s: &serde_json::Value) -> bool {
+    s["capabilities"]["kept"]
+        .as_array()
+        .is_some_and(|k| k.iter().any(|c| c == "NET_ADMIN"))
+}
+
+fn tcx_or_skip() -> bool {
+    let tcx = palisade::loader::features::Features::probe().tcx;
+    if !tcx {
+        println!("skipped: no TCX on this kernel (every veth stays on clsact filters there)");
+    }
+    tcx
+}
+
+/// With `--tc-filters-first` on a TCX kernel a new veth is enforced by
+/// clsact filters from the pass that finds it and, once the daemon is
+/// idle, by pinned TCX links instead, with no filter left; the policy's
+/// verdicts and the quarantine are the same before and after.
 #[test]
 fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result<()> {
-    if !palisade::loader::features::Features::probe().tcx {
-        println!("skipped: no TCX on this kernel (every veth stays on clsact filters there)");
+    if !tcx_or_skip() {
         return Ok(());
     }
     let t = TempPins::new()?;
@@ -187,58 +230,35 @@ fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result
         .iter()
         .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
         .collect::<Result<Result<_, _>, _>>()??;
-    let mut daemon = start(&lab, &t, &dir, 600_000, &["--tc-filters-first"])?;
+    // Idle 1.5 s before a move: far more than a status poll can miss.
+    let flags = ["--tc-filters-first", "--tc-move-when-idle-ms", "1500"];
+    let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
     daemon.write("cluster.yaml", &cluster(&lab))?;
     daemon.write("policy.yaml", B_FROM_A)?;
     let s = commit_and_wait(&mut daemon)?;
     assert!(
-        s["capabilities"]["kept"]
-            .as_array()
-            .is_some_and(|k| k.iter().any(|c| c == "NET_ADMIN")),
+        keeps_net_admin(&s),
         "filters need NET_ADMIN after start: {s}"
     );
+    assert_eq!(on_filters(&s).len(), 2, "on filters first: {s}");
+    assert!(reaches(&lab, 0, 1)?, "a -> b allowed, on filters");
 
-    let on_filters = |s: &serde_json::Value| -> Vec<u64> {
-        s["tc_filters"]
-            .as_array()
-            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
-            .unwrap_or_default()
-    };
     let wait_moved = |daemon: &Enforcer| -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let s = daemon.status()?;
             if on_filters(&s).is_empty() && s["errors"].as_array().is_some_and(Vec::is_empty) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("veths still on filters after 10 s: {s}");
+                bail!("veths still on filters after 15 s: {s}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    // Each veth on links, pinned, and no filter of Palisade's left.
-    let on_links = |lab: &BridgeLab, pod: usize| -> anyhow::Result<()> {
-        let name = &lab.pods[pod].host_if;
-        let ifindex = lab.node.run(|| palisade::netns::ifindex(name))??;
-        for pin in ["tc-from-pod", "tc-to-pod"] {
-            let path = t.pins.link(&format!("{pin}-{ifindex}"));
-            anyhow::ensure!(path.exists(), "{name}: no {}", path.display());
-        }
-        for side in ["ingress", "egress"] {
-            let shown = lab.node.run(|| {
-                std::process::Command::new("tc")
-                    .args(["filter", "show", "dev", name, side])
-                    .output()
-            })??;
-            let shown = String::from_utf8_lossy(&shown.stdout);
-            anyhow::ensure!(!shown.contains("pal_tc_"), "{name} {side}: {shown}");
-        }
-        Ok(())
-    };
     wait_moved(&daemon)?;
     for pod in 0..2 {
-        on_links(&lab, pod)?;
+        on_links(&lab, &t, pod)?;
     }
     assert!(reaches(&lab, 0, 1)?, "a -> b allowed, on links");
     assert!(reaches(&lab, 1, 0)?, "b -> a allowed, on links");
@@ -271,7 +291,7 @@ fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result
         "quarantined: the new pod reaches nothing"
     );
     wait_moved(&daemon)?;
-    on_links(&lab, 2)?;
+    on_links(&lab, &t, 2)?;
     assert!(!reaches(&lab, 2, 0)?, "still quarantined, on links");
     // Its pod known: what blocked it was the quarantine, now on links.
     daemon.write("cluster.yaml", &cluster(&lab))?;
@@ -282,6 +302,54 @@ fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result
     );
     assert!(!reaches(&lab, 2, 1)?, "c -> b denied, on links");
     assert!(reaches(&lab, 0, 1)?, "a -> b still allowed");
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A daemon started without `--tc-filters-first` on veths one with it
+/// left on filters: it links them and removes the filters (keeping
+/// `CAP_NET_ADMIN` for that run only), and the verdicts hold.
+#[test]
+fn a_daemon_without_filters_first_removes_the_filters_left_to_it() -> anyhow::Result<()> {
+    if !tcx_or_skip() {
+        return Ok(());
+    }
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(3)?;
+    let dir = std::env::temp_dir().join(unique("palisade-filters-left-"));
+    let _listeners: Vec<TcpListener> = lab
+        .pods
+        .iter()
+        .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
+        .collect::<Result<Result<_, _>, _>>()??;
+    // Never idle long enough to move: every veth stays on filters.
+    let flags = ["--tc-filters-first", "--tc-move-when-idle-ms", "600000"];
+    let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    daemon.write("policy.yaml", B_FROM_A)?;
+    let s = commit_and_wait(&mut daemon)?;
+    assert_eq!(on_filters(&s).len(), 3, "{s}");
+
+    let bin = palisade_tests::palisade_bin()?;
+    daemon.restart_with(&bin, &lab.node, Vec::new())?;
+    let s = commit_and_wait(&mut daemon)?;
+    assert!(on_filters(&s).is_empty(), "{s}");
+    assert!(
+        keeps_net_admin(&s),
+        "removing the filters needs NET_ADMIN: {s}"
+    );
+    for pod in 0..3 {
+        on_links(&lab, &t, pod)?;
+    }
+    assert!(reaches(&lab, 0, 1)?, "a -> b allowed");
+    assert!(!reaches(&lab, 2, 1)?, "c -> b denied");
+
+    // Nothing left to remove: the next start drops NET_ADMIN again.
+    daemon.restart_with(&bin, &lab.node, Vec::new())?;
+    let s = commit_and_wait(&mut daemon)?;
+    assert!(!keeps_net_admin(&s), "{s}");
+    assert!(!reaches(&lab, 2, 1)?, "c -> b still denied");
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);
     Ok(())

@@ -221,7 +221,15 @@ pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String 
     let s = run.scale;
     let m = &run.machine;
     let mut t = format!(
-        "# Policy churn at cluster scale\n\n`make bench-churn` (`palisade-bench --churn target/release/palisade`), {}, commit {}, {:.0} s in all.{}\n\nMachine: Linux {} (`uname -r`), {} CPUs (`nproc`), {}; load average {} at the start, {} at the end.\n\nCluster: {} pods ({} on this node, each a network namespace with a veth on the lab node's bridge; the rest other nodes' pods: `spec.nodeName: elsewhere`, an address, no veth), {} NetworkPolicies over {} namespaces, {} changes of each kind. Each figure is from the change written (one file renamed into, or removed from, the daemon's source directory; for a local pod added, from the start of making its namespace and veth) to the status file reporting that content in force (see \"How it is measured\").\n\n",
+        "# Policy churn at cluster scale\n\n{}, {}, commit {}, {:.0} s in all.{}\n\nMachine: Linux {} (`uname -r`), {} CPUs (`nproc`), {}; load average {} at the start, {} at the end.\n\nCluster: {} pods ({} on this node, each a network namespace with a veth on the lab node's bridge; the rest other nodes' pods: `spec.nodeName: elsewhere`, an address, no veth), {} NetworkPolicies over {} namespaces, {} changes of each kind. Each figure is from the change written (one file renamed into, or removed from, the daemon's source directory; for a local pod added, from the start of making its namespace and veth) to the status file reporting that content in force (see \"How it is measured\").\n\n",
+        if run.daemon_flags.is_empty() {
+            "`make bench-churn` (`palisade-bench --churn target/release/palisade`)".to_owned()
+        } else {
+            format!(
+                "`palisade-bench --churn target/release/palisade {}`",
+                run.daemon_flags.join(" ")
+            )
+        },
         m.date,
         m.commit,
         m.seconds,

@@ -76,6 +76,8 @@ pub enum TcHook {
 }
 
 impl TcHook {
+    pub const ALL: [Self; 2] = [Self::FromPod, Self::ToPod];
+
     fn program(self) -> &'static str {
         match self {
             Self::FromPod => programs::TC_FROM_POD,
@@ -131,10 +133,7 @@ fn pin(link: FdLink, path: &Path, replaced: bool) -> Result<LinkState, AttachErr
 /// older ABI is taken over too: links carry no map layout, and adopting them
 /// is what moves an attachment to the new programs without a gap.
 fn adopt(pins: &PinDir, name: &str) -> Result<Option<FdLink>, AttachError> {
-    let Some(path) = std::iter::once(pins.link(name))
-        .chain(pins.other_abis().iter().map(|p| p.link(name)))
-        .find(|p| p.exists())
-    else {
+    let Some(path) = pinned_link(pins, name) else {
         return Ok(None);
     };
     let pinned = PinnedLink::from_pin(&path).map_err(|source| AttachError::Adopt {
@@ -382,7 +381,7 @@ fn attach_clsact(
 /// network namespace. Returns how many there were.
 pub fn detach_clsact(ifindex: u32) -> Result<usize, AttachError> {
     let mut removed = 0;
-    for hook in [TcHook::FromPod, TcHook::ToPod] {
+    for hook in TcHook::ALL {
         removed += usize::from(detach_clsact_hook(ifindex, hook)?);
     }
     Ok(removed)
@@ -417,10 +416,14 @@ pub fn detach_clsact_hook(ifindex: u32, hook: TcHook) -> Result<bool, AttachErro
 /// Whether `hook`'s TCX link on `ifindex` is pinned, by this ABI or an older
 /// one: [`attach_tc`] then updates that link instead of creating one.
 pub fn tc_link_pinned(pins: &PinDir, ifindex: u32, hook: TcHook) -> bool {
-    let name = hook.pin_name(ifindex);
-    std::iter::once(pins.link(&name))
-        .chain(pins.other_abis().iter().map(|p| p.link(&name)))
-        .any(|p| p.exists())
+    pinned_link(pins, &hook.pin_name(ifindex)).is_some()
+}
+
+/// Where the link `name` is pinned, by this ABI or else an older one.
+fn pinned_link(pins: &PinDir, name: &str) -> Option<PathBuf> {
+    std::iter::once(pins.link(name))
+        .chain(pins.other_abis().iter().map(|p| p.link(name)))
+        .find(|p| p.exists())
 }
 
 /// Attaches every LSM program and pins its link as `links/lsm-<program>`.
@@ -481,7 +484,7 @@ pub fn detach_xdp(pins: &PinDir, ifindex: u32) -> Result<bool, AttachError> {
 /// away took its attachments with it; this clears the pins it left.
 pub fn detach_tc(pins: &PinDir, ifindex: u32) -> Result<usize, AttachError> {
     let mut removed = 0;
-    for hook in [TcHook::FromPod, TcHook::ToPod] {
+    for hook in TcHook::ALL {
         let path = pins.link(&hook.pin_name(ifindex));
         match fs::remove_file(&path) {
             Ok(()) => removed += 1,

@@ -45,7 +45,7 @@ use crate::{
     },
     paths::PinDir,
     source::{Reading, Source},
-    sync::{Report, Syncer},
+    sync::{Report, Syncer, TcAttach},
 };
 
 pub struct Options {
@@ -78,6 +78,9 @@ pub struct Options {
     /// links at once (an RCU grace period each). Costs `CAP_NET_ADMIN`
     /// kept after start (see `capabilities`).
     pub tc_filters_first: bool,
+    /// With `tc_filters_first`: how long the daemon waits with nothing to
+    /// do before it moves a veth from filters to links.
+    pub tc_move_when_idle: Duration,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -150,14 +153,12 @@ pub struct Phases {
     pub other: f64,
 }
 
-/// Milliseconds since `t`, and restarts it.
-/// How long the daemon waits with nothing to do before it moves a veth
-/// from clsact filters to TCX links.
-const MOVE_WHEN_IDLE: Duration = Duration::from_millis(200);
-/// How long a veth stays on filters at most under a steady churn; also how
-/// long after a failed move it is tried again.
+/// How long a veth waits on filters before it is moved whatever the churn
+/// (after the next pass); also how long after a failed move it is tried
+/// again.
 const MOVE_AT_LATEST: Duration = Duration::from_secs(30);
 
+/// Milliseconds since `t`, and restarts it.
 fn lap(t: &mut Instant) -> f64 {
     let ms = t.elapsed().as_secs_f64() * 1e3;
     *t = Instant::now();
@@ -229,15 +230,36 @@ impl<S: Source> Agent<S> {
     /// does not need (`node::capabilities`): for the daemon's own process
     /// only. Must run inside a tokio runtime, in the node's network
     /// namespace.
-    pub fn start(
+    pub async fn start(
         source: S,
         pins: PinDir,
         sizes: &MapSizes,
         options: Options,
     ) -> anyhow::Result<Self> {
-        let mut syncer = Syncer::start(pins.clone(), sizes, &options.uplinks, &options.deny_cidrs)?;
-        syncer.set_filters_first(options.tc_filters_first);
         let netlink = discover::connect()?;
+        // Filters a `--tc-filters-first` daemon left on veths it had not
+        // moved yet: without the flag they would judge every packet after
+        // the links (and, across an ABI change, with the older programs),
+        // so this daemon removes them as those veths get links, and keeps
+        // `CAP_NET_ADMIN` for it.
+        let leftover = if options.tc_filters_first {
+            BTreeSet::new()
+        } else {
+            discover::palisade_filters(&netlink)
+                .await
+                .context("looking for Palisade's clsact filters")?
+        };
+        let tc = TcAttach {
+            filters_first: options.tc_filters_first,
+            leftover_filters: leftover,
+        };
+        let syncer = Syncer::start(
+            pins.clone(),
+            sizes,
+            &options.uplinks,
+            &options.deny_cidrs,
+            tc,
+        )?;
         let mut status = Status::default();
         let names = Names::shared();
         let snapshot: SharedSnapshot = Arc::default();
@@ -289,7 +311,7 @@ impl<S: Source> Agent<S> {
             None => None,
         };
         // Loaded, attached, bound: nothing after this needs more.
-        let links_only = syncer.features().tcx && !options.tc_filters_first;
+        let links_only = syncer.features().tcx && !syncer.may_use_filters();
         status.capabilities = Some(capabilities::drop_after_start(links_only));
         Ok(Self {
             source,
@@ -733,18 +755,17 @@ impl<S: Source> Agent<S> {
             };
             (recheck, check_maps) = (Links::Everything, true);
             let wake = tokio::time::Instant::now() + wait;
-            // Between passes, veths on clsact filters move to TCX links
-            // (see `sync::links`), one at a time: once nothing has happened
-            // for `MOVE_WHEN_IDLE`, or, for one that has waited
-            // `MOVE_AT_LATEST` under a steady churn, as soon as no event
-            // waits (the branches are tried in order). A move holds this
-            // loop (about 24 ms a veth): a change arriving meanwhile waits.
+            // Veths on clsact filters move to TCX links (see
+            // `sync::links`), one at a time: between passes once nothing
+            // has happened for `tc_move_when_idle`, and after each pass
+            // one that has waited `MOVE_AT_LATEST`, whatever the churn. A
+            // move holds this loop (about 24 ms a veth): a change arriving
+            // meanwhile waits.
+            if let Some(ifindex) = self.syncer.next_move(MOVE_AT_LATEST).due {
+                self.move_to_links(ifindex);
+            }
             let stop = loop {
-                let next = self.syncer.next_move(MOVE_AT_LATEST);
-                let (to_move, after) = match (next.due, next.when_idle) {
-                    (Some(due), _) => (Some(due), Duration::ZERO),
-                    (None, idle) => (idle, MOVE_WHEN_IDLE),
-                };
+                let idle = self.syncer.next_move(MOVE_AT_LATEST).when_idle;
                 tokio::select! {
                     biased;
                     Some(()) = changes.recv() => {
@@ -764,8 +785,8 @@ impl<S: Source> Agent<S> {
                     }
                     _ = tokio::signal::ctrl_c() => break true,
                     _ = terminate.recv() => break true,
-                    () = tokio::time::sleep(after), if to_move.is_some() => {
-                        if let Some(ifindex) = to_move {
+                    () = tokio::time::sleep(self.options.tc_move_when_idle), if idle.is_some() => {
+                        if let Some(ifindex) = idle {
                             self.move_to_links(ifindex);
                         }
                         continue;

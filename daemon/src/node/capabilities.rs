@@ -17,9 +17,10 @@
 //!   kernel.unprivileged_bpf_disabled behaviour"); the rest is governed by
 //!   the file descriptors and the pins' file permissions, and the daemon
 //!   creates and loads nothing after start.
-//! - `CAP_NET_ADMIN` without TCX (before 6.6), or with
-//!   `--tc-filters-first`: TC programs go onto a new pod's veth as a
-//!   clsact qdisc and a cls_bpf filter over rtnetlink, which refuses every
+//! - `CAP_NET_ADMIN` without TCX (before 6.6), with `--tc-filters-first`,
+//!   or where such a daemon left filters that this one removes: TC
+//!   programs go onto a new pod's veth as a clsact qdisc and a cls_bpf
+//!   filter over rtnetlink (and filters off it), which refuses every
 //!   request but a dump without it (net/core/rtnetlink.c,
 //!   `rtnetlink_rcv_msg`). With TCX, TC and XDP attachments are bpf links:
 //!   `link_create`, `tcx_link_attach` and `bpf_xdp_link_attach` check no
@@ -120,7 +121,7 @@ pub fn runtime_needs(version: Option<KernelVersion>, links_only: bool) -> Vec<(u
     if !links_only {
         needs.push((
             CAP_NET_ADMIN,
-            "the TC programs go onto new pods' veths as clsact qdiscs and filters over rtnetlink (a kernel without TCX, or --tc-filters-first)",
+            "clsact qdiscs and filters go onto new pods' veths, or off them, over rtnetlink (a kernel without TCX, --tc-filters-first, or filters a --tc-filters-first daemon left)",
         ));
     }
     needs
@@ -442,8 +443,8 @@ mod tests {
 
     #[test]
     fn what_is_kept_depends_on_the_kernel() {
-        let kept = |v: Option<KernelVersion>, tcx| {
-            runtime_needs(v, tcx)
+        let kept = |v: Option<KernelVersion>, links_only| {
+            runtime_needs(v, links_only)
                 .into_iter()
                 .map(|(c, _)| name(c))
                 .collect::<Vec<_>>()
@@ -454,6 +455,11 @@ mod tests {
         assert_eq!(kept(v(5, 19), false), ["NET_ADMIN"]);
         assert_eq!(kept(v(6, 1), false), ["NET_ADMIN"]);
         assert!(kept(v(6, 6), true).is_empty());
+        assert_eq!(
+            kept(v(6, 6), false),
+            ["NET_ADMIN"],
+            "filters on a TCX kernel"
+        );
         assert_eq!(kept(None, false), ["BPF", "NET_ADMIN"]);
     }
 

@@ -538,6 +538,42 @@ pub async fn default_route_links(handle: &Handle) -> Result<Vec<u32>, DiscoverEr
     Ok(out)
 }
 
+/// The interfaces (ifindex) that carry a clsact filter of Palisade's (its
+/// priority and handle, `loader::attach`) on either side. Reads only: a
+/// dump needs no capability. An interface with no clsact qdisc answers
+/// with an error, which means none.
+pub async fn palisade_filters(
+    handle: &Handle,
+) -> Result<std::collections::BTreeSet<u32>, DiscoverError> {
+    use crate::loader::attach::{CLSACT_HANDLE, CLSACT_PRIORITY};
+    let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
+    let mut found = std::collections::BTreeSet::new();
+    for link in links {
+        let Ok(index) = i32::try_from(link.header.index) else {
+            continue;
+        };
+        for side in [true, false] {
+            let request = handle.traffic_filter(index).get();
+            let request = if side {
+                request.ingress()
+            } else {
+                request.egress()
+            };
+            let Ok(filters) = request.execute().try_collect::<Vec<_>>().await else {
+                continue;
+            };
+            // A filter's priority is the upper half of `tcm_info`.
+            if filters.iter().any(|f| {
+                u32::from(f.header.handle) == CLSACT_HANDLE
+                    && f.header.info >> 16 == u32::from(CLSACT_PRIORITY)
+            }) {
+                found.insert(link.header.index);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// A netlink connection in the calling thread's network namespace, driven
 /// on the current tokio runtime.
 pub fn connect() -> std::io::Result<Handle> {

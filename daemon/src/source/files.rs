@@ -67,12 +67,14 @@ pub struct FileSource {
 
 /// What reading one file gave.
 struct FileRead {
-    text: String,
     /// Each document of the text that gave an object without an error,
     /// by its text: a rewritten file's unchanged documents are not parsed
-    /// again, and keep their objects (the same `Arc`s, which the compiler
-    /// tells unchanged by pointer).
+    /// again, and keep their objects (pods and policies the same `Arc`s,
+    /// which the compiler tells unchanged by pointer). The documents'
+    /// texts are all that is kept of the file's: the text itself is known
+    /// again by its `hash` and `len`.
     parsed: Parsed,
+    len: usize,
     /// When the text was read, and the file's metadata then.
     read_at: SystemTime,
     stamp: Option<Stamp>,
@@ -407,8 +409,9 @@ impl FileSource {
         let read_at = SystemTime::now();
         let text = read_limited(path, total)?;
         let stamp = meta.as_ref().map(Stamp::of);
+        let hash = crate::identity::fnv1a(text.as_bytes());
         if let Some(before) = self.read.get_mut(path)
-            && before.text == text
+            && (before.hash, before.len) == (hash, text.len())
         {
             before.read_at = read_at;
             before.stamp = stamp;
@@ -424,12 +427,11 @@ impl FileSource {
         let (good, parsed) = self.good_objects(path, &text, &before, &mut file_errors);
         errors.extend(file_errors.iter().cloned());
         self.last_good.insert(path.to_owned(), good);
-        let hash = crate::identity::fnv1a(text.as_bytes());
         self.read.insert(
             path.to_owned(),
             FileRead {
-                text,
                 parsed,
+                len: text.len(),
                 read_at,
                 stamp,
                 hash,

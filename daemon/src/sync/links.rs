@@ -14,9 +14,11 @@
 //! wait sits between a new pod and its enforcement. With
 //! `--tc-filters-first` a veth new to the daemon gets filters even on a
 //! TCX kernel, and the daemon moves it to links while idle
-//! ([`move_to_links`]); it keeps `CAP_NET_ADMIN` for that. A veth whose
-//! links a previous daemon pinned keeps them either way: updating a link's
-//! program does not wait.
+//! ([`move_to_links`]); it keeps `CAP_NET_ADMIN` for that. A hook whose
+//! link a previous daemon pinned keeps it either way: updating a link's
+//! program does not wait. A daemon without the flag that finds filters
+//! such a daemon left (`TcAttach::leftover_filters`) removes each once its
+//! veth's links are in place, and keeps `CAP_NET_ADMIN` for it.
 
 use std::{
     collections::BTreeSet,
@@ -26,16 +28,17 @@ use std::{
 use super::{Report, Syncer};
 use crate::{compile::desired::Desired, loader::attach};
 
-const HOOKS: [attach::TcHook; 2] = [attach::TcHook::FromPod, attach::TcHook::ToPod];
+const HOOKS: [attach::TcHook; 2] = attach::TcHook::ALL;
 
 /// How a veth's two TC programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Via {
     /// Pinned TCX links.
     Links,
-    /// clsact filters: for good on a kernel without TCX; on one with TCX
-    /// until the veth is moved to links. `since` the attach, or the last
-    /// move that `failed`.
+    /// clsact filters, on both hooks or (a veth a daemon left half moved)
+    /// on one: for good on a kernel without TCX; on one with TCX until the
+    /// veth is moved to links. `since` the attach, or the last move that
+    /// `failed`.
     Filters { since: Instant, failed: bool },
 }
 
@@ -48,32 +51,31 @@ pub(super) fn attach_new(syncer: &mut Syncer, desired: &Desired<'_>, report: &mu
         if syncer.attached.contains_key(&ifindex) {
             continue;
         }
-        let links = syncer.features.tcx
-            && (!syncer.filters_first
-                || HOOKS
-                    .iter()
-                    .all(|&hook| attach::tc_link_pinned(&syncer.pins, ifindex, hook)));
+        // Per hook: a pinned link is updated in place (no wait), so a veth
+        // a daemon left half moved keeps the hook it had linked.
+        let linked = HOOKS.map(|hook| {
+            syncer.features.tcx
+                && (!syncer.tc.filters_first || attach::tc_link_pinned(&syncer.pins, ifindex, hook))
+        });
+        // A filter a daemon left behind a link would judge every packet
+        // again: it goes once the link is in place.
+        let clear_filters =
+            syncer.tc.filters_first || syncer.tc.leftover_filters.contains(&ifindex);
         let mut failed = Vec::new();
-        for hook in HOOKS {
+        for (hook, link) in HOOKS.into_iter().zip(linked) {
             if let Err(e) =
-                attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, links)
+                attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, link)
             {
                 failed.push(format!("attaching to ifindex {ifindex}: {e}"));
-            }
-        }
-        // A daemon stopped between a link and the removal of its filter
-        // left both: the filter would judge every packet again. (Without
-        // `--tc-filters-first` the daemon holds no `CAP_NET_ADMIN` to
-        // remove it: `palisade unload --tc` does.)
-        if links && syncer.filters_first && failed.is_empty() {
-            for hook in HOOKS {
-                if let Err(e) = attach::detach_clsact_hook(ifindex, hook) {
-                    report.attach_errors.push(e.to_string());
-                }
+            } else if link
+                && clear_filters
+                && let Err(e) = attach::detach_clsact_hook(ifindex, hook)
+            {
+                report.attach_errors.push(e.to_string());
             }
         }
         if failed.is_empty() {
-            let via = if links {
+            let via = if linked.iter().all(|&l| l) {
                 Via::Links
             } else {
                 Via::Filters {

@@ -133,9 +133,20 @@ pub struct Syncer {
     inherited: bool,
     /// What the last pass wrote, when it failed nothing.
     written: Option<Written>,
-    /// New veths get clsact filters first, on a TCX kernel too (see
-    /// `links`).
-    filters_first: bool,
+    /// How TC programs go onto veths beside TCX links (see `links`).
+    tc: TcAttach,
+}
+
+/// What the syncer does with clsact filters where the kernel has TCX.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcAttach {
+    /// New veths get filters first, moved to links later
+    /// (`--tc-filters-first`).
+    pub filters_first: bool,
+    /// Veths (ifindex) that carried a Palisade filter at start, left by a
+    /// daemon with `filters_first`: the filter goes once the veth's links
+    /// are in place.
+    pub leftover_filters: BTreeSet<u32>,
 }
 
 impl Syncer {
@@ -147,6 +158,7 @@ impl Syncer {
         sizes: &MapSizes,
         uplinks: &[String],
         node_denies: &[IpNet],
+        tc: TcAttach,
     ) -> Result<Self, StartError> {
         let (features, mut loaded) = loader::load_probed(&pins, sizes)?;
         let mut maps = DatapathMaps::open(&pins)?;
@@ -178,7 +190,7 @@ impl Syncer {
             uplinks,
             inherited,
             written: None,
-            filters_first: false,
+            tc,
         })
     }
 
@@ -232,10 +244,11 @@ impl Syncer {
         &self.features
     }
 
-    /// Gives new veths clsact filters first where the kernel has TCX, to
-    /// be moved to links later (see `links`); needs `CAP_NET_ADMIN`.
-    pub fn set_filters_first(&mut self, on: bool) {
-        self.filters_first = on;
+    /// Whether the syncer may add or remove clsact filters after start on
+    /// a kernel with TCX (`filters_first`, or leftover filters to remove),
+    /// which needs `CAP_NET_ADMIN`.
+    pub fn may_use_filters(&self) -> bool {
+        self.tc.filters_first || !self.tc.leftover_filters.is_empty()
     }
 
     /// Veths (ifindex) whose TC programs are clsact filters: on a kernel
