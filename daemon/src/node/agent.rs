@@ -245,9 +245,16 @@ impl<S: Source> Agent<S> {
         let leftover = if options.tc_filters_first {
             BTreeSet::new()
         } else {
-            discover::palisade_filters(&netlink)
+            let t = Instant::now();
+            let found = discover::palisade_filters(&netlink)
                 .await
-                .context("looking for Palisade's clsact filters")?
+                .context("looking for Palisade's clsact filters")?;
+            tracing::debug!(
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                veths = found.len(),
+                "looked for clsact filters left by --tc-filters-first"
+            );
+            found
         };
         let tc = TcAttach {
             filters_first: options.tc_filters_first,

@@ -26,9 +26,10 @@ use std::{
 };
 
 use super::{Report, Syncer};
-use crate::{compile::desired::Desired, loader::attach};
-
-const HOOKS: [attach::TcHook; 2] = attach::TcHook::ALL;
+use crate::{
+    compile::desired::Desired,
+    loader::attach::{self, TcHook},
+};
 
 /// How a veth's two TC programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +54,7 @@ pub(super) fn attach_new(syncer: &mut Syncer, desired: &Desired<'_>, report: &mu
         }
         // Per hook: a pinned link is updated in place (no wait), so a veth
         // a daemon left half moved keeps the hook it had linked.
-        let linked = HOOKS.map(|hook| {
+        let linked = TcHook::ALL.map(|hook| {
             syncer.features.tcx
                 && (!syncer.tc.filters_first || attach::tc_link_pinned(&syncer.pins, ifindex, hook))
         });
@@ -62,7 +63,7 @@ pub(super) fn attach_new(syncer: &mut Syncer, desired: &Desired<'_>, report: &mu
         let clear_filters =
             syncer.tc.filters_first || syncer.tc.leftover_filters.contains(&ifindex);
         let mut failed = Vec::new();
-        for (hook, link) in HOOKS.into_iter().zip(linked) {
+        for (hook, link) in TcHook::ALL.into_iter().zip(linked) {
             if let Err(e) =
                 attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, link)
             {
@@ -162,7 +163,7 @@ pub(super) fn move_to_links(syncer: &mut Syncer, ifindex: u32) -> Result<(), Str
     if !matches!(syncer.attached.get(&ifindex), Some(Via::Filters { .. })) {
         return Ok(());
     }
-    for hook in HOOKS {
+    for hook in TcHook::ALL {
         let moved = attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, true)
             .and_then(|_| attach::detach_clsact_hook(ifindex, hook));
         if let Err(e) = moved {
