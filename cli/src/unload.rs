@@ -3,8 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::anyhow;
-use palisade::{loader::attach, netns::ifindex, paths::PinDir};
+use anyhow::{Context as _, anyhow};
+use palisade::{
+    loader::attach,
+    netns::{ifindex, ifname},
+    node::discover,
+    paths::PinDir,
+};
 
 use crate::maybe_in_netns;
 
@@ -12,12 +17,14 @@ use crate::maybe_in_netns;
 pub struct Args {
     #[arg(long)]
     maps: bool,
-    /// Also remove Palisade's clsact filters from these interfaces
-    /// (kernels without TCX, where TC attachments are not pinned, and
-    /// veths a `--tc-filters-first` daemon had not yet moved to links).
+    /// Remove Palisade's clsact filters from these interfaces only. By
+    /// default every interface of the namespace that has one is found by
+    /// a filter dump (kernels without TCX, where TC attachments are not
+    /// pinned, and veths a `--tc-filters-first` daemon had not yet moved
+    /// to links).
     #[arg(long = "tc", value_name = "IFACE")]
     tc: Vec<String>,
-    /// Network namespace of the --tc interfaces.
+    /// Network namespace of the interfaces whose filters go.
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
 }
@@ -30,9 +37,18 @@ fn unload(pins: &PinDir, maps: bool, tc: &[String], netns: Option<&Path>) -> any
     let removed = attach::unpin_links(pins)?;
     println!("unpinned {removed} links");
     maybe_in_netns(netns, || {
-        for iface in tc {
-            let filters = attach::detach_clsact(ifindex(iface)?)?;
-            println!("removed {filters} clsact filters from {iface}");
+        let interfaces = if tc.is_empty() {
+            filtered_interfaces()?
+        } else {
+            tc.iter()
+                .map(|iface| Ok(ifindex(iface)?))
+                .collect::<anyhow::Result<_>>()?
+        };
+        for index in interfaces {
+            let filters = attach::detach_clsact(index)?;
+            // A veth can go between the dump and here: its index then names it.
+            let name = ifname(index).unwrap_or_else(|_| format!("ifindex {index}"));
+            println!("removed {filters} clsact filters from {name}");
         }
         Ok(())
     })?;
@@ -44,4 +60,19 @@ fn unload(pins: &PinDir, maps: bool, tc: &[String], netns: Option<&Path>) -> any
         }
     }
     Ok(())
+}
+
+/// The interfaces of the calling thread's namespace that hold a Palisade
+/// clsact filter.
+fn filtered_interfaces() -> anyhow::Result<Vec<u32>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let netlink = discover::connect().context("netlink")?;
+        let found = discover::palisade_filters(&netlink)
+            .await
+            .context("looking for Palisade's clsact filters")?;
+        Ok(found.into_iter().collect())
+    })
 }

@@ -47,6 +47,15 @@ fn cluster(lab: &BridgeLab) -> String {
     lab_cluster(lab, &[])
 }
 
+/// A listener on `PORT` in every pod, to be kept for the test.
+fn listen_in_every_pod(lab: &BridgeLab) -> anyhow::Result<Vec<TcpListener>> {
+    Ok(lab
+        .pods
+        .iter()
+        .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
+        .collect::<Result<Result<_, _>, _>>()??)
+}
+
 fn reaches(lab: &BridgeLab, from: usize, to: usize) -> anyhow::Result<bool> {
     palisade_tests::reaches(lab, from, to, PORT, WAIT)
 }
@@ -57,11 +66,7 @@ fn the_daemon_enforces_a_directory_of_policies_on_a_bridged_node() -> anyhow::Re
     let lab = BridgeLab::new(3)?;
     let dir = std::env::temp_dir().join(unique("palisade-daemon-"));
     // Listeners in every pod, kept for the whole test.
-    let _listeners: Vec<TcpListener> = lab
-        .pods
-        .iter()
-        .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
-        .collect::<Result<Result<_, _>, _>>()??;
+    let _listeners = listen_in_every_pod(&lab)?;
 
     let mut daemon = start(&lab, &t, &dir, 300, &[])?;
     daemon.write("cluster.yaml", &cluster(&lab))?;
@@ -188,15 +193,23 @@ fn on_links(lab: &BridgeLab, t: &TempPins, pod: usize) -> anyhow::Result<()> {
         anyhow::ensure!(path.exists(), "{name}: no {}", path.display());
     }
     for side in ["ingress", "egress"] {
-        let shown = lab.node.run(|| {
-            std::process::Command::new("tc")
-                .args(["filter", "show", "dev", name, side])
-                .output()
-        })??;
-        let shown = String::from_utf8_lossy(&shown.stdout);
-        anyhow::ensure!(!shown.contains("pal_tc_"), "{name} {side}: {shown}");
+        anyhow::ensure!(
+            !shows_palisade_filter(lab, name, side)?,
+            "{name} {side}: a filter of Palisade's"
+        );
     }
     Ok(())
+}
+
+/// Whether `tc filter show` of `side` of the node's `iface` names one of
+/// Palisade's programs.
+fn shows_palisade_filter(lab: &BridgeLab, iface: &str, side: &str) -> anyhow::Result<bool> {
+    let shown = lab.node.run(|| {
+        std::process::Command::new("tc")
+            .args(["filter", "show", "dev", iface, side])
+            .output()
+    })??;
+    Ok(String::from_utf8_lossy(&shown.stdout).contains("pal_tc_"))
 }
 
 fn keeps_net_admin(s: &serde_json::Value) -> bool {
@@ -225,11 +238,7 @@ fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result
     let t = TempPins::new()?;
     let mut lab = BridgeLab::new(2)?;
     let dir = std::env::temp_dir().join(unique("palisade-filters-first-"));
-    let _listeners: Vec<TcpListener> = lab
-        .pods
-        .iter()
-        .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
-        .collect::<Result<Result<_, _>, _>>()??;
+    let _listeners = listen_in_every_pod(&lab)?;
     // Idle 1.5 s before a move: far more than a status poll can miss.
     let flags = ["--tc-filters-first", "--tc-move-when-idle-ms", "1500"];
     let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
@@ -318,11 +327,7 @@ fn a_daemon_without_filters_first_removes_the_filters_left_to_it() -> anyhow::Re
     let t = TempPins::new()?;
     let lab = BridgeLab::new(3)?;
     let dir = std::env::temp_dir().join(unique("palisade-filters-left-"));
-    let _listeners: Vec<TcpListener> = lab
-        .pods
-        .iter()
-        .map(|p| in_netns(&p.netns, || TcpListener::bind((p.ip, PORT))))
-        .collect::<Result<Result<_, _>, _>>()??;
+    let _listeners = listen_in_every_pod(&lab)?;
     // Never idle long enough to move: every veth stays on filters.
     let flags = ["--tc-filters-first", "--tc-move-when-idle-ms", "600000"];
     let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
@@ -351,6 +356,70 @@ fn a_daemon_without_filters_first_removes_the_filters_left_to_it() -> anyhow::Re
     assert!(!keeps_net_admin(&s), "{s}");
     assert!(!reaches(&lab, 2, 1)?, "c -> b still denied");
     daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The interfaces of the lab's node whose `tc filter show` names one of
+/// Palisade's programs.
+fn with_filters(lab: &BridgeLab) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for pod in &lab.pods {
+        for side in ["ingress", "egress"] {
+            if shows_palisade_filter(lab, &pod.host_if, side)? {
+                found.push(format!("{} {side}", pod.host_if));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// `palisade unload` with no interface named finds the veths a daemon left
+/// on clsact filters (a `--tc-filters-first` daemon's unmoved ones, or any
+/// veth on a kernel without TCX) and removes the filters, with the pinned
+/// links: enforcement outlives the daemon, and ends with the unload.
+#[test]
+fn unload_finds_and_removes_the_filters_a_daemon_left() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(3)?;
+    let dir = std::env::temp_dir().join(unique("palisade-unload-"));
+    let _listeners = listen_in_every_pod(&lab)?;
+    // Never idle long enough to move: every veth stays on filters.
+    let tcx = palisade::loader::features::Features::probe().tcx;
+    let flags: &[&str] = if tcx {
+        &["--tc-filters-first", "--tc-move-when-idle-ms", "600000"]
+    } else {
+        &[]
+    };
+    let mut daemon = start(&lab, &t, &dir, 600_000, flags)?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    daemon.write("policy.yaml", B_FROM_A)?;
+    commit_and_wait(&mut daemon)?;
+    daemon.stop();
+    assert_eq!(with_filters(&lab)?.len(), 6, "two filters a veth");
+    assert!(!reaches(&lab, 2, 1)?, "c -> b denied after the daemon");
+
+    let out = std::process::Command::new(palisade_bin()?)
+        .arg("--pin-base")
+        .arg(t.pins.base())
+        .arg("unload")
+        .arg("--netns")
+        // This process's descriptor, which the child can open by its path.
+        .arg(format!("/proc/{}/fd/{}", std::process::id(), lab.node.fd()))
+        .output()?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        printed.matches("removed 2 clsact filters from").count(),
+        3,
+        "{printed}"
+    );
+    assert!(with_filters(&lab)?.is_empty(), "{printed}");
+    assert!(reaches(&lab, 2, 1)?, "c -> b once nothing enforces");
     let _ = fs::remove_dir_all(&dir);
     Ok(())
 }

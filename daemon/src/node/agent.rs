@@ -669,9 +669,9 @@ impl<S: Source> Agent<S> {
     }
 
     /// Moves one veth from clsact filters to TCX links and publishes that
-    /// in the status. A failed move is logged and counted in the status's
-    /// errors; the veth stays enforced by its filters and is tried again
-    /// after `MOVE_AT_LATEST`.
+    /// in the status. A failed move is logged, listed in the status's
+    /// errors and counted as an attach error; the veth stays enforced by
+    /// its filters and is tried again after `MOVE_AT_LATEST`.
     fn move_to_links(&mut self, ifindex: u32) {
         let t = Instant::now();
         match self.syncer.move_to_links(ifindex) {
@@ -682,12 +682,31 @@ impl<S: Source> Agent<S> {
             ),
             Err(e) => {
                 tracing::warn!("{e}");
-                self.status.errors.push(e);
+                if !self.status.errors.contains(&e) {
+                    metrics::counter!("palisade_errors_total", "kind" => "attach").increment(1);
+                    self.status.errors.push(e);
+                }
             }
         }
         self.status.tc_filters = self.syncer.on_filters();
         if let Err(e) = self.write_status() {
             tracing::warn!("writing the status: {e:#}");
+        }
+    }
+
+    /// [`Self::move_to_links`], for the loop: a source change that arrived
+    /// during the move waited for it, so its time to in force counts from
+    /// the move's start (an upper bound: the move cannot have read it).
+    fn move_to_links_noting(
+        &mut self,
+        ifindex: u32,
+        changes: &tokio::sync::mpsc::Receiver<()>,
+        pending: &mut Option<Instant>,
+    ) {
+        let started = Instant::now();
+        self.move_to_links(ifindex);
+        if !changes.is_empty() {
+            pending.get_or_insert(started);
         }
     }
 
@@ -769,7 +788,7 @@ impl<S: Source> Agent<S> {
             // move holds this loop (about 24 ms a veth): a change arriving
             // meanwhile waits.
             if let Some(ifindex) = self.syncer.next_move(MOVE_AT_LATEST).due {
-                self.move_to_links(ifindex);
+                self.move_to_links_noting(ifindex, &changes, &mut pending);
             }
             let stop = loop {
                 let idle = self.syncer.next_move(MOVE_AT_LATEST).when_idle;
@@ -794,7 +813,7 @@ impl<S: Source> Agent<S> {
                     _ = terminate.recv() => break true,
                     () = tokio::time::sleep(self.options.tc_move_when_idle), if idle.is_some() => {
                         if let Some(ifindex) = idle {
-                            self.move_to_links(ifindex);
+                            self.move_to_links_noting(ifindex, &changes, &mut pending);
                         }
                         continue;
                     }

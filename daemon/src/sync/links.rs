@@ -18,7 +18,9 @@
 //! link a previous daemon pinned keeps it either way: updating a link's
 //! program does not wait. A daemon without the flag that finds filters
 //! such a daemon left (`TcAttach::leftover_filters`) removes each once its
-//! veth's links are in place, and keeps `CAP_NET_ADMIN` for it.
+//! veth's links are in place, and keeps `CAP_NET_ADMIN` for it; a filter
+//! whose removal failed leaves its veth listed as on filters, and goes
+//! with the veth's next move.
 
 use std::{
     collections::BTreeSet,
@@ -63,6 +65,9 @@ pub(super) fn attach_new(syncer: &mut Syncer, desired: &Desired<'_>, report: &mu
         let clear_filters =
             syncer.tc.filters_first || syncer.tc.leftover_filters.contains(&ifindex);
         let mut failed = Vec::new();
+        // A filter that stayed behind its link: the veth is kept as on
+        // filters whose move failed, so the move removes it later.
+        let mut filter_stayed = false;
         for (hook, link) in TcHook::ALL.into_iter().zip(linked) {
             if let Err(e) =
                 attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, link)
@@ -72,16 +77,17 @@ pub(super) fn attach_new(syncer: &mut Syncer, desired: &Desired<'_>, report: &mu
                 && clear_filters
                 && let Err(e) = attach::detach_clsact_hook(ifindex, hook)
             {
+                filter_stayed = true;
                 report.attach_errors.push(e.to_string());
             }
         }
         if failed.is_empty() {
-            let via = if linked.iter().all(|&l| l) {
+            let via = if linked.iter().all(|&l| l) && !filter_stayed {
                 Via::Links
             } else {
                 Via::Filters {
                     since: Instant::now(),
-                    failed: false,
+                    failed: filter_stayed,
                 }
             };
             syncer.attached.insert(ifindex, via);
