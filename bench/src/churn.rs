@@ -629,6 +629,8 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
                 nft_ms,
                 iptables_ms,
                 pod_net_ms,
+                nft_net_ms: nft_net,
+                iptables_net_ms: iptables_net,
                 veth_ms,
             });
             fw = after_fw;
@@ -642,8 +644,11 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         if let Some(r) = report::rows(&samples).iter().find(|r| r.kind == kind) {
             if kind == Kind::LocalPodAdded {
                 println!(
-                    "  (a local pod's namespace and veth: median {:.1} ms, in each figure)",
-                    r.pod_net_ms
+                    "  (a local pod's namespace and veth: median {:.1} ms, in each figure; less it, p50 / p99 ms: Palisade {}, nft {}, iptables {})",
+                    r.pod_net_ms,
+                    report::pair(r.after_net[0]),
+                    report::pair(r.after_net[1]),
+                    report::pair(r.after_net[2])
                 );
             }
             if kind == Kind::LocalPodAfterVeth {
