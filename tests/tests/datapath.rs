@@ -759,3 +759,68 @@ fn a_cached_drop_never_hides_the_reply_of_a_flow_opened_the_other_way() -> anyho
     h.expect(OUT, &v4_tcp(A, B, 81, 40000, SYN), false, "drop_default_deny", "another egress flow")?;
     Ok(())
 }
+
+/// The full pass reads the policy maps in batches: entry for entry what
+/// iterating them finds, across many batches (7 entries a call), of the
+/// LPM trie (port ranges) and of the hash map (exact ports, whose batches
+/// are whole buckets).
+#[test]
+fn batched_reads_of_the_policy_maps_are_what_iterating_finds() -> anyhow::Result<()> {
+    use aya::maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
+    use ebpf_common::datapath::PolicyKey;
+    use palisade::datapath::batch::{Batched, read_all_by};
+
+    let mut h = harness()?;
+    for endpoint in 0..4u32 {
+        let entries: Vec<PolicyEntry> = (0..300u16)
+            .map(|i| {
+                let peer = identity::FIRST_ALLOCATED + u32::from(i);
+                if i % 2 == 0 {
+                    entry(IN, peer, TCP, (1000 + i, 1000 + i), allow(i.into()))
+                } else {
+                    entry(OUT, peer, UDP, (2048, 2063), allow(i.into()))
+                }
+            })
+            .collect();
+        h.maps
+            .replace_policy(100 + endpoint, 40 + endpoint, ISOLATED, &entries)?;
+    }
+    let open = |name| MapData::from_pin(h.t.pins.map(name));
+    let Batched::Read(trie_read) =
+        read_all_by::<Key<PolicyKey>, PolicyValue>(&open(maps::POLICY)?, 7)?
+    else {
+        println!("skipped: no batch lookups for LPM tries on this kernel (the pass iterates)");
+        return Ok(());
+    };
+    let sorted = |mut v: Vec<(u32, PolicyKey, PolicyValue)>| {
+        v.sort_by_key(|(len, k, _)| (*len, k.endpoint, k.peer, k.direction, k.port, k.protocol));
+        v
+    };
+
+    let trie = LpmTrie::<_, PolicyKey, PolicyValue>::try_from(Map::LpmTrie(open(maps::POLICY)?))?;
+    let iterated: Vec<_> = trie
+        .iter()
+        .map(|e| e.map(|(k, v)| (k.prefix_len(), k.data(), v)))
+        .collect::<Result<_, _>>()?;
+    let read: Vec<_> = trie_read
+        .into_iter()
+        .map(|(k, v)| (k.prefix_len(), k.data(), v))
+        .collect();
+    assert!(iterated.len() > 600, "{} trie entries", iterated.len());
+    assert_eq!(sorted(read), sorted(iterated));
+
+    let hash =
+        HashMap::<_, PolicyKey, PolicyValue>::try_from(Map::HashMap(open(maps::POLICY_PORT)?))?;
+    let iterated: Vec<_> = hash
+        .iter()
+        .map(|e| e.map(|(k, v)| (0, k, v)))
+        .collect::<Result<_, _>>()?;
+    let read: Vec<_> = match read_all_by::<PolicyKey, PolicyValue>(&open(maps::POLICY_PORT)?, 7)? {
+        Batched::Read(entries) => entries.into_iter().map(|(k, v)| (0, k, v)).collect(),
+        // Hash maps have had them since Linux 5.6.
+        Batched::Unsupported => bail!("no batch lookups for the policy hash map"),
+    };
+    assert!(iterated.len() > 600, "{} hash entries", iterated.len());
+    assert_eq!(sorted(read), sorted(iterated));
+    Ok(())
+}

@@ -6,11 +6,11 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::{HashMap, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
 use ebpf_common::datapath::{ADDR_LEN, ipv4_mapped, ipv4_prefix_len};
 use ipnet::IpNet;
 
-use super::maps::{DatapathError, open_map, removed};
+use super::maps::{DatapathError, open_map, read_whole, removed};
 use crate::paths::PinDir;
 
 /// The 16-byte form of an address and the matching prefix length (IPv4 as
@@ -87,14 +87,11 @@ impl<V: aya::Pod + PartialEq + std::fmt::Debug> AddressMap<V> {
 
     /// Every prefix the pair holds, with its value.
     pub fn held(&self) -> Result<BTreeMap<IpNet, V>, DatapathError> {
-        let read = |name| move |source: MapError| DatapathError::Read { name, source };
         let mut out = BTreeMap::new();
-        for item in self.host.iter() {
-            let (addr, v) = item.map_err(read(self.host_name))?;
+        for (addr, v) in read_whole(self.host.map(), self.host_name, || self.host.iter())? {
             out.extend(net_of(&Key::new(128, addr)).map(|net| (net, v)));
         }
-        for item in self.trie.iter() {
-            let (key, v) = item.map_err(read(self.trie_name))?;
+        for (key, v) in read_whole(self.trie.map(), self.trie_name, || self.trie.iter())? {
             out.extend(net_of(&key).map(|net| (net, v)));
         }
         Ok(out)

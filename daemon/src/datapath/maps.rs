@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ebpf_common::{
     datapath::{
         ADDR_LEN, EndpointSlot, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED,
@@ -443,21 +443,15 @@ impl DatapathMaps {
     pub fn held_policy(&self) -> Result<HeldPolicy, DatapathError> {
         let mut out: std::collections::HashMap<(u32, u8), Vec<_>> =
             std::collections::HashMap::new();
-        for item in self.policy.iter() {
-            let (key, value) = item.map_err(|source| DatapathError::Read {
-                name: maps::POLICY,
-                source,
-            })?;
+        for (key, value) in read_whole(self.policy.map(), maps::POLICY, || self.policy.iter())? {
             let d = key.data();
             out.entry((d.endpoint, d.generation))
                 .or_default()
                 .push((key, value));
         }
-        for item in self.policy_port.iter() {
-            let (d, value) = item.map_err(|source| DatapathError::Read {
-                name: maps::POLICY_PORT,
-                source,
-            })?;
+        for (d, value) in read_whole(self.policy_port.map(), maps::POLICY_PORT, || {
+            self.policy_port.iter()
+        })? {
             out.entry((d.endpoint, d.generation))
                 .or_default()
                 .push((Key::new(POLICY_PREFIX_FULL, d), value));
@@ -542,5 +536,29 @@ impl DatapathMaps {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Every entry of the map `data`: in batches where the kernel has them
+/// for its type, else by `iterate` (see `batch`).
+pub(crate) fn read_whole<K: aya::Pod, V: aya::Pod, I>(
+    data: &MapData,
+    name: &'static str,
+    iterate: impl FnOnce() -> I,
+) -> Result<Vec<(K, V)>, DatapathError>
+where
+    I: Iterator<Item = Result<(K, V), aya::maps::MapError>>,
+{
+    let read = |source| DatapathError::Read { name, source };
+    match super::batch::read_all(data) {
+        Ok(super::batch::Batched::Read(entries)) => Ok(entries),
+        Ok(super::batch::Batched::Unsupported) => iterate().collect::<Result<_, _>>().map_err(read),
+        Err(io_error) => Err(read(
+            aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error,
+            }
+            .into(),
+        )),
     }
 }

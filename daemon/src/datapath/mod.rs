@@ -22,6 +22,7 @@
 //! lookups.
 
 pub mod address_map;
+pub mod batch;
 pub mod lsm;
 pub mod maps;
 pub mod ports;

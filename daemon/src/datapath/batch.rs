@@ -1,0 +1,112 @@
+//! Whole-map reads in batches (`BPF_MAP_LOOKUP_BATCH`). Iterating a map
+//! entry by entry costs two system calls an entry (the next key, then its
+//! value); the periodic full pass reads every identity and policy entry,
+//! tens of thousands at cluster scale, and that read was nearly all of its
+//! time. A batch returns a few thousand entries a call. Kernels or map
+//! types without batch lookups answer `EINVAL` or `ENOTSUPP`: the caller
+//! then iterates as before ([`Batched::Unsupported`]).
+
+use std::{
+    io, mem,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{Pod, maps::MapData};
+
+/// `BPF_MAP_LOOKUP_BATCH` (`enum bpf_cmd`).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// The kernel's internal "not supported" (no libc constant: it never
+/// reaches user space but from a few syscalls like this one).
+const ENOTSUPP: i32 = 524;
+/// Entries asked for per call. A hash map's batch is whole buckets, so it
+/// must hold the largest bucket (`ENOSPC` otherwise, then retried larger).
+const PER_CALL: usize = 4096;
+
+/// `union bpf_attr`'s member for the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// What a batched read gave.
+pub enum Batched<K, V> {
+    Read(Vec<(K, V)>),
+    /// This kernel has no batch lookups for this map: iterate instead.
+    Unsupported,
+}
+
+/// Every entry of `map`, keys `K` and values `V` (the map's own sizes; a
+/// per-CPU map is not for this). Entries written or removed during the
+/// read may be seen or not, as with iteration.
+pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Batched<K, V>> {
+    read_all_by(map, PER_CALL)
+}
+
+/// [`read_all`], asking for `per_call` entries a call (tests take few, to
+/// cross many batches).
+pub fn read_all_by<K: Pod, V: Pod>(map: &MapData, per_call: usize) -> io::Result<Batched<K, V>> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    // The position between calls is opaque: a key for most map types, a
+    // bucket index for hash maps. Room for either.
+    let token_len = mem::size_of::<K>().max(8);
+    let (mut token_in, mut token_out) = (vec![0u8; token_len], vec![0u8; token_len]);
+    let mut out = Vec::new();
+    let mut per_call = per_call.max(1);
+    let mut first = true;
+    loop {
+        // SAFETY: `Pod` types are plain data, valid for any bytes, zeroes
+        // included.
+        let mut keys: Vec<K> = vec![unsafe { mem::zeroed() }; per_call];
+        let mut values: Vec<V> = vec![unsafe { mem::zeroed() }; per_call];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: per_call as u32,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at buffers of `per_call` keys and values
+        // and two tokens of `token_len` bytes, all alive for the call; the
+        // size passed is the struct's.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                mem::size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let error = (ret < 0).then(io::Error::last_os_error);
+        let errno = error.as_ref().and_then(io::Error::raw_os_error);
+        match errno {
+            Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if first => {
+                return Ok(Batched::Unsupported);
+            }
+            // A hash bucket larger than the batch: nothing was read.
+            Some(libc::ENOSPC) if per_call < 1 << 20 => {
+                per_call *= 4;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            Some(_) => return Err(error.unwrap_or_else(io::Error::last_os_error)),
+        }
+        let filled = (attr.count as usize).min(per_call);
+        out.extend(keys.into_iter().zip(values).take(filled));
+        // ENOENT: the map's end was reached (with this last part read).
+        if errno == Some(libc::ENOENT) {
+            return Ok(Batched::Read(out));
+        }
+        mem::swap(&mut token_in, &mut token_out);
+        first = false;
+    }
+}
