@@ -26,7 +26,10 @@ use ebpf_common::{
     stats::{Counter, direction, stat_index},
 };
 use palisade::{
-    datapath::DatapathMaps,
+    datapath::{
+        DatapathMaps,
+        batch::{BatchAttr, lookup_batch},
+    },
     loader::{
         self, Loaded,
         features::{BpfLsm, Features},
@@ -281,7 +284,7 @@ impl Harness {
             &self.tc_stats
         };
         let first = stat_index(hook.direction(), 0);
-        let per_cpu = lookup_batch::<Counter>(map, first, reason::COUNT, self.cpus)
+        let per_cpu = lookup_per_cpu::<Counter>(map, first, reason::COUNT, self.cpus)
             .with_context(|| format!("reading {}", hook.stats_map()))?;
         let mut out = [0; reason::COUNT as usize];
         for (slot, cells) in out.iter_mut().zip(per_cpu.chunks(self.cpus)) {
@@ -291,25 +294,10 @@ impl Harness {
     }
 }
 
-/// `BPF_MAP_LOOKUP_BATCH`'s part of `union bpf_attr`.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
 /// `entries` values of a per-CPU array from index `first` on (of `cpus`
 /// possible CPUs), in index order, each CPU's copy in turn. aya has no
 /// batch operations.
-fn lookup_batch<V: aya::Pod + Default>(
+fn lookup_per_cpu<V: aya::Pod + Default>(
     map: &MapData,
     first: u32,
     entries: u32,
@@ -335,25 +323,14 @@ fn lookup_batch<V: aya::Pod + Default>(
         values: values.as_mut_ptr() as u64,
         count: entries,
         map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
+        ..BatchAttr::default()
     };
     // SAFETY: the attribute points at buffers of `count` keys and
     // `count * cpus` values of the map's value size, which outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    // ENOENT: the end of the map was reached, with every entry read.
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            return Err(e);
-        }
+    match unsafe { lookup_batch(&mut attr) } {
+        // ENOENT: the end of the map was reached, with every entry read.
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+        _ => {}
     }
     if attr.count != entries {
         return Err(io::Error::other(format!(

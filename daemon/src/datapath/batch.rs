@@ -25,15 +25,39 @@ const PER_CALL: usize = 4096;
 /// `union bpf_attr`'s member for the `BPF_MAP_*_BATCH` commands.
 #[repr(C)]
 #[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub struct BatchAttr {
+    pub in_batch: u64,
+    pub out_batch: u64,
+    pub keys: u64,
+    pub values: u64,
+    pub count: u32,
+    pub map_fd: u32,
+    pub elem_flags: u64,
+    pub flags: u64,
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` with `attr`; `Err` with the kernel's errno
+/// (`ENOENT`: the map's end, with `attr.count` entries read before it).
+///
+/// # Safety
+/// `attr` must point at buffers of `attr.count` keys and values of the
+/// map's sizes (times the possible CPUs for a per-CPU map) and at batch
+/// tokens of the key's size (at least 4 bytes), all alive for the call.
+pub unsafe fn lookup_batch(attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: the caller's; the size passed is the struct's.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            std::ptr::from_mut(attr),
+            mem::size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// What a batched read gave.
@@ -76,17 +100,8 @@ pub fn read_all_by<K: Pod, V: Pod>(map: &MapData, per_call: usize) -> io::Result
             ..BatchAttr::default()
         };
         // SAFETY: `attr` points at buffers of `per_call` keys and values
-        // and two tokens of `token_len` bytes, all alive for the call; the
-        // size passed is the struct's.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                mem::size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        let error = (ret < 0).then(io::Error::last_os_error);
+        // and two tokens of `token_len` bytes, all alive for the call.
+        let error = unsafe { lookup_batch(&mut attr) }.err();
         let errno = error.as_ref().and_then(io::Error::raw_os_error);
         match errno {
             Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if first => {
@@ -98,7 +113,7 @@ pub fn read_all_by<K: Pod, V: Pod>(map: &MapData, per_call: usize) -> io::Result
                 continue;
             }
             None | Some(libc::ENOENT) => {}
-            Some(_) => return Err(error.unwrap_or_else(io::Error::last_os_error)),
+            Some(_) => return Err(error.unwrap_or_else(|| io::Error::other("batch lookup"))),
         }
         let filled = (attr.count as usize).min(per_call);
         out.extend(keys.into_iter().zip(values).take(filled));
