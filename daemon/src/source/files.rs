@@ -63,6 +63,11 @@ pub struct FileSource {
     /// The last snapshot and the errors duplicates gave, kept while no
     /// file changes: a pass that changed nothing costs a `stat` per file.
     last: Option<(Arc<Snapshot>, Vec<String>)>,
+    /// The definitions duplicates leave out, by file and key, while no
+    /// file's set of keys changes: an edit of objects that keeps their
+    /// names (most changes) cannot make or end a duplicate, and finding
+    /// them walks every object's key.
+    left_out: Option<BTreeSet<(PathBuf, String)>>,
 }
 
 /// What reading one file gave.
@@ -150,7 +155,7 @@ fn key_of(o: &Object) -> String {
 /// for each.
 fn duplicates(
     files: &BTreeMap<PathBuf, BTreeMap<String, Object>>,
-) -> (BTreeSet<(&Path, &str)>, Vec<String>) {
+) -> (BTreeSet<(PathBuf, String)>, Vec<String>) {
     // Every object's key on every change: a fast hasher (the keys are the
     // source's own file names and objects, seeded per process).
     let mut first: crate::model::FastMap<&str, &Path> =
@@ -168,7 +173,7 @@ fn duplicates(
                         path.display(),
                         holder.display()
                     ));
-                    out.insert((path.as_path(), key.as_str()));
+                    out.insert((path.clone(), key.clone()));
                 }
                 None => {
                     first.insert(key, path);
@@ -286,6 +291,7 @@ impl FileSource {
             last_good: BTreeMap::new(),
             read: BTreeMap::new(),
             last: None,
+            left_out: None,
         }
     }
 
@@ -369,11 +375,14 @@ impl FileSource {
     }
 
     /// Every last good object of every file, but duplicates.
-    fn snapshot(&self, left_out: &BTreeSet<(&Path, &str)>) -> Snapshot {
+    fn snapshot(&self, left_out: &BTreeSet<(PathBuf, String)>) -> Snapshot {
         let mut snapshot = Snapshot::default();
+        snapshot
+            .pods
+            .reserve(self.last_good.values().map(BTreeMap::len).sum());
         for (path, objects) in &self.last_good {
             for (key, o) in objects {
-                if left_out.contains(&(path.as_path(), key.as_str())) {
+                if !left_out.is_empty() && left_out.contains(&(path.clone(), key.clone())) {
                     continue;
                 }
                 match o {
@@ -426,6 +435,13 @@ impl FileSource {
             .unwrap_or_default();
         let (good, parsed) = self.good_objects(path, &text, &before, &mut file_errors);
         errors.extend(file_errors.iter().cloned());
+        if self
+            .last_good
+            .get(path)
+            .is_none_or(|old| !old.keys().eq(good.keys()))
+        {
+            self.left_out = None;
+        }
         self.last_good.insert(path.to_owned(), good);
         self.read.insert(
             path.to_owned(),
@@ -468,7 +484,10 @@ impl Source for FileSource {
         let before = self.last_good.len();
         self.last_good.retain(|p, _| listed.contains(p));
         self.read.retain(|p, _| listed.contains(p));
-        changed |= self.last_good.len() != before;
+        if self.last_good.len() != before {
+            changed = true;
+            self.left_out = None;
+        }
         for path in &files {
             seen = fnv1a_more(seen, path.to_string_lossy().as_bytes());
             match self.read_one(path, &mut total, &mut errors) {
@@ -499,9 +518,13 @@ impl Source for FileSource {
         let (snapshot, duplicate_errors) = match &self.last {
             Some((snapshot, dups)) if !changed => (snapshot.clone(), dups.clone()),
             _ => {
-                let (left_out, dups) = duplicates(&self.last_good);
+                let (left_out, dups) = match (self.left_out.take(), &self.last) {
+                    (Some(left_out), Some((_, dups))) => (left_out, dups.clone()),
+                    _ => duplicates(&self.last_good),
+                };
                 let snapshot = Arc::new(self.snapshot(&left_out));
                 self.last = Some((snapshot.clone(), dups.clone()));
+                self.left_out = Some(left_out);
                 (snapshot, dups)
             }
         };
@@ -775,6 +798,33 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
             .collect();
         assert_eq!(deny.len(), 1, "one definition of x/deny");
         assert!(!deny[0].isolates(true), "the first file's: ingress only");
+        let denies = |r: &Reading| {
+            r.snapshot
+                .policies
+                .iter()
+                .filter(|p| p.key() == "x/deny")
+                .map(|p| p.isolates(true))
+                .collect::<Vec<_>>()
+        };
+        // An edit that keeps every name keeps the duplicate and its error.
+        fs::write(dir.join("b.yaml"), copy.replace("Egress]", "Egress] ")).unwrap();
+        let r = source.read();
+        assert_eq!(denies(&r), [false], "still the first file's");
+        assert!(r.errors.iter().any(|e| e.contains("also defined in")));
+        // A new name in the second file ends the duplicate without a file
+        // going: no error, and x/deny is the first file's alone.
+        fs::write(
+            dir.join("b.yaml"),
+            copy.replace("name: deny", "name: deny2"),
+        )
+        .unwrap();
+        let r = source.read();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(denies(&r), [false]);
+        fs::write(dir.join("b.yaml"), copy).unwrap();
+        let r = source.read();
+        assert_eq!(denies(&r), [false], "a duplicate again");
+        assert!(r.errors.iter().any(|e| e.contains("also defined in")));
         // The first file's goes: the second's is the one left.
         fs::remove_file(dir.join("a.yaml")).unwrap();
         let r = source.read();
