@@ -67,8 +67,11 @@ pub struct FileSource {
     /// file's set of keys changes: an edit of objects that keeps their
     /// names (most changes) cannot make or end a duplicate, and finding
     /// them walks every object's key.
-    left_out: Option<BTreeSet<(PathBuf, String)>>,
+    left_out: Option<LeftOut>,
 }
+
+/// The keys each file's definitions are left out under (see [`duplicates`]).
+type LeftOut = BTreeMap<PathBuf, BTreeSet<String>>;
 
 /// What reading one file gave.
 struct FileRead {
@@ -153,9 +156,7 @@ fn key_of(o: &Object) -> String {
 /// express (a copy left behind, or a broken copy, would add its rules).
 /// Returns the definitions to leave out, by file and key, with an error
 /// for each.
-fn duplicates(
-    files: &BTreeMap<PathBuf, BTreeMap<String, Object>>,
-) -> (BTreeSet<(PathBuf, String)>, Vec<String>) {
+fn duplicates(files: &BTreeMap<PathBuf, BTreeMap<String, Object>>) -> (LeftOut, Vec<String>) {
     // Every object's key on every change: a fast hasher (the keys are the
     // source's own file names and objects, seeded per process).
     let mut first: crate::model::FastMap<&str, &Path> =
@@ -163,7 +164,7 @@ fn duplicates(
             files.values().map(BTreeMap::len).sum(),
             Default::default(),
         );
-    let (mut out, mut errors) = (BTreeSet::new(), Vec::new());
+    let (mut out, mut errors) = (LeftOut::new(), Vec::new());
     for (path, objects) in files {
         for key in objects.keys() {
             match first.get(key.as_str()) {
@@ -173,7 +174,7 @@ fn duplicates(
                         path.display(),
                         holder.display()
                     ));
-                    out.insert((path.clone(), key.clone()));
+                    out.entry(path.clone()).or_default().insert(key.clone());
                 }
                 None => {
                     first.insert(key, path);
@@ -375,14 +376,15 @@ impl FileSource {
     }
 
     /// Every last good object of every file, but duplicates.
-    fn snapshot(&self, left_out: &BTreeSet<(PathBuf, String)>) -> Snapshot {
+    fn snapshot(&self, left_out: &LeftOut) -> Snapshot {
         let mut snapshot = Snapshot::default();
         snapshot
             .pods
             .reserve(self.last_good.values().map(BTreeMap::len).sum());
         for (path, objects) in &self.last_good {
+            let left = left_out.get(path);
             for (key, o) in objects {
-                if !left_out.is_empty() && left_out.contains(&(path.clone(), key.clone())) {
+                if left.is_some_and(|keys| keys.contains(key)) {
                     continue;
                 }
                 match o {
