@@ -4,7 +4,10 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use palisade::node::discover::{Placement, Unplaced, connect, locate, nudge};
+use palisade::node::{
+    discover::{Given, Links, Placement, Tables, Unplaced, connect, locate, nudge},
+    link_watch::LinkWatch,
+};
 use palisade_lab::netns::Netns;
 use palisade_tests::{BridgeLab, POD_IP, VethPair, in_netns, ip_in};
 
@@ -94,4 +97,102 @@ fn an_address_behind_a_gateway_is_not_local_whatever_the_link() -> anyhow::Resul
         "{remote:?} (the bridge is {bridge})"
     );
     Ok(())
+}
+
+/// The links as a dump shows them now.
+async fn dump(h: &rtnetlink::Handle) -> anyhow::Result<Links> {
+    let mut tables = Tables::new(h);
+    tables.pod_veths(&[]).await?;
+    tables
+        .links_dumped()
+        .ok_or_else(|| anyhow::anyhow!("the tables did not dump"))
+}
+
+/// Reads notifications until a link came, went or changed shape.
+async fn next_change(watch: &mut LinkWatch) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(5), watch.changes()).await??;
+    watch.take_changed();
+    Ok(())
+}
+
+/// The link watch replaces a pass's link dump once seeded: after every
+/// notification queued is read, it holds what a dump made then holds, for
+/// a port joining the bridge, a routed CNI's renamed veth and a link gone;
+/// a change of MTU alone wakes nothing. Its pod-like veths are a dump's.
+#[test]
+fn the_link_watch_holds_what_a_dump_holds() -> anyhow::Result<()> {
+    let lab = BridgeLab::new(2)?;
+    let node = &lab.node;
+    in_node(node, async |h| {
+        let mut watch = LinkWatch::new()?;
+        assert!(watch.current().is_none(), "not seeded yet");
+        watch.seed(&dump(h).await?);
+        let same = async |watch: &mut LinkWatch| -> anyhow::Result<Links> {
+            watch.drain()?;
+            let current = watch.current().ok_or_else(|| anyhow::anyhow!("unseeded"))?;
+            assert_eq!(*current, *dump(h).await?);
+            let prefixes = ["lxc".to_owned()];
+            let watched = Tables::with_links(h, Given::Current(current.clone()))
+                .pod_veths(&prefixes)
+                .await?;
+            assert_eq!(watched, Tables::new(h).pod_veths(&prefixes).await?);
+            Ok(current)
+        };
+        same(&mut watch).await?;
+
+        ip_in(node, "link add pw0 type veth peer name pw0p")?;
+        next_change(&mut watch).await?;
+        ip_in(node, "link set pw0 master br0")?;
+        next_change(&mut watch).await?;
+        let current = same(&mut watch).await?;
+        let pw0 = palisade::netns::ifindex("pw0")?;
+        assert!(current.contains_key(&pw0));
+        assert_eq!(
+            current[&pw0].controller,
+            Some(palisade::netns::ifindex("br0")?)
+        );
+
+        ip_in(node, "link set pw0 mtu 1400")?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        watch.drain()?;
+        assert!(!watch.take_changed(), "an MTU change moves no pod");
+
+        ip_in(node, "link set pw0 nomaster")?;
+        ip_in(node, "link set pw0 name lxc0")?;
+        next_change(&mut watch).await?;
+        let renamed = same(&mut watch).await?;
+        assert_eq!(renamed[&pw0].name.as_deref(), Some("lxc0"));
+
+        ip_in(node, "link del lxc0")?;
+        next_change(&mut watch).await?;
+        let gone = same(&mut watch).await?;
+        assert!(!gone.contains_key(&pw0));
+        Ok(())
+    })
+}
+
+/// Notifications lost to an overrun socket leave the watch unseeded (the
+/// next pass dumps) and count as a change; a dump made after that seeds it
+/// again, and what was queued since is laid over it.
+#[test]
+fn lost_link_notifications_unseed_the_watch_until_a_dump() -> anyhow::Result<()> {
+    let lab = BridgeLab::new(1)?;
+    let node = &lab.node;
+    in_node(node, async |h| {
+        let mut watch = LinkWatch::with_receive_buffer(Some(1))?;
+        watch.seed(&dump(h).await?);
+        for i in 0..20 {
+            ip_in(node, &format!("link add pl{i} type veth peer name pl{i}p"))?;
+        }
+        watch.drain()?;
+        assert!(watch.take_changed());
+        assert!(watch.current().is_none(), "unseeded after an overrun");
+        watch.seed(&dump(h).await?);
+        // One notification, which even this buffer takes.
+        ip_in(node, "link set pl0 name px0")?;
+        watch.drain()?;
+        let current = watch.current().ok_or_else(|| anyhow::anyhow!("unseeded"))?;
+        assert_eq!(*current, *dump(h).await?);
+        Ok(())
+    })
 }

@@ -35,7 +35,8 @@ use crate::{
     model::{FastMap, FastSet, Snapshot, pod_object},
     node::{
         capabilities::{self, Capabilities},
-        discover::{self, Unplaced},
+        discover::{self, Given, Unplaced},
+        link_watch::LinkWatch,
     },
     observe::{
         events::Hub,
@@ -187,6 +188,10 @@ pub struct Agent<S: Source> {
     /// The last pass's link dump, if it made or had one, for the next
     /// Quiet pass's links' kinds (see [`discover::Tables::with_links`]).
     links_before: Option<discover::Links>,
+    /// The link watch's links for the next pass, current when it begins.
+    links_now: Option<discover::Links>,
+    /// The links the last pass dumped, to seed the link watch with.
+    links_dumped: Option<discover::Links>,
 }
 
 /// The pods a pass found behind no local veth (other nodes' pods), by pod
@@ -222,6 +227,8 @@ struct Placement {
     remote_pods: FastMap<usize, IpAddr>,
     /// The links the pass read, for the next one.
     links_read: Option<discover::Links>,
+    /// The links the pass dumped, if it did.
+    links_dumped: Option<discover::Links>,
 }
 
 impl<S: Source> Agent<S> {
@@ -335,6 +342,8 @@ impl<S: Source> Agent<S> {
             remote_before: FastSet::default(),
             remote_pods: RemotePods::default(),
             links_before: None,
+            links_now: None,
+            links_dumped: None,
         })
     }
 
@@ -381,16 +390,23 @@ impl<S: Source> Agent<S> {
             quarantined: &self.status.quarantined,
             remote: &self.remote_before,
             remote_pods: &self.remote_pods,
-            // Only a pass that follows no link notification may reuse them.
-            links_read: if links == Links::Quiet {
-                self.links_before.take()
-            } else {
-                None
+            links_read: match (links, self.links_now.take()) {
+                // The periodic full pass reads for itself.
+                (Links::Everything, _) => Given::Nothing,
+                (_, Some(now)) => Given::Current(now),
+                // Only a pass that follows no link notification may reuse
+                // an earlier pass's.
+                (Links::Quiet, None) => self
+                    .links_before
+                    .take()
+                    .map_or(Given::Nothing, Given::Earlier),
+                (Links::Changed, None) => Given::Nothing,
             },
         };
         self.links_before = None;
         let mut placement = locate(&self.netlink, &snapshot, &self.options, before).await?;
         self.links_before = placement.links_read.take();
+        self.links_dumped = placement.links_dumped.take();
         self.remote_before = std::mem::take(&mut placement.remote);
         self.remote_pods = RemotePods {
             _holds_pods: Some(snapshot.clone()),
@@ -714,14 +730,13 @@ impl<S: Source> Agent<S> {
     /// source signals, and every resync period (sooner while pods are unplaced).
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut changes = self.source.changes();
-        let (link_tx, mut links) = tokio::sync::mpsc::channel::<()>(1);
-        let watching_links = match self.options.quarantine {
-            None => false,
-            Some(_) => match discover::watch_links(link_tx) {
-                Ok(()) => true,
+        let mut watch = match self.options.quarantine {
+            None => None,
+            Some(_) => match LinkWatch::new() {
+                Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!("link events unavailable: new veths wait for the resync: {e}");
-                    false
+                    None
                 }
             },
         };
@@ -740,6 +755,20 @@ impl<S: Source> Agent<S> {
             if check_maps {
                 last_full = Instant::now();
             }
+            if let Some(w) = &mut watch {
+                match w.drain() {
+                    Ok(()) => {
+                        if w.take_changed() && recheck == Links::Quiet {
+                            recheck = Links::Changed;
+                        }
+                        self.links_now = w.current();
+                    }
+                    Err(e) => {
+                        tracing::warn!("link events lost: new veths wait for the resync: {e}");
+                        (watch, recheck) = (None, Links::Everything);
+                    }
+                }
+            }
             tracing::debug!(?recheck, check_maps, "pass begins");
             let failed = match self.pass(recheck, check_maps).await {
                 Ok(()) => false,
@@ -748,6 +777,9 @@ impl<S: Source> Agent<S> {
                     true
                 }
             };
+            if let (Some(w), Some(dumped)) = (&mut watch, self.links_dumped.take()) {
+                w.seed(&dumped);
+            }
             if self.status.ready
                 && let Some(since) = pending.take()
             {
@@ -767,18 +799,10 @@ impl<S: Source> Agent<S> {
             // and any pass the syncer's record of what it wrote; but one
             // pass per resync period looks at everything, whatever the
             // churn, and repairs drift. Unwatched, nothing says no link
-            // came or went: every pass locates every pod. A watcher that
-            // is not running (inotify or link events unavailable) has
-            // closed its channel: `None` disables the branch instead of
-            // waking the loop at once, again and again.
-            let since = |links: &tokio::sync::mpsc::Receiver<()>| match (
-                watching_links,
-                links.is_empty(),
-            ) {
-                (false, _) => Links::Everything,
-                (true, false) => Links::Changed,
-                (true, true) => Links::Quiet,
-            };
+            // came or went: every pass locates every pod. A source watcher
+            // that is not running (inotify unavailable) has closed its
+            // channel: `None` disables the branch instead of waking the
+            // loop at once, again and again.
             (recheck, check_maps) = (Links::Everything, true);
             let wake = tokio::time::Instant::now() + wait;
             // Veths on clsact filters move to TCX links (see
@@ -796,16 +820,24 @@ impl<S: Source> Agent<S> {
                     biased;
                     Some(()) = changes.recv() => {
                         pending.get_or_insert_with(Instant::now);
-                        recheck = since(&links);
+                        recheck = since_last_pass(&mut watch);
                         check_maps = false;
                     }
-                    Some(()) = links.recv() => {
-                        recheck = Links::Changed;
-                        check_maps = false;
+                    changed = link_changes(&mut watch) => {
+                        (recheck, check_maps) = match changed {
+                            Ok(()) => (Links::Changed, false),
+                            Err(e) => {
+                                tracing::warn!(
+                                    "link events lost: new veths wait for the resync: {e}"
+                                );
+                                watch = None;
+                                (Links::Everything, true)
+                            }
+                        };
                     }
                     () = tokio::time::sleep_until(wake) => {
                         if !self.status.unplaced.is_empty() {
-                            recheck = since(&links);
+                            recheck = since_last_pass(&mut watch);
                             check_maps = false;
                         }
                     }
@@ -1012,6 +1044,7 @@ async fn locate(
         remote,
         remote_pods,
         links_read: tables.links_read(),
+        links_dumped: tables.links_dumped(),
     })
 }
 
@@ -1038,6 +1071,35 @@ enum Links {
     Everything,
 }
 
+/// What a pass woken now looks at again, by what the link watch read since
+/// the last pass (everything, unwatched).
+fn since_last_pass(watch: &mut Option<LinkWatch>) -> Links {
+    let Some(w) = watch else {
+        return Links::Everything;
+    };
+    match w.drain() {
+        Ok(()) if w.take_changed() => Links::Changed,
+        Ok(()) => Links::Quiet,
+        Err(e) => {
+            tracing::warn!("link events lost: new veths wait for the resync: {e}");
+            *watch = None;
+            Links::Everything
+        }
+    }
+}
+
+/// Until a link comes, goes or changes shape; never, unwatched.
+async fn link_changes(watch: &mut Option<LinkWatch>) -> std::io::Result<()> {
+    match watch {
+        Some(w) => {
+            w.changes().await?;
+            w.take_changed();
+            Ok(())
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// What the last pass found on the node.
 struct Before<'a> {
     links: Links,
@@ -1049,8 +1111,8 @@ struct Before<'a> {
     remote: &'a FastSet<IpAddr>,
     /// The pods no local veth was behind, by object.
     remote_pods: &'a RemotePods,
-    /// The last pass's link dump, in a Quiet pass (for links' kinds).
-    links_read: Option<discover::Links>,
+    /// Links to read instead of dumping them.
+    links_read: Given,
 }
 
 impl Placement {

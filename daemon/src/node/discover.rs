@@ -10,7 +10,10 @@
 //!   Until the pod has spoken, neither exists: `nudge` makes the node ask
 //!   (ARP/ND pass Palisade's programs unconditionally).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+};
 
 use futures_util::TryStreamExt as _;
 use ipnet::IpNet;
@@ -69,55 +72,37 @@ fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
     })
 }
 
-/// Sends a wake-up on `tx` whenever a link appears or goes in this network
-/// namespace, or changes what a pass reads of it (see [`LinkShapes`]), so
-/// a new pod's veth is quarantined at once rather than at the next resync.
-pub fn watch_links(tx: tokio::sync::mpsc::Sender<()>) -> std::io::Result<()> {
-    use futures_util::StreamExt as _;
-    use rtnetlink::{
-        packet_core::NetlinkPayload,
-        sys::{AsyncSocket as _, SocketAddr},
-    };
-    let (mut connection, _, mut messages) = rtnetlink::new_connection()?;
-    connection
-        .socket_mut()
-        .socket_mut()
-        .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))?;
-    tokio::spawn(connection);
-    tokio::spawn(async move {
-        let mut shapes = LinkShapes::default();
-        while let Some((message, _)) = messages.next().await {
-            let wake = match &message.payload {
-                NetlinkPayload::InnerMessage(m) => shapes.note(m),
-                // A lost or garbled notification: look at the links, and
-                // trust no shape recorded before it.
-                _ => {
-                    shapes = LinkShapes::default();
-                    true
-                }
-            };
-            if wake {
-                // Full channel: a wake-up is already pending.
-                let _ = tx.try_send(());
-            }
-        }
-    });
-    Ok(())
-}
-
 /// What a pass reads of each link (its kind, its bridge, its name), as
 /// link notifications last told it. A veth's carrier, state, MTU or
 /// statistics change many times while a CNI sets it up, and none of that
 /// moves a pod or a quarantine: only a link new, gone, or changed in its
 /// shape wakes a pass.
-#[derive(Default)]
-pub struct LinkShapes(std::collections::HashMap<u32, LinkShape>);
+#[derive(Clone, Default)]
+pub struct LinkShapes(HashMap<u32, LinkShape>);
 
-#[derive(Debug, PartialEq, Eq)]
-struct LinkShape {
-    kind: Option<InfoKind>,
-    controller: Option<u32>,
-    name: Option<String>,
+/// What a pass reads of one link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkShape {
+    pub kind: Option<InfoKind>,
+    /// The bridge it is a port of.
+    pub controller: Option<u32>,
+    pub name: Option<String>,
+}
+
+impl LinkShape {
+    pub fn of(link: &LinkMessage) -> Self {
+        Self {
+            kind: link_kind(link),
+            controller: link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Controller(c) => Some(*c),
+                _ => None,
+            }),
+            name: link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }),
+        }
+    }
 }
 
 impl LinkShapes {
@@ -133,17 +118,7 @@ impl LinkShapes {
                 false
             }
             RouteNetlinkMessage::NewLink(link) => {
-                let shape = LinkShape {
-                    kind: link_kind(link),
-                    controller: link.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::Controller(c) => Some(*c),
-                        _ => None,
-                    }),
-                    name: link.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::IfName(n) => Some(n.clone()),
-                        _ => None,
-                    }),
-                };
+                let shape = LinkShape::of(link);
                 let before = self.0.insert(link.header.index, shape);
                 before.as_ref() != self.0.get(&link.header.index)
             }
@@ -153,6 +128,19 @@ impl LinkShapes {
             }
             _ => false,
         }
+    }
+
+    /// Every link as a dump shows it, in place of what was recorded.
+    pub fn replace(&mut self, links: &Links) {
+        self.0.clone_from(links);
+    }
+
+    pub fn to_links(&self) -> Links {
+        std::sync::Arc::new(self.0.clone())
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -222,62 +210,100 @@ fn lladdr(m: &NeighbourMessage) -> Option<&[u8]> {
 /// them, cost a prefix scan each rather than a netlink round trip.
 pub struct Tables<'a> {
     handle: &'a Handle,
-    links: Option<Links>,
-    /// Whether `links` came from an earlier pass (see [`Self::with_links`]).
-    links_given: bool,
+    links: Option<(Links, Origin)>,
     /// By family: IPv4, IPv6.
     on_link: [Option<Vec<IpNet>>; 2],
     neighbours: Option<Vec<NeighbourMessage>>,
     fdb: Option<Vec<NeighbourMessage>>,
 }
 
-/// A dump of the links, shared with the next pass for its links' kinds (see
+/// What a pass reads of the node's links, by ifindex: a dump's, or the
+/// link watch's (`node::link_watch`).
+pub type Links = std::sync::Arc<HashMap<u32, LinkShape>>;
+
+/// The links a pass is given instead of dumping them (see
 /// [`Tables::with_links`]).
-pub type Links = std::sync::Arc<Vec<LinkMessage>>;
+pub enum Given {
+    Nothing,
+    /// An earlier pass's: trusted only for links' kinds.
+    Earlier(Links),
+    /// The link watch's, every notification queued before the pass read:
+    /// as current as a dump made when the pass began.
+    Current(Links),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Dumped,
+    Earlier,
+    Current,
+}
 
 impl<'a> Tables<'a> {
     pub fn new(handle: &'a Handle) -> Self {
         Self {
             handle,
             links: None,
-            links_given: false,
             on_link: [None, None],
             neighbours: None,
             fdb: None,
         }
     }
 
-    /// Tables that take `links`, an earlier pass's dump, for the node's
-    /// links: for a pass that follows no link notification. A link dump is
-    /// the dearest read here (each link's message carries its statistics
-    /// and per-family settings: a few hundred links are hundreds of
-    /// kilobytes to parse). A notification can still be unread when a
-    /// pass begins, so the dump is trusted only for what cannot go stale:
-    /// a link's kind, which an interface keeps for life (its index names
-    /// no other until the kernel's counter wraps, unless a tool asks for
-    /// that index). An interface the node's routes or FDB name and the
-    /// dump lacks is newer than it, and makes the tables dump again;
-    /// whether a link still exists, its bridge and its name (the
-    /// quarantine's reading) are never taken from it.
-    pub fn with_links(handle: &'a Handle, links: Option<Links>) -> Self {
+    /// Tables that take `given` for the node's links rather than dump
+    /// them. A link dump is the dearest read here: each link's message
+    /// carries its statistics and per-family settings (a few hundred links
+    /// are hundreds of kilobytes to parse), and the kernel answers it under
+    /// its routing lock, which a CNI making a pod's network holds on and
+    /// off for tens of milliseconds.
+    ///
+    /// An earlier pass's dump ([`Given::Earlier`], for a pass that follows
+    /// no link notification) is trusted only for what cannot go stale: a
+    /// link's kind, which an interface keeps for life (its index names no
+    /// other until the kernel's counter wraps, unless a tool asks for that
+    /// index); whether a link still exists, its bridge and its name (the
+    /// quarantine's reading) are never taken from it. The link watch's
+    /// ([`Given::Current`]) is trusted for all of it. Either way, an
+    /// interface the node's routes or FDB name and the links given lack is
+    /// newer than they are, and makes the tables dump.
+    pub fn with_links(handle: &'a Handle, given: Given) -> Self {
         Self {
-            links_given: links.is_some(),
-            links,
+            links: match given {
+                Given::Nothing => None,
+                Given::Earlier(l) => Some((l, Origin::Earlier)),
+                Given::Current(l) => Some((l, Origin::Current)),
+            },
             ..Self::new(handle)
         }
     }
 
     /// The links these tables read, or were given.
     pub fn links_read(&self) -> Option<Links> {
-        self.links.clone()
+        self.links.as_ref().map(|(l, _)| l.clone())
     }
 
-    async fn links(&mut self) -> Result<&[LinkMessage], DiscoverError> {
-        if self.links.is_none() {
-            let dump: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await?;
-            self.links = Some(std::sync::Arc::new(dump));
+    /// The links these tables dumped themselves, if they did.
+    pub fn links_dumped(&self) -> Option<Links> {
+        match &self.links {
+            Some((l, Origin::Dumped)) => Some(l.clone()),
+            _ => None,
         }
-        Ok(self.links.as_deref().map_or(&[], Vec::as_slice))
+    }
+
+    async fn links(&mut self) -> Result<&HashMap<u32, LinkShape>, DiscoverError> {
+        let (links, _) = match &mut self.links {
+            Some(read) => read,
+            none => {
+                let dump: Vec<LinkMessage> =
+                    self.handle.link().get().execute().try_collect().await?;
+                let shapes = dump
+                    .iter()
+                    .map(|l| (l.header.index, LinkShape::of(l)))
+                    .collect();
+                none.insert((std::sync::Arc::new(shapes), Origin::Dumped))
+            }
+        };
+        Ok(links)
     }
 
     /// The destinations of every table's routes of `ip`'s family that
@@ -362,30 +388,31 @@ impl<'a> Tables<'a> {
     }
 
     async fn kind(&mut self, ifindex: u32) -> Result<Option<InfoKind>, DiscoverError> {
-        let known = |links: &[LinkMessage]| links.iter().any(|l| l.header.index == ifindex);
-        if self.links_given && !known(self.links().await?) {
-            self.fresh_links();
+        let given = self
+            .links
+            .as_ref()
+            .is_some_and(|(_, origin)| *origin != Origin::Dumped);
+        if given && !self.links().await?.contains_key(&ifindex) {
+            self.links = None;
         }
         Ok(self
             .links()
             .await?
-            .iter()
-            .find(|l| l.header.index == ifindex)
-            .and_then(link_kind))
+            .get(&ifindex)
+            .and_then(|l| l.kind.clone()))
     }
 
-    /// Whether `ifindex` is (still) a veth: asked of a fresh dump, as an
-    /// earlier one may hold a link gone since.
+    /// Whether `ifindex` is (still) a veth: asked of current links, as an
+    /// earlier pass's may hold a link gone since.
     pub async fn is_veth(&mut self, ifindex: u32) -> Result<bool, DiscoverError> {
-        self.fresh_links();
+        self.current_links();
         Ok(self.kind(ifindex).await? == Some(InfoKind::Veth))
     }
 
-    /// Drops a dump an earlier pass made, so that the next read dumps.
-    fn fresh_links(&mut self) {
-        if self.links_given {
+    /// Drops links an earlier pass read, so that the next read dumps.
+    fn current_links(&mut self) {
+        if matches!(self.links, Some((_, Origin::Earlier))) {
             self.links = None;
-            self.links_given = false;
         }
     }
 
@@ -394,27 +421,26 @@ impl<'a> Tables<'a> {
     /// `lxc`...). The daemon quarantines such a veth until it knows which
     /// pod it carries.
     pub async fn pod_veths(&mut self, prefixes: &[String]) -> Result<Vec<u32>, DiscoverError> {
-        self.fresh_links();
+        self.current_links();
         let links = self.links().await?;
-        let bridges: Vec<u32> = links
+        let is_bridge = |i: &u32| {
+            links
+                .get(i)
+                .is_some_and(|l| l.kind == Some(InfoKind::Bridge))
+        };
+        let mut veths: Vec<u32> = links
             .iter()
-            .filter(|l| link_kind(l) == Some(InfoKind::Bridge))
-            .map(|l| l.header.index)
-            .collect();
-        Ok(links
-            .iter()
-            .filter(|l| link_kind(l) == Some(InfoKind::Veth))
-            .filter(|l| {
-                l.attributes.iter().any(|a| match a {
-                    LinkAttribute::Controller(c) => bridges.contains(c),
-                    LinkAttribute::IfName(name) => {
-                        prefixes.iter().any(|p| name.starts_with(p.as_str()))
-                    }
-                    _ => false,
-                })
+            .filter(|(_, l)| l.kind == Some(InfoKind::Veth))
+            .filter(|(_, l)| {
+                l.controller.as_ref().is_some_and(is_bridge)
+                    || l.name
+                        .as_ref()
+                        .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
             })
-            .map(|l| l.header.index)
-            .collect())
+            .map(|(i, _)| *i)
+            .collect();
+        veths.sort_unstable();
+        Ok(veths)
     }
 
     /// Reads the neighbour table and the bridge FDB again when next asked:

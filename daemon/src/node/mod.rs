@@ -5,3 +5,4 @@
 pub mod agent;
 pub mod capabilities;
 pub mod discover;
+pub mod link_watch;
