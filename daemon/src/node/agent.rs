@@ -46,7 +46,7 @@ use crate::{
     },
     paths::PinDir,
     source::{Reading, Source},
-    sync::{Report, Syncer, TcAttach},
+    sync::{NextMove, Report, Syncer, TcAttach},
 };
 
 pub struct Options {
@@ -154,10 +154,20 @@ pub struct Phases {
     pub other: f64,
 }
 
-/// How long a veth waits on filters before it is moved whatever the churn
-/// (after the next pass); also how long after a failed move it is tried
-/// again.
+/// How long a veth waits on filters before it is moved at the daemon's
+/// first idle moment of [`DUE_IDLE`] rather than of `tc_move_when_idle`;
+/// also how long after a failed move it is tried again.
 const MOVE_AT_LATEST: Duration = Duration::from_secs(30);
+
+/// The idle moment a veth that has waited [`MOVE_AT_LATEST`] is moved in.
+/// A move holds the loop about 24 ms: right after a pass, it met the next
+/// change more often than not (a cluster's changes come in bursts, like
+/// a sandbox's veth and then its Pod).
+const DUE_IDLE: Duration = Duration::from_millis(20);
+
+/// How long a veth waits on filters before it is moved right after the
+/// next pass, whatever the churn: the bound for a daemon never idle.
+const MOVE_OVERDUE: Duration = Duration::from_secs(60);
 
 /// Milliseconds since `t`, and restarts it.
 fn lap(t: &mut Instant) -> f64 {
@@ -687,7 +697,7 @@ impl<S: Source> Agent<S> {
     /// Moves one veth from clsact filters to TCX links and publishes that
     /// in the status. A failed move is logged, listed in the status's
     /// errors and counted as an attach error; the veth stays enforced by
-    /// its filters and is tried again after `MOVE_AT_LATEST`.
+    /// its filters and is tried again once it has waited `MOVE_AT_LATEST`.
     fn move_to_links(&mut self, ifindex: u32) {
         let t = Instant::now();
         match self.syncer.move_to_links(ifindex) {
@@ -807,15 +817,19 @@ impl<S: Source> Agent<S> {
             let wake = tokio::time::Instant::now() + wait;
             // Veths on clsact filters move to TCX links (see
             // `sync::links`), one at a time: between passes once nothing
-            // has happened for `tc_move_when_idle`, and after each pass
-            // one that has waited `MOVE_AT_LATEST`, whatever the churn. A
-            // move holds this loop (about 24 ms a veth): a change arriving
-            // meanwhile waits.
-            if let Some(ifindex) = self.syncer.next_move(MOVE_AT_LATEST).due {
+            // has happened for `tc_move_when_idle`, or for `DUE_IDLE` once
+            // one has waited `MOVE_AT_LATEST`; after each pass one that
+            // has waited `MOVE_OVERDUE`, whatever the churn. A move holds
+            // this loop (about 24 ms a veth): a change arriving meanwhile
+            // waits.
+            if let Some(ifindex) = self.syncer.next_move(MOVE_OVERDUE).due {
                 self.move_to_links_noting(ifindex, &changes, &mut pending);
             }
             let stop = loop {
-                let idle = self.syncer.next_move(MOVE_AT_LATEST).when_idle;
+                let (idle_for, idle) = idle_move(
+                    self.syncer.next_move(MOVE_AT_LATEST),
+                    self.options.tc_move_when_idle,
+                );
                 tokio::select! {
                     biased;
                     Some(()) = changes.recv() => {
@@ -843,7 +857,7 @@ impl<S: Source> Agent<S> {
                     }
                     _ = tokio::signal::ctrl_c() => break true,
                     _ = terminate.recv() => break true,
-                    () = tokio::time::sleep(self.options.tc_move_when_idle), if idle.is_some() => {
+                    () = tokio::time::sleep(idle_for), if idle.is_some() => {
                         if let Some(ifindex) = idle {
                             self.move_to_links_noting(ifindex, &changes, &mut pending);
                         }
@@ -1071,6 +1085,16 @@ enum Links {
     Everything,
 }
 
+/// How long the loop waits idle before a move, and which veth it moves
+/// then: one that has waited `MOVE_AT_LATEST` after `DUE_IDLE`, else the
+/// longest waiting whose last move did not fail after `when_idle`.
+fn idle_move(next: NextMove, when_idle: Duration) -> (Duration, Option<u32>) {
+    match next.due {
+        Some(due) => (DUE_IDLE.min(when_idle), Some(due)),
+        None => (when_idle, next.when_idle),
+    }
+}
+
 /// What a pass woken now looks at again, by what the link watch read since
 /// the last pass (everything, unwatched).
 fn since_last_pass(watch: &mut Option<LinkWatch>) -> Links {
@@ -1147,4 +1171,29 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_veth_due_for_its_move_waits_for_a_short_idle_moment_only() {
+        let idle = Duration::from_millis(200);
+        let due = NextMove {
+            due: Some(7),
+            when_idle: Some(9),
+        };
+        assert_eq!(idle_move(due, idle), (DUE_IDLE, Some(7)));
+        // A shorter idle wait than that stays the shorter.
+        let brief = Duration::from_millis(5);
+        assert_eq!(idle_move(due, brief), (brief, Some(7)));
+        let waiting = NextMove {
+            due: None,
+            when_idle: Some(9),
+        };
+        assert_eq!(idle_move(waiting, idle), (idle, Some(9)));
+        // Only a failed move waiting, not yet due: nothing moves.
+        assert_eq!(idle_move(NextMove::default(), idle), (idle, None));
+    }
 }
