@@ -126,6 +126,13 @@ fn the_link_watch_holds_what_a_dump_holds() -> anyhow::Result<()> {
     in_node(node, async |h| {
         let mut watch = LinkWatch::new()?;
         assert!(watch.current().is_none(), "not seeded yet");
+        // Notifications queued before the dump are read after it, laid
+        // over it: a link renamed, and one deleted and another made.
+        ip_in(node, "link add pz0 type veth peer name pz0p")?;
+        ip_in(node, "link set pz0 name pz1")?;
+        ip_in(node, "link add pq0 type veth peer name pq0p")?;
+        ip_in(node, "link del pq0")?;
+        ip_in(node, "link add pq1 type veth peer name pq1p")?;
         watch.seed(&dump(h).await?);
         let same = async |watch: &mut LinkWatch| -> anyhow::Result<Links> {
             watch.drain()?;
@@ -156,6 +163,12 @@ fn the_link_watch_holds_what_a_dump_holds() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         watch.drain()?;
         assert!(!watch.take_changed(), "an MTU change moves no pod");
+        // The bridge's own notice of its port, alone.
+        ip_in(node, "link set pw0 type bridge_slave cost 7")?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        watch.drain()?;
+        assert!(!watch.take_changed(), "a port's cost moves no pod");
+        same(&mut watch).await?;
 
         ip_in(node, "link set pw0 nomaster")?;
         ip_in(node, "link set pw0 name lxc0")?;
@@ -172,26 +185,37 @@ fn the_link_watch_holds_what_a_dump_holds() -> anyhow::Result<()> {
 }
 
 /// Notifications lost to an overrun socket leave the watch unseeded (the
-/// next pass dumps) and count as a change; a dump made after that seeds it
-/// again, and what was queued since is laid over it.
+/// next pass dumps) and count as a change. What was queued before the
+/// overrun is read with it, not laid over the next dump, which would take
+/// the view back to a state the lost notification had replaced; a dump
+/// made after that seeds the watch again, and what is queued since is
+/// laid over it.
 #[test]
 fn lost_link_notifications_unseed_the_watch_until_a_dump() -> anyhow::Result<()> {
     let lab = BridgeLab::new(1)?;
     let node = &lab.node;
+    ip_in(node, "link add pl0 type veth peer name pl0p")?;
     in_node(node, async |h| {
-        let mut watch = LinkWatch::with_receive_buffer(Some(1))?;
+        let pl0 = palisade::netns::ifindex("pl0")?;
+        let mut watch = LinkWatch::with_receive_buffer(1)?;
         watch.seed(&dump(h).await?);
-        for i in 0..20 {
-            ip_in(node, &format!("link add pl{i} type veth peer name pl{i}p"))?;
-        }
+        // The smallest buffer takes the first notification whole; the
+        // second finds it full and is lost.
+        ip_in(node, "link set pl0 name pla")?;
+        ip_in(node, "link set pla name plb")?;
         watch.drain()?;
         assert!(watch.take_changed());
         assert!(watch.current().is_none(), "unseeded after an overrun");
         watch.seed(&dump(h).await?);
-        // One notification, which even this buffer takes.
-        ip_in(node, "link set pl0 name px0")?;
         watch.drain()?;
         let current = watch.current().ok_or_else(|| anyhow::anyhow!("unseeded"))?;
+        assert_eq!(current[&pl0].name.as_deref(), Some("plb"));
+        assert_eq!(*current, *dump(h).await?);
+        // One notification, which even this buffer takes.
+        ip_in(node, "link set plb name plc")?;
+        watch.drain()?;
+        let current = watch.current().ok_or_else(|| anyhow::anyhow!("unseeded"))?;
+        assert_eq!(current[&pl0].name.as_deref(), Some("plc"));
         assert_eq!(*current, *dump(h).await?);
         Ok(())
     })

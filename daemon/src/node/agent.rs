@@ -198,8 +198,9 @@ pub struct Agent<S: Source> {
     /// The last pass's link dump, if it made or had one, for the next
     /// Quiet pass's links' kinds (see [`discover::Tables::with_links`]).
     links_before: Option<discover::Links>,
-    /// The link watch's links for the next pass, current when it begins.
-    links_now: Option<discover::Links>,
+    /// Made at start (its receive buffer needs `CAP_NET_ADMIN`), taken
+    /// by `run`: see [`LinkWatch`].
+    link_watch: Option<LinkWatch>,
     /// The links the last pass dumped, to seed the link watch with.
     links_dumped: Option<discover::Links>,
 }
@@ -334,6 +335,16 @@ impl<S: Source> Agent<S> {
             }
             None => None,
         };
+        let link_watch = match options.quarantine {
+            None => None,
+            Some(_) => match LinkWatch::new() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("link events unavailable: new veths wait for the resync: {e}");
+                    None
+                }
+            },
+        };
         // Loaded, attached, bound: nothing after this needs more.
         let links_only = syncer.features().tcx && !syncer.may_use_filters();
         status.capabilities = Some(capabilities::drop_after_start(links_only));
@@ -352,7 +363,7 @@ impl<S: Source> Agent<S> {
             remote_before: FastSet::default(),
             remote_pods: RemotePods::default(),
             links_before: None,
-            links_now: None,
+            link_watch,
             links_dumped: None,
         })
     }
@@ -364,15 +375,21 @@ impl<S: Source> Agent<S> {
     /// One reconcile pass that checks everything: every pod's veth, every
     /// pod-like veth, every map entry.
     pub async fn reconcile(&mut self) -> anyhow::Result<()> {
-        self.pass(Links::Everything, true).await
+        self.pass(Links::Everything, true, None).await
     }
 
     /// One pass; `links`: what of the node's placements it looks at again
     /// (see [`Links`]); `check_maps`: read every map entry, else write
-    /// against the syncer's record of what it last wrote. `run` trusts what
-    /// it can and checks everything once per resync period, which repairs
+    /// against the syncer's record of what it last wrote; `watched`: the
+    /// link watch's links, current as the pass begins. `run` trusts what it
+    /// can and checks everything once per resync period, which repairs
     /// drift.
-    async fn pass(&mut self, links: Links, check_maps: bool) -> anyhow::Result<()> {
+    async fn pass(
+        &mut self,
+        links: Links,
+        check_maps: bool,
+        watched: Option<discover::Links>,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut phases = Phases::default();
         let mut t = started;
@@ -400,7 +417,7 @@ impl<S: Source> Agent<S> {
             quarantined: &self.status.quarantined,
             remote: &self.remote_before,
             remote_pods: &self.remote_pods,
-            links_read: match (links, self.links_now.take()) {
+            links_read: match (links, watched) {
                 // The periodic full pass reads for itself.
                 (Links::Everything, _) => Given::Nothing,
                 (_, Some(now)) => Given::Current(now),
@@ -740,16 +757,7 @@ impl<S: Source> Agent<S> {
     /// source signals, and every resync period (sooner while pods are unplaced).
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut changes = self.source.changes();
-        let mut watch = match self.options.quarantine {
-            None => None,
-            Some(_) => match LinkWatch::new() {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!("link events unavailable: new veths wait for the resync: {e}");
-                    None
-                }
-            },
-        };
+        let mut watch = self.link_watch.take();
         // When the oldest source change not yet in force was noticed.
         let mut pending: Option<Instant> = None;
         let mut terminate =
@@ -761,17 +769,20 @@ impl<S: Source> Agent<S> {
         // Retries for pods whose veth is not resolved yet, since the last
         // pass that placed every pod: 5 ms apart at first, then up to 50.
         let mut retries = 0u32;
+        // When the last move to TCX links ended.
+        let mut last_move = Instant::now();
         loop {
             if check_maps {
                 last_full = Instant::now();
             }
+            let mut watched = None;
             if let Some(w) = &mut watch {
                 match w.drain() {
                     Ok(()) => {
                         if w.take_changed() && recheck == Links::Quiet {
                             recheck = Links::Changed;
                         }
-                        self.links_now = w.current();
+                        watched = w.current();
                     }
                     Err(e) => {
                         tracing::warn!("link events lost: new veths wait for the resync: {e}");
@@ -780,7 +791,7 @@ impl<S: Source> Agent<S> {
                 }
             }
             tracing::debug!(?recheck, check_maps, "pass begins");
-            let failed = match self.pass(recheck, check_maps).await {
+            let failed = match self.pass(recheck, check_maps, watched).await {
                 Ok(()) => false,
                 Err(e) => {
                     tracing::error!("reconcile: {e:#}");
@@ -824,11 +835,13 @@ impl<S: Source> Agent<S> {
             // waits.
             if let Some(ifindex) = self.syncer.next_move(MOVE_OVERDUE).due {
                 self.move_to_links_noting(ifindex, &changes, &mut pending);
+                last_move = Instant::now();
             }
             let stop = loop {
                 let (idle_for, idle) = idle_move(
                     self.syncer.next_move(MOVE_AT_LATEST),
                     self.options.tc_move_when_idle,
+                    last_move.elapsed(),
                 );
                 tokio::select! {
                     biased;
@@ -860,6 +873,7 @@ impl<S: Source> Agent<S> {
                     () = tokio::time::sleep(idle_for), if idle.is_some() => {
                         if let Some(ifindex) = idle {
                             self.move_to_links_noting(ifindex, &changes, &mut pending);
+                            last_move = Instant::now();
                         }
                         continue;
                     }
@@ -1086,11 +1100,17 @@ enum Links {
 }
 
 /// How long the loop waits idle before a move, and which veth it moves
-/// then: one that has waited `MOVE_AT_LATEST` after `DUE_IDLE`, else the
-/// longest waiting whose last move did not fail after `when_idle`.
-fn idle_move(next: NextMove, when_idle: Duration) -> (Duration, Option<u32>) {
+/// then: one that has waited `MOVE_AT_LATEST` after `DUE_IDLE`, but not
+/// sooner than `when_idle` after the last move (`since_move` ago: a
+/// restart's veths all fall due together, and back-to-back moves would
+/// hold the loop half the time); else the longest waiting whose last move
+/// did not fail after `when_idle`.
+fn idle_move(next: NextMove, when_idle: Duration, since_move: Duration) -> (Duration, Option<u32>) {
     match next.due {
-        Some(due) => (DUE_IDLE.min(when_idle), Some(due)),
+        Some(due) => {
+            let spaced = when_idle.saturating_sub(since_move);
+            (DUE_IDLE.min(when_idle).max(spaced), Some(due))
+        }
         None => (when_idle, next.when_idle),
     }
 }
@@ -1184,16 +1204,23 @@ mod tests {
             due: Some(7),
             when_idle: Some(9),
         };
-        assert_eq!(idle_move(due, idle), (DUE_IDLE, Some(7)));
+        let long_ago = Duration::from_secs(5);
+        assert_eq!(idle_move(due, idle, long_ago), (DUE_IDLE, Some(7)));
+        // Not sooner than `when_idle` after the last move.
+        let just_moved = Duration::from_millis(50);
+        assert_eq!(
+            idle_move(due, idle, just_moved),
+            (Duration::from_millis(150), Some(7))
+        );
         // A shorter idle wait than that stays the shorter.
         let brief = Duration::from_millis(5);
-        assert_eq!(idle_move(due, brief), (brief, Some(7)));
+        assert_eq!(idle_move(due, brief, long_ago), (brief, Some(7)));
         let waiting = NextMove {
             due: None,
             when_idle: Some(9),
         };
-        assert_eq!(idle_move(waiting, idle), (idle, Some(9)));
+        assert_eq!(idle_move(waiting, idle, long_ago), (idle, Some(9)));
         // Only a failed move waiting, not yet due: nothing moves.
-        assert_eq!(idle_move(NextMove::default(), idle), (idle, None));
+        assert_eq!(idle_move(NextMove::default(), idle, long_ago), (idle, None));
     }
 }

@@ -32,6 +32,9 @@ use super::discover::{LinkShapes, Links};
 
 /// A subscription to this network namespace's link notifications.
 pub struct LinkWatch {
+    /// Receive errors since the last datagram: a socket error is reported
+    /// once, so errors in a row mean the socket itself is broken.
+    errors_in_a_row: u32,
     socket: AsyncFd<Socket>,
     shapes: LinkShapes,
     /// Whether `shapes` holds every link (seeded, nothing lost since).
@@ -48,20 +51,32 @@ pub struct LinkWatch {
 /// per-family settings are a few kilobytes.
 const DATAGRAM: usize = 64 * 1024;
 
+/// The socket's receive buffer: the socket is read only between passes,
+/// and a CNI making a burst of pods sends a few notifications of a few
+/// kilobytes each per pod. The kernel's default (`rmem_default`, about
+/// 208 KiB) overran with some dozens of pods; an overrun costs a dump.
+pub const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Receive errors in a row after which the watch gives up.
+const ERRORS_IN_A_ROW: u32 = 8;
+
 impl LinkWatch {
-    /// Subscribes in the calling thread's network namespace; must run
-    /// inside a tokio runtime.
+    /// Subscribes in the calling thread's network namespace, with a
+    /// receive buffer of [`RECEIVE_BUFFER`] (past `rmem_max` only with
+    /// `CAP_NET_ADMIN`, so before the daemon drops it); must run inside a
+    /// tokio runtime.
     pub fn new() -> io::Result<Self> {
-        Self::with_receive_buffer(None)
+        Self::with_receive_buffer(RECEIVE_BUFFER)
     }
 
     /// With the socket's receive buffer set to `bytes` (the kernel doubles
     /// it, and keeps a floor): small, a burst of notifications overruns
-    /// it. For tests.
+    /// it, which the tests use.
     #[doc(hidden)]
-    pub fn with_receive_buffer(bytes: Option<usize>) -> io::Result<Self> {
+    pub fn with_receive_buffer(bytes: usize) -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
-        if let Some(bytes) = bytes {
+        if force_receive_buffer(&socket, bytes).is_err() {
+            // Without CAP_NET_ADMIN: as much as `rmem_max` allows.
             socket.set_rx_buf_sz(bytes)?;
         }
         socket.bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))?;
@@ -70,6 +85,7 @@ impl LinkWatch {
         // dropped, and names no other for its life.
         let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
         Ok(Self {
+            errors_in_a_row: 0,
             socket,
             shapes: LinkShapes::default(),
             seeded: false,
@@ -93,18 +109,42 @@ impl LinkWatch {
         }
     }
 
-    /// Reads every notification queued, without waiting.
+    /// Reads every notification queued, without waiting. An error the
+    /// kernel set on the socket (`ENOBUFS` for an overrun, or one it met
+    /// building a notification; each reported once) means notifications
+    /// were lost: the view is unknown until the next dump. Only a socket
+    /// that keeps failing ends the watch.
     pub fn drain(&mut self) -> io::Result<()> {
         loop {
             let mut into = &mut self.buf[..];
-            let read = self.socket.get_ref().recv(&mut into, libc::MSG_TRUNC);
+            let read = self.socket.get_ref().recv_from(&mut into, libc::MSG_TRUNC);
             match read {
-                Ok(n) if n > DATAGRAM => self.lost(),
-                Ok(n) => self.note_datagram(n),
+                Ok((n, from)) => {
+                    self.errors_in_a_row = 0;
+                    // Only the kernel's: a process may send to this
+                    // socket too.
+                    if from.port_number() != 0 {
+                        continue;
+                    }
+                    if n > DATAGRAM {
+                        self.lost();
+                    } else {
+                        self.note_datagram(n);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => self.lost(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                // The kernel reports a socket error before the datagrams
+                // still queued, which are older than what was lost: they
+                // are read too, so that none is laid over the next dump.
+                Err(e) => {
+                    self.errors_in_a_row += 1;
+                    if self.errors_in_a_row >= ERRORS_IN_A_ROW {
+                        return Err(e);
+                    }
+                    tracing::debug!("link notifications lost ({e}): the next pass dumps the links");
+                    self.lost();
+                }
             }
         }
     }
@@ -133,7 +173,6 @@ impl LinkWatch {
     }
 
     fn lost(&mut self) {
-        tracing::debug!("link notifications lost: the next pass dumps the links");
         self.seeded = false;
         self.shapes.clear();
         self.shared = None;
@@ -167,5 +206,28 @@ impl LinkWatch {
         self.shapes.replace(dump);
         self.shared = Some(dump.clone());
         self.seeded = true;
+    }
+}
+
+/// `SO_RCVBUFFORCE`: a receive buffer past `rmem_max`, for a process with
+/// `CAP_NET_ADMIN`.
+fn force_receive_buffer(socket: &Socket, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is the socket's own, and the option's value is
+    // a c_int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
