@@ -54,7 +54,7 @@ const DATAGRAM: usize = 64 * 1024;
 /// The socket's receive buffer: the socket is read only between passes,
 /// and a CNI making a burst of pods sends a few notifications of a few
 /// kilobytes each per pod. The kernel's default (`rmem_default`, about
-/// 208 KiB) overran with some dozens of pods; an overrun costs a dump.
+/// 208 KiB) holds some dozens of them; an overrun costs a dump.
 pub const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Receive errors in a row after which the watch gives up.
