@@ -23,6 +23,7 @@ mod firewall;
 mod model;
 mod process;
 mod report;
+mod scraper;
 
 use std::{
     fs,
@@ -546,6 +547,16 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
 
     let mut samples = Vec::new();
     let mut daemon_own = std::collections::BTreeMap::new();
+    let every = scraper::every()?;
+    let second_client = match every {
+        Some(every) => Some(scraper::Scraper::start(
+            lab.node.try_clone()?,
+            d.enforcer.metrics_addr()?,
+            every,
+        )),
+        None => None,
+    };
+    let mut scrape_ms = Vec::new();
     for kind in KINDS {
         let before_kind = change_to_in_force(&d.enforcer, &lab.node)?;
         for i in 0..scale.changes {
@@ -636,7 +647,9 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
             fw = after_fw;
             files = after;
         }
+        let scraped = Instant::now();
         let (sum, count) = change_to_in_force(&d.enforcer, &lab.node)?;
+        scrape_ms.push(ms(scraped.elapsed()));
         let changes = count - before_kind.1;
         if changes > 0.0 {
             daemon_own.insert(kind, (sum - before_kind.0) * 1e3 / changes);
@@ -672,6 +685,15 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         }
     }
 
+    let scrapes = report::Scrapes {
+        between_kinds_ms: scrape_ms,
+        every_ms: every.map(|e| e.as_millis() as u64),
+        during_ms: match second_client {
+            Some(s) => s.finish()?,
+            None => Vec::new(),
+        },
+    };
+    println!("  {}", scrapes.sentence());
     fws.check(&fw)?;
     let on_filters = d.enforcer.status()?["tc_filters"]
         .as_array()
@@ -713,6 +735,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         build: build(bin),
         daemon_flags,
         on_filters,
+        scrapes,
     };
     let rows = report::rows(&samples);
     let markdown = report::markdown(&rows, &breakdown, &run);

@@ -768,7 +768,8 @@ fn a_cached_drop_never_hides_the_reply_of_a_flow_opened_the_other_way() -> anyho
 fn batched_reads_of_the_policy_maps_are_what_iterating_finds() -> anyhow::Result<()> {
     use aya::maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
     use ebpf_common::datapath::PolicyKey;
-    use palisade::datapath::batch::{Batched, read_all_by};
+    use palisade::datapath::batch::{Batched, count, read_all_by};
+    use std::os::fd::{AsFd as _, AsRawFd as _};
 
     let mut h = harness()?;
     for endpoint in 0..4u32 {
@@ -821,6 +822,69 @@ fn batched_reads_of_the_policy_maps_are_what_iterating_finds() -> anyhow::Result
         Batched::Unsupported => bail!("no batch lookups for the policy hash map"),
     };
     assert!(iterated.len() > 600, "{} hash entries", iterated.len());
+    let hash_entries = iterated.len() as u64;
     assert_eq!(sorted(read), sorted(iterated));
+
+    // A scrape's fill levels count in batches too.
+    let counted = |name, key_len| -> anyhow::Result<u64> {
+        let map = open(name)?;
+        let value = std::mem::size_of::<PolicyValue>();
+        match count(map.fd().as_fd().as_raw_fd(), key_len, value, false)? {
+            Batched::Read(n) => Ok(n),
+            Batched::Unsupported => bail!("no batch lookups for {name}"),
+        }
+    };
+    let trie_entries = trie.iter().count() as u64;
+    let trie_key = std::mem::size_of::<Key<PolicyKey>>();
+    assert_eq!(counted(maps::POLICY, trie_key)?, trie_entries);
+    assert_eq!(
+        counted(maps::POLICY_PORT, std::mem::size_of::<PolicyKey>())?,
+        hash_entries
+    );
+    Ok(())
+}
+
+/// A per-CPU hash map is counted in batches whose values are one copy a
+/// possible CPU, each rounded up to 8 bytes (12 here): a buffer sized
+/// otherwise would be overrun, or the count wrong.
+#[test]
+fn a_per_cpu_map_is_counted_in_batches() -> anyhow::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+
+    use anyhow::ensure;
+    use palisade::datapath::batch::{Batched, count};
+    const PERCPU_HASH: u32 = 5;
+    let (key_len, value_size, entries) = (4usize, 12usize, 5_000u32);
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize;
+    // BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[PERCPU_HASH, key_len as u32, value_size as u32, 8_192]);
+    // SAFETY: a `bpf_attr` of zeroes but its first four fields.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, create.as_ptr(), 128) };
+    ensure!(
+        fd >= 0,
+        "creating a per-CPU hash map: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a descriptor the kernel just gave this test alone.
+    let map = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let value = vec![7u8; 16 * cpus];
+    for key in 0..entries {
+        // BPF_MAP_UPDATE_ELEM: map_fd, key, value, flags.
+        let attr: [u64; 4] = [
+            map.as_raw_fd() as u64,
+            std::ptr::from_ref(&key) as u64,
+            value.as_ptr() as u64,
+            0,
+        ];
+        // SAFETY: the key and the value (16 bytes a possible CPU) outlive
+        // the call.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, 2, attr.as_ptr(), 32) };
+        ensure!(r == 0, "update {key}: {}", std::io::Error::last_os_error());
+    }
+    match count(map.as_raw_fd(), key_len, value_size, true)? {
+        Batched::Read(n) => assert_eq!(n, u64::from(entries)),
+        Batched::Unsupported => println!("skipped: no batch lookups for per-CPU hash maps here"),
+    }
     Ok(())
 }

@@ -114,6 +114,41 @@ pub struct Run {
     /// What the daemon binary was built from: uncommitted changes to the
     /// code it is built of, and when it was built.
     pub build: String,
+    pub scrapes: Scrapes,
+}
+
+/// The daemon's `/metrics` scraped at this scale: once after each kind (the
+/// bench's own reading of the daemon's figures), and, with
+/// `--scrape-every MS`, by a second client all through the changes.
+pub struct Scrapes {
+    pub between_kinds_ms: Vec<f64>,
+    pub every_ms: Option<u64>,
+    pub during_ms: Vec<f64>,
+}
+
+impl Scrapes {
+    pub fn sentence(&self) -> String {
+        let all: Vec<f64> = self
+            .between_kinds_ms
+            .iter()
+            .chain(&self.during_ms)
+            .copied()
+            .collect();
+        let p = |q| percentile(&all, q).unwrap_or(f64::NAN);
+        let during = match self.every_ms {
+            Some(every) => format!(
+                ", {} of them by a second client every {every} ms all through the changes, whose figures above include any wait behind a scrape",
+                self.during_ms.len()
+            ),
+            None => String::new(),
+        };
+        format!(
+            "Scrapes of `/metrics` at this scale (every pinned map counted, the counters summed): {}, p50 {:.1} ms, max {:.1} ms{during}.",
+            all.len(),
+            p(50.0),
+            p(100.0)
+        )
+    }
 }
 
 /// p50 and p99 of one enforcer's figures for one kind.
@@ -328,6 +363,7 @@ pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String 
         run.fw_size.1,
         run.fw_size.2
     );
+    let _ = writeln!(t, "{}\n", run.scrapes.sentence());
     t.push_str(&where_the_time_goes(rows, breakdown, run));
     t.push_str(METHOD);
     let _ = write!(
@@ -489,6 +525,11 @@ mod tests {
             daemon_own: BTreeMap::new(),
             tools: String::new(),
             build: String::new(),
+            scrapes: Scrapes {
+                between_kinds_ms: vec![60.0],
+                every_ms: None,
+                during_ms: Vec::new(),
+            },
         };
         assert_eq!(
             last_line(&rows, &run),

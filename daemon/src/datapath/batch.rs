@@ -8,7 +8,7 @@
 
 use std::{
     io, mem,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
 use aya::{Pod, maps::MapData};
@@ -61,8 +61,8 @@ pub unsafe fn lookup_batch(attr: &mut BatchAttr) -> io::Result<()> {
 }
 
 /// What a batched read gave.
-pub enum Batched<K, V> {
-    Read(Vec<(K, V)>),
+pub enum Batched<T> {
+    Read(T),
     /// This kernel has no batch lookups for this map: iterate instead.
     Unsupported,
 }
@@ -70,26 +70,94 @@ pub enum Batched<K, V> {
 /// Every entry of `map`, keys `K` and values `V` (the map's own sizes; a
 /// per-CPU map is not for this). Entries written or removed during the
 /// read may be seen or not, as with iteration.
-pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Batched<K, V>> {
+pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Batched<Vec<(K, V)>>> {
     read_all_by(map, PER_CALL)
 }
 
 /// [`read_all`], asking for `per_call` entries a call (tests take few, to
 /// cross many batches).
-pub fn read_all_by<K: Pod, V: Pod>(map: &MapData, per_call: usize) -> io::Result<Batched<K, V>> {
-    let fd = map.fd().as_fd().as_raw_fd();
+pub fn read_all_by<K: Pod, V: Pod>(
+    map: &MapData,
+    per_call: usize,
+) -> io::Result<Batched<Vec<(K, V)>>> {
+    let (key_len, value_len) = (mem::size_of::<K>(), mem::size_of::<V>());
+    let mut out = Vec::new();
+    let read = in_batches(
+        map.fd().as_fd().as_raw_fd(),
+        key_len,
+        value_len,
+        per_call,
+        |keys, values| {
+            for (k, v) in keys
+                .chunks_exact(key_len)
+                .zip(values.chunks_exact(value_len))
+            {
+                // SAFETY: each chunk holds one `K` or `V` as the kernel
+                // wrote it; `Pod` types are plain data, valid for any
+                // bytes; the reads take no alignment for granted.
+                out.push(unsafe {
+                    (
+                        std::ptr::read_unaligned(k.as_ptr().cast::<K>()),
+                        std::ptr::read_unaligned(v.as_ptr().cast::<V>()),
+                    )
+                });
+            }
+        },
+    )?;
+    Ok(match read {
+        Batched::Read(()) => Batched::Read(out),
+        Batched::Unsupported => Batched::Unsupported,
+    })
+}
+
+/// How many entries the map of `fd` holds, read in batches: one system
+/// call a few thousand entries, where a count by `BPF_MAP_GET_NEXT_KEY`
+/// takes one an entry (a full conntrack table, 262,144). `key_len` and
+/// `value_size` are the map's; `per_cpu` for a per-CPU map, whose values
+/// the kernel copies out once for each possible CPU.
+pub fn count(
+    fd: RawFd,
+    key_len: usize,
+    value_size: usize,
+    per_cpu: bool,
+) -> io::Result<Batched<u64>> {
+    let value_len = if per_cpu {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize;
+        value_size.next_multiple_of(8) * cpus
+    } else {
+        value_size
+    };
+    let mut n = 0u64;
+    let read = in_batches(fd, key_len, value_len, PER_CALL, |keys, _| {
+        n += (keys.len() / key_len.max(1)) as u64;
+    })?;
+    Ok(match read {
+        Batched::Read(()) => Batched::Read(n),
+        Batched::Unsupported => Batched::Unsupported,
+    })
+}
+
+/// Reads the map of `fd` in batches of up to `per_call` entries, handing
+/// each batch's keys and values (`key_len` and `value_len` bytes an entry)
+/// to `each`.
+fn in_batches(
+    fd: RawFd,
+    key_len: usize,
+    value_len: usize,
+    per_call: usize,
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> io::Result<Batched<()>> {
+    let (key_len, value_len) = (key_len.max(1), value_len.max(1));
     // The position between calls is opaque: a key for most map types, a
     // bucket index for hash maps. Room for either.
-    let token_len = mem::size_of::<K>().max(8);
+    let token_len = key_len.max(8);
     let (mut token_in, mut token_out) = (vec![0u8; token_len], vec![0u8; token_len]);
-    let mut out = Vec::new();
     let mut per_call = per_call.max(1);
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     let mut first = true;
     loop {
-        // SAFETY: `Pod` types are plain data, valid for any bytes, zeroes
-        // included.
-        let mut keys: Vec<K> = vec![unsafe { mem::zeroed() }; per_call];
-        let mut values: Vec<V> = vec![unsafe { mem::zeroed() }; per_call];
+        keys.resize(per_call * key_len, 0);
+        values.resize(per_call * value_len, 0);
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
             out_batch: token_out.as_mut_ptr() as u64,
@@ -100,7 +168,8 @@ pub fn read_all_by<K: Pod, V: Pod>(map: &MapData, per_call: usize) -> io::Result
             ..BatchAttr::default()
         };
         // SAFETY: `attr` points at buffers of `per_call` keys and values
-        // and two tokens of `token_len` bytes, all alive for the call.
+        // of the sizes given and two tokens of `token_len` bytes, all
+        // alive for the call.
         let error = unsafe { lookup_batch(&mut attr) }.err();
         let errno = error.as_ref().and_then(io::Error::raw_os_error);
         match errno {
@@ -116,10 +185,10 @@ pub fn read_all_by<K: Pod, V: Pod>(map: &MapData, per_call: usize) -> io::Result
             Some(_) => return Err(error.unwrap_or_else(|| io::Error::other("batch lookup"))),
         }
         let filled = (attr.count as usize).min(per_call);
-        out.extend(keys.into_iter().zip(values).take(filled));
+        each(&keys[..filled * key_len], &values[..filled * value_len]);
         // ENOENT: the map's end was reached (with this last part read).
         if errno == Some(libc::ENOENT) {
-            return Ok(Batched::Read(out));
+            return Ok(Batched::Read(()));
         }
         mem::swap(&mut token_in, &mut token_out);
         first = false;

@@ -312,6 +312,7 @@ impl<S: Source> Agent<S> {
                     lsm_inactive: syncer.lsm_inactive().map(str::to_owned),
                     not_ready: not_ready.clone(),
                     private: false,
+                    aside: Default::default(),
                 };
                 let bound = serve(addr, &state, "metrics endpoint")?;
                 tracing::info!("metrics on http://{bound}/metrics");

@@ -14,7 +14,10 @@ use ebpf_common::{
     stats::Counter,
 };
 
-use crate::paths::PinDir;
+use crate::{
+    datapath::batch::{self, Batched},
+    paths::PinDir,
+};
 
 /// One (endpoint, policy, reason, direction) cell, summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +133,24 @@ struct NextKeyAttr {
     next_key: u64,
 }
 
+/// The entries `map` holds: in batches where the kernel reads this map
+/// type so, else key by key.
+fn count(map: &MapData, map_type: u32, info: &aya::maps::MapInfo) -> u64 {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let key_len = info.key_size() as usize;
+    // Only the types whose value layout in a batch is known here: a wrong
+    // length would let the kernel write past the buffer.
+    let per_cpu = match map_type {
+        kind::HASH | kind::LRU_HASH | kind::LPM_TRIE | kind::ARRAY => false,
+        kind::PERCPU_HASH => true,
+        _ => return count_keys(fd, key_len),
+    };
+    match batch::count(fd, key_len, info.value_size() as usize, per_cpu) {
+        Ok(Batched::Read(n)) => n,
+        Ok(Batched::Unsupported) | Err(_) => count_keys(fd, key_len),
+    }
+}
+
 /// Counts keys with BPF_MAP_GET_NEXT_KEY: the kernel keeps no count of a
 /// hash or trie map's entries that user space could read.
 fn count_keys(fd: i32, key_size: usize) -> u64 {
@@ -179,7 +200,7 @@ pub fn pressure(pins: &PinDir) -> Vec<Pressure> {
         let entries = if spec.map_type == kind::PERCPU_ARRAY {
             capacity
         } else {
-            count_keys(map.fd().as_fd().as_raw_fd(), info.key_size() as usize)
+            count(&map, spec.map_type, &info)
         };
         out.push(Pressure {
             name: spec.name,

@@ -197,6 +197,9 @@ impl Metrics {
     /// Drops, allows and audited would-be drops from the kernel's counters,
     /// by direction, policy, reason and (when labelled) pod.
     fn verdict_counters(&self) -> anyhow::Result<()> {
+        // Read before the names are locked: the reconcile loop takes them
+        // after each pass.
+        let details = kernel::details(&self.pins)?;
         let names = lock(&self.names);
         let policy = |d: &kernel::Detail| names.policy(d.policy, d.reason);
         let labelled = self.labelled_pods(&names);
@@ -207,7 +210,6 @@ impl Metrics {
                     _ => "other".to_owned(),
                 })
         };
-        let details = kernel::details(&self.pins)?;
         let sums = kernel::sum_by(&details, |d| {
             Some((
                 verdict_kind(d.reason)?,
