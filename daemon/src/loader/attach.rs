@@ -413,6 +413,99 @@ pub fn detach_clsact_hook(ifindex: u32, hook: TcHook) -> Result<bool, AttachErro
     }
 }
 
+/// What a thread of its own needs to link `hook` of `ifindex` to its
+/// program and pin the link ([`link_and_pin`]): a descriptor of the loaded
+/// program and the pin's path. `None` where the hook's link is pinned
+/// already.
+pub fn tc_link_job(
+    object: &mut LoadedObject,
+    pins: &PinDir,
+    ifindex: u32,
+    hook: TcHook,
+) -> Result<Option<(std::os::fd::OwnedFd, PathBuf)>, AttachError> {
+    use std::os::fd::AsFd as _;
+    if tc_link_pinned(pins, ifindex, hook) {
+        return Ok(None);
+    }
+    let name = hook.program();
+    let prog: &mut SchedClassifier = program(object, name)?;
+    let fd = prog
+        .fd()
+        .map_err(attach_error(name))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(AttachError::Interface)?;
+    Ok(Some((fd, pins.link(&hook.pin_name(ifindex)))))
+}
+
+/// Links `prog` to `hook` of `ifindex` as a TCX link after any other
+/// (as [`attach_tc`] does), and pins it at `path`. Raw `bpf(2)` calls on
+/// descriptors this thread owns, so that another thread can wait out the
+/// link's RCU grace period while the reconcile loop goes on.
+pub fn link_and_pin(
+    prog: std::os::fd::BorrowedFd<'_>,
+    ifindex: u32,
+    hook: TcHook,
+    path: &Path,
+) -> Result<(), AttachError> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_TCX_EGRESS: u32 = 47;
+    const BPF_F_AFTER: u32 = 1 << 4;
+    let attach_type = match hook.attach_type() {
+        TcAttachType::Ingress => BPF_TCX_INGRESS,
+        _ => BPF_TCX_EGRESS,
+    };
+    let failed = |what: &str| {
+        let e = io::Error::last_os_error();
+        AttachError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::new(e.kind(), format!("{what} for {}: {e}", hook.program())),
+        }
+    };
+    // `link_create`: prog_fd, target_ifindex, attach_type, flags; then
+    // `tcx.relative_fd` 0 with BPF_F_AFTER (after every link) and no
+    // expected revision. The rest of `union bpf_attr` is zero.
+    let mut create = [0u32; 16];
+    create[..4].copy_from_slice(&[prog.as_raw_fd() as u32, ifindex, attach_type, BPF_F_AFTER]);
+    // SAFETY: a `bpf_attr` of the size passed, alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    if fd < 0 {
+        return Err(failed("creating a TCX link"));
+    }
+    // SAFETY: the kernel just gave this descriptor to this call alone.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let path_c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| failed("a pin path with a NUL"))?;
+    // `obj_pin`: pathname, bpf_fd, file_flags, path_fd.
+    let mut pin = [0u64; 3];
+    pin[0] = path_c.as_ptr() as u64;
+    pin[1] = link.as_raw_fd() as u64;
+    // SAFETY: the attr and the path it points at outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            pin.as_ptr(),
+            std::mem::size_of_val(&pin),
+        )
+    };
+    if r < 0 {
+        // The link goes with its only descriptor.
+        return Err(failed("pinning a TCX link"));
+    }
+    Ok(())
+}
+
 /// Whether `hook`'s TCX link on `ifindex` is pinned, by this ABI or an older
 /// one: [`attach_tc`] then updates that link instead of creating one.
 pub fn tc_link_pinned(pins: &PinDir, ifindex: u32, hook: TcHook) -> bool {

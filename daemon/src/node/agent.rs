@@ -712,45 +712,38 @@ impl<S: Source> Agent<S> {
             .set((lsm.pods.len() - in_force) as f64);
     }
 
-    /// Moves one veth from clsact filters to TCX links and publishes that
-    /// in the status. A failed move is logged, listed in the status's
+    /// Starts moving one veth from clsact filters to TCX links, on a
+    /// thread of its own (see `sync::links`).
+    fn start_move(&mut self, ifindex: u32) {
+        if let Err(e) = self.syncer.start_move(ifindex) {
+            self.move_failed(e);
+        }
+    }
+
+    /// Takes the end of the move under way, if it has ended, and publishes
+    /// it in the status. A failed move is logged, listed in the status's
     /// errors and counted as an attach error; the veth stays enforced by
     /// its filters and is tried again once it has waited `MOVE_AT_LATEST`.
-    fn move_to_links(&mut self, ifindex: u32) {
-        let t = Instant::now();
-        match self.syncer.move_to_links(ifindex) {
-            Ok(()) => tracing::debug!(
-                ifindex,
-                ms = t.elapsed().as_secs_f64() * 1e3,
-                "moved to TCX links"
-            ),
-            Err(e) => {
-                tracing::warn!("{e}");
-                if !self.status.errors.contains(&e) {
-                    metrics::counter!("palisade_errors_total", "kind" => "attach").increment(1);
-                    self.status.errors.push(e);
-                }
-            }
+    /// Whether a move ended.
+    fn move_ended(&mut self) -> bool {
+        let Some(moved) = self.syncer.finish_move(false) else {
+            return false;
+        };
+        if let Err(e) = moved.result {
+            self.move_failed(e);
         }
         self.status.tc_filters = self.syncer.on_filters();
         if let Err(e) = self.write_status() {
             tracing::warn!("writing the status: {e:#}");
         }
+        true
     }
 
-    /// [`Self::move_to_links`], for the loop: a source change that arrived
-    /// during the move waited for it, so its time to in force counts from
-    /// the move's start (an upper bound: the move cannot have read it).
-    fn move_to_links_noting(
-        &mut self,
-        ifindex: u32,
-        changes: &tokio::sync::mpsc::Receiver<()>,
-        pending: &mut Option<Instant>,
-    ) {
-        let started = Instant::now();
-        self.move_to_links(ifindex);
-        if !changes.is_empty() {
-            pending.get_or_insert(started);
+    fn move_failed(&mut self, e: String) {
+        tracing::warn!("{e}");
+        if !self.status.errors.contains(&e) {
+            metrics::counter!("palisade_errors_total", "kind" => "attach").increment(1);
+            self.status.errors.push(e);
         }
     }
 
@@ -772,6 +765,8 @@ impl<S: Source> Agent<S> {
         let mut retries = 0u32;
         // When the last move to TCX links ended.
         let mut last_move = Instant::now();
+        // How often the loop looks whether a move under way has ended.
+        const MOVE_POLL: Duration = Duration::from_millis(5);
         loop {
             if check_maps {
                 last_full = Instant::now();
@@ -831,14 +826,17 @@ impl<S: Source> Agent<S> {
             // `sync::links`), one at a time: between passes once nothing
             // has happened for `tc_move_when_idle`, or for `DUE_IDLE` once
             // one has waited `MOVE_AT_LATEST`; after each pass one that
-            // has waited `MOVE_OVERDUE`, whatever the churn. A move holds
-            // this loop (about 24 ms a veth): a change arriving meanwhile
-            // waits.
-            if let Some(ifindex) = self.syncer.next_move(MOVE_OVERDUE).due {
-                self.move_to_links_noting(ifindex, &changes, &mut pending);
-                last_move = Instant::now();
+            // has waited `MOVE_OVERDUE`, whatever the churn. A move runs
+            // on a thread of its own (about 24 ms a veth, most of it
+            // waiting under the routing lock): passes go on meanwhile,
+            // and the next move starts once it has ended.
+            if self.syncer.moving().is_none()
+                && let Some(ifindex) = self.syncer.next_move(MOVE_OVERDUE).due
+            {
+                self.start_move(ifindex);
             }
             let stop = loop {
+                let moving = self.syncer.moving().is_some();
                 let (idle_for, idle) = idle_move(
                     self.syncer.next_move(MOVE_AT_LATEST),
                     self.options.tc_move_when_idle,
@@ -871,10 +869,15 @@ impl<S: Source> Agent<S> {
                     }
                     _ = tokio::signal::ctrl_c() => break true,
                     _ = terminate.recv() => break true,
-                    () = tokio::time::sleep(idle_for), if idle.is_some() => {
-                        if let Some(ifindex) = idle {
-                            self.move_to_links_noting(ifindex, &changes, &mut pending);
+                    () = tokio::time::sleep(MOVE_POLL), if moving => {
+                        if self.move_ended() {
                             last_move = Instant::now();
+                        }
+                        continue;
+                    }
+                    () = tokio::time::sleep(idle_for), if idle.is_some() && !moving => {
+                        if let Some(ifindex) = idle {
+                            self.start_move(ifindex);
                         }
                         continue;
                     }

@@ -24,6 +24,7 @@
 
 use std::{
     collections::BTreeSet,
+    os::fd::AsFd as _,
     time::{Duration, Instant},
 };
 
@@ -159,30 +160,120 @@ pub struct NextMove {
     pub when_idle: Option<u32>,
 }
 
-/// Moves `ifindex` from filters to pinned TCX links, one hook at a time:
-/// the hook's link first, then its filter out. Between the two an allowed
-/// packet is judged twice, by the same programs on the same maps (the
-/// second run finds the flow the first tracked), and counted twice; never
-/// by neither. A failure leaves the veth on its filters (where a hook was
-/// linked, the next try updates that link), to be tried again later.
-pub(super) fn move_to_links(syncer: &mut Syncer, ifindex: u32) -> Result<(), String> {
-    if !matches!(syncer.attached.get(&ifindex), Some(Via::Filters { .. })) {
-        return Ok(());
+/// A move from filters to links under way on a thread of its own
+/// ([`start_move`]).
+pub(super) struct Moving {
+    ifindex: u32,
+    started: Instant,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+/// How a move that ended went: the veth, how long it took, and what
+/// failed.
+pub struct Moved {
+    pub ifindex: u32,
+    pub took: Duration,
+    pub result: Result<(), String>,
+}
+
+/// Starts moving `ifindex` from filters to pinned TCX links on a thread of
+/// its own, one hook at a time: the hook's link first, then its filter
+/// out. Between the two an allowed packet is judged twice, by the same
+/// programs on the same maps (the second run finds the flow the first
+/// tracked), and counted twice; never by neither. The thread waits out
+/// each link's RCU grace period under the routing lock (about 12 ms); the
+/// reconcile loop goes on meanwhile, and the syncer takes the move's end
+/// in [`finish_move`] before it touches that veth again. `false` where a
+/// move is under way already or the veth is not on filters.
+pub(super) fn start_move(syncer: &mut Syncer, ifindex: u32) -> Result<bool, String> {
+    if syncer.moving.is_some()
+        || !matches!(syncer.attached.get(&ifindex), Some(Via::Filters { .. }))
+    {
+        return Ok(false);
     }
+    let mut jobs = Vec::new();
     for hook in TcHook::ALL {
-        let moved = attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, true)
-            .and_then(|_| attach::detach_clsact_hook(ifindex, hook));
-        if let Err(e) = moved {
-            syncer.attached.insert(
-                ifindex,
-                Via::Filters {
-                    since: Instant::now(),
-                    failed: true,
-                },
-            );
-            return Err(format!("moving ifindex {ifindex} to TCX links: {e}"));
+        // A hook a previous move linked has its link already.
+        match attach::tc_link_job(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook) {
+            Ok(job) => jobs.push((hook, job)),
+            Err(e) => {
+                syncer.attached.insert(
+                    ifindex,
+                    Via::Filters {
+                        since: Instant::now(),
+                        failed: true,
+                    },
+                );
+                return Err(format!("moving ifindex {ifindex} to TCX links: {e}"));
+            }
         }
     }
-    syncer.attached.insert(ifindex, Via::Links);
-    Ok(())
+    let thread = std::thread::Builder::new()
+        .name(format!("move-{ifindex}"))
+        .spawn(move || {
+            for (hook, job) in jobs {
+                if let Some((prog, path)) = &job {
+                    attach::link_and_pin(prog.as_fd(), ifindex, hook, path)
+                        .map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}"))?;
+                }
+                attach::detach_clsact_hook(ifindex, hook)
+                    .map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}"))?;
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("moving ifindex {ifindex} to TCX links: no thread: {e}"))?;
+    syncer.moving = Some(Moving {
+        ifindex,
+        started: Instant::now(),
+        thread,
+    });
+    Ok(true)
+}
+
+/// Takes the end of the move under way, if it has ended or with `wait`:
+/// the veth is on links, or, where a step failed, on its filters again (a
+/// hook already linked keeps its link), to be tried again later.
+pub(super) fn finish_move(syncer: &mut Syncer, wait: bool) -> Option<Moved> {
+    if !syncer
+        .moving
+        .as_ref()
+        .is_some_and(|m| wait || m.thread.is_finished())
+    {
+        return None;
+    }
+    let Moving {
+        ifindex,
+        started,
+        thread,
+    } = syncer.moving.take()?;
+    let result = thread.join().unwrap_or_else(|_| {
+        Err(format!(
+            "moving ifindex {ifindex} to TCX links: the thread panicked"
+        ))
+    });
+    let via = match &result {
+        Ok(()) => Via::Links,
+        Err(_) => Via::Filters {
+            since: Instant::now(),
+            failed: true,
+        },
+    };
+    syncer.attached.insert(ifindex, via);
+    if result.is_ok() {
+        tracing::debug!(
+            ifindex,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "moved to TCX links"
+        );
+    }
+    Some(Moved {
+        ifindex,
+        took: started.elapsed(),
+        result,
+    })
+}
+
+/// The veth a move is under way for.
+pub(super) fn moving(syncer: &Syncer) -> Option<u32> {
+    syncer.moving.as_ref().map(|m| m.ifindex)
 }

@@ -30,7 +30,7 @@ mod endpoints;
 
 pub use endpoints::Written;
 mod links;
-pub use links::NextMove;
+pub use links::{Moved, NextMove};
 pub mod lsm;
 pub mod prefilter;
 
@@ -135,6 +135,8 @@ pub struct Syncer {
     written: Option<Written>,
     /// How TC programs go onto veths beside TCX links (see `links`).
     tc: TcAttach,
+    /// A veth's move from filters to links under way on its own thread.
+    moving: Option<links::Moving>,
 }
 
 /// What the syncer does with clsact filters where the kernel has TCX.
@@ -191,6 +193,7 @@ impl Syncer {
             inherited,
             written: None,
             tc,
+            moving: None,
         })
     }
 
@@ -266,9 +269,22 @@ impl Syncer {
         links::next_move(self, at_latest)
     }
 
-    /// Moves `ifindex` from clsact filters to TCX links (see `links`).
-    pub fn move_to_links(&mut self, ifindex: u32) -> Result<(), String> {
-        links::move_to_links(self, ifindex)
+    /// Starts moving `ifindex` from clsact filters to TCX links on a
+    /// thread of its own (see `links`); `Ok(false)` where a move is under
+    /// way already or the veth is not on filters.
+    pub fn start_move(&mut self, ifindex: u32) -> Result<bool, String> {
+        links::start_move(self, ifindex)
+    }
+
+    /// The end of the move under way, once it has ended, or with `wait`
+    /// once it ends (see `links`).
+    pub fn finish_move(&mut self, wait: bool) -> Option<links::Moved> {
+        links::finish_move(self, wait)
+    }
+
+    /// The veth whose move to TCX links is under way, if any.
+    pub fn moving(&self) -> Option<u32> {
+        links::moving(self)
     }
 
     /// Brings the kernel to `desired` (see the module docs for the order).
@@ -291,6 +307,14 @@ impl Syncer {
     fn apply_with(&mut self, desired: &Desired<'_>, trust: bool) -> Result<Report, DatapathError> {
         let written = std::mem::take(&mut self.written);
         let mut report = Report::default();
+        // A veth being moved is left to its move, but for a detach: that
+        // waits for the move's end (tens of milliseconds, rare).
+        let held = self
+            .moving()
+            .is_some_and(|i| desired.endpoints.values().any(|p| p.ifindex == i));
+        if let Some(Moved { result: Err(e), .. }) = self.finish_move(!held) {
+            report.attach_errors.push(e);
+        }
         if self.inherited {
             return self.take_over(desired);
         }
