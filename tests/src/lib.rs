@@ -132,12 +132,12 @@ pub fn answered<T>(attempt: std::io::Result<T>, what: &str) -> anyhow::Result<bo
 }
 
 /// The pods of a [`BridgeLab`] as a source holds them: namespace `x` and
-/// pods `a`, `b`, `c` by position, each labelled `pod: <its name>` unless
+/// pods `a`, `b`, `c`, `d` by position, each labelled `pod: <its name>` unless
 /// `relabel` gives it another value.
 pub fn lab_cluster(lab: &BridgeLab, relabel: &[(&str, &str)]) -> String {
     let mut text =
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n".to_owned();
-    for (pod, name) in lab.pods.iter().zip(["a", "b", "c"]) {
+    for (pod, name) in lab.pods.iter().zip(["a", "b", "c", "d"]) {
         let label = relabel
             .iter()
             .find(|(n, _)| *n == name)

@@ -147,7 +147,11 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
     let s = commit_and_wait(&mut daemon)?;
     assert_eq!(s["quarantined"].as_array().map(Vec::len), Some(0), "{s}");
 
-    // A veth appears on the bridge before the source knows its pod.
+    // A veth appears on the bridge before the source knows its pod. Where
+    // the kernel has TCX its links are made off the daemon's loop: the
+    // status lists it quarantined only once they are in place, which a
+    // second thread checks all along, read after read.
+    let claims = Claims::watch(&dir, &t);
     lab.add_pod()?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -158,7 +162,7 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
         if Instant::now() > deadline {
             bail!("no link event made the daemon quarantine the new veth: {v}");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
     assert!(
         !reaches(&lab, 2, 0)?,
@@ -170,9 +174,98 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
     let s = commit_and_wait(&mut daemon)?;
     assert_eq!(s["quarantined"].as_array().map(Vec::len), Some(0), "{s}");
     assert!(reaches(&lab, 2, 0)?, "known and unselected: it reaches a");
+
+    // A veth and its pod at once, as a pod is made: its endpoint is in
+    // force only once its programs are attached.
+    lab.add_pod()?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    let revision = daemon.commit()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (pod, revision) = ("x/d", revision.to_string());
+    loop {
+        let v = daemon.status()?;
+        let in_force = v["revision"].as_str() == Some(revision.as_str())
+            && v["endpoints"].get(pod).is_some()
+            && v["not_enforced"].get(pod).is_none();
+        if in_force {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{pod} not in force: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let reads = claims.stop()?;
+    println!("{reads} status reads, every claim of enforcement with its links pinned");
+    assert!(reaches(&lab, 3, 0)?, "known and unselected: it reaches a");
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Reads the daemon's status file every millisecond on a thread of its
+/// own, and fails at the first read that lists a veth quarantined, or a
+/// pod's endpoint in force, whose two TCX links are not pinned. Where the
+/// kernel has no TCX a new veth gets filters within its pass: nothing to
+/// check.
+struct Claims {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<usize>>,
+}
+
+impl Claims {
+    fn watch(dir: &Path, t: &TempPins) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tcx = palisade::loader::features::Features::probe().tcx;
+        let (status, pins) = (dir.join("status.json"), t.pins.clone());
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut reads = 0;
+                while tcx && !stop.load(Ordering::Relaxed) {
+                    // A read that catches the file being replaced is skipped.
+                    let Ok(v) = fs::read_to_string(&status)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|text| Ok(serde_json::from_str::<serde_json::Value>(&text)?))
+                    else {
+                        continue;
+                    };
+                    reads += 1;
+                    let not_enforced = &v["not_enforced"];
+                    let quarantined = v["quarantined"].as_array().cloned().unwrap_or_default();
+                    let in_force = v["endpoints"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(pod, _)| not_enforced.get(pod.as_str()).is_none())
+                        .map(|(_, ifindex)| ifindex.clone());
+                    for ifindex in quarantined.into_iter().chain(in_force) {
+                        let ifindex = ifindex.as_u64().context("an ifindex")?;
+                        for hook in ["tc-from-pod", "tc-to-pod"] {
+                            let pin = pins.link(&format!("{hook}-{ifindex}"));
+                            anyhow::ensure!(
+                                pin.exists(),
+                                "the status claims ifindex {ifindex} enforced without {}: {v}",
+                                pin.display()
+                            );
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(reads)
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops watching; how many reads there were.
+    fn stop(self) -> anyhow::Result<usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the status watcher panicked"))?
+    }
 }
 
 /// Veths (ifindex) the status lists on clsact filters.

@@ -191,6 +191,9 @@ pub struct Agent<S: Source> {
     not_ready: SharedReadiness,
     /// The last pass's placements (pod -> its address and veth).
     placed_before: BTreeMap<String, (IpAddr, u32)>,
+    /// The pod-like veths the last pass quarantined, enforced or not yet
+    /// (the status lists only the enforced).
+    quarantined_before: Vec<u32>,
     /// The last pass's pod addresses behind no local veth.
     remote_before: FastSet<IpAddr>,
     /// The last pass's pods behind no local veth, by pod object.
@@ -361,6 +364,7 @@ impl<S: Source> Agent<S> {
             compiler: None,
             not_ready,
             placed_before: BTreeMap::new(),
+            quarantined_before: Vec::new(),
             remote_before: FastSet::default(),
             remote_pods: RemotePods::default(),
             links_before: None,
@@ -415,7 +419,7 @@ impl<S: Source> Agent<S> {
         let before = Before {
             links,
             placed: &self.placed_before,
-            quarantined: &self.status.quarantined,
+            quarantined: &self.quarantined_before,
             remote: &self.remote_before,
             remote_pods: &self.remote_pods,
             links_read: match (links, watched) {
@@ -441,6 +445,7 @@ impl<S: Source> Agent<S> {
             ips: std::mem::take(&mut placement.remote_pods),
         };
         self.placed_before = placement.placed_with_addresses();
+        self.quarantined_before.clone_from(&placement.quarantined);
         phases.locate = lap(&mut t);
         // Only the placed pods' endpoints are compiled, and only what the
         // change touched.
@@ -625,7 +630,16 @@ impl<S: Source> Agent<S> {
             endpoints: placement.placed,
             unplaced: placement.unplaced,
             not_enforced: report.not_enforced.clone(),
-            quarantined: placement.quarantined,
+            // Listed once that is enforced (the veth's programs attached).
+            quarantined: placement
+                .quarantined
+                .into_iter()
+                .filter(|i| {
+                    !report
+                        .not_enforced
+                        .contains_key(&format!("{}/{i}", crate::compile::desired::QUARANTINE))
+                })
+                .collect(),
             tc_filters: self.syncer.on_filters(),
             lsm: lsm.state,
             policies_not_enforced: lsm.not_enforced,
@@ -837,6 +851,7 @@ impl<S: Source> Agent<S> {
             }
             let stop = loop {
                 let moving = self.syncer.moving().is_some();
+                let linking = self.syncer.linking();
                 let (idle_for, idle) = idle_move(
                     self.syncer.next_move(MOVE_AT_LATEST),
                     self.options.tc_move_when_idle,
@@ -869,11 +884,17 @@ impl<S: Source> Agent<S> {
                     }
                     _ = tokio::signal::ctrl_c() => break true,
                     _ = terminate.recv() => break true,
-                    () = tokio::time::sleep(MOVE_POLL), if moving => {
+                    // A move that ended, or veths whose links the attach
+                    // thread made: those are put in force by a pass.
+                    () = tokio::time::sleep(MOVE_POLL), if moving || linking => {
                         if self.move_ended() {
                             last_move = Instant::now();
                         }
-                        continue;
+                        if !self.syncer.take_made() {
+                            continue;
+                        }
+                        recheck = since_last_pass(&mut watch);
+                        check_maps = false;
                     }
                     () = tokio::time::sleep(idle_for), if idle.is_some() && !moving => {
                         if let Some(ifindex) = idle {

@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Report, Syncer};
+use super::{Report, Syncer, linker::Linker};
 use crate::{
     compile::desired::Desired,
     loader::attach::{self, TcHook},
@@ -44,16 +44,46 @@ pub(super) enum Via {
     /// veth is moved to links. `since` the attach, or the last move that
     /// `failed`.
     Filters { since: Instant, failed: bool },
+    /// TCX links being made on the attach thread (`linker`): nothing
+    /// enforces the veth until they are.
+    Linking,
 }
+
+/// Why a veth's endpoints are not in force while its links are made.
+const LINKING: &str = "its TC programs' links are being made";
 
 /// Attaches both TC programs to every desired veth that lacks them. A veth
 /// whose attach failed is retried next pass; its endpoint is reported as
-/// not enforced meanwhile.
-pub(super) fn attach_new(syncer: &mut Syncer, desired: &Desired<'_>, report: &mut Report) {
+/// not enforced meanwhile. With `defer`, a veth with no link pinned gets
+/// its TCX links from the attach thread (`linker`), and its endpoints
+/// are reported not in force until they are made.
+pub(super) fn attach_new(
+    syncer: &mut Syncer,
+    desired: &Desired<'_>,
+    report: &mut Report,
+    defer: bool,
+) {
     for (name, placed) in &desired.endpoints {
         let ifindex = placed.ifindex;
-        if syncer.attached.contains_key(&ifindex) {
-            continue;
+        match syncer.attached.get(&ifindex) {
+            Some(Via::Linking) => {
+                report.not_enforced.insert(name.clone(), LINKING.into());
+                continue;
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        if defer && syncer.features.tcx && !syncer.tc.filters_first {
+            match link_aside(syncer, ifindex) {
+                Ok(true) => {
+                    syncer.attached.insert(ifindex, Via::Linking);
+                    report.not_enforced.insert(name.clone(), LINKING.into());
+                    continue;
+                }
+                Ok(false) => {}
+                // Attached here instead.
+                Err(e) => tracing::warn!("{e}"),
+            }
         }
         // Per hook: a pinned link is updated in place (no wait), so a veth
         // a daemon left half moved keeps the hook it had linked.
@@ -99,6 +129,79 @@ pub(super) fn attach_new(syncer: &mut Syncer, desired: &Desired<'_>, report: &mu
     }
 }
 
+/// Hands the links of `ifindex` to the attach thread, started on first
+/// use. `false` where a hook's link is pinned already (updating its
+/// program does not wait) or a filter left by a daemon with
+/// `--tc-filters-first` is to go with it: those are done in the pass.
+fn link_aside(syncer: &mut Syncer, ifindex: u32) -> Result<bool, String> {
+    if syncer.tc.leftover_filters.contains(&ifindex) {
+        return Ok(false);
+    }
+    let mut hooks = Vec::new();
+    for hook in TcHook::ALL {
+        match attach::tc_link_job(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook) {
+            Ok(Some((prog, path))) => hooks.push((hook, prog, path)),
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(format!("attaching to ifindex {ifindex}: {e}")),
+        }
+    }
+    if syncer.linker.is_none() {
+        let linker = Linker::start().map_err(|e| format!("starting the TCX linker thread: {e}"))?;
+        syncer.linker = Some(linker);
+    }
+    let linker = syncer.linker.as_mut().ok_or("no TCX linker thread")?;
+    linker.submit(ifindex, hooks)?;
+    Ok(true)
+}
+
+/// Takes in what was made off the loop: the move under way, once it has
+/// ended (or at once where its veth is to be detached), and the veths
+/// whose links the attach thread made (waiting for those to be detached).
+/// A veth whose links failed is attached again by this pass.
+pub(super) fn settle(syncer: &mut Syncer, desired: &Desired<'_>, report: &mut Report) {
+    let held: BTreeSet<u32> = desired.endpoints.values().map(|p| p.ifindex).collect();
+    let move_held = syncer.moving().is_some_and(|i| held.contains(&i));
+    if let Some(Moved { result: Err(e), .. }) = finish_move(syncer, !move_held) {
+        report.attach_errors.push(e);
+    }
+    let unheld: BTreeSet<u32> = syncer
+        .attached
+        .iter()
+        .filter(|(i, via)| **via == Via::Linking && !held.contains(i))
+        .map(|(&i, _)| i)
+        .collect();
+    report.attach_errors.append(&mut syncer.made_errors);
+    let errors = take_made(syncer, &unheld);
+    report.attach_errors.extend(errors);
+}
+
+/// The attach thread's results since the last call (waiting for those of
+/// `wait_for`), taken into `attached`; what failed.
+pub(super) fn take_made(syncer: &mut Syncer, wait_for: &BTreeSet<u32>) -> Vec<String> {
+    let Some(linker) = &mut syncer.linker else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    for (ifindex, result) in linker.collect(wait_for) {
+        match result {
+            Ok(()) => {
+                syncer.attached.insert(ifindex, Via::Links);
+            }
+            Err(e) => {
+                // A hook it linked is adopted by the next attach.
+                syncer.attached.remove(&ifindex);
+                errors.push(e);
+            }
+        }
+    }
+    errors
+}
+
+/// Whether the attach thread has links to make.
+pub(super) fn linking(syncer: &Syncer) -> bool {
+    syncer.linker.as_ref().is_some_and(Linker::any_pending)
+}
+
 /// Detaches from the veths no desired endpoint holds. A failure is
 /// reported once and the veth forgotten: it concerns no desired endpoint,
 /// and a veth that went away took its programs with it.
@@ -137,7 +240,7 @@ pub(super) fn next_move(syncer: &Syncer, at_latest: Duration) -> NextMove {
         .iter()
         .filter_map(|(&ifindex, via)| match via {
             Via::Filters { since, failed } => Some((*since, ifindex, *failed)),
-            Via::Links => None,
+            Via::Links | Via::Linking => None,
         })
         .collect();
     waiting.sort_unstable();

@@ -29,6 +29,7 @@ pub mod conntrack;
 mod endpoints;
 
 pub use endpoints::Written;
+mod linker;
 mod links;
 pub use links::{Moved, NextMove};
 pub mod lsm;
@@ -137,6 +138,11 @@ pub struct Syncer {
     tc: TcAttach,
     /// A veth's move from filters to links under way on its own thread.
     moving: Option<links::Moving>,
+    /// The attach thread for new veths' TCX links, once started.
+    linker: Option<linker::Linker>,
+    /// What the attach thread failed, taken in between passes, for the
+    /// next pass to report.
+    made_errors: Vec<String>,
 }
 
 /// What the syncer does with clsact filters where the kernel has TCX.
@@ -194,6 +200,8 @@ impl Syncer {
             written: None,
             tc,
             moving: None,
+            linker: None,
+            made_errors: Vec::new(),
         })
     }
 
@@ -282,6 +290,30 @@ impl Syncer {
         links::finish_move(self, wait)
     }
 
+    /// Whether new veths' TCX links are being made off the loop.
+    pub fn linking(&self) -> bool {
+        links::linking(self)
+    }
+
+    /// Takes in the veths whose TCX links were made off the loop since the
+    /// last call (their failures go into the next pass's report); whether
+    /// there were any.
+    pub fn take_made(&mut self) -> bool {
+        let pending = self
+            .attached
+            .values()
+            .filter(|v| **v == links::Via::Linking)
+            .count();
+        let mut errors = links::take_made(self, &Default::default());
+        self.made_errors.append(&mut errors);
+        pending
+            != self
+                .attached
+                .values()
+                .filter(|v| **v == links::Via::Linking)
+                .count()
+    }
+
     /// The veth whose move to TCX links is under way, if any.
     pub fn moving(&self) -> Option<u32> {
         links::moving(self)
@@ -307,18 +339,11 @@ impl Syncer {
     fn apply_with(&mut self, desired: &Desired<'_>, trust: bool) -> Result<Report, DatapathError> {
         let written = std::mem::take(&mut self.written);
         let mut report = Report::default();
-        // A veth being moved is left to its move, but for a detach: that
-        // waits for the move's end (tens of milliseconds, rare).
-        let held = self
-            .moving()
-            .is_some_and(|i| desired.endpoints.values().any(|p| p.ifindex == i));
-        if let Some(Moved { result: Err(e), .. }) = self.finish_move(!held) {
-            report.attach_errors.push(e);
-        }
         if self.inherited {
             return self.take_over(desired);
         }
-        links::attach_new(self, desired, &mut report);
+        links::settle(self, desired, &mut report);
+        links::attach_new(self, desired, &mut report, true);
         let trusted = written.as_ref().filter(|_| trust);
         let expanded = write_maps(&mut self.maps, desired, &mut report, trusted)?;
         if report.errors.is_empty() {
@@ -350,7 +375,7 @@ impl Syncer {
         for e in &carried.errors {
             tracing::warn!("{e}");
         }
-        links::attach_new(self, desired, &mut report);
+        links::attach_new(self, desired, &mut report, false);
         links::detach_unheld(self, desired, &mut report);
         if let (Ok(_), LsmObject::Loaded(object)) = (&self.lsm, &mut self.loaded.lsm)
             && let Err(e) = attach::attach_lsm(object, &self.pins)

@@ -1,0 +1,118 @@
+//! The attach thread: a fresh veth's two TCX links, made off the reconcile
+//! loop.
+//!
+//! A TCX link waits out an RCU grace period under the routing lock before
+//! it returns (`tcx_entry_sync`, about 12 ms a link here). Made in the pass
+//! that finds a new pod's veth, the two held the loop, and the pod's Pod,
+//! arriving meanwhile, waited for them before its own pass could begin.
+//! Here they are made in order on one thread of their own (the routing
+//! lock would serialise them anyway), from duplicates of the programs'
+//! descriptors, and pinned there. The pass goes on: it writes the veth's
+//! entries (its pod's policy, or the quarantine), which the programs find
+//! complete once they are attached, and reports the veth's endpoints not
+//! in force until its links are in place. When a veth's links are made,
+//! the loop runs a pass, which says so.
+
+use std::{
+    collections::BTreeSet,
+    os::fd::{AsFd as _, OwnedFd},
+    path::PathBuf,
+    sync::mpsc::{Receiver, Sender, channel},
+};
+
+use crate::loader::attach::{self, TcHook};
+
+/// One veth's links to make: per hook, the program and the pin's path.
+struct Job {
+    ifindex: u32,
+    hooks: Vec<(TcHook, OwnedFd, PathBuf)>,
+}
+
+/// A veth whose links were made, or why not.
+pub(super) type Made = (u32, Result<(), String>);
+
+pub(super) struct Linker {
+    jobs: Sender<Job>,
+    done: Receiver<Made>,
+    /// Veths whose links are being made.
+    pending: BTreeSet<u32>,
+}
+
+impl Linker {
+    pub(super) fn start() -> std::io::Result<Self> {
+        let (jobs, todo) = channel::<Job>();
+        let (made, done) = channel();
+        std::thread::Builder::new()
+            .name("tcx-linker".into())
+            .spawn(move || {
+                for job in todo {
+                    let result = job.hooks.iter().try_for_each(|(hook, prog, path)| {
+                        attach::link_and_pin(prog.as_fd(), job.ifindex, *hook, path)
+                            .map_err(|e| format!("attaching to ifindex {}: {e}", job.ifindex))
+                    });
+                    if made.send((job.ifindex, result)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs,
+            done,
+            pending: BTreeSet::new(),
+        })
+    }
+
+    /// Queues the links of `ifindex`.
+    pub(super) fn submit(
+        &mut self,
+        ifindex: u32,
+        hooks: Vec<(TcHook, OwnedFd, PathBuf)>,
+    ) -> Result<(), String> {
+        self.jobs
+            .send(Job { ifindex, hooks })
+            .map_err(|_| "the TCX linker thread has stopped".to_owned())?;
+        self.pending.insert(ifindex);
+        Ok(())
+    }
+
+    pub(super) fn any_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The veths whose links were made (or failed) since the last call;
+    /// first waiting until none of `wait_for` is pending. A thread that
+    /// stopped fails every veth still pending.
+    pub(super) fn collect(&mut self, wait_for: &BTreeSet<u32>) -> Vec<Made> {
+        let mut out = Vec::new();
+        loop {
+            let waiting = wait_for.iter().any(|i| self.pending.contains(i));
+            let next = if waiting {
+                self.done.recv().ok()
+            } else {
+                match self.done.try_recv() {
+                    Ok(made) => Some(made),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+                }
+            };
+            match next {
+                Some(made) => {
+                    self.pending.remove(&made.0);
+                    out.push(made);
+                }
+                None => {
+                    out.extend(std::mem::take(&mut self.pending).into_iter().map(|i| {
+                        (
+                            i,
+                            Err(format!(
+                                "attaching to ifindex {i}: the TCX linker thread stopped"
+                            )),
+                        )
+                    }));
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
