@@ -11,7 +11,8 @@
 //! A TCX link waits for an RCU grace period under the routing lock before
 //! it returns (`tcx_entry_sync`): 24 ms a veth for the two, against 0.1 ms
 //! for a clsact qdisc and two filters (`palisade-bench --attach`). That
-//! wait sits between a new pod and its enforcement. With
+//! wait sits between a new pod and its enforcement; the attach thread
+//! (`linker`) waits it out while the reconcile loop goes on. With
 //! `--tc-filters-first` a veth new to the daemon gets filters even on a
 //! TCX kernel, and the daemon moves it to links while idle
 //! ([`move_to_links`]); it keeps `CAP_NET_ADMIN` for that. A hook whose

@@ -9,7 +9,11 @@
 //!
 //! The order of one pass:
 //! 1. TC programs onto veths that lack them (`links`): programs first, then
-//!    policy, so a veth is never enforced with a half-written state.
+//!    policy, so a veth is never enforced with a half-written state. A
+//!    fresh veth's TCX links are made on the attach thread (`linker`)
+//!    instead, while the pass writes its policy: the programs find it
+//!    whole once attached, and its endpoints are reported not in force
+//!    until then.
 //! 2. The node deny list (`prefilter`), independent of everything else.
 //! 3. Stale prefilter pod denies out, then identities in (before the
 //!    entries that name them), the endpoints' policies swapped, endpoints
