@@ -33,12 +33,19 @@ pub enum IdentityKey {
 }
 
 impl IdentityKey {
-    fn canonical(&self) -> String {
-        let join = |l: &Labels| {
-            l.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
+    /// The text the identity is hashed from, written into `out`: the same
+    /// bytes whether they go to a string or straight to the hash
+    /// ([`natural`] runs for every key of a pass that drops one, and
+    /// allocates nothing).
+    fn write_canonical(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        let join = |out: &mut dyn std::fmt::Write, l: &Labels| {
+            for (i, (k, v)) in l.iter().enumerate() {
+                if i > 0 {
+                    out.write_char(',')?;
+                }
+                write!(out, "{k}={v}")?;
+            }
+            Ok::<_, std::fmt::Error>(())
         };
         match self {
             Self::Labels {
@@ -46,24 +53,47 @@ impl IdentityKey {
                 pod,
                 cidr,
             } => {
-                let mut text = format!("labels:{};{}", join(namespace), join(pod));
+                out.write_str("labels:")?;
+                join(out, namespace)?;
+                out.write_char(';')?;
+                join(out, pod)?;
                 // Without ipBlocks around, the key (and so the id) is the
                 // label sets' alone.
                 if let Some(c) = cidr {
-                    text.push_str(&format!(";{c}"));
+                    write!(out, ";{c}")?;
                 }
-                text
+                Ok(())
             }
-            Self::Cidr(net) => format!("cidr:{net}"),
+            Self::Cidr(net) => write!(out, "cidr:{net}"),
         }
+    }
+
+    #[cfg(test)]
+    fn canonical(&self) -> String {
+        let mut text = String::new();
+        let _ = self.write_canonical(&mut text);
+        text
     }
 }
 
-/// FNV-1a, 64 bit: stable across Rust versions, unlike `DefaultHasher`.
+/// FNV-1a (64 bit) over what is written into it.
+struct Fnv(u64);
+
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 = s.bytes().fold(self.0, fnv1a_step);
+        Ok(())
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a_step(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+}
+
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().copied().fold(FNV_OFFSET, fnv1a_step)
 }
 
 /// A stable, non-zero 32-bit number for a name (FNV-1a, 32 bit): policy
@@ -78,7 +108,10 @@ pub fn stable_id(name: &str) -> u32 {
 
 /// The identity a key gets when no other key took it first.
 pub fn natural(key: &IdentityKey) -> u32 {
-    FIRST_ALLOCATED + (fnv1a(key.canonical().as_bytes()) % SPACE) as u32
+    let mut hash = Fnv(FNV_OFFSET);
+    // Writing into the hash cannot fail.
+    let _ = key.write_canonical(&mut hash);
+    FIRST_ALLOCATED + (hash.0 % SPACE) as u32
 }
 
 /// The next identity a key probes after `id` when `id` is taken.
@@ -112,6 +145,64 @@ mod tests {
             pod: [("pod".to_owned(), pod.to_owned())].into(),
             cidr: None,
         }
+    }
+
+    /// Identities outlive the daemon in the pinned maps: the numbers must
+    /// be those of the text the first daemons hashed, built here as they
+    /// built it.
+    #[test]
+    fn natural_numbers_hash_the_same_text_as_ever() {
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let as_ever = |key: &IdentityKey| -> String {
+            let join = |l: &Labels| {
+                l.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            match key {
+                IdentityKey::Labels {
+                    namespace,
+                    pod,
+                    cidr,
+                } => {
+                    let mut text = format!("labels:{};{}", join(namespace), join(pod));
+                    if let Some(c) = cidr {
+                        text.push_str(&format!(";{c}"));
+                    }
+                    text
+                }
+                IdentityKey::Cidr(net) => format!("cidr:{net}"),
+            }
+        };
+        let keys = [
+            key("a"),
+            IdentityKey::Labels {
+                namespace: labels(&[("kubernetes.io/metadata.name", "x"), ("team", "t1")]),
+                pod: labels(&[("app", "web"), ("tier", "front")]),
+                cidr: Some("10.1.0.0/16".parse().unwrap()),
+            },
+            IdentityKey::Labels {
+                namespace: Labels::new(),
+                pod: Labels::new(),
+                cidr: None,
+            },
+            IdentityKey::Cidr("fd00::/64".parse().unwrap()),
+        ];
+        for k in &keys {
+            assert_eq!(k.canonical(), as_ever(k));
+            let want = FIRST_ALLOCATED + (fnv1a(as_ever(k).as_bytes()) % SPACE) as u32;
+            assert_eq!(natural(k), want, "{k:?}");
+        }
+        assert_eq!(
+            as_ever(&keys[1]),
+            "labels:kubernetes.io/metadata.name=x,team=t1;app=web,tier=front;10.1.0.0/16"
+        );
     }
 
     #[test]
