@@ -779,8 +779,8 @@ impl<S: Source> Agent<S> {
         let mut retries = 0u32;
         // When the last move to TCX links ended.
         let mut last_move = Instant::now();
-        // How often the loop looks whether a move under way has ended.
-        const MOVE_POLL: Duration = Duration::from_millis(5);
+        // Told when a move, or a new veth's links, ended off the loop.
+        let ended = self.syncer.ended();
         loop {
             if check_maps {
                 last_full = Instant::now();
@@ -886,7 +886,7 @@ impl<S: Source> Agent<S> {
                     _ = terminate.recv() => break true,
                     // A move that ended, or veths whose links the attach
                     // thread made: those are put in force by a pass.
-                    () = tokio::time::sleep(MOVE_POLL), if moving || linking => {
+                    () = ended.notified(), if moving || linking => {
                         if self.move_ended() {
                             last_move = Instant::now();
                         }

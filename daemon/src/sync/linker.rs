@@ -11,13 +11,16 @@
 //! entries (its pod's policy, or the quarantine), which the programs find
 //! complete once they are attached, and reports the veth's endpoints not
 //! in force until its links are in place. When a veth's links are made,
-//! the loop runs a pass, which says so.
+//! the thread wakes the loop, which runs a pass that says so.
 
 use std::{
     collections::BTreeSet,
     os::fd::{AsFd as _, OwnedFd},
     path::PathBuf,
-    sync::mpsc::{Receiver, Sender, channel},
+    sync::{
+        Arc,
+        mpsc::{Receiver, Sender, channel},
+    },
 };
 
 use crate::loader::attach::{self, TcHook};
@@ -39,7 +42,8 @@ pub(super) struct Linker {
 }
 
 impl Linker {
-    pub(super) fn start() -> std::io::Result<Self> {
+    /// Starts the thread; `ended` is told of each veth's links made.
+    pub(super) fn start(ended: Arc<tokio::sync::Notify>) -> std::io::Result<Self> {
         let (jobs, todo) = channel::<Job>();
         let (made, done) = channel();
         std::thread::Builder::new()
@@ -53,6 +57,7 @@ impl Linker {
                     if made.send((job.ifindex, result)).is_err() {
                         break;
                     }
+                    ended.notify_one();
                 }
             })?;
         Ok(Self {

@@ -147,7 +147,8 @@ fn link_aside(syncer: &mut Syncer, ifindex: u32) -> Result<bool, String> {
         }
     }
     if syncer.linker.is_none() {
-        let linker = Linker::start().map_err(|e| format!("starting the TCX linker thread: {e}"))?;
+        let linker = Linker::start(syncer.ended.clone())
+            .map_err(|e| format!("starting the TCX linker thread: {e}"))?;
         syncer.linker = Some(linker);
     }
     let linker = syncer.linker.as_mut().ok_or("no TCX linker thread")?;
@@ -286,8 +287,9 @@ pub struct Moved {
 /// programs on the same maps (the second run finds the flow the first
 /// tracked), and counted twice; never by neither. The thread waits out
 /// each link's RCU grace period under the routing lock (about 12 ms); the
-/// reconcile loop goes on meanwhile, and the syncer takes the move's end
-/// in [`finish_move`] before it touches that veth again. `false` where a
+/// reconcile loop goes on meanwhile, woken when the move ends, and the
+/// syncer takes the move's end in [`finish_move`] before it touches that
+/// veth again. `false` where a
 /// move is under way already or the veth is not on filters.
 pub(super) fn start_move(syncer: &mut Syncer, ifindex: u32) -> Result<bool, String> {
     if syncer.moving.is_some()
@@ -312,18 +314,18 @@ pub(super) fn start_move(syncer: &mut Syncer, ifindex: u32) -> Result<bool, Stri
             }
         }
     }
+    let ended = syncer.ended.clone();
     let thread = std::thread::Builder::new()
         .name(format!("move-{ifindex}"))
         .spawn(move || {
-            for (hook, job) in jobs {
-                if let Some((prog, path)) = &job {
-                    attach::link_and_pin(prog.as_fd(), ifindex, hook, path)
-                        .map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}"))?;
+            let moved = jobs.iter().try_for_each(|(hook, job)| {
+                if let Some((prog, path)) = job {
+                    attach::link_and_pin(prog.as_fd(), ifindex, *hook, path)?;
                 }
-                attach::detach_clsact_hook(ifindex, hook)
-                    .map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}"))?;
-            }
-            Ok(())
+                attach::detach_clsact_hook(ifindex, *hook).map(|_| ())
+            });
+            ended.notify_one();
+            moved.map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}"))
         })
         .map_err(|e| format!("moving ifindex {ifindex} to TCX links: no thread: {e}"))?;
     syncer.moving = Some(Moving {

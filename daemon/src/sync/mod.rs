@@ -147,6 +147,8 @@ pub struct Syncer {
     /// What the attach thread failed, taken in between passes, for the
     /// next pass to report.
     made_errors: Vec<String>,
+    /// Told when a move or a veth's links made off the loop has ended.
+    ended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// What the syncer does with clsact filters where the kernel has TCX.
@@ -206,6 +208,7 @@ impl Syncer {
             moving: None,
             linker: None,
             made_errors: Vec::new(),
+            ended: Default::default(),
         })
     }
 
@@ -292,6 +295,12 @@ impl Syncer {
     /// once it ends (see `links`).
     pub fn finish_move(&mut self, wait: bool) -> Option<links::Moved> {
         links::finish_move(self, wait)
+    }
+
+    /// Told when work done off the loop (a move, a veth's links) has
+    /// ended: the loop then takes it in.
+    pub fn ended(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.ended.clone()
     }
 
     /// Whether new veths' TCX links are being made off the loop.
