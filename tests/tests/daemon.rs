@@ -229,6 +229,7 @@ impl Claims {
                         .map_err(anyhow::Error::from)
                         .and_then(|text| Ok(serde_json::from_str::<serde_json::Value>(&text)?))
                     else {
+                        std::thread::sleep(Duration::from_millis(1));
                         continue;
                     };
                     reads += 1;

@@ -484,18 +484,34 @@ pub fn link_and_pin(
     }
     // SAFETY: the kernel just gave this descriptor to this call alone.
     let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let path_c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| failed("a pin path with a NUL"))?;
-    // `obj_pin`: pathname, bpf_fd, file_flags, path_fd.
-    let mut pin = [0u64; 3];
-    pin[0] = path_c.as_ptr() as u64;
-    pin[1] = link.as_raw_fd() as u64;
+    let path_c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        AttachError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "a pin path with a NUL"),
+        }
+    })?;
+    // `union bpf_attr`'s `obj_pin` member.
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let pin = ObjPin {
+        pathname: path_c.as_ptr() as u64,
+        bpf_fd: link.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
     // SAFETY: the attr and the path it points at outlive the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             BPF_OBJ_PIN,
-            pin.as_ptr(),
+            std::ptr::from_ref(&pin),
             std::mem::size_of_val(&pin),
         )
     };

@@ -608,6 +608,18 @@ impl<S: Source> Agent<S> {
         for e in &errors {
             tracing::warn!("{e}");
         }
+        // Listed once that is enforced (the veth's programs attached).
+        let quarantined: Vec<u32> = placement
+            .quarantined
+            .iter()
+            .copied()
+            .filter(|i| {
+                !report
+                    .not_enforced
+                    .contains_key(&format!("{}/{i}", crate::compile::desired::QUARANTINE))
+            })
+            .collect();
+        metrics::gauge!("palisade_quarantined_veths").set(quarantined.len() as f64);
         let ready = placement.unplaced.is_empty() && report.in_force();
         if self.metrics.is_some() {
             self.count(&reading, &snapshot, &placement, report, started);
@@ -630,16 +642,7 @@ impl<S: Source> Agent<S> {
             endpoints: placement.placed,
             unplaced: placement.unplaced,
             not_enforced: report.not_enforced.clone(),
-            // Listed once that is enforced (the veth's programs attached).
-            quarantined: placement
-                .quarantined
-                .into_iter()
-                .filter(|i| {
-                    !report
-                        .not_enforced
-                        .contains_key(&format!("{}/{i}", crate::compile::desired::QUARANTINE))
-                })
-                .collect(),
+            quarantined,
             tc_filters: self.syncer.on_filters(),
             lsm: lsm.state,
             policies_not_enforced: lsm.not_enforced,
@@ -668,6 +671,14 @@ impl<S: Source> Agent<S> {
                     "pods without a veth yet: {}",
                     self.status.unplaced.join(", ")
                 )
+            } else if self.status.errors.is_empty() && !self.status.not_enforced.is_empty() {
+                let why: Vec<String> = self
+                    .status
+                    .not_enforced
+                    .iter()
+                    .map(|(name, why)| format!("{name}: {why}"))
+                    .collect();
+                format!("not enforced yet: {}", why.join("; "))
             } else {
                 "a write or an attachment failed (see the status errors)".into()
             }
@@ -702,7 +713,6 @@ impl<S: Source> Agent<S> {
             .increment(new(&report.errors));
         metrics::gauge!("palisade_source_errors").set(reading.errors.len() as f64);
         metrics::gauge!("palisade_policies").set(snapshot.policies.len() as f64);
-        metrics::gauge!("palisade_quarantined_veths").set(placement.quarantined.len() as f64);
         metrics::gauge!("palisade_endpoints").set(placement.placed.len() as f64);
         metrics::histogram!("palisade_reconcile_duration_seconds")
             .record(started.elapsed().as_secs_f64());

@@ -73,7 +73,14 @@ impl Aside {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        let _turn = self.0.lock().await;
+        // Held by the work itself: a client that goes away does not let
+        // the next answer start while this one still runs.
+        let turn = self.0.clone().lock_owned().await;
+        let work = move || {
+            let out = work();
+            drop(turn);
+            out
+        };
         match tokio::task::spawn_blocking(work).await {
             Ok(out) => Some(out),
             Err(e) => {

@@ -7,10 +7,13 @@
 //! arriving meanwhile, waited for them before its own pass could begin.
 //! Here they are made in order on one thread of their own (the routing
 //! lock would serialise them anyway), from duplicates of the programs'
-//! descriptors, and pinned there. The pass goes on: it writes the veth's
-//! entries (its pod's policy, or the quarantine), which the programs find
-//! complete once they are attached, and reports the veth's endpoints not
-//! in force until its links are in place. When a veth's links are made,
+//! descriptors, and pinned there; a veth whose second link fails loses
+//! its first, and is attached in the passes from then on. The pass goes
+//! on: it writes the veth's entries (its pod's policy, or the quarantine),
+//! and reports the veth's endpoints not in force until its links are in
+//! place. A link made before the entries are written judges the veth's
+//! packets as those of a veth without an endpoint, which it passes, as no
+//! program at all would; only the pass after both claims enforcement. When a veth's links are made,
 //! the thread wakes the loop, which runs a pass that says so.
 
 use std::{
@@ -50,10 +53,19 @@ impl Linker {
             .name("tcx-linker".into())
             .spawn(move || {
                 for job in todo {
+                    let mut pinned = Vec::new();
                     let result = job.hooks.iter().try_for_each(|(hook, prog, path)| {
                         attach::link_and_pin(prog.as_fd(), job.ifindex, *hook, path)
+                            .map(|()| pinned.push(path))
                             .map_err(|e| format!("attaching to ifindex {}: {e}", job.ifindex))
                     });
+                    if result.is_err() {
+                        // Half a veth's links help no one, and might outlive
+                        // a veth nothing holds: the link goes with its pin.
+                        for path in pinned {
+                            let _ = std::fs::remove_file(path);
+                        }
+                    }
                     if made.send((job.ifindex, result)).is_err() {
                         break;
                     }
@@ -84,28 +96,18 @@ impl Linker {
         !self.pending.is_empty()
     }
 
-    /// The veths whose links were made (or failed) since the last call;
-    /// first waiting until none of `wait_for` is pending. A thread that
-    /// stopped fails every veth still pending.
-    pub(super) fn collect(&mut self, wait_for: &BTreeSet<u32>) -> Vec<Made> {
+    /// The veths whose links were made (or failed) since the last call. A
+    /// thread that stopped fails every veth still pending.
+    pub(super) fn collect(&mut self) -> Vec<Made> {
         let mut out = Vec::new();
         loop {
-            let waiting = wait_for.iter().any(|i| self.pending.contains(i));
-            let next = if waiting {
-                self.done.recv().ok()
-            } else {
-                match self.done.try_recv() {
-                    Ok(made) => Some(made),
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
-                }
-            };
-            match next {
-                Some(made) => {
+            match self.done.try_recv() {
+                Ok(made) => {
                     self.pending.remove(&made.0);
                     out.push(made);
                 }
-                None => {
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     out.extend(std::mem::take(&mut self.pending).into_iter().map(|i| {
                         (
                             i,

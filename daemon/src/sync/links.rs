@@ -15,7 +15,7 @@
 //! (`linker`) waits it out while the reconcile loop goes on. With
 //! `--tc-filters-first` a veth new to the daemon gets filters even on a
 //! TCX kernel, and the daemon moves it to links while idle
-//! ([`move_to_links`]); it keeps `CAP_NET_ADMIN` for that. A hook whose
+//! ([`start_move`]); it keeps `CAP_NET_ADMIN` for that. A hook whose
 //! link a previous daemon pinned keeps it either way: updating a link's
 //! program does not wait. A daemon without the flag that finds filters
 //! such a daemon left (`TcAttach::leftover_filters`) removes each once its
@@ -74,7 +74,11 @@ pub(super) fn attach_new(
             Some(_) => continue,
             None => {}
         }
-        if defer && syncer.features.tcx && !syncer.tc.filters_first {
+        if defer
+            && syncer.features.tcx
+            && !syncer.tc.filters_first
+            && !syncer.link_failed.contains(&ifindex)
+        {
             match link_aside(syncer, ifindex) {
                 Ok(true) => {
                     syncer.attached.insert(ifindex, Via::Linking);
@@ -157,46 +161,48 @@ fn link_aside(syncer: &mut Syncer, ifindex: u32) -> Result<bool, String> {
 }
 
 /// Takes in what was made off the loop: the move under way, once it has
-/// ended (or at once where its veth is to be detached), and the veths
-/// whose links the attach thread made (waiting for those to be detached).
-/// A veth whose links failed is attached again by this pass.
+/// ended (or, where its veth is to be detached, once it ends: a move is
+/// one veth's, tens of milliseconds), and the veths whose links the
+/// attach thread made. A veth still being linked is left to the thread
+/// even where nothing holds it any more: the pass its end wakes detaches
+/// it. What failed is reported by every pass until one returns a report.
 pub(super) fn settle(syncer: &mut Syncer, desired: &Desired<'_>, report: &mut Report) {
     let held: BTreeSet<u32> = desired.endpoints.values().map(|p| p.ifindex).collect();
     let move_held = syncer.moving().is_some_and(|i| held.contains(&i));
     if let Some(Moved { result: Err(e), .. }) = finish_move(syncer, !move_held) {
-        report.attach_errors.push(e);
+        syncer.made_errors.push(e);
     }
-    let unheld: BTreeSet<u32> = syncer
-        .attached
-        .iter()
-        .filter(|(i, via)| **via == Via::Linking && !held.contains(i))
-        .map(|(&i, _)| i)
-        .collect();
-    report.attach_errors.append(&mut syncer.made_errors);
-    let errors = take_made(syncer, &unheld);
-    report.attach_errors.extend(errors);
+    take_made(syncer);
+    // A veth whose links failed on the thread is attached in the pass from
+    // now on: its failure is then this pass's, retried pass after pass.
+    syncer.link_failed.retain(|i| held.contains(i));
+    report
+        .attach_errors
+        .extend(syncer.made_errors.iter().cloned());
 }
 
-/// The attach thread's results since the last call (waiting for those of
-/// `wait_for`), taken into `attached`; what failed.
-pub(super) fn take_made(syncer: &mut Syncer, wait_for: &BTreeSet<u32>) -> Vec<String> {
+/// Takes the attach thread's results since the last call into `attached`;
+/// its failures go into `made_errors`. Whether there were any.
+pub(super) fn take_made(syncer: &mut Syncer) -> bool {
     let Some(linker) = &mut syncer.linker else {
-        return Vec::new();
+        return false;
     };
-    let mut errors = Vec::new();
-    for (ifindex, result) in linker.collect(wait_for) {
+    let made = linker.collect();
+    for (ifindex, result) in &made {
         match result {
             Ok(()) => {
-                syncer.attached.insert(ifindex, Via::Links);
+                syncer.attached.insert(*ifindex, Via::Links);
             }
             Err(e) => {
-                // A hook it linked is adopted by the next attach.
-                syncer.attached.remove(&ifindex);
-                errors.push(e);
+                // The thread took back what it had pinned of this veth.
+                syncer.attached.remove(ifindex);
+                syncer.link_failed.insert(*ifindex);
+                tracing::warn!("{e}");
+                syncer.made_errors.push(e.clone());
             }
         }
     }
-    errors
+    !made.is_empty()
 }
 
 /// Whether the attach thread has links to make.
@@ -209,10 +215,12 @@ pub(super) fn linking(syncer: &Syncer) -> bool {
 /// and a veth that went away took its programs with it.
 pub(super) fn detach_unheld(syncer: &mut Syncer, desired: &Desired<'_>, report: &mut Report) {
     let held: BTreeSet<u32> = desired.endpoints.values().map(|p| p.ifindex).collect();
+    // A veth still being linked goes once the thread is done with it.
     let gone: Vec<u32> = syncer
         .attached
-        .keys()
-        .filter(|i| !held.contains(i))
+        .iter()
+        .filter(|(i, via)| !held.contains(i) && **via != Via::Linking)
+        .map(|(i, _)| i)
         .copied()
         .collect();
     for ifindex in gone {
@@ -266,18 +274,16 @@ pub struct NextMove {
 }
 
 /// A move from filters to links under way on a thread of its own
-/// ([`start_move`]).
+/// ([`start_move`]), which sends how it went on `done` as it ends.
 pub(super) struct Moving {
     ifindex: u32,
     started: Instant,
-    thread: std::thread::JoinHandle<Result<(), String>>,
+    done: std::sync::mpsc::Receiver<Result<(), String>>,
 }
 
-/// How a move that ended went: the veth, how long it took, and what
-/// failed.
+/// How a move that ended went: the veth, and what failed.
 pub struct Moved {
     pub ifindex: u32,
-    pub took: Duration,
     pub result: Result<(), String>,
 }
 
@@ -315,7 +321,8 @@ pub(super) fn start_move(syncer: &mut Syncer, ifindex: u32) -> Result<bool, Stri
         }
     }
     let ended = syncer.ended.clone();
-    let thread = std::thread::Builder::new()
+    let (sent, done) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
         .name(format!("move-{ifindex}"))
         .spawn(move || {
             let moved = jobs.iter().try_for_each(|(hook, job)| {
@@ -324,14 +331,16 @@ pub(super) fn start_move(syncer: &mut Syncer, ifindex: u32) -> Result<bool, Stri
                 }
                 attach::detach_clsact_hook(ifindex, *hook).map(|_| ())
             });
+            // How it went first, then the wake-up: the loop finds it.
+            let _ =
+                sent.send(moved.map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}")));
             ended.notify_one();
-            moved.map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}"))
         })
         .map_err(|e| format!("moving ifindex {ifindex} to TCX links: no thread: {e}"))?;
     syncer.moving = Some(Moving {
         ifindex,
         started: Instant::now(),
-        thread,
+        done,
     });
     Ok(true)
 }
@@ -340,21 +349,22 @@ pub(super) fn start_move(syncer: &mut Syncer, ifindex: u32) -> Result<bool, Stri
 /// the veth is on links, or, where a step failed, on its filters again (a
 /// hook already linked keeps its link), to be tried again later.
 pub(super) fn finish_move(syncer: &mut Syncer, wait: bool) -> Option<Moved> {
-    if !syncer
-        .moving
-        .as_ref()
-        .is_some_and(|m| wait || m.thread.is_finished())
-    {
-        return None;
-    }
+    let moving = syncer.moving.as_ref()?;
+    let result = if wait {
+        moving.done.recv()
+    } else {
+        match moving.done.try_recv() {
+            Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+            Ok(result) => Ok(result),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(std::sync::mpsc::RecvError),
+        }
+    };
     let Moving {
-        ifindex,
-        started,
-        thread,
+        ifindex, started, ..
     } = syncer.moving.take()?;
-    let result = thread.join().unwrap_or_else(|_| {
+    let result = result.unwrap_or_else(|_| {
         Err(format!(
-            "moving ifindex {ifindex} to TCX links: the thread panicked"
+            "moving ifindex {ifindex} to TCX links: the thread stopped"
         ))
     });
     let via = match &result {
@@ -372,11 +382,7 @@ pub(super) fn finish_move(syncer: &mut Syncer, wait: bool) -> Option<Moved> {
             "moved to TCX links"
         );
     }
-    Some(Moved {
-        ifindex,
-        took: started.elapsed(),
-        result,
-    })
+    Some(Moved { ifindex, result })
 }
 
 /// The veth a move is under way for.

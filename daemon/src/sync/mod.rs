@@ -149,6 +149,8 @@ pub struct Syncer {
     made_errors: Vec<String>,
     /// Told when a move or a veth's links made off the loop has ended.
     ended: std::sync::Arc<tokio::sync::Notify>,
+    /// Veths whose links failed on the attach thread: attached in the pass.
+    link_failed: BTreeSet<u32>,
 }
 
 /// What the syncer does with clsact filters where the kernel has TCX.
@@ -209,6 +211,7 @@ impl Syncer {
             linker: None,
             made_errors: Vec::new(),
             ended: Default::default(),
+            link_failed: BTreeSet::new(),
         })
     }
 
@@ -308,23 +311,11 @@ impl Syncer {
         links::linking(self)
     }
 
-    /// Takes in the veths whose TCX links were made off the loop since the
-    /// last call (their failures go into the next pass's report); whether
-    /// there were any.
+    /// Takes in the veths whose TCX links were made off the loop, or
+    /// failed, since the last call (failures go into the next pass's
+    /// report); whether there were any, for a pass to say so.
     pub fn take_made(&mut self) -> bool {
-        let pending = self
-            .attached
-            .values()
-            .filter(|v| **v == links::Via::Linking)
-            .count();
-        let mut errors = links::take_made(self, &Default::default());
-        self.made_errors.append(&mut errors);
-        pending
-            != self
-                .attached
-                .values()
-                .filter(|v| **v == links::Via::Linking)
-                .count()
+        links::take_made(self)
     }
 
     /// The veth whose move to TCX links is under way, if any.
@@ -366,6 +357,8 @@ impl Syncer {
         if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
             report.lsm = Some(state.apply(lsm)?);
         }
+        // Reported: the next pass need not say it again.
+        self.made_errors.clear();
         Ok(report)
     }
 
