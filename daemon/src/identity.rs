@@ -33,19 +33,12 @@ pub enum IdentityKey {
 }
 
 impl IdentityKey {
-    /// The text the identity is hashed from, written into `out`: the same
-    /// bytes whether they go to a string or straight to the hash
-    /// ([`natural`] runs for every key of a pass that drops one, and
-    /// allocates nothing).
-    fn write_canonical(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        let join = |out: &mut dyn std::fmt::Write, l: &Labels| {
-            for (i, (k, v)) in l.iter().enumerate() {
-                if i > 0 {
-                    out.write_char(',')?;
-                }
-                write!(out, "{k}={v}")?;
-            }
-            Ok::<_, std::fmt::Error>(())
+    fn canonical(&self) -> String {
+        let join = |l: &Labels| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
         };
         match self {
             Self::Labels {
@@ -53,47 +46,24 @@ impl IdentityKey {
                 pod,
                 cidr,
             } => {
-                out.write_str("labels:")?;
-                join(out, namespace)?;
-                out.write_char(';')?;
-                join(out, pod)?;
+                let mut text = format!("labels:{};{}", join(namespace), join(pod));
                 // Without ipBlocks around, the key (and so the id) is the
                 // label sets' alone.
                 if let Some(c) = cidr {
-                    write!(out, ";{c}")?;
+                    text.push_str(&format!(";{c}"));
                 }
-                Ok(())
+                text
             }
-            Self::Cidr(net) => write!(out, "cidr:{net}"),
+            Self::Cidr(net) => format!("cidr:{net}"),
         }
     }
-
-    #[cfg(test)]
-    fn canonical(&self) -> String {
-        let mut text = String::new();
-        let _ = self.write_canonical(&mut text);
-        text
-    }
 }
 
-/// FNV-1a (64 bit) over what is written into it.
-struct Fnv(u64);
-
-impl std::fmt::Write for Fnv {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0 = s.bytes().fold(self.0, fnv1a_step);
-        Ok(())
-    }
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-fn fnv1a_step(h: u64, b: u8) -> u64 {
-    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-}
-
+/// FNV-1a, 64 bit: stable across Rust versions, unlike `DefaultHasher`.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().copied().fold(FNV_OFFSET, fnv1a_step)
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A stable, non-zero 32-bit number for a name (FNV-1a, 32 bit): policy
@@ -108,10 +78,7 @@ pub fn stable_id(name: &str) -> u32 {
 
 /// The identity a key gets when no other key took it first.
 pub fn natural(key: &IdentityKey) -> u32 {
-    let mut hash = Fnv(FNV_OFFSET);
-    // Writing into the hash cannot fail.
-    let _ = key.write_canonical(&mut hash);
-    FIRST_ALLOCATED + (hash.0 % SPACE) as u32
+    FIRST_ALLOCATED + (fnv1a(key.canonical().as_bytes()) % SPACE) as u32
 }
 
 /// The next identity a key probes after `id` when `id` is taken.
