@@ -103,9 +103,11 @@ pub struct Status {
     /// Local pods whose veth is not resolved yet.
     pub unplaced: Vec<String>,
     /// Endpoints (local pods, quarantined veths) whose programs could not
-    /// be attached, with the reason: nothing enforces their policy.
+    /// be attached, or whose TCX links are still being made, with the
+    /// reason: nothing enforces their policy yet.
     pub not_enforced: BTreeMap<String, String>,
     /// Pod-like veths (ifindex) no known pod holds yet: they pass nothing.
+    /// Listed once that is enforced.
     pub quarantined: Vec<u32>,
     /// Veths (ifindex) whose TC programs are clsact filters: all of them on
     /// a kernel without TCX; on one with TCX, new veths, which get filters
