@@ -63,6 +63,11 @@ pub struct PodDeny {
 /// no namespace name can start with a colon).
 pub const QUARANTINE: &str = ":quarantine";
 
+/// The name the quarantine of veth `ifindex` is enforced under.
+pub fn quarantine_name(ifindex: u32) -> String {
+    format!("{QUARANTINE}/{ifindex}")
+}
+
 /// A pod-like veth whose pod is not known yet: isolated both ways, with no
 /// entries, so it passes nothing.
 static QUARANTINED: EndpointPolicy = EndpointPolicy {
@@ -139,7 +144,7 @@ impl<'a> Desired<'a> {
             })
             .collect();
         for &ifindex in quarantined {
-            policies.insert(format!("{QUARANTINE}/{ifindex}"), (ifindex, &QUARANTINED));
+            policies.insert(quarantine_name(ifindex), (ifindex, &QUARANTINED));
         }
         let ids = endpoint_ids(policies.keys().map(String::as_str));
         let endpoints = policies

@@ -615,10 +615,10 @@ impl<S: Source> Agent<S> {
             .quarantined
             .iter()
             .copied()
-            .filter(|i| {
+            .filter(|&i| {
                 !report
                     .not_enforced
-                    .contains_key(&format!("{}/{i}", crate::compile::desired::QUARANTINE))
+                    .contains_key(&crate::compile::desired::quarantine_name(i))
             })
             .collect();
         metrics::gauge!("palisade_quarantined_veths").set(quarantined.len() as f64);

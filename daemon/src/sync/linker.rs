@@ -13,8 +13,9 @@
 //! and reports the veth's endpoints not in force until its links are in
 //! place. A link made before the entries are written judges the veth's
 //! packets as those of a veth without an endpoint, which it passes, as no
-//! program at all would; only the pass after both claims enforcement. When a veth's links are made,
-//! the thread wakes the loop, which runs a pass that says so.
+//! program at all would; only the pass after both claims enforcement.
+//! When a veth's links are made, the thread wakes the loop, which runs a
+//! pass that says so.
 
 use std::{
     collections::BTreeSet,
