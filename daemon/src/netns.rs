@@ -95,7 +95,28 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
 }
 
 /// The name of interface `index` in the calling thread's namespace.
+/// An index no interface has is an error (`ENXIO`).
 pub fn ifname(index: u32) -> io::Result<String> {
     let name = if_indextoname(index).map_err(io::Error::from)?;
+    // nix 0.31 takes libc's NULL for success and returns an empty name.
+    if name.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface has index {index}"),
+        ));
+    }
     Ok(name.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ifname;
+
+    #[test]
+    fn an_index_no_interface_has_is_an_error_not_an_empty_name() {
+        // Loopback is index 1 in every network namespace; 0 is never used.
+        assert_eq!(ifname(1).unwrap(), "lo");
+        assert!(ifname(0).is_err());
+        assert!(ifname(u32::MAX).is_err());
+    }
 }

@@ -755,7 +755,7 @@ impl<S: Source> Agent<S> {
         let Some(moved) = self.syncer.finish_move(false) else {
             return false;
         };
-        if let Err(e) = moved.result {
+        if let crate::sync::LinkEnd::Failed(e) = moved.end {
             self.move_failed(e);
         }
         self.status.tc_filters = self.syncer.on_filters();

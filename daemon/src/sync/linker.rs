@@ -35,8 +35,31 @@ struct Job {
     hooks: Vec<(TcHook, OwnedFd, PathBuf)>,
 }
 
-/// A veth whose links were made, or why not.
-pub(super) type Made = (u32, Result<(), String>);
+/// A veth, and how its links turned out.
+pub(super) type Made = (u32, LinkEnd);
+
+/// How links made off the loop turned out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// In place and pinned.
+    Linked,
+    /// The veth went away first (its pod deleted right after its sandbox
+    /// was made): nothing of it is left to detach, and nothing failed.
+    VethGone,
+    Failed(String),
+}
+
+impl LinkEnd {
+    /// What `result`, linking `ifindex`, means: a failure on a veth that
+    /// no longer exists is its going away.
+    pub(super) fn of(ifindex: u32, result: Result<(), String>) -> Self {
+        match result {
+            Ok(()) => Self::Linked,
+            Err(_) if crate::netns::ifname(ifindex).is_err() => Self::VethGone,
+            Err(e) => Self::Failed(e),
+        }
+    }
+}
 
 pub(super) struct Linker {
     jobs: Sender<Job>,
@@ -67,7 +90,10 @@ impl Linker {
                             let _ = std::fs::remove_file(path);
                         }
                     }
-                    if made.send((job.ifindex, result)).is_err() {
+                    if made
+                        .send((job.ifindex, LinkEnd::of(job.ifindex, result)))
+                        .is_err()
+                    {
                         break;
                     }
                     ended.notify_one();
@@ -112,7 +138,7 @@ impl Linker {
                     out.extend(std::mem::take(&mut self.pending).into_iter().map(|i| {
                         (
                             i,
-                            Err(format!(
+                            LinkEnd::Failed(format!(
                                 "attaching to ifindex {i}: the TCX linker thread stopped"
                             )),
                         )

@@ -29,7 +29,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Report, Syncer, linker::Linker};
+use super::{
+    Report, Syncer,
+    linker::{LinkEnd, Linker},
+};
 use crate::{
     compile::desired::Desired,
     loader::attach::{self, TcHook},
@@ -169,7 +172,11 @@ fn link_aside(syncer: &mut Syncer, ifindex: u32) -> Result<bool, String> {
 pub(super) fn settle(syncer: &mut Syncer, desired: &Desired<'_>, report: &mut Report) {
     let held: BTreeSet<u32> = desired.endpoints.values().map(|p| p.ifindex).collect();
     let move_held = syncer.moving().is_some_and(|i| held.contains(&i));
-    if let Some(Moved { result: Err(e), .. }) = finish_move(syncer, !move_held) {
+    if let Some(Moved {
+        end: LinkEnd::Failed(e),
+        ..
+    }) = finish_move(syncer, !move_held)
+    {
         syncer.made_errors.push(e);
     }
     take_made(syncer);
@@ -188,12 +195,16 @@ pub(super) fn take_made(syncer: &mut Syncer) -> bool {
         return false;
     };
     let made = linker.collect();
-    for (ifindex, result) in &made {
-        match result {
-            Ok(()) => {
+    for (ifindex, end) in &made {
+        match end {
+            LinkEnd::Linked => {
                 syncer.attached.insert(*ifindex, Via::Links);
             }
-            Err(e) => {
+            LinkEnd::VethGone => {
+                syncer.attached.remove(ifindex);
+                tracing::debug!(ifindex, "veth gone before its TCX links were made");
+            }
+            LinkEnd::Failed(e) => {
                 // The thread took back what it had pinned of this veth.
                 syncer.attached.remove(ifindex);
                 syncer.link_failed.insert(*ifindex);
@@ -278,13 +289,13 @@ pub struct NextMove {
 pub(super) struct Moving {
     ifindex: u32,
     started: Instant,
-    done: std::sync::mpsc::Receiver<Result<(), String>>,
+    done: std::sync::mpsc::Receiver<LinkEnd>,
 }
 
-/// How a move that ended went: the veth, and what failed.
+/// How a move that ended went: the veth, and its links.
 pub struct Moved {
     pub ifindex: u32,
-    pub result: Result<(), String>,
+    pub end: LinkEnd,
 }
 
 /// Starts moving `ifindex` from filters to pinned TCX links on a thread of
@@ -331,9 +342,9 @@ pub(super) fn start_move(syncer: &mut Syncer, ifindex: u32) -> Result<bool, Stri
                 }
                 attach::detach_clsact_hook(ifindex, *hook).map(|_| ())
             });
+            let moved = moved.map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}"));
             // How it went first, then the wake-up: the loop finds it.
-            let _ =
-                sent.send(moved.map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}")));
+            let _ = sent.send(LinkEnd::of(ifindex, moved));
             ended.notify_one();
         })
         .map_err(|e| format!("moving ifindex {ifindex} to TCX links: no thread: {e}"))?;
@@ -362,27 +373,39 @@ pub(super) fn finish_move(syncer: &mut Syncer, wait: bool) -> Option<Moved> {
     let Moving {
         ifindex, started, ..
     } = syncer.moving.take()?;
-    let result = result.unwrap_or_else(|_| {
-        Err(format!(
+    let end = result.unwrap_or_else(|_| {
+        LinkEnd::Failed(format!(
             "moving ifindex {ifindex} to TCX links: the thread stopped"
         ))
     });
-    let via = match &result {
-        Ok(()) => Via::Links,
-        Err(_) => Via::Filters {
-            since: Instant::now(),
-            failed: true,
-        },
-    };
-    syncer.attached.insert(ifindex, via);
-    if result.is_ok() {
-        tracing::debug!(
-            ifindex,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "moved to TCX links"
-        );
+    match &end {
+        LinkEnd::Linked => {
+            syncer.attached.insert(ifindex, Via::Links);
+            tracing::debug!(
+                ifindex,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "moved to TCX links"
+            );
+        }
+        LinkEnd::VethGone => {
+            // A hook linked before the veth went left its pin.
+            if let Err(e) = attach::detach_tc(&syncer.pins, ifindex) {
+                tracing::warn!("{e}");
+            }
+            syncer.attached.remove(&ifindex);
+            tracing::debug!(ifindex, "veth gone while moved to TCX links");
+        }
+        LinkEnd::Failed(_) => {
+            syncer.attached.insert(
+                ifindex,
+                Via::Filters {
+                    since: Instant::now(),
+                    failed: true,
+                },
+            );
+        }
     }
-    Some(Moved { ifindex, result })
+    Some(Moved { ifindex, end })
 }
 
 /// The veth a move is under way for.

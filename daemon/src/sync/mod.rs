@@ -35,6 +35,7 @@ mod endpoints;
 pub use endpoints::Written;
 mod linker;
 mod links;
+pub use linker::LinkEnd;
 pub use links::{Moved, NextMove};
 pub mod lsm;
 pub mod prefilter;
