@@ -468,7 +468,11 @@ impl<S: Source> Agent<S> {
             Some(fixed) => {
                 let mut uplinks = Vec::new();
                 for ifindex in discover::default_route_links(&self.netlink).await? {
-                    uplinks.push((ifindex, crate::netns::ifname(ifindex)?));
+                    // Gone since the routes were read: its routes went
+                    // with it, and its link event brings another pass.
+                    if let Ok(name) = crate::netns::ifname(ifindex) {
+                        uplinks.push((ifindex, name));
+                    }
                 }
                 for name in fixed {
                     uplinks.push((crate::netns::ifindex(name)?, name.clone()));
