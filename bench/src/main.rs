@@ -591,7 +591,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let frame64 = frame(0x0800, &[0; 20]);
-    let empty_tc = raw::empty_program(raw::SCHED_CLS, -1)?;
+    let empty_tc = raw::empty_program(raw::SCHED_CLS, raw::TC_ACT_UNSPEC)?;
     let empty_xdp = raw::empty_program(raw::XDP, 2)?;
     let tc_floor = run_fd(empty_tc.as_fd(), &frame64, REPEAT)?;
     let xdp_floor = run_fd(empty_xdp.as_fd(), &frame64, REPEAT)?;

@@ -9,7 +9,9 @@
 //! Palisade (the real daemon, TC on the pods' veths; then with its XDP
 //! pod-egress program instead of TC on the sender's), nftables (a chain of
 //! rules; a set), iptables-legacy (a chain of rules; an ipset), an empty TC
-//! program that drops (the floor of any TC enforcer) and nothing. Deny: the
+//! program that drops (the floor of any TC enforcer), two that pass, where
+//! Palisade's run (the floor of an enforcer at both ends of a flow on the
+//! node), and nothing. Deny: the
 //! flood goes to a port no rule allows; the rate is what the enforcer's own
 //! drop counter counts per second. Allow: the flood matches the last rule;
 //! the rate is what reaches the receiver's veth. Each measurement counts
@@ -79,6 +81,7 @@ const IN_FORCE_LIMIT: Duration = Duration::from_secs(120);
 pub enum Peer {
     None,
     EmptyTc,
+    EmptyTcPass,
     Palisade,
     PalisadeXdp,
     NftLinear,
@@ -87,9 +90,10 @@ pub enum Peer {
     IptSet,
 }
 
-pub const PEERS: [Peer; 8] = [
+pub const PEERS: [Peer; 9] = [
     Peer::None,
     Peer::EmptyTc,
+    Peer::EmptyTcPass,
     Peer::Palisade,
     Peer::PalisadeXdp,
     Peer::NftLinear,
@@ -100,9 +104,10 @@ pub const PEERS: [Peer; 8] = [
 
 /// What runs together, in this order; the groups' order rotates. Palisade's
 /// two hooks share one daemon start.
-const GROUPS: [&[Peer]; 7] = [
+const GROUPS: [&[Peer]; 8] = [
     &[Peer::None],
     &[Peer::EmptyTc],
+    &[Peer::EmptyTcPass],
     &[Peer::Palisade, Peer::PalisadeXdp],
     &[Peer::NftLinear],
     &[Peer::NftSet],
@@ -115,6 +120,7 @@ impl Peer {
         match self {
             Self::None => "none",
             Self::EmptyTc => "empty-tc",
+            Self::EmptyTcPass => "empty-tc-pass",
             Self::Palisade => "palisade",
             Self::PalisadeXdp => "palisade-xdp",
             Self::NftLinear => "nft-linear",
@@ -129,6 +135,9 @@ impl Peer {
             Self::None => "nothing attached",
             Self::EmptyTc => {
                 "empty TC program returning TC_ACT_SHOT (TCX ingress of the sender's veth)"
+            }
+            Self::EmptyTcPass => {
+                "two empty TC programs returning TC_ACT_UNSPEC (no verdict, as Palisade's passing packets), where Palisade's run (TCX ingress of the sender's veth, egress of the receiver's)"
             }
             Self::Palisade => "Palisade, the daemon: TC on both sides of each pod's veth",
             Self::PalisadeXdp => {
@@ -145,10 +154,11 @@ impl Peer {
         }
     }
 
-    /// Nothing drops without an enforcer; the empty program passes nothing.
+    /// Nothing drops without an enforcer; the empty programs pass nothing,
+    /// or everything.
     pub fn cases(self) -> &'static [Case] {
         match self {
-            Self::None => &[Case::Allow],
+            Self::None | Self::EmptyTcPass => &[Case::Allow],
             Self::EmptyTc => &[Case::Deny],
             _ => &[Case::Deny, Case::Allow],
         }
@@ -187,9 +197,13 @@ struct Bench {
     xdp: Option<Loaded>,
     empty_tc: OwnedFd,
     empty_link: Option<OwnedFd>,
+    empty_pass: OwnedFd,
+    /// The sender's and the receiver's links of `empty_pass`.
+    empty_pass_links: Vec<OwnedFd>,
     sender_if: String,
     receiver_if: String,
     sender_ifindex: u32,
+    receiver_ifindex: u32,
     receiver: Ipv4Addr,
     sender: Ipv4Addr,
     /// trafgen configurations by case.
@@ -311,6 +325,7 @@ impl Bench {
             std::process::id()
         ));
         let sender_ifindex = lab.node.run(|| ifindex(&sender_if))??;
+        let receiver_ifindex = lab.node.run(|| ifindex(&receiver_if))??;
         // The bridge learns nothing from a flood nobody answers: both pods'
         // ports are fixed, so no frame is ever flooded to the node.
         let (smac, rmac) = (mac(&lab.pods[0].netns)?, mac(&lab.pods[1].netns)?);
@@ -334,6 +349,8 @@ impl Bench {
         }
         Ok(Self {
             empty_tc: raw::empty_program(raw::SCHED_CLS, raw::TC_ACT_SHOT)?,
+            empty_pass: raw::empty_program(raw::SCHED_CLS, raw::TC_ACT_UNSPEC)?,
+            empty_pass_links: Vec::new(),
             lab,
             bin: bin.to_owned(),
             dir,
@@ -346,6 +363,7 @@ impl Bench {
             sender_if,
             receiver_if,
             sender_ifindex,
+            receiver_ifindex,
             receiver,
             sender,
             flood,
@@ -495,6 +513,16 @@ impl Bench {
                 let (prog, index) = (self.empty_tc.as_fd(), self.sender_ifindex);
                 self.empty_link = Some(self.lab.node.run(|| raw::tcx_attach(prog, index))??);
             }
+            Peer::EmptyTcPass => {
+                let prog = self.empty_pass.as_fd();
+                let (sender, receiver) = (self.sender_ifindex, self.receiver_ifindex);
+                self.empty_pass_links = self.lab.node.run(|| {
+                    Ok::<_, std::io::Error>(vec![
+                        raw::tcx_attach(prog, sender)?,
+                        raw::tcx_attach_egress(prog, receiver)?,
+                    ])
+                })??;
+            }
             Peer::Palisade => {
                 let took = self.palisade_up(n)?;
                 let status = self.daemon.as_ref().context("daemon")?.status()?;
@@ -534,6 +562,7 @@ impl Bench {
         match peer {
             Peer::None | Peer::Palisade => {}
             Peer::EmptyTc => self.empty_link = None,
+            Peer::EmptyTcPass => self.empty_pass_links.clear(),
             Peer::PalisadeXdp => self.palisade_down()?,
             Peer::NftLinear | Peer::NftSet => {
                 self.node(
@@ -583,7 +612,7 @@ impl Bench {
     fn sample(&self, peer: Peer, case: Case) -> anyhow::Result<[(u64, Instant); 2]> {
         let before = Instant::now();
         let counted = match (case, peer) {
-            (Case::Allow, _) | (Case::Deny, Peer::None | Peer::EmptyTc) => None,
+            (Case::Allow, _) | (Case::Deny, Peer::None | Peer::EmptyTc | Peer::EmptyTcPass) => None,
             (Case::Deny, Peer::Palisade | Peer::PalisadeXdp) => {
                 let c = self.palisade_drops()?;
                 Some((c, before + (Instant::now() - before) / 2))
@@ -667,6 +696,7 @@ impl Bench {
 impl Drop for Bench {
     fn drop(&mut self) {
         self.empty_link = None;
+        self.empty_pass_links.clear();
         // The enforcer removes the pins (links and maps) when dropped.
         self.daemon = None;
         self.xdp = None;

@@ -12,6 +12,10 @@ const BPF_PROG_TEST_RUN: i64 = 10;
 const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
 const BPF_LINK_CREATE: i64 = 28;
 const BPF_TCX_INGRESS: u64 = 46;
+const BPF_TCX_EGRESS: u64 = 47;
+/// `TC_ACT_UNSPEC` (`TCX_NEXT`): what a TC program returns to leave the
+/// packet to the next program, and past the last to pass it on.
+pub const TC_ACT_UNSPEC: i32 = -1;
 /// `TC_ACT_SHOT`: what a TC program returns to drop the packet.
 pub const TC_ACT_SHOT: i32 = 2;
 pub const SCHED_CLS: u32 = 3;
@@ -40,10 +44,19 @@ pub fn empty_program(prog_type: u32, ret: i32) -> io::Result<OwnedFd> {
 /// thread's network namespace) through TCX; detached when the returned
 /// link is closed.
 pub fn tcx_attach(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    tcx_link(prog, ifindex, BPF_TCX_INGRESS)
+}
+
+/// As [`tcx_attach`], to the egress of `ifindex`.
+pub fn tcx_attach_egress(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    tcx_link(prog, ifindex, BPF_TCX_EGRESS)
+}
+
+fn tcx_link(prog: BorrowedFd<'_>, ifindex: u32, attach_type: u64) -> io::Result<OwnedFd> {
     let mut attr = [0u64; 16];
     // prog_fd | target_ifindex, attach_type | flags
     attr[0] = prog.as_raw_fd() as u64 | (u64::from(ifindex) << 32);
-    attr[1] = BPF_TCX_INGRESS;
+    attr[1] = attach_type;
     let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: BPF_LINK_CREATE returned a new file descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

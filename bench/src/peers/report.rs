@@ -145,6 +145,32 @@ pub struct Summary {
     last: String,
     /// The same ratios for the XDP pod-egress hook.
     xdp: String,
+    /// No goal: what the allowed flood keeps of `none` with two empty
+    /// programs where Palisade's run, and what Palisade keeps of that.
+    allow_floor: String,
+}
+
+/// [`Summary::allow_floor`]'s text.
+fn allow_floor(results: &Results) -> String {
+    use Case::Allow;
+    let text = |(s, at): (Option<Stat>, String)| {
+        s.map_or("-".into(), |s| {
+            format!("{:.2} ({:.2}-{:.2}, {at})", s.median, s.min, s.max)
+        })
+    };
+    format!(
+        "two empty programs that pass ÷ none {}; palisade allow ÷ two empty programs that pass {}",
+        text(worst(
+            results,
+            (Peer::EmptyTcPass, Allow),
+            (Peer::None, Allow)
+        )),
+        text(worst(
+            results,
+            (Peer::Palisade, Allow),
+            (Peer::EmptyTcPass, Allow)
+        )),
+    )
 }
 
 fn worst(results: &Results, a: (Peer, Case), b: (Peer, Case)) -> (Option<Stat>, String) {
@@ -211,7 +237,12 @@ impl Summary {
     pub fn new(results: &Results) -> Self {
         let (goals, last) = ratios_for(results, Peer::Palisade);
         let (_, xdp) = ratios_for(results, Peer::PalisadeXdp);
-        Self { goals, last, xdp }
+        Self {
+            goals,
+            last,
+            xdp,
+            allow_floor: allow_floor(results),
+        }
     }
 
     pub fn goals_text(&self) -> String {
@@ -235,7 +266,12 @@ impl Summary {
                 }
             );
         }
-        let _ = write!(t, "  the XDP pod-egress hook instead: {}", self.xdp);
+        let _ = writeln!(t, "  the XDP pod-egress hook instead: {}", self.xdp);
+        let _ = write!(
+            t,
+            "  the allowed flood's floor (no goal; worst N): {}",
+            self.allow_floor
+        );
         t
     }
 
@@ -319,8 +355,9 @@ pub fn markdown(results: &Results, summary: &Summary, machine: &Machine) -> Stri
     }
     let _ = writeln!(
         t,
-        "\nThe XDP pod-egress hook instead of TC: `{}`.\n\n```\n{}\n```",
+        "\nThe XDP pod-egress hook instead of TC: `{}`.\n\nThe allowed flood's floor, an enforcer's two hooks on a same-node flow (no goal; the worst N): {}.\n\n```\n{}\n```",
         summary.xdp,
+        summary.allow_floor,
         summary.last_line()
     );
     t
