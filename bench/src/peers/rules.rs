@@ -125,12 +125,16 @@ pub fn ipset(peers: &[Ipv4Addr]) -> String {
     t
 }
 
+/// The flood's source ports, `FIRST_SOURCE_PORT` to 65535.
+const FIRST_SOURCE_PORT: u16 = 1024;
+pub const SOURCE_PORTS: u64 = 65_536 - FIRST_SOURCE_PORT as u64;
+
 /// trafgen's packet: a 64-byte frame (14 Ethernet, 20 IPv4, 8 UDP, 22 of
 /// payload), UDP checksum 0 (none), the source port counting through
-/// 1024-65535 so that every packet of a pass is a new flow.
+/// [`SOURCE_PORTS`] values so that every packet of a pass is a new flow.
 pub fn trafgen(src_mac: &str, dst_mac: &str, src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> String {
     format!(
-        "{{\n  eth(da={dst_mac}, sa={src_mac}),\n  ipv4(sa={src}, da={dst}, ttl=64),\n  udp(sp=dinc(1024, 65535, 1), dp={port}, csum=0),\n  fill(0x00, 22)\n}}\n"
+        "{{\n  eth(da={dst_mac}, sa={src_mac}),\n  ipv4(sa={src}, da={dst}, ttl=64),\n  udp(sp=dinc({FIRST_SOURCE_PORT}, 65535, 1), dp={port}, csum=0),\n  fill(0x00, 22)\n}}\n"
     )
 }
 

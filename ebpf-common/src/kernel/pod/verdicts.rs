@@ -30,8 +30,20 @@ const SLOT_BITS: u32 = SLOTS.trailing_zeros();
 
 /// What a new flow's verdict depends on, as three words.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default)]
 pub struct VerdictKey([u64; 3]);
+
+/// Word by word: the derived comparison of the array is a call to
+/// `memcmp` (a BPF-to-BPF call on every packet of a denied flood).
+impl PartialEq for VerdictKey {
+    #[inline(always)]
+    fn eq(&self, other: &Self) -> bool {
+        let ([a, b, c], [x, y, z]) = (self.0, other.0);
+        (a ^ x) | (b ^ y) | (c ^ z) == 0
+    }
+}
+
+impl Eq for VerdictKey {}
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
