@@ -45,12 +45,17 @@ impl Frame for Skb<'_> {
     }
 }
 
+// `#[inline(always)]` goes to the body the macro wraps: left to itself,
+// LLVM kept it a function of its own, and every packet paid a BPF-to-BPF
+// call and return (dear where returns are mitigated, as on AMD's SRSO).
 #[classifier]
+#[inline(always)]
 pub fn pal_tc_from_pod(ctx: TcContext) -> i32 {
     verdict(&ctx, direction::EGRESS)
 }
 
 #[classifier]
+#[inline(always)]
 pub fn pal_tc_to_pod(ctx: TcContext) -> i32 {
     verdict(&ctx, direction::INGRESS)
 }

@@ -117,6 +117,7 @@ fn prefilter(p: &Packet) -> (u32, u32) {
 }
 
 #[xdp]
+#[inline(always)]
 pub fn pal_xdp_pre(ctx: XdpContext) -> u32 {
     let bytes = ctx.data_end().saturating_sub(ctx.data()) as u64;
     // Per-CPU working memory shared with the pod datapath (one program runs
@@ -185,6 +186,7 @@ impl pod::Frame for Linear<'_> {
 }
 
 #[xdp]
+#[inline(always)]
 pub fn pal_xdp_from_pod(ctx: XdpContext) -> u32 {
     let bytes = ctx.data_end().saturating_sub(ctx.data()) as u64;
     let ifindex = ctx.ingress_ifindex() as u32;
