@@ -539,7 +539,7 @@ fn stat(h: &Harness, reason: &str) -> anyhow::Result<u64> {
 }
 
 #[test]
-fn drops_and_audits_are_reported_within_the_rate_limit() -> anyhow::Result<()> {
+fn drops_and_audits_are_reported_within_a_rate_limit_that_refills() -> anyhow::Result<()> {
     let mut h = harness()?;
     let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::from_map_data(
         aya::maps::MapData::from_pin(h.t.pins.map(maps::EVENTS))?,
@@ -590,13 +590,7 @@ fn drops_and_audits_are_reported_within_the_rate_limit() -> anyhow::Result<()> {
     let limited_before = stat(&h, "event_rate_limited")?;
     let lost_before = stat(&h, "event_lost")?;
     let frame = v4_tcp(B, A, 40002, 22, SYN);
-    let prog: &mut SchedClassifier = h
-        .loaded
-        .tc
-        .ebpf
-        .program_mut(objects::TC.programs[1])
-        .context("tc program")?
-        .try_into()?;
+    let prog = to_pod(&mut h)?;
     prog.test_run(TestRunOptions {
         data_in: Some(&frame),
         repeat: FLOOD,
@@ -617,6 +611,55 @@ fn drops_and_audits_are_reported_within_the_rate_limit() -> anyhow::Result<()> {
         "the rate limit let {sent} events through"
     );
     assert!(limited >= u64::from(FLOOD) - 2 * burst, "limited {limited}");
+
+    // The budget refills with time: on one CPU, a flood spends it, the
+    // next packets at once find it spent, and 100 ms later (1,000 events a
+    // second, read at the tick) it lets them through again.
+    pin_to_this_cpu()?;
+    let prog = to_pod(&mut h)?;
+    let mut denied = |repeat: u32| -> anyhow::Result<u64> {
+        prog.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            repeat,
+            ..TestRunOptions::new()
+        })?;
+        Ok(drain(&mut ring).len() as u64)
+    };
+    denied(FLOOD)?;
+    let spent = denied(20)?;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let refilled = denied(20)?;
+    assert!(spent <= 1, "{spent} events through a spent budget");
+    assert!(refilled >= 10, "{refilled} of 20 events 100 ms later");
+    Ok(())
+}
+
+/// The TC program on a pod's transmit side (its ingress).
+fn to_pod(h: &mut Harness) -> anyhow::Result<&mut SchedClassifier> {
+    Ok(h.loaded
+        .tc
+        .ebpf
+        .program_mut(objects::TC.programs[1])
+        .context("tc program")?
+        .try_into()?)
+}
+
+/// Keeps the calling thread on the CPU it runs on now (test runs execute
+/// on the caller's CPU, and the event budget is per CPU).
+fn pin_to_this_cpu() -> anyhow::Result<()> {
+    // SAFETY: sched_getcpu has no preconditions; a zeroed cpu_set_t is a
+    // valid empty set, which CPU_SET and sched_setaffinity only read and
+    // write.
+    unsafe {
+        let cpu = usize::try_from(libc::sched_getcpu())?;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        anyhow::ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) == 0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use crate::{
     maps::size,
     reason,
 };
-use aya_ebpf::{macros::map, maps::RingBuf};
+use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::RingBuf};
 
 use super::{maps::PAL_TC_STATS, policy::Verdict, scratch::Scratch};
 
@@ -22,10 +22,28 @@ pub static PAL_EVENTS: RingBuf = RingBuf::with_byte_size(size::EVENTS, 0);
 pub struct TokenBucket {
     pub credit_ns: u64,
     pub last_ns: u64,
+    /// `jiffies` when `last_ns` was read.
+    pub last_jiffies: u64,
 }
 
+/// Takes a token if there is one; the time it was taken at. `now`: the
+/// coarse clock, where the caller read it already.
+///
+/// The coarse clock moves only with the tick, as `jiffies` does: while
+/// `jiffies` stands still it reads what it read last, so an empty bucket
+/// cannot have refilled, and the clock is not read at all. `jiffies` is a
+/// load (the verifier inlines `bpf_jiffies64` on 64-bit JITs), where the
+/// clock is a helper call: a denied flood past its event budget pays
+/// only the load.
 #[inline(always)]
-fn take_token(b: &mut TokenBucket, now: u64) -> bool {
+fn take_token(b: &mut TokenBucket, now: Option<u64>) -> Option<u64> {
+    // SAFETY: a helper without side effects.
+    let jiffies = unsafe { bpf_jiffies64() };
+    if jiffies == b.last_jiffies && b.credit_ns < event_rate::COST_NS {
+        return None;
+    }
+    b.last_jiffies = jiffies;
+    let now = now.unwrap_or_else(super::clock);
     let elapsed = now.saturating_sub(b.last_ns);
     b.last_ns = now;
     let cap = event_rate::BURST * event_rate::COST_NS;
@@ -35,19 +53,27 @@ fn take_token(b: &mut TokenBucket, now: u64) -> bool {
         (b.credit_ns + elapsed).min(cap)
     };
     if b.credit_ns < event_rate::COST_NS {
-        return false;
+        return None;
     }
     b.credit_ns -= event_rate::COST_NS;
-    true
+    Some(now)
 }
 
-/// Sends the event for `v`, stamped `now`, unless the rate limit is spent.
+/// Sends the event for `v`, stamped with the coarse clock (`now`, where
+/// the packet read it), unless the rate limit is spent.
 #[inline(always)]
-pub fn report(s: &mut Scratch, endpoint: u32, dir: u32, v: &Verdict, parsed_ip: bool, now: u64) {
-    if !take_token(&mut s.limiter, now) {
+pub fn report(
+    s: &mut Scratch,
+    endpoint: u32,
+    dir: u32,
+    v: &Verdict,
+    parsed_ip: bool,
+    now: Option<u64>,
+) {
+    let Some(now) = take_token(&mut s.limiter, now) else {
         count(&PAL_TC_STATS, dir, reason::EVENT_RATE_LIMITED, 0);
         return;
-    }
+    };
     let Some(mut entry) = PAL_EVENTS.reserve::<DropEvent>(0) else {
         count(&PAL_TC_STATS, dir, reason::EVENT_LOST, 0);
         return;

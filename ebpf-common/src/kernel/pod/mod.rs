@@ -60,22 +60,21 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     }
     let parsed_ip = parsed.kind == Kind::Ip;
     // Only IP packets meet conntrack: ARP and the like read neither.
-    let (epoch, now) = if parsed_ip {
-        (maps::epoch(), clock())
-    } else {
-        (0, 0)
-    };
+    let epoch = if parsed_ip { maps::epoch() } else { 0 };
     // A denied flood: right after a packet at this interface and in this
     // direction was dropped by its new flow's cached verdict, the next one
     // tries that cache before conntrack (`cached_drop`). A packet it does
     // not settle clears the hint, so allowed traffic pays for the try at
-    // most once after each such drop.
+    // most once after each such drop. Such a drop needs no conntrack time:
+    // the clock is left to the event's rate limit, which reads it only
+    // when it may have refilled.
     if parsed_ip && s.deny_hint == hint(ifindex, dir) {
         if let Some((verdict, endpoint)) = cached_drop(s, ifindex, dir, epoch) {
-            return conclude(s, endpoint, dir, &verdict, true, now, bytes);
+            return conclude(s, endpoint, dir, &verdict, true, None, bytes);
         }
         s.deny_hint = 0;
     }
+    let now = if parsed_ip { clock() } else { 0 };
     let mut untracked = None;
     if parsed_ip {
         match flow::established(s, dir, epoch, now) {
@@ -110,7 +109,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
             } else {
                 s.deny_hint = hint(ifindex, dir);
             }
-            return conclude(s, endpoint, dir, &verdict, true, now, bytes);
+            return conclude(s, endpoint, dir, &verdict, true, Some(now), bytes);
         }
         cache = Some((slot, key));
     }
@@ -129,7 +128,15 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     {
         verdicts::store(slot, key, epoch, ep.endpoint, &verdict);
     }
-    conclude(s, ep.endpoint, dir, &verdict, parsed_ip, now, bytes)
+    conclude(
+        s,
+        ep.endpoint,
+        dir,
+        &verdict,
+        parsed_ip,
+        parsed_ip.then_some(now),
+        bytes,
+    )
 }
 
 /// [`scratch::Scratch::deny_hint`]'s value for an interface and direction
@@ -168,7 +175,8 @@ fn cached_drop(
 }
 
 /// Reports a drop or audit verdict, counts the verdict, and returns
-/// whether the packet passes. `now` is read only for IP packets.
+/// whether the packet passes. `now`: the clock, where the packet read it
+/// (IP packets but a cached drop's).
 #[inline(always)]
 fn conclude(
     s: &mut scratch::Scratch,
@@ -176,11 +184,10 @@ fn conclude(
     dir: u32,
     verdict: &Verdict,
     parsed_ip: bool,
-    now: u64,
+    now: Option<u64>,
     bytes: u64,
 ) -> bool {
     if !verdict.pass || verdict.reason == reason::AUDIT_WOULD_DROP {
-        let now = if parsed_ip { now } else { clock() };
         events::report(s, endpoint, dir, verdict, parsed_ip, now);
     }
     account(endpoint, dir, verdict, bytes);
@@ -190,7 +197,7 @@ fn conclude(
 /// Timeouts are seconds long: the coarse clock (jiffy resolution) is
 /// enough and, unlike a clocksource read, cheap in a VM.
 #[inline(always)]
-fn clock() -> u64 {
+pub(crate) fn clock() -> u64 {
     // SAFETY: a helper without side effects.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
