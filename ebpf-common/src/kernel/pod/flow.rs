@@ -17,6 +17,7 @@ use crate::{
 };
 
 use super::{
+    Clock,
     conntrack::{self, Sides, advance, expired},
     maps::{PAL_FRAGS, PAL_TC_STATS, set_opened},
     policy::{Verdict, evaluate},
@@ -47,7 +48,7 @@ fn ipv4_of(a: &[u8; ADDR_LEN]) -> [u8; 4] {
 /// A packet of a flow tracked and judged under `epoch` passes on its
 /// entry alone; anything else goes down the slow path.
 #[inline(always)]
-pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Fast {
+pub fn established(s: &mut Scratch, dir: u32, epoch: u32, clock: &mut Clock) -> Fast {
     if s.pkt.frag != frag::NONE || s.pkt.is_related {
         return Fast::Slow;
     }
@@ -59,6 +60,7 @@ pub fn established(s: &mut Scratch, dir: u32, epoch: u32, now: u64) -> Fast {
     // SAFETY: valid map value pointer for this run; a concurrent update of
     // the same flow on another CPU only races on idempotent bits.
     let value = unsafe { &mut *value };
+    let now = clock.now();
     if value.epoch != epoch || expired(s.pkt.protocol, value, now) {
         return Fast::Slow;
     }
@@ -129,7 +131,7 @@ pub fn decide(
     dir: u32,
     s: &mut Scratch,
     epoch: u32,
-    now: u64,
+    clock: &mut Clock,
     untracked: bool,
 ) -> Verdict {
     s.pkt.map_addresses();
@@ -169,7 +171,7 @@ pub fn decide(
         if let Some(value) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) {
             // SAFETY: as in `established`.
             let value = unsafe { &mut *value };
-            if value.endpoint == ep.endpoint && !expired(inner.protocol, value, now) {
+            if value.endpoint == ep.endpoint && !expired(inner.protocol, value, clock.now()) {
                 let is_reply = src_is_lo != (value.opener_lo != 0);
                 if rejudge(ep, value, &inner, is_reply, epoch, &mut s.lookup).is_ok() {
                     return Verdict::pass(reason::ALLOW_RELATED, value.policy);
@@ -190,6 +192,7 @@ pub fn decide(
         let value = unsafe { &mut *value };
         // An entry of another endpoint (a reused address) or an expired
         // one is replaced below, like no entry.
+        let now = clock.now();
         if value.endpoint == ep.endpoint && !expired(s.pkt.protocol, value, now) {
             let is_reply = src_is_lo != (value.opener_lo != 0);
             if let Err(cut) = rejudge(ep, value, &sides, is_reply, epoch, &mut s.lookup) {
@@ -218,7 +221,7 @@ pub fn decide(
     };
     let mut verdict = evaluate(ep, dir, peer, s.pkt.protocol, s.pkt.dport, &mut s.lookup);
     if verdict.pass {
-        track(s, ep.endpoint, dir, &verdict, epoch, now, src_is_lo);
+        track(s, ep.endpoint, dir, &verdict, epoch, clock.now(), src_is_lo);
         if s.pkt.frag == frag::FIRST {
             record_fragment(s);
         }

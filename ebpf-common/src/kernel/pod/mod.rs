@@ -65,19 +65,20 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     // direction was dropped by its new flow's cached verdict, the next one
     // tries that cache before conntrack (`cached_drop`). A packet it does
     // not settle clears the hint, so allowed traffic pays for the try at
-    // most once after each such drop. Such a drop needs no conntrack time:
-    // the clock is left to the event's rate limit, which reads it only
-    // when it may have refilled.
+    // most once after each such drop.
     if parsed_ip && s.deny_hint == hint(ifindex, dir) {
         if let Some((verdict, endpoint)) = cached_drop(s, ifindex, dir, epoch) {
             return conclude(s, endpoint, dir, &verdict, true, None, bytes);
         }
         s.deny_hint = 0;
     }
-    let now = if parsed_ip { clock() } else { 0 };
+    // Read where a packet needs the time: a tracked flow's entry, a new
+    // one's, an event. A drop needs none but its event's, and that only
+    // when the rate limit may have refilled (`events`).
+    let mut clock = Clock::UNREAD;
     let mut untracked = None;
     if parsed_ip {
-        match flow::established(s, dir, epoch, now) {
+        match flow::established(s, dir, epoch, &mut clock) {
             flow::Fast::Pass(verdict, endpoint, cell) => {
                 count(&PAL_TC_STATS, dir, verdict.reason, bytes);
                 let key = counter_key(endpoint, dir, &verdict);
@@ -105,11 +106,11 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
             && let Some((verdict, endpoint)) = verdicts::cached(slot_ref, &key, epoch)
         {
             if verdict.pass {
-                flow::track(s, endpoint, dir, &verdict, epoch, now, src_is_lo);
+                flow::track(s, endpoint, dir, &verdict, epoch, clock.now(), src_is_lo);
             } else {
                 s.deny_hint = hint(ifindex, dir);
             }
-            return conclude(s, endpoint, dir, &verdict, true, Some(now), bytes);
+            return conclude(s, endpoint, dir, &verdict, true, clock.0, bytes);
         }
         cache = Some((slot, key));
     }
@@ -118,7 +119,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         return true;
     };
     let verdict = match parsed.kind {
-        Kind::Ip => flow::decide(&ep, dir, s, epoch, now, untracked.is_some()),
+        Kind::Ip => flow::decide(&ep, dir, s, epoch, &mut clock, untracked.is_some()),
         Kind::Pass => Verdict::pass(parsed.reason, 0),
         Kind::Drop => Verdict::drop(parsed.reason, 0),
     };
@@ -128,15 +129,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     {
         verdicts::store(slot, key, epoch, ep.endpoint, &verdict);
     }
-    conclude(
-        s,
-        ep.endpoint,
-        dir,
-        &verdict,
-        parsed_ip,
-        parsed_ip.then_some(now),
-        bytes,
-    )
+    conclude(s, ep.endpoint, dir, &verdict, parsed_ip, clock.0, bytes)
 }
 
 /// [`scratch::Scratch::deny_hint`]'s value for an interface and direction
@@ -175,7 +168,7 @@ fn cached_drop(
 }
 
 /// Reports a drop or audit verdict, counts the verdict, and returns
-/// whether the packet passes. `now`: the clock, where the packet read it
+/// whether the packet passes. `now`: the clock, if the packet read it
 /// (IP packets but a cached drop's).
 #[inline(always)]
 fn conclude(
@@ -192,6 +185,25 @@ fn conclude(
     }
     account(endpoint, dir, verdict, bytes);
     verdict.pass
+}
+
+/// The coarse clock, read at most once per packet and only if asked.
+pub struct Clock(Option<u64>);
+
+impl Clock {
+    const UNREAD: Self = Self(None);
+
+    #[inline(always)]
+    pub fn now(&mut self) -> u64 {
+        match self.0 {
+            Some(now) => now,
+            None => {
+                let now = clock();
+                self.0 = Some(now);
+                now
+            }
+        }
+    }
 }
 
 /// Timeouts are seconds long: the coarse clock (jiffy resolution) is
