@@ -59,7 +59,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         parsed = parse(data, data_end, &mut s.pkt);
     }
     let parsed_ip = parsed.kind == Kind::Ip;
-    // Only IP packets meet conntrack: ARP and the like read neither.
+    // Only IP packets meet conntrack: ARP and the like read no epoch.
     let epoch = if parsed_ip { maps::epoch() } else { 0 };
     // A denied flood: right after a packet at this interface and in this
     // direction was dropped by its new flow's cached verdict, the next one
@@ -168,8 +168,8 @@ fn cached_drop(
 }
 
 /// Reports a drop or audit verdict, counts the verdict, and returns
-/// whether the packet passes. `now`: the clock, if the packet read it
-/// (IP packets but a cached drop's).
+/// whether the packet passes. `now`: the clock, if the packet has read it
+/// already.
 #[inline(always)]
 fn conclude(
     s: &mut scratch::Scratch,
@@ -209,7 +209,7 @@ impl Clock {
 /// Timeouts are seconds long: the coarse clock (jiffy resolution) is
 /// enough and, unlike a clocksource read, cheap in a VM.
 #[inline(always)]
-pub(crate) fn clock() -> u64 {
+fn clock() -> u64 {
     // SAFETY: a helper without side effects.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
