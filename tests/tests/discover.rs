@@ -206,8 +206,16 @@ fn lost_link_notifications_unseed_the_watch_until_a_dump() -> anyhow::Result<()>
         watch.drain()?;
         assert!(watch.take_changed());
         assert!(watch.current().is_none(), "unseeded after an overrun");
-        watch.seed(&dump(h).await?);
-        watch.drain()?;
+        // A notification the kernel sends late for the renames (slow under
+        // TCG) can overrun the buffer again after a dump: then the next
+        // dump seeds it, within a few.
+        for _ in 0..5 {
+            watch.seed(&dump(h).await?);
+            watch.drain()?;
+            if watch.current().is_some() {
+                break;
+            }
+        }
         let current = watch.current().ok_or_else(|| anyhow::anyhow!("unseeded"))?;
         assert_eq!(current[&pl0].name.as_deref(), Some("plb"));
         assert_eq!(*current, *dump(h).await?);
