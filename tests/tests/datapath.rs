@@ -931,3 +931,53 @@ fn a_per_cpu_map_is_counted_in_batches() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Runs `frame` through `hook` on interface `ifindex` and returns whether
+/// it passed and the one reason counted for it.
+fn run_at(
+    h: &Harness,
+    hook: Hook,
+    ifindex: u32,
+    frame: &[u8],
+) -> anyhow::Result<(bool, &'static str)> {
+    use palisade_tests::datapath_harness::{Ran, counted_reason};
+    let stats = h.t.pins.map(hook.stats_map());
+    let before = read_pinned(&stats)?;
+    let Ran::Verdict(pass) = h.test_run(hook, frame, Some(ifindex))? else {
+        bail!("the kernel refused to run {} on the frame", hook.name());
+    };
+    Ok((pass, counted_reason(&before, &read_pinned(&stats)?)?))
+}
+
+/// A pod that writes a neighbour's address and ports into its packets
+/// builds the key of the neighbour's tracked flow. Its packets are judged
+/// by its own endpoint's policy, not passed on the neighbour's entry; and
+/// the neighbour's flow, whose entry the denied packets left alone, goes on.
+#[rustfmt::skip]
+#[test]
+fn a_pod_cannot_ride_on_a_neighbours_tracked_flow() -> anyhow::Result<()> {
+    let pair = palisade_tests::VethPair::new()?;
+    let host_if = pair.host_if.clone();
+    palisade_tests::in_netns(&pair.node, move || -> anyhow::Result<()> {
+        let neighbour = palisade::netns::ifindex(&host_if)?;
+        let mut h = harness()?;
+        // The pod on the other veth may send nothing and receive nothing.
+        h.maps.replace_policy(neighbour, EP + 1, ISOLATED, &[])?;
+        let out = v4_udp(A, B, 5000, 53);
+        let back = v4_udp(B, A, 53, 5000);
+        let at = |h: &Harness, hook, ifindex, frame: &[u8], want: (bool, &str), what: &str| -> anyhow::Result<()> {
+            let got = run_at(h, hook, ifindex, frame).with_context(|| what.to_owned())?;
+            anyhow::ensure!(got == want, "{what}: expected {want:?}, got {got:?}");
+            Ok(())
+        };
+        h.expect(OUT, &out, true, "allow_policy", "A's flow to B's DNS port opens")?;
+        h.expect(OUT, &out, true, "allow_established", "and is tracked")?;
+        for _ in 0..2 {
+            at(&h, Hook::TcEgress, neighbour, &out, (false, "drop_default_deny"), "the neighbour sends as A")?;
+            at(&h, Hook::TcIngress, neighbour, &back, (false, "drop_default_deny"), "B's reply handed to the neighbour")?;
+        }
+        h.expect(OUT, &out, true, "allow_established", "A's flow, after the spoofed packets")?;
+        h.expect(IN, &back, true, "allow_reply", "its reply, at A")?;
+        Ok(())
+    })?
+}

@@ -583,11 +583,13 @@ impl Model {
             && p.quoted.is_none()
         {
             // A flow tracked under the current epoch passes on its entry
-            // alone, whichever endpoint it was judged at.
+            // alone at the endpoint it was judged at; anywhere else the
+            // packet is judged by the policy of where it came through.
             let (key, src_is_lo) = flow_key((p.src, p.sport), (p.dst, p.dport), p.protocol, dir);
+            let here = self.endpoint(ifindex).map(|e| e.id);
             match self.flows.get(&key) {
                 None => untracked = true,
-                Some(t) if t.epoch == self.epoch => {
+                Some(t) if t.epoch == self.epoch && Some(t.endpoint) == here => {
                     return Verdict::pass(if src_is_lo == t.opener_lo {
                         reason::ALLOW_ESTABLISHED
                     } else {

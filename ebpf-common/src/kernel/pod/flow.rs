@@ -1,9 +1,11 @@
 //! The verdict for one parsed IP packet at one endpoint and direction.
 //!
 //! Fast path ([`established`]): a packet of a tracked flow, judged under the
-//! current epoch, passes on the strength of its conntrack entry alone: one
-//! lookup, either way round, and neither the endpoint nor the policy is
-//! looked up. Everything else takes the slow path ([`decide`]), in this
+//! current epoch at the endpoint that tracks it, passes on the strength of
+//! its conntrack entry: one lookup, either way round, and the endpoint's
+//! slot to check it is that endpoint's; the policy is not looked up. A
+//! packet that names another endpoint's flow (an address and ports a pod
+//! wrote but does not own) is judged like a new flow. Everything else takes the slow path ([`decide`]), in this
 //! order: non-first fragments borrow the ports their first fragment
 //! recorded; ICMP errors about a tracked flow pass as related; a tracked
 //! flow whose epoch is old (policy or identities changed since) is judged
@@ -19,7 +21,7 @@ use crate::{
 use super::{
     Clock,
     conntrack::{self, Sides, advance, expired},
-    maps::{PAL_FRAGS, PAL_TC_STATS, set_opened},
+    maps::{PAL_FRAGS, PAL_TC_STATS, endpoint, set_opened},
     policy::{Verdict, evaluate},
     scratch::{Lookup, Scratch},
 };
@@ -45,10 +47,18 @@ fn ipv4_of(a: &[u8; ADDR_LEN]) -> [u8; 4] {
     [a[12], a[13], a[14], a[15]]
 }
 
-/// A packet of a flow tracked and judged under `epoch` passes on its
-/// entry alone; anything else goes down the slow path.
+/// A packet of a flow tracked and judged under `epoch`, at the endpoint on
+/// `ifindex` that tracks it, passes on its entry alone; anything else goes
+/// down the slow path.
+///
+/// The endpoint is compared because the key names the flow, not who may
+/// send it: a pod that writes a neighbour's address and ports into its
+/// packets builds the neighbour's key, and must not ride on that flow's
+/// entry past its own policy. The slow path judges such a packet by the
+/// policy of the endpoint it came through. (The endpoint's slot is an
+/// inlined array read.)
 #[inline(always)]
-pub fn established(s: &mut Scratch, dir: u32, epoch: u32, clock: &mut Clock) -> Fast {
+pub fn established(s: &mut Scratch, ifindex: u32, dir: u32, epoch: u32, clock: &mut Clock) -> Fast {
     if s.pkt.frag != frag::NONE || s.pkt.is_related {
         return Fast::Slow;
     }
@@ -60,8 +70,11 @@ pub fn established(s: &mut Scratch, dir: u32, epoch: u32, clock: &mut Clock) -> 
     // SAFETY: valid map value pointer for this run; a concurrent update of
     // the same flow on another CPU only races on idempotent bits.
     let value = unsafe { &mut *value };
+    if value.epoch != epoch || endpoint(ifindex).is_none_or(|ep| ep.endpoint != value.endpoint) {
+        return Fast::Slow;
+    }
     let now = clock.now();
-    if value.epoch != epoch || expired(s.pkt.protocol, value, now) {
+    if expired(s.pkt.protocol, value, now) {
         return Fast::Slow;
     }
     let is_reply = src_is_lo != (value.opener_lo != 0);

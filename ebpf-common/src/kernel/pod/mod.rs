@@ -41,8 +41,9 @@ pub trait Frame {
 /// whether it may pass. Interfaces that are not endpoints pass.
 ///
 /// A packet of a flow already tracked and judged under the current epoch
-/// takes the fast path (`flow::established`): its conntrack entry names the
-/// endpoint and policy, so the endpoint map is only read for the rest.
+/// at the endpoint that tracks it takes the fast path (`flow::established`):
+/// its conntrack entry names the endpoint and policy, so only the
+/// endpoint's slot is read, to check that it is the same endpoint.
 #[inline(always)]
 pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     let Some(s) = scratch::get() else {
@@ -78,7 +79,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     let mut clock = Clock::UNREAD;
     let mut untracked = None;
     if parsed_ip {
-        match flow::established(s, dir, epoch, &mut clock) {
+        match flow::established(s, ifindex, dir, epoch, &mut clock) {
             flow::Fast::Pass(verdict, endpoint, cell) => {
                 count(&PAL_TC_STATS, dir, verdict.reason, bytes);
                 let key = counter_key(endpoint, dir, &verdict);
