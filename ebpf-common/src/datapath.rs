@@ -62,6 +62,13 @@ pub struct EndpointValue {
     pub revision: u32,
     /// [`endpoint_flags`].
     pub flags: u32,
+    /// The pod's IPv4 address, the only source its IPv4 packets may have,
+    /// where [`endpoint_flags::SOURCE4`] is set.
+    pub source4: [u8; 4],
+    /// The pod's IPv6 address, where [`endpoint_flags::SOURCE6`] is set:
+    /// the only source its IPv6 packets may have but link-local ones and
+    /// the unspecified address (duplicate address detection).
+    pub source6: [u8; ADDR_LEN],
 }
 
 impl EndpointValue {
@@ -142,6 +149,12 @@ pub mod endpoint_flags {
     /// the peer's own found nothing.
     pub const ANY_PEER_INGRESS: u32 = 1 << 4;
     pub const ANY_PEER_EGRESS: u32 = 1 << 5;
+    /// The pod's packets are dropped unless their source is its address
+    /// (`EndpointValue::source4`, `source6`), one flag per family.
+    pub const SOURCE4: u32 = 1 << 6;
+    pub const SOURCE6: u32 = 1 << 7;
+    /// Every flag a pod's sources set, none of them the policy's.
+    pub const SOURCES: u32 = SOURCE4 | SOURCE6;
 }
 
 /// The data part of a policy trie key (`PAL_POLICY`).
@@ -423,8 +436,8 @@ const _: () = {
     assert!(size_of::<DropEvent>() == 56);
     assert!(size_of::<XdpPodDenyKey>() == 24);
     assert!(size_of::<IdentityValue>() == 4);
-    assert!(size_of::<EndpointValue>() == 12);
-    assert!(size_of::<EndpointSlot>() == 36);
+    assert!(size_of::<EndpointValue>() == 32);
+    assert!(size_of::<EndpointSlot>() == 76);
     assert!(ENDPOINT_SLOTS.is_power_of_two());
     assert!(OPENED_SLOTS.is_power_of_two());
     assert!(size_of::<PolicyKey>() == 16);

@@ -67,9 +67,13 @@ pub const LSM_BLOCK: u32 = 26;
 /// judged without knowing whether a non-recursive directory covered it:
 /// judged by the default or the stricter verdict, and reported.
 pub const LSM_UNRESOLVED: u32 = 27;
+/// A pod's packet whose source is not the pod's address: it would claim
+/// another workload's identity at its peer, or ride on another pod's
+/// tracked flow.
+pub const DROP_SPOOFED_SOURCE: u32 = 28;
 
 /// One past the highest code in use; counter arrays are sized from it.
-pub const COUNT: u32 = 28;
+pub const COUNT: u32 = 29;
 
 /// A stable name for each code, as exported in metrics and `palisade status`.
 pub const fn name(code: u32) -> &'static str {
@@ -102,6 +106,7 @@ pub const fn name(code: u32) -> &'static str {
         LSM_AUDIT => "lsm_audit",
         LSM_BLOCK => "lsm_block",
         LSM_UNRESOLVED => "lsm_unresolved",
+        DROP_SPOOFED_SOURCE => "drop_spoofed_source",
         _ => "unknown",
     }
 }
@@ -120,6 +125,7 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_CIDR_DENY
             | DROP_VLAN_LIMIT
             | DROP_XDP_POD_DENY
+            | DROP_SPOOFED_SOURCE
             | LSM_BLOCK
     )
 }

@@ -981,3 +981,51 @@ fn a_pod_cannot_ride_on_a_neighbours_tracked_flow() -> anyhow::Result<()> {
         Ok(())
     })?
 }
+
+/// A pod whose addresses the syncer wrote may send only from them (in IPv6
+/// also from link-local addresses and `::`), whatever its policy allows;
+/// what it receives is not checked. Its packets from other sources are
+/// dropped as spoofed, before conntrack could pass them.
+#[rustfmt::skip]
+#[test]
+fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::Result<()> {
+    use palisade::compile::Sources;
+    const C: [u8; 4] = [10, 0, 0, 3];
+    const C6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+    const LINK_LOCAL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+    let pair = palisade_tests::VethPair::new()?;
+    let host_if = pair.host_if.clone();
+    palisade_tests::in_netns(&pair.node, move || -> anyhow::Result<()> {
+        let pod = palisade::netns::ifindex(&host_if)?;
+        let mut h = harness()?;
+        // Its policy allows UDP to port 53 anywhere, and lets anything in.
+        let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)) };
+        let egress = [entry(OUT, identity::ANY, UDP, (53, 53), allow(41))];
+        h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &sources, None)?;
+        let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| -> anyhow::Result<()> {
+            let got = run_at(h, hook, pod, frame).with_context(|| what.to_owned())?;
+            anyhow::ensure!(got == want, "{what}: expected {want:?}, got {got:?}");
+            Ok(())
+        };
+        let v6_udp = |src: [u8; 16], dst: [u8; 16]| eth(0x86dd, &ipv6(src, dst, &[], UDP, &udp(5000, 53)));
+        at(&h, Hook::TcEgress, &v4_udp(C, B, 5000, 53), (true, "allow_policy"), "its own source")?;
+        at(&h, Hook::TcEgress, &v4_udp(C, B, 5000, 53), (true, "allow_established"), "its own flow")?;
+        at(&h, Hook::TcEgress, &v4_udp(C, B, 5000, 54), (false, "drop_default_deny"), "its own, denied by policy")?;
+        // A's flow is tracked at A: C sending as A finds its entry.
+        h.expect(OUT, &v4_udp(A, B, 5000, 53), true, "allow_policy", "A's flow opens")?;
+        for _ in 0..2 {
+            at(&h, Hook::TcEgress, &v4_udp(A, B, 5000, 53), (false, "drop_spoofed_source"), "C sending as A")?;
+        }
+        at(&h, Hook::TcEgress, &v4_udp(B, A, 53, 5000), (false, "drop_spoofed_source"), "C sending B's reply to A")?;
+        at(&h, Hook::TcEgress, &v6_udp(C6, B6), (true, "allow_policy"), "its own IPv6 source")?;
+        at(&h, Hook::TcEgress, &v6_udp(LINK_LOCAL, B6), (true, "allow_policy"), "a link-local source")?;
+        at(&h, Hook::TcEgress, &v6_udp(A6, B6), (false, "drop_spoofed_source"), "another IPv6 source")?;
+        // Ingress is the sender's to check: anything addressed to C is judged
+        // by policy alone (none isolates C's ingress).
+        at(&h, Hook::TcIngress, &v4_udp(B, A, 53, 5000), (true, "pass_unenforced"), "received, whatever its addresses")?;
+        // Without sources written, nothing is checked.
+        h.maps.replace_policy(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress)?;
+        at(&h, Hook::TcEgress, &v4_udp(A, B, 5001, 53), (true, "allow_policy"), "no sources, no check")?;
+        Ok(())
+    })?
+}

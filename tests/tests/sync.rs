@@ -4,12 +4,12 @@
 //! holds any more, and swaps no policy past prefilter denies it could not
 //! take out.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, LpmTrie, MapData};
 use ebpf_common::{
-    datapath::{PolicyKey, PolicyValue},
+    datapath::{PolicyKey, PolicyValue, endpoint_flags},
     maps,
 };
 use palisade::{
@@ -51,7 +51,8 @@ fn apply(
     on: &BTreeMap<String, u32>,
 ) -> anyhow::Result<Report> {
     let compiled = compile(s);
-    Ok(apply_maps(maps, &Desired::on_node(&compiled, on, &[]))?)
+    let desired = Desired::on_node(&compiled, on, &[]).with_sources(s);
+    Ok(apply_maps(maps, &desired)?)
 }
 
 #[test]
@@ -69,6 +70,17 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
 
     let again = apply(&mut maps, &s, &on)?;
     assert!(!again.changed(), "an unchanged state rewrote: {again:?}");
+    // Each endpoint holds its pod's address, the only source it may send from.
+    let x_a = s.pods.iter().find(|p| p.key() == "x/a").context("x/a")?;
+    let IpAddr::V4(own) = x_a.ips[0] else {
+        bail!("x/a has no IPv4 address")
+    };
+    let value = maps.endpoint(on["x/a"])?.context("x/a's endpoint")?;
+    assert_eq!(
+        value.flags & endpoint_flags::SOURCES,
+        endpoint_flags::SOURCE4
+    );
+    assert_eq!(value.source4, own.octets());
 
     // Behind the daemon's back: one of x/a's entries disappears.
     let ids = endpoint_ids(on.keys().map(String::as_str));
@@ -133,7 +145,7 @@ fn apply_trusting(
     written: &mut Option<Written>,
 ) -> anyhow::Result<Report> {
     let compiled = compile(s);
-    let desired = Desired::on_node(&compiled, on, &[]);
+    let desired = Desired::on_node(&compiled, on, &[]).with_sources(s);
     Ok(apply_maps_recorded(maps, &desired, written, true)?)
 }
 
@@ -159,10 +171,19 @@ fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result
     let edited = standard(&DENY_X.replace("port: 80", "port: 81"))?;
     let mut fewer = on.clone();
     fewer.remove("x/a");
-    let steps: [(&str, &Snapshot, &BTreeMap<String, u32>); 5] = [
+    let mut readdressed = edited.clone();
+    let x_b = readdressed
+        .pods
+        .iter_mut()
+        .find(|p| p.key() == "x/b")
+        .context("x/b")?;
+    std::sync::Arc::make_mut(x_b).ips = vec!["10.244.9.10".parse()?];
+    let steps: [(&str, &Snapshot, &BTreeMap<String, u32>); 7] = [
         ("a relabel", &relabelled, &on),
         ("another node's pod", &more, &on),
         ("a policy edited", &edited, &on),
+        ("a local pod's new address", &readdressed, &on),
+        ("its old address back", &edited, &on),
         ("a pod gone from the node", &edited, &fewer),
         ("nothing", &edited, &fewer),
     ];

@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ebpf_common::datapath::{PolicyValue, endpoint_flags};
@@ -82,12 +82,45 @@ static UNSELECTED: EndpointPolicy = EndpointPolicy {
 };
 
 /// An endpoint to enforce: the host-side veth, the endpoint's id (what the
-/// datapath keys its policy and counters by) and the policy on it.
+/// datapath keys its policy and counters by), the policy on it and the
+/// sources its packets may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placed<'a> {
     pub ifindex: u32,
     pub endpoint: u32,
     pub policy: &'a EndpointPolicy,
+    pub sources: Sources,
+}
+
+/// The one address per family a pod's packets may come from; `None`: not
+/// checked in that family (no address known, or more than one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Sources {
+    /// A pod's addresses, as its `status.podIPs` lists them.
+    pub fn of(ips: &[IpAddr]) -> Self {
+        let only = |family: &dyn Fn(&IpAddr) -> bool| {
+            let mut of = ips.iter().filter(|ip| family(ip));
+            match (of.next(), of.next()) {
+                (Some(&ip), None) => Some(ip),
+                _ => None,
+            }
+        };
+        Self {
+            v4: only(&IpAddr::is_ipv4).and_then(|ip| match ip {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            }),
+            v6: only(&IpAddr::is_ipv6).and_then(|ip| match ip {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            }),
+        }
+    }
 }
 
 /// A stable, non-zero endpoint id for a pod (`namespace/name`), so counters
@@ -157,6 +190,7 @@ impl<'a> Desired<'a> {
                         ifindex,
                         endpoint,
                         policy,
+                        sources: Sources::default(),
                     },
                 )
             })
@@ -168,6 +202,17 @@ impl<'a> Desired<'a> {
             node_denies: &[],
             lsm: None,
         }
+    }
+
+    /// With the sources each placed pod may send from, its addresses in
+    /// `snapshot` (the one `compiled` came from).
+    pub fn with_sources(mut self, snapshot: &Snapshot) -> Self {
+        for pod in &snapshot.pods {
+            if let Some(placed) = self.endpoints.get_mut(&pod.key()) {
+                placed.sources = Sources::of(&pod.ips);
+            }
+        }
+        self
     }
 
     /// With the local pods' process and file rule sets.
@@ -221,6 +266,22 @@ mod tests {
             endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS
         );
         assert!(d.pod_denies.is_none());
+    }
+
+    #[test]
+    fn a_pod_may_send_from_its_one_address_per_family() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let both = Sources::of(&[ip("10.0.0.1"), ip("fd00::1")]);
+        assert_eq!(both.v4, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(both.v6, "fd00::1".parse().ok());
+        assert_eq!(Sources::of(&[ip("fd00::1")]).v4, None);
+        let two = Sources::of(&[ip("10.0.0.1"), ip("10.0.0.2"), ip("fd00::1")]);
+        assert_eq!(
+            two.v4, None,
+            "two IPv4 addresses: the family is not checked"
+        );
+        assert_eq!(two.v6, "fd00::1".parse().ok());
+        assert_eq!(Sources::of(&[]), Sources::default());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use ebpf_common::datapath::{PolicyValue, action, direction, endpoint_flags, iden
 use resolve::Raw;
 use tables::{Context, Tables};
 
-pub use desired::{Compiled, EndpointPolicy, PolicyEntry};
+pub use desired::{Compiled, EndpointPolicy, PolicyEntry, Sources};
 
 use crate::model::{
     Pod, Protocol, Snapshot,

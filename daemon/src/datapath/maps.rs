@@ -17,7 +17,10 @@ use super::{
     address_map::AddressMap,
     ports::{self, PortPrefix},
 };
-use crate::{compile::PolicyEntry, paths::PinDir};
+use crate::{
+    compile::{PolicyEntry, Sources},
+    paths::PinDir,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -102,6 +105,23 @@ pub fn policy_keys(
                 },
             )
         }))
+}
+
+/// `value` with the sources its pod may send from: a flag and an address
+/// per family that has one; the other sources' fields cleared.
+pub fn sourced(mut value: EndpointValue, sources: &Sources) -> EndpointValue {
+    value.flags &= !endpoint_flags::SOURCES;
+    value.source4 = [0; 4];
+    value.source6 = [0; 16];
+    if let Some(a) = sources.v4 {
+        value.flags |= endpoint_flags::SOURCE4;
+        value.source4 = a.octets();
+    }
+    if let Some(a) = sources.v6 {
+        value.flags |= endpoint_flags::SOURCE6;
+        value.source6 = a.octets();
+    }
+    value
 }
 
 /// The endpoint flags that tell the datapath which lookups can find any of
@@ -333,7 +353,7 @@ impl DatapathMaps {
         flags: u32,
         entries: &[PolicyEntry],
     ) -> Result<u32, DatapathError> {
-        self.replace_policy_held(ifindex, endpoint, flags, entries, None)
+        self.replace_policy_held(ifindex, endpoint, flags, entries, &Sources::default(), None)
     }
 
     /// [`Self::replace_policy`], with the policy maps' contents as the
@@ -346,6 +366,7 @@ impl DatapathMaps {
         endpoint: u32,
         flags: u32,
         entries: &[PolicyEntry],
+        sources: &Sources,
         held: Option<&HeldPolicy>,
     ) -> Result<u32, DatapathError> {
         let current = self.endpoint(ifindex)?;
@@ -353,11 +374,15 @@ impl DatapathMaps {
         // generation is touched.
         self.index_endpoint(ifindex, current)?;
         let revision = current.map_or(0, |c| c.revision.wrapping_add(1));
-        let next = EndpointValue {
-            endpoint,
-            revision,
-            flags: flags | lookup_flags(entries),
-        };
+        let next = sourced(
+            EndpointValue {
+                endpoint,
+                revision,
+                flags: flags | lookup_flags(entries),
+                ..EndpointValue::default()
+            },
+            sources,
+        );
         let generation = next.generation();
         // Leftovers of an interrupted earlier swap would mix into this one.
         let leftovers = self.keys_held(held, endpoint, generation)?;

@@ -1220,6 +1220,7 @@ fn desired<'a>(
     node_denies: &'a [ipnet::IpNet],
 ) -> Desired<'a> {
     let desired = Desired::on_node(compiled, &placement.placed, &placement.quarantined)
+        .with_sources(snapshot)
         .with_node_denies(node_denies);
     if !has_uplinks {
         desired.without_pod_denies()

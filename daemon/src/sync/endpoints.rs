@@ -9,18 +9,20 @@ use std::{
 };
 
 use aya::maps::lpm_trie::Key;
-use ebpf_common::datapath::{EndpointValue, PolicyKey, PolicyValue, action, policy_flags};
+use ebpf_common::datapath::{
+    EndpointValue, PolicyKey, PolicyValue, action, endpoint_flags, policy_flags,
+};
 use ipnet::IpNet;
 
 use super::{Report, prefilter};
 use crate::{
     compile::{
-        EndpointPolicy,
+        EndpointPolicy, Sources,
         desired::{Desired, Placed},
     },
     datapath::{
         DatapathError, DatapathMaps,
-        maps::{HeldPolicy, lookup_flags, policy_keys},
+        maps::{HeldPolicy, lookup_flags, policy_keys, sourced},
     },
 };
 
@@ -30,8 +32,8 @@ use crate::{
 #[derive(Clone, Default)]
 pub struct Written {
     addresses: BTreeMap<IpNet, u32>,
-    /// By name: ifindex, endpoint id, policy.
-    endpoints: BTreeMap<String, (u32, u32, EndpointPolicy)>,
+    /// By name: ifindex, endpoint id, sources, policy.
+    endpoints: BTreeMap<String, (u32, u32, Sources, EndpointPolicy)>,
     /// By name: an endpoint's policy as map entries ([`expand`]) under the
     /// generation it was written to, where a pass had them at hand. The
     /// next change to that endpoint starts from them instead of expanding
@@ -66,7 +68,10 @@ impl Written {
             endpoints: desired
                 .endpoints
                 .iter()
-                .map(|(name, p)| (name.clone(), (p.ifindex, p.endpoint, p.policy.clone())))
+                .map(|(name, p)| {
+                    let entry = (p.ifindex, p.endpoint, p.sources, p.policy.clone());
+                    (name.clone(), entry)
+                })
                 .collect(),
             expanded,
         }
@@ -106,15 +111,20 @@ impl Written {
         desired: &Desired<'_>,
     ) -> Option<HeldPolicy> {
         let mut held = HeldPolicy::new();
-        for (name, (ifindex, endpoint, policy)) in &self.endpoints {
+        for (name, (ifindex, endpoint, sources, policy)) in &self.endpoints {
             let value = live.get(ifindex)?;
             if value.endpoint != *endpoint
-                || value.flags != policy.flags | lookup_flags(&policy.entries)
+                || value.flags & !endpoint_flags::SOURCES
+                    != policy.flags | lookup_flags(&policy.entries)
+                || sourced(*value, sources) != *value
             {
                 return None;
             }
             let kept = desired.endpoints.get(name).is_some_and(|p| {
-                p.ifindex == *ifindex && p.endpoint == *endpoint && p.policy == policy
+                p.ifindex == *ifindex
+                    && p.endpoint == *endpoint
+                    && p.sources == *sources
+                    && p.policy == policy
             });
             if kept {
                 continue;
@@ -135,8 +145,11 @@ impl Written {
             && desired.endpoints.iter().all(|(name, p)| {
                 self.endpoints
                     .get(name)
-                    .is_some_and(|(ifindex, endpoint, policy)| {
-                        *ifindex == p.ifindex && *endpoint == p.endpoint && policy == p.policy
+                    .is_some_and(|(ifindex, endpoint, sources, policy)| {
+                        *ifindex == p.ifindex
+                            && *endpoint == p.endpoint
+                            && *sources == p.sources
+                            && policy == p.policy
                     })
             })
     }
@@ -302,13 +315,14 @@ impl<'p> Pass<'p> {
                 ifindex,
                 endpoint,
                 policy,
+                sources,
             },
         ) in &self.desired.endpoints
         {
             if let Some(w) = self.trusted.filter(|w| {
-                w.endpoints
-                    .get(name)
-                    .is_some_and(|(i, e, p)| *i == ifindex && *e == endpoint && p == policy)
+                w.endpoints.get(name).is_some_and(|(i, e, s, p)| {
+                    *i == ifindex && *e == endpoint && *s == sources && p == policy
+                })
             }) {
                 // Written so by the last pass, which failed nothing.
                 if let Some(entries) = w.expanded.get(name) {
@@ -317,7 +331,12 @@ impl<'p> Pass<'p> {
                 continue;
             }
             if let Some(cur) = live.get(&ifindex) {
-                let (bring, wants) = bring_expanded(cur, endpoint, policy, held, &moved);
+                let (bring, wants) = if sourced(*cur, &sources) == *cur {
+                    bring_expanded(cur, endpoint, policy, held, &moved)
+                } else {
+                    // New sources are a new endpoint value: a swap writes it.
+                    (Bring::Swap, None)
+                };
                 if let (Some(wants), Bring::UpToDate | Bring::Patch(_)) = (wants, &bring) {
                     self.expanded
                         .insert(name.clone(), (cur.generation(), Arc::new(wants)));
@@ -353,6 +372,7 @@ impl<'p> Pass<'p> {
                 endpoint,
                 policy.flags,
                 &policy.entries,
+                &sources,
                 Some(held),
             ) {
                 Ok(_) => self.report.endpoints_written.push(name.clone()),
@@ -529,7 +549,9 @@ fn bring_expanded(
     held: &HeldPolicy,
     moved: &HashSet<u32>,
 ) -> (Bring, Option<Entries>) {
-    if cur.endpoint != endpoint || cur.flags != want.flags | lookup_flags(&want.entries) {
+    // The sources' flags are the caller's to compare.
+    let flags = cur.flags & !endpoint_flags::SOURCES;
+    if cur.endpoint != endpoint || flags != want.flags | lookup_flags(&want.entries) {
         return (Bring::Swap, None);
     }
     let generation = cur.generation();
@@ -617,6 +639,7 @@ mod tests {
             endpoint: EP,
             revision: 3,
             flags: p.flags | lookup_flags(&p.entries),
+            ..EndpointValue::default()
         };
         let entries = p
             .entries

@@ -371,6 +371,21 @@ impl Verdict {
     }
 }
 
+/// Whether a pod with `addresses` may send from `src`: where it has one
+/// address of that family, only from it (in IPv6 also from a link-local
+/// address or the unspecified one); where it has none or several, from any.
+fn may_send_from(addresses: &[IpAddr], src: IpAddr) -> bool {
+    let mut same_family = addresses.iter().filter(|a| a.is_ipv4() == src.is_ipv4());
+    let own = match (same_family.next(), same_family.next()) {
+        (Some(&own), None) => own,
+        _ => return true,
+    };
+    match src {
+        IpAddr::V6(a) if a.is_unspecified() || a.is_unicast_link_local() => true,
+        _ => src == own,
+    }
+}
+
 /// A flow as conntrack knows it: its two (address, port) ends in a fixed
 /// order, the protocol, and which end the endpoint is (so the two ends of a
 /// pod-to-pod flow, each an endpoint, are two entries).
@@ -577,6 +592,13 @@ impl Model {
     /// The verdict of a pod's program at `ifindex` in `dir`, with the
     /// conntrack and fragment state it leaves.
     pub fn pod(&mut self, ifindex: u32, dir: u32, class: &Class) -> Verdict {
+        if let Class::Ip(p) = class
+            && dir == direction::EGRESS
+            && let Some(ep) = self.endpoint(ifindex)
+            && !may_send_from(&ep.addresses, p.src)
+        {
+            return Verdict::drop(reason::DROP_SPOOFED_SOURCE);
+        }
         let mut untracked = false;
         if let Class::Ip(p) = class
             && p.frag == Frag::None

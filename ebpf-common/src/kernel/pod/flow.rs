@@ -19,9 +19,9 @@ use crate::{
 };
 
 use super::{
-    Clock,
+    Clock, Here,
     conntrack::{self, Sides, advance, expired},
-    maps::{PAL_FRAGS, PAL_TC_STATS, endpoint, set_opened},
+    maps::{PAL_FRAGS, PAL_TC_STATS, set_opened},
     policy::{Verdict, evaluate},
     scratch::{Lookup, Scratch},
 };
@@ -48,7 +48,7 @@ fn ipv4_of(a: &[u8; ADDR_LEN]) -> [u8; 4] {
 }
 
 /// A packet of a flow tracked and judged under `epoch`, at the endpoint on
-/// `ifindex` that tracks it, passes on its entry alone; anything else goes
+/// `here` that tracks it, passes on its entry alone; anything else goes
 /// down the slow path.
 ///
 /// The endpoint is compared because the key names the flow, not who may
@@ -58,7 +58,13 @@ fn ipv4_of(a: &[u8; ADDR_LEN]) -> [u8; 4] {
 /// policy of the endpoint it came through. (The endpoint's slot is an
 /// inlined array read.)
 #[inline(always)]
-pub fn established(s: &mut Scratch, ifindex: u32, dir: u32, epoch: u32, clock: &mut Clock) -> Fast {
+pub fn established(
+    s: &mut Scratch,
+    here: &mut Here,
+    dir: u32,
+    epoch: u32,
+    clock: &mut Clock,
+) -> Fast {
     if s.pkt.frag != frag::NONE || s.pkt.is_related {
         return Fast::Slow;
     }
@@ -70,7 +76,11 @@ pub fn established(s: &mut Scratch, ifindex: u32, dir: u32, epoch: u32, clock: &
     // SAFETY: valid map value pointer for this run; a concurrent update of
     // the same flow on another CPU only races on idempotent bits.
     let value = unsafe { &mut *value };
-    if value.epoch != epoch || endpoint(ifindex).is_none_or(|ep| ep.endpoint != value.endpoint) {
+    if value.epoch != epoch
+        || here
+            .endpoint()
+            .is_none_or(|ep| ep.endpoint != value.endpoint)
+    {
         return Fast::Slow;
     }
     let now = clock.now();

@@ -62,6 +62,18 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     let parsed_ip = parsed.kind == Kind::Ip;
     // Only IP packets meet conntrack: ARP and the like read no epoch.
     let epoch = if parsed_ip { maps::epoch() } else { 0 };
+    let mut here = Here::at(ifindex);
+    // A pod's packet may only carry its own source: checked before
+    // anything can pass it, conntrack's fast path and the cached drop
+    // included.
+    if parsed_ip
+        && dir == crate::datapath::direction::EGRESS
+        && let Some(ep) = here.endpoint()
+        && !source_is_own(&s.pkt, &ep)
+    {
+        let verdict = Verdict::drop(reason::DROP_SPOOFED_SOURCE, 0);
+        return conclude(s, ep.endpoint, dir, &verdict, true, None, bytes);
+    }
     // A denied flood: right after a packet at this interface and in this
     // direction was dropped by its new flow's cached verdict, the next one
     // tries that cache before conntrack (`cached_drop`). A packet it does
@@ -79,7 +91,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     let mut clock = Clock::UNREAD;
     let mut untracked = None;
     if parsed_ip {
-        match flow::established(s, ifindex, dir, epoch, &mut clock) {
+        match flow::established(s, &mut here, dir, epoch, &mut clock) {
             flow::Fast::Pass(verdict, endpoint, cell) => {
                 count(&PAL_TC_STATS, dir, verdict.reason, bytes);
                 let key = counter_key(endpoint, dir, &verdict);
@@ -115,7 +127,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         }
         cache = Some((slot, key));
     }
-    let Some(ep) = maps::endpoint(ifindex) else {
+    let Some(ep) = here.endpoint() else {
         count(&PAL_TC_STATS, dir, reason::PASS_NO_ENDPOINT, bytes);
         return true;
     };
@@ -186,6 +198,68 @@ fn conclude(
     }
     account(endpoint, dir, verdict, bytes);
     verdict.pass
+}
+
+/// The endpoint on an interface, read at most once per packet and only if
+/// asked.
+pub struct Here {
+    ifindex: u32,
+    read: Option<Option<crate::datapath::EndpointValue>>,
+}
+
+impl Here {
+    #[inline(always)]
+    const fn at(ifindex: u32) -> Self {
+        Self {
+            ifindex,
+            read: None,
+        }
+    }
+
+    #[inline(always)]
+    pub fn endpoint(&mut self) -> Option<crate::datapath::EndpointValue> {
+        match self.read {
+            Some(read) => read,
+            None => {
+                let read = maps::endpoint(self.ifindex);
+                self.read = Some(read);
+                read
+            }
+        }
+    }
+}
+
+/// Whether the packet's source is one the endpoint's pod may send from:
+/// its address, where the syncer wrote one for the family; in IPv6 also a
+/// link-local address or the unspecified one, which every interface uses
+/// before and beside its own.
+#[inline(always)]
+fn source_is_own(p: &crate::kernel::parse::Packet, ep: &crate::datapath::EndpointValue) -> bool {
+    use crate::datapath::endpoint_flags::{SOURCE4, SOURCE6};
+    if !p.v6 {
+        return ep.flags & SOURCE4 == 0 || p.src4 == ep.source4;
+    }
+    if ep.flags & SOURCE6 == 0 {
+        return true;
+    }
+    let (a, b) = (word(&p.src, 0), word(&p.src, 8));
+    let (x, y) = (word(&ep.source6, 0), word(&ep.source6, 8));
+    // Its own, fe80::/10, or ::.
+    (a ^ x) | (b ^ y) == 0 || a >> 54 == 0xfe80 >> 6 || a | b == 0
+}
+
+/// Eight bytes of an address from `at`, most significant first. Built
+/// from bytes: the endpoint's copy is only 4-byte aligned, and comparing
+/// the arrays whole would be a call to `memcmp`.
+#[inline(always)]
+fn word(a: &[u8; crate::datapath::ADDR_LEN], at: usize) -> u64 {
+    let mut w = 0;
+    let mut i = 0;
+    while i < 8 {
+        w = w << 8 | u64::from(a[at + i]);
+        i += 1;
+    }
+    w
 }
 
 /// The coarse clock, read at most once per packet and only if asked.
