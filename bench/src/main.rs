@@ -395,7 +395,20 @@ fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> any
             },
         });
     }
-    dp.replace_policy(LO, EP, endpoint_flags::ISOLATED_INGRESS, &entries)?;
+    // With its address, as the syncer writes a pod's: what leaves it pays
+    // the source check.
+    let sources = palisade::compile::Sources {
+        v4: Some(Ipv4Addr::from(POD)),
+        v6: None,
+    };
+    dp.replace_policy_held(
+        LO,
+        EP,
+        endpoint_flags::ISOLATED_INGRESS,
+        &entries,
+        &sources,
+        None,
+    )?;
     for i in 0..n {
         dp.set_cidr_deny(IpAddr::V4(Ipv4Addr::from(peer(i))), 32, 1 + i)?;
     }
