@@ -120,13 +120,11 @@ impl Written {
             {
                 return None;
             }
-            let kept = desired.endpoints.get(name).is_some_and(|p| {
-                p.ifindex == *ifindex
-                    && p.endpoint == *endpoint
-                    && p.sources == *sources
-                    && p.policy == policy
-            });
-            if kept {
+            if desired
+                .endpoints
+                .get(name)
+                .is_some_and(|p| self.records(name, p))
+            {
                 continue;
             }
             let generation = value.generation();
@@ -142,15 +140,22 @@ impl Written {
     /// Whether `desired` has exactly these endpoints and policies.
     fn same_endpoints(&self, desired: &Desired<'_>) -> bool {
         self.endpoints.len() == desired.endpoints.len()
-            && desired.endpoints.iter().all(|(name, p)| {
-                self.endpoints
-                    .get(name)
-                    .is_some_and(|(ifindex, endpoint, sources, policy)| {
-                        *ifindex == p.ifindex
-                            && *endpoint == p.endpoint
-                            && *sources == p.sources
-                            && policy == p.policy
-                    })
+            && desired
+                .endpoints
+                .iter()
+                .all(|(name, p)| self.records(name, p))
+    }
+
+    /// Whether the last pass wrote the endpoint `name` just as `placed`
+    /// says: the same interface, id, sources and policy.
+    fn records(&self, name: &str, placed: &Placed<'_>) -> bool {
+        self.endpoints
+            .get(name)
+            .is_some_and(|(ifindex, endpoint, sources, policy)| {
+                *ifindex == placed.ifindex
+                    && *endpoint == placed.endpoint
+                    && *sources == placed.sources
+                    && policy == placed.policy
             })
     }
 }
@@ -309,21 +314,14 @@ impl<'p> Pass<'p> {
     /// or patches it in place where that is as safe (see [`bring_expanded`]).
     fn swap_endpoints(&mut self, live: &BTreeMap<u32, EndpointValue>, held: &HeldPolicy) {
         let moved = self.moved_identities();
-        for (
-            name,
-            &Placed {
+        for (name, placed) in &self.desired.endpoints {
+            let &Placed {
                 ifindex,
                 endpoint,
                 policy,
                 sources,
-            },
-        ) in &self.desired.endpoints
-        {
-            if let Some(w) = self.trusted.filter(|w| {
-                w.endpoints.get(name).is_some_and(|(i, e, s, p)| {
-                    *i == ifindex && *e == endpoint && *s == sources && p == policy
-                })
-            }) {
+            } = placed;
+            if let Some(w) = self.trusted.filter(|w| w.records(name, placed)) {
                 // Written so by the last pass, which failed nothing.
                 if let Some(entries) = w.expanded.get(name) {
                     self.expanded.insert(name.clone(), entries.clone());
