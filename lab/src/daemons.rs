@@ -169,7 +169,7 @@ impl Daemons {
                 Some(feed) => {
                     d.enforcer
                         .wait_until(left, "the last commit", |status| {
-                            feed.seen(status) && status["ready"] == true
+                            feed.seen(status, &d.name) && status["ready"] == true
                         })
                         .await
                 }

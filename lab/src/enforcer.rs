@@ -320,7 +320,7 @@ impl Enforcer {
     /// write of the last commit) fully in force.
     fn in_force(kube: Option<&KubeFeed>, status: &serde_json::Value, revision: &str) -> bool {
         let seen = match kube {
-            Some(feed) => feed.seen(status),
+            Some(feed) => feed.seen(status, crate::kube_feed::NODE_NAME),
             None => status["revision"] == revision,
         };
         seen && status["ready"] == true

@@ -44,6 +44,11 @@ pub struct KubeFeed {
     /// By resource (as the daemon's status names it): the resourceVersion
     /// of the last write the daemon must have seen.
     wanted: BTreeMap<String, u64>,
+    /// By node: the resourceVersion of the last write to a pod of that
+    /// node, which its daemon's watch of the node's own pods (whence the
+    /// daemon reads a local pod's uid, QoS class and annotations) must
+    /// have seen too; that watch can lag the cluster-wide one.
+    wanted_local: BTreeMap<String, u64>,
     /// Where the pods' cgroups are laid out as a kubelet with the systemd
     /// driver lays them out (`--cgroup-root`): links named from each pod's
     /// uid to the cgroup the lab made for it.
@@ -93,6 +98,13 @@ fn placed(mut pod: Value) -> Value {
     pod
 }
 
+/// The node a pod runs on, for a pod.
+fn node_of<'a>(key: &Key, object: &'a Value) -> Option<&'a str> {
+    (key.1 == "Pod")
+        .then(|| text(object, "/spec/nodeName"))
+        .flatten()
+}
+
 fn rv_of(object: &Value) -> u64 {
     text(object, "/metadata/resourceVersion")
         .and_then(|v| v.parse().ok())
@@ -132,6 +144,7 @@ current-context: lab
             kubeconfig,
             sent: BTreeMap::new(),
             wanted: BTreeMap::new(),
+            wanted_local: BTreeMap::new(),
             cgroups,
             linked: BTreeMap::new(),
         })
@@ -215,10 +228,24 @@ current-context: lab
     }
 
     fn wrote(&mut self, key: &Key, written: &Value) {
+        let rv = rv_of(written);
         if let Some(access) = resource_of(&key.0, &key.1) {
-            let rv = rv_of(written);
             let wanted = self.wanted.entry(access.resource.to_owned()).or_default();
             *wanted = (*wanted).max(rv);
+        }
+        if let Some(node) = node_of(key, written) {
+            let wanted = self.wanted_local.entry(node.to_owned()).or_default();
+            *wanted = (*wanted).max(rv);
+        }
+    }
+
+    /// A deletion: seen by the watch of its resource. (Its node's daemon's
+    /// watch of the node's pods sees it too, but a deleted pod's
+    /// annotations and cgroup are nothing that daemon reads.)
+    fn deleted(&mut self, key: &Key, deleted: &Value) {
+        if let Some(access) = resource_of(&key.0, &key.1) {
+            let wanted = self.wanted.entry(access.resource.to_owned()).or_default();
+            *wanted = (*wanted).max(rv_of(deleted));
         }
     }
 
@@ -267,7 +294,7 @@ current-context: lab
                 .server()?
                 .delete(&key.0, &key.1, key.2.as_deref(), &key.3)
                 .map_err(|e| anyhow!("deleting {key:?}: {e}"))?;
-            self.wrote(&key, &deleted);
+            self.deleted(&key, &deleted);
         }
         self.sent = now;
         Ok(())
@@ -314,13 +341,28 @@ current-context: lab
     /// object is written again (an annotation bumped), which gives the
     /// restarted daemon a version to report at least as new.
     pub fn mark_restart(&mut self) -> anyhow::Result<()> {
-        let mut marks = Vec::new();
+        // Each watch the daemon reports: the version it must reach, and the
+        // live objects it sees (by resource; by node, its pods).
+        let mut watches: Vec<(u64, Vec<&Key>, Option<&String>)> = Vec::new();
         for (resource, &wanted) in &self.wanted {
-            let live: Vec<&Key> = self
+            let live = self
                 .sent
                 .keys()
                 .filter(|k| resource_of(&k.0, &k.1).is_some_and(|a| a.resource == resource))
                 .collect();
+            watches.push((wanted, live, None));
+        }
+        for (node, &wanted) in &self.wanted_local {
+            let live = self
+                .sent
+                .iter()
+                .filter(|(k, o)| node_of(k, o) == Some(node.as_str()))
+                .map(|(k, _)| k)
+                .collect();
+            watches.push((wanted, live, Some(node)));
+        }
+        let (mut marks, mut nothing_left) = (Vec::new(), Vec::new());
+        for (wanted, live, node) in watches {
             let newest = live
                 .iter()
                 .filter_map(|k| {
@@ -332,11 +374,18 @@ current-context: lab
                 .map(|o| rv_of(&o))
                 .max()
                 .unwrap_or(0);
-            if newest < wanted
-                && let Some(key) = live.first()
-            {
-                marks.push((*key).clone());
+            if newest < wanted {
+                match (live.first(), node) {
+                    (Some(key), _) => marks.push((*key).clone()),
+                    // A node with no pod left: its watch lists nothing to
+                    // report a version of, and has nothing to be read.
+                    (None, Some(node)) => nothing_left.push(node.clone()),
+                    (None, None) => {}
+                }
             }
+        }
+        for node in nothing_left {
+            self.wanted_local.remove(&node);
         }
         for key in marks {
             let mut object = self
@@ -355,12 +404,20 @@ current-context: lab
         Ok(())
     }
 
-    /// The daemon's status has seen every write of the last sync.
-    pub fn seen(&self, status: &Value) -> bool {
-        self.wanted.iter().all(|(resource, rv)| {
-            status["observed"][resource.as_str()]
+    /// The status of node `node`'s daemon has seen every write of the
+    /// last sync, its own pods' in its watch of them too.
+    pub fn seen(&self, status: &Value, node: &str) -> bool {
+        let reached = |watch: &str, rv: u64| {
+            status["observed"][watch]
                 .as_u64()
-                .is_some_and(|seen| seen >= *rv)
-        })
+                .is_some_and(|seen| seen >= rv)
+        };
+        self.wanted
+            .iter()
+            .all(|(resource, rv)| reached(resource, *rv))
+            && self
+                .wanted_local
+                .get(node)
+                .is_none_or(|rv| reached(palisade::source::kube::LOCAL_PODS, *rv))
     }
 }

@@ -390,6 +390,7 @@ impl PodSpec {
             ips,
             ports: self.named_ports(),
             cgroup: None,
+            source_check: true,
         }
     }
 

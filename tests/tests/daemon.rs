@@ -838,6 +838,16 @@ fn passes_after(daemon: &Enforcer, n: u64) -> anyhow::Result<serde_json::Value> 
     }
 }
 
+/// The packets the pinned per-reason totals `stats` (`TC_STATS`,
+/// `XDP_STATS`) count under `reason`, on every CPU.
+fn counted(t: &TempPins, stats: &str, reason: &str) -> anyhow::Result<u64> {
+    Ok(palisade::observe::stats::read_pinned(&t.pins.map(stats))?
+        .iter()
+        .filter(|r| r.reason == reason)
+        .map(|r| r.events)
+        .sum())
+}
+
 /// Connects from `src` (an address of the calling namespace) to `to`;
 /// [`answered`] says what the outcome means.
 fn connect_from(src: Ipv4Addr, to: SocketAddr) -> anyhow::Result<bool> {
@@ -855,7 +865,6 @@ const DENY_EXT1: &str = "apiVersion: palisade.dev/v1alpha1\nkind: PalisadeCluste
 fn the_prefilter_on_an_uplink_drops_denied_sources_and_refused_connection_attempts()
 -> anyhow::Result<()> {
     use ebpf_common::maps::{TC_STATS, XDP_STATS};
-    use palisade::observe::stats::read_pinned;
 
     let t = TempPins::new()?;
     // Outside the node: a host with two addresses behind the uplink, which
@@ -878,20 +887,8 @@ fn the_prefilter_on_an_uplink_drops_denied_sources_and_refused_connection_attemp
     commit_and_wait(&mut daemon)?;
 
     let to = |port| SocketAddr::from((pod.ip, port));
-    let xdp = |reason: &str| -> anyhow::Result<u64> {
-        Ok(read_pinned(&t.pins.map(XDP_STATS))?
-            .iter()
-            .filter(|r| r.reason == reason)
-            .map(|r| r.events)
-            .sum())
-    };
-    let tc_denied = || -> anyhow::Result<u64> {
-        Ok(read_pinned(&t.pins.map(TC_STATS))?
-            .iter()
-            .filter(|r| r.reason == "drop_policy_deny")
-            .map(|r| r.events)
-            .sum())
-    };
+    let xdp = |reason: &str| counted(&t, XDP_STATS, reason);
+    let tc_denied = || counted(&t, TC_STATS, "drop_policy_deny");
     let reach = |src, port| in_netns(outside, || connect_from(src, to(port)))?;
     assert!(reach(ext1, PORT + 1)?, "ext1 -> :8081, not denied");
     assert!(!reach(ext1, PORT)?, "ext1 -> :8080, denied");
@@ -1153,5 +1150,98 @@ fn process_rules_this_node_cannot_enforce_are_reported_not_enforced() -> anyhow:
     );
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A pod's connection from an address its Pod does not list is dropped as
+/// spoofed (`drop_spoofed_source`, counted), until the Pod opts out of the
+/// source check (`palisade.dev/source-check: "off"`, listed in the status);
+/// with the file source and with the Kubernetes source, which reads the
+/// annotation from the local pod's own object. A value that does not read
+/// is an error that keeps the check on.
+#[test]
+fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::Result<()> {
+    use ebpf_common::maps::TC_STATS;
+    use palisade_lab::enforcer::Feed;
+
+    for feed in [Feed::Files, Feed::Kube] {
+        let t = TempPins::new()?;
+        let lab = BridgeLab::new(2)?;
+        let _listeners = listen_in_every_pod(&lab)?;
+        // a's second address: its own to the kernel, not its Pod's.
+        let other = Ipv4Addr::new(10, 199, 1, 200);
+        ip_in(&lab.pods[0].netns, &format!("addr add {other}/32 dev eth0"))?;
+        let dir = std::env::temp_dir().join(unique("palisade-sources-"));
+        let args = DaemonArgs {
+            resync_ms: 500,
+            feed,
+            ..DaemonArgs::default()
+        };
+        let mut daemon =
+            Enforcer::start_with(&palisade_bin()?, &lab.node, &dir, t.pins.base(), args)?;
+        let spoofed = || counted(&t, TC_STATS, "drop_spoofed_source");
+        let to_b = SocketAddr::from((lab.pods[1].ip, PORT));
+        let from = |src| in_netns(&lab.pods[0].netns, || connect_from(src, to_b))?;
+        let annotated = |check: &str| {
+            cluster(&lab).replacen(
+                "labels: {pod: a}}",
+                &format!(
+                    "labels: {{pod: a}}, annotations: {{palisade.dev/source-check: '{check}'}}}}"
+                ),
+                1,
+            )
+        };
+
+        daemon.write("cluster.yaml", &cluster(&lab))?;
+        let s = commit_and_wait(&mut daemon)?;
+        assert!(s.get("sources_unchecked").is_none(), "{feed:?}: {s}");
+        assert!(
+            from(lab.pods[0].ip)?,
+            "{feed:?}: a reaches b from its own address"
+        );
+        let before = spoofed()?;
+        assert!(!from(other)?, "{feed:?}: a is blocked from another address");
+        assert!(
+            spoofed()? > before,
+            "{feed:?}: ... because Palisade dropped it as spoofed"
+        );
+
+        daemon.write("cluster.yaml", &annotated("off"))?;
+        let s = commit_and_wait(&mut daemon)?;
+        assert_eq!(
+            s["sources_unchecked"]["x/a"], "not checked: palisade.dev/source-check: \"off\"",
+            "{feed:?}: {s}"
+        );
+        assert!(
+            from(other)?,
+            "{feed:?}: opted out, a reaches b from another address"
+        );
+
+        daemon.write("cluster.yaml", &annotated("of"))?;
+        let s = commit_and_wait(&mut daemon)?;
+        let error = s["errors"][0].as_str().unwrap_or_default();
+        assert!(
+            error.contains("Pod x/a") && error.contains("source-check") && error.contains("\"of\""),
+            "{feed:?}: {s}"
+        );
+        // The file source keeps the Pod's last good version (opted out);
+        // the API server has taken the new one, so the check is back on.
+        let opted_out = matches!(feed, Feed::Files);
+        assert_eq!(
+            s.get("sources_unchecked").is_some(),
+            opted_out,
+            "{feed:?}: {s}"
+        );
+        let before = spoofed()?;
+        assert_eq!(from(other)?, opted_out, "{feed:?}: a from another address");
+        assert_eq!(
+            spoofed()? > before,
+            !opted_out,
+            "{feed:?}: counted as spoofed"
+        );
+
+        daemon.stop();
+        let _ = fs::remove_dir_all(&dir);
+    }
     Ok(())
 }

@@ -383,6 +383,7 @@ fn a_full_identity_map_is_one_error_and_a_count() -> anyhow::Result<()> {
                 ips: vec![std::net::IpAddr::from([10, 250, 0, i + 1])],
                 ports: Vec::new(),
                 cgroup: None,
+                source_check: true,
             }
             .into(),
         );

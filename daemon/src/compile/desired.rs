@@ -13,7 +13,10 @@ use std::{
 use ebpf_common::datapath::{PolicyValue, endpoint_flags};
 use ipnet::IpNet;
 
-use crate::{identity::IdentityKey, model::Snapshot};
+use crate::{
+    identity::IdentityKey,
+    model::{Pod, Snapshot},
+};
 
 /// One policy entry before it is placed in a generation: which peer (or
 /// `identity::ANY`), protocol (`None` = any protocol, and then any port) and
@@ -103,24 +106,55 @@ pub struct Sources {
 impl Sources {
     /// A pod's addresses, as its `status.podIPs` lists them.
     pub fn of(ips: &[IpAddr]) -> Self {
-        let only = |family: &dyn Fn(&IpAddr) -> bool| {
-            let mut of = ips.iter().filter(|ip| family(ip));
-            match (of.next(), of.next()) {
-                (Some(&ip), None) => Some(ip),
-                _ => None,
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for ip in ips {
+            match ip {
+                IpAddr::V4(a) => v4.push(*a),
+                IpAddr::V6(a) => v6.push(*a),
             }
-        };
+        }
         Self {
-            v4: only(&IpAddr::is_ipv4).and_then(|ip| match ip {
-                IpAddr::V4(a) => Some(a),
-                IpAddr::V6(_) => None,
-            }),
-            v6: only(&IpAddr::is_ipv6).and_then(|ip| match ip {
-                IpAddr::V6(a) => Some(a),
-                IpAddr::V4(_) => None,
-            }),
+            v4: only(v4),
+            v6: only(v6),
         }
     }
+
+    /// What `pod` may send from: nothing checked where it opted out.
+    pub fn of_pod(pod: &Pod) -> Self {
+        if pod.source_check {
+            Self::of(&pod.ips)
+        } else {
+            Self::default()
+        }
+    }
+
+    /// Why the sources of a family `pod` has addresses in go unchecked,
+    /// if they do: it opted out, or it has several addresses in the
+    /// family. (A family it has no address in is not checked either, and
+    /// not listed: that is every single-stack pod.)
+    pub fn unchecked(pod: &Pod) -> Option<String> {
+        if !pod.source_check {
+            return Some(format!(
+                "not checked: {}: \"off\"",
+                crate::source::objects::SOURCE_CHECK_ANNOTATION
+            ));
+        }
+        let several = |v6| pod.ips.iter().filter(|ip| ip.is_ipv6() == v6).count() > 1;
+        let families = match (several(false), several(true)) {
+            (true, true) => "IPv4 and IPv6",
+            (true, false) => "IPv4",
+            (false, true) => "IPv6",
+            (false, false) => return None,
+        };
+        Some(format!(
+            "{families} not checked: several addresses in the family"
+        ))
+    }
+}
+
+/// The one element of `of`, if it has exactly one.
+fn only<T>(mut of: Vec<T>) -> Option<T> {
+    of.pop().filter(|_| of.is_empty())
 }
 
 /// A stable, non-zero endpoint id for a pod (`namespace/name`), so counters
@@ -209,7 +243,7 @@ impl<'a> Desired<'a> {
     pub fn with_sources(mut self, snapshot: &Snapshot) -> Self {
         for pod in &snapshot.pods {
             if let Some(placed) = self.endpoints.get_mut(&pod.key()) {
-                placed.sources = Sources::of(&pod.ips);
+                placed.sources = Sources::of_pod(pod);
             }
         }
         self
@@ -282,6 +316,31 @@ mod tests {
         );
         assert_eq!(two.v6, "fd00::1".parse().ok());
         assert_eq!(Sources::of(&[]), Sources::default());
+    }
+
+    #[test]
+    fn a_pod_that_opts_out_or_has_several_addresses_is_named_unchecked() {
+        let mut pod = crate::model::standard::pods().next().unwrap();
+        pod.ips = vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
+        assert_eq!(Sources::unchecked(&pod), None);
+        assert_eq!(Sources::of_pod(&pod), Sources::of(&pod.ips));
+        pod.ips.push("10.0.0.2".parse().unwrap());
+        assert_eq!(
+            Sources::unchecked(&pod).as_deref(),
+            Some("IPv4 not checked: several addresses in the family")
+        );
+        pod.ips.push("fd00::2".parse().unwrap());
+        assert_eq!(
+            Sources::unchecked(&pod).as_deref(),
+            Some("IPv4 and IPv6 not checked: several addresses in the family")
+        );
+        pod.ips.truncate(2);
+        pod.source_check = false;
+        assert_eq!(Sources::of_pod(&pod), Sources::default());
+        assert_eq!(
+            Sources::unchecked(&pod).as_deref(),
+            Some("not checked: palisade.dev/source-check: \"off\"")
+        );
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub struct Pod {
     /// processes run: process and file rules are keyed by its id. `None`
     /// for pods on other nodes and where the source does not know it.
     pub cgroup: Option<String>,
+    /// Whether its packets may only leave it from its own addresses (the
+    /// datapath's source check); off where the pod opts out with the
+    /// `palisade.dev/source-check: "off"` annotation, as a gateway or VPN
+    /// pod that forwards other addresses' packets must.
+    pub source_check: bool,
 }
 
 impl Pod {

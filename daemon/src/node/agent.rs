@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use crate::{
     compile::{
         Compiled,
-        desired::Desired,
+        desired::{Desired, Sources},
         incremental::Incremental,
         lsm::{LsmDesired, compile_lsm, lsm_inactive},
     },
@@ -124,6 +124,11 @@ pub struct Status {
     /// Local pods with process or file rules, by `namespace/pod`: `in
     /// force`, or why not.
     pub lsm_pods: BTreeMap<String, String>,
+    /// Local pods whose packets' sources are not checked in a family they
+    /// have addresses in, by `namespace/pod`, with why (see
+    /// `compile::desired::Sources::unchecked`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources_unchecked: BTreeMap<String, String>,
     pub policies: usize,
     /// Source errors (bad objects keep their last good version) and failed
     /// writes (the endpoint keeps its last good policy).
@@ -626,6 +631,17 @@ impl<S: Source> Agent<S> {
             })
             .collect();
         metrics::gauge!("palisade_quarantined_veths").set(quarantined.len() as f64);
+        let sources_unchecked: BTreeMap<String, String> = snapshot
+            .pods
+            .iter()
+            .filter(|p| placement.placed.contains_key(&p.key()))
+            .filter_map(|p| Some((p.key(), Sources::unchecked(p)?)))
+            .collect();
+        for (pod, why) in &sources_unchecked {
+            if self.status.sources_unchecked.get(pod) != Some(why) {
+                tracing::warn!(pod, "sources {why}");
+            }
+        }
         let ready = placement.unplaced.is_empty() && report.in_force();
         if self.metrics.is_some() {
             self.count(&reading, &snapshot, &placement, report, started);
@@ -653,6 +669,7 @@ impl<S: Source> Agent<S> {
             lsm: lsm.state,
             policies_not_enforced: lsm.not_enforced,
             lsm_pods: lsm.pods,
+            sources_unchecked,
             policies: snapshot.policies.len(),
             errors,
             metrics: self.status.metrics.clone(),

@@ -68,8 +68,28 @@ pub fn named_ports(pod: &ApiPod) -> Vec<NamedPort> {
         .collect()
 }
 
+/// The annotation by which a pod opts out of the source check: `"off"`
+/// lets its packets leave it from any address (a gateway or VPN pod that
+/// forwards others' packets), `"on"` is the default.
+pub const SOURCE_CHECK_ANNOTATION: &str = "palisade.dev/source-check";
+
+/// Whether the pod's sources are checked, by [`SOURCE_CHECK_ANNOTATION`];
+/// an error names the annotation and its value.
+pub fn source_check(annotations: Option<&BTreeMap<String, String>>) -> Result<bool, String> {
+    match annotations.and_then(|a| a.get(SOURCE_CHECK_ANNOTATION)) {
+        None => Ok(true),
+        Some(v) if v == "on" => Ok(true),
+        Some(v) if v == "off" => Ok(false),
+        Some(v) => Err(format!(
+            "metadata.annotations.{SOURCE_CHECK_ANNOTATION}: {v:?} is neither \"on\" nor \"off\""
+        )),
+    }
+}
+
 /// The model's pod; `cgroup` is the source's to find (an annotation in the
-/// lab's files, the pod's uid and QoS class on a node).
+/// lab's files, the pod's uid and QoS class on a node). Its sources are
+/// checked: whether they are is the source's to say ([`source_check`]),
+/// from the local pod's own annotations.
 pub fn pod(p: &ApiPod, cgroup: Option<String>) -> Pod {
     Pod {
         namespace: p
@@ -82,6 +102,7 @@ pub fn pod(p: &ApiPod, cgroup: Option<String>) -> Pod {
         ips: pod_ips(p),
         ports: named_ports(p),
         cgroup,
+        source_check: true,
     }
 }
 

@@ -136,7 +136,7 @@ impl Lab {
                     continue;
                 };
                 let read = match feed {
-                    Some(f) => f.seen(&status),
+                    Some(f) => f.seen(&status, &d.name),
                     None => {
                         status["revision"].as_str()
                             == Some(d.enforcer.revision().to_string().as_str())

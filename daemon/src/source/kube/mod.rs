@@ -91,6 +91,11 @@ pub async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// The watch of this node's pods, as the status's `observed` names it:
+/// a write to a local pod is in force once this watch has seen it too
+/// (its uid, QoS class and annotations are read from here).
+pub const LOCAL_PODS: &str = "pods (this node)";
+
 /// What a peer's pod needs to be kept: the cluster-wide store holds every
 /// pod, so it holds no more than this.
 fn trim(pod: &mut ApiPod) {
@@ -188,7 +193,7 @@ impl KubeSource {
         let writer = Writer::<ApiPod>::default();
         let local_pods = writer.as_reader();
         watch::spawn(
-            "pods (this node)",
+            LOCAL_PODS,
             Api::all(client.clone()),
             config().fields(&format!("spec.nodeName={}", options.node)),
             writer,
@@ -292,28 +297,38 @@ impl KubeSource {
             .into_iter()
             .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
             .collect();
-        let mut out: Vec<Pod> = all
-            .iter()
-            .map(|p| {
-                let uid = p.metadata.uid.clone().unwrap_or_default();
-                let cgroup = local.get(&uid).and_then(|l| {
-                    let qos = l.status.as_ref()?.qos_class.clone()?;
-                    match self.options.cgroups.locate(&uid, &qos) {
-                        Ok(path) => Some(path?.display().to_string()),
-                        Err(e) => {
-                            errors.push(format!(
-                                "Pod {}: no cgroup: {e}",
-                                objects::pod(p, None).key()
-                            ));
-                            None
+        let mut out: Vec<Pod> =
+            all.iter()
+                .map(|p| {
+                    let uid = p.metadata.uid.clone().unwrap_or_default();
+                    let cgroup = local.get(&uid).and_then(|l| {
+                        let qos = l.status.as_ref()?.qos_class.clone()?;
+                        match self.options.cgroups.locate(&uid, &qos) {
+                            Ok(path) => Some(path?.display().to_string()),
+                            Err(e) => {
+                                errors.push(format!(
+                                    "Pod {}: no cgroup: {e}",
+                                    objects::pod(p, None).key()
+                                ));
+                                None
+                            }
+                        }
+                    });
+                    let mut pod = objects::pod(p, cgroup);
+                    pod.ips.retain(|ip| owner.get(ip) == Some(&uid));
+                    // Only a local pod's annotations are kept (the cluster-wide
+                    // store trims them), and only a local pod is checked. An
+                    // unreadable value keeps the check on, and says so.
+                    if let Some(l) = local.get(&uid) {
+                        match objects::source_check(l.metadata.annotations.as_ref()) {
+                            Ok(check) => pod.source_check = check,
+                            Err(e) => errors
+                                .push(format!("Pod {}: {e}; its sources stay checked", pod.key())),
                         }
                     }
-                });
-                let mut pod = objects::pod(p, cgroup);
-                pod.ips.retain(|ip| owner.get(ip) == Some(&uid));
-                pod
-            })
-            .collect();
+                    pod
+                })
+                .collect();
         out.sort_by(by_key);
         out
     }
@@ -526,6 +541,7 @@ mod tests {
             ips: Vec::new(),
             ports: Vec::new(),
             cgroup: None,
+            source_check: true,
         };
         let mut first = vec![
             model("x", "b", "1"),
