@@ -53,7 +53,7 @@ fn snapshot(pods: usize, policies: usize) -> Snapshot {
                 ips: vec![IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + i as u32 + 1))],
                 ports: Vec::new(),
                 cgroup: None,
-                source_check: true,
+                source_check: palisade::model::SourceCheck::On,
             }
             .into(),
         );

@@ -99,6 +99,13 @@ pub struct Args {
     /// do before it moves a veth to TCX links (tests lengthen it).
     #[arg(long, default_value_t = 200, hide = true)]
     tc_move_when_idle_ms: u64,
+    /// Honour a Pod's `palisade.dev/source-check: "off"` annotation (a
+    /// gateway or VPN pod that sends others' packets). Off by default:
+    /// whoever may write a Pod could otherwise have it send from its
+    /// neighbours' addresses; such a Pod is then checked, with an error
+    /// in the status.
+    #[arg(long)]
+    allow_source_check_opt_out: bool,
 }
 
 pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
@@ -127,6 +134,7 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
             deny_cidrs: args.deny_cidrs,
             tc_filters_first: args.tc_filters_first,
             tc_move_when_idle: Duration::from_millis(args.tc_move_when_idle_ms),
+            allow_source_check_opt_out: args.allow_source_check_opt_out,
         };
         match args.source {
             Some(dir) => {

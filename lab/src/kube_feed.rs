@@ -8,8 +8,9 @@
 //! server's uid. Several daemons may read one feed, each as its node
 //! ([`KubeFeed::daemon_args_for`]). The daemon reports, per resource, the newest
 //! resourceVersion its watches have seen; a commit is in force when every
-//! resource it wrote has been seen up to its last write, in a pass that is
-//! fully in force.
+//! resource it wrote has been seen up to its last write, and each node's
+//! watch of its own pods up to the last write to one of them (it can lag
+//! the cluster-wide watch), in a pass that is fully in force.
 
 use std::{
     collections::BTreeMap,
@@ -98,7 +99,8 @@ fn placed(mut pod: Value) -> Value {
     pod
 }
 
-/// The node a pod runs on, for a pod.
+/// The node whose daemon's watch of its own pods sees a write of
+/// `object`, if it is a pod.
 fn node_of<'a>(key: &Key, object: &'a Value) -> Option<&'a str> {
     (key.1 == "Pod")
         .then(|| text(object, "/spec/nodeName"))
@@ -195,11 +197,6 @@ current-context: lab
             .with_context(|| format!("listening on {addr} again"))?;
         self.server = Some(server.restart(listener)?);
         Ok(())
-    }
-
-    /// Resources written and the resourceVersion each must be seen at.
-    pub fn wanted(&self) -> &BTreeMap<String, u64> {
-        &self.wanted
     }
 
     /// Every object of the source files in `dir` (the files the file

@@ -390,7 +390,7 @@ impl PodSpec {
             ips,
             ports: self.named_ports(),
             cgroup: None,
-            source_check: true,
+            source_check: palisade::model::SourceCheck::On,
         }
     }
 

@@ -1155,16 +1155,21 @@ fn process_rules_this_node_cannot_enforce_are_reported_not_enforced() -> anyhow:
 
 /// A pod's connection from an address its Pod does not list is dropped as
 /// spoofed (`drop_spoofed_source`, counted), until the Pod opts out of the
-/// source check (`palisade.dev/source-check: "off"`, listed in the status);
-/// with the file source and with the Kubernetes source, which reads the
-/// annotation from the local pod's own object. A value that does not read
-/// is an error that keeps the check on.
+/// source check (`palisade.dev/source-check: "off"`, listed in the status)
+/// on a daemon that honours that (`--allow-source-check-opt-out`); with
+/// the file source and with the Kubernetes source, which reads the
+/// annotation from the local pod's own object. A daemon without the flag,
+/// or a value that does not read, keeps the check on, with an error.
 #[test]
 fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::Result<()> {
     use ebpf_common::maps::TC_STATS;
     use palisade_lab::enforcer::Feed;
 
-    for feed in [Feed::Files, Feed::Kube] {
+    for (feed, honoured) in [
+        (Feed::Files, true),
+        (Feed::Kube, true),
+        (Feed::Files, false),
+    ] {
         let t = TempPins::new()?;
         let lab = BridgeLab::new(2)?;
         let _listeners = listen_in_every_pod(&lab)?;
@@ -1175,13 +1180,27 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
         let args = DaemonArgs {
             resync_ms: 500,
             feed,
-            ..DaemonArgs::default()
+            extra: if honoured {
+                vec!["--allow-source-check-opt-out".into()]
+            } else {
+                Vec::new()
+            },
         };
         let mut daemon =
             Enforcer::start_with(&palisade_bin()?, &lab.node, &dir, t.pins.base(), args)?;
+        let run = format!("{feed:?}, opt-out honoured: {honoured}");
         let spoofed = || counted(&t, TC_STATS, "drop_spoofed_source");
         let to_b = SocketAddr::from((lab.pods[1].ip, PORT));
         let from = |src| in_netns(&lab.pods[0].netns, || connect_from(src, to_b))?;
+        let checked = || -> anyhow::Result<()> {
+            let before = spoofed()?;
+            assert!(!from(other)?, "{run}: a is blocked from another address");
+            assert!(
+                spoofed()? > before,
+                "{run}: ... because Palisade dropped it as spoofed"
+            );
+            Ok(())
+        };
         let annotated = |check: &str| {
             cluster(&lab).replacen(
                 "labels: {pod: a}}",
@@ -1194,51 +1213,46 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
 
         daemon.write("cluster.yaml", &cluster(&lab))?;
         let s = commit_and_wait(&mut daemon)?;
-        assert!(s.get("sources_unchecked").is_none(), "{feed:?}: {s}");
+        assert!(s.get("sources_unchecked").is_none(), "{run}: {s}");
         assert!(
             from(lab.pods[0].ip)?,
-            "{feed:?}: a reaches b from its own address"
+            "{run}: a reaches b from its own address"
         );
-        let before = spoofed()?;
-        assert!(!from(other)?, "{feed:?}: a is blocked from another address");
-        assert!(
-            spoofed()? > before,
-            "{feed:?}: ... because Palisade dropped it as spoofed"
-        );
+        checked()?;
 
         daemon.write("cluster.yaml", &annotated("off"))?;
         let s = commit_and_wait(&mut daemon)?;
-        assert_eq!(
-            s["sources_unchecked"]["x/a"], "not checked: palisade.dev/source-check: \"off\"",
-            "{feed:?}: {s}"
-        );
-        assert!(
-            from(other)?,
-            "{feed:?}: opted out, a reaches b from another address"
-        );
+        if honoured {
+            assert_eq!(
+                s["sources_unchecked"]["x/a"], "opted out (palisade.dev/source-check: \"off\")",
+                "{run}: {s}"
+            );
+            assert!(
+                from(other)?,
+                "{run}: opted out, a reaches b from another address"
+            );
+        } else {
+            assert!(s.get("sources_unchecked").is_none(), "{run}: {s}");
+            let error = s["errors"][0].as_str().unwrap_or_default();
+            assert!(
+                error.contains("Pod x/a") && error.contains("not honoured"),
+                "{run}: {s}"
+            );
+            checked()?;
+            daemon.stop();
+            let _ = fs::remove_dir_all(&dir);
+            continue;
+        }
 
         daemon.write("cluster.yaml", &annotated("of"))?;
         let s = commit_and_wait(&mut daemon)?;
         let error = s["errors"][0].as_str().unwrap_or_default();
         assert!(
-            error.contains("Pod x/a") && error.contains("source-check") && error.contains("\"of\""),
-            "{feed:?}: {s}"
+            error.contains("Pod x/a") && error.contains("\"of\" is neither"),
+            "{run}: {s}"
         );
-        // The file source keeps the Pod's last good version (opted out);
-        // the API server has taken the new one, so the check is back on.
-        let opted_out = matches!(feed, Feed::Files);
-        assert_eq!(
-            s.get("sources_unchecked").is_some(),
-            opted_out,
-            "{feed:?}: {s}"
-        );
-        let before = spoofed()?;
-        assert_eq!(from(other)?, opted_out, "{feed:?}: a from another address");
-        assert_eq!(
-            spoofed()? > before,
-            !opted_out,
-            "{feed:?}: counted as spoofed"
-        );
+        assert!(s.get("sources_unchecked").is_none(), "{run}: {s}");
+        checked()?;
 
         daemon.stop();
         let _ = fs::remove_dir_all(&dir);

@@ -51,7 +51,7 @@ fn apply(
     on: &BTreeMap<String, u32>,
 ) -> anyhow::Result<Report> {
     let compiled = compile(s);
-    let desired = Desired::on_node(&compiled, on, &[]).with_sources(s);
+    let desired = Desired::on_node(&compiled, on, &[]).with_sources(s, true);
     Ok(apply_maps(maps, &desired)?)
 }
 
@@ -145,7 +145,7 @@ fn apply_trusting(
     written: &mut Option<Written>,
 ) -> anyhow::Result<Report> {
     let compiled = compile(s);
-    let desired = Desired::on_node(&compiled, on, &[]).with_sources(s);
+    let desired = Desired::on_node(&compiled, on, &[]).with_sources(s, true);
     Ok(apply_maps_recorded(maps, &desired, written, true)?)
 }
 
@@ -383,7 +383,7 @@ fn a_full_identity_map_is_one_error_and_a_count() -> anyhow::Result<()> {
                 ips: vec![std::net::IpAddr::from([10, 250, 0, i + 1])],
                 ports: Vec::new(),
                 cgroup: None,
-                source_check: true,
+                source_check: palisade::model::SourceCheck::On,
             }
             .into(),
         );

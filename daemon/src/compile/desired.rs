@@ -15,7 +15,8 @@ use ipnet::IpNet;
 
 use crate::{
     identity::IdentityKey,
-    model::{Pod, Snapshot},
+    model::{Pod, Snapshot, SourceCheck},
+    source::objects::SOURCE_CHECK_ANNOTATION,
 };
 
 /// One policy entry before it is placed in a generation: which peer (or
@@ -119,36 +120,52 @@ impl Sources {
         }
     }
 
-    /// What `pod` may send from: nothing checked where it opted out.
-    pub fn of_pod(pod: &Pod) -> Self {
-        if pod.source_check {
-            Self::of(&pod.ips)
-        } else {
+    /// What `pod` may send from: nothing checked where it opted out and
+    /// `opt_out` says this node honours that.
+    pub fn of_pod(pod: &Pod, opt_out: bool) -> Self {
+        if opt_out && pod.source_check == SourceCheck::Off {
             Self::default()
+        } else {
+            Self::of(&pod.ips)
         }
     }
 
-    /// Why the sources of a family `pod` has addresses in go unchecked,
-    /// if they do: it opted out, or it has several addresses in the
-    /// family. (A family it has no address in is not checked either, and
-    /// not listed: that is every single-stack pod.)
-    pub fn unchecked(pod: &Pod) -> Option<String> {
-        if !pod.source_check {
-            return Some(format!(
-                "not checked: {}: \"off\"",
-                crate::source::objects::SOURCE_CHECK_ANNOTATION
-            ));
+    /// Why `pod`'s packets leave it unchecked in a family, if they do:
+    /// it opted out (and the node honours it), it has several addresses
+    /// in the family, or no address is known. (A family it has no
+    /// address in while it has one in the other is not checked either,
+    /// and not listed: that is every single-stack pod.)
+    pub fn unchecked(pod: &Pod, opt_out: bool) -> Option<String> {
+        if opt_out && pod.source_check == SourceCheck::Off {
+            return Some(format!("opted out ({SOURCE_CHECK_ANNOTATION}: \"off\")"));
+        }
+        if pod.ips.is_empty() {
+            return Some("no address known".into());
         }
         let several = |v6| pod.ips.iter().filter(|ip| ip.is_ipv6() == v6).count() > 1;
         let families = match (several(false), several(true)) {
-            (true, true) => "IPv4 and IPv6",
-            (true, false) => "IPv4",
-            (false, true) => "IPv6",
+            (true, true) => "several IPv4 and several IPv6 addresses",
+            (true, false) => "several IPv4 addresses",
+            (false, true) => "several IPv6 addresses",
             (false, false) => return None,
         };
-        Some(format!(
-            "{families} not checked: several addresses in the family"
-        ))
+        Some(families.into())
+    }
+
+    /// The error for a `pod` whose annotation asks for what this node does
+    /// not do (its sources stay checked), if any.
+    pub fn refused(pod: &Pod, opt_out: bool) -> Option<String> {
+        let why = match &pod.source_check {
+            SourceCheck::On => return None,
+            SourceCheck::Off if opt_out => return None,
+            SourceCheck::Off => format!(
+                "{SOURCE_CHECK_ANNOTATION}: \"off\" is not honoured on this node (the daemon runs without --allow-source-check-opt-out)"
+            ),
+            SourceCheck::Unreadable(v) => format!(
+                "metadata.annotations.{SOURCE_CHECK_ANNOTATION}: {v:?} is neither \"on\" nor \"off\""
+            ),
+        };
+        Some(format!("Pod {}: {why}; its sources are checked", pod.key()))
     }
 }
 
@@ -239,11 +256,12 @@ impl<'a> Desired<'a> {
     }
 
     /// With the sources each placed pod may send from, its addresses in
-    /// `snapshot` (the one `compiled` came from).
-    pub fn with_sources(mut self, snapshot: &Snapshot) -> Self {
+    /// `snapshot` (the one `compiled` came from); `opt_out`: whether this
+    /// node honours a pod's opt-out ([`Sources::of_pod`]).
+    pub fn with_sources(mut self, snapshot: &Snapshot, opt_out: bool) -> Self {
         for pod in &snapshot.pods {
             if let Some(placed) = self.endpoints.get_mut(&pod.key()) {
-                placed.sources = Sources::of_pod(pod);
+                placed.sources = Sources::of_pod(pod, opt_out);
             }
         }
         self
@@ -319,28 +337,43 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_that_opts_out_or_has_several_addresses_is_named_unchecked() {
+    fn an_opt_out_is_honoured_only_where_the_node_allows_it() {
         let mut pod = crate::model::standard::pods().next().unwrap();
+        assert_eq!(
+            Sources::unchecked(&pod, true).as_deref(),
+            Some("no address known")
+        );
         pod.ips = vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
-        assert_eq!(Sources::unchecked(&pod), None);
-        assert_eq!(Sources::of_pod(&pod), Sources::of(&pod.ips));
+        assert_eq!(Sources::unchecked(&pod, true), None);
+        assert_eq!(Sources::of_pod(&pod, true), Sources::of(&pod.ips));
         pod.ips.push("10.0.0.2".parse().unwrap());
         assert_eq!(
-            Sources::unchecked(&pod).as_deref(),
-            Some("IPv4 not checked: several addresses in the family")
-        );
-        pod.ips.push("fd00::2".parse().unwrap());
-        assert_eq!(
-            Sources::unchecked(&pod).as_deref(),
-            Some("IPv4 and IPv6 not checked: several addresses in the family")
+            Sources::unchecked(&pod, true).as_deref(),
+            Some("several IPv4 addresses")
         );
         pod.ips.truncate(2);
-        pod.source_check = false;
-        assert_eq!(Sources::of_pod(&pod), Sources::default());
+
+        pod.source_check = SourceCheck::Off;
+        assert_eq!(Sources::of_pod(&pod, true), Sources::default());
         assert_eq!(
-            Sources::unchecked(&pod).as_deref(),
-            Some("not checked: palisade.dev/source-check: \"off\"")
+            Sources::unchecked(&pod, true).as_deref(),
+            Some("opted out (palisade.dev/source-check: \"off\")")
         );
+        assert_eq!(Sources::refused(&pod, true), None);
+        // A node that does not honour it checks the pod, and says so.
+        assert_eq!(Sources::of_pod(&pod, false), Sources::of(&pod.ips));
+        assert_eq!(Sources::unchecked(&pod, false), None);
+        let refused = Sources::refused(&pod, false).unwrap();
+        assert!(
+            refused.contains("is not honoured") && refused.ends_with("its sources are checked"),
+            "{refused}"
+        );
+
+        pod.source_check = SourceCheck::Unreadable("of".into());
+        assert_eq!(Sources::of_pod(&pod, true), Sources::of(&pod.ips));
+        assert_eq!(Sources::unchecked(&pod, true), None);
+        let refused = Sources::refused(&pod, true).unwrap();
+        assert!(refused.contains("\"of\" is neither"), "{refused}");
     }
 
     #[test]

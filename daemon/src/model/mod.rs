@@ -70,11 +70,24 @@ pub struct Pod {
     /// processes run: process and file rules are keyed by its id. `None`
     /// for pods on other nodes and where the source does not know it.
     pub cgroup: Option<String>,
-    /// Whether its packets may only leave it from its own addresses (the
-    /// datapath's source check); off where the pod opts out with the
-    /// `palisade.dev/source-check: "off"` annotation, as a gateway or VPN
-    /// pod that forwards other addresses' packets must.
-    pub source_check: bool,
+    /// What the Pod asks of the datapath's source check (its packets may
+    /// only leave it from its own addresses), by its
+    /// `palisade.dev/source-check` annotation.
+    pub source_check: SourceCheck,
+}
+
+/// A Pod's `palisade.dev/source-check` annotation. Whether an opt-out is
+/// honoured is the node's to say (a tenant who may write a Pod may not
+/// thereby take its neighbours' addresses): see `Sources::of_pod`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SourceCheck {
+    /// No annotation, or `"on"`.
+    #[default]
+    On,
+    /// `"off"`: a gateway or VPN pod that forwards others' packets.
+    Off,
+    /// A value that does not read, kept for the error; checked.
+    Unreadable(String),
 }
 
 impl Pod {

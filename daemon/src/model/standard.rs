@@ -29,7 +29,7 @@ pub fn pods() -> impl Iterator<Item = Pod> {
             ips: Vec::new(),
             ports: ports(),
             cgroup: None,
-            source_check: true,
+            source_check: crate::model::SourceCheck::On,
         })
     })
 }

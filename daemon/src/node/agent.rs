@@ -82,6 +82,10 @@ pub struct Options {
     /// With `tc_filters_first`: how long the daemon waits with nothing to
     /// do before it moves a veth from filters to links.
     pub tc_move_when_idle: Duration,
+    /// Honour a Pod's `palisade.dev/source-check: "off"`. Off by default:
+    /// whoever may write a Pod could otherwise send from its neighbours'
+    /// addresses.
+    pub allow_source_check_opt_out: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -124,9 +128,9 @@ pub struct Status {
     /// Local pods with process or file rules, by `namespace/pod`: `in
     /// force`, or why not.
     pub lsm_pods: BTreeMap<String, String>,
-    /// Local pods whose packets' sources are not checked in a family they
-    /// have addresses in, by `namespace/pod`, with why (see
-    /// `compile::desired::Sources::unchecked`).
+    /// Local pods in force whose packets' sources are not checked in a
+    /// family they have addresses in (or that have none known), by
+    /// `namespace/pod`, with why (see `compile::desired::Sources::unchecked`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sources_unchecked: BTreeMap<String, String>,
     pub policies: usize,
@@ -496,8 +500,15 @@ impl<S: Source> Agent<S> {
             "the node deny list is not enforced: the prefilter is on no uplink (--uplink)"
                 .to_owned()
         });
-        let desired =
-            desired(compiled, &snapshot, &placement, has_uplinks, &node_denies).with_lsm(&lsm);
+        let desired = desired(
+            compiled,
+            &snapshot,
+            &placement,
+            has_uplinks,
+            &node_denies,
+            self.options.allow_source_check_opt_out,
+        )
+        .with_lsm(&lsm);
         phases.other = lap(&mut t);
         let mut report = if check_maps {
             self.syncer.apply(&desired)?
@@ -606,11 +617,22 @@ impl<S: Source> Agent<S> {
             .as_ref()
             .map(|l| l.errors.clone())
             .unwrap_or_default();
+        let opt_out = self.options.allow_source_check_opt_out;
+        let local = || {
+            snapshot
+                .pods
+                .iter()
+                .filter(|p| placement.placed.contains_key(&p.key()))
+        };
+        let source_errors: Vec<String> = local()
+            .filter_map(|p| Sources::refused(p, opt_out))
+            .collect();
         let errors: Vec<String> = [
             &reading.errors,
             &report.errors,
             &report.attach_errors,
             &lsm_errors,
+            &source_errors,
         ]
         .into_iter()
         .flatten()
@@ -631,15 +653,19 @@ impl<S: Source> Agent<S> {
             })
             .collect();
         metrics::gauge!("palisade_quarantined_veths").set(quarantined.len() as f64);
-        let sources_unchecked: BTreeMap<String, String> = snapshot
-            .pods
-            .iter()
-            .filter(|p| placement.placed.contains_key(&p.key()))
-            .filter_map(|p| Some((p.key(), Sources::unchecked(p)?)))
+        // As written: an endpoint whose write failed keeps its last sources.
+        let sources_unchecked: BTreeMap<String, String> = local()
+            .filter(|p| !report.not_enforced.contains_key(&p.key()))
+            .filter_map(|p| Some((p.key(), Sources::unchecked(p, opt_out)?)))
             .collect();
         for (pod, why) in &sources_unchecked {
             if self.status.sources_unchecked.get(pod) != Some(why) {
-                tracing::warn!(pod, "sources {why}");
+                tracing::warn!(pod, "sources not checked: {why}");
+            }
+        }
+        for pod in self.status.sources_unchecked.keys() {
+            if !sources_unchecked.contains_key(pod) {
+                tracing::info!(pod, "sources checked");
             }
         }
         let ready = placement.unplaced.is_empty() && report.in_force();
@@ -1235,9 +1261,10 @@ fn desired<'a>(
     placement: &Placement,
     has_uplinks: bool,
     node_denies: &'a [ipnet::IpNet],
+    opt_out: bool,
 ) -> Desired<'a> {
     let desired = Desired::on_node(compiled, &placement.placed, &placement.quarantined)
-        .with_sources(snapshot)
+        .with_sources(snapshot, opt_out)
         .with_node_denies(node_denies);
     if !has_uplinks {
         desired.without_pod_denies()

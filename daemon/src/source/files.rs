@@ -137,13 +137,12 @@ impl FileRead {
 }
 
 /// A lab pod's cgroup (the annotation above), and no other pod's: the
-/// file source trusts its files. Its source check, by its annotation; an
-/// unreadable one is the error.
-fn pod_of(p: &ApiPod) -> Result<Pod, String> {
+/// file source trusts its files. Its source check, by its annotation.
+fn pod_of(p: &ApiPod) -> Pod {
     let annotations = objects::annotations(p);
     let mut pod = objects::pod(p, annotations.get(CGROUP_ANNOTATION).cloned());
-    pod.source_check = objects::source_check(Some(&annotations))?;
-    Ok(pod)
+    pod.source_check = objects::source_check(Some(&annotations));
+    pod
 }
 
 fn key_of(o: &Object) -> String {
@@ -275,18 +274,7 @@ fn read_document(
         },
         Some(("v1", "Pod")) => match yaml::from_str::<ApiPod>(doc) {
             Ok(p) if p.metadata.name.is_none() => errors.push(unnamed("Pod")),
-            // An annotation that cannot be read is a bad document: the
-            // pod's last good version stays.
-            Ok(p) => match pod_of(&p) {
-                Ok(pod) => objects.push(Object::Pod(Arc::new(pod))),
-                Err(e) => {
-                    let at = Positions::of(doc).locate("metadata.annotations");
-                    let pod = objects::pod(&p, None);
-                    let message = format!("Pod {}: {e}", pod.key());
-                    let e = ParseError::in_document(shown, start, at, None, message);
-                    errors.push((Some(key_of(&Object::Pod(Arc::new(pod)))), e.to_string()));
-                }
-            },
+            Ok(p) => objects.push(Object::Pod(Arc::new(pod_of(&p)))),
             Err(e) => errors.push(refused("Pod", e)),
         },
         // Policies, and anything else: the policy parser names unknown kinds.
@@ -932,7 +920,8 @@ spec:
     }
 
     #[test]
-    fn a_pod_opts_out_of_the_source_check_and_a_bad_value_keeps_its_last_good_version() {
+    fn a_pods_source_check_annotation_is_read_whatever_its_value() {
+        use crate::model::SourceCheck;
         let dir = temp_dir();
         let annotated = |check: &str| {
             GOOD.replace(
@@ -942,29 +931,20 @@ spec:
                 ),
             )
         };
-        fs::write(dir.join("cluster.yaml"), GOOD).unwrap();
         let mut source = FileSource::new(&dir);
-        assert!(source.read().snapshot.pods[0].source_check, "on by default");
-        fs::write(dir.join("cluster.yaml"), annotated("off")).unwrap();
-        let r = source.read();
-        assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert!(!r.snapshot.pods[0].source_check);
-        fs::write(dir.join("cluster.yaml"), annotated("maybe")).unwrap();
-        let r = source.read();
-        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
-        let e = &r.errors[0];
-        assert!(
-            e.contains("cluster.yaml:")
-                && e.contains("Pod x/a")
-                && e.contains("metadata.annotations.palisade.dev/source-check")
-                && e.contains("\"maybe\"")
-                && e.contains("last good"),
-            "{e}"
-        );
-        assert!(!r.snapshot.pods[0].source_check, "the last good version");
-        fs::write(dir.join("cluster.yaml"), annotated("on")).unwrap();
-        let r = source.read();
-        assert!(r.errors.is_empty() && r.snapshot.pods[0].source_check);
+        // A value that does not read is the node's to report (with the
+        // check on): the Pod itself, its addresses and labels, stands.
+        for (text, want) in [
+            (GOOD.to_owned(), SourceCheck::On),
+            (annotated("off"), SourceCheck::Off),
+            (annotated("maybe"), SourceCheck::Unreadable("maybe".into())),
+            (annotated("on"), SourceCheck::On),
+        ] {
+            fs::write(dir.join("cluster.yaml"), text).unwrap();
+            let r = source.read();
+            assert!(r.errors.is_empty(), "{:?}", r.errors);
+            assert_eq!(r.snapshot.pods[0].source_check, want);
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 

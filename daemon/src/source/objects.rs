@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1 as api;
 
-use crate::model::{NamedPort, Namespace, Pod, Protocol};
+use crate::model::{NamedPort, Namespace, Pod, Protocol, SourceCheck};
 
 pub type ApiPod = api::Pod;
 pub type ApiNamespace = api::Namespace;
@@ -73,23 +73,20 @@ pub fn named_ports(pod: &ApiPod) -> Vec<NamedPort> {
 /// forwards others' packets), `"on"` is the default.
 pub const SOURCE_CHECK_ANNOTATION: &str = "palisade.dev/source-check";
 
-/// Whether the pod's sources are checked, by [`SOURCE_CHECK_ANNOTATION`];
-/// an error names the annotation and its value.
-pub fn source_check(annotations: Option<&BTreeMap<String, String>>) -> Result<bool, String> {
+/// What the pod's [`SOURCE_CHECK_ANNOTATION`] asks for.
+pub fn source_check(annotations: Option<&BTreeMap<String, String>>) -> SourceCheck {
     match annotations.and_then(|a| a.get(SOURCE_CHECK_ANNOTATION)) {
-        None => Ok(true),
-        Some(v) if v == "on" => Ok(true),
-        Some(v) if v == "off" => Ok(false),
-        Some(v) => Err(format!(
-            "metadata.annotations.{SOURCE_CHECK_ANNOTATION}: {v:?} is neither \"on\" nor \"off\""
-        )),
+        None => SourceCheck::On,
+        Some(v) if v == "on" => SourceCheck::On,
+        Some(v) if v == "off" => SourceCheck::Off,
+        Some(v) => SourceCheck::Unreadable(v.clone()),
     }
 }
 
 /// The model's pod; `cgroup` is the source's to find (an annotation in the
-/// lab's files, the pod's uid and QoS class on a node). Its sources are
-/// checked: whether they are is the source's to say ([`source_check`]),
-/// from the local pod's own annotations.
+/// lab's files, the pod's uid and QoS class on a node). Its source check
+/// is on: what it asks for is the source's to read ([`source_check`]),
+/// on a node from the local pod's own object.
 pub fn pod(p: &ApiPod, cgroup: Option<String>) -> Pod {
     Pod {
         namespace: p
@@ -102,7 +99,7 @@ pub fn pod(p: &ApiPod, cgroup: Option<String>) -> Pod {
         ips: pod_ips(p),
         ports: named_ports(p),
         cgroup,
-        source_check: true,
+        source_check: SourceCheck::On,
     }
 }
 

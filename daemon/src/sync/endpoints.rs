@@ -137,7 +137,8 @@ impl Written {
         Some(held)
     }
 
-    /// Whether `desired` has exactly these endpoints and policies.
+    /// Whether `desired` has exactly these endpoints, as written (see
+    /// [`Self::records`]).
     fn same_endpoints(&self, desired: &Desired<'_>) -> bool {
         self.endpoints.len() == desired.endpoints.len()
             && desired

@@ -297,38 +297,33 @@ impl KubeSource {
             .into_iter()
             .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
             .collect();
-        let mut out: Vec<Pod> =
-            all.iter()
-                .map(|p| {
-                    let uid = p.metadata.uid.clone().unwrap_or_default();
-                    let cgroup = local.get(&uid).and_then(|l| {
-                        let qos = l.status.as_ref()?.qos_class.clone()?;
-                        match self.options.cgroups.locate(&uid, &qos) {
-                            Ok(path) => Some(path?.display().to_string()),
-                            Err(e) => {
-                                errors.push(format!(
-                                    "Pod {}: no cgroup: {e}",
-                                    objects::pod(p, None).key()
-                                ));
-                                None
-                            }
-                        }
-                    });
-                    let mut pod = objects::pod(p, cgroup);
-                    pod.ips.retain(|ip| owner.get(ip) == Some(&uid));
-                    // Only a local pod's annotations are kept (the cluster-wide
-                    // store trims them), and only a local pod is checked. An
-                    // unreadable value keeps the check on, and says so.
-                    if let Some(l) = local.get(&uid) {
-                        match objects::source_check(l.metadata.annotations.as_ref()) {
-                            Ok(check) => pod.source_check = check,
-                            Err(e) => errors
-                                .push(format!("Pod {}: {e}; its sources stay checked", pod.key())),
+        let mut out: Vec<Pod> = all
+            .iter()
+            .map(|p| {
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                let cgroup = local.get(&uid).and_then(|l| {
+                    let qos = l.status.as_ref()?.qos_class.clone()?;
+                    match self.options.cgroups.locate(&uid, &qos) {
+                        Ok(path) => Some(path?.display().to_string()),
+                        Err(e) => {
+                            errors.push(format!(
+                                "Pod {}: no cgroup: {e}",
+                                objects::pod(p, None).key()
+                            ));
+                            None
                         }
                     }
-                    pod
-                })
-                .collect();
+                });
+                let mut pod = objects::pod(p, cgroup);
+                pod.ips.retain(|ip| owner.get(ip) == Some(&uid));
+                // Only a local pod's annotations are kept (the cluster-wide
+                // store trims them), and only a local pod is checked.
+                if let Some(l) = local.get(&uid) {
+                    pod.source_check = objects::source_check(l.metadata.annotations.as_ref());
+                }
+                pod
+            })
+            .collect();
         out.sort_by(by_key);
         out
     }
@@ -541,7 +536,7 @@ mod tests {
             ips: Vec::new(),
             ports: Vec::new(),
             cgroup: None,
-            source_check: true,
+            source_check: crate::model::SourceCheck::On,
         };
         let mut first = vec![
             model("x", "b", "1"),
