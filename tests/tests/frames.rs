@@ -218,7 +218,7 @@ fn apply(
 ) -> anyhow::Result<Policy> {
     let compiled = compile(s);
     let desired = Desired::on_node(&compiled, placed, &[])
-        .with_sources(s, true)
+        .with_sources(s.pods.iter().map(|p| &**p), true)
         .with_pod_denies(s)
         .with_node_denies(node_denies);
     let report = apply_maps(&mut h.maps, &desired)?;

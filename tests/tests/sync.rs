@@ -51,7 +51,8 @@ fn apply(
     on: &BTreeMap<String, u32>,
 ) -> anyhow::Result<Report> {
     let compiled = compile(s);
-    let desired = Desired::on_node(&compiled, on, &[]).with_sources(s, true);
+    let desired =
+        Desired::on_node(&compiled, on, &[]).with_sources(s.pods.iter().map(|p| &**p), true);
     Ok(apply_maps(maps, &desired)?)
 }
 
@@ -145,7 +146,8 @@ fn apply_trusting(
     written: &mut Option<Written>,
 ) -> anyhow::Result<Report> {
     let compiled = compile(s);
-    let desired = Desired::on_node(&compiled, on, &[]).with_sources(s, true);
+    let desired =
+        Desired::on_node(&compiled, on, &[]).with_sources(s.pods.iter().map(|p| &**p), true);
     Ok(apply_maps_recorded(maps, &desired, written, true)?)
 }
 

@@ -169,6 +169,25 @@ impl Sources {
     }
 }
 
+/// The pods of `snapshot` that `is_placed` (given `namespace/name`) says
+/// are placed on this node. A pass looks at every pod of the cluster: one
+/// key buffer serves them all.
+pub fn placed_pods(snapshot: &Snapshot, is_placed: impl Fn(&str) -> bool) -> Vec<&Pod> {
+    let mut key = String::new();
+    snapshot
+        .pods
+        .iter()
+        .filter(|p| {
+            key.clear();
+            key.push_str(&p.namespace);
+            key.push('/');
+            key.push_str(&p.name);
+            is_placed(&key)
+        })
+        .map(|p| &**p)
+        .collect()
+}
+
 /// The one element of `of`, if it has exactly one.
 fn only<T>(mut of: Vec<T>) -> Option<T> {
     of.pop().filter(|_| of.is_empty())
@@ -255,11 +274,16 @@ impl<'a> Desired<'a> {
         }
     }
 
-    /// With the sources each placed pod may send from, its addresses in
-    /// `snapshot` (the one `compiled` came from); `opt_out`: whether this
-    /// node honours a pod's opt-out ([`Sources::of_pod`]).
-    pub fn with_sources(mut self, snapshot: &Snapshot, opt_out: bool) -> Self {
-        for pod in &snapshot.pods {
+    /// With the sources each placed pod may send from, by `pods` (the
+    /// local ones of the snapshot `compiled` came from, [`placed_pods`];
+    /// others are passed over); `opt_out`: whether this node honours a
+    /// pod's opt-out ([`Sources::of_pod`]).
+    pub fn with_sources<'p>(
+        mut self,
+        pods: impl IntoIterator<Item = &'p Pod>,
+        opt_out: bool,
+    ) -> Self {
+        for pod in pods {
             if let Some(placed) = self.endpoints.get_mut(&pod.key()) {
                 placed.sources = Sources::of_pod(pod, opt_out);
             }

@@ -27,12 +27,12 @@ use anyhow::Context as _;
 use crate::{
     compile::{
         Compiled,
-        desired::{Desired, Sources},
+        desired::{Desired, Sources, placed_pods},
         incremental::Incremental,
         lsm::{LsmDesired, compile_lsm, lsm_inactive},
     },
     loader::sizes::MapSizes,
-    model::{FastMap, FastSet, Snapshot, pod_object},
+    model::{FastMap, FastSet, Pod, Snapshot, pod_object},
     node::{
         capabilities::{self, Capabilities},
         discover::{self, Given, Unplaced},
@@ -500,13 +500,16 @@ impl<S: Source> Agent<S> {
             "the node deny list is not enforced: the prefilter is on no uplink (--uplink)"
                 .to_owned()
         });
+        let local = placed_pods(&snapshot, |key| placement.placed.contains_key(key));
+        let opt_out = self.options.allow_source_check_opt_out;
         let desired = desired(
             compiled,
             &snapshot,
             &placement,
             has_uplinks,
             &node_denies,
-            self.options.allow_source_check_opt_out,
+            &local,
+            opt_out,
         )
         .with_lsm(&lsm);
         phases.other = lap(&mut t);
@@ -524,13 +527,14 @@ impl<S: Source> Agent<S> {
             names.learn_lsm(&lsm, report.lsm.as_ref().map(|l| &l.cgroups));
         }
         let lsm_status = self.lsm_status(&lsm, &report, &placement);
+        let source_status = SourceStatus::of(&local, &report, opt_out);
         phases.other += lap(&mut t);
         self.publish(
             reading,
             snapshot,
             placement,
             &report,
-            lsm_status,
+            (lsm_status, source_status),
             (started, phases),
         )
     }
@@ -592,7 +596,7 @@ impl<S: Source> Agent<S> {
         snapshot: Arc<Snapshot>,
         placement: Placement,
         report: &Report,
-        lsm: LsmStatus,
+        (lsm, sources): (LsmStatus, SourceStatus),
         (started, mut phases): (Instant, Phases),
     ) -> anyhow::Result<()> {
         let mut t = Instant::now();
@@ -617,22 +621,12 @@ impl<S: Source> Agent<S> {
             .as_ref()
             .map(|l| l.errors.clone())
             .unwrap_or_default();
-        let opt_out = self.options.allow_source_check_opt_out;
-        let local = || {
-            snapshot
-                .pods
-                .iter()
-                .filter(|p| placement.placed.contains_key(&p.key()))
-        };
-        let source_errors: Vec<String> = local()
-            .filter_map(|p| Sources::refused(p, opt_out))
-            .collect();
         let errors: Vec<String> = [
             &reading.errors,
             &report.errors,
             &report.attach_errors,
             &lsm_errors,
-            &source_errors,
+            &sources.errors,
         ]
         .into_iter()
         .flatten()
@@ -653,18 +647,13 @@ impl<S: Source> Agent<S> {
             })
             .collect();
         metrics::gauge!("palisade_quarantined_veths").set(quarantined.len() as f64);
-        // As written: an endpoint whose write failed keeps its last sources.
-        let sources_unchecked: BTreeMap<String, String> = local()
-            .filter(|p| !report.not_enforced.contains_key(&p.key()))
-            .filter_map(|p| Some((p.key(), Sources::unchecked(p, opt_out)?)))
-            .collect();
-        for (pod, why) in &sources_unchecked {
+        for (pod, why) in &sources.unchecked {
             if self.status.sources_unchecked.get(pod) != Some(why) {
                 tracing::warn!(pod, "sources not checked: {why}");
             }
         }
         for pod in self.status.sources_unchecked.keys() {
-            if !sources_unchecked.contains_key(pod) {
+            if !sources.unchecked.contains_key(pod) {
                 tracing::info!(pod, "sources checked");
             }
         }
@@ -695,7 +684,7 @@ impl<S: Source> Agent<S> {
             lsm: lsm.state,
             policies_not_enforced: lsm.not_enforced,
             lsm_pods: lsm.pods,
-            sources_unchecked,
+            sources_unchecked: sources.unchecked,
             policies: snapshot.policies.len(),
             errors,
             metrics: self.status.metrics.clone(),
@@ -981,6 +970,32 @@ impl<S: Source> Agent<S> {
 }
 
 /// What of the process and file rules is in force (see [`Status`]).
+/// The source check's share of the status.
+struct SourceStatus {
+    /// Pods whose annotation asks for what this node does not do.
+    errors: Vec<String>,
+    /// Pods in force whose sources go unchecked, with why.
+    unchecked: BTreeMap<String, String>,
+}
+
+impl SourceStatus {
+    fn of(local: &[&Pod], report: &Report, opt_out: bool) -> Self {
+        Self {
+            errors: local
+                .iter()
+                .filter_map(|p| Sources::refused(p, opt_out))
+                .collect(),
+            // As written: an endpoint whose write failed keeps its last
+            // sources.
+            unchecked: local
+                .iter()
+                .filter(|p| !report.not_enforced.contains_key(&p.key()))
+                .filter_map(|p| Some((p.key(), Sources::unchecked(p, opt_out)?)))
+                .collect(),
+        }
+    }
+}
+
 struct LsmStatus {
     state: String,
     not_enforced: BTreeMap<String, Vec<String>>,
@@ -1261,10 +1276,11 @@ fn desired<'a>(
     placement: &Placement,
     has_uplinks: bool,
     node_denies: &'a [ipnet::IpNet],
+    local: &[&Pod],
     opt_out: bool,
 ) -> Desired<'a> {
     let desired = Desired::on_node(compiled, &placement.placed, &placement.quarantined)
-        .with_sources(snapshot, opt_out)
+        .with_sources(local.iter().copied(), opt_out)
         .with_node_denies(node_denies);
     if !has_uplinks {
         desired.without_pod_denies()
