@@ -322,8 +322,9 @@ pub mod ct_timeout {
 }
 
 /// Fragment tracking key (`PAL_FRAGS`): a fragmented datagram whose first
-/// fragment was allowed. Non-first fragments carry no ports; they take the
-/// ports recorded here and then follow their flow.
+/// fragment was allowed. Non-first fragments carry no ports, and in IPv6
+/// not always the transport protocol; they take both from here and then
+/// follow their flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
@@ -331,6 +332,8 @@ pub struct FragKey {
     pub dst: [u8; ADDR_LEN],
     /// IPv4's 16-bit or IPv6's 32-bit identification.
     pub id: u32,
+    /// IPv4's protocol; IPv6's fragment header's next header (the first
+    /// header after it, in every fragment alike).
     pub protocol: u8,
     pub _pad: [u8; 3],
 }
@@ -340,6 +343,11 @@ pub struct FragKey {
 pub struct FragValue {
     pub sport: u16,
     pub dport: u16,
+    /// The transport protocol, read from the first fragment.
+    pub protocol: u8,
+    // Scalars, not a byte array: zeroing one would be a call to `memset`.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 /// Detailed per-CPU counter key (`PAL_COUNTERS`).
@@ -448,7 +456,7 @@ const _: () = {
     assert!(size_of::<CounterCell>() == 32);
     assert!(COUNTER_CELLS.is_power_of_two() && COUNTER_CELLS <= 1 << 16);
     assert!(size_of::<FragKey>() == 40);
-    assert!(size_of::<FragValue>() == 4);
+    assert!(size_of::<FragValue>() == 8);
     assert!(size_of::<CounterKey>() == 12);
     assert!(POLICY_PREFIX_FULL as usize <= 8 * size_of::<PolicyKey>());
 };

@@ -253,6 +253,20 @@ fn fragments_follow_their_first_fragment() -> anyhow::Result<()> {
     h.expect(IN, &eth(0x0800, &denied_first), false, "drop_default_deny", "first fragment denied")?;
     let denied_later = ipv4(OUTSIDE, A, UDP, (79, 185, false), &[0u8; 32]);
     h.expect(IN, &eth(0x0800, &denied_later), false, "drop_fragment_unknown", "its later fragment")?;
+
+    // IPv6, with destination options after the fragment header: only the
+    // first fragment has them and the UDP header behind them; every
+    // fragment's fragment header names the options as its next header.
+    let v6_fragment = |ext: &[u8], proto, offset: u16, more: bool, payload: &[u8]| {
+        let mut p = ipv6(B6, A6, ext, proto, payload);
+        p[42..44].copy_from_slice(&(offset << 3 | u16::from(more)).to_be_bytes());
+        p[44..48].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        eth(0x86dd, &p)
+    };
+    let first = v6_fragment(&[44, 60], UDP, 0, true, &udp(5353, 53));
+    h.expect(IN, &first, true, "allow_policy", "IPv6 first fragment, options after its fragment header")?;
+    let later = v6_fragment(&[44], 60, 185, false, &[0u8; 32]);
+    h.expect(IN, &later, true, "allow_fragment", "its later fragment, which has no options")?;
     Ok(())
 }
 

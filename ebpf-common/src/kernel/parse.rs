@@ -92,6 +92,11 @@ pub struct Packet {
     pub protocol: u8,
     pub tcp_flags: u8,
     pub frag: u8,
+    /// What a fragment is recorded and looked up under (`FragKey`): the
+    /// protocol in IPv4; in IPv6 the fragment header's next header, which
+    /// every fragment of a datagram carries, where the transport protocol
+    /// may lie behind more headers that only the first fragment has.
+    pub frag_next: u8,
     /// IPv6 (addresses as they are) rather than IPv4 (IPv4-mapped).
     pub v6: bool,
     /// Set for ICMP/ICMPv6 errors whose quoted packet could be read.
@@ -108,6 +113,7 @@ impl Packet {
         self.protocol = protocol;
         self.tcp_flags = 0;
         self.frag = frag::NONE;
+        self.frag_next = protocol;
         self.v6 = v6;
         self.is_related = false;
     }
@@ -290,6 +296,7 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
                     return Parsed::drop(reason::DROP_TRUNCATED);
                 };
                 next = f[0];
+                p.frag_next = next;
                 let offset_field = be16([f[2], f[3]]);
                 p.frag_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
                 off += 8;

@@ -19,14 +19,12 @@
 //! - the prefilter's node deny list drops every packet whose source it can
 //!   read, whatever else is wrong with the packet.
 //!
-//! One documented behaviour the datapath does not have is modelled as it
-//! is: a later fragment follows its first fragment only when the datagram's
-//! transport protocol is the next header of its fragment header. An IPv6
-//! datagram with headers after the fragment header (destination options)
-//! records its first fragment under the transport protocol, which its later
-//! fragments do not carry, so they are dropped (`drop_fragment_unknown`).
-//! Recording the protocol with the ports needs a wider `PAL_FRAGS` value, an
-//! ABI change.
+//! A later fragment follows its first fragment by (source, destination,
+//! identification, and the protocol in IPv4 or, in IPv6, the fragment
+//! header's next header, which every fragment carries alike), and takes the
+//! first fragment's ports and transport protocol: in IPv6 more headers
+//! (destination options) may stand between the fragment header and the
+//! transport header, in the first fragment only.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -98,6 +96,13 @@ pub struct Pkt {
     pub frag_protocol: u8,
     pub quoted: Option<Flow>,
 }
+
+/// A fragmented datagram: source, destination, identification, and the
+/// protocol it is recorded under (see the module's documentation).
+type FragKey = (IpAddr, IpAddr, u32, u8);
+
+/// What its later fragments take from the first: ports, then protocol.
+type FirstFragment = (u16, u16, u8);
 
 /// What the datapath makes of a frame before any state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,12 +261,12 @@ fn ipv6(f: &[u8], off: usize) -> Class {
                 };
                 next = e[0];
                 p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                p.frag_protocol = next;
                 off += 8;
                 let field = be16([e[2], e[3]]);
                 if field >> 3 != 0 {
                     p.protocol = next;
                     p.frag = Frag::Later;
-                    p.frag_protocol = next;
                     return Class::Ip(p);
                 }
                 if field & 1 != 0 {
@@ -278,9 +283,6 @@ fn ipv6(f: &[u8], off: usize) -> Class {
         return truncated;
     }
     p.protocol = next;
-    // A first fragment is recorded under its transport protocol (see the
-    // module's documentation).
-    p.frag_protocol = next;
     transport(f, off, p)
 }
 
@@ -459,7 +461,7 @@ pub struct Model {
     /// Every key tracked since conntrack was last emptied, in the order
     /// first seen (some since cut): a deterministic way to pick one.
     log: Vec<FlowKey>,
-    pub frags: HashMap<(IpAddr, IpAddr, u32, u8), (u16, u16)>,
+    pub frags: HashMap<FragKey, FirstFragment>,
     identities: HashMap<IpAddr, u32>,
 }
 
@@ -666,7 +668,9 @@ impl Model {
         let frag_key = (p.src, p.dst, p.frag_id, p.frag_protocol);
         if p.frag == Frag::Later {
             match self.frags.get(&frag_key) {
-                Some(&(sport, dport)) => (p.sport, p.dport) = (sport, dport),
+                Some(&(sport, dport, protocol)) => {
+                    (p.sport, p.dport, p.protocol) = (sport, dport, protocol);
+                }
                 None => return Verdict::drop(reason::DROP_FRAGMENT_UNKNOWN),
             }
         }
@@ -704,7 +708,7 @@ impl Model {
                 return Verdict::drop(reason::DROP_REVALIDATED);
             }
             if p.frag == Frag::First {
-                self.frags.insert(frag_key, (p.sport, p.dport));
+                self.frags.insert(frag_key, (p.sport, p.dport, p.protocol));
             }
             return Verdict::pass(if p.frag == Frag::Later {
                 reason::ALLOW_FRAGMENT
@@ -732,7 +736,7 @@ impl Model {
                 self.log.push(key);
             }
             if p.frag == Frag::First {
-                self.frags.insert(frag_key, (p.sport, p.dport));
+                self.frags.insert(frag_key, (p.sport, p.dport, p.protocol));
             }
             if p.frag == Frag::Later && verdict.reason == reason::ALLOW_POLICY {
                 verdict.reason = reason::ALLOW_FRAGMENT;

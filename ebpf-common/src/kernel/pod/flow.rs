@@ -6,7 +6,7 @@
 //! slot to check it is that endpoint's; the policy is not looked up. A
 //! packet that names another endpoint's flow (an address and ports a pod
 //! wrote but does not own) is judged like a new flow. Everything else takes the slow path ([`decide`]), in this
-//! order: non-first fragments borrow the ports their first fragment
+//! order: non-first fragments borrow the ports (and protocol) their first fragment
 //! recorded; ICMP errors about a tracked flow pass as related; a tracked
 //! flow whose epoch is old (policy or identities changed since) is judged
 //! again, and cut if now denied; anything else is a new flow, looked up and
@@ -163,15 +163,16 @@ pub fn decide(
         s.frag.src = s.pkt.src;
         s.frag.dst = s.pkt.dst;
         s.frag.id = s.pkt.frag_id;
-        s.frag.protocol = s.pkt.protocol;
+        s.frag.protocol = s.pkt.frag_next;
         s.frag._pad = [0; 3];
     }
     if later_fragment {
         // SAFETY: the value is copied out before any other map operation.
         match unsafe { PAL_FRAGS.get(&s.frag) } {
-            Some(ports) => {
-                s.pkt.sport = ports.sport;
-                s.pkt.dport = ports.dport;
+            Some(first) => {
+                s.pkt.sport = first.sport;
+                s.pkt.dport = first.dport;
+                s.pkt.protocol = first.protocol;
             }
             None => return Verdict::drop(reason::DROP_FRAGMENT_UNKNOWN, 0),
         }
@@ -285,12 +286,16 @@ pub fn track(
     }
 }
 
-/// Remembers the ports of an allowed first fragment for the ones after it.
+/// Remembers the ports and protocol of an allowed first fragment for the
+/// ones after it.
 #[inline(always)]
 fn record_fragment(s: &Scratch) {
-    let ports = FragValue {
+    let first = FragValue {
         sport: s.pkt.sport,
         dport: s.pkt.dport,
+        protocol: s.pkt.protocol,
+        _pad0: 0,
+        _pad1: 0,
     };
-    let _ = PAL_FRAGS.insert(&s.frag, &ports, 0);
+    let _ = PAL_FRAGS.insert(&s.frag, &first, 0);
 }
