@@ -267,6 +267,9 @@ fn fragments_follow_their_first_fragment() -> anyhow::Result<()> {
     h.expect(IN, &first, true, "allow_policy", "IPv6 first fragment, options after its fragment header")?;
     let later = v6_fragment(&[44], 60, 185, false, &[0u8; 32]);
     h.expect(IN, &later, true, "allow_fragment", "its later fragment, which has no options")?;
+    // Keyed by that next header: a fragment naming UDP there is another datagram's.
+    let other = v6_fragment(&[44], UDP, 370, false, &[0u8; 32]);
+    h.expect(IN, &other, false, "drop_fragment_unknown", "a fragment of the same id, UDP next")?;
     Ok(())
 }
 
