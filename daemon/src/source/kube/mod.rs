@@ -301,7 +301,8 @@ impl KubeSource {
             .iter()
             .map(|p| {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
-                let cgroup = local.get(&uid).and_then(|l| {
+                let here = local.get(&uid);
+                let cgroup = here.and_then(|l| {
                     let qos = l.status.as_ref()?.qos_class.clone()?;
                     match self.options.cgroups.locate(&uid, &qos) {
                         Ok(path) => Some(path?.display().to_string()),
@@ -318,7 +319,7 @@ impl KubeSource {
                 pod.ips.retain(|ip| owner.get(ip) == Some(&uid));
                 // Only a local pod's annotations are kept (the cluster-wide
                 // store trims them), and only a local pod is checked.
-                if let Some(l) = local.get(&uid) {
+                if let Some(l) = here {
                     pod.source_check = objects::source_check(l.metadata.annotations.as_ref());
                 }
                 pod
