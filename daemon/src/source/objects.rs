@@ -70,7 +70,8 @@ pub fn named_ports(pod: &ApiPod) -> Vec<NamedPort> {
 
 /// The annotation by which a pod opts out of the source check: `"off"`
 /// lets its packets leave it from any address (a gateway or VPN pod that
-/// forwards others' packets), `"on"` is the default.
+/// forwards others' packets) on a node whose daemon honours it
+/// (`--allow-source-check-opt-out`); `"on"` is the default.
 pub const SOURCE_CHECK_ANNOTATION: &str = "palisade.dev/source-check";
 
 /// What the pod's [`SOURCE_CHECK_ANNOTATION`] asks for.
