@@ -225,20 +225,16 @@ current-context: lab
     }
 
     fn wrote(&mut self, key: &Key, written: &Value) {
-        let rv = rv_of(written);
-        if let Some(access) = resource_of(&key.0, &key.1) {
-            let wanted = self.wanted.entry(access.resource.to_owned()).or_default();
-            *wanted = (*wanted).max(rv);
-        }
+        self.deleted(key, written);
         if let Some(node) = node_of(key, written) {
             let wanted = self.wanted_local.entry(node.to_owned()).or_default();
-            *wanted = (*wanted).max(rv);
+            *wanted = (*wanted).max(rv_of(written));
         }
     }
 
-    /// A deletion: seen by the watch of its resource. (Its node's daemon's
-    /// watch of the node's pods sees it too, but a deleted pod's
-    /// annotations and cgroup are nothing that daemon reads.)
+    /// A deletion: seen by the watch of its resource, as every write is.
+    /// (Its node's daemon's watch of the node's pods sees it too, but a
+    /// deleted pod's annotations and cgroup are nothing that daemon reads.)
     fn deleted(&mut self, key: &Key, deleted: &Value) {
         if let Some(access) = resource_of(&key.0, &key.1) {
             let wanted = self.wanted.entry(access.resource.to_owned()).or_default();
