@@ -63,11 +63,13 @@ pub struct EndpointValue {
     /// [`endpoint_flags`].
     pub flags: u32,
     /// The pod's IPv4 address, the only source its IPv4 packets may have,
-    /// where [`endpoint_flags::SOURCE4`] is set.
+    /// where [`endpoint_flags::SOURCE4`] is set; `0.0.0.0` where the pod
+    /// has no IPv4 address (so it may send none but a DHCP client's).
     pub source4: [u8; 4],
     /// The pod's IPv6 address, where [`endpoint_flags::SOURCE6`] is set:
     /// the only source its IPv6 packets may have but link-local ones and
-    /// the unspecified address (duplicate address detection).
+    /// the unspecified address (duplicate address detection); `::` where
+    /// the pod has no IPv6 address (so it may send only those).
     pub source6: [u8; ADDR_LEN],
 }
 

@@ -850,9 +850,14 @@ fn counted(t: &TempPins, stats: &str, reason: &str) -> anyhow::Result<u64> {
 
 /// Connects from `src` (an address of the calling namespace) to `to`;
 /// [`answered`] says what the outcome means.
-fn connect_from(src: Ipv4Addr, to: SocketAddr) -> anyhow::Result<bool> {
+fn connect_from(src: impl Into<IpAddr>, to: SocketAddr) -> anyhow::Result<bool> {
+    let src = src.into();
     let attempt = || -> std::io::Result<()> {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(to),
+            socket2::Type::STREAM,
+            None,
+        )?;
         s.bind(&SocketAddr::from((src, 0)).into())?;
         s.connect_timeout(&to.into(), WAIT)
     };
@@ -1154,7 +1159,8 @@ fn process_rules_this_node_cannot_enforce_are_reported_not_enforced() -> anyhow:
 }
 
 /// A pod's connection from an address its Pod does not list is dropped as
-/// spoofed (`drop_spoofed_source`, counted), until the Pod opts out of the
+/// spoofed (`drop_spoofed_source`, counted), in its own family and in the
+/// one its Pod lists no address in, until the Pod opts out of the
 /// source check (`palisade.dev/source-check: "off"`, listed in the status)
 /// on a daemon that honours that (`--allow-source-check-opt-out`); with
 /// the file source and with the Kubernetes source, which reads the
@@ -1176,6 +1182,13 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
         // a's second address: its own to the kernel, not its Pod's.
         let other = Ipv4Addr::new(10, 199, 1, 200);
         ip_in(&lab.pods[0].netns, &format!("addr add {other}/32 dev eth0"))?;
+        // And IPv6 addresses that neither Pod lists: each is single-stack.
+        let (a6, b6) = ("fd00:199::a", "fd00:199::b");
+        for (pod, addr) in lab.pods.iter().zip([a6, b6]) {
+            ip_in(&pod.netns, &format!("-6 addr add {addr}/64 dev eth0 nodad"))?;
+        }
+        let b6: std::net::Ipv6Addr = b6.parse()?;
+        let _listener6 = in_netns(&lab.pods[1].netns, || TcpListener::bind((b6, PORT)))??;
         let dir = std::env::temp_dir().join(unique("palisade-sources-"));
         let args = DaemonArgs {
             resync_ms: 500,
@@ -1219,6 +1232,17 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
             "{run}: a reaches b from its own address"
         );
         checked()?;
+        let before = spoofed()?;
+        let to_b6 = SocketAddr::from((b6, PORT));
+        let a6: std::net::Ipv6Addr = a6.parse()?;
+        assert!(
+            !in_netns(&lab.pods[0].netns, || connect_from(a6, to_b6))??,
+            "{run}: a, listed with an IPv4 address only, is blocked from an IPv6 one"
+        );
+        assert!(
+            spoofed()? > before,
+            "{run}: ... because Palisade dropped it as spoofed"
+        );
 
         daemon.write("cluster.yaml", &annotated("off"))?;
         let s = commit_and_wait(&mut daemon)?;

@@ -71,17 +71,20 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
 
     let again = apply(&mut maps, &s, &on)?;
     assert!(!again.changed(), "an unchanged state rewrote: {again:?}");
-    // Each endpoint holds its pod's address, the only source it may send from.
+    // Each endpoint holds its pod's address, the only source it may send
+    // from; in the family its pod has no address in, none (`::`).
     let x_a = s.pods.iter().find(|p| p.key() == "x/a").context("x/a")?;
     let IpAddr::V4(own) = x_a.ips[0] else {
         bail!("x/a has no IPv4 address")
     };
+    assert_eq!(x_a.ips.len(), 1, "x/a is single-stack");
     let value = maps.endpoint(on["x/a"])?.context("x/a's endpoint")?;
     assert_eq!(
         value.flags & endpoint_flags::SOURCES,
-        endpoint_flags::SOURCE4
+        endpoint_flags::SOURCES
     );
     assert_eq!(value.source4, own.octets());
+    assert_eq!(value.source6, [0; 16]);
 
     // Behind the daemon's back: one of x/a's entries disappears.
     let ids = endpoint_ids(on.keys().map(String::as_str));

@@ -97,7 +97,10 @@ pub struct Placed<'a> {
 }
 
 /// The one address per family a pod's packets may come from; `None`: not
-/// checked in that family (no address known, or more than one).
+/// checked in that family (no address known, or more than one). The
+/// unspecified address stands for none: a pod with an address in one
+/// family only may send nothing routable in the other (IPv6 link-local
+/// sources and the unspecified ones pass, as beside any address).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sources {
     pub v4: Option<Ipv4Addr>,
@@ -105,7 +108,9 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// A pod's addresses, as its `status.podIPs` lists them.
+    /// A pod's addresses, as its `status.podIPs` lists them. A family
+    /// they leave out is one the pod has no address in, if they list
+    /// any: the kubelet lists every address the runtime gave the pod.
     pub fn of(ips: &[IpAddr]) -> Self {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for ip in ips {
@@ -114,9 +119,13 @@ impl Sources {
                 IpAddr::V6(a) => v6.push(*a),
             }
         }
+        if ips.is_empty() {
+            return Self::default();
+        }
+        let (none4, none6) = (v4.is_empty(), v6.is_empty());
         Self {
-            v4: only(v4),
-            v6: only(v6),
+            v4: only(v4).or(none4.then_some(Ipv4Addr::UNSPECIFIED)),
+            v6: only(v6).or(none6.then_some(Ipv6Addr::UNSPECIFIED)),
         }
     }
 
@@ -133,8 +142,8 @@ impl Sources {
     /// Why `pod`'s packets leave it unchecked in a family, if they do:
     /// it opted out (and the node honours it), it has several addresses
     /// in the family, or no address is known. (A family it has no
-    /// address in while it has one in the other is not checked either,
-    /// and not listed: that is every single-stack pod.)
+    /// address in while it has one in the other is checked: see
+    /// [`Sources`].)
     pub fn unchecked(pod: &Pod, opt_out: bool) -> Option<String> {
         if opt_out && pod.source_check == SourceCheck::Off {
             return Some(format!("opted out ({SOURCE_CHECK_ANNOTATION}: \"off\")"));
@@ -350,7 +359,15 @@ mod tests {
         let both = Sources::of(&[ip("10.0.0.1"), ip("fd00::1")]);
         assert_eq!(both.v4, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(both.v6, "fd00::1".parse().ok());
-        assert_eq!(Sources::of(&[ip("fd00::1")]).v4, None);
+        assert_eq!(
+            Sources::of(&[ip("fd00::1")]).v4,
+            Some(Ipv4Addr::UNSPECIFIED),
+            "a single-stack pod sends nothing routable in the other family"
+        );
+        assert_eq!(
+            Sources::of(&[ip("10.0.0.1")]).v6,
+            Some(Ipv6Addr::UNSPECIFIED)
+        );
         let two = Sources::of(&[ip("10.0.0.1"), ip("10.0.0.2"), ip("fd00::1")]);
         assert_eq!(
             two.v4, None,

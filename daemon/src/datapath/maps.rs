@@ -108,7 +108,8 @@ pub fn policy_keys(
 }
 
 /// `value` with the sources its pod may send from: a flag and an address
-/// per family that has one; the other sources' fields cleared.
+/// per family that is checked (the unspecified address where the pod has
+/// none in it); the other sources' fields cleared.
 pub fn sourced(mut value: EndpointValue, sources: &Sources) -> EndpointValue {
     value.flags &= !endpoint_flags::SOURCES;
     value.source4 = [0; 4];
