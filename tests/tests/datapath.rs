@@ -270,6 +270,13 @@ fn fragments_follow_their_first_fragment() -> anyhow::Result<()> {
     // Keyed by that next header: a fragment naming UDP there is another datagram's.
     let other = v6_fragment(&[44], UDP, 370, false, &[0u8; 32]);
     h.expect(IN, &other, false, "drop_fragment_unknown", "a fragment of the same id, UDP next")?;
+    // Two fragment headers: which id keys the datagram would be a guess.
+    let twice = v6_fragment(&[44, 44], UDP, 0, true, &udp(5353, 53));
+    h.expect(IN, &twice, false, "drop_malformed", "a first fragment with a second fragment header")?;
+    let mut twice_later = v6_fragment(&[44, 44], UDP, 0, false, &[0u8; 32]);
+    let at = 14 + 48 + 2; // the second fragment header's offset field
+    twice_later[at..at + 2].copy_from_slice(&(185u16 << 3).to_be_bytes());
+    h.expect(IN, &twice_later, false, "drop_malformed", "an atomic fragment, then a later fragment's header")?;
     Ok(())
 }
 

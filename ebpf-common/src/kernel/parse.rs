@@ -54,6 +54,9 @@ pub mod frag {
     /// the IP addresses were read (the prefilter's node deny list): parsing
     /// replaces it as it reads them.
     pub const UNREAD: u8 = 0xff;
+    /// `Packet::frag_next` of an IPv6 packet whose walk has met no
+    /// fragment header yet (255, a reserved protocol number).
+    pub const NO_HEADER: u8 = 0xff;
 }
 
 /// The flow an ICMP error is about, as the packet that caused it was sent
@@ -271,6 +274,7 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     p.reset(true, 0, 0);
     p.src.copy_from_slice(&h[8..24]);
     p.dst.copy_from_slice(&h[24..40]);
+    p.frag_next = frag::NO_HEADER;
     let mut next = h[6];
     let mut off = off + 40;
     for _ in 0..MAX_IPV6_EXT {
@@ -292,6 +296,11 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
                 off += (e[1] as usize + 2) * 4;
             }
             44 => {
+                // RFC 8200 allows one fragment header: with two, which
+                // one's id keys the datagram would be a guess.
+                if p.frag_next != frag::NO_HEADER {
+                    return Parsed::drop(reason::DROP_MALFORMED);
+                }
                 let Some(f) = load::<[u8; 8]>(data, data_end, off) else {
                     return Parsed::drop(reason::DROP_TRUNCATED);
                 };

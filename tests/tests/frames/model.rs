@@ -237,6 +237,7 @@ fn ipv6(f: &[u8], off: usize) -> Class {
     let truncated = Class::Drop(reason::DROP_TRUNCATED, Some(src));
     let mut next = h[6];
     let mut off = off + 40;
+    let mut fragmented = false;
     for _ in 0..IPV6_EXT {
         match next {
             // Hop-by-hop, routing, destination options: 8-byte units past the first 8.
@@ -255,7 +256,10 @@ fn ipv6(f: &[u8], off: usize) -> Class {
                 next = e[0];
                 off += (usize::from(e[1]) + 2) * 4;
             }
+            // One fragment header at most (RFC 8200).
+            44 if fragmented => return Class::Drop(reason::DROP_MALFORMED, Some(src)),
             44 => {
+                fragmented = true;
                 let Some(e) = at::<8>(f, off) else {
                     return truncated;
                 };

@@ -110,8 +110,12 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         }
     }
     // A new flow whose verdict an earlier one left under this epoch needs
-    // neither the endpoint nor the policy.
-    let mut cache = None;
+    // neither the endpoint nor the policy. Its cache key and slot are kept
+    // as plain values, not as an `Option`: a `None`'s payload is
+    // undefined, the compiler spilled it on paths that never set it, and
+    // the verifier refuses a spill of an unset register (`R4 !read_ok`,
+    // met when the IPv6 walk gained one check).
+    let (mut cache_key, mut cache_slot) = (verdicts::VerdictKey::default(), 0);
     if let Some(src_is_lo) = untracked {
         s.pkt.map_addresses();
         let (key, slot) = verdicts::slot(s, ifindex, dir);
@@ -125,7 +129,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
             }
             return conclude(s, endpoint, dir, &verdict, true, clock.0, bytes);
         }
-        cache = Some((slot, key));
+        (cache_key, cache_slot) = (key, slot);
     }
     let Some(ep) = here.endpoint() else {
         count(&PAL_TC_STATS, dir, reason::PASS_NO_ENDPOINT, bytes);
@@ -137,10 +141,10 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         Kind::Drop => Verdict::drop(parsed.reason, 0),
     };
     // An untracked packet's verdict is its new flow's, by policy alone.
-    if let Some((slot, key)) = cache
-        && let Some(slot) = s.verdicts.get_mut(slot)
+    if untracked.is_some()
+        && let Some(slot) = s.verdicts.get_mut(cache_slot)
     {
-        verdicts::store(slot, key, epoch, ep.endpoint, &verdict);
+        verdicts::store(slot, cache_key, epoch, ep.endpoint, &verdict);
     }
     conclude(s, ep.endpoint, dir, &verdict, parsed_ip, clock.0, bytes)
 }
