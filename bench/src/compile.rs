@@ -54,6 +54,7 @@ fn snapshot(pods: usize, policies: usize) -> Snapshot {
                 ports: Vec::new(),
                 cgroup: None,
                 source_check: palisade::model::SourceCheck::On,
+                source_prefixes: palisade::model::SourcePrefixes::None,
             }
             .into(),
         );

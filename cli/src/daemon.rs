@@ -99,11 +99,12 @@ pub struct Args {
     /// do before it moves a veth to TCX links (tests lengthen it).
     #[arg(long, default_value_t = 200, hide = true)]
     tc_move_when_idle_ms: u64,
-    /// Honour a Pod's `palisade.dev/source-check: "off"` annotation (a
-    /// gateway or VPN pod that sends others' packets). Off by default:
-    /// whoever may write a Pod could otherwise have it send from its
-    /// neighbours' addresses; such a Pod is then checked, with an error
-    /// in the status.
+    /// Honour a Pod's `palisade.dev/source-check: "off"` and
+    /// `palisade.dev/source-prefixes` annotations (a gateway or VPN pod
+    /// that sends others' packets). Off by default: whoever may write a
+    /// Pod could otherwise have it send from its neighbours' addresses;
+    /// such a Pod is then checked against its own addresses, with an
+    /// error in the status.
     #[arg(long)]
     allow_source_check_opt_out: bool,
 }

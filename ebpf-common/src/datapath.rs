@@ -403,6 +403,26 @@ pub struct XdpPodDenyKey {
     pub _pad: [u8; 2],
 }
 
+/// The data part of a `PAL_SRC_PREFIX` key: a prefix an endpoint's pod
+/// may send from besides its own address (a Pod's
+/// `palisade.dev/source-prefixes`, on a node that honours it). The
+/// endpoint and the family are always matched whole, so a key's prefix
+/// length is 64 plus the prefix's; an IPv4 address fills the first 4
+/// bytes of `addr`. (The family keeps `::/0` from covering IPv4 sources,
+/// as it would with IPv4-mapped addresses.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourcePrefixKey {
+    pub endpoint: u32,
+    /// 4 or 6.
+    pub family: u32,
+    pub addr: [u8; ADDR_LEN],
+}
+
+/// The prefix length of a `PAL_SRC_PREFIX` key for one whole IPv6
+/// address: what a lookup asks with.
+pub const SOURCE_PREFIX_FULL: u32 = 64 + 8 * ADDR_LEN as u32;
+
 /// The policy id the node-level deny list's drops are counted under.
 pub const NODE_DENY_POLICY: u32 = u32::MAX;
 
@@ -461,6 +481,8 @@ const _: () = {
     assert!(size_of::<FragValue>() == 8);
     assert!(size_of::<CounterKey>() == 12);
     assert!(POLICY_PREFIX_FULL as usize <= 8 * size_of::<PolicyKey>());
+    assert!(size_of::<SourcePrefixKey>() == 24);
+    assert!(SOURCE_PREFIX_FULL as usize == 8 * size_of::<SourcePrefixKey>());
 };
 
 #[cfg(feature = "user")]
@@ -482,6 +504,7 @@ mod pod {
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for DropEvent {}
     unsafe impl aya::Pod for XdpPodDenyKey {}
+    unsafe impl aya::Pod for SourcePrefixKey {}
 }
 
 #[cfg(test)]

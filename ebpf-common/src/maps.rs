@@ -11,7 +11,7 @@ use core::mem::size_of;
 use crate::{
     datapath::{
         ADDR_LEN, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, EndpointSlot, EndpointValue,
-        FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue, XdpPodDenyKey,
+        FragKey, FragValue, IdentityValue, PolicyKey, PolicyValue, SourcePrefixKey, XdpPodDenyKey,
     },
     lsm::{DecisionKey, LsmConfig, PathRule, PatternSet, PodSets, RuleData},
     stats::{Counter, STATS_ENTRIES},
@@ -47,6 +47,10 @@ pub const POLICY: &str = "PAL_POLICY";
 /// Entries for one protocol and one port: exact match, looked up before the
 /// trie, which then only holds ranges and wildcards.
 pub const POLICY_PORT: &str = "PAL_POLICY_PORT";
+/// (endpoint, prefix) -> 1: the prefixes a pod may send from besides its
+/// own address ([`crate::datapath::SourcePrefixKey`]), read only for a
+/// packet whose source is not the pod's.
+pub const SOURCE_PREFIXES: &str = "PAL_SRC_PREFIX";
 pub const CT4: &str = "PAL_CT4";
 pub const CT6: &str = "PAL_CT6";
 /// Both conntrack maps.
@@ -73,6 +77,8 @@ pub mod size {
     pub const ENDPOINTS: u32 = 1_024;
     pub const POLICY: u32 = 65_536;
     pub const POLICY_PORT: u32 = 131_072;
+    /// A pod may list 16 (`daemon::source::objects`): 64 such pods.
+    pub const SOURCE_PREFIXES: u32 = 1_024;
     /// Both local endpoints of a pod-to-pod flow track it, so 65,536 held
     /// a flood of 64k flows between two pods only by evicting every flow
     /// before its next packet; this is the size of Cilium's default table
@@ -172,6 +178,11 @@ pub const SPECS: &[MapSpec] = &[
     spec::<u32, u32>(OPENED, kind::ARRAY, crate::datapath::OPENED_SLOTS * 2),
     lpm::<PolicyKey>(POLICY, size_of::<PolicyValue>() as u32, size::POLICY),
     spec::<PolicyKey, PolicyValue>(POLICY_PORT, kind::HASH, size::POLICY_PORT),
+    lpm::<SourcePrefixKey>(
+        SOURCE_PREFIXES,
+        size_of::<u32>() as u32,
+        size::SOURCE_PREFIXES,
+    ),
     spec::<Ct4Key, CtValue>(CT4, kind::LRU_HASH, size::CT4),
     spec::<Ct6Key, CtValue>(CT6, kind::LRU_HASH, size::CT6),
     spec::<u32, u32>(EPOCH, kind::ARRAY, 1),

@@ -391,6 +391,7 @@ impl PodSpec {
             ports: self.named_ports(),
             cgroup: None,
             source_check: palisade::model::SourceCheck::On,
+            source_prefixes: palisade::model::SourcePrefixes::None,
         }
     }
 

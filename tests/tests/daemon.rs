@@ -1214,15 +1214,15 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
             );
             Ok(())
         };
-        let annotated = |check: &str| {
+        let annotated_with = |key: &str, value: &str| {
             cluster(&lab).replacen(
                 "labels: {pod: a}}",
-                &format!(
-                    "labels: {{pod: a}}, annotations: {{palisade.dev/source-check: '{check}'}}}}"
-                ),
+                &format!("labels: {{pod: a}}, annotations: {{{key}: '{value}'}}}}"),
                 1,
             )
         };
+        let annotated = |check: &str| annotated_with("palisade.dev/source-check", check);
+        let prefixes = |list: &str| annotated_with("palisade.dev/source-prefixes", list);
 
         daemon.write("cluster.yaml", &cluster(&lab))?;
         let s = commit_and_wait(&mut daemon)?;
@@ -1243,6 +1243,55 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
             spoofed()? > before,
             "{run}: ... because Palisade dropped it as spoofed"
         );
+        // The pod's annotation is refused, with an error, and it stays checked.
+        let refused = |s: &serde_json::Value, why: &str| -> anyhow::Result<()> {
+            let error = s["errors"][0].as_str().unwrap_or_default();
+            assert!(
+                error.contains("Pod x/a") && error.contains(why),
+                "{run}: {s}"
+            );
+            checked()
+        };
+        let blocked_v6 = || -> anyhow::Result<()> {
+            let before = spoofed()?;
+            assert!(
+                !in_netns(&lab.pods[0].netns, || connect_from(a6, to_b6))??,
+                "{run}: a is blocked from an IPv6 address its Pod does not list"
+            );
+            assert!(spoofed()? > before, "{run}: ... as spoofed");
+            Ok(())
+        };
+
+        // Extra prefixes: the other address's, then one that misses it.
+        daemon.write(
+            "cluster.yaml",
+            &prefixes(&format!("{other}/32, fd00:9::/64")),
+        )?;
+        let s = commit_and_wait(&mut daemon)?;
+        if honoured {
+            assert_eq!(
+                s["source_prefixes"]["x/a"],
+                serde_json::json!([format!("{other}/32"), "fd00:9::/64"]),
+                "{run}: {s}"
+            );
+            assert!(s.get("sources_unchecked").is_none(), "{run}: {s}");
+            assert!(
+                from(other)?,
+                "{run}: a reaches b from a prefix its Pod lists"
+            );
+            blocked_v6()?;
+            daemon.write("cluster.yaml", &prefixes("10.199.2.0/24"))?;
+            let s = commit_and_wait(&mut daemon)?;
+            assert_eq!(
+                s["source_prefixes"]["x/a"],
+                serde_json::json!(["10.199.2.0/24"]),
+                "{run}: {s}"
+            );
+            checked()?;
+        } else {
+            assert!(s.get("source_prefixes").is_none(), "{run}: {s}");
+            refused(&s, "source-prefixes is not honoured")?;
+        }
 
         daemon.write("cluster.yaml", &annotated("off"))?;
         let s = commit_and_wait(&mut daemon)?;
@@ -1257,12 +1306,7 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
             );
         } else {
             assert!(s.get("sources_unchecked").is_none(), "{run}: {s}");
-            let error = s["errors"][0].as_str().unwrap_or_default();
-            assert!(
-                error.contains("Pod x/a") && error.contains("not honoured"),
-                "{run}: {s}"
-            );
-            checked()?;
+            refused(&s, "source-check: \"off\" is not honoured")?;
             daemon.stop();
             let _ = fs::remove_dir_all(&dir);
             continue;
@@ -1270,13 +1314,8 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
 
         daemon.write("cluster.yaml", &annotated("of"))?;
         let s = commit_and_wait(&mut daemon)?;
-        let error = s["errors"][0].as_str().unwrap_or_default();
-        assert!(
-            error.contains("Pod x/a") && error.contains("\"of\" is neither"),
-            "{run}: {s}"
-        );
         assert!(s.get("sources_unchecked").is_none(), "{run}: {s}");
-        checked()?;
+        refused(&s, "\"of\" is neither")?;
 
         daemon.stop();
         let _ = fs::remove_dir_all(&dir);

@@ -1060,6 +1060,19 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
         at(&h, Hook::TcEgress, &v6_udp(C6, B6), (true, "allow_policy"), "its own IPv6 source")?;
         at(&h, Hook::TcEgress, &v6_udp(LINK_LOCAL, B6), (true, "allow_policy"), "a link-local source")?;
         at(&h, Hook::TcEgress, &v6_udp(A6, B6), (false, "drop_spoofed_source"), "another IPv6 source")?;
+        // Extra prefixes (a gateway's): A's address, and all of IPv6. Each
+        // counts in its own family only, and for its own endpoint only.
+        h.maps.set_source_prefix(EP + 1, "10.0.0.0/30".parse()?)?;
+        h.maps.set_source_prefix(EP + 1, "::/0".parse()?)?;
+        h.maps.set_source_prefix(EP + 2, "10.0.0.64/26".parse()?)?;
+        at(&h, Hook::TcEgress, &v4_udp(A, B, 5002, 53), (true, "allow_policy"), "a source its prefix covers")?;
+        at(&h, Hook::TcEgress, &v6_udp(A6, B6), (true, "allow_policy"), "any IPv6 source, by ::/0")?;
+        at(&h, Hook::TcEgress, &v4_udp([10, 0, 0, 77], B, 5002, 53), (false, "drop_spoofed_source"), "another endpoint's prefix")?;
+        at(&h, Hook::TcEgress, &v4_udp([0, 0, 0, 0], B, 5002, 53), (false, "drop_spoofed_source"), "::/0 does not cover IPv4")?;
+        for held in h.maps.source_prefixes()? {
+            h.maps.remove_source_prefix(&held)?;
+        }
+        at(&h, Hook::TcEgress, &v4_udp(A, B, 5003, 53), (false, "drop_spoofed_source"), "its prefix removed")?;
         // Ingress is the sender's to check: anything addressed to C is judged
         // by policy alone (none isolates C's ingress).
         at(&h, Hook::TcIngress, &v4_udp(B, A, 53, 5000), (true, "pass_unenforced"), "received, whatever its addresses")?;

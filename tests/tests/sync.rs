@@ -389,6 +389,7 @@ fn a_full_identity_map_is_one_error_and_a_count() -> anyhow::Result<()> {
                 ports: Vec::new(),
                 cgroup: None,
                 source_check: palisade::model::SourceCheck::On,
+                source_prefixes: palisade::model::SourcePrefixes::None,
             }
             .into(),
         );

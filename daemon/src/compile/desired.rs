@@ -15,8 +15,8 @@ use ipnet::IpNet;
 
 use crate::{
     identity::IdentityKey,
-    model::{Pod, Snapshot, SourceCheck},
-    source::objects::SOURCE_CHECK_ANNOTATION,
+    model::{Pod, Snapshot, SourceCheck, SourcePrefixes},
+    source::objects::{SOURCE_CHECK_ANNOTATION, SOURCE_PREFIXES_ANNOTATION},
 };
 
 /// One policy entry before it is placed in a generation: which peer (or
@@ -161,6 +161,36 @@ impl Sources {
         Some(families.into())
     }
 
+    /// The prefixes `pod` may send from besides its own addresses: those
+    /// its annotation lists, where `opt_out` says this node honours that
+    /// and the pod did not opt out altogether (nothing is checked then).
+    pub fn prefixes(pod: &Pod, opt_out: bool) -> &[IpNet] {
+        match &pod.source_prefixes {
+            SourcePrefixes::List(list) if opt_out && pod.source_check != SourceCheck::Off => list,
+            _ => &[],
+        }
+    }
+
+    /// The error for a `pod` whose prefixes annotation asks for what this
+    /// node does not do, or does not read, if any: its sources are then
+    /// checked against its own addresses alone.
+    pub fn prefixes_refused(pod: &Pod, opt_out: bool) -> Option<String> {
+        let why = match &pod.source_prefixes {
+            SourcePrefixes::None => return None,
+            SourcePrefixes::List(list) if opt_out || list.is_empty() => return None,
+            SourcePrefixes::List(_) => format!(
+                "{SOURCE_PREFIXES_ANNOTATION} is not honoured on this node (the daemon runs without --allow-source-check-opt-out)"
+            ),
+            SourcePrefixes::Unreadable(why) => {
+                format!("metadata.annotations.{SOURCE_PREFIXES_ANNOTATION}: {why}")
+            }
+        };
+        Some(format!(
+            "Pod {}: {why}; its sources are checked against its own addresses only",
+            pod.key()
+        ))
+    }
+
     /// The error for a `pod` whose annotation asks for what this node does
     /// not do (its sources stay checked), if any.
     pub fn refused(pod: &Pod, opt_out: bool) -> Option<String> {
@@ -237,6 +267,10 @@ pub struct Desired<'a> {
     pub node_denies: &'a [IpNet],
     /// The local pods' process and file rule sets; `None`: left as they are.
     pub lsm: Option<&'a super::lsm::LsmDesired>,
+    /// (endpoint, prefix): the prefixes placed pods may send from besides
+    /// their own addresses ([`Sources::prefixes`]). Every other entry the
+    /// map holds goes.
+    pub source_prefixes: BTreeSet<(u32, IpNet)>,
 }
 
 impl<'a> Desired<'a> {
@@ -280,6 +314,7 @@ impl<'a> Desired<'a> {
             pod_denies: None,
             node_denies: &[],
             lsm: None,
+            source_prefixes: BTreeSet::new(),
         }
     }
 
@@ -295,6 +330,12 @@ impl<'a> Desired<'a> {
         for pod in pods {
             if let Some(placed) = self.endpoints.get_mut(&pod.key()) {
                 placed.sources = Sources::of_pod(pod, opt_out);
+                let endpoint = placed.endpoint;
+                self.source_prefixes.extend(
+                    Sources::prefixes(pod, opt_out)
+                        .iter()
+                        .map(|&net| (endpoint, net)),
+                );
             }
         }
         self
@@ -415,6 +456,52 @@ mod tests {
         assert_eq!(Sources::unchecked(&pod, true), None);
         let refused = Sources::refused(&pod, true).unwrap();
         assert!(refused.contains("\"of\" is neither"), "{refused}");
+    }
+
+    #[test]
+    fn extra_source_prefixes_are_honoured_only_where_the_node_allows_them() {
+        let mut pod = crate::model::standard::pods().next().unwrap();
+        pod.ips = vec!["10.0.0.1".parse().unwrap()];
+        let net: IpNet = "10.8.0.0/24".parse().unwrap();
+        pod.source_prefixes = SourcePrefixes::List(vec![net]);
+        let mut compiled = Compiled::default();
+        compiled
+            .endpoints
+            .insert(pod.key(), EndpointPolicy::default());
+        let placed = BTreeMap::from([(pod.key(), 7)]);
+        let desired = |pod: &Pod, opt_out| {
+            Desired::on_node(&compiled, &placed, &[])
+                .with_sources([pod], opt_out)
+                .source_prefixes
+        };
+        let endpoint = Desired::on_node(&compiled, &placed, &[]).endpoints[&pod.key()].endpoint;
+
+        assert_eq!(Sources::prefixes(&pod, true), [net]);
+        assert_eq!(desired(&pod, true), BTreeSet::from([(endpoint, net)]));
+        assert_eq!(Sources::prefixes_refused(&pod, true), None);
+        // The pod's own address stays checked beside them.
+        assert_eq!(Sources::of_pod(&pod, true), Sources::of(&pod.ips));
+
+        assert!(Sources::prefixes(&pod, false).is_empty());
+        assert!(desired(&pod, false).is_empty());
+        let refused = Sources::prefixes_refused(&pod, false).unwrap();
+        assert!(
+            refused.contains("is not honoured") && refused.ends_with("its own addresses only"),
+            "{refused}"
+        );
+
+        // Opted out altogether, nothing is checked: no prefix to write.
+        pod.source_check = SourceCheck::Off;
+        assert!(desired(&pod, true).is_empty());
+        pod.source_check = SourceCheck::On;
+
+        pod.source_prefixes = SourcePrefixes::Unreadable("\"x\" is not a prefix (a CIDR)".into());
+        assert!(desired(&pod, true).is_empty());
+        let refused = Sources::prefixes_refused(&pod, true).unwrap();
+        assert!(
+            refused.contains("source-prefixes: \"x\" is not a prefix"),
+            "{refused}"
+        );
     }
 
     #[test]

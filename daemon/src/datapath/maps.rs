@@ -7,7 +7,7 @@ use ebpf_common::{
     datapath::{
         ADDR_LEN, EndpointSlot, EndpointValue, IdentityValue, POLICY_PREFIX_FIXED,
         POLICY_PREFIX_FULL, POLICY_PREFIX_PROTO, PolicyKey, PolicyValue, SlotEndpoint,
-        XdpPodDenyKey, direction, endpoint_flags, endpoint_slot, identity,
+        SourcePrefixKey, XdpPodDenyKey, direction, endpoint_flags, endpoint_slot, identity,
     },
     maps,
 };
@@ -176,6 +176,7 @@ pub struct DatapathMaps {
     pub(super) node_denies: AddressMap<u32>,
     pub(super) xdp_pod_deny: HashMap<MapData, XdpPodDenyKey, u32>,
     pub(super) xdp_pod_dst: HashMap<MapData, [u8; ADDR_LEN], u32>,
+    pub(super) source_prefixes: LpmTrie<MapData, SourcePrefixKey, u32>,
     /// Bumped after every change that can change the verdict for a tracked
     /// flow (see `maps::EPOCH`).
     epoch: Array<MapData, u32>,
@@ -205,6 +206,8 @@ impl DatapathMaps {
                 .map_err(conv(maps::XDP_POD_DENY))?,
             xdp_pod_dst: HashMap::try_from(open_map(pins, maps::XDP_POD_DST)?)
                 .map_err(conv(maps::XDP_POD_DST))?,
+            source_prefixes: LpmTrie::try_from(open_map(pins, maps::SOURCE_PREFIXES)?)
+                .map_err(conv(maps::SOURCE_PREFIXES))?,
             epoch: Array::try_from(open_map(pins, maps::EPOCH)?).map_err(conv(maps::EPOCH))?,
         })
     }

@@ -27,5 +27,6 @@ pub mod lsm;
 pub mod maps;
 pub mod ports;
 pub mod prefilter;
+pub mod sources;
 
 pub use maps::{DatapathError, DatapathMaps};

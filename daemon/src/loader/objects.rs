@@ -40,6 +40,7 @@ const POD_DATAPATH: &[&str] = &[
     maps::IDENTITY_HOST,
     maps::POLICY,
     maps::POLICY_PORT,
+    maps::SOURCE_PREFIXES,
     maps::CT4,
     maps::CT6,
     maps::EPOCH,

@@ -74,6 +74,9 @@ pub struct Pod {
     /// only leave it from its own addresses), by its
     /// `palisade.dev/source-check` annotation.
     pub source_check: SourceCheck,
+    /// The prefixes it asks to send from besides its own addresses, by its
+    /// `palisade.dev/source-prefixes` annotation.
+    pub source_prefixes: SourcePrefixes,
 }
 
 /// A Pod's `palisade.dev/source-check` annotation. Whether an opt-out is
@@ -87,6 +90,19 @@ pub enum SourceCheck {
     /// `"off"`: a gateway or VPN pod that forwards others' packets.
     Off,
     /// A value that does not read, kept for the error; checked.
+    Unreadable(String),
+}
+
+/// A Pod's `palisade.dev/source-prefixes` annotation. Honoured, like an
+/// opt-out, only where the node says so: see `Sources::prefixes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SourcePrefixes {
+    /// No annotation.
+    #[default]
+    None,
+    /// The prefixes, in the order written, without repeats.
+    List(Vec<ipnet::IpNet>),
+    /// A value that does not read, with why; none is honoured.
     Unreadable(String),
 }
 

@@ -30,6 +30,7 @@ pub fn pods() -> impl Iterator<Item = Pod> {
             ports: ports(),
             cgroup: None,
             source_check: crate::model::SourceCheck::On,
+            source_prefixes: crate::model::SourcePrefixes::None,
         })
     })
 }

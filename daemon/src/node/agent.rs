@@ -82,7 +82,8 @@ pub struct Options {
     /// With `tc_filters_first`: how long the daemon waits with nothing to
     /// do before it moves a veth from filters to links.
     pub tc_move_when_idle: Duration,
-    /// Honour a Pod's `palisade.dev/source-check: "off"`. Off by default:
+    /// Honour a Pod's `palisade.dev/source-check: "off"` and its
+    /// `palisade.dev/source-prefixes`. Off by default:
     /// whoever may write a Pod could otherwise send from its neighbours'
     /// addresses.
     pub allow_source_check_opt_out: bool,
@@ -133,6 +134,11 @@ pub struct Status {
     /// `namespace/pod`, with why (see `compile::desired::Sources::unchecked`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sources_unchecked: BTreeMap<String, String>,
+    /// Local pods in force that may send from prefixes besides their own
+    /// addresses, by `namespace/pod` (`palisade.dev/source-prefixes`, see
+    /// `compile::desired::Sources::prefixes`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_prefixes: BTreeMap<String, Vec<String>>,
     pub policies: usize,
     /// Source errors (bad objects keep their last good version) and failed
     /// writes (the endpoint keeps its last good policy).
@@ -657,6 +663,20 @@ impl<S: Source> Agent<S> {
                 tracing::info!(pod, "sources checked");
             }
         }
+        for (pod, prefixes) in &sources.prefixes {
+            if self.status.source_prefixes.get(pod) != Some(prefixes) {
+                tracing::warn!(
+                    pod,
+                    ?prefixes,
+                    "may send from prefixes besides its own addresses"
+                );
+            }
+        }
+        for pod in self.status.source_prefixes.keys() {
+            if !sources.prefixes.contains_key(pod) {
+                tracing::info!(pod, "no source prefixes besides its own addresses");
+            }
+        }
         let ready = placement.unplaced.is_empty() && report.in_force();
         if self.metrics.is_some() {
             self.count(&reading, &snapshot, &placement, report, started);
@@ -685,6 +705,7 @@ impl<S: Source> Agent<S> {
             policies_not_enforced: lsm.not_enforced,
             lsm_pods: lsm.pods,
             sources_unchecked: sources.unchecked,
+            source_prefixes: sources.prefixes,
             policies: snapshot.policies.len(),
             errors,
             metrics: self.status.metrics.clone(),
@@ -976,21 +997,40 @@ struct SourceStatus {
     errors: Vec<String>,
     /// Pods in force whose sources go unchecked, with why.
     unchecked: BTreeMap<String, String>,
+    /// Pods in force that may send from extra prefixes, with them.
+    prefixes: BTreeMap<String, Vec<String>>,
 }
 
 impl SourceStatus {
     fn of(local: &[&Pod], report: &Report, opt_out: bool) -> Self {
+        // As written: an endpoint whose write failed keeps its last
+        // sources.
+        let in_force = || {
+            local
+                .iter()
+                .filter(|p| !report.not_enforced.contains_key(&p.key()))
+        };
         Self {
             errors: local
                 .iter()
-                .filter_map(|p| Sources::refused(p, opt_out))
+                .flat_map(|p| {
+                    [
+                        Sources::refused(p, opt_out),
+                        Sources::prefixes_refused(p, opt_out),
+                    ]
+                })
+                .flatten()
                 .collect(),
-            // As written: an endpoint whose write failed keeps its last
-            // sources.
-            unchecked: local
-                .iter()
-                .filter(|p| !report.not_enforced.contains_key(&p.key()))
+            unchecked: in_force()
                 .filter_map(|p| Some((p.key(), Sources::unchecked(p, opt_out)?)))
+                .collect(),
+            prefixes: in_force()
+                .filter(|p| !Sources::prefixes(p, opt_out).is_empty())
+                .filter(|p| !report.source_prefixes_failed.contains(&p.key()))
+                .map(|p| {
+                    let nets = Sources::prefixes(p, opt_out);
+                    (p.key(), nets.iter().map(ToString::to_string).collect())
+                })
                 .collect(),
         }
     }

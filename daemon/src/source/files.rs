@@ -137,11 +137,13 @@ impl FileRead {
 }
 
 /// A lab pod's cgroup (the annotation above), and no other pod's: the
-/// file source trusts its files. Its source check, by its annotation.
+/// file source trusts its files. Its source check and extra source
+/// prefixes, by their annotations.
 fn pod_of(p: &ApiPod) -> Pod {
     let annotations = objects::annotations(p);
     let mut pod = objects::pod(p, annotations.get(CGROUP_ANNOTATION).cloned());
     pod.source_check = objects::source_check(Some(&annotations));
+    pod.source_prefixes = objects::source_prefixes(Some(&annotations));
     pod
 }
 

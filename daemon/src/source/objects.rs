@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1 as api;
 
-use crate::model::{NamedPort, Namespace, Pod, Protocol, SourceCheck};
+use crate::model::{NamedPort, Namespace, Pod, Protocol, SourceCheck, SourcePrefixes};
 
 pub type ApiPod = api::Pod;
 pub type ApiNamespace = api::Namespace;
@@ -84,6 +84,48 @@ pub fn source_check(annotations: Option<&BTreeMap<String, String>>) -> SourceChe
     }
 }
 
+/// The annotation by which a pod lists prefixes it may send from besides
+/// its own addresses, comma-separated (`"10.8.0.0/24, fd00:8::/64"`): a VPN
+/// or gateway pod that forwards some networks' packets, as Calico's
+/// `allowedSourcePrefixes`. Honoured, as an opt-out is, only on a node
+/// whose daemon runs with `--allow-source-check-opt-out`.
+pub const SOURCE_PREFIXES_ANNOTATION: &str = "palisade.dev/source-prefixes";
+
+/// The most prefixes one pod may list (the map holds
+/// `ebpf_common::maps::size::SOURCE_PREFIXES` in all).
+pub const MAX_SOURCE_PREFIXES: usize = 16;
+
+/// What the pod's [`SOURCE_PREFIXES_ANNOTATION`] lists. A prefix with
+/// host bits set is refused rather than widened: `10.8.0.1/16` may mean
+/// a typo in either half.
+pub fn source_prefixes(annotations: Option<&BTreeMap<String, String>>) -> SourcePrefixes {
+    let Some(value) = annotations.and_then(|a| a.get(SOURCE_PREFIXES_ANNOTATION)) else {
+        return SourcePrefixes::None;
+    };
+    let mut list: Vec<ipnet::IpNet> = Vec::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Ok(net) = part.parse::<ipnet::IpNet>() else {
+            return SourcePrefixes::Unreadable(format!("{part:?} is not a prefix (a CIDR)"));
+        };
+        if net != net.trunc() {
+            return SourcePrefixes::Unreadable(format!(
+                "{part:?} has host bits set (the prefix would be {})",
+                net.trunc()
+            ));
+        }
+        if !list.contains(&net) {
+            list.push(net);
+        }
+    }
+    if list.len() > MAX_SOURCE_PREFIXES {
+        return SourcePrefixes::Unreadable(format!(
+            "{} prefixes, more than the {MAX_SOURCE_PREFIXES} a pod may list",
+            list.len()
+        ));
+    }
+    SourcePrefixes::List(list)
+}
+
 /// The model's pod; `cgroup` is the source's to find (an annotation in the
 /// lab's files, the pod's uid and QoS class on a node). Its source check
 /// is on: what it asks for is the source's to read ([`source_check`]),
@@ -101,6 +143,7 @@ pub fn pod(p: &ApiPod, cgroup: Option<String>) -> Pod {
         ports: named_ports(p),
         cgroup,
         source_check: SourceCheck::On,
+        source_prefixes: SourcePrefixes::None,
     }
 }
 
@@ -115,4 +158,40 @@ pub fn finished(p: &ApiPod) -> bool {
 
 pub fn annotations(p: &ApiPod) -> BTreeMap<String, String> {
     p.metadata.annotations.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(value: &str) -> SourcePrefixes {
+        let annotations = BTreeMap::from([(SOURCE_PREFIXES_ANNOTATION.to_owned(), value.into())]);
+        source_prefixes(Some(&annotations))
+    }
+
+    #[test]
+    fn source_prefixes_read_as_a_list_and_anything_else_is_unreadable() {
+        assert_eq!(source_prefixes(None), SourcePrefixes::None);
+        let nets =
+            |s: &[&str]| SourcePrefixes::List(s.iter().map(|n| n.parse().unwrap()).collect());
+        assert_eq!(
+            read(" 10.8.0.0/24,fd00:8::/64 , 10.8.0.0/24,"),
+            nets(&["10.8.0.0/24", "fd00:8::/64"]),
+            "spaces, a repeat and a trailing comma"
+        );
+        assert_eq!(read(""), nets(&[]));
+        let unreadable = |v: &str, why: &str| match read(v) {
+            SourcePrefixes::Unreadable(e) => assert!(e.contains(why), "{v}: {e}"),
+            other => panic!("{v}: {other:?}"),
+        };
+        unreadable("10.8.0.0", "is not a prefix");
+        unreadable("10.8.0.0/24 fd00::/8", "is not a prefix");
+        unreadable(
+            "10.8.0.1/16",
+            "host bits set (the prefix would be 10.8.0.0/16)",
+        );
+        let many: Vec<String> = (0..17).map(|i| format!("10.{i}.0.0/16")).collect();
+        unreadable(&many.join(","), "17 prefixes, more than the 16");
+        assert!(matches!(read(&many[..16].join(",")), SourcePrefixes::List(l) if l.len() == 16));
+    }
 }

@@ -14,7 +14,9 @@
 //!    instead, while the pass writes its policy: the programs find it
 //!    whole once attached, and its endpoints are reported not in force
 //!    until then.
-//! 2. The node deny list (`prefilter`), independent of everything else.
+//! 2. The node deny list (`prefilter`), independent of everything else;
+//!    then the pods' extra source prefixes (`sources`): stale ones out,
+//!    new ones in, before the endpoints that may send from them.
 //! 3. Stale prefilter pod denies out, then identities in (before the
 //!    entries that name them), the endpoints' policies swapped, endpoints
 //!    nothing holds removed, identities nothing names any more out, then
@@ -39,6 +41,7 @@ pub use linker::LinkEnd;
 pub use links::{Moved, NextMove};
 pub mod lsm;
 pub mod prefilter;
+mod sources;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -78,6 +81,10 @@ pub struct Report {
     pub attach_errors: Vec<String>,
     /// Map writes that failed; what they concern keeps its last state.
     pub errors: Vec<String>,
+    /// Extra source prefixes written or removed (`sources`).
+    pub source_prefixes_changed: usize,
+    /// Pods some of whose extra source prefixes could not be written.
+    pub source_prefixes_failed: std::collections::BTreeSet<String>,
     /// The process and file share; `None` where BPF LSM is inactive or the
     /// desired state had none.
     pub lsm: Option<lsm::LsmReport>,
@@ -88,6 +95,7 @@ impl Report {
         self.identities_written + self.identities_removed > 0
             || !self.endpoints_written.is_empty()
             || !self.endpoints_removed.is_empty()
+            || self.source_prefixes_changed > 0
             || self
                 .lsm
                 .as_ref()
@@ -441,6 +449,7 @@ fn write_maps(
     trusted: Option<&Written>,
 ) -> Result<endpoints::Expanded, DatapathError> {
     prefilter::keep_node_denies(maps, desired.node_denies, report);
+    sources::keep(maps, desired, report);
     let mut pass = endpoints::Pass::read(maps, desired, report, trusted)?;
     prefilter::in_order(&mut pass)?;
     Ok(pass.into_expanded())

@@ -320,7 +320,9 @@ impl KubeSource {
                 // Only a local pod's annotations are kept (the cluster-wide
                 // store trims them), and only a local pod is checked.
                 if let Some(l) = here {
-                    pod.source_check = objects::source_check(l.metadata.annotations.as_ref());
+                    let annotations = l.metadata.annotations.as_ref();
+                    pod.source_check = objects::source_check(annotations);
+                    pod.source_prefixes = objects::source_prefixes(annotations);
                 }
                 pod
             })
@@ -538,6 +540,7 @@ mod tests {
             ports: Vec::new(),
             cgroup: None,
             source_check: crate::model::SourceCheck::On,
+            source_prefixes: crate::model::SourcePrefixes::None,
         };
         let mut first = vec![
             model("x", "b", "1"),

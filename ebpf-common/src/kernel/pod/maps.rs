@@ -6,14 +6,15 @@ use crate::{
     datapath::{
         ADDR_LEN, COUNTER_CELLS, CounterCell, CounterKey, Ct4Key, Ct6Key, CtValue, ENDPOINT_SLOTS,
         EndpointSlot, EndpointValue, FragKey, FragValue, IdentityValue, OPENED_SLOTS, PolicyKey,
-        PolicyValue, endpoint_slot, opened_index,
+        PolicyValue, SOURCE_PREFIX_FULL, SourcePrefixKey, endpoint_slot, opened_index,
     },
+    kernel::parse::Packet,
     maps::size,
     stats::{Counter, STATS_ENTRIES},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 
 #[map(name = "PAL_TC_STATS")]
@@ -90,6 +91,10 @@ pub static PAL_IDENT_HOST: HashMap<[u8; ADDR_LEN], IdentityValue> =
 pub static PAL_POLICY_PORT: HashMap<PolicyKey, PolicyValue> =
     HashMap::with_max_entries(size::POLICY_PORT, 0);
 
+#[map(name = "PAL_SRC_PREFIX")]
+pub static PAL_SRC_PREFIX: LpmTrie<SourcePrefixKey, u32> =
+    LpmTrie::with_max_entries(size::SOURCE_PREFIXES, 0);
+
 #[map(name = "PAL_POLICY")]
 pub static PAL_POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(size::POLICY, 0);
 
@@ -110,3 +115,47 @@ pub fn epoch() -> u32 {
 
 #[map(name = "PAL_FRAGS")]
 pub static PAL_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(size::FRAGS, 0);
+
+/// A `PAL_SRC_PREFIX` key as the lookup builds it: the layout of
+/// `Key<SourcePrefixKey>` (prefix length, endpoint, family, address), with
+/// the address as words (a byte array's copy or zeroing would be a call
+/// to `memcpy` or `memset`).
+#[repr(C)]
+struct SourceLookup {
+    prefix_len: u32,
+    endpoint: u32,
+    family: u32,
+    addr: [u32; 4],
+}
+
+const _: () =
+    assert!(core::mem::size_of::<SourceLookup>() == core::mem::size_of::<Key<SourcePrefixKey>>());
+
+/// Whether `p`'s source lies in a prefix that `endpoint`'s pod may send
+/// from besides its own address. Asked only of a packet whose source is
+/// not the pod's: most pods have no such prefixes, and their packets never
+/// get here.
+#[inline(always)]
+pub fn source_prefix_allows(endpoint: u32, p: &Packet) -> bool {
+    let (family, addr) = if p.v6 {
+        // SAFETY: `src` lies at offset 0 of `Packet` (`repr(C, align(8))`),
+        // so 4-byte aligned; any bytes are valid u32s.
+        (6, unsafe {
+            core::ptr::read(p.src.as_ptr().cast::<[u32; 4]>())
+        })
+    } else {
+        (4, [u32::from_ne_bytes(p.src4), 0, 0, 0])
+    };
+    let key = SourceLookup {
+        prefix_len: SOURCE_PREFIX_FULL,
+        endpoint,
+        family,
+        addr,
+    };
+    // SAFETY: `SourceLookup` is `Key<SourcePrefixKey>`'s layout (both
+    // `repr(C)`, fields of the same sizes in the same order, the same
+    // size: asserted above), and the map reads the key only during the
+    // call.
+    let key = unsafe { &*(&key as *const SourceLookup).cast::<Key<SourcePrefixKey>>() };
+    PAL_SRC_PREFIX.get(key).is_some()
+}

@@ -63,13 +63,14 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     // Only IP packets meet conntrack: ARP and the like read no epoch.
     let epoch = if parsed_ip { maps::epoch() } else { 0 };
     let mut here = Here::at(ifindex);
-    // A pod's packet may only carry its own source: checked before
-    // anything can pass it, conntrack's fast path and the cached drop
-    // included.
+    // A pod's packet may only carry its own source (or one of the extra
+    // prefixes its node lets it list): checked before anything can pass
+    // it, conntrack's fast path and the cached drop included.
     if parsed_ip
         && dir == crate::datapath::direction::EGRESS
         && let Some(ep) = here.endpoint()
         && !source_is_own(&s.pkt, &ep)
+        && !maps::source_prefix_allows(ep.endpoint, &s.pkt)
     {
         let verdict = Verdict::drop(reason::DROP_SPOOFED_SOURCE, 0);
         return conclude(s, ep.endpoint, dir, &verdict, true, None, bytes);
