@@ -400,6 +400,7 @@ fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> any
     let sources = palisade::compile::Sources {
         v4: Some(Ipv4Addr::from(POD)),
         v6: None,
+        prefixes: false,
     };
     dp.replace_policy_held(
         LO,

@@ -155,8 +155,12 @@ pub mod endpoint_flags {
     /// (`EndpointValue::source4`, `source6`), one flag per family.
     pub const SOURCE4: u32 = 1 << 6;
     pub const SOURCE6: u32 = 1 << 7;
+    /// The pod may also send from the prefixes `PAL_SRC_PREFIX` holds for
+    /// it: looked up only where this is set, so that a pod without them
+    /// pays no lookup for a packet it sends as someone else.
+    pub const SOURCE_PREFIXES: u32 = 1 << 8;
     /// Every flag a pod's sources set, none of them the policy's.
-    pub const SOURCES: u32 = SOURCE4 | SOURCE6;
+    pub const SOURCES: u32 = SOURCE4 | SOURCE6 | SOURCE_PREFIXES;
 }
 
 /// The data part of a policy trie key (`PAL_POLICY`).

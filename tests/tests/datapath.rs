@@ -1039,7 +1039,7 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
         let pod = palisade::netns::ifindex(&host_if)?;
         let mut h = harness()?;
         // Its policy allows UDP to port 53 anywhere, and lets anything in.
-        let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)) };
+        let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false };
         let egress = [entry(OUT, identity::ANY, UDP, (53, 53), allow(41))];
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &sources, None)?;
         let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| -> anyhow::Result<()> {
@@ -1061,10 +1061,14 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
         at(&h, Hook::TcEgress, &v6_udp(LINK_LOCAL, B6), (true, "allow_policy"), "a link-local source")?;
         at(&h, Hook::TcEgress, &v6_udp(A6, B6), (false, "drop_spoofed_source"), "another IPv6 source")?;
         // Extra prefixes (a gateway's): A's address, and all of IPv6. Each
-        // counts in its own family only, and for its own endpoint only.
+        // counts in its own family only, for its own endpoint only, and
+        // only once the endpoint says it has some.
         h.maps.set_source_prefix(EP + 1, "10.0.0.0/30".parse()?)?;
         h.maps.set_source_prefix(EP + 1, "::/0".parse()?)?;
         h.maps.set_source_prefix(EP + 2, "10.0.0.64/26".parse()?)?;
+        at(&h, Hook::TcEgress, &v4_udp(A, B, 5002, 53), (false, "drop_spoofed_source"), "prefixes, but not the flag")?;
+        let with_prefixes = Sources { prefixes: true, ..sources };
+        h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &with_prefixes, None)?;
         at(&h, Hook::TcEgress, &v4_udp(A, B, 5002, 53), (true, "allow_policy"), "a source its prefix covers")?;
         at(&h, Hook::TcEgress, &v6_udp(A6, B6), (true, "allow_policy"), "any IPv6 source, by ::/0")?;
         at(&h, Hook::TcEgress, &v4_udp([10, 0, 0, 77], B, 5002, 53), (false, "drop_spoofed_source"), "another endpoint's prefix")?;

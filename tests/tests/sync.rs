@@ -81,7 +81,7 @@ fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> 
     let value = maps.endpoint(on["x/a"])?.context("x/a's endpoint")?;
     assert_eq!(
         value.flags & endpoint_flags::SOURCES,
-        endpoint_flags::SOURCES
+        endpoint_flags::SOURCE4 | endpoint_flags::SOURCE6
     );
     assert_eq!(value.source4, own.octets());
     assert_eq!(value.source6, [0; 16]);

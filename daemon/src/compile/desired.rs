@@ -105,6 +105,9 @@ pub struct Placed<'a> {
 pub struct Sources {
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
+    /// The pod may also send from extra prefixes ([`Sources::prefixes`],
+    /// written apart from the endpoint: `Desired::source_prefixes`).
+    pub prefixes: bool,
 }
 
 impl Sources {
@@ -126,16 +129,21 @@ impl Sources {
         Self {
             v4: only(v4).or(none4.then_some(Ipv4Addr::UNSPECIFIED)),
             v6: only(v6).or(none6.then_some(Ipv6Addr::UNSPECIFIED)),
+            prefixes: false,
         }
     }
 
     /// What `pod` may send from: nothing checked where it opted out and
-    /// `opt_out` says this node honours that.
+    /// `opt_out` says this node honours that; its extra prefixes too,
+    /// where the node honours them.
     pub fn of_pod(pod: &Pod, opt_out: bool) -> Self {
         if opt_out && pod.source_check == SourceCheck::Off {
             Self::default()
         } else {
-            Self::of(&pod.ips)
+            Self {
+                prefixes: !Self::prefixes(pod, opt_out).is_empty(),
+                ..Self::of(&pod.ips)
+            }
         }
     }
 
@@ -480,7 +488,15 @@ mod tests {
         assert_eq!(desired(&pod, true), BTreeSet::from([(endpoint, net)]));
         assert_eq!(Sources::prefixes_refused(&pod, true), None);
         // The pod's own address stays checked beside them.
-        assert_eq!(Sources::of_pod(&pod, true), Sources::of(&pod.ips));
+        let own = Sources::of(&pod.ips);
+        assert_eq!(
+            Sources::of_pod(&pod, true),
+            Sources {
+                prefixes: true,
+                ..own
+            }
+        );
+        assert_eq!(Sources::of_pod(&pod, false), own);
 
         assert!(Sources::prefixes(&pod, false).is_empty());
         assert!(desired(&pod, false).is_empty());

@@ -109,7 +109,8 @@ pub fn policy_keys(
 
 /// `value` with the sources its pod may send from: a flag and an address
 /// per family that is checked (the unspecified address where the pod has
-/// none in it); the other sources' fields cleared.
+/// none in it), and a flag where it has extra prefixes; the other sources'
+/// fields cleared.
 pub fn sourced(mut value: EndpointValue, sources: &Sources) -> EndpointValue {
     value.flags &= !endpoint_flags::SOURCES;
     value.source4 = [0; 4];
@@ -121,6 +122,9 @@ pub fn sourced(mut value: EndpointValue, sources: &Sources) -> EndpointValue {
     if let Some(a) = sources.v6 {
         value.flags |= endpoint_flags::SOURCE6;
         value.source6 = a.octets();
+    }
+    if sources.prefixes {
+        value.flags |= endpoint_flags::SOURCE_PREFIXES;
     }
     value
 }

@@ -3,12 +3,15 @@
 //! the endpoints are written.
 //!
 //! Order: entries the desired state no longer has go first, then the new
-//! ones come in. Every state in between allows no more than the old state
-//! or the new one: a prefix is taken away before another endpoint that
-//! reuses its endpoint id could send from it. (A pod whose Pod changes
-//! its prefixes may meet a moment in which neither list's changed
-//! entries pass: the datapath reads the map for every packet that is not
-//! from the pod's own address, with no epoch or swap.)
+//! ones come in, then the endpoints (whose `SOURCE_PREFIXES` flag says
+//! whether the datapath looks in the map at all). Every state in between
+//! allows no more than the old state or the new one: a prefix is taken
+//! away before another endpoint that reuses its endpoint id could send
+//! from it, and a new endpoint's prefixes are there before its flag is.
+//! (A pod whose Pod changes its prefixes may meet a moment in which
+//! neither list's changed entries pass: the datapath reads the map for
+//! every packet that is not from the pod's own address, with no epoch or
+//! swap.)
 //!
 //! A failed write is reported (the pass is then not in force) and the
 //! rest are still made; the next pass reads the map again and repairs it.

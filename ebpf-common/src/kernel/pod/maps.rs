@@ -133,8 +133,8 @@ const _: () =
 
 /// Whether `p`'s source lies in a prefix that `endpoint`'s pod may send
 /// from besides its own address. Asked only of a packet whose source is
-/// not the pod's: most pods have no such prefixes, and their packets never
-/// get here.
+/// not the pod's, from a pod that has such prefixes
+/// (`endpoint_flags::SOURCE_PREFIXES`).
 #[inline(always)]
 pub fn source_prefix_allows(endpoint: u32, p: &Packet) -> bool {
     let (family, addr) = if p.v6 {

@@ -70,7 +70,8 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         && dir == crate::datapath::direction::EGRESS
         && let Some(ep) = here.endpoint()
         && !source_is_own(&s.pkt, &ep)
-        && !maps::source_prefix_allows(ep.endpoint, &s.pkt)
+        && (ep.flags & crate::datapath::endpoint_flags::SOURCE_PREFIXES == 0
+            || !maps::source_prefix_allows(ep.endpoint, &s.pkt))
     {
         let verdict = Verdict::drop(reason::DROP_SPOOFED_SOURCE, 0);
         return conclude(s, ep.endpoint, dir, &verdict, true, None, bytes);
