@@ -423,9 +423,13 @@ pub struct SourcePrefixKey {
     pub addr: [u8; ADDR_LEN],
 }
 
+/// The bits of a `PAL_SRC_PREFIX` key always matched whole: the endpoint
+/// and the family.
+pub const SOURCE_PREFIX_FIXED: u32 = 64;
+
 /// The prefix length of a `PAL_SRC_PREFIX` key for one whole IPv6
 /// address: what a lookup asks with.
-pub const SOURCE_PREFIX_FULL: u32 = 64 + 8 * ADDR_LEN as u32;
+pub const SOURCE_PREFIX_FULL: u32 = SOURCE_PREFIX_FIXED + 8 * ADDR_LEN as u32;
 
 /// The policy id the node-level deny list's drops are counted under.
 pub const NODE_DENY_POLICY: u32 = u32::MAX;

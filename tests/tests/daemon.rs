@@ -1160,12 +1160,14 @@ fn process_rules_this_node_cannot_enforce_are_reported_not_enforced() -> anyhow:
 
 /// A pod's connection from an address its Pod does not list is dropped as
 /// spoofed (`drop_spoofed_source`, counted), in its own family and in the
-/// one its Pod lists no address in, until the Pod opts out of the
-/// source check (`palisade.dev/source-check: "off"`, listed in the status)
-/// on a daemon that honours that (`--allow-source-check-opt-out`); with
-/// the file source and with the Kubernetes source, which reads the
-/// annotation from the local pod's own object. A daemon without the flag,
-/// or a value that does not read, keeps the check on, with an error.
+/// one its Pod lists no address in, until the Pod lists a prefix that
+/// covers the address (`palisade.dev/source-prefixes`) or opts out of the
+/// source check (`palisade.dev/source-check: "off"`), each listed in the
+/// status, on a daemon that honours that (`--allow-source-check-opt-out`);
+/// with the file source and with the Kubernetes source, which reads the
+/// annotations from the local pod's own object. A prefix that no longer
+/// covers the address blocks it again. A daemon without the flag, or a
+/// value that does not read, keeps the check on, with an error.
 #[test]
 fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::Result<()> {
     use ebpf_common::maps::TC_STATS;

@@ -1025,7 +1025,9 @@ fn a_pod_cannot_ride_on_a_neighbours_tracked_flow() -> anyhow::Result<()> {
 /// A pod whose addresses the syncer wrote may send only from them (in IPv6
 /// also from link-local addresses and `::`), whatever its policy allows;
 /// what it receives is not checked. Its packets from other sources are
-/// dropped as spoofed, before conntrack could pass them.
+/// dropped as spoofed, before conntrack could pass them, unless an extra
+/// prefix written for its endpoint (not another's), in the packet's
+/// family, covers them, and the endpoint is flagged as having some.
 #[rustfmt::skip]
 #[test]
 fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::Result<()> {
@@ -1060,18 +1062,22 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
         at(&h, Hook::TcEgress, &v6_udp(C6, B6), (true, "allow_policy"), "its own IPv6 source")?;
         at(&h, Hook::TcEgress, &v6_udp(LINK_LOCAL, B6), (true, "allow_policy"), "a link-local source")?;
         at(&h, Hook::TcEgress, &v6_udp(A6, B6), (false, "drop_spoofed_source"), "another IPv6 source")?;
-        // Extra prefixes (a gateway's): A's address, and all of IPv6. Each
+        // Extra prefixes (a gateway's): A's address in each family. Each
         // counts in its own family only, for its own endpoint only, and
         // only once the endpoint says it has some.
         h.maps.set_source_prefix(EP + 1, "10.0.0.0/30".parse()?)?;
-        h.maps.set_source_prefix(EP + 1, "::/0".parse()?)?;
+        h.maps.set_source_prefix(EP + 1, "fd00::/127".parse()?)?;
         h.maps.set_source_prefix(EP + 2, "10.0.0.64/26".parse()?)?;
+        h.maps.set_source_prefix(EP + 2, "fd00::/64".parse()?)?;
         at(&h, Hook::TcEgress, &v4_udp(A, B, 5002, 53), (false, "drop_spoofed_source"), "prefixes, but not the flag")?;
         let with_prefixes = Sources { prefixes: true, ..sources };
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &with_prefixes, None)?;
         at(&h, Hook::TcEgress, &v4_udp(A, B, 5002, 53), (true, "allow_policy"), "a source its prefix covers")?;
-        at(&h, Hook::TcEgress, &v6_udp(A6, B6), (true, "allow_policy"), "any IPv6 source, by ::/0")?;
+        at(&h, Hook::TcEgress, &v6_udp(A6, B6), (true, "allow_policy"), "fd00::1, in fd00::/127")?;
+        at(&h, Hook::TcEgress, &v6_udp(B6, A6), (false, "drop_spoofed_source"), "fd00::2, past it")?;
         at(&h, Hook::TcEgress, &v4_udp([10, 0, 0, 77], B, 5002, 53), (false, "drop_spoofed_source"), "another endpoint's prefix")?;
+        h.maps.set_source_prefix(EP + 1, "::/0".parse()?)?;
+        at(&h, Hook::TcEgress, &v6_udp(B6, A6), (true, "allow_policy"), "any IPv6 source, by ::/0")?;
         at(&h, Hook::TcEgress, &v4_udp([0, 0, 0, 0], B, 5002, 53), (false, "drop_spoofed_source"), "::/0 does not cover IPv4")?;
         for held in h.maps.source_prefixes()? {
             h.maps.remove_source_prefix(&held)?;

@@ -1,8 +1,8 @@
 //! The syncer against real pinned maps: it writes the compiler's state,
 //! writes nothing when nothing changed, rewrites only the endpoints a change
 //! touches, repairs an entry deleted behind its back, removes what no pod
-//! holds any more, and swaps no policy past prefilter denies it could not
-//! take out.
+//! holds any more, swaps no policy past prefilter denies it could not
+//! take out, and keeps the pods' extra source prefixes as desired.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -402,5 +402,75 @@ fn a_full_identity_map_is_one_error_and_a_count() -> anyhow::Result<()> {
         report.errors[0]
     );
     assert!(report.errors[1].contains("more addresses' identities not written"));
+    Ok(())
+}
+
+#[test]
+fn extra_source_prefixes_are_written_kept_and_repaired() -> anyhow::Result<()> {
+    use ebpf_common::datapath::SourcePrefixKey;
+    use palisade::{datapath::sources::SourcePrefix, model::SourcePrefixes};
+
+    let t = TempPins::new()?;
+    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let mut maps = DatapathMaps::open(&t.pins)?;
+    let mut s = standard(DENY_X)?;
+    let on = placed(&s);
+    let ids = endpoint_ids(on.keys().map(String::as_str));
+    let nets: Vec<ipnet::IpNet> = vec!["10.8.0.0/24".parse()?, "fd00:8::/64".parse()?];
+    let x_a = s
+        .pods
+        .iter_mut()
+        .find(|p| p.key() == "x/a")
+        .context("x/a")?;
+    std::sync::Arc::make_mut(x_a).source_prefixes = SourcePrefixes::List(nets.clone());
+    let written = |maps: &DatapathMaps| -> anyhow::Result<Vec<SourcePrefix>> {
+        Ok(maps.source_prefixes()?.into_iter().collect())
+    };
+    let want: Vec<SourcePrefix> = nets
+        .iter()
+        .map(|&n| SourcePrefix::Written(ids["x/a"], n))
+        .collect();
+    let flagged = |maps: &DatapathMaps, pod: &str| -> anyhow::Result<bool> {
+        let value = maps.endpoint(on[pod])?.context("endpoint")?;
+        Ok(value.flags & endpoint_flags::SOURCE_PREFIXES != 0)
+    };
+
+    let first = apply(&mut maps, &s, &on)?;
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    assert_eq!(first.source_prefixes_changed, 2);
+    assert_eq!(written(&maps)?, want);
+    assert!(flagged(&maps, "x/a")? && !flagged(&maps, "x/b")?);
+    assert!(
+        !apply(&mut maps, &s, &on)?.changed(),
+        "unchanged, rewritten"
+    );
+
+    // Behind the daemon's back: one entry goes, another endpoint gains one,
+    // and a key no daemon writes appears. The next pass mends all three.
+    maps.remove_source_prefix(&want[0])?;
+    maps.set_source_prefix(ids["x/b"], "10.9.0.0/16".parse()?)?;
+    let mut raw: LpmTrie<MapData, SourcePrefixKey, u32> = pinned(&t.pins, maps::SOURCE_PREFIXES)?;
+    let foreign = SourcePrefixKey {
+        endpoint: ids["x/a"],
+        family: 9,
+        addr: [0; 16],
+    };
+    raw.insert(&aya::maps::lpm_trie::Key::new(64, foreign), &1, 0)?;
+    let repaired = apply(&mut maps, &s, &on)?;
+    assert!(repaired.errors.is_empty(), "{:?}", repaired.errors);
+    assert_eq!(repaired.source_prefixes_changed, 3);
+    assert_eq!(written(&maps)?, want);
+
+    // The Pod drops its list: the entries and the flag go.
+    let x_a = s
+        .pods
+        .iter_mut()
+        .find(|p| p.key() == "x/a")
+        .context("x/a")?;
+    std::sync::Arc::make_mut(x_a).source_prefixes = SourcePrefixes::None;
+    let dropped = apply(&mut maps, &s, &on)?;
+    assert_eq!(dropped.endpoints_written, vec!["x/a".to_owned()]);
+    assert!(written(&maps)?.is_empty());
+    assert!(!flagged(&maps, "x/a")?);
     Ok(())
 }

@@ -114,6 +114,10 @@ impl Sources {
     /// A pod's addresses, as its `status.podIPs` lists them. A family
     /// they leave out is one the pod has no address in, if they list
     /// any: the kubelet lists every address the runtime gave the pod.
+    /// (The Kubernetes source leaves out an address another pod holds
+    /// too, `source::kube`: a dual-stack pod whose only address in a
+    /// family is in dispute then sends nothing routable in that family
+    /// until the dispute ends, rather than sending from anything.)
     pub fn of(ips: &[IpAddr]) -> Self {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for ip in ips {

@@ -7,15 +7,12 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use aya::maps::{IterableMap as _, lpm_trie::Key};
 use ebpf_common::{
-    datapath::{ADDR_LEN, SourcePrefixKey},
+    datapath::{ADDR_LEN, SOURCE_PREFIX_FIXED, SourcePrefixKey},
     maps,
 };
 use ipnet::IpNet;
 
 use super::maps::{DatapathError, DatapathMaps, read_whole, removed};
-
-/// The endpoint and the family are matched whole: 64 bits.
-const FIXED_BITS: u8 = 64;
 
 /// The key of `net` for `endpoint`.
 pub fn source_prefix_key(endpoint: u32, net: IpNet) -> Key<SourcePrefixKey> {
@@ -31,7 +28,7 @@ pub fn source_prefix_key(endpoint: u32, net: IpNet) -> Key<SourcePrefixKey> {
         }
     };
     Key::new(
-        u32::from(FIXED_BITS + net.prefix_len()),
+        SOURCE_PREFIX_FIXED + u32::from(net.prefix_len()),
         SourcePrefixKey {
             endpoint,
             family,
@@ -43,7 +40,7 @@ pub fn source_prefix_key(endpoint: u32, net: IpNet) -> Key<SourcePrefixKey> {
 /// What a key says, if it is one [`source_prefix_key`] makes.
 fn of_key(key: &Key<SourcePrefixKey>) -> Option<(u32, IpNet)> {
     let d = key.data();
-    let len = u8::try_from(key.prefix_len().checked_sub(u32::from(FIXED_BITS))?).ok()?;
+    let len = u8::try_from(key.prefix_len().checked_sub(SOURCE_PREFIX_FIXED)?).ok()?;
     let addr = match d.family {
         4 => IpAddr::from([d.addr[0], d.addr[1], d.addr[2], d.addr[3]]),
         6 => IpAddr::from(d.addr),

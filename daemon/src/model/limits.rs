@@ -110,6 +110,11 @@ pub const MAX_SELECTOR_TERMS_PER_POLICY: usize = 10_000;
 /// holds 65,536 by default (`PAL_LSM_RULES`).
 pub const MAX_LSM_ENTRIES_PER_POLICY: usize = 65_536;
 
+/// Prefixes one Pod may list in `palisade.dev/source-prefixes`: a gateway
+/// forwards for a few networks, and `PAL_SRC_PREFIX` holds 1,024 entries
+/// by default (64 such pods at the limit; `--map-size` resizes it).
+pub const MAX_SOURCE_PREFIXES_PER_POD: usize = 16;
+
 /// serde-saphyr's options for every YAML document Palisade reads: its
 /// budget set to the limits above (`max_nodes` for [`MAX_NODES`] or, for
 /// a position lookup, [`MAX_POSITIONED_NODES`]), duplicate keys refused

@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1 as api;
 
-use crate::model::{NamedPort, Namespace, Pod, Protocol, SourceCheck, SourcePrefixes};
+use crate::model::{
+    NamedPort, Namespace, Pod, Protocol, SourceCheck, SourcePrefixes,
+    limits::MAX_SOURCE_PREFIXES_PER_POD,
+};
 
 pub type ApiPod = api::Pod;
 pub type ApiNamespace = api::Namespace;
@@ -91,13 +94,11 @@ pub fn source_check(annotations: Option<&BTreeMap<String, String>>) -> SourceChe
 /// whose daemon runs with `--allow-source-check-opt-out`.
 pub const SOURCE_PREFIXES_ANNOTATION: &str = "palisade.dev/source-prefixes";
 
-/// The most prefixes one pod may list (the map holds
-/// `ebpf_common::maps::size::SOURCE_PREFIXES` in all).
-pub const MAX_SOURCE_PREFIXES: usize = 16;
-
-/// What the pod's [`SOURCE_PREFIXES_ANNOTATION`] lists. A prefix with
-/// host bits set is refused rather than widened: `10.8.0.1/16` may mean
-/// a typo in either half.
+/// What the pod's [`SOURCE_PREFIXES_ANNOTATION`] lists, at most
+/// [`MAX_SOURCE_PREFIXES_PER_POD`]. A prefix with host bits set is refused
+/// rather than widened (`10.8.0.1/16` may mean a typo in either half), and
+/// an IPv4-mapped IPv6 one (`::ffff:0:0/96`) as one no packet can match:
+/// the datapath drops such sources as malformed.
 pub fn source_prefixes(annotations: Option<&BTreeMap<String, String>>) -> SourcePrefixes {
     let Some(value) = annotations.and_then(|a| a.get(SOURCE_PREFIXES_ANNOTATION)) else {
         return SourcePrefixes::None;
@@ -107,6 +108,14 @@ pub fn source_prefixes(annotations: Option<&BTreeMap<String, String>>) -> Source
         let Ok(net) = part.parse::<ipnet::IpNet>() else {
             return SourcePrefixes::Unreadable(format!("{part:?} is not a prefix (a CIDR)"));
         };
+        if let ipnet::IpNet::V6(v6) = net
+            && v6.prefix_len() >= 96
+            && v6.network().to_ipv4_mapped().is_some()
+        {
+            return SourcePrefixes::Unreadable(format!(
+                "{part:?} is IPv4-mapped: write the IPv4 prefix"
+            ));
+        }
         if net != net.trunc() {
             return SourcePrefixes::Unreadable(format!(
                 "{part:?} has host bits set (the prefix would be {})",
@@ -117,9 +126,9 @@ pub fn source_prefixes(annotations: Option<&BTreeMap<String, String>>) -> Source
             list.push(net);
         }
     }
-    if list.len() > MAX_SOURCE_PREFIXES {
+    if list.len() > MAX_SOURCE_PREFIXES_PER_POD {
         return SourcePrefixes::Unreadable(format!(
-            "{} prefixes, more than the {MAX_SOURCE_PREFIXES} a pod may list",
+            "{} prefixes, more than the {MAX_SOURCE_PREFIXES_PER_POD} a pod may list (MAX_SOURCE_PREFIXES_PER_POD)",
             list.len()
         ));
     }

@@ -15,8 +15,8 @@
 //!    whole once attached, and its endpoints are reported not in force
 //!    until then.
 //! 2. The node deny list (`prefilter`), independent of everything else;
-//!    then the pods' extra source prefixes (`sources`): stale ones out,
-//!    new ones in, before the endpoints that may send from them.
+//!    then the pods' stale extra source prefixes out (`sources`; the new
+//!    ones come in once the endpoints below are written).
 //! 3. Stale prefilter pod denies out, then identities in (before the
 //!    entries that name them), the endpoints' policies swapped, endpoints
 //!    nothing holds removed, identities nothing names any more out, then
@@ -449,10 +449,12 @@ fn write_maps(
     trusted: Option<&Written>,
 ) -> Result<endpoints::Expanded, DatapathError> {
     prefilter::keep_node_denies(maps, desired.node_denies, report);
-    sources::keep(maps, desired, report);
+    let held_prefixes = sources::retire(maps, desired, report);
     let mut pass = endpoints::Pass::read(maps, desired, report, trusted)?;
     prefilter::in_order(&mut pass)?;
-    Ok(pass.into_expanded())
+    let expanded = pass.into_expanded();
+    sources::add(maps, desired, held_prefixes.as_ref(), report);
+    Ok(expanded)
 }
 
 #[cfg(test)]

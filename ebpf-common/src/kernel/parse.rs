@@ -10,7 +10,7 @@
 //!   ethertype's, an IPv4 IHL below 5, an IPv6 address that is IPv4-mapped
 //!   (no such address belongs on the wire, the kernel drops it as a source,
 //!   and it would take the identity of the IPv4 address it maps: the maps
-//!   key IPv4 addresses in that form).
+//!   key IPv4 addresses in that form), a second IPv6 fragment header.
 //!
 //! ICMP is protocol 1 in IPv4 and 58 in IPv6 only; the other number in the
 //! other family is just another protocol. The total length and payload
@@ -50,12 +50,13 @@ pub mod frag {
     pub const FIRST: u8 = 1;
     /// Offset > 0: no transport header.
     pub const LATER: u8 = 2;
-    /// Set by a caller before [`super::parse`] that needs to know whether
-    /// the IP addresses were read (the prefilter's node deny list): parsing
-    /// replaces it as it reads them.
+    /// `Packet::frag`, set by a caller before [`super::parse`] that needs
+    /// to know whether the IP addresses were read (the prefilter's node
+    /// deny list): parsing replaces it as it reads them.
     pub const UNREAD: u8 = 0xff;
-    /// `Packet::frag_next` of an IPv6 packet whose walk has met no
-    /// fragment header yet (255, a reserved protocol number).
+    /// `Packet::frag_next` (not `frag`) of an IPv6 packet whose walk has
+    /// met no fragment header (255, a reserved protocol number); it stays
+    /// so in an unfragmented packet.
     pub const NO_HEADER: u8 = 0xff;
 }
 
@@ -99,6 +100,8 @@ pub struct Packet {
     /// protocol in IPv4; in IPv6 the fragment header's next header, which
     /// every fragment of a datagram carries, where the transport protocol
     /// may lie behind more headers that only the first fragment has.
+    /// Read only where `frag` says the packet is a fragment; in IPv6
+    /// [`frag::NO_HEADER`] until a fragment header is met.
     pub frag_next: u8,
     /// IPv6 (addresses as they are) rather than IPv4 (IPv4-mapped).
     pub v6: bool,

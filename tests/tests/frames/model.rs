@@ -378,12 +378,18 @@ impl Verdict {
 }
 
 /// Whether a pod with `addresses` may send from `src`: where it has one
-/// address of that family, only from it (in IPv6 also from a link-local
-/// address or the unspecified one); where it has none or several, from any.
+/// address of that family, only from it; where it has none in that family
+/// but some in the other, only from the unspecified address; in IPv6 also
+/// from a link-local address or the unspecified one. Where it has several
+/// in the family, or none at all, from any.
 fn may_send_from(addresses: &[IpAddr], src: IpAddr) -> bool {
     let mut same_family = addresses.iter().filter(|a| a.is_ipv4() == src.is_ipv4());
     let own = match (same_family.next(), same_family.next()) {
         (Some(&own), None) => own,
+        (None, _) if !addresses.is_empty() => match src {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        },
         _ => return true,
     };
     match src {
