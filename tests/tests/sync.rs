@@ -470,7 +470,54 @@ fn extra_source_prefixes_are_written_kept_and_repaired() -> anyhow::Result<()> {
     std::sync::Arc::make_mut(x_a).source_prefixes = SourcePrefixes::None;
     let dropped = apply(&mut maps, &s, &on)?;
     assert_eq!(dropped.endpoints_written, vec!["x/a".to_owned()]);
+    assert_eq!(dropped.source_prefixes_changed, 2);
     assert!(written(&maps)?.is_empty());
     assert!(!flagged(&maps, "x/a")?);
+    Ok(())
+}
+
+/// New prefixes come in only for an endpoint the maps show as written:
+/// where no policy could be swapped (a failed retire of prefilter denies),
+/// a pod's new prefixes are held back, reported, and not in its status.
+#[test]
+fn prefixes_wait_for_their_endpoint_to_be_written() -> anyhow::Result<()> {
+    use palisade::model::SourcePrefixes;
+
+    let t = TempPins::new()?;
+    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let mut maps = DatapathMaps::open(&t.pins)?;
+    let denied = standard(DENY_EXT)?;
+    let on = placed(&denied);
+    let compiled = compile(&denied);
+    let desired = Desired::on_node(&compiled, &on, &[]).with_pod_denies(&denied);
+    assert!(apply_maps(&mut maps, &desired)?.errors.is_empty());
+
+    freeze(&t, maps::XDP_POD_DENY)?;
+    let mut open = standard("")?;
+    let x_a = open
+        .pods
+        .iter_mut()
+        .find(|p| p.key() == "x/a")
+        .context("x/a")?;
+    std::sync::Arc::make_mut(x_a).source_prefixes =
+        SourcePrefixes::List(vec!["10.8.0.0/24".parse()?]);
+    let compiled = compile(&open);
+    let desired = Desired::on_node(&compiled, &on, &[])
+        .with_sources(open.pods.iter().map(|p| &**p), true)
+        .with_pod_denies(&open);
+    let r = apply_maps(&mut maps, &desired)?;
+    assert!(r.endpoints_written.is_empty(), "{r:?}");
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("10.8.0.0/24 of x/a") && e.contains("held back")),
+        "{:?}",
+        r.errors
+    );
+    assert!(r.source_prefixes_failed.contains("x/a"));
+    assert!(
+        maps.source_prefixes()?.is_empty(),
+        "written without its flag"
+    );
     Ok(())
 }

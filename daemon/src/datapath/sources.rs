@@ -1,7 +1,8 @@
 //! `PAL_SRC_PREFIX`: the prefixes a pod may send from besides its own
 //! address, by endpoint. The programs read it only for a packet whose
-//! source is not its pod's (`ebpf_common::kernel::pod::maps`), so an entry
-//! counts from the moment it is written, and stops when it is removed.
+//! source is not its pod's, from an endpoint flagged `SOURCE_PREFIXES`
+//! (`ebpf_common::kernel::pod::maps`): for such an endpoint an entry counts
+//! from the moment it is written, and stops when it is removed.
 
 use std::{collections::BTreeSet, net::IpAddr};
 

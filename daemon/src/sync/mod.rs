@@ -449,11 +449,11 @@ fn write_maps(
     trusted: Option<&Written>,
 ) -> Result<endpoints::Expanded, DatapathError> {
     prefilter::keep_node_denies(maps, desired.node_denies, report);
-    let held_prefixes = sources::retire(maps, desired, report);
+    let held_prefixes = sources::retire(maps, desired, report)?;
     let mut pass = endpoints::Pass::read(maps, desired, report, trusted)?;
     prefilter::in_order(&mut pass)?;
     let expanded = pass.into_expanded();
-    sources::add(maps, desired, held_prefixes.as_ref(), report);
+    sources::add(maps, desired, &held_prefixes, report)?;
     Ok(expanded)
 }
 

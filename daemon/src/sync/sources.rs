@@ -7,44 +7,41 @@
 //! all. No state in between lets a pod send from more than its old list
 //! or its new one, even when an endpoint id passes from one pod to another
 //! (ids are probed by name: a colliding pod's arrival or departure moves
-//! them): the new holder's entries come in only once every endpoint
-//! carries its new id. What it costs: a pod that gains a prefix may send
-//! from it a moment after its endpoint is written, not before; and a pod
-//! whose Pod changes its prefixes meets a moment in which the changed
-//! entries of neither list pass (the datapath reads the map for every
-//! packet that is not from the pod's own address, with no epoch or swap).
+//! them): an id's new entries come in only where the maps show its
+//! endpoint on its pod's interface, flagged, and on no other (so not
+//! after a swap or removal that failed). What it costs: a pod that gains
+//! a prefix may send from it a moment after its endpoint is written, not
+//! before; and a pod whose Pod changes its prefixes meets a moment in
+//! which the changed entries of neither list pass (the datapath reads the
+//! map for every packet that is not from the pod's own address, with no
+//! epoch or swap).
 //!
-//! A failed write is reported (the pass is then not in force) and the
-//! rest are still made; the next pass reads the map again and repairs it.
+//! A failed write is reported (the pass is then not in force, and the pod
+//! is left out of the status's list) and the rest are still made; the
+//! next pass reads the map again and repairs it. One failure can leave
+//! more in force than either list: a stale entry whose removal failed
+//! stays usable by whichever pod holds its id, until a pass removes it;
+//! the error names that pod.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use ebpf_common::datapath::endpoint_flags;
 
 use super::Report;
 use crate::{
     compile::desired::Desired,
-    datapath::{DatapathMaps, sources::SourcePrefix},
+    datapath::{DatapathError, DatapathMaps, sources::SourcePrefix},
 };
 
 /// Takes out every entry `desired` does not have; returns what the map
-/// holds then, for [`add`] (`None` when it could not be read: every pod
-/// with prefixes is then reported as not having them written).
+/// holds then, for [`add`]. `Err` only when the map cannot be read (the
+/// pass then writes nothing more, as for any map it cannot read).
 pub(super) fn retire(
     maps: &mut DatapathMaps,
     desired: &Desired<'_>,
     report: &mut Report,
-) -> Option<BTreeSet<SourcePrefix>> {
-    let mut held = match maps.source_prefixes() {
-        Ok(held) => held,
-        Err(e) => {
-            report.errors.push(format!("source prefixes: {e}"));
-            for &(endpoint, _) in &desired.source_prefixes {
-                report
-                    .source_prefixes_failed
-                    .insert(name(desired, endpoint));
-            }
-            return None;
-        }
-    };
+) -> Result<BTreeSet<SourcePrefix>, DatapathError> {
+    let mut held = maps.source_prefixes()?;
     let want = &desired.source_prefixes;
     held.retain(|entry| {
         if matches!(entry, SourcePrefix::Written(e, net) if want.contains(&(*e, *net))) {
@@ -56,38 +53,74 @@ pub(super) fn retire(
                 false
             }
             Err(e) => {
-                report.errors.push(format!("source prefixes: {e}"));
+                let holder = match entry {
+                    SourcePrefix::Written(endpoint, _) => name(desired, *endpoint),
+                    SourcePrefix::Foreign(..) => "no endpoint".into(),
+                };
+                report.errors.push(format!(
+                    "source prefixes: {e}; {holder} may send from it until a pass removes it"
+                ));
+                report.source_prefixes_failed.insert(holder);
                 true
             }
         }
     });
-    Some(held)
+    Ok(held)
 }
 
-/// Puts in every entry of `desired` that `held` ([`retire`]'s) lacks.
+/// Puts in every entry of `desired` that `held` ([`retire`]'s) lacks, for
+/// the endpoints the maps show as written (see the module docs).
 pub(super) fn add(
     maps: &mut DatapathMaps,
     desired: &Desired<'_>,
-    held: Option<&BTreeSet<SourcePrefix>>,
+    held: &BTreeSet<SourcePrefix>,
     report: &mut Report,
-) {
-    let Some(held) = held else {
-        return;
+) -> Result<(), DatapathError> {
+    let new: Vec<_> = desired
+        .source_prefixes
+        .iter()
+        .filter(|&&(e, net)| !held.contains(&SourcePrefix::Written(e, net)))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let live = maps.endpoints()?;
+    let home: BTreeMap<u32, u32> = desired
+        .endpoints
+        .values()
+        .map(|p| (p.endpoint, p.ifindex))
+        .collect();
+    let written = |endpoint: u32| {
+        let mut holders = live.iter().filter(|(_, v)| v.endpoint == endpoint);
+        holders.all(|(ifindex, _)| home.get(&endpoint) == Some(ifindex))
+            && home
+                .get(&endpoint)
+                .and_then(|i| live.get(i))
+                .is_some_and(|v| {
+                    v.endpoint == endpoint && v.flags & endpoint_flags::SOURCE_PREFIXES != 0
+                })
     };
-    for &(endpoint, net) in &desired.source_prefixes {
-        if held.contains(&SourcePrefix::Written(endpoint, net)) {
-            continue;
-        }
-        if let Err(e) = maps.set_source_prefix(endpoint, net) {
-            let pod = name(desired, endpoint);
-            report
-                .errors
-                .push(format!("source prefix {net} of {pod}: {e}"));
-            report.source_prefixes_failed.insert(pod);
+    for &(endpoint, net) in new {
+        let pod = name(desired, endpoint);
+        let result = if written(endpoint) {
+            maps.set_source_prefix(endpoint, net)
+                .map_err(|e| e.to_string())
         } else {
-            report.source_prefixes_changed += 1;
+            Err(format!(
+                "held back: the maps do not show endpoint id {endpoint} as written on its interface alone"
+            ))
+        };
+        match result {
+            Ok(()) => report.source_prefixes_changed += 1,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("source prefix {net} of {pod}: {e}"));
+                report.source_prefixes_failed.insert(pod);
+            }
         }
     }
+    Ok(())
 }
 
 /// The endpoint's name in `desired` (`namespace/pod`).
