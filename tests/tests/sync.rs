@@ -323,18 +323,41 @@ fn freeze(t: &TempPins, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_failed_retire_of_prefilter_denies_swaps_no_policy() -> anyhow::Result<()> {
-    let t = TempPins::new()?;
-    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
-    let mut maps = DatapathMaps::open(&t.pins)?;
+/// Maps holding `DENY_EXT`'s policies and prefilter denies, written by a
+/// first pass, with the pods' placements.
+struct Denied {
+    t: TempPins,
+    _loaded: loader::Loaded,
+    maps: DatapathMaps,
+    on: BTreeMap<String, u32>,
+}
 
+fn denied() -> anyhow::Result<Denied> {
+    let t = TempPins::new()?;
+    let loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let mut maps = DatapathMaps::open(&t.pins)?;
     let denied = standard(DENY_EXT)?;
     let on = placed(&denied);
     let compiled = compile(&denied);
     let desired = Desired::on_node(&compiled, &on, &[]).with_pod_denies(&denied);
     let first = apply_maps(&mut maps, &desired)?;
     assert!(first.errors.is_empty(), "{:?}", first.errors);
+    Ok(Denied {
+        t,
+        _loaded: loaded,
+        maps,
+        on,
+    })
+}
+
+#[test]
+fn a_failed_retire_of_prefilter_denies_swaps_no_policy() -> anyhow::Result<()> {
+    let Denied {
+        t,
+        _loaded,
+        mut maps,
+        on,
+    } = denied()?;
     let denies = maps.pod_denies()?;
     assert!(
         !denies.is_empty(),
@@ -483,15 +506,12 @@ fn extra_source_prefixes_are_written_kept_and_repaired() -> anyhow::Result<()> {
 fn prefixes_wait_for_their_endpoint_to_be_written() -> anyhow::Result<()> {
     use palisade::model::SourcePrefixes;
 
-    let t = TempPins::new()?;
-    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
-    let mut maps = DatapathMaps::open(&t.pins)?;
-    let denied = standard(DENY_EXT)?;
-    let on = placed(&denied);
-    let compiled = compile(&denied);
-    let desired = Desired::on_node(&compiled, &on, &[]).with_pod_denies(&denied);
-    assert!(apply_maps(&mut maps, &desired)?.errors.is_empty());
-
+    let Denied {
+        t,
+        _loaded,
+        mut maps,
+        on,
+    } = denied()?;
     freeze(&t, maps::XDP_POD_DENY)?;
     let mut open = standard("")?;
     let x_a = open
