@@ -1025,11 +1025,11 @@ impl SourceStatus {
                 .filter_map(|p| Some((p.key(), Sources::unchecked(p, opt_out)?)))
                 .collect(),
             prefixes: in_force()
-                .filter(|p| !Sources::prefixes(p, opt_out).is_empty())
-                .filter(|p| !report.source_prefixes_failed.contains(&p.key()))
-                .map(|p| {
+                .filter_map(|p| {
                     let nets = Sources::prefixes(p, opt_out);
-                    (p.key(), nets.iter().map(ToString::to_string).collect())
+                    let key = p.key();
+                    (!nets.is_empty() && !report.source_prefixes_failed.contains(&key))
+                        .then(|| (key, nets.iter().map(ToString::to_string).collect()))
                 })
                 .collect(),
         }
