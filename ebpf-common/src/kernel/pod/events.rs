@@ -27,7 +27,7 @@ pub struct TokenBucket {
 }
 
 /// Takes a token if there is one; the time it was taken at. `now`: the
-/// coarse clock, where the caller read it already.
+/// coarse clock, where the caller read it already, or 0.
 ///
 /// The coarse clock moves only with the tick, as `jiffies` does: while
 /// `jiffies` stands still it reads what it read last, so an empty bucket
@@ -36,14 +36,14 @@ pub struct TokenBucket {
 /// clock is a helper call: a denied flood past its event budget pays
 /// only the load.
 #[inline(always)]
-fn take_token(b: &mut TokenBucket, now: Option<u64>) -> Option<u64> {
+fn take_token(b: &mut TokenBucket, now: u64) -> Option<u64> {
     // SAFETY: a helper without side effects.
     let jiffies = unsafe { bpf_jiffies64() };
     if jiffies == b.last_jiffies && b.credit_ns < event_rate::COST_NS {
         return None;
     }
     b.last_jiffies = jiffies;
-    let now = now.unwrap_or_else(super::clock);
+    let now = if now == 0 { super::clock() } else { now };
     let elapsed = now.saturating_sub(b.last_ns);
     b.last_ns = now;
     let cap = event_rate::BURST * event_rate::COST_NS;
@@ -62,14 +62,7 @@ fn take_token(b: &mut TokenBucket, now: Option<u64>) -> Option<u64> {
 /// Sends the event for `v`, stamped with the coarse clock (`now`, where
 /// the packet read it), unless the rate limit is spent.
 #[inline(always)]
-pub fn report(
-    s: &mut Scratch,
-    endpoint: u32,
-    dir: u32,
-    v: &Verdict,
-    parsed_ip: bool,
-    now: Option<u64>,
-) {
+pub fn report(s: &mut Scratch, endpoint: u32, dir: u32, v: &Verdict, parsed_ip: bool, now: u64) {
     let Some(now) = take_token(&mut s.limiter, now) else {
         count(&PAL_TC_STATS, dir, reason::EVENT_RATE_LIMITED, 0);
         return;

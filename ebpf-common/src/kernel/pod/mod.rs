@@ -74,7 +74,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
             || !maps::source_prefix_allows(ep.endpoint, &s.pkt))
     {
         let verdict = Verdict::drop(reason::DROP_SPOOFED_SOURCE, 0);
-        return conclude(s, ep.endpoint, dir, &verdict, true, None, bytes);
+        return conclude(s, ep.endpoint, dir, &verdict, true, 0, bytes);
     }
     // A denied flood: right after a packet at this interface and in this
     // direction was dropped by its new flow's cached verdict, the next one
@@ -83,7 +83,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     // most once after each such drop.
     if parsed_ip && s.deny_hint == hint(ifindex, dir) {
         if let Some((verdict, endpoint)) = cached_drop(s, ifindex, dir, epoch) {
-            return conclude(s, endpoint, dir, &verdict, true, None, bytes);
+            return conclude(s, endpoint, dir, &verdict, true, 0, bytes);
         }
         s.deny_hint = 0;
     }
@@ -188,7 +188,7 @@ fn cached_drop(
 
 /// Reports a drop or audit verdict, counts the verdict, and returns
 /// whether the packet passes. `now`: the clock, if the packet has read it
-/// already.
+/// already, or 0 ([`Clock`]).
 #[inline(always)]
 fn conclude(
     s: &mut scratch::Scratch,
@@ -196,7 +196,7 @@ fn conclude(
     dir: u32,
     verdict: &Verdict,
     parsed_ip: bool,
-    now: Option<u64>,
+    now: u64,
     bytes: u64,
 ) -> bool {
     if !verdict.pass || verdict.reason == reason::AUDIT_WOULD_DROP {
@@ -269,21 +269,23 @@ fn word(a: &[u8; crate::datapath::ADDR_LEN], at: usize) -> u64 {
 }
 
 /// The coarse clock, read at most once per packet and only if asked.
-pub struct Clock(Option<u64>);
+///
+/// Unread is 0, not an `Option`'s `None`: a `None`'s payload is undefined,
+/// and a register the compiler spills with nothing written to it is one
+/// the verifier refuses (`R4 !read_ok`, met once with the verdict cache's
+/// key). The clock itself reads 0 only before the first tick of boot,
+/// before any program can run.
+pub struct Clock(u64);
 
 impl Clock {
-    const UNREAD: Self = Self(None);
+    const UNREAD: Self = Self(0);
 
     #[inline(always)]
     pub fn now(&mut self) -> u64 {
-        match self.0 {
-            Some(now) => now,
-            None => {
-                let now = clock();
-                self.0 = Some(now);
-                now
-            }
+        if self.0 == 0 {
+            self.0 = clock();
         }
+        self.0
     }
 }
 
