@@ -408,8 +408,9 @@ pub struct XdpPodDenyKey {
 }
 
 /// The data part of a `PAL_SRC_PREFIX` key: a prefix an endpoint's pod
-/// may send from besides its own address (a Pod's
-/// `palisade.dev/source-prefixes`, on a node that honours it). The
+/// may send from besides the address its endpoint holds (a further
+/// address of its own, or a Pod's `palisade.dev/source-prefixes`, on a
+/// node that honours it). The
 /// endpoint and the family are always matched whole, so a key's prefix
 /// length is 64 plus the prefix's; an IPv4 address fills the first 4
 /// bytes of `addr`. (The family keeps `::/0` from covering IPv4 sources,

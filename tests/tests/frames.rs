@@ -192,14 +192,18 @@ const PLACED: [&str; 3] = ["x/a", "x/b", "y/c"];
 
 /// The standard model with an IPv6 address beside each pod's IPv4 one but
 /// y/c's (single-stack: its IPv6 packets may come from no routable
-/// source), and `policies`; with `relabel`, x/c is labelled `pod: b` (so it
-/// becomes a peer the rules for b admit).
+/// source), a second IPv4 address for x/b (which the endpoint does not
+/// hold: it is written to the prefix map), and `policies`; with `relabel`,
+/// x/c is labelled `pod: b` (so it becomes a peer the rules for b admit).
 fn snapshot(policies: &str, relabel: bool) -> anyhow::Result<Snapshot> {
     let mut s = palisade::model::standard::snapshot();
     for (n, pod) in s.pods.iter_mut().enumerate() {
         let pod = std::sync::Arc::make_mut(pod);
         if pod.key() != "y/c" {
             pod.ips.push(format!("fd00:10:244::{:x}", n + 1).parse()?);
+        }
+        if pod.key() == "x/b" {
+            pod.ips.push("10.244.7.2".parse()?);
         }
         if relabel && pod.key() == "x/c" {
             pod.labels.insert("pod".into(), "b".into());

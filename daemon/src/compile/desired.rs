@@ -96,16 +96,18 @@ pub struct Placed<'a> {
     pub sources: Sources,
 }
 
-/// The one address per family a pod's packets may come from; `None`: not
-/// checked in that family (no address known, or more than one). The
-/// unspecified address stands for none: a pod with an address in one
-/// family only may send nothing routable in the other (IPv6 link-local
-/// sources and the unspecified ones pass, as beside any address).
+/// The address per family the endpoint holds for a pod's packets to come
+/// from (its first in the family); `None`: not checked in that family (no
+/// address known). The unspecified address stands for none: a pod with an
+/// address in one family only may send nothing routable in the other (IPv6
+/// link-local sources and the unspecified ones pass, as beside any
+/// address). A pod's further addresses in a family go in the prefix map,
+/// as host prefixes ([`Sources::beyond_endpoint`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sources {
     pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
-    /// The pod may also send from extra prefixes ([`Sources::prefixes`],
+    /// The pod may also send from prefixes ([`Sources::beyond_endpoint`],
     /// written apart from the endpoint: `Desired::source_prefixes`).
     pub prefixes: bool,
 }
@@ -119,66 +121,73 @@ impl Sources {
     /// family is in dispute then sends nothing routable in that family
     /// until the dispute ends, rather than sending from anything.)
     pub fn of(ips: &[IpAddr]) -> Self {
-        let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for ip in ips {
-            match ip {
-                IpAddr::V4(a) => v4.push(*a),
-                IpAddr::V6(a) => v6.push(*a),
-            }
-        }
         if ips.is_empty() {
             return Self::default();
         }
-        let (none4, none6) = (v4.is_empty(), v6.is_empty());
+        let v4 = ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
         Self {
-            v4: only(v4).or(none4.then_some(Ipv4Addr::UNSPECIFIED)),
-            v6: only(v6).or(none6.then_some(Ipv6Addr::UNSPECIFIED)),
-            prefixes: false,
+            v4: v4.or(Some(Ipv4Addr::UNSPECIFIED)),
+            v6: v6.or(Some(Ipv6Addr::UNSPECIFIED)),
+            prefixes: further_addresses(ips).next().is_some(),
         }
     }
 
     /// What `pod` may send from: nothing checked where it opted out and
-    /// `opt_out` says this node honours that; its extra prefixes too,
-    /// where the node honours them.
+    /// `opt_out` says this node honours that; its further addresses and
+    /// its extra prefixes too, the latter where the node honours them.
     pub fn of_pod(pod: &Pod, opt_out: bool) -> Self {
         if opt_out && pod.source_check == SourceCheck::Off {
             Self::default()
         } else {
             Self {
-                prefixes: !Self::prefixes(pod, opt_out).is_empty(),
+                prefixes: !Self::beyond_endpoint(pod, opt_out).is_empty(),
                 ..Self::of(&pod.ips)
             }
         }
     }
 
-    /// Why `pod`'s packets leave it unchecked in a family, if they do:
-    /// it opted out (and the node honours it), it has several addresses
-    /// in the family, or no address is known. (A family it has no
-    /// address in while it has one in the other is checked: see
+    /// What `pod` may send from that its endpoint does not hold, for the
+    /// prefix map: its addresses past the first of each family (as host
+    /// prefixes; its own, so whatever the node honours) and its extra
+    /// prefixes ([`Sources::prefixes`]). None where it is not checked.
+    pub fn beyond_endpoint(pod: &Pod, opt_out: bool) -> BTreeSet<IpNet> {
+        if opt_out && pod.source_check == SourceCheck::Off {
+            return BTreeSet::new();
+        }
+        further_addresses(&pod.ips)
+            .chain(Self::prefixes(pod, opt_out).iter().copied())
+            .collect()
+    }
+
+    /// Why `pod`'s packets leave it unchecked, if they do: it opted out
+    /// (and the node honours it), or no address is known. (A family it
+    /// has no address in while it has one in the other is checked: see
     /// [`Sources`].)
     pub fn unchecked(pod: &Pod, opt_out: bool) -> Option<String> {
         if opt_out && pod.source_check == SourceCheck::Off {
             return Some(format!("opted out ({SOURCE_CHECK_ANNOTATION}: \"off\")"));
         }
-        if pod.ips.is_empty() {
-            return Some("no address known".into());
-        }
-        let several = |v6| pod.ips.iter().filter(|ip| ip.is_ipv6() == v6).count() > 1;
-        let families = match (several(false), several(true)) {
-            (true, true) => "several IPv4 and several IPv6 addresses",
-            (true, false) => "several IPv4 addresses",
-            (false, true) => "several IPv6 addresses",
-            (false, false) => return None,
-        };
-        Some(families.into())
+        pod.ips.is_empty().then(|| "no address known".into())
     }
 
     /// The prefixes `pod` may send from besides its own addresses: those
-    /// its annotation lists, where `opt_out` says this node honours that
-    /// and the pod did not opt out altogether (nothing is checked then).
+    /// its annotation lists, where `opt_out` says this node honours that,
+    /// the pod did not opt out altogether and an address of its is known
+    /// (nothing is checked otherwise, so they would change nothing).
     pub fn prefixes(pod: &Pod, opt_out: bool) -> &[IpNet] {
         match &pod.source_prefixes {
-            SourcePrefixes::List(list) if opt_out && pod.source_check != SourceCheck::Off => list,
+            SourcePrefixes::List(list)
+                if opt_out && pod.source_check != SourceCheck::Off && !pod.ips.is_empty() =>
+            {
+                list
+            }
             _ => &[],
         }
     }
@@ -239,9 +248,13 @@ pub fn placed_pods(snapshot: &Snapshot, is_placed: impl Fn(&str) -> bool) -> Vec
         .collect()
 }
 
-/// The one element of `of`, if it has exactly one.
-fn only<T>(mut of: Vec<T>) -> Option<T> {
-    of.pop().filter(|_| of.is_empty())
+/// The addresses of `ips` past the first of their family (the one the
+/// endpoint holds), as host prefixes.
+fn further_addresses(ips: &[IpAddr]) -> impl Iterator<Item = IpNet> + '_ {
+    ips.iter()
+        .enumerate()
+        .filter(|&(i, ip)| ips[..i].iter().any(|p| p.is_ipv6() == ip.is_ipv6()))
+        .map(|(_, &ip)| IpNet::from(ip))
 }
 
 /// A stable, non-zero endpoint id for a pod (`namespace/name`), so counters
@@ -344,9 +357,9 @@ impl<'a> Desired<'a> {
                 placed.sources = Sources::of_pod(pod, opt_out);
                 let endpoint = placed.endpoint;
                 self.source_prefixes.extend(
-                    Sources::prefixes(pod, opt_out)
-                        .iter()
-                        .map(|&net| (endpoint, net)),
+                    Sources::beyond_endpoint(pod, opt_out)
+                        .into_iter()
+                        .map(|net| (endpoint, net)),
                 );
             }
         }
@@ -421,12 +434,15 @@ mod tests {
             Sources::of(&[ip("10.0.0.1")]).v6,
             Some(Ipv6Addr::UNSPECIFIED)
         );
-        let two = Sources::of(&[ip("10.0.0.1"), ip("10.0.0.2"), ip("fd00::1")]);
+        assert!(!both.prefixes);
+        let two = Sources::of(&[ip("10.0.0.2"), ip("fd00::1"), ip("10.0.0.1")]);
         assert_eq!(
-            two.v4, None,
-            "two IPv4 addresses: the family is not checked"
+            two.v4,
+            Some(Ipv4Addr::new(10, 0, 0, 2)),
+            "the endpoint holds the first address of a family"
         );
         assert_eq!(two.v6, "fd00::1".parse().ok());
+        assert!(two.prefixes, "the second goes in the prefix map");
         assert_eq!(Sources::of(&[]), Sources::default());
     }
 
@@ -441,10 +457,7 @@ mod tests {
         assert_eq!(Sources::unchecked(&pod, true), None);
         assert_eq!(Sources::of_pod(&pod, true), Sources::of(&pod.ips));
         pod.ips.push("10.0.0.2".parse().unwrap());
-        assert_eq!(
-            Sources::unchecked(&pod, true).as_deref(),
-            Some("several IPv4 addresses")
-        );
+        assert_eq!(Sources::unchecked(&pod, true), None, "several are checked");
         pod.ips.truncate(2);
 
         pod.source_check = SourceCheck::Off;
@@ -470,17 +483,23 @@ mod tests {
         assert!(refused.contains("\"of\" is neither"), "{refused}");
     }
 
+    /// A compile that selects `pod` with no policy, and its placement on
+    /// interface 7.
+    fn placed_alone(pod: &Pod) -> (Compiled, BTreeMap<String, u32>) {
+        let mut compiled = Compiled::default();
+        compiled
+            .endpoints
+            .insert(pod.key(), EndpointPolicy::default());
+        (compiled, BTreeMap::from([(pod.key(), 7)]))
+    }
+
     #[test]
     fn extra_source_prefixes_are_honoured_only_where_the_node_allows_them() {
         let mut pod = crate::model::standard::pods().next().unwrap();
         pod.ips = vec!["10.0.0.1".parse().unwrap()];
         let net: IpNet = "10.8.0.0/24".parse().unwrap();
         pod.source_prefixes = SourcePrefixes::List(vec![net]);
-        let mut compiled = Compiled::default();
-        compiled
-            .endpoints
-            .insert(pod.key(), EndpointPolicy::default());
-        let placed = BTreeMap::from([(pod.key(), 7)]);
+        let (compiled, placed) = placed_alone(&pod);
         let desired = |pod: &Pod, opt_out| {
             Desired::on_node(&compiled, &placed, &[])
                 .with_sources([pod], opt_out)
@@ -522,6 +541,44 @@ mod tests {
             refused.contains("source-prefixes: \"x\" is not a prefix"),
             "{refused}"
         );
+
+        // With no address known nothing is checked: they would change
+        // nothing, and the status does not list them.
+        pod.source_prefixes = SourcePrefixes::List(vec![net]);
+        pod.ips.clear();
+        assert!(Sources::prefixes(&pod, true).is_empty());
+        assert!(desired(&pod, true).is_empty());
+    }
+
+    #[test]
+    fn further_addresses_of_a_family_go_in_the_prefix_map_whatever_the_node_honours() {
+        let mut pod = crate::model::standard::pods().next().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        pod.ips = vec![ip("10.0.0.1"), ip("fd00::1"), ip("10.0.0.2"), ip("fd00::2")];
+        let (compiled, placed) = placed_alone(&pod);
+        let desired = |pod: &Pod, opt_out| {
+            Desired::on_node(&compiled, &placed, &[]).with_sources([pod], opt_out)
+        };
+        let host = |s: &str| IpNet::from(ip(s));
+        for opt_out in [false, true] {
+            let d = desired(&pod, opt_out);
+            let placed = &d.endpoints[&pod.key()];
+            assert_eq!(placed.sources.v4, Some(Ipv4Addr::new(10, 0, 0, 1)));
+            assert_eq!(placed.sources.v6, "fd00::1".parse().ok());
+            assert!(placed.sources.prefixes);
+            assert_eq!(
+                d.source_prefixes,
+                BTreeSet::from([
+                    (placed.endpoint, host("10.0.0.2")),
+                    (placed.endpoint, host("fd00::2"))
+                ])
+            );
+            // The status lists annotated prefixes only.
+            assert!(Sources::prefixes(&pod, opt_out).is_empty());
+        }
+        pod.source_check = SourceCheck::Off;
+        assert!(desired(&pod, true).source_prefixes.is_empty());
+        assert_eq!(desired(&pod, false).source_prefixes.len(), 2);
     }
 
     #[test]

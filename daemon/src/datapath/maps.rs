@@ -109,7 +109,7 @@ pub fn policy_keys(
 
 /// `value` with the sources its pod may send from: a flag and an address
 /// per family that is checked (the unspecified address where the pod has
-/// none in it), and a flag where it has extra prefixes; the other sources'
+/// none in it), and a flag where it has prefixes in `PAL_SRC_PREFIX`; the other sources'
 /// fields cleared.
 pub fn sourced(mut value: EndpointValue, sources: &Sources) -> EndpointValue {
     value.flags &= !endpoint_flags::SOURCES;

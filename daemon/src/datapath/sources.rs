@@ -1,5 +1,6 @@
-//! `PAL_SRC_PREFIX`: the prefixes a pod may send from besides its own
-//! address, by endpoint. The programs read it only for a packet whose
+//! `PAL_SRC_PREFIX`: the prefixes a pod may send from besides the address
+//! its endpoint holds (its further addresses, its extra prefixes), by
+//! endpoint. The programs read it only for a packet whose
 //! source is not its pod's, from an endpoint flagged `SOURCE_PREFIXES`
 //! (`ebpf_common::kernel::pod::maps`): for such an endpoint an entry counts
 //! from the moment it is written, and stops when it is removed.

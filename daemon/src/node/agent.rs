@@ -129,9 +129,9 @@ pub struct Status {
     /// Local pods with process or file rules, by `namespace/pod`: `in
     /// force`, or why not.
     pub lsm_pods: BTreeMap<String, String>,
-    /// Local pods in force whose packets' sources are not checked in a
-    /// family they have addresses in (or that have none known), by
-    /// `namespace/pod`, with why (see `compile::desired::Sources::unchecked`).
+    /// Local pods in force whose packets' sources are not checked (opted
+    /// out, or no address known), by `namespace/pod`, with why (see
+    /// `compile::desired::Sources::unchecked`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sources_unchecked: BTreeMap<String, String>,
     /// Local pods in force that may send from prefixes besides their own

@@ -15,7 +15,7 @@
 //!    whole once attached, and its endpoints are reported not in force
 //!    until then.
 //! 2. The node deny list (`prefilter`), independent of everything else;
-//!    then the pods' stale extra source prefixes out (`sources`; the new
+//!    then the pods' stale source prefixes out (`sources`; the new
 //!    ones come in once the endpoints below are written).
 //! 3. Stale prefilter pod denies out, then identities in (before the
 //!    entries that name them), the endpoints' policies swapped, endpoints
@@ -81,9 +81,9 @@ pub struct Report {
     pub attach_errors: Vec<String>,
     /// Map writes that failed; what they concern keeps its last state.
     pub errors: Vec<String>,
-    /// Extra source prefixes written or removed (`sources`).
+    /// Source prefixes written or removed (`sources`).
     pub source_prefixes_changed: usize,
-    /// Pods some of whose extra source prefixes could not be written.
+    /// Pods some of whose source prefixes could not be written.
     pub source_prefixes_failed: std::collections::BTreeSet<String>,
     /// The process and file share; `None` where BPF LSM is inactive or the
     /// desired state had none.

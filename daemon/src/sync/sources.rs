@@ -1,5 +1,6 @@
-//! The prefixes pods may send from besides their own addresses
-//! (`PAL_SRC_PREFIX`), made what the desired state says every pass.
+//! The prefixes pods may send from besides the address their endpoint
+//! holds (`PAL_SRC_PREFIX`: their further addresses and their extra
+//! prefixes), made what the desired state says every pass.
 //!
 //! Order: entries the desired state no longer has go before the endpoints
 //! are written ([`retire`]), the new ones after ([`add`]). The endpoint's

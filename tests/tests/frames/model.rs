@@ -377,25 +377,28 @@ impl Verdict {
     }
 }
 
-/// Whether a pod with `addresses` may send from `src`: where it has one
-/// address of that family, only from it; where it has none in that family
-/// but some in the other, only from the unspecified address; in IPv6 also
-/// from a link-local address or the unspecified one. Where it has several
-/// in the family, or none at all, from any.
+/// Whether a pod with `addresses` may send from `src`: where it has
+/// addresses of that family, only from one of them; where it has none in
+/// that family but some in the other, only from the unspecified address;
+/// in IPv6 also from a link-local address or the unspecified one. Where it
+/// has none at all, from any.
 fn may_send_from(addresses: &[IpAddr], src: IpAddr) -> bool {
-    let mut same_family = addresses.iter().filter(|a| a.is_ipv4() == src.is_ipv4());
-    let own = match (same_family.next(), same_family.next()) {
-        (Some(&own), None) => own,
-        (None, _) if !addresses.is_empty() => match src {
-            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        },
-        _ => return true,
-    };
-    match src {
-        IpAddr::V6(a) if a.is_unspecified() || a.is_unicast_link_local() => true,
-        _ => src == own,
+    if addresses.is_empty() {
+        return true;
     }
+    if let IpAddr::V6(a) = src
+        && (a.is_unspecified() || a.is_unicast_link_local())
+    {
+        return true;
+    }
+    let mut same_family = addresses
+        .iter()
+        .filter(|a| a.is_ipv4() == src.is_ipv4())
+        .peekable();
+    if same_family.peek().is_none() {
+        return src == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    }
+    same_family.any(|&a| a == src)
 }
 
 /// A flow as conntrack knows it: its two (address, port) ends in a fixed
