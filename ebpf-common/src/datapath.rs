@@ -62,12 +62,14 @@ pub struct EndpointValue {
     pub revision: u32,
     /// [`endpoint_flags`].
     pub flags: u32,
-    /// The pod's IPv4 address, the only source its IPv4 packets may have,
-    /// where [`endpoint_flags::SOURCE4`] is set; `0.0.0.0` where the pod
+    /// The pod's (lowest) IPv4 address, the only source its IPv4 packets
+    /// may have besides those `PAL_SRC_PREFIX` holds for it, where
+    /// [`endpoint_flags::SOURCE4`] is set; `0.0.0.0` where the pod
     /// has no IPv4 address (so it may send none but a DHCP client's).
     pub source4: [u8; 4],
-    /// The pod's IPv6 address, where [`endpoint_flags::SOURCE6`] is set:
-    /// the only source its IPv6 packets may have but link-local ones and
+    /// The pod's (lowest) IPv6 address, where [`endpoint_flags::SOURCE6`]
+    /// is set: the only source its IPv6 packets may have but link-local
+    /// ones, those `PAL_SRC_PREFIX` holds for it and
     /// the unspecified address (duplicate address detection); `::` where
     /// the pod has no IPv6 address (so it may send only those).
     pub source6: [u8; ADDR_LEN],
@@ -151,8 +153,9 @@ pub mod endpoint_flags {
     /// the peer's own found nothing.
     pub const ANY_PEER_INGRESS: u32 = 1 << 4;
     pub const ANY_PEER_EGRESS: u32 = 1 << 5;
-    /// The pod's packets are dropped unless their source is its address
-    /// (`EndpointValue::source4`, `source6`), one flag per family.
+    /// The pod's packets are dropped unless their source is the address
+    /// the endpoint holds (`EndpointValue::source4`, `source6`) or one
+    /// `PAL_SRC_PREFIX` holds for it, one flag per family.
     pub const SOURCE4: u32 = 1 << 6;
     pub const SOURCE6: u32 = 1 << 7;
     /// The pod may also send from the prefixes `PAL_SRC_PREFIX` holds for

@@ -1183,9 +1183,13 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
         let t = TempPins::new()?;
         let lab = BridgeLab::new(2)?;
         let _listeners = listen_in_every_pod(&lab)?;
-        // a's second address: its own to the kernel, not its Pod's.
+        // a's second and third addresses: its own to the kernel, not its
+        // Pod's.
         let other = Ipv4Addr::new(10, 199, 1, 200);
-        ip_in(&lab.pods[0].netns, &format!("addr add {other}/32 dev eth0"))?;
+        let third = Ipv4Addr::new(10, 199, 1, 201);
+        for addr in [other, third] {
+            ip_in(&lab.pods[0].netns, &format!("addr add {addr}/32 dev eth0"))?;
+        }
         // And IPv6 addresses that neither Pod lists: each is single-stack.
         let (a6, b6) = ("fd00:199::a", "fd00:199::b");
         for (pod, addr) in lab.pods.iter().zip([a6, b6]) {
@@ -1275,6 +1279,12 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
                 "{run}: a reaches b from the second address its Pod lists"
             );
             assert!(from(lab.pods[0].ip)?, "{run}: and from its first");
+            let before = spoofed()?;
+            assert!(
+                !from(third)?,
+                "{run}: a is still blocked from an address its Pod does not list"
+            );
+            assert!(spoofed()? > before, "{run}: ... as spoofed");
             assert!(
                 s["errors"].as_array().is_some_and(Vec::is_empty),
                 "{run}: {s}"
@@ -1320,6 +1330,11 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
                 "{run}: {s}"
             );
             checked()?;
+            // A value that does not read: refused, and checked again.
+            daemon.write("cluster.yaml", &prefixes(&format!("{other}/32, 10.199.1")))?;
+            let s = commit_and_wait(&mut daemon)?;
+            assert!(s.get("source_prefixes").is_none(), "{run}: {s}");
+            refused(&s, "source-prefixes: \"10.199.1\" is not a prefix")?;
         } else {
             assert!(s.get("source_prefixes").is_none(), "{run}: {s}");
             refused(&s, "source-prefixes is not honoured")?;

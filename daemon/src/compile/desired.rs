@@ -15,7 +15,7 @@ use ipnet::IpNet;
 
 use crate::{
     identity::IdentityKey,
-    model::{Pod, Snapshot, SourceCheck, SourcePrefixes},
+    model::{Pod, Snapshot, SourceCheck, SourcePrefixes, limits::MAX_FURTHER_ADDRESSES_PER_POD},
     source::objects::{SOURCE_CHECK_ANNOTATION, SOURCE_PREFIXES_ANNOTATION},
 };
 
@@ -97,7 +97,7 @@ pub struct Placed<'a> {
 }
 
 /// The address per family the endpoint holds for a pod's packets to come
-/// from (its first in the family); `None`: not checked in that family (no
+/// from (its lowest in the family); `None`: not checked in that family (no
 /// address known). The unspecified address stands for none: a pod with an
 /// address in one family only may send nothing routable in the other (IPv6
 /// link-local sources and the unspecified ones pass, as beside any
@@ -124,17 +124,10 @@ impl Sources {
         if ips.is_empty() {
             return Self::default();
         }
-        let v4 = ips.iter().find_map(|ip| match ip {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(_) => None,
-        });
-        let v6 = ips.iter().find_map(|ip| match ip {
-            IpAddr::V6(a) => Some(*a),
-            IpAddr::V4(_) => None,
-        });
+        let (held4, held6) = held(ips);
         Self {
-            v4: v4.or(Some(Ipv4Addr::UNSPECIFIED)),
-            v6: v6.or(Some(Ipv6Addr::UNSPECIFIED)),
+            v4: Some(held4.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            v6: Some(held6.unwrap_or(Ipv6Addr::UNSPECIFIED)),
             prefixes: further_addresses(ips).next().is_some(),
         }
     }
@@ -154,16 +147,36 @@ impl Sources {
     }
 
     /// What `pod` may send from that its endpoint does not hold, for the
-    /// prefix map: its addresses past the first of each family (as host
-    /// prefixes; its own, so whatever the node honours) and its extra
-    /// prefixes ([`Sources::prefixes`]). None where it is not checked.
+    /// prefix map: its further addresses (as host prefixes; its own, so
+    /// whatever the node honours), at most
+    /// [`MAX_FURTHER_ADDRESSES_PER_POD`] of them, the lowest
+    /// ([`Sources::addresses_refused`]), and its extra prefixes
+    /// ([`Sources::prefixes`]). None where it is not checked.
     pub fn beyond_endpoint(pod: &Pod, opt_out: bool) -> BTreeSet<IpNet> {
         if opt_out && pod.source_check == SourceCheck::Off {
             return BTreeSet::new();
         }
         further_addresses(&pod.ips)
+            .take(MAX_FURTHER_ADDRESSES_PER_POD)
             .chain(Self::prefixes(pod, opt_out).iter().copied())
             .collect()
+    }
+
+    /// The error for a checked `pod` with more further addresses than
+    /// [`MAX_FURTHER_ADDRESSES_PER_POD`], if it has: each would be an entry
+    /// of the prefix map, which all pods share. Its packets from the
+    /// others are dropped as spoofed.
+    pub fn addresses_refused(pod: &Pod, opt_out: bool) -> Option<String> {
+        if opt_out && pod.source_check == SourceCheck::Off {
+            return None;
+        }
+        let further = further_addresses(&pod.ips).count();
+        (further > MAX_FURTHER_ADDRESSES_PER_POD).then(|| {
+            format!(
+                "Pod {}: {further} addresses besides the lowest of each family; its packets may come from the lowest {MAX_FURTHER_ADDRESSES_PER_POD} of them only (MAX_FURTHER_ADDRESSES_PER_POD)",
+                pod.key()
+            )
+        })
     }
 
     /// Why `pod`'s packets leave it unchecked, if they do: it opted out
@@ -248,13 +261,40 @@ pub fn placed_pods(snapshot: &Snapshot, is_placed: impl Fn(&str) -> bool) -> Vec
         .collect()
 }
 
-/// The addresses of `ips` past the first of their family (the one the
-/// endpoint holds), as host prefixes.
-fn further_addresses(ips: &[IpAddr]) -> impl Iterator<Item = IpNet> + '_ {
+/// The addresses of `ips` a packet's source can be: not an IPv4-mapped
+/// IPv6 address, which the datapath drops as malformed wherever it
+/// appears.
+fn sendable(ips: &[IpAddr]) -> impl Iterator<Item = IpAddr> + '_ {
     ips.iter()
-        .enumerate()
-        .filter(|&(i, ip)| ips[..i].iter().any(|p| p.is_ipv6() == ip.is_ipv6()))
-        .map(|(_, &ip)| IpNet::from(ip))
+        .copied()
+        .filter(|ip| !matches!(ip, IpAddr::V6(a) if a.to_ipv4_mapped().is_some()))
+}
+
+/// The address of each family the endpoint holds: the lowest, so that
+/// the order a source lists them in changes nothing.
+fn held(ips: &[IpAddr]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let mut held = (None, None);
+    for ip in sendable(ips) {
+        match ip {
+            IpAddr::V4(a) => held.0 = Some(held.0.map_or(a, |h: Ipv4Addr| h.min(a))),
+            IpAddr::V6(a) => held.1 = Some(held.1.map_or(a, |h: Ipv6Addr| h.min(a))),
+        }
+    }
+    held
+}
+
+/// A pod's further addresses: those of `ips` a source can be, past the
+/// one of their family that the endpoint holds ([`held`]), lowest first
+/// and each once, as host prefixes.
+fn further_addresses(ips: &[IpAddr]) -> impl Iterator<Item = IpNet> + '_ {
+    let (held4, held6) = held(ips);
+    let further: BTreeSet<IpAddr> = sendable(ips)
+        .filter(|&ip| match ip {
+            IpAddr::V4(a) => Some(a) != held4,
+            IpAddr::V6(a) => Some(a) != held6,
+        })
+        .collect();
+    further.into_iter().map(IpNet::from)
 }
 
 /// A stable, non-zero endpoint id for a pod (`namespace/name`), so counters
@@ -420,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_may_send_from_its_one_address_per_family() {
+    fn a_pods_endpoint_holds_one_address_per_family() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let both = Sources::of(&[ip("10.0.0.1"), ip("fd00::1")]);
         assert_eq!(both.v4, Some(Ipv4Addr::new(10, 0, 0, 1)));
@@ -438,11 +478,18 @@ mod tests {
         let two = Sources::of(&[ip("10.0.0.2"), ip("fd00::1"), ip("10.0.0.1")]);
         assert_eq!(
             two.v4,
-            Some(Ipv4Addr::new(10, 0, 0, 2)),
-            "the endpoint holds the first address of a family"
+            Some(Ipv4Addr::new(10, 0, 0, 1)),
+            "the endpoint holds the lowest address of a family, whatever the order"
         );
         assert_eq!(two.v6, "fd00::1".parse().ok());
-        assert!(two.prefixes, "the second goes in the prefix map");
+        assert!(two.prefixes, "the other goes in the prefix map");
+        let mapped = Sources::of(&[ip("::ffff:10.0.0.1"), ip("10.0.0.1")]);
+        assert_eq!(
+            mapped.v6,
+            Some(Ipv6Addr::UNSPECIFIED),
+            "an IPv4-mapped address is no IPv6 source"
+        );
+        assert!(!mapped.prefixes);
         assert_eq!(Sources::of(&[]), Sources::default());
     }
 
@@ -576,9 +623,52 @@ mod tests {
             // The status lists annotated prefixes only.
             assert!(Sources::prefixes(&pod, opt_out).is_empty());
         }
+        // Beside an annotated prefix, which the status lists alone.
+        let net: IpNet = "10.8.0.0/24".parse().unwrap();
+        pod.source_prefixes = SourcePrefixes::List(vec![net]);
+        let d = desired(&pod, true);
+        let endpoint = d.endpoints[&pod.key()].endpoint;
+        assert_eq!(
+            d.source_prefixes,
+            BTreeSet::from([
+                (endpoint, host("10.0.0.2")),
+                (endpoint, host("fd00::2")),
+                (endpoint, net)
+            ])
+        );
+        assert_eq!(Sources::prefixes(&pod, true), [net]);
+        pod.source_prefixes = SourcePrefixes::None;
+
         pod.source_check = SourceCheck::Off;
         assert!(desired(&pod, true).source_prefixes.is_empty());
         assert_eq!(desired(&pod, false).source_prefixes.len(), 2);
+        pod.source_check = SourceCheck::On;
+
+        // Repeated and IPv4-mapped addresses are no further address; past
+        // the limit the lowest are kept, with an error.
+        pod.ips.extend([ip("10.0.0.1"), ip("::ffff:10.0.0.9")]);
+        assert_eq!(desired(&pod, false).source_prefixes.len(), 2);
+        assert_eq!(Sources::addresses_refused(&pod, false), None);
+        pod.ips
+            .extend((0..=MAX_FURTHER_ADDRESSES_PER_POD as u8).map(|n| ip(&format!("10.1.0.{n}"))));
+        let kept = desired(&pod, false).source_prefixes;
+        assert_eq!(kept.len(), MAX_FURTHER_ADDRESSES_PER_POD);
+        assert!(
+            kept.iter().any(|&(_, n)| n == host("10.0.0.2")),
+            "the lowest are kept"
+        );
+        assert!(!kept.iter().any(|&(_, n)| n == host("fd00::2")));
+        let refused = Sources::addresses_refused(&pod, false).unwrap();
+        assert!(
+            refused.contains("19 addresses besides the lowest"),
+            "{refused}"
+        );
+        pod.source_check = SourceCheck::Off;
+        assert_eq!(
+            Sources::addresses_refused(&pod, true),
+            None,
+            "nothing is checked"
+        );
     }
 
     #[test]

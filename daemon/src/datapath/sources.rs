@@ -1,7 +1,8 @@
 //! `PAL_SRC_PREFIX`: the prefixes a pod may send from besides the address
 //! its endpoint holds (its further addresses, its extra prefixes), by
 //! endpoint. The programs read it only for a packet whose
-//! source is not its pod's, from an endpoint flagged `SOURCE_PREFIXES`
+//! source is not the address its endpoint holds, from an endpoint flagged
+//! `SOURCE_PREFIXES`
 //! (`ebpf_common::kernel::pod::maps`): for such an endpoint an entry counts
 //! from the moment it is written, and stops when it is removed.
 

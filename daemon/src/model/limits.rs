@@ -115,6 +115,12 @@ pub const MAX_LSM_ENTRIES_PER_POLICY: usize = 65_536;
 /// by default (64 such pods at the limit; `--map-size` resizes it).
 pub const MAX_SOURCE_PREFIXES_PER_POD: usize = 16;
 
+/// A Pod's addresses besides the lowest of each family that its packets
+/// may come from (a file source may list several per family; a Kubernetes
+/// Pod's `status.podIPs` holds one per family): each is an entry of
+/// `PAL_SRC_PREFIX`, beside the annotated prefixes.
+pub const MAX_FURTHER_ADDRESSES_PER_POD: usize = 16;
+
 /// serde-saphyr's options for every YAML document Palisade reads: its
 /// budget set to the limits above (`max_nodes` for [`MAX_NODES`] or, for
 /// a position lookup, [`MAX_POSITIONED_NODES`]), duplicate keys refused

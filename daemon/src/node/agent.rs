@@ -94,8 +94,10 @@ pub struct Status {
     /// The source revision the last pass applied.
     pub revision: String,
     /// The revision is fully in force: every local pod placed and enforced,
-    /// no attach or map write failed. (A source error is listed under
-    /// `errors` but leaves the object's last good version in force.)
+    /// no endpoint's attach and no map write failed. (A source error is
+    /// listed under `errors` but leaves the object's last good version in
+    /// force; so is a prefilter that is on no uplink, which leaves every
+    /// pod's policy in force.)
     pub ready: bool,
     pub passes: u64,
     pub pass_ms: f64,
@@ -1017,6 +1019,7 @@ impl SourceStatus {
                     [
                         Sources::refused(p, opt_out),
                         Sources::prefixes_refused(p, opt_out),
+                        Sources::addresses_refused(p, opt_out),
                     ]
                 })
                 .flatten()

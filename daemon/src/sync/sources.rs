@@ -14,8 +14,10 @@
 //! a prefix may send from it a moment after its endpoint is written, not
 //! before; and a pod whose Pod changes its prefixes meets a moment in
 //! which the changed entries of neither list pass (the datapath reads the
-//! map for every packet that is not from the pod's own address, with no
-//! epoch or swap).
+//! map for every packet that is not from the address its endpoint holds,
+//! with no epoch or swap). A pod's further addresses are such entries
+//! too: one whose lowest address changes meets that moment for the
+//! address that moves between its endpoint and the map.
 //!
 //! A failed write is reported (the pass is then not in force, and the pod
 //! is left out of the status's list) and the rest are still made; the

@@ -243,6 +243,13 @@ fn is_v6(a: IpAddr) -> bool {
     matches!(a, IpAddr::V6(_))
 }
 
+/// One of `addrs` in `v6`'s family, any of them (a pod may have several:
+/// the endpoint holds one, the prefix map the others).
+fn one_of(addrs: &[IpAddr], v6: bool, rng: &mut Rng) -> Option<IpAddr> {
+    let family: Vec<IpAddr> = addrs.iter().copied().filter(|a| is_v6(*a) == v6).collect();
+    (!family.is_empty()).then(|| family[rng.below(family.len())])
+}
+
 /// An address inside `net`.
 fn within(net: IpNet, rng: &mut Rng) -> IpAddr {
     let random = u128::from(rng.next()) << 64 | u128::from(rng.next());
@@ -439,7 +446,8 @@ impl Generator {
             .endpoints
             .iter()
             .find(|(i, _)| *i == ifindex)
-            .and_then(|(_, addrs)| addrs.iter().copied().find(|a| is_v6(*a) == v6));
+            .map(|(_, addrs)| addrs.clone())
+            .and_then(|addrs| one_of(&addrs, v6, &mut self.rng));
         match own {
             Some(a) if self.rng.chance(95) => a,
             _ => self.peer(v6),
@@ -622,7 +630,7 @@ impl Generator {
             within(net, &mut self.rng)
         };
         let v6 = is_v6(far);
-        let Some(local) = ep.addresses.iter().copied().find(|a| is_v6(*a) == v6) else {
+        let Some(local) = one_of(&ep.addresses, v6, &mut self.rng) else {
             let b = self.flow_frame(hook, ifindex);
             return case(hook, ifindex, b.frame, Kind::Flow);
         };

@@ -132,8 +132,8 @@ const _: () =
     assert!(core::mem::size_of::<SourceLookup>() == core::mem::size_of::<Key<SourcePrefixKey>>());
 
 /// Whether `p`'s source lies in a prefix that `endpoint`'s pod may send
-/// from besides the address its endpoint holds. Asked only of a packet whose source is
-/// not the pod's, from a pod that has such prefixes
+/// from besides the address its endpoint holds. Asked only of a packet
+/// whose source is not that address, from a pod that has such prefixes
 /// (`endpoint_flags::SOURCE_PREFIXES`).
 #[inline(always)]
 pub fn source_prefix_allows(endpoint: u32, p: &Packet) -> bool {

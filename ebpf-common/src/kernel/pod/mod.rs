@@ -63,9 +63,11 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     // Only IP packets meet conntrack: ARP and the like read no epoch.
     let epoch = if parsed_ip { maps::epoch() } else { 0 };
     let mut here = Here::at(ifindex);
-    // A pod's packet may only carry its own source (or one of the extra
-    // prefixes its node lets it list): checked before anything can pass
-    // it, conntrack's fast path and the cached drop included.
+    // A pod's packet may only carry its own source (the address its
+    // endpoint holds, or one in the prefix map: a further address of its,
+    // an extra prefix its node lets it list): checked before anything can
+    // pass it, conntrack's fast path and the cached drop included. ARP and
+    // neighbour discovery are not IP here, and not checked.
     if parsed_ip
         && dir == crate::datapath::direction::EGRESS
         && let Some(ep) = here.endpoint()
