@@ -565,4 +565,29 @@ mod conntrack_layout {
             [0, 8, 12, 16, 20, 21, 22, 28]
         );
     }
+
+    /// The same for the fragment table and `FRAG_LAYOUT_SINCE`.
+    #[test]
+    fn the_fragment_layout_is_the_one_frag_layout_since_names() {
+        assert_eq!(crate::FRAG_LAYOUT_SINCE, 10);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(
+            [
+                offset_of!(FragKey, src),
+                offset_of!(FragKey, dst),
+                offset_of!(FragKey, id),
+                offset_of!(FragKey, protocol),
+            ],
+            [0, 16, 32, 36]
+        );
+        assert_eq!(size_of::<FragValue>(), 8);
+        assert_eq!(
+            [
+                offset_of!(FragValue, sport),
+                offset_of!(FragValue, dport),
+                offset_of!(FragValue, protocol),
+            ],
+            [0, 2, 4]
+        );
+    }
 }

@@ -25,5 +25,12 @@ pub const ABI_VERSION: u32 = 11;
 /// `datapath` pins their layout so that such a change cannot go unnoticed.
 pub const CT_LAYOUT_SINCE: u32 = 4;
 
+/// The oldest ABI whose fragment table (`PAL_FRAGS`: `FragKey`,
+/// `FragValue` and what each field means) is this one's: a daemon that
+/// takes over from such an ABI copies the datagrams whose first fragment
+/// passed, so that their later fragments still follow it. Kept as
+/// [`CT_LAYOUT_SINCE`] is (the same test pins both layouts).
+pub const FRAG_LAYOUT_SINCE: u32 = 10;
+
 #[cfg(feature = "kernel")]
 pub mod kernel;

@@ -791,13 +791,7 @@ fn a_server_push_survives_an_abi_upgrade() -> anyhow::Result<()> {
     server.write_all(b"1")?;
     client.read_exact(&mut byte).context("b's first push")?;
 
-    // The upgrade: the running ABI's pins presented as the previous one's.
-    daemon.stop();
-    let older = palisade::paths::PinDir::with_abi(t.pins.base(), t.pins.abi() - 1);
-    fs::rename(t.pins.root(), older.root())?;
-    daemon.restart(&palisade_bin()?, &lab.node)?;
-    commit_and_wait(&mut daemon)?;
-    assert!(!older.root().exists(), "the older ABI's pins were retired");
+    upgrade_abi(&mut daemon, &t, &lab)?;
     // b tracked a flow opened in ingress: the carried flow marks it so,
     // or a drop cached for b's egress would keep its pushes from
     // conntrack (`ebpf_common::datapath::opened_index`).
@@ -818,6 +812,107 @@ fn a_server_push_survives_an_abi_upgrade() -> anyhow::Result<()> {
     assert!(!reaches(&lab, 1, 0)?, "b still opens nothing");
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The first fragment of a UDP datagram from a to b passes a daemon of one
+/// ABI, the last a daemon of the next: the table of datagrams whose first
+/// fragment passed is carried over (`sync::conntrack`), so b gets the
+/// datagram whole. Without the copy the last fragment was dropped as
+/// `drop_fragment_unknown`, and b got nothing.
+#[test]
+fn a_datagram_fragmented_across_an_abi_upgrade_is_delivered() -> anyhow::Result<()> {
+    const B_FROM_A_UDP: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-from-a-udp, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{port: 8080, protocol: UDP}]}]\n";
+    const PAYLOAD: &[u8; 16] = b"fragment carried";
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(2)?;
+    let dir = std::env::temp_dir().join(unique("palisade-frag-carry-"));
+    let (a, b) = (&lab.pods[0], &lab.pods[1]);
+    let receiver = in_netns(&b.netns, || std::net::UdpSocket::bind((b.ip, 8080)))??;
+    receiver.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut daemon = start(&lab, &t, &dir, 300, &[])?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    daemon.write("policy.yaml", B_FROM_A_UDP)?;
+    commit_and_wait(&mut daemon)?;
+    let unknown = || counted(&t, maps::TC_STATS, "drop_fragment_unknown");
+    let send = |fragment: &[u8]| in_netns(&a.netns, || send_raw(b.ip, fragment))?;
+    let (first, last) = fragments(a.ip, b.ip, 0x5a5a, 40_000, 8080, PAYLOAD);
+
+    send(&first)?;
+    upgrade_abi(&mut daemon, &t, &lab)?;
+    let before = unknown()?;
+    send(&last)?;
+    let mut got = [0u8; 64];
+    let n = receiver
+        .recv(&mut got)
+        .context("the datagram whose first fragment passed the older ABI never arrived")?;
+    assert_eq!(&got[..n], PAYLOAD);
+    assert_eq!(unknown()?, before, "no fragment was dropped as unknown");
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The upgrade: the running daemon stopped, its ABI's pins presented as
+/// the previous one's, and a daemon started on them and in force, which
+/// retired them.
+fn upgrade_abi(daemon: &mut Enforcer, t: &TempPins, lab: &BridgeLab) -> anyhow::Result<()> {
+    daemon.stop();
+    let older = palisade::paths::PinDir::with_abi(t.pins.base(), t.pins.abi() - 1);
+    fs::rename(t.pins.root(), older.root())?;
+    daemon.restart(&palisade_bin()?, &lab.node)?;
+    commit_and_wait(daemon)?;
+    assert!(!older.root().exists(), "the older ABI's pins were retired");
+    Ok(())
+}
+
+/// The two fragments of a UDP datagram carrying `payload` (16 bytes): the
+/// first holds the UDP header and 8 bytes, the last the other 8.
+fn fragments(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+    sport: u16,
+    dport: u16,
+    payload: &[u8; 16],
+) -> (Vec<u8>, Vec<u8>) {
+    let header = |offset_words: u16, more: bool, len: usize| {
+        let mut h = vec![0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&(20 + len as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&id.to_be_bytes());
+        let flags = if more { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&(flags | offset_words).to_be_bytes());
+        h[8] = 64;
+        h[9] = libc::IPPROTO_UDP as u8;
+        h[12..16].copy_from_slice(&src.octets());
+        h[16..20].copy_from_slice(&dst.octets());
+        h
+    };
+    let mut first = header(0, true, 16);
+    first.extend_from_slice(&sport.to_be_bytes());
+    first.extend_from_slice(&dport.to_be_bytes());
+    first.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    // A zero UDP checksum: none, which IPv4 allows.
+    first.extend_from_slice(&[0, 0]);
+    first.extend_from_slice(&payload[..8]);
+    // The last starts 16 bytes in: 2 units of 8.
+    let mut last = header(2, false, 8);
+    last.extend_from_slice(&payload[8..]);
+    (first, last)
+}
+
+/// Sends an IPv4 packet whose header is `packet`'s own (the kernel fills
+/// only its checksum).
+fn send_raw(dst: Ipv4Addr, packet: &[u8]) -> anyhow::Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .context("raw socket")?;
+    socket.send_to(packet, &SockAddr::from(std::net::SocketAddrV4::new(dst, 0)))?;
     Ok(())
 }
 

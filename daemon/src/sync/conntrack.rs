@@ -13,6 +13,13 @@
 //! copied flow also marks its endpoint as having tracked a flow opened in
 //! its direction (`PAL_EP_OPENED`), so that its replies are still looked
 //! up in conntrack (`ebpf_common::datapath::opened_index`).
+//!
+//! The fragment table (`PAL_FRAGS`) is carried the same way, from ABIs
+//! whose table is this one's ([`ebpf_common::FRAG_LAYOUT_SINCE`]): a
+//! datagram whose first fragment passed the older programs has its later
+//! fragments follow it under the new ones, to the flow the first one
+//! opened (itself judged again, as above). Without the copy they were
+//! dropped as `drop_fragment_unknown`.
 
 use std::path::Path;
 
@@ -21,8 +28,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
 };
 use ebpf_common::{
-    ABI_VERSION, CT_LAYOUT_SINCE,
-    datapath::{Ct4Key, Ct6Key, CtValue, opened_index},
+    ABI_VERSION, CT_LAYOUT_SINCE, FRAG_LAYOUT_SINCE,
+    datapath::{Ct4Key, Ct6Key, CtValue, FragKey, FragValue, opened_index},
     maps,
 };
 
@@ -33,15 +40,26 @@ use crate::paths::PinDir;
 pub struct Carried {
     /// Flows copied, by the ABI they came from.
     pub flows: Vec<(u32, u64)>,
+    /// Fragmented datagrams copied, by the ABI they came from.
+    pub datagrams: Vec<(u32, u64)>,
     pub errors: Vec<String>,
 }
 
 /// Copies the tracked flows of every older ABI under `pins`' base whose
-/// conntrack layout is this one's, each stamped with `stale_epoch`.
+/// conntrack layout is this one's, each stamped with `stale_epoch`, and
+/// the fragmented datagrams of those whose fragment table is.
 pub fn carry_over(pins: &PinDir, stale_epoch: u32) -> Carried {
     let mut carried = Carried::default();
     for old in pins.other_abis() {
         let abi = old.abi();
+        if (FRAG_LAYOUT_SINCE..ABI_VERSION).contains(&abi) {
+            match copy_fragments(&old.map(maps::FRAGS), &pins.map(maps::FRAGS)) {
+                Ok(n) => carried.datagrams.push((abi, n)),
+                Err(e) => carried
+                    .errors
+                    .push(format!("fragment table of ABI v{abi}: {e:#}")),
+            }
+        }
         if !(CT_LAYOUT_SINCE..ABI_VERSION).contains(&abi) {
             tracing::info!(
                 "ABI v{abi}'s conntrack is not this one's (v{CT_LAYOUT_SINCE} to v{ABI_VERSION}): its flows are judged afresh"
@@ -65,19 +83,28 @@ pub fn carry_over(pins: &PinDir, stale_epoch: u32) -> Carried {
     carried
 }
 
+/// The pinned hash map at `path`, its key and value sizes checked against
+/// `K` and `V`.
+fn open<K: Pod, V: Pod>(path: &Path) -> anyhow::Result<HashMap<MapData, K, V>> {
+    let map = Map::from_map_data(MapData::from_pin(path)?)?;
+    Ok(HashMap::try_from(map)?)
+}
+
+/// The older ABI's map at `from`; `None` where that ABI had none (or it
+/// was removed): nothing to carry.
+fn open_old<K: Pod, V: Pod>(from: &Path) -> anyhow::Result<Option<HashMap<MapData, K, V>>> {
+    match open(from) {
+        Ok(map) => Ok(Some(map)),
+        Err(_) if !from.exists() => Ok(None),
+        Err(e) => Err(e.context(from.display().to_string())),
+    }
+}
+
 fn copy<K: Pod>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyhow::Result<u64> {
-    let open = |path: &Path| -> anyhow::Result<HashMap<MapData, K, CtValue>> {
-        let map = Map::from_map_data(MapData::from_pin(path)?)?;
-        // The key and value sizes are checked here, against K and CtValue.
-        Ok(HashMap::try_from(map)?)
+    let Some(old) = open_old::<K, CtValue>(from)? else {
+        return Ok(0);
     };
-    let old = match open(from) {
-        Ok(map) => map,
-        // That ABI had no such map (or it was removed): nothing to carry.
-        Err(_) if !from.exists() => return Ok(0),
-        Err(e) => return Err(e.context(from.display().to_string())),
-    };
-    let mut new = open(to)?;
+    let mut new = open::<K, CtValue>(to)?;
     let mut opened: Array<MapData, u32> = Array::try_from(Map::from_map_data(MapData::from_pin(
         pins.map(maps::OPENED),
     )?)?)?;
@@ -94,6 +121,24 @@ fn copy<K: Pod>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyh
             &1,
             0,
         )?;
+        new.insert(&key, &value, 0)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Copies the datagrams of the fragment table at `from` into `to`. Its
+/// entries name no endpoint and no epoch: a later fragment takes the ports
+/// of its first and then meets conntrack, which judges it as usual.
+fn copy_fragments(from: &Path, to: &Path) -> anyhow::Result<u64> {
+    let Some(old) = open_old::<FragKey, FragValue>(from)? else {
+        return Ok(0);
+    };
+    let mut new = open::<FragKey, FragValue>(to)?;
+    let mut n = 0;
+    for entry in old.iter() {
+        // As for conntrack: an eviction mid-walk ends it early at worst.
+        let Ok((key, value)) = entry else { break };
         new.insert(&key, &value, 0)?;
         n += 1;
     }

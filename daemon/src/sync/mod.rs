@@ -386,6 +386,9 @@ impl Syncer {
         for (abi, flows) in &carried.flows {
             tracing::info!("carried {flows} tracked flows over from ABI v{abi}");
         }
+        for (abi, datagrams) in &carried.datagrams {
+            tracing::info!("carried {datagrams} fragmented datagrams over from ABI v{abi}");
+        }
         // Not the desired state's: those flows are judged afresh instead.
         for e in &carried.errors {
             tracing::warn!("{e}");
