@@ -28,8 +28,11 @@ pub const CT_LAYOUT_SINCE: u32 = 4;
 /// The oldest ABI whose fragment table (`PAL_FRAGS`: `FragKey`,
 /// `FragValue` and what each field means) is this one's: a daemon that
 /// takes over from such an ABI copies the datagrams whose first fragment
-/// passed, so that their later fragments still follow it. Kept as
-/// [`CT_LAYOUT_SINCE`] is (the same test pins both layouts).
+/// passed, so that their later fragments still follow it. Set it to
+/// `ABI_VERSION` in the change that alters `FragKey` or `FragValue`, or
+/// how the datapath fills or reads them (ABI 10 kept `FragKey`'s bytes but
+/// made its IPv6 protocol the fragment header's next header); a test in
+/// `datapath` pins their layout, which catches only the former.
 pub const FRAG_LAYOUT_SINCE: u32 = 10;
 
 #[cfg(feature = "kernel")]

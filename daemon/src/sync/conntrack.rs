@@ -129,7 +129,8 @@ fn copy<K: Pod>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyh
 
 /// Copies the datagrams of the fragment table at `from` into `to`. Its
 /// entries name no endpoint and no epoch: a later fragment takes the ports
-/// of its first and then meets conntrack, which judges it as usual.
+/// and transport protocol of its first and then meets conntrack, which
+/// judges it as usual.
 fn copy_fragments(from: &Path, to: &Path) -> anyhow::Result<u64> {
     let Some(old) = open_old::<FragKey, FragValue>(from)? else {
         return Ok(0);

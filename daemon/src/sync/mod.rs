@@ -372,7 +372,8 @@ impl Syncer {
     }
 
     /// The first pass after another ABI's daemon: every map filled and its
-    /// tracked flows carried over (`conntrack`), then its links taken over,
+    /// tracked flows and fragmented datagrams carried over (`conntrack`),
+    /// then its links taken over,
     /// so no packet or operation meets empty maps.
     fn take_over(&mut self, desired: &Desired<'_>) -> Result<Report, DatapathError> {
         let mut report = Report::default();
