@@ -15,7 +15,7 @@ pub struct Args {
     /// namespace/pod
     #[arg(long)]
     pod: Option<String>,
-    /// dropped or audit
+    /// dropped or audit (packets); block or audit (processes and files)
     #[arg(long)]
     verdict: Option<String>,
 }

@@ -827,13 +827,12 @@ pub fn pal_lsm_exec(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    count(&PAL_LSM_STATS, direction::LOCAL, reason::PASS_UNENFORCED, 0);
-    let Some((cgroup, sets)) = pod_sets() else {
+    // Counted for the execs no process rule set judges: outside every pod
+    // with rules, or in one whose rules are for files only.
+    let Some((cgroup, sets)) = pod_sets().filter(|(_, sets)| sets.process != 0) else {
+        count(&PAL_LSM_STATS, direction::LOCAL, reason::PASS_UNENFORCED, 0);
         return 0;
     };
-    if sets.process == 0 {
-        return 0;
-    }
     // SAFETY: `bprm` is the hook's `struct linux_binprm *`.
     let file: *const u8 = unsafe { field(bprm, offset(&PAL_OFF_BPRM_FILE)) };
     check(

@@ -56,6 +56,11 @@ fn main() {
             Needs::BpfLsm,
             kubearmor_policies_and_rule_updates_take_effect_without_restarts,
         ),
+        (
+            "pods_at_more_cgroup_levels_than_looked_up_are_reported_not_enforced",
+            Needs::BpfLsm,
+            pods_at_more_cgroup_levels_than_looked_up_are_reported_not_enforced,
+        ),
     ])
 }
 
@@ -359,5 +364,73 @@ spec:
         ebpf_common::lsm::PathRule,
     > = palisade_tests::pinned(&lab.pins.pins, maps::LSM_RULES)?;
     ensure!(rules.keys().count() == 0, "a deleted policy left rules");
+    Ok(())
+}
+
+/// Pods whose cgroups lie at five levels, one more than the programs look
+/// a process's ancestors up at (`CGROUP_LEVELS`): the deepest four are
+/// kept, and the pod at the fifth is reported not enforced, with why,
+/// rather than counted as in force while its containers go unjudged.
+fn pods_at_more_cgroup_levels_than_looked_up_are_reported_not_enforced() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    // x/a in the lab's cgroup (level 1); four pods nested below it.
+    let below = ["x/b", "x/c", "y/a", "y/b"];
+    let mut dirs = Vec::new();
+    let mut path = lab.cgroup.clone();
+    for n in 2..=5 {
+        path = format!("{path}/l{n}");
+        fs::create_dir(&path).with_context(|| format!("creating {path}"))?;
+        dirs.push(path.clone());
+    }
+    let mut s: Snapshot = standard::snapshot();
+    for p in &mut s.pods {
+        let key = p.key();
+        let cgroup = if key == "x/a" {
+            Some(lab.cgroup.clone())
+        } else {
+            below
+                .iter()
+                .position(|k| *k == key)
+                .map(|i| dirs[i].clone())
+        };
+        if cgroup.is_some() {
+            std::sync::Arc::make_mut(p).cgroup = cgroup;
+        }
+    }
+    for ns in ["x", "y"] {
+        let yaml = format!(
+            "apiVersion: palisade.dev/v1alpha1
+kind: PalisadeNetworkPolicy
+metadata: {{name: files, namespace: {ns}}}
+spec:
+  podSelector: {{}}
+  file:
+    rules:
+    - {{action: Block, paths: [{}/secret]}}
+",
+            lab.dir
+        );
+        for d in parse_documents(&yaml, "test.yaml", ns) {
+            s.policies
+                .push(d.map_err(|e| anyhow::anyhow!("{e}"))?.policy().into());
+        }
+    }
+    let report = lab.state.apply(&compile_lsm(&s));
+    for dir in dirs.iter().rev() {
+        let _ = fs::remove_dir(dir);
+    }
+    let report = report?;
+    ensure!(report.errors.is_empty(), "{:?}", report.errors);
+    let not_enforced: Vec<&String> = report.not_enforced.keys().collect();
+    ensure!(
+        not_enforced == ["x/a"],
+        "only the pod at the shallowest level is out of reach: {:?}",
+        report.not_enforced
+    );
+    let why = &report.not_enforced["x/a"];
+    ensure!(
+        why.contains("level 1") && why.contains("not judged"),
+        "{why}"
+    );
     Ok(())
 }

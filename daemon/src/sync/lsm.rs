@@ -166,6 +166,7 @@ impl LsmState {
         let before = self.maps.pods()?;
         let mut wanted: BTreeMap<u64, PodSets> = BTreeMap::new();
         let mut levels = BTreeSet::new();
+        let mut at_level: Vec<(u32, &String)> = Vec::new();
         for (pod, rules) in &desired.pods {
             let (cgroup, level) = match cgroup_id(&rules.cgroup) {
                 Ok(found) => found,
@@ -198,6 +199,7 @@ impl LsmState {
                 continue;
             }
             levels.insert(level);
+            at_level.push((level, pod));
             if before.get(&cgroup) != Some(&sets) {
                 match self.maps.set_pod(cgroup, sets) {
                     Ok(()) => report.pods_written.push(pod.clone()),
@@ -218,6 +220,17 @@ impl LsmState {
         let levels: Vec<u32> = levels.into_iter().rev().take(CGROUP_LEVELS).collect();
         if let Err(e) = self.maps.set_levels(&levels) {
             report.errors.push(e.to_string());
+        }
+        // The programs look a process's ancestors up at those levels only:
+        // below a pod cgroup at another, only the pod cgroup's own
+        // processes would be judged, so the pod is said not to be.
+        for (level, pod) in at_level.into_iter().filter(|(l, _)| !levels.contains(l)) {
+            report.not_enforced.insert(
+                pod.clone(),
+                format!(
+                    "its cgroup is at level {level}, and pods' cgroups here lie at more than the {CGROUP_LEVELS} levels the programs look up (the deepest kept): processes in cgroups below it are not judged"
+                ),
+            );
         }
         for cgroup in before.keys().filter(|c| !wanted.contains_key(c)) {
             match self.maps.remove_pod(*cgroup) {

@@ -78,7 +78,7 @@ fn describe() {
     );
     describe_counter!(
         "palisade_lsm_operations_total",
-        "Operations the BPF-LSM programs saw, by reason (pass_unenforced: outside every pod with rules)."
+        "Operations the BPF-LSM programs saw, by reason (pass_unenforced: execs no process rule set judges)."
     );
     describe_counter!(
         "palisade_lsm_decisions_total",
