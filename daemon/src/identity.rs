@@ -23,10 +23,16 @@ pub enum IdentityKey {
     /// ipBlock matches pod addresses exactly: two pods with the same labels
     /// on either side of a CIDR boundary differ, and so do a dual-stack
     /// pod's two addresses when a block covers only one of them.
+    ///
+    /// `ports`: the pod's named ports, canonical ([`named_ports`]; empty
+    /// where it has none). An egress rule's named port is resolved on each
+    /// destination pod and allowed by its identity, so two pods with the
+    /// same labels that number a name differently must not share one.
     Labels {
         namespace: Labels,
         pod: Labels,
         cidr: Option<IpNet>,
+        ports: String,
     },
     /// An ipBlock prefix (a `cidr` or an `except`).
     Cidr(IpNet),
@@ -45,18 +51,34 @@ impl IdentityKey {
                 namespace,
                 pod,
                 cidr,
+                ports,
             } => {
                 let mut text = format!("labels:{};{}", join(namespace), join(pod));
                 // Without ipBlocks around, the key (and so the id) is the
-                // label sets' alone.
+                // label sets' alone; so without named ports.
                 if let Some(c) = cidr {
                     text.push_str(&format!(";{c}"));
+                }
+                if !ports.is_empty() {
+                    text.push_str(&format!(";ports:{ports}"));
                 }
                 text
             }
             Self::Cidr(net) => format!("cidr:{net}"),
         }
     }
+}
+
+/// A pod's named ports as [`IdentityKey::Labels`] holds them:
+/// `name/PROTOCOL=port`, sorted, comma-separated.
+pub fn named_ports(ports: &[crate::model::NamedPort]) -> String {
+    let mut each: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{}/{}={}", p.name, p.protocol, p.port))
+        .collect();
+    each.sort_unstable();
+    each.dedup();
+    each.join(",")
 }
 
 /// FNV-1a, 64 bit: stable across Rust versions, unlike `DefaultHasher`.
@@ -111,6 +133,7 @@ mod tests {
             namespace: [("ns".to_owned(), "x".to_owned())].into(),
             pod: [("pod".to_owned(), pod.to_owned())].into(),
             cidr: None,
+            ports: String::new(),
         }
     }
 
@@ -131,6 +154,7 @@ mod tests {
                     namespace: labels(&[("kubernetes.io/metadata.name", "x"), ("team", "t1")]),
                     pod: labels(&[("app", "web"), ("tier", "front")]),
                     cidr: Some("10.1.0.0/16".parse().unwrap()),
+                    ports: String::new(),
                 },
                 "labels:kubernetes.io/metadata.name=x,team=t1;app=web,tier=front;10.1.0.0/16",
             ),
@@ -139,8 +163,29 @@ mod tests {
                     namespace: Labels::new(),
                     pod: Labels::new(),
                     cidr: None,
+                    ports: String::new(),
                 },
                 "labels:;",
+            ),
+            (
+                IdentityKey::Labels {
+                    namespace: labels(&[("ns", "x")]),
+                    pod: labels(&[("pod", "a")]),
+                    cidr: None,
+                    ports: named_ports(&[
+                        crate::model::NamedPort {
+                            name: "web".into(),
+                            port: 8080,
+                            protocol: crate::model::networkpolicy::Protocol::Tcp,
+                        },
+                        crate::model::NamedPort {
+                            name: "admin".into(),
+                            port: 9090,
+                            protocol: crate::model::networkpolicy::Protocol::Tcp,
+                        },
+                    ]),
+                },
+                "labels:ns=x;pod=a;ports:admin/TCP=9090,web/TCP=8080",
             ),
             (
                 IdentityKey::Cidr("fd00::/64".parse().unwrap()),

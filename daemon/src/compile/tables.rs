@@ -49,6 +49,7 @@ pub(super) fn address_key(
         namespace,
         pod: pod.labels.clone(),
         cidr,
+        ports: crate::identity::named_ports(&pod.ports),
     }
 }
 

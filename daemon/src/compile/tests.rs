@@ -94,6 +94,22 @@ fn named_ports_resolve_on_each_destination_pod() {
         !connection(&c, a, pod(&s, "y/b"), TCP, 8080),
         "y/b is not selected (other namespace)"
     );
+
+    // With the same labels (one identity, were it the labels' alone), each
+    // still gets only its own number: the named ports are part of the
+    // identity.
+    Arc::make_mut(s.pods.iter_mut().find(|p| p.key() == "x/c").unwrap())
+        .labels
+        .insert("pod".into(), "b".into());
+    let c = compile(&s);
+    let a = pod(&s, "x/a");
+    assert!(connection(&c, a, pod(&s, "x/b"), TCP, 8080));
+    assert!(connection(&c, a, pod(&s, "x/c"), TCP, 9090));
+    assert!(
+        !connection(&c, a, pod(&s, "x/b"), TCP, 9090),
+        "x/c's number for the name is not x/b's"
+    );
+    assert!(!connection(&c, a, pod(&s, "x/c"), TCP, 8080));
 }
 
 #[test]

@@ -113,10 +113,13 @@ fn a_relabel_onto_a_taken_identity_compiles_everything_and_still_agrees() {
     // Two label sets of x whose identities collide (a birthday search).
     let s = standard();
     let ns = s.namespaces["x"].effective_labels();
+    // Every pod of the standard model serves the same named ports.
+    let ports = crate::identity::named_ports(&s.pods[0].ports);
     let key = |v: &str| IdentityKey::Labels {
         namespace: ns.clone(),
         pod: labels(&[("pod", v)]),
         cidr: None,
+        ports: ports.clone(),
     };
     let mut seen = HashMap::new();
     let (first, second) = (0..200_000)
