@@ -1,7 +1,8 @@
-//! Numeric identities for label sets and CIDRs.
+//! Numeric identities for label sets (with the named ports they come
+//! with) and CIDRs.
 //!
 //! An identity is derived from a hash of its canonical key, so an unchanged
-//! label set keeps its number across restarts without any stored state.
+//! key keeps its number across restarts without any stored state.
 //! Collisions are resolved by probing in the keys' sorted order, which is
 //! deterministic for a given set of keys.
 
@@ -10,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ebpf_common::datapath::identity::FIRST_ALLOCATED;
 use ipnet::IpNet;
 
-use crate::model::Labels;
+use crate::model::{Labels, networkpolicy::Protocol};
 
 /// Identities are kept below 2^24: room for a flag byte if ever needed.
 const SPACE: u64 = (1 << 24) - FIRST_ALLOCATED as u64;
@@ -24,15 +25,15 @@ pub enum IdentityKey {
     /// on either side of a CIDR boundary differ, and so do a dual-stack
     /// pod's two addresses when a block covers only one of them.
     ///
-    /// `ports`: the pod's named ports, canonical ([`named_ports`]; empty
-    /// where it has none). An egress rule's named port is resolved on each
+    /// `ports`: the pod's named ports as the compiler resolves them
+    /// ([`named_ports`]; empty where it has none). An egress rule's named port is resolved on each
     /// destination pod and allowed by its identity, so two pods with the
     /// same labels that number a name differently must not share one.
     Labels {
         namespace: Labels,
         pod: Labels,
         cidr: Option<IpNet>,
-        ports: String,
+        ports: Vec<(String, Protocol, u16)>,
     },
     /// An ipBlock prefix (a `cidr` or an `except`).
     Cidr(IpNet),
@@ -60,7 +61,11 @@ impl IdentityKey {
                     text.push_str(&format!(";{c}"));
                 }
                 if !ports.is_empty() {
-                    text.push_str(&format!(";ports:{ports}"));
+                    let each: Vec<String> = ports
+                        .iter()
+                        .map(|(name, protocol, port)| format!("{name}/{protocol}={port}"))
+                        .collect();
+                    text.push_str(&format!(";ports:{}", each.join(",")));
                 }
                 text
             }
@@ -69,16 +74,22 @@ impl IdentityKey {
     }
 }
 
-/// A pod's named ports as [`IdentityKey::Labels`] holds them:
-/// `name/PROTOCOL=port`, sorted, comma-separated.
-pub fn named_ports(ports: &[crate::model::NamedPort]) -> String {
-    let mut each: Vec<String> = ports
-        .iter()
-        .map(|p| format!("{}/{}={}", p.name, p.protocol, p.port))
-        .collect();
-    each.sort_unstable();
-    each.dedup();
-    each.join(",")
+/// A pod's named ports as [`IdentityKey::Labels`] holds them: what a
+/// name resolves to, the first port of that name and protocol in the
+/// pod's list, as the compiler resolves it (a later one of the same name,
+/// which Kubernetes allows in another container, is never used), sorted.
+pub fn named_ports(ports: &[crate::model::NamedPort]) -> Vec<(String, Protocol, u16)> {
+    let mut first: Vec<(String, Protocol, u16)> = Vec::new();
+    for p in ports {
+        if !first
+            .iter()
+            .any(|(n, pr, _)| *n == p.name && *pr == p.protocol)
+        {
+            first.push((p.name.clone(), p.protocol, p.port));
+        }
+    }
+    first.sort_unstable();
+    first
 }
 
 /// FNV-1a, 64 bit: stable across Rust versions, unlike `DefaultHasher`.
@@ -133,8 +144,35 @@ mod tests {
             namespace: [("ns".to_owned(), "x".to_owned())].into(),
             pod: [("pod".to_owned(), pod.to_owned())].into(),
             cidr: None,
-            ports: String::new(),
+            ports: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_name_resolves_to_its_first_port_as_the_compiler_takes_it() {
+        let port = |name: &str, port| crate::model::NamedPort {
+            name: name.into(),
+            port,
+            protocol: Protocol::Tcp,
+        };
+        let udp = crate::model::NamedPort {
+            protocol: Protocol::Udp,
+            ..port("web", 53)
+        };
+        assert_eq!(
+            named_ports(&[port("web", 80), port("admin", 9), port("web", 81), udp]),
+            [
+                ("admin".to_owned(), Protocol::Tcp, 9),
+                ("web".to_owned(), Protocol::Tcp, 80),
+                ("web".to_owned(), Protocol::Udp, 53),
+            ]
+        );
+        // Swapped, the two same-labelled pods resolve "web" differently,
+        // and so differ.
+        assert_ne!(
+            named_ports(&[port("web", 80), port("web", 81)]),
+            named_ports(&[port("web", 81), port("web", 80)])
+        );
     }
 
     /// Identities outlive the daemon in the pinned maps: the numbers must
@@ -154,7 +192,7 @@ mod tests {
                     namespace: labels(&[("kubernetes.io/metadata.name", "x"), ("team", "t1")]),
                     pod: labels(&[("app", "web"), ("tier", "front")]),
                     cidr: Some("10.1.0.0/16".parse().unwrap()),
-                    ports: String::new(),
+                    ports: Vec::new(),
                 },
                 "labels:kubernetes.io/metadata.name=x,team=t1;app=web,tier=front;10.1.0.0/16",
             ),
@@ -163,7 +201,7 @@ mod tests {
                     namespace: Labels::new(),
                     pod: Labels::new(),
                     cidr: None,
-                    ports: String::new(),
+                    ports: Vec::new(),
                 },
                 "labels:;",
             ),
@@ -176,12 +214,12 @@ mod tests {
                         crate::model::NamedPort {
                             name: "web".into(),
                             port: 8080,
-                            protocol: crate::model::networkpolicy::Protocol::Tcp,
+                            protocol: Protocol::Tcp,
                         },
                         crate::model::NamedPort {
                             name: "admin".into(),
                             port: 9090,
-                            protocol: crate::model::networkpolicy::Protocol::Tcp,
+                            protocol: Protocol::Tcp,
                         },
                     ]),
                 },

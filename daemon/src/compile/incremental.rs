@@ -5,8 +5,8 @@
 //! identity. So the state keeps the identities of the whole cluster and
 //! the endpoints of a scope (the placed pods), and a change costs what it
 //! touches:
-//! - a pod added, removed or relabelled, or a namespace relabelled (its
-//!   pods' identity keys change): the holder counts of the identity keys
+//! - a pod added, removed, relabelled or renumbered (its named ports), or a
+//!   namespace relabelled (its pods' identity keys change): the holder counts of the identity keys
 //!   move; keys that lost their last holder retire, new ones take their
 //!   natural number; where that would renumber another key (a hash
 //!   collision), everything is compiled again, so that numbers are always
@@ -565,7 +565,7 @@ impl Incremental {
     ///
     /// Whether a rule names an address depends on the address's identity
     /// key only (namespace labels, pod labels, the longest ipBlock prefix
-    /// holding it), so a rule's peer set changes only where an identity
+    /// holding it, the pod's named ports), so a rule's peer set changes only where an identity
     /// gains its first holder or loses its last: the set gains the fresh
     /// identities the rule names and drops the gone ones.
     fn dirty(

@@ -109,6 +109,29 @@ fn a_relabel_touches_exactly_what_a_full_compile_changes() {
 }
 
 #[test]
+fn a_pod_that_renumbers_a_named_port_agrees_with_a_full_compile() {
+    // x/a may reach any pod of x on the name "serve-80-tcp"; x/c comes to
+    // serve it on 8080 instead: its identity changes with its ports, and
+    // x/a's egress follows it, as a full compile would have it.
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-out, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {}}], ports: [{port: serve-80-tcp}]}]\n",
+    );
+    let mut inc = Incremental::new(s.clone());
+    let mut next = s.clone();
+    let c = Arc::make_mut(next.pods.iter_mut().find(|p| p.key() == "x/c").unwrap());
+    let named = c
+        .ports
+        .iter_mut()
+        .find(|p| p.name == "serve-80-tcp")
+        .unwrap();
+    named.port = 8080;
+    let change = update_agrees(&mut inc, next.clone());
+    assert!(change.endpoints.contains(&"x/a".to_owned()), "{change:?}");
+    // And back: the old identity again.
+    update_agrees(&mut inc, s);
+}
+
+#[test]
 fn a_relabel_onto_a_taken_identity_compiles_everything_and_still_agrees() {
     // Two label sets of x whose identities collide (a birthday search).
     let s = standard();
