@@ -220,10 +220,14 @@ pub enum PortRef {
 impl NetworkPolicy {
     /// `policyTypes` as the API server defaults it (see [`directions`]).
     pub fn policy_types(&self) -> (bool, bool) {
-        directions(
-            self.spec.policy_types.as_deref(),
-            !self.spec.egress.is_empty(),
-        )
+        directions(self.listed_types(), !self.spec.egress.is_empty())
+    }
+
+    /// `policyTypes` as listed, where it lists any: the API server defaults
+    /// an empty list as an absent one. (Palisade's own kinds keep `[]`: a
+    /// policy of process and file rules alone.)
+    pub fn listed_types(&self) -> Option<&[PolicyType]> {
+        self.spec.policy_types.as_deref().filter(|t| !t.is_empty())
     }
 }
 

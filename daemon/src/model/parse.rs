@@ -713,6 +713,13 @@ spec:
             unreachable!()
         };
         assert_eq!(p.policy_types(), (false, true));
+        // An empty list, as the API server defaults it: as if absent.
+        let empty = GOOD.replace("  ingress:\n", "  policyTypes: []\n  ingress:\n");
+        let Document::NetworkPolicy(p) = one(&empty).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(p.policy_types(), (true, false));
+        assert!(crate::model::policy::Policy::from(&p).ingress.is_some());
     }
 
     const PNP: &str = "

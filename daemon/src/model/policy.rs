@@ -182,11 +182,7 @@ fn namespaced_rules(
 
 impl From<&NetworkPolicy> for Policy {
     fn from(p: &NetworkPolicy) -> Self {
-        let (ingress, egress) = namespaced_rules(
-            p.spec.policy_types.as_deref(),
-            &p.spec.ingress,
-            &p.spec.egress,
-        );
+        let (ingress, egress) = namespaced_rules(p.listed_types(), &p.spec.ingress, &p.spec.egress);
         Self {
             kind: Kind::NetworkPolicy,
             namespace: p.metadata.namespace.clone(),
