@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ebpf_common::datapath::identity::FIRST_ALLOCATED;
 use ipnet::IpNet;
 
-use crate::model::{Labels, networkpolicy::Protocol};
+use crate::model::{Labels, NamedPort, networkpolicy::Protocol};
 
 /// Identities are kept below 2^24: room for a flag byte if ever needed.
 const SPACE: u64 = (1 << 24) - FIRST_ALLOCATED as u64;
@@ -74,22 +74,20 @@ impl IdentityKey {
     }
 }
 
-/// A pod's named ports as [`IdentityKey::Labels`] holds them: what a
-/// name resolves to, the first port of that name and protocol in the
-/// pod's list, as the compiler resolves it (a later one of the same name,
-/// which Kubernetes allows in another container, is never used), sorted.
-pub fn named_ports(ports: &[crate::model::NamedPort]) -> Vec<(String, Protocol, u16)> {
-    let mut first: Vec<(String, Protocol, u16)> = Vec::new();
-    for p in ports {
-        if !first
-            .iter()
-            .any(|(n, pr, _)| *n == p.name && *pr == p.protocol)
-        {
-            first.push((p.name.clone(), p.protocol, p.port));
-        }
-    }
-    first.sort_unstable();
-    first
+/// A pod's named ports as [`IdentityKey::Labels`] holds them: each name
+/// and protocol with the port it resolves to ([`NamedPort::resolve`]),
+/// sorted.
+pub fn named_ports(ports: &[NamedPort]) -> Vec<(String, Protocol, u16)> {
+    let mut resolved: Vec<(String, Protocol, u16)> = ports
+        .iter()
+        .filter_map(|p| {
+            let port = NamedPort::resolve(ports, &p.name, p.protocol)?;
+            Some((p.name.clone(), p.protocol, port))
+        })
+        .collect();
+    resolved.sort_unstable();
+    resolved.dedup();
+    resolved
 }
 
 /// FNV-1a, 64 bit: stable across Rust versions, unlike `DefaultHasher`.
@@ -149,13 +147,13 @@ mod tests {
     }
 
     #[test]
-    fn a_name_resolves_to_its_first_port_as_the_compiler_takes_it() {
-        let port = |name: &str, port| crate::model::NamedPort {
+    fn a_name_resolves_to_its_first_port_as_named_port_resolve_says() {
+        let port = |name: &str, port| NamedPort {
             name: name.into(),
             port,
             protocol: Protocol::Tcp,
         };
-        let udp = crate::model::NamedPort {
+        let udp = NamedPort {
             protocol: Protocol::Udp,
             ..port("web", 53)
         };
@@ -211,12 +209,12 @@ mod tests {
                     pod: labels(&[("pod", "a")]),
                     cidr: None,
                     ports: named_ports(&[
-                        crate::model::NamedPort {
+                        NamedPort {
                             name: "web".into(),
                             port: 8080,
                             protocol: Protocol::Tcp,
                         },
-                        crate::model::NamedPort {
+                        NamedPort {
                             name: "admin".into(),
                             port: 9090,
                             protocol: Protocol::Tcp,

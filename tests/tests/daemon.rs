@@ -888,7 +888,8 @@ fn upgrade_abi(daemon: &mut Enforcer, t: &TempPins, lab: &BridgeLab) -> anyhow::
 }
 
 /// The two fragments of a UDP datagram carrying `payload` (16 bytes): the
-/// first holds the UDP header and 8 bytes, the last the other 8.
+/// first holds the UDP header and 8 bytes, the last (16 bytes in: 2 units
+/// of 8) the other 8.
 fn fragments(
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -897,30 +898,15 @@ fn fragments(
     dport: u16,
     payload: &[u8; 16],
 ) -> (Vec<u8>, Vec<u8>) {
-    let header = |offset_words: u16, more: bool, len: usize| {
-        let mut h = vec![0u8; 20];
-        h[0] = 0x45;
-        h[2..4].copy_from_slice(&(20 + len as u16).to_be_bytes());
-        h[4..6].copy_from_slice(&id.to_be_bytes());
-        let flags = if more { 0x2000 } else { 0 };
-        h[6..8].copy_from_slice(&(flags | offset_words).to_be_bytes());
-        h[8] = 64;
-        h[9] = libc::IPPROTO_UDP as u8;
-        h[12..16].copy_from_slice(&src.octets());
-        h[16..20].copy_from_slice(&dst.octets());
-        h
-    };
-    let mut first = header(0, true, 16);
-    first.extend_from_slice(&sport.to_be_bytes());
-    first.extend_from_slice(&dport.to_be_bytes());
-    first.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    // A zero UDP checksum: none, which IPv4 allows.
-    first.extend_from_slice(&[0, 0]);
-    first.extend_from_slice(&payload[..8]);
-    // The last starts 16 bytes in: 2 units of 8.
-    let mut last = header(2, false, 8);
-    last.extend_from_slice(&payload[8..]);
-    (first, last)
+    use palisade_tests::packet::{UDP, ipv4, udp};
+    let mut head = udp(sport, dport);
+    head[4..6].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    head.extend_from_slice(&payload[..8]);
+    let (src, dst) = (src.octets(), dst.octets());
+    (
+        ipv4(src, dst, UDP, (id, 0, true), &head),
+        ipv4(src, dst, UDP, (id, 2, false), &payload[8..]),
+    )
 }
 
 /// Sends an IPv4 packet whose header is `packet`'s own (the kernel fills

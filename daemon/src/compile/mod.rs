@@ -41,7 +41,7 @@ use tables::{Context, Tables};
 pub use desired::{Compiled, EndpointPolicy, PolicyEntry, Sources};
 
 use crate::model::{
-    Pod, Protocol, Snapshot,
+    NamedPort, Pod, Protocol, Snapshot,
     networkpolicy::{Peer, PolicyPort, PortRef},
     palisade::Action,
     policy::Tier,
@@ -70,12 +70,9 @@ fn spans(ports: &[PolicyPort], dest: Option<&Pod>) -> Option<Vec<PortSpan>> {
                 out.push((Some(protocol.number()), first, last));
             }
             Some(PortRef::Name(name)) => {
-                if let Some(port) = dest.and_then(|d| {
-                    d.ports
-                        .iter()
-                        .find(|np| &np.name == name && np.protocol == protocol)
-                }) {
-                    out.push((Some(protocol.number()), port.port, port.port));
+                if let Some(port) = dest.and_then(|d| NamedPort::resolve(&d.ports, name, protocol))
+                {
+                    out.push((Some(protocol.number()), port, port));
                 }
             }
         }

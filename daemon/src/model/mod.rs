@@ -59,6 +59,18 @@ pub struct NamedPort {
     pub protocol: Protocol,
 }
 
+impl NamedPort {
+    /// The port `name` stands for in `protocol` among a pod's `ports`: the
+    /// first so named (Kubernetes lets two containers use one name). The
+    /// one rule the compiler, the identities and `explain` resolve by.
+    pub fn resolve(ports: &[Self], name: &str, protocol: Protocol) -> Option<u16> {
+        ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: String,

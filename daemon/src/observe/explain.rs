@@ -8,7 +8,7 @@ use std::{fmt, net::IpAddr};
 use ipnet::IpNet;
 
 use crate::model::{
-    Pod, Policy, Protocol, Snapshot,
+    NamedPort, Pod, Policy, Protocol, Snapshot,
     networkpolicy::{Peer, PolicyPort, PortRef},
     palisade::Action,
     policy::{Rule, Tier},
@@ -170,9 +170,7 @@ fn ports_match(ports: &[PolicyPort], dest: Target<'_>, protocol: Protocol, port:
                         (*n..=last).contains(&i64::from(port))
                     }
                     Some(PortRef::Name(name)) => dest.pod().is_some_and(|d| {
-                        d.ports.iter().any(|np| {
-                            &np.name == name && np.protocol == protocol && np.port == port
-                        })
+                        NamedPort::resolve(&d.ports, name, protocol) == Some(port)
                     }),
                 }
         })
@@ -413,11 +411,7 @@ pub fn explain_text(
     let port = match port.parse::<u16>() {
         Ok(n) => n,
         Err(_) => match to.pod() {
-            Some(pod) => pod
-                .ports
-                .iter()
-                .find(|p| p.name == port && p.protocol == protocol)
-                .map(|p| p.port)
+            Some(pod) => NamedPort::resolve(&pod.ports, &port, protocol)
                 .ok_or_else(|| format!("{} has no {protocol} port named {port}", pod.key()))?,
             None => return Err("a named port needs a pod as destination".into()),
         },
