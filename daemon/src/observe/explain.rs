@@ -411,7 +411,7 @@ pub fn explain_text(
     let port = match port.parse::<u16>() {
         Ok(n) => n,
         Err(_) => match to.pod() {
-            Some(pod) => NamedPort::resolve(&pod.ports, &port, protocol)
+            Some(pod) => NamedPort::resolve(&pod.ports, port, protocol)
                 .ok_or_else(|| format!("{} has no {protocol} port named {port}", pod.key()))?,
             None => return Err("a named port needs a pod as destination".into()),
         },
