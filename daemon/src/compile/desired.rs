@@ -136,11 +136,16 @@ impl Sources {
     /// `opt_out` says this node honours that; its further addresses and
     /// its extra prefixes too, the latter where the node honours them.
     pub fn of_pod(pod: &Pod, opt_out: bool) -> Self {
-        if opt_out && pod.source_check == SourceCheck::Off {
+        Self::of_pod_beyond(pod, opt_out, &Self::beyond_endpoint(pod, opt_out))
+    }
+
+    /// [`Sources::of_pod`], given what [`Sources::beyond_endpoint`] says.
+    fn of_pod_beyond(pod: &Pod, opt_out: bool, beyond: &BTreeSet<IpNet>) -> Self {
+        if opted_out(pod, opt_out) {
             Self::default()
         } else {
             Self {
-                prefixes: !Self::beyond_endpoint(pod, opt_out).is_empty(),
+                prefixes: !beyond.is_empty(),
                 ..Self::of(&pod.ips)
             }
         }
@@ -153,7 +158,7 @@ impl Sources {
     /// ([`Sources::addresses_refused`]), and its extra prefixes
     /// ([`Sources::prefixes`]). None where it is not checked.
     pub fn beyond_endpoint(pod: &Pod, opt_out: bool) -> BTreeSet<IpNet> {
-        if opt_out && pod.source_check == SourceCheck::Off {
+        if opted_out(pod, opt_out) {
             return BTreeSet::new();
         }
         further_addresses(&pod.ips)
@@ -167,7 +172,7 @@ impl Sources {
     /// of the prefix map, which all pods share. Its packets from the
     /// others are dropped as spoofed.
     pub fn addresses_refused(pod: &Pod, opt_out: bool) -> Option<String> {
-        if opt_out && pod.source_check == SourceCheck::Off {
+        if opted_out(pod, opt_out) {
             return None;
         }
         let further = further_addresses(&pod.ips).count();
@@ -184,7 +189,7 @@ impl Sources {
     /// has no address in while it has one in the other is checked: see
     /// [`Sources`].)
     pub fn unchecked(pod: &Pod, opt_out: bool) -> Option<String> {
-        if opt_out && pod.source_check == SourceCheck::Off {
+        if opted_out(pod, opt_out) {
             return Some(format!("opted out ({SOURCE_CHECK_ANNOTATION}: \"off\")"));
         }
         pod.ips.is_empty().then(|| "no address known".into())
@@ -197,7 +202,7 @@ impl Sources {
     pub fn prefixes(pod: &Pod, opt_out: bool) -> &[IpNet] {
         match &pod.source_prefixes {
             SourcePrefixes::List(list)
-                if opt_out && pod.source_check != SourceCheck::Off && !pod.ips.is_empty() =>
+                if opt_out && !opted_out(pod, opt_out) && !pod.ips.is_empty() =>
             {
                 list
             }
@@ -259,6 +264,12 @@ pub fn placed_pods(snapshot: &Snapshot, is_placed: impl Fn(&str) -> bool) -> Vec
         })
         .map(|p| &**p)
         .collect()
+}
+
+/// Whether `pod` opted out of the source check and `opt_out` says this
+/// node honours that: nothing of it is checked then.
+fn opted_out(pod: &Pod, opt_out: bool) -> bool {
+    opt_out && pod.source_check == SourceCheck::Off
 }
 
 /// The addresses of `ips` a packet's source can be: not an IPv4-mapped
@@ -394,13 +405,11 @@ impl<'a> Desired<'a> {
     ) -> Self {
         for pod in pods {
             if let Some(placed) = self.endpoints.get_mut(&pod.key()) {
-                placed.sources = Sources::of_pod(pod, opt_out);
+                let beyond = Sources::beyond_endpoint(pod, opt_out);
+                placed.sources = Sources::of_pod_beyond(pod, opt_out, &beyond);
                 let endpoint = placed.endpoint;
-                self.source_prefixes.extend(
-                    Sources::beyond_endpoint(pod, opt_out)
-                        .into_iter()
-                        .map(|net| (endpoint, net)),
-                );
+                self.source_prefixes
+                    .extend(beyond.into_iter().map(|net| (endpoint, net)));
             }
         }
         self
