@@ -461,9 +461,15 @@ pub struct DropEvent {
     pub sport: u16,
     pub dport: u16,
     /// Zero when the packet was dropped before its addresses were parsed.
+    /// An ARP frame's are its sender and target protocol addresses
+    /// (IPv4-mapped), with `protocol` 0 and `sport` [`ARP_EVENT_SPORT`].
     pub src: [u8; ADDR_LEN],
     pub dst: [u8; ADDR_LEN],
 }
+
+/// `DropEvent::sport` of an ARP frame's event (its ethertype): no IP
+/// packet of protocol 0 has a port.
+pub const ARP_EVENT_SPORT: u16 = 0x0806;
 
 /// The kernel's event rate limit, per CPU: a token bucket.
 pub mod event_rate {

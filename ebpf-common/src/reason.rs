@@ -17,9 +17,12 @@ pub const DROP_POLICY_DENY: u32 = 4;
 pub const DROP_DEFAULT_DENY: u32 = 5;
 /// An audit-mode entry would have dropped the packet; it passed.
 pub const AUDIT_WOULD_DROP: u32 = 6;
-/// Not IPv4 or IPv6 (ARP and other ethertypes): always passes.
+/// Not IPv4 or IPv6 (ARP and other ethertypes): passes (a pod's ARP only
+/// with a sender address of its own).
 pub const PASS_NON_IP: u32 = 7;
-/// IPv6 neighbour discovery and router messages: always pass.
+/// IPv6 neighbour discovery, MLD and router messages: pass (a pod's only
+/// from a source, and announcing a target, of its own; never a router
+/// advertisement or redirect).
 pub const PASS_NEIGHBOUR_DISCOVERY: u32 = 8;
 /// Too short for the headers it announces.
 pub const DROP_TRUNCATED: u32 = 9;
@@ -71,9 +74,13 @@ pub const LSM_UNRESOLVED: u32 = 27;
 /// another workload's identity at its peer, or ride on another pod's
 /// tracked flow.
 pub const DROP_SPOOFED_SOURCE: u32 = 28;
+/// An IPv6 router advertisement or redirect sent by a pod: pods are hosts
+/// on the pod network, and such a message would make its peers route
+/// through the pod (CVE-2020-10749).
+pub const DROP_ROUTER_MESSAGE: u32 = 29;
 
 /// One past the highest code in use; counter arrays are sized from it.
-pub const COUNT: u32 = 29;
+pub const COUNT: u32 = 30;
 
 /// A stable name for each code, as exported in metrics and `palisade status`.
 pub const fn name(code: u32) -> &'static str {
@@ -107,6 +114,7 @@ pub const fn name(code: u32) -> &'static str {
         LSM_BLOCK => "lsm_block",
         LSM_UNRESOLVED => "lsm_unresolved",
         DROP_SPOOFED_SOURCE => "drop_spoofed_source",
+        DROP_ROUTER_MESSAGE => "drop_router_message",
         _ => "unknown",
     }
 }
@@ -126,6 +134,7 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_VLAN_LIMIT
             | DROP_XDP_POD_DENY
             | DROP_SPOOFED_SOURCE
+            | DROP_ROUTER_MESSAGE
             | LSM_BLOCK
     )
 }

@@ -89,3 +89,15 @@ pub fn icmp(kind: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
     i.extend_from_slice(body);
     i
 }
+
+/// An ARP message for IPv4 over Ethernet (`op` 1 a request, 2 a reply):
+/// sender and target hardware and protocol addresses.
+pub fn arp(op: u16, sender: ([u8; 6], [u8; 4]), target: ([u8; 6], [u8; 4])) -> Vec<u8> {
+    let mut a = vec![0, 1, 0x08, 0x00, 6, 4];
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sender.0);
+    a.extend_from_slice(&sender.1);
+    a.extend_from_slice(&target.0);
+    a.extend_from_slice(&target.1);
+    a
+}

@@ -1297,6 +1297,13 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
         for (pod, addr) in lab.pods.iter().zip([a6, b6]) {
             ip_in(&pod.netns, &format!("-6 addr add {addr}/64 dev eth0 nodad"))?;
         }
+        // a's neighbour solicitation from its unlisted address would be
+        // dropped as spoofed too, before its SYN left: a holds b's entry.
+        let mac_b = mac_text(mac_of(&lab.pods[1])?);
+        ip_in(
+            &lab.pods[0].netns,
+            &format!("-6 neigh replace {b6} lladdr {mac_b} dev eth0 nud permanent"),
+        )?;
         let b6: std::net::Ipv6Addr = b6.parse()?;
         let _listener6 = in_netns(&lab.pods[1].netns, || TcpListener::bind((b6, PORT)))??;
         let dir = std::env::temp_dir().join(unique("palisade-sources-"));
@@ -1469,5 +1476,199 @@ fn a_pod_sends_from_an_address_not_its_own_only_where_it_opts_out() -> anyhow::R
         daemon.stop();
         let _ = fs::remove_dir_all(&dir);
     }
+    Ok(())
+}
+
+/// The output of `ip <args>` in `ns`.
+fn ip_output(ns: &palisade_lab::netns::Netns, args: &str) -> anyhow::Result<String> {
+    let out = in_netns(ns, || {
+        std::process::Command::new("ip")
+            .args(args.split(' '))
+            .output()
+    })??;
+    anyhow::ensure!(out.status.success(), "ip {args}: {}", out.status);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The MAC address of `eth0` in a pod.
+fn mac_of(pod: &palisade_lab::fixtures::LabPod) -> anyhow::Result<[u8; 6]> {
+    let out = ip_output(&pod.netns, "-o link show dev eth0")?;
+    let text = out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .context("no link/ether")?;
+    let mut mac = [0u8; 6];
+    for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(hex, 16)?;
+    }
+    Ok(mac)
+}
+
+/// The link-layer address `ns` holds for `ip`, if any.
+fn neighbour_mac(ns: &palisade_lab::netns::Netns, ip: Ipv4Addr) -> anyhow::Result<Option<String>> {
+    let out = ip_output(ns, &format!("-4 neigh show {ip}"))?;
+    Ok(out
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .map(str::to_owned))
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Sends a whole Ethernet frame out of `eth0` of the calling namespace.
+fn send_frame(frame: &[u8]) -> anyhow::Result<()> {
+    // SAFETY: plain system calls on a descriptor owned here; `addr` is a
+    // fully initialised `sockaddr_ll` whose size is passed with it.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        anyhow::ensure!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = i32::try_from(palisade::netns::ifindex("eth0")?)?;
+        addr.sll_halen = 6;
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        anyhow::ensure!(sent == frame.len() as isize, "send: {error}");
+    }
+    Ok(())
+}
+
+/// A gratuitous ARP reply, broadcast: `ip` is at `mac`. Its target is its
+/// sender, hardware address too, which makes a Linux receiver replace an
+/// entry it learnt less than a lock time (1 s) ago.
+fn garp(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&0x0806u16.to_be_bytes());
+    frame.extend_from_slice(&palisade_tests::packet::arp(
+        2,
+        (mac, ip.octets()),
+        (mac, ip.octets()),
+    ));
+    frame
+}
+
+/// A router advertisement (lifetime 1800 s) to all nodes, from `dev` of
+/// the calling namespace (its link-local address, hop limit 255).
+fn send_router_advert(dev: &str) -> anyhow::Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    let ifindex = palisade::netns::ifindex(dev)?;
+    socket.set_multicast_if_v6(ifindex)?;
+    socket.set_multicast_hops_v6(255)?;
+    // Type, code, checksum (the kernel's), hop limit, flags, lifetime,
+    // reachable time, retransmit timer.
+    let mut ra = vec![134, 0, 0, 0, 64, 0];
+    ra.extend_from_slice(&1800u16.to_be_bytes());
+    ra.extend_from_slice(&[0; 8]);
+    let all_nodes = std::net::SocketAddrV6::new("ff02::1".parse()?, 0, 0, ifindex);
+    socket.send_to(&ra, &SockAddr::from(all_nodes))?;
+    Ok(())
+}
+
+/// The IPv6 default routes a namespace holds.
+fn default_routes6(ns: &palisade_lab::netns::Netns) -> anyhow::Result<String> {
+    Ok(ip_output(ns, "-6 route show default")?.trim().to_owned())
+}
+
+/// A pod cannot teach the node or its neighbours that another pod's address
+/// is at its MAC (a gratuitous ARP announcing b's address from a: dropped
+/// as spoofed, and the node and c keep b's MAC), nor make itself their
+/// router (a router advertisement from a: dropped, and c learns no default
+/// route). The controls show that the same messages work where they are
+/// the sender's own: b announcing its own address moves the node's entry,
+/// and the node's router advertisement gives c a default route.
+#[test]
+fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::Result<()> {
+    use ebpf_common::maps::TC_STATS;
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(3)?;
+    let _listeners = listen_in_every_pod(&lab)?;
+    let dir = std::env::temp_dir().join(unique("palisade-neighbours-"));
+    let mut daemon = start(&lab, &t, &dir, 300, &[])?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    commit_and_wait(&mut daemon)?;
+    let (a, b, c) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
+    let (mac_a, mac_b) = (mac_of(a)?, mac_of(b)?);
+    // The node and c learn b's MAC, and hold it past the kernel's lock
+    // time (1 s), within which an entry is not replaced by a non-gratuitous
+    // message.
+    assert!(reaches(&lab, 2, 1)?, "c reaches b");
+    let to_b = SocketAddr::from((b.ip, PORT));
+    assert!(
+        in_netns(&lab.node, || TcpStream::connect_timeout(&to_b, WAIT))?.is_ok(),
+        "the node reaches b"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let holds = |ns, mac: [u8; 6]| -> anyhow::Result<bool> {
+        Ok(neighbour_mac(ns, b.ip)?.as_deref() == Some(mac_text(mac).as_str()))
+    };
+    assert!(
+        holds(&lab.node, mac_b)? && holds(&c.netns, mac_b)?,
+        "b's MAC learnt"
+    );
+
+    let spoofed_before = counted(&t, TC_STATS, "drop_spoofed_source")?;
+    for _ in 0..3 {
+        in_netns(&a.netns, || send_frame(&garp(mac_a, b.ip)))??;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(holds(&lab.node, mac_b)?, "the node still has b at b's MAC");
+    assert!(holds(&c.netns, mac_b)?, "c still has b at b's MAC");
+    assert!(
+        counted(&t, TC_STATS, "drop_spoofed_source")? >= spoofed_before + 3,
+        "... because Palisade dropped a's announcements as spoofed"
+    );
+    assert!(reaches(&lab, 2, 1)?, "c still reaches b");
+
+    // The control: b's own announcement, of another MAC, moves the node's
+    // entry; its next, of its own MAC, moves it back.
+    let elsewhere = [2, 0, 0, 0, 0, 0x99];
+    in_netns(&b.netns, || send_frame(&garp(elsewhere, b.ip)))??;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        holds(&lab.node, elsewhere)?,
+        "b's own announcement moves the node's entry"
+    );
+    in_netns(&b.netns, || send_frame(&garp(mac_b, b.ip)))??;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(holds(&lab.node, mac_b)?, "and moves it back");
+
+    // A router advertisement from a reaches no one; the node's reaches c.
+    let routers_before = counted(&t, TC_STATS, "drop_router_message")?;
+    in_netns(&a.netns, || send_router_advert("eth0"))??;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(default_routes6(&c.netns)?, "", "c learnt no router from a");
+    assert!(
+        counted(&t, TC_STATS, "drop_router_message")? > routers_before,
+        "... because Palisade dropped a's advertisement"
+    );
+    in_netns(&lab.node, || send_router_advert("br0"))??;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while default_routes6(&c.netns)?.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !default_routes6(&c.netns)?.is_empty(),
+        "the control: c takes the node's advertisement"
+    );
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
     Ok(())
 }

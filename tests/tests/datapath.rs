@@ -19,7 +19,7 @@ use palisade::{
 };
 use palisade_tests::{
     datapath_harness::{Harness, Hook, LO},
-    packet::{ACK, ICMP, ICMPV6, SYN, TCP, UDP, eth, icmp, ipv4, ipv6, tcp, udp, vlan},
+    packet::{ACK, ICMP, ICMPV6, SYN, TCP, UDP, arp, eth, icmp, ipv4, ipv6, tcp, udp, vlan},
 };
 
 const EP: u32 = 7;
@@ -29,6 +29,10 @@ const NET_HOST: [u8; 4] = [10, 0, 1, 5];
 const OUTSIDE: [u8; 4] = [8, 8, 8, 8];
 const A6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const B6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+/// The pod of the source-check tests, and a link-local address.
+const C: [u8; 4] = [10, 0, 0, 3];
+const C6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+const LINK_LOCAL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
 const ID_B: u32 = identity::FIRST_ALLOCATED + 1;
 const ID_NET: u32 = identity::FIRST_ALLOCATED + 2;
 const ID_TUNNELS: u32 = identity::FIRST_ALLOCATED + 3;
@@ -989,6 +993,30 @@ fn run_at(
     Ok((pass, counted_reason(&before, &read_pinned(&stats)?)?))
 }
 
+/// Runs `f` in a new namespace holding a veth, given the veth's ifindex (a
+/// second endpoint beside the harness's on loopback) and a harness.
+fn beside_a_veth(f: impl FnOnce(u32, Harness) -> anyhow::Result<()> + Send) -> anyhow::Result<()> {
+    let pair = palisade_tests::VethPair::new()?;
+    let host_if = pair.host_if.clone();
+    palisade_tests::in_netns(&pair.node, move || {
+        f(palisade::netns::ifindex(&host_if)?, harness()?)
+    })?
+}
+
+/// [`run_at`], which must give `want`.
+fn expect_at(
+    h: &Harness,
+    hook: Hook,
+    ifindex: u32,
+    frame: &[u8],
+    want: (bool, &str),
+    what: &str,
+) -> anyhow::Result<()> {
+    let got = run_at(h, hook, ifindex, frame).with_context(|| what.to_owned())?;
+    anyhow::ensure!(got == want, "{what}: expected {want:?}, got {got:?}");
+    Ok(())
+}
+
 /// A pod that writes a neighbour's address and ports into its packets
 /// builds the key of the neighbour's tracked flow. Its packets are judged
 /// by its own endpoint's policy, not passed on the neighbour's entry; and
@@ -996,20 +1024,12 @@ fn run_at(
 #[rustfmt::skip]
 #[test]
 fn a_pod_cannot_ride_on_a_neighbours_tracked_flow() -> anyhow::Result<()> {
-    let pair = palisade_tests::VethPair::new()?;
-    let host_if = pair.host_if.clone();
-    palisade_tests::in_netns(&pair.node, move || -> anyhow::Result<()> {
-        let neighbour = palisade::netns::ifindex(&host_if)?;
-        let mut h = harness()?;
+    beside_a_veth(|neighbour, mut h| {
         // The pod on the other veth may send nothing and receive nothing.
         h.maps.replace_policy(neighbour, EP + 1, ISOLATED, &[])?;
         let out = v4_udp(A, B, 5000, 53);
         let back = v4_udp(B, A, 53, 5000);
-        let at = |h: &Harness, hook, ifindex, frame: &[u8], want: (bool, &str), what: &str| -> anyhow::Result<()> {
-            let got = run_at(h, hook, ifindex, frame).with_context(|| what.to_owned())?;
-            anyhow::ensure!(got == want, "{what}: expected {want:?}, got {got:?}");
-            Ok(())
-        };
+        let at = expect_at;
         h.expect(OUT, &out, true, "allow_policy", "A's flow to B's DNS port opens")?;
         h.expect(OUT, &out, true, "allow_established", "and is tracked")?;
         for _ in 0..2 {
@@ -1019,7 +1039,7 @@ fn a_pod_cannot_ride_on_a_neighbours_tracked_flow() -> anyhow::Result<()> {
         h.expect(OUT, &out, true, "allow_established", "A's flow, after the spoofed packets")?;
         h.expect(IN, &back, true, "allow_reply", "its reply, at A")?;
         Ok(())
-    })?
+    })
 }
 
 /// A pod whose addresses the syncer wrote may send only from them (in IPv6
@@ -1032,23 +1052,12 @@ fn a_pod_cannot_ride_on_a_neighbours_tracked_flow() -> anyhow::Result<()> {
 #[test]
 fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::Result<()> {
     use palisade::compile::Sources;
-    const C: [u8; 4] = [10, 0, 0, 3];
-    const C6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
-    const LINK_LOCAL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
-    let pair = palisade_tests::VethPair::new()?;
-    let host_if = pair.host_if.clone();
-    palisade_tests::in_netns(&pair.node, move || -> anyhow::Result<()> {
-        let pod = palisade::netns::ifindex(&host_if)?;
-        let mut h = harness()?;
+    beside_a_veth(|pod, mut h| {
         // Its policy allows UDP to port 53 anywhere, and lets anything in.
         let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false };
         let egress = [entry(OUT, identity::ANY, UDP, (53, 53), allow(41))];
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &sources, None)?;
-        let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| -> anyhow::Result<()> {
-            let got = run_at(h, hook, pod, frame).with_context(|| what.to_owned())?;
-            anyhow::ensure!(got == want, "{what}: expected {want:?}, got {got:?}");
-            Ok(())
-        };
+        let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
         let v6_udp = |src: [u8; 16], dst: [u8; 16]| eth(0x86dd, &ipv6(src, dst, &[], UDP, &udp(5000, 53)));
         at(&h, Hook::TcEgress, &v4_udp(C, B, 5000, 53), (true, "allow_policy"), "its own source")?;
         at(&h, Hook::TcEgress, &v4_udp(C, B, 5000, 53), (true, "allow_established"), "its own flow")?;
@@ -1090,5 +1099,89 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
         h.maps.replace_policy(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress)?;
         at(&h, Hook::TcEgress, &v4_udp(A, B, 5001, 53), (true, "allow_policy"), "no sources, no check")?;
         Ok(())
-    })?
+    })
+}
+
+/// What a pod's ARP and neighbour discovery announce on the link is held to
+/// the source check's rules: the sender protocol address of its ARP (or
+/// `0.0.0.0`, a probe), the source of its neighbour discovery and the
+/// target its advertisements announce must be its own (or link-local, in
+/// IPv6), or in its prefixes. A pod sends no router advertisement or
+/// redirect at all. What reaches a pod, and a pod with no address
+/// written, is not checked.
+#[rustfmt::skip]
+#[test]
+fn a_pods_arp_and_neighbour_discovery_claim_only_its_own_addresses() -> anyhow::Result<()> {
+    use palisade::compile::Sources;
+    const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
+    beside_a_veth(|pod, mut h| {
+        let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false };
+        h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &[], &sources, None)?;
+        let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
+        let out = |h: &Harness, frame: &[u8], want: (bool, &str), what: &str| {
+            at(h, Hook::TcEgress, frame, want, what)
+        };
+        let arp_from = |spa: [u8; 4]| eth(0x0806, &arp(1, (MAC, spa), ([0; 6], B)));
+        let nd = |src: [u8; 16], kind: u8, body: &[u8]| {
+            eth(0x86dd, &ipv6(src, ALL_NODES, &[], ICMPV6, &icmp(kind, [0; 4], body)))
+        };
+        let pass_arp = (true, "pass_non_ip");
+        let pass_nd = (true, "pass_neighbour_discovery");
+        let spoofed = (false, "drop_spoofed_source");
+        let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::from_map_data(
+            aya::maps::MapData::from_pin(h.t.pins.map(maps::EVENTS))?,
+        )?)?;
+        out(&h, &arp_from(C), pass_arp, "ARP from its own address")?;
+        out(&h, &arp_from([0; 4]), pass_arp, "an ARP probe")?;
+        out(&h, &arp_from(A), spoofed, "ARP claiming A's address")?;
+        // Its event names what it claimed, marked as ARP.
+        let mapped = |a: [u8; 4]| IpAddr::from(Ipv4Addr::from(a).to_ipv6_mapped().octets());
+        let events = drain(&mut ring);
+        anyhow::ensure!(events.len() == 1, "one event for the one drop: {events:?}");
+        let e = events[0];
+        anyhow::ensure!(
+            (e.protocol, e.sport, IpAddr::from(e.src), IpAddr::from(e.dst)) == (0, ebpf_common::datapath::ARP_EVENT_SPORT, mapped(A), mapped(B)),
+            "the ARP drop's event: {e:?}"
+        );
+        at(&h, Hook::XdpEgress, &arp_from(A), spoofed, "the same through the XDP egress hook")?;
+        let mut ieee802 = arp(1, (MAC, A), ([0; 6], B));
+        ieee802[1] = 6;
+        out(&h, &eth(0x0806, &ieee802), pass_arp, "ARP of another hardware type claims nothing")?;
+        out(&h, &eth(0x0806, &arp(1, (MAC, A), ([0; 6], B))[..20]), (false, "drop_truncated"), "ARP cut short")?;
+        out(&h, &nd(C6, 135, &B6), pass_nd, "a solicitation from its own address")?;
+        out(&h, &nd([0; 16], 135, &C6), pass_nd, "duplicate address detection, from ::")?;
+        out(&h, &nd(A6, 135, &B6), spoofed, "a solicitation from A's address")?;
+        out(&h, &nd(A6, 143, &[]), spoofed, "an MLD report from A's address")?;
+        out(&h, &nd(LINK_LOCAL, 136, &C6), pass_nd, "an advertisement of its own address")?;
+        out(&h, &nd(LINK_LOCAL, 136, &LINK_LOCAL), pass_nd, "an advertisement of a link-local address")?;
+        out(&h, &nd(LINK_LOCAL, 136, &A6), spoofed, "an advertisement of A's address")?;
+        out(&h, &nd(LINK_LOCAL, 136, &[]), (false, "drop_truncated"), "an advertisement without its target")?;
+        out(&h, &nd(LINK_LOCAL, 133, &[]), pass_nd, "a router solicitation")?;
+        out(&h, &nd(LINK_LOCAL, 134, &[0; 8]), (false, "drop_router_message"), "a router advertisement")?;
+        out(&h, &nd(LINK_LOCAL, 137, &[0; 32]), (false, "drop_router_message"), "a redirect")?;
+        // What reaches the pod is the sender's to check.
+        at(&h, Hook::TcIngress, &arp_from(A), pass_arp, "ARP to the pod")?;
+        at(&h, Hook::TcIngress, &nd(LINK_LOCAL, 136, &A6), pass_nd, "an advertisement to the pod")?;
+        at(&h, Hook::TcIngress, &nd(LINK_LOCAL, 134, &[0; 8]), pass_nd, "the node's router advertisement")?;
+        // Its prefixes count as its own, for what it announces too.
+        h.maps.set_source_prefix(EP + 1, "10.0.0.0/30".parse()?)?;
+        h.maps.set_source_prefix(EP + 1, "fd00::/127".parse()?)?;
+        let with_prefixes = Sources { prefixes: true, ..sources };
+        h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &[], &with_prefixes, None)?;
+        out(&h, &arp_from(A), pass_arp, "ARP for an address its prefix covers")?;
+        out(&h, &nd(LINK_LOCAL, 136, &A6), pass_nd, "an advertisement of fd00::1, in its prefix")?;
+        out(&h, &nd(LINK_LOCAL, 136, &B6), spoofed, "fd00::2, past it")?;
+        out(&h, &arp_from(NET_HOST), spoofed, "ARP past its prefix")?;
+        for held in h.maps.source_prefixes()? {
+            h.maps.remove_source_prefix(&held)?;
+        }
+        // Without sources written, nothing is checked; a router message
+        // is still no pod's to send.
+        h.maps.replace_policy(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &[])?;
+        out(&h, &arp_from(A), pass_arp, "no sources: ARP unchecked")?;
+        out(&h, &nd(LINK_LOCAL, 136, &A6), pass_nd, "no sources: advertisements unchecked")?;
+        out(&h, &nd(LINK_LOCAL, 134, &[0; 8]), (false, "drop_router_message"), "no sources: still no router advertisement")?;
+        Ok(())
+    })
 }

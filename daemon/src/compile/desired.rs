@@ -119,7 +119,9 @@ impl Sources {
     /// (The Kubernetes source leaves out an address another pod holds
     /// too, `source::kube`: a dual-stack pod whose only address in a
     /// family is in dispute then sends nothing routable in that family
-    /// until the dispute ends, rather than sending from anything.)
+    /// until the dispute ends, rather than sending from anything.) What
+    /// the endpoint holds only: whether the prefix map holds more is
+    /// [`Sources::of_pod`]'s to say.
     pub fn of(ips: &[IpAddr]) -> Self {
         if ips.is_empty() {
             return Self::default();
@@ -128,7 +130,7 @@ impl Sources {
         Self {
             v4: Some(held4.unwrap_or(Ipv4Addr::UNSPECIFIED)),
             v6: Some(held6.unwrap_or(Ipv6Addr::UNSPECIFIED)),
-            prefixes: further_addresses(ips).next().is_some(),
+            prefixes: false,
         }
     }
 
@@ -491,14 +493,20 @@ mod tests {
             "the endpoint holds the lowest address of a family, whatever the order"
         );
         assert_eq!(two.v6, "fd00::1".parse().ok());
-        assert!(two.prefixes, "the other goes in the prefix map");
+        let mut pod = crate::model::standard::pods().next().unwrap();
+        pod.ips = vec![ip("10.0.0.2"), ip("fd00::1"), ip("10.0.0.1")];
+        assert!(
+            Sources::of_pod(&pod, false).prefixes,
+            "the other goes in the prefix map"
+        );
         let mapped = Sources::of(&[ip("::ffff:10.0.0.1"), ip("10.0.0.1")]);
         assert_eq!(
             mapped.v6,
             Some(Ipv6Addr::UNSPECIFIED),
             "an IPv4-mapped address is no IPv6 source"
         );
-        assert!(!mapped.prefixes);
+        pod.ips = vec![ip("::ffff:10.0.0.1"), ip("10.0.0.1")];
+        assert!(!Sources::of_pod(&pod, false).prefixes);
         assert_eq!(Sources::of(&[]), Sources::default());
     }
 

@@ -992,14 +992,15 @@ impl<S: Source> Agent<S> {
     }
 }
 
-/// What of the process and file rules is in force (see [`Status`]).
 /// The source check's share of the status.
 struct SourceStatus {
     /// Pods whose annotation asks for what this node does not do.
     errors: Vec<String>,
     /// Pods in force whose sources go unchecked, with why.
     unchecked: BTreeMap<String, String>,
-    /// Pods in force that may send from extra prefixes, with them.
+    /// Pods in force that may send from extra prefixes, with those in
+    /// force: the annotation's that were written, and any stale one whose
+    /// removal failed.
     prefixes: BTreeMap<String, Vec<String>>,
 }
 
@@ -1029,10 +1030,20 @@ impl SourceStatus {
                 .collect(),
             prefixes: in_force()
                 .filter_map(|p| {
-                    let nets = Sources::prefixes(p, opt_out);
                     let key = p.key();
-                    (!nets.is_empty() && !report.source_prefixes_failed.contains(&key))
-                        .then(|| (key, nets.iter().map(ToString::to_string).collect()))
+                    let is = |set: &BTreeSet<(String, ipnet::IpNet)>, net: &ipnet::IpNet| {
+                        set.contains(&(key.clone(), *net))
+                    };
+                    let written = Sources::prefixes(p, opt_out)
+                        .iter()
+                        .filter(|net| !is(&report.source_prefixes_unwritten, net));
+                    let left = report
+                        .source_prefixes_left
+                        .iter()
+                        .filter(|(holder, _)| *holder == key)
+                        .map(|(_, net)| net);
+                    let nets: Vec<String> = written.chain(left).map(ToString::to_string).collect();
+                    (!nets.is_empty()).then_some((key, nets))
                 })
                 .collect(),
         }
@@ -1341,6 +1352,48 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The status lists the prefixes in force: a prefix that could not be
+    /// written is left out, and a stale one whose removal failed is listed
+    /// under the pod that holds it, annotated prefixes or none.
+    #[test]
+    fn listed_source_prefixes_are_those_in_force() {
+        use crate::model::SourcePrefixes;
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let mut pod = crate::model::standard::pods().next().unwrap();
+        // Prefixes count only where an address of the pod is known.
+        pod.ips = vec!["10.0.0.1".parse().unwrap()];
+        pod.source_prefixes = SourcePrefixes::List(vec![net("10.8.0.0/24"), net("fd00:8::/64")]);
+        let key = pod.key();
+        let listed = |report: &Report| SourceStatus::of(&[&pod], report, true).prefixes;
+        let all = BTreeMap::from([(
+            key.clone(),
+            vec!["10.8.0.0/24".to_owned(), "fd00:8::/64".to_owned()],
+        )]);
+        assert_eq!(listed(&Report::default()), all);
+        let mut report = Report::default();
+        report
+            .source_prefixes_unwritten
+            .insert((key.clone(), net("fd00:8::/64")));
+        assert_eq!(
+            listed(&report),
+            BTreeMap::from([(key.clone(), vec!["10.8.0.0/24".to_owned()])])
+        );
+        report
+            .source_prefixes_unwritten
+            .insert((key.clone(), net("10.8.0.0/24")));
+        assert!(listed(&report).is_empty());
+        report
+            .source_prefixes_left
+            .insert((key.clone(), net("10.7.0.0/16")));
+        assert_eq!(
+            listed(&report),
+            BTreeMap::from([(key.clone(), vec!["10.7.0.0/16".to_owned()])])
+        );
+        // A pod not in force is not listed, whatever its prefixes.
+        report.not_enforced.insert(key, "its write failed".into());
+        assert!(listed(&report).is_empty());
+    }
 
     #[test]
     fn a_veth_due_for_its_move_waits_for_a_short_idle_moment_only() {

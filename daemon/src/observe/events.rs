@@ -225,6 +225,7 @@ pub fn decode(e: &DropEvent, names: &SharedNames) -> Event {
     let ports = matches!(e.protocol, 6 | 17 | 132);
     let protocol = match e.protocol {
         _ if !parsed => None,
+        0 if e.sport == ebpf_common::datapath::ARP_EVENT_SPORT => Some("ARP".to_owned()),
         6 => Some("TCP".to_owned()),
         17 => Some("UDP".to_owned()),
         132 => Some("SCTP".to_owned()),
@@ -385,6 +386,26 @@ mod tests {
         assert!(only("x", None).matches(&e));
         assert!(!only("y", None).matches(&e));
         assert!(!only("x", Some("audit")).matches(&e));
+    }
+
+    #[test]
+    fn an_arp_frames_event_reads_as_arp_without_ports() {
+        let names = crate::observe::names::Names::shared();
+        let mut raw = DropEvent {
+            reason: reason::DROP_SPOOFED_SOURCE as u16,
+            direction: 1,
+            sport: ebpf_common::datapath::ARP_EVENT_SPORT,
+            ..DropEvent::default()
+        };
+        raw.src[10..].copy_from_slice(&[0xff, 0xff, 10, 244, 0, 9]);
+        raw.dst[10..].copy_from_slice(&[0xff, 0xff, 10, 244, 0, 1]);
+        let e = decode(&raw, &names);
+        assert_eq!(e.protocol.as_deref(), Some("ARP"));
+        assert_eq!(e.src.as_deref(), Some("10.244.0.9"));
+        assert_eq!(e.dst.as_deref(), Some("10.244.0.1"));
+        // An IP packet of protocol 0 is not ARP.
+        raw.sport = 0;
+        assert_eq!(decode(&raw, &names).protocol.as_deref(), Some("0"));
     }
 
     #[test]

@@ -83,8 +83,12 @@ pub struct Report {
     pub errors: Vec<String>,
     /// Source prefixes written or removed (`sources`).
     pub source_prefixes_changed: usize,
-    /// Pods some of whose source prefixes could not be written.
-    pub source_prefixes_failed: std::collections::BTreeSet<String>,
+    /// Source prefixes a pod was to have that could not be written, by
+    /// `namespace/pod`: not in force.
+    pub source_prefixes_unwritten: std::collections::BTreeSet<(String, ipnet::IpNet)>,
+    /// Source prefixes a pod was to lose whose removal failed, by the
+    /// `namespace/pod` holding their endpoint id: still in force.
+    pub source_prefixes_left: std::collections::BTreeSet<(String, ipnet::IpNet)>,
     /// The process and file share; `None` where BPF LSM is inactive or the
     /// desired state had none.
     pub lsm: Option<lsm::LsmReport>,

@@ -19,12 +19,13 @@
 //! too: one whose lowest address changes meets that moment for the
 //! address that moves between its endpoint and the map.
 //!
-//! A failed write is reported (the pass is then not in force, and the pod
-//! is left out of the status's list) and the rest are still made; the
-//! next pass reads the map again and repairs it. One failure can leave
-//! more in force than either list: a stale entry whose removal failed
-//! stays usable by whichever pod holds its id, until a pass removes it;
-//! the error names that pod.
+//! A failed write is reported (the pass is then not in force) and the
+//! rest are still made; the next pass reads the map again and repairs it.
+//! The status lists what is in force: a prefix that could not be written
+//! is left out of its pod's list. One failure can leave more in force
+//! than either list: a stale entry whose removal failed stays usable by
+//! whichever pod holds its id, until a pass removes it; the error names
+//! that pod, and its list in the status holds the entry.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,13 +58,16 @@ pub(super) fn retire(
             }
             Err(e) => {
                 let holder = match entry {
-                    SourcePrefix::Written(endpoint, _) => name(desired, *endpoint),
+                    SourcePrefix::Written(endpoint, net) => {
+                        let holder = name(desired, *endpoint);
+                        report.source_prefixes_left.insert((holder.clone(), *net));
+                        holder
+                    }
                     SourcePrefix::Foreign(..) => "no endpoint".into(),
                 };
                 report.errors.push(format!(
                     "source prefixes: {e}; {holder} may send from it until a pass removes it"
                 ));
-                report.source_prefixes_failed.insert(holder);
                 true
             }
         }
@@ -119,7 +123,7 @@ pub(super) fn add(
                 report
                     .errors
                     .push(format!("source prefix {net} of {pod}: {e}"));
-                report.source_prefixes_failed.insert(pod);
+                report.source_prefixes_unwritten.insert((pod, net));
             }
         }
     }

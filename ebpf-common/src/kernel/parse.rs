@@ -24,6 +24,7 @@ use crate::{datapath::ADDR_LEN, reason};
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// Q-in-Q is the most a pod veth should ever carry.
@@ -86,7 +87,11 @@ pub struct Packet {
     pub src: [u8; ADDR_LEN],
     pub dst: [u8; ADDR_LEN],
     pub inner: Inner,
-    /// IPv4 addresses as on the wire.
+    /// The address a neighbour advertisement announces (its target),
+    /// written only where parsing returns [`Neighbour::ADVERT`].
+    pub target: [u8; ADDR_LEN],
+    /// IPv4 addresses as on the wire (an ARP frame's sender and target
+    /// protocol addresses where parsing returns [`Neighbour::ARP`]).
     pub src4: [u8; 4],
     pub dst4: [u8; 4],
     pub frag_id: u32,
@@ -145,6 +150,32 @@ pub struct Parsed {
     pub kind: Kind,
     /// The reason of a `Pass` or `Drop`; 0 for `Ip`.
     pub reason: u32,
+    /// For a `Pass`, the address it claims for its sender on the link
+    /// ([`Neighbour`]); [`Neighbour::NONE`] for anything else.
+    pub neighbour: u8,
+}
+
+/// What a frame that passes without policy claims on the link, which a
+/// pod's sender may only claim of itself: the addresses ARP and neighbour
+/// discovery teach their receivers' neighbour caches, and the routers IPv6
+/// hosts learn from router advertisements and redirects.
+pub struct Neighbour;
+
+impl Neighbour {
+    /// Claims nothing (other ethertypes, ARP that is not Ethernet/IPv4).
+    pub const NONE: u8 = 0;
+    /// ARP for IPv4 over Ethernet: its sender protocol address is in
+    /// `Packet::src4` (`0.0.0.0` in an address probe), its target's in
+    /// `Packet::dst4`.
+    pub const ARP: u8 = 1;
+    /// Neighbour discovery, MLD and router solicitations: they claim their
+    /// IPv6 source.
+    pub const DISCOVERY: u8 = 2;
+    /// A neighbour advertisement: its source, and the address it announces
+    /// (`Packet::target`).
+    pub const ADVERT: u8 = 3;
+    /// A router advertisement or a redirect: it claims to be a router.
+    pub const ROUTER: u8 = 4;
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -162,12 +193,23 @@ impl Parsed {
     pub const IP: Self = Self {
         kind: Kind::Ip,
         reason: 0,
+        neighbour: Neighbour::NONE,
     };
 
     pub const fn pass(reason: u32) -> Self {
         Self {
             kind: Kind::Pass,
             reason,
+            neighbour: Neighbour::NONE,
+        }
+    }
+
+    /// A pass that claims `neighbour` ([`Neighbour`]).
+    pub const fn neighbour(reason: u32, neighbour: u8) -> Self {
+        Self {
+            kind: Kind::Pass,
+            reason,
+            neighbour,
         }
     }
 
@@ -175,6 +217,7 @@ impl Parsed {
         Self {
             kind: Kind::Drop,
             reason,
+            neighbour: Neighbour::NONE,
         }
     }
 }
@@ -233,9 +276,39 @@ pub fn parse(data: usize, data_end: usize, p: &mut Packet) -> Parsed {
     match ethertype {
         ETH_P_IP => ipv4(data, data_end, off, p),
         ETH_P_IPV6 => ipv6(data, data_end, off, p),
+        ETH_P_ARP => arp(data, data_end, off, p),
         ETH_P_8021Q | ETH_P_8021AD => Parsed::drop(reason::DROP_VLAN_LIMIT),
         _ => Parsed::pass(reason::PASS_NON_IP),
     }
+}
+
+/// ARP for IPv4 over Ethernet (hardware type 1, protocol type 0x0800,
+/// lengths 6 and 4), the only kind a Linux receiver acts on for IPv4: its
+/// addresses, or cut short when the frame ends before them (the receiver
+/// drops that too). Anything else passes as non-IP, claiming nothing. The
+/// addresses go to `src4` and `dst4` only: `frag` stays as the caller set
+/// it, so the prefilter, which reads it to know whether an IP header was
+/// read, never applies its node deny list to ARP.
+#[inline(always)]
+fn arp(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
+    let Some(h) = bytes::<8>(data, data_end, off) else {
+        return Parsed::pass(reason::PASS_NON_IP);
+    };
+    // Compared as a word and two bytes: an array compare is a `memcmp`.
+    if u32::from_be_bytes([h[0], h[1], h[2], h[3]]) != 0x0001_0800 || h[4] != 6 || h[5] != 4 {
+        return Parsed::pass(reason::PASS_NON_IP);
+    }
+    // Sender hardware (6) and protocol (4) addresses, then the target's.
+    let Some(a) = bytes::<20>(data, data_end, off + 8) else {
+        return Parsed::drop(reason::DROP_TRUNCATED);
+    };
+    p.src4 = [a[6], a[7], a[8], a[9]];
+    p.dst4 = [a[16], a[17], a[18], a[19]];
+    p.v6 = false;
+    p.protocol = 0;
+    p.sport = crate::datapath::ARP_EVENT_SPORT;
+    p.dport = 0;
+    Parsed::neighbour(reason::PASS_NON_IP, Neighbour::ARP)
 }
 
 #[inline(always)]
@@ -392,8 +465,23 @@ fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed
                 (false, 0) | (true, 129) => p.dport = id,
                 // Router and neighbour discovery, multicast listeners:
                 // the link does not work without them.
-                (true, 130..=137 | 143) => {
-                    return Parsed::pass(reason::PASS_NEIGHBOUR_DISCOVERY);
+                (true, 134 | 137) => {
+                    return Parsed::neighbour(reason::PASS_NEIGHBOUR_DISCOVERY, Neighbour::ROUTER);
+                }
+                (true, 136) => {
+                    // The target follows the header's first 8 bytes; an
+                    // advertisement without one is dropped by its receiver.
+                    let Some(target) = bytes::<ADDR_LEN>(data, data_end, off + 8) else {
+                        return Parsed::drop(reason::DROP_TRUNCATED);
+                    };
+                    p.target = *target;
+                    return Parsed::neighbour(reason::PASS_NEIGHBOUR_DISCOVERY, Neighbour::ADVERT);
+                }
+                (true, 130..=135 | 143) => {
+                    return Parsed::neighbour(
+                        reason::PASS_NEIGHBOUR_DISCOVERY,
+                        Neighbour::DISCOVERY,
+                    );
                 }
                 // Destination unreachable, time exceeded, parameter problem
                 // (and IPv6's packet too big) quote the packet they are about.

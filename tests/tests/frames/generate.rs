@@ -454,6 +454,19 @@ impl Generator {
         }
     }
 
+    /// An address a frame from the pod at `ifindex` announces as its own:
+    /// mostly one of its addresses, else the unspecified one, a
+    /// link-local one (IPv6) or a peer's.
+    fn claimed(&mut self, ifindex: u32, v6: bool) -> IpAddr {
+        match self.rng.below(10) {
+            0 if v6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            0 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            1 if v6 => IpAddr::V6(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 7)),
+            1 | 2 => self.peer(v6),
+            _ => self.local(ifindex, v6),
+        }
+    }
+
     /// A local pod's address, for the prefilter's destination.
     fn any_local(&mut self, v6: bool) -> IpAddr {
         let ifindex = self.u.endpoints[self.rng.below(self.u.endpoints.len())].0;
@@ -1088,17 +1101,28 @@ impl Generator {
     }
 
     /// Neighbour discovery and other ICMPv6 the link needs, ARP, and other
-    /// ethertypes that carry no IP.
+    /// ethertypes that carry no IP. What ARP and neighbour advertisements
+    /// announce is mostly the sender's own address, else a link-local, the
+    /// unspecified or a peer's one.
     fn special(&mut self) -> Case {
         let (hook, ifindex) = self.place();
-        let frame = match self.rng.below(4) {
+        let frame = match self.rng.below(5) {
             0 | 1 => {
-                let (src, dst) = self.ends(hook, ifindex, true);
+                let (mut src, dst) = self.ends(hook, ifindex, true);
+                if self.rng.chance(15) {
+                    src = self.claimed(ifindex, true);
+                }
                 let kind = self
                     .rng
                     .pick(&[130, 131, 132, 133, 134, 135, 136, 137, 143, 138, 139]);
-                let len = self.rng.below(2) * 16;
-                let body = self.rng.bytes(len);
+                let body = match self.rng.below(3) {
+                    0 => Vec::new(),
+                    1 => self.rng.bytes(16),
+                    _ => match self.claimed(ifindex, true) {
+                        IpAddr::V6(a) => a.octets().to_vec(),
+                        IpAddr::V4(_) => unreachable!("asked for IPv6"),
+                    },
+                };
                 let icmp = packet::icmp(kind, [0; 4], &body);
                 let exts = if self.rng.chance(30) {
                     vec![Ext::options(0, 0)]
@@ -1108,7 +1132,23 @@ impl Generator {
                 self.frame((src, dst), ICMPV6, &icmp, &exts).frame
             }
             2 => {
-                let arp = self.rng.bytes(28);
+                let mut arp = self.rng.bytes(28);
+                if self.rng.chance(80) {
+                    let IpAddr::V4(spa) = self.claimed(ifindex, false) else {
+                        unreachable!("asked for IPv4")
+                    };
+                    let tpa = self.rng.bytes(4);
+                    let op = 1 + self.rng.below(2) as u16;
+                    arp = packet::arp(
+                        op,
+                        ([2, 0, 0, 0, 0, 1], spa.octets()),
+                        ([0; 6], [tpa[0], tpa[1], tpa[2], tpa[3]]),
+                    );
+                }
+                if self.rng.chance(10) {
+                    let keep = self.rng.below(arp.len());
+                    arp.truncate(keep);
+                }
                 ethernet(&[], 0x0806, &arp, &mut self.rng)
             }
             _ => {

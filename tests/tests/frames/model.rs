@@ -43,6 +43,7 @@ use palisade_tests::datapath_harness::Hook;
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const TCP: u8 = 6;
@@ -104,12 +105,27 @@ type FragKey = (IpAddr, IpAddr, u32, u8);
 /// What its later fragments take from the first: ports, then protocol.
 type FirstFragment = (u16, u16, u8);
 
+/// What a frame that passes without policy claims on the link, which a
+/// pod may claim only of itself (README, "Special packets").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    Nothing,
+    /// ARP for IPv4 over Ethernet: its sender protocol address.
+    Arp(Ipv4Addr),
+    /// Neighbour discovery, MLD, router solicitations: their source.
+    Discovery,
+    /// A neighbour advertisement: its source and its target.
+    Advert(IpAddr),
+    /// A router advertisement or redirect.
+    Router,
+}
+
 /// What the datapath makes of a frame before any state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
     /// Passes without policy (non-IP, neighbour discovery); the source
-    /// when an IP header was read.
-    Pass(u32, Option<IpAddr>),
+    /// when an IP header was read; what it claims.
+    Pass(u32, Option<IpAddr>, Claim),
     /// Dropped before policy (cut short, contradictory, too many tags or
     /// extension headers); the source when the IP header was read.
     Drop(u32, Option<IpAddr>),
@@ -171,7 +187,26 @@ pub fn classify(f: &[u8]) -> Class {
         ETH_P_IP => ipv4(f, off),
         ETH_P_IPV6 => ipv6(f, off),
         ETH_P_8021Q | ETH_P_8021AD => Class::Drop(reason::DROP_VLAN_LIMIT, None),
-        _ => Class::Pass(reason::PASS_NON_IP, None),
+        ETH_P_ARP => arp(f, off),
+        _ => Class::Pass(reason::PASS_NON_IP, None, Claim::Nothing),
+    }
+}
+
+/// ARP claims its sender's address only as IPv4 over Ethernet (hardware
+/// type 1, protocol 0x0800, lengths 6 and 4), the kind a Linux receiver
+/// acts on; that kind cut short before its 28 bytes is `drop_truncated`.
+fn arp(f: &[u8], off: usize) -> Class {
+    let nothing = Class::Pass(reason::PASS_NON_IP, None, Claim::Nothing);
+    match at::<8>(f, off) {
+        Some([0, 1, 8, 0, 6, 4, ..]) => match at::<28>(f, off) {
+            Some(a) => Class::Pass(
+                reason::PASS_NON_IP,
+                None,
+                Claim::Arp(Ipv4Addr::new(a[14], a[15], a[16], a[17])),
+            ),
+            None => Class::Drop(reason::DROP_TRUNCATED, None),
+        },
+        _ => nothing,
     }
 }
 
@@ -322,7 +357,15 @@ fn transport(f: &[u8], off: usize, mut p: Pkt) -> Class {
                 (false, 8) | (true, 128) => p.sport = id,
                 (false, 0) | (true, 129) => p.dport = id,
                 (true, 130..=137 | 143) => {
-                    return Class::Pass(reason::PASS_NEIGHBOUR_DISCOVERY, Some(p.src));
+                    let claim = match t[0] {
+                        134 | 137 => Claim::Router,
+                        136 => match at::<16>(f, off + 8) {
+                            Some(target) => Claim::Advert(v6(&target)),
+                            None => return truncated,
+                        },
+                        _ => Claim::Discovery,
+                    };
+                    return Class::Pass(reason::PASS_NEIGHBOUR_DISCOVERY, Some(p.src), claim);
                 }
                 (false, 3 | 11 | 12) | (true, 1..=4) => p.quoted = quoted(f, off + 8, p.v6),
                 _ => {}
@@ -399,6 +442,22 @@ fn may_send_from(addresses: &[IpAddr], src: IpAddr) -> bool {
         return src == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
     }
     same_family.any(|&a| a == src)
+}
+
+/// Why a pod with `addresses` may not send a frame that passes without
+/// policy, claiming `claim` from IPv6 source `src`: it may announce only
+/// what it may send from (and `0.0.0.0`, in an ARP probe), and no router
+/// message at all.
+fn claim_refused(addresses: &[IpAddr], src: Option<IpAddr>, claim: Claim) -> Option<u32> {
+    let own = |a: IpAddr| may_send_from(addresses, a);
+    let refused = match claim {
+        Claim::Nothing => false,
+        Claim::Router => return Some(reason::DROP_ROUTER_MESSAGE),
+        Claim::Arp(spa) => !spa.is_unspecified() && !own(IpAddr::V4(spa)),
+        Claim::Discovery => !src.is_none_or(own),
+        Claim::Advert(target) => !src.is_none_or(own) || !own(target),
+    };
+    refused.then_some(reason::DROP_SPOOFED_SOURCE)
 }
 
 /// A flow as conntrack knows it: its two (address, port) ends in a fixed
@@ -563,14 +622,14 @@ impl Model {
     /// The verdict of the prefilter on an uplink.
     pub fn prefilter(&mut self, class: &Class) -> Verdict {
         let source = match class {
-            Class::Pass(_, src) | Class::Drop(_, src) => *src,
+            Class::Pass(_, src, _) | Class::Drop(_, src) => *src,
             Class::Ip(p) => Some(p.src),
         };
         if source.is_some_and(|s| self.policy.node_denies.iter().any(|n| n.contains(&s))) {
             return Verdict::drop(reason::DROP_CIDR_DENY);
         }
         let p = match class {
-            Class::Pass(why, _) => return Verdict::pass(*why),
+            Class::Pass(why, ..) => return Verdict::pass(*why),
             // Not the prefilter's to judge: the pods' programs and the stack do.
             Class::Drop(..) => return Verdict::pass(reason::PASS_UNENFORCED),
             Class::Ip(p) => *p,
@@ -614,6 +673,13 @@ impl Model {
         {
             return Verdict::drop(reason::DROP_SPOOFED_SOURCE);
         }
+        if let Class::Pass(_, src, claim) = class
+            && dir == direction::EGRESS
+            && let Some(ep) = self.endpoint(ifindex)
+            && let Some(why) = claim_refused(&ep.addresses, *src, *claim)
+        {
+            return Verdict::drop(why);
+        }
         let mut untracked = false;
         if let Class::Ip(p) = class
             && p.frag == Frag::None
@@ -640,7 +706,7 @@ impl Model {
             return Verdict::pass(reason::PASS_NO_ENDPOINT);
         };
         match class {
-            Class::Pass(why, _) => Verdict::pass(*why),
+            Class::Pass(why, ..) => Verdict::pass(*why),
             Class::Drop(why, _) => Verdict::drop(*why),
             Class::Ip(p) => self.decide(&ep, dir, *p, untracked),
         }

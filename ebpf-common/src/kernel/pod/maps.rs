@@ -137,15 +137,27 @@ const _: () =
 /// (`endpoint_flags::SOURCE_PREFIXES`).
 #[inline(always)]
 pub fn source_prefix_allows(endpoint: u32, p: &Packet) -> bool {
-    let (family, addr) = if p.v6 {
-        // SAFETY: `src` lies at offset 0 of `Packet` (`repr(C, align(8))`),
-        // so 4-byte aligned; any bytes are valid u32s.
-        (6, unsafe {
-            core::ptr::read(p.src.as_ptr().cast::<[u32; 4]>())
-        })
+    if p.v6 {
+        source_prefix_holds6(endpoint, &p.src)
     } else {
-        (4, [u32::from_ne_bytes(p.src4), 0, 0, 0])
-    };
+        source_prefix_holds(endpoint, 4, [u32::from_ne_bytes(p.src4), 0, 0, 0])
+    }
+}
+
+/// Whether the IPv6 address `a` lies in a prefix of `endpoint`'s pod, as
+/// [`source_prefix_allows`] asks of a source.
+#[inline(always)]
+pub fn source_prefix_holds6(endpoint: u32, a: &[u8; ADDR_LEN]) -> bool {
+    // SAFETY: every address this is given (`Packet::src`, `Packet::target`)
+    // lies at an offset of `Packet` (`repr(C, align(8))`) that is a multiple
+    // of 8, so 4-byte aligned; any bytes are valid u32s.
+    source_prefix_holds(endpoint, 6, unsafe {
+        core::ptr::read(a.as_ptr().cast::<[u32; 4]>())
+    })
+}
+
+#[inline(always)]
+fn source_prefix_holds(endpoint: u32, family: u32, addr: [u32; 4]) -> bool {
     let key = SourceLookup {
         prefix_len: SOURCE_PREFIX_FULL,
         endpoint,

@@ -20,7 +20,7 @@ use crate::{
     datapath::{CounterKey, direction},
     kernel::{
         count, count_detail, count_detail_at,
-        parse::{Kind, frag, parse},
+        parse::{Kind, Neighbour, Packet, frag, parse},
     },
     reason,
 };
@@ -67,7 +67,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     // endpoint holds, or one in the prefix map: a further address of its,
     // an extra prefix its node lets it list): checked before anything can
     // pass it, conntrack's fast path and the cached drop included. ARP and
-    // neighbour discovery are not IP here, and not checked.
+    // neighbour discovery are checked below, by what they claim.
     if parsed_ip
         && dir == crate::datapath::direction::EGRESS
         && let Some(ep) = here.endpoint()
@@ -76,6 +76,16 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
             || !maps::source_prefix_allows(ep.endpoint, &s.pkt))
     {
         let verdict = Verdict::drop(reason::DROP_SPOOFED_SOURCE, 0);
+        return conclude(s, ep.endpoint, dir, &verdict, true, 0, bytes);
+    }
+    if parsed.neighbour != Neighbour::NONE
+        && dir == crate::datapath::direction::EGRESS
+        && let Some(ep) = here.endpoint()
+        && let Some(why) = neighbour_refused(&s.pkt, parsed.neighbour, &ep)
+    {
+        // ARP's addresses in the event as an IP packet's would be.
+        s.pkt.map_addresses();
+        let verdict = Verdict::drop(why, 0);
         return conclude(s, ep.endpoint, dir, &verdict, true, 0, bytes);
     }
     // A denied flood: right after a packet at this interface and in this
@@ -242,18 +252,55 @@ impl Here {
 /// link-local address or the unspecified one, which every interface uses
 /// before and beside its own.
 #[inline(always)]
-fn source_is_own(p: &crate::kernel::parse::Packet, ep: &crate::datapath::EndpointValue) -> bool {
+fn source_is_own(p: &Packet, ep: &crate::datapath::EndpointValue) -> bool {
     use crate::datapath::endpoint_flags::{SOURCE4, SOURCE6};
     if !p.v6 {
         return ep.flags & SOURCE4 == 0 || p.src4 == ep.source4;
     }
-    if ep.flags & SOURCE6 == 0 {
-        return true;
-    }
-    let (a, b) = (word(&p.src, 0), word(&p.src, 8));
+    ep.flags & SOURCE6 == 0 || own6(&p.src, ep)
+}
+
+/// Whether the IPv6 address `a` is the endpoint's, link-local, or
+/// unspecified.
+#[inline(always)]
+fn own6(a: &[u8; crate::datapath::ADDR_LEN], ep: &crate::datapath::EndpointValue) -> bool {
+    let (a, b) = (word(a, 0), word(a, 8));
     let (x, y) = (word(&ep.source6, 0), word(&ep.source6, 8));
-    // Its own, fe80::/10, or ::.
     (a ^ x) | (b ^ y) == 0 || a >> 54 == 0xfe80 >> 6 || a | b == 0
+}
+
+/// Why a pod's ARP or neighbour discovery frame is dropped, if it is
+/// ([`Neighbour`]): it announces as its sender's an address the pod may not
+/// send from, by the same rules as an IP packet's source (`0.0.0.0` too,
+/// in an ARP probe), which would teach its receivers to send that
+/// address's traffic to the pod; or it claims to be a router, which would
+/// make every IPv6 pod on the link route through it (CVE-2020-10749).
+#[inline(always)]
+fn neighbour_refused(p: &Packet, claim: u8, ep: &crate::datapath::EndpointValue) -> Option<u32> {
+    use crate::datapath::endpoint_flags::{SOURCE_PREFIXES, SOURCE4, SOURCE6};
+    if claim == Neighbour::ROUTER {
+        return Some(reason::DROP_ROUTER_MESSAGE);
+    }
+    let prefixes = ep.flags & SOURCE_PREFIXES != 0;
+    let spoofed = Some(reason::DROP_SPOOFED_SOURCE);
+    if claim == Neighbour::ARP {
+        let own = ep.flags & SOURCE4 == 0
+            || p.src4 == ep.source4
+            || u32::from_ne_bytes(p.src4) == 0
+            || prefixes && maps::source_prefix_allows(ep.endpoint, p);
+        return if own { None } else { spoofed };
+    }
+    if !source_is_own(p, ep) && !(prefixes && maps::source_prefix_allows(ep.endpoint, p)) {
+        return spoofed;
+    }
+    if claim == Neighbour::ADVERT
+        && ep.flags & SOURCE6 != 0
+        && !own6(&p.target, ep)
+        && !(prefixes && maps::source_prefix_holds6(ep.endpoint, &p.target))
+    {
+        return spoofed;
+    }
+    None
 }
 
 /// Eight bytes of an address from `at`, most significant first. Built
