@@ -157,6 +157,9 @@ pub mod hook {
     pub const PATH_RENAME: u8 = 3;
     pub const PATH_LINK: u8 = 4;
     pub const PATH_TRUNCATE: u8 = 5;
+    pub const PATH_CHMOD: u8 = 6;
+    pub const PATH_CHOWN: u8 = 7;
+    pub const PATH_MKNOD: u8 = 8;
 }
 
 /// The kernel's name of a [`hook`].
@@ -167,7 +170,11 @@ pub const fn hook_name(h: u8) -> &'static str {
         hook::PATH_UNLINK => "path_unlink",
         hook::PATH_RENAME => "path_rename",
         hook::PATH_LINK => "path_link",
-        _ => "path_truncate",
+        hook::PATH_TRUNCATE => "path_truncate",
+        hook::PATH_CHMOD => "path_chmod",
+        hook::PATH_CHOWN => "path_chown",
+        hook::PATH_MKNOD => "path_mknod",
+        _ => "unknown",
     }
 }
 
@@ -216,6 +223,10 @@ pub mod event_op {
     pub const RENAME: u8 = 4;
     pub const LINK: u8 = 5;
     pub const TRUNCATE: u8 = 6;
+    pub const CHMOD: u8 = 7;
+    pub const CHOWN: u8 = 8;
+    /// A new name: a file created, a FIFO, socket or device node made.
+    pub const CREATE: u8 = 9;
 }
 
 /// Key of `PAL_LSM_DECIDE`: Block and Audit decisions by policy.

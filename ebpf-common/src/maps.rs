@@ -231,4 +231,7 @@ pub mod programs {
     pub const LSM_RENAME_TO: &str = "pal_lsm_rename_to";
     pub const LSM_LINK: &str = "pal_lsm_link";
     pub const LSM_TRUNCATE: &str = "pal_lsm_trunc";
+    pub const LSM_CHMOD: &str = "pal_lsm_chmod";
+    pub const LSM_CHOWN: &str = "pal_lsm_chown";
+    pub const LSM_MKNOD: &str = "pal_lsm_mknod";
 }

@@ -713,9 +713,10 @@ fn source_set_walked(s: &mut Scratch, set: u32) -> u32 {
 }
 
 /// Judges a write that does not open the file (unlink, rename, link,
-/// truncate) of `dentry` under mount `mnt`, in the file set.
+/// truncate, chmod, chown, mknod) of `dentry` under mount `mnt`, in the
+/// file set; `ownerOnly` asks for the owner of `owned`.
 #[inline(always)]
-fn check_path(dentry: u64, mnt: u64, on: u8, what: u8) -> i32 {
+fn check_path(dentry: u64, mnt: u64, owned: u64, on: u8, what: u8) -> i32 {
     let Some((cgroup, sets)) = pod_sets() else {
         return 0;
     };
@@ -738,7 +739,7 @@ fn check_path(dentry: u64, mnt: u64, on: u8, what: u8) -> i32 {
         count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
     }
     let owner = || {
-        let inode: u64 = peek(dentry + offset(&PAL_OFF_D_INODE) as u64);
+        let inode: u64 = peek(owned + offset(&PAL_OFF_D_INODE) as u64);
         peek::<u32>(inode + offset(&PAL_OFF_INODE_I_UID) as u64)
     };
     enforce(s, cgroup, v, flags, (on, what), owner, resolved)
@@ -762,7 +763,7 @@ pub fn pal_lsm_unlink(ctx: LsmContext) -> i32 {
         return previous;
     }
     let (_, mnt) = path_parts(dir);
-    check_path(dentry, mnt, hook::PATH_UNLINK, event_op::UNLINK)
+    check_path(dentry, mnt, dentry, hook::PATH_UNLINK, event_op::UNLINK)
 }
 
 #[lsm(hook = "path_rename")]
@@ -780,7 +781,13 @@ pub fn pal_lsm_rename(ctx: LsmContext) -> i32 {
     // that each stays well inside the verifier's budget.
     let _ = (new_dir, new_dentry);
     let (_, old_mnt) = path_parts(old_dir);
-    check_path(old_dentry, old_mnt, hook::PATH_RENAME, event_op::RENAME)
+    check_path(
+        old_dentry,
+        old_mnt,
+        old_dentry,
+        hook::PATH_RENAME,
+        event_op::RENAME,
+    )
 }
 
 #[lsm(hook = "path_rename")]
@@ -792,7 +799,13 @@ pub fn pal_lsm_rename_to(ctx: LsmContext) -> i32 {
         return previous;
     }
     let (_, new_mnt) = path_parts(new_dir);
-    check_path(new_dentry, new_mnt, hook::PATH_RENAME, event_op::RENAME)
+    check_path(
+        new_dentry,
+        new_mnt,
+        new_dentry,
+        hook::PATH_RENAME,
+        event_op::RENAME,
+    )
 }
 
 #[lsm(hook = "path_link")]
@@ -806,7 +819,7 @@ pub fn pal_lsm_link(ctx: LsmContext) -> i32 {
     // A new name for a file escapes the rules on its old one: linking is
     // judged as a write of the file linked to.
     let (_, mnt) = path_parts(new_dir);
-    check_path(old_dentry, mnt, hook::PATH_LINK, event_op::LINK)
+    check_path(old_dentry, mnt, old_dentry, hook::PATH_LINK, event_op::LINK)
 }
 
 #[lsm(hook = "path_truncate")]
@@ -817,7 +830,49 @@ pub fn pal_lsm_trunc(ctx: LsmContext) -> i32 {
         return previous;
     }
     let (dentry, mnt) = path_parts(path);
-    check_path(dentry, mnt, hook::PATH_TRUNCATE, event_op::TRUNCATE)
+    check_path(dentry, mnt, dentry, hook::PATH_TRUNCATE, event_op::TRUNCATE)
+}
+
+/// A file's mode changed (chmod): a write of its metadata, which could
+/// otherwise open a read-only file to writes by others.
+#[lsm(hook = "path_chmod")]
+pub fn pal_lsm_chmod(ctx: LsmContext) -> i32 {
+    let path: u64 = ctx.arg(0);
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let (dentry, mnt) = path_parts(path);
+    check_path(dentry, mnt, dentry, hook::PATH_CHMOD, event_op::CHMOD)
+}
+
+/// A file's owner or group changed (chown): a write of its metadata, and
+/// of who an `ownerOnly` rule lets in.
+#[lsm(hook = "path_chown")]
+pub fn pal_lsm_chown(ctx: LsmContext) -> i32 {
+    let path: u64 = ctx.arg(0);
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let (dentry, mnt) = path_parts(path);
+    check_path(dentry, mnt, dentry, hook::PATH_CHOWN, event_op::CHOWN)
+}
+
+/// A new name made in a directory (a regular file created by `open` with
+/// `O_CREAT` whatever its access mode, a FIFO, socket or device node):
+/// a write of the new path. The file has no owner yet: `ownerOnly` asks
+/// for the directory's.
+#[lsm(hook = "path_mknod")]
+pub fn pal_lsm_mknod(ctx: LsmContext) -> i32 {
+    let dir: u64 = ctx.arg(0);
+    let dentry: u64 = ctx.arg(1);
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let (dir_dentry, mnt) = path_parts(dir);
+    check_path(dentry, mnt, dir_dentry, hook::PATH_MKNOD, event_op::CREATE)
 }
 
 #[lsm(hook = "bprm_check_security")]

@@ -12,7 +12,7 @@ use std::{
     fs,
     io::ErrorKind,
     os::unix::{
-        fs::{PermissionsExt as _, symlink},
+        fs::{OpenOptionsExt as _, PermissionsExt as _, symlink},
         process::CommandExt as _,
     },
     path::Path,
@@ -173,6 +173,48 @@ fn open_errno(path: &str, write: bool) -> i32 {
     }
 }
 
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// The errno of setting `path`'s mode to 0644, or 0.
+fn chmod_errno(path: &str) -> i32 {
+    errno_of(fs::set_permissions(path, fs::Permissions::from_mode(0o644)))
+}
+
+/// The errno of giving `path` to root (its owner already), or 0.
+fn chown_errno(path: &str) -> i32 {
+    errno_of(std::os::unix::fs::chown(path, Some(0), Some(0)))
+}
+
+/// The errno of creating `path` opened for reading only, or 0.
+fn create_errno(path: &str) -> i32 {
+    errno_of(
+        fs::OpenOptions::new()
+            .read(true)
+            .write(false)
+            .create(false)
+            .custom_flags(libc::O_CREAT)
+            .open(path),
+    )
+}
+
+/// The errno of making a FIFO at `path`, or 0.
+fn mkfifo_errno(path: &str) -> i32 {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return -1;
+    };
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o644) } == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
 fn exec_errno(path: &str) -> i32 {
     match Command::new(path).status() {
         Ok(_) => 0,
@@ -235,9 +277,42 @@ fn file_rules_block_reads_and_writes_in_the_pod_only() -> anyhow::Result<()> {
         ("read deep", EPERM),
     ];
     ensure!(got == want, "in the pod: got {got:?}, want {want:?}");
+    // Writes of a file's metadata, and new names, are writes too.
+    let new_in_logs = lab.path("logs/new");
+    let fifo_in_logs = lab.path("logs/fifo");
+    let new_beside = lab.path("new");
+    let got = lab.in_pod(|| {
+        [
+            ("chmod secret", chmod_errno(&secret)),
+            ("chmod ok", chmod_errno(&ok)),
+            ("chown log", chown_errno(&log)),
+            ("chown ok", chown_errno(&ok)),
+            ("create in logs, read-only", create_errno(&new_in_logs)),
+            ("mkfifo in logs", mkfifo_errno(&fifo_in_logs)),
+            ("create beside", create_errno(&new_beside)),
+        ]
+    })?;
+    let want = [
+        ("chmod secret", EPERM),
+        ("chmod ok", 0),
+        ("chown log", EPERM),
+        ("chown ok", 0),
+        ("create in logs, read-only", EPERM),
+        ("mkfifo in logs", EPERM),
+        ("create beside", 0),
+    ];
+    ensure!(got == want, "in the pod: got {got:?}, want {want:?}");
+    ensure!(
+        !Path::new(&new_in_logs).exists() && !Path::new(&fifo_in_logs).exists(),
+        "a blocked creation left its file"
+    );
     // Outside the pod nothing is judged.
     ensure!(
-        open_errno(&secret, false) == 0,
+        open_errno(&secret, false) == 0 && chmod_errno(&secret) == 0,
+        "a process outside the pod was blocked"
+    );
+    ensure!(
+        create_errno(&new_in_logs) == 0,
         "a process outside the pod was blocked"
     );
     ensure!(

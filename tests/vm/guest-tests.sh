@@ -42,7 +42,7 @@ strip -o "$daemon" "target/$GUEST_TARGET/debug/palisade"
 
 adds=(--add "$daemon")
 for b in $bins; do adds+=(--add "$b"); done
-# Every test loads the LSM object, whose seven programs take the verifier
+# Every test loads the LSM object, whose ten programs take the verifier
 # about 10 s each time under TCG: the whole run takes several minutes.
 rm -f "$build_log"
 exec tests/vm/run-guest.sh --timeout 1500 "${adds[@]}" -- sh -c '

@@ -96,6 +96,9 @@ pub static LSM: Object = Object {
         programs::LSM_RENAME_TO,
         programs::LSM_LINK,
         programs::LSM_TRUNCATE,
+        programs::LSM_CHMOD,
+        programs::LSM_CHOWN,
+        programs::LSM_MKNOD,
     ],
 };
 
@@ -109,4 +112,7 @@ pub const LSM_HOOKS: &[(&str, &str)] = &[
     (programs::LSM_RENAME_TO, "path_rename"),
     (programs::LSM_LINK, "path_link"),
     (programs::LSM_TRUNCATE, "path_truncate"),
+    (programs::LSM_CHMOD, "path_chmod"),
+    (programs::LSM_CHOWN, "path_chown"),
+    (programs::LSM_MKNOD, "path_mknod"),
 ];

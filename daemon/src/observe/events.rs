@@ -78,9 +78,11 @@ pub struct LsmLine {
     pub exe: String,
     pub path: String,
     /// The LSM hook: `bprm_check_security`, `file_open`, `path_unlink`,
-    /// `path_rename`, `path_link` or `path_truncate`.
+    /// `path_rename`, `path_link`, `path_truncate`, `path_chmod`,
+    /// `path_chown` or `path_mknod`.
     pub hook: &'static str,
-    /// `exec`, `read`, `write`, `unlink`, `rename`, `link` or `truncate`.
+    /// `exec`, `read`, `write`, `unlink`, `rename`, `link`, `truncate`,
+    /// `chmod`, `chown` or `create`.
     pub op: &'static str,
     /// `block` or `audit`.
     pub action: &'static str,
@@ -169,6 +171,9 @@ pub fn decode_lsm(e: &LsmEvent, names: &SharedNames) -> LsmLine {
             lsm::event_op::RENAME => "rename",
             lsm::event_op::LINK => "link",
             lsm::event_op::TRUNCATE => "truncate",
+            lsm::event_op::CHMOD => "chmod",
+            lsm::event_op::CHOWN => "chown",
+            lsm::event_op::CREATE => "create",
             _ => "read",
         },
         action: if e.action == lsm::action::BLOCK {
