@@ -862,7 +862,10 @@ pub fn pal_lsm_chown(ctx: LsmContext) -> i32 {
 /// A new name made in a directory (a regular file created by `open` with
 /// `O_CREAT` whatever its access mode, a FIFO, socket or device node):
 /// a write of the new path. The file has no owner yet: `ownerOnly` asks
-/// for the directory's.
+/// for the directory's. `open` asks before it knows whether a name the
+/// dentry cache does not hold exists; refused, it drops `O_CREAT` and
+/// opens an existing file all the same (judged by `file_open`), so such a
+/// refusal is counted and reported as a create that did not happen.
 #[lsm(hook = "path_mknod")]
 pub fn pal_lsm_mknod(ctx: LsmContext) -> i32 {
     let dir: u64 = ctx.arg(0);

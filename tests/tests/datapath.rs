@@ -1147,7 +1147,10 @@ fn a_pods_arp_and_neighbour_discovery_claim_only_its_own_addresses() -> anyhow::
         at(&h, Hook::XdpEgress, &arp_from(A), spoofed, "the same through the XDP egress hook")?;
         let mut ieee802 = arp(1, (MAC, A), ([0; 6], B));
         ieee802[1] = 6;
-        out(&h, &eth(0x0806, &ieee802), pass_arp, "ARP of another hardware type claims nothing")?;
+        out(&h, &eth(0x0806, &ieee802), spoofed, "ARP of IEEE 802's hardware type, which Linux takes alike")?;
+        let mut other_kind = ieee802;
+        other_kind[1] = 4;
+        out(&h, &eth(0x0806, &other_kind), pass_arp, "ARP of another hardware type claims nothing")?;
         out(&h, &eth(0x0806, &arp(1, (MAC, A), ([0; 6], B))[..20]), (false, "drop_truncated"), "ARP cut short")?;
         out(&h, &nd(C6, 135, &B6), pass_nd, "a solicitation from its own address")?;
         out(&h, &nd([0; 16], 135, &C6), pass_nd, "duplicate address detection, from ::")?;

@@ -282,10 +282,11 @@ pub fn parse(data: usize, data_end: usize, p: &mut Packet) -> Parsed {
     }
 }
 
-/// ARP for IPv4 over Ethernet (hardware type 1, protocol type 0x0800,
-/// lengths 6 and 4), the only kind a Linux receiver acts on for IPv4: its
-/// addresses, or cut short when the frame ends before them (the receiver
-/// drops that too). Anything else passes as non-IP, claiming nothing. The
+/// ARP for IPv4 over Ethernet (hardware type 1, or 6, IEEE 802, which a
+/// Linux Ethernet receiver takes alike; protocol type 0x0800, lengths 6
+/// and 4), the only kind a Linux receiver on Ethernet acts on for IPv4:
+/// its addresses, or cut short when the frame ends before them (the
+/// receiver drops that too). Anything else passes as non-IP, claiming nothing. The
 /// addresses go to `src4` and `dst4` only: `frag` stays as the caller set
 /// it, so the prefilter, which reads it to know whether an IP header was
 /// read, never applies its node deny list to ARP.
@@ -294,8 +295,13 @@ fn arp(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     let Some(h) = bytes::<8>(data, data_end, off) else {
         return Parsed::pass(reason::PASS_NON_IP);
     };
-    // Compared as a word and two bytes: an array compare is a `memcmp`.
-    if u32::from_be_bytes([h[0], h[1], h[2], h[3]]) != 0x0001_0800 || h[4] != 6 || h[5] != 4 {
+    // Compared as words and bytes: an array compare is a `memcmp`.
+    let hardware = u16::from_be_bytes([h[0], h[1]]);
+    if hardware != 1 && hardware != 6
+        || u16::from_be_bytes([h[2], h[3]]) != 0x0800
+        || h[4] != 6
+        || h[5] != 4
+    {
         return Parsed::pass(reason::PASS_NON_IP);
     }
     // Sender hardware (6) and protocol (4) addresses, then the target's.

@@ -1144,6 +1144,10 @@ impl Generator {
                         ([2, 0, 0, 0, 0, 1], spa.octets()),
                         ([0; 6], [tpa[0], tpa[1], tpa[2], tpa[3]]),
                     );
+                    // IEEE 802's hardware type, which Linux takes as Ethernet's.
+                    if self.rng.chance(20) {
+                        arp[1] = 6;
+                    }
                 }
                 if self.rng.chance(10) {
                     let keep = self.rng.below(arp.len());

@@ -193,12 +193,13 @@ pub fn classify(f: &[u8]) -> Class {
 }
 
 /// ARP claims its sender's address only as IPv4 over Ethernet (hardware
-/// type 1, protocol 0x0800, lengths 6 and 4), the kind a Linux receiver
-/// acts on; that kind cut short before its 28 bytes is `drop_truncated`.
+/// type 1 or 6, protocol 0x0800, lengths 6 and 4), the kind a Linux
+/// receiver on Ethernet acts on; that kind cut short before its 28 bytes
+/// is `drop_truncated`.
 fn arp(f: &[u8], off: usize) -> Class {
     let nothing = Class::Pass(reason::PASS_NON_IP, None, Claim::Nothing);
     match at::<8>(f, off) {
-        Some([0, 1, 8, 0, 6, 4, ..]) => match at::<28>(f, off) {
+        Some([0, 1 | 6, 8, 0, 6, 4, ..]) => match at::<28>(f, off) {
             Some(a) => Class::Pass(
                 reason::PASS_NON_IP,
                 None,
