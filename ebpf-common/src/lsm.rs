@@ -160,6 +160,9 @@ pub mod hook {
     pub const PATH_CHMOD: u8 = 6;
     pub const PATH_CHOWN: u8 = 7;
     pub const PATH_MKNOD: u8 = 8;
+    pub const PATH_MKDIR: u8 = 9;
+    pub const PATH_SYMLINK: u8 = 10;
+    pub const PATH_RMDIR: u8 = 11;
 }
 
 /// The kernel's name of a [`hook`].
@@ -174,6 +177,9 @@ pub const fn hook_name(h: u8) -> &'static str {
         hook::PATH_CHMOD => "path_chmod",
         hook::PATH_CHOWN => "path_chown",
         hook::PATH_MKNOD => "path_mknod",
+        hook::PATH_MKDIR => "path_mkdir",
+        hook::PATH_SYMLINK => "path_symlink",
+        hook::PATH_RMDIR => "path_rmdir",
         _ => "unknown",
     }
 }
@@ -225,7 +231,8 @@ pub mod event_op {
     pub const TRUNCATE: u8 = 6;
     pub const CHMOD: u8 = 7;
     pub const CHOWN: u8 = 8;
-    /// A new name: a file created, a FIFO, socket or device node made.
+    /// A new name: a file created; a FIFO, socket, device node, directory
+    /// or symlink made.
     pub const CREATE: u8 = 9;
 }
 

@@ -234,4 +234,7 @@ pub mod programs {
     pub const LSM_CHMOD: &str = "pal_lsm_chmod";
     pub const LSM_CHOWN: &str = "pal_lsm_chown";
     pub const LSM_MKNOD: &str = "pal_lsm_mknod";
+    pub const LSM_MKDIR: &str = "pal_lsm_mkdir";
+    pub const LSM_SYMLINK: &str = "pal_lsm_symlink";
+    pub const LSM_RMDIR: &str = "pal_lsm_rmdir";
 }

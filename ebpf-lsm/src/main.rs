@@ -754,16 +754,38 @@ fn path_parts(path: u64) -> (u64, u64) {
     )
 }
 
-#[lsm(hook = "path_unlink")]
-pub fn pal_lsm_unlink(ctx: LsmContext) -> i32 {
-    let dir: u64 = ctx.arg(0);
-    let dentry: u64 = ctx.arg(1);
-    let previous: i32 = ctx.arg(2);
+/// A hook given one `struct path *` (argument 0), the earlier LSMs'
+/// verdict at argument `ret`.
+#[inline(always)]
+fn on_path(ctx: &LsmContext, ret: usize, on: u8, what: u8) -> i32 {
+    let path: u64 = ctx.arg(0);
+    let previous: i32 = ctx.arg(ret);
     if previous != 0 {
         return previous;
     }
-    let (_, mnt) = path_parts(dir);
-    check_path(dentry, mnt, dentry, hook::PATH_UNLINK, event_op::UNLINK)
+    let (dentry, mnt) = path_parts(path);
+    check_path(dentry, mnt, dentry, on, what)
+}
+
+/// A hook given a directory's `struct path *` and a name's dentry in it
+/// (arguments 0 and 1), the earlier LSMs' verdict at argument `ret`. A
+/// `new` name has no owner yet: `ownerOnly` asks for the directory's.
+#[inline(always)]
+fn in_dir(ctx: &LsmContext, ret: usize, new: bool, on: u8, what: u8) -> i32 {
+    let dir: u64 = ctx.arg(0);
+    let dentry: u64 = ctx.arg(1);
+    let previous: i32 = ctx.arg(ret);
+    if previous != 0 {
+        return previous;
+    }
+    let (dir_dentry, mnt) = path_parts(dir);
+    let owned = if new { dir_dentry } else { dentry };
+    check_path(dentry, mnt, owned, on, what)
+}
+
+#[lsm(hook = "path_unlink")]
+pub fn pal_lsm_unlink(ctx: LsmContext) -> i32 {
+    in_dir(&ctx, 2, false, hook::PATH_UNLINK, event_op::UNLINK)
 }
 
 #[lsm(hook = "path_rename")]
@@ -824,58 +846,51 @@ pub fn pal_lsm_link(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "path_truncate")]
 pub fn pal_lsm_trunc(ctx: LsmContext) -> i32 {
-    let path: u64 = ctx.arg(0);
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    let (dentry, mnt) = path_parts(path);
-    check_path(dentry, mnt, dentry, hook::PATH_TRUNCATE, event_op::TRUNCATE)
+    on_path(&ctx, 1, hook::PATH_TRUNCATE, event_op::TRUNCATE)
 }
 
 /// A file's mode changed (chmod): a write of its metadata, which could
 /// otherwise open a read-only file to writes by others.
 #[lsm(hook = "path_chmod")]
 pub fn pal_lsm_chmod(ctx: LsmContext) -> i32 {
-    let path: u64 = ctx.arg(0);
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        return previous;
-    }
-    let (dentry, mnt) = path_parts(path);
-    check_path(dentry, mnt, dentry, hook::PATH_CHMOD, event_op::CHMOD)
+    on_path(&ctx, 2, hook::PATH_CHMOD, event_op::CHMOD)
 }
 
 /// A file's owner or group changed (chown): a write of its metadata, and
 /// of who an `ownerOnly` rule lets in.
 #[lsm(hook = "path_chown")]
 pub fn pal_lsm_chown(ctx: LsmContext) -> i32 {
-    let path: u64 = ctx.arg(0);
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
-    let (dentry, mnt) = path_parts(path);
-    check_path(dentry, mnt, dentry, hook::PATH_CHOWN, event_op::CHOWN)
+    on_path(&ctx, 3, hook::PATH_CHOWN, event_op::CHOWN)
 }
 
 /// A new name made in a directory (a regular file created by `open` with
 /// `O_CREAT` whatever its access mode, a FIFO, socket or device node):
-/// a write of the new path. The file has no owner yet: `ownerOnly` asks
-/// for the directory's. `open` asks before it knows whether a name the
-/// dentry cache does not hold exists; refused, it drops `O_CREAT` and
+/// a write of the new path. `open` asks before it knows whether a name
+/// the dentry cache does not hold exists; refused, it drops `O_CREAT` and
 /// opens an existing file all the same (judged by `file_open`), so such a
 /// refusal is counted and reported as a create that did not happen.
 #[lsm(hook = "path_mknod")]
 pub fn pal_lsm_mknod(ctx: LsmContext) -> i32 {
-    let dir: u64 = ctx.arg(0);
-    let dentry: u64 = ctx.arg(1);
-    let previous: i32 = ctx.arg(4);
-    if previous != 0 {
-        return previous;
-    }
-    let (dir_dentry, mnt) = path_parts(dir);
-    check_path(dentry, mnt, dir_dentry, hook::PATH_MKNOD, event_op::CREATE)
+    in_dir(&ctx, 4, true, hook::PATH_MKNOD, event_op::CREATE)
+}
+
+/// A new directory (mkdir): a new name in its parent, as `path_mknod`'s.
+#[lsm(hook = "path_mkdir")]
+pub fn pal_lsm_mkdir(ctx: LsmContext) -> i32 {
+    in_dir(&ctx, 3, true, hook::PATH_MKDIR, event_op::CREATE)
+}
+
+/// A new symlink: a new name in its directory, whose target then answers
+/// for it to every reader that follows it.
+#[lsm(hook = "path_symlink")]
+pub fn pal_lsm_symlink(ctx: LsmContext) -> i32 {
+    in_dir(&ctx, 3, true, hook::PATH_SYMLINK, event_op::CREATE)
+}
+
+/// A directory removed (rmdir): a name taken away, as unlink's.
+#[lsm(hook = "path_rmdir")]
+pub fn pal_lsm_rmdir(ctx: LsmContext) -> i32 {
+    in_dir(&ctx, 2, false, hook::PATH_RMDIR, event_op::UNLINK)
 }
 
 #[lsm(hook = "bprm_check_security")]

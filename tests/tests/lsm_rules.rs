@@ -281,6 +281,11 @@ fn file_rules_block_reads_and_writes_in_the_pod_only() -> anyhow::Result<()> {
     let new_in_logs = lab.path("logs/new");
     let fifo_in_logs = lab.path("logs/fifo");
     let new_beside = lab.path("new");
+    let dir_in_logs = lab.path("logs/dir");
+    let link_in_logs = lab.path("logs/link");
+    let old_dir_in_logs = lab.path("logs/old");
+    fs::create_dir(&old_dir_in_logs)?;
+    let dir_beside = lab.path("dir");
     let got = lab.in_pod(|| {
         [
             ("chmod secret", chmod_errno(&secret)),
@@ -291,6 +296,10 @@ fn file_rules_block_reads_and_writes_in_the_pod_only() -> anyhow::Result<()> {
             ("mkfifo in logs", mkfifo_errno(&fifo_in_logs)),
             ("create beside", create_errno(&new_beside)),
             ("O_CREAT open of the log", create_errno(&log)),
+            ("mkdir in logs", errno_of(fs::create_dir(&dir_in_logs))),
+            ("symlink in logs", errno_of(symlink(&ok, &link_in_logs))),
+            ("rmdir in logs", errno_of(fs::remove_dir(&old_dir_in_logs))),
+            ("mkdir beside", errno_of(fs::create_dir(&dir_beside))),
         ]
     })?;
     let want = [
@@ -302,11 +311,18 @@ fn file_rules_block_reads_and_writes_in_the_pod_only() -> anyhow::Result<()> {
         ("mkfifo in logs", EPERM),
         ("create beside", 0),
         ("O_CREAT open of the log", 0),
+        ("mkdir in logs", EPERM),
+        ("symlink in logs", EPERM),
+        ("rmdir in logs", EPERM),
+        ("mkdir beside", 0),
     ];
     ensure!(got == want, "in the pod: got {got:?}, want {want:?}");
     ensure!(
-        !Path::new(&new_in_logs).exists() && !Path::new(&fifo_in_logs).exists(),
-        "a blocked creation left its file"
+        [&new_in_logs, &fifo_in_logs, &dir_in_logs, &link_in_logs]
+            .iter()
+            .all(|p| fs::symlink_metadata(p).is_err())
+            && Path::new(&old_dir_in_logs).is_dir(),
+        "a blocked creation or removal took effect"
     );
     // Outside the pod nothing is judged.
     ensure!(
@@ -322,9 +338,10 @@ fn file_rules_block_reads_and_writes_in_the_pod_only() -> anyhow::Result<()> {
         "a process outside the pod was blocked"
     );
     let after = lab.decisions()?;
-    // Nine blocked: five opens, then chmod, chown, create and mkfifo.
+    // Twelve blocked: five opens, then chmod, chown, create, mkfifo,
+    // mkdir, symlink and rmdir.
     ensure!(
-        after >= before + 9,
+        after >= before + 12,
         "decisions counted: {before} -> {after}"
     );
     Ok(())

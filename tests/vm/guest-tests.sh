@@ -42,8 +42,8 @@ strip -o "$daemon" "target/$GUEST_TARGET/debug/palisade"
 
 adds=(--add "$daemon")
 for b in $bins; do adds+=(--add "$b"); done
-# Every test loads the LSM object, whose ten programs take the verifier
-# about 10 s each time under TCG: the whole run takes several minutes.
+# Every test loads the LSM object, whose thirteen programs take the verifier
+# several seconds each time under TCG: the whole run takes several minutes.
 rm -f "$build_log"
 exec tests/vm/run-guest.sh --timeout 1500 "${adds[@]}" -- sh -c '
   failed=0

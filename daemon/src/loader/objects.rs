@@ -99,6 +99,9 @@ pub static LSM: Object = Object {
         programs::LSM_CHMOD,
         programs::LSM_CHOWN,
         programs::LSM_MKNOD,
+        programs::LSM_MKDIR,
+        programs::LSM_SYMLINK,
+        programs::LSM_RMDIR,
     ],
 };
 
@@ -115,4 +118,7 @@ pub const LSM_HOOKS: &[(&str, &str)] = &[
     (programs::LSM_CHMOD, "path_chmod"),
     (programs::LSM_CHOWN, "path_chown"),
     (programs::LSM_MKNOD, "path_mknod"),
+    (programs::LSM_MKDIR, "path_mkdir"),
+    (programs::LSM_SYMLINK, "path_symlink"),
+    (programs::LSM_RMDIR, "path_rmdir"),
 ];

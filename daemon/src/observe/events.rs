@@ -79,7 +79,8 @@ pub struct LsmLine {
     pub path: String,
     /// The LSM hook: `bprm_check_security`, `file_open`, `path_unlink`,
     /// `path_rename`, `path_link`, `path_truncate`, `path_chmod`,
-    /// `path_chown` or `path_mknod`.
+    /// `path_chown`, `path_mknod`, `path_mkdir`, `path_symlink` or
+    /// `path_rmdir`.
     pub hook: &'static str,
     /// `exec`, `read`, `write`, `unlink`, `rename`, `link`, `truncate`,
     /// `chmod`, `chown` or `create`.
