@@ -43,7 +43,8 @@ pub struct Args {
     /// The file opened for reading.
     #[arg(long, requires = "pod", group = "operation")]
     read: Option<String>,
-    /// The file opened for writing (or unlinked, renamed, truncated).
+    /// The file opened for writing (or unlinked, renamed, linked,
+    /// truncated, its mode or owner changed, created or removed).
     #[arg(long, requires = "pod", group = "operation")]
     write: Option<String>,
     #[arg(long, default_value = "TCP")]

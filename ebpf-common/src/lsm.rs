@@ -1,7 +1,7 @@
 //! The process and file side: per-pod rule sets the BPF-LSM programs read.
 //!
 //! A pod is found by its cgroup v2 id ([`PodSets`] in `PAL_LSM_PODS`); it
-//! names one rule set for exec and one for file opens. A rule set is a set
+//! names one rule set for exec and one for file operations. A rule set is a set
 //! of entries in one LPM trie (`PAL_LSM_RULES`) keyed by the set's id and
 //! the path's bytes, so the kernel itself finds the most specific rule:
 //! - a file rule is its path and the terminating NUL, so `/etc/shadow`
@@ -213,7 +213,7 @@ pub struct LsmEvent {
     pub uid: u32,
     pub policy: u32,
     pub hook: u8,
-    /// 0 read, 1 write, 2 exec.
+    /// An [`event_op`].
     pub op: u8,
     pub action: u8,
     pub flags: u8,

@@ -713,8 +713,8 @@ fn source_set_walked(s: &mut Scratch, set: u32) -> u32 {
 }
 
 /// Judges a write that does not open the file (unlink, rename, link,
-/// truncate, chmod, chown, mknod) of `dentry` under mount `mnt`, in the
-/// file set; `ownerOnly` asks for the owner of `owned`.
+/// truncate, chmod, chown, mknod, mkdir, symlink, rmdir) of `dentry` under
+/// mount `mnt`, in the file set; `ownerOnly` asks for the owner of `owned`.
 #[inline(always)]
 fn check_path(dentry: u64, mnt: u64, owned: u64, on: u8, what: u8) -> i32 {
     let Some((cgroup, sets)) = pod_sets() else {

@@ -160,8 +160,9 @@ pub fn load_with(
             reason: format!("BPF LSM is inactive: {reason}"),
         },
         // A kernel that runs BPF LSM but refuses these programs (one
-        // older than `bpf_loop`, 5.17, or a structure without a field they
-        // read) loses the process and file side only: the network side
+        // older than `bpf_loop`, 5.17, one without `CONFIG_SECURITY_PATH`,
+        // whose hooks most of them attach to, or a structure without a
+        // field they read) loses the process and file side only: the network side
         // keeps enforcing, and every process and file rule is reported not
         // enforced, with this reason.
         crate::loader::features::BpfLsm::Active => match load_lsm(pins, sizes) {

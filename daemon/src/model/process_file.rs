@@ -16,7 +16,8 @@
 //!   and a Block or Audit rule does not apply (KubeArmor's "allow owner
 //!   only; otherwise block");
 //! - `readOnly` (file rules): a Block or Audit rule covers writes only
-//!   (open for writing, unlink, rename) and leaves reads alone. An Allow
+//!   (open for writing or creating, unlink, rmdir, rename, link, truncate,
+//!   chmod, chown, mknod, mkdir, symlink) and leaves reads alone. An Allow
 //!   rule with it, which only KubeArmorPolicy may carry (KubeArmor's "allow
 //!   to read only"), allows reads; the writes it matches are not allowed by
 //!   it and fall to the section's default like anything unlisted. For
@@ -122,11 +123,13 @@ pub struct FileRule {
     /// paths); any process when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from_source: Vec<String>,
-    /// The rule covers writes only (open for writing, unlink, rename):
-    /// a Block rule with it leaves reads allowed.
+    /// The rule covers writes only (open for writing or creating, unlink,
+    /// rmdir, rename, link, truncate, chmod, chown, mknod, mkdir,
+    /// symlink): a Block rule with it leaves reads allowed.
     #[serde(default)]
     pub read_only: bool,
-    /// Only the file's owner may open it.
+    /// Only the file's owner may do what the rule matches (for a new
+    /// name, the directory's owner).
     #[serde(default, skip_serializing_if = "is_false")]
     pub owner_only: bool,
 }
