@@ -40,11 +40,12 @@ pub struct Args {
     /// The program executed.
     #[arg(long, requires = "pod", group = "operation")]
     exec: Option<String>,
-    /// The file opened for reading.
+    /// The file opened for reading; a directory, ending in '/', listed.
     #[arg(long, requires = "pod", group = "operation")]
     read: Option<String>,
     /// The file opened for writing (or unlinked, renamed, linked,
-    /// truncated, its mode or owner changed, created or removed).
+    /// truncated, its mode or owner changed, created or removed); a
+    /// directory itself, ending in '/', renamed, removed, made or changed.
     #[arg(long, requires = "pod", group = "operation")]
     write: Option<String>,
     #[arg(long, default_value = "TCP")]

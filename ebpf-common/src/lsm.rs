@@ -99,6 +99,12 @@ pub mod entry_kind {
     /// A directory that covers its direct children only.
     pub const DIR: u8 = 2;
     pub const DIR_RECURSIVE: u8 = 3;
+    /// A directory's own name (`/etc/ssl`, with its NUL) where the
+    /// directory has rules: renaming, removing, making or changing it
+    /// writes what they protect, so its write verdict is the stricter of
+    /// theirs and its parent's (the compiler resolves both, and the
+    /// patterns, as for a file's entry).
+    pub const DIR_NAME: u8 = 4;
 }
 
 /// Index of a [`Verdict`] by operation: exec rule sets use `READ`.
@@ -261,6 +267,8 @@ pub mod globals {
     pub const FILE_F_INODE: &str = "PAL_OFF_FILE_F_INODE";
     /// `struct inode`: `i_uid`.
     pub const INODE_I_UID: &str = "PAL_OFF_INODE_I_UID";
+    /// `struct inode`: `i_mode` (whether a path is a directory).
+    pub const INODE_I_MODE: &str = "PAL_OFF_INODE_I_MODE";
     /// `struct linux_binprm`: `file`.
     pub const BPRM_FILE: &str = "PAL_OFF_BPRM_FILE";
     /// `struct task_struct`: `mm`.

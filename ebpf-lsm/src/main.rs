@@ -94,6 +94,8 @@ static PAL_OFF_FILE_F_INODE: u32 = 0;
 #[unsafe(no_mangle)]
 static PAL_OFF_INODE_I_UID: u32 = 0;
 #[unsafe(no_mangle)]
+static PAL_OFF_INODE_I_MODE: u32 = 0;
+#[unsafe(no_mangle)]
 static PAL_OFF_BPRM_FILE: u32 = 0;
 #[unsafe(no_mangle)]
 static PAL_OFF_TASK_MM: u32 = 0;
@@ -269,7 +271,9 @@ fn judge_entry(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdi
     };
     let rule = *rule;
     if rule.kind != entry_kind::DIR {
-        return (rule.direct[which & 1], 0, rule.kind == entry_kind::FILE);
+        // A directory's name carries its patterns, as a file's entry does.
+        let own = rule.kind == entry_kind::FILE || rule.kind == entry_kind::DIR_NAME;
+        return (rule.direct[which & 1], 0, own);
     }
     // A non-recursive directory covers its children: a '/' after its own
     // bytes means the path lies deeper. The rest of the key's path is
@@ -494,9 +498,17 @@ fn source_lookup(s: &mut Scratch, set: u32, resolved: i64) -> u32 {
     }
 }
 
-/// Resolves `file`'s path into the scratch and judges it in `set`.
+/// Resolves `file`'s path into the scratch and judges it in `set`; a
+/// directory (`dir`) by its own rules, as what lies in it.
 #[inline(always)]
-fn check(file: *const u8, set: u32, which: usize, on: u8, what: u8, cgroup: u64) -> i32 {
+fn check(
+    file: *const u8,
+    dir: bool,
+    set: u32,
+    which: usize,
+    (on, what): (u8, u8),
+    cgroup: u64,
+) -> i32 {
     let Some(s) = PAL_LSM_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -513,6 +525,13 @@ fn check(file: *const u8, set: u32, which: usize, on: u8, what: u8, cgroup: u64)
         let p = file.add(offset(&PAL_OFF_FILE_F_PATH)) as *mut path;
         bpf_d_path(p, s.path.as_mut_ptr().cast(), PATH_MAX as u32)
     };
+    // Opening a directory reads what is in it, which its own rules
+    // (keyed `/etc/ssl/`) speak for, not its parent's.
+    let resolved = if dir {
+        as_dir(s, resolved).unwrap_or(resolved)
+    } else {
+        resolved
+    };
     let (v, flags) = judge(s, set, resolved, which);
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
         count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
@@ -526,6 +545,30 @@ fn check(file: *const u8, set: u32, which: usize, on: u8, what: u8, cgroup: u64)
         }
     };
     enforce(s, cgroup, v, flags, (on, what), owner, resolved)
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFDIR: u16 = 0o040000;
+
+/// Whether the `struct inode` at `inode` is a directory's.
+#[inline(always)]
+fn inode_is_dir(inode: u64) -> bool {
+    inode != 0 && peek::<u16>(inode + offset(&PAL_OFF_INODE_I_MODE) as u64) & S_IFMT == S_IFDIR
+}
+
+/// Turns the path of `resolved` bytes (with its NUL) in the scratch into
+/// a directory's own key, `/etc/ssl` into `/etc/ssl/`, as directory rules
+/// are keyed; its new length. `None` for the root (already `/`), for an
+/// unresolved path and where no byte is left for the `/`.
+#[inline(always)]
+fn as_dir(s: &mut Scratch, resolved: i64) -> Option<i64> {
+    if resolved <= 2 || resolved >= PATH_MAX as i64 {
+        return None;
+    }
+    let end = resolved as usize;
+    s.path[(end - 1) & (PATH_MAX - 1)] = b'/';
+    s.path[end & (PATH_MAX - 1)] = 0;
+    Some(resolved + 1)
 }
 
 /// The current task's address, only ever read through [`peek`].
@@ -910,10 +953,10 @@ pub fn pal_lsm_exec(ctx: LsmContext) -> i32 {
     let file: *const u8 = unsafe { field(bprm, offset(&PAL_OFF_BPRM_FILE)) };
     check(
         file,
+        false,
         sets.process,
         op::READ,
-        hook::EXEC,
-        event_op::EXEC,
+        (hook::EXEC, event_op::EXEC),
         cgroup,
     )
 }
@@ -947,7 +990,16 @@ pub fn pal_lsm_open(ctx: LsmContext) -> i32 {
     } else {
         (op::READ, event_op::READ)
     };
-    check(file, sets.file, which, hook::FILE_OPEN, what, cgroup)
+    // SAFETY: as above; the offsets come from the kernel's BTF.
+    let inode: u64 = unsafe { field(file, offset(&PAL_OFF_FILE_F_INODE)) };
+    check(
+        file,
+        inode_is_dir(inode),
+        sets.file,
+        which,
+        (hook::FILE_OPEN, what),
+        cgroup,
+    )
 }
 
 #[unsafe(link_section = "license")]

@@ -42,6 +42,11 @@ fn main() {
             file_rules_block_reads_and_writes_in_the_pod_only,
         ),
         (
+            "directories_holding_protected_paths_cannot_be_moved_or_changed",
+            Needs::BpfLsm,
+            directories_holding_protected_paths_cannot_be_moved_or_changed,
+        ),
+        (
             "exec_rules_and_allowlists_block_what_they_do_not_list",
             Needs::BpfLsm,
             exec_rules_and_allowlists_block_what_they_do_not_list,
@@ -342,6 +347,101 @@ fn file_rules_block_reads_and_writes_in_the_pod_only() -> anyhow::Result<()> {
     // mkdir, symlink and rmdir.
     ensure!(
         after >= before + 12,
+        "decisions counted: {before} -> {after}"
+    );
+    Ok(())
+}
+
+fn directories_holding_protected_paths_cannot_be_moved_or_changed() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    // None of these directories' names lies under a rule: only the rules
+    // on what they hold protect them.
+    lab.file("conf/a")?;
+    lab.file("secret/k")?;
+    lab.file("free/f")?;
+    lab.file("vault/key")?;
+    fs::create_dir(lab.path("empty"))?;
+    fs::create_dir(lab.path("moved"))?;
+    lab.apply(&format!(
+        "{POLICY}  file:
+    rules:
+    - {{action: Block, readOnly: true, dirs: [{{path: {{dir}}/conf/, recursive: true}}]}}
+    - {{action: Block, readOnly: true, dirs: [{{path: {{dir}}/empty/}}]}}
+    - {{action: Block, readOnly: true, dirs: [{{path: {{dir}}/fresh/}}]}}
+    - {{action: Block, dirs: [{{path: {{dir}}/secret/}}]}}
+    - {{action: Block, paths: [{{dir}}/vault/key]}}
+"
+    ))?;
+    let (conf, free, empty, fresh) = (
+        lab.path("conf"),
+        lab.path("free"),
+        lab.path("empty"),
+        lab.path("fresh"),
+    );
+    let before = lab.decisions()?;
+    let got = lab.in_pod(|| {
+        [
+            (
+                "rename conf",
+                errno_of(fs::rename(&conf, lab.path("conf.old"))),
+            ),
+            ("chmod conf", chmod_errno(&conf)),
+            ("chown conf", chown_errno(&conf)),
+            ("rmdir empty", errno_of(fs::remove_dir(&empty))),
+            ("mkdir fresh", errno_of(fs::create_dir(&fresh))),
+            ("rename moved to fresh", {
+                errno_of(fs::rename(lab.path("moved"), &fresh))
+            }),
+            ("list secret", errno_of(fs::read_dir(lab.path("secret")))),
+            (
+                "rename vault",
+                errno_of(fs::rename(lab.path("vault"), lab.path("open"))),
+            ),
+            (
+                "rename the directory holding them",
+                errno_of(fs::rename(&lab.dir, format!("{}.x", lab.dir))),
+            ),
+            ("list conf", errno_of(fs::read_dir(&conf))),
+            ("chmod free", chmod_errno(&free)),
+            (
+                "rename free",
+                errno_of(fs::rename(&free, lab.path("free2"))),
+            ),
+            ("mkdir other", errno_of(fs::create_dir(lab.path("other")))),
+        ]
+    })?;
+    let want = [
+        ("rename conf", EPERM),
+        ("chmod conf", EPERM),
+        ("chown conf", EPERM),
+        ("rmdir empty", EPERM),
+        ("mkdir fresh", EPERM),
+        ("rename moved to fresh", EPERM),
+        ("list secret", EPERM),
+        ("rename vault", EPERM),
+        ("rename the directory holding them", EPERM),
+        ("list conf", 0),
+        ("chmod free", 0),
+        ("rename free", 0),
+        ("mkdir other", 0),
+    ];
+    ensure!(got == want, "in the pod: got {got:?}, want {want:?}");
+    ensure!(
+        Path::new(&conf).is_dir()
+            && Path::new(&empty).is_dir()
+            && !Path::new(&fresh).exists()
+            && Path::new(&lab.path("moved")).is_dir()
+            && Path::new(&lab.path("free2")).is_dir(),
+        "a blocked change of a directory took effect, or an allowed one did not"
+    );
+    // Outside the pod the same calls go through.
+    ensure!(
+        errno_of(fs::read_dir(lab.path("secret"))) == 0 && errno_of(fs::create_dir(&fresh)) == 0,
+        "a process outside the pod was blocked"
+    );
+    let after = lab.decisions()?;
+    ensure!(
+        after >= before + 9,
         "decisions counted: {before} -> {after}"
     );
     Ok(())

@@ -323,16 +323,11 @@ impl Section {
     fn build(&self, annotation: DefaultPosture) -> (RuleSet, Vec<(Vec<u32>, String)>) {
         let default = self.default(annotation);
         let (fit, left_out) = self.fitting_patterns();
-        let mut entries = vec![(
-            32,
+        let mut entries = vec![trie_entry(
             Vec::new(),
-            PathRuleOrd(PathRule {
-                len: 0,
-                kind: entry_kind::ROOT,
-                _pad: 0,
-                direct: [default; 2],
-                deeper: [default; 2],
-            }),
+            entry_kind::ROOT,
+            [default; 2],
+            [default; 2],
         )];
         for (path, place) in &self.places {
             let slot = |rules: &mut dyn Iterator<Item = &Candidate>, which, dir| {
@@ -357,17 +352,7 @@ impl Section {
                         false,
                     )
                 });
-                entries.push((
-                    32 + 8 * bytes.len() as u32,
-                    bytes.clone(),
-                    PathRuleOrd(PathRule {
-                        len: bytes.len() as u16,
-                        kind: entry_kind::FILE,
-                        _pad: 0,
-                        direct,
-                        deeper: direct,
-                    }),
-                ));
+                entries.push(trie_entry(bytes, entry_kind::FILE, direct, direct));
             }
             if !place.recursive.is_empty() || !place.children.is_empty() {
                 let direct = [op::READ, op::WRITE].map(|w| {
@@ -384,22 +369,12 @@ impl Section {
                 } else {
                     entry_kind::DIR
                 };
-                let bytes = path.as_bytes().to_vec();
-                entries.push((
-                    32 + 8 * bytes.len() as u32,
-                    bytes.clone(),
-                    PathRuleOrd(PathRule {
-                        len: bytes.len() as u16,
-                        kind,
-                        _pad: 0,
-                        direct,
-                        deeper: if kind == entry_kind::DIR {
-                            deeper
-                        } else {
-                            direct
-                        },
-                    }),
-                ));
+                let deeper = if kind == entry_kind::DIR {
+                    deeper
+                } else {
+                    direct
+                };
+                entries.push(trie_entry(path.as_bytes().to_vec(), kind, direct, deeper));
             }
         }
         entries.sort();
@@ -420,6 +395,24 @@ impl Section {
         };
         (set, left_out)
     }
+}
+
+/// A trie entry of a set: its prefix length (the set id's 32 bits and
+/// the path's bytes), the path, and the rule.
+pub(super) fn trie_entry(
+    bytes: Vec<u8>,
+    kind: u8,
+    direct: [Verdict; 2],
+    deeper: [Verdict; 2],
+) -> (u32, Vec<u8>, PathRuleOrd) {
+    let rule = PathRule {
+        len: bytes.len() as u16,
+        kind,
+        _pad: 0,
+        direct,
+        deeper,
+    };
+    (32 + 8 * bytes.len() as u32, bytes, PathRuleOrd(rule))
 }
 
 const NO_NAMESPACE: &Namespace = &Namespace {
@@ -664,7 +657,14 @@ fn pod_rules(
     let rules = PodRules {
         cgroup: String::new(),
         process: process.build(process_posture, &mut left_out),
-        file: file.build(file_posture, &mut left_out),
+        // Only the file section: the path hooks judge directories' names.
+        file: file.build(file_posture, &mut left_out).map(|mut set| {
+            set.guard_directory_names();
+            for (_, own) in &mut set.sources {
+                own.guard_directory_names();
+            }
+            set
+        }),
     };
     for (ids, why) in left_out {
         for p in selecting
@@ -751,6 +751,107 @@ spec:
             !d.not_enforced.contains_key("palisade:x/p"),
             "{:?}",
             d.not_enforced
+        );
+    }
+
+    #[test]
+    fn directories_holding_protected_paths_guard_their_names() {
+        let s = snapshot(
+            &format!(
+                "{PNP}  file:
+    rules:
+    - {{action: Block, readOnly: true, dirs: [{{path: /etc/ssl/, recursive: true}}]}}
+    - {{action: Block, dirs: [{{path: /srv/secret/}}]}}
+    - {{action: Block, readOnly: true, dirs: [{{path: /data/}}]}}
+    - {{action: Block, paths: [/opt/app/key]}}
+    - {{action: Audit, patterns: [/var/log/app/*.log]}}
+    - {{action: Block, ownerOnly: true, dirs: [{{path: /home/u/}}]}}
+"
+            ),
+            &[],
+        );
+        let d = compile_lsm(&s);
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        let by = |path: &str, which| set.decide(path, which, None);
+        // Renaming, removing or changing /etc/ssl, or /etc, would carry
+        // what the rule protects out from under it; nothing protects /etc
+        // itself, and reading those names is as before.
+        for name in ["/etc/ssl", "/etc/ssl/", "/etc"] {
+            let d = by(name, op::WRITE);
+            assert_eq!(d.verdict.action, action::BLOCK, "{name}");
+            assert_eq!(d.by, DecidedBy::DirName(name.trim_end_matches('/').into()));
+        }
+        assert_eq!(verdict(set, "/etc/ssl", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/etc/sslx", op::WRITE), action::ALLOW);
+        assert_eq!(verdict(set, "/etc/x", op::WRITE), action::ALLOW);
+        assert_eq!(verdict(set, "/", op::WRITE), action::ALLOW);
+        // A directory opened is read by its own key: listing a blocked
+        // directory is reading what is in it.
+        assert_eq!(verdict(set, "/srv/secret/", op::READ), action::BLOCK);
+        assert_eq!(verdict(set, "/srv/secret", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/srv/secret", op::WRITE), action::BLOCK);
+        assert_eq!(verdict(set, "/srv", op::WRITE), action::BLOCK);
+        // A protected file's directories, and a pattern's.
+        assert_eq!(verdict(set, "/opt/app", op::WRITE), action::BLOCK);
+        assert_eq!(verdict(set, "/opt", op::WRITE), action::BLOCK);
+        assert_eq!(verdict(set, "/opt/app/other", op::WRITE), action::ALLOW);
+        assert_eq!(verdict(set, "/var/log/app", op::WRITE), action::AUDIT);
+        assert_eq!(verdict(set, "/var/log/app/", op::READ), action::ALLOW);
+        // A name already as strictly judged by its parent's rules needs no
+        // guard: /data/sub is a name in the read-only /data/.
+        assert_eq!(
+            by("/data/sub", op::WRITE).by,
+            DecidedBy::Dir {
+                path: "/data/".into(),
+                recursive: false,
+                deeper: false
+            }
+        );
+        assert_eq!(verdict(set, "/data", op::WRITE), action::BLOCK);
+        // A guard spares the owner where the rule does.
+        let home = by("/home/u", op::WRITE).verdict;
+        assert_eq!(home.action, action::BLOCK);
+        assert_eq!(
+            home.flags & verdict_flags::OWNER_ONLY,
+            verdict_flags::OWNER_ONLY
+        );
+        // Under an allowlist an allowed directory is listed by its own
+        // rules, and the posture, which blocks every other name, guards
+        // its name already.
+        let s = snapshot(
+            &format!(
+                "{PNP}  file:
+    posture: Allowlist
+    rules:
+    - {{action: Allow, dirs: [{{path: /app/, recursive: true}}]}}
+    - {{action: Block, dirs: [{{path: /app/secret/}}]}}
+"
+            ),
+            &[],
+        );
+        let d = compile_lsm(&s);
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        assert_eq!(verdict(set, "/app/", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/app", op::READ), action::BLOCK);
+        assert_eq!(verdict(set, "/app/data", op::WRITE), action::ALLOW);
+        assert_eq!(verdict(set, "/app/secret", op::WRITE), action::BLOCK);
+        assert_eq!(verdict(set, "/app/secret/", op::READ), action::BLOCK);
+        // The process section judges executables, never directories' names.
+        let s = snapshot(
+            &format!(
+                "{PNP}  process:
+    rules:
+    - {{action: Block, paths: [/usr/bin/curl]}}
+"
+            ),
+            &[],
+        );
+        let set = compile_lsm(&s);
+        let set = set.pods["x/a"].process.as_ref().unwrap();
+        assert!(
+            set.entries
+                .iter()
+                .all(|(_, _, r)| r.0.kind != entry_kind::DIR_NAME)
         );
     }
 

@@ -1,11 +1,11 @@
 //! What the LSM programs decide for one operation on one path, step by
 //! step as `ebpf-lsm` does it, from the same compiled rule sets: the
 //! `fromSource` set, the longest trie entry, a non-recursive directory's
-//! children, then the patterns. `palisade explain` answers from here, and
+//! children, then the patterns; a directory opened by its own key. `palisade explain` answers from here, and
 //! the tests hold it to the scenarios' expectations, so the two readings
 //! of the rules cannot drift apart.
 
-use ebpf_common::lsm::{KEY_PATH_BYTES, PathRule, Verdict, action, entry_kind, verdict_flags};
+use ebpf_common::lsm::{KEY_PATH_BYTES, PathRule, Verdict, action, entry_kind, op, verdict_flags};
 
 use super::{
     lsm::RuleSet,
@@ -19,6 +19,8 @@ pub enum DecidedBy {
     Default,
     /// A file's own rules (and the patterns that match that file).
     File(String),
+    /// The guard on a directory's name, for what lies in it.
+    DirName(String),
     /// A directory rule; `deeper` when the path lies below a
     /// non-recursive directory's children.
     Dir {
@@ -53,7 +55,11 @@ impl Decision {
 impl RuleSet {
     /// The decision for operation `which` ([`ebpf_common::lsm::op`]) on
     /// `path` by a process running `exe` (`None`: not known, or a hook
-    /// that does not look at it).
+    /// that does not look at it). A `path` ending in `/` (not the root)
+    /// is a directory itself: opened (a read), it is judged as what lies
+    /// in it, by its own key, as `file_open` does; written (renamed,
+    /// removed, made, its mode or owner changed), by its name, as the
+    /// path hooks do (see [`super::lsm_guard`]).
     pub fn decide(&self, path: &str, which: usize, exe: Option<&str>) -> Decision {
         if let Some(exe) = exe
             && let Some((_, own)) = self.sources.iter().find(|(e, _)| e == exe.as_bytes())
@@ -63,6 +69,16 @@ impl RuleSet {
                 ..own.decide(path, which, None)
             };
         }
+        let name = path.trim_end_matches('/');
+        if !name.is_empty() && which == op::WRITE {
+            self.decide_key(name, which)
+        } else {
+            self.decide_key(path, which)
+        }
+    }
+
+    /// The decision for `path` as the kernel looks it up.
+    pub(super) fn decide_key(&self, path: &str, which: usize) -> Decision {
         let mut key = path.as_bytes().to_vec();
         key.push(0);
         let len = key.len();
@@ -94,7 +110,10 @@ impl RuleSet {
                 d.ambiguous = true;
             }
         }
-        if rule.kind != entry_kind::FILE && !self.patterns.is_empty() {
+        if rule.kind != entry_kind::FILE
+            && rule.kind != entry_kind::DIR_NAME
+            && !self.patterns.is_empty()
+        {
             let a = automaton(&self.patterns);
             if let Some((slot, v)) = run(&a, path.as_bytes(), which) {
                 d.verdict = v;
@@ -106,9 +125,15 @@ impl RuleSet {
     }
 }
 
+/// How much a verdict blocks: the action, then whether it spares the
+/// owner.
+pub(super) fn rank(v: &Verdict) -> u8 {
+    2 * v.action + u8::from(v.flags & verdict_flags::OWNER_ONLY == 0)
+}
+
 fn entry_of(by: &DecidedBy) -> String {
     match by {
-        DecidedBy::File(p) | DecidedBy::Pattern(p) => p.clone(),
+        DecidedBy::File(p) | DecidedBy::DirName(p) | DecidedBy::Pattern(p) => p.clone(),
         DecidedBy::Dir { path, .. } => path.clone(),
         DecidedBy::Default => String::new(),
     }
@@ -117,6 +142,7 @@ fn entry_of(by: &DecidedBy) -> String {
 fn by_entry(rule: &PathRule, path: String, deeper: bool) -> DecidedBy {
     match rule.kind {
         entry_kind::FILE => DecidedBy::File(path),
+        entry_kind::DIR_NAME => DecidedBy::DirName(path),
         entry_kind::DIR | entry_kind::DIR_RECURSIVE => DecidedBy::Dir {
             path,
             recursive: rule.kind == entry_kind::DIR_RECURSIVE,

@@ -19,6 +19,7 @@ pub mod evaluate;
 pub mod incremental;
 pub mod lsm;
 pub mod lsm_decide;
+mod lsm_guard;
 pub mod patterns;
 pub mod prefilter;
 #[cfg(test)]

@@ -203,6 +203,7 @@ pub fn lsm_offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>, BtfError> {
         (globals::FILE_F_FLAGS, btf.field_offset("file", "f_flags")?),
         (globals::FILE_F_INODE, btf.field_offset("file", "f_inode")?),
         (globals::INODE_I_UID, btf.field_offset("inode", "i_uid")?),
+        (globals::INODE_I_MODE, btf.field_offset("inode", "i_mode")?),
         (
             globals::BPRM_FILE,
             btf.field_offset("linux_binprm", "file")?,
@@ -259,7 +260,7 @@ mod tests {
             return;
         };
         let offsets = lsm_offsets(&btf).unwrap();
-        assert_eq!(offsets.len(), 20);
+        assert_eq!(offsets.len(), 21);
         assert!(btf.func_id("bpf_lsm_file_open").is_some());
         assert!(btf.func_id("no_such_function_here").is_none());
         // `f_path` and `f_inode` are pointers-and-more deep into `file`,

@@ -113,6 +113,10 @@ pub fn explain_lsm(
         DecidedBy::Dir { path, .. } => format!(
             "the rule nearest above the children of {path} (which covers only its children)"
         ),
+        DecidedBy::DirName(p) => format!(
+            "the guard on the name of the directory {p}, which holds what that rule \
+             protects (renamed, removed or changed, it would carry it away)"
+        ),
         DecidedBy::Pattern(p) => format!("the pattern {p}"),
         DecidedBy::Default => String::new(),
     };
