@@ -69,6 +69,9 @@ pub const XDP_POD_DENY: &str = "PAL_XDP_PODDENY";
 pub const XDP_DENY_HOST: &str = "PAL_XDP_DENYHST";
 /// Pod address -> [`crate::datapath::xdp_pod_gate`] bits.
 pub const XDP_POD_DST: &str = "PAL_XDP_PODDST";
+/// The node's IPv6 link-local addresses -> 1: no pod may announce or send
+/// from them (since ABI 13).
+pub const NODE_LINK_LOCAL: &str = "PAL_NODE_LL";
 
 /// Default sizes. The programs are compiled with these; the loader resizes.
 pub mod size {
@@ -91,6 +94,8 @@ pub mod size {
     pub const XDP_POD_DENY: u32 = 16_384;
     pub const XDP_DENY_HOST: u32 = 65_536;
     pub const XDP_POD_DST: u32 = 4_096;
+    /// One per interface of the node, host-side veths included.
+    pub const NODE_LINK_LOCAL: u32 = 4_096;
     /// Bytes, a power of two multiple of the page size: ~4600 events.
     pub const EVENTS: u32 = 256 * 1024;
     pub const LSM_PODS: u32 = 4_096;
@@ -197,6 +202,7 @@ pub const SPECS: &[MapSpec] = &[
     spec::<XdpPodDenyKey, u32>(XDP_POD_DENY, kind::HASH, size::XDP_POD_DENY),
     spec::<[u8; ADDR_LEN], u32>(XDP_DENY_HOST, kind::HASH, size::XDP_DENY_HOST),
     spec::<[u8; ADDR_LEN], u32>(XDP_POD_DST, kind::HASH, size::XDP_POD_DST),
+    spec::<[u8; ADDR_LEN], u32>(NODE_LINK_LOCAL, kind::HASH, size::NODE_LINK_LOCAL),
     MapSpec {
         name: EVENTS,
         map_type: kind::RINGBUF,

@@ -6,7 +6,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     path::Path,
     time::{Duration, Instant},
 };
@@ -1506,8 +1506,11 @@ fn mac_of(pod: &palisade_lab::fixtures::LabPod) -> anyhow::Result<[u8; 6]> {
 }
 
 /// The link-layer address `ns` holds for `ip`, if any.
-fn neighbour_mac(ns: &palisade_lab::netns::Netns, ip: Ipv4Addr) -> anyhow::Result<Option<String>> {
-    let out = ip_output(ns, &format!("-4 neigh show {ip}"))?;
+fn neighbour_mac(
+    ns: &palisade_lab::netns::Netns,
+    ip: impl Into<IpAddr>,
+) -> anyhow::Result<Option<String>> {
+    let out = ip_output(ns, &format!("neigh show {}", ip.into()))?;
     Ok(out
         .split_whitespace()
         .skip_while(|w| *w != "lladdr")
@@ -1582,6 +1585,36 @@ fn send_router_advert(dev: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An unsolicited neighbour advertisement to all nodes from `eth0` of the
+/// calling namespace: `target` is at `mac`, override flag set, as a router.
+fn send_neighbour_advert(target: Ipv6Addr, mac: [u8; 6]) -> anyhow::Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    let ifindex = palisade::netns::ifindex("eth0")?;
+    socket.set_multicast_if_v6(ifindex)?;
+    socket.set_multicast_hops_v6(255)?;
+    // Type, code, checksum (the kernel's), flags (router, override),
+    // reserved, the target, then its link-layer address option.
+    let mut na = vec![136, 0, 0, 0, 0xa0, 0, 0, 0];
+    na.extend_from_slice(&target.octets());
+    na.extend_from_slice(&[2, 1]);
+    na.extend_from_slice(&mac);
+    let all_nodes = std::net::SocketAddrV6::new("ff02::1".parse()?, 0, 0, ifindex);
+    socket.send_to(&na, &SockAddr::from(all_nodes))?;
+    Ok(())
+}
+
+/// The link-local address of `dev` in `ns`.
+fn link_local_of(ns: &palisade_lab::netns::Netns, dev: &str) -> anyhow::Result<Ipv6Addr> {
+    let out = ip_output(ns, &format!("-6 -o addr show dev {dev} scope link"))?;
+    let text = out
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .context("no link-local address")?;
+    Ok(text.split('/').next().unwrap_or_default().parse()?)
+}
+
 /// The IPv6 default routes a namespace holds.
 fn default_routes6(ns: &palisade_lab::netns::Netns) -> anyhow::Result<String> {
     Ok(ip_output(ns, "-6 route show default")?.trim().to_owned())
@@ -1591,7 +1624,8 @@ fn default_routes6(ns: &palisade_lab::netns::Netns) -> anyhow::Result<String> {
 /// is at its MAC (a gratuitous ARP announcing b's address from a: dropped
 /// as spoofed, and the node and c keep b's MAC), nor make itself their
 /// router (a router advertisement from a: dropped, and c learns no default
-/// route). The controls show that the same messages work where they are
+/// route), nor announce the router's link-local address (br0's) at its MAC
+/// (dropped, and c keeps br0's MAC for it). The controls show that the same messages work where they are
 /// the sender's own: b announcing its own address moves the node's entry,
 /// and the node's router advertisement gives c a default route.
 #[test]
@@ -1667,6 +1701,51 @@ fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::R
     assert!(
         !default_routes6(&c.netns)?.is_empty(),
         "the control: c takes the node's advertisement"
+    );
+
+    // Nor can a announce the router's own link-local address (br0's) at
+    // its MAC, which would take c's routed traffic: c resolves it, then
+    // a's advertisement of it, overriding, is dropped as spoofed.
+    let router = link_local_of(&lab.node, "br0")?;
+    let mac_br0 = {
+        let out = ip_output(&lab.node, "-o link show dev br0")?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .context("br0's MAC")?
+            .to_owned()
+    };
+    let to_router = std::net::SocketAddrV6::new(router, 9, 0, 0);
+    in_netns(&c.netns, || -> anyhow::Result<()> {
+        let ifindex = palisade::netns::ifindex("eth0")?;
+        let to = std::net::SocketAddrV6::new(*to_router.ip(), 9, 0, ifindex);
+        std::net::UdpSocket::bind("[::]:0")?.send_to(b"x", to)?;
+        Ok(())
+    })??;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while neighbour_mac(&c.netns, router)?.as_deref() != Some(mac_br0.as_str())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        neighbour_mac(&c.netns, router)?.as_deref(),
+        Some(mac_br0.as_str()),
+        "c resolved the router's link-local address"
+    );
+    let spoofed_before = counted(&t, TC_STATS, "drop_spoofed_source")?;
+    for _ in 0..3 {
+        in_netns(&a.netns, || send_neighbour_advert(router, mac_a))??;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        neighbour_mac(&c.netns, router)?.as_deref(),
+        Some(mac_br0.as_str()),
+        "c still has the router at br0's MAC"
+    );
+    assert!(
+        counted(&t, TC_STATS, "drop_spoofed_source")? >= spoofed_before + 3,
+        "... because Palisade dropped a's advertisements as spoofed"
     );
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);

@@ -1106,7 +1106,7 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
 /// the source check's rules: the sender protocol address of its ARP (or
 /// `0.0.0.0`, a probe), the source of its neighbour discovery and the
 /// target its advertisements announce must be its own (or link-local, in
-/// IPv6), or in its prefixes. A pod sends no router advertisement or
+/// IPv6, but not the node's), or in its prefixes. A pod sends no router advertisement or
 /// redirect at all. What reaches a pod, and a pod with no address
 /// written, is not checked.
 #[rustfmt::skip]
@@ -1163,6 +1163,21 @@ fn a_pods_arp_and_neighbour_discovery_claim_only_its_own_addresses() -> anyhow::
         out(&h, &nd(LINK_LOCAL, 133, &[]), pass_nd, "a router solicitation")?;
         out(&h, &nd(LINK_LOCAL, 134, &[0; 8]), (false, "drop_router_message"), "a router advertisement")?;
         out(&h, &nd(LINK_LOCAL, 137, &[0; 32]), (false, "drop_router_message"), "a redirect")?;
+        // The node's link-local addresses (its router's, on a bridge) are
+        // no pod's, though every other link-local address may be.
+        let node: [u8; 16] = "fe80::1".parse::<Ipv6Addr>()?.octets();
+        let other: [u8; 16] = "fe80::2".parse::<Ipv6Addr>()?.octets();
+        h.maps.set_node_link_locals(&[Ipv6Addr::from(node)].into()).into_iter().try_for_each(Err)?;
+        out(&h, &nd(LINK_LOCAL, 136, &node), spoofed, "an advertisement of the node's link-local address")?;
+        out(&h, &nd(node, 135, &B6), spoofed, "a solicitation from the node's link-local address")?;
+        at(&h, Hook::XdpEgress, &nd(LINK_LOCAL, 136, &node), spoofed, "the same through the XDP egress hook")?;
+        out(&h, &eth(0x86dd, &ipv6(node, C6, &[], UDP, &udp(5000, 53))), spoofed, "UDP from the node's link-local address")?;
+        out(&h, &nd(LINK_LOCAL, 136, &other), pass_nd, "an advertisement of another link-local address")?;
+        out(&h, &nd(other, 135, &B6), pass_nd, "a solicitation from another link-local address")?;
+        at(&h, Hook::TcIngress, &nd(node, 136, &node), pass_nd, "the node's own advertisement, to the pod")?;
+        h.maps.set_node_link_locals(&Default::default()).into_iter().try_for_each(Err)?;
+        anyhow::ensure!(h.maps.node_link_locals()?.is_empty(), "the node's addresses removed");
+        out(&h, &nd(LINK_LOCAL, 136, &node), pass_nd, "no longer the node's")?;
         // What reaches the pod is the sender's to check.
         at(&h, Hook::TcIngress, &arp_from(A), pass_arp, "ARP to the pod")?;
         at(&h, Hook::TcIngress, &nd(LINK_LOCAL, 136, &A6), pass_nd, "an advertisement to the pod")?;

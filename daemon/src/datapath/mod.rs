@@ -25,6 +25,7 @@ pub mod address_map;
 pub mod batch;
 pub mod lsm;
 pub mod maps;
+pub mod node_addresses;
 pub mod ports;
 pub mod prefilter;
 pub mod sources;

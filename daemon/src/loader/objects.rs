@@ -41,6 +41,7 @@ const POD_DATAPATH: &[&str] = &[
     maps::POLICY,
     maps::POLICY_PORT,
     maps::SOURCE_PREFIXES,
+    maps::NODE_LINK_LOCAL,
     maps::CT4,
     maps::CT6,
     maps::EPOCH,

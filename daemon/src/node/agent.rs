@@ -225,6 +225,9 @@ pub struct Agent<S: Source> {
     link_watch: Option<LinkWatch>,
     /// The links the last pass dumped, to seed the link watch with.
     links_dumped: Option<discover::Links>,
+    /// What failed when the node's link-local addresses were last
+    /// written, kept until they are written again.
+    link_local_errors: Vec<String>,
 }
 
 /// The pods a pass found behind no local veth (other nodes' pods), by pod
@@ -389,6 +392,7 @@ impl<S: Source> Agent<S> {
             links_before: None,
             link_watch,
             links_dumped: None,
+            link_local_errors: Vec::new(),
         })
     }
 
@@ -435,6 +439,10 @@ impl<S: Source> Agent<S> {
             return self.write_status();
         }
         let snapshot = reading.snapshot.clone();
+        // Addresses come with links, and change with them (a bridge gets
+        // its link-local address once a port is up): read where links are,
+        // and at every full check.
+        let node_addresses_read = check_maps || !matches!(links, Links::Quiet);
         let before = Before {
             links,
             placed: &self.placed_before,
@@ -498,6 +506,10 @@ impl<S: Source> Agent<S> {
             }
             None => Vec::new(),
         };
+        if node_addresses_read {
+            let addresses = discover::node_link_locals(&self.netlink).await?;
+            self.link_local_errors = self.syncer.set_node_link_locals(&addresses);
+        }
         let lsm = compile_lsm(&snapshot);
         let has_uplinks = !self.syncer.uplinks().is_empty();
         let mut node_denies = self.options.deny_cidrs.clone();
@@ -529,6 +541,7 @@ impl<S: Source> Agent<S> {
         phases.sync = lap(&mut t);
         report.attach_errors.extend(uplink_errors);
         report.attach_errors.extend(denies_unenforced);
+        report.errors.extend(self.link_local_errors.iter().cloned());
         {
             let mut names = crate::observe::names::lock(&self.names);
             names.learn(&compiled.policies, &report.endpoint_ids);

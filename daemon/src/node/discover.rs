@@ -564,6 +564,25 @@ pub async fn default_route_links(handle: &Handle) -> Result<Vec<u32>, DiscoverEr
     Ok(out)
 }
 
+/// Every IPv6 link-local address of the node's interfaces, tentative ones
+/// included (a dump shows an address from the moment it is added, before
+/// duplicate address detection is done).
+pub async fn node_link_locals(
+    handle: &Handle,
+) -> Result<std::collections::BTreeSet<Ipv6Addr>, DiscoverError> {
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+    let addresses: Vec<AddressMessage> = handle.address().get().execute().try_collect().await?;
+    Ok(addresses
+        .iter()
+        .filter(|m| m.header.family == AddressFamily::Inet6)
+        .flat_map(|m| &m.attributes)
+        .filter_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V6(v6)) if v6.is_unicast_link_local() => Some(*v6),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The interfaces (ifindex) that carry a clsact filter of Palisade's (its
 /// priority and handle, `loader::attach`) on either side. Reads only: a
 /// dump needs no capability. An interface with no clsact qdisc answers

@@ -264,6 +264,19 @@ impl Syncer {
         errors
     }
 
+    /// Makes the node's link-local addresses, which no pod may announce
+    /// or send from, exactly `addresses`. Returns what failed.
+    pub fn set_node_link_locals(
+        &mut self,
+        addresses: &std::collections::BTreeSet<std::net::Ipv6Addr>,
+    ) -> Vec<String> {
+        self.maps
+            .set_node_link_locals(addresses)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     /// The uplinks the prefilter is on.
     pub fn uplinks(&self) -> Vec<String> {
         self.uplinks.values().cloned().collect()

@@ -95,6 +95,17 @@ pub static PAL_POLICY_PORT: HashMap<PolicyKey, PolicyValue> =
 pub static PAL_SRC_PREFIX: LpmTrie<SourcePrefixKey, u32> =
     LpmTrie::with_max_entries(size::SOURCE_PREFIXES, 0);
 
+#[map(name = "PAL_NODE_LL")]
+pub static PAL_NODE_LL: HashMap<[u8; ADDR_LEN], u32> =
+    HashMap::with_max_entries(size::NODE_LINK_LOCAL, 0);
+
+/// Whether `a` is one of the node's IPv6 link-local addresses.
+#[inline(always)]
+pub fn node_link_local(a: &[u8; ADDR_LEN]) -> bool {
+    // SAFETY: a hash lookup; the value is not kept.
+    unsafe { PAL_NODE_LL.get(a) }.is_some()
+}
+
 #[map(name = "PAL_POLICY")]
 pub static PAL_POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(size::POLICY, 0);
 

@@ -260,13 +260,18 @@ fn source_is_own(p: &Packet, ep: &crate::datapath::EndpointValue) -> bool {
     ep.flags & SOURCE6 == 0 || own6(&p.src, ep)
 }
 
-/// Whether the IPv6 address `a` is the endpoint's, link-local, or
-/// unspecified.
+/// Whether the IPv6 address `addr` is the endpoint's, unspecified, or
+/// link-local but not the node's. A pod's own link-local address is known
+/// only inside the pod; the node's is its neighbours' router, which a pod
+/// announcing it would take the place of.
 #[inline(always)]
-fn own6(a: &[u8; crate::datapath::ADDR_LEN], ep: &crate::datapath::EndpointValue) -> bool {
-    let (a, b) = (word(a, 0), word(a, 8));
+fn own6(addr: &[u8; crate::datapath::ADDR_LEN], ep: &crate::datapath::EndpointValue) -> bool {
+    let (a, b) = (word(addr, 0), word(addr, 8));
     let (x, y) = (word(&ep.source6, 0), word(&ep.source6, 8));
-    (a ^ x) | (b ^ y) == 0 || a >> 54 == 0xfe80 >> 6 || a | b == 0
+    if (a ^ x) | (b ^ y) == 0 || a | b == 0 {
+        return true;
+    }
+    a >> 54 == 0xfe80 >> 6 && !maps::node_link_local(addr)
 }
 
 /// Why a pod's ARP or neighbour discovery frame is dropped, if it is
