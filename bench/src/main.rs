@@ -395,12 +395,14 @@ fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> any
             },
         });
     }
-    // With its address, as the syncer writes a pod's: what leaves it pays
-    // the source check.
+    // With its address and MAC, as the syncer writes a bridged pod's: what
+    // leaves it pays the source checks.
     let sources = palisade::compile::Sources {
         v4: Some(Ipv4Addr::from(POD)),
         v6: None,
         prefixes: false,
+        // The frames' (zero) MAC, as for a bridged pod.
+        mac: Some([0; 6]),
     };
     dp.replace_policy_held(
         LO,

@@ -73,6 +73,10 @@ pub struct EndpointValue {
     /// the unspecified address (duplicate address detection); `::` where
     /// the pod has no IPv6 address (so it may send only those).
     pub source6: [u8; ADDR_LEN],
+    /// The pod's MAC, the only Ethernet source its frames may have, where
+    /// [`endpoint_flags::SOURCE_MAC`] is set (a bridged pod's).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 impl EndpointValue {
@@ -162,8 +166,11 @@ pub mod endpoint_flags {
     /// it: looked up only where this is set, so that a pod without them
     /// pays no lookup for a packet it sends as someone else.
     pub const SOURCE_PREFIXES: u32 = 1 << 8;
+    /// The pod's frames are dropped unless their Ethernet source is
+    /// `EndpointValue::mac`.
+    pub const SOURCE_MAC: u32 = 1 << 9;
     /// Every flag a pod's sources set, none of them the policy's.
-    pub const SOURCES: u32 = SOURCE4 | SOURCE6 | SOURCE_PREFIXES;
+    pub const SOURCES: u32 = SOURCE4 | SOURCE6 | SOURCE_PREFIXES | SOURCE_MAC;
 }
 
 /// The data part of a policy trie key (`PAL_POLICY`).
@@ -484,8 +491,8 @@ const _: () = {
     assert!(size_of::<DropEvent>() == 56);
     assert!(size_of::<XdpPodDenyKey>() == 24);
     assert!(size_of::<IdentityValue>() == 4);
-    assert!(size_of::<EndpointValue>() == 32);
-    assert!(size_of::<EndpointSlot>() == 76);
+    assert!(size_of::<EndpointValue>() == 40);
+    assert!(size_of::<EndpointSlot>() == 92);
     assert!(ENDPOINT_SLOTS.is_power_of_two());
     assert!(OPENED_SLOTS.is_power_of_two());
     assert!(size_of::<PolicyKey>() == 16);

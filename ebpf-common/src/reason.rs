@@ -78,9 +78,13 @@ pub const DROP_SPOOFED_SOURCE: u32 = 28;
 /// on the pod network, and such a message would make its peers route
 /// through the pod (CVE-2020-10749).
 pub const DROP_ROUTER_MESSAGE: u32 = 29;
+/// A frame from a bridged pod whose Ethernet source is not the pod's MAC:
+/// it would teach the bridge that another pod's MAC lives behind this
+/// pod's port, and so take that pod's traffic.
+pub const DROP_SPOOFED_MAC: u32 = 30;
 
 /// One past the highest code in use; counter arrays are sized from it.
-pub const COUNT: u32 = 30;
+pub const COUNT: u32 = 31;
 
 /// A stable name for each code, as exported in metrics and `palisade status`.
 pub const fn name(code: u32) -> &'static str {
@@ -115,6 +119,7 @@ pub const fn name(code: u32) -> &'static str {
         LSM_UNRESOLVED => "lsm_unresolved",
         DROP_SPOOFED_SOURCE => "drop_spoofed_source",
         DROP_ROUTER_MESSAGE => "drop_router_message",
+        DROP_SPOOFED_MAC => "drop_spoofed_mac",
         _ => "unknown",
     }
 }
@@ -135,6 +140,7 @@ pub const fn is_drop(code: u32) -> bool {
             | DROP_XDP_POD_DENY
             | DROP_SPOOFED_SOURCE
             | DROP_ROUTER_MESSAGE
+            | DROP_SPOOFED_MAC
             | LSM_BLOCK
     )
 }

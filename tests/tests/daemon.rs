@@ -1552,12 +1552,12 @@ fn send_frame(frame: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A gratuitous ARP reply, broadcast: `ip` is at `mac`. Its target is its
-/// sender, hardware address too, which makes a Linux receiver replace an
-/// entry it learnt less than a lock time (1 s) ago.
-fn garp(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+/// A gratuitous ARP reply, broadcast from `from`: `ip` is at `mac`. Its
+/// target is its sender, hardware address too, which makes a Linux
+/// receiver replace an entry it learnt less than a lock time (1 s) ago.
+fn garp(from: [u8; 6], mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
     let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&from);
     frame.extend_from_slice(&0x0806u16.to_be_bytes());
     frame.extend_from_slice(&palisade_tests::packet::arp(
         2,
@@ -1604,6 +1604,34 @@ fn send_neighbour_advert(target: Ipv6Addr, mac: [u8; 6]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bridge port `ns`'s br0 forwards `mac` to, as its forwarding
+/// database says.
+fn fdb_port(ns: &palisade_lab::netns::Netns, mac: [u8; 6]) -> anyhow::Result<Option<String>> {
+    let out = in_netns(ns, || {
+        std::process::Command::new("bridge")
+            .args(["fdb", "show", "br", "br0"])
+            .output()
+    })??;
+    anyhow::ensure!(out.status.success(), "bridge fdb show: {}", out.status);
+    let mac = mac_text(mac);
+    Ok(String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        (words.first() == Some(&mac.as_str()))
+            .then(|| words.iter().skip_while(|w| **w != "dev").nth(1))
+            .flatten()
+            .map(|d| (*d).to_owned())
+    }))
+}
+
+/// A frame of a local experimental ethertype, broadcast from `mac`.
+fn frame_from(mac: [u8; 6]) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&0x88b5u16.to_be_bytes());
+    frame.extend_from_slice(&[0; 46]);
+    frame
+}
+
 /// The link-local address of `dev` in `ns`.
 fn link_local_of(ns: &palisade_lab::netns::Netns, dev: &str) -> anyhow::Result<Ipv6Addr> {
     let out = ip_output(ns, &format!("-6 -o addr show dev {dev} scope link"))?;
@@ -1625,7 +1653,8 @@ fn default_routes6(ns: &palisade_lab::netns::Netns) -> anyhow::Result<String> {
 /// as spoofed, and the node and c keep b's MAC), nor make itself their
 /// router (a router advertisement from a: dropped, and c learns no default
 /// route), nor announce the router's link-local address (br0's) at its MAC
-/// (dropped, and c keeps br0's MAC for it). The controls show that the same messages work where they are
+/// (dropped, and c keeps br0's MAC for it), nor send frames from b's MAC
+/// (dropped, and the bridge keeps b's MAC at b's port). The controls show that the same messages work where they are
 /// the sender's own: b announcing its own address moves the node's entry,
 /// and the node's router advertisement gives c a default route.
 #[test]
@@ -1660,7 +1689,7 @@ fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::R
 
     let spoofed_before = counted(&t, TC_STATS, "drop_spoofed_source")?;
     for _ in 0..3 {
-        in_netns(&a.netns, || send_frame(&garp(mac_a, b.ip)))??;
+        in_netns(&a.netns, || send_frame(&garp(mac_a, mac_a, b.ip)))??;
     }
     std::thread::sleep(Duration::from_millis(200));
     assert!(holds(&lab.node, mac_b)?, "the node still has b at b's MAC");
@@ -1671,16 +1700,16 @@ fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::R
     );
     assert!(reaches(&lab, 2, 1)?, "c still reaches b");
 
-    // The control: b's own announcement, of another MAC, moves the node's
-    // entry; its next, of its own MAC, moves it back.
+    // The control: b's own announcement (from its own MAC), of another
+    // MAC, moves the node's entry; its next, of its own MAC, moves it back.
     let elsewhere = [2, 0, 0, 0, 0, 0x99];
-    in_netns(&b.netns, || send_frame(&garp(elsewhere, b.ip)))??;
+    in_netns(&b.netns, || send_frame(&garp(mac_b, elsewhere, b.ip)))??;
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         holds(&lab.node, elsewhere)?,
         "b's own announcement moves the node's entry"
     );
-    in_netns(&b.netns, || send_frame(&garp(mac_b, b.ip)))??;
+    in_netns(&b.netns, || send_frame(&garp(mac_b, mac_b, b.ip)))??;
     std::thread::sleep(Duration::from_millis(200));
     assert!(holds(&lab.node, mac_b)?, "and moves it back");
 
@@ -1747,6 +1776,31 @@ fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::R
         counted(&t, TC_STATS, "drop_spoofed_source")? >= spoofed_before + 3,
         "... because Palisade dropped a's advertisements as spoofed"
     );
+
+    // Nor can a send frames from b's MAC, which would teach the bridge
+    // that b lives behind a's port; b's own frames keep it at b's.
+    assert!(reaches(&lab, 2, 1)?, "c reaches b");
+    assert_eq!(
+        fdb_port(&lab.node, mac_b)?.as_deref(),
+        Some(b.host_if.as_str())
+    );
+    let macs_before = counted(&t, TC_STATS, "drop_spoofed_mac")?;
+    for _ in 0..3 {
+        in_netns(&a.netns, || send_frame(&frame_from(mac_b)))??;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        fdb_port(&lab.node, mac_b)?.as_deref(),
+        Some(b.host_if.as_str()),
+        "the bridge still has b's MAC behind b's port"
+    );
+    assert!(
+        counted(&t, TC_STATS, "drop_spoofed_mac")? >= macs_before + 3,
+        "... because Palisade dropped a's frames from b's MAC"
+    );
+    in_netns(&a.netns, || send_frame(&frame_from(mac_a)))??;
+    assert!(reaches(&lab, 2, 1)?, "c still reaches b");
+    assert!(reaches(&lab, 2, 0)?, "and a, whose own frames pass");
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);
     Ok(())

@@ -1017,6 +1017,45 @@ fn expect_at(
     Ok(())
 }
 
+/// A bridged pod's frames must come from its own MAC, whatever they carry
+/// (IP, ARP, another protocol), through either egress hook; what reaches
+/// it is not checked, nor a pod whose MAC is not written.
+#[rustfmt::skip]
+#[test]
+fn a_bridged_pods_frames_come_from_its_own_mac() -> anyhow::Result<()> {
+    use palisade::compile::Sources;
+    const OWN: [u8; 6] = [2, 0, 0, 0, 0, 3];
+    const OTHER: [u8; 6] = [2, 0, 0, 0, 0, 4];
+    beside_a_veth(|pod, mut h| {
+        let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false, mac: Some(OWN) };
+        let egress = [entry(OUT, identity::ANY, UDP, (53, 53), allow(41))];
+        h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &sources, None)?;
+        let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
+        let from = |mac: [u8; 6], frame: Vec<u8>| {
+            let mut frame = frame;
+            frame[6..12].copy_from_slice(&mac);
+            frame
+        };
+        let spoofed = (false, "drop_spoofed_mac");
+        let ip = v4_udp(C, B, 5000, 53);
+        let arp_frame = eth(0x0806, &arp(1, (OWN, C), ([0; 6], B)));
+        let other_kind = eth(0x88cc, &[0; 46]);
+        at(&h, Hook::TcEgress, &from(OWN, ip.clone()), (true, "allow_policy"), "IP from its own MAC")?;
+        at(&h, Hook::TcEgress, &from(OTHER, ip.clone()), spoofed, "IP from another MAC")?;
+        at(&h, Hook::XdpEgress, &from(OTHER, ip.clone()), spoofed, "the same through the XDP egress hook")?;
+        at(&h, Hook::TcEgress, &from(OWN, arp_frame.clone()), (true, "pass_non_ip"), "ARP from its own MAC")?;
+        at(&h, Hook::TcEgress, &from(OTHER, arp_frame.clone()), spoofed, "ARP from another MAC")?;
+        at(&h, Hook::TcEgress, &from(OWN, other_kind.clone()), (true, "pass_non_ip"), "LLDP from its own MAC")?;
+        at(&h, Hook::TcEgress, &from(OTHER, other_kind.clone()), spoofed, "LLDP from another MAC")?;
+        at(&h, Hook::TcIngress, &from(OTHER, v4_udp(B, C, 54, 6000)), (true, "pass_unenforced"), "received from any MAC")?;
+        // A routed pod's MAC is not written: nothing learns from it.
+        let routed = Sources { mac: None, ..sources };
+        h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &routed, None)?;
+        at(&h, Hook::TcEgress, &from(OTHER, v4_udp(C, B, 5001, 53)), (true, "allow_policy"), "no MAC written, no check")?;
+        Ok(())
+    })
+}
+
 /// A pod that writes a neighbour's address and ports into its packets
 /// builds the key of the neighbour's tracked flow. Its packets are judged
 /// by its own endpoint's policy, not passed on the neighbour's entry; and
@@ -1054,7 +1093,7 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
     use palisade::compile::Sources;
     beside_a_veth(|pod, mut h| {
         // Its policy allows UDP to port 53 anywhere, and lets anything in.
-        let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false };
+        let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false, mac: None };
         let egress = [entry(OUT, identity::ANY, UDP, (53, 53), allow(41))];
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &sources, None)?;
         let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
@@ -1116,7 +1155,7 @@ fn a_pods_arp_and_neighbour_discovery_claim_only_its_own_addresses() -> anyhow::
     const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
     beside_a_veth(|pod, mut h| {
-        let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false };
+        let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false, mac: None };
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &[], &sources, None)?;
         let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
         let out = |h: &Harness, frame: &[u8], want: (bool, &str), what: &str| {

@@ -61,7 +61,25 @@ fn a_bridged_pod_is_found_through_neighbour_and_fdb() -> anyhow::Result<()> {
             }
             Ok(found)
         })?;
-        assert_eq!(found, Ok(Placement::Bridged { bridge, veth }), "{}", pod.ip);
+        let mac = {
+            let out = in_netns(&pod.netns, || {
+                std::process::Command::new("cat")
+                    .arg("/sys/class/net/eth0/address")
+                    .output()
+            })??;
+            let text = String::from_utf8(out.stdout)?;
+            let mut mac = [0u8; 6];
+            for (byte, hex) in mac.iter_mut().zip(text.trim().split(':')) {
+                *byte = u8::from_str_radix(hex, 16)?;
+            }
+            mac
+        };
+        assert_eq!(
+            found,
+            Ok(Placement::Bridged { bridge, veth, mac }),
+            "{}",
+            pod.ip
+        );
     }
     Ok(())
 }

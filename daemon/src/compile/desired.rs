@@ -110,6 +110,9 @@ pub struct Sources {
     /// The pod may also send from prefixes ([`Sources::beyond_endpoint`],
     /// written apart from the endpoint: `Desired::source_prefixes`).
     pub prefixes: bool,
+    /// The only Ethernet source its frames may have: a bridged pod's MAC,
+    /// as the node found it ([`Desired::with_macs`]).
+    pub mac: Option<[u8; 6]>,
 }
 
 impl Sources {
@@ -131,6 +134,7 @@ impl Sources {
             v4: Some(held4.unwrap_or(Ipv4Addr::UNSPECIFIED)),
             v6: Some(held6.unwrap_or(Ipv6Addr::UNSPECIFIED)),
             prefixes: false,
+            mac: None,
         }
     }
 
@@ -417,6 +421,19 @@ impl<'a> Desired<'a> {
         self
     }
 
+    /// With the MAC of each placed pod whose sources are checked, where
+    /// the node knows it (`macs`, by pod: a bridged pod's, from the
+    /// neighbour entry that placed it). A pod that opted out, or whose
+    /// address is not known, is not checked by MAC either.
+    pub fn with_macs(mut self, macs: &BTreeMap<String, [u8; 6]>) -> Self {
+        for (key, placed) in &mut self.endpoints {
+            if placed.sources.v4.is_some() || placed.sources.v6.is_some() {
+                placed.sources.mac = macs.get(key).copied();
+            }
+        }
+        self
+    }
+
     /// With the local pods' process and file rule sets.
     pub fn with_lsm(mut self, lsm: &'a super::lsm::LsmDesired) -> Self {
         self.lsm = Some(lsm);
@@ -555,6 +572,33 @@ mod tests {
             .endpoints
             .insert(pod.key(), EndpointPolicy::default());
         (compiled, BTreeMap::from([(pod.key(), 7)]))
+    }
+
+    #[test]
+    fn a_placed_pods_mac_is_checked_only_with_its_addresses() {
+        let mut pod = crate::model::standard::pods().next().unwrap();
+        pod.ips = vec!["10.0.0.1".parse().unwrap()];
+        let (compiled, placed) = placed_alone(&pod);
+        let mac = [2, 0, 0, 0, 0, 7];
+        let macs = BTreeMap::from([(pod.key(), mac)]);
+        let sources = |pod: &Pod, opt_out, macs: &BTreeMap<String, [u8; 6]>| {
+            Desired::on_node(&compiled, &placed, &[])
+                .with_sources([pod], opt_out)
+                .with_macs(macs)
+                .endpoints[&pod.key()]
+                .sources
+        };
+        assert_eq!(sources(&pod, false, &macs).mac, Some(mac));
+        // A routed pod: no MAC found.
+        assert_eq!(sources(&pod, false, &BTreeMap::new()).mac, None);
+        // Opted out, or with no address known: nothing checked.
+        let mut off = pod.clone();
+        off.source_check = SourceCheck::Off;
+        assert_eq!(sources(&off, true, &macs), Sources::default());
+        assert_eq!(sources(&off, false, &macs).mac, Some(mac));
+        let mut unknown = pod.clone();
+        unknown.ips.clear();
+        assert_eq!(sources(&unknown, false, &macs), Sources::default());
     }
 
     #[test]

@@ -109,8 +109,9 @@ pub fn policy_keys(
 
 /// `value` with the sources its pod may send from: a flag and an address
 /// per family that is checked (the unspecified address where the pod has
-/// none in it), and a flag where it has prefixes in `PAL_SRC_PREFIX`; the other sources'
-/// fields cleared.
+/// none in it), a flag where it has prefixes in `PAL_SRC_PREFIX`, and a
+/// flag and its MAC where that is checked; the other sources' fields
+/// cleared.
 pub fn sourced(mut value: EndpointValue, sources: &Sources) -> EndpointValue {
     value.flags &= !endpoint_flags::SOURCES;
     value.source4 = [0; 4];
@@ -125,6 +126,11 @@ pub fn sourced(mut value: EndpointValue, sources: &Sources) -> EndpointValue {
     }
     if sources.prefixes {
         value.flags |= endpoint_flags::SOURCE_PREFIXES;
+    }
+    value.mac = [0; 6];
+    if let Some(mac) = sources.mac {
+        value.flags |= endpoint_flags::SOURCE_MAC;
+        value.mac = mac;
     }
     value
 }

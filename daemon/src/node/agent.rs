@@ -209,7 +209,7 @@ pub struct Agent<S: Source> {
     /// For `/readyz`.
     not_ready: SharedReadiness,
     /// The last pass's placements (pod -> its address and veth).
-    placed_before: BTreeMap<String, (IpAddr, u32)>,
+    placed_before: BTreeMap<String, (IpAddr, u32, Option<[u8; 6]>)>,
     /// The pod-like veths the last pass quarantined, enforced or not yet
     /// (the status lists only the enforced).
     quarantined_before: Vec<u32>,
@@ -253,6 +253,8 @@ struct Placement {
     placed: BTreeMap<String, u32>,
     /// The address each placed pod was placed by.
     addresses: BTreeMap<String, IpAddr>,
+    /// The MAC of each placed pod behind a bridge.
+    macs: BTreeMap<String, [u8; 6]>,
     /// Local pods whose veth is not resolved yet.
     unplaced: Vec<String>,
     /// Pod-like veths no known pod holds.
@@ -1107,13 +1109,14 @@ async fn locate(
 ) -> anyhow::Result<Placement> {
     let mut placed = BTreeMap::new();
     let mut addresses = BTreeMap::new();
+    let mut macs = BTreeMap::new();
     let mut remote = FastSet::with_capacity_and_hasher(before.remote.len(), Default::default());
     let mut remote_pods: FastMap<usize, IpAddr> =
         FastMap::with_capacity_and_hasher(before.remote_pods.ips.len(), Default::default());
     let mut unresolved = Vec::new();
     let mut tables = discover::Tables::with_links(netlink, before.links_read);
     // Most pods are other nodes': their keys are not even built.
-    let placed_at: FastSet<IpAddr> = before.placed.values().map(|(ip, _)| *ip).collect();
+    let placed_at: FastSet<IpAddr> = before.placed.values().map(|(ip, _, _)| *ip).collect();
     // The pods this pass keeps where they were, and the rest to locate.
     let mut fresh = Vec::new();
     for pod in &snapshot.pods {
@@ -1126,11 +1129,12 @@ async fn locate(
         };
         if remembered.is_none() && placed_at.contains(&ip) && before.links != Links::Everything {
             let key = pod.key();
-            if let Some(&(was, veth)) = before.placed.get(&key)
+            if let Some(&(was, veth, mac)) = before.placed.get(&key)
                 && was == ip
                 && (before.links == Links::Quiet || tables.is_veth(veth).await?)
             {
                 addresses.insert(key.clone(), ip);
+                macs.extend(mac.map(|m| (key.clone(), m)));
                 placed.insert(key, veth);
                 continue;
             }
@@ -1165,6 +1169,7 @@ async fn locate(
             Ok(p) => {
                 let key = pod.key();
                 addresses.insert(key.clone(), ip);
+                macs.extend(p.bridged_mac().map(|m| (key.clone(), m)));
                 placed.insert(key, p.veth());
             }
             Err(Unplaced::Unresolved { .. }) => {
@@ -1195,6 +1200,7 @@ async fn locate(
             match tables.locate(ip).await? {
                 Ok(p) => {
                     addresses.insert(key.clone(), ip);
+                    macs.extend(p.bridged_mac().map(|m| (key.clone(), m)));
                     placed.insert(key, p.veth());
                 }
                 Err(_) => still.push((key, ip)),
@@ -1206,8 +1212,11 @@ async fn locate(
     for (key, ip) in unresolved {
         let claimed = |veth: u32| placed.values().any(|v| *v == veth);
         match before.placed.get(&key) {
-            Some(&(was, veth)) if was == ip && !claimed(veth) && tables.is_veth(veth).await? => {
+            Some(&(was, veth, mac))
+                if was == ip && !claimed(veth) && tables.is_veth(veth).await? =>
+            {
                 addresses.insert(key.clone(), ip);
+                macs.extend(mac.map(|m| (key.clone(), m)));
                 placed.insert(key, veth);
             }
             _ => unplaced.push(key),
@@ -1233,6 +1242,7 @@ async fn locate(
     Ok(Placement {
         placed,
         addresses,
+        macs,
         unplaced,
         quarantined,
         remote,
@@ -1313,8 +1323,8 @@ async fn link_changes(watch: &mut Option<LinkWatch>) -> std::io::Result<()> {
 /// What the last pass found on the node.
 struct Before<'a> {
     links: Links,
-    /// Each placed pod's address and veth.
-    placed: &'a BTreeMap<String, (IpAddr, u32)>,
+    /// Each placed pod's address, veth and (bridged) MAC.
+    placed: &'a BTreeMap<String, (IpAddr, u32, Option<[u8; 6]>)>,
     /// The quarantined veths.
     quarantined: &'a [u32],
     /// The addresses no local veth was behind.
@@ -1327,10 +1337,13 @@ struct Before<'a> {
 
 impl Placement {
     /// What the next pass may keep of this one.
-    fn placed_with_addresses(&self) -> BTreeMap<String, (IpAddr, u32)> {
+    fn placed_with_addresses(&self) -> BTreeMap<String, (IpAddr, u32, Option<[u8; 6]>)> {
         self.placed
             .iter()
-            .filter_map(|(key, veth)| Some((key.clone(), (*self.addresses.get(key)?, *veth))))
+            .filter_map(|(key, veth)| {
+                let address = *self.addresses.get(key)?;
+                Some((key.clone(), (address, *veth, self.macs.get(key).copied())))
+            })
             .collect()
     }
 }
@@ -1348,6 +1361,7 @@ fn desired<'a>(
 ) -> Desired<'a> {
     let desired = Desired::on_node(compiled, &placement.placed, &placement.quarantined)
         .with_sources(local.iter().copied(), opt_out)
+        .with_macs(&placement.macs)
         .with_node_denies(node_denies);
     if !has_uplinks {
         desired.without_pod_denies()

@@ -38,14 +38,28 @@ pub enum DiscoverError {
 pub enum Placement {
     /// The route's output interface is a veth.
     Routed { veth: u32 },
-    /// Through bridge `bridge`, port `veth`.
-    Bridged { bridge: u32, veth: u32 },
+    /// Through bridge `bridge`, port `veth`, where the pod's MAC (from the
+    /// node's neighbour entry for its address) sits.
+    Bridged {
+        bridge: u32,
+        veth: u32,
+        mac: [u8; 6],
+    },
 }
 
 impl Placement {
     pub fn veth(self) -> u32 {
         match self {
             Self::Routed { veth } | Self::Bridged { veth, .. } => veth,
+        }
+    }
+
+    /// The pod's MAC where its frames go through a bridge, which learns
+    /// from their sources where each MAC lives.
+    pub fn bridged_mac(self) -> Option<[u8; 6]> {
+        match self {
+            Self::Routed { .. } => None,
+            Self::Bridged { mac, .. } => Some(mac),
         }
     }
 }
@@ -497,11 +511,13 @@ impl<'a> Tables<'a> {
                 let Some(mac) = self.mac_of(oif, ip).await? else {
                     return Ok(Err(Unplaced::Unresolved { bridge: oif }));
                 };
-                match self.port_of(oif, &mac).await? {
-                    Some(port) if self.kind(port).await? == Some(InfoKind::Veth) => {
+                let port = self.port_of(oif, &mac).await?;
+                match (port, <[u8; 6]>::try_from(&mac[..])) {
+                    (Some(port), Ok(mac)) if self.kind(port).await? == Some(InfoKind::Veth) => {
                         Ok(Ok(Placement::Bridged {
                             bridge: oif,
                             veth: port,
+                            mac,
                         }))
                     }
                     _ => Ok(Err(Unplaced::Unresolved { bridge: oif })),

@@ -257,6 +257,21 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+/// Whether the frame's Ethernet source may be `mac`: it is, or the frame
+/// is too short to hold one (parsing drops that as truncated).
+#[inline(always)]
+pub fn from_mac(data: usize, data_end: usize, mac: &[u8; 6]) -> bool {
+    // Compared as a word and a half-word: an array compare is a `memcmp`.
+    let (Some(hi), Some(lo)) = (
+        load::<[u8; 4]>(data, data_end, 6),
+        load::<[u8; 2]>(data, data_end, 10),
+    ) else {
+        return true;
+    };
+    u32::from_ne_bytes(hi) == u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]])
+        && u16::from_ne_bytes(lo) == u16::from_ne_bytes([mac[4], mac[5]])
+}
+
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize, p: &mut Packet) -> Parsed {
     let Some(mut ethertype) = load::<[u8; 2]>(data, data_end, 12).map(be16) else {

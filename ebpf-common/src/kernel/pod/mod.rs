@@ -20,7 +20,7 @@ use crate::{
     datapath::{CounterKey, direction},
     kernel::{
         count, count_detail, count_detail_at,
-        parse::{Kind, Neighbour, Packet, frag, parse},
+        parse::{Kind, Neighbour, Packet, frag, from_mac, parse},
     },
     reason,
 };
@@ -63,6 +63,17 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     // Only IP packets meet conntrack: ARP and the like read no epoch.
     let epoch = if parsed_ip { maps::epoch() } else { 0 };
     let mut here = Here::at(ifindex);
+    // A bridged pod's frames, whatever they carry, come from its own MAC:
+    // a bridge learns where a MAC lives from the frames' sources, so one
+    // sent from a neighbour's would take the neighbour's traffic.
+    if dir == crate::datapath::direction::EGRESS
+        && let Some(ep) = here.endpoint()
+        && ep.flags & crate::datapath::endpoint_flags::SOURCE_MAC != 0
+        && !frame_from_mac(frame, &ep.mac)
+    {
+        let verdict = Verdict::drop(reason::DROP_SPOOFED_MAC, 0);
+        return conclude(s, ep.endpoint, dir, &verdict, true, 0, bytes);
+    }
     // A pod's packet may only carry its own source (the address its
     // endpoint holds, or one in the prefix map: a further address of its,
     // an extra prefix its node lets it list): checked before anything can
@@ -258,6 +269,14 @@ fn source_is_own(p: &Packet, ep: &crate::datapath::EndpointValue) -> bool {
         return ep.flags & SOURCE4 == 0 || p.src4 == ep.source4;
     }
     ep.flags & SOURCE6 == 0 || own6(&p.src, ep)
+}
+
+/// Whether `frame`'s Ethernet source may be `mac` ([`from_mac`]), by the
+/// bounds it has now (a pull while parsing moves them).
+#[inline(always)]
+fn frame_from_mac(frame: &impl Frame, mac: &[u8; 6]) -> bool {
+    let (data, data_end) = frame.bounds();
+    from_mac(data, data_end, mac)
 }
 
 /// Whether the IPv6 address `addr` is the endpoint's, unspecified, or
