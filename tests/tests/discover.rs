@@ -62,14 +62,21 @@ fn a_bridged_pod_is_found_through_neighbour_and_fdb() -> anyhow::Result<()> {
             Ok(found)
         })?;
         let mac = {
+            // Asked over netlink: sysfs shows the namespace it was
+            // mounted in, not the calling thread's.
             let out = in_netns(&pod.netns, || {
-                std::process::Command::new("cat")
-                    .arg("/sys/class/net/eth0/address")
+                std::process::Command::new("ip")
+                    .args(["-o", "link", "show", "dev", "eth0"])
                     .output()
             })??;
             let text = String::from_utf8(out.stdout)?;
+            let text = text
+                .split_whitespace()
+                .skip_while(|w| *w != "link/ether")
+                .nth(1)
+                .unwrap_or_default();
             let mut mac = [0u8; 6];
-            for (byte, hex) in mac.iter_mut().zip(text.trim().split(':')) {
+            for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
                 *byte = u8::from_str_radix(hex, 16)?;
             }
             mac
