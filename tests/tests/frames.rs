@@ -224,8 +224,16 @@ fn apply(
     node_denies: &[IpNet],
 ) -> anyhow::Result<Policy> {
     let compiled = compile(s);
+    // Every other pod bridged, its MAC the generator's (zero) one; the
+    // rest routed, their MACs unchecked.
+    let macs: BTreeMap<String, [u8; 6]> = placed
+        .keys()
+        .step_by(2)
+        .map(|k| (k.clone(), [0; 6]))
+        .collect();
     let desired = Desired::on_node(&compiled, placed, &[])
         .with_sources(s.pods.iter().map(|p| &**p), true)
+        .with_macs(&macs)
         .with_pod_denies(s)
         .with_node_denies(node_denies);
     let report = apply_maps(&mut h.maps, &desired)?;
@@ -246,6 +254,7 @@ fn apply(
                     .find(|pod| pod.key() == *name)
                     .map(|pod| pod.ips.clone())
                     .unwrap_or_default(),
+                mac: p.sources.mac,
             })
         })
         .collect();

@@ -290,7 +290,23 @@ impl Generator {
         }
     }
 
+    /// The next frame. A bridged pod's frames mostly come from its MAC,
+    /// as a pod's do: from any other, every frame it sent would be dropped
+    /// before what it carries were judged (random frames keep theirs).
     pub fn next(&mut self, model: &Model) -> Case {
+        let mut case = self.next_from_anywhere(model);
+        if matches!(case.hook, Hook::TcEgress | Hook::XdpEgress)
+            && case.kind != Kind::Random
+            && let Some(mac) = model.endpoint(case.ifindex).and_then(|e| e.mac)
+            && let Some(from) = case.frame.get_mut(6..12)
+            && self.rng.chance(90)
+        {
+            from.copy_from_slice(&mac);
+        }
+        case
+    }
+
+    fn next_from_anywhere(&mut self, model: &Model) -> Case {
         if !self.pending.is_empty()
             && self.rng.chance(50)
             && let Some(c) = self.pending.pop_front()
@@ -788,7 +804,7 @@ impl Generator {
 
     fn mutate(&mut self, b: &mut Built) {
         let f = &mut b.frame;
-        match self.rng.below(11) {
+        match self.rng.below(12) {
             // Cut short: anywhere, or just around a layer's start.
             0 | 1 => {
                 let cut = match self.rng.below(3) {
@@ -879,6 +895,12 @@ impl Generator {
                         .rng
                         .pick(&[0x2000, 0x0001, 0x2001, 0x4000, 0x8000, 0x1fff]);
                     field.copy_from_slice(&u16::to_be_bytes(v));
+                }
+            }
+            // Another source MAC.
+            10 => {
+                if let Some(mac) = f.get_mut(6..12) {
+                    mac.copy_from_slice(&self.rng.bytes(6));
                 }
             }
             // A few bytes flipped anywhere.

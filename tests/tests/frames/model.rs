@@ -514,6 +514,8 @@ pub struct Endpoint {
     pub policy: EndpointPolicy,
     /// The pod's addresses, for the generator.
     pub addresses: Vec<IpAddr>,
+    /// The only source MAC its frames may have, where it is checked.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// The policy in force, as the compiler produced it.
@@ -607,7 +609,7 @@ impl Model {
             .or_insert_with(|| evaluate::identity_of(compiled, ip))
     }
 
-    fn endpoint(&self, ifindex: u32) -> Option<&Rc<Endpoint>> {
+    pub fn endpoint(&self, ifindex: u32) -> Option<&Rc<Endpoint>> {
         self.policy.endpoints.iter().find(|e| e.ifindex == ifindex)
     }
 
@@ -666,7 +668,14 @@ impl Model {
 
     /// The verdict of a pod's program at `ifindex` in `dir`, with the
     /// conntrack and fragment state it leaves.
-    pub fn pod(&mut self, ifindex: u32, dir: u32, class: &Class) -> Verdict {
+    pub fn pod(&mut self, ifindex: u32, dir: u32, class: &Class, mac: Option<[u8; 6]>) -> Verdict {
+        if dir == direction::EGRESS
+            && let Some(ep) = self.endpoint(ifindex)
+            && let (Some(own), Some(mac)) = (ep.mac, mac)
+            && own != mac
+        {
+            return Verdict::drop(reason::DROP_SPOOFED_MAC);
+        }
         if let Class::Ip(p) = class
             && dir == direction::EGRESS
             && let Some(ep) = self.endpoint(ifindex)
@@ -832,10 +841,12 @@ impl Model {
             return None;
         }
         let class = classify(f);
+        // A frame too short to hold a source MAC is parsing's to drop.
+        let mac = at::<6>(f, 6);
         let verdict = match hook {
             Hook::Prefilter => self.prefilter(&class),
-            Hook::TcIngress => self.pod(ifindex, direction::INGRESS, &class),
-            Hook::TcEgress | Hook::XdpEgress => self.pod(ifindex, direction::EGRESS, &class),
+            Hook::TcIngress => self.pod(ifindex, direction::INGRESS, &class, mac),
+            Hook::TcEgress | Hook::XdpEgress => self.pod(ifindex, direction::EGRESS, &class, mac),
         };
         Some((class, verdict))
     }
