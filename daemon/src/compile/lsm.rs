@@ -808,13 +808,17 @@ spec:
             }
         );
         assert_eq!(verdict(set, "/data", op::WRITE), action::BLOCK);
-        // A guard spares the owner where the rule does.
+        // A guard spares the owner where the rule does, on the rule's own
+        // directory only: renaming /home is no write of u's own.
         let home = by("/home/u", op::WRITE).verdict;
         assert_eq!(home.action, action::BLOCK);
         assert_eq!(
             home.flags & verdict_flags::OWNER_ONLY,
             verdict_flags::OWNER_ONLY
         );
+        let above = by("/home", op::WRITE).verdict;
+        assert_eq!(above.action, action::BLOCK);
+        assert_eq!(above.flags & verdict_flags::OWNER_ONLY, 0);
         // Under an allowlist an allowed directory is listed by its own
         // rules, and the posture, which blocks every other name, guards
         // its name already.

@@ -48,8 +48,16 @@ impl RuleSet {
     /// entry) the guard of every directory name that needs one.
     pub(super) fn guard_directory_names(&mut self) {
         let mut needs: BTreeMap<String, Verdict> = BTreeMap::new();
-        let mut need = |dir: &str, v: Verdict| {
-            for name in names_at_and_above(dir) {
+        // `own`: whether `dir` is the rule's own directory, whose owner an
+        // `ownerOnly` rule spares; the directories above it are others'
+        // (renaming `/home` is no write of u's own), so their guard spares
+        // no owner.
+        let mut need = |dir: &str, own: bool, v: Verdict| {
+            for (i, name) in names_at_and_above(dir).enumerate() {
+                let mut v = v;
+                if i > 0 || !own {
+                    v.flags &= !verdict_flags::OWNER_ONLY;
+                }
                 let held = needs.entry(name.to_owned()).or_insert(v);
                 if rank(&v) > rank(held) {
                     *held = v;
@@ -59,19 +67,19 @@ impl RuleSet {
         for (_, key, rule) in &self.entries {
             let rule = rule.0;
             let path = String::from_utf8_lossy(key.strip_suffix(&[0]).unwrap_or(key));
-            let dir = match rule.kind {
+            let (dir, own) = match rule.kind {
                 entry_kind::ROOT => continue,
                 // A directory's key ends with its '/': the directory itself.
-                entry_kind::DIR | entry_kind::DIR_RECURSIVE => &path[..],
-                _ => path.rfind('/').map_or("", |i| &path[..i]),
+                entry_kind::DIR | entry_kind::DIR_RECURSIVE => (&path[..], true),
+                _ => (path.rfind('/').map_or("", |i| &path[..i]), false),
             };
             for v in rule.direct.iter().filter(|v| protects(v)) {
-                need(dir, *v);
+                need(dir, own, *v);
             }
         }
         for p in &self.patterns {
             for v in p.verdict.iter().filter(|v| protects(v)) {
-                need(pattern_dir(&p.pattern), *v);
+                need(pattern_dir(&p.pattern), false, *v);
             }
         }
         let mut added = Vec::new();

@@ -71,8 +71,13 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         && ep.flags & crate::datapath::endpoint_flags::SOURCE_MAC != 0
         && !frame_from_mac(frame, &ep.mac)
     {
+        // Its event carries the addresses only of what parsing read whole.
+        let addressed = parsed_ip || parsed.neighbour == Neighbour::ARP;
+        if addressed {
+            s.pkt.map_addresses();
+        }
         let verdict = Verdict::drop(reason::DROP_SPOOFED_MAC, 0);
-        return conclude(s, ep.endpoint, dir, &verdict, true, 0, bytes);
+        return conclude(s, ep.endpoint, dir, &verdict, addressed, 0, bytes);
     }
     // A pod's packet may only carry its own source (the address its
     // endpoint holds, or one in the prefix map: a further address of its,
@@ -86,6 +91,8 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         && (ep.flags & crate::datapath::endpoint_flags::SOURCE_PREFIXES == 0
             || !maps::source_prefix_allows(ep.endpoint, &s.pkt))
     {
+        // An IPv4 packet's event needs the 16-byte forms.
+        s.pkt.map_addresses();
         let verdict = Verdict::drop(reason::DROP_SPOOFED_SOURCE, 0);
         return conclude(s, ep.endpoint, dir, &verdict, true, 0, bytes);
     }
