@@ -1,9 +1,10 @@
 //! What the LSM programs decide for one operation on one path, step by
 //! step as `ebpf-lsm` does it, from the same compiled rule sets: the
 //! `fromSource` set, the longest trie entry, a non-recursive directory's
-//! children, then the patterns; a directory opened by its own key. `palisade explain` answers from here, and
-//! the tests hold it to the scenarios' expectations, so the two readings
-//! of the rules cannot drift apart.
+//! children, then the patterns; a directory opened by its own key.
+//! `palisade explain` answers from here, and the tests hold it to the
+//! scenarios' expectations, so the two readings of the rules cannot drift
+//! apart.
 
 use ebpf_common::lsm::{KEY_PATH_BYTES, PathRule, Verdict, action, entry_kind, op, verdict_flags};
 
