@@ -478,6 +478,12 @@ pub struct DropEvent {
 /// packet of protocol 0 has a port.
 pub const ARP_EVENT_SPORT: u16 = 0x0806;
 
+/// Neighbour discovery options the datapath reads for the link-layer
+/// addresses they announce. A host's own solicitations and advertisements
+/// carry one or two (its address, a nonce); a bridged pod's with more are
+/// dropped as announcing what the datapath could not read.
+pub const MAX_ND_OPTIONS: usize = 4;
+
 /// The kernel's event rate limit, per CPU: a token bucket.
 pub mod event_rate {
     pub const PER_SECOND: u64 = 1_000;

@@ -1654,7 +1654,9 @@ fn default_routes6(ns: &palisade_lab::netns::Netns) -> anyhow::Result<String> {
 /// router (a router advertisement from a: dropped, and c learns no default
 /// route), nor announce the router's link-local address (br0's) at its MAC
 /// (dropped, and c keeps br0's MAC for it), nor send frames from b's MAC
-/// (dropped, and the bridge keeps b's MAC at b's port). The controls show that the same messages work where they are
+/// (dropped, and the bridge keeps b's MAC at b's port), nor announce its
+/// own address at b's MAC (dropped, and the node keeps a's MAC for it).
+/// The controls show that the same messages work where they are
 /// the sender's own: b announcing its own address moves the node's entry,
 /// and the node's router advertisement gives c a default route.
 #[test]
@@ -1700,18 +1702,27 @@ fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::R
     );
     assert!(reaches(&lab, 2, 1)?, "c still reaches b");
 
-    // The control: b's own announcement (from its own MAC), of another
-    // MAC, moves the node's entry; its next, of its own MAC, moves it back.
+    // The control: with the node's entry for b moved elsewhere by hand,
+    // b's own announcement (from and of its own MAC) moves it back.
     let elsewhere = [2, 0, 0, 0, 0, 0x99];
-    in_netns(&b.netns, || send_frame(&garp(mac_b, elsewhere, b.ip)))??;
-    std::thread::sleep(Duration::from_millis(200));
+    ip_output(
+        &lab.node,
+        &format!(
+            "neigh replace {} lladdr {} dev br0 nud stale",
+            b.ip,
+            mac_text(elsewhere)
+        ),
+    )?;
     assert!(
         holds(&lab.node, elsewhere)?,
-        "b's own announcement moves the node's entry"
+        "the node's entry moved by hand"
     );
     in_netns(&b.netns, || send_frame(&garp(mac_b, mac_b, b.ip)))??;
     std::thread::sleep(Duration::from_millis(200));
-    assert!(holds(&lab.node, mac_b)?, "and moves it back");
+    assert!(
+        holds(&lab.node, mac_b)?,
+        "b's own announcement moves the node's entry back"
+    );
 
     // A router advertisement from a reaches no one; the node's reaches c.
     let routers_before = counted(&t, TC_STATS, "drop_router_message")?;
@@ -1801,6 +1812,29 @@ fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::R
     in_netns(&a.netns, || send_frame(&frame_from(mac_a)))??;
     assert!(reaches(&lab, 2, 1)?, "c still reaches b");
     assert!(reaches(&lab, 2, 0)?, "and a, whose own frames pass");
+
+    // Nor can a, from its own MAC, announce its own address at b's: the
+    // node would send a's traffic to b's port, and its next full pass
+    // would place a's endpoint on b's veth, where placement finds that MAC.
+    let to_a = SocketAddr::from((a.ip, PORT));
+    assert!(
+        in_netns(&lab.node, || TcpStream::connect_timeout(&to_a, WAIT))?.is_ok(),
+        "the node reaches a"
+    );
+    let has_a_at = |mac: [u8; 6]| -> anyhow::Result<bool> {
+        Ok(neighbour_mac(&lab.node, a.ip)?.as_deref() == Some(mac_text(mac).as_str()))
+    };
+    assert!(has_a_at(mac_a)?, "the node has a at a's MAC");
+    let macs_before = counted(&t, TC_STATS, "drop_spoofed_mac")?;
+    for _ in 0..3 {
+        in_netns(&a.netns, || send_frame(&garp(mac_a, mac_b, a.ip)))??;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(has_a_at(mac_a)?, "the node still has a at a's MAC");
+    assert!(
+        counted(&t, TC_STATS, "drop_spoofed_mac")? >= macs_before + 3,
+        "... because Palisade dropped a's announcements of b's MAC"
+    );
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);
     Ok(())

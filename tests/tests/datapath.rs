@@ -1048,10 +1048,43 @@ fn a_bridged_pods_frames_come_from_its_own_mac() -> anyhow::Result<()> {
         at(&h, Hook::TcEgress, &from(OWN, other_kind.clone()), (true, "pass_non_ip"), "LLDP from its own MAC")?;
         at(&h, Hook::TcEgress, &from(OTHER, other_kind.clone()), spoofed, "LLDP from another MAC")?;
         at(&h, Hook::TcIngress, &from(OTHER, v4_udp(B, C, 54, 6000)), (true, "pass_unenforced"), "received from any MAC")?;
+        // What its ARP and neighbour discovery announce as its link-layer
+        // address is its own MAC too: receivers (the node's placement of
+        // it among them) learn the claimed address at the announced MAC.
+        let pass_nd = (true, "pass_neighbour_discovery");
+        let all_nodes: [u8; 16] = "ff02::1".parse::<Ipv6Addr>()?.octets();
+        let lla = |kind: u8, mac: [u8; 6]| [&[kind, 1][..], &mac].concat();
+        let nd = |kind: u8, head: &[u8], options: &[Vec<u8>]| {
+            let body = [head.to_vec(), options.concat()].concat();
+            from(OWN, eth(0x86dd, &ipv6(LINK_LOCAL, all_nodes, &[], ICMPV6, &icmp(kind, [0; 4], &body))))
+        };
+        let nonce = vec![14, 1, 1, 2, 3, 4, 5, 6];
+        at(&h, Hook::TcEgress, &from(OWN, eth(0x0806, &arp(2, (OTHER, C), ([0; 6], B)))), spoofed, "ARP announcing another MAC")?;
+        at(&h, Hook::XdpEgress, &from(OWN, eth(0x0806, &arp(2, (OTHER, C), ([0; 6], B)))), spoofed, "the same through the XDP egress hook")?;
+        at(&h, Hook::TcEgress, &from(OWN, eth(0x0806, &arp(2, (OWN, C), (OTHER, B)))), (true, "pass_non_ip"), "ARP to another MAC")?;
+        at(&h, Hook::TcEgress, &nd(135, &B6, &[lla(1, OWN)]), pass_nd, "a solicitation with its own MAC")?;
+        at(&h, Hook::TcEgress, &nd(135, &B6, &[lla(1, OTHER)]), spoofed, "a solicitation with another MAC")?;
+        at(&h, Hook::TcEgress, &nd(136, &C6, &[lla(2, OWN)]), pass_nd, "an advertisement of its own MAC")?;
+        at(&h, Hook::TcEgress, &nd(136, &C6, &[lla(2, OTHER)]), spoofed, "an advertisement of another MAC")?;
+        at(&h, Hook::XdpEgress, &nd(136, &C6, &[lla(2, OTHER)]), spoofed, "the same through the XDP egress hook")?;
+        at(&h, Hook::TcEgress, &nd(136, &C6, &[nonce.clone(), lla(2, OTHER)]), spoofed, "another MAC after a nonce")?;
+        at(&h, Hook::TcEgress, &nd(136, &C6, &[nonce.clone(), lla(1, OWN), lla(2, OTHER)]), spoofed, "another MAC third")?;
+        at(&h, Hook::TcEgress, &nd(133, &[], &[lla(1, OTHER)]), spoofed, "a router solicitation with another MAC")?;
+        at(&h, Hook::TcEgress, &nd(133, &[], &[lla(1, OWN)]), pass_nd, "a router solicitation with its own MAC")?;
+        at(&h, Hook::TcEgress, &nd(136, &C6, &[vec![2, 0, 0, 0, 0, 0, 0, 0], lla(2, OWN)]), spoofed, "an option of length 0")?;
+        let many = vec![nonce.clone(); ebpf_common::datapath::MAX_ND_OPTIONS];
+        at(&h, Hook::TcEgress, &nd(136, &C6, &many), pass_nd, "as many nonces as are read")?;
+        let more = [many.clone(), vec![lla(2, OWN)]].concat();
+        at(&h, Hook::TcEgress, &nd(136, &C6, &more), spoofed, "options past those read")?;
+        let mut long = nd(136, &C6, &[lla(2, OWN)]);
+        long[18..20].copy_from_slice(&200u16.to_be_bytes());
+        at(&h, Hook::TcEgress, &long, (false, "drop_truncated"), "options announced past the frame")?;
+        at(&h, Hook::TcIngress, &nd(136, &C6, &[lla(2, OTHER)]), pass_nd, "received, whatever MAC it announces")?;
         // A routed pod's MAC is not written: nothing learns from it.
         let routed = Sources { mac: None, ..sources };
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &routed, None)?;
         at(&h, Hook::TcEgress, &from(OTHER, v4_udp(C, B, 5001, 53)), (true, "allow_policy"), "no MAC written, no check")?;
+        at(&h, Hook::TcEgress, &nd(136, &C6, &[lla(2, OTHER)]), pass_nd, "nor of what it announces")?;
         Ok(())
     })
 }

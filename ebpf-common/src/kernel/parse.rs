@@ -19,7 +19,10 @@
 
 use core::mem::size_of;
 
-use crate::{datapath::ADDR_LEN, reason};
+use crate::{
+    datapath::{ADDR_LEN, MAX_ND_OPTIONS},
+    reason,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -112,6 +115,14 @@ pub struct Packet {
     pub v6: bool,
     /// Set for ICMP/ICMPv6 errors whose quoted packet could be read.
     pub is_related: bool,
+    /// Where parsing returns a [`Neighbour`] claim: whether the frame
+    /// announces a link-layer address other than its Ethernet source (an
+    /// ARP sender's hardware address, a neighbour discovery option), or
+    /// options that could not all be read ([`nd_options_foreign`]).
+    /// Receivers learn the announced address for the claimed one, so a
+    /// pod could send its own traffic's replies, and the node's placement
+    /// of it, to another pod's port.
+    pub lladdr_foreign: bool,
 }
 
 impl Packet {
@@ -272,6 +283,36 @@ pub fn from_mac(data: usize, data_end: usize, mac: &[u8; 6]) -> bool {
         && u16::from_ne_bytes(lo) == u16::from_ne_bytes([mac[4], mac[5]])
 }
 
+/// Whether the neighbour discovery options in `[opt, end)` announce a
+/// link-layer address (source or target, types 1 and 2) other than the
+/// frame's Ethernet source, or cannot be vouched for: an option of length
+/// 0 or cut short (the receiver drops those frames), more than
+/// [`MAX_ND_OPTIONS`]. `None` where `end` lies past what is in reach, so
+/// that a frame in page fragments is pulled and read again.
+#[inline(always)]
+fn nd_options_foreign(data: usize, data_end: usize, opt: usize, end: usize) -> Option<bool> {
+    if data + end > data_end {
+        return None;
+    }
+    let mut opt = opt;
+    for _ in 0..MAX_ND_OPTIONS {
+        if opt >= end {
+            return Some(false);
+        }
+        let Some(o) = load::<[u8; 8]>(data, data_end, opt) else {
+            return Some(true);
+        };
+        if o[1] == 0
+            || (o[0] == 1 || o[0] == 2)
+                && !from_mac(data, data_end, &[o[2], o[3], o[4], o[5], o[6], o[7]])
+        {
+            return Some(true);
+        }
+        opt += usize::from(o[1]) * 8;
+    }
+    Some(opt < end)
+}
+
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize, p: &mut Packet) -> Parsed {
     let Some(mut ethertype) = load::<[u8; 2]>(data, data_end, 12).map(be16) else {
@@ -325,6 +366,7 @@ fn arp(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     };
     p.src4 = [a[6], a[7], a[8], a[9]];
     p.dst4 = [a[16], a[17], a[18], a[19]];
+    p.lladdr_foreign = !from_mac(data, data_end, &[a[0], a[1], a[2], a[3], a[4], a[5]]);
     p.v6 = false;
     p.protocol = 0;
     p.sport = crate::datapath::ARP_EVENT_SPORT;
@@ -357,7 +399,7 @@ fn ipv4(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     if frag_field & 0x2000 != 0 {
         p.frag = frag::FIRST;
     }
-    transport(data, data_end, off + ihl, p)
+    transport(data, data_end, off + ihl, 0, p)
 }
 
 #[inline(always)]
@@ -372,6 +414,7 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     p.src.copy_from_slice(&h[8..24]);
     p.dst.copy_from_slice(&h[24..40]);
     p.frag_next = frag::NO_HEADER;
+    let payload_end = off + 40 + usize::from(be16([h[4], h[5]]));
     let mut next = h[6];
     let mut off = off + 40;
     for _ in 0..MAX_IPV6_EXT {
@@ -427,7 +470,7 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
         return Parsed::drop(reason::DROP_TRUNCATED);
     }
     p.protocol = next;
-    transport(data, data_end, off, p)
+    transport(data, data_end, off, payload_end, p)
 }
 
 /// Whether the 16-byte address at `at` of an IPv6 header is IPv4-mapped
@@ -450,8 +493,16 @@ fn ipv4_mapped_at(h: &[u8; 40], at: usize) -> bool {
     h[at..at + 8] == [0; 8] && h[at + 8..at + 12] == [0, 0, 0xff, 0xff]
 }
 
+/// The transport header at `off`; `payload_end`, where an IPv6 payload
+/// ends by its header, bounds neighbour discovery's options (0 for IPv4).
 #[inline(always)]
-fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
+fn transport(
+    data: usize,
+    data_end: usize,
+    off: usize,
+    payload_end: usize,
+    p: &mut Packet,
+) -> Parsed {
     match p.protocol {
         IPPROTO_TCP => {
             let Some(t) = bytes::<20>(data, data_end, off) else {
@@ -496,9 +547,26 @@ fn transport(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed
                         return Parsed::drop(reason::DROP_TRUNCATED);
                     };
                     p.target = *target;
+                    let Some(foreign) = nd_options_foreign(data, data_end, off + 24, payload_end)
+                    else {
+                        return Parsed::drop(reason::DROP_TRUNCATED);
+                    };
+                    p.lladdr_foreign = foreign;
                     return Parsed::neighbour(reason::PASS_NEIGHBOUR_DISCOVERY, Neighbour::ADVERT);
                 }
                 (true, 130..=135 | 143) => {
+                    // Router and neighbour solicitations carry their
+                    // sender's link-layer address; MLD carries none.
+                    p.lladdr_foreign = false;
+                    if t[0] == 133 || t[0] == 135 {
+                        let options = off + if t[0] == 133 { 8 } else { 24 };
+                        let Some(foreign) =
+                            nd_options_foreign(data, data_end, options, payload_end)
+                        else {
+                            return Parsed::drop(reason::DROP_TRUNCATED);
+                        };
+                        p.lladdr_foreign = foreign;
+                    }
                     return Parsed::neighbour(
                         reason::PASS_NEIGHBOUR_DISCOVERY,
                         Neighbour::DISCOVERY,

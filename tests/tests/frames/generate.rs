@@ -326,7 +326,7 @@ impl Generator {
             62..80 => self.mutated(),
             80..86 => self.fragments(),
             88..95 => self.icmp_error(model),
-            _ => self.special(),
+            _ => self.special(model),
         }
     }
 
@@ -1125,9 +1125,15 @@ impl Generator {
     /// Neighbour discovery and other ICMPv6 the link needs, ARP, and other
     /// ethertypes that carry no IP. What ARP and neighbour advertisements
     /// announce is mostly the sender's own address, else a link-local, the
-    /// unspecified or a peer's one.
-    fn special(&mut self) -> Case {
+    /// unspecified or a peer's one; the link-layer address they announce
+    /// is mostly a bridged pod's own MAC, which `next` mostly sends them
+    /// from.
+    fn special(&mut self, model: &Model) -> Case {
         let (hook, ifindex) = self.place();
+        let own = model
+            .endpoint(ifindex)
+            .and_then(|e| e.mac)
+            .unwrap_or([2, 0, 0, 0, 0, 1]);
         let frame = match self.rng.below(5) {
             0 | 1 => {
                 let (mut src, dst) = self.ends(hook, ifindex, true);
@@ -1145,6 +1151,10 @@ impl Generator {
                         IpAddr::V4(_) => unreachable!("asked for IPv6"),
                     },
                 };
+                let mut body = body;
+                if self.rng.chance(60) {
+                    body.extend(self.nd_options(own));
+                }
                 let icmp = packet::icmp(kind, [0; 4], &body);
                 let exts = if self.rng.chance(30) {
                     vec![Ext::options(0, 0)]
@@ -1161,9 +1171,10 @@ impl Generator {
                     };
                     let tpa = self.rng.bytes(4);
                     let op = 1 + self.rng.below(2) as u16;
+                    let sha = if self.rng.chance(80) { own } else { self.mac() };
                     arp = packet::arp(
                         op,
-                        ([2, 0, 0, 0, 0, 1], spa.octets()),
+                        (sha, spa.octets()),
                         ([0; 6], [tpa[0], tpa[1], tpa[2], tpa[3]]),
                     );
                     // IEEE 802's hardware type, which Linux takes as Ethernet's.
@@ -1185,5 +1196,33 @@ impl Generator {
             }
         };
         case(hook, ifindex, frame, Kind::Special)
+    }
+
+    /// Neighbour discovery options: mostly link-layer addresses (`own`,
+    /// else another), some nonces, now and then one of length 0 or of
+    /// another length, and sometimes more than the datapath reads.
+    fn nd_options(&mut self, own: [u8; 6]) -> Vec<u8> {
+        let mut options = Vec::new();
+        for _ in 0..self.rng.below(7) {
+            match self.rng.below(20) {
+                0..14 => {
+                    let mac = if self.rng.chance(80) { own } else { self.mac() };
+                    options.extend([self.rng.pick(&[1, 2]), 1]);
+                    options.extend(mac);
+                }
+                14..18 => options.extend([14, 1, 1, 2, 3, 4, 5, 6]),
+                18 => options.extend([self.rng.pick(&[1, 2, 14]), 0, 0, 0, 0, 0, 0, 0]),
+                _ => {
+                    options.extend([self.rng.pick(&[1, 2, 5]), 2]);
+                    options.extend(self.rng.bytes(14));
+                }
+            }
+        }
+        options
+    }
+
+    fn mac(&mut self) -> [u8; 6] {
+        let b = self.rng.bytes(6);
+        [b[0] & 0xfe, b[1], b[2], b[3], b[4], b[5]]
     }
 }

@@ -58,6 +58,9 @@ pub const ACK: u8 = 0x10;
 const VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked; one more is `drop_ipv6_ext_limit`.
 const IPV6_EXT: usize = 6;
+/// Neighbour discovery options read for the link-layer addresses they
+/// announce; more is announcing what could not be read.
+const ND_OPTIONS: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frag {
@@ -106,16 +109,20 @@ type FragKey = (IpAddr, IpAddr, u32, u8);
 type FirstFragment = (u16, u16, u8);
 
 /// What a frame that passes without policy claims on the link, which a
-/// pod may claim only of itself (README, "Special packets").
+/// pod may claim only of itself (README, "Special packets"). The `bool`:
+/// whether it announces a link-layer address other than the frame's
+/// Ethernet source, or options that could not all be read, which a
+/// bridged pod may not ([`lladdr_foreign`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
     Nothing,
-    /// ARP for IPv4 over Ethernet: its sender protocol address.
-    Arp(Ipv4Addr),
+    /// ARP for IPv4 over Ethernet: its sender protocol address; foreign
+    /// where its sender hardware address is not the frame's source.
+    Arp(Ipv4Addr, bool),
     /// Neighbour discovery, MLD, router solicitations: their source.
-    Discovery,
+    Discovery(bool),
     /// A neighbour advertisement: its source and its target.
-    Advert(IpAddr),
+    Advert(IpAddr, bool),
     /// A router advertisement or redirect.
     Router,
 }
@@ -203,7 +210,10 @@ fn arp(f: &[u8], off: usize) -> Class {
             Some(a) => Class::Pass(
                 reason::PASS_NON_IP,
                 None,
-                Claim::Arp(Ipv4Addr::new(a[14], a[15], a[16], a[17])),
+                Claim::Arp(
+                    Ipv4Addr::new(a[14], a[15], a[16], a[17]),
+                    a[8..14] != f[6..12],
+                ),
             ),
             None => Class::Drop(reason::DROP_TRUNCATED, None),
         },
@@ -245,7 +255,7 @@ fn ipv4(f: &[u8], off: usize) -> Class {
     if field & 0x2000 != 0 {
         p.frag = Frag::First;
     }
-    transport(f, off + ihl, p)
+    transport(f, off + ihl, p, 0)
 }
 
 fn ipv6(f: &[u8], off: usize) -> Class {
@@ -271,6 +281,7 @@ fn ipv6(f: &[u8], off: usize) -> Class {
         quoted: None,
     };
     let truncated = Class::Drop(reason::DROP_TRUNCATED, Some(src));
+    let payload_end = off + 40 + usize::from(be16([h[4], h[5]]));
     let mut next = h[6];
     let mut off = off + 40;
     let mut fragmented = false;
@@ -323,10 +334,36 @@ fn ipv6(f: &[u8], off: usize) -> Class {
         return truncated;
     }
     p.protocol = next;
-    transport(f, off, p)
+    transport(f, off, p, payload_end)
 }
 
-fn transport(f: &[u8], off: usize, mut p: Pkt) -> Class {
+/// Whether neighbour discovery options in `[opt, end)` announce a
+/// link-layer address (types 1 and 2) other than the frame's source, or
+/// cannot be vouched for: one of length 0, one cut short by the frame,
+/// more than [`ND_OPTIONS`]. `None` where `end`, by the IPv6 header, lies
+/// past the frame: the options are cut short.
+fn lladdr_foreign(f: &[u8], opt: usize, end: usize) -> Option<bool> {
+    if end > f.len() {
+        return None;
+    }
+    let mut opt = opt;
+    for _ in 0..ND_OPTIONS {
+        if opt >= end {
+            return Some(false);
+        }
+        let Some(o) = at::<8>(f, opt) else {
+            return Some(true);
+        };
+        if o[1] == 0 || matches!(o[0], 1 | 2) && o[2..8] != f[6..12] {
+            return Some(true);
+        }
+        opt += usize::from(o[1]) * 8;
+    }
+    Some(opt < end)
+}
+
+/// `payload_end`: where an IPv6 payload ends by its header (0 in IPv4).
+fn transport(f: &[u8], off: usize, mut p: Pkt, payload_end: usize) -> Class {
     let truncated = Class::Drop(reason::DROP_TRUNCATED, Some(p.src));
     let icmp = if p.v6 { ICMPV6 } else { ICMP };
     match p.protocol {
@@ -358,13 +395,21 @@ fn transport(f: &[u8], off: usize, mut p: Pkt) -> Class {
                 (false, 8) | (true, 128) => p.sport = id,
                 (false, 0) | (true, 129) => p.dport = id,
                 (true, 130..=137 | 143) => {
-                    let claim = match t[0] {
-                        134 | 137 => Claim::Router,
-                        136 => match at::<16>(f, off + 8) {
-                            Some(target) => Claim::Advert(v6(&target)),
-                            None => return truncated,
-                        },
-                        _ => Claim::Discovery,
+                    // Solicitations carry their sender's link-layer address,
+                    // advertisements their target's; MLD none.
+                    let options = match t[0] {
+                        133 => Some(off + 8),
+                        135 | 136 => Some(off + 24),
+                        _ => None,
+                    };
+                    let foreign = |opt| lladdr_foreign(f, opt, payload_end);
+                    let claim = match (t[0], at::<16>(f, off + 8), options.map(foreign)) {
+                        (134 | 137, ..) => Claim::Router,
+                        (136, None, _) | (_, _, Some(None)) => return truncated,
+                        (136, Some(target), Some(Some(foreign))) => {
+                            Claim::Advert(v6(&target), foreign)
+                        }
+                        (.., foreign) => Claim::Discovery(foreign.flatten() == Some(true)),
                     };
                     return Class::Pass(reason::PASS_NEIGHBOUR_DISCOVERY, Some(p.src), claim);
                 }
@@ -447,16 +492,31 @@ fn may_send_from(addresses: &[IpAddr], src: IpAddr) -> bool {
 
 /// Why a pod with `addresses` may not send a frame that passes without
 /// policy, claiming `claim` from IPv6 source `src`: it may announce only
-/// what it may send from (and `0.0.0.0`, in an ARP probe), and no router
-/// message at all.
-fn claim_refused(addresses: &[IpAddr], src: Option<IpAddr>, claim: Claim) -> Option<u32> {
+/// what it may send from (and `0.0.0.0`, in an ARP probe), no router
+/// message at all, and, where its MAC is checked (`mac_checked`), no
+/// link-layer address but its own.
+fn claim_refused(
+    addresses: &[IpAddr],
+    mac_checked: bool,
+    src: Option<IpAddr>,
+    claim: Claim,
+) -> Option<u32> {
     let own = |a: IpAddr| may_send_from(addresses, a);
+    let foreign = match claim {
+        Claim::Arp(_, foreign) | Claim::Discovery(foreign) | Claim::Advert(_, foreign) => foreign,
+        Claim::Nothing | Claim::Router => false,
+    };
+    if claim == Claim::Router {
+        return Some(reason::DROP_ROUTER_MESSAGE);
+    }
+    if mac_checked && foreign {
+        return Some(reason::DROP_SPOOFED_MAC);
+    }
     let refused = match claim {
-        Claim::Nothing => false,
-        Claim::Router => return Some(reason::DROP_ROUTER_MESSAGE),
-        Claim::Arp(spa) => !spa.is_unspecified() && !own(IpAddr::V4(spa)),
-        Claim::Discovery => !src.is_none_or(own),
-        Claim::Advert(target) => !src.is_none_or(own) || !own(target),
+        Claim::Nothing | Claim::Router => false,
+        Claim::Arp(spa, _) => !spa.is_unspecified() && !own(IpAddr::V4(spa)),
+        Claim::Discovery(_) => !src.is_none_or(own),
+        Claim::Advert(target, _) => !src.is_none_or(own) || !own(target),
     };
     refused.then_some(reason::DROP_SPOOFED_SOURCE)
 }
@@ -686,7 +746,7 @@ impl Model {
         if let Class::Pass(_, src, claim) = class
             && dir == direction::EGRESS
             && let Some(ep) = self.endpoint(ifindex)
-            && let Some(why) = claim_refused(&ep.addresses, *src, *claim)
+            && let Some(why) = claim_refused(&ep.addresses, ep.mac.is_some(), *src, *claim)
         {
             return Verdict::drop(why);
         }

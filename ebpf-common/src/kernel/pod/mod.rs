@@ -304,13 +304,21 @@ fn own6(addr: &[u8; crate::datapath::ADDR_LEN], ep: &crate::datapath::EndpointVa
 /// ([`Neighbour`]): it announces as its sender's an address the pod may not
 /// send from, by the same rules as an IP packet's source (`0.0.0.0` too,
 /// in an ARP probe), which would teach its receivers to send that
-/// address's traffic to the pod; or it claims to be a router, which would
-/// make every IPv6 pod on the link route through it (CVE-2020-10749).
+/// address's traffic to the pod; from a bridged pod, it announces a
+/// link-layer address other than the pod's (`drop_spoofed_mac`); or it
+/// claims to be a router, which would make every IPv6 pod on the link
+/// route through it (CVE-2020-10749).
 #[inline(always)]
 fn neighbour_refused(p: &Packet, claim: u8, ep: &crate::datapath::EndpointValue) -> Option<u32> {
-    use crate::datapath::endpoint_flags::{SOURCE_PREFIXES, SOURCE4, SOURCE6};
+    use crate::datapath::endpoint_flags::{SOURCE_MAC, SOURCE_PREFIXES, SOURCE4, SOURCE6};
     if claim == Neighbour::ROUTER {
         return Some(reason::DROP_ROUTER_MESSAGE);
+    }
+    // The frame's own source is the pod's MAC (checked before): what it
+    // announces must be too, or receivers would send the claimed address's
+    // traffic to another pod's port, and the node would place the pod there.
+    if ep.flags & SOURCE_MAC != 0 && p.lladdr_foreign {
+        return Some(reason::DROP_SPOOFED_MAC);
     }
     let prefixes = ep.flags & SOURCE_PREFIXES != 0;
     let spoofed = Some(reason::DROP_SPOOFED_SOURCE);
