@@ -540,6 +540,10 @@ fn binary_after<'a>(args: &'a [String], flag: &str) -> anyhow::Result<Option<&'a
 }
 
 fn main() -> anyhow::Result<()> {
+    // `--lsm-compile`: the LSM compiler's figures alone.
+    if std::env::args().any(|a| a == "--lsm-compile") {
+        return compile::lsm_report();
+    }
     if std::env::args().any(|a| a == "--compile-only") {
         compile::report();
         return Ok(());

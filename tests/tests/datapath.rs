@@ -1159,6 +1159,15 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
         at(&h, Hook::TcEgress, &v4_udp([10, 0, 0, 77], B, 5002, 53), (false, "drop_spoofed_source"), "another endpoint's prefix")?;
         h.maps.set_source_prefix(EP + 1, "::/0".parse()?)?;
         at(&h, Hook::TcEgress, &v6_udp(B6, A6), (true, "allow_policy"), "any IPv6 source, by ::/0")?;
+        // But never one of the node's link-local addresses, its pods' router.
+        let node: [u8; 16] = "fe80::1".parse::<Ipv6Addr>()?.octets();
+        h.maps.set_node_link_locals(&[Ipv6Addr::from(node)].into()).into_iter().try_for_each(Err)?;
+        at(&h, Hook::TcEgress, &v6_udp(node, B6), (false, "drop_spoofed_source"), "the node's link-local, whatever the prefixes")?;
+        let all_nodes: [u8; 16] = "ff02::1".parse::<Ipv6Addr>()?.octets();
+        let advert = |target: &[u8; 16]| eth(0x86dd, &ipv6(LINK_LOCAL, all_nodes, &[], ICMPV6, &icmp(136, [0; 4], target)));
+        at(&h, Hook::TcEgress, &advert(&node), (false, "drop_spoofed_source"), "nor announce it")?;
+        at(&h, Hook::TcEgress, &advert(&B6), (true, "pass_neighbour_discovery"), "another address ::/0 covers")?;
+        h.maps.set_node_link_locals(&Default::default()).into_iter().try_for_each(Err)?;
         at(&h, Hook::TcEgress, &v4_udp([0, 0, 0, 0], B, 5002, 53), (false, "drop_spoofed_source"), "::/0 does not cover IPv4")?;
         for held in h.maps.source_prefixes()? {
             h.maps.remove_source_prefix(&held)?;

@@ -6,7 +6,11 @@
 //! scenarios' expectations, so the two readings of the rules cannot drift
 //! apart.
 
-use ebpf_common::lsm::{KEY_PATH_BYTES, PathRule, Verdict, action, entry_kind, op, verdict_flags};
+use std::collections::HashMap;
+
+use ebpf_common::lsm::{
+    KEY_PATH_BYTES, PathRule, PatternSet, Verdict, action, entry_kind, op, verdict_flags,
+};
 
 use super::{
     lsm::RuleSet,
@@ -71,25 +75,37 @@ impl RuleSet {
             };
         }
         let name = path.trim_end_matches('/');
+        let lookup = self.lookup();
         if !name.is_empty() && which == op::WRITE {
-            self.decide_key(name, which)
+            self.decide_key(name, which, &lookup)
         } else {
-            self.decide_key(path, which)
+            self.decide_key(path, which, &lookup)
         }
     }
 
-    /// The decision for `path` as the kernel looks it up.
-    pub(super) fn decide_key(&self, path: &str, which: usize) -> Decision {
+    /// What [`RuleSet::decide_key`] reads, for a caller that asks about
+    /// many paths of an unchanged set.
+    pub(super) fn lookup(&self) -> Lookup {
+        Lookup {
+            by_key: (self.entries.iter().enumerate())
+                .map(|(i, (_, k, _))| (k.clone(), i))
+                .collect(),
+            patterns: automaton(&self.patterns),
+        }
+    }
+
+    /// The decision for `path` as the kernel looks it up, by the set's
+    /// [`Lookup`].
+    pub(super) fn decide_key(&self, path: &str, which: usize, lookup: &Lookup) -> Decision {
         let mut key = path.as_bytes().to_vec();
         key.push(0);
         let len = key.len();
         key.truncate(KEY_PATH_BYTES);
-        let (entry, rule) = self
-            .entries
-            .iter()
-            .filter(|(_, k, _)| key.starts_with(k))
-            .max_by_key(|(_, k, _)| k.len())
-            .map(|(_, k, r)| (k.clone(), r.0))
+        // The longest entry the key starts with, as the trie finds it.
+        let (entry, rule) = (0..=key.len())
+            .rev()
+            .find_map(|l| lookup.position(&key[..l]))
+            .map(|i| (self.entries[i].1.clone(), self.entries[i].2.0))
             .unwrap_or_default();
         let entry =
             String::from_utf8_lossy(entry.strip_suffix(&[0]).unwrap_or(&entry)).into_owned();
@@ -114,15 +130,29 @@ impl RuleSet {
         if rule.kind != entry_kind::FILE
             && rule.kind != entry_kind::DIR_NAME
             && !self.patterns.is_empty()
+            && let Some((slot, v)) = run(&lookup.patterns, path.as_bytes(), which)
         {
-            let a = automaton(&self.patterns);
-            if let Some((slot, v)) = run(&a, path.as_bytes(), which) {
-                d.verdict = v;
-                d.by = DecidedBy::Pattern(self.patterns[slot].pattern.clone());
-                d.ambiguous = false;
-            }
+            d.verdict = v;
+            d.by = DecidedBy::Pattern(self.patterns[slot].pattern.clone());
+            d.ambiguous = false;
         }
         d
+    }
+}
+
+/// A set's entries by their keys (each key's position in
+/// [`RuleSet::entries`]) and its patterns built into their automaton:
+/// asking about a path then costs a hash lookup per prefix of it, not a
+/// pass over every entry, and no automaton build.
+pub(super) struct Lookup {
+    by_key: HashMap<Vec<u8>, usize>,
+    patterns: PatternSet,
+}
+
+impl Lookup {
+    /// The position of the entry keyed `key`, if one is.
+    pub(super) fn position(&self, key: &[u8]) -> Option<usize> {
+        self.by_key.get(key).copied()
     }
 }
 

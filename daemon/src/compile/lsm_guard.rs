@@ -83,15 +83,19 @@ impl RuleSet {
             }
         }
         let mut added = Vec::new();
+        // Built once, before guards are added or folded in: a fold changes
+        // only the entry keyed by its own name, which no other name's key
+        // starts with.
+        let lookup = self.lookup();
         for (name, v) in needs {
-            let read = self.decide_key(&name, op::READ).verdict;
-            let write = self.decide_key(&name, op::WRITE).verdict;
+            let read = self.decide_key(&name, op::READ, &lookup).verdict;
+            let write = self.decide_key(&name, op::WRITE, &lookup).verdict;
             if rank(&v) <= rank(&write) {
                 continue;
             }
             let mut key = name.into_bytes();
             key.push(0);
-            match self.entries.iter_mut().find(|(_, k, _)| *k == key) {
+            match lookup.position(&key).and_then(|i| self.entries.get_mut(i)) {
                 Some((_, _, file)) => {
                     file.0.direct[op::WRITE] = v;
                     file.0.deeper = file.0.direct;

@@ -291,7 +291,10 @@ pub fn from_mac(data: usize, data_end: usize, mac: &[u8; 6]) -> bool {
 /// that a frame in page fragments is pulled and read again.
 #[inline(always)]
 fn nd_options_foreign(data: usize, data_end: usize, opt: usize, end: usize) -> Option<bool> {
-    if data + end > data_end {
+    // Compared as lengths: `end` comes through a byte swap, whose result
+    // older verifiers (6.1) leave unbounded, and they refuse adding an
+    // unbounded value to a packet pointer.
+    if end > data_end - data {
         return None;
     }
     let mut opt = opt;

@@ -156,9 +156,14 @@ pub fn source_prefix_allows(endpoint: u32, p: &Packet) -> bool {
 }
 
 /// Whether the IPv6 address `a` lies in a prefix of `endpoint`'s pod, as
-/// [`source_prefix_allows`] asks of a source.
+/// [`source_prefix_allows`] asks of a source. No prefix holds one of the
+/// node's link-local addresses (a pod's router, on a bridge), though a
+/// pod's listed prefixes may cover `fe80::/10`.
 #[inline(always)]
 pub fn source_prefix_holds6(endpoint: u32, a: &[u8; ADDR_LEN]) -> bool {
+    if a[0] == 0xfe && a[1] & 0xc0 == 0x80 && node_link_local(a) {
+        return false;
+    }
     // SAFETY: every address this is given (`Packet::src`, `Packet::target`)
     // lies at an offset of `Packet` (`repr(C, align(8))`) that is a multiple
     // of 8, so 4-byte aligned; any bytes are valid u32s.
