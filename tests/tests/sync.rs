@@ -544,3 +544,96 @@ fn prefixes_wait_for_their_endpoint_to_be_written() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A pod's address that moves between its endpoint and the prefix map (its
+/// lowest address changed) passes in one place or the other throughout:
+/// one the endpoint is to hold leaves the map only once the maps show the
+/// endpoint holding it, and one the endpoint holds now enters the map
+/// before the endpoint is written. The order shows where the endpoint's
+/// write fails (a frozen map): the moving address is still in the map (on
+/// its way into the endpoint), or already there (on its way out of it).
+#[test]
+fn an_address_moving_between_endpoint_and_prefix_map_passes_throughout() -> anyhow::Result<()> {
+    use palisade::datapath::sources::SourcePrefix;
+
+    let (low, high): (std::net::IpAddr, std::net::IpAddr) =
+        ("10.77.0.1".parse()?, "10.77.0.2".parse()?);
+    let high_net = ipnet::IpNet::from(high);
+    let with_ips = |s: &mut Snapshot, ips: Vec<std::net::IpAddr>| -> anyhow::Result<()> {
+        let x_a = s
+            .pods
+            .iter_mut()
+            .find(|p| p.key() == "x/a")
+            .context("x/a")?;
+        std::sync::Arc::make_mut(x_a).ips = ips;
+        Ok(())
+    };
+    let holds = |maps: &DatapathMaps, on: &BTreeMap<String, u32>, a: std::net::IpAddr| {
+        let v = maps.endpoint(on["x/a"])?.context("x/a's endpoint")?;
+        anyhow::Ok(std::net::IpAddr::from(v.source4) == a)
+    };
+    for (from, to, moving) in [
+        (vec![low, high], vec![high], "into the endpoint"),
+        (vec![high], vec![low, high], "into the map"),
+    ] {
+        // Once as it should go, once with the endpoint's write failing.
+        for fail in [false, true] {
+            let t = TempPins::new()?;
+            let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+            let mut maps = DatapathMaps::open(&t.pins)?;
+            let mut s = standard("")?;
+            let on = placed(&s);
+            let id = endpoint_ids(on.keys().map(String::as_str))["x/a"];
+            let in_map = |maps: &DatapathMaps| {
+                anyhow::Ok(
+                    maps.source_prefixes()?
+                        .contains(&SourcePrefix::Written(id, high_net)),
+                )
+            };
+            with_ips(&mut s, from.clone())?;
+            let first = apply(&mut maps, &s, &on)?;
+            anyhow::ensure!(first.errors.is_empty(), "{:?}", first.errors);
+            anyhow::ensure!(
+                holds(&maps, &on, from[0])?,
+                "{moving}: the lowest address held"
+            );
+            anyhow::ensure!(
+                in_map(&maps)? == (from.len() == 2),
+                "{moving}: the map before"
+            );
+            with_ips(&mut s, to.clone())?;
+            if fail {
+                freeze(&t, maps::ENDPOINTS)?;
+            }
+            let r = apply(&mut maps, &s, &on)?;
+            let held = if holds(&maps, &on, high)? {
+                "the endpoint"
+            } else {
+                "not the endpoint"
+            };
+            let mapped = in_map(&maps)?;
+            if !fail {
+                anyhow::ensure!(r.errors.is_empty(), "{moving}: {:?}", r.errors);
+                anyhow::ensure!(
+                    holds(&maps, &on, to[0])?,
+                    "{moving}: the new lowest address held"
+                );
+                anyhow::ensure!(mapped == (to.len() == 2), "{moving}: the map after");
+                continue;
+            }
+            anyhow::ensure!(
+                !r.errors.is_empty(),
+                "{moving}: the frozen endpoint map failed nothing"
+            );
+            anyhow::ensure!(
+                holds(&maps, &on, from[0])?,
+                "{moving}: the endpoint keeps its old address"
+            );
+            anyhow::ensure!(
+                mapped,
+                "{moving}, the endpoint's write failed: {high} {held} and not in the map"
+            );
+        }
+    }
+    Ok(())
+}

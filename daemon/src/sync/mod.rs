@@ -470,11 +470,12 @@ fn write_maps(
     trusted: Option<&Written>,
 ) -> Result<endpoints::Expanded, DatapathError> {
     prefilter::keep_node_denies(maps, desired.node_denies, report);
-    let held_prefixes = sources::retire(maps, desired, report)?;
+    let prefixes = sources::retire(maps, desired, report)?;
     let mut pass = endpoints::Pass::read(maps, desired, report, trusted)?;
     prefilter::in_order(&mut pass)?;
     let expanded = pass.into_expanded();
-    sources::add(maps, desired, &held_prefixes, report)?;
+    sources::add(maps, desired, &prefixes.held, report)?;
+    sources::settle(maps, desired, &prefixes.moving, report)?;
     Ok(expanded)
 }
 

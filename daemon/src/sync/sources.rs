@@ -3,7 +3,12 @@
 //! prefixes), made what the desired state says every pass.
 //!
 //! Order: entries the desired state no longer has go before the endpoints
-//! are written ([`retire`]), the new ones after ([`add`]). The endpoint's
+//! are written ([`retire`]), the new ones after ([`add`]). Two kinds of
+//! entry are in both lists at once, and go the other way: a pod's address
+//! that moves between its endpoint and the map (its lowest address
+//! changed). One the endpoint will hold stays until the maps show the
+//! endpoint holding it ([`settle`]); one the endpoint holds now comes in
+//! before the endpoint is written, where the maps show it there. The endpoint's
 //! `SOURCE_PREFIXES` flag says whether the datapath looks in the map at
 //! all. No state in between lets a pod send from more than its old list
 //! or its new one, even when an endpoint id passes from one pod to another
@@ -16,8 +21,8 @@
 //! which the changed entries of neither list pass (the datapath reads the
 //! map for every packet that is not from the address its endpoint holds,
 //! with no epoch or swap). A pod's further addresses are such entries
-//! too: one whose lowest address changes meets that moment for the
-//! address that moves between its endpoint and the map.
+//! too, but an address moving between its endpoint and the map passes in
+//! one place or the other throughout.
 //!
 //! A failed write is reported (the pass is then not in force) and the
 //! rest are still made; the next pass reads the map again and repairs it.
@@ -29,7 +34,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ebpf_common::datapath::endpoint_flags;
+use ebpf_common::datapath::{EndpointValue, endpoint_flags};
+use ipnet::IpNet;
 
 use super::Report;
 use crate::{
@@ -37,42 +43,190 @@ use crate::{
     datapath::{DatapathError, DatapathMaps, sources::SourcePrefix},
 };
 
-/// Takes out every entry `desired` does not have; returns what the map
-/// holds then, for [`add`]. `Err` only when the map cannot be read (the
-/// pass then writes nothing more, as for any map it cannot read).
+/// What [`retire`] leaves for the steps after the endpoints are written.
+pub(super) struct Retired {
+    /// What the map holds, for [`add`].
+    pub held: BTreeSet<SourcePrefix>,
+    /// Stale entries of addresses their endpoints are to hold, for
+    /// [`settle`].
+    pub moving: Vec<SourcePrefix>,
+}
+
+/// Takes out every entry `desired` does not have, but an address its
+/// endpoint is to hold, and brings in those of addresses their endpoints
+/// hold now; returns what the map holds then. `Err` only when a map cannot
+/// be read (the pass then writes nothing more, as for any map it cannot
+/// read).
 pub(super) fn retire(
     maps: &mut DatapathMaps,
     desired: &Desired<'_>,
     report: &mut Report,
-) -> Result<BTreeSet<SourcePrefix>, DatapathError> {
+) -> Result<Retired, DatapathError> {
     let mut held = maps.source_prefixes()?;
     let want = &desired.source_prefixes;
+    let to_hold = to_hold(desired);
+    let mut moving = Vec::new();
     held.retain(|entry| {
-        if matches!(entry, SourcePrefix::Written(e, net) if want.contains(&(*e, *net))) {
+        let SourcePrefix::Written(e, net) = entry else {
+            return remove(maps, desired, entry, report);
+        };
+        if want.contains(&(*e, *net)) {
             return true;
         }
-        match maps.remove_source_prefix(entry) {
-            Ok(()) => {
-                report.source_prefixes_changed += 1;
-                false
-            }
-            Err(e) => {
-                let holder = match entry {
-                    SourcePrefix::Written(endpoint, net) => {
-                        let holder = name(desired, *endpoint);
-                        report.source_prefixes_left.insert((holder.clone(), *net));
-                        holder
-                    }
-                    SourcePrefix::Foreign(..) => "no endpoint".into(),
-                };
-                report.errors.push(format!(
-                    "source prefixes: {e}; {holder} may send from it until a pass removes it"
-                ));
-                true
-            }
+        if to_hold.get(e).is_some_and(|nets| nets.contains(net)) {
+            moving.push(*entry);
+            return true;
         }
+        remove(maps, desired, entry, report)
     });
-    Ok(held)
+    bring_forward(maps, desired, &mut held)?;
+    Ok(Retired { held, moving })
+}
+
+/// The host prefixes of the addresses each endpoint id is to hold.
+fn to_hold(desired: &Desired<'_>) -> BTreeMap<u32, Vec<IpNet>> {
+    desired
+        .endpoints
+        .values()
+        .map(|p| {
+            let v4 = p.sources.v4.map(|a| IpNet::from(std::net::IpAddr::V4(a)));
+            let v6 = p.sources.v6.map(|a| IpNet::from(std::net::IpAddr::V6(a)));
+            (p.endpoint, v4.into_iter().chain(v6).collect())
+        })
+        .collect()
+}
+
+/// Whether the endpoint as written holds `net`, a host prefix, as the
+/// address its pod's packets come from.
+fn holds(v: &EndpointValue, net: &IpNet) -> bool {
+    if net.prefix_len() != net.max_prefix_len() {
+        return false;
+    }
+    match net.addr() {
+        std::net::IpAddr::V4(a) => {
+            v.flags & endpoint_flags::SOURCE4 != 0 && v.source4 == a.octets()
+        }
+        std::net::IpAddr::V6(a) => {
+            v.flags & endpoint_flags::SOURCE6 != 0 && v.source6 == a.octets()
+        }
+    }
+}
+
+/// Writes now the new entries of addresses their endpoints hold now, as
+/// the maps show them on their pods' interfaces alone (about to move into
+/// the map): in both lists, so no moment passes them in neither place.
+/// What fails here is left to [`add`], which reports it.
+fn bring_forward(
+    maps: &mut DatapathMaps,
+    desired: &Desired<'_>,
+    held: &mut BTreeSet<SourcePrefix>,
+) -> Result<(), DatapathError> {
+    let new: Vec<(u32, IpNet)> = (desired.source_prefixes.iter())
+        .filter(|&&(e, net)| {
+            !held.contains(&SourcePrefix::Written(e, net))
+                && net.prefix_len() == net.max_prefix_len()
+        })
+        .copied()
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let live = maps.endpoints()?;
+    let home = homes(desired);
+    for (endpoint, net) in new {
+        let alone = alone_at_home(&live, &home, endpoint);
+        if alone.is_some_and(|v| holds(v, &net)) && maps.set_source_prefix(endpoint, net).is_ok() {
+            held.insert(SourcePrefix::Written(endpoint, net));
+        }
+    }
+    Ok(())
+}
+
+/// Each endpoint id's interface in `desired`.
+fn homes(desired: &Desired<'_>) -> BTreeMap<u32, u32> {
+    desired
+        .endpoints
+        .values()
+        .map(|p| (p.endpoint, p.ifindex))
+        .collect()
+}
+
+/// The endpoint the maps show on `endpoint`'s interface, where it is
+/// there and on no other.
+fn alone_at_home<'m>(
+    live: &'m BTreeMap<u32, EndpointValue>,
+    home: &BTreeMap<u32, u32>,
+    endpoint: u32,
+) -> Option<&'m EndpointValue> {
+    let ifindex = home.get(&endpoint)?;
+    let mut holders = live.iter().filter(|(_, v)| v.endpoint == endpoint);
+    if !holders.all(|(i, _)| i == ifindex) {
+        return None;
+    }
+    live.get(ifindex).filter(|v| v.endpoint == endpoint)
+}
+
+/// Takes out the stale entries of addresses their endpoints were to hold,
+/// where the maps show them holding those now; the others stay (their
+/// endpoints still hold the old lists) and are reported, for the next
+/// pass.
+pub(super) fn settle(
+    maps: &mut DatapathMaps,
+    desired: &Desired<'_>,
+    moving: &[SourcePrefix],
+    report: &mut Report,
+) -> Result<(), DatapathError> {
+    if moving.is_empty() {
+        return Ok(());
+    }
+    let live = maps.endpoints()?;
+    let home = homes(desired);
+    for entry in moving {
+        let SourcePrefix::Written(endpoint, net) = entry else {
+            continue;
+        };
+        if alone_at_home(&live, &home, *endpoint).is_some_and(|v| holds(v, net)) {
+            remove(maps, desired, entry, report);
+        } else {
+            let holder = name(desired, *endpoint);
+            report.source_prefixes_left.insert((holder.clone(), *net));
+            report.errors.push(format!(
+                "source prefixes: {net} of {holder} kept: the maps do not show its endpoint holding it yet"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes one entry; false once it is out (for `retain`), true where the
+/// removal failed (reported: it stays usable by whichever pod holds its
+/// id).
+fn remove(
+    maps: &mut DatapathMaps,
+    desired: &Desired<'_>,
+    entry: &SourcePrefix,
+    report: &mut Report,
+) -> bool {
+    match maps.remove_source_prefix(entry) {
+        Ok(()) => {
+            report.source_prefixes_changed += 1;
+            false
+        }
+        Err(e) => {
+            let holder = match entry {
+                SourcePrefix::Written(endpoint, net) => {
+                    let holder = name(desired, *endpoint);
+                    report.source_prefixes_left.insert((holder.clone(), *net));
+                    holder
+                }
+                SourcePrefix::Foreign(..) => "no endpoint".into(),
+            };
+            report.errors.push(format!(
+                "source prefixes: {e}; {holder} may send from it until a pass removes it"
+            ));
+            true
+        }
+    }
 }
 
 /// Puts in every entry of `desired` that `held` ([`retire`]'s) lacks, for
@@ -92,20 +246,10 @@ pub(super) fn add(
         return Ok(());
     }
     let live = maps.endpoints()?;
-    let home: BTreeMap<u32, u32> = desired
-        .endpoints
-        .values()
-        .map(|p| (p.endpoint, p.ifindex))
-        .collect();
+    let home = homes(desired);
     let written = |endpoint: u32| {
-        let mut holders = live.iter().filter(|(_, v)| v.endpoint == endpoint);
-        holders.all(|(ifindex, _)| home.get(&endpoint) == Some(ifindex))
-            && home
-                .get(&endpoint)
-                .and_then(|i| live.get(i))
-                .is_some_and(|v| {
-                    v.endpoint == endpoint && v.flags & endpoint_flags::SOURCE_PREFIXES != 0
-                })
+        alone_at_home(&live, &home, endpoint)
+            .is_some_and(|v| v.flags & endpoint_flags::SOURCE_PREFIXES != 0)
     };
     for &(endpoint, net) in new {
         let pod = name(desired, endpoint);
