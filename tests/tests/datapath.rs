@@ -1079,6 +1079,18 @@ fn a_bridged_pods_frames_come_from_its_own_mac() -> anyhow::Result<()> {
         let mut long = nd(136, &C6, &[lla(2, OWN)]);
         long[18..20].copy_from_slice(&200u16.to_be_bytes());
         at(&h, Hook::TcEgress, &long, (false, "drop_truncated"), "options announced past the frame")?;
+        // What cannot be read whole is not vouched for: a first fragment
+        // (its options may go on in the next), a payload ending before the
+        // options start.
+        let fragmented = |more: bool| {
+            let body = [C6.to_vec(), lla(2, OWN)].concat();
+            let mut f = from(OWN, eth(0x86dd, &ipv6(LINK_LOCAL, all_nodes, &[44], ICMPV6, &icmp(136, [0; 4], &body))));
+            f[14 + 40 + 3] |= u8::from(more);
+            f
+        };
+        at(&h, Hook::TcEgress, &fragmented(true), spoofed, "a first fragment of an advertisement")?;
+        at(&h, Hook::TcEgress, &fragmented(false), pass_nd, "an atomic fragment, whole")?;
+        at(&h, Hook::TcEgress, &nd(135, &C6[..8], &[]), spoofed, "a solicitation ending inside its target")?;
         at(&h, Hook::TcIngress, &nd(136, &C6, &[lla(2, OTHER)]), pass_nd, "received, whatever MAC it announces")?;
         // A routed pod's MAC is not written: nothing learns from it.
         let routed = Sources { mac: None, ..sources };

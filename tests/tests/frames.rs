@@ -240,6 +240,10 @@ fn apply(
     if !report.errors.is_empty() {
         bail!("the syncer failed: {:?}", report.errors);
     }
+    let node = [model::NODE_LINK_LOCAL].into();
+    if let Some(e) = h.maps.set_node_link_locals(&node).into_iter().next() {
+        bail!("the node's link-local address: {e}");
+    }
     let endpoints = desired
         .endpoints
         .iter()

@@ -65,6 +65,21 @@ pub(super) fn retire(
     let mut held = maps.source_prefixes()?;
     let want = &desired.source_prefixes;
     let to_hold = to_hold(desired);
+    let is_moving = |entry: &SourcePrefix| match entry {
+        SourcePrefix::Written(e, net) => {
+            !want.contains(&(*e, *net)) && to_hold.get(e).is_some_and(|nets| nets.contains(net))
+        }
+        SourcePrefix::Foreign(..) => false,
+    };
+    // Only the same pod's address moves: its id must be on its own
+    // interface alone now, or the entry would stay usable by another pod
+    // that holds the id until its endpoint's write succeeds.
+    let live = if held.iter().any(is_moving) {
+        maps.endpoints()?
+    } else {
+        BTreeMap::new()
+    };
+    let home = homes(desired);
     let mut moving = Vec::new();
     held.retain(|entry| {
         let SourcePrefix::Written(e, net) = entry else {
@@ -73,13 +88,13 @@ pub(super) fn retire(
         if want.contains(&(*e, *net)) {
             return true;
         }
-        if to_hold.get(e).is_some_and(|nets| nets.contains(net)) {
+        if is_moving(entry) && alone_at_home(&live, &home, *e).is_some() {
             moving.push(*entry);
             return true;
         }
         remove(maps, desired, entry, report)
     });
-    bring_forward(maps, desired, &mut held)?;
+    bring_forward(maps, desired, &mut held, report)?;
     Ok(Retired { held, moving })
 }
 
@@ -120,6 +135,7 @@ fn bring_forward(
     maps: &mut DatapathMaps,
     desired: &Desired<'_>,
     held: &mut BTreeSet<SourcePrefix>,
+    report: &mut Report,
 ) -> Result<(), DatapathError> {
     let new: Vec<(u32, IpNet)> = (desired.source_prefixes.iter())
         .filter(|&&(e, net)| {
@@ -137,6 +153,7 @@ fn bring_forward(
         let alone = alone_at_home(&live, &home, endpoint);
         if alone.is_some_and(|v| holds(v, &net)) && maps.set_source_prefix(endpoint, net).is_ok() {
             held.insert(SourcePrefix::Written(endpoint, net));
+            report.source_prefixes_changed += 1;
         }
     }
     Ok(())

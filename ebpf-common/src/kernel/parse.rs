@@ -5,7 +5,9 @@
 //! way a packet can fail to parse has its own reason code:
 //! - cut short (`drop_truncated`): a byte of a header's fixed part past the
 //!   end of the frame: IPv4's IHL*4, each IPv6 extension header's announced
-//!   length, TCP's 20 bytes, UDP's 8, SCTP's 12, ICMP's 8;
+//!   length, TCP's 20 bytes, UDP's 8, SCTP's 12, ICMP's 8; a router or
+//!   neighbour solicitation's or a neighbour advertisement's options, by
+//!   the IPv6 payload length;
 //! - contradictory (`drop_malformed`): an IP version that is not the
 //!   ethertype's, an IPv4 IHL below 5, an IPv6 address that is IPv4-mapped
 //!   (no such address belongs on the wire, the kernel drops it as a source,
@@ -14,8 +16,9 @@
 //!
 //! ICMP is protocol 1 in IPv4 and 58 in IPv6 only; the other number in the
 //! other family is just another protocol. The total length and payload
-//! length fields are not read: the stack drops a packet they contradict,
-//! and GSO packets carry 0 there.
+//! length fields are not read otherwise (the stack drops a packet they
+//! contradict, and GSO packets carry 0 there): only neighbour discovery's
+//! options are bounded by the payload length, which no GSO packet is.
 
 use core::mem::size_of;
 
@@ -287,8 +290,9 @@ pub fn from_mac(data: usize, data_end: usize, mac: &[u8; 6]) -> bool {
 /// link-layer address (source or target, types 1 and 2) other than the
 /// frame's Ethernet source, or cannot be vouched for: an option of length
 /// 0 or cut short (the receiver drops those frames), more than
-/// [`MAX_ND_OPTIONS`]. `None` where `end` lies past what is in reach, so
-/// that a frame in page fragments is pulled and read again.
+/// [`MAX_ND_OPTIONS`], a payload that ends before the options start (a
+/// jumbogram's length is 0). `None` where `end` lies past what is in
+/// reach, so that a frame in page fragments is pulled and read again.
 #[inline(always)]
 fn nd_options_foreign(data: usize, data_end: usize, opt: usize, end: usize) -> Option<bool> {
     // Compared as lengths: `end` comes through a byte swap, whose result
@@ -296,6 +300,9 @@ fn nd_options_foreign(data: usize, data_end: usize, opt: usize, end: usize) -> O
     // unbounded value to a packet pointer.
     if end > data_end - data {
         return None;
+    }
+    if opt > end {
+        return Some(true);
     }
     let mut opt = opt;
     for _ in 0..MAX_ND_OPTIONS {
@@ -554,7 +561,10 @@ fn transport(
                     else {
                         return Parsed::drop(reason::DROP_TRUNCATED);
                     };
-                    p.lladdr_foreign = foreign;
+                    // A fragment's options may go on in the next one,
+                    // unread (receivers drop fragmented neighbour
+                    // discovery, RFC 6980, unless told not to).
+                    p.lladdr_foreign = foreign || p.frag != frag::NONE;
                     return Parsed::neighbour(reason::PASS_NEIGHBOUR_DISCOVERY, Neighbour::ADVERT);
                 }
                 (true, 130..=135 | 143) => {
@@ -568,7 +578,7 @@ fn transport(
                         else {
                             return Parsed::drop(reason::DROP_TRUNCATED);
                         };
-                        p.lladdr_foreign = foreign;
+                        p.lladdr_foreign = foreign || p.frag != frag::NONE;
                     }
                     return Parsed::neighbour(
                         reason::PASS_NEIGHBOUR_DISCOVERY,

@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use palisade_tests::{datapath_harness::Hook, packet};
 
 use super::model::{
-    ACK, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Flow, ICMP, ICMPV6, Model, SCTP, SYN,
-    TCP, UDP, opposite,
+    ACK, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Flow, ICMP, ICMPV6, Model,
+    NODE_LINK_LOCAL, SCTP, SYN, TCP, UDP, opposite,
 };
 
 /// splitmix64: small, fast and the same everywhere, so a seed replays.
@@ -477,6 +477,7 @@ impl Generator {
         match self.rng.below(10) {
             0 if v6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
             0 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            1 if v6 && self.rng.chance(30) => IpAddr::V6(NODE_LINK_LOCAL),
             1 if v6 => IpAddr::V6(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 7)),
             1 | 2 => self.peer(v6),
             _ => self.local(ifindex, v6),

@@ -58,6 +58,9 @@ pub const ACK: u8 = 0x10;
 const VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked; one more is `drop_ipv6_ext_limit`.
 const IPV6_EXT: usize = 6;
+/// The node's link-local address, which the test writes as the node's
+/// (`PAL_NODE_LL`): no pod may send from it or announce it.
+pub const NODE_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// Neighbour discovery options read for the link-layer addresses they
 /// announce; more is announcing what could not be read.
 const ND_OPTIONS: usize = 4;
@@ -340,11 +343,15 @@ fn ipv6(f: &[u8], off: usize) -> Class {
 /// Whether neighbour discovery options in `[opt, end)` announce a
 /// link-layer address (types 1 and 2) other than the frame's source, or
 /// cannot be vouched for: one of length 0, one cut short by the frame,
-/// more than [`ND_OPTIONS`]. `None` where `end`, by the IPv6 header, lies
-/// past the frame: the options are cut short.
+/// more than [`ND_OPTIONS`], a payload ending before they start. `None`
+/// where `end`, by the IPv6 header, lies past the frame: the options are
+/// cut short.
 fn lladdr_foreign(f: &[u8], opt: usize, end: usize) -> Option<bool> {
     if end > f.len() {
         return None;
+    }
+    if opt > end {
+        return Some(true);
     }
     let mut opt = opt;
     for _ in 0..ND_OPTIONS {
@@ -402,7 +409,9 @@ fn transport(f: &[u8], off: usize, mut p: Pkt, payload_end: usize) -> Class {
                         135 | 136 => Some(off + 24),
                         _ => None,
                     };
-                    let foreign = |opt| lladdr_foreign(f, opt, payload_end);
+                    // A fragment's options may go on in the next, unread.
+                    let fragment = p.frag != Frag::None;
+                    let foreign = |opt| lladdr_foreign(f, opt, payload_end).map(|f| f || fragment);
                     let claim = match (t[0], at::<16>(f, off + 8), options.map(foreign)) {
                         (134 | 137, ..) => Claim::Router,
                         (136, None, _) | (_, _, Some(None)) => return truncated,
@@ -469,14 +478,14 @@ impl Verdict {
 /// Whether a pod with `addresses` may send from `src`: where it has
 /// addresses of that family, only from one of them; where it has none in
 /// that family but some in the other, only from the unspecified address;
-/// in IPv6 also from a link-local address or the unspecified one. Where it
-/// has none at all, from any.
+/// in IPv6 also from a link-local address (but the node's) or the
+/// unspecified one. Where it has none at all, from any.
 fn may_send_from(addresses: &[IpAddr], src: IpAddr) -> bool {
     if addresses.is_empty() {
         return true;
     }
     if let IpAddr::V6(a) = src
-        && (a.is_unspecified() || a.is_unicast_link_local())
+        && (a.is_unspecified() || a.is_unicast_link_local() && a != NODE_LINK_LOCAL)
     {
         return true;
     }
