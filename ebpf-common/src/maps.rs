@@ -69,8 +69,10 @@ pub const XDP_POD_DENY: &str = "PAL_XDP_PODDENY";
 pub const XDP_DENY_HOST: &str = "PAL_XDP_DENYHST";
 /// Pod address -> [`crate::datapath::xdp_pod_gate`] bits.
 pub const XDP_POD_DST: &str = "PAL_XDP_PODDST";
-/// The node's IPv6 link-local addresses -> 1: no pod may announce or send
-/// from them (since ABI 13).
+/// The node's addresses no pod may announce or send from -> 1: its IPv6
+/// link-local ones (since ABI 13), and its bridges' IPv4 ones, IPv4-mapped
+/// (an extension older programs ignore: they look only at link-local
+/// keys). Named for what it first held.
 pub const NODE_LINK_LOCAL: &str = "PAL_NODE_LL";
 
 /// Default sizes. The programs are compiled with these; the loader resizes.
@@ -94,7 +96,8 @@ pub mod size {
     pub const XDP_POD_DENY: u32 = 16_384;
     pub const XDP_DENY_HOST: u32 = 65_536;
     pub const XDP_POD_DST: u32 = 4_096;
-    /// One per interface of the node, host-side veths included.
+    /// One per interface of the node, host-side veths included, and the
+    /// bridges' IPv4 addresses.
     pub const NODE_LINK_LOCAL: u32 = 4_096;
     /// Bytes, a power of two multiple of the page size: ~4600 events.
     pub const EVENTS: u32 = 256 * 1024;

@@ -1787,6 +1787,22 @@ fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::R
         counted(&t, TC_STATS, "drop_spoofed_source")? >= spoofed_before + 3,
         "... because Palisade dropped a's advertisements as spoofed"
     );
+    // The daemon found both of br0's addresses, its IPv4 one (the pods'
+    // gateway) IPv4-mapped, as the node's, which no pod may claim.
+    let held = palisade::datapath::DatapathMaps::open(&t.pins)?.node_addresses()?;
+    let gateway: Ipv4Addr = {
+        let out = ip_output(&lab.node, "-4 -o addr show dev br0")?;
+        let text = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .context("br0's IPv4 address")?;
+        text.split('/').next().unwrap_or_default().parse()?
+    };
+    assert!(
+        held.contains(&router) && held.contains(&gateway.to_ipv6_mapped()),
+        "the node's addresses: {held:?}"
+    );
 
     // Nor can a send frames from b's MAC, which would teach the bridge
     // that b lives behind a's port; b's own frames keep it at b's.

@@ -1173,13 +1173,22 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
         at(&h, Hook::TcEgress, &v6_udp(B6, A6), (true, "allow_policy"), "any IPv6 source, by ::/0")?;
         // But never one of the node's link-local addresses, its pods' router.
         let node: [u8; 16] = "fe80::1".parse::<Ipv6Addr>()?.octets();
-        h.maps.set_node_link_locals(&[Ipv6Addr::from(node)].into()).into_iter().try_for_each(Err)?;
+        h.maps.set_node_addresses(&[Ipv6Addr::from(node)].into()).into_iter().try_for_each(Err)?;
         at(&h, Hook::TcEgress, &v6_udp(node, B6), (false, "drop_spoofed_source"), "the node's link-local, whatever the prefixes")?;
         let all_nodes: [u8; 16] = "ff02::1".parse::<Ipv6Addr>()?.octets();
         let advert = |target: &[u8; 16]| eth(0x86dd, &ipv6(LINK_LOCAL, all_nodes, &[], ICMPV6, &icmp(136, [0; 4], target)));
         at(&h, Hook::TcEgress, &advert(&node), (false, "drop_spoofed_source"), "nor announce it")?;
         at(&h, Hook::TcEgress, &advert(&B6), (true, "pass_neighbour_discovery"), "another address ::/0 covers")?;
-        h.maps.set_node_link_locals(&Default::default()).into_iter().try_for_each(Err)?;
+        // Nor one of the node's bridges' IPv4 addresses (its pods' gateway),
+        // though its prefix covers it: not as a source, not in ARP.
+        at(&h, Hook::TcEgress, &v4_udp(A, B, 5004, 53), (true, "allow_policy"), "A, in its prefix")?;
+        let gateway = Ipv4Addr::from(A).to_ipv6_mapped();
+        h.maps.set_node_addresses(&[Ipv6Addr::from(node), gateway].into()).into_iter().try_for_each(Err)?;
+        at(&h, Hook::TcEgress, &v4_udp(A, B, 5005, 53), (false, "drop_spoofed_source"), "A, the node's bridge's")?;
+        let arp_for = |spa: [u8; 4]| eth(0x0806, &arp(2, ([0; 6], spa), ([0; 6], B)));
+        at(&h, Hook::TcEgress, &arp_for(A), (false, "drop_spoofed_source"), "ARP for the node's bridge's address")?;
+        at(&h, Hook::TcEgress, &arp_for([10, 0, 0, 2]), (true, "pass_non_ip"), "ARP for another its prefix covers")?;
+        h.maps.set_node_addresses(&Default::default()).into_iter().try_for_each(Err)?;
         at(&h, Hook::TcEgress, &v4_udp([0, 0, 0, 0], B, 5002, 53), (false, "drop_spoofed_source"), "::/0 does not cover IPv4")?;
         for held in h.maps.source_prefixes()? {
             h.maps.remove_source_prefix(&held)?;
@@ -1260,7 +1269,7 @@ fn a_pods_arp_and_neighbour_discovery_claim_only_its_own_addresses() -> anyhow::
         // no pod's, though every other link-local address may be.
         let node: [u8; 16] = "fe80::1".parse::<Ipv6Addr>()?.octets();
         let other: [u8; 16] = "fe80::2".parse::<Ipv6Addr>()?.octets();
-        h.maps.set_node_link_locals(&[Ipv6Addr::from(node)].into()).into_iter().try_for_each(Err)?;
+        h.maps.set_node_addresses(&[Ipv6Addr::from(node)].into()).into_iter().try_for_each(Err)?;
         out(&h, &nd(LINK_LOCAL, 136, &node), spoofed, "an advertisement of the node's link-local address")?;
         out(&h, &nd(node, 135, &B6), spoofed, "a solicitation from the node's link-local address")?;
         at(&h, Hook::XdpEgress, &nd(LINK_LOCAL, 136, &node), spoofed, "the same through the XDP egress hook")?;
@@ -1268,8 +1277,8 @@ fn a_pods_arp_and_neighbour_discovery_claim_only_its_own_addresses() -> anyhow::
         out(&h, &nd(LINK_LOCAL, 136, &other), pass_nd, "an advertisement of another link-local address")?;
         out(&h, &nd(other, 135, &B6), pass_nd, "a solicitation from another link-local address")?;
         at(&h, Hook::TcIngress, &nd(node, 136, &node), pass_nd, "the node's own advertisement, to the pod")?;
-        h.maps.set_node_link_locals(&Default::default()).into_iter().try_for_each(Err)?;
-        anyhow::ensure!(h.maps.node_link_locals()?.is_empty(), "the node's addresses removed");
+        h.maps.set_node_addresses(&Default::default()).into_iter().try_for_each(Err)?;
+        anyhow::ensure!(h.maps.node_addresses()?.is_empty(), "the node's addresses removed");
         out(&h, &nd(LINK_LOCAL, 136, &node), pass_nd, "no longer the node's")?;
         // What reaches the pod is the sender's to check.
         at(&h, Hook::TcIngress, &arp_from(A), pass_arp, "ARP to the pod")?;

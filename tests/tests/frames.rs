@@ -241,7 +241,7 @@ fn apply(
         bail!("the syncer failed: {:?}", report.errors);
     }
     let node = [model::NODE_LINK_LOCAL].into();
-    if let Some(e) = h.maps.set_node_link_locals(&node).into_iter().next() {
+    if let Some(e) = h.maps.set_node_addresses(&node).into_iter().next() {
         bail!("the node's link-local address: {e}");
     }
     let endpoints = desired

@@ -187,7 +187,7 @@ pub struct DatapathMaps {
     pub(super) xdp_pod_deny: HashMap<MapData, XdpPodDenyKey, u32>,
     pub(super) xdp_pod_dst: HashMap<MapData, [u8; ADDR_LEN], u32>,
     pub(super) source_prefixes: LpmTrie<MapData, SourcePrefixKey, u32>,
-    pub(super) node_link_locals: HashMap<MapData, [u8; ADDR_LEN], u32>,
+    pub(super) node_addresses: HashMap<MapData, [u8; ADDR_LEN], u32>,
     /// Bumped after every change that can change the verdict for a tracked
     /// flow (see `maps::EPOCH`).
     epoch: Array<MapData, u32>,
@@ -219,7 +219,7 @@ impl DatapathMaps {
                 .map_err(conv(maps::XDP_POD_DST))?,
             source_prefixes: LpmTrie::try_from(open_map(pins, maps::SOURCE_PREFIXES)?)
                 .map_err(conv(maps::SOURCE_PREFIXES))?,
-            node_link_locals: HashMap::try_from(open_map(pins, maps::NODE_LINK_LOCAL)?)
+            node_addresses: HashMap::try_from(open_map(pins, maps::NODE_LINK_LOCAL)?)
                 .map_err(conv(maps::NODE_LINK_LOCAL))?,
             epoch: Array::try_from(open_map(pins, maps::EPOCH)?).map_err(conv(maps::EPOCH))?,
         })

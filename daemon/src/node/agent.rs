@@ -227,7 +227,7 @@ pub struct Agent<S: Source> {
     links_dumped: Option<discover::Links>,
     /// What failed when the node's link-local addresses were last
     /// written, kept until they are written again.
-    link_local_errors: Vec<String>,
+    node_address_errors: Vec<String>,
 }
 
 /// The pods a pass found behind no local veth (other nodes' pods), by pod
@@ -394,7 +394,7 @@ impl<S: Source> Agent<S> {
             links_before: None,
             link_watch,
             links_dumped: None,
-            link_local_errors: Vec::new(),
+            node_address_errors: Vec::new(),
         })
     }
 
@@ -509,8 +509,9 @@ impl<S: Source> Agent<S> {
             None => Vec::new(),
         };
         if node_addresses_read {
-            let addresses = discover::node_link_locals(&self.netlink).await?;
-            self.link_local_errors = self.syncer.set_node_link_locals(&addresses);
+            let addresses =
+                discover::node_addresses(&self.netlink, self.links_before.as_ref()).await?;
+            self.node_address_errors = self.syncer.set_node_addresses(&addresses);
         }
         let lsm = compile_lsm(&snapshot);
         let has_uplinks = !self.syncer.uplinks().is_empty();
@@ -543,7 +544,9 @@ impl<S: Source> Agent<S> {
         phases.sync = lap(&mut t);
         report.attach_errors.extend(uplink_errors);
         report.attach_errors.extend(denies_unenforced);
-        report.errors.extend(self.link_local_errors.iter().cloned());
+        report
+            .errors
+            .extend(self.node_address_errors.iter().cloned());
         {
             let mut names = crate::observe::names::lock(&self.names);
             names.learn(&compiled.policies, &report.endpoint_ids);

@@ -580,20 +580,43 @@ pub async fn default_route_links(handle: &Handle) -> Result<Vec<u32>, DiscoverEr
     Ok(out)
 }
 
-/// Every IPv6 link-local address of the node's interfaces, tentative ones
-/// included (a dump shows an address from the moment it is added, before
-/// duplicate address detection is done).
-pub async fn node_link_locals(
+/// The node's addresses no pod may claim (`PAL_NODE_LL`): every IPv6
+/// link-local address of its interfaces, tentative ones included (a dump
+/// shows an address from the moment it is added, before duplicate address
+/// detection is done), and the IPv4 addresses of its bridges, IPv4-mapped
+/// (a bridge's address is its pods' gateway, which a pod whose source
+/// prefixes cover it could otherwise announce at its own MAC). Other IPv4
+/// addresses are left out: a node may hold thousands (kube-proxy's IPVS
+/// dummy interface holds every Service's), and no bridged pod's neighbour
+/// resolves them on its bridge. `links`: the pass's, for their kinds,
+/// else they are dumped.
+pub async fn node_addresses(
     handle: &Handle,
+    links: Option<&Links>,
 ) -> Result<std::collections::BTreeSet<Ipv6Addr>, DiscoverError> {
     use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+    let bridges: std::collections::BTreeSet<u32> = match links {
+        Some(links) => (links.iter())
+            .filter(|(_, shape)| shape.kind == Some(InfoKind::Bridge))
+            .map(|(index, _)| *index)
+            .collect(),
+        None => {
+            let dumped: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
+            (dumped.iter())
+                .filter(|l| link_kind(l) == Some(InfoKind::Bridge))
+                .map(|l| l.header.index)
+                .collect()
+        }
+    };
     let addresses: Vec<AddressMessage> = handle.address().get().execute().try_collect().await?;
     Ok(addresses
         .iter()
-        .filter(|m| m.header.family == AddressFamily::Inet6)
-        .flat_map(|m| &m.attributes)
-        .filter_map(|a| match a {
+        .flat_map(|m| m.attributes.iter().map(move |a| (m.header.index, a)))
+        .filter_map(|(index, a)| match a {
             AddressAttribute::Address(IpAddr::V6(v6)) if v6.is_unicast_link_local() => Some(*v6),
+            AddressAttribute::Address(IpAddr::V4(v4)) if bridges.contains(&index) => {
+                Some(v4.to_ipv6_mapped())
+            }
             _ => None,
         })
         .collect())

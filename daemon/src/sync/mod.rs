@@ -264,14 +264,15 @@ impl Syncer {
         errors
     }
 
-    /// Makes the node's link-local addresses, which no pod may announce
-    /// or send from, exactly `addresses`. Returns what failed.
-    pub fn set_node_link_locals(
+    /// Makes the node's addresses which no pod may announce or send from
+    /// (IPv6 link-local ones, its bridges' IPv4 ones IPv4-mapped: see
+    /// `discover::node_addresses`) exactly `addresses`. Returns what failed.
+    pub fn set_node_addresses(
         &mut self,
         addresses: &std::collections::BTreeSet<std::net::Ipv6Addr>,
     ) -> Vec<String> {
         self.maps
-            .set_node_link_locals(addresses)
+            .set_node_addresses(addresses)
             .iter()
             .map(ToString::to_string)
             .collect()

@@ -99,9 +99,11 @@ pub static PAL_SRC_PREFIX: LpmTrie<SourcePrefixKey, u32> =
 pub static PAL_NODE_LL: HashMap<[u8; ADDR_LEN], u32> =
     HashMap::with_max_entries(size::NODE_LINK_LOCAL, 0);
 
-/// Whether `a` is one of the node's IPv6 link-local addresses.
+/// Whether `a` is one of the node's addresses that no pod may claim: its
+/// IPv6 link-local ones, and its bridges' IPv4 ones (IPv4-mapped), each
+/// the router of the pods on a bridge.
 #[inline(always)]
-pub fn node_link_local(a: &[u8; ADDR_LEN]) -> bool {
+pub fn node_address(a: &[u8; ADDR_LEN]) -> bool {
     // SAFETY: a hash lookup; the value is not kept.
     unsafe { PAL_NODE_LL.get(a) }.is_some()
 }
@@ -151,17 +153,31 @@ pub fn source_prefix_allows(endpoint: u32, p: &Packet) -> bool {
     if p.v6 {
         source_prefix_holds6(endpoint, &p.src)
     } else {
-        source_prefix_holds(endpoint, 4, [u32::from_ne_bytes(p.src4), 0, 0, 0])
+        !node_address4(p.src4)
+            && source_prefix_holds(endpoint, 4, [u32::from_ne_bytes(p.src4), 0, 0, 0])
     }
+}
+
+/// [`node_address`] of an IPv4 address, by its IPv4-mapped form.
+#[inline(always)]
+fn node_address4(a: [u8; 4]) -> bool {
+    // Built as two words: a byte array with ten zero bytes is a `memset`.
+    let words = [
+        0u64,
+        u64::from_ne_bytes([0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]),
+    ];
+    // SAFETY: two u64s are 16 bytes, any of which are a valid u8.
+    node_address(unsafe { &*words.as_ptr().cast::<[u8; ADDR_LEN]>() })
 }
 
 /// Whether the IPv6 address `a` lies in a prefix of `endpoint`'s pod, as
 /// [`source_prefix_allows`] asks of a source. No prefix holds one of the
-/// node's link-local addresses (a pod's router, on a bridge), though a
-/// pod's listed prefixes may cover `fe80::/10`.
+/// node's addresses ([`node_address`]: a pod's router, on a bridge),
+/// though a pod's listed prefixes may cover them (`fe80::/10`,
+/// `0.0.0.0/0`).
 #[inline(always)]
 pub fn source_prefix_holds6(endpoint: u32, a: &[u8; ADDR_LEN]) -> bool {
-    if a[0] == 0xfe && a[1] & 0xc0 == 0x80 && node_link_local(a) {
+    if a[0] == 0xfe && a[1] & 0xc0 == 0x80 && node_address(a) {
         return false;
     }
     // SAFETY: every address this is given (`Packet::src`, `Packet::target`)

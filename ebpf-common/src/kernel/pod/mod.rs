@@ -297,7 +297,7 @@ fn own6(addr: &[u8; crate::datapath::ADDR_LEN], ep: &crate::datapath::EndpointVa
     if (a ^ x) | (b ^ y) == 0 || a | b == 0 {
         return true;
     }
-    a >> 54 == 0xfe80 >> 6 && !maps::node_link_local(addr)
+    a >> 54 == 0xfe80 >> 6 && !maps::node_address(addr)
 }
 
 /// Why a pod's ARP or neighbour discovery frame is dropped, if it is
