@@ -1490,14 +1490,19 @@ fn ip_output(ns: &palisade_lab::netns::Netns, args: &str) -> anyhow::Result<Stri
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The word after `key` in what `ip args` prints in `ns` (an address
+/// after `inet`, a MAC after `link/ether`).
+fn ip_word_after(ns: &palisade_lab::netns::Netns, args: &str, key: &str) -> anyhow::Result<String> {
+    let out = ip_output(ns, args)?;
+    let word = out.split_whitespace().skip_while(|w| *w != key).nth(1);
+    Ok(word
+        .with_context(|| format!("no {key} in ip {args}"))?
+        .to_owned())
+}
+
 /// The MAC address of `eth0` in a pod.
 fn mac_of(pod: &palisade_lab::fixtures::LabPod) -> anyhow::Result<[u8; 6]> {
-    let out = ip_output(&pod.netns, "-o link show dev eth0")?;
-    let text = out
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .context("no link/ether")?;
+    let text = ip_word_after(&pod.netns, "-o link show dev eth0", "link/ether")?;
     let mut mac = [0u8; 6];
     for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
         *byte = u8::from_str_radix(hex, 16)?;
@@ -1634,12 +1639,11 @@ fn frame_from(mac: [u8; 6]) -> Vec<u8> {
 
 /// The link-local address of `dev` in `ns`.
 fn link_local_of(ns: &palisade_lab::netns::Netns, dev: &str) -> anyhow::Result<Ipv6Addr> {
-    let out = ip_output(ns, &format!("-6 -o addr show dev {dev} scope link"))?;
-    let text = out
-        .split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .context("no link-local address")?;
+    let text = ip_word_after(
+        ns,
+        &format!("-6 -o addr show dev {dev} scope link"),
+        "inet6",
+    )?;
     Ok(text.split('/').next().unwrap_or_default().parse()?)
 }
 
@@ -1747,14 +1751,7 @@ fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::R
     // its MAC, which would take c's routed traffic: c resolves it, then
     // a's advertisement of it, overriding, is dropped as spoofed.
     let router = link_local_of(&lab.node, "br0")?;
-    let mac_br0 = {
-        let out = ip_output(&lab.node, "-o link show dev br0")?;
-        out.split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .context("br0's MAC")?
-            .to_owned()
-    };
+    let mac_br0 = ip_word_after(&lab.node, "-o link show dev br0", "link/ether")?;
     let to_router = std::net::SocketAddrV6::new(router, 9, 0, 0);
     in_netns(&c.netns, || -> anyhow::Result<()> {
         let ifindex = palisade::netns::ifindex("eth0")?;
@@ -1790,15 +1787,11 @@ fn a_pod_cannot_announce_a_neighbours_address_or_itself_as_router() -> anyhow::R
     // The daemon found both of br0's addresses, its IPv4 one (the pods'
     // gateway) IPv4-mapped, as the node's, which no pod may claim.
     let held = palisade::datapath::DatapathMaps::open(&t.pins)?.node_addresses()?;
-    let gateway: Ipv4Addr = {
-        let out = ip_output(&lab.node, "-4 -o addr show dev br0")?;
-        let text = out
-            .split_whitespace()
-            .skip_while(|w| *w != "inet")
-            .nth(1)
-            .context("br0's IPv4 address")?;
-        text.split('/').next().unwrap_or_default().parse()?
-    };
+    let gateway: Ipv4Addr = ip_word_after(&lab.node, "-4 -o addr show dev br0", "inet")?
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()?;
     assert!(
         held.contains(&router) && held.contains(&gateway.to_ipv6_mapped()),
         "the node's addresses: {held:?}"
