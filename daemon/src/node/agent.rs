@@ -225,8 +225,9 @@ pub struct Agent<S: Source> {
     link_watch: Option<LinkWatch>,
     /// The links the last pass dumped, to seed the link watch with.
     links_dumped: Option<discover::Links>,
-    /// What failed when the node's link-local addresses were last
-    /// written, kept until they are written again.
+    /// What failed when the node's addresses (its link-local ones, its
+    /// bridges' IPv4 ones) were last written, kept until they are written
+    /// again.
     node_address_errors: Vec<String>,
 }
 
