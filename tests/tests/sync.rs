@@ -554,84 +554,95 @@ fn prefixes_wait_for_their_endpoint_to_be_written() -> anyhow::Result<()> {
 /// its way into the endpoint), or already there (on its way out of it).
 #[test]
 fn an_address_moving_between_endpoint_and_prefix_map_passes_throughout() -> anyhow::Result<()> {
+    use std::net::IpAddr;
+
     use palisade::datapath::sources::SourcePrefix;
 
-    let (low, high): (std::net::IpAddr, std::net::IpAddr) =
-        ("10.77.0.1".parse()?, "10.77.0.2".parse()?);
-    let high_net = ipnet::IpNet::from(high);
-    let with_ips = |s: &mut Snapshot, ips: Vec<std::net::IpAddr>| -> anyhow::Result<()> {
-        let x_a = s
-            .pods
-            .iter_mut()
-            .find(|p| p.key() == "x/a")
-            .context("x/a")?;
-        std::sync::Arc::make_mut(x_a).ips = ips;
+    let ip = |text: &str| text.parse::<IpAddr>();
+    // x/a's second address moves into its endpoint (its lowest goes), and
+    // x/b's only address moves into the map (a lower one comes): one load
+    // for both, as it should go and with the endpoint's write failing.
+    let moves = [
+        (
+            "x/a",
+            vec![ip("10.77.0.1")?, ip("10.77.0.2")?],
+            vec![ip("10.77.0.2")?],
+            "into the endpoint",
+        ),
+        (
+            "x/b",
+            vec![ip("10.77.0.4")?],
+            vec![ip("10.77.0.3")?, ip("10.77.0.4")?],
+            "into the map",
+        ),
+    ];
+    let with_ips = |s: &mut Snapshot, to: bool| -> anyhow::Result<()> {
+        for (pod, from, after, _) in &moves {
+            let p = s.pods.iter_mut().find(|p| p.key() == *pod).context("pod")?;
+            std::sync::Arc::make_mut(p).ips = if to { after.clone() } else { from.clone() };
+        }
         Ok(())
     };
-    let holds = |maps: &DatapathMaps, on: &BTreeMap<String, u32>, a: std::net::IpAddr| {
-        let v = maps.endpoint(on["x/a"])?.context("x/a's endpoint")?;
-        anyhow::Ok(std::net::IpAddr::from(v.source4) == a)
-    };
-    for (from, to, moving) in [
-        (vec![low, high], vec![high], "into the endpoint"),
-        (vec![high], vec![low, high], "into the map"),
-    ] {
-        // Once as it should go, once with the endpoint's write failing.
-        for fail in [false, true] {
-            let t = TempPins::new()?;
-            let _loaded = loader::load_all(&t.pins, &Features::probe())?;
-            let mut maps = DatapathMaps::open(&t.pins)?;
-            let mut s = standard("")?;
-            let on = placed(&s);
-            let id = endpoint_ids(on.keys().map(String::as_str))["x/a"];
-            let in_map = |maps: &DatapathMaps| {
-                anyhow::Ok(
-                    maps.source_prefixes()?
-                        .contains(&SourcePrefix::Written(id, high_net)),
-                )
-            };
-            with_ips(&mut s, from.clone())?;
-            let first = apply(&mut maps, &s, &on)?;
-            anyhow::ensure!(first.errors.is_empty(), "{:?}", first.errors);
+    for fail in [false, true] {
+        let t = TempPins::new()?;
+        let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+        let mut maps = DatapathMaps::open(&t.pins)?;
+        let mut s = standard("")?;
+        let on = placed(&s);
+        let ids = endpoint_ids(on.keys().map(String::as_str));
+        let holds = |maps: &DatapathMaps, pod: &str, a: IpAddr| {
+            let v = maps.endpoint(on[pod])?.context("endpoint")?;
+            anyhow::Ok(IpAddr::from(v.source4) == a)
+        };
+        let in_map = |maps: &DatapathMaps, pod: &str, a: IpAddr| {
+            let entry = SourcePrefix::Written(ids[pod], ipnet::IpNet::from(a));
+            anyhow::Ok(maps.source_prefixes()?.contains(&entry))
+        };
+        with_ips(&mut s, false)?;
+        let first = apply(&mut maps, &s, &on)?;
+        anyhow::ensure!(first.errors.is_empty(), "{:?}", first.errors);
+        for (pod, from, _, moving) in &moves {
             anyhow::ensure!(
-                holds(&maps, &on, from[0])?,
+                holds(&maps, pod, from[0])?,
                 "{moving}: the lowest address held"
             );
-            anyhow::ensure!(
-                in_map(&maps)? == (from.len() == 2),
-                "{moving}: the map before"
-            );
-            with_ips(&mut s, to.clone())?;
-            if fail {
-                freeze(&t, maps::ENDPOINTS)?;
-            }
-            let r = apply(&mut maps, &s, &on)?;
-            let held = if holds(&maps, &on, high)? {
-                "the endpoint"
-            } else {
-                "not the endpoint"
-            };
-            let mapped = in_map(&maps)?;
+            let further = from.len() == 2 && in_map(&maps, pod, from[1])?;
+            anyhow::ensure!(further == (from.len() == 2), "{moving}: the map before");
+        }
+        with_ips(&mut s, true)?;
+        if fail {
+            freeze(&t, maps::ENDPOINTS)?;
+        }
+        let r = apply(&mut maps, &s, &on)?;
+        anyhow::ensure!(
+            r.errors.is_empty() != fail,
+            "failing {fail}: {:?}",
+            r.errors
+        );
+        for (pod, from, to, moving) in &moves {
+            // The address that moves: the higher, in both.
+            let address = *to.last().context("an address")?;
+            let mapped = in_map(&maps, pod, address)?;
             if !fail {
-                anyhow::ensure!(r.errors.is_empty(), "{moving}: {:?}", r.errors);
                 anyhow::ensure!(
-                    holds(&maps, &on, to[0])?,
+                    holds(&maps, pod, to[0])?,
                     "{moving}: the new lowest address held"
                 );
                 anyhow::ensure!(mapped == (to.len() == 2), "{moving}: the map after");
                 continue;
             }
             anyhow::ensure!(
-                !r.errors.is_empty(),
-                "{moving}: the frozen endpoint map failed nothing"
-            );
-            anyhow::ensure!(
-                holds(&maps, &on, from[0])?,
+                holds(&maps, pod, from[0])?,
                 "{moving}: the endpoint keeps its old address"
             );
+            let held = if holds(&maps, pod, address)? {
+                "held by the endpoint"
+            } else {
+                "not held by the endpoint"
+            };
             anyhow::ensure!(
                 mapped,
-                "{moving}, the endpoint's write failed: {high} {held} and not in the map"
+                "{moving}, the endpoint's write failed: {address} {held} and not in the map"
             );
         }
     }
