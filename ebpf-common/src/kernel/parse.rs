@@ -483,21 +483,29 @@ fn ipv6(data: usize, data_end: usize, off: usize, p: &mut Packet) -> Parsed {
     transport(data, data_end, off, payload_end, p)
 }
 
-/// Whether the 16-byte address at `at` of an IPv6 header is IPv4-mapped
-/// (`::ffff:0:0/96`). Most addresses differ in the first 8 bytes, so that
-/// is one comparison.
-/// Writes [`crate::datapath::ipv4_mapped`]`(v4)` into `to` as two words. Assigned as an
+/// [`crate::datapath::ipv4_mapped`]`(v4)` as two words. Built as a byte
 /// array, the ten zero bytes became a call to `memset` (a BPF-to-BPF call,
 /// twice per new or denied flow's packet).
 #[inline(always)]
+pub fn mapped_words(v4: [u8; 4]) -> [u64; 2] {
+    [
+        0,
+        u64::from_ne_bytes([0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]),
+    ]
+}
+
+/// Writes [`mapped_words`]`(v4)` into `to`.
+#[inline(always)]
 fn mapped_into(to: &mut [u8; ADDR_LEN], v4: [u8; 4]) {
-    let low = u64::from_ne_bytes([0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]);
     // SAFETY: `to` is the `src` or `dst` of a `Packet` or an `Inner`, at
     // offsets 0 and 16 of a `repr(C, align(8))` struct, so 8-byte aligned
     // (an `Inner` sits at offset 32 of its `Packet`); 16 bytes long.
-    unsafe { core::ptr::write(to.as_mut_ptr().cast::<[u64; 2]>(), [0, low]) }
+    unsafe { core::ptr::write(to.as_mut_ptr().cast::<[u64; 2]>(), mapped_words(v4)) }
 }
 
+/// Whether the 16-byte address at `at` of an IPv6 header is IPv4-mapped
+/// (`::ffff:0:0/96`). Most addresses differ in the first 8 bytes, so that
+/// is one comparison.
 #[inline(always)]
 fn ipv4_mapped_at(h: &[u8; 40], at: usize) -> bool {
     h[at..at + 8] == [0; 8] && h[at + 8..at + 12] == [0, 0, 0xff, 0xff]

@@ -8,7 +8,7 @@ use crate::{
         EndpointSlot, EndpointValue, FragKey, FragValue, IdentityValue, OPENED_SLOTS, PolicyKey,
         PolicyValue, SOURCE_PREFIX_FULL, SourcePrefixKey, endpoint_slot, opened_index,
     },
-    kernel::parse::Packet,
+    kernel::parse::{Packet, mapped_words},
     maps::size,
     stats::{Counter, STATS_ENTRIES},
 };
@@ -161,11 +161,7 @@ pub fn source_prefix_allows(endpoint: u32, p: &Packet) -> bool {
 /// [`node_address`] of an IPv4 address, by its IPv4-mapped form.
 #[inline(always)]
 fn node_address4(a: [u8; 4]) -> bool {
-    // Built as two words: a byte array with ten zero bytes is a `memset`.
-    let words = [
-        0u64,
-        u64::from_ne_bytes([0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]),
-    ];
+    let words = mapped_words(a);
     // SAFETY: two u64s are 16 bytes, any of which are a valid u8.
     node_address(unsafe { &*words.as_ptr().cast::<[u8; ADDR_LEN]>() })
 }
