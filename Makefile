@@ -10,7 +10,7 @@ CARGO := cargo +$(USER_TOOLCHAIN)
 EBPF_CARGO := cargo +$(EBPF_TOOLCHAIN)
 EBPF_CRATES := -p ebpf-xdp -p ebpf-tc -p ebpf-lsm
 
-.PHONY: setup build demo test lint unit privileged scenarios chaos chaos-short soak guest guest-scenarios bench bench-peers bench-churn clean image
+.PHONY: setup build demo test lint unit privileged scenarios chaos chaos-short soak guest guest-suite guest-scenarios bench bench-peers bench-churn clean image
 
 setup:
 	@scripts/setup.sh
@@ -24,10 +24,7 @@ demo: build
 # Everything: lint, unit, privileged (root, netns, bpffs), the scenario
 # suite natively, the QEMU guest tests, and the SCTP and the process and
 # file (BPF-LSM) scenarios in the guest.
-test: setup lint unit privileged scenarios chaos-short guest
-	$(MAKE) guest-scenarios FILES="$(wildcard tests/scenarios/sctp/*.yaml)"
-	$(MAKE) guest-scenarios FILES="$(wildcard tests/scenarios/lsm/*.yaml)"
-	$(MAKE) guest-scenarios FILES="$(wildcard tests/scenarios/sctp/*.yaml) $(wildcard tests/scenarios/lsm/*.yaml)" LAB_ARGS="--via kube"
+test: setup lint unit privileged scenarios chaos-short guest-suite
 	@$(SKIPPED_SUMMARY)
 
 lint:
@@ -96,8 +93,12 @@ guest-scenarios: setup
 	tests/vm/guest-scenarios.sh $(FILES) $(if $(LAB_ARGS),-- $(LAB_ARGS))
 
 # The loader, attach and LSM tests again on Debian's 6.1 kernel in QEMU.
-guest:
+guest: setup
 	tests/vm/guest-tests.sh
+
+# `make guest`, and the SCTP and LSM scenarios both ways, in two guests at once.
+guest-suite: setup
+	tests/vm/guest-suite.sh
 
 # The datapath and loader natively; the LSM programs in the QEMU guest.
 bench: build

@@ -15,9 +15,11 @@ cd "$(dirname "$0")/../.."
 # A static binary needs nothing from the guest's (absent) libc.
 cargo build -q -p palisade-cli --target "$GUEST_TARGET"
 # Without its debug information: the guest holds it in RAM, and so do the
-# copies that process and file checks make of it (executable fixtures).
-mkdir -p "target/$GUEST_TARGET/debug/guest"
-bin=target/$GUEST_TARGET/debug/guest/palisade
+# copies that process and file checks make of it (executable fixtures). A
+# copy of this run's own: another guest may be starting beside this one.
+own=$(mktemp -d)
+trap 'rm -rf "$own"' EXIT
+bin=$own/palisade
 strip -o "$bin" "target/$GUEST_TARGET/debug/palisade"
 
 adds=(--add "$bin")
@@ -30,4 +32,4 @@ for f in "${files[@]}"; do
   names+=("$name")
   adds+=(--add "$f")
 done
-exec tests/vm/run-guest.sh --timeout 1800 "${adds[@]}" -- ./palisade lab run "$@" "${names[@]}"
+tests/vm/run-guest.sh --timeout 1800 "${adds[@]}" -- ./palisade lab run "$@" "${names[@]}"

@@ -34,10 +34,12 @@ rm -f "$build_log.json"
 [ -n "$bins" ] || { echo "guest-tests: cargo built no test binaries" >&2; tail -n 60 "$build_log" >&2; exit 1; }
 
 # The daemon, for the tests that run it (capabilities), stripped: the guest
-# holds it in RAM.
+# holds it in RAM. A copy of this run's own: another guest may be starting
+# beside this one (tests/vm/guest-suite.sh).
 cargo build -q -p palisade-cli --target "$GUEST_TARGET"
-mkdir -p "target/$GUEST_TARGET/debug/guest"
-daemon=target/$GUEST_TARGET/debug/guest/palisade
+own=$(mktemp -d)
+trap 'rm -f "$build_log"; rm -rf "$own"' EXIT
+daemon=$own/palisade
 strip -o "$daemon" "target/$GUEST_TARGET/debug/palisade"
 
 adds=(--add "$daemon")
@@ -45,7 +47,7 @@ for b in $bins; do adds+=(--add "$b"); done
 # Every test loads the LSM object, whose thirteen programs take the verifier
 # several seconds each time under TCG: the whole run takes several minutes.
 rm -f "$build_log"
-exec tests/vm/run-guest.sh --timeout 1500 "${adds[@]}" -- sh -c '
+tests/vm/run-guest.sh --timeout 1500 "${adds[@]}" -- sh -c '
   failed=0
   for t in ./*; do
     [ "$t" != ./palisade ] || continue
