@@ -1,7 +1,12 @@
-//! Builds the three eBPF objects with aya-build and leaves them in OUT_DIR,
-//! where `loader::objects` embeds them. `cargo build` is all a developer types.
+//! Builds the three eBPF objects with the pinned nightly and leaves them in
+//! OUT_DIR, where `loader::objects` embeds them. `cargo build` is all a
+//! developer types.
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, anyhow};
 
@@ -19,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("..");
     let versions_path = root.join("scripts/versions.env");
     println!("cargo::rerun-if-changed={}", versions_path.display());
-    // aya-build watches each eBPF crate; the shared ABI crate needs its own line.
+    // Each eBPF crate is watched below; the shared ABI crate needs its own line.
     println!(
         "cargo::rerun-if-changed={}",
         root.join("ebpf-common").display()
@@ -47,15 +52,87 @@ fn main() -> anyhow::Result<()> {
     }
     println!("cargo::rerun-if-env-changed=PALISADE_CACHE");
 
-    let packages = [
-        ("ebpf-xdp", "../ebpf-xdp"),
-        ("ebpf-tc", "../ebpf-tc"),
-        ("ebpf-lsm", "../ebpf-lsm"),
-    ]
-    .map(|(name, root_dir)| aya_build::Package {
-        name,
-        root_dir,
-        ..Default::default()
-    });
-    aya_build::build_ebpf(packages, aya_build::Toolchain::Custom(&toolchain))
+    let ebpf_target_dir = shared_target_dir()?;
+    for (crate_dir, object) in [
+        ("ebpf-xdp", "palisade-xdp"),
+        ("ebpf-tc", "palisade-tc"),
+        ("ebpf-lsm", "palisade-lsm"),
+    ] {
+        println!("cargo::rerun-if-changed={}", root.join(crate_dir).display());
+        build_object(&toolchain, crate_dir, &ebpf_target_dir)?;
+        let built = ebpf_target_dir
+            .join("bpfel-unknown-none/release")
+            .join(object);
+        let out = PathBuf::from(env::var("OUT_DIR")?).join(object);
+        fs::copy(&built, &out)
+            .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    }
+    Ok(())
+}
+
+/// One target directory for the eBPF objects, beside the build's own
+/// (`target/ebpf`): every build of this crate (clippy, test, the guest's musl
+/// build, release) has its own OUT_DIR, and building into it rebuilt `core`
+/// and all three objects each time, a minute and a half apiece. Shared, the
+/// first build does that once and the others find nothing to do. Its own
+/// directory, never the outer build's: cargo would wait on its own lock.
+fn shared_target_dir() -> anyhow::Result<PathBuf> {
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    // Cargo marks the root of every target directory with CACHEDIR.TAG.
+    let outer = out
+        .ancestors()
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .ok_or_else(|| anyhow!("no target directory (CACHEDIR.TAG) above {}", out.display()))?;
+    Ok(outer.join("ebpf"))
+}
+
+/// `cargo build` of one eBPF crate with the pinned nightly. One crate per run,
+/// so that no crate's features are unified with another's (the LSM object
+/// must not get the pod datapath's maps). Quiet unless it fails.
+fn build_object(toolchain: &str, crate_dir: &str, target_dir: &Path) -> anyhow::Result<()> {
+    let mut cargo = Command::new("rustup");
+    cargo.args([
+        "run",
+        toolchain,
+        "cargo",
+        "build",
+        "--package",
+        crate_dir,
+        "--bins",
+    ]);
+    cargo.args([
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+    ]);
+    cargo.arg("--target-dir").arg(target_dir);
+    // BTF must be in the object (aya resolves attach points with it), and the
+    // crates read the architecture from bpf_target_arch.
+    let arch = env::var("CARGO_CFG_TARGET_ARCH")?;
+    let flags = [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ];
+    cargo.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
+    // The outer build's compiler and wrapper (clippy-driver under `cargo
+    // clippy`) are not the nightly's.
+    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER"] {
+        cargo.env_remove(key);
+    }
+    let output = cargo
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cargo:?}"))?;
+    if !output.status.success() {
+        // A build script's stderr is shown when it fails.
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        return Err(anyhow!(
+            "building {crate_dir} failed ({}): {cargo:?}",
+            output.status
+        ));
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@ use ebpf_common::maps::{self, programs};
 
 /// One compiled eBPF object and the maps it must contain.
 pub struct Object {
-    /// The binary name aya-build gave it (`palisade-xdp`, ...).
+    /// The binary name `build.rs` gave it (`palisade-xdp`, ...).
     pub name: &'static str,
     pub bytes: &'static [u8],
     /// Every map in the object, in groups; each is pinned and layout-checked.
