@@ -79,6 +79,12 @@ pub mod verdict_flags {
     pub const OWNER_ONLY: u8 = 1;
     /// The section's default (posture), not a rule: counted as such.
     pub const DEFAULT: u8 = 2;
+    /// A pattern slot that guards directories for what a pattern reaches
+    /// below them (`/home/*/.ssh` for `/home/*/.ssh/id_rsa`): it judges
+    /// only a directory renamed, which would carry what lies in it out of
+    /// the pattern's reach, and where the trie's verdict is stricter, that
+    /// stands (a guard adds protection, it never takes any away).
+    pub const GUARD: u8 = 4;
 }
 
 /// What one entry says for one kind of operation.
@@ -91,6 +97,15 @@ pub struct Verdict {
     /// The deciding policy's id (the daemon names it); 0 for a default
     /// nobody wrote.
     pub policy: u32,
+}
+
+impl Verdict {
+    /// How much the verdict blocks: the action, then whether it spares the
+    /// owner (an `ownerOnly` Block blocks less than a Block).
+    #[inline(always)]
+    pub fn strictness(&self) -> u8 {
+        2 * self.action + u8::from(self.flags & verdict_flags::OWNER_ONLY == 0)
+    }
 }
 
 pub mod entry_kind {
@@ -449,9 +464,16 @@ impl PatternSet {
     }
 
     /// The deciding slot's verdict for operation `which` once the path has
-    /// been read into states `d`: the highest rank that matched.
+    /// been read into states `d`: the highest rank that matched. Guard
+    /// slots ([`verdict_flags::GUARD`]) count only for a directory renamed
+    /// (`renamed_dir`).
     #[inline(always)]
-    pub fn verdict(&self, d: &[u64; PATTERN_WORDS], which: usize) -> Option<Verdict> {
+    pub fn verdict(
+        &self,
+        d: &[u64; PATTERN_WORDS],
+        which: usize,
+        renamed_dir: bool,
+    ) -> Option<Verdict> {
         let mut best: Option<Verdict> = None;
         let mut best_rank = 0;
         for k in 0..MAX_PATTERNS {
@@ -461,7 +483,8 @@ impl PatternSet {
             let slot = &self.slots[k];
             let live = d[(slot.word as usize) & (PATTERN_WORDS - 1)] >> (slot.bit & 63) & 1;
             let rank = slot.rank[which & 1];
-            if live != 0 && rank > best_rank {
+            let guard = slot.verdict[which & 1].flags & verdict_flags::GUARD != 0;
+            if live != 0 && rank > best_rank && (renamed_dir || !guard) {
                 best_rank = rank;
                 best = Some(slot.verdict[which & 1]);
             }

@@ -193,9 +193,16 @@ extern "C" fn pattern_byte(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 }
 
 /// The deciding pattern's verdict for the path of `len` bytes (without
-/// its NUL) in the scratch, if a pattern of set `set` matches it.
+/// its NUL) in the scratch, if a pattern of set `set` matches it (guard
+/// patterns only for a directory renamed, `renamed_dir`).
 #[inline(always)]
-fn pattern_verdict(s: &Scratch, set: u32, len: usize, which: usize) -> Option<Verdict> {
+fn pattern_verdict(
+    s: &Scratch,
+    set: u32,
+    len: usize,
+    which: usize,
+    renamed_dir: bool,
+) -> Option<Verdict> {
     // SAFETY: a hash lookup; the value stays valid for this run (RCU).
     let patterns = unsafe { PAL_LSM_PATTERN.get(&set) }?;
     let mut run = PatternRun {
@@ -212,20 +219,37 @@ fn pattern_verdict(s: &Scratch, set: u32, len: usize, which: usize) -> Option<Ve
             0,
         )
     };
-    patterns.verdict(&run.states, which)
+    patterns.verdict(&run.states, which, renamed_dir)
 }
 
 /// The verdict of set `set` for the path `bpf_d_path` left in `s`
 /// (`resolved` is its return: the length with the NUL, or an error).
 /// The most specific trie entry decides, unless it is not a file's own
-/// and one of the set's patterns matches: then the pattern does.
+/// and one of the set's patterns matches: then the pattern does. A guard
+/// pattern (for a directory renamed, `renamed_dir`) decides only where it
+/// is stricter than the entry.
 #[inline(always)]
-fn judge(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdict, u8) {
+fn judge(
+    s: &mut Scratch,
+    set: u32,
+    resolved: i64,
+    which: usize,
+    renamed_dir: bool,
+) -> (Verdict, u8) {
     let (v, flags, file) = judge_entry(s, set & SET_ID_MASK, resolved, which);
     if set & HAS_PATTERNS == 0 || file || resolved <= 0 {
         return (v, flags);
     }
-    match pattern_verdict(s, set & SET_ID_MASK, resolved as usize - 1, which) {
+    match pattern_verdict(
+        s,
+        set & SET_ID_MASK,
+        resolved as usize - 1,
+        which,
+        renamed_dir,
+    ) {
+        Some(p) if p.flags & verdict_flags::GUARD != 0 && v.strictness() >= p.strictness() => {
+            (v, flags)
+        }
         Some(p) => (p, 0),
         None => (v, flags),
     }
@@ -532,7 +556,8 @@ fn check(
     } else {
         resolved
     };
-    let (v, flags) = judge(s, set, resolved, which);
+    // Opening renames nothing: no guard pattern.
+    let (v, flags) = judge(s, set, resolved, which, false);
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
         count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
     }
@@ -757,9 +782,10 @@ fn source_set_walked(s: &mut Scratch, set: u32) -> u32 {
 
 /// Judges a write that does not open the file (unlink, rename, link,
 /// truncate, chmod, chown, mknod, mkdir, symlink, rmdir) of `dentry` under
-/// mount `mnt`, in the file set; `ownerOnly` asks for the owner of `owned`.
+/// mount `mnt`, in the file set; `ownerOnly` asks for the owner of `owned`;
+/// `renamed_dir`: a directory renamed (guard patterns judge it).
 #[inline(always)]
-fn check_path(dentry: u64, mnt: u64, owned: u64, on: u8, what: u8) -> i32 {
+fn check_path(dentry: u64, mnt: u64, owned: u64, renamed_dir: bool, on: u8, what: u8) -> i32 {
     let Some((cgroup, sets)) = pod_sets() else {
         return 0;
     };
@@ -777,7 +803,7 @@ fn check_path(dentry: u64, mnt: u64, owned: u64, on: u8, what: u8) -> i32 {
         sets.file
     };
     let resolved = walk_path(s, dentry, mnt);
-    let (v, flags) = judge(s, set, resolved, op::WRITE);
+    let (v, flags) = judge(s, set, resolved, op::WRITE, renamed_dir);
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
         count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
     }
@@ -807,7 +833,25 @@ fn on_path(ctx: &LsmContext, ret: usize, on: u8, what: u8) -> i32 {
         return previous;
     }
     let (dentry, mnt) = path_parts(path);
-    check_path(dentry, mnt, dentry, on, what)
+    check_path(dentry, mnt, dentry, false, on, what)
+}
+
+/// Whether `dentry` is a directory's (a negative dentry, a name not made
+/// yet, is not). Only renames ask: a directory renamed carries what lies
+/// in it, where a pattern may no longer reach it (or into its reach); a
+/// directory made or removed is empty, and a mode or owner changed moves
+/// nothing, so guard patterns do not judge those.
+#[inline(always)]
+fn dentry_is_dir(dentry: u64) -> bool {
+    inode_is_dir(peek(dentry + offset(&PAL_OFF_D_INODE) as u64))
+}
+
+/// Whether a rename moves a directory: the old name's, or the new one's,
+/// which `RENAME_EXCHANGE` moves to the old name (a directory replaced
+/// is empty, and judged alike).
+#[inline(always)]
+fn a_directory_moves(old_dentry: u64, new_dentry: u64) -> bool {
+    dentry_is_dir(old_dentry) || dentry_is_dir(new_dentry)
 }
 
 /// A hook given a directory's `struct path *` and a name's dentry in it
@@ -823,7 +867,7 @@ fn in_dir(ctx: &LsmContext, ret: usize, new: bool, on: u8, what: u8) -> i32 {
     }
     let (dir_dentry, mnt) = path_parts(dir);
     let owned = if new { dir_dentry } else { dentry };
-    check_path(dentry, mnt, owned, on, what)
+    check_path(dentry, mnt, owned, false, on, what)
 }
 
 #[lsm(hook = "path_unlink")]
@@ -844,12 +888,13 @@ pub fn pal_lsm_rename(ctx: LsmContext) -> i32 {
     // Both names are written: the old one goes here, the new one (which
     // a rename replaces) in `pal_lsm_rename_to`, a program of its own so
     // that each stays well inside the verifier's budget.
-    let _ = (new_dir, new_dentry);
+    let _ = new_dir;
     let (_, old_mnt) = path_parts(old_dir);
     check_path(
         old_dentry,
         old_mnt,
         old_dentry,
+        a_directory_moves(old_dentry, new_dentry),
         hook::PATH_RENAME,
         event_op::RENAME,
     )
@@ -857,6 +902,7 @@ pub fn pal_lsm_rename(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "path_rename")]
 pub fn pal_lsm_rename_to(ctx: LsmContext) -> i32 {
+    let old_dentry: u64 = ctx.arg(1);
     let new_dir: u64 = ctx.arg(2);
     let new_dentry: u64 = ctx.arg(3);
     let previous: i32 = ctx.arg(5);
@@ -868,6 +914,7 @@ pub fn pal_lsm_rename_to(ctx: LsmContext) -> i32 {
         new_dentry,
         new_mnt,
         new_dentry,
+        a_directory_moves(old_dentry, new_dentry),
         hook::PATH_RENAME,
         event_op::RENAME,
     )
@@ -884,7 +931,14 @@ pub fn pal_lsm_link(ctx: LsmContext) -> i32 {
     // A new name for a file escapes the rules on its old one: linking is
     // judged as a write of the file linked to.
     let (_, mnt) = path_parts(new_dir);
-    check_path(old_dentry, mnt, old_dentry, hook::PATH_LINK, event_op::LINK)
+    check_path(
+        old_dentry,
+        mnt,
+        old_dentry,
+        false,
+        hook::PATH_LINK,
+        event_op::LINK,
+    )
 }
 
 #[lsm(hook = "path_truncate")]

@@ -190,6 +190,30 @@ fn chmod_errno(path: &str) -> i32 {
     errno_of(fs::set_permissions(path, fs::Permissions::from_mode(0o644)))
 }
 
+/// The errno of swapping `a` and `b` (renameat2 with RENAME_EXCHANGE),
+/// or 0.
+fn exchange_errno(a: &str, b: &str) -> i32 {
+    let (Ok(a), Ok(b)) = (std::ffi::CString::new(a), std::ffi::CString::new(b)) else {
+        return -1;
+    };
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
 /// The errno of giving `path` to root (its owner already), or 0.
 fn chown_errno(path: &str) -> i32 {
     errno_of(std::os::unix::fs::chown(path, Some(0), Some(0)))
@@ -360,8 +384,15 @@ fn directories_holding_protected_paths_cannot_be_moved_or_changed() -> anyhow::R
     lab.file("secret/k")?;
     lab.file("free/f")?;
     lab.file("vault/key")?;
-    fs::create_dir(lab.path("empty"))?;
-    fs::create_dir(lab.path("moved"))?;
+    // What patterns reach through their wildcards.
+    lab.file("home/alice/.ssh/id_rsa")?;
+    lab.file("home/notes")?;
+    lab.file("home/swap")?;
+    lab.file("logs/keep/today/a.log")?;
+    lab.file("logs/open/today/a.log")?;
+    for dir in ["empty", "moved", "home/bob", "incoming"] {
+        fs::create_dir_all(lab.path(dir))?;
+    }
     lab.apply(&format!(
         "{POLICY}  file:
     rules:
@@ -370,6 +401,9 @@ fn directories_holding_protected_paths_cannot_be_moved_or_changed() -> anyhow::R
     - {{action: Block, readOnly: true, dirs: [{{path: {{dir}}/fresh/}}]}}
     - {{action: Block, dirs: [{{path: {{dir}}/secret/}}]}}
     - {{action: Block, paths: [{{dir}}/vault/key]}}
+    - {{action: Block, patterns: [{{dir}}/home/*/.ssh/id_rsa]}}
+    - {{action: Audit, patterns: [{{dir}}/logs/*/today/*.log]}}
+    - {{action: Block, readOnly: true, dirs: [{{path: {{dir}}/logs/keep/, recursive: true}}]}}
 "
     ))?;
     let (conf, free, empty, fresh) = (
@@ -408,6 +442,52 @@ fn directories_holding_protected_paths_cannot_be_moved_or_changed() -> anyhow::R
                 errno_of(fs::rename(&free, lab.path("free2"))),
             ),
             ("mkdir other", errno_of(fs::create_dir(lab.path("other")))),
+            // The directories a pattern reaches: renamed, they would carry
+            // what it protects out of its reach, or something into it.
+            (
+                "rename alice's .ssh",
+                errno_of(fs::rename(
+                    lab.path("home/alice/.ssh"),
+                    lab.path("home/alice/ssh"),
+                )),
+            ),
+            (
+                "rename alice",
+                errno_of(fs::rename(lab.path("home/alice"), lab.path("alice"))),
+            ),
+            (
+                "rename a directory into reach",
+                errno_of(fs::rename(lab.path("incoming"), lab.path("home/dave"))),
+            ),
+            // Swapped with a file, the directory leaves all the same.
+            (
+                "exchange alice's .ssh with a file",
+                exchange_errno(&lab.path("home/swap"), &lab.path("home/alice/.ssh")),
+            ),
+            // A guard pattern judges directories renamed, nothing else.
+            (
+                "rename a file matching the guard",
+                errno_of(fs::rename(lab.path("home/notes"), lab.path("home/notes2"))),
+            ),
+            (
+                "mkdir carol",
+                errno_of(fs::create_dir(lab.path("home/carol"))),
+            ),
+            ("rmdir bob", errno_of(fs::remove_dir(lab.path("home/bob")))),
+            // An Audit pattern's guard audits; it never loosens the Block
+            // of the directory rule the renamed directory lies under.
+            (
+                "rename open/today",
+                errno_of(fs::rename(
+                    lab.path("logs/open/today"),
+                    lab.path("logs/open/old"),
+                )),
+            ),
+            // (Out of the blocked directory: its new name is free.)
+            (
+                "rename keep/today",
+                errno_of(fs::rename(lab.path("logs/keep/today"), lab.path("kept"))),
+            ),
         ]
     })?;
     let want = [
@@ -424,6 +504,15 @@ fn directories_holding_protected_paths_cannot_be_moved_or_changed() -> anyhow::R
         ("chmod free", 0),
         ("rename free", 0),
         ("mkdir other", 0),
+        ("rename alice's .ssh", EPERM),
+        ("rename alice", EPERM),
+        ("rename a directory into reach", EPERM),
+        ("exchange alice's .ssh with a file", EPERM),
+        ("rename a file matching the guard", 0),
+        ("mkdir carol", 0),
+        ("rmdir bob", 0),
+        ("rename open/today", 0),
+        ("rename keep/today", EPERM),
     ];
     ensure!(got == want, "in the pod: got {got:?}, want {want:?}");
     ensure!(
@@ -431,7 +520,14 @@ fn directories_holding_protected_paths_cannot_be_moved_or_changed() -> anyhow::R
             && Path::new(&empty).is_dir()
             && !Path::new(&fresh).exists()
             && Path::new(&lab.path("moved")).is_dir()
-            && Path::new(&lab.path("free2")).is_dir(),
+            && Path::new(&lab.path("free2")).is_dir()
+            && Path::new(&lab.path("home/alice/.ssh/id_rsa")).is_file()
+            && Path::new(&lab.path("incoming")).is_dir()
+            && Path::new(&lab.path("home/notes2")).is_file()
+            && Path::new(&lab.path("home/carol")).is_dir()
+            && !Path::new(&lab.path("home/bob")).exists()
+            && Path::new(&lab.path("logs/open/old")).is_dir()
+            && Path::new(&lab.path("logs/keep/today")).is_dir(),
         "a blocked change of a directory took effect, or an allowed one did not"
     );
     // Outside the pod the same calls go through.

@@ -659,10 +659,11 @@ fn pod_rules(
         process: process.build(process_posture, &mut left_out),
         // Only the file section: the path hooks judge directories' names.
         file: file.build(file_posture, &mut left_out).map(|mut set| {
-            set.guard_directory_names();
+            let mut unguarded = set.guard_directory_names();
             for (_, own) in &mut set.sources {
-                own.guard_directory_names();
+                unguarded.extend(own.guard_directory_names());
             }
+            left_out.extend(unguarded);
             set
         }),
     };
@@ -700,6 +701,19 @@ mod tests {
             s.policies.push(d.unwrap().policy().into());
         }
         s
+    }
+
+    /// x/a's rules under one Block rule of `patterns` (each quoted).
+    fn compile_block_patterns(patterns: impl Iterator<Item = String>) -> LsmDesired {
+        let many: Vec<String> = patterns.collect();
+        let s = snapshot(
+            &format!(
+                "{PNP}  file:\n    rules:\n    - {{action: Block, patterns: [{}]}}\n",
+                many.join(", ")
+            ),
+            &[],
+        );
+        compile_lsm(&s)
     }
 
     /// The verdict the kernel reaches for `path` in `set` (its model).
@@ -974,7 +988,9 @@ spec:
         );
         let d = compile_lsm(&s);
         let set = d.pods["x/a"].file.as_ref().unwrap();
-        assert_eq!(set.patterns.len(), 4);
+        // And the guard of the directories `/k/**/*.key` reaches.
+        assert_eq!(set.patterns.len(), 5);
+        assert_eq!(set.patterns[4].pattern, "/k/**");
         assert_eq!(verdict(set, "/v/public", op::READ), action::ALLOW);
         assert_eq!(verdict(set, "/v/other", op::READ), action::BLOCK);
         assert_eq!(verdict(set, "/v/private", op::READ), action::BLOCK);
@@ -995,16 +1011,78 @@ spec:
     }
 
     #[test]
-    fn patterns_beyond_the_automatons_room_are_reported_not_enforced() {
-        let many: Vec<String> = (0..20).map(|i| format!("'/p/{i}/*'")).collect();
+    fn directories_a_pattern_reaches_are_guarded_against_renames() {
         let s = snapshot(
             &format!(
-                "{PNP}  file:\n    rules:\n    - {{action: Block, patterns: [{}]}}\n",
-                many.join(", ")
+                "{PNP}  file:
+    rules:
+    - {{action: Block, patterns: ['/home/*/.ssh/id_rsa', '/**/*.key']}}
+    - {{action: Audit, patterns: ['/logs/*/today/*.log']}}
+    - {{action: Block, readOnly: true, dirs: [{{path: /logs/keep/, recursive: true}}]}}
+"
             ),
             &[],
         );
         let d = compile_lsm(&s);
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        let guards: Vec<&str> = (set.patterns.iter())
+            .filter(|p| p.verdict[op::WRITE].flags & verdict_flags::GUARD != 0)
+            .map(|p| p.pattern.as_str())
+            .collect();
+        // `/**` would guard every directory and protect nothing.
+        assert_eq!(
+            guards,
+            ["/home/*", "/home/*/.ssh", "/logs/*", "/logs/*/today"]
+        );
+        let by = |path: &str, which| set.decide(path, which, None);
+        // A directory named by a trailing '/' and written: renamed.
+        for (dir, guard) in [
+            ("/home/alice/.ssh/", "/home/*/.ssh"),
+            ("/home/alice/", "/home/*"),
+        ] {
+            let d = by(dir, op::WRITE);
+            assert_eq!(d.verdict.action, action::BLOCK, "{dir}");
+            assert_eq!(d.by, DecidedBy::Guard(guard.into()), "{dir}");
+        }
+        // Only directories, and only written: a file of that name, and a
+        // directory listed, are as before.
+        assert_eq!(verdict(set, "/home/notes", op::WRITE), action::ALLOW);
+        assert_eq!(verdict(set, "/home/alice/.ssh/", op::READ), action::ALLOW);
+        assert_eq!(
+            verdict(set, "/home/alice/.ssh/id_rsa", op::READ),
+            action::BLOCK
+        );
+        // An Audit pattern's guard audits, and never loosens a stricter
+        // directory rule above the renamed directory.
+        let open = by("/logs/open/today/", op::WRITE);
+        assert_eq!(open.verdict.action, action::AUDIT);
+        assert_eq!(open.by, DecidedBy::Guard("/logs/*/today".into()));
+        let keep = by("/logs/keep/today/", op::WRITE);
+        assert_eq!(keep.verdict.action, action::BLOCK);
+        assert!(matches!(keep.by, DecidedBy::Dir { .. }), "{:?}", keep.by);
+        assert!(
+            !d.not_enforced.contains_key("palisade:x/p"),
+            "{:?}",
+            d.not_enforced
+        );
+
+        // Guards that do not fit the automaton are reported; the patterns
+        // themselves are all enforced.
+        let d = compile_block_patterns((0..10).map(|i| format!("'/p{i}/*/key'")));
+        let set = d.pods["x/a"].file.as_ref().unwrap();
+        assert_eq!(set.patterns.len(), ebpf_common::lsm::MAX_PATTERNS);
+        let why = &d.not_enforced["palisade:x/p"];
+        assert_eq!(why.len(), 4, "{why:?}");
+        assert!(
+            why.iter()
+                .all(|w| w.contains("not guarded against renames")),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn patterns_beyond_the_automatons_room_are_reported_not_enforced() {
+        let d = compile_block_patterns((0..20).map(|i| format!("'/p/{i}/*'")));
         let set = d.pods["x/a"].file.as_ref().unwrap();
         assert_eq!(set.patterns.len(), ebpf_common::lsm::MAX_PATTERNS);
         let why = &d.not_enforced["palisade:x/p"];

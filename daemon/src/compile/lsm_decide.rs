@@ -35,6 +35,9 @@ pub enum DecidedBy {
     },
     /// A pattern.
     Pattern(String),
+    /// A guard pattern: directories whose renaming would carry what a
+    /// pattern reaches out of its reach (see [`super::lsm_guard`]).
+    Guard(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,9 +80,10 @@ impl RuleSet {
         let name = path.trim_end_matches('/');
         let lookup = self.lookup();
         if !name.is_empty() && which == op::WRITE {
-            self.decide_key(name, which, &lookup)
+            // A guard pattern judges the directory renamed.
+            self.decide_key(name, which, &lookup, name != path)
         } else {
-            self.decide_key(path, which, &lookup)
+            self.decide_key(path, which, &lookup, false)
         }
     }
 
@@ -95,8 +99,14 @@ impl RuleSet {
     }
 
     /// The decision for `path` as the kernel looks it up, by the set's
-    /// [`Lookup`].
-    pub(super) fn decide_key(&self, path: &str, which: usize, lookup: &Lookup) -> Decision {
+    /// [`Lookup`]; `renamed_dir`: the path is a directory's, renamed.
+    pub(super) fn decide_key(
+        &self,
+        path: &str,
+        which: usize,
+        lookup: &Lookup,
+        renamed_dir: bool,
+    ) -> Decision {
         let mut key = path.as_bytes().to_vec();
         key.push(0);
         let len = key.len();
@@ -130,11 +140,20 @@ impl RuleSet {
         if rule.kind != entry_kind::FILE
             && rule.kind != entry_kind::DIR_NAME
             && !self.patterns.is_empty()
-            && let Some((slot, v)) = run(&lookup.patterns, path.as_bytes(), which)
+            && let Some((slot, v)) = run(&lookup.patterns, path.as_bytes(), which, renamed_dir)
         {
-            d.verdict = v;
-            d.by = DecidedBy::Pattern(self.patterns[slot].pattern.clone());
-            d.ambiguous = false;
+            let pattern = self.patterns[slot].pattern.clone();
+            if v.flags & verdict_flags::GUARD == 0 {
+                d.verdict = v;
+                d.by = DecidedBy::Pattern(pattern);
+                d.ambiguous = false;
+            } else if v.strictness() > d.verdict.strictness() {
+                // A guard never takes protection away: a stricter entry
+                // stands, as in the kernel's `judge`.
+                d.verdict = v;
+                d.by = DecidedBy::Guard(pattern);
+                d.ambiguous = false;
+            }
         }
         d
     }
@@ -156,15 +175,12 @@ impl Lookup {
     }
 }
 
-/// How much a verdict blocks: the action, then whether it spares the
-/// owner.
-pub(super) fn rank(v: &Verdict) -> u8 {
-    2 * v.action + u8::from(v.flags & verdict_flags::OWNER_ONLY == 0)
-}
-
 fn entry_of(by: &DecidedBy) -> String {
     match by {
-        DecidedBy::File(p) | DecidedBy::DirName(p) | DecidedBy::Pattern(p) => p.clone(),
+        DecidedBy::File(p)
+        | DecidedBy::DirName(p)
+        | DecidedBy::Pattern(p)
+        | DecidedBy::Guard(p) => p.clone(),
         DecidedBy::Dir { path, .. } => path.clone(),
         DecidedBy::Default => String::new(),
     }

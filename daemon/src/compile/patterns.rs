@@ -6,7 +6,7 @@
 //! holds the automaton to `model::glob::matches`, the reference.
 
 use ebpf_common::lsm::{
-    MAX_PATTERNS, PATTERN_ROUNDS, PATTERN_WORDS, PatternSet, PatternSlot, Verdict,
+    MAX_PATTERNS, PATTERN_ROUNDS, PATTERN_WORDS, PatternSet, PatternSlot, Verdict, verdict_flags,
 };
 
 use crate::model::glob::{Token, tokens};
@@ -149,8 +149,14 @@ pub fn automaton(rules: &[PatternRule]) -> PatternSet {
 }
 
 /// Runs `path` (its bytes, no NUL) through `a` as the kernel does: the
-/// verdict of the deciding pattern for operation `which`, and its slot.
-pub fn run(a: &PatternSet, path: &[u8], which: usize) -> Option<(usize, Verdict)> {
+/// verdict of the deciding pattern for operation `which`, and its slot;
+/// guard slots count for a directory renamed (`renamed_dir`) only.
+pub fn run(
+    a: &PatternSet,
+    path: &[u8],
+    which: usize,
+    renamed_dir: bool,
+) -> Option<(usize, Verdict)> {
     let mut d = a.start;
     for &b in path {
         a.step(&mut d, b);
@@ -158,12 +164,13 @@ pub fn run(a: &PatternSet, path: &[u8], which: usize) -> Option<(usize, Verdict)
             return None;
         }
     }
-    let v = a.verdict(&d, which)?;
+    let v = a.verdict(&d, which, renamed_dir)?;
     // Which slot decided: the first of the highest rank that matched.
     let slot = (0..a.count as usize)
         .filter(|&k| {
             let s = &a.slots[k];
-            d[s.word as usize] >> s.bit & 1 != 0 && s.rank[which] > 0
+            let guard = s.verdict[which].flags & verdict_flags::GUARD != 0;
+            d[s.word as usize] >> s.bit & 1 != 0 && s.rank[which] > 0 && (renamed_dir || !guard)
         })
         .max_by_key(|&k| (a.slots[k].rank[which], std::cmp::Reverse(k)))?;
     Some((slot, v))
@@ -242,11 +249,15 @@ mod tests {
         let mut audit = rule("/srv/**", 3, 7);
         audit.rank[1] = 0;
         let a = automaton(&[audit, rule("/srv/*.key", 5, 9), rule("/srv/a.key", 5, 11)]);
-        let (slot, v) = run(&a, b"/srv/a.key", 0).unwrap();
+        let (slot, v) = run(&a, b"/srv/a.key", 0, false).unwrap();
         assert_eq!((slot, v.policy), (1, 9), "the first of equals");
-        assert_eq!(run(&a, b"/srv/x/y", 0).unwrap().1.policy, 7);
-        assert_eq!(run(&a, b"/srv/x/y", 1), None, "not covered for writes");
-        assert_eq!(run(&a, b"/etc/passwd", 0), None);
+        assert_eq!(run(&a, b"/srv/x/y", 0, false).unwrap().1.policy, 7);
+        assert_eq!(
+            run(&a, b"/srv/x/y", 1, false),
+            None,
+            "not covered for writes"
+        );
+        assert_eq!(run(&a, b"/etc/passwd", 0, false), None);
     }
 
     #[test]

@@ -118,6 +118,10 @@ pub fn explain_lsm(
              protects (renamed, removed or changed, it would carry it away)"
         ),
         DecidedBy::Pattern(p) => format!("the pattern {p}"),
+        DecidedBy::Guard(p) => format!(
+            "the guard on directories matching {p}, which hold what a pattern protects \
+             (renamed, one would carry it out of the pattern's reach; it judges renames only)"
+        ),
         DecidedBy::Default => String::new(),
     };
     if v.flags & verdict_flags::DEFAULT != 0 {
