@@ -52,17 +52,22 @@ fn main() -> anyhow::Result<()> {
     }
     println!("cargo::rerun-if-env-changed=PALISADE_CACHE");
 
-    let ebpf_target_dir = shared_target_dir()?;
+    // The eBPF target of the target's byte order, and the architecture the
+    // crates read (`bpf_target_arch`, for the kernel's structures).
+    let arch = env::var("CARGO_CFG_TARGET_ARCH")?;
+    let target = match env::var("CARGO_CFG_TARGET_ENDIAN")?.as_str() {
+        "big" => "bpfeb-unknown-none",
+        _ => "bpfel-unknown-none",
+    };
+    let ebpf_target_dir = shared_target_dir()?.join(&arch);
     for (crate_dir, object) in [
         ("ebpf-xdp", "palisade-xdp"),
         ("ebpf-tc", "palisade-tc"),
         ("ebpf-lsm", "palisade-lsm"),
     ] {
         println!("cargo::rerun-if-changed={}", root.join(crate_dir).display());
-        build_object(&toolchain, crate_dir, &ebpf_target_dir)?;
-        let built = ebpf_target_dir
-            .join("bpfel-unknown-none/release")
-            .join(object);
+        build_object(&toolchain, crate_dir, (target, &arch), &ebpf_target_dir)?;
+        let built = ebpf_target_dir.join(target).join("release").join(object);
         let out = PathBuf::from(env::var("OUT_DIR")?).join(object);
         fs::copy(&built, &out)
             .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
@@ -71,25 +76,33 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// One target directory for the eBPF objects, beside the build's own
-/// (`target/ebpf`): every build of this crate (clippy, test, the guest's musl
-/// build, release) has its own OUT_DIR, and building into it rebuilt `core`
-/// and all three objects each time, a minute and a half apiece. Shared, the
-/// first build does that once and the others find nothing to do. Its own
-/// directory, never the outer build's: cargo would wait on its own lock.
+/// (`target/ebpf`, then one per architecture): every build of this crate
+/// (clippy, test, the guest's musl build, release) has its own OUT_DIR,
+/// and building into it rebuilt `core` and all three objects each time, a
+/// minute and a half apiece. Shared, the first build does that once and
+/// the others find nothing to do. Its own directory, never the outer
+/// build's: cargo would wait on its own lock.
 fn shared_target_dir() -> anyhow::Result<PathBuf> {
+    // OUT_DIR is <target>/[<triple>/]<profile>/build/<package>/out.
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    // Cargo marks the root of every target directory with CACHEDIR.TAG.
-    let outer = out
-        .ancestors()
+    // Cargo marks the root of a target directory it made with CACHEDIR.TAG;
+    // one made by hand has none: then the profile's directory serves.
+    let outer = (out.ancestors())
         .find(|dir| dir.join("CACHEDIR.TAG").is_file())
-        .ok_or_else(|| anyhow!("no target directory (CACHEDIR.TAG) above {}", out.display()))?;
+        .or_else(|| out.ancestors().nth(3))
+        .ok_or_else(|| anyhow!("no target directory above {}", out.display()))?;
     Ok(outer.join("ebpf"))
 }
 
 /// `cargo build` of one eBPF crate with the pinned nightly. One crate per run,
 /// so that no crate's features are unified with another's (the LSM object
 /// must not get the pod datapath's maps). Quiet unless it fails.
-fn build_object(toolchain: &str, crate_dir: &str, target_dir: &Path) -> anyhow::Result<()> {
+fn build_object(
+    toolchain: &str,
+    crate_dir: &str,
+    (target, arch): (&str, &str),
+    target_dir: &Path,
+) -> anyhow::Result<()> {
     let mut cargo = Command::new("rustup");
     cargo.args([
         "run",
@@ -100,17 +113,9 @@ fn build_object(toolchain: &str, crate_dir: &str, target_dir: &Path) -> anyhow::
         crate_dir,
         "--bins",
     ]);
-    cargo.args([
-        "--release",
-        "--target",
-        "bpfel-unknown-none",
-        "-Z",
-        "build-std=core",
-    ]);
+    cargo.args(["--release", "--target", target, "-Z", "build-std=core"]);
     cargo.arg("--target-dir").arg(target_dir);
-    // BTF must be in the object (aya resolves attach points with it), and the
-    // crates read the architecture from bpf_target_arch.
-    let arch = env::var("CARGO_CFG_TARGET_ARCH")?;
+    // BTF must be in the object (aya resolves attach points with it).
     let flags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".to_owned(),

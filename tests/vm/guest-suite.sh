@@ -18,7 +18,19 @@ cd "$(dirname "$0")/../.."
 sctp=(tests/scenarios/sctp/*.yaml)
 lsm=(tests/scenarios/lsm/*.yaml)
 log=$(mktemp /tmp/palisade-guest-suite.XXXXXX)
-trap 'rm -f "$log"' EXIT
+two=
+# Stopped (a cancelled job, a timeout), the suite stops the second guest
+# too: it runs in a process group of its own, QEMU included.
+stop_second() {
+  if [ -n "$two" ]; then
+    kill -- "-$two" 2>/dev/null
+    wait "$two" 2>/dev/null
+  fi
+  rm -f "$log"
+}
+trap stop_second EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 second() {
   echo "=== guest two: the LSM scenarios (files)"
@@ -26,8 +38,10 @@ second() {
   echo "=== guest two: the LSM scenarios (--via kube)"
   tests/vm/guest-scenarios.sh "${lsm[@]}" -- --via kube
 }
+set -m
 second > "$log" 2>&1 &
 two=$!
+set +m
 
 one=0
 echo "=== guest one: the privileged tests"
@@ -42,6 +56,7 @@ if [ "$one" -eq 0 ]; then
 fi
 
 wait "$two"; two_status=$?
+two=
 echo "=== guest two's output:"
 cat "$log"
 echo "guest one: exit $one; guest two: exit $two_status"
