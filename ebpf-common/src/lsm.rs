@@ -82,8 +82,9 @@ pub mod verdict_flags {
     /// A pattern slot that guards directories for what a pattern reaches
     /// below them (`/home/*/.ssh` for `/home/*/.ssh/id_rsa`): it judges
     /// only a directory renamed, which would carry what lies in it out of
-    /// the pattern's reach, and where the trie's verdict is stricter, that
-    /// stands (a guard adds protection, it never takes any away).
+    /// the pattern's reach (or into it), and it only ever raises what the
+    /// other rules decide (a guard adds protection, it never takes any
+    /// away).
     pub const GUARD: u8 = 4;
 }
 
@@ -463,33 +464,73 @@ impl PatternSet {
         }
     }
 
-    /// The deciding slot's verdict for operation `which` once the path has
-    /// been read into states `d`: the highest rank that matched. Guard
-    /// slots ([`verdict_flags::GUARD`]) count only for a directory renamed
-    /// (`renamed_dir`).
-    #[inline(always)]
-    pub fn verdict(
+    /// Once the path has been read into states `d`, for operation `which`:
+    /// the deciding ordinary slot's verdict (the highest rank that
+    /// matched, the first of equals), and the strictest guard slot's
+    /// ([`verdict_flags::GUARD`]) that matched, the latter only for a
+    /// directory renamed (`renamed_dir`). The two are kept apart: a guard
+    /// only ever raises the decision the rest reach, whatever their ranks.
+    pub fn verdicts(
         &self,
         d: &[u64; PATTERN_WORDS],
         which: usize,
         renamed_dir: bool,
-    ) -> Option<Verdict> {
-        let mut best: Option<Verdict> = None;
-        let mut best_rank = 0;
-        for k in 0..MAX_PATTERNS {
-            if k as u32 >= self.count {
-                break;
-            }
-            let slot = &self.slots[k];
-            let live = d[(slot.word as usize) & (PATTERN_WORDS - 1)] >> (slot.bit & 63) & 1;
-            let rank = slot.rank[which & 1];
-            let guard = slot.verdict[which & 1].flags & verdict_flags::GUARD != 0;
-            if live != 0 && rank > best_rank && (renamed_dir || !guard) {
-                best_rank = rank;
-                best = Some(slot.verdict[which & 1]);
-            }
+    ) -> (Option<Verdict>, Option<Verdict>) {
+        let mut choice = SlotChoice::default();
+        for k in 0..(self.count as usize).min(MAX_PATTERNS) {
+            self.consider(k, d, which, renamed_dir, &mut choice);
         }
-        best
+        choice.verdicts()
+    }
+
+    /// One step of [`PatternSet::verdicts`]: slot `k`. The kernel runs it
+    /// as a `bpf_loop` callback, which the verifier checks once: unrolled,
+    /// the two running choices made the rename program too complex.
+    #[inline(always)]
+    pub fn consider(
+        &self,
+        k: usize,
+        d: &[u64; PATTERN_WORDS],
+        which: usize,
+        renamed_dir: bool,
+        choice: &mut SlotChoice,
+    ) {
+        let slot = &self.slots[k & (MAX_PATTERNS - 1)];
+        let live = d[(slot.word as usize) & (PATTERN_WORDS - 1)] >> (slot.bit & 63) & 1;
+        let rank = slot.rank[which & 1];
+        let v = slot.verdict[which & 1];
+        if live == 0 {
+            return;
+        }
+        if v.flags & verdict_flags::GUARD == 0 {
+            if rank > choice.best_rank {
+                (choice.best, choice.best_rank) = (v, rank);
+            }
+        } else if renamed_dir && rank > choice.guard_rank {
+            (choice.guard, choice.guard_rank) = (v, rank);
+        }
+    }
+}
+
+/// What [`PatternSet::verdicts`] has chosen so far (a rank of 0: nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlotChoice {
+    pub best: Verdict,
+    pub guard: Verdict,
+    pub best_rank: u8,
+    pub guard_rank: u8,
+    pub _pad: [u8; 6],
+}
+
+impl SlotChoice {
+    /// The ordinary pattern's verdict and the guard's, where any matched.
+    #[inline(always)]
+    pub fn verdicts(&self) -> (Option<Verdict>, Option<Verdict>) {
+        (
+            (self.best_rank > 0).then_some(self.best),
+            (self.guard_rank > 0).then_some(self.guard),
+        )
     }
 }
 

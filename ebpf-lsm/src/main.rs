@@ -28,9 +28,9 @@ use ebpf_common::{
     kernel::count,
     lsm::{
         CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, HAS_PATTERNS, HAS_SOURCES, KEY_PATH_BYTES,
-        LsmConfig, LsmEvent, PATH_MAX, PATTERN_WORDS, PathRule, PatternSet, PodSets, RuleData,
-        SET_ID_MASK, Verdict, WALK_DEPTH, action, entry_kind, event_flags, event_op, fmode, hook,
-        op, verdict_flags,
+        LsmConfig, LsmEvent, MAX_PATTERNS, PATH_MAX, PATTERN_WORDS, PathRule, PatternSet, PodSets,
+        RuleData, SET_ID_MASK, SlotChoice, Verdict, WALK_DEPTH, action, entry_kind, event_flags,
+        event_op, fmode, hook, op, verdict_flags,
     },
     maps::size,
     reason,
@@ -171,12 +171,16 @@ fn pod_sets() -> Option<(u64, PodSets)> {
     None
 }
 
-/// What [`pattern_byte`] reads and where it keeps the automaton's states.
+/// What [`pattern_byte`] and [`pattern_slot`] read, where the automaton's
+/// states are kept, and what the slots chose.
 #[repr(C)]
 struct PatternRun {
     path: *const u8,
     set: *const PatternSet,
     states: [u64; PATTERN_WORDS],
+    which: usize,
+    renamed_dir: bool,
+    choice: SlotChoice,
 }
 
 /// One byte of the path through the set's patterns (a `bpf_loop`
@@ -192,42 +196,73 @@ extern "C" fn pattern_byte(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     }
 }
 
-/// The deciding pattern's verdict for the path of `len` bytes (without
-/// its NUL) in the scratch, if a pattern of set `set` matches it (guard
-/// patterns only for a directory renamed, `renamed_dir`).
+/// One slot of the set considered once the path is read (a `bpf_loop`
+/// callback, for the same reason).
+extern "C" fn pattern_slot(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: as in `pattern_byte`.
+    unsafe {
+        let run = &mut *(ctx as *mut PatternRun);
+        (*run.set).consider(
+            index as usize,
+            &run.states,
+            run.which,
+            run.renamed_dir,
+            &mut run.choice,
+        );
+    }
+    0
+}
+
+/// The deciding ordinary pattern's verdict and the strictest guard
+/// pattern's (for a directory renamed, `renamed_dir`) for the path of
+/// `len` bytes (without its NUL) in the scratch, where patterns of set
+/// `set` match it.
 #[inline(always)]
-fn pattern_verdict(
+fn pattern_verdicts(
     s: &Scratch,
     set: u32,
     len: usize,
     which: usize,
     renamed_dir: bool,
-) -> Option<Verdict> {
+) -> (Option<Verdict>, Option<Verdict>) {
     // SAFETY: a hash lookup; the value stays valid for this run (RCU).
-    let patterns = unsafe { PAL_LSM_PATTERN.get(&set) }?;
+    let Some(patterns) = (unsafe { PAL_LSM_PATTERN.get(&set) }) else {
+        return (None, None);
+    };
     let mut run = PatternRun {
         path: s.path.as_ptr(),
         set: patterns,
         states: patterns.start,
+        which,
+        renamed_dir,
+        choice: SlotChoice::default(),
     };
-    // SAFETY: the callback and its context as `bpf_loop` expects them.
+    // SAFETY: the callbacks and their context as `bpf_loop` expects them.
     unsafe {
         generated::bpf_loop(
             (len & (PATH_MAX - 1)) as u32,
             pattern_byte as *mut core::ffi::c_void,
             addr_of_mut!(run).cast(),
             0,
-        )
+        );
+        if run.states != [0; PATTERN_WORDS] {
+            generated::bpf_loop(
+                patterns.count.min(MAX_PATTERNS as u32),
+                pattern_slot as *mut core::ffi::c_void,
+                addr_of_mut!(run).cast(),
+                0,
+            );
+        }
     };
-    patterns.verdict(&run.states, which, renamed_dir)
+    run.choice.verdicts()
 }
 
 /// The verdict of set `set` for the path `bpf_d_path` left in `s`
 /// (`resolved` is its return: the length with the NUL, or an error).
-/// The most specific trie entry decides, unless it is not a file's own
-/// and one of the set's patterns matches: then the pattern does. A guard
-/// pattern (for a directory renamed, `renamed_dir`) decides only where it
-/// is stricter than the entry.
+/// The most specific trie entry decides, unless it is not a file's or a
+/// directory name's own and one of the set's patterns matches: then the
+/// pattern does. For a directory renamed (`renamed_dir`), a guard pattern
+/// then raises that decision where it is stricter, whatever the entry.
 #[inline(always)]
 fn judge(
     s: &mut Scratch,
@@ -236,22 +271,24 @@ fn judge(
     which: usize,
     renamed_dir: bool,
 ) -> (Verdict, u8) {
-    let (v, flags, file) = judge_entry(s, set & SET_ID_MASK, resolved, which);
-    if set & HAS_PATTERNS == 0 || file || resolved <= 0 {
+    let (v, flags, own) = judge_entry(s, set & SET_ID_MASK, resolved, which);
+    if set & HAS_PATTERNS == 0 || resolved <= 0 || (own && !renamed_dir) {
         return (v, flags);
     }
-    match pattern_verdict(
+    let (pattern, guard) = pattern_verdicts(
         s,
         set & SET_ID_MASK,
         resolved as usize - 1,
         which,
         renamed_dir,
-    ) {
-        Some(p) if p.flags & verdict_flags::GUARD != 0 && v.strictness() >= p.strictness() => {
-            (v, flags)
-        }
-        Some(p) => (p, 0),
-        None => (v, flags),
+    );
+    let (v, flags) = match pattern {
+        Some(p) if !own => (p, 0),
+        _ => (v, flags),
+    };
+    match guard {
+        Some(g) if g.strictness() > v.strictness() => (g, 0),
+        _ => (v, flags),
     }
 }
 

@@ -123,8 +123,11 @@ fn loads_the_lsm_object_and_pins_its_map() -> anyhow::Result<()> {
         bail!("BPF LSM must be active in the guest: {reason}");
     }
     let loaded = loader::load_all(&t.pins, &features)?;
-    let LsmObject::Loaded(lsm) = &loaded.lsm else {
-        bail!("BPF LSM is active but the loader skipped the LSM object");
+    let lsm = match &loaded.lsm {
+        LsmObject::Loaded(lsm) => lsm,
+        LsmObject::Skipped { reason } => {
+            bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
+        }
     };
     // Every map of the object is pinned and checked.
     assert_eq!(lsm.maps.len(), loader::objects::LSM.maps().count());

@@ -53,8 +53,11 @@ fn the_exec_hook_sees_every_exec_and_outlives_its_loader() -> anyhow::Result<()>
     }
     let t = TempPins::new()?;
     let mut loaded = loader::load_all(&t.pins, &features)?;
-    let LsmObject::Loaded(lsm) = &mut loaded.lsm else {
-        bail!("BPF LSM is active but the loader skipped the LSM object");
+    let lsm = match &mut loaded.lsm {
+        LsmObject::Loaded(lsm) => lsm,
+        LsmObject::Skipped { reason } => {
+            bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
+        }
     };
     let states = attach::attach_lsm(lsm, &t.pins)?;
     assert_eq!(states.len(), objects::LSM_HOOKS.len());

@@ -83,8 +83,11 @@ impl Lab {
         let features = Features::probe();
         let pins = TempPins::new()?;
         let mut loaded = loader::load_all(&pins.pins, &features)?;
-        let LsmObject::Loaded(lsm) = &mut loaded.lsm else {
-            bail!("BPF LSM is active but the loader skipped the LSM object");
+        let lsm = match &mut loaded.lsm {
+            LsmObject::Loaded(lsm) => lsm,
+            LsmObject::Skipped { reason } => {
+                bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
+            }
         };
         attach::attach_lsm(lsm, &pins.pins)?;
         let state = LsmState::new(LsmMaps::open(&pins.pins)?)?;
@@ -387,6 +390,9 @@ fn directories_holding_protected_paths_cannot_be_moved_or_changed() -> anyhow::R
     // What patterns reach through their wildcards.
     lab.file("home/alice/.ssh/id_rsa")?;
     lab.file("home/notes")?;
+    // An Audit rule gives /home/alice a name guard of its own, looser than
+    // the pattern's guard, which must still hold there.
+    lab.file("home/alice/notes")?;
     lab.file("home/swap")?;
     lab.file("logs/keep/today/a.log")?;
     lab.file("logs/open/today/a.log")?;
@@ -402,6 +408,7 @@ fn directories_holding_protected_paths_cannot_be_moved_or_changed() -> anyhow::R
     - {{action: Block, dirs: [{{path: {{dir}}/secret/}}]}}
     - {{action: Block, paths: [{{dir}}/vault/key]}}
     - {{action: Block, patterns: [{{dir}}/home/*/.ssh/id_rsa]}}
+    - {{action: Audit, paths: [{{dir}}/home/alice/notes]}}
     - {{action: Audit, patterns: [{{dir}}/logs/*/today/*.log]}}
     - {{action: Block, readOnly: true, dirs: [{{path: {{dir}}/logs/keep/, recursive: true}}]}}
 "
@@ -580,16 +587,12 @@ fn exec_rules_and_allowlists_block_what_they_do_not_list() -> anyhow::Result<()>
 
 /// `busybox rm FILE` run as `bin` (a copy of busybox under another name)
 /// in the pod: its exit status.
-fn rm_as(lab: &Lab, bin: &str, file: &str) -> anyhow::Result<bool> {
+/// Whether busybox, run in the pod from the copy `bin`, succeeds at `args`.
+fn busybox_as(lab: &Lab, bin: &str, args: &[&str]) -> anyhow::Result<bool> {
     // busybox picks its applet by argv[0]: called "busybox", by argv[1].
-    lab.in_pod(|| {
-        Command::new(bin)
-            .arg0("busybox")
-            .args(["rm", "-f", file])
-            .status()
-    })?
-    .map(|s| s.success())
-    .context("running busybox rm")
+    lab.in_pod(|| Command::new(bin).arg0("busybox").args(args).status())?
+        .map(|s| s.success())
+        .with_context(|| format!("running busybox {args:?}"))
 }
 
 fn from_source_rules_hold_on_the_path_hooks_too() -> anyhow::Result<()> {
@@ -604,16 +607,24 @@ fn from_source_rules_hold_on_the_path_hooks_too() -> anyhow::Result<()> {
     lab.apply(&format!(
         "{POLICY}  file:
     rules:
-    - {{action: Block, paths: [{{dir}}/victim], fromSource: [{{dir}}/bin/cleaner]}}
+    - {{action: Block, paths: [{{dir}}/keep/victim], fromSource: [{{dir}}/bin/cleaner]}}
 "
     ))?;
-    let victim = lab.file("victim")?;
-    let by_cleaner = rm_as(&lab, &cleaner, &victim)?;
+    let victim = lab.file("keep/victim")?;
+    let by_cleaner = busybox_as(&lab, &cleaner, &["rm", "-f", &victim])?;
     ensure!(
         !by_cleaner && Path::new(&victim).exists(),
         "unlink by the named program was not blocked"
     );
-    let by_other = rm_as(&lab, &other, &victim)?;
+    // Any program renaming the directory would carry the file out from
+    // under the cleaner's rule: its guard is every program's.
+    let (keep, moved) = (lab.path("keep"), lab.path("moved"));
+    let moved_by_other = busybox_as(&lab, &other, &["mv", &keep, &moved])?;
+    ensure!(
+        !moved_by_other && Path::new(&victim).exists(),
+        "another program renamed the directory holding the cleaner's protected file"
+    );
+    let by_other = busybox_as(&lab, &other, &["rm", "-f", &victim])?;
     ensure!(
         by_other && !Path::new(&victim).exists(),
         "unlink by another program was blocked"

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::lsm_guard::guard_file_sets;
 pub use super::patterns::PatternRule;
 use super::patterns::{refusal, states};
 
@@ -517,6 +518,9 @@ struct Sourced {
     any: bool,
     general: Section,
     by_source: BTreeMap<String, Section>,
+    /// Every policy with a rule that protects by each pattern, whatever
+    /// rule wins there: the policies a guard left out is reported for.
+    pattern_policies: BTreeMap<String, BTreeSet<u32>>,
 }
 
 impl Sourced {
@@ -525,6 +529,7 @@ impl Sourced {
             any: false,
             general: Section::new(),
             by_source: BTreeMap::new(),
+            pattern_policies: BTreeMap::new(),
         }
     }
 
@@ -534,6 +539,14 @@ impl Sourced {
         (paths, dirs, patterns): (&[String], &[DirMatch], &[String]),
         c: Candidate,
     ) {
+        if c.action != LsmAction::Allow || c.owner_only {
+            for p in patterns {
+                self.pattern_policies
+                    .entry(p.clone())
+                    .or_default()
+                    .insert(c.policy);
+            }
+        }
         let targets: Vec<&mut Section> = if sources.is_empty() {
             vec![&mut self.general]
         } else {
@@ -658,14 +671,13 @@ fn pod_rules(
         cgroup: String::new(),
         process: process.build(process_posture, &mut left_out),
         // Only the file section: the path hooks judge directories' names.
-        file: file.build(file_posture, &mut left_out).map(|mut set| {
-            let mut unguarded = set.guard_directory_names();
-            for (_, own) in &mut set.sources {
-                unguarded.extend(own.guard_directory_names());
-            }
-            left_out.extend(unguarded);
-            set
-        }),
+        file: {
+            let policies = std::mem::take(&mut file.pattern_policies);
+            file.build(file_posture, &mut left_out).map(|mut set| {
+                left_out.extend(guard_file_sets(&mut set, &policies));
+                set
+            })
+        },
     };
     for (ids, why) in left_out {
         for p in selecting
@@ -947,19 +959,34 @@ spec:
     posture: Denylist
     rules:
     - {{action: Block, paths: [/a/general]}}
-    - {{action: Block, paths: [/a/secret], fromSource: [/bin/cat]}}
+    - {{action: Block, paths: [/c/secret], fromSource: [/bin/cat]}}
+    - {{action: Block, patterns: ['/d/*/key'], fromSource: [/bin/cat]}}
 "
             ),
             &[],
         );
         let d = compile_lsm(&s);
         let set = d.pods["x/a"].file.as_ref().unwrap();
-        assert_eq!(verdict(set, "/a/secret", op::READ), action::ALLOW);
+        assert_eq!(verdict(set, "/c/secret", op::READ), action::ALLOW);
+        // Any process renaming /c, or a /d/* directory, would carry what
+        // cat's rules protect out from under them: the guards are every
+        // process's.
+        let (cat, all) = (&set.sources[0].1, set);
+        for set in [cat, all] {
+            assert_eq!(verdict(set, "/c", op::WRITE), action::BLOCK);
+            assert_eq!(verdict(set, "/d", op::WRITE), action::BLOCK);
+            assert_eq!(
+                set.decide("/d/x/", op::WRITE, None).by,
+                DecidedBy::Guard("/d/*".into())
+            );
+        }
+        assert_eq!(verdict(set, "/d/x/key", op::READ), action::ALLOW);
         assert_eq!(verdict(set, "/a/general", op::READ), action::BLOCK);
         assert_eq!(set.sources.len(), 1);
         let (exe, cat) = &set.sources[0];
         assert_eq!(exe, b"/bin/cat");
-        assert_eq!(verdict(cat, "/a/secret", op::READ), action::BLOCK);
+        assert_eq!(verdict(cat, "/c/secret", op::READ), action::BLOCK);
+        assert_eq!(verdict(cat, "/d/x/key", op::READ), action::BLOCK);
         assert_eq!(verdict(cat, "/a/general", op::READ), action::BLOCK);
         assert_eq!(verdict(cat, "/a/other", op::READ), action::ALLOW);
         assert_eq!(set.source_keys(9).count(), 1);
@@ -1078,6 +1105,84 @@ spec:
                 .all(|w| w.contains("not guarded against renames")),
             "{why:?}"
         );
+    }
+
+    #[test]
+    fn a_guard_only_ever_raises_what_the_other_rules_decide() {
+        let decide = |rules: &str, path: &str| {
+            let s = snapshot(&format!("{PNP}  file:\n    rules:\n{rules}"), &[]);
+            let d = compile_lsm(&s);
+            d.pods["x/a"]
+                .file
+                .as_ref()
+                .unwrap()
+                .decide(path, op::WRITE, None)
+        };
+        // A looser rule on the directory's own name (its guard, here an
+        // Audit one for a file below it) does not hide the guard.
+        let d = decide(
+            "    - {action: Block, patterns: ['/home/*/.ssh/id_rsa']}
+    - {action: Audit, paths: [/home/alice/notes]}
+",
+            "/home/alice/",
+        );
+        assert_eq!(d.verdict.action, action::BLOCK);
+        assert_eq!(d.by, DecidedBy::Guard("/home/*".into()));
+        // An ownerOnly pattern on the directory does not outrank the guard
+        // of a plain Block below it: the owner cannot rename it either.
+        let d = decide(
+            "    - {action: Block, ownerOnly: true, patterns: ['/home/*/.ssh']}
+    - {action: Block, patterns: ['/home/*/.ssh/id_rsa']}
+",
+            "/home/alice/.ssh/",
+        );
+        assert_eq!(
+            (d.verdict.action, d.verdict.flags),
+            (action::BLOCK, verdict_flags::GUARD)
+        );
+        // An Audit guard never loosens an ownerOnly Allow (a Block for
+        // anyone else)...
+        let d = decide(
+            "    - {action: Allow, ownerOnly: true, patterns: ['/srv/*']}
+    - {action: Audit, patterns: ['/srv/*/logs/*.log']}
+",
+            "/srv/a/",
+        );
+        assert_eq!(d.verdict.action, action::BLOCK);
+        assert_eq!(d.by, DecidedBy::Pattern("/srv/*".into()));
+        // ...and raises what an Allow pattern decided over a directory rule
+        // to itself, not to the directory rule's Block.
+        let d = decide(
+            "    - {action: Block, dirs: [{path: /srv/, recursive: true}]}
+    - {action: Allow, patterns: ['/srv/*']}
+    - {action: Audit, patterns: ['/srv/*/logs/*.log']}
+",
+            "/srv/a/",
+        );
+        assert_eq!(d.verdict.action, action::AUDIT);
+        assert_eq!(d.by, DecidedBy::Guard("/srv/*".into()));
+    }
+
+    #[test]
+    fn a_guard_left_out_is_reported_for_every_policy_asking_for_it() {
+        let many: Vec<String> = (0..10).map(|i| format!("'/p{i}/*/key'")).collect();
+        let policy = |name: &str| {
+            format!(
+                "{}  file:\n    rules:\n    - {{action: Block, patterns: [{}]}}\n",
+                PNP.replace("name: p,", &format!("name: {name},")),
+                many.join(", ")
+            )
+        };
+        let s = snapshot(&format!("{}---\n{}", policy("p"), policy("q")), &[]);
+        let d = compile_lsm(&s);
+        for key in ["palisade:x/p", "palisade:x/q"] {
+            let why = &d.not_enforced[key];
+            assert!(
+                why.iter()
+                    .any(|w| w.contains("not guarded against renames")),
+                "{key}: {why:?}"
+            );
+        }
     }
 
     #[test]

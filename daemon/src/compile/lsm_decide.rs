@@ -137,23 +137,24 @@ impl RuleSet {
                 d.ambiguous = true;
             }
         }
-        if rule.kind != entry_kind::FILE
-            && rule.kind != entry_kind::DIR_NAME
-            && !self.patterns.is_empty()
-            && let Some((slot, v)) = run(&lookup.patterns, path.as_bytes(), which, renamed_dir)
+        // As the kernel's `judge`: a file's or a directory name's own entry
+        // takes no ordinary pattern; a guard raises whatever was decided.
+        let own = rule.kind == entry_kind::FILE || rule.kind == entry_kind::DIR_NAME;
+        if self.patterns.is_empty() || (own && !renamed_dir) {
+            return d;
+        }
+        let (pattern, guard) = run(&lookup.patterns, path.as_bytes(), which, renamed_dir);
+        if let Some((slot, v)) = pattern.filter(|_| !own) {
+            d.verdict = v;
+            d.by = DecidedBy::Pattern(self.patterns[slot].pattern.clone());
+            d.ambiguous = false;
+        }
+        if let Some((slot, g)) = guard
+            && g.strictness() > d.verdict.strictness()
         {
-            let pattern = self.patterns[slot].pattern.clone();
-            if v.flags & verdict_flags::GUARD == 0 {
-                d.verdict = v;
-                d.by = DecidedBy::Pattern(pattern);
-                d.ambiguous = false;
-            } else if v.strictness() > d.verdict.strictness() {
-                // A guard never takes protection away: a stricter entry
-                // stands, as in the kernel's `judge`.
-                d.verdict = v;
-                d.by = DecidedBy::Guard(pattern);
-                d.ambiguous = false;
-            }
+            d.verdict = g;
+            d.by = DecidedBy::Guard(self.patterns[slot].pattern.clone());
+            d.ambiguous = false;
         }
         d
     }

@@ -20,7 +20,7 @@
 //! pattern slots; those that do not fit are reported, never dropped
 //! silently.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ebpf_common::lsm::{Verdict, action, entry_kind, op, verdict_flags};
 
@@ -54,72 +54,143 @@ fn pattern_dir(pattern: &str) -> &str {
 
 /// The directories a pattern reaches through its wildcards, as patterns,
 /// shallowest first: `/home/*` and `/home/*/.ssh` for
-/// `/home/*/.ssh/id_rsa`. Left out: those made of `**` alone from the
-/// root (`/**` for `/**/*.key`), since what lies anywhere stays in the
-/// pattern's reach wherever it is moved.
-fn reached_directories(pattern: &str) -> impl Iterator<Item = &str> {
+/// `/home/*/.ssh/id_rsa`. A `**` within a component crosses directories,
+/// so the pattern up to it is one too (`/srv/**` for `/srv/**.key` and for
+/// `/srv/**`, whose matches lie in every directory below `/srv`). Such a
+/// guard also judges moves that keep everything in reach (`/srv/a` to
+/// `/srv/b`): a pattern cannot tell those apart. Left out: those made of
+/// `**` alone from the root (`/**` for `/**/*.key`), since what lies
+/// anywhere stays in the pattern's reach wherever it is moved.
+fn reached_directories(pattern: &str) -> Vec<&str> {
     let literal = pattern_dir(pattern).len();
-    pattern
-        .match_indices('/')
-        .map(|(i, _)| &pattern[..i])
-        .filter(move |dir| dir.len() > literal)
+    let mut ends: Vec<usize> = (pattern.match_indices('/').map(|(i, _)| i))
+        .chain(pattern.match_indices("**").map(|(i, _)| i + 2))
+        .filter(|&end| end > literal)
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    ends.into_iter()
+        .map(|end| &pattern[..end])
         .filter(|dir| !dir.split('/').all(|c| c.is_empty() || c == "**"))
+        .collect()
+}
+
+/// What rules need guarded: directories' names, each with the strictest
+/// verdict asked for it, and guard patterns, each with its verdict and the
+/// patterns that ask for it.
+#[derive(Default)]
+pub(super) struct GuardNeeds {
+    names: BTreeMap<String, Verdict>,
+    patterns: BTreeMap<String, (Verdict, BTreeSet<String>)>,
+}
+
+impl GuardNeeds {
+    /// `dir` and the directories above it. `own`: whether `dir` is the
+    /// rule's own directory, whose owner an `ownerOnly` rule spares; the
+    /// directories above it are others' (renaming `/home` is no write of
+    /// u's own), so their guard spares no owner.
+    fn names(&mut self, dir: &str, own: bool, v: Verdict) {
+        for (i, name) in names_at_and_above(dir).enumerate() {
+            let mut v = v;
+            if i > 0 || !own {
+                v.flags &= !verdict_flags::OWNER_ONLY;
+            }
+            let held = self.names.entry(name.to_owned()).or_insert(v);
+            if v.strictness() > held.strictness() {
+                *held = v;
+            }
+        }
+    }
+
+    /// The directories `pattern` reaches through its wildcards.
+    fn reached(&mut self, pattern: &str, mut v: Verdict) {
+        // Renaming a directory is no write of its owner's own.
+        v.flags = verdict_flags::GUARD;
+        for dir in reached_directories(pattern) {
+            let (held, asking) =
+                (self.patterns.entry(dir.to_owned())).or_insert((v, BTreeSet::new()));
+            if v.strictness() > held.strictness() {
+                *held = v;
+            }
+            asking.insert(pattern.to_owned());
+        }
+    }
+}
+
+/// The guards of a file section's sets. A directory renamed by any
+/// process carries what lies in it out from under every rule, a
+/// `fromSource` rule's too, so the general set and each `fromSource` set
+/// get the guards that all of their rules need. Returns the guard patterns
+/// that did not fit, with the policies whose patterns lack them (by
+/// `pattern_policies`, each pattern's policies) and why.
+pub(super) fn guard_file_sets(
+    set: &mut RuleSet,
+    pattern_policies: &BTreeMap<String, BTreeSet<u32>>,
+) -> Vec<(Vec<u32>, String)> {
+    let mut needs = GuardNeeds::default();
+    set.guard_needs(&mut needs);
+    for (_, own) in &set.sources {
+        own.guard_needs(&mut needs);
+    }
+    let mut unguarded = set.add_guards(&needs);
+    for (_, own) in &mut set.sources {
+        unguarded.extend(own.add_guards(&needs));
+    }
+    (unguarded.into_iter())
+        .map(|(asking, why)| {
+            let policies = (asking.iter())
+                .filter_map(|p| pattern_policies.get(p))
+                .flatten()
+                .copied()
+                .collect::<BTreeSet<u32>>();
+            (policies.into_iter().collect(), why)
+        })
+        .collect()
 }
 
 impl RuleSet {
-    /// Adds (or, where a file rule holds the same name, folds into its
-    /// entry) the guard of every directory name that needs one, and the
-    /// guard patterns of the directories patterns reach. Returns the guard
-    /// patterns that did not fit, with the policies whose patterns lack
-    /// them and why.
-    pub(super) fn guard_directory_names(&mut self) -> Vec<(Vec<u32>, String)> {
-        let mut needs: BTreeMap<String, Verdict> = BTreeMap::new();
-        // `own`: whether `dir` is the rule's own directory, whose owner an
-        // `ownerOnly` rule spares; the directories above it are others'
-        // (renaming `/home` is no write of u's own), so their guard spares
-        // no owner.
-        let mut need = |dir: &str, own: bool, v: Verdict| {
-            for (i, name) in names_at_and_above(dir).enumerate() {
-                let mut v = v;
-                if i > 0 || !own {
-                    v.flags &= !verdict_flags::OWNER_ONLY;
-                }
-                let held = needs.entry(name.to_owned()).or_insert(v);
-                if v.strictness() > held.strictness() {
-                    *held = v;
-                }
-            }
-        };
+    /// What this set's rules that block or audit need guarded.
+    fn guard_needs(&self, needs: &mut GuardNeeds) {
         for (_, key, rule) in &self.entries {
             let rule = rule.0;
             let path = String::from_utf8_lossy(key.strip_suffix(&[0]).unwrap_or(key));
             let (dir, own) = match rule.kind {
-                entry_kind::ROOT => continue,
+                // The root, and guards already added.
+                entry_kind::ROOT | entry_kind::DIR_NAME => continue,
                 // A directory's key ends with its '/': the directory itself.
                 entry_kind::DIR | entry_kind::DIR_RECURSIVE => (&path[..], true),
                 _ => (path.rfind('/').map_or("", |i| &path[..i]), false),
             };
             for v in rule.direct.iter().filter(|v| protects(v)) {
-                need(dir, own, *v);
+                needs.names(dir, own, *v);
             }
         }
         for p in &self.patterns {
-            for v in p.verdict.iter().filter(|v| protects(v)) {
-                need(pattern_dir(&p.pattern), false, *v);
+            let covered = p.verdict.iter().zip(p.rank).filter(|(_, r)| *r > 0);
+            for (v, _) in covered.filter(|(v, _)| protects(v)) {
+                needs.names(pattern_dir(&p.pattern), false, *v);
+                needs.reached(&p.pattern, *v);
             }
         }
+    }
+
+    /// Adds (or, where a file rule holds the same name, folds into its
+    /// entry) the guard of every directory name in `needs` that this set
+    /// does not already judge as strictly, and the guard patterns; returns
+    /// the guard patterns that did not fit, with the patterns asking for them.
+    fn add_guards(&mut self, needs: &GuardNeeds) -> Vec<(BTreeSet<String>, String)> {
         let mut added = Vec::new();
         // Built once, before guards are added or folded in: a fold changes
         // only the entry keyed by its own name, which no other name's key
         // starts with.
         let lookup = self.lookup();
-        for (name, v) in needs {
-            let read = self.decide_key(&name, op::READ, &lookup, false).verdict;
-            let write = self.decide_key(&name, op::WRITE, &lookup, false).verdict;
+        for (name, &v) in &needs.names {
+            let read = self.decide_key(name, op::READ, &lookup, false).verdict;
+            let write = self.decide_key(name, op::WRITE, &lookup, false).verdict;
             if v.strictness() <= write.strictness() {
                 continue;
             }
-            let mut key = name.into_bytes();
+            let mut key = name.clone().into_bytes();
             key.push(0);
             match lookup.position(&key).and_then(|i| self.entries.get_mut(i)) {
                 Some((_, _, file)) => {
@@ -131,47 +202,19 @@ impl RuleSet {
         }
         self.entries.extend(added);
         self.entries.sort();
-        self.guard_reached_directories()
+        self.add_guard_patterns(needs)
     }
 
-    /// The guard patterns (see the module's comment).
-    fn guard_reached_directories(&mut self) -> Vec<(Vec<u32>, String)> {
-        let mut needs: BTreeMap<String, (Verdict, Vec<u32>)> = BTreeMap::new();
-        for p in &self.patterns {
-            for v in p
-                .verdict
-                .iter()
-                .zip(p.rank)
-                .filter(|(v, r)| *r > 0 && protects(v))
-            {
-                let mut v = *v.0;
-                // Renaming a directory is no write of its owner's own.
-                v.flags = verdict_flags::GUARD;
-                for dir in reached_directories(&p.pattern) {
-                    let (held, policies) = needs.entry(dir.to_owned()).or_insert((v, Vec::new()));
-                    if v.strictness() > held.strictness() {
-                        *held = v;
-                    }
-                    policies.push(v.policy);
-                }
-            }
-        }
+    /// The guard patterns (see the module's comment) that fit.
+    fn add_guard_patterns(&mut self, needs: &GuardNeeds) -> Vec<(BTreeSet<String>, String)> {
         let mut used: usize = self.patterns.iter().map(|p| states(&p.pattern)).sum();
         let mut left_out = Vec::new();
-        for (dir, (v, mut policies)) in needs {
-            let covered = self.patterns.iter().any(|p| {
-                p.pattern == dir
-                    && p.rank[op::WRITE] > 0
-                    && p.verdict[op::WRITE].strictness() >= v.strictness()
-            });
-            if covered {
-                continue;
-            }
-            if let Some(why) = refusal(&dir, used, self.patterns.len()) {
-                policies.sort_unstable();
-                policies.dedup();
+        // Even where an ordinary pattern of the same text is as strict: a
+        // name's own entry keeps ordinary patterns out, never a guard.
+        for (dir, (v, asking)) in &needs.patterns {
+            if let Some(why) = refusal(dir, used, self.patterns.len()) {
                 left_out.push((
-                    policies,
+                    asking.clone(),
                     format!(
                         "directories matching {dir:?} are not guarded against renames, which \
                          can carry what a pattern reaches below them out of its reach: {why}"
@@ -179,12 +222,12 @@ impl RuleSet {
                 ));
                 continue;
             }
-            used += states(&dir);
+            used += states(dir);
             self.patterns.push(PatternRule {
-                pattern: dir,
+                pattern: dir.clone(),
                 // The scale of every slot's: 1 + 2 * action (+ ownerOnly).
                 rank: [0, 1 + 2 * v.action],
-                verdict: [Verdict::default(), v],
+                verdict: [Verdict::default(), *v],
             });
         }
         left_out
@@ -213,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_pattern_reaches_the_directories_below_its_literal_start() {
-        let reached = |p| reached_directories(p).collect::<Vec<_>>();
+        let reached = reached_directories;
         assert_eq!(reached("/home/*/.ssh/id_rsa"), ["/home/*", "/home/*/.ssh"]);
         assert_eq!(
             reached("/srv/**/secret/*.pem"),
@@ -224,5 +267,11 @@ mod tests {
         assert_eq!(reached("/**/*.key"), Vec::<&str>::new());
         assert_eq!(reached("/**/.ssh/*"), ["/**/.ssh"]);
         assert_eq!(reached("/*/secret"), ["/*"]);
+        // A `**` within a component crosses directories too.
+        assert_eq!(reached("/srv/**.key"), ["/srv/**"]);
+        assert_eq!(reached("/srv/a**/b.key"), ["/srv/a**"]);
+        assert_eq!(reached("/**.key"), Vec::<&str>::new());
+        assert_eq!(reached("/data/**"), ["/data/**"]);
+        assert_eq!(reached("/data/*"), Vec::<&str>::new());
     }
 }

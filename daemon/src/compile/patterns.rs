@@ -148,32 +148,35 @@ pub fn automaton(rules: &[PatternRule]) -> PatternSet {
     a
 }
 
-/// Runs `path` (its bytes, no NUL) through `a` as the kernel does: the
-/// verdict of the deciding pattern for operation `which`, and its slot;
-/// guard slots count for a directory renamed (`renamed_dir`) only.
-pub fn run(
-    a: &PatternSet,
-    path: &[u8],
-    which: usize,
-    renamed_dir: bool,
-) -> Option<(usize, Verdict)> {
+/// A pattern slot that decided, and its verdict.
+pub type Decided = Option<(usize, Verdict)>;
+
+/// Runs `path` (its bytes, no NUL) through `a` as the kernel does: for
+/// operation `which`, the deciding ordinary pattern (the highest rank,
+/// the first of equals) and the strictest guard pattern, the latter for a
+/// directory renamed (`renamed_dir`) only.
+pub fn run(a: &PatternSet, path: &[u8], which: usize, renamed_dir: bool) -> (Decided, Decided) {
     let mut d = a.start;
     for &b in path {
         a.step(&mut d, b);
         if d == [0; PATTERN_WORDS] {
-            return None;
+            return (None, None);
         }
     }
-    let v = a.verdict(&d, which, renamed_dir)?;
-    // Which slot decided: the first of the highest rank that matched.
-    let slot = (0..a.count as usize)
-        .filter(|&k| {
-            let s = &a.slots[k];
-            let guard = s.verdict[which].flags & verdict_flags::GUARD != 0;
-            d[s.word as usize] >> s.bit & 1 != 0 && s.rank[which] > 0 && (renamed_dir || !guard)
-        })
-        .max_by_key(|&k| (a.slots[k].rank[which], std::cmp::Reverse(k)))?;
-    Some((slot, v))
+    let (best, guard) = a.verdicts(&d, which, renamed_dir);
+    let slot = |guards: bool| {
+        (0..a.count as usize)
+            .filter(|&k| {
+                let s = &a.slots[k];
+                let is_guard = s.verdict[which].flags & verdict_flags::GUARD != 0;
+                d[s.word as usize] >> s.bit & 1 != 0 && s.rank[which] > 0 && is_guard == guards
+            })
+            .max_by_key(|&k| (a.slots[k].rank[which], std::cmp::Reverse(k)))
+    };
+    (
+        best.and_then(|v| Some((slot(false)?, v))),
+        guard.and_then(|v| Some((slot(true)?, v))),
+    )
 }
 
 #[cfg(test)]
@@ -249,15 +252,15 @@ mod tests {
         let mut audit = rule("/srv/**", 3, 7);
         audit.rank[1] = 0;
         let a = automaton(&[audit, rule("/srv/*.key", 5, 9), rule("/srv/a.key", 5, 11)]);
-        let (slot, v) = run(&a, b"/srv/a.key", 0, false).unwrap();
+        let (slot, v) = run(&a, b"/srv/a.key", 0, false).0.unwrap();
         assert_eq!((slot, v.policy), (1, 9), "the first of equals");
-        assert_eq!(run(&a, b"/srv/x/y", 0, false).unwrap().1.policy, 7);
+        assert_eq!(run(&a, b"/srv/x/y", 0, false).0.unwrap().1.policy, 7);
         assert_eq!(
             run(&a, b"/srv/x/y", 1, false),
-            None,
+            (None, None),
             "not covered for writes"
         );
-        assert_eq!(run(&a, b"/etc/passwd", 0, false), None);
+        assert_eq!(run(&a, b"/etc/passwd", 0, false), (None, None));
     }
 
     #[test]
