@@ -15,10 +15,12 @@
 //! the pattern's reach. Those directories have no names to key, so each
 //! gets a guard pattern instead (`/home/*`, `/home/*/.ssh`), flagged
 //! [`verdict_flags::GUARD`]: it judges only a directory renamed (made,
-//! removed or changed, a directory carries nothing out), and only where it
-//! is stricter than what the trie says of the name. Guard patterns take
-//! pattern slots; those that do not fit are reported, never dropped
-//! silently.
+//! removed or changed, a directory carries nothing out), and it only ever
+//! raises what the other rules (the name's entry, the ordinary patterns)
+//! decide. Guard patterns take pattern slots; those that do not fit are
+//! reported, never dropped silently. A directory renamed by any process
+//! carries what lies in it away, so a `fromSource` rule's guards are
+//! every process's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
