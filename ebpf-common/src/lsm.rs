@@ -464,28 +464,15 @@ impl PatternSet {
         }
     }
 
-    /// Once the path has been read into states `d`, for operation `which`:
-    /// the deciding ordinary slot's verdict (the highest rank that
-    /// matched, the first of equals), and the strictest guard slot's
-    /// ([`verdict_flags::GUARD`]) that matched, the latter only for a
-    /// directory renamed (`renamed_dir`). The two are kept apart: a guard
-    /// only ever raises the decision the rest reach, whatever their ranks.
-    pub fn verdicts(
-        &self,
-        d: &[u64; PATTERN_WORDS],
-        which: usize,
-        renamed_dir: bool,
-    ) -> (Option<Verdict>, Option<Verdict>) {
-        let mut choice = SlotChoice::default();
-        for k in 0..(self.count as usize).min(MAX_PATTERNS) {
-            self.consider(k, d, which, renamed_dir, &mut choice);
-        }
-        choice.verdicts()
-    }
-
-    /// One step of [`PatternSet::verdicts`]: slot `k`. The kernel runs it
-    /// as a `bpf_loop` callback, which the verifier checks once: unrolled,
-    /// the two running choices made the rename program too complex.
+    /// Slot `k`, once the path has been read into states `d`, for
+    /// operation `which`: run over every slot, `choice` ends with the
+    /// deciding ordinary slot (the highest rank that matched, the first of
+    /// equals) and the strictest guard slot ([`verdict_flags::GUARD`]) that
+    /// matched, the latter only for a directory renamed (`renamed_dir`).
+    /// The two are kept apart: a guard only ever raises the decision the
+    /// rest reach, whatever their ranks. The kernel runs this as a
+    /// `bpf_loop` callback, which the verifier checks once: unrolled, the
+    /// two running choices made the rename program too complex.
     #[inline(always)]
     pub fn consider(
         &self,
@@ -504,15 +491,16 @@ impl PatternSet {
         }
         if v.flags & verdict_flags::GUARD == 0 {
             if rank > choice.best_rank {
-                (choice.best, choice.best_rank) = (v, rank);
+                (choice.best, choice.best_rank, choice.best_slot) = (v, rank, k as u8);
             }
         } else if renamed_dir && rank > choice.guard_rank {
-            (choice.guard, choice.guard_rank) = (v, rank);
+            (choice.guard, choice.guard_rank, choice.guard_slot) = (v, rank, k as u8);
         }
     }
 }
 
-/// What [`PatternSet::verdicts`] has chosen so far (a rank of 0: nothing).
+/// What [`PatternSet::consider`] has chosen so far (a rank of 0: nothing),
+/// and from which slots.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SlotChoice {
@@ -520,7 +508,9 @@ pub struct SlotChoice {
     pub guard: Verdict,
     pub best_rank: u8,
     pub guard_rank: u8,
-    pub _pad: [u8; 6],
+    pub best_slot: u8,
+    pub guard_slot: u8,
+    pub _pad: [u8; 4],
 }
 
 impl SlotChoice {

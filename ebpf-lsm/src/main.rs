@@ -820,9 +820,17 @@ fn source_set_walked(s: &mut Scratch, set: u32) -> u32 {
 /// Judges a write that does not open the file (unlink, rename, link,
 /// truncate, chmod, chown, mknod, mkdir, symlink, rmdir) of `dentry` under
 /// mount `mnt`, in the file set; `ownerOnly` asks for the owner of `owned`;
-/// `renamed_dir`: a directory renamed (guard patterns judge it).
+/// `renamed`: a rename's old and new dentries (guard patterns judge it if
+/// it moves a directory), read only for a process of a pod with file rules.
 #[inline(always)]
-fn check_path(dentry: u64, mnt: u64, owned: u64, renamed_dir: bool, on: u8, what: u8) -> i32 {
+fn check_path(
+    dentry: u64,
+    mnt: u64,
+    owned: u64,
+    renamed: Option<(u64, u64)>,
+    on: u8,
+    what: u8,
+) -> i32 {
     let Some((cgroup, sets)) = pod_sets() else {
         return 0;
     };
@@ -840,6 +848,7 @@ fn check_path(dentry: u64, mnt: u64, owned: u64, renamed_dir: bool, on: u8, what
         sets.file
     };
     let resolved = walk_path(s, dentry, mnt);
+    let renamed_dir = renamed.is_some_and(|(old, new)| a_directory_moves(old, new));
     let (v, flags) = judge(s, set, resolved, op::WRITE, renamed_dir);
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
         count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
@@ -870,7 +879,7 @@ fn on_path(ctx: &LsmContext, ret: usize, on: u8, what: u8) -> i32 {
         return previous;
     }
     let (dentry, mnt) = path_parts(path);
-    check_path(dentry, mnt, dentry, false, on, what)
+    check_path(dentry, mnt, dentry, None, on, what)
 }
 
 /// Whether `dentry` is a directory's (a negative dentry, a name not made
@@ -904,7 +913,7 @@ fn in_dir(ctx: &LsmContext, ret: usize, new: bool, on: u8, what: u8) -> i32 {
     }
     let (dir_dentry, mnt) = path_parts(dir);
     let owned = if new { dir_dentry } else { dentry };
-    check_path(dentry, mnt, owned, false, on, what)
+    check_path(dentry, mnt, owned, None, on, what)
 }
 
 #[lsm(hook = "path_unlink")]
@@ -931,7 +940,7 @@ pub fn pal_lsm_rename(ctx: LsmContext) -> i32 {
         old_dentry,
         old_mnt,
         old_dentry,
-        a_directory_moves(old_dentry, new_dentry),
+        Some((old_dentry, new_dentry)),
         hook::PATH_RENAME,
         event_op::RENAME,
     )
@@ -951,7 +960,7 @@ pub fn pal_lsm_rename_to(ctx: LsmContext) -> i32 {
         new_dentry,
         new_mnt,
         new_dentry,
-        a_directory_moves(old_dentry, new_dentry),
+        Some((old_dentry, new_dentry)),
         hook::PATH_RENAME,
         event_op::RENAME,
     )
@@ -972,7 +981,7 @@ pub fn pal_lsm_link(ctx: LsmContext) -> i32 {
         old_dentry,
         mnt,
         old_dentry,
-        false,
+        None,
         hook::PATH_LINK,
         event_op::LINK,
     )

@@ -6,7 +6,7 @@
 //! holds the automaton to `model::glob::matches`, the reference.
 
 use ebpf_common::lsm::{
-    MAX_PATTERNS, PATTERN_ROUNDS, PATTERN_WORDS, PatternSet, PatternSlot, Verdict, verdict_flags,
+    MAX_PATTERNS, PATTERN_ROUNDS, PATTERN_WORDS, PatternSet, PatternSlot, SlotChoice, Verdict,
 };
 
 use crate::model::glob::{Token, tokens};
@@ -163,19 +163,14 @@ pub fn run(a: &PatternSet, path: &[u8], which: usize, renamed_dir: bool) -> (Dec
             return (None, None);
         }
     }
-    let (best, guard) = a.verdicts(&d, which, renamed_dir);
-    let slot = |guards: bool| {
-        (0..a.count as usize)
-            .filter(|&k| {
-                let s = &a.slots[k];
-                let is_guard = s.verdict[which].flags & verdict_flags::GUARD != 0;
-                d[s.word as usize] >> s.bit & 1 != 0 && s.rank[which] > 0 && is_guard == guards
-            })
-            .max_by_key(|&k| (a.slots[k].rank[which], std::cmp::Reverse(k)))
-    };
+    let mut choice = SlotChoice::default();
+    for k in 0..(a.count as usize).min(MAX_PATTERNS) {
+        a.consider(k, &d, which, renamed_dir, &mut choice);
+    }
+    let (best, guard) = choice.verdicts();
     (
-        best.and_then(|v| Some((slot(false)?, v))),
-        guard.and_then(|v| Some((slot(true)?, v))),
+        best.map(|v| (usize::from(choice.best_slot), v)),
+        guard.map(|v| (usize::from(choice.guard_slot), v)),
     )
 }
 
