@@ -185,6 +185,10 @@ pub mod hook {
     pub const PATH_MKDIR: u8 = 9;
     pub const PATH_SYMLINK: u8 = 10;
     pub const PATH_RMDIR: u8 = 11;
+    pub const INODE_SETXATTR: u8 = 12;
+    pub const INODE_REMOVEXATTR: u8 = 13;
+    pub const INODE_SET_ACL: u8 = 14;
+    pub const INODE_REMOVE_ACL: u8 = 15;
 }
 
 /// The kernel's name of a [`hook`].
@@ -202,6 +206,10 @@ pub const fn hook_name(h: u8) -> &'static str {
         hook::PATH_MKDIR => "path_mkdir",
         hook::PATH_SYMLINK => "path_symlink",
         hook::PATH_RMDIR => "path_rmdir",
+        hook::INODE_SETXATTR => "inode_setxattr",
+        hook::INODE_REMOVEXATTR => "inode_removexattr",
+        hook::INODE_SET_ACL => "inode_set_acl",
+        hook::INODE_REMOVE_ACL => "inode_remove_acl",
         _ => "unknown",
     }
 }
@@ -256,6 +264,10 @@ pub mod event_op {
     /// A new name: a file created; a FIFO, socket, device node, directory
     /// or symlink made.
     pub const CREATE: u8 = 9;
+    /// An extended attribute set or removed, a POSIX ACL included: the
+    /// file's metadata, as its mode is (an ACL can open it to others, a
+    /// `security.capability` grants capabilities to whoever runs it).
+    pub const XATTR: u8 = 10;
 }
 
 /// Key of `PAL_LSM_DECIDE`: Block and Audit decisions by policy.
@@ -315,6 +327,29 @@ pub mod globals {
     pub const MOUNT_PARENT: &str = "PAL_OFF_MOUNT_PARENT";
     /// `struct mount`: `mnt_mountpoint`.
     pub const MOUNT_MOUNTPOINT: &str = "PAL_OFF_MOUNTPOINT";
+    /// `struct dentry`: `d_sb`.
+    pub const DENTRY_SB: &str = "PAL_OFF_D_SB";
+    /// `struct super_block`: `s_mounts`, the first of the superblock's
+    /// mounts (a `list_head` before Linux 6.16, a `struct mount *` since).
+    pub const SB_MOUNTS: &str = "PAL_OFF_SB_MOUNTS";
+    /// What a link of that list points into: `struct mount`'s
+    /// `mnt_instance` (subtracted to find the mount), or 0 where the link
+    /// is the mount's own address.
+    pub const MOUNT_SB_LINK: &str = "PAL_OFF_MOUNT_SB_LINK";
+    /// `struct mount`: the next link (`mnt_instance.next`, or
+    /// `mnt_next_for_sb`).
+    pub const MOUNT_SB_NEXT: &str = "PAL_OFF_MOUNT_SB_NEXT";
+    /// `struct mount`: `mnt_ns`.
+    pub const MOUNT_NS: &str = "PAL_OFF_MOUNT_NS";
+    /// `struct task_struct`: `nsproxy`.
+    pub const TASK_NSPROXY: &str = "PAL_OFF_TASK_NSPROXY";
+    /// `struct nsproxy`: `mnt_ns`.
+    pub const NSPROXY_MNT_NS: &str = "PAL_OFF_NSPROXY_MNT_NS";
+    /// `struct task_struct`: `cred` and `real_cred` (they differ while
+    /// the kernel acts with borrowed credentials, as overlayfs does on
+    /// its upper layer).
+    pub const TASK_CRED: &str = "PAL_OFF_TASK_CRED";
+    pub const TASK_REAL_CRED: &str = "PAL_OFF_TASK_REAL_CRED";
 }
 
 /// `fmode_t` and open flag bits: part of the kernel's behaviour for decades.

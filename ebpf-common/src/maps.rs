@@ -246,4 +246,8 @@ pub mod programs {
     pub const LSM_MKDIR: &str = "pal_lsm_mkdir";
     pub const LSM_SYMLINK: &str = "pal_lsm_symlink";
     pub const LSM_RMDIR: &str = "pal_lsm_rmdir";
+    pub const LSM_SETXATTR: &str = "pal_lsm_setxattr";
+    pub const LSM_RMXATTR: &str = "pal_lsm_rmxattr";
+    pub const LSM_SET_ACL: &str = "pal_lsm_set_acl";
+    pub const LSM_RM_ACL: &str = "pal_lsm_rm_acl";
 }

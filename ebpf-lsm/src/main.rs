@@ -72,6 +72,12 @@ pub struct Scratch {
     /// ([`walk_state`]).
     walk_at: u64,
     walk_state: u64,
+    /// An inode hook's candidate mounts (`struct vfsmount *`): its
+    /// filesystem's mounts in the process's mount namespace, and how the
+    /// search for them ended ([`mount_search`]).
+    mounts: [u64; MOUNT_CANDIDATES],
+    mounts_found: u64,
+    mount_search: u64,
     /// The one field that persists between runs: the event rate limit.
     credit_ns: u64,
     last_ns: u64,
@@ -125,6 +131,31 @@ static PAL_OFF_MOUNT_MNT: u32 = 0;
 static PAL_OFF_MOUNT_PARENT: u32 = 0;
 #[unsafe(no_mangle)]
 static PAL_OFF_MOUNTPOINT: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_D_SB: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_SB_MOUNTS: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_MOUNT_SB_LINK: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_MOUNT_SB_NEXT: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_MOUNT_NS: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_TASK_NSPROXY: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_NSPROXY_MNT_NS: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_TASK_CRED: u32 = 0;
+#[unsafe(no_mangle)]
+static PAL_OFF_TASK_REAL_CRED: u32 = 0;
+
+/// How many of a filesystem's mounts in one mount namespace an inode
+/// hook tries (a pod sees its root filesystem once; a host filesystem a
+/// few times, as bind-mounted files and volumes), and how many mounts of
+/// the filesystem, in every namespace, it looks through to find them.
+const MOUNT_CANDIDATES: usize = 4;
+const MOUNT_SCAN: u32 = 4096;
 
 const EPERM: i32 = 1;
 
@@ -709,7 +740,10 @@ extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     }
     let parent: u64 = peek(d + offset(&PAL_OFF_D_PARENT) as u64);
     if parent == d {
-        s.walk_state = walk_state::DONE;
+        // A filesystem's root that is not the mount's: the dentry does not
+        // lie under this mount (an inode hook's candidate that is not the
+        // one), or it is disconnected. Either way, no path from the root.
+        s.walk_state = walk_state::FAILED;
         return 1;
     }
     let len: u32 = peek(d + offset(&PAL_OFF_D_NAME_LEN) as u64);
@@ -798,6 +832,135 @@ fn walk_path(s: &mut Scratch, dentry: u64, mnt: u64) -> i64 {
     if copied != 0 { -1 } else { n as i64 }
 }
 
+mod mount_search {
+    pub const RUNNING: u64 = 0;
+    /// Every mount of the filesystem was looked at.
+    pub const DONE: u64 = 1;
+    /// More candidates than [`super::MOUNT_CANDIDATES`].
+    pub const MORE: u64 = 2;
+}
+
+/// The state of one search through a filesystem's mounts, for
+/// [`mount_step`]; what it finds goes to the scratch, as [`Walk`]'s does.
+#[repr(C)]
+struct MountSearch {
+    s: *mut Scratch,
+    /// The list's head (`&sb->s_mounts`), where a `list_head` list ends.
+    head: u64,
+    link: u64,
+    ns: u64,
+}
+
+/// One mount of the filesystem: kept as a candidate if it belongs to the
+/// process's mount namespace. A `bpf_loop` callback.
+extern "C" fn mount_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `MountSearch`, whose `s` points to this
+    // run's scratch.
+    let m = unsafe { &mut *(ctx as *mut MountSearch) };
+    // SAFETY: as above.
+    let s = unsafe { &mut *m.s };
+    let link = m.link;
+    if link == 0 || link == m.head {
+        s.mount_search = mount_search::DONE;
+        return 1;
+    }
+    let mount = link - offset(&PAL_OFF_MOUNT_SB_LINK) as u64;
+    if peek::<u64>(mount + offset(&PAL_OFF_MOUNT_NS) as u64) == m.ns {
+        let at = s.mounts_found;
+        if at >= MOUNT_CANDIDATES as u64 {
+            s.mount_search = mount_search::MORE;
+            return 1;
+        }
+        s.mounts[(at as usize) & (MOUNT_CANDIDATES - 1)] =
+            mount + offset(&PAL_OFF_MOUNT_MNT) as u64;
+        s.mounts_found = at + 1;
+    }
+    m.link = peek(mount + offset(&PAL_OFF_MOUNT_SB_NEXT) as u64);
+    0
+}
+
+/// Where an inode hook's dentry lies, for the current process.
+enum Reach {
+    /// Its path from the root, of this length with the NUL, in the scratch.
+    Path(i64),
+    /// Under none of its filesystem's mounts in the process's namespace.
+    Elsewhere,
+    /// Not known: more mounts than the search takes, or unreadable.
+    Unknown,
+}
+
+/// The path of `dentry`, which an inode hook names without its mount,
+/// from the current process's root: through the first of its
+/// filesystem's mounts in the process's mount namespace that holds it.
+/// (One file seen through two such mounts is judged by the first path.)
+#[inline(always)]
+fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
+    let task = bpf_get_current_task_btf_u64();
+    let nsproxy: u64 = peek(task + offset(&PAL_OFF_TASK_NSPROXY) as u64);
+    let ns: u64 = peek(nsproxy + offset(&PAL_OFF_NSPROXY_MNT_NS) as u64);
+    let sb: u64 = peek(dentry + offset(&PAL_OFF_D_SB) as u64);
+    if nsproxy == 0 || ns == 0 || sb == 0 {
+        return Reach::Unknown;
+    }
+    let head = sb + offset(&PAL_OFF_SB_MOUNTS) as u64;
+    s.mounts = [0; MOUNT_CANDIDATES];
+    s.mounts_found = 0;
+    s.mount_search = mount_search::RUNNING;
+    let mut search = MountSearch {
+        s: addr_of_mut!(*s),
+        head,
+        link: peek(head),
+        ns,
+    };
+    // SAFETY: the callback and its context as `bpf_loop` expects them.
+    unsafe {
+        generated::bpf_loop(
+            MOUNT_SCAN,
+            mount_step as *mut core::ffi::c_void,
+            addr_of_mut!(search).cast(),
+            0,
+        )
+    };
+    for i in 0..MOUNT_CANDIDATES {
+        let mnt = s.mounts[i];
+        if mnt == 0 {
+            break;
+        }
+        let resolved = walk_path(s, dentry, mnt);
+        if resolved > 0 {
+            return Reach::Path(resolved);
+        }
+    }
+    if s.mount_search == mount_search::DONE {
+        Reach::Elsewhere
+    } else {
+        Reach::Unknown
+    }
+}
+
+/// Whether the current process acts with borrowed credentials, as
+/// overlayfs does when it writes its upper layer on a process's behalf.
+#[inline(always)]
+fn acting_for_another() -> bool {
+    let task = bpf_get_current_task_btf_u64();
+    let cred: u64 = peek(task + offset(&PAL_OFF_TASK_CRED) as u64);
+    let real: u64 = peek(task + offset(&PAL_OFF_TASK_REAL_CRED) as u64);
+    cred != real
+}
+
+/// Whether `file`'s mount belongs to the current process's mount
+/// namespace (a layer's mount that overlayfs keeps to itself belongs to
+/// none).
+#[inline(always)]
+fn in_own_namespace(file: *const u8) -> bool {
+    let task = bpf_get_current_task_btf_u64();
+    let nsproxy: u64 = peek(task + offset(&PAL_OFF_TASK_NSPROXY) as u64);
+    let ns: u64 = peek(nsproxy + offset(&PAL_OFF_NSPROXY_MNT_NS) as u64);
+    let (_, mnt) = path_parts(file as u64 + offset(&PAL_OFF_FILE_F_PATH) as u64);
+    let mount = mnt - offset(&PAL_OFF_MOUNT_MNT) as u64;
+    ns != 0 && peek::<u64>(mount + offset(&PAL_OFF_MOUNT_NS) as u64) == ns
+}
+
 /// The `fromSource` set for the current process on a path hook, where
 /// `bpf_d_path` is not allowed: its executable's path comes from the same
 /// walk, then the same lookup as on open.
@@ -818,14 +981,16 @@ fn source_set_walked(s: &mut Scratch, set: u32) -> u32 {
 }
 
 /// Judges a write that does not open the file (unlink, rename, link,
-/// truncate, chmod, chown, mknod, mkdir, symlink, rmdir) of `dentry` under
-/// mount `mnt`, in the file set; `ownerOnly` asks for the owner of `owned`;
-/// `renamed`: a rename's old and new dentries (guard patterns judge it if
-/// it moves a directory), read only for a process of a pod with file rules.
+/// truncate, chmod, chown, mknod, mkdir, symlink, rmdir, an extended
+/// attribute set) of `dentry` under mount `mnt` (`None`: an inode hook's,
+/// which names none), in the file set; `ownerOnly` asks for the owner of
+/// `owned`; `renamed`: a rename's old and new dentries (guard patterns
+/// judge it if it moves a directory), read only for a process of a pod
+/// with file rules.
 #[inline(always)]
 fn check_path(
     dentry: u64,
-    mnt: u64,
+    mnt: Option<u64>,
     owned: u64,
     renamed: Option<(u64, u64)>,
     on: u8,
@@ -847,7 +1012,19 @@ fn check_path(
     } else {
         sets.file
     };
-    let resolved = walk_path(s, dentry, mnt);
+    let resolved = match mnt {
+        Some(mnt) => walk_path(s, dentry, mnt),
+        None => match walk_from_a_mount(s, dentry) {
+            Reach::Path(resolved) => resolved,
+            // Overlayfs writing its upper layer (a copy-up, an attribute
+            // passed down) after the process's own request on the
+            // overlay's path was judged: not a path of the process's.
+            Reach::Elsewhere if acting_for_another() => return 0,
+            // A file reached from outside the namespace's mounts: judged
+            // as unresolved, by the default, and reported.
+            Reach::Elsewhere | Reach::Unknown => -1,
+        },
+    };
     let renamed_dir = renamed.is_some_and(|(old, new)| a_directory_moves(old, new));
     let (v, flags) = judge(s, set, resolved, op::WRITE, renamed_dir);
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
@@ -879,7 +1056,7 @@ fn on_path(ctx: &LsmContext, ret: usize, on: u8, what: u8) -> i32 {
         return previous;
     }
     let (dentry, mnt) = path_parts(path);
-    check_path(dentry, mnt, dentry, None, on, what)
+    check_path(dentry, Some(mnt), dentry, None, on, what)
 }
 
 /// Whether `dentry` is a directory's (a negative dentry, a name not made
@@ -913,7 +1090,7 @@ fn in_dir(ctx: &LsmContext, ret: usize, new: bool, on: u8, what: u8) -> i32 {
     }
     let (dir_dentry, mnt) = path_parts(dir);
     let owned = if new { dir_dentry } else { dentry };
-    check_path(dentry, mnt, owned, None, on, what)
+    check_path(dentry, Some(mnt), owned, None, on, what)
 }
 
 #[lsm(hook = "path_unlink")]
@@ -938,7 +1115,7 @@ pub fn pal_lsm_rename(ctx: LsmContext) -> i32 {
     let (_, old_mnt) = path_parts(old_dir);
     check_path(
         old_dentry,
-        old_mnt,
+        Some(old_mnt),
         old_dentry,
         Some((old_dentry, new_dentry)),
         hook::PATH_RENAME,
@@ -958,7 +1135,7 @@ pub fn pal_lsm_rename_to(ctx: LsmContext) -> i32 {
     let (_, new_mnt) = path_parts(new_dir);
     check_path(
         new_dentry,
-        new_mnt,
+        Some(new_mnt),
         new_dentry,
         Some((old_dentry, new_dentry)),
         hook::PATH_RENAME,
@@ -979,7 +1156,7 @@ pub fn pal_lsm_link(ctx: LsmContext) -> i32 {
     let (_, mnt) = path_parts(new_dir);
     check_path(
         old_dentry,
-        mnt,
+        Some(mnt),
         old_dentry,
         None,
         hook::PATH_LINK,
@@ -1036,6 +1213,41 @@ pub fn pal_lsm_rmdir(ctx: LsmContext) -> i32 {
     in_dir(&ctx, 2, false, hook::PATH_RMDIR, event_op::UNLINK)
 }
 
+/// An inode hook given a dentry (argument 1) and no mount: an extended
+/// attribute or ACL set or removed, the earlier LSMs' verdict at `ret`.
+/// On a `user.` attribute, a capability, a label or an ACL alike: a
+/// write of the file's metadata, judged as `chmod` is.
+#[inline(always)]
+fn on_dentry(ctx: &LsmContext, ret: usize, on: u8) -> i32 {
+    let dentry: u64 = ctx.arg(1);
+    let previous: i32 = ctx.arg(ret);
+    if previous != 0 {
+        return previous;
+    }
+    check_path(dentry, None, dentry, None, on, event_op::XATTR)
+}
+
+#[lsm(hook = "inode_setxattr")]
+pub fn pal_lsm_setxattr(ctx: LsmContext) -> i32 {
+    on_dentry(&ctx, 6, hook::INODE_SETXATTR)
+}
+
+#[lsm(hook = "inode_removexattr")]
+pub fn pal_lsm_rmxattr(ctx: LsmContext) -> i32 {
+    on_dentry(&ctx, 3, hook::INODE_REMOVEXATTR)
+}
+
+/// POSIX ACLs from Linux 6.2 on: they no longer pass `inode_setxattr`.
+#[lsm(hook = "inode_set_acl")]
+pub fn pal_lsm_set_acl(ctx: LsmContext) -> i32 {
+    on_dentry(&ctx, 4, hook::INODE_SET_ACL)
+}
+
+#[lsm(hook = "inode_remove_acl")]
+pub fn pal_lsm_rm_acl(ctx: LsmContext) -> i32 {
+    on_dentry(&ctx, 3, hook::INODE_REMOVE_ACL)
+}
+
 #[lsm(hook = "bprm_check_security")]
 pub fn pal_lsm_exec(ctx: LsmContext) -> i32 {
     let bprm: *const u8 = ctx.arg(0);
@@ -1083,6 +1295,13 @@ pub fn pal_lsm_open(ctx: LsmContext) -> i32 {
     };
     if flags & fmode::EXEC_FLAG != 0 {
         // The open execve(2) makes of the program: for process rules.
+        return 0;
+    }
+    if acting_for_another() && !in_own_namespace(file) {
+        // Overlayfs opening its layers' files for a copy-up, after the
+        // process's own write on the overlay's path was judged: their
+        // paths are not the process's (nor any rule's), and an allowlist
+        // would refuse them.
         return 0;
     }
     let (which, what) = if mode & fmode::WRITE != 0 {

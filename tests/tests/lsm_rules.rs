@@ -52,6 +52,16 @@ fn main() {
             exec_rules_and_allowlists_block_what_they_do_not_list,
         ),
         (
+            "extended_attributes_and_acls_of_protected_files_are_writes",
+            Needs::BpfLsm,
+            extended_attributes_and_acls_of_protected_files_are_writes,
+        ),
+        (
+            "overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own",
+            Needs::BpfLsm,
+            overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own,
+        ),
+        (
             "from_source_rules_hold_on_the_path_hooks_too",
             Needs::BpfLsm,
             from_source_rules_hold_on_the_path_hooks_too,
@@ -587,6 +597,203 @@ fn exec_rules_and_allowlists_block_what_they_do_not_list() -> anyhow::Result<()>
 
 /// `busybox rm FILE` run as `bin` (a copy of busybox under another name)
 /// in the pod: its exit status.
+/// The errno of setting the extended attribute `name` of `path` to
+/// `value` (through an open read-only descriptor: `fd`), or 0.
+fn setxattr_errno(path: &str, name: &str, value: &[u8], fd: bool) -> i32 {
+    let (Ok(p), Ok(n)) = (std::ffi::CString::new(path), std::ffi::CString::new(name)) else {
+        return -1;
+    };
+    // SAFETY: NUL-terminated strings and a buffer that outlive the calls.
+    let r = unsafe {
+        if fd {
+            let f = libc::open(p.as_ptr(), libc::O_RDONLY);
+            if f < 0 {
+                return std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+            }
+            let r = libc::fsetxattr(f, n.as_ptr(), value.as_ptr().cast(), value.len(), 0);
+            let e = std::io::Error::last_os_error();
+            libc::close(f);
+            if r != 0 {
+                return e.raw_os_error().unwrap_or(-1);
+            }
+            r
+        } else {
+            libc::setxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        }
+    };
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+/// The errno of removing the extended attribute `name` of `path`, or 0.
+fn removexattr_errno(path: &str, name: &str) -> i32 {
+    let (Ok(p), Ok(n)) = (std::ffi::CString::new(path), std::ffi::CString::new(name)) else {
+        return -1;
+    };
+    // SAFETY: NUL-terminated strings that outlive the call.
+    if unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) } == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+/// A POSIX access ACL as `system.posix_acl_access` holds it (version 2;
+/// owner rw, group r, other r: what mode 0644 says, so valid anywhere).
+const ACL_0644: [u8; 28] = [
+    2, 0, 0, 0, // version
+    1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, // ACL_USER_OBJ rw-
+    4, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, // ACL_GROUP_OBJ r--
+    0x20, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, // ACL_OTHER r--
+];
+
+/// File capabilities as `security.capability` holds them (revision 2,
+/// none permitted or inherited): checked by the kernel before the hook.
+const CAPS_NONE: [u8; 20] = [0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+fn extended_attributes_and_acls_of_protected_files_are_writes() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    let secret = lab.file("secret")?;
+    let ok = lab.file("ok")?;
+    let log = lab.file("logs/app.log")?;
+    // /tmp is a tmpfs in the guest: trusted.* attributes (root's) and
+    // ACLs both work there, so an allowed change returns 0.
+    ensure!(
+        setxattr_errno(&secret, "trusted.pal-old", b"1", false) == 0,
+        "setting an attribute to remove later, outside the pod"
+    );
+    lab.apply(&format!(
+        "{POLICY}  file:
+    rules:
+    - {{action: Block, paths: [{{dir}}/secret]}}
+    - {{action: Block, readOnly: true, dirs: [{{path: {{dir}}/logs/}}]}}
+"
+    ))?;
+    let before = lab.decisions()?;
+    let got = lab.in_pod(|| {
+        [
+            (
+                "set an attribute of secret",
+                setxattr_errno(&secret, "trusted.pal", b"1", false),
+            ),
+            (
+                "set an attribute of ok",
+                setxattr_errno(&ok, "trusted.pal", b"1", false),
+            ),
+            (
+                "remove an attribute of secret",
+                removexattr_errno(&secret, "trusted.pal-old"),
+            ),
+            (
+                "set an ACL on secret",
+                setxattr_errno(&secret, "system.posix_acl_access", &ACL_0644, false),
+            ),
+            (
+                "set an ACL on ok",
+                setxattr_errno(&ok, "system.posix_acl_access", &ACL_0644, false),
+            ),
+            (
+                "fsetxattr on the read-only log",
+                setxattr_errno(&log, "trusted.pal", b"1", true),
+            ),
+            (
+                "set a capability on secret",
+                setxattr_errno(&secret, "security.capability", &CAPS_NONE, false),
+            ),
+        ]
+    })?;
+    let want = [
+        ("set an attribute of secret", EPERM),
+        ("set an attribute of ok", 0),
+        ("remove an attribute of secret", EPERM),
+        ("set an ACL on secret", EPERM),
+        ("set an ACL on ok", 0),
+        ("fsetxattr on the read-only log", EPERM),
+        ("set a capability on secret", EPERM),
+    ];
+    ensure!(got == want, "in the pod: got {got:?}, want {want:?}");
+    let after = lab.decisions()?;
+    ensure!(
+        after >= before + 5,
+        "decisions counted: {before} -> {after}"
+    );
+    ensure!(
+        setxattr_errno(&secret, "trusted.pal", b"1", false) == 0
+            && removexattr_errno(&secret, "trusted.pal-old") == 0,
+        "a process outside the pod was blocked"
+    );
+    Ok(())
+}
+
+/// Under a file allowlist, a write to a file of an overlay's lower layer
+/// makes overlayfs copy it up: it opens both layers' files and copies
+/// their attributes with borrowed credentials, in the writing process,
+/// through mounts the process's namespace does not hold. Those are not
+/// the process's opens and writes (its own chmod on the overlay's path
+/// was judged): the allowlist must not block them, as it would by the
+/// paths they resolve to.
+fn overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    let busybox = fs::read("/bin/busybox").context("the guest's busybox")?;
+    let bin = lab.path("busybox");
+    fs::write(&bin, &busybox)?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+    let free = lab.file("lower/free")?;
+    lab.file("lower/secret")?;
+    // An attribute for the copy-up to copy: a write on the upper layer.
+    ensure!(
+        setxattr_errno(&free, "trusted.pal", b"1", false) == 0,
+        "setting an attribute on the lower layer"
+    );
+    let (lower, layers, ov) = (lab.path("lower"), lab.path("layers"), lab.path("ov"));
+    fs::create_dir_all(&layers)?;
+    fs::create_dir_all(&ov)?;
+    lab.apply(&format!(
+        "{POLICY}  file:
+    posture: Allowlist
+    rules:
+    - {{action: Allow, dirs: [{{path: {{dir}}/, recursive: true}}, {{path: /proc/, recursive: true}}, {{path: /dev/, recursive: true}}, {{path: /sys/fs/cgroup/, recursive: true}}]}}
+    - {{action: Block, paths: [{{dir}}/ov/secret]}}
+"
+    ))?;
+    // In a mount namespace of its own: the upper layer on a tmpfs that is
+    // unmounted (lazily) once the overlay holds it, so that no mount of
+    // the namespace reaches it, as a node's layers are out of a pod's.
+    let script = format!(
+        "mount -t tmpfs layers {layers} && mkdir {layers}/upper {layers}/work && \
+         mount -t overlay ov -o lowerdir={lower},upperdir={layers}/upper,workdir={layers}/work {ov} && \
+         umount -l {layers} && \
+         if chmod 600 {ov}/secret; then echo 'chmod secret: allowed'; exit 3; fi && \
+         chmod 600 {ov}/free && cat {ov}/free >/dev/null; s=$?; umount -l {ov}; exit $s"
+    );
+    let status = lab
+        .in_pod(|| {
+            Command::new(&bin)
+                .arg0("busybox")
+                .args(["unshare", "-m", &bin, "sh", "-c", &script])
+                .status()
+        })?
+        .context("running busybox")?;
+    ensure!(
+        status.code() != Some(3),
+        "chmod of the blocked file on the overlay was allowed"
+    );
+    ensure!(
+        status.success(),
+        "the allowed chmod of a lower-layer file failed (its copy-up blocked?): {status}"
+    );
+    Ok(())
+}
+
 /// Whether busybox, run in the pod from the copy `bin`, succeeds at `args`.
 fn busybox_as(lab: &Lab, bin: &str, args: &[&str]) -> anyhow::Result<bool> {
     // busybox picks its applet by argv[0]: called "busybox", by argv[1].

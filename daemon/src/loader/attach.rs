@@ -535,7 +535,8 @@ fn pinned_link(pins: &PinDir, name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Attaches every LSM program and pins its link as `links/lsm-<program>`.
+/// Attaches every loaded LSM program (all but those whose hook the kernel
+/// lacks) and pins its link as `links/lsm-<program>`.
 /// An LSM link cannot be updated in place, so an existing pin is replaced by
 /// attaching the new program first and dropping the old link after: for a
 /// moment both run, never neither.
@@ -546,6 +547,10 @@ pub fn attach_lsm(object: &mut LoadedObject, pins: &PinDir) -> Result<Vec<LinkSt
         let path = pins.link(&pin_name);
         let old = adopt(pins, &pin_name)?;
         let prog: &mut Lsm = program(object, name)?;
+        if prog.fd().is_err() {
+            // Left out at load: a hook this kernel does not have.
+            continue;
+        }
         let id = prog.attach().map_err(attach_error(name))?;
         let link = prog.take_link(id).map_err(attach_error(name))?;
         states.push(pin(link.into(), &path, old.is_some())?);

@@ -197,6 +197,7 @@ impl Btf {
 
 /// The globals the LSM programs read, by name, for this kernel.
 pub fn lsm_offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>, BtfError> {
+    let (sb_link, sb_next) = sb_mount_links(btf)?;
     Ok(vec![
         (globals::FILE_F_PATH, btf.field_offset("file", "f_path")?),
         (globals::FILE_F_MODE, btf.field_offset("file", "f_mode")?),
@@ -246,7 +247,40 @@ pub fn lsm_offsets(btf: &Btf) -> Result<Vec<(&'static str, u32)>, BtfError> {
             globals::MOUNT_MOUNTPOINT,
             btf.field_offset("mount", "mnt_mountpoint")?,
         ),
+        (globals::DENTRY_SB, btf.field_offset("dentry", "d_sb")?),
+        (
+            globals::SB_MOUNTS,
+            btf.field_offset("super_block", "s_mounts")?,
+        ),
+        (globals::MOUNT_SB_LINK, sb_link),
+        (globals::MOUNT_SB_NEXT, sb_next),
+        (globals::MOUNT_NS, btf.field_offset("mount", "mnt_ns")?),
+        (
+            globals::TASK_NSPROXY,
+            btf.field_offset("task_struct", "nsproxy")?,
+        ),
+        (
+            globals::NSPROXY_MNT_NS,
+            btf.field_offset("nsproxy", "mnt_ns")?,
+        ),
+        (globals::TASK_CRED, btf.field_offset("task_struct", "cred")?),
+        (
+            globals::TASK_REAL_CRED,
+            btf.field_offset("task_struct", "real_cred")?,
+        ),
     ])
+}
+
+/// How a superblock's mounts are linked: through `mnt_instance`, a
+/// `list_head` whose links point into the next mount (until Linux 6.16),
+/// or `mnt_next_for_sb`, which points at the next mount itself. The
+/// offset to subtract from a link to find its mount, and where the next
+/// link is read.
+fn sb_mount_links(btf: &Btf) -> Result<(u32, u32), BtfError> {
+    match btf.field_offset("mount", "mnt_instance") {
+        Ok(instance) => Ok((instance, instance)),
+        Err(_) => Ok((0, btf.field_offset("mount", "mnt_next_for_sb")?)),
+    }
 }
 
 #[cfg(test)]
@@ -260,7 +294,7 @@ mod tests {
             return;
         };
         let offsets = lsm_offsets(&btf).unwrap();
-        assert_eq!(offsets.len(), 21);
+        assert_eq!(offsets.len(), 30);
         assert!(btf.func_id("bpf_lsm_file_open").is_some());
         assert!(btf.func_id("no_such_function_here").is_none());
         // `f_path` and `f_inode` are pointers-and-more deep into `file`,
@@ -270,6 +304,10 @@ mod tests {
         for (name, off) in &offsets {
             assert!(*off < 4096, "{name} = {off}");
         }
+        // Either list form: a `list_head` (link and next the same field)
+        // or a pointer chain to the mount itself.
+        let (link, next) = sb_mount_links(&btf).unwrap();
+        assert!(link == next || (link == 0 && next > 0), "{link} {next}");
         assert!(btf.field_offset("file", "no_such_field").is_err());
         assert!(btf.field_offset("no_such_struct", "x").is_err());
     }

@@ -189,10 +189,16 @@ pub fn load_with(
 }
 
 fn load_lsm(pins: &PinDir, sizes: &MapSizes) -> Result<LoadedObject, LoadError> {
-    let offsets = btf::lsm_offsets(&btf::Btf::from_sys_fs()?)?;
+    let kernel = btf::Btf::from_sys_fs()?;
+    let offsets = btf::lsm_offsets(&kernel)?;
     let mut lsm = load_object(pins, &objects::LSM, sizes, &offsets)?;
     let btf = Btf::from_sys_fs()?;
     for &(program, hook) in objects::LSM_HOOKS {
+        if objects::lsm_hook_optional(hook) && kernel.func_id(&format!("bpf_lsm_{hook}")).is_none()
+        {
+            tracing::info!("no {hook} hook in this kernel: {program} left out");
+            continue;
+        }
         let p: &mut Lsm = program_mut(&mut lsm.ebpf, &objects::LSM, program)?;
         p.load(hook, &btf)
             .map_err(|e| verify_error(&objects::LSM, program, e))?;

@@ -103,6 +103,10 @@ pub static LSM: Object = Object {
         programs::LSM_MKDIR,
         programs::LSM_SYMLINK,
         programs::LSM_RMDIR,
+        programs::LSM_SETXATTR,
+        programs::LSM_RMXATTR,
+        programs::LSM_SET_ACL,
+        programs::LSM_RM_ACL,
     ],
 };
 
@@ -122,4 +126,17 @@ pub const LSM_HOOKS: &[(&str, &str)] = &[
     (programs::LSM_MKDIR, "path_mkdir"),
     (programs::LSM_SYMLINK, "path_symlink"),
     (programs::LSM_RMDIR, "path_rmdir"),
+    // Extended attributes and ACLs: inode hooks, which name no mount.
+    (programs::LSM_SETXATTR, "inode_setxattr"),
+    (programs::LSM_RMXATTR, "inode_removexattr"),
+    (programs::LSM_SET_ACL, "inode_set_acl"),
+    (programs::LSM_RM_ACL, "inode_remove_acl"),
 ];
+
+/// Hooks a kernel may lack, whose programs are then left out:
+/// `inode_set_acl` and `inode_remove_acl` came with Linux 6.2; before,
+/// an ACL is set and removed through `inode_setxattr` and
+/// `inode_removexattr`, which judge it.
+pub fn lsm_hook_optional(hook: &str) -> bool {
+    matches!(hook, "inode_set_acl" | "inode_remove_acl")
+}

@@ -175,6 +175,7 @@ pub fn decode_lsm(e: &LsmEvent, names: &SharedNames) -> LsmLine {
             lsm::event_op::CHMOD => "chmod",
             lsm::event_op::CHOWN => "chown",
             lsm::event_op::CREATE => "create",
+            lsm::event_op::XATTR => "xattr",
             _ => "read",
         },
         action: if e.action == lsm::action::BLOCK {
