@@ -96,7 +96,8 @@ guest-scenarios: setup
 guest: setup
 	tests/vm/guest-tests.sh
 
-# `make guest`, and the SCTP and LSM scenarios both ways, in two guests at once.
+# `make guest`'s tests, and the SCTP and LSM scenarios both ways: six jobs,
+# two guests at a time (tests/vm/guest-suite.sh).
 guest-suite: setup
 	tests/vm/guest-suite.sh
 

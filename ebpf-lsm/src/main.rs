@@ -78,6 +78,11 @@ pub struct Scratch {
     mounts: [u64; MOUNT_CANDIDATES],
     mounts_found: u64,
     mount_search: u64,
+    /// Mounts of the file system in other namespaces, or detached.
+    foreign: [u64; FOREIGN_CANDIDATES],
+    foreign_found: u64,
+    /// Whether the kernel keeps a mount of the file system to itself.
+    internal: u64,
     /// The one field that persists between runs: the event rate limit.
     credit_ns: u64,
     last_ns: u64,
@@ -154,7 +159,14 @@ static PAL_OFF_TASK_REAL_CRED: u32 = 0;
 /// hook tries (a pod sees its root filesystem once; a host filesystem a
 /// few times, as bind-mounted files and volumes), and how many mounts of
 /// the filesystem, in every namespace, it looks through to find them.
-const MOUNT_CANDIDATES: usize = 4;
+const MOUNT_CANDIDATES: usize = 8;
+/// How many mounts of other namespaces, or detached ones, it tries where
+/// none of the process's own reaches the dentry.
+const FOREIGN_CANDIDATES: usize = 4;
+
+/// `MNT_NS_INTERNAL`, the namespace of mounts the kernel keeps to itself
+/// (`ERR_PTR(-EINVAL)`): overlayfs's clones of its layers among them.
+const MNT_NS_INTERNAL: u64 = (-22i64) as u64;
 const MOUNT_SCAN: u32 = 4096;
 
 const EPERM: i32 = 1;
@@ -691,6 +703,11 @@ struct Walk {
     mnt: u64,
     root_dentry: u64,
     root_mnt: u64,
+    /// Whether a file system's root that is not the mount's ends the walk
+    /// unresolved (an inode hook trying a candidate mount) or as the root
+    /// (the path hooks: a pseudo file's dentry, a memfd's or a pipe's, is
+    /// its own parent, and has always resolved to `/`).
+    strict: bool,
 }
 
 mod walk_state {
@@ -740,10 +757,13 @@ extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     }
     let parent: u64 = peek(d + offset(&PAL_OFF_D_PARENT) as u64);
     if parent == d {
-        // A filesystem's root that is not the mount's: the dentry does not
-        // lie under this mount (an inode hook's candidate that is not the
-        // one), or it is disconnected. Either way, no path from the root.
-        s.walk_state = walk_state::FAILED;
+        // A file system's root that is not the mount's: for an inode
+        // hook's candidate, the dentry does not lie under this mount.
+        s.walk_state = if w.strict {
+            walk_state::FAILED
+        } else {
+            walk_state::DONE
+        };
         return 1;
     }
     let len: u32 = peek(d + offset(&PAL_OFF_D_NAME_LEN) as u64);
@@ -787,6 +807,13 @@ extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// or longer than PATH_MAX: the walk covers every path `bpf_d_path` could.
 #[inline(always)]
 fn walk_path(s: &mut Scratch, dentry: u64, mnt: u64) -> i64 {
+    walk_path_from(s, dentry, mnt, false)
+}
+
+/// [`walk_path`], `strict`: failing where the dentry does not lie under
+/// `mnt` (see [`Walk`]).
+#[inline(always)]
+fn walk_path_from(s: &mut Scratch, dentry: u64, mnt: u64, strict: bool) -> i64 {
     let task = bpf_get_current_task_btf_u64();
     let fs: u64 = peek(task + offset(&PAL_OFF_TASK_FS) as u64);
     let root = fs + offset(&PAL_OFF_FS_ROOT) as u64;
@@ -799,6 +826,7 @@ fn walk_path(s: &mut Scratch, dentry: u64, mnt: u64) -> i64 {
         mnt,
         root_dentry: peek(root + offset(&PAL_OFF_PATH_DENTRY) as u64),
         root_mnt: peek(root + offset(&PAL_OFF_PATH_MNT) as u64),
+        strict,
     };
     // SAFETY: the callback and its context as `bpf_loop` expects them.
     unsafe {
@@ -836,7 +864,8 @@ mod mount_search {
     pub const RUNNING: u64 = 0;
     /// Every mount of the filesystem was looked at.
     pub const DONE: u64 = 1;
-    /// More candidates than [`super::MOUNT_CANDIDATES`].
+    /// More candidates than [`super::MOUNT_CANDIDATES`], or a link that
+    /// could not be read.
     pub const MORE: u64 = 2;
 }
 
@@ -849,10 +878,12 @@ struct MountSearch {
     head: u64,
     link: u64,
     ns: u64,
+    dentry: u64,
 }
 
-/// One mount of the filesystem: kept as a candidate if it belongs to the
-/// process's mount namespace. A `bpf_loop` callback.
+/// One mount of the file system: kept as a candidate if it could hold the
+/// dentry, first those of the process's mount namespace; whether the
+/// kernel keeps one to itself is noted. A `bpf_loop` callback.
 extern "C" fn mount_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the caller's `MountSearch`, whose `s` points to this
     // run's scratch.
@@ -860,39 +891,69 @@ extern "C" fn mount_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: as above.
     let s = unsafe { &mut *m.s };
     let link = m.link;
-    if link == 0 || link == m.head {
+    let list_head = offset(&PAL_OFF_MOUNT_SB_LINK) != 0;
+    if link == m.head || (link == 0 && !list_head) {
         s.mount_search = mount_search::DONE;
         return 1;
     }
+    if link == 0 {
+        // A `list_head` never holds NULL: the read failed.
+        s.mount_search = mount_search::MORE;
+        return 1;
+    }
     let mount = link - offset(&PAL_OFF_MOUNT_SB_LINK) as u64;
-    if peek::<u64>(mount + offset(&PAL_OFF_MOUNT_NS) as u64) == m.ns {
+    let vfsmount = mount + offset(&PAL_OFF_MOUNT_MNT) as u64;
+    let ns: u64 = peek(mount + offset(&PAL_OFF_MOUNT_NS) as u64);
+    if ns == MNT_NS_INTERNAL {
+        s.internal = 1;
+    } else if ns == m.ns && could_hold(vfsmount, m.dentry) {
         let at = s.mounts_found;
         if at >= MOUNT_CANDIDATES as u64 {
             s.mount_search = mount_search::MORE;
             return 1;
         }
-        s.mounts[(at as usize) & (MOUNT_CANDIDATES - 1)] =
-            mount + offset(&PAL_OFF_MOUNT_MNT) as u64;
+        s.mounts[(at as usize) & (MOUNT_CANDIDATES - 1)] = vfsmount;
         s.mounts_found = at + 1;
+    } else if ns != m.ns && could_hold(vfsmount, m.dentry) {
+        // Another namespace's, or detached (`umount -l`, a tree a
+        // process keeps a descriptor into): past the first few, left.
+        let at = s.foreign_found;
+        if at < FOREIGN_CANDIDATES as u64 {
+            s.foreign[(at as usize) & (FOREIGN_CANDIDATES - 1)] = vfsmount;
+            s.foreign_found = at + 1;
+        }
     }
     m.link = peek(mount + offset(&PAL_OFF_MOUNT_SB_NEXT) as u64);
     0
 }
 
+/// Whether the mount could hold `dentry`: a mount of one file (a pod's
+/// `/etc/hosts`, a ConfigMap key) holds only that file. Kubernetes gives
+/// every container a few such mounts from the node's file system.
+#[inline(always)]
+fn could_hold(vfsmount: u64, dentry: u64) -> bool {
+    let root: u64 = peek(vfsmount + offset(&PAL_OFF_MNT_ROOT) as u64);
+    root == dentry || dentry_is_dir(root)
+}
+
 /// Where an inode hook's dentry lies, for the current process.
 enum Reach {
-    /// Its path from the root, of this length with the NUL, in the scratch.
+    /// Its path, of this length with the NUL, in the scratch.
     Path(i64),
-    /// Under none of its filesystem's mounts in the process's namespace.
-    Elsewhere,
-    /// Not known: more mounts than the search takes, or unreadable.
+    /// The kernel's own work on a file system it keeps a mount of to
+    /// itself, with borrowed credentials: overlayfs's copy-up.
+    Kernels,
+    /// Not known: under none of the mounts tried, more mounts than the
+    /// search takes, or unreadable.
     Unknown,
 }
 
 /// The path of `dentry`, which an inode hook names without its mount,
-/// from the current process's root: through the first of its
-/// filesystem's mounts in the process's mount namespace that holds it.
-/// (One file seen through two such mounts is judged by the first path.)
+/// from the current process's root: through the first of its file
+/// system's mounts in the process's mount namespace that holds it (one
+/// file seen through two such mounts is judged by the first path), else,
+/// but for overlayfs's own work, through another namespace's or a
+/// detached one.
 #[inline(always)]
 fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
     let task = bpf_get_current_task_btf_u64();
@@ -905,12 +966,16 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
     let head = sb + offset(&PAL_OFF_SB_MOUNTS) as u64;
     s.mounts = [0; MOUNT_CANDIDATES];
     s.mounts_found = 0;
+    s.foreign = [0; FOREIGN_CANDIDATES];
+    s.foreign_found = 0;
+    s.internal = 0;
     s.mount_search = mount_search::RUNNING;
     let mut search = MountSearch {
         s: addr_of_mut!(*s),
         head,
         link: peek(head),
         ns,
+        dentry,
     };
     // SAFETY: the callback and its context as `bpf_loop` expects them.
     unsafe {
@@ -926,16 +991,37 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
         if mnt == 0 {
             break;
         }
-        let resolved = walk_path(s, dentry, mnt);
+        let resolved = walk_path_from(s, dentry, mnt, true);
         if resolved > 0 {
             return Reach::Path(resolved);
         }
     }
-    if s.mount_search == mount_search::DONE {
-        Reach::Elsewhere
-    } else {
-        Reach::Unknown
+    if s.mount_search != mount_search::DONE {
+        return Reach::Unknown;
     }
+    if s.internal != 0 && acting_for_another() {
+        // Overlayfs writing its upper layer or work directory (a copy-up,
+        // an attribute passed down) with borrowed credentials, on its own
+        // clone of that layer's mount: the process's own request on the
+        // overlay's path was judged. (Its clone's root is the upper
+        // directory, and a copy-up writes the work directory first, so
+        // the clone is not walked from.)
+        return Reach::Kernels;
+    }
+    // Past the namespace's mounts (a tree detached with `umount -l`, or
+    // another namespace's): the path from that tree's top, as `d_path`
+    // gives it and as the path hooks resolve it there.
+    for i in 0..FOREIGN_CANDIDATES {
+        let mnt = s.foreign[i];
+        if mnt == 0 {
+            break;
+        }
+        let resolved = walk_path_from(s, dentry, mnt, true);
+        if resolved > 0 {
+            return Reach::Path(resolved);
+        }
+    }
+    Reach::Unknown
 }
 
 /// Whether the current process acts with borrowed credentials, as
@@ -948,17 +1034,14 @@ fn acting_for_another() -> bool {
     cred != real
 }
 
-/// Whether `file`'s mount belongs to the current process's mount
-/// namespace (a layer's mount that overlayfs keeps to itself belongs to
-/// none).
+/// Whether `file` lies on a mount the kernel keeps to itself
+/// (`MNT_NS_INTERNAL`), as overlayfs's clones of its layers are: no
+/// process can name a path on one.
 #[inline(always)]
-fn in_own_namespace(file: *const u8) -> bool {
-    let task = bpf_get_current_task_btf_u64();
-    let nsproxy: u64 = peek(task + offset(&PAL_OFF_TASK_NSPROXY) as u64);
-    let ns: u64 = peek(nsproxy + offset(&PAL_OFF_NSPROXY_MNT_NS) as u64);
+fn on_an_internal_mount(file: *const u8) -> bool {
     let (_, mnt) = path_parts(file as u64 + offset(&PAL_OFF_FILE_F_PATH) as u64);
     let mount = mnt - offset(&PAL_OFF_MOUNT_MNT) as u64;
-    ns != 0 && peek::<u64>(mount + offset(&PAL_OFF_MOUNT_NS) as u64) == ns
+    mnt != 0 && peek::<u64>(mount + offset(&PAL_OFF_MOUNT_NS) as u64) == MNT_NS_INTERNAL
 }
 
 /// The `fromSource` set for the current process on a path hook, where
@@ -1016,13 +1099,9 @@ fn check_path(
         Some(mnt) => walk_path(s, dentry, mnt),
         None => match walk_from_a_mount(s, dentry) {
             Reach::Path(resolved) => resolved,
-            // Overlayfs writing its upper layer (a copy-up, an attribute
-            // passed down) after the process's own request on the
-            // overlay's path was judged: not a path of the process's.
-            Reach::Elsewhere if acting_for_another() => return 0,
-            // A file reached from outside the namespace's mounts: judged
-            // as unresolved, by the default, and reported.
-            Reach::Elsewhere | Reach::Unknown => -1,
+            Reach::Kernels => return 0,
+            // Judged as unresolved: by the default, and reported.
+            Reach::Unknown => -1,
         },
     };
     let renamed_dir = renamed.is_some_and(|(old, new)| a_directory_moves(old, new));
@@ -1297,11 +1376,12 @@ pub fn pal_lsm_open(ctx: LsmContext) -> i32 {
         // The open execve(2) makes of the program: for process rules.
         return 0;
     }
-    if acting_for_another() && !in_own_namespace(file) {
-        // Overlayfs opening its layers' files for a copy-up, after the
-        // process's own write on the overlay's path was judged: their
-        // paths are not the process's (nor any rule's), and an allowlist
-        // would refuse them.
+    if acting_for_another() && on_an_internal_mount(file) {
+        // Overlayfs opening its layers' files (a copy-up, the real file
+        // behind an overlay's) with borrowed credentials, after the
+        // process's own open or write on the overlay's path was judged:
+        // their paths are not the process's (nor any rule's), and an
+        // allowlist would refuse them.
         return 0;
     }
     let (which, what) = if mode & fmode::WRITE != 0 {

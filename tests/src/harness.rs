@@ -45,7 +45,20 @@ pub type Test = fn() -> anyhow::Result<()>;
 
 /// Runs `tests` as libtest would and exits with its status.
 pub fn main(tests: &[(&'static str, Needs, Test)]) -> ! {
-    let trials = tests
+    libtest_mimic::run(&Arguments::from_args(), trials(tests)).exit()
+}
+
+/// As [`main`], with `finally` run once every test is done: what the
+/// tests shared (programs loaded once for all of them) is released before
+/// the process exits.
+pub fn main_then(tests: &[(&'static str, Needs, Test)], finally: fn()) -> ! {
+    let conclusion = libtest_mimic::run(&Arguments::from_args(), trials(tests));
+    finally();
+    conclusion.exit()
+}
+
+fn trials(tests: &[(&'static str, Needs, Test)]) -> Vec<Trial> {
+    tests
         .iter()
         .map(|&(name, needs, test)| {
             Trial::ignorable_test(name, move || {
@@ -57,6 +70,5 @@ pub fn main(tests: &[(&'static str, Needs, Test)]) -> ! {
                     .map_err(|e| Failed::from(format!("{e:?}")))
             })
         })
-        .collect();
-    libtest_mimic::run(&Arguments::from_args(), trials).exit()
+        .collect()
 }

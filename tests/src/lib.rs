@@ -94,6 +94,18 @@ impl Drop for TempPins {
     }
 }
 
+/// This kernel's features without BPF LSM, for a test of the network
+/// objects only: in the guest, loading the LSM object too would cost the
+/// verifier's half a minute under TCG and test nothing more.
+pub fn network_only() -> palisade::loader::features::Features {
+    palisade::loader::features::Features {
+        bpf_lsm: palisade::loader::features::BpfLsm::Inactive {
+            reason: "left out: the test needs the network objects only".to_owned(),
+        },
+        ..palisade::loader::features::Features::probe()
+    }
+}
+
 /// Runs `f` on a thread inside `ns`.
 pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
     Ok(ns.run(f)?)

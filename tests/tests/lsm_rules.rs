@@ -17,6 +17,7 @@ use std::{
     },
     path::Path,
     process::Command,
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use anyhow::{Context as _, bail, ensure};
@@ -35,72 +36,106 @@ use palisade_tests::{
 };
 
 fn main() {
-    harness::main(&[
-        (
-            "file_rules_block_reads_and_writes_in_the_pod_only",
-            Needs::BpfLsm,
-            file_rules_block_reads_and_writes_in_the_pod_only,
-        ),
-        (
-            "directories_holding_protected_paths_cannot_be_moved_or_changed",
-            Needs::BpfLsm,
-            directories_holding_protected_paths_cannot_be_moved_or_changed,
-        ),
-        (
-            "exec_rules_and_allowlists_block_what_they_do_not_list",
-            Needs::BpfLsm,
-            exec_rules_and_allowlists_block_what_they_do_not_list,
-        ),
-        (
-            "extended_attributes_and_acls_of_protected_files_are_writes",
-            Needs::BpfLsm,
-            extended_attributes_and_acls_of_protected_files_are_writes,
-        ),
-        (
-            "overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own",
-            Needs::BpfLsm,
-            overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own,
-        ),
-        (
-            "from_source_rules_hold_on_the_path_hooks_too",
-            Needs::BpfLsm,
-            from_source_rules_hold_on_the_path_hooks_too,
-        ),
-        (
-            "kubearmor_policies_and_rule_updates_take_effect_without_restarts",
-            Needs::BpfLsm,
-            kubearmor_policies_and_rule_updates_take_effect_without_restarts,
-        ),
-        (
-            "pods_at_more_cgroup_levels_than_looked_up_are_reported_not_enforced",
-            Needs::BpfLsm,
-            pods_at_more_cgroup_levels_than_looked_up_are_reported_not_enforced,
-        ),
-    ])
+    harness::main_then(
+        &[
+            (
+                "file_rules_block_reads_and_writes_in_the_pod_only",
+                Needs::BpfLsm,
+                file_rules_block_reads_and_writes_in_the_pod_only,
+            ),
+            (
+                "directories_holding_protected_paths_cannot_be_moved_or_changed",
+                Needs::BpfLsm,
+                directories_holding_protected_paths_cannot_be_moved_or_changed,
+            ),
+            (
+                "exec_rules_and_allowlists_block_what_they_do_not_list",
+                Needs::BpfLsm,
+                exec_rules_and_allowlists_block_what_they_do_not_list,
+            ),
+            (
+                "extended_attributes_and_acls_of_protected_files_are_writes",
+                Needs::BpfLsm,
+                extended_attributes_and_acls_of_protected_files_are_writes,
+            ),
+            (
+                "overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own",
+                Needs::BpfLsm,
+                overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own,
+            ),
+            (
+                "from_source_rules_hold_on_the_path_hooks_too",
+                Needs::BpfLsm,
+                from_source_rules_hold_on_the_path_hooks_too,
+            ),
+            (
+                "kubearmor_policies_and_rule_updates_take_effect_without_restarts",
+                Needs::BpfLsm,
+                kubearmor_policies_and_rule_updates_take_effect_without_restarts,
+            ),
+            (
+                "pods_at_more_cgroup_levels_than_looked_up_are_reported_not_enforced",
+                Needs::BpfLsm,
+                pods_at_more_cgroup_levels_than_looked_up_are_reported_not_enforced,
+            ),
+        ],
+        unload,
+    )
 }
 
-/// A pod cgroup, a fixture directory and the LSM programs with their maps.
-struct Lab {
-    cgroup: String,
-    dir: String,
+/// The programs, their maps and the syncer's LSM share, loaded once for
+/// every test of this binary: in the guest (TCG) the verifier takes about
+/// 40 s over the objects each time they load, and every test would pay
+/// it. Each test writes its own rule sets for its own cgroup, which
+/// replace the previous test's, as a daemon's next pass would.
+struct Loaded {
     state: LsmState,
     pins: TempPins,
     _loaded: loader::Loaded,
 }
 
+static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
+
+/// Detaches the programs (their links are pinned) and removes the pins,
+/// once every test is done.
+fn unload() {
+    let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(l) = loaded.take() {
+        let _ = attach::unpin_links(&l.pins.pins);
+    }
+}
+
+/// A pod cgroup and a fixture directory of one test's own, and the
+/// programs with their maps (shared: [`Loaded`]).
+struct Lab {
+    cgroup: String,
+    dir: String,
+    loaded: MutexGuard<'static, Option<Loaded>>,
+}
+
 impl Lab {
     fn new() -> anyhow::Result<Self> {
-        let features = Features::probe();
-        let pins = TempPins::new()?;
-        let mut loaded = loader::load_all(&pins.pins, &features)?;
-        let lsm = match &mut loaded.lsm {
-            LsmObject::Loaded(lsm) => lsm,
-            LsmObject::Skipped { reason } => {
-                bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
-            }
-        };
-        attach::attach_lsm(lsm, &pins.pins)?;
-        let state = LsmState::new(LsmMaps::open(&pins.pins)?)?;
+        // A test that failed while holding the lock leaves the programs
+        // as usable as before.
+        let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+        if loaded.is_none() {
+            let features = Features::probe();
+            let pins = TempPins::new()?;
+            let mut objects = loader::load_all(&pins.pins, &features)?;
+            let lsm = match &mut objects.lsm {
+                LsmObject::Loaded(lsm) => lsm,
+                LsmObject::Skipped { reason } => {
+                    bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
+                }
+            };
+            attach::attach_lsm(lsm, &pins.pins)?;
+            let state = LsmState::new(LsmMaps::open(&pins.pins)?)?;
+            *loaded = Some(Loaded {
+                state,
+                pins,
+                _loaded: objects,
+            });
+        }
         let name = unique("pal-lsm");
         let cgroup = format!("/sys/fs/cgroup/{name}");
         fs::create_dir(&cgroup).with_context(|| format!("creating {cgroup}"))?;
@@ -109,10 +144,16 @@ impl Lab {
         Ok(Self {
             cgroup,
             dir,
-            state,
-            pins,
-            _loaded: loaded,
+            loaded,
         })
+    }
+
+    fn state(&mut self) -> anyhow::Result<&mut LsmState> {
+        Ok(&mut self.loaded.as_mut().context("not loaded")?.state)
+    }
+
+    fn pins(&self) -> anyhow::Result<&palisade::paths::PinDir> {
+        Ok(&self.loaded.as_ref().context("not loaded")?.pins.pins)
     }
 
     fn path(&self, rel: &str) -> String {
@@ -142,7 +183,7 @@ impl Lab {
                 .push(d.map_err(|e| anyhow::anyhow!("{e}"))?.policy().into());
         }
         let desired = compile_lsm(&s);
-        let report = self.state.apply(&desired)?;
+        let report = self.state()?.apply(&desired)?;
         ensure!(report.errors.is_empty(), "{:?}", report.errors);
         ensure!(report.not_enforced.is_empty(), "{:?}", report.not_enforced);
         Ok(())
@@ -165,7 +206,7 @@ impl Lab {
 
     fn decisions(&self) -> anyhow::Result<u64> {
         let map: aya::maps::PerCpuHashMap<aya::maps::MapData, ebpf_common::lsm::DecisionKey, u64> =
-            palisade_tests::pinned(&self.pins.pins, maps::LSM_DECIDE)?;
+            palisade_tests::pinned(self.pins()?, maps::LSM_DECIDE)?;
         Ok(map
             .iter()
             .filter_map(Result::ok)
@@ -176,7 +217,6 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = attach::unpin_links(&self.pins.pins);
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_dir(&self.cgroup);
     }
@@ -595,8 +635,6 @@ fn exec_rules_and_allowlists_block_what_they_do_not_list() -> anyhow::Result<()>
     Ok(())
 }
 
-/// `busybox rm FILE` run as `bin` (a copy of busybox under another name)
-/// in the pod: its exit status.
 /// The errno of setting the extended attribute `name` of `path` to
 /// `value` (through an open read-only descriptor: `fd`), or 0.
 fn setxattr_errno(path: &str, name: &str, value: &[u8], fd: bool) -> i32 {
@@ -766,10 +804,18 @@ fn overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own() -> anyhow:
 "
     ))?;
     // In a mount namespace of its own: the upper layer on a tmpfs that is
-    // unmounted (lazily) once the overlay holds it, so that no mount of
-    // the namespace reaches it, as a node's layers are out of a pod's.
+    // unmounted (lazily) once the overlay holds it, as a node's layers
+    // are out of a pod's reach. Its file system stays in the namespace
+    // through nine mounts of single files (more than the eight candidate
+    // mounts the programs try) and one of a directory beside
+    // the layer, as a pod's /etc/hosts and volumes come from the node's:
+    // none of them reaches the upper layer.
+    let binds = lab.path("binds");
+    fs::create_dir_all(&binds)?;
     let script = format!(
-        "mount -t tmpfs layers {layers} && mkdir {layers}/upper {layers}/work && \
+        "mount -t tmpfs layers {layers} && mkdir {layers}/upper {layers}/work {layers}/d {binds}/d && \
+         for i in 1 2 3 4 5 6 7 8 9; do echo >{layers}/f$i && echo >{binds}/f$i && mount --bind {layers}/f$i {binds}/f$i || exit 4; done && \
+         mount --bind {layers}/d {binds}/d && \
          mount -t overlay ov -o lowerdir={lower},upperdir={layers}/upper,workdir={layers}/work {ov} && \
          umount -l {layers} && \
          if chmod 600 {ov}/secret; then echo 'chmod secret: allowed'; exit 3; fi && \
@@ -786,6 +832,10 @@ fn overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own() -> anyhow:
     ensure!(
         status.code() != Some(3),
         "chmod of the blocked file on the overlay was allowed"
+    );
+    ensure!(
+        status.code() != Some(4),
+        "setting up the bind mounts failed"
     );
     ensure!(
         status.success(),
@@ -865,13 +915,13 @@ spec:
     let got = lab.in_pod(|| (open_errno(&secret, false), open_errno(&other, false)))?;
     ensure!(got == (0, 0), "after the delete: got {got:?}");
     let pods: aya::maps::HashMap<aya::maps::MapData, u64, ebpf_common::lsm::PodSets> =
-        palisade_tests::pinned(&lab.pins.pins, maps::LSM_PODS)?;
+        palisade_tests::pinned(lab.pins()?, maps::LSM_PODS)?;
     ensure!(pods.keys().count() == 0, "a deleted policy left its pod");
     let rules: aya::maps::LpmTrie<
         aya::maps::MapData,
         ebpf_common::lsm::RuleData,
         ebpf_common::lsm::PathRule,
-    > = palisade_tests::pinned(&lab.pins.pins, maps::LSM_RULES)?;
+    > = palisade_tests::pinned(lab.pins()?, maps::LSM_RULES)?;
     ensure!(rules.keys().count() == 0, "a deleted policy left rules");
     Ok(())
 }
@@ -924,7 +974,7 @@ spec:
                 .push(d.map_err(|e| anyhow::anyhow!("{e}"))?.policy().into());
         }
     }
-    let report = lab.state.apply(&compile_lsm(&s));
+    let report = lab.state()?.apply(&compile_lsm(&s));
     for dir in dirs.iter().rev() {
         let _ = fs::remove_dir(dir);
     }

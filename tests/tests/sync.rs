@@ -19,11 +19,10 @@ use palisade::{
     },
     datapath::DatapathMaps,
     loader,
-    loader::features::Features,
     model::{Snapshot, parse::parse_documents},
     sync::{Report, Written, apply_maps, apply_maps_recorded},
 };
-use palisade_tests::{TempPins, pinned};
+use palisade_tests::{TempPins, network_only, pinned};
 
 const DENY_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}], ports: [{port: 80}]}]\n";
 
@@ -59,7 +58,7 @@ fn apply(
 #[test]
 fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let _loaded = loader::load_all(&t.pins, &network_only())?;
     let mut maps = DatapathMaps::open(&t.pins)?;
 
     let s = standard(DENY_X)?;
@@ -157,7 +156,7 @@ fn apply_trusting(
 #[test]
 fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let _loaded = loader::load_all(&t.pins, &network_only())?;
     let mut maps = DatapathMaps::open(&t.pins)?;
     let s = standard(DENY_X)?;
     let on = placed(&s);
@@ -232,7 +231,7 @@ fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result
 #[test]
 fn a_relabelled_peer_is_patched_in_place() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let _loaded = loader::load_all(&t.pins, &network_only())?;
     let mut maps = DatapathMaps::open(&t.pins)?;
     let s = standard(DENY_X)?;
     let on = placed(&s);
@@ -334,7 +333,7 @@ struct Denied {
 
 fn denied() -> anyhow::Result<Denied> {
     let t = TempPins::new()?;
-    let loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let loaded = loader::load_all(&t.pins, &network_only())?;
     let mut maps = DatapathMaps::open(&t.pins)?;
     let denied = standard(DENY_EXT)?;
     let on = placed(&denied);
@@ -397,7 +396,7 @@ fn a_full_identity_map_is_one_error_and_a_count() -> anyhow::Result<()> {
     let t = TempPins::new()?;
     let mut sizes = palisade::loader::sizes::MapSizes::default();
     sizes.set(&format!("{}=16", maps::IDENTITY_HOST))?;
-    let _loaded = loader::load_with(&t.pins, &Features::probe(), &sizes)?;
+    let _loaded = loader::load_with(&t.pins, &network_only(), &sizes)?;
     let mut m = DatapathMaps::open(&t.pins)?;
     let mut s = standard("")?;
     // Other nodes' pods: an address each, no veth.
@@ -434,7 +433,7 @@ fn extra_source_prefixes_are_written_kept_and_repaired() -> anyhow::Result<()> {
     use palisade::{datapath::sources::SourcePrefix, model::SourcePrefixes};
 
     let t = TempPins::new()?;
-    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let _loaded = loader::load_all(&t.pins, &network_only())?;
     let mut maps = DatapathMaps::open(&t.pins)?;
     let mut s = standard(DENY_X)?;
     let on = placed(&s);
@@ -585,7 +584,7 @@ fn an_address_moving_between_endpoint_and_prefix_map_passes_throughout() -> anyh
     };
     for fail in [false, true] {
         let t = TempPins::new()?;
-        let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+        let _loaded = loader::load_all(&t.pins, &network_only())?;
         let mut maps = DatapathMaps::open(&t.pins)?;
         let mut s = standard("")?;
         let on = placed(&s);

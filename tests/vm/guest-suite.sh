@@ -1,64 +1,101 @@
 #!/usr/bin/env bash
-# The guest half of `make test`, in two QEMU guests at once:
-#   one: the privileged test binaries (tests/vm/guest-tests.sh), then the
-#        SCTP scenarios with the file source and through the Kubernetes
-#        source (--via kube);
-#   two: the LSM scenarios, the same two ways.
+# The guest half of `make test`: six jobs, each in a QEMU guest of its own,
+# two guests at a time:
+#   the LSM scenarios with the file source, and through the Kubernetes
+#   source (--via kube); the privileged test binaries in two halves
+#   (tests/vm/guest-tests.sh); the SCTP scenarios both ways.
 # A guest's work is one busy vCPU at a time (the verifier under TCG, tests
-# run one at a time), so one guest left the machine's second core idle for
-# most of half an hour. Two guests share the cores, each a little slower
-# than alone (2026-12-05: 23m46s for both, where one guest took 36 min).
+# run one at a time), so one guest left the machine's second core idle. Two
+# workers take the jobs in this order, longest first, each the next one
+# left when it is free: neither waits long for the other at the end, as a
+# fixed split of the jobs did (2026-12-05: the second of two fixed guests
+# ended about four minutes after the first).
 #
-# The first guest's output is shown as it comes; the second's is kept in a
-# log and shown when both are done, so that neither interleaves the other.
-# Exits 0 only when both guests did; otherwise with the first failure.
+# A job's output is kept in a log and shown whole when the job ends, so
+# that two guests' output never interleaves; a line says when each job
+# starts. Every job runs even when one fails; the suite exits with the
+# first failed job's status, in the order above.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 sctp=(tests/scenarios/sctp/*.yaml)
 lsm=(tests/scenarios/lsm/*.yaml)
-log=$(mktemp /tmp/palisade-guest-suite.XXXXXX)
-two=
-# Stopped (a cancelled job, a timeout), the suite stops the second guest
-# too: it runs in a process group of its own, QEMU included.
-stop_second() {
-  if [ -n "$two" ]; then
-    kill -- "-$two" 2>/dev/null
-    wait "$two" 2>/dev/null
-  fi
-  rm -f "$log"
+names=(
+  "the LSM scenarios (files)"
+  "the LSM scenarios (--via kube)"
+  "the privileged tests: process and file rules, loader"
+  "the privileged tests: datapath, enforcement, sync"
+  "the SCTP scenarios (files)"
+  "the SCTP scenarios (--via kube)"
+)
+job() {
+  case $1 in
+    0) tests/vm/guest-scenarios.sh "${lsm[@]}" ;;
+    1) tests/vm/guest-scenarios.sh "${lsm[@]}" -- --via kube ;;
+    2) tests/vm/guest-tests.sh lsm_rules lsm loader attach capabilities ;;
+    3) tests/vm/guest-tests.sh datapath enforce sync discover frames ;;
+    4) tests/vm/guest-scenarios.sh "${sctp[@]}" ;;
+    5) tests/vm/guest-scenarios.sh "${sctp[@]}" -- --via kube ;;
+  esac
 }
-trap stop_second EXIT
+
+work=$(mktemp -d /tmp/palisade-guest-suite.XXXXXX)
+echo 0 > "$work/next"
+workers=()
+# Stopped (a cancelled job, a timeout), the suite stops both workers and
+# their guests: each runs in a process group of its own, QEMU included.
+stop_workers() {
+  for w in "${workers[@]}"; do
+    kill -- "-$w" 2>/dev/null
+    wait "$w" 2>/dev/null
+  done
+  rm -rf "$work"
+}
+trap stop_workers EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-second() {
-  echo "=== guest two: the LSM scenarios (files)"
-  tests/vm/guest-scenarios.sh "${lsm[@]}" || return
-  echo "=== guest two: the LSM scenarios (--via kube)"
-  tests/vm/guest-scenarios.sh "${lsm[@]}" -- --via kube
+# The next job's number, or nothing when none is left.
+claim() {
+  (
+    flock 9
+    n=$(cat "$work/next")
+    [ "$n" -lt ${#names[@]} ] || exit 1
+    echo $((n + 1)) > "$work/next"
+    echo "$n"
+  ) 9>"$work/lock"
 }
+
+worker() {
+  local n start status
+  while n=$(claim); do
+    start=$SECONDS
+    echo "=== worker $1 starts: ${names[$n]}"
+    job "$n" > "$work/$n.log" 2>&1
+    status=$?
+    echo "$status" > "$work/$n.status"
+    (
+      flock 9
+      echo "=== ${names[$n]}: exit $status after $((SECONDS - start)) s (worker $1)"
+      cat "$work/$n.log"
+      echo "=== end of ${names[$n]}"
+    ) 9>"$work/print"
+  done
+}
+
 set -m
-second > "$log" 2>&1 &
-two=$!
+for w in 1 2; do
+  worker "$w" &
+  workers+=($!)
+done
 set +m
+for w in "${workers[@]}"; do wait "$w"; done
+workers=()
 
-one=0
-echo "=== guest one: the privileged tests"
-tests/vm/guest-tests.sh || one=$?
-if [ "$one" -eq 0 ]; then
-  echo "=== guest one: the SCTP scenarios (files)"
-  tests/vm/guest-scenarios.sh "${sctp[@]}" || one=$?
-fi
-if [ "$one" -eq 0 ]; then
-  echo "=== guest one: the SCTP scenarios (--via kube)"
-  tests/vm/guest-scenarios.sh "${sctp[@]}" -- --via kube || one=$?
-fi
-
-wait "$two"; two_status=$?
-two=
-echo "=== guest two's output:"
-cat "$log"
-echo "guest one: exit $one; guest two: exit $two_status"
-if [ "$one" -ne 0 ]; then exit "$one"; fi
-exit "$two_status"
+first=0
+for n in "${!names[@]}"; do
+  status=$(cat "$work/$n.status" 2>/dev/null || echo 1)
+  echo "${names[$n]}: exit $status"
+  [ "$first" -ne 0 ] || first=$status
+done
+exit "$first"
