@@ -81,8 +81,14 @@ pub struct Scratch {
     /// Mounts of the file system in other namespaces, or detached.
     foreign: [u64; FOREIGN_CANDIDATES],
     foreign_found: u64,
-    /// Whether the kernel keeps a mount of the file system to itself.
-    internal: u64,
+    /// Whether more of the namespace's mounts could hold the dentry than
+    /// were kept as candidates.
+    own_more: u64,
+    /// The roots of the file system's mounts the kernel keeps to itself.
+    internal_roots: [u64; INTERNAL_ROOTS],
+    internal_found: u64,
+    /// Whether the dentry lies in a kernel mount's tree ([`layer_step`]).
+    in_layer: u64,
     /// The one field that persists between runs: the event rate limit.
     credit_ns: u64,
     last_ns: u64,
@@ -163,6 +169,9 @@ const MOUNT_CANDIDATES: usize = 8;
 /// How many mounts of other namespaces, or detached ones, it tries where
 /// none of the process's own reaches the dentry.
 const FOREIGN_CANDIDATES: usize = 4;
+/// How many of the roots of the mounts the kernel keeps to itself it
+/// notes (overlayfs's clones of its upper layer and lower layers).
+const INTERNAL_ROOTS: usize = 8;
 
 /// `MNT_NS_INTERNAL`, the namespace of mounts the kernel keeps to itself
 /// (`ERR_PTR(-EINVAL)`): overlayfs's clones of its layers among them.
@@ -212,6 +221,19 @@ fn pod_sets() -> Option<(u64, PodSets)> {
         }
     }
     None
+}
+
+/// A `bpf_loop` callback: the iteration's index and the caller's
+/// context; 0 goes on, 1 stops.
+type LoopStep = extern "C" fn(u64, *mut core::ffi::c_void) -> i64;
+
+/// Runs `step` up to `n` times over `ctx` with `bpf_loop`: the verifier
+/// checks the callback once, whatever `n`.
+#[inline(always)]
+fn run_loop<T>(n: u32, step: LoopStep, ctx: &mut T) {
+    // SAFETY: a callback of the type `bpf_loop` calls, and a context that
+    // outlives the call.
+    unsafe { generated::bpf_loop(n, step as *mut core::ffi::c_void, (ctx as *mut T).cast(), 0) };
 }
 
 /// What [`pattern_byte`] and [`pattern_slot`] read, where the automaton's
@@ -280,23 +302,14 @@ fn pattern_verdicts(
         renamed_dir,
         choice: SlotChoice::default(),
     };
-    // SAFETY: the callbacks and their context as `bpf_loop` expects them.
-    unsafe {
-        generated::bpf_loop(
-            (len & (PATH_MAX - 1)) as u32,
-            pattern_byte as *mut core::ffi::c_void,
-            addr_of_mut!(run).cast(),
-            0,
+    run_loop((len & (PATH_MAX - 1)) as u32, pattern_byte, &mut run);
+    if run.states != [0; PATTERN_WORDS] {
+        run_loop(
+            patterns.count.min(MAX_PATTERNS as u32),
+            pattern_slot,
+            &mut run,
         );
-        if run.states != [0; PATTERN_WORDS] {
-            generated::bpf_loop(
-                patterns.count.min(MAX_PATTERNS as u32),
-                pattern_slot as *mut core::ffi::c_void,
-                addr_of_mut!(run).cast(),
-                0,
-            );
-        }
-    };
+    }
     run.choice.verdicts()
 }
 
@@ -714,6 +727,9 @@ mod walk_state {
     pub const RUNNING: u64 = 0;
     pub const DONE: u64 = 1;
     pub const FAILED: u64 = 2;
+    /// A strict walk reached a file system's root that is not the mount's:
+    /// the dentry does not lie under that mount.
+    pub const ELSEWHERE: u64 = 3;
 }
 
 /// One level of the walk: the current dentry's name is written in front
@@ -760,7 +776,7 @@ extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         // A file system's root that is not the mount's: for an inode
         // hook's candidate, the dentry does not lie under this mount.
         s.walk_state = if w.strict {
-            walk_state::FAILED
+            walk_state::ELSEWHERE
         } else {
             walk_state::DONE
         };
@@ -828,15 +844,7 @@ fn walk_path_from(s: &mut Scratch, dentry: u64, mnt: u64, strict: bool) -> i64 {
         root_mnt: peek(root + offset(&PAL_OFF_PATH_MNT) as u64),
         strict,
     };
-    // SAFETY: the callback and its context as `bpf_loop` expects them.
-    unsafe {
-        generated::bpf_loop(
-            WALK_DEPTH as u32,
-            walk_step as *mut core::ffi::c_void,
-            addr_of_mut!(w).cast(),
-            0,
-        )
-    };
+    run_loop(WALK_DEPTH as u32, walk_step, &mut w);
     if s.walk_state != walk_state::DONE {
         return -1;
     }
@@ -864,8 +872,7 @@ mod mount_search {
     pub const RUNNING: u64 = 0;
     /// Every mount of the filesystem was looked at.
     pub const DONE: u64 = 1;
-    /// More candidates than [`super::MOUNT_CANDIDATES`], or a link that
-    /// could not be read.
+    /// A link that could not be read.
     pub const MORE: u64 = 2;
 }
 
@@ -905,15 +912,22 @@ extern "C" fn mount_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let vfsmount = mount + offset(&PAL_OFF_MOUNT_MNT) as u64;
     let ns: u64 = peek(mount + offset(&PAL_OFF_MOUNT_NS) as u64);
     if ns == MNT_NS_INTERNAL {
-        s.internal = 1;
-    } else if ns == m.ns && could_hold(vfsmount, m.dentry) {
-        let at = s.mounts_found;
-        if at >= MOUNT_CANDIDATES as u64 {
-            s.mount_search = mount_search::MORE;
-            return 1;
+        let at = s.internal_found;
+        if at < INTERNAL_ROOTS as u64 {
+            s.internal_roots[(at as usize) & (INTERNAL_ROOTS - 1)] =
+                peek(vfsmount + offset(&PAL_OFF_MNT_ROOT) as u64);
+            s.internal_found = at + 1;
         }
-        s.mounts[(at as usize) & (MOUNT_CANDIDATES - 1)] = vfsmount;
-        s.mounts_found = at + 1;
+    } else if ns == m.ns && could_hold(vfsmount, m.dentry) {
+        // Past the candidates the search goes on: a mount the kernel
+        // keeps to itself may come later in the list.
+        let at = s.mounts_found;
+        if at < MOUNT_CANDIDATES as u64 {
+            s.mounts[(at as usize) & (MOUNT_CANDIDATES - 1)] = vfsmount;
+            s.mounts_found = at + 1;
+        } else {
+            s.own_more = 1;
+        }
     } else if ns != m.ns && could_hold(vfsmount, m.dentry) {
         // Another namespace's, or detached (`umount -l`, a tree a
         // process keeps a descriptor into): past the first few, left.
@@ -940,8 +954,8 @@ fn could_hold(vfsmount: u64, dentry: u64) -> bool {
 enum Reach {
     /// Its path, of this length with the NUL, in the scratch.
     Path(i64),
-    /// The kernel's own work on a file system it keeps a mount of to
-    /// itself, with borrowed credentials: overlayfs's copy-up.
+    /// The kernel's own work, with borrowed credentials, in the tree of a
+    /// mount it keeps to itself: overlayfs's copy-up.
     Kernels,
     /// Not known: under none of the mounts tried, more mounts than the
     /// search takes, or unreadable.
@@ -968,7 +982,9 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
     s.mounts_found = 0;
     s.foreign = [0; FOREIGN_CANDIDATES];
     s.foreign_found = 0;
-    s.internal = 0;
+    s.own_more = 0;
+    s.internal_roots = [0; INTERNAL_ROOTS];
+    s.internal_found = 0;
     s.mount_search = mount_search::RUNNING;
     let mut search = MountSearch {
         s: addr_of_mut!(*s),
@@ -977,15 +993,18 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
         ns,
         dentry,
     };
-    // SAFETY: the callback and its context as `bpf_loop` expects them.
-    unsafe {
-        generated::bpf_loop(
-            MOUNT_SCAN,
-            mount_step as *mut core::ffi::c_void,
-            addr_of_mut!(search).cast(),
-            0,
-        )
-    };
+    run_loop(MOUNT_SCAN, mount_step, &mut search);
+    if acting_for_another() && in_a_layer(s, dentry) {
+        // Overlayfs writing its upper layer or work directory (a copy-up,
+        // an attribute passed down) with borrowed credentials, in the tree
+        // of its own clone of that layer's mount: the process's own
+        // request on the overlay's path was judged. (Asked first: a node
+        // can hold more mounts of its file system than the search reads.)
+        return Reach::Kernels;
+    }
+    if s.mount_search != mount_search::DONE {
+        return Reach::Unknown;
+    }
     for i in 0..MOUNT_CANDIDATES {
         let mnt = s.mounts[i];
         if mnt == 0 {
@@ -995,18 +1014,13 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
         if resolved > 0 {
             return Reach::Path(resolved);
         }
+        if s.walk_state != walk_state::ELSEWHERE {
+            // Under this mount, but too deep or unreadable.
+            return Reach::Unknown;
+        }
     }
-    if s.mount_search != mount_search::DONE {
+    if s.own_more != 0 {
         return Reach::Unknown;
-    }
-    if s.internal != 0 && acting_for_another() {
-        // Overlayfs writing its upper layer or work directory (a copy-up,
-        // an attribute passed down) with borrowed credentials, on its own
-        // clone of that layer's mount: the process's own request on the
-        // overlay's path was judged. (Its clone's root is the upper
-        // directory, and a copy-up writes the work directory first, so
-        // the clone is not walked from.)
-        return Reach::Kernels;
     }
     // Past the namespace's mounts (a tree detached with `umount -l`, or
     // another namespace's): the path from that tree's top, as `d_path`
@@ -1020,8 +1034,67 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
         if resolved > 0 {
             return Reach::Path(resolved);
         }
+        if s.walk_state != walk_state::ELSEWHERE {
+            return Reach::Unknown;
+        }
     }
     Reach::Unknown
+}
+
+/// The state of one climb from a dentry towards its file system's root,
+/// for [`layer_step`]; the answer goes to the scratch.
+#[repr(C)]
+struct LayerClimb {
+    s: *mut Scratch,
+    dentry: u64,
+}
+
+/// One level of the climb: whether the dentry is one of the kernel
+/// mounts' roots or the directory holding one (overlayfs's work
+/// directory is the upper layer's sibling). A `bpf_loop` callback.
+extern "C" fn layer_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `LayerClimb`, whose `s` points to this
+    // run's scratch.
+    let c = unsafe { &mut *(ctx as *mut LayerClimb) };
+    // SAFETY: as above.
+    let s = unsafe { &mut *c.s };
+    let d = c.dentry;
+    if d == 0 {
+        return 1;
+    }
+    for i in 0..INTERNAL_ROOTS {
+        let root = s.internal_roots[i];
+        if root == 0 {
+            break;
+        }
+        if d == root || d == peek::<u64>(root + offset(&PAL_OFF_D_PARENT) as u64) {
+            s.in_layer = 1;
+            return 1;
+        }
+    }
+    let parent: u64 = peek(d + offset(&PAL_OFF_D_PARENT) as u64);
+    if parent == d {
+        return 1;
+    }
+    c.dentry = parent;
+    0
+}
+
+/// Whether `dentry` lies in the tree of one of the mounts the kernel
+/// keeps to itself on its file system (noted by the mount search), or in
+/// the directory holding one's root.
+#[inline(always)]
+fn in_a_layer(s: &mut Scratch, dentry: u64) -> bool {
+    if s.internal_found == 0 {
+        return false;
+    }
+    s.in_layer = 0;
+    let mut climb = LayerClimb {
+        s: addr_of_mut!(*s),
+        dentry,
+    };
+    run_loop(WALK_DEPTH as u32, layer_step, &mut climb);
+    s.in_layer != 0
 }
 
 /// Whether the current process acts with borrowed credentials, as

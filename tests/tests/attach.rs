@@ -11,7 +11,6 @@ use anyhow::{Context as _, bail};
 use aya::programs::{XdpMode, loaded_programs};
 use ebpf_common::maps;
 use palisade::{
-    loader::features::Features,
     loader::{
         self, Loaded,
         attach::{self, LinkState, TcHook},
@@ -101,7 +100,7 @@ fn wait_until_freed(programs: &[u32]) -> anyhow::Result<()> {
 fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::Result<()> {
     let t = TempPins::new()?;
     let veth = VethPair::new()?;
-    let features = Features::probe();
+    let features = palisade_tests::network_only();
 
     let mut loaded = loader::load_all(&t.pins, &features)?;
     let states = attach_all(&mut loaded, &t.pins, &veth, features.tcx)?;
@@ -211,7 +210,7 @@ fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::R
 #[test]
 fn attaching_to_a_missing_interface_is_a_clear_error() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let mut loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let mut loaded = loader::load_all(&t.pins, &palisade_tests::network_only())?;
     let err = attach::attach_xdp(&mut loaded.xdp, &t.pins, u32::MAX - 1, XdpMode::Default)
         .err()
         .context("attach to a nonexistent ifindex succeeded")?;
@@ -225,7 +224,7 @@ fn a_link_pinned_by_an_older_abi_is_taken_over_and_that_abi_retired() -> anyhow:
     let t = TempPins::new()?;
     let old = PinDir::with_abi(t.pins.base(), ebpf_common::ABI_VERSION - 1);
     let veth = VethPair::new()?;
-    let features = Features::probe();
+    let features = palisade_tests::network_only();
     let xdp_pin = |pins: &PinDir| -> anyhow::Result<PathBuf> {
         Ok(pins.link(&format!(
             "xdp-{}",

@@ -65,7 +65,7 @@ fn main() {
 fn only_root_reaches_the_pins() -> anyhow::Result<()> {
     use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
     let t = TempPins::new()?;
-    let _loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let _loaded = loader::load_all(&t.pins, &palisade_tests::network_only())?;
     for dir in [t.pins.root().to_path_buf(), t.pins.maps(), t.pins.links()] {
         let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
         ensure!(mode == 0o700, "{} has mode {mode:o}", dir.display());
@@ -139,7 +139,7 @@ fn loads_the_lsm_object_and_pins_its_map() -> anyhow::Result<()> {
 
 fn a_second_load_adopts_the_pinned_maps_and_their_contents() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let features = Features::probe();
+    let features = palisade_tests::network_only();
     let first = loader::load_all(&t.pins, &features)?;
     let path = t.pins.map(maps::TC_STATS);
     let cell = stat_index(direction::EGRESS, reason::PASS_UNENFORCED);
@@ -219,7 +219,7 @@ fn a_pinned_map_with_the_wrong_layout_is_refused_not_reused() -> anyhow::Result<
     pin_raw_map(&path, kind::PERCPU_ARRAY, 4, 8, 2)?;
     let before = aya::maps::MapInfo::from_pin(&path)?.id();
 
-    let err = match loader::load_all(&t.pins, &Features::probe()) {
+    let err = match loader::load_all(&t.pins, &palisade_tests::network_only()) {
         Ok(_) => bail!("a mismatched pinned map was accepted"),
         Err(e) => e,
     };
@@ -249,7 +249,7 @@ fn a_pinned_map_of_another_type_is_refused() -> anyhow::Result<()> {
     std::fs::create_dir_all(t.pins.maps())?;
     let path = t.pins.map(maps::XDP_STATS);
     pin_raw_map(&path, kind::HASH, 4, 16, 3)?;
-    let Err(err) = loader::load_all(&t.pins, &Features::probe()) else {
+    let Err(err) = loader::load_all(&t.pins, &palisade_tests::network_only()) else {
         bail!("a hash map was adopted as a per-CPU array");
     };
     assert!(

@@ -17,7 +17,7 @@ use std::{
     },
     path::Path,
     process::Command,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
 use anyhow::{Context as _, bail, ensure};
@@ -59,6 +59,11 @@ fn main() {
                 extended_attributes_and_acls_of_protected_files_are_writes,
             ),
             (
+                "an_xattr_change_finds_its_mount_past_mounts_of_single_files",
+                Needs::BpfLsm,
+                an_xattr_change_finds_its_mount_past_mounts_of_single_files,
+            ),
+            (
                 "overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own",
                 Needs::BpfLsm,
                 overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own,
@@ -95,6 +100,7 @@ struct Loaded {
 }
 
 static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
+static LOAD_FAILED: OnceLock<String> = OnceLock::new();
 
 /// Detaches the programs (their links are pinned) and removes the pins,
 /// once every test is done.
@@ -118,23 +124,36 @@ impl Lab {
         // A test that failed while holding the lock leaves the programs
         // as usable as before.
         let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(why) = LOAD_FAILED.get() {
+            bail!("the first test's load failed: {why}");
+        }
         if loaded.is_none() {
             let features = Features::probe();
-            let pins = TempPins::new()?;
-            let mut objects = loader::load_all(&pins.pins, &features)?;
-            let lsm = match &mut objects.lsm {
-                LsmObject::Loaded(lsm) => lsm,
-                LsmObject::Skipped { reason } => {
-                    bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
-                }
+            let load = || -> anyhow::Result<Loaded> {
+                let pins = TempPins::new()?;
+                let mut objects = loader::load_all(&pins.pins, &features)?;
+                let lsm = match &mut objects.lsm {
+                    LsmObject::Loaded(lsm) => lsm,
+                    LsmObject::Skipped { reason } => {
+                        bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
+                    }
+                };
+                attach::attach_lsm(lsm, &pins.pins)?;
+                let state = LsmState::new(LsmMaps::open(&pins.pins)?)?;
+                Ok(Loaded {
+                    state,
+                    pins,
+                    _loaded: objects,
+                })
             };
-            attach::attach_lsm(lsm, &pins.pins)?;
-            let state = LsmState::new(LsmMaps::open(&pins.pins)?)?;
-            *loaded = Some(Loaded {
-                state,
-                pins,
-                _loaded: objects,
-            });
+            // Once: every later test would wait for the verifier again.
+            match load() {
+                Ok(l) => *loaded = Some(l),
+                Err(e) => {
+                    let _ = LOAD_FAILED.set(format!("{e:?}"));
+                    return Err(e);
+                }
+            }
         }
         let name = unique("pal-lsm");
         let cgroup = format!("/sys/fs/cgroup/{name}");
@@ -199,8 +218,17 @@ impl Lab {
             .map(|(_, p)| format!("/sys/fs/cgroup{p}"))
             .context("cgroup v2 membership")?;
         fs::write(format!("{}/cgroup.procs", self.cgroup), &me)?;
+        // Back home even if `f` panics: the next test must not start in
+        // this pod, under this test's rules.
+        struct Home(String, String);
+        impl Drop for Home {
+            fn drop(&mut self) {
+                let _ = fs::write(&self.0, &self.1);
+            }
+        }
+        let home = Home(format!("{home}/cgroup.procs"), me);
         let out = f();
-        fs::write(format!("{home}/cgroup.procs"), &me)?;
+        fs::write(&home.0, &home.1)?;
         Ok(out)
     }
 
@@ -772,6 +800,109 @@ fn extended_attributes_and_acls_of_protected_files_are_writes() -> anyhow::Resul
     Ok(())
 }
 
+/// The xattr hooks name no mount: the programs look for one, among at
+/// most eight of the namespace's mounts of the file system, and a mount
+/// of a single file (a pod's /etc/hosts, a ConfigMap key) cannot hold
+/// any other file. Here nine such mounts come before the one that holds
+/// the file in the kernel's list (kept in mount order up to Linux 6.15):
+/// taken for candidates, they would leave the file unresolved, audited
+/// and let through.
+fn an_xattr_change_finds_its_mount_past_mounts_of_single_files() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    let (t, binds, dd) = (lab.path("t"), lab.path("binds"), lab.path("dd"));
+    for d in [&t, &binds, &dd] {
+        fs::create_dir_all(d)?;
+    }
+    lab.apply(&format!(
+        "{POLICY}  file:
+    rules:
+    - {{action: Block, paths: [{{dir}}/dd/f]}}
+"
+    ))?;
+    let c = |p: String| std::ffi::CString::new(p).context("a path with a NUL");
+    let (tc, td, tf) = (c(t.clone())?, c(format!("{t}/d"))?, c(format!("{t}/d/f"))?);
+    let ddc = c(dd.clone())?;
+    let ddf = c(format!("{dd}/f"))?;
+    let mut singles = Vec::new();
+    for i in 1..=9 {
+        singles.push((c(format!("{t}/f{i}"))?, c(format!("{binds}/f{i}"))?));
+    }
+    let got = lab.in_pod(|| {
+        // SAFETY: the child (a mount namespace of its own needs a process
+        // of one thread) makes system calls only, on strings made before
+        // the fork, and leaves with _exit; the parent waits for it.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                let code = (|| {
+                    let none = std::ptr::null();
+                    let create = |p: &std::ffi::CString| {
+                        let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+                        fd >= 0 && libc::close(fd) == 0
+                    };
+                    let bind = |from: &std::ffi::CString, to: &std::ffi::CString| {
+                        libc::mount(from.as_ptr(), to.as_ptr(), none, libc::MS_BIND, none.cast())
+                            == 0
+                    };
+                    let private = libc::MS_REC | libc::MS_PRIVATE;
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(none, c"/".as_ptr(), none, private, none.cast()) != 0
+                        || libc::mount(
+                            c"t".as_ptr(),
+                            tc.as_ptr(),
+                            c"tmpfs".as_ptr(),
+                            0,
+                            none.cast(),
+                        ) != 0
+                        || libc::mkdir(td.as_ptr(), 0o755) != 0
+                        || !create(&tf)
+                    {
+                        return 200;
+                    }
+                    for (from, to) in &singles {
+                        if !create(from) || !create(to) || !bind(from, to) {
+                            return 201;
+                        }
+                    }
+                    if !bind(&td, &ddc) || libc::umount2(tc.as_ptr(), libc::MNT_DETACH) != 0 {
+                        return 202;
+                    }
+                    let value = c"1";
+                    if libc::setxattr(
+                        ddf.as_ptr(),
+                        c"trusted.pal".as_ptr(),
+                        value.as_ptr().cast(),
+                        1,
+                        0,
+                    ) == 0
+                    {
+                        0
+                    } else {
+                        std::io::Error::last_os_error()
+                            .raw_os_error()
+                            .unwrap_or(203)
+                    }
+                })();
+                libc::_exit(code);
+            }
+            let mut status = 0;
+            if pid < 0 || libc::waitpid(pid, &mut status, 0) != pid || !libc::WIFEXITED(status) {
+                return -1;
+            }
+            libc::WEXITSTATUS(status)
+        }
+    })?;
+    ensure!(
+        (0..200).contains(&got),
+        "setting up the mounts in a child failed: {got}"
+    );
+    ensure!(
+        got == EPERM,
+        "setxattr of the blocked file behind nine one-file mounts: errno {got}, want EPERM"
+    );
+    Ok(())
+}
+
 /// Under a file allowlist, a write to a file of an overlay's lower layer
 /// makes overlayfs copy it up: it opens both layers' files and copies
 /// their attributes with borrowed credentials, in the writing process,
@@ -807,9 +938,10 @@ fn overlayfs_copy_up_under_a_file_allowlist_is_not_the_processs_own() -> anyhow:
     // unmounted (lazily) once the overlay holds it, as a node's layers
     // are out of a pod's reach. Its file system stays in the namespace
     // through nine mounts of single files (more than the eight candidate
-    // mounts the programs try) and one of a directory beside
-    // the layer, as a pod's /etc/hosts and volumes come from the node's:
-    // none of them reaches the upper layer.
+    // mounts the programs try) and one of a directory beside the layer,
+    // as a pod's /etc/hosts and volumes come from the node's: none of
+    // them reaches the upper layer, and overlayfs's work is told apart
+    // before they are looked at.
     let binds = lab.path("binds");
     fs::create_dir_all(&binds)?;
     let script = format!(

@@ -48,10 +48,8 @@ strip -o "$daemon" "target/$GUEST_TARGET/debug/palisade"
 
 adds=(--add "$daemon")
 for b in $bins; do adds+=(--add "$b"); done
-# Every test loads the LSM object, whose thirteen programs take the verifier
-# several seconds each time under TCG: the whole run takes several minutes
-# (about 1,000 s alone, 1,377 s beside the other guest of make test's
-# suite), and the timeout only catches a hang.
+# A test that loads the LSM object waits for the verifier over its
+# seventeen programs, about 40 s under TCG; the timeout only catches a hang.
 rm -f "$build_log"
 tests/vm/run-guest.sh --timeout 3000 "${adds[@]}" -- sh -c '
   failed=0
