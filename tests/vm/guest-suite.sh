@@ -6,9 +6,12 @@
 #   Kubernetes source (--via kube); the SCTP scenarios both ways.
 # A guest's work is mostly one busy vCPU (the verifier under TCG, tests
 # run one at a time), so one guest left the machine's second core idle.
-# The order keeps the two LSM scenario runs apart as far as it can: each
-# starts a daemon per scenario, and two of them side by side took 24
-# minutes where one beside the test binaries takes about 13 (2026-12-05).
+# The order keeps the two LSM scenario runs apart: each starts a daemon
+# per scenario, the verifier's 70-90 s each time under TCG. Side by side
+# they took 1,379 and 1,467 s, and the busier worker 2,095 s in all;
+# apart (this order), 1,299 s beside the test binaries and 1,082 s after
+# them, the busier worker 2,027 s (2026-12-05, with the binaries' halves
+# at 716 and 384 s, then 526 and 419 s).
 #
 # A job's output is kept in a log and shown whole when the job ends, so
 # that two guests' output never interleaves; a line says when each job
