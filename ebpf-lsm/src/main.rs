@@ -1067,7 +1067,10 @@ extern "C" fn layer_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         if root == 0 {
             break;
         }
-        if d == root || d == peek::<u64>(root + offset(&PAL_OFF_D_PARENT) as u64) {
+        // The directory holding the root, unless the root is its file
+        // system's own (its own parent): that would be every file there.
+        let holder: u64 = peek(root + offset(&PAL_OFF_D_PARENT) as u64);
+        if d == root || (holder != root && d == holder) {
             s.in_layer = 1;
             return 1;
         }
