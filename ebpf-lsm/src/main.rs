@@ -928,14 +928,16 @@ extern "C" fn mount_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         } else {
             s.own_more = 1;
         }
-    } else if ns != m.ns && could_hold(vfsmount, m.dentry) {
+    } else if ns != m.ns
+        && s.foreign_found < FOREIGN_CANDIDATES as u64
+        && could_hold(vfsmount, m.dentry)
+    {
         // Another namespace's, or detached (`umount -l`, a tree a
-        // process keeps a descriptor into): past the first few, left.
+        // process keeps a descriptor into): past the first few, left
+        // unread (a node's file system holds every pod's bind mounts).
         let at = s.foreign_found;
-        if at < FOREIGN_CANDIDATES as u64 {
-            s.foreign[(at as usize) & (FOREIGN_CANDIDATES - 1)] = vfsmount;
-            s.foreign_found = at + 1;
-        }
+        s.foreign[(at as usize) & (FOREIGN_CANDIDATES - 1)] = vfsmount;
+        s.foreign_found = at + 1;
     }
     m.link = peek(mount + offset(&PAL_OFF_MOUNT_SB_NEXT) as u64);
     0
@@ -1005,19 +1007,8 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
     if s.mount_search != mount_search::DONE {
         return Reach::Unknown;
     }
-    for i in 0..MOUNT_CANDIDATES {
-        let mnt = s.mounts[i];
-        if mnt == 0 {
-            break;
-        }
-        let resolved = walk_path_from(s, dentry, mnt, true);
-        if resolved > 0 {
-            return Reach::Path(resolved);
-        }
-        if s.walk_state != walk_state::ELSEWHERE {
-            // Under this mount, but too deep or unreadable.
-            return Reach::Unknown;
-        }
+    if let Some(reach) = first_holding(s, dentry, false) {
+        return reach;
     }
     if s.own_more != 0 {
         return Reach::Unknown;
@@ -1025,20 +1016,38 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
     // Past the namespace's mounts (a tree detached with `umount -l`, or
     // another namespace's): the path from that tree's top, as `d_path`
     // gives it and as the path hooks resolve it there.
-    for i in 0..FOREIGN_CANDIDATES {
-        let mnt = s.foreign[i];
+    first_holding(s, dentry, true).unwrap_or(Reach::Unknown)
+}
+
+/// Walks to `dentry` from the search's candidates in turn, the namespace's
+/// own or (`foreign`) the others: the first under which it lies gives its
+/// path; one under which the walk fails (too deep, unreadable) leaves it
+/// unknown. `None` where none holds it.
+#[inline(always)]
+fn first_holding(s: &mut Scratch, dentry: u64, foreign: bool) -> Option<Reach> {
+    let n = if foreign {
+        FOREIGN_CANDIDATES
+    } else {
+        MOUNT_CANDIDATES
+    };
+    for i in 0..n {
+        let mnt = if foreign {
+            s.foreign[i & (FOREIGN_CANDIDATES - 1)]
+        } else {
+            s.mounts[i & (MOUNT_CANDIDATES - 1)]
+        };
         if mnt == 0 {
             break;
         }
         let resolved = walk_path_from(s, dentry, mnt, true);
         if resolved > 0 {
-            return Reach::Path(resolved);
+            return Some(Reach::Path(resolved));
         }
         if s.walk_state != walk_state::ELSEWHERE {
-            return Reach::Unknown;
+            return Some(Reach::Unknown);
         }
     }
-    Reach::Unknown
+    None
 }
 
 /// The state of one climb from a dentry towards its file system's root,

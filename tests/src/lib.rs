@@ -94,6 +94,19 @@ impl Drop for TempPins {
     }
 }
 
+/// The LSM object `load_all` loaded, or why it skipped it, as an error:
+/// tests that ask for it run where BPF LSM is active (the guest).
+pub fn lsm_object(
+    loaded: &mut palisade::loader::Loaded,
+) -> anyhow::Result<&mut palisade::loader::LoadedObject> {
+    match &mut loaded.lsm {
+        palisade::loader::LsmObject::Loaded(lsm) => Ok(lsm),
+        palisade::loader::LsmObject::Skipped { reason } => {
+            bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
+        }
+    }
+}
+
 /// This kernel's features without BPF LSM, for a test of the network
 /// objects only: in the guest, loading the LSM object too would cost the
 /// verifier's half a minute under TCG and test nothing more.

@@ -122,13 +122,8 @@ fn loads_the_lsm_object_and_pins_its_map() -> anyhow::Result<()> {
     if let BpfLsm::Inactive { reason } = &features.bpf_lsm {
         bail!("BPF LSM must be active in the guest: {reason}");
     }
-    let loaded = loader::load_all(&t.pins, &features)?;
-    let lsm = match &loaded.lsm {
-        LsmObject::Loaded(lsm) => lsm,
-        LsmObject::Skipped { reason } => {
-            bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
-        }
-    };
+    let mut loaded = loader::load_all(&t.pins, &features)?;
+    let lsm = palisade_tests::lsm_object(&mut loaded)?;
     // Every map of the object is pinned and checked.
     assert_eq!(lsm.maps.len(), loader::objects::LSM.maps().count());
     for map in loader::objects::LSM.maps() {

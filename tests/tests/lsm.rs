@@ -11,7 +11,7 @@ use anyhow::bail;
 use ebpf_common::maps;
 use palisade::{
     loader::features::{BpfLsm, Features},
-    loader::{self, LsmObject, attach, objects},
+    loader::{self, attach, objects},
     observe::stats::read_pinned,
 };
 use palisade_tests::{
@@ -53,12 +53,7 @@ fn the_exec_hook_sees_every_exec_and_outlives_its_loader() -> anyhow::Result<()>
     }
     let t = TempPins::new()?;
     let mut loaded = loader::load_all(&t.pins, &features)?;
-    let lsm = match &mut loaded.lsm {
-        LsmObject::Loaded(lsm) => lsm,
-        LsmObject::Skipped { reason } => {
-            bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
-        }
-    };
+    let lsm = palisade_tests::lsm_object(&mut loaded)?;
     let states = attach::attach_lsm(lsm, &t.pins)?;
     // Every program but those of hooks this kernel lacks (the ACL hooks
     // before Linux 6.2, whose ACLs pass the xattr hooks).

@@ -25,7 +25,7 @@ use ebpf_common::maps;
 use palisade::{
     compile::lsm::compile_lsm,
     datapath::lsm::LsmMaps,
-    loader::{self, LsmObject, attach, features::Features},
+    loader::{self, attach, features::Features},
     model::{Snapshot, parse::parse_documents, standard},
     sync::lsm::LsmState,
 };
@@ -132,13 +132,7 @@ impl Lab {
             let load = || -> anyhow::Result<Loaded> {
                 let pins = TempPins::new()?;
                 let mut objects = loader::load_all(&pins.pins, &features)?;
-                let lsm = match &mut objects.lsm {
-                    LsmObject::Loaded(lsm) => lsm,
-                    LsmObject::Skipped { reason } => {
-                        bail!("BPF LSM is active but the loader skipped the LSM object: {reason}")
-                    }
-                };
-                attach::attach_lsm(lsm, &pins.pins)?;
+                attach::attach_lsm(palisade_tests::lsm_object(&mut objects)?, &pins.pins)?;
                 let state = LsmState::new(LsmMaps::open(&pins.pins)?)?;
                 Ok(Loaded {
                     state,
