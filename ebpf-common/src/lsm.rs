@@ -520,23 +520,49 @@ impl PatternSet {
         let slot = &self.slots[k & (MAX_PATTERNS - 1)];
         let live = d[(slot.word as usize) & (PATTERN_WORDS - 1)] >> (slot.bit & 63) & 1;
         let rank = slot.rank[which & 1];
-        let v = slot.verdict[which & 1];
         if live == 0 {
             return;
         }
+        // Field by field: a copy of the whole verdict, whose first bytes
+        // were already read, became a call to `memmove` in the kernel's
+        // program (a byte loop the verifier walks through).
+        let v = &slot.verdict[which & 1];
+        let v = Verdict {
+            action: v.action,
+            flags: v.flags,
+            _pad: [0; 2],
+            policy: v.policy,
+        };
         if v.flags & verdict_flags::GUARD == 0 {
             if rank > choice.best_rank {
-                (choice.best, choice.best_rank, choice.best_slot) = (v, rank, k as u8);
+                choice.best = v;
+                choice.best_rank = rank;
+                choice.best_slot = k as u8;
             }
         } else if renamed_dir && rank > choice.guard_rank {
-            (choice.guard, choice.guard_rank, choice.guard_slot) = (v, rank, k as u8);
+            choice.guard = v;
+            choice.guard_rank = rank;
+            choice.guard_slot = k as u8;
         }
+    }
+
+    /// Whether any state of `d` is live: word by word, where comparing
+    /// the array with zeros became a call to `memcmp` in the kernel's
+    /// program.
+    #[inline(always)]
+    pub fn any_live(d: &[u64; PATTERN_WORDS]) -> bool {
+        let mut any = 0;
+        for word in d {
+            any |= *word;
+        }
+        any != 0
     }
 }
 
 /// What [`PatternSet::consider`] has chosen so far (a rank of 0: nothing),
-/// and from which slots.
-#[repr(C)]
+/// and from which slots. Aligned to words so that the kernel's program
+/// zeroes it with stores, not a call to `memset`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SlotChoice {
     pub best: Verdict,

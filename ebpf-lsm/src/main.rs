@@ -63,8 +63,12 @@ pub struct Scratch {
     prefixlen: u32,
     set: u32,
     path: [u8; PATH_MAX],
-    /// The key's path after a non-recursive directory's own bytes.
+    /// The key's path after a non-recursive directory's own bytes, and
+    /// whether [`slash_step`] found a '/' in it.
     tail: [u8; KEY_PATH_BYTES],
+    tail_slash: u64,
+    /// What the pattern slots chose ([`pattern_slot`]).
+    choice: SlotChoice,
     /// The path hooks' walk writes the path here from the end backwards
     /// (with room for one name past the end, for the verifier).
     walk: [u8; PATH_MAX + 256],
@@ -245,7 +249,22 @@ struct PatternRun {
     states: [u64; PATTERN_WORDS],
     which: usize,
     renamed_dir: bool,
-    choice: SlotChoice,
+    /// In the scratch: see [`zero_words`].
+    choice: *mut SlotChoice,
+}
+
+/// Zeroes `words` words at `at` one by one: LLVM's BPF backend turns
+/// zeroed structures and adjacent zero stores into calls to `memset`, a
+/// byte loop the verifier walks through on every way into it.
+///
+/// # Safety
+/// `at` is valid for `words` aligned `u64` writes.
+#[inline(always)]
+unsafe fn zero_words(at: *mut u64, words: usize) {
+    for i in 0..words {
+        // SAFETY: the caller's.
+        unsafe { at.add(i).write_volatile(0) };
+    }
 }
 
 /// One byte of the path through the set's patterns (a `bpf_loop`
@@ -257,7 +276,7 @@ extern "C" fn pattern_byte(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         let run = &mut *(ctx as *mut PatternRun);
         let byte = *run.path.add((index as usize) & (PATH_MAX - 1));
         (*run.set).step(&mut run.states, byte);
-        i64::from(run.states == [0; PATTERN_WORDS])
+        i64::from(!PatternSet::any_live(&run.states))
     }
 }
 
@@ -272,7 +291,7 @@ extern "C" fn pattern_slot(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             &run.states,
             run.which,
             run.renamed_dir,
-            &mut run.choice,
+            &mut *run.choice,
         );
     }
     0
@@ -284,7 +303,7 @@ extern "C" fn pattern_slot(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// `set` match it.
 #[inline(always)]
 fn pattern_verdicts(
-    s: &Scratch,
+    s: &mut Scratch,
     set: u32,
     len: usize,
     which: usize,
@@ -294,23 +313,31 @@ fn pattern_verdicts(
     let Some(patterns) = (unsafe { PAL_LSM_PATTERN.get(&set) }) else {
         return (None, None);
     };
+    // Word by word: copied whole, or zeroed first, the states became a
+    // call to `memmove` or `memset` (a byte loop the verifier walks).
+    // SAFETY: reads of a map value that stays valid for this run.
+    let states = core::array::from_fn(|w| unsafe { read_volatile(&patterns.start[w]) });
+    // SAFETY: `SlotChoice` is word-aligned, whole words, valid as zeros.
+    unsafe {
+        zero_words(addr_of_mut!(s.choice).cast(), size_of::<SlotChoice>() / 8);
+    }
     let mut run = PatternRun {
         path: s.path.as_ptr(),
         set: patterns,
-        states: patterns.start,
+        states,
         which,
         renamed_dir,
-        choice: SlotChoice::default(),
+        choice: addr_of_mut!(s.choice),
     };
     run_loop((len & (PATH_MAX - 1)) as u32, pattern_byte, &mut run);
-    if run.states != [0; PATTERN_WORDS] {
+    if PatternSet::any_live(&run.states) {
         run_loop(
             patterns.count.min(MAX_PATTERNS as u32),
             pattern_slot,
             &mut run,
         );
     }
-    run.choice.verdicts()
+    s.choice.verdicts()
 }
 
 /// The verdict of set `set` for the path `bpf_d_path` left in `s`
@@ -395,8 +422,9 @@ fn judge_entry(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdi
     // A non-recursive directory covers its children: a '/' after its own
     // bytes means the path lies deeper. The rest of the key's path is
     // copied to a fixed place first, so that the scan reads at constant
-    // offsets, and the scan stops at the first answer: the verifier follows
-    // one path through it, not one per byte.
+    // offsets, and scanned by a `bpf_loop` callback: unrolled, the scan
+    // was a few thousand instructions the verifier walked through on every
+    // way into it.
     let end = if len - 1 > KEY_PATH_BYTES {
         KEY_PATH_BYTES
     } else {
@@ -404,7 +432,7 @@ fn judge_entry(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdi
     };
     let start = rule.len as usize;
     let rest = end.saturating_sub(start);
-    let mut deeper = false;
+    s.tail_slash = 0;
     // SAFETY: reads our own scratch (`start` is at most the key's length);
     // a fault would leave `tail` zeroed, which reads as "no '/'".
     let copied = unsafe {
@@ -415,21 +443,12 @@ fn judge_entry(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdi
         )
     };
     if copied == 0 {
-        for j in 0..KEY_PATH_BYTES {
-            // Read afresh each time: a `rest` the compiler could reason
-            // about would let it replace the constant bound the verifier
-            // needs with one it cannot follow.
-            // SAFETY: a read of a local.
-            if j >= unsafe { read_volatile(&rest) } {
-                break;
-            }
-            if s.tail[j] == b'/' {
-                deeper = true;
-                break;
-            }
-        }
+        let mut scan = SlashScan {
+            s: addr_of_mut!(*s),
+        };
+        run_loop(rest as u32, slash_step, &mut scan);
     }
-    if deeper {
+    if s.tail_slash != 0 {
         return (rule.deeper[which & 1], 0, false);
     }
     if len - 1 > KEY_PATH_BYTES {
@@ -439,6 +458,30 @@ fn judge_entry(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdi
         return (v, event_flags::AMBIGUOUS, false);
     }
     (rule.direct[which & 1], 0, false)
+}
+
+/// The scratch whose `tail` [`slash_step`] scans; the answer goes to the
+/// scratch too (see [`Walk`] on why not to the caller's stack).
+#[repr(C)]
+struct SlashScan {
+    s: *mut Scratch,
+}
+
+/// One byte of the scratch's `tail`: stops at a '/'. A `bpf_loop`
+/// callback.
+extern "C" fn slash_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `SlashScan`, whose `s` points to this
+    // run's scratch.
+    let s = unsafe { &mut *(*(ctx as *mut SlashScan)).s };
+    // The index is below the key's length; the mask keeps the read inside
+    // the scratch for the verifier (`walk` follows `tail`).
+    // SAFETY: as above.
+    let byte = unsafe { *s.tail.as_ptr().add((index as usize) & 0xff) };
+    if byte == b'/' {
+        s.tail_slash = 1;
+        return 1;
+    }
+    0
 }
 
 #[inline(always)]
@@ -524,14 +567,14 @@ fn report(s: &mut Scratch, cgroup: u64, v: &Verdict, on: u8, what: u8, flags: u8
                 0
             };
         bpf_get_current_comm(addr_of_mut!((*e).comm).cast(), 16);
-        if generated::bpf_probe_read_kernel(
+        // A failed read leaves the path empty: the helper zeroes what it
+        // could not read (zeroing it here was a call to `memset`, a loop
+        // the verifier walked through on every way into this).
+        generated::bpf_probe_read_kernel(
             addr_of_mut!((*e).path).cast(),
             EVENT_PATH_BYTES as u32,
             s.path.as_ptr().cast(),
-        ) != 0
-        {
-            (*e).path = [0; EVENT_PATH_BYTES];
-        }
+        );
     }
     entry.submit(0);
 }
@@ -980,13 +1023,17 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
         return Reach::Unknown;
     }
     let head = sb + offset(&PAL_OFF_SB_MOUNTS) as u64;
-    s.mounts = [0; MOUNT_CANDIDATES];
-    s.mounts_found = 0;
-    s.foreign = [0; FOREIGN_CANDIDATES];
-    s.foreign_found = 0;
-    s.own_more = 0;
-    s.internal_roots = [0; INTERNAL_ROOTS];
-    s.internal_found = 0;
+    // Only the counts: the arrays are read below them (zeroing the arrays
+    // was a call to `memset`, a loop the verifier walks).
+    for count in [
+        addr_of_mut!(s.mounts_found),
+        addr_of_mut!(s.foreign_found),
+        addr_of_mut!(s.own_more),
+        addr_of_mut!(s.internal_found),
+    ] {
+        // SAFETY: a field of the scratch.
+        unsafe { zero_words(count, 1) };
+    }
     s.mount_search = mount_search::RUNNING;
     let mut search = MountSearch {
         s: addr_of_mut!(*s),
@@ -1025,20 +1072,20 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
 /// unknown. `None` where none holds it.
 #[inline(always)]
 fn first_holding(s: &mut Scratch, dentry: u64, foreign: bool) -> Option<Reach> {
-    let n = if foreign {
-        FOREIGN_CANDIDATES
+    let (n, found) = if foreign {
+        (FOREIGN_CANDIDATES, s.foreign_found)
     } else {
-        MOUNT_CANDIDATES
+        (MOUNT_CANDIDATES, s.mounts_found)
     };
     for i in 0..n {
+        if i as u64 >= found {
+            break;
+        }
         let mnt = if foreign {
             s.foreign[i & (FOREIGN_CANDIDATES - 1)]
         } else {
             s.mounts[i & (MOUNT_CANDIDATES - 1)]
         };
-        if mnt == 0 {
-            break;
-        }
         let resolved = walk_path_from(s, dentry, mnt, true);
         if resolved > 0 {
             return Some(Reach::Path(resolved));
@@ -1072,9 +1119,12 @@ extern "C" fn layer_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         return 1;
     }
     for i in 0..INTERNAL_ROOTS {
+        if i as u64 >= s.internal_found {
+            break;
+        }
         let root = s.internal_roots[i];
         if root == 0 {
-            break;
+            continue;
         }
         // The directory holding the root, unless the root is its file
         // system's own (its own parent): that would be every file there.

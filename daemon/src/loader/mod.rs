@@ -12,7 +12,12 @@ pub mod layout;
 pub mod objects;
 pub mod sizes;
 
-use std::{fs, io, os::unix::fs::PermissionsExt as _, path::PathBuf};
+use std::{
+    fs, io,
+    os::unix::fs::PermissionsExt as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -144,17 +149,25 @@ pub fn load_with(
         }
     }
     let mut xdp = load_object(pins, &objects::XDP, sizes, &[])?;
+    let mut took = VerifierCost::default();
     for &program in objects::XDP.programs {
         let p: &mut Xdp = program_mut(&mut xdp.ebpf, &objects::XDP, program)?;
+        let started = Instant::now();
         p.load()
             .map_err(|e| verify_error(&objects::XDP, program, e))?;
+        took.add(program, started, p.info());
     }
+    took.log(&objects::XDP);
     let mut tc = load_object(pins, &objects::TC, sizes, &[])?;
+    let mut took = VerifierCost::default();
     for &program in objects::TC.programs {
         let p: &mut SchedClassifier = program_mut(&mut tc.ebpf, &objects::TC, program)?;
+        let started = Instant::now();
         p.load()
             .map_err(|e| verify_error(&objects::TC, program, e))?;
+        took.add(program, started, p.info());
     }
+    took.log(&objects::TC);
     let lsm = match &features.bpf_lsm {
         crate::loader::features::BpfLsm::Inactive { reason } => LsmObject::Skipped {
             reason: format!("BPF LSM is inactive: {reason}"),
@@ -193,6 +206,7 @@ fn load_lsm(pins: &PinDir, sizes: &MapSizes) -> Result<LoadedObject, LoadError> 
     let offsets = btf::lsm_offsets(&kernel)?;
     let mut lsm = load_object(pins, &objects::LSM, sizes, &offsets)?;
     let btf = Btf::from_sys_fs()?;
+    let mut took = VerifierCost::default();
     for &(program, hook) in objects::LSM_HOOKS {
         if objects::lsm_hook_optional(hook) && kernel.func_id(&format!("bpf_lsm_{hook}")).is_none()
         {
@@ -200,10 +214,59 @@ fn load_lsm(pins: &PinDir, sizes: &MapSizes) -> Result<LoadedObject, LoadError> 
             continue;
         }
         let p: &mut Lsm = program_mut(&mut lsm.ebpf, &objects::LSM, program)?;
+        let started = Instant::now();
         p.load(hook, &btf)
             .map_err(|e| verify_error(&objects::LSM, program, e))?;
+        took.add(program, started, p.info());
     }
+    took.log(&objects::LSM);
     Ok(lsm)
+}
+
+/// What the verifier took for one object's programs: the time a start
+/// spends on them, and each program's distance from the verifier's limit
+/// of a million instructions processed (the kernel reports the count).
+#[derive(Default)]
+struct VerifierCost {
+    programs: usize,
+    time: Duration,
+    instructions: u64,
+    most: Option<(&'static str, u32)>,
+}
+
+impl VerifierCost {
+    fn add(
+        &mut self,
+        program: &'static str,
+        started: Instant,
+        info: Result<aya::programs::ProgramInfo, ProgramError>,
+    ) {
+        let time = started.elapsed();
+        let processed = info.ok().and_then(|i| i.verified_instruction_count());
+        tracing::debug!(program, ?time, processed, "verified");
+        self.programs += 1;
+        self.time += time;
+        if let Some(n) = processed {
+            self.instructions += u64::from(n);
+            if self.most.is_none_or(|(_, most)| n > most) {
+                self.most = Some((program, n));
+            }
+        }
+    }
+
+    fn log(&self, object: &Object) {
+        let most = self
+            .most
+            .map(|(program, n)| format!(", the most {n} ({program})"))
+            .unwrap_or_default();
+        tracing::info!(
+            "verified {} programs of {} in {:.2?}: {} instructions processed{most}",
+            self.programs,
+            object.name,
+            self.time,
+            self.instructions,
+        );
+    }
 }
 
 fn prepare(pins: &PinDir) -> Result<(), LoadError> {
