@@ -164,7 +164,10 @@ pub fn decide(
         s.frag.dst = s.pkt.dst;
         s.frag.id = s.pkt.frag_id;
         s.frag.protocol = s.pkt.frag_next;
-        s.frag._pad = [0; 3];
+        for byte in &mut s.frag._pad {
+            // One by one: see `put`.
+            crate::kernel::parse::put(byte, 0);
+        }
     }
     if later_fragment {
         // SAFETY: the value is copied out before any other map operation.
