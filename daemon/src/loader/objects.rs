@@ -164,9 +164,24 @@ mod tests {
         for object in [&XDP, &TC, &LSM] {
             let elf = object::File::parse(object.bytes).expect("an ELF object");
             // Where the byte loops' own bodies are (they may call each other).
-            let bodies: Vec<_> = elf
+            let loops: Vec<_> = elf
                 .symbols()
                 .filter(|s| s.name().is_ok_and(|n| BYTE_LOOPS.contains(&n)))
+                .collect();
+            // A call to a global (or weak) function is relocated against
+            // its name, which is what is looked for below; one to a local
+            // function may be relocated against its section, and would
+            // pass unseen.
+            for f in &loops {
+                assert!(
+                    !f.is_local(),
+                    "{}: {} is local: calls to it may not name it; read the calls' targets instead",
+                    object.name,
+                    f.name().unwrap_or("?"),
+                );
+            }
+            let bodies: Vec<_> = loops
+                .iter()
                 .map(|s| (s.section_index(), s.address()..s.address() + s.size()))
                 .collect();
             for section in elf.sections() {

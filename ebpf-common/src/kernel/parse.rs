@@ -509,10 +509,13 @@ pub fn put<T>(field: &mut T, value: T) {
 /// Copies the 16-byte address at `from` (in the packet or a copy of a
 /// header, unaligned) into `to` as two words: a copy of the array became
 /// a call to `memmove`, a byte loop the verifier walks on every way in.
+/// `to` is an address field of a `Packet` or an `Inner` (word-aligned:
+/// checked below).
 #[inline(always)]
 fn copy_addr(to: &mut [u8; ADDR_LEN], from: &[u8; ADDR_LEN]) {
-    // SAFETY: `from` is 16 readable bytes; `to` is 8-byte aligned as in
-    // `mapped_into`.
+    // SAFETY: `from` is 16 readable bytes; `to` is 8-byte aligned, being
+    // one of the fields whose offsets are checked below in structures
+    // aligned to 8.
     unsafe {
         let words = [
             core::ptr::read_unaligned(from.as_ptr().cast::<u64>()),
@@ -521,6 +524,18 @@ fn copy_addr(to: &mut [u8; ADDR_LEN], from: &[u8; ADDR_LEN]) {
         core::ptr::write(to.as_mut_ptr().cast::<[u64; 2]>(), words);
     }
 }
+
+// What `copy_addr` and `mapped_into` rely on: every address field they
+// write starts on a word.
+const _: () = {
+    assert!(align_of::<Packet>() == 8 && align_of::<Inner>() == 8);
+    assert!(core::mem::offset_of!(Packet, src) % 8 == 0);
+    assert!(core::mem::offset_of!(Packet, dst) % 8 == 0);
+    assert!(core::mem::offset_of!(Packet, inner) % 8 == 0);
+    assert!(core::mem::offset_of!(Packet, target) % 8 == 0);
+    assert!(core::mem::offset_of!(Inner, src) % 8 == 0);
+    assert!(core::mem::offset_of!(Inner, dst) % 8 == 0);
+};
 
 /// The source and destination addresses of an IPv6 header.
 #[inline(always)]
