@@ -1124,7 +1124,7 @@ extern "C" fn layer_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         }
         let root = s.internal_roots[i];
         if root == 0 {
-            continue;
+            break;
         }
         // The directory holding the root, unless the root is its file
         // system's own (its own parent): that would be every file there.
