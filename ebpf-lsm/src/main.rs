@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use ebpf_common::{
     datapath::event_rate,
-    kernel::count,
+    kernel::{count, put},
     lsm::{
         CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, HAS_PATTERNS, HAS_SOURCES, KEY_PATH_BYTES,
         LsmConfig, LsmEvent, MAX_PATTERNS, PATH_MAX, PATTERN_WORDS, PathRule, PatternSet, PodSets,
@@ -1025,15 +1025,10 @@ fn walk_from_a_mount(s: &mut Scratch, dentry: u64) -> Reach {
     let head = sb + offset(&PAL_OFF_SB_MOUNTS) as u64;
     // Only the counts: the arrays are read below them (zeroing the arrays
     // was a call to `memset`, a loop the verifier walks).
-    for count in [
-        addr_of_mut!(s.mounts_found),
-        addr_of_mut!(s.foreign_found),
-        addr_of_mut!(s.own_more),
-        addr_of_mut!(s.internal_found),
-    ] {
-        // SAFETY: a field of the scratch.
-        unsafe { zero_words(count, 1) };
-    }
+    put(&mut s.mounts_found, 0);
+    put(&mut s.foreign_found, 0);
+    put(&mut s.own_more, 0);
+    put(&mut s.internal_found, 0);
     s.mount_search = mount_search::RUNNING;
     let mut search = MountSearch {
         s: addr_of_mut!(*s),

@@ -13,6 +13,15 @@ use crate::{
     stats::{Counter, stat_index},
 };
 
+/// Stores `value` as one store that LLVM may not merge with its
+/// neighbours: merged zeros become a call to `memset` (the BPF backend
+/// does not expand it), a byte loop the verifier walks on every way in.
+#[inline(always)]
+pub fn put<T>(field: &mut T, value: T) {
+    // SAFETY: a valid, aligned place.
+    unsafe { core::ptr::write_volatile(field, value) }
+}
+
 /// Adds one event of `bytes` to the (direction, reason) cell. Per-CPU cells
 /// need no atomics: only this CPU writes this copy.
 #[inline(always)]

@@ -24,6 +24,7 @@ use core::mem::size_of;
 
 use crate::{
     datapath::{ADDR_LEN, MAX_ND_OPTIONS},
+    kernel::put,
     reason,
 };
 
@@ -495,15 +496,6 @@ pub fn mapped_words(v4: [u8; 4]) -> [u64; 2] {
         0,
         u64::from_ne_bytes([0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]),
     ]
-}
-
-/// Stores `value` as one store that LLVM may not merge with its
-/// neighbours: merged zeros become a call to `memset` (the BPF backend
-/// does not expand it), a byte loop the verifier walks on every way in.
-#[inline(always)]
-pub fn put<T>(field: &mut T, value: T) {
-    // SAFETY: a valid, aligned place.
-    unsafe { core::ptr::write_volatile(field, value) }
 }
 
 /// Copies the 16-byte address at `from` (in the packet or a copy of a

@@ -166,7 +166,7 @@ pub fn decide(
         s.frag.protocol = s.pkt.frag_next;
         for byte in &mut s.frag._pad {
             // One by one: see `put`.
-            crate::kernel::parse::put(byte, 0);
+            crate::kernel::put(byte, 0);
         }
     }
     if later_fragment {
