@@ -15,7 +15,7 @@ pub mod stats;
 /// Bumped whenever a pinned map's layout or meaning changes. The daemon pins
 /// under `/sys/fs/bpf/palisade/v<ABI_VERSION>/`, so a new layout never reuses
 /// an old map by accident.
-pub const ABI_VERSION: u32 = 14;
+pub const ABI_VERSION: u32 = 15;
 
 /// The oldest ABI whose conntrack maps (`PAL_CT4`, `PAL_CT6`: their keys,
 /// their values and what each field means) are this one's. A daemon that

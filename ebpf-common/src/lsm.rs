@@ -231,6 +231,11 @@ pub mod event_flags {
     pub const AMBIGUOUS: u8 = 4;
     /// The section's default decided, not a rule.
     pub const DEFAULT: u8 = 8;
+    /// Another run on the CPU took the working memory while this one was
+    /// preempted: the event's path may be that run's, not this one's.
+    /// With `UNRESOLVED`, it took it on every try and the operation was
+    /// blocked unjudged.
+    pub const INTERLEAVED: u8 = 16;
 }
 
 /// One Block or Audit decision, for `palisade events`.

@@ -82,9 +82,13 @@ pub const DROP_ROUTER_MESSAGE: u32 = 29;
 /// it would teach the bridge that another pod's MAC lives behind this
 /// pod's port, and so take that pod's traffic.
 pub const DROP_SPOOFED_MAC: u32 = 30;
+/// A process or file operation whose judgement was begun again: another
+/// task's run on the same CPU took the programs' working memory while this
+/// one was preempted (kernels that preempt kernel code).
+pub const LSM_INTERLEAVED: u32 = 31;
 
 /// One past the highest code in use; counter arrays are sized from it.
-pub const COUNT: u32 = 31;
+pub const COUNT: u32 = 32;
 
 /// A stable name for each code, as exported in metrics and `palisade status`.
 pub const fn name(code: u32) -> &'static str {
@@ -120,6 +124,7 @@ pub const fn name(code: u32) -> &'static str {
         DROP_SPOOFED_SOURCE => "drop_spoofed_source",
         DROP_ROUTER_MESSAGE => "drop_router_message",
         DROP_SPOOFED_MAC => "drop_spoofed_mac",
+        LSM_INTERLEAVED => "lsm_interleaved",
         _ => "unknown",
     }
 }

@@ -93,6 +93,8 @@ pub struct Scratch {
     internal_found: u64,
     /// Whether the dentry lies in a kernel mount's tree ([`layer_step`]).
     in_layer: u64,
+    /// The thread whose run holds the scratch ([`hold`]).
+    holder: u64,
     /// The one field that persists between runs: the event rate limit.
     credit_ns: u64,
     last_ns: u64,
@@ -100,6 +102,83 @@ pub struct Scratch {
 
 #[map(name = "PAL_LSM_SCRATCH")]
 static PAL_LSM_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// How many times a run resolves and judges its path before it gives up
+/// on a scratch that other runs keep taking ([`hold`]).
+const RUN_TRIES: u32 = 2;
+
+/// Marks the scratch as the calling thread's, and returns that thread's
+/// id. The programs run with migration disabled but, where the kernel
+/// preempts kernel code (`preempt=full`, PREEMPT_RT), not with preemption
+/// disabled: a run can stop midway, another task's run on the same CPU
+/// take the scratch and write its own path there, and the first resume
+/// with that path under its own rules (a guest test saw 13 of 21,917 mode
+/// changes so judged). Every run marks the scratch first and asks
+/// [`held`] after its last read: a thread runs one hook at a time, so
+/// while a run lasts no other run can mark it with the same id.
+#[inline(always)]
+fn hold(s: &mut Scratch) -> u64 {
+    let tid = bpf_get_current_pid_tgid() & 0xffff_ffff;
+    put(&mut s.holder, tid);
+    tid
+}
+
+/// Whether no other run took the scratch since [`hold`] gave `tid`.
+#[inline(always)]
+fn held(s: &Scratch, tid: u64) -> bool {
+    // SAFETY: a field of the scratch; volatile, so that the load is made
+    // here, after every read of the scratch before it.
+    unsafe { read_volatile(&s.holder) == tid }
+}
+
+/// The verdict of a run that lost the scratch to other runs on every
+/// try: its path is not known to be its own, so it is blocked, whatever
+/// the rules would say (letting it through would let a process that can
+/// keep another run interleaved pass its own forbidden operations).
+#[inline(always)]
+fn interleaved() -> (Verdict, u8) {
+    (
+        Verdict {
+            action: action::BLOCK,
+            flags: verdict_flags::DEFAULT,
+            ..Verdict::default()
+        },
+        event_flags::UNRESOLVED | event_flags::INTERLEAVED,
+    )
+}
+
+/// What one try of a run made of its operation.
+enum Judged {
+    /// The verdict, its event flags, and the path's length as resolved.
+    Verdict(Verdict, u8, i64),
+    /// Not the process's own operation (overlayfs's, on its layers).
+    Pass,
+}
+
+/// Runs `$attempt` (resolve the path into the scratch and judge it, to a
+/// [`Judged`]) until a try ends with the scratch still held ([`hold`]), at
+/// most [`RUN_TRIES`] times, then blocks unjudged; gives the thread's id
+/// with it. A macro, not a function taking a closure: LLVM kept such a
+/// closure, called from two tries, a function of its own, whose code the
+/// verifier refused (a pointer or'ed with a bit).
+macro_rules! judge_holding {
+    ($s:expr, $attempt:block) => {{
+        let mut tries = 0;
+        loop {
+            let tid = hold($s);
+            let judged: Judged = $attempt;
+            if held($s, tid) {
+                break (judged, tid);
+            }
+            count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_INTERLEAVED, 0);
+            tries += 1;
+            if tries == RUN_TRIES {
+                let (v, flags) = interleaved();
+                break (Judged::Verdict(v, flags, -1), tid);
+            }
+        }
+    }};
+}
 
 // Offsets into kernel structures, from the running kernel's BTF (set by
 // the loader; `ebpf_common::lsm::globals`). Read volatile: the compiler
@@ -526,7 +605,7 @@ fn count_decision(v: &Verdict, on: u8) {
 }
 
 #[inline(always)]
-fn report(s: &mut Scratch, cgroup: u64, v: &Verdict, on: u8, what: u8, flags: u8, len: i64) {
+fn report(s: &mut Scratch, run: Run, v: &Verdict, on: u8, what: u8, flags: u8, len: i64) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if !take_token(s, now) {
@@ -552,7 +631,7 @@ fn report(s: &mut Scratch, cgroup: u64, v: &Verdict, on: u8, what: u8, flags: u8
     // written before it is submitted.
     unsafe {
         (*e).timestamp_ns = now;
-        (*e).cgroup = cgroup;
+        (*e).cgroup = run.cgroup;
         (*e).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
         (*e).uid = bpf_get_current_uid_gid() as u32;
         (*e).policy = v.policy;
@@ -575,15 +654,28 @@ fn report(s: &mut Scratch, cgroup: u64, v: &Verdict, on: u8, what: u8, flags: u8
             EVENT_PATH_BYTES as u32,
             s.path.as_ptr().cast(),
         );
+        // The decision was the run's own; the path copied after it may be
+        // another run's, taken over meanwhile.
+        if !held(s, run.tid) {
+            (*e).flags |= event_flags::INTERLEAVED;
+        }
     }
     entry.submit(0);
+}
+
+/// Whom a run judges for: the pod's cgroup, and the thread that holds the
+/// scratch ([`hold`]).
+#[derive(Clone, Copy)]
+struct Run {
+    cgroup: u64,
+    tid: u64,
 }
 
 /// Applies `v` to the operation: 0 lets it through, `-EPERM` fails it.
 #[inline(always)]
 fn enforce(
     s: &mut Scratch,
-    cgroup: u64,
+    run: Run,
     v: Verdict,
     flags: u8,
     (on, what): (u8, u8),
@@ -602,13 +694,13 @@ fn enforce(
         action::AUDIT => {
             count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_AUDIT, 0);
             count_decision(&v, on);
-            report(s, cgroup, &v, on, what, flags, len);
+            report(s, run, &v, on, what, flags, len);
             0
         }
         _ => {
             count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_BLOCK, 0);
             count_decision(&v, on);
-            report(s, cgroup, &v, on, what, flags, len);
+            report(s, run, &v, on, what, flags, len);
             -EPERM
         }
     }
@@ -672,28 +764,37 @@ fn check(
     let Some(s) = PAL_LSM_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: a per-CPU array value, used by this CPU for this run only.
+    // SAFETY: a per-CPU array value, used by this CPU for this run (and,
+    // where another run takes it meanwhile, tried again: [`hold`]).
     let s = unsafe { &mut *s };
-    let set = if set & HAS_SOURCES != 0 {
-        source_set(s, set & !HAS_SOURCES)
-    } else {
-        set
+    let (judged, tid) = judge_holding!(s, {
+        let set = if set & HAS_SOURCES != 0 {
+            source_set(s, set & !HAS_SOURCES)
+        } else {
+            set
+        };
+        // SAFETY: `file + f_path` is the `struct path` inside the hook's
+        // file (the offset from the kernel's BTF); the buffer is the
+        // scratch's.
+        let resolved = unsafe {
+            let p = file.add(offset(&PAL_OFF_FILE_F_PATH)) as *mut path;
+            bpf_d_path(p, s.path.as_mut_ptr().cast(), PATH_MAX as u32)
+        };
+        // Opening a directory reads what is in it, which its own rules
+        // (keyed `/etc/ssl/`) speak for, not its parent's.
+        let resolved = if dir {
+            as_dir(s, resolved).unwrap_or(resolved)
+        } else {
+            resolved
+        };
+        // Opening renames nothing: no guard pattern.
+        let (v, flags) = judge(s, set, resolved, which, false);
+        Judged::Verdict(v, flags, resolved)
+    });
+    let Judged::Verdict(v, flags, resolved) = judged else {
+        return 0;
     };
-    // SAFETY: `file + f_path` is the `struct path` inside the hook's file
-    // (the offset from the kernel's BTF); the buffer is the scratch's.
-    let resolved = unsafe {
-        let p = file.add(offset(&PAL_OFF_FILE_F_PATH)) as *mut path;
-        bpf_d_path(p, s.path.as_mut_ptr().cast(), PATH_MAX as u32)
-    };
-    // Opening a directory reads what is in it, which its own rules
-    // (keyed `/etc/ssl/`) speak for, not its parent's.
-    let resolved = if dir {
-        as_dir(s, resolved).unwrap_or(resolved)
-    } else {
-        resolved
-    };
-    // Opening renames nothing: no guard pattern.
-    let (v, flags) = judge(s, set, resolved, which, false);
+    let run = Run { cgroup, tid };
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
         count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
     }
@@ -705,7 +806,7 @@ fn check(
             field(inode, offset(&PAL_OFF_INODE_I_UID))
         }
     };
-    enforce(s, cgroup, v, flags, (on, what), owner, resolved)
+    enforce(s, run, v, flags, (on, what), owner, resolved)
 }
 
 const S_IFMT: u16 = 0o170000;
@@ -1218,24 +1319,37 @@ fn check_path(
     let Some(s) = PAL_LSM_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: a per-CPU array value, used by this CPU for this run only.
+    // SAFETY: a per-CPU array value, used by this CPU for this run (and,
+    // where another run takes it meanwhile, tried again: [`hold`]).
     let s = unsafe { &mut *s };
-    let set = if sets.file & HAS_SOURCES != 0 {
-        source_set_walked(s, sets.file & !HAS_SOURCES)
-    } else {
-        sets.file
-    };
-    let resolved = match mnt {
-        Some(mnt) => walk_path(s, dentry, mnt),
-        None => match walk_from_a_mount(s, dentry) {
-            Reach::Path(resolved) => resolved,
-            Reach::Kernels => return 0,
-            // Judged as unresolved: by the default, and reported.
-            Reach::Unknown => -1,
-        },
-    };
     let renamed_dir = renamed.is_some_and(|(old, new)| a_directory_moves(old, new));
-    let (v, flags) = judge(s, set, resolved, op::WRITE, renamed_dir);
+    let (judged, tid) = judge_holding!(s, {
+        let set = if sets.file & HAS_SOURCES != 0 {
+            source_set_walked(s, sets.file & !HAS_SOURCES)
+        } else {
+            sets.file
+        };
+        let resolved = match mnt {
+            Some(mnt) => Some(walk_path(s, dentry, mnt)),
+            None => match walk_from_a_mount(s, dentry) {
+                Reach::Path(resolved) => Some(resolved),
+                Reach::Kernels => None,
+                // Judged as unresolved: by the default, and reported.
+                Reach::Unknown => Some(-1),
+            },
+        };
+        match resolved {
+            Some(resolved) => {
+                let (v, flags) = judge(s, set, resolved, op::WRITE, renamed_dir);
+                Judged::Verdict(v, flags, resolved)
+            }
+            None => Judged::Pass,
+        }
+    });
+    let Judged::Verdict(v, flags, resolved) = judged else {
+        return 0;
+    };
+    let run = Run { cgroup, tid };
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
         count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
     }
@@ -1243,7 +1357,7 @@ fn check_path(
         let inode: u64 = peek(owned + offset(&PAL_OFF_D_INODE) as u64);
         peek::<u32>(inode + offset(&PAL_OFF_INODE_I_UID) as u64)
     };
-    enforce(s, cgroup, v, flags, (on, what), owner, resolved)
+    enforce(s, run, v, flags, (on, what), owner, resolved)
 }
 
 /// The `mnt` and `dentry` of a `struct path *`.

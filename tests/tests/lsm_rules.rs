@@ -21,12 +21,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use ebpf_common::maps;
+use ebpf_common::{maps, reason};
 use palisade::{
     compile::lsm::compile_lsm,
     datapath::lsm::LsmMaps,
     loader::{self, attach, features::Features},
     model::{Snapshot, parse::parse_documents, standard},
+    observe::stats::read_pinned,
     sync::lsm::LsmState,
 };
 use palisade_tests::{
@@ -77,6 +78,11 @@ fn main() {
                 "kubearmor_policies_and_rule_updates_take_effect_without_restarts",
                 Needs::BpfLsm,
                 kubearmor_policies_and_rule_updates_take_effect_without_restarts,
+            ),
+            (
+                "a_preempted_run_never_decides_by_another_processs_path",
+                Needs::BpfLsm,
+                a_preempted_run_never_decides_by_another_processs_path,
             ),
             (
                 "pods_at_more_cgroup_levels_than_looked_up_are_reported_not_enforced",
@@ -224,6 +230,16 @@ impl Lab {
         let out = f();
         fs::write(&home.0, &home.1)?;
         Ok(out)
+    }
+
+    /// The LSM programs' counter of `code` since they loaded.
+    fn counted(&self, code: u32) -> anyhow::Result<u64> {
+        let name = reason::name(code);
+        Ok(read_pinned(&self.pins()?.map(maps::LSM_STATS))?
+            .iter()
+            .filter(|r| r.reason == name)
+            .map(|r| r.events)
+            .sum())
     }
 
     fn decisions(&self) -> anyhow::Result<u64> {
@@ -1116,6 +1132,141 @@ spec:
     ensure!(
         why.contains("level 1") && why.contains("not judged"),
         "{why}"
+    );
+    Ok(())
+}
+
+/// The kernel's preemption model, switched at run time where the kernel
+/// allows it (`PREEMPT_DYNAMIC`, through debugfs), and put back when
+/// dropped.
+struct Preemption {
+    control: String,
+    before: String,
+}
+
+impl Preemption {
+    /// Switches to `mode` (`full`: kernel code, BPF programs included, may
+    /// be preempted anywhere).
+    fn set(mode: &str) -> anyhow::Result<Self> {
+        let debugfs = "/sys/kernel/debug";
+        let control = format!("{debugfs}/sched/preempt");
+        if !Path::new(&control).exists() {
+            let _ = Command::new("mount")
+                .args(["-t", "debugfs", "debugfs", debugfs])
+                .status();
+        }
+        let modes = fs::read_to_string(&control).with_context(|| {
+            format!("{control}: this kernel cannot switch its preemption model (PREEMPT_DYNAMIC)")
+        })?;
+        // "none voluntary (full)": the current one in parentheses.
+        let before = modes
+            .split_whitespace()
+            .find_map(|m| m.strip_prefix('(')?.strip_suffix(')'))
+            .context("the current preemption model")?
+            .to_owned();
+        fs::write(&control, mode).with_context(|| format!("writing {mode} to {control}"))?;
+        Ok(Self { control, before })
+    }
+}
+
+impl Drop for Preemption {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.control, &self.before);
+    }
+}
+
+/// Pins the calling thread to CPU 0, where another pinned thread can
+/// preempt it.
+fn pin_to_cpu0() -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// The programs build a path in per-CPU working memory. Where the kernel
+/// preempts kernel code (`preempt=full`), a program can be preempted
+/// midway and another task's run on the same CPU write over its path:
+/// a run must then never decide by the path another left. Two threads of
+/// the pod, on one CPU, change the mode of a file each, deep enough that
+/// the path walk is long: one file is blocked, the other is not. The
+/// blocked one must never pass; the allowed one may be refused only by a
+/// run that lost its working memory on every try (blocked unjudged,
+/// counted as unresolved), never by the other file's rule.
+fn a_preempted_run_never_decides_by_another_processs_path() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    let depth = "d/".repeat(120);
+    let blocked = lab.file(&format!("blocked/{depth}f"))?;
+    let allowed = lab.file(&format!("allowed/{depth}f"))?;
+    lab.apply(&format!(
+        "{POLICY}  file:
+    rules:
+    - {{action: Block, dirs: [{{path: {{dir}}/blocked/, recursive: true}}]}}
+"
+    ))?;
+    let counted = |lab: &Lab| -> anyhow::Result<(u64, u64)> {
+        Ok((
+            lab.counted(reason::LSM_INTERLEAVED)?,
+            lab.counted(reason::LSM_UNRESOLVED)?,
+        ))
+    };
+    let before = counted(&lab)?;
+    let full = Preemption::set("full")?;
+    let seconds = 8;
+    let ((blocked_passed, blocked_runs), (allowed_refused, allowed_runs)) =
+        lab.in_pod(|| {
+            let run = |path: String, want: i32| {
+                std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
+                    pin_to_cpu0()?;
+                    let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+                    let (mut wrong, mut runs) = (0, 0);
+                    while std::time::Instant::now() < until {
+                        if chmod_errno(&path) != want {
+                            wrong += 1;
+                        }
+                        runs += 1;
+                    }
+                    Ok((wrong, runs))
+                })
+            };
+            let a = run(blocked.clone(), EPERM);
+            let b = run(allowed.clone(), 0);
+            match (a.join(), b.join()) {
+                (Ok(Ok(a)), Ok(Ok(b))) => Ok((a, b)),
+                (Ok(Err(e)), _) | (_, Ok(Err(e))) => Err(e),
+                _ => bail!("a thread panicked"),
+            }
+        })??;
+    drop(full);
+    let after = counted(&lab)?;
+    let (begun_again, unjudged) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "{} mode changes on one CPU under preempt=full: {begun_again} judgements begun again \
+         (lsm_interleaved), {unjudged} blocked unjudged; the blocked file's passed \
+         {blocked_passed} times, the allowed file's refused {allowed_refused} times",
+        blocked_runs + allowed_runs
+    );
+    ensure!(
+        blocked_passed == 0,
+        "{blocked_passed} of {blocked_runs} mode changes of the blocked file passed"
+    );
+    ensure!(
+        allowed_refused <= unjudged,
+        "{allowed_refused} of {allowed_runs} mode changes of the allowed file were refused, \
+         {unjudged} of them unjudged: the rest were judged by the other file's rule"
+    );
+    // Without it, no run was preempted midway by the other thread, and the
+    // test showed nothing.
+    ensure!(
+        begun_again > 0,
+        "no run was taken over midway: the test did not exercise it"
     );
     Ok(())
 }

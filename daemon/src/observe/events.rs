@@ -151,6 +151,7 @@ pub fn decode_lsm(e: &LsmEvent, names: &SharedNames) -> LsmLine {
         (lsm::event_flags::PATH_CUT, "path cut"),
         (lsm::event_flags::UNRESOLVED, "path unresolved"),
         (lsm::event_flags::AMBIGUOUS, "stricter verdict"),
+        (lsm::event_flags::INTERLEAVED, "path may be another run's"),
     ] {
         if e.flags & flag != 0 {
             notes.push(note);
