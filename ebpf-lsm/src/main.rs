@@ -10,7 +10,10 @@
 #![no_std]
 #![no_main]
 
-use core::ptr::{addr_of_mut, read_volatile};
+use core::{
+    hint::black_box,
+    ptr::{addr_of_mut, read_volatile},
+};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, path},
@@ -112,22 +115,28 @@ const RUN_TRIES: u32 = 2;
 /// preempts kernel code (`preempt=full`, PREEMPT_RT), not with preemption
 /// disabled: a run can stop midway, another task's run on the same CPU
 /// take the scratch and write its own path there, and the first resume
-/// with that path under its own rules (a guest test saw 13 of 21,917 mode
-/// changes so judged). Every run marks the scratch first and asks
-/// [`held`] after its last read: a thread runs one hook at a time, so
-/// while a run lasts no other run can mark it with the same id.
+/// with that path under its own rules (in a guest test under
+/// `preempt=full`, a blocked file's mode changed). Every run marks the
+/// scratch first and asks [`held`] after its last read: a thread runs one
+/// hook at a time, so while a run lasts no other run can mark it with the
+/// same id. The scratch is handed to `black_box` at both points, so that
+/// the compiler cannot move the run's reads of it before the mark or after
+/// the check (a volatile access orders only other volatile ones, and the
+/// BPF backend has no fence to select); the CPU is this one, so no
+/// barrier instruction is needed.
 #[inline(always)]
 fn hold(s: &mut Scratch) -> u64 {
     let tid = bpf_get_current_pid_tgid() & 0xffff_ffff;
     put(&mut s.holder, tid);
+    black_box(addr_of_mut!(*s));
     tid
 }
 
 /// Whether no other run took the scratch since [`hold`] gave `tid`.
 #[inline(always)]
-fn held(s: &Scratch, tid: u64) -> bool {
-    // SAFETY: a field of the scratch; volatile, so that the load is made
-    // here, after every read of the scratch before it.
+fn held(s: &mut Scratch, tid: u64) -> bool {
+    black_box(addr_of_mut!(*s));
+    // SAFETY: a field of the scratch.
     unsafe { read_volatile(&s.holder) == tid }
 }
 

@@ -96,7 +96,7 @@ fn main() {
 
 /// The programs, their maps and the syncer's LSM share, loaded once for
 /// every test of this binary: in the guest (TCG) the verifier takes about
-/// 40 s over the objects each time they load, and every test would pay
+/// 10 s over the objects each time they load, and every test would pay
 /// it. Each test writes its own rule sets for its own cgroup, which
 /// replace the previous test's, as a daemon's next pass would.
 struct Loaded {

@@ -48,8 +48,8 @@ strip -o "$daemon" "target/$GUEST_TARGET/debug/palisade"
 
 adds=(--add "$daemon")
 for b in $bins; do adds+=(--add "$b"); done
-# A test that loads the LSM object waits for the verifier over its
-# seventeen programs, about 40 s under TCG; the timeout only catches a hang.
+# A test that loads the objects waits for the verifier, about 10 s under
+# TCG on 6.1; the timeout only catches a hang.
 rm -f "$build_log"
 tests/vm/run-guest.sh --timeout 3000 "${adds[@]}" -- sh -c '
   failed=0
