@@ -5,6 +5,10 @@
 //! codes. Types are `#[repr(C)]` with explicit padding and compile-time size
 //! checks, so a layout change cannot slip through unnoticed.
 #![no_std]
+// BPF's atomic add (`kernel::add`): the target offers no atomic
+// read-modify-write through `core::sync::atomic`.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 pub mod datapath;
 pub mod lsm;

@@ -150,8 +150,18 @@ pub const HAS_SOURCES: u32 = 1 << 31;
 /// Set in a set id: the set has patterns (`matchPatterns`), found in
 /// `PAL_LSM_PATTERNS` by the set's id.
 pub const HAS_PATTERNS: u32 = 1 << 30;
+/// Set in a set id: some verdict of the set, or of one of its `fromSource`
+/// sets, blocks (a Block rule, an `ownerOnly` one, a default that
+/// blocks). A run that could not judge its path (its working memory taken
+/// on every try) is blocked where this is set, and only audited where
+/// nothing in the set could block.
+pub const CAN_BLOCK: u32 = 1 << 29;
 /// The bits of a set id that name the set (the rest are the flags above).
-pub const SET_ID_MASK: u32 = HAS_PATTERNS - 1;
+pub const SET_ID_MASK: u32 = CAN_BLOCK - 1;
+
+/// The policy of a verdict given without judging the path: the run lost
+/// its working memory to other runs on every try.
+pub const UNJUDGED_POLICY: u32 = u32::MAX - 1;
 
 /// A pod's rule sets; 0 means none (every operation allowed).
 #[repr(C)]

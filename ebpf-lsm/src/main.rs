@@ -28,12 +28,12 @@ use aya_ebpf::{
 };
 use ebpf_common::{
     datapath::event_rate,
-    kernel::{count, put},
+    kernel::{add, count_atomic, put},
     lsm::{
-        CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, HAS_PATTERNS, HAS_SOURCES, KEY_PATH_BYTES,
-        LsmConfig, LsmEvent, MAX_PATTERNS, PATH_MAX, PATTERN_WORDS, PathRule, PatternSet, PodSets,
-        RuleData, SET_ID_MASK, SlotChoice, Verdict, WALK_DEPTH, action, entry_kind, event_flags,
-        event_op, fmode, hook, op, verdict_flags,
+        CAN_BLOCK, CGROUP_LEVELS, DecisionKey, EVENT_PATH_BYTES, HAS_PATTERNS, HAS_SOURCES,
+        KEY_PATH_BYTES, LsmConfig, LsmEvent, MAX_PATTERNS, PATH_MAX, PATTERN_WORDS, PathRule,
+        PatternSet, PodSets, RuleData, SET_ID_MASK, SlotChoice, UNJUDGED_POLICY, Verdict,
+        WALK_DEPTH, action, entry_kind, event_flags, event_op, fmode, hook, op, verdict_flags,
     },
     maps::size,
     reason,
@@ -141,15 +141,23 @@ fn held(s: &mut Scratch, tid: u64) -> bool {
 }
 
 /// The verdict of a run that lost the scratch to other runs on every
-/// try: its path is not known to be its own, so it is blocked, whatever
-/// the rules would say (letting it through would let a process that can
-/// keep another run interleaved pass its own forbidden operations).
+/// try, in `set` (the pod's, before any `fromSource` set: those the
+/// try chose came from the scratch): its path is not known to be its own.
+/// Where anything in the set could block ([`CAN_BLOCK`]) it is blocked
+/// (let through, it would let a process that can keep other runs
+/// interleaved pass its own forbidden operations); where nothing could,
+/// it is audited, as any operation of such a set is at most.
 #[inline(always)]
-fn interleaved() -> (Verdict, u8) {
+fn interleaved(set: u32) -> (Verdict, u8) {
+    let action = if set & CAN_BLOCK != 0 {
+        action::BLOCK
+    } else {
+        action::AUDIT
+    };
     (
         Verdict {
-            action: action::BLOCK,
-            flags: verdict_flags::DEFAULT,
+            action,
+            policy: UNJUDGED_POLICY,
             ..Verdict::default()
         },
         event_flags::UNRESOLVED | event_flags::INTERLEAVED,
@@ -166,12 +174,12 @@ enum Judged {
 
 /// Runs `$attempt` (resolve the path into the scratch and judge it, to a
 /// [`Judged`]) until a try ends with the scratch still held ([`hold`]), at
-/// most [`RUN_TRIES`] times, then blocks unjudged; gives the thread's id
-/// with it. A macro, not a function taking a closure: LLVM kept such a
-/// closure, called from two tries, a function of its own, whose code the
-/// verifier refused (a pointer or'ed with a bit).
+/// most [`RUN_TRIES`] times, then gives [`interleaved`]'s verdict for
+/// `$set`; with the thread's id. A macro, not a function taking a closure:
+/// LLVM kept such a closure, called from two tries, a function of its
+/// own, whose code the verifier refused (a pointer or'ed with a bit).
 macro_rules! judge_holding {
-    ($s:expr, $attempt:block) => {{
+    ($s:expr, $set:expr, $attempt:block) => {{
         let mut tries = 0;
         loop {
             let tid = hold($s);
@@ -179,12 +187,12 @@ macro_rules! judge_holding {
             if held($s, tid) {
                 break (judged, tid);
             }
-            count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_INTERLEAVED, 0);
             tries += 1;
             if tries == RUN_TRIES {
-                let (v, flags) = interleaved();
+                let (v, flags) = interleaved($set);
                 break (Judged::Verdict(v, flags, -1), tid);
             }
+            count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_INTERLEAVED, 0);
         }
     }};
 }
@@ -599,8 +607,10 @@ fn count_decision(v: &Verdict, on: u8) {
         _pad: 0,
     };
     if let Some(n) = PAL_LSM_DECIDE.get_ptr_mut(&key) {
-        // SAFETY: a per-CPU value, written only by this CPU during this run.
-        unsafe { *n += 1 };
+        // SAFETY: a per-CPU value, valid for this run and aligned; atomic,
+        // as other runs on this CPU may count between a preempted run's
+        // load and store ([`count_atomic`]).
+        unsafe { add(n, 1) };
         return;
     }
     if PAL_LSM_DECIDE
@@ -609,7 +619,7 @@ fn count_decision(v: &Verdict, on: u8) {
         && let Some(n) = PAL_LSM_DECIDE.get_ptr_mut(&key)
     {
         // SAFETY: as above (another CPU created it in between).
-        unsafe { *n += 1 };
+        unsafe { add(n, 1) };
     }
 }
 
@@ -618,7 +628,7 @@ fn report(s: &mut Scratch, run: Run, v: &Verdict, on: u8, what: u8, flags: u8, l
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if !take_token(s, now) {
-        count(
+        count_atomic(
             &PAL_LSM_STATS,
             direction::LOCAL,
             reason::EVENT_RATE_LIMITED,
@@ -627,7 +637,7 @@ fn report(s: &mut Scratch, run: Run, v: &Verdict, on: u8, what: u8, flags: u8, l
         return;
     }
     let Some(mut entry) = PAL_LSM_EVENTS.reserve::<LsmEvent>(0) else {
-        count(&PAL_LSM_STATS, direction::LOCAL, reason::EVENT_LOST, 0);
+        count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::EVENT_LOST, 0);
         return;
     };
     let e = entry.as_mut_ptr();
@@ -697,17 +707,17 @@ fn enforce(
     }
     match v.action {
         action::ALLOW => {
-            count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_ALLOW, 0);
+            count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_ALLOW, 0);
             0
         }
         action::AUDIT => {
-            count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_AUDIT, 0);
+            count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_AUDIT, 0);
             count_decision(&v, on);
             report(s, run, &v, on, what, flags, len);
             0
         }
         _ => {
-            count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_BLOCK, 0);
+            count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_BLOCK, 0);
             count_decision(&v, on);
             report(s, run, &v, on, what, flags, len);
             -EPERM
@@ -776,7 +786,7 @@ fn check(
     // SAFETY: a per-CPU array value, used by this CPU for this run (and,
     // where another run takes it meanwhile, tried again: [`hold`]).
     let s = unsafe { &mut *s };
-    let (judged, tid) = judge_holding!(s, {
+    let (judged, tid) = judge_holding!(s, set, {
         let set = if set & HAS_SOURCES != 0 {
             source_set(s, set & !HAS_SOURCES)
         } else {
@@ -805,7 +815,7 @@ fn check(
     };
     let run = Run { cgroup, tid };
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
-        count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
+        count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
     }
     let owner = || {
         // SAFETY: `file` is the hook's `struct file *`; the offsets come
@@ -1332,7 +1342,7 @@ fn check_path(
     // where another run takes it meanwhile, tried again: [`hold`]).
     let s = unsafe { &mut *s };
     let renamed_dir = renamed.is_some_and(|(old, new)| a_directory_moves(old, new));
-    let (judged, tid) = judge_holding!(s, {
+    let (judged, tid) = judge_holding!(s, sets.file, {
         let set = if sets.file & HAS_SOURCES != 0 {
             source_set_walked(s, sets.file & !HAS_SOURCES)
         } else {
@@ -1360,7 +1370,7 @@ fn check_path(
     };
     let run = Run { cgroup, tid };
     if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
-        count(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
+        count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
     }
     let owner = || {
         let inode: u64 = peek(owned + offset(&PAL_OFF_D_INODE) as u64);
@@ -1590,7 +1600,7 @@ pub fn pal_lsm_exec(ctx: LsmContext) -> i32 {
     // Counted for the execs no process rule set judges: outside every pod
     // with rules, or in one whose rules are for files only.
     let Some((cgroup, sets)) = pod_sets().filter(|(_, sets)| sets.process != 0) else {
-        count(&PAL_LSM_STATS, direction::LOCAL, reason::PASS_UNENFORCED, 0);
+        count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::PASS_UNENFORCED, 0);
         return 0;
     };
     // SAFETY: `bprm` is the hook's `struct linux_binprm *`.

@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use ebpf_common::{maps, reason};
+use ebpf_common::{lsm::hook, maps, reason};
 use palisade::{
     compile::lsm::compile_lsm,
     datapath::lsm::LsmMaps,
@@ -80,9 +80,9 @@ fn main() {
                 kubearmor_policies_and_rule_updates_take_effect_without_restarts,
             ),
             (
-                "a_preempted_run_never_decides_by_another_processs_path",
+                "a_preempted_run_never_decides_by_another_tasks_path",
                 Needs::BpfLsm,
-                a_preempted_run_never_decides_by_another_processs_path,
+                a_preempted_run_never_decides_by_another_tasks_path,
             ),
             (
                 "pods_at_more_cgroup_levels_than_looked_up_are_reported_not_enforced",
@@ -230,6 +230,23 @@ impl Lab {
         let out = f();
         fs::write(&home.0, &home.1)?;
         Ok(out)
+    }
+
+    /// Blocks given unjudged (the run lost its working memory on every
+    /// try) on `hook` since the programs loaded.
+    fn unjudged_blocks(&self, hook: u8) -> anyhow::Result<u64> {
+        let map: aya::maps::PerCpuHashMap<aya::maps::MapData, ebpf_common::lsm::DecisionKey, u64> =
+            palisade_tests::pinned(self.pins()?, maps::LSM_DECIDE)?;
+        Ok(map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| {
+                k.policy == ebpf_common::lsm::UNJUDGED_POLICY
+                    && k.hook == hook
+                    && k.action == ebpf_common::lsm::action::BLOCK
+            })
+            .map(|(_, per_cpu)| per_cpu.iter().sum::<u64>())
+            .sum())
     }
 
     /// The LSM programs' counter of `code` since they loaded.
@@ -1195,12 +1212,13 @@ fn pin_to_cpu0() -> anyhow::Result<()> {
 /// preempts kernel code (`preempt=full`), a program can be preempted
 /// midway and another task's run on the same CPU write over its path:
 /// a run must then never decide by the path another left. Two threads of
-/// the pod, on one CPU, change the mode of a file each, deep enough that
-/// the path walk is long: one file is blocked, the other is not. The
-/// blocked one must never pass; the allowed one may be refused only by a
-/// run that lost its working memory on every try (blocked unjudged,
-/// counted as unresolved), never by the other file's rule.
-fn a_preempted_run_never_decides_by_another_processs_path() -> anyhow::Result<()> {
+/// the pod, on one CPU, change a file each, deep enough that the path walk
+/// is long: one changes the mode of a blocked file, the other the owner of
+/// an allowed one. The blocked file's changes must never pass; the allowed
+/// one's may be refused only by a run that lost its working memory on
+/// every try (blocked unjudged, counted as such on the chown hook), never
+/// by the other file's rule.
+fn a_preempted_run_never_decides_by_another_tasks_path() -> anyhow::Result<()> {
     let mut lab = Lab::new()?;
     let depth = "d/".repeat(120);
     let blocked = lab.file(&format!("blocked/{depth}f"))?;
@@ -1214,7 +1232,7 @@ fn a_preempted_run_never_decides_by_another_processs_path() -> anyhow::Result<()
     let counted = |lab: &Lab| -> anyhow::Result<(u64, u64)> {
         Ok((
             lab.counted(reason::LSM_INTERLEAVED)?,
-            lab.counted(reason::LSM_UNRESOLVED)?,
+            lab.unjudged_blocks(hook::PATH_CHOWN)?,
         ))
     };
     let before = counted(&lab)?;
@@ -1222,13 +1240,13 @@ fn a_preempted_run_never_decides_by_another_processs_path() -> anyhow::Result<()
     let seconds = 8;
     let ((blocked_passed, blocked_runs), (allowed_refused, allowed_runs)) =
         lab.in_pod(|| {
-            let run = |path: String, want: i32| {
+            let run = |change: fn(&str) -> i32, path: String, want: i32| {
                 std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
                     pin_to_cpu0()?;
                     let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
                     let (mut wrong, mut runs) = (0, 0);
                     while std::time::Instant::now() < until {
-                        if chmod_errno(&path) != want {
+                        if change(&path) != want {
                             wrong += 1;
                         }
                         runs += 1;
@@ -1236,8 +1254,8 @@ fn a_preempted_run_never_decides_by_another_processs_path() -> anyhow::Result<()
                     Ok((wrong, runs))
                 })
             };
-            let a = run(blocked.clone(), EPERM);
-            let b = run(allowed.clone(), 0);
+            let a = run(chmod_errno, blocked.clone(), EPERM);
+            let b = run(chown_errno, allowed.clone(), 0);
             match (a.join(), b.join()) {
                 (Ok(Ok(a)), Ok(Ok(b))) => Ok((a, b)),
                 (Ok(Err(e)), _) | (_, Ok(Err(e))) => Err(e),
@@ -1248,18 +1266,19 @@ fn a_preempted_run_never_decides_by_another_processs_path() -> anyhow::Result<()
     let after = counted(&lab)?;
     let (begun_again, unjudged) = (after.0 - before.0, after.1 - before.1);
     println!(
-        "{} mode changes on one CPU under preempt=full: {begun_again} judgements begun again \
-         (lsm_interleaved), {unjudged} blocked unjudged; the blocked file's passed \
-         {blocked_passed} times, the allowed file's refused {allowed_refused} times",
+        "{} changes on one CPU under preempt=full: {begun_again} judgements begun again \
+         (lsm_interleaved), {unjudged} chowns blocked unjudged; chmod of the blocked file \
+         passed {blocked_passed} times, chown of the allowed file refused {allowed_refused} \
+         times",
         blocked_runs + allowed_runs
     );
     ensure!(
         blocked_passed == 0,
-        "{blocked_passed} of {blocked_runs} mode changes of the blocked file passed"
+        "{blocked_passed} of {blocked_runs} chmods of the blocked file passed"
     );
     ensure!(
         allowed_refused <= unjudged,
-        "{allowed_refused} of {allowed_runs} mode changes of the allowed file were refused, \
+        "{allowed_refused} of {allowed_runs} chowns of the allowed file were refused, only \
          {unjudged} of them unjudged: the rest were judged by the other file's rule"
     );
     // Without it, no run was preempted midway by the other thread, and the

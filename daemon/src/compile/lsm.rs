@@ -79,6 +79,18 @@ impl Ord for PathRuleOrd {
 }
 
 impl RuleSet {
+    /// Whether any verdict of the set or of its `fromSource` sets blocks:
+    /// an entry's (the root's default included), a pattern's
+    /// ([`ebpf_common::lsm::CAN_BLOCK`]).
+    pub fn can_block(&self) -> bool {
+        let blocks = |v: &Verdict| v.action == action::BLOCK;
+        self.entries
+            .iter()
+            .any(|(_, _, r)| r.0.direct.iter().any(blocks) || r.0.deeper.iter().any(blocks))
+            || self.patterns.iter().any(|p| p.verdict.iter().any(blocks))
+            || self.sources.iter().any(|(_, own)| own.can_block())
+    }
+
     /// The `fromSource` keys under set id `set`, with their sets.
     pub fn source_keys(&self, set: u32) -> impl Iterator<Item = (u32, RuleData, &RuleSet)> + '_ {
         self.sources.iter().filter_map(move |(exe, own)| {

@@ -60,10 +60,12 @@ impl Names {
 
     /// The deciding policy of a process or file decision: the policy, or
     /// for a section's default `posture` (`<policy> (posture)` when a
-    /// policy's allowlist set it).
+    /// policy's allowlist set it), `unjudged (preempted)` for a run that
+    /// lost its working memory on every try.
     pub fn lsm_policy(&self, id: u32, default: bool) -> String {
         match (id, default) {
             (0, _) => "posture".to_owned(),
+            (ebpf_common::lsm::UNJUDGED_POLICY, _) => "unjudged (preempted)".to_owned(),
             (id, false) => self.policy(id, reason::LSM_BLOCK),
             (id, true) => format!("{} (posture)", self.policy(id, reason::LSM_BLOCK)),
         }

@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ebpf_common::lsm::{CGROUP_LEVELS, HAS_PATTERNS, HAS_SOURCES, PodSets, SET_ID_MASK};
+use ebpf_common::lsm::{CAN_BLOCK, CGROUP_LEVELS, HAS_PATTERNS, HAS_SOURCES, PodSets, SET_ID_MASK};
 
 use crate::{
     compile::{
@@ -104,7 +104,8 @@ impl LsmState {
     }
 
     /// The id of `set` in the trie (with [`HAS_SOURCES`] where it has
-    /// `fromSource` sets, [`HAS_PATTERNS`] where it has patterns), writing
+    /// `fromSource` sets, [`HAS_PATTERNS`] where it has patterns,
+    /// [`CAN_BLOCK`] where it can block), writing
     /// it first if it is new: its sources' sets, its patterns, then its
     /// entries, then the entries that lead to the sources.
     fn ensure(&mut self, set: &RuleSet) -> Result<u32, DatapathError> {
@@ -114,6 +115,9 @@ impl LsmState {
         }
         if !set.patterns.is_empty() {
             flag |= HAS_PATTERNS;
+        }
+        if set.can_block() {
+            flag |= CAN_BLOCK;
         }
         if let Some(&id) = self.sets.get(set) {
             return Ok(id | flag);

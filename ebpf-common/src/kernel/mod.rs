@@ -36,6 +36,46 @@ pub fn count(map: &PerCpuArray<Counter>, direction: u32, reason: u32, bytes: u64
     }
 }
 
+/// [`count`] for programs that may be preempted midway (BPF LSM, where
+/// the kernel preempts kernel code): a run preempted between its load and
+/// its store would write back over another run's count on the CPU, so the
+/// adds are atomic (a locked add; the datapath's softirq runs are never
+/// preempted and keep the plain one).
+#[inline(always)]
+pub fn count_atomic(map: &PerCpuArray<Counter>, direction: u32, reason: u32, bytes: u64) {
+    if let Some(cell) = map.get_ptr_mut(stat_index(direction, reason)) {
+        // SAFETY: fields of a per-CPU array value, valid for this program
+        // run and 8-byte aligned (the map's values are).
+        unsafe {
+            add(core::ptr::addr_of_mut!((*cell).events), 1);
+            if bytes != 0 {
+                add(core::ptr::addr_of_mut!((*cell).bytes), bytes);
+            }
+        }
+    }
+}
+
+/// Adds `n` to the counter at `at` atomically.
+///
+/// # Safety
+/// `at` is valid for the run and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn add(at: *mut u64, n: u64) {
+    // The BPF target has no compare-and-swap, so `AtomicU64` offers no
+    // read-modify-write; the intrinsic is BPF's atomic add.
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            at, n,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as the caller promises.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(at) }
+        .fetch_add(n, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// `no_std` needs a panic handler. A reachable panic would be this endless
 /// loop, which the verifier refuses, so no loaded program can get here.
 #[cfg(not(test))]
