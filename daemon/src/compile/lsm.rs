@@ -898,6 +898,50 @@ spec:
     }
 
     #[test]
+    fn a_set_can_block_by_a_rule_an_owner_only_allow_a_default_or_a_source_set() {
+        let can_block = |rules: &str, annotations: &[(&str, &str)]| {
+            let desired = compile_lsm(&snapshot(
+                &format!("{PNP}  file:\n    rules:\n{rules}"),
+                annotations,
+            ));
+            desired.pods["x/a"].file.as_ref().unwrap().can_block()
+        };
+        // Audit and Allow alone never block: an unjudged run is audited.
+        assert!(!can_block(
+            "    - {action: Audit, paths: [/etc/shadow]}\n",
+            &[]
+        ));
+        assert!(!can_block(
+            "    - {action: Allow, dirs: [{path: /app/, recursive: true}]}\n",
+            &[("kubearmor-file-posture", "audit")]
+        ));
+        assert!(can_block(
+            "    - {action: Block, paths: [/etc/shadow]}\n",
+            &[]
+        ));
+        assert!(can_block(
+            "    - {action: Block, patterns: ['/home/*/.ssh/*']}\n",
+            &[]
+        ));
+        // An Allow for the owner only blocks everyone else.
+        assert!(can_block(
+            "    - {action: Allow, ownerOnly: true, paths: [/etc/app.conf]}\n",
+            &[("kubearmor-file-posture", "allow")]
+        ));
+        // The default of an allowlist blocks the unlisted.
+        assert!(can_block(
+            "    - {action: Allow, dirs: [{path: /app/, recursive: true}]}\n",
+            &[("kubearmor-file-posture", "block")]
+        ));
+        // A fromSource set's Block counts for the pod's set (a file at the
+        // root, whose directory guards no name in the general set).
+        assert!(can_block(
+            "    - {action: Block, paths: [/shadow], fromSource: [/bin/cat]}\n",
+            &[]
+        ));
+    }
+
+    #[test]
     fn postures_apply_only_with_allow_rules() {
         let allow = format!(
             "{PNP}  process:
