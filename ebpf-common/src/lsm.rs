@@ -244,7 +244,8 @@ pub mod event_flags {
     /// Another run on the CPU took the working memory while this one was
     /// preempted: the event's path may be that run's, not this one's.
     /// With `UNRESOLVED`, it took it on every try and the operation was
-    /// blocked unjudged.
+    /// not judged: blocked where the pod's set could block (`CAN_BLOCK`),
+    /// audited where it could not.
     pub const INTERLEAVED: u8 = 16;
 }
 
