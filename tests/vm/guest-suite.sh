@@ -7,10 +7,10 @@
 # A guest's work is mostly one busy vCPU (the verifier under TCG, tests
 # run one at a time), so one guest left the machine's second core idle.
 # The two LSM scenario runs are the longest jobs (a daemon start per
-# scenario, 21-33 s each under TCG since the programs call no byte loop:
-# 536 s for the fifteen with files, 2026-12-05), so they go first, one
-# per worker, and the shorter jobs fill in behind them (the test halves
-# took 283 and 288 s, the SCTP runs 48 and 45 s).
+# scenario, the verifier under TCG each time: 641 and 664 s in the
+# .ci/run of 4e54d11, 2026-12-05), so they go first, one per worker, and
+# the shorter jobs fill in behind them (the test halves took 228 and
+# 329 s, the SCTP runs 49 and 50 s).
 #
 # A job's output is kept in a log and shown whole when the job ends, so
 # that two guests' output never interleaves; a line says when each job

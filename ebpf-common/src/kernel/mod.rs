@@ -62,18 +62,14 @@ pub fn count_atomic(map: &PerCpuArray<Counter>, direction: u32, reason: u32, byt
 #[inline(always)]
 pub unsafe fn add(at: *mut u64, n: u64) {
     // The BPF target has no compare-and-swap, so `AtomicU64` offers no
-    // read-modify-write; the intrinsic is BPF's atomic add.
-    #[cfg(target_arch = "bpf")]
+    // read-modify-write; the intrinsic is BPF's atomic add. (This module
+    // is built only for the BPF target, by the eBPF crates.)
     // SAFETY: as the caller promises.
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
             at, n,
         );
     }
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: as the caller promises.
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(at) }
-        .fetch_add(n, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// `no_std` needs a panic handler. A reachable panic would be this endless
