@@ -1,7 +1,7 @@
 //! `palisade status`: what the kernel offers and what Palisade holds in it.
 //! (The daemon's own status file is `node::agent::Status`.)
 
-use std::{fs, path::PathBuf};
+use std::{collections::BTreeMap, fs, path::PathBuf};
 
 use ebpf_common::{ABI_VERSION, maps::SPECS};
 use palisade::{
@@ -10,7 +10,10 @@ use palisade::{
         layout::{self, Pinned},
         sizes::MapSizes,
     },
-    observe::stats::{self, CounterRow},
+    observe::{
+        programs,
+        stats::{self, CounterRow},
+    },
     paths::PinDir,
 };
 use serde::Serialize;
@@ -39,6 +42,9 @@ pub struct Report {
     pub features: Features,
     pub maps: Vec<MapReport>,
     pub links: Vec<String>,
+    /// By LSM link: the runs of its program the kernel skipped (each an
+    /// operation that passed unjudged), or why that is not known.
+    pub lsm_runs_skipped: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,12 +89,20 @@ impl Report {
             })
             .unwrap_or_default();
         links.sort();
+        let lsm_runs_skipped = programs::pinned_runs_skipped(pins)
+            .into_iter()
+            .map(|(program, n)| {
+                let n = n.map_or_else(|e| format!("not known: {e}"), |n| n.to_string());
+                (format!("lsm-{program}"), n)
+            })
+            .collect();
         Self {
             abi: ABI_VERSION,
             pin_dir: pins.root().to_path_buf(),
             features,
             maps,
             links,
+            lsm_runs_skipped,
         }
     }
 
@@ -115,7 +129,10 @@ impl Report {
             out.push_str("  no pinned links\n");
         }
         for l in &self.links {
-            out.push_str(&format!("  link {l}\n"));
+            match self.lsm_runs_skipped.get(l) {
+                Some(n) => out.push_str(&format!("  link {l} (runs the kernel skipped: {n})\n")),
+                None => out.push_str(&format!("  link {l}\n")),
+            }
         }
         out
     }

@@ -44,20 +44,8 @@ pub struct BatchAttr {
 /// map's sizes (times the possible CPUs for a per-CPU map) and at batch
 /// tokens of the key's size (at least 4 bytes), all alive for the call.
 pub unsafe fn lookup_batch(attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: the caller's; the size passed is the struct's.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            std::ptr::from_mut(attr),
-            mem::size_of::<BatchAttr>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    // SAFETY: the caller's.
+    unsafe { crate::loader::syscall::bpf(BPF_MAP_LOOKUP_BATCH, attr) }.map(drop)
 }
 
 /// What a batched read gave.

@@ -458,30 +458,18 @@ pub fn link_and_pin(
         TcAttachType::Ingress => BPF_TCX_INGRESS,
         _ => BPF_TCX_EGRESS,
     };
-    let failed = |what: &str| {
-        let e = io::Error::last_os_error();
-        AttachError::Io {
-            path: path.to_path_buf(),
-            source: io::Error::new(e.kind(), format!("{what} for {}: {e}", hook.program())),
-        }
+    let failed = |what: &str, e: io::Error| AttachError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(e.kind(), format!("{what} for {}: {e}", hook.program())),
     };
     // `link_create`: prog_fd, target_ifindex, attach_type, flags; then
     // `tcx.relative_fd` 0 with BPF_F_AFTER (after every link) and no
     // expected revision. The rest of `union bpf_attr` is zero.
     let mut create = [0u32; 16];
     create[..4].copy_from_slice(&[prog.as_raw_fd() as u32, ifindex, attach_type, BPF_F_AFTER]);
-    // SAFETY: a `bpf_attr` of the size passed, alive for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            create.as_ptr(),
-            std::mem::size_of_val(&create),
-        )
-    };
-    if fd < 0 {
-        return Err(failed("creating a TCX link"));
-    }
+    // SAFETY: `link_create`, whose fields hold no pointer.
+    let fd = unsafe { super::syscall::bpf(BPF_LINK_CREATE, &mut create) }
+        .map_err(|e| failed("creating a TCX link", e))?;
     // SAFETY: the kernel just gave this descriptor to this call alone.
     let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let path_c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
@@ -499,26 +487,17 @@ pub fn link_and_pin(
         path_fd: i32,
         _pad: u32,
     }
-    let pin = ObjPin {
+    let mut pin = ObjPin {
         pathname: path_c.as_ptr() as u64,
         bpf_fd: link.as_raw_fd() as u32,
         file_flags: 0,
         path_fd: 0,
         _pad: 0,
     };
-    // SAFETY: the attr and the path it points at outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            std::ptr::from_ref(&pin),
-            std::mem::size_of_val(&pin),
-        )
-    };
-    if r < 0 {
-        // The link goes with its only descriptor.
-        return Err(failed("pinning a TCX link"));
-    }
+    // SAFETY: `obj_pin`, whose path outlives the call. The link goes with
+    // its only descriptor if this fails.
+    unsafe { super::syscall::bpf(BPF_OBJ_PIN, &mut pin) }
+        .map_err(|e| failed("pinning a TCX link", e))?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod features;
 pub mod layout;
 pub mod objects;
 pub mod sizes;
+pub mod syscall;
 
 use std::{
     fs, io,

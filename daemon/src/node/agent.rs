@@ -43,6 +43,7 @@ use crate::{
         http::{SharedReadiness, SharedSnapshot},
         metrics::Metrics,
         names::{Names, SharedNames},
+        programs::LsmPrograms,
     },
     paths::PinDir,
     source::{Reading, Source},
@@ -121,8 +122,14 @@ pub struct Status {
     /// because filters attach at once, until the idle daemon moves them to
     /// pinned TCX links. Enforced either way.
     pub tc_filters: Vec<u32>,
-    /// Process and file rules: `enforcing`, or `inactive (why)`.
+    /// Process and file rules: `enforcing`, or `inactive (why)`; where the
+    /// kernel skipped runs of the programs, `enforcing` says so.
     pub lsm: String,
+    /// Runs of each LSM program the kernel skipped since it loaded (its
+    /// recursion guard: an operation that passed unjudged), by program;
+    /// only programs with any. See `observe::programs`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub lsm_runs_skipped: BTreeMap<String, u64>,
     /// Policies with process or file rules this node does not enforce (in
     /// whole or in part), each with the reasons. `ready` speaks for what
     /// the node can enforce; these it cannot, and says so here, in the
@@ -220,6 +227,9 @@ pub struct Agent<S: Source> {
     /// The last pass's link dump, if it made or had one, for the next
     /// Quiet pass's links' kinds (see [`discover::Tables::with_links`]).
     links_before: Option<discover::Links>,
+    /// This daemon's LSM programs, where BPF LSM enforces, for the runs
+    /// the kernel skipped.
+    lsm_programs: Option<LsmPrograms>,
     /// Made at start (its receive buffer needs `CAP_NET_ADMIN`), taken
     /// by `run`: see [`LinkWatch`].
     link_watch: Option<LinkWatch>,
@@ -313,6 +323,13 @@ impl<S: Source> Agent<S> {
             &options.deny_cidrs,
             tc,
         )?;
+        let lsm_programs = || match syncer.lsm_programs()? {
+            Ok(programs) => Some(programs),
+            Err(e) => {
+                tracing::warn!("the LSM programs' skipped runs cannot be read: {e}");
+                None
+            }
+        };
         let mut status = Status::default();
         let names = Names::shared();
         let snapshot: SharedSnapshot = Arc::default();
@@ -325,6 +342,7 @@ impl<S: Source> Agent<S> {
                     syncer.features(),
                     options.metrics_pod_labels,
                     names.clone(),
+                    lsm_programs(),
                 )?;
                 let hub = match Hub::start(&pins, names.clone()) {
                     Ok(hub) => Some(hub),
@@ -374,6 +392,7 @@ impl<S: Source> Agent<S> {
                 }
             },
         };
+        let own_programs = lsm_programs();
         // Loaded, attached, bound: nothing after this needs more.
         let links_only = syncer.features().tcx && !syncer.may_use_filters();
         status.capabilities = Some(capabilities::drop_after_start(links_only));
@@ -393,6 +412,7 @@ impl<S: Source> Agent<S> {
             remote_before: FastSet::default(),
             remote_pods: RemotePods::default(),
             links_before: None,
+            lsm_programs: own_programs,
             link_watch,
             links_dumped: None,
             node_address_errors: Vec::new(),
@@ -582,6 +602,31 @@ impl<S: Source> Agent<S> {
             }
             None => "enforcing".to_owned(),
         };
+        let mut runs_skipped = BTreeMap::new();
+        let mut unread = Vec::new();
+        for (program, skipped) in self.lsm_programs.iter().flat_map(LsmPrograms::runs_skipped) {
+            match skipped {
+                Ok(0) => {}
+                Ok(n) => {
+                    runs_skipped.insert(program.to_owned(), n);
+                }
+                Err(e) => unread.push(format!("{program}: {e}")),
+            }
+        }
+        let mut state = state;
+        if !runs_skipped.is_empty() {
+            let total: u64 = runs_skipped.values().sum();
+            state = format!(
+                "{state}, but the kernel skipped {total} runs of its programs: each an \
+                 operation that passed unjudged (lsm_runs_skipped)"
+            );
+        }
+        if !unread.is_empty() {
+            state = format!(
+                "{state} (runs the kernel skipped not known: {})",
+                unread.join(", ")
+            );
+        }
         let failed = report.lsm.as_ref().map(|l| &l.not_enforced);
         for (pod, rules) in &lsm.pods {
             let why = match (self.syncer.lsm_inactive(), failed.and_then(|f| f.get(pod))) {
@@ -608,6 +653,7 @@ impl<S: Source> Agent<S> {
         }
         LsmStatus {
             state,
+            runs_skipped,
             not_enforced: not_enforced
                 .into_iter()
                 .map(|(k, v)| (k, v.into_iter().collect()))
@@ -723,6 +769,7 @@ impl<S: Source> Agent<S> {
             quarantined,
             tc_filters: self.syncer.on_filters(),
             lsm: lsm.state,
+            lsm_runs_skipped: lsm.runs_skipped,
             policies_not_enforced: lsm.not_enforced,
             lsm_pods: lsm.pods,
             sources_unchecked: sources.unchecked,
@@ -1071,6 +1118,7 @@ impl SourceStatus {
 
 struct LsmStatus {
     state: String,
+    runs_skipped: BTreeMap<String, u64>,
     not_enforced: BTreeMap<String, Vec<String>>,
     pods: BTreeMap<String, String>,
 }

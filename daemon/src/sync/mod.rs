@@ -59,6 +59,7 @@ use crate::{
         attach::{self, AttachError},
         sizes::MapSizes,
     },
+    observe::programs::LsmPrograms,
     paths::PinDir,
 };
 
@@ -290,6 +291,16 @@ impl Syncer {
 
     pub fn features(&self) -> &Features {
         &self.features
+    }
+
+    /// Descriptors of the LSM programs this daemon loaded, for the
+    /// kernel's count of their skipped runs; `None` where BPF LSM is not
+    /// enforcing.
+    pub fn lsm_programs(&self) -> Option<std::io::Result<LsmPrograms>> {
+        match (&self.lsm, &self.loaded.lsm) {
+            (Ok(_), LsmObject::Loaded(object)) => Some(LsmPrograms::of(object)),
+            _ => None,
+        }
     }
 
     /// Whether the syncer may add or remove clsact filters after start on

@@ -31,6 +31,7 @@ use crate::{
     loader::features::Features,
     observe::{
         names::{Names, SharedNames, lock},
+        programs::LsmPrograms,
         stats::{self, direction_name},
     },
     paths::PinDir,
@@ -46,6 +47,7 @@ pub struct Metrics {
     pins: PinDir,
     names: SharedNames,
     pod_label_cap: Option<usize>,
+    lsm_programs: Option<LsmPrograms>,
 }
 
 /// Whether a verdict reason passes the packet (the rest drop it; audit
@@ -83,6 +85,10 @@ fn describe() {
     describe_counter!(
         "palisade_lsm_decisions_total",
         "Block and Audit decisions on processes and files, by hook, action and policy (posture: a section's default)."
+    );
+    describe_counter!(
+        "palisade_lsm_runs_skipped_total",
+        "Runs of an LSM program the kernel did not make (its recursion guard, met when a run is preempted and another task reaches the hook): each an operation that passed unjudged."
     );
     describe_gauge!(
         "palisade_policy_not_enforced",
@@ -156,6 +162,7 @@ impl Metrics {
         features: &Features,
         pod_label_cap: Option<usize>,
         names: SharedNames,
+        lsm_programs: Option<LsmPrograms>,
     ) -> anyhow::Result<Arc<Self>> {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)?
@@ -175,6 +182,7 @@ impl Metrics {
             pins,
             names,
             pod_label_cap,
+            lsm_programs,
         }))
     }
 
@@ -190,6 +198,7 @@ impl Metrics {
         self.verdict_counters()?;
         self.datapath_counters();
         self.lsm_decisions();
+        self.lsm_runs_skipped();
         self.map_gauges();
         Ok(())
     }
@@ -241,6 +250,18 @@ impl Metrics {
     }
 
     /// Block and Audit decisions by hook, action and deciding policy.
+    /// The kernel's own count, per program: runs it did not make.
+    fn lsm_runs_skipped(&self) {
+        for (program, skipped) in self.lsm_programs.iter().flat_map(LsmPrograms::runs_skipped) {
+            match skipped {
+                Ok(n) => {
+                    counter!("palisade_lsm_runs_skipped_total", "program" => program).absolute(n)
+                }
+                Err(e) => tracing::warn!("metrics: skipped runs of {program}: {e}"),
+            }
+        }
+    }
+
     fn lsm_decisions(&self) {
         let Ok(rows) = kernel::lsm_decisions(&self.pins) else {
             // Where BPF LSM is inactive the map was never pinned.
