@@ -539,7 +539,63 @@ fn binary_after<'a>(args: &'a [String], flag: &str) -> anyhow::Result<Option<&'a
     Ok(Some(std::path::Path::new(bin)))
 }
 
+/// What `palisade-bench` takes; any other argument that looks like a flag
+/// is refused, so that a typo or `--help` never starts minutes of
+/// measurement as root.
+const USAGE: &str = "\
+palisade-bench: figures and ratios, no assertions (root, bpffs)
+
+  (no flag)                       load time, ns/packet of the datapath at 10 to 100k
+                                  entries, compile time, change to in force
+  --datapath-only                 the load time and the per-packet figures alone
+  --primitives                    the prices of the floors' map operations alone
+  --compile-only                  the policy compiler's figures alone
+  --lsm-compile                   the LSM rule compiler's figures alone
+  --lsm                           the LSM programs' cost (in the QEMU guest: tests/vm/guest-bench.sh)
+  --in-force BIN                  change to in force, through the daemon BIN
+  --peers BIN [--out DIR] [--quick [--only PEER,...]]
+                                  the whole path against nftables and iptables (make bench-peers)
+  --churn BIN [--out DIR] [--quick] [--tc-filters-first] [--scrape-every MS]
+                                  policy churn at 10,000 pods (make bench-churn)
+  --churn BIN --replay-only [--replays N]
+                                  the churn's changes through the source and compiler alone
+  --attach [VETHS]                a new veth's TC programs, TCX links against clsact filters
+  --help                          this
+";
+
+const FLAGS: &[&str] = &[
+    "--datapath-only",
+    "--quick",
+    "--primitives",
+    "--compile-only",
+    "--lsm-compile",
+    "--lsm",
+    "--in-force",
+    "--peers",
+    "--out",
+    "--only",
+    "--churn",
+    "--tc-filters-first",
+    "--scrape-every",
+    "--replay-only",
+    "--replays",
+    "--attach",
+];
+
 fn main() -> anyhow::Result<()> {
+    let unknown: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.starts_with('-') && !FLAGS.contains(&a.as_str()))
+        .collect();
+    if unknown.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "unknown argument {}\n\n{USAGE}",
+        unknown.join(" ")
+    );
     // `--lsm-compile`: the LSM compiler's figures alone.
     if std::env::args().any(|a| a == "--lsm-compile") {
         return compile::lsm_report();

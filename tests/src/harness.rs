@@ -25,8 +25,8 @@ pub enum Needs {
 
 impl Needs {
     /// Why the test cannot run here, if it cannot. The QEMU guest boots
-    /// with BPF LSM active, so there a missing BPF LSM fails the test; a
-    /// kernel without the preemption switch skips it, guest or not.
+    /// with BPF LSM active and a kernel with the preemption switch, so
+    /// there a missing feature fails the test.
     fn missing(self) -> Option<String> {
         // Only a test that needs a feature probes for it (the probes may
         // mount securityfs, and debugfs for as long as they look).
@@ -43,7 +43,9 @@ impl Needs {
                 "BPF LSM cannot run here ({reason}); tests/vm runs this in a guest"
             ));
         }
-        if matches!(self, Self::BpfLsmAndPreemptSwitch) && !preempt_switch() {
+        // The guest's kernel has the switch: there its absence fails the
+        // test.
+        if matches!(self, Self::BpfLsmAndPreemptSwitch) && !in_guest() && !preempt_switch() {
             return Some(format!(
                 "this kernel cannot switch its preemption model at run time (no {}: \
                  PREEMPT_DYNAMIC)",

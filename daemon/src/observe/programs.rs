@@ -28,6 +28,7 @@ use crate::{
 
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_TYPE_LSM: u32 = 29;
 
 /// Descriptors of the LSM programs a daemon loaded, by program name: the
 /// daemon reads their counts with no capability beyond holding them.
@@ -56,21 +57,13 @@ impl LsmPrograms {
     pub fn runs_skipped(&self) -> Vec<(&'static str, io::Result<u64>)> {
         self.0
             .iter()
-            .map(|(name, fd)| (*name, runs_skipped(fd.as_fd())))
+            .map(|(name, fd)| (*name, runs_skipped(fd.as_fd(), None)))
             .collect()
-    }
-
-    /// Their sum, counting a program whose count cannot be read as none.
-    pub fn total_skipped(&self) -> u64 {
-        self.runs_skipped()
-            .into_iter()
-            .filter_map(|(_, n)| n.ok())
-            .sum()
     }
 }
 
 /// The skipped runs of the program attached by each pinned LSM link under
-/// `pins` (`links/lsm-<program>`), by link name. Opening a program by its
+/// `pins` (`links/lsm-<program>`), by program. Opening a program by its
 /// id takes `CAP_SYS_ADMIN`: this is `palisade status`'s way, run as root.
 pub fn pinned_runs_skipped(pins: &PinDir) -> Vec<(&'static str, io::Result<u64>)> {
     objects::LSM_HOOKS
@@ -88,7 +81,7 @@ fn linked_runs_skipped(link: &Path) -> io::Result<u64> {
         .info()
         .map_err(io::Error::other)?
         .program_id();
-    runs_skipped(program_by_id(id)?.as_fd())
+    runs_skipped(program_by_id(id)?.as_fd(), Some(id))
 }
 
 fn program_by_id(id: u32) -> io::Result<OwnedFd> {
@@ -112,8 +105,10 @@ fn program_by_id(id: u32) -> io::Result<OwnedFd> {
 
 /// `recursion_misses` of the program behind `fd` (Linux 5.12+; an older
 /// kernel copies less of the info, and the count reads 0, which is true
-/// there: its trampolines had no such guard to miss).
-fn runs_skipped(fd: BorrowedFd<'_>) -> io::Result<u64> {
+/// there: its trampolines had no such guard to miss). The program must be
+/// an LSM program (and the one of id `id`, if given): a layout read wrong
+/// fails here rather than reading as no runs skipped.
+fn runs_skipped(fd: BorrowedFd<'_>, id: Option<u32>) -> io::Result<u64> {
     // SAFETY: `bpf_prog_info` is plain data; all zeros is a valid value.
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
     // `union bpf_attr`'s `info` member.
@@ -131,5 +126,11 @@ fn runs_skipped(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: the command's member; `info` outlives the call, and the
     // kernel writes at most `info_len` bytes into it.
     unsafe { syscall::bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    if info.type_ != BPF_PROG_TYPE_LSM || id.is_some_and(|id| id != info.id) {
+        return Err(io::Error::other(format!(
+            "program {} of type {} is not the LSM program asked for",
+            info.id, info.type_
+        )));
+    }
     Ok(info.recursion_misses)
 }

@@ -249,7 +249,6 @@ impl Metrics {
         Ok(())
     }
 
-    /// Block and Audit decisions by hook, action and deciding policy.
     /// The kernel's own count, per program: runs it did not make.
     fn lsm_runs_skipped(&self) {
         for (program, skipped) in self.lsm_programs.iter().flat_map(LsmPrograms::runs_skipped) {
@@ -257,11 +256,14 @@ impl Metrics {
                 Ok(n) => {
                     counter!("palisade_lsm_runs_skipped_total", "program" => program).absolute(n)
                 }
-                Err(e) => tracing::warn!("metrics: skipped runs of {program}: {e}"),
+                // The status's `lsm` says so at every pass; a warning at
+                // every scrape would flood the log.
+                Err(e) => tracing::debug!("metrics: skipped runs of {program}: {e}"),
             }
         }
     }
 
+    /// Block and Audit decisions by hook, action and deciding policy.
     fn lsm_decisions(&self) {
         let Ok(rows) = kernel::lsm_decisions(&self.pins) else {
             // Where BPF LSM is inactive the map was never pinned.
