@@ -172,29 +172,109 @@ enum Judged {
     Pass,
 }
 
-/// Runs `$attempt` (resolve the path into the scratch and judge it, to a
-/// [`Judged`]) until a try ends with the scratch still held ([`hold`]), at
-/// most [`RUN_TRIES`] times, then gives [`interleaved`]'s verdict for
-/// `$set`; with the thread's id. A macro, not a function taking a closure:
-/// LLVM kept such a closure, called from two tries, a function of its
-/// own, whose code the verifier refused (a pointer or'ed with a bit).
-macro_rules! judge_holding {
-    ($s:expr, $set:expr, $attempt:block) => {{
-        let mut tries = 0;
-        loop {
-            let tid = hold($s);
-            let judged: Judged = $attempt;
-            if held($s, tid) {
-                break (judged, tid);
-            }
-            tries += 1;
-            if tries == RUN_TRIES {
-                let (v, flags) = interleaved($set);
-                break (Judged::Verdict(v, flags, -1), tid);
-            }
+/// One try of a run: resolve the path into the scratch and judge it.
+trait Attempt {
+    fn attempt(&self, s: &mut Scratch) -> Judged;
+}
+
+/// The tries of one run ([`judge_holding`]): what each needs, and the
+/// outcome of the one that kept the scratch. Only that one writes here: a
+/// try that lost the scratch leaves this as it was, so that the verifier,
+/// which follows the callback as if it ran once (Linux 6.1) or until its
+/// state stops changing (later kernels), sees every outcome the run can
+/// have.
+#[repr(C)]
+struct Tries<A> {
+    s: *mut Scratch,
+    /// 1 once a try kept the scratch; whole words, so that the verifier
+    /// knows the value and a later kernel's next walk of the callback
+    /// stops at once.
+    done: u64,
+    /// 1 where that try found the operation not the process's own.
+    pass: u64,
+    verdict: Verdict,
+    flags: u64,
+    resolved: i64,
+    attempt: A,
+}
+
+/// One try, the body of a `bpf_loop` callback over [`Tries`] (the
+/// verifier checks the resolution and the judgement once, not once per
+/// try): 1, which stops the loop, once a try ends with the scratch still
+/// held ([`hold`]). The callbacks are one plain function per attempt: a
+/// generic `extern "C"` one got function information the verifier read as
+/// another function's ("reg type unsupported for arg#0").
+#[inline(always)]
+fn one_try<A: Attempt>(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `Tries<A>`, and `s` its scratch, both
+    // live for the run.
+    let t = unsafe { &mut *(ctx as *mut Tries<A>) };
+    if t.done != 0 {
+        return 1;
+    }
+    // SAFETY: as above.
+    let s = unsafe { &mut *t.s };
+    let tid = hold(s);
+    let judged = t.attempt.attempt(s);
+    if !held(s, tid) {
+        if index + 1 < u64::from(RUN_TRIES) {
             count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_INTERLEAVED, 0);
         }
-    }};
+        return 0;
+    }
+    match judged {
+        Judged::Verdict(v, flags, resolved) => {
+            t.verdict = v;
+            t.flags = u64::from(flags);
+            t.resolved = resolved;
+        }
+        Judged::Pass => t.pass = 1,
+    }
+    t.done = 1;
+    1
+}
+
+extern "C" fn file_try(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    one_try::<FileTry>(index, ctx)
+}
+
+extern "C" fn path_try(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    one_try::<PathTry>(index, ctx)
+}
+
+/// Runs `attempt` until a try ends with the scratch still held ([`hold`]),
+/// at most [`RUN_TRIES`] times, then gives [`interleaved`]'s verdict for
+/// `set`; with the thread's id. Each try after the first is counted as
+/// `lsm_interleaved`.
+#[inline(always)]
+fn judge_holding<A: Attempt>(
+    s: &mut Scratch,
+    set: u32,
+    attempt: A,
+    step: LoopStep,
+) -> (Judged, u64) {
+    let mut t = Tries {
+        s: addr_of_mut!(*s),
+        done: 0,
+        pass: 0,
+        verdict: Verdict::default(),
+        flags: 0,
+        resolved: 0,
+        attempt,
+    };
+    run_loop(RUN_TRIES, step, &mut t);
+    // The id [`hold`] marks with.
+    let tid = bpf_get_current_pid_tgid() & 0xffff_ffff;
+    // SAFETY: a field of the context the callback wrote, read after it.
+    let (done, pass) = unsafe { (read_volatile(&t.done), read_volatile(&t.pass)) };
+    if done == 0 {
+        let (v, flags) = interleaved(set);
+        return (Judged::Verdict(v, flags, -1), tid);
+    }
+    if pass != 0 {
+        return (Judged::Pass, tid);
+    }
+    (Judged::Verdict(t.verdict, t.flags as u8, t.resolved), tid)
 }
 
 // Offsets into kernel structures, from the running kernel's BTF (set by
@@ -471,6 +551,18 @@ fn judge(
     }
 }
 
+/// The verdict of a rule's pair (read, write) for `which`, chosen as a
+/// value: indexed by a `which` known only at run time (a try's, read from
+/// its context), the pair's copy on the stack was addressed with a bit
+/// or'ed into the stack pointer, which the verifier refuses. Both are read
+/// (volatile, so that the choice cannot become one of addresses again).
+#[inline(always)]
+fn of_pair(pair: &[Verdict; 2], which: usize) -> Verdict {
+    // SAFETY: reads of the two elements of a reference.
+    let (read, write) = unsafe { (read_volatile(&pair[0]), read_volatile(&pair[1])) };
+    if which & 1 == 0 { read } else { write }
+}
+
 /// The most specific trie entry's verdict, its event flags, and whether
 /// that entry is a file's own.
 #[inline(always)]
@@ -483,7 +575,7 @@ fn judge_entry(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdi
         let key = addr_of_mut!(*s) as *const Key<RuleData>;
         // SAFETY: `Scratch` starts with the layout of the key.
         let default = unsafe { PAL_LSM_RULES.get(&*key) }
-            .map(|r| r.direct[which & 1])
+            .map(|r| of_pair(&r.direct, which))
             .unwrap_or_default();
         let v = if default.action == action::BLOCK {
             default
@@ -513,7 +605,7 @@ fn judge_entry(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdi
     if rule.kind != entry_kind::DIR {
         // A directory's name carries its patterns, as a file's entry does.
         let own = rule.kind == entry_kind::FILE || rule.kind == entry_kind::DIR_NAME;
-        return (rule.direct[which & 1], 0, own);
+        return (of_pair(&rule.direct, which), 0, own);
     }
     // A non-recursive directory covers its children: a '/' after its own
     // bytes means the path lies deeper. The rest of the key's path is
@@ -545,15 +637,15 @@ fn judge_entry(s: &mut Scratch, set: u32, resolved: i64, which: usize) -> (Verdi
         run_loop(rest as u32, slash_step, &mut scan);
     }
     if s.tail_slash != 0 {
-        return (rule.deeper[which & 1], 0, false);
+        return (of_pair(&rule.deeper, which), 0, false);
     }
     if len - 1 > KEY_PATH_BYTES {
         // The rest of the path is past the key: take the stricter.
-        let (d, p) = (rule.direct[which & 1], rule.deeper[which & 1]);
+        let (d, p) = (of_pair(&rule.direct, which), of_pair(&rule.deeper, which));
         let v = if p.action > d.action { p } else { d };
         return (v, event_flags::AMBIGUOUS, false);
     }
-    (rule.direct[which & 1], 0, false)
+    (of_pair(&rule.direct, which), 0, false)
 }
 
 /// The scratch whose `tail` [`slash_step`] scans; the answer goes to the
@@ -786,30 +878,17 @@ fn check(
     // SAFETY: a per-CPU array value, used by this CPU for this run (and,
     // where another run takes it meanwhile, tried again: [`hold`]).
     let s = unsafe { &mut *s };
-    let (judged, tid) = judge_holding!(s, set, {
-        let set = if set & HAS_SOURCES != 0 {
-            source_set(s, set & !HAS_SOURCES)
-        } else {
-            set
-        };
-        // SAFETY: `file + f_path` is the `struct path` inside the hook's
-        // file (the offset from the kernel's BTF); the buffer is the
-        // scratch's.
-        let resolved = unsafe {
-            let p = file.add(offset(&PAL_OFF_FILE_F_PATH)) as *mut path;
-            bpf_d_path(p, s.path.as_mut_ptr().cast(), PATH_MAX as u32)
-        };
-        // Opening a directory reads what is in it, which its own rules
-        // (keyed `/etc/ssl/`) speak for, not its parent's.
-        let resolved = if dir {
-            as_dir(s, resolved).unwrap_or(resolved)
-        } else {
-            resolved
-        };
-        // Opening renames nothing: no guard pattern.
-        let (v, flags) = judge(s, set, resolved, which, false);
-        Judged::Verdict(v, flags, resolved)
-    });
+    let (judged, tid) = judge_holding(
+        s,
+        set,
+        FileTry {
+            file,
+            set,
+            which,
+            dir,
+        },
+        file_try,
+    );
     let Judged::Verdict(v, flags, resolved) = judged else {
         return 0;
     };
@@ -826,6 +905,43 @@ fn check(
         }
     };
     enforce(s, run, v, flags, (on, what), owner, resolved)
+}
+
+/// A try of [`check`]: `file`'s path, by `bpf_d_path`, judged in `set`.
+#[repr(C)]
+struct FileTry {
+    file: *const u8,
+    set: u32,
+    which: usize,
+    dir: bool,
+}
+
+impl Attempt for FileTry {
+    #[inline(always)]
+    fn attempt(&self, s: &mut Scratch) -> Judged {
+        let set = if self.set & HAS_SOURCES != 0 {
+            source_set(s, self.set & !HAS_SOURCES)
+        } else {
+            self.set
+        };
+        // SAFETY: `file + f_path` is the `struct path` inside the hook's
+        // file (the offset from the kernel's BTF); the buffer is the
+        // scratch's.
+        let resolved = unsafe {
+            let p = self.file.add(offset(&PAL_OFF_FILE_F_PATH)) as *mut path;
+            bpf_d_path(p, s.path.as_mut_ptr().cast(), PATH_MAX as u32)
+        };
+        // Opening a directory reads what is in it, which its own rules
+        // (keyed `/etc/ssl/`) speak for, not its parent's.
+        let resolved = if self.dir {
+            as_dir(s, resolved).unwrap_or(resolved)
+        } else {
+            resolved
+        };
+        // Opening renames nothing: no guard pattern.
+        let (v, flags) = judge(s, set, resolved, self.which, false);
+        Judged::Verdict(v, flags, resolved)
+    }
 }
 
 const S_IFMT: u16 = 0o170000;
@@ -1342,29 +1458,18 @@ fn check_path(
     // where another run takes it meanwhile, tried again: [`hold`]).
     let s = unsafe { &mut *s };
     let renamed_dir = renamed.is_some_and(|(old, new)| a_directory_moves(old, new));
-    let (judged, tid) = judge_holding!(s, sets.file, {
-        let set = if sets.file & HAS_SOURCES != 0 {
-            source_set_walked(s, sets.file & !HAS_SOURCES)
-        } else {
-            sets.file
-        };
-        let resolved = match mnt {
-            Some(mnt) => Some(walk_path(s, dentry, mnt)),
-            None => match walk_from_a_mount(s, dentry) {
-                Reach::Path(resolved) => Some(resolved),
-                Reach::Kernels => None,
-                // Judged as unresolved: by the default, and reported.
-                Reach::Unknown => Some(-1),
-            },
-        };
-        match resolved {
-            Some(resolved) => {
-                let (v, flags) = judge(s, set, resolved, op::WRITE, renamed_dir);
-                Judged::Verdict(v, flags, resolved)
-            }
-            None => Judged::Pass,
-        }
-    });
+    let (judged, tid) = judge_holding(
+        s,
+        sets.file,
+        PathTry {
+            dentry,
+            mnt: mnt.unwrap_or(0),
+            has_mnt: mnt.is_some(),
+            set: sets.file,
+            renamed_dir,
+        },
+        path_try,
+    );
     let Judged::Verdict(v, flags, resolved) = judged else {
         return 0;
     };
@@ -1377,6 +1482,46 @@ fn check_path(
         peek::<u32>(inode + offset(&PAL_OFF_INODE_I_UID) as u64)
     };
     enforce(s, run, v, flags, (on, what), owner, resolved)
+}
+
+/// A try of [`check_path`]: the dentry's path, walked up from `mnt`
+/// (where `has_mnt`) or from a mount found for it, judged in `set` as a
+/// write.
+#[repr(C)]
+struct PathTry {
+    dentry: u64,
+    mnt: u64,
+    has_mnt: bool,
+    set: u32,
+    renamed_dir: bool,
+}
+
+impl Attempt for PathTry {
+    #[inline(always)]
+    fn attempt(&self, s: &mut Scratch) -> Judged {
+        let set = if self.set & HAS_SOURCES != 0 {
+            source_set_walked(s, self.set & !HAS_SOURCES)
+        } else {
+            self.set
+        };
+        let resolved = if self.has_mnt {
+            Some(walk_path(s, self.dentry, self.mnt))
+        } else {
+            match walk_from_a_mount(s, self.dentry) {
+                Reach::Path(resolved) => Some(resolved),
+                Reach::Kernels => None,
+                // Judged as unresolved: by the default, and reported.
+                Reach::Unknown => Some(-1),
+            }
+        };
+        match resolved {
+            Some(resolved) => {
+                let (v, flags) = judge(s, set, resolved, op::WRITE, self.renamed_dir);
+                Judged::Verdict(v, flags, resolved)
+            }
+            None => Judged::Pass,
+        }
+    }
 }
 
 /// The `mnt` and `dentry` of a `struct path *`.
