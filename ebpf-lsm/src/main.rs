@@ -889,13 +889,6 @@ fn check(
         },
         file_try,
     );
-    let Judged::Verdict(v, flags, resolved) = judged else {
-        return 0;
-    };
-    let run = Run { cgroup, tid };
-    if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
-        count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
-    }
     let owner = || {
         // SAFETY: `file` is the hook's `struct file *`; the offsets come
         // from the kernel's BTF.
@@ -904,6 +897,25 @@ fn check(
             field(inode, offset(&PAL_OFF_INODE_I_UID))
         }
     };
+    settle(s, judged, Run { cgroup, tid }, (on, what), owner)
+}
+
+/// Applies a run's judgement: nothing for an operation not the process's
+/// own, else the verdict, with an unresolved or ambiguous path counted.
+#[inline(always)]
+fn settle(
+    s: &mut Scratch,
+    judged: Judged,
+    run: Run,
+    (on, what): (u8, u8),
+    owner: impl FnOnce() -> u32,
+) -> i32 {
+    let Judged::Verdict(v, flags, resolved) = judged else {
+        return 0;
+    };
+    if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
+        count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
+    }
     enforce(s, run, v, flags, (on, what), owner, resolved)
 }
 
@@ -1470,18 +1482,11 @@ fn check_path(
         },
         path_try,
     );
-    let Judged::Verdict(v, flags, resolved) = judged else {
-        return 0;
-    };
-    let run = Run { cgroup, tid };
-    if flags & (event_flags::UNRESOLVED | event_flags::AMBIGUOUS) != 0 {
-        count_atomic(&PAL_LSM_STATS, direction::LOCAL, reason::LSM_UNRESOLVED, 0);
-    }
     let owner = || {
         let inode: u64 = peek(owned + offset(&PAL_OFF_D_INODE) as u64);
         peek::<u32>(inode + offset(&PAL_OFF_INODE_I_UID) as u64)
     };
-    enforce(s, run, v, flags, (on, what), owner, resolved)
+    settle(s, judged, Run { cgroup, tid }, (on, what), owner)
 }
 
 /// A try of [`check_path`]: the dentry's path, walked up from `mnt`
