@@ -179,10 +179,13 @@ trait Attempt {
 
 /// The tries of one run ([`judge_holding`]): what each needs, and the
 /// outcome of the one that kept the scratch. Only that one writes here: a
-/// try that lost the scratch leaves this as it was, so that the verifier,
-/// which follows the callback as if it ran once (Linux 6.1) or until its
-/// state stops changing (later kernels), sees every outcome the run can
-/// have.
+/// try that lost the scratch leaves this as it was (its writes go to the
+/// scratch and a counter, map memory), and a try reads only `attempt`,
+/// never the loop's index, so every end state of this context is one a
+/// single try reaches from the start. The verifier follows the callback as
+/// if it ran once (Linux 6.1) or until its state stops changing (later
+/// kernels): either way it sees every outcome the run can have. (Unlike
+/// [`Walk`], whose end states take many iterations to reach.)
 #[repr(C)]
 struct Tries<A> {
     s: *mut Scratch,
@@ -199,8 +202,8 @@ struct Tries<A> {
 }
 
 /// One try, the body of a `bpf_loop` callback over [`Tries`] (the
-/// verifier checks the resolution and the judgement once, not once per
-/// try): 1, which stops the loop, once a try ends with the scratch still
+/// verifier checks the resolution and the judgement once per kind of
+/// hook, not once per try): 1, which stops the loop, once a try ends with the scratch still
 /// held ([`hold`]). The callbacks are one plain function per attempt: a
 /// generic `extern "C"` one got function information the verifier read as
 /// another function's ("reg type unsupported for arg#0").
@@ -209,6 +212,9 @@ fn one_try<A: Attempt>(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the caller's `Tries<A>`, and `s` its scratch, both
     // live for the run.
     let t = unsafe { &mut *(ctx as *mut Tries<A>) };
+    // For the verifiers that walk a callback again after it stopped the
+    // loop (6.7 on): that walk ends here. A run never comes back after a
+    // 1, and 6.1's verifier, which never walks it, may drop it as dead.
     if t.done != 0 {
         return 1;
     }
