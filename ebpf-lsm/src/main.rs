@@ -12,6 +12,7 @@
 
 use core::{
     hint::black_box,
+    mem::MaybeUninit,
     ptr::{addr_of_mut, read_volatile},
 };
 
@@ -189,6 +190,8 @@ trait Attempt {
 #[repr(C)]
 struct Tries<A> {
     s: *mut Scratch,
+    // The outcome: five words from `done` to `resolved`, zeroed as such
+    // ([`judge_holding`]).
     /// 1 once a try kept the scratch; whole words, so that the verifier
     /// knows the value and a later kernel's next walk of the callback
     /// stops at once.
@@ -200,6 +203,13 @@ struct Tries<A> {
     resolved: i64,
     attempt: A,
 }
+
+// The outcome's five words, as [`judge_holding`] zeroes them.
+const _: () = assert!(
+    core::mem::offset_of!(Tries<FileTry>, resolved)
+        == core::mem::offset_of!(Tries<FileTry>, done) + 32
+        && size_of::<Verdict>() == 8
+);
 
 /// One try, the body of a `bpf_loop` callback over [`Tries`] (the
 /// verifier checks the resolution and the judgement once per kind of
@@ -259,16 +269,20 @@ fn judge_holding<A: Attempt>(
     attempt: A,
     step: LoopStep,
 ) -> (Judged, u64) {
-    let mut t = Tries {
-        s: addr_of_mut!(*s),
-        done: 0,
-        pass: 0,
-        verdict: Verdict::default(),
-        flags: 0,
-        resolved: 0,
-        attempt,
+    let mut t = MaybeUninit::<Tries<A>>::uninit();
+    let at = t.as_mut_ptr();
+    // SAFETY: each field is written before the value is used, in place
+    // (moved out of the `MaybeUninit`, its zeroed words were zeroed again
+    // at the new place), and the outcome's five words (`done` to
+    // `resolved`, all zero) word by word: written as a struct they became
+    // a call to `memset`, a byte loop the verifier walks.
+    let t = unsafe {
+        addr_of_mut!((*at).s).write(addr_of_mut!(*s));
+        addr_of_mut!((*at).attempt).write(attempt);
+        zero_words(addr_of_mut!((*at).done), 5);
+        &mut *at
     };
-    run_loop(RUN_TRIES, step, &mut t);
+    run_loop(RUN_TRIES, step, t);
     // The id [`hold`] marks with.
     let tid = bpf_get_current_pid_tgid() & 0xffff_ffff;
     // SAFETY: a field of the context the callback wrote, read after it.
