@@ -190,11 +190,10 @@ trait Attempt {
 #[repr(C)]
 struct Tries<A> {
     s: *mut Scratch,
-    // The outcome: five words from `done` to `resolved`, zeroed as such
-    // ([`judge_holding`]).
     /// 1 once a try kept the scratch; whole words, so that the verifier
     /// knows the value and a later kernel's next walk of the callback
-    /// stops at once.
+    /// stops at once. The outcome, from here to `resolved`, is five words
+    /// ([`judge_holding`] zeroes them as such).
     done: u64,
     /// 1 where that try found the operation not the process's own.
     pass: u64,
@@ -213,10 +212,11 @@ const _: () = assert!(
 
 /// One try, the body of a `bpf_loop` callback over [`Tries`] (the
 /// verifier checks the resolution and the judgement once per kind of
-/// hook, not once per try): 1, which stops the loop, once a try ends with the scratch still
-/// held ([`hold`]). The callbacks are one plain function per attempt: a
-/// generic `extern "C"` one got function information the verifier read as
-/// another function's ("reg type unsupported for arg#0").
+/// hook, not once per try): 1, which stops the loop, once a try ends with
+/// the scratch still held ([`hold`]). The callbacks are one plain function
+/// per attempt: a generic `extern "C"` one got function information the
+/// verifier read as another function's ("reg type unsupported for
+/// arg#0").
 #[inline(always)]
 fn one_try<A: Attempt>(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the caller's `Tries<A>`, and `s` its scratch, both
