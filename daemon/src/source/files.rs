@@ -11,7 +11,9 @@
 //! over a limit of `model::limits` (its size, checked from its metadata
 //! before it is read and bounded while it is read; all files' sizes
 //! together; UTF-8; its number of documents): refused whole, with an
-//! error naming the file and the limit.
+//! error naming the file and the limit. A file that held objects and reads
+//! empty (as one written in place does between its truncation and its
+//! write) is refused whole too: deleting a file removes its objects.
 //!
 //! Revision: the contents of `<dir>/.revision` when present (the lab writes
 //! it after the files, so "revision N in force" covers them), else a hash of
@@ -424,6 +426,18 @@ impl FileSource {
         }
         let read_at = SystemTime::now();
         let text = read_limited(path, total)?;
+        // Truncated and not written yet: a file written in place reads
+        // empty for a moment, and taken as it reads, its objects would be
+        // gone until the write is read. One that held objects and reads
+        // empty is refused whole instead, its objects kept; deleting the
+        // file removes them.
+        if text.is_empty() && self.last_good.get(path).is_some_and(|old| !old.is_empty()) {
+            return Err(
+                "empty, as a file being written in place reads for a moment (to remove \
+                        its objects, delete the file)"
+                    .to_owned(),
+            );
+        }
         let stamp = meta.as_ref().map(Stamp::of);
         let hash = crate::identity::fnv1a(text.as_bytes());
         if let Some(before) = self.read.get_mut(path)
@@ -672,6 +686,36 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         assert_eq!(r.snapshot.policies[0].key(), "x/deny");
         fs::write(dir.join(REVISION_FILE), "7\n").unwrap();
         assert_eq!(source.read().revision, "7");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_that_reads_empty_keeps_its_objects_until_it_is_deleted() {
+        let dir = temp_dir();
+        let path = dir.join("cluster.yaml");
+        fs::write(&path, GOOD).unwrap();
+        let mut source = FileSource::new(&dir);
+        assert!(source.read().errors.is_empty());
+        // The moment between an in-place write's truncation and its write.
+        fs::write(&path, "").unwrap();
+        let r = source.read();
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert!(
+            r.errors[0].contains("empty") && r.errors[0].contains("last good"),
+            "{:?}",
+            r.errors
+        );
+        assert_eq!(r.snapshot.policies[0].key(), "x/deny");
+        assert_eq!(r.snapshot.pods[0].key(), "x/a");
+        fs::write(&path, GOOD).unwrap();
+        assert!(source.read().errors.is_empty());
+        fs::remove_file(&path).unwrap();
+        let r = source.read();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.snapshot.policies.is_empty() && r.snapshot.pods.is_empty());
+        // A file that never held objects may be empty.
+        fs::write(&path, "").unwrap();
+        assert!(source.read().errors.is_empty());
         let _ = fs::remove_dir_all(&dir);
     }
 
