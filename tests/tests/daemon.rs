@@ -1241,7 +1241,7 @@ fn process_rules_this_node_cannot_enforce_are_reported_not_enforced() -> anyhow:
         daemon.log_tail()
     );
     // Removing the policy clears the report and the gauge.
-    daemon.write("policy.yaml", "")?;
+    daemon.remove("policy.yaml")?;
     let s = commit_and_wait(&mut daemon)?;
     assert_eq!(
         s["policies_not_enforced"].as_object().map(|o| o.len()),
