@@ -7,6 +7,7 @@ use ebpf_common::{ABI_VERSION, maps::SPECS};
 use palisade::{
     loader::features::Features,
     loader::{
+        attach,
         layout::{self, Pinned},
         sizes::MapSizes,
     },
@@ -93,7 +94,7 @@ impl Report {
             .into_iter()
             .map(|(program, n)| {
                 let n = n.map_or_else(|e| format!("not known: {e}"), |n| n.to_string());
-                (format!("lsm-{program}"), n)
+                (attach::lsm_link(program), n)
             })
             .collect();
         Self {

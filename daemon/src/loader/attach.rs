@@ -514,6 +514,11 @@ fn pinned_link(pins: &PinDir, name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// The pin name of `program`'s LSM link, under the links directory.
+pub fn lsm_link(program: &str) -> String {
+    format!("lsm-{program}")
+}
+
 /// Attaches every loaded LSM program (all but those whose hook the kernel
 /// lacks) and pins its link as `links/lsm-<program>`.
 /// An LSM link cannot be updated in place, so an existing pin is replaced by
@@ -522,7 +527,7 @@ fn pinned_link(pins: &PinDir, name: &str) -> Option<PathBuf> {
 pub fn attach_lsm(object: &mut LoadedObject, pins: &PinDir) -> Result<Vec<LinkState>, AttachError> {
     let mut states = Vec::new();
     for &(name, _hook) in objects::LSM_HOOKS {
-        let pin_name = format!("lsm-{name}");
+        let pin_name = lsm_link(name);
         let path = pins.link(&pin_name);
         let old = adopt(pins, &pin_name)?;
         let prog: &mut Lsm = program(object, name)?;

@@ -186,7 +186,7 @@ pub fn load_with(
                 // An earlier daemon's programs must not go on judging with
                 // rules nobody updates while the status says not enforced.
                 for &(program, _) in objects::LSM_HOOKS {
-                    let link = pins.link(&format!("lsm-{program}"));
+                    let link = pins.link(&attach::lsm_link(program));
                     if let Err(e) = std::fs::remove_file(&link)
                         && e.kind() != std::io::ErrorKind::NotFound
                     {

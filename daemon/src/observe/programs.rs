@@ -22,7 +22,7 @@ use aya::programs::{Lsm, ProgramFd, links::PinnedLink};
 use aya_obj::generated::bpf_prog_info;
 
 use crate::{
-    loader::{LoadedObject, objects, syscall},
+    loader::{LoadedObject, attach, objects, syscall},
     paths::PinDir,
 };
 
@@ -69,7 +69,7 @@ pub fn pinned_runs_skipped(pins: &PinDir) -> Vec<(&'static str, io::Result<u64>)
     objects::LSM_HOOKS
         .iter()
         .filter_map(|&(name, _hook)| {
-            let path = pins.link(&format!("lsm-{name}"));
+            let path = pins.link(&attach::lsm_link(name));
             path.exists().then(|| (name, linked_runs_skipped(&path)))
         })
         .collect()
