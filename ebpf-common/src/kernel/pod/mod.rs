@@ -87,7 +87,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     if parsed_ip
         && dir == crate::datapath::direction::EGRESS
         && let Some(ep) = here.endpoint()
-        && !source_is_own(&s.pkt, &ep)
+        && !source_is_own(&s.pkt, ep)
         && (ep.flags & crate::datapath::endpoint_flags::SOURCE_PREFIXES == 0
             || !maps::source_prefix_allows(ep.endpoint, &s.pkt))
     {
@@ -99,7 +99,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     if parsed.neighbour != Neighbour::NONE
         && dir == crate::datapath::direction::EGRESS
         && let Some(ep) = here.endpoint()
-        && let Some(why) = neighbour_refused(&s.pkt, parsed.neighbour, &ep)
+        && let Some(why) = neighbour_refused(&s.pkt, parsed.neighbour, ep)
     {
         // ARP's addresses in the event as an IP packet's would be.
         s.pkt.map_addresses();
@@ -168,7 +168,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         return true;
     };
     let verdict = match parsed.kind {
-        Kind::Ip => flow::decide(&ep, dir, s, epoch, &mut clock, untracked.is_some()),
+        Kind::Ip => flow::decide(ep, dir, s, epoch, &mut clock, untracked.is_some()),
         Kind::Pass => Verdict::pass(parsed.reason, 0),
         Kind::Drop => Verdict::drop(parsed.reason, 0),
     };
@@ -240,7 +240,7 @@ fn conclude(
 /// asked.
 pub struct Here {
     ifindex: u32,
-    read: Option<Option<crate::datapath::EndpointValue>>,
+    read: Option<Option<&'static crate::datapath::EndpointValue>>,
 }
 
 impl Here {
@@ -253,7 +253,7 @@ impl Here {
     }
 
     #[inline(always)]
-    pub fn endpoint(&mut self) -> Option<crate::datapath::EndpointValue> {
+    pub fn endpoint(&mut self) -> Option<&'static crate::datapath::EndpointValue> {
         match self.read {
             Some(read) => read,
             None => {
