@@ -43,9 +43,13 @@ pub struct Report {
     pub features: Features,
     pub maps: Vec<MapReport>,
     pub links: Vec<String>,
-    /// By LSM link: the runs of its program the kernel skipped (each an
-    /// operation that passed unjudged), or why that is not known.
-    pub lsm_runs_skipped: BTreeMap<String, String>,
+    /// By LSM program, as in the daemon's status file: the runs of it the
+    /// kernel skipped (each an operation that passed unjudged). Here every
+    /// linked program is listed, those with none too.
+    pub lsm_runs_skipped: BTreeMap<&'static str, u64>,
+    /// By LSM program: why its skipped runs could not be read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub lsm_runs_skipped_unknown: BTreeMap<&'static str, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,13 +94,18 @@ impl Report {
             })
             .unwrap_or_default();
         links.sort();
-        let lsm_runs_skipped = programs::pinned_runs_skipped(pins)
-            .into_iter()
-            .map(|(program, n)| {
-                let n = n.map_or_else(|e| format!("not known: {e}"), |n| n.to_string());
-                (attach::lsm_link(program), n)
-            })
-            .collect();
+        let (mut lsm_runs_skipped, mut lsm_runs_skipped_unknown) =
+            (BTreeMap::new(), BTreeMap::new());
+        for (program, n) in programs::pinned_runs_skipped(pins) {
+            match n {
+                Ok(n) => {
+                    lsm_runs_skipped.insert(program, n);
+                }
+                Err(e) => {
+                    lsm_runs_skipped_unknown.insert(program, e.to_string());
+                }
+            }
+        }
         Self {
             abi: ABI_VERSION,
             pin_dir: pins.root().to_path_buf(),
@@ -104,7 +113,20 @@ impl Report {
             maps,
             links,
             lsm_runs_skipped,
+            lsm_runs_skipped_unknown,
         }
+    }
+
+    /// What `palisade status` says beside an LSM link of its runs skipped.
+    fn runs_skipped_text(&self, link: &str) -> Option<String> {
+        let of_link = |program: &&str| attach::lsm_link(program) == link;
+        if let Some((_, n)) = self.lsm_runs_skipped.iter().find(|(p, _)| of_link(p)) {
+            return Some(n.to_string());
+        }
+        self.lsm_runs_skipped_unknown
+            .iter()
+            .find(|(p, _)| of_link(p))
+            .map(|(_, e)| format!("not known: {e}"))
     }
 
     pub fn render(&self) -> String {
@@ -130,7 +152,7 @@ impl Report {
             out.push_str("  no pinned links\n");
         }
         for l in &self.links {
-            match self.lsm_runs_skipped.get(l) {
+            match self.runs_skipped_text(l) {
                 Some(n) => out.push_str(&format!("  link {l} (runs the kernel skipped: {n})\n")),
                 None => out.push_str(&format!("  link {l}\n")),
             }
