@@ -359,70 +359,143 @@ struct Floors {
     xdp: std::os::fd::OwnedFd,
 }
 
-fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> anyhow::Result<Row> {
-    let dir = PinBase::new(format!(
-        "/sys/fs/bpf/palisade-bench-{}-{n}",
-        std::process::id()
-    ));
-    let pins = PinDir::new(&dir.0);
-    let mut sizes = MapSizes::default();
-    for map in [
-        "PAL_POLICY_PORT",
-        "PAL_IDENT_HOST",
-        "PAL_XDP_DENY",
-        "PAL_XDP_DENYHST",
-    ] {
-        sizes.set(&format!("{map}={}", n.max(1024) + 64))?;
-    }
-    let mut loaded = loader::load_with(&pins, features, &sizes)?;
-    let mut dp = DatapathMaps::open(&pins)?;
-    let mut entries = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        dp.set_identity(
-            IpAddr::V4(Ipv4Addr::from(peer(i))),
-            32,
-            identity::FIRST_ALLOCATED + i,
-        )?;
-        entries.push(PolicyEntry {
-            direction: direction::INGRESS,
-            peer: identity::FIRST_ALLOCATED + i,
-            protocol: Some(6),
-            ports: (80, 80),
-            value: PolicyValue {
-                action: action::ALLOW,
-                policy: 1 + i,
-                ..PolicyValue::default()
-            },
-        });
-    }
-    // With its address and MAC, as the syncer writes a bridged pod's: what
-    // leaves it pays the source checks.
-    let sources = palisade::compile::Sources {
-        v4: Some(Ipv4Addr::from(POD)),
-        v6: None,
-        prefixes: false,
-        // The frames' (zero) MAC, as for a bridged pod.
-        mac: Some([0; 6]),
-    };
-    dp.replace_policy_held(
-        LO,
-        EP,
-        endpoint_flags::ISOLATED_INGRESS,
-        &entries,
-        &sources,
-        None,
-    )?;
-    for i in 0..n {
-        dp.set_cidr_deny(IpAddr::V4(Ipv4Addr::from(peer(i))), 32, 1 + i)?;
-    }
+/// A bench node at `n` entries: the objects loaded under pins of their
+/// own, `n` peers' identities, an ingress policy allowing each of them TCP
+/// port 80 at the endpoint (which holds its pod's address and MAC), and
+/// each peer on the prefilter's deny list.
+struct Node {
+    loaded: Loaded,
+    dp: DatapathMaps,
+    pins: PinDir,
+    to_pod: aya::programs::ProgramFd,
+    from_pod: aya::programs::ProgramFd,
+    /// The last peer's address: the one whose entries are looked up last.
+    last: [u8; 4],
+    /// Last, so that the pins go once everything else is closed.
+    _base: PinBase,
+}
 
-    let last = peer(n - 1);
-    let to_pod = tc(&mut loaded, objects::TC.programs[1])?
-        .fd()?
-        .try_clone()?;
-    let from_pod = tc(&mut loaded, objects::TC.programs[0])?
-        .fd()?
-        .try_clone()?;
+impl Node {
+    fn new(n: u32, features: &Features) -> anyhow::Result<Self> {
+        let base = PinBase::new(format!(
+            "/sys/fs/bpf/palisade-bench-{}-{n}",
+            std::process::id()
+        ));
+        let pins = PinDir::new(&base.0);
+        let mut sizes = MapSizes::default();
+        for map in [
+            "PAL_POLICY_PORT",
+            "PAL_IDENT_HOST",
+            "PAL_XDP_DENY",
+            "PAL_XDP_DENYHST",
+        ] {
+            sizes.set(&format!("{map}={}", n.max(1024) + 64))?;
+        }
+        let mut loaded = loader::load_with(&pins, features, &sizes)?;
+        let mut dp = DatapathMaps::open(&pins)?;
+        let mut entries = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            dp.set_identity(
+                IpAddr::V4(Ipv4Addr::from(peer(i))),
+                32,
+                identity::FIRST_ALLOCATED + i,
+            )?;
+            entries.push(PolicyEntry {
+                direction: direction::INGRESS,
+                peer: identity::FIRST_ALLOCATED + i,
+                protocol: Some(6),
+                ports: (80, 80),
+                value: PolicyValue {
+                    action: action::ALLOW,
+                    policy: 1 + i,
+                    ..PolicyValue::default()
+                },
+            });
+        }
+        // With its address and MAC, as the syncer writes a bridged pod's: what
+        // leaves it pays the source checks.
+        let sources = palisade::compile::Sources {
+            v4: Some(Ipv4Addr::from(POD)),
+            v6: None,
+            prefixes: false,
+            // The frames' (zero) MAC, as for a bridged pod.
+            mac: Some([0; 6]),
+        };
+        dp.replace_policy_held(
+            LO,
+            EP,
+            endpoint_flags::ISOLATED_INGRESS,
+            &entries,
+            &sources,
+            None,
+        )?;
+        for i in 0..n {
+            dp.set_cidr_deny(IpAddr::V4(Ipv4Addr::from(peer(i))), 32, 1 + i)?;
+        }
+
+        let last = peer(n - 1);
+        let to_pod = tc(&mut loaded, objects::TC.programs[1])?
+            .fd()?
+            .try_clone()?;
+        let from_pod = tc(&mut loaded, objects::TC.programs[0])?
+            .fd()?
+            .try_clone()?;
+        Ok(Self {
+            loaded,
+            dp,
+            pins,
+            to_pod,
+            from_pod,
+            last,
+            _base: base,
+        })
+    }
+}
+
+/// `--loop CASE SECONDS`: one steady case's program run on its frame again
+/// and again, at 1,000 entries, for a profiler to sample
+/// (`bench/jit-lines.py` maps the samples to source lines).
+fn run_loop(case: &str, seconds: u64, features: &Features) -> anyhow::Result<()> {
+    const N: u32 = 1_000;
+    let last = peer(N - 1);
+    let established = tcp(last, POD, 10_000, 80, 0x10);
+    let (reply, packet) = match case {
+        "established" => (false, established.clone()),
+        "reply" => (true, tcp(POD, last, 80, 10_000, 0x10)),
+        "non-ip" => (false, frame(0x0806, &[0; 28])),
+        "denied" => (false, tcp(last, POD, 10_000, 81, 0x02)),
+        other => anyhow::bail!("no steady case {other:?}: established, reply, non-ip or denied"),
+    };
+    let node = Node::new(N, features)?;
+    let (program, fd) = if reply {
+        (objects::TC.programs[0], node.from_pod.as_fd())
+    } else {
+        (objects::TC.programs[1], node.to_pod.as_fd())
+    };
+    // The flow is tracked by its first packet, as in the bench's own runs.
+    raw::test_run(node.to_pod.as_fd(), &established, 1)?;
+    println!("running {program} on the {case} frame for {seconds} s");
+    let started = Instant::now();
+    let mut runs = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        raw::test_run(fd, &packet, REPEAT)?;
+        runs += u64::from(REPEAT);
+    }
+    println!("{runs} runs");
+    Ok(())
+}
+
+fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> anyhow::Result<Row> {
+    // `_base` first: bindings drop in reverse, and the pins go last.
+    let Node {
+        _base,
+        mut loaded,
+        mut dp,
+        pins,
+        to_pod,
+        from_pod,
+        last,
+    } = Node::new(n, features)?;
     let (to_pod, from_pod) = (to_pod.as_fd(), from_pod.as_fd());
     let empty = floors.tc.as_fd();
     let extra = |i: usize| prices.sum(CASES[i].floor, CASES[i].single);
@@ -560,6 +633,8 @@ palisade-bench: figures and ratios, no assertions (root, bpffs)
   --churn BIN --replay-only [--replays N]
                                   the churn's changes through the source and compiler alone
   --attach [VETHS]                a new veth's TC programs, TCX links against clsact filters
+  --loop CASE [SECONDS]           one steady case (established, reply, non-ip, denied) run again
+                                  and again at 1,000 entries, for a profiler (bench/jit-lines.py)
   --help                          this
 ";
 
@@ -580,6 +655,7 @@ const FLAGS: &[&str] = &[
     "--replay-only",
     "--replays",
     "--attach",
+    "--loop",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -646,6 +722,11 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let features = Features::probe();
+    if let Some(i) = args.iter().position(|a| a == "--loop") {
+        let case = args.get(i + 1).context("--loop needs a case")?;
+        let seconds = args.get(i + 2).map_or(Ok(30), |s| s.parse())?;
+        return run_loop(case, seconds, &features);
+    }
 
     let base = PinBase::new(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()));
     let pins = PinDir::new(&base.0);
