@@ -66,25 +66,57 @@ pub fn set_opened(endpoint: u32, dir: u32) {
 }
 
 /// The endpoint on `ifindex`: from its slot of the index when it holds
-/// that interface (an inlined array read), else from `PAL_ENDPOINTS`.
+/// that interface (an inlined array read), else from `PAL_ENDPOINTS`,
+/// copied into `copy`.
 ///
-/// A reference into the map, not a copy: a copy of the value was a byte
-/// by byte copy of its arrays, about 150 instructions on every packet that
-/// reads the endpoint. It reads no less safely: the syncer writes only the
-/// copy of a slot that is not live, then flips it, so the live copy a
-/// packet found is written again only after a second update of that
-/// endpoint, and a copy taken at the start would have raced the same way.
+/// The slot is read in place, not copied out: the copy's arrays were
+/// copied byte by byte, about 150 instructions on every packet that reads
+/// its endpoint. In place is as safe: the syncer writes only a slot's copy
+/// that is not live and then flips it, so the copy a packet found is
+/// written again only after a second update of that endpoint. A hash
+/// value is not: a preallocated hash map hands an updated key's old
+/// element to its next update (of any key) at once, so that one is copied
+/// out as soon as it is found, as before (an interface whose slot another
+/// endpoint holds: rare).
+///
+/// # Safety
+/// `copy` is valid for writes for the program run, and nothing else
+/// reads or writes it meanwhile.
 #[inline(always)]
-pub fn endpoint(ifindex: u32) -> Option<&'static EndpointValue> {
+pub unsafe fn endpoint(ifindex: u32, copy: *mut EndpointValue) -> Option<&'static EndpointValue> {
     if let Some(slot) = PAL_EP_SLOTS.get(endpoint_slot(ifindex)) {
         let live = slot.current();
         if live.ifindex == ifindex {
             return Some(&live.value);
         }
     }
-    // SAFETY: a hash value is valid for the program's run (RCU); the
-    // syncer replaces an endpoint's value whole.
-    unsafe { PAL_ENDPOINTS.get(&ifindex) }
+    // SAFETY: the hash value is copied out at once; `copy` as the caller
+    // promises.
+    unsafe {
+        copy_endpoint(PAL_ENDPOINTS.get(&ifindex)?, copy);
+        Some(&*copy)
+    }
+}
+
+/// Copies an endpoint word by word: copied as a struct, it was a call to
+/// `memmove`, a byte loop that the loader refuses (`kernel::put`).
+///
+/// # Safety
+/// Both valid, `to` for writes, neither overlapping the other.
+#[inline(always)]
+unsafe fn copy_endpoint(from: *const EndpointValue, to: *mut EndpointValue) {
+    const WORDS: usize = core::mem::size_of::<EndpointValue>() / 4;
+    const _: () = assert!(
+        core::mem::size_of::<EndpointValue>().is_multiple_of(4)
+            && core::mem::align_of::<EndpointValue>() >= 4
+    );
+    let (from, to) = (from.cast::<u32>(), to.cast::<u32>());
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: word `i` of each, as the caller promises.
+        unsafe { to.add(i).write_volatile(from.add(i).read_volatile()) };
+        i += 1;
+    }
 }
 
 #[map(name = "PAL_IDENTITY")]

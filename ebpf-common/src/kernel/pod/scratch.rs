@@ -5,7 +5,7 @@
 //! hint, it holds nothing between runs.
 
 use crate::{
-    datapath::{ADDR_LEN, Ct4Key, Ct6Key, FragKey, PolicyKey},
+    datapath::{ADDR_LEN, Ct4Key, Ct6Key, EndpointValue, FragKey, PolicyKey},
     kernel::parse::Packet,
 };
 use aya_ebpf::{
@@ -35,6 +35,9 @@ pub struct Scratch {
     pub deny_hint: u64,
     /// Persists too: new flows' verdicts (`super::verdicts`).
     pub verdicts: [super::verdicts::VerdictSlot; super::verdicts::SLOTS as usize],
+    /// The packet's endpoint where it came from `PAL_ENDPOINTS` rather
+    /// than its slot (`super::maps::endpoint`).
+    pub endpoint: EndpointValue,
 }
 
 #[map(name = "PAL_TC_SCRATCH")]
