@@ -8,7 +8,7 @@ instruction it fell in, through the program's line info (`jited_line_info`:
 the image address where each line's code starts). Debian's `bpftool` cannot
 disassemble JIT images (no libbfd), so it cannot do this itself.
 
-    bench/jit-lines.py pal_tc_from_pod [--seconds 5] [--top 40]
+    bench/jit-lines.py pal_tc_from_pod|PROGRAM_ID [--seconds 5] [--top 40]
 
 Needs root, `perf` (Debian: linux-perf) and `bpftool` (Debian: bpftool).
 Sampling skids: a sample lands on the instruction after a slow one, so a
@@ -59,10 +59,12 @@ def prog_info(fd, layout):
 
 
 def line_starts(prog_id):
-    """(image address where a line's code starts, instruction offset), sorted."""
+    """The image's (start, end) and, sorted, (address where a line's code
+    starts, instruction offset)."""
     fd = bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("<III", prog_id, 0, 0))
     try:
         counts = prog_info(fd, bytearray(INFO_SIZE))
+        (image_len,) = struct.unpack_from("<I", counts, JITED_PROG_LEN)
         (nr_ksyms,) = struct.unpack_from("<I", counts, NR_JITED_KSYMS)
         (nr_lines,) = struct.unpack_from("<I", counts, NR_LINE_INFO)
         (nr_jited,) = struct.unpack_from("<I", counts, NR_JITED_LINE_INFO)
@@ -85,7 +87,14 @@ def line_starts(prog_id):
         os.close(fd)
     insns = [struct.unpack_from("<I", lines.raw, i * LINE_REC)[0] for i in range(nr_lines)]
     addrs = struct.unpack(f"<{nr_jited}Q", jited.raw)
-    return sorted(zip(addrs, insns))
+    (start,) = struct.unpack_from("<Q", ksyms.raw, 0)
+    if start == 0 or not any(addrs):
+        sys.exit("the kernel hides program addresses (kernel.kptr_restrict): run as root, "
+                 "with kptr_restrict at 0 or 1")
+    if nr_ksyms > 1:
+        print(f"the program has {nr_ksyms - 1} subprograms: their samples are left out",
+              file=sys.stderr)
+    return (start, start + image_len), sorted(zip(addrs, insns))
 
 
 def source_of_insns(prog_id):
@@ -103,24 +112,32 @@ def source_of_insns(prog_id):
     return source
 
 
-def newest(name):
+def program_id(name_or_id):
+    """An id as given, or the newest loaded program of that name (saying
+    so where there are others: a daemon's, a lab's)."""
+    if name_or_id.isdigit():
+        return int(name_or_id)
     progs = json.loads(subprocess.run(
         ["bpftool", "prog", "show", "--json"], check=True, capture_output=True, text=True,
     ).stdout)
-    ids = [p["id"] for p in progs if p.get("name") == name]
+    # The kernel keeps 15 characters of a program's name.
+    ids = sorted(p["id"] for p in progs if p.get("name") == name_or_id[:15])
     if not ids:
-        sys.exit(f"no loaded program named {name}")
-    return max(ids)
+        sys.exit(f"no loaded program named {name_or_id}")
+    if len(ids) > 1:
+        print(f"{len(ids)} programs named {name_or_id} (ids {ids}): the newest taken; "
+              "give the id (`palisade-bench --loop` prints it) to choose", file=sys.stderr)
+    return ids[-1]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("program", help="the program's name, as `bpftool prog show` lists it")
+    ap.add_argument("program", help="the program's id, or its name (the newest of that name)")
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--top", type=int, default=40)
     args = ap.parse_args()
-    prog_id = newest(args.program)
-    starts = line_starts(prog_id)
+    prog_id = program_id(args.program)
+    (image_start, image_end), starts = line_starts(prog_id)
     addrs = [a for a, _ in starts]
     source = source_of_insns(prog_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,22 +151,24 @@ def main():
             check=True, capture_output=True, text=True,
         ).stdout
     by_line, total, all_samples = collections.Counter(), 0, 0
-    symbol = re.compile(r"bpf_prog_[0-9a-f]+_" + re.escape(args.program) + r"$")
     for row in samples.splitlines():
         fields = row.split()
-        if len(fields) < 2:
+        if not fields:
             continue
         all_samples += 1
-        if not symbol.match(fields[1]):
+        ip = int(fields[0], 16)
+        # This program's image only: another program of the same name (a
+        # daemon's, a bench's) has an image of its own.
+        if not image_start <= ip < image_end:
             continue
-        at = bisect.bisect_right(addrs, int(fields[0], 16)) - 1
+        at = bisect.bisect_right(addrs, ip) - 1
         if at < 0:
             continue
         total += 1
         by_line[source.get(starts[at][1], f"instruction {starts[at][1]}")] += 1
     if total == 0:
-        sys.exit(f"no samples in program {prog_id} ({args.program}): is it running?")
-    print(f"{args.program} (id {prog_id}): {total} of {all_samples} samples on every CPU")
+        sys.exit(f"no samples in program {prog_id}: is it running?")
+    print(f"program {prog_id}: {total} of {all_samples} samples on every CPU")
     for line, n in by_line.most_common(args.top):
         print(f"{100 * n / total:5.1f} %  {line}")
 

@@ -466,15 +466,13 @@ fn run_loop(case: &str, seconds: u64, features: &Features) -> anyhow::Result<()>
         "denied" => (false, tcp(last, POD, 10_000, 81, 0x02)),
         other => anyhow::bail!("no steady case {other:?}: established, reply, non-ip or denied"),
     };
-    let node = Node::new(N, features)?;
-    let (program, fd) = if reply {
-        (objects::TC.programs[0], node.from_pod.as_fd())
-    } else {
-        (objects::TC.programs[1], node.to_pod.as_fd())
-    };
+    let mut node = Node::new(N, features)?;
+    let program = objects::TC.programs[if reply { 0 } else { 1 }];
+    let id = tc(&mut node.loaded, program)?.info()?.id();
+    let fd = if reply { &node.from_pod } else { &node.to_pod }.as_fd();
     // The flow is tracked by its first packet, as in the bench's own runs.
     raw::test_run(node.to_pod.as_fd(), &established, 1)?;
-    println!("running {program} on the {case} frame for {seconds} s");
+    println!("running {program} (id {id}) on the {case} frame for {seconds} s");
     let started = Instant::now();
     let mut runs = 0u64;
     while started.elapsed() < Duration::from_secs(seconds) {
@@ -486,17 +484,10 @@ fn run_loop(case: &str, seconds: u64, features: &Features) -> anyhow::Result<()>
 }
 
 fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> anyhow::Result<Row> {
-    // `_base` first: bindings drop in reverse, and the pins go last.
-    let Node {
-        _base,
-        mut loaded,
-        mut dp,
-        pins,
-        to_pod,
-        from_pod,
-        last,
-    } = Node::new(n, features)?;
-    let (to_pod, from_pod) = (to_pod.as_fd(), from_pod.as_fd());
+    // Held whole, so that its pins go after everything else (`Node`).
+    let mut node = Node::new(n, features)?;
+    let (to_pod, from_pod, last) = (node.to_pod.as_fd(), node.from_pod.as_fd(), node.last);
+    let (loaded, dp, pins) = (&mut node.loaded, &mut node.dp, &node.pins);
     let empty = floors.tc.as_fd();
     let extra = |i: usize| prices.sum(CASES[i].floor, CASES[i].single);
     let flows =
@@ -560,8 +551,8 @@ fn measure(n: u32, features: &Features, floors: &Floors, prices: &Prices) -> any
             xdp_pass,
             xdp_deny,
         ],
-        policy_bytes: bytes_per_entry(&pins, maps::POLICY_PORT)?,
-        identity_bytes: bytes_per_entry(&pins, maps::IDENTITY_HOST)?,
+        policy_bytes: bytes_per_entry(pins, maps::POLICY_PORT)?,
+        identity_bytes: bytes_per_entry(pins, maps::IDENTITY_HOST)?,
     })
 }
 
@@ -724,7 +715,8 @@ fn main() -> anyhow::Result<()> {
     let features = Features::probe();
     if let Some(i) = args.iter().position(|a| a == "--loop") {
         let case = args.get(i + 1).context("--loop needs a case")?;
-        let seconds = args.get(i + 2).map_or(Ok(30), |s| s.parse())?;
+        let seconds = (args.get(i + 2).map_or(Ok(30), |s| s.parse()))
+            .context("--loop CASE SECONDS: SECONDS is a whole number")?;
         return run_loop(case, seconds, &features);
     }
 

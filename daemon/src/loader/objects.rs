@@ -48,7 +48,7 @@ const POD_DATAPATH: &[&str] = &[
     maps::FRAGS,
     maps::EVENTS,
 ];
-const POD_SCRATCH: &[&str] = &["PAL_TC_SCRATCH"];
+const POD_SCRATCH: &[&str] = &["PAL_TC_SCRATCH", "PAL_TC_EP_COPY"];
 
 pub static XDP: Object = Object {
     name: "palisade-xdp",

@@ -66,32 +66,36 @@ pub fn set_opened(endpoint: u32, dir: u32) {
 }
 
 /// The endpoint on `ifindex`: from its slot of the index when it holds
-/// that interface (an inlined array read), else from `PAL_ENDPOINTS`,
-/// copied into `copy`.
+/// that interface (an inlined array read), else from `PAL_ENDPOINTS`.
 ///
 /// The slot is read in place, not copied out: the copy's arrays were
-/// copied byte by byte, about 150 instructions on every packet that reads
-/// its endpoint. In place is as safe: the syncer writes only a slot's copy
-/// that is not live and then flips it, so the copy a packet found is
-/// written again only after a second update of that endpoint. A hash
-/// value is not: a preallocated hash map hands an updated key's old
-/// element to its next update (of any key) at once, so that one is copied
-/// out as soon as it is found, as before (an interface whose slot another
-/// endpoint holds: rare).
+/// copied byte by byte, about 150 instructions on every packet leaving a
+/// pod. The price: a packet reads the slot's live copy for its whole run,
+/// where the copy read it for 40 bytes' worth of loads. The syncer writes
+/// the copy that is not live and then flips, so the one a packet found is
+/// written again only by the slot's second write after the packet found
+/// it (another update of the endpoint, or its removal and another
+/// interface's endpoint taking the slot), and a packet could then mix
+/// fields of two endpoints only if the syncer wrote its slot twice within
+/// that packet's run, a few hundred nanoseconds in softirq.
 ///
-/// # Safety
-/// `copy` is valid for writes for the program run, and nothing else
-/// reads or writes it meanwhile.
+/// A hash value is copied out at once, as before: a preallocated hash map
+/// hands an updated key's old element to its next update, of any key, at
+/// once. The copy lives in a per-CPU map of its own (`PAL_TC_EP_COPY`),
+/// valid for this run: the next run on this CPU writes it again.
 #[inline(always)]
-pub unsafe fn endpoint(ifindex: u32, copy: *mut EndpointValue) -> Option<&'static EndpointValue> {
+pub fn endpoint(ifindex: u32) -> Option<&'static EndpointValue> {
     if let Some(slot) = PAL_EP_SLOTS.get(endpoint_slot(ifindex)) {
         let live = slot.current();
         if live.ifindex == ifindex {
             return Some(&live.value);
         }
     }
-    // SAFETY: the hash value is copied out at once; `copy` as the caller
-    // promises.
+    let copy = super::scratch::PAL_TC_EP_COPY.get_ptr_mut(0)?;
+    // SAFETY: the hash value is valid for this run and copied out at once;
+    // `copy` is this CPU's slot of a map that only this function writes,
+    // once per run (`Here` reads the endpoint once), and programs do not
+    // nest on a CPU.
     unsafe {
         copy_endpoint(PAL_ENDPOINTS.get(&ifindex)?, copy);
         Some(&*copy)

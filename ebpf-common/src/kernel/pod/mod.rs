@@ -62,7 +62,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     let parsed_ip = parsed.kind == Kind::Ip;
     // Only IP packets meet conntrack: ARP and the like read no epoch.
     let epoch = if parsed_ip { maps::epoch() } else { 0 };
-    let mut here = Here::at(ifindex, core::ptr::addr_of_mut!(s.endpoint));
+    let mut here = Here::at(ifindex);
     // A bridged pod's frames, whatever they carry, come from its own MAC:
     // a bridge learns where a MAC lives from the frames' sources, so one
     // sent from a neighbour's would take the neighbour's traffic.
@@ -240,18 +240,14 @@ fn conclude(
 /// asked.
 pub struct Here {
     ifindex: u32,
-    /// Where an endpoint read from the hash map is copied
-    /// ([`maps::endpoint`]).
-    copy: *mut crate::datapath::EndpointValue,
     read: Option<Option<&'static crate::datapath::EndpointValue>>,
 }
 
 impl Here {
     #[inline(always)]
-    const fn at(ifindex: u32, copy: *mut crate::datapath::EndpointValue) -> Self {
+    const fn at(ifindex: u32) -> Self {
         Self {
             ifindex,
-            copy,
             read: None,
         }
     }
@@ -261,9 +257,7 @@ impl Here {
         match self.read {
             Some(read) => read,
             None => {
-                // SAFETY: `copy` is the scratch's `endpoint`, which only
-                // this reads and writes, once per program run.
-                let read = unsafe { maps::endpoint(self.ifindex, self.copy) };
+                let read = maps::endpoint(self.ifindex);
                 self.read = Some(read);
                 read
             }

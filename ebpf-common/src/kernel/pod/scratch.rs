@@ -35,13 +35,17 @@ pub struct Scratch {
     pub deny_hint: u64,
     /// Persists too: new flows' verdicts (`super::verdicts`).
     pub verdicts: [super::verdicts::VerdictSlot; super::verdicts::SLOTS as usize],
-    /// The packet's endpoint where it came from `PAL_ENDPOINTS` rather
-    /// than its slot (`super::maps::endpoint`).
-    pub endpoint: EndpointValue,
 }
 
 #[map(name = "PAL_TC_SCRATCH")]
 pub static PAL_TC_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet's endpoint where it came from `PAL_ENDPOINTS` rather than
+/// its slot (`super::maps::endpoint`): a map of its own, so that the
+/// endpoint a packet holds is never part of the scratch it hands about as
+/// `&mut`.
+#[map(name = "PAL_TC_EP_COPY")]
+pub static PAL_TC_EP_COPY: PerCpuArray<EndpointValue> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn get() -> Option<&'static mut Scratch> {
