@@ -229,14 +229,13 @@ pub mod policy_flags {
 
 /// Conntrack key for IPv4 (`PAL_CT4`); [`Ct6Key`] is the same for IPv6.
 ///
-/// One entry per flow and local endpoint, whichever way a packet travels:
-/// the two (address, port) sides are stored in a canonical order, lower
-/// first, so a reply finds its flow in the same single lookup as the
-/// original direction. `side` says which of the two is the endpoint's own
-/// (0: `lo`, 1: `hi`), so the same pod-to-pod flow has distinct entries at
-/// its two local endpoints. The endpoint itself is in the value: the fast
-/// path finds a tracked flow before, and instead of, the endpoint lookup.
-/// Addresses are as on the wire.
+/// One entry per flow, whichever way a packet travels and however many of
+/// its ends are local: the two (address, port) sides are stored in a
+/// canonical order, lower first, so a reply finds its flow in the same
+/// single lookup as the original direction, and a flow between two pods
+/// of the node finds, at each pod, the entry the other end's packet just
+/// brought into the CPU's cache. Each local end keeps its own half of the
+/// value ([`CtValue::ends`]). Addresses are as on the wire.
 // Aligned so that keys are built in words, not bytes.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -248,8 +247,9 @@ pub struct Ct4Key {
     pub lo_port: u16,
     pub hi_port: u16,
     pub protocol: u8,
-    pub side: u8,
-    pub _pad: [u8; 2],
+    /// Zero. ABIs before `CT_LAYOUT_SINCE` kept each end's entry apart and
+    /// said which in the first byte (`CT_PER_END_SINCE`).
+    pub _pad: [u8; 3],
 }
 
 /// [`Ct4Key`] for IPv6 (`PAL_CT6`).
@@ -262,15 +262,28 @@ pub struct Ct6Key {
     pub lo_port: u16,
     pub hi_port: u16,
     pub protocol: u8,
-    pub side: u8,
-    pub _pad: [u8; 2],
+    /// As in [`Ct4Key`].
+    pub _pad: [u8; 3],
 }
 
+/// Value of the conntrack maps: the flow as each of its local ends tracks
+/// it. `ends[0]` is the end on the key's `lo` side, `ends[1]` the one on
+/// its `hi` side ([`CtEnd::endpoint`] 0 where that end tracks nothing:
+/// endpoint ids are never 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
+    pub ends: [CtEnd; 2],
+}
+
+/// One local end of a tracked flow. ABIs from `CT_PER_END_SINCE` to
+/// `CT_LAYOUT_SINCE` held it as a whole map value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEnd {
     pub last_seen_ns: u64,
-    /// The endpoint that tracks the flow (and labels its counters).
+    /// The endpoint that tracks the flow (and labels its counters); 0 for
+    /// none.
     pub endpoint: u32,
     /// The policy that allowed it.
     pub policy: u32,
@@ -505,7 +518,8 @@ const _: () = {
     assert!(size_of::<PolicyValue>() == 8);
     assert!(size_of::<Ct4Key>() == 16);
     assert!(size_of::<Ct6Key>() == 40);
-    assert!(size_of::<CtValue>() == 32);
+    assert!(size_of::<CtValue>() == 64);
+    assert!(size_of::<CtEnd>() == 32);
     assert!(size_of::<CounterCell>() == 32);
     assert!(COUNTER_CELLS.is_power_of_two() && COUNTER_CELLS <= 1 << 16);
     assert!(size_of::<FragKey>() == 40);
@@ -529,6 +543,7 @@ mod pod {
     unsafe impl aya::Pod for Ct4Key {}
     unsafe impl aya::Pod for Ct6Key {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for CtEnd {}
     unsafe impl aya::Pod for CounterCell {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
@@ -545,19 +560,22 @@ mod conntrack_layout {
     use super::*;
 
     /// A daemon of this ABI copies the conntrack entries of every ABI from
-    /// `CT_LAYOUT_SINCE` on (`daemon::sync::conntrack`). If this test fails,
-    /// the layout changed: set `CT_LAYOUT_SINCE` to `ABI_VERSION` (bumped)
+    /// `CT_LAYOUT_SINCE` on, and converts those of every ABI from
+    /// `CT_PER_END_SINCE` on (`daemon::sync::conntrack`). If this test
+    /// fails, the layout changed: set `CT_LAYOUT_SINCE` to `ABI_VERSION`
+    /// (bumped), teach the daemon to convert the layout this test pinned,
     /// and write the new layout here.
     #[test]
     fn the_conntrack_layout_is_the_one_ct_layout_since_names() {
-        assert_eq!(crate::CT_LAYOUT_SINCE, 4);
+        assert_eq!((crate::CT_PER_END_SINCE, crate::CT_LAYOUT_SINCE), (4, 16));
         assert_eq!(size_of::<Ct4Key>(), 16);
         assert_eq!(size_of::<Ct6Key>(), 40);
+        // The old layouts' side byte is the first of `_pad`.
         assert_eq!(
             (
                 offset_of!(Ct4Key, lo_port),
                 offset_of!(Ct4Key, protocol),
-                offset_of!(Ct4Key, side)
+                offset_of!(Ct4Key, _pad)
             ),
             (8, 12, 13)
         );
@@ -565,21 +583,22 @@ mod conntrack_layout {
             (
                 offset_of!(Ct6Key, lo_port),
                 offset_of!(Ct6Key, protocol),
-                offset_of!(Ct6Key, side)
+                offset_of!(Ct6Key, _pad)
             ),
             (32, 36, 37)
         );
-        assert_eq!(size_of::<CtValue>(), 32);
+        assert_eq!(size_of::<CtValue>(), 64);
+        assert_eq!(size_of::<CtEnd>(), 32);
         assert_eq!(
             [
-                offset_of!(CtValue, last_seen_ns),
-                offset_of!(CtValue, endpoint),
-                offset_of!(CtValue, policy),
-                offset_of!(CtValue, epoch),
-                offset_of!(CtValue, state),
-                offset_of!(CtValue, direction),
-                offset_of!(CtValue, opener_lo),
-                offset_of!(CtValue, cells),
+                offset_of!(CtEnd, last_seen_ns),
+                offset_of!(CtEnd, endpoint),
+                offset_of!(CtEnd, policy),
+                offset_of!(CtEnd, epoch),
+                offset_of!(CtEnd, state),
+                offset_of!(CtEnd, direction),
+                offset_of!(CtEnd, opener_lo),
+                offset_of!(CtEnd, cells),
             ],
             [0, 8, 12, 16, 20, 21, 22, 28]
         );

@@ -19,7 +19,7 @@ pub mod stats;
 /// Bumped whenever a pinned map's layout or meaning changes. The daemon pins
 /// under `/sys/fs/bpf/palisade/v<ABI_VERSION>/`, so a new layout never reuses
 /// an old map by accident.
-pub const ABI_VERSION: u32 = 15;
+pub const ABI_VERSION: u32 = 16;
 
 /// The oldest ABI whose conntrack maps (`PAL_CT4`, `PAL_CT6`: their keys,
 /// their values and what each field means) are this one's. A daemon that
@@ -27,7 +27,13 @@ pub const ABI_VERSION: u32 = 15;
 /// empty. Set it to `ABI_VERSION` in the change that alters `Ct4Key`,
 /// `Ct6Key` or `CtValue`, or how the datapath reads them; a test in
 /// `datapath` pins their layout so that such a change cannot go unnoticed.
-pub const CT_LAYOUT_SINCE: u32 = 4;
+pub const CT_LAYOUT_SINCE: u32 = 16;
+
+/// The oldest ABI whose conntrack kept an entry per flow and local end:
+/// the key of this one with its end in the first pad byte (0: the `lo`
+/// side), the value one `CtEnd`. Up to `CT_LAYOUT_SINCE`, a daemon taking
+/// over converts such entries into halves of this one's.
+pub const CT_PER_END_SINCE: u32 = 4;
 
 /// The oldest ABI whose fragment table (`PAL_FRAGS`: `FragKey`,
 /// `FragValue` and what each field means) is this one's: a daemon that

@@ -12,7 +12,9 @@ pub mod install;
 pub mod packet;
 
 use std::{
+    ffi::CString,
     fs,
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -194,4 +196,43 @@ pub fn reaches(
         })?,
         &format!("pod {from} -> {target}"),
     )
+}
+
+/// Creates and pins a map with an arbitrary layout through the raw syscall,
+/// standing in for a map left behind by a daemon of another layout.
+pub fn pin_raw_map(
+    path: &Path,
+    map_type: u32,
+    key: u32,
+    value: u32,
+    max: u32,
+) -> anyhow::Result<()> {
+    let mut create = [0u32; 16];
+    create[..4].copy_from_slice(&[map_type, key, value, max]);
+    // SAFETY: BPF_MAP_CREATE reads `create`, which is zero-padded past the
+    // fields set; the kernel accepts a zero tail.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    if fd < 0 {
+        bail!("BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    }
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut pin = [0u64; 3];
+    pin[0] = c.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: BPF_OBJ_PIN reads the path pointer and fd from `pin`, both live.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), std::mem::size_of_val(&pin)) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd came from BPF_MAP_CREATE above; the pin keeps the map alive.
+    unsafe { libc::close(fd as i32) };
+    if rc != 0 {
+        bail!("BPF_OBJ_PIN {}: {err}", path.display());
+    }
+    Ok(())
 }

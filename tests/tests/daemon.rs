@@ -768,6 +768,80 @@ fn a_known_pod_keeps_its_veth_while_the_node_cannot_resolve_it() -> anyhow::Resu
 /// judged as b opening a flow, and dropped until a spoke again.
 #[test]
 fn a_server_push_survives_an_abi_upgrade() -> anyhow::Result<()> {
+    server_push_across(upgrade_abi)
+}
+
+/// The same from an ABI whose conntrack kept an entry per flow and local
+/// end (`ebpf_common::CT_PER_END_SINCE`): its entries are converted into
+/// halves of this one's. The older pins are this ABI's with their
+/// conntrack rewritten in that layout, each end of each flow an entry.
+#[test]
+fn a_server_push_survives_an_upgrade_from_the_per_end_conntrack() -> anyhow::Result<()> {
+    server_push_across(|daemon, t, lab| {
+        daemon.stop();
+        let older = palisade::paths::PinDir::with_abi(t.pins.base(), t.pins.abi() - 1);
+        fs::rename(t.pins.root(), older.root())?;
+        let mut ends = 0;
+        for name in maps::CT {
+            ends += per_end_layout(&older.map(name))?;
+        }
+        assert!(ends > 0, "no flow was tracked to convert");
+        daemon.restart(&palisade_bin()?, &lab.node)?;
+        commit_and_wait(daemon)?;
+        assert!(!older.root().exists(), "the older ABI's pins were retired");
+        Ok(())
+    })
+}
+
+/// Replaces the conntrack map pinned at `path` by one of the per-end
+/// layout holding its ends; returns how many.
+fn per_end_layout(path: &Path) -> anyhow::Result<usize> {
+    use ebpf_common::datapath::{Ct4Key, Ct6Key, CtEnd, CtValue};
+    fn rewrite<K: aya::Pod>(path: &Path, side_at: usize) -> anyhow::Result<usize> {
+        let info = aya::maps::MapInfo::from_pin(path)?;
+        let entries: Vec<(K, CtValue)> = {
+            let map = aya::maps::Map::from_map_data(MapData::from_pin(path)?)?;
+            let map: HashMap<MapData, K, CtValue> = HashMap::try_from(map)?;
+            map.iter().collect::<Result<_, _>>()?
+        };
+        fs::remove_file(path)?;
+        palisade_tests::pin_raw_map(
+            path,
+            ebpf_common::maps::kind::LRU_HASH,
+            size_of::<K>() as u32,
+            size_of::<CtEnd>() as u32,
+            info.max_entries(),
+        )?;
+        let map = aya::maps::Map::from_map_data(MapData::from_pin(path)?)?;
+        let mut old: HashMap<MapData, K, CtEnd> = HashMap::try_from(map)?;
+        let mut n = 0;
+        for (key, value) in entries {
+            for (at, end) in value.ends.iter().enumerate() {
+                if end.endpoint == 0 {
+                    continue;
+                }
+                let mut key = key;
+                // SAFETY: `side_at` is the side byte's offset in `K`
+                // (`the_conntrack_layout_is_the_one_ct_layout_since_names`).
+                unsafe { *(&raw mut key).cast::<u8>().add(side_at) = at as u8 };
+                old.insert(&key, end, 0)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+    if path.ends_with(maps::CT4) {
+        rewrite::<Ct4Key>(path, std::mem::offset_of!(Ct4Key, _pad))
+    } else {
+        rewrite::<Ct6Key>(path, std::mem::offset_of!(Ct6Key, _pad))
+    }
+}
+
+/// b may open nothing; a opens a connection to b, b pushes on it, then
+/// `upgrade` hands the node to a daemon of a new ABI, and b pushes again.
+fn server_push_across(
+    upgrade: impl FnOnce(&mut Enforcer, &TempPins, &BridgeLab) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     use std::io::{Read as _, Write as _};
 
     const B_OPENS_NOTHING: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-opens-nothing, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n";
@@ -791,7 +865,7 @@ fn a_server_push_survives_an_abi_upgrade() -> anyhow::Result<()> {
     server.write_all(b"1")?;
     client.read_exact(&mut byte).context("b's first push")?;
 
-    upgrade_abi(&mut daemon, &t, &lab)?;
+    upgrade(&mut daemon, &t, &lab)?;
     // b tracked a flow opened in ingress: the carried flow marks it so,
     // or a drop cached for b's egress would keep its pushes from
     // conntrack (`ebpf_common::datapath::opened_index`).

@@ -3,8 +3,6 @@
 //! The LSM object's test is reported as ignored, with the reason, where BPF
 //! LSM is not active (`palisade_tests::harness`).
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
-
 use anyhow::{Context as _, bail, ensure};
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
 use ebpf_common::{
@@ -22,6 +20,7 @@ use palisade::{
 use palisade_tests::{
     TempPins,
     harness::{self, Needs},
+    pin_raw_map,
 };
 
 fn main() {
@@ -170,39 +169,6 @@ fn a_second_load_adopts_the_pinned_maps_and_their_contents() -> anyhow::Result<(
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].events, 7 * cpus);
     assert_eq!(rows[0].bytes, 700 * cpus);
-    Ok(())
-}
-
-/// Creates and pins a map with an arbitrary layout through the raw syscall,
-/// standing in for a map left behind by a daemon of another layout.
-fn pin_raw_map(path: &Path, map_type: u32, key: u32, value: u32, max: u32) -> anyhow::Result<()> {
-    let mut create = [0u32; 16];
-    create[..4].copy_from_slice(&[map_type, key, value, max]);
-    // SAFETY: BPF_MAP_CREATE reads `create`, which is zero-padded past the
-    // fields set; the kernel accepts a zero tail.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0,
-            create.as_ptr(),
-            std::mem::size_of_val(&create),
-        )
-    };
-    if fd < 0 {
-        bail!("BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
-    }
-    let c = CString::new(path.as_os_str().as_bytes())?;
-    let mut pin = [0u64; 3];
-    pin[0] = c.as_ptr() as u64;
-    pin[1] = fd as u64;
-    // SAFETY: BPF_OBJ_PIN reads the path pointer and fd from `pin`, both live.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), std::mem::size_of_val(&pin)) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: fd came from BPF_MAP_CREATE above; the pin keeps the map alive.
-    unsafe { libc::close(fd as i32) };
-    if rc != 0 {
-        bail!("BPF_OBJ_PIN {}: {err}", path.display());
-    }
     Ok(())
 }
 

@@ -14,6 +14,13 @@
 //! its direction (`PAL_EP_OPENED`), so that its replies are still looked
 //! up in conntrack (`ebpf_common::datapath::opened_index`).
 //!
+//! ABIs from [`ebpf_common::CT_PER_END_SINCE`] kept an entry per flow and
+//! local end, where this one keeps one per flow with a half for each local
+//! end: their entries are converted, each into its half of the flow's.
+//! The two layouts are told apart by the old map's value size, not by its
+//! ABI alone, so that a pin directory renamed to an older ABI's (the chaos
+//! suite's `abi-upgrade`) is copied as what it holds.
+//!
 //! The fragment table (`PAL_FRAGS`) is carried the same way, from ABIs
 //! whose table is this one's ([`ebpf_common::FRAG_LAYOUT_SINCE`]): a
 //! datagram whose first fragment passed the older programs has its later
@@ -23,13 +30,15 @@
 
 use std::path::Path;
 
+use anyhow::Context as _;
+
 use aya::{
     Pod,
     maps::{Array, HashMap, Map, MapData},
 };
 use ebpf_common::{
-    ABI_VERSION, CT_LAYOUT_SINCE, FRAG_LAYOUT_SINCE,
-    datapath::{Ct4Key, Ct6Key, CtValue, FragKey, FragValue, opened_index},
+    ABI_VERSION, CT_LAYOUT_SINCE, CT_PER_END_SINCE, FRAG_LAYOUT_SINCE,
+    datapath::{Ct4Key, Ct6Key, CtEnd, CtValue, FragKey, FragValue, opened_index},
     maps,
 };
 
@@ -60,9 +69,9 @@ pub fn carry_over(pins: &PinDir, stale_epoch: u32) -> Carried {
                     .push(format!("fragment table of ABI v{abi}: {e:#}")),
             }
         }
-        if !(CT_LAYOUT_SINCE..ABI_VERSION).contains(&abi) {
+        if !(CT_PER_END_SINCE..ABI_VERSION).contains(&abi) {
             tracing::info!(
-                "ABI v{abi}'s conntrack is not this one's (v{CT_LAYOUT_SINCE} to v{ABI_VERSION}): its flows are judged afresh"
+                "ABI v{abi}'s conntrack is neither this one's (v{CT_LAYOUT_SINCE} to v{ABI_VERSION}) nor one it converts (from v{CT_PER_END_SINCE}): its flows are judged afresh"
             );
             continue;
         }
@@ -100,27 +109,70 @@ fn open_old<K: Pod, V: Pod>(from: &Path) -> anyhow::Result<Option<HashMap<MapDat
     }
 }
 
-fn copy<K: Pod>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyhow::Result<u64> {
-    let Some(old) = open_old::<K, CtValue>(from)? else {
+/// A conntrack key, and where the layouts before `CT_LAYOUT_SINCE` said
+/// which end an entry was: the first of its pad bytes.
+trait Key: Pod {
+    fn take_end(&mut self) -> usize;
+}
+
+impl Key for Ct4Key {
+    fn take_end(&mut self) -> usize {
+        usize::from(std::mem::take(&mut self._pad[0]) & 1)
+    }
+}
+
+impl Key for Ct6Key {
+    fn take_end(&mut self) -> usize {
+        usize::from(std::mem::take(&mut self._pad[0]) & 1)
+    }
+}
+
+fn copy<K: Key>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyhow::Result<u64> {
+    if !from.exists() {
         return Ok(0);
-    };
+    }
+    let info = aya::maps::MapInfo::from_pin(from)
+        .with_context(|| format!("reading {}", from.display()))?;
     let mut new = open::<K, CtValue>(to)?;
     let mut opened: Array<MapData, u32> = Array::try_from(Map::from_map_data(MapData::from_pin(
         pins.map(maps::OPENED),
     )?)?)?;
+    // Each end the mark first, as the datapath does: an end is never
+    // there without it.
+    let mut stale = |end: &mut CtEnd| -> anyhow::Result<()> {
+        end.epoch = stale_epoch;
+        opened.set(opened_index(end.endpoint, u32::from(end.direction)), &1, 0)?;
+        Ok(())
+    };
     let mut n = 0;
+    if info.value_size() as usize == size_of::<CtValue>() {
+        let Some(old) = open_old::<K, CtValue>(from)? else {
+            return Ok(0);
+        };
+        for entry in old.iter() {
+            // An entry the kernel evicted while we walked ends the walk
+            // early at worst: those flows are judged afresh, as without
+            // the copy.
+            let Ok((key, mut value)) = entry else { break };
+            for end in value.ends.iter_mut().filter(|e| e.endpoint != 0) {
+                stale(end)?;
+            }
+            new.insert(&key, &value, 0)?;
+            n += 1;
+        }
+        return Ok(n);
+    }
+    let Some(old) = open_old::<K, CtEnd>(from)? else {
+        return Ok(0);
+    };
     for entry in old.iter() {
-        // An entry the kernel evicted while we walked ends the walk early
-        // at worst: those flows are judged afresh, as without the copy.
-        let Ok((key, mut value)) = entry else { break };
-        value.epoch = stale_epoch;
-        // The mark first, as the datapath does: the entry is never there
-        // without it.
-        opened.set(
-            opened_index(value.endpoint, u32::from(value.direction)),
-            &1,
-            0,
-        )?;
+        // As above: an eviction mid-walk ends it early at worst.
+        let Ok((mut key, mut end)) = entry else { break };
+        let at = key.take_end();
+        stale(&mut end)?;
+        // The flow's other end may have been converted already.
+        let mut value = new.get(&key, 0).unwrap_or_default();
+        value.ends[at] = end;
         new.insert(&key, &value, 0)?;
         n += 1;
     }

@@ -1,13 +1,15 @@
 //! Connection tracking: the key of a flow, its state, idle timeouts.
 
 use crate::{
-    datapath::{ADDR_LEN, Ct4Key, Ct6Key, CtValue, ct_state, ct_timeout, direction},
+    datapath::{ADDR_LEN, Ct4Key, Ct6Key, CtEnd, CtValue, ct_state, ct_timeout, direction},
     kernel::parse::{
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, tcp_flags,
     },
 };
 
 use super::maps::{PAL_CT4, PAL_CT6};
+
+use core::ptr::write_volatile as put;
 
 /// One packet's view of a flow, as the conntrack key needs it.
 pub struct Sides<'a> {
@@ -59,32 +61,39 @@ pub fn build(p: &Sides, k4: &mut Ct4Key, k6: &mut Ct6Key) -> bool {
     } else {
         (p.dst, p.src, p.dst4, p.src4, p.dport, p.sport)
     };
-    // The endpoint's own side: the source of what it sends, the
-    // destination of what it receives.
-    let local_is_src = p.dir == direction::EGRESS;
-    let side = u8::from(local_is_src != src_is_lo);
+    // Field by field, the pad's bytes each by a store of its own: written
+    // as a struct, its three zero bytes were a call to `memset`.
     if p.v6 {
-        *k6 = Ct6Key {
-            lo: *lo,
-            hi: *hi,
-            lo_port,
-            hi_port,
-            protocol: p.protocol,
-            side,
-            _pad: [0; 2],
-        };
+        k6.lo = *lo;
+        k6.hi = *hi;
+        k6.lo_port = lo_port;
+        k6.hi_port = hi_port;
+        k6.protocol = p.protocol;
+        zero_pad(&mut k6._pad);
     } else {
-        *k4 = Ct4Key {
-            lo: lo4,
-            hi: hi4,
-            lo_port,
-            hi_port,
-            protocol: p.protocol,
-            side,
-            _pad: [0; 2],
-        };
+        k4.lo = lo4;
+        k4.hi = hi4;
+        k4.lo_port = lo_port;
+        k4.hi_port = hi_port;
+        k4.protocol = p.protocol;
+        zero_pad(&mut k4._pad);
     }
     src_is_lo
+}
+
+#[inline(always)]
+fn zero_pad(pad: &mut [u8; 3]) {
+    for byte in pad {
+        crate::kernel::put(byte, 0);
+    }
+}
+
+/// Which of an entry's ends is the endpoint's own ([`CtValue::ends`]): the
+/// side of the source of what it sends, of the destination of what it
+/// receives.
+#[inline(always)]
+pub fn end_of(dir: u32, src_is_lo: bool) -> usize {
+    usize::from((dir == direction::EGRESS) != src_is_lo)
 }
 
 #[inline(always)]
@@ -96,23 +105,127 @@ pub fn lookup(v6: bool, k4: &Ct4Key, k6: &Ct6Key) -> Option<*mut CtValue> {
     }
 }
 
-/// False when the map refused the entry.
+/// The end `end` ([`end_of`]) of the entry at `entry`.
 #[inline(always)]
-pub fn insert(v6: bool, k4: &Ct4Key, k6: &Ct6Key, value: &CtValue) -> bool {
-    if v6 {
-        PAL_CT6.insert(k6, value, 0).is_ok()
-    } else {
-        PAL_CT4.insert(k4, value, 0).is_ok()
-    }
+pub fn end(entry: *mut CtValue, end: usize) -> *mut CtEnd {
+    end_at(entry.cast(), end)
 }
 
 #[inline(always)]
-pub fn remove(v6: bool, k4: &Ct4Key, k6: &Ct6Key) {
-    let _ = if v6 {
-        PAL_CT6.remove(k6)
-    } else {
-        PAL_CT4.remove(k4)
+fn end_at(ends: *mut CtEnd, end: usize) -> *mut CtEnd {
+    // 0 or 1: the pointer stays in the value.
+    ends.wrapping_add(end & 1)
+}
+
+/// Tracks the flow whose key is built at end `at` ([`end_of`]): written
+/// into the flow's entry where there is one (the other end's, or an older
+/// one of this end's), else into a new entry that holds only this end.
+/// `seen`: whether the packet found an entry. Where it found none, the
+/// entry is made without a lookup first; another CPU may have made it
+/// meanwhile (the flow's other end, or another packet of it), and the end
+/// is then written into that one. The entry is looked up afresh rather
+/// than through a pointer the packet found earlier: an LRU map may hand an
+/// evicted element to another flow at once. False when the map refused
+/// the entry.
+#[inline(always)]
+pub fn track(v6: bool, k4: &Ct4Key, k6: &Ct6Key, seen: bool, at: usize, value: &CtEnd) -> bool {
+    if !seen && make(v6, k4, k6, at, value) {
+        return true;
+    }
+    if let Some(entry) = lookup(v6, k4, k6) {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe { write_end(end(entry, at), value) };
+        return true;
+    }
+    make(v6, k4, k6, at, value)
+}
+
+/// A new entry holding end `at` alone; false if the flow has one already
+/// or the map refused it.
+#[inline(always)]
+fn make(v6: bool, k4: &Ct4Key, k6: &Ct6Key, at: usize, value: &CtEnd) -> bool {
+    const NO_EXIST: u64 = 1;
+    // Field by field (`write_end`): zeros written as a struct, whichever
+    // way, are merged into a call to `memset`.
+    let mut new = core::mem::MaybeUninit::<CtValue>::uninit();
+    let ends = new.as_mut_ptr().cast::<CtEnd>();
+    // SAFETY: both ends of a local value, each written whole (its padding
+    // too, as the map copies all 64 bytes), before it is read.
+    let new = unsafe {
+        write_end(end_at(ends, at), value);
+        clear_end(end_at(ends, at ^ 1));
+        clear_pad(end_at(ends, 0));
+        clear_pad(end_at(ends, 1));
+        new.assume_init_ref()
     };
+    if v6 {
+        PAL_CT6.insert(k6, new, NO_EXIST).is_ok()
+    } else {
+        PAL_CT4.insert(k4, new, NO_EXIST).is_ok()
+    }
+}
+
+/// Writes an end in place. Its endpoint is cleared first and written last,
+/// every field by a volatile store so that neither the compiler nor (on
+/// x86, whose stores are seen in order) the CPU moves a field's store
+/// outside the two: another CPU's packet that reads the end meanwhile
+/// finds no endpoint of its own there and takes the slow path.
+///
+/// # Safety
+/// `to` is valid for writes.
+#[inline(always)]
+unsafe fn write_end(to: *mut CtEnd, value: &CtEnd) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        put(&raw mut (*to).endpoint, 0);
+        put(&raw mut (*to).last_seen_ns, value.last_seen_ns);
+        put(&raw mut (*to).policy, value.policy);
+        put(&raw mut (*to).epoch, value.epoch);
+        put(&raw mut (*to).state, value.state);
+        put(&raw mut (*to).direction, value.direction);
+        put(&raw mut (*to).opener_lo, value.opener_lo);
+        put(&raw mut (*to).cells, value.cells);
+        put(&raw mut (*to).endpoint, value.endpoint);
+    }
+}
+
+/// # Safety
+/// `to` is valid for writes.
+#[inline(always)]
+unsafe fn clear_end(to: *mut CtEnd) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        put(&raw mut (*to).last_seen_ns, 0);
+        put(&raw mut (*to).endpoint, 0);
+        put(&raw mut (*to).policy, 0);
+        put(&raw mut (*to).epoch, 0);
+        put(&raw mut (*to).state, 0);
+        put(&raw mut (*to).direction, 0);
+        put(&raw mut (*to).opener_lo, 0);
+        put(&raw mut (*to).cells, 0);
+    }
+}
+
+/// # Safety
+/// `to` is valid for writes.
+#[inline(always)]
+unsafe fn clear_pad(to: *mut CtEnd) {
+    let mut i = 0;
+    while i < 5 {
+        // SAFETY: as the caller promises.
+        unsafe { put(&raw mut (*to)._pad[i], 0) };
+        i += 1;
+    }
+}
+
+/// Forgets an end: the other end's half, if it tracks the flow too, stays.
+///
+/// # Safety
+/// `end` is valid for writes.
+#[inline(always)]
+pub unsafe fn forget(end: *mut CtEnd) {
+    // SAFETY: as the caller promises.
+    unsafe { core::ptr::write_volatile(&raw mut (*end).endpoint, 0) };
 }
 
 /// How long an idle entry in this state stays valid.
@@ -139,7 +252,7 @@ fn timeout(protocol: u8, state: u8) -> u64 {
 }
 
 #[inline(always)]
-pub fn expired(protocol: u8, value: &CtValue, now: u64) -> bool {
+pub fn expired(protocol: u8, value: &CtEnd, now: u64) -> bool {
     now.saturating_sub(value.last_seen_ns) > timeout(protocol, value.state)
 }
 
@@ -151,7 +264,7 @@ const REFRESH_NS: u64 = 1_000_000_000;
 /// its packets pass through, then stays in their caches instead of moving
 /// between them on every packet.
 #[inline(always)]
-pub fn advance(value: &mut CtValue, protocol: u8, flags: u8, is_reply: bool, now: u64) {
+pub fn advance(value: &mut CtEnd, protocol: u8, flags: u8, is_reply: bool, now: u64) {
     if now.saturating_sub(value.last_seen_ns) >= REFRESH_NS {
         value.last_seen_ns = now;
     }

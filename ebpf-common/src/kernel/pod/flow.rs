@@ -13,14 +13,14 @@
 //! tracked if allowed.
 
 use crate::{
-    datapath::{ADDR_LEN, CtValue, EndpointValue, FragValue, direction, flow_cells},
+    datapath::{ADDR_LEN, CtEnd, EndpointValue, FragValue, direction, flow_cells},
     kernel::parse::{Packet, frag},
     reason,
 };
 
 use super::{
     Clock, Here,
-    conntrack::{self, Sides, advance, expired},
+    conntrack::{self, Sides, advance, end_of, expired},
     maps::{PAL_FRAGS, PAL_TC_STATS, set_opened},
     policy::{Verdict, evaluate},
     scratch::{Lookup, Scratch},
@@ -70,12 +70,22 @@ pub fn established(
     }
     let sides = sides_of(&s.pkt, dir);
     let src_is_lo = conntrack::build(&sides, &mut s.ct4, &mut s.ct6);
-    let Some(value) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) else {
-        return Fast::Untracked(src_is_lo);
+    let Some(entry) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) else {
+        return Fast::Untracked(Untracked {
+            src_is_lo,
+            seen: false,
+        });
     };
     // SAFETY: valid map value pointer for this run; a concurrent update of
     // the same flow on another CPU only races on idempotent bits.
-    let value = unsafe { &mut *value };
+    let value = unsafe { &mut *conntrack::end(entry, end_of(dir, src_is_lo)) };
+    // Only the flow's other end tracks it: new here.
+    if value.endpoint == 0 {
+        return Fast::Untracked(Untracked {
+            src_is_lo,
+            seen: true,
+        });
+    }
     if value.epoch != epoch
         || here
             .endpoint()
@@ -101,11 +111,20 @@ pub fn established(
 pub enum Fast {
     /// Passes, with the endpoint that tracks the flow and the counter cell.
     Pass(Verdict, u32, u32),
-    /// No conntrack entry: a new flow (its key is built), not a fragment
-    /// nor an ICMP error; whether its source is the key's `lo` side.
-    Untracked(bool),
+    /// Not tracked at this end: a new flow (its key is built), not a
+    /// fragment nor an ICMP error.
+    Untracked(Untracked),
     /// For the slow path to look at from the start.
     Slow,
+}
+
+/// A packet of a flow its endpoint does not track.
+#[derive(Clone, Copy)]
+pub struct Untracked {
+    /// Whether its source is the key's `lo` side.
+    pub src_is_lo: bool,
+    /// Whether the flow's entry exists (its other end tracks it).
+    pub seen: bool,
 }
 
 /// A tracked flow, seen in `dir` (`is_reply` if against its opening
@@ -115,7 +134,7 @@ pub enum Fast {
 #[inline(always)]
 fn rejudge(
     ep: &EndpointValue,
-    value: &mut CtValue,
+    value: &mut CtEnd,
     p: &Sides,
     is_reply: bool,
     epoch: u32,
@@ -146,16 +165,17 @@ fn rejudge(
 }
 
 /// The slow path: every IP packet [`established`] did not answer.
+/// `untracked`: the fast path found the flow untracked at this end, so it
+/// is not looked up again, and whether its entry exists
+/// ([`Fast::Untracked`]).
 #[inline(always)]
-/// `untracked`: the fast path already found no entry for this packet, so
-/// it is not looked up again.
 pub fn decide(
     ep: &EndpointValue,
     dir: u32,
     s: &mut Scratch,
     epoch: u32,
     clock: &mut Clock,
-    untracked: bool,
+    untracked: Option<bool>,
 ) -> Verdict {
     s.pkt.map_addresses();
     let later_fragment = s.pkt.frag == frag::LATER;
@@ -195,9 +215,9 @@ pub fn decide(
             dir: direction::opposite(dir),
         };
         let src_is_lo = conntrack::build(&inner, &mut s.ct4, &mut s.ct6);
-        if let Some(value) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) {
+        if let Some(entry) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) {
             // SAFETY: as in `established`.
-            let value = unsafe { &mut *value };
+            let value = unsafe { &mut *conntrack::end(entry, end_of(inner.dir, src_is_lo)) };
             if value.endpoint == ep.endpoint && !expired(inner.protocol, value, clock.now()) {
                 let is_reply = src_is_lo != (value.opener_lo != 0);
                 if rejudge(ep, value, &inner, is_reply, epoch, &mut s.lookup).is_ok() {
@@ -209,21 +229,22 @@ pub fn decide(
 
     let sides = sides_of(&s.pkt, dir);
     let src_is_lo = conntrack::build(&sides, &mut s.ct4, &mut s.ct6);
-    let tracked = if untracked {
-        None
-    } else {
-        conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6)
+    let tracked = match untracked {
+        Some(_) => None,
+        None => conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6),
     };
-    if let Some(value) = tracked {
+    let seen = untracked.unwrap_or(tracked.is_some());
+    if let Some(entry) = tracked {
         // SAFETY: as in `established`.
-        let value = unsafe { &mut *value };
-        // An entry of another endpoint (a reused address) or an expired
-        // one is replaced below, like no entry.
+        let value = unsafe { &mut *conntrack::end(entry, end_of(dir, src_is_lo)) };
+        // An end of another endpoint (a reused address) or an expired one
+        // is replaced below, like none.
         let now = clock.now();
         if value.endpoint == ep.endpoint && !expired(s.pkt.protocol, value, now) {
             let is_reply = src_is_lo != (value.opener_lo != 0);
             if let Err(cut) = rejudge(ep, value, &sides, is_reply, epoch, &mut s.lookup) {
-                conntrack::remove(s.pkt.v6, &s.ct4, &s.ct6);
+                // SAFETY: as above.
+                unsafe { conntrack::forget(value) };
                 return cut;
             }
             advance(value, s.pkt.protocol, s.pkt.tcp_flags, is_reply, now);
@@ -248,7 +269,8 @@ pub fn decide(
     };
     let mut verdict = evaluate(ep, dir, peer, s.pkt.protocol, s.pkt.dport, &mut s.lookup);
     if verdict.pass {
-        track(s, ep.endpoint, dir, &verdict, epoch, clock.now(), src_is_lo);
+        let new = Untracked { src_is_lo, seen };
+        track(s, ep.endpoint, dir, &verdict, epoch, clock.now(), new);
         if s.pkt.frag == frag::FIRST {
             record_fragment(s);
         }
@@ -269,22 +291,23 @@ pub fn track(
     verdict: &Verdict,
     epoch: u32,
     now: u64,
-    src_is_lo: bool,
+    new: Untracked,
 ) {
-    let mut value = CtValue {
+    let mut value = CtEnd {
         endpoint,
         policy: verdict.policy,
         epoch,
         direction: dir as u8,
-        opener_lo: u8::from(src_is_lo),
+        opener_lo: u8::from(new.src_is_lo),
         cells: flow_cells(endpoint, verdict.policy, dir),
-        ..CtValue::default()
+        ..CtEnd::default()
     };
     advance(&mut value, s.pkt.protocol, s.pkt.tcp_flags, false, now);
     // Before the entry: a reply can only follow an entry that exists, and
     // must then find the mark set (`maps::opened`).
     set_opened(endpoint, dir);
-    if !conntrack::insert(s.pkt.v6, &s.ct4, &s.ct6, &value) {
+    let at = end_of(dir, new.src_is_lo);
+    if !conntrack::track(s.pkt.v6, &s.ct4, &s.ct6, new.seen, at, &value) {
         crate::kernel::count(&PAL_TC_STATS, dir, reason::CT_MAP_FULL, 0);
     }
 }

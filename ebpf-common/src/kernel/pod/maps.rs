@@ -91,13 +91,17 @@ pub fn endpoint(ifindex: u32) -> Option<&'static EndpointValue> {
             return Some(&live.value);
         }
     }
+    // SAFETY: the hash value is valid for this run and copied out at once.
+    let found = unsafe { PAL_ENDPOINTS.get(&ifindex) }?;
+    // Asked only for an endpoint: an interface that is none pays one
+    // lookup.
     let copy = super::scratch::PAL_TC_EP_COPY.get_ptr_mut(0)?;
-    // SAFETY: the hash value is valid for this run and copied out at once;
-    // `copy` is this CPU's slot of a map that only this function writes,
-    // once per run (`Here` reads the endpoint once), and programs do not
-    // nest on a CPU.
+    // SAFETY: `found` is copied before any other map operation; `copy` is
+    // this CPU's slot of a map that only this function writes, once per
+    // run (`Here` reads the endpoint once), and programs do not nest on a
+    // CPU.
     unsafe {
-        copy_endpoint(PAL_ENDPOINTS.get(&ifindex)?, copy);
+        copy_endpoint(found, copy);
         Some(&*copy)
     }
 }
