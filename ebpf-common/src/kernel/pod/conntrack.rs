@@ -108,56 +108,68 @@ pub fn lookup(v6: bool, k4: &Ct4Key, k6: &Ct6Key) -> Option<*mut CtValue> {
 /// The end `end` ([`end_of`]) of the entry at `entry`.
 #[inline(always)]
 pub fn end(entry: *mut CtValue, end: usize) -> *mut CtEnd {
-    end_at(entry.cast(), end)
-}
-
-#[inline(always)]
-fn end_at(ends: *mut CtEnd, end: usize) -> *mut CtEnd {
     // 0 or 1: the pointer stays in the value.
-    ends.wrapping_add(end & 1)
+    entry.cast::<CtEnd>().wrapping_add(end & 1)
 }
 
 /// Tracks the flow whose key is built at end `at` ([`end_of`]): written
 /// into the flow's entry where there is one (the other end's, or an older
-/// one of this end's), else into a new entry that holds only this end.
-/// `seen`: whether the packet found an entry. Where it found none, the
-/// entry is made without a lookup first; another CPU may have made it
-/// meanwhile (the flow's other end, or another packet of it), and the end
-/// is then written into that one. The entry is looked up afresh rather
-/// than through a pointer the packet found earlier: an LRU map may hand an
-/// evicted element to another flow at once. False when the map refused
-/// the entry.
+/// one of this end's), else into a new entry that holds only this end,
+/// built in `new` (per-CPU scratch: the verifier does not follow what a
+/// map value holds, where a value on the stack, written at an end known
+/// only at run time, cost it more states). `seen`: whether the packet
+/// found an entry. Where it found none, the entry is made without a
+/// lookup first; another CPU may have made it meanwhile (the flow's other
+/// end, or another packet of it), and the end is then written into that
+/// one. The entry is looked up afresh rather than through a pointer the
+/// packet found earlier: an LRU map may hand an evicted element to
+/// another flow at once. False when the map refused the entry.
 #[inline(always)]
-pub fn track(v6: bool, k4: &Ct4Key, k6: &Ct6Key, seen: bool, at: usize, value: &CtEnd) -> bool {
-    if !seen && make(v6, k4, k6, at, value) {
-        return true;
+pub fn track(
+    (v6, k4, k6): (bool, &Ct4Key, &Ct6Key),
+    seen: bool,
+    at: usize,
+    value: &CtEnd,
+    new: &mut CtValue,
+) -> bool {
+    // One site each for making the entry and for writing into it: the
+    // verifier walks the inlined code once per site.
+    let mut entry = if seen { lookup(v6, k4, k6) } else { None };
+    if entry.is_none() {
+        if make((v6, k4, k6), at, value, new) {
+            return true;
+        }
+        entry = lookup(v6, k4, k6);
     }
-    if let Some(entry) = lookup(v6, k4, k6) {
-        // SAFETY: a map value pointer, valid for this run.
-        unsafe { write_end(end(entry, at), value) };
-        return true;
-    }
-    make(v6, k4, k6, at, value)
+    let Some(entry) = entry else {
+        return false;
+    };
+    // SAFETY: a map value pointer, valid for this run.
+    unsafe { write_end(end(entry, at), value) };
+    true
 }
 
-/// A new entry holding end `at` alone; false if the flow has one already
-/// or the map refused it.
+/// A new entry holding end `at` alone, built in `new`; false if the flow
+/// has one already or the map refused it.
 #[inline(always)]
-fn make(v6: bool, k4: &Ct4Key, k6: &Ct6Key, at: usize, value: &CtEnd) -> bool {
+fn make(
+    (v6, k4, k6): (bool, &Ct4Key, &Ct6Key),
+    at: usize,
+    value: &CtEnd,
+    new: &mut CtValue,
+) -> bool {
     const NO_EXIST: u64 = 1;
-    // Field by field (`write_end`): zeros written as a struct, whichever
-    // way, are merged into a call to `memset`.
-    let mut new = core::mem::MaybeUninit::<CtValue>::uninit();
-    let ends = new.as_mut_ptr().cast::<CtEnd>();
-    // SAFETY: both ends of a local value, each written whole (its padding
-    // too, as the map copies all 64 bytes), before it is read.
-    let new = unsafe {
-        write_end(end_at(ends, at), value);
-        clear_end(end_at(ends, at ^ 1));
-        clear_pad(end_at(ends, 0));
-        clear_pad(end_at(ends, 1));
-        new.assume_init_ref()
-    };
+    // Field by field (`write_end`), the padding too, as the map copies
+    // all 64 bytes: zeros written as a struct, whichever way, are merged
+    // into a call to `memset`.
+    let entry: *mut CtValue = new;
+    // SAFETY: both ends of `new`, valid for writes.
+    unsafe {
+        write_end(end(entry, at), value);
+        clear_end(end(entry, at ^ 1));
+        clear_pad(end(entry, 0));
+        clear_pad(end(entry, 1));
+    }
     if v6 {
         PAL_CT6.insert(k6, new, NO_EXIST).is_ok()
     } else {

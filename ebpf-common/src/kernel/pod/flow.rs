@@ -15,6 +15,7 @@
 use crate::{
     datapath::{ADDR_LEN, CtEnd, EndpointValue, FragValue, direction, flow_cells},
     kernel::parse::{Packet, frag},
+    kernel::put,
     reason,
 };
 
@@ -71,20 +72,16 @@ pub fn established(
     let sides = sides_of(&s.pkt, dir);
     let src_is_lo = conntrack::build(&sides, &mut s.ct4, &mut s.ct6);
     let Some(entry) = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6) else {
-        return Fast::Untracked(Untracked {
-            src_is_lo,
-            seen: false,
-        });
+        put(&mut s.ct_seen, 0);
+        return Fast::Untracked(src_is_lo);
     };
     // SAFETY: valid map value pointer for this run; a concurrent update of
     // the same flow on another CPU only races on idempotent bits.
     let value = unsafe { &mut *conntrack::end(entry, end_of(dir, src_is_lo)) };
     // Only the flow's other end tracks it: new here.
     if value.endpoint == 0 {
-        return Fast::Untracked(Untracked {
-            src_is_lo,
-            seen: true,
-        });
+        put(&mut s.ct_seen, 1);
+        return Fast::Untracked(src_is_lo);
     }
     if value.epoch != epoch
         || here
@@ -111,20 +108,12 @@ pub fn established(
 pub enum Fast {
     /// Passes, with the endpoint that tracks the flow and the counter cell.
     Pass(Verdict, u32, u32),
-    /// Not tracked at this end: a new flow (its key is built), not a
-    /// fragment nor an ICMP error.
-    Untracked(Untracked),
+    /// Not tracked at this end: a new flow (its key is built, and
+    /// `Scratch::ct_seen` says whether its entry exists), not a fragment
+    /// nor an ICMP error; whether its source is the key's `lo` side.
+    Untracked(bool),
     /// For the slow path to look at from the start.
     Slow,
-}
-
-/// A packet of a flow its endpoint does not track.
-#[derive(Clone, Copy)]
-pub struct Untracked {
-    /// Whether its source is the key's `lo` side.
-    pub src_is_lo: bool,
-    /// Whether the flow's entry exists (its other end tracks it).
-    pub seen: bool,
 }
 
 /// A tracked flow, seen in `dir` (`is_reply` if against its opening
@@ -166,8 +155,7 @@ fn rejudge(
 
 /// The slow path: every IP packet [`established`] did not answer.
 /// `untracked`: the fast path found the flow untracked at this end, so it
-/// is not looked up again, and whether its entry exists
-/// ([`Fast::Untracked`]).
+/// is not looked up again ([`Fast::Untracked`]).
 #[inline(always)]
 pub fn decide(
     ep: &EndpointValue,
@@ -175,7 +163,7 @@ pub fn decide(
     s: &mut Scratch,
     epoch: u32,
     clock: &mut Clock,
-    untracked: Option<bool>,
+    untracked: bool,
 ) -> Verdict {
     s.pkt.map_addresses();
     let later_fragment = s.pkt.frag == frag::LATER;
@@ -229,11 +217,13 @@ pub fn decide(
 
     let sides = sides_of(&s.pkt, dir);
     let src_is_lo = conntrack::build(&sides, &mut s.ct4, &mut s.ct6);
-    let tracked = match untracked {
-        Some(_) => None,
-        None => conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6),
+    let tracked = if untracked {
+        None
+    } else {
+        let found = conntrack::lookup(s.pkt.v6, &s.ct4, &s.ct6);
+        put(&mut s.ct_seen, u32::from(found.is_some()));
+        found
     };
-    let seen = untracked.unwrap_or(tracked.is_some());
     if let Some(entry) = tracked {
         // SAFETY: as in `established`.
         let value = unsafe { &mut *conntrack::end(entry, end_of(dir, src_is_lo)) };
@@ -269,8 +259,7 @@ pub fn decide(
     };
     let mut verdict = evaluate(ep, dir, peer, s.pkt.protocol, s.pkt.dport, &mut s.lookup);
     if verdict.pass {
-        let new = Untracked { src_is_lo, seen };
-        track(s, ep.endpoint, dir, &verdict, epoch, clock.now(), new);
+        track(s, ep.endpoint, dir, &verdict, epoch, clock.now(), src_is_lo);
         if s.pkt.frag == frag::FIRST {
             record_fragment(s);
         }
@@ -285,20 +274,20 @@ pub fn decide(
 /// allowed by `verdict` at `endpoint`.
 #[inline(always)]
 pub fn track(
-    s: &Scratch,
+    s: &mut Scratch,
     endpoint: u32,
     dir: u32,
     verdict: &Verdict,
     epoch: u32,
     now: u64,
-    new: Untracked,
+    src_is_lo: bool,
 ) {
     let mut value = CtEnd {
         endpoint,
         policy: verdict.policy,
         epoch,
         direction: dir as u8,
-        opener_lo: u8::from(new.src_is_lo),
+        opener_lo: u8::from(src_is_lo),
         cells: flow_cells(endpoint, verdict.policy, dir),
         ..CtEnd::default()
     };
@@ -306,8 +295,12 @@ pub fn track(
     // Before the entry: a reply can only follow an entry that exists, and
     // must then find the mark set (`maps::opened`).
     set_opened(endpoint, dir);
-    let at = end_of(dir, new.src_is_lo);
-    if !conntrack::track(s.pkt.v6, &s.ct4, &s.ct6, new.seen, at, &value) {
+    let at = end_of(dir, src_is_lo);
+    // SAFETY: a field of the scratch, read as the verifier sees it: any
+    // value.
+    let seen = unsafe { core::ptr::read_volatile(&s.ct_seen) } != 0;
+    let key = (s.pkt.v6, &s.ct4, &s.ct6);
+    if !conntrack::track(key, seen, at, &value, &mut s.ct_new) {
         crate::kernel::count(&PAL_TC_STATS, dir, reason::CT_MAP_FULL, 0);
     }
 }

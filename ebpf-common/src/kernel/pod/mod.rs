@@ -137,7 +137,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
                 );
                 return true;
             }
-            flow::Fast::Untracked(new) => untracked = Some(new),
+            flow::Fast::Untracked(src_is_lo) => untracked = Some(src_is_lo),
             flow::Fast::Slow => {}
         }
     }
@@ -148,14 +148,14 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
     // the verifier refuses a spill of an unset register (`R4 !read_ok`,
     // met when the IPv6 walk gained one check).
     let (mut cache_key, mut cache_slot) = (verdicts::VerdictKey::default(), 0);
-    if let Some(new) = untracked {
+    if let Some(src_is_lo) = untracked {
         s.pkt.map_addresses();
         let (key, slot) = verdicts::slot(s, ifindex, dir);
         if let Some(slot_ref) = s.verdicts.get(slot)
             && let Some((verdict, endpoint)) = verdicts::cached(slot_ref, &key, epoch)
         {
             if verdict.pass {
-                flow::track(s, endpoint, dir, &verdict, epoch, clock.now(), new);
+                flow::track(s, endpoint, dir, &verdict, epoch, clock.now(), src_is_lo);
             } else {
                 s.deny_hint = hint(ifindex, dir);
             }
@@ -168,7 +168,7 @@ pub fn enforce(frame: &impl Frame, ifindex: u32, bytes: u64, dir: u32) -> bool {
         return true;
     };
     let verdict = match parsed.kind {
-        Kind::Ip => flow::decide(ep, dir, s, epoch, &mut clock, untracked.map(|new| new.seen)),
+        Kind::Ip => flow::decide(ep, dir, s, epoch, &mut clock, untracked.is_some()),
         Kind::Pass => Verdict::pass(parsed.reason, 0),
         Kind::Drop => Verdict::drop(parsed.reason, 0),
     };

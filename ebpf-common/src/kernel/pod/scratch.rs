@@ -5,7 +5,7 @@
 //! hint, it holds nothing between runs.
 
 use crate::{
-    datapath::{ADDR_LEN, Ct4Key, Ct6Key, EndpointValue, FragKey, PolicyKey},
+    datapath::{ADDR_LEN, Ct4Key, Ct6Key, CtValue, EndpointValue, FragKey, PolicyKey},
     kernel::parse::Packet,
 };
 use aya_ebpf::{
@@ -28,6 +28,13 @@ pub struct Scratch {
     pub pkt: Packet,
     pub ct4: Ct4Key,
     pub ct6: Ct6Key,
+    /// 1 if the flow of the key built has an entry, whatever its end of
+    /// it holds (`conntrack::track`), as the packet's lookup found. Kept
+    /// here, not passed along: the verifier does not know a map value's
+    /// contents, so it walks what follows once, not once for each answer.
+    pub ct_seen: u32,
+    /// A new flow's entry, as it is built (`conntrack::track`).
+    pub ct_new: CtValue,
     pub frag: FragKey,
     pub lookup: Lookup,
     /// Persists too: the interface and direction (`super::hint`) whose
