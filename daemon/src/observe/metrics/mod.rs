@@ -109,7 +109,7 @@ fn describe() {
     );
     describe_gauge!(
         "palisade_conntrack_entries",
-        "Tracked flows (the LRU map evicts the least recently used when full)."
+        "Tracked flows, one entry each whatever its local ends (the LRU map evicts the least recently used when full; an entry whose ends a policy change cut counts until then)."
     );
     describe_counter!(
         "palisade_conntrack_insert_failures_total",
