@@ -864,12 +864,24 @@ fn server_push_across(
     let mut byte = [0u8; 1];
     server.write_all(b"1")?;
     client.read_exact(&mut byte).context("b's first push")?;
+    let ids = endpoint_ids(["x/a", "x/b"].into_iter());
+    let (a_id, b_id) = (ids["x/a"], ids["x/b"]);
+    let flow = ((a.ip, client.local_addr()?.port()), (b.ip, PORT));
+    assert_eq!(
+        ends_of(&t, flow)?,
+        (a_id, b_id),
+        "the flow's entry before the upgrade"
+    );
 
     upgrade(&mut daemon, &t, &lab)?;
+    assert_eq!(
+        ends_of(&t, flow)?,
+        (a_id, b_id),
+        "the flow's entry after the upgrade"
+    );
     // b tracked a flow opened in ingress: the carried flow marks it so,
     // or a drop cached for b's egress would keep its pushes from
     // conntrack (`ebpf_common::datapath::opened_index`).
-    let b_id = endpoint_ids(["x/a", "x/b"].into_iter())["x/b"];
     let marks: aya::maps::Array<MapData, u32> = pinned(&t.pins, maps::OPENED)?;
     let ingress = ebpf_common::datapath::direction::INGRESS;
     assert_eq!(
@@ -887,6 +899,34 @@ fn server_push_across(
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The endpoints of the two ends of the TCP flow between `a` and `b`, as
+/// its conntrack entry holds them: `a`'s end first. The halves are found
+/// by the order the datapath keys flows in (the address as its bytes
+/// read natively, then the port; end 0 the lower side's), written out
+/// here rather than taken from the code under test.
+fn ends_of(t: &TempPins, (a, b): ((Ipv4Addr, u16), (Ipv4Addr, u16))) -> anyhow::Result<(u32, u32)> {
+    use ebpf_common::datapath::{Ct4Key, CtValue};
+    let order = |(ip, port): (Ipv4Addr, u16)| (u32::from_ne_bytes(ip.octets()), port);
+    let a_is_lo = order(a) <= order(b);
+    let (lo, hi) = if a_is_lo { (a, b) } else { (b, a) };
+    let key = Ct4Key {
+        lo: lo.0.octets(),
+        hi: hi.0.octets(),
+        lo_port: lo.1,
+        hi_port: hi.1,
+        protocol: libc::IPPROTO_TCP as u8,
+        _pad: [0; 3],
+    };
+    let ct: HashMap<MapData, Ct4Key, CtValue> = pinned(&t.pins, maps::CT4)?;
+    let value = ct.get(&key, 0).context("the flow has no entry")?;
+    let [lo_end, hi_end] = value.ends.map(|e| e.endpoint);
+    Ok(if a_is_lo {
+        (lo_end, hi_end)
+    } else {
+        (hi_end, lo_end)
+    })
 }
 
 /// The first fragment of a UDP datagram from a to b passes a daemon of one

@@ -341,7 +341,8 @@ fn conntrack_keys_both_families_both_sides_and_follows_identity_changes() -> any
     h.expect(OUT, &v4_tcp(A, NET_HOST, 8001, 8001, ACK), true, "allow_reply", "reply, equal ports")?;
 
     // A pod reaching itself through the node: its egress and its ingress
-    // are two entries of one 5-tuple, each judged by its own direction.
+    // are the two halves of one 5-tuple's entry, each judged by its own
+    // direction.
     h.expect(OUT, &v4_udp(A, A, 4000, 53), true, "allow_policy", "egress to itself, allowed")?;
     h.expect(IN, &v4_udp(A, A, 4000, 53), true, "allow_policy", "the same packet arriving, judged as ingress")?;
     h.expect(IN, &v4_tcp(A, A, 4001, 81, SYN), false, "drop_default_deny", "ingress not allowed")?;

@@ -47,7 +47,8 @@ use crate::paths::PinDir;
 /// What was copied, and what could not be.
 #[derive(Debug, Default)]
 pub struct Carried {
-    /// Flows copied, by the ABI they came from.
+    /// Flows copied, by the ABI they came from (each counted once: one an
+    /// earlier ABI's copy had added gains its ends uncounted).
     pub flows: Vec<(u32, u64)>,
     /// Fragmented datagrams copied, by the ABI they came from.
     pub datagrams: Vec<(u32, u64)>,
@@ -127,6 +128,9 @@ impl Key for Ct6Key {
     }
 }
 
+/// Copies an older ABI's conntrack map at `from` into this one's at `to`;
+/// returns the flows it added (a flow already there, from another older
+/// ABI or the other end's entry, gains its ends and is not counted again).
 fn copy<K: Key>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyhow::Result<u64> {
     if !from.exists() {
         return Ok(0);
@@ -137,12 +141,19 @@ fn copy<K: Key>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyh
     let mut opened: Array<MapData, u32> = Array::try_from(Map::from_map_data(MapData::from_pin(
         pins.map(maps::OPENED),
     )?)?)?;
-    // Each end the mark first, as the datapath does: an end is never
-    // there without it.
-    let mut stale = |end: &mut CtEnd| -> anyhow::Result<()> {
-        end.epoch = stale_epoch;
-        opened.set(opened_index(end.endpoint, u32::from(end.direction)), &1, 0)?;
-        Ok(())
+    // Each end stamped stale, and its mark set before the entry is
+    // written, as the datapath does: an end is never there without it.
+    let mut merge = |key: &K, ends: &[(usize, CtEnd)]| -> anyhow::Result<u64> {
+        let held = new.get(key, 0).ok();
+        let added = u64::from(held.is_none());
+        let mut value = held.unwrap_or_default();
+        for &(at, mut end) in ends {
+            end.epoch = stale_epoch;
+            opened.set(opened_index(end.endpoint, u32::from(end.direction)), &1, 0)?;
+            value.ends[at] = end;
+        }
+        new.insert(key, &value, 0)?;
+        Ok(added)
     };
     let mut n = 0;
     if info.value_size() as usize == size_of::<CtValue>() {
@@ -153,12 +164,12 @@ fn copy<K: Key>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyh
             // An entry the kernel evicted while we walked ends the walk
             // early at worst: those flows are judged afresh, as without
             // the copy.
-            let Ok((key, mut value)) = entry else { break };
-            for end in value.ends.iter_mut().filter(|e| e.endpoint != 0) {
-                stale(end)?;
-            }
-            new.insert(&key, &value, 0)?;
-            n += 1;
+            let Ok((key, value)) = entry else { break };
+            let ends: Vec<(usize, CtEnd)> = (0..2)
+                .map(|at| (at, value.ends[at]))
+                .filter(|(_, end)| end.endpoint != 0)
+                .collect();
+            n += merge(&key, &ends)?;
         }
         return Ok(n);
     }
@@ -167,14 +178,9 @@ fn copy<K: Key>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyh
     };
     for entry in old.iter() {
         // As above: an eviction mid-walk ends it early at worst.
-        let Ok((mut key, mut end)) = entry else { break };
+        let Ok((mut key, end)) = entry else { break };
         let at = key.take_end();
-        stale(&mut end)?;
-        // The flow's other end may have been converted already.
-        let mut value = new.get(&key, 0).unwrap_or_default();
-        value.ends[at] = end;
-        new.insert(&key, &value, 0)?;
-        n += 1;
+        n += merge(&key, &[(at, end)])?;
     }
     Ok(n)
 }

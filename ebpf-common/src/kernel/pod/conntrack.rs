@@ -150,7 +150,10 @@ pub fn track(
 }
 
 /// A new entry holding end `at` alone, built in `new`; false if the flow
-/// has one already or the map refused it.
+/// has one already or the map refused it. An LRU map takes a free element
+/// before it looks for the key, so a full map evicts a flow even when the
+/// insert then fails because another CPU made this flow's entry first:
+/// the price of not looking up before every new flow.
 #[inline(always)]
 fn make(
     (v6, k4, k6): (bool, &Ct4Key, &Ct6Key),
@@ -178,10 +181,13 @@ fn make(
 }
 
 /// Writes an end in place. Its endpoint is cleared first and written last,
-/// every field by a volatile store so that neither the compiler nor (on
-/// x86, whose stores are seen in order) the CPU moves a field's store
-/// outside the two: another CPU's packet that reads the end meanwhile
-/// finds no endpoint of its own there and takes the slow path.
+/// every field by a volatile store so that the compiler keeps that order
+/// (as x86 keeps it for other CPUs): another CPU's packet that reads the
+/// end's endpoint while it is written finds none of its own and takes the
+/// slow path. Not a sequence lock: a packet that read the endpoint just
+/// before the clear may read some of the new fields with it (its counter
+/// cell, its policy's label), and a CPU that reorders stores could show
+/// more; the verdict, the endpoint's, is the same either way.
 ///
 /// # Safety
 /// `to` is valid for writes.
@@ -230,14 +236,21 @@ unsafe fn clear_pad(to: *mut CtEnd) {
     }
 }
 
-/// Forgets an end: the other end's half, if it tracks the flow too, stays.
-///
-/// # Safety
-/// `end` is valid for writes.
+/// Forgets end `at` of the flow whose key is built, if `endpoint` still
+/// holds it: the other end's half, if it tracks the flow too, stays. Looked
+/// up afresh, as in [`track`]: the element the packet found earlier may
+/// hold another flow by now.
 #[inline(always)]
-pub unsafe fn forget(end: *mut CtEnd) {
-    // SAFETY: as the caller promises.
-    unsafe { core::ptr::write_volatile(&raw mut (*end).endpoint, 0) };
+pub fn forget((v6, k4, k6): (bool, &Ct4Key, &Ct6Key), at: usize, endpoint: u32) {
+    if let Some(entry) = lookup(v6, k4, k6) {
+        let end = end(entry, at);
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe {
+            if core::ptr::read_volatile(&raw const (*end).endpoint) == endpoint {
+                put(&raw mut (*end).endpoint, 0);
+            }
+        }
+    }
 }
 
 /// How long an idle entry in this state stays valid.

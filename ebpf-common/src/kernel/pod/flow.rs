@@ -233,8 +233,8 @@ pub fn decide(
         if value.endpoint == ep.endpoint && !expired(s.pkt.protocol, value, now) {
             let is_reply = src_is_lo != (value.opener_lo != 0);
             if let Err(cut) = rejudge(ep, value, &sides, is_reply, epoch, &mut s.lookup) {
-                // SAFETY: as above.
-                unsafe { conntrack::forget(value) };
+                let key = (s.pkt.v6, &s.ct4, &s.ct6);
+                conntrack::forget(key, end_of(dir, src_is_lo), ep.endpoint);
                 return cut;
             }
             advance(value, s.pkt.protocol, s.pkt.tcp_flags, is_reply, now);

@@ -96,7 +96,8 @@ pub fn endpoint(ifindex: u32) -> Option<&'static EndpointValue> {
     // Asked only for an endpoint: an interface that is none pays one
     // lookup.
     let copy = super::scratch::PAL_TC_EP_COPY.get_ptr_mut(0)?;
-    // SAFETY: `found` is copied before any other map operation; `copy` is
+    // SAFETY: `found` is copied before any map is written (the lookup of
+    // `copy` between writes nothing); `copy` is
     // this CPU's slot of a map that only this function writes, once per
     // run (`Here` reads the endpoint once), and programs do not nest on a
     // CPU.
