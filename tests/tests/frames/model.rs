@@ -530,9 +530,10 @@ fn claim_refused(
     refused.then_some(reason::DROP_SPOOFED_SOURCE)
 }
 
-/// A flow as conntrack knows it: its two (address, port) ends in a fixed
-/// order, the protocol, and which end the endpoint is (so the two ends of a
-/// pod-to-pod flow, each an endpoint, are two entries).
+/// A flow as conntrack knows it at one end: its two (address, port) ends
+/// in a fixed order, the protocol, and which end the endpoint is (so the
+/// two ends of a pod-to-pod flow, each an endpoint, are two flows here,
+/// as they are two halves of one entry in the datapath).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     lo: (IpAddr, u16),
