@@ -147,7 +147,7 @@ fn copy<K: Key>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyh
         let held = new.get(key, 0).ok();
         let added = u64::from(held.is_none());
         let mut value = held.unwrap_or_default();
-        for &(at, mut end) in ends {
+        for &(at, mut end) in ends.iter().filter(|(_, end)| end.endpoint != 0) {
             end.epoch = stale_epoch;
             opened.set(opened_index(end.endpoint, u32::from(end.direction)), &1, 0)?;
             value.ends[at] = end;
@@ -157,25 +157,17 @@ fn copy<K: Key>(pins: &PinDir, from: &Path, to: &Path, stale_epoch: u32) -> anyh
     };
     let mut n = 0;
     if info.value_size() as usize == size_of::<CtValue>() {
-        let Some(old) = open_old::<K, CtValue>(from)? else {
-            return Ok(0);
-        };
+        let old = open::<K, CtValue>(from).with_context(|| from.display().to_string())?;
         for entry in old.iter() {
             // An entry the kernel evicted while we walked ends the walk
             // early at worst: those flows are judged afresh, as without
             // the copy.
             let Ok((key, value)) = entry else { break };
-            let ends: Vec<(usize, CtEnd)> = (0..2)
-                .map(|at| (at, value.ends[at]))
-                .filter(|(_, end)| end.endpoint != 0)
-                .collect();
-            n += merge(&key, &ends)?;
+            n += merge(&key, &[(0, value.ends[0]), (1, value.ends[1])])?;
         }
         return Ok(n);
     }
-    let Some(old) = open_old::<K, CtEnd>(from)? else {
-        return Ok(0);
-    };
+    let old = open::<K, CtEnd>(from).with_context(|| from.display().to_string())?;
     for entry in old.iter() {
         // As above: an eviction mid-walk ends it early at worst.
         let Ok((mut key, end)) = entry else { break };
