@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use ebpf_common::datapath::{PolicyValue, endpoint_flags};
@@ -253,21 +254,14 @@ impl Sources {
     }
 }
 
-/// The pods of `snapshot` that `is_placed` (given `namespace/name`) says
-/// are placed on this node. A pass looks at every pod of the cluster: one
-/// key buffer serves them all.
-pub fn placed_pods(snapshot: &Snapshot, is_placed: impl Fn(&str) -> bool) -> Vec<&Pod> {
-    let mut key = String::new();
+/// The pods of `snapshot` that `is_placed` says are placed on this node,
+/// in the snapshot's order. A pass looks at every pod of the cluster, so
+/// the caller asks by object ([`crate::model::pod_object`]), not by key.
+pub fn placed_pods(snapshot: &Snapshot, is_placed: impl Fn(&Arc<Pod>) -> bool) -> Vec<&Pod> {
     snapshot
         .pods
         .iter()
-        .filter(|p| {
-            key.clear();
-            key.push_str(&p.namespace);
-            key.push('/');
-            key.push_str(&p.name);
-            is_placed(&key)
-        })
+        .filter(|p| is_placed(p))
         .map(|p| &**p)
         .collect()
 }
