@@ -248,14 +248,22 @@ pub struct Agent<S: Source> {
 /// two cache misses a pod: its locating took 3.6-4.0 ms for 10,000 pods
 /// on the bench machine, nearly all of it those loads (0.9-1.2 ms
 /// without them).
+///
+/// A Quiet pass keeps the map and the address set it is given, stamping
+/// each pod it finds still there with the pass, rather than building both
+/// again: ten thousand inserts a pass. Only a pass that finds a pod gone
+/// (a stamp left behind) drops the stale ones and rebuilds the set.
 #[derive(Default)]
 struct RemotePods {
     /// The snapshot the pods are of, held so that none of their addresses
     /// in memory can be reused by a new pod object while they are keys
     /// (never read: it is held).
     _holds_pods: Option<Arc<Snapshot>>,
-    /// Each such pod's object address, and its IP address.
-    ips: FastMap<usize, IpAddr>,
+    /// Each such pod's object address: its IP address, and the last pass
+    /// that found it.
+    ips: FastMap<usize, (IpAddr, u64)>,
+    /// The pass that built or stamped `ips` last.
+    pass: u64,
 }
 
 /// Where the pods of a snapshot are on this node.
@@ -276,8 +284,10 @@ struct Placement {
     quarantined: Vec<u32>,
     /// Pod addresses behind no local veth (other nodes' pods).
     remote: FastSet<IpAddr>,
-    /// The pods behind no local veth, by object (see [`RemotePods`]).
-    remote_pods: FastMap<usize, IpAddr>,
+    /// The pods behind no local veth, by object (see [`RemotePods`]),
+    /// stamped with `remote_pass`.
+    remote_pods: FastMap<usize, (IpAddr, u64)>,
+    remote_pass: u64,
     /// The links the pass read, for the next one.
     links_read: Option<discover::Links>,
     /// The links the pass dumped, if it did.
@@ -474,8 +484,8 @@ impl<S: Source> Agent<S> {
             links,
             placed: &self.placed_before,
             quarantined: &self.quarantined_before,
-            remote: &self.remote_before,
-            remote_pods: &self.remote_pods,
+            remote: std::mem::take(&mut self.remote_before),
+            remote_pods: std::mem::take(&mut self.remote_pods),
             links_read: match (links, watched) {
                 // The periodic full pass reads for itself.
                 (Links::Everything, _) => Given::Nothing,
@@ -497,6 +507,7 @@ impl<S: Source> Agent<S> {
         self.remote_pods = RemotePods {
             _holds_pods: Some(snapshot.clone()),
             ips: std::mem::take(&mut placement.remote_pods),
+            pass: placement.remote_pass,
         };
         self.placed_before = placement.placed_with_addresses();
         self.quarantined_before.clone_from(&placement.quarantined);
@@ -1169,9 +1180,18 @@ async fn locate(
     let mut placed_objects = FastSet::default();
     let mut addresses = BTreeMap::new();
     let mut macs = BTreeMap::new();
-    let mut remote = FastSet::with_capacity_and_hasher(before.remote.len(), Default::default());
-    let mut remote_pods: FastMap<usize, IpAddr> =
-        FastMap::with_capacity_and_hasher(before.remote_pods.ips.len(), Default::default());
+    // The last pass's remote pods and addresses, read throughout the pass
+    // as they were; what this pass finds remote goes to `found_remote`,
+    // added at the end (see [`RemotePods`]).
+    let quiet = before.links == Links::Quiet;
+    let RemotePods {
+        _holds_pods: _held_while_read,
+        ips: mut remote_pods,
+        pass: last_pass,
+    } = before.remote_pods;
+    let mut remote = before.remote;
+    let pass = last_pass.wrapping_add(1);
+    let mut found_remote: Vec<(usize, IpAddr)> = Vec::new();
     let mut unresolved = Vec::new();
     let mut tables = discover::Tables::with_links(netlink, before.links_read);
     // Most pods are other nodes': their keys are not even built.
@@ -1182,7 +1202,14 @@ async fn locate(
         // A pod the last pass found remote is the same object with the
         // same address: its address is known without reading the pod, and
         // it was placed nowhere.
-        let remembered = before.remote_pods.ips.get(&pod_object(pod)).copied();
+        let remembered = match remote_pods.get_mut(&pod_object(pod)) {
+            Some((ip, seen)) if quiet => {
+                *seen = pass;
+                Some(*ip)
+            }
+            Some((ip, _)) => Some(*ip),
+            None => None,
+        };
         let Some(ip) = remembered.or_else(|| pod.ips.first().copied()) else {
             continue;
         };
@@ -1199,9 +1226,11 @@ async fn locate(
                 continue;
             }
         }
-        if before.links == Links::Quiet && (remembered.is_some() || before.remote.contains(&ip)) {
-            remote.insert(ip);
-            remote_pods.insert(pod_object(pod), ip);
+        if quiet && remembered.is_some() {
+            continue;
+        }
+        if quiet && remote.contains(&ip) {
+            found_remote.push((pod_object(pod), ip));
             continue;
         }
         fresh.push((pod, ip));
@@ -1214,11 +1243,10 @@ async fn locate(
     let mut candidates = Vec::new();
     for (pod, ip) in fresh {
         if !tables.may_be_local(ip).await? {
-            remote.insert(ip);
-            remote_pods.insert(pod_object(pod), ip);
+            found_remote.push((pod_object(pod), ip));
             continue;
         }
-        if !placed_at.contains(&ip) && !before.remote.contains(&ip) {
+        if !placed_at.contains(&ip) && !remote.contains(&ip) {
             discover::nudge(ip);
             nudged.insert(ip);
         }
@@ -1241,8 +1269,7 @@ async fn locate(
             }
             // Not behind a local veth: another node's pod.
             Err(Unplaced::NoRoute | Unplaced::NotLocal { .. }) => {
-                remote.insert(ip);
-                remote_pods.insert(pod_object(pod), ip);
+                found_remote.push((pod_object(pod), ip));
             }
         }
     }
@@ -1285,6 +1312,20 @@ async fn locate(
             _ => unplaced.push(key),
         }
     }
+    if quiet {
+        // A pod gone from the snapshot left its stamp behind.
+        if remote_pods.values().any(|&(_, seen)| seen != pass) {
+            remote_pods.retain(|_, (_, seen)| *seen == pass);
+            remote = remote_pods.values().map(|&(ip, _)| ip).collect();
+        }
+    } else {
+        remote_pods.clear();
+        remote.clear();
+    }
+    for (object, ip) in found_remote {
+        remote_pods.insert(object, (ip, pass));
+        remote.insert(ip);
+    }
     let known: BTreeSet<u32> = placed.values().copied().collect();
     let quarantined = match (before.links, &options.quarantine) {
         (_, None) => Vec::new(),
@@ -1311,6 +1352,7 @@ async fn locate(
         quarantined,
         remote,
         remote_pods,
+        remote_pass: pass,
         links_read: tables.links_read(),
         links_dumped: tables.links_dumped(),
     })
@@ -1391,10 +1433,11 @@ struct Before<'a> {
     placed: &'a BTreeMap<String, (IpAddr, u32, Option<[u8; 6]>)>,
     /// The quarantined veths.
     quarantined: &'a [u32],
-    /// The addresses no local veth was behind.
-    remote: &'a FastSet<IpAddr>,
-    /// The pods no local veth was behind, by object.
-    remote_pods: &'a RemotePods,
+    /// The addresses no local veth was behind (taken: a Quiet pass keeps
+    /// and extends them).
+    remote: FastSet<IpAddr>,
+    /// The pods no local veth was behind, by object (taken, the same).
+    remote_pods: RemotePods,
     /// Links to read instead of dumping them.
     links_read: Given,
 }
