@@ -6,7 +6,10 @@
 //! Collisions are resolved by probing in the keys' sorted order, which is
 //! deterministic for a given set of keys.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::{self, Write},
+};
 
 use ebpf_common::datapath::identity::FIRST_ALLOCATED;
 use ipnet::IpNet;
@@ -40,13 +43,29 @@ pub enum IdentityKey {
 }
 
 impl IdentityKey {
+    /// The key as text: what [`natural`] hashes.
+    #[cfg(test)]
     fn canonical(&self) -> String {
-        let join = |l: &Labels| {
-            l.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_canonical(&mut text);
+        text
+    }
+
+    /// Writes [`Self::canonical`] to `out` piece by piece: [`natural`]
+    /// hashes it as written, without the strings that building it took
+    /// (a whole microsecond a key, where a key vanishing makes the
+    /// compiler ask every key's natural number).
+    fn write_canonical(&self, out: &mut impl Write) -> fmt::Result {
+        fn join(out: &mut impl Write, l: &Labels) -> fmt::Result {
+            for (i, (k, v)) in l.iter().enumerate() {
+                if i > 0 {
+                    out.write_char(',')?;
+                }
+                write!(out, "{k}={v}")?;
+            }
+            Ok(())
+        }
         match self {
             Self::Labels {
                 namespace,
@@ -54,22 +73,27 @@ impl IdentityKey {
                 cidr,
                 ports,
             } => {
-                let mut text = format!("labels:{};{}", join(namespace), join(pod));
+                out.write_str("labels:")?;
+                join(out, namespace)?;
+                out.write_char(';')?;
+                join(out, pod)?;
                 // Without ipBlocks around, the key (and so the id) is the
                 // label sets' alone; so without named ports.
                 if let Some(c) = cidr {
-                    text.push_str(&format!(";{c}"));
+                    write!(out, ";{c}")?;
                 }
                 if !ports.is_empty() {
-                    let each: Vec<String> = ports
-                        .iter()
-                        .map(|(name, protocol, port)| format!("{name}/{protocol}={port}"))
-                        .collect();
-                    text.push_str(&format!(";ports:{}", each.join(",")));
+                    out.write_str(";ports:")?;
+                    for (i, (name, protocol, port)) in ports.iter().enumerate() {
+                        if i > 0 {
+                            out.write_char(',')?;
+                        }
+                        write!(out, "{name}/{protocol}={port}")?;
+                    }
                 }
-                text
+                Ok(())
             }
-            Self::Cidr(net) => format!("cidr:{net}"),
+            Self::Cidr(net) => write!(out, "cidr:{net}"),
         }
     }
 }
@@ -92,9 +116,16 @@ pub fn named_ports(ports: &[NamedPort]) -> Vec<(String, Protocol, u16)> {
 
 /// FNV-1a, 64 bit: stable across Rust versions, unlike `DefaultHasher`.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// [`fnv1a`] carried on from `h`, the hash of what came before.
+fn fnv1a_from(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A stable, non-zero 32-bit number for a name (FNV-1a, 32 bit): policy
@@ -109,7 +140,20 @@ pub fn stable_id(name: &str) -> u32 {
 
 /// The identity a key gets when no other key took it first.
 pub fn natural(key: &IdentityKey) -> u32 {
-    FIRST_ALLOCATED + (fnv1a(key.canonical().as_bytes()) % SPACE) as u32
+    let mut hash = Fnv1a(FNV_OFFSET);
+    // Hashing cannot fail.
+    let _ = key.write_canonical(&mut hash);
+    FIRST_ALLOCATED + (hash.0 % SPACE) as u32
+}
+
+/// [`fnv1a`] of what is written to it.
+struct Fnv1a(u64);
+
+impl Write for Fnv1a {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 = fnv1a_from(self.0, s.as_bytes());
+        Ok(())
+    }
 }
 
 /// The next identity a key probes after `id` when `id` is taken.
