@@ -1434,7 +1434,9 @@ struct Before<'a> {
     /// The quarantined veths.
     quarantined: &'a [u32],
     /// The addresses no local veth was behind (taken: a Quiet pass keeps
-    /// and extends them).
+    /// and extends them). A pass that fails midway gives them up: the
+    /// next one, which looks at everything after a failure, builds them
+    /// again, nudging every on-link address it did not place before.
     remote: FastSet<IpAddr>,
     /// The pods no local veth was behind, by object (taken, the same).
     remote_pods: RemotePods,
