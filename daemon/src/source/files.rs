@@ -510,17 +510,17 @@ impl Source for FileSource {
             self.left_out = None;
         }
         for path in &files {
-            seen = fnv1a_more(seen, path.to_string_lossy().as_bytes());
+            seen = crate::identity::fnv1a_more(seen, path.to_string_lossy().as_bytes());
             match self.read_one(path, &mut total, &mut errors) {
                 Ok(file_changed) => {
                     changed |= file_changed;
                     let hash = self.read.get(path).map_or(0, |r| r.hash);
-                    seen = fnv1a_more(seen, &hash.to_le_bytes());
+                    seen = crate::identity::fnv1a_more(seen, &hash.to_le_bytes());
                 }
                 Err(e) => {
                     // Refused files count in the revision by what was seen
                     // of them, so that a change to one is a new revision.
-                    seen = fnv1a_more(seen, e.as_bytes());
+                    seen = crate::identity::fnv1a_more(seen, e.as_bytes());
                     // Read again next time, whatever its metadata says.
                     self.read.remove(path);
                     let kept = self.last_good.contains_key(path);
@@ -569,13 +569,6 @@ impl Source for FileSource {
         }
         rx
     }
-}
-
-/// FNV-1a (`identity::fnv1a`) of what `h` hashed, then `bytes`.
-fn fnv1a_more(h: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A file's text, within the limits of `model::limits`: its size from its
