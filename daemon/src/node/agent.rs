@@ -512,21 +512,6 @@ impl<S: Source> Agent<S> {
         self.placed_before = placement.placed_with_addresses();
         self.quarantined_before.clone_from(&placement.quarantined);
         phases.locate = lap(&mut t);
-        // Only the placed pods' endpoints are compiled, and only what the
-        // change touched.
-        let scope: BTreeSet<String> = placement.placed.keys().cloned().collect();
-        let compiler = match &mut self.compiler {
-            Some(c) => {
-                c.update(snapshot.clone());
-                c.set_scope(scope);
-                c
-            }
-            None => self
-                .compiler
-                .insert(Incremental::scoped(snapshot.clone(), scope)),
-        };
-        let compiled = compiler.compiled();
-        phases.compile = lap(&mut t);
         let uplink_errors = match &self.options.follow_default_routes {
             Some(fixed) => {
                 let mut uplinks = Vec::new();
@@ -549,6 +534,31 @@ impl<S: Source> Agent<S> {
                 discover::node_addresses(&self.netlink, self.links_before.as_ref()).await?;
             self.node_address_errors = self.syncer.set_node_addresses(&addresses);
         }
+        // The pass's last reads of the node's tables are done: the links of
+        // a veth new to it start now, and their wait (an RCU grace period
+        // each, under the routing lock those reads take too) runs beside
+        // the compile and the map writes rather than after them.
+        let veths: Vec<u32> = (placement.placed.values())
+            .chain(&placement.quarantined)
+            .copied()
+            .collect();
+        self.syncer.link_ahead(&veths);
+        phases.other = lap(&mut t);
+        // Only the placed pods' endpoints are compiled, and only what the
+        // change touched.
+        let scope: BTreeSet<String> = placement.placed.keys().cloned().collect();
+        let compiler = match &mut self.compiler {
+            Some(c) => {
+                c.update(snapshot.clone());
+                c.set_scope(scope);
+                c
+            }
+            None => self
+                .compiler
+                .insert(Incremental::scoped(snapshot.clone(), scope)),
+        };
+        let compiled = compiler.compiled();
+        phases.compile = lap(&mut t);
         let lsm = compile_lsm(&snapshot);
         let has_uplinks = !self.syncer.uplinks().is_empty();
         let mut node_denies = self.options.deny_cidrs.clone();
@@ -573,7 +583,7 @@ impl<S: Source> Agent<S> {
             opt_out,
         )
         .with_lsm(&lsm);
-        phases.other = lap(&mut t);
+        phases.other += lap(&mut t);
         let mut report = if check_maps {
             self.syncer.apply(&desired)?
         } else {

@@ -8,7 +8,10 @@
 //! Here they are made in order on one thread of their own (the routing
 //! lock would serialise them anyway), from duplicates of the programs'
 //! descriptors, and pinned there; a veth whose second link fails loses
-//! its first, and is attached in the passes from then on. The pass goes
+//! its first, and is attached in the passes from then on. The pass hands
+//! a new veth over once it has read the node's tables, before it compiles
+//! (`Syncer::link_ahead`): its reads take the routing lock too, and would
+//! wait behind the links. The pass goes
 //! on: it writes the veth's entries (its pod's policy, or the quarantine),
 //! and reports the veth's endpoints not in force until its links are in
 //! place. A link made before the entries are written judges the veth's
@@ -77,6 +80,7 @@ impl Linker {
             .name("tcx-linker".into())
             .spawn(move || {
                 for job in todo {
+                    let began = std::time::Instant::now();
                     let mut pinned = Vec::new();
                     let result = job.hooks.iter().try_for_each(|(hook, prog, path)| {
                         attach::link_and_pin(prog.as_fd(), job.ifindex, *hook, path)
@@ -90,10 +94,14 @@ impl Linker {
                             let _ = std::fs::remove_file(path);
                         }
                     }
-                    if made
-                        .send((job.ifindex, LinkEnd::of(job.ifindex, result)))
-                        .is_err()
-                    {
+                    let end = LinkEnd::of(job.ifindex, result);
+                    tracing::debug!(
+                        ifindex = job.ifindex,
+                        ms = began.elapsed().as_secs_f64() * 1e3,
+                        ?end,
+                        "links made"
+                    );
+                    if made.send((job.ifindex, end)).is_err() {
                         break;
                     }
                     ended.notify_one();

@@ -137,6 +137,28 @@ pub(super) fn attach_new(
     }
 }
 
+/// Hands the veths among `veths` with no programs yet to the attach
+/// thread ahead of the pass that will want them (see
+/// [`Syncer::link_ahead`]). What it cannot hand over is left to that
+/// pass, which attaches it, or reports why not.
+pub(super) fn link_ahead(syncer: &mut Syncer, veths: &[u32]) {
+    if syncer.inherited || !syncer.features.tcx || syncer.tc.filters_first {
+        return;
+    }
+    for &ifindex in veths {
+        if syncer.attached.contains_key(&ifindex) || syncer.link_failed.contains(&ifindex) {
+            continue;
+        }
+        match link_aside(syncer, ifindex) {
+            Ok(true) => {
+                syncer.attached.insert(ifindex, Via::Linking);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!("linking ahead: {e}"),
+        }
+    }
+}
+
 /// Hands the links of `ifindex` to the attach thread, started on first
 /// use. `false` where a hook's link is pinned already (updating its
 /// program does not wait) or a filter left by a daemon with

@@ -344,6 +344,16 @@ impl Syncer {
         self.ended.clone()
     }
 
+    /// Starts the TCX links of those of `veths` (the veths a pass is about
+    /// to hold) that have no programs yet, off the loop, as soon as the
+    /// pass knows them rather than when it writes the desired state: the
+    /// links' wait (an RCU grace period each) then runs beside the
+    /// compile and the map writes. A veth the pass does not hold in the
+    /// end goes once its links are made, as any veth nothing holds.
+    pub fn link_ahead(&mut self, veths: &[u32]) {
+        links::link_ahead(self, veths);
+    }
+
     /// Whether new veths' TCX links are being made off the loop.
     pub fn linking(&self) -> bool {
         links::linking(self)
