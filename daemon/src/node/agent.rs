@@ -104,7 +104,9 @@ pub struct Status {
     pub pass_ms: f64,
     /// Where the last pass's time went, in ms: reading the source,
     /// locating the pods' veths, compiling, the syncer's map writes, the
-    /// rest (process and file rules, metrics); the status write is not in.
+    /// rest (the node's uplinks and addresses, handing new veths to the
+    /// attach thread, process and file rules, metrics); the status write
+    /// is not in.
     pub pass_phases_ms: Phases,
     /// `namespace/pod` -> host-side veth ifindex.
     pub endpoints: BTreeMap<String, u32>,

@@ -8,11 +8,11 @@
 //! Here they are made in order on one thread of their own (the routing
 //! lock would serialise them anyway), from duplicates of the programs'
 //! descriptors, and pinned there; a veth whose second link fails loses
-//! its first, and is attached in the passes from then on. The pass hands
-//! a new veth over once it has read the node's tables, before it compiles
-//! (`Syncer::link_ahead`): its reads take the routing lock too, and would
-//! wait behind the links. The pass goes
-//! on: it writes the veth's entries (its pod's policy, or the quarantine),
+//! its first, and is attached in the passes from then on. A pass hands a
+//! new veth over once it has read the node's tables, before it compiles
+//! (`Syncer::link_ahead`): handed over before those reads, the links made
+//! the reads wait (measured, not traced to a lock). The pass goes on: it
+//! writes the veth's entries (its pod's policy, or the quarantine),
 //! and reports the veth's endpoints not in force until its links are in
 //! place. A link made before the entries are written judges the veth's
 //! packets as those of a veth without an endpoint, which it passes, as no

@@ -60,7 +60,9 @@ const LINKING: &str = "its TC programs' links are being made";
 /// whose attach failed is retried next pass; its endpoint is reported as
 /// not enforced meanwhile. With `defer`, a veth with no link pinned gets
 /// its TCX links from the attach thread (`linker`), and its endpoints
-/// are reported not in force until they are made.
+/// are reported not in force until they are made. Most such veths were
+/// handed over by [`link_ahead`] earlier in the pass; one it could not
+/// hand over is tried again here, and its error reported.
 pub(super) fn attach_new(
     syncer: &mut Syncer,
     desired: &Desired<'_>,

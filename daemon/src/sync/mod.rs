@@ -8,12 +8,14 @@
 //! changed behind the daemon's back).
 //!
 //! The order of one pass:
+//! 0. Before the pass compiles, a veth new to it is handed to the attach
+//!    thread (`linker`) for its TCX links ([`Syncer::link_ahead`]).
 //! 1. TC programs onto veths that lack them (`links`): programs first, then
 //!    policy, so a veth is never enforced with a half-written state. A
-//!    fresh veth's TCX links are made on the attach thread (`linker`)
-//!    instead, while the pass writes its policy: the programs find it
-//!    whole once attached, and its endpoints are reported not in force
-//!    until then.
+//!    fresh veth's TCX links are made on the attach thread instead, while
+//!    the pass writes its policy: links made before the policy is written
+//!    pass the veth's packets, as no program would, and its endpoints are
+//!    reported not in force until a pass after both.
 //! 2. The node deny list (`prefilter`), independent of everything else;
 //!    then the pods' stale source prefixes out (`sources`; the new
 //!    ones come in once the endpoints below are written).
