@@ -538,8 +538,9 @@ impl<S: Source> Agent<S> {
         }
         // The pass's last reads of the node's tables are done: the links of
         // a veth new to it start now, and their wait (an RCU grace period
-        // each, under the routing lock those reads take too) runs beside
-        // the compile and the map writes rather than after them.
+        // each, under the routing lock) runs beside the compile and the map
+        // writes rather than after them. Started before those reads, the
+        // links made them wait (README, "Policy churn at cluster scale").
         let veths: Vec<u32> = (placement.placed.values())
             .chain(&placement.quarantined)
             .copied()
