@@ -541,11 +541,11 @@ impl<S: Source> Agent<S> {
         // each, under the routing lock) runs beside the compile and the map
         // writes rather than after them. Started before those reads, the
         // links made them wait (README, "Policy churn at cluster scale").
-        let veths: Vec<u32> = (placement.placed.values())
-            .chain(&placement.quarantined)
-            .copied()
-            .collect();
-        self.syncer.link_ahead(&veths);
+        self.syncer.link_ahead(
+            (placement.placed.values())
+                .chain(&placement.quarantined)
+                .copied(),
+        );
         phases.other = lap(&mut t);
         // Only the placed pods' endpoints are compiled, and only what the
         // change touched.

@@ -32,6 +32,7 @@ use super::{
     Reading, Source,
     objects::{self, ApiNamespace, ApiPod},
 };
+use crate::identity::fnv1a_more;
 use crate::model::{
     Namespace, Pod, Policy, Snapshot,
     limits::{self, MAX_FILE_BYTES, MAX_SOURCE_BYTES},
@@ -510,17 +511,17 @@ impl Source for FileSource {
             self.left_out = None;
         }
         for path in &files {
-            seen = crate::identity::fnv1a_more(seen, path.to_string_lossy().as_bytes());
+            seen = fnv1a_more(seen, path.to_string_lossy().as_bytes());
             match self.read_one(path, &mut total, &mut errors) {
                 Ok(file_changed) => {
                     changed |= file_changed;
                     let hash = self.read.get(path).map_or(0, |r| r.hash);
-                    seen = crate::identity::fnv1a_more(seen, &hash.to_le_bytes());
+                    seen = fnv1a_more(seen, &hash.to_le_bytes());
                 }
                 Err(e) => {
                     // Refused files count in the revision by what was seen
                     // of them, so that a change to one is a new revision.
-                    seen = crate::identity::fnv1a_more(seen, e.as_bytes());
+                    seen = fnv1a_more(seen, e.as_bytes());
                     // Read again next time, whatever its metadata says.
                     self.read.remove(path);
                     let kept = self.last_good.contains_key(path);

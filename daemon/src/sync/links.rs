@@ -79,11 +79,7 @@ pub(super) fn attach_new(
             Some(_) => continue,
             None => {}
         }
-        if defer
-            && syncer.features.tcx
-            && !syncer.tc.filters_first
-            && !syncer.link_failed.contains(&ifindex)
-        {
+        if defer && may_link_aside(syncer, ifindex) {
             match link_aside(syncer, ifindex) {
                 Ok(true) => {
                     syncer.attached.insert(ifindex, Via::Linking);
@@ -143,12 +139,13 @@ pub(super) fn attach_new(
 /// thread ahead of the pass that will want them (see
 /// [`Syncer::link_ahead`]). What it cannot hand over is left to that
 /// pass, which attaches it, or reports why not.
-pub(super) fn link_ahead(syncer: &mut Syncer, veths: &[u32]) {
-    if syncer.inherited || !syncer.features.tcx || syncer.tc.filters_first {
+pub(super) fn link_ahead(syncer: &mut Syncer, veths: impl IntoIterator<Item = u32>) {
+    // A take-over attaches in its own pass, links taken over in place.
+    if syncer.inherited {
         return;
     }
-    for &ifindex in veths {
-        if syncer.attached.contains_key(&ifindex) || syncer.link_failed.contains(&ifindex) {
+    for ifindex in veths {
+        if syncer.attached.contains_key(&ifindex) || !may_link_aside(syncer, ifindex) {
             continue;
         }
         match link_aside(syncer, ifindex) {
@@ -159,6 +156,13 @@ pub(super) fn link_ahead(syncer: &mut Syncer, veths: &[u32]) {
             Err(e) => tracing::debug!("linking ahead: {e}"),
         }
     }
+}
+
+/// Whether a veth's TCX links may be made on the attach thread: on a TCX
+/// kernel, without `--tc-filters-first`, and not for a veth whose links
+/// failed there (those are attached in the pass).
+fn may_link_aside(syncer: &Syncer, ifindex: u32) -> bool {
+    syncer.features.tcx && !syncer.tc.filters_first && !syncer.link_failed.contains(&ifindex)
 }
 
 /// Hands the links of `ifindex` to the attach thread, started on first

@@ -352,7 +352,7 @@ impl Syncer {
     /// links' wait (an RCU grace period each) then runs beside the
     /// compile and the map writes. A veth the pass does not hold in the
     /// end goes once its links are made, as any veth nothing holds.
-    pub fn link_ahead(&mut self, veths: &[u32]) {
+    pub fn link_ahead(&mut self, veths: impl IntoIterator<Item = u32>) {
         links::link_ahead(self, veths);
     }
 
