@@ -94,6 +94,11 @@ chmod +x "$root/init"
 
 (cd "$root" && find . | busybox cpio -o -H newc -R 0:0 2>/dev/null) > "$work/initrd"
 
+# Warnings and stack dumps reach the console (`quiet` kept only errors):
+# a lockup or a kernel warning met while Palisade runs must be seen with
+# where it happened, and a soft lockup's report then shows every CPU.
+console_level="loglevel=5 softlockup_all_cpu_backtrace=1"
+
 log=$work/console.log
 set +e
 timeout --foreground -k 5 "$timeout" qemu-system-x86_64 \
@@ -101,10 +106,21 @@ timeout --foreground -k 5 "$timeout" qemu-system-x86_64 \
   -nodefaults -nographic -serial stdio -no-reboot \
   -bios /usr/share/qemu/qboot.rom \
   -kernel "$kernel_dir/vmlinux" -initrd "$work/initrd" \
-  -append "console=ttyS0 panic=-1 quiet lsm=lockdown,capability,landlock,yama,apparmor,bpf" \
+  -append "console=ttyS0 panic=-1 $console_level lsm=lockdown,capability,landlock,yama,apparmor,bpf" \
   </dev/null 2>&1 | tee "$log" | tr -d '\r'
 qemu_status=${PIPESTATUS[0]}
 set -e
+
+# What the guest's kernel reported of itself, repeated after the output
+# so that it is not lost in it.
+# (The kernel's lines are the console's with a timestamp.)
+trouble=$(tr -d '\r' < "$log" |
+  grep -E '^\[ *[0-9]+\.[0-9]+\] .*(BUG:|WARNING:|Oops|soft lockup|rcu.*stall|blocked for more than)' |
+  head -n 20 || true)
+if [ -n "$trouble" ]; then
+  echo "run-guest: the guest kernel reported:" >&2
+  sed 's/^/  /' <<<"$trouble" >&2
+fi
 
 status=$(tr -d '\r' < "$log" | sed -n 's/^PALISADE-GUEST-EXIT=\([0-9]*\)$/\1/p' | tail -n1)
 if [ -z "$status" ]; then
