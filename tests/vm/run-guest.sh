@@ -113,9 +113,10 @@ set -e
 
 # What the guest's kernel reported of itself, repeated after the output
 # so that it is not lost in it.
-# (The kernel's lines are the console's with a timestamp.)
+# (The kernel's lines are the console's with a timestamp, which may follow
+# a test's name on the same line: a test prints it before it runs.)
 trouble=$(tr -d '\r' < "$log" |
-  grep -E '^\[ *[0-9]+\.[0-9]+\] .*(BUG:|WARNING:|Oops|soft lockup|rcu.*stall|blocked for more than)' |
+  grep -aE '\[ *[0-9]+\.[0-9]+\] .*(BUG:|kernel BUG|WARNING:|Oops|general protection|invalid opcode|Kernel panic|soft lockup|rcu.*stall|blocked for more than)' |
   head -n 20 || true)
 if [ -n "$trouble" ]; then
   echo "run-guest: the guest kernel reported:" >&2

@@ -449,8 +449,8 @@ impl<S: Source> Agent<S> {
     /// (see [`Links`]); `check_maps`: read every map entry, else write
     /// against the syncer's record of what it last wrote; `watched`: the
     /// link watch's links, current as the pass begins. `run` trusts what it
-    /// can and checks everything once per resync period, which repairs
-    /// drift.
+    /// can and checks everything about once per resync period (see
+    /// [`full_pass`]), which repairs drift.
     async fn pass(
         &mut self,
         links: Links,
@@ -946,7 +946,8 @@ impl<S: Source> Agent<S> {
         let mut retries = 0u32;
         // When the last move to TCX links ended.
         let mut last_move = Instant::now();
-        // A full pass fell due while a change waited: it runs next.
+        // A change's pass found the full pass due and ran first: the loop
+        // wakes again at once for the full pass (see [`full_pass`]).
         let mut full_next = false;
         // Told when a move, or a new veth's links, ended off the loop.
         let ended = self.syncer.ended();
@@ -998,11 +999,11 @@ impl<S: Source> Agent<S> {
             // With the links watched, a pass woken by the source or by a
             // retry may trust the last pass's placements (no link came or
             // went), or after link events those whose veth is still there,
-            // and any pass the syncer's record of what it wrote; but one
-            // pass per resync period looks at everything, whatever the
-            // churn, and repairs drift (after the change that finds it due,
-            // see `full_next` below). Unwatched, nothing says no link came
-            // or went: every pass locates every pod. A source watcher
+            // and any pass the syncer's record of what it wrote; but about
+            // one pass per resync period looks at everything, whatever the
+            // churn, and repairs drift (see [`full_pass`]). Unwatched,
+            // nothing says no link came or went: every pass locates every
+            // pod. A source watcher
             // that is not running (inotify unavailable) has closed its
             // channel: `None` disables the branch instead of waking the
             // loop at once, again and again.
@@ -1021,8 +1022,10 @@ impl<S: Source> Agent<S> {
             {
                 self.start_move(ifindex);
             }
-            // Whether a change (the source's, a link's, links made) woke
-            // the loop, rather than the timer.
+            // Whether work that waits on this pass woke the loop (a source
+            // change, a link's, links made, a retry for an unplaced pod),
+            // which a due full pass should not hold up; not the resync
+            // timer, nor the wake for the full pass put off.
             let mut by_change = false;
             let stop = loop {
                 let moving = self.syncer.moving().is_some();
@@ -1057,6 +1060,9 @@ impl<S: Source> Agent<S> {
                         if !self.status.unplaced.is_empty() {
                             recheck = since_last_pass(&mut watch);
                             check_maps = false;
+                            // The pass that places a new pod, unless this
+                            // is the wake for the full pass put off.
+                            by_change = !full_next;
                         }
                     }
                     _ = tokio::signal::ctrl_c() => break true,
@@ -1092,6 +1098,9 @@ impl<S: Source> Agent<S> {
             if full {
                 (recheck, check_maps) = (Links::Everything, true);
             }
+            // A pass that reads everything anyway (link events lost) is
+            // the full pass.
+            full_next &= !check_maps;
         }
         // Enforcement stays: pinned links and maps outlive the daemon.
         tracing::info!("stopping; programs and maps stay pinned and enforcing");
@@ -1301,7 +1310,7 @@ async fn locate(
     // the nudges above make the node ask, and a pod on this node answers
     // within a millisecond or so. Looked for again in this pass rather than
     // in one more pass behind it.
-    let waited_for = unresolved.len();
+    let unresolved_at_first = unresolved.len();
     for _ in 0..RESOLVE_TRIES {
         if unresolved.is_empty() {
             break;
@@ -1322,9 +1331,9 @@ async fn locate(
         }
         unresolved = still;
     }
-    if waited_for > 0 {
+    if unresolved_at_first > 0 {
         tracing::debug!(
-            waited_for,
+            count = unresolved_at_first,
             still = unresolved.len(),
             "addresses unresolved at first"
         );
@@ -1415,11 +1424,12 @@ enum Links {
 
 /// Whether the pass about to run is a full one, and whether a full one
 /// follows it, `since_full` after the last full pass. A full pass due when
-/// a change woke the loop (`by_change`) runs right after the change's own
-/// pass: it reads every map and locates every pod (tens of milliseconds at
-/// 10,000 pods), and the change need not wait for it. Not once it is half
-/// a period overdue, so that a stream of changes cannot put drift repair
-/// off. A failed pass may have taken link events off the channel and not
+/// work that waits on the pass woke the loop (`by_change`: a change, or a
+/// retry for an unplaced pod) runs after that work's own pass, as soon as
+/// no other change is queued: it reads every map and locates every pod
+/// (tens of milliseconds at 10,000 pods), and the change need not wait for
+/// it. Not once it is half a period overdue, so that a stream of changes
+/// cannot put drift repair off. A failed pass may have taken link events off the channel and not
 /// written their quarantine: the next one looks at everything rather than
 /// trust it.
 fn full_pass(
@@ -1618,8 +1628,10 @@ mod tests {
         // Not due: a quick pass, nothing after it.
         assert_eq!(full_pass(ms(1999), resync, true, false), (false, false));
         assert_eq!(full_pass(ms(1999), resync, false, false), (false, false));
-        // Due when a change woke the loop: the change's pass, then the full one.
+        // Due when a change woke the loop: the change's pass, then the full
+        // one, up to half a period overdue.
         assert_eq!(full_pass(ms(2000), resync, true, false), (false, true));
+        assert_eq!(full_pass(ms(2999), resync, true, false), (false, true));
         // Due when the timer woke the loop, as it does for one put off: now.
         assert_eq!(full_pass(ms(2000), resync, false, false), (true, false));
         // Half a period overdue: now, whatever woke the loop.
