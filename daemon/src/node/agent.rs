@@ -1003,10 +1003,9 @@ impl<S: Source> Agent<S> {
             // one pass per resync period looks at everything, whatever the
             // churn, and repairs drift (see [`full_pass`]). Unwatched,
             // nothing says no link came or went: every pass locates every
-            // pod. A source watcher
-            // that is not running (inotify unavailable) has closed its
-            // channel: `None` disables the branch instead of waking the
-            // loop at once, again and again.
+            // pod. A source watcher that is not running (inotify
+            // unavailable) has closed its channel: `None` disables the
+            // branch instead of waking the loop at once, again and again.
             (recheck, check_maps) = (Links::Everything, true);
             let wake = tokio::time::Instant::now() + wait;
             // Veths on clsact filters move to TCX links (see
@@ -1429,9 +1428,9 @@ enum Links {
 /// no other change is queued: it reads every map and locates every pod
 /// (tens of milliseconds at 10,000 pods), and the change need not wait for
 /// it. Not once it is half a period overdue, so that a stream of changes
-/// cannot put drift repair off. A failed pass may have taken link events off the channel and not
-/// written their quarantine: the next one looks at everything rather than
-/// trust it.
+/// cannot put drift repair off. A failed pass may have taken link events
+/// off the channel and not written their quarantine: the next one looks at
+/// everything rather than trust it.
 fn full_pass(
     since_full: Duration,
     resync: Duration,
