@@ -1091,15 +1091,18 @@ impl<S: Source> Agent<S> {
             if stop {
                 break;
             }
+            // A pass that reads everything anyway (link events lost) is the
+            // full pass: nothing it would hold up.
             let full;
-            (full, full_next) =
-                full_pass(last_full.elapsed(), self.options.resync, by_change, failed);
+            (full, full_next) = full_pass(
+                last_full.elapsed(),
+                self.options.resync,
+                by_change && !check_maps,
+                failed,
+            );
             if full {
                 (recheck, check_maps) = (Links::Everything, true);
             }
-            // A pass that reads everything anyway (link events lost) is
-            // the full pass.
-            full_next &= !check_maps;
         }
         // Enforcement stays: pinned links and maps outlive the daemon.
         tracing::info!("stopping; programs and maps stay pinned and enforcing");
