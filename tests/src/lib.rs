@@ -236,3 +236,32 @@ pub fn pin_raw_map(
     }
     Ok(())
 }
+
+/// Makes `map` read-only to every process from now on (`BPF_MAP_FREEZE`;
+/// programs still write it): the next write to it from user space fails,
+/// as a write to a broken map would.
+pub fn freeze_map(map: &aya::maps::MapData) -> anyhow::Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const BPF_MAP_FREEZE: libc::c_long = 22;
+    /// The leading field of `union bpf_attr` for map commands, the rest zero.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        rest: [u8; 124],
+    }
+    let attr = Attr {
+        map_fd: u32::try_from(map.fd().as_fd().as_raw_fd())?,
+        rest: [0; 124],
+    };
+    // SAFETY: `attr` outlives the call and is as large as the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_FREEZE,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    anyhow::ensure!(rc == 0, "{}", std::io::Error::last_os_error());
+    Ok(())
+}

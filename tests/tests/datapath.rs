@@ -932,6 +932,72 @@ fn batched_reads_of_the_policy_maps_are_what_iterating_finds() -> anyhow::Result
     Ok(())
 }
 
+/// The syncer's patches write and remove exact policy entries in batches:
+/// in their order (a key written twice holds its last value), a key the
+/// map lacks passed over on removal, and a refused entry named by its
+/// place, those before it written.
+#[test]
+fn batched_writes_of_the_policy_hash_map_keep_their_order() -> anyhow::Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    use ebpf_common::datapath::PolicyKey;
+    use palisade::datapath::batch::{Refused, Wrote, delete_all, update_all};
+
+    let h = harness()?;
+    let open = || MapData::from_pin(h.t.pins.map(maps::POLICY_PORT));
+    // More than one call's worth (4,096 entries).
+    const N: u16 = 5_000;
+    let key = |port: u16| PolicyKey {
+        endpoint: 7,
+        peer: identity::FIRST_ALLOCATED,
+        direction: 0,
+        protocol: 6,
+        port: port.to_be_bytes(),
+        ..PolicyKey::default()
+    };
+    let mut entries: Vec<(PolicyKey, PolicyValue)> =
+        (0..N).map(|p| (key(p), allow(p.into()))).collect();
+    // Port 3 again, last: its second value must win.
+    entries.push((key(3), allow(9_999)));
+    let held = |n: u16| -> anyhow::Result<Vec<Option<PolicyValue>>> {
+        let map = HashMap::<_, PolicyKey, PolicyValue>::try_from(Map::HashMap(open()?))?;
+        Ok((0..n).map(|p| map.get(&key(p), 0).ok()).collect())
+    };
+    match update_all(&open()?, &entries) {
+        Ok(Wrote::All) => {}
+        Ok(Wrote::Unsupported) => bail!("no batch updates for hash maps (Linux 5.6 has them)"),
+        Err(Refused { at, error }) => bail!("entry {at} refused: {error}"),
+    }
+    let after = held(N)?;
+    assert_eq!(
+        after[3],
+        Some(allow(9_999)),
+        "the later write of a key wins"
+    );
+    assert!(
+        (0..N).all(|p| p == 3 || after[usize::from(p)] == Some(allow(p.into()))),
+        "every entry written"
+    );
+
+    // Every other key removed, with keys never written between them.
+    let gone: Vec<PolicyKey> = (0..2 * N).step_by(2).map(key).collect();
+    assert_eq!(delete_all(&open()?, &gone).ok(), Some(Wrote::All));
+    let after = held(N)?;
+    assert!(
+        (0..N).all(|p| after[usize::from(p)].is_some() == (p % 2 == 1)),
+        "only the even ports removed"
+    );
+
+    // A map no process may write: the first entry is refused, by place.
+    palisade_tests::freeze_map(&open()?)?;
+    match update_all(&open()?, &entries[1..3]) {
+        Err(Refused { at: 0, error }) => {
+            assert_eq!(error.raw_os_error(), Some(libc::EPERM), "{error}");
+        }
+        other => bail!("a frozen map took a batch: {other:?}"),
+    }
+    Ok(())
+}
+
 /// A per-CPU hash map is counted in batches whose values are one copy a
 /// possible CPU, each rounded up to 8 bytes (12 here): a buffer sized
 /// otherwise would be overrun, or the count wrong.

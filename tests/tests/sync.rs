@@ -292,34 +292,8 @@ const DENY_EXT: &str = "apiVersion: palisade.dev/v1alpha1\nkind: PalisadeCluster
 /// (`BPF_MAP_FREEZE`; programs still write it): the syncer's next write to
 /// it fails, as a write to a broken map would.
 fn freeze(t: &TempPins, name: &str) -> anyhow::Result<()> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    const BPF_MAP_FREEZE: libc::c_long = 22;
-    /// The leading field of `union bpf_attr` for map commands, the rest zero.
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        rest: [u8; 124],
-    }
     let map = aya::maps::MapData::from_pin(t.pins.map(name))?;
-    let attr = Attr {
-        map_fd: u32::try_from(map.fd().as_fd().as_raw_fd())?,
-        rest: [0; 124],
-    };
-    // SAFETY: `attr` outlives the call and is as large as the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_FREEZE,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    anyhow::ensure!(
-        rc == 0,
-        "freezing {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
+    palisade_tests::freeze_map(&map).with_context(|| format!("freezing {name}"))
 }
 
 /// Maps holding `DENY_EXT`'s policies and prefilter denies, written by a

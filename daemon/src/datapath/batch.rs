@@ -48,6 +48,127 @@ pub unsafe fn lookup_batch(attr: &mut BatchAttr) -> io::Result<()> {
     unsafe { crate::loader::syscall::bpf(BPF_MAP_LOOKUP_BATCH, attr) }.map(drop)
 }
 
+/// `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (`enum bpf_cmd`).
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Entries written a call, at most: the kernel takes any number, but
+/// copies of them are made here first.
+const PER_WRITE: usize = 4096;
+
+/// How a batched write went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wrote {
+    All,
+    /// This kernel has no batch writes for this map (none was made, or
+    /// any made are made again entry by entry, to the same effect): write
+    /// entry by entry instead.
+    Unsupported,
+}
+
+/// Why a batched write stopped: the index of the entry the kernel refused
+/// (those before it are written, none after it), and its error.
+#[derive(Debug)]
+pub struct Refused {
+    pub at: usize,
+    pub error: io::Error,
+}
+
+/// Writes `entries` into `map` (not a per-CPU map) in their order, in one
+/// system call where writing entry by entry takes one an entry: a relabel
+/// patches hundreds of policy entries, and each call's own cost (this
+/// kernel's entry and exit mitigations) was most of a write.
+pub fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> Result<Wrote, Refused> {
+    for (n, part) in entries.chunks(PER_WRITE).enumerate() {
+        let keys: Vec<K> = part.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = part.iter().map(|(_, v)| *v).collect();
+        let mut attr = write_attr(map, keys.as_ptr().cast(), part.len());
+        attr.values = values.as_ptr() as u64;
+        // SAFETY: `attr` points at `part.len()` keys and values of the
+        // map's sizes (`K` and `V` are), alive for the call.
+        let result = unsafe { crate::loader::syscall::bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
+        match batch_end(result, &attr, part.len()) {
+            Ok(Wrote::All) => {}
+            // Those written are written again, to the same effect.
+            Ok(Wrote::Unsupported) => return Ok(Wrote::Unsupported),
+            Err(Refused { at, error }) => {
+                return Err(Refused {
+                    at: n * PER_WRITE + at,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(Wrote::All)
+}
+
+/// Removes `keys` from `map` in their order, in one system call where it
+/// can; a key the map does not hold is passed over, as a removal of it
+/// would be.
+pub fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> Result<Wrote, Refused> {
+    let mut from = 0;
+    while from < keys.len() {
+        let left = &keys[from..keys.len().min(from + PER_WRITE)];
+        let mut attr = write_attr(map, left.as_ptr().cast(), left.len());
+        // SAFETY: `attr` points at `left.len()` keys of the map's size,
+        // alive for the call.
+        let result = unsafe { crate::loader::syscall::bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
+        match batch_end(result, &attr, left.len()) {
+            Err(Refused { at, error }) if error.raw_os_error() == Some(libc::ENOENT) => {
+                from += at + 1;
+            }
+            Err(Refused { at, error }) => {
+                return Err(Refused {
+                    at: from + at,
+                    error,
+                });
+            }
+            // Removing again what was removed is no change.
+            Ok(Wrote::Unsupported) => return Ok(Wrote::Unsupported),
+            Ok(Wrote::All) => from += left.len(),
+        }
+    }
+    Ok(Wrote::All)
+}
+
+fn write_attr(map: &MapData, keys: *const u8, count: usize) -> BatchAttr {
+    BatchAttr {
+        keys: keys as u64,
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..BatchAttr::default()
+    }
+}
+
+/// What a batched write's `result` means. A kernel or map type without
+/// the command answers before it writes anything (`EINVAL` on kernels
+/// older than batches, `ENOTSUPP` for map types without them). Otherwise
+/// the kernel reports in `count` how many it wrote before the one it
+/// refused; a call it refused whole (a map no process may write) keeps
+/// the count it was given, and wrote nothing.
+fn batch_end(
+    result: io::Result<libc::c_long>,
+    attr: &BatchAttr,
+    asked: usize,
+) -> Result<Wrote, Refused> {
+    match result {
+        Ok(_) => Ok(Wrote::All),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+            ) =>
+        {
+            Ok(Wrote::Unsupported)
+        }
+        Err(error) => Err(Refused {
+            at: Some(attr.count as usize)
+                .filter(|&written| written < asked)
+                .unwrap_or(0),
+            error,
+        }),
+    }
+}
+
 /// What a batched read gave.
 pub enum Batched<T> {
     Read(T),

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 
 use super::{
     address_map::AddressMap,
+    batch,
     ports::{self, PortPrefix},
 };
 use crate::{
@@ -404,27 +405,49 @@ impl DatapathMaps {
         // Leftovers of an interrupted earlier swap would mix into this one.
         let leftovers = self.keys_held(held, endpoint, generation)?;
         self.remove_keys(&leftovers, endpoint, generation)?;
-        let mut written = Vec::new();
-        for entry in entries {
-            for key in policy_keys(endpoint, generation, entry) {
-                let (name, result) = if key.prefix_len() == POLICY_PREFIX_FULL {
-                    (
-                        maps::POLICY_PORT,
-                        self.policy_port.insert(&key.data(), &entry.value, 0),
-                    )
-                } else {
-                    (maps::POLICY, self.policy.insert(&key, &entry.value, 0))
-                };
-                if let Err(source) = result {
-                    self.remove_keys(&written, endpoint, generation)?;
+        // The generation no packet reads yet: written in any order, its
+        // exact entries in one call.
+        let (exact, trie): (Vec<_>, Vec<_>) = entries
+            .iter()
+            .flat_map(|e| policy_keys(endpoint, generation, e).map(move |k| (k, e)))
+            .partition(|(k, _)| is_exact(k));
+        let exact_entries: Vec<(PolicyKey, PolicyValue)> =
+            exact.iter().map(|(k, e)| (k.data(), e.value)).collect();
+        let (mut written, per_entry) =
+            match batch::update_all(self.policy_port.map(), &exact_entries) {
+                Ok(batch::Wrote::All) => (exact.iter().map(|(k, _)| *k).collect(), &[][..]),
+                Ok(batch::Wrote::Unsupported) => (Vec::new(), &exact[..]),
+                Err(batch::Refused { at, error }) => {
+                    let keys: Vec<_> = exact.iter().map(|(k, _)| *k).collect();
+                    self.remove_keys(&keys, endpoint, generation)?;
                     return Err(DatapathError::Write {
-                        name,
-                        what: format!("{entry:?} of endpoint {endpoint}"),
-                        source,
+                        name: maps::POLICY_PORT,
+                        what: format!(
+                            "{:?} of endpoint {endpoint}",
+                            exact[at.min(exact.len() - 1)].1
+                        ),
+                        source: batch_error("bpf_map_update_batch", error),
                     });
                 }
-                written.push(key);
+            };
+        for &(key, entry) in per_entry.iter().chain(&trie) {
+            let (name, result) = if is_exact(&key) {
+                (
+                    maps::POLICY_PORT,
+                    self.policy_port.insert(&key.data(), &entry.value, 0),
+                )
+            } else {
+                (maps::POLICY, self.policy.insert(&key, &entry.value, 0))
+            };
+            if let Err(source) = result {
+                self.remove_keys(&written, endpoint, generation)?;
+                return Err(DatapathError::Write {
+                    name,
+                    what: format!("{entry:?} of endpoint {endpoint}"),
+                    source,
+                });
             }
+            written.push(key);
         }
         self.endpoints
             .insert(&ifindex, &next, 0)
@@ -458,24 +481,46 @@ impl DatapathMaps {
         add: &[(Key<PolicyKey>, PolicyValue)],
         remove: &[Key<PolicyKey>],
     ) -> Result<(), DatapathError> {
-        for (key, value) in add {
-            let (name, result) = if key.prefix_len() == POLICY_PREFIX_FULL {
-                (
-                    maps::POLICY_PORT,
-                    self.policy_port.insert(&key.data(), value, 0),
-                )
-            } else {
-                (maps::POLICY, self.policy.insert(key, value, 0))
-            };
-            result.map_err(|source| DatapathError::Write {
-                name,
-                what: format!(
-                    "{:?}/{} of endpoint {endpoint}, in place",
-                    key.data(),
-                    key.prefix_len()
-                ),
-                source,
-            })?;
+        let what = |key: &Key<PolicyKey>| {
+            format!(
+                "{:?}/{} of endpoint {endpoint}, in place",
+                key.data(),
+                key.prefix_len()
+            )
+        };
+        // In their order (denies first: `sync::endpoints`), a run of exact
+        // entries at a time in one call.
+        for run in add.chunk_by(|a, b| is_exact(&a.0) == is_exact(&b.0)) {
+            if is_exact(&run[0].0) {
+                let entries: Vec<(PolicyKey, PolicyValue)> =
+                    run.iter().map(|(k, v)| (k.data(), *v)).collect();
+                match batch::update_all(self.policy_port.map(), &entries) {
+                    Ok(batch::Wrote::All) => continue,
+                    Ok(batch::Wrote::Unsupported) => {}
+                    Err(batch::Refused { at, error }) => {
+                        return Err(DatapathError::Write {
+                            name: maps::POLICY_PORT,
+                            what: what(&run[at.min(run.len() - 1)].0),
+                            source: batch_error("bpf_map_update_batch", error),
+                        });
+                    }
+                }
+            }
+            for (key, value) in run {
+                let (name, result) = if is_exact(key) {
+                    (
+                        maps::POLICY_PORT,
+                        self.policy_port.insert(&key.data(), value, 0),
+                    )
+                } else {
+                    (maps::POLICY, self.policy.insert(key, value, 0))
+                };
+                result.map_err(|source| DatapathError::Write {
+                    name,
+                    what: what(key),
+                    source,
+                })?;
+            }
         }
         self.remove_keys(remove, endpoint, generation)
     }
@@ -567,18 +612,43 @@ impl DatapathMaps {
         endpoint: u32,
         generation: u8,
     ) -> Result<(), DatapathError> {
-        for key in keys {
-            let (name, result) = if key.prefix_len() == POLICY_PREFIX_FULL {
-                (maps::POLICY_PORT, self.policy_port.remove(&key.data()))
-            } else {
-                (maps::POLICY, self.policy.remove(key))
-            };
-            removed(result, name, || {
-                format!("removal of generation {generation} of endpoint {endpoint}")
-            })?;
+        let what = || format!("removal of generation {generation} of endpoint {endpoint}");
+        for run in keys.chunk_by(|a, b| is_exact(a) == is_exact(b)) {
+            if is_exact(&run[0]) {
+                let exact: Vec<PolicyKey> = run.iter().map(Key::data).collect();
+                match batch::delete_all(self.policy_port.map(), &exact) {
+                    Ok(batch::Wrote::All) => continue,
+                    Ok(batch::Wrote::Unsupported) => {}
+                    Err(batch::Refused { error, .. }) => {
+                        return Err(DatapathError::Remove {
+                            name: maps::POLICY_PORT,
+                            what: what(),
+                            source: batch_error("bpf_map_delete_batch", error),
+                        });
+                    }
+                }
+            }
+            for key in run {
+                let (name, result) = if is_exact(key) {
+                    (maps::POLICY_PORT, self.policy_port.remove(&key.data()))
+                } else {
+                    (maps::POLICY, self.policy.remove(key))
+                };
+                removed(result, name, what)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Whether `key` is an exact entry, which `PAL_POLICY_PORT` holds (the
+/// rest are the trie's).
+fn is_exact(key: &Key<PolicyKey>) -> bool {
+    key.prefix_len() == POLICY_PREFIX_FULL
+}
+
+fn batch_error(call: &'static str, io_error: std::io::Error) -> MapError {
+    aya::sys::SyscallError { call, io_error }.into()
 }
 
 /// Every entry of the map `data`: in batches where the kernel has them
