@@ -775,6 +775,61 @@ fn a_known_pod_keeps_its_veth_while_the_node_cannot_resolve_it() -> anyhow::Resu
     Ok(())
 }
 
+/// A known pod back on a new veth with its address before its old veth
+/// went (its sandbox made again) is found on the new one, though the
+/// node's neighbour entry for it is gone: a veth no pod holds makes the
+/// full pass ask for the pods it kept.
+#[test]
+fn a_known_pod_back_on_a_new_veth_is_found_there() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let mut lab = BridgeLab::new(2)?;
+    let dir = std::env::temp_dir().join(unique("palisade-moved-"));
+    let mut daemon = start(&lab, &t, &dir, 200, &[])?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    let s = commit_and_wait(&mut daemon)?;
+    let old = s["endpoints"]["x/a"].as_u64().context("a placed")?;
+    let ip = lab.pods[0].ip;
+    let shown = ip_output(&lab.pods[0].netns, "-4 -o addr show dev eth0")?;
+    let prefix = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split_once('/'))
+        .map(|(_, p)| p.to_owned())
+        .context("a's prefix")?;
+
+    // The new sandbox: a veth on the bridge whose namespace holds a's
+    // address; the old one keeps its veth but not the address.
+    let moved = lab.add_pod()?;
+    let host_if = moved.host_if.clone();
+    ip_in(&moved.netns, &format!("addr add {ip}/{prefix} dev eth0"))?;
+    ip_in(
+        &lab.pods[0].netns,
+        &format!("addr del {ip}/{prefix} dev eth0"),
+    )?;
+    ip_in(&lab.node, &format!("neigh del {ip} dev br0"))?;
+    let index: u64 = ip_output(&lab.node, &format!("-o link show {host_if}"))?
+        .split(':')
+        .next()
+        .and_then(|i| i.trim().parse().ok())
+        .context("the new veth's index")?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = daemon.status()?;
+        if s["endpoints"]["x/a"].as_u64() == Some(index) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("a still on {old}, not on the new veth {index}: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// b may open nothing (egress isolated) and pushes on a connection a
 /// opened: its packets pass on conntrack alone. A daemon of a new ABI
 /// pins new maps; without the flows carried over, b's next push would be

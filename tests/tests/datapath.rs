@@ -978,8 +978,12 @@ fn batched_writes_of_the_policy_hash_map_keep_their_order() -> anyhow::Result<()
         "every entry written"
     );
 
-    // Every other key removed, with keys never written between them.
-    let gone: Vec<PolicyKey> = (0..2 * N).step_by(2).map(key).collect();
+    // Every other key removed, a key never written before each.
+    let never = |port: u16| PolicyKey {
+        endpoint: 8,
+        ..key(port)
+    };
+    let gone: Vec<PolicyKey> = (0..N).step_by(2).flat_map(|p| [never(p), key(p)]).collect();
     assert_eq!(delete_all(&open()?, &gone).ok(), Some(Wrote::All));
     let after = held(N)?;
     assert!(
@@ -987,7 +991,7 @@ fn batched_writes_of_the_policy_hash_map_keep_their_order() -> anyhow::Result<()
         "only the even ports removed"
     );
 
-    // A map no process may write: the first entry is refused, by place.
+    // A map no process may write: the call is refused whole.
     palisade_tests::freeze_map(&open()?)?;
     match update_all(&open()?, &entries[1..3]) {
         Err(Refused { at: 0, error }) => {
@@ -995,6 +999,36 @@ fn batched_writes_of_the_policy_hash_map_keep_their_order() -> anyhow::Result<()
         }
         other => bail!("a frozen map took a batch: {other:?}"),
     }
+    Ok(())
+}
+
+/// A batch the map runs out of room in: the entries before the refused
+/// one are written, and the refused one is named by its place.
+#[test]
+fn a_batch_refused_partway_names_the_entry_and_keeps_those_before() -> anyhow::Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    use ebpf_common::datapath::PolicyKey;
+    use palisade::datapath::batch::{Refused, update_all};
+
+    let h = Harness::load(&["PAL_POLICY_PORT=6"])?;
+    let open = || MapData::from_pin(h.t.pins.map(maps::POLICY_PORT));
+    let key = |port: u16| PolicyKey {
+        endpoint: 7,
+        protocol: 6,
+        port: port.to_be_bytes(),
+        ..PolicyKey::default()
+    };
+    let entries: Vec<(PolicyKey, PolicyValue)> =
+        (0..8u16).map(|p| (key(p), allow(p.into()))).collect();
+    match update_all(&open()?, &entries) {
+        Err(Refused { at: 6, error }) => {
+            assert_eq!(error.raw_os_error(), Some(libc::E2BIG), "{error}");
+        }
+        other => bail!("a map with room for 6 took 8 as {other:?}"),
+    }
+    let map = HashMap::<_, PolicyKey, PolicyValue>::try_from(Map::HashMap(open()?))?;
+    let held: Vec<bool> = (0..8u16).map(|p| map.get(&key(p), 0).is_ok()).collect();
+    assert_eq!(held, [true, true, true, true, true, true, false, false]);
     Ok(())
 }
 

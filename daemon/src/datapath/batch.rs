@@ -59,9 +59,8 @@ const PER_WRITE: usize = 4096;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wrote {
     All,
-    /// This kernel has no batch writes for this map (none was made, or
-    /// any made are made again entry by entry, to the same effect): write
-    /// entry by entry instead.
+    /// This kernel has no batch writes for this map, and none was made:
+    /// write entry by entry instead.
     Unsupported,
 }
 
@@ -86,9 +85,8 @@ pub fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> Result<W
         // SAFETY: `attr` points at `part.len()` keys and values of the
         // map's sizes (`K` and `V` are), alive for the call.
         let result = unsafe { crate::loader::syscall::bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
-        match batch_end(result, &attr, part.len()) {
+        match batch_end(result, &attr, part.len(), n == 0) {
             Ok(Wrote::All) => {}
-            // Those written are written again, to the same effect.
             Ok(Wrote::Unsupported) => return Ok(Wrote::Unsupported),
             Err(Refused { at, error }) => {
                 return Err(Refused {
@@ -102,8 +100,7 @@ pub fn update_all<K: Pod, V: Pod>(map: &MapData, entries: &[(K, V)]) -> Result<W
 }
 
 /// Removes `keys` from `map` in their order, in one system call where it
-/// can; a key the map does not hold is passed over, as a removal of it
-/// would be.
+/// can; a key the map does not hold is passed over.
 pub fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> Result<Wrote, Refused> {
     let mut from = 0;
     while from < keys.len() {
@@ -112,7 +109,7 @@ pub fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> Result<Wrote, Refused> {
         // SAFETY: `attr` points at `left.len()` keys of the map's size,
         // alive for the call.
         let result = unsafe { crate::loader::syscall::bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
-        match batch_end(result, &attr, left.len()) {
+        match batch_end(result, &attr, left.len(), from == 0) {
             Err(Refused { at, error }) if error.raw_os_error() == Some(libc::ENOENT) => {
                 from += at + 1;
             }
@@ -122,7 +119,6 @@ pub fn delete_all<K: Pod>(map: &MapData, keys: &[K]) -> Result<Wrote, Refused> {
                     error,
                 });
             }
-            // Removing again what was removed is no change.
             Ok(Wrote::Unsupported) => return Ok(Wrote::Unsupported),
             Ok(Wrote::All) => from += left.len(),
         }
@@ -139,9 +135,11 @@ fn write_attr(map: &MapData, keys: *const u8, count: usize) -> BatchAttr {
     }
 }
 
-/// What a batched write's `result` means. A kernel or map type without
-/// the command answers before it writes anything (`EINVAL` on kernels
-/// older than batches, `ENOTSUPP` for map types without them). Otherwise
+/// What a batched write's `result` means, `first` for the first call of a
+/// write. A kernel or map type without the command answers the first call
+/// before it writes anything (`EINVAL` on kernels older than batches,
+/// `ENOTSUPP` for map types without them); on a later call that is a
+/// refusal like any other, the calls before it having written. Otherwise
 /// the kernel reports in `count` how many it wrote before the one it
 /// refused; a call it refused whole (a map no process may write) keeps
 /// the count it was given, and wrote nothing.
@@ -149,14 +147,16 @@ fn batch_end(
     result: io::Result<libc::c_long>,
     attr: &BatchAttr,
     asked: usize,
+    first: bool,
 ) -> Result<Wrote, Refused> {
     match result {
         Ok(_) => Ok(Wrote::All),
         Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
-            ) =>
+            if first
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+                ) =>
         {
             Ok(Wrote::Unsupported)
         }

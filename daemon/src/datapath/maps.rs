@@ -55,7 +55,8 @@ pub enum DatapathError {
     Prefix { addr: IpAddr, len: u8 },
 }
 
-/// A removal that finds nothing to remove has done its job.
+/// A removal that finds nothing to remove has done its job. aya reports
+/// a missing key as the system call's `ENOENT`, not as `KeyNotFound`.
 pub(super) fn removed(
     result: Result<(), MapError>,
     name: &'static str,
@@ -63,6 +64,11 @@ pub(super) fn removed(
 ) -> Result<(), DatapathError> {
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         Err(source) => Err(DatapathError::Remove {
             name,
             what: what(),

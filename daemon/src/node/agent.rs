@@ -1205,7 +1205,8 @@ fn serve(
 /// `gc_thresh1` neighbours in all). A pod placed before keeps its veth
 /// while that veth exists and nothing else claims it: a missing neighbour
 /// entry must not turn a known pod's veth into a quarantined one. Such a
-/// pod is neither nudged nor waited for: only new pods are.
+/// pod is not waited for, and is nudged only while a pod-like veth no pod
+/// holds is there (its new veth, if it moved).
 async fn locate(
     netlink: &rtnetlink::Handle,
     snapshot: &Snapshot,
@@ -1305,11 +1306,12 @@ async fn locate(
             Err(Unplaced::Unresolved { .. }) => {
                 let key = pod.key();
                 // Placed before at this address, its veth still there: kept
-                // below without asking the node. A nudge is a broadcast the
-                // bridge floods to every pod, and the kernel collects the
-                // entries of pods the node does not speak to in batches:
-                // nudged one by one, a batch of 100-192 took a full pass
-                // 54-152 ms to locate.
+                // below, neither waited for nor (unless a veth no pod holds
+                // could be its new one, below) asked for. A nudge is a
+                // broadcast the bridge floods to every pod, and the kernel
+                // collects the entries of pods the node does not speak to
+                // in batches: a pass that nudged and waited for a batch of
+                // 100-192 took 54-152 ms to locate.
                 if let Some(&(was, veth, _)) = before.placed.get(&key)
                     && was == ip
                     && tables.is_veth(veth).await?
@@ -1364,6 +1366,7 @@ async fn locate(
             "addresses unresolved at first"
         );
     }
+    let kept_ips: Vec<IpAddr> = kept_unresolved.iter().map(|&(_, _, ip)| ip).collect();
     let mut unplaced = Vec::new();
     for (pod, key, ip) in kept_unresolved.into_iter().chain(unresolved) {
         let claimed = |veth: u32| placed.values().any(|v| *v == veth);
@@ -1411,6 +1414,15 @@ async fn locate(
             .filter(|i| !known.contains(i))
             .collect(),
     };
+    // A kept pod may have come back on a new veth before its old one went
+    // (a sandbox made again with the same address), and only a veth no pod
+    // holds can be that one: then the kept pods are asked for after all,
+    // without waiting; the next full pass reads their answers.
+    if options.quarantine.is_none() || !quarantined.is_empty() {
+        for &ip in &kept_ips {
+            discover::nudge(ip);
+        }
+    }
     laps[3] = lap(&mut t);
     if !quiet {
         tracing::debug!(
@@ -1456,7 +1468,10 @@ enum Links {
     Changed,
     /// The periodic full pass: every pod located again, whatever it held,
     /// which repairs a placement no link event told of (a pod's address
-    /// answered from another veth while its old one lingers).
+    /// answered from another veth while its old one lingers). A pod whose
+    /// address the node no longer resolves keeps its veth; it is asked for
+    /// only while a veth no pod holds is there, and the next full pass
+    /// reads the answer (see [`locate`]).
     Everything,
 }
 
