@@ -738,7 +738,7 @@ fn a_known_pod_keeps_its_veth_while_the_node_cannot_resolve_it() -> anyhow::Resu
 
     // Its entry collected: the full passes (one each 200 ms) keep a where
     // it is, and none nudges it back.
-    ip_in(&lab.node, &format!("neigh del {} dev br0", target.ip))?;
+    ip_in(&lab.node, &format!("neigh flush to {} dev br0", target.ip))?;
     kept()?;
     assert_eq!(
         neighbour_mac(&lab.node, target.ip)?,
@@ -807,7 +807,7 @@ fn a_known_pod_back_on_a_new_veth_is_found_there() -> anyhow::Result<()> {
         &lab.pods[0].netns,
         &format!("addr del {ip}/{prefix} dev eth0"),
     )?;
-    ip_in(&lab.node, &format!("neigh del {ip} dev br0"))?;
+    ip_in(&lab.node, &format!("neigh flush to {ip} dev br0"))?;
     let index: u64 = ip_output(&lab.node, &format!("-o link show {host_if}"))?
         .split(':')
         .next()
