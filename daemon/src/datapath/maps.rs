@@ -411,49 +411,24 @@ impl DatapathMaps {
         // Leftovers of an interrupted earlier swap would mix into this one.
         let leftovers = self.keys_held(held, endpoint, generation)?;
         self.remove_keys(&leftovers, endpoint, generation)?;
-        // The generation no packet reads yet: written in any order, its
-        // exact entries in one call.
-        let (exact, trie): (Vec<_>, Vec<_>) = entries
+        // The generation no packet reads yet: written in any order, so its
+        // exact entries together, in one call.
+        let mut keyed: Vec<(Key<PolicyKey>, PolicyValue)> = entries
             .iter()
-            .flat_map(|e| policy_keys(endpoint, generation, e).map(move |k| (k, e)))
-            .partition(|(k, _)| is_exact(k));
-        let exact_entries: Vec<(PolicyKey, PolicyValue)> =
-            exact.iter().map(|(k, e)| (k.data(), e.value)).collect();
-        let (mut written, per_entry) =
-            match batch::update_all(self.policy_port.map(), &exact_entries) {
-                Ok(batch::Wrote::All) => (exact.iter().map(|(k, _)| *k).collect(), &[][..]),
-                Ok(batch::Wrote::Unsupported) => (Vec::new(), &exact[..]),
-                Err(batch::Refused { at, error }) => {
-                    let keys: Vec<_> = exact.iter().map(|(k, _)| *k).collect();
-                    self.remove_keys(&keys, endpoint, generation)?;
-                    return Err(DatapathError::Write {
-                        name: maps::POLICY_PORT,
-                        what: format!(
-                            "{:?} of endpoint {endpoint}",
-                            exact[at.min(exact.len() - 1)].1
-                        ),
-                        source: batch_error("bpf_map_update_batch", error),
-                    });
-                }
-            };
-        for &(key, entry) in per_entry.iter().chain(&trie) {
-            let (name, result) = if is_exact(&key) {
-                (
-                    maps::POLICY_PORT,
-                    self.policy_port.insert(&key.data(), &entry.value, 0),
-                )
-            } else {
-                (maps::POLICY, self.policy.insert(&key, &entry.value, 0))
-            };
-            if let Err(source) = result {
-                self.remove_keys(&written, endpoint, generation)?;
-                return Err(DatapathError::Write {
-                    name,
-                    what: format!("{entry:?} of endpoint {endpoint}"),
-                    source,
-                });
-            }
-            written.push(key);
+            .flat_map(|e| policy_keys(endpoint, generation, e).map(move |k| (k, e.value)))
+            .collect();
+        keyed.sort_by_key(|(k, _)| !is_exact(k));
+        let what = |key: &Key<PolicyKey>| {
+            format!(
+                "{:?}/{} of endpoint {endpoint}",
+                key.data(),
+                key.prefix_len()
+            )
+        };
+        if let Err(e) = self.insert_entries(&keyed, what) {
+            let keys: Vec<_> = keyed.iter().map(|(k, _)| *k).collect();
+            self.remove_keys(&keys, endpoint, generation)?;
+            return Err(e);
         }
         self.endpoints
             .insert(&ifindex, &next, 0)
@@ -494,40 +469,7 @@ impl DatapathMaps {
                 key.prefix_len()
             )
         };
-        // In their order (denies first: `sync::endpoints`), a run of exact
-        // entries at a time in one call.
-        for run in add.chunk_by(|a, b| is_exact(&a.0) == is_exact(&b.0)) {
-            if is_exact(&run[0].0) {
-                let entries: Vec<(PolicyKey, PolicyValue)> =
-                    run.iter().map(|(k, v)| (k.data(), *v)).collect();
-                match batch::update_all(self.policy_port.map(), &entries) {
-                    Ok(batch::Wrote::All) => continue,
-                    Ok(batch::Wrote::Unsupported) => {}
-                    Err(batch::Refused { at, error }) => {
-                        return Err(DatapathError::Write {
-                            name: maps::POLICY_PORT,
-                            what: what(&run[at.min(run.len() - 1)].0),
-                            source: batch_error("bpf_map_update_batch", error),
-                        });
-                    }
-                }
-            }
-            for (key, value) in run {
-                let (name, result) = if is_exact(key) {
-                    (
-                        maps::POLICY_PORT,
-                        self.policy_port.insert(&key.data(), value, 0),
-                    )
-                } else {
-                    (maps::POLICY, self.policy.insert(key, value, 0))
-                };
-                result.map_err(|source| DatapathError::Write {
-                    name,
-                    what: what(key),
-                    source,
-                })?;
-            }
-        }
+        self.insert_entries(add, what)?;
         self.remove_keys(remove, endpoint, generation)
     }
 
@@ -610,6 +552,49 @@ impl DatapathMaps {
     ) -> Result<(), DatapathError> {
         let keys = self.keys_held(held, endpoint, generation)?;
         self.remove_keys(&keys, endpoint, generation)
+    }
+
+    /// Writes `entries` in their order, each run of exact entries in one
+    /// call (entry by entry where the kernel has no batch writes); a
+    /// failure stops there, named by `what` of its key.
+    fn insert_entries(
+        &mut self,
+        entries: &[(Key<PolicyKey>, PolicyValue)],
+        what: impl Fn(&Key<PolicyKey>) -> String,
+    ) -> Result<(), DatapathError> {
+        for run in entries.chunk_by(|a, b| is_exact(&a.0) == is_exact(&b.0)) {
+            if is_exact(&run[0].0) {
+                let exact: Vec<(PolicyKey, PolicyValue)> =
+                    run.iter().map(|(k, v)| (k.data(), *v)).collect();
+                match batch::update_all(self.policy_port.map(), &exact) {
+                    Ok(batch::Wrote::All) => continue,
+                    Ok(batch::Wrote::Unsupported) => {}
+                    Err(batch::Refused { at, error }) => {
+                        return Err(DatapathError::Write {
+                            name: maps::POLICY_PORT,
+                            what: what(&run[at.min(run.len() - 1)].0),
+                            source: batch_error("bpf_map_update_batch", error),
+                        });
+                    }
+                }
+            }
+            for (key, value) in run {
+                let (name, result) = if is_exact(key) {
+                    (
+                        maps::POLICY_PORT,
+                        self.policy_port.insert(&key.data(), value, 0),
+                    )
+                } else {
+                    (maps::POLICY, self.policy.insert(key, value, 0))
+                };
+                result.map_err(|source| DatapathError::Write {
+                    name,
+                    what: what(key),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
     }
 
     fn remove_keys(
