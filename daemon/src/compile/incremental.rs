@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     identity::{IdentityKey, natural, probe_next},
-    model::{FastSet, Pod, Policy, Snapshot, networkpolicy::PortRef, pod_object},
+    model::{FastSet, Pod, Policy, Snapshot, networkpolicy::PortRef, pod_object, policy::Kind},
 };
 
 pub struct Incremental {
@@ -529,27 +529,31 @@ impl Incremental {
             .all(|k| !taken.contains(&natural(k)) && wanted.insert(natural(k)))
     }
 
-    /// The policies' index tables after policies changed; peer sets of
-    /// unchanged policies keep, by their new index.
+    /// The policies' index tables after policies changed; peer sets and
+    /// keys of unchanged policies keep, by their new index.
     fn reindex_policies(&mut self, old: &[Arc<Policy>], new: &Snapshot) {
-        let by_key: HashMap<String, usize> = new
+        let by_key: HashMap<_, usize> = new
             .policies
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.key(), i))
+            .map(|(i, p)| (p.key_parts(), i))
             .collect();
         let moved: Vec<Option<usize>> = old
             .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let key = &self.tables.policy_keys[i].0;
+            .map(|p| {
                 by_key
-                    .get(key)
+                    .get(&p.key_parts())
                     .copied()
                     .filter(|&j| same(&new.policies[j], p))
             })
             .collect();
-        self.tables.reindex_policies(new);
+        let mut kept: Vec<Option<(String, u32)>> = vec![None; new.policies.len()];
+        for (i, j) in moved.iter().enumerate() {
+            if let Some(j) = *j {
+                kept[j] = Some(std::mem::take(&mut self.tables.policy_keys[i]));
+            }
+        }
+        self.tables.reindex_policies_keeping(new, kept);
         let cache = std::mem::take(self.tables.peer_cache.get_mut());
         *self.tables.peer_cache.get_mut() = cache
             .into_iter()
@@ -572,7 +576,7 @@ impl Incremental {
         &mut self,
         old: &Snapshot,
         pods: &[PodChange<'_>],
-        policies: &BTreeSet<String>,
+        policies: &PolicyChanges,
         renumbered: &Renumbered,
     ) -> BTreeSet<String> {
         let new = self.snapshot.clone();
@@ -591,12 +595,11 @@ impl Incremental {
         }
         // Pods a changed policy selects, before or now.
         let no_labels = crate::model::Labels::new();
-        let changed: Vec<&Policy> = new
-            .policies
+        let changed: Vec<&Policy> = policies
+            .new
             .iter()
-            .chain(&old.policies)
-            .filter(|p| policies.contains(&p.key()))
-            .map(|p| &**p)
+            .map(|&j| &*new.policies[j])
+            .chain(policies.old.iter().map(|&i| &*old.policies[i]))
             .collect();
         if !changed.is_empty() {
             for pod in self.in_scope() {
@@ -820,30 +823,57 @@ fn pod_changes<'a>(
     Some((out, false))
 }
 
-/// The keys of the policies that differ between `old` and `new` (added,
-/// removed or changed); `None` when a key repeats.
-fn policy_changes(old: &[Arc<Policy>], new: &[Arc<Policy>]) -> Option<BTreeSet<String>> {
+/// The policies that differ between two snapshots, by their places in
+/// each: those removed or changed in the old list, those added or changed
+/// in the new one.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PolicyChanges {
+    old: Vec<usize>,
+    new: Vec<usize>,
+}
+
+impl PolicyChanges {
+    fn is_empty(&self) -> bool {
+        self.old.is_empty() && self.new.is_empty()
+    }
+}
+
+/// The policies that differ between `old` and `new` (added, removed or
+/// changed); `None` when a key repeats.
+fn policy_changes(old: &[Arc<Policy>], new: &[Arc<Policy>]) -> Option<PolicyChanges> {
     // The usual case: a change of pods or namespaces only.
     if old.len() == new.len() && old.iter().zip(new).all(|(a, b)| Arc::ptr_eq(a, b)) {
-        return Some(BTreeSet::new());
+        return Some(PolicyChanges::default());
     }
-    let index = |list: &[Arc<Policy>]| -> Option<BTreeMap<String, usize>> {
-        let mut m = BTreeMap::new();
+    fn index(list: &[Arc<Policy>]) -> Option<HashMap<(Kind, &str, &str), usize>> {
+        let mut m = HashMap::with_capacity(list.len());
         for (i, p) in list.iter().enumerate() {
-            if m.insert(p.key(), i).is_some() {
+            if m.insert(p.key_parts(), i).is_some() {
                 return None;
             }
         }
         Some(m)
-    };
+    }
     let (before, after) = (index(old)?, index(new)?);
-    let mut out = BTreeSet::new();
+    let mut out = PolicyChanges::default();
     for (k, &i) in &before {
-        if after.get(k).is_none_or(|&j| !same(&old[i], &new[j])) {
-            out.insert(k.clone());
+        match after.get(k) {
+            Some(&j) if same(&old[i], &new[j]) => {}
+            Some(&j) => {
+                out.old.push(i);
+                out.new.push(j);
+            }
+            None => out.old.push(i),
         }
     }
-    out.extend(after.keys().filter(|k| !before.contains_key(*k)).cloned());
+    out.new.extend(
+        after
+            .iter()
+            .filter(|(k, _)| !before.contains_key(*k))
+            .map(|(_, &j)| j),
+    );
+    out.old.sort_unstable();
+    out.new.sort_unstable();
     Some(out)
 }
 

@@ -283,6 +283,18 @@ impl Tables {
 
     /// The policies' keys, ids and candidates by namespace, by index.
     pub(super) fn reindex_policies(&mut self, snapshot: &Snapshot) {
+        self.reindex_policies_keeping(snapshot, Vec::new());
+    }
+
+    /// [`Self::reindex_policies`], taking each policy's key and id from
+    /// `kept` where it has them (by the policy's index): an unchanged
+    /// policy's are what they were, and a change need not format and
+    /// hash a cluster's worth of keys again.
+    pub(super) fn reindex_policies_keeping(
+        &mut self,
+        snapshot: &Snapshot,
+        mut kept: Vec<Option<(String, u32)>>,
+    ) {
         // A namespaced policy only selects pods of its own namespace; cluster
         // policies are candidates everywhere.
         self.by_namespace.clear();
@@ -296,11 +308,14 @@ impl Tables {
         self.policy_keys = snapshot
             .policies
             .iter()
-            .map(|p| {
-                let key = p.key();
-                // Non-zero: 0 means the default deny.
-                let id = stable_id(&key);
-                (key, id)
+            .enumerate()
+            .map(|(i, p)| {
+                kept.get_mut(i).and_then(Option::take).unwrap_or_else(|| {
+                    let key = p.key();
+                    // Non-zero: 0 means the default deny.
+                    let id = stable_id(&key);
+                    (key, id)
+                })
             })
             .collect();
     }

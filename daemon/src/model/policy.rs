@@ -131,6 +131,18 @@ impl Policy {
             .key(self.namespace.as_deref().unwrap_or(""), &self.name)
     }
 
+    /// What [`Self::key`] is made of, borrowed: equal parts make equal
+    /// keys (and, for names without `/`, as the API's are, the other way
+    /// round), and comparing them allocates nothing, where a change
+    /// compares a cluster's worth.
+    pub fn key_parts(&self) -> (Kind, &str, &str) {
+        let namespace = match self.kind {
+            Kind::PalisadeClusterNetworkPolicy => "",
+            _ => self.namespace.as_deref().unwrap_or(""),
+        };
+        (self.kind, namespace, &self.name)
+    }
+
     pub fn rules(&self, egress: bool) -> Option<&[Rule]> {
         if egress {
             self.egress.as_deref()
