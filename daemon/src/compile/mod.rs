@@ -200,11 +200,7 @@ fn peer_identities(cx: &Context<'_>, rule: Rule<'_>) -> Vec<u32> {
             .iter()
             .flat_map(|peer| match &peer.ip_block {
                 Some(block) => cx.block_identities(block),
-                None => cx
-                    .peer_pods(rule.namespace, peer)
-                    .into_iter()
-                    .flat_map(|p| cx.identities_of(p))
-                    .collect(),
+                None => cx.peer_identities(rule.namespace, peer),
             })
             .collect()
     };

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use crate::{
     identity::{IdentityKey, allocate, stable_id},
     model::{
-        Pod, Policy, Snapshot,
+        FastSet, Pod, Policy, Snapshot,
         networkpolicy::{IpBlock, Peer},
     },
 };
@@ -153,6 +153,53 @@ impl Context<'_> {
                         .pod_selector
                         .as_ref()
                         .is_none_or(|sel| sel.matches(&pod.labels))
+            })
+            .collect()
+    }
+
+    /// The identities of the pods a (selector) peer of a policy in
+    /// `namespace` names: those of [`Self::peer_pods`]' pods, found from
+    /// the identity keys rather than the pods. A pod address's key holds
+    /// its namespace's labels (its name among them) and its pod's labels,
+    /// all that a selector looks at; the cluster has no more keys than
+    /// pod addresses, and a key is matched without its pod's name being
+    /// formatted and looked up.
+    pub(super) fn peer_identities(&self, namespace: Option<&str>, peer: &Peer) -> Vec<u32> {
+        // As `peer_pods`: the namespaces a selector names are those that
+        // exist, matched once each.
+        let namespaces: Option<FastSet<&str>> = match &peer.namespace_selector {
+            Some(sel) => Some(
+                self.t
+                    .ns_labels
+                    .iter()
+                    .filter(|(_, labels)| sel.matches(labels))
+                    .map(|(name, _)| name.as_str())
+                    .collect(),
+            ),
+            None => namespace.map(|ns| [ns].into_iter().collect()),
+        };
+        self.t
+            .identities
+            .iter()
+            .filter_map(|(key, &id)| {
+                let IdentityKey::Labels {
+                    namespace: ns_labels,
+                    pod,
+                    ..
+                } = key
+                else {
+                    return None;
+                };
+                let name = ns_labels.get(crate::model::NAMESPACE_NAME_LABEL)?;
+                let ns_ok = namespaces
+                    .as_ref()
+                    .is_none_or(|n| n.contains(name.as_str()));
+                (ns_ok
+                    && peer
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| sel.matches(pod)))
+                .then_some(id)
             })
             .collect()
     }

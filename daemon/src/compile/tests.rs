@@ -249,3 +249,52 @@ fn an_ip_block_matches_only_the_address_of_a_dual_stack_pod_it_covers() {
         super::evaluate::identity_of(&c, from.ips[1])
     );
 }
+
+#[test]
+fn a_peers_identities_are_those_of_the_pods_it_names() {
+    // Peers of every shape; a block that gives some addresses keys of their
+    // own; a dual-stack pod; pods of a namespace that has no object, which
+    // a namespace selector never names (not even by its name label).
+    let peers = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: peers}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: a}}\n    - namespaceSelector: {}\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ghost}}\n    - podSelector: {}\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: DoesNotExist}]}\n    - ipBlock: {cidr: 10.244.0.4/30}\n";
+    let mut s = with(peers);
+    let mut ghost = pod(&s, "x/a").clone();
+    ghost.namespace = "ghost".into();
+    ghost.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 9, 1))];
+    s.pods.push(ghost.into());
+    let mut dual = pod(&s, "y/b").clone();
+    dual.name = "dual".into();
+    dual.ips = vec![
+        IpAddr::V4(Ipv4Addr::new(10, 244, 0, 6)),
+        "fd00::6".parse().unwrap(),
+    ];
+    s.pods.push(dual.into());
+    let t = super::tables::Tables::new(&s);
+    let cx = super::tables::Context {
+        snapshot: &s,
+        t: &t,
+    };
+    let mut compared = 0;
+    for policy in &s.policies {
+        for rule in policy.rules(false).into_iter().flatten() {
+            for peer in rule.peers.iter().filter(|p| p.ip_block.is_none()) {
+                // None: as a cluster policy's peer, any namespace.
+                for namespace in [policy.namespace.as_deref(), None] {
+                    let mut by_pods: Vec<u32> = cx
+                        .peer_pods(namespace, peer)
+                        .into_iter()
+                        .flat_map(|p| cx.identities_of(p))
+                        .collect();
+                    by_pods.sort_unstable();
+                    by_pods.dedup();
+                    let mut by_keys = cx.peer_identities(namespace, peer);
+                    by_keys.sort_unstable();
+                    assert_eq!(by_keys, by_pods, "{peer:?} in {namespace:?}");
+                    compared += usize::from(!by_pods.is_empty());
+                }
+            }
+        }
+    }
+    // Two peers name nobody: the ghost namespace's, and a selector of
+    // namespaces without an `ns` label (each has one).
+    assert_eq!(compared, 8, "peers that named someone");
+}
