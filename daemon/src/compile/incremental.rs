@@ -35,7 +35,9 @@ use super::{
 };
 use crate::{
     identity::{IdentityKey, natural, probe_next},
-    model::{FastSet, Pod, Policy, Snapshot, networkpolicy::PortRef, pod_object, policy::Kind},
+    model::{
+        FastMap, FastSet, Pod, Policy, Snapshot, networkpolicy::PortRef, pod_object, policy::Kind,
+    },
 };
 
 pub struct Incremental {
@@ -318,7 +320,11 @@ impl Incremental {
         let Some(policies) = policy_changes(&old.policies, &new.policies) else {
             return self.full();
         };
-        if !policies.is_empty() && Tables::prefixes_of(&new) != self.tables.prefixes {
+        // The prefixes are every policy's blocks: where no changed policy
+        // has one, before or after, they are what they were.
+        if policies.blocks(&old.policies, &new.policies)
+            && Tables::prefixes_of(&new) != self.tables.prefixes
+        {
             return self.full();
         }
         let (pods, same_places, came) = match self.by_object(&old, &new) {
@@ -532,7 +538,7 @@ impl Incremental {
     /// The policies' index tables after policies changed; peer sets and
     /// keys of unchanged policies keep, by their new index.
     fn reindex_policies(&mut self, old: &[Arc<Policy>], new: &Snapshot) {
-        let by_key: HashMap<_, usize> = new
+        let by_key: FastMap<_, usize> = new
             .policies
             .iter()
             .enumerate()
@@ -836,6 +842,19 @@ impl PolicyChanges {
     fn is_empty(&self) -> bool {
         self.old.is_empty() && self.new.is_empty()
     }
+
+    /// Whether a changed policy, as it was or as it is, has an ipBlock.
+    fn blocks(&self, old: &[Arc<Policy>], new: &[Arc<Policy>]) -> bool {
+        let has = |p: &Policy| {
+            [false, true]
+                .into_iter()
+                .filter_map(|egress| p.rules(egress))
+                .flatten()
+                .flat_map(|rule| &rule.peers)
+                .any(|peer| peer.ip_block.is_some())
+        };
+        self.old.iter().any(|&i| has(&old[i])) || self.new.iter().any(|&j| has(&new[j]))
+    }
 }
 
 /// The policies that differ between `old` and `new` (added, removed or
@@ -845,8 +864,8 @@ fn policy_changes(old: &[Arc<Policy>], new: &[Arc<Policy>]) -> Option<PolicyChan
     if old.len() == new.len() && old.iter().zip(new).all(|(a, b)| Arc::ptr_eq(a, b)) {
         return Some(PolicyChanges::default());
     }
-    fn index(list: &[Arc<Policy>]) -> Option<HashMap<(Kind, &str, &str), usize>> {
-        let mut m = HashMap::with_capacity(list.len());
+    fn index(list: &[Arc<Policy>]) -> Option<FastMap<(Kind, &str, &str), usize>> {
+        let mut m = FastMap::with_capacity_and_hasher(list.len(), Default::default());
         for (i, p) in list.iter().enumerate() {
             if m.insert(p.key_parts(), i).is_some() {
                 return None;
