@@ -61,6 +61,11 @@ pub struct Incremental {
     keys: FastSet<String>,
     /// Per kept pod: the indexes of the policies that select it.
     selecting: HashMap<String, Vec<usize>>,
+    /// The keys a collision pushed past their natural number, with theirs:
+    /// few, and only a full compile makes them (a change gives a key its
+    /// natural number or compiles everything), so they are found once
+    /// rather than by hashing every key on every change that retires one.
+    displaced: Vec<(IdentityKey, u32)>,
 }
 
 /// Where in `pods` the pods that `keep` holds sit.
@@ -144,7 +149,15 @@ impl Incremental {
             unique,
             keys: if unique { keys } else { FastSet::default() },
             selecting: HashMap::new(),
+            displaced: Vec::new(),
         };
+        me.displaced = me
+            .tables
+            .identities
+            .iter()
+            .filter(|(k, id)| **id != natural(k))
+            .map(|(k, id)| (k.clone(), *id))
+            .collect();
         me.find_kept();
         let all: BTreeSet<String> = me.in_scope().map(Pod::key).collect();
         me.recompile(&all);
@@ -447,6 +460,7 @@ impl Incremental {
             return None;
         }
         let mut out = Renumbered::default();
+        self.displaced.retain(|(k, _)| !vanished.contains(k));
         for k in &vanished {
             if let Some(id) = self.tables.identities.remove(k) {
                 out.gone.insert(id);
@@ -497,20 +511,11 @@ impl Incremental {
     /// key where a fresh allocation would put it.
     fn numbering_holds(&self, vanished: &[IdentityKey], appeared: &[IdentityKey]) -> bool {
         let ids = &self.tables.identities;
-        // The keys a collision pushed past their natural number: few.
-        let displaced: Vec<(&IdentityKey, u32)> = if vanished.is_empty() {
-            Vec::new()
-        } else {
-            ids.iter()
-                .filter(|(k, id)| **id != natural(k))
-                .map(|(k, id)| (k, *id))
-                .collect()
-        };
         let mut freed = BTreeSet::new();
         for v in vanished {
             let Some(&slot) = ids.get(v) else { continue };
             // A later key that probed past this slot would move into it.
-            let moved = displaced.iter().any(|&(k, id)| {
+            let moved = self.displaced.iter().any(|&(ref k, id)| {
                 k > v && {
                     let mut at = natural(k);
                     while at != id && at != slot {
@@ -524,15 +529,14 @@ impl Incremental {
             }
             freed.insert(slot);
         }
-        let taken: HashSet<u32> = ids
-            .values()
-            .copied()
-            .filter(|id| !freed.contains(id))
-            .collect();
-        let mut wanted = BTreeSet::new();
-        appeared
-            .iter()
-            .all(|k| !taken.contains(&natural(k)) && wanted.insert(natural(k)))
+        // Each new key's natural number, free of the others' and of every
+        // key that stays: one walk of the numbers, without a set of them.
+        let mut wanted = FastSet::default();
+        if !appeared.iter().all(|k| wanted.insert(natural(k))) {
+            return false;
+        }
+        !ids.values()
+            .any(|id| wanted.contains(id) && !freed.contains(id))
     }
 
     /// The policies' index tables after policies changed; peer sets and

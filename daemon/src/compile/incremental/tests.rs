@@ -159,6 +159,28 @@ fn a_relabel_onto_a_taken_identity_compiles_everything_and_still_agrees() {
     let mut inc = Incremental::new(s.clone());
     let change = update_agrees(&mut inc, relabelled(&s, "x/b", labels(&[("pod", &second)])));
     assert!(change.full, "the collision forces a full compile");
+
+    // Both are held now, the greater key pushed past its natural number.
+    // Retiring the lesser frees that number, which a fresh allocation
+    // would give the pushed key: everything is compiled again.
+    let both = inc.snapshot().as_ref().clone();
+    let (lesser, greater) = if key(&first) < key(&second) {
+        ("x/a", "x/b")
+    } else {
+        ("x/b", "x/a")
+    };
+    let gone = labels(&[("pod", "gone")]);
+    let mut retire_lesser = Incremental::new(both.clone());
+    let change = update_agrees(&mut retire_lesser, relabelled(&both, lesser, gone.clone()));
+    assert!(change.full, "the pushed key takes its natural number back");
+    // Retiring the pushed key moves no other: no full compile, then or
+    // when the other goes too.
+    let mut retire_greater = Incremental::new(both.clone());
+    let once = relabelled(&both, greater, gone.clone());
+    let change = update_agrees(&mut retire_greater, once.clone());
+    assert!(!change.full, "{change:?}");
+    let change = update_agrees(&mut retire_greater, relabelled(&once, lesser, gone));
+    assert!(!change.full, "{change:?}");
 }
 
 #[test]
