@@ -45,7 +45,7 @@ pub struct Incremental {
     tables: Tables,
     compiled: Compiled,
     /// How many pod addresses hold each label identity.
-    holders: HashMap<IdentityKey, usize>,
+    holders: FastMap<IdentityKey, usize>,
     /// The pods whose endpoints are kept; `None`: every pod.
     scope: Option<BTreeSet<String>>,
     /// Where the kept pods sit in the snapshot's list: a change walks
@@ -124,7 +124,7 @@ impl Incremental {
 
     fn build(snapshot: Arc<Snapshot>, scope: Option<BTreeSet<String>>) -> Self {
         let tables = Tables::new(&snapshot);
-        let mut holders: HashMap<IdentityKey, usize> = HashMap::new();
+        let mut holders: FastMap<IdentityKey, usize> = FastMap::default();
         for pod in &snapshot.pods {
             for ip in &pod.ips {
                 *holders
@@ -183,7 +183,8 @@ impl Incremental {
             self.kept = (0..self.snapshot.pods.len()).collect();
             return;
         };
-        let mut by_namespace: HashMap<&str, HashSet<&str>> = HashMap::new();
+        // A fast hasher: every pod of the cluster is looked up.
+        let mut by_namespace: FastMap<&str, FastSet<&str>> = FastMap::default();
         for key in scope {
             if let Some((ns, name)) = key.split_once('/') {
                 by_namespace.entry(ns).or_default().insert(name);
@@ -423,7 +424,7 @@ impl Incremental {
             .map(|&(before, after)| (before, keys(old, before), after, keys(new, after)))
             .collect();
         // Each touched key's count before the change.
-        let mut counted: HashMap<IdentityKey, usize> = HashMap::new();
+        let mut counted: FastMap<IdentityKey, usize> = FastMap::default();
         for (_, before, _, after) in &moves {
             for (_, k) in before.iter().chain(after) {
                 counted
@@ -777,8 +778,8 @@ fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
 }
 
 /// The snapshot's pods by key; `None` when a key repeats.
-fn pod_index(s: &Snapshot) -> Option<HashMap<(&str, &str), &Pod>> {
-    let mut m = HashMap::with_capacity(s.pods.len());
+fn pod_index(s: &Snapshot) -> Option<FastMap<(&str, &str), &Pod>> {
+    let mut m = FastMap::with_capacity_and_hasher(s.pods.len(), Default::default());
     for p in &s.pods {
         if m.insert((p.namespace.as_str(), p.name.as_str()), &**p)
             .is_some()

@@ -24,6 +24,7 @@ use crate::{
         DatapathError, DatapathMaps,
         maps::{HeldPolicy, lookup_flags, policy_keys, sourced},
     },
+    model::FastSet,
 };
 
 /// What a pass that failed nothing left in the identity and policy maps,
@@ -306,8 +307,9 @@ impl<'p> Pass<'p> {
         if self.identity_diff.is_empty() {
             return HashSet::new();
         }
-        let before: HashSet<u32> = self.held_identities.values().copied().collect();
-        let after: HashSet<u32> = self.desired.addresses.values().copied().collect();
+        // A cluster's worth of numbers each: a fast hasher.
+        let before: FastSet<u32> = self.held_identities.values().copied().collect();
+        let after: FastSet<u32> = self.desired.addresses.values().copied().collect();
         before.symmetric_difference(&after).copied().collect()
     }
 
