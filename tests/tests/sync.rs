@@ -391,6 +391,9 @@ fn a_full_identity_map_is_one_error_and_a_count() -> anyhow::Result<()> {
         );
     }
     let report = apply(&mut m, &s, &local)?;
+    // Written in a batch the full map cuts short: those before it stay,
+    // and are counted.
+    assert_eq!(report.identities_written, 16);
     assert_eq!(report.errors.len(), 2, "{:#?}", report.errors);
     assert!(
         report.errors[0].contains(maps::IDENTITY_HOST) && report.errors[0].contains("full"),

@@ -10,7 +10,10 @@ use aya::maps::{HashMap, IterableMap as _, LpmTrie, MapData, lpm_trie::Key};
 use ebpf_common::datapath::{ADDR_LEN, ipv4_mapped, ipv4_prefix_len};
 use ipnet::IpNet;
 
-use super::maps::{DatapathError, open_map, read_whole, removed};
+use super::{
+    batch,
+    maps::{DatapathError, open_map, read_whole, removed},
+};
 use crate::paths::PinDir;
 
 /// The 16-byte form of an address and the matching prefix length (IPv4 as
@@ -83,6 +86,61 @@ impl<V: aya::Pod + PartialEq + std::fmt::Debug> AddressMap<V> {
             (self.trie_name, self.trie.remove(&key))
         };
         removed(result, name, || format!("removal of {addr}/{len}"))
+    }
+
+    /// Writes every pair: the single addresses in batches (a system call
+    /// for thousands, where [`Self::set`] takes one each: a namespace
+    /// relabelled moves each of its pods' identities), the other prefixes
+    /// one by one. Where the kernel has no batch writes, or refuses one,
+    /// the rest go one by one, so each failure is one pair's, as with
+    /// `set`. Returns the failures.
+    pub fn set_all(&mut self, pairs: &[(IpNet, V)]) -> Vec<DatapathError> {
+        let mut failed = Vec::new();
+        let mut hosts: Vec<(IpNet, [u8; ADDR_LEN], V)> = Vec::with_capacity(pairs.len());
+        for &(net, value) in pairs {
+            match addr_key(net.addr(), net.prefix_len()) {
+                Ok(key) if key.prefix_len() == 128 => hosts.push((net, key.data(), value)),
+                Ok(_) => failed.extend(self.set(net.addr(), net.prefix_len(), value).err()),
+                Err(e) => failed.push(e),
+            }
+        }
+        let entries: Vec<([u8; ADDR_LEN], V)> = hosts.iter().map(|&(_, k, v)| (k, v)).collect();
+        let from = match batch::update_all(self.host.map(), &entries) {
+            Ok(batch::Wrote::All) => entries.len(),
+            Ok(batch::Wrote::Unsupported) => 0,
+            // Those before it are written; it and the rest get their own
+            // errors below.
+            Err(batch::Refused { at, .. }) => at,
+        };
+        for &(net, _, value) in &hosts[from..] {
+            failed.extend(self.set(net.addr(), net.prefix_len(), value).err());
+        }
+        failed
+    }
+
+    /// Removes every prefix, the single addresses in batches (see
+    /// [`Self::set_all`]); one that is not there has been removed. Returns
+    /// the failures.
+    pub fn remove_all(&mut self, nets: &[IpNet]) -> Vec<DatapathError> {
+        let mut failed = Vec::new();
+        let mut hosts: Vec<(IpNet, [u8; ADDR_LEN])> = Vec::with_capacity(nets.len());
+        for &net in nets {
+            match addr_key(net.addr(), net.prefix_len()) {
+                Ok(key) if key.prefix_len() == 128 => hosts.push((net, key.data())),
+                Ok(_) => failed.extend(self.remove(net.addr(), net.prefix_len()).err()),
+                Err(e) => failed.push(e),
+            }
+        }
+        let keys: Vec<[u8; ADDR_LEN]> = hosts.iter().map(|&(_, k)| k).collect();
+        let from = match batch::delete_all(self.host.map(), &keys) {
+            Ok(batch::Wrote::All) => keys.len(),
+            Ok(batch::Wrote::Unsupported) => 0,
+            Err(batch::Refused { at, .. }) => at,
+        };
+        for &(net, _) in &hosts[from..] {
+            failed.extend(self.remove(net.addr(), net.prefix_len()).err());
+        }
+        failed
     }
 
     /// Every prefix the pair holds, with its value.

@@ -276,6 +276,21 @@ impl DatapathMaps {
         self.identities.remove(addr, len)
     }
 
+    /// Every pair's identity written, in batches (see
+    /// [`AddressMap::set_all`]); the failures.
+    pub fn set_identities(&mut self, pairs: &[(IpNet, u32)]) -> Vec<DatapathError> {
+        let values: Vec<(IpNet, IdentityValue)> = pairs
+            .iter()
+            .map(|&(net, identity)| (net, IdentityValue { identity }))
+            .collect();
+        self.identities.set_all(&values)
+    }
+
+    /// Every prefix's identity removed, in batches; the failures.
+    pub fn remove_identities(&mut self, nets: &[IpNet]) -> Vec<DatapathError> {
+        self.identities.remove_all(nets)
+    }
+
     /// The identity of every prefix the identity maps hold.
     pub fn identities(&self) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
         let held = self.identities.held()?;

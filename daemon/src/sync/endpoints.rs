@@ -280,17 +280,11 @@ impl<'p> Pass<'p> {
     /// line per address in the log and the status.
     fn identities_in(&mut self) {
         self.identity_diff = AddressDiff::of(&self.held_identities, self.desired.addresses);
-        let mut failed = 0usize;
-        for &(net, id) in &self.identity_diff.write {
-            match self.maps.set_identity(net.addr(), net.prefix_len(), id) {
-                Ok(()) => self.report.identities_written += 1,
-                Err(e) => {
-                    if failed == 0 {
-                        self.report.errors.push(e.to_string());
-                    }
-                    failed += 1;
-                }
-            }
+        let errors = self.maps.set_identities(&self.identity_diff.write);
+        let failed = errors.len();
+        self.report.identities_written += self.identity_diff.write.len() - failed;
+        if let Some(first) = errors.first() {
+            self.report.errors.push(first.to_string());
         }
         if failed > 1 {
             self.report.errors.push(format!(
@@ -407,12 +401,12 @@ impl<'p> Pass<'p> {
 
     /// Identities last out: nothing refers to them any more.
     fn identities_out(&mut self) {
-        for net in std::mem::take(&mut self.identity_diff.remove) {
-            match self.maps.remove_identity(net.addr(), net.prefix_len()) {
-                Ok(()) => self.report.identities_removed += 1,
-                Err(e) => self.report.errors.push(e.to_string()),
-            }
-        }
+        let remove = std::mem::take(&mut self.identity_diff.remove);
+        let errors = self.maps.remove_identities(&remove);
+        self.report.identities_removed += remove.len() - errors.len();
+        self.report
+            .errors
+            .extend(errors.into_iter().map(|e| e.to_string()));
     }
 }
 
