@@ -530,6 +530,9 @@ impl Incremental {
             }
             freed.insert(slot);
         }
+        if appeared.is_empty() {
+            return true;
+        }
         // Each new key's natural number, free of the others' and of every
         // key that stays: one walk of the numbers, without a set of them.
         let mut wanted = FastSet::default();
@@ -627,7 +630,11 @@ impl Incremental {
                 }
             }
         }
-        let touched = self.patch_peer_sets(pods, renumbered);
+        // A Namespace object that came or went may leave its pods' keys as
+        // they were (no labels of its own), but a namespace selector names
+        // only namespaces that exist.
+        let came_or_went = !old.namespaces.keys().eq(new.namespaces.keys());
+        let touched = self.patch_peer_sets(pods, renumbered, came_or_went);
         for (key, list) in &self.selecting {
             if list.iter().any(|i| touched.contains(i)) {
                 dirty.insert(key.clone());
@@ -639,11 +646,13 @@ impl Incremental {
     /// Brings the cached peer sets of the kept pods' policies up to date
     /// (see [`Self::dirty`]); rules with named egress ports, which resolve
     /// on each destination pod, are compiled afresh where they name a
-    /// changed pod. Returns the policies whose rules changed.
+    /// changed pod, and rules with a namespace selector where a Namespace
+    /// object came or went. Returns the policies whose rules changed.
     fn patch_peer_sets(
         &mut self,
         pods: &[PodChange<'_>],
         renumbered: &Renumbered,
+        namespaces_came_or_went: bool,
     ) -> BTreeSet<usize> {
         let snapshot = self.snapshot.clone();
         let cx = Context {
@@ -678,10 +687,17 @@ impl Incremental {
                                 None => cx.peer_admits(ns, peer, pod),
                             })
                     };
-                    if named
-                        && pods.iter().any(|(a, b)| {
-                            a.is_some_and(|p| names(p, None)) || b.is_some_and(|p| names(p, None))
-                        })
+                    let by_namespaces = namespaces_came_or_went
+                        && rule
+                            .peers
+                            .iter()
+                            .any(|p| p.ip_block.is_none() && p.namespace_selector.is_some());
+                    if by_namespaces
+                        || named
+                            && pods.iter().any(|(a, b)| {
+                                a.is_some_and(|p| names(p, None))
+                                    || b.is_some_and(|p| names(p, None))
+                            })
                     {
                         forget.push((index, dir, r));
                         touched.insert(index);

@@ -158,8 +158,9 @@ impl Context<'_> {
     }
 
     /// The identities of the pods a (selector) peer of a policy in
-    /// `namespace` names: those of [`Self::peer_pods`]' pods, found from
-    /// the identity keys rather than the pods. A pod address's key holds
+    /// `namespace` names: those of [`Self::peer_pods`]' pods (where pods'
+    /// keys are unique, as the sources hand them out), found from the
+    /// identity keys rather than the pods. A pod address's key holds
     /// its namespace's labels (its name among them) and its pod's labels,
     /// all that a selector looks at; the cluster has no more keys than
     /// pod addresses, and a key is matched without its pod's name being

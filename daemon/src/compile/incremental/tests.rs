@@ -428,3 +428,39 @@ fn random_changes_under_random_policies_agree_with_a_full_compile() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_namespace_object_that_comes_after_its_pods_or_goes_agrees() {
+    // Pods of namespace w before its Namespace object (a watch may list
+    // them first). Without labels of its own the object leaves the pods'
+    // identity keys as they were, but a namespace selector names only
+    // namespaces that exist.
+    let mut s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-in, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: w}}}]}]\n",
+    );
+    let mut pod = (*s.pods[0]).clone();
+    pod.namespace = "w".into();
+    pod.name = "w1".into();
+    pod.labels = labels(&[("pod", "w")]);
+    pod.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 244, 2, 1))];
+    s.pods.push(pod.into());
+    let scope: BTreeSet<String> = ["x/a".to_owned()].into();
+    let mut inc = Incremental::scoped(Arc::new(s.clone()), scope);
+    let mut with_w = s.clone();
+    with_w.namespaces.insert(
+        "w".into(),
+        crate::model::Namespace {
+            name: "w".into(),
+            labels: Labels::new(),
+            annotations: std::collections::BTreeMap::new(),
+        },
+    );
+    let change = update_agrees(&mut inc, with_w);
+    assert_eq!(
+        change.endpoints,
+        vec!["x/a".to_owned()],
+        "x/a admits w1 now"
+    );
+    let change = update_agrees(&mut inc, s);
+    assert_eq!(change.endpoints, vec!["x/a".to_owned()], "and no longer");
+}
