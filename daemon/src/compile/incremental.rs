@@ -727,6 +727,10 @@ impl Incremental {
         for at in forget {
             cache.remove(&at);
         }
+        // Only the rules of policies a kept pod uses are patched: the rest
+        // go, or a scope that took such a policy up again would find them
+        // as they were before this change.
+        cache.retain(|(index, _, _), _| used.contains(index));
         for (at, gained) in patches {
             if let Some(ids) = cache.get_mut(&at) {
                 ids.retain(|id| !renumbered.gone.contains(id));

@@ -331,6 +331,8 @@ enum Op {
     RemovePolicy(usize),
     EditPolicy(usize, usize),
     RelabelNamespace(usize, u8),
+    /// A Namespace object goes, or comes back without labels of its own.
+    ToggleNamespace(usize),
     Scope(u16),
 }
 
@@ -379,8 +381,22 @@ fn apply(s: &mut Snapshot, op: &Op, spare: &[crate::model::Policy], step: usize)
         }
         Op::RelabelNamespace(ns, l) => {
             let ns = ["x", "y", "z"][ns % 3];
-            let labels = &mut s.namespaces.get_mut(ns).unwrap().labels;
-            labels.insert("team".into(), format!("t{}", l % 2));
+            if let Some(n) = s.namespaces.get_mut(ns) {
+                n.labels.insert("team".into(), format!("t{}", l % 2));
+            }
+        }
+        Op::ToggleNamespace(ns) => {
+            let ns = ["x", "y", "z"][ns % 3];
+            if s.namespaces.remove(ns).is_none() {
+                s.namespaces.insert(
+                    ns.into(),
+                    crate::model::Namespace {
+                        name: ns.into(),
+                        labels: Labels::new(),
+                        annotations: std::collections::BTreeMap::new(),
+                    },
+                );
+            }
         }
         _ => {}
     }
@@ -395,6 +411,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..4usize).prop_map(Op::RemovePolicy),
         (0..4usize, 0..4usize).prop_map(|(i, j)| Op::EditPolicy(i, j)),
         (0..3usize, any::<u8>()).prop_map(|(n, l)| Op::RelabelNamespace(n, l)),
+        (0..3usize).prop_map(Op::ToggleNamespace),
         any::<u16>().prop_map(Op::Scope),
     ]
 }
@@ -463,4 +480,20 @@ fn a_namespace_object_that_comes_after_its_pods_or_goes_agrees() {
     );
     let change = update_agrees(&mut inc, s);
     assert_eq!(change.endpoints, vec!["x/a".to_owned()], "and no longer");
+}
+
+#[test]
+fn a_policy_taken_up_again_by_the_scope_sees_the_changes_made_meanwhile() {
+    let s = with(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-in, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: b}}}]}]\n",
+    );
+    let a: BTreeSet<String> = ["x/a".to_owned()].into();
+    let mut inc = Incremental::scoped(Arc::new(s.clone()), a.clone());
+    // No kept pod uses the policy while another pod it names changes.
+    inc.set_scope(["x/c".to_owned()].into());
+    let fresh = relabelled(&s, "y/b", labels(&[("pod", "b"), ("new", "1")]));
+    update_agrees(&mut inc, fresh);
+    inc.set_scope(a);
+    let want = expected(inc.snapshot(), inc.scope.as_ref());
+    assert_eq!(inc.compiled().endpoints, want.endpoints);
 }
