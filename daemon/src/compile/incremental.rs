@@ -870,14 +870,7 @@ impl PolicyChanges {
 
     /// Whether a changed policy, as it was or as it is, has an ipBlock.
     fn blocks(&self, old: &[Arc<Policy>], new: &[Arc<Policy>]) -> bool {
-        let has = |p: &Policy| {
-            [false, true]
-                .into_iter()
-                .filter_map(|egress| p.rules(egress))
-                .flatten()
-                .flat_map(|rule| &rule.peers)
-                .any(|peer| peer.ip_block.is_some())
-        };
+        let has = |p: &Policy| super::tables::blocks(p).next().is_some();
         self.old.iter().any(|&i| has(&old[i])) || self.new.iter().any(|&j| has(&new[j]))
     }
 }

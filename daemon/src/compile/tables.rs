@@ -4,7 +4,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -60,7 +60,7 @@ pub(super) fn block_test(block: &IpBlock) -> impl Fn(&IpAddr) -> bool {
     move |ip| cidr.is_some_and(|c| c.contains(ip)) && !excepts.iter().any(|e| e.contains(ip))
 }
 
-fn blocks(p: &Policy) -> impl Iterator<Item = &IpBlock> {
+pub(super) fn blocks(p: &Policy) -> impl Iterator<Item = &IpBlock> {
     p.rules(false)
         .into_iter()
         .chain(p.rules(true))
@@ -124,12 +124,15 @@ impl Context<'_> {
             .unwrap_or_default()
     }
 
-    /// The pods a (selector) peer of a policy in `namespace` names; a
-    /// cluster policy's (no namespace) podSelector looks in every namespace.
-    pub(super) fn peer_pods(&self, namespace: Option<&str>, peer: &Peer) -> Vec<&Pod> {
-        // Selectors are matched once per namespace, not once per pod.
-        // `None`: any namespace.
-        let namespaces: Option<HashSet<&str>> = match &peer.namespace_selector {
+    /// The namespaces a (selector) peer of a policy in `namespace` names:
+    /// a namespace selector's are those that exist, each matched once
+    /// rather than once per pod; `None`: any namespace.
+    fn peer_namespaces<'n>(
+        &'n self,
+        namespace: Option<&'n str>,
+        peer: &Peer,
+    ) -> Option<FastSet<&'n str>> {
+        match &peer.namespace_selector {
             Some(sel) => Some(
                 self.t
                     .ns_labels
@@ -138,8 +141,14 @@ impl Context<'_> {
                     .map(|(name, _)| name.as_str())
                     .collect(),
             ),
-            None => namespace.map(|ns| [ns].into()),
-        };
+            None => namespace.map(|ns| [ns].into_iter().collect()),
+        }
+    }
+
+    /// The pods a (selector) peer of a policy in `namespace` names; a
+    /// cluster policy's (no namespace) podSelector looks in every namespace.
+    pub(super) fn peer_pods(&self, namespace: Option<&str>, peer: &Peer) -> Vec<&Pod> {
+        let namespaces = self.peer_namespaces(namespace, peer);
         self.snapshot
             .pods
             .iter()
@@ -166,19 +175,7 @@ impl Context<'_> {
     /// pod addresses, and a key is matched without its pod's name being
     /// formatted and looked up.
     pub(super) fn peer_identities(&self, namespace: Option<&str>, peer: &Peer) -> Vec<u32> {
-        // As `peer_pods`: the namespaces a selector names are those that
-        // exist, matched once each.
-        let namespaces: Option<FastSet<&str>> = match &peer.namespace_selector {
-            Some(sel) => Some(
-                self.t
-                    .ns_labels
-                    .iter()
-                    .filter(|(_, labels)| sel.matches(labels))
-                    .map(|(name, _)| name.as_str())
-                    .collect(),
-            ),
-            None => namespace.map(|ns| [ns].into_iter().collect()),
-        };
+        let namespaces = self.peer_namespaces(namespace, peer);
         self.t
             .identities
             .iter()

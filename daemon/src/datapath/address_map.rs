@@ -95,50 +95,53 @@ impl<V: aya::Pod + PartialEq + std::fmt::Debug> AddressMap<V> {
     /// the rest go one by one, so each failure is one pair's, as with
     /// `set`. Returns the failures.
     pub fn set_all(&mut self, pairs: &[(IpNet, V)]) -> Vec<DatapathError> {
-        let mut failed = Vec::new();
-        let mut hosts: Vec<(IpNet, [u8; ADDR_LEN], V)> = Vec::with_capacity(pairs.len());
-        for &(net, value) in pairs {
-            match addr_key(net.addr(), net.prefix_len()) {
-                Ok(key) if key.prefix_len() == 128 => hosts.push((net, key.data(), value)),
-                Ok(_) => failed.extend(self.set(net.addr(), net.prefix_len(), value).err()),
-                Err(e) => failed.push(e),
-            }
-        }
-        let entries: Vec<([u8; ADDR_LEN], V)> = hosts.iter().map(|&(_, k, v)| (k, v)).collect();
-        let from = match batch::update_all(self.host.map(), &entries) {
-            Ok(batch::Wrote::All) => entries.len(),
-            Ok(batch::Wrote::Unsupported) => 0,
-            // Those before it are written; it and the rest get their own
-            // errors below.
-            Err(batch::Refused { at, .. }) => at,
-        };
-        for &(net, _, value) in &hosts[from..] {
-            failed.extend(self.set(net.addr(), net.prefix_len(), value).err());
-        }
-        failed
+        self.hosts_batched(pairs, batch::update_all, |me, net, value| {
+            me.set(net.addr(), net.prefix_len(), value)
+        })
     }
 
     /// Removes every prefix, the single addresses in batches (see
     /// [`Self::set_all`]); one that is not there has been removed. Returns
     /// the failures.
     pub fn remove_all(&mut self, nets: &[IpNet]) -> Vec<DatapathError> {
+        let items: Vec<(IpNet, ())> = nets.iter().map(|&net| (net, ())).collect();
+        let delete = |map: &MapData, entries: &[([u8; ADDR_LEN], ())]| {
+            let keys: Vec<[u8; ADDR_LEN]> = entries.iter().map(|&(k, ())| k).collect();
+            batch::delete_all(map, &keys)
+        };
+        self.hosts_batched(&items, delete, |me, net, ()| {
+            me.remove(net.addr(), net.prefix_len())
+        })
+    }
+
+    /// [`Self::set_all`] and [`Self::remove_all`]: `batched` takes the
+    /// single addresses by their host keys, `one` each other prefix, and
+    /// the single addresses from wherever the batch stopped.
+    fn hosts_batched<T: Copy>(
+        &mut self,
+        items: &[(IpNet, T)],
+        batched: impl FnOnce(&MapData, &[([u8; ADDR_LEN], T)]) -> Result<batch::Wrote, batch::Refused>,
+        one: impl Fn(&mut Self, IpNet, T) -> Result<(), DatapathError>,
+    ) -> Vec<DatapathError> {
         let mut failed = Vec::new();
-        let mut hosts: Vec<(IpNet, [u8; ADDR_LEN])> = Vec::with_capacity(nets.len());
-        for &net in nets {
+        let mut hosts: Vec<(IpNet, ([u8; ADDR_LEN], T))> = Vec::with_capacity(items.len());
+        for &(net, item) in items {
             match addr_key(net.addr(), net.prefix_len()) {
-                Ok(key) if key.prefix_len() == 128 => hosts.push((net, key.data())),
-                Ok(_) => failed.extend(self.remove(net.addr(), net.prefix_len()).err()),
+                Ok(key) if key.prefix_len() == 128 => hosts.push((net, (key.data(), item))),
+                Ok(_) => failed.extend(one(self, net, item).err()),
                 Err(e) => failed.push(e),
             }
         }
-        let keys: Vec<[u8; ADDR_LEN]> = hosts.iter().map(|&(_, k)| k).collect();
-        let from = match batch::delete_all(self.host.map(), &keys) {
-            Ok(batch::Wrote::All) => keys.len(),
+        let entries: Vec<([u8; ADDR_LEN], T)> = hosts.iter().map(|&(_, e)| e).collect();
+        let from = match batched(self.host.map(), &entries) {
+            Ok(batch::Wrote::All) => entries.len(),
             Ok(batch::Wrote::Unsupported) => 0,
+            // Those before it are done; it and the rest get their own
+            // errors one by one.
             Err(batch::Refused { at, .. }) => at,
         };
-        for &(net, _) in &hosts[from..] {
-            failed.extend(self.remove(net.addr(), net.prefix_len()).err());
+        for &(net, (_, item)) in &hosts[from..] {
+            failed.extend(one(self, net, item).err());
         }
         failed
     }

@@ -22,6 +22,15 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// A Namespace object with no labels or annotations of its own.
+fn bare_namespace(name: &str) -> crate::model::Namespace {
+    crate::model::Namespace {
+        name: name.into(),
+        labels: Labels::new(),
+        annotations: std::collections::BTreeMap::new(),
+    }
+}
+
 /// What `compile` gives for the compiler's snapshot, restricted to `scope`.
 fn expected(s: &Snapshot, scope: Option<&BTreeSet<String>>) -> Compiled {
     let mut want = compile(s);
@@ -388,14 +397,7 @@ fn apply(s: &mut Snapshot, op: &Op, spare: &[crate::model::Policy], step: usize)
         Op::ToggleNamespace(ns) => {
             let ns = ["x", "y", "z"][ns % 3];
             if s.namespaces.remove(ns).is_none() {
-                s.namespaces.insert(
-                    ns.into(),
-                    crate::model::Namespace {
-                        name: ns.into(),
-                        labels: Labels::new(),
-                        annotations: std::collections::BTreeMap::new(),
-                    },
-                );
+                s.namespaces.insert(ns.into(), bare_namespace(ns));
             }
         }
         _ => {}
@@ -464,14 +466,7 @@ fn a_namespace_object_that_comes_after_its_pods_or_goes_agrees() {
     let scope: BTreeSet<String> = ["x/a".to_owned()].into();
     let mut inc = Incremental::scoped(Arc::new(s.clone()), scope);
     let mut with_w = s.clone();
-    with_w.namespaces.insert(
-        "w".into(),
-        crate::model::Namespace {
-            name: "w".into(),
-            labels: Labels::new(),
-            annotations: std::collections::BTreeMap::new(),
-        },
-    );
+    with_w.namespaces.insert("w".into(), bare_namespace("w"));
     let change = update_agrees(&mut inc, with_w);
     assert_eq!(
         change.endpoints,
