@@ -76,7 +76,8 @@ where
 /// A pin directory of the test's own on bpffs, removed on drop.
 pub struct TempPins {
     pub pins: PinDir,
-    base: PathBuf,
+    /// The base (`--pin-base`); the ABI's directory is below it.
+    pub base: PathBuf,
 }
 
 impl TempPins {

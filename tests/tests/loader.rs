@@ -51,11 +51,56 @@ fn main() {
             a_pinned_map_of_another_type_is_refused,
         ),
         (
+            "the_status_command_reads_every_map_it_finds_pinned",
+            Needs::Nothing,
+            the_status_command_reads_every_map_it_finds_pinned,
+        ),
+        (
             "only_root_reaches_the_pins",
             Needs::Nothing,
             only_root_reaches_the_pins,
         ),
     ])
+}
+
+/// `palisade status` over freshly loaded objects: every map they pinned
+/// reads as ok (a per-CPU map that is not a stats map was once reported
+/// unreadable), and the only absent ones are the LSM object's where it was
+/// not loaded.
+fn the_status_command_reads_every_map_it_finds_pinned() -> anyhow::Result<()> {
+    let t = TempPins::new()?;
+    let loaded = loader::load_all(&t.pins, &Features::probe())?;
+    let lsm_loaded = matches!(loaded.lsm, LsmObject::Loaded(_));
+    let out = std::process::Command::new(palisade_tests::palisade_bin()?)
+        .arg("--pin-base")
+        .arg(&t.base)
+        .args(["status", "--json"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "palisade status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let reported = report["maps"].as_array().context("no maps in the report")?;
+    ensure!(
+        reported.len() == maps::SPECS.len(),
+        "{} maps reported",
+        reported.len()
+    );
+    for m in reported {
+        let (name, state) = (
+            m["name"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?"),
+        );
+        let lsm_map = name.starts_with("PAL_LSM_");
+        if state == "absent" {
+            ensure!(lsm_map && !lsm_loaded, "{name} reported absent");
+        } else {
+            ensure!(state.starts_with("ok (id "), "{name} reported {state:?}");
+        }
+    }
+    Ok(())
 }
 
 /// The pins (maps can be read and changed through them) are root's alone:
