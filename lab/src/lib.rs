@@ -24,6 +24,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod daemons;
 pub mod demo;
+pub mod dir_watch;
 pub mod drops;
 pub mod enforcer;
 pub mod expect;
