@@ -1077,6 +1077,57 @@ fn a_per_cpu_map_is_counted_in_batches() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Per-CPU maps read in batches (`read_all_per_cpu`, the metrics' read of
+/// the counters) hold what lookups find, CPU by CPU: an array whose values
+/// are not a multiple of 8 bytes (the kernel pads each CPU's) and a hash
+/// map larger than one batch. A read as the wrong type is refused.
+#[test]
+fn per_cpu_maps_read_in_batches_hold_what_lookups_find() -> anyhow::Result<()> {
+    use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+    use palisade::datapath::batch::{Batched, read_all_per_cpu};
+    use palisade_tests::{TempPins, pin_raw_map};
+    const PERCPU_HASH: u32 = 5;
+    const PERCPU_ARRAY: u32 = 6;
+    type Value = [u32; 3];
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.get();
+    let value = |k: u32, cpu: u32| [k, cpu, !k];
+    let values = |k: u32| (0..cpus).map(|c| value(k, c)).collect::<Vec<Value>>();
+    let t = TempPins::new()?;
+    let (array_pin, hash_pin) = (t.base.join("array"), t.base.join("hash"));
+    let (cells, entries) = (300u32, 5_000u32);
+    pin_raw_map(&array_pin, PERCPU_ARRAY, 4, 12, cells)?;
+    pin_raw_map(&hash_pin, PERCPU_HASH, 4, 12, 8_192)?;
+    let open = |pin: &std::path::Path| -> anyhow::Result<Map> {
+        Ok(Map::from_map_data(MapData::from_pin(pin)?)?)
+    };
+    let mut array: PerCpuArray<MapData, Value> = PerCpuArray::try_from(open(&array_pin)?)?;
+    for k in 0..cells {
+        array.set(k, PerCpuValues::try_from(values(k))?, 0)?;
+    }
+    let mut hash: PerCpuHashMap<MapData, u32, Value> = PerCpuHashMap::try_from(open(&hash_pin)?)?;
+    for k in 0..entries {
+        hash.insert(&(k * 7), PerCpuValues::try_from(values(k * 7))?, 0)?;
+    }
+    for (pin, expected) in [
+        (&array_pin, (0..cells).collect::<Vec<u32>>()),
+        (&hash_pin, (0..entries).map(|k| k * 7).collect()),
+    ] {
+        match read_all_per_cpu::<u32, Value>(&MapData::from_pin(pin)?)? {
+            Batched::Read(mut all) => {
+                all.sort_by_key(|(k, _)| *k);
+                let keys: Vec<u32> = all.iter().map(|(k, _)| *k).collect();
+                assert_eq!(keys, expected, "{}", pin.display());
+                for (k, per_cpu) in all {
+                    assert_eq!(per_cpu, values(k), "key {k} of {}", pin.display());
+                }
+            }
+            Batched::Unsupported => println!("skipped: no batch lookups for {}", pin.display()),
+        }
+        assert!(read_all_per_cpu::<u32, u64>(&MapData::from_pin(pin)?).is_err());
+    }
+    Ok(())
+}
+
 /// Runs `frame` through `hook` on interface `ifindex` and returns whether
 /// it passed and the one reason counted for it.
 fn run_at(

@@ -21,6 +21,15 @@ const ENOTSUPP: i32 = 524;
 /// Entries asked for per call. A hash map's batch is whole buckets, so it
 /// must hold the largest bucket (`ENOSPC` otherwise, then retried larger).
 const PER_CALL: usize = 4096;
+/// Bytes of values a read's buffer holds at most: a map of large values
+/// (an LSM pattern set is kilobytes) takes fewer entries a call rather than
+/// a buffer of tens of megabytes, zeroed at every read.
+const VALUE_BUDGET: usize = 1 << 20;
+
+/// Entries a call for values of `value_len` bytes, within the budget.
+fn per_call_for(value_len: usize) -> usize {
+    (VALUE_BUDGET / value_len.max(1)).clamp(1, PER_CALL)
+}
 
 /// `union bpf_attr`'s member for the `BPF_MAP_*_BATCH` commands.
 #[repr(C)]
@@ -180,7 +189,7 @@ pub enum Batched<T> {
 /// per-CPU map is not for this). Entries written or removed during the
 /// read may be seen or not, as with iteration.
 pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Batched<Vec<(K, V)>>> {
-    read_all_by(map, PER_CALL)
+    read_all_by(map, per_call_for(mem::size_of::<V>()))
 }
 
 /// [`read_all`], asking for `per_call` entries a call (tests take few, to
@@ -219,6 +228,63 @@ pub fn read_all_by<K: Pod, V: Pod>(
     })
 }
 
+/// A per-CPU map's entries: each key with its value on every possible CPU.
+pub type PerCpuEntries<K, V> = Vec<(K, Vec<V>)>;
+
+/// Every entry of the per-CPU `map` with its value on each possible CPU:
+/// one system call a few thousand entries where a lookup by key takes one
+/// an entry. The metrics read every counter cell at each scrape (4,096
+/// cells, a second's worth of lookups under QEMU's emulation). `K` and `V`
+/// must be the map's key and value; a map of other sizes is refused.
+pub fn read_all_per_cpu<K: Pod, V: Pod>(map: &MapData) -> io::Result<Batched<PerCpuEntries<K, V>>> {
+    let info = map.info().map_err(io::Error::other)?;
+    let (key_len, value_size) = (mem::size_of::<K>(), mem::size_of::<V>());
+    if info.key_size() as usize != key_len || info.value_size() as usize != value_size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "map of {}-byte keys and {}-byte values read as {key_len} and {value_size}",
+                info.key_size(),
+                info.value_size()
+            ),
+        ));
+    }
+    // The kernel copies each CPU's value padded to 8 bytes, for every
+    // possible CPU.
+    let stride = value_size.next_multiple_of(8);
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize;
+    let value_len = stride * cpus;
+    let mut out = Vec::new();
+    let read = in_batches(
+        map.fd().as_fd().as_raw_fd(),
+        key_len,
+        value_len,
+        per_call_for(value_len),
+        |keys, values| {
+            for (k, v) in keys
+                .chunks_exact(key_len)
+                .zip(values.chunks_exact(value_len))
+            {
+                // SAFETY: as in `read_all_by`: each chunk holds one `K`,
+                // or one `V` at the start of a CPU's stride, as the kernel
+                // wrote it; `Pod` types are valid for any bytes.
+                let per_cpu = v
+                    .chunks_exact(stride)
+                    .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<V>()) })
+                    .collect();
+                out.push((
+                    unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<K>()) },
+                    per_cpu,
+                ));
+            }
+        },
+    )?;
+    Ok(match read {
+        Batched::Read(()) => Batched::Read(out),
+        Batched::Unsupported => Batched::Unsupported,
+    })
+}
+
 /// How many entries the map of `fd` holds, read in batches: one system
 /// call a few thousand entries, where a count by `BPF_MAP_GET_NEXT_KEY`
 /// takes one an entry (a full conntrack table, 262,144). `key_len` and
@@ -237,9 +303,15 @@ pub fn count(
         value_size
     };
     let mut n = 0u64;
-    let read = in_batches(fd, key_len, value_len, PER_CALL, |keys, _| {
-        n += (keys.len() / key_len.max(1)) as u64;
-    })?;
+    let read = in_batches(
+        fd,
+        key_len,
+        value_len,
+        per_call_for(value_len),
+        |keys, _| {
+            n += (keys.len() / key_len.max(1)) as u64;
+        },
+    )?;
     Ok(match read {
         Batched::Read(()) => Batched::Read(n),
         Batched::Unsupported => Batched::Unsupported,

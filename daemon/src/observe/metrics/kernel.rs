@@ -6,7 +6,10 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::{
+    Pod,
+    maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
+};
 use ebpf_common::{
     datapath::{CounterCell, CounterKey},
     lsm::DecisionKey,
@@ -80,8 +83,17 @@ pub fn details(pins: &PinDir) -> Result<Vec<Detail>, MapError> {
 
 /// The claimed counter cells of every CPU.
 fn counter_cells(pins: &PinDir) -> Result<Vec<CounterCell>, MapError> {
-    let map = Map::from_map_data(MapData::from_pin(pins.map(COUNTER_CELLS))?)?;
-    let cells: PerCpuArray<MapData, CounterCell> = PerCpuArray::try_from(map)?;
+    let data = MapData::from_pin(pins.map(COUNTER_CELLS))?;
+    if let Ok(Batched::Read(all)) = batch::read_all_per_cpu::<u32, CounterCell>(&data) {
+        return Ok(all
+            .into_iter()
+            .flat_map(|(_, per_cpu)| per_cpu)
+            .filter(|c| c.claimed != 0)
+            .collect());
+    }
+    // No batch lookups here (or the batch failed): a lookup a cell.
+    let cells: PerCpuArray<MapData, CounterCell> =
+        PerCpuArray::try_from(Map::from_map_data(data)?)?;
     let mut out = Vec::new();
     for index in 0..cells.len() {
         out.extend(cells.get(&index, 0)?.iter().filter(|c| c.claimed != 0));
@@ -91,25 +103,31 @@ fn counter_cells(pins: &PinDir) -> Result<Vec<CounterCell>, MapError> {
 
 /// The counter map's entries with their per-CPU values.
 fn counter_entries(pins: &PinDir) -> Result<Vec<(CounterKey, Vec<Counter>)>, MapError> {
-    let map = Map::from_map_data(MapData::from_pin(pins.map(COUNTERS))?)?;
-    let counters: PerCpuHashMap<MapData, CounterKey, Counter> = PerCpuHashMap::try_from(map)?;
-    let mut out = Vec::new();
-    for item in counters.iter() {
-        // An entry removed between listing and reading is not an error.
-        let Ok((key, per_cpu)) = item else { continue };
-        out.push((key, per_cpu.iter().copied().collect()));
-    }
-    Ok(out)
+    per_cpu_entries(MapData::from_pin(pins.map(COUNTERS))?)
 }
 
 /// The LSM decision counters, summed over CPUs.
 pub fn lsm_decisions(pins: &PinDir) -> Result<Vec<(DecisionKey, u64)>, MapError> {
-    let map = Map::from_map_data(MapData::from_pin(pins.map(LSM_DECIDE))?)?;
-    let counts: PerCpuHashMap<MapData, DecisionKey, u64> = PerCpuHashMap::try_from(map)?;
+    let entries: Vec<(DecisionKey, Vec<u64>)> =
+        per_cpu_entries(MapData::from_pin(pins.map(LSM_DECIDE))?)?;
+    Ok(entries
+        .into_iter()
+        .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+        .collect())
+}
+
+/// A per-CPU hash map's entries: in batches where the kernel reads them
+/// so, else key by key.
+fn per_cpu_entries<K: Pod, V: Pod>(data: MapData) -> Result<Vec<(K, Vec<V>)>, MapError> {
+    if let Ok(Batched::Read(all)) = batch::read_all_per_cpu::<K, V>(&data) {
+        return Ok(all);
+    }
+    let map: PerCpuHashMap<MapData, K, V> = PerCpuHashMap::try_from(Map::from_map_data(data)?)?;
     let mut out = Vec::new();
-    for item in counts.iter() {
+    for item in map.iter() {
+        // An entry removed between listing and reading is not an error.
         let Ok((key, per_cpu)) = item else { continue };
-        out.push((key, per_cpu.iter().sum()));
+        out.push((key, per_cpu.iter().copied().collect()));
     }
     Ok(out)
 }
@@ -141,7 +159,7 @@ fn count(map: &MapData, map_type: u32, info: &aya::maps::MapInfo) -> u64 {
     // Only the types whose value layout in a batch is known here: a wrong
     // length would let the kernel write past the buffer.
     let per_cpu = match map_type {
-        kind::HASH | kind::LRU_HASH | kind::LPM_TRIE | kind::ARRAY => false,
+        kind::HASH | kind::LRU_HASH | kind::LPM_TRIE => false,
         kind::PERCPU_HASH => true,
         _ => return count_keys(fd, key_len),
     };
@@ -197,7 +215,9 @@ pub fn pressure(pins: &PinDir) -> Vec<Pressure> {
         };
         let Ok(info) = map.info() else { continue };
         let capacity = u64::from(info.max_entries());
-        let entries = if spec.map_type == kind::PERCPU_ARRAY {
+        // Every index of an array exists: a count would read them all
+        // (values included) to find the capacity again.
+        let entries = if matches!(spec.map_type, kind::ARRAY | kind::PERCPU_ARRAY) {
             capacity
         } else {
             count(&map, spec.map_type, &info)
