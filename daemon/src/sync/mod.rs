@@ -192,7 +192,13 @@ impl Syncer {
         node_denies: &[IpNet],
         tc: TcAttach,
     ) -> Result<Self, StartError> {
-        let (features, mut loaded) = loader::load_probed(&pins, sizes)?;
+        // The daemon never attaches the XDP pod hook, and the prefilter
+        // only to uplinks.
+        let xdp = loader::XdpPrograms {
+            prefilter: !uplinks.is_empty(),
+            from_pod: false,
+        };
+        let (features, mut loaded) = loader::load_probed(&pins, sizes, xdp)?;
         let mut maps = DatapathMaps::open(&pins)?;
         let uplinks = prefilter::install(&mut maps, &mut loaded.xdp, &pins, uplinks, node_denies)?;
         let inherited = pins
