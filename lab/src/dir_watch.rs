@@ -19,7 +19,8 @@ pub struct DirWatch {
 
 impl DirWatch {
     /// Watches `dir` (it must exist) for files closed after writing and
-    /// files moved in: an atomic replacement is the latter.
+    /// files moved in: an atomic replacement is the latter. Called on a
+    /// tokio runtime with IO enabled (the lab's are built `enable_all`).
     pub fn new(dir: &Path) -> Self {
         let inotify = Inotify::init().ok().and_then(|i| {
             i.watches()
@@ -46,21 +47,27 @@ impl DirWatch {
             return;
         };
         let buffer = &mut self.buffer;
-        let _ = tokio::time::timeout(at_most, async {
+        let woken = tokio::time::timeout(at_most, async {
             loop {
+                // The reactor gone (the runtime shutting down): no more
+                // wake-ups will come.
                 let Ok(mut ready) = fd.readable_mut().await else {
-                    return;
+                    return false;
                 };
                 match ready.try_io(|i| i.get_mut().read_events(buffer).map(|e| e.count())) {
                     // Events, or an error a poll would not mend either:
                     // the caller looks again and the timeout paces it.
-                    Ok(_) => return,
+                    Ok(_) => return true,
                     // Woken without events: wait again.
                     Err(_) => continue,
                 }
             }
         })
         .await;
+        if woken == Ok(false) {
+            // From now on the waiter polls, as it did before.
+            self.inotify = None;
+        }
     }
 }
 

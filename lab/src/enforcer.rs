@@ -143,7 +143,8 @@ async fn poll(
         }
         // Woken by the status file's replacement, so the figures carry no
         // polling grain; the timeout only paces the look at the process.
-        watch.changed(Duration::from_millis(50)).await;
+        let left = limit.saturating_sub(start.elapsed());
+        watch.changed(Duration::from_millis(50).min(left)).await;
     }
     bail!(
         "the daemon did not report {what} in force within {limit:?}; last status: {last}\n{}",

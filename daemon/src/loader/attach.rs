@@ -173,6 +173,9 @@ trait LinkedProgram {
     /// Swaps this program into an existing link (`bpf_link_update`).
     fn replace_in(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError>;
     fn take(&mut self, id: Self::Id) -> Result<Self::Link, ProgramError>;
+    /// Whether the verifier has passed it (the daemon leaves out programs
+    /// it does not mean to attach).
+    fn loaded(&self) -> bool;
 }
 
 impl LinkedProgram for Xdp {
@@ -184,6 +187,9 @@ impl LinkedProgram for Xdp {
     fn take(&mut self, id: Self::Id) -> Result<XdpLink, ProgramError> {
         self.take_link(id)
     }
+    fn loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
 }
 
 impl LinkedProgram for SchedClassifier {
@@ -194,6 +200,9 @@ impl LinkedProgram for SchedClassifier {
     }
     fn take(&mut self, id: Self::Id) -> Result<SchedClassifierLink, ProgramError> {
         self.take_link(id)
+    }
+    fn loaded(&self) -> bool {
+        self.fd().is_ok()
     }
 }
 
@@ -210,6 +219,11 @@ where
     FdLink: TryFrom<P::Link, Error = LinkError>,
 {
     let path = pins.link(pin_name);
+    // Before the pinned link is taken over: a program that cannot replace
+    // it must leave it attached.
+    if !prog.loaded() {
+        return Err(attach_error(name)(ProgramError::NotLoaded));
+    }
     let (id, replaced) = match adopt(pins, pin_name)? {
         Some(link) => {
             let link = P::Link::try_from(link).map_err(|source| AttachError::Adopt {

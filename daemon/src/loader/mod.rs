@@ -193,7 +193,7 @@ pub fn load_some(
             layout::check_pinned(&pins.map(map), &sizes.apply(layout::spec(map)?))?;
         }
     }
-    let mut xdp = load_object(pins, &objects::XDP, sizes, &[], None)?;
+    let mut xdp = load_object(pins, &objects::XDP, sizes, &[])?;
     let mut took = VerifierCost::default();
     for &program in objects::XDP.programs {
         if !xdp_programs.wants(program) {
@@ -206,7 +206,7 @@ pub fn load_some(
         took.add(program, started, p.info());
     }
     took.log(&objects::XDP);
-    let mut tc = load_object(pins, &objects::TC, sizes, &[], None)?;
+    let mut tc = load_object(pins, &objects::TC, sizes, &[])?;
     let mut took = VerifierCost::default();
     for &program in objects::TC.programs {
         let p: &mut SchedClassifier = program_mut(&mut tc.ebpf, &objects::TC, program)?;
@@ -252,10 +252,8 @@ pub fn load_some(
 fn load_lsm(pins: &PinDir, sizes: &MapSizes) -> Result<LoadedObject, LoadError> {
     let kernel = btf::Btf::from_sys_fs()?;
     let offsets = btf::lsm_offsets(&kernel)?;
-    // Parsed once for the object's relocations and the hooks' attach
-    // points both (aya would parse it again for the first).
+    let mut lsm = load_object(pins, &objects::LSM, sizes, &offsets)?;
     let btf = Btf::from_sys_fs()?;
-    let mut lsm = load_object(pins, &objects::LSM, sizes, &offsets, Some(&btf))?;
     let mut took = VerifierCost::default();
     for &(program, hook) in objects::LSM_HOOKS {
         if objects::lsm_hook_optional(hook) && kernel.func_id(&format!("bpf_lsm_{hook}")).is_none()
@@ -347,13 +345,9 @@ fn load_object(
     object: &'static Object,
     sizes: &MapSizes,
     globals: &[(&'static str, u32)],
-    btf: Option<&Btf>,
 ) -> Result<LoadedObject, LoadError> {
     let mut outcomes = Vec::new();
     let mut loader = EbpfLoader::new();
-    if let Some(btf) = btf {
-        loader.btf(btf);
-    }
     for (name, value) in globals {
         loader.override_global(name, value, true);
     }

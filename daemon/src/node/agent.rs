@@ -336,6 +336,7 @@ impl<S: Source> Agent<S> {
             pins.clone(),
             sizes,
             &options.uplinks,
+            options.follow_default_routes.is_some(),
             &options.deny_cidrs,
             tc,
         )?;

@@ -183,19 +183,21 @@ pub struct TcAttach {
 
 impl Syncer {
     /// Loads (or adopts) the programs and maps and puts the XDP prefilter
-    /// on `uplinks` with `node_denies` in force. Runs in the node's network
-    /// namespace.
+    /// on `uplinks` with `node_denies` in force; `follows_routes`: uplinks
+    /// may come later ([`Syncer::set_uplinks`]), so the prefilter loads
+    /// even without one now. Runs in the node's network namespace.
     pub fn start(
         pins: PinDir,
         sizes: &MapSizes,
         uplinks: &[String],
+        follows_routes: bool,
         node_denies: &[IpNet],
         tc: TcAttach,
     ) -> Result<Self, StartError> {
         // The daemon never attaches the XDP pod hook, and the prefilter
         // only to uplinks.
         let xdp = loader::XdpPrograms {
-            prefilter: !uplinks.is_empty(),
+            prefilter: !uplinks.is_empty() || follows_routes,
             from_pod: false,
         };
         let (features, mut loaded) = loader::load_probed(&pins, sizes, xdp)?;
