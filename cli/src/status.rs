@@ -19,13 +19,6 @@ use palisade::{
 };
 use serde::Serialize;
 
-/// The maps whose counters `status` lists, by direction and reason.
-const STATS_MAPS: [&str; 3] = [
-    ebpf_common::maps::XDP_STATS,
-    ebpf_common::maps::TC_STATS,
-    ebpf_common::maps::LSM_STATS,
-];
-
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
@@ -75,7 +68,7 @@ impl Report {
                 let path = pins.map(spec.name);
                 // Only the stats maps hold `Counter`s; other per-CPU arrays
                 // (the counter cells) have layouts of their own.
-                let is_stats = STATS_MAPS.contains(&spec.name);
+                let is_stats = ebpf_common::maps::STATS.contains(&spec.name);
                 let (state, counters) = match layout::check_pinned(&path, &sizes.apply(spec)) {
                     Ok(Pinned::Absent) => ("absent".to_owned(), Vec::new()),
                     Ok(Pinned::Matches { id }) if is_stats => match stats::read_pinned(&path) {

@@ -20,6 +20,8 @@ use crate::{
 pub const XDP_STATS: &str = "PAL_XDP_STATS";
 pub const TC_STATS: &str = "PAL_TC_STATS";
 pub const LSM_STATS: &str = "PAL_LSM_STATS";
+/// The stats maps: per-CPU [`Counter`]s by direction and reason.
+pub const STATS: [&str; 3] = [XDP_STATS, TC_STATS, LSM_STATS];
 /// Pod cgroup id -> [`crate::lsm::PodSets`].
 pub const LSM_PODS: &str = "PAL_LSM_PODS";
 /// (rule set, path) -> [`crate::lsm::PathRule`], longest prefix.

@@ -210,15 +210,7 @@ pub fn read_all_by<K: Pod, V: Pod>(
                 .chunks_exact(key_len)
                 .zip(values.chunks_exact(value_len))
             {
-                // SAFETY: each chunk holds one `K` or `V` as the kernel
-                // wrote it; `Pod` types are plain data, valid for any
-                // bytes; the reads take no alignment for granted.
-                out.push(unsafe {
-                    (
-                        std::ptr::read_unaligned(k.as_ptr().cast::<K>()),
-                        std::ptr::read_unaligned(v.as_ptr().cast::<V>()),
-                    )
-                });
+                out.push((pod_from(k), pod_from(v)));
             }
         },
     )?;
@@ -226,6 +218,30 @@ pub fn read_all_by<K: Pod, V: Pod>(
         Batched::Read(()) => Batched::Read(out),
         Batched::Unsupported => Batched::Unsupported,
     })
+}
+
+/// The `T` at the start of `bytes`, as the kernel wrote it. Every caller
+/// hands a chunk at least `T`'s size (`chunks_exact` of it or of a larger
+/// stride).
+fn pod_from<T: Pod>(bytes: &[u8]) -> T {
+    assert!(bytes.len() >= mem::size_of::<T>());
+    // SAFETY: `bytes` holds at least one `T` (checked above); `Pod` types
+    // are plain data, valid for any bytes; the read takes no alignment for
+    // granted.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+/// A CPU's share of a per-CPU value in a batch: the kernel pads each to 8
+/// bytes.
+fn per_cpu_stride(value_size: usize) -> usize {
+    value_size.next_multiple_of(8)
+}
+
+/// A per-CPU entry's value bytes in a batch: one stride for every possible
+/// CPU.
+fn per_cpu_len(value_size: usize) -> io::Result<usize> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize;
+    Ok(per_cpu_stride(value_size) * cpus)
 }
 
 /// A per-CPU map's entries: each key with its value on every possible CPU.
@@ -249,11 +265,8 @@ pub fn read_all_per_cpu<K: Pod, V: Pod>(map: &MapData) -> io::Result<Batched<Per
             ),
         ));
     }
-    // The kernel copies each CPU's value padded to 8 bytes, for every
-    // possible CPU.
-    let stride = value_size.next_multiple_of(8);
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize;
-    let value_len = stride * cpus;
+    let stride = per_cpu_stride(value_size);
+    let value_len = per_cpu_len(value_size)?;
     let mut out = Vec::new();
     let read = in_batches(
         map.fd().as_fd().as_raw_fd(),
@@ -265,17 +278,7 @@ pub fn read_all_per_cpu<K: Pod, V: Pod>(map: &MapData) -> io::Result<Batched<Per
                 .chunks_exact(key_len)
                 .zip(values.chunks_exact(value_len))
             {
-                // SAFETY: as in `read_all_by`: each chunk holds one `K`,
-                // or one `V` at the start of a CPU's stride, as the kernel
-                // wrote it; `Pod` types are valid for any bytes.
-                let per_cpu = v
-                    .chunks_exact(stride)
-                    .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<V>()) })
-                    .collect();
-                out.push((
-                    unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<K>()) },
-                    per_cpu,
-                ));
+                out.push((pod_from(k), v.chunks_exact(stride).map(pod_from).collect()));
             }
         },
     )?;
@@ -297,8 +300,7 @@ pub fn count(
     per_cpu: bool,
 ) -> io::Result<Batched<u64>> {
     let value_len = if per_cpu {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize;
-        value_size.next_multiple_of(8) * cpus
+        per_cpu_len(value_size)?
     } else {
         value_size
     };
