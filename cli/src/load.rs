@@ -102,7 +102,7 @@ fn load(
     targets: &Targets,
     netns: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let (features, mut loaded) = loader::load_probed(pins, sizes, loader::XdpPrograms::ALL)?;
+    let (features, mut loaded) = loader::load_probed(pins, sizes, loader::Programs::ALL)?;
     for (name, m) in [("xdp", &loaded.xdp.maps), ("tc", &loaded.tc.maps)] {
         for outcome in m {
             println!("{name}: map {} {:?}", outcome.name, outcome.pinned);

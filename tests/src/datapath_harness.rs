@@ -1,7 +1,10 @@
-//! The datapath under BPF_PROG_TEST_RUN: the TC and XDP objects loaded into
-//! a pin directory of the test's own, policy written through the syncer's
+//! The datapath under BPF_PROG_TEST_RUN: the TC and XDP objects' maps made
+//! in a pin directory of the test's own, policy written through the syncer's
 //! map API ([`DatapathMaps`]), frames run through one program at a time, and
 //! the reason each verdict was counted under read back from the stats maps.
+//! A program is verified when a test first runs it: most tests run one or
+//! two of the four, and under the QEMU guest's emulation the four take
+//! about 12 s to verify.
 //! Used by the verdict tables (`tests/datapath.rs`) and the random frames
 //! (`tests/frames.rs`).
 //!
@@ -18,7 +21,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     maps::MapData,
-    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    programs::{Program, ProgramError, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use ebpf_common::{
     maps::{self, programs},
@@ -158,7 +161,8 @@ pub struct Harness {
 
 impl Harness {
     /// Loads the XDP and TC objects with the default map sizes, save `sizes`
-    /// (`NAME=ENTRIES`, as `--map-size` takes them); the maps are empty.
+    /// (`NAME=ENTRIES`, as `--map-size` takes them); the maps are empty and
+    /// no program is verified yet ([`Self::program`]).
     pub fn load(sizes: &[&str]) -> anyhow::Result<Self> {
         let mut map_sizes = MapSizes::default();
         for s in sizes {
@@ -173,7 +177,7 @@ impl Harness {
             },
             ..Features::probe()
         };
-        let loaded = loader::load_with(&t.pins, &features, &map_sizes)?;
+        let loaded = loader::load_some(&t.pins, &features, &map_sizes, loader::Programs::NONE)?;
         let maps = DatapathMaps::open(&t.pins)?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| anyhow::anyhow!("reading {what}: {e}"))?
@@ -188,18 +192,37 @@ impl Harness {
         })
     }
 
-    /// Runs `frame` once through `hook` on interface `ifindex` (the
-    /// loopback device when `None`), counters untouched by the test.
-    pub fn test_run(&self, hook: Hook, frame: &[u8], ifindex: Option<u32>) -> anyhow::Result<Ran> {
+    /// `hook`'s program, verified on first use.
+    pub fn program(&mut self, hook: Hook) -> anyhow::Result<&mut Program> {
         let object = if hook.is_xdp() {
-            &self.loaded.xdp
+            &mut self.loaded.xdp
         } else {
-            &self.loaded.tc
+            &mut self.loaded.tc
         };
         let program = object
             .ebpf
-            .program(hook.name())
+            .program_mut(hook.name())
             .with_context(|| format!("no program {}", hook.name()))?;
+        if program.fd().is_err() {
+            match program {
+                Program::Xdp(p) => p.load(),
+                Program::SchedClassifier(p) => p.load(),
+                _ => bail!("{} is neither XDP nor TC", hook.name()),
+            }
+            .with_context(|| format!("verifying {}", hook.name()))?;
+        }
+        Ok(program)
+    }
+
+    /// Runs `frame` once through `hook` on interface `ifindex` (the
+    /// loopback device when `None`), counters untouched by the test.
+    pub fn test_run(
+        &mut self,
+        hook: Hook,
+        frame: &[u8],
+        ifindex: Option<u32>,
+    ) -> anyhow::Result<Ran> {
+        let program = self.program(hook)?;
         let ctx = ifindex.map(|i| context(hook, i, frame.len()));
         let opts = TestRunOptions {
             data_in: Some(frame),
@@ -207,10 +230,10 @@ impl Harness {
             ..TestRunOptions::new()
         };
         let ran = if hook.is_xdp() {
-            let prog: &Xdp = program.try_into()?;
+            let prog: &Xdp = (&*program).try_into()?;
             prog.test_run(opts)
         } else {
-            let prog: &SchedClassifier = program.try_into()?;
+            let prog: &SchedClassifier = (&*program).try_into()?;
             prog.test_run(opts)
         };
         let ret = match ran {

@@ -110,6 +110,37 @@ pub fn lsm_object(
     }
 }
 
+/// The network objects' maps made and pinned in `pins`, sized by `sizes`,
+/// and no program verified: for a test of what the syncer writes, which
+/// runs no program (under the guest's TCG the verifier would take 12 s of
+/// each such test).
+pub fn network_maps(
+    pins: &PinDir,
+    sizes: &palisade::loader::sizes::MapSizes,
+) -> Result<palisade::loader::Loaded, palisade::loader::LoadError> {
+    palisade::loader::load_some(
+        pins,
+        &network_only(),
+        sizes,
+        palisade::loader::Programs::NONE,
+    )
+}
+
+/// Every object's maps and, where BPF LSM is active, the LSM programs;
+/// none of the network programs verified: for the tests of the process and
+/// file rules.
+pub fn lsm_only(
+    pins: &PinDir,
+    features: &palisade::loader::features::Features,
+) -> Result<palisade::loader::Loaded, palisade::loader::LoadError> {
+    palisade::loader::load_some(
+        pins,
+        features,
+        &palisade::loader::sizes::MapSizes::default(),
+        palisade::loader::Programs::NONE,
+    )
+}
+
 /// This kernel's features without BPF LSM, for a test of the network
 /// objects only: in the guest, loading the LSM object too would cost the
 /// verifier's half a minute under TCG and test nothing more.

@@ -14,7 +14,7 @@ use ebpf_common::{
 };
 use palisade::{
     compile::PolicyEntry,
-    loader::{self, features::Features, objects},
+    loader::{self, features::Features},
     observe::stats::read_pinned,
 };
 use palisade_tests::{
@@ -681,12 +681,7 @@ fn drops_and_audits_are_reported_within_a_rate_limit_that_refills() -> anyhow::R
 
 /// The TC program on a pod's transmit side (its ingress).
 fn to_pod(h: &mut Harness) -> anyhow::Result<&mut SchedClassifier> {
-    Ok(h.loaded
-        .tc
-        .ebpf
-        .program_mut(objects::TC.programs[1])
-        .context("tc program")?
-        .try_into()?)
+    Ok(h.program(Hook::TcIngress)?.try_into()?)
 }
 
 /// Keeps the calling thread on the CPU it runs on now (test runs execute
@@ -1131,7 +1126,7 @@ fn per_cpu_maps_read_in_batches_hold_what_lookups_find() -> anyhow::Result<()> {
 /// Runs `frame` through `hook` on interface `ifindex` and returns whether
 /// it passed and the one reason counted for it.
 fn run_at(
-    h: &Harness,
+    h: &mut Harness,
     hook: Hook,
     ifindex: u32,
     frame: &[u8],
@@ -1157,7 +1152,7 @@ fn beside_a_veth(f: impl FnOnce(u32, Harness) -> anyhow::Result<()> + Send) -> a
 
 /// [`run_at`], which must give `want`.
 fn expect_at(
-    h: &Harness,
+    h: &mut Harness,
     hook: Hook,
     ifindex: u32,
     frame: &[u8],
@@ -1182,7 +1177,7 @@ fn a_bridged_pods_frames_come_from_its_own_mac() -> anyhow::Result<()> {
         let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false, mac: Some(OWN) };
         let egress = [entry(OUT, identity::ANY, UDP, (53, 53), allow(41))];
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &sources, None)?;
-        let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
+        let at = |h: &mut Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
         let from = |mac: [u8; 6], frame: Vec<u8>| {
             let mut frame = frame;
             frame[6..12].copy_from_slice(&mac);
@@ -1192,14 +1187,14 @@ fn a_bridged_pods_frames_come_from_its_own_mac() -> anyhow::Result<()> {
         let ip = v4_udp(C, B, 5000, 53);
         let arp_frame = eth(0x0806, &arp(1, (OWN, C), ([0; 6], B)));
         let other_kind = eth(0x88cc, &[0; 46]);
-        at(&h, Hook::TcEgress, &from(OWN, ip.clone()), (true, "allow_policy"), "IP from its own MAC")?;
-        at(&h, Hook::TcEgress, &from(OTHER, ip.clone()), spoofed, "IP from another MAC")?;
-        at(&h, Hook::XdpEgress, &from(OTHER, ip.clone()), spoofed, "the same through the XDP egress hook")?;
-        at(&h, Hook::TcEgress, &from(OWN, arp_frame.clone()), (true, "pass_non_ip"), "ARP from its own MAC")?;
-        at(&h, Hook::TcEgress, &from(OTHER, arp_frame.clone()), spoofed, "ARP from another MAC")?;
-        at(&h, Hook::TcEgress, &from(OWN, other_kind.clone()), (true, "pass_non_ip"), "LLDP from its own MAC")?;
-        at(&h, Hook::TcEgress, &from(OTHER, other_kind.clone()), spoofed, "LLDP from another MAC")?;
-        at(&h, Hook::TcIngress, &from(OTHER, v4_udp(B, C, 54, 6000)), (true, "pass_unenforced"), "received from any MAC")?;
+        at(&mut h, Hook::TcEgress, &from(OWN, ip.clone()), (true, "allow_policy"), "IP from its own MAC")?;
+        at(&mut h, Hook::TcEgress, &from(OTHER, ip.clone()), spoofed, "IP from another MAC")?;
+        at(&mut h, Hook::XdpEgress, &from(OTHER, ip.clone()), spoofed, "the same through the XDP egress hook")?;
+        at(&mut h, Hook::TcEgress, &from(OWN, arp_frame.clone()), (true, "pass_non_ip"), "ARP from its own MAC")?;
+        at(&mut h, Hook::TcEgress, &from(OTHER, arp_frame.clone()), spoofed, "ARP from another MAC")?;
+        at(&mut h, Hook::TcEgress, &from(OWN, other_kind.clone()), (true, "pass_non_ip"), "LLDP from its own MAC")?;
+        at(&mut h, Hook::TcEgress, &from(OTHER, other_kind.clone()), spoofed, "LLDP from another MAC")?;
+        at(&mut h, Hook::TcIngress, &from(OTHER, v4_udp(B, C, 54, 6000)), (true, "pass_unenforced"), "received from any MAC")?;
         // What its ARP and neighbour discovery announce as its link-layer
         // address is its own MAC too: receivers (the node's placement of
         // it among them) learn the claimed address at the announced MAC.
@@ -1211,26 +1206,26 @@ fn a_bridged_pods_frames_come_from_its_own_mac() -> anyhow::Result<()> {
             from(OWN, eth(0x86dd, &ipv6(LINK_LOCAL, all_nodes, &[], ICMPV6, &icmp(kind, [0; 4], &body))))
         };
         let nonce = vec![14, 1, 1, 2, 3, 4, 5, 6];
-        at(&h, Hook::TcEgress, &from(OWN, eth(0x0806, &arp(2, (OTHER, C), ([0; 6], B)))), spoofed, "ARP announcing another MAC")?;
-        at(&h, Hook::XdpEgress, &from(OWN, eth(0x0806, &arp(2, (OTHER, C), ([0; 6], B)))), spoofed, "the same through the XDP egress hook")?;
-        at(&h, Hook::TcEgress, &from(OWN, eth(0x0806, &arp(2, (OWN, C), (OTHER, B)))), (true, "pass_non_ip"), "ARP to another MAC")?;
-        at(&h, Hook::TcEgress, &nd(135, &B6, &[lla(1, OWN)]), pass_nd, "a solicitation with its own MAC")?;
-        at(&h, Hook::TcEgress, &nd(135, &B6, &[lla(1, OTHER)]), spoofed, "a solicitation with another MAC")?;
-        at(&h, Hook::TcEgress, &nd(136, &C6, &[lla(2, OWN)]), pass_nd, "an advertisement of its own MAC")?;
-        at(&h, Hook::TcEgress, &nd(136, &C6, &[lla(2, OTHER)]), spoofed, "an advertisement of another MAC")?;
-        at(&h, Hook::XdpEgress, &nd(136, &C6, &[lla(2, OTHER)]), spoofed, "the same through the XDP egress hook")?;
-        at(&h, Hook::TcEgress, &nd(136, &C6, &[nonce.clone(), lla(2, OTHER)]), spoofed, "another MAC after a nonce")?;
-        at(&h, Hook::TcEgress, &nd(136, &C6, &[nonce.clone(), lla(1, OWN), lla(2, OTHER)]), spoofed, "another MAC third")?;
-        at(&h, Hook::TcEgress, &nd(133, &[], &[lla(1, OTHER)]), spoofed, "a router solicitation with another MAC")?;
-        at(&h, Hook::TcEgress, &nd(133, &[], &[lla(1, OWN)]), pass_nd, "a router solicitation with its own MAC")?;
-        at(&h, Hook::TcEgress, &nd(136, &C6, &[vec![2, 0, 0, 0, 0, 0, 0, 0], lla(2, OWN)]), spoofed, "an option of length 0")?;
+        at(&mut h, Hook::TcEgress, &from(OWN, eth(0x0806, &arp(2, (OTHER, C), ([0; 6], B)))), spoofed, "ARP announcing another MAC")?;
+        at(&mut h, Hook::XdpEgress, &from(OWN, eth(0x0806, &arp(2, (OTHER, C), ([0; 6], B)))), spoofed, "the same through the XDP egress hook")?;
+        at(&mut h, Hook::TcEgress, &from(OWN, eth(0x0806, &arp(2, (OWN, C), (OTHER, B)))), (true, "pass_non_ip"), "ARP to another MAC")?;
+        at(&mut h, Hook::TcEgress, &nd(135, &B6, &[lla(1, OWN)]), pass_nd, "a solicitation with its own MAC")?;
+        at(&mut h, Hook::TcEgress, &nd(135, &B6, &[lla(1, OTHER)]), spoofed, "a solicitation with another MAC")?;
+        at(&mut h, Hook::TcEgress, &nd(136, &C6, &[lla(2, OWN)]), pass_nd, "an advertisement of its own MAC")?;
+        at(&mut h, Hook::TcEgress, &nd(136, &C6, &[lla(2, OTHER)]), spoofed, "an advertisement of another MAC")?;
+        at(&mut h, Hook::XdpEgress, &nd(136, &C6, &[lla(2, OTHER)]), spoofed, "the same through the XDP egress hook")?;
+        at(&mut h, Hook::TcEgress, &nd(136, &C6, &[nonce.clone(), lla(2, OTHER)]), spoofed, "another MAC after a nonce")?;
+        at(&mut h, Hook::TcEgress, &nd(136, &C6, &[nonce.clone(), lla(1, OWN), lla(2, OTHER)]), spoofed, "another MAC third")?;
+        at(&mut h, Hook::TcEgress, &nd(133, &[], &[lla(1, OTHER)]), spoofed, "a router solicitation with another MAC")?;
+        at(&mut h, Hook::TcEgress, &nd(133, &[], &[lla(1, OWN)]), pass_nd, "a router solicitation with its own MAC")?;
+        at(&mut h, Hook::TcEgress, &nd(136, &C6, &[vec![2, 0, 0, 0, 0, 0, 0, 0], lla(2, OWN)]), spoofed, "an option of length 0")?;
         let many = vec![nonce.clone(); ebpf_common::datapath::MAX_ND_OPTIONS];
-        at(&h, Hook::TcEgress, &nd(136, &C6, &many), pass_nd, "as many nonces as are read")?;
+        at(&mut h, Hook::TcEgress, &nd(136, &C6, &many), pass_nd, "as many nonces as are read")?;
         let more = [many.clone(), vec![lla(2, OWN)]].concat();
-        at(&h, Hook::TcEgress, &nd(136, &C6, &more), spoofed, "options past those read")?;
+        at(&mut h, Hook::TcEgress, &nd(136, &C6, &more), spoofed, "options past those read")?;
         let mut long = nd(136, &C6, &[lla(2, OWN)]);
         long[18..20].copy_from_slice(&200u16.to_be_bytes());
-        at(&h, Hook::TcEgress, &long, (false, "drop_truncated"), "options announced past the frame")?;
+        at(&mut h, Hook::TcEgress, &long, (false, "drop_truncated"), "options announced past the frame")?;
         // What cannot be read whole is not vouched for: a first fragment
         // (its options may go on in the next), a payload ending before the
         // options start.
@@ -1240,15 +1235,15 @@ fn a_bridged_pods_frames_come_from_its_own_mac() -> anyhow::Result<()> {
             f[14 + 40 + 3] |= u8::from(more);
             f
         };
-        at(&h, Hook::TcEgress, &fragmented(true), spoofed, "a first fragment of an advertisement")?;
-        at(&h, Hook::TcEgress, &fragmented(false), pass_nd, "an atomic fragment, whole")?;
-        at(&h, Hook::TcEgress, &nd(135, &C6[..8], &[]), spoofed, "a solicitation ending inside its target")?;
-        at(&h, Hook::TcIngress, &nd(136, &C6, &[lla(2, OTHER)]), pass_nd, "received, whatever MAC it announces")?;
+        at(&mut h, Hook::TcEgress, &fragmented(true), spoofed, "a first fragment of an advertisement")?;
+        at(&mut h, Hook::TcEgress, &fragmented(false), pass_nd, "an atomic fragment, whole")?;
+        at(&mut h, Hook::TcEgress, &nd(135, &C6[..8], &[]), spoofed, "a solicitation ending inside its target")?;
+        at(&mut h, Hook::TcIngress, &nd(136, &C6, &[lla(2, OTHER)]), pass_nd, "received, whatever MAC it announces")?;
         // A routed pod's MAC is not written: nothing learns from it.
         let routed = Sources { mac: None, ..sources };
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &routed, None)?;
-        at(&h, Hook::TcEgress, &from(OTHER, v4_udp(C, B, 5001, 53)), (true, "allow_policy"), "no MAC written, no check")?;
-        at(&h, Hook::TcEgress, &nd(136, &C6, &[lla(2, OTHER)]), pass_nd, "nor of what it announces")?;
+        at(&mut h, Hook::TcEgress, &from(OTHER, v4_udp(C, B, 5001, 53)), (true, "allow_policy"), "no MAC written, no check")?;
+        at(&mut h, Hook::TcEgress, &nd(136, &C6, &[lla(2, OTHER)]), pass_nd, "nor of what it announces")?;
         Ok(())
     })
 }
@@ -1269,8 +1264,8 @@ fn a_pod_cannot_ride_on_a_neighbours_tracked_flow() -> anyhow::Result<()> {
         h.expect(OUT, &out, true, "allow_policy", "A's flow to B's DNS port opens")?;
         h.expect(OUT, &out, true, "allow_established", "and is tracked")?;
         for _ in 0..2 {
-            at(&h, Hook::TcEgress, neighbour, &out, (false, "drop_default_deny"), "the neighbour sends as A")?;
-            at(&h, Hook::TcIngress, neighbour, &back, (false, "drop_default_deny"), "B's reply handed to the neighbour")?;
+            at(&mut h, Hook::TcEgress, neighbour, &out, (false, "drop_default_deny"), "the neighbour sends as A")?;
+            at(&mut h, Hook::TcIngress, neighbour, &back, (false, "drop_default_deny"), "B's reply handed to the neighbour")?;
         }
         h.expect(OUT, &out, true, "allow_established", "A's flow, after the spoofed packets")?;
         h.expect(IN, &back, true, "allow_reply", "its reply, at A")?;
@@ -1293,20 +1288,20 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
         let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false, mac: None };
         let egress = [entry(OUT, identity::ANY, UDP, (53, 53), allow(41))];
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &sources, None)?;
-        let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
+        let at = |h: &mut Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
         let v6_udp = |src: [u8; 16], dst: [u8; 16]| eth(0x86dd, &ipv6(src, dst, &[], UDP, &udp(5000, 53)));
-        at(&h, Hook::TcEgress, &v4_udp(C, B, 5000, 53), (true, "allow_policy"), "its own source")?;
-        at(&h, Hook::TcEgress, &v4_udp(C, B, 5000, 53), (true, "allow_established"), "its own flow")?;
-        at(&h, Hook::TcEgress, &v4_udp(C, B, 5000, 54), (false, "drop_default_deny"), "its own, denied by policy")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(C, B, 5000, 53), (true, "allow_policy"), "its own source")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(C, B, 5000, 53), (true, "allow_established"), "its own flow")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(C, B, 5000, 54), (false, "drop_default_deny"), "its own, denied by policy")?;
         // A's flow is tracked at A: C sending as A finds its entry.
         h.expect(OUT, &v4_udp(A, B, 5000, 53), true, "allow_policy", "A's flow opens")?;
         for _ in 0..2 {
-            at(&h, Hook::TcEgress, &v4_udp(A, B, 5000, 53), (false, "drop_spoofed_source"), "C sending as A")?;
+            at(&mut h, Hook::TcEgress, &v4_udp(A, B, 5000, 53), (false, "drop_spoofed_source"), "C sending as A")?;
         }
-        at(&h, Hook::TcEgress, &v4_udp(B, A, 53, 5000), (false, "drop_spoofed_source"), "C sending B's reply to A")?;
-        at(&h, Hook::TcEgress, &v6_udp(C6, B6), (true, "allow_policy"), "its own IPv6 source")?;
-        at(&h, Hook::TcEgress, &v6_udp(LINK_LOCAL, B6), (true, "allow_policy"), "a link-local source")?;
-        at(&h, Hook::TcEgress, &v6_udp(A6, B6), (false, "drop_spoofed_source"), "another IPv6 source")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(B, A, 53, 5000), (false, "drop_spoofed_source"), "C sending B's reply to A")?;
+        at(&mut h, Hook::TcEgress, &v6_udp(C6, B6), (true, "allow_policy"), "its own IPv6 source")?;
+        at(&mut h, Hook::TcEgress, &v6_udp(LINK_LOCAL, B6), (true, "allow_policy"), "a link-local source")?;
+        at(&mut h, Hook::TcEgress, &v6_udp(A6, B6), (false, "drop_spoofed_source"), "another IPv6 source")?;
         // Extra prefixes (a gateway's): A's address in each family. Each
         // counts in its own family only, for its own endpoint only, and
         // only once the endpoint says it has some.
@@ -1314,44 +1309,44 @@ fn a_pods_packets_from_a_source_not_its_own_are_dropped_as_spoofed() -> anyhow::
         h.maps.set_source_prefix(EP + 1, "fd00::/127".parse()?)?;
         h.maps.set_source_prefix(EP + 2, "10.0.0.64/26".parse()?)?;
         h.maps.set_source_prefix(EP + 2, "fd00::/64".parse()?)?;
-        at(&h, Hook::TcEgress, &v4_udp(A, B, 5002, 53), (false, "drop_spoofed_source"), "prefixes, but not the flag")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(A, B, 5002, 53), (false, "drop_spoofed_source"), "prefixes, but not the flag")?;
         let with_prefixes = Sources { prefixes: true, ..sources };
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress, &with_prefixes, None)?;
-        at(&h, Hook::TcEgress, &v4_udp(A, B, 5002, 53), (true, "allow_policy"), "a source its prefix covers")?;
-        at(&h, Hook::TcEgress, &v6_udp(A6, B6), (true, "allow_policy"), "fd00::1, in fd00::/127")?;
-        at(&h, Hook::TcEgress, &v6_udp(B6, A6), (false, "drop_spoofed_source"), "fd00::2, past it")?;
-        at(&h, Hook::TcEgress, &v4_udp([10, 0, 0, 77], B, 5002, 53), (false, "drop_spoofed_source"), "another endpoint's prefix")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(A, B, 5002, 53), (true, "allow_policy"), "a source its prefix covers")?;
+        at(&mut h, Hook::TcEgress, &v6_udp(A6, B6), (true, "allow_policy"), "fd00::1, in fd00::/127")?;
+        at(&mut h, Hook::TcEgress, &v6_udp(B6, A6), (false, "drop_spoofed_source"), "fd00::2, past it")?;
+        at(&mut h, Hook::TcEgress, &v4_udp([10, 0, 0, 77], B, 5002, 53), (false, "drop_spoofed_source"), "another endpoint's prefix")?;
         h.maps.set_source_prefix(EP + 1, "::/0".parse()?)?;
-        at(&h, Hook::TcEgress, &v6_udp(B6, A6), (true, "allow_policy"), "any IPv6 source, by ::/0")?;
+        at(&mut h, Hook::TcEgress, &v6_udp(B6, A6), (true, "allow_policy"), "any IPv6 source, by ::/0")?;
         // But never one of the node's link-local addresses, its pods' router.
         let node: [u8; 16] = "fe80::1".parse::<Ipv6Addr>()?.octets();
         h.maps.set_node_addresses(&[Ipv6Addr::from(node)].into()).into_iter().try_for_each(Err)?;
-        at(&h, Hook::TcEgress, &v6_udp(node, B6), (false, "drop_spoofed_source"), "the node's link-local, whatever the prefixes")?;
+        at(&mut h, Hook::TcEgress, &v6_udp(node, B6), (false, "drop_spoofed_source"), "the node's link-local, whatever the prefixes")?;
         let all_nodes: [u8; 16] = "ff02::1".parse::<Ipv6Addr>()?.octets();
         let advert = |target: &[u8; 16]| eth(0x86dd, &ipv6(LINK_LOCAL, all_nodes, &[], ICMPV6, &icmp(136, [0; 4], target)));
-        at(&h, Hook::TcEgress, &advert(&node), (false, "drop_spoofed_source"), "nor announce it")?;
-        at(&h, Hook::TcEgress, &advert(&B6), (true, "pass_neighbour_discovery"), "another address ::/0 covers")?;
+        at(&mut h, Hook::TcEgress, &advert(&node), (false, "drop_spoofed_source"), "nor announce it")?;
+        at(&mut h, Hook::TcEgress, &advert(&B6), (true, "pass_neighbour_discovery"), "another address ::/0 covers")?;
         // Nor one of the node's bridges' IPv4 addresses (its pods' gateway),
         // though its prefix covers it: not as a source, not in ARP.
-        at(&h, Hook::TcEgress, &v4_udp(A, B, 5004, 53), (true, "allow_policy"), "A, in its prefix")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(A, B, 5004, 53), (true, "allow_policy"), "A, in its prefix")?;
         let gateway = Ipv4Addr::from(A).to_ipv6_mapped();
         h.maps.set_node_addresses(&[Ipv6Addr::from(node), gateway].into()).into_iter().try_for_each(Err)?;
-        at(&h, Hook::TcEgress, &v4_udp(A, B, 5005, 53), (false, "drop_spoofed_source"), "A, the node's bridge's")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(A, B, 5005, 53), (false, "drop_spoofed_source"), "A, the node's bridge's")?;
         let arp_for = |spa: [u8; 4]| eth(0x0806, &arp(2, ([0; 6], spa), ([0; 6], B)));
-        at(&h, Hook::TcEgress, &arp_for(A), (false, "drop_spoofed_source"), "ARP for the node's bridge's address")?;
-        at(&h, Hook::TcEgress, &arp_for([10, 0, 0, 2]), (true, "pass_non_ip"), "ARP for another its prefix covers")?;
+        at(&mut h, Hook::TcEgress, &arp_for(A), (false, "drop_spoofed_source"), "ARP for the node's bridge's address")?;
+        at(&mut h, Hook::TcEgress, &arp_for([10, 0, 0, 2]), (true, "pass_non_ip"), "ARP for another its prefix covers")?;
         h.maps.set_node_addresses(&Default::default()).into_iter().try_for_each(Err)?;
-        at(&h, Hook::TcEgress, &v4_udp([0, 0, 0, 0], B, 5002, 53), (false, "drop_spoofed_source"), "::/0 does not cover IPv4")?;
+        at(&mut h, Hook::TcEgress, &v4_udp([0, 0, 0, 0], B, 5002, 53), (false, "drop_spoofed_source"), "::/0 does not cover IPv4")?;
         for held in h.maps.source_prefixes()? {
             h.maps.remove_source_prefix(&held)?;
         }
-        at(&h, Hook::TcEgress, &v4_udp(A, B, 5003, 53), (false, "drop_spoofed_source"), "its prefix removed")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(A, B, 5003, 53), (false, "drop_spoofed_source"), "its prefix removed")?;
         // Ingress is the sender's to check: anything addressed to C is judged
         // by policy alone (none isolates C's ingress).
-        at(&h, Hook::TcIngress, &v4_udp(B, A, 53, 5000), (true, "pass_unenforced"), "received, whatever its addresses")?;
+        at(&mut h, Hook::TcIngress, &v4_udp(B, A, 53, 5000), (true, "pass_unenforced"), "received, whatever its addresses")?;
         // Without sources written, nothing is checked.
         h.maps.replace_policy(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &egress)?;
-        at(&h, Hook::TcEgress, &v4_udp(A, B, 5001, 53), (true, "allow_policy"), "no sources, no check")?;
+        at(&mut h, Hook::TcEgress, &v4_udp(A, B, 5001, 53), (true, "allow_policy"), "no sources, no check")?;
         Ok(())
     })
 }
@@ -1372,8 +1367,8 @@ fn a_pods_arp_and_neighbour_discovery_claim_only_its_own_addresses() -> anyhow::
     beside_a_veth(|pod, mut h| {
         let sources = Sources { v4: Some(Ipv4Addr::from(C)), v6: Some(Ipv6Addr::from(C6)), prefixes: false, mac: None };
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &[], &sources, None)?;
-        let at = |h: &Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
-        let out = |h: &Harness, frame: &[u8], want: (bool, &str), what: &str| {
+        let at = |h: &mut Harness, hook, frame: &[u8], want: (bool, &str), what: &str| expect_at(h, hook, pod, frame, want, what);
+        let out = |h: &mut Harness, frame: &[u8], want: (bool, &str), what: &str| {
             at(h, Hook::TcEgress, frame, want, what)
         };
         let arp_from = |spa: [u8; 4]| eth(0x0806, &arp(1, (MAC, spa), ([0; 6], B)));
@@ -1386,9 +1381,9 @@ fn a_pods_arp_and_neighbour_discovery_claim_only_its_own_addresses() -> anyhow::
         let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::from_map_data(
             aya::maps::MapData::from_pin(h.t.pins.map(maps::EVENTS))?,
         )?)?;
-        out(&h, &arp_from(C), pass_arp, "ARP from its own address")?;
-        out(&h, &arp_from([0; 4]), pass_arp, "an ARP probe")?;
-        out(&h, &arp_from(A), spoofed, "ARP claiming A's address")?;
+        out(&mut h, &arp_from(C), pass_arp, "ARP from its own address")?;
+        out(&mut h, &arp_from([0; 4]), pass_arp, "an ARP probe")?;
+        out(&mut h, &arp_from(A), spoofed, "ARP claiming A's address")?;
         // Its event names what it claimed, marked as ARP.
         let mapped = |a: [u8; 4]| IpAddr::from(Ipv4Addr::from(a).to_ipv6_mapped().octets());
         let events = drain(&mut ring);
@@ -1398,62 +1393,62 @@ fn a_pods_arp_and_neighbour_discovery_claim_only_its_own_addresses() -> anyhow::
             (e.protocol, e.sport, IpAddr::from(e.src), IpAddr::from(e.dst)) == (0, ebpf_common::datapath::ARP_EVENT_SPORT, mapped(A), mapped(B)),
             "the ARP drop's event: {e:?}"
         );
-        at(&h, Hook::XdpEgress, &arp_from(A), spoofed, "the same through the XDP egress hook")?;
+        at(&mut h, Hook::XdpEgress, &arp_from(A), spoofed, "the same through the XDP egress hook")?;
         let mut ieee802 = arp(1, (MAC, A), ([0; 6], B));
         ieee802[1] = 6;
-        out(&h, &eth(0x0806, &ieee802), spoofed, "ARP of IEEE 802's hardware type, which Linux takes alike")?;
+        out(&mut h, &eth(0x0806, &ieee802), spoofed, "ARP of IEEE 802's hardware type, which Linux takes alike")?;
         let mut other_kind = ieee802;
         other_kind[1] = 4;
-        out(&h, &eth(0x0806, &other_kind), pass_arp, "ARP of another hardware type claims nothing")?;
-        out(&h, &eth(0x0806, &arp(1, (MAC, A), ([0; 6], B))[..20]), (false, "drop_truncated"), "ARP cut short")?;
-        out(&h, &nd(C6, 135, &B6), pass_nd, "a solicitation from its own address")?;
-        out(&h, &nd([0; 16], 135, &C6), pass_nd, "duplicate address detection, from ::")?;
-        out(&h, &nd(A6, 135, &B6), spoofed, "a solicitation from A's address")?;
-        out(&h, &nd(A6, 143, &[]), spoofed, "an MLD report from A's address")?;
-        out(&h, &nd(LINK_LOCAL, 136, &C6), pass_nd, "an advertisement of its own address")?;
-        out(&h, &nd(LINK_LOCAL, 136, &LINK_LOCAL), pass_nd, "an advertisement of a link-local address")?;
-        out(&h, &nd(LINK_LOCAL, 136, &A6), spoofed, "an advertisement of A's address")?;
-        out(&h, &nd(LINK_LOCAL, 136, &[]), (false, "drop_truncated"), "an advertisement without its target")?;
-        out(&h, &nd(LINK_LOCAL, 133, &[]), pass_nd, "a router solicitation")?;
-        out(&h, &nd(LINK_LOCAL, 134, &[0; 8]), (false, "drop_router_message"), "a router advertisement")?;
-        out(&h, &nd(LINK_LOCAL, 137, &[0; 32]), (false, "drop_router_message"), "a redirect")?;
+        out(&mut h, &eth(0x0806, &other_kind), pass_arp, "ARP of another hardware type claims nothing")?;
+        out(&mut h, &eth(0x0806, &arp(1, (MAC, A), ([0; 6], B))[..20]), (false, "drop_truncated"), "ARP cut short")?;
+        out(&mut h, &nd(C6, 135, &B6), pass_nd, "a solicitation from its own address")?;
+        out(&mut h, &nd([0; 16], 135, &C6), pass_nd, "duplicate address detection, from ::")?;
+        out(&mut h, &nd(A6, 135, &B6), spoofed, "a solicitation from A's address")?;
+        out(&mut h, &nd(A6, 143, &[]), spoofed, "an MLD report from A's address")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &C6), pass_nd, "an advertisement of its own address")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &LINK_LOCAL), pass_nd, "an advertisement of a link-local address")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &A6), spoofed, "an advertisement of A's address")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &[]), (false, "drop_truncated"), "an advertisement without its target")?;
+        out(&mut h, &nd(LINK_LOCAL, 133, &[]), pass_nd, "a router solicitation")?;
+        out(&mut h, &nd(LINK_LOCAL, 134, &[0; 8]), (false, "drop_router_message"), "a router advertisement")?;
+        out(&mut h, &nd(LINK_LOCAL, 137, &[0; 32]), (false, "drop_router_message"), "a redirect")?;
         // The node's link-local addresses (its router's, on a bridge) are
         // no pod's, though every other link-local address may be.
         let node: [u8; 16] = "fe80::1".parse::<Ipv6Addr>()?.octets();
         let other: [u8; 16] = "fe80::2".parse::<Ipv6Addr>()?.octets();
         h.maps.set_node_addresses(&[Ipv6Addr::from(node)].into()).into_iter().try_for_each(Err)?;
-        out(&h, &nd(LINK_LOCAL, 136, &node), spoofed, "an advertisement of the node's link-local address")?;
-        out(&h, &nd(node, 135, &B6), spoofed, "a solicitation from the node's link-local address")?;
-        at(&h, Hook::XdpEgress, &nd(LINK_LOCAL, 136, &node), spoofed, "the same through the XDP egress hook")?;
-        out(&h, &eth(0x86dd, &ipv6(node, C6, &[], UDP, &udp(5000, 53))), spoofed, "UDP from the node's link-local address")?;
-        out(&h, &nd(LINK_LOCAL, 136, &other), pass_nd, "an advertisement of another link-local address")?;
-        out(&h, &nd(other, 135, &B6), pass_nd, "a solicitation from another link-local address")?;
-        at(&h, Hook::TcIngress, &nd(node, 136, &node), pass_nd, "the node's own advertisement, to the pod")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &node), spoofed, "an advertisement of the node's link-local address")?;
+        out(&mut h, &nd(node, 135, &B6), spoofed, "a solicitation from the node's link-local address")?;
+        at(&mut h, Hook::XdpEgress, &nd(LINK_LOCAL, 136, &node), spoofed, "the same through the XDP egress hook")?;
+        out(&mut h, &eth(0x86dd, &ipv6(node, C6, &[], UDP, &udp(5000, 53))), spoofed, "UDP from the node's link-local address")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &other), pass_nd, "an advertisement of another link-local address")?;
+        out(&mut h, &nd(other, 135, &B6), pass_nd, "a solicitation from another link-local address")?;
+        at(&mut h, Hook::TcIngress, &nd(node, 136, &node), pass_nd, "the node's own advertisement, to the pod")?;
         h.maps.set_node_addresses(&Default::default()).into_iter().try_for_each(Err)?;
         anyhow::ensure!(h.maps.node_addresses()?.is_empty(), "the node's addresses removed");
-        out(&h, &nd(LINK_LOCAL, 136, &node), pass_nd, "no longer the node's")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &node), pass_nd, "no longer the node's")?;
         // What reaches the pod is the sender's to check.
-        at(&h, Hook::TcIngress, &arp_from(A), pass_arp, "ARP to the pod")?;
-        at(&h, Hook::TcIngress, &nd(LINK_LOCAL, 136, &A6), pass_nd, "an advertisement to the pod")?;
-        at(&h, Hook::TcIngress, &nd(LINK_LOCAL, 134, &[0; 8]), pass_nd, "the node's router advertisement")?;
+        at(&mut h, Hook::TcIngress, &arp_from(A), pass_arp, "ARP to the pod")?;
+        at(&mut h, Hook::TcIngress, &nd(LINK_LOCAL, 136, &A6), pass_nd, "an advertisement to the pod")?;
+        at(&mut h, Hook::TcIngress, &nd(LINK_LOCAL, 134, &[0; 8]), pass_nd, "the node's router advertisement")?;
         // Its prefixes count as its own, for what it announces too.
         h.maps.set_source_prefix(EP + 1, "10.0.0.0/30".parse()?)?;
         h.maps.set_source_prefix(EP + 1, "fd00::/127".parse()?)?;
         let with_prefixes = Sources { prefixes: true, ..sources };
         h.maps.replace_policy_held(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &[], &with_prefixes, None)?;
-        out(&h, &arp_from(A), pass_arp, "ARP for an address its prefix covers")?;
-        out(&h, &nd(LINK_LOCAL, 136, &A6), pass_nd, "an advertisement of fd00::1, in its prefix")?;
-        out(&h, &nd(LINK_LOCAL, 136, &B6), spoofed, "fd00::2, past it")?;
-        out(&h, &arp_from(NET_HOST), spoofed, "ARP past its prefix")?;
+        out(&mut h, &arp_from(A), pass_arp, "ARP for an address its prefix covers")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &A6), pass_nd, "an advertisement of fd00::1, in its prefix")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &B6), spoofed, "fd00::2, past it")?;
+        out(&mut h, &arp_from(NET_HOST), spoofed, "ARP past its prefix")?;
         for held in h.maps.source_prefixes()? {
             h.maps.remove_source_prefix(&held)?;
         }
         // Without sources written, nothing is checked; a router message
         // is still no pod's to send.
         h.maps.replace_policy(pod, EP + 1, endpoint_flags::ISOLATED_EGRESS, &[])?;
-        out(&h, &arp_from(A), pass_arp, "no sources: ARP unchecked")?;
-        out(&h, &nd(LINK_LOCAL, 136, &A6), pass_nd, "no sources: advertisements unchecked")?;
-        out(&h, &nd(LINK_LOCAL, 134, &[0; 8]), (false, "drop_router_message"), "no sources: still no router advertisement")?;
+        out(&mut h, &arp_from(A), pass_arp, "no sources: ARP unchecked")?;
+        out(&mut h, &nd(LINK_LOCAL, 136, &A6), pass_nd, "no sources: advertisements unchecked")?;
+        out(&mut h, &nd(LINK_LOCAL, 134, &[0; 8]), (false, "drop_router_message"), "no sources: still no router advertisement")?;
         Ok(())
     })
 }

@@ -559,6 +559,12 @@ fn run(seed: u64, sizes: Sizes, ifindexes: &[u32]) -> anyhow::Result<()> {
     } = sizes;
     let started = Instant::now();
     let mut h = Harness::load(&[])?;
+    // Every program verified before the first frame: verified on first use,
+    // under the guest's TCG each would hold the clock for seconds while
+    // conntrack's timeouts run, and flows the model holds could expire.
+    for hook in Hook::ALL {
+        h.program(hook)?;
+    }
     let placed: BTreeMap<String, u32> = PLACED
         .iter()
         .zip([LO, ifindexes[0], ifindexes[1]])

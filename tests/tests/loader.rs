@@ -69,7 +69,8 @@ fn main() {
 /// not loaded.
 fn the_status_command_reads_every_map_it_finds_pinned() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let loaded = loader::load_all(&t.pins, &Features::probe())?;
+    // The maps are what it reads: no network program is verified.
+    let loaded = palisade_tests::lsm_only(&t.pins, &Features::probe())?;
     let lsm_loaded = matches!(loaded.lsm, LsmObject::Loaded(_));
     let out = std::process::Command::new(palisade_tests::palisade_bin()?)
         .arg("--pin-base")
@@ -109,7 +110,7 @@ fn the_status_command_reads_every_map_it_finds_pinned() -> anyhow::Result<()> {
 fn only_root_reaches_the_pins() -> anyhow::Result<()> {
     use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
     let t = TempPins::new()?;
-    let _loaded = loader::load_all(&t.pins, &palisade_tests::network_only())?;
+    let _loaded = palisade_tests::network_maps(&t.pins, &Default::default())?;
     for dir in [t.pins.root().to_path_buf(), t.pins.maps(), t.pins.links()] {
         let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
         ensure!(mode == 0o700, "{} has mode {mode:o}", dir.display());
@@ -166,7 +167,7 @@ fn loads_the_lsm_object_and_pins_its_map() -> anyhow::Result<()> {
     if let BpfLsm::Inactive { reason } = &features.bpf_lsm {
         bail!("BPF LSM must be active in the guest: {reason}");
     }
-    let mut loaded = loader::load_all(&t.pins, &features)?;
+    let mut loaded = palisade_tests::lsm_only(&t.pins, &features)?;
     let lsm = palisade_tests::lsm_object(&mut loaded)?;
     // Every map of the object is pinned and checked.
     assert_eq!(lsm.maps.len(), loader::objects::LSM.maps().count());
@@ -178,8 +179,7 @@ fn loads_the_lsm_object_and_pins_its_map() -> anyhow::Result<()> {
 
 fn a_second_load_adopts_the_pinned_maps_and_their_contents() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let features = palisade_tests::network_only();
-    let first = loader::load_all(&t.pins, &features)?;
+    let first = palisade_tests::network_maps(&t.pins, &Default::default())?;
     let path = t.pins.map(maps::TC_STATS);
     let cell = stat_index(direction::EGRESS, reason::PASS_UNENFORCED);
     {
@@ -197,7 +197,7 @@ fn a_second_load_adopts_the_pinned_maps_and_their_contents() -> anyhow::Result<(
     }
     drop(first);
 
-    let second = loader::load_all(&t.pins, &features)?;
+    let second = palisade_tests::network_maps(&t.pins, &Default::default())?;
     let tc = second
         .tc
         .maps

@@ -11,7 +11,7 @@ use anyhow::bail;
 use ebpf_common::maps;
 use palisade::{
     loader::features::{BpfLsm, Features},
-    loader::{self, attach, objects},
+    loader::{attach, objects},
     observe::stats::read_pinned,
 };
 use palisade_tests::{
@@ -52,7 +52,7 @@ fn the_exec_hook_sees_every_exec_and_outlives_its_loader() -> anyhow::Result<()>
         bail!("the guest boots with bpf in lsm=, yet: {reason}");
     }
     let t = TempPins::new()?;
-    let mut loaded = loader::load_all(&t.pins, &features)?;
+    let mut loaded = palisade_tests::lsm_only(&t.pins, &features)?;
     let lsm = palisade_tests::lsm_object(&mut loaded)?;
     let states = attach::attach_lsm(lsm, &t.pins)?;
     // Every program but those of hooks this kernel lacks (the ACL hooks

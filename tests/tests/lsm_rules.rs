@@ -141,7 +141,7 @@ impl Lab {
             let features = Features::probe();
             let load = || -> anyhow::Result<Loaded> {
                 let pins = TempPins::new()?;
-                let mut objects = loader::load_all(&pins.pins, &features)?;
+                let mut objects = palisade_tests::lsm_only(&pins.pins, &features)?;
                 let lsm = palisade_tests::lsm_object(&mut objects)?;
                 attach::attach_lsm(lsm, &pins.pins)?;
                 let programs = LsmPrograms::of(lsm)?;

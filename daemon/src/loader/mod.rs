@@ -94,47 +94,61 @@ pub struct Loaded {
     pub lsm: LsmObject,
 }
 
-/// The XDP programs a load verifies. The pods' TC programs (and the LSM
-/// programs where BPF LSM is active) always load; these only where they
-/// will be attached: the verifier's time is most of a start, and a program
-/// verified for nothing is that time lost (2.3 s of the guest's 20 for the
-/// XDP pod hook, under QEMU's emulation).
+/// The TC and XDP programs a load verifies (the LSM programs load
+/// wherever BPF LSM is active). The daemon verifies the pods' TC programs
+/// always, and of the XDP programs only those it will attach: the
+/// verifier's time is most of a start, and a program verified for nothing
+/// is that time lost (2.3 s of the guest's 20 for the XDP pod hook, under
+/// QEMU's emulation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct XdpPrograms {
+pub struct Programs {
+    /// The pods' TC programs.
+    pub tc: bool,
     /// The prefilter, for uplinks.
     pub prefilter: bool,
     /// The hook on a pod's veth (`palisade load --xdp-pod`).
-    pub from_pod: bool,
+    pub xdp_from_pod: bool,
 }
 
-impl XdpPrograms {
+impl Programs {
     pub const ALL: Self = Self {
+        tc: true,
         prefilter: true,
-        from_pod: true,
+        xdp_from_pod: true,
+    };
+
+    /// The maps only, for a caller that verifies each program it runs on
+    /// first use (the datapath tests, each of which runs one or two).
+    pub const NONE: Self = Self {
+        tc: false,
+        prefilter: false,
+        xdp_from_pod: false,
     };
 
     fn wants(self, program: &str) -> bool {
+        use ebpf_common::maps::programs;
         match program {
-            ebpf_common::maps::programs::XDP_PREFILTER => self.prefilter,
-            ebpf_common::maps::programs::XDP_FROM_POD => self.from_pod,
+            programs::XDP_PREFILTER => self.prefilter,
+            programs::XDP_FROM_POD => self.xdp_from_pod,
+            programs::TC_FROM_POD | programs::TC_TO_POD => self.tc,
             _ => true,
         }
     }
 }
 
 /// Probes the kernel's features (logging each) and loads (or adopts) every
-/// object, of the XDP programs only `xdp`: the first step of `palisade
-/// load` and of the daemon's start.
+/// object, verifying `programs`: the first step of `palisade load` and of
+/// the daemon's start.
 pub fn load_probed(
     pins: &PinDir,
     sizes: &MapSizes,
-    xdp: XdpPrograms,
+    programs: Programs,
 ) -> Result<(Features, Loaded), LoadError> {
     let features = Features::probe();
     for line in features.lines() {
         tracing::info!("{line}");
     }
-    let loaded = load_some(pins, &features, sizes, xdp)?;
+    let loaded = load_some(pins, &features, sizes, programs)?;
     Ok((features, loaded))
 }
 
@@ -174,16 +188,16 @@ pub fn load_with(
     features: &Features,
     sizes: &MapSizes,
 ) -> Result<Loaded, LoadError> {
-    load_some(pins, features, sizes, XdpPrograms::ALL)
+    load_some(pins, features, sizes, Programs::ALL)
 }
 
-/// [`load_with`], of the XDP programs only `xdp` (the maps of the XDP
-/// object are made and pinned all the same: the TC programs share them).
+/// [`load_with`], verifying only `programs` (every object's maps are made
+/// or adopted and pinned all the same: the programs share them).
 pub fn load_some(
     pins: &PinDir,
     features: &Features,
     sizes: &MapSizes,
-    xdp_programs: XdpPrograms,
+    programs: Programs,
 ) -> Result<Loaded, LoadError> {
     prepare(pins)?;
     // Check every pin of every object first: a mismatch in the last object
@@ -196,7 +210,7 @@ pub fn load_some(
     let mut xdp = load_object(pins, &objects::XDP, sizes, &[])?;
     let mut took = VerifierCost::default();
     for &program in objects::XDP.programs {
-        if !xdp_programs.wants(program) {
+        if !programs.wants(program) {
             continue;
         }
         let p: &mut Xdp = program_mut(&mut xdp.ebpf, &objects::XDP, program)?;
@@ -209,6 +223,9 @@ pub fn load_some(
     let mut tc = load_object(pins, &objects::TC, sizes, &[])?;
     let mut took = VerifierCost::default();
     for &program in objects::TC.programs {
+        if !programs.wants(program) {
+            continue;
+        }
         let p: &mut SchedClassifier = program_mut(&mut tc.ebpf, &objects::TC, program)?;
         let started = Instant::now();
         p.load()

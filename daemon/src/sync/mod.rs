@@ -196,11 +196,12 @@ impl Syncer {
     ) -> Result<Self, StartError> {
         // The daemon never attaches the XDP pod hook, and the prefilter
         // only to uplinks.
-        let xdp = loader::XdpPrograms {
+        let programs = loader::Programs {
+            tc: true,
             prefilter: !uplinks.is_empty() || follows_routes,
-            from_pod: false,
+            xdp_from_pod: false,
         };
-        let (features, mut loaded) = loader::load_probed(&pins, sizes, xdp)?;
+        let (features, mut loaded) = loader::load_probed(&pins, sizes, programs)?;
         let mut maps = DatapathMaps::open(&pins)?;
         let uplinks = prefilter::install(&mut maps, &mut loaded.xdp, &pins, uplinks, node_denies)?;
         let inherited = pins
