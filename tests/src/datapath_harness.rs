@@ -2,9 +2,9 @@
 //! in a pin directory of the test's own, policy written through the syncer's
 //! map API ([`DatapathMaps`]), frames run through one program at a time, and
 //! the reason each verdict was counted under read back from the stats maps.
-//! A program is verified when a test first runs it: most tests run one or
-//! two of the four, and under the QEMU guest's emulation the four take
-//! about 12 s to verify.
+//! A program is verified when a test first runs it: a test runs some of the
+//! four, and under the QEMU guest's emulation the four take about 12 s to
+//! verify.
 //! Used by the verdict tables (`tests/datapath.rs`) and the random frames
 //! (`tests/frames.rs`).
 //!

@@ -97,7 +97,7 @@ impl Drop for TempPins {
     }
 }
 
-/// The LSM object `load_all` loaded, or why it skipped it, as an error:
+/// The LSM object a load loaded, or why it skipped it, as an error:
 /// tests that ask for it run where BPF LSM is active (the guest).
 pub fn lsm_object(
     loaded: &mut palisade::loader::Loaded,
@@ -126,9 +126,23 @@ pub fn network_maps(
     )
 }
 
+/// The network objects with only `programs` verified, BPF LSM left out:
+/// for a test that attaches some of them.
+pub fn network_programs(
+    pins: &PinDir,
+    programs: palisade::loader::Programs,
+) -> Result<palisade::loader::Loaded, palisade::loader::LoadError> {
+    palisade::loader::load_some(
+        pins,
+        &network_only(),
+        &palisade::loader::sizes::MapSizes::default(),
+        programs,
+    )
+}
+
 /// Every object's maps and, where BPF LSM is active, the LSM programs;
 /// none of the network programs verified: for the tests of the process and
-/// file rules.
+/// file rules, and of `palisade status` (which reads the maps).
 pub fn lsm_only(
     pins: &PinDir,
     features: &palisade::loader::features::Features,

@@ -12,7 +12,7 @@ use aya::programs::{XdpMode, loaded_programs};
 use ebpf_common::maps;
 use palisade::{
     loader::{
-        self, Loaded,
+        Loaded, Programs,
         attach::{self, LinkState, TcHook},
     },
     netns::ifindex,
@@ -45,6 +45,20 @@ fn counts(pins: &PinDir) -> anyhow::Result<Counts> {
     })
 }
 
+/// What [`attach_all`] attaches, the programs verified for it.
+const ATTACHED: Programs = Programs {
+    tc: true,
+    prefilter: true,
+    xdp_from_pod: false,
+};
+
+/// The prefilter alone.
+const PREFILTER: Programs = Programs {
+    tc: false,
+    prefilter: true,
+    xdp_from_pod: false,
+};
+
 fn attach_all(
     loaded: &mut Loaded,
     pins: &PinDir,
@@ -68,10 +82,11 @@ fn attach_all(
 
 const N: u32 = 5;
 
+/// The ids of the programs `loaded` verified.
 fn program_ids(loaded: &Loaded) -> anyhow::Result<Vec<u32>> {
     let mut ids = Vec::new();
     for object in [&loaded.xdp, &loaded.tc] {
-        for (_, p) in object.ebpf.programs() {
+        for (_, p) in object.ebpf.programs().filter(|(_, p)| p.fd().is_ok()) {
             ids.push(p.info()?.id());
         }
     }
@@ -102,7 +117,7 @@ fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::R
     let veth = VethPair::new()?;
     let features = palisade_tests::network_only();
 
-    let mut loaded = loader::load_all(&t.pins, &features)?;
+    let mut loaded = palisade_tests::network_programs(&t.pins, ATTACHED)?;
     let states = attach_all(&mut loaded, &t.pins, &veth, features.tcx)?;
     assert!(
         matches!(
@@ -156,7 +171,7 @@ fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::R
     assert!(c2.to_pod >= c1.to_pod + n, "{c1:?} -> {c2:?}");
 
     // The next loader adopts the maps and swaps its programs into the links.
-    let mut next = loader::load_all(&t.pins, &features)?;
+    let mut next = palisade_tests::network_programs(&t.pins, ATTACHED)?;
     let states = attach_all(&mut next, &t.pins, &veth, features.tcx)?;
     assert!(
         matches!(states[0], LinkState::Pinned { replaced: true, .. }),
@@ -210,7 +225,7 @@ fn pinned_links_outlive_the_loader_and_are_taken_over_by_the_next() -> anyhow::R
 #[test]
 fn attaching_to_a_missing_interface_is_a_clear_error() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let mut loaded = loader::load_all(&t.pins, &palisade_tests::network_only())?;
+    let mut loaded = palisade_tests::network_programs(&t.pins, PREFILTER)?;
     let err = attach::attach_xdp(&mut loaded.xdp, &t.pins, u32::MAX - 1, XdpMode::Default)
         .err()
         .context("attach to a nonexistent ifindex succeeded")?;
@@ -224,7 +239,6 @@ fn a_link_pinned_by_an_older_abi_is_taken_over_and_that_abi_retired() -> anyhow:
     let t = TempPins::new()?;
     let old = PinDir::with_abi(t.pins.base(), ebpf_common::ABI_VERSION - 1);
     let veth = VethPair::new()?;
-    let features = palisade_tests::network_only();
     let xdp_pin = |pins: &PinDir| -> anyhow::Result<PathBuf> {
         Ok(pins.link(&format!(
             "xdp-{}",
@@ -233,7 +247,7 @@ fn a_link_pinned_by_an_older_abi_is_taken_over_and_that_abi_retired() -> anyhow:
     };
 
     // What the previous daemon version left: its own maps and an XDP link.
-    let mut previous = loader::load_all(&old, &features)?;
+    let mut previous = palisade_tests::network_programs(&old, PREFILTER)?;
     veth.in_node(|| -> anyhow::Result<LinkState> {
         let index = ifindex(&veth.host_if)?;
         Ok(attach::attach_xdp(
@@ -246,7 +260,7 @@ fn a_link_pinned_by_an_older_abi_is_taken_over_and_that_abi_retired() -> anyhow:
     drop(previous);
     assert!(xdp_pin(&old)?.exists());
 
-    let mut current = loader::load_all(&t.pins, &features)?;
+    let mut current = palisade_tests::network_programs(&t.pins, PREFILTER)?;
     let state = veth.in_node(|| -> anyhow::Result<LinkState> {
         let index = ifindex(&veth.host_if)?;
         Ok(attach::attach_xdp(

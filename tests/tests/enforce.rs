@@ -14,7 +14,6 @@ use ebpf_common::datapath::{PolicyValue, action, direction, endpoint_flags, iden
 use palisade::{
     compile::PolicyEntry,
     datapath::DatapathMaps,
-    loader::features::Features,
     loader::{
         self,
         attach::{self, TcHook},
@@ -68,8 +67,14 @@ fn udp_round_trip(client: &UdpSocket, server: &UdpSocket) -> anyhow::Result<bool
 fn two_pods_on_a_bridge() -> anyhow::Result<()> {
     let t = TempPins::new()?;
     let lab = BridgeLab::new(2)?;
-    let features = Features::probe();
-    let mut loaded = loader::load_all(&t.pins, &features)?;
+    // The pods' TC programs are all it attaches.
+    let features = palisade_tests::network_only();
+    let tc = loader::Programs {
+        tc: true,
+        prefilter: false,
+        xdp_from_pod: false,
+    };
+    let mut loaded = palisade_tests::network_programs(&t.pins, tc)?;
     let (pod1, pod2) = (&lab.pods[0], &lab.pods[1]);
     let if1 = in_netns(&lab.node, || ifindex(&pod1.host_if))??;
     let if2 = in_netns(&lab.node, || ifindex(&pod2.host_if))??;

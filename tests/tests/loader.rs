@@ -63,7 +63,8 @@ fn main() {
     ])
 }
 
-/// `palisade status` over freshly loaded objects: every map they pinned
+/// `palisade status` over freshly made maps (and the LSM object where BPF
+/// LSM is active; no network program is verified): every map pinned
 /// reads as ok (a per-CPU map that is not a stats map was once reported
 /// unreadable), and the only absent ones are the LSM object's where it was
 /// not loaded.

@@ -117,8 +117,10 @@ impl Programs {
         xdp_from_pod: true,
     };
 
-    /// The maps only, for a caller that verifies each program it runs on
-    /// first use (the datapath tests, each of which runs one or two).
+    /// No network program: the maps (and the LSM programs where BPF LSM is
+    /// active), for a caller that verifies each program it runs on first
+    /// use (the datapath tests, each of which runs some of the four) or
+    /// runs none.
     pub const NONE: Self = Self {
         tc: false,
         prefilter: false,
