@@ -20,7 +20,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use palisade::paths::PinDir;
+use palisade::{
+    loader::{self, LoadError, Loaded, Programs, features::Features, sizes::MapSizes},
+    paths::PinDir,
+};
 pub use palisade_lab::fixtures::{BridgeLab, POD_IP, VethPair, commit_and_wait};
 use palisade_lab::{netns::Netns, probe::Observed};
 
@@ -99,9 +102,7 @@ impl Drop for TempPins {
 
 /// The LSM object a load loaded, or why it skipped it, as an error:
 /// tests that ask for it run where BPF LSM is active (the guest).
-pub fn lsm_object(
-    loaded: &mut palisade::loader::Loaded,
-) -> anyhow::Result<&mut palisade::loader::LoadedObject> {
+pub fn lsm_object(loaded: &mut Loaded) -> anyhow::Result<&mut loader::LoadedObject> {
     match &mut loaded.lsm {
         palisade::loader::LsmObject::Loaded(lsm) => Ok(lsm),
         palisade::loader::LsmObject::Skipped { reason } => {
@@ -110,60 +111,35 @@ pub fn lsm_object(
     }
 }
 
-/// The network objects' maps made and pinned in `pins`, sized by `sizes`,
-/// and no program verified: for a test of what the syncer writes, which
-/// runs no program (under the guest's TCG the verifier would take 12 s of
-/// each such test).
-pub fn network_maps(
-    pins: &PinDir,
-    sizes: &palisade::loader::sizes::MapSizes,
-) -> Result<palisade::loader::Loaded, palisade::loader::LoadError> {
-    palisade::loader::load_some(
-        pins,
-        &network_only(),
-        sizes,
-        palisade::loader::Programs::NONE,
-    )
+/// The network objects with only `programs` verified, BPF LSM left out,
+/// the maps at their default sizes: for a test that attaches some of them.
+pub fn network_programs(pins: &PinDir, programs: Programs) -> Result<Loaded, LoadError> {
+    loader::load_some(pins, &network_only(), &MapSizes::default(), programs)
 }
 
-/// The network objects with only `programs` verified, BPF LSM left out:
-/// for a test that attaches some of them.
-pub fn network_programs(
-    pins: &PinDir,
-    programs: palisade::loader::Programs,
-) -> Result<palisade::loader::Loaded, palisade::loader::LoadError> {
-    palisade::loader::load_some(
-        pins,
-        &network_only(),
-        &palisade::loader::sizes::MapSizes::default(),
-        programs,
-    )
+/// The network objects' maps made and pinned in `pins`, and no program
+/// verified: for a test of what the syncer writes, which runs no program
+/// (under the guest's TCG the verifier would take 12 s of each such test).
+pub fn network_maps(pins: &PinDir) -> Result<Loaded, LoadError> {
+    network_programs(pins, Programs::NONE)
 }
 
 /// Every object's maps and, where BPF LSM is active, the LSM programs;
 /// none of the network programs verified: for the tests of the process and
 /// file rules, and of `palisade status` (which reads the maps).
-pub fn lsm_only(
-    pins: &PinDir,
-    features: &palisade::loader::features::Features,
-) -> Result<palisade::loader::Loaded, palisade::loader::LoadError> {
-    palisade::loader::load_some(
-        pins,
-        features,
-        &palisade::loader::sizes::MapSizes::default(),
-        palisade::loader::Programs::NONE,
-    )
+pub fn lsm_only(pins: &PinDir, features: &Features) -> Result<Loaded, LoadError> {
+    loader::load_some(pins, features, &MapSizes::default(), Programs::NONE)
 }
 
 /// This kernel's features without BPF LSM, for a test of the network
 /// objects only: in the guest, loading the LSM object too would cost the
 /// verifier's half a minute under TCG and test nothing more.
-pub fn network_only() -> palisade::loader::features::Features {
-    palisade::loader::features::Features {
-        bpf_lsm: palisade::loader::features::BpfLsm::Inactive {
+pub fn network_only() -> Features {
+    Features {
+        bpf_lsm: loader::features::BpfLsm::Inactive {
             reason: "left out: the test needs the network objects only".to_owned(),
         },
-        ..palisade::loader::features::Features::probe()
+        ..Features::probe()
     }
 }
 

@@ -111,7 +111,7 @@ fn the_status_command_reads_every_map_it_finds_pinned() -> anyhow::Result<()> {
 fn only_root_reaches_the_pins() -> anyhow::Result<()> {
     use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
     let t = TempPins::new()?;
-    let _loaded = palisade_tests::network_maps(&t.pins, &Default::default())?;
+    let _loaded = palisade_tests::network_maps(&t.pins)?;
     for dir in [t.pins.root().to_path_buf(), t.pins.maps(), t.pins.links()] {
         let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
         ensure!(mode == 0o700, "{} has mode {mode:o}", dir.display());
@@ -180,7 +180,7 @@ fn loads_the_lsm_object_and_pins_its_map() -> anyhow::Result<()> {
 
 fn a_second_load_adopts_the_pinned_maps_and_their_contents() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let first = palisade_tests::network_maps(&t.pins, &Default::default())?;
+    let first = palisade_tests::network_maps(&t.pins)?;
     let path = t.pins.map(maps::TC_STATS);
     let cell = stat_index(direction::EGRESS, reason::PASS_UNENFORCED);
     {
@@ -198,7 +198,7 @@ fn a_second_load_adopts_the_pinned_maps_and_their_contents() -> anyhow::Result<(
     }
     drop(first);
 
-    let second = palisade_tests::network_maps(&t.pins, &Default::default())?;
+    let second = palisade_tests::network_maps(&t.pins)?;
     let tc = second
         .tc
         .maps

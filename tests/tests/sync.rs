@@ -58,7 +58,7 @@ fn apply(
 #[test]
 fn the_syncer_writes_differences_only_and_repairs_drift() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let _loaded = palisade_tests::network_maps(&t.pins, &Default::default())?;
+    let _loaded = palisade_tests::network_maps(&t.pins)?;
     let mut maps = DatapathMaps::open(&t.pins)?;
 
     let s = standard(DENY_X)?;
@@ -156,7 +156,7 @@ fn apply_trusting(
 #[test]
 fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let _loaded = palisade_tests::network_maps(&t.pins, &Default::default())?;
+    let _loaded = palisade_tests::network_maps(&t.pins)?;
     let mut maps = DatapathMaps::open(&t.pins)?;
     let s = standard(DENY_X)?;
     let on = placed(&s);
@@ -231,7 +231,7 @@ fn a_pass_that_trusts_the_last_leaves_what_a_full_pass_would() -> anyhow::Result
 #[test]
 fn a_relabelled_peer_is_patched_in_place() -> anyhow::Result<()> {
     let t = TempPins::new()?;
-    let _loaded = palisade_tests::network_maps(&t.pins, &Default::default())?;
+    let _loaded = palisade_tests::network_maps(&t.pins)?;
     let mut maps = DatapathMaps::open(&t.pins)?;
     let s = standard(DENY_X)?;
     let on = placed(&s);
@@ -307,7 +307,7 @@ struct Denied {
 
 fn denied() -> anyhow::Result<Denied> {
     let t = TempPins::new()?;
-    let loaded = palisade_tests::network_maps(&t.pins, &Default::default())?;
+    let loaded = palisade_tests::network_maps(&t.pins)?;
     let mut maps = DatapathMaps::open(&t.pins)?;
     let denied = standard(DENY_EXT)?;
     let on = placed(&denied);
@@ -370,7 +370,12 @@ fn a_full_identity_map_is_one_error_and_a_count() -> anyhow::Result<()> {
     let t = TempPins::new()?;
     let mut sizes = palisade::loader::sizes::MapSizes::default();
     sizes.set(&format!("{}=16", maps::IDENTITY_HOST))?;
-    let _loaded = palisade_tests::network_maps(&t.pins, &sizes)?;
+    let _loaded = loader::load_some(
+        &t.pins,
+        &palisade_tests::network_only(),
+        &sizes,
+        loader::Programs::NONE,
+    )?;
     let mut m = DatapathMaps::open(&t.pins)?;
     let mut s = standard("")?;
     // Other nodes' pods: an address each, no veth.
@@ -411,7 +416,7 @@ fn extra_source_prefixes_are_written_kept_and_repaired() -> anyhow::Result<()> {
     use palisade::{datapath::sources::SourcePrefix, model::SourcePrefixes};
 
     let t = TempPins::new()?;
-    let _loaded = palisade_tests::network_maps(&t.pins, &Default::default())?;
+    let _loaded = palisade_tests::network_maps(&t.pins)?;
     let mut maps = DatapathMaps::open(&t.pins)?;
     let mut s = standard(DENY_X)?;
     let on = placed(&s);
@@ -562,7 +567,7 @@ fn an_address_moving_between_endpoint_and_prefix_map_passes_throughout() -> anyh
     };
     for fail in [false, true] {
         let t = TempPins::new()?;
-        let _loaded = palisade_tests::network_maps(&t.pins, &Default::default())?;
+        let _loaded = palisade_tests::network_maps(&t.pins)?;
         let mut maps = DatapathMaps::open(&t.pins)?;
         let mut s = standard("")?;
         let on = placed(&s);
