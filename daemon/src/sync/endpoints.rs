@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use super::{Report, prefilter};
 use crate::{
     compile::{
-        EndpointPolicy, Sources,
+        EndpointPolicy, PolicyEntry, Sources,
         desired::{Desired, Placed},
     },
     datapath::{
@@ -136,6 +136,20 @@ impl Written {
             held.insert((*endpoint, generation), entries);
         }
         Some(held)
+    }
+
+    /// The policy the last pass wrote to the endpoint `name`, with its
+    /// entries, where they are what `live`'s generation holds (the same
+    /// endpoint id and generation).
+    fn record_of(
+        &self,
+        name: &str,
+        live: &EndpointValue,
+    ) -> Option<(&EndpointPolicy, &Arc<Entries>)> {
+        let (_, endpoint, _, policy) = self.endpoints.get(name)?;
+        let (generation, entries) = self.expanded.get(name)?;
+        (*endpoint == live.endpoint && *generation == live.generation())
+            .then_some((policy, entries))
     }
 
     /// Whether `desired` has exactly these endpoints, as written (see
@@ -309,7 +323,13 @@ impl<'p> Pass<'p> {
 
     /// Swaps every endpoint whose live state differs from the desired one,
     /// or patches it in place where that is as safe (see [`bring_expanded`]).
-    fn swap_endpoints(&mut self, live: &BTreeMap<u32, EndpointValue>, held: &HeldPolicy) {
+    /// `recorded`: the last pass's record, where `held` was taken from it.
+    fn swap_endpoints(
+        &mut self,
+        live: &BTreeMap<u32, EndpointValue>,
+        held: &HeldPolicy,
+        recorded: Option<&Written>,
+    ) {
         let moved = self.moved_identities();
         for (name, placed) in &self.desired.endpoints {
             let &Placed {
@@ -326,15 +346,16 @@ impl<'p> Pass<'p> {
                 continue;
             }
             if let Some(cur) = live.get(&ifindex) {
+                let record = recorded.and_then(|w| w.record_of(name, cur));
                 let (bring, wants) = if sourced(*cur, &sources) == *cur {
-                    bring_expanded(cur, endpoint, policy, held, &moved)
+                    bring_expanded(cur, endpoint, policy, held, &moved, record)
                 } else {
                     // New sources are a new endpoint value: a swap writes it.
                     (Bring::Swap, None)
                 };
                 if let (Some(wants), Bring::UpToDate | Bring::Patch(_)) = (wants, &bring) {
                     self.expanded
-                        .insert(name.clone(), (cur.generation(), Arc::new(wants)));
+                        .insert(name.clone(), (cur.generation(), wants));
                 }
                 match bring {
                     Bring::UpToDate => {
@@ -435,13 +456,15 @@ impl prefilter::Steps for Pass<'_> {
             }
             _ => None,
         };
+        // Where the record agrees with the maps, it is what they hold.
+        let recorded = known.as_ref().and(self.trusted);
         let read = match known {
             Some(known) => Some(known),
             None if unchanged => None,
             None => Some((self.maps.endpoints()?, self.maps.held_policy()?)),
         };
         if let Some((live, held)) = read {
-            self.swap_endpoints(&live, &held);
+            self.swap_endpoints(&live, &held, recorded);
             self.remove_unheld(&live, &held);
         } else if let Some(w) = self.trusted {
             // Every endpoint as the record has it.
@@ -473,6 +496,12 @@ struct Patch {
     remove: Vec<Key<PolicyKey>>,
 }
 
+impl Patch {
+    fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
 /// How a live endpoint comes to hold a desired policy.
 enum Bring {
     UpToDate,
@@ -501,13 +530,20 @@ fn expand(
     generation: u8,
     policy: &EndpointPolicy,
 ) -> Vec<(Key<PolicyKey>, PolicyValue)> {
+    expand_entries(endpoint, generation, &policy.entries)
+}
+
+/// [`expand`] of a list of entries.
+fn expand_entries(
+    endpoint: u32,
+    generation: u8,
+    list: &[PolicyEntry],
+) -> Vec<(Key<PolicyKey>, PolicyValue)> {
     // Most entries are one key each: sized for that, the vector is not
     // grown (and copied) a dozen times over an endpoint's thousands.
-    let mut entries: Vec<(Key<PolicyKey>, PolicyValue)> = Vec::with_capacity(policy.entries.len());
+    let mut entries: Vec<(Key<PolicyKey>, PolicyValue)> = Vec::with_capacity(list.len());
     entries.extend(
-        policy
-            .entries
-            .iter()
+        list.iter()
             .flat_map(|e| policy_keys(endpoint, generation, e).map(move |k| (k, e.value))),
     );
     // Reversed, so that a stable sort puts the last written first of its run.
@@ -515,6 +551,18 @@ fn expand(
     entries.sort_by_key(|(k, _)| slot(k));
     entries.dedup_by_key(|(k, _)| slot(k));
     entries
+}
+
+/// A policy's entries of one direction and peer: the keys they expand to
+/// are theirs alone (a key names its direction and peer), so such a group
+/// can be expanded, and compared, apart from the rest.
+type Group<'a> = ((u32, u32), &'a [PolicyEntry]);
+
+/// The groups of a compiled (sorted) list of entries, in order.
+fn groups(entries: &[PolicyEntry]) -> impl Iterator<Item = Group<'_>> {
+    entries
+        .chunk_by(|a, b| (a.direction, a.peer) == (b.direction, b.peer))
+        .map(|g| ((g[0].direction, g[0].peer), g))
 }
 
 /// How the endpoint's live generation comes to hold `want`.
@@ -535,6 +583,13 @@ fn expand(
 /// patch writes those few entries instead of every endpoint's whole
 /// policy twice.
 ///
+/// `record`: the policy the last pass wrote to the live generation, with
+/// its entries as the generation holds them (`held`'s, in [`slot`]
+/// order). With it, only the groups of entries that differ from it are
+/// expanded (a relabel's few peers of an endpoint's thousands of
+/// entries); without it, `want` is expanded whole and compared with
+/// `held`. Both give the same answer.
+///
 /// Also returns `want` as the entries of the live generation, where it
 /// expanded it (the next pass starts from them, see [`Written`]).
 fn bring_expanded(
@@ -543,13 +598,22 @@ fn bring_expanded(
     want: &EndpointPolicy,
     held: &HeldPolicy,
     moved: &HashSet<u32>,
-) -> (Bring, Option<Entries>) {
+    record: Option<(&EndpointPolicy, &Arc<Entries>)>,
+) -> (Bring, Option<Arc<Entries>>) {
     // The sources' flags are the caller's to compare.
     let flags = cur.flags & !endpoint_flags::SOURCES;
     if cur.endpoint != endpoint || flags != want.flags | lookup_flags(&want.entries) {
         return (Bring::Swap, None);
     }
     let generation = cur.generation();
+    // Groups are runs of the compiler's order.
+    let grouped = |p: &EndpointPolicy| p.entries.is_sorted_by_key(|e| (e.direction, e.peer));
+    if let Some((was, holds)) = record
+        && grouped(was)
+        && grouped(want)
+    {
+        return bring_by_groups(endpoint, generation, was, holds, want, moved);
+    }
     // A record's entries come sorted (`expand`), the maps' own do not.
     let holds: &[(Key<PolicyKey>, PolicyValue)] = held
         .get(&(endpoint, generation))
@@ -565,10 +629,91 @@ fn bring_expanded(
         };
         &sorted
     };
-    let wants = expand(endpoint, generation, want);
+    let wants = Arc::new(expand(endpoint, generation, want));
+    match patch_between(holds, &wants, moved) {
+        Some(patch) if patch.is_empty() => (Bring::UpToDate, Some(wants)),
+        Some(patch) => (Bring::Patch(patch), Some(wants)),
+        None => (Bring::Swap, None),
+    }
+}
+
+/// [`bring_expanded`] from the record: `holds` is `was` expanded under
+/// `generation`, in [`slot`] order (as [`expand`] gives it, and as this
+/// function keeps it).
+fn bring_by_groups(
+    endpoint: u32,
+    generation: u8,
+    was: &EndpointPolicy,
+    holds: &Arc<Entries>,
+    want: &EndpointPolicy,
+    moved: &HashSet<u32>,
+) -> (Bring, Option<Arc<Entries>>) {
+    // Few (a relabel's one or two peers), and asked of every entry held.
+    let mut changed: Vec<(u32, u32)> = Vec::new();
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    let steps = merged(
+        groups(&was.entries),
+        groups(&want.entries),
+        |(a, _), (b, _)| a.cmp(b),
+    );
+    for step in steps {
+        match step {
+            Merged::Left((at, old)) => {
+                changed.push(at);
+                before.extend_from_slice(old);
+            }
+            Merged::Right((at, new)) => {
+                changed.push(at);
+                after.extend_from_slice(new);
+            }
+            Merged::Both((at, old), (_, new)) if old != new => {
+                changed.push(at);
+                before.extend_from_slice(old);
+                after.extend_from_slice(new);
+            }
+            Merged::Both(..) => {}
+        }
+    }
+    if changed.is_empty() {
+        return (Bring::UpToDate, Some(holds.clone()));
+    }
+    let old = expand_entries(endpoint, generation, &before);
+    let new = expand_entries(endpoint, generation, &after);
+    let Some(patch) = patch_between(&old, &new, moved) else {
+        return (Bring::Swap, None);
+    };
+    // The generation's entries after: the record's less the changed
+    // groups', then theirs now (no key is in two groups).
+    let kept = holds.iter().filter(|(k, _)| {
+        let d = k.data();
+        changed
+            .binary_search(&(u32::from(d.direction), d.peer))
+            .is_err()
+    });
+    let wants: Entries = merged(kept, &new, |(a, _), (b, _)| slot(a).cmp(&slot(b)))
+        .map(|step| match step {
+            Merged::Left(e) | Merged::Right(e) | Merged::Both(_, e) => *e,
+        })
+        .collect();
+    let wants = Arc::new(wants);
+    if patch.is_empty() {
+        (Bring::UpToDate, Some(wants))
+    } else {
+        (Bring::Patch(patch), Some(wants))
+    }
+}
+
+/// What turns `holds` into `wants` (both in [`slot`] order) in place,
+/// ordered as [`bring_expanded`] says; empty where they are the same;
+/// `None` where an entry that differs has a peer that did not move.
+fn patch_between(
+    holds: &[(Key<PolicyKey>, PolicyValue)],
+    wants: &[(Key<PolicyKey>, PolicyValue)],
+    moved: &HashSet<u32>,
+) -> Option<Patch> {
     let mut patch = Patch::default();
     let mut restricting = Vec::new();
-    for step in merged(holds, &wants, |(h, _), (w, _)| slot(h).cmp(&slot(w))) {
+    for step in merged(holds, wants, |(h, _), (w, _)| slot(h).cmp(&slot(w))) {
         match step {
             Merged::Left((k, v)) => {
                 patch.remove.push(*k);
@@ -579,8 +724,8 @@ fn bring_expanded(
             Merged::Both(..) => {}
         }
     }
-    if patch.add.is_empty() && patch.remove.is_empty() {
-        return (Bring::UpToDate, Some(wants));
+    if patch.is_empty() {
+        return Some(patch);
     }
     let peers_moved = patch
         .add
@@ -589,13 +734,13 @@ fn bring_expanded(
         .chain(&patch.remove)
         .all(|k| moved.contains(&k.data().peer));
     if !peers_moved {
-        return (Bring::Swap, None);
+        return None;
     }
     patch.add.sort_by_key(|(k, v)| (!restrictive(v), slot(k)));
     let mut removals: Vec<_> = restricting.into_iter().zip(patch.remove).collect();
     removals.sort_by_key(|(restricts, k)| (*restricts, slot(k)));
     patch.remove = removals.into_iter().map(|(_, k)| k).collect();
-    (Bring::Patch(patch), Some(wants))
+    Some(patch)
 }
 
 #[cfg(test)]
@@ -651,7 +796,7 @@ mod tests {
         held: &HeldPolicy,
         moved: &HashSet<u32>,
     ) -> Bring {
-        bring_expanded(cur, endpoint, want, held, moved).0
+        bring_expanded(cur, endpoint, want, held, moved, None).0
     }
 
     fn in_place(
@@ -776,6 +921,82 @@ mod tests {
         ]);
         assert!(in_place(&cur, EP + 1, &same, &held, &[30].into()).is_none());
         assert!(in_place(&cur, EP, &same, &held, &[30].into()).is_some());
+    }
+
+    /// A compiled list of entries (sorted and deduplicated as the
+    /// compiler gives them) from `(direction, peer, protocol, first port,
+    /// span, action)`.
+    fn compiled(raw: Vec<(u32, u32, Option<u8>, u16, u16, u8)>) -> EndpointPolicy {
+        let mut entries: Vec<PolicyEntry> = raw
+            .into_iter()
+            .map(|(direction, peer, protocol, port, span, act)| PolicyEntry {
+                direction,
+                peer,
+                protocol,
+                ports: (port, port.saturating_add(span)),
+                value: PolicyValue {
+                    action: act,
+                    policy: 1,
+                    ..PolicyValue::default()
+                },
+            })
+            .collect();
+        entries.sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
+        entries.dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
+        policy(entries)
+    }
+
+    /// A key as what can be compared and printed.
+    fn plain(k: &Key<PolicyKey>) -> (u32, PolicyKey) {
+        (k.prefix_len(), k.data())
+    }
+
+    type Entry = ((u32, PolicyKey), PolicyValue);
+    /// A patch's entries written and keys removed.
+    type Plain = (Vec<Entry>, Vec<(u32, PolicyKey)>);
+
+    /// What a bring comes to, for comparing two: `None` for a swap.
+    fn outcome(bring: &Bring) -> Option<Plain> {
+        match bring {
+            Bring::UpToDate => Some((Vec::new(), Vec::new())),
+            Bring::Patch(p) => Some((
+                p.add.iter().map(|(k, v)| (plain(k), *v)).collect(),
+                p.remove.iter().map(plain).collect(),
+            )),
+            Bring::Swap => None,
+        }
+    }
+
+    fn entries(wants: Option<Arc<Entries>>) -> Option<Vec<Entry>> {
+        wants.map(|w| w.iter().map(|(k, v)| (plain(k), *v)).collect())
+    }
+
+    proptest::proptest! {
+        /// From the record, expanding only the groups that differ, the
+        /// answer is the one the whole expansion gives: the same patch in
+        /// the same order (or the same swap), and the same entries after.
+        #[test]
+        fn the_record_gives_what_the_whole_expansion_gives(
+            was in proptest::collection::vec(
+                (0u32..2, 1u32..6, proptest::option::of(proptest::sample::select(vec![6u8, 17])),
+                 75u16..90, 0u16..12, proptest::sample::select(vec![action::ALLOW, action::DENY])),
+                0..24),
+            now in proptest::collection::vec(
+                (0u32..2, 1u32..6, proptest::option::of(proptest::sample::select(vec![6u8, 17])),
+                 75u16..90, 0u16..12, proptest::sample::select(vec![action::ALLOW, action::DENY])),
+                0..24),
+            moved in proptest::collection::hash_set(1u32..6, 0..5),
+        ) {
+            let (was, now) = (compiled(was), compiled(now));
+            let (cur, _) = live(&was);
+            let holds = Arc::new(expand(EP, cur.generation(), &was));
+            let held: HeldPolicy = [((EP, cur.generation()), holds.clone())].into();
+            let (whole, whole_wants) = bring_expanded(&cur, EP, &now, &held, &moved, None);
+            let (by_groups, group_wants) =
+                bring_expanded(&cur, EP, &now, &held, &moved, Some((&was, &holds)));
+            proptest::prop_assert_eq!(outcome(&whole), outcome(&by_groups));
+            proptest::prop_assert_eq!(entries(whole_wants), entries(group_wants));
+        }
     }
 
     #[test]
