@@ -321,7 +321,7 @@ fn peers(s: &Snapshot) -> anyhow::Result<Vec<IpAddr>> {
 /// Every entry's first and last port and the ports just outside them.
 fn policy_ports(p: &Policy) -> Vec<u16> {
     let mut ports = BTreeSet::new();
-    for e in p.endpoints.iter().flat_map(|e| &e.policy.entries) {
+    for e in p.endpoints.iter().flat_map(|e| e.policy.entries.iter()) {
         let (first, last) = e.ports;
         ports.extend([first, last, first.saturating_sub(1), last.saturating_add(1)]);
     }

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
+    sync::{Arc, LazyLock},
 };
 
 use ebpf_common::datapath::{PolicyValue, endpoint_flags};
@@ -36,8 +36,9 @@ pub struct PolicyEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointPolicy {
     pub flags: u32,
-    /// Sorted and without duplicates.
-    pub entries: Vec<PolicyEntry>,
+    /// Sorted and without duplicates. Shared: a pass records the policy it
+    /// wrote, and compares the next one's with it, by the pointer first.
+    pub entries: Arc<[PolicyEntry]>,
 }
 
 /// The compiler's output for a whole snapshot.
@@ -75,16 +76,13 @@ pub fn quarantine_name(ifindex: u32) -> String {
 
 /// A pod-like veth whose pod is not known yet: isolated both ways, with no
 /// entries, so it passes nothing.
-static QUARANTINED: EndpointPolicy = EndpointPolicy {
+static QUARANTINED: LazyLock<EndpointPolicy> = LazyLock::new(|| EndpointPolicy {
     flags: endpoint_flags::ISOLATED_INGRESS | endpoint_flags::ISOLATED_EGRESS,
-    entries: Vec::new(),
-};
+    entries: Arc::new([]),
+});
 
 /// A placed pod the compiler has no policy for: not isolated.
-static UNSELECTED: EndpointPolicy = EndpointPolicy {
-    flags: 0,
-    entries: Vec::new(),
-};
+static UNSELECTED: LazyLock<EndpointPolicy> = LazyLock::new(EndpointPolicy::default);
 
 /// An endpoint to enforce: the host-side veth, the endpoint's id (what the
 /// datapath keys its policy and counters by), the policy on it and the

@@ -251,6 +251,7 @@ impl<'a> Context<'a> {
         let mut selecting = Vec::new();
         let mut plain_dirs = [true; 2];
         let mut ep = EndpointPolicy::default();
+        let mut entries = Vec::new();
         for dir in [direction::INGRESS, direction::EGRESS] {
             let egress = dir == direction::EGRESS;
             let side = self.side(pod, dir);
@@ -263,15 +264,14 @@ impl<'a> Context<'a> {
                     endpoint_flags::ISOLATED_INGRESS
                 };
             }
-            side.entries(dir, &mut ep.entries);
+            side.entries(dir, &mut entries);
         }
         // One entry per (direction, peer, protocol, ports): the first policy
         // (lowest id) is the one counters name. Resolved entries never
         // repeat a key, so this only merges NetworkPolicy-style allows.
-        ep.entries
-            .sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
-        ep.entries
-            .dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
+        entries.sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
+        entries.dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
+        ep.entries = entries.into();
         selecting.sort_unstable();
         selecting.dedup();
         (ep, selecting, plain_dirs)

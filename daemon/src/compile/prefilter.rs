@@ -142,7 +142,7 @@ mod tests {
     fn ep(entries: Vec<PolicyEntry>) -> EndpointPolicy {
         EndpointPolicy {
             flags: endpoint_flags::ISOLATED_INGRESS,
-            entries,
+            entries: entries.into(),
         }
     }
 
@@ -177,8 +177,12 @@ mod tests {
             // Audit mode passes traffic.
             e(B, Some(TCP), (25, 25), action::DENY, 12),
         ]);
-        let mut p = p;
-        p.entries[5].value.flags = policy_flags::AUDIT;
+        let mut entries = p.entries.to_vec();
+        entries[5].value.flags = policy_flags::AUDIT;
+        let p = EndpointPolicy {
+            entries: entries.into(),
+            ..p
+        };
         assert_eq!(
             rules(&p),
             vec![(identity::ANY, Some(23), 9), (A, Some(22), 7)]
@@ -290,7 +294,7 @@ mod tests {
                 let mut peers: Vec<u32> = policy.entries.iter().map(|e| e.peer).collect();
                 peers.push(identity::FIRST_ALLOCATED + 9999);
                 let mut ports = vec![1, 80, u16::MAX];
-                for entry in &policy.entries {
+                for entry in policy.entries.iter() {
                     for p in [entry.ports.0, entry.ports.1] {
                         ports.extend([p.saturating_sub(1), p, p.saturating_add(1)]);
                     }

@@ -33,8 +33,8 @@ use crate::{
 #[derive(Clone, Default)]
 pub struct Written {
     addresses: BTreeMap<IpNet, u32>,
-    /// By name: ifindex, endpoint id, sources, policy.
-    endpoints: BTreeMap<String, (u32, u32, Sources, EndpointPolicy)>,
+    /// By name.
+    endpoints: BTreeMap<String, Recorded>,
     /// By name: an endpoint's policy as map entries ([`expand`]) under the
     /// generation it was written to, where a pass had them at hand. The
     /// next change to that endpoint starts from them instead of expanding
@@ -60,17 +60,45 @@ impl std::fmt::Debug for Written {
     }
 }
 
+/// One endpoint as a pass wrote it.
+#[derive(Clone, Debug)]
+struct Recorded {
+    ifindex: u32,
+    endpoint: u32,
+    sources: Sources,
+    policy: EndpointPolicy,
+    /// The endpoint value's flags for `policy`, but the sources': its own
+    /// and those its entries call for ([`lookup_flags`], a walk of every
+    /// entry, done once per policy rather than once per pass).
+    flags: u32,
+}
+
 impl Written {
     /// What a pass that failed nothing wrote: `desired`, with the
-    /// endpoints' entries the pass expanded or kept from its record.
-    pub(super) fn of(desired: &Desired<'_>, expanded: Expanded) -> Self {
+    /// endpoints' entries the pass expanded or kept from its record;
+    /// `before`, the record it started from, where it had one.
+    pub(super) fn of(desired: &Desired<'_>, expanded: Expanded, before: Option<&Written>) -> Self {
         Self {
             addresses: desired.addresses.clone(),
             endpoints: desired
                 .endpoints
                 .iter()
                 .map(|(name, p)| {
-                    let entry = (p.ifindex, p.endpoint, p.sources, p.policy.clone());
+                    let policy = p.policy;
+                    let flags = before
+                        .and_then(|w| w.endpoints.get(name))
+                        .filter(|r| {
+                            r.policy.flags == policy.flags
+                                && Arc::ptr_eq(&r.policy.entries, &policy.entries)
+                        })
+                        .map_or_else(|| policy.flags | lookup_flags(&policy.entries), |r| r.flags);
+                    let entry = Recorded {
+                        ifindex: p.ifindex,
+                        endpoint: p.endpoint,
+                        sources: p.sources,
+                        policy: policy.clone(),
+                        flags,
+                    };
                     (name.clone(), entry)
                 })
                 .collect(),
@@ -88,7 +116,7 @@ impl Written {
         let ifindexes: BTreeSet<u32> = self
             .endpoints
             .values()
-            .map(|(ifindex, ..)| *ifindex)
+            .map(|r| r.ifindex)
             .chain(desired.endpoints.values().map(|p| p.ifindex))
             .collect();
         let mut live = BTreeMap::new();
@@ -112,11 +140,17 @@ impl Written {
         desired: &Desired<'_>,
     ) -> Option<HeldPolicy> {
         let mut held = HeldPolicy::new();
-        for (name, (ifindex, endpoint, sources, policy)) in &self.endpoints {
+        for (name, r) in &self.endpoints {
+            let Recorded {
+                ifindex,
+                endpoint,
+                sources,
+                policy,
+                flags,
+            } = r;
             let value = live.get(ifindex)?;
             if value.endpoint != *endpoint
-                || value.flags & !endpoint_flags::SOURCES
-                    != policy.flags | lookup_flags(&policy.entries)
+                || value.flags & !endpoint_flags::SOURCES != *flags
                 || sourced(*value, sources) != *value
             {
                 return None;
@@ -146,7 +180,9 @@ impl Written {
         name: &str,
         live: &EndpointValue,
     ) -> Option<(&EndpointPolicy, &Arc<Entries>)> {
-        let (_, endpoint, _, policy) = self.endpoints.get(name)?;
+        let Recorded {
+            endpoint, policy, ..
+        } = self.endpoints.get(name)?;
         let (generation, entries) = self.expanded.get(name)?;
         (*endpoint == live.endpoint && *generation == live.generation())
             .then_some((policy, entries))
@@ -165,14 +201,12 @@ impl Written {
     /// Whether the last pass wrote the endpoint `name` just as `placed`
     /// says: the same interface, id, sources and policy.
     fn records(&self, name: &str, placed: &Placed<'_>) -> bool {
-        self.endpoints
-            .get(name)
-            .is_some_and(|(ifindex, endpoint, sources, policy)| {
-                *ifindex == placed.ifindex
-                    && *endpoint == placed.endpoint
-                    && *sources == placed.sources
-                    && policy == placed.policy
-            })
+        self.endpoints.get(name).is_some_and(|r| {
+            r.ifindex == placed.ifindex
+                && r.endpoint == placed.endpoint
+                && r.sources == placed.sources
+                && r.policy == *placed.policy
+        })
     }
 }
 
@@ -769,7 +803,7 @@ mod tests {
     fn policy(entries: Vec<PolicyEntry>) -> EndpointPolicy {
         EndpointPolicy {
             flags: endpoint_flags::ISOLATED_INGRESS,
-            entries,
+            entries: entries.into(),
         }
     }
 

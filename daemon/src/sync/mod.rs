@@ -410,7 +410,7 @@ impl Syncer {
         let trusted = written.as_ref().filter(|_| trust);
         let expanded = write_maps(&mut self.maps, desired, &mut report, trusted)?;
         if report.errors.is_empty() {
-            self.written = Some(Written::of(desired, expanded));
+            self.written = Some(Written::of(desired, expanded, written.as_ref()));
         }
         links::detach_unheld(self, desired, &mut report);
         if let (Ok(state), Some(lsm)) = (&mut self.lsm, desired.lsm) {
@@ -491,7 +491,7 @@ pub fn apply_maps_recorded(
     let trusted = before.as_ref().filter(|_| trust);
     let expanded = write_maps(maps, desired, &mut report, trusted)?;
     if report.errors.is_empty() {
-        *written = Some(Written::of(desired, expanded));
+        *written = Some(Written::of(desired, expanded, before.as_ref()));
     }
     Ok(report)
 }
