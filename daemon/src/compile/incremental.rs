@@ -823,11 +823,14 @@ fn pod_changes<'a>(
     let relabelled = changed_namespaces(old, new);
     // Asked of every pod of the cluster: a few names are compared as they
     // are rather than hashed 10,000 times.
-    let few: Vec<&str> = relabelled.iter().copied().take(5).collect();
-    let relabelled_ns = |ns: &str| match few.len() {
-        0 => false,
-        1..5 => few.contains(&ns),
-        _ => relabelled.contains(ns),
+    const FEW: usize = 4;
+    let few: Vec<&str> = relabelled.iter().copied().collect();
+    let relabelled_ns = |ns: &str| {
+        if few.len() <= FEW {
+            few.contains(&ns)
+        } else {
+            relabelled.contains(ns)
+        }
     };
     // The usual case: the same pods in the same places, a few changed.
     // Their keys are then as unique as the old ones.
