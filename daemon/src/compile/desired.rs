@@ -41,6 +41,21 @@ pub struct EndpointPolicy {
     pub entries: Arc<[PolicyEntry]>,
 }
 
+impl EndpointPolicy {
+    /// The policy of `entries` in the compiler's order: one entry per
+    /// (direction, peer, protocol, ports), the first policy's (lowest id,
+    /// the one counters name). Resolved entries never repeat a key, so
+    /// this only merges NetworkPolicy-style allows.
+    pub fn of(flags: u32, mut entries: Vec<PolicyEntry>) -> Self {
+        entries.sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
+        entries.dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
+        Self {
+            flags,
+            entries: entries.into(),
+        }
+    }
+}
+
 /// The compiler's output for a whole snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {

@@ -250,7 +250,7 @@ impl<'a> Context<'a> {
     fn endpoint(&self, pod: &Pod) -> (EndpointPolicy, Vec<usize>, [bool; 2]) {
         let mut selecting = Vec::new();
         let mut plain_dirs = [true; 2];
-        let mut ep = EndpointPolicy::default();
+        let mut flags = 0;
         let mut entries = Vec::new();
         for dir in [direction::INGRESS, direction::EGRESS] {
             let egress = dir == direction::EGRESS;
@@ -258,7 +258,7 @@ impl<'a> Context<'a> {
             selecting.extend(&side.selecting);
             plain_dirs[usize::from(egress)] = side.plain_rules;
             if side.isolated {
-                ep.flags |= if egress {
+                flags |= if egress {
                     endpoint_flags::ISOLATED_EGRESS
                 } else {
                     endpoint_flags::ISOLATED_INGRESS
@@ -266,12 +266,7 @@ impl<'a> Context<'a> {
             }
             side.entries(dir, &mut entries);
         }
-        // One entry per (direction, peer, protocol, ports): the first policy
-        // (lowest id) is the one counters name. Resolved entries never
-        // repeat a key, so this only merges NetworkPolicy-style allows.
-        entries.sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
-        entries.dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
-        ep.entries = entries.into();
+        let ep = EndpointPolicy::of(flags, entries);
         selecting.sort_unstable();
         selecting.dedup();
         (ep, selecting, plain_dirs)

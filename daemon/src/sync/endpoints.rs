@@ -967,8 +967,8 @@ mod tests {
     /// A compiled list of entries (sorted and deduplicated as the
     /// compiler gives them) from `(direction, peer, protocol, first port,
     /// span, action)`.
-    fn compiled(raw: Vec<(u32, u32, Option<u8>, u16, u16, u8)>) -> EndpointPolicy {
-        let mut entries: Vec<PolicyEntry> = raw
+    fn compiled(raw: Vec<Raw>) -> EndpointPolicy {
+        let entries: Vec<PolicyEntry> = raw
             .into_iter()
             .map(|(direction, peer, protocol, port, span, act)| PolicyEntry {
                 direction,
@@ -982,9 +982,7 @@ mod tests {
                 },
             })
             .collect();
-        entries.sort_by_key(|e| (e.direction, e.peer, e.protocol, e.ports, e.value.policy));
-        entries.dedup_by_key(|e| (e.direction, e.peer, e.protocol, e.ports));
-        policy(entries)
+        EndpointPolicy::of(endpoint_flags::ISOLATED_INGRESS, entries)
     }
 
     /// A key as what can be compared and printed.
