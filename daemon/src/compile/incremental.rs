@@ -824,13 +824,11 @@ fn pod_changes<'a>(
     // Asked of every pod of the cluster: a few names are compared as they
     // are rather than hashed 10,000 times.
     const FEW: usize = 4;
-    let few: Vec<&str> = relabelled.iter().copied().collect();
-    let relabelled_ns = |ns: &str| {
-        if few.len() <= FEW {
-            few.contains(&ns)
-        } else {
-            relabelled.contains(ns)
-        }
+    let few: Option<Vec<&str>> =
+        (relabelled.len() <= FEW).then(|| relabelled.iter().copied().collect());
+    let relabelled_ns = |ns: &str| match &few {
+        Some(few) => few.contains(&ns),
+        None => relabelled.contains(ns),
     };
     // The usual case: the same pods in the same places, a few changed.
     // Their keys are then as unique as the old ones.

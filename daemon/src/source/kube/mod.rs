@@ -18,13 +18,13 @@
 pub mod access;
 pub mod cgroup;
 pub mod events;
+mod pods;
 pub mod policies;
 pub mod settings;
 pub mod watch;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
     path::PathBuf,
     sync::Arc,
 };
@@ -46,7 +46,7 @@ use super::{
     Reading, Source,
     objects::{self, ApiNamespace, ApiPod},
 };
-use crate::model::{Namespace, Pod, Snapshot, posture::namespace_postures};
+use crate::model::{Namespace, Pod, Policy, Snapshot, posture::namespace_postures};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -72,8 +72,11 @@ pub struct KubeSource {
     /// The last deny list the settings gave that read.
     denies_good: Vec<ipnet::IpNet>,
     wake: Option<mpsc::Receiver<()>>,
-    /// The last read's pods, handed out again where they did not change.
-    last_pods: Vec<Arc<Pod>>,
+    /// The last reading's pods, handed out again where they did not change.
+    pods_made: pods::Pods,
+    /// The policy stores' event count at the last reading, and what it
+    /// gave: the policies and the errors of refused versions.
+    last_policies: Option<(u64, Vec<Arc<Policy>>, Vec<String>)>,
 }
 
 /// A client from `kubeconfig` when given, else as kubectl would find one
@@ -249,7 +252,8 @@ impl KubeSource {
             policies: Policies::default(),
             namespaces_good: BTreeMap::new(),
             wake: Some(rx),
-            last_pods: Vec::new(),
+            pods_made: pods::Pods::default(),
+            last_policies: None,
         }
     }
 
@@ -281,122 +285,71 @@ impl KubeSource {
         out
     }
 
-    /// Every live pod; an address two pods claim goes to one of them only
-    /// (see [`owners`]). Local pods get their cgroup.
-    fn pods(&self, errors: &mut Vec<String>) -> Vec<Pod> {
-        let all: Vec<Arc<ApiPod>> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| !objects::finished(p))
-            .collect();
-        let owner = owners(&all);
-        let local: BTreeMap<String, Arc<ApiPod>> = self
-            .local_pods
-            .state()
-            .into_iter()
-            .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
-            .collect();
-        let mut out: Vec<Pod> = all
-            .iter()
-            .map(|p| {
-                let uid = p.metadata.uid.clone().unwrap_or_default();
-                let here = local.get(&uid);
-                let cgroup = here.and_then(|l| {
-                    let qos = l.status.as_ref()?.qos_class.clone()?;
-                    match self.options.cgroups.locate(&uid, &qos) {
-                        Ok(path) => Some(path?.display().to_string()),
-                        Err(e) => {
-                            errors.push(format!(
-                                "Pod {}: no cgroup: {e}",
-                                objects::pod(p, None).key()
-                            ));
-                            None
-                        }
-                    }
-                });
-                let mut pod = objects::pod(p, cgroup);
-                pod.ips.retain(|ip| owner.get(ip) == Some(&uid));
-                // Only a local pod's annotations are kept (the cluster-wide
-                // store trims them), and only a local pod is checked.
-                if let Some(l) = here {
-                    let annotations = l.metadata.annotations.as_ref();
-                    pod.source_check = objects::source_check(annotations);
-                    pod.source_prefixes = objects::source_prefixes(annotations);
-                }
-                pod
-            })
-            .collect();
-        out.sort_by(by_key);
-        out
+    /// Every live pod, in key order (see [`pods::Pods::read`]).
+    fn pods(&mut self, errors: &mut Vec<String>) -> Vec<Arc<Pod>> {
+        let events = self.events([access::PODS.resource, LOCAL_PODS]);
+        let (pods, local_pods) = (&self.pods, &self.local_pods);
+        let stores = || {
+            let local: BTreeMap<String, Arc<ApiPod>> = local_pods
+                .state()
+                .into_iter()
+                .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
+                .collect();
+            (pods.state(), local)
+        };
+        let cgroups = &self.options.cgroups;
+        let locate = |uid: &str, qos: &str| {
+            Ok(cgroups
+                .locate(uid, qos)?
+                .map(|path| path.display().to_string()))
+        };
+        self.pods_made.read(events, stores, &locate, errors)
     }
-}
-
-/// Orders pods as their keys (`namespace/name`) sort, without building
-/// them: a pass sorts the cluster's pods.
-fn by_key(a: &Pod, b: &Pod) -> std::cmp::Ordering {
-    fn key(p: &Pod) -> impl Iterator<Item = u8> + '_ {
-        p.namespace
-            .bytes()
-            .chain(std::iter::once(b'/'))
-            .chain(p.name.bytes())
-    }
-    key(a).cmp(key(b))
-}
-
-/// `pods` (in [`by_key`] order) as shared objects: `last`'s where a pod is
-/// unchanged, so that the compiler tells what changed by pointer.
-fn share(last: &[Arc<Pod>], pods: Vec<Pod>) -> Vec<Arc<Pod>> {
-    let mut i = 0;
-    pods.into_iter()
-        .map(|pod| {
-            while last
-                .get(i)
-                .is_some_and(|l| by_key(l, &pod) == std::cmp::Ordering::Less)
-            {
-                i += 1;
-            }
-            match last.get(i) {
-                Some(l) if **l == pod => l.clone(),
-                _ => Arc::new(pod),
-            }
-        })
-        .collect()
-}
-
-/// Which pod (by uid) holds each address. Two live pods can claim one
-/// address for a moment: the IPAM has given a terminating pod's address
-/// to a new pod before the old object is gone. The address goes to the
-/// pod that is not being deleted, else to the newer one, so a new pod
-/// never takes on the old one's identity.
-fn owners(pods: &[Arc<ApiPod>]) -> BTreeMap<IpAddr, String> {
-    let rank = |p: &ApiPod| {
-        (
-            p.metadata.deletion_timestamp.is_none(),
-            p.metadata.creation_timestamp.clone().map(|t| t.0),
-            p.metadata
-                .resource_version
-                .as_deref()
-                .and_then(|v| v.parse::<u64>().ok()),
-        )
-    };
-    let mut best: BTreeMap<IpAddr, &ApiPod> = BTreeMap::new();
-    for p in pods {
-        for ip in objects::pod_ips(p) {
-            match best.get(&ip) {
-                Some(held) if rank(held) >= rank(p) => {}
-                _ => {
-                    best.insert(ip, p);
-                }
-            }
-        }
-    }
-    best.into_iter()
-        .map(|(ip, p)| (ip, p.metadata.uid.clone().unwrap_or_default()))
-        .collect()
 }
 
 impl KubeSource {
+    /// The events the watches of `names` have taken in, all told: each
+    /// count only grows, so the same sum means no event came. Read before
+    /// the stores: an event taken in after this is seen by the next
+    /// reading, whether or not this one's stores have it.
+    fn events<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> u64 {
+        let states = self.states.lock();
+        names
+            .into_iter()
+            .map(|name| states.get(name).map_or(0, |s| s.events))
+            .sum()
+    }
+
+    /// Every policy's last good version, in key order, with the errors of
+    /// the versions refused. Where no policy store has taken an event
+    /// since the last reading, that reading's (its errors again; a refusal
+    /// is reported as an Event once, when first seen).
+    fn policies(&mut self, errors: &mut Vec<String>) -> Vec<Arc<Policy>> {
+        let events = self.events(self.policy_stores.iter().map(|(a, _)| a.resource));
+        if let Some((seen, policies, refused)) = &self.last_policies
+            && *seen == events
+        {
+            errors.extend(refused.iter().cloned());
+            return policies.clone();
+        }
+        let objects: Vec<(Access, Arc<DynamicObject>)> = self
+            .policy_stores
+            .iter()
+            .flat_map(|(access, store)| store.state().into_iter().map(move |o| (*access, o)))
+            .collect();
+        let pass = self
+            .policies
+            .read(objects.iter().map(|(a, o)| (*a, o.as_ref())));
+        for refusal in &pass.new_refusals {
+            events::report(&self.client, refusal, &self.options.node);
+        }
+        let mut policies = pass.policies;
+        policies.sort_by_cached_key(|p| p.key());
+        errors.extend(pass.errors.iter().cloned());
+        self.last_policies = Some((events, policies.clone(), pass.errors));
+        policies
+    }
+
     /// The settings' deny list: the ConfigMap's, its last good one when it
     /// does not read, none when there is no ConfigMap.
     fn node_denies(&mut self, errors: &mut Vec<String>) -> Option<Vec<ipnet::IpNet>> {
@@ -463,28 +416,14 @@ impl Source for KubeSource {
         }
         let mut errors = Vec::new();
         let namespaces = self.namespaces(&mut errors);
-        let pods = share(&self.last_pods, self.pods(&mut errors));
-        self.last_pods.clone_from(&pods);
-        let objects: Vec<(Access, Arc<DynamicObject>)> = self
-            .policy_stores
-            .iter()
-            .flat_map(|(access, store)| store.state().into_iter().map(move |o| (*access, o)))
-            .collect();
-        let pass = self
-            .policies
-            .read(objects.iter().map(|(a, o)| (*a, o.as_ref())));
-        for refusal in &pass.new_refusals {
-            events::report(&self.client, refusal, &self.options.node);
-        }
-        errors.extend(pass.errors);
+        let pods = self.pods(&mut errors);
+        let policies = self.policies(&mut errors);
         let node_denies = self.node_denies(&mut errors);
-        let mut policies = pass.policies;
-        policies.sort_by_key(|p| p.key());
         Reading {
             snapshot: std::sync::Arc::new(Snapshot {
                 namespaces,
                 pods,
-                policies: policies.into_iter().map(Arc::new).collect(),
+                policies,
             }),
             revision,
             errors,
@@ -514,67 +453,7 @@ pub fn watched() -> BTreeSet<&'static str> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn pod(uid: &str, ip: &str, created: &str, deleting: bool) -> Arc<ApiPod> {
-        let mut meta = json!({"name": uid, "namespace": "x", "uid": uid,
-                              "creationTimestamp": created, "resourceVersion": "1"});
-        if deleting {
-            meta["deletionTimestamp"] = json!("2026-12-02T00:10:00Z");
-        }
-        Arc::new(
-            serde_json::from_value(json!({
-                "metadata": meta,
-                "status": {"podIP": ip, "phase": "Running"}
-            }))
-            .unwrap(),
-        )
-    }
-
-    #[test]
-    fn an_unchanged_pod_is_the_last_read_s_object() {
-        let model = |ns: &str, name: &str, label: &str| Pod {
-            namespace: ns.into(),
-            name: name.into(),
-            labels: [("app".to_owned(), label.to_owned())].into(),
-            ips: Vec::new(),
-            ports: Vec::new(),
-            cgroup: None,
-            source_check: crate::model::SourceCheck::On,
-            source_prefixes: crate::model::SourcePrefixes::None,
-        };
-        let mut first = vec![
-            model("x", "b", "1"),
-            model("x", "a", "1"),
-            model("x-y", "a", "1"),
-        ];
-        first.sort_by(by_key);
-        let keys: Vec<String> = first.iter().map(Pod::key).collect();
-        assert_eq!(keys, ["x-y/a", "x/a", "x/b"], "as the keys sort");
-        let last = share(&[], first);
-        // x/a relabelled, x/b gone, x/c new.
-        let mut next = vec![
-            model("x-y", "a", "1"),
-            model("x", "a", "2"),
-            model("x", "c", "1"),
-        ];
-        next.sort_by(by_key);
-        let now = share(&last, next);
-        assert!(Arc::ptr_eq(&now[0], &last[0]), "x-y/a unchanged");
-        assert!(!Arc::ptr_eq(&now[1], &last[1]) && now[1].labels["app"] == "2");
-        assert_eq!(now[2].key(), "x/c");
-    }
-
-    #[test]
-    fn a_reused_address_goes_to_the_new_pod_never_the_old_one() {
-        let old = pod("old", "10.0.0.5", "2026-12-02T00:00:00Z", false);
-        let new = pod("new", "10.0.0.5", "2026-12-02T00:05:00Z", false);
-        let ip: IpAddr = "10.0.0.5".parse().unwrap();
-        assert_eq!(owners(&[old.clone(), new.clone()])[&ip], "new");
-        assert_eq!(owners(&[new.clone(), old.clone()])[&ip], "new");
-        // A terminating pod loses its address even to an older claimant.
-        let terminating = pod("terminating", "10.0.0.5", "2026-12-02T00:09:00Z", true);
-        assert_eq!(owners(&[terminating, old])[&ip], "old");
-    }
+    use std::net::IpAddr;
 
     #[test]
     fn a_trimmed_pod_keeps_what_policy_needs() {

@@ -8,7 +8,7 @@
 //! Parsing is cached by resourceVersion: a pass re-parses only what
 //! changed.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use kube::core::DynamicObject;
 use serde_json::{Map, Value, json};
@@ -27,12 +27,17 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// What parsing one version of an object gave.
+type Parsed = Result<Arc<Policy>, Box<Refusal>>;
+
 #[derive(Default)]
 pub struct Policies {
     /// By `resource/namespace/name`: the version last parsed and its outcome.
-    parsed: BTreeMap<String, (String, Result<Policy, Box<Refusal>>)>,
+    /// A policy is shared with the snapshots: one unchanged since the
+    /// last pass is the same object, which the compiler tells by pointer.
+    parsed: BTreeMap<String, (String, Parsed)>,
     /// By the same key: the last version that parsed.
-    last_good: BTreeMap<String, Policy>,
+    last_good: BTreeMap<String, Arc<Policy>>,
 }
 
 /// The document the parser reads, as JSON (a subset of YAML).
@@ -97,7 +102,7 @@ fn key(access: &Access, o: &DynamicObject) -> String {
 /// errors to report, and the refusals seen for the first time (to be
 /// turned into Events).
 pub struct PassPolicies {
-    pub policies: Vec<Policy>,
+    pub policies: Vec<Arc<Policy>>,
     pub errors: Vec<String>,
     pub new_refusals: Vec<Refusal>,
 }
@@ -119,7 +124,7 @@ impl Policies {
             let outcome = match self.parsed.remove(&k) {
                 Some((old_rv, outcome)) if old_rv == rv => outcome,
                 _ => {
-                    let outcome = parse(&access, o);
+                    let outcome = parse(&access, o).map(Arc::new);
                     if let Err(r) = &outcome {
                         out.new_refusals.push(Refusal::clone(r));
                     }

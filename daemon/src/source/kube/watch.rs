@@ -40,6 +40,10 @@ pub struct StreamState {
     pub failing: Option<Failing>,
     /// The newest resourceVersion of any object seen.
     pub newest: u64,
+    /// Events the store has taken in (a relist's too): a reading that
+    /// finds the count it last saw, read before the store, finds the
+    /// store as it was then.
+    pub events: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -142,6 +146,7 @@ pub fn spawn<K>(
                 let state = all.entry(name).or_default();
                 match item {
                     Ok(event) => {
+                        state.events += 1;
                         state.failing = None;
                         state.absent = None;
                         match &event {
