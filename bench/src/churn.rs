@@ -16,7 +16,10 @@
 //! peak RSS and its maps' memory, and where a pass's time goes. Written to
 //! `churn.md` and `churn.csv` (`churn-tc-filters-first.*` for a run with
 //! `--tc-filters-first`, passed on to the daemon); the last line is the
-//! `churn:` line.
+//! `churn:` line. With `--via kube` the daemon reads the same cluster
+//! through its Kubernetes source from the lab's test API server instead
+//! (`churn-kube.*`): each change is the API writes of the files changed,
+//! timed from the first write.
 
 pub mod attach;
 mod firewall;
@@ -44,6 +47,7 @@ use palisade::{
 use palisade_lab::{
     enforcer::{DaemonArgs, Enforcer},
     fixtures::BridgeLab,
+    kube_feed::KubeFeed,
     netns::Netns,
 };
 
@@ -100,6 +104,9 @@ struct Daemon {
     source: PathBuf,
     staging: PathBuf,
     runtime: tokio::runtime::Runtime,
+    /// With `--via kube`: the test API server the daemon reads, fed from
+    /// the source directory.
+    feed: Option<KubeFeed>,
 }
 
 /// The revision a wait is for.
@@ -127,9 +134,11 @@ impl Daemon {
         self.runtime
             .block_on(self.enforcer.wait_until(limit, &what, |s| {
                 let rev = s["revision"].as_str().unwrap_or_default();
-                let wanted = match revision {
-                    Revision::Is(r) => rev == r,
-                    Revision::Not(r) => rev != r,
+                let wanted = match (&self.feed, revision) {
+                    // The newest resourceVersion: every write sent seen.
+                    (Some(feed), _) => feed.seen(s, model::LOCAL_NODE),
+                    (None, Revision::Is(r)) => rev == r,
+                    (None, Revision::Not(r)) => rev != r,
                 };
                 wanted
                     && s["ready"] == true
@@ -487,8 +496,33 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         ..DaemonArgs::default()
     };
     let local = scale.local;
+    // The whole cluster in the API server before the daemon starts, as
+    // the files are.
+    let feed = match via_kube() {
+        true => {
+            let t = Instant::now();
+            let mut feed = KubeFeed::start(&lab.node, &daemon_dir)?;
+            feed.sync(&source)?;
+            println!(
+                "  the test API server holds the cluster ({:.1} s)",
+                t.elapsed().as_secs_f64()
+            );
+            Some(feed)
+        }
+        false => None,
+    };
     let t = Instant::now();
-    let enforcer = Enforcer::start_with(bin, &lab.node, &daemon_dir, &pins, args)?;
+    let enforcer = match &feed {
+        Some(feed) => Enforcer::start_shared(
+            bin,
+            &lab.node,
+            &daemon_dir,
+            &pins,
+            args,
+            feed.daemon_args_for(model::LOCAL_NODE),
+        )?,
+        None => Enforcer::start_with(bin, &lab.node, &daemon_dir, &pins, args)?,
+    };
     let mut d = Daemon {
         enforcer,
         source,
@@ -496,6 +530,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         runtime: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
+        feed,
     };
     d.wait(Revision::Is("cold"), local, START_LIMIT)?;
     let cold = t.elapsed().as_secs_f64();
@@ -604,11 +639,20 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
                 passes_before = status(&d.enforcer)?.passes;
                 start = Instant::now();
             }
+            let written = Instant::now();
             for (name, _) in &change.write {
                 fs::rename(d.staging.join(name), d.source.join(name))?;
             }
             for name in &change.remove {
                 fs::remove_file(d.source.join(name))?;
+            }
+            if let Some(feed) = &mut d.feed {
+                // The change is the API server's writes: reading the
+                // files into them is left out of the clock.
+                let plan = feed.plan(&d.source)?;
+                anyhow::ensure!(!plan.is_empty(), "{} #{i} wrote nothing", kind.name());
+                start += written.elapsed();
+                feed.send(plan)?;
             }
             d.wait(Revision::Not(&before.revision), local, CHANGE_LIMIT)
                 .with_context(|| format!("{} #{i}", kind.name()))?;
@@ -734,6 +778,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         tools: tools(),
         build: build(bin),
         daemon_flags,
+        via_kube: via_kube(),
         on_filters,
         scrapes,
     };
@@ -748,6 +793,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         fs::create_dir_all(out)?;
         // A run with daemon flags is named after them, beside the default.
         let stem = std::iter::once("churn")
+            .chain(run.via_kube.then_some("kube"))
             .chain(run.daemon_flags.iter().map(|f| f.trim_start_matches('-')))
             .collect::<Vec<_>>()
             .join("-");
@@ -766,6 +812,12 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     }
     println!("{}", report::last_line(&rows, &run));
     Ok(())
+}
+
+/// `--via kube`: the daemon reads the Kubernetes source.
+fn via_kube() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2).any(|w| w[0] == "--via" && w[1] == "kube")
 }
 
 /// The versions of the tools the deltas ran with.

@@ -13,7 +13,7 @@
 //! the cluster-wide watch), in a pass that is fully in force.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
@@ -56,6 +56,62 @@ pub struct KubeFeed {
     cgroups: PathBuf,
     /// The uid each linked pod had.
     linked: BTreeMap<Key, String>,
+    /// Each source file's text when last read and its objects' keys: a
+    /// sync parses again only the files whose text changed, and compares
+    /// only their objects with what was sent (the churn bench's cluster is
+    /// 10,000 pods in a few dozen files, one of which changes).
+    read: BTreeMap<PathBuf, (String, Vec<Key>)>,
+    /// Every object the files held when last read, by key.
+    wanted_objects: BTreeMap<Key, Value>,
+    /// Keys a plan named that no write has settled yet (a send that
+    /// failed part-way): the next plan looks at them again.
+    unsettled: BTreeSet<Key>,
+}
+
+/// The writes that bring the API server to a source directory's objects
+/// ([`KubeFeed::plan`]), sent by [`KubeFeed::send`].
+pub struct Plan {
+    /// Objects new or changed, namespaces first, as they are to be.
+    changed: Vec<(Key, Value)>,
+    /// Objects gone, namespaces last.
+    gone: Vec<Key>,
+}
+
+impl Plan {
+    /// Whether the API server holds what the directory says already.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.gone.is_empty()
+    }
+}
+
+/// Creation order: namespaces before what lives in them (and deleted
+/// after it).
+fn order(k: &Key) -> u8 {
+    match k.1.as_str() {
+        "Namespace" => 0,
+        "Pod" => 1,
+        _ => 2,
+    }
+}
+
+/// The objects of one source file's text.
+fn file_objects(path: &Path, text: &str) -> anyhow::Result<Vec<(Key, Value)>> {
+    let mut out = Vec::new();
+    for (_, doc) in split_documents(text) {
+        let object: Value =
+            yaml::from_str(&doc).map_err(|e| anyhow!("{}: {}", path.display(), e.message))?;
+        if object.is_null() {
+            continue;
+        }
+        let key = key_of(&object).with_context(|| path.display().to_string())?;
+        let object = if key.1 == "Pod" {
+            placed(object)
+        } else {
+            object
+        };
+        out.push((key, object));
+    }
+    Ok(out)
 }
 
 fn resource_of(api_version: &str, kind: &str) -> Option<access::Access> {
@@ -149,6 +205,9 @@ current-context: lab
             wanted_local: BTreeMap::new(),
             cgroups,
             linked: BTreeMap::new(),
+            read: BTreeMap::new(),
+            wanted_objects: BTreeMap::new(),
+            unsettled: BTreeSet::new(),
         })
     }
 
@@ -199,29 +258,60 @@ current-context: lab
         Ok(())
     }
 
-    /// Every object of the source files in `dir` (the files the file
-    /// source would read).
-    fn objects(dir: &Path) -> anyhow::Result<BTreeMap<Key, Value>> {
+    /// Reads the source files in `dir` (the files the file source would
+    /// read) into [`Self::wanted_objects`], parsing only the files whose
+    /// text changed; returns the keys of the objects those files held
+    /// before or hold now.
+    fn read_objects(&mut self, dir: &Path) -> anyhow::Result<BTreeSet<Key>> {
         let files = palisade::source::files::source_files(dir)?;
-        let mut out = BTreeMap::new();
-        for path in files {
-            let text = fs::read_to_string(&path)?;
-            for (_, doc) in split_documents(&text) {
-                let object: Value = yaml::from_str(&doc)
-                    .map_err(|e| anyhow!("{}: {}", path.display(), e.message))?;
-                if object.is_null() {
-                    continue;
-                }
-                let key = key_of(&object).with_context(|| path.display().to_string())?;
-                let object = if key.1 == "Pod" {
-                    placed(object)
-                } else {
-                    object
-                };
-                out.insert(key, object);
+        let mut touched = BTreeSet::new();
+        let gone: Vec<PathBuf> = self
+            .read
+            .keys()
+            .filter(|p| !files.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some((_, keys)) = self.read.remove(&path) {
+                touched.extend(keys);
             }
         }
-        Ok(out)
+        let mut parsed = Vec::new();
+        for path in files {
+            let text = fs::read_to_string(&path)?;
+            if self
+                .read
+                .get(&path)
+                .is_some_and(|(before, _)| *before == text)
+            {
+                continue;
+            }
+            let objects = file_objects(&path, &text)?;
+            let keys = objects.iter().map(|(k, _)| k.clone()).collect();
+            if let Some((_, old)) = self.read.insert(path, (text, keys)) {
+                touched.extend(old);
+            }
+            parsed.push(objects);
+        }
+        for key in &touched {
+            self.wanted_objects.remove(key);
+        }
+        for (key, object) in parsed.into_iter().flatten() {
+            touched.insert(key.clone());
+            self.wanted_objects.insert(key, object);
+        }
+        // A key that left one file and is still in an unchanged one would
+        // be deleted: two files holding one object are refused instead.
+        let lost: Vec<&Key> = touched
+            .iter()
+            .filter(|k| !self.wanted_objects.contains_key(*k))
+            .filter(|k| self.read.values().any(|(_, keys)| keys.contains(k)))
+            .collect();
+        anyhow::ensure!(
+            lost.is_empty(),
+            "objects defined in more than one file: {lost:?}"
+        );
+        Ok(touched)
     }
 
     fn wrote(&mut self, key: &Key, written: &Value) {
@@ -245,24 +335,49 @@ current-context: lab
     /// Makes the API server hold what the files in `dir` say: namespaces
     /// first and last (created before what lives in them, deleted after).
     pub fn sync(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let now = Self::objects(dir)?;
-        let order = |k: &Key| match k.1.as_str() {
-            "Namespace" => 0,
-            "Pod" => 1,
-            _ => 2,
-        };
-        let mut changed: Vec<(&Key, &Value)> = now
-            .iter()
-            .filter(|(k, v)| self.sent.get(*k) != Some(*v))
-            .collect();
+        let plan = self.plan(dir)?;
+        self.send(plan)
+    }
+
+    /// The writes [`Self::sync`] makes, not made yet: a caller that times
+    /// the API server's writes and what follows them leaves the files'
+    /// reading out.
+    pub fn plan(&mut self, dir: &Path) -> anyhow::Result<Plan> {
+        let mut touched = self.read_objects(dir)?;
+        touched.append(&mut self.unsettled);
+        let mut changed: Vec<(Key, Value)> = Vec::new();
+        let mut gone: Vec<Key> = Vec::new();
+        for key in touched {
+            match self.wanted_objects.get(&key) {
+                Some(object) if self.sent.get(&key) != Some(object) => {
+                    changed.push((key, object.clone()));
+                }
+                Some(_) => {}
+                None if self.sent.contains_key(&key) => gone.push(key),
+                None => {}
+            }
+        }
         changed.sort_by_key(|(k, _)| order(k));
-        for (key, object) in changed {
+        gone.sort_by_key(|k| std::cmp::Reverse(order(k)));
+        Ok(Plan { changed, gone })
+    }
+
+    /// Makes the writes of `plan`.
+    pub fn send(&mut self, plan: Plan) -> anyhow::Result<()> {
+        self.unsettled = plan
+            .changed
+            .iter()
+            .map(|(k, _)| k)
+            .chain(&plan.gone)
+            .cloned()
+            .collect();
+        for (key, object) in plan.changed {
             let stored = self
                 .server()?
                 .apply(object.clone())
                 .map_err(|e| anyhow!("writing {key:?}: {e}"))?;
-            self.wrote(key, &stored);
-            if key.1 == "Pod" && self.link_cgroup(key, &stored)? {
+            self.wrote(&key, &stored);
+            if key.1 == "Pod" && self.link_cgroup(&key, &stored)? {
                 // Written again once its cgroup can be found, so that the
                 // write the lab waits for is seen after the link exists.
                 let mut touched = stored;
@@ -272,24 +387,20 @@ current-context: lab
                     .server()?
                     .replace(touched)
                     .map_err(|e| anyhow!("writing {key:?}: {e}"))?;
-                self.wrote(key, &stored);
+                self.wrote(&key, &stored);
             }
+            self.unsettled.remove(&key);
+            self.sent.insert(key, object);
         }
-        let mut gone: Vec<Key> = self
-            .sent
-            .keys()
-            .filter(|k| !now.contains_key(*k))
-            .cloned()
-            .collect();
-        gone.sort_by_key(|k| std::cmp::Reverse(order(k)));
-        for key in gone {
+        for key in plan.gone {
             let deleted = self
                 .server()?
                 .delete(&key.0, &key.1, key.2.as_deref(), &key.3)
                 .map_err(|e| anyhow!("deleting {key:?}: {e}"))?;
             self.deleted(&key, &deleted);
+            self.unsettled.remove(&key);
+            self.sent.remove(&key);
         }
-        self.sent = now;
         Ok(())
     }
 

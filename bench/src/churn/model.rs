@@ -467,8 +467,12 @@ fn namespace_yaml(ns: &Namespace) -> String {
     )
 }
 
+/// The node the lab's pods run on (`spec.nodeName`), as the daemon's
+/// Kubernetes source is told its own node's name.
+pub const LOCAL_NODE: &str = "lab";
+
 fn pod_yaml(pod: &Pod) -> String {
-    let node = if pod.local { "lab" } else { "elsewhere" };
+    let node = if pod.local { LOCAL_NODE } else { "elsewhere" };
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}, labels: {}}}\nspec: {{nodeName: {node}}}\nstatus: {{podIP: {}}}\n",
         pod.name,

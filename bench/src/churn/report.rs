@@ -77,6 +77,8 @@ pub struct Run {
     pub scale: Scale,
     /// `palisade daemon` flags beyond the source, status and resync.
     pub daemon_flags: Vec<String>,
+    /// The daemon read the Kubernetes source (`--via kube`), not files.
+    pub via_kube: bool,
     /// Veths whose TC programs were clsact filters when the changes ended.
     pub on_filters: usize,
     pub machine: Machine,
@@ -286,13 +288,22 @@ pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String 
     let s = run.scale;
     let m = &run.machine;
     let mut t = format!(
-        "# Policy churn at cluster scale\n\n{}, {}, commit {}, {:.0} s in all.{}\n\nMachine: Linux {} (`uname -r`), {} CPUs (`nproc`), {}; load average {} at the start, {} at the end.\n\nCluster: {} pods ({} on this node, each a network namespace with a veth on the lab node's bridge; the rest other nodes' pods: `spec.nodeName: elsewhere`, an address, no veth), {} NetworkPolicies over {} namespaces, {} changes of each kind. Each figure is from the change written (one file renamed into, or removed from, the daemon's source directory; for a local pod added, from the start of making its namespace and veth) to the status file reporting that content in force (see \"How it is measured\").\n\n",
-        if run.daemon_flags.is_empty() {
+        "# Policy churn at cluster scale{}\n\n{}, {}, commit {}, {:.0} s in all.{}\n\nMachine: Linux {} (`uname -r`), {} CPUs (`nproc`), {}; load average {} at the start, {} at the end.\n\nCluster: {} pods ({} on this node, each a network namespace with a veth on the lab node's bridge; the rest other nodes' pods: `spec.nodeName: elsewhere`, an address, no veth), {} NetworkPolicies over {} namespaces, {} changes of each kind. {}\n\n",
+        if run.via_kube {
+            ", through the Kubernetes source"
+        } else {
+            ""
+        },
+        if run.daemon_flags.is_empty() && !run.via_kube {
             "`make bench-churn` (`palisade-bench --churn target/release/palisade`)".to_owned()
         } else {
             format!(
-                "`palisade-bench --churn target/release/palisade {}`",
-                run.daemon_flags.join(" ")
+                "`palisade-bench --churn target/release/palisade{}{}`",
+                if run.via_kube { " --via kube" } else { "" },
+                run.daemon_flags
+                    .iter()
+                    .map(|f| format!(" {f}"))
+                    .collect::<String>()
             )
         },
         m.date,
@@ -316,7 +327,12 @@ pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String 
         s.local,
         s.policies,
         s.namespaces,
-        s.changes
+        s.changes,
+        if run.via_kube {
+            "The daemon read the cluster through its Kubernetes source (`palisade daemon --kube`, kube-rs watches) from the lab's test API server (`lab/src/apiserver/`), in the daemon's network namespace; the bench wrote each change as the files the file source would read and turned them into the API writes they mean (the lab's `--via kube` feed: objects created, replaced or deleted). Each figure is from the first API write of the change (for a local pod added, from the start of making its namespace and veth; reading the files into writes is left out) to the status file reporting every write seen and in force (see \"How it is measured\"). The replay under \"Where the time goes\" reads the files through the file source, not through the Kubernetes source."
+        } else {
+            "Each figure is from the change written (one file renamed into, or removed from, the daemon's source directory; for a local pod added, from the start of making its namespace and veth) to the status file reporting that content in force (see \"How it is measured\")."
+        }
     );
     t.push_str(&table(rows));
     if let Some(r) = rows.iter().find(|r| r.kind == Kind::LocalPodAdded) {
@@ -519,6 +535,7 @@ mod tests {
             idle_pass_ms: None,
             tcx_attach: None,
             daemon_flags: Vec::new(),
+            via_kube: false,
             on_filters: 0,
             full_read_ms: 0.0,
             full_compile_ms: 0.0,

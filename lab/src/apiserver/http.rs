@@ -104,6 +104,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                // As Go's listeners (the real API server's) do: a watch
+                // event is a small write after the last, which Nagle's
+                // algorithm would hold until the client's delayed ACK, up
+                // to 40 ms on loopback.
+                let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let mut closed = closed.clone();
                 connections.spawn(async move {
