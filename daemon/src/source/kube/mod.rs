@@ -35,7 +35,7 @@ use kube::{
     Api, Client,
     core::{ApiResource, DynamicObject},
     runtime::{
-        reflector::{Store, store::Writer},
+        reflector::{ObjectRef, Store, store::Writer},
         watcher,
     },
 };
@@ -287,15 +287,31 @@ impl KubeSource {
 
     /// Every live pod, in key order (see [`pods::Pods::read`]).
     fn pods(&mut self, errors: &mut Vec<String>) -> Vec<Arc<Pod>> {
-        let events = self.events([access::PODS.resource, LOCAL_PODS]);
+        let touched = self
+            .states
+            .take_touched([access::PODS.resource, LOCAL_PODS]);
         let (pods, local_pods) = (&self.pods, &self.local_pods);
-        let stores = || {
-            let local: BTreeMap<String, Arc<ApiPod>> = local_pods
-                .state()
+        let objects = |key: &str| {
+            let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+            let mut at = ObjectRef::new(name);
+            if !namespace.is_empty() {
+                at = at.within(namespace);
+            }
+            (pods.get(&at), local_pods.get(&at))
+        };
+        let all = || {
+            let key = |p: Arc<ApiPod>| {
+                let m = &p.metadata;
+                watch::key_of(
+                    m.namespace.as_deref(),
+                    m.name.as_deref().unwrap_or_default(),
+                )
+            };
+            pods.state()
                 .into_iter()
-                .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
-                .collect();
-            (pods.state(), local)
+                .map(key)
+                .chain(local_pods.state().into_iter().map(key))
+                .collect()
         };
         let cgroups = &self.options.cgroups;
         let locate = |uid: &str, qos: &str| {
@@ -303,7 +319,7 @@ impl KubeSource {
                 .locate(uid, qos)?
                 .map(|path| path.display().to_string()))
         };
-        self.pods_made.read(events, stores, &locate, errors)
+        self.pods_made.read(touched, objects, all, &locate, errors)
     }
 }
 

@@ -1,18 +1,25 @@
 //! The cluster's pods as a reading lists them, kept from one reading to
-//! the next: a reading makes again only the pods whose store object, node
-//! object, cgroup or addresses changed, and hands the others out as the
-//! same shared objects, in the same order, without sorting the cluster.
+//! the next: a reading looks only at the pods whose objects the watches
+//! saw change (by key, from their events), at the pods that claim an
+//! address one of those claims or claimed, and at the local pods' cgroups;
+//! every other pod is handed out again as the same shared object, in key
+//! order, without walking or sorting the cluster.
 //!
 //! At 10,000 pods, making every pod again on every reading (its labels
 //! copied, its addresses parsed, the whole list sorted by key and compared
 //! with the last) took most of a pass through the Kubernetes source, for
-//! a change that touched one pod or none.
+//! a change that touched one pod or none; walking the store to find the
+//! changed objects still took 3 ms of it.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
-use super::ApiPod;
+use super::{ApiPod, watch::Touched};
 use crate::{
-    model::{FastMap, Pod},
+    model::{FastMap, FastSet, Pod},
     source::objects,
 };
 
@@ -23,51 +30,30 @@ struct Made {
     local: Option<Arc<ApiPod>>,
     cgroup: Option<String>,
     /// The addresses the object claims, before another pod's claim is
-    /// weighed against them; whether the pod holds them all.
+    /// weighed against them.
     claimed: Vec<IpAddr>,
-    holds_all: bool,
-    /// `namespace/name`, the snapshot's order.
-    key: String,
-    pod: Arc<Pod>,
-    /// The last reading that saw it.
-    seen: u64,
+    /// None only within a reading, for a pod new to it until it is made.
+    pod: Option<Arc<Pod>>,
 }
 
-/// The pods of the last reading: by the store object (its address, which
-/// no other object can take while `Made` holds it: a walk of the store
-/// then reads nothing of an unchanged object but its address), with the
-/// object each uid last had, and in key order.
+/// The pods of the last reading, by key (`namespace/name`), with who
+/// claims and who holds each address.
 #[derive(Default)]
 pub struct Pods {
-    made: FastMap<usize, Made>,
-    by_uid: FastMap<String, usize>,
-    by_key: BTreeMap<String, Arc<Pod>>,
-    readings: u64,
-    /// The stores' event count the last reading found (what it gave is
-    /// `by_key`).
-    last_events: Option<u64>,
+    by_key: BTreeMap<Arc<str>, Made>,
+    /// Every live pod that claims the address; most have one.
+    claimants: FastMap<IpAddr, Vec<Arc<str>>>,
+    /// Which of them holds it (see [`rank`]).
+    holder: FastMap<IpAddr, Arc<str>>,
 }
 
 /// What a reading needs of a pod besides its objects: its cgroup, given
 /// its uid and QoS class (`None`: not found; `Err`: why it cannot be).
 pub type Locate<'a> = &'a dyn Fn(&str, &str) -> Result<Option<String>, String>;
 
-/// The store's identity of `p`: its uid, or, for an object without one
-/// (no API server omits it), its key.
-fn id_of(p: &ApiPod) -> std::borrow::Cow<'_, str> {
-    match &p.metadata.uid {
-        Some(uid) => uid.as_str().into(),
-        None => format!("/{}", key_of(p)).into(),
-    }
-}
-
-fn key_of(p: &ApiPod) -> String {
-    format!(
-        "{}/{}",
-        p.metadata.namespace.as_deref().unwrap_or("default"),
-        p.metadata.name.as_deref().unwrap_or_default()
-    )
-}
+/// A pod's objects in the two stores, by key: the cluster-wide store's,
+/// and the node store's (a pod of this node).
+pub type Objects = (Option<Arc<ApiPod>>, Option<Arc<ApiPod>>);
 
 fn same(a: Option<&Arc<ApiPod>>, b: Option<&Arc<ApiPod>>) -> bool {
     match (a, b) {
@@ -79,6 +65,7 @@ fn same(a: Option<&Arc<ApiPod>>, b: Option<&Arc<ApiPod>>) -> bool {
 
 /// A local pod's cgroup, with why it has none where it cannot.
 fn cgroup_of(
+    key: &str,
     p: &ApiPod,
     here: Option<&Arc<ApiPod>>,
     locate: Locate<'_>,
@@ -89,223 +76,183 @@ fn cgroup_of(
     match locate(uid, qos) {
         Ok(path) => path,
         Err(e) => {
-            errors.push(format!("Pod {}: no cgroup: {e}", key_of(p)));
+            errors.push(format!("Pod {key}: no cgroup: {e}"));
             None
         }
     }
 }
 
-/// What a reading does with one live pod.
-enum Step {
-    /// The last reading's pod holds.
-    Keep,
-    /// Made again: the addresses its object claims, and those it holds.
-    Make {
-        claimed: Vec<IpAddr>,
-        owned: Vec<IpAddr>,
-    },
+/// Two live pods can claim one address for a moment: the IPAM has given a
+/// terminating pod's address to a new pod before the old object is gone.
+/// The address goes to the pod that is not being deleted, else to the
+/// newer one (by creation, then by resourceVersion), so a new pod never
+/// takes on the old one's identity; the key settles what is left, so that
+/// the holder never depends on the order pods were read in.
+fn rank<'a>(key: &'a str, p: &'a ApiPod) -> impl Ord + 'a {
+    (
+        p.metadata.deletion_timestamp.is_none(),
+        p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        p.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok()),
+        key,
+    )
 }
 
 impl Pods {
-    /// Every live pod of the cluster-wide store, in key order; an address
-    /// two pods claim goes to one of them only (see [`owners`]). Local pods
-    /// (the node store's objects, by uid) get their cgroup and their
-    /// annotations' source settings. A pod whose result is as before is
-    /// the last reading's object. `events`: the two stores' events, all
-    /// told (read before them); where none came since the last reading,
-    /// only the local pods' cgroups are looked for again. `stores`: the
-    /// cluster-wide store's objects and the node store's by uid.
+    /// Every live pod of the cluster-wide store, in key order, made again
+    /// only where `touched` (the keys both stores' watches saw change since
+    /// the last reading, or all) says its objects may have changed, where
+    /// another pod's claim on one of its addresses changed, or where its
+    /// cgroup did. An address two pods claim goes to one of them only
+    /// ([`rank`]). Local pods (with an object in the node store of the
+    /// same uid) get their cgroup and their annotations' source settings.
+    /// A pod made again as it was is the last reading's object. `objects`
+    /// looks a key up in the stores; `all` lists both stores' keys (read
+    /// only for [`Touched::All`]).
     pub fn read(
         &mut self,
-        events: u64,
-        stores: impl FnOnce() -> (Vec<Arc<ApiPod>>, BTreeMap<String, Arc<ApiPod>>),
+        touched: Touched,
+        objects: impl Fn(&str) -> Objects,
+        all: impl FnOnce() -> BTreeSet<String>,
         locate: Locate<'_>,
         errors: &mut Vec<String>,
     ) -> Vec<Arc<Pod>> {
-        if self.last_events == Some(events) {
-            let mut found = Vec::new();
-            let cgroups_held = self
-                .made
-                .values()
-                .filter(|m| m.local.is_some())
-                .all(|m| cgroup_of(&m.api, m.local.as_ref(), locate, &mut found) == m.cgroup);
-            if cgroups_held {
-                errors.append(&mut found);
-                return self.by_key.values().cloned().collect();
+        let keys: BTreeSet<String> = match touched {
+            Touched::Keys(keys) => keys,
+            Touched::All => {
+                let mut keys = all();
+                keys.extend(self.by_key.keys().map(|k| k.to_string()));
+                keys
             }
-        }
-        let (all, local) = stores();
-        self.last_events = Some(events);
-        self.read_stores(all, &local, locate, errors)
-    }
-
-    fn read_stores(
-        &mut self,
-        all: Vec<Arc<ApiPod>>,
-        local: &BTreeMap<String, Arc<ApiPod>>,
-        locate: Locate<'_>,
-        errors: &mut Vec<String>,
-    ) -> Vec<Arc<Pod>> {
-        self.readings += 1;
-        let reading = self.readings;
-        let live: Vec<Arc<ApiPod>> = all.into_iter().filter(|p| !objects::finished(p)).collect();
-        let at = |p: &Arc<ApiPod>| Arc::as_ptr(p) as usize;
-        // The node's objects by the cluster-wide object of their uid: a
-        // few, found without reading every pod's uid.
-        let here_of: FastMap<usize, &Arc<ApiPod>> = local
-            .iter()
-            .filter_map(|(uid, l)| Some((*self.by_uid.get(uid)?, l)))
-            .collect();
-        let steps: Vec<Step> = {
-            let before: Vec<Option<&Made>> = live.iter().map(|p| self.made.get(&at(p))).collect();
-            let fresh: Vec<Option<Vec<IpAddr>>> = live
-                .iter()
-                .zip(&before)
-                .map(|(p, m)| m.is_none().then(|| objects::pod_ips(p)))
-                .collect();
-            let claims: Vec<&[IpAddr]> = before
-                .iter()
-                .zip(&fresh)
-                .map(|(m, f)| match (m, f) {
-                    (Some(m), _) => m.claimed.as_slice(),
-                    (None, Some(f)) => f.as_slice(),
-                    (None, None) => &[],
-                })
-                .collect();
-            let owner = owners(&live, &claims);
-            claims
-                .iter()
-                .zip(&before)
-                .enumerate()
-                .map(|(i, (claims, m))| {
-                    let holds = |ip: &&IpAddr| owner.get(*ip) == Some(&i);
-                    match m {
-                        Some(m) if m.holds_all && claims.iter().all(|ip| holds(&ip)) => Step::Keep,
-                        _ => {
-                            let owned: Vec<IpAddr> = claims.iter().filter(holds).copied().collect();
-                            match m {
-                                Some(m) if m.pod.ips == owned => Step::Keep,
-                                _ => Step::Make {
-                                    claimed: claims.to_vec(),
-                                    owned,
-                                },
-                            }
-                        }
-                    }
-                })
-                .collect()
         };
-        for (p, step) in live.iter().zip(steps) {
-            let ptr = at(p);
-            // A new object of a pod: its uid's object before, if any.
-            let known = self.made.contains_key(&ptr);
-            let here = if known {
-                here_of.get(&ptr).copied()
-            } else {
-                p.metadata.uid.as_ref().and_then(|uid| local.get(uid))
-            };
-            let cgroup = cgroup_of(p, here, locate, errors);
-            let (claimed, owned) = match step {
-                Step::Keep => match self.made.get_mut(&ptr) {
-                    Some(m) if same(m.local.as_ref(), here) && m.cgroup == cgroup => {
-                        m.seen = reading;
-                        continue;
-                    }
-                    Some(m) => (m.claimed.clone(), m.pod.ips.clone()),
-                    None => continue,
-                },
-                Step::Make { claimed, owned } => (claimed, owned),
-            };
-            let mut pod = objects::pod(p, cgroup.clone());
-            pod.ips = owned;
-            // Only a local pod's annotations are kept (the cluster-wide
-            // store trims them), and only a local pod is checked.
-            if let Some(l) = here {
-                let annotations = l.metadata.annotations.as_ref();
-                pod.source_check = objects::source_check(annotations);
-                pod.source_prefixes = objects::source_prefixes(annotations);
+        let mut redo: BTreeSet<Arc<str>> = BTreeSet::new();
+        let mut contested: FastSet<IpAddr> = FastSet::default();
+        let mut fresh: Vec<(Arc<str>, Made)> = Vec::new();
+        for key in keys {
+            let (api, local) = objects(&key);
+            let api = api.filter(|p| p.metadata.namespace.is_some() && !objects::finished(p));
+            // The node's object of the same pod (a recreated pod's
+            // objects may be of two uids for a moment).
+            let here = local.filter(|l| {
+                api.as_ref()
+                    .is_some_and(|p| p.metadata.uid.is_some() && p.metadata.uid == l.metadata.uid)
+            });
+            if let (Some(m), Some(p)) = (self.by_key.get(key.as_str()), &api)
+                && Arc::ptr_eq(&m.api, p)
+                && same(m.local.as_ref(), here.as_ref())
+            {
+                continue;
             }
-            let key = pod.key();
-            let id = id_of(p).into_owned();
-            // What this object, or the uid's object it replaces, made.
-            let previous = match known {
-                true => self.made.remove(&ptr),
-                false => self.by_uid.get(&id).and_then(|at| self.made.remove(at)),
-            };
-            // A new version that changes nothing policy reads (a status
-            // condition, the resourceVersion) keeps the pod's object, so
-            // that the compiler sees nothing changed.
-            let pod = match previous {
-                Some(m) if *m.pod == pod => m.pod,
-                _ => Arc::new(pod),
-            };
-            self.by_key.insert(key.clone(), pod.clone());
-            self.by_uid.insert(id, ptr);
-            let holds_all = pod.ips.len() == claimed.len();
-            self.made.insert(
-                ptr,
+            let key: Arc<str> = key.into();
+            let before = self.by_key.remove(&key);
+            if let Some(m) = &before {
+                self.unclaim(&key, &m.claimed, &mut contested);
+            }
+            let Some(api) = api else { continue };
+            let claimed = objects::pod_ips(&api);
+            for ip in &claimed {
+                self.claimants.entry(*ip).or_default().push(key.clone());
+                contested.insert(*ip);
+            }
+            redo.insert(key.clone());
+            // Until it is made again below, the pod of its last object.
+            let pod = before.and_then(|m| m.pod);
+            fresh.push((
+                key,
                 Made {
-                    api: p.clone(),
-                    local: here.cloned(),
-                    cgroup,
+                    api,
+                    local: here,
+                    cgroup: None,
                     claimed,
-                    holds_all,
-                    key,
                     pod,
-                    seen: reading,
                 },
-            );
+            ));
         }
-        // Pods gone (or finished, or replaced by a new object) since: out,
-        // unless another object has taken their key or uid this reading.
-        let (by_key, by_uid) = (&mut self.by_key, &mut self.by_uid);
-        self.made.retain(|&at, m| {
-            if m.seen == reading {
-                return true;
+        self.by_key.extend(fresh);
+        for ip in contested {
+            self.settle(ip, &mut redo);
+        }
+        // Cgroups come and go without an event: every local pod's is
+        // looked for again.
+        for (key, m) in &mut self.by_key {
+            if m.local.is_none() && m.cgroup.is_none() {
+                continue;
             }
-            if by_key.get(&m.key).is_some_and(|p| Arc::ptr_eq(p, &m.pod)) {
-                by_key.remove(&m.key);
+            let cgroup = cgroup_of(key, &m.api, m.local.as_ref(), locate, errors);
+            if cgroup != m.cgroup {
+                m.cgroup = cgroup;
+                redo.insert(key.clone());
             }
-            let id = id_of(&m.api);
-            if by_uid.get(id.as_ref()) == Some(&at) {
-                by_uid.remove(id.as_ref());
-            }
-            false
-        });
-        self.by_key.values().cloned().collect()
+        }
+        for key in redo {
+            self.make(&key);
+        }
+        self.by_key.values().filter_map(|m| m.pod.clone()).collect()
     }
-}
 
-/// Which pod (by its place in `pods`) holds each address it claims
-/// (`claimed`, in the same order). Two live pods can claim one address for
-/// a moment: the IPAM has given a terminating pod's address to a new pod
-/// before the old object is gone. The address goes to the pod that is not
-/// being deleted, else to the newer one, so a new pod never takes on the
-/// old one's identity.
-pub fn owners(pods: &[Arc<ApiPod>], claimed: &[&[IpAddr]]) -> FastMap<IpAddr, usize> {
-    let rank = |p: &ApiPod| {
-        (
-            p.metadata.deletion_timestamp.is_none(),
-            p.metadata.creation_timestamp.clone().map(|t| t.0),
-            p.metadata
-                .resource_version
-                .as_deref()
-                .and_then(|v| v.parse::<u64>().ok()),
-        )
-    };
-    let mut best: FastMap<IpAddr, usize> =
-        FastMap::with_capacity_and_hasher(pods.len(), Default::default());
-    for (i, ips) in claimed.iter().enumerate() {
-        for ip in ips.iter() {
-            match best.get(ip) {
-                Some(&held) if rank(&pods[held]) >= rank(&pods[i]) => {}
-                _ => {
-                    best.insert(*ip, i);
+    /// Takes `key`'s claims on `claimed` back.
+    fn unclaim(&mut self, key: &Arc<str>, claimed: &[IpAddr], contested: &mut FastSet<IpAddr>) {
+        for ip in claimed {
+            if let Some(list) = self.claimants.get_mut(ip) {
+                list.retain(|k| k != key);
+                if list.is_empty() {
+                    self.claimants.remove(ip);
                 }
             }
+            contested.insert(*ip);
         }
     }
-    best
+
+    /// Gives `ip` to the best of its claimants; each claimant whose
+    /// holdings may have changed is to be made again.
+    fn settle(&mut self, ip: IpAddr, redo: &mut BTreeSet<Arc<str>>) {
+        let by_key = &self.by_key;
+        let best = self.claimants.get(&ip).and_then(|list| {
+            list.iter()
+                .filter_map(|k| Some((k, &by_key.get(k)?.api)))
+                .max_by(|(a, p), (b, q)| rank(a, p).cmp(&rank(b, q)))
+                .map(|(k, _)| k.clone())
+        });
+        let before = match best {
+            Some(best) => self.holder.insert(ip, best),
+            None => self.holder.remove(&ip),
+        };
+        if before.as_ref() != self.holder.get(&ip) {
+            redo.extend(before);
+            redo.extend(self.holder.get(&ip).cloned());
+        }
+    }
+
+    /// Makes `key`'s pod from its objects, its cgroup and the addresses it
+    /// holds; where that gives the pod it had, it keeps that object (so
+    /// the compiler sees nothing changed).
+    fn make(&mut self, key: &Arc<str>) {
+        let Some(m) = self.by_key.get(key) else {
+            return;
+        };
+        let owned: Vec<IpAddr> = m
+            .claimed
+            .iter()
+            .filter(|ip| self.holder.get(*ip) == Some(key))
+            .copied()
+            .collect();
+        let mut pod = objects::pod(&m.api, m.cgroup.clone());
+        pod.ips = owned;
+        // Only a local pod's annotations are kept (the cluster-wide store
+        // trims them), and only a local pod is checked.
+        if let Some(l) = &m.local {
+            let annotations = l.metadata.annotations.as_ref();
+            pod.source_check = objects::source_check(annotations);
+            pod.source_prefixes = objects::source_prefixes(annotations);
+        }
+        if let Some(m) = self.by_key.get_mut(key)
+            && m.pod.as_deref() != Some(&pod)
+        {
+            m.pod = Some(Arc::new(pod));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -326,33 +273,76 @@ mod tests {
     }
 
     /// `p` as the node's store has it, with its QoS class.
-    fn on_node(p: &ApiPod, qos: &str) -> ApiPod {
+    fn on_node(p: &ApiPod, qos: &str) -> Arc<ApiPod> {
         let mut node_object = p.clone();
         node_object.status.as_mut().unwrap().qos_class = Some(qos.into());
-        node_object
+        Arc::new(node_object)
     }
 
     fn none(_: &str, _: &str) -> Result<Option<String>, String> {
         Ok(None)
     }
 
-    /// A reading after an event: the stores are read.
-    fn read_local(
-        pods: &mut Pods,
-        all: &[Arc<ApiPod>],
-        local: &BTreeMap<String, Arc<ApiPod>>,
-        locate: Locate<'_>,
-        errors: &mut Vec<String>,
-    ) -> Vec<Arc<Pod>> {
-        let events = pods.readings + 1;
-        pods.read(events, || (all.to_vec(), local.clone()), locate, errors)
+    fn found(uid: &str, qos: &str) -> Result<Option<String>, String> {
+        Ok(Some(format!("/cg/{qos}/{uid}")))
     }
 
-    fn read(pods: &mut Pods, all: &[Arc<ApiPod>]) -> Vec<Arc<Pod>> {
-        let mut errors = Vec::new();
-        let out = read_local(pods, all, &BTreeMap::new(), &none, &mut errors);
-        assert!(errors.is_empty(), "{errors:?}");
-        out
+    fn key(p: &ApiPod) -> String {
+        super::super::watch::key_of(
+            p.metadata.namespace.as_deref(),
+            p.metadata.name.as_deref().unwrap(),
+        )
+    }
+
+    /// The two stores, as the watches keep them, and the keys their
+    /// events named since the last reading.
+    #[derive(Clone, Default)]
+    struct Stores {
+        all: BTreeMap<String, Arc<ApiPod>>,
+        local: BTreeMap<String, Arc<ApiPod>>,
+        touched: BTreeSet<String>,
+    }
+
+    impl Stores {
+        fn put(&mut self, p: &Arc<ApiPod>) {
+            self.touched.insert(key(p));
+            self.all.insert(key(p), p.clone());
+        }
+        fn put_local(&mut self, p: &Arc<ApiPod>) {
+            self.touched.insert(key(p));
+            self.local.insert(key(p), p.clone());
+        }
+        fn delete(&mut self, key: &str) {
+            self.touched.insert(key.to_owned());
+            self.all.remove(key);
+            self.local.remove(key);
+        }
+
+        /// A reading by the keys touched (or of everything).
+        fn read_with(
+            &mut self,
+            pods: &mut Pods,
+            everything: bool,
+            locate: Locate<'_>,
+            errors: &mut Vec<String>,
+        ) -> Vec<Arc<Pod>> {
+            let touched = std::mem::take(&mut self.touched);
+            let touched = if everything {
+                Touched::All
+            } else {
+                Touched::Keys(touched)
+            };
+            let objects = |k: &str| (self.all.get(k).cloned(), self.local.get(k).cloned());
+            let all = || self.all.keys().chain(self.local.keys()).cloned().collect();
+            pods.read(touched, objects, all, locate, errors)
+        }
+
+        fn read(&mut self, pods: &mut Pods) -> Vec<Arc<Pod>> {
+            let mut errors = Vec::new();
+            let out = self.read_with(pods, false, &none, &mut errors);
+            assert!(errors.is_empty(), "{errors:?}");
+            out
+        }
     }
 
     fn keys(pods: &[Arc<Pod>]) -> Vec<String> {
@@ -364,41 +354,62 @@ mod tests {
 
     #[test]
     fn an_unchanged_pod_is_the_last_reading_s_object_in_key_order() {
-        let mut pods = Pods::default();
-        let (a, b, c) = (
-            api("1", "x", "b", "1", "10.0.0.1", T0),
-            api("2", "x", "a", "1", "10.0.0.2", T0),
-            api("3", "x-y", "a", "1", "10.0.0.3", T0),
-        );
-        let first = read(&mut pods, &[a.clone(), b, c.clone()]);
+        let (mut pods, mut s) = (Pods::default(), Stores::default());
+        let a = api("1", "x", "b", "1", "10.0.0.1", T0);
+        s.put(&a);
+        s.put(&api("2", "x", "a", "1", "10.0.0.2", T0));
+        s.put(&api("3", "x-y", "a", "1", "10.0.0.3", T0));
+        let first = s.read(&mut pods);
         assert_eq!(keys(&first), ["x-y/a", "x/a", "x/b"], "as the keys sort");
         // x/a relabelled, x/b gone, x/c new; x-y/a the same object.
-        let relabelled = api("2", "x", "a", "2", "10.0.0.2", T0);
-        let new = api("4", "x", "c", "1", "10.0.0.4", T0);
-        let now = read(&mut pods, &[new, relabelled, c]);
+        s.put(&api("2", "x", "a", "2", "10.0.0.2", T0));
+        s.delete("x/b");
+        s.put(&api("4", "x", "c", "1", "10.0.0.4", T0));
+        let now = s.read(&mut pods);
         assert_eq!(keys(&now), ["x-y/a", "x/a", "x/c"]);
         assert!(Arc::ptr_eq(&now[0], &first[0]), "x-y/a unchanged");
         assert!(!Arc::ptr_eq(&now[1], &first[1]) && now[1].labels["app"] == "2");
         // x/b back: a pod of its own again.
-        let back = read(&mut pods, &[a]);
-        assert_eq!(keys(&back), ["x/b"]);
-        assert!(!Arc::ptr_eq(&back[0], &first[2]));
+        s.put(&a);
+        let back = s.read(&mut pods);
+        assert_eq!(keys(&back), ["x-y/a", "x/a", "x/b", "x/c"]);
+        assert!(!Arc::ptr_eq(&back[2], &first[2]));
         // A new version of its object that policy reads nothing new in.
-        let same = read(&mut pods, &[api("1", "x", "b", "1", "10.0.0.1", T0)]);
+        s.put(&api("1", "x", "b", "1", "10.0.0.1", T0));
+        let same = s.read(&mut pods);
         assert!(
-            Arc::ptr_eq(&same[0], &back[0]),
+            Arc::ptr_eq(&same[2], &back[2]),
             "an equal pod keeps its object"
         );
+        // Its key named by an event while its object did not change.
+        s.touched.insert("x/b".into());
+        assert!(Arc::ptr_eq(&s.read(&mut pods)[2], &back[2]));
     }
 
     #[test]
     fn a_pod_deleted_and_created_again_by_name_is_listed_once() {
-        let mut pods = Pods::default();
-        read(&mut pods, &[api("1", "x", "a", "1", "10.0.0.1", T0)]);
-        let now = read(&mut pods, &[api("2", "x", "a", "2", "10.0.0.1", T1)]);
+        let (mut pods, mut s) = (Pods::default(), Stores::default());
+        s.put(&api("1", "x", "a", "1", "10.0.0.1", T0));
+        s.read(&mut pods);
+        s.delete("x/a");
+        s.put(&api("2", "x", "a", "2", "10.0.0.1", T1));
+        let now = s.read(&mut pods);
         assert_eq!(keys(&now), ["x/a"]);
         assert_eq!(now[0].labels["app"], "2");
-        assert_eq!(keys(&read(&mut pods, &[])), Vec::<String>::new());
+        s.delete("x/a");
+        assert_eq!(keys(&s.read(&mut pods)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_finished_pod_is_not_listed() {
+        let (mut pods, mut s) = (Pods::default(), Stores::default());
+        let p = api("1", "x", "a", "1", "10.0.0.1", T0);
+        s.put(&p);
+        assert_eq!(s.read(&mut pods).len(), 1);
+        let mut done = (*p).clone();
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        s.put(&Arc::new(done));
+        assert!(s.read(&mut pods).is_empty());
     }
 
     #[test]
@@ -406,59 +417,61 @@ mod tests {
         let ip: IpAddr = "10.0.0.5".parse().unwrap();
         let old = api("old", "x", "old", "1", "10.0.0.5", T0);
         let new = api("new", "x", "new", "1", "10.0.0.5", T1);
-        let claims: &[&[IpAddr]] = &[&[ip], &[ip]];
-        assert_eq!(owners(&[old.clone(), new.clone()], claims)[&ip], 1);
-        assert_eq!(owners(&[new.clone(), old.clone()], claims)[&ip], 0);
-        // A terminating pod loses its address even to an older claimant.
-        let mut terminating =
-            (*api("t", "x", "t", "1", "10.0.0.5", "2026-12-02T00:09:00Z")).clone();
-        terminating.metadata.deletion_timestamp = old.metadata.creation_timestamp.clone();
-        assert_eq!(
-            owners(&[Arc::new(terminating), old.clone()], claims)[&ip],
-            1
-        );
-
-        // The old pod's object does not change when the new one comes: it
-        // loses the address all the same, and gets it back when the new
-        // one goes.
-        let mut pods = Pods::default();
-        let first = read(&mut pods, std::slice::from_ref(&old));
-        assert_eq!(first[0].ips, [ip]);
-        let both = read(&mut pods, &[old.clone(), new.clone()]);
         let by = |list: &[Arc<Pod>], name: &str| {
             list.iter().find(|p| p.name == name).unwrap().ips.clone()
         };
+        // The old pod's object does not change when the new one comes: it
+        // loses the address all the same, and gets it back when the new
+        // one goes.
+        let (mut pods, mut s) = (Pods::default(), Stores::default());
+        s.put(&old);
+        assert_eq!(s.read(&mut pods)[0].ips, [ip]);
+        s.put(&new);
+        let both = s.read(&mut pods);
         assert_eq!(by(&both, "old"), Vec::<IpAddr>::new());
         assert_eq!(by(&both, "new"), [ip]);
-        let alone = read(&mut pods, &[old]);
-        assert_eq!(by(&alone, "old"), [ip]);
+        s.delete("x/new");
+        assert_eq!(by(&s.read(&mut pods), "old"), [ip]);
+        // A terminating pod loses its address even to an older claimant.
+        let mut terminating = (*api("t", "x", "t", "1", "10.0.0.5", T1)).clone();
+        terminating.metadata.deletion_timestamp = old.metadata.creation_timestamp.clone();
+        s.put(&Arc::new(terminating));
+        let now = s.read(&mut pods);
+        assert_eq!(by(&now, "old"), [ip]);
+        assert_eq!(by(&now, "t"), Vec::<IpAddr>::new());
     }
 
     #[test]
     fn a_local_pod_gets_its_cgroup_and_its_node_object_s_settings() {
-        let mut pods = Pods::default();
+        let (mut pods, mut s) = (Pods::default(), Stores::default());
         let p = api("u1", "x", "a", "1", "10.0.0.1", T0);
-        let mut node_object = on_node(&p, "BestEffort");
-        let local = BTreeMap::from([("u1".to_owned(), Arc::new(node_object.clone()))]);
-        let found = |uid: &str, qos: &str| Ok(Some(format!("/cg/{qos}/{uid}")));
+        s.put(&p);
+        s.put_local(&on_node(&p, "BestEffort"));
         let mut errors = Vec::new();
-        let all = [p.clone()];
-        let first = read_local(&mut pods, &all, &local, &found, &mut errors);
+        let first = s.read_with(&mut pods, false, &found, &mut errors);
         assert_eq!(first[0].cgroup.as_deref(), Some("/cg/BestEffort/u1"));
-        // Its cgroup gone: the pod is made again without one.
-        let now = read_local(&mut pods, &all, &local, &none, &mut errors);
+        // Its cgroup gone, with no event: the pod is made again without one.
+        let now = s.read_with(&mut pods, false, &none, &mut errors);
         assert_eq!(now[0].cgroup, None);
         // Its node object annotated: read again, though the cluster-wide
         // object is the same.
-        node_object.metadata.annotations = Some(BTreeMap::from([(
+        let mut annotated = (*on_node(&p, "BestEffort")).clone();
+        annotated.metadata.annotations = Some(BTreeMap::from([(
             objects::SOURCE_CHECK_ANNOTATION.to_owned(),
             "off".to_owned(),
         )]));
-        let local = BTreeMap::from([("u1".to_owned(), Arc::new(node_object))]);
-        let off = read_local(&mut pods, &all, &local, &none, &mut errors);
+        s.put_local(&Arc::new(annotated));
+        let off = s.read_with(&mut pods, false, &none, &mut errors);
         assert_ne!(off[0].source_check, now[0].source_check);
+        // A node object of another uid (the pod recreated) is not its.
+        let mut other = (*on_node(&p, "BestEffort")).clone();
+        other.metadata.uid = Some("u2".into());
+        s.put_local(&Arc::new(other));
+        let placed = s.read_with(&mut pods, false, &found, &mut errors);
+        assert_eq!(placed[0].cgroup, None);
+        s.put_local(&on_node(&p, "BestEffort"));
         let failing = |_: &str, _: &str| Err("no driver".to_owned());
-        read_local(&mut pods, &all, &local, &failing, &mut errors);
+        s.read_with(&mut pods, false, &failing, &mut errors);
         assert!(
             errors.iter().any(|e| e == "Pod x/a: no cgroup: no driver"),
             "{errors:?}"
@@ -466,27 +479,145 @@ mod tests {
     }
 
     #[test]
-    fn a_reading_with_no_event_since_reads_no_store_but_looks_for_cgroups_again() {
-        let mut pods = Pods::default();
+    fn a_reading_with_no_event_since_looks_nothing_up_but_cgroups() {
+        let (mut pods, mut s) = (Pods::default(), Stores::default());
         let p = api("u1", "x", "a", "1", "10.0.0.1", T0);
-        let local = BTreeMap::from([("u1".to_owned(), Arc::new(on_node(&p, "Burstable")))]);
+        s.put(&p);
+        s.put_local(&on_node(&p, "Burstable"));
         let mut errors = Vec::new();
-        let stores = || (vec![p.clone()], local.clone());
-        let first = pods.read(7, stores, &none, &mut errors);
+        let first = s.read_with(&mut pods, false, &none, &mut errors);
         assert_eq!(first[0].cgroup, None);
-        let unread = || -> (Vec<Arc<ApiPod>>, BTreeMap<String, Arc<ApiPod>>) {
-            panic!("the stores were read with no event since the last reading")
-        };
-        let again = pods.read(7, unread, &none, &mut errors);
+        let unread = |_: &str| -> Objects { panic!("a store looked up with no event since") };
+        let unlisted = || -> BTreeSet<String> { panic!("a store listed with no relist") };
+        let again = pods.read(
+            Touched::Keys(BTreeSet::new()),
+            unread,
+            unlisted,
+            &none,
+            &mut errors,
+        );
         assert!(Arc::ptr_eq(&again[0], &first[0]));
         // The pod's cgroup made since: it is made again.
-        let found = |uid: &str, qos: &str| Ok(Some(format!("/cg/{qos}/{uid}")));
-        let placed = pods.read(7, stores, &found, &mut errors);
+        let placed = pods.read(
+            Touched::Keys(BTreeSet::new()),
+            unread,
+            unlisted,
+            &found,
+            &mut errors,
+        );
         assert_eq!(placed[0].cgroup.as_deref(), Some("/cg/Burstable/u1"));
-        // An event on either store: read.
-        let relabelled = api("u1", "x", "a", "2", "10.0.0.1", T0);
-        let now = pods.read(8, || (vec![relabelled], local.clone()), &found, &mut errors);
-        assert_eq!(now[0].labels["app"], "2");
         assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    /// One step of a store's history, over a few keys, uids and addresses
+    /// so that pods collide on addresses and are recreated by name.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A pod written (created or replaced): its key, uid, label,
+        /// address, creation minute, deleting, finished.
+        Put(u8, u8, u8, u8, u8, bool, bool),
+        /// Its node object written (of the pod's uid or another), or gone.
+        Local(u8, Option<u8>, bool),
+        Delete(u8),
+        /// An event whose object policy reads nothing new in.
+        Touch(u8),
+        /// A cgroup made or removed (by uid).
+        Cgroup(u8),
+        /// A relist: the next reading is of everything.
+        Relist,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u8..6, 0u8..4, 0u8..2, 0u8..4, 0u8..3, proptest::bool::weighted(0.2), proptest::bool::weighted(0.1))
+                .prop_map(|(k, u, l, ip, t, d, f)| Op::Put(k, u, l, ip, t, d, f)),
+            2 => (0u8..6, proptest::option::weighted(0.8, 0u8..4), any::<bool>())
+                .prop_map(|(k, u, q)| Op::Local(k, u, q)),
+            1 => (0u8..6).prop_map(Op::Delete),
+            1 => (0u8..6).prop_map(Op::Touch),
+            1 => (0u8..4).prop_map(Op::Cgroup),
+            1 => Just(Op::Relist),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Read by the keys the events named, the pods are those a reading
+        /// of everything from nothing gives, after every batch of changes,
+        /// whatever the collisions; and a pod that did not change is the
+        /// last reading's object.
+        #[test]
+        fn a_reading_by_events_gives_what_a_reading_of_everything_gives(
+            batches in proptest::collection::vec(proptest::collection::vec(op(), 0..5), 1..8),
+        ) {
+            let (mut pods, mut s) = (Pods::default(), Stores::default());
+            let mut cgroups: BTreeSet<String> = BTreeSet::new();
+            let mut rv = 0u64;
+            let mut relist = true;
+            let mut last: Vec<Arc<Pod>> = Vec::new();
+            for batch in batches {
+                for op in batch {
+                    rv += 1;
+                    match op {
+                        Op::Put(k, u, l, ip, t, deleting, finished) => {
+                            let mut p = (*api(&format!("u{u}"), &format!("n{}", k % 2), &format!("p{k}"),
+                                &l.to_string(), &format!("10.0.0.{ip}"),
+                                &format!("2026-12-02T00:0{t}:00Z"))).clone();
+                            p.metadata.resource_version = Some(rv.to_string());
+                            if deleting {
+                                p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
+                            }
+                            if finished {
+                                p.status.as_mut().unwrap().phase = Some("Failed".into());
+                            }
+                            s.put(&Arc::new(p));
+                        }
+                        Op::Local(k, uid, burstable) => {
+                            let key = format!("n{}/p{k}", k % 2);
+                            match (s.all.get(&key).cloned(), uid) {
+                                (Some(p), Some(u)) => {
+                                    let mut l = (*on_node(&p, if burstable { "Burstable" } else { "BestEffort" })).clone();
+                                    if u > 1 {
+                                        l.metadata.uid = Some(format!("u{u}"));
+                                    }
+                                    s.put_local(&Arc::new(l));
+                                }
+                                _ => {
+                                    s.touched.insert(key.clone());
+                                    s.local.remove(&key);
+                                }
+                            }
+                        }
+                        Op::Delete(k) => s.delete(&format!("n{}/p{k}", k % 2)),
+                        Op::Touch(k) => {
+                            s.touched.insert(format!("n{}/p{k}", k % 2));
+                        }
+                        Op::Cgroup(u) => {
+                            let uid = format!("u{u}");
+                            if !cgroups.remove(&uid) {
+                                cgroups.insert(uid);
+                            }
+                        }
+                        Op::Relist => relist = true,
+                    }
+                }
+                let locate = |uid: &str, qos: &str| {
+                    Ok(cgroups.contains(uid).then(|| format!("/cg/{qos}/{uid}")))
+                };
+                let mut errors = Vec::new();
+                let now = s.read_with(&mut pods, relist, &locate, &mut errors);
+                relist = false;
+                let mut fresh = s.clone();
+                let whole = fresh.read_with(&mut Pods::default(), true, &locate, &mut errors);
+                let values = |l: &[Arc<Pod>]| l.iter().map(|p| (**p).clone()).collect::<Vec<Pod>>();
+                proptest::prop_assert_eq!(values(&now), values(&whole));
+                for p in &now {
+                    if let Some(was) = last.iter().find(|w| ***w == **p) {
+                        proptest::prop_assert!(Arc::ptr_eq(was, p), "{} made again as it was", p.key());
+                    }
+                }
+                last = now;
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@
 //! API server, reads as recovered until it fails.)
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Debug,
     hash::Hash,
     sync::{Arc, Mutex, MutexGuard},
@@ -44,6 +44,54 @@ pub struct StreamState {
     /// finds the count it last saw, read before the store, finds the
     /// store as it was then.
     pub events: u64,
+    /// The objects the store has taken an event for since a reader last
+    /// took them (see [`States::take_touched`]).
+    pub touched: Touched,
+}
+
+/// Which objects of a store may have changed, by `namespace/name`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Touched {
+    Keys(BTreeSet<String>),
+    /// Any: a list is under way or was (the first, or a relist after an
+    /// error, which may have dropped or replaced any object), or more
+    /// objects changed than a reader would look up one by one.
+    #[default]
+    All,
+}
+
+impl Touched {
+    /// Past this many keys a reader reads the whole store instead.
+    const MOST: usize = 1024;
+
+    fn add(&mut self, key: String) {
+        if let Self::Keys(keys) = self {
+            keys.insert(key);
+            if keys.len() > Self::MOST {
+                *self = Self::All;
+            }
+        }
+    }
+
+    /// Both stores' changes, as one.
+    pub fn join(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Keys(mut a), Self::Keys(b)) => {
+                a.extend(b);
+                if a.len() > Self::MOST {
+                    Self::All
+                } else {
+                    Self::Keys(a)
+                }
+            }
+            _ => Self::All,
+        }
+    }
+}
+
+/// An object's key as [`Touched`] names it.
+pub fn key_of(namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", namespace.unwrap_or_default())
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +150,23 @@ impl States {
     pub fn lock(&self) -> MutexGuard<'_, BTreeMap<&'static str, StreamState>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// What the stores of `names` have taken in since the last call, all
+    /// told; they start again from nothing. Taken before the stores are
+    /// read: a reflector writes its store before the event is recorded
+    /// here, so an event this misses is in the next call's, whether or
+    /// not this reading's stores have it.
+    pub fn take_touched<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Touched {
+        let mut all = self.lock();
+        names
+            .into_iter()
+            .fold(Touched::Keys(BTreeSet::new()), |acc, name| {
+                let taken = all.get_mut(name).map_or(Touched::All, |s| {
+                    std::mem::replace(&mut s.touched, Touched::Keys(BTreeSet::new()))
+                });
+                acc.join(taken)
+            })
+    }
 }
 
 fn resource_version<K: Resource>(o: &K) -> u64 {
@@ -150,13 +215,24 @@ pub fn spawn<K>(
                         state.failing = None;
                         state.absent = None;
                         match &event {
-                            watcher::Event::InitDone => state.synced = true,
-                            watcher::Event::Apply(o)
-                            | watcher::Event::Delete(o)
-                            | watcher::Event::InitApply(o) => {
+                            // The store is swapped whole here: a reader
+                            // that took `All` during the list read the old.
+                            watcher::Event::InitDone => {
+                                state.synced = true;
+                                state.touched = Touched::All;
+                            }
+                            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                                state.newest = state.newest.max(resource_version(o));
+                                let m = o.meta();
+                                state.touched.add(key_of(
+                                    m.namespace.as_deref(),
+                                    m.name.as_deref().unwrap_or_default(),
+                                ));
+                            }
+                            watcher::Event::InitApply(o) => {
                                 state.newest = state.newest.max(resource_version(o));
                             }
-                            watcher::Event::Init => {}
+                            watcher::Event::Init => state.touched = Touched::All,
                         }
                     }
                     Err(e) if not_served(&e) => {
@@ -186,4 +262,40 @@ pub fn spawn<K>(
             let _ = wake.try_send(());
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> Touched {
+        Touched::Keys(list.iter().map(|k| (*k).to_owned()).collect())
+    }
+
+    #[test]
+    fn touched_keys_join_and_give_way_to_all_past_the_most() {
+        assert_eq!(keys(&["a/x"]).join(keys(&["b/y"])), keys(&["a/x", "b/y"]));
+        assert_eq!(keys(&["a/x"]).join(Touched::All), Touched::All);
+        let mut many = keys(&[]);
+        for i in 0..Touched::MOST {
+            many.add(format!("n/{i}"));
+        }
+        assert!(matches!(&many, Touched::Keys(k) if k.len() == Touched::MOST));
+        assert_eq!(many.clone().join(keys(&["n/x"])), Touched::All);
+        many.add("n/x".into());
+        assert_eq!(many, Touched::All);
+    }
+
+    #[test]
+    fn taking_what_was_touched_starts_again_from_nothing() {
+        let states = States::default();
+        assert_eq!(states.take_touched(["pods"]), Touched::All, "never listed");
+        states.lock().entry("pods").or_default().touched = keys(&[]);
+        states.lock().entry("nodes").or_default().touched = keys(&[]);
+        if let Some(s) = states.lock().get_mut("pods") {
+            s.touched.add(key_of(Some("x"), "a"));
+        }
+        assert_eq!(states.take_touched(["pods", "nodes"]), keys(&["x/a"]));
+        assert_eq!(states.take_touched(["pods", "nodes"]), keys(&[]));
+    }
 }
