@@ -71,6 +71,18 @@ impl DirWatch {
     }
 }
 
+/// Closing an inotify descriptor waits for the kernel to free its watch
+/// (an SRCU grace period: milliseconds, more on an idle machine), and a
+/// waiter drops its watch just before it reports what it waited for:
+/// the close is left to a thread of its own, off the caller's clock.
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        if let Some(fd) = self.inotify.take() {
+            std::thread::spawn(move || drop(fd));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
