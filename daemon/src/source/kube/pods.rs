@@ -514,8 +514,10 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         /// A pod written (created or replaced): its key, uid, label,
-        /// address, creation minute, deleting, finished.
-        Put(u8, u8, u8, u8, u8, bool, bool),
+        /// address, a second address, creation minute, deleting,
+        /// finished, and a resourceVersion others share (so that only
+        /// the key breaks a tie).
+        Put(u8, u8, u8, u8, Option<u8>, u8, bool, bool, bool),
         /// Its node object written (of the pod's uid or another), or gone.
         Local(u8, Option<u8>, bool),
         Delete(u8),
@@ -523,15 +525,19 @@ mod tests {
         Touch(u8),
         /// A cgroup made or removed (by uid).
         Cgroup(u8),
-        /// A relist: the next reading is of everything.
+        /// A relist: every object in the stores replaced by an equal one
+        /// and no key named; the next reading is of everything.
         Relist,
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         use proptest::prelude::*;
         prop_oneof![
-            4 => (0u8..6, 0u8..4, 0u8..2, 0u8..4, 0u8..3, proptest::bool::weighted(0.2), proptest::bool::weighted(0.1))
-                .prop_map(|(k, u, l, ip, t, d, f)| Op::Put(k, u, l, ip, t, d, f)),
+            4 => (
+                (0u8..6, 0u8..4, 0u8..2, 0u8..4, proptest::option::weighted(0.3, 0u8..4)),
+                (0u8..3, proptest::bool::weighted(0.2), proptest::bool::weighted(0.1), proptest::bool::weighted(0.3)),
+            )
+                .prop_map(|((k, u, l, ip, ip2), (t, d, f, tie))| Op::Put(k, u, l, ip, ip2, t, d, f, tie)),
             2 => (0u8..6, proptest::option::weighted(0.8, 0u8..4), any::<bool>())
                 .prop_map(|(k, u, q)| Op::Local(k, u, q)),
             1 => (0u8..6).prop_map(Op::Delete),
@@ -544,7 +550,9 @@ mod tests {
     proptest::proptest! {
         /// Read by the keys the events named, the pods are those a reading
         /// of everything from nothing gives, after every batch of changes,
-        /// whatever the collisions; and a pod that did not change is the
+        /// whatever the collisions, ties and relists; each address a live
+        /// pod claims is held by its best ranked claimant alone (worked
+        /// out from the store here); and a pod that did not change is the
         /// last reading's object.
         #[test]
         fn a_reading_by_events_gives_what_a_reading_of_everything_gives(
@@ -559,11 +567,20 @@ mod tests {
                 for op in batch {
                     rv += 1;
                     match op {
-                        Op::Put(k, u, l, ip, t, deleting, finished) => {
+                        Op::Put(k, u, l, ip, ip2, t, deleting, finished, tie) => {
                             let mut p = (*api(&format!("u{u}"), &format!("n{}", k % 2), &format!("p{k}"),
                                 &l.to_string(), &format!("10.0.0.{ip}"),
-                                &format!("2026-12-02T00:0{t}:00Z"))).clone();
-                            p.metadata.resource_version = Some(rv.to_string());
+                                &format!("2026-12-02T00:0{}:00Z", if tie { 0 } else { t }))).clone();
+                            p.metadata.resource_version = Some(if tie { "1".into() } else { rv.to_string() });
+                            if let Some(ip2) = ip2 {
+                                let status = p.status.as_mut().unwrap();
+                                status.pod_ips = Some(
+                                    [format!("10.0.0.{ip}"), format!("10.0.0.{ip2}")]
+                                        .into_iter()
+                                        .map(|ip| k8s_openapi::api::core::v1::PodIP { ip })
+                                        .collect(),
+                                );
+                            }
                             if deleting {
                                 p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
                             }
@@ -598,7 +615,16 @@ mod tests {
                                 cgroups.insert(uid);
                             }
                         }
-                        Op::Relist => relist = true,
+                        Op::Relist => {
+                            let fresh = |m: &mut BTreeMap<String, Arc<ApiPod>>| {
+                                for p in m.values_mut() {
+                                    *p = Arc::new((**p).clone());
+                                }
+                            };
+                            fresh(&mut s.all);
+                            fresh(&mut s.local);
+                            relist = true;
+                        }
                     }
                 }
                 let locate = |uid: &str, qos: &str| {
@@ -611,6 +637,29 @@ mod tests {
                 let whole = fresh.read_with(&mut Pods::default(), true, &locate, &mut errors);
                 let values = |l: &[Arc<Pod>]| l.iter().map(|p| (**p).clone()).collect::<Vec<Pod>>();
                 proptest::prop_assert_eq!(values(&now), values(&whole));
+                // And what the holders should be, from the store alone:
+                // each address claimed by a live pod is held by the best
+                // ranked of its claimants, and by no other pod.
+                let mut best: BTreeMap<IpAddr, (&String, &Arc<ApiPod>)> = BTreeMap::new();
+                for (k, p) in s.all.iter().filter(|(_, p)| !objects::finished(p)) {
+                    for ip in objects::pod_ips(p) {
+                        match best.get(&ip) {
+                            Some((bk, bp)) if rank(bk, bp) > rank(k, p) => {}
+                            _ => {
+                                best.insert(ip, (k, p));
+                            }
+                        }
+                    }
+                }
+                let mut held: BTreeMap<IpAddr, String> = BTreeMap::new();
+                for p in &now {
+                    for ip in &p.ips {
+                        proptest::prop_assert!(held.insert(*ip, p.key()).is_none(), "{} held twice", ip);
+                    }
+                }
+                let should: BTreeMap<IpAddr, String> =
+                    best.into_iter().map(|(ip, (k, _))| (ip, k.clone())).collect();
+                proptest::prop_assert_eq!(held, should);
                 for p in &now {
                     if let Some(was) = last.iter().find(|w| ***w == **p) {
                         proptest::prop_assert!(Arc::ptr_eq(was, p), "{} made again as it was", p.key());
