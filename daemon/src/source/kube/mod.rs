@@ -41,7 +41,11 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use self::{access::Access, policies::Policies, watch::States};
+use self::{
+    access::Access,
+    policies::Policies,
+    watch::{States, Touched},
+};
 use super::{
     Reading, Source,
     objects::{self, ApiNamespace, ApiPod},
@@ -74,9 +78,9 @@ pub struct KubeSource {
     wake: Option<mpsc::Receiver<()>>,
     /// The last reading's pods, handed out again where they did not change.
     pods_made: pods::Pods,
-    /// The policy stores' event count at the last reading, and what it
-    /// gave: the policies and the errors of refused versions.
-    last_policies: Option<(u64, Vec<Arc<Policy>>, Vec<String>)>,
+    /// What the last reading of the policies gave: the policies and the
+    /// errors of refused versions.
+    last_policies: Option<(Vec<Arc<Policy>>, Vec<String>)>,
 }
 
 /// A client from `kubeconfig` when given, else as kubectl would find one
@@ -324,45 +328,56 @@ impl KubeSource {
 }
 
 impl KubeSource {
-    /// The events the watches of `names` have taken in, all told: each
-    /// count only grows, so the same sum means no event came. Read before
-    /// the stores: an event taken in after this is seen by the next
-    /// reading, whether or not this one's stores have it.
-    fn events<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> u64 {
-        let states = self.states.lock();
-        names
-            .into_iter()
-            .map(|name| states.get(name).map_or(0, |s| s.events))
-            .sum()
-    }
-
     /// Every policy's last good version, in key order, with the errors of
-    /// the versions refused. Where no policy store has taken an event
-    /// since the last reading, that reading's (its errors again; a refusal
-    /// is reported as an Event once, when first seen).
+    /// the versions refused. Only the objects the policy watches' events
+    /// named since the last reading are looked up (a kind's whole store
+    /// after its list); with none, the last reading's policies and errors
+    /// stand (a refusal is reported as an Event once, when first seen).
     fn policies(&mut self, errors: &mut Vec<String>) -> Vec<Arc<Policy>> {
-        let events = self.events(self.policy_stores.iter().map(|(a, _)| a.resource));
-        if let Some((seen, policies, refused)) = &self.last_policies
-            && *seen == events
-        {
+        let mut new_refusals = Vec::new();
+        let mut changed = false;
+        for (access, store) in &self.policy_stores {
+            match self.states.take_touched([access.resource]) {
+                Touched::Keys(keys) => {
+                    for name in keys {
+                        let (namespace, name_only) = name.split_once('/').unwrap_or(("", &name));
+                        let mut at = ObjectRef::new_with(name_only, dynamic(access));
+                        if !namespace.is_empty() {
+                            at = at.within(namespace);
+                        }
+                        let object = store.get(&at);
+                        self.policies.bring_one(
+                            access,
+                            &name,
+                            object.as_deref(),
+                            &mut new_refusals,
+                        );
+                        changed = true;
+                    }
+                }
+                Touched::All => {
+                    let objects = store.state();
+                    self.policies.bring_kind(
+                        access,
+                        objects.iter().map(|o| o.as_ref()),
+                        &mut new_refusals,
+                    );
+                    changed = true;
+                }
+            }
+        }
+        if !changed && let Some((policies, refused)) = &self.last_policies {
             errors.extend(refused.iter().cloned());
             return policies.clone();
         }
-        let objects: Vec<(Access, Arc<DynamicObject>)> = self
-            .policy_stores
-            .iter()
-            .flat_map(|(access, store)| store.state().into_iter().map(move |o| (*access, o)))
-            .collect();
-        let pass = self
-            .policies
-            .read(objects.iter().map(|(a, o)| (*a, o.as_ref())));
+        let pass = self.policies.pass(new_refusals);
         for refusal in &pass.new_refusals {
             events::report(&self.client, refusal, &self.options.node);
         }
         let mut policies = pass.policies;
         policies.sort_by_cached_key(|p| p.key());
         errors.extend(pass.errors.iter().cloned());
-        self.last_policies = Some((events, policies.clone(), pass.errors));
+        self.last_policies = Some((policies.clone(), pass.errors));
         policies
     }
 

@@ -6,9 +6,12 @@
 //! reported once, naming the field (and as an Event on the object).
 //!
 //! Parsing is cached by resourceVersion: a pass re-parses only what
-//! changed.
+//! changed, and through the watches' keys looks only at what may have.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use kube::core::DynamicObject;
 use serde_json::{Map, Value, json};
@@ -108,35 +111,98 @@ pub struct PassPolicies {
 }
 
 impl Policies {
+    /// Every policy object there is, of every kind: an object not among
+    /// them is gone.
     pub fn read<'a>(
         &mut self,
         objects: impl IntoIterator<Item = (Access, &'a DynamicObject)>,
     ) -> PassPolicies {
-        let mut out = PassPolicies {
-            policies: Vec::new(),
-            errors: Vec::new(),
-            new_refusals: Vec::new(),
-        };
-        let mut parsed = BTreeMap::new();
+        let mut new_refusals = Vec::new();
+        let mut seen = BTreeSet::new();
         for (access, o) in objects {
             let k = key(&access, o);
-            let rv = o.metadata.resource_version.clone().unwrap_or_default();
-            let outcome = match self.parsed.remove(&k) {
-                Some((old_rv, outcome)) if old_rv == rv => outcome,
-                _ => {
-                    let outcome = parse(&access, o).map(Arc::new);
-                    if let Err(r) = &outcome {
-                        out.new_refusals.push(Refusal::clone(r));
-                    }
-                    outcome
-                }
-            };
-            match &outcome {
-                Ok(p) => {
-                    self.last_good.insert(k.clone(), p.clone());
-                    out.policies.push(p.clone());
-                }
-                Err(r) => match self.last_good.get(&k) {
+            self.bring(&access, &k, Some(o), &mut new_refusals);
+            seen.insert(k);
+        }
+        self.keep(|k| seen.contains(k));
+        self.pass(new_refusals)
+    }
+
+    /// Every object of one kind there is: an object of the kind not among
+    /// them is gone. Refusals seen for the first time go to `new_refusals`.
+    pub fn bring_kind<'a>(
+        &mut self,
+        access: &Access,
+        objects: impl IntoIterator<Item = &'a DynamicObject>,
+        new_refusals: &mut Vec<Refusal>,
+    ) {
+        let mut seen = BTreeSet::new();
+        for o in objects {
+            let k = key(access, o);
+            self.bring(access, &k, Some(o), new_refusals);
+            seen.insert(k);
+        }
+        let kind = format!("{}/", access.resource);
+        self.keep(|k| !k.starts_with(&kind) || seen.contains(k));
+    }
+
+    /// One object, by its `namespace/name` in its kind's store, as the
+    /// store has it now (`None`: gone).
+    pub fn bring_one(
+        &mut self,
+        access: &Access,
+        name: &str,
+        object: Option<&DynamicObject>,
+        new_refusals: &mut Vec<Refusal>,
+    ) {
+        let k = format!("{}/{name}", access.resource);
+        self.bring(access, &k, object, new_refusals);
+    }
+
+    fn bring(
+        &mut self,
+        access: &Access,
+        k: &str,
+        object: Option<&DynamicObject>,
+        new_refusals: &mut Vec<Refusal>,
+    ) {
+        let Some(o) = object else {
+            // A deleted object takes its last good version with it.
+            self.parsed.remove(k);
+            self.last_good.remove(k);
+            return;
+        };
+        let rv = o.metadata.resource_version.clone().unwrap_or_default();
+        if self.parsed.get(k).is_some_and(|(old, _)| *old == rv) {
+            return;
+        }
+        let outcome = parse(access, o).map(Arc::new);
+        match &outcome {
+            Ok(p) => {
+                self.last_good.insert(k.to_owned(), p.clone());
+            }
+            Err(r) => new_refusals.push(Refusal::clone(r)),
+        }
+        self.parsed.insert(k.to_owned(), (rv, outcome));
+    }
+
+    fn keep(&mut self, wanted: impl Fn(&str) -> bool) {
+        self.parsed.retain(|k, _| wanted(k));
+        self.last_good.retain(|k, _| wanted(k));
+    }
+
+    /// The policies as the objects last brought stand: each one's parsed
+    /// or last good version, and the errors of every refused version.
+    pub fn pass(&self, new_refusals: Vec<Refusal>) -> PassPolicies {
+        let mut out = PassPolicies {
+            policies: Vec::with_capacity(self.parsed.len()),
+            errors: Vec::new(),
+            new_refusals,
+        };
+        for (k, (_, outcome)) in &self.parsed {
+            match outcome {
+                Ok(p) => out.policies.push(p.clone()),
+                Err(r) => match self.last_good.get(k) {
                     Some(good) => {
                         out.errors.push(format!(
                             "{} (its last good version stays in force)",
@@ -147,11 +213,7 @@ impl Policies {
                     None => out.errors.push(r.message.clone()),
                 },
             }
-            parsed.insert(k, (rv, outcome));
         }
-        // A deleted object takes its last good version with it.
-        self.last_good.retain(|k, _| parsed.contains_key(k));
-        self.parsed = parsed;
         out
     }
 }
@@ -248,6 +310,85 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    fn named(name: &str, rv: &str, spec: Value) -> DynamicObject {
+        let mut o = object(rv, spec);
+        o.metadata.name = Some(name.into());
+        o
+    }
+
+    /// Objects brought one by one, by the keys a watch named, or a kind
+    /// at a time, stand as a reading of every object from nothing does.
+    #[test]
+    fn bringing_what_changed_gives_what_reading_everything_gives() {
+        let open = json!({"podSelector": {}, "policyTypes": ["Ingress"]});
+        let bad = json!({"podSelector": {}, "bogus": 1});
+        let cluster: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "palisade.dev/v1alpha1",
+            "kind": "PalisadeClusterNetworkPolicy",
+            "metadata": {"name": "base", "resourceVersion": "9"},
+            "spec": {"priority": 10, "subject": {"namespaceSelector": {}},
+                     "ingress": [{"action": "Deny", "from": [{"namespaceSelector": {}}]}]},
+        }))
+        .unwrap();
+        let (a, b, c) = (
+            named("a", "1", open.clone()),
+            named("b", "2", open.clone()),
+            named("c", "3", bad.clone()),
+        );
+        let mut policies = Policies::default();
+        policies.read([
+            (NETWORK_POLICIES, &a),
+            (NETWORK_POLICIES, &b),
+            (NETWORK_POLICIES, &c),
+        ]);
+        // a refused in a new version (its last good stays), b deleted, c
+        // named but not changed, the cluster policy new.
+        let a2 = named("a", "4", bad.clone());
+        let mut refusals = Vec::new();
+        policies.bring_one(&NETWORK_POLICIES, "x/a", Some(&a2), &mut refusals);
+        policies.bring_one(&NETWORK_POLICIES, "x/b", None, &mut refusals);
+        policies.bring_one(&NETWORK_POLICIES, "x/c", Some(&c), &mut refusals);
+        policies.bring_one(
+            &PALISADE_CLUSTER_POLICIES,
+            "/base",
+            Some(&cluster),
+            &mut refusals,
+        );
+        assert_eq!(refusals.len(), 1, "a's new version only: {refusals:?}");
+        assert!(
+            !policies.last_good.contains_key("networkpolicies/x/b"),
+            "a deleted object takes its last good version with it"
+        );
+        let now = policies.pass(refusals);
+        let whole = Policies::default().read([
+            (NETWORK_POLICIES, &a2),
+            (NETWORK_POLICIES, &c),
+            (PALISADE_CLUSTER_POLICIES, &cluster),
+        ]);
+        let values =
+            |p: &PassPolicies| p.policies.iter().map(|p| (**p).clone()).collect::<Vec<_>>();
+        // The one difference: a's last good version, which only a reader
+        // that saw it can keep.
+        assert_eq!(now.policies.len(), 2);
+        assert_eq!(values(&now)[0], *policies.last_good["networkpolicies/x/a"]);
+        assert_eq!(values(&now)[1], values(&whole)[0], "the cluster policy");
+        assert!(now.errors[0].contains("last good") && now.errors[1].contains("bogus"));
+        assert_eq!(whole.errors.len(), 2);
+        // A relist of one kind: what it no longer lists is gone, the other
+        // kind's objects stay.
+        let mut refusals = Vec::new();
+        policies.bring_kind(&NETWORK_POLICIES, [&c], &mut refusals);
+        assert!(refusals.is_empty(), "c's version was refused once already");
+        let relisted = policies.pass(refusals);
+        let whole = Policies::default().read([
+            (NETWORK_POLICIES, &c),
+            (PALISADE_CLUSTER_POLICIES, &cluster),
+        ]);
+        assert_eq!(values(&relisted), values(&whole));
+        assert_eq!(relisted.errors, whole.errors);
+        assert!(!policies.last_good.contains_key("networkpolicies/x/a"));
     }
 
     #[test]

@@ -40,10 +40,6 @@ pub struct StreamState {
     pub failing: Option<Failing>,
     /// The newest resourceVersion of any object seen.
     pub newest: u64,
-    /// Events the store has taken in (a relist's too): a reading that
-    /// finds the count it last saw, read before the store, finds the
-    /// store as it was then.
-    pub events: u64,
     /// The objects the store has taken an event for since a reader last
     /// took them (see [`States::take_touched`]).
     pub touched: Touched,
@@ -211,7 +207,6 @@ pub fn spawn<K>(
                 let state = all.entry(name).or_default();
                 match item {
                     Ok(event) => {
-                        state.events += 1;
                         state.failing = None;
                         state.absent = None;
                         match &event {
