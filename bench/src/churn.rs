@@ -438,6 +438,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--replay-only") {
         return replay_only(quick);
     }
+    let via_kube = via_kube()?;
     anyhow::ensure!(
         nix_is_root(),
         "the churn bench needs root (network namespaces, bpffs, nft)"
@@ -498,7 +499,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     let local = scale.local;
     // The whole cluster in the API server before the daemon starts, as
     // the files are.
-    let feed = match via_kube() {
+    let feed = match via_kube {
         true => {
             let t = Instant::now();
             let mut feed = KubeFeed::start(&lab.node, &daemon_dir)?;
@@ -778,7 +779,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         tools: tools(),
         build: build(bin),
         daemon_flags,
-        via_kube: via_kube(),
+        via_kube,
         on_filters,
         scrapes,
     };
@@ -815,9 +816,17 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
 }
 
 /// `--via kube`: the daemon reads the Kubernetes source.
-fn via_kube() -> bool {
+fn via_kube() -> anyhow::Result<bool> {
     let args: Vec<String> = std::env::args().collect();
-    args.windows(2).any(|w| w[0] == "--via" && w[1] == "kube")
+    let Some(i) = args.iter().position(|a| a == "--via") else {
+        return Ok(false);
+    };
+    match args.get(i + 1).map(String::as_str) {
+        Some("kube") => Ok(true),
+        other => {
+            anyhow::bail!("--via takes `kube` (the daemon's Kubernetes source), not {other:?}")
+        }
+    }
 }
 
 /// The versions of the tools the deltas ran with.

@@ -35,7 +35,7 @@ use kube::{
     Api, Client,
     core::{ApiResource, DynamicObject},
     runtime::{
-        reflector::{ObjectRef, Store, store::Writer},
+        reflector::{Store, store::Writer},
         watcher,
     },
 };
@@ -296,21 +296,11 @@ impl KubeSource {
             .take_touched([access::PODS.resource, LOCAL_PODS]);
         let (pods, local_pods) = (&self.pods, &self.local_pods);
         let objects = |key: &str| {
-            let (namespace, name) = key.split_once('/').unwrap_or(("", key));
-            let mut at = ObjectRef::new(name);
-            if !namespace.is_empty() {
-                at = at.within(namespace);
-            }
+            let at = watch::object_ref(key, ());
             (pods.get(&at), local_pods.get(&at))
         };
         let all = || {
-            let key = |p: Arc<ApiPod>| {
-                let m = &p.metadata;
-                watch::key_of(
-                    m.namespace.as_deref(),
-                    m.name.as_deref().unwrap_or_default(),
-                )
-            };
+            let key = |p: Arc<ApiPod>| watch::key_of(p.as_ref());
             pods.state()
                 .into_iter()
                 .map(key)
@@ -340,12 +330,7 @@ impl KubeSource {
             match self.states.take_touched([access.resource]) {
                 Touched::Keys(keys) => {
                     for name in keys {
-                        let (namespace, name_only) = name.split_once('/').unwrap_or(("", &name));
-                        let mut at = ObjectRef::new_with(name_only, dynamic(access));
-                        if !namespace.is_empty() {
-                            at = at.within(namespace);
-                        }
-                        let object = store.get(&at);
+                        let object = store.get(&watch::object_ref(&name, dynamic(access)));
                         self.policies.bring_one(
                             access,
                             &name,

@@ -288,10 +288,7 @@ mod tests {
     }
 
     fn key(p: &ApiPod) -> String {
-        super::super::watch::key_of(
-            p.metadata.namespace.as_deref(),
-            p.metadata.name.as_deref().unwrap(),
-        )
+        super::super::watch::key_of(p)
     }
 
     /// The two stores, as the watches keep them, and the keys their

@@ -23,7 +23,12 @@ use std::{
 use futures_util::StreamExt as _;
 use kube::{
     Api, Resource,
-    runtime::{WatchStreamExt as _, reflector, reflector::store::Writer, utils::Backoff, watcher},
+    runtime::{
+        WatchStreamExt as _, reflector,
+        reflector::{Lookup, ObjectRef, store::Writer},
+        utils::Backoff,
+        watcher,
+    },
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -70,24 +75,34 @@ impl Touched {
     }
 
     /// Both stores' changes, as one.
-    pub fn join(self, other: Self) -> Self {
-        match (self, other) {
-            (Self::Keys(mut a), Self::Keys(b)) => {
-                a.extend(b);
-                if a.len() > Self::MOST {
-                    Self::All
-                } else {
-                    Self::Keys(a)
-                }
-            }
-            _ => Self::All,
+    pub fn join(mut self, other: Self) -> Self {
+        match other {
+            Self::Keys(keys) => keys.into_iter().for_each(|k| self.add(k)),
+            Self::All => self = Self::All,
         }
+        self
     }
 }
 
-/// An object's key as [`Touched`] names it.
-pub fn key_of(namespace: Option<&str>, name: &str) -> String {
-    format!("{}/{name}", namespace.unwrap_or_default())
+/// An object's key as [`Touched`] names it: `namespace/name`, the
+/// namespace empty for a cluster-scoped object.
+pub fn key_of<K: Resource>(o: &K) -> String {
+    let m = o.meta();
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The store reference of the object [`key_of`] named.
+pub fn object_ref<K: Lookup>(key: &str, dyntype: K::DynamicType) -> ObjectRef<K> {
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    let at = ObjectRef::new_with(name, dyntype);
+    match namespace {
+        "" => at,
+        namespace => at.within(namespace),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -218,11 +233,11 @@ pub fn spawn<K>(
                             }
                             watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
                                 state.newest = state.newest.max(resource_version(o));
-                                let m = o.meta();
-                                state.touched.add(key_of(
-                                    m.namespace.as_deref(),
-                                    m.name.as_deref().unwrap_or_default(),
-                                ));
+                                // No key is built for a store whose next
+                                // reader reads it whole anyway.
+                                if matches!(state.touched, Touched::Keys(_)) {
+                                    state.touched.add(key_of(o));
+                                }
                             }
                             watcher::Event::InitApply(o) => {
                                 state.newest = state.newest.max(resource_version(o));
@@ -288,7 +303,7 @@ mod tests {
         states.lock().entry("pods").or_default().touched = keys(&[]);
         states.lock().entry("nodes").or_default().touched = keys(&[]);
         if let Some(s) = states.lock().get_mut("pods") {
-            s.touched.add(key_of(Some("x"), "a"));
+            s.touched.add("x/a".into());
         }
         assert_eq!(states.take_touched(["pods", "nodes"]), keys(&["x/a"]));
         assert_eq!(states.take_touched(["pods", "nodes"]), keys(&[]));
