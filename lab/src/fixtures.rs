@@ -120,9 +120,8 @@ impl VethPair {
         block_on(async {
             let h = node.netlink()?;
             set_up(&h, 1).await?;
-            let (host, ph, eth0) = veth_into(&h, &host_if, &pod).await?;
+            let (host, ph, eth0) = veth_into(&h, &host_if, &pod, None).await?;
             add_address(&h, host, NODE_IP.into(), 24).await?;
-            set_up(&h, host).await?;
             add_address(&ph, eth0, POD_IP.into(), 24).await
         })?
         .context("building the veth pair")?;

@@ -9,11 +9,15 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use ipnet::IpNet;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::link::{InfoData, InfoVeth, LinkAttribute, State},
+};
 
 use crate::netns::Netns;
 use futures_util::TryStreamExt as _;
@@ -115,23 +119,76 @@ pub async fn add_address(h: &Handle, index: u32, ip: IpAddr, prefix: u8) -> anyh
         .with_context(|| format!("address {ip}/{prefix}"))
 }
 
-/// A veth whose peer is moved into `peer_ns` and renamed `eth0` there.
-/// Returns the node-side index and the peer's handle and index.
+/// A veth made with its peer already in `peer_ns`, named `eth0` there (then
+/// set up), and its node-side end `host` up and, given a `controller`, a port of
+/// it: one request, as a bridge CNI makes a pod's pair. Moving a made peer
+/// over instead costs the move's RCU grace period (about 20 ms here), under
+/// the routing lock. Returns the node-side index and the peer's handle and
+/// index.
 pub async fn veth_into(
     node: &Handle,
     host: &str,
     peer_ns: &Netns,
+    controller: Option<u32>,
 ) -> anyhow::Result<(u32, Handle, u32)> {
-    let peer = format!("{host}p");
+    // Not after duplicate address detection: `eth0` takes the namespace's
+    // defaults when it is made.
+    peer_ns.sysctl("ipv6/conf/default/accept_dad", "0")?;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name("eth0".to_owned())
+        .setns_by_fd(peer_ns.fd())
+        .build();
+    let mut pair = LinkVeth::new(host, "eth0")
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .up();
+    if let Some(controller) = controller {
+        pair = pair.controller(controller);
+    }
     node.link()
-        .add(LinkVeth::new(host, &peer).build())
+        .add(pair.build())
         .execute()
         .await
-        .with_context(|| format!("veth {host}"))?;
+        .with_context(|| format!("veth {host} into {}", peer_ns.name))?;
     let host_index = index_of(node, host).await?;
-    let (h, index) = move_link(node, &peer, peer_ns, "eth0").await?;
+    let h = peer_ns.netlink()?;
     set_up(&h, 1).await?;
+    // Not made up: the kernel opens it before the pair is joined (ENOTCONN).
+    let index = index_of(&h, "eth0").await?;
+    set_up(&h, index).await?;
+    operational(node, host_index).await?;
+    operational(&h, index).await?;
     Ok((host_index, h, index))
+}
+
+/// Waits for link `index` to be operationally up. Its carrier comes on
+/// with the peer's, but the kernel takes that up later, on a work queue
+/// behind the routing lock, and until then drops what is sent on it: a
+/// first ARP request lost there is asked again only a second later.
+async fn operational(handle: &Handle, index: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let link = handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await
+            .with_context(|| format!("looking up link {index}"))?
+            .ok_or_else(|| anyhow::anyhow!("no link {index}"))?;
+        if link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "link {index} not operationally up after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Moves link `name` from the namespace of `from` into `into`, renamed
@@ -206,9 +263,7 @@ impl Topology {
 
         if !plan.externals.is_empty() {
             let outside = Netns::new(&format!("{}-outside", plan.tag))?;
-            outside.sysctl("ipv6/conf/default/accept_dad", "0")?;
-            let (uplink, oh, eth0) = veth_into(&h, UPLINK, &outside).await?;
-            set_up(&h, uplink).await?;
+            let (uplink, oh, eth0) = veth_into(&h, UPLINK, &outside, None).await?;
             add_address(&h, uplink, UPLINK4.0.into(), 30).await?;
             add_address(&oh, eth0, UPLINK4.1.into(), 30).await?;
             add_address(&h, uplink, UPLINK6.0.into(), 126).await?;
@@ -243,17 +298,7 @@ impl Topology {
         let h = self.netlink.clone();
         let netns = Netns::new(&format!("{}-{key}", self.tag))?;
         let host = format!("lab{}", self.pods.len());
-        let (host_ifindex, ph, eth0) = veth_into(&h, &host, &netns).await?;
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(host_ifindex)
-                    .controller(self.bridge)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .with_context(|| format!("{host} into the bridge"))?;
+        let (_, ph, eth0) = veth_into(&h, &host, &netns, Some(self.bridge)).await?;
         for ip in ips {
             let net = self
                 .networks
