@@ -18,6 +18,10 @@
 //! Revision: the contents of `<dir>/.revision` when present (the lab writes
 //! it after the files, so "revision N in force" covers them), else a hash of
 //! every file's name and contents.
+//!
+//! A reading looks only at the files the directory's events named since the
+//! last one (`dir_events`), and at every file where those cannot vouch for
+//! the rest; both give the same reading (a test holds them to it).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,11 +29,12 @@ use std::{
     io::Read as _,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::{
     Reading, Source,
+    dir_events::{Changed, DirEvents},
     objects::{self, ApiNamespace, ApiPod},
 };
 use crate::identity::fnv1a_more;
@@ -71,7 +76,20 @@ pub struct FileSource {
     /// names (most changes) cannot make or end a duplicate, and finding
     /// them walks every object's key.
     left_out: Option<LeftOut>,
+    /// The directory's events since the last reading, by file name: a
+    /// reading looks at the files they name (and at refused ones), and
+    /// takes every other as it last read it. `None` without inotify.
+    events: Option<DirEvents>,
+    /// When a reading last looked at every file: one does at least every
+    /// [`LOOK_AT_EVERY_FILE`], whatever the events say.
+    looked_at_all: Option<Instant>,
+    /// The files refused whole by the last reading: read again by each.
+    refused: BTreeSet<PathBuf>,
 }
+
+/// How often a reading looks at every file even with the directory's
+/// events at hand: a safety net, at the cost of one `stat` per file.
+const LOOK_AT_EVERY_FILE: Duration = Duration::from_secs(10);
 
 /// The keys each file's definitions are left out under (see [`duplicates`]).
 type LeftOut = BTreeMap<PathBuf, BTreeSet<String>>;
@@ -295,12 +313,16 @@ fn read_document(
 
 impl FileSource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
         Self {
-            dir: dir.into(),
+            events: DirEvents::new(&dir),
+            dir,
             last_good: BTreeMap::new(),
             read: BTreeMap::new(),
             last: None,
             left_out: None,
+            looked_at_all: None,
+            refused: BTreeSet::new(),
         }
     }
 
@@ -319,14 +341,16 @@ pub fn source_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-        })
+        .filter(|p| is_source_file(p))
         .collect();
     files.sort();
     Ok(files)
+}
+
+fn is_source_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
 }
 
 impl FileSource {
@@ -413,9 +437,19 @@ impl FileSource {
     fn read_one(
         &mut self,
         path: &Path,
+        vouched: bool,
         total: &mut u64,
         errors: &mut Vec<String>,
     ) -> Result<bool, String> {
+        // Unchanged by the directory's events: as read, without a `stat`.
+        if vouched
+            && let Some(before) = self.read.get(path)
+            && *total + before.len as u64 <= MAX_SOURCE_BYTES
+        {
+            *total += before.len as u64;
+            errors.extend(before.errors.iter().cloned());
+            return Ok(false);
+        }
         let meta = fs::metadata(path).ok();
         if let (Some(meta), Some(before)) = (&meta, self.read.get(path))
             && before.unchanged(meta)
@@ -480,6 +514,48 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// The source files the directory's events named since the last
+    /// reading, or `None` where this reading must look at every file: the
+    /// first, one without the events, or one [`LOOK_AT_EVERY_FILE`] after
+    /// the last that did.
+    fn named_changes(&mut self) -> Option<BTreeSet<PathBuf>> {
+        let changed = self.events.as_mut().map_or(Changed::All, DirEvents::take);
+        let due = self.last.is_none()
+            || self
+                .looked_at_all
+                .is_none_or(|at| at.elapsed() >= LOOK_AT_EVERY_FILE);
+        match changed {
+            Changed::Names(names) if !due => Some(
+                names
+                    .into_iter()
+                    .map(|name| self.dir.join(name))
+                    .filter(|path| is_source_file(path))
+                    .collect(),
+            ),
+            _ => {
+                self.looked_at_all = Some(Instant::now());
+                None
+            }
+        }
+    }
+
+    /// The files the last reading listed, with the `named` ones that now
+    /// exist and without those that do not, in name order.
+    fn listed_with(&self, named: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
+        // In order already; the few others are put in their places (a file
+        // with objects but no read is a refused one).
+        let mut files: Vec<PathBuf> = self.read.keys().cloned().collect();
+        for path in self.refused.iter().chain(named) {
+            if let Err(at) = files.binary_search(path) {
+                files.insert(at, path.clone());
+            }
+        }
+        files.retain(|path| !named.contains(path) || fs::symlink_metadata(path).is_ok());
+        files
+    }
+}
+
 impl Source for FileSource {
     fn read(&mut self) -> Reading {
         let mut errors = Vec::new();
@@ -488,33 +564,57 @@ impl Source for FileSource {
         let written_revision = fs::read_to_string(self.dir.join(REVISION_FILE))
             .ok()
             .map(|r| r.trim().to_owned());
-        let files = match self.files() {
-            Ok(f) => f,
-            Err(e) => {
-                errors.push(format!(
-                    "{}: {e}; keeping the last good state",
-                    self.dir.display()
-                ));
-                self.last_good.keys().cloned().collect()
-            }
+        // After the revision, as the files are: every event of a file
+        // written before that revision is in the queue by now.
+        let named = self.named_changes();
+        let files = match &named {
+            Some(names) => self.listed_with(names),
+            None => match self.files() {
+                Ok(f) => f,
+                Err(e) => {
+                    errors.push(format!(
+                        "{}: {e}; keeping the last good state",
+                        self.dir.display()
+                    ));
+                    self.last_good.keys().cloned().collect()
+                }
+            },
         };
         // Every file's name and contents, for the fallback revision.
         let mut seen = crate::identity::fnv1a(&[]);
         let mut total = 0u64;
         let mut changed = self.last.is_none();
-        let listed: BTreeSet<&PathBuf> = files.iter().collect();
         let before = self.last_good.len();
-        self.last_good.retain(|p, _| listed.contains(p));
-        self.read.retain(|p, _| listed.contains(p));
+        match &named {
+            // Only a named file can have gone.
+            Some(names) => {
+                for path in names.iter().filter(|p| files.binary_search(p).is_err()) {
+                    self.last_good.remove(path);
+                    self.read.remove(path);
+                    self.refused.remove(path);
+                }
+            }
+            None => {
+                let listed: BTreeSet<&PathBuf> = files.iter().collect();
+                self.last_good.retain(|p, _| listed.contains(p));
+                self.read.retain(|p, _| listed.contains(p));
+                self.refused.retain(|p| listed.contains(p));
+            }
+        }
         if self.last_good.len() != before {
             changed = true;
             self.left_out = None;
         }
         for path in &files {
             seen = fnv1a_more(seen, path.to_string_lossy().as_bytes());
-            match self.read_one(path, &mut total, &mut errors) {
+            // A refused file has no read to take, so is read again.
+            let vouched = named.as_ref().is_some_and(|names| !names.contains(path));
+            match self.read_one(path, vouched, &mut total, &mut errors) {
                 Ok(file_changed) => {
                     changed |= file_changed;
+                    if !self.refused.is_empty() {
+                        self.refused.remove(path);
+                    }
                     let hash = self.read.get(path).map_or(0, |r| r.hash);
                     seen = fnv1a_more(seen, &hash.to_le_bytes());
                 }
@@ -524,6 +624,7 @@ impl Source for FileSource {
                     seen = fnv1a_more(seen, e.as_bytes());
                     // Read again next time, whatever its metadata says.
                     self.read.remove(path);
+                    self.refused.insert(path.clone());
                     let kept = self.last_good.contains_key(path);
                     errors.push(format!(
                         "{}: {e}; the file is refused whole{}",
@@ -663,6 +764,17 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// `text` written to `path`, its modification time then set to `at`.
+    fn write_dated(path: &Path, text: &str, at: SystemTime) {
+        fs::write(path, text).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
     }
 
     #[test]
@@ -993,15 +1105,7 @@ spec:
         let dir = temp_dir();
         let path = dir.join("cluster.yaml");
         let hour_ago = SystemTime::now() - Duration::from_secs(3600);
-        let write = |text: &str| {
-            fs::write(&path, text).unwrap();
-            fs::File::options()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_modified(hour_ago)
-                .unwrap();
-        };
+        let write = |text: &str| write_dated(&path, text, hour_ago);
         write(GOOD);
         let mut source = FileSource::new(&dir);
         let first = source.read();
@@ -1077,6 +1181,77 @@ spec:
         let r = source.read();
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(keys(&r), ["x/other"]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Readings that take the files the directory's events do not name as
+    /// they were read give what readings that look at every file give,
+    /// through writes in place and by rename, removals, broken and empty
+    /// files, files over the limit, rewrites that keep size and time, and
+    /// files that are not sources.
+    #[test]
+    fn readings_by_the_directory_s_events_give_what_looking_at_every_file_gives() {
+        let dir = temp_dir();
+        let mut by_events = FileSource::new(&dir);
+        if by_events.events.is_none() {
+            eprintln!("skipped: inotify unavailable");
+            return;
+        }
+        let mut every_file = FileSource {
+            events: None,
+            ..FileSource::new(&dir)
+        };
+        let texts = [
+            GOOD.to_owned(),
+            GOOD.replace("name: deny", "name: dent"),
+            GOOD.replace("labels: {pod: a}", "labels: {pod: b}"),
+            GOOD.replace("podSelector: {}", "podSelector: 7"),
+            GOOD.replace("name: a,", "name: c,")
+                .replace("10.244.0.1", "10.244.0.3"),
+            String::new(),
+            "x".repeat(usize::try_from(MAX_FILE_BYTES).unwrap() + 1),
+        ];
+        let names = ["a.yaml", "b.yml", "c.json", "notes.txt"];
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            usize::try_from(state % n as u64).unwrap()
+        };
+        for step in 0..400 {
+            let path = dir.join(names[next(names.len())]);
+            let text = &texts[next(texts.len())];
+            match next(4) {
+                0 => fs::write(&path, text).unwrap(),
+                1 => {
+                    let tmp = dir.join(".tmp");
+                    fs::write(&tmp, text).unwrap();
+                    fs::rename(&tmp, &path).unwrap();
+                }
+                2 => {
+                    let _ = fs::remove_file(&path);
+                }
+                _ => {
+                    // Same size, its time put back: only its change time
+                    // and the events tell.
+                    write_dated(&path, text, hour_ago);
+                }
+            }
+            if next(3) == 0 {
+                // Several changes before one reading.
+                continue;
+            }
+            let (a, b) = (by_events.read(), every_file.read());
+            assert_eq!(a.revision, b.revision, "step {step}");
+            assert_eq!(a.errors, b.errors, "step {step}");
+            assert_eq!(
+                format!("{:?}", a.snapshot),
+                format!("{:?}", b.snapshot),
+                "step {step}"
+            );
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 }

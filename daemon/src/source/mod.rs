@@ -5,6 +5,7 @@
 //! reflectors. Both read pods and namespaces as the API's own types
 //! (`objects`).
 
+mod dir_events;
 pub mod files;
 pub mod kube;
 pub mod objects;
