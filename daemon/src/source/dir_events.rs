@@ -1,9 +1,13 @@
 //! Which files of the file source's directory changed since the last
 //! reading, by name: an inotify instance of the reader's own, drained by
 //! each reading. The kernel queues a file's event inside the write, close,
-//! rename or unlink that makes it, so a reading that drains the queue
-//! after reading the revision file has the events of every file written
-//! before that revision. With those names a reading looks at the files
+//! rename or unlink made through the directory, so a reading that drains
+//! the queue after reading the revision file has the events of every file
+//! written that way before that revision. What changes a file without
+//! passing through the directory (a symbolic link's target, a write
+//! through another hard link or another machine's mount) has no event:
+//! the reader looks at every file where a listed file is a symbolic link,
+//! and every 10 s in any case. With those names a reading looks at the files
 //! named and takes the others as it last read them, instead of asking the
 //! kernel for every file's metadata (a `stat` and a few path comparisons
 //! each, hundreds of files: a millisecond or more of every pass).
@@ -33,6 +37,8 @@ pub struct DirEvents {
     inotify: Inotify,
     dir: PathBuf,
     watch: Option<WatchDescriptor>,
+    /// Whether a failure to set the watch was logged (once, not per pass).
+    told: bool,
 }
 
 impl DirEvents {
@@ -44,9 +50,12 @@ impl DirEvents {
                 inotify,
                 dir: dir.to_owned(),
                 watch: None,
+                told: false,
             }),
             Err(e) => {
-                tracing::debug!("inotify unavailable ({e}): the file source stats every file");
+                tracing::info!(
+                    "no inotify instance ({e}): each reading of the source looks at every file"
+                );
                 None
             }
         }
@@ -69,7 +78,17 @@ impl DirEvents {
                 | WatchMask::MOVED_TO
                 | WatchMask::DELETE_SELF
                 | WatchMask::MOVE_SELF;
-            self.watch = self.inotify.watches().add(&self.dir, mask).ok();
+            match self.inotify.watches().add(&self.dir, mask) {
+                Ok(watch) => self.watch = Some(watch),
+                Err(e) if !self.told => {
+                    tracing::info!(
+                        "no inotify watch on {} ({e}): each reading looks at every file",
+                        self.dir.display()
+                    );
+                    self.told = true;
+                }
+                Err(_) => {}
+            }
         }
         let mut names = BTreeSet::new();
         let mut buffer = [0u8; 4096];

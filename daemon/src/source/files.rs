@@ -85,6 +85,11 @@ pub struct FileSource {
     looked_at_all: Option<Instant>,
     /// The files refused whole by the last reading: read again by each.
     refused: BTreeSet<PathBuf>,
+    /// Whether a file or the directory itself is a symbolic link: what
+    /// it points to changes without an event in the directory (a
+    /// ConfigMap volume swaps its `..data` link), so while one is, every
+    /// reading looks at every file.
+    symlinked: bool,
 }
 
 /// How often a reading looks at every file even with the directory's
@@ -323,6 +328,7 @@ impl FileSource {
             left_out: None,
             looked_at_all: None,
             refused: BTreeSet::new(),
+            symlinked: false,
         }
     }
 
@@ -345,6 +351,10 @@ pub fn source_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 fn is_source_file(path: &Path) -> bool {
@@ -517,11 +527,14 @@ impl FileSource {
 impl FileSource {
     /// The source files the directory's events named since the last
     /// reading, or `None` where this reading must look at every file: the
-    /// first, one without the events, or one [`LOOK_AT_EVERY_FILE`] after
-    /// the last that did.
+    /// first; one without the events, or where they cannot vouch for the
+    /// files they do not name (see [`DirEvents::take`], and
+    /// [`Self::symlinked`]); one after a listing failed; the first
+    /// [`LOOK_AT_EVERY_FILE`] or more after the last that looked.
     fn named_changes(&mut self) -> Option<BTreeSet<PathBuf>> {
         let changed = self.events.as_mut().map_or(Changed::All, DirEvents::take);
         let due = self.last.is_none()
+            || self.symlinked
             || self
                 .looked_at_all
                 .is_none_or(|at| at.elapsed() >= LOOK_AT_EVERY_FILE);
@@ -542,16 +555,31 @@ impl FileSource {
 
     /// The files the last reading listed, with the `named` ones that now
     /// exist and without those that do not, in name order.
-    fn listed_with(&self, named: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
-        // In order already; the few others are put in their places (a file
-        // with objects but no read is a refused one).
+    fn listed_with(&mut self, named: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
+        // In order already; the few others are put in their places (the
+        // files listed without a read are the refused ones).
         let mut files: Vec<PathBuf> = self.read.keys().cloned().collect();
         for path in self.refused.iter().chain(named) {
             if let Err(at) = files.binary_search(path) {
                 files.insert(at, path.clone());
             }
         }
-        files.retain(|path| !named.contains(path) || fs::symlink_metadata(path).is_ok());
+        let mut symlinked = false;
+        files.retain(|path| {
+            if !named.contains(path) {
+                return true;
+            }
+            // Only a name that is not there is gone: one that cannot be
+            // looked at is refused by its reading, as a full one would.
+            match fs::symlink_metadata(path) {
+                Ok(meta) => {
+                    symlinked |= meta.file_type().is_symlink();
+                    true
+                }
+                Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+            }
+        });
+        self.symlinked |= symlinked;
         files
     }
 }
@@ -570,12 +598,18 @@ impl Source for FileSource {
         let files = match &named {
             Some(names) => self.listed_with(names),
             None => match self.files() {
-                Ok(f) => f,
+                Ok(f) => {
+                    self.symlinked = is_symlink(&self.dir) || f.iter().any(|p| is_symlink(p));
+                    f
+                }
                 Err(e) => {
                     errors.push(format!(
                         "{}: {e}; keeping the last good state",
                         self.dir.display()
                     ));
+                    // The events drained are lost with this listing: the
+                    // next reading looks at every file again.
+                    self.looked_at_all = None;
                     self.last_good.keys().cloned().collect()
                 }
             },
@@ -1187,8 +1221,9 @@ spec:
     /// Readings that take the files the directory's events do not name as
     /// they were read give what readings that look at every file give,
     /// through writes in place and by rename, removals, broken and empty
-    /// files, files over the limit, rewrites that keep size and time, and
-    /// files that are not sources.
+    /// files, files over the limit, rewrites that keep size and time,
+    /// files that are not sources, and symbolic links to files outside the
+    /// directory, whose targets change with no event in it.
     #[test]
     fn readings_by_the_directory_s_events_give_what_looking_at_every_file_gives() {
         let dir = temp_dir();
@@ -1212,6 +1247,8 @@ spec:
             "x".repeat(usize::try_from(MAX_FILE_BYTES).unwrap() + 1),
         ];
         let names = ["a.yaml", "b.yml", "c.json", "notes.txt"];
+        let targets = dir.with_extension("targets");
+        fs::create_dir_all(&targets).unwrap();
         let hour_ago = SystemTime::now() - Duration::from_secs(3600);
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = |n: usize| {
@@ -1223,8 +1260,15 @@ spec:
         for step in 0..400 {
             let path = dir.join(names[next(names.len())]);
             let text = &texts[next(texts.len())];
-            match next(4) {
+            // Symbolic links come late, so that most steps run without.
+            let target = targets.join(names[next(names.len())]);
+            match next(if step < 300 { 4 } else { 6 }) {
                 0 => fs::write(&path, text).unwrap(),
+                4 => {
+                    let _ = fs::remove_file(&path);
+                    std::os::unix::fs::symlink(&target, &path).unwrap();
+                }
+                5 => fs::write(&target, text).unwrap(),
                 1 => {
                     let tmp = dir.join(".tmp");
                     fs::write(&tmp, text).unwrap();
@@ -1253,5 +1297,6 @@ spec:
             );
         }
         let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&targets);
     }
 }
