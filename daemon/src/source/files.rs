@@ -80,8 +80,9 @@ pub struct FileSource {
     /// reading looks at the files they name (and at refused ones), and
     /// takes every other as it last read it. `None` without inotify.
     events: Option<DirEvents>,
-    /// When a reading last looked at every file: one does at least every
-    /// [`LOOK_AT_EVERY_FILE`], whatever the events say.
+    /// When a reading last looked at every file: the first reading
+    /// [`LOOK_AT_EVERY_FILE`] or more after it looks at every file again,
+    /// whatever the events say.
     looked_at_all: Option<Instant>,
     /// The files refused whole by the last reading: read again by each.
     refused: BTreeSet<PathBuf>,
