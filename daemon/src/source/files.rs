@@ -336,22 +336,31 @@ impl FileSource {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-
-    fn files(&self) -> Result<Vec<PathBuf>, std::io::Error> {
-        source_files(&self.dir)
-    }
 }
 
 /// The files of `dir` the file source reads (`*.yaml`, `*.yml`, `*.json`),
 /// in name order.
 pub fn source_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    Ok(listing(dir)?.0)
+}
+
+/// [`source_files`], and whether any of them is a symbolic link, told by
+/// the listing's own entry types (no call per file; an entry whose type
+/// cannot be told counts as one).
+fn listing(dir: &Path) -> Result<(Vec<PathBuf>, bool), std::io::Error> {
+    let mut symlinked = false;
     let mut files: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| is_source_file(p))
+        .filter_map(|e| {
+            let path = e.path();
+            is_source_file(&path).then(|| {
+                symlinked |= e.file_type().map_or(true, |t| t.is_symlink());
+                path
+            })
+        })
         .collect();
     files.sort();
-    Ok(files)
+    Ok((files, symlinked))
 }
 
 fn is_symlink(path: &Path) -> bool {
@@ -598,9 +607,9 @@ impl Source for FileSource {
         let named = self.named_changes();
         let files = match &named {
             Some(names) => self.listed_with(names),
-            None => match self.files() {
-                Ok(f) => {
-                    self.symlinked = is_symlink(&self.dir) || f.iter().any(|p| is_symlink(p));
+            None => match listing(&self.dir) {
+                Ok((f, symlinked)) => {
+                    self.symlinked = symlinked || is_symlink(&self.dir);
                     f
                 }
                 Err(e) => {
@@ -1299,5 +1308,21 @@ spec:
         }
         let _ = fs::remove_dir_all(&dir);
         let _ = fs::remove_dir_all(&targets);
+    }
+
+    /// A link found by the first look, which no event named, still makes
+    /// every reading look at every file: its target's change is seen.
+    #[test]
+    fn a_link_already_there_makes_every_reading_look_at_every_file() {
+        let dir = temp_dir();
+        let target = dir.with_extension("target.yaml");
+        fs::write(&target, GOOD).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("cluster.yaml")).unwrap();
+        let mut source = FileSource::new(&dir);
+        assert_eq!(source.read().snapshot.policies[0].name, "deny");
+        fs::write(&target, GOOD.replace("name: deny", "name: dent")).unwrap();
+        assert_eq!(source.read().snapshot.policies[0].name, "dent");
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_file(&target);
     }
 }
