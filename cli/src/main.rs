@@ -102,7 +102,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    // The lab's check helper opens nothing before its one operation.
+    // The daemon's TC filter helper, a child it started, and the lab's
+    // check helper open nothing before their work.
+    if let Some(code) = palisade::loader::filter_helper::main() {
+        return ExitCode::from(code);
+    }
     if let Some(code) = lab::check_helper() {
         return code;
     }

@@ -501,6 +501,39 @@ fn keeps_net_admin(s: &serde_json::Value) -> bool {
         .is_some_and(|k| k.iter().any(|c| c == "NET_ADMIN"))
 }
 
+/// The status's filter helper holds `CAP_NET_ADMIN` alone, as the
+/// status says and as its `/proc/<pid>/status` says, and is the
+/// daemon's child.
+fn helper_holds_net_admin_alone(s: &serde_json::Value, daemon_pid: u32) -> anyhow::Result<()> {
+    let helper = &s["tc_filter_helper"];
+    anyhow::ensure!(
+        helper["capabilities"] == serde_json::json!(["NET_ADMIN"]),
+        "the helper's capabilities: {s}"
+    );
+    let pid = helper["pid"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no helper pid: {s}"))?;
+    let held = palisade::node::capabilities::threads(&pid.to_string())?
+        .iter()
+        .fold(0, |m, (_, c)| m | c.held());
+    anyhow::ensure!(
+        held == 1 << palisade::node::capabilities::CAP_NET_ADMIN,
+        "helper {pid} holds {:?}",
+        palisade::node::capabilities::names(held)
+    );
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let parent = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    anyhow::ensure!(
+        parent == Some(daemon_pid),
+        "helper {pid}'s parent: {parent:?}"
+    );
+    Ok(())
+}
+
 fn tcx_or_skip() -> bool {
     let tcx = palisade::loader::features::Features::probe().tcx;
     if !tcx {
@@ -529,9 +562,10 @@ fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result
     daemon.write("policy.yaml", B_FROM_A)?;
     let s = commit_and_wait(&mut daemon)?;
     assert!(
-        keeps_net_admin(&s),
-        "filters need NET_ADMIN after start: {s}"
+        !keeps_net_admin(&s),
+        "the helper adds and removes the filters: {s}"
     );
+    helper_holds_net_admin_alone(&s, daemon.pid())?;
     assert_eq!(on_filters(&s).len(), 2, "on filters first: {s}");
     assert!(reaches(&lab, 0, 1)?, "a -> b allowed, on filters");
 
@@ -623,20 +657,19 @@ fn a_daemon_without_filters_first_removes_the_filters_left_to_it() -> anyhow::Re
     daemon.restart_with(&bin, &lab.node, Vec::new())?;
     let s = commit_and_wait(&mut daemon)?;
     assert!(on_filters(&s).is_empty(), "{s}");
-    assert!(
-        keeps_net_admin(&s),
-        "removing the filters needs NET_ADMIN: {s}"
-    );
+    assert!(!keeps_net_admin(&s), "the helper removed the filters: {s}");
+    helper_holds_net_admin_alone(&s, daemon.pid())?;
     for pod in 0..3 {
         on_links(&lab, &t, pod)?;
     }
     assert!(reaches(&lab, 0, 1)?, "a -> b allowed");
     assert!(!reaches(&lab, 2, 1)?, "c -> b denied");
 
-    // Nothing left to remove: the next start drops NET_ADMIN again.
+    // Nothing left to remove: the next start needs no helper.
     daemon.restart_with(&bin, &lab.node, Vec::new())?;
     let s = commit_and_wait(&mut daemon)?;
     assert!(!keeps_net_admin(&s), "{s}");
+    assert!(s["tc_filter_helper"].is_null(), "{s}");
     assert!(!reaches(&lab, 2, 1)?, "c -> b still denied");
     daemon.stop();
     let _ = fs::remove_dir_all(&dir);

@@ -78,7 +78,7 @@ pub enum TcHook {
 impl TcHook {
     pub const ALL: [Self; 2] = [Self::FromPod, Self::ToPod];
 
-    fn program(self) -> &'static str {
+    pub(crate) fn program(self) -> &'static str {
         match self {
             Self::FromPod => programs::TC_FROM_POD,
             Self::ToPod => programs::TC_TO_POD,
@@ -450,6 +450,22 @@ pub fn tc_link_job(
         .try_clone_to_owned()
         .map_err(AttachError::Interface)?;
     Ok(Some((fd, pins.link(&hook.pin_name(ifindex)))))
+}
+
+/// A descriptor of `hook`'s loaded program, for a process or thread of
+/// its own to attach.
+pub fn tc_program_fd(
+    object: &mut LoadedObject,
+    hook: TcHook,
+) -> Result<std::os::fd::OwnedFd, AttachError> {
+    use std::os::fd::AsFd as _;
+    let name = hook.program();
+    let prog: &mut SchedClassifier = program(object, name)?;
+    prog.fd()
+        .map_err(attach_error(name))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(AttachError::Interface)
 }
 
 /// Links `prog` to `hook` of `ifindex` as a TCX link after any other

@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod btf;
 pub mod features;
+pub mod filter_helper;
 pub mod layout;
 pub mod objects;
 pub mod sizes;

@@ -171,6 +171,19 @@ pub struct Status {
     /// What the daemon kept after start, and what it dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Capabilities>,
+    /// The child that adds and removes clsact filters for the daemon
+    /// (`loader::filter_helper`), while it works.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tc_filter_helper: Option<FilterHelperStatus>,
+}
+
+/// The TC filter helper as the status shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FilterHelperStatus {
+    pub pid: u32,
+    /// What it holds (effective or permitted), as read from
+    /// `/proc/<pid>/status` once it had started.
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -332,7 +345,7 @@ impl<S: Source> Agent<S> {
             filters_first: options.tc_filters_first,
             leftover_filters: leftover,
         };
-        let syncer = Syncer::start(
+        let mut syncer = Syncer::start(
             pins.clone(),
             sizes,
             &options.uplinks,
@@ -410,8 +423,23 @@ impl<S: Source> Agent<S> {
             },
         };
         let own_programs = lsm_programs();
+        // Before the drop: the helper holds what this process holds now.
+        match syncer.start_filter_helper() {
+            Ok(Some(pid)) => {
+                let held = capabilities::threads(&pid.to_string())
+                    .map(|t| capabilities::names(t.iter().fold(0, |m, (_, c)| m | c.held())))
+                    .unwrap_or_default();
+                tracing::info!(pid, "TC filter helper started, holding {}", held.join(", "));
+                status.tc_filter_helper = Some(FilterHelperStatus {
+                    pid,
+                    capabilities: held,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}: this process keeps CAP_NET_ADMIN for filters instead"),
+        }
         // Loaded, attached, bound: nothing after this needs more.
-        let links_only = syncer.features().tcx && !syncer.may_use_filters();
+        let links_only = syncer.features().tcx && !syncer.filters_need_net_admin();
         status.capabilities = Some(capabilities::drop_after_start(links_only));
         Ok(Self {
             source,
@@ -815,6 +843,11 @@ impl<S: Source> Agent<S> {
             },
             observed: reading.observed,
             capabilities: self.status.capabilities.clone(),
+            tc_filter_helper: self
+                .status
+                .tc_filter_helper
+                .clone()
+                .filter(|h| self.syncer.filter_helper() == Some(h.pid)),
         };
         let last = std::mem::replace(
             &mut *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()),

@@ -326,6 +326,16 @@ pub fn drop_after_start(links_only: bool) -> Capabilities {
     report
 }
 
+/// The TC filter helper's drop (`loader::filter_helper`): `CAP_NET_ADMIN`
+/// alone, for clsact filters over rtnetlink. A single thread, so the
+/// report covers the whole helper.
+pub fn drop_for_filter_helper() -> Capabilities {
+    drop_to(&[(
+        CAP_NET_ADMIN,
+        "clsact filters onto and off new veths for the daemon, which holds no capability",
+    )])
+}
+
 /// Lowers the calling thread to `needs` (number, why) and reads back what
 /// every thread holds.
 fn drop_to(needs: &[(u32, &str)]) -> Capabilities {

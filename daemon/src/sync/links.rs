@@ -35,7 +35,10 @@ use super::{
 };
 use crate::{
     compile::desired::Desired,
-    loader::attach::{self, TcHook},
+    loader::{
+        attach::{self, TcHook},
+        filter_helper::FilterHelper,
+    },
 };
 
 /// How a veth's two TC programs are attached.
@@ -93,9 +96,10 @@ pub(super) fn attach_new(
         }
         // Per hook: a pinned link is updated in place (no wait), so a veth
         // a daemon left half moved keeps the hook it had linked.
+        let filters_first = syncer.filters_first();
         let linked = TcHook::ALL.map(|hook| {
             syncer.features.tcx
-                && (!syncer.tc.filters_first || attach::tc_link_pinned(&syncer.pins, ifindex, hook))
+                && (!filters_first || attach::tc_link_pinned(&syncer.pins, ifindex, hook))
         });
         // A filter a daemon left behind a link would judge every packet
         // again: it goes once the link is in place.
@@ -105,17 +109,22 @@ pub(super) fn attach_new(
         // A filter that stayed behind its link: the veth is kept as on
         // filters whose move failed, so the move removes it later.
         let mut filter_stayed = false;
+        let helper = syncer.filter_helper.clone();
         for (hook, link) in TcHook::ALL.into_iter().zip(linked) {
-            if let Err(e) =
-                attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, link)
-            {
-                failed.push(format!("attaching to ifindex {ifindex}: {e}"));
+            let attached = match &helper {
+                Some(helper) if !link => helper.attach(ifindex, hook).map(drop),
+                _ => attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, link)
+                    .map(drop)
+                    .map_err(|e| format!("attaching to ifindex {ifindex}: {e}")),
+            };
+            if let Err(e) = attached {
+                failed.push(e);
             } else if link
                 && clear_filters
-                && let Err(e) = attach::detach_clsact_hook(ifindex, hook)
+                && let Err(e) = filter_off(helper.as_deref(), ifindex, hook)
             {
                 filter_stayed = true;
-                report.attach_errors.push(e.to_string());
+                report.attach_errors.push(e);
             }
         }
         if failed.is_empty() {
@@ -162,7 +171,16 @@ pub(super) fn link_ahead(syncer: &mut Syncer, veths: impl IntoIterator<Item = u3
 /// kernel, without `--tc-filters-first`, and not for a veth whose links
 /// failed there (those are attached in the pass).
 fn may_link_aside(syncer: &Syncer, ifindex: u32) -> bool {
-    syncer.features.tcx && !syncer.tc.filters_first && !syncer.link_failed.contains(&ifindex)
+    syncer.features.tcx && !syncer.filters_first() && !syncer.link_failed.contains(&ifindex)
+}
+
+/// Takes Palisade's clsact filter of `hook` off `ifindex`, through the
+/// filter helper where there is one; whether there was a filter.
+fn filter_off(helper: Option<&FilterHelper>, ifindex: u32, hook: TcHook) -> Result<bool, String> {
+    match helper {
+        Some(helper) => helper.detach(ifindex, hook),
+        None => attach::detach_clsact_hook(ifindex, hook).map_err(|e| e.to_string()),
+    }
 }
 
 /// Hands the links of `ifindex` to the attach thread, started on first
@@ -267,10 +285,12 @@ pub(super) fn detach_unheld(syncer: &mut Syncer, desired: &Desired<'_>, report: 
         if let Err(e) = attach::detach_tc(&syncer.pins, ifindex) {
             report.attach_errors.push(e.to_string());
         }
-        if matches!(syncer.attached.get(&ifindex), Some(Via::Filters { .. }))
-            && let Err(e) = attach::detach_clsact(ifindex)
-        {
-            report.attach_errors.push(e.to_string());
+        if matches!(syncer.attached.get(&ifindex), Some(Via::Filters { .. })) {
+            for hook in TcHook::ALL {
+                if let Err(e) = filter_off(syncer.filter_helper.as_deref(), ifindex, hook) {
+                    report.attach_errors.push(e);
+                }
+            }
         }
         syncer.attached.remove(&ifindex);
     }
@@ -360,15 +380,17 @@ pub(super) fn start_move(syncer: &mut Syncer, ifindex: u32) -> Result<bool, Stri
         }
     }
     let ended = syncer.ended.clone();
+    let helper = syncer.filter_helper.clone();
     let (sent, done) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name(format!("move-{ifindex}"))
         .spawn(move || {
             let moved = jobs.iter().try_for_each(|(hook, job)| {
                 if let Some((prog, path)) = job {
-                    attach::link_and_pin(prog.as_fd(), ifindex, *hook, path)?;
+                    attach::link_and_pin(prog.as_fd(), ifindex, *hook, path)
+                        .map_err(|e| e.to_string())?;
                 }
-                attach::detach_clsact_hook(ifindex, *hook).map(|_| ())
+                filter_off(helper.as_deref(), ifindex, *hook).map(drop)
             });
             let moved = moved.map_err(|e| format!("moving ifindex {ifindex} to TCX links: {e}"));
             // How it went first, then the wake-up: the loop finds it.

@@ -58,7 +58,8 @@ use crate::{
     loader::features::Features,
     loader::{
         self, LoadError, Loaded, LsmObject,
-        attach::{self, AttachError},
+        attach::{self, AttachError, TcHook},
+        filter_helper::FilterHelper,
         sizes::MapSizes,
     },
     observe::programs::LsmPrograms,
@@ -167,6 +168,9 @@ pub struct Syncer {
     ended: std::sync::Arc<tokio::sync::Notify>,
     /// Veths whose links failed on the attach thread: attached in the pass.
     link_failed: BTreeSet<u32>,
+    /// The process that adds and removes clsact filters for this one on a
+    /// TCX kernel, once started ([`Syncer::start_filter_helper`]).
+    filter_helper: Option<std::sync::Arc<FilterHelper>>,
 }
 
 /// What the syncer does with clsact filters where the kernel has TCX.
@@ -237,6 +241,7 @@ impl Syncer {
             made_errors: Vec::new(),
             ended: Default::default(),
             link_failed: BTreeSet::new(),
+            filter_helper: None,
         })
     }
 
@@ -319,6 +324,53 @@ impl Syncer {
     /// which needs `CAP_NET_ADMIN`.
     pub fn may_use_filters(&self) -> bool {
         self.tc.filters_first || !self.tc.leftover_filters.is_empty()
+    }
+
+    /// Whether this process itself needs `CAP_NET_ADMIN` after start for
+    /// filters on a TCX kernel: it may use them, and no filter helper does
+    /// it for this process.
+    pub fn filters_need_net_admin(&self) -> bool {
+        self.may_use_filters() && self.filter_helper.is_none()
+    }
+
+    /// Starts the filter helper (`loader::filter_helper`) where this
+    /// syncer may add or remove clsact filters on a TCX kernel, and checks
+    /// that it answers with the capability rtnetlink asks for. Call it
+    /// before the daemon drops its capabilities. `Ok(None)` where no
+    /// helper is wanted; an error where it could not start, and the
+    /// daemon then keeps `CAP_NET_ADMIN` itself.
+    pub fn start_filter_helper(&mut self) -> Result<Option<u32>, String> {
+        if !self.features.tcx || !self.may_use_filters() {
+            return Ok(None);
+        }
+        let mut fd =
+            |hook| attach::tc_program_fd(&mut self.loaded.tc, hook).map_err(|e| e.to_string());
+        let programs = [fd(TcHook::FromPod)?, fd(TcHook::ToPod)?];
+        let helper = FilterHelper::spawn(programs)
+            .map_err(|e| format!("starting the TC filter helper: {e}"))?;
+        // Interface 0 is none: a request for it is refused for that
+        // (ENODEV, taken as no filter) only once rtnetlink found the
+        // capability (EPERM otherwise).
+        helper
+            .detach(0, TcHook::FromPod)
+            .map_err(|e| format!("the TC filter helper's first request: {e}"))?;
+        let pid = helper.pid();
+        self.filter_helper = Some(std::sync::Arc::new(helper));
+        Ok(Some(pid))
+    }
+
+    /// The filter helper's process, while it works.
+    pub fn filter_helper(&self) -> Option<u32> {
+        self.filter_helper
+            .as_ref()
+            .filter(|h| h.working())
+            .map(|h| h.pid())
+    }
+
+    /// Whether new veths get clsact filters first: asked for, and either
+    /// a working helper or this process's own capability to add them.
+    fn filters_first(&self) -> bool {
+        self.tc.filters_first && self.filter_helper.as_ref().is_none_or(|h| h.working())
     }
 
     /// Veths (ifindex) whose TC programs are clsact filters: on a kernel
