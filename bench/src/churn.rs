@@ -14,8 +14,8 @@
 //! --noflush`, each in a throwaway network namespace
 //! (`churn/firewall.rs`). Also the daemon's start, cold and warm, its
 //! peak RSS and its maps' memory, and where a pass's time goes. Written to
-//! `churn.md` and `churn.csv` (`churn-tc-filters-first.*` for a run with
-//! `--tc-filters-first`, passed on to the daemon); the last line is the
+//! `churn.md` and `churn.csv` (`churn-tc-links-only.*` for a run with
+//! `--tc-links-only`, passed on to the daemon); the last line is the
 //! `churn:` line. With `--via kube` the daemon reads the same cluster
 //! through its Kubernetes source from the lab's test API server instead
 //! (`churn-kube.*`): each change is the API writes of the files changed,
@@ -486,10 +486,11 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     let pins =
         Path::new(palisade::paths::BPFFS).join(format!("palisade-churn-{}", std::process::id()));
     let _ = fs::remove_dir_all(&pins);
-    // `--tc-filters-first` is passed on to the daemon: new veths on clsact
-    // filters, moved to TCX links when idle.
+    // `--tc-links-only` is passed on to the daemon: new veths get TCX
+    // links at once, where by default they get clsact filters from its
+    // helper and move to links when it is idle.
     let daemon_flags: Vec<String> = std::env::args()
-        .filter(|a| a == "--tc-filters-first")
+        .filter(|a| a == "--tc-links-only")
         .collect();
     let args = DaemonArgs {
         resync_ms: RESYNC_MS,
@@ -743,9 +744,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
     let on_filters = d.enforcer.status()?["tc_filters"]
         .as_array()
         .map_or(0, Vec::len);
-    if !daemon_flags.is_empty() {
-        println!("  veths still on clsact filters at the end: {on_filters}");
-    }
+    println!("  veths still on clsact filters at the end: {on_filters}");
     let end_rss = process::peak_rss(d.enforcer.pid())?;
     let (maps, maps_bytes) = process::map_memory(d.enforcer.pid())?;
     // The replay has the machine to itself: no daemon, no resync.

@@ -619,7 +619,7 @@ palisade-bench: figures and ratios, no assertions (root, bpffs)
   --in-force BIN                  change to in force, through the daemon BIN
   --peers BIN [--out DIR] [--quick [--only PEER,...]]
                                   the whole path against nftables and iptables (make bench-peers)
-  --churn BIN [--out DIR] [--quick] [--tc-filters-first] [--via kube] [--scrape-every MS]
+  --churn BIN [--out DIR] [--quick] [--tc-links-only] [--via kube] [--scrape-every MS]
                                   policy churn at 10,000 pods (make bench-churn)
   --churn BIN --replay-only [--replays N]
                                   the churn's changes through the source and compiler alone
@@ -641,7 +641,7 @@ const FLAGS: &[&str] = &[
     "--out",
     "--only",
     "--churn",
-    "--tc-filters-first",
+    "--tc-links-only",
     "--via",
     "--scrape-every",
     "--replay-only",

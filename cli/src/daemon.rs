@@ -89,14 +89,17 @@ pub struct Args {
     /// traffic included.
     #[arg(long = "deny-cidr", value_name = "CIDR")]
     deny_cidrs: Vec<ipnet::IpNet>,
-    /// Where the kernel has TCX: a new pod's veth gets clsact filters
+    /// Where the kernel has TCX, a new pod's veth gets clsact filters
     /// first (0.1 ms a veth, against 24 ms for two TCX links, which each
-    /// wait for an RCU grace period), and moves to TCX links once the
-    /// daemon is idle. The daemon then keeps CAP_NET_ADMIN after start.
+    /// wait for an RCU grace period), added by a child process that keeps
+    /// CAP_NET_ADMIN alone (the daemon keeps none), and moves to TCX links
+    /// once the daemon is idle. With this flag a new veth gets its TCX
+    /// links at once, and no helper is started (but to remove filters an
+    /// earlier daemon left).
     #[arg(long)]
-    tc_filters_first: bool,
-    /// With --tc-filters-first: how long the daemon waits with nothing to
-    /// do before it moves a veth to TCX links (tests lengthen it).
+    tc_links_only: bool,
+    /// How long the daemon waits with nothing to do before it moves a
+    /// veth from filters to TCX links (tests lengthen it).
     #[arg(long, default_value_t = 200, hide = true)]
     tc_move_when_idle_ms: u64,
     /// Honour a Pod's `palisade.dev/source-check: "off"` and
@@ -133,7 +136,7 @@ pub fn run(args: Args, pins: &PinDir, sizes: &MapSizes) -> anyhow::Result<()> {
             uplinks,
             follow_default_routes,
             deny_cidrs: args.deny_cidrs,
-            tc_filters_first: args.tc_filters_first,
+            tc_filters_first: !args.tc_links_only,
             tc_move_when_idle: Duration::from_millis(args.tc_move_when_idle_ms),
             allow_source_check_opt_out: args.allow_source_check_opt_out,
         };

@@ -542,12 +542,13 @@ fn tcx_or_skip() -> bool {
     tcx
 }
 
-/// With `--tc-filters-first` on a TCX kernel a new veth is enforced by
-/// clsact filters from the pass that finds it and, once the daemon is
-/// idle, by pinned TCX links instead, with no filter left; the policy's
-/// verdicts and the quarantine are the same before and after.
+/// On a TCX kernel a new veth is enforced by clsact filters, added by the
+/// daemon's filter helper, from the pass that finds it and, once the
+/// daemon is idle, by pinned TCX links instead, with no filter left; the
+/// policy's verdicts and the quarantine are the same before and after.
+/// The daemon keeps no capability; the helper `CAP_NET_ADMIN` alone.
 #[test]
-fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result<()> {
+fn a_new_veth_gets_filters_from_the_helper_then_moves_to_links() -> anyhow::Result<()> {
     if !tcx_or_skip() {
         return Ok(());
     }
@@ -556,7 +557,7 @@ fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result
     let dir = std::env::temp_dir().join(unique("palisade-filters-first-"));
     let _listeners = listen_in_every_pod(&lab)?;
     // Idle 1.5 s before a move: far more than a status poll can miss.
-    let flags = ["--tc-filters-first", "--tc-move-when-idle-ms", "1500"];
+    let flags = ["--tc-move-when-idle-ms", "1500"];
     let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
     daemon.write("cluster.yaml", &cluster(&lab))?;
     daemon.write("policy.yaml", B_FROM_A)?;
@@ -633,11 +634,60 @@ fn with_filters_first_a_new_veth_moves_from_filters_to_links() -> anyhow::Result
     Ok(())
 }
 
-/// A daemon started without `--tc-filters-first` on veths one with it
-/// left on filters: it links them and removes the filters (keeping
-/// `CAP_NET_ADMIN` for that run only), and the verdicts hold.
+/// A filter helper that stops (killed here) is not asked again: a veth
+/// that appears later gets its TCX links in the pass that finds it, is
+/// enforced, and carries no filter; the status no longer lists a helper.
 #[test]
-fn a_daemon_without_filters_first_removes_the_filters_left_to_it() -> anyhow::Result<()> {
+fn when_the_filter_helper_stops_new_veths_get_links() -> anyhow::Result<()> {
+    if !tcx_or_skip() {
+        return Ok(());
+    }
+    let t = TempPins::new()?;
+    let mut lab = BridgeLab::new(2)?;
+    let dir = std::env::temp_dir().join(unique("palisade-helper-stops-"));
+    let _listeners = listen_in_every_pod(&lab)?;
+    let flags = ["--tc-move-when-idle-ms", "600000"];
+    let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    daemon.write("policy.yaml", B_FROM_A)?;
+    let s = commit_and_wait(&mut daemon)?;
+    assert_eq!(on_filters(&s).len(), 2, "{s}");
+    let helper = s["tc_filter_helper"]["pid"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no helper: {s}"))?;
+    let helper = nix::unistd::Pid::from_raw(i32::try_from(helper)?);
+    nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGKILL)?;
+
+    lab.add_pod()?;
+    let _late = in_netns(&lab.pods[2].netns, || {
+        TcpListener::bind((lab.pods[2].ip, PORT))
+    })??;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    let s = commit_and_wait(&mut daemon)?;
+    assert!(s["tc_filter_helper"].is_null(), "{s}");
+    assert!(
+        s["errors"].as_array().is_some_and(Vec::is_empty),
+        "no error: the new veth was linked instead: {s}"
+    );
+    on_links(&lab, &t, 2)?;
+    assert_eq!(
+        on_filters(&s).len(),
+        2,
+        "the first two stay on filters: {s}"
+    );
+    assert!(reaches(&lab, 2, 0)?, "c -> a allowed (a is unselected)");
+    assert!(!reaches(&lab, 2, 1)?, "c -> b denied, on links");
+    assert!(reaches(&lab, 0, 1)?, "a -> b allowed, on filters");
+    daemon.stop();
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A daemon started with `--tc-links-only` on veths an earlier daemon
+/// left on filters: it links them and has its filter helper remove the
+/// filters (a helper for that run only), and the verdicts hold.
+#[test]
+fn a_links_only_daemon_removes_the_filters_left_to_it() -> anyhow::Result<()> {
     if !tcx_or_skip() {
         return Ok(());
     }
@@ -646,7 +696,7 @@ fn a_daemon_without_filters_first_removes_the_filters_left_to_it() -> anyhow::Re
     let dir = std::env::temp_dir().join(unique("palisade-filters-left-"));
     let _listeners = listen_in_every_pod(&lab)?;
     // Never idle long enough to move: every veth stays on filters.
-    let flags = ["--tc-filters-first", "--tc-move-when-idle-ms", "600000"];
+    let flags = ["--tc-move-when-idle-ms", "600000"];
     let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
     daemon.write("cluster.yaml", &cluster(&lab))?;
     daemon.write("policy.yaml", B_FROM_A)?;
@@ -654,7 +704,8 @@ fn a_daemon_without_filters_first_removes_the_filters_left_to_it() -> anyhow::Re
     assert_eq!(on_filters(&s).len(), 3, "{s}");
 
     let bin = palisade_tests::palisade_bin()?;
-    daemon.restart_with(&bin, &lab.node, Vec::new())?;
+    let links_only = vec!["--tc-links-only".to_owned()];
+    daemon.restart_with(&bin, &lab.node, links_only.clone())?;
     let s = commit_and_wait(&mut daemon)?;
     assert!(on_filters(&s).is_empty(), "{s}");
     assert!(!keeps_net_admin(&s), "the helper removed the filters: {s}");
@@ -666,7 +717,7 @@ fn a_daemon_without_filters_first_removes_the_filters_left_to_it() -> anyhow::Re
     assert!(!reaches(&lab, 2, 1)?, "c -> b denied");
 
     // Nothing left to remove: the next start needs no helper.
-    daemon.restart_with(&bin, &lab.node, Vec::new())?;
+    daemon.restart_with(&bin, &lab.node, links_only)?;
     let s = commit_and_wait(&mut daemon)?;
     assert!(!keeps_net_admin(&s), "{s}");
     assert!(s["tc_filter_helper"].is_null(), "{s}");
@@ -691,7 +742,7 @@ fn with_filters(lab: &BridgeLab) -> anyhow::Result<Vec<String>> {
 }
 
 /// `palisade unload` with no interface named finds the veths a daemon left
-/// on clsact filters (a `--tc-filters-first` daemon's unmoved ones, or any
+/// on clsact filters (on a TCX kernel those not yet moved to links, or any
 /// veth on a kernel without TCX) and removes the filters, with the pinned
 /// links: enforcement outlives the daemon, and ends with the unload.
 #[test]
@@ -703,7 +754,7 @@ fn unload_finds_and_removes_the_filters_a_daemon_left() -> anyhow::Result<()> {
     // Never idle long enough to move: every veth stays on filters.
     let tcx = palisade::loader::features::Features::probe().tcx;
     let flags: &[&str] = if tcx {
-        &["--tc-filters-first", "--tc-move-when-idle-ms", "600000"]
+        &["--tc-move-when-idle-ms", "600000"]
     } else {
         &[]
     };

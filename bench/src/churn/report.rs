@@ -310,7 +310,10 @@ pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String 
         m.commit,
         m.seconds,
         if run.daemon_flags.is_empty() {
-            String::new()
+            format!(
+                " {} veths were still on clsact filters when the changes ended.",
+                run.on_filters
+            )
         } else {
             format!(
                 " The daemon ran with `{}`; {} veths were still on clsact filters when the changes ended.",
@@ -450,7 +453,7 @@ fn where_the_time_goes(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> 
     if let Some(a) = &run.tcx_attach {
         let _ = writeln!(
             t,
-            "A local pod's veth gets Palisade's two TC programs before anything of its pod is enforced. Timed on their own before the run (no daemon, no lab yet), on {} fresh bridge ports of a throwaway lab node each way, taken in turn: {:.1} ms a TCX link, {:.1} ms a veth's two; {:.2} ms a veth's clsact qdisc and two filters (medians). The kernel creates each TCX link under its routing lock and then waits for an RCU grace period before the new program list is used (`tcx_entry_sync`), so the two links of a veth cannot overlap. With TCX links (the default) that wait is in every local pod added, in the pass that quarantines its veth or the one that places it; with `--tc-filters-first` the veth gets filters, and the wait comes later, when the daemon is idle and moves it to links.\n",
+            "A local pod's veth gets Palisade's two TC programs before anything of its pod is enforced. Timed on their own before the run (no daemon, no lab yet), on {} fresh bridge ports of a throwaway lab node each way, taken in turn: {:.1} ms a TCX link, {:.1} ms a veth's two; {:.2} ms a veth's clsact qdisc and two filters (medians). The kernel creates each TCX link under its routing lock and then waits for an RCU grace period before the new program list is used (`tcx_entry_sync`), so the two links of a veth cannot overlap. By default the veth gets filters, added by the daemon's filter helper, and the wait comes later, when the daemon is idle and moves it to links; with `--tc-links-only` that wait is in every local pod added, in the pass that quarantines its veth or the one that places it.\n",
             a.veths, a.link_ms, a.veth_ms, a.clsact_veth_ms
         );
     }

@@ -36,7 +36,8 @@ use std::{
 
 use rtnetlink::{
     packet_core::{
-        NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
+        NetlinkPayload,
     },
     packet_route::{
         RouteNetlinkMessage,
@@ -392,11 +393,7 @@ fn filter_request(
     let mut message = TcMessage::default();
     message.header.index = i32::try_from(ifindex).map_err(|_| libc::EINVAL)?;
     message.header.handle = TcHandle::from(CLSACT_HANDLE);
-    // TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS or TC_H_MIN_EGRESS).
-    message.header.parent = TcHandle::from(match hook {
-        TcHook::FromPod => 0xFFFF_FFF2,
-        TcHook::ToPod => 0xFFFF_FFF3,
-    });
+    message.header.parent = TcHandle::from(parent(hook));
     // The priority above, and every protocol (ETH_P_ALL, network order).
     message.header.info = u32::from(CLSACT_PRIORITY) << 16 | u32::from(0x0003u16.to_be());
     let fd = u32::try_from(program.as_raw_fd()).map_err(|_| libc::EBADF)?;
@@ -410,6 +407,48 @@ fn filter_request(
     ];
     let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficFilter(message));
     request.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    round_trip(request, |_| {})
+}
+
+/// Whether Palisade's clsact filter of `hook` is on `ifindex`: a dump,
+/// which needs no capability (what the daemon asks before it reports a
+/// filter it cannot remove).
+pub fn filter_present(ifindex: u32, hook: TcHook) -> Result<bool, i32> {
+    let mut message = TcMessage::default();
+    message.header.index = i32::try_from(ifindex).map_err(|_| libc::EINVAL)?;
+    message.header.parent = TcHandle::from(parent(hook));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetTrafficFilter(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut found = false;
+    let outcome = round_trip(request, |m| {
+        if let RouteNetlinkMessage::NewTrafficFilter(f) = m {
+            found |= u32::from(f.header.handle) == CLSACT_HANDLE
+                && f.header.info >> 16 == u32::from(CLSACT_PRIORITY);
+        }
+    });
+    match outcome {
+        Ok(()) => Ok(found),
+        // No clsact qdisc (EINVAL) or no interface (ENODEV): no filter.
+        Err(libc::EINVAL | libc::ENODEV | libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS or TC_H_MIN_EGRESS).
+fn parent(hook: TcHook) -> u32 {
+    match hook {
+        TcHook::FromPod => 0xFFFF_FFF2,
+        TcHook::ToPod => 0xFFFF_FFF3,
+    }
+}
+
+/// Sends `request` on a socket of its own and reads until its
+/// acknowledgement, error or end of dump, handing every other message to
+/// `each`.
+fn round_trip(
+    mut request: NetlinkMessage<RouteNetlinkMessage>,
+    mut each: impl FnMut(RouteNetlinkMessage),
+) -> Result<(), i32> {
     request.header.sequence_number = 1;
     request.finalize();
     let mut bytes = vec![0; request.buffer_len()];
@@ -420,7 +459,7 @@ fn filter_request(
     socket.bind_auto().map_err(map_io)?;
     socket.connect(&SocketAddr::new(0, 0)).map_err(map_io)?;
     socket.send(&bytes, 0).map_err(map_io)?;
-    let mut buf = vec![0u8; 8192];
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut into = &mut buf[..];
         let read = socket.recv(&mut into, 0).map_err(map_io)?;
@@ -429,12 +468,17 @@ fn filter_request(
             let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..read])
                 .map_err(|_| libc::EIO)?;
             let length = message.header.length as usize;
-            if let NetlinkPayload::Error(e) = message.payload {
+            match message.payload {
                 // An error with no code is the acknowledgement.
-                return match e.code {
-                    None => Ok(()),
-                    Some(code) => Err(-code.get()),
-                };
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        None => Ok(()),
+                        Some(code) => Err(-code.get()),
+                    };
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::InnerMessage(m) => each(m),
+                _ => {}
             }
             if length == 0 {
                 return Err(libc::EIO);

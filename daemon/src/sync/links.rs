@@ -37,7 +37,7 @@ use crate::{
     compile::desired::Desired,
     loader::{
         attach::{self, TcHook},
-        filter_helper::FilterHelper,
+        filter_helper::{self, FilterHelper},
     },
 };
 
@@ -94,54 +94,70 @@ pub(super) fn attach_new(
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        // Per hook: a pinned link is updated in place (no wait), so a veth
-        // a daemon left half moved keeps the hook it had linked.
-        let filters_first = syncer.filters_first();
-        let linked = TcHook::ALL.map(|hook| {
-            syncer.features.tcx
-                && (!filters_first || attach::tc_link_pinned(&syncer.pins, ifindex, hook))
-        });
-        // A filter a daemon left behind a link would judge every packet
-        // again: it goes once the link is in place.
-        let clear_filters =
-            syncer.tc.filters_first || syncer.tc.leftover_filters.contains(&ifindex);
-        let mut failed = Vec::new();
-        // A filter that stayed behind its link: the veth is kept as on
-        // filters whose move failed, so the move removes it later.
-        let mut filter_stayed = false;
-        let helper = syncer.filter_helper.clone();
-        for (hook, link) in TcHook::ALL.into_iter().zip(linked) {
-            let attached = match &helper {
-                Some(helper) if !link => helper.attach(ifindex, hook).map(drop),
-                _ => attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, link)
-                    .map(drop)
-                    .map_err(|e| format!("attaching to ifindex {ifindex}: {e}")),
-            };
-            if let Err(e) = attached {
-                failed.push(e);
-            } else if link
-                && clear_filters
-                && let Err(e) = filter_off(helper.as_deref(), ifindex, hook)
-            {
-                filter_stayed = true;
-                report.attach_errors.push(e);
+        let helper_worked = syncer.filter_helper().is_some();
+        let mut attached = attach_here(syncer, ifindex, report);
+        if attached.is_err() && helper_worked && syncer.filter_helper().is_none() {
+            // The helper stopped on this veth: links instead, at once.
+            attached = attach_here(syncer, ifindex, report);
+        }
+        match attached {
+            Ok(via) => {
+                syncer.attached.insert(ifindex, via);
+            }
+            Err(failed) => {
+                report.attach_errors.extend(failed.iter().cloned());
+                report.not_enforced.insert(name.clone(), failed.join("; "));
             }
         }
-        if failed.is_empty() {
-            let via = if linked.iter().all(|&l| l) && !filter_stayed {
-                Via::Links
-            } else {
-                Via::Filters {
-                    since: Instant::now(),
-                    failed: filter_stayed,
-                }
-            };
-            syncer.attached.insert(ifindex, via);
-        } else {
-            report.attach_errors.extend(failed.iter().cloned());
-            report.not_enforced.insert(name.clone(), failed.join("; "));
+    }
+}
+
+/// Attaches both TC programs to `ifindex` in this pass: how, or what
+/// failed.
+fn attach_here(syncer: &mut Syncer, ifindex: u32, report: &mut Report) -> Result<Via, Vec<String>> {
+    // Per hook: a pinned link is updated in place (no wait), so a veth
+    // a daemon left half moved keeps the hook it had linked.
+    let filters_first = syncer.filters_first();
+    let linked = TcHook::ALL.map(|hook| {
+        syncer.features.tcx
+            && (!filters_first || attach::tc_link_pinned(&syncer.pins, ifindex, hook))
+    });
+    // A filter a daemon left behind a link would judge every packet
+    // again: it goes once the link is in place.
+    let clear_filters = syncer.tc.filters_first || syncer.tc.leftover_filters.contains(&ifindex);
+    let mut failed = Vec::new();
+    // A filter that stayed behind its link: the veth is kept as on
+    // filters whose move failed, so the move removes it later.
+    let mut filter_stayed = false;
+    let helper = syncer.filter_helper.clone();
+    for (hook, link) in TcHook::ALL.into_iter().zip(linked) {
+        let attached = match &helper {
+            Some(helper) if !link => helper.attach(ifindex, hook).map(drop),
+            _ => attach::attach_tc(&mut syncer.loaded.tc, &syncer.pins, ifindex, hook, link)
+                .map(drop)
+                .map_err(|e| format!("attaching to ifindex {ifindex}: {e}")),
+        };
+        if let Err(e) = attached {
+            failed.push(e);
+        } else if link
+            && clear_filters
+            && let Err(e) = filter_off(helper.as_deref(), ifindex, hook)
+        {
+            filter_stayed = true;
+            report.attach_errors.push(e);
         }
     }
+    if !failed.is_empty() {
+        return Err(failed);
+    }
+    Ok(if linked.iter().all(|&l| l) && !filter_stayed {
+        Via::Links
+    } else {
+        Via::Filters {
+            since: Instant::now(),
+            failed: filter_stayed,
+        }
+    })
 }
 
 /// Hands the veths among `veths` with no programs yet to the attach
@@ -175,9 +191,20 @@ fn may_link_aside(syncer: &Syncer, ifindex: u32) -> bool {
 }
 
 /// Takes Palisade's clsact filter of `hook` off `ifindex`, through the
-/// filter helper where there is one; whether there was a filter.
+/// filter helper where there is one; whether there was a filter. With a
+/// helper that stopped, no filter is no error; one there stays, reported.
 fn filter_off(helper: Option<&FilterHelper>, ifindex: u32, hook: TcHook) -> Result<bool, String> {
     match helper {
+        Some(helper) if !helper.working() => match filter_helper::filter_present(ifindex, hook) {
+            Ok(false) => Ok(false),
+            Ok(true) => Err(format!(
+                "a clsact filter stays on ifindex {ifindex}: the filter helper that would remove it has stopped"
+            )),
+            Err(errno) => Err(format!(
+                "looking for a clsact filter on ifindex {ifindex}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            )),
+        },
         Some(helper) => helper.detach(ifindex, hook),
         None => attach::detach_clsact_hook(ifindex, hook).map_err(|e| e.to_string()),
     }
