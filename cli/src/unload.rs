@@ -20,8 +20,8 @@ pub struct Args {
     /// Remove Palisade's clsact filters from these interfaces only. By
     /// default every interface of the namespace that has one is found by
     /// a filter dump (kernels without TCX, where TC attachments are not
-    /// pinned, and veths a `--tc-filters-first` daemon had not yet moved
-    /// to links).
+    /// pinned, and veths a daemon had not yet moved from filters to
+    /// links).
     #[arg(long = "tc", value_name = "IFACE")]
     tc: Vec<String>,
     /// Network namespace of the interfaces whose filters go.

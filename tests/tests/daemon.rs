@@ -135,6 +135,17 @@ fn the_daemon_enforces_a_directory_of_policies_on_a_bridged_node() -> anyhow::Re
 
 #[test]
 fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()> {
+    new_veth_quarantined_then_released(&[])
+}
+
+/// The same with `--tc-links-only`: a new veth's TCX links made off the
+/// daemon's loop (on a TCX kernel; the same as the default without).
+#[test]
+fn with_links_only_a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()> {
+    new_veth_quarantined_then_released(&["--tc-links-only"])
+}
+
+fn new_veth_quarantined_then_released(flags: &[&str]) -> anyhow::Result<()> {
     let t = TempPins::new()?;
     let mut lab = BridgeLab::new(2)?;
     let dir = std::env::temp_dir().join(unique("palisade-quarantine-"));
@@ -142,15 +153,16 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
     let _listener = in_netns(&target.netns, || TcpListener::bind((target.ip, PORT)))??;
     // A resync period far beyond the test: only a link event can make the
     // daemon see the new veth within the deadline below.
-    let mut daemon = start(&lab, &t, &dir, 600_000, &[])?;
+    let mut daemon = start(&lab, &t, &dir, 600_000, flags)?;
     daemon.write("cluster.yaml", &cluster(&lab))?;
     let s = commit_and_wait(&mut daemon)?;
     assert_eq!(s["quarantined"].as_array().map(Vec::len), Some(0), "{s}");
 
     // A veth appears on the bridge before the source knows its pod. Where
-    // the kernel has TCX its links are made off the daemon's loop: the
-    // status lists it quarantined only once they are in place, which a
-    // second thread checks all along, read after read.
+    // the kernel has TCX it gets filters from the helper, or (links only)
+    // links made off the daemon's loop: the status lists it quarantined
+    // only once they are in place, which a second thread checks all along,
+    // read after read.
     let claims = Claims::watch(&dir, &t, &lab.node);
     lab.add_pod()?;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -197,7 +209,7 @@ fn a_new_pods_veth_passes_nothing_until_its_pod_is_known() -> anyhow::Result<()>
     }
     let watched = claims.stop()?;
     println!(
-        "{} status reads, every claim of enforcement with its links pinned",
+        "{} status reads, every claim of enforcement with its links pinned or filters in place",
         watched.reads
     );
     assert!(watched.errors.is_empty(), "{:?}", watched.errors);
@@ -220,7 +232,8 @@ fn veths_gone_while_their_links_are_made_leave_no_pin_and_no_error() -> anyhow::
     let t = TempPins::new()?;
     let lab = BridgeLab::new(1)?;
     let dir = std::env::temp_dir().join(unique("palisade-veth-storm-"));
-    let mut daemon = start(&lab, &t, &dir, 600_000, &[])?;
+    // The attach thread's links: what this test is about.
+    let mut daemon = start(&lab, &t, &dir, 600_000, &["--tc-links-only"])?;
     daemon.write("cluster.yaml", &cluster(&lab))?;
     commit_and_wait(&mut daemon)?;
     let pod_veth = lab
@@ -423,10 +436,27 @@ impl Claims {
                         .flatten()
                         .filter(|(pod, _)| not_enforced.get(pod.as_str()).is_none())
                         .map(|(_, ifindex)| ifindex.clone());
+                    let on_filters = on_filters(&v);
                     for ifindex in quarantined.into_iter().chain(in_force) {
                         let ifindex = ifindex.as_u64().context("an ifindex")?;
-                        for hook in ["tc-from-pod", "tc-to-pod"] {
+                        for (hook, tc_hook) in ["tc-from-pod", "tc-to-pod"]
+                            .into_iter()
+                            .zip(palisade::loader::attach::TcHook::ALL)
+                        {
                             let pin = pins.link(&format!("{hook}-{ifindex}"));
+                            // On filters: the kernel's own dump shows the
+                            // filter of Palisade's on that hook.
+                            let filtered = || {
+                                on_filters.contains(&ifindex)
+                                    && node
+                                        .run(|| {
+                                            palisade::loader::filter_helper::filter_present(
+                                                ifindex as u32,
+                                                tc_hook,
+                                            )
+                                        })
+                                        .is_ok_and(|present| present == Ok(true))
+                            };
                             // A veth deleted since the status was written
                             // has its pins taken by the pass that writes
                             // the next one.
@@ -435,8 +465,8 @@ impl Claims {
                                     .is_ok_and(|name| name.is_err())
                             };
                             anyhow::ensure!(
-                                pin.exists() || gone(),
-                                "the status claims ifindex {ifindex} enforced without {}: {v}",
+                                pin.exists() || filtered() || gone(),
+                                "the status claims ifindex {ifindex} enforced without {} or a filter: {v}",
                                 pin.display()
                             );
                         }

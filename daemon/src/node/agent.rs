@@ -77,8 +77,9 @@ pub struct Options {
     pub deny_cidrs: Vec<ipnet::IpNet>,
     /// Where the kernel has TCX: give a new veth clsact filters, which
     /// attach at once, and move it to TCX links when idle, instead of TCX
-    /// links at once (an RCU grace period each). Costs `CAP_NET_ADMIN`
-    /// kept after start (see `capabilities`).
+    /// links at once (an RCU grace period each). The filter helper adds
+    /// and removes them (`loader::filter_helper`), so this process keeps
+    /// no capability for them. On by default; off with `--tc-links-only`.
     pub tc_filters_first: bool,
     /// With `tc_filters_first`: how long the daemon waits with nothing to
     /// do before it moves a veth from filters to links.
@@ -322,28 +323,30 @@ impl<S: Source> Agent<S> {
         options: Options,
     ) -> anyhow::Result<Self> {
         let netlink = discover::connect()?;
-        // Filters a `--tc-filters-first` daemon left on veths it had not
-        // moved yet: without the flag they would judge every packet after
-        // the links (and, across an ABI change, with the older programs),
-        // so this daemon removes them as those veths get links, and keeps
-        // `CAP_NET_ADMIN` for it.
-        let leftover = if options.tc_filters_first {
-            BTreeSet::new()
-        } else {
-            let t = Instant::now();
-            let found = discover::palisade_filters(&netlink)
-                .await
-                .context("looking for Palisade's clsact filters")?;
-            tracing::debug!(
-                ms = t.elapsed().as_secs_f64() * 1e3,
-                veths = found.len(),
-                "looked for clsact filters left by --tc-filters-first"
-            );
-            found
-        };
+        // Filters an earlier daemon left on veths it had not moved yet.
+        // Their programs may be an older ABI's, reading its maps: then this
+        // daemon takes them over as it does that ABI's links (its maps
+        // filled first, its tracked flows carried over). With
+        // `--tc-links-only` they would judge every packet after the links,
+        // so this daemon removes them as those veths get links, through a
+        // filter helper started for it.
+        let t = Instant::now();
+        let found = discover::palisade_filters(&netlink)
+            .await
+            .context("looking for Palisade's clsact filters")?;
+        tracing::debug!(
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            veths = found.len(),
+            "looked for clsact filters an earlier daemon left"
+        );
         let tc = TcAttach {
             filters_first: options.tc_filters_first,
-            leftover_filters: leftover,
+            filters_found: !found.is_empty(),
+            leftover_filters: if options.tc_filters_first {
+                BTreeSet::new()
+            } else {
+                found
+            },
         };
         let mut syncer = Syncer::start(
             pins.clone(),

@@ -17,14 +17,17 @@
 //!   kernel.unprivileged_bpf_disabled behaviour"); the rest is governed by
 //!   the file descriptors and the pins' file permissions, and the daemon
 //!   creates and loads nothing after start.
-//! - `CAP_NET_ADMIN` without TCX (before 6.6), with `--tc-filters-first`,
-//!   or where such a daemon left filters that this one removes: TC
-//!   programs go onto a new pod's veth as a clsact qdisc and a cls_bpf
-//!   filter over rtnetlink (and filters off it), which refuses every
-//!   request but a dump without it (net/core/rtnetlink.c,
-//!   `rtnetlink_rcv_msg`). With TCX, TC and XDP attachments are bpf links:
-//!   `link_create`, `tcx_link_attach` and `bpf_xdp_link_attach` check no
-//!   capability (the program type's was checked at load).
+//! - `CAP_NET_ADMIN` without TCX (before 6.6): TC programs go onto a new
+//!   pod's veth as a clsact qdisc and a cls_bpf filter over rtnetlink (and
+//!   filters off it), which refuses every request but a dump without it
+//!   (net/core/rtnetlink.c, `rtnetlink_rcv_msg`). With TCX, TC and XDP
+//!   attachments are bpf links: `link_create`, `tcx_link_attach` and
+//!   `bpf_xdp_link_attach` check no capability (the program type's was
+//!   checked at load). The filters a TCX kernel's daemon still adds and
+//!   removes (new veths get them first: they attach at once) go through
+//!   the filter helper, a child that keeps `CAP_NET_ADMIN` alone
+//!   ([`drop_for_filter_helper`], `loader::filter_helper`); only where it
+//!   could not start does the daemon keep the capability itself.
 //!
 //! [`drop_after_start`] keeps exactly those: it clears the ambient and
 //! inheritable sets, lowers the permitted and effective sets, shrinks the
@@ -121,7 +124,7 @@ pub fn runtime_needs(version: Option<KernelVersion>, links_only: bool) -> Vec<(u
     if !links_only {
         needs.push((
             CAP_NET_ADMIN,
-            "clsact qdiscs and filters go onto new pods' veths, or off them, over rtnetlink (a kernel without TCX, --tc-filters-first, or filters a --tc-filters-first daemon left)",
+            "clsact qdiscs and filters go onto new pods' veths, or off them, over rtnetlink (a kernel without TCX, or a TCX kernel's filters where the filter helper could not start)",
         ));
     }
     needs
@@ -293,7 +296,8 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
 /// Drops what the rest of the run does not need on this kernel, and reports
 /// what is left. `links_only`: every TC attachment after start is a TCX
 /// link (TCX, and not `--tc-filters-first`). Call it
-/// once everything that needs more has run, from the thread that started
+/// once everything that needs more has run (the filter helper started),
+/// from the thread that started
 /// the daemon: capabilities belong to threads, and threads started later
 /// inherit the reduced sets.
 pub fn drop_after_start(links_only: bool) -> Capabilities {

@@ -11,17 +11,19 @@
 //! A TCX link waits for an RCU grace period under the routing lock before
 //! it returns (`tcx_entry_sync`): 24 ms a veth for the two, against 0.1 ms
 //! for a clsact qdisc and two filters (`palisade-bench --attach`). That
-//! wait sits between a new pod and its enforcement; the attach thread
-//! (`linker`) waits it out while the reconcile loop goes on. With
-//! `--tc-filters-first` a veth new to the daemon gets filters even on a
-//! TCX kernel, and the daemon moves it to links while idle
-//! ([`start_move`]); it keeps `CAP_NET_ADMIN` for that. A hook whose
-//! link a previous daemon pinned keeps it either way: updating a link's
-//! program does not wait. A daemon without the flag that finds filters
-//! such a daemon left (`TcAttach::leftover_filters`) removes each once its
-//! veth's links are in place, and keeps `CAP_NET_ADMIN` for it; a filter
-//! whose removal failed leaves its veth listed as on filters, and goes
-//! with the veth's next move.
+//! wait would sit between a new pod and its enforcement. So by default a
+//! veth new to the daemon gets filters even on a TCX kernel, added by the
+//! filter helper (`loader::filter_helper`, a child that keeps
+//! `CAP_NET_ADMIN` so that the daemon need not), and the daemon moves it
+//! to links while idle ([`start_move`]). With `--tc-links-only`, or once
+//! the helper has stopped, a new veth gets its TCX links at once, from the
+//! attach thread (`linker`) while the reconcile loop goes on. A hook
+//! whose link a previous daemon pinned keeps it either way: updating a
+//! link's program does not wait. A `--tc-links-only` daemon that finds
+//! filters an earlier daemon left (`TcAttach::leftover_filters`) removes
+//! each once its veth's links are in place, through a helper started for
+//! that; a filter whose removal failed leaves its veth listed as on
+//! filters, and goes with the veth's next move.
 
 use std::{
     collections::BTreeSet,
@@ -184,7 +186,7 @@ pub(super) fn link_ahead(syncer: &mut Syncer, veths: impl IntoIterator<Item = u3
 }
 
 /// Whether a veth's TCX links may be made on the attach thread: on a TCX
-/// kernel, without `--tc-filters-first`, and not for a veth whose links
+/// kernel, when new veths do not get filters first, and not for a veth whose links
 /// failed there (those are attached in the pass).
 fn may_link_aside(syncer: &Syncer, ifindex: u32) -> bool {
     syncer.features.tcx && !syncer.filters_first() && !syncer.link_failed.contains(&ifindex)
@@ -213,7 +215,7 @@ fn filter_off(helper: Option<&FilterHelper>, ifindex: u32, hook: TcHook) -> Resu
 /// Hands the links of `ifindex` to the attach thread, started on first
 /// use. `false` where a hook's link is pinned already (updating its
 /// program does not wait) or a filter left by a daemon with
-/// `--tc-filters-first` is to go with it: those are done in the pass.
+/// an earlier daemon is to go with it: those are done in the pass.
 fn link_aside(syncer: &mut Syncer, ifindex: u32) -> Result<bool, String> {
     if syncer.tc.leftover_filters.contains(&ifindex) {
         return Ok(false);

@@ -148,7 +148,8 @@ pub struct Syncer {
     lsm: Result<lsm::LsmState, String>,
     /// The uplinks the prefilter is on, by ifindex.
     uplinks: BTreeMap<u32, String>,
-    /// A daemon of another ABI left links, which this one takes over: its
+    /// A daemon of another ABI left links (or filters, which may hold its
+    /// programs), which this one takes over: its
     /// programs read new, empty maps, so the first pass fills them before
     /// it attaches anything (an endpoint missing from the map passes every
     /// packet, and an LSM program with no pod sets judges nothing).
@@ -176,13 +177,16 @@ pub struct Syncer {
 /// What the syncer does with clsact filters where the kernel has TCX.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TcAttach {
-    /// New veths get filters first, moved to links later
-    /// (`--tc-filters-first`).
+    /// New veths get filters first, moved to links later (the default;
+    /// not with `--tc-links-only`).
     pub filters_first: bool,
-    /// Veths (ifindex) that carried a Palisade filter at start, left by a
-    /// daemon with `filters_first`: the filter goes once the veth's links
-    /// are in place.
+    /// Veths (ifindex) that carried a Palisade filter at start, without
+    /// `filters_first`: the filter goes once the veth's links are in place.
     pub leftover_filters: BTreeSet<u32>,
+    /// Some veth carried a Palisade filter at start: where another ABI's
+    /// pins are there too, its programs may be in them, and this syncer
+    /// takes that ABI over (see `inherited`).
+    pub filters_found: bool,
 }
 
 impl Syncer {
@@ -208,10 +212,11 @@ impl Syncer {
         let (features, mut loaded) = loader::load_probed(&pins, sizes, programs)?;
         let mut maps = DatapathMaps::open(&pins)?;
         let uplinks = prefilter::install(&mut maps, &mut loaded.xdp, &pins, uplinks, node_denies)?;
-        let inherited = pins
-            .other_abis()
+        let other_abis = pins.other_abis();
+        let inherited = other_abis
             .iter()
-            .any(|old| fs::read_dir(old.links()).is_ok_and(|mut links| links.next().is_some()));
+            .any(|old| fs::read_dir(old.links()).is_ok_and(|mut links| links.next().is_some()))
+            || (tc.filters_found && !other_abis.is_empty());
         let lsm = match &mut loaded.lsm {
             LsmObject::Loaded(object) => {
                 // Maps first: the programs judge nothing until a pod's sets
