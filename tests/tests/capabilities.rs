@@ -322,6 +322,31 @@ fn proof(lsm: bool) -> anyhow::Result<()> {
         reported.get("notes").is_none(),
         "the drop went wrong: {reported}"
     );
+    // On a TCX kernel new veths get filters first, from the helper: it
+    // holds NET_ADMIN alone, under no_new_privs, and nothing to pass on.
+    let tcx = palisade::loader::features::Features::probe().tcx;
+    let helper = &s["tc_filter_helper"];
+    ensure!(
+        helper.is_null() != tcx,
+        "a filter helper where and only where TCX is: {s}"
+    );
+    if let Some(helper) = helper["pid"].as_u64() {
+        let net_admin = 1u64 << palisade::node::capabilities::CAP_NET_ADMIN;
+        for (thread, c) in threads(&helper.to_string())? {
+            println!(
+                "filter helper {thread}: CapEff {:#x} CapPrm {:#x} CapInh {:#x} CapAmb {:#x} CapBnd {:#x} NoNewPrivs {}",
+                c.effective, c.permitted, c.inheritable, c.ambient, c.bounding, c.no_new_privs
+            );
+            ensure!(
+                c.effective == net_admin && c.permitted == net_admin,
+                "the filter helper's {thread} holds more or less than NET_ADMIN"
+            );
+            ensure!(
+                c.inheritable == 0 && c.ambient == 0 && c.no_new_privs,
+                "the filter helper's {thread}: inheritable or ambient left, or no no_new_privs"
+            );
+        }
+    }
     ensure!(
         caps.iter()
             .filter(|c| !needed.contains(c))
