@@ -61,8 +61,9 @@ const DETACH: u8 = 2;
 
 /// How long the daemon waits for an answer: a request is one or two
 /// netlink round trips, well under a millisecond unless the routing lock
-/// is held (a TCX link's grace period: tens of milliseconds).
-const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// is held (a TCX link's grace period: tens of milliseconds; a burst of
+/// interfaces deleted: more). A pass waits that long at most, once.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// A request: operation, hook (its index in [`TcHook::ALL`]), two bytes
 /// of padding, the interface index (native order: both ends are this
@@ -83,9 +84,11 @@ pub struct FilterHelper {
 
 impl FilterHelper {
     /// Starts the helper with the two TC programs' descriptors (in
-    /// [`TcHook::ALL`]'s order). Call it before the daemon drops its
-    /// capabilities: the helper holds what the daemon held then (with
-    /// no_new_privs an exec regains nothing), and keeps `CAP_NET_ADMIN`.
+    /// [`TcHook::ALL`]'s order), in the calling thread's network
+    /// namespace. Call it before the daemon drops its capabilities: the
+    /// helper starts with what an exec gives the daemon then (under the
+    /// runtime's no_new_privs, at most what it held; run as plain root,
+    /// its bounding set) and lowers itself to `CAP_NET_ADMIN`.
     pub fn spawn(programs: [OwnedFd; 2]) -> io::Result<Self> {
         let (ours, theirs) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
@@ -118,8 +121,11 @@ impl FilterHelper {
             programs[1].as_raw_fd(),
         ];
         let mut command = Command::new("/proc/self/exe");
+        // A group of its own: a terminal's Ctrl-C or a signal to the
+        // daemon's group reaches the daemon, whose exit ends the helper.
         command
             .arg(HELPER_ARG)
+            .process_group(0)
             .stdin(Stdio::null())
             .env_clear()
             .env(
@@ -162,8 +168,16 @@ impl FilterHelper {
         self.pid
     }
 
-    /// Whether the helper still answers.
+    /// Whether the helper is still there to answer. Reaps one that was
+    /// killed or exited on its own (the latter then counts as broken).
     pub fn working(&self) -> bool {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(child.try_wait(), Ok(Some(_))) && !self.broken.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                pid = self.pid,
+                "the TC filter helper exited: new veths get TCX links from now on"
+            );
+        }
         !self.broken.load(Ordering::Relaxed)
     }
 
@@ -187,20 +201,33 @@ impl FilterHelper {
             "detaching"
         };
         let fail = |e: String| format!("{what} a clsact filter on ifindex {ifindex}: {e}");
+        let stopped = || fail("the filter helper has stopped".into());
         if !self.working() {
-            return Err(fail("the filter helper has stopped".into()));
+            return Err(stopped());
         }
         let mut request: Request = [0; 8];
         request[0] = op;
         request[1] = hook_index(hook);
         request[4..].copy_from_slice(&ifindex.to_ne_bytes());
         let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked again under the lock: a caller that waited for it behind
+        // a failed exchange must not send.
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
         let answer = exchange(socket.as_fd(), &request);
+        if answer.is_err() {
+            // Before the lock goes: no later request may read the answer
+            // this one gave up on.
+            self.broken.store(true, Ordering::Relaxed);
+            let _ =
+                nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
         drop(socket);
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
-                self.stop();
+                self.kill();
                 return Err(fail(format!(
                     "the filter helper (pid {}) failed: {e}",
                     self.pid
@@ -214,12 +241,12 @@ impl FilterHelper {
         Ok(answer[4] != 0)
     }
 
-    /// Kills the helper and marks it broken.
-    fn stop(&self) {
-        self.broken.store(true, Ordering::Relaxed);
+    /// Kills the helper, already marked broken. Not waited for here: one
+    /// stuck on the routing lock dies only once the lock is free
+    /// ([`Self::working`] reaps it).
+    fn kill(&self) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         let _ = child.kill();
-        let _ = child.wait();
         tracing::warn!(
             pid = self.pid,
             "the TC filter helper stopped: new veths get TCX links from now on"
@@ -229,11 +256,9 @@ impl FilterHelper {
 
 impl Drop for FilterHelper {
     fn drop(&mut self) {
-        // Closing our end ends the helper; reap it.
+        // Our end closed would end it too, once it reads; this is sooner.
         let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
-        if !self.broken.load(Ordering::Relaxed) {
-            let _ = child.kill();
-        }
+        let _ = child.kill();
         let _ = child.wait();
     }
 }
@@ -248,12 +273,24 @@ fn hook_index(hook: TcHook) -> u8 {
 /// One request out, its answer back.
 fn exchange(socket: BorrowedFd<'_>, request: &Request) -> io::Result<Answer> {
     use nix::sys::socket::{MsgFlags, recv, send};
-    let sent = send(socket.as_raw_fd(), request, MsgFlags::MSG_NOSIGNAL)?;
+    // With a socket timeout set, the kernel does not restart these after
+    // a signal: they are tried again.
+    let sent = loop {
+        match send(socket.as_raw_fd(), request, MsgFlags::MSG_NOSIGNAL) {
+            Err(nix::errno::Errno::EINTR) => {}
+            other => break other?,
+        }
+    };
     if sent != request.len() {
         return Err(io::Error::other("request cut short"));
     }
     let mut answer: Answer = [0; 8];
-    let read = recv(socket.as_raw_fd(), &mut answer, MsgFlags::empty())?;
+    let read = loop {
+        match recv(socket.as_raw_fd(), &mut answer, MsgFlags::empty()) {
+            Err(nix::errno::Errno::EINTR) => {}
+            other => break other?,
+        }
+    };
     match read {
         0 => Err(io::ErrorKind::UnexpectedEof.into()),
         8 => Ok(answer),
@@ -426,9 +463,10 @@ pub fn filter_present(ifindex: u32, hook: TcHook) -> Result<bool, i32> {
                 && f.header.info >> 16 == u32::from(CLSACT_PRIORITY);
         }
     });
+    // A missing interface or qdisc dumps nothing; older kernels refused
+    // such a dump instead, which means no filter all the same.
     match outcome {
         Ok(()) => Ok(found),
-        // No clsact qdisc (EINVAL) or no interface (ENODEV): no filter.
         Err(libc::EINVAL | libc::ENODEV | libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
@@ -476,6 +514,8 @@ fn round_trip(
                         Some(code) => Err(-code.get()),
                     };
                 }
+                // A dump's own error comes in its end.
+                NetlinkPayload::Done(d) if d.code != 0 => return Err(-d.code),
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::InnerMessage(m) => each(m),
                 _ => {}
@@ -483,7 +523,7 @@ fn round_trip(
             if length == 0 {
                 return Err(libc::EIO);
             }
-            offset += length;
+            offset += length.next_multiple_of(4);
         }
     }
 }

@@ -294,8 +294,9 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
 }
 
 /// Drops what the rest of the run does not need on this kernel, and reports
-/// what is left. `links_only`: every TC attachment after start is a TCX
-/// link (TCX, and not `--tc-filters-first`). Call it
+/// what is left. `links_only`: every TC attachment this process makes
+/// after start is a TCX link (TCX, and filters, if any, left to the filter
+/// helper). Call it
 /// once everything that needs more has run (the filter helper started),
 /// from the thread that started
 /// the daemon: capabilities belong to threads, and threads started later

@@ -99,7 +99,8 @@ pub(super) fn attach_new(
         let helper_worked = syncer.filter_helper().is_some();
         let mut attached = attach_here(syncer, ifindex, report);
         if attached.is_err() && helper_worked && syncer.filter_helper().is_none() {
-            // The helper stopped on this veth: links instead, at once.
+            // The helper stopped on this veth: links instead, at once,
+            // rather than the veth unjudged until some later pass.
             attached = attach_here(syncer, ifindex, report);
         }
         match attached {
@@ -328,9 +329,14 @@ pub(super) fn detach_unheld(syncer: &mut Syncer, desired: &Desired<'_>, report: 
 /// Which veth on filters a TCX kernel would have on links moves next:
 /// `due`, the longest waiting once it has waited `at_latest`, whatever
 /// else happens; `when_idle`, the longest waiting of those whose last move
-/// did not fail. `None` and `None` without TCX.
+/// did not fail. `None` and `None` without TCX, and once the filter
+/// helper has stopped.
 pub(super) fn next_move(syncer: &Syncer, at_latest: Duration) -> NextMove {
-    if !syncer.features.tcx {
+    // Once the filter helper has stopped, a move would link a veth and
+    // leave its filters (which this process cannot remove) judging every
+    // packet a second time: veths stay on their filters instead.
+    let helper_stopped = syncer.filter_helper.as_ref().is_some_and(|h| !h.working());
+    if !syncer.features.tcx || helper_stopped {
         return NextMove::default();
     }
     let mut waiting: Vec<(Instant, u32, bool)> = syncer

@@ -212,6 +212,12 @@ impl Syncer {
         let (features, mut loaded) = loader::load_probed(&pins, sizes, programs)?;
         let mut maps = DatapathMaps::open(&pins)?;
         let uplinks = prefilter::install(&mut maps, &mut loaded.xdp, &pins, uplinks, node_denies)?;
+        // Filters do not say whose programs they hold: with another ABI's
+        // pins present, filters found are taken for that ABI's. Where they
+        // are this ABI's own (a restart before their moves) beside a stale
+        // older directory, the take-over costs one pass's order and that
+        // directory, retired; the flows it carries are each judged again,
+        // at their next packet, by the policy in force (`conntrack`).
         let other_abis = pins.other_abis();
         let inherited = other_abis
             .iter()
