@@ -746,6 +746,11 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         .map_or(0, Vec::len);
     println!("  veths still on clsact filters at the end: {on_filters}");
     let end_rss = process::peak_rss(d.enforcer.pid())?;
+    // The agent's other process, where it runs: the filter helper.
+    let helper_rss = match d.enforcer.status()?["tc_filter_helper"]["pid"].as_u64() {
+        Some(pid) => Some(process::peak_rss(u32::try_from(pid)?)?),
+        None => None,
+    };
     let (maps, maps_bytes) = process::map_memory(d.enforcer.pid())?;
     // The replay has the machine to itself: no daemon, no resync.
     drop(d);
@@ -764,6 +769,7 @@ pub fn report(bin: &Path, out: &Path, quick: bool) -> anyhow::Result<()> {
         cold_rss_mib: mib(cold_rss),
         end_rss_mib: mib(end_rss),
         peak_rss_mib: mib(cold_rss.max(end_rss)),
+        helper_rss_mib: helper_rss.map(mib),
         replays,
         maps_mib: mib(maps_bytes),
         maps,

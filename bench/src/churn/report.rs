@@ -92,6 +92,8 @@ pub struct Run {
     pub cold_rss_mib: f64,
     pub end_rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// `VmHWM` of the filter helper at the end, where one ran.
+    pub helper_rss_mib: Option<f64>,
     /// In-process replays of each kind.
     pub replays: usize,
     pub maps_mib: f64,
@@ -217,12 +219,14 @@ fn worst(rows: &[KindRow], of: fn(&KindRow) -> f64) -> f64 {
 
 pub fn last_line(rows: &[KindRow], run: &Run) -> String {
     format!(
-        "churn: p50 max {:.1} ms, p99 max {:.1} ms (goal {GOAL_P50_MS:.0}/{GOAL_P99_MS:.0}); startup cold {:.1} s warm {:.1} s; peak RSS {:.1} MiB; maps {:.1} MiB",
+        "churn: p50 max {:.1} ms, p99 max {:.1} ms (goal {GOAL_P50_MS:.0}/{GOAL_P99_MS:.0}); startup cold {:.1} s warm {:.1} s; peak RSS {:.1} MiB{}; maps {:.1} MiB",
         worst(rows, |r| r.palisade.0),
         worst(rows, |r| r.palisade.1),
         run.cold_s,
         run.warm_s,
         run.peak_rss_mib,
+        run.helper_rss_mib
+            .map_or_else(String::new, |h| format!(" (filter helper {h:.1})")),
         run.maps_mib
     )
 }
@@ -359,21 +363,27 @@ pub fn markdown(rows: &[KindRow], breakdown: &[Breakdown], run: &Run) -> String 
     let p99 = worst(rows, |r| r.palisade.1);
     let _ = write!(
         t,
-        "\nGoal (the issue's): p50 <= {GOAL_P50_MS:.0} ms and p99 <= {GOAL_P99_MS:.0} ms for every kind, peak RSS <= {GOAL_RSS_MIB:.0} MiB. Palisade's worst p50 is {p50:.1} ms ({}), its worst p99 {p99:.1} ms ({}), its peak RSS {:.1} MiB ({}).\n\n",
+        "\nGoal (the issue's): p50 <= {GOAL_P50_MS:.0} ms and p99 <= {GOAL_P99_MS:.0} ms for every kind, peak RSS <= {GOAL_RSS_MIB:.0} MiB. Palisade's worst p50 is {p50:.1} ms ({}), its worst p99 {p99:.1} ms ({}), its peak RSS {:.1} MiB{} ({}).\n\n",
         met(p50 <= GOAL_P50_MS),
         met(p99 <= GOAL_P99_MS),
-        run.peak_rss_mib,
-        met(run.peak_rss_mib <= GOAL_RSS_MIB)
+        run.peak_rss_mib + run.helper_rss_mib.unwrap_or(0.0),
+        run.helper_rss_mib.map_or_else(String::new, |h| format!(
+            ", the daemon's {:.1} and its filter helper's {h:.1} (the two processes' peaks added, though they share the binary's pages)",
+            run.peak_rss_mib
+        )),
+        met(run.peak_rss_mib + run.helper_rss_mib.unwrap_or(0.0) <= GOAL_RSS_MIB)
     );
     let _ = write!(
         t,
-        "## Startup and memory\n\n| | |\n|---|---:|\n| startup, cold (no pins): daemon start to `ready` with the whole cluster in force | {:.1} s (its last pass {:.0} ms) |\n| startup, warm (restart on the previous run's pins) | {:.1} s (its last pass {:.0} ms) |\n| peak RSS (`VmHWM`): the cold-started daemon once ready; the warm-started one after all changes | {:.1} MiB; {:.1} MiB |\n| BPF maps (sum of `memlock` in the fdinfo of the daemon's {} map fds) | {:.1} MiB |\n| nftables: loading the whole rule set (`nft -f`) | {:.2} s |\n| iptables: loading the whole rule set (`ipset restore`, `iptables-restore --noflush`) | {:.2} s |\n| nftables and iptables rule sets: sets, rules, set elements | {}, {}, {} |\n\n",
+        "## Startup and memory\n\n| | |\n|---|---:|\n| startup, cold (no pins): daemon start to `ready` with the whole cluster in force | {:.1} s (its last pass {:.0} ms) |\n| startup, warm (restart on the previous run's pins) | {:.1} s (its last pass {:.0} ms) |\n| peak RSS (`VmHWM`): the cold-started daemon once ready; the warm-started one after all changes | {:.1} MiB; {:.1} MiB |\n| peak RSS (`VmHWM`) of the filter helper beside the warm-started daemon, at the end | {} |\n| BPF maps (sum of `memlock` in the fdinfo of the daemon's {} map fds) | {:.1} MiB |\n| nftables: loading the whole rule set (`nft -f`) | {:.2} s |\n| iptables: loading the whole rule set (`ipset restore`, `iptables-restore --noflush`) | {:.2} s |\n| nftables and iptables rule sets: sets, rules, set elements | {}, {}, {} |\n\n",
         run.cold_s,
         run.cold_pass_ms,
         run.warm_s,
         run.warm_pass_ms,
         run.cold_rss_mib,
         run.end_rss_mib,
+        run.helper_rss_mib
+            .map_or_else(|| "none ran".to_owned(), |h| format!("{h:.1} MiB")),
         run.maps,
         run.maps_mib,
         run.nft_base_s,
@@ -529,6 +539,7 @@ mod tests {
             cold_rss_mib: 50.0,
             end_rss_mib: 99.94,
             peak_rss_mib: 99.94,
+            helper_rss_mib: Some(6.5),
             replays: 1,
             maps_mib: 12.0,
             maps: 3,
@@ -553,7 +564,7 @@ mod tests {
         };
         assert_eq!(
             last_line(&rows, &run),
-            "churn: p50 max 500.0 ms, p99 max 1000.0 ms (goal 20/100); startup cold 1.3 s warm 0.5 s; peak RSS 99.9 MiB; maps 12.0 MiB"
+            "churn: p50 max 500.0 ms, p99 max 1000.0 ms (goal 20/100); startup cold 1.3 s warm 0.5 s; peak RSS 99.9 MiB (filter helper 6.5); maps 12.0 MiB"
         );
         assert_eq!(csv(&samples).lines().count(), 21);
         let md = markdown(&rows, &[], &run);
