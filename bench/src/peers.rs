@@ -397,8 +397,12 @@ impl Bench {
                 runtime.block_on(d.wait(revision, IN_FORCE_LIMIT))?;
             }
             None => {
+                // TCX links at once: the datapath a daemon settles on once
+                // idle (by default a new veth is on clsact filters until
+                // then), and the same in every run, whatever the timing.
                 let args = DaemonArgs {
                     resync_ms: RESYNC_MS,
+                    extra: vec!["--tc-links-only".into()],
                     ..DaemonArgs::default()
                 };
                 let mut d = Enforcer::start_with(
@@ -426,6 +430,10 @@ impl Bench {
         }
         self.daemon_running = false;
         attach::unpin_links(&self.pins)?;
+        // Filters too, should any be there (a kernel without TCX).
+        for ifindex in [self.sender_ifindex, self.receiver_ifindex] {
+            self.lab.node.run(|| attach::detach_clsact(ifindex))??;
+        }
         Ok(())
     }
 
