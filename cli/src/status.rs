@@ -43,6 +43,14 @@ pub struct Report {
     pub features: Features,
     pub maps: Vec<MapReport>,
     pub links: Vec<String>,
+    /// Interfaces of this network namespace with a clsact filter of
+    /// Palisade's (`NAME (ifindex N)`): veths a daemon had not yet moved
+    /// to links, or every veth without TCX. Enforcing as links do, but not
+    /// pinned.
+    pub tc_filters: Vec<String>,
+    /// Why `tc_filters` could not be listed, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tc_filters_unknown: Option<String>,
     /// By LSM program, as in the daemon's status file: the runs of it the
     /// kernel skipped (each an operation that passed unjudged). Here every
     /// linked program is listed, those with none too.
@@ -96,6 +104,21 @@ impl Report {
             })
             .unwrap_or_default();
         links.sort();
+        let tc_filters = crate::unload::filtered_interfaces()
+            .map(|found| {
+                found
+                    .into_iter()
+                    .map(|i| match palisade::netns::ifname(i) {
+                        Ok(name) => format!("{name} (ifindex {i})"),
+                        Err(_) => format!("ifindex {i}"),
+                    })
+                    .collect()
+            })
+            .map_err(|e| format!("{e:#}"));
+        let (tc_filters, tc_filters_unknown) = match tc_filters {
+            Ok(found) => (found, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
         let (mut lsm_runs_skipped, mut lsm_runs_skipped_unknown) =
             (BTreeMap::new(), BTreeMap::new());
         for (program, n) in programs::pinned_runs_skipped(pins) {
@@ -114,6 +137,8 @@ impl Report {
             features,
             maps,
             links,
+            tc_filters,
+            tc_filters_unknown,
             lsm_runs_skipped,
             lsm_runs_skipped_unknown,
         }
@@ -158,6 +183,16 @@ impl Report {
                 Some(n) => out.push_str(&format!("  link {l} (runs the kernel skipped: {n})\n")),
                 None => out.push_str(&format!("  link {l}\n")),
             }
+        }
+        if let Some(e) = &self.tc_filters_unknown {
+            out.push_str(&format!("  clsact filters not listed: {e}\n"));
+        } else if self.tc_filters.is_empty() {
+            out.push_str("  no clsact filters of Palisade's\n");
+        }
+        for f in &self.tc_filters {
+            out.push_str(&format!(
+                "  clsact filters on {f} (not pinned; kept by the qdisc)\n"
+            ));
         }
         out
     }

@@ -64,7 +64,7 @@ fn unload(pins: &PinDir, maps: bool, tc: &[String], netns: Option<&Path>) -> any
 
 /// The interfaces of the calling thread's namespace that hold a Palisade
 /// clsact filter.
-fn filtered_interfaces() -> anyhow::Result<Vec<u32>> {
+pub(crate) fn filtered_interfaces() -> anyhow::Result<Vec<u32>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -782,6 +782,26 @@ fn a_links_only_daemon_removes_the_filters_left_to_it() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `tc_filters` of `palisade status --json` run in the lab's node.
+fn status_tc_filters(lab: &BridgeLab, t: &TempPins) -> anyhow::Result<Vec<String>> {
+    let bin = palisade_bin()?;
+    let out = lab.node.run(|| {
+        std::process::Command::new(&bin)
+            .arg("--pin-base")
+            .arg(t.pins.base())
+            .args(["status", "--json"])
+            .output()
+    })??;
+    anyhow::ensure!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["tc_filters"]
+        .as_array()
+        .context("tc_filters")?
+        .iter()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect())
+}
+
 /// The interfaces of the lab's node whose `tc filter show` names one of
 /// Palisade's programs.
 fn with_filters(lab: &BridgeLab) -> anyhow::Result<Vec<String>> {
@@ -820,6 +840,17 @@ fn unload_finds_and_removes_the_filters_a_daemon_left() -> anyhow::Result<()> {
     daemon.stop();
     assert_eq!(with_filters(&lab)?.len(), 6, "two filters a veth");
     assert!(!reaches(&lab, 2, 1)?, "c -> b denied after the daemon");
+    // `palisade status` names them, as it names pinned links.
+    let listed = status_tc_filters(&lab, &t)?;
+    for pod in &lab.pods {
+        assert!(
+            listed
+                .iter()
+                .any(|f| f.starts_with(&format!("{} ", pod.host_if))),
+            "{} not in {listed:?}",
+            pod.host_if
+        );
+    }
 
     let out = std::process::Command::new(palisade_bin()?)
         .arg("--pin-base")
@@ -841,6 +872,7 @@ fn unload_finds_and_removes_the_filters_a_daemon_left() -> anyhow::Result<()> {
         "{printed}"
     );
     assert!(with_filters(&lab)?.is_empty(), "{printed}");
+    assert!(status_tc_filters(&lab, &t)?.is_empty());
     assert!(reaches(&lab, 2, 1)?, "c -> b once nothing enforces");
     let _ = fs::remove_dir_all(&dir);
     Ok(())
