@@ -4,15 +4,18 @@
 //! Why: on a kernel with TCX a new veth's two TCX links each wait for an
 //! RCU grace period under the routing lock (about 24 ms a veth here), and
 //! a new pod waits for them; a clsact qdisc and two filters take 0.1 ms.
-//! Filters need `CAP_NET_ADMIN` (rtnetlink checks it on every request),
-//! which the daemon drops once started. The helper is started before the
+//! Filters need `CAP_NET_ADMIN` (rtnetlink checks it on every request but
+//! a dump), which the daemon drops once started. The helper is started before the
 //! drop, lowers itself to `CAP_NET_ADMIN` alone, and does two things on
 //! the daemon's request over a socket pair: put one of Palisade's two TC
 //! programs (the descriptors it was started with) into a clsact filter at
 //! Palisade's own priority and handle on an interface, or take that
 //! filter off. Nothing else: a daemon taken over could at most move
 //! Palisade's own programs on or off an interface, where with the
-//! capability it could reconfigure the node's network.
+//! capability it could reconfigure the node's network. Nor can it take
+//! the helper over: tracing a process, or writing its memory, that holds
+//! a capability the caller lacks takes `CAP_SYS_PTRACE`
+//! (`cap_ptrace_access_check`), which no part of Palisade holds.
 //!
 //! It runs this same binary (`/proc/self/exe`, the image the daemon runs
 //! even after an upgrade replaced the file), in the daemon's network
