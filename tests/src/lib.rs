@@ -287,3 +287,48 @@ pub fn freeze_map(map: &aya::maps::MapData) -> anyhow::Result<()> {
     anyhow::ensure!(rc == 0, "{}", std::io::Error::last_os_error());
     Ok(())
 }
+
+/// The daemon's filter helper, as its status `s` names it: the daemon's
+/// child, holding `CAP_NET_ADMIN` alone by the status and by every
+/// thread's `/proc` sets (effective and permitted exactly that,
+/// inheritable and ambient empty, no_new_privs set).
+pub fn filter_helper_holds_net_admin_alone(
+    s: &serde_json::Value,
+    daemon_pid: u32,
+) -> anyhow::Result<()> {
+    use palisade::node::capabilities::{CAP_NET_ADMIN, threads};
+    let helper = &s["tc_filter_helper"];
+    anyhow::ensure!(
+        helper["capabilities"] == serde_json::json!(["NET_ADMIN"]),
+        "the helper's capabilities: {s}"
+    );
+    let pid = helper["pid"].as_u64().context("no helper pid")?;
+    let net_admin = 1u64 << CAP_NET_ADMIN;
+    let threads = threads(&pid.to_string())?;
+    anyhow::ensure!(!threads.is_empty(), "helper {pid} has no threads");
+    for (thread, c) in threads {
+        println!(
+            "filter helper {thread}: CapEff {:#x} CapPrm {:#x} CapInh {:#x} CapAmb {:#x} CapBnd {:#x} NoNewPrivs {}",
+            c.effective, c.permitted, c.inheritable, c.ambient, c.bounding, c.no_new_privs
+        );
+        anyhow::ensure!(
+            c.effective == net_admin && c.permitted == net_admin,
+            "the filter helper's {thread} holds more or less than NET_ADMIN"
+        );
+        anyhow::ensure!(
+            c.inheritable == 0 && c.ambient == 0 && c.no_new_privs,
+            "the filter helper's {thread}: inheritable or ambient left, or no no_new_privs"
+        );
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let parent = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    anyhow::ensure!(
+        parent == Some(daemon_pid),
+        "helper {pid}'s parent: {parent:?}"
+    );
+    Ok(())
+}

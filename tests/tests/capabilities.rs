@@ -330,22 +330,8 @@ fn proof(lsm: bool) -> anyhow::Result<()> {
         helper.is_null() != tcx,
         "a filter helper where and only where TCX is: {s}"
     );
-    if let Some(helper) = helper["pid"].as_u64() {
-        let net_admin = 1u64 << palisade::node::capabilities::CAP_NET_ADMIN;
-        for (thread, c) in threads(&helper.to_string())? {
-            println!(
-                "filter helper {thread}: CapEff {:#x} CapPrm {:#x} CapInh {:#x} CapAmb {:#x} CapBnd {:#x} NoNewPrivs {}",
-                c.effective, c.permitted, c.inheritable, c.ambient, c.bounding, c.no_new_privs
-            );
-            ensure!(
-                c.effective == net_admin && c.permitted == net_admin,
-                "the filter helper's {thread} holds more or less than NET_ADMIN"
-            );
-            ensure!(
-                c.inheritable == 0 && c.ambient == 0 && c.no_new_privs,
-                "the filter helper's {thread}: inheritable or ambient left, or no no_new_privs"
-            );
-        }
+    if !helper.is_null() {
+        palisade_tests::filter_helper_holds_net_admin_alone(&s, pid)?;
     }
     ensure!(
         caps.iter()

@@ -7,7 +7,7 @@
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -531,45 +531,44 @@ fn keeps_net_admin(s: &serde_json::Value) -> bool {
         .is_some_and(|k| k.iter().any(|c| c == "NET_ADMIN"))
 }
 
-/// The status's filter helper holds `CAP_NET_ADMIN` alone, as the
-/// status says and as its `/proc/<pid>/status` says, and is the
-/// daemon's child.
-fn helper_holds_net_admin_alone(s: &serde_json::Value, daemon_pid: u32) -> anyhow::Result<()> {
-    let helper = &s["tc_filter_helper"];
-    anyhow::ensure!(
-        helper["capabilities"] == serde_json::json!(["NET_ADMIN"]),
-        "the helper's capabilities: {s}"
-    );
-    let pid = helper["pid"]
-        .as_u64()
-        .ok_or_else(|| anyhow::anyhow!("no helper pid: {s}"))?;
-    let held = palisade::node::capabilities::threads(&pid.to_string())?
-        .iter()
-        .fold(0, |m, (_, c)| m | c.held());
-    anyhow::ensure!(
-        held == 1 << palisade::node::capabilities::CAP_NET_ADMIN,
-        "helper {pid} holds {:?}",
-        palisade::node::capabilities::names(held)
-    );
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let parent = stat
-        .rsplit(')')
-        .next()
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .and_then(|p| p.parse::<u32>().ok());
-    anyhow::ensure!(
-        parent == Some(daemon_pid),
-        "helper {pid}'s parent: {parent:?}"
-    );
-    Ok(())
-}
-
 fn tcx_or_skip() -> bool {
     let tcx = palisade::loader::features::Features::probe().tcx;
     if !tcx {
         println!("skipped: no TCX on this kernel (every veth stays on clsact filters there)");
     }
     tcx
+}
+
+/// A daemon in force on `pods` bridged pods that listen on `PORT`, with
+/// `B_FROM_A`, moving a veth from filters to links after `idle_ms` with
+/// nothing to do. Bound in this order, the parts drop daemon first.
+struct OnFilters {
+    t: TempPins,
+    lab: BridgeLab,
+    dir: PathBuf,
+    listeners: Vec<TcpListener>,
+    daemon: Enforcer,
+    status: serde_json::Value,
+}
+
+fn b_from_a_on_filters(pods: usize, name: &str, idle_ms: u64) -> anyhow::Result<OnFilters> {
+    let t = TempPins::new()?;
+    let lab = BridgeLab::new(pods)?;
+    let dir = std::env::temp_dir().join(unique(name));
+    let listeners = listen_in_every_pod(&lab)?;
+    let idle = idle_ms.to_string();
+    let mut daemon = start(&lab, &t, &dir, 600_000, &["--tc-move-when-idle-ms", &idle])?;
+    daemon.write("cluster.yaml", &cluster(&lab))?;
+    daemon.write("policy.yaml", B_FROM_A)?;
+    let status = commit_and_wait(&mut daemon)?;
+    Ok(OnFilters {
+        t,
+        lab,
+        dir,
+        listeners,
+        daemon,
+        status,
+    })
 }
 
 /// On a TCX kernel a new veth is enforced by clsact filters, added by the
@@ -582,21 +581,20 @@ fn a_new_veth_gets_filters_from_the_helper_then_moves_to_links() -> anyhow::Resu
     if !tcx_or_skip() {
         return Ok(());
     }
-    let t = TempPins::new()?;
-    let mut lab = BridgeLab::new(2)?;
-    let dir = std::env::temp_dir().join(unique("palisade-filters-first-"));
-    let _listeners = listen_in_every_pod(&lab)?;
     // Idle 1.5 s before a move: far more than a status poll can miss.
-    let flags = ["--tc-move-when-idle-ms", "1500"];
-    let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
-    daemon.write("cluster.yaml", &cluster(&lab))?;
-    daemon.write("policy.yaml", B_FROM_A)?;
-    let s = commit_and_wait(&mut daemon)?;
+    let OnFilters {
+        t,
+        mut lab,
+        dir,
+        listeners: _listeners,
+        mut daemon,
+        status: s,
+    } = b_from_a_on_filters(2, "palisade-filters-first-", 1500)?;
     assert!(
         !keeps_net_admin(&s),
         "the helper adds and removes the filters: {s}"
     );
-    helper_holds_net_admin_alone(&s, daemon.pid())?;
+    palisade_tests::filter_helper_holds_net_admin_alone(&s, daemon.pid())?;
     assert_eq!(on_filters(&s).len(), 2, "on filters first: {s}");
     assert!(reaches(&lab, 0, 1)?, "a -> b allowed, on filters");
 
@@ -688,16 +686,15 @@ fn helper_stops_then_a_veth_comes(signal: nix::sys::signal::Signal) -> anyhow::R
     if !tcx_or_skip() {
         return Ok(());
     }
-    let t = TempPins::new()?;
-    let mut lab = BridgeLab::new(2)?;
-    let dir = std::env::temp_dir().join(unique("palisade-helper-stops-"));
-    let _listeners = listen_in_every_pod(&lab)?;
     // Idle 1.5 s before a move: time to kill the helper first.
-    let flags = ["--tc-move-when-idle-ms", "1500"];
-    let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
-    daemon.write("cluster.yaml", &cluster(&lab))?;
-    daemon.write("policy.yaml", B_FROM_A)?;
-    let s = commit_and_wait(&mut daemon)?;
+    let OnFilters {
+        t,
+        mut lab,
+        dir,
+        listeners: _listeners,
+        mut daemon,
+        status: s,
+    } = b_from_a_on_filters(2, "palisade-helper-stops-", 1500)?;
     assert_eq!(on_filters(&s).len(), 2, "{s}");
     let helper = s["tc_filter_helper"]["pid"]
         .as_u64()
@@ -746,16 +743,15 @@ fn a_links_only_daemon_removes_the_filters_left_to_it() -> anyhow::Result<()> {
     if !tcx_or_skip() {
         return Ok(());
     }
-    let t = TempPins::new()?;
-    let lab = BridgeLab::new(3)?;
-    let dir = std::env::temp_dir().join(unique("palisade-filters-left-"));
-    let _listeners = listen_in_every_pod(&lab)?;
     // Never idle long enough to move: every veth stays on filters.
-    let flags = ["--tc-move-when-idle-ms", "600000"];
-    let mut daemon = start(&lab, &t, &dir, 600_000, &flags)?;
-    daemon.write("cluster.yaml", &cluster(&lab))?;
-    daemon.write("policy.yaml", B_FROM_A)?;
-    let s = commit_and_wait(&mut daemon)?;
+    let OnFilters {
+        t,
+        lab,
+        dir,
+        listeners: _listeners,
+        mut daemon,
+        status: s,
+    } = b_from_a_on_filters(3, "palisade-filters-left-", 600_000)?;
     assert_eq!(on_filters(&s).len(), 3, "{s}");
 
     let bin = palisade_tests::palisade_bin()?;
@@ -764,7 +760,7 @@ fn a_links_only_daemon_removes_the_filters_left_to_it() -> anyhow::Result<()> {
     let s = commit_and_wait(&mut daemon)?;
     assert!(on_filters(&s).is_empty(), "{s}");
     assert!(!keeps_net_admin(&s), "the helper removed the filters: {s}");
-    helper_holds_net_admin_alone(&s, daemon.pid())?;
+    palisade_tests::filter_helper_holds_net_admin_alone(&s, daemon.pid())?;
     for pod in 0..3 {
         on_links(&lab, &t, pod)?;
     }
@@ -822,21 +818,16 @@ fn with_filters(lab: &BridgeLab) -> anyhow::Result<Vec<String>> {
 /// links: enforcement outlives the daemon, and ends with the unload.
 #[test]
 fn unload_finds_and_removes_the_filters_a_daemon_left() -> anyhow::Result<()> {
-    let t = TempPins::new()?;
-    let lab = BridgeLab::new(3)?;
-    let dir = std::env::temp_dir().join(unique("palisade-unload-"));
-    let _listeners = listen_in_every_pod(&lab)?;
-    // Never idle long enough to move: every veth stays on filters.
-    let tcx = palisade::loader::features::Features::probe().tcx;
-    let flags: &[&str] = if tcx {
-        &["--tc-move-when-idle-ms", "600000"]
-    } else {
-        &[]
-    };
-    let mut daemon = start(&lab, &t, &dir, 600_000, flags)?;
-    daemon.write("cluster.yaml", &cluster(&lab))?;
-    daemon.write("policy.yaml", B_FROM_A)?;
-    commit_and_wait(&mut daemon)?;
+    // Never idle long enough to move: every veth stays on filters (on
+    // any kernel: without TCX there are no links to move to).
+    let OnFilters {
+        t,
+        lab,
+        dir,
+        listeners: _listeners,
+        mut daemon,
+        ..
+    } = b_from_a_on_filters(3, "palisade-unload-", 600_000)?;
     daemon.stop();
     assert_eq!(with_filters(&lab)?.len(), 6, "two filters a veth");
     assert!(!reaches(&lab, 2, 1)?, "c -> b denied after the daemon");

@@ -325,6 +325,21 @@ pub fn attach_tc(
 pub const CLSACT_PRIORITY: u16 = 1;
 pub const CLSACT_HANDLE: u32 = 0x5041;
 
+/// Whether a filter's handle and `tcm_info` (priority in its upper half)
+/// are those of Palisade's clsact filters.
+pub fn is_palisade_filter(handle: u32, info: u32) -> bool {
+    handle == CLSACT_HANDLE && info >> 16 == u32::from(CLSACT_PRIORITY)
+}
+
+/// Adds the clsact qdisc cls_bpf needs to `ifindex`; one there already
+/// (EEXIST) is as good.
+pub fn add_clsact(ifindex: u32) -> Result<(), TcError> {
+    match qdisc_add_clsact(ifindex) {
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
 fn clsact_options() -> NlOptions {
     NlOptions {
         priority: CLSACT_PRIORITY,
@@ -350,12 +365,7 @@ fn attach_clsact(
     ifindex: u32,
     hook: TcHook,
 ) -> Result<LinkState, AttachError> {
-    // cls_bpf needs the clsact qdisc; EEXIST means it is there already.
-    match qdisc_add_clsact(ifindex) {
-        Ok(()) => {}
-        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(attach_error(name)(e.into())),
-    }
+    add_clsact(ifindex).map_err(|e| attach_error(name)(e.into()))?;
     let parent = TcHandle::from(hook.attach_type());
     let created = prog.attach(
         ifindex,
@@ -437,18 +447,10 @@ pub fn tc_link_job(
     ifindex: u32,
     hook: TcHook,
 ) -> Result<Option<(std::os::fd::OwnedFd, PathBuf)>, AttachError> {
-    use std::os::fd::AsFd as _;
     if tc_link_pinned(pins, ifindex, hook) {
         return Ok(None);
     }
-    let name = hook.program();
-    let prog: &mut SchedClassifier = program(object, name)?;
-    let fd = prog
-        .fd()
-        .map_err(attach_error(name))?
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(AttachError::Interface)?;
+    let fd = tc_program_fd(object, hook)?;
     Ok(Some((fd, pins.link(&hook.pin_name(ifindex)))))
 }
 

@@ -388,15 +388,10 @@ fn handle(request: &Request, programs: &[OwnedFd; 2]) -> Result<bool, i32> {
 }
 
 fn add_clsact(ifindex: u32) -> Result<(), i32> {
-    match aya::programs::tc::qdisc_add_clsact(ifindex) {
-        Ok(()) => Ok(()),
-        Err(aya::programs::tc::TcError::NetlinkError(e)) => match e.raw_os_error() {
-            Some(libc::EEXIST) => Ok(()),
-            Some(errno) => Err(errno),
-            None => Err(libc::EIO),
-        },
-        Err(_) => Err(libc::EIO),
-    }
+    attach::add_clsact(ifindex).map_err(|e| match e {
+        aya::programs::tc::TcError::NetlinkError(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        _ => libc::EIO,
+    })
 }
 
 fn errno_of(e: &attach::AttachError) -> i32 {
@@ -462,8 +457,7 @@ pub fn filter_present(ifindex: u32, hook: TcHook) -> Result<bool, i32> {
     let mut found = false;
     let outcome = round_trip(request, |m| {
         if let RouteNetlinkMessage::NewTrafficFilter(f) = m {
-            found |= u32::from(f.header.handle) == CLSACT_HANDLE
-                && f.header.info >> 16 == u32::from(CLSACT_PRIORITY);
+            found |= attach::is_palisade_filter(f.header.handle.into(), f.header.info);
         }
     });
     // A missing interface or qdisc dumps nothing; older kernels refused

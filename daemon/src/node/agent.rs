@@ -329,16 +329,23 @@ impl<S: Source> Agent<S> {
         // filled first, its tracked flows carried over). With
         // `--tc-links-only` they would judge every packet after the links,
         // so this daemon removes them as those veths get links, through a
-        // filter helper started for it.
-        let t = Instant::now();
-        let found = discover::palisade_filters(&netlink)
-            .await
-            .context("looking for Palisade's clsact filters")?;
-        tracing::debug!(
-            ms = t.elapsed().as_secs_f64() * 1e3,
-            veths = found.len(),
-            "looked for clsact filters an earlier daemon left"
-        );
+        // filter helper started for it. Otherwise, with no other ABI's
+        // pins, what they hold is this ABI's and needs nothing: no dump
+        // (two requests per interface).
+        let found = if options.tc_filters_first && pins.other_abis().is_empty() {
+            BTreeSet::new()
+        } else {
+            let t = Instant::now();
+            let found = discover::palisade_filters(&netlink)
+                .await
+                .context("looking for Palisade's clsact filters")?;
+            tracing::debug!(
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                veths = found.len(),
+                "looked for clsact filters an earlier daemon left"
+            );
+            found
+        };
         let tc = TcAttach {
             filters_first: options.tc_filters_first,
             filters_found: !found.is_empty(),
@@ -429,8 +436,8 @@ impl<S: Source> Agent<S> {
         // Before the drop: the helper holds what this process holds now.
         match syncer.start_filter_helper() {
             Ok(Some(pid)) => {
-                let held = capabilities::threads(&pid.to_string())
-                    .map(|t| capabilities::names(t.iter().fold(0, |m, (_, c)| m | c.held())))
+                let held = capabilities::held_by(&pid.to_string())
+                    .map(capabilities::names)
                     .unwrap_or_default();
                 tracing::info!(pid, "TC filter helper started, holding {}", held.join(", "));
                 status.tc_filter_helper = Some(FilterHelperStatus {

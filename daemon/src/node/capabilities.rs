@@ -341,13 +341,19 @@ pub fn drop_for_filter_helper() -> Capabilities {
     )])
 }
 
+/// What any thread of `process` (a pid, or `self`) holds, effective or
+/// permitted.
+pub fn held_by(process: &str) -> io::Result<u64> {
+    Ok(threads(process)?.iter().fold(0, |m, (_, c)| m | c.held()))
+}
+
 /// Lowers the calling thread to `needs` (number, why) and reads back what
 /// every thread holds.
 fn drop_to(needs: &[(u32, &str)]) -> Capabilities {
     let keep = needs.iter().fold(0u64, |m, (c, _)| m | 1 << c);
     let mut notes = Vec::new();
-    let before = match threads("self") {
-        Ok(t) => t.iter().fold(0, |m, (_, c)| m | c.held()),
+    let before = match held_by("self") {
+        Ok(held) => held,
         Err(e) => {
             notes.push(format!("reading /proc/self/task before the drop: {e}"));
             capget().map_or(0, |s| s.effective | s.permitted)

@@ -629,7 +629,6 @@ pub async fn node_addresses(
 pub async fn palisade_filters(
     handle: &Handle,
 ) -> Result<std::collections::BTreeSet<u32>, DiscoverError> {
-    use crate::loader::attach::{CLSACT_HANDLE, CLSACT_PRIORITY};
     let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
     let mut found = std::collections::BTreeSet::new();
     for link in links {
@@ -646,10 +645,8 @@ pub async fn palisade_filters(
             let Ok(filters) = request.execute().try_collect::<Vec<_>>().await else {
                 continue;
             };
-            // A filter's priority is the upper half of `tcm_info`.
             if filters.iter().any(|f| {
-                u32::from(f.header.handle) == CLSACT_HANDLE
-                    && f.header.info >> 16 == u32::from(CLSACT_PRIORITY)
+                crate::loader::attach::is_palisade_filter(f.header.handle.into(), f.header.info)
             }) {
                 found.insert(link.header.index);
             }
