@@ -384,9 +384,11 @@ fn ip_node(lab: &BridgeLab, args: &str) -> anyhow::Result<()> {
 
 /// Reads the daemon's status file every millisecond on a thread of its
 /// own, and fails at the first read that lists a veth quarantined, or a
-/// pod's endpoint in force, whose two TCX links are not pinned; keeps
-/// every error the reads list. Where the kernel has no TCX a new veth gets
-/// filters within its pass: nothing to check.
+/// pod's endpoint in force, with a hook that has neither its TCX link
+/// pinned nor (for a veth the status lists on filters) Palisade's filter
+/// in the kernel's dump; keeps every error the reads list. Where the
+/// kernel has no TCX a new veth gets filters within its pass: nothing to
+/// check.
 struct Claims {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<anyhow::Result<Watched>>,
@@ -445,17 +447,24 @@ impl Claims {
                         {
                             let pin = pins.link(&format!("{hook}-{ifindex}"));
                             // On filters: the kernel's own dump shows the
-                            // filter of Palisade's on that hook.
-                            let filtered = || {
-                                on_filters.contains(&ifindex)
-                                    && node
-                                        .run(|| {
-                                            palisade::loader::filter_helper::filter_present(
-                                                ifindex as u32,
-                                                tc_hook,
-                                            )
-                                        })
-                                        .is_ok_and(|present| present == Ok(true))
+                            // filter of Palisade's on that hook. A dump that
+                            // fails fails the test, named as such.
+                            let filtered = || -> anyhow::Result<bool> {
+                                if !on_filters.contains(&ifindex) {
+                                    return Ok(false);
+                                }
+                                node.run(|| {
+                                    palisade::loader::filter_helper::filter_present(
+                                        ifindex as u32,
+                                        tc_hook,
+                                    )
+                                })?
+                                .map_err(|errno| {
+                                    anyhow::anyhow!(
+                                        "dumping ifindex {ifindex}'s {hook} filters: {}",
+                                        std::io::Error::from_raw_os_error(errno)
+                                    )
+                                })
                             };
                             // A veth deleted since the status was written
                             // has its pins taken by the pass that writes
@@ -464,8 +473,12 @@ impl Claims {
                                 node.run(|| palisade::netns::ifname(ifindex as u32))
                                     .is_ok_and(|name| name.is_err())
                             };
+                            // A move links and pins a hook before it takes
+                            // that hook's filter off: a pin looked for again
+                            // after the dump covers a move that ended between
+                            // the first look and the dump.
                             anyhow::ensure!(
-                                pin.exists() || filtered() || gone(),
+                                pin.exists() || filtered()? || pin.exists() || gone(),
                                 "the status claims ifindex {ifindex} enforced without {} or a filter: {v}",
                                 pin.display()
                             );
