@@ -1001,11 +1001,17 @@ impl<S: Source> Agent<S> {
         // A change's pass found the full pass due and ran first: the loop
         // wakes again at once for the full pass (see [`full_pass`]).
         let mut full_next = false;
+        // The full pass runs in two halves, each a pass of its own, so
+        // that a change that lands in one waits for that half only: every
+        // pod located again, then every map read. Since when the second
+        // is owed (see [`second_half_now`]).
+        let mut maps_owed: Option<Instant> = None;
         // Told when a move, or a new veth's links, ended off the loop.
         let ended = self.syncer.ended();
         loop {
             if check_maps {
                 last_full = Instant::now();
+                maps_owed = None;
             }
             let mut watched = None;
             if let Some(w) = &mut watch {
@@ -1039,7 +1045,7 @@ impl<S: Source> Agent<S> {
                 metrics::histogram!("palisade_change_to_in_force_seconds")
                     .record(since.elapsed().as_secs_f64());
             }
-            let wait = if full_next {
+            let wait = if full_next || maps_owed.is_some() {
                 Duration::ZERO
             } else if self.status.unplaced.is_empty() {
                 retries = 0;
@@ -1108,13 +1114,15 @@ impl<S: Source> Agent<S> {
                         };
                     }
                     () = tokio::time::sleep_until(wake) => {
-                        if !self.status.unplaced.is_empty() {
+                        let retry = !self.status.unplaced.is_empty();
+                        if retry || maps_owed.is_some() {
                             recheck = since_last_pass(&mut watch);
                             check_maps = false;
-                            // The pass that places a new pod, unless this
-                            // is the wake for the full pass put off.
-                            by_change = !full_next;
                         }
+                        // The pass that places a new pod, unless this is
+                        // the wake for the full pass (or its second half)
+                        // put off.
+                        by_change = retry && !full_next && maps_owed.is_none();
                     }
                     _ = tokio::signal::ctrl_c() => break true,
                     _ = terminate.recv() => break true,
@@ -1144,16 +1152,28 @@ impl<S: Source> Agent<S> {
                 break;
             }
             // A pass that reads everything anyway (link events lost) is the
-            // full pass: nothing it would hold up.
+            // full pass: nothing it would hold up. While its second half
+            // is owed, no other full pass begins.
             let full;
-            (full, full_next) = full_pass(
-                last_full.elapsed(),
-                self.options.resync,
-                by_change && !check_maps,
-                failed,
-            );
-            if full {
+            (full, full_next) = match maps_owed {
+                Some(_) if !failed => (false, false),
+                _ => full_pass(
+                    last_full.elapsed(),
+                    self.options.resync,
+                    by_change && !check_maps,
+                    failed,
+                ),
+            };
+            if full && failed {
+                // A failed pass's work is checked whole, at once.
                 (recheck, check_maps) = (Links::Everything, true);
+            } else if full {
+                (recheck, check_maps) = (Links::Everything, false);
+                maps_owed = Some(Instant::now());
+            } else if let Some(owed) = maps_owed
+                && second_half_now(owed.elapsed(), self.options.resync, by_change)
+            {
+                check_maps = true;
             }
         }
         // Enforcement stays: pinned links and maps outlive the daemon.
@@ -1518,7 +1538,8 @@ enum Links {
     /// nodes' addresses are located again, and the quarantine is read
     /// afresh; a placed pod whose veth is still there keeps it.
     Changed,
-    /// The periodic full pass: every pod located again, whatever it held,
+    /// The periodic full pass (its first half, the second reads every
+    /// map: see [`second_half_now`]): every pod located again, whatever it held,
     /// which repairs a placement no link event told of (a pod's address
     /// answered from another veth while its old one lingers). A pod whose
     /// address the node no longer resolves keeps its veth; it is asked for
@@ -1531,9 +1552,9 @@ enum Links {
 /// follows it, `since_full` after the last full pass. A full pass due when
 /// work that waits on the pass woke the loop (`by_change`: a change, or a
 /// retry for an unplaced pod) runs after that work's own pass, as soon as
-/// no other change is queued: it reads every map and locates every pod
-/// (tens of milliseconds at 10,000 pods), and the change need not wait for
-/// it. Not once it is half a period overdue, so that a stream of changes
+/// no other change is queued: it locates every pod and then reads every
+/// map (tens of milliseconds at 10,000 pods), and the change need not
+/// wait for it. Not once it is half a period overdue, so that a stream of changes
 /// cannot put drift repair off. A failed pass may have taken link events
 /// off the channel and not written their quarantine: the next one looks at
 /// everything rather than trust it.
@@ -1547,6 +1568,15 @@ fn full_pass(
     let overdue = since_full >= resync + resync / 2;
     let next = due && by_change && !overdue && !failed;
     (failed || (due && !next), next)
+}
+
+/// Whether the full pass's second half, every map read, runs now, owed
+/// for `owed_for` since its first half: unless a change (`by_change`)
+/// woke the loop, whose own pass runs first; then the loop wakes again at
+/// once. Not once it has been owed half a period, so that a stream of
+/// changes cannot put drift repair off: then it runs with the change.
+fn second_half_now(owed_for: Duration, resync: Duration, by_change: bool) -> bool {
+    !by_change || owed_for >= resync / 2
 }
 
 /// How long the loop waits idle before a move, and which veth it moves
@@ -1744,5 +1774,17 @@ mod tests {
         // After a failed pass: now, due or not.
         assert_eq!(full_pass(ms(10), resync, true, true), (true, false));
         assert_eq!(full_pass(ms(2500), resync, true, true), (true, false));
+    }
+
+    #[test]
+    fn a_change_runs_before_the_second_half_of_a_full_pass_unless_that_is_owed_half_a_period() {
+        let resync = Duration::from_secs(2);
+        let ms = Duration::from_millis;
+        // Nothing else woke the loop: now.
+        assert!(second_half_now(ms(0), resync, false));
+        // A change did: its pass first, up to half a period.
+        assert!(!second_half_now(ms(0), resync, true));
+        assert!(!second_half_now(ms(999), resync, true));
+        assert!(second_half_now(ms(1000), resync, true));
     }
 }
