@@ -1489,11 +1489,10 @@ async fn locate(
     // A kept pod may have come back on a new veth before its old one went
     // (a sandbox made again with the same address), and only a veth no pod
     // holds can be that one: then the kept pods are asked for after all,
-    // without waiting; the next full pass reads their answers.
+    // off the pass and without waiting; the next full pass reads their
+    // answers.
     if options.quarantine.is_none() || !quarantined.is_empty() {
-        for &ip in &kept_ips {
-            discover::nudge(ip);
-        }
+        discover::nudge_aside(kept_ips);
     }
     laps[3] = lap(&mut t);
     if !quiet {
