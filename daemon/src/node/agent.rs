@@ -1164,14 +1164,21 @@ impl<S: Source> Agent<S> {
                     failed,
                 ),
             };
-            if full && failed {
-                // A failed pass's work is checked whole, at once.
+            if full && (failed || watch.is_none()) {
+                // A failed pass's work is checked whole, at once; and
+                // unwatched, every pass locates every pod anyway: a first
+                // half would be one such pass more.
                 (recheck, check_maps) = (Links::Everything, true);
             } else if full {
                 (recheck, check_maps) = (Links::Everything, false);
                 maps_owed = Some(Instant::now());
             } else if let Some(owed) = maps_owed
-                && second_half_now(owed.elapsed(), self.options.resync, by_change)
+                && second_half_now(
+                    owed.elapsed(),
+                    last_full.elapsed(),
+                    self.options.resync,
+                    by_change,
+                )
             {
                 check_maps = true;
             }
@@ -1570,12 +1577,20 @@ fn full_pass(
 }
 
 /// Whether the full pass's second half, every map read, runs now, owed
-/// for `owed_for` since its first half: unless a change (`by_change`)
-/// woke the loop, whose own pass runs first; then the loop wakes again at
-/// once. Not once it has been owed half a period, so that a stream of
-/// changes cannot put drift repair off: then it runs with the change.
-fn second_half_now(owed_for: Duration, resync: Duration, by_change: bool) -> bool {
-    !by_change || owed_for >= resync / 2
+/// for `owed_for` since its first half and `since_full` after the last
+/// read of every map: unless a change (`by_change`) woke the loop, whose
+/// own pass runs first; then the loop wakes again at once. Not once it
+/// has been owed half a period, nor once the maps' last read is half a
+/// period overdue (as [`full_pass`] bounds the first half), so that a
+/// stream of changes cannot put drift repair off: then it runs with the
+/// change.
+fn second_half_now(
+    owed_for: Duration,
+    since_full: Duration,
+    resync: Duration,
+    by_change: bool,
+) -> bool {
+    !by_change || owed_for >= resync / 2 || since_full >= resync + resync / 2
 }
 
 /// How long the loop waits idle before a move, and which veth it moves
@@ -1780,10 +1795,13 @@ mod tests {
         let resync = Duration::from_secs(2);
         let ms = Duration::from_millis;
         // Nothing else woke the loop: now.
-        assert!(second_half_now(ms(0), resync, false));
+        assert!(second_half_now(ms(0), ms(2000), resync, false));
         // A change did: its pass first, up to half a period.
-        assert!(!second_half_now(ms(0), resync, true));
-        assert!(!second_half_now(ms(999), resync, true));
-        assert!(second_half_now(ms(1000), resync, true));
+        assert!(!second_half_now(ms(0), ms(2000), resync, true));
+        assert!(!second_half_now(ms(999), ms(2999), resync, true));
+        assert!(second_half_now(ms(1000), ms(3000), resync, true));
+        // The first half ran half a period overdue: the maps' read is as
+        // overdue, so it goes with the change.
+        assert!(second_half_now(ms(0), ms(3000), resync, true));
     }
 }
