@@ -687,9 +687,9 @@ fn when_the_filter_helper_stops_new_veths_get_links() -> anyhow::Result<()> {
 
 /// The same with a helper that stops answering (stopped, here): the
 /// request for the new veth is given up on after 5 s, the helper killed,
-/// and that veth linked (in that pass; the link events that follow a new
-/// veth would bring another pass soon anyway, so that this test does not
-/// tell the two apart).
+/// and that veth linked in that same pass: no attach error is counted
+/// (a later pass, which the link events that follow a new veth bring
+/// soon, would have linked it too, after a failed attach).
 #[test]
 fn a_filter_helper_that_stops_answering_is_given_up_on() -> anyhow::Result<()> {
     helper_stops_then_a_veth_comes(nix::sys::signal::Signal::SIGSTOP)
