@@ -11,10 +11,12 @@
 //! rules; a set), iptables-legacy (a chain of rules; an ipset), an empty TC
 //! program that drops (the floor of any TC enforcer), two that pass, where
 //! Palisade's run (the floor of an enforcer at both ends of a flow on the
-//! node), and nothing. Deny: the
+//! node), one that hands each packet straight into the receiver's namespace
+//! (the floor of an enforcer that takes the flow off the bridge), and
+//! nothing. Deny: the
 //! flood goes to a port no rule allows; the rate is what the enforcer's own
 //! drop counter counts per second. Allow: the flood matches the last rule;
-//! the rate is what reaches the receiver's veth. Each measurement counts
+//! the rate is what reaches the receiver's own end of its veth. Each measurement counts
 //! over a fixed window once the flood runs; the enforcers run interleaved,
 //! in an order that rotates, three times; the medians and ranges go to
 //! `peers.md` and `peers.svg`. Everything runs in the lab's namespaces and
@@ -89,6 +91,7 @@ pub enum Peer {
     None,
     EmptyTc,
     EmptyTcPass,
+    EmptyTcRedirect,
     Palisade,
     PalisadeXdp,
     NftLinear,
@@ -97,10 +100,11 @@ pub enum Peer {
     IptSet,
 }
 
-pub const PEERS: [Peer; 9] = [
+pub const PEERS: [Peer; 10] = [
     Peer::None,
     Peer::EmptyTc,
     Peer::EmptyTcPass,
+    Peer::EmptyTcRedirect,
     Peer::Palisade,
     Peer::PalisadeXdp,
     Peer::NftLinear,
@@ -111,10 +115,11 @@ pub const PEERS: [Peer; 9] = [
 
 /// What runs together, in this order; the groups' order rotates. Palisade's
 /// two hooks share one daemon start.
-const GROUPS: [&[Peer]; 8] = [
+const GROUPS: [&[Peer]; 9] = [
     &[Peer::None],
     &[Peer::EmptyTc],
     &[Peer::EmptyTcPass],
+    &[Peer::EmptyTcRedirect],
     &[Peer::Palisade, Peer::PalisadeXdp],
     &[Peer::NftLinear],
     &[Peer::NftSet],
@@ -128,6 +133,7 @@ impl Peer {
             Self::None => "none",
             Self::EmptyTc => "empty-tc",
             Self::EmptyTcPass => "empty-tc-pass",
+            Self::EmptyTcRedirect => "empty-tc-redirect",
             Self::Palisade => "palisade",
             Self::PalisadeXdp => "palisade-xdp",
             Self::NftLinear => "nft-linear",
@@ -145,6 +151,9 @@ impl Peer {
             }
             Self::EmptyTcPass => {
                 "two empty TC programs returning TC_ACT_UNSPEC (no verdict, as Palisade's passing packets), where Palisade's run (TCX ingress of the sender's veth, egress of the receiver's)"
+            }
+            Self::EmptyTcRedirect => {
+                "one empty TC program that hands every packet straight to the receiver's namespace (bpf_redirect_peer, TCX ingress of the sender's veth), past the bridge and the receiver's veth: the floor of an enforcer that takes a same-node flow off the CNI's path, as Cilium's host routing does"
             }
             Self::Palisade => "Palisade, the daemon: TC on both sides of each pod's veth",
             Self::PalisadeXdp => {
@@ -165,7 +174,7 @@ impl Peer {
     /// or everything.
     pub fn cases(self) -> &'static [Case] {
         match self {
-            Self::None | Self::EmptyTcPass => &[Case::Allow],
+            Self::None | Self::EmptyTcPass | Self::EmptyTcRedirect => &[Case::Allow],
             Self::EmptyTc => &[Case::Deny],
             _ => &[Case::Deny, Case::Allow],
         }
@@ -207,8 +216,9 @@ struct Bench {
     empty_pass: OwnedFd,
     /// The sender's and the receiver's links of `empty_pass`.
     empty_pass_links: Vec<OwnedFd>,
+    empty_redirect: OwnedFd,
+    empty_redirect_link: Option<OwnedFd>,
     sender_if: String,
-    receiver_if: String,
     sender_ifindex: u32,
     receiver_ifindex: u32,
     receiver: Ipv4Addr,
@@ -358,6 +368,8 @@ impl Bench {
             empty_tc: raw::empty_program(raw::SCHED_CLS, raw::TC_ACT_SHOT)?,
             empty_pass: raw::empty_program(raw::SCHED_CLS, raw::TC_ACT_UNSPEC)?,
             empty_pass_links: Vec::new(),
+            empty_redirect: raw::redirect_peer_program(receiver_ifindex)?,
+            empty_redirect_link: None,
             lab,
             bin: bin.to_owned(),
             dir,
@@ -368,7 +380,6 @@ impl Bench {
             xdp: None,
             empty_link: None,
             sender_if,
-            receiver_if,
             sender_ifindex,
             receiver_ifindex,
             receiver,
@@ -538,6 +549,11 @@ impl Bench {
                     ])
                 })??;
             }
+            Peer::EmptyTcRedirect => {
+                let (prog, index) = (self.empty_redirect.as_fd(), self.sender_ifindex);
+                self.empty_redirect_link =
+                    Some(self.lab.node.run(|| raw::tcx_attach(prog, index))??);
+            }
             Peer::Palisade => {
                 let took = self.palisade_up(n)?;
                 let status = self.daemon.as_ref().context("daemon")?.status()?;
@@ -578,6 +594,7 @@ impl Bench {
             Peer::None | Peer::Palisade => {}
             Peer::EmptyTc => self.empty_link = None,
             Peer::EmptyTcPass => self.empty_pass_links.clear(),
+            Peer::EmptyTcRedirect => self.empty_redirect_link = None,
             Peer::PalisadeXdp => self.palisade_down()?,
             Peer::NftLinear | Peer::NftSet => {
                 self.node(
@@ -604,18 +621,22 @@ impl Bench {
     }
 
     /// What the sender put into its veth (the host end's rx packets) and
-    /// what reached the receiver's (the host end's tx packets), and when
-    /// they were read.
+    /// what reached the receiver (its own end's rx packets: a packet handed
+    /// into its namespace past the bridge, as `empty-tc-redirect` hands
+    /// them, never leaves the host end), and when they were read.
     fn links(&self) -> anyhow::Result<(u64, u64, Instant)> {
         let before = Instant::now();
-        let dev = self
+        let node = self
             .lab
             .node
             .run(|| fs::read_to_string("/proc/thread-self/net/dev"))??;
+        let receiver = self.lab.pods[1]
+            .netns
+            .run(|| fs::read_to_string("/proc/thread-self/net/dev"))??;
         let at = before + (Instant::now() - before) / 2;
         Ok((
-            link_packets(&dev, &self.sender_if)?.0,
-            link_packets(&dev, &self.receiver_if)?.1,
+            link_packets(&node, &self.sender_if)?.0,
+            link_packets(&receiver, "eth0")?.0,
             at,
         ))
     }
@@ -627,7 +648,11 @@ impl Bench {
     fn sample(&self, peer: Peer, case: Case) -> anyhow::Result<[(u64, Instant); 2]> {
         let before = Instant::now();
         let counted = match (case, peer) {
-            (Case::Allow, _) | (Case::Deny, Peer::None | Peer::EmptyTc | Peer::EmptyTcPass) => None,
+            (Case::Allow, _)
+            | (
+                Case::Deny,
+                Peer::None | Peer::EmptyTc | Peer::EmptyTcPass | Peer::EmptyTcRedirect,
+            ) => None,
             (Case::Deny, Peer::Palisade | Peer::PalisadeXdp) => {
                 let c = self.palisade_drops()?;
                 Some((c, before + (Instant::now() - before) / 2))
@@ -726,6 +751,7 @@ impl Drop for Bench {
     fn drop(&mut self) {
         self.empty_link = None;
         self.empty_pass_links.clear();
+        self.empty_redirect_link = None;
         // The enforcer removes the pins (links and maps) when dropped.
         self.daemon = None;
         self.xdp = None;

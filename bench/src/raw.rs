@@ -40,6 +40,31 @@ pub fn empty_program(prog_type: u32, ret: i32) -> io::Result<OwnedFd> {
     load_program(prog_type, &[0xb7 | (u64::from(ret as u32) << 32), 0x95])
 }
 
+/// Loads a TC program that hands every packet to the peer of `ifindex`'s
+/// veth, in that peer's namespace (`bpf_redirect_peer`), as if it had
+/// arrived there: the packet skips the bridge and `ifindex`'s transmit side.
+/// Its frames are addressed to the receiver's MAC, so the sender's host end
+/// took them for another host's; they are marked as the receiver's own
+/// first (`bpf_skb_change_type`, `PACKET_HOST`), or its IP layer drops them.
+pub fn redirect_peer_program(ifindex: u32) -> io::Result<OwnedFd> {
+    const CHANGE_TYPE: u64 = 32;
+    const REDIRECT_PEER: u64 = 155;
+    let call = |helper: u64| 0x85 | helper << 32;
+    load_program(
+        SCHED_CLS,
+        &[
+            0x16bf,                            // r6 = r1 (the packet)
+            0x61bf,                            // r1 = r6
+            0x02b7,                            // r2 = PACKET_HOST
+            call(CHANGE_TYPE),                 //
+            0x01b7 | u64::from(ifindex) << 32, // r1 = ifindex
+            0x02b7,                            // r2 = 0 (flags)
+            call(REDIRECT_PEER),               // r0 = TC_ACT_REDIRECT
+            0x95,                              // exit
+        ],
+    )
+}
+
 /// Attaches a TC program to the ingress of `ifindex` (in the calling
 /// thread's network namespace) through TCX; detached when the returned
 /// link is closed.

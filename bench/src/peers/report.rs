@@ -146,7 +146,8 @@ pub struct Summary {
     /// The same ratios for the XDP pod-egress hook.
     xdp: String,
     /// No goal: what the allowed flood keeps of `none` with two empty
-    /// programs where Palisade's run, and what Palisade keeps of that.
+    /// programs where Palisade's run, what Palisade keeps of that, and what
+    /// an empty program that takes the flood past the bridge delivers.
     allow_floor: String,
 }
 
@@ -159,7 +160,7 @@ fn allow_floor(results: &Results) -> String {
         })
     };
     format!(
-        "two empty programs that pass ÷ none {}; palisade allow ÷ two empty programs that pass {}",
+        "two empty programs that pass ÷ none {}; palisade allow ÷ two empty programs that pass {}; one empty program that hands the flood to the receiver past the bridge ÷ none {}",
         text(worst(
             results,
             (Peer::EmptyTcPass, Allow),
@@ -169,6 +170,11 @@ fn allow_floor(results: &Results) -> String {
             results,
             (Peer::Palisade, Allow),
             (Peer::EmptyTcPass, Allow)
+        )),
+        text(worst(
+            results,
+            (Peer::EmptyTcRedirect, Allow),
+            (Peer::None, Allow)
         )),
     )
 }
@@ -304,7 +310,7 @@ pub fn markdown(results: &Results, summary: &Summary, machine: &Machine) -> Stri
     );
     let _ = writeln!(
         t,
-        "trafgen in the sender pod, pinned to CPU 0, sends 64-byte UDP frames to the receiver pod across the node's bridge, the source port counting through 64,512 values. Rules: the sender may send UDP to N (address, port) pairs, the receiver's the last. **deny**: the flood goes to a port no rule allows; packets per second counted by the enforcer's own drop counter (the empty program has none: what the sender's veth passed to it). **allow**: the flood matches the last rule; packets per second reaching the receiver's veth. Each figure: the median over {REPS} repetitions (range in brackets) of a {:.1} s window, the enforcers interleaved. The window opens once the flood has run 0.2 s and, for Palisade (its conntrack emptied before each run), once the sender has gone through every source port: it measures the flood's steady state, every flow tracked (a new flow's cost is the slow-path bench's). Packets per second, k = 1,000.\n",
+        "trafgen in the sender pod, pinned to CPU 0, sends 64-byte UDP frames to the receiver pod across the node's bridge, the source port counting through 64,512 values. Rules: the sender may send UDP to N (address, port) pairs, the receiver's the last. **deny**: the flood goes to a port no rule allows; packets per second counted by the enforcer's own drop counter (the empty program has none: what the sender's veth passed to it). **allow**: the flood matches the last rule; packets per second the receiver's own end of its veth received (its namespace's `eth0`; counted there rather than at the node's end since a flood handed past the bridge never leaves that end). Each figure: the median over {REPS} repetitions (range in brackets) of a {:.1} s window, the enforcers interleaved. The window opens once the flood has run 0.2 s and, for Palisade (its conntrack emptied before each run), once the sender has gone through every source port: it measures the flood's steady state, every flow tracked (a new flow's cost is the slow-path bench's). Packets per second, k = 1,000.\n",
         WINDOW.as_secs_f64()
     );
     t.push_str("| enforcer | case |");
@@ -355,7 +361,7 @@ pub fn markdown(results: &Results, summary: &Summary, machine: &Machine) -> Stri
     }
     let _ = writeln!(
         t,
-        "\nThe XDP pod-egress hook instead of TC: `{}`.\n\nThe allowed flood's floor, an enforcer's two hooks on a same-node flow (no goal; the worst N): {}.\n\n```\n{}\n```",
+        "\nThe XDP pod-egress hook instead of TC: `{}`.\n\nThe allowed flood's floor, an enforcer's two hooks on a same-node flow, and the most a flow taken off the bridge could deliver (no goal; the worst N): {}.\n\n```\n{}\n```",
         summary.xdp,
         summary.allow_floor,
         summary.last_line()
