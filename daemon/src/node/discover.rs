@@ -553,31 +553,70 @@ pub fn nudge(ip: IpAddr) {
 /// reads no answer: a nudge of an IPv4 address is an ARP broadcast that
 /// the bridge floods to every port in the sender's own system call
 /// (with 200 ports, 38 ms for 167 nudges in one pass), which the
-/// pass, and a change behind it, need not wait for. While a round is under
-/// way another is not started: the pass that wants it reads no answer
-/// either, and the next full pass asks again.
+/// pass, and a change behind it, need not wait for. One round at a time:
+/// addresses asked for while one is under way join it, sent once it has
+/// sent what it held, so a pass's own addresses are never skipped.
 pub fn nudge_aside(ips: Vec<IpAddr>) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static UNDER_WAY: AtomicBool = AtomicBool::new(false);
-    if ips.is_empty() || UNDER_WAY.swap(true, Ordering::AcqRel) {
-        return;
+    static ROUNDS: Rounds = Rounds::new();
+    ROUNDS.ask(ips, nudge);
+}
+
+/// The addresses waiting for a nudge and whether a round is sending.
+struct Rounds(std::sync::Mutex<(Vec<IpAddr>, bool)>);
+
+impl Rounds {
+    const fn new() -> Self {
+        Self(std::sync::Mutex::new((Vec::new(), false)))
     }
-    let aside = ips.clone();
-    let round = std::thread::Builder::new()
-        .name("nudge".into())
-        .spawn(move || {
-            for ip in aside {
-                nudge(ip);
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (Vec<IpAddr>, bool)> {
+        // A panic while holding it leaves only a list of addresses.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds `ips` to what waits and, unless a round is under way, starts
+    /// one that `send`s until nothing waits.
+    fn ask(&'static self, ips: Vec<IpAddr>, send: fn(IpAddr)) {
+        {
+            let mut state = self.state();
+            let (waiting, under_way) = &mut *state;
+            for ip in ips {
+                if !waiting.contains(&ip) {
+                    waiting.push(ip);
+                }
             }
-            UNDER_WAY.store(false, Ordering::Release);
-        });
-    if let Err(e) = round {
-        // Sent by the pass itself, then: slower, but asked all the same.
-        tracing::debug!("no thread for nudges ({e}): sent in the pass");
-        for ip in ips {
-            nudge(ip);
+            if *under_way || waiting.is_empty() {
+                return;
+            }
+            *under_way = true;
         }
-        UNDER_WAY.store(false, Ordering::Release);
+        let round = std::thread::Builder::new()
+            .name("nudge".into())
+            .spawn(move || self.send_all(send));
+        if let Err(e) = round {
+            // Sent by the pass itself, then: slower, but asked all the same.
+            tracing::debug!("no thread for nudges ({e}): sent in the pass");
+            self.send_all(send);
+        }
+    }
+
+    /// Sends what waits, and what comes meanwhile, then ends the round.
+    fn send_all(&self, send: fn(IpAddr)) {
+        loop {
+            let batch = {
+                let mut state = self.state();
+                if state.0.is_empty() {
+                    state.1 = false;
+                    return;
+                }
+                std::mem::take(&mut state.0)
+            };
+            for ip in batch {
+                send(ip);
+            }
+        }
     }
 }
 
@@ -700,6 +739,54 @@ mod tests {
     use rtnetlink::packet_route::link::LinkHeader;
 
     use super::*;
+
+    /// Polls `done` every millisecond for at most ten seconds.
+    fn within_a_while(done: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }
+
+    #[test]
+    fn addresses_asked_for_while_a_round_sends_are_sent_by_it() {
+        use std::sync::{Condvar, Mutex};
+        static ROUNDS: Rounds = Rounds::new();
+        static SENT: Mutex<Vec<IpAddr>> = Mutex::new(Vec::new());
+        static GATE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+        // Holds the round in its first send until the gate opens.
+        fn send(ip: IpAddr) {
+            let (open, opened) = &GATE;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = opened.wait(open).unwrap();
+            }
+            SENT.lock().unwrap().push(ip);
+        }
+        let [a, b, c]: [IpAddr; 3] =
+            ["10.0.0.1", "10.0.0.2", "fd00::3"].map(|s| s.parse().unwrap());
+        ROUNDS.ask(vec![a], send);
+        assert!(
+            within_a_while(|| ROUNDS.state().0.is_empty()),
+            "the round took its address"
+        );
+        ROUNDS.ask(vec![b, c, b], send);
+        assert_eq!(*ROUNDS.state(), (vec![b, c], true), "joined, once each");
+        *GATE.0.lock().unwrap() = true;
+        GATE.1.notify_all();
+        assert!(
+            within_a_while(|| !ROUNDS.state().1),
+            "the round ends once nothing waits"
+        );
+        assert_eq!(*SENT.lock().unwrap(), vec![a, b, c]);
+        // And a later ask starts a round again.
+        ROUNDS.ask(vec![c], send);
+        assert!(within_a_while(|| SENT.lock().unwrap().len() == 4));
+    }
 
     fn link(index: u32, family: AddressFamily, attributes: Vec<LinkAttribute>) -> LinkMessage {
         let mut m = LinkMessage::default();
