@@ -93,6 +93,7 @@ pub enum Peer {
     EmptyTcPass,
     EmptyTcRedirect,
     Palisade,
+    PalisadeRedirect,
     PalisadeXdp,
     NftLinear,
     NftSet,
@@ -100,12 +101,13 @@ pub enum Peer {
     IptSet,
 }
 
-pub const PEERS: [Peer; 10] = [
+pub const PEERS: [Peer; 11] = [
     Peer::None,
     Peer::EmptyTc,
     Peer::EmptyTcPass,
     Peer::EmptyTcRedirect,
     Peer::Palisade,
+    Peer::PalisadeRedirect,
     Peer::PalisadeXdp,
     Peer::NftLinear,
     Peer::NftSet,
@@ -120,7 +122,7 @@ const GROUPS: [&[Peer]; 9] = [
     &[Peer::EmptyTc],
     &[Peer::EmptyTcPass],
     &[Peer::EmptyTcRedirect],
-    &[Peer::Palisade, Peer::PalisadeXdp],
+    &[Peer::Palisade, Peer::PalisadeRedirect, Peer::PalisadeXdp],
     &[Peer::NftLinear],
     &[Peer::NftSet],
     &[Peer::IptLinear],
@@ -135,6 +137,7 @@ impl Peer {
             Self::EmptyTcPass => "empty-tc-pass",
             Self::EmptyTcRedirect => "empty-tc-redirect",
             Self::Palisade => "palisade",
+            Self::PalisadeRedirect => "palisade-redirect",
             Self::PalisadeXdp => "palisade-xdp",
             Self::NftLinear => "nft-linear",
             Self::NftSet => "nft-set",
@@ -156,6 +159,9 @@ impl Peer {
                 "one empty TC program that hands every packet straight to the receiver's namespace (bpf_redirect_peer, TCX ingress of the sender's veth), past the bridge and the receiver's veth: the floor of an enforcer that takes a same-node flow off the CNI's path, as Cilium's host routing does"
             }
             Self::Palisade => "Palisade, the daemon: TC on both sides of each pod's veth",
+            Self::PalisadeRedirect => {
+                "Palisade's sending end, then empty-tc-redirect's program after it on the sender's veth: no design, a bound: what an enforcer that judged a same-node flow at its sender and took it off the bridge could deliver at most, the receiving end's work left out"
+            }
             Self::PalisadeXdp => {
                 "Palisade, the daemon's maps, the XDP pod-egress program (native) instead of TC on the sender's veth"
             }
@@ -174,7 +180,9 @@ impl Peer {
     /// or everything.
     pub fn cases(self) -> &'static [Case] {
         match self {
-            Self::None | Self::EmptyTcPass | Self::EmptyTcRedirect => &[Case::Allow],
+            Self::None | Self::EmptyTcPass | Self::EmptyTcRedirect | Self::PalisadeRedirect => {
+                &[Case::Allow]
+            }
             Self::EmptyTc => &[Case::Deny],
             _ => &[Case::Deny, Case::Allow],
         }
@@ -565,6 +573,17 @@ impl Bench {
                     status["not_enforced"]
                 );
             }
+            Peer::PalisadeRedirect => {
+                if !self.daemon_running {
+                    self.palisade_up(n)?;
+                }
+                // TCX runs a hook's programs in the order they were
+                // attached: Palisade's first, then this one, which sees
+                // only what Palisade passed.
+                let (prog, index) = (self.empty_redirect.as_fd(), self.sender_ifindex);
+                self.empty_redirect_link =
+                    Some(self.lab.node.run(|| raw::tcx_attach(prog, index))??);
+            }
             Peer::PalisadeXdp => {
                 if !self.daemon_running {
                     self.palisade_up(n)?;
@@ -594,7 +613,7 @@ impl Bench {
             Peer::None | Peer::Palisade => {}
             Peer::EmptyTc => self.empty_link = None,
             Peer::EmptyTcPass => self.empty_pass_links.clear(),
-            Peer::EmptyTcRedirect => self.empty_redirect_link = None,
+            Peer::EmptyTcRedirect | Peer::PalisadeRedirect => self.empty_redirect_link = None,
             Peer::PalisadeXdp => self.palisade_down()?,
             Peer::NftLinear | Peer::NftSet => {
                 self.node(
@@ -653,7 +672,7 @@ impl Bench {
                 Case::Deny,
                 Peer::None | Peer::EmptyTc | Peer::EmptyTcPass | Peer::EmptyTcRedirect,
             ) => None,
-            (Case::Deny, Peer::Palisade | Peer::PalisadeXdp) => {
+            (Case::Deny, Peer::Palisade | Peer::PalisadeRedirect | Peer::PalisadeXdp) => {
                 let c = self.palisade_drops()?;
                 Some((c, before + (Instant::now() - before) / 2))
             }
@@ -706,14 +725,20 @@ impl Bench {
     }
 
     fn measure(&self, peer: Peer, case: Case) -> anyhow::Result<Sample> {
-        if matches!(peer, Peer::Palisade | Peer::PalisadeXdp) {
+        if matches!(
+            peer,
+            Peer::Palisade | Peer::PalisadeRedirect | Peer::PalisadeXdp
+        ) {
             self.palisade_forget_flows()?;
         }
         let (sent_before, ..) = self.links()?;
         let mut trafgen = self.flood(case)?;
         let result = (|| {
             std::thread::sleep(WARM_UP);
-            if matches!(peer, Peer::Palisade | Peer::PalisadeXdp) {
+            if matches!(
+                peer,
+                Peer::Palisade | Peer::PalisadeRedirect | Peer::PalisadeXdp
+            ) {
                 let limit = Instant::now() + SWEEP_LIMIT;
                 while self.links()?.0.saturating_sub(sent_before) < rules::SOURCE_PORTS {
                     if Instant::now() > limit {
@@ -826,8 +851,12 @@ pub fn report(bin: &Path, out: &Path, quick: bool, only: Option<&[Peer]>) -> any
                     }
                     bench.clear(peer)?;
                     // The XDP run, which takes the daemon down, is left out.
-                    if peer == Peer::Palisade
-                        && only.is_some_and(|o| !o.contains(&Peer::PalisadeXdp))
+                    if matches!(peer, Peer::Palisade | Peer::PalisadeRedirect)
+                        && only.is_some_and(|o| {
+                            !o.contains(&Peer::PalisadeXdp)
+                                && (peer == Peer::PalisadeRedirect
+                                    || !o.contains(&Peer::PalisadeRedirect))
+                        })
                     {
                         bench.palisade_down()?;
                     }

@@ -146,8 +146,9 @@ pub struct Summary {
     /// The same ratios for the XDP pod-egress hook.
     xdp: String,
     /// No goal: what the allowed flood keeps of `none` with two empty
-    /// programs where Palisade's run, what Palisade keeps of that, and what
-    /// an empty program that takes the flood past the bridge delivers.
+    /// programs where Palisade's run, what Palisade keeps of that, what an
+    /// empty program that takes the flood past the bridge delivers, and
+    /// what it delivers behind Palisade's sending end.
     allow_floor: String,
 }
 
@@ -160,7 +161,7 @@ fn allow_floor(results: &Results) -> String {
         })
     };
     format!(
-        "two empty programs that pass ÷ none {}; palisade allow ÷ two empty programs that pass {}; one empty program that hands the flood to the receiver past the bridge ÷ none {}",
+        "two empty programs that pass ÷ none {}; palisade allow ÷ two empty programs that pass {}; one empty program that hands the flood to the receiver past the bridge ÷ none {}; palisade's sending end, then that program ÷ none {}",
         text(worst(
             results,
             (Peer::EmptyTcPass, Allow),
@@ -174,6 +175,11 @@ fn allow_floor(results: &Results) -> String {
         text(worst(
             results,
             (Peer::EmptyTcRedirect, Allow),
+            (Peer::None, Allow)
+        )),
+        text(worst(
+            results,
+            (Peer::PalisadeRedirect, Allow),
             (Peer::None, Allow)
         )),
     )
