@@ -12,8 +12,10 @@
 //! program that drops (the floor of any TC enforcer), two that pass, where
 //! Palisade's run (the floor of an enforcer at both ends of a flow on the
 //! node), one that hands each packet straight into the receiver's namespace
-//! (the floor of an enforcer that takes the flow off the bridge), and
-//! nothing. Deny: the
+//! (the floor of an enforcer that takes the flow off the bridge), that one
+//! behind Palisade's program on the sender's veth (allow only: what a
+//! design running Palisade's sending end and then taking the flow off the
+//! bridge could deliver at most), and nothing. Deny: the
 //! flood goes to a port no rule allows; the rate is what the enforcer's own
 //! drop counter counts per second. Allow: the flood matches the last rule;
 //! the rate is what reaches the receiver's own end of its veth. Each measurement counts
@@ -75,7 +77,8 @@ pub const REPS: usize = 3;
 /// a pass takes 0.3 s; the wait gives up after `SWEEP_LIMIT`.
 const WARM_UP: Duration = Duration::from_millis(200);
 const SWEEP_LIMIT: Duration = Duration::from_secs(5);
-/// ...and lasts this long: 14 runs per size and repetition fit 5 minutes.
+/// ...and lasts this long: 17 runs per size and repetition fit 5 minutes
+/// (261 s on 2026-12-08).
 pub const WINDOW: Duration = Duration::from_millis(1000);
 /// trafgen pins its one process to CPU 0; the rest keeps off it.
 const SENDER_CPU: usize = 0;
@@ -116,7 +119,8 @@ pub const PEERS: [Peer; 11] = [
 ];
 
 /// What runs together, in this order; the groups' order rotates. Palisade's
-/// two hooks share one daemon start.
+/// three set-ups (TC, TC with the redirect after it, XDP) share one daemon
+/// start.
 const GROUPS: [&[Peer]; 9] = [
     &[Peer::None],
     &[Peer::EmptyTc],
@@ -160,7 +164,7 @@ impl Peer {
             }
             Self::Palisade => "Palisade, the daemon: TC on both sides of each pod's veth",
             Self::PalisadeRedirect => {
-                "Palisade's sending end, then empty-tc-redirect's program after it on the sender's veth: no design, a bound: what an enforcer that judged a same-node flow at its sender and took it off the bridge could deliver at most, the receiving end's work left out"
+                "Palisade's sending end, then empty-tc-redirect's program after it on the sender's veth: no design, a bound: what a design that ran Palisade's sending-end program on a same-node flow and then took it off the bridge could deliver at most, the receiving end's work left out"
             }
             Self::PalisadeXdp => {
                 "Palisade, the daemon's maps, the XDP pod-egress program (native) instead of TC on the sender's veth"
@@ -275,8 +279,8 @@ fn mac(ns: &Netns) -> anyhow::Result<String> {
         .with_context(|| format!("no MAC in {out}"))
 }
 
-/// (rx_packets, tx_packets) of `iface`, from the namespace's /proc/net/dev.
-fn link_packets(dev: &str, iface: &str) -> anyhow::Result<(u64, u64)> {
+/// The rx packets of `iface` in a namespace's /proc/net/dev.
+fn link_rx(dev: &str, iface: &str) -> anyhow::Result<u64> {
     let line = dev
         .lines()
         .find_map(|l| l.trim_start().strip_prefix(&format!("{iface}:")))
@@ -286,7 +290,16 @@ fn link_packets(dev: &str, iface: &str) -> anyhow::Result<(u64, u64)> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     anyhow::ensure!(f.len() >= 16, "short /proc/net/dev line for {iface}");
-    Ok((f[1], f[9]))
+    Ok(f[1])
+}
+
+/// `iface`'s rx packets in `ns`, and when they were read (the middle of
+/// the read: the switch into `ns` takes a thread's start).
+fn rx_packets(ns: &Netns, iface: &str) -> anyhow::Result<(u64, Instant)> {
+    let before = Instant::now();
+    let dev = ns.run(|| fs::read_to_string("/proc/thread-self/net/dev"))??;
+    let at = before + (Instant::now() - before) / 2;
+    Ok((link_rx(&dev, iface)?, at))
 }
 
 /// Keeps this thread, and what it starts later, to `cpu`.
@@ -642,22 +655,12 @@ impl Bench {
     /// What the sender put into its veth (the host end's rx packets) and
     /// what reached the receiver (its own end's rx packets: a packet handed
     /// into its namespace past the bridge, as `empty-tc-redirect` hands
-    /// them, never leaves the host end), and when they were read.
-    fn links(&self) -> anyhow::Result<(u64, u64, Instant)> {
-        let before = Instant::now();
-        let node = self
-            .lab
-            .node
-            .run(|| fs::read_to_string("/proc/thread-self/net/dev"))??;
-        let receiver = self.lab.pods[1]
-            .netns
-            .run(|| fs::read_to_string("/proc/thread-self/net/dev"))??;
-        let at = before + (Instant::now() - before) / 2;
-        Ok((
-            link_packets(&node, &self.sender_if)?.0,
-            link_packets(&receiver, "eth0")?.0,
-            at,
-        ))
+    /// them, never leaves the host end), each with when it was read.
+    fn links(&self) -> anyhow::Result<[(u64, Instant); 2]> {
+        Ok([
+            rx_packets(&self.lab.node, &self.sender_if)?,
+            rx_packets(&self.lab.pods[1].netns, "eth0")?,
+        ])
     }
 
     /// The counter a case is judged by and when it was read, then what the
@@ -683,14 +686,14 @@ impl Bench {
                 Some((self.iptables_drops()?, Instant::now()))
             }
         };
-        let (sent, delivered, at) = self.links()?;
+        let [sent, delivered] = self.links()?;
         let counted = counted.unwrap_or(match case {
-            Case::Allow => (delivered, at),
+            Case::Allow => delivered,
             // The empty program counts nothing: every packet the sender put
             // into its veth reached it and was dropped.
-            Case::Deny => (sent, at),
+            Case::Deny => sent,
         });
-        Ok([counted, (sent, at)])
+        Ok([counted, sent])
     }
 
     fn flood(&self, case: Case) -> anyhow::Result<Child> {
@@ -731,7 +734,7 @@ impl Bench {
         ) {
             self.palisade_forget_flows()?;
         }
-        let (sent_before, ..) = self.links()?;
+        let [(sent_before, _), _] = self.links()?;
         let mut trafgen = self.flood(case)?;
         let result = (|| {
             std::thread::sleep(WARM_UP);
@@ -740,7 +743,7 @@ impl Bench {
                 Peer::Palisade | Peer::PalisadeRedirect | Peer::PalisadeXdp
             ) {
                 let limit = Instant::now() + SWEEP_LIMIT;
-                while self.links()?.0.saturating_sub(sent_before) < rules::SOURCE_PORTS {
+                while self.links()?[0].0.saturating_sub(sent_before) < rules::SOURCE_PORTS {
                     if Instant::now() > limit {
                         println!(
                             "    (the sender did not go through every source port within {} s)",
@@ -850,7 +853,8 @@ pub fn report(bin: &Path, out: &Path, quick: bool, only: Option<&[Peer]>) -> any
                         results.entry((peer, case, n)).or_default().push(s.pps);
                     }
                     bench.clear(peer)?;
-                    // The XDP run, which takes the daemon down, is left out.
+                    // The daemon goes down after the last of Palisade's
+                    // set-ups that runs: the XDP one takes it down itself.
                     if matches!(peer, Peer::Palisade | Peer::PalisadeRedirect)
                         && only.is_some_and(|o| {
                             !o.contains(&Peer::PalisadeXdp)

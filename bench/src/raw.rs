@@ -45,7 +45,9 @@ pub fn empty_program(prog_type: u32, ret: i32) -> io::Result<OwnedFd> {
 /// arrived there: the packet skips the bridge and `ifindex`'s transmit side.
 /// Its frames are addressed to the receiver's MAC, so the sender's host end
 /// took them for another host's; they are marked as the receiver's own
-/// first (`bpf_skb_change_type`, `PACKET_HOST`), or its IP layer drops them.
+/// first (`bpf_skb_change_type`, `PACKET_HOST`): kernels whose redirect does
+/// not reset the packet type would have the receiver's IP layer drop them,
+/// and on those that do the mark costs one helper call.
 pub fn redirect_peer_program(ifindex: u32) -> io::Result<OwnedFd> {
     const CHANGE_TYPE: u64 = 32;
     const REDIRECT_PEER: u64 = 155;
@@ -53,9 +55,7 @@ pub fn redirect_peer_program(ifindex: u32) -> io::Result<OwnedFd> {
     load_program(
         SCHED_CLS,
         &[
-            0x16bf,                            // r6 = r1 (the packet)
-            0x61bf,                            // r1 = r6
-            0x02b7,                            // r2 = PACKET_HOST
+            0x02b7,                            // r2 = PACKET_HOST (r1: the packet)
             call(CHANGE_TYPE),                 //
             0x01b7 | u64::from(ifindex) << 32, // r1 = ifindex
             0x02b7,                            // r2 = 0 (flags)

@@ -604,6 +604,17 @@ impl Rounds {
 
     /// Sends what waits, and what comes meanwhile, then ends the round.
     fn send_all(&self, send: fn(IpAddr)) {
+        // A send that panicked would otherwise leave the round under way
+        // for good, and every later ask would only queue.
+        struct EndsOnPanic<'a>(&'a Rounds);
+        impl Drop for EndsOnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.state().1 = false;
+                }
+            }
+        }
+        let _ends = EndsOnPanic(self);
         loop {
             let batch = {
                 let mut state = self.state();
@@ -753,12 +764,32 @@ mod tests {
     }
 
     #[test]
+    fn a_round_whose_send_panicked_does_not_stop_later_ones() {
+        use std::sync::Mutex;
+        static ROUNDS: Rounds = Rounds::new();
+        static SENT: Mutex<Vec<IpAddr>> = Mutex::new(Vec::new());
+        fn send(ip: IpAddr) {
+            assert!(!ip.is_unspecified(), "a send that panics");
+            SENT.lock().unwrap().push(ip);
+        }
+        let [bad, good]: [IpAddr; 2] = ["0.0.0.0", "10.0.0.9"].map(|s| s.parse().unwrap());
+        ROUNDS.ask(vec![bad], send);
+        assert!(
+            within_a_while(|| !ROUNDS.state().1),
+            "the panicked round ended"
+        );
+        ROUNDS.ask(vec![good], send);
+        assert!(within_a_while(|| *SENT.lock().unwrap() == [good]));
+    }
+
+    #[test]
     fn addresses_asked_for_while_a_round_sends_are_sent_by_it() {
         use std::sync::{Condvar, Mutex};
         static ROUNDS: Rounds = Rounds::new();
         static SENT: Mutex<Vec<IpAddr>> = Mutex::new(Vec::new());
         static GATE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
-        // Holds the round in its first send until the gate opens.
+        // Holds the round in its first send until the gate opens (were no
+        // thread to be had, the round would run here and the test hang).
         fn send(ip: IpAddr) {
             let (open, opened) = &GATE;
             let mut open = open.lock().unwrap();
