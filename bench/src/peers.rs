@@ -118,15 +118,18 @@ pub const PEERS: [Peer; 11] = [
     Peer::IptSet,
 ];
 
-/// What runs together, in this order; the groups' order rotates. Palisade's
-/// three set-ups (TC, TC with the redirect after it, XDP) share one daemon
-/// start.
+/// Palisade's three set-ups (TC, TC with the redirect after it, XDP), in
+/// the order they run: they share one daemon start, which the XDP one
+/// takes down.
+const PALISADE: &[Peer] = &[Peer::Palisade, Peer::PalisadeRedirect, Peer::PalisadeXdp];
+
+/// What runs together, in this order; the groups' order rotates.
 const GROUPS: [&[Peer]; 9] = [
     &[Peer::None],
     &[Peer::EmptyTc],
     &[Peer::EmptyTcPass],
     &[Peer::EmptyTcRedirect],
-    &[Peer::Palisade, Peer::PalisadeRedirect, Peer::PalisadeXdp],
+    PALISADE,
     &[Peer::NftLinear],
     &[Peer::NftSet],
     &[Peer::IptLinear],
@@ -160,7 +163,7 @@ impl Peer {
                 "two empty TC programs returning TC_ACT_UNSPEC (no verdict, as Palisade's passing packets), where Palisade's run (TCX ingress of the sender's veth, egress of the receiver's)"
             }
             Self::EmptyTcRedirect => {
-                "one empty TC program that hands every packet straight to the receiver's namespace (bpf_redirect_peer, TCX ingress of the sender's veth), past the bridge and the receiver's veth: the floor of an enforcer that takes a same-node flow off the CNI's path, as Cilium's host routing does"
+                "one TC program that does nothing but hand every packet straight to the receiver's namespace (bpf_redirect_peer, TCX ingress of the sender's veth), past the bridge and the receiver's veth: the floor of an enforcer that takes a same-node flow off the CNI's path, as Cilium's host routing does"
             }
             Self::Palisade => "Palisade, the daemon: TC on both sides of each pod's veth",
             Self::PalisadeRedirect => {
@@ -178,6 +181,11 @@ impl Peer {
                 "iptables-legacy FORWARD via br_netfilter (physdev): one ipset hash:ip,port"
             }
         }
+    }
+
+    /// One of Palisade's set-ups, whose conntrack each run starts empty.
+    fn is_palisade(self) -> bool {
+        PALISADE.contains(&self)
     }
 
     /// Nothing drops without an enforcer; the empty programs pass nothing,
@@ -570,11 +578,7 @@ impl Bench {
                     ])
                 })??;
             }
-            Peer::EmptyTcRedirect => {
-                let (prog, index) = (self.empty_redirect.as_fd(), self.sender_ifindex);
-                self.empty_redirect_link =
-                    Some(self.lab.node.run(|| raw::tcx_attach(prog, index))??);
-            }
+            Peer::EmptyTcRedirect => self.redirect_up()?,
             Peer::Palisade => {
                 let took = self.palisade_up(n)?;
                 let status = self.daemon.as_ref().context("daemon")?.status()?;
@@ -593,9 +597,7 @@ impl Bench {
                 // TCX runs a hook's programs in the order they were
                 // attached: Palisade's first, then this one, which sees
                 // only what Palisade passed.
-                let (prog, index) = (self.empty_redirect.as_fd(), self.sender_ifindex);
-                self.empty_redirect_link =
-                    Some(self.lab.node.run(|| raw::tcx_attach(prog, index))??);
+                self.redirect_up()?;
             }
             Peer::PalisadeXdp => {
                 if !self.daemon_running {
@@ -618,6 +620,13 @@ impl Bench {
                 self.node("iptables-legacy-restore", &["-w"], Some(&text))?;
             }
         }
+        Ok(())
+    }
+
+    /// The redirect program on the sender's veth, after whatever is there.
+    fn redirect_up(&mut self) -> anyhow::Result<()> {
+        let (prog, index) = (self.empty_redirect.as_fd(), self.sender_ifindex);
+        self.empty_redirect_link = Some(self.lab.node.run(|| raw::tcx_attach(prog, index))??);
         Ok(())
     }
 
@@ -728,20 +737,14 @@ impl Bench {
     }
 
     fn measure(&self, peer: Peer, case: Case) -> anyhow::Result<Sample> {
-        if matches!(
-            peer,
-            Peer::Palisade | Peer::PalisadeRedirect | Peer::PalisadeXdp
-        ) {
+        if peer.is_palisade() {
             self.palisade_forget_flows()?;
         }
         let [(sent_before, _), _] = self.links()?;
         let mut trafgen = self.flood(case)?;
         let result = (|| {
             std::thread::sleep(WARM_UP);
-            if matches!(
-                peer,
-                Peer::Palisade | Peer::PalisadeRedirect | Peer::PalisadeXdp
-            ) {
+            if peer.is_palisade() {
                 let limit = Instant::now() + SWEEP_LIMIT;
                 while self.links()?[0].0.saturating_sub(sent_before) < rules::SOURCE_PORTS {
                     if Instant::now() > limit {
@@ -854,14 +857,9 @@ pub fn report(bin: &Path, out: &Path, quick: bool, only: Option<&[Peer]>) -> any
                     }
                     bench.clear(peer)?;
                     // The daemon goes down after the last of Palisade's
-                    // set-ups that runs: the XDP one takes it down itself.
-                    if matches!(peer, Peer::Palisade | Peer::PalisadeRedirect)
-                        && only.is_some_and(|o| {
-                            !o.contains(&Peer::PalisadeXdp)
-                                && (peer == Peer::PalisadeRedirect
-                                    || !o.contains(&Peer::PalisadeRedirect))
-                        })
-                    {
+                    // set-ups that runs, unless that one took it down.
+                    let last = only.and_then(|o| PALISADE.iter().rev().find(|p| o.contains(p)));
+                    if last == Some(&peer) && peer != Peer::PalisadeXdp {
                         bench.palisade_down()?;
                     }
                 }

@@ -146,8 +146,8 @@ pub struct Summary {
     /// The same ratios for the XDP pod-egress hook.
     xdp: String,
     /// No goal: what the allowed flood keeps of `none` with two empty
-    /// programs where Palisade's run, what Palisade keeps of that, what an
-    /// empty program that takes the flood past the bridge delivers, and
+    /// programs where Palisade's run, what Palisade keeps of that, what a
+    /// program that only takes the flood past the bridge delivers, and
     /// what it delivers behind Palisade's sending end.
     allow_floor: String,
 }
@@ -160,28 +160,13 @@ fn allow_floor(results: &Results) -> String {
             format!("{:.2} ({:.2}-{:.2}, {at})", s.median, s.min, s.max)
         })
     };
+    let allowed = |a: Peer, b: Peer| text(worst(results, (a, Allow), (b, Allow)));
     format!(
-        "two empty programs that pass ÷ none {}; palisade allow ÷ two empty programs that pass {}; one empty program that hands the flood to the receiver past the bridge ÷ none {}; palisade's sending end, then that program ÷ none {}",
-        text(worst(
-            results,
-            (Peer::EmptyTcPass, Allow),
-            (Peer::None, Allow)
-        )),
-        text(worst(
-            results,
-            (Peer::Palisade, Allow),
-            (Peer::EmptyTcPass, Allow)
-        )),
-        text(worst(
-            results,
-            (Peer::EmptyTcRedirect, Allow),
-            (Peer::None, Allow)
-        )),
-        text(worst(
-            results,
-            (Peer::PalisadeRedirect, Allow),
-            (Peer::None, Allow)
-        )),
+        "two empty programs that pass ÷ none {}; palisade allow ÷ two empty programs that pass {}; one program that does nothing but hand the flood to the receiver past the bridge ÷ none {}; palisade's sending end, then that program ÷ none {}",
+        allowed(Peer::EmptyTcPass, Peer::None),
+        allowed(Peer::Palisade, Peer::EmptyTcPass),
+        allowed(Peer::EmptyTcRedirect, Peer::None),
+        allowed(Peer::PalisadeRedirect, Peer::None),
     )
 }
 
